@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.sequence import Sequence
+
+
+@dataclass
+class ScheduledBatch:
+    """What one engine step computes: for each sequence, `num_new_tokens` tokens starting at its
+    `num_computed_tokens`. A sequence samples a token when the step reaches its last token."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+
+    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+        assert num_new_tokens > 0
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def samples(self, i: int) -> bool:
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+
+    @property
+    def sampling_indices(self) -> list[int]:
+        return [i for i in range(len(self.seqs)) if self.samples(i)]
+
+    @property
+    def shape(self) -> StepShape:
+        prefill_tokens = decode_seqs = kv_tokens = prefill_seqs = 0
+        prefill_attn = 0
+        for seq, n in zip(self.seqs, self.num_new_tokens, strict=True):
+            context = seq.num_computed_tokens + n
+            kv_tokens += context
+            if n == 1 and seq.num_computed_tokens >= seq.num_prompt_tokens:
+                decode_seqs += 1
+            else:
+                prefill_seqs += 1
+                prefill_tokens += n
+                prefill_attn += n * context
+        return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """The numbers a step's duration depends on; what step-time models read."""
+
+    prefill_tokens: int
+    prefill_seqs: int
+    decode_seqs: int
+    kv_tokens: int  # sum over the batch of each sequence's context length after this step
+    prefill_attention: int  # sum of new tokens x context, the quadratic part of prefill attention
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs

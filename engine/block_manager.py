@@ -1,0 +1,261 @@
+"""Paged KV blocks with prefix caching and TTL pins.
+
+A full block is identified by a hash chain over its tokens and its parent's hash; a hit is checked
+against the stored token ids. Blocks with no holder go to a free queue that evicts least recently
+freed first, so cached prefixes live as long as memory allows. Pins hold references until their
+deadline; under memory pressure they give way (earliest deadline first) before the scheduler has to
+preempt a running request."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from engine.pins import PinTable
+from engine.sequence import Sequence
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] | None = None
+
+
+def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
+    return hash((parent, token_ids))
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    total: int
+    used: int  # held by a running request or a pin
+    cached_free: int  # free, but still holding a reusable prefix
+    free: int
+    pinned: int
+    pins: int
+    prefix_query_tokens: int
+    prefix_hit_tokens: int
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, pin_budget_blocks: int = 0,
+                 enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.pin_budget_blocks = pin_budget_blocks
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.hash_to_block: dict[int, int] = {}
+        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.pins = PinTable()
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = 0
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    # ---- prefix cache -------------------------------------------------------------------------
+
+    def _ensure_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
+        hashes, bs, tokens = seq.block_hashes, self.block_size, seq.token_ids
+        for i in range(len(hashes), num_full_blocks):
+            parent = hashes[-1] if hashes else None
+            hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs])))
+
+    def _lookup(self, block_hash: int, token_ids: list[int]) -> int | None:
+        block_id = self.hash_to_block.get(block_hash)
+        if block_id is None or self.blocks[block_id].token_ids != tuple(token_ids):
+            return None
+        return block_id
+
+    def match_prefix(self, seq: Sequence) -> list[int]:
+        """Cached blocks covering the longest prefix of `seq`, keeping at least one token to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        bs = self.block_size
+        num_full = (seq.num_tokens - 1) // bs
+        self._ensure_hashes(seq, num_full)
+        hits: list[int] = []
+        for i in range(num_full):
+            block_id = self._lookup(seq.block_hashes[i], seq.token_ids[i * bs : (i + 1) * bs])
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
+        """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn)."""
+        block_ids = []
+        for block_hash in block_hashes:
+            block_id = self.hash_to_block.get(block_hash)
+            if block_id is None:
+                break
+            block_ids.append(block_id)
+        return block_ids
+
+    # ---- allocation ---------------------------------------------------------------------------
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_queue[block_id]
+        block.ref_count += 1
+
+    def _release(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        assert block.ref_count > 0, f"double free of block {block_id}"
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free_queue[block_id] = None
+            if block.hash is None:  # nothing reusable in it: first to go
+                self.free_queue.move_to_end(block_id, last=False)
+
+    def _pop_free(self) -> int:
+        block_id, _ = self.free_queue.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None:
+            if self.hash_to_block.get(block.hash) == block_id:
+                del self.hash_to_block[block.hash]
+            block.hash = block.token_ids = None
+        block.ref_count = 1
+        return block_id
+
+    def _reclaim(self, needed: int) -> bool:
+        """Free blocks by releasing pins, earliest deadline first, until `needed` are free."""
+        while self.num_free_blocks < needed:
+            pin = self.pins.earliest()
+            if pin is None:
+                return False
+            self._drop_pin(pin.key, evicted=True)
+        return True
+
+    def allocate_slots(self, seq: Sequence, num_new_tokens: int,
+                       cached_blocks: list[int] | None = None) -> bool:
+        """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts).
+        Returns False, changing nothing, when memory is short even after pins gave way."""
+        cached_blocks = cached_blocks or []
+        starting = not seq.block_table and seq.num_computed_tokens == 0
+        assert not cached_blocks or starting
+        total_tokens = seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
+        needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
+        for b in cached_blocks:  # taken first, so reclaiming pins cannot evict the hits
+            self._take(b)
+        if needed > self.num_free_blocks and not self._reclaim(needed):
+            for b in cached_blocks:
+                self._release(b)
+            return False
+        if starting:
+            hit_tokens = len(cached_blocks) * self.block_size
+            self.prefix_query_tokens += seq.num_tokens
+            self.prefix_hit_tokens += hit_tokens
+            self.pins.counters.hit_tokens += self.block_size * sum(
+                1 for b in cached_blocks if b in self.pins.holders)
+            seq.block_table.extend(cached_blocks)
+            seq.num_computed_tokens = hit_tokens
+            seq.num_registered_blocks = len(cached_blocks)
+        for _ in range(max(needed, 0)):
+            seq.block_table.append(self._pop_free())
+        self._register_full_blocks(seq, seq.num_computed_tokens + num_new_tokens)
+        return True
+
+    def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
+        """Publish blocks that are full once the step computes them, so later requests can hit them."""
+        if not self.enable_prefix_caching:
+            return
+        bs, num_full = self.block_size, num_tokens // self.block_size
+        self._ensure_hashes(seq, num_full)
+        for i in range(seq.num_registered_blocks, num_full):
+            block = self.blocks[seq.block_table[i]]
+            block_hash = seq.block_hashes[i]
+            if block.hash is None and block_hash not in self.hash_to_block:
+                block.hash = block_hash
+                block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+                self.hash_to_block[block_hash] = block.block_id
+        seq.num_registered_blocks = max(seq.num_registered_blocks, num_full)
+
+    def free(self, seq: Sequence) -> None:
+        # Tail blocks are the least likely to be shared: they enter the free queue first.
+        for block_id in reversed(seq.block_table):
+            self._release(block_id)
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+        seq.num_registered_blocks = 0
+
+    # ---- pins ---------------------------------------------------------------------------------
+
+    def pin(self, key: str, block_ids: list[int], ttl_s: float, now: float) -> int:
+        """Hold `block_ids` for `key` until now + ttl_s (re-pinning replaces and refreshes).
+        Other pins give way, earliest deadline first, to keep the pin budget; a pin larger than the
+        whole budget keeps its leading blocks. Returns the number of blocks pinned."""
+        assert ttl_s >= 0
+        block_ids = list(dict.fromkeys(block_ids))[: self.pin_budget_blocks]
+        if ttl_s == 0 or not block_ids:
+            self.unpin(key)
+            return 0
+        for b in block_ids:
+            self._take(b)
+        if key in self.pins:
+            self._drop_pin(key, refreshed=True)
+        new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
+        while self.pins.num_pinned_blocks + new_blocks > self.pin_budget_blocks:
+            victim = self.pins.earliest()
+            assert victim is not None
+            self._drop_pin(victim.key, evicted=True)
+            new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
+        self.pins.add(key, block_ids, now + ttl_s)
+        self.pins.counters.set += 1
+        return len(block_ids)
+
+    def extend_pin(self, key: str, ttl_s: float, now: float) -> bool:
+        if key not in self.pins:
+            return False
+        self.pins.extend(key, now + ttl_s)
+        self.pins.counters.refreshed += 1
+        return True
+
+    def unpin(self, key: str) -> bool:
+        if key not in self.pins:
+            return False
+        self._drop_pin(key)
+        self.pins.counters.unpinned += 1
+        return True
+
+    def expire_pins(self, now: float) -> int:
+        keys = self.pins.expired_keys(now)
+        for key in keys:
+            self._drop_pin(key)
+        self.pins.counters.expired += len(keys)
+        return len(keys)
+
+    def _drop_pin(self, key: str, evicted: bool = False, refreshed: bool = False) -> None:
+        pin = self.pins.remove(key)
+        # Released pinned blocks go to the back of the free queue: still cached, evicted last.
+        for block_id in pin.block_ids:
+            self._release(block_id)
+        if evicted:
+            self.pins.counters.evicted += 1
+        if refreshed:
+            self.pins.counters.refreshed += 1
+
+    # ---- introspection ------------------------------------------------------------------------
+
+    def stats(self) -> BlockStats:
+        cached_free = sum(1 for b in self.free_queue if self.blocks[b].hash is not None)
+        return BlockStats(
+            total=self.num_blocks,
+            used=self.num_blocks - self.num_free_blocks,
+            cached_free=cached_free,
+            free=self.num_free_blocks,
+            pinned=self.pins.num_pinned_blocks,
+            pins=len(self.pins),
+            prefix_query_tokens=self.prefix_query_tokens,
+            prefix_hit_tokens=self.prefix_hit_tokens,
+        )

@@ -1,0 +1,208 @@
+"""One engine instance: requests in, a step at a time out. Same code under the torch runner on a wall
+clock and under the simulated runner on a virtual clock; only the runner and the clock differ."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.block_manager import BlockManager, BlockStats
+from engine.clock import Clock, WallClock
+from engine.config import EngineConfig
+from engine.outputs import RequestOutput, StepRecord
+from engine.pins import PinCounters
+from engine.policy import FCFSPolicy, SchedulingPolicy
+from engine.runner import ModelRunner
+from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from engine.detokenizer import IncrementalDetokenizer
+    from engine.tokenizer import Tokenizer
+
+MAX_REMEMBERED_SESSIONS = 100_000
+
+
+@dataclass
+class SessionKV:
+    """Where a session's last finished turn left its KV: block hashes, so it can be pinned later."""
+
+    block_hashes: list[int]
+    num_tokens: int
+    last_finish_time: float
+    turns: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    blocks: BlockStats
+    block_size: int
+    num_running: int
+    num_waiting: int
+    num_preemptions: int
+    num_steps: int
+    prefill_tokens: int  # tokens computed in prefill (cache hits excluded, recomputes included)
+    generation_tokens: int
+    pins: PinCounters
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
+                 policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
+                 record_steps: bool = False) -> None:
+        config.max_model_len = min(config.max_model_len, config.num_blocks * config.block_size)
+        self.config = config
+        self.runner = runner
+        self.clock = clock or WallClock()
+        self.tokenizer = tokenizer
+        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy())
+        self.sequences: dict[str, Sequence] = {}
+        self.detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
+        self.step_log: list[StepRecord] | None = [] if record_steps else None
+        self.num_steps = self.prefill_tokens = self.generation_tokens = 0
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
+                    priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
+                    arrival_time: float | None = None) -> Sequence:
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        if len(prompt_token_ids) >= self.config.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
+                f"{self.config.max_model_len} tokens, including at least one for the answer", "messages")
+        if pin_ttl_s is not None and pin_ttl_s < 0:
+            raise InvalidRequestError("pin_ttl_s must be >= 0", "pin_ttl_s")
+        if request_id in self.sequences:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
+        seq = Sequence(request_id, prompt_token_ids, params,
+                       self.clock.now() if arrival_time is None else arrival_time,
+                       priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s)
+        self.sequences[request_id] = seq
+        if self.tokenizer is not None:
+            from engine.detokenizer import IncrementalDetokenizer
+
+            self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        seq = self.sequences.pop(request_id, None)
+        self.detokenizers.pop(request_id, None)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.abort(seq)
+            seq.finish_reason = "abort"
+
+    def has_unfinished(self) -> bool:
+        return len(self.scheduler) > 0
+
+    # ---- the step -----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        start = self.clock.now()
+        batch = self.scheduler.schedule(start)
+        if not batch:
+            return []
+        samples = [batch.samples(i) for i in range(len(batch))]
+        token_ids = iter(self.runner.execute(batch))
+        end = self.clock.now()
+        self.num_steps += 1
+        if self.step_log is not None:
+            self.step_log.append(StepRecord(batch.shape, end - start))
+        outputs = []
+        for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples, strict=True):
+            seq.num_computed_tokens += num_new
+            if not sampled or seq.num_computed_tokens - num_new < seq.num_prompt_tokens:
+                self.prefill_tokens += num_new
+            if sampled:
+                outputs.append(self._append_token(seq, next(token_ids), end))
+        return outputs
+
+    def _append_token(self, seq: Sequence, token_id: int, now: float) -> RequestOutput:
+        seq.token_ids.append(token_id)
+        self.generation_tokens += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+        params = seq.params
+        reason = None
+        if not params.ignore_eos and (token_id in self.runner.eos_token_ids or token_id in params.stop_token_ids):
+            reason = "stop"
+        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            reason = "length"
+        text = ""
+        detokenizer = self.detokenizers.get(seq.request_id)
+        if detokenizer is not None:
+            skip = reason == "stop"  # the stop token itself is not part of the text
+            text, hit_stop_string = detokenizer.add(token_id, skip=skip)
+            if hit_stop_string:
+                reason = "stop"
+            if reason is not None:
+                text += detokenizer.flush()
+        if reason is not None:
+            self._finish(seq, reason, now)
+        return RequestOutput(seq.request_id, [token_id], text, reason is not None, reason,
+                             seq.num_prompt_tokens, seq.num_cached_tokens, seq.num_output_tokens)
+
+    def _finish(self, seq: Sequence, reason: str, now: float) -> None:
+        seq.finish_reason, seq.finish_time = reason, now
+        if seq.session_id is not None:
+            # Pin before the blocks are freed, so nothing can take them in between.
+            hashes = seq.block_hashes[: seq.num_registered_blocks]
+            previous = self.sessions.pop(seq.session_id, None)
+            self.sessions[seq.session_id] = SessionKV(hashes, seq.num_tokens, now,
+                                                      (previous.turns if previous else 0) + 1)
+            if len(self.sessions) > MAX_REMEMBERED_SESSIONS:
+                self.sessions.popitem(last=False)
+            if seq.pin_ttl_s:
+                self.block_manager.pin(seq.session_id, self.block_manager.resolve_prefix(hashes),
+                                       seq.pin_ttl_s, now)
+        self.scheduler.finish(seq)
+        del self.sequences[seq.request_id]
+        self.detokenizers.pop(seq.request_id, None)
+
+    # ---- session pins -------------------------------------------------------------------------
+
+    def pin_session(self, session_id: str, ttl_s: float) -> int:
+        """Pin what is still cached of the session's last turn; returns the blocks pinned."""
+        if ttl_s < 0:
+            raise InvalidRequestError("ttl_s must be >= 0", "ttl_s")
+        kv = self.sessions.get(session_id)
+        if kv is None:
+            raise KeyError(session_id)
+        block_ids = self.block_manager.resolve_prefix(kv.block_hashes)
+        return self.block_manager.pin(session_id, block_ids, ttl_s, self.clock.now())
+
+    def extend_session_pin(self, session_id: str, ttl_s: float) -> bool:
+        if ttl_s < 0:
+            raise InvalidRequestError("ttl_s must be >= 0", "ttl_s")
+        return self.block_manager.extend_pin(session_id, ttl_s, self.clock.now())
+
+    def unpin_session(self, session_id: str) -> bool:
+        return self.block_manager.unpin(session_id)
+
+    def session_info(self, session_id: str) -> dict | None:
+        kv = self.sessions.get(session_id)
+        if kv is None:
+            return None
+        pin = self.block_manager.pins.pins.get(session_id)
+        cached = len(self.block_manager.resolve_prefix(kv.block_hashes)) * self.config.block_size
+        return {
+            "session_id": session_id, "turns": kv.turns, "num_tokens": kv.num_tokens,
+            "cached_tokens": cached, "pinned_blocks": len(pin.block_ids) if pin else 0,
+            "pin_ttl_remaining_s": max(0.0, pin.deadline - self.clock.now()) if pin else 0.0,
+        }
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            blocks=self.block_manager.stats(), block_size=self.config.block_size,
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_preemptions=self.scheduler.num_preemptions, num_steps=self.num_steps,
+            prefill_tokens=self.prefill_tokens, generation_tokens=self.generation_tokens,
+            pins=self.block_manager.pins.counters,
+        )

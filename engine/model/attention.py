@@ -1,0 +1,145 @@
+"""Paged attention over a flattened varlen batch.
+
+Every layer first scatters the step's K/V into the paged cache (slot = block * block_size + offset),
+then attends: each sequence reads its whole context back through its block table, so it also sees
+blocks written earlier in the same step (prefix reuse, chunked prefill).
+
+The attention itself is torch's scaled_dot_product_attention on K/V gathered block by block; the same
+code runs on CPU and CUDA (where SDPA picks a flash / memory-efficient kernel). Single-query rows
+(decodes, or a 1-token prefill chunk) are padded into one batched call with a key-length mask;
+multi-token rows run one call each with a causal mask shifted by the tokens already in the cache.
+`AttentionPlan` holds everything derived from the batch, built once per step and shared by all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step description of the batch, as the runner builds it (index tensors on the device)."""
+
+    slot_mapping: torch.Tensor  # [T] cache slot of every batch token
+    block_tables: torch.Tensor  # [B, max_blocks] each sequence's blocks covering its context, 0-padded
+    query_starts: list[int]  # offset of each sequence's first token in the flattened batch
+    query_lens: list[int]  # tokens each sequence computes this step
+    context_lens: list[int]  # tokens in each sequence's context after this step
+    block_size: int
+
+
+@dataclass
+class _PrefillRow:
+    start: int
+    end: int
+    block_table: torch.Tensor  # [blocks covering the context]
+    context_len: int
+    mask: torch.Tensor | None  # [q, context] causal mask offset by cached tokens; None when plainly causal
+
+
+@dataclass
+class AttentionPlan:
+    """What `paged_attention` needs, derived once per step from AttentionMetadata."""
+
+    slot_mapping: torch.Tensor
+    decode_token_index: torch.Tensor | None  # [D] batch-token index of each single-query row
+    decode_block_tables: torch.Tensor | None  # [D, blocks]
+    decode_mask: torch.Tensor | None  # [D, 1, 1, blocks * block_size] True where the key is in context
+    decode_only: bool  # every row is single-query and rows are in token order: skip the scatter
+    prefills: list[_PrefillRow]
+
+    @classmethod
+    def build(cls, meta: AttentionMetadata) -> AttentionPlan:
+        device = meta.slot_mapping.device
+        block_size = meta.block_size
+        single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+        decode_index = decode_tables = decode_mask = None
+        if single:
+            rows = torch.tensor(single, device=device)
+            num_blocks = -(-max(meta.context_lens[i] for i in single) // block_size)
+            decode_tables = meta.block_tables[rows, :num_blocks]
+            lens = torch.tensor([meta.context_lens[i] for i in single], device=device)
+            key_pos = torch.arange(num_blocks * block_size, device=device)
+            decode_mask = (key_pos[None, :] < lens[:, None])[:, None, None, :]
+            decode_index = torch.tensor([meta.query_starts[i] for i in single], device=device)
+        prefills = []
+        for i, n in enumerate(meta.query_lens):
+            if n == 1:
+                continue
+            context = meta.context_lens[i]
+            cached = context - n
+            mask = None
+            if cached:
+                key_pos = torch.arange(context, device=device)
+                query_pos = torch.arange(cached, context, device=device)
+                mask = key_pos[None, :] <= query_pos[:, None]
+            start = meta.query_starts[i]
+            table = meta.block_tables[i, : -(-context // block_size)]
+            prefills.append(_PrefillRow(start, start + n, table, context, mask))
+        return cls(
+            slot_mapping=meta.slot_mapping,
+            decode_token_index=decode_index,
+            decode_block_tables=decode_tables,
+            decode_mask=decode_mask,
+            decode_only=not prefills,
+            prefills=prefills,
+        )
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """kv_cache: one layer's [2, num_blocks, block_size, kv_heads, head_dim]; k, v: [T, kv_heads, head_dim]."""
+    kv_heads, head_dim = k.shape[-2:]
+    kv_cache[0].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    kv_cache[1].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+    """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written."""
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    if plan.decode_only:
+        return _decode_attention(q, k_cache, v_cache, plan)
+    out = torch.empty_like(q)
+    if plan.decode_token_index is not None:
+        out[plan.decode_token_index] = _decode_attention(q[plan.decode_token_index], k_cache, v_cache, plan)
+    for row in plan.prefills:
+        out[row.start : row.end] = _prefill_attention(q[row.start : row.end], k_cache, v_cache, row)
+    return out
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys or values."""
+    blocks = cache[block_tables]  # [..., blocks, block_size, kv_heads, head_dim]
+    merged = blocks.flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
+    return merged.transpose(-3, -2)
+
+
+def _decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan
+) -> torch.Tensor:
+    rows, heads, head_dim = q.shape
+    k = _gather(k_cache, plan.decode_block_tables)  # [D, kv_heads, L, head_dim]
+    v = _gather(v_cache, plan.decode_block_tables)
+    kv_heads = k.shape[1]
+    # GQA without repeating K/V: the query heads sharing a KV head become that head's query rows.
+    grouped = q.view(rows, kv_heads, heads // kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=plan.decode_mask)
+    return out.reshape(rows, heads, head_dim)
+
+
+def _prefill_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow
+) -> torch.Tensor:
+    k = _gather(k_cache, row.block_table)[:, : row.context_len]  # [kv_heads, context, head_dim]
+    v = _gather(v_cache, row.block_table)[:, : row.context_len]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
+        attn_mask=row.mask,
+        is_causal=row.mask is None,
+        enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1)

@@ -1,0 +1,122 @@
+"""ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
+(Llama, Mistral and Qwen2 families; both the classic `rope_theta`/`rope_scaling` keys and the
+transformers-5 `rope_parameters` dict)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # Extra RoPE parameters for scaled variants (`rope_type` plus e.g. `factor`); None for plain RoPE.
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    torch_dtype: str = "float32"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even for rotary embeddings")
+
+    @property
+    def rope_type(self) -> str:
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads((Path(path) / "config.json").read_text()))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        model_type = raw.get("model_type", "llama")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"unsupported hidden_act {raw['hidden_act']!r}")
+        if model_type == "mistral" and raw.get("sliding_window") is not None:
+            raise ValueError("sliding-window attention is not supported")
+        # Qwen2 only slides when asked to; we attend to the full context, which is what that flag off means.
+        if model_type == "qwen2" and raw.get("use_sliding_window"):
+            raise ValueError("sliding-window attention is not supported")
+        num_heads = raw["num_attention_heads"]
+        hidden_size = raw["hidden_size"]
+        rope_theta, rope_scaling = _parse_rope(raw)
+        attention_bias = bool(raw.get("attention_bias", False))
+        eos = raw.get("eos_token_id")
+        return cls(
+            model_type=model_type,
+            vocab_size=raw["vocab_size"],
+            hidden_size=hidden_size,
+            num_layers=raw["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=raw.get("num_key_value_heads") or num_heads,
+            head_dim=raw.get("head_dim") or hidden_size // num_heads,
+            intermediate_size=raw["intermediate_size"],
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            max_position_embeddings=raw.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            # Qwen2 always has q/k/v biases and no o_proj bias; Llama's `attention_bias` covers all four.
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            o_bias=model_type != "qwen2" and attention_bias,
+            mlp_bias=bool(raw.get("mlp_bias", False)),
+            torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32").removeprefix("torch."),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=_as_id_tuple(eos),
+        )
+
+    def num_params(self) -> int:
+        """Parameter count, counting tied embeddings once."""
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
+        attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
+        per_layer = attn + mlp + 2 * self.hidden_size
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embeddings + self.hidden_size
+
+
+def _parse_rope(raw: dict) -> tuple[float, dict | None]:
+    # transformers 5 writes `rope_parameters` (holding rope_theta); older configs have top-level keys.
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    rope_theta = float(params.pop("rope_theta", None) or raw.get("rope_theta") or 10000.0)
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(f"unsupported rope_type {rope_type!r}; expected one of {SUPPORTED_ROPE_TYPES}")
+    if rope_type == "default":
+        return rope_theta, None
+    if rope_type == "llama3":
+        params.setdefault("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
+    return rope_theta, {"rope_type": rope_type, **params}
+
+
+def _as_id_tuple(value: int | list[int] | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, int) else tuple(value)

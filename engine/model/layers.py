@@ -1,0 +1,40 @@
+"""Small building blocks of the decoder: RMSNorm and a linear layer that packs several HF
+projections (q/k/v, gate/up) into one matmul."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and scale in the model dtype, the order transformers uses.
+        input_dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(input_dtype)
+
+
+class PackedLinear(nn.Linear):
+    """One nn.Linear standing in for several checkpoint projections stacked along the output dim;
+    `load_shard` copies checkpoint projection `index` into its rows."""
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool) -> None:
+        super().__init__(in_features, sum(output_sizes), bias=bias)
+        self.output_sizes = output_sizes
+
+    def load_shard(self, param: nn.Parameter, index: int, tensor: torch.Tensor) -> None:
+        offset = sum(self.output_sizes[:index])
+        target = param.data.narrow(0, offset, self.output_sizes[index])
+        if target.shape != tensor.shape:
+            raise ValueError(f"shard {index}: expected shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
+        target.copy_(tensor)
+
+    def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return out.split(self.output_sizes, dim=-1)

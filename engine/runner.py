@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.batch import ScheduledBatch
+
+
+class ModelRunner(Protocol):
+    """Computes one engine step. The torch runner runs a real model on a paged KV cache of
+    `num_blocks` blocks of `block_size` tokens; the simulated runner only advances a clock.
+
+    `execute` computes KV for every scheduled token (writing it into the blocks of each sequence's
+    `block_table`, at positions `num_computed_tokens .. num_computed_tokens + n - 1`) and returns one
+    sampled token id per sequence for which `batch.samples(i)` is true, in batch order. It must not
+    mutate the sequences: the engine applies the results.
+    """
+
+    eos_token_ids: tuple[int, ...]
+
+    def execute(self, batch: ScheduledBatch) -> list[int]: ...

@@ -1,0 +1,102 @@
+"""Continuous batching with a token budget per step, chunked prefill and preemption by recompute.
+
+Every step, running requests go first (each decode takes one token, an unfinished prefill takes a
+chunk), then waiting requests join in policy order while tokens, sequence slots and KV blocks last.
+When a running request cannot get a block, pins give way first (inside the block manager), then the
+running request with the largest policy key is preempted: its blocks are freed (their cached
+prefix stays reusable) and it waits again to be recomputed."""
+
+from __future__ import annotations
+
+from engine.batch import ScheduledBatch
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig
+from engine.policy import SchedulingPolicy
+from engine.sequence import Sequence, SequenceStatus
+from engine.waiting_queue import WaitingQueue
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, policy: SchedulingPolicy) -> None:
+        self.config = config
+        self.block_manager = block_manager
+        self.policy = policy
+        self.waiting = WaitingQueue(policy)
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, seq: Sequence) -> None:
+        assert seq.status is SequenceStatus.WAITING
+        self.waiting.push(seq)
+
+    def abort(self, seq: Sequence) -> None:
+        if seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq.request_id)
+        elif seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        return min(seq.num_tokens - seq.num_computed_tokens, budget, self.config.long_prefill_token_threshold)
+
+    def schedule(self, now: float) -> ScheduledBatch:
+        self.block_manager.expire_pins(now)
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        scheduled: set[str] = set()
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            num_new = self._chunk(seq, budget)
+            while not self.block_manager.allocate_slots(seq, num_new):
+                victim = self._pick_victim(exclude=scheduled)
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                batch.add(seq, num_new)
+                scheduled.add(seq.request_id)
+                budget -= num_new
+                i += 1
+        # Admit new work only when nothing had to be preempted: memory is tight otherwise.
+        while not preempted and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting.peek()
+            if seq is None:
+                break
+            cached = self.block_manager.match_prefix(seq)
+            num_new = min(seq.num_tokens - len(cached) * self.config.block_size, budget,
+                          self.config.long_prefill_token_threshold)
+            if not self.block_manager.allocate_slots(seq, num_new, cached):
+                break
+            self.waiting.pop()
+            seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled_time is None:  # a recompute after preemption keeps the first figures
+                seq.first_scheduled_time = now
+                seq.num_cached_tokens = seq.num_computed_tokens
+            self.running.append(seq)
+            batch.add(seq, num_new)
+            budget -= num_new
+        return batch
+
+    def _pick_victim(self, exclude: set[str]) -> Sequence:
+        # `exclude` never covers everyone: the request asking for blocks is not scheduled yet.
+        return max((s for s in self.running if s.request_id not in exclude), key=self.policy.sort_key)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.push(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+class Sequence:
+    """One request's state inside an engine: its tokens, how many have KV computed, and its blocks."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float,
+        priority: float = 0.0,
+        session_id: str | None = None,
+        pin_ttl_s: float | None = None,
+    ) -> None:
+        assert prompt_token_ids, "a sequence needs at least one prompt token"
+        self.request_id = request_id
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.arrival_time = arrival_time
+        self.priority = priority
+        self.session_id = session_id
+        self.pin_ttl_s = pin_ttl_s
+        self.status = SequenceStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0
+        self.block_table: list[int] = []
+        # Hashes of the full blocks of this sequence, in order; filled as blocks fill up.
+        self.block_hashes: list[int] = []
+        self.num_registered_blocks = 0  # leading blocks already published to the prefix cache
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.finish_time: float | None = None
+        self.finish_reason: str | None = None
+        self.num_preemptions = 0
+        # Free-form slot for the waiting-queue policy (e.g. a rank score, a program id).
+        self.policy_state: dict = {}
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequence({self.request_id!r}, {self.status.name}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed_tokens}, blocks={len(self.block_table)})"
+        )
