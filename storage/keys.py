@@ -1,0 +1,91 @@
+"""API key records: create, list, revoke, look up by secret, add spend. Storage only, no limit policy.
+
+Only the sha256 of a secret is stored, so lookup is an indexed equality on the hash (no timing leak
+to guard against) and a database dump reveals no usable key. These calls do blocking I/O: the
+gateway should cache lookups or run them in a thread, never call them on the event loop directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import URL, Engine
+
+from storage.db import as_engine, session_factory
+from storage.models import ApiKey, utc_now
+
+SECRET_PREFIX = "sk-pitstop-"
+DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 6  # "sk-pitstop-AbC123": enough to tell keys apart
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyStore:
+    def __init__(self, engine: Engine | str | URL) -> None:
+        self._engine = as_engine(engine)
+        self._session = session_factory(self._engine)
+
+    def create(
+        self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None
+    ) -> tuple[str, str]:
+        """A new key; returns (key_id, secret). The secret is shown once and never stored."""
+        secret = new_secret()
+        key = ApiKey(
+            name=name,
+            key_hash=hash_secret(secret),
+            prefix=secret[:DISPLAY_PREFIX_CHARS],
+            rpm_limit=rpm_limit,
+            budget_usd=budget_usd,
+            spent_usd=0.0,
+        )
+        with self._session.begin() as session:
+            session.add(key)
+            session.flush()
+            key_id = key.id
+        return key_id, secret
+
+    def list(self, include_revoked: bool = True) -> list[ApiKey]:
+        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def get(self, key_id: str) -> ApiKey | None:
+        with self._session() as session:
+            return session.get(ApiKey, key_id)
+
+    def revoke(self, key_id_or_prefix: str) -> ApiKey:
+        """Revoke the key with this id or display prefix. KeyError if none, ValueError if ambiguous."""
+        query = select(ApiKey).where(or_(ApiKey.id == key_id_or_prefix, ApiKey.prefix == key_id_or_prefix))
+        with self._session.begin() as session:
+            matches = list(session.scalars(query))
+            if not matches:
+                raise KeyError(f"no API key with id or prefix {key_id_or_prefix!r}")
+            if len(matches) > 1:
+                raise ValueError(f"{key_id_or_prefix!r} matches {len(matches)} keys; use the key id")
+            key = matches[0]
+            if key.revoked_at is None:
+                key.revoked_at = utc_now()
+        return key
+
+    def lookup(self, secret: str) -> ApiKey | None:
+        """The active key for this secret, or None (unknown or revoked)."""
+        query = select(ApiKey).where(ApiKey.key_hash == hash_secret(secret), ApiKey.revoked_at.is_(None))
+        with self._session() as session:
+            return session.scalars(query).one_or_none()
+
+    def add_spend(self, key_id: str, usd: float) -> None:
+        """Atomic increment in the database, so gateway replicas can add concurrently."""
+        query = update(ApiKey).where(ApiKey.id == key_id).values(spent_usd=ApiKey.spent_usd + usd)
+        with self._engine.begin() as connection:
+            if connection.execute(query).rowcount == 0:
+                raise KeyError(f"no API key with id {key_id!r}")

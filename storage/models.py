@@ -1,0 +1,145 @@
+"""SQLAlchemy 2 typed models: outcomes, feedback, API keys. Portable across SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Float, MetaData, String, Text, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names keep Alembic migrations identical on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+# JSONB on PostgreSQL (indexable, compact), JSON text elsewhere; Python None is SQL NULL, not JSON null.
+JSON_DOC = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps everywhere: stored as UTC, read back as UTC.
+
+    SQLite keeps no offset, so naive values read from it are UTC by construction; naive values
+    written by callers are taken to be UTC as well.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        str: String(),
+        float: Float(),
+        dict[str, Any]: JSON_DOC,
+        dict[str, float]: JSON_DOC,
+        list[str]: JSON_DOC,
+        Any: JSON_DOC,
+    }
+
+
+class Outcome(Base):
+    """One row per gateway request: what was asked, where it went, what it cost, how it ended."""
+
+    __tablename__ = "outcomes"
+
+    request_id: Mapped[str] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
+    api_key_id: Mapped[str | None]
+    session_id: Mapped[str | None] = mapped_column(index=True)
+    turn: Mapped[int | None]
+    route_group: Mapped[str | None]
+    requested_model: Mapped[str | None]
+    model: Mapped[str | None] = mapped_column(index=True)
+    deployment: Mapped[str | None]
+    engine_instance: Mapped[str | None]
+    moved_instance: Mapped[bool] = mapped_column(default=False)
+    router_name: Mapped[str | None]
+    router_version: Mapped[str | None]
+    router_scores: Mapped[dict[str, float] | None]
+    cost_preference: Mapped[float | None]
+    propensity: Mapped[float | None]
+    rank_score: Mapped[float | None]
+    prompt_tokens: Mapped[int | None]
+    completion_tokens: Mapped[int | None]
+    cached_tokens: Mapped[int | None]
+    ttft_s: Mapped[float | None]
+    latency_s: Mapped[float | None]
+    cost_usd: Mapped[float | None]
+    finish_reason: Mapped[str | None]
+    tool_calls: Mapped[list[str] | None]
+    pin_ttl_s: Mapped[float | None]
+    stream: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(default="ok")
+    http_status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[Any | None]  # chat messages (list of dicts) or prompt text; stored only when configured
+    completion: Mapped[str | None] = mapped_column(Text)
+    extra: Mapped[dict[str, Any] | None]
+
+
+class Feedback(Base):
+    """A quality signal for one request or a whole session (e.g. thumbs up, task success, judge score)."""
+
+    __tablename__ = "feedback"
+
+    # Client-generated id, so a retried batch of feedback rows cannot insert duplicates.
+    id: Mapped[str] = mapped_column(primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
+    request_id: Mapped[str | None] = mapped_column(index=True)
+    session_id: Mapped[str | None] = mapped_column(index=True)
+    metric: Mapped[str]
+    value: Mapped[float]
+    extra: Mapped[dict[str, Any] | None]
+
+
+class ApiKey(Base):
+    """A gateway API key; only the sha256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(primary_key=True, default=new_id)
+    name: Mapped[str]
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    revoked_at: Mapped[datetime | None]
+    rpm_limit: Mapped[int | None]
+    budget_usd: Mapped[float | None]
+    spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,152 @@
+"""Redis-backed shared state for per-key limits: the atomic operations, no policy.
+
+Each key id has two Redis keys, hash-tagged on the key id so both land in one cluster slot:
+- `pitstop:{prefix}:limits:{<key_id>}:window`: sorted set of admissions (score: server time in µs),
+  expiring one window after the last admission;
+- `pitstop:{prefix}:limits:{<key_id>}:spent`: integer nano-USD spent, no expiry.
+
+Errors from Redis (connection refused, timeout, loading, ...) surface as `StateUnavailableError`, so
+callers apply their own outage policy without importing redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+# Budget first (its rejection takes no slot), then the sliding window: prune, count, take a slot.
+# Time comes from the server (TIME) so replica clocks do not matter; ARGV[5] overrides it for tests.
+_ADMIT_LUA = """
+local rpm = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local now
+if ARGV[5] ~= '' then
+  now = tonumber(ARGV[5])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local spent = tonumber(redis.call('GET', KEYS[2]) or '0')
+local count = 0
+if rpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+  count = redis.call('ZCARD', KEYS[1])
+end
+if budget >= 0 and spent >= budget then
+  return {1, count, 0, spent}
+end
+if rpm >= 0 then
+  if count >= rpm then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local retry = window
+    if oldest[2] then retry = tonumber(oldest[2]) + window - now end
+    return {2, count, retry, spent}
+  end
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  count = count + 1
+end
+return {0, count, 0, spent}
+"""
+
+_OUTCOMES: tuple[Literal["admitted", "over_budget", "over_rate"], ...] = (
+    "admitted",
+    "over_budget",
+    "over_rate",
+)
+_NO_LIMIT = -1
+
+
+class StateUnavailableError(Exception):
+    """Redis could not be reached or failed to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCheck:
+    outcome: Literal["admitted", "over_budget", "over_rate"]
+    requests_in_window: int  # including this request when admitted
+    retry_after_s: float  # meaningful for "over_rate" only
+    spent_nanousd: int
+
+
+@asynccontextmanager
+async def _unavailable_on_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StateUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class RedisLimitState:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        # EVALSHA with a reload on NOSCRIPT, so a restarted (emptied) Redis is handled transparently.
+        self._admit_script = client.register_script(_ADMIT_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, *, socket_timeout_s: float = 0.5) -> RedisLimitState:
+        # Short timeouts and a single immediate retry (which reconnects a stale pooled connection after
+        # a Redis restart): an outage must cost the request path milliseconds, not redis-py's default
+        # ten retries with backoff.
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(client, prefix)
+
+    def window_key(self, key_id: str) -> str:
+        return f"pitstop:{self._prefix}:limits:{{{key_id}}}:window"
+
+    def spent_key(self, key_id: str) -> str:
+        return f"pitstop:{self._prefix}:limits:{{{key_id}}}:spent"
+
+    async def check_and_take(
+        self,
+        key_id: str,
+        rpm_limit: int | None,
+        budget_nanousd: int | None,
+        window_s: float,
+        member: str,
+        now_s: float | None = None,
+    ) -> WindowCheck:
+        """Atomically check the budget and the window and, when both allow, record `member` in the window."""
+        window_us = round(window_s * 1_000_000)
+        args = [
+            _NO_LIMIT if rpm_limit is None else rpm_limit,
+            _NO_LIMIT if budget_nanousd is None else budget_nanousd,
+            window_us,
+            member,
+            "" if now_s is None else round(now_s * 1_000_000),
+        ]
+        async with _unavailable_on_error():
+            code, count, retry_us, spent = await self._admit_script(
+                keys=[self.window_key(key_id), self.spent_key(key_id)], args=args
+            )
+        return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent))
+
+    async def add_spend(self, key_id: str, nanousd: int) -> int:
+        async with _unavailable_on_error():
+            return int(await self._client.incrby(self.spent_key(key_id), nanousd))
+
+    async def get_spent(self, key_id: str) -> int:
+        async with _unavailable_on_error():
+            value = await self._client.get(self.spent_key(key_id))
+        return int(value) if value is not None else 0
+
+    async def set_spent(self, key_id: str, nanousd: int) -> None:
+        async with _unavailable_on_error():
+            await self._client.set(self.spent_key(key_id), nanousd)
+
+    async def close(self) -> None:
+        await self._client.aclose()

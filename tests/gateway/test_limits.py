@@ -1,0 +1,178 @@
+"""Contract tests: the in-process and the Redis limiter must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from gateway.limits import Limiter, MemoryLimiter, RedisLimiter, make_limiter
+
+REDIS_URL = os.environ.get("PITSTOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+pytestmark = pytest.mark.anyio
+
+
+def redis_available(url: str = REDIS_URL) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5) as client:
+            return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def unique_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"pitstop:{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+    if request.param == "memory":
+        memory = MemoryLimiter(window_s=60.0)
+        yield memory
+        await memory.close()
+        return
+    prefix = unique_prefix()
+    shared = RedisLimiter.from_url(REDIS_URL, prefix=prefix, window_s=60.0)
+    yield shared
+    await shared.close()
+    await delete_prefix(prefix)
+
+
+async def test_unlimited_key_is_always_admitted(limiter: Limiter) -> None:
+    for i in range(50):
+        admission = await limiter.admit("k", None, None, now=1000.0 + i)
+        assert admission.allowed and admission.reason is None
+        assert admission.remaining_requests is None and admission.remaining_budget_usd is None
+
+
+async def test_rpm_admits_exactly_the_limit_then_rejects(limiter: Limiter) -> None:
+    remaining = [(await limiter.admit("k", 3, None, now=1000.0 + i)).remaining_requests for i in range(3)]
+    assert remaining == [2, 1, 0]
+    rejected = await limiter.admit("k", 3, None, now=1030.0)
+    assert not rejected.allowed and rejected.reason == "rate_limit"
+    assert rejected.retry_after_s == pytest.approx(30.0)  # the oldest admission (t=1000) leaves at 1060
+    assert rejected.remaining_requests == 0
+
+
+async def test_window_edge_is_exact(limiter: Limiter) -> None:
+    for t in (1000.0, 1010.0, 1020.0):
+        assert (await limiter.admit("k", 3, None, now=t)).allowed
+    just_before = await limiter.admit("k", 3, None, now=1059.999)
+    assert not just_before.allowed and just_before.retry_after_s == pytest.approx(0.001, abs=1e-6)
+    assert (await limiter.admit("k", 3, None, now=1060.0)).allowed  # t=1000 is exactly one window old
+    assert not (await limiter.admit("k", 3, None, now=1060.0)).allowed
+    assert not (await limiter.admit("k", 3, None, now=1069.999)).allowed
+    assert (await limiter.admit("k", 3, None, now=1070.0)).allowed
+
+
+async def test_rejected_requests_take_no_slot(limiter: Limiter) -> None:
+    assert (await limiter.admit("k", 2, None, now=1000.0)).allowed
+    assert (await limiter.admit("k", 2, None, now=1001.0)).allowed
+    for t in range(1002, 1060):
+        assert not (await limiter.admit("k", 2, None, now=float(t))).allowed
+    assert (await limiter.admit("k", 2, None, now=1060.0)).allowed
+    assert (await limiter.admit("k", 2, None, now=1061.0)).allowed
+
+
+async def test_concurrent_admissions_are_exact(limiter: Limiter) -> None:
+    admissions = await asyncio.gather(*(limiter.admit("k", 10, None, now=1000.0) for _ in range(100)))
+    assert sum(a.allowed for a in admissions) == 10
+    assert {a.reason for a in admissions if not a.allowed} == {"rate_limit"}
+
+
+async def test_zero_rpm_rejects_everything(limiter: Limiter) -> None:
+    admission = await limiter.admit("k", 0, None, now=1000.0)
+    assert not admission.allowed and admission.reason == "rate_limit"
+    assert admission.retry_after_s == pytest.approx(60.0)
+
+
+async def test_budget_stops_admission_once_spend_reaches_it(limiter: Limiter) -> None:
+    # 10 x $0.10 must reach $1.00 exactly; a float sum lands at 0.9999999999999999 and admits an 11th.
+    for i in range(10):
+        admission = await limiter.admit("k", None, 1.0, now=1000.0 + i)
+        assert admission.allowed
+        assert admission.remaining_budget_usd == pytest.approx(1.0 - 0.1 * i)
+        await limiter.record_spend("k", 0.1)
+    assert await limiter.spent("k") == pytest.approx(1.0)
+    refused = await limiter.admit("k", None, 1.0, now=1100.0)
+    assert not refused.allowed and refused.reason == "budget"
+    assert refused.retry_after_s is None and refused.remaining_budget_usd == 0.0
+    assert (await limiter.admit("k", None, 1.5, now=1100.0)).allowed  # a raised budget admits again
+
+
+async def test_overshoot_is_bounded_by_requests_in_flight(limiter: Limiter) -> None:
+    in_flight = [await limiter.admit("k", None, 1.0, now=1000.0) for _ in range(3)]
+    assert all(a.allowed for a in in_flight)  # nothing spent yet: all three start
+    for _ in in_flight:
+        await limiter.record_spend("k", 0.5)
+    assert await limiter.spent("k") == pytest.approx(1.5)
+    assert not (await limiter.admit("k", None, 1.0, now=1001.0)).allowed
+
+
+async def test_budget_rejection_takes_no_rate_slot(limiter: Limiter) -> None:
+    await limiter.set_spent("k", 1.0)
+    for i in range(5):
+        refused = await limiter.admit("k", 2, 1.0, now=1000.0 + i)
+        assert not refused.allowed and refused.reason == "budget" and refused.remaining_requests == 2
+    assert (await limiter.admit("k", 2, 2.0, now=1010.0)).allowed
+    assert (await limiter.admit("k", 2, 2.0, now=1010.0)).allowed
+    third = await limiter.admit("k", 2, 2.0, now=1010.0)
+    assert third.reason == "rate_limit" and third.remaining_budget_usd == pytest.approx(1.0)
+
+
+async def test_spent_roundtrip_and_keys_are_isolated(limiter: Limiter) -> None:
+    assert await limiter.spent("a") == 0.0
+    await limiter.set_spent("a", 12.345678)
+    await limiter.record_spend("a", 0.000000150)  # one token at $0.15 per million
+    await limiter.record_spend("b", 2.0)
+    assert await limiter.spent("a") == pytest.approx(12.345678150, abs=1e-12)
+    assert await limiter.spent("b") == 2.0
+    for _ in range(3):
+        assert (await limiter.admit("a", 3, None, now=1000.0)).allowed
+    assert (await limiter.admit("b", 3, None, now=1000.0)).allowed
+
+
+async def test_record_spend_rejects_non_finite_amounts(limiter: Limiter) -> None:
+    with pytest.raises(ValueError):
+        await limiter.record_spend("k", float("nan"))
+
+
+async def test_memory_limiter_uses_its_clock_when_now_is_omitted() -> None:
+    now = [1000.0]
+    limiter = MemoryLimiter(window_s=10.0, clock=lambda: now[0])
+    assert (await limiter.admit("k", 1, None)).allowed
+    now[0] = 1009.5
+    assert (await limiter.admit("k", 1, None)).retry_after_s == pytest.approx(0.5)
+    now[0] = 1010.0
+    assert (await limiter.admit("k", 1, None)).allowed
+
+
+async def test_factory_picks_the_implementation() -> None:
+    assert isinstance(make_limiter(None), MemoryLimiter)
+    shared = make_limiter(REDIS_URL, prefix=unique_prefix(), fail_open=True, window_s=5.0)
+    assert isinstance(shared, RedisLimiter) and shared.fail_open and shared.window_s == 5.0
+    await shared.close()

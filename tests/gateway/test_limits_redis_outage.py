@@ -1,0 +1,141 @@
+"""Redis going away: admission follows `fail_open`, nothing raises, and limits resume when it returns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+
+from gateway.limits import LimitsUnavailableError, RedisLimiter
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+]
+
+
+class ThrowawayRedis:
+    """A redis-server on a free port, without persistence, that a test may kill, stop and restart."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
+                    if client.ping():
+                        return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)  # in case it was paused
+            self._proc.kill()
+            self._proc.wait()
+
+    def pause(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def server() -> Iterator[ThrowawayRedis]:
+    throwaway = ThrowawayRedis()
+    throwaway.start()
+    yield throwaway
+    throwaway.kill()
+
+
+@pytest.fixture(params=[False, True], ids=["fail_closed", "fail_open"])
+async def limiter(request: pytest.FixtureRequest, server: ThrowawayRedis) -> AsyncIterator[RedisLimiter]:
+    limiter = RedisLimiter.from_url(
+        server.url, prefix="outage", fail_open=request.param, socket_timeout_s=0.2
+    )
+    yield limiter
+    await limiter.close()
+
+
+async def test_outage_follows_fail_open_and_recovers(
+    limiter: RedisLimiter, server: ThrowawayRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.limits.redis")
+    assert (await limiter.admit("k", 2, 10.0)).allowed
+    await limiter.record_spend("k", 0.25)
+
+    server.kill()
+    for _ in range(3):
+        admission = await limiter.admit("k", 2, 10.0)
+        assert admission.allowed is limiter.fail_open and admission.reason == "limits_unavailable"
+    await limiter.record_spend("k", 0.5)  # kept in process, not raised
+    with pytest.raises(LimitsUnavailableError):
+        await limiter.spent("k")
+    with pytest.raises(LimitsUnavailableError):
+        await limiter.set_spent("k", 1.0)
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # once per outage
+
+    server.start()  # empty again: no persistence, and its script cache is gone
+    first = await limiter.admit("k", 2, 10.0)
+    assert first.allowed and first.reason is None
+    assert await limiter.spent("k") == pytest.approx(0.5)  # the unwritten spend arrived
+    assert (await limiter.admit("k", 2, 10.0)).allowed
+    assert (await limiter.admit("k", 2, 10.0)).reason == "rate_limit"  # enforced again
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_hung_redis_costs_no_more_than_the_socket_timeouts(
+    limiter: RedisLimiter, server: ThrowawayRedis
+) -> None:
+    assert (await limiter.admit("k", 100, None)).allowed
+    server.pause()
+    started = time.monotonic()
+    admission = await limiter.admit("k", 100, None)
+    await limiter.record_spend("k", 0.1)
+    elapsed = time.monotonic() - started
+    assert admission.allowed is limiter.fail_open and admission.reason == "limits_unavailable"
+    assert elapsed < 2.0  # two calls, each at most one try and one retry of 0.2 s, plus slack
+    server.resume()
+    assert (await limiter.admit("k", 100, None)).allowed
+    # A timed-out write may still run once Redis wakes (two tries were sent) and the limiter writes the
+    # amount again: spend can be overcounted, never lost.
+    assert 0.1 - 1e-9 <= await limiter.spent("k") <= 0.3 + 1e-9
