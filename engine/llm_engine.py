@@ -71,14 +71,7 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None) -> Sequence:
-        if not prompt_token_ids:
-            raise InvalidRequestError("the prompt is empty", "prompt")
-        if len(prompt_token_ids) >= self.config.max_model_len:
-            raise InvalidRequestError(
-                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
-                f"{self.config.max_model_len} tokens, including at least one for the answer", "messages")
-        if pin_ttl_s is not None and pin_ttl_s < 0:
-            raise InvalidRequestError("pin_ttl_s must be >= 0", "pin_ttl_s")
+        self.validate_request(prompt_token_ids, pin_ttl_s)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         seq = Sequence(request_id, prompt_token_ids, params,
@@ -88,9 +81,23 @@ class LLMEngine:
         if self.tokenizer is not None:
             from engine.detokenizer import IncrementalDetokenizer
 
-            self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop)
+            self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop, prompt_token_ids)
         self.scheduler.add(seq)
         return seq
+
+    def validate_request(self, prompt_token_ids: list[int], pin_ttl_s: float | None = None,
+                         vocab_size: int | None = None) -> None:
+        """The checks `add_request` makes; callable from another thread (reads only the config)."""
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        if len(prompt_token_ids) >= self.config.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
+                f"{self.config.max_model_len} tokens, including at least one for the answer", "prompt")
+        if vocab_size is not None and not all(0 <= t < vocab_size for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
+        if pin_ttl_s is not None and pin_ttl_s < 0:
+            raise InvalidRequestError("pin_ttl_s must be >= 0", "pin_ttl_s")
 
     def abort(self, request_id: str) -> None:
         seq = self.sequences.pop(request_id, None)
@@ -138,11 +145,11 @@ class LLMEngine:
         text = ""
         detokenizer = self.detokenizers.get(seq.request_id)
         if detokenizer is not None:
-            skip = reason == "stop"  # the stop token itself is not part of the text
-            text, hit_stop_string = detokenizer.add(token_id, skip=skip)
-            if hit_stop_string:
+            delta = detokenizer.add([token_id])  # special tokens such as EOS decode to nothing
+            text = delta.text
+            if delta.stop is not None:
                 reason = "stop"
-            if reason is not None:
+            elif reason is not None:
                 text += detokenizer.flush()
         if reason is not None:
             self._finish(seq, reason, now)
@@ -165,6 +172,13 @@ class LLMEngine:
         self.scheduler.finish(seq)
         del self.sequences[seq.request_id]
         self.detokenizers.pop(seq.request_id, None)
+
+    def expire_pins(self) -> int:
+        return self.block_manager.expire_pins(self.clock.now())
+
+    def next_pin_deadline(self) -> float | None:
+        pin = self.block_manager.pins.earliest()
+        return pin.deadline if pin else None
 
     # ---- session pins -------------------------------------------------------------------------
 

@@ -1,0 +1,383 @@
+"""AsyncEngine: one LLMEngine served to asyncio, the in-process twin of the HTTP server.
+
+The LLMEngine is single-threaded, so it lives on ONE background thread that owns every mutation:
+requests, aborts and pin operations are queued to that thread as commands and applied between
+steps; step outputs flow back to per-request asyncio queues with `loop.call_soon_threadsafe`.
+The thread sleeps on a condition when there is nothing to do (torch releases the GIL while a
+step runs, so the event loop keeps serving). If a step raises, the instance is dead: every
+in-flight request fails with EngineDeadError instead of hanging, and so does every later call."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from engine.llm_engine import EngineStats, LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import InvalidRequestError, SamplingParams
+
+T = TypeVar("T")
+# How long the thread naps when requests are pending but none could be scheduled (memory is full
+# of pins that have not expired yet): long enough not to spin, short enough not to be noticed.
+_STALL_WAIT_S = 0.005
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop is not running (it crashed or was shut down): a 503, not a client error."""
+
+
+class SessionNotFoundError(LookupError):
+    """No finished turn is known for this session id."""
+
+
+class TokenizerLike(Protocol):
+    eos_token_ids: tuple[int, ...]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                            add_generation_prompt: bool = True) -> str: ...
+
+
+@dataclass
+class _Command:
+    apply: Callable[[], None]  # runs on the engine thread; reports its own result or error
+    fail: Callable[[BaseException], None]  # the engine died before it could run
+
+
+class _RequestStream:
+    """The asyncio side of one request: a queue on the consumer's loop, fed from the engine thread."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.request_id = request_id
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+
+
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def _settle(future: asyncio.Future, result: object = None, error: BaseException | None = None) -> None:
+    if future.done():  # the caller gave up (cancelled) in the meantime
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, vocab_size: int | None = None) -> None:
+        self.engine = engine
+        self.tokenizer: TokenizerLike | None = engine.tokenizer
+        # Prompt token ids outside the vocabulary would crash the step (and with it every request).
+        self.vocab_size = vocab_size
+        self._cond = threading.Condition()
+        self._commands: list[_Command] = []
+        self._stopping = False
+        self._dead: EngineDeadError | None = None
+        self._thread: threading.Thread | None = None
+        self._streams: dict[str, _RequestStream] = {}  # engine thread only
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.config.max_model_len
+
+    @property
+    def is_healthy(self) -> bool:
+        return self._dead is None and not self._stopping
+
+    @property
+    def dead_reason(self) -> str | None:
+        return str(self._dead) if self._dead is not None else None
+
+    async def start(self) -> None:
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        with self._cond:
+            if self._thread is None and self._dead is None and not self._stopping:
+                self._thread = threading.Thread(target=self._run, name="pitstop-engine", daemon=True)
+                self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Stop the step loop; in-flight requests fail with EngineDeadError. Idempotent."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify()
+        if thread is None:
+            self._die(EngineDeadError("the engine was shut down"))
+        else:
+            await asyncio.to_thread(thread.join)
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def validate_request(self, prompt_token_ids: Sequence[int], pin_ttl_s: float | None = None) -> None:
+        """The checks `add_request` makes, done on the caller's side so a server can answer 400
+        before it commits to a streaming 200."""
+        self.engine.validate_request(list(prompt_token_ids), pin_ttl_s, self.vocab_size)
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise InvalidRequestError("this engine has no tokenizer: send prompt token ids", "prompt")
+        return self.tokenizer.encode(prompt)
+
+    async def generate(self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
+                       priority: float = 0.0, session_id: str | None = None,
+                       pin_ttl_s: float | None = None) -> AsyncIterator[RequestOutput]:
+        """Yields one RequestOutput per step that produced a token, the last one `finished`.
+        Stopping the iteration early (break, aclose, cancellation) aborts the request."""
+        prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.validate_request(prompt_token_ids, pin_ttl_s)
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        stream = _RequestStream(request_id, asyncio.get_running_loop())
+
+        def add() -> None:
+            try:
+                self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
+                                        session_id=session_id, pin_ttl_s=pin_ttl_s)
+            except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
+                self._deliver([(stream, exc)])
+            else:
+                self._streams[request_id] = stream
+
+        self._submit(_Command(add, lambda exc: self._deliver([(stream, exc)])))
+        done = False
+        try:
+            while not done:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = item.finished
+                yield item
+        finally:
+            if not done:
+                self._abort(request_id)
+
+    def _abort(self, request_id: str) -> None:
+        def abort() -> None:
+            self._streams.pop(request_id, None)
+            self.engine.abort(request_id)
+
+        with suppress(EngineDeadError):  # nothing runs any more: nothing to abort
+            self._submit(_Command(abort, lambda exc: None))
+
+    # ---- sessions and stats -------------------------------------------------------------------
+
+    async def pin_session(self, session_id: str, ttl_s: float) -> int:
+        """Pin what is still cached of the session's last turn; returns the blocks pinned."""
+
+        def pin() -> int:
+            if self.engine.session_info(session_id) is None:
+                raise SessionNotFoundError(session_id)
+            return self.engine.pin_session(session_id, ttl_s)
+
+        return await self._call(pin)
+
+    async def extend_session_pin(self, session_id: str, ttl_s: float) -> bool:
+        return await self._call(lambda: self.engine.extend_session_pin(session_id, ttl_s))
+
+    async def unpin_session(self, session_id: str) -> bool:
+        return await self._call(lambda: self.engine.unpin_session(session_id))
+
+    async def session_info(self, session_id: str) -> dict | None:
+        return await self._call(lambda: self.engine.session_info(session_id))
+
+    async def stats(self) -> EngineStats:
+        return await self._call(self.engine.stats)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread between steps and await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def reply(result: object = None, error: BaseException | None = None) -> None:
+            with suppress(RuntimeError):  # the caller's loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+        def apply() -> None:
+            try:
+                result = fn()
+            except Exception as exc:
+                reply(error=exc)
+            else:
+                reply(result)
+
+        self._submit(_Command(apply, lambda exc: reply(error=exc)))
+        return await future
+
+    # ---- the engine thread --------------------------------------------------------------------
+
+    def _submit(self, command: _Command) -> None:
+        self._ensure_started()
+        with self._cond:
+            if self._dead is not None or self._stopping:
+                raise EngineDeadError(self.dead_reason or "the engine is shutting down")
+            self._commands.append(command)
+            self._cond.notify()
+
+    def _next_commands(self, stalled: bool) -> list[_Command] | None:
+        """Wait for work: commands, schedulable requests, a pin deadline or a stop (None)."""
+        with self._cond:
+            if not (self._commands or self._stopping):
+                if stalled:
+                    self._cond.wait(_STALL_WAIT_S)
+                elif not self.engine.has_unfinished():
+                    self._cond.wait(self._idle_timeout())
+            if self._stopping:
+                return None
+            commands, self._commands = self._commands, []
+            return commands
+
+    def _idle_timeout(self) -> float | None:
+        # Pins expire inside `step`; an idle engine wakes at the next deadline to expire them, so
+        # stats and session info stay true. A virtual clock has no deadlines to wait for.
+        deadline = self.engine.next_pin_deadline()
+        if deadline is None or self.engine.clock.virtual:
+            return None
+        return max(0.0, deadline - self.engine.clock.now()) + 0.001
+
+    def _run(self) -> None:
+        error = EngineDeadError("the engine was shut down")
+        try:
+            stalled = False
+            while (commands := self._next_commands(stalled)) is not None:
+                for command in commands:
+                    command.apply()
+                if not self.engine.has_unfinished():
+                    self.engine.expire_pins()
+                    stalled = False
+                    continue
+                steps_before = self.engine.num_steps
+                self._dispatch(self.engine.step())
+                stalled = self.engine.num_steps == steps_before  # nothing could be scheduled
+        except Exception as exc:
+            error = EngineDeadError(f"the engine step loop crashed: {exc!r}")
+            error.__cause__ = exc
+        finally:
+            self._die(error)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        items = []
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            if output.finished:
+                del self._streams[output.request_id]
+            items.append((stream, output))
+        self._deliver(items)
+
+    def _deliver(self, items: list[tuple[_RequestStream, RequestOutput | BaseException]]) -> None:
+        """Hand items to their consumers' loops: one wake-up per loop per step, not per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for stream, item in items:
+            by_loop[stream.loop].append((stream, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, [(stream.queue, item) for stream, item in batch])
+            except RuntimeError:  # that loop is closed: nobody will read these, stop computing them
+                for stream, _ in batch:
+                    if self._streams.pop(stream.request_id, None) is not None and self._dead is None:
+                        self.engine.abort(stream.request_id)
+
+    def _die(self, error: EngineDeadError) -> None:
+        """Mark the instance dead and fail everything that is waiting on it."""
+        with self._cond:
+            if self._dead is None:
+                self._dead = error
+            commands, self._commands = self._commands, []
+        for command in commands:
+            command.fail(EngineDeadError(str(error)))
+        streams, self._streams = list(self._streams.values()), {}
+        self._deliver([(stream, EngineDeadError(str(error))) for stream in streams])
+
+
+# ---- building one ---------------------------------------------------------------------------------
+
+
+def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | None = None, *,
+                 tokenizer: TokenizerLike | None = None, num_blocks: int | None = None,
+                 kv_cache_memory_bytes: int | None = None, block_size: int = 16,
+                 max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
+                 pin_budget_fraction: float = 0.5, device: str | None = None) -> AsyncEngine:
+    """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
+    simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
+    steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
+    default (1024 blocks for a model, the profile's own capacity for a simulation)."""
+    from engine.clock import WallClock
+    from engine.config import EngineConfig
+    from engine.policy import make_policy
+
+    if (model_dir is None) == (sim_profile is None):
+        raise ValueError("pass exactly one of model_dir and sim_profile")
+    if num_blocks is not None and kv_cache_memory_bytes is not None:
+        raise ValueError("pass at most one of num_blocks and kv_cache_memory_bytes")
+    clock = WallClock()
+    if model_dir is not None:
+        from engine.tokenizer import Tokenizer
+        from engine.torch_runner import TorchModelRunner
+
+        if num_blocks is None:
+            num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
+                model_dir, kv_cache_memory_bytes, block_size, device)
+        _check_num_blocks(num_blocks)
+        runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device)
+        tokenizer = tokenizer or Tokenizer(model_dir)
+        context_len = runner.max_model_len
+        vocab_size = runner.config.vocab_size
+    else:
+        from engine.byte_tokenizer import ByteTokenizer
+        from engine.sim_runner import SimulatedRunner
+        from engine.step_time import load_profile
+
+        step_time = load_profile(sim_profile)
+        num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
+        if tokenizer is None:
+            # ASCII only: random placeholder tokens then always decode to valid text.
+            tokenizer, vocab_size = ByteTokenizer(), 128
+        else:
+            vocab_size = getattr(tokenizer, "vocab_size", 32000)
+        runner = SimulatedRunner(step_time, clock, vocab_size=vocab_size, eos_token_ids=tokenizer.eos_token_ids)
+        context_len = 1 << 30  # a simulation has no position limit of its own
+    config = EngineConfig(block_size=block_size, num_blocks=num_blocks,
+                          max_model_len=min(max_model_len or context_len, context_len),
+                          max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
+                          pin_budget_fraction=pin_budget_fraction)
+    engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
+    return AsyncEngine(engine, vocab_size=vocab_size)
+
+
+def _check_num_blocks(num_blocks: int) -> None:
+    if num_blocks < 1:
+        raise ValueError(f"the KV cache must hold at least one block (got {num_blocks})")
+
+
+def _sim_num_blocks(step_time: object, num_blocks: int | None, kv_cache_memory_bytes: int | None,
+                    block_size: int) -> int:
+    if num_blocks is None and kv_cache_memory_bytes is not None:
+        per_token = getattr(getattr(step_time, "model", None), "kv_bytes_per_token", None)
+        if per_token is None:
+            raise ValueError("this profile does not say how large a KV token is: pass num_blocks")
+        num_blocks = kv_cache_memory_bytes // (per_token * block_size)
+    if num_blocks is None:
+        from engine.simulate import _default_num_blocks  # the simulator's rule: the profile's capacity
+
+        num_blocks = _default_num_blocks(step_time, block_size)
+    _check_num_blocks(num_blocks)
+    return num_blocks

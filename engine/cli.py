@@ -1,0 +1,91 @@
+"""`pitstop engine ...`: serve one engine over HTTP, make a tiny test model, profile step times.
+Heavy imports (torch, uvicorn) happen inside the handlers, so `pitstop --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from engine.policy import POLICIES
+
+_BYTE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30,
+               "ti": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """`1073741824`, `512MiB`, `2G`, `1.5GB` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (try 4GiB or 4294967296)")
+    return int(float(match[1]) * _BYTE_UNITS[match[2] or ""])
+
+
+def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="serve one engine with an OpenAI-compatible API")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a local Hugging Face model folder")
+    source.add_argument("--sim", type=Path, metavar="PROFILE", help="a step-time profile JSON: a simulated GPU")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8100)
+    kv = serve.add_mutually_exclusive_group()
+    kv.add_argument("--num-blocks", type=int, help="KV cache size in blocks")
+    kv.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES", help="KV cache size, e.g. 4GiB")
+    serve.add_argument("--block-size", type=int, default=16)
+    serve.add_argument("--max-model-len", type=int)
+    serve.add_argument("--max-num-seqs", type=int, default=64)
+    serve.add_argument("--policy", default="fcfs", choices=sorted(POLICIES), help="waiting-queue policy")
+    serve.add_argument("--pin-budget-fraction", type=float, default=0.5)
+    serve.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=serve_command)
+
+    tiny = subparsers.add_parser("make-tiny-model", help="write a tiny random Llama model folder (tests)")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--hidden", type=int, default=64)
+    tiny.add_argument("--heads", type=int)
+    tiny.add_argument("--kv-heads", type=int)
+    tiny.add_argument("--vocab-size", type=int)
+    tiny.add_argument("--seed", type=int)
+    tiny.set_defaults(handler=make_tiny_model_command)
+
+    profile = subparsers.add_parser("profile", help="measure step times of a model, write a sim profile")
+    profile.add_argument("--model", type=Path, required=True)
+    profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
+    profile.add_argument("--device")
+    profile.set_defaults(handler=profile_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.async_engine import build_engine
+    from engine.server import create_app
+
+    engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
+                          kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
+                          max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
+                          pin_budget_fraction=args.pin_budget_fraction, device=args.device)
+    name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
+    uvicorn.run(create_app(engine, name), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def make_tiny_model_command(args: argparse.Namespace) -> int:
+    from engine.tiny_model import make_tiny_model
+
+    options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed}
+    path = make_tiny_model(args.dir, layers=args.layers, hidden=args.hidden,
+                           **{k: v for k, v in options.items() if v is not None})
+    print(path)
+    return 0
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    from engine.profile import run_profile
+
+    run_profile(args.model, args.out, device=args.device)
+    print(args.out)
+    return 0

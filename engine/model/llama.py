@@ -1,0 +1,124 @@
+"""The Llama/Qwen2 decoder on a flattened varlen batch. Module and parameter names follow the HF
+checkpoint layout (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one
+projection each; the loader splits checkpoint tensors into them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.attention import AttentionPlan, paged_attention, write_kv
+from engine.model.config import ModelConfig
+from engine.model.layers import PackedLinear, RMSNorm
+from engine.model.rope import RotaryEmbedding
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        q_size = config.num_heads * config.head_dim
+        kv_size = config.num_kv_heads * config.head_dim
+        self.qkv_proj = PackedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryEmbedding,
+        kv_cache: torch.Tensor,
+        plan: AttentionPlan,
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj.split(self.qkv_proj(x))
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = rope(positions, q, k)
+        # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
+        # another sequence (or an earlier chunk) wrote in this same step.
+        write_kv(kv_cache, k, v, plan.slot_mapping)
+        out = paged_attention(q, kv_cache, plan)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        size = config.intermediate_size
+        self.gate_up_proj = PackedLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
+        self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        rope: RotaryEmbedding,
+        kv_cache: torch.Tensor,
+        plan: AttentionPlan,
+    ) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, rope, kv_cache, plan)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class DecoderStack(nn.Module):
+    """HF's `model.` prefix: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    """forward(input_ids [T], positions [T], kv_cache [layers, 2, blocks, block_size, kv_heads, head_dim],
+    plan, logits_index [S]) -> float32 logits [S, vocab] for the selected batch tokens only."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DecoderStack(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Not a module buffer: it is rebuilt on the real device after meta-device construction.
+        self.rope: RotaryEmbedding | None = None
+
+    def setup_rope(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.rope = RotaryEmbedding(self.config, device, dtype)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        plan: AttentionPlan,
+        logits_index: torch.Tensor,
+    ) -> torch.Tensor:
+        assert self.rope is not None, "call setup_rope() first"
+        hidden = self.model.embed_tokens(input_ids)
+        for layer, layer_cache in zip(self.model.layers, kv_cache, strict=True):
+            hidden = layer(hidden, positions, self.rope, layer_cache, plan)
+        # Only the tokens that sample need the final norm and the (vocab-sized) head.
+        hidden = self.model.norm(hidden[logits_index])
+        return self.lm_head(hidden).float()

@@ -1,0 +1,184 @@
+"""Profiling: run a sweep of synthetic workloads through a real engine, record every step's shape and
+duration, and fit a LinearStepTime to them. `run_profile` does it for a model folder on the torch
+runner and writes the profile JSON the simulator loads (`pitstop engine profile`)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.clock import Clock, WallClock
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import StepRecord
+from engine.roofline import ModelShape
+from engine.runner import ModelRunner
+from engine.sampling_params import SamplingParams
+from engine.step_time import FitQuality, LinearStepTime, fit_quality, save_profile
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ProfileSweep:
+    """What the sweep runs. Every step of it becomes a record, including the prefills that start
+    each decode batch and the chunks a long prompt is cut into, so shapes cover the mix a server sees."""
+
+    prefill_lens: tuple[int, ...] = (16, 64, 256, 512, 1024, 2048)  # lone prefills, one step each
+    prefill_batch: int = 4  # each prefill length also as this many prompts sharing one step
+    decode_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    context_lens: tuple[int, ...] = (64, 512, 2048)  # prompt length of each decode batch
+    decode_steps: int = 8  # steps the whole batch decodes together
+    mixed_prefill_lens: tuple[int, ...] = (64, 512)  # a prompt joining a running decode batch
+    repeats: int = 2
+    # Run each prefill size and decode batch size once, unrecorded, first: the first call of a shape
+    # pays for allocation and kernel selection, tens of times a normal step.
+    warmup: bool = True
+
+    @property
+    def step_tokens(self) -> int:
+        """Token budget per step: whole prompts in one step, so prefill sizes are as asked."""
+        return max(*self.prefill_lens, *self.mixed_prefill_lens, max(self.decode_batch_sizes))
+
+    def output_len(self, context: int, batch_size: int) -> int:
+        """Keeps a batch decoding together for `decode_steps` steps: its first prompts start
+        decoding while the last are still prefilling, over this many steps."""
+        prefill_steps = -(-context * batch_size // self.step_tokens)
+        return self.decode_steps + prefill_steps + 1
+
+    def points(self) -> Iterator[tuple[list[int], int, int]]:
+        """(prompt lengths, output length, joining prompt length or 0), one run of the sweep."""
+        for n in self.prefill_lens:
+            yield [n], 1, 0
+            if self.prefill_batch > 1 and n >= self.prefill_batch:
+                yield [n // self.prefill_batch] * self.prefill_batch, 1, 0
+        for context in self.context_lens:
+            for batch_size in self.decode_batch_sizes:
+                yield [context] * batch_size, self.output_len(context, batch_size), 0
+        context = min(self.context_lens)
+        for n in self.mixed_prefill_lens:
+            for batch_size in self.decode_batch_sizes[::2]:
+                yield [context] * batch_size, self.output_len(context, batch_size), n
+
+    def blocks_needed(self, block_size: int) -> int:
+        """KV blocks that every point of the sweep fits in."""
+        def blocks(tokens: int) -> int:
+            return -(-tokens // block_size)
+
+        return max(sum(blocks(n + out) for n in prompts) + blocks(joining + 1)
+                   for prompts, out, joining in self.points())
+
+
+@dataclass
+class ProfileResult:
+    model: LinearStepTime
+    records: list[StepRecord]
+    quality: FitQuality
+
+
+def profile_runner(runner: ModelRunner, num_blocks: int, block_size: int = 16, *, vocab_size: int,
+                   sweep: ProfileSweep | None = None, clock: Clock | None = None,
+                   max_model_len: int | None = None, model_info: dict | None = None,
+                   seed: int = 0) -> ProfileResult:
+    """Drive `runner` (whose KV cache has `num_blocks` blocks of `block_size`) through the sweep on
+    an LLMEngine with step recording, and fit a LinearStepTime to the steps. Points that do not fit
+    in the KV cache or in `max_model_len` (default: the runner's own, if it has one) are skipped."""
+    sweep = sweep or ProfileSweep()
+    max_model_len = max_model_len or getattr(runner, "max_model_len", None) or 1 << 30
+    config = EngineConfig(
+        block_size=block_size, num_blocks=num_blocks, max_model_len=max_model_len,
+        max_num_seqs=max(sweep.decode_batch_sizes) + max(1, sweep.prefill_batch),
+        max_num_batched_tokens=sweep.step_tokens, long_prefill_token_threshold=sweep.step_tokens,
+        enable_prefix_caching=False)  # random prompts would not hit anyway; this keeps it certain
+    # A runner that keeps its own clock (a simulated one) is timed on it; a real one on wall time.
+    clock = clock or getattr(runner, "clock", None) or WallClock()
+    engine = LLMEngine(config, runner, clock, record_steps=True)
+    assert engine.step_log is not None
+    driver = _SweepDriver(engine, vocab_size, random.Random(seed))
+
+    def fits(prompts: list[int], output_len: int, joining: int) -> bool:
+        longest = max(*prompts, joining) + output_len
+        blocks = sum(-(-(n + output_len) // block_size) for n in prompts) + -(-(joining + 1) // block_size)
+        return longest < engine.config.max_model_len and blocks <= num_blocks
+
+    points = [point for point in sweep.points() if fits(*point)]
+    if sweep.warmup:
+        for prompts, _, joining in points:
+            if len(prompts) == 1 or prompts[0] == min(sweep.context_lens) and not joining:
+                driver.run(prompts, 2)
+    engine.step_log.clear()
+    for _ in range(sweep.repeats):
+        for point in points:
+            driver.run(*point)
+    records = list(engine.step_log)
+    model = LinearStepTime.fit(records, model=dict(model_info or {}, num_blocks=num_blocks,
+                                                    block_size=block_size))
+    return ProfileResult(model, records, fit_quality(model, records))
+
+
+class _SweepDriver:
+    def __init__(self, engine: LLMEngine, vocab_size: int, rng: random.Random) -> None:
+        self.engine, self.vocab_size, self.rng = engine, vocab_size, rng
+        self.count = 0
+
+    def add(self, prompt_len: int, max_tokens: int) -> None:
+        self.count += 1
+        prompt = [self.rng.randrange(self.vocab_size) for _ in range(prompt_len)]
+        # ignore_eos: a real model may sample EOS early; the sweep needs its planned decode steps.
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        self.engine.add_request(f"profile-{self.count}", prompt, params)
+
+    def run(self, prompt_lens: list[int], max_tokens: int, joining: int = 0) -> None:
+        """Run prompts to completion together; with `joining`, a prompt of that length arrives once
+        all of them are decoding, so its prefill shares a step with their decodes."""
+        for n in prompt_lens:
+            self.add(n, max_tokens)
+        engine = self.engine
+        if joining:
+            while engine.scheduler.waiting or any(
+                    s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+                engine.step()
+            self.add(joining, 1)
+        while engine.has_unfinished():
+            engine.step()
+
+
+def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int | None = None,
+                block_size: int = 16, device: str | None = None, dtype: str | torch.dtype | None = None,
+                sweep: ProfileSweep | None = None,
+                runner_factory: Callable[..., ModelRunner] | None = None) -> ProfileResult:
+    """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
+    num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`."""
+    sweep = sweep or ProfileSweep()
+    model_dir = Path(model_dir)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    num_blocks = num_blocks or sweep.blocks_needed(block_size)
+    if runner_factory is None:
+        import torch
+
+        from engine.torch_runner import TorchModelRunner
+
+        runner_factory = TorchModelRunner
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
+    runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
+    weight_bytes = getattr(getattr(runner, "dtype", None), "itemsize", 2)  # torch.dtype knows its size
+    shape = ModelShape.from_hf_config(hf_config, name=model_dir.name, weight_bytes=weight_bytes)
+    started = time.time()
+    result = profile_runner(runner, num_blocks, block_size, vocab_size=hf_config["vocab_size"],
+                            sweep=sweep, model_info=asdict(shape))
+    source = {
+        "method": "profile_runner sweep, non-negative least squares on relative error",
+        "runner": type(runner).__name__, "model_dir": str(model_dir),
+        "device": str(getattr(runner, "device", device)), "dtype": str(getattr(runner, "dtype", dtype)),
+        "sweep": asdict(sweep), "created_unix": round(started), "profile_wall_s": round(time.time() - started, 3),
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+    }
+    save_profile(out_path, result.model, source=source, fit=result.quality)
+    return result

@@ -1,0 +1,199 @@
+"""Roofline step time: a step costs a fixed overhead plus the slower of its compute and its HBM traffic.
+
+    compute = (2 x matmul params x tokens + 2 x lm_head params x sampled seqs + attention FLOPs)
+              / (peak FLOP/s x flops_efficiency)
+    memory  = (weight bytes + KV bytes read + KV bytes written) / (HBM bytes/s x memory_efficiency)
+
+Decode steps are memory-bound (every step streams all weights), large prefills compute-bound.
+Activations and the embedding lookup are ignored (tiny next to weights and KV at these sizes).
+
+Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
+all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
+parallelism. For fp8 weights set `weight_bytes=1`: weight traffic halves and the fp8 FLOP/s apply."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from engine.batch import StepShape
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    memory_bytes: int
+    hbm_bytes_per_s: float
+    peak_flops_bf16: float  # dense, no sparsity
+    peak_flops_fp8: float | None = None
+
+
+# Memory is what nvidia-smi reports as total; bandwidth and dense FLOP/s from NVIDIA's datasheets.
+GPUS: dict[str, GPUSpec] = {
+    "H100-SXM": GPUSpec("H100-SXM", 81559 * MIB, 3.35e12, 989e12, 1979e12),
+    "H200": GPUSpec("H200", 143771 * MIB, 4.8e12, 989e12, 1979e12),
+    "A100-80G": GPUSpec("A100-80G", 81920 * MIB, 2.0e12, 312e12, None),
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A dense decoder with grouped-query attention and a gated (SwiGLU) MLP, e.g. Llama."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    weight_bytes: int = 2  # bytes per weight: 2 for bf16, 1 for fp8
+    kv_bytes: int = 2  # bytes per cached K or V element
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+
+    @classmethod
+    def from_hf_config(cls, config: dict, name: str | None = None, weight_bytes: int = 2) -> ModelShape:
+        """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2 style keys)."""
+        heads = config["num_attention_heads"]
+        return cls(
+            name=name or config.get("_name_or_path") or config.get("model_type", "model"),
+            num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"], num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads,
+            intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            weight_bytes=weight_bytes, kv_bytes=max(weight_bytes, 2),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+    @property
+    def layer_params(self) -> int:
+        """Matmul weights of all decoder layers: q, k, v, o projections and the gate/up/down MLP."""
+        q_and_o = 2 * self.hidden_size * self.num_heads * self.head_dim
+        k_and_v = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return self.num_layers * (q_and_o + k_and_v + mlp)
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        embeddings = self.lm_head_params * (1 if self.tie_word_embeddings else 2)
+        return self.layer_params + embeddings
+
+    @property
+    def weight_memory_bytes(self) -> int:
+        """What the weights occupy on the GPU(s), embeddings included."""
+        return self.num_params * self.weight_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
+
+
+MODELS: dict[str, ModelShape] = {
+    "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
+    "llama-3.1-70b": ModelShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
+}
+
+
+@dataclass(frozen=True)
+class RooflineStepTime:
+    model: ModelShape
+    gpu: GPUSpec
+    tensor_parallel: int = 1
+    # Achieved fractions of the datasheet peaks, as commonly measured for vLLM/SGLang on H100-class
+    # GPUs: decode GEMV/attention kernels stream weights and KV at ~70-80% of HBM bandwidth, prefill
+    # GEMMs reach ~50-60% of dense peak (model FLOPs utilisation) with FlashAttention.
+    memory_efficiency: float = 0.75
+    flops_efficiency: float = 0.55
+    # Per-step CPU and launch cost not hidden by CUDA graphs: scheduling, input prep, sampling.
+    overhead_s: float = 0.4e-3
+    # Seconds per unit of each step feature, derived from the above so predict() is a few float ops.
+    _s_per_token: float = field(init=False, repr=False, compare=False)  # matmuls through all layers
+    _s_per_sampled: float = field(init=False, repr=False, compare=False)  # the lm_head matmul
+    _s_per_pair: float = field(init=False, repr=False, compare=False)  # attention, per query-key pair
+    _s_weights: float = field(init=False, repr=False, compare=False)  # streaming the weights once
+    _s_per_kv_token: float = field(init=False, repr=False, compare=False)  # reading or writing KV
+
+    def __post_init__(self) -> None:
+        assert self.tensor_parallel >= 1
+        m = self.model
+        fp8 = m.weight_bytes == 1 and self.gpu.peak_flops_fp8 is not None
+        peak = self.gpu.peak_flops_fp8 if fp8 else self.gpu.peak_flops_bf16
+        flops_per_s = peak * self.flops_efficiency * self.tensor_parallel
+        bytes_per_s = self.gpu.hbm_bytes_per_s * self.memory_efficiency * self.tensor_parallel
+        constants = {
+            "_s_per_token": 2 * m.layer_params / flops_per_s,  # 2 FLOPs per multiply-add
+            "_s_per_sampled": 2 * m.lm_head_params / flops_per_s,
+            # QK^T and PV: two matmuls of 2 FLOPs per multiply-add, per head per layer.
+            "_s_per_pair": 4 * m.num_layers * m.num_heads * m.head_dim / flops_per_s,
+            # Streamed every step: all matmul weights (the embedding table is only gathered by row).
+            "_s_weights": (m.layer_params + m.lm_head_params) * m.weight_bytes / bytes_per_s,
+            "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
+        }
+        for name, value in constants.items():
+            object.__setattr__(self, name, value)
+
+    def predict(self, shape: StepShape) -> float:
+        compute_s, memory_s = self.breakdown(shape)
+        return self.overhead_s + (compute_s if compute_s > memory_s else memory_s)
+
+    def breakdown(self, shape: StepShape) -> tuple[float, float]:
+        """(compute seconds, memory seconds) of a step, before overhead: which roof it is under."""
+        tokens = shape.prefill_tokens + shape.decode_seqs
+        sampled = shape.prefill_seqs + shape.decode_seqs  # upper bound: a mid-prompt chunk samples nothing
+        # Attention pairs: prefill chunks see their context (an upper bound under causal masking);
+        # decodes see kv_tokens, which also counts the prefill contexts once: small next to the rest.
+        pairs = shape.prefill_attention + shape.kv_tokens
+        compute_s = self._s_per_token * tokens + self._s_per_sampled * sampled + self._s_per_pair * pairs
+        # KV traffic: read every sequence's context, write the new tokens' KV.
+        memory_s = self._s_weights + self._s_per_kv_token * (shape.kv_tokens + tokens)
+        return compute_s, memory_s
+
+    def kv_capacity_blocks(self, block_size: int = 16, gpu_memory_utilization: float = 0.9,
+                           reserve_bytes: int = 2 << 30) -> int:
+        return kv_capacity_blocks(self.model, self.gpu, block_size, gpu_memory_utilization,
+                                  self.tensor_parallel, reserve_bytes)
+
+    def to_json(self) -> dict:
+        params = {"gpu": asdict(self.gpu), "tensor_parallel": self.tensor_parallel,
+                  "memory_efficiency": self.memory_efficiency, "flops_efficiency": self.flops_efficiency,
+                  "overhead_s": self.overhead_s}
+        return {"kind": "roofline", "params": params, "model": asdict(self.model)}
+
+    @classmethod
+    def from_json(cls, profile: dict) -> RooflineStepTime:
+        params = dict(profile["params"])
+        gpu = GPUSpec(**params.pop("gpu"))
+        return cls(ModelShape(**profile["model"]), gpu, **params)
+
+    @classmethod
+    def builtin(cls, model: str = "llama-3.1-8b", gpu: str = "H100-SXM", tensor_parallel: int = 1,
+                fp8_weights: bool = False, **efficiencies: float) -> RooflineStepTime:
+        shape = MODELS[model]
+        if fp8_weights:
+            shape = replace(shape, name=f"{shape.name}-fp8", weight_bytes=1)
+        return cls(shape, GPUS[gpu], tensor_parallel, **efficiencies)
+
+
+def kv_capacity_blocks(model: ModelShape, gpu: GPUSpec, block_size: int = 16,
+                       gpu_memory_utilization: float = 0.9, tensor_parallel: int = 1,
+                       reserve_bytes: int = 2 << 30) -> int:
+    """KV blocks that fit, vLLM-style: per GPU, memory x utilization - weight shard - a reserve for
+    activations and the CUDA context (vLLM measures it by a profiling run: ~1-3 GiB for these models);
+    each GPU holds 1/N of every block's heads, so the engine-wide block count is the per-GPU one."""
+    per_gpu = gpu.memory_bytes * gpu_memory_utilization - model.weight_memory_bytes / tensor_parallel
+    free = per_gpu - reserve_bytes
+    block_bytes = model.kv_bytes_per_token * block_size / tensor_parallel
+    if free < block_bytes:
+        need = model.weight_memory_bytes / tensor_parallel / 1e9
+        raise ValueError(f"{model.name} ({need:.1f} GB of weights per GPU) leaves no room for KV on "
+                         f"{tensor_parallel} x {gpu.name}; raise tensor_parallel or use fp8 weights")
+    return int(free // block_bytes)

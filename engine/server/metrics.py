@@ -1,0 +1,91 @@
+"""Prometheus metrics of one server, in its own CollectorRegistry (no process-global state, so two
+apps in one process never collide). Request metrics are counted as requests pass; engine metrics
+are read from a fresh EngineStats snapshot on every scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.llm_engine import EngineStats
+from engine.outputs import RequestOutput
+
+PREFIX = "pitstop_engine"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class EngineStatsCollector(Collector):
+    """Exposes the latest EngineStats snapshot; the /metrics handler refreshes it before rendering."""
+
+    def __init__(self) -> None:
+        self.stats: EngineStats | None = None
+        self.healthy = True
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 while the engine step loop runs", value=int(self.healthy))
+        s = self.stats
+        if s is None:
+            return
+        blocks = GaugeMetricFamily(f"{PREFIX}_kv_blocks", "KV cache blocks by state", labels=["state"])
+        for state, value in (("total", s.blocks.total), ("used", s.blocks.used), ("pinned", s.blocks.pinned),
+                             ("cached_free", s.blocks.cached_free), ("free", s.blocks.free)):
+            blocks.add_metric([state], value)
+        yield blocks
+        requests = GaugeMetricFamily(f"{PREFIX}_requests_in_engine", "Requests inside the engine",
+                                     labels=["state"])
+        requests.add_metric(["running"], s.num_running)
+        requests.add_metric(["waiting"], s.num_waiting)
+        yield requests
+        yield GaugeMetricFamily(f"{PREFIX}_active_pins", "Session pins currently held", value=s.blocks.pins)
+        yield CounterMetricFamily(f"{PREFIX}_steps", "Engine steps run", value=s.num_steps)
+        yield CounterMetricFamily(f"{PREFIX}_preemptions", "Requests preempted", value=s.num_preemptions)
+        computed = CounterMetricFamily(f"{PREFIX}_computed_tokens", "Tokens the engine computed", labels=["phase"])
+        computed.add_metric(["prefill"], s.prefill_tokens)
+        computed.add_metric(["decode"], s.generation_tokens)
+        yield computed
+        yield CounterMetricFamily(f"{PREFIX}_prefix_query_tokens", "Prompt tokens looked up in the prefix cache",
+                                  value=s.blocks.prefix_query_tokens)
+        yield CounterMetricFamily(f"{PREFIX}_prefix_hit_tokens", "Prompt tokens served from the prefix cache",
+                                  value=s.blocks.prefix_hit_tokens)
+        yield CounterMetricFamily(f"{PREFIX}_pin_hit_tokens", "Prefix-cache hit tokens from pinned blocks",
+                                  value=s.pins.hit_tokens)
+        pins = CounterMetricFamily(f"{PREFIX}_pin_events", "Session pin events", labels=["event"])
+        for event in ("set", "refreshed", "expired", "evicted", "unpinned"):
+            pins.add_metric([event], getattr(s.pins, event))
+        yield pins
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.engine = EngineStatsCollector()
+        self.registry.register(self.engine)
+        r = self.registry
+        self.requests = Counter(f"{PREFIX}_requests", "Generation requests finished, by finish reason",
+                                ["endpoint", "finish_reason"], registry=r)
+        self.errors = Counter(f"{PREFIX}_request_errors", "Requests answered with an error",
+                              ["endpoint", "status"], registry=r)
+        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token",
+                              ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram(f"{PREFIX}_request_latency_seconds", "End-to-end request latency",
+                                 ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter(f"{PREFIX}_tokens", "Tokens of finished requests", ["kind"], registry=r)
+
+    def observe_finished(self, endpoint: str, last: RequestOutput, ttft_s: float | None, latency_s: float) -> None:
+        self.requests.labels(endpoint, last.finish_reason or "unknown").inc()
+        if ttft_s is not None:
+            self.ttft.labels(endpoint).observe(ttft_s)
+        self.latency.labels(endpoint).observe(latency_s)
+        self.tokens.labels("prompt").inc(last.num_prompt_tokens)
+        self.tokens.labels("cached_prompt").inc(last.num_cached_tokens)
+        self.tokens.labels("completion").inc(last.num_output_tokens)
+
+    def observe_error(self, endpoint: str, status: int) -> None:
+        self.errors.labels(endpoint, str(status)).inc()
+
+    def render(self, stats: EngineStats | None, healthy: bool) -> bytes:
+        self.engine.stats, self.engine.healthy = stats, healthy
+        return generate_latest(self.registry)

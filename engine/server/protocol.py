@@ -1,0 +1,280 @@
+"""Request bodies: read (size-capped, streamed), parsed and validated into SamplingParams + fields.
+
+Field policy, the same for /v1/completions and /v1/chat/completions:
+- used: model, prompt | messages, max_tokens (chat: also max_completion_tokens), temperature, top_p,
+  n (1 only), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
+  extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM).
+- accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
+  parallel_tool_calls.
+- accepted only at their no-op value, else 400 (we would silently not honour them): logprobs
+  (null/false), top_logprobs (null/0), echo (false), best_of (null/1), suffix (null/""),
+  frequency_penalty and presence_penalty (null/0), logit_bias (null/{}), response_format
+  (null/{"type": "text"}), tool_choice ("auto"/"none"; "none" renders the prompt without tools).
+- anything else: 400 unknown field, so a typo is not silently dropped.
+Chat messages keep role, content (a string, or text parts joined), name, tool_calls and
+tool_call_id; other message keys are dropped. The "developer" role is rendered as "system".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starlette.requests import Request
+
+from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.server.errors import APIError, bad_request
+
+MAX_BODY_BYTES = 8 << 20
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
+
+_USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
+         "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids"}
+_IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
+_NOOP_VALUES: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
+}
+_COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix",
+                                         "frequency_penalty", "presence_penalty", "logit_bias"}
+_CHAT_FIELDS = _USED | _IGNORED | {"messages", "max_completion_tokens", "tools", "tool_choice", "logprobs",
+                                   "top_logprobs", "frequency_penalty", "presence_penalty", "logit_bias",
+                                   "response_format"}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+_MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One validated completions or chat request (exactly one of `prompt` and `messages` is set)."""
+
+    model: str
+    params: SamplingParams
+    max_tokens: int | None  # None: the rest of the context, known once the prompt is tokenized
+    stream: bool
+    include_usage: bool
+    session_id: str | None
+    priority: float
+    pin_ttl_s: float | None
+    prompt: str | list[int] | None = None
+    messages: list[dict] | None = None
+    tools: list[dict] | None = None
+
+    def resolved_params(self, num_prompt_tokens: int, max_model_len: int) -> SamplingParams:
+        max_tokens = self.max_tokens or max(1, max_model_len - num_prompt_tokens)
+        return replace(self.params, max_tokens=max_tokens)
+
+
+# ---- the body -------------------------------------------------------------------------------------
+
+
+async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
+    """The JSON body, read chunk by chunk so an oversized one is refused before it is all in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def read_object(body: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
+    return body
+
+
+# ---- typed fields ---------------------------------------------------------------------------------
+
+
+def _field(body: dict, name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int to Python, never a number to a client.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise bad_request(f"'{name}' must be {what}", name, "invalid_type")
+    return value
+
+
+def _string(body: dict, name: str) -> str | None:
+    return _field(body, name, str, "a string")
+
+
+def _bool(body: dict, name: str) -> bool:
+    return bool(_field(body, name, bool, "a boolean"))
+
+
+def _int(body: dict, name: str) -> int | None:
+    return _field(body, name, int, "an integer")
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = _field(body, name, (int, float), "a number")
+    if value is not None and not math.isfinite(value):
+        raise bad_request(f"'{name}' must be a finite number", name)
+    return None if value is None else float(value)
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise bad_request(f"'{name}' must be a list of integers", name, "invalid_type")
+    return value
+
+
+def read_ttl(body: Any) -> float:
+    """`{"ttl_s": number >= 0}`, the body of the session pin endpoints."""
+    body = read_object(body, {"ttl_s"})
+    ttl_s = _number(body, "ttl_s")
+    if ttl_s is None:
+        raise bad_request("'ttl_s' is required", "ttl_s")
+    if ttl_s < 0:
+        raise bad_request("'ttl_s' must be >= 0", "ttl_s")
+    return ttl_s
+
+
+# ---- the two generation endpoints -----------------------------------------------------------------
+
+
+def parse_completion(body: Any) -> GenerateRequest:
+    body = read_object(body, _COMPLETION_FIELDS)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list):
+        if prompt and isinstance(prompt[0], str | list):
+            raise bad_request("only one prompt per request is supported", "prompt")
+        prompt = _int_list(prompt, "prompt")
+    elif not isinstance(prompt, str):
+        raise bad_request("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
+    max_tokens = _int(body, "max_tokens")
+    return _common(body, prompt=prompt, max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None
+                   else max_tokens)
+
+
+def parse_chat(body: Any) -> GenerateRequest:
+    body = read_object(body, _CHAT_FIELDS)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty list", "messages")
+    tools = _tools(body)
+    tool_choice = body.get("tool_choice")
+    if tool_choice not in (None, "auto", "none"):
+        raise bad_request("only tool_choice 'auto' and 'none' are supported", "tool_choice", "unsupported")
+    max_tokens = _int(body, "max_completion_tokens")
+    return _common(body, messages=[_message(m, i) for i, m in enumerate(messages)],
+                   tools=None if tool_choice == "none" else tools,
+                   max_tokens=_int(body, "max_tokens") if max_tokens is None else max_tokens)
+
+
+def _common(body: dict, **fields: Any) -> GenerateRequest:
+    model = _string(body, "model")
+    if not model:
+        raise bad_request("'model' is required", "model")
+    for name, allowed in _NOOP_VALUES.items():
+        if name in body and body[name] not in allowed:
+            raise bad_request(f"'{name}' is not supported (allowed: {allowed})", name, "unsupported")
+    n = _int(body, "n")
+    if n not in (None, 1):
+        raise bad_request("only n=1 is supported", "n", "unsupported")
+    stream = _bool(body, "stream")
+    options = _field(body, "stream_options", dict, "an object") or {}
+    if options and not stream:
+        raise bad_request("'stream_options' is only allowed with stream=true", "stream_options")
+    read_object(options, {"include_usage"})
+    include_usage = _bool(options, "include_usage")
+    session_id = _string(body, "session_id")
+    if session_id is not None and not 0 < len(session_id) <= 256:
+        raise bad_request("'session_id' must be 1 to 256 characters", "session_id")
+    pin_ttl_s = _number(body, "pin_ttl_s")
+    if pin_ttl_s is not None and pin_ttl_s < 0:
+        raise bad_request("'pin_ttl_s' must be >= 0", "pin_ttl_s")
+    if pin_ttl_s is not None and session_id is None:
+        raise bad_request("'pin_ttl_s' needs a 'session_id' to pin under", "pin_ttl_s")
+    max_tokens = fields.pop("max_tokens")
+    if max_tokens is not None and max_tokens < 1:
+        raise bad_request("'max_tokens' must be at least 1", "max_tokens")
+    try:
+        params = _sampling_params(body, max_tokens or 1)
+    except InvalidRequestError as exc:
+        raise bad_request(str(exc), exc.param) from None
+    return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
+                           include_usage=include_usage, session_id=session_id,
+                           priority=_number(body, "priority") or 0.0, pin_ttl_s=pin_ttl_s, **fields)
+
+
+def _sampling_params(body: dict, max_tokens: int) -> SamplingParams:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise bad_request("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    temperature, top_p = _number(body, "temperature"), _number(body, "top_p")
+    stop_token_ids = body.get("stop_token_ids")
+    return SamplingParams(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        max_tokens=max_tokens,
+        stop=tuple(stop or ()),
+        stop_token_ids=tuple(_int_list(stop_token_ids, "stop_token_ids") if stop_token_ids is not None else ()),
+        ignore_eos=_bool(body, "ignore_eos"),
+        seed=_int(body, "seed"),
+    )
+
+
+def _message(message: Any, index: int) -> dict:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise bad_request(f"'{param}' must be an object", param, "invalid_type")
+    role = message.get("role")
+    if role not in _ROLES:
+        raise bad_request(f"'{param}.role' must be one of {sorted(_ROLES)}", f"{param}.role")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: only text ones, joined
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise bad_request("only text content parts are supported", f"{param}.content", "unsupported")
+        content = "\n".join(p["text"] for p in content)
+    elif content is None and role != "assistant":
+        raise bad_request(f"'{param}.content' is required", f"{param}.content")
+    elif content is not None and not isinstance(content, str):
+        raise bad_request(f"'{param}.content' must be a string or a list of parts", f"{param}.content",
+                          "invalid_type")
+    # Many chat templates predate the "developer" role; it means what "system" meant.
+    out = {k: message[k] for k in _MESSAGE_KEYS if message.get(k) is not None}
+    out.update(role="system" if role == "developer" else role, content=content)
+    return out
+
+
+def _tools(body: dict) -> list[dict] | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in tools):
+        raise bad_request("'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", ...}}",
+                          "tools", "invalid_type")
+    return tools or None

@@ -1,0 +1,56 @@
+"""A model runner that computes nothing: each step advances a clock by the modelled step time.
+
+Under a VirtualClock the engine runs at GPU scale on a CPU (see `engine.simulate`); under a
+WallClock it sleeps the modelled time, a stand-in GPU for serving tests."""
+
+from __future__ import annotations
+
+import zlib
+
+from engine.batch import ScheduledBatch
+from engine.clock import Clock
+from engine.step_time import StepTimeModel
+
+_MIX = 0x9E3779B1  # Knuth's multiplicative hash constant: spreads consecutive positions apart
+
+
+class SimulatedRunner:
+    def __init__(self, step_time: StepTimeModel, clock: Clock, vocab_size: int = 32000,
+                 eos_token_ids: tuple[int, ...] | list[int] = ()) -> None:
+        self.step_time = step_time
+        self.clock = clock
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(eos_token_ids)
+        self._eos = frozenset(self.eos_token_ids)
+        assert len(self._eos) < vocab_size, "every token id cannot be an EOS id"
+        self._salts: dict[str, int] = {}  # request id -> its crc32, hashed once per request
+
+    def _salt(self, request_id: str) -> int:
+        salt = self._salts.get(request_id)
+        if salt is None:
+            if len(self._salts) >= 1 << 16:  # finished requests linger here; forget them all at times
+                self._salts.clear()
+            salt = self._salts[request_id] = zlib.crc32(request_id.encode())
+        return salt
+
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        self.clock.advance(self.step_time.predict(batch.shape))
+        # batch.samples(i) and placeholder_token inlined into one comprehension: this is the
+        # simulation's hot path, run once per sequence per step.
+        salts, salt, vocab = self._salts, self._salt, self.vocab_size
+        tokens = [((salts.get(seq.request_id) or salt(seq.request_id)) ^ position * _MIX) % vocab
+                  for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True)
+                  if (position := seq.num_computed_tokens + num_new) == len(seq.token_ids)]
+        if self._eos and not self._eos.isdisjoint(tokens):
+            tokens = [self._not_eos(t) for t in tokens]
+        return tokens
+
+    def _not_eos(self, token: int) -> int:
+        while token in self._eos:
+            token = (token + 1) % self.vocab_size
+        return token
+
+    def placeholder_token(self, request_id: str, position: int) -> int:
+        """Deterministic per (request, position) across runs and processes, and never an EOS id,
+        so a request runs to its max_tokens (workloads set that to the true output length)."""
+        return self._not_eos((self._salt(request_id) ^ position * _MIX) % self.vocab_size)

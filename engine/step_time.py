@@ -1,0 +1,127 @@
+"""Step-time models: how long one engine step takes on a GPU, from the step's shape alone.
+
+The simulated runner advances a virtual clock by `predict(batch.shape)`. Two models: a linear one
+fitted to measured steps (`engine.profile`), and a roofline one from GPU and model specs
+(`engine.roofline`). Either is saved as a JSON profile (see `save_profile`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from engine.batch import StepShape
+from engine.nnls import nnls
+from engine.outputs import StepRecord
+
+
+class StepTimeModel(Protocol):
+    def predict(self, shape: StepShape) -> float:
+        """Seconds one engine step of this shape takes."""
+        ...
+
+    def to_json(self) -> dict:
+        """`{"kind": ..., "params": ..., "model": ...}`: the model part of a profile file."""
+        ...
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """Relative error |predicted - measured| / measured over a set of step records."""
+
+    median_rel_err: float
+    p90_rel_err: float
+    n_records: int
+
+
+def fit_quality(model: StepTimeModel, records: list[StepRecord]) -> FitQuality:
+    measured = np.array([r.duration_s for r in records])
+    predicted = np.array([model.predict(r.shape) for r in records])
+    rel = np.abs(predicted - measured) / np.maximum(measured, 1e-12)
+    if not len(rel):
+        return FitQuality(float("nan"), float("nan"), 0)
+    return FitQuality(float(np.median(rel)), float(np.percentile(rel, 90)), len(rel))
+
+
+# The shape features a linear model weighs, in coefficient order (constant first).
+def _features(shape: StepShape) -> tuple[float, ...]:
+    return (1.0, shape.prefill_tokens, shape.prefill_seqs, shape.prefill_attention,
+            shape.decode_seqs, shape.kv_tokens)
+
+
+@dataclass(frozen=True)
+class LinearStepTime:
+    """t = c0 + per prefill token + per prefill sequence + per unit of prefill attention
+    (new tokens x context) + per decoding sequence + per token of KV read. All coefficients >= 0."""
+
+    c0: float = 0.0
+    c_prefill_token: float = 0.0
+    c_prefill_seq: float = 0.0
+    c_attn: float = 0.0
+    c_decode_seq: float = 0.0
+    c_kv_token: float = 0.0
+    # What was profiled: name, shape, and `num_blocks` (the KV capacity the steps ran with).
+    model: dict = field(default_factory=dict, compare=False)
+
+    def predict(self, shape: StepShape) -> float:
+        return (self.c0 + self.c_prefill_token * shape.prefill_tokens + self.c_prefill_seq * shape.prefill_seqs
+                + self.c_attn * shape.prefill_attention + self.c_decode_seq * shape.decode_seqs
+                + self.c_kv_token * shape.kv_tokens)
+
+    @property
+    def coefficients(self) -> tuple[float, ...]:
+        return (self.c0, self.c_prefill_token, self.c_prefill_seq, self.c_attn, self.c_decode_seq,
+                self.c_kv_token)
+
+    @classmethod
+    def fit(cls, records: list[StepRecord], model: dict | None = None) -> LinearStepTime:
+        """Non-negative least squares on relative error: each row is divided by its measured time,
+        so a 5 ms decode step counts as much as a 200 ms prefill (absolute least squares would let the
+        big prefills dominate and miss the decode steps that make up most of a run)."""
+        records = [r for r in records if r.duration_s > 0]
+        if not records:
+            raise ValueError("no step records with a positive duration to fit")
+        x = np.array([_features(r.shape) for r in records], dtype=float)
+        y = np.array([r.duration_s for r in records])
+        # A feature that never varies from zero cannot be fitted: its coefficient stays 0.
+        coef = nnls(x / y[:, None], np.ones(len(y)))
+        return cls(*(float(c) for c in coef), model=dict(model or {}))
+
+    def to_json(self) -> dict:
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        return {"kind": "linear", "params": params, "model": dict(self.model)}
+
+    @classmethod
+    def from_json(cls, profile: dict) -> LinearStepTime:
+        return cls(**profile["params"], model=dict(profile.get("model") or {}))
+
+
+# ---- profile files ----------------------------------------------------------------------------
+
+
+def model_from_json(profile: dict) -> StepTimeModel:
+    kind = profile.get("kind")
+    if kind == "linear":
+        return LinearStepTime.from_json(profile)
+    if kind == "roofline":
+        from engine.roofline import RooflineStepTime
+
+        return RooflineStepTime.from_json(profile)
+    raise ValueError(f"unknown step-time profile kind {kind!r}; expected 'linear' or 'roofline'")
+
+
+def save_profile(path: str | Path, model: StepTimeModel, *, source: dict | None = None,
+                 fit: FitQuality | None = None) -> dict:
+    """Write `{"kind", "params", "model", "source", "fit"}` as JSON; returns what was written."""
+    profile = model.to_json() | {"source": dict(source or {}), "fit": asdict(fit) if fit else None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=2) + "\n")
+    return profile
+
+
+def load_profile(path: str | Path) -> StepTimeModel:
+    return model_from_json(json.loads(Path(path).read_text()))

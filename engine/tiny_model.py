@@ -1,0 +1,232 @@
+"""make_tiny_model: writes a small random Llama-architecture model as a real Hugging Face folder,
+fully offline: config.json, model.safetensors, generation_config.json, a byte-level BPE tokenizer.json
+trained on docstrings of the Python standard library, and tokenizer_config.json with a ChatML-like
+chat template that renders tools and tool calls. transformers loads it as it would a Hub model."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+
+BOS, EOS, PAD, START = "<|begin|>", "<|end|>", "<|pad|>", "<|start|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, START]
+# Ordinary (non-special) single tokens, so tool calls survive skip_special_tokens decoding.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+
+# Modules whose docstrings make the tokenizer corpus: fixed list, sorted members -> same corpus each run.
+CORPUS_MODULES = (
+    "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "contextlib",
+    "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools",
+    "heapq", "hashlib", "html", "http", "inspect", "io", "itertools", "json", "logging", "math",
+    "operator", "os", "pathlib", "pickle", "random", "re", "shutil", "socket", "statistics", "string",
+    "subprocess", "tempfile", "textwrap", "threading", "time", "typing", "unittest", "urllib", "uuid",
+    "zipfile",
+)  # fmt: skip
+CORPUS_MAX_CHARS = 400_000
+# A little non-ASCII text, so some multi-byte characters get merges and others stay split in bytes.
+EXTRA_TEXT = "naïve café, déjà vu — résumé. Grüße aus München! ¿Qué tal? 日本語のテキスト。 ✓ → ∑ π ≈ 3.14\n"
+
+CHAT_TEMPLATE = """\
+{%- macro text(content) -%}
+{%- if content is string -%}{{ content }}
+{%- elif content -%}{%- for part in content if part.type == 'text' -%}{{ part.text }}{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+{{- bos_token -}}
+{%- set has_system = messages and messages[0].role == 'system' -%}
+{%- if has_system or tools -%}
+<|start|>system
+{% if has_system %}{{ text(messages[0].content) }}{% endif %}
+{% if has_system and tools %}{{ '\\n\\n' }}{% endif %}
+{% if tools %}# Tools
+You may call these functions, given as JSON schemas:
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}To call one, reply with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
+{%- endif %}<|end|>
+{% endif -%}
+{%- for message in messages -%}
+{%- if not (loop.first and has_system) -%}
+<|start|>{{ message.role }}
+{{ text(message.content) }}
+{%- if message.role == 'assistant' and message.tool_calls -%}
+{%- for call in message.tool_calls -%}
+{%- set fn = call.function if call.function is defined else call -%}
+<tool_call>{"name": {{ fn.name | tojson }}, "arguments": {% if fn.arguments is string %}{{ fn.arguments }}\
+{% else %}{{ fn.arguments | tojson }}{% endif %}}</tool_call>
+{%- endfor -%}
+{%- endif -%}
+<|end|>
+{% endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<|start|>assistant
+{% endif -%}
+"""
+
+
+def make_tiny_model(
+    out_dir: str | Path,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    vocab_size: int = 1024,
+    max_position_embeddings: int = 2048,
+    seed: int = 0,
+    *,
+    tie_word_embeddings: bool = False,
+) -> Path:
+    """Writes the model folder and returns its path. Same arguments, same bytes."""
+    if hidden % heads or heads % kv_heads:
+        raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads")
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 64:
+        raise ValueError("vocab_size must leave room for the 256 byte tokens, special tokens and merges")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    intermediate = intermediate or 32 * math.ceil(hidden * 8 / 3 / 32)  # Llama's ~8/3 ratio
+    tokenizer = train_tokenizer(vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": hidden // heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_position_embeddings,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tie_word_embeddings,
+        "initializer_range": 0.02,
+        "bos_token_id": ids[BOS],
+        "eos_token_id": ids[EOS],
+        "pad_token_id": ids[PAD],
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+    _write_json(out / "config.json", config)
+    _write_json(out / "generation_config.json", {
+        "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD],
+    })  # fmt: skip
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+        "model_max_length": max_position_embeddings,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    })  # fmt: skip
+    weights = random_weights(config, seed)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights, scaled so every layer moves the residual stream and the logits have a
+    spread of a few units: greedy decoding then depends on context and rarely meets near-ties.
+    (HF's std-0.02 init makes near-uniform logits, which is useless for agreement tests.)"""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = config["hidden_size"]
+    head_dim = config["head_dim"]
+    q_size = config["num_attention_heads"] * head_dim
+    kv_size = config["num_key_value_heads"] * head_dim
+    inter = config["intermediate_size"]
+
+    def normal(rows: int, cols: int, std: float) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=gen) * std
+
+    def linear(rows: int, cols: int, gain: float = 1.0) -> torch.Tensor:
+        return normal(rows, cols, gain / math.sqrt(cols))
+
+    def norm_weight() -> torch.Tensor:
+        return 1.0 + 0.1 * torch.randn(hidden, generator=gen)
+
+    tied = config["tie_word_embeddings"]
+    # Tied: the head reuses the embedding, so keep it at the head's scale instead of unit scale.
+    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], hidden, 2.0 / math.sqrt(hidden) if tied else 1.0)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        # Larger q/k make attention peaked rather than a plain average, so outputs depend on context.
+        weights[p + "self_attn.q_proj.weight"] = linear(q_size, hidden, gain=2.0)
+        weights[p + "self_attn.k_proj.weight"] = linear(kv_size, hidden, gain=2.0)
+        weights[p + "self_attn.v_proj.weight"] = linear(kv_size, hidden)
+        weights[p + "self_attn.o_proj.weight"] = linear(hidden, q_size)
+        weights[p + "mlp.gate_proj.weight"] = linear(inter, hidden)
+        weights[p + "mlp.up_proj.weight"] = linear(inter, hidden)
+        weights[p + "mlp.down_proj.weight"] = linear(hidden, inter)
+        weights[p + "input_layernorm.weight"] = norm_weight()
+        weights[p + "post_attention_layernorm.weight"] = norm_weight()
+    weights["model.norm.weight"] = norm_weight()
+    if not tied:
+        weights["lm_head.weight"] = normal(config["vocab_size"], hidden, 2.0 / math.sqrt(hidden))
+    return {name: t.contiguous() for name, t in weights.items()}
+
+
+def train_tokenizer(vocab_size: int) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) trained on local text; exactly `vocab_size` tokens."""
+    tokenizer = Tokenizer(BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = BpeTrainer(
+        vocab_size=vocab_size - len(TOOL_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus_lines(), trainer)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    # The corpus runs out of merges near 10k tokens; larger vocabularies are filled with reserved
+    # special tokens (as Llama 3 does), so every id the model can emit is a token.
+    missing = vocab_size - tokenizer.get_vocab_size()
+    tokenizer.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True) for i in range(missing)])
+    assert tokenizer.get_vocab_size() == vocab_size
+    return tokenizer
+
+
+def corpus_lines() -> list[str]:
+    lines = [EXTRA_TEXT] * 20
+    total = 0
+    for name in CORPUS_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for doc in _docstrings(module):
+            lines.append(doc)
+            total += len(doc)
+            if total >= CORPUS_MAX_CHARS:
+                return lines
+    return lines
+
+
+def _docstrings(module: object) -> list[str]:
+    docs = [inspect.getdoc(module) or ""]
+    for attr in sorted(vars(module)):
+        if attr.startswith("_"):
+            continue
+        member = getattr(module, attr)
+        if getattr(member, "__module__", None) == module.__name__:
+            docs.append(inspect.getdoc(member) or "")
+    return [d for d in docs if d]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,140 @@
+"""TorchModelRunner: the ModelRunner that runs a real decoder. It owns the paged KV cache
+([layers, 2, num_blocks, block_size, kv_heads, head_dim]), turns a ScheduledBatch into flat step tensors
+(input ids, positions, slot mapping, block tables) and samples one token per finishing sequence."""
+
+from __future__ import annotations
+
+import json
+from itertools import accumulate
+from pathlib import Path
+
+import torch
+
+from engine.batch import ScheduledBatch
+from engine.model.attention import AttentionMetadata, AttentionPlan
+from engine.model.config import ModelConfig
+from engine.model.loader import load_model
+from engine.model.sampler import Sampler
+
+
+class TorchModelRunner:
+    """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
+    dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        num_blocks: int,
+        block_size: int,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.config = ModelConfig.from_dir(self.model_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or default_dtype(self.config, self.device)
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.eos_token_ids = read_eos_token_ids(self.model_dir, self.config)
+        self.model = load_model(self.model_dir, self.device, self.dtype, self.config)
+        c = self.config
+        self.kv_cache = torch.zeros(
+            c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,
+            dtype=self.dtype, device=self.device,
+        )  # fmt: skip
+        self.sampler = Sampler()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_position_embeddings
+
+    @staticmethod
+    def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """Bytes one KV block takes across all layers (K and V)."""
+        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * dtype.itemsize
+
+    @classmethod
+    def num_blocks_for_budget(
+        cls,
+        model_dir: str | Path,
+        budget_bytes: int,
+        block_size: int,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> int:
+        """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use)."""
+        config = ModelConfig.from_dir(model_dir)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or default_dtype(config, device)
+        return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype)
+
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        if not len(batch):
+            return []
+        input_ids, positions, meta, logits_index = self._prepare(batch)
+        sampling = batch.sampling_indices
+        with torch.inference_mode():
+            plan = AttentionPlan.build(meta)
+            logits = self.model(input_ids, positions, self.kv_cache, plan, logits_index)
+            if not sampling:
+                return []
+            seqs = [batch.seqs[i] for i in sampling]
+            return self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
+
+    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        block_size = self.block_size
+        lens = batch.num_new_tokens
+        token_ids: list[int] = []
+        positions: list[int] = []
+        seq_of_token: list[int] = []
+        tables: list[list[int]] = []
+        context_lens: list[int] = []
+        for i, (seq, n) in enumerate(zip(batch.seqs, lens, strict=True)):
+            start = seq.num_computed_tokens
+            end = start + n
+            if end > self.max_model_len:
+                raise ValueError(f"{seq.request_id}: context {end} exceeds max_model_len {self.max_model_len}")
+            needed = -(-end // block_size)
+            if len(seq.block_table) < needed:
+                raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
+            token_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            seq_of_token.extend([i] * n)
+            tables.append(seq.block_table[:needed])
+            context_lens.append(end)
+        width = max(len(t) for t in tables)
+        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+        positions_t = torch.tensor(positions)
+        # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
+        slots = block_tables[torch.tensor(seq_of_token), positions_t // block_size] * block_size
+        slots += positions_t % block_size
+        query_ends = list(accumulate(lens))
+        query_starts = [end - n for end, n in zip(query_ends, lens, strict=True)]
+        logits_index = [query_ends[i] - 1 for i in batch.sampling_indices]
+        to = self.device
+        meta = AttentionMetadata(
+            slot_mapping=slots.to(to),
+            block_tables=block_tables.to(to),
+            query_starts=query_starts,
+            query_lens=list(lens),
+            context_lens=context_lens,
+            block_size=block_size,
+        )
+        return torch.tensor(token_ids).to(to), positions_t.to(to), meta, torch.tensor(logits_index, dtype=torch.long).to(to)
+
+
+def default_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    """Checkpoint dtype on accelerators; float32 on CPU, where bf16/fp16 matmuls are slow or missing."""
+    if device.type == "cpu":
+        return torch.float32
+    return getattr(torch, config.torch_dtype, torch.bfloat16)
+
+
+def read_eos_token_ids(model_dir: Path, config: ModelConfig) -> tuple[int, ...]:
+    """EOS ids from generation_config.json (which may list several), else config.json."""
+    path = model_dir / "generation_config.json"
+    if path.exists():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        if eos is not None:
+            return (eos,) if isinstance(eos, int) else tuple(eos)
+    return config.eos_token_ids

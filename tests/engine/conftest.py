@@ -1,0 +1,14 @@
+"""Shared fixtures for the engine tests: one tiny random Llama model folder per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.tiny_model import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"))

@@ -1,0 +1,56 @@
+"""Helpers for the serving tests: an app under uvicorn on a real socket (127.0.0.1, a free port) in a
+background thread, and a fake runner that takes time per step and can crash."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.applications import Starlette
+
+from engine.batch import ScheduledBatch
+from tests.engine.fakes import CountingRunner
+
+
+@contextmanager
+def serve_in_thread(app: Starlette, timeout: float = 20.0) -> Iterator[str]:
+    """Yields the base URL (`http://127.0.0.1:PORT`); shuts the server (and its app's engine) down after."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+class SlowRunner(CountingRunner):
+    """Takes `step_s` per step; raises on step number `crash_at` (1-based) when asked."""
+
+    def __init__(self, step_s: float = 0.0, crash_at: int | None = None, vocab_size: int = 128) -> None:
+        super().__init__(vocab_size=vocab_size)
+        self.step_s = step_s
+        self.crash_at = crash_at
+        self.thread_ids: set[int] = set()
+
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        self.thread_ids.add(threading.get_ident())
+        if self.crash_at is not None and len(self.batches) + 1 >= self.crash_at:
+            raise RuntimeError("device lost")
+        time.sleep(self.step_s)
+        return super().execute(batch)

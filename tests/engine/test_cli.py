@@ -1,0 +1,87 @@
+"""`pitstop engine ...`: the parser, make-tiny-model in process, and `serve` as a real subprocess
+answering the openai SDK."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engine.cli import make_tiny_model_command, parse_bytes, profile_command, serve_command
+from gateway.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parser_dispatches_engine_subcommands():
+    parser = build_parser()
+    args = parser.parse_args(["engine", "serve", "--sim", "p.json", "--kv-cache-memory", "2GiB", "--port", "9"])
+    assert args.handler is serve_command and args.kv_cache_memory == 2 << 30 and args.model is None
+    assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o.json"]).handler is profile_command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine", "serve", "--model", "m", "--sim", "p.json"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine", "serve", "--model", "m", "--num-blocks", "4", "--kv-cache-memory", "1G"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine"])
+
+
+def test_parse_bytes():
+    assert parse_bytes("1024") == 1024
+    assert parse_bytes("512MiB") == 512 << 20
+    assert parse_bytes("1.5G") == 1_500_000_000
+    assert parse_bytes("4gib") == 4 << 30
+
+
+def test_make_tiny_model_command(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "m"
+    assert main(["engine", "make-tiny-model", str(out), "--layers", "1", "--hidden", "32", "--heads", "2",
+                 "--kv-heads", "1", "--seed", "3"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["hidden_size"] == 32
+    assert str(out) in capsys.readouterr().out
+    assert build_parser().parse_args(["engine", "make-tiny-model", "x"]).handler is make_tiny_model_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_subprocess_answers_the_openai_sdk(tiny_model_dir: Path):
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(tiny_model_dir),
+               "--port", str(port), "--num-blocks", "64", "--served-model-name", "tiny", "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                             max_tokens=3, extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 3 and out.choices[0].finish_reason == "length"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, process.stdout.read().decode()

@@ -1,0 +1,176 @@
+"""The OpenAI-compatible server over a real socket, on the tiny model and the torch runner, driven
+by the openai SDK (sync and async) and httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engine.async_engine import AsyncEngine, build_engine
+from engine.server import create_app
+from tests.engine.serving import serve_in_thread
+
+MODEL = "tiny"
+LONG_PROMPT = "The quick brown fox jumps over the lazy dog. " * 6  # several full KV blocks
+NO_EOS = {"ignore_eos": True}  # a random model may pick EOS at any step: fix the output lengths
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> AsyncEngine:
+    return build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512, max_num_seqs=8)
+
+
+@pytest.fixture(scope="module")
+def base_url(engine: AsyncEngine) -> Iterator[str]:
+    with serve_in_thread(create_app(engine, MODEL)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def test_models_and_health(client: openai.OpenAI, base_url: str):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+
+
+def test_completion_with_usage_and_cached_tokens_on_a_repeated_prompt(client: openai.OpenAI):
+    first = client.completions.create(model=MODEL, prompt=LONG_PROMPT, max_tokens=5, temperature=0,
+                                      extra_body=NO_EOS)
+    assert first.object == "text_completion" and first.id.startswith("cmpl-")
+    choice = first.choices[0]
+    assert choice.finish_reason == "length" and isinstance(choice.text, str)
+    usage = first.usage
+    assert usage.completion_tokens == 5 and usage.prompt_tokens > 32
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    again = client.completions.create(model=MODEL, prompt=LONG_PROMPT, max_tokens=5, temperature=0,
+                                      extra_body=NO_EOS)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 32 and cached % 16 == 0 and cached < again.usage.prompt_tokens
+
+
+def test_completion_from_token_ids(client: openai.OpenAI):
+    out = client.completions.create(model=MODEL, prompt=[5, 6, 7, 8], max_tokens=3, extra_body=NO_EOS)
+    assert out.usage.prompt_tokens == 4 and out.usage.completion_tokens == 3
+
+
+def test_chat_completion_renders_the_template_with_tools(client: openai.OpenAI):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    plain = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, extra_body=NO_EOS)
+    assert plain.object == "chat.completion"
+    assert plain.choices[0].message.role == "assistant" and plain.choices[0].finish_reason == "length"
+    assert plain.usage.completion_tokens == 4
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    with_tools = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=4,
+                                                extra_body=NO_EOS)
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens
+    no_tools = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, tool_choice="none",
+                                              max_tokens=4, extra_body=NO_EOS)
+    assert no_tools.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_chat_without_max_tokens_runs_to_the_end_of_the_context(client: openai.OpenAI):
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 400}],
+                                         extra_body=NO_EOS)
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.total_tokens == 512
+
+
+def test_streaming_chat_with_usage(client: openai.OpenAI):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=6, stream=True,
+        stream_options={"include_usage": True}, extra_body=NO_EOS)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and not any(finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_streaming_completion_matches_its_token_count(client: openai.OpenAI):
+    stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=7, stream=True,
+                                       extra_body=NO_EOS)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in chunks)  # no include_usage: no usage chunk
+
+
+def test_raw_sse_framing(base_url: str):
+    body = {"model": MODEL, "prompt": "abc", "max_tokens": 3, "stream": True, **NO_EOS}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = response.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert json.loads(events[-3][len("data: "):])["choices"][0]["finish_reason"] == "length"
+
+
+def test_async_client_concurrent_requests(base_url: str):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=30)
+        async with client:
+            whole = [client.completions.create(model=MODEL, prompt=f"request {i}", max_tokens=4,
+                                               extra_body=NO_EOS) for i in range(4)]
+            stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "s"}],
+                                                          max_tokens=4, stream=True, extra_body=NO_EOS)
+            results = await asyncio.gather(*whole)
+            chunks = [c async for c in stream]
+        return results, chunks
+
+    results, chunks = asyncio.run(main())
+    assert all(r.usage.completion_tokens == 4 for r in results)
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_session_pin_control_api(client: openai.OpenAI, base_url: str):
+    sessions = f"{base_url}/v1/engine/sessions"
+    assert httpx.post(f"{sessions}/agent-1/pin", json={"ttl_s": 30}).status_code == 404
+    assert httpx.get(f"{sessions}/agent-1").status_code == 404
+    client.completions.create(model=MODEL, prompt=LONG_PROMPT + " turn one", max_tokens=3,
+                              extra_body={"session_id": "agent-1", **NO_EOS})
+    info = httpx.get(f"{sessions}/agent-1").json()
+    assert info["turns"] == 1 and info["cached_tokens"] >= 32 and info["pinned_blocks"] == 0
+    pinned = httpx.post(f"{sessions}/agent-1/pin", json={"ttl_s": 30}).json()
+    assert pinned["pinned_blocks"] == info["cached_tokens"] // 16 and pinned["session_id"] == "agent-1"
+    assert httpx.post(f"{sessions}/agent-1/extend", json={"ttl_s": 60}).json()["extended"] is True
+    info = httpx.get(f"{sessions}/agent-1").json()
+    assert info["pinned_blocks"] == pinned["pinned_blocks"] and 59 < info["pin_ttl_remaining_s"] <= 60
+    assert httpx.get(f"{base_url}/v1/engine/stats").json()["blocks"]["pinned"] >= pinned["pinned_blocks"]
+    assert httpx.delete(f"{sessions}/agent-1/pin").json() == {"session_id": "agent-1", "unpinned": True}
+    assert httpx.delete(f"{sessions}/agent-1/pin").json()["unpinned"] is False
+    missing = httpx.post(f"{sessions}/agent-1/extend", json={"ttl_s": 5})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "pin_not_found"
+
+
+def test_pin_ttl_on_the_request_pins_when_it_finishes(client: openai.OpenAI, base_url: str):
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": LONG_PROMPT}], max_tokens=2,
+                                   extra_body={"session_id": "agent-2", "pin_ttl_s": 120, **NO_EOS})
+    info = httpx.get(f"{base_url}/v1/engine/sessions/agent-2").json()
+    assert info["pinned_blocks"] >= 2 and info["pin_ttl_remaining_s"] > 100
+    httpx.delete(f"{base_url}/v1/engine/sessions/agent-2/pin")
+
+
+def test_metrics_scrape(client: openai.OpenAI, base_url: str):
+    client.completions.create(model=MODEL, prompt=LONG_PROMPT, max_tokens=2, extra_body=NO_EOS)
+    httpx.post(f"{base_url}/v1/completions", json={"model": MODEL})  # a 400
+    text = httpx.get(f"{base_url}/metrics").text
+    for name in ("pitstop_engine_requests_total{", "pitstop_engine_request_errors_total{",
+                 "pitstop_engine_time_to_first_token_seconds_bucket{", "pitstop_engine_request_latency_seconds_count{",
+                 'pitstop_engine_tokens_total{kind="cached_prompt"}', 'pitstop_engine_kv_blocks{state="used"}',
+                 'pitstop_engine_kv_blocks{state="pinned"}', 'pitstop_engine_kv_blocks{state="cached_free"}',
+                 "pitstop_engine_prefix_hit_tokens_total", 'pitstop_engine_pin_events_total{event="expired"}',
+                 'pitstop_engine_pin_events_total{event="evicted"}', "pitstop_engine_healthy 1.0"):
+        assert name in text, name
+    assert 'status="400"' in text
