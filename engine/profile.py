@@ -69,11 +69,11 @@ class ProfileSweep:
 
     def blocks_needed(self, block_size: int) -> int:
         """KV blocks that every point of the sweep fits in."""
-        def blocks(tokens: int) -> int:
-            return -(-tokens // block_size)
+        return max(_point_blocks(*point, block_size) for point in self.points())
 
-        return max(sum(blocks(n + out) for n in prompts) + blocks(joining + 1)
-                   for prompts, out, joining in self.points())
+
+def _point_blocks(prompt_lens: list[int], output_len: int, joining: int, block_size: int) -> int:
+    return sum(-(-(n + output_len) // block_size) for n in prompt_lens) + -(-(joining + 1) // block_size)
 
 
 @dataclass
@@ -105,7 +105,7 @@ def profile_runner(runner: ModelRunner, num_blocks: int, block_size: int = 16, *
 
     def fits(prompts: list[int], output_len: int, joining: int) -> bool:
         longest = max(*prompts, joining) + output_len
-        blocks = sum(-(-(n + output_len) // block_size) for n in prompts) + -(-(joining + 1) // block_size)
+        blocks = _point_blocks(prompts, output_len, joining, block_size)
         return longest < engine.config.max_model_len and blocks <= num_blocks
 
     points = [point for point in sweep.points() if fits(*point)]

@@ -5,7 +5,8 @@ queueing, batching, chunked prefill, prefix hits and preemption behave as they w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from engine.step_time import LinearStepTime, StepTimeModel, load_profile
 
 # GPU-scale batching limits (vLLM's defaults for online serving on H100-class GPUs) where the
 # caller gives none; EngineConfig's own defaults suit the small CPU engine.
-SIM_CONFIG_DEFAULTS: dict = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "max_model_len": 32768}
+SIM_CONFIG_DEFAULTS: dict[str, int] = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "max_model_len": 32768}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RequestResult:
     num_cached_tokens: int
     num_preemptions: int
     finish_reason: str | None  # "length", "stop", or "rejected" (never admitted, e.g. too long)
+    error: str | None = None  # why it was rejected
 
     @property
     def ttft(self) -> float | None:
@@ -72,40 +74,77 @@ class RequestResult:
                    seq.num_preemptions, seq.finish_reason)
 
 
-def simulate(engine: LLMEngine, arrivals: Iterable[Arrival]) -> list[RequestResult]:
+FollowUps = Callable[[RequestResult, list[int]], Iterable[Arrival]]
+
+
+def simulate(engine: LLMEngine, arrivals: Iterable[Arrival], on_finish: FollowUps | None = None
+             ) -> list[RequestResult]:
     """Run `arrivals` (sorted by time; a generator keeps memory flat on long traces) to completion
-    on the engine's virtual clock; returns one result per arrival, in arrival order. Requests that
-    arrive during a step join at its end, as they would on a real server."""
+    on the engine's virtual clock; returns one result per request, in the order they arrived.
+    Requests that arrive during a step join at its end, as they would on a real server.
+
+    `on_finish(result, token_ids)` makes a closed loop: called as each request finishes, with its
+    prompt and output token ids, it returns follow-up arrivals (the next turn of an agent session,
+    at finish time plus think time). The simulated runner's outputs are deterministic, so a next
+    turn that extends `token_ids` hits the prefix cache as it would when served."""
     clock = engine.clock
     if not isinstance(clock, VirtualClock):
         raise TypeError("simulate() needs an engine on a VirtualClock (see make_sim_engine)")
-    pending = iter(arrivals)
-    upcoming = next(pending, None)
+    stream = _ArrivalStream(arrivals)
     results: list[RequestResult | None] = []
     in_flight: dict[str, tuple[int, Sequence]] = {}  # held only until finished, then dropped
-    last_arrival = float("-inf")
     while True:
         now = clock.now()
-        while upcoming is not None and upcoming.arrival_time <= now:
-            if upcoming.arrival_time < last_arrival:
-                raise ValueError("arrivals must be sorted by arrival_time")
-            last_arrival = upcoming.arrival_time
-            _admit(engine, upcoming, results, in_flight)
-            upcoming = next(pending, None)
+        while (t := stream.next_time()) is not None and t <= now:
+            _admit(engine, stream.pop(), results, in_flight)
         if not engine.has_unfinished():
-            if upcoming is None:
+            if t is None:
                 break
-            clock.advance_to(upcoming.arrival_time)  # idle: jump the gap
+            clock.advance_to(t)  # idle: jump the gap
             continue
         steps_before = engine.num_steps
         for output in engine.step():
             if output.finished:
                 index, seq = in_flight.pop(output.request_id)
-                results[index] = RequestResult.of(seq)
+                results[index] = result = RequestResult.of(seq)
+                if on_finish is not None:
+                    for follow_up in on_finish(result, seq.token_ids):
+                        stream.push(follow_up, not_before=clock.now())
         if engine.num_steps == steps_before:
-            clock.advance_to(_next_wake(engine, upcoming, now))
-    assert not in_flight
-    return [r for r in results if r is not None]
+            clock.advance_to(_next_wake(engine, stream.next_time(), now))
+    assert not in_flight and all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+class _ArrivalStream:
+    """The trace's arrivals, read lazily, merged with follow-ups pushed as requests finish."""
+
+    def __init__(self, arrivals: Iterable[Arrival]) -> None:
+        self._trace = iter(arrivals)
+        self._head = next(self._trace, None)
+        self._follow_ups: list[tuple[float, int, Arrival]] = []  # heap by time, then push order
+        self._pushed = 0
+
+    def next_time(self) -> float | None:
+        head = None if self._head is None else self._head.arrival_time
+        if self._follow_ups and (head is None or self._follow_ups[0][0] < head):
+            return self._follow_ups[0][0]
+        return head
+
+    def pop(self) -> Arrival:
+        if self._head is not None and (not self._follow_ups or self._head.arrival_time <= self._follow_ups[0][0]):
+            arrival, self._head = self._head, next(self._trace, None)
+            if self._head is not None and self._head.arrival_time < arrival.arrival_time:
+                raise ValueError("arrivals must be sorted by arrival_time")
+            return arrival
+        return heapq.heappop(self._follow_ups)[2]
+
+    def push(self, arrival: Arrival, not_before: float) -> None:
+        if arrival.arrival_time < not_before:
+            raise ValueError(f"a follow-up cannot arrive ({arrival.arrival_time}) before the request it "
+                             f"follows finished ({not_before})")
+        self._pushed += 1
+        heapq.heappush(self._follow_ups, (arrival.arrival_time, self._pushed, arrival))
 
 
 def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | None],
@@ -116,18 +155,17 @@ def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | No
         seq = engine.add_request(request_id, arrival.prompt_token_ids, arrival.params,
                                  priority=arrival.priority, session_id=arrival.session_id,
                                  pin_ttl_s=arrival.pin_ttl_s, arrival_time=arrival.arrival_time)
-    except InvalidRequestError:
+    except InvalidRequestError as error:
         results.append(RequestResult(request_id, arrival.arrival_time, None, None, None,
-                                     len(arrival.prompt_token_ids), 0, 0, 0, "rejected"))
+                                     len(arrival.prompt_token_ids), 0, 0, 0, "rejected", str(error)))
         return
     results.append(None)
     in_flight[request_id] = (index, seq)
 
 
-def _next_wake(engine: LLMEngine, upcoming: Arrival | None, now: float) -> float:
-    """Nothing could be scheduled (memory held by pins or too full): the next event that can help."""
-    pin = engine.block_manager.pins.earliest()
-    candidates = [t for t in (upcoming and upcoming.arrival_time, pin and pin.deadline) if t is not None]
+def _next_wake(engine: LLMEngine, next_arrival: float | None, now: float) -> float:
+    """Nothing could be scheduled: jump to the next event that can change that, rather than spin."""
+    candidates = [t for t in (next_arrival, engine.next_pin_deadline()) if t is not None]
     if not candidates:
         raise RuntimeError(f"simulation stuck at t={now:.3f}s: {len(engine.scheduler)} requests cannot be "
                            "scheduled and nothing will free memory")

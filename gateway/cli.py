@@ -1,4 +1,4 @@
-"""The `pitstop` command: a small dispatcher over command groups (`pitstop engine ...`, more later).
+"""The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `export`, `engine ...`).
 Each group adds its subcommands with a `handler(args) -> exit code`."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from engine.cli import add_engine_commands
+from gateway.commands import add_gateway_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Pitstop LLM gateway and engine")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    add_gateway_commands(groups)
     engine = groups.add_parser("engine", help="run and inspect Pitstop's own inference engine")
     add_engine_commands(engine.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True))
     return parser

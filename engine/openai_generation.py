@@ -1,0 +1,143 @@
+"""One request on an AsyncEngine, answered in OpenAI's chat or text-completion shapes, whole or as
+chunks. Shared by the engine's HTTP server and the gateway's in-process backend, so both speak
+exactly the same OpenAI dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from engine.async_engine import AsyncEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import InvalidRequestError
+from engine.server.errors import bad_request
+from engine.server.protocol import GenerateRequest
+
+# Prompts longer than this are tokenized on a worker thread, so one huge prompt does not stall
+# every stream on the event loop.
+_INLINE_TOKENIZE_CHARS = 32 << 10
+
+
+def usage(out: RequestOutput) -> dict:
+    return {"prompt_tokens": out.num_prompt_tokens, "completion_tokens": out.num_output_tokens,
+            "total_tokens": out.num_prompt_tokens + out.num_output_tokens,
+            "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+
+
+class Shapes:
+    """The JSON objects of one response: OpenAI's chat or legacy text-completion format."""
+
+    def __init__(self, chat: bool, model: str, include_usage: bool, response_id: str | None = None) -> None:
+        self.chat = chat
+        self.id = response_id or f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+
+    def _envelope(self, chunk: bool) -> dict:
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {"id": self.id, "object": kind + (".chunk" if chunk and self.chat else ""),
+                "created": self.created, "model": self.model}
+
+    def chunk(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        out = self._envelope(chunk=True) | {"choices": [choice]}
+        return out | {"usage": None} if self.include_usage else out
+
+    def usage_chunk(self, last: RequestOutput) -> dict:
+        return self._envelope(chunk=True) | {"choices": [], "usage": usage(last)}
+
+    def response(self, text: str, last: RequestOutput) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": last.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
+        return self._envelope(chunk=False) | {"choices": [choice], "usage": usage(last)}
+
+
+async def tokenize(engine: AsyncEngine, parsed: GenerateRequest) -> list[int]:
+    if isinstance(parsed.prompt, list):
+        return parsed.prompt
+    text = parsed.prompt
+    if parsed.messages is not None:
+        if engine.tokenizer is None:
+            raise bad_request("this engine has no tokenizer to render chat messages", "messages")
+        try:
+            text = engine.tokenizer.apply_chat_template(parsed.messages, tools=parsed.tools,
+                                                        add_generation_prompt=True)
+        except Exception as exc:  # template errors (raise_exception, missing template) come from the input
+            raise bad_request(f"could not render the chat template: {exc}", "messages") from None
+    assert text is not None
+    if len(text) > _INLINE_TOKENIZE_CHARS:
+        return await asyncio.to_thread(engine.encode, text)
+    return engine.encode(text)
+
+
+class OpenAIGeneration:
+    """Tokenize and validate (`start`, raising 4xx errors before anything is sent), then either
+    `whole()` or `chunks()`. `ttft_s` and `last` are known once the generation has produced."""
+
+    def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
+                 response_id: str | None = None) -> None:
+        self.engine = engine
+        self.parsed = parsed
+        self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
+        self.started = time.monotonic()
+        self.ttft_s: float | None = None
+        self.last: RequestOutput | None = None
+        self._outputs: AsyncIterator[RequestOutput] | None = None
+
+    async def start(self, priority: float | None = None, session_id: str | None = None,
+                    pin_ttl_s: float | None = None) -> None:
+        parsed = self.parsed
+        prompt_field = "messages" if self.shapes.chat else "prompt"
+        try:
+            prompt_ids = await tokenize(self.engine, parsed)
+            self.engine.validate_request(prompt_ids, pin_ttl_s if pin_ttl_s is not None else parsed.pin_ttl_s)
+        except InvalidRequestError as exc:
+            raise bad_request(str(exc), prompt_field if exc.param == "prompt" else exc.param) from None
+        self._outputs = self.engine.generate(
+            prompt_ids, parsed.resolved_params(len(prompt_ids), self.engine.max_model_len),
+            request_id=self.shapes.id,
+            priority=parsed.priority if priority is None else priority,
+            session_id=parsed.session_id if session_id is None else session_id,
+            pin_ttl_s=parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s)
+
+    async def _outputs_iter(self) -> AsyncIterator[RequestOutput]:
+        assert self._outputs is not None, "start() first"
+        async with aclosing(self._outputs):
+            async for out in self._outputs:
+                if self.ttft_s is None:
+                    self.ttft_s = time.monotonic() - self.started
+                self.last = out
+                yield out
+
+    async def whole(self) -> dict:
+        parts = [out.text_delta async for out in self._outputs_iter()]
+        assert self.last is not None, "a generation always ends with a finished output or an error"
+        return self.shapes.response("".join(parts), self.last)
+
+    async def chunks(self) -> AsyncIterator[dict]:
+        """OpenAI chunks; the usage chunk comes last when the request asked for it. Raises
+        EngineDeadError / InvalidRequestError mid-stream; closing the iterator aborts the request."""
+        shapes = self.shapes
+        if shapes.chat:
+            yield shapes.chunk(None, None, role=True)
+        async for out in self._outputs_iter():
+            if shapes.chat:
+                if out.text_delta:
+                    yield shapes.chunk(out.text_delta, None)
+                if out.finished:
+                    yield shapes.chunk(None, out.finish_reason)
+            elif out.text_delta or out.finished:
+                yield shapes.chunk(out.text_delta, out.finish_reason)
+        if self.last is not None and shapes.include_usage:
+            yield shapes.usage_chunk(self.last)

@@ -1,0 +1,63 @@
+"""The gateway app factory: `create_app(settings)` builds a Starlette app with its own state;
+deployments start with the app and stop (flushing the outcome log) with it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.server.errors import APIError
+from gateway import endpoints, proxy
+from gateway.config import Settings
+from gateway.state import GatewayState, build_state
+
+log = logging.getLogger("pitstop.gateway")
+
+ROUTES = [
+    Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
+    Route("/v1/completions", proxy.completions, methods=["POST"]),
+    Route("/v1/models", endpoints.list_models, methods=["GET"]),
+    Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
+    Route("/healthz", endpoints.healthz, methods=["GET"]),
+    Route("/readyz", endpoints.readyz, methods=["GET"]),
+    Route("/metrics", endpoints.metrics, methods=["GET"]),
+]
+
+
+async def _handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, APIError):
+        error = exc
+    elif isinstance(exc, HTTPException):
+        error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    else:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        error = APIError(500, "internal server error", code="internal_error")
+    state: GatewayState | None = getattr(request.app.state, "pitstop", None)
+    if state is not None:
+        state.metrics.errors.labels(str(error.status), error.code or "").inc()
+    return error.response()
+
+
+def create_app(settings: Settings, state: GatewayState | None = None) -> Starlette:
+    state = state or build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={Exception: _handle_error, HTTPException: _handle_error,
+                                        APIError: _handle_error})
+    app.state.pitstop = state
+    return app

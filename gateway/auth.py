@@ -1,0 +1,70 @@
+"""Who is calling: an API key (stored hashed, looked up off the event loop and cached briefly), the
+master key, or nobody when the config does not require keys."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+
+from engine.server.errors import APIError
+from gateway.config import AuthConfig, LimitsConfig
+from storage.keys import KeyStore
+
+_CACHE_TTL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str | None  # None: anonymous (keys not required) or the master key
+    rpm_limit: int | None = None
+    budget_usd: float | None = None
+
+
+ANONYMOUS = Caller(None)
+
+
+def bearer_token(headers: Headers) -> str | None:
+    value = headers.get("authorization", "")
+    if value.lower().startswith("bearer "):
+        return value[7:].strip() or None
+    return headers.get("x-api-key")
+
+
+class Authenticator:
+    def __init__(self, auth: AuthConfig, limits: LimitsConfig, keys: KeyStore | None) -> None:
+        self.auth = auth
+        self.limits = limits
+        self.keys = keys
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
+
+    async def _lookup(self, token: str) -> Caller | None:
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = await asyncio.to_thread(self.keys.lookup, token) if self.keys is not None else None
+        caller = None if key is None else Caller(
+            key.id,
+            key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
+            key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (now + _CACHE_TTL_S, caller)
+        return caller
+
+    async def authenticate(self, headers: Headers) -> Caller:
+        token = bearer_token(headers)
+        master = self.auth.master_key
+        if token and master and hmac.compare_digest(token.encode(), master.encode()):
+            return ANONYMOUS
+        caller = await self._lookup(token) if token and token.startswith("sk-pitstop-") else None
+        if caller is not None:
+            return caller
+        if self.auth.require_keys:
+            raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+        return ANONYMOUS

@@ -1,0 +1,48 @@
+"""The backend interface. Every backend answers in OpenAI's JSON shapes: a whole response, or an
+async iterator of chunks whose last one carries `usage` (the gateway always asks for it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Kind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    request_id: str
+    session_id: str | None = None
+    priority: float = 0.0
+    pin_ttl_s: float | None = None
+    timeout_s: float = 600.0
+
+
+class BackendError(Exception):
+    """A deployment failed. `retryable` failures (connection errors, 429, 5xx) before the first
+    byte are retried on another deployment; others go back to the client with `status`."""
+
+    def __init__(self, status: int, message: str, retryable: bool, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+        self.param = param
+        self.code = code
+
+
+class Backend(Protocol):
+    # Whether session_id / priority / pin_ttl_s reach the deployment (Pitstop engines, vLLM priority).
+    accepts_session: bool
+
+    async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
+
+    def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def healthy(self) -> bool: ...

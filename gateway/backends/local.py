@@ -1,0 +1,69 @@
+"""An in-process engine instance (the embedded default's backend): no HTTP hop at all."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from engine.async_engine import AsyncEngine, EngineDeadError
+from engine.openai_generation import OpenAIGeneration
+from engine.sampling_params import InvalidRequestError
+from engine.server.errors import APIError
+from engine.server.protocol import parse_chat, parse_completion
+from gateway.backends.base import BackendError, CallContext, Kind
+
+
+def _as_backend_error(exc: Exception) -> BackendError:
+    if isinstance(exc, APIError):
+        return BackendError(exc.status, exc.message, retryable=exc.status >= 500, param=exc.param, code=exc.code)
+    if isinstance(exc, InvalidRequestError):
+        return BackendError(400, str(exc), retryable=False, param=exc.param)
+    return BackendError(503, f"engine instance unavailable: {exc}", retryable=True, code="engine_unavailable")
+
+
+class LocalEngineBackend:
+    accepts_session = True
+
+    def __init__(self, engine: AsyncEngine, served_model: str) -> None:
+        self.engine = engine
+        self.served_model = served_model
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.shutdown()
+
+    async def healthy(self) -> bool:
+        return self.engine.is_healthy
+
+    async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration:
+        body = {**body, "model": self.served_model, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        try:
+            parsed = parse_chat(body) if kind == "chat" else parse_completion(body)
+            if not self.engine.is_healthy:
+                raise EngineDeadError(self.engine.dead_reason or "stopped")
+            generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id)
+            await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s)
+        except (APIError, InvalidRequestError, EngineDeadError) as exc:
+            raise _as_backend_error(exc) from None
+        return generation
+
+    async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
+        generation = await self._generation(kind, body, ctx, stream=False)
+        try:
+            return await generation.whole()
+        except (InvalidRequestError, EngineDeadError) as exc:
+            raise _as_backend_error(exc) from None
+
+    async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
+        generation = await self._generation(kind, body, ctx, stream=True)
+        chunks = generation.chunks()
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except (InvalidRequestError, EngineDeadError) as exc:
+            raise _as_backend_error(exc) from None
+        finally:
+            await chunks.aclose()

@@ -1,0 +1,218 @@
+"""The gateway's one YAML file: models (litellm's `model_list` style), route groups, storage, Redis,
+auth and server limits. Validation names the failing field, e.g. `model_list.1.litellm_params.model`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger("pitstop.config")
+
+ENV_PREFIX = "os.environ/"
+# Model strings Pitstop serves itself; everything else goes through litellm.
+LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
+ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTTP
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelSpec(_Strict):
+    layers: int = Field(default=2, ge=1, le=64)
+    hidden: int = Field(default=64, ge=16, le=8192)
+    seed: int = 0
+
+
+class LitellmParams(BaseModel):
+    """litellm's per-deployment parameters; unknown keys are passed to litellm unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    # Local engine instances only:
+    model_dir: str | None = None
+    num_blocks: int | None = Field(default=None, gt=0)
+    max_num_seqs: int = Field(default=64, gt=0)
+    max_model_len: int | None = Field(default=None, gt=0)
+    policy: str = "fcfs"
+    device: str | None = None
+    # Build a tiny random model into model_dir on first start when the folder is absent (embedded default).
+    tiny_model: TinyModelSpec | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0] if "/" in self.model else ""
+
+    @model_validator(mode="after")
+    def _local_needs_a_folder(self) -> LitellmParams:
+        if self.provider == LOCAL_PROVIDER and not self.model_dir:
+            raise ValueError(f"model '{self.model}' is a local engine: set litellm_params.model_dir")
+        if self.provider == ENGINE_PROVIDER and not self.api_base:
+            raise ValueError(f"model '{self.model}' is a Pitstop engine over HTTP: set litellm_params.api_base")
+        return self
+
+
+class ModelInfo(_Strict):
+    input_cost_per_token: float = Field(default=0.0, ge=0)
+    output_cost_per_token: float = Field(default=0.0, ge=0)
+    tier: Literal["weak", "medium", "strong"] = "medium"
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+
+class ModelEntry(_Strict):
+    model_name: str = Field(min_length=1)
+    litellm_params: LitellmParams
+    model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+
+class RouteGroup(_Strict):
+    name: str = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    router: str = "tier-prior"
+    router_artifact: str | None = None
+    cost_preference: float = Field(default=0.0, ge=0)
+
+
+class StorageConfig(_Strict):
+    url: str = "sqlite:///var/pitstop.db"
+    store_text: bool = True
+    max_buffer: int = Field(default=50_000, gt=0)
+    spool_path: str | None = "var/outcome-spool.jsonl"
+
+
+class AuthConfig(_Strict):
+    require_keys: bool = False
+    master_key: str | None = None
+
+
+class LimitsConfig(_Strict):
+    fail_open: bool = False
+    default_rpm: int | None = Field(default=None, gt=0)
+    default_budget_usd: float | None = Field(default=None, ge=0)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    num_retries: int = Field(default=2, ge=0)
+    cooldown_s: float = Field(default=30.0, ge=0)
+    allowed_fails: int = Field(default=3, ge=1)
+
+
+class Settings(_Strict):
+    model_list: list[ModelEntry] = Field(min_length=1)
+    route_groups: list[RouteGroup] = Field(default_factory=list)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    redis_url: str | None = None
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    base_dir: Path = Path(".")  # relative paths resolve against the working directory
+
+    @field_validator("route_groups")
+    @classmethod
+    def _unique_groups(cls, groups: list[RouteGroup]) -> list[RouteGroup]:
+        names = [g.name for g in groups]
+        if len(names) != len(set(names)):
+            raise ValueError("route group names must be unique")
+        return groups
+
+    @model_validator(mode="after")
+    def _groups_name_known_models(self) -> Settings:
+        known = {m.model_name for m in self.model_list}
+        for i, group in enumerate(self.route_groups):
+            if group.name in known:
+                raise ValueError(f"route_groups.{i}.name: '{group.name}' is also a model_name")
+            for model in group.models:
+                if model not in known:
+                    raise ValueError(f"route_groups.{i}.models: unknown model_name '{model}'")
+        return self
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys(m.model_name for m in self.model_list))
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _resolve_env(value: Any, path: str, missing: list[str]) -> Any:
+    """Replace `os.environ/NAME` strings; remember where a variable is unset."""
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX):]
+        if name not in os.environ:
+            missing.append(f"{path} ({name})")
+            return None
+        return os.environ[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else k, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{path}.{i}", missing) for i, v in enumerate(value)]
+    return value
+
+
+def _drop_models_without_keys(raw: dict) -> dict:
+    """API-provider models join only when their keys are in the environment."""
+    kept, dropped = [], []
+    for i, entry in enumerate(raw.get("model_list") or []):
+        missing: list[str] = []
+        resolved = _resolve_env(entry, f"model_list.{i}", missing)
+        if missing:
+            dropped.append((entry.get("model_name") if isinstance(entry, dict) else None, missing))
+        else:
+            kept.append(resolved)
+    for name, missing in dropped:
+        log.info("model %s skipped: environment variable not set for %s", name, ", ".join(missing))
+    dropped_names = {name for name, _ in dropped}
+    groups = []
+    for group in raw.get("route_groups") or []:
+        if isinstance(group, dict) and isinstance(group.get("models"), list):
+            group = {**group, "models": [m for m in group["models"] if m not in dropped_names]}
+        groups.append(group)
+    return {**raw, "model_list": kept, "route_groups": groups}
+
+
+def parse_settings(raw: dict, base_dir: Path = Path(".")) -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a YAML mapping")
+    raw = _drop_models_without_keys(raw)
+    missing: list[str] = []
+    rest = _resolve_env({k: v for k, v in raw.items() if k != "model_list"}, "", missing)
+    if missing:
+        raise ConfigError("environment variables not set: " + ", ".join(missing))
+    try:
+        return Settings.model_validate({**rest, "model_list": raw["model_list"], "base_dir": base_dir})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_settings(raw)

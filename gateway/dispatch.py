@@ -1,0 +1,96 @@
+"""Send a request to a deployment of a model: retry connection errors, 429 and 5xx on another
+deployment as long as nothing has reached the client; count outstanding requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.deployments import Deployment, DeploymentPool
+
+
+@dataclass
+class Dispatched:
+    deployment: Deployment
+    attempts: int
+
+
+class Dispatcher:
+    def __init__(self, pool: DeploymentPool, num_retries: int = 2) -> None:
+        self.pool = pool
+        self.num_retries = num_retries
+
+    def _next(self, model_name: str, tried: set[str], prefer: str | None,
+              last: BackendError | None) -> Deployment:
+        deployment = self.pool.pick(model_name, tried, prefer)
+        if deployment is None:
+            raise last or BackendError(503, f"no deployment of {model_name!r} is available", retryable=False,
+                                       code="no_deployment")
+        tried.add(deployment.name)
+        return deployment
+
+    async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
+                       prefer: str | None = None) -> tuple[dict, Dispatched]:
+        tried: set[str] = set()
+        last: BackendError | None = None
+        for attempt in range(1, self.num_retries + 2):
+            deployment = self._next(model_name, tried, prefer, last)
+            deployment.outstanding += 1
+            try:
+                result = await deployment.backend.complete(kind, body, ctx)
+            except BackendError as exc:
+                if not exc.retryable:
+                    raise
+                self.pool.mark_failure(deployment)
+                last = exc
+                continue
+            finally:
+                deployment.outstanding -= 1
+            self.pool.mark_success(deployment)
+            return result, Dispatched(deployment, attempt)
+        assert last is not None
+        raise last
+
+    async def stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
+                     prefer: str | None = None) -> tuple[AsyncIterator[dict], Dispatched]:
+        """Returns once the first chunk has arrived (retries happen before that); the iterator
+        yields it and the rest. Errors after the first chunk are the caller's to report."""
+        tried: set[str] = set()
+        last: BackendError | None = None
+        for attempt in range(1, self.num_retries + 2):
+            deployment = self._next(model_name, tried, prefer, last)
+            deployment.outstanding += 1
+            chunks = deployment.backend.stream(kind, body, ctx)
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                deployment.outstanding -= 1
+                raise BackendError(502, "upstream stream was empty", retryable=False) from None
+            except BackendError as exc:
+                deployment.outstanding -= 1
+                await chunks.aclose()
+                if not exc.retryable:
+                    raise
+                self.pool.mark_failure(deployment)
+                last = exc
+                continue
+            except BaseException:
+                deployment.outstanding -= 1
+                await chunks.aclose()
+                raise
+            self.pool.mark_success(deployment)
+            return self._rest(first, chunks, deployment), Dispatched(deployment, attempt)
+        assert last is not None
+        raise last
+
+    @staticmethod
+    async def _rest(first: dict, chunks: AsyncIterator[dict], deployment: Deployment) -> AsyncIterator[dict]:
+        try:
+            yield first
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            deployment.outstanding -= 1

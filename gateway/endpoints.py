@@ -1,0 +1,86 @@
+"""The small endpoints: model list, health, readiness, metrics and feedback."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine.server.errors import APIError, bad_request
+from engine.server.protocol import read_json
+from gateway.state import GatewayState
+
+_CREATED = int(time.time())
+
+
+def _state(request: Request) -> GatewayState:
+    return request.app.state.pitstop
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
+             "pitstop": {"route_group": True, "models": group.group.models}}
+            for name, group in state.routes.groups.items()]
+    data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
+             for name in state.settings.model_names]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when every model has a healthy deployment and the outcome log is not piling up."""
+    state = _state(request)
+    models = {}
+    for name, deployments in state.pool.by_model.items():
+        models[name] = any([await d.backend.healthy() for d in deployments])
+    writer = state.writer.stats()
+    ready = all(models.values())
+    body = {"ready": ready, "models": models,
+            "outcome_log": {"written": writer.written, "buffered": writer.buffered, "spooled": writer.spooled,
+                            "last_error": writer.last_error}}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    stats = state.writer.stats()
+    for name in ("written", "buffered", "spooled", "dropped"):
+        state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
+    for deployment in state.pool.deployments:
+        state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def feedback(request: Request) -> Response:
+    """`{"request_id" | "session_id", "metric": "quality", "value": number}` -> stored for training."""
+    state = _state(request)
+    await state.auth.authenticate(request.headers)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    unknown = set(body) - {"request_id", "session_id", "metric", "value", "extra"}
+    if unknown:
+        raise bad_request(f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0], "unknown_field")
+    request_id, session_id = body.get("request_id"), body.get("session_id")
+    if not (isinstance(request_id, str) and request_id) and not (isinstance(session_id, str) and session_id):
+        raise bad_request("give a 'request_id' or a 'session_id' (strings)", "request_id")
+    metric = body.get("metric", "quality")
+    value = body.get("value")
+    if not isinstance(metric, str) or not 0 < len(metric) <= 64:
+        raise bad_request("'metric' must be a string of 1 to 64 characters", "metric")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) == float("inf"):
+        raise bad_request("'value' must be a finite number", "value")
+    extra = body.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        raise bad_request("'extra' must be an object", "extra")
+    try:
+        state.feedback.submit({"request_id": request_id, "session_id": session_id, "metric": metric,
+                               "value": float(value), "extra": extra})
+    except (ValueError, RuntimeError) as exc:
+        raise APIError(503, f"feedback not accepted: {exc}") from None
+    return JSONResponse({"accepted": True}, status_code=202)

@@ -1,0 +1,170 @@
+"""One outcome row per request: a draft filled in as the request goes, finished exactly once
+(metrics, spend, and the row handed to the batched writer, never written on the request path)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth import Caller
+from gateway.deployments import Deployment
+from gateway.limits.base import Limiter
+from gateway.metrics import GatewayMetrics
+from gateway.request_body import ProxyRequest
+from gateway.routing import Route
+from storage.keys import KeyStore
+from storage.models import utc_now
+from storage.outcome_writer import OutcomeWriter
+
+log = logging.getLogger("pitstop.outcomes")
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+@dataclass
+class OutcomeDraft:
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.monotonic)
+    created_at: Any = field(default_factory=utc_now)
+    caller: Caller | None = None
+    request: ProxyRequest | None = None
+    route: Route | None = None
+    deployment: Deployment | None = None
+    attempts: int = 0
+    ttft_s: float | None = None
+    usage: dict | None = None
+    finish_reason: str | None = None
+    tool_calls: list[str] = field(default_factory=list)
+    completion_parts: list[str] = field(default_factory=list)
+    status: str = "ok"
+    http_status: int = 200
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+
+    def fail(self, status: int, message: str, kind: str = "error") -> None:
+        self.status, self.http_status, self.error = kind, status, message
+
+    def take_response(self, body: dict) -> None:
+        self.usage = body.get("usage") or self.usage
+        for choice in body.get("choices") or ():
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            message = choice.get("message") or {}
+            text = message.get("content") if message else choice.get("text")
+            if isinstance(text, str):
+                self.completion_parts.append(text)
+            self._take_tool_calls(message.get("tool_calls"))
+
+    def take_chunk(self, chunk: dict) -> None:
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if delta else choice.get("text")
+            if isinstance(text, str) and text:
+                if self.ttft_s is None:
+                    self.ttft_s = time.monotonic() - self.started
+                self.completion_parts.append(text)
+            self._take_tool_calls(delta.get("tool_calls"))
+
+    def _take_tool_calls(self, calls: Any) -> None:
+        for call in calls or ():
+            name = ((call or {}).get("function") or {}).get("name")
+            if name:
+                self.tool_calls.append(name)
+
+    @property
+    def tokens(self) -> tuple[int, int, int]:
+        usage = self.usage or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                int(details.get("cached_tokens") or 0))
+
+
+class OutcomeRecorder:
+    def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
+                 keys: KeyStore | None, store_text: bool) -> None:
+        self.writer = writer
+        self.metrics = metrics
+        self.limiter = limiter
+        self.keys = keys
+        self.store_text = store_text
+        self._background: set[asyncio.Task] = set()
+
+    def finish(self, draft: OutcomeDraft) -> None:
+        if draft.finished:
+            return
+        draft.finished = True
+        latency = time.monotonic() - draft.started
+        prompt_tokens, completion_tokens, cached_tokens = draft.tokens
+        deployment = draft.deployment
+        cost = deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0
+        route = draft.route
+        group = route.route_group if route and route.route_group else ""
+        model = route.model_name if route else ""
+        self.metrics.observe(group, model, draft.status, latency, draft.ttft_s, prompt_tokens,
+                             completion_tokens, cached_tokens, cost)
+        if draft.status != "ok":
+            self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
+        if draft.caller is not None and draft.caller.key_id is not None and cost > 0:
+            self._spend(draft.caller.key_id, cost)
+        if self.writer is not None:
+            try:
+                self.writer.submit(self._row(draft, latency, cost))
+            except Exception:  # the request already has its answer: never fail it for the log
+                log.exception("outcome row for %s was not accepted", draft.request_id)
+
+    def _spend(self, key_id: str, cost: float) -> None:
+        async def record() -> None:
+            await self.limiter.record_spend(key_id, cost)
+            if self.keys is not None:
+                await asyncio.to_thread(self.keys.add_spend, key_id, cost)
+
+        task = asyncio.get_running_loop().create_task(record())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
+        request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None
+        prompt_tokens, completion_tokens, cached_tokens = draft.tokens
+        prompt = None
+        if self.store_text and request is not None:
+            prompt = request.messages if request.kind == "chat" else request.body.get("prompt")
+        return {
+            "request_id": draft.request_id, "created_at": draft.created_at,
+            "api_key_id": draft.caller.key_id if draft.caller else None,
+            "session_id": request.session_id if request else None, "turn": draft.extra.get("turn"),
+            "route_group": route.route_group if route else None,
+            "requested_model": request.model if request else None,
+            "model": route.model_name if route else None,
+            "deployment": draft.deployment.name if draft.deployment else None,
+            "engine_instance": draft.deployment.name if draft.deployment else None,
+            "moved_instance": bool(draft.extra.get("moved_instance")),
+            "router_name": decision.router_name if decision else None,
+            "router_version": decision.router_version if decision else None,
+            "router_scores": decision.scores if decision else None,
+            "cost_preference": decision.cost_preference if decision else None,
+            "propensity": decision.propensity if decision else None,
+            "rank_score": draft.extra.get("rank_score"),
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
+            "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost, "finish_reason": draft.finish_reason,
+            "tool_calls": draft.tool_calls or None,
+            "pin_ttl_s": request.pin_ttl_s if request else None,
+            "stream": bool(request and request.stream), "status": draft.status, "http_status": draft.http_status,
+            "error": draft.error, "prompt": prompt,
+            "completion": "".join(draft.completion_parts) if self.store_text and draft.completion_parts else None,
+            "extra": {k: v for k, v in draft.extra.items() if k not in ("turn", "rank_score", "moved_instance")}
+            or None,
+        }
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,139 @@
+"""POST /v1/chat/completions and /v1/completions: authenticate, limit, parse, route, dispatch,
+answer (whole or streamed), and leave one outcome row. Errors keep OpenAI's shape; a stream that
+breaks after it started ends with an error event and no [DONE]."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from engine.server.errors import APIError, error_body
+from engine.server.protocol import read_json
+from engine.server.sse import DONE, SSEResponse, sse_event
+from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.outcomes import OutcomeDraft
+from gateway.request_body import parse_proxy_request
+from gateway.state import GatewayState, LimitExceeded
+
+T = TypeVar("T")
+
+
+def _headers(draft: OutcomeDraft) -> dict[str, str]:
+    headers = {"x-pitstop-request-id": draft.request_id}
+    if draft.route is not None:
+        headers["x-pitstop-model"] = draft.route.model_name
+        if draft.route.route_group:
+            headers["x-pitstop-route-group"] = draft.route.route_group
+    return headers
+
+
+def _as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, BackendError):
+        return APIError(exc.status, exc.message, exc.param, exc.code)
+    if isinstance(exc, ClientDisconnect):
+        return APIError(400, "the client disconnected while sending the request")
+    raise exc
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _proxy(request, "chat")
+
+
+async def completions(request: Request) -> Response:
+    return await _proxy(request, "completion")
+
+
+async def _proxy(request: Request, kind: Kind) -> Response:
+    state: GatewayState = request.app.state.pitstop
+    draft = OutcomeDraft()
+    try:
+        draft.caller = await state.auth.authenticate(request.headers)
+        draft.request = parsed = parse_proxy_request(
+            await read_json(request, state.settings.server.max_body_bytes), kind, request.headers)
+        await state.admit(draft.caller)
+        draft.route = route = state.routes.resolve(parsed)
+        ctx = CallContext(draft.request_id, parsed.session_id, parsed.priority, parsed.pin_ttl_s,
+                          state.settings.server.request_timeout_s)
+        if parsed.stream:
+            chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx)
+            draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+            return SSEResponse(_events(state, draft, chunks), headers=_headers(draft))
+        work = state.dispatcher.complete(route.model_name, kind, parsed.body, ctx)
+        body, dispatched = await _unless_disconnected(request, work)
+        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        draft.take_response(body)
+        draft.ttft_s = None
+        state.recorder.finish(draft)
+        return JSONResponse(body, headers=_headers(draft))
+    except (APIError, BackendError, ClientDisconnect) as exc:
+        error = _as_api_error(exc)
+        draft.fail(error.status, error.message)
+        draft.extra["code"] = error.code
+        state.recorder.finish(draft)
+        response = error.response()
+        response.headers.update(_headers(draft))
+        if isinstance(error, LimitExceeded) and error.retry_after_s is not None:
+            response.headers["retry-after"] = str(max(1, round(error.retry_after_s)))
+        return response
+    except asyncio.CancelledError:
+        draft.fail(499, "the client disconnected", kind="aborted")
+        state.recorder.finish(draft)
+        raise
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run a non-streaming call, cancelling it (and so the upstream request) if the client leaves."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            raise asyncio.CancelledError
+    return task.result()
+
+
+async def _events(state: GatewayState, draft: OutcomeDraft,
+                  chunks: AsyncIterator[dict]) -> AsyncGenerator[bytes, None]:
+    include_usage = draft.request is not None and draft.request.include_usage
+    failed = False
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                draft.take_chunk(chunk)
+                if not chunk.get("choices") and chunk.get("usage") is not None and not include_usage:
+                    continue  # we asked every backend for usage; the client did not
+                if not include_usage:
+                    chunk.pop("usage", None)
+                yield sse_event(chunk)
+    except (BackendError, APIError) as exc:
+        failed = True
+        error = _as_api_error(exc)
+        draft.fail(error.status, f"stream broke after it started: {error.message}")
+        yield sse_event(error_body(error.status, error.message, error.param, error.code))
+    except asyncio.CancelledError:
+        failed = True
+        draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+        raise
+    finally:
+        if not failed and draft.finish_reason is None:
+            draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+        state.recorder.finish(draft)
+    if not failed:
+        yield DONE

@@ -1,0 +1,144 @@
+"""What the gateway reads from a request before forwarding it: checks the fields every backend
+shares (a clear 400 here beats a provider's 500 later), takes out Pitstop's own fields, and
+passes everything else through unchanged (tools, tool_choice, response_format, ...)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from engine.server.errors import bad_request
+from gateway.backends.base import Kind
+
+# Pitstop's fields: read here, never forwarded as they are.
+GATEWAY_FIELDS = ("session_id", "priority", "pin_ttl_s", "cost_preference")
+SESSION_HEADER = "x-session-id"
+COST_PREFERENCE_HEADER = "x-pitstop-cost-preference"
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_NUMBER_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
+                  "frequency_penalty": (-2.0, 2.0), "priority": (-1e9, 1e9), "pin_ttl_s": (0.0, 86400.0),
+                  "cost_preference": (0.0, 1e6)}
+_POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
+_TYPES: dict[str, tuple[type, ...]] = {"tools": (list,), "response_format": (dict,), "metadata": (dict,),
+                                       "user": (str,), "seed": (int,), "logit_bias": (dict,),
+                                       "tool_choice": (str, dict), "stream_options": (dict,)}
+
+
+@dataclass
+class ProxyRequest:
+    kind: Kind
+    model: str
+    body: dict  # what backends receive: the client's body without Pitstop's fields
+    stream: bool
+    include_usage: bool
+    session_id: str | None
+    priority: float
+    pin_ttl_s: float | None
+    cost_preference: float | None
+    prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
+
+    @property
+    def messages(self) -> list[dict] | None:
+        return self.body.get("messages")
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise bad_request(f"'{name}' must be a number", name, "invalid_type")
+    low, high = _NUMBER_RANGES[name]
+    if not low <= value <= high or (name == "top_p" and value == 0):
+        raise bad_request(f"'{name}' must be between {low:g} and {high:g}", name, "invalid_value")
+    return float(value)
+
+
+def _check_types(body: dict) -> None:
+    for name, kinds in _TYPES.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise bad_request(f"'{name}' has the wrong type", name, "invalid_type")
+    for name in _POSITIVE_INTS:
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad_request(f"'{name}' must be a positive integer", name, "invalid_value")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
+        raise bad_request("'stop' must be a string or a list of up to 4 strings", "stop", "invalid_type")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise bad_request("'stream' must be a boolean", "stream", "invalid_type")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _check_messages(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty list", "messages", "invalid_type")
+    last_user = ""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
+        if message.get("role") not in _ROLES:
+            raise bad_request(f"'messages[{i}].role' must be one of {sorted(_ROLES)}", f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(f"'messages[{i}].content' must be a string or a list of parts",
+                              f"messages[{i}].content", "invalid_type")
+        if message["role"] == "user":
+            last_user = _text(content)
+    return last_user
+
+
+def _check_prompt(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return ""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    raise bad_request("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
+
+
+def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
+    if not isinstance(raw, dict):
+        raise bad_request("the body must be a JSON object")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string", "model")
+    _check_types(raw)
+    prompt_text = _check_messages(raw.get("messages")) if kind == "chat" else _check_prompt(raw.get("prompt"))
+    stream = bool(raw.get("stream"))
+    options = raw.get("stream_options") or {}
+    if options and not stream:
+        raise bad_request("'stream_options' is only allowed with stream=true", "stream_options")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+    session_id = headers.get(SESSION_HEADER) or raw.get("session_id")
+    metadata = raw.get("metadata")
+    if session_id is None and isinstance(metadata, dict) and isinstance(metadata.get("session_id"), str):
+        session_id = metadata["session_id"]
+    if session_id is not None and (not isinstance(session_id, str) or not 0 < len(session_id) <= 256):
+        raise bad_request("the session id must be a string of 1 to 256 characters", "session_id")
+    cost_preference = _number(raw, "cost_preference")
+    if (header := headers.get(COST_PREFERENCE_HEADER)) is not None:
+        try:
+            cost_preference = _number({"cost_preference": float(header)}, "cost_preference")
+        except ValueError:
+            raise bad_request(f"header {COST_PREFERENCE_HEADER} must be a number", COST_PREFERENCE_HEADER) from None
+    pin_ttl_s = _number(raw, "pin_ttl_s")
+    body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
+    return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
+                        session_id=session_id, priority=_number(raw, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
+                        cost_preference=cost_preference, prompt_text=prompt_text)

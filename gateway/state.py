@@ -1,0 +1,134 @@
+"""Everything one gateway app holds, built from Settings: deployments and their backends, the route
+table, auth and limits, the outcome writer and metrics. No process-global state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engine.server.errors import APIError
+from gateway.auth import Authenticator, Caller
+from gateway.backends.base import Backend
+from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry, Settings
+from gateway.deployments import Deployment, DeploymentPool
+from gateway.dispatch import Dispatcher
+from gateway.limits.base import Limiter
+from gateway.limits.factory import make_limiter
+from gateway.metrics import GatewayMetrics
+from gateway.outcomes import OutcomeRecorder
+from gateway.routing import RouteTable
+from storage.db import create_engine, ensure_sqlite_dir
+from storage.keys import KeyStore
+from storage.migrate import upgrade
+from storage.outcome_writer import FeedbackWriter, OutcomeWriter
+
+log = logging.getLogger("pitstop.gateway")
+
+
+class LimitExceeded(APIError):
+    def __init__(self, status: int, message: str, code: str, retry_after_s: float | None = None) -> None:
+        super().__init__(status, message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
+    params = entry.litellm_params
+    provider = params.provider
+    if provider == LOCAL_PROVIDER:
+        from engine.async_engine import build_engine
+        from gateway.backends.local import LocalEngineBackend
+
+        model_dir = settings.resolve_path(params.model_dir)
+        if params.tiny_model is not None and not (model_dir / "config.json").exists():
+            from engine.tiny_model import make_tiny_model
+
+            log.info("building tiny model %s into %s", entry.model_name, model_dir)
+            make_tiny_model(model_dir, layers=params.tiny_model.layers, hidden=params.tiny_model.hidden,
+                            seed=params.tiny_model.seed)
+        engine = build_engine(model_dir, num_blocks=params.num_blocks,
+                              max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
+                              policy=params.policy, device=params.device)
+        return LocalEngineBackend(engine, entry.model_name)
+    if provider == ENGINE_PROVIDER:
+        from gateway.backends.openai_http import OpenAIHTTPBackend
+
+        return OpenAIHTTPBackend(params.api_base, params.model.split("/", 1)[1], params.api_key,
+                                 accepts_session=True, connect_timeout_s=settings.server.connect_timeout_s)
+    from gateway.backends.litellm_backend import LitellmBackend
+
+    extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
+                                       "device", "tiny_model"}, exclude_none=True)
+    return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm")
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    pool: DeploymentPool
+    dispatcher: Dispatcher
+    routes: RouteTable
+    auth: Authenticator
+    limiter: Limiter
+    metrics: GatewayMetrics
+    recorder: OutcomeRecorder
+    writer: OutcomeWriter
+    feedback: FeedbackWriter
+    keys: KeyStore
+
+    async def admit(self, caller: Caller) -> None:
+        if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
+            return
+        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd)
+        if admission.allowed:
+            return
+        if admission.reason == "rate_limit":
+            raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
+                                admission.retry_after_s)
+        if admission.reason == "budget":
+            raise LimitExceeded(429, "this API key has spent its budget", "budget_exceeded")
+        raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
+
+    async def start(self) -> None:
+        for deployment in self.pool.deployments:
+            await deployment.backend.start()
+
+    async def close(self) -> None:
+        for deployment in self.pool.deployments:
+            try:
+                await deployment.backend.close()
+            except Exception:
+                log.exception("closing %s failed", deployment.name)
+        await self.recorder.drain()
+        await self.limiter.close()
+        self.writer.close(timeout=10)
+        self.feedback.close(timeout=10)
+
+
+def build_state(settings: Settings) -> GatewayState:
+    url = settings.storage.url
+    ensure_sqlite_dir(url)
+    db = create_engine(url)
+    upgrade(db)
+    spool = settings.storage.spool_path
+    writer = OutcomeWriter(db, max_buffer=settings.storage.max_buffer,
+                           spool_path=settings.resolve_path(spool) if spool else None)
+    feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
+                              if spool else None)
+    keys = KeyStore(db)
+    server = settings.server
+    pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
+    for entry in settings.model_list:
+        index = len(pool.by_model.get(entry.model_name, ()))
+        pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, make_backend(entry, settings),
+                            entry.model_info, entry.litellm_params.model))
+    limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
+    metrics = GatewayMetrics()
+    if not settings.auth.require_keys:
+        log.warning("API keys are not required (auth.require_keys is false): anyone who can reach this "
+                    "address can use it")
+    return GatewayState(
+        settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=RouteTable(settings),
+        auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
+        recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
+        writer=writer, feedback=feedback, keys=keys)
+

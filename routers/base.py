@@ -1,0 +1,37 @@
+"""The router interface: one method that predicts each candidate's quality for a request.
+
+Choosing is shared by every router (routers/choice.py): predicted quality minus the cost preference
+times the request's predicted cost, normalised by the costliest candidate's predicted cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+    tier: str = "medium"
+
+
+@dataclass(frozen=True)
+class RoutingRequest:
+    prompt: str
+    prompt_tokens: int
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QualityEstimate:
+    quality: dict[str, float]  # model -> predicted quality in [0, 1]
+    output_tokens: dict[str, float] = field(default_factory=dict)  # model -> predicted answer length
+
+
+class Router(Protocol):
+    name: str
+    version: str
+
+    def estimate(self, request: RoutingRequest, candidates: list[Candidate]) -> QualityEstimate: ...

@@ -1,0 +1,39 @@
+"""Cost-aware choice among candidates, shared by every router and by the evaluation harness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from routers.base import Candidate, QualityEstimate
+
+# Used when a router predicts no answer length for a model.
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    model: str
+    router_name: str
+    router_version: str
+    cost_preference: float
+    scores: dict[str, float]  # model -> utility the choice maximised
+    quality: dict[str, float]
+    predicted_cost_usd: dict[str, float]
+    propensity: float = 1.0
+
+
+def predicted_cost(candidate: Candidate, prompt_tokens: int, output_tokens: float) -> float:
+    return candidate.input_cost_per_token * prompt_tokens + candidate.output_cost_per_token * output_tokens
+
+
+def choose(estimate: QualityEstimate, candidates: list[Candidate], prompt_tokens: int,
+           cost_preference: float, router_name: str, router_version: str) -> RoutingDecision:
+    """argmax quality - cost_preference x cost / max cost. Ties go to the cheaper model."""
+    assert candidates
+    costs = {c.model: predicted_cost(c, prompt_tokens, estimate.output_tokens.get(c.model, DEFAULT_OUTPUT_TOKENS))
+             for c in candidates}
+    top = max(costs.values()) or 1.0
+    scores = {m: estimate.quality[m] - cost_preference * costs[m] / top for m in costs}
+    model = max(costs, key=lambda m: (scores[m], -costs[m]))
+    return RoutingDecision(model, router_name, router_version, cost_preference, scores,
+                           dict(estimate.quality), costs)
