@@ -141,6 +141,11 @@ class BlockManager:
                        cached_blocks: list[int] | None = None) -> bool:
         """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts).
         Returns False, changing nothing, when memory is short even after pins gave way."""
+        if not cached_blocks and seq.block_table:  # the common case: a decode inside its last block
+            total = seq.num_computed_tokens + num_new_tokens
+            if total <= len(seq.block_table) * self.block_size:
+                self.register_computed(seq, total)
+                return True
         cached_blocks = cached_blocks or []
         starting = not seq.block_table and seq.num_computed_tokens == 0
         assert not cached_blocks or starting
@@ -163,14 +168,23 @@ class BlockManager:
             seq.num_registered_blocks = len(cached_blocks)
         for _ in range(max(needed, 0)):
             seq.block_table.append(self._pop_free())
-        self._register_full_blocks(seq, seq.num_computed_tokens + num_new_tokens)
+        self.register_computed(seq, seq.num_computed_tokens + num_new_tokens)
         return True
 
-    def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
-        """Publish blocks that are full once the step computes them, so later requests can hit them."""
-        if not self.enable_prefix_caching:
+    def reserve(self, seq: Sequence, num_tokens: int) -> None:
+        """Blocks for `num_tokens` from the free queue, as single decode steps would have taken them;
+        the caller checked they are free. Their hashes are published once the tokens exist."""
+        needed = -(-num_tokens // self.block_size) - len(seq.block_table)
+        assert needed <= self.num_free_blocks
+        for _ in range(needed):
+            seq.block_table.append(self._pop_free())
+
+    def register_computed(self, seq: Sequence, num_tokens: int) -> None:
+        """Publish blocks that are full once `num_tokens` are computed, so later requests can hit them."""
+        num_full = num_tokens // self.block_size
+        if num_full <= seq.num_registered_blocks or not self.enable_prefix_caching:
             return
-        bs, num_full = self.block_size, num_tokens // self.block_size
+        bs = self.block_size
         self._ensure_hashes(seq, num_full)
         for i in range(seq.num_registered_blocks, num_full):
             block = self.blocks[seq.block_table[i]]

@@ -3,13 +3,16 @@ clock and under the simulated runner on a virtual clock; only the runner and the
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager, BlockStats
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig
+from engine.fused_decode import max_fused_steps
 from engine.outputs import RequestOutput, StepRecord
 from engine.pins import PinCounters
 from engine.policy import FCFSPolicy, SchedulingPolicy
@@ -52,8 +55,8 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
-        config.max_model_len = min(config.max_model_len, config.num_blocks * config.block_size)
-        self.config = config
+        self.config = config = replace(config, max_model_len=min(config.max_model_len,
+                                                                 config.num_blocks * config.block_size))
         self.runner = runner
         self.clock = clock or WallClock()
         self.tokenizer = tokenizer
@@ -65,6 +68,8 @@ class LLMEngine:
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
         self.step_log: list[StepRecord] | None = [] if record_steps else None
         self.num_steps = self.prefill_tokens = self.generation_tokens = 0
+        # Fusing skips per-step records and stop strings: only for runners that offer it, unrecorded.
+        self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -111,12 +116,23 @@ class LLMEngine:
 
     # ---- the step -----------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
+    def step(self, horizon: float = math.inf) -> list[RequestOutput]:
+        """One step. `horizon` is the time of the next outside event (an arrival): a runner that can
+        fuse pure-decode steps (the simulated one) may run several up to it, with the same result."""
         start = self.clock.now()
         batch = self.scheduler.schedule(start)
         if not batch:
             return []
-        samples = [batch.samples(i) for i in range(len(batch))]
+        if self._can_fuse and not self.scheduler.preempted_last_step:
+            steps = max_fused_steps(batch, self.config, self.block_manager.num_free_blocks)
+            if steps > 1:
+                deadline = self.next_pin_deadline()
+                horizon = horizon if deadline is None else min(horizon, deadline)
+                steps = self.runner.plan_decode_steps(batch, steps, horizon)  # type: ignore[attr-defined]
+                if steps > 1:
+                    return self._fused_decode(batch, steps)
+        samples = [seq.num_computed_tokens + n == len(seq.token_ids)
+                   for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
         token_ids = iter(self.runner.execute(batch))
         end = self.clock.now()
         self.num_steps += 1
@@ -125,10 +141,28 @@ class LLMEngine:
         outputs = []
         for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples, strict=True):
             seq.num_computed_tokens += num_new
-            if not sampled or seq.num_computed_tokens - num_new < seq.num_prompt_tokens:
+            if num_new > 1 or seq.num_computed_tokens - num_new < seq.num_prompt_tokens:  # not a decode
                 self.prefill_tokens += num_new
             if sampled:
                 outputs.append(self._append_token(seq, next(token_ids), end))
+        return outputs
+
+    def _fused_decode(self, batch: ScheduledBatch, steps: int) -> list[RequestOutput]:
+        for seq in batch.seqs:  # the blocks the single steps would have taken one at a time
+            self.block_manager.reserve(seq, seq.num_computed_tokens + steps)
+        tokens = self.runner.execute_decode_steps(batch, steps)  # type: ignore[attr-defined]
+        end = self.clock.now()
+        self.num_steps += steps
+        outputs = []
+        for seq, new_tokens in zip(batch.seqs, tokens, strict=True):
+            assert len(new_tokens) == steps
+            seq.token_ids.extend(new_tokens[:-1])
+            seq.num_computed_tokens += steps
+            self.generation_tokens += steps - 1
+            self.block_manager.register_computed(seq, seq.num_computed_tokens)
+            output = self._append_token(seq, new_tokens[-1], end)
+            output.new_token_ids = new_tokens
+            outputs.append(output)
         return outputs
 
     def _append_token(self, seq: Sequence, token_id: int, now: float) -> RequestOutput:
@@ -140,8 +174,10 @@ class LLMEngine:
         reason = None
         if not params.ignore_eos and (token_id in self.runner.eos_token_ids or token_id in params.stop_token_ids):
             reason = "stop"
-        elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.config.max_model_len:
-            reason = "length"
+        else:
+            num_tokens = len(seq.token_ids)
+            if num_tokens - seq.num_prompt_tokens >= params.max_tokens or num_tokens >= self.config.max_model_len:
+                reason = "length"
         text = ""
         detokenizer = self.detokenizers.get(seq.request_id)
         if detokenizer is not None:

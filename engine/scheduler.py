@@ -24,6 +24,7 @@ class Scheduler:
         self.waiting = WaitingQueue(policy)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.preempted_last_step = False
 
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -41,7 +42,8 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
-        return min(seq.num_tokens - seq.num_computed_tokens, budget, self.config.long_prefill_token_threshold)
+        remaining = len(seq.token_ids) - seq.num_computed_tokens
+        return 1 if remaining == 1 else min(remaining, budget, self.config.long_prefill_token_threshold)
 
     def schedule(self, now: float) -> ScheduledBatch:
         self.block_manager.expire_pins(now)
@@ -82,6 +84,7 @@ class Scheduler:
             self.running.append(seq)
             batch.add(seq, num_new)
             budget -= num_new
+        self.preempted_last_step = preempted
         return batch
 
     def _pick_victim(self, exclude: set[str]) -> Sequence:

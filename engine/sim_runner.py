@@ -6,8 +6,9 @@ WallClock it sleeps the modelled time, a stand-in GPU for serving tests."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
-from engine.batch import ScheduledBatch
+from engine.batch import ScheduledBatch, StepShape
 from engine.clock import Clock
 from engine.step_time import StepTimeModel
 
@@ -44,6 +45,32 @@ class SimulatedRunner:
         if self._eos and not self._eos.isdisjoint(tokens):
             tokens = [self._not_eos(t) for t in tokens]
         return tokens
+
+    def _decode_step_times(self, batch: ScheduledBatch, max_steps: int) -> Iterator[float]:
+        shape = batch.shape  # a pure-decode batch: each step's KV grows by one token per sequence
+        seqs, kv, predict = shape.decode_seqs, shape.kv_tokens, self.step_time.predict
+        for step in range(max_steps):
+            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0))
+
+    def plan_decode_steps(self, batch: ScheduledBatch, max_steps: int, horizon: float) -> int:
+        """How many of up to `max_steps` fused decode steps start before `horizon` (see
+        engine/fused_decode.py); the first always runs."""
+        start, steps = self.clock.now(), 0
+        for duration in self._decode_step_times(batch, max_steps):
+            steps += 1
+            start += duration
+            if start >= horizon:
+                break
+        return steps
+
+    def execute_decode_steps(self, batch: ScheduledBatch, steps: int) -> list[list[int]]:
+        self.clock.advance(sum(self._decode_step_times(batch, steps)))
+        vocab, out = self.vocab_size, []
+        for seq in batch.seqs:
+            salt, first = self._salt(seq.request_id), len(seq.token_ids)
+            tokens = [(salt ^ position * _MIX) % vocab for position in range(first, first + steps)]
+            out.append([self._not_eos(t) for t in tokens] if self._eos else tokens)
+        return out
 
     def _not_eos(self, token: int) -> int:
         while token in self._eos:

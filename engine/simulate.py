@@ -6,6 +6,7 @@ queueing, batching, chunked prefill, prefix hits and preemption behave as they w
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ from engine.sequence import Sequence
 from engine.sim_runner import SimulatedRunner
 from engine.step_time import LinearStepTime, StepTimeModel, load_profile
 
-# GPU-scale batching limits (vLLM's defaults for online serving on H100-class GPUs) where the
-# caller gives none; EngineConfig's own defaults suit the small CPU engine.
+# GPU-scale batching limits where the caller gives none (vLLM's long-standing max_num_seqs of 256 and
+# its V1 per-step token budget for serving on H100-class GPUs); EngineConfig's suit the CPU engine.
 SIM_CONFIG_DEFAULTS: dict[str, int] = {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "max_model_len": 32768}
 
 
@@ -103,7 +104,8 @@ def simulate(engine: LLMEngine, arrivals: Iterable[Arrival], on_finish: FollowUp
             clock.advance_to(t)  # idle: jump the gap
             continue
         steps_before = engine.num_steps
-        for output in engine.step():
+        horizon = stream.next_time()
+        for output in engine.step(math.inf if horizon is None else horizon):
             if output.finished:
                 index, seq = in_flight.pop(output.request_id)
                 results[index] = result = RequestResult.of(seq)

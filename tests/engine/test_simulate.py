@@ -59,8 +59,8 @@ def test_placeholder_tokens_are_deterministic():
     engine = LLMEngine(EngineConfig(num_blocks=64), SimulatedRunner(STEP, clock, vocab_size=1000,
                                                                     eos_token_ids=(5,)), clock)
     engine.add_request("req", [1, 2, 3], SamplingParams(max_tokens=20))
-    outputs = [o for _ in range(20) for o in engine.step()]
-    assert [o.new_token_ids[0] for o in outputs] == tokens[3:23]  # the first at position len(prompt)
+    outputs = [o for _ in range(20) for o in engine.step()]  # decode steps fuse: several tokens an output
+    assert [t for o in outputs for t in o.new_token_ids] == tokens[3:23]  # the first at position len(prompt)
     assert tokens != [a.placeholder_token("other", p) for p in range(100)]
 
 
@@ -134,6 +134,7 @@ def test_too_long_prompts_are_rejected_not_fatal():
     results = simulate(engine, [arrival(0.0, 0, 1000, 5), arrival(0.0, 1, 100, 5)])
     assert [r.finish_reason for r in results] == ["rejected", "length"]
     assert results[0].latency is None and results[1].num_output_tokens == 5
+    assert "1000 tokens" in results[0].error and results[1].error is None
 
 
 def test_shared_prefixes_hit_the_cache():
@@ -174,3 +175,80 @@ def test_make_sim_engine_sizes_kv_from_the_model(tmp_path):
     engine = make_sim_engine(tmp_path / "p.json", block_size=32)
     assert engine.config.num_blocks == 150 and engine.runner.vocab_size == 500
     assert isinstance(engine.clock, VirtualClock)
+
+
+@pytest.mark.parametrize("pin_ttl_s", [10.0, None])
+def test_closed_loop_sessions_reuse_their_kv(pin_ttl_s: float | None):
+    """Agent sessions: each turn's follow-up extends the previous prompt and output; with a TTL pin
+    the next turn finds the whole previous turn cached, though other traffic churned the cache
+    (without one, that traffic evicts it)."""
+    engine = make_sim_engine(STEP, num_blocks=400, max_num_seqs=16)
+    think_s, turns = 2.0, 4
+
+    def next_turn(result, token_ids):
+        session, turn = result.request_id.split("/")
+        if not session.startswith("agent") or int(turn) + 1 == turns:
+            return []
+        prompt = token_ids + [3] * 50  # the tool result
+        return [Arrival(result.finish_time + think_s, prompt, SamplingParams(max_tokens=40),
+                        request_id=f"{session}/{int(turn) + 1}", session_id=session, pin_ttl_s=pin_ttl_s)]
+
+    arrivals = [Arrival(0.0, prompt(0, 500), SamplingParams(max_tokens=40), request_id="agent/0",
+                        session_id="agent", pin_ttl_s=pin_ttl_s)]
+    # Unrelated traffic that fills the cache while the agent thinks.
+    arrivals += [Arrival(0.5 + 0.1 * i, prompt(i + 1, 1200), SamplingParams(max_tokens=20),
+                         request_id=f"other{i}/0") for i in range(60)]
+    results = {r.request_id: r for r in simulate(engine, sorted(arrivals, key=lambda a: a.arrival_time),
+                                                  on_finish=next_turn)}
+    agent = [results[f"agent/{k}"] for k in range(turns)]
+    for previous, current in zip(agent, agent[1:], strict=False):
+        assert current.arrival_time == pytest.approx(previous.finish_time + think_s)
+        # Everything the previous turn computed, in whole blocks, is a hit.
+        computed = previous.num_prompt_tokens + previous.num_output_tokens - 1
+        assert current.num_cached_tokens == (computed // 16 * 16 if pin_ttl_s else 0)
+    assert engine.block_manager.pins.counters.set == (turns if pin_ttl_s else 0)
+
+
+def test_follow_ups_cannot_arrive_in_the_past():
+    engine = make_sim_engine(STEP, num_blocks=64)
+    with pytest.raises(ValueError, match="follow-up"):
+        simulate(engine, [arrival(1.0, 0, 10, 2)],
+                 on_finish=lambda r, ids: [Arrival(0.0, ids, SamplingParams(max_tokens=2), request_id="x")])
+
+
+def test_a_stuck_engine_waits_for_the_next_arrival_then_raises(monkeypatch):
+    engine = make_sim_engine(STEP, num_blocks=64)
+    monkeypatch.setattr(engine, "step", lambda horizon=None: [])  # schedules nothing, ever
+    with pytest.raises(RuntimeError, match="stuck at t=5.000s"):
+        simulate(engine, [arrival(1.0, 0, 10, 2), arrival(5.0, 1, 10, 2)])
+
+
+def test_fused_decode_steps_match_single_steps_exactly():
+    """The simulator fuses pure-decode steps between events; the results must not change."""
+    import random
+
+    from engine.simulate import Arrival, make_sim_engine, simulate
+
+    def run(fuse: bool) -> tuple[list, int]:
+        engine = make_sim_engine(STEP, num_blocks=48, block_size=16, max_num_seqs=8,
+                                 max_num_batched_tokens=256)
+        engine._can_fuse = fuse
+        rng = random.Random(7)
+        arrivals, t = [], 0.0
+        for i in range(60):
+            t += rng.expovariate(40.0)
+            prompt = [rng.randrange(1000) for _ in range(rng.randint(5, 200))]
+            arrivals.append(Arrival(t, prompt, SamplingParams(max_tokens=rng.randint(1, 120)), request_id=f"r{i}",
+                                    session_id=f"s{i % 5}", pin_ttl_s=0.05 if i % 3 == 0 else None))
+        results = simulate(engine, arrivals)
+        return [(r.request_id, r.first_token_time, r.finish_time, r.num_output_tokens, r.num_cached_tokens,
+                 r.num_preemptions) for r in results], engine.num_steps
+
+    single, single_steps = run(fuse=False)
+    fused, fused_steps = run(fuse=True)
+    assert single_steps == fused_steps
+    assert len(fused) == len(single) == 60
+    for a, b in zip(single, fused, strict=True):
+        assert a[0] == b[0] and a[3:] == b[3:]
+        assert a[1] == pytest.approx(b[1], rel=1e-9) and a[2] == pytest.approx(b[2], rel=1e-9)
+    assert any(r[5] > 0 for r in single), "the workload should exercise preemption too"
