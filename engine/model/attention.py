@@ -111,7 +111,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
     """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys or values."""
-    blocks = cache[block_tables]  # [..., blocks, block_size, kv_heads, head_dim]
+    # index_select, not advanced indexing: several times faster on CPU for the same copy.
+    blocks = cache.index_select(0, block_tables.reshape(-1)).view(*block_tables.shape, *cache.shape[1:])
     merged = blocks.flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
     return merged.transpose(-3, -2)
 
