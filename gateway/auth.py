@@ -22,6 +22,7 @@ class Caller:
     key_id: str | None  # None: anonymous (keys not required) or the master key
     rpm_limit: int | None = None
     budget_usd: float | None = None
+    spent_usd: float = 0.0  # as stored when the key was looked up: seeds the limiter after a restart
 
 
 ANONYMOUS = Caller(None)
@@ -50,7 +51,8 @@ class Authenticator:
         caller = None if key is None else Caller(
             key.id,
             key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
-            key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd)
+            key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
+            key.spent_usd or 0.0)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (now + _CACHE_TTL_S, caller)

@@ -26,10 +26,15 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--budget", type=float, help="budget in USD")
     create.set_defaults(handler=keys_create_command)
-    sub.add_parser("list", help="list keys").set_defaults(handler=keys_list_command)
+    listing = sub.add_parser("list", help="list keys")
+    listing.set_defaults(handler=keys_list_command)
     revoke = sub.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key")
     revoke.set_defaults(handler=keys_revoke_command)
+    for command in (create, listing, revoke):
+        # Also after the subcommand (`pitstop keys create --config X`), as `export outcomes` takes it;
+        # SUPPRESS keeps a `--config` given before the subcommand from being reset to the default.
+        command.add_argument("--config", type=Path, default=argparse.SUPPRESS)
 
     export = groups.add_parser("export", help="export training sets from the outcome log")
     what = export.add_subparsers(dest="command", metavar="WHAT", required=True)

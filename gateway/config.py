@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from routers.registry import ROUTERS
+
 log = logging.getLogger("pitstop.config")
 
 ENV_PREFIX = "os.environ/"
@@ -84,6 +86,14 @@ class RouteGroup(_Strict):
     router: str = "tier-prior"
     router_artifact: str | None = None
     cost_preference: float = Field(default=0.0, ge=0)
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, name: str) -> str:
+        # Checked here, not when the app is built, so the error names the field and fails at load.
+        if name not in ROUTERS:
+            raise ValueError(f"unknown router {name!r}; known: {sorted(ROUTERS)}")
+        return name
 
 
 class StorageConfig(_Strict):

@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request
 from engine.server.protocol import read_json
+from gateway.outcomes import storable
 from gateway.state import GatewayState
 
 _CREATED = int(time.time())
@@ -79,8 +80,8 @@ async def feedback(request: Request) -> Response:
     if extra is not None and not isinstance(extra, dict):
         raise bad_request("'extra' must be an object", "extra")
     try:
-        state.feedback.submit({"request_id": request_id, "session_id": session_id, "metric": metric,
-                               "value": float(value), "extra": extra})
+        state.feedback.submit(storable({"request_id": request_id, "session_id": session_id, "metric": metric,
+                                        "value": float(value), "extra": extra}))
     except (ValueError, RuntimeError) as exc:
         raise APIError(503, f"feedback not accepted: {exc}") from None
     return JSONResponse({"accepted": True}, status_code=202)

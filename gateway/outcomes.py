@@ -27,6 +27,17 @@ def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
 
+def storable(value: Any) -> Any:
+    """JSON allows NUL characters; PostgreSQL text and JSONB refuse them, which would lose the whole row."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    return value
+
+
 @dataclass
 class OutcomeDraft:
     request_id: str = field(default_factory=new_request_id)
@@ -112,13 +123,15 @@ class OutcomeRecorder:
         model = route.model_name if route else ""
         self.metrics.observe(group, model, draft.status, latency, draft.ttft_s, prompt_tokens,
                              completion_tokens, cached_tokens, cost)
+        if draft.attempts > 1:
+            self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
         if draft.caller is not None and draft.caller.key_id is not None and cost > 0:
             self._spend(draft.caller.key_id, cost)
         if self.writer is not None:
             try:
-                self.writer.submit(self._row(draft, latency, cost))
+                self.writer.submit(storable(self._row(draft, latency, cost)))
             except Exception:  # the request already has its answer: never fail it for the log
                 log.exception("outcome row for %s was not accepted", draft.request_id)
 

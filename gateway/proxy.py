@@ -64,7 +64,9 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         if parsed.stream:
             chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            return SSEResponse(_events(state, draft, chunks), headers=_headers(draft))
+            response = SSEResponse(_events(state, draft, chunks))
+            response.headers.update(_headers(draft))
+            return response
         work = state.dispatcher.complete(route.model_name, kind, parsed.body, ctx)
         body, dispatched = await _unless_disconnected(request, work)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts

@@ -117,6 +117,8 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
     _check_types(raw)
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        _number(raw, name)
     prompt_text = _check_messages(raw.get("messages")) if kind == "chat" else _check_prompt(raw.get("prompt"))
     stream = bool(raw.get("stream"))
     options = raw.get("stream_options") or {}

@@ -4,7 +4,7 @@ table, auth and limits, the outcome writer and metrics. No process-global state.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.server.errors import APIError
 from gateway.auth import Authenticator, Caller
@@ -12,7 +12,7 @@ from gateway.backends.base import Backend
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry, Settings
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
-from gateway.limits.base import Limiter
+from gateway.limits.base import Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outcomes import OutcomeRecorder
@@ -74,10 +74,13 @@ class GatewayState:
     writer: OutcomeWriter
     feedback: FeedbackWriter
     keys: KeyStore
+    seeded_keys: set[str] = field(default_factory=set)
 
     async def admit(self, caller: Caller) -> None:
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
             return
+        if caller.budget_usd is not None and caller.key_id not in self.seeded_keys:
+            await self._seed_spend(caller)
         admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd)
         if admission.allowed:
             return
@@ -87,6 +90,18 @@ class GatewayState:
         if admission.reason == "budget":
             raise LimitExceeded(429, "this API key has spent its budget", "budget_exceeded")
         raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
+
+    async def _seed_spend(self, caller: Caller) -> None:
+        """The database keeps spend across restarts; the limiter (in process, or a Redis that lost its
+        data) must not start below it, or a restart would refill every budget."""
+        assert caller.key_id is not None
+        try:
+            # Compared in nano-USD: float drift in the stored sum must not overwrite a live Redis total.
+            if usd_to_nanousd(await self.limiter.spent(caller.key_id)) < usd_to_nanousd(caller.spent_usd):
+                await self.limiter.set_spent(caller.key_id, caller.spent_usd)
+        except LimitsUnavailableError:
+            return  # admit() applies the outage policy; seed on a later request
+        self.seeded_keys.add(caller.key_id)
 
     async def start(self) -> None:
         for deployment in self.pool.deployments:

@@ -26,17 +26,50 @@ def _as_backend_error(exc: Exception) -> BackendError:
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int):
         status = 502
+    if status == 408:  # litellm's Timeout: the deployment was slow, not the client (as the HTTP backend: 504)
+        status = 504
     message = getattr(exc, "message", None) or str(exc)
-    return BackendError(status, str(message)[:1000], retryable=status in (408, 429) or status >= 500)
+    return BackendError(status, str(message)[:1000], retryable=status == 429 or status >= 500)
+
+
+# litellm sends token-id prompts to these providers only; for others it raises a plain Exception (a 500).
+_TOKEN_PROMPT_PROVIDERS = {"openai", "azure", "azure_text", "text-completion-openai", "text-completion-codestral"}
+
+
+def _check_prompt(kind: Kind, body: dict, provider: str) -> None:
+    prompt = body.get("prompt")
+    if kind == "completion" and isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt) \
+            and provider not in _TOKEN_PROMPT_PROVIDERS:
+        raise BackendError(400, f"token-id prompts are not supported for {provider!r} models; send text",
+                           retryable=False, param="prompt", code="unsupported_prompt")
 
 
 def _to_dict(obj: Any) -> dict:
     return obj if isinstance(obj, dict) else obj.model_dump(exclude_none=False)
 
 
+def _is_empty_choice(choice: dict) -> bool:
+    delta = choice.get("delta") or {}
+    return not choice.get("finish_reason") and not choice.get("text") and not any(delta.values())
+
+
+def _stream_chunk(obj: Any) -> dict:
+    """litellm's stream chunks in OpenAI's shape: its usage chunk carries an empty choice (OpenAI's has
+    `choices: []`), and its text-completion chunks may say `text: null` (OpenAI: a string)."""
+    chunk = _to_dict(obj)
+    choices = chunk.get("choices") or []
+    if chunk.get("usage") and choices and all(_is_empty_choice(c) for c in choices):
+        chunk["choices"] = []
+    for choice in chunk["choices"] or ():
+        if "text" in choice and choice["text"] is None:
+            choice["text"] = ""
+    return chunk
+
+
 class LitellmBackend:
     def __init__(self, params: dict[str, Any], vllm_priority: bool = False) -> None:
         self.params = {k: v for k, v in params.items() if v is not None}
+        self.provider = str(self.params.get("model", "")).split("/", 1)[0]
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = vllm_priority
 
@@ -61,6 +94,7 @@ class LitellmBackend:
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         litellm = _litellm()
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
+        _check_prompt(kind, body, self.provider)
         try:
             return _to_dict(await call(**self._kwargs(body, ctx, False)))
         except Exception as exc:
@@ -69,12 +103,13 @@ class LitellmBackend:
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
+        _check_prompt(kind, body, self.provider)
         try:
             response = await call(**self._kwargs(body, ctx, True))
         except Exception as exc:
             raise _as_backend_error(exc) from None
         try:
             async for chunk in response:
-                yield _to_dict(chunk)
+                yield _stream_chunk(chunk)
         except Exception as exc:
             raise _as_backend_error(exc) from None

@@ -1,0 +1,42 @@
+"""Fixtures for the gateway tests: two fake upstream processes per session (reset around each test),
+the per-test PostgreSQL databases of the storage tests, and an event loop backend for async tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.gateway.upstream import UpstreamProcess
+
+# The storage tests' PostgreSQL fixtures (per-test databases copied from a migrated template).
+from tests.storage.conftest import pg_admin, pg_migrated_template, pg_migrated_url  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def upstream_processes() -> Iterator[tuple[UpstreamProcess, UpstreamProcess]]:
+    a = UpstreamProcess("a")
+    try:
+        b = UpstreamProcess("b")
+    except BaseException:
+        a.close()
+        raise
+    yield a, b
+    a.close()
+    b.close()
+
+
+@pytest.fixture
+def upstreams(upstream_processes: tuple[UpstreamProcess, UpstreamProcess]) -> Iterator[
+        tuple[UpstreamProcess, UpstreamProcess]]:
+    """Both upstreams, healthy and with zeroed counters for this test."""
+    for upstream in upstream_processes:
+        upstream.reset()
+    yield upstream_processes
+    for upstream in upstream_processes:
+        upstream.reset()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

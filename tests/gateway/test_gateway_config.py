@@ -1,0 +1,106 @@
+"""Config errors fail at start with a message naming the field; API models whose key variable is unset
+are skipped (and leave their route groups), while an unset variable elsewhere is an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_settings, parse_settings
+from tests.gateway.harness import gateway_config, model_entry, run_cli, write_config
+
+API = "http://127.0.0.1:9/v1"
+
+
+def base(tmp_path: Path) -> dict:
+    return gateway_config(tmp_path, [model_entry("a", API), model_entry("b", API)],
+                          [{"name": "grp", "models": ["a", "b"]}])
+
+
+def broken(tmp_path: Path, where: str) -> dict:
+    raw = base(tmp_path)
+    if where == "router":
+        raw["route_groups"][0]["router"] = "no-such-router"
+    elif where == "group-model":
+        raw["route_groups"][0]["models"].append("ghost")
+    elif where == "price":
+        raw["model_list"][1]["model_info"]["output_cost_per_token"] = -1e-6
+    elif where == "model_dir":
+        raw["model_list"][0]["litellm_params"] = {"model": "pitstop-local/a"}
+    elif where == "engine_api_base":
+        raw["model_list"][0]["litellm_params"] = {"model": "pitstop-engine/a"}
+    elif where == "env":
+        raw["auth"] = {"master_key": "os.environ/PITSTOP_TEST_UNSET_MASTER"}
+    elif where == "unknown-section":
+        raw["storag"] = {}
+    elif where == "port":
+        raw["server"] = {"port": "eighty"}
+    elif where == "group-name-clash":
+        raw["route_groups"][0]["name"] = "a"
+    return raw
+
+
+CASES = [
+    ("router", ["route_groups.0.router", "no-such-router", "tier-prior"]),
+    ("group-model", ["route_groups.0.models", "ghost"]),
+    ("price", ["model_list.1.model_info.output_cost_per_token"]),
+    ("model_dir", ["model_list.0.litellm_params", "model_dir"]),
+    ("engine_api_base", ["model_list.0.litellm_params", "api_base"]),
+    ("env", ["auth.master_key", "PITSTOP_TEST_UNSET_MASTER"]),
+    ("unknown-section", ["storag"]),
+    ("port", ["server.port"]),
+    ("group-name-clash", ["route_groups.0.name", "'a'"]),
+]
+
+
+@pytest.mark.parametrize(("where", "named"), CASES, ids=[c[0] for c in CASES])
+def test_bad_config_names_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str,
+                                    named: list[str]) -> None:
+    monkeypatch.delenv("PITSTOP_TEST_UNSET_MASTER", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(broken(tmp_path, where))
+    for text in named:
+        assert text in str(caught.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_list: [\n  - model_name: x\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(tmp_path / "list.yaml")
+
+
+def test_models_without_their_key_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PITSTOP_TEST_UNSET_KEY", raising=False)
+    monkeypatch.setenv("PITSTOP_TEST_SET_KEY", "sk-test")
+    raw = base(tmp_path)
+    raw["model_list"].append(model_entry("keyless", API, provider="openai", api_key="os.environ/PITSTOP_TEST_UNSET_KEY"))
+    raw["model_list"].append(model_entry("keyed", API, provider="openai", api_key="os.environ/PITSTOP_TEST_SET_KEY"))
+    raw["route_groups"][0]["models"] += ["keyless", "keyed"]
+    settings = parse_settings(raw)
+    assert settings.model_names == ["a", "b", "keyed"]
+    assert settings.route_groups[0].models == ["a", "b", "keyed"]
+    assert settings.model_list[2].litellm_params.api_key == "sk-test"
+
+
+def test_embedded_default_parses_without_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "pitstop.yaml")
+    assert settings.model_names == ["tiny-small", "tiny-large"]
+    assert [g.name for g in settings.route_groups] == ["auto"]
+
+
+@pytest.mark.parametrize("where", ["router", "price"])
+def test_pitstop_serve_refuses_a_bad_config(tmp_path: Path, where: str) -> None:
+    config = write_config(tmp_path / "pitstop.yaml", broken(tmp_path, where))
+    result = run_cli("serve", "--config", str(config), "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("pitstop: invalid config")
+    assert dict(CASES)[where][0] in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,158 @@
+"""The embedded default (config/pitstop.yaml, model folders and storage moved into a temporary
+directory): it builds its two tiny models on first start and answers the openai SDK on the route group
+`auto` and on each model, leaving rows in its SQLite file. Then the same config under `pitstop serve`,
+and a `pitstop-engine/` model served by a real `pitstop engine serve` process."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.gateway.harness import (
+    PITSTOP,
+    REPO_ROOT,
+    Gateway,
+    gateway_processes,
+    model_entry,
+    read_outcomes,
+    running_gateway,
+    write_config,
+)
+from tests.storage.pg_cluster import free_port
+
+LOCAL_MODELS = ["tiny-small", "tiny-large"]
+
+
+def embedded_config(root: Path) -> dict:
+    raw = yaml.safe_load((REPO_ROOT / "config" / "pitstop.yaml").read_text())
+    for entry in raw["model_list"]:
+        params = entry["litellm_params"]
+        if "model_dir" in params:
+            params["model_dir"] = str(root / "models" / entry["model_name"])
+    raw["storage"] |= {"url": f"sqlite:///{root / 'pitstop.db'}", "spool_path": str(root / "spool.jsonl")}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
+    root = tmp_path_factory.mktemp("embedded")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("OPENAI_API_KEY", raising=False)  # the API model joins only with its key
+        raw = embedded_config(root)
+        assert not (root / "models").exists()
+        with running_gateway(raw) as gateway:
+            yield gateway, root
+
+
+def test_first_start_builds_the_tiny_models(embedded: tuple[Gateway, Path]) -> None:
+    _, root = embedded
+    for name in LOCAL_MODELS:
+        assert (root / "models" / name / "config.json").exists()
+        assert (root / "models" / name / "tokenizer.json").exists()
+
+
+def test_models_are_the_route_group_and_the_local_models(embedded: tuple[Gateway, Path]) -> None:
+    gw, _ = embedded
+    with gw.openai() as client:
+        assert [m.id for m in client.models.list().data] == ["auto", *LOCAL_MODELS]
+
+
+@pytest.mark.parametrize("model", ["auto", *LOCAL_MODELS])
+def test_sdk_on_the_embedded_default(embedded: tuple[Gateway, Path], model: str) -> None:
+    gw, root = embedded
+    messages = [{"role": "user", "content": "Write about the sea."}]
+    with gw.openai() as client:
+        whole = client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=6,
+                                                                extra_headers={"x-session-id": "embedded-1"})
+        answer = whole.parse()
+        stream = client.chat.completions.with_raw_response.create(model=model, messages=messages, max_tokens=6,
+                                                                 stream=True, stream_options={"include_usage": True})
+        chunks = list(stream.parse())
+        legacy = client.completions.create(model=model, prompt="The sea", max_tokens=4)
+    chosen = whole.headers["x-pitstop-model"]
+    assert chosen in LOCAL_MODELS and (chosen == model or model == "auto")
+    assert answer.usage is not None and answer.usage.completion_tokens == 6 and answer.usage.prompt_tokens > 0
+    assert isinstance(answer.choices[0].message.content, str) and answer.choices[0].finish_reason == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert legacy.usage is not None and legacy.usage.completion_tokens == 4
+    gw.flush()
+    rows = {r["request_id"]: r for r in read_outcomes(f"sqlite:///{root / 'pitstop.db'}")}
+    row = rows[whole.headers["x-pitstop-request-id"]]
+    assert (row["model"], row["session_id"], row["status"], row["completion_tokens"]) == (chosen, "embedded-1",
+                                                                                          "ok", 6)
+    assert row["cost_usd"] > 0 and row["deployment"] == f"{chosen}#0"
+    assert row["route_group"] == ("auto" if model == "auto" else None)
+    if model == "auto":
+        assert (row["router_name"], set(row["router_scores"])) == ("tier-prior", set(LOCAL_MODELS))
+    streamed = rows[stream.headers["x-pitstop-request-id"]]
+    assert streamed["stream"] and streamed["ttft_s"] is not None and streamed["completion_tokens"] == 6
+
+
+@contextmanager
+def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
+    """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([PITSTOP, "engine", "serve", "--model", str(model_dir), "--port", str(port),
+                                 "--served-model-name", name, "--num-blocks", "256", "--log-level", "warning"],
+                                cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def wait_for_models(api_base: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(api_base + "/models", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{api_base} did not come up"
+        time.sleep(0.1)
+
+
+def test_pitstop_serve_with_a_pitstop_engine_process(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
+    """`pitstop serve` on the embedded config plus `tiny-chat`, a `pitstop-engine/` model served by a real
+    `pitstop engine serve` process (the direct HTTP backend). Both processes start in parallel."""
+    _, root = embedded  # the models are built: the processes load them
+    raw = embedded_config(root)
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    raw["storage"] |= {"url": url, "spool_path": str(tmp_path / "spool.jsonl")}
+    with engine_process(root / "models" / "tiny-small", "tiny-chat", tmp_path / "engine.log") as engine:
+        raw["model_list"].append(model_entry("tiny-chat", engine))
+        with gateway_processes(write_config(tmp_path / "pitstop.yaml", raw)) as (process,):
+            wait_for_models(engine)
+            gw = process.gateway(url)
+            with gw.openai() as client:
+                routed = client.chat.completions.with_raw_response.create(
+                    model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+                direct = client.chat.completions.with_raw_response.create(
+                    model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=5,
+                    extra_headers={"x-session-id": "agent-7"})
+                chunks = list(client.chat.completions.create(
+                    model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True,
+                    stream_options={"include_usage": True}))
+            with gw.http() as http:
+                assert http.get("/readyz").json()["models"] == {"tiny-small": True, "tiny-large": True,
+                                                                 "tiny-chat": True}
+    assert routed.parse().usage.completion_tokens == 3 and routed.headers["x-pitstop-route-group"] == "auto"
+    assert direct.parse().usage.completion_tokens == 5 and direct.headers["x-pitstop-model"] == "tiny-chat"
+    assert chunks[-1].usage.completion_tokens == 5
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # SIGTERM ran the gateway's shutdown, which flushed the outcome writer.
+    rows = {r["request_id"]: r for r in read_outcomes(url)}
+    assert len(rows) == 3 and rows[routed.headers["x-pitstop-request-id"]]["route_group"] == "auto"
+    row = rows[direct.headers["x-pitstop-request-id"]]
+    assert (row["model"], row["session_id"], row["completion_tokens"], row["status"]) == \
+        ("tiny-chat", "agent-7", 5, "ok")

@@ -1,0 +1,147 @@
+"""Fuzz the HTTP API with hypothesis: generated bodies (near-valid requests with wrong types, odd values,
+unknown fields, and raw bytes) against /v1/chat/completions, /v1/completions and /v1/feedback, through
+the three backends (litellm, direct HTTP, an in-process engine). The gateway must never answer a 5xx
+(the upstream is healthy), nor end a stream with a 5xx error event, and every answer is JSON or SSE in
+OpenAI's shape."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.upstream import UpstreamProcess
+
+FUZZ = settings(max_examples=150, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MODELS = ["up-direct", "up-litellm", "tiny", "grp"]
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+texts = st.text(max_size=40).filter(lambda t: "[" not in t)  # no fault directives for the upstream
+short = st.text(min_size=1, max_size=16)
+parts = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), min_size=1, max_size=2)
+message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
+                                 "content": texts | parts}, optional={"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True)})
+tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.from_regex(r"[a-z_]{1,12}", fullmatch=True)},
+    optional={"description": texts, "parameters": st.just({"type": "object", "properties": {}})})})
+# Values every backend takes: near-valid bodies get past validation to the upstream.
+COMMON = {
+    "max_tokens": st.integers(1, 40), "temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1),
+    "n": st.just(1), "stream": st.booleans(), "stop": texts | st.lists(short, max_size=4),
+    "seed": st.integers(0, 2**31), "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+    "user": short, "session_id": short, "priority": st.integers(-10, 10), "pin_ttl_s": st.floats(0, 600),
+    "cost_preference": st.floats(0, 10),
+}
+CHAT = {"messages": st.lists(message, min_size=1, max_size=3), "tools": st.lists(tool, min_size=1, max_size=2),
+        "tool_choice": st.sampled_from(["auto", "none"]), "max_completion_tokens": st.integers(1, 40), **COMMON}
+COMPLETION = {"prompt": texts.filter(bool) | st.lists(short, min_size=1, max_size=1), **COMMON}
+FEEDBACK = {"request_id": short, "session_id": short, "metric": st.text(min_size=1, max_size=64),
+            "value": st.floats(-1e6, 1e6) | st.integers(-5, 5), "extra": st.dictionaries(short, short, max_size=2)}
+
+
+@st.composite
+def with_stream_options(draw: st.DrawFn, bodies: st.SearchStrategy[dict]) -> dict:
+    body = draw(bodies)
+    if body.get("stream") is True and draw(st.booleans()):
+        body["stream_options"] = {"include_usage": draw(st.booleans())}
+    return body
+
+
+@st.composite
+def mutated(draw: st.DrawFn, bodies: st.SearchStrategy[dict], fields: list[str]) -> dict:
+    """A valid body with one to three fields dropped, or replaced by any JSON value."""
+    body = draw(bodies)
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from([*fields, "model", "stream_options", "unknown_field"]))
+        if name in body and draw(st.booleans()):
+            del body[name]
+        else:
+            body[name] = draw(json_values)
+    return body
+
+
+def near_valid(required: dict, optional: dict) -> st.SearchStrategy[dict]:
+    rest = {k: v for k, v in optional.items() if k not in required}
+    valid = with_stream_options(st.fixed_dictionaries(required, optional=rest))
+    return valid | mutated(valid, sorted({*required, *optional}))
+
+
+models = st.sampled_from([*MODELS, "nope"])
+chat_bodies = near_valid({"model": models, "messages": CHAT["messages"]}, CHAT)
+completion_bodies = near_valid({"model": models, "prompt": COMPLETION["prompt"]}, COMPLETION)
+feedback_bodies = near_valid({"request_id": short, "value": FEEDBACK["value"]}, FEEDBACK)
+raw_bodies = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    a, _ = upstream_processes
+    models = [model_entry("up-direct", a.api_base, tier="weak"),
+              model_entry("up-litellm", a.api_base, provider="hosted_vllm", tier="strong")]
+    root: Path = tmp_path_factory.mktemp("fuzz")
+    # An in-process engine on a tiny random model; a short context bounds requests without max_tokens.
+    models.append({"model_name": "tiny", "litellm_params": {
+        "model": "pitstop-local/tiny", "model_dir": str(root / "tiny"), "tiny_model": {}, "num_blocks": 256,
+        "max_model_len": 96}})
+    groups = [{"name": "grp", "models": ["up-direct", "up-litellm", "tiny"]}]
+    with running_gateway(gateway_config(root, models, groups, server={"max_body_bytes": 20_000})) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def http(gw: Gateway) -> Iterator[httpx.Client]:
+    with gw.http() as client:
+        yield client
+
+
+def check(response: httpx.Response) -> None:
+    event(f"status {response.status_code}")  # `pytest --hypothesis-show-statistics` shows the mix
+    assert response.status_code < 500, response.text[:500]
+    kind = response.headers.get("content-type", "")
+    if kind.startswith("text/event-stream"):
+        events = re.findall(r"^data: (.*)$", response.text, re.M)
+        for data in events[:-1] if events and events[-1] == "[DONE]" else events:
+            error = json.loads(data).get("error")
+            assert error is None or error["type"] != "server_error", error
+        return
+    body = response.json()
+    if response.status_code >= 400:
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@FUZZ
+@given(body=chat_bodies)
+def test_fuzz_chat_completions(http: httpx.Client, body: dict) -> None:
+    check(http.post("/v1/chat/completions", json=body))
+
+
+@FUZZ
+@given(body=completion_bodies)
+def test_fuzz_completions(http: httpx.Client, body: dict) -> None:
+    check(http.post("/v1/completions", json=body))
+
+
+@settings(FUZZ, max_examples=100)
+@given(body=feedback_bodies)
+def test_fuzz_feedback(http: httpx.Client, body: dict) -> None:
+    response = http.post("/v1/feedback", json=body)
+    check(response)
+    assert response.status_code in (202, 400)
+
+
+@settings(FUZZ, max_examples=60)
+@given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/feedback"]), body=raw_bodies)
+def test_fuzz_raw_bodies(http: httpx.Client, path: str, body: bytes) -> None:
+    check(http.post(path, content=body, headers={"content-type": "application/json"}))

@@ -1,0 +1,142 @@
+"""Two `pitstop serve` processes sharing one Redis and one PostgreSQL database enforce one key's rpm
+limit exactly and one budget (overspend bounded by the requests in flight), and both log to one table."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+
+from storage.keys import KeyStore
+from tests.gateway.harness import (
+    PRICE_IN,
+    PRICE_OUT,
+    GatewayProcess,
+    gateway_config,
+    gateway_processes,
+    model_entry,
+    read_outcomes,
+    run_cli,
+    wait_until,
+    write_config,
+)
+from tests.gateway.test_limits import REDIS_URL, needs_redis
+from tests.gateway.upstream import UpstreamProcess
+from tests.storage.conftest import pg_url_for, scratch_database
+
+pytestmark = needs_redis
+
+COST = 1 * PRICE_IN + 5 * PRICE_OUT  # one prompt word, five answer words
+RPM = 7
+BUDGET_REQUESTS = 10.5  # the budget, in requests' worth
+WORKERS = 4  # concurrent clients, two on each gateway
+
+
+@pytest.fixture(scope="module")
+def shared_db(pg_admin: sa.Engine, pg_migrated_template: str) -> Iterator[str]:
+    with scratch_database(pg_admin, template=pg_migrated_template) as name:
+        yield pg_url_for(name)
+
+
+@pytest.fixture(scope="module")
+def replicas(upstream_processes: tuple[UpstreamProcess, UpstreamProcess], tmp_path_factory: pytest.TempPathFactory,
+             shared_db: str) -> Iterator[tuple[list[GatewayProcess], Path]]:
+    """Two `pitstop serve` processes, one config each (own spool file), one Redis, one database."""
+    root = tmp_path_factory.mktemp("replicas")
+    configs = []
+    for i in range(2):
+        (root / f"gw{i}").mkdir()
+        raw = gateway_config(root / f"gw{i}", [model_entry("up", upstream_processes[0].api_base)],
+                             storage_url=shared_db, redis_url=REDIS_URL, auth={"require_keys": True})
+        configs.append(write_config(root / f"gw{i}" / "pitstop.yaml", raw))
+    with gateway_processes(*configs) as processes:
+        yield processes, configs[0]
+
+
+@pytest.fixture
+def key_ids() -> Iterator[list[str]]:
+    """Key ids a test creates; their Redis state is deleted afterwards."""
+    ids: list[str] = []
+    yield ids
+    client = redis.Redis.from_url(REDIS_URL)
+    for key_id in ids:
+        for name in client.scan_iter(match=f"pitstop:default:limits:{{{key_id}}}:*"):
+            client.delete(name)
+    client.close()
+
+
+def rows_of(url: str, key_id: str) -> list[dict]:
+    return [r for r in read_outcomes(url) if r["api_key_id"] == key_id]
+
+
+def ask(url: str, secret: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                      json={"model": "up", "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+
+
+def test_rpm_limit_is_exact_across_two_gateways(replicas: tuple, shared_db: str, key_ids: list[str]) -> None:
+    (one, two), config = replicas
+    created = run_cli("keys", "create", "--config", str(config), "--name", "shared", "--rpm", str(RPM))
+    assert created.returncode == 0, created.stderr
+    key_id = re.search(r"^id:\s+(\S+)$", created.stdout, re.M).group(1)
+    secret = re.search(r"^secret:\s+(\S+)$", created.stdout, re.M).group(1)
+    key_ids.append(key_id)
+
+    warmup = [ask(url, secret) for url in (one.url, two.url, one.url, two.url)]  # both know the key now
+    assert [r.status_code for r in warmup] == [200] * 4
+    urls = itertools.islice(itertools.cycle([one.url, two.url]), 12)
+    with ThreadPoolExecutor(8) as pool:
+        burst = list(pool.map(lambda url: ask(url, secret), urls))
+    statuses = sorted(r.status_code for r in burst)
+    assert statuses == [200] * (RPM - 4) + [429] * (12 - RPM + 4)
+    for refused in (r for r in burst if r.status_code == 429):
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+    mine = wait_until(lambda: len(found := rows_of(shared_db, key_id)) >= 16 and found, what="16 rows")
+    assert len(mine) == 16
+    assert sorted(r["http_status"] for r in mine) == sorted(r.status_code for r in warmup + burst)
+
+
+def test_one_budget_across_two_gateways(replicas: tuple, shared_db: str, key_ids: list[str]) -> None:
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("budget", budget_usd=BUDGET_REQUESTS * COST)
+    key_ids.append(key_id)
+
+    def spend_until_refused(url: str) -> list[int]:
+        statuses = []
+        for _ in range(40):
+            response = ask(url, secret)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "budget_exceeded"
+                break
+        return statuses
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(spend_until_refused, [one.url, two.url] * (WORKERS // 2)))
+    assert all(statuses[-1] == 429 for statuses in results), "every client ends refused"
+    admitted = sum(s.count(200) for s in results)
+    # Nobody is refused before the budget is spent; past it, only requests already in flight finish.
+    assert BUDGET_REQUESTS <= admitted <= BUDGET_REQUESTS + WORKERS
+
+    rows = wait_until(lambda: len(found := rows_of(shared_db, key_id)) >= admitted + WORKERS and found,
+                      what="all rows")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == admitted and len(rows) == admitted + WORKERS
+    logged = sum(r["cost_usd"] for r in ok)
+    assert logged == pytest.approx(admitted * COST)
+    # Spend recorded by both processes: in Redis (what admission reads) and in the key's row.
+    client = redis.Redis.from_url(REDIS_URL)
+    expected = str(admitted * round(COST * 1e9)).encode()  # nano-USD
+    wait_until(lambda: client.get(f"pitstop:default:limits:{{{key_id}}}:spent") == expected, what="Redis spend")
+    client.close()
+    wait_until(lambda: KeyStore(shared_db).get(key_id).spent_usd == pytest.approx(logged),
+               what="spend in the database")

@@ -1,0 +1,290 @@
+"""A fake OpenAI-compatible upstream, run as its own process (uvicorn + a small Starlette app).
+
+It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in a last chunk when
+`stream_options.include_usage` is set, as OpenAI does), and answers with a `tool_calls` message when
+`tools` are sent, so tool passthrough is tested end to end. The answer is `N` words, the first naming
+the instance (`from-a`), so a test can tell which deployment served it; usage counts words.
+
+Faults, chosen per request by directives in the last user message (or the prompt); a directive with
+`@name` applies to that instance only:
+  [fail:500]  [fail:429@a]   answer that status (OpenAI error shape) before the first byte
+  [break:2]                  stream: drop the connection after 2 content chunks
+  [delay:0.5]                wait before answering
+  [words:8]                  answer 8 words (default 5)
+and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset).
+`GET /_admin/stats` counts the requests this instance took and keeps the last bodies.
+
+`python -m tests.gateway.upstream --name a` binds a free port and prints `PORT <n>` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_WORDS = 5
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words):([0-9.]+)(?:@([\w-]+))?\]")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _prompt_words(body: dict, chat: bool) -> tuple[str, int]:
+    """(the text directives are read from, the prompt's size in words)."""
+    if chat:
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        texts = [_text(m.get("content")) for m in messages]
+        users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        return (users[-1] if users else ""), sum(len(t.split()) for t in texts)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt, len(prompt.split())
+    if isinstance(prompt, list):  # token ids, or a one-string list
+        strings = [p for p in prompt if isinstance(p, str)]
+        return " ".join(strings), sum(len(s.split()) for s in strings) or len(prompt)
+    return "", 0
+
+
+def _first_tool(body: dict) -> str | None:
+    """The name of the first tool sent, which the answer then calls."""
+    tools = body.get("tools")
+    first = tools[0] if isinstance(tools, list) and tools and isinstance(tools[0], dict) else {}
+    function = first.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def directives(text: str, name: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for kind, value, target in _DIRECTIVE.findall(text):
+        if not target or target == name:
+            found[kind] = float(value)
+    return found
+
+
+def error_response(status: int, message: str) -> Any:
+    from starlette.responses import JSONResponse
+
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status)
+
+
+class Upstream:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fail_status: int | None = None
+        self.requests = 0
+        self.bodies: list[dict] = []
+
+    def words(self, count: int) -> list[str]:
+        return [f"from-{self.name}"] + [f"w{i}" for i in range(1, count)]
+
+    async def handle(self, body: Any, chat: bool) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        self.requests += 1
+        if not isinstance(body, dict) or (chat and not isinstance(body.get("messages"), list)) or (
+                not chat and not isinstance(body.get("prompt"), str | list)):
+            return error_response(400, "invalid body")
+        self.bodies = [*self.bodies[-49:], body]
+        text, prompt_tokens = _prompt_words(body, chat)
+        found = directives(text, self.name)
+        await asyncio.sleep(min(found.get("delay", 0.0), 30.0))
+        fail = self.fail_status or int(found.get("fail", 0))
+        if fail:
+            return error_response(fail, f"injected {fail} from {self.name}")
+        words = self.words(max(1, int(found.get("words", DEFAULT_WORDS))))
+        tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
+        model = body.get("model") if isinstance(body.get("model"), str) else "upstream"
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens + len(words)}
+        if body.get("stream") is True:
+            options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            events = self._stream(chat, model, words, tool, text, usage if options.get("include_usage") else None,
+                                  int(found["break"]) if "break" in found else None)
+            return StreamingResponse(events, media_type="text/event-stream")
+        return JSONResponse(self._whole(chat, model, words, tool, text, usage))
+
+    def _whole(self, chat: bool, model: str, words: list[str], tool: str | None, text: str, usage: dict) -> dict:
+        envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
+                    "object": "chat.completion" if chat else "text_completion", "usage": usage}
+        if not chat:
+            return {**envelope, "choices": [{"index": 0, "text": " ".join(words), "finish_reason": "stop",
+                                             "logprobs": None}]}
+        message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+        finish = "stop"
+        if tool is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": json.dumps({"q": text})}}]}
+            finish = "tool_calls"
+        return {**envelope, "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+
+    async def _stream(self, chat: bool, model: str, words: list[str], tool: str | None, text: str,
+                      usage: dict | None, break_after: int | None) -> AsyncIterator[bytes]:
+        envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
+                    "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        def event(choice: dict | None, **extra: Any) -> bytes:
+            data = {**envelope, "choices": [{"index": 0, **choice}] if choice else [], **extra}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        if chat and tool is not None:
+            pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                                      "function": {"name": tool, "arguments": ""}}]}},
+                      {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({"q": text})}}]}}]
+            finish = "tool_calls"
+        elif chat:
+            pieces = [{"delta": {"role": "assistant", "content": w if i == 0 else " " + w}} for i, w in enumerate(words)]
+            finish = "stop"
+        else:
+            pieces = [{"text": w if i == 0 else " " + w} for i, w in enumerate(words)]
+            finish = "stop"
+        for i, piece in enumerate(pieces):
+            if break_after is not None and i >= break_after:
+                raise ConnectionAbortedError("injected stream break")  # uvicorn drops the connection
+            yield event({**piece, "finish_reason": None} if chat else {**piece, "finish_reason": None,
+                                                                        "logprobs": None})
+            await asyncio.sleep(0.002)
+        yield event({"delta": {}, "finish_reason": finish} if chat else {"text": "", "finish_reason": finish})
+        if usage is not None:
+            yield event(None, usage=usage)
+        yield b"data: [DONE]\n\n"
+
+
+def build_app(name: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    upstream = Upstream(name)
+
+    async def body_of(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except ValueError:
+            return None
+
+    async def chat(request: Request) -> Any:
+        return await upstream.handle(await body_of(request), chat=True)
+
+    async def completions(request: Request) -> Any:
+        return await upstream.handle(await body_of(request), chat=False)
+
+    async def models(request: Request) -> Any:
+        return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
+
+    async def mode(request: Request) -> Any:
+        upstream.fail_status = (await body_of(request) or {}).get("fail")
+        return JSONResponse({"fail": upstream.fail_status})
+
+    async def stats(request: Request) -> Any:
+        return JSONResponse({"name": name, "requests": upstream.requests, "bodies": upstream.bodies})
+
+    async def reset(request: Request) -> Any:
+        upstream.fail_status, upstream.requests, upstream.bodies = None, 0, []
+        return JSONResponse({"reset": True})
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/_admin/mode", mode, methods=["POST"]),
+        Route("/_admin/stats", stats, methods=["GET"]),
+        Route("/_admin/reset", reset, methods=["POST"]),
+    ])
+
+
+class UpstreamProcess:
+    """A running upstream process; `url` is its root, `api_base` what a model entry points at."""
+
+    def __init__(self, name: str, timeout_s: float = 30.0) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.gateway.upstream", "--name", name],
+                                     cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until the child listens (or dies: empty line)
+        if not line.startswith("PORT "):
+            self.close()
+            raise RuntimeError(f"upstream {name} did not start (exit code {self.proc.returncode})")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.api_base = self.url + "/v1"
+        self._client = httpx.Client(base_url=self.url, timeout=timeout_s)
+
+    def set_fail(self, status: int | None) -> None:
+        self._client.post("/_admin/mode", json={"fail": status}).raise_for_status()
+
+    def stats(self) -> dict:
+        return self._client.get("/_admin/stats").json()
+
+    def reset(self) -> None:
+        self._client.post("/_admin/reset").raise_for_status()
+
+    def close(self) -> None:
+        if hasattr(self, "_client"):
+            self._client.close()
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", default="up")
+    args = parser.parse_args()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config = uvicorn.Config(build_app(args.name), log_level="critical", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+
+    def exit_with_parent() -> None:
+        sys.stdin.read()  # returns when the test process closes the pipe or dies: no orphans
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        await task
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
