@@ -51,6 +51,9 @@ class LitellmParams(BaseModel):
     max_model_len: int | None = Field(default=None, gt=0)
     policy: str = "fcfs"
     device: str | None = None
+    # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
+    # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
+    transport: Literal["auto", "litellm", "direct"] = "auto"
     # Build a tiny random model into model_dir on first start when the folder is absent (embedded default).
     tiny_model: TinyModelSpec | None = None
 

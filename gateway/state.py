@@ -23,6 +23,7 @@ from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 
 log = logging.getLogger("pitstop.gateway")
+OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
 
 
 class LimitExceeded(APIError):
@@ -49,15 +50,21 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                               max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                               policy=params.policy, device=params.device)
         return LocalEngineBackend(engine, entry.model_name)
-    if provider == ENGINE_PROVIDER:
+    direct = params.transport == "direct" or (
+        params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
+    if provider == ENGINE_PROVIDER or direct:
         from gateway.backends.openai_http import OpenAIHTTPBackend
 
-        return OpenAIHTTPBackend(params.api_base, params.model.split("/", 1)[1], params.api_key,
-                                 accepts_session=True, connect_timeout_s=settings.server.connect_timeout_s)
+        if params.api_base is None:
+            raise ValueError(f"{entry.model_name}: transport 'direct' needs litellm_params.api_base")
+        return OpenAIHTTPBackend(params.api_base, params.model.split("/", 1)[-1], params.api_key,
+                                 accepts_session=provider == ENGINE_PROVIDER,
+                                 send_priority=provider == "hosted_vllm",
+                                 connect_timeout_s=settings.server.connect_timeout_s)
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
-                                       "device", "tiny_model"}, exclude_none=True)
+                                       "device", "tiny_model", "transport"}, exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm")
 
 

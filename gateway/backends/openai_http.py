@@ -26,11 +26,12 @@ def _error_from_response(status: int, raw: bytes) -> BackendError:
 
 class OpenAIHTTPBackend:
     def __init__(self, api_base: str, served_model: str, api_key: str | None = None,
-                 accepts_session: bool = False, connect_timeout_s: float = 10.0,
+                 accepts_session: bool = False, send_priority: bool = False, connect_timeout_s: float = 10.0,
                  max_connections: int = 1000) -> None:
         self.api_base = api_base.rstrip("/")
         self.served_model = served_model
         self.accepts_session = accepts_session
+        self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(None, connect=connect_timeout_s),
@@ -53,13 +54,12 @@ class OpenAIHTTPBackend:
         out = {**body, "model": self.served_model, "stream": stream}
         if stream:
             out["stream_options"] = {"include_usage": True}
-        if self.accepts_session:
-            if ctx.session_id is not None:
-                out["session_id"] = ctx.session_id
-                if ctx.pin_ttl_s is not None:
-                    out["pin_ttl_s"] = ctx.pin_ttl_s
-            if ctx.priority:
-                out["priority"] = ctx.priority
+        if self.accepts_session and ctx.session_id is not None:
+            out["session_id"] = ctx.session_id
+            if ctx.pin_ttl_s is not None:
+                out["pin_ttl_s"] = ctx.pin_ttl_s
+        if self.send_priority and ctx.priority:
+            out["priority"] = ctx.priority if self.accepts_session else int(ctx.priority)
         return out
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:

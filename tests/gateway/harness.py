@@ -35,7 +35,9 @@ PRICE_IN, PRICE_OUT = 1e-6, 2e-6
 def model_entry(name: str, api_base: str, provider: str = "pitstop-engine", tier: str = "medium",
                 price_in: float = PRICE_IN, price_out: float = PRICE_OUT, **params: Any) -> dict:
     """A model entry served by an OpenAI-compatible server: `pitstop-engine/` is the direct HTTP backend,
-    `hosted_vllm/` goes through litellm."""
+    `hosted_vllm/` goes through litellm here (its `auto` transport would go direct)."""
+    if provider == "hosted_vllm":
+        params.setdefault("transport", "litellm")
     return {"model_name": name,
             "litellm_params": {"model": f"{provider}/{name}", "api_base": api_base, **params},
             "model_info": {"input_cost_per_token": price_in, "output_cost_per_token": price_out, "tier": tier}}

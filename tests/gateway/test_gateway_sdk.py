@@ -263,3 +263,20 @@ def test_stream_chunks_keep_openais_shape(gw: Gateway, upstreams: tuple, model: 
         assert after == [] and all(c.get("usage") is None for c in chunks)
     if path == "completions":
         assert all(isinstance(ch["text"], str) for c in chunks for ch in c["choices"])
+
+
+def test_vllm_entries_go_direct_by_default_and_pass_priority(upstream_processes: tuple, upstreams: tuple,
+                                                              tmp_path: Path) -> None:
+    """`hosted_vllm/` with an api_base speaks OpenAI's wire format: the `auto` transport skips litellm and
+    sends the request's priority as vLLM's integer `priority`."""
+    a, _ = upstream_processes
+    entry = model_entry("vllm", a.api_base, provider="hosted_vllm", transport="auto")
+    with running_gateway(gateway_config(tmp_path, [entry])) as gateway, gateway.openai() as client:
+        from gateway.backends.openai_http import OpenAIHTTPBackend
+
+        assert isinstance(gateway.state.pool.by_model["vllm"][0].backend, OpenAIHTTPBackend)
+        answer = client.chat.completions.create(model="vllm", messages=user("one two"),
+                                                extra_body={"priority": 3})
+    assert answer.choices[0].message.content.startswith("from-a")
+    body = a.stats()["bodies"][-1]
+    assert body["model"] == "vllm" and body["priority"] == 3 and "session_id" not in body
