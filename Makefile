@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MODEL_DIR ?= var/models/tiny-chat
 
-.PHONY: install serve test lint bench-engine clean
+.PHONY: install serve test lint bench-engine bench-gateway clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.engine_cpu
 	$(PY) -m bench.sim_speed
 	$(PY) -m bench.sim_fidelity
+
+bench-gateway: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) -m bench.gateway_overhead $(BENCH_GATEWAY_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

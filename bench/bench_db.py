@@ -1,0 +1,59 @@
+"""A throwaway PostgreSQL database per system under test (`pitstop_bench_<random>`), and what got logged
+into it, so the JSON can show that outcome logging really wrote rows during the run."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class BenchDatabase:
+    name: str
+    admin_dsn: str = DEFAULT_ADMIN_DSN
+
+    @classmethod
+    def create(cls, admin_dsn: str = DEFAULT_ADMIN_DSN) -> BenchDatabase:
+        db = cls(f"pitstop_bench_{secrets.token_hex(4)}", admin_dsn)
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.name)))
+        return db
+
+    @property
+    def dsn(self) -> str:
+        """libpq form, e.g. for litellm's DATABASE_URL."""
+        base = self.admin_dsn.rsplit("/", 1)[0]
+        return f"{base}/{self.name}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table in the public schema."""
+        counts: dict[str, int] = {}
+        with psycopg.connect(self.dsn) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")]
+            for table in tables:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()
+                counts[table] = int(row[0]) if row else 0
+        return counts
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+
+
+def server_version(admin_dsn: str = DEFAULT_ADMIN_DSN) -> str | None:
+    try:
+        with psycopg.connect(admin_dsn, connect_timeout=3) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            return str(row[0]) if row else None
+    except psycopg.Error:
+        return None

@@ -1,0 +1,144 @@
+"""A mock OpenAI-compatible upstream for the gateway benchmark: fixed answer after a fixed delay.
+
+    .venv/bin/python -m bench.mock_upstream --port 9100 [--delay-ms 20] [--chunks 10] [--chunk-interval-ms 5]
+
+A raw ASGI app on uvicorn (1 worker) so the mock itself costs as little CPU as possible: the benchmark
+shares 2 cores between the load generator, this mock and the gateway under test.
+
+- `POST /v1/chat/completions`, non-streaming: waits `delay_ms`, returns one choice plus `usage`.
+- streaming: headers at once, the first content chunk after `delay_ms` (the upstream's own TTFT), then
+  `chunks - 1` more chunks `chunk_interval_ms` apart, a finish chunk, a usage chunk when the request
+  asked for `stream_options.include_usage`, and `data: [DONE]`.
+- `GET /v1/models`, `GET /health`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+ANSWER = "This is the mock answer."
+PROMPT_TOKENS = 12
+COMPLETION_TOKENS = 10  # the non-streaming answer is billed as if it were `chunks` tokens long
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+class MockUpstream:
+    """The ASGI app. Response bodies are formatted from templates: unique ids, no per-request json.dumps."""
+
+    def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float) -> None:
+        self.delay = delay_ms / 1000
+        self.chunks = max(chunks, 1)
+        self.interval = chunk_interval_ms / 1000
+        self.ids = itertools.count()
+        self.served = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path.endswith("/chat/completions") and method == "POST":
+            body = await _read_body(receive)
+            try:
+                req = json.loads(body or b"{}")
+            except ValueError:
+                await _respond(send, 400, b'{"error":{"message":"bad json"}}')
+                return
+            self.served += 1
+            model = str(req.get("model", "mock"))
+            rid = f"chatcmpl-mock-{next(self.ids)}"
+            if req.get("stream"):
+                usage = bool((req.get("stream_options") or {}).get("include_usage"))
+                await self._stream(send, rid, model, usage)
+            else:
+                await asyncio.sleep(self.delay)
+                await _respond(send, 200, self._completion(rid, model))
+        elif path.endswith("/models") and method == "GET":
+            await _respond(send, 200, b'{"object":"list","data":[{"id":"mock","object":"model","owned_by":"bench"}]}')
+        elif path in ("/health", "/healthz"):
+            await _respond(send, 200, b'{"status":"ok"}')
+        else:
+            await _respond(send, 404, b'{"error":{"message":"not found"}}')
+
+    def _completion(self, rid: str, model: str) -> bytes:
+        return json.dumps({
+            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": self.chunks,
+                      "total_tokens": PROMPT_TOKENS + self.chunks},
+        }, separators=(",", ":")).encode()
+
+    async def _stream(self, send: Send, rid: str, model: str, include_usage: bool) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        head = f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{int(time.time())},"model":"{model}",'
+        await asyncio.sleep(self.delay)
+        for i in range(self.chunks):
+            if i:
+                await asyncio.sleep(self.interval)
+            role = '"role":"assistant",' if i == 0 else ""
+            chunk = f'{head}"choices":[{{"index":0,"delta":{{{role}"content":"tok{i} "}},"finish_reason":null}}]}}\n\n'
+            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+        tail = f'{head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}\n\n'
+        if include_usage:
+            tail += (f'{head}"choices":[],"usage":{{"prompt_tokens":{PROMPT_TOKENS},'
+                     f'"completion_tokens":{self.chunks},"total_tokens":{PROMPT_TOKENS + self.chunks}}}}}\n\n')
+        tail += "data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": tail.encode(), "more_body": False})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def _respond(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--chunks", type=int, default=10)
+    parser.add_argument("--chunk-interval-ms", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms)
+    # Long keep-alive: connections from the load generator and the gateways stay open between points.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
+                lifespan="on", timeout_keep_alive=120, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()

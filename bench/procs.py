@@ -1,0 +1,182 @@
+"""Process plumbing for the gateway benchmark: start a server, wait until it answers, read its memory
+and CPU from /proc (process tree, so workers a server forks are counted too), stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def probe(url: str, timeout_s: float = 5.0) -> bool:
+    """GET url, True on 200. stdlib http.client: an httpx client costs ~45 ms to build (SSL context),
+    which would swamp the fast-probe test in `Service.settle`."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout_s)
+    try:
+        conn.request("GET", parts.path or "/")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def wait_quiet(max_s: float, busy_below: float = 0.35, window_s: float = 0.5) -> tuple[float, float]:
+    """Wait (at most max_s) until the whole host is mostly idle between points, since other tenants may
+    share it; returns (seconds waited, busy share of the last window)."""
+    t0 = time.monotonic()
+    while True:
+        busy0, total0 = host_cpu()
+        time.sleep(window_s)
+        busy1, total1 = host_cpu()
+        share = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        if share < busy_below or time.monotonic() - t0 >= max_s:
+            return round(time.monotonic() - t0, 2), round(share, 3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(_children(p))
+    return tree
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of the process and its descendants, MiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1) if total else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process and its descendants so far."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+@dataclass
+class Service:
+    """A server process under test, its output going to `log_path`."""
+
+    name: str
+    argv: list[str]
+    ready_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = None
+    started_s: float | None = None
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        env = {**os.environ, **self.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        t0 = time.perf_counter()
+        # Own session: stop() can signal the whole group, whatever the server forks.
+        self.proc = subprocess.Popen(self.argv, env=env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during start-up; "
+                                   f"log {self.log_path}:\n{self.log_tail()}")
+            if probe(self.ready_url, timeout_s=2.0):
+                self.started_s = round(time.perf_counter() - t0, 2)
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready at {self.ready_url} after {timeout_s}s; log:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_mib(self) -> float | None:
+        return rss_mib(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def settle(self, max_s: float = 30.0, quiet_ms: float = 20.0) -> float:
+        """Wait until the server answers its probe fast three times in a row (an overloaded point can
+        leave a backlog behind); returns the seconds waited."""
+        t0, fast = time.monotonic(), 0
+        while time.monotonic() - t0 < max_s and fast < 3:
+            t = time.perf_counter()
+            ok = probe(self.ready_url)
+            fast = fast + 1 if ok and (time.perf_counter() - t) * 1000 < quiet_ms else 0
+            time.sleep(0.1)
+        return round(time.monotonic() - t0, 2)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(5)
