@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-MODEL_DIR ?= var/models/tiny-chat
 
 .PHONY: install serve test lint bench-engine bench-gateway clean
 
@@ -15,10 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the gateway lands, `serve` runs one engine instance on a tiny local model, OpenAI-compatible.
+# The embedded default: two in-process tiny engines (built on first start) behind route group `auto`,
+# outcomes in var/pitstop.db, at http://127.0.0.1:8000 (OpenAI base URL http://127.0.0.1:8000/v1).
 serve: $(STAMP)
-	test -f $(MODEL_DIR)/config.json || $(VENV)/bin/pitstop engine make-tiny-model $(MODEL_DIR) --layers 4 --hidden 128
-	$(VENV)/bin/pitstop engine serve --model $(MODEL_DIR) --host 127.0.0.1 --port 8000 --served-model-name tiny-chat
+	$(VENV)/bin/pitstop serve --config config/pitstop.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,6 +11,8 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
+from bench.common import cpu_model
+
 MAX_ERROR_SHARE = 0.001  # at most 0.1% failed requests
 MIN_ACHIEVED_SHARE = 0.95  # answers per second at least 95% of the offered rate
 
@@ -43,6 +45,7 @@ METHOD = {
         "connection pool collapsed at 500 req/s against the bare mock on this machine (p50 8.5 s, 54% "
         "errors, vs aiohttp p50 25 ms, 0 errors), so it would have measured itself, not the gateways."),
 }
+
 
 
 def point_verdict(point: dict[str, Any], budget_ms: float) -> tuple[bool, str]:
@@ -127,16 +130,6 @@ def _third_where(comparisons: list[dict[str, Any]], pit_points: list[dict[str, A
     return all(checks) if checks else None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict[str, Any]:
     mem = None
     try:
@@ -146,7 +139,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "platform": platform.platform(), "machine": platform.machine(), "cpu_model": _cpu_model(),
+        "platform": platform.platform(), "machine": platform.machine(), "cpu_model": cpu_model(),
         "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "mem_total_gib": mem,
         "loadavg_at_start": list(os.getloadavg()), "python": sys.version.split()[0],
     }
