@@ -2,7 +2,6 @@
 torch runner on the same arrivals.
 
     .venv/bin/python -m bench.sim_fidelity [--start 2000] [--requests 300] [--time-scale 1.0]
-
 1. Build a tiny random Llama (4 layers, hidden 256) and fit a LinearStepTime to the torch runner on
    CPU with engine.profile.run_profile (a sweep sized to this workload).
 2. Take a contiguous window of the Azure 2023 conversation trace (../shared/data/traces/azure2023).
