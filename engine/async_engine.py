@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
@@ -138,7 +139,8 @@ class AsyncEngine:
 
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
                        priority: float = 0.0, session_id: str | None = None,
-                       pin_ttl_s: float | None = None) -> AsyncIterator[RequestOutput]:
+                       pin_ttl_s: float | None = None,
+                       hints: SchedulingHints = NO_HINTS) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
         Stopping the iteration early (break, aclose, cancellation) aborts the request."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -149,7 +151,7 @@ class AsyncEngine:
         def add() -> None:
             try:
                 self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
-                                        session_id=session_id, pin_ttl_s=pin_ttl_s)
+                                        session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])
             else:

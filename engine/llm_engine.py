@@ -13,6 +13,7 @@ from engine.block_manager import BlockManager, BlockStats
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig
 from engine.fused_decode import max_fused_steps
+from engine.hints import NO_HINTS, SchedulingHints
 from engine.outputs import RequestOutput, StepRecord
 from engine.pins import PinCounters
 from engine.policy import FCFSPolicy, SchedulingPolicy
@@ -75,13 +76,13 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
-                    arrival_time: float | None = None) -> Sequence:
+                    arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS) -> Sequence:
         self.validate_request(prompt_token_ids, pin_ttl_s)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.clock.now() if arrival_time is None else arrival_time,
-                       priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s)
+                       priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
         self.sequences[request_id] = seq
         if self.tokenizer is not None:
             from engine.detokenizer import IncrementalDetokenizer

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from engine.async_engine import AsyncEngine
+from engine.hints import SchedulingHints
 from engine.outputs import RequestOutput
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
@@ -96,7 +97,7 @@ class OpenAIGeneration:
         self._outputs: AsyncIterator[RequestOutput] | None = None
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
-                    pin_ttl_s: float | None = None) -> None:
+                    pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
         parsed = self.parsed
         prompt_field = "messages" if self.shapes.chat else "prompt"
         try:
@@ -109,7 +110,8 @@ class OpenAIGeneration:
             request_id=self.shapes.id,
             priority=parsed.priority if priority is None else priority,
             session_id=parsed.session_id if session_id is None else session_id,
-            pin_ttl_s=parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s)
+            pin_ttl_s=parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s,
+            hints=parsed.hints if hints is None else hints)
 
     async def _outputs_iter(self) -> AsyncIterator[RequestOutput]:
         assert self._outputs is not None, "start() first"

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
+from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import SamplingParams
 
 
@@ -23,6 +24,7 @@ class Sequence:
         priority: float = 0.0,
         session_id: str | None = None,
         pin_ttl_s: float | None = None,
+        hints: SchedulingHints = NO_HINTS,
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
         self.request_id = request_id
@@ -33,6 +35,7 @@ class Sequence:
         self.priority = priority
         self.session_id = session_id
         self.pin_ttl_s = pin_ttl_s
+        self.hints = hints
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

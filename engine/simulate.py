@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine.clock import VirtualClock
 from engine.config import EngineConfig
+from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import LLMEngine
 from engine.policy import SchedulingPolicy
 from engine.sampling_params import InvalidRequestError, SamplingParams
@@ -37,6 +38,7 @@ class Arrival:
     priority: float = 0.0
     session_id: str | None = None
     pin_ttl_s: float | None = None
+    hints: SchedulingHints = NO_HINTS
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | No
     try:
         seq = engine.add_request(request_id, arrival.prompt_token_ids, arrival.params,
                                  priority=arrival.priority, session_id=arrival.session_id,
-                                 pin_ttl_s=arrival.pin_ttl_s, arrival_time=arrival.arrival_time)
+                                 pin_ttl_s=arrival.pin_ttl_s, arrival_time=arrival.arrival_time,
+                                 hints=arrival.hints)
     except InvalidRequestError as error:
         results.append(RequestResult(request_id, arrival.arrival_time, None, None, None,
                                      len(arrival.prompt_token_ids), 0, 0, 0, "rejected", str(error)))

@@ -1,5 +1,6 @@
-"""The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `export`, `engine ...`).
-Each group adds its subcommands with a `handler(args) -> exit code`."""
+"""The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `export`,
+`engine ...`, `train ...`, `eval ...`). Each group adds its subcommands with a `handler(args) -> exit code`;
+`train` and `eval` take one subcommand per learned component (router, ranker, tool-durations)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 from engine.cli import add_engine_commands
 from gateway.commands import add_gateway_commands
+from routers.cli import add_router_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_gateway_commands(groups)
     engine = groups.add_parser("engine", help="run and inspect Pitstop's own inference engine")
     add_engine_commands(engine.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True))
+    train = groups.add_parser("train", help="train a learned component from data or outcome logs")
+    evaluate = groups.add_parser("eval", help="evaluate learned components and write reports")
+    train_sub = train.add_subparsers(dest="command", metavar="COMPONENT", required=True)
+    eval_sub = evaluate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
+    add_router_commands(train_sub, eval_sub)
     return parser
 
 

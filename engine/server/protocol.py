@@ -3,7 +3,8 @@
 Field policy, the same for /v1/completions and /v1/chat/completions:
 - used: model, prompt | messages, max_tokens (chat: also max_completion_tokens), temperature, top_p,
   n (1 only), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
-  extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM).
+  extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM), and
+  the scheduling hints rank_score and program_start (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
   parallel_tool_calls.
 - accepted only at their no-op value, else 400 (we would silently not honour them): logprobs
@@ -24,6 +25,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.server.errors import APIError, bad_request
 
@@ -31,7 +33,8 @@ MAX_BODY_BYTES = 8 << 20
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-         "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids"}
+         "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
+         "program_start"}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
@@ -59,6 +62,7 @@ class GenerateRequest:
     session_id: str | None
     priority: float
     pin_ttl_s: float | None
+    hints: SchedulingHints = NO_HINTS
     prompt: str | list[int] | None = None
     messages: list[dict] | None = None
     tools: list[dict] | None = None
@@ -222,7 +226,9 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
         raise bad_request(str(exc), exc.param) from None
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
                            include_usage=include_usage, session_id=session_id,
-                           priority=_number(body, "priority") or 0.0, pin_ttl_s=pin_ttl_s, **fields)
+                           priority=_number(body, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
+                           hints=SchedulingHints(_number(body, "rank_score"), _number(body, "program_start")),
+                           **fields)
 
 
 def _sampling_params(body: dict, max_tokens: int) -> SamplingParams:

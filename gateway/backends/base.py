@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from engine.hints import NO_HINTS, SchedulingHints
+
 Kind = Literal["chat", "completion"]
 
 
@@ -17,6 +19,7 @@ class CallContext:
     priority: float = 0.0
     pin_ttl_s: float | None = None
     timeout_s: float = 600.0
+    hints: SchedulingHints = NO_HINTS
 
 
 class BackendError(Exception):

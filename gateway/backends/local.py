@@ -45,7 +45,8 @@ class LocalEngineBackend:
             if not self.engine.is_healthy:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
             generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id)
-            await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s)
+            await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
+                                   hints=ctx.hints)
         except (APIError, InvalidRequestError, EngineDeadError) as exc:
             raise _as_backend_error(exc) from None
         return generation

@@ -75,6 +75,11 @@ class OpenAIHTTPBackend:
             out["session_id"] = ctx.session_id
             if ctx.pin_ttl_s is not None:
                 out["pin_ttl_s"] = ctx.pin_ttl_s
+        if self.accepts_session:
+            if ctx.hints.rank_score is not None:
+                out["rank_score"] = ctx.hints.rank_score
+            if ctx.hints.program_start is not None:
+                out["program_start"] = ctx.hints.program_start
         if self.send_priority and ctx.priority:
             out["priority"] = ctx.priority if self.accepts_session else int(ctx.priority)
         return out
