@@ -1,0 +1,1 @@
+"""Routing data: loaders into one long format, and the wide prompts x models view."""

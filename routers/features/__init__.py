@@ -1,0 +1,1 @@
+"""Request-path features for routing: prompt statistics, hashed n-grams, sentence embeddings."""

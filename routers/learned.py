@@ -1,0 +1,72 @@
+"""A trained router: featurizer + quality model + answer-length model over a fixed list of models.
+
+Implements the Router protocol (routers/base.py). `estimate_batch` is the offline path used by the
+evaluation harness (same models, batched features); `estimate` is the per-request path the gateway
+calls. Candidates the router was not trained on get the documented prior (routers/prior.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from routers.base import Candidate, QualityEstimate, RoutingRequest
+from routers.data.table import RoutingData
+from routers.features.featurizer import Features, Featurizer
+from routers.models.length import LengthModel
+from routers.models.quality import QualityModel
+from routers.prior import prior_output_tokens, prior_quality
+
+
+@dataclass
+class LearnedRouter:
+    name: str
+    family: str
+    models: list[str]
+    featurizer: Featurizer
+    quality_model: QualityModel
+    length_model: LengthModel
+    version: str = "untrained"
+    manifest: dict[str, object] = field(default_factory=dict)
+
+    def fit(self, data: RoutingData) -> LearnedRouter:
+        assert data.models == self.models
+        features = self.featurizer.transform(data.prompts)
+        return self.fit_features(features, data)
+
+    def fit_features(self, features: Features, data: RoutingData) -> LearnedRouter:
+        if hasattr(self.quality_model, "tasks"):  # task-aware families learn from the task labels
+            self.quality_model.tasks = data.tasks
+        self.quality_model.fit(features, data.quality, data.weight)
+        self.length_model.fit(features, data.output_tokens)
+        return self
+
+    def predict_features(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
+        return self.quality_model.predict(features), self.length_model.predict(features)
+
+    def estimate_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(quality, output tokens), each (len(prompts), len(self.models))."""
+        return self.predict_features(self.featurizer.transform(prompts))
+
+    def estimate(self, request: RoutingRequest, candidates: list[Candidate]) -> QualityEstimate:
+        quality, tokens = self.predict_features(self.featurizer.transform_one(request.prompt))
+        return estimate_for(self.models, quality[0], tokens[0], candidates)
+
+
+def estimate_for(models: list[str], quality: np.ndarray, tokens: np.ndarray,
+                 candidates: list[Candidate]) -> QualityEstimate:
+    """Per-candidate estimate from per-model predictions; unknown candidates get the prior."""
+    column = {m: j for j, m in enumerate(models)}
+    known = [c for c in candidates if c.model in column]
+    known_q = [float(quality[column[c.model]]) for c in known]
+    known_t = [float(tokens[column[c.model]]) for c in known]
+    out_q, out_t = {}, {}
+    for c in candidates:
+        if c.model in column:
+            out_q[c.model] = float(quality[column[c.model]])
+            out_t[c.model] = float(tokens[column[c.model]])
+        else:
+            out_q[c.model] = prior_quality(c.tier, known_q)
+            out_t[c.model] = prior_output_tokens(known_t)
+    return QualityEstimate(out_q, out_t)

@@ -1,0 +1,69 @@
+"""Exploration propensities, threshold calibration, and the two-model harness on hand-made cases."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from routers.base import Candidate, QualityEstimate
+from routers.calibration import calibrate_estimates
+from routers.choice import choose
+from routers.data.table import long_table, to_wide
+from routers.evaluate import Predictions, evaluate_two
+from routers.exploration import explore
+
+CANDIDATES = [Candidate("strong", input_cost_per_token=1.0), Candidate("weak")]
+
+
+def test_explore_records_the_served_models_propensity() -> None:
+    candidates = [Candidate("a", 1.0), Candidate("b", 2.0), Candidate("c", 3.0)]
+    decision = choose(QualityEstimate({"a": 0.2, "b": 0.9, "c": 0.5}), candidates, 10, 0.0, "r", "1")
+    assert decision.model == "b" and decision.propensity == 1.0
+    served = {}
+    rng = random.Random(0)
+    for _ in range(3000):
+        explored = explore(decision, 0.3, rng)
+        served[explored.model] = explored.propensity
+    # greedy: 0.7 + 0.3 / 3; any other: 0.3 / 3
+    assert served == pytest.approx({"b": 0.8, "a": 0.1, "c": 0.1})
+    assert explore(decision, 0.0).model == "b"
+
+
+def test_calibration_hits_a_share_of_strong_calls() -> None:
+    gaps = np.linspace(-0.2, 0.6, 101)  # predicted quality gap strong - weak
+    estimates = [QualityEstimate({"strong": 0.5 + g, "weak": 0.5}) for g in gaps]
+    result = calibrate_estimates(estimates, [10] * len(gaps), CANDIDATES, "model_share", 0.30, model="strong")
+    assert result.achieved <= 0.30 and result.achieved == pytest.approx(0.30, abs=0.011)
+    # with costs 1 (strong) and 0 (weak) the cost preference is the threshold on the gap
+    assert 0.6 - 0.3 * 0.8 - 0.01 <= result.cost_preference <= 0.6 - 0.3 * 0.8 + 0.01
+
+
+def test_calibration_hits_an_average_cost() -> None:
+    estimates = [QualityEstimate({"strong": 0.5 + g, "weak": 0.5}) for g in np.linspace(0, 0.5, 50)]
+    result = calibrate_estimates(estimates, [100] * 50, CANDIDATES, "avg_cost", 40.0)
+    assert result.achieved == pytest.approx(40.0, abs=2.0)  # 100 per strong call, so 40% of calls
+
+
+def _two_model_data():
+    rows = []
+    for i, (s, w) in enumerate([(1, 0), (1, 1), (0, 0), (1, 0)]):
+        for model, q in (("strong", s), ("weak", w)):
+            rows.append({"dataset": "t", "prompt_id": str(i), "prompt": f"p{i}", "task": "t", "model": model,
+                         "quality": float(q), "prompt_tokens": 5})
+    return to_wide(long_table(rows))
+
+
+def test_two_model_harness_matches_hand_computed_apgr() -> None:
+    data = _two_model_data()  # strong 0.75, weak 0.25; strong wins on prompts 0 and 3
+    cols = [data.models.index("strong"), data.models.index("weak")]
+    perfect = np.zeros((4, 2))
+    perfect[:, cols[0]], perfect[:, cols[1]] = [0.9, 0.5, 0.1, 0.8], [0.1, 0.5, 0.1, 0.2]
+    result = evaluate_two([Predictions("perfect", perfect, np.zeros((4, 2)))], data, "strong", "weak",
+                          shares=np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+    router = result["routers"]["perfect"]
+    # shares 0, .25, .5, .75, 1 -> quality .25, .5, .75, .75, .75 -> PGR 0, .5, 1, 1, 1
+    assert [p["quality"] for p in router["points"]] == pytest.approx([0.25, 0.5, 0.75, 0.75, 0.75])
+    assert router["apgr"] == pytest.approx(0.25 * (0.25 + 0.75 + 1 + 1))
+    assert router["cpt50"] == pytest.approx(0.25)
