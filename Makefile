@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint bench-engine bench-gateway clean
+.PHONY: install serve test lint bench-engine bench-gateway bench-routers bench-scheduling bench-agents clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,24 @@ bench-engine: $(STAMP)
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) -m bench.gateway_overhead $(BENCH_GATEWAY_ARGS)
+
+# Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
+# the headroom analysis, and what routing adds in the gateway (bench/results/gateway_routing.json).
+bench-routers: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval router --data routerbench gsm8k mmlu
+	OMP_NUM_THREADS=1 $(PY) -m bench.router_encoders
+	OMP_NUM_THREADS=1 $(PY) -m bench.router_headroom
+	$(PY) -m bench.gateway_overhead --systems pitstop,pitstop-routed --routed-prompt --rates 50,200 \
+		--no-search --out bench/results/gateway_routing.json
+
+# Output-length ranking: the ranker report (bench/results/rankers/) and FCFS vs rank vs oracle scheduling.
+bench-scheduling: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval ranker
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling
+
+# Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
+bench-agents: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m bench.agents
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

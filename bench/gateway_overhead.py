@@ -28,7 +28,16 @@ from typing import Any
 
 from bench import overhead_report, pitstop_gateway
 from bench.bench_db import DEFAULT_ADMIN_DSN, server_version
-from bench.gateway_targets import OUT, ROOT, BenchConfig, Target, run_loadgen, sqlite_row_counts, start_system
+from bench.gateway_targets import (
+    OUT,
+    ROOT,
+    ROUTED_PROMPT,
+    BenchConfig,
+    Target,
+    run_loadgen,
+    sqlite_row_counts,
+    start_system,
+)
 from bench.procs import Service, free_port, host_cpu, wait_quiet
 
 LADDER = [10, 25, 50, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1250, 1500, 2000, 3000]
@@ -180,7 +189,7 @@ def run_system(name: str, cfg: BenchConfig, mock: Service, direct: Target, work:
         try:
             if db is not None:
                 facts["rows_logged"] = db.row_counts()
-            elif name == "pitstop" and cfg.storage == "sqlite":
+            elif name in ("pitstop", "pitstop-routed") and cfg.storage == "sqlite":
                 facts["rows_logged"] = sqlite_row_counts(work / "pitstop.db")
         finally:
             if db is not None:
@@ -236,6 +245,7 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         "systems": systems,
         "table": overhead_report.table_rows(systems),
         "goal": overhead_report.goal(systems, cfg.budget_ms),
+        "routing_overhead": overhead_report.routing_overhead(systems),
     }
     return report
 
@@ -246,7 +256,12 @@ def _rates(text: str) -> list[float]:
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(description="Pitstop vs LiteLLM proxy gateway overhead")
-    p.add_argument("--systems", default="pitstop,litellm", help="comma list of pitstop, litellm")
+    p.add_argument("--systems", default="pitstop,litellm",
+                   help="comma list of pitstop, pitstop-routed (route group on a trained router), litellm")
+    p.add_argument("--prompt", default=BenchConfig.prompt, help="user message of every request")
+    p.add_argument("--routed-prompt", action="store_true", help="a RouterBench-sized prompt (~90 tokens)")
+    p.add_argument("--router-artifact", type=Path, default=BenchConfig.router_artifact,
+                   help="pitstop-routed's router (trained on RouterBench first when missing)")
     p.add_argument("--rates", default="50,200,500", help="fixed rates, req/s, non-streaming")
     p.add_argument("--stream-rates", default=None, help="fixed rates for streaming (default: --rates)")
     p.add_argument("--duration", type=float, default=8.0, help="recorded seconds per point")
@@ -281,6 +296,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
                       chunk_interval_ms=a.chunk_interval_ms, client=a.client, arrival=a.arrival, seed=a.seed,
                       storage=a.storage, pg_admin_dsn=a.pg_admin_dsn, quiet_wait_s=a.quiet_wait,
                       pitstop_model=a.pitstop_model, system_warmup_s=a.system_warmup, nice=a.nice,
+                      prompt=ROUTED_PROMPT if a.routed_prompt else a.prompt, router_artifact=a.router_artifact,
                       out=a.out)
     if a.quick:
         cfg.rates, cfg.duration_s, cfg.search_max, cfg.bisect_steps = [50, 200], 3.0, 500, 1
@@ -289,6 +305,11 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if "pitstop-routed" in cfg.systems and not cfg.router_artifact.exists():
+        from routers.train_job import train_and_save  # noqa: PLC0415  (only for the routed system)
+
+        print(f"training the router artifact {cfg.router_artifact} on RouterBench", flush=True)
+        train_and_save("pitstop", "routerbench", out=cfg.router_artifact)
     if "pitstop" in cfg.systems:
         ok, why = pitstop_gateway.available()
         if not ok:

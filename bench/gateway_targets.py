@@ -19,6 +19,11 @@ from bench.procs import Service, free_port
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/gateway_overhead.json"
 MODEL_INFO = {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
+# A RouterBench-sized question (MBPP style, ~90 tokens): what a router featurizes per request.
+ROUTED_PROMPT = ("Write a python function to find the first repeated character in a given string. "
+                 "Your code should pass these tests: assert first_repeated_char(\"abcabc\") == \"a\"; "
+                 "assert first_repeated_char(\"abc\") == None; assert first_repeated_char(\"123123\") == \"1\". "
+                 "Explain the time complexity of your solution in one sentence.")
 
 
 @dataclass
@@ -46,6 +51,9 @@ class BenchConfig:
     quiet_wait_s: float = 10.0  # before each point, wait up to this long for other tenants' load to drop
     nice: int = 0  # niceness for the whole run (children inherit): < 0 (root) shields it from other tenants
     pitstop_model: str = "hosted_vllm/mock"  # litellm_params.model for Pitstop's one deployment
+    prompt: str = "Say something short."  # every system gets the same request body
+    # pitstop-routed: route group `auto` over two mock deployments, on this trained router artifact
+    router_artifact: Path = ROOT / "var/routers/auto-pitstop.joblib"
     out: Path = OUT
 
 
@@ -55,12 +63,14 @@ class Target:
     url: str
     headers: dict[str, str]
     service: Service | None  # None: the mock itself (direct baseline)
+    model: str = "mock"
 
 
 def run_loadgen(cfg: BenchConfig, target: Target, rate: float, stream: bool) -> dict[str, Any]:
     argv = [sys.executable, "-m", "bench.loadgen", "--url", target.url, "--rate", str(rate),
             "--duration", str(cfg.duration_s), "--warmup", str(cfg.warmup_s), "--timeout", str(cfg.timeout_s),
-            "--client", cfg.client, "--arrival", cfg.arrival, "--seed", str(cfg.seed)]
+            "--client", cfg.client, "--arrival", cfg.arrival, "--seed", str(cfg.seed),
+            "--model", target.model, "--prompt", cfg.prompt]
     argv += ["--stream"] if stream else []
     for k, v in target.headers.items():
         argv += ["--header", f"{k}: {v}"]
@@ -82,18 +92,22 @@ def start_system(name: str, cfg: BenchConfig, work: Path, upstream: str) -> tupl
     port = free_port()
     facts: dict[str, Any] = {}
     db = None
-    if name == "pitstop":
+    if name in ("pitstop", "pitstop-routed"):
         if cfg.storage == "postgres":
             db = BenchDatabase.create(cfg.pg_admin_dsn)
             url = db.sqlalchemy_url
         else:
             url = f"sqlite:///{work / 'pitstop.db'}"
         config = work / "pitstop.yaml"
+        routed = cfg.router_artifact if name == "pitstop-routed" else None
         pitstop_gateway.write_config(config, upstream, MODEL_INFO, url, port, work / "pitstop-spool.jsonl",
-                                     cfg.pitstop_model)
-        svc = pitstop_gateway.service(config, port, work / "pitstop.log", work)
+                                     cfg.pitstop_model, routed)
+        svc = pitstop_gateway.service(config, port, work / f"{name}.log", work)
         facts.update(outcome_logging=True, storage=cfg.storage, database=db.name if db else url)
-        target = Target("pitstop", f"http://127.0.0.1:{port}/v1/chat/completions", {}, svc)
+        if routed is not None:
+            facts.update(router_artifact=str(routed), router=pitstop_gateway.router_facts(routed))
+        target = Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {}, svc,
+                        "auto" if routed is not None else "mock")
     elif name == "litellm":
         spend, reason = litellm_proxy.spend_logging_available()
         if spend and cfg.storage == "postgres":
@@ -106,7 +120,7 @@ def start_system(name: str, cfg: BenchConfig, work: Path, upstream: str) -> tupl
         target = Target("litellm_proxy", f"http://127.0.0.1:{port}/v1/chat/completions",
                         litellm_proxy.auth_headers(), svc)
     else:
-        raise ValueError(f"unknown system {name!r} (pitstop, litellm)")
+        raise ValueError(f"unknown system {name!r} (pitstop, pitstop-routed, litellm)")
     try:
         svc.start(timeout_s=180)
     except RuntimeError:

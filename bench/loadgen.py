@@ -37,6 +37,7 @@ class LoadSpec:
     duration_s: float = 8.0
     stream: bool = False
     model: str = "mock"
+    prompt: str = "Say something short."
     headers: dict[str, str] = field(default_factory=dict)
     arrival: str = "poisson"  # or "uniform"
     seed: int = 1
@@ -78,7 +79,7 @@ def arrival_offsets(spec: LoadSpec) -> list[float]:
 def request_body(spec: LoadSpec) -> bytes:
     return json.dumps({
         "model": spec.model,
-        "messages": [{"role": "user", "content": "Say something short."}],
+        "messages": [{"role": "user", "content": spec.prompt}],
         "max_tokens": 16,
         "stream": spec.stream,
     }).encode()
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first, same rate")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--model", default="mock")
+    parser.add_argument("--prompt", default=LoadSpec.prompt, help="the user message every request sends")
     parser.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
     parser.add_argument("--arrival", choices=["poisson", "uniform"], default="poisson")
     parser.add_argument("--seed", type=int, default=1)
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     headers = dict(h.split(":", 1) for h in args.header)
     spec = LoadSpec(url=args.url, rate=args.rate, duration_s=args.duration, stream=args.stream,
-                    model=args.model, headers={k.strip(): v.strip() for k, v in headers.items()},
+                    model=args.model, prompt=args.prompt, headers={k.strip(): v.strip() for k, v in headers.items()},
                     arrival=args.arrival, seed=args.seed, timeout_s=args.timeout, warmup_s=args.warmup,
                     max_requests=args.max_requests, max_connections=args.max_connections, client=args.client)
     json.dump(_run(run_load(spec)), sys.stdout)

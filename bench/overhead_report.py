@@ -184,6 +184,28 @@ def table_rows(systems: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def routing_overhead(systems: dict[str, Any]) -> dict[str, Any]:
+    """What routing costs on top of proxying: pitstop-routed (route group `auto`, trained router) minus
+    pitstop (the model named directly), point by point at the same rate and mode, in one run."""
+    plain, routed = systems.get("pitstop"), systems.get("pitstop-routed")
+    if not plain or not routed:
+        return {"evaluated": False, "reason": "needs both pitstop and pitstop-routed results"}
+    by_key = {(p["mode"], p["target_rps"]): p for p in plain.get("points", []) if p.get("source", "fixed") == "fixed"}
+    points = []
+    for p in routed.get("points", []):
+        base = by_key.get((p["mode"], p["target_rps"]))
+        if base is None or p.get("source", "fixed") != "fixed":
+            continue
+        points.append({
+            "mode": p["mode"], "target_rps": p["target_rps"],
+            "routed_added_ms": p["added_latency_ms"], "plain_added_ms": base["added_latency_ms"],
+            "routing_p50_ms": _diff(p["added_latency_ms"]["p50"], base["added_latency_ms"]["p50"]),
+            "routing_p99_ms": _diff(p["added_latency_ms"]["p99"], base["added_latency_ms"]["p99"]),
+            "routing_cpu_ms_per_req": _diff(p["cpu"]["gateway_ms_per_request"], base["cpu"]["gateway_ms_per_request"]),
+        })
+    return {"evaluated": True, "router": routed.get("router"), "points": points}
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     cols = [("system", 14), ("mode", 10), ("target_rps", 6), ("achieved_rps", 8), ("p50_ms", 8), ("p99_ms", 8),
             ("added_p50_ms", 8), ("added_p99_ms", 8), ("ttft_added_p50_ms", 8), ("ttft_added_p99_ms", 8),

@@ -4,6 +4,7 @@ to the given storage URL) and its `pitstop serve` command (1 process, warning lo
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -28,18 +29,37 @@ def available() -> tuple[bool, str]:
 
 
 def write_config(path: Path, upstream_base: str, model_info: dict, storage_url: str, port: int,
-                 spool_path: Path, model: str = "hosted_vllm/mock") -> dict:
+                 spool_path: Path, model: str = "hosted_vllm/mock", router_artifact: Path | None = None) -> dict:
+    """One deployment `mock`; with `router_artifact`, a second one (`mock-small`, same upstream, a tenth of
+    the price) and route group `auto` over both on that trained router: the routed request path."""
+    models = [{
+        "model_name": "mock",
+        "litellm_params": {"model": model, "api_base": upstream_base, "api_key": "none"},
+        "model_info": {**model_info, "tier": "strong", "router_model": "gpt-4-1106-preview"},
+    }]
+    groups = []
+    if router_artifact is not None:
+        cheap = {k: v / 10 for k, v in model_info.items()}
+        models.append({"model_name": "mock-small",
+                       "litellm_params": {"model": model.replace("/mock", "/mock-small"), "api_base": upstream_base,
+                                          "api_key": "none"},
+                       "model_info": {**cheap, "tier": "weak", "router_model": "mistralai/mistral-7b-chat"}})
+        groups.append({"name": "auto", "models": ["mock", "mock-small"], "router": "pitstop",
+                       "router_artifact": str(router_artifact), "cost_preference": 0.5})
     config = {
-        "model_list": [{
-            "model_name": "mock",
-            "litellm_params": {"model": model, "api_base": upstream_base, "api_key": "none"},
-            "model_info": {**model_info, "tier": "strong"},
-        }],
+        "model_list": models,
+        "route_groups": groups,
         "storage": {"url": storage_url, "store_text": True, "spool_path": str(spool_path)},
         "server": {"host": "127.0.0.1", "port": port},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return config
+
+
+def router_facts(artifact: Path) -> dict:
+    """The artifact's manifest essentials for the JSON (name, version, training data, held-out metrics)."""
+    manifest = json.loads(Path(str(artifact) + ".json").read_text())
+    return {k: manifest.get(k) for k in ("name", "family", "version", "training_data", "metrics")}
 
 
 def service(config: Path, port: int, log_path: Path, workdir: Path) -> Service:

@@ -138,9 +138,10 @@ class BlockManager:
         return True
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       cached_blocks: list[int] | None = None) -> bool:
+                       cached_blocks: list[int] | None = None, reclaim_pins: bool = True) -> bool:
         """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts).
-        Returns False, changing nothing, when memory is short even after pins gave way."""
+        Returns False, changing nothing, when memory is short even after pins gave way (pins give
+        way only with `reclaim_pins`)."""
         if not cached_blocks and seq.block_table:  # the common case: a decode inside its last block
             total = seq.num_computed_tokens + num_new_tokens
             if total <= len(seq.block_table) * self.block_size:
@@ -153,7 +154,7 @@ class BlockManager:
         needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
         for b in cached_blocks:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)
-        if needed > self.num_free_blocks and not self._reclaim(needed):
+        if needed > self.num_free_blocks and not (reclaim_pins and self._reclaim(needed)):
             for b in cached_blocks:
                 self._release(b)
             return False

@@ -34,7 +34,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
-    serve.add_argument("--policy", default="fcfs", choices=sorted(POLICIES), help="waiting-queue policy")
+    serve.add_argument("--policy", default="program-rank", choices=sorted(POLICIES),
+                       help="waiting-queue policy (program-rank: returning agent programs first, then the gateway's rank_score with aging; FCFS without hints)")
     serve.add_argument("--pin-budget-fraction", type=float, default=0.5)
     serve.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")

@@ -17,6 +17,16 @@ class EngineConfig:
     # Share of all KV blocks that TTL pins may hold at once.
     pin_budget_fraction: float = 0.5
     enable_prefix_caching: bool = True
+    # Pins hold against admitting waiting work while other work runs (Continuum's semantics: a pin
+    # is memory in use until its TTL); running requests still reclaim pins before preempting, and
+    # an idle engine reclaims them rather than stall. False: any allocation may reclaim pins.
+    pins_hold_admission: bool = True
+    # A session's next turn has arrived while its pin is live: hold the pin at least this long more,
+    # so the KV does not expire while the turn waits in the queue.
+    pin_hold_on_arrival_s: float = 30.0
+    # Admit a waiting request (while others run) only when its whole uncached prompt fits in free
+    # blocks: a long re-prefill started on its first chunk would otherwise grow into preemptions.
+    admit_whole_prompt: bool = False
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0

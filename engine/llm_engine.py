@@ -84,6 +84,8 @@ class LLMEngine:
                        self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
         self.sequences[request_id] = seq
+        if session_id is not None:
+            self._hold_pin_for_arrival(session_id, seq.arrival_time)
         if self.tokenizer is not None:
             from engine.detokenizer import IncrementalDetokenizer
 
@@ -209,6 +211,12 @@ class LLMEngine:
         self.scheduler.finish(seq)
         del self.sequences[seq.request_id]
         self.detokenizers.pop(seq.request_id, None)
+
+    def _hold_pin_for_arrival(self, session_id: str, now: float) -> None:
+        pin = self.block_manager.pins.pins.get(session_id)
+        hold = self.config.pin_hold_on_arrival_s
+        if pin is not None and hold > 0 and pin.deadline < now + hold:
+            self.block_manager.extend_pin(session_id, hold, now)
 
     def expire_pins(self) -> int:
         return self.block_manager.expire_pins(self.clock.now())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from engine.rank_policy import RankPolicy
 from engine.sequence import Sequence
 
 
@@ -34,7 +35,13 @@ class PriorityPolicy:
         return (seq.priority, seq.arrival_time)
 
 
-POLICIES: dict[str, type] = {"fcfs": FCFSPolicy, "priority": PriorityPolicy}
+# "rank": the ranker's score with linear aging (engine/rank_policy.py).
+POLICIES: dict[str, type] = {"fcfs": FCFSPolicy, "priority": PriorityPolicy, "rank": RankPolicy}
+
+# "program-<name>": returning agent programs first, then <name>'s order (engine/program_policy.py).
+from engine.program_policy import program_first  # noqa: E402
+
+POLICIES.update({f"program-{name}": program_first(cls) for name, cls in list(POLICIES.items())})
 
 
 def make_policy(name: str) -> SchedulingPolicy:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError
-from gateway import endpoints, proxy
+from gateway import endpoints, proxy, session_endpoint
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
 
@@ -25,6 +25,7 @@ ROUTES = [
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
+    Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),

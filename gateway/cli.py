@@ -8,8 +8,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from agent_sessions.cli import add_tool_duration_commands
 from engine.cli import add_engine_commands
 from gateway.commands import add_gateway_commands
+from rankers.cli import add_ranker_commands
 from routers.cli import add_router_commands
 
 
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="command", metavar="COMPONENT", required=True)
     eval_sub = evaluate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
     add_router_commands(train_sub, eval_sub)
+    add_ranker_commands(train_sub, eval_sub)
+    add_tool_duration_commands(train_sub)
     return parser
 
 

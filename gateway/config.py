@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent_sessions.config import SessionsConfig
+from rankers.config import RankingConfig
 from routers.registry import ROUTERS
 
 log = logging.getLogger("pitstop.config")
@@ -49,7 +51,7 @@ class LitellmParams(BaseModel):
     num_blocks: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=64, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
-    policy: str = "fcfs"
+    policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
     device: str | None = None
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
     # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
@@ -74,6 +76,9 @@ class ModelInfo(_Strict):
     input_cost_per_token: float = Field(default=0.0, ge=0)
     output_cost_per_token: float = Field(default=0.0, ge=0)
     tier: Literal["weak", "medium", "strong"] = "medium"
+    # The model a learned router knows this deployment as (a name in its training data, e.g.
+    # "gpt-4-1106-preview"); default: model_name. Unknown to the router: the tier prior applies.
+    router_model: str | None = None
     max_concurrency: int | None = Field(default=None, gt=0)
 
 
@@ -89,6 +94,14 @@ class RouteGroup(_Strict):
     router: str = "tier-prior"
     router_artifact: str | None = None
     cost_preference: float = Field(default=0.0, ge=0)
+    # Hot reload: the artifact file is checked this often and a replaced file is swapped in.
+    reload_interval_s: float = Field(default=5.0, gt=0)
+    # When the artifact is missing at start, train it in a background process from this data set
+    # (`pitstop train router --data ...`); the group routes by the tier prior until it is ready.
+    train_data: str | None = None
+    # Epsilon-greedy exploration: this share of requests goes to a uniformly drawn model, and the outcome
+    # row records the served model's propensity so retraining can reweight logged traffic.
+    explore_epsilon: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("router")
     @classmethod
@@ -136,6 +149,8 @@ class Settings(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
 
     @field_validator("route_groups")
@@ -155,6 +170,10 @@ class Settings(_Strict):
             for model in group.models:
                 if model not in known:
                     raise ValueError(f"route_groups.{i}.models: unknown model_name '{model}'")
+            infos = {m.model_name: m.model_info for m in self.model_list}
+            aliases = [infos[m].router_model or m for m in dict.fromkeys(group.models)]
+            if len(aliases) != len(set(aliases)):
+                raise ValueError(f"route_groups.{i}.models: two models share a model_info.router_model")
         return self
 
     @property

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.admission import AdmissionQueue
 from gateway.backends.base import Backend
 from gateway.config import ModelInfo
 
@@ -21,6 +22,7 @@ class Deployment:
     outstanding: int = 0
     failures: int = 0
     cooldown_until: float = 0.0
+    admission: AdmissionQueue | None = None  # model_info.max_concurrency (gateway/admission.py)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens

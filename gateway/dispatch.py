@@ -3,12 +3,32 @@ deployment as long as nothing has reached the client; count outstanding requests
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from gateway.admission import waiting_item
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
+
+
+async def _enter(deployment: Deployment, ctx: CallContext, arrival: float) -> None:
+    """Count the request on the deployment and wait for its admission slot (gateway/admission.py)."""
+    deployment.outstanding += 1  # waiting in the admission queue counts: balancing sees the queue
+    if deployment.admission is None:
+        return
+    try:
+        await deployment.admission.acquire(waiting_item(ctx.priority, ctx.hints, arrival))
+    except BaseException:
+        deployment.outstanding -= 1
+        raise
+
+
+def _leave(deployment: Deployment) -> None:
+    deployment.outstanding -= 1
+    if deployment.admission is not None:
+        deployment.admission.release()
 
 
 @dataclass
@@ -35,9 +55,10 @@ class Dispatcher:
                        prefer: str | None = None) -> tuple[dict, Dispatched]:
         tried: set[str] = set()
         last: BackendError | None = None
+        arrival = time.time()  # the admission queue's aging counts from here, across retries
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            deployment.outstanding += 1
+            await _enter(deployment, ctx, arrival)
             try:
                 result = await deployment.backend.complete(kind, body, ctx)
             except BackendError as exc:
@@ -47,7 +68,7 @@ class Dispatcher:
                 last = exc
                 continue
             finally:
-                deployment.outstanding -= 1
+                _leave(deployment)
             self.pool.mark_success(deployment)
             return result, Dispatched(deployment, attempt)
         assert last is not None
@@ -59,17 +80,18 @@ class Dispatcher:
         yields it and the rest. Errors after the first chunk are the caller's to report."""
         tried: set[str] = set()
         last: BackendError | None = None
+        arrival = time.time()
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            deployment.outstanding += 1
+            await _enter(deployment, ctx, arrival)
             chunks = deployment.backend.stream(kind, body, ctx)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
-                deployment.outstanding -= 1
+                _leave(deployment)
                 raise BackendError(502, "upstream stream was empty", retryable=False) from None
             except BackendError as exc:
-                deployment.outstanding -= 1
+                _leave(deployment)
                 await chunks.aclose()
                 if not exc.retryable:
                     raise
@@ -77,7 +99,7 @@ class Dispatcher:
                 last = exc
                 continue
             except BaseException:
-                deployment.outstanding -= 1
+                _leave(deployment)
                 await chunks.aclose()
                 raise
             self.pool.mark_success(deployment)
@@ -93,4 +115,4 @@ class Dispatcher:
                 async for chunk in chunks:
                     yield chunk
         finally:
-            deployment.outstanding -= 1
+            _leave(deployment)

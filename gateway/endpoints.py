@@ -54,6 +54,8 @@ async def metrics(request: Request) -> Response:
         state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
     for deployment in state.pool.deployments:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
+    if state.sessions is not None:
+        state.sessions.collect()
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -18,6 +18,7 @@ from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_proxy_request
+from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
 
 T = TypeVar("T")
@@ -61,17 +62,23 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         draft.route = route = state.routes.resolve(parsed)
         ctx = CallContext(draft.request_id, parsed.session_id, parsed.priority, parsed.pin_ttl_s,
                           state.settings.server.request_timeout_s)
+        session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
+        route, ctx = draft.route, session.ctx
+        if state.ranking is not None:  # rankers/: expected answer length for the chosen model
+            ctx = state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft)
         if parsed.stream:
-            chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx)
+            chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx,
+                                                               prefer=session.prefer)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            response = SSEResponse(_events(state, draft, chunks))
+            response = SSEResponse(_events(state, draft, chunks, session))
             response.headers.update(_headers(draft))
             return response
-        work = state.dispatcher.complete(route.model_name, kind, parsed.body, ctx)
+        work = state.dispatcher.complete(route.model_name, kind, parsed.body, ctx, prefer=session.prefer)
         body, dispatched = await _unless_disconnected(request, work)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
         draft.take_response(body)
         draft.ttft_s = None
+        await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
         return JSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
@@ -111,8 +118,8 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
     return task.result()
 
 
-async def _events(state: GatewayState, draft: OutcomeDraft,
-                  chunks: AsyncIterator[dict]) -> AsyncGenerator[bytes, None]:
+async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
+                  session: SessionCall) -> AsyncGenerator[bytes, None]:
     include_usage = draft.request is not None and draft.request.include_usage
     failed = False
     try:
@@ -136,6 +143,8 @@ async def _events(state: GatewayState, draft: OutcomeDraft,
     finally:
         if not failed and draft.finish_reason is None:
             draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+        if not failed:  # before [DONE]: the program's next turn must find the pin settled
+            await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
     if not failed:
         yield DONE

@@ -1,16 +1,22 @@
 """Which model serves a request: a model name is served as asked; a route group's name asks its
-router (routers/) to choose among the group's models."""
+router (routers/) to choose among the group's models.
+
+A learned router knows models by the names in its training data; a deployment's
+`model_info.router_model` says which of them it is (default: its model_name). The decision is mapped
+back to the group's model names, so outcome rows and headers name what was actually called."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from engine.server.errors import not_found
 from gateway.config import RouteGroup, Settings
 from gateway.request_body import ProxyRequest
 from routers.base import Candidate, Router, RoutingRequest
 from routers.choice import RoutingDecision, choose
+from routers.exploration import explore
 from routers.registry import make_router
 
 log = logging.getLogger("pitstop.routing")
@@ -26,8 +32,22 @@ class Route:
 @dataclass
 class GroupRouter:
     group: RouteGroup
-    router: Router
-    candidates: list[Candidate]
+    router: Router  # replaced whole on hot reload (gateway/router_artifacts.py); never mutated
+    candidates: list[Candidate]  # named as the router knows them
+    model_for: dict[str, str]  # router's name -> the group's model_name
+    artifact: Path | None = None
+
+    def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
+        router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
+        estimate = router.estimate(request, self.candidates)
+        decision = choose(estimate, self.candidates, request.prompt_tokens, cost_preference,
+                          router.name, router.version)
+        names = self.model_for
+        decision = replace(decision, model=names[decision.model],
+                       scores={names[m]: v for m, v in decision.scores.items()},
+                       quality={names[m]: v for m, v in decision.quality.items()},
+                       predicted_cost_usd={names[m]: v for m, v in decision.predicted_cost_usd.items()})
+        return explore(decision, self.group.explore_epsilon) if self.group.explore_epsilon else decision
 
 
 def estimate_tokens(text: str) -> int:
@@ -41,11 +61,15 @@ class RouteTable:
         entries = {m.model_name: m for m in settings.model_list}
         self.groups: dict[str, GroupRouter] = {}
         for group in settings.route_groups:
-            candidates = [Candidate(name, entries[name].model_info.input_cost_per_token,
-                                    entries[name].model_info.output_cost_per_token, entries[name].model_info.tier)
-                          for name in group.models]
-            router = make_router(group.router, group.router_artifact)
-            self.groups[group.name] = GroupRouter(group, router, candidates)
+            infos = {name: entries[name].model_info for name in group.models}
+            known_as = {name: info.router_model or name for name, info in infos.items()}
+            candidates = [Candidate(known_as[name], info.input_cost_per_token, info.output_cost_per_token, info.tier)
+                          for name, info in infos.items()]
+            artifact = str(settings.resolve_path(group.router_artifact)) if group.router_artifact else None
+            router = make_router(group.router, artifact)
+            model_for = {alias: name for name, alias in known_as.items()}
+            self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
+                                                  Path(artifact) if artifact else None)
             log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
                      ", ".join(group.models))
 
@@ -63,7 +87,5 @@ class RouteTable:
         preference = group.group.cost_preference if request.cost_preference is None else request.cost_preference
         routing_request = RoutingRequest(request.prompt_text, estimate_tokens(request.prompt_text),
                                          request.session_id)
-        estimate = group.router.estimate(routing_request, group.candidates)
-        decision = choose(estimate, group.candidates, routing_request.prompt_tokens, preference,
-                          group.router.name, group.router.version)
+        decision = group.decide(routing_request, preference)
         return Route(group.group.name, decision.model, decision)

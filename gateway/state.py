@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from engine.server.errors import APIError
+from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry, Settings
@@ -16,7 +17,11 @@ from gateway.limits.base import Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outcomes import OutcomeRecorder
+from gateway.ranking import RequestRanker
+from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
+from gateway.session_metrics import SessionMetrics
+from gateway.sessions import GatewaySessions
 from storage.db import create_engine, ensure_sqlite_dir
 from storage.keys import KeyStore
 from storage.migrate import upgrade
@@ -60,12 +65,13 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         return OpenAIHTTPBackend(params.api_base, params.model.split("/", 1)[-1], params.api_key,
                                  accepts_session=provider == ENGINE_PROVIDER,
                                  send_priority=provider == "hosted_vllm",
-                                 connect_timeout_s=settings.server.connect_timeout_s)
+                                 connect_timeout_s=settings.server.connect_timeout_s,
+                                 rank_horizon_s=settings.ranking.horizon_s)
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
                                        "device", "tiny_model", "transport"}, exclude_none=True)
-    return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm")
+    return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
 
 @dataclass
@@ -82,6 +88,9 @@ class GatewayState:
     feedback: FeedbackWriter
     keys: KeyStore
     seeded_keys: set[str] = field(default_factory=set)
+    sessions: GatewaySessions | None = None
+    router_artifacts: RouterArtifacts | None = None
+    ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
 
     async def admit(self, caller: Caller) -> None:
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
@@ -113,14 +122,20 @@ class GatewayState:
     async def start(self) -> None:
         for deployment in self.pool.deployments:
             await deployment.backend.start()
+        self.router_artifacts = RouterArtifacts.for_routes(self.routes)
+        await self.router_artifacts.start()
 
     async def close(self) -> None:
+        if self.router_artifacts is not None:
+            await self.router_artifacts.close()
         for deployment in self.pool.deployments:
             try:
                 await deployment.backend.close()
             except Exception:
                 log.exception("closing %s failed", deployment.name)
         await self.recorder.drain()
+        if self.sessions is not None:
+            await self.sessions.close()
         await self.limiter.close()
         self.writer.close(timeout=10)
         self.feedback.close(timeout=10)
@@ -142,15 +157,23 @@ def build_state(settings: Settings) -> GatewayState:
     for entry in settings.model_list:
         index = len(pool.by_model.get(entry.model_name, ()))
         pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, make_backend(entry, settings),
-                            entry.model_info, entry.litellm_params.model))
+                            entry.model_info, entry.litellm_params.model,
+                            admission=make_admission(entry.model_info.max_concurrency,
+                                                     settings.ranking.admission_policy)))
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()
     if not settings.auth.require_keys:
         log.warning("API keys are not required (auth.require_keys is false): anyone who can reach this "
                     "address can use it")
+    routes = RouteTable(settings)
+    tool_durations = settings.sessions.tool_durations
+    sessions = GatewaySessions.build(settings.sessions, pool, routes, SessionMetrics(metrics.registry),
+                                     settings.redis_url, settings.resolve_path(tool_durations) if tool_durations else None)
     return GatewayState(
-        settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=RouteTable(settings),
+        settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
-        writer=writer, feedback=feedback, keys=keys)
+        writer=writer, feedback=feedback, keys=keys, sessions=sessions,
+        ranking=RequestRanker.load(settings.ranking, {m.model_name: m.model_info.router_model or m.model_name
+                                                      for m in settings.model_list}, settings.base_dir))
 

@@ -1,7 +1,7 @@
 """The router interface: one method that predicts each candidate's quality for a request.
 
 Choosing is shared by every router (routers/choice.py): predicted quality minus the cost preference
-times the request's predicted cost, normalised by the costliest candidate's predicted cost."""
+times the request's predicted cost, normalised by a reference cost (see routers/choice.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class RoutingRequest:
 class QualityEstimate:
     quality: dict[str, float]  # model -> predicted quality in [0, 1]
     output_tokens: dict[str, float] = field(default_factory=dict)  # model -> predicted answer length
+    # The costliest candidate's cost on a typical request (USD), from the router's training traffic;
+    # None: normalise by this request's costliest candidate instead.
+    reference_cost_usd: float | None = None
 
 
 class Router(Protocol):

@@ -1,4 +1,13 @@
-"""Cost-aware choice among candidates, shared by every router and by the evaluation harness."""
+"""Cost-aware choice among candidates, shared by every router and by the evaluation harness.
+
+The cost term is cost_preference x predicted cost / reference cost. A learned router's reference is
+fixed: the costliest candidate's cost on a typical request of its training traffic (`typical_cost`).
+With one fixed reference the preference is a single exchange rate between quality and dollars for all
+requests, which is what maximises average quality for an average-cost budget (a Lagrange multiplier):
+money goes to the requests where it buys the most quality. Normalising per request instead (the
+fallback, for routers without training traffic) spends as much on a cheap short request as on a
+long one; measured on RouterBench's train split (3-fold), the fixed reference gives a higher AIQ
+in every fold."""
 
 from __future__ import annotations
 
@@ -26,13 +35,20 @@ def predicted_cost(candidate: Candidate, prompt_tokens: int, output_tokens: floa
     return candidate.input_cost_per_token * prompt_tokens + candidate.output_cost_per_token * output_tokens
 
 
+def typical_cost(candidates: list[Candidate], prompt_tokens: float, output_tokens: dict[str, float],
+                 default_output_tokens: float = DEFAULT_OUTPUT_TOKENS) -> float:
+    """The costliest candidate's cost for a request of `prompt_tokens` and its typical answer length."""
+    return max(predicted_cost(c, round(prompt_tokens), output_tokens.get(c.model, default_output_tokens))
+               for c in candidates)
+
+
 def choose(estimate: QualityEstimate, candidates: list[Candidate], prompt_tokens: int,
            cost_preference: float, router_name: str, router_version: str) -> RoutingDecision:
     """argmax quality - cost_preference x cost / max cost. Ties go to the cheaper model."""
     assert candidates
     costs = {c.model: predicted_cost(c, prompt_tokens, estimate.output_tokens.get(c.model, DEFAULT_OUTPUT_TOKENS))
              for c in candidates}
-    top = max(costs.values()) or 1.0
+    top = estimate.reference_cost_usd or max(costs.values()) or 1.0
     scores = {m: estimate.quality[m] - cost_preference * costs[m] / top for m in costs}
     model = max(costs, key=lambda m: (scores[m], -costs[m]))
     return RoutingDecision(model, router_name, router_version, cost_preference, scores,

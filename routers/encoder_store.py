@@ -1,6 +1,7 @@
 """Where the distilled static encoder lives and how it is made when missing.
 
-Default file: var/routers/encoders/static-minilm-<dim>.npz (git-ignored; about a minute to rebuild).
+Default file: var/routers/encoders/static-minilm-<dim>.npz (git-ignored; about a minute to rebuild), or
+the file named by $PITSTOP_STATIC_ENCODER.
 The token-frequency corpus is label-free text from training material only: RouterBench's and
 LLMRouter's training prompts and AlpacaEval's instructions and answers, never evaluation prompts."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from routers.data.catalog import REPO_ROOT, DataUnavailable, data_root, load_dataset
@@ -20,6 +22,8 @@ DEFAULT_DIM = 256
 
 
 def default_encoder_path(dim: int = DEFAULT_DIM) -> Path:
+    if os.environ.get("PITSTOP_STATIC_ENCODER"):
+        return Path(os.environ["PITSTOP_STATIC_ENCODER"])
     return REPO_ROOT / "var" / "routers" / "encoders" / f"static-minilm-{dim}.npz"
 
 

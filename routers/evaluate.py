@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from routers.base import Candidate
-from routers.choice import choose
+from routers.choice import choose, typical_cost
 from routers.data.table import Prices, RoutingData
 from routers.learned import estimate_for
 from routers.metrics import aiq, apgr, cpt, hull_cost_for, hull_quality_at
@@ -45,21 +45,32 @@ def realised(data: RoutingData, missing: Missing) -> np.ndarray:
     return np.nan_to_num(data.quality, nan=0.0) if missing == "zero" else data.quality
 
 
-def choices(pred: Predictions, data: RoutingData, candidates: list[Candidate], preference: float) -> np.ndarray:
+def reference_cost(data: RoutingData, candidates: list[Candidate]) -> float:
+    """The fixed reference of the choice rule (routers/choice.py) for this traffic: the costliest
+    candidate's cost at the mean prompt and answer lengths. One constant for every router evaluated, so
+    it only rescales the swept cost preference."""
+    with np.errstate(all="ignore"):
+        means = np.nanmean(data.output_tokens, axis=0)
+    tokens = {m: float(v) for m, v in zip(data.models, means, strict=True) if np.isfinite(v)}
+    return typical_cost(candidates, float(np.mean(data.prompt_tokens)), tokens)
+
+
+def choices(pred: Predictions, data: RoutingData, candidates: list[Candidate], preference: float,
+            reference: float | None = None) -> np.ndarray:
     """Column index of the chosen model per prompt, by the shared choice rule."""
     column = {m: j for j, m in enumerate(data.models)}
     picked = np.empty(len(data), dtype=np.int64)
     for i in range(len(data)):
-        estimate = estimate_for(data.models, pred.quality[i], pred.output_tokens[i], candidates)
+        estimate = estimate_for(data.models, pred.quality[i], pred.output_tokens[i], candidates, reference)
         tokens = max(int(data.prompt_tokens[i]), 1)
         picked[i] = column[choose(estimate, candidates, tokens, preference, pred.name, "eval").model]
     return picked
 
 
 def choice_matrix(pred: Predictions, data: RoutingData, candidates: list[Candidate],
-                  lambdas: np.ndarray = LAMBDAS) -> np.ndarray:
+                  lambdas: np.ndarray = LAMBDAS, reference: float | None = None) -> np.ndarray:
     """(len(lambdas), n): the chosen model's column per cost preference and prompt."""
-    return np.stack([choices(pred, data, candidates, float(lam)) for lam in lambdas])
+    return np.stack([choices(pred, data, candidates, float(lam), reference) for lam in lambdas])
 
 
 def points_from_choices(picked: np.ndarray, data: RoutingData, missing: Missing,
@@ -74,8 +85,8 @@ def points_from_choices(picked: np.ndarray, data: RoutingData, missing: Missing,
 def cost_quality_points(pred: Predictions, data: RoutingData, candidates: list[Candidate], missing: Missing,
                         lambdas: np.ndarray = LAMBDAS) -> np.ndarray:
     """(len(lambdas), 3): cost preference, average real cost, average real quality."""
-    points = points_from_choices(choice_matrix(pred, data, candidates, lambdas), data, missing)
-    return np.column_stack([lambdas, points])
+    picked = choice_matrix(pred, data, candidates, lambdas, reference_cost(data, candidates))
+    return np.column_stack([lambdas, points_from_choices(picked, data, missing)])
 
 
 def oracle_predictions(data: RoutingData, missing: Missing) -> Predictions:
@@ -136,7 +147,7 @@ def evaluate_multi(preds: list[Predictions], data: RoutingData, prices: Prices, 
         **multi_model_metrics(zero_line, singles), "latency": None}}
     picks: dict[str, np.ndarray] = {}
     for pred in [*preds, oracle_predictions(data_eval, missing)]:
-        picks[pred.name] = choice_matrix(pred, data_eval, candidates)
+        picks[pred.name] = choice_matrix(pred, data_eval, candidates, reference=reference_cost(data_eval, candidates))
         points = np.column_stack([LAMBDAS, points_from_choices(picks[pred.name], data_eval, missing)])
         routers[pred.name] = {**multi_model_metrics(points, singles), "latency": pred.latency}
     strongest = max(singles, key=lambda m: singles[m]["quality"])

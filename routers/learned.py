@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from routers.base import Candidate, QualityEstimate, RoutingRequest
+from routers.choice import typical_cost
 from routers.data.table import RoutingData
 from routers.features.featurizer import Features, Featurizer
 from routers.models.length import LengthModel
@@ -29,6 +30,9 @@ class LearnedRouter:
     length_model: LengthModel
     version: str = "untrained"
     manifest: dict[str, object] = field(default_factory=dict)
+    # Mean prompt and answer lengths (per model) of the training traffic: the reference cost's request.
+    typical_prompt_tokens: float | None = None
+    typical_output_tokens: dict[str, float] = field(default_factory=dict)
 
     def fit(self, data: RoutingData) -> LearnedRouter:
         assert data.models == self.models
@@ -40,7 +44,18 @@ class LearnedRouter:
             self.quality_model.tasks = data.tasks
         self.quality_model.fit(features, data.quality, data.weight)
         self.length_model.fit(features, data.output_tokens)
+        self.typical_prompt_tokens = float(np.mean(data.prompt_tokens))
+        with np.errstate(all="ignore"):
+            means = np.nanmean(data.output_tokens, axis=0)
+        self.typical_output_tokens = {m: float(v) for m, v in zip(self.models, means, strict=True) if np.isfinite(v)}
         return self
+
+    def reference_cost(self, candidates: list[Candidate]) -> float | None:
+        if getattr(self, "typical_prompt_tokens", None) is None:  # artifacts from before this field
+            return None
+        known = list(self.typical_output_tokens.values())
+        return typical_cost(candidates, self.typical_prompt_tokens, self.typical_output_tokens,  # type: ignore[arg-type]
+                            prior_output_tokens(known))
 
     def predict_features(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         return self.quality_model.predict(features), self.length_model.predict(features)
@@ -51,11 +66,11 @@ class LearnedRouter:
 
     def estimate(self, request: RoutingRequest, candidates: list[Candidate]) -> QualityEstimate:
         quality, tokens = self.predict_features(self.featurizer.transform_one(request.prompt))
-        return estimate_for(self.models, quality[0], tokens[0], candidates)
+        return estimate_for(self.models, quality[0], tokens[0], candidates, self.reference_cost(candidates))
 
 
-def estimate_for(models: list[str], quality: np.ndarray, tokens: np.ndarray,
-                 candidates: list[Candidate]) -> QualityEstimate:
+def estimate_for(models: list[str], quality: np.ndarray, tokens: np.ndarray, candidates: list[Candidate],
+                 reference_cost_usd: float | None = None) -> QualityEstimate:
     """Per-candidate estimate from per-model predictions; unknown candidates get the prior."""
     column = {m: j for j, m in enumerate(models)}
     known = [c for c in candidates if c.model in column]
@@ -69,4 +84,4 @@ def estimate_for(models: list[str], quality: np.ndarray, tokens: np.ndarray,
         else:
             out_q[c.model] = prior_quality(c.tier, known_q)
             out_t[c.model] = prior_output_tokens(known_t)
-    return QualityEstimate(out_q, out_t)
+    return QualityEstimate(out_q, out_t, reference_cost_usd)

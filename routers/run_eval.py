@@ -22,7 +22,14 @@ from routers.data.catalog import load_dataset
 from routers.data.prices import fit_prices
 from routers.data.table import Prices, RoutingData
 from routers.encoder_store import load_or_distil
-from routers.evaluate import Predictions, candidates_for, choices, evaluate_multi, evaluate_two
+from routers.evaluate import (
+    Predictions,
+    candidates_for,
+    choices,
+    evaluate_multi,
+    evaluate_two,
+    reference_cost,
+)
 from routers.families import BASELINES, PEERS
 from routers.features.featurizer import FeatureSpec
 from routers.jobs import FeatureBank, RouterSpec, cross_fit_predictions, measure_latency, split_predictions
@@ -83,12 +90,14 @@ def calibration_check(pred: Predictions, data: RoutingData, prices: Any, kind: s
     candidates = candidates_for(data.models, prices)
     halves = [np.arange(0, len(data), 2), np.arange(1, len(data), 2)]
     fit_rows, check_rows = halves
-    estimates = [estimate_for(data.models, pred.quality[i], pred.output_tokens[i], candidates) for i in fit_rows]
+    reference = reference_cost(data, candidates) if kind == "avg_cost" else None
+    estimates = [estimate_for(data.models, pred.quality[i], pred.output_tokens[i], candidates, reference)
+                 for i in fit_rows]
     tokens = [max(int(data.prompt_tokens[i]), 1) for i in fit_rows]
     result = calibrate_estimates(estimates, tokens, candidates, kind, target, model)  # type: ignore[arg-type]
     held = data.subset(check_rows)
     held_pred = Predictions(pred.name, pred.quality[check_rows], pred.output_tokens[check_rows])
-    picked = choices(held_pred, held, candidates, result.cost_preference)
+    picked = choices(held_pred, held, candidates, result.cost_preference, reference)
     rows = np.arange(len(held))
     if kind == "avg_cost":
         achieved = float(held.cost[rows, picked].mean())

@@ -8,7 +8,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.ranking import vllm_priority as rank_priority
 
 # litellm otherwise fetches its price map from the internet at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -67,8 +69,10 @@ def _stream_chunk(obj: Any) -> dict:
 
 
 class LitellmBackend:
-    def __init__(self, params: dict[str, Any], vllm_priority: bool = False) -> None:
+    def __init__(self, params: dict[str, Any], vllm_priority: bool = False,
+                 rank_horizon_s: float = DEFAULT_HORIZON_S) -> None:
         self.params = {k: v for k, v in params.items() if v is not None}
+        self.rank_horizon_s = rank_horizon_s  # aging of the rank key sent to vLLM as `priority`
         self.provider = str(self.params.get("model", "")).split("/", 1)[0]
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = vllm_priority
@@ -87,7 +91,10 @@ class LitellmBackend:
         kwargs.update(self.params, stream=stream, timeout=ctx.timeout_s, num_retries=0)
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
-        if self.accepts_session and ctx.priority:
+        if self.accepts_session and not ctx.priority and ctx.hints.rank_score is not None:  # aged rank key
+            kwargs["extra_body"] = {**kwargs.get("extra_body", {}),
+                                    "priority": rank_priority(ctx, self.rank_horizon_s)}
+        elif self.accepts_session and ctx.priority:
             kwargs["extra_body"] = {**kwargs.get("extra_body", {}), "priority": int(ctx.priority)}
         return kwargs
 

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.ranking import vllm_priority
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 
@@ -35,8 +37,9 @@ def _connection_error(exc: BaseException, started: bool) -> BackendError:
 class OpenAIHTTPBackend:
     def __init__(self, api_base: str, served_model: str, api_key: str | None = None,
                  accepts_session: bool = False, send_priority: bool = False, connect_timeout_s: float = 10.0,
-                 max_connections: int = 1000) -> None:
+                 max_connections: int = 1000, rank_horizon_s: float = DEFAULT_HORIZON_S) -> None:
         self.api_base = api_base.rstrip("/")
+        self.rank_horizon_s = rank_horizon_s  # aging of the rank key sent to vLLM as `priority`
         self.served_model = served_model
         self.accepts_session = accepts_session
         self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
@@ -80,7 +83,9 @@ class OpenAIHTTPBackend:
                 out["rank_score"] = ctx.hints.rank_score
             if ctx.hints.program_start is not None:
                 out["program_start"] = ctx.hints.program_start
-        if self.send_priority and ctx.priority:
+        if self.send_priority and not self.accepts_session and not ctx.priority and ctx.hints.rank_score is not None:
+            out["priority"] = vllm_priority(ctx, self.rank_horizon_s)  # the aged rank key (gateway/ranking.py)
+        elif self.send_priority and ctx.priority:
             out["priority"] = ctx.priority if self.accepts_session else int(ctx.priority)
         return out
 

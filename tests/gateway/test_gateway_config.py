@@ -38,6 +38,11 @@ def broken(tmp_path: Path, where: str) -> dict:
         raw["server"] = {"port": "eighty"}
     elif where == "group-name-clash":
         raw["route_groups"][0]["name"] = "a"
+    elif where == "router-model-clash":
+        for entry in raw["model_list"]:
+            entry["model_info"]["router_model"] = "gpt-4-1106-preview"
+    elif where == "explore":
+        raw["route_groups"][0]["explore_epsilon"] = 1.5
     return raw
 
 
@@ -51,6 +56,8 @@ CASES = [
     ("unknown-section", ["storag"]),
     ("port", ["server.port"]),
     ("group-name-clash", ["route_groups.0.name", "'a'"]),
+    ("router-model-clash", ["route_groups.0.models", "router_model"]),
+    ("explore", ["route_groups.0.explore_epsilon"]),
 ]
 
 

@@ -37,6 +37,9 @@ def embedded_config(root: Path) -> dict:
         if "model_dir" in params:
             params["model_dir"] = str(root / "models" / entry["model_name"])
     raw["storage"] |= {"url": f"sqlite:///{root / 'pitstop.db'}", "spool_path": str(root / "spool.jsonl")}
+    for group in raw["route_groups"]:  # no background training here: tests/gateway/test_gateway_learned_routing.py
+        group["router_artifact"] = str(root / "routers" / f"{group['name']}.joblib")
+        group.pop("train_data", None)
     return raw
 
 

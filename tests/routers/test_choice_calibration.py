@@ -9,7 +9,7 @@ import pytest
 
 from routers.base import Candidate, QualityEstimate
 from routers.calibration import calibrate_estimates
-from routers.choice import choose
+from routers.choice import choose, typical_cost
 from routers.data.table import long_table, to_wide
 from routers.evaluate import Predictions, evaluate_two
 from routers.exploration import explore
@@ -67,3 +67,21 @@ def test_two_model_harness_matches_hand_computed_apgr() -> None:
     assert [p["quality"] for p in router["points"]] == pytest.approx([0.25, 0.5, 0.75, 0.75, 0.75])
     assert router["apgr"] == pytest.approx(0.25 * (0.25 + 0.75 + 1 + 1))
     assert router["cpt50"] == pytest.approx(0.25)
+
+
+def test_a_fixed_reference_cost_trades_quality_for_dollars_at_one_rate() -> None:
+    """Two requests, the same quality gain from the costly model; only the long request is costly enough
+    to go cheap. Per-request normalisation treats both alike; the fixed reference does not."""
+    candidates = [Candidate("big", input_cost_per_token=1e-5), Candidate("small", input_cost_per_token=1e-6)]
+    quality = {"big": 0.9, "small": 0.8}
+    short, long = 100, 10_000
+    # per request: cost term = 0.5 x (c / c_big) -> big 0.5, small 0.05 for both lengths: small wins both.
+    for tokens in (short, long):
+        assert choose(QualityEstimate(quality), candidates, tokens, 0.5, "r", "1").model == "small"
+    # fixed reference: the big model on a 1,000-token request costs 0.01 $; lambda 0.5.
+    reference = typical_cost(candidates, 1000, {})
+    assert reference == pytest.approx(1e-5 * 1000 + 0.0)  # no output price, so answer length does not matter
+    fixed = QualityEstimate(quality, reference_cost_usd=reference)
+    # short: big costs 0.001 $ -> 0.9 - 0.05 = 0.85 > small 0.8 - 0.005; long: big 0.9 - 5 < small 0.8 - 0.5.
+    assert choose(fixed, candidates, short, 0.5, "r", "1").model == "big"
+    assert choose(fixed, candidates, long, 0.5, "r", "1").model == "small"

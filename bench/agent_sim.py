@@ -1,0 +1,250 @@
+"""One agent workload through one simulated engine under one pinning policy.
+
+The engine, scheduler, block manager and pins are the real ones (engine/simulate.py); the Pitstop
+policy is the gateway's own code: agent_sessions' TTLPolicy and ToolDurationEstimator choose each
+TTL, the engine pins provisionally at the turn's finish and the decision then extends or releases
+the pin, as gateway/sessions.py does; returning turns carry their program's start for the
+program-first scheduler. The estimator learns online, seeing each tool gap only once the program's
+next turn has arrived (virtual time), as the gateway does."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from agent_sessions.config import SessionsConfig
+from agent_sessions.durations import ToolDurationEstimator
+from agent_sessions.ttl_policy import EngineCosts, TTLPolicy, TurnEnd, memory_pressure
+from bench.agent_workload import Program, token_ids
+from engine.batch import StepShape
+from engine.hints import SchedulingHints
+from engine.llm_engine import LLMEngine
+from engine.policy import make_policy
+from engine.roofline import RooflineStepTime
+from engine.sampling_params import SamplingParams
+from engine.simulate import Arrival, RequestResult, make_sim_engine, simulate
+
+UNLIMITED_TTL_S = 1e7  # "until the next turn": longer than any run
+
+
+@dataclass(frozen=True)
+class PinPolicy:
+    name: str
+    scheduler: str  # engine waiting-queue policy
+    pins: str  # "none", "unlimited", "fixed", "pitstop"
+    fixed_ttl_s: float = 0.0
+    pin_budget_fraction: float = 0.5
+    # Admit waiting work only when its whole prompt fits (EngineConfig.admit_whole_prompt); False: on
+    # its first chunk, as vLLM does, so long re-prefills grow into preemptions.
+    admit_whole_prompt: bool = True
+
+
+POLICIES = [
+    PinPolicy("no-pinning", "fcfs", "none"),  # LRU prefix cache, FCFS
+    PinPolicy("unlimited-pin", "fcfs", "unlimited", pin_budget_fraction=1.0),  # pin until the next turn
+    PinPolicy("fixed-2s", "program-fcfs", "fixed", 2.0, pin_budget_fraction=1.0),  # Continuum's released rule
+    PinPolicy("pitstop", "program-fcfs", "pitstop"),  # learned TTL + budget + program-first
+    PinPolicy("program-fcfs-only", "program-fcfs", "none"),  # diagnostic: ordering without pins
+    PinPolicy("no-pinning-chunk-admission", "fcfs", "none", admit_whole_prompt=False),  # vLLM-like engine
+]
+
+
+def prefill_tokens_per_s(model: RooflineStepTime, chunk: int) -> float:
+    """How fast a short lost context is recomputed: chunk-sized prefill steps."""
+    return chunk / model.predict(StepShape(chunk, 1, 0, chunk, chunk * chunk // 2))
+
+
+def attention_knee_tokens(model: RooflineStepTime) -> float:
+    """Context where a prefill's attention costs its matmuls (2 x per-token / per-pair seconds)."""
+    return 2 * model._s_per_token / model._s_per_pair
+
+
+@dataclass
+class ChatRequest:
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+def make_chat(rate_per_s: float, duration_s: float, seed: int = 1) -> list[ChatRequest]:
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    while rate_per_s > 0:
+        t += rng.expovariate(rate_per_s)
+        if t > duration_s:
+            break
+        out.append(ChatRequest(t, int(min(8000, rng.lognormvariate(math.log(1000), 0.8))),
+                               int(min(1000, rng.lognormvariate(math.log(200), 0.7)))))
+    return out
+
+
+@dataclass
+class _Run:
+    programs: dict[str, Program]
+    finish: dict[str, float] = field(default_factory=dict)
+    pending: list[tuple[float, str, float]] = field(default_factory=list)  # (arrival, tool, gap) not yet seen
+    pinned_area: float = 0.0  # pinned blocks x seconds
+    last_sample: float = 0.0
+    decisions: list[float] = field(default_factory=list)
+
+
+class AgentDriver:
+    def __init__(self, engine: LLMEngine, policy: PinPolicy, programs: list[Program], prefill_rate: float,
+                 config: SessionsConfig) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.run = _Run({p.program_id: p for p in programs})
+        runner = engine.runner
+        self.vocab = getattr(runner, "vocab_size", None) or runner.config.vocab_size  # type: ignore[attr-defined]
+        self.config = config
+        self.ttl_policy = TTLPolicy(ToolDurationEstimator(), max_ttl_s=config.max_ttl_s,
+                                    memory_cost_weight=config.memory_cost_weight)
+        self.idle_prefill_rate = prefill_rate
+        self.attention_knee = config.attention_knee_tokens
+        self.chunk = engine.config.long_prefill_token_threshold
+        self._step_mark = (0.0, 0)  # (time, steps) at the last decision
+        self._step_s = 0.0  # recent seconds per engine step (EWMA): a loaded engine re-prefills slower
+        self.capacity_tokens = engine.config.num_blocks * engine.config.block_size
+
+    def _pin_ttl(self, last_turn: bool) -> float | None:
+        pins = self.policy.pins
+        if pins == "none" or last_turn:
+            return None
+        if pins == "unlimited":
+            return UNLIMITED_TTL_S
+        if pins == "fixed":
+            return self.policy.fixed_ttl_s
+        return self.config.provisional_ttl_s
+
+    def arrival(self, program: Program, turn: int, at: float, prompt: list[int]) -> Arrival:
+        spec = program.template.turns[turn]
+        last = turn == len(program.template.turns) - 1
+        hints = SchedulingHints(program_start=program.arrival_s if turn > 0 else None)
+        return Arrival(at, prompt, SamplingParams(max_tokens=spec.output_tokens, ignore_eos=True),
+                       f"{program.program_id}:{turn}", session_id=program.program_id,
+                       pin_ttl_s=self._pin_ttl(last), hints=hints)
+
+    def first_arrival(self, program: Program) -> Arrival:
+        spec = program.template.turns[0]
+        return self.arrival(program, 0, program.arrival_s,
+                            token_ids(program.token_base, spec.new_prompt_tokens, self.vocab))
+
+    def _prefill_rate(self, now: float) -> float:
+        """Re-prefill speed as the engine runs now: one chunk per step at the recent step time."""
+        last_time, last_steps = self._step_mark
+        steps = self.engine.num_steps - last_steps
+        if steps > 0 and now > last_time:
+            step_s = (now - last_time) / steps
+            self._step_s = step_s if self._step_s == 0 else 0.8 * self._step_s + 0.2 * step_s
+            self._step_mark = (now, self.engine.num_steps)
+        return min(self.idle_prefill_rate, self.chunk / self._step_s) if self._step_s else self.idle_prefill_rate
+
+    def _sample_pins(self, now: float) -> None:
+        run = self.run
+        run.pinned_area += self.engine.block_manager.pins.num_pinned_blocks * (now - run.last_sample)
+        run.last_sample = now
+
+    def on_finish(self, result: RequestResult, tokens: list[int]) -> list[Arrival]:
+        now = self.engine.clock.now()
+        self._sample_pins(now)
+        if ":" not in result.request_id:
+            return []  # background chat
+        program_id, turn_text = result.request_id.split(":")
+        program, turn = self.run.programs[program_id], int(turn_text)
+        turns = program.template.turns
+        if turn == len(turns) - 1:
+            self.run.finish[program_id] = now
+            self.engine.unpin_session(program_id)
+            return []
+        if self.policy.pins == "pitstop":
+            self._decide(program, turn, len(tokens), now)
+        gap = program.tool_times_s[turn]
+        heapq.heappush(self.run.pending, (now + gap, turns[turn].tool or "", gap))
+        spec = turns[turn + 1]
+        new = token_ids(program.token_base, spec.new_prompt_tokens, self.vocab, offset=len(tokens) * 13 + turn)
+        return [self.arrival(program, turn + 1, now + gap, tokens + new)]
+
+    def _decide(self, program: Program, turn: int, context_tokens: int, now: float) -> None:
+        estimator = self.ttl_policy.estimator
+        while self.run.pending and self.run.pending[0][0] <= now:  # gaps the gateway has seen by now
+            _, tool, gap = heapq.heappop(self.run.pending)
+            estimator.observe([tool], gap)
+        blocks = self.engine.block_manager
+        used = (blocks.num_blocks - blocks.num_free_blocks) / blocks.num_blocks
+        costs = EngineCosts(self._prefill_rate(now), self.capacity_tokens,
+                            memory_pressure(used, self.config.memory_pressure_floor),
+                            attention_knee_tokens=self.attention_knee)
+        tool = program.template.turns[turn].tool
+        decision = self.ttl_policy.choose(TurnEnd(context_tokens, turn + 1, turn, [tool] if tool else [],
+                                                  tool_calls_seen=tool is not None), costs)
+        self.run.decisions.append(decision.ttl_s)
+        if decision.ttl_s > 0:
+            self.engine.extend_session_pin(program.program_id, decision.ttl_s)
+        else:
+            self.engine.unpin_session(program.program_id)
+
+
+def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatRequest], model: RooflineStepTime,
+               num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None) -> dict:
+    engine = make_sim_engine(model, num_blocks=num_blocks, policy=make_policy(policy.scheduler),
+                             pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
+                             pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt)
+    rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)
+    kv_block_bytes = model.model.kv_bytes_per_token * engine.config.block_size
+    config = config or SessionsConfig(attention_knee_tokens=attention_knee_tokens(model))
+    return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config)
+
+
+def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program], chat: list[ChatRequest],
+                  prefill_rate: float, kv_block_bytes: int, config: SessionsConfig | None = None) -> dict:
+    """The workload through `engine` (on a VirtualClock, or a subclass keeping CPU time for a real
+    runner): the simulated runner, or the torch runner at small scale."""
+    config = config or SessionsConfig()
+    driver = AgentDriver(engine, policy, programs, prefill_rate, config)
+    vocab = driver.vocab
+    firsts = [(p.arrival_s, driver.first_arrival(p)) for p in programs]
+    chats = [(c.arrival_s, Arrival(c.arrival_s, token_ids(10**9 + i * 7_000_003, c.prompt_tokens, vocab),
+                                   SamplingParams(max_tokens=c.output_tokens, ignore_eos=True), f"chat{i}"))
+             for i, c in enumerate(chat)]
+    arrivals = [a for _, a in sorted(firsts + chats, key=lambda x: x[0])]
+    started = time.perf_counter()
+    results = simulate(engine, arrivals, driver.on_finish)
+    wall = time.perf_counter() - started
+    return summarize(policy, driver, engine, programs, results, kv_block_bytes, wall)
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summarize(policy: PinPolicy, driver: AgentDriver, engine: LLMEngine, programs: list[Program],
+              results: list[RequestResult], kv_block_bytes: int, wall_s: float) -> dict:
+    run = driver.run
+    rejected = [r for r in results if r.finish_reason == "rejected"]
+    assert not rejected, f"{len(rejected)} requests were rejected, e.g. {rejected[0].error}"
+    jct = [run.finish[p.program_id] - p.arrival_s for p in programs]
+    chat = [r.latency for r in results if ":" not in r.request_id and r.latency is not None]
+    end = max(r.finish_time or 0.0 for r in results)
+    start = min(p.arrival_s for p in programs)
+    stats = engine.stats()
+    return {
+        "policy": policy.name, "scheduler": policy.scheduler, "pins": policy.pins,
+        "pin_budget_fraction": policy.pin_budget_fraction,
+        "programs": len(programs), "jct_avg_s": statistics.fmean(jct), "jct_p90_s": _p(jct, 0.9),
+        "jct_p50_s": _p(jct, 0.5), "programs_per_min": 60 * len(programs) / (end - start),
+        "chat_requests": len(chat), "chat_latency_avg_s": statistics.fmean(chat) if chat else None,
+        "chat_latency_p90_s": _p(chat, 0.9) if chat else None,
+        "output_tokens_per_s": stats.generation_tokens / (end - start),
+        "prefix_hit_tokens": stats.blocks.prefix_hit_tokens, "prefill_tokens_computed": stats.prefill_tokens,
+        "pin_hit_tokens": stats.pins.hit_tokens,
+        "pinned_gib_avg": run.pinned_area / max(1e-9, run.last_sample) * kv_block_bytes / 2**30,
+        "pin_events": {"set": stats.pins.set, "expired": stats.pins.expired, "evicted": stats.pins.evicted},
+        "ttl_median_s": _p(run.decisions, 0.5) if run.decisions else None,
+        "ttl_zero_share": (sum(1 for d in run.decisions if d == 0) / len(run.decisions)) if run.decisions else None,
+        "preemptions": stats.num_preemptions, "simulated_s": end, "wall_s": round(wall_s, 2),
+    }

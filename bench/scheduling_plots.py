@@ -1,0 +1,71 @@
+"""Plots for bench/scheduling.py: latency vs load per workload, and the aging horizon's trade-off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+POLICY_STYLE = {"fcfs": "k-o", "rank": "C0-o", "rank-no-aging": "C0--x", "oracle": "C2:s"}
+
+
+def plot_all(report: dict, out: Path) -> list[Path]:
+    paths = []
+    for sim in report["simulated"]:
+        paths.append(_latency_vs_load(sim, out / f"scheduling_{sim['workload']}.png"))
+        paths.append(_horizon_sweep(sim, out / f"scheduling_{sim['workload']}_horizon.png"))
+    if "torch_cpu" in report:
+        paths.append(_torch(report["torch_cpu"], out / "scheduling_torch_cpu.png"))
+    return paths
+
+
+def _latency_vs_load(sim: dict, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rates = [r["rate"] for r in sim["by_rate"]]
+    for ax, key, title in zip(axes, ("mean_s", "p90_s", "ttft_mean_s"), ("mean e2e latency", "p90 e2e latency",
+                                                                           "mean TTFT"), strict=True):
+        for name, style in POLICY_STYLE.items():
+            ax.plot(rates, [r["policies"][name][key] for r in sim["by_rate"]], style, label=name, ms=4)
+        ax.set_xlabel("mean arrival rate (req/s)")
+        ax.set_ylabel("seconds")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{sim['workload']}: Llama-3.1-8B / H100 (simulated), Azure conversation arrivals", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _horizon_sweep(sim: dict, path: Path) -> Path:
+    runs = sim["horizon_sweep"]["runs"]
+    labels = ["inf" if r["horizon_s"] >= 1e8 else f"{r['horizon_s']:g}" for r in runs]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(labels, [r["mean_s"] for r in runs], "C0-o", label="mean")
+    ax.plot(labels, [r["p99_s"] for r in runs], "C3-o", label="p99")
+    ax.set_xlabel("aging horizon (s): 0 = FCFS, inf = no aging")
+    ax.set_ylabel("e2e latency (s)")
+    ax.set_title(f"{sim['workload']} at {sim['horizon_sweep']['rate']} req/s", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _torch(part: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    loads = [r["load"] for r in part["by_load"]]
+    for name in ("fcfs", "rank", "oracle"):
+        ax.plot(loads, [r["policies"][name]["mean_s"] for r in part["by_load"]], POLICY_STYLE[name], label=name)
+    ax.set_xlabel("offered load (fraction of measured capacity)")
+    ax.set_ylabel("mean e2e latency (CPU-clock s)")
+    ax.set_title("tiny model on the torch runner (CPU)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,95 @@
+"""The scheduling benchmark at small scale on the real torch runner (a tiny random Llama on CPU).
+
+Same workload shape as the simulated part (bench/scheduling_workload.py) with answers shortened
+(real length / 4, at most 256 tokens) and prompts cut to 128 tokens, so a run takes a minute or
+two. The engine runs on the CPU clock of its one torch thread (bench.common.CpuClock): on a shared
+machine that is what a dedicated core would show. Arrivals are replayed on that clock."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import CpuClock
+from bench.scheduling_workload import LengthRequest, OracleRemainingPolicy
+from engine.config import EngineConfig
+from engine.hints import SchedulingHints
+from engine.llm_engine import LLMEngine
+from engine.policy import FCFSPolicy, SchedulingPolicy
+from engine.rank_policy import RankPolicy
+from engine.sampling_params import SamplingParams
+from engine.tiny_model import make_tiny_model
+from engine.torch_runner import TorchModelRunner
+
+BLOCK_SIZE = 16
+MAX_PROMPT, MAX_OUTPUT, SHORTEN = 128, 256, 4
+
+
+@dataclass(frozen=True)
+class TorchRequest:
+    arrival_s: float
+    prompt: list[int]
+    output_tokens: int
+    rank_score: float
+
+
+def torch_workload(times: np.ndarray, pools: list[list[LengthRequest]], requests: int, seed: int = 0
+                   ) -> list[TorchRequest]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(requests):
+        pool = pools[int(rng.integers(0, len(pools)))]
+        req = pool[int(rng.integers(0, len(pool)))]
+        prompt = [1 + (i % 200), *[int(x) for x in rng.integers(1, 250, min(req.prompt_tokens, MAX_PROMPT) - 1)]]
+        out.append(TorchRequest(float(times[i] - times[0]), prompt,
+                                max(1, min(req.output_tokens // SHORTEN, MAX_OUTPUT)), req.rank_score))
+    return out
+
+
+class TinyEngineFactory:
+    def __init__(self, max_num_seqs: int = 8) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.model_dir = make_tiny_model(Path(self._tmp.name) / "tiny", layers=2, hidden=64)
+        self.config = EngineConfig(block_size=BLOCK_SIZE, num_blocks=max_num_seqs * 26 + 64,
+                                   max_model_len=MAX_PROMPT + MAX_OUTPUT + 1, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=512, long_prefill_token_threshold=MAX_PROMPT,
+                                   enable_prefix_caching=False)
+        self.runner = TorchModelRunner(self.model_dir, self.config.num_blocks, BLOCK_SIZE, device="cpu",
+                                       dtype=torch.float32)
+
+    def engine(self, policy: SchedulingPolicy) -> tuple[LLMEngine, CpuClock]:
+        clock = CpuClock()
+        return LLMEngine(self.config, self.runner, clock, policy), clock
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def replay(factory: TinyEngineFactory, policy: SchedulingPolicy, workload: list[TorchRequest], scale: float
+           ) -> dict[str, list[float]]:
+    """Arrivals at `arrival_s / scale` on the engine's CPU clock; returns per-request latency and TTFT."""
+    engine, clock = factory.engine(policy)
+    start = clock.now()
+    seqs, i = [], 0
+    while i < len(workload) or engine.has_unfinished():
+        now = clock.now() - start
+        while i < len(workload) and workload[i].arrival_s / scale <= now:
+            req = workload[i]
+            params = SamplingParams(temperature=0.0, max_tokens=req.output_tokens, ignore_eos=True)
+            seqs.append(engine.add_request(f"r{i}", req.prompt, params, arrival_time=start + req.arrival_s / scale,
+                                           hints=SchedulingHints(rank_score=req.rank_score)))
+            i += 1
+        if engine.has_unfinished():
+            engine.step()
+        elif i < len(workload):
+            clock.advance_to(start + workload[i].arrival_s / scale)
+    return {"latency": [s.finish_time - s.arrival_time for s in seqs],
+            "ttft": [s.first_token_time - s.arrival_time for s in seqs]}
+
+
+def torch_policies(horizon_s: float) -> dict[str, SchedulingPolicy]:
+    return {"fcfs": FCFSPolicy(), "rank": RankPolicy(horizon_s), "oracle": OracleRemainingPolicy()}

@@ -1,0 +1,92 @@
+"""The scheduling benchmark's workload: real arrivals, real prompts, real answer lengths, real ranks.
+
+Arrival times are the Azure 2023 conversation trace's, rescaled to a target mean rate. Each arrival
+draws (seed-fixed, the same draw for every policy) one AlpacaEval prompt held out from the ranker's
+training (rankers/split.py) with the real length of one model's answer to it; its rank score is the
+trained ranker's for that prompt and model. Prompt token ids are distinct per arrival (no false
+prefix-cache hits)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import DATA
+from engine.hints import SchedulingHints
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+from engine.simulate import Arrival
+
+TRACE = DATA / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+@dataclass(frozen=True)
+class LengthRequest:
+    prompt_tokens: int
+    output_tokens: int
+    rank_score: float
+
+
+WORKLOADS = {
+    # One 8B chat model's answers to open-ended instructions (narrow length spread: CV 0.55).
+    "alpaca-llama3-8b": (("alpaca_eval",), "meta-llama-3-8b-instruct"),
+    # One model (Mixtral-8x7B) serving chat, grade-school maths and multiple-choice/code tasks, a
+    # third of the traffic each: the spread of lengths a shared deployment sees.
+    "mixed-mixtral": (("alpaca_eval", "gsm8k", "routerbench"), "mixtral-8x7b-instruct"),
+}
+
+
+def held_out_requests(workload: str, ranker_path: Path | None = None) -> list[list[LengthRequest]]:
+    """Per source, the held-out prompts with the workload model's real answer lengths and ranks."""
+    from rankers.artifact import DEFAULT_ARTIFACT, load_ranker  # noqa: PLC0415
+    from rankers.data import load_lengths  # noqa: PLC0415
+    from rankers.split import split_by_prompt  # noqa: PLC0415
+    from routers.tokens import count_tokens  # noqa: PLC0415
+
+    sources, model = WORKLOADS[workload]
+    ranker = load_ranker(ranker_path or DEFAULT_ARTIFACT)
+    pools = []
+    for source in sources:
+        _, test = split_by_prompt(load_lengths(source))
+        test = test.with_models({model})
+        scores = ranker.score_batch(list(test.prompts), list(test.models))
+        prompt_tokens = count_tokens(list(test.prompts))
+        pools.append([LengthRequest(max(p, 2), max(int(o), 1), float(s))
+                      for p, o, s in zip(prompt_tokens, test.output_tokens, scores, strict=True)])
+    return pools
+
+
+def trace_times(limit: int) -> np.ndarray:
+    from bench.sim_speed import read_trace  # noqa: PLC0415
+
+    return np.array([t for t, _, _ in read_trace(TRACE, limit)])
+
+
+def arrivals(times: np.ndarray, pools: list[list[LengthRequest]], rate: float, seed: int = 0,
+             max_output: int | None = None) -> Iterator[Arrival]:
+    """`times` rescaled to `rate` requests per second on average; each arrival picks a source
+    uniformly, then a prompt of it."""
+    scale = (len(times) - 1) / (times[-1] - times[0]) / rate
+    rng = np.random.default_rng(seed)
+    sources = rng.integers(0, len(pools), len(times))
+    picks = rng.random(len(times))
+    for i, (t, source, pick) in enumerate(zip(times, sources, picks, strict=True)):
+        pool = pools[source]
+        req = pool[int(pick * len(pool))]
+        out = req.output_tokens if max_output is None else min(req.output_tokens, max_output)
+        prompt = [1 + i // 30_000, 1 + i % 30_000, *range(40_000, 40_000 + req.prompt_tokens - 2)]
+        yield Arrival(float((t - times[0]) * scale), prompt, SamplingParams(max_tokens=out, ignore_eos=True),
+                      hints=SchedulingHints(rank_score=req.rank_score))
+
+
+class OracleRemainingPolicy:
+    """The bound: true lengths known, shortest remaining answer first (re-keyed when a preempted
+    request waits again). Benchmark only: no real request knows its length."""
+
+    name = "oracle"
+
+    def sort_key(self, seq: Sequence) -> tuple[float, ...]:
+        return (seq.priority, float(seq.params.max_tokens - seq.num_output_tokens), seq.arrival_time)

@@ -1,0 +1,81 @@
+"""Rank each request's expected answer length for the model the router chose (rankers/).
+
+Loaded once at start from the configured artifact (default: the committed one, which needs no
+encoder table); a missing or broken artifact is logged and ranking is off, never a crash. The score
+goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
+the outcome row. A deployment is ranked as the model its `model_info.router_model` names (the
+training data's name), else as its model_name; a model the ranker never saw is ranked by the
+prompt alone.
+
+vLLM orders waiting requests by (priority, arrival) with an integer priority and no aging. Sent as
+`priority`, the aged key itself (wall-clock deciseconds + horizon x score) keeps both the
+shortest-first order and the starvation bound of engine/rank_policy.py on a vLLM server. A request
+with a client-given priority keeps sending that priority unchanged (the existing contract); it then
+goes ahead of every ranked request on that server, whose keys are large numbers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.backends.base import CallContext
+from rankers.config import RankingConfig
+from rankers.names import canonical_model
+
+if TYPE_CHECKING:  # the request path imports the model code only when a ranker is loaded
+    from gateway.outcomes import OutcomeDraft
+    from rankers.base import Ranker
+
+log = logging.getLogger("pitstop.ranking")
+PRIORITY_TICKS_PER_S = 10
+PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1.8e10 ticks today)
+
+
+class RequestRanker:
+    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str]) -> None:
+        self.ranker = ranker
+        self.ranker_model = ranker_model  # deployment model_name -> the name the ranker knows
+
+    @classmethod
+    def load(cls, config: RankingConfig, ranker_model: dict[str, str], base_dir: Path = Path(".")
+             ) -> RequestRanker:
+        if not config.enabled:
+            return cls(None, ranker_model)
+        from rankers.artifact import DEFAULT_ARTIFACT, load_ranker  # noqa: PLC0415
+
+        path = DEFAULT_ARTIFACT if config.artifact is None else base_dir / config.artifact
+        try:
+            ranker = load_ranker(path)
+        except (OSError, ValueError, EOFError, ImportError, AttributeError) as error:
+            log.warning("ranker artifact %s not loaded (%s): requests go unranked", path, error)
+            return cls(None, ranker_model)
+        log.info("ranker %s v%s loaded from %s", ranker.family, ranker.version, path)
+        return cls(ranker, ranker_model)
+
+    def score(self, prompt: str, model_name: str) -> float | None:
+        if self.ranker is None or not prompt:
+            return None
+        model = canonical_model(self.ranker_model.get(model_name, model_name))
+        try:
+            return round(self.ranker.score(prompt, model), 6)
+        except Exception:  # a ranking hiccup must not fail the request: it goes unranked
+            log.exception("ranking failed for model %s", model_name)
+            return None
+
+    def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft) -> CallContext:
+        score = self.score(prompt, model_name)
+        if score is None:
+            return ctx
+        draft.extra["rank_score"] = score
+        return replace(ctx, hints=replace(ctx.hints, rank_score=score))
+
+
+def vllm_priority(ctx: CallContext, horizon_s: float, now: float | None = None) -> int:
+    """The aged rank key as vLLM's integer priority (lower first)."""
+    now = time.time() if now is None else now
+    score = 0.5 if ctx.hints.rank_score is None else min(max(ctx.hints.rank_score, 0.0), 1.0)
+    aged = round((now + horizon_s * score) * PRIORITY_TICKS_PER_S)
+    return int(ctx.priority) * PRIORITY_CLASS + aged

@@ -1,0 +1,29 @@
+"""The gateway's `ranking:` section (validated with the rest of the config file)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.rank_policy import DEFAULT_HORIZON_S
+
+
+class RankingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Ranker artifact; default: the committed rankers/artifacts/default.joblib. A missing or bad file
+    # is logged and requests go unranked (they then count as the median in every queue).
+    artifact: str | None = None
+    # Order of each deployment's admission queue (model_info.max_concurrency): an engine policy name.
+    admission_policy: str = "rank"
+    # Aging for vLLM's integer `priority` (see gateway/ranking.py); the engines' own policy has its own.
+    horizon_s: float = Field(default=DEFAULT_HORIZON_S, ge=0)
+
+    @field_validator("admission_policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        from engine.policy import POLICIES  # noqa: PLC0415
+
+        if name not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {name!r}; known: {sorted(POLICIES)}")
+        return name

@@ -1,0 +1,52 @@
+"""Affinity rule and request identity: which instance, which session, which turn."""
+
+from __future__ import annotations
+
+from agent_sessions.affinity import AffinityRule, InstanceLoad
+from agent_sessions.identity import agent_of, session_id_of, turn_shape
+
+RULE = AffinityRule(overload_slack=8, overload_ratio=3.0)
+
+
+def loads(**outstanding: int) -> list[InstanceLoad]:
+    return [InstanceLoad(name, True, n) for name, n in outstanding.items()]
+
+
+def test_stays_home_unless_down_or_far_more_loaded() -> None:
+    assert RULE.choose(None, loads(a=0, b=0)).reason == "new"
+    assert RULE.choose("a", loads(a=5, b=0)).prefer == "a"  # a small lead: keep the KV
+    assert RULE.choose("a", loads(a=9, b=0)).reason == "home_overloaded"
+    assert RULE.choose("a", loads(a=20, b=10)).prefer == "a"  # busier, but not 3x
+    assert RULE.choose("a", loads(a=31, b=10)).prefer is None
+    down = [InstanceLoad("a", False, 0), InstanceLoad("b", True, 3)]
+    assert RULE.choose("a", down).reason == "home_down"
+    assert RULE.choose("gone", loads(b=0)).reason == "home_down"
+    assert RULE.choose("a", loads(a=50)).prefer == "a"  # nowhere else to go
+
+
+def test_session_id_fallbacks() -> None:
+    assert session_id_of("s", {"user": "u"}) == "s"
+    assert session_id_of(None, {"user": "u"}) == "user:u"
+    assert session_id_of(None, {"user": ""}) is None and session_id_of(None, {}) is None
+    assert agent_of({"metadata": {"agent": "swe"}}) == "swe" and agent_of({"metadata": "x"}) is None
+
+
+def call(name: str, i: int = 0) -> dict:
+    return {"id": f"c{i}", "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def test_turn_shape_reads_tool_results_sent_back() -> None:
+    first = {"messages": [{"role": "user", "content": "fix it"}], "tools": [{"type": "function"}]}
+    shape = turn_shape(first)
+    assert not shape.returning and shape.declares_tools
+    back = {"messages": [{"role": "user", "content": "fix it"},
+                         {"role": "assistant", "content": None, "tool_calls": [call("bash"), call("view", 1)]},
+                         {"role": "tool", "tool_call_id": "c0", "content": "ok"},
+                         {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}
+    shape = turn_shape(back)
+    assert shape.returning and shape.tools_answered == ["bash", "view"] and not shape.declares_tools
+    human = {"messages": back["messages"] + [{"role": "assistant", "content": "done"}, {"role": "user", "content": "thanks"}]}
+    assert not turn_shape(human).returning
+    orphan = {"messages": [{"role": "tool", "content": "?"}]}
+    assert not turn_shape(orphan).returning
+    assert not turn_shape({"prompt": "text"}).returning

@@ -1,0 +1,72 @@
+"""The TTL policy: value = P(return) x P(back within T) x benefit - memory cost x T."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_sessions.durations import ToolDurationEstimator
+from agent_sessions.ttl_policy import EngineCosts, TTLPolicy, TurnEnd, memory_pressure
+
+COSTS = EngineCosts(prefill_tokens_per_s=10_000.0, kv_capacity_tokens=500_000, memory_pressure=1.0)
+
+
+def trained(durations: list[float], tool: str = "bash") -> TTLPolicy:
+    est = ToolDurationEstimator()
+    for d in durations:
+        est.observe([tool], d)
+    return TTLPolicy(est, max_ttl_s=120.0)
+
+
+def end(context: int, turns: int = 5, returns: int = 4, tools: tuple[str, ...] = ("bash",),
+        seen: bool = True, declares: bool = True) -> TurnEnd:
+    return TurnEnd(context, turns, returns, list(tools), seen, declares)
+
+
+def test_ttl_just_covers_the_learned_tool_duration() -> None:
+    policy = trained([0.5 + 0.01 * (i % 10) for i in range(300)])
+    decision = policy.choose(end(30_000), COSTS)
+    assert 0.59 <= decision.ttl_s <= 1.0  # past the slowest observed run, not much more
+    assert decision.p_within > 0.95 and decision.value_s > 0
+
+
+def test_zero_when_not_worth_it() -> None:
+    policy = trained([0.5] * 100)
+    assert policy.choose(end(50), COSTS).ttl_s == 0  # nothing to re-prefill
+    chat = end(30_000, turns=1, returns=0, tools=(), seen=False, declares=False)
+    assert policy.choose(chat, COSTS).ttl_s == 0  # a chat turn that offered no tools
+    slow = trained([300.0] * 200)  # the program is always away far longer than any useful TTL
+    assert slow.choose(end(30_000), COSTS).ttl_s == 0
+
+
+def test_longer_contexts_earn_longer_pins() -> None:
+    policy = trained([0.5 * 1.1**i for i in range(40)])  # 0.5 s .. 20 s, a spread of tool times
+    contended = EngineCosts(10_000.0, 100_000, memory_pressure=1.0)
+    short, long = (policy.choose(end(c), contended).ttl_s for c in (5_000, 60_000))
+    assert 0 < short < long
+
+
+def test_programs_that_keep_coming_back_earn_longer_pins() -> None:
+    policy = trained([0.5 * 1.1**i for i in range(40)])
+    fresh = end(20_000, turns=1, returns=0, seen=False)
+    veteran = end(20_000, turns=20, returns=19, seen=False)
+    assert policy.p_return(fresh) < policy.p_return(veteran)
+    assert policy.choose(fresh, COSTS).ttl_s <= policy.choose(veteran, COSTS).ttl_s
+    assert policy.choose(veteran, COSTS).ttl_s > 0
+
+
+def test_memory_pressure_shortens_pins() -> None:
+    policy = trained([0.5 * 1.1**i for i in range(40)])
+    relaxed = EngineCosts(10_000.0, 500_000, memory_pressure=0.05)
+    tight = EngineCosts(10_000.0, 100_000, memory_pressure=1.0)
+    assert policy.choose(end(40_000), tight).ttl_s < policy.choose(end(40_000), relaxed).ttl_s
+
+
+def test_never_longer_than_the_maximum() -> None:
+    policy = trained([100.0] * 50)
+    policy.max_ttl_s = 5.0
+    assert policy.choose(end(400_000), EngineCosts(1_000.0, 10**9, 0.0)).ttl_s <= 5.0
+
+
+@pytest.mark.parametrize(("used", "floor", "expected"), [(0.1, 0.25, 0.25), (0.8, 0.25, 0.8), (1.5, 0.0, 1.0)])
+def test_memory_pressure(used: float, floor: float, expected: float) -> None:
+    assert memory_pressure(used, floor) == expected

@@ -1,0 +1,132 @@
+"""The admission queue: a deployment's concurrency limit, releases in the ranker's order, over real
+HTTP (gateway on a socket, the fake upstream as its own process, the openai client); the rank score
+reaches Pitstop engines as `rank_score`, vLLM as its integer `priority`, and the outcome row."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.hints import SchedulingHints
+from engine.rank_policy import RankPolicy
+from gateway.admission import AdmissionQueue, Waiting
+from gateway.backends.base import CallContext
+from gateway.ranking import PRIORITY_CLASS, vllm_priority
+from tests.gateway.harness import gateway_config, model_entry, running_gateway, wait_until
+
+PROMPTS = [
+    "Write a detailed, 2000-word essay on the history of the Roman empire, with sections and sources.",
+    "Answer with one word: is water wet?",
+    "Explain step by step how a bill becomes law, with examples.",
+    "What is 2 + 2?",
+]
+
+
+def test_queue_releases_in_policy_order_and_keeps_the_limit():
+    async def scenario() -> list[str]:
+        queue = AdmissionQueue(2, RankPolicy(horizon_s=100.0))
+        served: list[str] = []
+        active, peak = 0, 0
+
+        async def request(name: str, score: float, arrival: float) -> None:
+            nonlocal active, peak
+            async with queue.slot(Waiting(arrival, 0.0, SchedulingHints(rank_score=score))):
+                active += 1
+                peak = max(peak, active)
+                served.append(name)
+                await asyncio.sleep(0.01)
+                active -= 1
+
+        holders = [asyncio.create_task(request(f"hold{i}", 0.5, 0.0)) for i in range(2)]
+        await asyncio.sleep(0)  # both take the two slots
+        waiters = [asyncio.create_task(request(n, s, 1.0)) for n, s in (("long", 0.9), ("short", 0.1), ("mid", 0.5))]
+        doomed = asyncio.create_task(request("cancelled", 0.0, 1.0))
+        await asyncio.sleep(0)
+        assert queue.waiting == 4
+        doomed.cancel()  # a client that leaves gives its place up, and no slot is lost
+        await asyncio.gather(*holders, *waiters)
+        assert peak == 2 and queue.active == 0 and queue.waiting == 0
+        return served
+
+    assert asyncio.run(scenario()) == ["hold0", "hold1", "short", "mid", "long"]
+
+
+def test_no_limit_means_no_queue():
+    async def scenario() -> None:
+        queue = AdmissionQueue(None, RankPolicy())
+        async with queue.slot(Waiting(0.0)), queue.slot(Waiting(0.0)):
+            assert queue.active == 0 and queue.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_vllm_priority_is_the_aged_rank_key():
+    now = 1_700_000_000.0
+    short = CallContext("a", hints=SchedulingHints(rank_score=0.1))
+    long = CallContext("b", hints=SchedulingHints(rank_score=0.9))
+    assert vllm_priority(short, 30.0, now) < vllm_priority(long, 30.0, now)
+    # 30 s later a short request no longer passes the long one that waited (the starvation bound).
+    assert vllm_priority(long, 30.0, now) < vllm_priority(short, 30.0, now + 30.0)
+    urgent = CallContext("c", priority=-1, hints=SchedulingHints(rank_score=1.0))
+    assert vllm_priority(urgent, 30.0, now) < 0 < vllm_priority(short, 30.0, now) < PRIORITY_CLASS
+
+
+def _entry(upstream_url: str, provider: str, **info: object) -> dict:
+    entry = model_entry("m", upstream_url, provider=provider, transport="direct")
+    entry["model_info"].update(info)
+    return entry
+
+
+def test_gateway_queue_over_http_releases_in_rank_order(tmp_path: Path, upstreams):
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine", max_concurrency=1)])
+    with running_gateway(raw) as gw:
+        state = gw.state
+        queue = state.pool.by_model["m"][0].admission
+        expected = sorted(PROMPTS, key=lambda p: state.ranking.score(p, "m"))
+        assert len({state.ranking.score(p, "m") for p in PROMPTS}) == len(PROMPTS)
+        client = gw.openai()
+        results: dict[str, str] = {}
+        peak = 0
+
+        def ask(prompt: str) -> None:
+            reply = client.chat.completions.with_raw_response.create(
+                model="m", max_tokens=4, messages=[{"role": "user", "content": prompt}])
+            results[prompt] = reply.headers["x-pitstop-request-id"]
+
+        blocker = threading.Thread(target=ask, args=("[delay:1.0] hold the only slot",))
+        blocker.start()
+        wait_until(lambda: a.stats()["requests"] == 1, what="the blocker reached the upstream")
+        threads = []
+        for prompt in reversed(expected):  # arrive longest-ranked first
+            threads.append(threading.Thread(target=ask, args=(prompt,)))
+            threads[-1].start()
+            time.sleep(0.05)
+        wait_until(lambda: queue.waiting == len(PROMPTS), what="all four queued behind the limit")
+        while any(t.is_alive() for t in [blocker, *threads]):
+            peak = max(peak, queue.active)
+            time.sleep(0.005)
+        bodies = a.stats()["bodies"]
+        assert peak == 1
+        served = [b["messages"][-1]["content"] for b in bodies[1:]]
+        assert served == expected  # released shortest-ranked first, not in arrival order
+        assert [b["rank_score"] for b in bodies[1:]] == sorted(b["rank_score"] for b in bodies[1:])
+        row = gw.row(results[expected[0]])
+        assert row["rank_score"] == pytest.approx(bodies[1]["rank_score"])
+
+
+def test_vllm_deployment_gets_the_rank_as_integer_priority(tmp_path: Path, upstreams):
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "hosted_vllm")])
+    with running_gateway(raw) as gw:
+        client = gw.openai()
+        for prompt in (PROMPTS[0], PROMPTS[3]):
+            client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": prompt}])
+        long_body, short_body = a.stats()["bodies"]
+        assert isinstance(long_body["priority"], int) and "rank_score" not in long_body
+        # Sent later, the short one still gets the lower (earlier) priority: its rank outweighs 1 s of arrival.
+        assert short_body["priority"] < long_body["priority"]

@@ -1,0 +1,84 @@
+"""Kendall's tau against hand-computed cases; loaders on small slices; splits by prompt."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rankers.data import LengthData, load_lengths
+from rankers.metrics import kendall_tau, mean_tau, tau_per_model
+from rankers.names import canonical_model
+from rankers.split import prompt_folds, split_by_prompt
+from routers.tokens import count_tokens
+
+
+def test_kendall_tau_hand_computed():
+    assert kendall_tau(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert kendall_tau(np.array([4, 3, 2, 1]), np.array([10, 20, 30, 40])) == pytest.approx(-1.0)
+    # pairs: 5 concordant, 1 discordant ((2,3) vs (30,20)): (5 - 1) / 6
+    assert kendall_tau(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40])) == pytest.approx(4 / 6)
+    # tau-b with a tie in the scores: 2 concordant, 0 discordant, 1 tied pair: 2 / sqrt(2 x 3)
+    assert kendall_tau(np.array([1, 1, 2]), np.array([1, 2, 3])) == pytest.approx(2 / math.sqrt(6))
+    assert math.isnan(kendall_tau(np.array([5, 5, 5]), np.array([1, 2, 3])))  # a constant ranker has no tau
+    assert math.isnan(kendall_tau(np.array([1.0]), np.array([2.0])))
+
+
+def _data(models: list[str], prompts: list[str], lengths: list[int]) -> LengthData:
+    return LengthData("t", np.array(prompts, dtype=object), np.array(prompts, dtype=object),
+                      np.array(models, dtype=object), np.array(lengths), {})
+
+
+def test_tau_per_model_and_mean_skip_undefined_models():
+    data = _data(["a", "a", "a", "b", "b"], ["p1", "p2", "p3", "p1", "p2"], [1, 2, 3, 5, 5])
+    per = tau_per_model(data, np.array([0.1, 0.2, 0.3, 0.1, 0.2]))
+    assert per["a"] == pytest.approx(1.0) and math.isnan(per["b"])  # b's lengths are constant
+    assert mean_tau(per) == pytest.approx(1.0)
+
+
+def test_model_names_are_canonical_across_sources():
+    assert canonical_model("mistralai/Mixtral-8x7B-Instruct-v0.1") == "mixtral-8x7b-instruct"
+    assert canonical_model("mistralai/mixtral-8x7b-chat") == "mixtral-8x7b-instruct"
+    assert canonical_model("gpt4_1106_preview") == canonical_model("gpt-4-1106-preview")
+
+
+def test_alpaca_loader_counts_answer_tokens(shared_data: Path):
+    data = load_lengths("alpaca_eval", shared_data, limit_prompts=12)
+    assert len(data.unique_prompt_ids) == 12 and len(data.model_names) == 10
+    rows = [json.loads(line) for line in (shared_data / "alpaca_eval_outputs/outputs.jsonl").open()]
+    first = next(r for r in rows if r["instruction"] == data.prompts[0] and
+                 canonical_model(r["model"]) == data.models[0])
+    assert data.output_tokens[0] == count_tokens([first["output"]])[0] > 0
+    assert set(data.source) == {str(shared_data / "alpaca_eval_outputs/outputs.jsonl")}
+
+
+def test_gsm8k_loader_and_outcome_export(shared_data: Path, tmp_path: Path):
+    gsm = load_lengths("gsm8k", shared_data)
+    assert gsm.model_names == ["gpt-4-1106-preview", "mixtral-8x7b-instruct"]
+    assert len(gsm) == 2 * len(gsm.unique_prompt_ids) and gsm.output_tokens.min() > 0
+    export = tmp_path / "outcomes.jsonl"
+    export.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "hi", "model": "tiny-small", "completion_tokens": 7, "status": "ok", "finish_reason": "stop"},
+        {"prompt": "cut", "model": "tiny-small", "completion_tokens": 16, "status": "ok", "finish_reason": "length"},
+        {"prompt": "err", "model": "tiny-small", "completion_tokens": None, "status": "error"},
+    ]) + "\n")
+    outcomes = load_lengths(f"outcomes:{export}")
+    # A truncated answer's length is not its natural length: left out, as are failures.
+    assert list(outcomes.prompts) == ["hi"] and list(outcomes.output_tokens) == [7]
+
+
+def test_split_is_by_prompt_and_stable(shared_data: Path):
+    data = load_lengths("alpaca_eval", shared_data, limit_prompts=60)
+    train, test = split_by_prompt(data)
+    assert set(train.prompt_ids).isdisjoint(test.prompt_ids) and len(train) + len(test) == len(data)
+    assert 0 < len(test.unique_prompt_ids) < len(train.unique_prompt_ids)
+    # Every model's answer to a held-out prompt is held out with it.
+    assert all((test.prompt_ids == p).sum() == 10 for p in test.unique_prompt_ids)
+    again, _ = split_by_prompt(load_lengths("alpaca_eval", shared_data, limit_prompts=60))
+    assert list(again.prompt_ids) == list(train.prompt_ids)
+    folds = prompt_folds(data, 5)
+    for p in data.unique_prompt_ids:
+        assert len(set(folds[data.prompt_ids == p])) == 1

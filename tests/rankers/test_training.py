@@ -1,0 +1,101 @@
+"""Training rankers (synthetic data with a known answer, then a small real slice), artifacts, fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.ranking import RequestRanker
+from rankers.artifact import DEFAULT_ARTIFACT, load_ranker, read_manifest, save_ranker
+from rankers.config import RankingConfig
+from rankers.data import LengthData, load_lengths
+from rankers.families import FAMILIES, make_ranker
+from rankers.metrics import mean_tau, tau_per_model
+from rankers.split import split_by_prompt
+from rankers.train_job import make_featurizer, train_and_save
+
+TOPICS = ["rivers", "the moon", "tea", "bridges", "owls", "glass", "trains", "salt", "maps", "bees"]
+ASKS = [("Answer in one word: what colour is", 3), ("Name one fact about", 12),
+        ("Explain how people use", 80), ("Write a detailed essay about", 400)]
+
+
+def synthetic(seed: int = 0) -> LengthData:
+    """Length follows the kind of request (and differs by model); prompt length does not."""
+    rng = np.random.default_rng(seed)
+    ids, prompts, models, lengths = [], [], [], []
+    for i in range(240):
+        ask, base = ASKS[i % len(ASKS)]
+        prompt = f"{ask} {TOPICS[i % 10]}{' please' * int(rng.integers(0, 6))}? (#{i})"
+        for model, scale in (("terse", 0.5), ("verbose", 2.0)):
+            ids.append(f"s.{i}")
+            prompts.append(prompt)
+            models.append(model)
+            lengths.append(max(1, int(base * scale * rng.lognormal(0, 0.3))))
+    return LengthData("synthetic", *(np.array(x, dtype=object) for x in (ids, prompts, models)),
+                      np.array(lengths), {})
+
+
+@pytest.mark.parametrize("family", ["ridge", "lambdarank", "pitstop"])
+def test_families_learn_what_makes_answers_long(family: str):
+    train, test = split_by_prompt(synthetic())
+    ranker = make_ranker(family, make_featurizer("default")).fit(train)
+    scores = ranker.score_batch(list(test.prompts), list(test.models))
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    assert mean_tau(tau_per_model(test, scores)) > 0.6
+    baseline = make_ranker("prompt-length", None).fit(train)
+    assert mean_tau(tau_per_model(test, baseline.score_batch(list(test.prompts), list(test.models)))) < 0.3
+    # One request at a time gives the batch's answer; an unseen model is still ranked by the prompt.
+    assert ranker.score(test.prompts[0], test.models[0]) == pytest.approx(scores[0])
+    essay, word = "Write a detailed essay about clouds?", "Answer in one word: what colour is snow?"
+    assert ranker.score(essay, "never-seen") > ranker.score(word, "never-seen")
+
+
+def test_artifact_round_trip(tmp_path: Path):
+    train, test = split_by_prompt(synthetic(1))
+    ranker = make_ranker("pitstop", make_featurizer("default")).fit(train)
+    path = tmp_path / "ranker.joblib"
+    manifest = save_ranker(ranker, path, {"datasets": ["synthetic"]}, {"kendall_tau_mean": 0.9})
+    loaded = load_ranker(path)
+    assert loaded.version == manifest["version"] == read_manifest(path)["version"]
+    assert loaded.manifest["family"] == "pitstop" and loaded.models == ["terse", "verbose"]
+    np.testing.assert_allclose(loaded.score_batch(list(test.prompts), list(test.models)),
+                               ranker.score_batch(list(test.prompts), list(test.models)))
+    assert json.loads((tmp_path / "ranker.joblib.json").read_text())["features"]["encoder"] == "none"
+    (tmp_path / "bad.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(Exception):  # noqa: B017  (joblib raises its own unpickling errors)
+        load_ranker(tmp_path / "bad.joblib")
+
+
+def test_training_job_on_a_real_slice(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import rankers.train_job as job
+
+    real = load_lengths("alpaca_eval", shared_data, limit_prompts=200)
+    monkeypatch.setattr(job, "load_many", lambda names, root=None: real)
+    path, manifest = train_and_save("pitstop", ["alpaca_eval"], tmp_path / "a.joblib", root=shared_data)
+    metrics = manifest["metrics"]
+    assert metrics["test_prompts"] > 20 and set(metrics["kendall_tau_per_model"]) == set(real.model_names)
+    assert metrics["kendall_tau_mean"] > 0.1  # prompts held out from training, 10 models
+    assert manifest["training_data"]["train_prompts"] + metrics["test_prompts"] == 200
+    assert load_ranker(path).score("Write a poem about tea", "gemma-7b-it") >= 0.0
+
+
+def test_committed_default_artifact_needs_no_encoder():
+    ranker = load_ranker(DEFAULT_ARTIFACT)
+    assert ranker.featurizer is not None and ranker.featurizer.spec.encoder == "none"
+    assert set(FAMILIES) >= {ranker.family}
+    assert DEFAULT_ARTIFACT.stat().st_size < 500_000
+    assert read_manifest(DEFAULT_ARTIFACT)["metrics"]["test_prompts"] > 0
+
+
+def test_gateway_falls_back_to_unranked_when_the_artifact_is_missing(tmp_path: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="pitstop.ranking"):
+        ranking = RequestRanker.load(RankingConfig(artifact="missing.joblib"), {}, tmp_path)
+    assert ranking.ranker is None and ranking.score("hello", "m") is None
+    assert "missing.joblib" in caplog.text
+    assert RequestRanker.load(RankingConfig(enabled=False), {}).ranker is None
+    live = RequestRanker.load(RankingConfig(), {"tiny": "mistralai/Mixtral-8x7B-Instruct-v0.1"})
+    assert 0.0 <= live.score("Write an essay on owls", "tiny") <= 1.0
