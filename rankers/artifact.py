@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,11 @@ from typing import Any
 import joblib
 
 from rankers.base import Ranker
+from routers.artifact import atomic_write
 
 FORMAT = "pitstop-ranker/1"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default.joblib"
 log = logging.getLogger("pitstop.rankers")
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 def save_ranker(ranker: Ranker, path: str | Path, training_data: dict[str, Any],
@@ -58,8 +51,8 @@ def save_ranker(ranker: Ranker, path: str | Path, training_data: dict[str, Any],
     out = io.BytesIO()
     joblib.dump({"manifest": manifest, "ranker": ranker}, out, compress=3)
     path = Path(path)
-    _atomic_write(path, out.getvalue())
-    _atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2, default=float).encode())
+    atomic_write(path, out.getvalue())
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2, default=float).encode())
     return manifest
 
 

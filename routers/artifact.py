@@ -33,7 +33,8 @@ def default_artifact_path(family: str, version: str, root: str | Path = "var/rou
     return Path(root) / f"{family}-{version}.joblib"
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write to a temporary name and rename into place: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(payload)
@@ -65,8 +66,8 @@ def save_router(router: LearnedRouter, path: str | Path, training_data: dict[str
     out = io.BytesIO()
     joblib.dump({"manifest": manifest, "router": router}, out, compress=3)
     path = Path(path)
-    _atomic_write(path, out.getvalue())
-    _atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2).encode())
+    atomic_write(path, out.getvalue())
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2).encode())
     return manifest
 
 

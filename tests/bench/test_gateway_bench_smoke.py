@@ -23,22 +23,16 @@ BENCH_MODELS = {"big": "gpt-4-1106-preview", "solver": "mistralai/mistral-7b-cha
 
 def _small_router(path: Path) -> str:
     """A pitstop-family router over the two model names the benchmark's deployments stand for."""
-    import numpy as np
-
     from routers.artifact import save_router
     from routers.data.table import long_table, to_wide
     from routers.families import build_router
     from routers.features.featurizer import FeatureSpec
-    from routers.features.static import StaticEncoder
-    from routers.tokens import counting_tokenizer
-    from tests.routers.conftest import synthetic_rows
+    from tests.routers.conftest import random_encoder, synthetic_rows
 
     rows = [{**r, "model": BENCH_MODELS[r["model"]]} for r in synthetic_rows() if r["model"] in BENCH_MODELS]
     data = to_wide(long_table(rows), name="synthetic")
-    vocab = counting_tokenizer().get_vocab_size()
-    encoder = StaticEncoder(np.random.default_rng(0).normal(size=(vocab, 16)).astype(np.float32),
-                            np.ones(vocab, np.float32), {"teacher": "random (tests)", "dim": 16})
-    router = build_router("pitstop", data.models, FeatureSpec("static", ("head", "focus"), True, 10), encoder)
+    router = build_router("pitstop", data.models, FeatureSpec("static", ("head", "focus"), True, 10),
+                          random_encoder())
     return save_router(router.fit(data), path, {"dataset": "synthetic"})["version"]
 
 

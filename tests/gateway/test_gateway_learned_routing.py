@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from routers.artifact import read_manifest, save_router
@@ -16,9 +15,8 @@ from routers.data.table import long_table, to_wide
 from routers.families import build_router
 from routers.features.featurizer import FeatureSpec
 from routers.features.static import StaticEncoder
-from routers.tokens import counting_tokenizer
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
-from tests.routers.conftest import synthetic_rows
+from tests.routers.conftest import random_encoder, synthetic_rows
 
 SPEC = FeatureSpec("static", ("head", "focus"), True, 12)
 MATH_PROMPT = "What is 17 plus 25?"
@@ -27,12 +25,8 @@ CHAT_PROMPT = "Write a short poem about the winter."
 
 @pytest.fixture(scope="module")
 def encoder_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    vocab = counting_tokenizer().get_vocab_size()
-    rng = np.random.default_rng(0)
-    encoder = StaticEncoder(rng.normal(size=(vocab, 16)).astype(np.float32), np.ones(vocab, np.float32),
-                            {"teacher": "random (tests)", "dim": 16})
     path = tmp_path_factory.mktemp("encoder") / "tiny.npz"
-    encoder.save(path)
+    random_encoder().save(path)
     return path
 
 

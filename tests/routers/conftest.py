@@ -20,15 +20,18 @@ CHAT = ["Write a short poem about the {w}.", "Tell me a story about a {w}.", "De
 WORDS = ["sea", "cat", "garden", "winter", "train", "city", "forest", "friend", "job", "mountain"]
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_encoder() -> StaticEncoder:
     """A random 16-dimensional table over the real vocabulary: fast, deterministic, not distilled."""
     vocab = counting_tokenizer().get_vocab_size()
     rng = np.random.default_rng(0)
-    encoder = StaticEncoder(rng.normal(size=(vocab, 16)).astype(np.float32), np.ones(vocab, np.float32),
-                            {"teacher": "random (tests)", "dim": 16})
+    return StaticEncoder(rng.normal(size=(vocab, 16)).astype(np.float32), np.ones(vocab, np.float32),
+                         {"teacher": "random (tests)", "dim": 16})
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("encoder") / "tiny.npz"
-    encoder.save(path)
+    random_encoder().save(path)
     return path
 
 
