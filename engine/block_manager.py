@@ -243,6 +243,10 @@ class BlockManager:
         self.pins.counters.unpinned += 1
         return True
 
+    def num_reclaimable_pinned_blocks(self) -> int:
+        """Blocks that dropping every pin would free: held by pins and by nothing else."""
+        return sum(1 for b, holders in self.pins.holders.items() if self.blocks[b].ref_count == holders)
+
     def expire_pins(self, now: float) -> int:
         keys = self.pins.expired_keys(now)
         for key in keys:

@@ -26,7 +26,8 @@ class EngineConfig:
     pin_hold_on_arrival_s: float = 30.0
     # Admit a waiting request (while others run) only when its whole uncached prompt fits in free
     # blocks: a long re-prefill started on its first chunk would otherwise grow into preemptions.
-    admit_whole_prompt: bool = False
+    # False: admit on the first chunk, as vLLM does (bench/agents.py measures both).
+    admit_whole_prompt: bool = True
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0

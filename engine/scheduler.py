@@ -74,9 +74,9 @@ class Scheduler:
             cached = self.block_manager.match_prefix(seq)
             num_new = min(seq.num_tokens - len(cached) * self.config.block_size, budget,
                           self.config.long_prefill_token_threshold)
-            if self.config.admit_whole_prompt and self.running and not self._prompt_fits(seq, cached):
-                break
             reclaim = not (self.config.pins_hold_admission and self.running)
+            if self.config.admit_whole_prompt and self.running and not self._prompt_fits(seq, cached, reclaim):
+                break
             if not self.block_manager.allocate_slots(seq, num_new, cached, reclaim_pins=reclaim):
                 break
             self.waiting.pop()
@@ -90,11 +90,14 @@ class Scheduler:
         self.preempted_last_step = preempted
         return batch
 
-    def _prompt_fits(self, seq: Sequence, cached: list[int]) -> bool:
+    def _prompt_fits(self, seq: Sequence, cached: list[int], reclaim_pins: bool) -> bool:
         bm = self.block_manager
         uncached = -(-(seq.num_tokens - len(cached) * self.config.block_size) // self.config.block_size)
         cached_free = sum(1 for b in cached if bm.blocks[b].ref_count == 0)  # hits still in the free queue
-        return uncached <= bm.num_free_blocks - cached_free
+        available = bm.num_free_blocks - cached_free
+        if uncached > available and reclaim_pins:
+            available += bm.num_reclaimable_pinned_blocks()
+        return uncached <= available
 
     def _pick_victim(self, exclude: set[str]) -> Sequence:
         # `exclude` never covers everyone: the request asking for blocks is not scheduled yet.

@@ -190,3 +190,19 @@ def test_random_workloads_keep_scheduler_invariants(data: st.DataObject) -> None
         assert [b.ref_count for b in bm.blocks] == refs
         assert bm.pins.num_pinned_blocks <= bm.pin_budget_blocks
     assert produced == wanted
+
+
+@pytest.mark.parametrize("whole_prompt", [True, False])
+def test_long_prompt_waits_until_it_fits_instead_of_preempting(whole_prompt: bool) -> None:
+    # 24 blocks of 4 tokens; two decoding requests grow to 10 blocks each. A 76-token prompt (19 blocks)
+    # admitted on its first chunk grows into their memory and forces recomputes; admitted only once it
+    # fits, it waits for them and nothing is recomputed.
+    engine, _ = make_engine(num_blocks=24, admit_whole_prompt=whole_prompt)
+    for i in range(2):
+        engine.add_request(f"s{i}", [10 + 40 * i + t for t in range(8)], SamplingParams(max_tokens=30))
+    engine.step()
+    engine.add_request("long", list(range(500, 576)), SamplingParams(max_tokens=4))
+    outputs = run_all(engine)
+    assert {rid: len(t) for rid, t in outputs.items()} == {"s0": 29, "s1": 29, "long": 4}
+    assert (engine.scheduler.num_preemptions == 0) is whole_prompt
+    assert engine.stats().blocks.used == 0
