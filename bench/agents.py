@@ -114,7 +114,7 @@ def torch_run(args: argparse.Namespace, templates: list) -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], out_dir: Path) -> list[str]:
+def plot(rows: list[dict], out_dir: Path, stem: str = "agents") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +131,7 @@ def plot(rows: list[dict], out_dir: Path) -> list[str]:
                 ax.set(xlabel="agent programs arriving per second", ylabel=f"{label} JCT (s)", title=f"{model}: {label}")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        name = "agents_jct_" + model.split(" ")[0].replace(".", "_") + ".png"
+        name = f"{stem}_jct_" + model.split(" ")[0].replace(".", "_") + ".png"
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         paths.append(name)
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-blocks", type=int, default=200)
     parser.add_argument("--torch-tool-scale", type=float, default=0.02, help="recorded tool times x this (torch)")
     parser.add_argument("--torch-only", action="store_true", help="rerun the torch part, keep --out's sim rows")
+    parser.add_argument("--skip-torch", action="store_true", help="simulated runner only")
     parser.add_argument("--memory-cost-weight", type=float, default=SessionsConfig().memory_cost_weight,
                         help="the TTL policy's memory cost weight (agent_sessions/ttl_policy.py)")
     parser.add_argument("--seed", type=int, default=0)
@@ -187,9 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch-cpu": commands["all"]}
         rows = [r for r in previous["runs"] if r["runner"] != "torch-cpu"] + torch_run(args, templates)
     else:
-        rows = sim_sweep(args, templates, scaling) + torch_run(args, templates)
+        rows = sim_sweep(args, templates, scaling) + ([] if args.skip_torch else torch_run(args, templates))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plots = plot(rows, args.out.parent)
+    plots = plot(rows, args.out.parent, args.out.stem)
     recorded = [u.tool_time_s for t in templates for u in t.turns if u.tool]
     report = {
         "commands": commands, "machine": machine_info(),

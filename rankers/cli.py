@@ -30,7 +30,8 @@ def add_ranker_commands(train_subparsers: argparse._SubParsersAction,
     evaluate = eval_subparsers.add_parser("ranker", help="compare ranker families: Kendall's tau per model")
     evaluate.add_argument("--data", nargs="+", default=DEFAULT_DATA, help=DATA_HELP)
     evaluate.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
-    evaluate.add_argument("--features", default="default,static", help="comma-separated feature sets")
+    evaluate.add_argument("--features", default="default,static",
+                          help="comma-separated feature sets: default, static, minilm (the transformer, offline only)")
     evaluate.add_argument("--unseen-families", default="pitstop,ridge",
                           help="families also measured on models left out of training (first feature set)")
     evaluate.add_argument("--folds", type=int, default=5, help="cross-validation folds on the training prompts")

@@ -21,7 +21,10 @@ from routers.features.featurizer import FeatureSpec
 
 DEFAULT_SPEC = FeatureSpec(encoder="none", views=(), stats=True, ngram_bits=14)
 STATIC_SPEC = FeatureSpec(encoder="static", views=("head", "focus"), stats=True, ngram_bits=14)
-SPECS = {"default": DEFAULT_SPEC, "static": STATIC_SPEC}
+# The transformer itself (15-150 ms a request on one core): offline evaluation only, as the ceiling
+# the cheap feature sets are measured against.
+MINILM_SPEC = FeatureSpec(encoder="minilm", views=("head",), stats=True, ngram_bits=14)
+SPECS = {"default": DEFAULT_SPEC, "static": STATIC_SPEC, "minilm": MINILM_SPEC}
 
 
 def make_featurizer(spec_name: str, encoder_path: str | Path | None = None) -> RankFeaturizer:
