@@ -23,7 +23,8 @@ from bench.agent_workload import Program, token_ids
 from engine.batch import StepShape
 from engine.hints import SchedulingHints
 from engine.llm_engine import LLMEngine
-from engine.policy import make_policy
+from engine.policy import SchedulingPolicy, make_policy
+from engine.program_policy import ProgramFirstPolicy
 from engine.roofline import RooflineStepTime
 from engine.sampling_params import SamplingParams
 from engine.simulate import Arrival, RequestResult, make_sim_engine, simulate
@@ -41,6 +42,14 @@ class PinPolicy:
     # Admit waiting work only when its whole prompt fits (EngineConfig.admit_whole_prompt); False: on
     # its first chunk, as vLLM does, so long re-prefills grow into preemptions.
     admit_whole_prompt: bool = True
+    # The program-first scheduler's credit for requests outside programs (None: the engine's default).
+    interactive_credit_s: float | None = None
+
+    def scheduling_policy(self) -> SchedulingPolicy:
+        policy = make_policy(self.scheduler)
+        if self.interactive_credit_s is not None and isinstance(policy, ProgramFirstPolicy):
+            policy.interactive_credit_s = self.interactive_credit_s
+        return policy
 
 
 POLICIES = [
@@ -50,6 +59,8 @@ POLICIES = [
     PinPolicy("pitstop", "program-fcfs", "pitstop"),  # learned TTL + budget + program-first
     PinPolicy("program-fcfs-only", "program-fcfs", "none"),  # diagnostic: ordering without pins
     PinPolicy("no-pinning-chunk-admission", "fcfs", "none", admit_whole_prompt=False),  # vLLM-like engine
+    # diagnostic: chat without the interactive credit waits behind every running program
+    PinPolicy("pitstop-no-interactive-credit", "program-fcfs", "pitstop", interactive_credit_s=0.0),
 ]
 
 
@@ -123,7 +134,7 @@ class AgentDriver:
     def arrival(self, program: Program, turn: int, at: float, prompt: list[int]) -> Arrival:
         spec = program.template.turns[turn]
         last = turn == len(program.template.turns) - 1
-        hints = SchedulingHints(program_start=program.arrival_s if turn > 0 else None)
+        hints = SchedulingHints(program_start=program.arrival_s if turn > 0 else None, in_program=True)
         return Arrival(at, prompt, SamplingParams(max_tokens=spec.output_tokens, ignore_eos=True),
                        f"{program.program_id}:{turn}", session_id=program.program_id,
                        pin_ttl_s=self._pin_ttl(last), hints=hints)
@@ -190,7 +201,7 @@ class AgentDriver:
 
 def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatRequest], model: RooflineStepTime,
                num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None) -> dict:
-    engine = make_sim_engine(model, num_blocks=num_blocks, policy=make_policy(policy.scheduler),
+    engine = make_sim_engine(model, num_blocks=num_blocks, policy=policy.scheduling_policy(),
                              pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
                              pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt)
     rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)

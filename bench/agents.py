@@ -81,7 +81,6 @@ def torch_run(args: argparse.Namespace, templates: list) -> list[dict]:
 
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
-    from engine.policy import make_policy
     from engine.tiny_model import make_tiny_model
     from engine.torch_runner import TorchModelRunner
 
@@ -104,7 +103,7 @@ def torch_run(args: argparse.Namespace, templates: list) -> list[dict]:
                                   admit_whole_prompt=policy.admit_whole_prompt)
             runner = TorchModelRunner(model_dir, config.num_blocks, config.block_size, device="cpu",
                                       dtype=torch.float32)
-            engine = LLMEngine(config, runner, CpuVirtualClock(), make_policy(policy.scheduler))
+            engine = LLMEngine(config, runner, CpuVirtualClock(), policy.scheduling_policy())
             block_bytes = TorchModelRunner.kv_bytes_per_block(runner.config, config.block_size, torch.float32)
             result = run_on_engine(engine, policy, programs, chat, 1e9, block_bytes)
             rows.append({"runner": "torch-cpu", "model": "tiny (2 layers, hidden 64)", "num_blocks": config.num_blocks,

@@ -14,6 +14,9 @@ class SchedulingHints:
     # Wall-clock time (seconds since the epoch) the request's agent program started; set on a
     # program's returning turns so they can go ahead of newly arrived programs.
     program_start: float | None = None
+    # The request is a turn of an agent program (it offers tools, or returns after a tool call).
+    # Requests that are not get the program-first policy's interactive credit (engine/program_policy.py).
+    in_program: bool = False
 
 
 NO_HINTS = SchedulingHints()

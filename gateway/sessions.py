@@ -90,7 +90,8 @@ class GatewaySessions:
         if pin_ttl_s is None and (turn.returning or turn.shape.declares_tools):
             pin_ttl_s = self.config.provisional_ttl_s
         ctx = replace(ctx, session_id=session_id, pin_ttl_s=pin_ttl_s,
-                      hints=replace(ctx.hints, program_start=turn.program_start))
+                      hints=replace(ctx.hints, program_start=turn.program_start,
+                                    in_program=turn.returning or turn.shape.declares_tools))
         if turn.tool_wait_s is not None:
             draft.extra |= {"tool_wait_s": round(turn.tool_wait_s, 4), "tools": turn.tools_answered,
                             "agent": turn.state.agent}

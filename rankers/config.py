@@ -15,7 +15,7 @@ class RankingConfig(BaseModel):
     # is logged and requests go unranked (they then count as the median in every queue).
     artifact: str | None = None
     # Order of each deployment's admission queue (model_info.max_concurrency): an engine policy name.
-    admission_policy: str = "rank"
+    admission_policy: str = "program-rank"
     # Aging for vLLM's integer `priority` (see gateway/ranking.py); the engines' own policy has its own.
     horizon_s: float = Field(default=DEFAULT_HORIZON_S, ge=0)
 

@@ -4,7 +4,7 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
 - used: model, prompt | messages, max_tokens (chat: also max_completion_tokens), temperature, top_p,
   n (1 only), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
   extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM), and
-  the scheduling hints rank_score and program_start (engine/hints.py).
+  the scheduling hints rank_score, program_start and in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
   parallel_tool_calls.
 - accepted only at their no-op value, else 400 (we would silently not honour them): logprobs
@@ -34,7 +34,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completio
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
          "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
-         "program_start"}
+         "program_start", "in_program"}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
@@ -227,7 +227,8 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
                            include_usage=include_usage, session_id=session_id,
                            priority=_number(body, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
-                           hints=SchedulingHints(_number(body, "rank_score"), _number(body, "program_start")),
+                           hints=SchedulingHints(_number(body, "rank_score"), _number(body, "program_start"),
+                                                 _bool(body, "in_program")),
                            **fields)
 
 

@@ -83,6 +83,8 @@ class OpenAIHTTPBackend:
                 out["rank_score"] = ctx.hints.rank_score
             if ctx.hints.program_start is not None:
                 out["program_start"] = ctx.hints.program_start
+            if ctx.hints.in_program:
+                out["in_program"] = True
         if self.send_priority and not self.accepts_session and not ctx.priority and ctx.hints.rank_score is not None:
             out["priority"] = vllm_priority(ctx, self.rank_horizon_s)  # the aged rank key (gateway/ranking.py)
         elif self.send_priority and ctx.priority:

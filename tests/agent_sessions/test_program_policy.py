@@ -18,8 +18,11 @@ from engine.waiting_queue import WaitingQueue
 PARAMS = SamplingParams(max_tokens=4, ignore_eos=True)
 
 
-def seq(name: str, arrival: float, program_start: float | None = None, rank: float | None = None) -> Sequence:
-    return Sequence(name, [1, 2, 3], PARAMS, arrival, hints=SchedulingHints(rank, program_start))
+def seq(name: str, arrival: float, program_start: float | None = None, rank: float | None = None,
+        in_program: bool | None = None) -> Sequence:
+    """A request; a returning turn (program_start given) is always part of a program."""
+    in_program = program_start is not None if in_program is None else in_program
+    return Sequence(name, [1, 2, 3], PARAMS, arrival, hints=SchedulingHints(rank, program_start, in_program))
 
 
 def order(policy: ProgramFirstPolicy | FCFSPolicy, seqs: list[Sequence]) -> list[str]:
@@ -30,10 +33,30 @@ def order(policy: ProgramFirstPolicy | FCFSPolicy, seqs: list[Sequence]) -> list
 
 
 def test_returning_turn_goes_ahead_of_programs_that_started_later() -> None:
-    seqs = [seq("chat-early", 1.0), seq("new-program", 9.0), seq("old-program-turn-5", 10.0, program_start=2.0),
-            seq("older-program-turn-9", 11.0, program_start=0.5)]
-    assert order(make_policy("program-fcfs"), seqs) == [
+    seqs = [seq("chat-early", 1.0), seq("new-program", 9.0, in_program=True),
+            seq("old-program-turn-5", 10.0, program_start=2.0), seq("older-program-turn-9", 11.0, program_start=0.5)]
+    assert order(ProgramFirstPolicy(FCFSPolicy(), interactive_credit_s=0.0), seqs) == [
         "older-program-turn-9", "chat-early", "old-program-turn-5", "new-program"]
+    # With the default credit the interactive request goes first; the programs keep their order.
+    assert order(make_policy("program-fcfs"), seqs) == [
+        "chat-early", "older-program-turn-9", "old-program-turn-5", "new-program"]
+
+
+def test_interactive_requests_overtake_only_programs_started_within_the_credit() -> None:
+    policy = ProgramFirstPolicy(FCFSPolicy(), interactive_credit_s=300.0)
+    seqs = [seq("turn-of-program-from-30", 400.0, program_start=30.0), seq("chat", 340.0),
+            seq("turn-of-program-from-50", 401.0, program_start=50.0), seq("first-turn", 200.0, in_program=True)]
+    # The chat ranks as of 40 s: after the program that started at 30 s, before the one from 50 s and
+    # before a first turn that waited since 200 s.
+    assert order(policy, seqs) == ["turn-of-program-from-30", "chat", "turn-of-program-from-50", "first-turn"]
+
+
+def test_a_chat_flood_cannot_starve_a_program() -> None:
+    policy = ProgramFirstPolicy(FCFSPolicy(), interactive_credit_s=300.0)
+    flood = [seq(f"chat{t}", t + 0.5) for t in range(250, 1250)]
+    served = order(policy, [*flood, seq("turn", 500.0, program_start=0.0)])
+    # Only chats that arrived within the credit after the program's start (before 300 s) go first.
+    assert served.index("turn") == 50
 
 
 def test_without_hints_the_inner_order_is_unchanged() -> None:
@@ -46,7 +69,7 @@ def test_composes_with_the_rankers_aging() -> None:
     policy = ProgramFirstPolicy(RankPolicy(horizon_s=30.0))
     # A long predicted answer from a program that started 100 s ago beats a short new one: its age
     # counts as aging credit; a program that started just now does not.
-    seqs = [seq("short-new", 100.0, rank=0.0), seq("long-old-program", 101.0, program_start=0.0, rank=1.0),
+    seqs = [seq("short-new", 100.0, rank=0.0, in_program=True), seq("long-old-program", 101.0, program_start=0.0, rank=1.0),
             seq("long-young-program", 101.0, program_start=99.0, rank=1.0)]
     assert order(policy, seqs) == ["long-old-program", "short-new", "long-young-program"]
 
@@ -55,7 +78,7 @@ def test_epoch_program_start_is_compared_on_the_engines_clock() -> None:
     now_mono, now_wall = time.monotonic(), time.time()
     policy = make_policy("program-fcfs")
     started_a_minute_ago = seq("returning", now_mono, program_start=now_wall - 60)
-    just_now = seq("new", now_mono - 1.0)
+    just_now = seq("new", now_mono - 1.0, in_program=True)
     assert order(policy, [just_now, started_a_minute_ago]) == ["returning", "new"]
     assert policy.sort_key(started_a_minute_ago)[0] < now_mono - 59
 

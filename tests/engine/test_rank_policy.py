@@ -7,6 +7,7 @@ import pytest
 
 from engine.hints import SchedulingHints
 from engine.policy import POLICIES, make_policy
+from engine.program_policy import DEFAULT_INTERACTIVE_CREDIT_S
 from engine.rank_policy import UNRANKED_SCORE, RankPolicy
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
@@ -51,8 +52,12 @@ def test_zero_horizon_is_fcfs_priority_leads_and_unranked_is_the_median():
 def test_registry_and_composition_and_admission_items_share_the_key():
     assert make_policy("rank").name == "rank"
     wrapped = make_policy("program-rank")  # the agent-sessions layer wraps the same plain key
-    fresh = seq("fresh", 3.0, 0.7)
-    assert wrapped.sort_key(fresh) == make_policy("rank").sort_key(fresh)
+    first_turn = Sequence("first", [1, 2, 3], SamplingParams(max_tokens=4), 3.0,
+                          hints=SchedulingHints(rank_score=0.7, in_program=True))
+    assert wrapped.sort_key(first_turn) == make_policy("rank").sort_key(first_turn)
+    # An interactive request: the same key, as of interactive_credit_s earlier.
+    assert wrapped.sort_key(seq("chat", 3.0, 0.7)) == make_policy("rank").sort_key(
+        seq("chat", 3.0 - DEFAULT_INTERACTIVE_CREDIT_S, 0.7))
     policy = RankPolicy(10.0)
     item = Waiting(arrival_time=1.0, priority=0.0, hints=SchedulingHints(rank_score=0.3))
     assert policy.sort_key(item) == policy.sort_key(seq("same", 1.0, 0.3))

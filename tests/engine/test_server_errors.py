@@ -74,6 +74,8 @@ def chat(**fields) -> dict:
     (completion(pin_ttl_s=5), "pin_ttl_s"),  # no session to pin under
     (completion(session_id=7), "session_id"),
     (completion(priority="high"), "priority"),
+    (completion(in_program="yes"), "in_program"),
+    (completion(program_start="yesterday"), "program_start"),
     (completion(frobnicate=1), "frobnicate"),
     (completion(frequency_penalty=0.5), "frequency_penalty"),
     (completion(logprobs=3), "logprobs"),

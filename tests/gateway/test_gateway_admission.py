@@ -130,3 +130,19 @@ def test_vllm_deployment_gets_the_rank_as_integer_priority(tmp_path: Path, upstr
         assert isinstance(long_body["priority"], int) and "rank_score" not in long_body
         # Sent later, the short one still gets the lower (earlier) priority: its rank outweighs 1 s of arrival.
         assert short_body["priority"] < long_body["priority"]
+
+
+def test_agent_turns_reach_pitstop_engines_marked_in_program(tmp_path: Path, upstreams):
+    # The engine's program-first policy gives requests outside agent programs its interactive credit;
+    # the gateway marks a session's turns that offer tools (or return after a tool call).
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine")])
+    tools = [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object", "properties": {}}}}]
+    with running_gateway(raw) as gw:
+        client = gw.openai()
+        client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "fix the bug"}],
+                                       tools=tools, extra_headers={"x-session-id": "agent-1"})
+        client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "hello"}])
+        agent_body, chat_body = a.stats()["bodies"]
+        assert agent_body["in_program"] is True and agent_body["session_id"] == "agent-1"
+        assert "in_program" not in chat_body
