@@ -164,7 +164,9 @@ class GatewaySessions:
     # ---- visibility ---------------------------------------------------------------------------
 
     async def describe(self, session_id: str) -> dict | None:
-        state = await self.manager.load(session_id)
+        """The session's public view; None when unknown. Raises StateUnavailableError when the store
+        is not answering (a turn is then served without state; a lookup cannot be)."""
+        state = await self.manager.store.get(session_id)
         if state is None:
             return None
         body = state.public(time.time())
