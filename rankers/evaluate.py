@@ -22,7 +22,7 @@ from rankers.base import Ranker
 from rankers.data import LengthData
 from rankers.families import make_ranker
 from rankers.features import RankFeatures, RankFeaturizer
-from rankers.metrics import mean_tau, tau_per_model
+from rankers.metrics import mean_tau, other_models_scores, tau_per_model
 from rankers.split import prompt_folds, split_mask
 
 
@@ -89,6 +89,8 @@ def evaluate(data: LengthData, families: list[str], featurizers: dict[str, RankF
         "train_prompts": len(data.rows(~is_test).unique_prompt_ids), "test_prompts": len(data.rows(is_test).unique_prompt_ids),
         "headline_test_prompts": len(headline_test.unique_prompt_ids),
         "headline_models": headline_test.model_names, "results": [],
+        # What the other models' real answer lengths reach on the same held-out prompts: the ceiling.
+        "ceiling_other_models_tau_alpaca": mean_tau(tau_per_model(headline_test, other_models_scores(headline_test))),
     }
     frames = {"-": Frame(data, None)}
     for name, featurizer in tqdm(featurizers.items(), desc="features", unit="set"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rankers.data import LengthData, load_lengths
-from rankers.metrics import kendall_tau, mean_tau, tau_per_model
+from rankers.metrics import kendall_tau, mean_tau, other_models_scores, tau_per_model
 from rankers.names import canonical_model
 from rankers.split import prompt_folds, split_by_prompt
 from routers.tokens import count_tokens
@@ -37,6 +37,16 @@ def test_tau_per_model_and_mean_skip_undefined_models():
     per = tau_per_model(data, np.array([0.1, 0.2, 0.3, 0.1, 0.2]))
     assert per["a"] == pytest.approx(1.0) and math.isnan(per["b"])  # b's lengths are constant
     assert mean_tau(per) == pytest.approx(1.0)
+
+
+def test_other_models_scores_leave_the_model_itself_out():
+    # Two models agree on which prompt is long; "c" answered only p1: nobody else to learn from on p2.
+    data = _data(["a", "a", "b", "b", "c"], ["p1", "p2", "p1", "p2", "p1"], [10, 100, 20, 200, 7])
+    scores = other_models_scores(data)
+    assert scores[0] == pytest.approx(np.mean([-1.0, 0.0]))  # b's z on p1 (-1) and c's (a lone answer: 0)
+    assert scores[1] == pytest.approx(1.0)  # b's z on p2
+    assert scores[4] == pytest.approx(-1.0)  # a's and b's z on p1
+    assert tau_per_model(data, scores)["a"] == pytest.approx(1.0)
 
 
 def test_model_names_are_canonical_across_sources():
