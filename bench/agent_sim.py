@@ -47,9 +47,10 @@ class PinPolicy:
 
     def scheduling_policy(self) -> SchedulingPolicy:
         policy = make_policy(self.scheduler)
-        if self.interactive_credit_s is not None and isinstance(policy, ProgramFirstPolicy):
-            policy.interactive_credit_s = self.interactive_credit_s
-        return policy
+        if self.interactive_credit_s is None:
+            return policy
+        assert isinstance(policy, ProgramFirstPolicy), "the credit belongs to a program-<policy> scheduler"
+        return ProgramFirstPolicy(policy.inner, self.interactive_credit_s)
 
 
 POLICIES = [
