@@ -52,6 +52,12 @@ bench-scheduling: $(STAMP)
 # Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
 bench-agents: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.agents
+	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --skip-torch \
+	  --out bench/results/agents_seed$$seed.json; done
+	OMP_NUM_THREADS=1 $(PY) -m bench.agents --models llama-3.1-8b llama-3.1-70b --kv-fraction 1.0 --programs 160 \
+	  --rates 0.1 0.2 0.3 0.4 0.8 1.6 --skip-torch --out bench/results/agents_full_kv.json
+	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --models llama-3.1-70b --kv-fraction 1.0 \
+	  --programs 160 --rates 0.2 0.3 0.4 0.8 1.6 --skip-torch --out bench/results/agents_full_kv_seed$$seed.json; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -56,7 +56,7 @@ def sim_sweep(args: argparse.Namespace, templates: list, scaling: ToolScaling) -
             continue
         model = RooflineStepTime.builtin(model_name, tensor_parallel=tp)
         num_blocks = int(model.kv_capacity_blocks(16) * args.kv_fraction)
-        for rate in rates[: args.max_rates]:
+        for rate in args.rates or rates[: args.max_rates]:
             programs = make_programs(templates, args.programs, rate, scaling, seed=args.seed)
             chat = make_chat(args.chat_rate, programs[-1].arrival_s + 60, seed=args.seed + 1)
             for policy in POLICIES:
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-run-scale", type=float, default=20.0, help="Python/test runs x this on top")
     parser.add_argument("--models", nargs="*", default=[])
     parser.add_argument("--max-rates", type=int, default=4)
+    parser.add_argument("--rates", type=float, nargs="*", default=[], help="program arrival rates (default: per model)")
     parser.add_argument("--torch-programs", type=int, default=24)
     parser.add_argument("--torch-rates", type=float, nargs="*", default=[2.0, 8.0])
     parser.add_argument("--torch-blocks", type=int, default=200)
