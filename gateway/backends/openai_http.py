@@ -47,18 +47,22 @@ class OpenAIHTTPBackend:
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        if self._closed:  # shut down: a late call must not open a session nobody will close
+            raise aiohttp.ClientConnectionError(f"the backend for {self.api_base} is shut down")
         if self._session is None or self._session.closed:  # made on the loop that uses it
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(headers=self.headers, connector=connector)
         return self._session
 
     async def start(self) -> None:
-        return None
+        self._closed = False
 
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 
