@@ -48,6 +48,10 @@ bench-routers: $(STAMP)
 bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval ranker
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --requests 19366 --workloads mixed-mixtral --rates 90,100,110,120 \
+		--skip-torch --out bench/results/scheduling_full_trace_mixed.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --requests 19366 --workloads alpaca-llama3-8b --rates 40,45,50,55 \
+		--skip-torch --out bench/results/scheduling_full_trace_alpaca.json
 
 # Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
 bench-agents: $(STAMP)

@@ -1,12 +1,13 @@
 """Shortest-predicted-first scheduling against FCFS and the true-length oracle.
 
-    .venv/bin/python -m bench.scheduling [--requests 6000] [--torch-requests 300] [--skip-torch]
+    .venv/bin/python -m bench.scheduling [--requests 6000] [--rates R,R] [--torch-requests 2000] [--torch-windows 5] [--skip-torch]
 
 Arrivals: the Azure 2023 conversation trace, rescaled to several mean rates up to past saturation.
 Requests: AlpacaEval / GSM8K / RouterBench prompts held out from the ranker's training, with one
 model's real answer lengths (bench/scheduling_workload.py); rank scores from the committed ranker.
 Simulated: the real engine (scheduler, block manager) on the Llama-3.1-8B / H100 roofline. Torch: a
-tiny model on CPU at small scale (bench/scheduling_torch.py). Policies: FCFS, Pitstop's rank policy
+tiny model on CPU at small scale, over several trace windows, each with a noise-free simulated twin
+(bench/scheduling_torch.py). Policies: FCFS, Pitstop's rank policy
 (engine/rank_policy.py, default horizon), the same without aging, and the oracle (true lengths,
 shortest remaining first). Writes bench/results/scheduling.json and PNG plots beside it."""
 
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ HORIZONS = [0.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 1e9]
 CLIENT_TIMEOUT_S = 60.0
 NO_AGING = 1e9  # a horizon longer than any run: pure shortest-predicted-first
 TORCH_HORIZON_S = 1.0
+TORCH_LOADS = (0.8, 1.0, 1.2)
 
 
 def policies(horizon_s: float = DEFAULT_HORIZON_S) -> dict[str, SchedulingPolicy]:
@@ -111,41 +114,82 @@ def simulated(workload: str, times: np.ndarray, rates: list[float]) -> dict:
             "headline": top, "horizon_sweep": {"rate": sweep_rate, "runs": sweep}}
 
 
-def torch_part(times: np.ndarray, requests: int, horizon_s: float) -> dict:
+def torch_part(requests: int, windows: int, horizon_s: float) -> dict:
+    """The torch runner over `windows` consecutive windows of `requests` trace arrivals each (its own
+    prompt draw and measured capacity per window). One short replay near saturation is dominated by a
+    few bursts and by timing noise, so the direction is read from all windows: per load, the mean of
+    the windows' statistics and the windows in which rank beat FCFS."""
     import torch  # noqa: PLC0415
 
     from bench.scheduling_torch import TinyEngineFactory, replay, torch_policies, torch_workload  # noqa: PLC0415
 
     torch.set_num_threads(1)
-    workload = torch_workload(times, held_out_requests("mixed-mixtral"), requests)
+    all_times = trace_times(requests * windows)
+    pools = held_out_requests("mixed-mixtral")
     factory = TinyEngineFactory()
+    out: dict = {"requests_per_window": requests, "windows": [], "horizon_s": horizon_s, "loads": list(TORCH_LOADS)}
     try:
-        span = workload[-1].arrival_s
-        # Capacity first: every request at once under FCFS; loads are fractions of it.
-        burst = replay(factory, FCFSPolicy(), [r.__class__(0.0, r.prompt, r.output_tokens, r.rank_score)
-                                               for r in workload], 1.0)
-        capacity = requests / max(burst["latency"])
-        for policy in torch_policies(horizon_s).values():  # warm-up: every batch shape once, unmeasured
-            replay(factory, policy, workload, capacity / (requests / span))
-        out = {"requests": requests, "capacity_req_per_cpu_s": capacity, "horizon_s": horizon_s, "by_load": []}
-        for load in (0.8, 1.0, 1.2):
-            scale = load * capacity / (requests / span)
-            row = {"load": load, "policies": {}}
-            for name, policy in torch_policies(horizon_s).items():
-                row["policies"][name] = summary(**replay(factory, policy, workload, scale))
-            out["by_load"].append(row)
-            print(f"torch load={load}: " + ", ".join(f"{k} {v['mean_s']:.2f}s" for k, v in row["policies"].items()),
-                  flush=True)
-        return out
+        for window in range(windows):
+            workload = torch_workload(all_times[window * requests:(window + 1) * requests], pools, requests,
+                                      seed=window)
+            span = workload[-1].arrival_s
+            # Capacity first: every request at once under FCFS; loads are fractions of it.
+            burst = replay(factory, FCFSPolicy(), [r.__class__(0.0, r.prompt, r.output_tokens, r.rank_score)
+                                                   for r in workload], 1.0)
+            capacity = requests / max(burst["latency"])
+            if window == 0:  # warm-up: every batch shape once, unmeasured; then this engine's step times
+                for policy in torch_policies(horizon_s).values():
+                    replay(factory, policy, workload, capacity / (requests / span))
+                step_time = factory.fit_step_time(workload)
+                out["twin_step_time"] = asdict(step_time)
+            burst_sim = factory.simulated_replay(step_time, FCFSPolicy(), workload, 1e9)
+            twin_capacity = requests / max(burst_sim["latency"])
+            row = {"window": window, "capacity_req_per_cpu_s": capacity, "twin_capacity_req_per_s": twin_capacity,
+                   "by_load": [], "twin_by_load": []}
+            for load in TORCH_LOADS:
+                scale, twin_scale = (load * c / (requests / span) for c in (capacity, twin_capacity))
+                cell = {"load": load, "policies": {}}
+                twin = {"load": load, "policies": {}}
+                for name, policy in torch_policies(horizon_s).items():
+                    run = replay(factory, policy, workload, scale)
+                    cell["policies"][name] = summary(run["latency"], run["ttft"]) | {
+                        "longest_step_s": run["longest_step_s"][0]}
+                    twin["policies"][name] = summary(**factory.simulated_replay(step_time, policy, workload,
+                                                                                twin_scale))
+                row["by_load"].append(cell)
+                row["twin_by_load"].append(twin)
+                for label, c in (("torch", cell), ("twin", twin)):
+                    print(f"{label} window={window} load={load}: "
+                          + ", ".join(f"{k} {v['mean_s']:.3f}s" for k, v in c["policies"].items()), flush=True)
+            out["windows"].append(row)
     finally:
         factory.close()
+    out["by_load"] = [_pooled([w["by_load"] for w in out["windows"]], i) for i in range(len(TORCH_LOADS))]
+    out["twin_by_load"] = [_pooled([w["twin_by_load"] for w in out["windows"]], i) for i in range(len(TORCH_LOADS))]
+    return out
+
+
+def _pooled(windows: list[list[dict]], index: int) -> dict:
+    """One load over all windows: each statistic averaged over the windows, and rank's wins."""
+    cells = [w[index] for w in windows]
+    names = cells[0]["policies"].keys()
+    policies_ = {name: {key: float(np.mean([c["policies"][name][key] for c in cells]))
+                        for key in cells[0]["policies"][name]} for name in names}
+    return {"load": cells[0]["load"], "policies": policies_,
+            "rank_mean_below_fcfs_windows": sum(c["policies"]["rank"]["mean_s"] < c["policies"]["fcfs"]["mean_s"]
+                                                for c in cells),
+            "rank_p99_at_or_below_fcfs_windows": sum(
+                c["policies"]["rank"]["p99_s"] <= c["policies"]["fcfs"]["p99_s"] for c in cells),
+            "windows": len(cells)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=6000, help="first N arrivals of the trace")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--torch-requests", type=int, default=300)
+    parser.add_argument("--rates", help="comma-separated mean arrival rates for every workload (default: per workload)")
+    parser.add_argument("--torch-requests", type=int, default=2000, help="trace arrivals per torch window")
+    parser.add_argument("--torch-windows", type=int, default=5)
     parser.add_argument("--torch-horizon", type=float, default=TORCH_HORIZON_S,
                         help="aging horizon on the CPU clock (its latencies are ~50x shorter than the H100 sim's)")
     parser.add_argument("--skip-torch", action="store_true")
@@ -156,25 +200,26 @@ def main() -> None:
         sys.exit(f"trace not found: {TRACE} (the shared data folder is expected beside the repository)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
-    times = trace_times(args.requests)
     if args.only_torch:
         report = json.loads(args.out.read_text())
-        report["torch_cpu"] = torch_part(times, args.torch_requests, args.torch_horizon)
+        report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon)
         report["torch_command"] = command("bench.scheduling")
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        return
-    report = {"command": command("bench.scheduling"), "machine": machine_info(), "trace": str(TRACE.name),
-              "trace_requests": args.requests, "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits",
-              "default_horizon_s": DEFAULT_HORIZON_S,
-              "simulated": [simulated(w, times, RATES[w]) for w in args.workloads.split(",")]}
-    if not args.skip_torch:
-        report["torch_cpu"] = torch_part(times, args.torch_requests, args.torch_horizon)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
+        report["torch_machine"] = machine_info()
+    else:
+        times = trace_times(args.requests)
+        report = {"command": command("bench.scheduling"), "machine": machine_info(), "trace": str(TRACE.name),
+                  "trace_requests": args.requests, "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits",
+                  "default_horizon_s": DEFAULT_HORIZON_S,
+                  "simulated": [simulated(w, times, [float(r) for r in args.rates.split(",")] if args.rates else RATES[w])
+                                for w in args.workloads.split(",")]}
+        if not args.skip_torch:
+            report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon)
+        report["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     from bench.scheduling_plots import plot_all  # noqa: PLC0415
 
-    for path in plot_all(report, args.out.parent):
+    for path in plot_all(report, args.out.parent, args.out.stem):
         print(f"wrote {path}")
     print(json.dumps([s["headline"] for s in report["simulated"]], indent=2))
 

@@ -12,13 +12,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 POLICY_STYLE = {"fcfs": "k-o", "rank": "C0-o", "rank-no-aging": "C0--x", "oracle": "C2:s"}
 
 
-def plot_all(report: dict, out: Path) -> list[Path]:
+def plot_all(report: dict, out: Path, stem: str = "scheduling") -> list[Path]:
+    """PNGs beside the report, named after its file (`stem`), so another run's report keeps its own."""
     paths = []
     for sim in report["simulated"]:
-        paths.append(_latency_vs_load(sim, out / f"scheduling_{sim['workload']}.png"))
-        paths.append(_horizon_sweep(sim, out / f"scheduling_{sim['workload']}_horizon.png"))
+        paths.append(_latency_vs_load(sim, out / f"{stem}_{sim['workload']}.png"))
+        paths.append(_horizon_sweep(sim, out / f"{stem}_{sim['workload']}_horizon.png"))
     if "torch_cpu" in report:
-        paths.append(_torch(report["torch_cpu"], out / "scheduling_torch_cpu.png"))
+        paths.append(_torch(report["torch_cpu"], out / f"{stem}_torch_cpu.png"))
     return paths
 
 
@@ -57,14 +58,22 @@ def _horizon_sweep(sim: dict, path: Path) -> Path:
 
 
 def _torch(part: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    loads = [r["load"] for r in part["by_load"]]
-    for name in ("fcfs", "rank", "oracle"):
-        ax.plot(loads, [r["policies"][name]["mean_s"] for r in part["by_load"]], POLICY_STYLE[name], label=name)
-    ax.set_xlabel("offered load (fraction of measured capacity)")
-    ax.set_ylabel("mean e2e latency (CPU-clock s)")
-    ax.set_title("tiny model on the torch runner (CPU)", fontsize=10)
-    ax.legend(fontsize=8)
+    panels = [("by_load", "torch runner, CPU clock"), ("twin_by_load", "noise-free twin (fitted step times)")]
+    panels = [(key, title) for key, title in panels if key in part]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
+    windows = part.get("windows", [])
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        loads = [r["load"] for r in part[key]]
+        for name in ("fcfs", "rank", "oracle"):
+            ax.plot(loads, [r["policies"][name]["mean_s"] for r in part[key]], POLICY_STYLE[name], label=name)
+            for window in windows:  # each trace window, faint: the spread behind the mean
+                ax.plot(loads, [r["policies"][name]["mean_s"] for r in window[key]], POLICY_STYLE[name][:2],
+                        alpha=0.2, lw=0.8)
+        ax.set_xlabel("offered load (fraction of measured capacity)")
+        ax.set_ylabel("mean e2e latency (s)")
+        ax.set_title(f"{title}, mean of {max(len(windows), 1)} trace windows", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle("tiny random Llama on CPU, mixed workload", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,12 +3,15 @@
 Same workload shape as the simulated part (bench/scheduling_workload.py) with answers shortened
 (real length / 4, at most 256 tokens) and prompts cut to 128 tokens, so a run takes a minute or
 two. The engine runs on the CPU clock of its one torch thread (bench.common.CpuClock): on a shared
-machine that is what a dedicated core would show. Arrivals are replayed on that clock."""
+machine that is what a dedicated core would show. Arrivals are replayed on that clock. Near
+saturation one replay still swings with small timing differences, so each is paired with a
+noise-free twin: the simulated runner with this engine's config and step times fitted on its own
+steps, on a virtual clock."""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,8 @@ from engine.llm_engine import LLMEngine
 from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.rank_policy import RankPolicy
 from engine.sampling_params import SamplingParams
+from engine.simulate import Arrival, make_sim_engine, simulate
+from engine.step_time import LinearStepTime
 from engine.tiny_model import make_tiny_model
 from engine.torch_runner import TorchModelRunner
 
@@ -61,9 +66,29 @@ class TinyEngineFactory:
         self.runner = TorchModelRunner(self.model_dir, self.config.num_blocks, BLOCK_SIZE, device="cpu",
                                        dtype=torch.float32)
 
-    def engine(self, policy: SchedulingPolicy) -> tuple[LLMEngine, CpuClock]:
+    def engine(self, policy: SchedulingPolicy, record_steps: bool = False) -> tuple[LLMEngine, CpuClock]:
         clock = CpuClock()
-        return LLMEngine(self.config, self.runner, clock, policy), clock
+        return LLMEngine(self.config, self.runner, clock, policy, record_steps=record_steps), clock
+
+    def fit_step_time(self, workload: list[TorchRequest]) -> LinearStepTime:
+        """This engine's step times, fitted on its own steps of one FCFS replay of `workload` as a
+        burst (CPU clock, host overhead included): the profile of the noise-free twin below."""
+        engine, _ = self.engine(FCFSPolicy(), record_steps=True)
+        for i, req in enumerate(workload):
+            engine.add_request(f"r{i}", req.prompt, _params(req), hints=SchedulingHints(rank_score=req.rank_score))
+        while engine.has_unfinished():
+            engine.step()
+        return LinearStepTime.fit(engine.step_log or [])
+
+    def simulated_replay(self, model: LinearStepTime, policy: SchedulingPolicy, workload: list[TorchRequest],
+                         scale: float) -> dict[str, list[float]]:
+        """The same replay on the simulated runner with this engine's config and fitted step times, on
+        a virtual clock: what the torch replay measures, without the timing noise of a shared machine."""
+        config = {k: v for k, v in asdict(self.config).items() if k not in ("block_size", "num_blocks")}
+        engine = make_sim_engine(model, self.config.num_blocks, BLOCK_SIZE, policy, vocab_size=256, **config)
+        results = simulate(engine, (Arrival(r.arrival_s / scale, r.prompt, _params(r),
+                                            hints=SchedulingHints(rank_score=r.rank_score)) for r in workload))
+        return {"latency": [r.latency for r in results], "ttft": [r.ttft for r in results]}
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -71,24 +96,30 @@ class TinyEngineFactory:
 
 def replay(factory: TinyEngineFactory, policy: SchedulingPolicy, workload: list[TorchRequest], scale: float
            ) -> dict[str, list[float]]:
-    """Arrivals at `arrival_s / scale` on the engine's CPU clock; returns per-request latency and TTFT."""
+    """Arrivals at `arrival_s / scale` on the engine's CPU clock; returns per-request latency and TTFT,
+    and the longest single step (a stall there queues the arrivals behind it)."""
     engine, clock = factory.engine(policy)
     start = clock.now()
-    seqs, i = [], 0
+    seqs, i, longest = [], 0, 0.0
     while i < len(workload) or engine.has_unfinished():
         now = clock.now() - start
         while i < len(workload) and workload[i].arrival_s / scale <= now:
             req = workload[i]
-            params = SamplingParams(temperature=0.0, max_tokens=req.output_tokens, ignore_eos=True)
-            seqs.append(engine.add_request(f"r{i}", req.prompt, params, arrival_time=start + req.arrival_s / scale,
+            seqs.append(engine.add_request(f"r{i}", req.prompt, _params(req), arrival_time=start + req.arrival_s / scale,
                                            hints=SchedulingHints(rank_score=req.rank_score)))
             i += 1
         if engine.has_unfinished():
+            before = clock.now()
             engine.step()
+            longest = max(longest, clock.now() - before)
         elif i < len(workload):
             clock.advance_to(start + workload[i].arrival_s / scale)
     return {"latency": [s.finish_time - s.arrival_time for s in seqs],
-            "ttft": [s.first_token_time - s.arrival_time for s in seqs]}
+            "ttft": [s.first_token_time - s.arrival_time for s in seqs], "longest_step_s": [longest]}
+
+
+def _params(req: TorchRequest) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=req.output_tokens, ignore_eos=True)
 
 
 def torch_policies(horizon_s: float) -> dict[str, SchedulingPolicy]:
