@@ -42,12 +42,14 @@ class LearnedRouter:
     def fit_features(self, features: Features, data: RoutingData) -> LearnedRouter:
         if hasattr(self.quality_model, "tasks"):  # task-aware families learn from the task labels
             self.quality_model.tasks = data.tasks
+        if hasattr(self.quality_model, "output_tokens"):  # and answer lengths, as a difficulty signal
+            self.quality_model.output_tokens = data.output_tokens
         self.quality_model.fit(features, data.quality, data.weight)
         self.length_model.fit(features, data.output_tokens)
         self.typical_prompt_tokens = float(np.mean(data.prompt_tokens))
-        with np.errstate(all="ignore"):
-            means = np.nanmean(data.output_tokens, axis=0)
-        self.typical_output_tokens = {m: float(v) for m, v in zip(self.models, means, strict=True) if np.isfinite(v)}
+        counts = (~np.isnan(data.output_tokens)).sum(axis=0)  # a source without answers has none
+        sums = np.nansum(data.output_tokens, axis=0)
+        self.typical_output_tokens = {m: float(s / c) for m, s, c in zip(self.models, sums, counts, strict=True) if c}
         return self
 
     def reference_cost(self, candidates: list[Candidate]) -> float | None:

@@ -6,6 +6,7 @@ operations whatever the number of models (a per-model scikit-learn call costs ~5
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
 from routers.features.featurizer import Features
@@ -70,16 +71,24 @@ class SparseLogit:
 
     def predict(self, x: Features) -> np.ndarray:
         assert x.sparse is not None
-        csr = x.sparse.tocsr()
-        z = np.tile(self.bias, (csr.shape[0], 1)).astype(np.float64)
-        for i in range(csr.shape[0]):
-            ids = csr.indices[csr.indptr[i]:csr.indptr[i + 1]]
-            vals = csr.data[csr.indptr[i]:csr.indptr[i + 1]]
-            pos = np.searchsorted(self.buckets, ids)
-            pos = np.minimum(pos, len(self.buckets) - 1)
-            hit = self.buckets[pos] == ids
-            z[i] += vals[hit] @ self.coef[pos[hit]]
-        return sigmoid(z)
+        return sigmoid(bucket_product(x.sparse, self.buckets, self.coef) + self.bias)
+
+
+def bucket_product(sparse: sp.spmatrix, buckets: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """`sparse` restricted to the sorted columns `buckets`, times `coef` (len(buckets), k): (n, k).
+    Row by row with searchsorted: a one-row request costs microseconds, where scipy's column slicing
+    of a 2**18-wide matrix costs ~0.1 ms; buckets unseen in training contribute nothing."""
+    csr = sparse.tocsr()
+    out = np.zeros((csr.shape[0], coef.shape[1]))
+    if len(buckets) == 0:
+        return out
+    for i in range(csr.shape[0]):
+        ids = csr.indices[csr.indptr[i]:csr.indptr[i + 1]]
+        vals = csr.data[csr.indptr[i]:csr.indptr[i + 1]]
+        pos = np.minimum(np.searchsorted(buckets, ids), len(buckets) - 1)
+        hit = buckets[pos] == ids
+        out[i] = vals[hit] @ coef[pos[hit]]
+    return out
 
 
 class NeighbourMean:

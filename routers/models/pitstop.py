@@ -4,6 +4,8 @@ Base learners (routers/models/components.py), each predicting every model's succ
   - task prior: P(task | prompt) x per-task mean quality (task awareness);
   - logistic regression on the static embedding of the prompt's head;
   - logistic regression on hashed n-grams of the prompt's focus (its last question);
+  - expected answer length as difficulty (routers/models/difficulty.py), where the training data has
+    answer lengths;
   - optional: logistic regression on all dense features, shrunk neighbour means (see PitstopConfig).
 Their out-of-fold predictions (K-fold cross-fitting, so the stacker sees honest inputs) feed, per
 model, a small logistic regression on their logits: it learns how much each signal is worth for that
@@ -23,6 +25,7 @@ from sklearn.model_selection import KFold
 
 from routers.features.featurizer import Features
 from routers.models.components import DenseLogit, NeighbourMean, SparseLogit, TaskPrior, logit, sigmoid
+from routers.models.difficulty import LengthDifficulty, has_lengths
 from routers.models.quality import column_means, soft_label_rows
 
 
@@ -38,7 +41,9 @@ class PitstopConfig:
     stack_task_rows: int = 300
     # "dense" (all dense features) and "knn" are available; on the training splits used for selection
     # (RouterBench train, LLMRouter train; 3-fold) they did not help and cost latency.
-    use: tuple[str, ...] = ("task", "head", "sparse")
+    use: tuple[str, ...] = ("task", "head", "sparse", "length")
+    length_c: float = 1.0
+    length_alpha: float = 3.0
     seed: int = 0
 
 
@@ -46,6 +51,7 @@ class PitstopConfig:
 class PitstopQuality:
     config: PitstopConfig = field(default_factory=PitstopConfig)
     tasks: np.ndarray | None = None  # training task labels, set by the trainer (optional)
+    output_tokens: np.ndarray | None = None  # training answer lengths, set by the trainer (optional)
 
     def _bases(self, x: Features) -> dict[str, object]:
         c = self.config
@@ -61,13 +67,19 @@ class PitstopQuality:
             bases["sparse"] = SparseLogit(c.sparse_c)
         if "knn" in c.use and "focus" in x.blocks:
             bases["knn"] = NeighbourMean(c.neighbours, "focus")
+        if "length" in c.use and has_lengths(self.output_tokens):
+            bases["length"] = LengthDifficulty(c.length_c, c.length_alpha, seed=c.seed)
         return bases
 
     @staticmethod
-    def _fit_base(base: object, x: Features, y: np.ndarray, w: np.ndarray, tasks: np.ndarray | None) -> None:
+    def _fit_base(base: object, x: Features, y: np.ndarray, w: np.ndarray, tasks: np.ndarray | None,
+                  tokens: np.ndarray | None) -> None:
         if isinstance(base, TaskPrior):
             assert tasks is not None
             base.fit_tasks(x, tasks, y, w)
+        elif isinstance(base, LengthDifficulty):
+            assert tokens is not None
+            base.fit_lengths(x, tokens, y, w)
         else:
             base.fit(x, y, w)  # type: ignore[attr-defined]
 
@@ -78,13 +90,14 @@ class PitstopQuality:
         for train_rows, held_rows in folds.split(x.dense):
             bases = self._bases(x)
             tasks = None if self.tasks is None else self.tasks[train_rows]
+            tokens = None if self.output_tokens is None else self.output_tokens[train_rows]
             for name, base in bases.items():
-                self._fit_base(base, x.rows(train_rows), y[train_rows], weight[train_rows], tasks)
+                self._fit_base(base, x.rows(train_rows), y[train_rows], weight[train_rows], tasks, tokens)
                 oof[name][held_rows] = base.predict(x.rows(held_rows))  # type: ignore[attr-defined]
         self.names = names
         self.bases = self._bases(x)
         for base in self.bases.values():
-            self._fit_base(base, x, y, weight, self.tasks)
+            self._fit_base(base, x, y, weight, self.tasks, self.output_tokens)
         all_rows = np.arange(len(y))
         self.stack_coef, self.stack_bias = self._fit_stack(oof, y, weight, all_rows)
         self.task_stacks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -94,7 +107,7 @@ class PitstopQuality:
                 rows = np.flatnonzero(self.tasks == task)
                 if len(rows) >= self.config.stack_task_rows:
                     self.task_stacks[t] = self._fit_stack(oof, y, weight, rows)
-        self.tasks = None  # the artifact keeps models, not training labels
+        self.tasks = self.output_tokens = None  # the artifact keeps models, not training labels
 
     def _fit_stack(self, oof: dict[str, np.ndarray], y: np.ndarray, weight: np.ndarray,
                    subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
