@@ -55,6 +55,7 @@ bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --requests 19366 --workloads alpaca-llama3-8b --rates 40,45,50,55 \
 		--skip-torch --out bench/results/scheduling_full_trace_alpaca.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_key_shapes
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_preemption
 
 # Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
 bench-agents: $(STAMP)

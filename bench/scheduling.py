@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from bench.scheduling_workload import (  # noqa: E402
     held_out_requests,
     trace_times,
 )
+from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.policy import FCFSPolicy, SchedulingPolicy  # noqa: E402
 from engine.rank_policy import DEFAULT_HORIZON_S, RankPolicy  # noqa: E402
 from engine.roofline import RooflineStepTime  # noqa: E402
@@ -62,8 +64,12 @@ def summary(latency: list[float], ttft: list[float]) -> dict[str, float]:
             "ttft_p99_s": float(np.percentile(first, 99)), "requests": len(lat)}
 
 
-def run_sim(policy: SchedulingPolicy, times: np.ndarray, pools: list, rate: float) -> dict[str, float]:
+def run_sim(policy: SchedulingPolicy, times: np.ndarray, pools: list, rate: float,
+            prepare: Callable[[LLMEngine], None] | None = None) -> dict[str, float]:
+    """One replay on the simulated H100; `prepare` may adjust the fresh engine before it runs."""
     engine = make_sim_engine(RooflineStepTime.builtin("llama-3.1-8b", "H100-SXM"), policy=policy)
+    if prepare is not None:
+        prepare(engine)
     results = simulate(engine, arrivals(times, pools, rate))
     assert all(r.finish_reason == "length" for r in results), "a request was rejected"
     out = summary([r.latency for r in results], [r.ttft for r in results])
