@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,16 +77,22 @@ def setting(workload: str, arrivals: int, rate: float) -> dict:
             "fcfs": {"mean_s": fcfs["mean_s"], "p99_s": fcfs["p99_s"]}, "runs": runs}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
+def run_settings(module: str, doc: str, out: Path, setting_fn: Callable[[str, int, float], dict],
+                 **extra: object) -> None:
+    """The command line of a benchmark that measures `setting_fn` at every one of SETTINGS."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
     if not TRACE.exists():
         sys.exit(f"trace not found: {TRACE} (the shared data folder is expected beside the repository)")
-    report = {"command": command("bench.scheduling_key_shapes"), "machine": machine_info(),
-              "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits (simulated)",
-              "settings": [setting(*s) for s in SETTINGS]}
+    report = {"command": command(module), "machine": machine_info(),
+              "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits (simulated)", **extra,
+              "settings": [setting_fn(*s) for s in SETTINGS]}
     print(f"wrote {write_report(args.out, report)}")
+
+
+def main() -> None:
+    run_settings("bench.scheduling_key_shapes", __doc__, OUT, setting)
 
 
 if __name__ == "__main__":

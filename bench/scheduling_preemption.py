@@ -16,14 +16,10 @@ KV blocks, are what requests wait for (all 256 slots taken in every step with a 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-from bench.common import RESULTS, command, machine_info, write_report
+from bench.common import RESULTS
 from bench.scheduling import NO_AGING, run_sim
-from bench.scheduling_key_shapes import SETTINGS
-from bench.scheduling_workload import TRACE, OracleRemainingPolicy, held_out_requests, trace_times
+from bench.scheduling_key_shapes import run_settings
+from bench.scheduling_workload import OracleRemainingPolicy, held_out_requests, trace_times
 from engine.batch import ScheduledBatch
 from engine.llm_engine import LLMEngine
 from engine.policy import FCFSPolicy, SchedulingPolicy
@@ -77,16 +73,7 @@ def setting(workload: str, arrivals: int, rate: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-    if not TRACE.exists():
-        sys.exit(f"trace not found: {TRACE} (the shared data folder is expected beside the repository)")
-    report = {"command": command("bench.scheduling_preemption"), "machine": machine_info(),
-              "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits (simulated)",
-              "max_preemptions_per_step": MAX_PREEMPTIONS_PER_STEP,
-              "settings": [setting(*s) for s in SETTINGS]}
-    print(f"wrote {write_report(args.out, report)}")
+    run_settings("bench.scheduling_preemption", __doc__, OUT, setting, max_preemptions_per_step=MAX_PREEMPTIONS_PER_STEP)
 
 
 if __name__ == "__main__":

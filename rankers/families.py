@@ -5,10 +5,12 @@
   log length, one shared model (rows are (prompt, model) answers, so every model's answer counts).
 - `lambdarank`: LightGBM LambdaRank, listwise: one query per model and chunk of prompts, relevance =
   the answer's length decile within its model; the model's identity is an input.
-- `pitstop`: the mean of `ridge` and `lambdarank`'s calibrated scores (they err differently)."""
+- `pitstop`: the mean of `ridge` and `lambdarank`'s calibrated scores (they err differently).
+- `listmle`: a small transformer fine-tuned with ListMLE, as vllm-ltr (rankers/listmle.py)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import lightgbm as lgb
@@ -148,9 +150,16 @@ FAMILIES: dict[str, type[Ranker]] = {
 }
 
 
+# Families on torch + transformers, imported only when asked for (the request path never needs them).
+LAZY_FAMILIES = {"listmle": ("rankers.listmle", "ListMLERanker")}
+
+
 def make_ranker(family: str, featurizer: RankFeaturizer | None) -> Ranker:
-    try:
+    if family in LAZY_FAMILIES:
+        module, name = LAZY_FAMILIES[family]
+        cls = getattr(importlib.import_module(module), name)
+    elif family in FAMILIES:
         cls = FAMILIES[family]
-    except KeyError:
-        raise ValueError(f"unknown ranker family {family!r}; known: {sorted(FAMILIES)}") from None
+    else:
+        raise ValueError(f"unknown ranker family {family!r}; known: {sorted(FAMILIES | LAZY_FAMILIES)}")
     return cls(featurizer)  # type: ignore[arg-type]

@@ -1,0 +1,44 @@
+"""The `listmle` family: the loss against hand-computed values, learning a known signal through the
+fine-tuned encoder, and its artifact round trip (the frozen word table re-attached from the package)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rankers.artifact import load_ranker, save_ranker
+from rankers.families import make_ranker
+from rankers.listmle import ListMLERanker, listmle_loss
+from rankers.metrics import mean_tau, tau_per_model
+from rankers.split import split_by_prompt
+from tests.rankers.test_training import synthetic
+
+
+def test_listmle_loss_by_hand():
+    # Two items, the first longer: -log P = log(e^s1 + e^s2) - s1, and the last position adds 0.
+    assert listmle_loss(torch.tensor([0.0, 0.0]), torch.tensor([10.0, 5.0])).item() == pytest.approx(math.log(2) / 2)
+    # The longer one scored lower: the true order is (second, first).
+    got = listmle_loss(torch.tensor([2.0, 0.0]), torch.tensor([5.0, 10.0])).item()
+    assert got == pytest.approx(math.log(1 + math.e ** 2) / 2)
+    # Scores in the true order with wide gaps: the loss goes to 0.
+    assert listmle_loss(torch.tensor([30.0, 20.0, 10.0]), torch.tensor([3.0, 2.0, 1.0])).item() < 1e-4
+
+
+def test_fine_tuned_encoder_learns_what_makes_answers_long_and_round_trips(tmp_path: Path):
+    train, test = split_by_prompt(synthetic(2))
+    assert make_ranker("listmle", None).family == "listmle"
+    # One layer, a few epochs: the signal is a few words.
+    ranker = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(train)
+    scores = ranker.score_batch(list(test.prompts), list(test.models))
+    assert mean_tau(tau_per_model(test, scores)) > 0.6
+    essay, word = "Write a detailed essay about clouds?", "Answer in one word: what colour is snow?"
+    assert ranker.score(essay, "never-seen") > ranker.score(word, "never-seen")
+    path = tmp_path / "listmle.joblib"
+    save_ranker(ranker, path, {"datasets": ["synthetic"]})
+    assert path.stat().st_size < 8_000_000  # the 30k-token word table is not in the file
+    loaded = load_ranker(path)
+    np.testing.assert_allclose(loaded.score_batch(list(test.prompts), list(test.models)), scores, atol=0.02)
