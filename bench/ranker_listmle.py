@@ -1,13 +1,15 @@
 """vllm-ltr's method on this data: MiniLM fine-tuned with ListMLE (`listmle`, rankers/listmle.py),
 beside the committed default family (`pitstop`, cheap features), side by side in one run.
 
-    .venv/bin/python -m bench.ranker_listmle [--variants 6:128,2:64] [--folds 3]   # ~35 min on 2 cores
+    .venv/bin/python -m bench.ranker_listmle [--variants 6:128,4:32,3:32] [--folds 3]   # ~30 min on 2 cores
 
 Protocol (as `pitstop eval ranker`, rankers/evaluate.py): AlpacaEval's training prompts only (the
 headline's source; the other two would multiply the fine-tuning time), split by prompt. Selection:
 k-fold cross-validation on the training prompts; the held-out prompts are scored once per variant,
-after the variants were fixed (6 layers / 128 tokens / 16 epochs, and the cut-down 2 layers / 64
-tokens). Cost: `score(prompt, model)` one request at a time on one thread, on held-out AlpacaEval
+after the variants were fixed (6 layers / 128 tokens / 16 epochs; 4 and 3 layers / 32 tokens, the
+sizes whose int8 encoder measured near 2 ms p99 a request before any of them was trained). Scores
+come from the int8 encoder the family serves with; held-out tau is also given in fp32. Cost:
+`score(prompt, model)` one request at a time on one thread, int8 and fp32, on held-out AlpacaEval
 prompts and on long RouterBench prompts (truncation bounds the transformer's work). Writes
 bench/results/rankers/listmle.json."""
 
@@ -72,11 +74,15 @@ def measure(variant: str, train: LengthData, test: LengthData, long_prompts: lis
     ranker = build(variant).fit(train)
     fit_s = time.perf_counter() - started
     held_out = taus(ranker, test)
-    model = test.model_names[0]
+    model, alpaca = test.model_names[0], list(dict.fromkeys(test.prompts.tolist()))
     row = {"variant": variant, "cv_tau_folds": cv, "cv_tau_mean": float(np.mean(cv)), "fit_s": fit_s,
            "heldout_tau_mean": mean_tau(held_out), "heldout_tau": held_out,
-           "latency_alpaca": cpu_ms(ranker, list(dict.fromkeys(test.prompts.tolist())), model),
-           "latency_long_prompts": cpu_ms(ranker, long_prompts, model)}
+           "latency_alpaca": cpu_ms(ranker, alpaca, model), "latency_long_prompts": cpu_ms(ranker, long_prompts, model)}
+    if getattr(ranker, "int8", False):  # the same fine-tuned weights scored in fp32, for comparison
+        ranker.int8, ranker._scorer = False, None
+        row |= {"heldout_tau_mean_fp32": mean_tau(taus(ranker, test)),
+                "latency_alpaca_fp32": cpu_ms(ranker, alpaca, model),
+                "latency_long_prompts_fp32": cpu_ms(ranker, long_prompts, model)}
     print(f"{variant}: cv {row['cv_tau_mean']:.3f}, held out {row['heldout_tau_mean']:.3f}, p99 "
           f"{row['latency_alpaca']['p99_ms']:.2f} / {row['latency_long_prompts']['p99_ms']:.2f} ms", flush=True)
     return row
@@ -84,7 +90,7 @@ def measure(variant: str, train: LengthData, test: LengthData, long_prompts: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="6:128,2:64", help="listmle layers:max_tokens, comma-separated")
+    parser.add_argument("--variants", default="6:128,4:32,3:32", help="listmle layers:max_tokens, comma-separated")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

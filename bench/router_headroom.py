@@ -1,7 +1,8 @@
 """How much prompt-level signal RouterBench leaves a router: per task and model, the ROC AUC of Pitstop's
 predicted quality on the test split, and the AIQ of a router that is told each test prompt's true task
 and routes on per-task mean quality from the training split (no prompt-level signal at all), measured
-with the same harness as `pitstop eval router`. Writes bench/results/routers/headroom.json.
+with the same harness as `pitstop eval router`; and both again given each test prompt's true answer
+lengths, so predicted cost is exact (is the gap on the cost side?). Writes bench/results/routers/headroom.json.
 
     python -m bench.router_headroom
 """
@@ -48,7 +49,9 @@ def main() -> int:
     for task in np.unique(test.tasks):
         task_mean[test.tasks == task] = np.nanmean(train.quality[train.tasks == task], axis=0)
     told = Predictions("task-mean (true task given)", task_mean, pitstop.output_tokens)
-    result = evaluate_multi([pitstop, told], test, fit_prices(train)[0], "zero")
+    true_tokens = np.where(np.isnan(test.output_tokens), 0.0, test.output_tokens)
+    exact_cost = [Predictions(f"{p.name}, true answer lengths", p.quality, true_tokens) for p in (pitstop, told)]
+    result = evaluate_multi([pitstop, told, *exact_cost], test, fit_prices(train)[0], "zero")
     aucs = per_task_auc(pitstop.quality, test.quality, test.tasks, test.models)
     flat = [a for task in aucs.values() for a in task.values() if a is not None]
     report = {

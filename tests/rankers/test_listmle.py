@@ -41,4 +41,17 @@ def test_fine_tuned_encoder_learns_what_makes_answers_long_and_round_trips(tmp_p
     save_ranker(ranker, path, {"datasets": ["synthetic"]})
     assert path.stat().st_size < 8_000_000  # the 30k-token word table is not in the file
     loaded = load_ranker(path)
-    np.testing.assert_allclose(loaded.score_batch(list(test.prompts), list(test.models)), scores, atol=0.02)
+    # Fine-tuned weights are kept at the artifact's fp16, so the loaded ranker scores exactly alike.
+    np.testing.assert_allclose(loaded.score_batch(list(test.prompts), list(test.models)), scores, atol=1e-9)
+    assert loaded.int8 and loaded._scorer is not ranker.encoder
+
+
+def test_a_prompt_is_encoded_on_its_own_tokens_not_padding():
+    ranker = ListMLERanker(None, layers=1, max_tokens=32, int8=False)
+    # The package's tokenizer file pads to 128; a short prompt must cost (and see) only its own tokens.
+    assert len(ranker.tokenizer.encode("Name a colour.").ids) < 10
+    assert len(ranker.tokenizer.encode("word " * 100).ids) == 32
+    short, long_ = "Name a colour.", "Write a long story about the sea and the ships on it. " * 5
+    alone = ranker._embed([short])
+    batched = ranker._embed([short, long_])[:1]  # padded to the long prompt's width, masked
+    torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,32 @@
+"""rankers/lean_bert.py computes what transformers' BertModel computes (mean-pooled), on the same
+fine-tunable MiniLM weights; int8 stays close to it."""
+
+from __future__ import annotations
+
+import torch
+
+from rankers.lean_bert import LeanBert
+from rankers.listmle import _encoder
+
+PROMPTS = ["Name a colour.", "Write a detailed essay about the history of clouds, with sources and a summary at the end."]
+
+
+def reference(encoder: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return encoder(input_ids=torch.tensor([ids])).last_hidden_state[0].mean(0)
+
+
+def test_lean_forward_matches_bert_model_in_fp32_and_int8_stays_close():
+    tokenizer, encoder = _encoder(3)
+    encoder.eval()
+    with torch.no_grad():  # move off the package's weights, as fine-tuning does, so fusion is tested on new ones
+        for param in encoder.encoder.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    lean, lean_int8 = LeanBert(encoder, int8=False), LeanBert(encoder, int8=True)
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt).ids
+        expected = reference(encoder, ids)
+        torch.testing.assert_close(lean(ids), expected, atol=2e-5, rtol=1e-4)
+        assert torch.nn.functional.cosine_similarity(lean_int8(ids), expected, dim=0) > 0.97
+    assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__
+               for layer in lean_int8.linears for m in layer)
