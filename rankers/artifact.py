@@ -51,8 +51,9 @@ def save_ranker(ranker: Ranker, path: str | Path, training_data: dict[str, Any],
     out = io.BytesIO()
     joblib.dump({"manifest": manifest, "ranker": ranker}, out, compress=3)
     path = Path(path)
-    atomic_write(path, out.getvalue())
+    # The JSON copy goes first: the artifact appearing is what watchers wait on, and it must find it.
     atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2, default=float).encode())
+    atomic_write(path, out.getvalue())
     return manifest
 
 
