@@ -25,6 +25,10 @@ def add_ranker_commands(train_subparsers: argparse._SubParsersAction,
                        help="default: statistics, cues, n-grams (no encoder table); static: + static embeddings")
     train.add_argument("--data", nargs="+", default=DEFAULT_DATA, help=DATA_HELP)
     train.add_argument("--out", type=Path, help="artifact file (default: var/rankers/<family>-<features>.joblib)")
+    train.add_argument("--distil-from", metavar="LAYERS:TOKENS",
+                       help="listmle only: fine-tune a teacher of this size first and distil the default size from it")
+    train.add_argument("--unlabeled", type=int, default=3000,
+                       help="with --distil-from: prompts without answers the teacher scores for the student")
     _common(train)
     train.set_defaults(handler=train_ranker_command)
 
@@ -53,7 +57,8 @@ def train_ranker_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO)
     try:
-        path, manifest = train_and_save(args.family, args.data, args.out, args.features, args.encoder, args.data_root)
+        path, manifest = train_and_save(args.family, args.data, args.out, args.features, args.encoder, args.data_root,
+                                        distil_from=args.distil_from, unlabeled=args.unlabeled)
     except (DataUnavailable, ValueError) as error:
         print(f"pitstop: {error}", file=sys.stderr)
         return 2

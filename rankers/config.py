@@ -18,6 +18,9 @@ class RankingConfig(BaseModel):
     admission_policy: str = "program-rank"
     # Aging for vLLM's integer `priority` (see gateway/ranking.py); the engines' own policy has its own.
     horizon_s: float = Field(default=DEFAULT_HORIZON_S, ge=0)
+    # Score in a worker thread rather than on the event loop. Off: for the 3-layer `listmle` ranker it made
+    # no difference beyond noise at 25-100 req/s on 2 cores (bench/ranking_offload.py).
+    offload: bool = False
 
     @field_validator("admission_policy")
     @classmethod

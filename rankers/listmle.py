@@ -6,7 +6,10 @@ measured inside the request path's 2 ms p99 budget, int8, one core; bench/ranker
 training model (an unseen model gets the mean of the heads). Training: each batch holds prompts of one
 source, and for every model with at least two answers in the batch the ListMLE
 loss (the negative log-likelihood of the true longest-first order under a Plackett-Luce model of the
-scores) is taken over those prompts; the batch loss is the mean over models. The word-embedding table stays frozen:
+scores) is taken over those prompts; the batch loss is the mean over models. Optionally distilled
+(`teacher`): a larger fine-tuned size's head outputs, standardised per model, are regressed on too, for
+the labelled prompts and for prompts without answers (`unlabeled`, rankers/unlabeled.py), which come in
+batches of their own; the teacher is never stored. The word-embedding table stays frozen:
 it is the package's, so an artifact stores only the layers and head it fine-tuned (fp16) and the
 loader re-attaches the table.
 
@@ -62,10 +65,14 @@ class ListMLERanker(Ranker):
 
     def __init__(self, featurizer: object = None, layers: int = 3, max_tokens: int = 32, epochs: int = 16,
                  batch_size: int = 32, lr: float = 3e-5, head_lr: float = 1e-3, seed: int = 0,
-                 int8: bool = True) -> None:
+                 int8: bool = True, teacher: ListMLERanker | None = None, unlabeled: Sequence[str] = (),
+                 distil_weight: float = 1.0) -> None:
         super().__init__(None)  # its own encoder: no shared features
         self.layers, self.max_tokens, self.epochs, self.batch_size = layers, max_tokens, epochs, batch_size
         self.lr, self.head_lr, self.seed, self.int8 = lr, head_lr, seed, int8
+        # Distillation (training only, never stored): the student also regresses on the teacher's head
+        # outputs, for the labelled prompts and for `unlabeled` ones.
+        self.teacher, self.unlabeled, self.distil_weight = teacher, list(unlabeled), distil_weight
         self.tokenizer, self.encoder = _encoder(layers)
         self.tokenizer.enable_truncation(max_tokens)
         self.head = torch.nn.Linear(HIDDEN, 1)
@@ -91,9 +98,15 @@ class ListMLERanker(Ranker):
         targets = np.full((len(prompts), len(self.models)), np.nan, dtype=np.float32)
         column = {m: j for j, m in enumerate(self.models)}
         targets[index, [column[m] for m in data.models]] = np.log1p(data.output_tokens.astype(np.float32))
+        sources = np.array([p.split(".", 1)[0] for p in prompts])
+        taught = None
+        if self.teacher is not None:
+            texts = np.concatenate([texts, np.array(self.unlabeled, dtype=object)])
+            targets = np.concatenate([targets, np.full((len(self.unlabeled), len(self.models)), np.nan, np.float32)])
+            sources = np.concatenate([sources, np.full(len(self.unlabeled), "unlabeled")])
+            taught = torch.from_numpy(self._teacher_outputs(list(texts)))
         self.head = torch.nn.Linear(HIDDEN, len(self.models))
         # A batch never mixes sources: their models differ, so mixed lists would be short.
-        sources = np.array([p.split(".", 1)[0] for p in prompts])
         pools = [np.flatnonzero(sources == s) for s in np.unique(sources)]
         batches = []
         for _ in range(self.epochs):
@@ -116,9 +129,12 @@ class ListMLERanker(Ranker):
                 known = ~torch.isnan(y[batch, j])
                 if int(known.sum()) >= 2:
                     losses.append(listmle_loss(out[known, j], y[batch, j][known]))
-            if not losses:
+            loss = torch.stack(losses).mean() if losses else torch.zeros(())
+            if taught is not None:
+                known = ~torch.isnan(taught[batch])
+                loss = loss + self.distil_weight * ((out - taught[batch].nan_to_num()) ** 2)[known].mean()
+            if not loss.requires_grad:
                 continue
-            loss = torch.stack(losses).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -127,17 +143,34 @@ class ListMLERanker(Ranker):
         with torch.no_grad():  # to the artifact's fp16, so a loaded artifact scores exactly as this one
             for param in params:
                 param.copy_(param.half().float())
-        self._scorer = None
+        self._scorer, self.teacher, self.unlabeled = None, None, []
 
-    def raw_scores(self, prompts: Sequence[str], features: RankFeatures | None, models: Sequence[str]
-                   ) -> np.ndarray:
+    def _teacher_outputs(self, texts: list[str]) -> np.ndarray:
+        """The teacher's head per student model (NaN where the teacher has no head for it), standardised
+        per model: ListMLE fixes a head's scale only loosely, and the student needs one target scale."""
+        assert self.teacher is not None
+        heads = self.teacher.head_outputs(texts)
+        heads = (heads - heads.mean(0)) / (heads.std(0) + 1e-6)
+        column = {m: j for j, m in enumerate(self.teacher.models)}
+        out = np.full((len(texts), len(self.models)), np.nan, dtype=np.float32)
+        for j, model in enumerate(self.models):
+            if model in column:
+                out[:, j] = heads[:, column[model]]
+        return out
+
+    def head_outputs(self, prompts: Sequence[str]) -> np.ndarray:
+        """(prompts, training models): each model's head on each prompt, before calibration."""
         if self._scorer is None:
             self._scorer = LeanBert(self.encoder, int8=self.int8)
-        column = {m: j for j, m in enumerate(self.models)}
         encodings = self.tokenizer.encode_batch([prompt[:self.max_tokens * 32] for prompt in prompts])
         pooled = torch.stack([self._scorer(e.ids) for e in encodings])  # one at a time: no padding
         with torch.inference_mode():
-            heads = self.head(pooled).numpy()
+            return self.head(pooled).numpy()
+
+    def raw_scores(self, prompts: Sequence[str], features: RankFeatures | None, models: Sequence[str]
+                   ) -> np.ndarray:
+        column = {m: j for j, m in enumerate(self.models)}
+        heads = self.head_outputs(prompts)
         out = np.empty(len(prompts))
         for i, model in enumerate(models):
             j = column.get(model)
@@ -145,14 +178,14 @@ class ListMLERanker(Ranker):
         return out
 
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("tokenizer", "encoder", "head", "_scorer")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("tokenizer", "encoder", "head", "_scorer", "teacher", "unlabeled")}
         tuned = {k: v.half() for k, v in self.encoder.state_dict().items() if k != "embeddings.word_embeddings.weight"}
         return state | {"encoder_state": tuned, "head_state": self.head.state_dict(), "head_models": len(self.models)}
 
     def __setstate__(self, state: dict) -> None:
         tuned, head_state, head_models = state.pop("encoder_state"), state.pop("head_state"), state.pop("head_models")
         self.__dict__.update({"int8": False} | state)  # artifacts from before int8 scoring keep fp32
-        self._scorer = None
+        self._scorer, self.teacher, self.unlabeled = None, None, []
         self.tokenizer, self.encoder = _encoder(self.layers)
         self.tokenizer.enable_truncation(self.max_tokens)
         self.encoder.load_state_dict({k: v.float() for k, v in tuned.items()}, strict=False)

@@ -53,16 +53,40 @@ def held_out_metrics(ranker: Ranker, test: LengthData) -> dict[str, Any]:
     return metrics
 
 
+def distilled_listmle(train: LengthData, exclude: list[str], teacher_size: str, unlabeled: int,
+                      root: Path | None = None) -> tuple[Ranker, dict[str, Any]]:
+    """The `listmle` family's default size, distilled from a larger one (bench/ranker_listmle_distil.py):
+    the teacher is fine-tuned on `train`, then scores `unlabeled` prompts without answers for the student."""
+    from rankers.listmle import ListMLERanker  # noqa: PLC0415  (torch, only for this family)
+    from rankers.unlabeled import unlabeled_prompts  # noqa: PLC0415
+
+    try:
+        layers, max_tokens = (int(x) for x in teacher_size.split(":"))
+    except ValueError:
+        raise ValueError(f"teacher size {teacher_size!r}: expected LAYERS:MAX_TOKENS, e.g. 6:128") from None
+    teacher = ListMLERanker(None, layers=layers, max_tokens=max_tokens).fit(train)
+    pool = unlabeled_prompts(unlabeled, exclude, root=root)
+    student = ListMLERanker(None, teacher=teacher, unlabeled=pool).fit(train)
+    return student, {"distilled_from": teacher_size, "unlabeled_prompts": len(pool)}
+
+
 def train_and_save(family: str, data_names: list[str], out: Path | None, spec_name: str = "default",
                    encoder_path: str | Path | None = None, root: Path | None = None,
-                   test_fraction: float = 0.2) -> tuple[Path, dict[str, Any]]:
+                   test_fraction: float = 0.2, distil_from: str | None = None, unlabeled: int = 3000
+                   ) -> tuple[Path, dict[str, Any]]:
     data = load_many(data_names, root)
     train, test = split_by_prompt(data, test_fraction)
-    ranker = make_ranker(family, make_featurizer(spec_name, encoder_path)).fit(train)
+    distillation: dict[str, Any] = {}
+    if distil_from is None:
+        ranker = make_ranker(family, make_featurizer(spec_name, encoder_path)).fit(train)
+    elif family != "listmle":
+        raise ValueError(f"distillation applies to the listmle family, not {family!r}")
+    else:  # every loaded prompt is kept out of the unlabeled pool, held-out ones included
+        ranker, distillation = distilled_listmle(train, data.prompts.tolist(), distil_from, unlabeled, root)
     metrics = held_out_metrics(ranker, test) if len(test) else {}
     training_data = {"datasets": data_names, "source": data.source, "split": "by prompt (rankers/split.py)",
                      "test_fraction": test_fraction, "train_prompts": len(train.unique_prompt_ids),
-                     "train_rows": len(train), "spec": spec_name}
+                     "train_rows": len(train), "spec": spec_name} | distillation
     path = out or Path("var/rankers") / f"{family}-{spec_name}.joblib"
     manifest = save_ranker(ranker, path, training_data, metrics)
     return path, manifest

@@ -55,3 +55,24 @@ def test_a_prompt_is_encoded_on_its_own_tokens_not_padding():
     alone = ranker._embed([short])
     batched = ranker._embed([short, long_])[:1]  # padded to the long prompt's width, masked
     torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-5)
+
+
+def test_a_student_learns_the_teachers_ranking_from_prompts_without_answers():
+    train, test = split_by_prompt(synthetic(2))
+    teacher = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(train)
+    # The student's own labels say nothing: 30 prompts with their lengths shuffled.
+    few = train.with_prompts(set(train.unique_prompt_ids[:30]))
+    noise = np.random.default_rng(0).permutation(few.output_tokens)
+    noisy = type(few)(few.name, few.prompt_ids, few.prompts, few.models, noise, few.source)
+    unlabeled = sorted(set(train.prompts.tolist()) - set(few.prompts.tolist()))
+
+    def tau(ranker: ListMLERanker) -> float:
+        return mean_tau(tau_per_model(test, ranker.score_batch(list(test.prompts), list(test.models))))
+
+    plain = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(noisy)
+    student = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4, teacher=teacher,
+                            unlabeled=unlabeled).fit(noisy)
+    assert tau(plain) < 0.3 < 0.5 < tau(student)
+    # The teacher and its prompts were for training only: neither stays on the student or in its artifact.
+    assert student.teacher is None and not student.unlabeled
+    assert not {"teacher", "unlabeled"} & set(student.__getstate__())

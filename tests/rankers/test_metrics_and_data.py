@@ -92,3 +92,15 @@ def test_split_is_by_prompt_and_stable(shared_data: Path):
     folds = prompt_folds(data, 5)
     for p in data.unique_prompt_ids:
         assert len(set(folds[data.prompt_ids == p])) == 1
+
+
+def test_unlabeled_prompts_are_seeded_distinct_and_never_excluded_ones(shared_data: Path):
+    from rankers.unlabeled import unlabeled_prompts
+
+    alpaca = load_lengths("alpaca_eval", shared_data).prompts.tolist()
+    pool = unlabeled_prompts(500, exclude=alpaca, extra=["an extra prompt"], root=shared_data)
+    assert len(pool) == len(set(pool)) == 500 and set(pool).isdisjoint(alpaca)
+    assert pool == unlabeled_prompts(500, exclude=alpaca, extra=["an extra prompt"], root=shared_data)
+    everything = unlabeled_prompts(10**6, exclude=alpaca, extra=["an extra prompt"], root=shared_data)
+    # MT-Bench shares prompts with AlpacaEval: excluded, while the rest of both sources is drawn from.
+    assert "an extra prompt" in everything and len(everything) > 6000

@@ -99,3 +99,25 @@ def test_gateway_falls_back_to_unranked_when_the_artifact_is_missing(tmp_path: P
     assert RequestRanker.load(RankingConfig(enabled=False), {}).ranker is None
     live = RequestRanker.load(RankingConfig(), {"tiny": "mistralai/Mixtral-8x7B-Instruct-v0.1"})
     assert 0.0 <= live.score("Write an essay on owls", "tiny") <= 1.0
+
+
+def test_distilled_listmle_job_keeps_every_length_prompt_out_of_the_unlabeled_pool(
+        shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import rankers.train_job as job
+    import rankers.unlabeled as unlabeled
+
+    real = load_lengths("alpaca_eval", shared_data, limit_prompts=40)
+    monkeypatch.setattr(job, "load_many", lambda names, root=None: real)
+    drawn: list[list[str]] = []
+    draw = unlabeled.unlabeled_prompts
+    monkeypatch.setattr(unlabeled, "unlabeled_prompts", lambda *a, **k: drawn.append(draw(*a, **k)) or drawn[-1])
+    with pytest.raises(ValueError, match="listmle"):
+        train_and_save("pitstop", ["alpaca_eval"], tmp_path / "p.joblib", root=shared_data, distil_from="1:16")
+    path, manifest = train_and_save("listmle", ["alpaca_eval"], tmp_path / "d.joblib", root=shared_data,
+                                    distil_from="1:16", unlabeled=30)
+    assert manifest["training_data"]["distilled_from"] == "1:16"
+    assert manifest["training_data"]["unlabeled_prompts"] == len(drawn[0]) == 30
+    assert set(drawn[0]).isdisjoint(real.prompts.tolist())  # held-out prompts included
+    assert manifest["metrics"]["test_prompts"] > 0
+    loaded = load_ranker(path)
+    assert loaded.layers == 3 and loaded.teacher is None and 0.0 <= loaded.score("Write a poem", "gemma-7b-it") <= 1.0
