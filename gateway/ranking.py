@@ -3,9 +3,10 @@
 Loaded once at start from the configured artifact (default: the committed one, which needs no
 encoder table); a missing or broken artifact is logged and ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
-the outcome row. A deployment is ranked as the model its `model_info.router_model` names (the
-training data's name), else as its model_name; a model the ranker never saw is ranked by the
-prompt alone.
+the outcome row. Scoring runs on the event loop unless `ranking.offload` moves it to a worker thread
+(measured for the transformer ranker in bench/ranking_offload.py: no difference beyond noise). A deployment is ranked as the model its
+`model_info.router_model` names (the training data's name), else as its model_name; a model the
+ranker never saw is ranked by the prompt alone.
 
 vLLM orders waiting requests by (priority, arrival) with an integer priority and no aging. Sent as
 `priority`, the aged key itself (wall-clock deciseconds + horizon x score) keeps both the
@@ -15,6 +16,7 @@ goes ahead of every ranked request on that server, whose keys are large numbers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -35,9 +37,10 @@ PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1
 
 
 class RequestRanker:
-    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str]) -> None:
+    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = False) -> None:
         self.ranker = ranker
         self.ranker_model = ranker_model  # deployment model_name -> the name the ranker knows
+        self.offload = offload
 
     @classmethod
     def load(cls, config: RankingConfig, ranker_model: dict[str, str], base_dir: Path = Path(".")
@@ -53,7 +56,7 @@ class RequestRanker:
             log.warning("ranker artifact %s not loaded (%s): requests go unranked", path, error)
             return cls(None, ranker_model)
         log.info("ranker %s v%s loaded from %s", ranker.family, ranker.version, path)
-        return cls(ranker, ranker_model)
+        return cls(ranker, ranker_model, config.offload)
 
     def score(self, prompt: str, model_name: str) -> float | None:
         if self.ranker is None or not prompt:
@@ -65,8 +68,11 @@ class RequestRanker:
             log.exception("ranking failed for model %s", model_name)
             return None
 
-    def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft) -> CallContext:
-        score = self.score(prompt, model_name)
+    async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft) -> CallContext:
+        if self.offload:  # torch releases the GIL in its kernels
+            score = await asyncio.to_thread(self.score, prompt, model_name)
+        else:
+            score = self.score(prompt, model_name)
         if score is None:
             return ctx
         draft.extra["rank_score"] = score

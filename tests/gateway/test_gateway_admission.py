@@ -146,3 +146,34 @@ def test_agent_turns_reach_pitstop_engines_marked_in_program(tmp_path: Path, ups
         agent_body, chat_body = a.stats()["bodies"]
         assert agent_body["in_program"] is True and agent_body["session_id"] == "agent-1"
         assert "in_program" not in chat_body
+
+
+def test_gateway_ranks_with_a_listmle_artifact_and_can_score_off_its_event_loop(
+        tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch):
+    from rankers.artifact import save_ranker
+    from rankers.listmle import ListMLERanker
+    from tests.rankers.test_training import synthetic
+
+    trained = ListMLERanker(None, layers=1, max_tokens=32, epochs=2).fit(synthetic(2))
+    save_ranker(trained, tmp_path / "listmle.joblib", {"datasets": ["synthetic"]})
+    expected = trained.score(PROMPTS[0], "m")
+    on_event_loop: list[bool] = []
+    score = ListMLERanker.score
+
+    def spy(self: ListMLERanker, *args: str) -> float:
+        try:
+            asyncio.get_running_loop()
+            on_event_loop.append(True)
+        except RuntimeError:  # no loop runs in this thread: a worker's
+            on_event_loop.append(False)
+        return score(self, *args)
+
+    monkeypatch.setattr(ListMLERanker, "score", spy)
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine")],
+                         ranking={"artifact": str(tmp_path / "listmle.joblib"), "offload": True})
+    with running_gateway(raw) as gw:
+        assert gw.state.ranking.ranker.family == "listmle"
+        gw.openai().chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": PROMPTS[0]}])
+        assert a.stats()["bodies"][-1]["rank_score"] == pytest.approx(expected, abs=1e-6)
+        assert on_event_loop == [False]  # scored in a worker thread, not on the loop serving requests
