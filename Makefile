@@ -51,6 +51,8 @@ bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval ranker
 	OMP_NUM_THREADS=2 $(PY) -m bench.ranker_listmle
 	OMP_NUM_THREADS=1 $(PY) -m bench.ranker_listmle_latency
+	OMP_NUM_THREADS=2 $(PY) -m bench.ranker_listmle_distil
+	$(PY) -m bench.ranking_offload
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --requests 19366 --workloads mixed-mixtral --rates 90,100,110,120 \
 		--skip-torch --out bench/results/scheduling_full_trace_mixed.json

@@ -1,0 +1,104 @@
+"""What the `listmle` ranker costs a request in the gateway, scored on the event loop (the default) or in
+a worker thread (`ranking.offload`), beside the committed cheap ranker, side by side.
+
+    .venv/bin/python -m bench.ranking_offload [--rates 25,50,100] [--duration 8] [--repeats 2]   # ~5 min
+
+One gateway process (`pitstop serve`, SQLite outcome log) in front of the gateway benchmark's mock
+upstream (20 ms a reply), non-streamed requests from its open-loop load generator, each carrying the
+same RouterBench-sized prompt (it runs to the ranker's 32-token cap). Three configurations take turns
+at each rate, `repeats` times: the committed cheap ranker (inline, the default), and a 3-layer /
+32-token `listmle` artifact with `ranking.offload` false and true. The artifact is fitted for one epoch
+on 64 training prompts: a forward pass costs the same whatever the weights (bench/ranker_listmle_latency.py).
+Reports latency p50 / p99 (ms, from the scheduled send time) per configuration and rate, and the
+median over repeats. Writes bench/results/rankers/ranking_offload.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench import pitstop_gateway
+from bench.common import RESULTS, command, machine_info, write_report
+from bench.gateway_targets import MODEL_INFO, ROOT, ROUTED_PROMPT, BenchConfig, Target, run_loadgen
+from bench.procs import Service, free_port
+
+OUT = RESULTS / "rankers" / "ranking_offload.json"
+
+
+def listmle_artifact(path: Path) -> Path:
+    from rankers.artifact import save_ranker  # noqa: PLC0415
+    from rankers.listmle import ListMLERanker  # noqa: PLC0415
+    from rankers.split import split_by_prompt  # noqa: PLC0415
+    from rankers.train_job import load_many  # noqa: PLC0415
+
+    train, _ = split_by_prompt(load_many(["alpaca_eval"]))
+    sample = train.with_prompts(set(train.unique_prompt_ids[:64]))
+    save_ranker(ListMLERanker(None, epochs=1).fit(sample), path, {"datasets": ["alpaca_eval"], "prompts": 64})
+    return path
+
+
+def gateway(work: Path, name: str, upstream: str, ranking: dict[str, Any]) -> tuple[Service, str]:
+    port = free_port()
+    config = work / f"{name}.yaml"
+    raw = pitstop_gateway.write_config(config, upstream, MODEL_INFO, f"sqlite:///{work / name}.db", port,
+                                       work / f"{name}-spool.jsonl")
+    config.write_text(yaml.safe_dump(raw | {"ranking": ranking}, sort_keys=False))
+    service = pitstop_gateway.service(config, port, work / f"{name}.log", work)
+    service.start(timeout_s=180)
+    return service, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="25,50,100", help="requests per second, comma-separated")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    cfg = BenchConfig(duration_s=args.duration, prompt=ROUTED_PROMPT)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="pitstop-offload-") as tmp:
+        work = Path(tmp)
+        artifact = listmle_artifact(work / "listmle.joblib")
+        configs = {"cheap-inline": {}, "listmle-inline": {"artifact": str(artifact), "offload": False},
+                   "listmle-offload": {"artifact": str(artifact), "offload": True}}
+        port = free_port()
+        mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), "--delay-ms", "20"],
+                       f"http://127.0.0.1:{port}/health", work / "mock.log", env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
+        mock.start(timeout_s=60)
+        services = {}
+        try:
+            for name, ranking in configs.items():
+                services[name] = gateway(work, name, f"http://127.0.0.1:{port}/v1", ranking)
+            for _ in range(args.repeats):
+                for rate in rates:
+                    for name, (service, url) in services.items():
+                        service.settle()
+                        run = run_loadgen(cfg, Target(name, url, {}, service), rate, stream=False)
+                        latency = run["latency_ms"]
+                        row = {"rate": rate, "ok": run["ok"], "errors": run["errors"],
+                               "p50_ms": latency["p50"], "p99_ms": latency["p99"]}
+                        results.setdefault(name, {}).setdefault(str(rate), []).append(row)
+                        print(name, row, flush=True)
+        finally:
+            for service, _ in services.values():
+                service.stop()
+            mock.stop()
+    summary = {name: {rate: {k: float(np.median([r[k] for r in rows])) for k in ("p50_ms", "p99_ms")}
+                      for rate, rows in by_rate.items()} for name, by_rate in results.items()}
+    report = {"command": command("bench.ranking_offload"), "machine": machine_info(), "prompt": ROUTED_PROMPT,
+              "upstream_delay_ms": 20, "duration_s": args.duration, "repeats": args.repeats,
+              "median_over_repeats": summary, "runs": results}
+    print(yaml.safe_dump(summary, sort_keys=False))
+    print(f"wrote {write_report(args.out, report)}")
+
+
+if __name__ == "__main__":
+    main()
