@@ -5,7 +5,7 @@
 
 The same protocol as bench/ranker_listmle.py (AlpacaEval's training prompts, 3-fold CV on them, the
 held-out prompts scored once, int8 as served): per fold, a teacher (6 layers / 128 tokens, about 5x
-over the 2 ms budget) is fine-tuned; then the student size (3 layers / 32 tokens, inside it) is
+over the 2 ms budget) is fine-tuned; then the student size (default 3 layers / 32 tokens; `--student 4:24` is the family's default) is
 fine-tuned twice on the same prompts: plainly, and distilled (ListMLE on the true lengths plus a
 squared error to the teacher's standardised head outputs, on the labelled prompts and on `unlabeled`
 prompts without answers, rankers/unlabeled.py). Writes bench/results/rankers/listmle_distil.json."""

