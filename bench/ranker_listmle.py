@@ -88,19 +88,25 @@ def measure(variant: str, train: LengthData, test: LengthData, long_prompts: lis
     return row
 
 
+def prepare() -> tuple[LengthData, LengthData, list[str]]:
+    """Torch on both cores for training (scoring is timed on one); AlpacaEval's training and held-out
+    prompts; the 200 longest held-out RouterBench prompts (the token cap's worst case)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(2)
+    train, test = split_by_prompt(load_lengths("alpaca_eval"))
+    _, routerbench_test = split_by_prompt(load_lengths("routerbench"))
+    return train, test, sorted(set(routerbench_test.prompts.tolist()), key=len)[-200:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="6:128,4:32,3:32", help="listmle layers:max_tokens, comma-separated")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch  # noqa: PLC0415
-
-    train, test = split_by_prompt(load_lengths("alpaca_eval"))
-    _, routerbench_test = split_by_prompt(load_lengths("routerbench"))
-    long_prompts = sorted(set(routerbench_test.prompts.tolist()), key=len)[-200:]
-    torch.set_num_threads(2)  # training; scoring is timed on one thread below
+    train, test, long_prompts = prepare()
     rows = []
     for variant in ["pitstop", *args.variants.split(",")]:
         rows.append(measure(variant, train, test, long_prompts, args.folds))

@@ -1,7 +1,7 @@
 """The ranker interface: `score(prompt, model) -> float`, lower = expected shorter answer.
 
 Every family returns a calibrated score in [0, 1]: the share of the model's training answers its raw
-score ranks below (all models' answers for a model not seen in training). Per model, because one
+score ranks below, ties counting half (all models' answers for a model not seen in training). Per model, because one
 deployment serves one model: its requests spread over the whole [0, 1], whatever its verbosity. One
 scale for all families makes the scheduler's aging rule family-independent: a score gap of 1.0 is
 worth exactly `horizon_s` seconds of waiting (engine/rank_policy.py)."""
@@ -58,8 +58,14 @@ class Ranker:
         for model in set(models.tolist()):
             rows = models == model
             quantiles = self.model_quantiles.get(model, self.raw_quantiles)
-            # np.interp needs increasing x; tied quantiles (a constant stretch) are nudged apart.
-            out[rows] = np.interp(raw[rows], quantiles + np.arange(len(QUANTILES)) * 1e-12, QUANTILES)
+            # np.interp needs increasing x, so tied quantiles (a constant stretch) are nudged apart; a raw
+            # score equal to the stretch gets its middle (nudged up, interp lands at the stretch's bottom;
+            # nudged down, at its top). Many prompts can share one raw score: a truncated encoder sees
+            # RouterBench's few-shot preambles alike.
+            nudge = np.arange(len(QUANTILES)) * 1e-12
+            bottom = np.interp(raw[rows], quantiles + nudge, QUANTILES)
+            top = np.interp(raw[rows], quantiles - nudge[::-1], QUANTILES)
+            out[rows] = (bottom + top) / 2
         return out
 
     def score_batch(self, prompts: Sequence[str], models: Sequence[str],

@@ -14,7 +14,7 @@ from pathlib import Path
 DATA_HELP = "alpaca_eval, routerbench, gsm8k, or outcomes:<export file> (several: one training set)"
 DEFAULT_DATA = ["alpaca_eval", "routerbench", "gsm8k"]
 FAMILIES = ["prompt-length", "ridge", "lambdarank", "pitstop"]
-LAZY_FAMILIES = ["listmle"]  # torch + transformers, imported only when asked for (rankers/families.py)
+LAZY_FAMILIES = ["listmle", "listmle-blend"]  # torch + transformers, imported only when asked for (rankers/families.py)
 
 
 def add_ranker_commands(train_subparsers: argparse._SubParsersAction,

@@ -6,7 +6,9 @@
 - `lambdarank`: LightGBM LambdaRank, listwise: one query per model and chunk of prompts, relevance =
   the answer's length decile within its model; the model's identity is an input.
 - `pitstop`: the mean of `ridge` and `lambdarank`'s calibrated scores (they err differently).
-- `listmle`: a small transformer fine-tuned with ListMLE, as vllm-ltr (rankers/listmle.py)."""
+- `listmle`: a small transformer fine-tuned with ListMLE, as vllm-ltr (rankers/listmle.py).
+- `listmle-blend`: `listmle` (0.75) and `pitstop` (0.25) blended: the cheap features see the whole
+  prompt, the encoder only its first tokens (rankers/listmle.py, bench/ranker_listmle_blend.py)."""
 
 from __future__ import annotations
 
@@ -128,12 +130,19 @@ class LambdaRankRanker(Ranker):
         return self.model.booster_.predict(self._design(features, models), num_threads=1)
 
 
-class EnsembleRanker(Ranker):
-    family = "pitstop"
+class BlendRanker(Ranker):
+    """A weighted mean of its parts' calibrated scores (each part calibrated per model, so one scale)."""
 
-    def __init__(self, featurizer: RankFeaturizer) -> None:
+    family = "blend"
+    weights: tuple[float, ...] | None = None  # None: equal (class default: artifacts from before weights)
+
+    def __init__(self, featurizer: RankFeaturizer | None, parts: Sequence[Ranker] = (),
+                 weights: Sequence[float] | None = None) -> None:
         super().__init__(featurizer)
-        self.parts: list[Ranker] = [RidgeRanker(featurizer), LambdaRankRanker(featurizer)]
+        self.parts: list[Ranker] = list(parts)
+        if weights is not None:
+            assert len(weights) == len(self.parts), "one weight per part"
+            self.weights = tuple(float(w) for w in weights)
 
     def fit_raw(self, data: LengthData, features: RankFeatures | None) -> None:
         for part in self.parts:
@@ -141,7 +150,15 @@ class EnsembleRanker(Ranker):
 
     def raw_scores(self, prompts: Sequence[str], features: RankFeatures | None, models: Sequence[str]
                    ) -> np.ndarray:
-        return np.mean([p.calibrate(p.raw_scores(prompts, features, models), models) for p in self.parts], axis=0)
+        scores = [p.calibrate(p.raw_scores(prompts, features, models), models) for p in self.parts]
+        return np.average(scores, axis=0, weights=self.weights)
+
+
+class EnsembleRanker(BlendRanker):
+    family = "pitstop"
+
+    def __init__(self, featurizer: RankFeaturizer) -> None:
+        super().__init__(featurizer, [RidgeRanker(featurizer), LambdaRankRanker(featurizer)])
 
 
 FAMILIES: dict[str, type[Ranker]] = {
@@ -151,7 +168,8 @@ FAMILIES: dict[str, type[Ranker]] = {
 
 
 # Families on torch + transformers, imported only when asked for (the request path never needs them).
-LAZY_FAMILIES = {"listmle": ("rankers.listmle", "ListMLERanker")}
+LAZY_FAMILIES = {"listmle": ("rankers.listmle", "ListMLERanker"),
+                 "listmle-blend": ("rankers.listmle", "ListMLEBlendRanker")}
 
 
 def make_ranker(family: str, featurizer: RankFeaturizer | None) -> Ranker:

@@ -30,7 +30,8 @@ import torch
 
 from rankers.base import Ranker
 from rankers.data import LengthData
-from rankers.features import RankFeatures
+from rankers.families import BlendRanker, EnsembleRanker
+from rankers.features import RankFeatures, RankFeaturizer
 from rankers.lean_bert import LeanBert
 
 HIDDEN = 384
@@ -193,3 +194,16 @@ class ListMLERanker(Ranker):
         self.encoder.eval()
         self.head = torch.nn.Linear(HIDDEN, head_models)
         self.head.load_state_dict(head_state)
+
+
+class ListMLEBlendRanker(BlendRanker):
+    """`listmle` and the cheap `pitstop` ensemble, blended on their calibrated scores. They see different
+    things: the encoder only the prompt's first `max_tokens` tokens, the cheap features the whole prompt.
+    The weight, 0.25 on `pitstop`, is the best of a grid on cross-validation over AlpacaEval's training
+    prompts (bench/ranker_listmle_blend.py); the cost is both rankers'."""
+
+    family = "listmle-blend"
+
+    def __init__(self, featurizer: RankFeaturizer, companion_weight: float = 0.25, **listmle: Any) -> None:
+        super().__init__(featurizer, [ListMLERanker(None, **listmle), EnsembleRanker(featurizer)],
+                         [1.0 - companion_weight, companion_weight])

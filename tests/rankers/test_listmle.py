@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from rankers.artifact import load_ranker, save_ranker
+from rankers.data import LengthData
 from rankers.families import make_ranker
-from rankers.listmle import ListMLERanker, listmle_loss
-from rankers.metrics import mean_tau, tau_per_model
+from rankers.listmle import ListMLEBlendRanker, ListMLERanker, listmle_loss
+from rankers.metrics import kendall_tau, mean_tau, tau_per_model
 from rankers.split import split_by_prompt
+from rankers.train_job import make_featurizer
 from tests.rankers.test_training import synthetic
 
 
@@ -76,3 +78,31 @@ def test_a_student_learns_the_teachers_ranking_from_prompts_without_answers():
     # The teacher and its prompts were for training only: neither stays on the student or in its artifact.
     assert student.teacher is None and not student.unlabeled
     assert not {"teacher", "unlabeled"} & set(student.__getstate__())
+
+
+def _tau(ranker: object, data: LengthData) -> float:
+    return mean_tau(tau_per_model(data, ranker.score_batch(list(data.prompts), list(data.models))))
+
+
+def test_the_blend_ranks_by_what_the_truncated_encoder_cannot_see_and_round_trips(tmp_path: Path):
+    # A greeting pushes the request's kind past the encoder's 6-token window; the cheap features see it.
+    data = synthetic(3)
+    greeted = np.array([f"Hello there my dear friend, good day. {p}" for p in data.prompts], dtype=object)
+    train, test = split_by_prompt(LengthData("greeted", data.prompt_ids, greeted, data.models,
+                                             data.output_tokens, {}))
+    blend = ListMLEBlendRanker(make_featurizer("default"), layers=1, max_tokens=6, epochs=2, lr=1e-4).fit(train)
+    assert make_ranker("listmle-blend", make_featurizer("default")).family == "listmle-blend"
+    encoder, cheap = blend.parts
+    prompts, models = list(test.prompts), list(test.models)
+    assert len(set(encoder.score_batch(prompts, models).tolist())) <= len(test.model_names)  # it sees a greeting
+    assert _tau(blend, test) > 0.6
+    # The blend orders each model's prompts as the 0.75 / 0.25 mean of its parts' calibrated scores.
+    mean = 0.75 * encoder.score_batch(prompts, models) + 0.25 * cheap.score_batch(prompts, models)
+    scores = blend.score_batch(prompts, models)
+    for model in test.model_names:
+        rows = test.models == model
+        assert kendall_tau(scores[rows], mean[rows]) > 0.99
+    path = tmp_path / "blend.joblib"
+    save_ranker(blend, path, {"datasets": ["greeted"]})
+    np.testing.assert_allclose(load_ranker(path).score_batch(prompts, models), scores, atol=1e-9)
+

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rankers.base import QUANTILES, Ranker
 from rankers.data import LengthData, load_lengths
 from rankers.metrics import kendall_tau, mean_tau, other_models_scores, tau_per_model
 from rankers.names import canonical_model
@@ -30,6 +31,20 @@ def test_kendall_tau_hand_computed():
 def _data(models: list[str], prompts: list[str], lengths: list[int]) -> LengthData:
     return LengthData("t", np.array(prompts, dtype=object), np.array(prompts, dtype=object),
                       np.array(models, dtype=object), np.array(lengths), {})
+
+
+def test_calibration_is_the_share_ranked_below_with_ties_counting_half():
+    ranker = Ranker(None)
+    # 40 of the model's 100 training answers share the lowest raw score (0); the rest are 1..60.
+    training = np.array([0.0] * 40 + list(range(1, 61)))
+    ranker.model_quantiles = {"m": np.quantile(training, QUANTILES)}
+    ranker.raw_quantiles = np.quantile(training * 2, QUANTILES)  # an unseen model's: a different scale
+    # np.quantile puts the tied stretch over the grid's first 0.39 (index 39 of 99): the tie gets its middle.
+    got = ranker.calibrate(np.array([0.0, -5.0, 100.0, 30.5, 0.0]), ["m", "m", "m", "m", "other"])
+    assert got[0] == pytest.approx(0.195, abs=1e-6)
+    assert got[1] == 0.0 and got[2] == 1.0  # outside the training range: clipped
+    assert got[3] == pytest.approx(69.5 / 99, abs=0.003)  # halfway from 30 (index 69) to 31 (index 70)
+    assert got[4] == pytest.approx(0.195, abs=1e-6)  # 0 is the pooled tie too
 
 
 def test_tau_per_model_and_mean_skip_undefined_models():
