@@ -9,12 +9,14 @@ parts; each part's calibrated scores on the fold's prompts give the cross-valida
 on a grid (the blend's order is that of the weighted mean: its own calibration is monotone). The weight
 with the best mean is the family's default; the held-out prompts then score the blend at that weight,
 each part alone, and (reported, not used) the rest of the grid. Cost: `score(prompt, model)` on one
-thread, as bench/ranker_listmle.py times it, for each part and the blend. Writes
+thread, as bench/ranker_listmle.py times it, for each part and the blend. The encoder is scored as
+served (ONNX Runtime int8), and its held-out tau on torch's int8 path is reported beside. Writes
 bench/results/rankers/listmle_blend.json."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -72,6 +74,10 @@ def main() -> None:
     held_parts = part_scores(blend, test)
     held_grid = grid_taus(held_parts, test)
     held_out = mean_tau(tau_per_model(test, blend.score_batch(list(test.prompts), list(test.models))))
+    # The same fitted encoder scored by torch's int8 path (rankers/lean_bert.py) instead of ONNX Runtime's.
+    on_torch = copy.copy(blend.parts[0])
+    on_torch.runtime, on_torch._scorer = "torch", None
+    torch_grid = grid_taus([on_torch.score_batch(list(test.prompts), list(test.models)), held_parts[1]], test)
     model, alpaca = test.model_names[0], list(dict.fromkeys(test.prompts.tolist()))
     names = {"listmle": blend.parts[0], "pitstop": blend.parts[1], "listmle-blend": blend}
     latency = {name: {"alpaca": cpu_ms(r, alpaca, model), "long_prompts": cpu_ms(r, long_prompts, model)}
@@ -86,6 +92,8 @@ def main() -> None:
               "cv_tau_folds": folds, "cv_tau_mean": cv, "chosen_weight": chosen, "fit_s": fit_s,
               "heldout_tau_blend": held_out, "heldout_tau_grid": held_grid,
               "heldout_tau_pitstop_alone": mean_tau(tau_per_model(test, held_parts[1])),
+              "scorer": "ONNX Runtime int8 (rankers/onnx_bert.py)",
+              "heldout_tau_torch_int8_scorer": {"listmle": torch_grid[0.0], "listmle-blend": torch_grid[chosen]},
               "latency_ms": latency}
     print(f"wrote {write_report(args.out, report)}")
 

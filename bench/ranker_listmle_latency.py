@@ -1,7 +1,9 @@
-"""Request-path cost of the `listmle` family's sizes, side by side: `score(prompt, model)` one request
-at a time on one thread, int8 (as served) and fp32.
+"""Request-path cost of the `listmle` family's sizes and scorers, side by side: `score(prompt, model)`
+one request at a time on one thread, for each size on ONNX Runtime int8 (as served,
+rankers/onnx_bert.py), on torch int8 and fp32 (rankers/lean_bert.py), and as `listmle-blend` (ONNX
+Runtime int8 plus the cheap `pitstop` ranker, fitted on all training prompts).
 
-    .venv/bin/python -m bench.ranker_listmle_latency [--variants 6:128,4:32,3:32] [--passes 3]
+    .venv/bin/python -m bench.ranker_listmle_latency [--variants 4:24,4:32,5:32,6:32] [--passes 3]
 
 The cost of a forward pass does not depend on the weights' values, so each size is fitted for one
 epoch on 64 training prompts (seconds) instead of its full fine-tuning; bench/ranker_listmle.py
@@ -22,14 +24,44 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, command, machine_info, write_report
+from rankers.base import Ranker
+from rankers.data import LengthData
 
 OUT = RESULTS / "rankers" / "listmle_latency.json"
 BLOCK, WARM = 50, 5
 
 
+def build_rankers(train: LengthData, variants: list[str], scorers: list[str]) -> dict[str, Ranker]:
+    """Each size fitted once (one epoch, 64 prompts), then scored by each scorer on those weights."""
+    from rankers.families import EnsembleRanker  # noqa: PLC0415
+    from rankers.listmle import ListMLEBlendRanker, ListMLERanker  # noqa: PLC0415
+    from rankers.train_job import make_featurizer  # noqa: PLC0415
+
+    sample = train.rows(np.isin(train.prompt_ids, np.unique(train.prompt_ids)[:64]))
+    cheap = EnsembleRanker(make_featurizer("default")).fit(train) if "blend" in scorers else None
+    rankers: dict[str, Ranker] = {}
+    for variant in variants:
+        layers, max_tokens = (int(x) for x in variant.split(":"))
+        fitted = ListMLERanker(None, layers=layers, max_tokens=max_tokens, epochs=1).fit(sample)
+        for scorer in scorers:
+            runtime, _, precision = scorer.partition("-")
+            ranker = ListMLERanker(None, layers=layers, max_tokens=max_tokens, epochs=1,
+                                   runtime="onnx" if runtime == "blend" else runtime, int8=precision != "fp32")
+            ranker.__dict__.update({k: v for k, v in fitted.__dict__.items() if k not in ("int8", "runtime", "_scorer")})
+            if scorer == "blend":
+                blend = ListMLEBlendRanker(make_featurizer("default"), layers=layers, max_tokens=max_tokens)
+                blend.parts = [ranker, cheap]
+                blend.fit_raw = lambda data, features: None  # parts fitted: only the blend's calibration
+                ranker = blend.fit(sample)
+            rankers[f"{variant} {scorer}"] = ranker
+    return rankers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="6:128,4:32,3:32", help="layers:max_tokens, comma-separated")
+    parser.add_argument("--variants", default="4:24,4:32,5:32,6:32", help="layers:max_tokens, comma-separated")
+    parser.add_argument("--scorers", default="onnx-int8,torch-int8,torch-fp32,blend",
+                        help="comma-separated: onnx-int8, onnx-fp32, torch-int8, torch-fp32, blend")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -37,20 +69,11 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch  # noqa: PLC0415
 
-    from rankers.listmle import ListMLERanker  # noqa: PLC0415
     from rankers.split import split_by_prompt  # noqa: PLC0415
     from rankers.train_job import load_many  # noqa: PLC0415
 
     train, test = split_by_prompt(load_many(["alpaca_eval", "gsm8k", "routerbench"]))
-    sample = train.rows(np.isin(train.prompt_ids, np.unique(train.prompt_ids)[:64]))
-    rankers = {}
-    for variant in args.variants.split(","):
-        layers, max_tokens = (int(x) for x in variant.split(":"))
-        ranker = ListMLERanker(None, layers=layers, max_tokens=max_tokens, epochs=1).fit(sample)
-        rankers[f"{variant} int8"] = ranker
-        fp32 = ListMLERanker(None, layers=layers, max_tokens=max_tokens, epochs=1, int8=False)
-        fp32.__dict__.update({k: v for k, v in ranker.__dict__.items() if k not in ("int8", "_scorer")})
-        rankers[f"{variant} fp32"] = fp32
+    rankers = build_rankers(train, args.variants.split(","), args.scorers.split(","))
     torch.set_num_threads(1)
     rows = np.random.default_rng(0).choice(len(test), size=min(args.requests, len(test)), replace=False)
     for ranker in rankers.values():

@@ -1,6 +1,7 @@
 """Shortest-predicted-first scheduling against FCFS and the true-length oracle.
 
     .venv/bin/python -m bench.scheduling [--requests 6000] [--rates R,R] [--torch-requests 2000] [--torch-windows 5] [--skip-torch]
+        [--ranker ARTIFACT]
 
 Arrivals: the Azure 2023 conversation trace, rescaled to several mean rates up to past saturation.
 Requests: AlpacaEval / GSM8K / RouterBench prompts held out from the ranker's training, with one
@@ -99,8 +100,8 @@ def headline(by_rate: list[dict]) -> dict | None:
             "no_aging_p99_over_fcfs_p99": p["rank-no-aging"]["p99_s"] / p["fcfs"]["p99_s"]}
 
 
-def simulated(workload: str, times: np.ndarray, rates: list[float]) -> dict:
-    pools = held_out_requests(workload)
+def simulated(workload: str, times: np.ndarray, rates: list[float], ranker: Path | None = None) -> dict:
+    pools = held_out_requests(workload, ranker)
     by_rate = []
     for rate in rates:
         row = {"rate": rate, "policies": {}}
@@ -120,7 +121,7 @@ def simulated(workload: str, times: np.ndarray, rates: list[float]) -> dict:
             "headline": top, "horizon_sweep": {"rate": sweep_rate, "runs": sweep}}
 
 
-def torch_part(requests: int, windows: int, horizon_s: float) -> dict:
+def torch_part(requests: int, windows: int, horizon_s: float, ranker: Path | None = None) -> dict:
     """The torch runner over `windows` consecutive windows of `requests` trace arrivals each (its own
     prompt draw and measured capacity per window). One short replay near saturation is dominated by a
     few bursts and by timing noise, so the direction is read from all windows: per load, the mean of
@@ -131,7 +132,7 @@ def torch_part(requests: int, windows: int, horizon_s: float) -> dict:
 
     torch.set_num_threads(1)
     all_times = trace_times(requests * windows)
-    pools = held_out_requests("mixed-mixtral")
+    pools = held_out_requests("mixed-mixtral", ranker)
     factory = TinyEngineFactory()
     out: dict = {"requests_per_window": requests, "windows": [], "horizon_s": horizon_s, "loads": list(TORCH_LOADS)}
     try:
@@ -200,6 +201,7 @@ def main() -> None:
                         help="aging horizon on the CPU clock (its latencies are ~50x shorter than the H100 sim's)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--only-torch", action="store_true", help="rerun the torch part into the existing report")
+    parser.add_argument("--ranker", type=Path, help="ranker artifact (default: the committed one)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if not TRACE.exists():
@@ -208,7 +210,7 @@ def main() -> None:
     started = time.perf_counter()
     if args.only_torch:
         report = json.loads(args.out.read_text())
-        report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon)
+        report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon, args.ranker)
         report["torch_command"] = command("bench.scheduling")
         report["torch_machine"] = machine_info()
     else:
@@ -216,10 +218,11 @@ def main() -> None:
         report = {"command": command("bench.scheduling"), "machine": machine_info(), "trace": str(TRACE.name),
                   "trace_requests": args.requests, "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits",
                   "default_horizon_s": DEFAULT_HORIZON_S,
-                  "simulated": [simulated(w, times, [float(r) for r in args.rates.split(",")] if args.rates else RATES[w])
-                                for w in args.workloads.split(",")]}
+                  "ranker": str(args.ranker or "committed default (rankers/artifacts/)"),
+                  "simulated": [simulated(w, times, [float(r) for r in args.rates.split(",")] if args.rates else RATES[w],
+                                          args.ranker) for w in args.workloads.split(",")]}
         if not args.skip_torch:
-            report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon)
+            report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon, args.ranker)
         report["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """Rank each request's expected answer length for the model the router chose (rankers/).
 
-Loaded once at start from the configured artifact (default: the committed one, which needs no
-encoder table); a missing or broken artifact is logged and ranking is off, never a crash. The score
+Loaded once at start from the configured artifact (default: the committed one), and warmed there so
+the first request does not build the encoder's scorer; a missing or broken artifact is logged and
+ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
 the outcome row. Scoring runs on the event loop unless `ranking.offload` moves it to a worker thread
 (measured for the transformer ranker in bench/ranking_offload.py: no difference beyond noise). A deployment is ranked as the model its
@@ -34,6 +35,9 @@ if TYPE_CHECKING:  # the request path imports the model code only when a ranker 
 log = logging.getLogger("pitstop.ranking")
 PRIORITY_TICKS_PER_S = 10
 PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1.8e10 ticks today)
+# The last artifact loaded, by (path, mtime, size): gateways built in one process (tests, replicas of an
+# app) share it rather than each loading the encoder again. Scoring only reads it.
+_LOADED: dict[tuple[str, int, int], Ranker] = {}
 
 
 class RequestRanker:
@@ -51,11 +55,20 @@ class RequestRanker:
 
         path = DEFAULT_ARTIFACT if config.artifact is None else base_dir / config.artifact
         try:
-            ranker = load_ranker(path)
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            ranker = _LOADED.get(key)
+            if ranker is None:
+                started = time.perf_counter()
+                ranker = load_ranker(path)
+                ranker.score("warm up", "")  # builds the encoder's scorer now, not on the first request
+                log.info("ranker %s v%s loaded from %s in %.1f s", ranker.family, ranker.version, path,
+                         time.perf_counter() - started)
+                _LOADED.clear()  # one artifact at a time: a reload replaces it
+                _LOADED[key] = ranker
         except (OSError, ValueError, EOFError, ImportError, AttributeError) as error:
             log.warning("ranker artifact %s not loaded (%s): requests go unranked", path, error)
             return cls(None, ranker_model)
-        log.info("ranker %s v%s loaded from %s", ranker.family, ranker.version, path)
         return cls(ranker, ranker_model, config.offload)
 
     def score(self, prompt: str, model_name: str) -> float | None:

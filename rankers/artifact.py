@@ -3,8 +3,10 @@
 Format (`pitstop-ranker/1`): a joblib file holding {"manifest": {...}, "ranker": Ranker}, and a JSON
 copy of the manifest beside it (`<file>.json`). The static encoder table is never pickled in (it is
 MBs, and shared with the router): a ranker that needs it names it by sha256 and the loader attaches
-the local table. The committed default (rankers/artifacts/default.joblib) needs no encoder at all,
-so a fresh clone ranks without building anything. Artifacts are pickles: load only files you wrote."""
+the local table. The committed default (rankers/artifacts/default.joblib) is the fine-tuned `listmle`
+ranker, whose frozen word table comes from the encoder's package; the committed cheap ranker
+(rankers/artifacts/pitstop.joblib) needs nothing beside it. A fresh clone ranks without building
+anything. Artifacts are pickles: load only files you wrote."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from routers.artifact import atomic_write
 
 FORMAT = "pitstop-ranker/1"
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default.joblib"
+CHEAP_ARTIFACT = DEFAULT_ARTIFACT.with_name("pitstop.joblib")  # no encoder, no onnxruntime: 0.3 ms a request
 log = logging.getLogger("pitstop.rankers")
 
 

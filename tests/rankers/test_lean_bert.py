@@ -30,3 +30,23 @@ def test_lean_forward_matches_bert_model_in_fp32_and_int8_stays_close():
         assert torch.nn.functional.cosine_similarity(lean_int8(ids), expected, dim=0) > 0.97
     assert any("Quantized" in type(m).__name__ or "quantized" in type(m).__module__
                for layer in lean_int8.linears for m in layer)
+
+
+def test_onnx_graph_computes_the_lean_forward_and_its_int8_stays_close():
+    from rankers.onnx_bert import OnnxBert  # noqa: PLC0415
+
+    tokenizer, encoder = _encoder(2)
+    encoder.eval()
+    with torch.no_grad():
+        for param in encoder.encoder.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    weights = {k: v.numpy() for k, v in encoder.state_dict().items()}
+    onnx_fp32, onnx_int8 = OnnxBert(weights, 2, int8=False), OnnxBert(weights, 2, int8=True)
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt).ids
+        expected = reference(encoder, ids)
+        torch.testing.assert_close(torch.from_numpy(onnx_fp32(ids)), expected, atol=2e-5, rtol=1e-4)
+        got = torch.from_numpy(onnx_int8(ids))
+        assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.98
+    assert "MatMul" in onnx_fp32.op_types and "DynamicQuantizeMatMul" not in onnx_fp32.op_types
+    assert "DynamicQuantizeMatMul" in onnx_int8.op_types

@@ -106,3 +106,22 @@ def test_the_blend_ranks_by_what_the_truncated_encoder_cannot_see_and_round_trip
     save_ranker(blend, path, {"datasets": ["greeted"]})
     np.testing.assert_allclose(load_ranker(path).score_batch(prompts, models), scores, atol=1e-9)
 
+
+
+def test_a_long_prompt_is_tokenized_only_up_to_the_window_with_the_whole_prompts_tokens():
+    ranker = ListMLERanker(None, layers=1, max_tokens=24)
+    rng = np.random.default_rng(0)
+    words = ["the", "unbelievably", "café", "naïve", "x", "Transformer's", "(a)", "3.14159", "e.g.,", "東京",
+             "supercalifragilisticexpialidocious", "\n\n", "don't", "---", "emoji🙂", "tab\there"]
+    prompts = [" ".join(rng.choice(words, size=int(rng.integers(1, 400)))) for _ in range(300)]
+    prompts += ["a" * 5000, "word " * 2000, "x" * 190 + " " + "y" * 3000, "短" * 700, " " * 400 + "late start"]
+    # Long words of few and of many word pieces: in some of these the window fills right at a cut
+    # 192 characters in, where a plain cut would split a word and change the window's last tokens.
+    common = ["international", "configuration", "responsibilities", "understanding", "nevertheless", "the"]
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    dense = [" ".join(str(rng.choice(common)) if rng.random() < 0.7 else "".join(rng.choice(letters, 8))
+                      for _ in range(60)) for _ in range(300)]
+    assert any(ranker.tokenizer.encode(p[:192]).ids != ranker.tokenizer.encode(p).ids for p in dense)
+    for prompt in prompts + dense:
+        assert ranker._token_ids(prompt) == ranker.tokenizer.encode(prompt).ids, prompt[:80]
+    assert ranker.runtime == "onnx" and type(ranker._make_scorer()).__name__ == "OnnxBert"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.ranking import RequestRanker
-from rankers.artifact import DEFAULT_ARTIFACT, load_ranker, read_manifest, save_ranker
+from rankers.artifact import CHEAP_ARTIFACT, DEFAULT_ARTIFACT, load_ranker, read_manifest, save_ranker
 from rankers.config import RankingConfig
 from rankers.data import LengthData, load_lengths
 from rankers.families import FAMILIES, make_ranker
@@ -83,12 +85,34 @@ def test_training_job_on_a_real_slice(shared_data: Path, tmp_path: Path, monkeyp
     assert load_ranker(path).score("Write a poem about tea", "gemma-7b-it") >= 0.0
 
 
-def test_committed_default_artifact_needs_no_encoder():
-    ranker = load_ranker(DEFAULT_ARTIFACT)
+def test_committed_cheap_artifact_needs_no_encoder():
+    ranker = load_ranker(CHEAP_ARTIFACT)
     assert ranker.featurizer is not None and ranker.featurizer.spec.encoder == "none"
     assert set(FAMILIES) >= {ranker.family}
-    assert DEFAULT_ARTIFACT.stat().st_size < 500_000
-    assert read_manifest(DEFAULT_ARTIFACT)["metrics"]["test_prompts"] > 0
+    assert CHEAP_ARTIFACT.stat().st_size < 500_000
+    assert read_manifest(CHEAP_ARTIFACT)["metrics"]["test_prompts"] > 0
+
+
+def test_committed_default_is_the_fine_tuned_ranker_and_scores_without_torch():
+    # A fresh interpreter: loading and scoring the default must not import torch or transformers.
+    probe = (f"import sys; from rankers.artifact import load_ranker; r = load_ranker({str(DEFAULT_ARTIFACT)!r}); "
+             "s = r.score('Write a detailed essay about owls', 'gpt-4-1106-preview'); "
+             "print(r.family, r.runtime, r.int8, s, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out[:3] == ["listmle", "onnx", "True"] and 0.0 <= float(out[3]) <= 1.0
+    assert out[4:] == ["False", "False"]
+    assert DEFAULT_ARTIFACT.stat().st_size < 16_000_000  # fine-tuned layers in fp16; the word table is the package's
+    manifest = read_manifest(DEFAULT_ARTIFACT)
+    assert manifest["family"] == "listmle" and manifest["metrics"]["test_prompts"] > 0
+    # The same weights through torch score alike (int8 paths differ by rounding only).
+    ranker = load_ranker(DEFAULT_ARTIFACT)
+    prompts = ["Name a colour.", "Write a detailed essay about the history of clouds.", "What is 2 + 2?",
+               "Summarise the plot of Hamlet in three paragraphs, then list its themes."]
+    on_onnx = ranker.score_batch(prompts, ["gpt-4-1106-preview"] * 4)
+    ranker.runtime, ranker.int8, ranker._scorer = "torch", False, None
+    on_torch = ranker.score_batch(prompts, ["gpt-4-1106-preview"] * 4)
+    np.testing.assert_allclose(on_onnx, on_torch, atol=0.05)
 
 
 def test_gateway_falls_back_to_unranked_when_the_artifact_is_missing(tmp_path: Path, caplog):
@@ -120,5 +144,5 @@ def test_distilled_listmle_job_keeps_every_length_prompt_out_of_the_unlabeled_po
     assert set(drawn[0]).isdisjoint(real.prompts.tolist())  # held-out prompts included
     assert manifest["metrics"]["test_prompts"] > 0
     loaded = load_ranker(path)
-    assert (loaded.layers, loaded.max_tokens) == (4, 24)  # the student is the family's default size
+    assert (loaded.layers, loaded.max_tokens) == (4, 32)  # the student is the family's default size
     assert loaded.teacher is None and 0.0 <= loaded.score("Write a poem", "gemma-7b-it") <= 1.0

