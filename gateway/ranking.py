@@ -35,9 +35,9 @@ if TYPE_CHECKING:  # the request path imports the model code only when a ranker 
 log = logging.getLogger("pitstop.ranking")
 PRIORITY_TICKS_PER_S = 10
 PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1.8e10 ticks today)
-# The last artifact loaded, by (path, mtime, size): gateways built in one process (tests, replicas of an
+# The last artifact loaded, by (path, inode, mtime, size): gateways built in one process (tests, replicas of an
 # app) share it rather than each loading the encoder again. Scoring only reads it.
-_LOADED: dict[tuple[str, int, int], Ranker] = {}
+_LOADED: dict[tuple[str, int, int, int], Ranker] = {}
 
 
 class RequestRanker:
@@ -56,7 +56,7 @@ class RequestRanker:
         path = DEFAULT_ARTIFACT if config.artifact is None else base_dir / config.artifact
         try:
             stat = path.stat()
-            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
             ranker = _LOADED.get(key)
             if ranker is None:
                 started = time.perf_counter()

@@ -16,6 +16,7 @@ from rankers.data import LengthData
 from rankers.features import RankFeatures, RankFeaturizer
 
 QUANTILES = np.linspace(0.0, 1.0, 201)
+_NUDGE = np.arange(len(QUANTILES)) * 1e-12  # see Ranker._calibrated
 MIN_CALIBRATION_ROWS = 50  # fewer answers of a model than this: it uses the pooled calibration
 
 
@@ -53,20 +54,25 @@ class Ranker:
         return self
 
     def calibrate(self, raw: np.ndarray, models: Sequence[str]) -> np.ndarray:
+        raw = np.asarray(raw)
+        if len(raw) == 1:  # the request path: one prompt, no grouping by model
+            return self._calibrated(raw, models[0])
         out = np.empty(len(raw))
         models = np.asarray(models, dtype=object)
         for model in set(models.tolist()):
             rows = models == model
-            quantiles = self.model_quantiles.get(model, self.raw_quantiles)
-            # np.interp needs increasing x, so tied quantiles (a constant stretch) are nudged apart; a raw
-            # score equal to the stretch gets its middle (nudged up, interp lands at the stretch's bottom;
-            # nudged down, at its top). Many prompts can share one raw score: a truncated encoder sees
-            # RouterBench's few-shot preambles alike.
-            nudge = np.arange(len(QUANTILES)) * 1e-12
-            bottom = np.interp(raw[rows], quantiles + nudge, QUANTILES)
-            top = np.interp(raw[rows], quantiles - nudge[::-1], QUANTILES)
-            out[rows] = (bottom + top) / 2
+            out[rows] = self._calibrated(raw[rows], model)
         return out
+
+    def _calibrated(self, raw: np.ndarray, model: str) -> np.ndarray:
+        quantiles = self.model_quantiles.get(model, self.raw_quantiles)
+        # np.interp needs increasing x, so tied quantiles (a constant stretch) are nudged apart; a raw
+        # score equal to the stretch gets its middle (nudged up, interp lands at the stretch's bottom;
+        # nudged down, at its top). Many prompts can share one raw score: a truncated encoder sees
+        # RouterBench's few-shot preambles alike.
+        bottom = np.interp(raw, quantiles + _NUDGE, QUANTILES)
+        top = np.interp(raw, quantiles - _NUDGE[::-1], QUANTILES)
+        return (bottom + top) / 2
 
     def score_batch(self, prompts: Sequence[str], models: Sequence[str],
                     features: RankFeatures | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@
   the answer's length decile within its model; the model's identity is an input.
 - `pitstop`: the mean of `ridge` and `lambdarank`'s calibrated scores (they err differently).
 - `listmle`: a small transformer fine-tuned with ListMLE, as vllm-ltr (rankers/listmle.py).
-- `listmle-blend`: `listmle` (0.75) and `pitstop` (0.25) blended: the cheap features see the whole
+- `listmle-blend`: `listmle` (0.8) and `pitstop` (0.2) blended: the cheap features see the whole
   prompt, the encoder only its first tokens (rankers/listmle.py, bench/ranker_listmle_blend.py)."""
 
 from __future__ import annotations

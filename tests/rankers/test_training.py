@@ -146,3 +146,13 @@ def test_distilled_listmle_job_keeps_every_length_prompt_out_of_the_unlabeled_po
     loaded = load_ranker(path)
     assert (loaded.layers, loaded.max_tokens) == (4, 32)  # the student is the family's default size
     assert loaded.teacher is None and 0.0 <= loaded.score("Write a poem", "gemma-7b-it") <= 1.0
+
+
+def test_gateways_in_one_process_share_a_loaded_artifact_until_it_changes(tmp_path: Path):
+    path = tmp_path / "ranker.joblib"
+    save_ranker(make_ranker("prompt-length", None).fit(synthetic()), path, {"datasets": ["synthetic"]})
+    first = RequestRanker.load(RankingConfig(artifact=str(path)), {}).ranker
+    assert RequestRanker.load(RankingConfig(artifact=str(path)), {}).ranker is first
+    save_ranker(make_ranker("prompt-length", None).fit(synthetic(1)), path, {"datasets": ["synthetic"]})
+    second = RequestRanker.load(RankingConfig(artifact=str(path)), {}).ranker
+    assert second is not None and second is not first and second.version != first.version
