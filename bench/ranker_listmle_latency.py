@@ -3,7 +3,7 @@ one request at a time on one thread, for each size on ONNX Runtime int8 (as serv
 rankers/onnx_bert.py), on torch int8 and fp32 (rankers/lean_bert.py), and as `listmle-blend` (ONNX
 Runtime int8 plus the cheap `pitstop` ranker, fitted on all training prompts).
 
-    .venv/bin/python -m bench.ranker_listmle_latency [--variants 4:24,4:32,5:32,6:32] [--passes 3]
+    .venv/bin/python -m bench.ranker_listmle_latency [--variants 4:24,4:32] [--passes 3]   # ~4 min
 
 The cost of a forward pass does not depend on the weights' values, so each size is fitted for one
 epoch on 64 training prompts (seconds) instead of its full fine-tuning; bench/ranker_listmle.py
@@ -12,7 +12,8 @@ taking turns by blocks of 50 requests, so that machine noise falls on all of the
 stays warm in the caches as a gateway's one ranker would (request-by-request turns would evict each
 model's weights between calls; each turn starts with 5 untimed requests to warm them), in `passes` passes;
 per variant the p50 / p99 of this thread's CPU time over all requests of all passes, and each pass's
-p99. Writes bench/results/rankers/listmle_latency.json."""
+p99. Writes bench/results/rankers/listmle_latency_onnx.json (listmle_latency.json and
+listmle_latency_*xeon.json are the torch-only runs of stops 13-15)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from bench.common import RESULTS, command, machine_info, write_report
 from rankers.base import Ranker
 from rankers.data import LengthData
 
-OUT = RESULTS / "rankers" / "listmle_latency.json"
+OUT = RESULTS / "rankers" / "listmle_latency_onnx.json"
 BLOCK, WARM = 50, 5
 
 
@@ -59,7 +60,7 @@ def build_rankers(train: LengthData, variants: list[str], scorers: list[str]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="4:24,4:32,5:32,6:32", help="layers:max_tokens, comma-separated")
+    parser.add_argument("--variants", default="4:24,4:32", help="layers:max_tokens, comma-separated")
     parser.add_argument("--scorers", default="onnx-int8,torch-int8,torch-fp32,blend",
                         help="comma-separated: onnx-int8, onnx-fp32, torch-int8, torch-fp32, blend")
     parser.add_argument("--requests", type=int, default=1000)
