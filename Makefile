@@ -51,6 +51,8 @@ bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval ranker
 	OMP_NUM_THREADS=2 $(PY) -m bench.ranker_listmle
 	OMP_NUM_THREADS=1 $(PY) -m bench.ranker_listmle_latency
+	OMP_NUM_THREADS=2 $(PY) -m bench.ranker_listmle_blend
+	OMP_NUM_THREADS=1 $(PY) -m bench.ranker_blend_sources rankers/artifacts/default.joblib
 	OMP_NUM_THREADS=2 $(PY) -m bench.ranker_listmle_distil
 	$(PY) -m bench.ranking_offload
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling

@@ -38,7 +38,7 @@ def main() -> None:
     _, test = split_by_prompt(load_many(training["datasets"]), training["test_fraction"])
     prompts, models = list(test.prompts), list(test.models)
     encoder, cheap = (part.score_batch(prompts, models) for part in blend.parts)
-    scores = {"listmle": encoder, "pitstop": cheap, "listmle-blend": blend.score_batch(prompts, models),
+    scores = {"listmle": encoder, blend.parts[1].family: cheap, "listmle-blend": blend.score_batch(prompts, models),
               "listmle, ties broken at random": encoder + np.random.default_rng(0).random(len(test)) * 1e-9}
     sources = np.array([p.split(".", 1)[0] for p in test.prompt_ids])
     rows = {}

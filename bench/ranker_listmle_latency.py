@@ -1,7 +1,8 @@
 """Request-path cost of the `listmle` family's sizes and scorers, side by side: `score(prompt, model)`
 one request at a time on one thread, for each size on ONNX Runtime int8 (as served,
 rankers/onnx_bert.py), on torch int8 and fp32 (rankers/lean_bert.py), and as `listmle-blend` (ONNX
-Runtime int8 plus the cheap `pitstop` ranker, fitted on all training prompts).
+Runtime int8 plus its cheap companion, fitted on all training prompts: `blend` with `lambdarank`, the
+family's companion since stop 17, and `blend-pitstop` with the `pitstop` ensemble of before).
 
     .venv/bin/python -m bench.ranker_listmle_latency [--variants 4:24,4:32] [--passes 3]   # ~4 min
 
@@ -34,12 +35,13 @@ BLOCK, WARM = 50, 5
 
 def build_rankers(train: LengthData, variants: list[str], scorers: list[str]) -> dict[str, Ranker]:
     """Each size fitted once (one epoch, 64 prompts), then scored by each scorer on those weights."""
-    from rankers.families import EnsembleRanker  # noqa: PLC0415
-    from rankers.listmle import ListMLEBlendRanker, ListMLERanker  # noqa: PLC0415
+    from rankers.listmle import ListMLEBlendRanker, ListMLERanker, blend_companion  # noqa: PLC0415
     from rankers.train_job import make_featurizer  # noqa: PLC0415
 
     sample = train.rows(np.isin(train.prompt_ids, np.unique(train.prompt_ids)[:64]))
-    cheap = EnsembleRanker(make_featurizer("default")).fit(train) if "blend" in scorers else None
+    companions = {scorer: scorer.partition("-")[2] or "lambdarank" for scorer in scorers if scorer.startswith("blend")}
+    cheap = {scorer: blend_companion(companion, make_featurizer("default")).fit(train)
+             for scorer, companion in companions.items()}
     rankers: dict[str, Ranker] = {}
     for variant in variants:
         layers, max_tokens = (int(x) for x in variant.split(":"))
@@ -49,9 +51,10 @@ def build_rankers(train: LengthData, variants: list[str], scorers: list[str]) ->
             ranker = ListMLERanker(None, layers=layers, max_tokens=max_tokens, epochs=1,
                                    runtime="onnx" if runtime == "blend" else runtime, int8=precision != "fp32")
             ranker.__dict__.update({k: v for k, v in fitted.__dict__.items() if k not in ("int8", "runtime", "_scorer")})
-            if scorer == "blend":
-                blend = ListMLEBlendRanker(make_featurizer("default"), layers=layers, max_tokens=max_tokens)
-                blend.parts = [ranker, cheap]
+            if scorer in companions:
+                blend = ListMLEBlendRanker(make_featurizer("default"), companion=companions[scorer],
+                                           layers=layers, max_tokens=max_tokens)
+                blend.parts = [ranker, cheap[scorer]]
                 blend.fit_raw = lambda data, features: None  # parts fitted: only the blend's calibration
                 ranker = blend.fit(sample)
             rankers[f"{variant} {scorer}"] = ranker
@@ -61,8 +64,8 @@ def build_rankers(train: LengthData, variants: list[str], scorers: list[str]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="4:24,4:32", help="layers:max_tokens, comma-separated")
-    parser.add_argument("--scorers", default="onnx-int8,torch-int8,torch-fp32,blend",
-                        help="comma-separated: onnx-int8, onnx-fp32, torch-int8, torch-fp32, blend")
+    parser.add_argument("--scorers", default="onnx-int8,torch-int8,torch-fp32,blend,blend-pitstop",
+                        help="comma-separated: onnx-int8, onnx-fp32, torch-int8, torch-fp32, blend, blend-pitstop")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=OUT)

@@ -3,8 +3,9 @@
 Format (`pitstop-ranker/1`): a joblib file holding {"manifest": {...}, "ranker": Ranker}, and a JSON
 copy of the manifest beside it (`<file>.json`). The static encoder table is never pickled in (it is
 MBs, and shared with the router): a ranker that needs it names it by sha256 and the loader attaches
-the local table. The committed default (rankers/artifacts/default.joblib) is the fine-tuned `listmle`
-ranker, whose frozen word table comes from the encoder's package; the committed cheap ranker
+the local table. The committed default (rankers/artifacts/default.joblib) is `listmle-blend`: the
+fine-tuned `listmle` encoder, whose frozen word table comes from the encoder's package, blended with a
+`lambdarank` companion on prompt statistics and cues; the committed cheap ranker
 (rankers/artifacts/pitstop.joblib) needs nothing beside it. A fresh clone ranks without building
 anything. Artifacts are pickles: load only files you wrote."""
 

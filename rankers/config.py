@@ -11,7 +11,7 @@ class RankingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    # Ranker artifact; default: the committed rankers/artifacts/default.joblib (`listmle`; the cheaper
+    # Ranker artifact; default: the committed rankers/artifacts/default.joblib (`listmle-blend`; the cheaper
     # committed `pitstop` ranker is rankers/artifacts/pitstop.joblib). A missing or bad file
     # is logged and requests go unranked (they then count as the median in every queue).
     artifact: str | None = None

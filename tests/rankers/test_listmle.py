@@ -125,3 +125,27 @@ def test_a_long_prompt_is_tokenized_only_up_to_the_window_with_the_whole_prompts
     for prompt in prompts + dense:
         assert ranker._token_ids(prompt) == ranker.tokenizer.encode(prompt).ids, prompt[:80]
     assert ranker.runtime == "onnx" and type(ranker._make_scorer()).__name__ == "OnnxBert"
+
+
+def test_the_blend_companion_lambdarank_computes_no_ngrams_and_pitstop_still_blends():
+    data = synthetic(3)
+    train, test = split_by_prompt(data)
+    featurizer = make_featurizer("default")
+    assert featurizer.spec.ngram_bits > 0
+    blend = ListMLEBlendRanker(featurizer, layers=1, max_tokens=32, epochs=1, lr=1e-4)
+    cheap = blend.parts[1]
+    assert cheap.family == "lambdarank"
+    # Its trees read the dense block only: the request path builds no sparse n-gram row.
+    assert blend.featurizer.spec.ngram_bits == 0 and cheap.featurizer is blend.featurizer
+    assert blend.featurize([test.prompts[0]]).sparse is None
+    blend.fit(train)
+    assert _tau(cheap, test) > 0.6
+    # The ensemble companion (what artifacts from before stop 17 hold) keeps its n-grams and still scores.
+    old = ListMLEBlendRanker(featurizer, companion="pitstop", layers=1, max_tokens=32, epochs=1, lr=1e-4)
+    assert old.parts[1].family == "pitstop" and old.featurizer.spec.ngram_bits == featurizer.spec.ngram_bits
+    old.parts[0] = blend.parts[0]
+    old.fit_raw = lambda data, features: old.parts[1].fit(data, features)  # the encoder is fitted above
+    old.fit(train)
+    assert 0.0 <= old.score(test.prompts[0], test.models[0]) <= 1.0
+    with pytest.raises(KeyError):
+        ListMLEBlendRanker(featurizer, companion="nope")

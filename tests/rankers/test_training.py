@@ -93,24 +93,27 @@ def test_committed_cheap_artifact_needs_no_encoder():
     assert read_manifest(CHEAP_ARTIFACT)["metrics"]["test_prompts"] > 0
 
 
-def test_committed_default_is_the_fine_tuned_ranker_and_scores_without_torch():
+def test_committed_default_is_the_fine_tuned_blend_and_scores_without_torch():
     # A fresh interpreter: loading and scoring the default must not import torch or transformers.
     probe = (f"import sys; from rankers.artifact import load_ranker; r = load_ranker({str(DEFAULT_ARTIFACT)!r}); "
-             "s = r.score('Write a detailed essay about owls', 'gpt-4-1106-preview'); "
-             "print(r.family, r.runtime, r.int8, s, 'torch' in sys.modules, 'transformers' in sys.modules)")
+             "s = r.score('Write a detailed essay about owls', 'gpt-4-1106-preview'); e, c = r.parts; "
+             "print(r.family, e.family, e.runtime, e.int8, c.family, s, 'torch' in sys.modules, "
+             "'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2]).stdout.split()
-    assert out[:3] == ["listmle", "onnx", "True"] and 0.0 <= float(out[3]) <= 1.0
-    assert out[4:] == ["False", "False"]
+    assert out[:5] == ["listmle-blend", "listmle", "onnx", "True", "lambdarank"] and 0.0 <= float(out[5]) <= 1.0
+    assert out[6:] == ["False", "False"]
     assert DEFAULT_ARTIFACT.stat().st_size < 16_000_000  # fine-tuned layers in fp16; the word table is the package's
     manifest = read_manifest(DEFAULT_ARTIFACT)
-    assert manifest["family"] == "listmle" and manifest["metrics"]["test_prompts"] > 0
+    assert manifest["family"] == "listmle-blend" and manifest["metrics"]["test_prompts"] > 0
+    assert manifest["features"]["ngram_bits"] == 0  # the companion's trees need no n-grams
     # The same weights through torch score alike (int8 paths differ by rounding only).
     ranker = load_ranker(DEFAULT_ARTIFACT)
     prompts = ["Name a colour.", "Write a detailed essay about the history of clouds.", "What is 2 + 2?",
                "Summarise the plot of Hamlet in three paragraphs, then list its themes."]
     on_onnx = ranker.score_batch(prompts, ["gpt-4-1106-preview"] * 4)
-    ranker.runtime, ranker.int8, ranker._scorer = "torch", False, None
+    encoder = ranker.parts[0]
+    encoder.runtime, encoder.int8, encoder._scorer = "torch", False, None
     on_torch = ranker.score_batch(prompts, ["gpt-4-1106-preview"] * 4)
     np.testing.assert_allclose(on_onnx, on_torch, atol=0.05)
 
