@@ -18,18 +18,42 @@ from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 from .helpers import outcome_ids, outcome_row
 
 
+class HeldOutcomeWriter(OutcomeWriter):
+    """Its database writes wait for `release`, so a test can see what submit does while one is stuck."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.release = threading.Event()
+        self.inserting = threading.Event()
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _insert_rows(self, rows: list[dict[str, object]]) -> None:
+        self.inserting.set()
+        assert self.release.wait(30), "the test never released the writer"
+        super()._insert_rows(rows)
+
+
 def test_writes_rows_in_batches_and_close_flushes_everything(db_url: str) -> None:
-    writer = OutcomeWriter(db_url, batch_size=300, flush_interval_s=0.05)
-    started = time.perf_counter()
-    for i in range(2_000):
-        writer.submit(outcome_row(i))
-    submit_s = time.perf_counter() - started
+    writer = HeldOutcomeWriter(db_url, batch_size=300, flush_interval_s=0.05)
+    submitted = threading.Event()
+
+    def submit_all() -> None:
+        for i in range(2_000):
+            writer.submit(outcome_row(i))
+        submitted.set()
+
+    # The request path only appends to memory: every submit returns while the writer thread is stuck
+    # inside a database write (no wall clock: a shared CI machine makes any time limit flaky).
+    threading.Thread(target=submit_all, daemon=True).start()
+    assert writer.inserting.wait(10), "the first full batch never reached the database"
+    assert submitted.wait(10), "submit waited on the stuck database write"
+    stats = writer.stats()
+    assert stats.written == 0 and stats.buffered == 2_000
+    writer.release.set()
     assert writer.close(timeout=30)
     ids = outcome_ids(db_url)
     assert len(ids) == 2_000 and set(ids) == {f"req-{i:06d}" for i in range(2_000)}
     stats = writer.stats()
     assert stats.written == 2_000 and stats.buffered == 0 and stats.retries == 0 and stats.rejected == 0
-    assert submit_s < 1.0  # the request path only appends to memory
 
 
 def test_flush_interval_writes_a_partial_batch(db_url: str) -> None:
