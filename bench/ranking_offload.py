@@ -1,16 +1,15 @@
-"""What the `listmle` ranker costs a request in the gateway, scored on the event loop (the default) or in
-a worker thread (`ranking.offload`), beside the committed cheap ranker, side by side.
+"""What the committed default ranker (`listmle-blend`: ONNX int8 encoder plus LambdaRank) costs a request
+in the gateway, scored on the event loop (the default) or in a worker thread (`ranking.offload`), beside
+the committed cheap ranker, side by side.
 
-    .venv/bin/python -m bench.ranking_offload [--rates 25,50,100] [--duration 8] [--repeats 2]   # ~5 min
+    .venv/bin/python -m bench.ranking_offload [--rates 25,50,100] [--duration 8] [--repeats 2]   # ~7 min
 
 One gateway process (`pitstop serve`, SQLite outcome log) in front of the gateway benchmark's mock
 upstream (20 ms a reply), non-streamed requests from its open-loop load generator, each carrying the
 same RouterBench-sized prompt (it runs to the ranker's 32-token cap). Three configurations take turns
-at each rate, `repeats` times: the committed cheap ranker (inline, the default), and a 3-layer /
-32-token `listmle` artifact with `ranking.offload` false and true. The artifact is fitted for one epoch
-on 64 training prompts: a forward pass costs the same whatever the weights (bench/ranker_listmle_latency.py).
-Reports latency p50 / p99 (ms, from the scheduled send time) per configuration and rate, and the
-median over repeats. Writes bench/results/rankers/ranking_offload.json."""
+at each rate, `repeats` times: the cheap ranker (rankers/artifacts/pitstop.joblib) and the gateway's
+default artifact (rankers/artifacts/default.joblib), each with `ranking.offload` false and true. Reports latency p50 / p99 (ms, from the scheduled send time) per configuration and
+rate, and the median over repeats. Writes bench/results/rankers/ranking_offload.json."""
 
 from __future__ import annotations
 
@@ -27,20 +26,9 @@ from bench import pitstop_gateway
 from bench.common import RESULTS, command, machine_info, write_report
 from bench.gateway_targets import MODEL_INFO, ROOT, ROUTED_PROMPT, BenchConfig, Target, run_loadgen
 from bench.procs import Service, free_port
+from rankers.artifact import CHEAP_ARTIFACT, DEFAULT_ARTIFACT, read_manifest
 
 OUT = RESULTS / "rankers" / "ranking_offload.json"
-
-
-def listmle_artifact(path: Path) -> Path:
-    from rankers.artifact import save_ranker  # noqa: PLC0415
-    from rankers.listmle import ListMLERanker  # noqa: PLC0415
-    from rankers.split import split_by_prompt  # noqa: PLC0415
-    from rankers.train_job import load_many  # noqa: PLC0415
-
-    train, _ = split_by_prompt(load_many(["alpaca_eval"]))
-    sample = train.with_prompts(set(train.unique_prompt_ids[:64]))
-    save_ranker(ListMLERanker(None, epochs=1).fit(sample), path, {"datasets": ["alpaca_eval"], "prompts": 64})
-    return path
 
 
 def gateway(work: Path, name: str, upstream: str, ranking: dict[str, Any]) -> tuple[Service, str]:
@@ -66,9 +54,9 @@ def main() -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="pitstop-offload-") as tmp:
         work = Path(tmp)
-        artifact = listmle_artifact(work / "listmle.joblib")
-        configs = {"cheap-inline": {}, "listmle-inline": {"artifact": str(artifact), "offload": False},
-                   "listmle-offload": {"artifact": str(artifact), "offload": True}}
+        configs = {"cheap-inline": {"artifact": str(CHEAP_ARTIFACT), "offload": False},
+                   "cheap-offload": {"artifact": str(CHEAP_ARTIFACT), "offload": True},
+                   "default-inline": {"offload": False}, "default-offload": {"offload": True}}
         port = free_port()
         mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), "--delay-ms", "20"],
                        f"http://127.0.0.1:{port}/health", work / "mock.log", env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
@@ -94,6 +82,9 @@ def main() -> None:
     summary = {name: {rate: {k: float(np.median([r[k] for r in rows])) for k in ("p50_ms", "p99_ms")}
                       for rate, rows in by_rate.items()} for name, by_rate in results.items()}
     report = {"command": command("bench.ranking_offload"), "machine": machine_info(), "prompt": ROUTED_PROMPT,
+              "artifacts": {name: {"path": str(path.relative_to(ROOT)), "family": manifest["family"], "version": manifest["version"]}
+                            for name, path in (("cheap", CHEAP_ARTIFACT), ("default", DEFAULT_ARTIFACT))
+                            for manifest in [read_manifest(path)]},
               "upstream_delay_ms": 20, "duration_s": args.duration, "repeats": args.repeats,
               "median_over_repeats": summary, "runs": results}
     print(yaml.safe_dump(summary, sort_keys=False))

@@ -4,8 +4,9 @@ Loaded once at start from the configured artifact (default: the committed one), 
 the first request does not build the encoder's scorer; a missing or broken artifact is logged and
 ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
-the outcome row. Scoring runs on the event loop unless `ranking.offload` moves it to a worker thread
-(measured for the transformer ranker in bench/ranking_offload.py: no difference beyond noise). A deployment is ranked as the model its
+the outcome row. Scoring runs in a worker thread (`ranking.offload`, on by default: ONNX Runtime
+releases the GIL, so the encoder runs beside the event loop; bench/ranking_offload.py measures both
+ways). A deployment is ranked as the model its
 `model_info.router_model` names (the training data's name), else as its model_name; a model the
 ranker never saw is ranked by the prompt alone.
 
@@ -41,7 +42,7 @@ _LOADED: dict[tuple[str, int, int, int], Ranker] = {}
 
 
 class RequestRanker:
-    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = False) -> None:
+    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = True) -> None:
         self.ranker = ranker
         self.ranker_model = ranker_model  # deployment model_name -> the name the ranker knows
         self.offload = offload
@@ -82,7 +83,7 @@ class RequestRanker:
             return None
 
     async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft) -> CallContext:
-        if self.offload:  # torch releases the GIL in its kernels
+        if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
             score = await asyncio.to_thread(self.score, prompt, model_name)
         else:
             score = self.score(prompt, model_name)

@@ -148,8 +148,9 @@ def test_agent_turns_reach_pitstop_engines_marked_in_program(tmp_path: Path, ups
         assert "in_program" not in chat_body
 
 
-def test_gateway_ranks_with_a_listmle_artifact_and_can_score_off_its_event_loop(
-        tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("offload", [None, False], ids=["default", "inline"])
+def test_gateway_ranks_with_a_listmle_artifact_off_its_event_loop_by_default(
+        tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch, offload: bool | None):
     from rankers.artifact import save_ranker
     from rankers.listmle import ListMLERanker
     from tests.rankers.test_training import synthetic
@@ -170,12 +171,15 @@ def test_gateway_ranks_with_a_listmle_artifact_and_can_score_off_its_event_loop(
 
     monkeypatch.setattr(ListMLERanker, "score", spy)
     a, _ = upstreams
-    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine")],
-                         ranking={"artifact": str(tmp_path / "listmle.joblib"), "offload": True})
+    ranking: dict[str, object] = {"artifact": str(tmp_path / "listmle.joblib")}
+    if offload is not None:
+        ranking["offload"] = offload
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine")], ranking=ranking)
     with running_gateway(raw) as gw:
         assert gw.state.ranking.ranker.family == "listmle"
         assert gw.state.ranking.ranker._scorer is not None  # warmed at start, not on the first request
         on_event_loop.clear()
         gw.openai().chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": PROMPTS[0]}])
         assert a.stats()["bodies"][-1]["rank_score"] == pytest.approx(expected, abs=1e-6)
-        assert on_event_loop == [False]  # scored in a worker thread, not on the loop serving requests
+        # by default in a worker thread, not on the loop serving requests; `offload: false` keeps it there
+        assert on_event_loop == [offload is False]
