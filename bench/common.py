@@ -54,6 +54,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector extensions int8 inference speed hangs on: "AMD EPYC" alone names CPUs 2.5x apart here.
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+
+
+def cpu_matmul_flags() -> list[str]:
+    """Which of MATMUL_FLAGS the CPU reports (empty where /proc/cpuinfo is unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in MATMUL_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def machine_info() -> dict:
     """Where and when the numbers were taken; torch's thread counts as set at the time of the call."""
     import torch
@@ -62,6 +78,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_matmul_flags(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
