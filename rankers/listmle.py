@@ -35,7 +35,7 @@ from rankers.base import Ranker
 from rankers.data import LengthData
 from rankers.families import BlendRanker, EnsembleRanker, LambdaRankRanker
 from rankers.features import RankFeatures, RankFeaturizer
-from rankers.onnx_bert import WORD_TABLE, OnnxBert, package_word_table
+from rankers.onnx_bert import WORD_TABLE, OnnxBert
 
 if TYPE_CHECKING:  # torch and transformers are for training and the torch scorer; a loaded artifact scores without
     import torch
@@ -140,12 +140,12 @@ class ListMLERanker(Ranker):
         self._encoder, self._head, self._saved = encoder, head, None
 
     def _weights(self) -> dict[str, np.ndarray]:
-        """Encoder and head weights by BertModel's state-dict names (head.*), fp32 numpy."""
+        """Encoder and head weights by BertModel's state-dict names (head.*), fp32 numpy; a loaded
+        artifact's lack the frozen word table, which the scorer maps from the package."""
         if self._saved is None:
             weights = {k: v.detach().numpy() for k, v in self.encoder.state_dict().items()}
             return weights | {f"head.{k}": v.detach().numpy() for k, v in self.head.state_dict().items()}
-        weights = {k: v.astype(np.float32) for k, v in self._saved.items()}
-        return weights | {WORD_TABLE: package_word_table()}
+        return {k: v.astype(np.float32) for k, v in self._saved.items()}  # the word table is the package's
 
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
         import torch  # noqa: PLC0415

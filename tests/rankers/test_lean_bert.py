@@ -50,3 +50,18 @@ def test_onnx_graph_computes_the_lean_forward_and_its_int8_stays_close():
         assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.98
     assert "MatMul" in onnx_fp32.op_types and "DynamicQuantizeMatMul" not in onnx_fp32.op_types
     assert "DynamicQuantizeMatMul" in onnx_int8.op_types
+
+
+def test_the_package_word_table_is_a_read_only_map_of_its_safetensors_tensor():
+    import numpy as np  # noqa: PLC0415
+    from safetensors import safe_open  # noqa: PLC0415
+
+    from rankers.onnx_bert import WORD_TABLE, package_word_table  # noqa: PLC0415
+    from routers.tokens import minilm_dir  # noqa: PLC0415
+
+    mapped = package_word_table()
+    with safe_open(str(minilm_dir() / "model.safetensors"), framework="np") as weights:
+        expected = weights.get_tensor(WORD_TABLE)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert mapped.dtype == np.float32 and mapped.shape == expected.shape
+    np.testing.assert_array_equal(mapped, expected)
