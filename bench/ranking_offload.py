@@ -1,15 +1,19 @@
 """What the committed default ranker (`listmle-blend`: ONNX int8 encoder plus LambdaRank) costs a request
-in the gateway, scored on the event loop (the default) or in a worker thread (`ranking.offload`), beside
-the committed cheap ranker, side by side.
+in the gateway, scored on the event loop or in a worker thread (`ranking.offload`, the default), beside
+the committed cheap ranker and no ranking at all, side by side.
 
-    .venv/bin/python -m bench.ranking_offload [--rates 25,50,100] [--duration 8] [--repeats 2]   # ~7 min
+    .venv/bin/python -m bench.ranking_offload [--rates 25,50,100] [--duration 8] [--repeats 2]   # ~10 min
 
-One gateway process (`pitstop serve`, SQLite outcome log) in front of the gateway benchmark's mock
-upstream (20 ms a reply), non-streamed requests from its open-loop load generator, each carrying the
-same RouterBench-sized prompt (it runs to the ranker's 32-token cap). Three configurations take turns
-at each rate, `repeats` times: the cheap ranker (rankers/artifacts/pitstop.joblib) and the gateway's
-default artifact (rankers/artifacts/default.joblib), each with `ranking.offload` false and true. Reports latency p50 / p99 (ms, from the scheduled send time) per configuration and
-rate, and the median over repeats. Writes bench/results/rankers/ranking_offload.json."""
+One gateway process per configuration (`pitstop serve`, SQLite outcome log) in front of the gateway
+benchmark's mock upstream (20 ms a reply), non-streamed requests from its open-loop load generator,
+each carrying the same RouterBench-sized prompt (it runs to the ranker's 32-token cap). The
+configurations take turns at each rate, `repeats` times: the cheap ranker (rankers/artifacts/pitstop.joblib)
+and the gateway's default artifact (rankers/artifacts/default.joblib), each with `ranking.offload` false
+and true, all on a vLLM deployment (`hosted_vllm/mock`: the rank is its `priority`, so each request
+waits for it); the default artifact on an API deployment (`openai/mock`: the rank is only logged, so it
+is scored beside the call, `default-beside`); and ranking off. Reports latency p50 / p99 (ms, from the
+scheduled send time) per configuration and rate, and the median over repeats. Writes
+bench/results/rankers/ranking_offload.json."""
 
 from __future__ import annotations
 
@@ -31,11 +35,11 @@ from rankers.artifact import CHEAP_ARTIFACT, DEFAULT_ARTIFACT, read_manifest
 OUT = RESULTS / "rankers" / "ranking_offload.json"
 
 
-def gateway(work: Path, name: str, upstream: str, ranking: dict[str, Any]) -> tuple[Service, str]:
+def gateway(work: Path, name: str, upstream: str, ranking: dict[str, Any], model: str) -> tuple[Service, str]:
     port = free_port()
     config = work / f"{name}.yaml"
     raw = pitstop_gateway.write_config(config, upstream, MODEL_INFO, f"sqlite:///{work / name}.db", port,
-                                       work / f"{name}-spool.jsonl")
+                                       work / f"{name}-spool.jsonl", model=model)
     config.write_text(yaml.safe_dump(raw | {"ranking": ranking}, sort_keys=False))
     service = pitstop_gateway.service(config, port, work / f"{name}.log", work)
     service.start(timeout_s=180)
@@ -54,17 +58,19 @@ def main() -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="pitstop-offload-") as tmp:
         work = Path(tmp)
-        configs = {"cheap-inline": {"artifact": str(CHEAP_ARTIFACT), "offload": False},
-                   "cheap-offload": {"artifact": str(CHEAP_ARTIFACT), "offload": True},
-                   "default-inline": {"offload": False}, "default-offload": {"offload": True}}
+        vllm, api = "hosted_vllm/mock", "openai/mock"
+        configs = {"cheap-inline": ({"artifact": str(CHEAP_ARTIFACT), "offload": False}, vllm),
+                   "cheap-offload": ({"artifact": str(CHEAP_ARTIFACT), "offload": True}, vllm),
+                   "default-inline": ({"offload": False}, vllm), "default-offload": ({"offload": True}, vllm),
+                   "default-beside": ({"offload": True}, api), "off": ({"enabled": False}, vllm)}
         port = free_port()
         mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), "--delay-ms", "20"],
                        f"http://127.0.0.1:{port}/health", work / "mock.log", env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)
         mock.start(timeout_s=60)
         services = {}
         try:
-            for name, ranking in configs.items():
-                services[name] = gateway(work, name, f"http://127.0.0.1:{port}/v1", ranking)
+            for name, (ranking, model) in configs.items():
+                services[name] = gateway(work, name, f"http://127.0.0.1:{port}/v1", ranking, model)
             for _ in range(args.repeats):
                 for rate in rates:
                     for name, (service, url) in services.items():
@@ -85,7 +91,7 @@ def main() -> None:
               "artifacts": {name: {"path": str(path.relative_to(ROOT)), "family": manifest["family"], "version": manifest["version"]}
                             for name, path in (("cheap", CHEAP_ARTIFACT), ("default", DEFAULT_ARTIFACT))
                             for manifest in [read_manifest(path)]},
-              "upstream_delay_ms": 20, "duration_s": args.duration, "repeats": args.repeats,
+              "deployments": {name: model for name, (_, model) in configs.items()}, "upstream_delay_ms": 20, "duration_s": args.duration, "repeats": args.repeats,
               "median_over_repeats": summary, "runs": results}
     print(yaml.safe_dump(summary, sort_keys=False))
     print(f"wrote {write_report(args.out, report)}")

@@ -27,6 +27,11 @@ class Deployment:
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens
 
+    @property
+    def uses_rank(self) -> bool:
+        """Whether a request's place here depends on its rank: its admission queue or its engine orders by it."""
+        return self.admission is not None or self.backend.uses_rank
+
 
 @dataclass
 class DeploymentPool:
@@ -40,6 +45,9 @@ class DeploymentPool:
 
     def __contains__(self, model_name: str) -> bool:
         return model_name in self.by_model
+
+    def uses_rank(self, model_name: str) -> bool:
+        return any(d.uses_rank for d in self.by_model.get(model_name, ()))
 
     @property
     def deployments(self) -> list[Deployment]:

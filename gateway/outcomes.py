@@ -7,6 +7,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +40,12 @@ def storable(value: Any) -> Any:
     return value
 
 
+def _settled(rank: asyncio.Future[float | None] | None) -> float | None:
+    if rank is None or not rank.done() or rank.cancelled() or rank.exception() is not None:
+        return None
+    return rank.result()
+
+
 @dataclass
 class OutcomeDraft:
     request_id: str = field(default_factory=new_request_id)
@@ -58,6 +66,8 @@ class OutcomeDraft:
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
+    rank_pending: asyncio.Future[float | None] | None = None
 
     def fail(self, status: int, message: str, kind: str = "error") -> None:
         self.status, self.http_status, self.error = kind, status, message
@@ -108,7 +118,8 @@ class OutcomeRecorder:
         self.limiter = limiter
         self.keys = keys
         self.store_text = store_text
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()  # spend updates
+        self._rows_waiting: set[asyncio.Task] = set()
 
     def finish(self, draft: OutcomeDraft) -> None:
         if draft.finished:
@@ -129,11 +140,39 @@ class OutcomeRecorder:
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
         if draft.caller is not None and draft.caller.key_id is not None and cost > 0:
             self._spend(draft.caller.key_id, cost)
-        if self.writer is not None:
-            try:
-                self.writer.submit(storable(self._row(draft, latency, cost)))
-            except Exception:  # the request already has its answer: never fail it for the log
-                log.exception("outcome row for %s was not accepted", draft.request_id)
+        if self.writer is None:
+            return
+        rank = draft.rank_pending
+        if rank is not None and not rank.done():
+            self._track(self._submit_when_ranked(draft, rank, latency, cost), self._rows_waiting)
+            return
+        self._submit(draft, latency, cost)
+
+    def _submit(self, draft: OutcomeDraft, latency: float, cost: float) -> None:
+        assert self.writer is not None
+        if (score := _settled(draft.rank_pending)) is not None:
+            draft.extra["rank_score"] = score
+        try:
+            self.writer.submit(storable(self._row(draft, latency, cost)))
+        except Exception:  # the request already has its answer: never fail it for the log
+            log.exception("outcome row for %s was not accepted", draft.request_id)
+
+    async def _submit_when_ranked(self, draft: OutcomeDraft, rank: asyncio.Future[float | None], latency: float,
+                                  cost: float) -> None:
+        with suppress(Exception):  # the scorer logs its own failures; the row goes without a rank
+            await asyncio.shield(rank)  # shielded: a cancelled drain must not cancel the scorer's future
+        self._submit(draft, latency, cost)
+
+    def _track(self, work: Coroutine[Any, Any, None], tasks: set[asyncio.Task] | None = None) -> None:
+        tasks = self._background if tasks is None else tasks
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    @property
+    def rows_waiting(self) -> int:
+        """Rows not yet handed to the writer: their rank is still being scored."""
+        return len(self._rows_waiting)
 
     def _spend(self, key_id: str, cost: float) -> None:
         async def record() -> None:
@@ -141,9 +180,7 @@ class OutcomeRecorder:
             if self.keys is not None:
                 await asyncio.to_thread(self.keys.add_spend, key_id, cost)
 
-        task = asyncio.get_running_loop().create_task(record())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._track(record())
 
     def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None
@@ -179,5 +216,5 @@ class OutcomeRecorder:
         }
 
     async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background or self._rows_waiting:
+            await asyncio.gather(*self._background, *self._rows_waiting, return_exceptions=True)

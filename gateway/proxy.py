@@ -65,7 +65,8 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx
         if state.ranking is not None:  # rankers/: expected answer length for the chosen model
-            ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft)
+            ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
+                                            needed=state.pool.uses_rank(route.model_name))
         if parsed.stream:
             chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx,
                                                                prefer=session.prefer)

@@ -6,7 +6,11 @@ ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
 the outcome row. Scoring runs in a worker thread (`ranking.offload`, on by default: ONNX Runtime
 releases the GIL, so the encoder runs beside the event loop; bench/ranking_offload.py measures both
-ways). A deployment is ranked as the model its
+ways). Where no deployment of the chosen model orders by the rank (no admission queue, neither a
+Pitstop engine nor vLLM: an API provider), the rank is only logged, so the request does not wait for
+it: it is scored beside the upstream call and the outcome row waits for it instead
+(gateway/outcomes.py). With `offload: false` every request is scored on the loop before its call.
+A deployment is ranked as the model its
 `model_info.router_model` names (the training data's name), else as its model_name; a model the
 ranker never saw is ranked by the prompt alone.
 
@@ -82,7 +86,15 @@ class RequestRanker:
             log.exception("ranking failed for model %s", model_name)
             return None
 
-    async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft) -> CallContext:
+    async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft,
+                    needed: bool = True) -> CallContext:
+        """The request's context with its rank, or, where the deployment does not use it (`needed`
+        false) and scoring is offloaded, unchanged at once while the rank is scored for the row."""
+        if self.ranker is None or not prompt:
+            return ctx
+        if not needed and self.offload:
+            draft.rank_pending = asyncio.ensure_future(asyncio.to_thread(self.score, prompt, model_name))
+            return ctx
         if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
             score = await asyncio.to_thread(self.score, prompt, model_name)
         else:

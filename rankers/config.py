@@ -22,6 +22,8 @@ class RankingConfig(BaseModel):
     # Score in a worker thread rather than on the event loop. On: ONNX Runtime releases the GIL, so the
     # default encoder ranker no longer stalls the loop; at 100 req/s on 2 cores it cut the gateway's p99
     # from 70.6 to 40.2 ms, and the cheap ranker moved by under 1 ms either way (bench/ranking_offload.py).
+    # Also lets a request to a deployment that does not order by the rank (an API provider) go out while
+    # its rank is scored for the outcome row. Off: every request is scored on the loop before its call.
     offload: bool = True
 
     @field_validator("admission_policy")

@@ -39,6 +39,9 @@ class BackendError(Exception):
 class Backend(Protocol):
     # Whether session_id / priority / pin_ttl_s reach the deployment (Pitstop engines, vLLM priority).
     accepts_session: bool
+    # Whether the deployment's scheduler orders by the gateway's rank (Pitstop engines' `rank_score`,
+    # vLLM's `priority`); elsewhere the rank is only logged, and is scored beside the call.
+    uses_rank: bool
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
 

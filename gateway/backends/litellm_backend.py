@@ -75,7 +75,7 @@ class LitellmBackend:
         self.rank_horizon_s = rank_horizon_s  # aging of the rank key sent to vLLM as `priority`
         self.provider = str(self.params.get("model", "")).split("/", 1)[0]
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
-        self.accepts_session = vllm_priority
+        self.accepts_session = self.uses_rank = vllm_priority
 
     async def start(self) -> None:
         _litellm()

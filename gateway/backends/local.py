@@ -22,6 +22,7 @@ def _as_backend_error(exc: Exception) -> BackendError:
 
 class LocalEngineBackend:
     accepts_session = True
+    uses_rank = True
 
     def __init__(self, engine: AsyncEngine, served_model: str) -> None:
         self.engine = engine

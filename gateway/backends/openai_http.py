@@ -43,6 +43,7 @@ class OpenAIHTTPBackend:
         self.served_model = served_model
         self.accepts_session = accepts_session
         self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
+        self.uses_rank = self.send_priority
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections

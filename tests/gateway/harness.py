@@ -88,6 +88,8 @@ class Gateway:
 
     def flush(self) -> None:
         assert self.state is not None, "flush() is for in-process gateways; poll rows() for subprocesses"
+        recorder = self.state.recorder  # rows that wait for a rank scored beside their call go first
+        wait_until(lambda: recorder.rows_waiting == 0, what="rows waiting for their rank were handed over")
         assert self.state.writer.flush(timeout=20), "the outcome writer did not flush in time"
         assert self.state.feedback.flush(timeout=20), "the feedback writer did not flush in time"
 

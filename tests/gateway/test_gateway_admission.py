@@ -16,7 +16,7 @@ from engine.rank_policy import RankPolicy
 from gateway.admission import AdmissionQueue, Waiting
 from gateway.backends.base import CallContext
 from gateway.ranking import PRIORITY_CLASS, vllm_priority
-from tests.gateway.harness import gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.harness import gateway_config, model_entry, read_outcomes, running_gateway, wait_until
 
 PROMPTS = [
     "Write a detailed, 2000-word essay on the history of the Roman empire, with sections and sources.",
@@ -183,3 +183,73 @@ def test_gateway_ranks_with_a_listmle_artifact_off_its_event_loop_by_default(
         assert a.stats()["bodies"][-1]["rank_score"] == pytest.approx(expected, abs=1e-6)
         # by default in a worker thread, not on the loop serving requests; `offload: false` keeps it there
         assert on_event_loop == [offload is False]
+
+
+def test_deployments_use_the_rank_where_a_queue_or_their_engine_orders_by_it(tmp_path: Path, upstreams):
+    a, _ = upstreams
+    entries = [_entry(a.api_base, "openai"), _entry(a.api_base, "openai", max_concurrency=2),
+               _entry(a.api_base, "hosted_vllm"), _entry(a.api_base, "pitstop-engine"),
+               model_entry("m", a.api_base, provider="hosted_vllm", transport="litellm"),
+               model_entry("m", a.api_base, provider="openai", transport="litellm")]
+    with running_gateway(gateway_config(tmp_path, entries)) as gw:
+        assert [d.uses_rank for d in gw.state.pool.by_model["m"]] == [False, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("provider", ["openai", "pitstop-engine"])
+def test_a_deployment_that_does_not_use_the_rank_is_not_held_up_by_it_and_its_row_still_gets_it(
+        tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch, provider: str):
+    """The ranker is held inside its scoring: an API deployment answers anyway (the rank is scored
+    beside the call and the row waits for it); a Pitstop engine, which orders by it, gets nothing yet."""
+    from gateway.ranking import RequestRanker
+
+    release, entered = threading.Event(), threading.Event()
+    score = RequestRanker.score
+
+    def held(self: RequestRanker, prompt: str, model_name: str) -> float | None:
+        entered.set()
+        assert release.wait(60), "the test never released the ranker"
+        return score(self, prompt, model_name)
+
+    monkeypatch.setattr(RequestRanker, "score", held)
+    a, _ = upstreams
+    with running_gateway(gateway_config(tmp_path, [_entry(a.api_base, provider)])) as gw:
+        expected = score(gw.state.ranking, PROMPTS[0], "m")
+        replies: list = []
+
+        def ask() -> None:
+            replies.append(gw.openai().chat.completions.with_raw_response.create(
+                model="m", max_tokens=4, messages=[{"role": "user", "content": PROMPTS[0]}]))
+
+        caller = threading.Thread(target=ask)
+        caller.start()
+        assert entered.wait(20), "the ranker was never asked"
+        try:
+            if provider == "openai":
+                caller.join(30)  # answered while its rank is still being scored
+                assert replies and a.stats()["requests"] == 1 and "rank_score" not in a.stats()["bodies"][0]
+                assert gw.state.recorder.rows_waiting == 1
+                assert read_outcomes(gw.storage_url) == []  # the row waits for its rank
+            else:
+                time.sleep(0.3)
+                assert not replies and a.stats()["requests"] == 0  # the engine's order needs the rank first
+        finally:
+            release.set()
+            caller.join(30)
+        request_id = replies[0].headers["x-pitstop-request-id"]
+        assert gw.row(request_id)["rank_score"] == pytest.approx(expected, abs=1e-6)
+        if provider == "pitstop-engine":
+            assert a.stats()["bodies"][0]["rank_score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_streamed_answer_from_an_api_deployment_logs_the_rank_scored_beside_it(tmp_path: Path, upstreams):
+    a, _ = upstreams
+    with running_gateway(gateway_config(tmp_path, [_entry(a.api_base, "openai")])) as gw:
+        expected = gw.state.ranking.score(PROMPTS[2], "m")
+        with gw.openai().chat.completions.with_streaming_response.create(
+                model="m", max_tokens=4, stream=True, messages=[{"role": "user", "content": PROMPTS[2]}]) as reply:
+            request_id = reply.headers["x-pitstop-request-id"]
+            assert [chunk for chunk in reply.parse()]
+        assert "rank_score" not in a.stats()["bodies"][0]
+        row = gw.row(request_id)
+        assert row["stream"] and row["status"] == "ok"
+        assert row["rank_score"] == pytest.approx(expected, abs=1e-6)
