@@ -43,15 +43,26 @@ class CpuClock:
         self.advance(t - self.now())
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (platform.processor() is empty or just 'x86_64' on Linux)."""
+def _cpuinfo(field: str) -> str | None:
+    """The first core's `field` in /proc/cpuinfo (None where it is unreadable or absent)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (platform.processor() is empty or just 'x86_64' on Linux)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_generation() -> str | None:
+    """`family/model` from /proc/cpuinfo: a VM's "AMD EPYC" is Zen 2-4 at family 23 or 25, Zen 5 at 26."""
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"{family}/{model}" if family and model else None
 
 
 # The vector extensions int8 inference speed hangs on: "AMD EPYC" alone names CPUs 2.5x apart here.
@@ -78,6 +89,7 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "cpu_family_model": cpu_generation(),
         "cpu_flags": cpu_matmul_flags(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

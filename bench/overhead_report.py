@@ -11,7 +11,7 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_matmul_flags, cpu_model
+from bench.common import cpu_generation, cpu_matmul_flags, cpu_model
 
 MAX_ERROR_SHARE = 0.001  # at most 0.1% failed requests
 MIN_ACHIEVED_SHARE = 0.95  # answers per second at least 95% of the offered rate
@@ -139,7 +139,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "platform": platform.platform(), "machine": platform.machine(), "cpu_model": cpu_model(), "cpu_flags": cpu_matmul_flags(),
+        "platform": platform.platform(), "machine": platform.machine(), "cpu_model": cpu_model(),
+        "cpu_family_model": cpu_generation(), "cpu_flags": cpu_matmul_flags(),
         "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "mem_total_gib": mem,
         "loadavg_at_start": list(os.getloadavg()), "python": sys.version.split()[0],
     }
