@@ -35,6 +35,7 @@ from bench.scheduling_workload import (  # noqa: E402
     OracleRemainingPolicy,
     arrivals,
     held_out_requests,
+    ranker_facts,
     trace_times,
 )
 from engine.llm_engine import LLMEngine  # noqa: E402
@@ -218,11 +219,15 @@ def main() -> None:
         report = {"command": command("bench.scheduling"), "machine": machine_info(), "trace": str(TRACE.name),
                   "trace_requests": args.requests, "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits",
                   "default_horizon_s": DEFAULT_HORIZON_S,
-                  "ranker": str(args.ranker or "committed default (rankers/artifacts/)"),
+                  "ranker": ranker_facts(args.ranker),
                   "simulated": [simulated(w, times, [float(r) for r in args.rates.split(",")] if args.rates else RATES[w],
                                           args.ranker) for w in args.workloads.split(",")]}
         if not args.skip_torch:
             report["torch_cpu"] = torch_part(args.torch_requests, args.torch_windows, args.torch_horizon, args.ranker)
+            report["torch_command"], report["torch_machine"] = report["command"], report["machine"]
+        elif args.out.exists():  # the torch part of an earlier run stays, with its own command and machine
+            earlier = json.loads(args.out.read_text())
+            report |= {k: earlier[k] for k in ("torch_cpu", "torch_command", "torch_machine") if k in earlier}
         report["wall_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.common import RESULTS, command, machine_info, write_report
 from bench.scheduling import run_sim
-from bench.scheduling_workload import TRACE, WORKLOADS, held_out_requests, trace_times
+from bench.scheduling_workload import TRACE, WORKLOADS, held_out_requests, ranker_facts, trace_times
 from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.rank_policy import RankPolicy
 from engine.sequence import Sequence
@@ -86,7 +86,7 @@ def run_settings(module: str, doc: str, out: Path, setting_fn: Callable[[str, in
     if not TRACE.exists():
         sys.exit(f"trace not found: {TRACE} (the shared data folder is expected beside the repository)")
     report = {"command": command(module), "machine": machine_info(),
-              "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits (simulated)", **extra,
+              "engine": "llama-3.1-8b on H100-SXM roofline, vLLM-like limits (simulated)", "ranker": ranker_facts(), **extra,
               "settings": [setting_fn(*s) for s in SETTINGS]}
     print(f"wrote {write_report(args.out, report)}")
 

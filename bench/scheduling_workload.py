@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import DATA
+from bench.common import DATA, ROOT
 from engine.hints import SchedulingHints
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
@@ -37,6 +37,16 @@ WORKLOADS = {
     # third of the traffic each: the spread of lengths a shared deployment sees.
     "mixed-mixtral": (("alpaca_eval", "gsm8k", "routerbench"), "mixtral-8x7b-instruct"),
 }
+
+
+def ranker_facts(ranker_path: Path | None = None) -> dict[str, str]:
+    """Which artifact ranked the requests: its path, family and version (from its manifest)."""
+    from rankers.artifact import DEFAULT_ARTIFACT, read_manifest  # noqa: PLC0415
+
+    path = Path(ranker_path or DEFAULT_ARTIFACT).resolve()
+    manifest = read_manifest(path)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return {"path": str(shown), "family": manifest["family"], "version": manifest["version"]}
 
 
 def held_out_requests(workload: str, ranker_path: Path | None = None) -> list[list[LengthRequest]]:
