@@ -60,6 +60,8 @@ bench-scheduling: $(STAMP)
 		--skip-torch --out bench/results/scheduling_full_trace_mixed.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --requests 19366 --workloads alpaca-llama3-8b --rates 40,45,50,55 \
 		--skip-torch --out bench/results/scheduling_full_trace_alpaca.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling --workloads alpaca-llama3-8b,mixed-mixtral --rates 200,400,800,100000 \
+		--skip-torch --out bench/results/scheduling_overload.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_key_shapes
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_preemption
 
