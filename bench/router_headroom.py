@@ -1,8 +1,9 @@
 """How much prompt-level signal RouterBench leaves a router: per task and model, the ROC AUC of Pitstop's
 predicted quality on the test split, and the AIQ of a router that is told each test prompt's true task
 and routes on per-task mean quality from the training split (no prompt-level signal at all), measured
-with the same harness as `pitstop eval router`; and both again given each test prompt's true answer
-lengths, so predicted cost is exact (is the gap on the cost side?). Writes bench/results/routers/headroom.json.
+with the same harness as `pitstop eval router`, as AIQ and as the share of GPT-4's cost at which each
+reaches GPT-4's quality; and both again given each test prompt's true answer lengths, so predicted cost
+is exact (is the gap on the cost side?). Writes bench/results/routers/headroom.json.
 
     python -m bench.router_headroom
 """
@@ -57,11 +58,14 @@ def main() -> int:
     report = {
         "data": "routerbench subset, published split", "test_prompts": len(test), "missing": "zero",
         "aiq": {name: r["aiq"] for name, r in result["routers"].items()},  # type: ignore[union-attr]
+        # the other goal: the share of the strongest model's cost at which each reaches its quality
+        "cost_share_to_match_strongest": {name: r["cost_share_to_match_strongest"]
+                                          for name, r in result["routers"].items()},  # type: ignore[union-attr]
         "pitstop_auc_per_task_and_model": aucs, "pitstop_auc_range": [min(flat), max(flat)],
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("aiq", "pitstop_auc_range")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("aiq", "cost_share_to_match_strongest", "pitstop_auc_range")}, indent=2))
     return 0
 
 
