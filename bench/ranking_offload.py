@@ -13,7 +13,11 @@ and true, all on a vLLM deployment (`hosted_vllm/mock`: the rank is its `priorit
 waits for it); the default artifact on an API deployment (`openai/mock`: the rank is only logged, so it
 is scored beside the call, `default-beside`); and ranking off. Reports latency p50 / p99 (ms, from the
 scheduled send time) per configuration and rate, and the median over repeats. Writes
-bench/results/rankers/ranking_offload.json."""
+bench/results/rankers/ranking_offload.json. `--configs` picks others, e.g. the size of the ranking
+thread pool (`ranking.threads`):
+
+    .venv/bin/python -m bench.ranking_offload --configs default-offload,default-offload-1-thread,default-offload-6-threads,off \
+        --out bench/results/rankers/ranking_threads.json"""
 
 from __future__ import annotations
 
@@ -33,6 +37,19 @@ from bench.procs import Service, free_port
 from rankers.artifact import CHEAP_ARTIFACT, DEFAULT_ARTIFACT, read_manifest
 
 OUT = RESULTS / "rankers" / "ranking_offload.json"
+VLLM, API = "hosted_vllm/mock", "openai/mock"
+# name -> (the gateway's `ranking:` section, its one deployment's litellm model)
+CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
+    "cheap-inline": ({"artifact": str(CHEAP_ARTIFACT), "offload": False}, VLLM),
+    "cheap-offload": ({"artifact": str(CHEAP_ARTIFACT), "offload": True}, VLLM),
+    "default-inline": ({"offload": False}, VLLM),
+    "default-offload": ({"offload": True}, VLLM),  # ranking.threads: the number of cores, at most 4
+    "default-offload-1-thread": ({"offload": True, "threads": 1}, VLLM),
+    "default-offload-6-threads": ({"offload": True, "threads": 6}, VLLM),  # asyncio's default pool on 2 cores
+    "default-beside": ({"offload": True}, API),
+    "off": ({"enabled": False}, VLLM),
+}
+DEFAULT_CONFIGS = "cheap-inline,cheap-offload,default-inline,default-offload,default-beside,off"
 
 
 def gateway(work: Path, name: str, upstream: str, ranking: dict[str, Any], model: str) -> tuple[Service, str]:
@@ -51,6 +68,7 @@ def main() -> None:
     parser.add_argument("--rates", default="25,50,100", help="requests per second, comma-separated")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, of: {', '.join(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -58,11 +76,7 @@ def main() -> None:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="pitstop-offload-") as tmp:
         work = Path(tmp)
-        vllm, api = "hosted_vllm/mock", "openai/mock"
-        configs = {"cheap-inline": ({"artifact": str(CHEAP_ARTIFACT), "offload": False}, vllm),
-                   "cheap-offload": ({"artifact": str(CHEAP_ARTIFACT), "offload": True}, vllm),
-                   "default-inline": ({"offload": False}, vllm), "default-offload": ({"offload": True}, vllm),
-                   "default-beside": ({"offload": True}, api), "off": ({"enabled": False}, vllm)}
+        configs = {name: CONFIGS[name] for name in args.configs.split(",")}
         port = free_port()
         mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), "--delay-ms", "20"],
                        f"http://127.0.0.1:{port}/health", work / "mock.log", env={"PYTHONPATH": str(ROOT)}, cwd=ROOT)

@@ -6,7 +6,8 @@ ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
 the outcome row. Scoring runs in a worker thread (`ranking.offload`, on by default: ONNX Runtime
 releases the GIL, so the encoder runs beside the event loop; bench/ranking_offload.py measures both
-ways). Where no deployment of the chosen model orders by the rank (no admission queue, neither a
+ways), in the ranker's own pool (`ranking.threads`), so a backlog of ranks never delays what runs in
+asyncio's default pool (API-key lookups, spend updates). Where no deployment of the chosen model orders by the rank (no admission queue, neither a
 Pitstop engine nor vLLM: an API provider), the rank is only logged, so the request does not wait for
 it: it is scored beside the upstream call and the outcome row waits for it instead
 (gateway/outcomes.py). With `offload: false` every request is scored on the loop before its call.
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,10 +49,13 @@ _LOADED: dict[tuple[str, int, int, int], Ranker] = {}
 
 
 class RequestRanker:
-    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = True) -> None:
+    def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = True,
+                 threads: int | None = None) -> None:
         self.ranker = ranker
         self.ranker_model = ranker_model  # deployment model_name -> the name the ranker knows
         self.offload = offload
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(cls, config: RankingConfig, ranker_model: dict[str, str], base_dir: Path = Path(".")
@@ -74,7 +80,7 @@ class RequestRanker:
         except (OSError, ValueError, EOFError, ImportError, AttributeError) as error:
             log.warning("ranker artifact %s not loaded (%s): requests go unranked", path, error)
             return cls(None, ranker_model)
-        return cls(ranker, ranker_model, config.offload)
+        return cls(ranker, ranker_model, config.offload, config.threads)
 
     def score(self, prompt: str, model_name: str) -> float | None:
         if self.ranker is None or not prompt:
@@ -93,16 +99,28 @@ class RequestRanker:
         if self.ranker is None or not prompt:
             return ctx
         if not needed and self.offload:
-            draft.rank_pending = asyncio.ensure_future(asyncio.to_thread(self.score, prompt, model_name))
+            draft.rank_pending = self._in_pool(prompt, model_name)
             return ctx
         if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
-            score = await asyncio.to_thread(self.score, prompt, model_name)
+            score = await self._in_pool(prompt, model_name)
         else:
             score = self.score(prompt, model_name)
         if score is None:
             return ctx
         draft.extra["rank_score"] = score
         return replace(ctx, hints=replace(ctx.hints, rank_score=score))
+
+
+    def _in_pool(self, prompt: str, model_name: str) -> asyncio.Future[float | None]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pitstop-rank")
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name)
+
+    def close(self) -> None:
+        """After the outcome rows have drained: nothing waits for a rank any more."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def vllm_priority(ctx: CallContext, horizon_s: float, now: float | None = None) -> int:

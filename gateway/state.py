@@ -134,6 +134,8 @@ class GatewayState:
             except Exception:
                 log.exception("closing %s failed", deployment.name)
         await self.recorder.drain()
+        if self.ranking is not None:
+            self.ranking.close()
         if self.sessions is not None:
             await self.sessions.close()
         await self.limiter.close()

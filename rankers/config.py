@@ -25,6 +25,9 @@ class RankingConfig(BaseModel):
     # Also lets a request to a deployment that does not order by the rank (an API provider) go out while
     # its rank is scored for the outcome row. Off: every request is scored on the loop before its call.
     offload: bool = True
+    # Threads that score offloaded requests: their own pool, so a backlog of ranks never delays the
+    # default pool's work (API-key lookups, spend updates). Default: the number of cores, at most 4.
+    threads: int | None = Field(default=None, ge=1)
 
     @field_validator("admission_policy")
     @classmethod

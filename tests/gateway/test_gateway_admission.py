@@ -253,3 +253,41 @@ def test_a_streamed_answer_from_an_api_deployment_logs_the_rank_scored_beside_it
         row = gw.row(request_id)
         assert row["stream"] and row["status"] == "ok"
         assert row["rank_score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_ranks_waiting_in_their_pool_do_not_hold_up_api_key_lookups(
+        tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch):
+    """Ranking has its own threads: with more ranks held than asyncio's default pool has threads, a
+    request whose API key must be looked up (in that default pool) is still answered."""
+    import gateway.auth
+    from gateway.ranking import RequestRanker
+
+    release = threading.Event()
+    score = RequestRanker.score
+    lookups: list[str] = []
+    lookup = gateway.auth.KeyStore.lookup
+
+    def held(self: RequestRanker, prompt: str, model_name: str) -> float | None:
+        assert release.wait(60), "the test never released the ranker"
+        return score(self, prompt, model_name)
+
+    def counted(self: object, token: str) -> object:
+        lookups.append(token)
+        return lookup(self, token)
+
+    monkeypatch.setattr(RequestRanker, "score", held)
+    monkeypatch.setattr(gateway.auth.KeyStore, "lookup", counted)
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "openai")], ranking={"threads": 1})
+    with running_gateway(raw) as gw:
+        client = gw.openai()
+        try:
+            for i in range(40):  # asyncio's default pool has at most 32 threads
+                client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": f"q{i}"}])
+            assert gw.state.recorder.rows_waiting == 40
+            keyed = gw.openai(api_key="sk-pitstop-not-a-known-key")
+            keyed.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "q"}])
+            assert lookups == ["sk-pitstop-not-a-known-key"]
+        finally:
+            release.set()
+        assert len(gw.rows()) == 41
