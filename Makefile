@@ -64,6 +64,7 @@ bench-scheduling: $(STAMP)
 		--skip-torch --out bench/results/scheduling_overload.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_key_shapes
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_preemption
+	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_prefill_weight
 
 # Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
 bench-agents: $(STAMP)

@@ -9,8 +9,10 @@ model's real answer lengths (bench/scheduling_workload.py); rank scores from the
 Simulated: the real engine (scheduler, block manager) on the Llama-3.1-8B / H100 roofline. Torch: a
 tiny model on CPU at small scale, over several trace windows, each with a noise-free simulated twin
 (bench/scheduling_torch.py). Policies: FCFS, Pitstop's rank policy
-(engine/rank_policy.py, default horizon), the same without aging, and the oracle (true lengths,
-shortest remaining first). Writes bench/results/scheduling.json and PNG plots beside it."""
+(engine/rank_policy.py, default horizon) on the gateway's default score, expected work (prompt plus
+answer, rankers/work.py), the same without aging, the same key on the answer-length score alone
+(`rank-answer-only`, what Pitstop sent before stop 20), and the oracle (true answer lengths, shortest
+remaining answer first; `oracle-work`: least true remaining work first, prompt plus answer). Writes bench/results/scheduling.json and PNG plots beside it."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from bench.scheduling_workload import (  # noqa: E402
     TRACE,
     WORKLOADS,
     OracleRemainingPolicy,
+    OracleWorkPolicy,
+    answer_only,
     arrivals,
     held_out_requests,
     ranker_facts,
@@ -55,7 +59,11 @@ TORCH_LOADS = (0.8, 1.0, 1.2)
 
 def policies(horizon_s: float = DEFAULT_HORIZON_S) -> dict[str, SchedulingPolicy]:
     return {"fcfs": FCFSPolicy(), "rank": RankPolicy(horizon_s), "rank-no-aging": RankPolicy(NO_AGING),
-            "oracle": OracleRemainingPolicy()}
+            "rank-answer-only": RankPolicy(horizon_s), "oracle": OracleRemainingPolicy(),
+            "oracle-work": OracleWorkPolicy()}
+
+
+ANSWER_ONLY = "rank-answer-only"  # runs on the requests' answer scores (bench/scheduling_workload.answer_only)
 
 
 def summary(latency: list[float], ttft: list[float]) -> dict[str, float]:
@@ -98,16 +106,21 @@ def headline(by_rate: list[dict]) -> dict | None:
             "fcfs_over_oracle_mean": p["fcfs"]["mean_s"] / p["oracle"]["mean_s"],
             "rank_p99_over_fcfs_p99": p["rank"]["p99_s"] / p["fcfs"]["p99_s"],
             "no_aging_over_oracle_mean": p["rank-no-aging"]["mean_s"] / p["oracle"]["mean_s"],
-            "no_aging_p99_over_fcfs_p99": p["rank-no-aging"]["p99_s"] / p["fcfs"]["p99_s"]}
+            "no_aging_p99_over_fcfs_p99": p["rank-no-aging"]["p99_s"] / p["fcfs"]["p99_s"],
+            "fcfs_over_answer_only_mean": p["fcfs"]["mean_s"] / p[ANSWER_ONLY]["mean_s"],
+            "fcfs_over_oracle_work_mean": p["fcfs"]["mean_s"] / p["oracle-work"]["mean_s"],
+            "rank_over_oracle_work_mean": p["rank"]["mean_s"] / p["oracle-work"]["mean_s"],
+            "answer_only_p99_over_fcfs_p99": p[ANSWER_ONLY]["p99_s"] / p["fcfs"]["p99_s"]}
 
 
 def simulated(workload: str, times: np.ndarray, rates: list[float], ranker: Path | None = None) -> dict:
     pools = held_out_requests(workload, ranker)
+    answer_pools = answer_only(pools)
     by_rate = []
     for rate in rates:
         row = {"rate": rate, "policies": {}}
         for name, policy in policies().items():
-            row["policies"][name] = run_sim(policy, times, pools, rate)
+            row["policies"][name] = run_sim(policy, times, answer_pools if name == ANSWER_ONLY else pools, rate)
         by_rate.append(row)
         fc, rk = row["policies"]["fcfs"], row["policies"]["rank"]
         print(f"{workload} rate={rate}: fcfs mean {fc['mean_s']:.2f}s, rank {rk['mean_s']:.2f}s, "
@@ -115,11 +128,12 @@ def simulated(workload: str, times: np.ndarray, rates: list[float], ranker: Path
     top = headline(by_rate)
     sweep_rate = top["rate"] if top else rates[-1]
     sweep = [{"horizon_s": h, **run_sim(RankPolicy(h), times, pools, sweep_rate)} for h in HORIZONS]
+    answer_sweep = [{"horizon_s": h, **run_sim(RankPolicy(h), times, answer_pools, sweep_rate)} for h in HORIZONS]
     lengths = [r.output_tokens for pool in pools for r in pool]
     return {"workload": workload, "sources": WORKLOADS[workload][0], "model": WORKLOADS[workload][1],
             "pool_prompts": sum(len(p) for p in pools), "mean_output_tokens": float(np.mean(lengths)),
             "output_tokens_cv": float(np.std(lengths) / np.mean(lengths)), "by_rate": by_rate,
-            "headline": top, "horizon_sweep": {"rate": sweep_rate, "runs": sweep}}
+            "headline": top, "horizon_sweep": {"rate": sweep_rate, "runs": sweep, "answer_only_runs": answer_sweep}}
 
 
 def torch_part(requests: int, windows: int, horizon_s: float, ranker: Path | None = None) -> dict:
@@ -129,11 +143,17 @@ def torch_part(requests: int, windows: int, horizon_s: float, ranker: Path | Non
     the windows' statistics and the windows in which rank beat FCFS."""
     import torch  # noqa: PLC0415
 
-    from bench.scheduling_torch import TinyEngineFactory, replay, torch_policies, torch_workload  # noqa: PLC0415
+    from bench.scheduling_torch import (  # noqa: PLC0415
+        TinyEngineFactory,
+        replay,
+        shrunk_work_pools,
+        torch_policies,
+        torch_workload,
+    )
 
     torch.set_num_threads(1)
     all_times = trace_times(requests * windows)
-    pools = held_out_requests("mixed-mixtral", ranker)
+    pools = shrunk_work_pools(held_out_requests("mixed-mixtral", ranker))
     factory = TinyEngineFactory()
     out: dict = {"requests_per_window": requests, "windows": [], "horizon_s": horizon_s, "loads": list(TORCH_LOADS)}
     try:

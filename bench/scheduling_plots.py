@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-POLICY_STYLE = {"fcfs": "k-o", "rank": "C0-o", "rank-no-aging": "C0--x", "oracle": "C2:s"}
+POLICY_STYLE = {"fcfs": "k-o", "rank": "C0-o", "rank-no-aging": "C0--x", "rank-answer-only": "C1-.^",
+                "oracle": "C2:s", "oracle-work": "C2-.d"}
 
 
 def plot_all(report: dict, out: Path, stem: str = "scheduling") -> list[Path]:
@@ -29,6 +30,8 @@ def _latency_vs_load(sim: dict, path: Path) -> Path:
     for ax, key, title in zip(axes, ("mean_s", "p90_s", "ttft_mean_s"), ("mean e2e latency", "p90 e2e latency",
                                                                            "mean TTFT"), strict=True):
         for name, style in POLICY_STYLE.items():
+            if name not in sim["by_rate"][0]["policies"]:  # reports from before stop 20 lack rank-answer-only
+                continue
             ax.plot(rates, [r["policies"][name][key] for r in sim["by_rate"]], style, label=name, ms=4)
         ax.set_xlabel("mean arrival rate (req/s)")
         ax.set_ylabel("seconds")
@@ -47,6 +50,10 @@ def _horizon_sweep(sim: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     ax.plot(labels, [r["mean_s"] for r in runs], "C0-o", label="mean")
     ax.plot(labels, [r["p99_s"] for r in runs], "C3-o", label="p99")
+    answer_only = sim["horizon_sweep"].get("answer_only_runs")
+    if answer_only:  # the same key on the answer-length score alone
+        ax.plot(labels, [r["mean_s"] for r in answer_only], "C0:^", label="mean, answer score only")
+        ax.plot(labels, [r["p99_s"] for r in answer_only], "C3:^", label="p99, answer score only")
     ax.set_xlabel("aging horizon (s): 0 = FCFS, inf = no aging")
     ax.set_ylabel("e2e latency (s)")
     ax.set_title(f"{sim['workload']} at {sim['horizon_sweep']['rate']} req/s", fontsize=10)

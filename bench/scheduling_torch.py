@@ -6,19 +6,20 @@ two. The engine runs on the CPU clock of its one torch thread (bench.common.CpuC
 machine that is what a dedicated core would show. Arrivals are replayed on that clock. Near
 saturation one replay still swings with small timing differences, so each is paired with a
 noise-free twin: the simulated runner with this engine's config and step times fitted on its own
-steps, on a virtual clock."""
+steps, on a virtual clock. Its requests' work scores come from a work table fitted on training requests
+shrunk the same way (`shrunk_work_pools`), as a deployment's table describes its own traffic."""
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.common import CpuClock
-from bench.scheduling_workload import LengthRequest, OracleRemainingPolicy
+from bench.scheduling_workload import WORKLOADS, LengthRequest, OracleRemainingPolicy
 from engine.config import EngineConfig
 from engine.hints import SchedulingHints
 from engine.llm_engine import LLMEngine
@@ -32,6 +33,10 @@ from engine.torch_runner import TorchModelRunner
 
 BLOCK_SIZE = 16
 MAX_PROMPT, MAX_OUTPUT, SHORTEN = 128, 256, 4
+# A prompt token against an answer token in this engine's work scores: its prefill is cheap next to its
+# decoding. Chosen with true lengths on its twin, training prompts, a later stretch of the trace
+# (bench/scheduling_prefill_weight.py), as the simulated H100's 1.0 was.
+TORCH_PREFILL_WEIGHT = 0.02
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,48 @@ def torch_workload(times: np.ndarray, pools: list[list[LengthRequest]], requests
     return out
 
 
+def shrunk_work_pools(pools: list[list[LengthRequest]], workload: str = "mixed-mixtral",
+                      prefill_weight: float = TORCH_PREFILL_WEIGHT) -> list[list[LengthRequest]]:
+    """The pools' requests with work scores for the requests this replay serves (prompt cut to MAX_PROMPT,
+    answer / SHORTEN): the work table is fitted on the ranker's training requests shrunk the same way.
+    A table of full-size requests would weigh a few-shot prompt as 355 tokens where this engine
+    prefills 128 of it."""
+    from rankers.data import concat, load_lengths  # noqa: PLC0415
+    from rankers.split import split_by_prompt  # noqa: PLC0415
+    from rankers.work import CHARS_PER_TOKEN, WorkTable  # noqa: PLC0415
+
+    sources, model = WORKLOADS[workload]
+    train = concat([split_by_prompt(load_lengths(s))[0].with_models({model}) for s in sources])
+    prompt_chars = int(MAX_PROMPT * CHARS_PER_TOKEN)
+    shrunk = replace(train, prompts=[p[:prompt_chars] for p in train.prompts],
+                     output_tokens=np.array([max(1, min(o // SHORTEN, MAX_OUTPUT)) for o in train.output_tokens]))
+    table = WorkTable.fit(shrunk, prefill_weight)
+    return [[replace(r, rank_score=table.score(r.answer_score, model, round(min(r.prompt_tokens, MAX_PROMPT) * CHARS_PER_TOKEN)))
+             for r in pool] for pool in pools]
+
+
+def tiny_engine_config(max_num_seqs: int = 8) -> EngineConfig:
+    return EngineConfig(block_size=BLOCK_SIZE, num_blocks=max_num_seqs * 26 + 64,
+                        max_model_len=MAX_PROMPT + MAX_OUTPUT + 1, max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=512, long_prefill_token_threshold=MAX_PROMPT,
+                        enable_prefix_caching=False)
+
+
+def twin_replay(config: EngineConfig, model: LinearStepTime, policy: SchedulingPolicy,
+                workload: list[TorchRequest], scale: float) -> dict[str, list[float]]:
+    """The replay on the simulated runner with the tiny engine's config and fitted step times."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("block_size", "num_blocks")}
+    engine = make_sim_engine(model, config.num_blocks, BLOCK_SIZE, policy, vocab_size=256, **settings)
+    results = simulate(engine, (Arrival(r.arrival_s / scale, r.prompt, _params(r),
+                                        hints=SchedulingHints(rank_score=r.rank_score)) for r in workload))
+    return {"latency": [r.latency for r in results], "ttft": [r.ttft for r in results]}
+
+
 class TinyEngineFactory:
     def __init__(self, max_num_seqs: int = 8) -> None:
         self._tmp = tempfile.TemporaryDirectory()
         self.model_dir = make_tiny_model(Path(self._tmp.name) / "tiny", layers=2, hidden=64)
-        self.config = EngineConfig(block_size=BLOCK_SIZE, num_blocks=max_num_seqs * 26 + 64,
-                                   max_model_len=MAX_PROMPT + MAX_OUTPUT + 1, max_num_seqs=max_num_seqs,
-                                   max_num_batched_tokens=512, long_prefill_token_threshold=MAX_PROMPT,
-                                   enable_prefix_caching=False)
+        self.config = tiny_engine_config(max_num_seqs)
         self.runner = TorchModelRunner(self.model_dir, self.config.num_blocks, BLOCK_SIZE, device="cpu",
                                        dtype=torch.float32)
 
@@ -84,11 +123,7 @@ class TinyEngineFactory:
                          scale: float) -> dict[str, list[float]]:
         """The same replay on the simulated runner with this engine's config and fitted step times, on
         a virtual clock: what the torch replay measures, without the timing noise of a shared machine."""
-        config = {k: v for k, v in asdict(self.config).items() if k not in ("block_size", "num_blocks")}
-        engine = make_sim_engine(model, self.config.num_blocks, BLOCK_SIZE, policy, vocab_size=256, **config)
-        results = simulate(engine, (Arrival(r.arrival_s / scale, r.prompt, _params(r),
-                                            hints=SchedulingHints(rank_score=r.rank_score)) for r in workload))
-        return {"latency": [r.latency for r in results], "ttft": [r.ttft for r in results]}
+        return twin_replay(self.config, model, policy, workload, scale)
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -9,7 +9,7 @@ prefix-cache hits)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from engine.hints import SchedulingHints
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from engine.simulate import Arrival
+from rankers.work import PREFILL_WEIGHT
 
 TRACE = DATA / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
 
@@ -27,7 +28,8 @@ TRACE = DATA / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
 class LengthRequest:
     prompt_tokens: int
     output_tokens: int
-    rank_score: float
+    rank_score: float  # what the gateway sends by default: expected work, prompt plus answer (rankers/work.py)
+    answer_score: float = 0.5  # the ranker's own score: answer length alone
 
 
 WORKLOADS = {
@@ -50,7 +52,9 @@ def ranker_facts(ranker_path: Path | None = None) -> dict[str, str]:
 
 
 def held_out_requests(workload: str, ranker_path: Path | None = None) -> list[list[LengthRequest]]:
-    """Per source, the held-out prompts with the workload model's real answer lengths and ranks."""
+    """Per source, the held-out prompts with the workload model's real answer lengths and ranks: the
+    work score the gateway computes (gateway/ranking.py; the answer score where the artifact has no
+    work table) and the answer score alone."""
     from rankers.artifact import DEFAULT_ARTIFACT, load_ranker  # noqa: PLC0415
     from rankers.data import load_lengths  # noqa: PLC0415
     from rankers.split import split_by_prompt  # noqa: PLC0415
@@ -63,10 +67,17 @@ def held_out_requests(workload: str, ranker_path: Path | None = None) -> list[li
         _, test = split_by_prompt(load_lengths(source))
         test = test.with_models({model})
         scores = ranker.score_batch(list(test.prompts), list(test.models))
+        table = getattr(ranker, "work_table", None)
+        work = scores if table is None else [table.score(float(s), model, len(p)) for s, p in zip(scores, test.prompts, strict=True)]
         prompt_tokens = count_tokens(list(test.prompts))
-        pools.append([LengthRequest(max(p, 2), max(int(o), 1), float(s))
-                      for p, o, s in zip(prompt_tokens, test.output_tokens, scores, strict=True)])
+        pools.append([LengthRequest(max(p, 2), max(int(o), 1), float(w), float(s))
+                      for p, o, w, s in zip(prompt_tokens, test.output_tokens, work, scores, strict=True)])
     return pools
+
+
+def answer_only(pools: list[list[LengthRequest]]) -> list[list[LengthRequest]]:
+    """The same requests ranked by answer length alone (`ranking.by_work: false`)."""
+    return [[replace(r, rank_score=r.answer_score) for r in pool] for pool in pools]
 
 
 def trace_times(limit: int) -> np.ndarray:
@@ -100,3 +111,19 @@ class OracleRemainingPolicy:
 
     def sort_key(self, seq: Sequence) -> tuple[float, ...]:
         return (seq.priority, float(seq.params.max_tokens - seq.num_output_tokens), seq.arrival_time)
+
+
+class OracleWorkPolicy:
+    """The tighter bound where prompts differ: true lengths known, least remaining work first, work
+    being `prefill_weight` x the prompt tokens still to compute plus the answer tokens still to come
+    (rankers/work.py's measure, on true numbers). Benchmark only."""
+
+    name = "oracle-work"
+
+    def __init__(self, prefill_weight: float = PREFILL_WEIGHT) -> None:
+        self.prefill_weight = prefill_weight
+
+    def sort_key(self, seq: Sequence) -> tuple[float, ...]:
+        prompt_left = max(seq.num_prompt_tokens - seq.num_computed_tokens, 0)
+        answer_left = seq.params.max_tokens - seq.num_output_tokens
+        return (seq.priority, self.prefill_weight * prompt_left + float(answer_left), seq.arrival_time)

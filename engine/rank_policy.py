@@ -1,8 +1,9 @@
-"""Shortest predicted answer first, with linear aging (the ranker's order, rankers/).
+"""Least expected work first, with linear aging (the ranker's order, rankers/).
 
-Key: (priority, arrival_time + horizon_s x rank_score). The ranker's score is calibrated to [0, 1]
-(the share of training answers predicted shorter), so a request's key is its arrival time pushed
-back by at most `horizon_s`. Why this rule, not vllm-ltr's skip-count promotion: it is a plain,
+Key: (priority, arrival_time + horizon_s x rank_score). The rank score is in [0, 1]: from the gateway,
+the share of the model's training requests with less work than this one's prompt plus predicted
+answer (rankers/work.py), or, without a work table, the share of its training answers predicted
+shorter. Either way a request's key is its arrival time pushed back by at most `horizon_s`. Why this rule, not vllm-ltr's skip-count promotion: it is a plain,
 static sort key (the waiting queue is a heap keyed once at entry, the gateway's admission queue uses
 the same key, the agent-session wrapper composes with it), and it gives a bound in seconds that
 holds whatever the step rate:

@@ -64,9 +64,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:
                           state.settings.server.request_timeout_s)
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx
-        if state.ranking is not None:  # rankers/: expected answer length for the chosen model
+        if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
             ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
-                                            needed=state.pool.uses_rank(route.model_name))
+                                            needed=state.pool.uses_rank(route.model_name),
+                                            prompt_chars=parsed.prompt_chars)
         if parsed.stream:
             chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx,
                                                                prefer=session.prefer)

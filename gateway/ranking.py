@@ -1,4 +1,8 @@
-"""Rank each request's expected answer length for the model the router chose (rankers/).
+"""Rank each request by its expected work on the model the router chose (rankers/).
+
+The ranker predicts the answer's length; with the artifact's work table (rankers/work.py, `ranking.by_work`,
+on by default) the score sent on is that of the whole prompt plus the predicted answer, so a long
+conversation or few-shot prompt is not served first for a short answer.
 
 Loaded once at start from the configured artifact (default: the committed one), and warmed there so
 the first request does not build the encoder's scorer; a missing or broken artifact is logged and
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING
 from gateway.backends.base import CallContext
 from rankers.config import RankingConfig
 from rankers.names import canonical_model
+from rankers.work import PREFILL_WEIGHT
 
 if TYPE_CHECKING:  # the request path imports the model code only when a ranker is loaded
     from gateway.outcomes import OutcomeDraft
@@ -50,8 +55,11 @@ _LOADED: dict[tuple[str, int, int, int], Ranker] = {}
 
 class RequestRanker:
     def __init__(self, ranker: Ranker | None, ranker_model: dict[str, str], offload: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, by_work: bool = True, prefill_weight: float = PREFILL_WEIGHT) -> None:
         self.ranker = ranker
+        # Score by expected work, prompt plus answer (rankers/work.py), where the artifact has the table.
+        table = getattr(ranker, "work_table", None) if by_work else None
+        self.work_table = None if table is None else table.with_weight(prefill_weight)
         self.ranker_model = ranker_model  # deployment model_name -> the name the ranker knows
         self.offload = offload
         self.threads = threads or min(4, os.cpu_count() or 1)
@@ -80,41 +88,49 @@ class RequestRanker:
         except (OSError, ValueError, EOFError, ImportError, AttributeError) as error:
             log.warning("ranker artifact %s not loaded (%s): requests go unranked", path, error)
             return cls(None, ranker_model)
-        return cls(ranker, ranker_model, config.offload, config.threads)
+        if config.by_work and getattr(ranker, "work_table", None) is None:
+            log.warning("ranker artifact %s has no work table: ranking by answer length alone "
+                        "(`pitstop train ranker --add-work-table %s` adds it)", path, path)
+        return cls(ranker, ranker_model, config.offload, config.threads, config.by_work, config.prefill_weight)
 
-    def score(self, prompt: str, model_name: str) -> float | None:
+    def score(self, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
+        """The rank score; with a work table, of prompt (`prompt_chars`, default the text's) plus answer."""
         if self.ranker is None or not prompt:
             return None
         model = canonical_model(self.ranker_model.get(model_name, model_name))
         try:
-            return round(self.ranker.score(prompt, model), 6)
+            score = self.ranker.score(prompt, model)
+            if self.work_table is not None:
+                score = self.work_table.score(score, model, len(prompt) if prompt_chars is None else prompt_chars)
+            return round(score, 6)
         except Exception:  # a ranking hiccup must not fail the request: it goes unranked
             log.exception("ranking failed for model %s", model_name)
             return None
 
     async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft,
-                    needed: bool = True) -> CallContext:
+                    needed: bool = True, prompt_chars: int | None = None) -> CallContext:
         """The request's context with its rank, or, where the deployment does not use it (`needed`
         false) and scoring is offloaded, unchanged at once while the rank is scored for the row."""
         if self.ranker is None or not prompt:
             return ctx
         if not needed and self.offload:
-            draft.rank_pending = self._in_pool(prompt, model_name)
+            draft.rank_pending = self._in_pool(prompt, model_name, prompt_chars)
             return ctx
         if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
-            score = await self._in_pool(prompt, model_name)
+            score = await self._in_pool(prompt, model_name, prompt_chars)
         else:
-            score = self.score(prompt, model_name)
+            score = self.score(prompt, model_name, prompt_chars)
         if score is None:
             return ctx
         draft.extra["rank_score"] = score
         return replace(ctx, hints=replace(ctx.hints, rank_score=score))
 
 
-    def _in_pool(self, prompt: str, model_name: str) -> asyncio.Future[float | None]:
+    def _in_pool(self, prompt: str, model_name: str, prompt_chars: int | None
+                 ) -> asyncio.Future[float | None]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pitstop-rank")
-        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name)
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name, prompt_chars)
 
     def close(self) -> None:
         """After the outcome rows have drained: nothing waits for a rank any more."""

@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 
 from engine.server.errors import bad_request
 from gateway.backends.base import Kind
+from rankers.work import CHARS_PER_TOKEN
 
 # Pitstop's fields: read here, never forwarded as they are.
 GATEWAY_FIELDS = ("session_id", "priority", "pin_ttl_s", "cost_preference")
@@ -39,6 +40,7 @@ class ProxyRequest:
     pin_ttl_s: float | None
     cost_preference: float | None
     prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
+    prompt_chars: int = 0  # the whole prompt's size, every message: the prefill the ranker's work score counts
 
     @property
     def messages(self) -> list[dict] | None:
@@ -82,10 +84,11 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _check_messages(messages: Any) -> str:
+def _check_messages(messages: Any) -> tuple[str, int]:
+    """The last user turn and the characters of all messages' text."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_type")
-    last_user = ""
+    last_user, chars = "", 0
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad_request(f"'messages[{i}]' must be an object", f"messages[{i}]", "invalid_type")
@@ -95,18 +98,20 @@ def _check_messages(messages: Any) -> str:
         if content is not None and not isinstance(content, str | list):
             raise bad_request(f"'messages[{i}].content' must be a string or a list of parts",
                               f"messages[{i}].content", "invalid_type")
+        text = _text(content)
+        chars += len(text)
         if message["role"] == "user":
-            last_user = _text(content)
-    return last_user
+            last_user = text
+    return last_user, chars
 
 
-def _check_prompt(prompt: Any) -> str:
+def _check_prompt(prompt: Any) -> tuple[str, int]:
     if isinstance(prompt, str):
-        return prompt
+        return prompt, len(prompt)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return ""
+        return "", round(len(prompt) * CHARS_PER_TOKEN)
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0]
+        return prompt[0], len(prompt[0])
     raise bad_request("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
 
 
@@ -119,7 +124,8 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     _check_types(raw)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _number(raw, name)
-    prompt_text = _check_messages(raw.get("messages")) if kind == "chat" else _check_prompt(raw.get("prompt"))
+    prompt_text, prompt_chars = (_check_messages(raw.get("messages")) if kind == "chat"
+                                 else _check_prompt(raw.get("prompt")))
     stream = bool(raw.get("stream"))
     options = raw.get("stream_options") or {}
     if options and not stream:
@@ -143,4 +149,4 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
                         session_id=session_id, priority=_number(raw, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
-                        cost_preference=cost_preference, prompt_text=prompt_text)
+                        cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars)

@@ -61,6 +61,17 @@ def save_ranker(ranker: Ranker, path: str | Path, training_data: dict[str, Any],
     return manifest
 
 
+def rewrite_ranker(path: str | Path, ranker: Ranker, manifest: dict[str, Any]) -> None:
+    """Store an artifact's ranker again under its manifest (its version unchanged): for additions
+    that do not change its scores, such as a work table."""
+    ranker.version, ranker.manifest = manifest["version"], manifest
+    out = io.BytesIO()
+    joblib.dump({"manifest": manifest, "ranker": ranker}, out, compress=3)
+    path = Path(path)
+    atomic_write(path.with_name(path.name + ".json"), json.dumps(manifest, indent=2, default=float).encode())
+    atomic_write(path, out.getvalue())
+
+
 def load_ranker(path: str | Path, encoder_path: str | Path | None = None) -> Ranker:
     """The ranker stored at `path` (FileNotFoundError / ValueError on a bad file). A ranker on the
     static encoder gets the local table (distilled if missing); a different table is refused."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from rankers.data import LengthData
 from rankers.features import RankFeatures, RankFeaturizer
+from rankers.work import WorkTable
 
 QUANTILES = np.linspace(0.0, 1.0, 201)
 _NUDGE = np.arange(len(QUANTILES)) * 1e-12  # see Ranker._calibrated
@@ -30,6 +31,9 @@ class Ranker:
         self.model_quantiles: dict[str, np.ndarray] = {}
         self.version = "untrained"
         self.manifest: dict = {}
+        # Prompt plus answer lengths of the training requests (rankers/work.py); artifacts from before
+        # stop 20 lack it until `pitstop train ranker --add-work-table` adds it.
+        self.work_table: WorkTable | None = None
 
     # Families implement these two.
     def fit_raw(self, data: LengthData, features: RankFeatures | None) -> None:
@@ -51,6 +55,7 @@ class Ranker:
         self.raw_quantiles = np.quantile(raw, QUANTILES)
         self.model_quantiles = {m: np.quantile(raw[data.models == m], QUANTILES) for m in self.models
                                 if (data.models == m).sum() >= MIN_CALIBRATION_ROWS}
+        self.work_table = WorkTable.fit(data)
         return self
 
     def calibrate(self, raw: np.ndarray, models: Sequence[str]) -> np.ndarray:

@@ -29,6 +29,8 @@ def add_ranker_commands(train_subparsers: argparse._SubParsersAction,
                        help="listmle only: fine-tune a teacher of this size first and distil the default size from it")
     train.add_argument("--unlabeled", type=int, default=3000,
                        help="with --distil-from: prompts without answers the teacher scores for the student")
+    train.add_argument("--add-work-table", type=Path, metavar="ARTIFACT",
+                       help="instead of training: add the work table (rankers/work.py) to an artifact from before it")
     _common(train)
     train.set_defaults(handler=train_ranker_command)
 
@@ -56,6 +58,17 @@ def train_ranker_command(args: argparse.Namespace) -> int:
     from routers.data.catalog import DataUnavailable  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO)
+    if args.add_work_table is not None:
+        from rankers.train_job import add_work_table  # noqa: PLC0415
+
+        try:
+            manifest = add_work_table(args.add_work_table, args.data_root)
+        except (DataUnavailable, ValueError, OSError) as error:
+            print(f"pitstop: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps({"artifact": str(args.add_work_table), "version": manifest["version"],
+                          "work_table": manifest["work_table"]}, indent=2))
+        return 0
     try:
         path, manifest = train_and_save(args.family, args.data, args.out, args.features, args.encoder, args.data_root,
                                         distil_from=args.distil_from, unlabeled=args.unlabeled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.rank_policy import DEFAULT_HORIZON_S
+from rankers.work import PREFILL_WEIGHT
 
 
 class RankingConfig(BaseModel):
@@ -28,6 +29,13 @@ class RankingConfig(BaseModel):
     # Threads that score offloaded requests: their own pool, so a backlog of ranks never delays the
     # default pool's work (API-key lookups, spend updates). Default: the number of cores, at most 4.
     threads: int | None = Field(default=None, ge=1)
+    # Rank by expected work, the whole prompt plus the predicted answer (rankers/work.py), rather than by
+    # answer length alone: a long prompt costs the engine prefill. Needs the artifact's work table.
+    by_work: bool = True
+    # What a prompt token counts against an answer token in that work: 1.0 for LLMs served on GPUs (chosen
+    # on the simulated H100, bench/scheduling_prefill_weight.py); lower where prefill is cheap next to
+    # decoding (Pitstop's CPU torch runner: 0.02 in the same benchmark).
+    prefill_weight: float = Field(default=PREFILL_WEIGHT, ge=0)
 
     @field_validator("admission_policy")
     @classmethod

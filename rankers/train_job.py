@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rankers.artifact import save_ranker
+from rankers.artifact import load_ranker, rewrite_ranker, save_ranker
 from rankers.base import Ranker
 from rankers.data import LengthData, concat, load_lengths
 from rankers.families import make_ranker
@@ -90,3 +90,23 @@ def train_and_save(family: str, data_names: list[str], out: Path | None, spec_na
     path = out or Path("var/rankers") / f"{family}-{spec_name}.joblib"
     manifest = save_ranker(ranker, path, training_data, metrics)
     return path, manifest
+
+
+def add_work_table(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """Give an artifact trained before work tables existed (rankers/work.py) the table its training
+    would now fit: the same data sets (their files' sha256 must match the manifest's), the same split.
+    Its scores and version do not change; the manifest records the addition."""
+    from rankers.work import WorkTable  # noqa: PLC0415
+
+    ranker = load_ranker(path)
+    manifest = dict(ranker.manifest)
+    reference = manifest["training_data"]
+    data = load_many(list(reference["datasets"]), root)
+    if sorted(data.source.values()) != sorted(reference["source"].values()):
+        raise ValueError(f"{path}: the training data files differ from the ones it was trained on")
+    train, _ = split_by_prompt(data, reference.get("test_fraction", 0.2))
+    ranker.work_table = WorkTable.fit(train)
+    manifest["work_table"] = {"fitted_on": "the artifact's training split", "rows": len(train),
+                              "prefill_weight": ranker.work_table.prefill_weight}
+    rewrite_ranker(path, ranker, manifest)
+    return manifest

@@ -157,7 +157,8 @@ def test_gateway_ranks_with_a_listmle_artifact_off_its_event_loop_by_default(
 
     trained = ListMLERanker(None, layers=1, max_tokens=32, epochs=2).fit(synthetic(2))
     save_ranker(trained, tmp_path / "listmle.joblib", {"datasets": ["synthetic"]})
-    expected = trained.score(PROMPTS[0], "m")
+    assert trained.work_table is not None
+    expected = trained.work_table.score(trained.score(PROMPTS[0], "m"), "m", len(PROMPTS[0]))
     on_event_loop: list[bool] = []
     score = ListMLERanker.score
 
@@ -205,10 +206,10 @@ def test_a_deployment_that_does_not_use_the_rank_is_not_held_up_by_it_and_its_ro
     release, entered = threading.Event(), threading.Event()
     score = RequestRanker.score
 
-    def held(self: RequestRanker, prompt: str, model_name: str) -> float | None:
+    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
         entered.set()
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name)
+        return score(self, prompt, model_name, prompt_chars)
 
     monkeypatch.setattr(RequestRanker, "score", held)
     a, _ = upstreams
@@ -267,9 +268,9 @@ def test_ranks_waiting_in_their_pool_do_not_hold_up_api_key_lookups(
     lookups: list[str] = []
     lookup = gateway.auth.KeyStore.lookup
 
-    def held(self: RequestRanker, prompt: str, model_name: str) -> float | None:
+    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name)
+        return score(self, prompt, model_name, prompt_chars)
 
     def counted(self: object, token: str) -> object:
         lookups.append(token)
@@ -291,3 +292,30 @@ def test_ranks_waiting_in_their_pool_do_not_hold_up_api_key_lookups(
         finally:
             release.set()
         assert len(gw.rows()) == 41
+
+
+@pytest.mark.parametrize("ranking", [{}, {"by_work": False}, {"prefill_weight": 0.0}],
+                         ids=["work", "answer-only", "prompt-weighs-nothing"])
+def test_the_rank_counts_the_whole_prompt_as_work(tmp_path: Path, upstreams, ranking: dict):
+    """Two requests end with the same user turn; one carries a long system message. Ranked by work (the
+    default), the long one ranks later, by the work table's own arithmetic; by answer alone, or with a
+    prompt weighing nothing, they tie."""
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine")], ranking=ranking)
+    with running_gateway(raw) as gw:
+        ranker = gw.state.ranking.ranker
+        system = "You are a careful assistant. " * 100
+        for messages in ([{"role": "user", "content": PROMPTS[1]}],
+                         [{"role": "system", "content": system}, {"role": "user", "content": PROMPTS[1]}]):
+            gw.openai().chat.completions.create(model="m", max_tokens=4, messages=messages)
+        short, long = (b["rank_score"] for b in a.stats()["bodies"])
+        answer = ranker.score(PROMPTS[1], "m")
+        if not ranking:
+            table = ranker.work_table
+            assert short == pytest.approx(table.score(answer, "m", len(PROMPTS[1])), abs=1e-6)
+            assert long == pytest.approx(table.score(answer, "m", len(system) + len(PROMPTS[1])), abs=1e-6)
+            assert long > short
+        elif "by_work" in ranking:
+            assert short == long == pytest.approx(answer, abs=1e-6)
+        else:
+            assert short == long == pytest.approx(ranker.work_table.with_weight(0.0).score(answer, "m", 0), abs=1e-6)
