@@ -1,0 +1,21 @@
+"""What the parser hands the ranker: the last user turn to read, and the whole prompt's size to count
+as prefill work (rankers/work.py)."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+
+from gateway.request_body import parse_proxy_request
+
+
+def test_the_prompt_size_counts_every_message_and_token_prompts():
+    chat = parse_proxy_request({"model": "m", "messages": [
+        {"role": "system", "content": "abc"},
+        {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {}}]},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "again"}]}, "chat", Headers({}))
+    assert chat.prompt_text == "again" and chat.prompt_chars == 3 + 5 + 5
+    tokens = parse_proxy_request({"model": "m", "prompt": [1, 2, 3]}, "completion", Headers({}))
+    assert tokens.prompt_text == "" and tokens.prompt_chars == 12  # 4 characters a token
+    text = parse_proxy_request({"model": "m", "prompt": ["twelve chars"]}, "completion", Headers({}))
+    assert text.prompt_text == "twelve chars" and text.prompt_chars == 12
