@@ -75,6 +75,7 @@ bench-agents: $(STAMP)
 	  --rates 0.1 0.2 0.3 0.4 0.8 1.6 --skip-torch --out bench/results/agents_full_kv.json
 	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --models llama-3.1-70b --kv-fraction 1.0 \
 	  --programs 160 --rates 0.2 0.3 0.4 0.8 1.6 --skip-torch --out bench/results/agents_full_kv_seed$$seed.json; done
+	OMP_NUM_THREADS=1 $(PY) -m bench.agents_ranked
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -5,7 +5,12 @@ policy is the gateway's own code: agent_sessions' TTLPolicy and ToolDurationEsti
 TTL, the engine pins provisionally at the turn's finish and the decision then extends or releases
 the pin, as gateway/sessions.py does; returning turns carry their program's start for the
 program-first scheduler. The estimator learns online, seeing each tool gap only once the program's
-next turn has arrived (virtual time), as the gateway does."""
+next turn has arrived (virtual time), as the gateway does.
+
+Ranked variants (`PinPolicy.rank`) order by the gateway's work score (rankers/work.py, the same
+WorkTable) over true lengths, placed among the workload's own requests: "work-whole" counts a
+returning turn's whole context as prefill, "work-cached" leaves out the part its live pin holds, as
+gateway/sessions.py's pinned_context does."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from agent_sessions.config import SessionsConfig
 from agent_sessions.durations import ToolDurationEstimator
@@ -28,6 +35,7 @@ from engine.program_policy import ProgramFirstPolicy
 from engine.roofline import RooflineStepTime
 from engine.sampling_params import SamplingParams
 from engine.simulate import Arrival, RequestResult, make_sim_engine, simulate
+from rankers.work import CHARS_PER_TOKEN, WorkTable
 
 UNLIMITED_TTL_S = 1e7  # "until the next turn": longer than any run
 
@@ -44,6 +52,9 @@ class PinPolicy:
     admit_whole_prompt: bool = True
     # The program-first scheduler's credit for requests outside programs (None: the engine's default).
     interactive_credit_s: float | None = None
+    # The rank score sent with each request: "none", or the work score of true lengths, a returning
+    # turn's prompt counted whole ("work-whole") or less its live pin ("work-cached").
+    rank: str = "none"
 
     def scheduling_policy(self) -> SchedulingPolicy:
         policy = make_policy(self.scheduler)
@@ -62,6 +73,10 @@ POLICIES = [
     PinPolicy("no-pinning-chunk-admission", "fcfs", "none", admit_whole_prompt=False),  # vLLM-like engine
     # diagnostic: chat without the interactive credit waits behind every running program
     PinPolicy("pitstop-no-interactive-credit", "program-fcfs", "pitstop", interactive_credit_s=0.0),
+]
+RANKED_POLICIES = [  # bench/agents_ranked.py: the gateway's work score on agent turns, against `pitstop`
+    PinPolicy("pitstop-rank-whole-prompt", "program-rank", "pitstop", rank="work-whole"),
+    PinPolicy("pitstop-rank-pinned-discount", "program-rank", "pitstop", rank="work-cached"),
 ]
 
 
@@ -94,6 +109,25 @@ def make_chat(rate_per_s: float, duration_s: float, seed: int = 1) -> list[ChatR
     return out
 
 
+def workload_work_table(programs: list[Program], chat: list[ChatRequest], prefill_weight: float) -> WorkTable:
+    """Every request of the workload, (prompt, answer) tokens with whole prompts: the population a
+    ranker trained on this deployment's own logs would place requests in."""
+    rows = [(c.prompt_tokens, c.output_tokens) for c in chat]
+    for program in programs:
+        context = 0
+        for spec in program.template.turns:
+            context += spec.new_prompt_tokens
+            rows.append((context, spec.output_tokens))
+            context += spec.output_tokens
+    return WorkTable({"workload": np.array(rows, dtype=np.float64)}, prefill_weight)
+
+
+def work_score(table: WorkTable, prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+    """The gateway's work score with the true answer length in place of the ranker's guess."""
+    return table.score(table.answer_rank(output_tokens, "workload"), "workload",
+                       int(prompt_tokens * CHARS_PER_TOKEN), cached_tokens)
+
+
 @dataclass
 class _Run:
     programs: dict[str, Program]
@@ -106,8 +140,11 @@ class _Run:
 
 class AgentDriver:
     def __init__(self, engine: LLMEngine, policy: PinPolicy, programs: list[Program], prefill_rate: float,
-                 config: SessionsConfig) -> None:
+                 config: SessionsConfig, work: WorkTable | None = None) -> None:
+        assert (work is None) == (policy.rank == "none"), "a ranked policy needs the workload's work table"
         self.engine = engine
+        self.work = work
+        self._pinned_until: dict[str, float] = {}  # program -> end of the pin its last decision set
         self.policy = policy
         self.run = _Run({p.program_id: p for p in programs})
         runner = engine.runner
@@ -132,13 +169,20 @@ class AgentDriver:
             return self.policy.fixed_ttl_s
         return self.config.provisional_ttl_s
 
-    def arrival(self, program: Program, turn: int, at: float, prompt: list[int]) -> Arrival:
+    def arrival(self, program: Program, turn: int, at: float, prompt: list[int], pinned_tokens: int = 0) -> Arrival:
         spec = program.template.turns[turn]
         last = turn == len(program.template.turns) - 1
-        hints = SchedulingHints(program_start=program.arrival_s if turn > 0 else None, in_program=True)
+        hints = SchedulingHints(program_start=program.arrival_s if turn > 0 else None, in_program=True,
+                                rank_score=self.rank_score(len(prompt), spec.output_tokens, pinned_tokens))
         return Arrival(at, prompt, SamplingParams(max_tokens=spec.output_tokens, ignore_eos=True),
                        f"{program.program_id}:{turn}", session_id=program.program_id,
                        pin_ttl_s=self._pin_ttl(last), hints=hints)
+
+    def rank_score(self, prompt_tokens: int, output_tokens: int, pinned_tokens: int = 0) -> float | None:
+        if self.work is None:
+            return None
+        cached = pinned_tokens if self.policy.rank == "work-cached" else 0
+        return work_score(self.work, prompt_tokens, output_tokens, cached)
 
     def first_arrival(self, program: Program) -> Arrival:
         spec = program.template.turns[0]
@@ -178,7 +222,12 @@ class AgentDriver:
         heapq.heappush(self.run.pending, (now + gap, turns[turn].tool or "", gap))
         spec = turns[turn + 1]
         new = token_ids(program.token_base, spec.new_prompt_tokens, self.vocab, offset=len(tokens) * 13 + turn)
-        return [self.arrival(program, turn + 1, now + gap, tokens + new)]
+        # What the gateway knows when the turn comes back: its pin's deadline, not whether the pin
+        # budget evicted it since (gateway/sessions.py's pinned_context).
+        block = self.engine.config.block_size
+        prompt_tokens = len(tokens) - turns[turn].output_tokens
+        pinned = prompt_tokens // block * block if self._pinned_until.get(program_id, 0.0) > now + gap else 0
+        return [self.arrival(program, turn + 1, now + gap, tokens + new, pinned)]
 
     def _decide(self, program: Program, turn: int, context_tokens: int, now: float) -> None:
         estimator = self.ttl_policy.estimator
@@ -194,6 +243,7 @@ class AgentDriver:
         decision = self.ttl_policy.choose(TurnEnd(context_tokens, turn + 1, turn, [tool] if tool else [],
                                                   tool_calls_seen=tool is not None), costs)
         self.run.decisions.append(decision.ttl_s)
+        self._pinned_until[program.program_id] = now + decision.ttl_s
         if decision.ttl_s > 0:
             self.engine.extend_session_pin(program.program_id, decision.ttl_s)
         else:
@@ -201,26 +251,30 @@ class AgentDriver:
 
 
 def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatRequest], model: RooflineStepTime,
-               num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None) -> dict:
+               num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None,
+               work: WorkTable | None = None) -> dict:
     engine = make_sim_engine(model, num_blocks=num_blocks, policy=policy.scheduling_policy(),
                              pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
                              pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt)
     rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)
     kv_block_bytes = model.model.kv_bytes_per_token * engine.config.block_size
     config = config or SessionsConfig(attention_knee_tokens=attention_knee_tokens(model))
-    return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config)
+    return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config, work)
 
 
 def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program], chat: list[ChatRequest],
-                  prefill_rate: float, kv_block_bytes: int, config: SessionsConfig | None = None) -> dict:
+                  prefill_rate: float, kv_block_bytes: int, config: SessionsConfig | None = None,
+                  work: WorkTable | None = None) -> dict:
     """The workload through `engine` (on a VirtualClock, or a subclass keeping CPU time for a real
     runner): the simulated runner, or the torch runner at small scale."""
     config = config or SessionsConfig()
-    driver = AgentDriver(engine, policy, programs, prefill_rate, config)
+    driver = AgentDriver(engine, policy, programs, prefill_rate, config, work)
     vocab = driver.vocab
     firsts = [(p.arrival_s, driver.first_arrival(p)) for p in programs]
     chats = [(c.arrival_s, Arrival(c.arrival_s, token_ids(10**9 + i * 7_000_003, c.prompt_tokens, vocab),
-                                   SamplingParams(max_tokens=c.output_tokens, ignore_eos=True), f"chat{i}"))
+                                   SamplingParams(max_tokens=c.output_tokens, ignore_eos=True), f"chat{i}",
+                                   hints=SchedulingHints(rank_score=driver.rank_score(c.prompt_tokens,
+                                                                                      c.output_tokens))))
              for i, c in enumerate(chat)]
     arrivals = [a for _, a in sorted(firsts + chats, key=lambda x: x[0])]
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Request-path cost of the committed ranker: `score(prompt, model)` one request at a time.
 
-    .venv/bin/python -m bench.ranker_latency [--requests 1000]
+    .venv/bin/python -m bench.ranker_latency [--requests 1000] [--artifact rankers/artifacts/pitstop.joblib]
 
 Held-out prompts of every source (AlpacaEval, GSM8K, RouterBench), each scored once after a warm-up
 pass. Timed on the wall clock and on this thread's CPU time (one thread: on a shared machine the CPU
@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--artifact", type=Path, default=None, help="default: the committed default ranker")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from rankers.artifact import DEFAULT_ARTIFACT, load_ranker  # noqa: PLC0415
@@ -38,7 +39,8 @@ def main() -> None:
     _, test = split_by_prompt(load_many(["alpaca_eval", "gsm8k", "routerbench"]))
     rng = np.random.default_rng(0)
     rows = rng.choice(len(test), size=min(args.requests, len(test)), replace=False)
-    ranker = load_ranker(DEFAULT_ARTIFACT)
+    artifact = args.artifact or DEFAULT_ARTIFACT
+    ranker = load_ranker(artifact)
     for i in rows[:50]:
         ranker.score(test.prompts[i], test.models[i])
     wall, cpu = [], []
@@ -48,7 +50,8 @@ def main() -> None:
         cpu.append((time.thread_time() - c) * 1e3)
         wall.append((time.perf_counter() - w) * 1e3)
     report = {"command": command("bench.ranker_latency"), "machine": machine_info(),
-              "artifact": str(DEFAULT_ARTIFACT.name), "version": ranker.version, "requests": len(rows),
+              "artifact": str(artifact.name), "family": ranker.family, "version": ranker.version,
+              "requests": len(rows),
               "mean_prompt_chars": float(np.mean([len(test.prompts[i]) for i in rows])),
               **{f"{name}_{q}_ms": float(np.percentile(v, int(q[1:]))) for name, v in (("cpu", cpu), ("wall", wall))
                  for q in ("p50", "p90", "p99")}}

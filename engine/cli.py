@@ -63,7 +63,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from engine.async_engine import build_engine
-    from engine.server import create_app
+    from engine.server.app import create_app
 
     engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
                           kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,

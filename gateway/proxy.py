@@ -67,7 +67,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
             ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
                                             needed=state.pool.uses_rank(route.model_name),
-                                            prompt_chars=parsed.prompt_chars)
+                                            prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
         if parsed.stream:
             chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx,
                                                                prefer=session.prefer)

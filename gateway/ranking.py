@@ -93,44 +93,52 @@ class RequestRanker:
                         "(`pitstop train ranker --add-work-table %s` adds it)", path, path)
         return cls(ranker, ranker_model, config.offload, config.threads, config.by_work, config.prefill_weight)
 
-    def score(self, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
-        """The rank score; with a work table, of prompt (`prompt_chars`, default the text's) plus answer."""
+    def score(self, prompt: str, model_name: str, prompt_chars: int | None = None,
+              cached_tokens: int = 0) -> float | None:
+        """The rank score; with a work table, of prompt (`prompt_chars`, default the text's; less the
+        `cached_tokens` the engine already holds) plus answer."""
         if self.ranker is None or not prompt:
             return None
         model = canonical_model(self.ranker_model.get(model_name, model_name))
         try:
             score = self.ranker.score(prompt, model)
             if self.work_table is not None:
-                score = self.work_table.score(score, model, len(prompt) if prompt_chars is None else prompt_chars)
+                score = self.work_table.score(score, model, len(prompt) if prompt_chars is None else prompt_chars,
+                                              cached_tokens)
             return round(score, 6)
         except Exception:  # a ranking hiccup must not fail the request: it goes unranked
             log.exception("ranking failed for model %s", model_name)
             return None
 
     async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft,
-                    needed: bool = True, prompt_chars: int | None = None) -> CallContext:
+                    needed: bool = True, prompt_chars: int | None = None, cached_tokens: int = 0) -> CallContext:
         """The request's context with its rank, or, where the deployment does not use it (`needed`
-        false) and scoring is offloaded, unchanged at once while the rank is scored for the row."""
+        false) and scoring is offloaded, unchanged at once while the rank is scored for the row.
+        `cached_tokens`: the part of the prompt an agent session's pin holds on the instance the
+        request goes to (gateway/sessions.py); its prefill is skipped, so it is not counted as work."""
         if self.ranker is None or not prompt:
             return ctx
+        if cached_tokens and self.work_table is not None:
+            draft.extra["rank_cached_tokens"] = cached_tokens
         if not needed and self.offload:
-            draft.rank_pending = self._in_pool(prompt, model_name, prompt_chars)
+            draft.rank_pending = self._in_pool(prompt, model_name, prompt_chars, cached_tokens)
             return ctx
         if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
-            score = await self._in_pool(prompt, model_name, prompt_chars)
+            score = await self._in_pool(prompt, model_name, prompt_chars, cached_tokens)
         else:
-            score = self.score(prompt, model_name, prompt_chars)
+            score = self.score(prompt, model_name, prompt_chars, cached_tokens)
         if score is None:
             return ctx
         draft.extra["rank_score"] = score
         return replace(ctx, hints=replace(ctx.hints, rank_score=score))
 
 
-    def _in_pool(self, prompt: str, model_name: str, prompt_chars: int | None
+    def _in_pool(self, prompt: str, model_name: str, prompt_chars: int | None, cached_tokens: int
                  ) -> asyncio.Future[float | None]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pitstop-rank")
-        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name, prompt_chars)
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name, prompt_chars,
+                                                          cached_tokens)
 
     def close(self) -> None:
         """After the outcome rows have drained: nothing waits for a rank any more."""

@@ -38,12 +38,24 @@ class SessionCall:
     prefer: str | None = None
     turn: Turn | None = None
     explicit_ttl: bool = False  # the client set pin_ttl_s itself: it is kept as given
+    # Prompt tokens the engine already holds for this turn: the last turn's pinned context, where the
+    # pin is alive and the turn goes back to its instance. The ranker's work score skips their prefill.
+    cached_tokens: int = 0
 
 
 def available(deployment: Deployment, now: float) -> bool:
     backend = deployment.backend
     alive = backend.engine.is_healthy if isinstance(backend, LocalEngineBackend) else True
     return alive and deployment.cooldown_until <= now
+
+
+def pinned_context(turn: Turn, prefer: str | None, now: float) -> int:
+    """The tokens of a returning turn's prompt that its session's pin holds on the instance the turn
+    is sent to; 0 for a first turn, a lapsed pin, or a turn moved elsewhere."""
+    state = turn.state
+    alive = state.pin_deadline is not None and state.pin_deadline > now
+    home = prefer is not None and prefer == state.instance
+    return state.pinned_tokens if turn.returning and alive and home else 0
 
 
 class GatewaySessions:
@@ -96,7 +108,8 @@ class GatewaySessions:
             draft.extra |= {"tool_wait_s": round(turn.tool_wait_s, 4), "tools": turn.tools_answered,
                             "agent": turn.state.agent}
             self.metrics.tool_wait.observe(turn.tool_wait_s)
-        return SessionCall(ctx, affinity.prefer, turn, explicit_ttl=parsed.pin_ttl_s is not None)
+        return SessionCall(ctx, affinity.prefer, turn, explicit_ttl=parsed.pin_ttl_s is not None,
+                           cached_tokens=pinned_context(turn, affinity.prefer, time.time()))
 
     def _sticky(self, route: Route, turn: Turn) -> Route:
         """A route group's later turns stay on the model holding the session's KV while it is served."""

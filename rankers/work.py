@@ -70,16 +70,25 @@ class WorkTable:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["rows"], state["prefill_weight"])  # type: ignore[misc]
 
-    def expected_work(self, rank_score: float, model: str, prompt_chars: int) -> float:
-        """Prompt plus expected answer, in tokens."""
+    def expected_work(self, rank_score: float, model: str, prompt_chars: int, cached_tokens: float = 0.0) -> float:
+        """Prompt plus expected answer, in tokens. `cached_tokens` of the prompt are already in the
+        engine's KV cache (an agent's returning turn on the instance that pinned its context) and
+        cost no prefill."""
         key = model if model in self.answer_tokens else POOLED
         answer = float(np.interp(min(max(rank_score, 0.0), 1.0), LEVELS, self.answer_tokens[key]))
-        return self.prefill_weight * estimated_tokens(prompt_chars) + answer
+        prefill = max(0.0, estimated_tokens(prompt_chars) - max(0.0, cached_tokens))
+        return self.prefill_weight * prefill + answer
 
-    def score(self, rank_score: float, model: str, prompt_chars: int) -> float:
+    def answer_rank(self, answer_tokens: float, model: str) -> float:
+        """The share of the model's training answers shorter than `answer_tokens`: the inverse of the
+        rank score's answer lookup, so an oracle that knows the true length can score like a ranker."""
+        quantiles = self.answer_tokens[model if model in self.answer_tokens else POOLED]
+        return float(np.interp(answer_tokens, quantiles + _NUDGE, LEVELS))
+
+    def score(self, rank_score: float, model: str, prompt_chars: int, cached_tokens: float = 0.0) -> float:
         """The share of the model's training requests with less work than this one's expected work."""
         key = model if model in self.work_tokens else POOLED
-        work = self.expected_work(rank_score, model, prompt_chars)
+        work = self.expected_work(rank_score, model, prompt_chars, cached_tokens)
         quantiles = self.work_tokens[key]
         bottom = np.interp(work, quantiles + _NUDGE, LEVELS)
         top = np.interp(work, quantiles - _NUDGE[::-1], LEVELS)

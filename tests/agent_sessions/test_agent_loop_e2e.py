@@ -79,6 +79,38 @@ def test_tool_call_keeps_the_program_cached_through_a_flood(gateway: Gateway) ->
     assert metric(gateway, 'pitstop_session_pins_total{event="hit"}') >= 1
 
 
+def test_a_pinned_turn_is_ranked_without_its_cached_prefill(gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The ranker's work score (rankers/work.py) counts a prompt's prefill; a returning turn whose
+    context is pinned on its instance is scored without the pinned part, so its long context does not
+    push it behind new requests while it holds the cache. The control turn asked for no pin."""
+    from gateway.ranking import RequestRanker
+
+    score, calls = RequestRanker.score, []
+
+    def spy(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
+            cached_tokens: int = 0) -> float | None:
+        result = score(self, prompt, model_name, prompt_chars, cached_tokens)
+        calls.append((self, prompt, model_name, prompt_chars, cached_tokens, result))
+        return result
+
+    monkeypatch.setattr(RequestRanker, "score", spy)
+    pinned, control = agent_loop.start("agent-ranked"), agent_loop.start("agent-ranked-control")
+    with gateway.openai() as client:
+        run_tool(pinned, turn(client, pinned), "ls", 0.1)
+        run_tool(control, turn(client, control, extra_body={"pin_ttl_s": 0}), "ls", 0.1)
+        turn(client, pinned)
+        turn(client, control, extra_body={"pin_ttl_s": 0})
+    rows = [gateway.row(pinned.request_ids[1]), gateway.row(control.request_ids[1])]
+    assert [c[4] for c in calls] == [0, 0, pinned_prompt_tokens(pinned, 0), 0]
+    assert rows[0]["extra"]["rank_cached_tokens"] == pinned_prompt_tokens(pinned, 0) > 300
+    assert "rank_cached_tokens" not in rows[1]["extra"]
+    ranking, prompt, model, chars, cached, discounted = calls[2]
+    assert rows[0]["rank_score"] == discounted
+    assert discounted < score(ranking, prompt, model, chars, 0)  # the whole prompt would rank it later
+    assert rows[1]["rank_score"] == calls[3][5]
+
+
 def test_pins_expire(gateway: Gateway) -> None:
     run = agent_loop.start("agent-slow-tool")
     with gateway.openai() as client:

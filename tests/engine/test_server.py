@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from engine.async_engine import AsyncEngine, build_engine
-from engine.server import create_app
+from engine.server.app import create_app
 from tests.engine.serving import serve_in_thread
 
 MODEL = "tiny"

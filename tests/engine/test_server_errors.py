@@ -17,7 +17,7 @@ from engine.async_engine import AsyncEngine
 from engine.byte_tokenizer import ByteTokenizer
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.server import create_app
+from engine.server.app import create_app
 from tests.engine.serving import SlowRunner, serve_in_thread
 
 MODEL = "fake"

@@ -206,10 +206,11 @@ def test_a_deployment_that_does_not_use_the_rank_is_not_held_up_by_it_and_its_ro
     release, entered = threading.Event(), threading.Event()
     score = RequestRanker.score
 
-    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
+    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
+             cached_tokens: int = 0) -> float | None:
         entered.set()
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name, prompt_chars)
+        return score(self, prompt, model_name, prompt_chars, cached_tokens)
 
     monkeypatch.setattr(RequestRanker, "score", held)
     a, _ = upstreams
@@ -268,9 +269,10 @@ def test_ranks_waiting_in_their_pool_do_not_hold_up_api_key_lookups(
     lookups: list[str] = []
     lookup = gateway.auth.KeyStore.lookup
 
-    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None) -> float | None:
+    def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
+             cached_tokens: int = 0) -> float | None:
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name, prompt_chars)
+        return score(self, prompt, model_name, prompt_chars, cached_tokens)
 
     def counted(self: object, token: str) -> object:
         lookups.append(token)

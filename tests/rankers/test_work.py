@@ -87,3 +87,16 @@ def test_the_committed_artifacts_carry_work_tables():
 
     for path in (DEFAULT_ARTIFACT, DEFAULT_ARTIFACT.with_name("pitstop.joblib")):
         assert read_manifest(path)["work_table"]["prefill_weight"] == 1.0
+
+
+def test_cached_prompt_tokens_cost_no_prefill():
+    """An agent's returning turn whose context the engine still holds: only the new part of its
+    prompt is work, and never less than none."""
+    table = WorkTable.fit(_data([("m", 400, a) for a in range(1, 101)]))
+    assert table.expected_work(0.5, "m", 800, cached_tokens=150) == pytest.approx(50 + 50.5)
+    assert table.score(0.5, "m", 800, cached_tokens=100) == table.score(0.5, "m", 400) == pytest.approx(0.5)
+    assert table.expected_work(0.5, "m", 400, cached_tokens=10_000) == pytest.approx(50.5)  # answer alone
+    assert table.score(0.5, "m", 800, cached_tokens=100) < table.score(0.5, "m", 800)
+    # weighed at nothing, a cache changes nothing either
+    answer_only = table.with_weight(0.0)
+    assert answer_only.score(0.3, "m", 800, cached_tokens=200) == answer_only.score(0.3, "m", 800)
