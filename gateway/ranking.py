@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +65,9 @@ class RequestRanker:
         self.offload = offload
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        # Each score's CPU time (the thread's, so waits for the GIL or a core do not count): the
+        # gateway's `pitstop_rank_cpu_seconds`, the ranker's cost on the machine it runs on.
+        self.observe_cpu: Callable[[float], None] | None = None
 
     @classmethod
     def load(cls, config: RankingConfig, ranker_model: dict[str, str], base_dir: Path = Path(".")
@@ -100,6 +104,7 @@ class RequestRanker:
         if self.ranker is None or not prompt:
             return None
         model = canonical_model(self.ranker_model.get(model_name, model_name))
+        started = time.thread_time()
         try:
             score = self.ranker.score(prompt, model)
             if self.work_table is not None:
@@ -109,6 +114,9 @@ class RequestRanker:
         except Exception:  # a ranking hiccup must not fail the request: it goes unranked
             log.exception("ranking failed for model %s", model_name)
             return None
+        finally:
+            if self.observe_cpu is not None:
+                self.observe_cpu(time.thread_time() - started)
 
     async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft,
                     needed: bool = True, prompt_chars: int | None = None, cached_tokens: int = 0) -> CallContext:

@@ -171,11 +171,12 @@ def build_state(settings: Settings) -> GatewayState:
     tool_durations = settings.sessions.tool_durations
     sessions = GatewaySessions.build(settings.sessions, pool, routes, SessionMetrics(metrics.registry),
                                      settings.redis_url, settings.resolve_path(tool_durations) if tool_durations else None)
+    ranking = RequestRanker.load(settings.ranking, {m.model_name: m.model_info.router_model or m.model_name
+                                                    for m in settings.model_list}, settings.base_dir)
+    ranking.observe_cpu = metrics.rank_cpu.observe
     return GatewayState(
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
-        writer=writer, feedback=feedback, keys=keys, sessions=sessions,
-        ranking=RequestRanker.load(settings.ranking, {m.model_name: m.model_info.router_model or m.model_name
-                                                      for m in settings.model_list}, settings.base_dir))
+        writer=writer, feedback=feedback, keys=keys, sessions=sessions, ranking=ranking)
 

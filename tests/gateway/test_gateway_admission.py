@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.hints import SchedulingHints
@@ -312,6 +313,11 @@ def test_the_rank_counts_the_whole_prompt_as_work(tmp_path: Path, upstreams, ran
             gw.openai().chat.completions.create(model="m", max_tokens=4, messages=messages)
         short, long = (b["rank_score"] for b in a.stats()["bodies"])
         answer = ranker.score(PROMPTS[1], "m")
+        # each request's scoring is timed on its thread's CPU clock, and only those two
+        text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+        samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                   if line.startswith("pitstop_rank_cpu_seconds_")}
+        assert samples["pitstop_rank_cpu_seconds_count"] == 2 and samples["pitstop_rank_cpu_seconds_sum"] > 0
         if not ranking:
             table = ranker.work_table
             assert short == pytest.approx(table.score(answer, "m", len(PROMPTS[1])), abs=1e-6)
