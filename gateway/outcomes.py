@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Caller
 from gateway.deployments import Deployment
@@ -21,6 +21,9 @@ from gateway.routing import Route
 from storage.keys import KeyStore
 from storage.models import utc_now
 from storage.outcome_writer import OutcomeWriter
+
+if TYPE_CHECKING:
+    from gateway.ranking import RankScores
 
 log = logging.getLogger("pitstop.outcomes")
 
@@ -40,7 +43,7 @@ def storable(value: Any) -> Any:
     return value
 
 
-def _settled(rank: asyncio.Future[float | None] | None) -> float | None:
+def _settled(rank: asyncio.Future[RankScores | None] | None) -> RankScores | None:
     if rank is None or not rank.done() or rank.cancelled() or rank.exception() is not None:
         return None
     return rank.result()
@@ -67,7 +70,7 @@ class OutcomeDraft:
     extra: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
-    rank_pending: asyncio.Future[float | None] | None = None
+    rank_pending: asyncio.Future[RankScores | None] | None = None
 
     def fail(self, status: int, message: str, kind: str = "error") -> None:
         self.status, self.http_status, self.error = kind, status, message
@@ -150,14 +153,14 @@ class OutcomeRecorder:
 
     def _submit(self, draft: OutcomeDraft, latency: float, cost: float) -> None:
         assert self.writer is not None
-        if (score := _settled(draft.rank_pending)) is not None:
-            draft.extra["rank_score"] = score
+        if (scores := _settled(draft.rank_pending)) is not None:
+            scores.record(draft.extra)
         try:
             self.writer.submit(storable(self._row(draft, latency, cost)))
         except Exception:  # the request already has its answer: never fail it for the log
             log.exception("outcome row for %s was not accepted", draft.request_id)
 
-    async def _submit_when_ranked(self, draft: OutcomeDraft, rank: asyncio.Future[float | None], latency: float,
+    async def _submit_when_ranked(self, draft: OutcomeDraft, rank: asyncio.Future[RankScores | None], latency: float,
                                   cost: float) -> None:
         with suppress(Exception):  # the scorer logs its own failures; the row goes without a rank
             await asyncio.shield(rank)  # shielded: a cancelled drain must not cancel the scorer's future

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.backends.base import CallContext
 from rankers.config import RankingConfig
@@ -52,6 +52,18 @@ PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1
 # The last artifact loaded, by (path, inode, mtime, size): gateways built in one process (tests, replicas of an
 # app) share it rather than each loading the encoder again. Scoring only reads it.
 _LOADED: dict[tuple[str, int, int, int], Ranker] = {}
+
+
+class RankScores(NamedTuple):
+    sent: float  # to the scheduler and the row's `rank_score`: the work score, or the answer score
+    # The ranker's own answer-length score, where the work score is sent: the row keeps it as
+    # `extra.rank_answer_score`, so logged ranks can still be judged against answer lengths.
+    answer: float | None = None
+
+    def record(self, extra: dict) -> None:
+        extra["rank_score"] = self.sent
+        if self.answer is not None:
+            extra["rank_answer_score"] = self.answer
 
 
 class RequestRanker:
@@ -97,26 +109,34 @@ class RequestRanker:
                         "(`pitstop train ranker --add-work-table %s` adds it)", path, path)
         return cls(ranker, ranker_model, config.offload, config.threads, config.by_work, config.prefill_weight)
 
-    def score(self, prompt: str, model_name: str, prompt_chars: int | None = None,
-              cached_tokens: int = 0) -> float | None:
-        """The rank score; with a work table, of prompt (`prompt_chars`, default the text's; less the
-        `cached_tokens` the engine already holds) plus answer."""
+    def scores(self, prompt: str, model_name: str, prompt_chars: int | None = None,
+               cached_tokens: int = 0) -> RankScores | None:
+        """The rank score sent on and the ranker's own answer score. With a work table the score sent
+        is of prompt (`prompt_chars`, default the text's; less the `cached_tokens` the engine already
+        holds) plus answer."""
         if self.ranker is None or not prompt:
             return None
         model = canonical_model(self.ranker_model.get(model_name, model_name))
         started = time.thread_time()
         try:
-            score = self.ranker.score(prompt, model)
-            if self.work_table is not None:
-                score = self.work_table.score(score, model, len(prompt) if prompt_chars is None else prompt_chars,
-                                              cached_tokens)
-            return round(score, 6)
+            answer = self.ranker.score(prompt, model)
+            if self.work_table is None:
+                return RankScores(round(answer, 6))
+            work = self.work_table.score(answer, model, len(prompt) if prompt_chars is None else prompt_chars,
+                                         cached_tokens)
+            return RankScores(round(work, 6), round(answer, 6))
         except Exception:  # a ranking hiccup must not fail the request: it goes unranked
             log.exception("ranking failed for model %s", model_name)
             return None
         finally:
             if self.observe_cpu is not None:
                 self.observe_cpu(time.thread_time() - started)
+
+    def score(self, prompt: str, model_name: str, prompt_chars: int | None = None,
+              cached_tokens: int = 0) -> float | None:
+        """The score sent on (`scores`)."""
+        scores = self.scores(prompt, model_name, prompt_chars, cached_tokens)
+        return None if scores is None else scores.sent
 
     async def apply(self, prompt: str, model_name: str, ctx: CallContext, draft: OutcomeDraft,
                     needed: bool = True, prompt_chars: int | None = None, cached_tokens: int = 0) -> CallContext:
@@ -132,20 +152,20 @@ class RequestRanker:
             draft.rank_pending = self._in_pool(prompt, model_name, prompt_chars, cached_tokens)
             return ctx
         if self.offload:  # ONNX Runtime (and torch) release the GIL in their kernels
-            score = await self._in_pool(prompt, model_name, prompt_chars, cached_tokens)
+            scores = await self._in_pool(prompt, model_name, prompt_chars, cached_tokens)
         else:
-            score = self.score(prompt, model_name, prompt_chars, cached_tokens)
-        if score is None:
+            scores = self.scores(prompt, model_name, prompt_chars, cached_tokens)
+        if scores is None:
             return ctx
-        draft.extra["rank_score"] = score
-        return replace(ctx, hints=replace(ctx.hints, rank_score=score))
+        scores.record(draft.extra)
+        return replace(ctx, hints=replace(ctx.hints, rank_score=scores.sent))
 
 
     def _in_pool(self, prompt: str, model_name: str, prompt_chars: int | None, cached_tokens: int
-                 ) -> asyncio.Future[float | None]:
+                 ) -> asyncio.Future[RankScores | None]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pitstop-rank")
-        return asyncio.get_running_loop().run_in_executor(self._pool, self.score, prompt, model_name, prompt_chars,
+        return asyncio.get_running_loop().run_in_executor(self._pool, self.scores, prompt, model_name, prompt_chars,
                                                           cached_tokens)
 
     def close(self) -> None:

@@ -84,17 +84,18 @@ def test_a_pinned_turn_is_ranked_without_its_cached_prefill(gateway: Gateway, mo
     """The ranker's work score (rankers/work.py) counts a prompt's prefill; a returning turn whose
     context is pinned on its instance is scored without the pinned part, so its long context does not
     push it behind new requests while it holds the cache. The control turn asked for no pin."""
-    from gateway.ranking import RequestRanker
+    from gateway.ranking import RankScores, RequestRanker
 
-    score, calls = RequestRanker.score, []
+    scores, calls = RequestRanker.scores, []
 
     def spy(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
-            cached_tokens: int = 0) -> float | None:
-        result = score(self, prompt, model_name, prompt_chars, cached_tokens)
+            cached_tokens: int = 0) -> RankScores | None:
+        result = scores(self, prompt, model_name, prompt_chars, cached_tokens)
+        assert result is not None and result.answer is not None  # the work score is sent
         calls.append((self, prompt, model_name, prompt_chars, cached_tokens, result))
         return result
 
-    monkeypatch.setattr(RequestRanker, "score", spy)
+    monkeypatch.setattr(RequestRanker, "scores", spy)
     pinned, control = agent_loop.start("agent-ranked"), agent_loop.start("agent-ranked-control")
     with gateway.openai() as client:
         run_tool(pinned, turn(client, pinned), "ls", 0.1)
@@ -106,9 +107,11 @@ def test_a_pinned_turn_is_ranked_without_its_cached_prefill(gateway: Gateway, mo
     assert rows[0]["extra"]["rank_cached_tokens"] == pinned_prompt_tokens(pinned, 0) > 300
     assert "rank_cached_tokens" not in rows[1]["extra"]
     ranking, prompt, model, chars, cached, discounted = calls[2]
-    assert rows[0]["rank_score"] == discounted
-    assert discounted < score(ranking, prompt, model, chars, 0)  # the whole prompt would rank it later
-    assert rows[1]["rank_score"] == calls[3][5]
+    assert rows[0]["rank_score"] == discounted.sent
+    assert discounted.sent < scores(ranking, prompt, model, chars, 0).sent  # whole, it would rank later
+    # the ranker's own answer score is kept beside the work score sent, for judging logged ranks
+    assert rows[0]["extra"]["rank_answer_score"] == discounted.answer
+    assert rows[1]["rank_score"] == calls[3][5].sent
 
 
 def test_pins_expire(gateway: Gateway) -> None:

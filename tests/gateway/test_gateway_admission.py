@@ -202,21 +202,21 @@ def test_a_deployment_that_does_not_use_the_rank_is_not_held_up_by_it_and_its_ro
         tmp_path: Path, upstreams, monkeypatch: pytest.MonkeyPatch, provider: str):
     """The ranker is held inside its scoring: an API deployment answers anyway (the rank is scored
     beside the call and the row waits for it); a Pitstop engine, which orders by it, gets nothing yet."""
-    from gateway.ranking import RequestRanker
+    from gateway.ranking import RankScores, RequestRanker
 
     release, entered = threading.Event(), threading.Event()
-    score = RequestRanker.score
+    scores = RequestRanker.scores
 
     def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
-             cached_tokens: int = 0) -> float | None:
+             cached_tokens: int = 0) -> RankScores | None:
         entered.set()
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name, prompt_chars, cached_tokens)
+        return scores(self, prompt, model_name, prompt_chars, cached_tokens)
 
-    monkeypatch.setattr(RequestRanker, "score", held)
+    monkeypatch.setattr(RequestRanker, "scores", held)
     a, _ = upstreams
     with running_gateway(gateway_config(tmp_path, [_entry(a.api_base, provider)])) as gw:
-        expected = score(gw.state.ranking, PROMPTS[0], "m")
+        expected, expected_answer = scores(gw.state.ranking, PROMPTS[0], "m")
         replies: list = []
 
         def ask() -> None:
@@ -240,6 +240,8 @@ def test_a_deployment_that_does_not_use_the_rank_is_not_held_up_by_it_and_its_ro
             caller.join(30)
         request_id = replies[0].headers["x-pitstop-request-id"]
         assert gw.row(request_id)["rank_score"] == pytest.approx(expected, abs=1e-6)
+        # the ranker's own answer score rides along, also on the row that waited for its rank
+        assert gw.row(request_id)["extra"]["rank_answer_score"] == pytest.approx(expected_answer, abs=1e-6)
         if provider == "pitstop-engine":
             assert a.stats()["bodies"][0]["rank_score"] == pytest.approx(expected, abs=1e-6)
 
@@ -263,23 +265,23 @@ def test_ranks_waiting_in_their_pool_do_not_hold_up_api_key_lookups(
     """Ranking has its own threads: with more ranks held than asyncio's default pool has threads, a
     request whose API key must be looked up (in that default pool) is still answered."""
     import gateway.auth
-    from gateway.ranking import RequestRanker
+    from gateway.ranking import RankScores, RequestRanker
 
     release = threading.Event()
-    score = RequestRanker.score
+    scores = RequestRanker.scores
     lookups: list[str] = []
     lookup = gateway.auth.KeyStore.lookup
 
     def held(self: RequestRanker, prompt: str, model_name: str, prompt_chars: int | None = None,
-             cached_tokens: int = 0) -> float | None:
+             cached_tokens: int = 0) -> RankScores | None:
         assert release.wait(60), "the test never released the ranker"
-        return score(self, prompt, model_name, prompt_chars, cached_tokens)
+        return scores(self, prompt, model_name, prompt_chars, cached_tokens)
 
     def counted(self: object, token: str) -> object:
         lookups.append(token)
         return lookup(self, token)
 
-    monkeypatch.setattr(RequestRanker, "score", held)
+    monkeypatch.setattr(RequestRanker, "scores", held)
     monkeypatch.setattr(gateway.auth.KeyStore, "lookup", counted)
     a, _ = upstreams
     raw = gateway_config(tmp_path, [_entry(a.api_base, "openai")], ranking={"threads": 1})
