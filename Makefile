@@ -36,13 +36,15 @@ bench-gateway: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) -m bench.gateway_overhead $(BENCH_GATEWAY_ARGS)
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
-# the headroom analysis, the answer-length-as-difficulty ablation, and what routing adds in the gateway
+# the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a
+# budget lands), and what routing adds in the gateway
 # (bench/results/gateway_routing.json).
 bench-routers: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/pitstop eval router --data routerbench gsm8k mmlu
 	OMP_NUM_THREADS=1 $(PY) -m bench.router_encoders
 	OMP_NUM_THREADS=1 $(PY) -m bench.router_length_signal
 	OMP_NUM_THREADS=1 $(PY) -m bench.router_headroom
+	OMP_NUM_THREADS=1 $(PY) -m bench.route_calibration
 	$(PY) -m bench.gateway_overhead --systems pitstop,pitstop-routed --routed-prompt --rates 50,200 \
 		--no-search --out bench/results/gateway_routing.json
 

@@ -1,4 +1,5 @@
-"""`pitstop serve`, `pitstop keys ...` and `pitstop export outcomes`: the gateway's commands."""
+"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes` and `pitstop calibrate router`: the
+gateway's commands."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     outcomes.add_argument("--out", type=Path, required=True)
     outcomes.add_argument("--metric", help="the feedback metric used as quality (default: all)")
     outcomes.set_defaults(handler=export_outcomes_command)
+
+    calibrate = groups.add_parser("calibrate", help="set a route group's cost preference from a budget on its traffic")
+    component = calibrate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
+    router = component.add_parser("router", help="what cost preference meets a target on a route group's traffic "
+                                  "(the gateway does this itself for groups with `calibrate:`)")
+    router.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    router.add_argument("--group", required=True, help="route group name")
+    target = router.add_mutually_exclusive_group()
+    target.add_argument("--avg-cost-usd", type=float, help="target average cost a request (USD)")
+    target.add_argument("--model-share", type=float, help="target share of requests on --model")
+    router.add_argument("--model", help="the group's model a share counts (default: its costliest)")
+    router.add_argument("--traffic", help="'outcomes' (the group's logged requests), a data set, or outcomes:<file>")
+    router.add_argument("--window", type=int, help="the most recent requests to use")
+    router.set_defaults(handler=calibrate_router_command)
 
 
 def _settings(path: Path):  # noqa: ANN202 (lazy import keeps `pitstop --help` fast)
@@ -118,3 +133,48 @@ def export_outcomes_command(args: argparse.Namespace) -> int:
     count = export_outcomes(_storage_url(args.config), args.out, format=args.format, metric=args.metric)
     print(f"wrote {count} rows to {args.out}")
     return 0
+
+
+def calibrate_router_command(args: argparse.Namespace) -> int:
+    """The group's `calibrate:` settings, overridden by the flags given; prints what the run found (JSON)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from gateway.config import GroupCalibration
+    from gateway.route_calibration import calibrate_group, load_traffic
+    from gateway.routing import RouteTable
+    from storage.db import create_engine
+
+    settings = _settings(args.config)
+    routes = RouteTable(settings)
+    group = routes.groups.get(args.group)
+    if group is None:
+        print(f"pitstop: no route group {args.group!r}; groups: {', '.join(routes.groups) or 'none'}", file=sys.stderr)
+        return 2
+    fields = group.group.calibrate.model_dump() if group.group.calibrate else {}
+    if args.avg_cost_usd is not None or args.model_share is not None:
+        fields.update(avg_cost_usd=args.avg_cost_usd, model_share=args.model_share, model=args.model)
+    fields.update({k: v for k, v in (("traffic", args.traffic), ("window", args.window)) if v is not None})
+    try:
+        config = GroupCalibration(**{**fields, "min_requests": 1})
+    except ValidationError as exc:
+        print(f"pitstop: {exc.errors()[0]['msg']} (give --avg-cost-usd or --model-share, or set the group's "
+              "calibrate:)", file=sys.stderr)
+        return 2
+    if config.model is not None and config.model not in group.group.models:
+        print(f"pitstop: --model {config.model!r} is not one of the group's models", file=sys.stderr)
+        return 2
+    group.group = group.group.model_copy(update={"calibrate": config})
+    db = create_engine(_storage_url(args.config)) if config.traffic == "outcomes" else None
+    try:
+        prompts = load_traffic(config, args.group, db)
+    except (OSError, ValueError) as exc:  # a missing file or data set, an unknown name
+        print(f"pitstop: cannot read the traffic {config.traffic!r}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if db is not None:
+            db.dispose()
+    state = calibrate_group(group, prompts)
+    print(json.dumps(state.to_dict(), indent=1))
+    return 0 if state.requests else 1

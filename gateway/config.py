@@ -88,6 +88,31 @@ class ModelEntry(_Strict):
     model_info: ModelInfo = Field(default_factory=ModelInfo)
 
 
+class GroupCalibration(_Strict):
+    """Tie a route group's cost preference to a budget on its own traffic (routers/calibration.py):
+    the smallest preference at which its recent requests would average at most `avg_cost_usd` a
+    request (predicted cost of the chosen model), or send at most `model_share` of them to `model`.
+    Recalibrated every `interval_s` and whenever the group's router is reloaded."""
+
+    avg_cost_usd: float | None = Field(default=None, gt=0)
+    model_share: float | None = Field(default=None, ge=0, le=1)
+    model: str | None = None  # for model_share: one of the group's models (default: its costliest)
+    # "outcomes": the group's own requests in the outcome log (needs storage.store_text); or held-out
+    # traffic: a data set name (its test split) or "outcomes:<export file>".
+    traffic: str = Field(default="outcomes", min_length=1)
+    window: int = Field(default=2000, gt=0)  # the most recent requests
+    min_requests: int = Field(default=100, gt=0)  # fewer: keep the current preference
+    interval_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GroupCalibration:
+        if (self.avg_cost_usd is None) == (self.model_share is None):
+            raise ValueError("give exactly one target: avg_cost_usd or model_share")
+        if self.model is not None and self.model_share is None:
+            raise ValueError("'model' goes with a model_share target")
+        return self
+
+
 class RouteGroup(_Strict):
     name: str = Field(min_length=1)
     models: list[str] = Field(min_length=1)
@@ -102,6 +127,9 @@ class RouteGroup(_Strict):
     # Epsilon-greedy exploration: this share of requests goes to a uniformly drawn model, and the outcome
     # row records the served model's propensity so retraining can reweight logged traffic.
     explore_epsilon: float = Field(default=0.0, ge=0, le=1)
+    # Keep the cost preference at a budget on the group's own traffic (the preference above is where
+    # it starts, and what it keeps while there is too little traffic).
+    calibrate: GroupCalibration | None = None
 
     @field_validator("router")
     @classmethod
@@ -174,6 +202,12 @@ class Settings(_Strict):
             aliases = [infos[m].router_model or m for m in dict.fromkeys(group.models)]
             if len(aliases) != len(set(aliases)):
                 raise ValueError(f"route_groups.{i}.models: two models share a model_info.router_model")
+            target = group.calibrate.model if group.calibrate is not None else None
+            if target is not None and target not in group.models:
+                raise ValueError(f"route_groups.{i}.calibrate.model: '{target}' is not one of the group's models")
+            if group.calibrate is not None and group.calibrate.traffic == "outcomes" and not self.storage.store_text:
+                raise ValueError(f"route_groups.{i}.calibrate.traffic: 'outcomes' reads the logged prompts, which "
+                                 "need storage.store_text: true (or calibrate on a data set or an export file)")
         return self
 
     @property

@@ -22,7 +22,9 @@ def _state(request: Request) -> GatewayState:
 async def list_models(request: Request) -> Response:
     state = _state(request)
     data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
-             "pitstop": {"route_group": True, "models": group.group.models}}
+             "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
+                         "router_version": group.router.version, "cost_preference": group.cost_preference,
+                         "calibration": group.calibration.to_dict() if group.calibration else None}}
             for name, group in state.routes.groups.items()]
     data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
              for name in state.settings.model_names]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.route_calibration import CalibrationState
 
 PREFIX = "pitstop"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -31,6 +36,16 @@ class GatewayMetrics:
         self.outcome_rows = Gauge(f"{PREFIX}_outcome_rows", "Outcome writer rows by state", ["state"], registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)
+        group = ["route_group"]
+        self.cost_preference = Gauge(f"{PREFIX}_route_group_cost_preference",
+                                     "A route group's cost preference, as its last calibration set it", group, registry=r)
+        self.calibration_target = Gauge(f"{PREFIX}_route_group_calibration_target",
+                                        "A calibrated route group's target (USD a request, or a share)", group, registry=r)
+        self.calibration_achieved = Gauge(f"{PREFIX}_route_group_calibration_achieved",
+                                          "What the calibration traffic gets at the preference set, and what a "
+                                          "held-out half gets", [*group, "traffic"], registry=r)
+        self.calibrations = Counter(f"{PREFIX}_route_group_calibrations", "Calibration runs by outcome",
+                                    [*group, "status"], registry=r)
 
     def observe(self, route_group: str, model: str, status: str, latency_s: float, ttft_s: float | None,
                 prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_usd: float) -> None:
@@ -43,6 +58,15 @@ class GatewayMetrics:
         tokens.labels(route_group, model, "completion").inc(completion_tokens)
         tokens.labels(route_group, model, "cached").inc(cached_tokens)
         self.cost.labels(route_group, model).inc(cost_usd)
+
+    def observe_calibration(self, route_group: str, state: CalibrationState) -> None:
+        self.calibrations.labels(route_group, state.status).inc()
+        self.cost_preference.labels(route_group).set(state.cost_preference)
+        self.calibration_target.labels(route_group).set(state.target)
+        if state.status == "calibrated":
+            self.calibration_achieved.labels(route_group, "calibration").set(state.achieved or 0.0)
+            if state.held_out_achieved is not None:
+                self.calibration_achieved.labels(route_group, "held_out").set(state.held_out_achieved)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.routing import GroupRouter, RouteTable
@@ -31,6 +32,7 @@ class RouterArtifacts:
         self.watchers = {name: ArtifactWatcher(path) for name, path in artifact_path.items()}
         self.trainers: dict[str, subprocess.Popen[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_swap: Callable[[str], None] | None = None  # told a group's name when its router is replaced
 
     @classmethod
     def for_routes(cls, routes: RouteTable) -> RouterArtifacts:
@@ -67,6 +69,8 @@ class RouterArtifacts:
                 group.router = router
                 log.info("route group %s: loaded router %s v%s from %s", name, router.name, router.version,
                          watcher.path)
+                if self.on_swap is not None:
+                    self.on_swap(name)
             trainer = self.trainers.get(name)
             if trainer is not None and trainer.poll() is not None:
                 del self.trainers[name]
@@ -75,12 +79,17 @@ class RouterArtifacts:
                               name, trainer.returncode, group.router.name)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(self._tasks)
         for trainer in self.trainers.values():
             trainer.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 trainer.wait(timeout=5)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a component's background loops and wait until each has stopped."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

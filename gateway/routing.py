@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.server.errors import not_found
 from gateway.config import RouteGroup, Settings
@@ -18,6 +19,9 @@ from routers.base import Candidate, Router, RoutingRequest
 from routers.choice import RoutingDecision, choose
 from routers.exploration import explore
 from routers.registry import make_router
+
+if TYPE_CHECKING:
+    from gateway.route_calibration import CalibrationState
 
 log = logging.getLogger("pitstop.routing")
 
@@ -36,6 +40,10 @@ class GroupRouter:
     candidates: list[Candidate]  # named as the router knows them
     model_for: dict[str, str]  # router's name -> the group's model_name
     artifact: Path | None = None
+    # The group's cost preference now: its config's, until a calibration (gateway/route_calibration.py)
+    # sets one from its traffic; a request's own preference still overrides it.
+    cost_preference: float = 0.0
+    calibration: CalibrationState | None = None  # the last calibration run, for /v1/models and /metrics
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
         router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
@@ -69,7 +77,7 @@ class RouteTable:
             router = make_router(group.router, artifact)
             model_for = {alias: name for name, alias in known_as.items()}
             self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
-                                                  Path(artifact) if artifact else None)
+                                                  Path(artifact) if artifact else None, group.cost_preference)
             log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
                      ", ".join(group.models))
 
@@ -84,7 +92,7 @@ class RouteTable:
         if group is None:
             raise not_found(f"the model {request.model!r} does not exist; available: {', '.join(self.names)}",
                             "model", "model_not_found")
-        preference = group.group.cost_preference if request.cost_preference is None else request.cost_preference
+        preference = group.cost_preference if request.cost_preference is None else request.cost_preference
         routing_request = RoutingRequest(request.prompt_text, estimate_tokens(request.prompt_text),
                                          request.session_id)
         decision = group.decide(routing_request, preference)

@@ -18,6 +18,7 @@ from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
+from gateway.route_calibration import RouteCalibrator
 from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
@@ -91,6 +92,7 @@ class GatewayState:
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
+    calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
 
     async def admit(self, caller: Caller) -> None:
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
@@ -123,11 +125,16 @@ class GatewayState:
         for deployment in self.pool.deployments:
             await deployment.backend.start()
         self.router_artifacts = RouterArtifacts.for_routes(self.routes)
+        if self.calibrator is not None:
+            self.router_artifacts.on_swap = self.calibrator.router_changed
+            await self.calibrator.start()
         await self.router_artifacts.start()
 
     async def close(self) -> None:
         if self.router_artifacts is not None:
             await self.router_artifacts.close()
+        if self.calibrator is not None:
+            await self.calibrator.close()
         for deployment in self.pool.deployments:
             try:
                 await deployment.backend.close()
@@ -178,5 +185,6 @@ def build_state(settings: Settings) -> GatewayState:
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
-        writer=writer, feedback=feedback, keys=keys, sessions=sessions, ranking=ranking)
+        writer=writer, feedback=feedback, keys=keys, sessions=sessions, ranking=ranking,
+        calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

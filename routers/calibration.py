@@ -4,18 +4,23 @@ Targets: an average cost per request (USD, the chosen model's predicted cost) or
 on one model (usually the strongest). For one request, the model maximising q - lambda x c / c_max
 never gets costlier as lambda grows, so both averages fall monotonically in lambda for the costliest
 model; the search brackets the target on a log grid and bisects. The router estimates each request
-once; the shared `choose` rule is applied per candidate lambda."""
+once (a learned router in one batch); the choice rule of routers/choice.py is then applied to all of
+them at once for each candidate lambda (`ChoiceTable`, the same arithmetic and tie-break as `choose`).
+
+How close it lands: `calibrate_traffic` also calibrates on every other request and measures the rest
+at that preference, which is what a fresh stretch of the same traffic would see."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from routers.base import Candidate, QualityEstimate, Router, RoutingRequest
-from routers.choice import choose
+from routers.choice import DEFAULT_OUTPUT_TOKENS, predicted_cost
+from routers.learned import LearnedRouter, estimate_for
 
 TargetKind = Literal["avg_cost", "model_share"]
 LAMBDA_GRID = np.concatenate([[0.0], np.logspace(-4, 3, 57)])
@@ -29,34 +34,67 @@ class CalibrationResult:
     achieved: float  # on the calibration traffic
     requests: int
     model: str | None = None  # for "model_share"
+    # Calibrated on every other request, measured on the rest (None: not checked).
+    held_out_achieved: float | None = None
 
 
-def _measure(estimates: Sequence[QualityEstimate], tokens: Sequence[int], candidates: list[Candidate],
-             preference: float, kind: TargetKind, model: str | None) -> float:
-    total = 0.0
-    for estimate, n_tokens in zip(estimates, tokens, strict=True):
-        decision = choose(estimate, candidates, n_tokens, preference, "calibration", "0")
-        total += decision.predicted_cost_usd[decision.model] if kind == "avg_cost" else decision.model == model
-    return total / max(len(estimates), 1)
+class ChoiceTable:
+    """`choose` (routers/choice.py) for many requests at once: quality and predicted cost as (n, k)
+    arrays over the candidates, so one cost preference is one vectorised argmax."""
+
+    def __init__(self, estimates: Sequence[QualityEstimate], prompt_tokens: Sequence[int],
+                 candidates: list[Candidate]) -> None:
+        self.models = [c.model for c in candidates]
+        n, k = len(estimates), len(candidates)
+        self.quality, self.cost = np.zeros((n, k)), np.zeros((n, k))
+        for i, (estimate, tokens) in enumerate(zip(estimates, prompt_tokens, strict=True)):
+            for j, c in enumerate(candidates):
+                self.quality[i, j] = estimate.quality[c.model]
+                self.cost[i, j] = predicted_cost(c, tokens, estimate.output_tokens.get(c.model, DEFAULT_OUTPUT_TOKENS))
+        reference = np.array([e.reference_cost_usd or 0.0 for e in estimates])
+        fallback = self.cost.max(axis=1) if k else np.zeros(n)
+        self.top = np.where(reference != 0, reference, np.where(fallback != 0, fallback, 1.0))
+
+    def __len__(self) -> int:
+        return len(self.quality)
+
+    def chosen(self, preference: float) -> np.ndarray:
+        """Column of the chosen candidate per request: the best score, ties to the cheaper model, then
+        to the earlier candidate, as `choose` breaks them."""
+        scores = self.quality - preference * self.cost / self.top[:, None]
+        tied = scores == scores.max(axis=1, keepdims=True)
+        return np.where(tied, self.cost, np.inf).argmin(axis=1)
+
+    def average(self, preference: float, kind: TargetKind, model: str | None) -> float:
+        if not len(self):
+            return 0.0
+        picked = self.chosen(preference)
+        if kind == "avg_cost":
+            return float(self.cost[np.arange(len(self)), picked].mean())
+        return float(np.mean(picked == self.models.index(model))) if model in self.models else 0.0
+
+    def rows(self, index: np.ndarray) -> ChoiceTable:
+        part = object.__new__(ChoiceTable)
+        part.models, part.quality, part.cost, part.top = self.models, self.quality[index], self.cost[index], self.top[index]
+        return part
 
 
-def calibrate_estimates(estimates: Sequence[QualityEstimate], prompt_tokens: Sequence[int],
-                        candidates: list[Candidate], kind: TargetKind, target: float,
-                        model: str | None = None, iterations: int = 30) -> CalibrationResult:
+def calibrate_table(table: ChoiceTable, kind: TargetKind, target: float, model: str | None = None,
+                    iterations: int = 30) -> CalibrationResult:
     """The smallest cost preference whose average (cost or model share) is at most `target`."""
     assert kind == "avg_cost" or model is not None, "a model share needs the model"
 
     def measure(preference: float) -> float:
-        return _measure(estimates, prompt_tokens, candidates, preference, kind, model)
+        return table.average(preference, kind, model)
 
     values = [measure(lam) for lam in LAMBDA_GRID]
     below = [i for i, v in enumerate(values) if v <= target]
     if not below:  # even the cheapest choices stay above the target: the closest we can get
         i = int(np.argmin(values))
-        return CalibrationResult(float(LAMBDA_GRID[i]), kind, target, values[i], len(estimates), model)
+        return CalibrationResult(float(LAMBDA_GRID[i]), kind, target, values[i], len(table), model)
     first = below[0]
     if first == 0:
-        return CalibrationResult(0.0, kind, target, values[0], len(estimates), model)
+        return CalibrationResult(0.0, kind, target, values[0], len(table), model)
     low, high, achieved = float(LAMBDA_GRID[first - 1]), float(LAMBDA_GRID[first]), values[first]
     for _ in range(iterations):
         mid = (low + high) / 2
@@ -65,10 +103,41 @@ def calibrate_estimates(estimates: Sequence[QualityEstimate], prompt_tokens: Seq
             high, achieved = mid, value
         else:
             low = mid
-    return CalibrationResult(high, kind, target, achieved, len(estimates), model)
+    return CalibrationResult(high, kind, target, achieved, len(table), model)
+
+
+def calibrate_estimates(estimates: Sequence[QualityEstimate], prompt_tokens: Sequence[int],
+                        candidates: list[Candidate], kind: TargetKind, target: float,
+                        model: str | None = None, iterations: int = 30) -> CalibrationResult:
+    return calibrate_table(ChoiceTable(estimates, prompt_tokens, candidates), kind, target, model, iterations)
+
+
+def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate]
+                      ) -> list[QualityEstimate]:
+    """Every request's estimate: a learned router featurises them in one batch (the same estimates as
+    its per-request path, in a fraction of the time), any other router one by one."""
+    if not isinstance(router, LearnedRouter) or not requests:
+        return [router.estimate(request, candidates) for request in requests]
+    quality, tokens = router.estimate_batch([r.prompt for r in requests])
+    reference = router.reference_cost(candidates)
+    return [estimate_for(router.models, q, t, candidates, reference) for q, t in zip(quality, tokens, strict=True)]
+
+
+def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
+                      kind: TargetKind, target: float, model: str | None = None) -> CalibrationResult:
+    """Calibrate on all of `requests`; `held_out_achieved` is what the odd-numbered requests get at the
+    preference calibrated on the even-numbered ones."""
+    table = ChoiceTable(estimate_requests(router, requests, candidates), [r.prompt_tokens for r in requests],
+                        candidates)
+    result = calibrate_table(table, kind, target, model)
+    if len(table) < 2:
+        return result
+    half = calibrate_table(table.rows(np.arange(0, len(table), 2)), kind, target, model)
+    held_out = table.rows(np.arange(1, len(table), 2)).average(half.cost_preference, kind, model)
+    return replace(result, held_out_achieved=held_out)
 
 
 def calibrate(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
               kind: TargetKind, target: float, model: str | None = None) -> CalibrationResult:
-    estimates = [router.estimate(request, candidates) for request in requests]
+    estimates = estimate_requests(router, requests, candidates)
     return calibrate_estimates(estimates, [r.prompt_tokens for r in requests], candidates, kind, target, model)

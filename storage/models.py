@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, MetaData, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, Dialect, Float, Index, MetaData, String, Text, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -74,6 +74,8 @@ class Outcome(Base):
     """One row per gateway request: what was asked, where it went, what it cost, how it ended."""
 
     __tablename__ = "outcomes"
+    # A route group's latest requests: what its cost preference is calibrated on (storage/traffic.py).
+    __table_args__ = (Index("ix_outcomes_route_group_created_at", "route_group", "created_at"),)
 
     request_id: Mapped[str] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from routers.data.llmrouter import llmrouter_files, load_llmrouter
-from routers.data.outcomes import load_outcomes
+from routers.data.outcomes import export_prompts, load_outcomes
 from routers.data.routellm import (
     gsm8k_files,
     load_gsm8k,
@@ -77,3 +77,16 @@ def load_long(name: str, root: Path | None = None) -> tuple[pa.Table, list[Path]
 def load_dataset(name: str, root: Path | None = None) -> RoutingData:
     table, files = load_long(name, root)
     return to_wide(table, name=name, source=file_digest(files))
+
+
+def traffic_prompts(name: str, route_group: str | None = None, root: Path | None = None) -> list[str]:
+    """Prompts to calibrate a route group on: an export file's served requests (`outcomes:<path>`,
+    the group's own where it has any), or a data set's held-out prompts (its test split where it
+    publishes one, else all of them)."""
+    if name.startswith("outcomes:"):
+        path = Path(name.removeprefix("outcomes:"))
+        _require([path], name)
+        return export_prompts(path, route_group)
+    data = load_dataset(name, root)
+    test = data.split("test")
+    return list(test.prompts if len(test) else data.prompts)

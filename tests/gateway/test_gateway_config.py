@@ -43,6 +43,19 @@ def broken(tmp_path: Path, where: str) -> dict:
             entry["model_info"]["router_model"] = "gpt-4-1106-preview"
     elif where == "explore":
         raw["route_groups"][0]["explore_epsilon"] = 1.5
+    elif where == "calibrate-two-targets":
+        raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01, "model_share": 0.3}
+    elif where == "calibrate-no-target":
+        raw["route_groups"][0]["calibrate"] = {"traffic": "outcomes"}
+    elif where == "calibrate-share":
+        raw["route_groups"][0]["calibrate"] = {"model_share": 1.2}
+    elif where == "calibrate-model":
+        raw["route_groups"][0]["calibrate"] = {"model_share": 0.3, "model": "ghost"}
+    elif where == "calibrate-model-without-share":
+        raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01, "model": "a"}
+    elif where == "calibrate-without-text":
+        raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01}
+        raw["storage"]["store_text"] = False
     return raw
 
 
@@ -58,6 +71,12 @@ CASES = [
     ("group-name-clash", ["route_groups.0.name", "'a'"]),
     ("router-model-clash", ["route_groups.0.models", "router_model"]),
     ("explore", ["route_groups.0.explore_epsilon"]),
+    ("calibrate-two-targets", ["route_groups.0.calibrate", "exactly one target"]),
+    ("calibrate-no-target", ["route_groups.0.calibrate", "exactly one target"]),
+    ("calibrate-share", ["route_groups.0.calibrate.model_share"]),
+    ("calibrate-model", ["route_groups.0.calibrate.model", "'ghost'"]),
+    ("calibrate-model-without-share", ["route_groups.0.calibrate", "model_share"]),
+    ("calibrate-without-text", ["route_groups.0.calibrate.traffic", "store_text"]),
 ]
 
 

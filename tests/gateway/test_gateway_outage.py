@@ -5,29 +5,13 @@ row arrives exactly once. The database is a throwaway PostgreSQL cluster this te
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.gateway.harness import gateway_config, model_entry, read_outcomes, running_gateway, wait_until
 from tests.gateway.upstream import UpstreamProcess
-from tests.storage.pg_cluster import ThrowawayPostgres, find_pg_bin
-
-
-@pytest.fixture
-def cluster() -> Iterator[ThrowawayPostgres]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; set PITSTOP_PG_BIN")
-    pg = ThrowawayPostgres(bin_dir)
-    try:
-        pg.init()
-        pg.start()
-        yield pg
-    finally:
-        pg.destroy()
+from tests.storage.pg_cluster import ThrowawayPostgres
 
 
 class Traffic:

@@ -73,3 +73,30 @@ def load_or_skip(name: str, root: Path):
         return load_dataset(name, root)
     except DataUnavailable as error:
         pytest.skip(str(error))
+
+
+# The cheap model's chance of a right answer by kind of prompt; the costly one is right 90% of the time,
+# so at cost preference 0 the costly one wins on most prompts and a budget moves choices gradually.
+GRADED = {"Add {a} and {b}.": 0.97, "Name a colour of the {w}.": 0.9, "Spell the word {w}.": 0.8,
+          "Summarise the history of the {w}.": 0.6, "Write a sonnet about the {w}.": 0.45,
+          "Prove that {a} is not a perfect square.": 0.3, "Translate a poem about the {w} into Latin.": 0.2,
+          "Design a database schema for a {w} shop.": 0.1}
+
+
+def graded_prompts(n_per_template: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [t.format(a=rng.integers(2, 999), b=rng.integers(2, 999), w=WORDS[rng.integers(len(WORDS))])
+            for _ in range(n_per_template) for t in GRADED]
+
+
+def graded_rows(n_per_template: int = 40, seed: int = 0) -> list[dict]:
+    """Models 'cheap' (1e-7 $ a token) and 'costly' (1e-5, 0.9 everywhere); one in five prompts is test."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, prompt in enumerate(graded_prompts(n_per_template, seed)):
+        cheap_right = GRADED[list(GRADED)[i % len(GRADED)]]
+        for model, p, price in (("cheap", cheap_right, 1e-7), ("costly", 0.9, 1e-5)):
+            rows.append({"dataset": "graded", "prompt_id": f"p{i}", "prompt": prompt, "task": "t", "model": model,
+                         "quality": float(rng.random() < p), "cost_usd": price * 50, "prompt_tokens": 10,
+                         "output_tokens": 40, "split": "test" if i % 5 == 4 else "train"})
+    return rows

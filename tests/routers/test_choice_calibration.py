@@ -7,8 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from routers.base import Candidate, QualityEstimate
-from routers.calibration import calibrate_estimates
+from routers.base import Candidate, QualityEstimate, RoutingRequest
+from routers.calibration import (
+    ChoiceTable,
+    calibrate,
+    calibrate_estimates,
+    calibrate_traffic,
+    estimate_requests,
+)
 from routers.choice import choose, typical_cost
 from routers.data.table import long_table, to_wide
 from routers.evaluate import Predictions, evaluate_two
@@ -85,3 +91,64 @@ def test_a_fixed_reference_cost_trades_quality_for_dollars_at_one_rate() -> None
     # short: big costs 0.001 $ -> 0.9 - 0.05 = 0.85 > small 0.8 - 0.005; long: big 0.9 - 5 < small 0.8 - 0.5.
     assert choose(fixed, candidates, short, 0.5, "r", "1").model == "big"
     assert choose(fixed, candidates, long, 0.5, "r", "1").model == "small"
+
+
+def _random_estimates(n: int, seed: int) -> tuple[list[QualityEstimate], list[int], list[Candidate]]:
+    """Quality on a coarse grid and two equally priced models, so exact ties (broken by cost, then by
+    candidate order) occur often; a fixed reference on some requests, per-request normalisation on others."""
+    rng = np.random.default_rng(seed)
+    candidates = [Candidate("a", 1e-6, 2e-6), Candidate("b", 1e-6, 2e-6), Candidate("c", 3e-6, 9e-6, "strong"),
+                  Candidate("d")]
+    estimates = []
+    for i in range(n):
+        quality = {c.model: float(rng.integers(0, 5)) / 4 for c in candidates}
+        tokens = {c.model: float(rng.integers(1, 400)) for c in candidates[:3]}  # "d": the default length
+        estimates.append(QualityEstimate(quality, tokens, 0.01 if i % 2 else None))
+    return estimates, [int(t) for t in rng.integers(1, 2000, size=n)], candidates
+
+
+@pytest.mark.parametrize("preference", [0.0, 0.05, 0.5, 3.0, 50.0])
+def test_the_vectorised_choice_is_choose_request_by_request(preference: float) -> None:
+    estimates, tokens, candidates = _random_estimates(400, seed=int(preference * 100))
+    table = ChoiceTable(estimates, tokens, candidates)
+    expected = [choose(e, candidates, t, preference, "r", "1").model for e, t in zip(estimates, tokens, strict=True)]
+    assert [table.models[j] for j in table.chosen(preference)] == expected
+    costs = [choose(e, candidates, t, preference, "r", "1").predicted_cost_usd[m]
+             for e, t, m in zip(estimates, tokens, expected, strict=True)]
+    assert table.average(preference, "avg_cost", None) == pytest.approx(float(np.mean(costs)))
+    assert table.average(preference, "model_share", "c") == pytest.approx(expected.count("c") / len(expected))
+
+
+def test_calibrated_traffic_reports_what_a_held_out_half_gets() -> None:
+    class GapRouter:  # the strong model's predicted gain is written in the prompt
+        name, version = "gap", "1"
+
+        def estimate(self, request: RoutingRequest, candidates: list[Candidate]) -> QualityEstimate:
+            return QualityEstimate({"strong": 0.5 + float(request.prompt), "weak": 0.5})
+
+    requests = [RoutingRequest(str(g), 10) for g in np.random.default_rng(1).uniform(-0.2, 0.6, size=300)]
+    result = calibrate_traffic(GapRouter(), requests, CANDIDATES, "model_share", 0.4, model="strong")
+    assert result.requests == 300 and result.achieved <= 0.4
+    assert result.achieved == pytest.approx(0.4, abs=0.01)
+    # the half it was not calibrated on lands near the target too, but is not bound by it
+    assert result.held_out_achieved is not None and result.held_out_achieved == pytest.approx(0.4, abs=0.08)
+    again = calibrate(GapRouter(), requests, CANDIDATES, "model_share", 0.4, model="strong")
+    assert again.cost_preference == result.cost_preference and again.held_out_achieved is None
+
+
+def test_a_learned_router_estimates_traffic_in_one_batch_as_it_does_one_by_one(synthetic_data, tiny_encoder) -> None:
+    from routers.families import build_router  # noqa: PLC0415
+    from routers.features.featurizer import FeatureSpec  # noqa: PLC0415
+    from routers.features.static import StaticEncoder  # noqa: PLC0415
+
+    spec = FeatureSpec("static", ("head", "focus"), True, 12)
+    router = build_router("pitstop", synthetic_data.models, spec, StaticEncoder.load(tiny_encoder))
+    router.fit(synthetic_data.split("train"))
+    candidates = [Candidate("solver", 1e-7, 1e-7), Candidate("big", 1e-5, 1e-5, "strong"), Candidate("new", tier="weak")]
+    requests = [RoutingRequest(p, len(p) // 4 + 1) for p in synthetic_data.split("test").prompts]
+    batched = estimate_requests(router, requests, candidates)
+    for request, estimate in zip(requests, batched, strict=True):
+        single = router.estimate(request, candidates)
+        assert estimate.quality == pytest.approx(single.quality, abs=1e-6)
+        assert estimate.output_tokens == pytest.approx(single.output_tokens, rel=1e-5)
+        assert estimate.reference_cost_usd == single.reference_cost_usd

@@ -16,13 +16,14 @@ def test_upgrade_creates_tables_and_indexes(empty_url: str) -> None:
     assert current_revision(empty_url) is None
     upgrade(empty_url)
     upgrade(empty_url)  # idempotent: already at head
-    assert current_revision(empty_url) == head_revision() == "0001"
+    assert current_revision(empty_url) == head_revision() == "0002"
 
     engine = create_engine(empty_url)
     inspector = sa.inspect(engine)
     assert {"outcomes", "feedback", "api_keys", "alembic_version"} <= set(inspector.get_table_names())
     outcome_indexes = {index["name"] for index in inspector.get_indexes("outcomes")}
-    assert {"ix_outcomes_created_at", "ix_outcomes_session_id", "ix_outcomes_model"} <= outcome_indexes
+    assert {"ix_outcomes_created_at", "ix_outcomes_session_id", "ix_outcomes_model",
+            "ix_outcomes_route_group_created_at"} <= outcome_indexes
     engine.dispose()
     command.check(alembic_config(empty_url))  # raises if the models drifted from the migrations
 
@@ -31,6 +32,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert list((MIGRATIONS_DIR / "versions").glob("0001_*.py"))
+    assert list((MIGRATIONS_DIR / "versions").glob("0002_*.py"))
 
 
 def test_json_and_aware_timestamps_round_trip(db_url: str) -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from storage.db import create_engine
@@ -20,21 +19,7 @@ from storage.models import Outcome
 from storage.outcome_writer import OutcomeWriter
 
 from .helpers import outcome_row
-from .pg_cluster import ThrowawayPostgres, find_pg_bin
-
-
-@pytest.fixture
-def cluster() -> Iterator[ThrowawayPostgres]:
-    bin_dir = find_pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; set PITSTOP_PG_BIN")
-    pg = ThrowawayPostgres(bin_dir)
-    try:
-        pg.init()
-        pg.start()
-        yield pg
-    finally:
-        pg.destroy()
+from .pg_cluster import ThrowawayPostgres
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -1,0 +1,160 @@
+"""Route groups whose cost preference follows a budget on their own traffic (`calibrate:` in config).
+
+Each calibrated group gets a background loop: load its recent traffic (the outcome log's last
+`window` requests of the group, or held-out prompts of a data set), estimate them all with the
+router in place, and set the group's cost preference to the smallest one that meets the target
+(routers/calibration.py). It runs at start, every `interval_s`, and whenever the group's router is
+reloaded (new scores move the preference a budget needs); while a group has fewer than
+`min_requests` requests, it keeps its configured preference and looks again within a minute.
+
+The work runs in a worker thread and never fails a request: a database outage, a missing data set or
+a broken router leaves the current preference in place, reported as `failed`. What each run did (the
+preference, the target, what the calibration traffic gets, what a held-out half of it gets) is in
+`GET /v1/models` under the group's `pitstop.calibration` and in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from sqlalchemy.engine import Engine
+
+from gateway.config import GroupCalibration
+from gateway.metrics import GatewayMetrics
+from gateway.router_artifacts import stop_tasks
+from gateway.routing import GroupRouter, RouteTable, estimate_tokens
+from routers.base import RoutingRequest
+from routers.calibration import TargetKind, calibrate_traffic
+
+log = logging.getLogger("pitstop.routing")
+RETRY_S = 60.0  # how soon a group that could not be calibrated looks again (at most its interval)
+
+Status = Literal["calibrated", "too_little_traffic", "failed"]
+
+
+@dataclass(frozen=True)
+class CalibrationState:
+    status: Status
+    cost_preference: float  # in force after this run
+    kind: TargetKind
+    target: float
+    model: str | None  # the group's model a share target counts
+    traffic: str
+    requests: int
+    router_version: str
+    achieved: float | None = None  # on the calibration traffic, at the preference set
+    held_out_achieved: float | None = None  # calibrated on half the traffic, measured on the other half
+    error: str | None = None
+    finished_at: float = 0.0  # unix time
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def target_of(group: GroupRouter) -> tuple[TargetKind, float, str | None]:
+    """The target's kind and value, and for a share the group's model it counts (default: the
+    costliest per token)."""
+    config = group.group.calibrate
+    assert config is not None
+    if config.avg_cost_usd is not None:
+        return "avg_cost", config.avg_cost_usd, None
+    assert config.model_share is not None
+    model = config.model
+    if model is None:
+        costliest = max(group.candidates, key=lambda c: c.input_cost_per_token + c.output_cost_per_token)
+        model = group.model_for[costliest.model]
+    return "model_share", config.model_share, model
+
+
+def load_traffic(config: GroupCalibration, group_name: str, db: Engine | None) -> list[str]:
+    """The prompts to calibrate on, oldest first, at most `window` of them."""
+    if config.traffic == "outcomes":
+        if db is None:
+            raise RuntimeError("traffic 'outcomes' needs the outcome log")
+        from storage.traffic import recent_prompts  # noqa: PLC0415
+
+        return recent_prompts(db, group_name, config.window)
+    from routers.data.catalog import traffic_prompts  # noqa: PLC0415
+
+    return traffic_prompts(config.traffic, group_name)[-config.window:]
+
+
+def calibrate_group(group: GroupRouter, prompts: list[str]) -> CalibrationState:
+    """Set the group's cost preference from `prompts` (routed as the gateway routes them) and say how."""
+    config = group.group.calibrate
+    assert config is not None
+    kind, target, model = target_of(group)
+    router = group.router  # the one in place now; a reload meanwhile triggers another run
+    facts = {"kind": kind, "target": target, "model": model, "traffic": config.traffic, "requests": len(prompts),
+             "router_version": router.version}
+    if len(prompts) < config.min_requests:
+        return CalibrationState("too_little_traffic", group.cost_preference, **facts, finished_at=time.time())
+    requests = [RoutingRequest(p, estimate_tokens(p)) for p in prompts]
+    alias = None if model is None else {name: alias for alias, name in group.model_for.items()}[model]
+    result = calibrate_traffic(router, requests, group.candidates, kind, target, alias)
+    group.cost_preference = result.cost_preference
+    return CalibrationState("calibrated", result.cost_preference, **facts, achieved=result.achieved,
+                            held_out_achieved=result.held_out_achieved, finished_at=time.time())
+
+
+class RouteCalibrator:
+    def __init__(self, routes: RouteTable, db: Engine | None, metrics: GatewayMetrics | None = None) -> None:
+        self.groups = {name: g for name, g in routes.groups.items() if g.group.calibrate is not None}
+        self.db, self.metrics = db, metrics
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for name, group in self.groups.items():
+            self._wake[name] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._loop(name, group), name=f"route-calibration-{name}"))
+
+    def router_changed(self, name: str) -> None:
+        """A group's router was swapped: calibrate it again now."""
+        if name in self._wake:
+            self._wake[name].set()
+
+    async def run_once(self, name: str) -> CalibrationState:
+        group = self.groups[name]
+        config = group.group.calibrate
+        assert config is not None
+        try:
+            prompts = await asyncio.to_thread(load_traffic, config, name, self.db)
+            state = await asyncio.to_thread(calibrate_group, group, prompts)
+        except Exception as exc:  # never fatal: the group keeps routing at its current preference
+            log.exception("route group %s: calibrating its cost preference failed", name)
+            kind, target, model = target_of(group)
+            state = CalibrationState("failed", group.cost_preference, kind, target, model, config.traffic, 0,
+                                     group.router.version, error=f"{type(exc).__name__}: {exc}",
+                                     finished_at=time.time())
+        group.calibration = state
+        self._report(name, state)
+        return state
+
+    def _report(self, name: str, state: CalibrationState) -> None:
+        if state.status == "calibrated":
+            log.info("route group %s: cost preference %.4g puts %s at %.4g on %d requests (target %.4g; held-out "
+                     "half %.4g)", name, state.cost_preference, state.kind, state.achieved or 0.0, state.requests,
+                     state.target, state.held_out_achieved if state.held_out_achieved is not None else float("nan"))
+        elif state.status == "too_little_traffic":
+            log.info("route group %s: %d requests of traffic, fewer than calibrate.min_requests; cost preference "
+                     "stays %.4g", name, state.requests, state.cost_preference)
+        if self.metrics is not None:
+            self.metrics.observe_calibration(name, state)
+
+    async def _loop(self, name: str, group: GroupRouter) -> None:
+        config = group.group.calibrate
+        assert config is not None
+        while True:
+            state = await self.run_once(name)
+            wait = config.interval_s if state.status == "calibrated" else min(config.interval_s, RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake[name].wait(), timeout=wait)
+            self._wake[name].clear()
+
+    async def close(self) -> None:
+        await stop_tasks(self._tasks)

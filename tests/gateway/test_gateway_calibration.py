@@ -1,0 +1,193 @@
+"""A route group's cost preference tied to a budget on its own traffic, over real sockets: the group
+starts at its configured preference, calibrates on the requests it logged once there are enough, routes
+the next ones at the calibrated preference, reports what it did in /v1/models and /metrics, calibrates
+again when its router is reloaded, and keeps routing when its traffic cannot be read (a missing file,
+the outcome database going away)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from routers.artifact import save_router
+from routers.data.table import long_table, to_wide
+from routers.families import build_router
+from routers.features.featurizer import FeatureSpec
+from tests.gateway.harness import (
+    Gateway,
+    gateway_config,
+    model_entry,
+    run_cli,
+    running_gateway,
+    wait_until,
+    write_config,
+)
+from tests.routers.conftest import GRADED, graded_prompts, graded_rows, random_encoder
+from tests.storage.pg_cluster import ThrowawayPostgres
+
+SPEC = FeatureSpec("static", ("head", "focus"), True, 12)
+SHARE = 0.4
+TEMPLATES = GRADED
+
+
+def prompts(n_per_template: int, seed: int) -> list[str]:
+    return graded_prompts(n_per_template, seed)
+
+
+def train(path: Path, seed: int = 0) -> str:
+    data = to_wide(long_table(graded_rows(40, seed)), name="graded")
+    router = build_router("pitstop", data.models, SPEC, random_encoder())
+    return save_router(router.fit(data), path, {"dataset": "graded", "seed": seed})["version"]
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("router") / "auto.joblib"
+    train(path)
+    return path
+
+
+def config(tmp_path: Path, api_base: str, artifact: Path, storage_url: str | None = None, **calibrate: object) -> dict:
+    models = [model_entry("cheap", api_base, price_in=1e-7, price_out=1e-7),
+              model_entry("costly", api_base, tier="strong", price_in=1e-5, price_out=1e-5)]
+    group = {"name": "auto", "models": ["cheap", "costly"], "router": "pitstop", "router_artifact": str(artifact),
+             "cost_preference": 0.0, "reload_interval_s": 0.2,
+             "calibrate": {"model_share": SHARE, "min_requests": 60, "interval_s": 0.5, **calibrate}}
+    return gateway_config(tmp_path, models, [group], storage_url=storage_url)
+
+
+def ask(gw: Gateway, texts: list[str]) -> list[str]:
+    """The model each prompt was routed to."""
+    routed = []
+    with gw.http() as http:
+        for text in texts:
+            response = http.post("/v1/chat/completions", json={
+                "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+            assert response.status_code == 200, response.text
+            routed.append(response.headers["x-pitstop-model"])
+    return routed
+
+
+def calibration(gw: Gateway) -> dict:
+    with gw.openai() as client:
+        group = next(m for m in client.models.list().data if m.id == "auto")
+    return group.model_dump()["pitstop"]
+
+
+def gauge(gw: Gateway, name: str) -> float:
+    with gw.http() as http:
+        text = http.get("/metrics").text
+    line = next(line for line in text.splitlines() if line.startswith(name + "{") and 'route_group="auto"' in line)
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_group_calibrates_on_its_logged_traffic_and_routes_at_the_budget(tmp_path: Path, upstreams,
+                                                                            artifact: Path) -> None:
+    with running_gateway(config(tmp_path, upstreams[0].api_base, artifact)) as gw:
+        state = wait_until(lambda: calibration(gw)["calibration"], what="the first calibration run")
+        assert state["status"] == "too_little_traffic" and calibration(gw)["cost_preference"] == 0.0
+        before = ask(gw, prompts(10, seed=1))
+        assert before.count("costly") / len(before) > 0.6  # preference 0: quality alone
+
+        gw.flush()  # the 80 requests are in the outcome log: enough traffic
+        state = wait_until(lambda: (s := calibration(gw)["calibration"])["status"] == "calibrated" and s,
+                           what="a calibration on the logged requests")
+        assert state["kind"] == "model_share" and state["model"] == "costly" and state["target"] == SHARE
+        assert state["requests"] >= 60 and state["traffic"] == "outcomes"
+        assert SHARE - 0.15 <= state["achieved"] <= SHARE
+        assert state["held_out_achieved"] is not None and abs(state["held_out_achieved"] - SHARE) <= 0.2
+        preference = state["cost_preference"]
+        assert preference > 0
+
+        after = ask(gw, prompts(10, seed=2))  # new prompts of the same kinds
+        share = after.count("costly") / len(after)
+        assert share <= SHARE + 0.15 and share < before.count("costly") / len(before) - 0.2
+        rows = gw.rows(gw.request_ids[-len(after):])
+        assert all(r["cost_preference"] > 0 for r in rows)  # routed at a calibrated preference, logged
+        assert gauge(gw, "pitstop_route_group_cost_preference") == pytest.approx(calibration(gw)["cost_preference"])
+        assert gauge(gw, "pitstop_route_group_calibration_target") == SHARE
+
+        with gw.http() as http:  # a request's own preference still overrides the group's
+            response = http.post("/v1/chat/completions", headers={"x-pitstop-cost-preference": "0"}, json={
+                "model": "auto", "max_tokens": 2,
+                "messages": [{"role": "user", "content": "Design a database schema for a cat shop."}]})
+        assert response.headers["x-pitstop-model"] == "costly"
+
+
+def test_held_out_traffic_calibrates_at_start_and_again_on_reload(tmp_path: Path, upstreams, artifact: Path) -> None:
+    export = tmp_path / "traffic.jsonl"
+    export.write_text("".join(json.dumps({"prompt": p, "route_group": "auto", "status": "ok"}) + "\n"
+                              for p in prompts(12, seed=3)))
+    own = tmp_path / "auto.joblib"
+    own.write_bytes(artifact.read_bytes())
+    raw = config(tmp_path, upstreams[0].api_base, own, traffic=f"outcomes:{export}", interval_s=3600)
+    with running_gateway(raw) as gw:
+        state = wait_until(lambda: (s := calibration(gw)["calibration"]) and s["status"] == "calibrated" and s,
+                           what="a calibration on the export file")
+        assert state["requests"] == 96 and state["achieved"] <= SHARE
+        new_version = train(own, seed=7)  # replaced: reloaded, and calibrated again within the hour
+        state = wait_until(lambda: (s := calibration(gw)["calibration"])["router_version"] == new_version and s,
+                           what="a calibration of the reloaded router")
+        assert state["status"] == "calibrated" and state["achieved"] <= SHARE
+
+
+def test_traffic_that_cannot_be_read_keeps_the_configured_preference(tmp_path: Path, upstreams,
+                                                                      artifact: Path) -> None:
+    missing = tmp_path / "no-such-export.jsonl"
+    raw = config(tmp_path, upstreams[0].api_base, artifact, traffic=f"outcomes:{missing}")
+    raw["route_groups"][0]["cost_preference"] = 0.25
+    with running_gateway(raw) as gw:
+        state = wait_until(lambda: calibration(gw)["calibration"], what="a calibration run")
+        assert state["status"] == "failed" and str(missing) in state["error"]
+        assert state["cost_preference"] == 0.25
+        ask(gw, prompts(1, seed=4))
+        assert all(r["cost_preference"] == 0.25 for r in gw.rows())
+        assert gauge(gw, "pitstop_route_group_cost_preference") == 0.25
+
+
+def test_the_outcome_database_going_away_keeps_the_last_calibration(tmp_path: Path, upstreams, artifact: Path,
+                                                                     cluster: ThrowawayPostgres) -> None:
+    raw = config(tmp_path, upstreams[0].api_base, artifact, storage_url=cluster.url, min_requests=40)
+    with running_gateway(raw) as gw:
+        ask(gw, prompts(6, seed=5))
+        gw.flush()
+        calibrated = wait_until(lambda: (s := calibration(gw)["calibration"])["status"] == "calibrated" and s,
+                                what="a calibration on PostgreSQL")
+        cluster.stop()
+        failed = wait_until(lambda: (s := calibration(gw)["calibration"])["status"] == "failed" and s,
+                            what="a calibration run that finds the database gone")
+        assert "OperationalError" in failed["error"]
+        assert failed["cost_preference"] == calibrated["cost_preference"]  # the last good one stays
+        routed = ask(gw, prompts(1, seed=6))  # still served while the log and the traffic are unreachable
+        assert len(routed) == len(TEMPLATES)
+        cluster.start()
+        wait_until(lambda: calibration(gw)["calibration"]["status"] == "calibrated", timeout=60,
+                   what="a calibration once the database is back")
+        with httpx.Client(base_url=gw.url) as http:
+            assert http.get("/readyz").status_code in (200, 503)
+
+
+def test_pitstop_calibrate_router_reports_the_preference_for_a_budget(tmp_path: Path, artifact: Path) -> None:
+    export = tmp_path / "traffic.jsonl"
+    export.write_text("".join(json.dumps({"prompt": p, "route_group": "auto"}) + "\n" for p in prompts(10, seed=8)))
+    raw = config(tmp_path, "http://127.0.0.1:9/v1", artifact)
+    del raw["route_groups"][0]["calibrate"]
+    path = write_config(tmp_path / "pitstop.yaml", raw)
+    done = run_cli("calibrate", "router", "--config", str(path), "--group", "auto", "--avg-cost-usd", "2e-4",
+                   "--traffic", f"outcomes:{export}")
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout)
+    assert state["status"] == "calibrated" and state["kind"] == "avg_cost" and state["requests"] == 80
+    assert 1e-4 <= state["achieved"] <= 2e-4 and state["cost_preference"] > 0
+    assert state["held_out_achieved"] is not None
+
+    no_target = run_cli("calibrate", "router", "--config", str(path), "--group", "auto")
+    assert no_target.returncode == 2 and "exactly one target" in no_target.stderr
+    unknown = run_cli("calibrate", "router", "--config", str(path), "--group", "nope", "--model-share", "0.5")
+    assert unknown.returncode == 2 and "no route group 'nope'" in unknown.stderr
+    missing = run_cli("calibrate", "router", "--config", str(path), "--group", "auto", "--model-share", "0.5",
+                      "--traffic", "outcomes:/no/such/file.jsonl")
+    assert missing.returncode == 2 and "/no/such/file.jsonl" in missing.stderr

@@ -1,0 +1,65 @@
+"""A route group's recent traffic, read back from the outcome log on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from storage.db import create_engine, session_factory
+from storage.migrate import upgrade
+from storage.models import Outcome
+from storage.traffic import recent_prompts
+from tests.storage.helpers import outcome_row
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _seed(url: str) -> None:
+    rows = []
+    for i in range(12):
+        # auto's requests 0, 2, 4, ...: stored in reverse time order, so the query has to sort
+        group = "auto" if i % 2 == 0 else "other"
+        rows.append(outcome_row(i, route_group=group, created_at=T0 + timedelta(seconds=100 - i)))
+    rows[2]["prompt"] = None  # store_text was off for it
+    rows[4]["status"] = "error"  # not served: not traffic
+    rows[6]["prompt"] = [{"role": "system", "content": "be brief"},
+                         {"role": "user", "content": [{"type": "text", "text": "parts"}]}]
+    with session_factory(engine := create_engine(url)).begin() as session:
+        session.add_all(Outcome(**row) for row in rows)
+    engine.dispose()
+
+
+def test_recent_prompts_are_the_groups_latest_served_requests_oldest_first(db_url: str) -> None:
+    _seed(db_url)
+    engine = create_engine(db_url)
+    try:
+        # auto, oldest first: 10, 8, 6, 4 (failed), 2 (no text), 0
+        assert recent_prompts(engine, "auto", 10) == ["question 10", "question 8", "parts", "question 0"]
+        assert recent_prompts(engine, "auto", 2) == ["parts", "question 0"]  # the window: the latest rows
+        assert recent_prompts(engine, "nobody", 10) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_index_that_serves_the_query_comes_with_an_upgrade_from_the_first_schema(empty_url: str) -> None:
+    from alembic import command  # noqa: PLC0415
+
+    from storage.migrate import alembic_config  # noqa: PLC0415
+
+    command.upgrade(alembic_config(empty_url), "0001")
+    with session_factory(engine := create_engine(empty_url)).begin() as session:
+        session.add(Outcome(**outcome_row(1, route_group="auto")))
+    upgrade(empty_url)
+    indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("outcomes")}
+    assert indexes["ix_outcomes_route_group_created_at"] == ["route_group", "created_at"]
+    assert recent_prompts(engine, "auto", 5) == ["question 1"]  # the row from before the upgrade
+    engine.dispose()
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_dead_database_raises_instead_of_returning_nothing(limit: int) -> None:
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
+    with pytest.raises(sa.exc.OperationalError):
+        recent_prompts(engine, "auto", limit)
