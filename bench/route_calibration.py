@@ -12,7 +12,8 @@ scored. Five random orders per setting.
 
 Cost of a run: estimating 2,000 prompts with the router's batch path against one by one (as
 `pitstop eval router` and the request path do), and the preference search vectorised (ChoiceTable)
-against calling `choose` per request, side by side in one process.
+against calling `choose` per request, side by side in one process; and what a run in a worker thread
+does to the event loop that serves requests (how late a 1 ms sleep wakes, idle and during the run).
 
     .venv/bin/python -m bench.route_calibration     # ~4 min; bench/results/routers/calibration.json
 """
@@ -20,14 +21,16 @@ against calling `choose` per request, side by side in one process.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import RESULTS, command, machine_info, write_report
 from gateway.config import GroupCalibration, RouteGroup
-from gateway.route_calibration import calibrate_group
+from gateway.route_calibration import CHUNK, calibrate_group
 from gateway.routing import GroupRouter, estimate_tokens
 from routers.base import Candidate, QualityEstimate, RoutingRequest
 from routers.calibration import LAMBDA_GRID, ChoiceTable, TargetKind, estimate_requests
@@ -118,6 +121,9 @@ def run_cost(router: LearnedRouter, candidates: list[Candidate], prompts: list[s
     estimates = estimate_requests(router, requests, candidates)
     timings["estimate_batch_cpu_s"] = time.process_time() - start
     start = time.process_time()
+    estimate_requests(router, requests, candidates, chunk=CHUNK)
+    timings["estimate_chunks_of_16_cpu_s"] = time.process_time() - start  # what the gateway runs
+    start = time.process_time()
     one_by_one = [router.estimate(r, candidates) for r in requests]
     timings["estimate_one_by_one_cpu_s"] = time.process_time() - start
     timings["max_abs_quality_difference"] = max(abs(a.quality[m] - b.quality[m]) for a, b in
@@ -132,10 +138,45 @@ def run_cost(router: LearnedRouter, candidates: list[Candidate], prompts: list[s
     timings["search_choose_per_request_cpu_s"] = time.process_time() - start
     timings["batch_speedup"] = timings["estimate_one_by_one_cpu_s"] / timings["estimate_batch_cpu_s"]
     timings["search_speedup"] = timings["search_choose_per_request_cpu_s"] / timings["search_vectorised_cpu_s"]
-    print(f"{len(requests)} requests: estimate batch {timings['estimate_batch_cpu_s']:.2f} s CPU, one by one "
+    print(f"{len(requests)} requests: estimate batch {timings['estimate_batch_cpu_s']:.2f} s CPU, in chunks of "
+          f"{CHUNK} {timings['estimate_chunks_of_16_cpu_s']:.2f} s, one by one "
           f"{timings['estimate_one_by_one_cpu_s']:.2f} s; search vectorised {timings['search_vectorised_cpu_s']:.3f} s,"
           f" with choose {timings['search_choose_per_request_cpu_s']:.2f} s", flush=True)
     return timings
+
+
+async def _loop_lags(work: Callable[[], object] | None, idle_s: float) -> list[float]:
+    """How late 1 ms sleeps on the event loop wake, while `work` runs in a worker thread (as the gateway
+    runs a calibration) or, without work, for `idle_s`."""
+    lags: list[float] = []
+    running = asyncio.ensure_future(asyncio.to_thread(work)) if work is not None else None
+    end = time.perf_counter() + idle_s
+    while (running is not None and not running.done()) or (running is None and time.perf_counter() < end):
+        start = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append(time.perf_counter() - start - 0.001)
+    if running is not None:
+        await running
+    return lags
+
+
+def loop_lag(router: LearnedRouter, candidates: list[Candidate], prompts: list[str]) -> dict[str, object]:
+    """What a calibration run over `prompts` in a worker thread does to the gateway's event loop."""
+    config = GroupCalibration(avg_cost_usd=1e-3, min_requests=1, window=len(prompts))
+    group = group_for(router, candidates, config)
+    idle = asyncio.run(_loop_lags(None, idle_s=3.0))
+    during = asyncio.run(_loop_lags(lambda: calibrate_group(group, prompts), idle_s=0.0))
+
+    def summary(lags: list[float]) -> dict[str, float]:
+        ms = np.array(lags) * 1e3
+        return {"wakeups": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+                "max_ms": float(ms.max())}
+
+    result = {"requests": len(prompts), "idle": summary(idle), "during_calibration": summary(during)}
+    print(f"event-loop lag of a 1 ms sleep, idle / during a calibration over {len(prompts)} requests: p99 "
+          f"{result['idle']['p99_ms']:.2f} / {result['during_calibration']['p99_ms']:.2f} ms, max "
+          f"{result['idle']['max_ms']:.2f} / {result['during_calibration']['max_ms']:.2f} ms", flush=True)
+    return result
 
 
 def main() -> None:
@@ -158,6 +199,7 @@ def main() -> None:
         "landing": landing(router, candidates, test.prompts, test.cost, np.nan_to_num(test.quality), strongest,
                            float(real_cost.max())),
         "run_cost": run_cost(router, candidates, train.prompts[:2000]),
+        "event_loop_lag": loop_lag(router, candidates, train.prompts[:2000]),
     }
     print(f"wrote {write_report(args.out, report)}")
 

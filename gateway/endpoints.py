@@ -24,7 +24,8 @@ async def list_models(request: Request) -> Response:
     data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
              "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
-                         "calibration": group.calibration.to_dict() if group.calibration else None}}
+                         "calibration": {**group.calibration.to_dict(), "since": group.since_calibration.to_dict()}
+                         if group.calibration else None}}
             for name, group in state.routes.groups.items()]
     data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
              for name in state.settings.model_names]
@@ -58,6 +59,10 @@ async def metrics(request: Request) -> Response:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
     if state.sessions is not None:
         state.sessions.collect()
+    for name, group in state.routes.groups.items():
+        since = group.since_calibration
+        if group.calibration is not None and since.requests:
+            state.metrics.calibration_achieved.labels(name, "since").set(since.total / since.requests)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -42,8 +42,9 @@ class GatewayMetrics:
         self.calibration_target = Gauge(f"{PREFIX}_route_group_calibration_target",
                                         "A calibrated route group's target (USD a request, or a share)", group, registry=r)
         self.calibration_achieved = Gauge(f"{PREFIX}_route_group_calibration_achieved",
-                                          "What the calibration traffic gets at the preference set, and what a "
-                                          "held-out half gets", [*group, "traffic"], registry=r)
+                                          "At the preference set: what the calibration traffic gets, what a held-out "
+                                          "half of it gets, and what the requests routed since got",
+                                          [*group, "traffic"], registry=r)
         self.calibrations = Counter(f"{PREFIX}_route_group_calibrations", "Calibration runs by outcome",
                                     [*group, "status"], registry=r)
 

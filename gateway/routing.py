@@ -8,7 +8,7 @@ back to the group's model names, so outcome rows and headers name what was actua
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,19 @@ class Route:
 
 
 @dataclass
+class Tally:
+    requests: int = 0
+    total: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.requests += 1
+        self.total += value
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"requests": self.requests, "average": self.total / self.requests if self.requests else None}
+
+
+@dataclass
 class GroupRouter:
     group: RouteGroup
     router: Router  # replaced whole on hot reload (gateway/router_artifacts.py); never mutated
@@ -44,6 +57,8 @@ class GroupRouter:
     # sets one from its traffic; a request's own preference still overrides it.
     cost_preference: float = 0.0
     calibration: CalibrationState | None = None  # the last calibration run, for /v1/models and /metrics
+    # What the requests routed since that run got, in the target's terms: how close it lands live.
+    since_calibration: Tally = field(default_factory=Tally)
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
         router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
@@ -55,7 +70,12 @@ class GroupRouter:
                        scores={names[m]: v for m, v in decision.scores.items()},
                        quality={names[m]: v for m, v in decision.quality.items()},
                        predicted_cost_usd={names[m]: v for m, v in decision.predicted_cost_usd.items()})
-        return explore(decision, self.group.explore_epsilon) if self.group.explore_epsilon else decision
+        decision = explore(decision, self.group.explore_epsilon) if self.group.explore_epsilon else decision
+        calibrated = self.calibration
+        if calibrated is not None:
+            self.since_calibration.add(decision.predicted_cost_usd[decision.model] if calibrated.kind == "avg_cost"
+                                       else float(decision.model == calibrated.model))
+        return decision
 
 
 def estimate_tokens(text: str) -> int:

@@ -112,22 +112,29 @@ def calibrate_estimates(estimates: Sequence[QualityEstimate], prompt_tokens: Seq
     return calibrate_table(ChoiceTable(estimates, prompt_tokens, candidates), kind, target, model, iterations)
 
 
-def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate]
-                      ) -> list[QualityEstimate]:
-    """Every request's estimate: a learned router featurises them in one batch (the same estimates as
-    its per-request path, in a fraction of the time), any other router one by one."""
+def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
+                      chunk: int | None = None) -> list[QualityEstimate]:
+    """Every request's estimate: a learned router featurises them in batches (the same estimates as its
+    per-request path, in less time), any other router one by one. `chunk` bounds a batch: a caller in a
+    background thread of a server passes a small one, because one batch of thousands holds the GIL in
+    single C calls for up to ~100 ms, stalling the thread that serves requests (bench/route_calibration.py)."""
     if not isinstance(router, LearnedRouter) or not requests:
         return [router.estimate(request, candidates) for request in requests]
-    quality, tokens = router.estimate_batch([r.prompt for r in requests])
     reference = router.reference_cost(candidates)
-    return [estimate_for(router.models, q, t, candidates, reference) for q, t in zip(quality, tokens, strict=True)]
+    size = chunk or len(requests)
+    estimates = []
+    for start in range(0, len(requests), size):
+        quality, tokens = router.estimate_batch([r.prompt for r in requests[start:start + size]])
+        estimates += [estimate_for(router.models, q, t, candidates, reference) for q, t in zip(quality, tokens, strict=True)]
+    return estimates
 
 
 def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
-                      kind: TargetKind, target: float, model: str | None = None) -> CalibrationResult:
+                      kind: TargetKind, target: float, model: str | None = None, chunk: int | None = None
+                      ) -> CalibrationResult:
     """Calibrate on all of `requests`; `held_out_achieved` is what the odd-numbered requests get at the
-    preference calibrated on the even-numbered ones."""
-    table = ChoiceTable(estimate_requests(router, requests, candidates), [r.prompt_tokens for r in requests],
+    preference calibrated on the even-numbered ones. `chunk`: see `estimate_requests`."""
+    table = ChoiceTable(estimate_requests(router, requests, candidates, chunk), [r.prompt_tokens for r in requests],
                         candidates)
     result = calibrate_table(table, kind, target, model)
     if len(table) < 2:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.route_calibration import WINDOWS, landing, run_cost
+from bench.route_calibration import WINDOWS, landing, loop_lag, run_cost
 from routers.data.prices import fit_prices
 from routers.data.table import long_table, to_wide
 from routers.evaluate import candidates_for
@@ -35,3 +35,5 @@ def test_landing_and_run_cost_on_graded_traffic() -> None:
     assert costs[0]["following_real_cost_usd_mean"] < costs[-1]["following_real_cost_usd_mean"]
     timing = run_cost(router, candidates, train.prompts[:50])
     assert timing["requests"] == 50 and timing["max_abs_quality_difference"] < 1e-9
+    lag = loop_lag(router, candidates, train.prompts[:50])
+    assert lag["requests"] == 50 and lag["during_calibration"]["wakeups"] >= 1 and lag["idle"]["wakeups"] > 100

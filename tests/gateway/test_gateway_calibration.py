@@ -128,10 +128,17 @@ def test_held_out_traffic_calibrates_at_start_and_again_on_reload(tmp_path: Path
         state = wait_until(lambda: (s := calibration(gw)["calibration"]) and s["status"] == "calibrated" and s,
                            what="a calibration on the export file")
         assert state["requests"] == 96 and state["achieved"] <= SHARE
+        assert state["since"] == {"requests": 0, "average": None}
+        routed = ask(gw, prompts(2, seed=9))  # how close it lands live: the share among the requests since
+        assert calibration(gw)["calibration"]["since"] == {"requests": 16, "average": routed.count("costly") / 16}
+        assert 0 < routed.count("costly") < 16
+        with gw.http() as http:
+            assert f'traffic="since"}} {routed.count("costly") / 16}' in http.get("/metrics").text
         new_version = train(own, seed=7)  # replaced: reloaded, and calibrated again within the hour
         state = wait_until(lambda: (s := calibration(gw)["calibration"])["router_version"] == new_version and s,
                            what="a calibration of the reloaded router")
         assert state["status"] == "calibrated" and state["achieved"] <= SHARE
+        assert state["since"]["requests"] == 0  # counted afresh from the new calibration
 
 
 def test_traffic_that_cannot_be_read_keeps_the_configured_preference(tmp_path: Path, upstreams,

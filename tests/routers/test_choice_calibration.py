@@ -147,6 +147,7 @@ def test_a_learned_router_estimates_traffic_in_one_batch_as_it_does_one_by_one(s
     candidates = [Candidate("solver", 1e-7, 1e-7), Candidate("big", 1e-5, 1e-5, "strong"), Candidate("new", tier="weak")]
     requests = [RoutingRequest(p, len(p) // 4 + 1) for p in synthetic_data.split("test").prompts]
     batched = estimate_requests(router, requests, candidates)
+    assert estimate_requests(router, requests, candidates, chunk=3) == batched  # a server's small batches
     for request, estimate in zip(requests, batched, strict=True):
         single = router.estimate(request, candidates)
         assert estimate.quality == pytest.approx(single.quality, abs=1e-6)
