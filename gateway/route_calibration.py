@@ -99,7 +99,8 @@ def calibrate_group(group: GroupRouter, prompts: list[str]) -> CalibrationState:
         return CalibrationState("too_little_traffic", group.cost_preference, **facts, finished_at=time.time())
     requests = [RoutingRequest(p, estimate_tokens(p)) for p in prompts]
     alias = None if model is None else {name: alias for alias, name in group.model_for.items()}[model]
-    result = calibrate_traffic(router, requests, group.candidates, kind, target, alias, chunk=CHUNK)
+    result = calibrate_traffic(router, requests, group.candidates, kind, target, alias, chunk=CHUNK,
+                               explore_epsilon=group.group.explore_epsilon)
     group.cost_preference = result.cost_preference
     return CalibrationState("calibrated", result.cost_preference, **facts, achieved=result.achieved,
                             held_out_achieved=result.held_out_achieved, finished_at=time.time())

@@ -65,13 +65,23 @@ class ChoiceTable:
         tied = scores == scores.max(axis=1, keepdims=True)
         return np.where(tied, self.cost, np.inf).argmin(axis=1)
 
-    def average(self, preference: float, kind: TargetKind, model: str | None) -> float:
+    def average(self, preference: float, kind: TargetKind, model: str | None, explore_epsilon: float = 0.0
+                ) -> float:
+        """The average cost a request, or `model`'s share of requests, of what is served at `preference`;
+        with exploration (routers/exploration.py) a share `explore_epsilon` of requests is served by a
+        uniformly drawn candidate instead of the choice."""
         if not len(self):
             return 0.0
         picked = self.chosen(preference)
+        column = self.models.index(model) if model in self.models else None
         if kind == "avg_cost":
-            return float(self.cost[np.arange(len(self)), picked].mean())
-        return float(np.mean(picked == self.models.index(model))) if model in self.models else 0.0
+            chosen, uniform = float(self.cost[np.arange(len(self)), picked].mean()), float(self.cost.mean())
+        else:
+            chosen = float(np.mean(picked == column)) if column is not None else 0.0
+            uniform = 1.0 / len(self.models) if column is not None else 0.0
+        if explore_epsilon == 0.0 or len(self.models) < 2:
+            return chosen
+        return (1.0 - explore_epsilon) * chosen + explore_epsilon * uniform
 
     def rows(self, index: np.ndarray) -> ChoiceTable:
         part = object.__new__(ChoiceTable)
@@ -80,12 +90,13 @@ class ChoiceTable:
 
 
 def calibrate_table(table: ChoiceTable, kind: TargetKind, target: float, model: str | None = None,
-                    iterations: int = 30) -> CalibrationResult:
-    """The smallest cost preference whose average (cost or model share) is at most `target`."""
+                    iterations: int = 30, explore_epsilon: float = 0.0) -> CalibrationResult:
+    """The smallest cost preference whose average (cost or model share) of what is served, exploration
+    included, is at most `target`."""
     assert kind == "avg_cost" or model is not None, "a model share needs the model"
 
     def measure(preference: float) -> float:
-        return table.average(preference, kind, model)
+        return table.average(preference, kind, model, explore_epsilon)
 
     values = [measure(lam) for lam in LAMBDA_GRID]
     below = [i for i, v in enumerate(values) if v <= target]
@@ -130,17 +141,18 @@ def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candid
 
 
 def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
-                      kind: TargetKind, target: float, model: str | None = None, chunk: int | None = None
-                      ) -> CalibrationResult:
+                      kind: TargetKind, target: float, model: str | None = None, chunk: int | None = None,
+                      explore_epsilon: float = 0.0) -> CalibrationResult:
     """Calibrate on all of `requests`; `held_out_achieved` is what the odd-numbered requests get at the
-    preference calibrated on the even-numbered ones. `chunk`: see `estimate_requests`."""
+    preference calibrated on the even-numbered ones. `chunk`: see `estimate_requests`; with
+    `explore_epsilon` the target holds for what is served, explored requests included."""
     table = ChoiceTable(estimate_requests(router, requests, candidates, chunk), [r.prompt_tokens for r in requests],
                         candidates)
-    result = calibrate_table(table, kind, target, model)
+    result = calibrate_table(table, kind, target, model, explore_epsilon=explore_epsilon)
     if len(table) < 2:
         return result
-    half = calibrate_table(table.rows(np.arange(0, len(table), 2)), kind, target, model)
-    held_out = table.rows(np.arange(1, len(table), 2)).average(half.cost_preference, kind, model)
+    half = calibrate_table(table.rows(np.arange(0, len(table), 2)), kind, target, model, explore_epsilon=explore_epsilon)
+    held_out = table.rows(np.arange(1, len(table), 2)).average(half.cost_preference, kind, model, explore_epsilon)
     return replace(result, held_out_achieved=held_out)
 
 

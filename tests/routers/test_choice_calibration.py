@@ -136,6 +136,27 @@ def test_calibrated_traffic_reports_what_a_held_out_half_gets() -> None:
     assert again.cost_preference == result.cost_preference and again.held_out_achieved is None
 
 
+def test_with_exploration_the_target_holds_for_what_is_served() -> None:
+    class GapRouter:
+        name, version = "gap", "1"
+
+        def estimate(self, request: RoutingRequest, candidates: list[Candidate]) -> QualityEstimate:
+            return QualityEstimate({"strong": 0.5 + float(request.prompt), "weak": 0.5})
+
+    requests = [RoutingRequest(str(g), 10) for g in np.random.default_rng(2).uniform(-0.2, 0.6, size=400)]
+    result = calibrate_traffic(GapRouter(), requests, CANDIDATES, "model_share", 0.4, "strong", explore_epsilon=0.2)
+    assert result.achieved <= 0.4 and result.achieved == pytest.approx(0.4, abs=0.01)
+    greedy = [choose(GapRouter().estimate(r, CANDIDATES), CANDIDATES, 10, result.cost_preference, "gap", "1")
+              for r in requests]
+    # served share = 0.8 x greedy share + 0.2 x 1/2, so the greedy choice takes (0.4 - 0.1) / 0.8 = 0.375
+    assert np.mean([d.model == "strong" for d in greedy]) == pytest.approx(0.375, abs=0.01)
+    rng = random.Random(0)
+    served = [explore(d, 0.2, rng).model == "strong" for _ in range(50) for d in greedy]
+    assert np.mean(served) == pytest.approx(0.4, abs=0.01)  # the real exploration step, many draws
+    plain = calibrate_traffic(GapRouter(), requests, CANDIDATES, "model_share", 0.4, "strong")
+    assert plain.cost_preference < result.cost_preference  # ignoring exploration would overshoot
+
+
 def test_a_learned_router_estimates_traffic_in_one_batch_as_it_does_one_by_one(synthetic_data, tiny_encoder) -> None:
     from routers.families import build_router  # noqa: PLC0415
     from routers.features.featurizer import FeatureSpec  # noqa: PLC0415
