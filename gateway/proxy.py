@@ -64,6 +64,8 @@ async def _proxy(request: Request, kind: Kind) -> Response:
                           state.settings.server.request_timeout_s)
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx
+        if route.decision is not None and route.route_group is not None:  # not kept on a session's model
+            state.routes.groups[route.route_group].served(route.decision)
         if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
             ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
                                             needed=state.pool.uses_rank(route.model_name),

@@ -12,11 +12,13 @@ from storage.models import Outcome
 
 
 def recent_prompts(engine: Engine, route_group: str, limit: int) -> list[str]:
-    """The texts routers read (the last user turn) of the group's last `limit` served requests, oldest
-    first."""
+    """The texts routers read (the last user turn) of the group's last `limit` served requests whose
+    model its router chose, oldest first. A session's later turns stay on the session's model whatever
+    the preference (their rows name no router), so they are not what a preference governs."""
     outcomes = Outcome.__table__
     query = (select(outcomes.c.prompt)
-             .where(outcomes.c.route_group == route_group, outcomes.c.status == "ok", outcomes.c.prompt.is_not(None))
+             .where(outcomes.c.route_group == route_group, outcomes.c.status == "ok", outcomes.c.prompt.is_not(None),
+                    outcomes.c.router_name.is_not(None))
              .order_by(outcomes.c.created_at.desc(), outcomes.c.request_id.desc())
              .limit(limit))
     with engine.connect() as connection:

@@ -134,6 +134,15 @@ def test_held_out_traffic_calibrates_at_start_and_again_on_reload(tmp_path: Path
         assert 0 < routed.count("costly") < 16
         with gw.http() as http:
             assert f'traffic="since"}} {routed.count("costly") / 16}' in http.get("/metrics").text
+            # an agent session: its second turn stays on the first turn's model, whatever the router
+            # would choose, so only the first turn counts toward `since`
+            first = [{"role": "user", "content": "Design a database schema for a cat shop."}]
+            second = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Add 3 and 4."}]
+            models = [http.post("/v1/chat/completions", headers={"x-session-id": "agent-1"}, json={
+                "model": "auto", "max_tokens": 2, "messages": messages}).headers["x-pitstop-model"]
+                for messages in (first, second)]
+        assert models == ["costly", "costly"] and ask(gw, ["Add 3 and 4."]) == ["cheap"]
+        assert calibration(gw)["calibration"]["since"]["requests"] == 16 + 1 + 1
         new_version = train(own, seed=7)  # replaced: reloaded, and calibrated again within the hour
         state = wait_until(lambda: (s := calibration(gw)["calibration"])["router_version"] == new_version and s,
                            what="a calibration of the reloaded router")

@@ -24,6 +24,7 @@ def _seed(url: str) -> None:
         rows.append(outcome_row(i, route_group=group, created_at=T0 + timedelta(seconds=100 - i)))
     rows[2]["prompt"] = None  # store_text was off for it
     rows[4]["status"] = "error"  # not served: not traffic
+    rows[8]["router_name"] = None  # a session's later turn, kept on its model: not the router's choice
     rows[6]["prompt"] = [{"role": "system", "content": "be brief"},
                          {"role": "user", "content": [{"type": "text", "text": "parts"}]}]
     with session_factory(engine := create_engine(url)).begin() as session:
@@ -35,8 +36,8 @@ def test_recent_prompts_are_the_groups_latest_served_requests_oldest_first(db_ur
     _seed(db_url)
     engine = create_engine(db_url)
     try:
-        # auto, oldest first: 10, 8, 6, 4 (failed), 2 (no text), 0
-        assert recent_prompts(engine, "auto", 10) == ["question 10", "question 8", "parts", "question 0"]
+        # auto, oldest first: 10, 8 (sticky), 6, 4 (failed), 2 (no text), 0
+        assert recent_prompts(engine, "auto", 10) == ["question 10", "parts", "question 0"]
         assert recent_prompts(engine, "auto", 2) == ["parts", "question 0"]  # the window: the latest rows
         assert recent_prompts(engine, "nobody", 10) == []
     finally:
