@@ -60,6 +60,7 @@ async def metrics(request: Request) -> Response:
     if state.sessions is not None:
         state.sessions.collect()
     for name, group in state.routes.groups.items():
+        state.metrics.cost_preference.labels(name).set(group.cost_preference)
         since = group.since_calibration
         if group.calibration is not None and since.requests:
             state.metrics.calibration_achieved.labels(name, "since").set(since.total / since.requests)

@@ -38,7 +38,8 @@ class GatewayMetrics:
                                   buckets=_RANK_BUCKETS, registry=r)
         group = ["route_group"]
         self.cost_preference = Gauge(f"{PREFIX}_route_group_cost_preference",
-                                     "A route group's cost preference, as its last calibration set it", group, registry=r)
+                                     "A route group's cost preference: its config's, or as its last calibration set it", group,
+                                     registry=r)
         self.calibration_target = Gauge(f"{PREFIX}_route_group_calibration_target",
                                         "A calibrated route group's target (USD a request, or a share)", group, registry=r)
         self.calibration_achieved = Gauge(f"{PREFIX}_route_group_calibration_achieved",

@@ -213,6 +213,8 @@ def test_metrics_per_model_and_route_group(gw: Gateway, upstreams: tuple) -> Non
     assert sample("pitstop_tokens_total", route_group="", model="up-direct", kind="prompt") >= 2
     assert sample("pitstop_cost_usd_total", route_group="grp", model="up-litellm") > 0
     assert sample("pitstop_outcome_rows", state="written") >= 1
+    assert sample("pitstop_route_group_cost_preference", route_group="grp") == 0.0  # its config's: not calibrated
+    assert "pitstop_route_group_calibration_achieved{" not in response.text
     assert "pitstop_outstanding_requests" in response.text
 
 
