@@ -55,9 +55,17 @@ class LearnedRouter:
     def reference_cost(self, candidates: list[Candidate]) -> float | None:
         if getattr(self, "typical_prompt_tokens", None) is None:  # artifacts from before this field
             return None
-        known = list(self.typical_output_tokens.values())
-        return typical_cost(candidates, self.typical_prompt_tokens, self.typical_output_tokens,  # type: ignore[arg-type]
-                            prior_output_tokens(known))
+        # A route group asks with the same candidates every time: computed once per candidate set.
+        cache: dict[tuple[Candidate, ...], float] = self.__dict__.setdefault("_reference_costs", {})
+        key = tuple(candidates)
+        if key not in cache:
+            known = list(self.typical_output_tokens.values())
+            cache[key] = typical_cost(candidates, self.typical_prompt_tokens,  # type: ignore[arg-type]
+                                      self.typical_output_tokens, prior_output_tokens(known))
+        return cache[key]
+
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_reference_costs"}  # not saved in artifacts
 
     def predict_features(self, features: Features) -> tuple[np.ndarray, np.ndarray]:
         return self.quality_model.predict(features), self.length_model.predict(features)

@@ -126,7 +126,13 @@ class Featurizer:
         if self.spec.encoder == "static":
             assert self.encoder is not None
             by_view = {"head": prompt[:HEAD_CHARS], "focus": focus_text}
-            views = [self.encoder.encode_one(by_view[v])[None] for v in self.spec.views]
+            encoded: dict[str, np.ndarray] = {}  # a short one-question prompt is its own head and focus
+            views = []
+            for view in self.spec.views:
+                text = by_view[view]
+                if text not in encoded:
+                    encoded[text] = self.encoder.encode_one(text)[None]
+                views.append(encoded[text])
         elif self.spec.encoder == "minilm":  # the real transformer cost, not a cache lookup
             from routers.features.minilm import encode  # noqa: PLC0415
 

@@ -65,6 +65,8 @@ def test_pitstop_beats_the_zero_router_in_the_harness(synthetic_data, tiny_encod
 
 def test_artifact_round_trip_and_manifest(synthetic_data, tiny_encoder: Path, tmp_path: Path) -> None:
     router = _train("pitstop", synthetic_data, tiny_encoder)
+    first = router.estimate(RoutingRequest("What is 3 plus 4?", 8), CANDIDATES)  # caches the reference cost
+    assert router.estimate(RoutingRequest("Tell me a story.", 5), CANDIDATES).reference_cost_usd == first.reference_cost_usd
     path = tmp_path / "pitstop.joblib"
     manifest = save_router(router, path, {"dataset": "synthetic", "split": "train", "files": {}}, {"aiq": 0.5})
     loaded = load_router(path)
@@ -73,6 +75,8 @@ def test_artifact_round_trip_and_manifest(synthetic_data, tiny_encoder: Path, tm
     prompts = synthetic_data.split("test").prompts
     np.testing.assert_allclose(loaded.estimate_batch(prompts)[0], router.estimate_batch(prompts)[0])
     assert path.stat().st_size < 5_000_000  # no training rows inside
+    assert "_reference_costs" in router.__dict__ and "_reference_costs" not in loaded.__dict__  # a cache, not saved
+    assert loaded.estimate(RoutingRequest("What is 3 plus 4?", 8), CANDIDATES) == first
 
 
 def test_hot_reload_sees_a_new_version(synthetic_data, tiny_encoder: Path, tmp_path: Path) -> None:
