@@ -107,7 +107,10 @@ def test_a_group_calibrates_on_its_logged_traffic_and_routes_at_the_budget(tmp_p
         assert share <= SHARE + 0.15 and share < before.count("costly") / len(before) - 0.2
         rows = gw.rows(gw.request_ids[-len(after):])
         assert all(r["cost_preference"] > 0 for r in rows)  # routed at a calibrated preference, logged
-        assert gauge(gw, "pitstop_route_group_cost_preference") == pytest.approx(calibration(gw)["cost_preference"])
+        # it recalibrates every 0.5 s on the growing log: the gauge shows the value of the moment
+        around = [calibration(gw)["cost_preference"], gauge(gw, "pitstop_route_group_cost_preference"),
+                  calibration(gw)["cost_preference"]]
+        assert around[1] in (pytest.approx(around[0]), pytest.approx(around[2]))
         assert gauge(gw, "pitstop_route_group_calibration_target") == SHARE
 
         with gw.http() as http:  # a request's own preference still overrides the group's
