@@ -7,8 +7,11 @@ the last `window` "logged" requests: the first half of RouterBench's test prompt
 The second half is the traffic that follows. Targets are in the gateway's terms (the chosen model's
 predicted cost, prompt tokens estimated from characters as the gateway does): an average cost a
 request at 25 / 50 / 75% of GPT-4's, or 10 / 30 / 50% of requests on GPT-4. On the following half the
-report gives that same predicted figure, and what RouterBench says those choices really cost and
-scored. Five random orders per setting.
+report gives that same figure, and what RouterBench says those choices really cost and scored. Five
+random orders per setting. An average-cost target is calibrated twice: on the logged prompts alone
+(predicted dollars), and on the log as the gateway has it, with the model that served each request (at
+cost preference LOG_PREFERENCE) and its real RouterBench cost, which turns the target into real dollars
+(`real_cost_ratio`); the second is judged by the following traffic's real cost.
 
 Cost of a run: estimating 2,000 prompts with the router's batch path against one by one (as
 `pitstop eval router` and the request path do), and the preference search vectorised (ChoiceTable)
@@ -42,6 +45,7 @@ from routers.evaluate import candidates_for
 from routers.families import build_router
 from routers.learned import LearnedRouter
 from routers.run_eval import PITSTOP_FEATURES
+from storage.traffic import LoggedRequest
 
 OUT = RESULTS / "routers" / "calibration.json"
 SEEDS = range(5)
@@ -49,6 +53,7 @@ WINDOWS = (50, 100, 200, 476)
 COST_SHARES = (0.25, 0.5, 0.75)  # of GPT-4's average cost a request
 MODEL_SHARES = (0.1, 0.3, 0.5)  # of requests on GPT-4
 SEARCH_EVALUATIONS = len(LAMBDA_GRID) + 30  # the grid, then 30 bisection steps
+LOG_PREFERENCE = 1.0  # the preference the logged traffic was served at (the models whose real cost it shows)
 
 
 def group_for(router: LearnedRouter, candidates: list[Candidate], calibration: GroupCalibration) -> GroupRouter:
@@ -76,36 +81,51 @@ def landing(router: LearnedRouter, candidates: list[Candidate], prompts: list[st
     requests = [RoutingRequest(p, estimate_tokens(p)) for p in prompts]
     estimates = estimate_requests(router, requests, candidates)
     table = ChoiceTable(estimates, [r.prompt_tokens for r in requests], candidates)
+    # The log: each request as served at LOG_PREFERENCE, with that model's real RouterBench cost.
+    served = table.chosen(LOG_PREFERENCE)
+    log = [LoggedRequest(p, router.models[j], float(cost[i, j])) for i, (p, j) in enumerate(zip(prompts, served, strict=True))]
     half = len(prompts) // 2
     results = []
     for kind, target, label, model in settings(gpt4, strongest):
-        for window in WINDOWS:
-            runs = []
-            for seed in SEEDS:
-                order = np.random.default_rng(seed).permutation(len(prompts))
-                logged, following = order[:half][-window:], order[half:]
-                config = GroupCalibration(avg_cost_usd=target if kind == "avg_cost" else None,
-                                          model_share=target if kind == "model_share" else None, model=model,
-                                          min_requests=1, window=window)
-                group = group_for(router, candidates, config)
-                state = calibrate_group(group, [prompts[i] for i in logged])
-                after = follow_on(table.rows(following), following, cost, quality, state.cost_preference, kind, model)
-                runs.append({"seed": seed, "cost_preference": state.cost_preference, "achieved": state.achieved,
-                             "held_out_half": state.held_out_achieved, "following": after})
-            predicted = np.array([r["following"]["predicted"] for r in runs])
-            real = np.array([r["following"]["real_cost_usd"] for r in runs])
-            results.append({
-                "kind": kind, "target": target, "label": label, "window": window, "runs": runs,
-                "following_predicted_mean": float(predicted.mean()),
-                "following_real_cost_usd_mean": float(real.mean()),
-                "following_real_quality_mean": float(np.mean([r["following"]["real_quality"] for r in runs])),
-                "held_out_half_mean_abs_error": float(np.mean([abs(r["held_out_half"] / target - 1) for r in runs])),
-                "following_over_target_mean_abs_error": float(np.mean(np.abs(predicted / target - 1))),
-                "following_over_target_worst": float(np.max(np.abs(predicted / target - 1)))})
-            print(f"{label:22s} window {window:4d}: following traffic {predicted.mean():.4g} (target {target:.4g}), "
-                  f"mean |error| {results[-1]['following_over_target_mean_abs_error']:.1%}, worst "
-                  f"{results[-1]['following_over_target_worst']:.1%}", flush=True)
+        for logged_as in (("prompts", "served") if kind == "avg_cost" else ("prompts",)):
+            for window in WINDOWS:
+                runs = []
+                for seed in SEEDS:
+                    order = np.random.default_rng(seed).permutation(len(prompts))
+                    logged, following = order[:half][-window:], order[half:]
+                    config = GroupCalibration(avg_cost_usd=target if kind == "avg_cost" else None,
+                                              model_share=target if kind == "model_share" else None, model=model,
+                                              min_requests=1, window=window)
+                    group = group_for(router, candidates, config)
+                    traffic = [log[i] if logged_as == "served" else LoggedRequest(prompts[i]) for i in logged]
+                    state = calibrate_group(group, traffic)
+                    after = follow_on(table.rows(following), following, cost, quality, state.cost_preference, kind,
+                                      model)
+                    runs.append({"seed": seed, "cost_preference": state.cost_preference, "achieved": state.achieved,
+                                 "held_out_half": state.held_out_achieved,
+                                 "real_over_predicted": state.real_over_predicted, "following": after})
+                results.append(summary(kind, target, label, logged_as, window, runs))
     return results
+
+
+def summary(kind: TargetKind, target: float, label: str, logged_as: str, window: int, runs: list[dict]) -> dict:
+    predicted = np.array([r["following"]["predicted"] for r in runs])
+    real = np.array([r["following"]["real_cost_usd"] for r in runs])
+    # the figure the target is on: a share, the predicted cost (prompts alone), or the real cost
+    landed = real if logged_as == "served" else predicted
+    row = {"kind": kind, "target": target, "label": label, "logged": logged_as, "window": window, "runs": runs,
+           "following_predicted_mean": float(predicted.mean()), "following_real_cost_usd_mean": float(real.mean()),
+           "following_real_quality_mean": float(np.mean([r["following"]["real_quality"] for r in runs])),
+           "held_out_half_mean_abs_error": float(np.mean([abs(r["held_out_half"] / target - 1) for r in runs])),
+           "following_over_target_mean_abs_error": float(np.mean(np.abs(landed / target - 1))),
+           "following_over_target_worst": float(np.max(np.abs(landed / target - 1)))}
+    if kind == "avg_cost":
+        row["following_real_over_target_mean"] = float(np.mean(real / target))
+    print(f"{label:22s} log: {logged_as:7s} window {window:4d}: following traffic {landed.mean():.4g} (target "
+          f"{target:.4g}), mean |error| {row['following_over_target_mean_abs_error']:.1%}, worst "
+          f"{row['following_over_target_worst']:.1%}" + (f"; real cost / target {row['following_real_over_target_mean']:.3f}"
+                                                         if kind == "avg_cost" else ""), flush=True)
+    return row
 
 
 def _search_with_choose(estimates: list[QualityEstimate], tokens: list[int], candidates: list[Candidate]) -> None:
@@ -165,7 +185,7 @@ def loop_lag(router: LearnedRouter, candidates: list[Candidate], prompts: list[s
     config = GroupCalibration(avg_cost_usd=1e-3, min_requests=1, window=len(prompts))
     group = group_for(router, candidates, config)
     idle = asyncio.run(_loop_lags(None, idle_s=3.0))
-    during = asyncio.run(_loop_lags(lambda: calibrate_group(group, prompts), idle_s=0.0))
+    during = asyncio.run(_loop_lags(lambda: calibrate_group(group, [LoggedRequest(p) for p in prompts]), idle_s=0.0))
 
     def summary(lags: list[float]) -> dict[str, float]:
         ms = np.array(lags) * 1e3

@@ -168,13 +168,13 @@ def calibrate_router_command(args: argparse.Namespace) -> int:
     group.group = group.group.model_copy(update={"calibrate": config})
     db = create_engine(_storage_url(args.config)) if config.traffic == "outcomes" else None
     try:
-        prompts = load_traffic(config, args.group, db)
+        traffic = load_traffic(config, args.group, db)
     except (OSError, ValueError) as exc:  # a missing file or data set, an unknown name
         print(f"pitstop: cannot read the traffic {config.traffic!r}: {exc}", file=sys.stderr)
         return 2
     finally:
         if db is not None:
             db.dispose()
-    state = calibrate_group(group, prompts)
+    state = calibrate_group(group, traffic)
     print(json.dumps(state.to_dict(), indent=1))
     return 0 if state.requests else 1

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -29,7 +30,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.router_artifacts import stop_tasks
 from gateway.routing import GroupRouter, RouteTable, Tally, estimate_tokens
 from routers.base import RoutingRequest
-from routers.calibration import TargetKind, calibrate_traffic
+from routers.calibration import TargetKind, calibrate_with_holdout, traffic_table
+from storage.traffic import LoggedRequest, recent_requests
 
 log = logging.getLogger("pitstop.routing")
 RETRY_S = 60.0  # how soon a group that could not be calibrated looks again (at most its interval)
@@ -52,6 +54,9 @@ class CalibrationState:
     router_version: str
     achieved: float | None = None  # on the calibration traffic, at the preference set
     held_out_achieved: float | None = None  # calibrated on half the traffic, measured on the other half
+    # Real over predicted cost of the logged requests' served models (average-cost targets): what
+    # predicted costs are scaled by, so the target is in real dollars; None: none known, not scaled.
+    real_over_predicted: float | None = None
     error: str | None = None
     finished_at: float = 0.0  # unix time
 
@@ -74,36 +79,43 @@ def target_of(group: GroupRouter) -> tuple[TargetKind, float, str | None]:
     return "model_share", config.model_share, model
 
 
-def load_traffic(config: GroupCalibration, group_name: str, db: Engine | None) -> list[str]:
-    """The prompts to calibrate on, oldest first, at most `window` of them."""
+def load_traffic(config: GroupCalibration, group_name: str, db: Engine | None) -> list[LoggedRequest]:
+    """The requests to calibrate on, oldest first, at most `window` of them; from the outcome log with
+    the model that served each and its real cost, from a data set or an export file the prompts alone."""
     if config.traffic == "outcomes":
         if db is None:
             raise RuntimeError("traffic 'outcomes' needs the outcome log")
-        from storage.traffic import recent_prompts  # noqa: PLC0415
-
-        return recent_prompts(db, group_name, config.window)
+        return recent_requests(db, group_name, config.window)
     from routers.data.catalog import traffic_prompts  # noqa: PLC0415
 
-    return traffic_prompts(config.traffic, group_name)[-config.window:]
+    return [LoggedRequest(p) for p in traffic_prompts(config.traffic, group_name)[-config.window:]]
 
 
-def calibrate_group(group: GroupRouter, prompts: list[str]) -> CalibrationState:
-    """Set the group's cost preference from `prompts` (routed as the gateway routes them) and say how."""
+def calibrate_group(group: GroupRouter, traffic: Sequence[LoggedRequest]) -> CalibrationState:
+    """Set the group's cost preference from `traffic` (routed as the gateway routes it) and say how.
+    An average-cost target is in real dollars: where the traffic has the served models' real costs,
+    predicted costs are scaled by the ratio of real to predicted over them."""
     config = group.group.calibrate
     assert config is not None
     kind, target, model = target_of(group)
     router = group.router  # the one in place now; a reload meanwhile triggers another run
-    facts = {"kind": kind, "target": target, "model": model, "traffic": config.traffic, "requests": len(prompts),
+    facts = {"kind": kind, "target": target, "model": model, "traffic": config.traffic, "requests": len(traffic),
              "router_version": router.version}
-    if len(prompts) < config.min_requests:
+    if len(traffic) < config.min_requests:
         return CalibrationState("too_little_traffic", group.cost_preference, **facts, finished_at=time.time())
-    requests = [RoutingRequest(p, estimate_tokens(p)) for p in prompts]
-    alias = None if model is None else {name: alias for alias, name in group.model_for.items()}[model]
-    result = calibrate_traffic(router, requests, group.candidates, kind, target, alias, chunk=CHUNK,
-                               explore_epsilon=group.group.explore_epsilon)
+    requests = [RoutingRequest(r.prompt, estimate_tokens(r.prompt)) for r in traffic]
+    alias_of = {name: alias for alias, name in group.model_for.items()}
+    table = traffic_table(router, requests, group.candidates, chunk=CHUNK)
+    ratio = None
+    if kind == "avg_cost":
+        ratio = table.real_cost_ratio([alias_of.get(r.model or "") for r in traffic], [r.cost_usd for r in traffic])
+        table.cost_scale = ratio or 1.0
+    result = calibrate_with_holdout(table, kind, target, None if model is None else alias_of[model],
+                                    group.group.explore_epsilon)
     group.cost_preference = result.cost_preference
     return CalibrationState("calibrated", result.cost_preference, **facts, achieved=result.achieved,
-                            held_out_achieved=result.held_out_achieved, finished_at=time.time())
+                            held_out_achieved=result.held_out_achieved, real_over_predicted=ratio,
+                            finished_at=time.time())
 
 
 class RouteCalibrator:

@@ -76,8 +76,9 @@ class GroupRouter:
         """A request goes out on the router's choice (not on a session's model): count it toward `since`."""
         calibrated = self.calibration
         if calibrated is not None:
-            self.since_calibration.add(decision.predicted_cost_usd[decision.model] if calibrated.kind == "avg_cost"
-                                       else float(decision.model == calibrated.model))
+            scale = calibrated.real_over_predicted or 1.0  # an average cost in the target's (real) dollars
+            self.since_calibration.add(scale * decision.predicted_cost_usd[decision.model]
+                                       if calibrated.kind == "avg_cost" else float(decision.model == calibrated.model))
 
 
 def estimate_tokens(text: str) -> int:

@@ -54,6 +54,23 @@ class ChoiceTable:
         reference = np.array([e.reference_cost_usd or 0.0 for e in estimates])
         fallback = self.cost.max(axis=1) if k else np.zeros(n)
         self.top = np.where(reference != 0, reference, np.where(fallback != 0, fallback, 1.0))
+        # Real dollars per predicted dollar (`real_cost_ratio`): scales the average cost measured
+        # against a target, never the costs the choice itself weighs (the request path uses those).
+        self.cost_scale = 1.0
+
+    def real_cost_ratio(self, served: Sequence[str | None], real_cost_usd: Sequence[float | None],
+                        min_requests: int = 20) -> float | None:
+        """Sum of the real costs of logged requests over the sum of this table's predicted costs of the
+        models that served them; None with fewer than `min_requests` such requests. Price x predicted
+        answer length misses what a deployment's real answers run to, and discounts such as cached
+        prompt tokens; the ratio carries both from the log into an average-cost target."""
+        column = {m: j for j, m in enumerate(self.models)}
+        rows = [(i, column[m], float(c)) for i, (m, c) in enumerate(zip(served, real_cost_usd, strict=True))
+                if m in column and c is not None and np.isfinite(c) and c >= 0]
+        predicted = sum(self.cost[i, j] for i, j, _ in rows)
+        if len(rows) < min_requests or predicted <= 0:
+            return None
+        return sum(c for _, _, c in rows) / predicted
 
     def __len__(self) -> int:
         return len(self.quality)
@@ -75,7 +92,8 @@ class ChoiceTable:
         picked = self.chosen(preference)
         column = self.models.index(model) if model in self.models else None
         if kind == "avg_cost":
-            chosen, uniform = float(self.cost[np.arange(len(self)), picked].mean()), float(self.cost.mean())
+            chosen = self.cost_scale * float(self.cost[np.arange(len(self)), picked].mean())
+            uniform = self.cost_scale * float(self.cost.mean())
         else:
             chosen = float(np.mean(picked == column)) if column is not None else 0.0
             uniform = 1.0 / len(self.models) if column is not None else 0.0
@@ -86,6 +104,7 @@ class ChoiceTable:
     def rows(self, index: np.ndarray) -> ChoiceTable:
         part = object.__new__(ChoiceTable)
         part.models, part.quality, part.cost, part.top = self.models, self.quality[index], self.cost[index], self.top[index]
+        part.cost_scale = self.cost_scale
         return part
 
 
@@ -140,14 +159,25 @@ def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candid
     return estimates
 
 
+def traffic_table(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
+                  chunk: int | None = None) -> ChoiceTable:
+    """The router's estimates of `requests` as a ChoiceTable; `chunk`: see `estimate_requests`."""
+    estimates = estimate_requests(router, requests, candidates, chunk)
+    return ChoiceTable(estimates, [r.prompt_tokens for r in requests], candidates)
+
+
 def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
                       kind: TargetKind, target: float, model: str | None = None, chunk: int | None = None,
                       explore_epsilon: float = 0.0) -> CalibrationResult:
-    """Calibrate on all of `requests`; `held_out_achieved` is what the odd-numbered requests get at the
-    preference calibrated on the even-numbered ones. `chunk`: see `estimate_requests`; with
-    `explore_epsilon` the target holds for what is served, explored requests included."""
-    table = ChoiceTable(estimate_requests(router, requests, candidates, chunk), [r.prompt_tokens for r in requests],
-                        candidates)
+    return calibrate_with_holdout(traffic_table(router, requests, candidates, chunk), kind, target, model,
+                                  explore_epsilon)
+
+
+def calibrate_with_holdout(table: ChoiceTable, kind: TargetKind, target: float, model: str | None = None,
+                           explore_epsilon: float = 0.0) -> CalibrationResult:
+    """Calibrate on all of the table's requests; `held_out_achieved` is what the odd-numbered requests
+    get at the preference calibrated on the even-numbered ones. With `explore_epsilon` the target holds
+    for what is served, explored requests included."""
     result = calibrate_table(table, kind, target, model, explore_epsilon=explore_epsilon)
     if len(table) < 2:
         return result

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -11,17 +13,24 @@ from storage.export import prompt_text
 from storage.models import Outcome
 
 
-def recent_prompts(engine: Engine, route_group: str, limit: int) -> list[str]:
-    """The texts routers read (the last user turn) of the group's last `limit` served requests whose
-    model its router chose, oldest first. A session's later turns stay on the session's model whatever
-    the preference (their rows name no router), so they are not what a preference governs."""
+@dataclass(frozen=True)
+class LoggedRequest:
+    prompt: str  # the text routers read: the last user turn
+    model: str | None = None  # the model that served it (a model_name of the group)
+    cost_usd: float | None = None  # what it really cost
+
+
+def recent_requests(engine: Engine, route_group: str, limit: int) -> list[LoggedRequest]:
+    """The group's last `limit` served requests whose model its router chose, oldest first. A
+    session's later turns stay on the session's model whatever the preference (their rows name no
+    router), so they are not what a preference governs."""
     outcomes = Outcome.__table__
-    query = (select(outcomes.c.prompt)
+    query = (select(outcomes.c.prompt, outcomes.c.model, outcomes.c.cost_usd)
              .where(outcomes.c.route_group == route_group, outcomes.c.status == "ok", outcomes.c.prompt.is_not(None),
                     outcomes.c.router_name.is_not(None))
              .order_by(outcomes.c.created_at.desc(), outcomes.c.request_id.desc())
              .limit(limit))
     with engine.connect() as connection:
-        stored = connection.execute(query).scalars().all()
-    texts = [prompt_text(p) for p in reversed(stored)]
-    return [t for t in texts if t]
+        stored = connection.execute(query).all()
+    logged = [LoggedRequest(prompt_text(prompt) or "", model, cost) for prompt, model, cost in reversed(stored)]
+    return [r for r in logged if r.prompt]

@@ -23,7 +23,9 @@ def test_landing_and_run_cost_on_graded_traffic() -> None:
     candidates = candidates_for(data.models, fit_prices(train)[0])
     results = landing(router, candidates, test.prompts, test.cost, np.nan_to_num(test.quality), "costly",
                       gpt4=float(np.nanmean(train.cost[:, data.models.index("costly")])))
-    assert len(results) == 6 * len(WINDOWS)
+    assert len(results) == (3 * 2 + 3) * len(WINDOWS)  # cost targets on prompts alone and on the served log
+    served = [r for r in results if r["logged"] == "served"]
+    assert served and all(run["real_over_predicted"] is not None for r in served for run in r["runs"])
     for row in results:
         assert len(row["runs"]) == 5
         for run in row["runs"]:
@@ -31,7 +33,7 @@ def test_landing_and_run_cost_on_graded_traffic() -> None:
         if row["window"] == max(WINDOWS):  # all 40 logged requests: the next 40 land near the target
             assert abs(row["following_predicted_mean"] - row["target"]) <= 0.35 * row["target"] + 0.05
     # the cheapest setting routes to cheaper models than the costliest one, really and predicted
-    costs = [r for r in results if r["kind"] == "avg_cost" and r["window"] == max(WINDOWS)]
+    costs = [r for r in results if r["kind"] == "avg_cost" and r["window"] == max(WINDOWS) and r["logged"] == "prompts"]
     assert costs[0]["following_real_cost_usd_mean"] < costs[-1]["following_real_cost_usd_mean"]
     timing = run_cost(router, candidates, train.prompts[:50])
     assert timing["requests"] == 50 and timing["max_abs_quality_difference"] < 1e-9

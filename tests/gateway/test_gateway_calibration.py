@@ -12,10 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.route_calibration import calibrate_group
 from routers.artifact import save_router
 from routers.data.table import long_table, to_wide
 from routers.families import build_router
 from routers.features.featurizer import FeatureSpec
+from storage.traffic import LoggedRequest
 from tests.gateway.harness import (
     Gateway,
     gateway_config,
@@ -118,6 +120,30 @@ def test_a_group_calibrates_on_its_logged_traffic_and_routes_at_the_budget(tmp_p
                 "model": "auto", "max_tokens": 2,
                 "messages": [{"role": "user", "content": "Design a database schema for a cat shop."}]})
         assert response.headers["x-pitstop-model"] == "costly"
+
+
+def test_an_average_cost_target_is_met_in_real_dollars(tmp_path: Path, upstreams, artifact: Path) -> None:
+    """The router predicts ~40-token answers (its training data); the upstream answers in 5 words, so
+    real costs run far below predicted ones. The log's real costs put the target in real dollars."""
+    target = 5e-5  # USD a request: between the cheap model's ~1e-6 and the costly one's ~1e-4, for real
+    raw = config(tmp_path, upstreams[0].api_base, artifact, model_share=None, avg_cost_usd=target, min_requests=40)
+    with running_gateway(raw) as gw:
+        ask(gw, prompts(6, seed=10))
+        gw.flush()
+        state = wait_until(lambda: (s := calibration(gw)["calibration"])["status"] == "calibrated" and s,
+                           what="a calibration on the logged requests")
+        ratio = state["real_over_predicted"]
+        assert ratio is not None and 0.05 < ratio < 0.5 and state["achieved"] <= target
+        start = len(gw.request_ids)
+        routed = ask(gw, prompts(5, seed=11))
+        real = [r["cost_usd"] for r in gw.rows(gw.request_ids[start:])]
+        assert 0 < routed.count("costly") < len(routed)
+        assert abs(sum(real) / len(real) - target) <= 0.4 * target  # what was really spent, a request
+
+        group = gw.state.routes.groups["auto"]  # the same prompts without their real costs: predicted dollars
+        unscaled = calibrate_group(group, [LoggedRequest(p) for p in prompts(6, seed=10)])
+        assert unscaled.real_over_predicted is None
+        assert unscaled.cost_preference > state["cost_preference"]  # would have bought far fewer costly calls
 
 
 def test_held_out_traffic_calibrates_at_start_and_again_on_reload(tmp_path: Path, upstreams, artifact: Path) -> None:

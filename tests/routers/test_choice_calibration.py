@@ -174,3 +174,19 @@ def test_a_learned_router_estimates_traffic_in_one_batch_as_it_does_one_by_one(s
         assert estimate.quality == pytest.approx(single.quality, abs=1e-6)
         assert estimate.output_tokens == pytest.approx(single.output_tokens, rel=1e-5)
         assert estimate.reference_cost_usd == single.reference_cost_usd
+
+
+def test_the_real_cost_ratio_scales_the_average_not_the_choice() -> None:
+    candidates = [Candidate("big", input_cost_per_token=1e-5), Candidate("small", input_cost_per_token=1e-6)]
+    estimates = [QualityEstimate({"big": 0.9, "small": 0.5 + 0.01 * i}) for i in range(40)]
+    table = ChoiceTable(estimates, [100] * 40, candidates)  # predicted: big 1e-3 $, small 1e-4 $
+    served = ["big", "small"] * 20
+    real = [5e-4, 1e-4] * 20  # big's real answers run half as long as predicted
+    assert table.real_cost_ratio(served, real) == pytest.approx((20 * 5e-4 + 20 * 1e-4) / (20 * 1e-3 + 20 * 1e-4))
+    assert table.real_cost_ratio(served[:10], real[:10]) is None  # too few logged requests with a cost
+    assert table.real_cost_ratio(["gone"] * 40, real) is None  # served by models no longer in the group
+    before_choice, before_average = table.chosen(0.2), table.average(0.2, "avg_cost", None)
+    table.cost_scale = 0.5
+    assert (table.chosen(0.2) == before_choice).all()
+    assert table.average(0.2, "avg_cost", None) == pytest.approx(0.5 * before_average)
+    assert table.rows(np.arange(5)).cost_scale == 0.5

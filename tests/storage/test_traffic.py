@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from storage.db import create_engine, session_factory
 from storage.migrate import upgrade
 from storage.models import Outcome
-from storage.traffic import recent_prompts
+from storage.traffic import LoggedRequest, recent_requests
 from tests.storage.helpers import outcome_row
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -32,7 +32,11 @@ def _seed(url: str) -> None:
     engine.dispose()
 
 
-def test_recent_prompts_are_the_groups_latest_served_requests_oldest_first(db_url: str) -> None:
+def recent_prompts(engine: sa.Engine, group: str, limit: int) -> list[str]:
+    return [r.prompt for r in recent_requests(engine, group, limit)]
+
+
+def test_recent_requests_are_the_groups_latest_served_requests_oldest_first(db_url: str) -> None:
     _seed(db_url)
     engine = create_engine(db_url)
     try:
@@ -40,6 +44,9 @@ def test_recent_prompts_are_the_groups_latest_served_requests_oldest_first(db_ur
         assert recent_prompts(engine, "auto", 10) == ["question 10", "parts", "question 0"]
         assert recent_prompts(engine, "auto", 2) == ["parts", "question 0"]  # the window: the latest rows
         assert recent_prompts(engine, "nobody", 10) == []
+        # with the model that served each and what it really cost (outcome_row: large / small, 0.001 x i % 3)
+        assert recent_requests(engine, "auto", 1) == [LoggedRequest("question 0", "large", 0.0)]
+        assert recent_requests(engine, "auto", 10)[0] == LoggedRequest("question 10", "large", 0.001)
     finally:
         engine.dispose()
 
@@ -63,4 +70,4 @@ def test_the_index_that_serves_the_query_comes_with_an_upgrade_from_the_first_sc
 def test_a_dead_database_raises_instead_of_returning_nothing(limit: int) -> None:
     engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2})
     with pytest.raises(sa.exc.OperationalError):
-        recent_prompts(engine, "auto", limit)
+        recent_requests(engine, "auto", limit)
