@@ -1,14 +1,15 @@
 """Calibrate a route group's cost preference to a target on logged or held-out traffic.
 
-Targets: an average cost per request (USD, the chosen model's predicted cost) or the share of requests
-on one model (usually the strongest). For one request, the model maximising q - lambda x c / c_max
-never gets costlier as lambda grows, so both averages fall monotonically in lambda for the costliest
-model; the search brackets the target on a log grid and bisects. The router estimates each request
-once (a learned router in one batch); the choice rule of routers/choice.py is then applied to all of
-them at once for each candidate lambda (`ChoiceTable`, the same arithmetic and tie-break as `choose`).
+Targets: an average cost per request (USD, the chosen model's predicted cost, scaled to real dollars
+where logged real costs say by how much: `ChoiceTable.real_cost_ratio`) or the share of requests on
+one model (usually the strongest). For one request, the model maximising q - lambda x c / c_max never
+gets costlier as lambda grows, so both averages fall monotonically in lambda for the costliest model;
+the search brackets the target on a log grid and bisects. The router estimates each request once (a
+learned router in batches); the choice rule of routers/choice.py is then applied to all of them at
+once for each candidate lambda (`ChoiceTable`, the same arithmetic and tie-break as `choose`).
 
-How close it lands: `calibrate_traffic` also calibrates on every other request and measures the rest
-at that preference, which is what a fresh stretch of the same traffic would see."""
+How close it lands: `calibrate_with_holdout` also calibrates on every other request and measures the
+rest at that preference, which is what a fresh stretch of the same traffic would see."""
 
 from __future__ import annotations
 
