@@ -45,6 +45,7 @@ bench-routers: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.router_length_signal
 	OMP_NUM_THREADS=1 $(PY) -m bench.router_headroom
 	OMP_NUM_THREADS=1 $(PY) -m bench.route_calibration
+	OMP_NUM_THREADS=1 $(PY) -m bench.router_off_policy
 	$(PY) -m bench.gateway_overhead --systems pitstop,pitstop-routed --routed-prompt --rates 50,200 \
 		--no-search --out bench/results/gateway_routing.json
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from agent_sessions.cli import add_tool_duration_commands
 from engine.cli import add_engine_commands
-from gateway.commands import add_gateway_commands
+from gateway.commands import add_gateway_commands, add_router_log_commands
 from rankers.cli import add_ranker_commands
 from routers.cli import add_router_commands
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="command", metavar="COMPONENT", required=True)
     eval_sub = evaluate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
     add_router_commands(train_sub, eval_sub)
+    add_router_log_commands(eval_sub)
     add_ranker_commands(train_sub, eval_sub)
     add_tool_duration_commands(train_sub)
     return parser

@@ -1,11 +1,12 @@
-"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes` and `pitstop calibrate router`: the
-gateway's commands."""
+"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes`, `pitstop calibrate router` and
+`pitstop eval router-logs`: the gateway's commands."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("config/pitstop.yaml")
@@ -59,6 +60,32 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     router.add_argument("--traffic", help="'outcomes' (the group's logged requests), a data set, or outcomes:<file>")
     router.add_argument("--window", type=int, help="the most recent requests to use")
     router.set_defaults(handler=calibrate_router_command)
+
+
+def add_router_log_commands(eval_subparsers: argparse._SubParsersAction) -> None:
+    logs = eval_subparsers.add_parser(
+        "router-logs", help="how a route group's router and candidate artifacts would have done on the group's "
+        "logged traffic with feedback (off-policy estimates)")
+    logs.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    logs.add_argument("--group", required=True, help="route group name")
+    logs.add_argument("--logs", type=Path, help="a `pitstop export outcomes` file (default: the config's database)")
+    logs.add_argument("--artifact", type=Path, action="append", default=[],
+                      help="a candidate router artifact (repeatable); the group's router is always the baseline")
+    logs.add_argument("--cost-preference", type=float,
+                      help="route every request at this preference (default: the one it was routed at)")
+    logs.add_argument("--since", type=_utc_datetime, metavar="ISO_TIME",
+                      help="only requests logged at or after this time (e.g. when the candidate's training export "
+                      "was taken; a time without a zone is UTC)")
+    logs.add_argument("--out", type=Path, help="also write the report (JSON) here")
+    logs.set_defaults(handler=router_logs_command)
+
+
+def _utc_datetime(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _settings(path: Path):  # noqa: ANN202 (lazy import keeps `pitstop --help` fast)
@@ -178,3 +205,56 @@ def calibrate_router_command(args: argparse.Namespace) -> int:
     state = calibrate_group(group, traffic)
     print(json.dumps(state.to_dict(), indent=1))
     return 0 if state.requests else 1
+
+
+def router_logs_command(args: argparse.Namespace) -> int:
+    """Prints the off-policy report (JSON); exit 1 when no logged request can be evaluated."""
+    import json
+
+    from gateway.router_logs import Policy, evaluate_on_logs, group_log, logged_since
+    from gateway.routing import RouteTable
+    from routers.artifact import load_router
+    from routers.data.outcomes import read_export
+    from routers.data.table import file_digest
+    from storage.export import iter_training_rows
+
+    if args.cost_preference is not None and not args.cost_preference >= 0:
+        print("pitstop: --cost-preference must be a number >= 0", file=sys.stderr)
+        return 2
+    settings = _settings(args.config)
+    group = RouteTable(settings).groups.get(args.group)
+    if group is None:
+        print(f"pitstop: no route group {args.group!r}", file=sys.stderr)
+        return 2
+    policies = [Policy("current", group.router, str(group.artifact) if group.artifact else None)]
+    for path in args.artifact:
+        try:
+            policies.append(Policy(path.name, load_router(path), str(path)))
+        except (OSError, ValueError, EOFError, KeyError, AttributeError, ImportError) as exc:
+            print(f"pitstop: cannot load router artifact {path}: {exc}", file=sys.stderr)
+            return 2
+    if args.logs is not None:
+        try:
+            log = group_log(logged_since(read_export(args.logs), args.since), group)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"pitstop: cannot read the logs {args.logs}: {exc}", file=sys.stderr)
+            return 2
+        digest = file_digest([args.logs])[str(args.logs)]
+    else:
+        from storage.db import create_engine
+
+        engine = create_engine(_storage_url(args.config))
+        try:
+            log = group_log(iter_training_rows(engine, since=args.since), group)
+        finally:
+            engine.dispose()
+        digest = None
+    report = evaluate_on_logs(group, log, policies, args.cost_preference, digest)
+    text = json.dumps(report, indent=1, default=float)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    for warning in report["warnings"]:
+        print(f"pitstop: {warning}", file=sys.stderr)
+    return 0 if report["requests"] else 1

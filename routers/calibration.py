@@ -76,10 +76,12 @@ class ChoiceTable:
     def __len__(self) -> int:
         return len(self.quality)
 
-    def chosen(self, preference: float) -> np.ndarray:
+    def chosen(self, preference: float | np.ndarray) -> np.ndarray:
         """Column of the chosen candidate per request: the best score, ties to the cheaper model, then
-        to the earlier candidate, as `choose` breaks them."""
-        scores = self.quality - preference * self.cost / self.top[:, None]
+        to the earlier candidate, as `choose` breaks them. `preference`: one for all requests, or one
+        each (what logged requests were routed at)."""
+        weight = np.asarray(preference, dtype=float)
+        scores = self.quality - (weight[:, None] if weight.ndim else weight) * self.cost / self.top[:, None]
         tied = scores == scores.max(axis=1, keepdims=True)
         return np.where(tied, self.cost, np.inf).argmin(axis=1)
 

@@ -18,7 +18,7 @@ from routers.data.table import long_table
 from routers.tokens import count_tokens
 
 
-def _read_export(path: Path) -> list[dict[str, Any]]:
+def read_export(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
     with path.open(encoding="utf-8") as f:
@@ -28,14 +28,14 @@ def _read_export(path: Path) -> list[dict[str, Any]]:
 def export_prompts(path: str | Path, route_group: str | None = None) -> list[str]:
     """The prompts of an export's served requests, feedback or not, oldest first: traffic to calibrate
     a route group on (routers/calibration.py). A route group's own rows where it has any."""
-    served = [r for r in _read_export(Path(path)) if r.get("prompt") and r.get("status", "ok") in (None, "ok")]
+    served = [r for r in read_export(Path(path)) if r.get("prompt") and r.get("status", "ok") in (None, "ok")]
     own = [r for r in served if route_group is not None and r.get("route_group") == route_group]
     return [r["prompt"] for r in own or served]
 
 
 def load_outcomes(path: str | Path, route_group: str | None = None) -> pa.Table:
     records = [
-        r for r in _read_export(Path(path))
+        r for r in read_export(Path(path))
         if r.get("quality") is not None and r.get("prompt") and r.get("status", "ok") in (None, "ok")
         and (route_group is None or r.get("route_group") == route_group)
     ]

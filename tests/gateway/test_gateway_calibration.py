@@ -13,10 +13,6 @@ import httpx
 import pytest
 
 from gateway.route_calibration import calibrate_group
-from routers.artifact import save_router
-from routers.data.table import long_table, to_wide
-from routers.families import build_router
-from routers.features.featurizer import FeatureSpec
 from storage.traffic import LoggedRequest
 from tests.gateway.harness import (
     Gateway,
@@ -27,10 +23,9 @@ from tests.gateway.harness import (
     wait_until,
     write_config,
 )
-from tests.routers.conftest import GRADED, graded_prompts, graded_rows, random_encoder
+from tests.routers.conftest import GRADED, graded_prompts, train_graded_router
 from tests.storage.pg_cluster import ThrowawayPostgres
 
-SPEC = FeatureSpec("static", ("head", "focus"), True, 12)
 SHARE = 0.4
 TEMPLATES = GRADED
 
@@ -40,9 +35,7 @@ def prompts(n_per_template: int, seed: int) -> list[str]:
 
 
 def train(path: Path, seed: int = 0) -> str:
-    data = to_wide(long_table(graded_rows(40, seed)), name="graded")
-    router = build_router("pitstop", data.models, SPEC, random_encoder())
-    return save_router(router.fit(data), path, {"dataset": "graded", "seed": seed})["version"]
+    return train_graded_router(path, seed)
 
 
 @pytest.fixture(scope="module")

@@ -100,3 +100,14 @@ def graded_rows(n_per_template: int = 40, seed: int = 0) -> list[dict]:
                          "quality": float(rng.random() < p), "cost_usd": price * 50, "prompt_tokens": 10,
                          "output_tokens": 40, "split": "test" if i % 5 == 4 else "train"})
     return rows
+
+
+def train_graded_router(path: Path, seed: int = 0, family: str = "pitstop", **training_data: object) -> str:
+    """A router of `family` fitted on `graded_rows`, saved as an artifact at `path`; its version."""
+    from routers.artifact import save_router
+    from routers.families import build_router
+    from routers.features.featurizer import FeatureSpec
+
+    data = to_wide(long_table(graded_rows(40, seed)), name="graded")
+    router = build_router(family, data.models, FeatureSpec("static", ("head", "focus"), True, 12), random_encoder())
+    return save_router(router.fit(data), path, {"dataset": "graded", "seed": seed, **training_data})["version"]

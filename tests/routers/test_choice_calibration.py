@@ -119,6 +119,16 @@ def test_the_vectorised_choice_is_choose_request_by_request(preference: float) -
     assert table.average(preference, "model_share", "c") == pytest.approx(expected.count("c") / len(expected))
 
 
+def test_the_vectorised_choice_takes_each_requests_own_preference() -> None:
+    """What logged requests were routed at (a group's preference moved, or a client overrode it)."""
+    estimates, tokens, candidates = _random_estimates(400, seed=7)
+    preferences = np.random.default_rng(7).choice([0.0, 0.05, 0.5, 3.0], size=400)
+    expected = [choose(e, candidates, t, float(p), "r", "1").model
+                for e, t, p in zip(estimates, tokens, preferences, strict=True)]
+    table = ChoiceTable(estimates, tokens, candidates)
+    assert [table.models[j] for j in table.chosen(preferences)] == expected
+
+
 def test_calibrated_traffic_reports_what_a_held_out_half_gets() -> None:
     class GapRouter:  # the strong model's predicted gain is written in the prompt
         name, version = "gap", "1"
