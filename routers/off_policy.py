@@ -21,8 +21,9 @@ model other than the one served says nothing about its pick. IPS then counts it 
 to the prediction there: `unsupported` is that share, and a group meant to be evaluated this way
 should run with `explore_epsilon > 0`, which gives every model a propensity of at least epsilon / k.
 
-The estimators are a few lines of numpy; the libraries that bundle them (Open Bandit Pipeline) pin
-old dependencies and add nothing the gateway's logs need."""
+The estimators are a few lines of numpy. The library that bundles them, Open Bandit Pipeline, needs
+Python < 3.10 from release 0.5 on, and its last release that installs here (0.4.1) pulls in pandas,
+seaborn and matplotlib for them."""
 
 from __future__ import annotations
 
