@@ -31,6 +31,8 @@ from routers.base import Router, RoutingRequest
 from routers.calibration import ChoiceTable, calibrate_table, traffic_table
 from routers.off_policy import LoggedBandit, estimate_value, paired_difference, paired_support, support
 
+ESTIMATE_CHUNK = 4096  # prompts featurised at once: bounds the memory a long log takes
+
 
 @dataclass(frozen=True)
 class GroupLog:
@@ -120,7 +122,7 @@ class _Scored:
 
 
 def _score(policy: Policy, log: GroupLog, group: GroupRouter) -> _Scored:
-    table = traffic_table(policy.router, log.requests, group.candidates)
+    table = traffic_table(policy.router, log.requests, group.candidates, chunk=ESTIMATE_CHUNK)
     served = [log.bandit.models[j] for j in log.bandit.served]
     ratio = table.real_cost_ratio(served, [None if np.isnan(c) else c for c in log.bandit.cost_usd])
     table.cost_scale = ratio or 1.0  # real dollars, as `calibrate:` scales them (routers/calibration.py)
