@@ -6,7 +6,8 @@ test split is known. The logging router is the `pitstop` family trained on the t
 the 953 test prompts at cost preference 1.0, exploring with the gateway's epsilon-greedy step
 (routers/exploration.py); each logged row has the served model's real score as its feedback (a missing
 score counts 0, RouterBench's convention) and its real cost. Two route groups: all eleven models, and
-three (Mistral-7B, Mixtral-8x7B, GPT-4), where each model gets a larger share of the exploration. The
+three (Mistral-7B, Mixtral-8x7B, GPT-4), where each model gets a larger share of the exploration; the
+eleven-model group also explores among only its three best models by utility (`explore_among: 3`). The
 job's own code (gateway/router_logs.py: `group_log`, `evaluate_on_logs`) then estimates three routers, `pitstop` itself (the router in place),
 logistic regression on the static encoder (a peer) and the zero router, at the logged preference, at 0.3
 and 3.0, and each at the spend of the router in place. Two log sizes: the 953 prompts once (`--draws`
@@ -42,13 +43,14 @@ from routers.data.catalog import load_dataset
 from routers.data.prices import fit_prices
 from routers.encoder_store import load_or_distil
 from routers.evaluate import candidates_for
-from routers.exploration import explore
+from routers.exploration import Exploration, explore
 from routers.families import build_router
 from routers.learned import LearnedRouter
 from routers.run_eval import PEER_STATIC_FEATURES, PITSTOP_FEATURES
 
 OUT = RESULTS / "routers" / "off_policy.json"
 EPSILONS = (0.0, 0.05, 0.1, 0.2)
+POOL = 3  # groups larger than this also explore among their POOL best models (explore_among)
 PREFERENCES: tuple[float | None, ...] = (None, 0.3, 3.0)  # None: as logged
 LOG_PREFERENCE = 1.0
 ESTIMATORS = ("dr", "ips", "snips", "dm")
@@ -79,17 +81,19 @@ def fixed(router: LearnedRouter, prompts: Sequence[str], candidates: list[Candid
 
 
 def logged_rows(greedy: list[RoutingDecision], prompts: Sequence[str], models: list[str], quality: np.ndarray,
-                cost: np.ndarray, epsilon: float, seed: int) -> list[dict[str, Any]]:
-    """The log a group serving `greedy` with exploration `epsilon` writes, as export rows."""
+                cost: np.ndarray, exploration: Exploration, seed: int) -> list[dict[str, Any]]:
+    """The log a group serving `greedy` with `exploration` writes, as export rows."""
     rng = random.Random(seed)
     rows = []
     for i, (prompt, decision) in enumerate(zip(prompts, greedy, strict=True)):
-        served = explore(decision, epsilon, rng) if epsilon else decision
+        served = explore(decision, exploration, rng)
         j = models.index(served.model)
         rows.append({"route_group": "bench", "prompt": prompt, "model": served.model, "status": "ok",
                      "router_name": decision.router_name, "router_version": decision.router_version,
                      "router_scores": decision.scores,
                      "cost_preference": decision.cost_preference, "propensity": served.propensity,
+                     "explore_epsilon": served.explore_epsilon if served.explore_pool else None,
+                     "explore_pool": list(served.explore_pool) if served.explore_pool else None,
                      "quality": float(quality[i, j]), "cost_usd": float(cost[i, j])})
     return rows
 
@@ -120,12 +124,15 @@ def errors(estimates: list[dict], true: float, scale: float = 1.0) -> dict[str, 
 
 
 def calls(differences: list[dict], true: float, thin: list[bool] | None = None) -> dict[str, float]:
-    """How often a difference's interval excludes 0 on the true side (right) or the other (wrong); with
-    `thin` (the job's flag that an estimate rests mostly on predictions), also among the draws not flagged."""
+    """How often a difference's interval excludes 0 on the true side (right) or the other, or at all
+    where there is no difference (wrong); with `thin` (the job's flag that an estimate rests mostly on
+    predictions), also among the draws not flagged."""
     low, high = np.array([d["low"] for d in differences]), np.array([d["high"] for d in differences])
     mean = np.array([d["mean"] for d in differences])
-    right = (low > 0) if true > 0 else (high < 0)
-    wrong = (high < 0) if true > 0 else (low > 0)
+    above, below = low > 0, high < 0
+    # with no true difference, an interval that excludes 0 either way is a wrong call
+    right = above if true > 0 else below if true < 0 else np.zeros_like(above)
+    wrong = below if true > 0 else above if true < 0 else above | below
     out = {"true": true, "dr_rmse": float(np.sqrt(((mean - true) ** 2).mean())),
            "coverage": float(np.mean((low <= true) & (true <= high))),
            "called_right": float(right.mean()), "called_wrong": float(wrong.mean())}
@@ -138,9 +145,9 @@ def calls(differences: list[dict], true: float, thin: list[bool] | None = None) 
 
 
 def simulate(routers: list[FixedRouter], prompts: Sequence[str], candidates: list[Candidate], quality: np.ndarray,
-             cost: np.ndarray, draws: int, repeat: int = 1, epsilons: Sequence[float] = EPSILONS,
+             cost: np.ndarray, draws: int, repeat: int = 1, explorations: Sequence[Exploration] | None = None,
              preferences: Sequence[float | None] = PREFERENCES) -> list[dict[str, Any]]:
-    """Every (epsilon, preference) setting: the job's estimates over `draws` logs against the truth.
+    """Every (exploration, preference) setting: the job's estimates over `draws` logs against the truth.
     A log holds every prompt `repeat` times (more traffic of the same kinds; the truth is unchanged).
     `routers[0]` serves the log and is the router in place."""
     models = [c.model for c in candidates]
@@ -153,31 +160,38 @@ def simulate(routers: list[FixedRouter], prompts: Sequence[str], candidates: lis
     policies = [Policy(r.name, r) for r in routers]
     truths = [truth_of(r, prompts, candidates, quality, cost) for r in routers]
     served = (list(prompts) * repeat, greedy * repeat, np.tile(quality, (repeat, 1)), np.tile(cost, (repeat, 1)))
+    if explorations is None:
+        explorations = [Exploration(e) for e in EPSILONS]
+        explorations += [Exploration(e, POOL) for e in EPSILONS if e >= 0.1 and len(models) > POOL]
     results = []
-    for epsilon in epsilons:
+    for exploration in explorations:
         reports: dict[float | None, list[dict]] = {p: [] for p in preferences}
         logged = []
         started = time.process_time()
-        for draw in range(draws if epsilon else 1):  # without exploration every draw is the same log
-            log = group_log(logged_rows(served[1], served[0], models, served[2], served[3], epsilon, draw), group)
-            logged.append(float(log.bandit.quality.mean()))
+        for draw in range(draws if exploration.active else 1):  # unexplored, every draw is the same log
+            log = group_log(logged_rows(served[1], served[0], models, served[2], served[3], exploration, draw),
+                            group)
+            logged.append((float(log.bandit.quality.mean()), float(log.bandit.cost_usd.mean())))
             for preference in preferences:
                 reports[preference].append(evaluate_on_logs(group, log, policies, preference))
         seconds = (time.process_time() - started) / max(1, len(logged) * len(preferences))
+        quality_cost = np.mean(logged, axis=0)
         for preference, runs in reports.items():
-            results.append({"requests": len(served[0]), **setting(routers, truths, epsilon, preference, runs),
-                            "logged_quality": float(np.mean(logged)), "job_cpu_s": seconds})
+            results.append({"requests": len(served[0]), **setting(routers, truths, exploration, preference, runs),
+                            "logged_quality": float(quality_cost[0]), "logged_cost_usd": float(quality_cost[1]),
+                            "job_cpu_s": seconds})
     return results
 
 
 Truth = Callable[[float], tuple[float, float]]
 
 
-def setting(routers: list[FixedRouter], truth: list[Truth], epsilon: float, preference: float | None,
+def setting(routers: list[FixedRouter], truth: list[Truth], exploration: Exploration, preference: float | None,
             runs: list[dict]) -> dict[str, Any]:
     at = LOG_PREFERENCE if preference is None else preference
     truths = [t(at) for t in truth]
-    out: dict[str, Any] = {"epsilon": epsilon, "cost_preference": "as logged (1.0)" if preference is None else preference,
+    out: dict[str, Any] = {"epsilon": exploration.epsilon, "explore_among": exploration.among,
+                           "cost_preference": "as logged (1.0)" if preference is None else preference,
                            "draws": len(runs), "policies": []}
     for k, router in enumerate(routers):
         entries = [run["policies"][k] for run in runs]
@@ -237,6 +251,7 @@ def print_setting(result: dict[str, Any]) -> None:
         q, c = row["quality"], row["cost"]
         vs = row.get("vs_current_quality")
         print(f"{result.get('group', '')} n {result['requests']:5d} eps {result['epsilon']:.2f} "
+              f"among {result['explore_among'] or 'all'} "
               f"pref {result['cost_preference']!s:16s} {row['router']:10s} quality "
               f"{q['true']:.3f}: DR bias {q['dr_bias']:+.4f} rmse {q['dr_rmse']:.4f} cover {q['dr_coverage']:.2f} "
               f"| IPS rmse {q['ips_rmse']:.4f} SNIPS {q['snips_rmse']:.4f} DM bias {q['dm_bias']:+.4f} | cost DR rmse "

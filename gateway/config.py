@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_sessions.config import SessionsConfig
 from rankers.config import RankingConfig
+from routers.exploration import Exploration
 from routers.registry import ROUTERS
 
 log = logging.getLogger("pitstop.config")
@@ -127,9 +128,17 @@ class RouteGroup(_Strict):
     # Epsilon-greedy exploration: this share of requests goes to a uniformly drawn model, and the outcome
     # row records the served model's propensity so retraining can reweight logged traffic.
     explore_epsilon: float = Field(default=0.0, ge=0, le=1)
+    # Draw only among this many models with the best utilities (the router's choice among them) rather
+    # than all: exploration's outcomes land where other routers would differ (routers/exploration.py).
+    # More than the group has (say, API models left out for want of a key) means all of them.
+    explore_among: int | None = Field(default=None, ge=2)
     # Keep the cost preference at a budget on the group's own traffic (the preference above is where
     # it starts, and what it keeps while there is too little traffic).
     calibrate: GroupCalibration | None = None
+
+    @property
+    def exploration(self) -> Exploration:
+        return Exploration(self.explore_epsilon, self.explore_among)
 
     @field_validator("router")
     @classmethod

@@ -24,6 +24,7 @@ async def list_models(request: Request) -> Response:
     data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
              "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
+                         "exploration": {"epsilon": group.group.explore_epsilon, "among": group.group.explore_among},
                          "calibration": {**group.calibration.to_dict(), "since": group.since_calibration.to_dict()}
                          if group.calibration else None}}
             for name, group in state.routes.groups.items()]

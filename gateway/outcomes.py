@@ -206,6 +206,8 @@ class OutcomeRecorder:
             "router_scores": decision.scores if decision else None,
             "cost_preference": decision.cost_preference if decision else None,
             "propensity": decision.propensity if decision else None,
+            "explore_epsilon": decision.explore_epsilon if decision and decision.explore_pool else None,
+            "explore_pool": list(decision.explore_pool) if decision and decision.explore_pool else None,
             "rank_score": draft.extra.get("rank_score"),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
             "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost, "finish_reason": draft.finish_reason,

@@ -111,7 +111,7 @@ def calibrate_group(group: GroupRouter, traffic: Sequence[LoggedRequest]) -> Cal
         ratio = table.real_cost_ratio([alias_of.get(r.model or "") for r in traffic], [r.cost_usd for r in traffic])
         table.cost_scale = ratio or 1.0
     result = calibrate_with_holdout(table, kind, target, None if model is None else alias_of[model],
-                                    group.group.explore_epsilon)
+                                    group.group.exploration)
     group.cost_preference = result.cost_preference
     return CalibrationState("calibrated", result.cost_preference, **facts, achieved=result.achieved,
                             held_out_achieved=result.held_out_achieved, real_over_predicted=ratio,

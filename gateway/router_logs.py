@@ -29,7 +29,14 @@ from gateway.routing import GroupRouter, estimate_tokens
 from routers.artifact import read_manifest
 from routers.base import Router, RoutingRequest
 from routers.calibration import ChoiceTable, calibrate_table, traffic_table
-from routers.off_policy import LoggedBandit, estimate_value, paired_difference, paired_support, support
+from routers.off_policy import (
+    LoggedBandit,
+    epsilon_from_propensity,
+    estimate_value,
+    paired_difference,
+    paired_support,
+    support,
+)
 
 ESTIMATE_CHUNK = 4096  # prompts featurised at once: bounds the memory a long log takes
 
@@ -61,7 +68,7 @@ def group_log(rows: Iterable[dict[str, Any]], group: GroupRouter) -> GroupLog:
     name = group.group.name
     router_name = {model: alias for alias, model in group.model_for.items()}
     columns = {c.model: j for j, c in enumerate(group.candidates)}
-    kept: list[tuple[RoutingRequest, float, int, float, float, float, int]] = []
+    kept: list[tuple[RoutingRequest, float, int, float, float, float, int, float, np.ndarray]] = []
     versions: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     for row in rows:
@@ -80,17 +87,38 @@ def group_log(rows: Iterable[dict[str, Any]], group: GroupRouter) -> GroupLog:
         kept.append((RoutingRequest(text, estimate_tokens(text)),
                      group.cost_preference if preference is None else float(preference), columns[model],
                      float(row.get("propensity") or 1.0), float(row["quality"]),
-                     float("nan") if cost is None else float(cost), _logging_choice(row, router_name, columns)))
+                     float("nan") if cost is None else float(cost), *_logging_policy(row, router_name, columns)))
         versions[str(row.get("router_version"))] += 1
-    requests, preferences, served, propensity, quality, cost, greedy = zip(*kept, strict=True) if kept else ([],) * 7
+    fields = list(zip(*kept, strict=True)) if kept else [[]] * 9
+    requests, preferences, served, propensity, quality, cost, greedy, epsilon, pool = fields
     bandit = LoggedBandit([c.model for c in group.candidates], np.array(served, dtype=int), np.array(propensity),
-                          np.array(quality), np.array(cost), np.array(greedy, dtype=int))
+                          np.array(quality), np.array(cost), np.array(greedy, dtype=int),
+                          np.array(pool, dtype=bool).reshape(len(kept), len(columns)), np.array(epsilon))
     return GroupLog(list(requests), np.array(preferences), bandit, dict(versions), dict(skipped))
 
 
-def _logging_choice(row: dict[str, Any], router_name: dict[str, str], columns: dict[str, int]) -> int:
+def _logging_policy(row: dict[str, Any], router_name: dict[str, str], columns: dict[str, int]
+                    ) -> tuple[int, float, np.ndarray]:
+    """The row's logging router's own choice (column), exploration epsilon and pool (columns). Rows
+    logged before the pool was recorded explored uniformly over the group's models: their epsilon is
+    recovered from the propensity."""
+    pool = np.zeros(len(columns), dtype=bool)
+    logged = row.get("explore_pool")
+    propensity = row.get("propensity") or 1.0
+    if row.get("explore_epsilon") is not None and logged:
+        pool[[columns[router_name[m]] for m in [row["model"], *logged] if m in router_name]] = True
+        epsilon = float(row["explore_epsilon"])
+    else:
+        pool[:] = True
+        epsilon = float(epsilon_from_propensity(np.array([propensity]), len(columns))[0])
+    chosen = propensity >= 1.0 or propensity > 1.0 / max(1, int(pool.sum()))
+    return _logging_choice(row, router_name, columns, chosen), epsilon, pool
+
+
+def _logging_choice(row: dict[str, Any], router_name: dict[str, str], columns: dict[str, int], chosen: bool) -> int:
     """The column the logging router chose before exploring: the best of its logged scores (the
-    utilities `choose` maximised), the served model where there are none and it was not explored, else -1."""
+    utilities `choose` maximised); where there are none, the served model if its propensity says it
+    was the choice (`chosen`), else -1."""
     scores = row.get("router_scores")
     if isinstance(scores, list):  # a Parquet map reads back as (key, value) pairs
         scores = dict(scores)
@@ -100,8 +128,7 @@ def _logging_choice(row: dict[str, Any], router_name: dict[str, str], columns: d
         if known:
             best = max(known.values())
             return served if known.get(served) == best else min(j for j, v in known.items() if v == best)
-    propensity = row.get("propensity") or 1.0
-    return served if propensity >= 1.0 or propensity > 1.0 / len(columns) else -1
+    return served if chosen else -1
 
 
 @dataclass(frozen=True)
@@ -173,6 +200,8 @@ def evaluate_on_logs(group: GroupRouter, log: GroupLog, policies: Sequence[Polic
         "route_group": group.group.name, "requests": len(bandit), "skipped": log.skipped,
         "models": [group.model_for[m] for m in bandit.models], "router_versions": log.router_versions,
         "exploration_rate": float(rates.mean()) if len(bandit) else None,
+        # models an explored request could be served by, on average (explore_among; all where unset)
+        "exploration_pool": float(bandit.pool_sizes()[rates > 0].mean()) if np.any(rates > 0) else None,
         "logged": {"quality": float(bandit.quality.mean()) if len(bandit) else None,
                    "cost_usd": float(np.nanmean(bandit.cost_usd)) if np.isfinite(bandit.cost_usd).any() else None},
         "cost_preference": "as logged" if cost_preference is None else cost_preference,
@@ -195,7 +224,13 @@ def evaluate_on_logs(group: GroupRouter, log: GroupLog, policies: Sequence[Polic
                  "artifact": s.policy.artifact, "real_over_predicted": s.real_over_predicted,
                  **_judge(s, chosen, log, group, None if i == 0 else (picks[0], scored[0]))}
         report["policies"].append(entry)
-        if entry["thin"]:
+        if entry["thin"] and entry["unsupported"] >= 0.05:
+            report["warnings"].append(
+                f"{s.policy.label} routes {entry['unsupported']:.0%} of the requests to a model the logging policy "
+                "could not have served there (outside the exploration's pool, or not explored at all): its estimate "
+                "there is its own prediction, biased where the logging router chose otherwise; "
+                + ("widen explore_among" if np.any(rates > 0) else "set explore_epsilon"))
+        elif entry["thin"]:
             report["warnings"].append(
                 f"{s.policy.label} routes {entry['differs_from_logging']:.0%} of the requests to another model than "
                 f"the logging router chose, and the log holds the outcome of its choice for only "
@@ -206,8 +241,9 @@ def evaluate_on_logs(group: GroupRouter, log: GroupLog, policies: Sequence[Polic
             report["warnings"].append(
                 f"{s.policy.label} and the router in place pick differently on {paired['differ']:.1%} of the requests, "
                 f"and the log holds only {paired['outcomes']} / {paired['baseline_outcomes']} outcomes of their "
-                "choices there: their difference rests mostly on predictions; log more traffic or raise "
-                "explore_epsilon")
+                f"choices there ({paired['unsupported']:.1%} of requests where one of them could not have been "
+                "served): their difference rests mostly on predictions; log more traffic, raise explore_epsilon "
+                "or widen explore_among")
         if _trained_on(s.policy.artifact, logs_digest):
             report["warnings"].append(f"{s.policy.label} was trained on this very log: its estimates are optimistic; "
                                       "judge it on requests logged after its training export (--since)")

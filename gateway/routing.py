@@ -70,7 +70,7 @@ class GroupRouter:
                        scores={names[m]: v for m, v in decision.scores.items()},
                        quality={names[m]: v for m, v in decision.quality.items()},
                        predicted_cost_usd={names[m]: v for m, v in decision.predicted_cost_usd.items()})
-        return explore(decision, self.group.explore_epsilon) if self.group.explore_epsilon else decision
+        return explore(decision, self.group.exploration) if self.group.explore_epsilon else decision
 
     def served(self, decision: RoutingDecision) -> None:
         """A request goes out on the router's choice (not on a session's model): count it toward `since`."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from routers.base import Candidate, QualityEstimate, Router, RoutingRequest
 from routers.choice import DEFAULT_OUTPUT_TOKENS, predicted_cost
+from routers.exploration import NO_EXPLORATION, Exploration, pool_mask
 from routers.learned import LearnedRouter, estimate_for
 
 TargetKind = Literal["avg_cost", "model_share"]
@@ -76,33 +77,40 @@ class ChoiceTable:
     def __len__(self) -> int:
         return len(self.quality)
 
+    def utilities(self, preference: float | np.ndarray) -> np.ndarray:
+        """(n, k) what `choose` maximises: quality - preference x cost / reference cost. `preference`:
+        one for all requests, or one each (what logged requests were routed at)."""
+        weight = np.asarray(preference, dtype=float)
+        return self.quality - (weight[:, None] if weight.ndim else weight) * self.cost / self.top[:, None]
+
     def chosen(self, preference: float | np.ndarray) -> np.ndarray:
         """Column of the chosen candidate per request: the best score, ties to the cheaper model, then
-        to the earlier candidate, as `choose` breaks them. `preference`: one for all requests, or one
-        each (what logged requests were routed at)."""
-        weight = np.asarray(preference, dtype=float)
-        scores = self.quality - (weight[:, None] if weight.ndim else weight) * self.cost / self.top[:, None]
+        to the earlier candidate, as `choose` breaks them."""
+        scores = self.utilities(preference)
         tied = scores == scores.max(axis=1, keepdims=True)
         return np.where(tied, self.cost, np.inf).argmin(axis=1)
 
-    def average(self, preference: float, kind: TargetKind, model: str | None, explore_epsilon: float = 0.0
-                ) -> float:
+    def average(self, preference: float, kind: TargetKind, model: str | None,
+                exploration: Exploration = NO_EXPLORATION) -> float:
         """The average cost a request, or `model`'s share of requests, of what is served at `preference`;
-        with exploration (routers/exploration.py) a share `explore_epsilon` of requests is served by a
-        uniformly drawn candidate instead of the choice."""
+        with exploration (routers/exploration.py) a share epsilon of requests is served by a model drawn
+        uniformly from its pool instead of the choice."""
         if not len(self):
             return 0.0
         picked = self.chosen(preference)
         column = self.models.index(model) if model in self.models else None
         if kind == "avg_cost":
             chosen = self.cost_scale * float(self.cost[np.arange(len(self)), picked].mean())
-            uniform = self.cost_scale * float(self.cost.mean())
         else:
             chosen = float(np.mean(picked == column)) if column is not None else 0.0
-            uniform = 1.0 / len(self.models) if column is not None else 0.0
-        if explore_epsilon == 0.0 or len(self.models) < 2:
+        if not exploration.active or len(self.models) < 2:
             return chosen
-        return (1.0 - explore_epsilon) * chosen + explore_epsilon * uniform
+        pool = pool_mask(self.utilities(preference), self.cost, exploration)
+        if kind == "avg_cost":
+            drawn = self.cost_scale * float(((self.cost * pool).sum(1) / pool.sum(1)).mean())
+        else:
+            drawn = float((pool[:, column] / pool.sum(1)).mean()) if column is not None else 0.0
+        return (1.0 - exploration.epsilon) * chosen + exploration.epsilon * drawn
 
     def rows(self, index: np.ndarray) -> ChoiceTable:
         part = object.__new__(ChoiceTable)
@@ -112,13 +120,13 @@ class ChoiceTable:
 
 
 def calibrate_table(table: ChoiceTable, kind: TargetKind, target: float, model: str | None = None,
-                    iterations: int = 30, explore_epsilon: float = 0.0) -> CalibrationResult:
+                    iterations: int = 30, exploration: Exploration = NO_EXPLORATION) -> CalibrationResult:
     """The smallest cost preference whose average (cost or model share) of what is served, exploration
     included, is at most `target`."""
     assert kind == "avg_cost" or model is not None, "a model share needs the model"
 
     def measure(preference: float) -> float:
-        return table.average(preference, kind, model, explore_epsilon)
+        return table.average(preference, kind, model, exploration)
 
     values = [measure(lam) for lam in LAMBDA_GRID]
     below = [i for i, v in enumerate(values) if v <= target]
@@ -171,21 +179,21 @@ def traffic_table(router: Router, requests: Sequence[RoutingRequest], candidates
 
 def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
                       kind: TargetKind, target: float, model: str | None = None, chunk: int | None = None,
-                      explore_epsilon: float = 0.0) -> CalibrationResult:
+                      exploration: Exploration = NO_EXPLORATION) -> CalibrationResult:
     return calibrate_with_holdout(traffic_table(router, requests, candidates, chunk), kind, target, model,
-                                  explore_epsilon)
+                                  exploration)
 
 
 def calibrate_with_holdout(table: ChoiceTable, kind: TargetKind, target: float, model: str | None = None,
-                           explore_epsilon: float = 0.0) -> CalibrationResult:
+                           exploration: Exploration = NO_EXPLORATION) -> CalibrationResult:
     """Calibrate on all of the table's requests; `held_out_achieved` is what the odd-numbered requests
-    get at the preference calibrated on the even-numbered ones. With `explore_epsilon` the target holds
+    get at the preference calibrated on the even-numbered ones. With `exploration` the target holds
     for what is served, explored requests included."""
-    result = calibrate_table(table, kind, target, model, explore_epsilon=explore_epsilon)
+    result = calibrate_table(table, kind, target, model, exploration=exploration)
     if len(table) < 2:
         return result
-    half = calibrate_table(table.rows(np.arange(0, len(table), 2)), kind, target, model, explore_epsilon=explore_epsilon)
-    held_out = table.rows(np.arange(1, len(table), 2)).average(half.cost_preference, kind, model, explore_epsilon)
+    half = calibrate_table(table.rows(np.arange(0, len(table), 2)), kind, target, model, exploration=exploration)
+    held_out = table.rows(np.arange(1, len(table), 2)).average(half.cost_preference, kind, model, exploration)
     return replace(result, held_out_achieved=held_out)
 
 

@@ -28,7 +28,9 @@ class RoutingDecision:
     scores: dict[str, float]  # model -> utility the choice maximised
     quality: dict[str, float]
     predicted_cost_usd: dict[str, float]
-    propensity: float = 1.0
+    propensity: float = 1.0  # P(model | request) under exploration (routers/exploration.py)
+    explore_epsilon: float = 0.0
+    explore_pool: tuple[str, ...] | None = None  # the models exploration could have drawn
 
 
 def predicted_cost(candidate: Candidate, prompt_tokens: int, output_tokens: float) -> float:

@@ -19,7 +19,9 @@ and two routers compare by the mean of their paired per-request differences.
 Support: with exploration off, every propensity is 1, and a request on which the router would pick a
 model other than the one served says nothing about its pick. IPS then counts it as zero, DR falls back
 to the prediction there: `unsupported` is that share, and a group meant to be evaluated this way
-should run with `explore_epsilon > 0`, which gives every model a propensity of at least epsilon / k.
+should run with `explore_epsilon > 0`, which gives every model a propensity of at least epsilon / k,
+or with `explore_among: m` every model among the m best by utility epsilon / m (the others none:
+a router that picks one of those is unsupported there).
 
 The estimators are a few lines of numpy. The library that bundles them, Open Bandit Pipeline, needs
 Python < 3.10 from release 0.5 on, and its last release that installs here (0.4.1) pulls in pandas,
@@ -34,6 +36,15 @@ import numpy as np
 Z95 = 1.959964
 
 
+def epsilon_from_propensity(propensity: np.ndarray, pool_size: np.ndarray | int) -> np.ndarray:
+    """Each request's epsilon, from the served model's propensity under epsilon-greedy over a pool of
+    m models: the choice has 1 - eps + eps / m (> 1 / m), an explored one eps / m (<= 1 / m)."""
+    p, m = np.minimum(propensity, 1.0), np.maximum(np.asarray(pool_size, dtype=float), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(p > 1.0 / m, (1.0 - p) * m / np.maximum(m - 1.0, 1.0), p * m)
+    return np.clip(np.where(m > 1, rate, 0.0), 0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class LoggedBandit:
     """A group's logged requests as a bandit log over `models` (columns)."""
@@ -46,32 +57,45 @@ class LoggedBandit:
     # (n,) column the logging router itself chose (before exploration), -1 where the log does not say
     # (an explored request logged without the router's scores); None: infer it from the propensities
     greedy: np.ndarray | None = None
+    # (n, k) the models each request's exploration could draw (routers/exploration.py); None: all
+    pool: np.ndarray | None = None
+    epsilon: np.ndarray | None = None  # (n,) each request's epsilon; None: recover it from the propensity
 
     def __post_init__(self) -> None:
         n = len(self.served)
         assert all(len(a) == n for a in (self.propensity, self.quality, self.cost_usd))
+        assert self.pool is None or self.pool.shape == (n, len(self.models))
         if n and (np.any(self.propensity <= 0) or np.any(self.propensity > 1 + 1e-9)):
             raise ValueError("propensities must lie in (0, 1]")
 
     def __len__(self) -> int:
         return len(self.served)
 
+    def pool_sizes(self) -> np.ndarray:
+        return self.pool.sum(axis=1) if self.pool is not None else np.full(len(self), len(self.models))
+
     def exploration_rates(self) -> np.ndarray:
-        """Each request's epsilon, recovered from the served model's propensity under epsilon-greedy over
-        k models: the greedy pick has 1 - eps + eps / k (> 1 / k), an explored one eps / k (<= 1 / k)."""
-        k = len(self.models)
-        p = np.minimum(self.propensity, 1.0)
-        if k < 2:
-            return np.zeros(len(self))
-        return np.clip(np.where(p > 1.0 / k, (1.0 - p) * k / (k - 1), p * k), 0.0, 1.0)
+        if self.epsilon is not None:
+            return self.epsilon
+        return epsilon_from_propensity(self.propensity, self.pool_sizes())
 
     def logging_choices(self) -> np.ndarray:
         """The logging router's own choice per request: given, or the served model wherever it was not
-        explored away from it (its propensity is above 1 / k), else unknown (-1)."""
+        explored away from it (its propensity is above 1 / pool size), else unknown (-1)."""
         if self.greedy is not None:
             return self.greedy
-        k = len(self.models)
-        return np.where((self.propensity > 1.0 / k) | (self.exploration_rates() <= 0), self.served, -1)
+        return np.where((self.propensity > 1.0 / self.pool_sizes()) | (self.exploration_rates() <= 0), self.served, -1)
+
+    def reachable(self) -> np.ndarray:
+        """(n, k) the models the logging policy served each request with a positive probability: its
+        choice, and its exploration pool where epsilon > 0."""
+        n, k = len(self), len(self.models)
+        pool = self.pool if self.pool is not None else np.ones((n, k), dtype=bool)
+        out = pool & (self.exploration_rates() > 0)[:, None]
+        choice = self.logging_choices()
+        known = choice >= 0
+        out[np.flatnonzero(known), choice[known]] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,18 +169,25 @@ class PairedSupport:
     differ: float  # share of requests where the two pick differently
     outcomes: int  # of those, how many the log holds the policy's pick's outcome for
     baseline_outcomes: int  # and the baseline's
+    # share of requests where they differ and either's pick could not have been served (pure prediction)
+    unsupported: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def thin(self, min_outcomes: int = 30) -> bool:
-        return self.differ > 0 and min(self.outcomes, self.baseline_outcomes) < min_outcomes
+    def thin(self, min_outcomes: int = 30, min_share: float = 0.05) -> bool:
+        return self.differ > 0 and (min(self.outcomes, self.baseline_outcomes) < min_outcomes
+                                    or self.unsupported >= min_share)
 
 
 def paired_support(log: LoggedBandit, picks: np.ndarray, baseline: np.ndarray) -> PairedSupport:
+    if not len(log):
+        return PairedSupport(0.0, 0, 0)
     differ = picks != baseline
-    return PairedSupport(float(differ.mean()) if len(log) else 0.0, int((differ & (picks == log.served)).sum()),
-                         int((differ & (baseline == log.served)).sum()))
+    reach, rows = log.reachable(), np.arange(len(log))
+    blind = differ & ~(reach[rows, picks] & reach[rows, baseline])
+    return PairedSupport(float(differ.mean()), int((differ & (picks == log.served)).sum()),
+                         int((differ & (baseline == log.served)).sum()), float(blind.mean()))
 
 
 @dataclass(frozen=True)
@@ -175,8 +206,11 @@ class Support:
 
     def thin(self, min_share: float = 0.05, min_outcomes: int = 30) -> bool:
         """Whether the estimate rests mostly on the policy's own predictions: it routes at least
-        `min_share` of requests differently, and the log holds fewer than `min_outcomes` outcomes there."""
-        return self.differs_from_logging >= min_share and self.outcomes_where_it_differs < min_outcomes
+        `min_share` of requests differently, and the log holds fewer than `min_outcomes` outcomes there;
+        or at least `min_share` go to models the logging policy could not have served (outside an
+        `explore_among` pool), which no amount of traffic shows."""
+        return (self.differs_from_logging >= min_share and self.outcomes_where_it_differs < min_outcomes
+                or self.unsupported >= min_share)
 
 
 def support(log: LoggedBandit, picks: np.ndarray) -> Support:
@@ -187,5 +221,5 @@ def support(log: LoggedBandit, picks: np.ndarray) -> Support:
     weights = np.where(match, 1.0 / log.propensity, 0.0)
     squares = float((weights ** 2).sum())
     return Support(float(match.mean()), float(differs.mean()), int((differs & match).sum()),
-                   float(np.mean(~match & (log.exploration_rates() <= 0))),
+                   float(np.mean(~log.reachable()[np.arange(len(log)), picks])),
                    float(weights.sum() ** 2 / squares) if squares > 0 else 0.0)

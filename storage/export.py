@@ -52,6 +52,8 @@ EXPORT_SCHEMA = pa.schema(
         ("router_scores", pa.map_(pa.string(), pa.float64())),
         ("cost_preference", pa.float64()),
         ("propensity", pa.float64()),
+        ("explore_epsilon", pa.float64()),
+        ("explore_pool", pa.list_(pa.string())),
         ("rank_score", pa.float64()),
     ]
 )

@@ -93,6 +93,9 @@ class Outcome(Base):
     router_scores: Mapped[dict[str, float] | None]
     cost_preference: Mapped[float | None]
     propensity: Mapped[float | None]
+    # The exploration it was routed under (routers/exploration.py): epsilon and the models it could draw.
+    explore_epsilon: Mapped[float | None]
+    explore_pool: Mapped[list[str] | None]
     rank_score: Mapped[float | None]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]

@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.router_off_policy import fixed, simulate
+from bench.router_off_policy import calls, fixed, simulate
 from routers.data.prices import fit_prices
 from routers.data.table import long_table, to_wide
 from routers.evaluate import candidates_for
+from routers.exploration import Exploration
 from routers.families import build_router
 from routers.features.featurizer import FeatureSpec
 from tests.routers.conftest import graded_rows, random_encoder
@@ -24,7 +25,8 @@ def test_off_policy_bench_on_graded_traffic() -> None:
     routers = [fixed(build_router(family, data.models, spec, random_encoder()).fit(train), test.prompts, candidates)
                for family in ("pitstop", "zero")]
     quality, cost = np.nan_to_num(test.quality), test.cost
-    results = simulate(routers, test.prompts, candidates, quality, cost, draws=8, repeat=3, epsilons=(0.0, 0.3),
+    results = simulate(routers, test.prompts, candidates, quality, cost, draws=8, repeat=3,
+                       explorations=(Exploration(0.0), Exploration(0.3)),
                        preferences=(None, 0.0))
     assert [(r["epsilon"], r["cost_preference"], r["draws"]) for r in results] == [
         (0.0, "as logged (1.0)", 1), (0.0, 0.0, 1), (0.3, "as logged (1.0)", 8), (0.3, 0.0, 8)]
@@ -44,3 +46,13 @@ def test_off_policy_bench_on_graded_traffic() -> None:
     spend = explored["same_spend"]
     assert [row["router"] for row in spend] == ["pitstop", "zero"]
     assert 0.3 < spend[0]["true_cost_over_target"] < 3.0
+
+
+def test_a_difference_claimed_where_there_is_none_is_a_wrong_call() -> None:
+    intervals = [{"low": 0.1, "high": 0.2, "mean": 0.15}, {"low": -0.2, "high": -0.1, "mean": -0.15},
+                 {"low": -0.1, "high": 0.1, "mean": 0.0}]
+    none = calls(intervals, 0.0)
+    assert none["called_right"] == 0.0 and none["called_wrong"] == pytest.approx(2 / 3)
+    positive = calls(intervals, 0.05, thin=[True, False, False])
+    assert positive["called_right"] == positive["called_wrong"] == pytest.approx(1 / 3)
+    assert positive["called_wrong_unflagged"] == 0.5 and positive["flagged_thin"] == pytest.approx(1 / 3)

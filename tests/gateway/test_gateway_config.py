@@ -43,6 +43,8 @@ def broken(tmp_path: Path, where: str) -> dict:
             entry["model_info"]["router_model"] = "gpt-4-1106-preview"
     elif where == "explore":
         raw["route_groups"][0]["explore_epsilon"] = 1.5
+    elif where == "explore-among":
+        raw["route_groups"][0] |= {"explore_epsilon": 0.1, "explore_among": 1}
     elif where == "calibrate-two-targets":
         raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01, "model_share": 0.3}
     elif where == "calibrate-no-target":
@@ -71,6 +73,7 @@ CASES = [
     ("group-name-clash", ["route_groups.0.name", "'a'"]),
     ("router-model-clash", ["route_groups.0.models", "router_model"]),
     ("explore", ["route_groups.0.explore_epsilon"]),
+    ("explore-among", ["route_groups.0.explore_among", "greater than or equal to 2"]),
     ("calibrate-two-targets", ["route_groups.0.calibrate", "exactly one target"]),
     ("calibrate-no-target", ["route_groups.0.calibrate", "exactly one target"]),
     ("calibrate-share", ["route_groups.0.calibrate.model_share"]),

@@ -216,3 +216,49 @@ def test_router_logs_without_exploration_warns_and_rejects_bad_input(tmp_path: P
     nothing = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(empty))
     assert nothing.returncode == 1 and "nothing to evaluate" in nothing.stderr
     assert json.loads(nothing.stdout)["skipped"] == {"no_feedback": 1}
+
+
+def test_exploration_among_the_best_two_is_logged_and_read_back(tmp_path: Path, upstreams) -> None:
+    """A three-model group exploring among its two best by utility: the rows carry epsilon and pool, the
+    worst model is never served, and the job knows a router that picks it is unsupported there."""
+    api = upstreams[0].api_base
+    models = [model_entry("small", api, tier="weak", price_in=1e-7, price_out=1e-7),
+              model_entry("mid", api, tier="medium", price_in=1e-6, price_out=1e-6),
+              model_entry("large", api, tier="strong", price_in=1e-5, price_out=1e-5)]
+    group = {"name": "auto", "models": ["small", "mid", "large"], "router": "tier-prior",
+             "explore_epsilon": 0.5, "explore_among": 2}  # preference 0: large, then mid, then small
+    raw = gateway_config(tmp_path, models, [group])
+    path = write_config(tmp_path / "pitstop.yaml", raw)
+    served = []
+    with running_gateway(raw) as gw, gw.http() as http:
+        listed = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+        assert listed["auto"]["pitstop"]["exploration"] == {"epsilon": 0.5, "among": 2}
+        for i in range(80):
+            response = http.post("/v1/chat/completions", json={
+                "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": f"Question {i}?"}]})
+            assert response.status_code == 200, response.text
+            served.append(response.headers["x-pitstop-model"])
+            value = {"large": 0.9, "mid": 0.7, "small": 0.5}[served[-1]]
+            assert http.post("/v1/feedback", json={"request_id": request_id_of(response),
+                                                   "value": value}).status_code == 202
+        gw.flush()
+    assert "small" not in served and 0.1 < served.count("mid") / len(served) < 0.45  # 0.25 expected
+    export = tmp_path / "outcomes.jsonl"
+    assert run_cli("export", "outcomes", "--config", str(path), "--out", str(export)).returncode == 0
+    rows = [json.loads(line) for line in export.read_text().splitlines()]
+    assert {(r["explore_epsilon"], tuple(r["explore_pool"])) for r in rows} == {(0.5, ("large", "mid"))}
+    assert {r["model"]: r["propensity"] for r in rows} == {"large": 0.75, "mid": 0.25}
+
+    done = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["exploration_rate"] == 0.5 and report["exploration_pool"] == 2.0
+    current = report["policies"][0]
+    assert current["unsupported"] == 0.0 and not current["thin"]
+    assert within(current["quality"]["dr"], 0.9)
+    # at a steep preference the same router picks the cheapest model, which no pool held
+    cheap = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "100")
+    assert cheap.returncode == 0, cheap.stderr
+    steep = json.loads(cheap.stdout)["policies"][0]
+    assert steep["share"]["small"] == 1.0 and steep["unsupported"] == 1.0 and steep["thin"]
+    assert "could not have served there" in cheap.stderr and "widen explore_among" in cheap.stderr

@@ -18,7 +18,7 @@ from routers.calibration import (
 from routers.choice import choose, typical_cost
 from routers.data.table import long_table, to_wide
 from routers.evaluate import Predictions, evaluate_two
-from routers.exploration import explore
+from routers.exploration import Exploration, explore, pool_mask
 
 CANDIDATES = [Candidate("strong", input_cost_per_token=1.0), Candidate("weak")]
 
@@ -35,6 +35,45 @@ def test_explore_records_the_served_models_propensity() -> None:
     # greedy: 0.7 + 0.3 / 3; any other: 0.3 / 3
     assert served == pytest.approx({"b": 0.8, "a": 0.1, "c": 0.1})
     assert explore(decision, 0.0).model == "b"
+    assert explore(decision, 0.3, rng).explore_pool == ("b", "c", "a")  # every model, best first
+
+
+def test_explore_among_the_best_draws_only_from_them() -> None:
+    candidates = [Candidate("a", 1.0), Candidate("b", 2.0), Candidate("c", 3.0)]
+    decision = choose(QualityEstimate({"a": 0.2, "b": 0.9, "c": 0.5}), candidates, 10, 0.0, "r", "1")
+    rng = random.Random(0)
+    served = {}
+    for _ in range(3000):
+        explored = explore(decision, Exploration(0.3, among=2), rng)
+        assert explored.explore_pool == ("b", "c") and explored.explore_epsilon == 0.3
+        served[explored.model] = explored.propensity
+    assert served == pytest.approx({"b": 0.85, "c": 0.15})  # "a" (the worst utility) is never drawn
+
+
+@pytest.mark.parametrize("among", [2, 3])
+def test_the_vectorised_pool_is_the_one_explore_draws_from(among: int) -> None:
+    estimates, tokens, candidates = _random_estimates(400, seed=among)
+    table = ChoiceTable(estimates, tokens, candidates)
+    exploration = Exploration(0.5, among)
+    mask = pool_mask(table.utilities(0.5), table.cost, exploration)
+    for i, (estimate, t) in enumerate(zip(estimates, tokens, strict=True)):
+        pool = explore(choose(estimate, candidates, t, 0.5, "r", "1"), exploration, random.Random(i)).explore_pool
+        assert pool is not None and {table.models[j] for j in np.flatnonzero(mask[i])} == set(pool)
+
+
+def test_calibration_counts_what_the_pool_serves() -> None:
+    """The average of what is served under exploration among the best two, against the real step."""
+    estimates, tokens, candidates = _random_estimates(300, seed=11)
+    table = ChoiceTable(estimates, tokens, candidates)
+    exploration, rng = Exploration(0.4, among=2), random.Random(3)
+    decisions = [choose(e, candidates, t, 0.5, "r", "1") for e, t in zip(estimates, tokens, strict=True)]
+    served = [explore(d, exploration, rng) for _ in range(40) for d in decisions]
+    assert table.average(0.5, "model_share", "c", exploration) == pytest.approx(
+        np.mean([d.model == "c" for d in served]), abs=0.01)
+    assert table.average(0.5, "avg_cost", None, exploration) == pytest.approx(
+        np.mean([d.predicted_cost_usd[d.model] for d in served]), rel=0.03)
+    uniform = table.average(0.5, "model_share", "c", Exploration(0.4))
+    assert abs(uniform - table.average(0.5, "model_share", "c", exploration)) > 0.02  # the pool matters
 
 
 def test_calibration_hits_a_share_of_strong_calls() -> None:
@@ -154,7 +193,8 @@ def test_with_exploration_the_target_holds_for_what_is_served() -> None:
             return QualityEstimate({"strong": 0.5 + float(request.prompt), "weak": 0.5})
 
     requests = [RoutingRequest(str(g), 10) for g in np.random.default_rng(2).uniform(-0.2, 0.6, size=400)]
-    result = calibrate_traffic(GapRouter(), requests, CANDIDATES, "model_share", 0.4, "strong", explore_epsilon=0.2)
+    result = calibrate_traffic(GapRouter(), requests, CANDIDATES, "model_share", 0.4, "strong",
+                               exploration=Exploration(0.2))
     assert result.achieved <= 0.4 and result.achieved == pytest.approx(0.4, abs=0.01)
     greedy = [choose(GapRouter().estimate(r, CANDIDATES), CANDIDATES, 10, result.cost_preference, "gap", "1")
               for r in requests]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from routers.choice import RoutingDecision
-from routers.exploration import explore
+from routers.exploration import Exploration, explore
 from routers.off_policy import LoggedBandit, estimate_value, paired_difference, paired_support, support
 
 
@@ -77,6 +77,36 @@ def test_epsilon_is_recovered_from_the_propensities_exploration_writes(models: i
     log = LoggedBandit(names, np.array([names.index(d.model) for d in served]),
                        np.array([d.propensity for d in served]), np.ones(300), np.ones(300))
     assert log.exploration_rates() == pytest.approx(np.full(300, epsilon))
+
+
+def test_exploring_among_the_best_two_supports_what_stays_in_the_pools() -> None:
+    """Four models, exploration among each request's two best by the logging router's beliefs: DR lands
+    on a candidate that picks within the pools; a pick outside them is unsupported, whatever the log."""
+    rng, explorer, n = np.random.default_rng(5), random.Random(5), 4000
+    names = ["a", "b", "c", "d"]
+    truth = rng.uniform(0.1, 0.95, size=(n, 4))
+    beliefs = np.clip(truth + rng.normal(0, 0.2, size=truth.shape), 0, 1)
+    served, propensity, pool = np.zeros(n, dtype=int), np.zeros(n), np.zeros((n, 4), dtype=bool)
+    for i in range(n):
+        greedy = RoutingDecision(names[int(beliefs[i].argmax())], "r", "v", 0.0,
+                                 dict(zip(names, beliefs[i], strict=True)), {}, dict.fromkeys(names, 1.0))
+        decision = explore(greedy, Exploration(0.3, among=2), explorer)
+        served[i], propensity[i] = names.index(decision.model), decision.propensity
+        pool[i, [names.index(m) for m in decision.explore_pool or ()]] = True
+    quality = (rng.random(n) < truth[np.arange(n), served]).astype(float)
+    log = LoggedBandit(names, served, propensity, quality, np.full(n, np.nan), beliefs.argmax(axis=1), pool)
+    assert log.exploration_rates() == pytest.approx(np.full(n, 0.3))  # recovered with the pool's size, 2
+    in_pool = np.where(pool, truth, -1).argmax(axis=1)  # the truly better of each pool
+    value = estimate_value(log, in_pool, quality, np.full((n, 4), 0.5))  # flat predictions: DR must correct
+    true_value = truth[np.arange(n), in_pool].mean()
+    assert value.dr.low <= true_value <= value.dr.high and abs(value.dm - true_value) > 0.1
+    assert support(log, in_pool).unsupported == 0.0
+    outside = np.where(pool, np.inf, truth).argmin(axis=1)  # never in the pool
+    assert support(log, outside).unsupported == 1.0 and support(log, outside).thin()  # however long the log
+    assert paired_support(log, outside, in_pool).unsupported == 1.0 and paired_support(log, outside, in_pool).thin()
+    assert paired_support(log, in_pool, log.logging_choices()).unsupported == 0.0
+    everywhere = LoggedBandit(names, served, propensity, quality, np.full(n, np.nan), beliefs.argmax(axis=1))
+    assert support(everywhere, outside).unsupported == 0.0  # told nothing of pools, it assumes all models
 
 
 def simulated(epsilon: float, n: int = 6000, seed: int = 0) -> tuple[LoggedBandit, np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from storage.db import create_engine, session_factory
 from storage.migrate import upgrade
 from storage.models import Outcome
+from storage.rows import RowShape
 from storage.traffic import LoggedRequest, recent_requests
 from tests.storage.helpers import outcome_row
 
@@ -57,12 +58,20 @@ def test_the_index_that_serves_the_query_comes_with_an_upgrade_from_the_first_sc
     from storage.migrate import alembic_config  # noqa: PLC0415
 
     command.upgrade(alembic_config(empty_url), "0001")
-    with session_factory(engine := create_engine(empty_url)).begin() as session:
-        session.add(Outcome(**outcome_row(1, route_group="auto")))
+    engine = create_engine(empty_url)
+    first = sa.Table("outcomes", sa.MetaData(), autoload_with=engine)  # the table as 0001 made it
+    row = RowShape(Outcome.__table__).complete(outcome_row(1, route_group="auto"))
+    with engine.begin() as connection:
+        connection.execute(first.insert().values({c.key: row[c.key] for c in first.columns}))
     upgrade(empty_url)
-    indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("outcomes")}
+    inspector = sa.inspect(engine)
+    indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("outcomes")}
     assert indexes["ix_outcomes_route_group_created_at"] == ["route_group", "created_at"]
+    assert {"explore_epsilon", "explore_pool"} <= {c["name"] for c in inspector.get_columns("outcomes")}
     assert recent_prompts(engine, "auto", 5) == ["question 1"]  # the row from before the upgrade
+    with session_factory(engine)() as session:
+        kept = session.get(Outcome, "req-000001")
+        assert kept is not None and kept.explore_pool is None and kept.router_scores == {"small": 0.3, "large": 0.8}
     engine.dispose()
 
 
