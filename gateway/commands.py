@@ -45,6 +45,9 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     outcomes.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
     outcomes.add_argument("--out", type=Path, required=True)
     outcomes.add_argument("--metric", help="the feedback metric used as quality (default: all)")
+    outcomes.add_argument("--since", type=_utc_datetime, metavar="ISO_TIME",
+                          help="only requests logged at or after this time (no zone: UTC)")
+    outcomes.add_argument("--route-group", help="only this route group's requests")
     outcomes.set_defaults(handler=export_outcomes_command)
 
     calibrate = groups.add_parser("calibrate", help="set a route group's cost preference from a budget on its traffic")
@@ -157,7 +160,8 @@ def keys_revoke_command(args: argparse.Namespace) -> int:
 def export_outcomes_command(args: argparse.Namespace) -> int:
     from storage.export import export_outcomes
 
-    count = export_outcomes(_storage_url(args.config), args.out, format=args.format, metric=args.metric)
+    count = export_outcomes(_storage_url(args.config), args.out, format=args.format, metric=args.metric,
+                            since=args.since, route_group=args.route_group)
     print(f"wrote {count} rows to {args.out}")
     return 0
 
@@ -245,7 +249,7 @@ def router_logs_command(args: argparse.Namespace) -> int:
 
         engine = create_engine(_storage_url(args.config))
         try:
-            log = group_log(iter_training_rows(engine, since=args.since), group)
+            log = group_log(iter_training_rows(engine, since=args.since, route_group=args.group), group)
         finally:
             engine.dispose()
         digest = None

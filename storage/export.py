@@ -87,7 +87,8 @@ def _content_text(content: Any) -> str | None:
     return str(content)
 
 
-def export_query(since: datetime | None = None, metric: str | None = None) -> Select[Any]:
+def export_query(since: datetime | None = None, metric: str | None = None, route_group: str | None = None
+                 ) -> Select[Any]:
     outcomes, feedback = Outcome.__table__, Feedback.__table__
     metric_filter = [feedback.c.metric == metric] if metric is not None else []
     by_request = (
@@ -118,15 +119,18 @@ def export_query(since: datetime | None = None, metric: str | None = None) -> Se
     )
     if since is not None:
         query = query.where(outcomes.c.created_at >= since)
+    if route_group is not None:  # served by the (route_group, created_at) index
+        query = query.where(outcomes.c.route_group == route_group)
     return query
 
 
 def iter_training_rows(
-    engine: Engine, since: datetime | None = None, metric: str | None = None
+    engine: Engine, since: datetime | None = None, metric: str | None = None, route_group: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Export rows in EXPORT_SCHEMA order, streamed from the database."""
     with engine.connect() as connection:
-        result = connection.execution_options(yield_per=CHUNK_ROWS).execute(export_query(since, metric))
+        query = export_query(since, metric, route_group)
+        result = connection.execution_options(yield_per=CHUNK_ROWS).execute(query)
         for record in result.mappings():
             request_quality, session_quality = record["request_quality"], record["session_quality"]
             quality, source = (
@@ -150,16 +154,18 @@ def export_outcomes(
     format: ExportFormat = "jsonl",
     since: datetime | None = None,
     metric: str | None = None,
+    route_group: str | None = None,
 ) -> int:
     """Write the training set to `out_path` (JSON lines or Parquet); returns the number of rows.
 
-    `metric` restricts the feedback averaged into `quality` to one metric name.
+    `metric` restricts the feedback averaged into `quality` to one metric name; `since` and
+    `route_group` keep the requests logged from a time on, and one route group's.
     """
     engine = as_engine(url)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        rows = iter_training_rows(engine, since, metric)
+        rows = iter_training_rows(engine, since, metric, route_group)
         if format == "jsonl":
             return _write_jsonl(rows, out_path)
         if format == "parquet":

@@ -244,7 +244,9 @@ def test_exploration_among_the_best_two_is_logged_and_read_back(tmp_path: Path, 
         gw.flush()
     assert "small" not in served and 0.1 < served.count("mid") / len(served) < 0.45  # 0.25 expected
     export = tmp_path / "outcomes.jsonl"
-    assert run_cli("export", "outcomes", "--config", str(path), "--out", str(export)).returncode == 0
+    done = run_cli("export", "outcomes", "--config", str(path), "--out", str(export), "--route-group", "auto",
+                   "--since", "2020-01-01")
+    assert done.returncode == 0 and f"wrote {len(served)} rows" in done.stdout, done.stderr
     rows = [json.loads(line) for line in export.read_text().splitlines()]
     assert {(r["explore_epsilon"], tuple(r["explore_pool"])) for r in rows} == {(0.5, ("large", "mid"))}
     assert {r["model"]: r["propensity"] for r in rows} == {"large": 0.75, "mid": 0.25}

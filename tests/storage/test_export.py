@@ -31,8 +31,12 @@ def seed(url: str) -> None:
                         {"role": "system", "content": "be brief"},
                         {"role": "user", "content": [{"type": "text", "text": "what is 2+2?"}]},
                     ],
+                    route_group="auto",
                     router_name="mf",
                     router_scores={"small": 0.4, "large": 0.9},
+                    propensity=0.05,
+                    explore_epsilon=0.1,
+                    explore_pool=["large", "small"],
                     cost_usd=0.001,
                     prompt_tokens=12,
                     completion_tokens=3,
@@ -51,6 +55,7 @@ def seed(url: str) -> None:
                     request_id="c",
                     created_at=T0 + timedelta(minutes=2),
                     session_id="s2",
+                    route_group="auto",
                     model="small",
                     prompt="hi",
                 ),
@@ -86,6 +91,8 @@ def test_export_joins_feedback_per_request_then_session(db_url: str, tmp_path: P
     assert a["tool_calls"] == ["calculator"] and a["router_name"] == "mf"
     scores = a["router_scores"] if fmt == "jsonl" else dict(a["router_scores"])
     assert scores == {"small": 0.4, "large": 0.9}
+    assert (a["propensity"], a["explore_epsilon"], a["explore_pool"]) == (0.05, 0.1, ["large", "small"])
+    assert b["explore_epsilon"] is None and b["explore_pool"] is None
     messages = a["messages"] if fmt == "jsonl" else json.loads(a["messages"])
     assert messages[0] == {"role": "system", "content": "be brief"}
 
@@ -98,6 +105,15 @@ def test_export_since_and_metric_filters(db_url: str, tmp_path: Path) -> None:
     assert [row["request_id"] for row in rows] == ["b", "c"]
     assert all(row["quality"] is None for row in rows)  # the only "judge" feedback is for "a"
     assert datetime.fromisoformat(rows[0]["created_at"]) == T0 + timedelta(minutes=1)
+
+
+def test_export_of_one_route_group(db_url: str, tmp_path: Path) -> None:
+    seed(db_url)
+    out = tmp_path / "auto.jsonl"
+    assert export_outcomes(db_url, out, route_group="auto") == 2
+    assert [json.loads(line)["request_id"] for line in out.read_text().splitlines()] == ["a", "c"]
+    assert export_outcomes(db_url, out, route_group="auto", since=T0 + timedelta(seconds=30)) == 1
+    assert export_outcomes(db_url, out, route_group="other") == 0
 
 
 def test_empty_export_writes_a_valid_parquet_file(db_url: str, tmp_path: Path) -> None:
