@@ -87,23 +87,33 @@ def _content_text(content: Any) -> str | None:
     return str(content)
 
 
-def export_query(since: datetime | None = None, metric: str | None = None, route_group: str | None = None
-                 ) -> Select[Any]:
+def export_query(since: datetime | None = None, metric: str | None = None, route_group: str | None = None,
+                 *, narrow_feedback: bool = True) -> Select[Any]:
+    """Outcomes with their feedback averaged per request and per session, oldest first. With a filter,
+    only the kept requests' feedback is averaged (a semi-join on feedback's indexed request_id and
+    session_id) rather than the whole feedback table's; `narrow_feedback=False` keeps the whole-table
+    plan, for bench/outcome_export.py to measure against."""
     outcomes, feedback = Outcome.__table__, Feedback.__table__
+    kept = [outcomes.c.created_at >= since] if since is not None else []
+    if route_group is not None:  # served by the (route_group, created_at) index
+        kept.append(outcomes.c.route_group == route_group)
     metric_filter = [feedback.c.metric == metric] if metric is not None else []
+    narrow = kept and narrow_feedback
+    for_requests = [feedback.c.request_id.in_(select(outcomes.c.request_id).where(*kept))] if narrow else []
+    for_sessions = [feedback.c.session_id.in_(select(outcomes.c.session_id).where(*kept))] if narrow else []
     by_request = (
         select(feedback.c.request_id, func.avg(feedback.c.value).label("quality"))
-        .where(feedback.c.request_id.is_not(None), *metric_filter)
+        .where(feedback.c.request_id.is_not(None), *metric_filter, *for_requests)
         .group_by(feedback.c.request_id)
         .subquery("quality_by_request")
     )
     by_session = (
         select(feedback.c.session_id, func.avg(feedback.c.value).label("quality"))
-        .where(feedback.c.request_id.is_(None), feedback.c.session_id.is_not(None), *metric_filter)
+        .where(feedback.c.request_id.is_(None), feedback.c.session_id.is_not(None), *metric_filter, *for_sessions)
         .group_by(feedback.c.session_id)
         .subquery("quality_by_session")
     )
-    query = (
+    return (
         select(
             *(outcomes.c[name] for name in OUTCOME_FIELDS),
             outcomes.c.prompt,
@@ -115,13 +125,9 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
                 by_session, by_session.c.session_id == outcomes.c.session_id
             )
         )
+        .where(*kept)
         .order_by(outcomes.c.created_at, outcomes.c.request_id)
     )
-    if since is not None:
-        query = query.where(outcomes.c.created_at >= since)
-    if route_group is not None:  # served by the (route_group, created_at) index
-        query = query.where(outcomes.c.route_group == route_group)
-    return query
 
 
 def iter_training_rows(

@@ -105,6 +105,10 @@ def test_export_since_and_metric_filters(db_url: str, tmp_path: Path) -> None:
     assert [row["request_id"] for row in rows] == ["b", "c"]
     assert all(row["quality"] is None for row in rows)  # the only "judge" feedback is for "a"
     assert datetime.fromisoformat(rows[0]["created_at"]) == T0 + timedelta(minutes=1)
+    # "a" is left out, and with it its request feedback; "b" keeps its session's (s1's) feedback
+    assert export_outcomes(db_url, out, since=T0 + timedelta(seconds=30)) == 2
+    b, c = (json.loads(line) for line in out.read_text().splitlines())
+    assert (b["quality"], b["quality_source"], c["quality"]) == (0.0, "session", None)
 
 
 def test_export_of_one_route_group(db_url: str, tmp_path: Path) -> None:
@@ -128,3 +132,17 @@ def test_prompt_text_shapes() -> None:
     assert prompt_text(["a", "b"]) == "a\nb"
     chat = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"}, {"role": "tool"}]
     assert prompt_text(chat) == "first"
+
+
+def test_the_narrowed_feedback_plan_returns_what_the_whole_table_plan_does(db_url: str) -> None:
+    """bench/outcome_export.py's log, read with each filter both ways (`measure` asserts the rows agree)."""
+    from bench.outcome_export import measure  # noqa: PLC0415
+    from bench.outcome_export import seed as seed_log  # noqa: PLC0415
+
+    engine = create_engine(db_url)
+    seed_log(engine, 2000)
+    results = measure(engine, 2000, repeat=1)
+    engine.dispose()
+    assert [(r["filter"], r["rows"]) for r in results] == [
+        ("none", 2000), ("last 1% of time", 20), ("one group (10%)", 200), ("one group, last 1% of time (0.1%)", 2)]
+    assert all(r["with_feedback"] == r["rows"] for r in results)
