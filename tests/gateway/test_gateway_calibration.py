@@ -2,7 +2,8 @@
 starts at its configured preference, calibrates on the requests it logged once there are enough, routes
 the next ones at the calibrated preference, reports what it did in /v1/models and /metrics, calibrates
 again when its router is reloaded, and keeps routing when its traffic cannot be read (a missing file,
-the outcome database going away)."""
+the outcome database going away). And, on the calibration step alone, that the target holds for what
+the group's own exploration (uniform, or among its best few) serves."""
 
 from __future__ import annotations
 
@@ -229,3 +230,24 @@ def test_pitstop_calibrate_router_reports_the_preference_for_a_budget(tmp_path: 
     missing = run_cli("calibrate", "router", "--config", str(path), "--group", "auto", "--model-share", "0.5",
                       "--traffic", "outcomes:/no/such/file.jsonl")
     assert missing.returncode == 2 and "/no/such/file.jsonl" in missing.stderr
+
+
+@pytest.mark.parametrize(("among", "share_of_drawn"), [(None, 1 / 3), (2, 1 / 2)])
+def test_calibration_counts_what_the_groups_own_exploration_serves(tmp_path: Path, among: int | None,
+                                                                   share_of_drawn: float) -> None:
+    """Three tiers under the tier prior, half the requests explored: once the choice leaves the large
+    model, it still gets half of them x its chance in the pool (1/3 of all models; 1/2 of the best two,
+    where it is second)."""
+    from gateway.config import parse_settings  # noqa: PLC0415
+    from gateway.routing import RouteTable  # noqa: PLC0415
+
+    api = "http://127.0.0.1:9/v1"
+    models = [model_entry("small", api, tier="weak", price_in=1e-7, price_out=1e-7),
+              model_entry("mid", api, tier="medium", price_in=1e-6, price_out=1e-6),
+              model_entry("large", api, tier="strong", price_in=1e-5, price_out=1e-5)]
+    group = {"name": "auto", "models": ["small", "mid", "large"], "router": "tier-prior", "explore_epsilon": 0.5,
+             "explore_among": among, "calibrate": {"model_share": 0.3, "model": "large", "min_requests": 10}}
+    routes = RouteTable(parse_settings(gateway_config(tmp_path, models, [group])))
+    state = calibrate_group(routes.groups["auto"], [LoggedRequest(p) for p in prompts(2, seed=3)])
+    assert state.status == "calibrated" and state.cost_preference > 0
+    assert state.achieved == pytest.approx(0.5 * share_of_drawn)
