@@ -22,6 +22,7 @@ from routers.choice import choose, typical_cost
 from routers.data.table import Prices, RoutingData
 from routers.learned import estimate_for
 from routers.metrics import aiq, apgr, cpt, hull_cost_for, hull_quality_at
+from routers.verify_eval import VerifySetting, replay, verify_summary
 
 Missing = Literal["drop", "zero"]
 LAMBDAS = np.concatenate([[0.0], np.logspace(-4, 2, 61)])
@@ -115,24 +116,37 @@ def multi_model_metrics(points: np.ndarray, singles: dict[str, dict[str, float]]
     }
 
 
-def paired_bootstrap_aiq(picks: dict[str, np.ndarray], data: RoutingData, missing: Missing, baseline: str,
+def outcomes_of(picked: np.ndarray, data: RoutingData, missing: Missing) -> tuple[np.ndarray, np.ndarray]:
+    """(cost, quality), each (len(lambdas), n): what every prompt got at every cost preference."""
+    rows = np.arange(len(data))
+    return data.cost[rows, picked], realised(data, missing)[rows, picked]
+
+
+def paired_bootstrap_aiq(outcomes: dict[str, tuple[np.ndarray, np.ndarray]], data: RoutingData, baseline: str,
                          reps: int, seed: int = 0) -> dict[str, dict[str, float]]:
     """AIQ(baseline) - AIQ(other) over prompts resampled with replacement, the same rows for both."""
     rng = np.random.default_rng(seed)
-    diffs: dict[str, list[float]] = {name: [] for name in picks if name != baseline}
+    diffs: dict[str, list[float]] = {name: [] for name in outcomes if name != baseline}
+
+    def resampled(name: str, rows: np.ndarray, reference: float) -> float:
+        cost, quality = outcomes[name]
+        return aiq(np.column_stack([cost[:, rows].mean(axis=1), quality[:, rows].mean(axis=1)]), reference)
+
     for _ in range(reps):
         rows = rng.integers(0, len(data), len(data))
         reference = float(data.cost[rows].mean(axis=0).max())
-        base = aiq(points_from_choices(picks[baseline], data, missing, rows), reference)
+        base = resampled(baseline, rows, reference)
         for name in diffs:
-            diffs[name].append(base - aiq(points_from_choices(picks[name], data, missing, rows), reference))
+            diffs[name].append(base - resampled(name, rows, reference))
     return {name: {"mean": float(np.mean(d)), "ci95_low": float(np.percentile(d, 2.5)),
                    "ci95_high": float(np.percentile(d, 97.5)), "share_positive": float(np.mean(np.array(d) > 0))}
             for name, d in diffs.items()}
 
 
 def evaluate_multi(preds: list[Predictions], data: RoutingData, prices: Prices, missing: Missing,
-                   bootstrap: int = 0, baseline: str = "pitstop") -> dict[str, object]:
+                   bootstrap: int = 0, baseline: str = "pitstop",
+                   verify: VerifySetting | None = None) -> dict[str, object]:
+    """`verify`: also report `<router> + verify`, its picks' short answers checked (routers/verify.py)."""
     if missing == "drop":
         keep = ~np.isnan(data.quality).any(axis=1)
         data_eval = data.subset(keep)
@@ -145,17 +159,30 @@ def evaluate_multi(preds: list[Predictions], data: RoutingData, prices: Prices, 
     zero_line = np.array([[0.0, s["cost"], s["quality"]] for s in singles.values()])
     routers: dict[str, object] = {"zero-router (single-model hull)": {
         **multi_model_metrics(zero_line, singles), "latency": None}}
-    picks: dict[str, np.ndarray] = {}
+    outcomes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for pred in [*preds, oracle_predictions(data_eval, missing)]:
-        picks[pred.name] = choice_matrix(pred, data_eval, candidates, reference=reference_cost(data_eval, candidates))
-        points = np.column_stack([LAMBDAS, points_from_choices(picks[pred.name], data_eval, missing)])
+        picked = choice_matrix(pred, data_eval, candidates, reference=reference_cost(data_eval, candidates))
+        points = np.column_stack([LAMBDAS, points_from_choices(picked, data_eval, missing)])
         routers[pred.name] = {**multi_model_metrics(points, singles), "latency": pred.latency}
+        outcomes[pred.name] = outcomes_of(picked, data_eval, missing)
+        if verify is not None and pred.name == verify.router:
+            replayed = replay(picked, pred.quality, data_eval, realised(data_eval, missing), verify.policy, LAMBDAS)
+            name = f"{pred.name} + verify"
+            routers[name] = {**multi_model_metrics(np.column_stack([replayed.settings[:, 0], replayed.points()]),
+                                                   singles),
+                             **verify_summary(replayed, verify), "latency": pred.latency}
+            outcomes[name] = (replayed.cost, replayed.quality)
     strongest = max(singles, key=lambda m: singles[m]["quality"])
     result: dict[str, object] = {"prompts": len(data_eval), "missing": missing, "reference_cost": reference,
                                  "strongest_model": strongest, "single_models": singles, "routers": routers}
-    if bootstrap and baseline in picks:
+    if bootstrap and baseline in outcomes:
         result["bootstrap_aiq_difference"] = {"baseline": baseline, "reps": bootstrap,
-                                              "vs": paired_bootstrap_aiq(picks, data_eval, missing, baseline, bootstrap)}
+                                              "vs": paired_bootstrap_aiq(outcomes, data_eval, baseline, bootstrap)}
+    verified = f"{baseline} + verify"
+    if bootstrap and verified in outcomes:  # the verified router against every other, the same resamples
+        result["bootstrap_aiq_difference_verified"] = {
+            "baseline": verified, "reps": bootstrap,
+            "vs": paired_bootstrap_aiq(outcomes, data_eval, verified, bootstrap)}
     return result
 
 

@@ -64,15 +64,17 @@ def split_predictions(spec: RouterSpec, bank: FeatureBank, train_rows: np.ndarra
     return Predictions(spec.label, quality, tokens), router
 
 
-def cross_fit_predictions(spec: RouterSpec, bank: FeatureBank, folds: int = 5,
-                          seed: int = 0) -> tuple[Predictions, LearnedRouter]:
-    """Out-of-fold predictions for every prompt, and the last fold's router (for latency)."""
-    n, m = len(bank.data), len(bank.data.models)
+def cross_fit_predictions(spec: RouterSpec, bank: FeatureBank, folds: int = 5, seed: int = 0,
+                          rows: np.ndarray | None = None) -> tuple[Predictions, LearnedRouter]:
+    """Out-of-fold predictions for every prompt (of `rows`, default all), and the last fold's router
+    (for latency)."""
+    rows = np.arange(len(bank.data)) if rows is None else np.asarray(rows)
+    n, m = len(rows), len(bank.data.models)
     quality, tokens = np.zeros((n, m)), np.zeros((n, m))
     router = None
-    for train_rows, held_rows in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
-        router = fit_router(spec, bank, train_rows)
-        quality[held_rows], tokens[held_rows] = router.predict_features(bank.get(spec.features).rows(held_rows))
+    for fit, held in KFold(folds, shuffle=True, random_state=seed).split(rows):
+        router = fit_router(spec, bank, rows[fit])
+        quality[held], tokens[held] = router.predict_features(bank.get(spec.features).rows(rows[held]))
     assert router is not None
     return Predictions(spec.label, quality, tokens), router
 

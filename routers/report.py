@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from routers.metrics import non_decreasing_hull  # noqa: E402
 
-HIGHLIGHT = {"pitstop": ("black", 2.4), "oracle": ("tab:green", 1.2), "zero-router (single-model hull)": ("grey", 1.2)}
+HIGHLIGHT = {"pitstop": ("black", 2.4), "pitstop + verify": ("tab:red", 2.0), "oracle": ("tab:green", 1.2), "zero-router (single-model hull)": ("grey", 1.2)}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -23,11 +23,14 @@ from routers.data.prices import fit_prices
 from routers.data.table import Prices, RoutingData
 from routers.encoder_store import load_or_distil
 from routers.evaluate import (
+    LAMBDAS,
     Predictions,
     candidates_for,
+    choice_matrix,
     choices,
     evaluate_multi,
     evaluate_two,
+    realised,
     reference_cost,
 )
 from routers.families import BASELINES, PEERS
@@ -35,6 +38,7 @@ from routers.features.featurizer import FeatureSpec
 from routers.jobs import FeatureBank, RouterSpec, cross_fit_predictions, measure_latency, split_predictions
 from routers.learned import estimate_for
 from routers.report import plot_cost_quality, plot_strong_share, write_json
+from routers.verify_eval import VerifySetting, choose_verifiers
 
 log = logging.getLogger("pitstop.routers")
 
@@ -82,6 +86,21 @@ def predict_all(specs: list[RouterSpec], data: RoutingData, bank: FeatureBank, f
         pred.latency = measure_latency(router, eval_data.prompts[:n], eval_data.prompt_tokens[:n].tolist(), candidates)
         preds.append(pred)
     return preds, eval_data
+
+
+def verify_setting(data: RoutingData, bank: FeatureBank, prices: Prices, folds: int = 3) -> VerifySetting | None:
+    """The verify policy for `pitstop + verify`, chosen on the training split alone: the default router
+    cross-fitted there, every ordered pair of verifiers replayed on the training replies (routers/verify_eval.py)."""
+    if not _has_split(data) or all(a is None for a in data.answers.ravel()):
+        return None
+    rows = np.flatnonzero(data.splits == "train")
+    train = data.subset(rows)
+    pred, _ = cross_fit_predictions(RouterSpec("pitstop", "pitstop", PITSTOP_FEATURES), bank, folds, rows=rows)
+    candidates = candidates_for(data.models, prices)
+    picked = choice_matrix(pred, train, candidates, LAMBDAS, reference_cost(train, candidates))
+    policy, by_pair = choose_verifiers(picked, pred.quality, train, realised(train, "zero"), LAMBDAS)
+    return VerifySetting("pitstop", policy, {"split": "train", "folds": folds, "missing": "zero",
+                                             "training_aiq_by_verifiers": by_pair})
 
 
 def calibration_check(pred: Predictions, data: RoutingData, prices: Any, kind: str, target: float,
@@ -155,8 +174,10 @@ def run_eval(data_name: str, out_dir: Path, families: list[str], peer_features: 
         prices = fit_prices(data.subset(np.flatnonzero(data.splits == "train")) if _has_split(data) else data)[0]
         report["prices_usd_per_token"] = {"input": prices.input, "output": prices.output}
         variants = ["drop", "zero"] if np.isnan(eval_data.quality).any() else ["zero"]
+        verify = verify_setting(data, bank, prices) if pitstop is not None else None
         for missing in variants:
-            result = evaluate_multi(preds, eval_data, prices, missing, bootstrap=bootstrap)  # type: ignore[arg-type]
+            result = evaluate_multi(preds, eval_data, prices, missing, bootstrap=bootstrap,  # type: ignore[arg-type]
+                                    verify=verify)
             if pitstop is not None:
                 subset = eval_data.complete() if missing == "drop" else eval_data
                 keep = ~np.isnan(eval_data.quality).any(axis=1) if missing == "drop" else np.ones(len(eval_data), bool)

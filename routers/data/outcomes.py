@@ -3,7 +3,8 @@
 Each row is one served request: the prompt, the model that answered, feedback `quality` (null when
 no feedback came), `cost_usd`, `completion_tokens`. Rows without feedback or without prompt text are
 dropped; the rest keep `1 / propensity` as weight, so traffic explored on purpose counts for what it
-is worth (inverse propensity weighting). The wide view is sparse: one model per prompt."""
+is worth (inverse propensity weighting), except a request a route group's `verify` escalated, which
+the escalation model served whatever was drawn (weight 1). The wide view is sparse: one model per prompt."""
 
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def load_outcomes(path: str | Path, route_group: str | None = None) -> pa.Table:
     rows = []
     for r in records:
         propensity = r.get("propensity")
-        weight = 1.0 / propensity if propensity else 1.0
+        # An escalated request (routers/verify.py) was served by the escalation model, not drawn with the
+        # pick's propensity: its outcome counts once.
+        drawn = r.get("verify_outcome") != "escalated"
+        weight = 1.0 / propensity if propensity and drawn else 1.0
         prompt_tokens = r.get("prompt_tokens")
         rows.append({
             "dataset": "outcomes", "prompt_id": r["request_id"], "prompt": r["prompt"],

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from routers.data.table import long_table
 from routers.tokens import count_tokens
+from routers.verify import short_answer
 
 TASK_FILES = {"arc_challenge": "arc-challenge", "mbpp": "mbpp", "winograde": "winogrande"}
 SPLITS = ("train", "test")
@@ -53,11 +54,12 @@ def load_routerbench(root: str | Path) -> pa.Table:
         for model in models:
             answers = [_text(r[f"{model}|model_response"]) for r in records]
             answer_tokens = count_tokens(answers)
-            for r, prompt, p_tokens, o_tokens in zip(records, prompts, prompt_tokens, answer_tokens, strict=True):
+            for r, prompt, answer, p_tokens, o_tokens in zip(records, prompts, answers, prompt_tokens, answer_tokens,
+                                                             strict=True):
                 rows.append({
                     "dataset": "routerbench", "prompt_id": f"{path.stem}.{r['']}", "prompt": prompt,
                     "task": r["eval_name"], "split": split, "model": model, "quality": _score(r[model]),
                     "cost_usd": float(r[f"{model}|total_cost"]), "prompt_tokens": p_tokens,
-                    "output_tokens": o_tokens,
+                    "output_tokens": o_tokens, "answer": short_answer(answer),
                 })
     return long_table(rows)

@@ -29,12 +29,14 @@ LONG_SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("output_tokens", pa.int64()),  # null when the source has no answer text
         ("weight", pa.float64()),  # importance weight (1 / propensity for logged traffic)
+        ("answer", pa.string()),  # the short answer the reply commits to (routers/verify.py), else null
     ]
 )
 
 
 def long_table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    defaults = {"split": None, "cost_usd": None, "prompt_tokens": None, "output_tokens": None, "weight": 1.0}
+    defaults = {"split": None, "cost_usd": None, "prompt_tokens": None, "output_tokens": None, "weight": 1.0,
+                "answer": None}
     return pa.Table.from_pylist([{**defaults, **row} for row in rows], schema=LONG_SCHEMA)
 
 
@@ -61,6 +63,7 @@ class RoutingData:
     output_tokens: np.ndarray  # (n, m), NaN = unknown
     prompt_tokens: np.ndarray  # (n,)
     weight: np.ndarray  # (n, m)
+    answers: np.ndarray  # (n, m) object: each reply's short answer (routers/verify.py), None if none
     source: dict[str, str] = field(default_factory=dict)  # path -> sha256, the training data reference
 
     def __len__(self) -> int:
@@ -81,6 +84,7 @@ class RoutingData:
             output_tokens=self.output_tokens[rows],
             prompt_tokens=self.prompt_tokens[rows],
             weight=self.weight[rows],
+            answers=self.answers[rows],
         )
 
     def split(self, name: str) -> RoutingData:
@@ -93,7 +97,8 @@ class RoutingData:
     def with_models(self, models: Sequence[str]) -> RoutingData:
         cols = [self.models.index(m) for m in models]
         return replace(self, models=list(models), quality=self.quality[:, cols], cost=self.cost[:, cols],
-                       output_tokens=self.output_tokens[:, cols], weight=self.weight[:, cols])
+                       output_tokens=self.output_tokens[:, cols], weight=self.weight[:, cols],
+                       answers=self.answers[:, cols])
 
     def model_index(self, model: str) -> int:
         return self.models.index(model)
@@ -119,18 +124,20 @@ def to_wide(table: pa.Table, name: str | None = None, source: dict[str, str] | N
     n, m = len(prompts), len(models)
     quality, cost, output_tokens = (np.full((n, m), np.nan) for _ in range(3))
     weight = np.ones((n, m))
-    for pid, model, q, c, out, w in zip(columns["prompt_id"], columns["model"], columns["quality"],
-                                        columns["cost_usd"], columns["output_tokens"], columns["weight"],
-                                        strict=True):
+    answers = np.full((n, m), None, dtype=object)
+    for pid, model, q, c, out, w, a in zip(columns["prompt_id"], columns["model"], columns["quality"],
+                                           columns["cost_usd"], columns["output_tokens"], columns["weight"],
+                                           columns["answer"], strict=True):
         i, j = row_of[pid], model_col[model]
         quality[i, j] = np.nan if q is None else q
         cost[i, j] = np.nan if c is None else c
         output_tokens[i, j] = np.nan if out is None else out
         weight[i, j] = 1.0 if w is None else w
+        answers[i, j] = a
     dataset = name or (columns["dataset"][0] if n else "empty")
     return RoutingData(dataset, list(row_of), prompts, np.array(tasks, dtype=object),
                        np.array(splits, dtype=object), models, quality, cost, output_tokens,
-                       np.array(prompt_tokens), weight, dict(source or {}))
+                       np.array(prompt_tokens), weight, answers, dict(source or {}))
 
 
 def file_digest(paths: Iterable[Path]) -> dict[str, str]:

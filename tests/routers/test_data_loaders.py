@@ -29,6 +29,10 @@ def test_routerbench_keeps_missing_scores_missing(shared_data: Path) -> None:
     gpt4 = data.model_index("gpt-4-1106-preview")
     assert np.nanmean(data.split("test").quality[:, gpt4]) == pytest.approx(0.8796, abs=1e-3)
     assert (data.output_tokens[data.tasks == "mbpp", gpt4] > 50).mean() > 0.9  # code answers, counted in tokens
+    # each reply's short answer (routers/verify.py): a letter on the multiple-choice tasks, none for code
+    assert all(a is None for a in data.answers[data.tasks == "mbpp"].ravel())
+    letters = data.answers[~(data.tasks == "mbpp"), gpt4]
+    assert np.mean([a in ("A", "B", "C", "D", "E") for a in letters]) > 0.99
 
 
 def test_prices_fitted_from_real_costs_match_the_list_prices(shared_data: Path) -> None:
