@@ -15,6 +15,7 @@ from agent_sessions.config import SessionsConfig
 from rankers.config import RankingConfig
 from routers.exploration import Exploration
 from routers.registry import ROUTERS
+from routers.verify import VerifyPolicy
 
 log = logging.getLogger("pitstop.config")
 
@@ -114,6 +115,23 @@ class GroupCalibration(_Strict):
         return self
 
 
+class GroupVerify(_Strict):
+    """Check the router's pick before serving it (routers/verify.py): where its answer is a short one (a
+    choice letter or a number), `count` of the `verifiers` are asked the same request; if every one gives
+    the same answer the pick's is served, else `escalate_to`'s. Free-text answers are served unchecked."""
+
+    verifiers: list[str] = Field(min_length=1)  # model names, in order of preference
+    escalate_to: str | None = None  # default: the group's model with the highest output price
+    count: int = Field(default=1, ge=1)  # how many verifiers are asked (and must agree)
+    below: float = Field(default=1.0, ge=0)  # verify only picks whose predicted quality is below this
+
+    @model_validator(mode="after")
+    def _enough_verifiers(self) -> GroupVerify:
+        if self.count > len(self.verifiers):
+            raise ValueError(f"count {self.count} is more than the {len(self.verifiers)} verifiers given")
+        return self
+
+
 class RouteGroup(_Strict):
     name: str = Field(min_length=1)
     models: list[str] = Field(min_length=1)
@@ -135,6 +153,8 @@ class RouteGroup(_Strict):
     # Keep the cost preference at a budget on the group's own traffic (the preference above is where
     # it starts, and what it keeps while there is too little traffic).
     calibrate: GroupCalibration | None = None
+    # Verify a cheap pick's short answer before paying for the strongest model (gateway/verify.py).
+    verify: GroupVerify | None = None
 
     @property
     def exploration(self) -> Exploration:
@@ -217,7 +237,20 @@ class Settings(_Strict):
             if group.calibrate is not None and group.calibrate.traffic == "outcomes" and not self.storage.store_text:
                 raise ValueError(f"route_groups.{i}.calibrate.traffic: 'outcomes' reads the logged prompts, which "
                                  "need storage.store_text: true (or calibrate on a data set or an export file)")
+            if group.verify is not None:
+                _check_verify(f"route_groups.{i}.verify", group.verify, known)
         return self
+
+    def verify_policy(self, group: RouteGroup) -> VerifyPolicy | None:
+        """The group's verify settings with `escalate_to` resolved; None when it does not verify."""
+        verify = group.verify
+        if verify is None:
+            return None
+        infos = {m.model_name: m.model_info for m in self.model_list}
+        # Costliest by output price, then input price, then the later listed.
+        costliest = max(enumerate(group.models), key=lambda im: (
+            infos[im[1]].output_cost_per_token, infos[im[1]].input_cost_per_token, im[0]))[1]
+        return VerifyPolicy(tuple(verify.verifiers), verify.escalate_to or costliest, verify.count, verify.below)
 
     @property
     def model_names(self) -> list[str]:
@@ -226,6 +259,14 @@ class Settings(_Strict):
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
+
+
+def _check_verify(where: str, verify: GroupVerify, known: set[str]) -> None:
+    for model in verify.verifiers:
+        if model not in known:
+            raise ValueError(f"{where}.verifiers: unknown model_name '{model}'")
+    if verify.escalate_to is not None and verify.escalate_to not in known:
+        raise ValueError(f"{where}.escalate_to: unknown model_name '{verify.escalate_to}'")
 
 
 def _resolve_env(value: Any, path: str, missing: list[str]) -> Any:
@@ -260,8 +301,32 @@ def _drop_models_without_keys(raw: dict) -> dict:
     for group in raw.get("route_groups") or []:
         if isinstance(group, dict) and isinstance(group.get("models"), list):
             group = {**group, "models": [m for m in group["models"] if m not in dropped_names]}
+        if isinstance(group, dict) and isinstance(group.get("verify"), dict) and dropped_names:
+            group = {**group, "verify": _drop_from_verify(group["verify"], dropped_names, group.get("name"))}
         groups.append(group)
     return {**raw, "model_list": kept, "route_groups": groups}
+
+
+def _drop_from_verify(verify: dict, dropped: set[str], group: Any) -> dict | None:
+    """Models left out for want of a key leave the verify settings too: with no verifier left the group
+    serves unverified; without its escalation model it escalates to its costliest remaining one."""
+    verify = dict(verify)
+    verifiers = verify.get("verifiers")
+    if isinstance(verifiers, list):
+        kept = [v for v in verifiers if not (isinstance(v, str) and v in dropped)]
+        if verifiers and not kept:
+            log.info("route group %s: no verifier has its key set; it serves unverified", group)
+            return None
+        verify["verifiers"] = kept
+        count = verify.get("count")
+        if isinstance(count, int) and count > len(kept):
+            verify["count"] = len(kept)
+    escalate_to = verify.get("escalate_to")
+    if isinstance(escalate_to, str) and escalate_to in dropped:
+        log.info("route group %s: escalate_to %s skipped; escalating to the group's costliest model", group,
+                 escalate_to)
+        verify["escalate_to"] = None
+    return verify
 
 
 def parse_settings(raw: dict, base_dir: Path = Path(".")) -> Settings:

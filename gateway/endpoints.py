@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,7 +27,8 @@ async def list_models(request: Request) -> Response:
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
                          "exploration": {"epsilon": group.group.explore_epsilon, "among": group.group.explore_among},
                          "calibration": {**group.calibration.to_dict(), "since": group.since_calibration.to_dict()}
-                         if group.calibration else None}}
+                         if group.calibration else None,
+                         "verify": asdict(group.verify) if group.verify else None}}
             for name, group in state.routes.groups.items()]
     data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
              for name in state.settings.model_names]

@@ -46,6 +46,8 @@ class GatewayMetrics:
                                           "At the preference set: what the calibration traffic gets, what a held-out "
                                           "half of it gets, and what the requests routed since got",
                                           [*group, "traffic"], registry=r)
+        # Route groups' verified picks (gateway/verify.py) by outcome: accepted, escalated, unchecked, escalation_failed.
+        self.verify = Counter(f"{PREFIX}_verify", "Verified picks by outcome", [*group, "outcome"], registry=r)
         self.calibrations = Counter(f"{PREFIX}_route_group_calibrations", "Calibration runs by outcome",
                                     [*group, "status"], registry=r)
 

@@ -68,6 +68,9 @@ class OutcomeDraft:
     http_status: int = 200
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Calls made for this request besides the one whose body was served (gateway/verify.py's verifiers,
+    # a pick that was escalated): their cost goes into the row's cost_usd and the key's spend.
+    extra_cost_usd: float = 0.0
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
     rank_pending: asyncio.Future[RankScores | None] | None = None
@@ -107,10 +110,15 @@ class OutcomeDraft:
 
     @property
     def tokens(self) -> tuple[int, int, int]:
-        usage = self.usage or {}
-        details = usage.get("prompt_tokens_details") or {}
-        return (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                int(details.get("cached_tokens") or 0))
+        return usage_tokens(self.usage)
+
+
+def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
+    """(prompt, completion, cached) tokens of a response's `usage`."""
+    usage = usage or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+            int(details.get("cached_tokens") or 0))
 
 
 class OutcomeRecorder:
@@ -131,7 +139,7 @@ class OutcomeRecorder:
         latency = time.monotonic() - draft.started
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         deployment = draft.deployment
-        cost = deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0
+        cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd
         route = draft.route
         group = route.route_group if route and route.route_group else ""
         model = route.model_name if route else ""
@@ -208,6 +216,8 @@ class OutcomeRecorder:
             "propensity": decision.propensity if decision else None,
             "explore_epsilon": decision.explore_epsilon if decision and decision.explore_pool else None,
             "explore_pool": list(decision.explore_pool) if decision and decision.explore_pool else None,
+            "routed_model": decision.model if decision else None,
+            "verify_outcome": (draft.extra.get("verify") or {}).get("outcome"),
             "rank_score": draft.extra.get("rank_score"),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
             "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost, "finish_reason": draft.finish_reason,

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from engine.server.errors import APIError, error_body
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
+from gateway import verify
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_proxy_request
@@ -30,6 +31,9 @@ def _headers(draft: OutcomeDraft) -> dict[str, str]:
         headers["x-pitstop-model"] = draft.route.model_name
         if draft.route.route_group:
             headers["x-pitstop-route-group"] = draft.route.route_group
+    checked = draft.extra.get("verify")
+    if checked and checked.get("outcome"):
+        headers["x-pitstop-verify"] = checked["outcome"]
     return headers
 
 
@@ -77,7 +81,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:
             response = SSEResponse(_events(state, draft, chunks, session))
             response.headers.update(_headers(draft))
             return response
-        work = state.dispatcher.complete(route.model_name, kind, parsed.body, ctx, prefer=session.prefer)
+        work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
         body, dispatched = await _unless_disconnected(request, work)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
         draft.take_response(body)

@@ -78,6 +78,7 @@ def group_log(rows: Iterable[dict[str, Any]], group: GroupRouter) -> GroupLog:
         model = router_name.get(row.get("model") or "")
         reason = ("not_routed" if row.get("router_name") is None else "failed" if row.get("status") not in (None, "ok")
                   else "no_prompt" if not text else "no_feedback" if row.get("quality") is None
+                  else "escalated" if row.get("verify_outcome") == "escalated"  # its pick did not serve it
                   else "unknown_model" if model is None else None)
         if reason is not None:
             skipped[reason] += 1
@@ -216,6 +217,11 @@ def evaluate_on_logs(group: GroupRouter, log: GroupLog, policies: Sequence[Polic
             "no request was explored (every propensity is 1): a router is judged only on the requests where it "
             "picks the model that was served, and by its own predictions elsewhere; set the group's "
             "explore_epsilon (e.g. 0.05) to log traffic that can compare routers")
+    if log.skipped.get("escalated"):
+        report["warnings"].append(
+            f"{log.skipped['escalated']} requests that the group's verify escalated are left out: its pick did not "
+            "serve them, and they are the ones whose cheap answer was in doubt, so every estimate leans optimistic "
+            "for routers that pick cheap models there; logged costs include the verifier calls")
     preferences = log.preferences if cost_preference is None else np.full(len(bandit), cost_preference)
     scored = [_score(p, log, group) for p in policies]
     picks = [s.table.chosen(preferences) for s in scored]

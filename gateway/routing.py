@@ -19,6 +19,7 @@ from routers.base import Candidate, Router, RoutingRequest
 from routers.choice import RoutingDecision, choose
 from routers.exploration import explore
 from routers.registry import make_router
+from routers.verify import VerifyPolicy
 
 if TYPE_CHECKING:
     from gateway.route_calibration import CalibrationState
@@ -59,6 +60,7 @@ class GroupRouter:
     calibration: CalibrationState | None = None  # the last calibration run, for /v1/models and /metrics
     # What the requests routed since that run got, in the target's terms: how close it lands live.
     since_calibration: Tally = field(default_factory=Tally)
+    verify: VerifyPolicy | None = None  # check short answers before serving them (gateway/verify.py)
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
         router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
@@ -100,7 +102,8 @@ class RouteTable:
             router = make_router(group.router, artifact)
             model_for = {alias: name for name, alias in known_as.items()}
             self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
-                                                  Path(artifact) if artifact else None, group.cost_preference)
+                                                  Path(artifact) if artifact else None, group.cost_preference,
+                                                  verify=settings.verify_policy(group))
             log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
                      ", ".join(group.models))
 

@@ -54,6 +54,8 @@ EXPORT_SCHEMA = pa.schema(
         ("propensity", pa.float64()),
         ("explore_epsilon", pa.float64()),
         ("explore_pool", pa.list_(pa.string())),
+        ("routed_model", pa.string()),
+        ("verify_outcome", pa.string()),
         ("rank_score", pa.float64()),
     ]
 )

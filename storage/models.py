@@ -96,6 +96,10 @@ class Outcome(Base):
     # The exploration it was routed under (routers/exploration.py): epsilon and the models it could draw.
     explore_epsilon: Mapped[float | None]
     explore_pool: Mapped[list[str] | None]
+    # The router's choice, and what verifying its short answer did (routers/verify.py): `model` is what
+    # served, which is the escalation model where verification escalated.
+    routed_model: Mapped[str | None]
+    verify_outcome: Mapped[str | None]
     rank_score: Mapped[float | None]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]

@@ -160,7 +160,8 @@ def test_models_lists_route_groups_and_models(gw: Gateway) -> None:
         group = models.data[0].model_dump()
         assert group["pitstop"] == {"route_group": True, "models": MODELS, "router": "tier-prior",
                                     "router_version": group["pitstop"]["router_version"], "cost_preference": 0.0,
-                                    "exploration": {"epsilon": 0.0, "among": None}, "calibration": None}
+                                    "exploration": {"epsilon": 0.0, "among": None}, "calibration": None,
+                                    "verify": None}
     with gw.http() as http:
         response = http.get("/v1/models")
     assert response.status_code == 200 and response.json()["object"] == "list"

@@ -11,6 +11,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [break:2]                  stream: drop the connection after 2 content chunks
   [delay:0.5]                wait before answering
   [words:8]                  answer 8 words (default 5)
+  [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
+                             naming the instance wins over one that does not
 and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset).
 `GET /_admin/stats` counts the requests this instance took and keeps the last bodies.
 
@@ -39,6 +41,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORDS = 5
 _DIRECTIVE = re.compile(r"\[(fail|break|delay|words):([0-9.]+)(?:@([\w-]+))?\]")
+_ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
 def _text(content: Any) -> str:
@@ -82,6 +85,17 @@ def directives(text: str, name: str) -> dict[str, float]:
     return found
 
 
+def answer_directive(text: str, name: str) -> str | None:
+    """The fixed answer this instance gives, if the text sets one."""
+    general = mine = None
+    for answer, target in _ANSWER.findall(text):
+        if target == name:
+            mine = answer
+        elif not target:
+            general = answer
+    return mine or general
+
+
 def error_response(status: int, message: str) -> Any:
     from starlette.responses import JSONResponse
 
@@ -114,7 +128,8 @@ class Upstream:
         fail = self.fail_status or int(found.get("fail", 0))
         if fail:
             return error_response(fail, f"injected {fail} from {self.name}")
-        words = self.words(max(1, int(found.get("words", DEFAULT_WORDS))))
+        answer = answer_directive(text, self.name)
+        words = [answer] if answer is not None else self.words(max(1, int(found.get("words", DEFAULT_WORDS))))
         tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
         model = body.get("model") if isinstance(body.get("model"), str) else "upstream"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
