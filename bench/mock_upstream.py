@@ -5,7 +5,7 @@
 A raw ASGI app on uvicorn (1 worker) so the mock itself costs as little CPU as possible: the benchmark
 shares 2 cores between the load generator, this mock and the gateway under test.
 
-- `POST /v1/chat/completions`, non-streaming: waits `delay_ms`, returns one choice plus `usage`.
+- `POST /v1/chat/completions`, non-streaming: waits `delay_ms`, returns one choice (`--answer`) plus `usage`.
 - streaming: headers at once, the first content chunk after `delay_ms` (the upstream's own TTFT), then
   `chunks - 1` more chunks `chunk_interval_ms` apart, a finish chunk, a usage chunk when the request
   asked for `stream_options.include_usage`, and `data: [DONE]`.
@@ -36,7 +36,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 class MockUpstream:
     """The ASGI app. Response bodies are formatted from templates: unique ids, no per-request json.dumps."""
 
-    def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float) -> None:
+    def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER) -> None:
+        self.answer = answer
         self.delay = delay_ms / 1000
         self.chunks = max(chunks, 1)
         self.interval = chunk_interval_ms / 1000
@@ -76,7 +77,7 @@ class MockUpstream:
     def _completion(self, rid: str, model: str) -> bytes:
         return json.dumps({
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer},
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": self.chunks,
                       "total_tokens": PROMPT_TOKENS + self.chunks},
@@ -133,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0)
     parser.add_argument("--chunks", type=int, default=10)
     parser.add_argument("--chunk-interval-ms", type=float, default=5.0)
+    parser.add_argument("--answer", default=ANSWER, help="the non-streaming answer's content")
     args = parser.parse_args(argv)
-    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms)
+    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer)
     # Long keep-alive: connections from the load generator and the gateways stay open between points.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
                 lifespan="on", timeout_keep_alive=120, backlog=4096)
