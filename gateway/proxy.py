@@ -19,6 +19,7 @@ from gateway import verify
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_proxy_request
+from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
 
@@ -69,7 +70,7 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx
         if route.decision is not None and route.route_group is not None:  # not kept on a session's model
-            state.routes.groups[route.route_group].served(route.decision)
+            state.routes.groups[route.route_group].served(route.decision, estimate_tokens(parsed.prompt_text))
         if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
             ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
                                             needed=state.pool.uses_rank(route.model_name),

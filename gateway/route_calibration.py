@@ -31,6 +31,7 @@ from gateway.router_artifacts import stop_tasks
 from gateway.routing import GroupRouter, RouteTable, Tally, estimate_tokens
 from routers.base import RoutingRequest
 from routers.calibration import TargetKind, calibrate_with_holdout, traffic_table
+from routers.verify import VerifyRates
 from storage.traffic import LoggedRequest, recent_requests
 
 log = logging.getLogger("pitstop.routing")
@@ -57,6 +58,10 @@ class CalibrationState:
     # Real over predicted cost of the logged requests' served models (average-cost targets): what
     # predicted costs are scaled by, so the target is in real dollars; None: none known, not scaled.
     real_over_predicted: float | None = None
+    # With the group's `verify:`: how often each pick was checked and escalated (routers/verify.py),
+    # from the traffic's logged outcomes, or the prior where it has none; what verifying adds to a
+    # pick's cost and to the escalation model's share is counted at these rates.
+    verify_rates: dict[str, Any] | None = None
     error: str | None = None
     finished_at: float = 0.0  # unix time
 
@@ -93,8 +98,10 @@ def load_traffic(config: GroupCalibration, group_name: str, db: Engine | None) -
 
 def calibrate_group(group: GroupRouter, traffic: Sequence[LoggedRequest]) -> CalibrationState:
     """Set the group's cost preference from `traffic` (routed as the gateway routes it) and say how.
-    An average-cost target is in real dollars: where the traffic has the served models' real costs,
-    predicted costs are scaled by the ratio of real to predicted over them."""
+    An average-cost target is in real dollars: where the traffic has the routed models' real costs,
+    predicted costs are scaled by the ratio of real to predicted over them. A group that verifies its
+    picks counts the verifiers' and the escalation's calls in the cost, and the escalations in the
+    strongest model's share, at the rates its logged outcomes show."""
     config = group.group.calibrate
     assert config is not None
     kind, target, model = target_of(group)
@@ -105,17 +112,21 @@ def calibrate_group(group: GroupRouter, traffic: Sequence[LoggedRequest]) -> Cal
         return CalibrationState("too_little_traffic", group.cost_preference, **facts, finished_at=time.time())
     requests = [RoutingRequest(r.prompt, estimate_tokens(r.prompt)) for r in traffic]
     alias_of = {name: alias for alias, name in group.model_for.items()}
-    table = traffic_table(router, requests, group.candidates, chunk=CHUNK)
+    table = traffic_table(router, requests, group.candidates, chunk=CHUNK, also_priced=group.verify_priced)
+    rates = None
+    if group.verify is not None:
+        rates = VerifyRates.from_outcomes([r.pick for r in traffic], [r.verify_outcome for r in traffic])
+        table = table.verified(group.verify.renamed(alias_of), rates.renamed(alias_of))
     ratio = None
     if kind == "avg_cost":
-        ratio = table.real_cost_ratio([alias_of.get(r.model or "") for r in traffic], [r.cost_usd for r in traffic])
+        ratio = table.real_cost_ratio([alias_of.get(r.pick or "") for r in traffic], [r.cost_usd for r in traffic])
         table.cost_scale = ratio or 1.0
     result = calibrate_with_holdout(table, kind, target, None if model is None else alias_of[model],
                                     group.group.exploration)
-    group.cost_preference = result.cost_preference
+    group.cost_preference, group.verify_rates = result.cost_preference, rates
     return CalibrationState("calibrated", result.cost_preference, **facts, achieved=result.achieved,
                             held_out_achieved=result.held_out_achieved, real_over_predicted=ratio,
-                            finished_at=time.time())
+                            verify_rates=rates.to_dict() if rates is not None else None, finished_at=time.time())
 
 
 class RouteCalibrator:

@@ -16,10 +16,10 @@ from engine.server.errors import not_found
 from gateway.config import RouteGroup, Settings
 from gateway.request_body import ProxyRequest
 from routers.base import Candidate, Router, RoutingRequest
-from routers.choice import RoutingDecision, choose
+from routers.choice import DEFAULT_OUTPUT_TOKENS, RoutingDecision, choose, predicted_cost
 from routers.exploration import explore
 from routers.registry import make_router
-from routers.verify import VerifyPolicy
+from routers.verify import VerifyPolicy, VerifyRates, expected_overhead
 
 if TYPE_CHECKING:
     from gateway.route_calibration import CalibrationState
@@ -61,6 +61,8 @@ class GroupRouter:
     # What the requests routed since that run got, in the target's terms: how close it lands live.
     since_calibration: Tally = field(default_factory=Tally)
     verify: VerifyPolicy | None = None  # check short answers before serving them (gateway/verify.py)
+    verify_priced: list[Candidate] = field(default_factory=list)  # its models from outside the group
+    verify_rates: VerifyRates | None = None  # what the last calibration counted verifying at
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
         router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
@@ -74,13 +76,22 @@ class GroupRouter:
                        predicted_cost_usd={names[m]: v for m, v in decision.predicted_cost_usd.items()})
         return explore(decision, self.group.exploration) if self.group.explore_epsilon else decision
 
-    def served(self, decision: RoutingDecision) -> None:
-        """A request goes out on the router's choice (not on a session's model): count it toward `since`."""
+    def served(self, decision: RoutingDecision, prompt_tokens: int) -> None:
+        """A request goes out on the router's choice (not on a session's model): count it toward `since`,
+        as the calibration counts it (with the group's `verify:`, at the rates it counted)."""
         calibrated = self.calibration
-        if calibrated is not None:
-            scale = calibrated.real_over_predicted or 1.0  # an average cost in the target's (real) dollars
-            self.since_calibration.add(scale * decision.predicted_cost_usd[decision.model]
-                                       if calibrated.kind == "avg_cost" else float(decision.model == calibrated.model))
+        if calibrated is None:
+            return
+        pick, cost = decision.model, decision.predicted_cost_usd[decision.model]
+        served_by_target = float(pick == calibrated.model)
+        if self.verify is not None and self.verify_rates is not None:
+            costs = {**{c.model: predicted_cost(c, prompt_tokens, DEFAULT_OUTPUT_TOKENS) for c in self.verify_priced},
+                     **decision.predicted_cost_usd}
+            extra, escalated = expected_overhead(self.verify, self.verify_rates, pick, decision.quality[pick], costs)
+            cost += float(extra)
+            served_by_target += float(escalated) * ((calibrated.model == self.verify.escalate_to) - served_by_target)
+        scale = calibrated.real_over_predicted or 1.0  # an average cost in the target's (real) dollars
+        self.since_calibration.add(scale * cost if calibrated.kind == "avg_cost" else served_by_target)
 
 
 def estimate_tokens(text: str) -> int:
@@ -101,9 +112,14 @@ class RouteTable:
             artifact = str(settings.resolve_path(group.router_artifact)) if group.router_artifact else None
             router = make_router(group.router, artifact)
             model_for = {alias: name for name, alias in known_as.items()}
+            verify = settings.verify_policy(group)
+            outside = [] if verify is None else [name for name in dict.fromkeys((*verify.verifiers, verify.escalate_to))
+                                                 if name not in infos]
+            verify_priced = [Candidate(name, entries[name].model_info.input_cost_per_token,
+                                       entries[name].model_info.output_cost_per_token) for name in outside]
             self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
                                                   Path(artifact) if artifact else None, group.cost_preference,
-                                                  verify=settings.verify_policy(group))
+                                                  verify=verify, verify_priced=verify_priced)
             log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
                      ", ".join(group.models))
 

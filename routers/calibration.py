@@ -23,6 +23,7 @@ from routers.base import Candidate, QualityEstimate, Router, RoutingRequest
 from routers.choice import DEFAULT_OUTPUT_TOKENS, predicted_cost
 from routers.exploration import NO_EXPLORATION, Exploration, pool_mask
 from routers.learned import LearnedRouter, estimate_for
+from routers.verify import VerifyPolicy, VerifyRates, expected_overhead
 
 TargetKind = Literal["avg_cost", "model_share"]
 LAMBDA_GRID = np.concatenate([[0.0], np.logspace(-4, 3, 57)])
@@ -45,7 +46,9 @@ class ChoiceTable:
     arrays over the candidates, so one cost preference is one vectorised argmax."""
 
     def __init__(self, estimates: Sequence[QualityEstimate], prompt_tokens: Sequence[int],
-                 candidates: list[Candidate]) -> None:
+                 candidates: list[Candidate], also_priced: Sequence[Candidate] = ()) -> None:
+        """`also_priced`: models never chosen whose calls may still be paid for (a group's verifiers
+        from outside it): their predicted cost per request, in `priced_only`."""
         self.models = [c.model for c in candidates]
         n, k = len(estimates), len(candidates)
         self.quality, self.cost = np.zeros((n, k)), np.zeros((n, k))
@@ -53,23 +56,46 @@ class ChoiceTable:
             for j, c in enumerate(candidates):
                 self.quality[i, j] = estimate.quality[c.model]
                 self.cost[i, j] = predicted_cost(c, tokens, estimate.output_tokens.get(c.model, DEFAULT_OUTPUT_TOKENS))
+        self.priced_only = {c.model: np.array([
+            predicted_cost(c, tokens, estimate.output_tokens.get(c.model, DEFAULT_OUTPUT_TOKENS))
+            for estimate, tokens in zip(estimates, prompt_tokens, strict=True)]) for c in also_priced}
         reference = np.array([e.reference_cost_usd or 0.0 for e in estimates])
         fallback = self.cost.max(axis=1) if k else np.zeros(n)
         self.top = np.where(reference != 0, reference, np.where(fallback != 0, fallback, 1.0))
         # Real dollars per predicted dollar (`real_cost_ratio`): scales the average cost measured
         # against a target, never the costs the choice itself weighs (the request path uses those).
         self.cost_scale = 1.0
+        # What serving each choice spends, and the chance it is handed to `escalate_column` instead:
+        # the choice's own cost and 0, unless the group verifies its picks (`verified`).
+        self.spend, self.escalation = self.cost, np.zeros_like(self.cost)
+        self.escalate_column: int | None = None
 
-    def real_cost_ratio(self, served: Sequence[str | None], real_cost_usd: Sequence[float | None],
+    def verified(self, policy: VerifyPolicy, rates: VerifyRates) -> ChoiceTable:
+        """The same choices under a route group's `verify:` (routers/verify.py): a pick the policy
+        applies to also spends its verifiers' calls at its checked rate and the escalation model's call
+        at its escalated rate, and that share of its requests is served by the escalation model. The
+        choice itself is unchanged: the request path weighs only the pick's own cost."""
+        table = self.rows(np.arange(len(self)))
+        costs = {**self.priced_only, **{m: self.cost[:, j] for j, m in enumerate(self.models)}}
+        spend, escalation = self.cost.copy(), np.zeros_like(self.cost)
+        for j, pick in enumerate(self.models):
+            extra, escalation[:, j] = expected_overhead(policy, rates, pick, self.quality[:, j], costs)
+            spend[:, j] += extra
+        table.spend, table.escalation = spend, escalation
+        table.escalate_column = self.models.index(policy.escalate_to) if policy.escalate_to in self.models else None
+        return table
+
+    def real_cost_ratio(self, routed: Sequence[str | None], real_cost_usd: Sequence[float | None],
                         min_requests: int = 20) -> float | None:
-        """Sum of the real costs of logged requests over the sum of this table's predicted costs of the
-        models that served them; None with fewer than `min_requests` such requests. Price x predicted
-        answer length misses what a deployment's real answers run to, and discounts such as cached
-        prompt tokens; the ratio carries both from the log into an average-cost target."""
+        """Sum of the real costs of logged requests over the sum of what this table predicts serving
+        the models routed to them spends (`spend`: with verification, its calls too); None with fewer
+        than `min_requests` such requests. Price x predicted answer length misses what a deployment's
+        real answers run to, and discounts such as cached prompt tokens; the ratio carries both from
+        the log into an average-cost target."""
         column = {m: j for j, m in enumerate(self.models)}
-        rows = [(i, column[m], float(c)) for i, (m, c) in enumerate(zip(served, real_cost_usd, strict=True))
+        rows = [(i, column[m], float(c)) for i, (m, c) in enumerate(zip(routed, real_cost_usd, strict=True))
                 if m in column and c is not None and np.isfinite(c) and c >= 0]
-        predicted = sum(self.cost[i, j] for i, j, _ in rows)
+        predicted = sum(self.spend[i, j] for i, j, _ in rows)
         if len(rows) < min_requests or predicted <= 0:
             return None
         return sum(c for _, _, c in rows) / predicted
@@ -99,23 +125,32 @@ class ChoiceTable:
             return 0.0
         picked = self.chosen(preference)
         column = self.models.index(model) if model in self.models else None
-        if kind == "avg_cost":
-            chosen = self.cost_scale * float(self.cost[np.arange(len(self)), picked].mean())
-        else:
-            chosen = float(np.mean(picked == column)) if column is not None else 0.0
+        # (n, k): per request and choice, what serving it spends, or the share of it `model` serves
+        value = self.cost_scale * self.spend if kind == "avg_cost" else self._served_by(column)
+        chosen = float(value[np.arange(len(self)), picked].mean())
         if not exploration.active or len(self.models) < 2:
             return chosen
         pool = pool_mask(self.utilities(preference), self.cost, exploration)
-        if kind == "avg_cost":
-            drawn = self.cost_scale * float(((self.cost * pool).sum(1) / pool.sum(1)).mean())
-        else:
-            drawn = float((pool[:, column] / pool.sum(1)).mean()) if column is not None else 0.0
+        drawn = float(((value * pool).sum(1) / pool.sum(1)).mean())
         return (1.0 - exploration.epsilon) * chosen + exploration.epsilon * drawn
+
+    def _served_by(self, column: int | None) -> np.ndarray:
+        """(n, k): the share of each request `column`'s model serves if the choice is each candidate."""
+        served = np.zeros_like(self.cost)
+        if column is None:
+            return served
+        served[:, column] = 1.0 - self.escalation[:, column]
+        if self.escalate_column == column:
+            served += self.escalation
+        return served
 
     def rows(self, index: np.ndarray) -> ChoiceTable:
         part = object.__new__(ChoiceTable)
         part.models, part.quality, part.cost, part.top = self.models, self.quality[index], self.cost[index], self.top[index]
         part.cost_scale = self.cost_scale
+        part.spend, part.escalation = self.spend[index], self.escalation[index]
+        part.priced_only = {m: c[index] for m, c in self.priced_only.items()}
+        part.escalate_column = self.escalate_column
         return part
 
 
@@ -171,10 +206,10 @@ def estimate_requests(router: Router, requests: Sequence[RoutingRequest], candid
 
 
 def traffic_table(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],
-                  chunk: int | None = None) -> ChoiceTable:
+                  chunk: int | None = None, also_priced: Sequence[Candidate] = ()) -> ChoiceTable:
     """The router's estimates of `requests` as a ChoiceTable; `chunk`: see `estimate_requests`."""
     estimates = estimate_requests(router, requests, candidates, chunk)
-    return ChoiceTable(estimates, [r.prompt_tokens for r in requests], candidates)
+    return ChoiceTable(estimates, [r.prompt_tokens for r in requests], candidates, also_priced)
 
 
 def calibrate_traffic(router: Router, requests: Sequence[RoutingRequest], candidates: list[Candidate],

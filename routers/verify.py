@@ -13,8 +13,8 @@ the evaluation harness (routers/verify_eval.py), so what is measured is what ser
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,11 @@ class VerifyPolicy:
             return False
         return predicted_quality is None or bool(under(predicted_quality, self.below))
 
+    def renamed(self, names: dict[str, str]) -> VerifyPolicy:
+        """The same policy under other model names (a route group's names to its router's)."""
+        return replace(self, verifiers=tuple(names.get(v, v) for v in self.verifiers),
+                       escalate_to=names.get(self.escalate_to, self.escalate_to))
+
     def verifiers_for(self, pick: str) -> list[str]:
         return [v for v in self.verifiers if v not in (pick, self.escalate_to)][: self.count]
 
@@ -71,3 +76,78 @@ class VerifyPolicy:
     def accept(pick_answer: str | None, verifier_answers: Sequence[str | None]) -> bool:
         """Serve the pick's answer when every verifier commits to the same short answer."""
         return pick_answer is not None and all(a == pick_answer for a in verifier_answers)
+
+
+# Until a pick's own outcomes are logged: every answer checked, a third escalated. On RouterBench's
+# training replies a cheap model's short answer disagrees with the verifier's on 17-40% (median 33%)
+# of prompts (bench/README.md, stop 26); checked-always is the upper bound of what it can cost.
+PRIOR_CHECKED = 1.0
+PRIOR_ESCALATED = 1 / 3
+VERIFY_OUTCOMES = ("accepted", "escalated", "unchecked", "escalation_failed")
+
+
+@dataclass(frozen=True)
+class VerifyRates:
+    """How often a verified pick's answer was checked, and how often that sent the request on to the
+    escalation model (whose call was made, served or not), per routed model: what verifying adds to a
+    pick's expected cost (routers/calibration.py). A model with fewer than `min_requests` logged
+    outcomes takes the pooled rates of all picks, or the prior where the pool is that small too."""
+
+    checked: dict[str, float]
+    escalated: dict[str, float]
+    counts: dict[str, int]
+    pooled: tuple[float, float] = (PRIOR_CHECKED, PRIOR_ESCALATED)
+
+    @classmethod
+    def from_outcomes(cls, routed: Sequence[str | None], outcomes: Sequence[str | None],
+                      min_requests: int = 20) -> VerifyRates:
+        """`routed`: the router's pick of each logged request; `outcomes`: its verify outcome (None where
+        the policy did not apply: the strongest model picked, a stream, a predicted quality above `below`)."""
+        tally: dict[str, list[int]] = {}
+        for model, outcome in zip(routed, outcomes, strict=True):
+            if model is None or outcome not in VERIFY_OUTCOMES:
+                continue
+            counts = tally.setdefault(model, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += outcome != "unchecked"
+            counts[2] += outcome in ("escalated", "escalation_failed")
+        total = [sum(c[k] for c in tally.values()) for k in range(3)]
+        pooled = (total[1] / total[0], total[2] / total[0]) if total[0] >= min_requests else (
+            PRIOR_CHECKED, PRIOR_ESCALATED)
+        kept = {m: c for m, c in tally.items() if c[0] >= min_requests}
+        return cls({m: c[1] / c[0] for m, c in kept.items()}, {m: c[2] / c[0] for m, c in kept.items()},
+                   {m: c[0] for m, c in tally.items()}, pooled)
+
+    def of(self, model: str) -> tuple[float, float]:
+        """(checked, escalated) shares of `model`'s verified picks."""
+        if model in self.checked:
+            return self.checked[model], self.escalated[model]
+        return self.pooled
+
+    def renamed(self, names: dict[str, str]) -> VerifyRates:
+        """The same rates under other model names (a route group's names to its router's)."""
+        return VerifyRates({names.get(m, m): v for m, v in self.checked.items()},
+                           {names.get(m, m): v for m, v in self.escalated.items()},
+                           {names.get(m, m): v for m, v in self.counts.items()}, self.pooled)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"checked": self.checked, "escalated": self.escalated, "logged": self.counts,
+                "pooled": {"checked": self.pooled[0], "escalated": self.pooled[1]}}
+
+
+def expected_overhead(policy: VerifyPolicy, rates: VerifyRates, pick: str, predicted_quality: float | np.ndarray,
+                      costs: Mapping[str, float | np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """What verifying `pick` adds, on average, to what serving it spends (its verifiers' calls at its
+    checked rate, the escalation's call at its escalated rate), and the share of its requests the
+    escalation model serves instead; per request where `predicted_quality` and `costs` (each model's
+    predicted cost; one missing is not counted) are arrays. One rule for calibrating a route group
+    (routers/calibration.py) and for tallying what it serves since (gateway/routing.py)."""
+    zero = np.zeros(np.shape(predicted_quality))
+    verifiers = policy.verifiers_for(pick)
+    if pick == policy.escalate_to or not verifiers:  # served as it is (`unchecked` with no verifier)
+        return zero, zero
+    applies = under(predicted_quality, policy.below)
+    checked, escalated = rates.of(pick)
+    verifying = sum((costs[v] for v in verifiers if v in costs), zero)
+    strong = costs.get(policy.escalate_to, zero)
+    return np.where(applies, checked * verifying + escalated * strong, 0.0), np.where(applies, escalated, 0.0)

@@ -336,3 +336,33 @@ def test_escalated_requests_are_told_apart_in_the_export_the_log_job_and_retrain
     for r in rows:
         drawn = r["verify_outcome"] != "escalated"
         assert weights[r["request_id"]] == pytest.approx(1 / r["propensity"] if drawn else 1.0)
+
+
+def test_a_verifying_group_calibrates_at_the_rates_its_log_shows(tmp_path: Path, trio: Trio) -> None:
+    """Every logged pick (weak) was checked and half were escalated to strong. Calibrating strong's share
+    counts those escalations: 0.4 is out of reach, 0.5 (every pick weak) is the closest; and the
+    requests routed since count at the same rates."""
+    calibrate = {"model_share": 0.4, "model": "strong", "min_requests": 20, "interval_s": 0.3}
+    with running_gateway(config(tmp_path, trio, [{**group(), "calibrate": calibrate}])) as gw:
+        for i in range(20):
+            outcome = ask(gw, f"Which is largest? [answer:B]{' [answer:C@b]' if i % 2 else ''} ({i})")[1]
+            assert outcome["x-pitstop-verify"] == ("escalated" if i % 2 else "accepted")
+        gw.flush()
+        with gw.openai() as client:
+            def calibrated() -> dict | None:
+                listed = next(m for m in client.models.list().data if m.id == "auto").model_dump()["pitstop"]
+                state = listed["calibration"]
+                return state if state and state["status"] == "calibrated" else None
+
+            state = wait_until(calibrated, what="a calibration on the logged verify outcomes")
+            rates = state["verify_rates"]
+            assert (rates["checked"], rates["escalated"], rates["logged"]) == ({"weak": 1.0}, {"weak": 0.5}, {"weak": 20})
+            assert state["achieved"] == pytest.approx(0.5)
+
+            def counted_since() -> dict | None:  # a recalibration (every 0.3 s) starts the tally afresh
+                ask(gw, "Which is largest? [answer:B] (late)")
+                state = calibrated()
+                return state["since"] if state and state["since"]["requests"] else None
+
+            since = wait_until(counted_since, what="a request counted since the calibration")
+            assert since["average"] == pytest.approx(0.5)
