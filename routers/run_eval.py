@@ -38,6 +38,7 @@ from routers.features.featurizer import FeatureSpec
 from routers.jobs import FeatureBank, RouterSpec, cross_fit_predictions, measure_latency, split_predictions
 from routers.learned import estimate_for
 from routers.report import plot_cost_quality, plot_strong_share, write_json
+from routers.verify_calibration import calibration_with_verify
 from routers.verify_eval import VerifySetting, choose_verifiers
 
 log = logging.getLogger("pitstop.routers")
@@ -186,6 +187,11 @@ def run_eval(data_name: str, out_dir: Path, families: list[str], peer_features: 
                 target_cost = 0.5 * result["single_models"][strongest]["cost"]
                 result["calibration"] = [calibration_check(pred, subset, prices, "avg_cost", target_cost, None),
                                          calibration_check(pred, subset, prices, "model_share", 0.5, strongest)]
+                if verify is not None:  # does a group that verifies its picks land on its budget?
+                    strongest_cost = result["single_models"][strongest]["cost"]
+                    result["calibration_with_verify"] = calibration_with_verify(
+                        pred, subset, prices, verify.policy,
+                        {f"{share:.0%} of {strongest}'s cost": share * strongest_cost for share in (0.35, 0.5, 0.7)})
             result["summary"] = summary_rows(result)
             report[f"result_missing_{missing}"] = result
             suffix = "" if missing == variants[0] else f"-missing-{missing}"

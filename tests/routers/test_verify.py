@@ -145,6 +145,9 @@ def test_eval_router_reports_the_verified_router_chosen_on_training_data(tmp_pat
                        [(p["cost"], p["quality"]) for p in result["routers"]["pitstop"]["points"]], rtol=1e-12)
     assert max(p["escalated"] for p in verified["verify_points"]) > 0
     assert "pitstop + verify" in result["bootstrap_aiq_difference"]["vs"]
+    on_budget = result["calibration_with_verify"]["targets"]  # routers/verify_calibration.py, on this data
+    assert list(on_budget) == ["35% of big's cost", "50% of big's cost", "70% of big's cost"]
+    assert all(len(t["verify_counted"]["held_out_over_target"]) == 6 for t in on_budget.values())
     against = result["bootstrap_aiq_difference_verified"]["vs"]["pitstop"]
     assert against["mean"] == pytest.approx(-result["bootstrap_aiq_difference"]["vs"]["pitstop + verify"]["mean"])
     written = json.loads((tmp_path / "out" / "routerbench.json").read_text())
