@@ -8,7 +8,8 @@ shares 2 cores between the load generator, this mock and the gateway under test.
 - `POST /v1/chat/completions`, non-streaming: waits `delay_ms`, returns one choice (`--answer`) plus `usage`.
 - streaming: headers at once, the first content chunk after `delay_ms` (the upstream's own TTFT), then
   `chunks - 1` more chunks `chunk_interval_ms` apart, a finish chunk, a usage chunk when the request
-  asked for `stream_options.include_usage`, and `data: [DONE]`.
+  asked for `stream_options.include_usage`, and `data: [DONE]`. With `--answer`, the chunks are its
+  words instead (one word a chunk).
 - `GET /v1/models`, `GET /health`.
 """
 
@@ -39,7 +40,9 @@ class MockUpstream:
     def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER) -> None:
         self.answer = answer
         self.delay = delay_ms / 1000
-        self.chunks = max(chunks, 1)
+        words = answer.split() if answer != ANSWER else [f"tok{i}" for i in range(max(chunks, 1))]
+        self.pieces = [json.dumps(w if i == 0 else " " + w)[1:-1] for i, w in enumerate(words)]
+        self.chunks = len(self.pieces)
         self.interval = chunk_interval_ms / 1000
         self.ids = itertools.count()
         self.served = 0
@@ -91,7 +94,7 @@ class MockUpstream:
             if i:
                 await asyncio.sleep(self.interval)
             role = '"role":"assistant",' if i == 0 else ""
-            chunk = f'{head}"choices":[{{"index":0,"delta":{{{role}"content":"tok{i} "}},"finish_reason":null}}]}}\n\n'
+            chunk = f'{head}"choices":[{{"index":0,"delta":{{{role}"content":"{self.pieces[i]}"}},"finish_reason":null}}]}}\n\n'
             await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
         tail = f'{head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}]}}\n\n'
         if include_usage:

@@ -124,6 +124,9 @@ class GroupVerify(_Strict):
     escalate_to: str | None = None  # default: the group's model with the highest output price
     count: int = Field(default=1, ge=1)  # how many verifiers are asked (and must agree)
     below: float = Field(default=1.0, ge=0)  # verify only picks whose predicted quality is below this
+    # A stream is held back while its reply is at most this many characters (a short answer is 1-2 on
+    # RouterBench); past that it streams on unchecked. 0: streams are never verified.
+    hold_chars: int = Field(default=32, ge=0)
 
     @model_validator(mode="after")
     def _enough_verifiers(self) -> GroupVerify:

@@ -28,7 +28,8 @@ async def list_models(request: Request) -> Response:
                          "exploration": {"epsilon": group.group.explore_epsilon, "among": group.group.explore_among},
                          "calibration": {**group.calibration.to_dict(), "since": group.since_calibration.to_dict()}
                          if group.calibration else None,
-                         "verify": asdict(group.verify) if group.verify else None}}
+                         "verify": {**asdict(group.verify), "hold_chars": group.verify_hold_chars}
+                         if group.verify else None}}
             for name, group in state.routes.groups.items()]
     data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
              for name in state.settings.model_names]

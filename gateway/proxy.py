@@ -75,9 +75,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:
             ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
                                             needed=state.pool.uses_rank(route.model_name),
                                             prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
-        if parsed.stream:
-            chunks, dispatched = await state.dispatcher.stream(route.model_name, kind, parsed.body, ctx,
-                                                               prefer=session.prefer)
+        if parsed.stream:  # held back first where the group verifies the pick's short answer
+            streamed = verify.stream(state, draft, kind, ctx, session.prefer)
+            chunks, dispatched = await (_unless_disconnected(request, streamed) if verify.checks(state, draft)
+                                        else streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
             response = SSEResponse(_events(state, draft, chunks, session))
             response.headers.update(_headers(draft))

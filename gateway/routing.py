@@ -62,6 +62,7 @@ class GroupRouter:
     since_calibration: Tally = field(default_factory=Tally)
     verify: VerifyPolicy | None = None  # check short answers before serving them (gateway/verify.py)
     verify_priced: list[Candidate] = field(default_factory=list)  # its models from outside the group
+    verify_hold_chars: int = 0  # how long a streamed reply is held back to be verified (config.GroupVerify)
     verify_rates: VerifyRates | None = None  # what the last calibration counted verifying at
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
@@ -119,7 +120,8 @@ class RouteTable:
                                        entries[name].model_info.output_cost_per_token) for name in outside]
             self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
                                                   Path(artifact) if artifact else None, group.cost_preference,
-                                                  verify=verify, verify_priced=verify_priced)
+                                                  verify=verify, verify_priced=verify_priced,
+                                                  verify_hold_chars=group.verify.hold_chars if group.verify else 0)
             log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
                      ", ".join(group.models))
 

@@ -40,3 +40,19 @@ def upstreams(upstream_processes: tuple[UpstreamProcess, UpstreamProcess]) -> It
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def third_upstream() -> Iterator[UpstreamProcess]:
+    """A third upstream (`c`) for the verify tests: pick, verifier, escalation."""
+    c = UpstreamProcess("c")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def trio(upstreams: tuple[UpstreamProcess, UpstreamProcess],
+         third_upstream: UpstreamProcess) -> Iterator[tuple[UpstreamProcess, UpstreamProcess, UpstreamProcess]]:
+    third_upstream.reset()
+    yield upstreams[0], upstreams[1], third_upstream
+    third_upstream.reset()

@@ -7,7 +7,6 @@ row names the served model, costs every call, and says what happened in `extra.v
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +32,6 @@ Trio = tuple[UpstreamProcess, UpstreamProcess, UpstreamProcess]
 # (input, output) USD a token: the router's pick, the verifier (same tier, dearer), the escalation.
 PRICES = {"weak": (1e-6, 2e-6), "judge": (2e-6, 3e-6), "strong": (1e-5, 3e-5)}
 MASTER = "master-secret-for-verify-tests"
-
-
-@pytest.fixture(scope="module")
-def third_upstream() -> Iterator[UpstreamProcess]:
-    c = UpstreamProcess("c")
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def trio(upstreams: tuple[UpstreamProcess, UpstreamProcess], third_upstream: UpstreamProcess) -> Iterator[Trio]:
-    third_upstream.reset()
-    yield upstreams[0], upstreams[1], third_upstream
-    third_upstream.reset()
 
 
 def models(trio: Trio) -> list[dict]:
@@ -210,9 +195,9 @@ def test_a_client_leaving_during_verification_cancels_it_and_is_charged_for_the_
     assert calls(trio) == (1, 1, 0)
 
 
-def test_streams_and_several_choices_are_never_verified(tmp_path: Path, trio: Trio) -> None:
+def test_several_choices_and_streams_with_no_hold_are_never_verified(tmp_path: Path, trio: Trio) -> None:
     prompt = "Which planet is largest? [answer:B] [answer:C@b]"
-    with running_gateway(config(tmp_path, trio)) as gw:
+    with running_gateway(config(tmp_path, trio, [group(hold_chars=0)])) as gw:
         client = gw.openai()
         with client.chat.completions.with_streaming_response.create(
                 model="auto", messages=[{"role": "user", "content": prompt}], stream=True) as streamed:
@@ -246,9 +231,10 @@ def test_models_lists_each_groups_verify_settings(tmp_path: Path, trio: Trio) ->
               group("defaults")]
     with running_gateway(config(tmp_path, trio, groups)) as gw, gw.http() as http:
         listed = {m["id"]: m.get("pitstop") for m in http.get("/v1/models").json()["data"]}
-    assert listed["auto"]["verify"] == {"verifiers": ["judge"], "escalate_to": "judge", "count": 1, "below": 0.9}
+    assert listed["auto"]["verify"] == {"verifiers": ["judge"], "escalate_to": "judge", "count": 1, "below": 0.9,
+                                        "hold_chars": 32}
     assert listed["defaults"]["verify"] == {"verifiers": ["judge"], "escalate_to": "strong", "count": 1,
-                                            "below": 1.0}
+                                            "below": 1.0, "hold_chars": 32}
     assert listed["plain"]["verify"] is None
 
 
@@ -268,6 +254,7 @@ def parse_group(tmp_path: Path, verify: dict, prices: dict[str, tuple[float, flo
     ({"verifiers": ["judge"], "count": 2}, ["route_groups.0.verify", "count 2"]),
     ({"verifiers": ["judge"], "count": 0}, ["route_groups.0.verify.count"]),
     ({"verifiers": ["judge"], "below": -0.1}, ["route_groups.0.verify.below"]),
+    ({"verifiers": ["judge"], "hold_chars": -1}, ["route_groups.0.verify.hold_chars"]),
     ({"verifiers": ["judge"], "escalate": "strong"}, ["route_groups.0.verify.escalate"]),
 ])
 def test_bad_verify_config_names_the_field(tmp_path: Path, verify: dict, expected: list[str]) -> None:
