@@ -85,15 +85,18 @@ def target_of(group: GroupRouter) -> tuple[TargetKind, float, str | None]:
 
 
 def load_traffic(config: GroupCalibration, group_name: str, db: Engine | None) -> list[LoggedRequest]:
-    """The requests to calibrate on, oldest first, at most `window` of them; from the outcome log with
-    the model that served each and its real cost, from a data set or an export file the prompts alone."""
+    """The requests to calibrate on, oldest first, at most `window` of them. From the outcome log, or
+    an export file of it, with the model each went to, its real cost and its verify outcome where the
+    router chose the model; from a data set, the prompts alone."""
     if config.traffic == "outcomes":
         if db is None:
             raise RuntimeError("traffic 'outcomes' needs the outcome log")
         return recent_requests(db, group_name, config.window)
-    from routers.data.catalog import traffic_prompts  # noqa: PLC0415
+    from routers.data.catalog import traffic_rows  # noqa: PLC0415
 
-    return [LoggedRequest(p) for p in traffic_prompts(config.traffic, group_name)[-config.window:]]
+    return [LoggedRequest(r["prompt"], r.get("model"), r.get("cost_usd"), r.get("routed_model"), r.get("verify_outcome"))
+            if r.get("router_name") else LoggedRequest(r["prompt"])
+            for r in traffic_rows(config.traffic, group_name)[-config.window:]]
 
 
 def calibrate_group(group: GroupRouter, traffic: Sequence[LoggedRequest]) -> CalibrationState:

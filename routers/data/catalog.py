@@ -10,11 +10,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from routers.data.llmrouter import llmrouter_files, load_llmrouter
-from routers.data.outcomes import export_prompts, load_outcomes
+from routers.data.outcomes import export_traffic, load_outcomes
 from routers.data.routellm import (
     gsm8k_files,
     load_gsm8k,
@@ -79,14 +80,19 @@ def load_dataset(name: str, root: Path | None = None) -> RoutingData:
     return to_wide(table, name=name, source=file_digest(files))
 
 
-def traffic_prompts(name: str, route_group: str | None = None, root: Path | None = None) -> list[str]:
-    """Prompts to calibrate a route group on: an export file's served requests (`outcomes:<path>`,
-    the group's own where it has any), or a data set's held-out prompts (its test split where it
-    publishes one, else all of them)."""
+def traffic_rows(name: str, route_group: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
+    """Requests to calibrate a route group on, each a dict with at least its `prompt`: an export
+    file's served requests as exported (`outcomes:<path>`, the group's own where it has any: with
+    the model, cost and verify outcome of each), or a data set's held-out prompts (its test split
+    where it publishes one, else all of them)."""
     if name.startswith("outcomes:"):
         path = Path(name.removeprefix("outcomes:"))
         _require([path], name)
-        return export_prompts(path, route_group)
+        return export_traffic(path, route_group)
     data = load_dataset(name, root)
     test = data.split("test")
-    return list(test.prompts if len(test) else data.prompts)
+    return [{"prompt": p} for p in (test.prompts if len(test) else data.prompts)]
+
+
+def traffic_prompts(name: str, route_group: str | None = None, root: Path | None = None) -> list[str]:
+    return [r["prompt"] for r in traffic_rows(name, route_group, root)]

@@ -26,12 +26,16 @@ def read_export(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def export_prompts(path: str | Path, route_group: str | None = None) -> list[str]:
-    """The prompts of an export's served requests, feedback or not, oldest first: traffic to calibrate
-    a route group on (routers/calibration.py). A route group's own rows where it has any."""
+def export_traffic(path: str | Path, route_group: str | None = None) -> list[dict[str, Any]]:
+    """An export's served requests with their prompts, feedback or not, oldest first: traffic to
+    calibrate a route group on (routers/calibration.py). A route group's own rows where it has any."""
     served = [r for r in read_export(Path(path)) if r.get("prompt") and r.get("status", "ok") in (None, "ok")]
     own = [r for r in served if route_group is not None and r.get("route_group") == route_group]
-    return [r["prompt"] for r in own or served]
+    return own or served
+
+
+def export_prompts(path: str | Path, route_group: str | None = None) -> list[str]:
+    return [r["prompt"] for r in export_traffic(path, route_group)]
 
 
 def load_outcomes(path: str | Path, route_group: str | None = None) -> pa.Table:

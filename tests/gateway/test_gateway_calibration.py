@@ -251,3 +251,32 @@ def test_calibration_counts_what_the_groups_own_exploration_serves(tmp_path: Pat
     state = calibrate_group(routes.groups["auto"], [LoggedRequest(p) for p in prompts(2, seed=3)])
     assert state.status == "calibrated" and state.cost_preference > 0
     assert state.achieved == pytest.approx(0.5 * share_of_drawn)
+
+
+def test_an_export_file_is_calibrated_on_as_the_log_is(tmp_path: Path, artifact: Path) -> None:
+    """Rows the router routed carry their model, real cost and verify outcome: an average-cost target is
+    met in real dollars, and a verifying group counts its verifier (here one from outside the group) at
+    the file's rates. Rows without a router (hand-written, or a session's later turns) give prompts only."""
+    from gateway.config import parse_settings  # noqa: PLC0415
+    from gateway.route_calibration import load_traffic  # noqa: PLC0415
+    from gateway.routing import RouteTable  # noqa: PLC0415
+
+    texts = prompts(6, seed=12)
+    export = tmp_path / "traffic.jsonl"
+    routed = [{"prompt": p, "route_group": "auto", "status": "ok", "router_name": "pitstop", "model": "cheap",
+               "cost_usd": 3e-6, "routed_model": "cheap", "verify_outcome": "escalated" if i % 4 == 0 else "accepted"}
+              for i, p in enumerate(texts)]
+    export.write_text("".join(json.dumps(r) + "\n" for r in [*routed, {"prompt": "Add 3 and 4.", "route_group": "auto"}]))
+    raw = config(tmp_path, "http://127.0.0.1:9/v1", artifact, model_share=None, avg_cost_usd=5e-5,
+                 traffic=f"outcomes:{export}", min_requests=20)
+    raw["model_list"].append(model_entry("judge", "http://127.0.0.1:9/v1", price_in=2e-7, price_out=2e-7))
+    raw["route_groups"][0]["verify"] = {"verifiers": ["judge"]}
+    group = RouteTable(parse_settings(raw)).groups["auto"]
+    traffic = load_traffic(group.group.calibrate, "auto", None)
+    assert len(traffic) == len(texts) + 1 and (traffic[0].pick, traffic[-1].pick) == ("cheap", None)
+    state = calibrate_group(group, traffic)
+    assert state.status == "calibrated" and state.real_over_predicted is not None
+    assert state.verify_rates is not None and state.verify_rates["logged"] == {"cheap": len(texts)}
+    assert state.verify_rates["escalated"]["cheap"] == pytest.approx(sum(i % 4 == 0 for i in range(len(texts))) / len(texts))
+    plain = calibrate_group(group, [LoggedRequest(r.prompt) for r in traffic])  # prompts alone: predicted dollars
+    assert plain.real_over_predicted is None and plain.verify_rates["logged"] == {}
