@@ -3,9 +3,10 @@ one (a choice letter or a number), other models are asked the same request, and 
 not agree the group's strongest model answers instead (the rule: routers/verify.py).
 
 Only single-choice responses to the router's own choice are verified; an agent session's kept model
-stays put. A stream is held back while the pick's reply is short enough to be a short answer (the
-group's `hold_chars`): one that ends inside it is verified like a whole response, and the client gets
-the pick's chunks or the escalation's stream; one that runs past it streams on unchecked. Every call
+stays put. A stream is held back while the pick's reply could still be a short answer (its start fits
+the grammar, `could_be_short`, and it is at most the group's `hold_chars`): one that ends inside the
+hold is verified like a whole response, and the client gets the pick's chunks or the escalation's
+stream; one that leaves the grammar or runs past the hold streams on unchecked. Every call
 goes through the dispatcher (retries, cooldowns, admission). The served answer is the pick's, or the
 escalation's; a failed escalation still serves the pick's answer. The outcome row names the served
 model, costs every call made, and says what happened in `extra.verify`."""
@@ -23,7 +24,7 @@ from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.dispatch import Dispatched
 from gateway.outcomes import OutcomeDraft, usage_tokens
 from gateway.state import GatewayState
-from routers.verify import VerifyPolicy, short_answer
+from routers.verify import VerifyPolicy, could_be_short, short_answer
 
 log = logging.getLogger("pitstop.verify")
 
@@ -156,12 +157,12 @@ class _Verification:
                 usage = chunk.get("usage") or usage
                 part, tools = _chunk_text(chunk)
                 text += part
-                if tools or len(text.strip()) > hold:
+                if tools or len(text.strip()) > hold or not could_be_short(text):
                     break
         except BaseException:  # nothing reached the client: the request fails as a whole
             await chunks.aclose()  # type: ignore[attr-defined]
             raise
-        if not ended:  # too long (or a tool call) for a short answer: it streams on as it is
+        if not ended:  # not a short answer (too long, not one by its start, a tool call): it streams on
             self._begin(pick, None)
             return self._serve(pick, (_replay(held, chunks), dispatched), "unchecked")
         self._cost(pick, usage, dispatched)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import regex  # partial matches, for `could_be_short`
 
 # A reply that commits to one option: "B", "B)", "(c).", "Answer: D", "The answer is A\n..." .
 _CHOICE = re.compile(
@@ -24,6 +25,18 @@ _CHOICE = re.compile(
     re.IGNORECASE)
 # A reply that is a number and nothing else (a trailing period allowed): "42", "-3.5", "1,200.".
 _NUMBER = re.compile(r"^\s*(-?\d[\d,]*(?:\.\d+)?)\s*\.?\s*$")
+
+
+# The same grammar, matched partially: could the start of a reply still turn out a short answer?
+_COULD_BE = (regex.compile(_NUMBER.pattern), regex.compile(_CHOICE.pattern, regex.IGNORECASE))
+
+
+def could_be_short(start: str) -> bool:
+    """Could a reply beginning with `start` still be a short answer? A stream is held back while it
+    can (gateway/verify.py): free text like "The largest planet" or "Jupiter" is let go at its first
+    word, "The answer is" is held on."""
+    head = start.lstrip()
+    return not head or any(p.match(head, partial=True) is not None for p in _COULD_BE)
 
 
 def short_answer(text: str | None) -> str | None:

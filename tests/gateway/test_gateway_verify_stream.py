@@ -1,8 +1,9 @@
 """A route group's `verify:` on streamed requests, over real sockets with the openai SDK (the setup of
 tests/gateway/test_gateway_verify.py): the pick's stream is held back while its reply could still be a
 short answer; one that ends inside the hold is verified, and the client gets the pick's chunks or the
-escalation model's stream; one that runs past it streams on unchecked; a stream that breaks while held
-fails the request as a whole, before anything reached the client."""
+escalation model's stream; one that runs past the hold, or whose start no short answer has, streams
+on unchecked; a stream that breaks while held fails the request as a whole, before anything reached
+the client."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def test_a_failing_escalation_still_streams_the_picks_answer(tmp_path: Path, tri
 
 
 def test_a_stream_that_breaks_while_held_fails_before_anything_is_sent(tmp_path: Path, trio: Trio) -> None:
-    prompt = "Tell me about Jupiter. [words:3] [break:1@a]"
+    prompt = "Which planet is largest? [answer:B] [break:1@a]"  # "B", then the connection drops
     with running_gateway(config(tmp_path, trio)) as gw:
         with gw.http() as http:
             response = http.post("/v1/chat/completions", json={
@@ -103,6 +104,20 @@ def test_a_stream_that_breaks_while_held_fails_before_anything_is_sent(tmp_path:
     assert response.status_code >= 500 and response.headers["content-type"].startswith("application/json")
     assert response.json()["error"]["message"]
     assert [(r["status"], r["model"]) for r in rows] == [("error", "weak")]
+    assert calls(trio) == (1, 0, 0)
+
+
+def test_free_text_is_let_go_at_its_first_word(tmp_path: Path, trio: Trio) -> None:
+    """"from-a" cannot start a short answer: the stream goes to the client at once, so a break after its
+    first word reaches the client as a broken stream (an error event after the words), not as an error
+    response, which is what a reply still held gets (the test above)."""
+    prompt = "Tell me about Jupiter. [words:3] [break:1@a]"
+    with running_gateway(config(tmp_path, trio)) as gw, gw.http() as http:
+        response = http.post("/v1/chat/completions", json={
+            "model": "auto", "stream": True, "messages": [{"role": "user", "content": prompt}]})
+    assert response.status_code == 200 and response.headers["x-pitstop-verify"] == "unchecked"
+    events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert '"content": "from-a"' in events[0].replace('":"', '": "') and '"error"' in events[-1]
     assert calls(trio) == (1, 0, 0)
 
 

@@ -8,7 +8,7 @@ the instance (`from-a`), so a test can tell which deployment served it; usage co
 Faults, chosen per request by directives in the last user message (or the prompt); a directive with
 `@name` applies to that instance only:
   [fail:500]  [fail:429@a]   answer that status (OpenAI error shape) before the first byte
-  [break:2]                  stream: drop the connection after 2 content chunks
+  [break:2]                  stream: drop the connection after 2 content chunks (or all, if fewer)
   [delay:0.5]                wait before answering
   [words:8]                  answer 8 words (default 5)
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
@@ -181,6 +181,8 @@ class Upstream:
             yield event({**piece, "finish_reason": None} if chat else {**piece, "finish_reason": None,
                                                                         "logprobs": None})
             await asyncio.sleep(0.002)
+        if break_after is not None:  # as many content chunks as asked, then no finish
+            raise ConnectionAbortedError("injected stream break")
         yield event({"delta": {}, "finish_reason": finish} if chat else {"text": "", "finish_reason": finish})
         if usage is not None:
             yield event(None, usage=usage)

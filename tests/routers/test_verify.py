@@ -15,23 +15,44 @@ from routers.data.catalog import load_dataset
 from routers.data.table import long_table, to_wide
 from routers.metrics import aiq
 from routers.run_eval import run_eval
-from routers.verify import VerifyPolicy, short_answer
+from routers.verify import VerifyPolicy, could_be_short, short_answer
 from routers.verify_eval import choose_verifiers, replay
 
-
-@pytest.mark.parametrize(("reply", "answer"), [
+SHORT = [
     ("B", "B"), ("b\n", "B"), ("A)", "A"), ("(c).", "C"), ("D\nBecause the moon is...", "D"),
     ("Answer: E", "E"), ("The answer is A", "A"), ("The correct answer is (B)", "B"), ("42", "42"),
     ("-3.5.", "-3.5"), ("1,200", "1200"), ("  7 ", "7"),
-])
+]
+FREE = ["A dog is a mammal.", "Based on the passage, B", "def f(x):\n    return x", "I don't know",
+        "12 apples and 3 pears", "G\n", "Answer: maybe"]
+
+
+@pytest.mark.parametrize(("reply", "answer"), SHORT)
 def test_short_answers_are_read(reply: str, answer: str) -> None:
     assert short_answer(reply) == answer
 
 
-@pytest.mark.parametrize("reply", [
-    "", None, "A dog is a mammal.", "Based on the passage, B", "def f(x):\n    return x", "I don't know",
-    "12 apples and 3 pears", "G\n", "Answer: maybe",
+@pytest.mark.parametrize(("reply", "answer"), SHORT)
+def test_every_start_of_a_short_answer_could_be_one(reply: str, answer: str) -> None:
+    """A stream is held while its start could still be a short answer: never let one go early."""
+    assert all(could_be_short(reply[:k]) for k in range(len(reply) + 1)), answer
+
+
+@pytest.mark.parametrize(("start", "could"), [
+    ("", True), ("  ", True), ("(", True), ("The", True), ("The correct ans", True), ("Answer:", True),
+    ("-", True), ("1,2", True), ("3.", True), ("The largest", False), ("Jupiter", False), ("Sure! Here", False),
+    ("A d", False), ("42 a", False), ("I think", False), ("def", False),
 ])
+def test_free_text_is_told_from_its_first_words(start: str, could: bool) -> None:
+    assert could_be_short(start) is could
+
+
+@pytest.mark.parametrize("reply", FREE)
+def test_a_free_text_reply_stops_being_held_before_it_ends(reply: str) -> None:
+    assert not could_be_short(reply)
+
+
+@pytest.mark.parametrize("reply", ["", None, *FREE])
 def test_free_text_has_no_short_answer(reply: str | None) -> None:
     assert short_answer(reply) is None
 
