@@ -121,6 +121,15 @@ def test_malformed_bodies(url: str):
     assert_error(httpx.post(f"{url}/v1/completions", content=b"[" * 100_000), 400)
 
 
+def test_a_lone_surrogate_escape_is_400_and_a_pair_is_served(url: str):
+    lone = httpx.post(f"{url}/v1/completions", content=rb'{"model": "fake", "prompt": "x\udc01", "max_tokens": 2}')
+    assert_error(lone, 400)
+    assert lone.json()["error"]["param"] == "prompt"
+    pair = httpx.post(f"{url}/v1/completions", content=rb'{"model": "fake", "prompt": "x \ud83d\ude00", "max_tokens": 2}')
+    # One character, past the reader: this fake's byte tokenizer (vocabulary 128) then refuses its bytes.
+    assert "token ids must be in [0, 128)" in assert_error(pair, 400, "prompt")["message"]
+
+
 def test_oversized_body_is_refused_with_413(url: str):
     big = b'{"model": "fake", "prompt": "' + b"x" * (9 << 20) + b'"}'
     assert_error(httpx.post(f"{url}/v1/completions", content=big), 413)

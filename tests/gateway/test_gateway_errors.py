@@ -107,6 +107,45 @@ def test_malformed_json_is_400(gw: Gateway, content: bytes) -> None:
     assert response.headers["x-pitstop-request-id"].startswith("req-")
 
 
+@pytest.mark.parametrize(("content", "param"), [
+    (rb'{"model": "up-direct", "messages": [{"role": "user", "content": "a\ud800b"}]}', "messages[0].content"),
+    (rb'{"model": "up-direct", "messages": [{"role": "user", "content": "\ude00"}], "user": "u"}', "messages[0].content"),
+    (rb'{"model": "up-direct", "messages": [{"role": "user", "content": "x"}], "user": "\udbff"}', "user"),
+    (rb'{"model": "up-direct", "prompt": ["\ud83d"]}', "prompt[0]"),
+])
+def test_a_lone_surrogate_escape_is_400_naming_the_field(gw: Gateway, content: bytes, param: str) -> None:
+    """JSON can escape half a UTF-16 pair; no UTF-8 encoder downstream (features, tokenizer, database,
+    upstream) takes it, so it is refused where the body is read, not as a 500 later."""
+    path = "/v1/completions" if b'"prompt"' in content else "/v1/chat/completions"
+    with gw.http() as http:
+        response = http.post(path, content=content, headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400, param)
+    assert error["code"] == "invalid_json" and "surrogate" in error["message"]
+    row = gw.row(response.headers["x-pitstop-request-id"])
+    assert (row["status"], row["http_status"]) == ("error", 400)
+
+
+@pytest.mark.parametrize("field", ["temperature", "priority", "max_tokens", "seed", "cost_preference"])
+def test_an_integer_past_64_bits_is_400_not_an_overflow(gw: Gateway, field: str) -> None:
+    """Python reads any integer; every float conversion after would overflow (a 500 before)."""
+    for value in (2 ** 64, -(10 ** 400)):
+        with gw.http() as http:
+            response = http.post("/v1/chat/completions", content=json.dumps(chat(**{field: value})),
+                                 headers={"content-type": "application/json"})
+        error = assert_openai_error(response, 400)
+        assert error["code"] == "invalid_json" and "out of range" in error["message"]
+    with gw.http() as http:  # a long number inside a string is text
+        response = http.post("/v1/chat/completions", json=chat("9" * 40, seed=2 ** 63))
+    assert response.status_code == 200, response.text
+
+
+def test_a_surrogate_pair_is_one_character_and_is_served(gw: Gateway) -> None:
+    content = rb'{"model": "up-direct", "messages": [{"role": "user", "content": "smile \ud83d\ude00"}]}'
+    with gw.http() as http:
+        response = http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("body", [[], None, "text", 5])
 def test_body_must_be_an_object(gw: Gateway, body: object) -> None:
     with gw.http() as http:

@@ -23,11 +23,14 @@ FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 MODELS = ["up-direct", "up-litellm", "tiny", "grp"]
 
-scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
+# JSON can carry what a float cannot hold (10**400) and half a UTF-16 pair ("\\ud800"); bodies are sent
+# as json.dumps writes them (ASCII, surrogates escaped), so both reach the gateway.
+surrogates = st.lists(st.sampled_from(["\ud800", "\udfff", "\ud83d\ude00", "x"]), min_size=1, max_size=3).map("".join)
+scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.integers(-(10**400), 10**400)
+           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12) | surrogates)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-texts = st.text(max_size=40).filter(lambda t: "[" not in t)  # no fault directives for the upstream
+texts = st.text(max_size=40).filter(lambda t: "[" not in t) | surrogates  # no fault directives for the upstream
 short = st.text(min_size=1, max_size=16)
 parts = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), min_size=1, max_size=2)
 message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
@@ -106,6 +109,10 @@ def http(gw: Gateway) -> Iterator[httpx.Client]:
         yield client
 
 
+def post(http: httpx.Client, path: str, body: object) -> httpx.Response:
+    return http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
 def check(response: httpx.Response) -> None:
     event(f"status {response.status_code}")  # `pytest --hypothesis-show-statistics` shows the mix
     assert response.status_code < 500, response.text[:500]
@@ -124,19 +131,19 @@ def check(response: httpx.Response) -> None:
 @FUZZ
 @given(body=chat_bodies)
 def test_fuzz_chat_completions(http: httpx.Client, body: dict) -> None:
-    check(http.post("/v1/chat/completions", json=body))
+    check(post(http, "/v1/chat/completions", body))
 
 
 @FUZZ
 @given(body=completion_bodies)
 def test_fuzz_completions(http: httpx.Client, body: dict) -> None:
-    check(http.post("/v1/completions", json=body))
+    check(post(http, "/v1/completions", body))
 
 
 @settings(FUZZ, max_examples=100)
 @given(body=feedback_bodies)
 def test_fuzz_feedback(http: httpx.Client, body: dict) -> None:
-    response = http.post("/v1/feedback", json=body)
+    response = post(http, "/v1/feedback", body)
     check(response)
     assert response.status_code in (202, 400)
 
