@@ -22,7 +22,7 @@ from pathlib import Path
 from agent_sessions.config import SessionsConfig
 from bench.agent_sim import POLICIES, attention_knee_tokens, make_chat, run_on_engine, run_policy
 from bench.agent_workload import ToolScaling, load_templates, make_programs
-from bench.common import command, machine_info, write_report
+from bench.common import CpuClock, command, machine_info, write_report
 from engine.clock import VirtualClock
 from engine.roofline import RooflineStepTime
 
@@ -30,23 +30,15 @@ RESULTS = Path(__file__).parent / "results"
 MODELS = {"llama-3.1-8b": (1, [0.05, 0.1, 0.2, 0.4]), "llama-3.1-70b": (4, [0.025, 0.05, 0.1, 0.2])}
 
 
-class CpuVirtualClock(VirtualClock):
-    """CPU time of this thread plus the idle gaps jumped over: a real runner's steps take what they
-    cost, tool waits are skipped (bench/common.py's CpuClock, usable where simulate() wants a
-    virtual clock)."""
+class CpuVirtualClock(CpuClock, VirtualClock):
+    """bench/common.py's CpuClock starting at 0, typed as a virtual clock where simulate() wants one:
+    a real runner's steps take what they cost, tool waits are skipped."""
+
+    virtual = True
 
     def __init__(self) -> None:
-        super().__init__()
+        VirtualClock.__init__(self)
         self._offset = -time.thread_time()
-
-    def now(self) -> float:
-        return time.thread_time() + self._offset
-
-    def advance(self, seconds: float) -> None:
-        self._offset += max(0.0, seconds)
-
-    def advance_to(self, t: float) -> None:
-        self.advance(t - self.now())
 
 
 def sim_sweep(args: argparse.Namespace, templates: list, scaling: ToolScaling) -> list[dict]:
