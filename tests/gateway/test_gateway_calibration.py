@@ -12,19 +12,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from gateway.route_calibration import calibrate_group
 from storage.traffic import LoggedRequest
 from tests.gateway.harness import (
     Gateway,
+    GatewayProcess,
     gateway_config,
+    gateway_processes,
     model_entry,
+    read_outcomes,
     run_cli,
     running_gateway,
     wait_until,
     write_config,
 )
 from tests.routers.conftest import GRADED, graded_prompts, train_graded_router
+from tests.storage.conftest import pg_url_for, scratch_database
 from tests.storage.pg_cluster import ThrowawayPostgres
 
 SHARE = 0.4
@@ -207,6 +212,39 @@ def test_the_outcome_database_going_away_keeps_the_last_calibration(tmp_path: Pa
                    what="a calibration once the database is back")
         with httpx.Client(base_url=gw.url) as http:
             assert http.get("/readyz").status_code in (200, 503)
+
+
+def test_two_replicas_on_one_database_calibrate_to_the_same_preference(tmp_path: Path, upstreams, artifact: Path,
+                                                                       pg_admin: sa.Engine, pg_migrated_template: str
+                                                                       ) -> None:
+    """Gateway replicas share no state but the outcome log: each calibrates on its own, and reading the
+    same rows (ordered by time, then request id) they must land on the same preference, or a client's
+    route would depend on which replica it reached."""
+    with scratch_database(pg_admin, template=pg_migrated_template) as name:
+        url = pg_url_for(name)
+        configs = []
+        for i in range(2):  # one folder each: own config and spool file
+            (tmp_path / f"gw{i}").mkdir()
+            raw = config(tmp_path / f"gw{i}", upstreams[0].api_base, artifact, storage_url=url)
+            configs.append(write_config(tmp_path / f"gw{i}" / "pitstop.yaml", raw))
+        with gateway_processes(*configs) as replicas:
+            texts = prompts(10, seed=11)
+            for i, text in enumerate(texts):  # each replica serves every other request
+                response = httpx.post(replicas[i % 2].url + "/v1/chat/completions", timeout=30, json={
+                    "model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": text}]})
+                assert response.status_code == 200, response.text
+            wait_until(lambda: len(read_outcomes(url)) == len(texts), what="every request in the shared log")
+
+            def settled(replica: GatewayProcess) -> dict | None:  # a calibration run that began after the last row was written
+                with httpx.Client(base_url=replica.url) as http:
+                    group = next(m for m in http.get("/v1/models").json()["data"] if m["id"] == "auto")
+                state = group["pitstop"]["calibration"]
+                return state if state and state["status"] == "calibrated" and state["requests"] == len(texts) else None
+
+            states = [wait_until(lambda r=r: settled(r), what="a calibration on all of the log") for r in replicas]
+    assert states[0]["cost_preference"] > 0
+    for field in ("cost_preference", "achieved", "held_out_achieved"):
+        assert states[0][field] == states[1][field], field
 
 
 def test_pitstop_calibrate_router_reports_the_preference_for_a_budget(tmp_path: Path, artifact: Path) -> None:
