@@ -10,6 +10,7 @@ in-flight request fails with EngineDeadError instead of hanging, and so does eve
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections import defaultdict
@@ -28,6 +29,8 @@ T = TypeVar("T")
 # How long the thread naps when requests are pending but none could be scheduled (memory is full
 # of pins that have not expired yet): long enough not to spin, short enough not to be noticed.
 _STALL_WAIT_S = 0.005
+_MAX_IDLE_WAIT_S = 60.0
+log = logging.getLogger("pitstop.engine")
 
 
 class EngineDeadError(RuntimeError):
@@ -252,7 +255,8 @@ class AsyncEngine:
         deadline = self.engine.next_pin_deadline()
         if deadline is None or self.engine.clock.virtual:
             return None
-        return max(0.0, deadline - self.engine.clock.now()) + 0.001
+        # Bounded: a far deadline would overflow the timed wait, and waking once a minute is free.
+        return min(max(0.0, deadline - self.engine.clock.now()) + 0.001, _MAX_IDLE_WAIT_S)
 
     def _run(self) -> None:
         error = EngineDeadError("the engine was shut down")
@@ -269,6 +273,7 @@ class AsyncEngine:
                 self._dispatch(self.engine.step())
                 stalled = self.engine.num_steps == steps_before  # nothing could be scheduled
         except Exception as exc:
+            log.exception("the engine step loop crashed; this instance now answers 503")
             error = EngineDeadError(f"the engine step loop crashed: {exc!r}")
             error.__cause__ = exc
         finally:

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from engine.server.errors import bad_request
+from engine.server.protocol import MAX_PIN_TTL_S
 from gateway.backends.base import Kind
 from rankers.work import CHARS_PER_TOKEN
 
@@ -20,7 +21,7 @@ SESSION_HEADER = "x-session-id"
 COST_PREFERENCE_HEADER = "x-pitstop-cost-preference"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _NUMBER_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "presence_penalty": (-2.0, 2.0),
-                  "frequency_penalty": (-2.0, 2.0), "priority": (-1e9, 1e9), "pin_ttl_s": (0.0, 86400.0),
+                  "frequency_penalty": (-2.0, 2.0), "priority": (-1e9, 1e9), "pin_ttl_s": (0.0, MAX_PIN_TTL_S),
                   "cost_preference": (0.0, 1e6)}
 _POSITIVE_INTS = ("max_tokens", "max_completion_tokens", "n")
 _TYPES: dict[str, tuple[type, ...]] = {"tools": (list,), "response_format": (dict,), "metadata": (dict,),

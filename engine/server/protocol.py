@@ -31,6 +31,9 @@ from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.server.errors import APIError, bad_request
 
 MAX_BODY_BYTES = 8 << 20
+# A pin holds KV blocks other requests could use; a day is past any tool call (and past this, a
+# deadline overflows the engine thread's timed wait).
+MAX_PIN_TTL_S = 86_400.0
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
@@ -198,14 +201,19 @@ def _int_list(value: Any, name: str) -> list[int]:
     return value
 
 
+def _ttl(body: dict, name: str) -> float | None:
+    ttl_s = _number(body, name)
+    if ttl_s is not None and not 0 <= ttl_s <= MAX_PIN_TTL_S:
+        raise bad_request(f"'{name}' must be between 0 and {MAX_PIN_TTL_S:g} seconds", name, "invalid_value")
+    return ttl_s
+
+
 def read_ttl(body: Any) -> float:
-    """`{"ttl_s": number >= 0}`, the body of the session pin endpoints."""
+    """`{"ttl_s": number in [0, MAX_PIN_TTL_S]}`, the body of the session pin endpoints."""
     body = read_object(body, {"ttl_s"})
-    ttl_s = _number(body, "ttl_s")
+    ttl_s = _ttl(body, "ttl_s")
     if ttl_s is None:
         raise bad_request("'ttl_s' is required", "ttl_s")
-    if ttl_s < 0:
-        raise bad_request("'ttl_s' must be >= 0", "ttl_s")
     return ttl_s
 
 
@@ -262,9 +270,7 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
     session_id = _string(body, "session_id")
     if session_id is not None and not 0 < len(session_id) <= 256:
         raise bad_request("'session_id' must be 1 to 256 characters", "session_id")
-    pin_ttl_s = _number(body, "pin_ttl_s")
-    if pin_ttl_s is not None and pin_ttl_s < 0:
-        raise bad_request("'pin_ttl_s' must be >= 0", "pin_ttl_s")
+    pin_ttl_s = _ttl(body, "pin_ttl_s")
     if pin_ttl_s is not None and session_id is None:
         raise bad_request("'pin_ttl_s' needs a 'session_id' to pin under", "pin_ttl_s")
     max_tokens = fields.pop("max_tokens")

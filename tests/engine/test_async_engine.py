@@ -216,6 +216,39 @@ def test_pins_expire_while_the_engine_is_idle():
     run(main())
 
 
+def test_a_pin_deadline_centuries_away_leaves_the_engine_serving(caplog: pytest.LogCaptureFixture):
+    """The idle engine waits for its next pin deadline; one past what a timed wait can hold (1e308 s
+    overflowed it) once killed the step loop, and every later request got 503."""
+    engine = make_engine()
+
+    async def main():
+        await drain(engine, list(range(1, 18)), 3, session_id="agent", pin_ttl_s=1e308)
+        await asyncio.sleep(0.05)  # the thread is idle, waiting on the far deadline
+        outs = await drain(engine, [1, 2, 3], 4)
+        assert outs[-1].finished and engine.dead_reason is None
+        assert (await engine.stats()).blocks.pinned > 0
+        await engine.shutdown()
+
+    run(main())
+    assert "crashed" not in caplog.text
+
+
+def test_a_crashed_step_loop_is_logged_with_its_cause(caplog: pytest.LogCaptureFixture):
+    engine = make_engine(CountingRunner())
+
+    async def main():
+        await engine.start()
+        engine.engine.step = lambda: 1 / 0  # a bug in a step
+        with pytest.raises(EngineDeadError, match="ZeroDivisionError"):
+            await drain(engine, [1, 2, 3], 2)
+        await engine.shutdown()
+
+    with caplog.at_level("ERROR", logger="pitstop.engine"):
+        run(main())
+    crash = next(r for r in caplog.records if r.name == "pitstop.engine")
+    assert "crashed" in crash.getMessage() and crash.exc_info[0] is ZeroDivisionError
+
+
 def test_outputs_for_a_closed_event_loop_are_dropped_and_the_request_aborted():
     engine = make_engine(SlowRunner(step_s=0.002))
 

@@ -71,6 +71,7 @@ def chat(**fields) -> dict:
     (completion(stop=["a", "b", "c", "d", "e"]), "stop"),
     (completion(stop=[1]), "stop"),
     (completion(pin_ttl_s=-1, session_id="s"), "pin_ttl_s"),
+    (completion(pin_ttl_s=1e308, session_id="s"), "pin_ttl_s"),  # past a day: 400, not a dead engine
     (completion(pin_ttl_s=5), "pin_ttl_s"),  # no session to pin under
     (completion(session_id=7), "session_id"),
     (completion(priority="high"), "priority"),
@@ -157,6 +158,8 @@ def test_session_control_errors(url: str):
     assert_error(httpx.post(f"{sessions}/nobody/pin", json={"ttl_s": -1}), 400, "ttl_s")
     assert_error(httpx.post(f"{sessions}/nobody/pin", json={}), 400, "ttl_s")
     assert_error(httpx.post(f"{sessions}/nobody/pin", json={"ttl_s": "long"}), 400, "ttl_s")
+    assert_error(httpx.post(f"{sessions}/nobody/pin", json={"ttl_s": 86_401}), 400, "ttl_s")
+    assert_error(httpx.post(f"{sessions}/nobody/extend", json={"ttl_s": 1e308}), 400, "ttl_s")
     assert_error(httpx.post(f"{sessions}/nobody/extend", json={"ttl_s": 1, "x": 2}), 400, "x")
     assert_error(httpx.post(f"{sessions}/nobody/extend", json={"ttl_s": 1}), 404)
 
