@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from engine.policy import POLICIES
@@ -65,6 +66,13 @@ def serve_command(args: argparse.Namespace) -> int:
     from engine.async_engine import build_engine
     from engine.server.app import create_app
 
+    if args.model is not None and not (args.model / "config.json").is_file():
+        print(f"pitstop: {args.model} is not a model folder (no config.json; expected a Hugging Face folder "
+              "with safetensors, config and tokenizer)", file=sys.stderr)
+        return 2
+    if args.sim is not None and not args.sim.is_file():
+        print(f"pitstop: step-time profile {args.sim} not found (`pitstop engine profile` writes one)", file=sys.stderr)
+        return 2
     engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
                           kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +26,8 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     sub = keys.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     create = sub.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True)
-    create.add_argument("--rpm", type=int, help="requests per minute")
-    create.add_argument("--budget", type=float, help="budget in USD")
+    create.add_argument("--rpm", type=_positive_int, help="requests per minute")
+    create.add_argument("--budget", type=_usd, help="budget in USD")
     create.set_defaults(handler=keys_create_command)
     listing = sub.add_parser("list", help="list keys")
     listing.set_defaults(handler=keys_list_command)
@@ -89,6 +90,26 @@ def _utc_datetime(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite amount >= 0, got {text}")
+    return value
 
 
 def _settings(path: Path):  # noqa: ANN202 (lazy import keeps `pitstop --help` fast)

@@ -52,7 +52,7 @@ def train_router_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO)
     try:
         path, manifest = train_and_save(args.family, args.data, args.split, args.out, args.encoder, args.data_root)
-    except DataUnavailable as error:
+    except (DataUnavailable, ValueError) as error:  # ValueError: an unknown data set or split, named
         print(f"pitstop: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"artifact": str(path), "version": manifest["version"], "metrics": manifest["metrics"]},
@@ -80,6 +80,9 @@ def eval_router_command(args: argparse.Namespace) -> int:
             print(f"pitstop: skipping {name}: {error}", file=sys.stderr)
             status = 2
             continue
+        except ValueError as error:  # an unknown data set, named with the known ones
+            print(f"pitstop: {error}", file=sys.stderr)
+            return 2
         _print_summary(name, report)
     return status
 

@@ -37,6 +37,10 @@ class KeyStore:
         self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None
     ) -> tuple[str, str]:
         """A new key; returns (key_id, secret). The secret is shown once and never stored."""
+        if rpm_limit is not None and rpm_limit < 1:
+            raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
+        if budget_usd is not None and not 0 <= budget_usd < float("inf"):
+            raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd}")
         secret = new_secret()
         key = ApiKey(
             name=name,

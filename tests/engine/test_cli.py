@@ -51,6 +51,13 @@ def test_make_tiny_model_command(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert build_parser().parse_args(["engine", "make-tiny-model", "x"]).handler is make_tiny_model_command
 
 
+def test_serve_without_a_model_folder_or_profile_says_so(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(["engine", "serve", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "is not a model folder (no config.json" in capsys.readouterr().err
+    assert main(["engine", "serve", "--sim", str(tmp_path / "missing.json")]) == 2
+    assert "step-time profile" in capsys.readouterr().err
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

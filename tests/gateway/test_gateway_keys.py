@@ -74,6 +74,20 @@ def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     assert stored[alice_id].revoked_at is not None and stored[bob_id].revoked_at is not None
 
 
+@pytest.mark.parametrize("options", [("--rpm", "0"), ("--rpm", "-5"), ("--rpm", "2.5"), ("--budget", "-1"),
+                                     ("--budget", "inf"), ("--budget", "nan")])
+def test_keys_cli_refuses_a_limit_that_cannot_be_met(tmp_path: Path, options: tuple[str, str]) -> None:
+    config = write_config(tmp_path / "pitstop.yaml", gateway_config(tmp_path, [model_entry("up", "http://x/v1")]))
+    good_id, _ = create_key(config, "good", "--rpm", "1", "--budget", "0")
+    result = run_cli("keys", "create", "--config", str(config), "--name", "bad", *options)
+    assert result.returncode == 2 and f"argument {options[0]}" in result.stderr
+    store = KeyStore(gateway_config(tmp_path, [])["storage"]["url"])
+    with pytest.raises(ValueError, match="rpm_limit|budget_usd"):  # the store refuses them too
+        store.create("bad", rpm_limit=0 if options[0] == "--rpm" else None,
+                     budget_usd=-1.0 if options[0] == "--budget" else None)
+    assert [k.id for k in store.list()] == [good_id]
+
+
 def test_required_keys(upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path,
                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway.auth, "_CACHE_TTL_S", 0.3)  # so a revocation shows within the test

@@ -124,3 +124,13 @@ def test_watcher_reloads_only_a_replaced_file(synthetic_data, tiny_encoder: Path
     reloaded = watcher.poll()
     assert reloaded is not None and reloaded.version == second["version"] != first["version"]
     assert watcher.poll() is None
+
+
+@pytest.mark.parametrize("command", [["train", "router"], ["eval", "router"]])
+def test_router_jobs_name_an_unknown_data_set_instead_of_a_traceback(command: list[str], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    from gateway.cli import main  # noqa: PLC0415
+
+    assert main([*command, "--data", "nowhere", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "unknown data set 'nowhere'" in error and "routerbench" in error and "Traceback" not in error
