@@ -7,10 +7,13 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 DEFAULT_CONFIG = Path("config/pitstop.yaml")
+T = TypeVar("T")
 
 
 def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
@@ -122,13 +125,30 @@ def _settings(path: Path):  # noqa: ANN202 (lazy import keeps `pitstop --help` f
         raise SystemExit(2) from None
 
 
+def _started(start: Callable[..., T], *args: Any) -> T:
+    """`start(*args)`, with what stops a start from a config's facts (no database at `storage.url`, a
+    model folder that is not one) said in one line, exit status 2, instead of a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.config import ConfigError
+
+    try:
+        return start(*args)
+    except ConfigError as exc:
+        print(f"pitstop: {exc}", file=sys.stderr)
+    except OperationalError as exc:
+        print(f"pitstop: storage.url: cannot reach the database: {str(exc.orig).strip().splitlines()[0]}",
+              file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _storage_url(path: Path) -> str:
     from storage.db import ensure_sqlite_dir
     from storage.migrate import upgrade
 
     url = _settings(path).storage.url
     ensure_sqlite_dir(url)
-    upgrade(url)
+    _started(upgrade, url)
     return url
 
 
@@ -141,7 +161,7 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    app = create_app(settings)
+    app = _started(create_app, settings)
     logging.getLogger("pitstop").info("gateway on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
                                       host, port, host, port)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)

@@ -178,6 +178,14 @@ class StorageConfig(_Strict):
     max_buffer: int = Field(default=50_000, gt=0)
     spool_path: str | None = "var/outcome-spool.jsonl"
 
+    @field_validator("url")
+    @classmethod
+    def _a_supported_database(cls, url: str) -> str:
+        from storage.db import database_url  # noqa: PLC0415  (sqlalchemy: only once a config is read)
+
+        database_url(url)  # ValueError names what is wrong
+        return url
+
 
 class AuthConfig(_Strict):
     require_keys: bool = False
@@ -289,6 +297,8 @@ def _resolve_env(value: Any, path: str, missing: list[str]) -> Any:
 
 def _drop_models_without_keys(raw: dict) -> dict:
     """API-provider models join only when their keys are in the environment."""
+    if not isinstance(raw.get("model_list") or [], list) or not isinstance(raw.get("route_groups") or [], list):
+        return raw  # validation names the field
     kept, dropped = [], []
     for i, entry in enumerate(raw.get("model_list") or []):
         missing: list[str] = []

@@ -10,7 +10,7 @@ from engine.server.errors import APIError
 from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
-from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry, Settings
+from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.limits.base import Limiter, LimitsUnavailableError, usd_to_nanousd
@@ -52,6 +52,9 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
             log.info("building tiny model %s into %s", entry.model_name, model_dir)
             make_tiny_model(model_dir, layers=params.tiny_model.layers, hidden=params.tiny_model.hidden,
                             seed=params.tiny_model.seed)
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError(f"model {entry.model_name}: litellm_params.model_dir {model_dir} is not a model folder "
+                              "(no config.json; give a Hugging Face folder, or tiny_model: to build a test one)")
         engine = build_engine(model_dir, num_blocks=params.num_blocks,
                               max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                               policy=params.policy, device=params.device)

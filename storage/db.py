@@ -39,9 +39,28 @@ def _set_sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolE
     cursor.close()
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+def database_url(url: str | URL) -> URL:
+    """`url` parsed, with PostgreSQL on psycopg 3 (the driver installed) where it names none:
+    `postgresql://...` would otherwise ask SQLAlchemy for psycopg2. ValueError for a URL that is not
+    one, or names a database other than SQLite or PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from None
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:///PATH or "
+                         "postgresql+psycopg://USER@HOST/DB")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def create_engine(url: str | URL = DEFAULT_URL, **kwargs: Any) -> Engine:
     """An Engine for `url` with Pitstop's defaults; extra kwargs go to `sqlalchemy.create_engine`."""
-    url = make_url(url)
+    url = database_url(url)
     backend = url.get_backend_name()
     if backend == "sqlite":
         ensure_sqlite_dir(url)

@@ -55,6 +55,12 @@ def broken(tmp_path: Path, where: str) -> dict:
         raw["route_groups"][0]["calibrate"] = {"model_share": 0.3, "model": "ghost"}
     elif where == "calibrate-model-without-share":
         raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01, "model": "a"}
+    elif where == "model-list-type":
+        raw["model_list"] = 5
+    elif where == "route-groups-type":
+        raw["route_groups"] = "auto"
+    elif where == "storage-url":
+        raw["storage"]["url"] = "mysql://nobody@127.0.0.1/x"
     elif where == "calibrate-without-text":
         raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01}
         raw["storage"]["store_text"] = False
@@ -77,6 +83,9 @@ CASES = [
     ("calibrate-two-targets", ["route_groups.0.calibrate", "exactly one target"]),
     ("calibrate-no-target", ["route_groups.0.calibrate", "exactly one target"]),
     ("calibrate-share", ["route_groups.0.calibrate.model_share"]),
+    ("model-list-type", ["model_list", "valid list"]),
+    ("route-groups-type", ["route_groups", "valid list"]),
+    ("storage-url", ["storage.url", "unsupported database 'mysql'"]),
     ("calibrate-model", ["route_groups.0.calibrate.model", "'ghost'"]),
     ("calibrate-model-without-share", ["route_groups.0.calibrate", "model_share"]),
     ("calibrate-without-text", ["route_groups.0.calibrate.traffic", "store_text"]),
@@ -133,3 +142,19 @@ def test_pitstop_serve_refuses_a_bad_config(tmp_path: Path, where: str) -> None:
     assert result.stderr.startswith("pitstop: invalid config")
     assert dict(CASES)[where][0] in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["no-database", "no-model-folder"])
+def test_pitstop_serve_says_what_stops_it_starting(tmp_path: Path, where: str) -> None:
+    """Facts only a start finds (the database is not there, a model folder is not one): one line, exit 2."""
+    raw = base(tmp_path)
+    if where == "no-database":
+        raw["storage"]["url"] = "postgresql://nobody@127.0.0.1:1/pitstop"  # nothing listens on port 1
+        expected = "pitstop: storage.url: cannot reach the database: connection failed"
+    else:
+        raw["model_list"][0]["litellm_params"] = {"model": "pitstop-local/a", "model_dir": str(tmp_path / "nowhere")}
+        expected = f"pitstop: model a: litellm_params.model_dir {tmp_path / 'nowhere'} is not a model folder"
+    config = write_config(tmp_path / "pitstop.yaml", raw)
+    result = run_cli("serve", "--config", str(config), "--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr

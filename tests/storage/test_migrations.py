@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from storage.db import create_engine, session_factory
+from storage.db import create_engine, database_url, session_factory
 from storage.migrate import MIGRATIONS_DIR, alembic_config, current_revision, head_revision, upgrade
 from storage.models import Outcome
 
@@ -63,3 +64,22 @@ def test_json_and_aware_timestamps_round_trip(db_url: str) -> None:
         assert connection.scalar(sa.select(sa.func.count()).where(Outcome.extra.is_(None))) == 1
     engine.dispose()
     assert created.astimezone(UTC).hour == 1
+
+
+def test_a_plain_postgresql_url_runs_on_psycopg_3(pg_admin: sa.Engine) -> None:
+    """`postgresql://` names no driver, and SQLAlchemy's default (psycopg2) is not installed."""
+    from tests.storage.conftest import PG_ADMIN_URL  # noqa: PLC0415
+
+    plain = sa.make_url(PG_ADMIN_URL).set(drivername="postgresql")
+    engine = create_engine(plain)
+    assert engine.dialect.driver == "psycopg"
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("select 1")).scalar() == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("url", "problem"), [("mysql://u@h/db", "unsupported database 'mysql'"),
+                                               ("not a url", "not a database URL")])
+def test_an_unsupported_database_url_is_refused_by_name(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        database_url(url)
