@@ -158,3 +158,11 @@ def test_pitstop_serve_says_what_stops_it_starting(tmp_path: Path, where: str) -
     result = run_cli("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_path_the_cli_cannot_write_is_named_not_a_traceback(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "pitstop.yaml", base(tmp_path))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = run_cli("export", "outcomes", "--config", str(config), "--out", str(tmp_path / "taken" / "rows.jsonl"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("pitstop: ") and "taken" in result.stderr and "Traceback" not in result.stderr
