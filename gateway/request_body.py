@@ -11,7 +11,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from engine.server.errors import bad_request
-from engine.server.protocol import MAX_PIN_TTL_S
+from engine.server.protocol import MAX_PIN_TTL_S, check_message_fields
 from gateway.backends.base import Kind
 from rankers.work import CHARS_PER_TOKEN
 
@@ -99,6 +99,7 @@ def _check_messages(messages: Any) -> tuple[str, int]:
         if content is not None and not isinstance(content, str | list):
             raise bad_request(f"'messages[{i}].content' must be a string or a list of parts",
                               f"messages[{i}].content", "invalid_type")
+        check_message_fields(message, f"messages[{i}]")
         text = _text(content)
         chars += len(text)
         if message["role"] == "user":

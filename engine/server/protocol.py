@@ -307,6 +307,33 @@ def _sampling_params(body: dict, max_tokens: int) -> SamplingParams:
     )
 
 
+def check_message_fields(message: dict, param: str) -> None:
+    """`name`, `tool_call_id` and an assistant's `tool_calls` in OpenAI's shape, else a 400 naming the
+    part: a chat template handed anything else fails with a message nobody can act on."""
+    for key in ("name", "tool_call_id"):
+        if message.get(key) is not None and not isinstance(message[key], str):
+            raise bad_request(f"'{param}.{key}' must be a string", f"{param}.{key}", "invalid_type")
+    calls = message.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise bad_request(f"'{param}.tool_calls' must be a list", f"{param}.tool_calls", "invalid_type")
+    for i, call in enumerate(calls):
+        where = f"{param}.tool_calls[{i}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise bad_request(f"'{where}' must be {{\"id\", \"type\": \"function\", \"function\": "
+                              "{\"name\", \"arguments\"}}", where, "invalid_type")
+        for key in ("name", "arguments"):
+            if not isinstance(function.get(key), str):
+                raise bad_request(f"'{where}.function.{key}' must be a string (arguments: JSON text)",
+                                  f"{where}.function.{key}", "invalid_type")
+        if call.get("id") is not None and not isinstance(call["id"], str):
+            raise bad_request(f"'{where}.id' must be a string", f"{where}.id", "invalid_type")
+        if call.get("type", "function") != "function":
+            raise bad_request(f"'{where}.type' must be \"function\"", f"{where}.type", "invalid_value")
+
+
 def _message(message: Any, index: int) -> dict:
     param = f"messages[{index}]"
     if not isinstance(message, dict):
@@ -325,6 +352,7 @@ def _message(message: Any, index: int) -> dict:
     elif content is not None and not isinstance(content, str):
         raise bad_request(f"'{param}.content' must be a string or a list of parts", f"{param}.content",
                           "invalid_type")
+    check_message_fields(message, param)
     # Many chat templates predate the "developer" role; it means what "system" meant.
     out = {k: message[k] for k in _MESSAGE_KEYS if message.get(k) is not None}
     out.update(role="system" if role == "developer" else role, content=content)

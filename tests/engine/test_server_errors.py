@@ -70,6 +70,9 @@ def chat(**fields) -> dict:
     (completion(stream_options={"include_usage": True}), "stream_options"),
     (completion(stop=["a", "b", "c", "d", "e"]), "stop"),
     (completion(stop=[1]), "stop"),
+    (chat(messages=[{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]}]),
+     "messages[0].tool_calls[0].function.arguments"),
+    (chat(messages=[{"role": "tool", "content": "r", "tool_call_id": 3}]), "messages[0].tool_call_id"),
     (completion(pin_ttl_s=-1, session_id="s"), "pin_ttl_s"),
     (completion(pin_ttl_s=1e308, session_id="s"), "pin_ttl_s"),  # past a day: 400, not a dead engine
     (completion(pin_ttl_s=5), "pin_ttl_s"),  # no session to pin under

@@ -50,6 +50,13 @@ def chat(text: str = "hi", **extra: object) -> dict:
     return {"model": "up-direct", "messages": [{"role": "user", "content": text}], **extra}
 
 
+def with_tool_calls(calls: object) -> dict:
+    """An agent's history whose assistant turn carries `calls`."""
+    return {"model": "up-direct", "messages": [
+        {"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}
+
+
 BAD_CHAT_BODIES = [
     pytest.param(chat(temperature="hot"), "temperature", id="temperature-type"),
     pytest.param(chat(temperature=3), "temperature", id="temperature-range"),
@@ -76,6 +83,15 @@ BAD_CHAT_BODIES = [
     pytest.param({"messages": [{"role": "user", "content": "x"}]}, "model", id="model-missing"),
     pytest.param(chat(model=5), "model", id="model-type"),
     pytest.param(chat(session_id=""), "session_id", id="session-empty"),
+    pytest.param(with_tool_calls("call"), "messages[1].tool_calls", id="tool_calls-type"),
+    pytest.param(with_tool_calls([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]),
+                 "messages[1].tool_calls[0].function.arguments", id="tool_call-arguments-object"),
+    pytest.param(with_tool_calls([{"id": "c1", "function": {"arguments": "{}"}}]),
+                 "messages[1].tool_calls[0].function.name", id="tool_call-no-name"),
+    pytest.param(with_tool_calls([{"id": 1, "function": {"name": "f", "arguments": "{}"}}]),
+                 "messages[1].tool_calls[0].id", id="tool_call-id-type"),
+    pytest.param({"model": "up-direct", "messages": [{"role": "user", "content": "x", "name": 5}]}, "messages[0].name",
+                 id="name-type"),
 ]
 
 
