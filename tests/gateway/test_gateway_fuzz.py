@@ -33,8 +33,13 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
 texts = st.text(max_size=40).filter(lambda t: "[" not in t) | surrogates  # no fault directives for the upstream
 short = st.text(min_size=1, max_size=16)
 parts = st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), min_size=1, max_size=2)
+tool_call = st.fixed_dictionaries({"id": st.from_regex(r"call_[a-z0-9]{1,6}", fullmatch=True), "type": st.just("function"),
+                                   "function": st.fixed_dictionaries({"name": st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+                                                                      "arguments": st.just('{"city": "Paris"}')})})
 message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer"]),
-                                 "content": texts | parts}, optional={"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True)})
+                                 "content": texts | parts},
+                                optional={"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+                                          "tool_calls": st.lists(tool_call, max_size=2) | json_values})
 tool = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.from_regex(r"[a-z_]{1,12}", fullmatch=True)},
     optional={"description": texts, "parameters": st.just({"type": "object", "properties": {}})})})
