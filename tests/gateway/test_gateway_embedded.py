@@ -5,9 +5,12 @@ and a `pitstop-engine/` model served by a real `pitstop engine serve` process.""
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from tests.gateway.harness import (
     model_entry,
     read_outcomes,
     running_gateway,
+    wait_until,
     write_config,
 )
 from tests.storage.pg_cluster import free_port
@@ -159,3 +163,38 @@ def test_pitstop_serve_with_a_pitstop_engine_process(embedded: tuple[Gateway, Pa
     row = rows[direct.headers["x-pitstop-request-id"]]
     assert (row["model"], row["session_id"], row["completion_tokens"], row["status"]) == \
         ("tiny-chat", "agent-7", 5, "ok")
+
+
+def outstanding(url: str, deployment: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'pitstop_outstanding_requests{{deployment="{deployment}"}}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_logs_them(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
+    """A deploy's SIGTERM lands mid-traffic: every request the engine is answering (streamed or whole)
+    runs to its end, and each one's outcome row is written before the process exits."""
+    _, root = embedded  # the models are built: the process loads them
+    raw = embedded_config(root)
+    url = f"sqlite:///{tmp_path / 'draining.db'}"
+    raw["storage"] |= {"url": url, "spool_path": str(tmp_path / "spool.jsonl")}
+    with gateway_processes(write_config(tmp_path / "pitstop.yaml", raw)) as (process,):
+        def ask(i: int) -> tuple[str, int, str]:
+            body = {"model": "tiny-large", "max_tokens": 800, "ignore_eos": True, "stream": i % 2 == 0,
+                    "messages": [{"role": "user", "content": f"a long story, number {i}"}]}
+            response = httpx.post(process.url + "/v1/chat/completions", json=body, timeout=60)
+            return response.headers["x-pitstop-request-id"], response.status_code, response.text
+
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(ask, i) for i in range(6)]
+            wait_until(lambda: outstanding(process.url, "tiny-large#0") == 6, timeout=30,
+                       what="all six requests in flight")
+            process.proc.terminate()
+            answers = [call.result() for call in calls]
+        # uvicorn ends its graceful shutdown by re-raising the signal it caught
+        assert process.proc.wait(60) in (0, -signal.SIGTERM)
+    for i, (_, status, text) in enumerate(answers):
+        assert status == 200
+        assert text.rstrip().endswith("data: [DONE]") if i % 2 == 0 else json.loads(text)["usage"]["completion_tokens"] == 800
+    rows = {r["request_id"]: r for r in read_outcomes(url)}
+    assert all((rows[rid]["status"], rows[rid]["completion_tokens"]) == ("ok", 800) for rid, _, _ in answers)
