@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.policy import SchedulingPolicy
+from gateway.backends.base import BackendError
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,20 @@ class Waiting:
     hints: SchedulingHints = NO_HINTS
 
 
+class QueueFull(BackendError):
+    """The deployment's queue holds `max_queue` waiters: a 429 the dispatcher first takes to the model's
+    other deployments (it is retryable, and no failure of the deployment: no cooldown)."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(429, f"the model's queue is full ({waiting} requests waiting); retry shortly",
+                         retryable=True, code="queue_full", retry_after_s=1.0)
+
+
 class AdmissionQueue:
-    def __init__(self, limit: int | None, policy: SchedulingPolicy) -> None:
+    def __init__(self, limit: int | None, policy: SchedulingPolicy, max_waiting: int | None = None) -> None:
         assert limit is None or limit > 0
         self.limit = limit
+        self.max_waiting = max_waiting
         self.policy = policy
         self.active = 0
         self._heap: list[tuple[tuple[float, ...], int, asyncio.Future[None]]] = []
@@ -45,6 +56,8 @@ class AdmissionQueue:
         if self.active < self.limit and not self.waiting:
             self.active += 1
             return
+        if self.max_waiting is not None and self.waiting >= self.max_waiting:
+            raise QueueFull(self.waiting)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, (self.policy.sort_key(item), next(self._counter), future))  # type: ignore[arg-type]
         self.waiting += 1
@@ -83,10 +96,10 @@ def waiting_item(priority: float, hints: SchedulingHints, arrival_time: float | 
     return Waiting(time.time() if arrival_time is None else arrival_time, priority, hints)
 
 
-def make_admission(limit: int | None, policy_name: str) -> AdmissionQueue | None:
+def make_admission(limit: int | None, policy_name: str, max_waiting: int | None = None) -> AdmissionQueue | None:
     """A deployment's queue; none without a limit (then admission costs nothing)."""
     if limit is None:
         return None
     from engine.policy import make_policy  # noqa: PLC0415
 
-    return AdmissionQueue(limit, make_policy(policy_name))
+    return AdmissionQueue(limit, make_policy(policy_name), max_waiting)

@@ -82,6 +82,15 @@ class ModelInfo(_Strict):
     # "gpt-4-1106-preview"); default: model_name. Unknown to the router: the tier prior applies.
     router_model: str | None = None
     max_concurrency: int | None = Field(default=None, gt=0)
+    # Requests that may wait for one of those slots; past it a request is a 429 (tried first on the
+    # model's other deployments). None: the queue is unbounded.
+    max_queue: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _queue_needs_a_limit(self) -> ModelInfo:
+        if self.max_queue is not None and self.max_concurrency is None:
+            raise ValueError("max_queue bounds the queue behind max_concurrency: set max_concurrency too")
+        return self
 
 
 class ModelEntry(_Strict):

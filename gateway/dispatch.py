@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from gateway.admission import waiting_item
+from gateway.admission import QueueFull, waiting_item
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
 
@@ -58,7 +58,11 @@ class Dispatcher:
         arrival = time.time()  # the admission queue's aging counts from here, across retries
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            await _enter(deployment, ctx, arrival)
+            try:
+                await _enter(deployment, ctx, arrival)
+            except QueueFull as exc:  # another deployment may have room; this one did not fail
+                last = exc
+                continue
             try:
                 result = await deployment.backend.complete(kind, body, ctx)
             except BackendError as exc:
@@ -83,7 +87,11 @@ class Dispatcher:
         arrival = time.time()
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            await _enter(deployment, ctx, arrival)
+            try:
+                await _enter(deployment, ctx, arrival)
+            except QueueFull as exc:
+                last = exc
+                continue
             chunks = deployment.backend.stream(kind, body, ctx)
             try:
                 first = await anext(chunks)

@@ -98,8 +98,9 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         state.recorder.finish(draft)
         response = error.response()
         response.headers.update(_headers(draft))
-        if isinstance(error, LimitExceeded) and error.retry_after_s is not None:
-            response.headers["retry-after"] = str(max(1, round(error.retry_after_s)))
+        retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
+        if retry_after_s is not None:
+            response.headers["retry-after"] = str(max(1, round(retry_after_s)))
         return response
     except asyncio.CancelledError:
         draft.fail(499, "the client disconnected", kind="aborted")

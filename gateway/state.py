@@ -171,7 +171,8 @@ def build_state(settings: Settings) -> GatewayState:
         pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, make_backend(entry, settings),
                             entry.model_info, entry.litellm_params.model,
                             admission=make_admission(entry.model_info.max_concurrency,
-                                                     settings.ranking.admission_policy)))
+                                                     settings.ranking.admission_policy,
+                                                     entry.model_info.max_queue)))
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()
     if not settings.auth.require_keys:

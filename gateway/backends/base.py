@@ -27,13 +27,14 @@ class BackendError(Exception):
     byte are retried on another deployment; others go back to the client with `status`."""
 
     def __init__(self, status: int, message: str, retryable: bool, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.retryable = retryable
         self.param = param
         self.code = code
+        self.retry_after_s = retry_after_s  # the client's Retry-After, where the gateway knows one
 
 
 class Backend(Protocol):

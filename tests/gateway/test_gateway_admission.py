@@ -14,7 +14,7 @@ import pytest
 
 from engine.hints import SchedulingHints
 from engine.rank_policy import RankPolicy
-from gateway.admission import AdmissionQueue, Waiting
+from gateway.admission import AdmissionQueue, QueueFull, Waiting
 from gateway.backends.base import CallContext
 from gateway.ranking import PRIORITY_CLASS, vllm_priority
 from tests.gateway.harness import gateway_config, model_entry, read_outcomes, running_gateway, wait_until
@@ -54,6 +54,29 @@ def test_queue_releases_in_policy_order_and_keeps_the_limit():
         return served
 
     assert asyncio.run(scenario()) == ["hold0", "hold1", "short", "mid", "long"]
+
+
+def test_a_full_queue_refuses_the_newcomer_and_keeps_the_waiters():
+    async def scenario() -> None:
+        queue = AdmissionQueue(1, RankPolicy(), max_waiting=2)
+        await queue.acquire(Waiting(0.0))  # the slot
+        waiters = [asyncio.create_task(queue.acquire(Waiting(1.0))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await queue.acquire(Waiting(2.0))
+        assert (refused.value.status, refused.value.code, refused.value.retryable) == (429, "queue_full", True)
+        assert queue.waiting == 2 and queue.active == 1
+        waiters[0].cancel()  # a place frees up: the next newcomer waits again
+        await asyncio.sleep(0)
+        late = asyncio.create_task(queue.acquire(Waiting(3.0)))
+        await asyncio.sleep(0)
+        assert queue.waiting == 2
+        queue.release()  # the slot passes to the waiter left, then to the late one
+        queue.release()
+        await asyncio.gather(waiters[1], late)
+        assert queue.active == 1 and queue.waiting == 0
+
+    asyncio.run(scenario())
 
 
 def test_no_limit_means_no_queue():
@@ -118,6 +141,47 @@ def test_gateway_queue_over_http_releases_in_rank_order(tmp_path: Path, upstream
         assert [b["rank_score"] for b in bodies[1:]] == sorted(b["rank_score"] for b in bodies[1:])
         row = gw.row(results[expected[0]])
         assert row["rank_score"] == pytest.approx(bodies[1]["rank_score"])
+
+
+def test_a_full_queue_sends_the_request_to_the_models_other_deployment_then_answers_429(tmp_path: Path,
+                                                                                         upstreams):
+    """`max_queue` bounds how many wait behind `max_concurrency`: past it a request goes to the model's
+    other deployment, and with every queue full it is a 429 with Retry-After, logged, never a hang."""
+    a, b = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "pitstop-engine", max_concurrency=1, max_queue=0),
+                                    _entry(b.api_base, "pitstop-engine", max_concurrency=1, max_queue=1)])
+    with running_gateway(raw) as gw:
+        first, second = gw.state.pool.by_model["m"]
+        held: list[threading.Thread] = []
+        answers: list[int] = []
+
+        def hold() -> None:
+            with gw.http() as http:
+                answers.append(http.post("/v1/chat/completions", json={"model": "m", "max_tokens": 2, "messages": [
+                    {"role": "user", "content": "[delay:1.0] wait"}]}).status_code)
+
+        for admitted in ((1, 0, 0, 0), (1, 0, 1, 0), (1, 0, 1, 1)):
+            # one in each slot; then a third: the tie goes to the first deployment, whose queue takes
+            # none, so it waits in the second's
+            held.append(threading.Thread(target=hold))
+            held[-1].start()
+            wait_until(lambda want=admitted: (first.admission.active, first.admission.waiting,
+                                              second.admission.active, second.admission.waiting) == want,
+                       what=f"admitted as {admitted}")
+        with gw.http() as http:
+            refused = http.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        error = refused.json()["error"]
+        assert error["code"] == "queue_full" and "queue is full" in error["message"]
+        for thread in held:
+            thread.join(30)
+        assert answers == [200, 200, 200]
+        assert gw.row(refused.headers["x-pitstop-request-id"])["http_status"] == 429
+        assert (a.stats()["requests"], b.stats()["requests"]) == (1, 2)  # the refused one reached no upstream
+        assert first.cooldown_until == second.cooldown_until == 0.0  # a full queue is no failure
+        with gw.http() as http:  # room again: served
+            assert http.post("/v1/chat/completions", json={"model": "m", "messages": [
+                {"role": "user", "content": "x"}]}).status_code == 200
 
 
 def test_vllm_deployment_gets_the_rank_as_integer_priority(tmp_path: Path, upstreams):

@@ -59,6 +59,8 @@ def broken(tmp_path: Path, where: str) -> dict:
         raw["model_list"] = 5
     elif where == "route-groups-type":
         raw["route_groups"] = "auto"
+    elif where == "queue-without-limit":
+        raw["model_list"][0]["model_info"]["max_queue"] = 10
     elif where == "storage-url":
         raw["storage"]["url"] = "mysql://nobody@127.0.0.1/x"
     elif where == "calibrate-without-text":
@@ -86,6 +88,7 @@ CASES = [
     ("model-list-type", ["model_list", "valid list"]),
     ("route-groups-type", ["route_groups", "valid list"]),
     ("storage-url", ["storage.url", "unsupported database 'mysql'"]),
+    ("queue-without-limit", ["model_list.0.model_info", "max_concurrency"]),
     ("calibrate-model", ["route_groups.0.calibrate.model", "'ghost'"]),
     ("calibrate-model-without-share", ["route_groups.0.calibrate", "model_share"]),
     ("calibrate-without-text", ["route_groups.0.calibrate.traffic", "store_text"]),
