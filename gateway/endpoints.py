@@ -61,6 +61,8 @@ async def metrics(request: Request) -> Response:
         state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
     for deployment in state.pool.deployments:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
+        if deployment.admission is not None:
+            state.metrics.admission_waiting.labels(deployment.name).set(deployment.admission.waiting)
     if state.sessions is not None:
         state.sessions.collect()
     for name, group in state.routes.groups.items():

@@ -33,6 +33,9 @@ class GatewayMetrics:
                                registry=r)
         self.outstanding = Gauge(f"{PREFIX}_outstanding_requests", "Requests in flight per deployment",
                                  ["deployment"], registry=r)
+        self.admission_waiting = Gauge(f"{PREFIX}_admission_waiting",
+                                       "Requests waiting in a deployment's admission queue (max_concurrency)",
+                                       ["deployment"], registry=r)
         self.outcome_rows = Gauge(f"{PREFIX}_outcome_rows", "Outcome writer rows by state", ["state"], registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)

@@ -169,7 +169,9 @@ def test_a_full_queue_sends_the_request_to_the_models_other_deployment_then_answ
                                               second.admission.active, second.admission.waiting) == want,
                        what=f"admitted as {admitted}")
         with gw.http() as http:
+            metrics = http.get("/metrics").text
             refused = http.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        assert 'pitstop_admission_waiting{deployment="m#1"} 1.0' in metrics
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         error = refused.json()["error"]
         assert error["code"] == "queue_full" and "queue is full" in error["message"]
