@@ -143,10 +143,14 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
         raise bad_request("the session id must be a string of 1 to 256 characters", "session_id")
     cost_preference = _number(raw, "cost_preference")
     if (header := headers.get(COST_PREFERENCE_HEADER)) is not None:
+        low, high = _NUMBER_RANGES["cost_preference"]
         try:
-            cost_preference = _number({"cost_preference": float(header)}, "cost_preference")
+            cost_preference = float(header)
         except ValueError:
-            raise bad_request(f"header {COST_PREFERENCE_HEADER} must be a number", COST_PREFERENCE_HEADER) from None
+            cost_preference = math.nan
+        if not low <= cost_preference <= high:  # NaN fails this too
+            raise bad_request(f"header {COST_PREFERENCE_HEADER} must be a number from {low:g} to {high:g}",
+                              COST_PREFERENCE_HEADER)
     pin_ttl_s = _number(raw, "pin_ttl_s")
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,

@@ -132,6 +132,16 @@ def test_cost_preference_header_moves_the_choice(gw: Gateway, upstreams: tuple) 
     assert gw.row(raw.headers["x-pitstop-request-id"])["cost_preference"] == 100.0
 
 
+@pytest.mark.parametrize("value", ["cheap", "nan", "inf", "-1", "1e400", "2000000"])
+def test_a_bad_cost_preference_header_is_a_400_naming_the_header(gw: Gateway, value: str) -> None:
+    with gw.http() as http:
+        response = http.post("/v1/chat/completions", headers={"x-pitstop-cost-preference": value},
+                             json={"model": "grp", "messages": user()})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "x-pitstop-cost-preference" and "from 0 to 1e+06" in error["message"]
+
+
 def test_session_id_reaches_the_row_and_the_pitstop_engine(gw: Gateway, upstreams: tuple) -> None:
     a, _ = upstreams
     with gw.openai() as client:
