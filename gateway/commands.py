@@ -164,8 +164,11 @@ def serve_command(args: argparse.Namespace) -> int:
     app = _started(create_app, settings)
     logging.getLogger("pitstop").info("gateway on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
                                       host, port, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, access_log=False)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                                           timeout_graceful_shutdown=settings.server.graceful_shutdown_s))
+    app.state.pitstop.shutting_down = lambda: server.should_exit
+    server.run()
+    return 0 if server.started else 3  # uvicorn's exit status for a server that never started
 
 
 def keys_create_command(args: argparse.Namespace) -> int:

@@ -216,6 +216,9 @@ class ServerConfig(_Strict):
     num_retries: int = Field(default=2, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0)
     allowed_fails: int = Field(default=3, ge=1)
+    # On SIGTERM, how long requests in flight may run on before they are cut (and logged as
+    # aborted); None waits for all of them. Set it under the orchestrator's kill timeout.
+    graceful_shutdown_s: float | None = Field(default=None, ge=0)
 
 
 class Settings(_Strict):

@@ -103,9 +103,17 @@ async def _proxy(request: Request, kind: Kind) -> Response:
             response.headers["retry-after"] = str(max(1, round(retry_after_s)))
         return response
     except asyncio.CancelledError:
-        draft.fail(499, "the client disconnected", kind="aborted")
+        draft.fail(499, _cancelled_because(state, "the client disconnected"), kind="aborted")
         state.recorder.finish(draft)
         raise
+
+
+def _cancelled_because(state: GatewayState, otherwise: str) -> str:
+    """Why a request was cancelled, for its row: during a shutdown, the server cut the requests still
+    running when `server.graceful_shutdown_s` ran out."""
+    if state.shutting_down():
+        return "cut by the gateway's shutdown (server.graceful_shutdown_s ran out)"
+    return otherwise
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -149,7 +157,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         yield sse_event(error_body(error.status, error.message, error.param, error.code))
     except asyncio.CancelledError:
         failed = True
-        draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+        draft.fail(499, _cancelled_because(state, "the client disconnected mid-stream"), kind="aborted")
         raise
     finally:
         if not failed and draft.finish_reason is None:

@@ -4,6 +4,7 @@ table, auth and limits, the outcome writer and metrics. No process-global state.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.server.errors import APIError
@@ -96,6 +97,9 @@ class GatewayState:
     router_artifacts: RouterArtifacts | None = None
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
+    # Whether the server is shutting down (`pitstop serve` points it at uvicorn's flag): what a
+    # request cancelled then was cut by, for its row.
+    shutting_down: Callable[[], bool] = lambda: False
 
     async def admit(self, caller: Caller) -> None:
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):

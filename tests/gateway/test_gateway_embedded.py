@@ -171,19 +171,23 @@ def outstanding(url: str, deployment: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def test_sigterm_lets_requests_in_flight_finish_and_logs_them(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
-    """A deploy's SIGTERM lands mid-traffic: every request the engine is answering (streamed or whole)
-    runs to its end, and each one's outcome row is written before the process exits."""
-    _, root = embedded  # the models are built: the process loads them
+def sigterm_mid_traffic(root: Path, tmp_path: Path, max_tokens: int, **server: object
+                        ) -> tuple[list[tuple[str | None, object, str]], dict[str, dict], int | None]:
+    """Six requests (three streamed, three whole) in flight on the embedded engine when `pitstop serve`
+    gets SIGTERM: what each client got, the rows by request id, and the exit status."""
     raw = embedded_config(root)
     url = f"sqlite:///{tmp_path / 'draining.db'}"
     raw["storage"] |= {"url": url, "spool_path": str(tmp_path / "spool.jsonl")}
+    raw["server"] = server
     with gateway_processes(write_config(tmp_path / "pitstop.yaml", raw)) as (process,):
-        def ask(i: int) -> tuple[str, int, str]:
-            body = {"model": "tiny-large", "max_tokens": 800, "ignore_eos": True, "stream": i % 2 == 0,
+        def ask(i: int) -> tuple[str | None, object, str]:
+            body = {"model": "tiny-large", "max_tokens": max_tokens, "ignore_eos": True, "stream": i % 2 == 0,
                     "messages": [{"role": "user", "content": f"a long story, number {i}"}]}
-            response = httpx.post(process.url + "/v1/chat/completions", json=body, timeout=60)
-            return response.headers["x-pitstop-request-id"], response.status_code, response.text
+            try:
+                response = httpx.post(process.url + "/v1/chat/completions", json=body, timeout=60)
+            except httpx.HTTPError as exc:  # cut mid-answer
+                return None, type(exc).__name__, ""
+            return response.headers.get("x-pitstop-request-id"), response.status_code, response.text
 
         with ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(ask, i) for i in range(6)]
@@ -191,10 +195,30 @@ def test_sigterm_lets_requests_in_flight_finish_and_logs_them(embedded: tuple[Ga
                        what="all six requests in flight")
             process.proc.terminate()
             answers = [call.result() for call in calls]
-        # uvicorn ends its graceful shutdown by re-raising the signal it caught
-        assert process.proc.wait(60) in (0, -signal.SIGTERM)
-    for i, (_, status, text) in enumerate(answers):
-        assert status == 200
+        status = process.proc.wait(60)
+    return answers, {r["request_id"]: r for r in read_outcomes(url)}, status
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_logs_them(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
+    """A deploy's SIGTERM lands mid-traffic: every request the engine is answering (streamed or whole)
+    runs to its end, and each one's outcome row is written before the process exits."""
+    _, root = embedded  # the models are built: the process loads them
+    answers, rows, status = sigterm_mid_traffic(root, tmp_path, 800)
+    assert status in (0, -signal.SIGTERM)  # uvicorn ends its graceful shutdown by re-raising the signal
+    for i, (_, code, text) in enumerate(answers):
+        assert code == 200
         assert text.rstrip().endswith("data: [DONE]") if i % 2 == 0 else json.loads(text)["usage"]["completion_tokens"] == 800
-    rows = {r["request_id"]: r for r in read_outcomes(url)}
     assert all((rows[rid]["status"], rows[rid]["completion_tokens"]) == ("ok", 800) for rid, _, _ in answers)
+
+
+def test_graceful_shutdown_s_cuts_what_runs_past_it_and_logs_why(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
+    """With `server.graceful_shutdown_s`, requests still running when it runs out are cut, and their
+    rows say so (not "the client disconnected")."""
+    _, root = embedded
+    answers, rows, status = sigterm_mid_traffic(root, tmp_path, 1900, graceful_shutdown_s=0.3)
+    assert status in (0, -signal.SIGTERM)
+    assert all(code != 200 or not text.rstrip().endswith("[DONE]") for _, code, text in answers)
+    assert len(rows) == 6
+    for row in rows.values():
+        assert (row["status"], row["http_status"]) == ("aborted", 499)
+        assert "cut by the gateway's shutdown" in row["error"]
