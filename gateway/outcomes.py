@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Coroutine
@@ -18,6 +19,7 @@ from gateway.limits.base import Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
+from rankers.work import CHARS_PER_TOKEN
 from storage.keys import KeyStore
 from storage.models import utc_now
 from storage.outcome_writer import OutcomeWriter
@@ -109,8 +111,23 @@ class OutcomeDraft:
                 self.tool_calls.append(name)
 
     @property
+    def usage_estimated(self) -> bool:
+        """A deployment answered but reported no usage: a stream cut before its last chunk (a client
+        that left, a break, a shutdown), or a provider that never sends one. Counting that as zero
+        tokens would make what was generated free to the key's budget."""
+        return self.usage is None and self.deployment is not None
+
+    @property
     def tokens(self) -> tuple[int, int, int]:
-        return usage_tokens(self.usage)
+        """(prompt, completion, cached): the usage reported, else an estimate (`usage_estimated`): the
+        prompt from its characters, the answer one token a streamed chunk (as OpenAI-style servers
+        send them) or from its characters, whichever is more."""
+        if not self.usage_estimated:
+            return usage_tokens(self.usage)
+        prompt_chars = self.request.prompt_chars if self.request is not None else 0
+        text = "".join(self.completion_parts)
+        return (math.ceil(prompt_chars / CHARS_PER_TOKEN),
+                max(len(self.completion_parts), math.ceil(len(text) / CHARS_PER_TOKEN)), 0)
 
 
 def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
@@ -138,6 +155,8 @@ class OutcomeRecorder:
         draft.finished = True
         latency = time.monotonic() - draft.started
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
+        if draft.usage_estimated:
+            draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
         deployment = draft.deployment
         cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd
         route = draft.route

@@ -103,6 +103,14 @@ def test_every_request_leaves_exactly_one_row(gw: Gateway, storage_url: str) -> 
     assert (by_id[ids[7]]["status"], by_id[ids[7]]["http_status"], by_id[ids[7]]["model"]) == ("error", 500, "direct")
     assert (by_id[ids[8]]["status"], by_id[ids[8]]["stream"]) == ("error", True)
     assert (by_id[ids[9]]["status"], by_id[ids[9]]["http_status"]) == ("aborted", 499)
+    # A stream cut before its usage chunk (a break, a client that left) still pays for what was
+    # generated: the gateway's estimate, marked as one. Rows that reached no upstream pay nothing.
+    for cut in (by_id[ids[8]], by_id[ids[9]]):
+        assert cut["extra"]["usage_estimated"] is True
+        assert cut["prompt_tokens"] >= 1 and cut["completion_tokens"] >= 1
+        assert cut["cost_usd"] == pytest.approx(cut["prompt_tokens"] * PRICE_IN + cut["completion_tokens"] * PRICE_OUT)
+    assert (by_id[ids[5]]["cost_usd"], by_id[ids[5]]["completion_tokens"]) == (0.0, 0)
+    assert "usage_estimated" not in (by_id[ids[0]]["extra"] or {}) and "usage_estimated" not in (by_id[ids[5]]["extra"] or {})
 
 
 def test_feedback_is_stored_and_exported_with_the_outcomes(gw: Gateway, storage_url: str, tmp_path: Path) -> None:
