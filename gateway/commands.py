@@ -156,6 +156,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.drain import BACKSTOP_S, DrainingServer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args.config)
@@ -164,9 +165,10 @@ def serve_command(args: argparse.Namespace) -> int:
     app = _started(create_app, settings)
     logging.getLogger("pitstop").info("gateway on http://%s:%d (OpenAI base URL http://%s:%d/v1)",
                                       host, port, host, port)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
-                                           timeout_graceful_shutdown=settings.server.graceful_shutdown_s))
-    app.state.pitstop.shutting_down = lambda: server.should_exit
+    grace_s = settings.server.graceful_shutdown_s
+    backstop_s = None if grace_s is None else grace_s + BACKSTOP_S  # uvicorn's cut, if the gateway's did not end it
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
+                                           timeout_graceful_shutdown=backstop_s), app.state.pitstop.drain, grace_s)
     server.run()
     return 0 if server.started else 3  # uvicorn's exit status for a server that never started
 

@@ -4,7 +4,7 @@ deployment as long as nothing has reached the client; count outstanding requests
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -31,6 +31,9 @@ def _leave(deployment: Deployment) -> None:
         deployment.admission.release()
 
 
+Sent = Callable[[Deployment], None]
+
+
 @dataclass
 class Dispatched:
     deployment: Deployment
@@ -52,7 +55,7 @@ class Dispatcher:
         return deployment
 
     async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                       prefer: str | None = None) -> tuple[dict, Dispatched]:
+                       prefer: str | None = None, sent: Sent | None = None) -> tuple[dict, Dispatched]:
         tried: set[str] = set()
         last: BackendError | None = None
         arrival = time.time()  # the admission queue's aging counts from here, across retries
@@ -63,6 +66,8 @@ class Dispatcher:
             except QueueFull as exc:  # another deployment may have room; this one did not fail
                 last = exc
                 continue
+            if sent is not None:
+                sent(deployment)
             try:
                 result = await deployment.backend.complete(kind, body, ctx)
             except BackendError as exc:
@@ -79,9 +84,10 @@ class Dispatcher:
         raise last
 
     async def stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                     prefer: str | None = None) -> tuple[AsyncIterator[dict], Dispatched]:
+                     prefer: str | None = None, sent: Sent | None = None) -> tuple[AsyncIterator[dict], Dispatched]:
         """Returns once the first chunk has arrived (retries happen before that); the iterator
-        yields it and the rest. Errors after the first chunk are the caller's to report."""
+        yields it and the rest. Errors after the first chunk are the caller's to report.
+        `sent` (both methods) hears of each deployment the request is sent to, as it is sent."""
         tried: set[str] = set()
         last: BackendError | None = None
         arrival = time.time()
@@ -92,6 +98,8 @@ class Dispatcher:
             except QueueFull as exc:
                 last = exc
                 continue
+            if sent is not None:
+                sent(deployment)
             chunks = deployment.backend.stream(kind, body, ctx)
             try:
                 first = await anext(chunks)

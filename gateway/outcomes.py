@@ -61,6 +61,9 @@ class OutcomeDraft:
     route: Route | None = None
     deployment: Deployment | None = None
     attempts: int = 0
+    # Where the request was sent and has not answered yet: a request cut while it waits there (the
+    # client left, a shutdown) has had its prompt read, and is charged for it.
+    sent_to: Deployment | None = None
     ttft_s: float | None = None
     usage: dict | None = None
     finish_reason: str | None = None
@@ -76,6 +79,16 @@ class OutcomeDraft:
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
     rank_pending: asyncio.Future[RankScores | None] | None = None
+
+    def sending(self, deployment: Deployment) -> None:
+        self.sent_to = deployment
+
+    @property
+    def charged_to(self) -> Deployment | None:
+        """The deployment whose prices the row's cost uses."""
+        if self.deployment is None and self.status == "aborted":
+            return self.sent_to
+        return self.deployment
 
     def fail(self, status: int, message: str, kind: str = "error") -> None:
         self.status, self.http_status, self.error = kind, status, message
@@ -112,10 +125,11 @@ class OutcomeDraft:
 
     @property
     def usage_estimated(self) -> bool:
-        """A deployment answered but reported no usage: a stream cut before its last chunk (a client
-        that left, a break, a shutdown), or a provider that never sends one. Counting that as zero
-        tokens would make what was generated free to the key's budget."""
-        return self.usage is None and self.deployment is not None
+        """A deployment was working on the request but reported no usage: a call or stream cut before
+        its end (a client that left, a break, a shutdown), or a provider that never sends one. Counting
+        that as zero tokens would make what was generated free to the key's budget; a client could
+        spend the provider's money by leaving before each answer."""
+        return self.usage is None and self.charged_to is not None
 
     @property
     def tokens(self) -> tuple[int, int, int]:
@@ -157,7 +171,7 @@ class OutcomeRecorder:
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         if draft.usage_estimated:
             draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
-        deployment = draft.deployment
+        deployment = draft.charged_to
         cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd
         route = draft.route
         group = route.route_group if route and route.route_group else ""
@@ -225,8 +239,8 @@ class OutcomeRecorder:
             "route_group": route.route_group if route else None,
             "requested_model": request.model if request else None,
             "model": route.model_name if route else None,
-            "deployment": draft.deployment.name if draft.deployment else None,
-            "engine_instance": draft.deployment.name if draft.deployment else None,
+            "deployment": charged.name if (charged := draft.charged_to) else None,
+            "engine_instance": charged.name if charged else None,
             "moved_instance": bool(draft.extra.get("moved_instance")),
             "router_name": decision.router_name if decision else None,
             "router_version": decision.router_version if decision else None,

@@ -17,6 +17,7 @@ from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_proxy_request
 from gateway.routing import estimate_tokens
@@ -59,6 +60,11 @@ async def completions(request: Request) -> Response:
 async def _proxy(request: Request, kind: Kind) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
+    with state.drain.track():
+        return await _answer(request, kind, state, draft)
+
+
+async def _answer(request: Request, kind: Kind, state: GatewayState, draft: OutcomeDraft) -> Response:
     try:
         draft.caller = await state.auth.authenticate(request.headers)
         draft.request = parsed = parse_proxy_request(
@@ -76,9 +82,10 @@ async def _proxy(request: Request, kind: Kind) -> Response:
                                             needed=state.pool.uses_rank(route.model_name),
                                             prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
         if parsed.stream:  # held back first where the group verifies the pick's short answer
+            # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
+            # cancels the call, as for a whole answer.
             streamed = verify.stream(state, draft, kind, ctx, session.prefer)
-            chunks, dispatched = await (_unless_disconnected(request, streamed) if verify.checks(state, draft)
-                                        else streamed)
+            chunks, dispatched = await _unless_disconnected(request, streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
             response = SSEResponse(_events(state, draft, chunks, session))
             response.headers.update(_headers(draft))
@@ -92,28 +99,27 @@ async def _proxy(request: Request, kind: Kind) -> Response:
         state.recorder.finish(draft)
         return JSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
-        error = _as_api_error(exc)
-        draft.fail(error.status, error.message)
-        draft.extra["code"] = error.code
-        state.recorder.finish(draft)
-        response = error.response()
-        response.headers.update(_headers(draft))
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
-        if retry_after_s is not None:
-            response.headers["retry-after"] = str(max(1, round(retry_after_s)))
-        return response
+        return _failed(state, draft, _as_api_error(exc), retry_after_s)
     except asyncio.CancelledError:
-        draft.fail(499, _cancelled_because(state, "the client disconnected"), kind="aborted")
+        cut = state.drain.absorb()
+        if cut is not None:
+            return _failed(state, draft, cut, retry_after_s=1.0, kind="aborted")
+        draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
 
 
-def _cancelled_because(state: GatewayState, otherwise: str) -> str:
-    """Why a request was cancelled, for its row: during a shutdown, the server cut the requests still
-    running when `server.graceful_shutdown_s` ran out."""
-    if state.shutting_down():
-        return "cut by the gateway's shutdown (server.graceful_shutdown_s ran out)"
-    return otherwise
+def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
+            kind: str = "error") -> Response:
+    draft.fail(error.status, error.message, kind=kind)
+    draft.extra["code"] = error.code
+    state.recorder.finish(draft)
+    response = error.response()
+    response.headers.update(_headers(draft))
+    if retry_after_s is not None:
+        response.headers["retry-after"] = str(max(1, round(retry_after_s)))
+    return response
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
@@ -142,14 +148,15 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
     include_usage = draft.request is not None and draft.request.include_usage
     failed = False
     try:
-        async with aclosing(chunks):
-            async for chunk in chunks:
-                draft.take_chunk(chunk)
-                if not chunk.get("choices") and chunk.get("usage") is not None and not include_usage:
-                    continue  # we asked every backend for usage; the client did not
-                if not include_usage:
-                    chunk.pop("usage", None)
-                yield sse_event(chunk)
+        with state.drain.track():
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    draft.take_chunk(chunk)
+                    if not chunk.get("choices") and chunk.get("usage") is not None and not include_usage:
+                        continue  # we asked every backend for usage; the client did not
+                    if not include_usage:
+                        chunk.pop("usage", None)
+                    yield sse_event(chunk)
     except (BackendError, APIError) as exc:
         failed = True
         error = _as_api_error(exc)
@@ -157,11 +164,16 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         yield sse_event(error_body(error.status, error.message, error.param, error.code))
     except asyncio.CancelledError:
         failed = True
-        draft.fail(499, _cancelled_because(state, "the client disconnected mid-stream"), kind="aborted")
-        raise
-    finally:
-        if not failed and draft.finish_reason is None:
+        cut = state.drain.absorb()
+        if cut is None:
             draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+            raise
+        draft.fail(cut.status, cut.message, kind="aborted")
+        yield sse_event(cut.body())
+    finally:
+        if not failed and draft.finish_reason is None:  # closed at a yield: the client left, or a cut
+            why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
+            draft.fail(499, why, kind="aborted")
         if not failed:  # before [DONE]: the program's next turn must find the pin settled
             await state.sessions.finish(session, draft)
         state.recorder.finish(draft)

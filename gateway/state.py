@@ -4,7 +4,6 @@ table, auth and limits, the outcome writer and metrics. No process-global state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.server.errors import APIError
@@ -14,6 +13,7 @@ from gateway.backends.base import Backend
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
+from gateway.drain import Drain
 from gateway.limits.base import Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
@@ -97,9 +97,7 @@ class GatewayState:
     router_artifacts: RouterArtifacts | None = None
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
-    # Whether the server is shutting down (`pitstop serve` points it at uvicorn's flag): what a
-    # request cancelled then was cut by, for its row.
-    shutting_down: Callable[[], bool] = lambda: False
+    drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
 
     async def admit(self, caller: Caller) -> None:
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):

@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError, CallContext, Kind
-from gateway.dispatch import Dispatched
+from gateway.dispatch import Dispatched, Sent
 from gateway.outcomes import OutcomeDraft, usage_tokens
 from gateway.state import GatewayState
 from routers.verify import VerifyPolicy, could_be_short, short_answer
@@ -41,7 +41,7 @@ async def complete(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: Ca
     assert route is not None and request is not None
     policy = _applying(state, draft)
     if policy is None:
-        return await state.dispatcher.complete(route.model_name, kind, request.body, ctx, prefer=prefer)
+        return await state.dispatcher.complete(route.model_name, kind, request.body, ctx, prefer, draft.sending)
     return await _Verification(state, draft, kind, ctx, policy).run(prefer)
 
 
@@ -51,7 +51,7 @@ async def stream(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: Call
     says so. Returns once the first chunk to send is known; the hold's failures are the request's."""
     route, request = draft.route, draft.request
     assert route is not None and request is not None
-    streamed = await state.dispatcher.stream(route.model_name, kind, request.body, ctx, prefer=prefer)
+    streamed = await state.dispatcher.stream(route.model_name, kind, request.body, ctx, prefer, draft.sending)
     policy = _applying(state, draft)
     return streamed if policy is None else await _Verification(state, draft, kind, ctx, policy).held(*streamed)
 
@@ -135,7 +135,7 @@ class _Verification:
         route = self.draft.route
         assert route is not None
         pick = route.model_name
-        picked = await self._call(pick, self.ctx, prefer)  # its failure is the request's, as unverified
+        picked = await self._call(pick, self.ctx, prefer, sent=self.draft.sending)  # its failure is the request's
         return await self._decide(pick, answer_text(picked[0], self.kind), picked,
                                   lambda strong: self._call(strong, self.ctx))
 
@@ -210,16 +210,19 @@ class _Verification:
                 answers[model] = short_answer(answer_text(result[0], self.kind))
         return self.policy.accept(answer, list(answers.values()))
 
-    async def _call(self, model: str, ctx: CallContext, prefer: str | None = None, whole: bool = False) -> Answered:
+    async def _call(self, model: str, ctx: CallContext, prefer: str | None = None, whole: bool = False,
+                    sent: Sent | None = None) -> Answered:
         """A whole response from `model`; `whole`: asked so even where the client streams (a verifier)."""
         body = {k: v for k, v in self._body.items() if k not in ("stream", "stream_options")} if whole else self._body
-        answered, dispatched = await self.state.dispatcher.complete(model, self.kind, body, ctx, prefer=prefer)
+        answered, dispatched = await self.state.dispatcher.complete(model, self.kind, body, ctx, prefer, sent)
         self._cost(model, answered.get("usage"), dispatched)
         return answered, dispatched
 
     def _cost(self, model: str, usage: dict | None, dispatched: Dispatched) -> None:
         prompt_tokens, completion_tokens, _ = usage_tokens(usage)
         self.costs[model] = dispatched.deployment.cost_usd(prompt_tokens, completion_tokens)
+        if self.draft.sent_to is dispatched.deployment:
+            self.draft.sent_to = None  # the pick's cost is known now: a cut from here must not estimate it again
         self.draft.extra_cost_usd = sum(self.costs.values())  # until one is served: all of them
 
     @property

@@ -212,13 +212,21 @@ def test_sigterm_lets_requests_in_flight_finish_and_logs_them(embedded: tuple[Ga
 
 
 def test_graceful_shutdown_s_cuts_what_runs_past_it_and_logs_why(embedded: tuple[Gateway, Path], tmp_path: Path) -> None:
-    """With `server.graceful_shutdown_s`, requests still running when it runs out are cut, and their
-    rows say so (not "the client disconnected")."""
+    """With `server.graceful_shutdown_s`, requests still running when it runs out are cut by the
+    gateway, each with an answer in OpenAI's shape (a whole answer a retryable 503, a stream an error
+    event and no [DONE]) rather than uvicorn's plain-text 500, and their rows say why."""
     _, root = embedded
     answers, rows, status = sigterm_mid_traffic(root, tmp_path, 1900, graceful_shutdown_s=0.3)
     assert status in (0, -signal.SIGTERM)
-    assert all(code != 200 or not text.rstrip().endswith("[DONE]") for _, code, text in answers)
+    for i, (_, code, text) in enumerate(answers):
+        if i % 2 == 0:  # streamed
+            assert code == 200 and not text.rstrip().endswith("[DONE]")
+            last = json.loads(text.rstrip().splitlines()[-1].removeprefix("data: "))
+            assert last["error"]["code"] == "shutting_down"
+        else:
+            assert code == 503
+            assert json.loads(text)["error"]["code"] == "shutting_down"
     assert len(rows) == 6
     for row in rows.values():
-        assert (row["status"], row["http_status"]) == ("aborted", 499)
+        assert (row["status"], row["http_status"]) == ("aborted", 503)
         assert "cut by the gateway's shutdown" in row["error"]

@@ -160,13 +160,33 @@ def test_feedback_is_stored_and_exported_with_the_outcomes(gw: Gateway, storage_
         assert by_id[ids[0]]["completion_tokens"] == 5
 
 
-def test_a_client_leaving_a_whole_request_cancels_it_and_leaves_an_aborted_row(
-        gw: Gateway, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_leaving_before_the_answer_cancels_it_and_is_charged_its_prompt(
+        gw: Gateway, upstreams: tuple[UpstreamProcess, UpstreamProcess], stream: bool) -> None:
+    """A client that leaves while the upstream is still working (a whole answer, or a stream before
+    its first chunk) cancels the call, and its row pays for the prompt the upstream read: leaving
+    before each answer must not make a key's requests free."""
+    prompt = "[delay:2] " + "word " * 40
     with gw.http() as http, pytest.raises(httpx.ReadTimeout):
-        http.post("/v1/chat/completions", json={"model": "direct", "messages": msgs("[delay:2]")}, timeout=0.3)
+        http.post("/v1/chat/completions", json={"model": "direct", "messages": msgs(prompt), "stream": stream},
+                  timeout=0.3)
     rows = wait_until(gw.rows, what="the aborted row")
     assert [(r["status"], r["http_status"], r["model"]) for r in rows] == [("aborted", 499, "direct")]
+    row = rows[0]
+    assert row["extra"]["usage_estimated"] is True and row["deployment"] == "direct#0"
+    assert row["prompt_tokens"] >= len(prompt) // 4 and row["completion_tokens"] == 0
+    assert row["cost_usd"] == pytest.approx(row["prompt_tokens"] * PRICE_IN)
     assert gw.state.pool.by_model["direct"][0].outstanding == 0
+
+
+def test_a_request_refused_upstream_is_not_charged(gw: Gateway) -> None:
+    """An upstream's error answer (here a 400) bills nothing, so the row costs nothing either."""
+    with gw.http() as http:
+        refused = post(http, "/v1/chat/completions", {"model": "direct", "messages": msgs("[fail:400]")})
+    assert refused.status_code == 400
+    (row,) = wait_until(gw.rows, what="the row")
+    assert (row["status"], row["cost_usd"], row["prompt_tokens"]) == ("error", 0.0, 0)
+    assert "usage_estimated" not in (row["extra"] or {})
 
 
 def test_nul_characters_do_not_lose_rows(gw: Gateway, storage_url: str) -> None:
