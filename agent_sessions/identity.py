@@ -8,10 +8,14 @@ framework sends tool output back, so tool names come from what the client sends.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
 USER_PREFIX = "user:"
+MAX_SESSION_ID_CHARS = 256  # what engines take (engine/server/protocol.py)
+_KEYED = re.compile(r"[0-9a-f]{32}:")  # an API key's id (storage/models.py new_id) and the separator
 
 
 def session_id_of(session_id: str | None, body: dict) -> str | None:
@@ -21,6 +25,19 @@ def session_id_of(session_id: str | None, body: dict) -> str | None:
     if isinstance(user, str) and 0 < len(user) <= 200:
         return USER_PREFIX + user  # a namespace of its own: never collides with explicit ids
     return None
+
+
+def scoped_session_id(session_id: str, key_id: str | None) -> str:
+    """The session's id inside Pitstop: sessions belong to the API key that made them, so two teams'
+    `agent-1` (or two `user` fields alike) are two sessions, and one key cannot read another's turns
+    and tools, move its pins or borrow its program's priority. Callers without a key (the master key,
+    or keys not required) share one namespace, with their ids as sent."""
+    if key_id is None:
+        return "~" + session_id if _KEYED.match(session_id) else session_id  # never a key's namespace
+    scoped = f"{key_id}:{session_id}"
+    if len(scoped) <= MAX_SESSION_ID_CHARS:
+        return scoped
+    return f"{key_id}:sha256:{hashlib.sha256(session_id.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def agent_of(body: dict) -> str | None:

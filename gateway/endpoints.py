@@ -74,9 +74,10 @@ async def metrics(request: Request) -> Response:
 
 
 async def feedback(request: Request) -> Response:
-    """`{"request_id" | "session_id", "metric": "quality", "value": number}` -> stored for training."""
+    """`{"request_id" | "session_id", "metric": "quality", "value": number}` -> stored for training,
+    with the caller's key: a session's feedback counts for that key's requests (storage/export.py)."""
     state = _state(request)
-    await state.auth.authenticate(request.headers)
+    caller = await state.auth.authenticate(request.headers)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
@@ -97,7 +98,7 @@ async def feedback(request: Request) -> Response:
         raise bad_request("'extra' must be an object", "extra")
     try:
         state.feedback.submit(storable({"request_id": request_id, "session_id": session_id, "metric": metric,
-                                        "value": float(value), "extra": extra}))
+                                        "value": float(value), "extra": extra, "api_key_id": caller.key_id}))
     except (ValueError, RuntimeError) as exc:
         raise APIError(503, f"feedback not accepted: {exc}") from None
     return JSONResponse({"accepted": True}, status_code=202)

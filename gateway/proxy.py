@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from agent_sessions.identity import scoped_session_id
 from engine.server.errors import APIError, error_body
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
@@ -71,7 +72,8 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
             await read_json(request, state.settings.server.max_body_bytes), kind, request.headers)
         await state.admit(draft.caller)
         draft.route = route = state.routes.resolve(parsed)
-        ctx = CallContext(draft.request_id, parsed.session_id, parsed.priority, parsed.pin_ttl_s,
+        engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
+        ctx = CallContext(draft.request_id, engine_session, parsed.priority, parsed.pin_ttl_s,
                           state.settings.server.request_timeout_s)
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx

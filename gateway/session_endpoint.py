@@ -13,10 +13,10 @@ from storage.redis_state import StateUnavailableError
 
 async def get_session(request: Request) -> Response:
     state: GatewayState = request.app.state.pitstop
-    await state.auth.authenticate(request.headers)
+    caller = await state.auth.authenticate(request.headers)
     session_id = request.path_params["session_id"]
     try:
-        body = await state.sessions.describe(session_id) if state.sessions is not None else None
+        body = await state.sessions.describe(session_id, caller.key_id) if state.sessions is not None else None
     except StateUnavailableError as exc:
         raise APIError(503, f"the session store is not answering: {exc}", code="session_store_unavailable") from None
     if body is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agent_sessions.affinity import AffinityRule, InstanceLoad
 from agent_sessions.config import SessionsConfig
-from agent_sessions.identity import session_id_of
+from agent_sessions.identity import scoped_session_id, session_id_of
 from agent_sessions.manager import SessionManager, Turn
 from agent_sessions.store import MemorySessionStore, SessionStore
 from agent_sessions.tool_artifact import load_estimator
@@ -89,9 +89,10 @@ class GatewaySessions:
     # ---- around dispatch ----------------------------------------------------------------------
 
     async def start(self, parsed: ProxyRequest, draft: OutcomeDraft, ctx: CallContext) -> SessionCall:
-        session_id = session_id_of(parsed.session_id, parsed.body)
-        if not self.config.enabled or session_id is None or draft.route is None:
+        client_id = session_id_of(parsed.session_id, parsed.body)
+        if not self.config.enabled or client_id is None or draft.route is None:
             return SessionCall(ctx)
+        session_id = scoped_session_id(client_id, draft.caller.key_id if draft.caller else None)
         turn = await self.manager.begin(session_id, parsed.body)
         draft.route = route = self._sticky(draft.route, turn)
         now = time.monotonic()
@@ -176,13 +177,15 @@ class GatewaySessions:
 
     # ---- visibility ---------------------------------------------------------------------------
 
-    async def describe(self, session_id: str) -> dict | None:
-        """The session's public view; None when unknown. Raises StateUnavailableError when the store
-        is not answering (a turn is then served without state; a lookup cannot be)."""
+    async def describe(self, client_id: str, key_id: str | None) -> dict | None:
+        """The public view of the caller's session `client_id`; None when unknown (or another key's).
+        Raises StateUnavailableError when the store is not answering (a turn is then served without
+        state; a lookup cannot be)."""
+        session_id = scoped_session_id(client_id, key_id)
         state = await self.manager.store.get(session_id)
         if state is None:
             return None
-        body = state.public(time.time())
+        body = state.public(time.time()) | {"id": client_id}
         home = next((d for d in self.pool.deployments if d.name == state.instance), None)
         engine = await session_info(home.backend, session_id) if home is not None else None
         body["engine"] = engine

@@ -1,7 +1,8 @@
 """Export outcomes as a training set in long format: one row per (prompt, model), feedback joined.
 
 `quality` is the mean feedback value for the request; failing that, the mean of session-level
-feedback (rows with a session id and no request id) for its session; else null. `quality_source`
+feedback (rows with a session id and no request id) for its session, sent with the request's API key
+(sessions are per key; no key matches no key); else null. `quality_source`
 says which ("request", "session" or null) so a training job can weight or filter.
 """
 
@@ -109,10 +110,10 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
         .group_by(feedback.c.request_id)
         .subquery("quality_by_request")
     )
-    by_session = (
-        select(feedback.c.session_id, func.avg(feedback.c.value).label("quality"))
+    by_session = (  # per key: sessions belong to the key that made them (agent_sessions/identity.py)
+        select(feedback.c.session_id, feedback.c.api_key_id, func.avg(feedback.c.value).label("quality"))
         .where(feedback.c.request_id.is_(None), feedback.c.session_id.is_not(None), *metric_filter, *for_sessions)
-        .group_by(feedback.c.session_id)
+        .group_by(feedback.c.session_id, feedback.c.api_key_id)
         .subquery("quality_by_session")
     )
     return (
@@ -124,7 +125,9 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
         )
         .select_from(
             outcomes.outerjoin(by_request, by_request.c.request_id == outcomes.c.request_id).outerjoin(
-                by_session, by_session.c.session_id == outcomes.c.session_id
+                by_session,
+                (by_session.c.session_id == outcomes.c.session_id)
+                & by_session.c.api_key_id.is_not_distinct_from(outcomes.c.api_key_id),
             )
         )
         .where(*kept)

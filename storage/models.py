@@ -129,6 +129,9 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
     request_id: Mapped[str | None] = mapped_column(index=True)
     session_id: Mapped[str | None] = mapped_column(index=True)
+    # The key that sent it: a session's feedback counts for that key's requests only (sessions are
+    # per key, agent_sessions/identity.py); None for the master key or when keys are not required.
+    api_key_id: Mapped[str | None]
     metric: Mapped[str]
     value: Mapped[float]
     extra: Mapped[dict[str, Any] | None]

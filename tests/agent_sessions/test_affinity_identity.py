@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from agent_sessions.affinity import AffinityRule, InstanceLoad
-from agent_sessions.identity import agent_of, session_id_of, turn_shape
+from agent_sessions.identity import (
+    MAX_SESSION_ID_CHARS,
+    agent_of,
+    scoped_session_id,
+    session_id_of,
+    turn_shape,
+)
 
 RULE = AffinityRule(overload_slack=8, overload_ratio=3.0)
 
@@ -29,6 +35,18 @@ def test_session_id_fallbacks() -> None:
     assert session_id_of(None, {"user": "u"}) == "user:u"
     assert session_id_of(None, {"user": ""}) is None and session_id_of(None, {}) is None
     assert agent_of({"metadata": {"agent": "swe"}}) == "swe" and agent_of({"metadata": "x"}) is None
+
+
+def test_sessions_are_scoped_by_api_key() -> None:
+    key, other = "a" * 32, "b" * 32
+    assert scoped_session_id("agent-1", None) == "agent-1"  # no key: the id as sent
+    assert scoped_session_id("agent-1", key) == f"{key}:agent-1" != scoped_session_id("agent-1", other)
+    # A caller without a key cannot name its way into a key's sessions.
+    assert scoped_session_id(f"{key}:agent-1", None) == f"~{key}:agent-1"
+    # Ids that would pass the engines' limit once scoped are hashed, still one per (key, id).
+    longest = [scoped_session_id(c * 256, key) for c in "xy"]
+    assert all(len(s) <= MAX_SESSION_ID_CHARS and s.startswith(f"{key}:sha256:") for s in longest)
+    assert longest[0] != longest[1] and scoped_session_id("x" * 256, None) == "x" * 256
 
 
 def call(name: str, i: int = 0) -> dict:

@@ -11,6 +11,8 @@ import openai
 import pytest
 
 import gateway.auth
+from storage.db import create_engine
+from storage.export import iter_training_rows
 from storage.keys import KeyStore
 from tests.gateway.harness import (
     PRICE_IN,
@@ -162,3 +164,44 @@ def test_budget_is_enforced_and_survives_a_restart(upstreams: tuple, tmp_path: P
     assert "retry-after" not in refused.headers  # waiting does not refill a budget
     with running_gateway(raw) as restarted, restarted.http() as http:
         assert ask(http, secret).status_code == 429, "a restart refilled the budget"
+
+
+def test_sessions_and_their_feedback_belong_to_the_key_that_made_them(upstreams: tuple, tmp_path: Path) -> None:
+    """Two teams that both name their agent's session `agent-1` get two sessions: each key's turns
+    count on their own and reach the engine under an id of their own, another key cannot read the
+    session (404), and a session's feedback counts only for the requests of the key that sent it."""
+    a = upstreams[0]
+    raw = keyed_config(tmp_path, a)
+    with running_gateway(raw) as gw, gw.http() as http:
+        keys = KeyStore(gw.storage_url)
+        (alice_id, alice), (bob_id, bob), (_, carol) = keys.create("alice"), keys.create("bob"), keys.create("carol")
+        sent_before = len(a.stats()["bodies"])
+        by_request: dict[str, str] = {}
+        for name, key in (("alice", alice), ("alice", alice), ("bob", bob), ("master", MASTER)):
+            response = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}",
+                                                                  "x-session-id": "agent-1"},
+                                 json={"model": "up", "messages": [{"role": "user", "content": "x"}]})
+            assert response.status_code == 200
+            by_request[response.headers["x-pitstop-request-id"]] = name
+        sent = [body["session_id"] for body in a.stats()["bodies"][sent_before:]]
+        assert sent == [f"{alice_id}:agent-1", f"{alice_id}:agent-1", f"{bob_id}:agent-1", "agent-1"]
+
+        def view(key: str) -> httpx.Response:
+            return http.get("/v1/sessions/agent-1", headers={"authorization": f"Bearer {key}"})
+
+        assert [(view(key).json()["id"], view(key).json()["turns"]) for key in (alice, bob, MASTER)] == \
+            [("agent-1", 2), ("agent-1", 1), ("agent-1", 1)]
+        unknown = view(carol)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "session_not_found"
+
+        for key, value in ((alice, 1.0), (bob, 0.0)):
+            assert http.post("/v1/feedback", headers={"authorization": f"Bearer {key}"},
+                             json={"session_id": "agent-1", "value": value}).status_code == 202
+        gw.flush()
+    engine = create_engine(gw.storage_url)
+    try:
+        exported = list(iter_training_rows(engine))
+    finally:
+        engine.dispose()
+    assert sorted((by_request[row["request_id"]], row["quality"]) for row in exported) == \
+        [("alice", 1.0), ("alice", 1.0), ("bob", 0.0), ("master", None)]

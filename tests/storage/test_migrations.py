@@ -17,7 +17,7 @@ def test_upgrade_creates_tables_and_indexes(empty_url: str) -> None:
     assert current_revision(empty_url) is None
     upgrade(empty_url)
     upgrade(empty_url)  # idempotent: already at head
-    assert current_revision(empty_url) == head_revision() == "0004"
+    assert current_revision(empty_url) == head_revision() == "0005"
 
     engine = create_engine(empty_url)
     inspector = sa.inspect(engine)
@@ -36,6 +36,7 @@ def test_migrations_ship_inside_the_package() -> None:
     assert list((MIGRATIONS_DIR / "versions").glob("0002_*.py"))
     assert list((MIGRATIONS_DIR / "versions").glob("0003_*.py"))
     assert list((MIGRATIONS_DIR / "versions").glob("0004_*.py"))
+    assert list((MIGRATIONS_DIR / "versions").glob("0005_*.py"))
 
 
 def test_json_and_aware_timestamps_round_trip(db_url: str) -> None:
