@@ -22,6 +22,7 @@ def _state(request: Request) -> GatewayState:
 
 async def list_models(request: Request) -> Response:
     state = _state(request)
+    await state.auth.authenticate(request.headers)  # as OpenAI's: where keys are required, a key
     data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
              "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
