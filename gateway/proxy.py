@@ -5,6 +5,7 @@ breaks after it started ends with an error event and no [DONE]."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing, suppress
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
 
 T = TypeVar("T")
+log = logging.getLogger("pitstop.gateway")
 
 
 def _headers(draft: OutcomeDraft) -> dict[str, str]:
@@ -97,12 +99,19 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
         draft.take_response(body)
         draft.ttft_s = None
+        if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
+            prompt_tokens, completion_tokens, _ = draft.tokens
+            body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
         return JSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
         return _failed(state, draft, _as_api_error(exc), retry_after_s)
+    except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
+        log.exception("request %s failed inside the gateway", draft.request_id)
+        return _failed(state, draft, _internal_error(draft), None)
     except asyncio.CancelledError:
         cut = state.drain.absorb()
         if cut is not None:
@@ -110,6 +119,11 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
+
+
+def _internal_error(draft: OutcomeDraft) -> APIError:
+    return APIError(500, f"internal error in the gateway (logged with request id {draft.request_id})",
+                    code="internal_error")
 
 
 def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
@@ -148,7 +162,7 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
 async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
                   session: SessionCall) -> AsyncGenerator[bytes, None]:
     include_usage = draft.request is not None and draft.request.include_usage
-    failed = False
+    failed = ended = False
     try:
         with state.drain.track():
             async with aclosing(chunks):
@@ -159,11 +173,18 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
                     if not include_usage:
                         chunk.pop("usage", None)
                     yield sse_event(chunk)
+            ended = True  # the upstream's [DONE] (with or without a finish_reason)
     except (BackendError, APIError) as exc:
         failed = True
         error = _as_api_error(exc)
         draft.fail(error.status, f"stream broke after it started: {error.message}")
         yield sse_event(error_body(error.status, error.message, error.param, error.code))
+    except Exception:
+        failed = True
+        log.exception("stream of request %s failed inside the gateway", draft.request_id)
+        error = _internal_error(draft)
+        draft.fail(error.status, error.message)
+        yield sse_event(error.body())
     except asyncio.CancelledError:
         failed = True
         cut = state.drain.absorb()
@@ -173,7 +194,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         draft.fail(cut.status, cut.message, kind="aborted")
         yield sse_event(cut.body())
     finally:
-        if not failed and draft.finish_reason is None:  # closed at a yield: the client left, or a cut
+        if not failed and not ended:  # closed at a yield: the client left, or a cut
             why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
             draft.fail(499, why, kind="aborted")
         if not failed:  # before [DONE]: the program's next turn must find the pin settled

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engine.rank_policy import DEFAULT_HORIZON_S
+from gateway.backends.answers import checked_answer, checked_chunk
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.ranking import vllm_priority as rank_priority
 
@@ -24,14 +25,25 @@ def _litellm() -> Any:
     return litellm
 
 
-def _as_backend_error(exc: Exception) -> BackendError:
+# litellm's errors for an upstream it could not reach or whose answer it could not read: their status
+# (500, or the upstream's 200) is not an answer of the upstream's, so the gateway's is a 502. Its
+# generic `APIError` with a 500 is such a reading error (an upstream's own 500 is `InternalServerError`).
+_BAD_GATEWAY = ("APIConnectionError", "APIResponseValidationError")
+
+
+def _as_backend_error(exc: Exception, mid_stream: bool = False) -> BackendError:
+    """`mid_stream`: raised while reading a stream, where any failure is the upstream's (the HTTP
+    backend's 502 `upstream stream failed`), whatever litellm's status says."""
+    exc = getattr(exc, "original_exception", None) or exc  # MidStreamFallbackError wraps the cause
     status = getattr(exc, "status_code", None)
-    if not isinstance(status, int):
+    if mid_stream or not isinstance(status, int) or status < 400 or type(exc).__name__ in _BAD_GATEWAY \
+            or (type(exc).__name__ == "APIError" and status == 500):
         status = 502
     if status == 408:  # litellm's Timeout: the deployment was slow, not the client (as the HTTP backend: 504)
         status = 504
-    message = getattr(exc, "message", None) or str(exc)
-    return BackendError(status, str(message)[:1000], retryable=status == 429 or status >= 500)
+    message = str(getattr(exc, "message", None) or exc)
+    message = message.split("Traceback (most recent call last)", 1)[0].strip()  # litellm's, not the client's
+    return BackendError(status, message[:1000] or type(exc).__name__, retryable=status == 429 or status >= 500)
 
 
 # litellm sends token-id prompts to these providers only; for others it raises a plain Exception (a 500).
@@ -103,9 +115,10 @@ class LitellmBackend:
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:
-            return _to_dict(await call(**self._kwargs(body, ctx, False)))
+            answer = _to_dict(await call(**self._kwargs(body, ctx, False)))
         except Exception as exc:
             raise _as_backend_error(exc) from None
+        return checked_answer(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()
@@ -117,6 +130,8 @@ class LitellmBackend:
             raise _as_backend_error(exc) from None
         try:
             async for chunk in response:
-                yield _stream_chunk(chunk)
+                yield checked_chunk(_stream_chunk(chunk))
+        except BackendError:
+            raise
         except Exception as exc:
-            raise _as_backend_error(exc) from None
+            raise _as_backend_error(exc, mid_stream=True) from None

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from engine.rank_policy import DEFAULT_HORIZON_S
+from gateway.backends.answers import checked_answer, checked_chunk, strict_json
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.ranking import vllm_priority
 
@@ -110,9 +111,10 @@ class OpenAIHTTPBackend:
         if status != 200:
             raise _error_from_response(status, raw)
         try:
-            return json.loads(raw)
+            answer = strict_json(raw)
         except ValueError:
-            raise BackendError(502, "upstream sent invalid JSON", retryable=True) from None
+            raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
+        return checked_answer(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False
@@ -128,15 +130,17 @@ class OpenAIHTTPBackend:
                     if data == b"[DONE]":
                         await response.read()  # drain, so the connection goes back to the pool
                         return
-                    chunk = json.loads(data)
-                    if "error" in chunk and "choices" not in chunk:
+                    chunk = strict_json(data)
+                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                         error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
                         raise BackendError(502, f"upstream stream failed: {error.get('message')}",
                                            retryable=False, code=error.get("code"))
+                    chunk = checked_chunk(chunk)
                     started = True
                     yield chunk
                 raise BackendError(502, "upstream stream ended without [DONE]", retryable=False)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _connection_error(exc, started) from None
         except ValueError:
-            raise BackendError(502, "upstream sent an invalid stream event", retryable=False) from None
+            raise BackendError(502, "upstream sent an invalid stream event", retryable=False,
+                               code="bad_upstream_response") from None

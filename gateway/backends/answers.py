@@ -1,0 +1,102 @@
+"""What an upstream's answer must look like before the gateway serves, logs and bills it: OpenAI's
+shape, as the client SDKs read it. A deployment that sends anything else (a JSON list, a choice that
+is a string, an error object with a 200) is a bad gateway: a 502 `bad_upstream_response` that the
+dispatcher retries on another deployment, never a crash. A usage the gateway cannot bill from
+(negative, fractional, absurd, not a number) is dropped, and the row is charged the gateway's estimate
+instead (gateway/outcomes.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from gateway.backends.base import BackendError
+
+log = logging.getLogger("pitstop.gateway")
+
+MAX_REPORTED_TOKENS = 10**9  # more than any context holds: a count past it is garbage, not a bill
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(raw: bytes) -> Any:
+    """JSON as the spec has it: Python's parser also takes NaN and Infinity, which no client can read
+    back (the gateway's own JSON responses refuse them)."""
+    return json.loads(raw, parse_constant=_no_constant)
+
+
+def bad_answer(what: str) -> BackendError:
+    return BackendError(502, f"the upstream's answer is not in OpenAI's shape: {what}", retryable=True,
+                        code="bad_upstream_response")
+
+
+def checked_answer(body: Any) -> dict:
+    """A whole answer, checked; raises `bad_answer` (or the upstream's own error, sent with a 200)."""
+    if not isinstance(body, dict):
+        raise bad_answer(f"a JSON {type(body).__name__}, not an object")
+    if "choices" not in body and "error" in body:
+        error = body["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise BackendError(502, f"the upstream answered 200 with an error: {str(message)[:500]}", retryable=True,
+                           code="bad_upstream_response")
+    _check_choices(body.get("choices"), "message")
+    _check_usage(body)
+    return body
+
+
+def checked_chunk(chunk: Any) -> dict:
+    """A stream chunk, checked as `checked_answer` checks a whole answer (a usage chunk has no choices)."""
+    if not isinstance(chunk, dict):
+        raise bad_answer(f"a stream event that is a JSON {type(chunk).__name__}, not an object")
+    _check_choices(chunk.get("choices", []), "delta")
+    _check_usage(chunk)
+    return chunk
+
+
+def _check_choices(choices: Any, part: str) -> None:
+    if not isinstance(choices, list):
+        raise bad_answer("'choices' is missing or not a list")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise bad_answer(f"choices[{i}] is not an object")
+        _check_text(choice.get("text"), f"choices[{i}].text")  # a completion's (read wherever it is)
+        if (message := choice.get(part)) is not None:  # a chat answer's
+            if not isinstance(message, dict):
+                raise bad_answer(f"choices[{i}].{part} is not an object")
+            _check_text(message.get("content"), f"choices[{i}].{part}.content")
+            calls = message.get("tool_calls")
+            if calls is not None and not (isinstance(calls, list) and all(
+                    isinstance(call, dict) and isinstance(call.get("function", {}), dict) for call in calls)):
+                raise bad_answer(f"choices[{i}].{part}.tool_calls is not a list of tool calls")
+        _check_text(choice.get("finish_reason"), f"choices[{i}].finish_reason")
+
+
+def _check_text(value: Any, where: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise bad_answer(f"{where} is not a string")
+
+
+def _check_usage(body: dict) -> None:
+    usage = body.get("usage")
+    if usage is None or _billable(usage):
+        return
+    log.warning("an upstream reported a usage the gateway cannot bill from (%.200r); charging an estimate", usage)
+    body["usage"] = None
+
+
+def _billable(usage: Any) -> bool:
+    if not isinstance(usage, dict):
+        return False
+    details = usage.get("prompt_tokens_details")
+    if details is not None and not (isinstance(details, dict) and _count(details.get("cached_tokens"))):
+        return False
+    return all(_count(usage.get(name)) for name in _COUNTS)
+
+
+def _count(value: Any) -> bool:
+    """A token count: absent, or a whole number in range (not a bool, a float or a string)."""
+    return value is None or (type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS)

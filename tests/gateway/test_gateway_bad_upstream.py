@@ -1,0 +1,151 @@
+"""An upstream that answers outside OpenAI's shape (a JSON list, a choice that is a string, an error
+object with a 200, a stream event that is a list, a usage of -5 tokens) gets the client a 502 in
+OpenAI's shape, retried on another deployment where the model has one, or, for a usage the gateway
+cannot bill from, the answer with the gateway's estimate in the row. Never a 500 or a reset
+connection, and every request leaves its row; over the direct HTTP transport and through litellm."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.engine.serving import serve_in_thread
+from tests.gateway.harness import PRICE_IN, Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.upstream import UpstreamProcess
+
+ANSWER = '{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}'
+MISSHAPEN = {  # whole answers the gateway must not serve
+    "list": "[1,2,3]",
+    "string": '"hello"',
+    "no-choices": '{"id":"x","object":"chat.completion"}',
+    "choices-string": '{"id":"x","choices":"abc"}',
+    "choice-string": '{"id":"x","choices":["abc"]}',
+    "message-string": '{"id":"x","choices":[{"index":0,"message":"hi","finish_reason":"stop"}]}',
+    "content-number": '{"choices":[{"index":0,"message":{"role":"assistant","content":5},"finish_reason":"stop"}]}',
+    "tool-calls-numbers": '{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[5]},'
+                          '"finish_reason":"tool_calls"}]}',
+    "error-with-200": '{"error":{"message":"boom"}}',
+    "not-json": '{"choices":[],"usage":{"prompt_tokens":NaN}}',  # NaN: Python reads it, no client can
+}
+UNBILLABLE = {  # good answers with a usage nobody can bill from
+    "usage-negative": '{"prompt_tokens":-5,"completion_tokens":7}',
+    "usage-huge": '{"prompt_tokens":1e300,"completion_tokens":1e300}',
+    "usage-string": '"lots"',
+    "usage-details-string": '{"prompt_tokens":1,"completion_tokens":1,"prompt_tokens_details":"x"}',
+}
+MISSHAPEN_STREAMS = {
+    "stream-list": [b"data: [1,2]\n\n", b"data: [DONE]\n\n"],
+    "stream-choices-string": [b'data: {"choices":"x"}\n\n', b"data: [DONE]\n\n"],
+    "stream-delta-string": [b'data: {"choices":[{"index":0,"delta":"x"}]}\n\n', b"data: [DONE]\n\n"],
+    "stream-tool-calls-numbers": [b'data: {"choices":[{"index":0,"delta":{"tool_calls":[5]}}]}\n\n',
+                                  b"data: [DONE]\n\n"],
+}
+# No finish_reason and a usage that is a string: served, and logged as ended, not as a client that left.
+ODD_STREAM = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n', b'data: {"choices":[],"usage":"x"}\n\n',
+              b"data: [DONE]\n\n"]
+
+
+async def _chat(request: Request) -> Response:
+    mode = (await request.json())["messages"][-1]["content"]
+    if mode in MISSHAPEN_STREAMS or mode == "odd-stream":
+        events = MISSHAPEN_STREAMS.get(mode, ODD_STREAM)
+
+        async def stream() -> Iterator[bytes]:  # type: ignore[misc]
+            for event in events:
+                yield event
+
+        return StreamingResponse(stream(), media_type="text/event-stream")  # type: ignore[arg-type]
+    if mode in UNBILLABLE:
+        return Response(f'{{"id":"x","choices":[{ANSWER}],"usage":{UNBILLABLE[mode]}}}', media_type="application/json")
+    return Response(MISSHAPEN[mode], media_type="application/json")
+
+
+async def _models(request: Request) -> Response:
+    return JSONResponse({"object": "list", "data": [{"id": "bad"}]})
+
+
+@pytest.fixture(scope="module")
+def bad_api_base() -> Iterator[str]:
+    app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"]), Route("/v1/models", _models)])
+    with serve_in_thread(app) as url:
+        yield url + "/v1"
+
+
+@pytest.fixture
+def gw(bad_api_base: str, upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path) -> Iterator[Gateway]:
+    good = upstreams[0]
+    models = [model_entry("direct", bad_api_base, provider="hosted_vllm", transport="auto"),
+              model_entry("litellm", bad_api_base, provider="hosted_vllm"),  # transport: litellm
+              model_entry("mixed", bad_api_base, provider="hosted_vllm", transport="auto"),
+              model_entry("mixed", good.api_base)]
+    with running_gateway(gateway_config(tmp_path, models)) as gateway:
+        yield gateway
+
+
+def ask(http: httpx.Client, model: str, mode: str, stream: bool = False) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={"model": model, "stream": stream,
+                                                   "messages": [{"role": "user", "content": mode}]})
+
+
+def test_a_misshapen_answer_is_a_502_in_openai_shape_and_leaves_its_row(gw: Gateway) -> None:
+    with gw.http() as http:
+        direct = {mode: ask(http, "direct", mode) for mode in MISSHAPEN}
+        direct |= {mode: ask(http, "direct", mode, stream=True) for mode in MISSHAPEN_STREAMS}
+        through_litellm = {mode: ask(http, "litellm", mode) for mode in MISSHAPEN}
+        through_litellm |= {mode: ask(http, "litellm", mode, stream=True) for mode in MISSHAPEN_STREAMS}
+    for mode, response in direct.items():
+        assert response.status_code == 502, (mode, response.text)
+        assert response.json()["error"]["code"] == "bad_upstream_response", mode
+    for mode, response in through_litellm.items():  # litellm reads some its own way (a 400, or a repair)
+        if response.status_code == 200:
+            assert mode.startswith("stream") and response.text.rstrip().endswith("data: [DONE]"), mode
+            continue
+        assert response.status_code in (400, 502), (mode, response.text)
+        assert "Traceback" not in response.json()["error"]["message"]  # litellm's, not the client's
+    responses = [*direct.values(), *through_litellm.values()]
+    rows = {r["request_id"]: r for r in gw.rows()}
+    assert sorted(rows) == sorted(r.headers["x-pitstop-request-id"] for r in responses)
+    assert {(rows[r.headers["x-pitstop-request-id"]]["status"], rows[r.headers["x-pitstop-request-id"]]["cost_usd"])
+            for r in direct.values()} == {("error", 0.0)}
+
+
+def test_a_usage_nobody_can_bill_from_is_replaced_by_the_estimate(gw: Gateway) -> None:
+    with gw.http() as http:
+        answers = {mode: ask(http, "direct", mode) for mode in UNBILLABLE}
+        odd = ask(http, "direct", "odd-stream", stream=True)
+        litellm = {mode: ask(http, "litellm", mode) for mode in UNBILLABLE}
+    rows = {r["request_id"]: r for r in gw.rows()}
+    for mode, response in answers.items():
+        assert response.status_code == 200, (mode, response.text)
+        body = response.json()
+        assert body["choices"][0]["message"]["content"] == "hi"
+        row = rows[response.headers["x-pitstop-request-id"]]  # the usage served is what the row is charged
+        assert body["usage"] == {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
+                                 "total_tokens": row["prompt_tokens"] + row["completion_tokens"]}
+    assert odd.status_code == 200 and odd.text.rstrip().endswith("data: [DONE]")
+    assert all(r.status_code in (200, 502) for r in litellm.values())  # litellm refuses some itself
+    for response in [*answers.values(), odd]:
+        row = rows[response.headers["x-pitstop-request-id"]]
+        assert (row["status"], row["http_status"]) == ("ok", 200)
+        assert row["extra"]["usage_estimated"] is True and 0 < row["prompt_tokens"] < 100
+        assert row["cost_usd"] < 1000 * PRICE_IN
+    assert len(rows) == len(answers) + 1 + len(litellm)
+
+
+def test_a_misshapen_answer_is_retried_on_another_deployment(gw: Gateway) -> None:
+    """`mixed` lists the misbehaving deployment first: the first request tries it, then the good one."""
+    with gw.http() as http:
+        whole = ask(http, "mixed", "list")
+        streamed = ask(http, "mixed", "stream-list", stream=True)
+    assert whole.status_code == 200 and whole.json()["choices"][0]["message"]["content"].startswith("from-a")
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert "from-a" in "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])

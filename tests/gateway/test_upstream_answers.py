@@ -1,0 +1,82 @@
+"""Fuzz what an upstream may answer (gateway/backends/answers.py): any JSON value is either refused as
+a 502 or read whole by everything the gateway does with an answer (the outcome row's text, tool
+calls, tokens and cost, verification's text); hypothesis draws near-OpenAI answers with wrong types."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.backends.answers import MAX_REPORTED_TOKENS, checked_answer, checked_chunk
+from gateway.backends.base import BackendError, Kind
+from gateway.outcomes import OutcomeDraft, usage_tokens
+from gateway.verify import _chunk_text, answer_text
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=8))
+anything = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                        max_leaves=8)
+
+
+def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(strategy, anything)
+
+
+counts = maybe(st.integers(0, 5000))
+usages = st.fixed_dictionaries({}, optional={"prompt_tokens": counts, "completion_tokens": counts,
+                                             "total_tokens": counts,
+                                             "prompt_tokens_details": maybe(st.fixed_dictionaries(
+                                                 {}, optional={"cached_tokens": counts}))})
+tool_calls = st.lists(maybe(st.fixed_dictionaries(
+    {"function": maybe(st.fixed_dictionaries({"name": maybe(st.text(max_size=5)),
+                                              "arguments": maybe(st.text(max_size=5))}))})), max_size=2)
+messages = st.fixed_dictionaries({}, optional={"role": maybe(st.just("assistant")), "content": maybe(st.text(max_size=8)),
+                                               "tool_calls": maybe(tool_calls)})
+choices = st.lists(maybe(st.fixed_dictionaries({}, optional={
+    "message": maybe(messages), "delta": maybe(messages), "text": maybe(st.text(max_size=8)),
+    "finish_reason": maybe(st.sampled_from(["stop", "length", "tool_calls"]))})), max_size=2)
+answers = maybe(st.fixed_dictionaries({}, optional={"choices": maybe(choices), "usage": maybe(usages),
+                                                    "error": maybe(st.fixed_dictionaries({"message": st.text(max_size=5)}))}))
+
+
+def _read_as_the_gateway_does(draft: OutcomeDraft) -> None:
+    draft.deployment = None
+    prompt, completion, cached = draft.tokens
+    assert all(type(n) is int and 0 <= n <= 3 * MAX_REPORTED_TOKENS for n in (prompt, completion, cached))
+    assert math.isfinite(prompt * 1e-6 + completion * 2e-6)  # the row's cost
+    assert isinstance("".join(draft.completion_parts), str)  # raises if a part is not text
+    assert all(isinstance(name, str) for name in draft.tool_calls)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=answers, kind=st.sampled_from(["chat", "completion"]))
+def test_any_whole_answer_is_refused_or_read_whole(body: Any, kind: Kind) -> None:
+    try:
+        checked = checked_answer(copy.deepcopy(body))
+    except BackendError as error:
+        assert error.status == 502 and error.retryable
+        return
+    draft = OutcomeDraft()
+    draft.take_response(checked)
+    _read_as_the_gateway_does(draft)
+    answer_text(checked, kind)
+    usage_tokens(checked.get("usage"))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunk=answers, kind=st.sampled_from(["chat", "completion"]))
+def test_any_stream_chunk_is_refused_or_read_whole(chunk: Any, kind: Kind) -> None:
+    try:
+        checked = checked_chunk(copy.deepcopy(chunk))
+    except BackendError as error:
+        assert error.status == 502
+        return
+    draft = OutcomeDraft()
+    draft.take_chunk(checked)
+    _read_as_the_gateway_does(draft)
+    _chunk_text(checked)
