@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -139,24 +139,28 @@ def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_aft
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
-    """Run a non-streaming call, cancelling it (and so the upstream request) if the client leaves."""
-    task = asyncio.ensure_future(work)
+    """Run `work` (a call, up to a stream's first chunk) in this task, cancelling it (and so the
+    upstream request) if the client leaves meanwhile. One watcher task and no second task for the
+    work: about half the cost of racing two tasks with asyncio.wait."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    running = True
 
     async def disconnected() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
+    def left(watcher: asyncio.Task[None]) -> None:
+        if running and not watcher.cancelled():  # not once the work is over: the cancel would land elsewhere
+            handler.cancel()
+
     watcher = asyncio.ensure_future(disconnected())
+    watcher.add_done_callback(left)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     finally:
+        running = False
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-            raise asyncio.CancelledError
-    return task.result()
 
 
 async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
