@@ -36,6 +36,8 @@ def test_landing_and_run_cost_on_graded_traffic() -> None:
     costs = [r for r in results if r["kind"] == "avg_cost" and r["window"] == max(WINDOWS) and r["logged"] == "prompts"]
     assert costs[0]["following_real_cost_usd_mean"] < costs[-1]["following_real_cost_usd_mean"]
     timing = run_cost(router, candidates, train.prompts[:50])
-    assert timing["requests"] == 50 and timing["max_abs_quality_difference"] < 1e-9
+    # Batched and one-by-one estimates agree up to float32 rounding (the dense features are float32; a
+    # matrix product and a vector one may sum in another order: 0 on the AVX-512 VMs, 1.8e-7 on a Zen 2).
+    assert timing["requests"] == 50 and timing["max_abs_quality_difference"] < 1e-6
     lag = loop_lag(router, candidates, train.prompts[:50])
     assert lag["requests"] == 50 and lag["during_calibration"]["wakeups"] >= 1 and lag["idle"]["wakeups"] > 100
