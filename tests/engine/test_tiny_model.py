@@ -3,6 +3,9 @@ transformers' tokenizer (ids and chat template rendering), and generation is rep
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 
 from engine.model.config import ModelConfig
 from engine.tiny_model import make_tiny_model
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import GIL_FREE_ENCODE_CHARS, Tokenizer
 
 TEXTS = [
     "Return the lowest index in the list where the value is found.",
@@ -75,6 +78,39 @@ def test_tokenizer_matches_transformers_and_round_trips(tiny_model_dir: Path) ->
     call = ours.encode('<tool_call>{"name": "f"}</tool_call><|end|>')
     assert call[0] == ours.token_to_id("<tool_call>")
     assert ours.decode(call) == '<tool_call>{"name": "f"}</tool_call>'
+
+
+def test_a_long_prompt_is_tokenized_alike_and_lets_other_threads_run(tiny_model_dir: Path) -> None:
+    """Past GIL_FREE_ENCODE_CHARS the tokenizer gives the GIL up while it works (a server tokenizes
+    long prompts on a worker thread, and held, the GIL stopped the event loop for seconds): the same
+    ids as transformers', while another Python thread counts on."""
+    from transformers import AutoTokenizer
+
+    ours, theirs = Tokenizer(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = " ".join(TEXTS) * 6000  # ~900 KB: a few hundred ms of tokenizing
+    assert len(text) > GIL_FREE_ENCODE_CHARS
+    encoding, counted = threading.Event(), [0]
+
+    def count() -> None:
+        encoding.wait()
+        while encoding.is_set():
+            counted[0] += 1
+            time.sleep(0)  # hands the GIL back at once
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # the counter then runs only where this thread gives the GIL up itself
+    try:
+        encoding.set()
+        ids = ours.encode(text)
+        during = counted[0]  # read before the counter can run again
+        encoding.clear()
+    finally:
+        sys.setswitchinterval(interval)
+    counter.join()
+    assert ids == theirs.encode(text, add_special_tokens=False)
+    assert during > 0, "no other thread ran while the prompt was tokenized"
 
 
 def test_chat_template_renders_like_transformers(tiny_model_dir: Path) -> None:
