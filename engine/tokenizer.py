@@ -15,7 +15,6 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
-
 # `tokenizers`' `encode` holds the GIL while it runs, so a long prompt tokenized on a worker thread
 # still stops every other thread, the event loop included (4.3 s for 7 MB of text on a Zen 2 VM);
 # `encode_batch` lets it go. Short texts keep `encode`, which costs less to call.
