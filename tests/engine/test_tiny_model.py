@@ -3,6 +3,7 @@ transformers' tokenizer (ids and chat template rendering), and generation is rep
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 from engine.model.config import ModelConfig
+from engine.openai_generation import tokenize
+from engine.server.protocol import parse_chat
 from engine.tiny_model import make_tiny_model
 from engine.tokenizer import GIL_FREE_ENCODE_CHARS, Tokenizer
 
@@ -163,3 +166,30 @@ def test_same_seed_same_bytes_other_seed_other_weights(tiny_model_dir: Path, tmp
     assert tokenizer.vocab_size == 12000
     assert tokenizer.id_to_token(11999).startswith("<|reserved_") and tokenizer.decode([11999]) == ""
     assert (other / "model.safetensors").read_bytes() != (again / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("messages", [2, 200])
+def test_a_long_chat_is_rendered_off_the_event_loop_to_the_same_ids(tiny_model_dir: Path, messages: int) -> None:
+    """A chat of more than 64 messages is rendered (jinja, Python) on a worker thread; a short one on
+    the loop. Either way the ids are those of the template rendered and tokenized in one piece."""
+    tokenizer = Tokenizer(tiny_model_dir)
+    threads: list[str] = []
+
+    class Engine:  # what tokenize() uses of an AsyncEngine
+        def __init__(self) -> None:
+            self.tokenizer = self
+
+        def apply_chat_template(self, *args: object, **kwargs: object) -> str:
+            threads.append(threading.current_thread().name)
+            return tokenizer.apply_chat_template(*args, **kwargs)  # type: ignore[arg-type]
+
+        def encode(self, text: str) -> list[int]:
+            return tokenizer.encode(text)
+
+    chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(messages - 1)]
+    chat.append({"role": "user", "content": "and now?"})
+    parsed = parse_chat({"model": "tiny", "messages": chat})
+    ids = asyncio.run(tokenize(Engine(), parsed))  # type: ignore[arg-type]
+    assert ids == tokenizer.encode(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+    on_loop = threads == [threading.main_thread().name]
+    assert on_loop == (messages <= 64), threads
