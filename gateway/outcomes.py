@@ -144,6 +144,13 @@ class OutcomeDraft:
                 max(len(self.completion_parts), math.ceil(len(text) / CHARS_PER_TOKEN)), 0)
 
 
+    def estimated_usage(self) -> dict[str, int]:
+        """`tokens` as an OpenAI `usage`: what a client is told it was charged."""
+        prompt_tokens, completion_tokens, _ = self.tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+
 def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
     """(prompt, completion, cached) tokens of a response's `usage`."""
     usage = usage or {}

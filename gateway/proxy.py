@@ -100,9 +100,7 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
         draft.take_response(body)
         draft.ttft_s = None
         if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
-            prompt_tokens, completion_tokens, _ = draft.tokens
-            body["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                             "total_tokens": prompt_tokens + completion_tokens}
+            body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
         return JSONResponse(body, headers=_headers(draft))
@@ -167,17 +165,22 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
                   session: SessionCall) -> AsyncGenerator[bytes, None]:
     include_usage = draft.request is not None and draft.request.include_usage
     failed = ended = False
+    last: dict = {}
     try:
         with state.drain.track():
             async with aclosing(chunks):
                 async for chunk in chunks:
                     draft.take_chunk(chunk)
-                    if not chunk.get("choices") and chunk.get("usage") is not None and not include_usage:
-                        continue  # we asked every backend for usage; the client did not
+                    last = chunk
+                    if not chunk.get("choices") and "usage" in chunk and (not include_usage or chunk["usage"] is None):
+                        continue  # usage the client did not ask for (we asked every backend), or none to bill
                     if not include_usage:
                         chunk.pop("usage", None)
                     yield sse_event(chunk)
             ended = True  # the upstream's [DONE] (with or without a finish_reason)
+            if include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
+                envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+                yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
     except (BackendError, APIError) as exc:
         failed = True
         error = _as_api_error(exc)

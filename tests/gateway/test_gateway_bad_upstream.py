@@ -90,9 +90,9 @@ def gw(bad_api_base: str, upstreams: tuple[UpstreamProcess, UpstreamProcess], tm
         yield gateway
 
 
-def ask(http: httpx.Client, model: str, mode: str, stream: bool = False) -> httpx.Response:
+def ask(http: httpx.Client, model: str, mode: str, stream: bool = False, **extra: object) -> httpx.Response:
     return http.post("/v1/chat/completions", json={"model": model, "stream": stream,
-                                                   "messages": [{"role": "user", "content": mode}]})
+                                                   "messages": [{"role": "user", "content": mode}], **extra})
 
 
 def test_a_misshapen_answer_is_a_502_in_openai_shape_and_leaves_its_row(gw: Gateway) -> None:
@@ -120,7 +120,7 @@ def test_a_misshapen_answer_is_a_502_in_openai_shape_and_leaves_its_row(gw: Gate
 def test_a_usage_nobody_can_bill_from_is_replaced_by_the_estimate(gw: Gateway) -> None:
     with gw.http() as http:
         answers = {mode: ask(http, "direct", mode) for mode in UNBILLABLE}
-        odd = ask(http, "direct", "odd-stream", stream=True)
+        odd = ask(http, "direct", "odd-stream", stream=True, stream_options={"include_usage": True})
         litellm = {mode: ask(http, "litellm", mode) for mode in UNBILLABLE}
     rows = {r["request_id"]: r for r in gw.rows()}
     for mode, response in answers.items():
@@ -131,6 +131,12 @@ def test_a_usage_nobody_can_bill_from_is_replaced_by_the_estimate(gw: Gateway) -
         assert body["usage"] == {"prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
                                  "total_tokens": row["prompt_tokens"] + row["completion_tokens"]}
     assert odd.status_code == 200 and odd.text.rstrip().endswith("data: [DONE]")
+    events = [json.loads(line[6:]) for line in odd.text.splitlines() if line.startswith("data: {")]
+    assert [e["choices"] == [] for e in events] == [False, True]  # the answer, then one usage chunk
+    odd_row = rows[odd.headers["x-pitstop-request-id"]]
+    assert events[-1]["usage"] == {"prompt_tokens": odd_row["prompt_tokens"],
+                                   "completion_tokens": odd_row["completion_tokens"],
+                                   "total_tokens": odd_row["prompt_tokens"] + odd_row["completion_tokens"]}
     assert all(r.status_code in (200, 502) for r in litellm.values())  # litellm refuses some itself
     for response in [*answers.values(), odd]:
         row = rows[response.headers["x-pitstop-request-id"]]
