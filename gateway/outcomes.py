@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Coroutine
@@ -34,10 +35,20 @@ def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def storable(value: Any) -> Any:
-    """JSON allows NUL characters; PostgreSQL text and JSONB refuse them, which would lose the whole row."""
+    """JSON allows NUL characters, and UTF-16 surrogates escaped alone; PostgreSQL text and JSONB refuse
+    the first, no UTF-8 encoder takes the second (an upstream's answer may carry both), and either
+    would lose the whole row. A surrogate pair split across stream chunks is joined back into its
+    character; one alone becomes U+FFFD."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        if not value.isascii() and _SURROGATE.search(value):  # isascii is O(1): most text skips the scan
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
     if isinstance(value, list):
         return [storable(v) for v in value]
     if isinstance(value, dict):

@@ -11,10 +11,11 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from agent_sessions.identity import scoped_session_id
 from engine.server.errors import APIError, error_body
+from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
@@ -103,7 +104,7 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
             body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
-        return JSONResponse(body, headers=_headers(draft))
+        return SafeJSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
         return _failed(state, draft, _as_api_error(exc), retry_after_s)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from engine.server.json_out import SafeJSONResponse
+
 # OpenAI's error `type` for each status we answer with.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -34,7 +36,7 @@ class APIError(Exception):
         return error_body(self.status, self.message, self.param, self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return SafeJSONResponse(self.body(), status_code=self.status)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from engine.server.json_out import json_bytes
+
 DONE = b"data: [DONE]\n\n"
 
 
 def sse_event(data: dict) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json_bytes(data) + b"\n\n"
 
 
 class SSEResponse(StreamingResponse):

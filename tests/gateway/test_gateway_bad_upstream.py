@@ -1,8 +1,9 @@
 """An upstream that answers outside OpenAI's shape (a JSON list, a choice that is a string, an error
 object with a 200, a stream event that is a list, a usage of -5 tokens) gets the client a 502 in
 OpenAI's shape, retried on another deployment where the model has one, or, for a usage the gateway
-cannot bill from, the answer with the gateway's estimate in the row. Never a 500 or a reset
-connection, and every request leaves its row; over the direct HTTP transport and through litellm."""
+cannot bill from, the answer with the gateway's estimate in the row. Text holding a UTF-16 surrogate
+escaped alone (no UTF-8 encoder takes it) is served as it came and logged repaired. Never a 500 or a
+reset connection, and every request leaves its row; over the direct HTTP transport and through litellm."""
 
 from __future__ import annotations
 
@@ -51,12 +52,23 @@ MISSHAPEN_STREAMS = {
 # No finish_reason and a usage that is a string: served, and logged as ended, not as a client that left.
 ODD_STREAM = [b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n', b'data: {"choices":[],"usage":"x"}\n\n',
               b"data: [DONE]\n\n"]
+# Half an emoji alone ("\ud83d"), as a JavaScript server that splits a string between chunks sends it.
+SURROGATES = {
+    "surrogate": '{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"a \\ud83d b"},'
+                 '"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":3,"total_tokens":4}}',
+    "surrogate-error": '{"error":{"message":"bad \\udc80 input","type":"invalid_request_error"}}',
+}
+SURROGATE_STREAM = [b'data: {"choices":[{"index":0,"delta":{"content":"x\\ud83d"}}]}\n\n',
+                    b'data: {"choices":[{"index":0,"delta":{"content":"\\ude00y"},"finish_reason":"stop"}]}\n\n',
+                    b"data: [DONE]\n\n"]
 
 
 async def _chat(request: Request) -> Response:
     mode = (await request.json())["messages"][-1]["content"]
-    if mode in MISSHAPEN_STREAMS or mode == "odd-stream":
-        events = MISSHAPEN_STREAMS.get(mode, ODD_STREAM)
+    if mode in SURROGATES:
+        return Response(SURROGATES[mode], media_type="application/json", status_code=400 if "error" in mode else 200)
+    if mode in MISSHAPEN_STREAMS or mode in ("odd-stream", "surrogate-stream"):
+        events = {"odd-stream": ODD_STREAM, "surrogate-stream": SURROGATE_STREAM}.get(mode) or MISSHAPEN_STREAMS[mode]
 
         async def stream() -> Iterator[bytes]:  # type: ignore[misc]
             for event in events:
@@ -155,3 +167,29 @@ def test_a_misshapen_answer_is_retried_on_another_deployment(gw: Gateway) -> Non
     assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
     events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
     assert "from-a" in "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+
+
+def test_text_with_a_lone_surrogate_is_served_as_sent_and_logged_repaired(gw: Gateway) -> None:
+    """The answer, the stream and the upstream's error reach the client escaped as the upstream sent
+    them (they were 500s); the row's completion joins the split pair back into its emoji, and a
+    surrogate alone becomes U+FFFD (the rows were lost: no UTF-8 encoder takes them)."""
+    served = {}
+    with gw.http() as http:
+        for model in ("direct", "litellm"):
+            served[model] = (ask(http, model, "surrogate"), ask(http, model, "surrogate-stream", stream=True),
+                             ask(http, model, "surrogate-error"))
+    rows = {r["request_id"]: r for r in gw.rows()}
+    for model, (whole, streamed, refused) in served.items():
+        assert whole.status_code == 200, (model, whole.text)
+        assert whole.json()["choices"][0]["message"]["content"] == "a \ud83d b"
+        assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]"), (model, streamed.text)
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) \
+            == "x\ud83d\ude00y"
+        assert refused.status_code == 400, (model, refused.text)
+        assert rows[whole.headers["x-pitstop-request-id"]]["completion"] == "a \ufffd b"
+        assert rows[streamed.headers["x-pitstop-request-id"]]["completion"] == "x\U0001f600y"
+        assert rows[refused.headers["x-pitstop-request-id"]]["status"] == "error"
+    assert "bad \udc80 input" in served["direct"][2].json()["error"]["message"]
+    assert "bad \ufffd input" in rows[served["direct"][2].headers["x-pitstop-request-id"]]["error"]
+    assert len(rows) == 6
