@@ -24,6 +24,7 @@ ROUTES = [
     Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine.server.errors import APIError, bad_request
+from engine.server.errors import APIError, bad_request, not_found
 from engine.server.protocol import read_json
 from gateway.outcomes import storable
 from gateway.state import GatewayState
@@ -20,9 +20,8 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.pitstop
 
 
-async def list_models(request: Request) -> Response:
-    state = _state(request)
-    await state.auth.authenticate(request.headers)  # as OpenAI's: where keys are required, a key
+def _model_objects(state: GatewayState) -> list[dict]:
+    """OpenAI's model objects: the route groups (with how they route), then the models."""
     data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
              "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
@@ -32,9 +31,26 @@ async def list_models(request: Request) -> Response:
                          "verify": {**asdict(group.verify), "hold_chars": group.verify_hold_chars}
                          if group.verify else None}}
             for name, group in state.routes.groups.items()]
-    data += [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
-             for name in state.settings.model_names]
-    return JSONResponse({"object": "list", "data": data})
+    return data + [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
+                   for name in state.settings.model_names]
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    await state.auth.authenticate(request.headers)  # as OpenAI's: where keys are required, a key
+    return JSONResponse({"object": "list", "data": _model_objects(state)})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """GET /v1/models/{model} (the SDKs' `models.retrieve`); a name may hold slashes."""
+    state = _state(request)
+    await state.auth.authenticate(request.headers)
+    name = request.path_params["model"]
+    for model in _model_objects(state):
+        if model["id"] == name:
+            return JSONResponse(model)
+    raise not_found(f"the model {name!r} does not exist; available: {', '.join(state.routes.names)}",
+                    "model", "model_not_found")
 
 
 async def healthz(request: Request) -> Response:

@@ -112,6 +112,7 @@ def test_required_keys(upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_p
                          json={"model": "up", "messages": [{"role": "user", "content": "x"}]}).status_code == 200
         assert http.post("/v1/feedback", json={"request_id": "r", "value": 1}).status_code == 401
         assert http.get("/v1/models").status_code == 401
+        assert http.get("/v1/models/up").status_code == 401
         assert http.get("/v1/models", headers={"authorization": f"Bearer {kept}"}).json()["data"][0]["id"] == "up"
         assert http.post("/v1/feedback", headers={"authorization": f"Bearer {kept}"},
                          json={"request_id": "r", "value": 1}).status_code == 202

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.gateway.harness import PRICE_IN, PRICE_OUT, Gateway, gateway_config, model_entry, running_gateway
@@ -175,6 +176,17 @@ def test_models_lists_route_groups_and_models(gw: Gateway) -> None:
     with gw.http() as http:
         response = http.get("/v1/models")
     assert response.status_code == 200 and response.json()["object"] == "list"
+
+
+def test_models_retrieve_answers_each_listed_name_and_a_404_otherwise(gw: Gateway) -> None:
+    with gw.openai() as client:
+        listed = {m.id: m.model_dump() for m in client.models.list().data}
+        assert {name: client.models.retrieve(name).model_dump() for name in listed} == listed
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.models.retrieve("nope")
+    error = missing.value.body
+    assert isinstance(error, dict) and (error["code"], error["param"]) == ("model_not_found", "model")
+    assert "grp" in error["message"]
 
 
 @pytest.mark.parametrize("model", MODELS)
