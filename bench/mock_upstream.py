@@ -10,6 +10,9 @@ shares 2 cores between the load generator, this mock and the gateway under test.
   `chunks - 1` more chunks `chunk_interval_ms` apart, a finish chunk, a usage chunk when the request
   asked for `stream_options.include_usage`, and `data: [DONE]`. With `--answer`, the chunks are its
   words instead (one word a chunk).
+- `POST /v1/embeddings`: waits `delay_ms`, returns one `--embedding-dims` vector an input (the same
+  one each time; floats as a real model writes them, or base64 float32 with `encoding_format`),
+  billed 8 tokens an input. Bodies are rendered once a batch size and format.
 - `GET /v1/models`, `GET /health`.
 """
 
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
+import random
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,8 +43,12 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 class MockUpstream:
     """The ASGI app. Response bodies are formatted from templates: unique ids, no per-request json.dumps."""
 
-    def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER) -> None:
+    def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER,
+                 embedding_dims: int = 1536) -> None:
         self.answer = answer
+        rng = random.Random(0)
+        self.vector = [rng.gauss(0, 0.03) for _ in range(embedding_dims)]
+        self.embeddings: dict[tuple[int, bool], bytes] = {}
         self.delay = delay_ms / 1000
         words = answer.split() if answer != ANSWER else [f"tok{i}" for i in range(max(chunks, 1))]
         self.pieces = [json.dumps(w if i == 0 else " " + w)[1:-1] for i, w in enumerate(words)]
@@ -70,12 +80,29 @@ class MockUpstream:
             else:
                 await asyncio.sleep(self.delay)
                 await _respond(send, 200, self._completion(rid, model))
+        elif path.endswith("/embeddings") and method == "POST":
+            req = json.loads(await _read_body(receive) or b"{}")
+            inputs = req.get("input")
+            count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
+            self.served += 1
+            await asyncio.sleep(self.delay)
+            await _respond(send, 200, self._embeddings(count, req.get("encoding_format") == "base64"))
         elif path.endswith("/models") and method == "GET":
             await _respond(send, 200, b'{"object":"list","data":[{"id":"mock","object":"model","owned_by":"bench"}]}')
         elif path in ("/health", "/healthz"):
             await _respond(send, 200, b'{"status":"ok"}')
         else:
             await _respond(send, 404, b'{"error":{"message":"not found"}}')
+
+    def _embeddings(self, count: int, as_base64: bool) -> bytes:
+        if (count, as_base64) not in self.embeddings:
+            vector: Any = (base64.b64encode(struct.pack(f"<{len(self.vector)}f", *self.vector)).decode()
+                           if as_base64 else self.vector)
+            self.embeddings[(count, as_base64)] = json.dumps({
+                "object": "list", "model": "mock-embed",
+                "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+                "usage": {"prompt_tokens": 8 * count, "total_tokens": 8 * count}}, separators=(",", ":")).encode()
+        return self.embeddings[(count, as_base64)]
 
     def _completion(self, rid: str, model: str) -> bytes:
         return json.dumps({
@@ -138,8 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=10)
     parser.add_argument("--chunk-interval-ms", type=float, default=5.0)
     parser.add_argument("--answer", default=ANSWER, help="the non-streaming answer's content")
+    parser.add_argument("--embedding-dims", type=int, default=1536)
     args = parser.parse_args(argv)
-    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer)
+    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer, args.embedding_dims)
     # Long keep-alive: connections from the load generator and the gateways stay open between points.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
                 lifespan="on", timeout_keep_alive=120, backlog=4096)

@@ -85,6 +85,10 @@ class ModelInfo(_Strict):
     # Requests that may wait for one of those slots; past it a request is a 429 (tried first on the
     # model's other deployments). None: the queue is unbounded.
     max_queue: int | None = Field(default=None, ge=0)
+    # litellm's `mode`: "embedding" marks a model that serves POST /v1/embeddings only (kept out of route
+    # groups; a chat or completion request to it is a 400). Any model not on Pitstop's engines may
+    # still be sent embeddings requests: its upstream decides.
+    mode: Literal["chat", "completion", "embedding"] | None = None
 
     @model_validator(mode="after")
     def _queue_needs_a_limit(self) -> ModelInfo:
@@ -97,6 +101,18 @@ class ModelEntry(_Strict):
     model_name: str = Field(min_length=1)
     litellm_params: LitellmParams
     model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+    @property
+    def serves_embeddings(self) -> bool:
+        """Whether embeddings requests may go to it: Pitstop's engines have no embeddings endpoint."""
+        return self.litellm_params.provider not in (LOCAL_PROVIDER, ENGINE_PROVIDER)
+
+    @model_validator(mode="after")
+    def _embeddings_need_an_embeddings_server(self) -> ModelEntry:
+        if self.model_info.mode == "embedding" and not self.serves_embeddings:
+            raise ValueError(f"model_info.mode: '{self.litellm_params.model}' is a Pitstop engine, which serves no "
+                             "embeddings")
+        return self
 
 
 class GroupCalibration(_Strict):
@@ -250,6 +266,8 @@ class Settings(_Strict):
             for model in group.models:
                 if model not in known:
                     raise ValueError(f"route_groups.{i}.models: unknown model_name '{model}'")
+                if model in self.embedding_models:
+                    raise ValueError(f"route_groups.{i}.models: '{model}' is an embedding model (model_info.mode)")
             infos = {m.model_name: m.model_info for m in self.model_list}
             aliases = [infos[m].router_model or m for m in dict.fromkeys(group.models)]
             if len(aliases) != len(set(aliases)):
@@ -261,7 +279,7 @@ class Settings(_Strict):
                 raise ValueError(f"route_groups.{i}.calibrate.traffic: 'outcomes' reads the logged prompts, which "
                                  "need storage.store_text: true (or calibrate on a data set or an export file)")
             if group.verify is not None:
-                _check_verify(f"route_groups.{i}.verify", group.verify, known)
+                _check_verify(f"route_groups.{i}.verify", group.verify, known, self.embedding_models)
         return self
 
     def verify_policy(self, group: RouteGroup) -> VerifyPolicy | None:
@@ -279,17 +297,27 @@ class Settings(_Strict):
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(m.model_name for m in self.model_list))
 
+    @property
+    def embedding_models(self) -> set[str]:
+        """Models that serve embeddings only (model_info.mode: embedding)."""
+        return {m.model_name for m in self.model_list if m.model_info.mode == "embedding"}
+
+    @property
+    def embeddings_served_by(self) -> set[str]:
+        """Models embeddings requests may go to: those with a deployment not on Pitstop's engines."""
+        return {m.model_name for m in self.model_list if m.serves_embeddings}
+
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
 
 
-def _check_verify(where: str, verify: GroupVerify, known: set[str]) -> None:
-    for model in verify.verifiers:
-        if model not in known:
-            raise ValueError(f"{where}.verifiers: unknown model_name '{model}'")
-    if verify.escalate_to is not None and verify.escalate_to not in known:
-        raise ValueError(f"{where}.escalate_to: unknown model_name '{verify.escalate_to}'")
+def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: set[str]) -> None:
+    for field, model in [*(("verifiers", m) for m in verify.verifiers), ("escalate_to", verify.escalate_to)]:
+        if model is not None and model not in known:
+            raise ValueError(f"{where}.{field}: unknown model_name '{model}'")
+        if model in embedding:
+            raise ValueError(f"{where}.{field}: '{model}' is an embedding model (model_info.mode)")
 
 
 def _resolve_env(value: Any, path: str, missing: list[str]) -> Any:

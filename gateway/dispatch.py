@@ -57,6 +57,8 @@ class Dispatcher:
     async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                        prefer: str | None = None, sent: Sent | None = None) -> tuple[dict, Dispatched]:
         tried: set[str] = set()
+        if kind == "embedding":  # a model's deployments on Pitstop's engines have no embeddings endpoint
+            tried = {d.name for d in self.pool.by_model.get(model_name, ()) if not d.backend.serves_embeddings}
         last: BackendError | None = None
         arrival = time.time()  # the admission queue's aging counts from here, across retries
         for attempt in range(1, self.num_retries + 2):

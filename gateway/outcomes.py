@@ -158,8 +158,13 @@ class OutcomeDraft:
     def estimated_usage(self) -> dict[str, int]:
         """`tokens` as an OpenAI `usage`: what a client is told it was charged."""
         prompt_tokens, completion_tokens, _ = self.tokens
+        if self.request is not None and self.request.kind == "embedding":  # OpenAI's embeddings usage
+            return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
+
+
+_PROMPT_FIELD = {"chat": "messages", "completion": "prompt", "embedding": "input"}
 
 
 def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
@@ -249,9 +254,10 @@ class OutcomeRecorder:
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         prompt = None
         if self.store_text and request is not None:
-            prompt = request.messages if request.kind == "chat" else request.body.get("prompt")
+            prompt = request.messages if request.kind == "chat" else request.body.get(_PROMPT_FIELD[request.kind])
         return {
             "request_id": draft.request_id, "created_at": draft.created_at,
+            "endpoint": request.kind if request else None,
             "api_key_id": draft.caller.key_id if draft.caller else None,
             "session_id": request.session_id if request else None, "turn": draft.extra.get("turn"),
             "route_group": route.route_group if route else None,

@@ -1,5 +1,5 @@
-"""POST /v1/chat/completions and /v1/completions: authenticate, limit, parse, route, dispatch,
-answer (whole or streamed), and leave one outcome row. Errors keep OpenAI's shape; a stream that
+"""POST /v1/chat/completions, /v1/completions and /v1/embeddings: authenticate, limit, parse, route,
+dispatch, answer (whole or streamed), and leave one outcome row. Errors keep OpenAI's shape; a stream that
 breaks after it started ends with an error event and no [DONE]."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gateway import verify
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
-from gateway.request_body import parse_proxy_request
+from gateway.request_body import parse_embeddings_request, parse_proxy_request
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
@@ -61,6 +61,10 @@ async def completions(request: Request) -> Response:
     return await _proxy(request, "completion")
 
 
+async def embeddings(request: Request) -> Response:
+    return await _proxy(request, "embedding")
+
+
 async def _proxy(request: Request, kind: Kind) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
@@ -71,10 +75,13 @@ async def _proxy(request: Request, kind: Kind) -> Response:
 async def _answer(request: Request, kind: Kind, state: GatewayState, draft: OutcomeDraft) -> Response:
     try:
         draft.caller = await state.auth.authenticate(request.headers)
-        draft.request = parsed = parse_proxy_request(
-            await read_json(request, state.settings.server.max_body_bytes), kind, request.headers)
+        raw = await read_json(request, state.settings.server.max_body_bytes)
+        draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
+                                  else parse_proxy_request(raw, kind, request.headers))
         await state.admit(draft.caller)
         draft.route = route = state.routes.resolve(parsed)
+        if kind == "embedding":
+            return await _embed(request, state, draft)
         engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
         ctx = CallContext(draft.request_id, engine_session, parsed.priority, parsed.pin_ttl_s,
                           state.settings.server.request_timeout_s)
@@ -118,6 +125,20 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
+
+
+async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
+    """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
+    assert draft.request is not None and draft.route is not None
+    ctx = CallContext(draft.request_id, priority=draft.request.priority, timeout_s=state.settings.server.request_timeout_s)
+    work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
+    body, dispatched = await _unless_disconnected(request, work)
+    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.usage = body.get("usage")
+    if draft.usage_estimated:
+        body["usage"] = draft.estimated_usage()
+    state.recorder.finish(draft)
+    return SafeJSONResponse(body, headers=_headers(draft))
 
 
 def _internal_error(draft: OutcomeDraft) -> APIError:

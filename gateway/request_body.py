@@ -156,3 +156,54 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
                         session_id=session_id, priority=_number(raw, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
                         cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars)
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on one request's inputs
+_ENCODING_FORMATS = ("float", "base64")
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
+
+
+def _check_embedding_input(value: Any) -> tuple[str, int]:
+    """OpenAI's four shapes of `input`: a string, strings, token ids, lists of token ids (none empty).
+    Returns the text (strings joined, for the row) and its size in characters (4 a token id)."""
+    if isinstance(value, str) and value:
+        return value, len(value)
+    if _token_ids(value):
+        return "", round(len(value) * CHARS_PER_TOKEN)
+    if isinstance(value, list) and 0 < len(value) <= MAX_EMBEDDING_INPUTS:
+        if all(isinstance(item, str) and item for item in value):
+            return "\n".join(value), sum(map(len, value))
+        if all(_token_ids(item) for item in value):
+            return "", round(sum(map(len, value)) * CHARS_PER_TOKEN)
+    if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+        raise bad_request(f"'input' holds {len(value)} items; at most {MAX_EMBEDDING_INPUTS} a request", "input",
+                          "invalid_value")
+    raise bad_request("'input' must be a non-empty string, a list of non-empty strings, a list of token ids, or a "
+                      "list of non-empty lists of token ids", "input", "invalid_type")
+
+
+def parse_embeddings_request(raw: Any) -> ProxyRequest:
+    """POST /v1/embeddings: the model, the input, and the fields OpenAI checks; `priority` orders the
+    deployment's admission queue. Anything else passes through (e.g. vLLM's `truncate_prompt_tokens`)."""
+    if not isinstance(raw, dict):
+        raise bad_request("the body must be a JSON object")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string", "model")
+    prompt_text, prompt_chars = _check_embedding_input(raw.get("input"))
+    encoding = raw.get("encoding_format")
+    if encoding is not None and encoding not in _ENCODING_FORMATS:
+        raise bad_request(f"'encoding_format' must be one of {list(_ENCODING_FORMATS)}", "encoding_format",
+                          "invalid_value")
+    dimensions = raw.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise bad_request("'dimensions' must be a positive integer", "dimensions", "invalid_value")
+    if raw.get("user") is not None and not isinstance(raw["user"], str):
+        raise bad_request("'user' has the wrong type", "user", "invalid_type")
+    body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
+    return ProxyRequest(kind="embedding", model=model, body=body, stream=False, include_usage=False,
+                        session_id=None, priority=_number(raw, "priority") or 0.0, pin_ttl_s=None,
+                        cost_preference=None, prompt_text=prompt_text, prompt_chars=prompt_chars)

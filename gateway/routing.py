@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.server.errors import not_found
+from engine.server.errors import bad_request, not_found
 from gateway.config import RouteGroup, Settings
 from gateway.request_body import ProxyRequest
 from routers.base import Candidate, Router, RoutingRequest
@@ -103,6 +103,8 @@ def estimate_tokens(text: str) -> int:
 class RouteTable:
     def __init__(self, settings: Settings) -> None:
         self.models = set(settings.model_names)
+        self.embedding_models = settings.embedding_models  # serve embeddings only
+        self.embeddings_served_by = settings.embeddings_served_by
         entries = {m.model_name: m for m in settings.model_list}
         self.groups: dict[str, GroupRouter] = {}
         for group in settings.route_groups:
@@ -130,6 +132,11 @@ class RouteTable:
         return [*self.groups, *sorted(self.models)]
 
     def resolve(self, request: ProxyRequest) -> Route:
+        if request.kind == "embedding":
+            return self._embeddings_model(request.model)
+        if request.model in self.embedding_models:
+            raise bad_request(f"the model {request.model!r} serves embeddings only: send it to /v1/embeddings",
+                              "model", "model_not_supported")
         if request.model in self.models:
             return Route(None, request.model)
         group = self.groups.get(request.model)
@@ -141,3 +148,17 @@ class RouteTable:
                                          request.session_id)
         decision = group.decide(routing_request, preference)
         return Route(group.group.name, decision.model, decision)
+
+    def _embeddings_model(self, model: str) -> Route:
+        if model in self.embeddings_served_by:
+            return Route(None, model)
+        served = ", ".join(sorted(self.embeddings_served_by)) or "none is configured"
+        if model in self.groups:
+            raise bad_request(f"{model!r} is a route group, which routes chat and completion requests; send "
+                              f"embeddings to a model by name (models that take them: {served})", "model",
+                              "model_not_supported")
+        if model in self.models:
+            raise bad_request(f"the model {model!r} runs on Pitstop's engine, which serves no embeddings (models "
+                              f"that take them: {served})", "model", "model_not_supported")
+        raise not_found(f"the model {model!r} does not exist; models that take embeddings: {served}", "model",
+                        "model_not_found")

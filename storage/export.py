@@ -3,7 +3,8 @@
 `quality` is the mean feedback value for the request; failing that, the mean of session-level
 feedback (rows with a session id and no request id) for its session, sent with the request's API key
 (sessions are per key; no key matches no key); else null. `quality_source`
-says which ("request", "session" or null) so a training job can weight or filter.
+says which ("request", "session" or null) so a training job can weight or filter. Embeddings
+requests are left out: they have no answer to route or rank.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.engine import URL, Engine
 
 from storage.db import as_engine
@@ -130,7 +131,7 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
                 & by_session.c.api_key_id.is_not_distinct_from(outcomes.c.api_key_id),
             )
         )
-        .where(*kept)
+        .where(*kept, or_(outcomes.c.endpoint.is_(None), outcomes.c.endpoint != "embedding"))
         .order_by(outcomes.c.created_at, outcomes.c.request_id)
     )
 

@@ -34,16 +34,37 @@ def bad_answer(what: str) -> BackendError:
                         code="bad_upstream_response")
 
 
+def _error_with_200(error: Any) -> BackendError:
+    message = error.get("message") if isinstance(error, dict) else error
+    return BackendError(502, f"the upstream answered 200 with an error: {str(message)[:500]}", retryable=True,
+                        code="bad_upstream_response")
+
+
 def checked_answer(body: Any) -> dict:
     """A whole answer, checked; raises `bad_answer` (or the upstream's own error, sent with a 200)."""
     if not isinstance(body, dict):
         raise bad_answer(f"a JSON {type(body).__name__}, not an object")
     if "choices" not in body and "error" in body:
-        error = body["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise BackendError(502, f"the upstream answered 200 with an error: {str(message)[:500]}", retryable=True,
-                           code="bad_upstream_response")
+        raise _error_with_200(body["error"])
     _check_choices(body.get("choices"), "message")
+    _check_usage(body)
+    return body
+
+
+def checked_embeddings(body: Any) -> dict:
+    """An embeddings answer, checked where the gateway and the SDKs read it: `data`, a list of
+    objects each holding an `embedding` (a list of numbers, or a base64 string), and the usage. The
+    numbers themselves are passed on unread: a batch holds millions."""
+    if not isinstance(body, dict):
+        raise bad_answer(f"a JSON {type(body).__name__}, not an object")
+    if "data" not in body and "error" in body:
+        raise _error_with_200(body["error"])
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise bad_answer("'data' is missing or not a list")
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list | str):
+            raise bad_answer(f"data[{i}] is not an object holding an 'embedding' (a list or a base64 string)")
     _check_usage(body)
     return body
 

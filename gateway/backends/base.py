@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 
 from engine.hints import NO_HINTS, SchedulingHints
 
-Kind = Literal["chat", "completion"]
+Kind = Literal["chat", "completion", "embedding"]  # embeddings: `complete` only, never streamed
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Backend(Protocol):
     # Whether the deployment's scheduler orders by the gateway's rank (Pitstop engines' `rank_score`,
     # vLLM's `priority`); elsewhere the rank is only logged, and is scored beside the call.
     uses_rank: bool
+    # Whether `complete("embedding", ...)` reaches an embeddings endpoint (Pitstop's engines have none).
+    serves_embeddings: bool
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import checked_answer, checked_chunk
+from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.ranking import vllm_priority as rank_priority
 
@@ -88,6 +88,7 @@ class LitellmBackend:
         self.provider = str(self.params.get("model", "")).split("/", 1)[0]
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = self.uses_rank = vllm_priority
+        self.serves_embeddings = True
 
     async def start(self) -> None:
         _litellm()
@@ -112,6 +113,8 @@ class LitellmBackend:
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         litellm = _litellm()
+        if kind == "embedding":
+            return await self._embed(litellm, body, ctx)
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:
@@ -119,6 +122,15 @@ class LitellmBackend:
         except Exception as exc:
             raise _as_backend_error(exc) from None
         return checked_answer(answer)
+
+    async def _embed(self, litellm: Any, body: dict, ctx: CallContext) -> dict:
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs.update(self.params, timeout=ctx.timeout_s, num_retries=0)
+        try:
+            answer = _to_dict(await litellm.aembedding(**kwargs))
+        except Exception as exc:
+            raise _as_backend_error(exc) from None
+        return checked_embeddings(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()

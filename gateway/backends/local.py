@@ -23,6 +23,7 @@ def _as_backend_error(exc: Exception) -> BackendError:
 class LocalEngineBackend:
     accepts_session = True
     uses_rank = True
+    serves_embeddings = False
 
     def __init__(self, engine: AsyncEngine, served_model: str) -> None:
         self.engine = engine
@@ -38,6 +39,9 @@ class LocalEngineBackend:
         return self.engine.is_healthy
 
     async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration:
+        if kind == "embedding":
+            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which serves no "
+                               "embeddings", retryable=False, param="model", code="model_not_supported")
         body = {**body, "model": self.served_model, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}

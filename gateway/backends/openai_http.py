@@ -11,11 +11,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import checked_answer, checked_chunk, strict_json
+from gateway.backends.answers import (
+    checked_answer,
+    checked_chunk,
+    checked_embeddings,
+    strict_json,
+)
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.ranking import vllm_priority
 
-_PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
 
 def _error_from_response(status: int, raw: bytes) -> BackendError:
@@ -45,6 +50,7 @@ class OpenAIHTTPBackend:
         self.accepts_session = accepts_session
         self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
         self.uses_rank = self.send_priority
+        self.serves_embeddings = not accepts_session  # Pitstop's engines have no embeddings endpoint
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
@@ -76,7 +82,9 @@ class OpenAIHTTPBackend:
         except (TimeoutError, aiohttp.ClientError):
             return False
 
-    def _body(self, body: dict, ctx: CallContext, stream: bool) -> dict:
+    def _body(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> dict:
+        if kind == "embedding":  # no stream field, no scheduling fields
+            return {**body, "model": self.served_model}
         out = {**body, "model": self.served_model, "stream": stream}
         if stream:
             out["stream_options"] = {"include_usage": True}
@@ -102,7 +110,7 @@ class OpenAIHTTPBackend:
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         try:
-            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(body, ctx, False),
+            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
                                          timeout=self._timeout(ctx)) as response:
                 raw = await response.read()
                 status = response.status
@@ -114,12 +122,12 @@ class OpenAIHTTPBackend:
             answer = strict_json(raw)
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
-        return checked_answer(answer)
+        return checked_embeddings(answer) if kind == "embedding" else checked_answer(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False
         try:
-            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(body, ctx, True),
+            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, True),
                                          timeout=self._timeout(ctx)) as response:
                 if response.status != 200:
                     raise _error_from_response(response.status, await response.read())

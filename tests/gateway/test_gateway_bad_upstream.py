@@ -80,13 +80,28 @@ async def _chat(request: Request) -> Response:
     return Response(MISSHAPEN[mode], media_type="application/json")
 
 
+MISSHAPEN_EMBEDDINGS = {
+    "list": "[1,2,3]",
+    "no-data": '{"object":"list"}',
+    "data-numbers": '{"data":[1,2]}',
+    "embedding-number": '{"data":[{"index":0,"embedding":5}]}',
+    "error-with-200": '{"error":{"message":"boom"}}',
+}
+
+
+async def _embeddings(request: Request) -> Response:
+    mode = (await request.json())["input"]  # litellm sends a string input as a one-string list
+    return Response(MISSHAPEN_EMBEDDINGS[mode[0] if isinstance(mode, list) else mode], media_type="application/json")
+
+
 async def _models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [{"id": "bad"}]})
 
 
 @pytest.fixture(scope="module")
 def bad_api_base() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"]), Route("/v1/models", _models)])
+    app = Starlette(routes=[Route("/v1/chat/completions", _chat, methods=["POST"]), Route("/v1/models", _models),
+                            Route("/v1/embeddings", _embeddings, methods=["POST"])])
     with serve_in_thread(app) as url:
         yield url + "/v1"
 
@@ -193,3 +208,19 @@ def test_text_with_a_lone_surrogate_is_served_as_sent_and_logged_repaired(gw: Ga
     assert "bad \udc80 input" in served["direct"][2].json()["error"]["message"]
     assert "bad \ufffd input" in rows[served["direct"][2].headers["x-pitstop-request-id"]]["error"]
     assert len(rows) == 6
+
+
+def test_a_misshapen_embeddings_answer_is_a_502_and_leaves_its_row(gw: Gateway) -> None:
+    with gw.http() as http:
+        direct = {mode: http.post("/v1/embeddings", json={"model": "direct", "input": mode})
+                  for mode in MISSHAPEN_EMBEDDINGS}
+        through_litellm = {mode: http.post("/v1/embeddings", json={"model": "litellm", "input": mode})
+                           for mode in MISSHAPEN_EMBEDDINGS}
+    for mode, response in direct.items():
+        assert response.status_code == 502 and response.json()["error"]["code"] == "bad_upstream_response", mode
+    for mode, response in through_litellm.items():  # litellm refuses some itself
+        assert response.status_code in (400, 502), (mode, response.text)
+        assert "Traceback" not in response.json()["error"]["message"]
+    rows = gw.rows()
+    assert len(rows) == 2 * len(MISSHAPEN_EMBEDDINGS) and {r["status"] for r in rows} == {"error"}
+    assert {r["endpoint"] for r in rows} == {"embedding"} and {r["cost_usd"] for r in rows} == {0.0}

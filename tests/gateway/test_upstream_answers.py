@@ -1,6 +1,7 @@
 """Fuzz what an upstream may answer (gateway/backends/answers.py): any JSON value is either refused as
 a 502 or read whole by everything the gateway does with an answer (the outcome row's text, tool
-calls, tokens and cost, verification's text); hypothesis draws near-OpenAI answers with wrong types."""
+calls, tokens and cost, verification's text, the JSON served); hypothesis draws near-OpenAI answers
+with wrong types."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.backends.answers import MAX_REPORTED_TOKENS, checked_answer, checked_chunk
+from gateway.backends.answers import MAX_REPORTED_TOKENS, checked_answer, checked_chunk, checked_embeddings
 from gateway.backends.base import BackendError, Kind
 from gateway.outcomes import OutcomeDraft, usage_tokens
+from gateway.request_body import parse_embeddings_request
 from gateway.verify import _chunk_text, answer_text
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
@@ -80,3 +82,28 @@ def test_any_stream_chunk_is_refused_or_read_whole(chunk: Any, kind: Kind) -> No
     draft.take_chunk(checked)
     _read_as_the_gateway_does(draft)
     _chunk_text(checked)
+
+
+vectors = maybe(st.one_of(st.lists(st.floats(-1, 1), max_size=3), st.text(max_size=8)))
+embedding_answers = maybe(st.fixed_dictionaries({}, optional={
+    "data": maybe(st.lists(maybe(st.fixed_dictionaries({}, optional={"embedding": vectors, "index": counts})),
+                           max_size=3)),
+    "usage": maybe(usages), "error": maybe(st.fixed_dictionaries({"message": st.text(max_size=5)}))}))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=embedding_answers)
+def test_any_embeddings_answer_is_refused_or_served_and_billed(body: Any) -> None:
+    try:
+        checked = checked_embeddings(copy.deepcopy(body))
+    except BackendError as error:
+        assert error.status == 502 and error.retryable
+        return
+    assert all(isinstance(item["embedding"], list | str) for item in checked["data"])
+    draft = OutcomeDraft()
+    draft.request = parse_embeddings_request({"model": "m", "input": "some words to embed"})
+    draft.usage = checked.get("usage")
+    _read_as_the_gateway_does(draft)
+    if draft.usage is None:  # what proxy._embed serves when the upstream gave no usage it can bill from
+        draft.deployment = object()  # type: ignore[assignment]
+        assert draft.estimated_usage() == {"prompt_tokens": 5, "total_tokens": 5}

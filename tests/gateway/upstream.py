@@ -3,7 +3,8 @@
 It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in a last chunk when
 `stream_options.include_usage` is set, as OpenAI does), and answers with a `tool_calls` message when
 `tools` are sent, so tool passthrough is tested end to end. The answer is `N` words, the first naming
-the instance (`from-a`), so a test can tell which deployment served it; usage counts words.
+the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
+answers /v1/embeddings, with vectors that say what they embed (`embedding_of`).
 
 Faults, chosen per request by directives in the last user message (or the prompt); a directive with
 `@name` applies to that instance only:
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -96,6 +99,13 @@ def answer_directive(text: str, name: str) -> str | None:
     return mine or general
 
 
+def embedding_of(text_or_ids: str | list[int], instance: str, index: int) -> list[float]:
+    """The fake embedding of one input: its size in words (or token ids), the instance's letter
+    code and the input's place, so a test can check each vector reached the client unchanged."""
+    size = len(text_or_ids.split()) if isinstance(text_or_ids, str) else len(text_or_ids)
+    return [float(size), float(ord(instance[0])), float(index), 0.5]
+
+
 def error_response(status: int, message: str) -> Any:
     from starlette.responses import JSONResponse
 
@@ -140,6 +150,33 @@ class Upstream:
                                   int(found["break"]) if "break" in found else None)
             return StreamingResponse(events, media_type="text/event-stream")
         return JSONResponse(self._whole(chat, model, words, tool, text, usage))
+
+    async def embed(self, body: Any) -> Any:
+        """POST /v1/embeddings: one vector per input (embedding_of), as floats or base64 float32."""
+        from starlette.responses import Response
+
+        self.requests += 1
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return error_response(400, "invalid body")
+        self.bodies = [*self.bodies[-49:], body]
+        text = " ".join(i for i in inputs if isinstance(i, str))
+        found = directives(text, self.name)
+        await asyncio.sleep(min(found.get("delay", 0.0), 30.0))
+        if fail := self.fail_status or int(found.get("fail", 0)):
+            return error_response(fail, f"injected {fail} from {self.name}")
+        vectors: list[Any] = [embedding_of(item, self.name, i) for i, item in enumerate(inputs)]
+        tokens = int(sum(v[0] for v in vectors))
+        if body.get("encoding_format") == "base64":
+            vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
+        answer = {"object": "list", "model": body.get("model"),
+                  "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        # With spaces after separators (json.dumps' default, unlike Starlette's), so a test can tell
+        # these bytes from the gateway's own JSON.
+        return Response(json.dumps(answer), media_type="application/json")
 
     def _whole(self, chat: bool, model: str, words: list[str], tool: str | None, text: str, usage: dict) -> dict:
         envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
@@ -209,6 +246,9 @@ def build_app(name: str) -> Any:
     async def completions(request: Request) -> Any:
         return await upstream.handle(await body_of(request), chat=False)
 
+    async def embeddings(request: Request) -> Any:
+        return await upstream.embed(await body_of(request))
+
     async def models(request: Request) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
@@ -226,6 +266,7 @@ def build_app(name: str) -> Any:
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/_admin/mode", mode, methods=["POST"]),
         Route("/_admin/stats", stats, methods=["GET"]),
