@@ -19,6 +19,7 @@ from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
+from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
@@ -135,9 +136,11 @@ async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> 
     body, dispatched = await _unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
     draft.usage = body.get("usage")
+    state.recorder.finish(draft)
+    if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
+        return Response(body.raw, media_type="application/json", headers=_headers(draft))
     if draft.usage_estimated:
         body["usage"] = draft.estimated_usage()
-    state.recorder.finish(draft)
     return SafeJSONResponse(body, headers=_headers(draft))
 
 

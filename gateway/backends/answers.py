@@ -11,6 +11,8 @@ import json
 import logging
 from typing import Any
 
+import orjson
+
 from gateway.backends.base import BackendError
 
 log = logging.getLogger("pitstop.gateway")
@@ -27,6 +29,29 @@ def strict_json(raw: bytes) -> Any:
     """JSON as the spec has it: Python's parser also takes NaN and Infinity, which no client can read
     back (the gateway's own JSON responses refuse them)."""
     return json.loads(raw, parse_constant=_no_constant)
+
+
+def large_json(raw: bytes) -> Any:
+    """`strict_json` for bodies that are mostly numbers (an embeddings batch of floats: 65 MB for 2048
+    inputs): orjson reads them about 4x faster. What orjson refuses is read again by `strict_json`,
+    which also takes what JSON allows and orjson does not (a UTF-16 surrogate escaped alone)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return strict_json(raw)
+
+
+class UpstreamBytes(dict):
+    """An answer the gateway left as it came: served as the upstream's own bytes (`raw`), so a large
+    one is not written out again. Set only where nothing in it was changed."""
+
+    raw: bytes
+
+    @classmethod
+    def of(cls, answer: dict, raw: bytes) -> UpstreamBytes:
+        kept = cls(answer)
+        kept.raw = raw
+        return kept
 
 
 def bad_answer(what: str) -> BackendError:

@@ -12,9 +12,11 @@ import aiohttp
 
 from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import (
+    UpstreamBytes,
     checked_answer,
     checked_chunk,
     checked_embeddings,
+    large_json,
     strict_json,
 )
 from gateway.backends.base import BackendError, CallContext, Kind
@@ -119,10 +121,15 @@ class OpenAIHTTPBackend:
         if status != 200:
             raise _error_from_response(status, raw)
         try:
-            answer = strict_json(raw)
+            answer = large_json(raw) if kind == "embedding" else strict_json(raw)
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
-        return checked_embeddings(answer) if kind == "embedding" else checked_answer(answer)
+        if kind != "embedding":
+            return checked_answer(answer)
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        answer = checked_embeddings(answer)
+        billable = usage is not None and answer.get("usage") is usage  # else the gateway serves its estimate
+        return UpstreamBytes.of(answer, raw) if billable else answer
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False

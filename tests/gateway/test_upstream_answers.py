@@ -12,7 +12,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.backends.answers import MAX_REPORTED_TOKENS, checked_answer, checked_chunk, checked_embeddings
+from gateway.backends.answers import (
+    MAX_REPORTED_TOKENS,
+    checked_answer,
+    checked_chunk,
+    checked_embeddings,
+    large_json,
+    strict_json,
+)
 from gateway.backends.base import BackendError, Kind
 from gateway.outcomes import OutcomeDraft, usage_tokens
 from gateway.request_body import parse_embeddings_request
@@ -107,3 +114,25 @@ def test_any_embeddings_answer_is_refused_or_served_and_billed(body: Any) -> Non
     if draft.usage is None:  # what proxy._embed serves when the upstream gave no usage it can bill from
         draft.deployment = object()  # type: ignore[assignment]
         assert draft.estimated_usage() == {"prompt_tokens": 5, "total_tokens": 5}
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
+                          lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                  st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                          max_leaves=8))
+def test_large_json_reads_what_strict_json_reads(value: Any) -> None:
+    """orjson (embeddings' reader) and the stdlib agree, a UTF-16 surrogate alone included (orjson
+    refuses it; the stdlib reads it), and both refuse NaN."""
+    import json
+
+    raw = json.dumps(value).encode()
+    assert large_json(raw) == strict_json(raw) == value
+    assert large_json(b'{"a": "x\\ud83d"}') == {"a": "x\ud83d"}
+    for not_json in (b"[NaN]", b'{"a": Infinity}', b"{"):
+        try:
+            large_json(not_json)
+        except ValueError:
+            continue
+        raise AssertionError(f"read {not_json!r}")
