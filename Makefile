@@ -36,6 +36,7 @@ bench-gateway: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) -m bench.gateway_overhead $(BENCH_GATEWAY_ARGS)
 	$(PY) -m bench.outcome_export
 	$(PY) -m bench.gateway_verify
+	$(PY) -m bench.gateway_embeddings
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a
