@@ -23,6 +23,25 @@ class Caller:
     rpm_limit: int | None = None
     budget_usd: float | None = None
     spent_usd: float = 0.0  # as stored when the key was looked up: seeds the limiter after a restart
+    models: frozenset[str] | None = None  # the models and route groups it may send as `model`; None: all
+    priority: float | None = None  # its requests' default and most urgent priority (lower goes first)
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def check_model(self, model: str) -> None:
+        """A 403 naming what the key may use, before the request takes a rate slot."""
+        if not self.may_use(model):
+            allowed = ", ".join(sorted(self.models or ()))
+            raise APIError(403, f"this API key may not use {model!r}; it may use: {allowed}", "model",
+                           "model_not_allowed")
+
+    def effective_priority(self, asked: float | None) -> float:
+        """What the request asked for (or the key's priority when it asked nothing), never more
+        urgent than the key's: a tenant may let its requests wait, not jump other tenants' queue."""
+        if self.priority is None:
+            return asked or 0.0
+        return self.priority if asked is None else max(asked, self.priority)
 
 
 ANONYMOUS = Caller(None)
@@ -52,7 +71,9 @@ class Authenticator:
             key.id,
             key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
             key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
-            key.spent_usd or 0.0)
+            key.spent_usd or 0.0,
+            frozenset(key.models) if key.models is not None else None,
+            key.priority)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (now + _CACHE_TTL_S, caller)

@@ -31,6 +31,10 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--rpm", type=_positive_int, help="requests per minute")
     create.add_argument("--budget", type=_usd, help="budget in USD")
+    create.add_argument("--models", type=_names, metavar="NAME,NAME",
+                        help="the models and route groups it may use (default: all)")
+    create.add_argument("--priority", type=_priority, help="its requests' priority: the default, and the most "
+                        "urgent they may ask for (lower goes first; default: any)")
     create.set_defaults(handler=keys_create_command)
     listing = sub.add_parser("list", help="list keys")
     listing.set_defaults(handler=keys_list_command)
@@ -105,6 +109,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more names, separated by commas")
+    return names
+
+
+def _priority(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -1e9 <= value <= 1e9:
+        raise argparse.ArgumentTypeError("must be between -1e9 and 1e9")
+    return value
+
+
 def _usd(text: str) -> float:
     try:
         value = float(text)
@@ -176,7 +197,15 @@ def serve_command(args: argparse.Namespace) -> int:
 def keys_create_command(args: argparse.Namespace) -> int:
     from storage.keys import KeyStore
 
-    key_id, secret = KeyStore(_storage_url(args.config)).create(args.name, args.rpm, args.budget)
+    settings = _settings(args.config) if args.models else None
+    unknown = [name for name in args.models or () if settings is not None and name not in settings.model_names
+               and name not in {group.name for group in settings.route_groups}]
+    if unknown:  # a typo would make a key that can use nothing
+        print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
+              f"{args.config}", file=sys.stderr)
+        return 2
+    key_id, secret = KeyStore(_storage_url(args.config)).create(args.name, args.rpm, args.budget, args.models,
+                                                                args.priority)
     print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
     return 0
 
@@ -186,8 +215,9 @@ def keys_list_command(args: argparse.Namespace) -> int:
 
     for key in KeyStore(_storage_url(args.config)).list():
         state = "revoked" if key.revoked_at else "active"
+        models = ",".join(key.models) if key.models is not None else "all"
         print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  budget={key.budget_usd}  "
-              f"spent={key.spent_usd:.6f}")
+              f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}")
     return 0
 
 

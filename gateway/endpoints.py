@@ -36,21 +36,22 @@ def _model_objects(state: GatewayState) -> list[dict]:
 
 
 async def list_models(request: Request) -> Response:
+    """The models and route groups the caller's key may use (as OpenAI's: where keys are required, a key)."""
     state = _state(request)
-    await state.auth.authenticate(request.headers)  # as OpenAI's: where keys are required, a key
-    return JSONResponse({"object": "list", "data": _model_objects(state)})
+    caller = await state.auth.authenticate(request.headers)
+    return JSONResponse({"object": "list", "data": [m for m in _model_objects(state) if caller.may_use(m["id"])]})
 
 
 async def retrieve_model(request: Request) -> Response:
     """GET /v1/models/{model} (the SDKs' `models.retrieve`); a name may hold slashes."""
     state = _state(request)
-    await state.auth.authenticate(request.headers)
+    caller = await state.auth.authenticate(request.headers)
     name = request.path_params["model"]
     for model in _model_objects(state):
-        if model["id"] == name:
+        if model["id"] == name and caller.may_use(name):
             return JSONResponse(model)
-    raise not_found(f"the model {name!r} does not exist; available: {', '.join(state.routes.names)}",
-                    "model", "model_not_found")
+    available = ", ".join(n for n in state.routes.names if caller.may_use(n))
+    raise not_found(f"the model {name!r} does not exist; available: {available}", "model", "model_not_found")
 
 
 async def healthz(request: Request) -> Response:

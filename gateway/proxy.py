@@ -79,12 +79,14 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
         raw = await read_json(request, state.settings.server.max_body_bytes)
         draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
                                   else parse_proxy_request(raw, kind, request.headers))
+        draft.caller.check_model(parsed.model)
         await state.admit(draft.caller)
         draft.route = route = state.routes.resolve(parsed)
         if kind == "embedding":
             return await _embed(request, state, draft)
         engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
-        ctx = CallContext(draft.request_id, engine_session, parsed.priority, parsed.pin_ttl_s,
+        priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
+        ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
                           state.settings.server.request_timeout_s)
         session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
         route, ctx = draft.route, session.ctx
@@ -130,8 +132,9 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
     """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
-    assert draft.request is not None and draft.route is not None
-    ctx = CallContext(draft.request_id, priority=draft.request.priority, timeout_s=state.settings.server.request_timeout_s)
+    assert draft.caller is not None and draft.request is not None and draft.route is not None
+    ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
+                      timeout_s=state.settings.server.request_timeout_s)
     work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
     body, dispatched = await _unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the request path imports the model code only when a ranker 
 log = logging.getLogger("pitstop.ranking")
 PRIORITY_TICKS_PER_S = 10
 PRIORITY_CLASS = 10**12  # one explicit-priority step outweighs any aged key (~1.8e10 ticks today)
+MAX_PRIORITY_CLASS = 9_000_000  # 9e6 classes x 1e12 stays under 2**63
 # The last artifact loaded, by (path, inode, mtime, size): gateways built in one process (tests, replicas of an
 # app) share it rather than each loading the encoder again. Scoring only reads it.
 _LOADED: dict[tuple[str, int, int, int], Ranker] = {}
@@ -176,8 +177,9 @@ class RequestRanker:
 
 
 def vllm_priority(ctx: CallContext, horizon_s: float, now: float | None = None) -> int:
-    """The aged rank key as vLLM's integer priority (lower first)."""
+    """The aged rank key as vLLM's integer priority (lower first), within the request's priority class
+    (its priority, whole, clamped so that the sum fits vLLM's 64-bit integer)."""
     now = time.time() if now is None else now
     score = 0.5 if ctx.hints.rank_score is None else min(max(ctx.hints.rank_score, 0.0), 1.0)
     aged = round((now + horizon_s * score) * PRIORITY_TICKS_PER_S)
-    return int(ctx.priority) * PRIORITY_CLASS + aged
+    return min(max(int(ctx.priority), -MAX_PRIORITY_CLASS), MAX_PRIORITY_CLASS) * PRIORITY_CLASS + aged

@@ -37,7 +37,7 @@ class ProxyRequest:
     stream: bool
     include_usage: bool
     session_id: str | None
-    priority: float
+    priority: float | None  # as asked (None: not asked); the key decides what it gets (gateway/auth.py)
     pin_ttl_s: float | None
     cost_preference: float | None
     prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
@@ -154,7 +154,7 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     pin_ttl_s = _number(raw, "pin_ttl_s")
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
-                        session_id=session_id, priority=_number(raw, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
+                        session_id=session_id, priority=_number(raw, "priority"), pin_ttl_s=pin_ttl_s,
                         cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars)
 
 
@@ -205,5 +205,5 @@ def parse_embeddings_request(raw: Any) -> ProxyRequest:
         raise bad_request("'user' has the wrong type", "user", "invalid_type")
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind="embedding", model=model, body=body, stream=False, include_usage=False,
-                        session_id=None, priority=_number(raw, "priority") or 0.0, pin_ttl_s=None,
+                        session_id=None, priority=_number(raw, "priority"), pin_ttl_s=None,
                         cost_preference=None, prompt_text=prompt_text, prompt_chars=prompt_chars)

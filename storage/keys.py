@@ -34,13 +34,20 @@ class KeyStore:
         self._session = session_factory(self._engine)
 
     def create(
-        self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None
+        self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None,
+        models: list[str] | None = None, priority: float | None = None,
     ) -> tuple[str, str]:
-        """A new key; returns (key_id, secret). The secret is shown once and never stored."""
+        """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
+        model names and route groups it may use (None: all); `priority`: its requests' default and most
+        urgent priority (lower goes first; None: any)."""
         if rpm_limit is not None and rpm_limit < 1:
             raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
         if budget_usd is not None and not 0 <= budget_usd < float("inf"):
             raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd}")
+        if models is not None and (not models or not all(isinstance(m, str) and m for m in models)):
+            raise ValueError(f"models must be a non-empty list of names, got {models!r}")
+        if priority is not None and not -1e9 <= priority <= 1e9:
+            raise ValueError(f"priority must be between -1e9 and 1e9, got {priority}")
         secret = new_secret()
         key = ApiKey(
             name=name,
@@ -49,6 +56,8 @@ class KeyStore:
             rpm_limit=rpm_limit,
             budget_usd=budget_usd,
             spent_usd=0.0,
+            models=list(dict.fromkeys(models)) if models is not None else None,
+            priority=priority,
         )
         with self._session.begin() as session:
             session.add(key)

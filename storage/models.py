@@ -154,6 +154,10 @@ class ApiKey(Base):
     rpm_limit: Mapped[int | None]
     budget_usd: Mapped[float | None]
     spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    # What the key may ask for (null: anything): model names and route groups it may send as `model`,
+    # and its priority, both the default and the most urgent its requests may ask (lower goes first).
+    models: Mapped[list[str] | None]
+    priority: Mapped[float | None]
 
     @property
     def active(self) -> bool:

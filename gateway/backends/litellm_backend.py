@@ -104,7 +104,7 @@ class LitellmBackend:
         kwargs.update(self.params, stream=stream, timeout=ctx.timeout_s, num_retries=0)
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
-        if self.accepts_session and not ctx.priority and ctx.hints.rank_score is not None:  # aged rank key
+        if self.accepts_session and ctx.hints.rank_score is not None:  # the aged rank key in its priority class
             kwargs["extra_body"] = {**kwargs.get("extra_body", {}),
                                     "priority": rank_priority(ctx, self.rank_horizon_s)}
         elif self.accepts_session and ctx.priority:

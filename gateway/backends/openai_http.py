@@ -101,8 +101,10 @@ class OpenAIHTTPBackend:
                 out["program_start"] = ctx.hints.program_start
             if ctx.hints.in_program:
                 out["in_program"] = True
-        if self.send_priority and not self.accepts_session and not ctx.priority and ctx.hints.rank_score is not None:
-            out["priority"] = vllm_priority(ctx, self.rank_horizon_s)  # the aged rank key (gateway/ranking.py)
+        if self.send_priority and not self.accepts_session and ctx.hints.rank_score is not None:
+            # The aged rank key within the request's priority class (gateway/ranking.py): a class passed
+            # alone would sort a less urgent request (priority 1) before every ranked one (~1.8e10).
+            out["priority"] = vllm_priority(ctx, self.rank_horizon_s)
         elif self.send_priority and ctx.priority:
             out["priority"] = ctx.priority if self.accepts_session else int(ctx.priority)
         return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from gateway.ranking import PRIORITY_CLASS
 from tests.gateway.harness import PRICE_IN, PRICE_OUT, Gateway, gateway_config, model_entry, running_gateway
 from tests.gateway.upstream import UpstreamProcess
 
@@ -295,7 +296,7 @@ def test_stream_chunks_keep_openais_shape(gw: Gateway, upstreams: tuple, model: 
 def test_vllm_entries_go_direct_by_default_and_pass_priority(upstream_processes: tuple, upstreams: tuple,
                                                               tmp_path: Path) -> None:
     """`hosted_vllm/` with an api_base speaks OpenAI's wire format: the `auto` transport skips litellm and
-    sends the request's priority as vLLM's integer `priority`."""
+    sends the request's priority as the class of vLLM's integer `priority` (above the aged rank key)."""
     a, _ = upstream_processes
     entry = model_entry("vllm", a.api_base, provider="hosted_vllm", transport="auto")
     with running_gateway(gateway_config(tmp_path, [entry])) as gateway, gateway.openai() as client:
@@ -306,4 +307,4 @@ def test_vllm_entries_go_direct_by_default_and_pass_priority(upstream_processes:
                                                 extra_body={"priority": 3})
     assert answer.choices[0].message.content.startswith("from-a")
     body = a.stats()["bodies"][-1]
-    assert body["model"] == "vllm" and body["priority"] == 3 and "session_id" not in body
+    assert body["model"] == "vllm" and body["priority"] // PRIORITY_CLASS == 3 and "session_id" not in body
