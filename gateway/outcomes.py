@@ -69,6 +69,7 @@ class OutcomeDraft:
     created_at: Any = field(default_factory=utc_now)
     caller: Caller | None = None
     request: ProxyRequest | None = None
+    endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
     route: Route | None = None
     deployment: Deployment | None = None
     attempts: int = 0
@@ -257,7 +258,7 @@ class OutcomeRecorder:
             prompt = request.messages if request.kind == "chat" else request.body.get(_PROMPT_FIELD[request.kind])
         return {
             "request_id": draft.request_id, "created_at": draft.created_at,
-            "endpoint": request.kind if request else None,
+            "endpoint": draft.endpoint or (request.kind if request else None),
             "api_key_id": draft.caller.key_id if draft.caller else None,
             "session_id": request.session_id if request else None, "turn": draft.extra.get("turn"),
             "route_group": route.route_group if route else None,

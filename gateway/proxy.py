@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -18,17 +18,19 @@ from engine.server.errors import APIError, error_body
 from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
-from gateway import verify
+from gateway import responses_api, verify
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_embeddings_request, parse_proxy_request
+from gateway.responses_api import ResponseEnvelope, ResponseStream
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
 
 T = TypeVar("T")
+Endpoint = Kind | Literal["responses"]
 log = logging.getLogger("pitstop.gateway")
 
 
@@ -66,17 +68,27 @@ async def embeddings(request: Request) -> Response:
     return await _proxy(request, "embedding")
 
 
-async def _proxy(request: Request, kind: Kind) -> Response:
+async def responses(request: Request) -> Response:
+    """OpenAI's Responses API, served as a chat (gateway/responses_api.py)."""
+    return await _proxy(request, "responses")
+
+
+async def _proxy(request: Request, kind: Endpoint) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
     with state.drain.track():
         return await _answer(request, kind, state, draft)
 
 
-async def _answer(request: Request, kind: Kind, state: GatewayState, draft: OutcomeDraft) -> Response:
+async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft) -> Response:
     try:
         draft.caller = await state.auth.authenticate(request.headers)
         raw = await read_json(request, state.settings.server.max_body_bytes)
+        envelope, kind = None, endpoint
+        if endpoint == "responses":  # served as the chat it stands for, and turned back at the end
+            draft.endpoint = endpoint
+            envelope = ResponseEnvelope(draft.request_id, raw if isinstance(raw, dict) else {})
+            raw, kind = responses_api.chat_request(raw), "chat"
         draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
                                   else parse_proxy_request(raw, kind, request.headers))
         draft.caller.check_model(parsed.model)
@@ -102,7 +114,8 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
             streamed = verify.stream(state, draft, kind, ctx, session.prefer)
             chunks, dispatched = await _unless_disconnected(request, streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            response = SSEResponse(_events(state, draft, chunks, session))
+            stream = None if envelope is None else ResponseStream(envelope, route.model_name)
+            response = SSEResponse(_events(state, draft, chunks, session, stream))
             response.headers.update(_headers(draft))
             return response
         work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
@@ -114,6 +127,8 @@ async def _answer(request: Request, kind: Kind, state: GatewayState, draft: Outc
             body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
+        if envelope is not None:
+            body = envelope.from_chat(body, route.model_name)
         return SafeJSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
@@ -190,36 +205,47 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
 
 
 async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
-                  session: SessionCall) -> AsyncGenerator[bytes, None]:
+                  session: SessionCall, responses: ResponseStream | None = None) -> AsyncGenerator[bytes, None]:
+    """The chat chunks as the client's stream: as they came, or as Responses API events (`responses`)."""
     include_usage = draft.request is not None and draft.request.include_usage
     failed = ended = False
     last: dict = {}
     try:
         with state.drain.track():
             async with aclosing(chunks):
+                for event in responses.start() if responses is not None else ():
+                    yield event
                 async for chunk in chunks:
                     draft.take_chunk(chunk)
                     last = chunk
+                    if responses is not None:
+                        for event in responses.chunk(chunk):
+                            yield event
+                        continue
                     if not chunk.get("choices") and "usage" in chunk and (not include_usage or chunk["usage"] is None):
                         continue  # usage the client did not ask for (we asked every backend), or none to bill
                     if not include_usage:
                         chunk.pop("usage", None)
                     yield sse_event(chunk)
             ended = True  # the upstream's [DONE] (with or without a finish_reason)
-            if include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
+            if responses is not None:
+                for event in responses.completed(draft.estimated_usage() if draft.usage_estimated else draft.usage):
+                    yield event
+            elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
                 envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                 yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
     except (BackendError, APIError) as exc:
         failed = True
         error = _as_api_error(exc)
         draft.fail(error.status, f"stream broke after it started: {error.message}")
-        yield sse_event(error_body(error.status, error.message, error.param, error.code))
+        yield responses.failed(error) if responses is not None else sse_event(
+            error_body(error.status, error.message, error.param, error.code))
     except Exception:
         failed = True
         log.exception("stream of request %s failed inside the gateway", draft.request_id)
         error = _internal_error(draft)
         draft.fail(error.status, error.message)
-        yield sse_event(error.body())
+        yield responses.failed(error) if responses is not None else sse_event(error.body())
     except asyncio.CancelledError:
         failed = True
         cut = state.drain.absorb()
@@ -227,7 +253,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
             draft.fail(499, "the client disconnected mid-stream", kind="aborted")
             raise
         draft.fail(cut.status, cut.message, kind="aborted")
-        yield sse_event(cut.body())
+        yield responses.failed(cut) if responses is not None else sse_event(cut.body())
     finally:
         if not failed and not ended:  # closed at a yield: the client left, or a cut
             why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
@@ -235,5 +261,5 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         if not failed:  # before [DONE]: the program's next turn must find the pin settled
             await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
-    if not failed:
+    if not failed and responses is None:  # a Responses stream ends with its response.completed event
         yield DONE

@@ -1,0 +1,131 @@
+"""POST /v1/responses (OpenAI's Responses API, served as a chat) over a real socket with the openai SDK:
+text and function calls, whole and streamed, a tool result sent back, route groups, the outcome row,
+and a 400 naming the field for what a stateless gateway cannot do."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.upstream import UpstreamProcess
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    a, b = upstream_processes
+    models = [model_entry("up", a.api_base), model_entry("up-vllm", b.api_base, provider="hosted_vllm")]
+    groups = [{"name": "grp", "models": ["up", "up-vllm"], "router": "tier-prior", "cost_preference": 0.0}]
+    with running_gateway(gateway_config(tmp_path_factory.mktemp("responses"), models, groups)) as gateway:
+        yield gateway
+
+
+@pytest.mark.parametrize("model", ["up", "up-vllm", "grp"])
+def test_text_answer_with_instructions(gw: Gateway, upstreams: tuple, model: str) -> None:
+    with gw.openai() as client:
+        raw = client.responses.with_raw_response.create(model=model, input="one two three",
+                                                        instructions="answer briefly", max_output_tokens=50)
+    response = raw.parse()
+    assert response.status == "completed" and response.object == "response" and response.id.startswith("resp_")
+    assert response.output_text.startswith("from-") and len(response.output_text.split()) == 5
+    assert response.usage is not None and response.usage.output_tokens == 5
+    assert response.usage.total_tokens == response.usage.input_tokens + 5
+    served_by = upstreams[0] if response.output_text.startswith("from-a") else upstreams[1]
+    sent = served_by.stats()["bodies"][-1]
+    assert sent["messages"] == [{"role": "system", "content": "answer briefly"},
+                                {"role": "user", "content": "one two three"}]
+    assert sent["max_tokens"] == 50 and "input" not in sent and "instructions" not in sent
+    row = gw.row(raw.headers["x-pitstop-request-id"])
+    assert (row["endpoint"], row["status"], row["completion"]) == ("responses", "ok", response.output_text)
+    assert row["route_group"] == ("grp" if model == "grp" else None)
+
+
+def test_a_function_call_and_its_result_round_trip(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client:
+        first = client.responses.create(model="up", input="weather in Oslo", tools=[WEATHER])
+        call = first.output[0]
+        assert call.type == "function_call" and call.name == "get_weather" and call.status == "completed"
+        assert json.loads(call.arguments) == {"q": "weather in Oslo"}
+        follow_up = [{"role": "user", "content": "weather in Oslo"}, call.model_dump(exclude_none=True),
+                     {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}]
+        second = client.responses.create(model="up", input=follow_up, tools=[WEATHER], tool_choice="none")
+    assert second.output[0].type == "message" and second.output_text.startswith("from-a")
+    sent = upstreams[0].stats()["bodies"][-1]
+    assert sent["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.call_id, "type": "function", "function": {"name": "get_weather", "arguments": call.arguments}}]}
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": "sunny"}
+    assert sent["tools"] == [{"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}]
+    assert sent["tool_choice"] == "none"
+
+
+def test_streamed_text_arrives_as_response_events(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client, client.responses.stream(model="up", input="[words:8] go") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == final.output_text and len(final.output_text.split()) == 8
+    assert final.usage is not None and final.usage.output_tokens == 8
+
+
+def test_a_streamed_function_call(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client, client.responses.stream(model="up", input="weather", tools=[WEATHER]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    call = final.output[0]
+    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {"q": "weather"}
+
+
+def test_a_stream_that_breaks_ends_with_an_error_event_and_its_row(gw: Gateway, upstreams: tuple) -> None:
+    with gw.http() as http:
+        response = http.post("/v1/responses", json={"model": "up", "input": "[break:2] x", "stream": True})
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1]["type"] == "error" and "stream broke" in events[-1]["message"]
+    assert "response.completed" not in [e["type"] for e in events] and "[DONE]" not in response.text
+    row = gw.row(response.headers["x-pitstop-request-id"])
+    assert row["status"] == "error" and row["endpoint"] == "responses"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "up", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"model": "up", "input": "x", "conversation": "conv_1"}, "conversation"),
+    ({"model": "up", "input": "x", "temperatur": 1}, "temperatur"),
+    ({"model": "up", "input": []}, "input"),
+    ({"model": "up", "input": 5}, "input"),
+    ({"model": "up", "input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"model": "up", "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+    ({"model": "up", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input[0].content[0]"),
+    ({"model": "up", "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+    ({"model": "up", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"model": "up", "input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"model": "up", "input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format"),
+    ({"model": "up", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "x"}, "model"),
+])
+def test_what_a_stateless_gateway_cannot_do_is_a_400_naming_the_field(gw: Gateway, upstreams: tuple, body: dict,
+                                                                      param: str) -> None:
+    with gw.http() as http:
+        response = http.post("/v1/responses", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert sum(u.stats()["requests"] for u in upstreams) == 0
+
+
+def test_the_sdk_raises_a_bad_request_for_previous_response_id(gw: Gateway) -> None:
+    with gw.openai() as client, pytest.raises(openai.BadRequestError, match="send the whole conversation"):
+        client.responses.create(model="up", input="x", previous_response_id="resp_123")
