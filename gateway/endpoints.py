@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.protocol import read_json
 from gateway.outcomes import storable
+from gateway.responses_api import request_id_of
 from gateway.state import GatewayState
 
 _CREATED = int(time.time())
@@ -103,6 +104,8 @@ async def feedback(request: Request) -> Response:
     if unknown:
         raise bad_request(f"unknown field {sorted(unknown)[0]!r}", sorted(unknown)[0], "unknown_field")
     request_id, session_id = body.get("request_id"), body.get("session_id")
+    if isinstance(request_id, str):
+        request_id = request_id_of(request_id)  # a Response's id (resp_...) names its request
     if not (isinstance(request_id, str) and request_id) and not (isinstance(session_id, str) and session_id):
         raise bad_request("give a 'request_id' or a 'session_id' (strings)", "request_id")
     metric = body.get("metric", "quality")

@@ -171,6 +171,11 @@ def response_id(request_id: str) -> str:
     return "resp_" + request_id.removeprefix("req-")
 
 
+def request_id_of(any_id: str) -> str:
+    """The request id a Response's id names (feedback may quote either); other ids as they are."""
+    return "req-" + any_id.removeprefix("resp_") if any_id.startswith("resp_") else any_id
+
+
 def _usage(usage: dict | None) -> dict | None:
     if not usage:
         return None

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Gateway, gateway_config, model_entry, read_feedback, running_gateway
 from tests.gateway.upstream import UpstreamProcess
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
@@ -124,6 +124,16 @@ def test_what_a_stateless_gateway_cannot_do_is_a_400_naming_the_field(gw: Gatewa
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert sum(u.stats()["requests"] for u in upstreams) == 0
+
+
+def test_feedback_may_name_a_response_by_its_id(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client:
+        raw = client.responses.with_raw_response.create(model="up", input="x")
+    with gw.http() as http:
+        accepted = http.post("/v1/feedback", json={"request_id": raw.parse().id, "value": 1.0})
+    assert accepted.status_code == 202
+    gw.flush()
+    assert {f["request_id"] for f in read_feedback(gw.storage_url)} >= {raw.headers["x-pitstop-request-id"]}
 
 
 def test_the_sdk_raises_a_bad_request_for_previous_response_id(gw: Gateway) -> None:
