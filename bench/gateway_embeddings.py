@@ -23,7 +23,7 @@ import httpx
 import yaml
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import Service, free_port
+from bench.procs import Service, free_port, healthz_lags
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_embeddings.json"
@@ -44,17 +44,6 @@ def _config(mock_url: str, work: Path) -> Path:
 async def _point(mock_url: str, gateway_url: str, gateway: Service, batch: int, encoding: str,
                  requests: int) -> dict:
     body = {"input": [TEXT] * batch, "encoding_format": encoding}
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def ping() -> None:
-        async with httpx.AsyncClient(base_url=gateway_url, timeout=120) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                await client.get("/healthz")
-                lags.append(time.perf_counter() - started)
-                await asyncio.sleep(0.01)
-
     async with httpx.AsyncClient(timeout=300) as client:
         async def timed(url: str, model: str) -> tuple[float, int]:
             started = time.perf_counter()
@@ -65,17 +54,15 @@ async def _point(mock_url: str, gateway_url: str, gateway: Service, batch: int, 
         for _ in range(2):  # warm: connections, the mock's rendered body
             await timed(mock_url, "mock-embed")
             await timed(gateway_url, "embed")
-        pinger = asyncio.create_task(ping())
         direct, through, cpu = [], [], 0.0
         size = 0
-        for _ in range(requests):
-            direct.append((await timed(mock_url, "mock-embed"))[0])
-            cpu_before = gateway.cpu_seconds()
-            seconds, size = await timed(gateway_url, "embed")
-            cpu += gateway.cpu_seconds() - cpu_before
-            through.append(seconds)
-        stop.set()
-        await pinger
+        async with healthz_lags(gateway_url) as lags:
+            for _ in range(requests):
+                direct.append((await timed(mock_url, "mock-embed"))[0])
+                cpu_before = gateway.cpu_seconds()
+                seconds, size = await timed(gateway_url, "embed")
+                cpu += gateway.cpu_seconds() - cpu_before
+                through.append(seconds)
     return {"batch": batch, "encoding": encoding, "response_bytes": size, "requests": requests,
             "direct_median_ms": statistics.median(direct) * 1000, "direct_p90_ms": pct(direct, 90) * 1000,
             "gateway_median_ms": statistics.median(through) * 1000, "gateway_p90_ms": pct(through, 90) * 1000,

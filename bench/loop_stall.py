@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import Service, free_port
+from bench.procs import Service, free_port, healthz_lags
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_loop_stall.json"
@@ -35,27 +35,14 @@ def _messages(size: int, count: int) -> list[dict]:
 
 
 async def _stall(url: str, model: str, size: int, count: int = 0) -> dict:
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def ping() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                await client.get("/healthz")
-                lags.append(time.perf_counter() - started)
-                await asyncio.sleep(0.01)
-
-    pinger = asyncio.create_task(ping())
-    await asyncio.sleep(0.5)
     body = {"model": model, "max_tokens": 1, "messages": _messages(size, count)}
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-        started = time.perf_counter()
-        response = await client.post("/v1/chat/completions", json=body)
-        elapsed = time.perf_counter() - started
-    await asyncio.sleep(0.3)
-    stop.set()
-    await pinger
+    async with healthz_lags(url) as lags:
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            started = time.perf_counter()
+            response = await client.post("/v1/chat/completions", json=body)
+            elapsed = time.perf_counter() - started
+        await asyncio.sleep(0.3)
     return {"model": model, "prompt_chars": 0 if count else size, "messages": count or 1, "status": response.status_code, "request_s": elapsed,
             "healthz_max_ms": max(lags) * 1000, "healthz_median_ms": sorted(lags)[len(lags) // 2] * 1000,
             "healthz_requests": len(lags)}

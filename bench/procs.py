@@ -3,6 +3,7 @@ and CPU from /proc (process tree, so workers a server forks are counted too), st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -180,3 +182,28 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(5)
+
+
+@contextlib.asynccontextmanager
+async def healthz_lags(url: str, interval_s: float = 0.01) -> AsyncIterator[list[float]]:
+    """Round trips of GET `url`/healthz, one every `interval_s`, while the block runs: the longest is
+    how long the server's event loop kept every other request waiting."""
+    import httpx
+
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ping() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                await client.get("/healthz")
+                lags.append(time.perf_counter() - started)
+                await asyncio.sleep(interval_s)
+
+    pinger = asyncio.create_task(ping())
+    try:
+        yield lags
+    finally:
+        stop.set()
+        await pinger

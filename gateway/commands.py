@@ -116,24 +116,22 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _priority(text: str) -> float:
+def _number(text: str, low: float, high: float, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not -1e9 <= value <= 1e9:
-        raise argparse.ArgumentTypeError("must be between -1e9 and 1e9")
+    if not low <= value <= high:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
+
+
+def _priority(text: str) -> float:
+    return _number(text, -1e9, 1e9, "between -1e9 and 1e9")
 
 
 def _usd(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite amount >= 0, got {text}")
-    return value
+    return _number(text, 0.0, math.nextafter(math.inf, 0), "a finite amount >= 0")
 
 
 def _settings(path: Path):  # noqa: ANN202 (lazy import keeps `pitstop --help` fast)
