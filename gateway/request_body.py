@@ -107,14 +107,24 @@ def _check_messages(messages: Any) -> tuple[str, int]:
     return last_user, chars
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
+
+
 def _check_prompt(prompt: Any) -> tuple[str, int]:
+    """OpenAI's prompt shapes: a string, token ids, or a batch of either (vLLM and OpenAI answer each
+    prompt as its own choice; Pitstop's engine takes one). A batch is routed and ranked by its first
+    prompt, and counted whole."""
     if isinstance(prompt, str):
         return prompt, len(prompt)
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    if _token_ids(prompt):
         return "", round(len(prompt) * CHARS_PER_TOKEN)
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0], len(prompt[0])
-    raise bad_request("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return prompt[0], sum(map(len, prompt))
+    if isinstance(prompt, list) and prompt and all(_token_ids(p) for p in prompt):
+        return "", round(sum(map(len, prompt)) * CHARS_PER_TOKEN)
+    raise bad_request("'prompt' must be a string, a list of token ids, or a non-empty list of either", "prompt",
+                      "invalid_type")
 
 
 def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
@@ -160,10 +170,6 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on one request's inputs
 _ENCODING_FORMATS = ("float", "base64")
-
-
-def _token_ids(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
 
 
 def _check_embedding_input(value: Any) -> tuple[str, int]:

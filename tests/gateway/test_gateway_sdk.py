@@ -209,6 +209,16 @@ def test_completions(gw: Gateway, upstreams: tuple, model: str, stream: bool) ->
                                                                                         stream)
 
 
+@pytest.mark.parametrize("prompt", [["first prompt", "second one"], [[1, 2, 3], [4, 5]]])
+def test_a_batch_of_prompts_reaches_the_upstream_whole(gw: Gateway, upstreams: tuple, prompt: list) -> None:
+    """vLLM and OpenAI answer each prompt of a batch (eval harnesses send them); the gateway used to refuse."""
+    with gw.openai() as client:
+        raw = client.completions.with_raw_response.create(model="up-direct", prompt=prompt, max_tokens=4)
+    assert raw.parse().choices[0].text.startswith("from-a")
+    assert upstreams[0].stats()["bodies"][-1]["prompt"] == prompt
+    assert gw.row(raw.headers["x-pitstop-request-id"])["prompt"] == prompt
+
+
 def test_metrics_per_model_and_route_group(gw: Gateway, upstreams: tuple) -> None:
     with gw.openai() as client:
         client.chat.completions.create(model="grp", messages=user())

@@ -19,3 +19,7 @@ def test_the_prompt_size_counts_every_message_and_token_prompts():
     assert tokens.prompt_text == "" and tokens.prompt_chars == 12  # 4 characters a token
     text = parse_proxy_request({"model": "m", "prompt": ["twelve chars"]}, "completion", Headers({}))
     assert text.prompt_text == "twelve chars" and text.prompt_chars == 12
+    batch = parse_proxy_request({"model": "m", "prompt": ["first", "second"]}, "completion", Headers({}))
+    assert batch.prompt_text == "first" and batch.prompt_chars == 11  # routed by the first, counted whole
+    ids = parse_proxy_request({"model": "m", "prompt": [[1, 2], [3]]}, "completion", Headers({}))
+    assert ids.prompt_text == "" and ids.prompt_chars == 12
