@@ -149,6 +149,10 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     metadata = raw.get("metadata")
     if session_id is None and isinstance(metadata, dict) and isinstance(metadata.get("session_id"), str):
         session_id = metadata["session_id"]
+    cache_key = raw.get("prompt_cache_key")
+    if session_id is None and isinstance(cache_key, str) and 0 < len(cache_key) <= 256:
+        # OpenAI's per-conversation cache hint (Codex and other agents send one): the same affinity.
+        session_id = cache_key
     if session_id is not None and (not isinstance(session_id, str) or not 0 < len(session_id) <= 256):
         raise bad_request("the session id must be a string of 1 to 256 characters", "session_id")
     cost_preference = _number(raw, "cost_preference")

@@ -16,10 +16,10 @@ from engine.server.errors import APIError, bad_request
 from engine.server.json_out import json_bytes
 
 # Request fields read here; anything else is a 400, as it would be for a chat request it can't be.
-_PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream",
+_PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning")
-_IGNORED = ("store", "truncation", "include", "service_tier", "prompt_cache_key", "safety_identifier",
+_IGNORED = ("store", "truncation", "include", "service_tier", "safety_identifier",
             "top_logprobs", "stream_options", "background", "max_tool_calls")
 _STATEFUL = ("previous_response_id", "conversation", "prompt")
 _ROLES = ("user", "system", "developer", "assistant")

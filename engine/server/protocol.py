@@ -6,7 +6,7 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM), and
   the scheduling hints rank_score, program_start and in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
-  parallel_tool_calls.
+  parallel_tool_calls, prompt_cache_key (the prefix cache needs no hint), safety_identifier.
 - accepted only at their no-op value, else 400 (we would silently not honour them): logprobs
   (null/false), top_logprobs (null/0), echo (false), best_of (null/1), suffix (null/""),
   frequency_penalty and presence_penalty (null/0), logit_bias (null/{}), response_format
@@ -39,7 +39,8 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completio
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
          "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
          "program_start", "in_program"}
-_IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
+_IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+            "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
     "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),

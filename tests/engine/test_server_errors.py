@@ -113,7 +113,7 @@ def test_standard_fields_that_change_nothing_are_accepted(url: str):
                       presence_penalty=0, logit_bias={}, best_of=1, suffix=None, n=1, priority=2.5, session_id="s")
     assert httpx.post(f"{url}/v1/completions", json=body).status_code == 200
     body = chat(response_format={"type": "text"}, tool_choice="auto", parallel_tool_calls=True, store=False,
-                max_completion_tokens=3, stream=True, stream_options={"include_usage": True},
+                prompt_cache_key="conv-1", safety_identifier="user-1", max_completion_tokens=3, stream=True, stream_options={"include_usage": True},
                 messages=[{"role": "developer", "content": [{"type": "text", "text": "be nice"}]},
                           {"role": "user", "content": "hi", "name": "bob"}])
     assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 200

@@ -154,6 +154,22 @@ def test_session_id_reaches_the_row_and_the_pitstop_engine(gw: Gateway, upstream
     assert sent["session_id"] == "agent-42" and sent["model"] == "up-direct"
 
 
+def test_openais_prompt_cache_key_is_the_session_where_none_is_given(gw: Gateway, upstreams: tuple) -> None:
+    a, _ = upstreams
+    with gw.openai() as client:
+        chat = client.chat.completions.with_raw_response.create(model="up-direct", messages=user(),
+                                                                prompt_cache_key="conv-7")
+        named = client.chat.completions.with_raw_response.create(model="up-direct", messages=user(),
+                                                                 prompt_cache_key="conv-7",
+                                                                 extra_headers={"x-session-id": "agent-1"})
+        responses = client.responses.with_raw_response.create(model="up-direct", input="hi", prompt_cache_key="conv-8")
+    sessions = [gw.row(r.headers["x-pitstop-request-id"])["session_id"] for r in (chat, named, responses)]
+    assert sessions == ["conv-7", "agent-1", "conv-8"]
+    bodies = a.stats()["bodies"][-3:]
+    assert [b["session_id"] for b in bodies] == ["conv-7", "agent-1", "conv-8"]
+    assert all(b["prompt_cache_key"] in ("conv-7", "conv-8") for b in bodies)  # still forwarded
+
+
 def test_cost_and_tokens_in_the_row(gw: Gateway, upstreams: tuple) -> None:
     with gw.openai() as client:
         raw = client.chat.completions.with_raw_response.create(model="up-litellm",
