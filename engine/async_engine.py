@@ -130,10 +130,11 @@ class AsyncEngine:
 
     # ---- requests -----------------------------------------------------------------------------
 
-    def validate_request(self, prompt_token_ids: Sequence[int], pin_ttl_s: float | None = None) -> None:
+    def validate_request(self, prompt_token_ids: Sequence[int], pin_ttl_s: float | None = None,
+                         params: SamplingParams | None = None) -> None:
         """The checks `add_request` makes, done on the caller's side so a server can answer 400
         before it commits to a streaming 200."""
-        self.engine.validate_request(list(prompt_token_ids), pin_ttl_s, self.vocab_size)
+        self.engine.validate_request(list(prompt_token_ids), pin_ttl_s, self.vocab_size, params)
 
     def encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
@@ -147,7 +148,7 @@ class AsyncEngine:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
         Stopping the iteration early (break, aclose, cancellation) aborts the request."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        self.validate_request(prompt_token_ids, pin_ttl_s)
+        self.validate_request(prompt_token_ids, pin_ttl_s, params)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         stream = _RequestStream(request_id, asyncio.get_running_loop())
 

@@ -24,6 +24,7 @@ from engine.sequence import Sequence
 
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
+    from engine.logprobs import TokenLogprobs
     from engine.tokenizer import Tokenizer
 
 MAX_REMEMBERED_SESSIONS = 100_000
@@ -77,7 +78,7 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS) -> Sequence:
-        self.validate_request(prompt_token_ids, pin_ttl_s)
+        self.validate_request(prompt_token_ids, pin_ttl_s, params=params)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         seq = Sequence(request_id, prompt_token_ids, params,
@@ -94,7 +95,7 @@ class LLMEngine:
         return seq
 
     def validate_request(self, prompt_token_ids: list[int], pin_ttl_s: float | None = None,
-                         vocab_size: int | None = None) -> None:
+                         vocab_size: int | None = None, params: SamplingParams | None = None) -> None:
         """The checks `add_request` makes; callable from another thread (reads only the config)."""
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
@@ -106,6 +107,9 @@ class LLMEngine:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
         if pin_ttl_s is not None and pin_ttl_s < 0:
             raise InvalidRequestError("pin_ttl_s must be >= 0", "pin_ttl_s")
+        if params is not None and params.logprobs is not None and not hasattr(self.runner, "step_logprobs"):
+            raise InvalidRequestError("this engine's runner computes no log-probabilities (a simulated one)",
+                                      "logprobs")
 
     def abort(self, request_id: str) -> None:
         seq = self.sequences.pop(request_id, None)
@@ -137,17 +141,21 @@ class LLMEngine:
         samples = [seq.num_computed_tokens + n == len(seq.token_ids)
                    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
         token_ids = iter(self.runner.execute(batch))
+        logprobs: dict[int, TokenLogprobs] = getattr(self.runner, "step_logprobs", None) or {}
         end = self.clock.now()
         self.num_steps += 1
         if self.step_log is not None:
             self.step_log.append(StepRecord(batch.shape, end - start))
-        outputs = []
+        outputs: list[RequestOutput] = []
         for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples, strict=True):
             seq.num_computed_tokens += num_new
             if num_new > 1 or seq.num_computed_tokens - num_new < seq.num_prompt_tokens:  # not a decode
                 self.prefill_tokens += num_new
             if sampled:
+                chosen = logprobs.get(len(outputs))
                 outputs.append(self._append_token(seq, next(token_ids), end))
+                if chosen is not None:
+                    outputs[-1].logprobs = [chosen]
         return outputs
 
     def _fused_decode(self, batch: ScheduledBatch, steps: int) -> list[RequestOutput]:

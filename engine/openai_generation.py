@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from engine.async_engine import AsyncEngine
+from engine.detokenizer import Decoder
 from engine.hints import SchedulingHints
+from engine.logprobs import TokenLogprobs
 from engine.outputs import RequestOutput
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
@@ -44,25 +46,74 @@ class Shapes:
         return {"id": self.id, "object": kind + (".chunk" if chunk and self.chat else ""),
                 "created": self.created, "model": self.model}
 
-    def chunk(self, text: str | None, finish_reason: str | None, role: bool = False) -> dict:
+    def chunk(self, text: str | None, finish_reason: str | None, role: bool = False,
+              logprobs: dict | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         out = self._envelope(chunk=True) | {"choices": [choice]}
         return out | {"usage": None} if self.include_usage else out
 
     def usage_chunk(self, last: RequestOutput) -> dict:
         return self._envelope(chunk=True) | {"choices": [], "usage": usage(last)}
 
-    def response(self, text: str, last: RequestOutput) -> dict:
+    def response(self, text: str, last: RequestOutput, logprobs: dict | None = None) -> dict:
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": last.finish_reason}
+                      "logprobs": logprobs, "finish_reason": last.finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": last.finish_reason}
         return self._envelope(chunk=False) | {"choices": [choice], "usage": usage(last)}
+
+
+# A log-probability the JSON can carry (a token the model rules out has -inf), as vLLM clamps it.
+_LOWEST_LOGPROB = -9999.0
+
+
+class LogprobShapes:
+    """Sampled tokens' log-probabilities in OpenAI's shapes: a chat's `content` entries (token, logprob,
+    bytes, top_logprobs), a completion's parallel lists (tokens, token_logprobs, top_logprobs as
+    token -> logprob, text_offset). A token's text is its own decoding, as vLLM gives it."""
+
+    def __init__(self, tokenizer: Decoder | None, chat: bool) -> None:
+        self.tokenizer = tokenizer
+        self.chat = chat
+        self.offset = 0  # a completion's text_offset runs on across chunks
+        self._texts: dict[int, str] = {}
+
+    def _token(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False) if self.tokenizer else ""
+            self._texts[token_id] = text
+        return text
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        token = self._token(token_id)
+        return {"token": token, "logprob": max(logprob, _LOWEST_LOGPROB),
+                "bytes": list(token.encode("utf-8", "surrogatepass"))}
+
+    def block(self, token_ids: list[int], logprobs: list[TokenLogprobs]) -> dict:
+        if self.chat:
+            return {"content": [self._entry(t, lp.logprob) | {"top_logprobs": [
+                self._entry(i, v) for i, v in zip(lp.top_ids, lp.top_logprobs, strict=True)]}
+                for t, lp in zip(token_ids, logprobs, strict=True)], "refusal": None}
+        tokens = [self._token(t) for t in token_ids]
+        offsets = []
+        for token in tokens:
+            offsets.append(self.offset)
+            self.offset += len(token)
+        return {"tokens": tokens, "token_logprobs": [max(lp.logprob, _LOWEST_LOGPROB) for lp in logprobs],
+                "top_logprobs": [self._top(lp) for lp in logprobs], "text_offset": offsets}
+
+    def _top(self, logprobs: TokenLogprobs) -> dict[str, float]:
+        """token -> logprob; where two tokens decode alike (parts of one character), the likelier stays."""
+        top: dict[str, float] = {}
+        for token_id, value in zip(logprobs.top_ids, logprobs.top_logprobs, strict=True):
+            top.setdefault(self._token(token_id), max(value, _LOWEST_LOGPROB))
+        return top
 
 
 async def tokenize(engine: AsyncEngine, parsed: GenerateRequest) -> list[int]:
@@ -116,6 +167,7 @@ class OpenAIGeneration:
         self.engine = engine
         self.parsed = parsed
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
+        self.logprobs = None if parsed.params.logprobs is None else LogprobShapes(engine.tokenizer, chat)
         self.started = time.monotonic()
         self.ttft_s: float | None = None
         self.last: RequestOutput | None = None
@@ -127,7 +179,8 @@ class OpenAIGeneration:
         prompt_field = "messages" if self.shapes.chat else "prompt"
         try:
             prompt_ids = await tokenize(self.engine, parsed)
-            self.engine.validate_request(prompt_ids, pin_ttl_s if pin_ttl_s is not None else parsed.pin_ttl_s)
+            self.engine.validate_request(prompt_ids, pin_ttl_s if pin_ttl_s is not None else parsed.pin_ttl_s,
+                                         parsed.params)
         except InvalidRequestError as exc:
             raise bad_request(str(exc), prompt_field if exc.param == "prompt" else exc.param) from None
         self._outputs = self.engine.generate(
@@ -148,23 +201,43 @@ class OpenAIGeneration:
                 yield out
 
     async def whole(self) -> dict:
-        parts = [out.text_delta async for out in self._outputs_iter()]
+        parts, token_ids, logprobs = [], [], []
+        async for out in self._outputs_iter():
+            parts.append(out.text_delta)
+            if out.logprobs:
+                token_ids += out.new_token_ids
+                logprobs += out.logprobs
         assert self.last is not None, "a generation always ends with a finished output or an error"
-        return self.shapes.response("".join(parts), self.last)
+        block = self.logprobs.block(token_ids, logprobs) if self.logprobs is not None else None
+        return self.shapes.response("".join(parts), self.last, block)
 
     async def chunks(self) -> AsyncIterator[dict]:
         """OpenAI chunks; the usage chunk comes last when the request asked for it. Raises
         EngineDeadError / InvalidRequestError mid-stream; closing the iterator aborts the request."""
         shapes = self.shapes
+        token_ids: list[int] = []  # tokens whose log-probabilities wait for the next chunk (text held back)
+        logprobs: list[TokenLogprobs] = []
+
+        def pending() -> dict | None:
+            if self.logprobs is None or not logprobs:
+                return None
+            block = self.logprobs.block(token_ids, logprobs)
+            token_ids.clear()
+            logprobs.clear()
+            return block
+
         if shapes.chat:
             yield shapes.chunk(None, None, role=True)
         async for out in self._outputs_iter():
+            if out.logprobs:
+                token_ids.extend(out.new_token_ids)
+                logprobs.extend(out.logprobs)
             if shapes.chat:
                 if out.text_delta:
-                    yield shapes.chunk(out.text_delta, None)
+                    yield shapes.chunk(out.text_delta, None, logprobs=pending())
                 if out.finished:
-                    yield shapes.chunk(None, out.finish_reason)
+                    yield shapes.chunk(None, out.finish_reason, logprobs=pending())
             elif out.text_delta or out.finished:
-                yield shapes.chunk(out.text_delta, out.finish_reason)
+                yield shapes.chunk(out.text_delta, out.finish_reason, logprobs=pending())
         if self.last is not None and shapes.include_usage:
             yield shapes.usage_chunk(self.last)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.batch import StepShape
+from engine.logprobs import TokenLogprobs
 
 
 @dataclass
@@ -17,6 +18,7 @@ class RequestOutput:
     num_prompt_tokens: int
     num_cached_tokens: int
     num_output_tokens: int
+    logprobs: list[TokenLogprobs] | None = None  # for new_token_ids, where the request asked
 
 
 @dataclass(frozen=True)

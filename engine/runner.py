@@ -13,6 +13,10 @@ class ModelRunner(Protocol):
     `block_table`, at positions `num_computed_tokens .. num_computed_tokens + n - 1`) and returns one
     sampled token id per sequence for which `batch.samples(i)` is true, in batch order. It must not
     mutate the sequences: the engine applies the results.
+
+    A runner that computes log-probabilities (the torch runner) also has `step_logprobs`: after each
+    `execute`, the TokenLogprobs of the sampled rows whose params asked, keyed by their place among
+    the sampled rows. One without it serves no `logprobs` (the engine refuses such requests).
     """
 
     eos_token_ids: tuple[int, ...]

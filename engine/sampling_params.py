@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_TOP_LOGPROBS = 20  # alternatives to a sampled token's log-probability: OpenAI's and vLLM's limit
+
 
 class InvalidRequestError(ValueError):
     """Bad input from a client: surfaces as a 4xx with this message."""
@@ -20,6 +22,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
+    # Log-probabilities of each sampled token, with this many alternatives (engine/logprobs.py); None: none.
+    logprobs: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -33,6 +37,8 @@ class SamplingParams:
             raise InvalidRequestError("at most 4 stop sequences are allowed", "stop")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop sequences must be non-empty strings", "stop")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", "logprobs")
 
     @property
     def greedy(self) -> bool:

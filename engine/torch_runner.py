@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from engine.batch import ScheduledBatch
+from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan
 from engine.model.config import ModelConfig
 from engine.model.loader import load_model
@@ -43,6 +44,7 @@ class TorchModelRunner:
             dtype=self.dtype, device=self.device,
         )  # fmt: skip
         self.sampler = Sampler()
+        self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
 
     @property
     def max_model_len(self) -> int:
@@ -79,7 +81,12 @@ class TorchModelRunner:
             if not sampling:
                 return []
             seqs = [batch.seqs[i] for i in sampling]
-            return self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
+            tokens = self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
+            wanted = [j for j, s in enumerate(seqs) if s.params.logprobs is not None]
+            self.step_logprobs = dict(zip(wanted, token_logprobs(
+                logits[wanted], [tokens[j] for j in wanted], [seqs[j].params.logprobs or 0 for j in wanted]),
+                strict=True)) if wanted else {}
+            return tokens
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         block_size = self.block_size

@@ -7,8 +7,10 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   the scheduling hints rank_score, program_start and in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
   parallel_tool_calls, prompt_cache_key (the prefix cache needs no hint), safety_identifier.
-- accepted only at their no-op value, else 400 (we would silently not honour them): logprobs
-  (null/false), top_logprobs (null/0), echo (false), best_of (null/1), suffix (null/""),
+- logprobs: chat `logprobs` (bool) with `top_logprobs` (0-20), completions `logprobs` (0-20): the
+  sampled tokens' log-probabilities and their likeliest alternatives (engine/logprobs.py).
+- accepted only at their no-op value, else 400 (we would silently not honour them):
+  echo (false), best_of (null/1), suffix (null/""),
   frequency_penalty and presence_penalty (null/0), logit_bias (null/{}), response_format
   (null/{"type": "text"}), tool_choice ("auto"/"none"; "none" renders the prompt without tools).
 - anything else: 400 unknown field, so a typo is not silently dropped.
@@ -27,7 +29,7 @@ from typing import Any
 from starlette.requests import Request
 
 from engine.hints import NO_HINTS, SchedulingHints
-from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequestError, SamplingParams
 from engine.server.errors import APIError, bad_request
 
 MAX_BODY_BYTES = 8 << 20
@@ -42,7 +44,7 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "echo": (None, False), "best_of": (None, 1),
     "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
     "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
 }
@@ -285,7 +287,7 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
     if max_tokens is not None and max_tokens < 1:
         raise bad_request("'max_tokens' must be at least 1", "max_tokens")
     try:
-        params = _sampling_params(body, max_tokens or 1)
+        params = _sampling_params(body, max_tokens or 1, _logprobs(body, chat="messages" in fields))
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
@@ -296,7 +298,24 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
                            **fields)
 
 
-def _sampling_params(body: dict, max_tokens: int) -> SamplingParams:
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """How many alternatives to each sampled token's log-probability the request wants; None: none."""
+    if not chat:  # completions: `logprobs` is that number
+        value = _int(body, "logprobs")
+        if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"'logprobs' must be between 0 and {MAX_TOP_LOGPROBS}", "logprobs", "invalid_value")
+        return value
+    top = _int(body, "top_logprobs")
+    if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise bad_request(f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}", "top_logprobs", "invalid_value")
+    if not _bool(body, "logprobs"):
+        if top:
+            raise bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -312,6 +331,7 @@ def _sampling_params(body: dict, max_tokens: int) -> SamplingParams:
         stop_token_ids=tuple(_int_list(stop_token_ids, "stop_token_ids") if stop_token_ids is not None else ()),
         ignore_eos=_bool(body, "ignore_eos"),
         seed=_int(body, "seed"),
+        logprobs=logprobs,
     )
 
 

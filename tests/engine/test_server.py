@@ -174,3 +174,47 @@ def test_metrics_scrape(client: openai.OpenAI, base_url: str):
                  'pitstop_engine_pin_events_total{event="evicted"}', "pitstop_engine_healthy 1.0"):
         assert name in text, name
     assert 'status="400"' in text
+
+
+def test_chat_logprobs_whole_and_streamed(client: openai.OpenAI):
+    """One entry a generated token, in OpenAI's shape; the stream's entries, joined, are the whole
+    answer's (greedy, so the same tokens)."""
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 0,
+           "logprobs": True, "top_logprobs": 3, "extra_body": NO_EOS}
+    whole = client.chat.completions.create(**ask)
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens == 6
+    assert "".join(e.token for e in entries) == whole.choices[0].message.content
+    for entry in entries:
+        assert entry.logprob <= 0 and bytes(entry.bytes).decode() == entry.token
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token  # greedy
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+    streamed = [e for chunk in client.chat.completions.create(**ask, stream=True) if chunk.choices
+                and chunk.choices[0].logprobs for e in chunk.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in entries]
+    plain = client.chat.completions.create(**{**ask, "logprobs": False, "top_logprobs": 0})
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs(client: openai.OpenAI):
+    answer = client.completions.create(model=MODEL, prompt="abc", max_tokens=4, temperature=0, logprobs=2,
+                                       extra_body=NO_EOS)
+    logprobs = answer.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == 4
+    assert "".join(logprobs.tokens) == answer.choices[0].text
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(4)]
+    assert all(len(top) <= 2 and max(top.values()) == lp for top, lp in zip(logprobs.top_logprobs,
+                                                                           logprobs.token_logprobs, strict=True))
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": 1}, "logprobs"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
+    ({"prompt": "x", "logprobs": True}, "logprobs"),
+])
+def test_bad_logprobs_are_400s(base_url: str, body: dict, param: str):
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    response = httpx.post(f"{base_url}{path}", json={"model": MODEL, **body})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text

@@ -82,7 +82,7 @@ def chat(**fields) -> dict:
     (completion(program_start="yesterday"), "program_start"),
     (completion(frobnicate=1), "frobnicate"),
     (completion(frequency_penalty=0.5), "frequency_penalty"),
-    (completion(logprobs=3), "logprobs"),
+    (completion(logprobs=3), "logprobs"),  # this fake runner, as the simulated one, computes none
     (completion(echo=True), "echo"),
     (completion(prompt=["a", "b"]), "prompt"),
     (completion(prompt=[1, "b"]), "prompt"),
@@ -100,7 +100,7 @@ def chat(**fields) -> dict:
     (chat(tools=[{"type": "function"}]), "tools"),
     (chat(tool_choice="required"), "tool_choice"),
     (chat(response_format={"type": "json_object"}), "response_format"),
-    (chat(logprobs=True), "logprobs"),
+    (chat(logprobs=True), "logprobs"),  # likewise
     (chat(prompt="hi"), "prompt"),  # a completions field on the chat endpoint
 ])
 def test_bad_requests_are_400s_in_the_openai_shape(url: str, body: dict, param: str):

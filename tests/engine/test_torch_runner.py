@@ -204,3 +204,50 @@ def test_kv_block_budget(tiny_model_dir: Path) -> None:
     assert blocks == 10
     runner = TorchModelRunner(tiny_model_dir, blocks, 16, device="cpu")
     assert runner.kv_cache.numel() * runner.kv_cache.element_size() == blocks * per_block
+
+
+def hf_logprobs(model_dir: Path, tokens: list[int], first: int) -> torch.Tensor:
+    """transformers' log-probabilities of the next token at positions first-1 .. len(tokens)-2."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        logits = model(torch.tensor([tokens])).logits[0]
+    return torch.log_softmax(logits[first - 1 : len(tokens) - 1], dim=-1)
+
+
+def test_logprobs_match_transformers_in_a_mixed_batch(tiny_model_dir: Path, reference: dict) -> None:
+    """Rows that ask get their sampled tokens' log-probabilities and top alternatives (the model's
+    own distribution); rows that do not get none, in the same chunked batches."""
+    runner = TorchModelRunner(tiny_model_dir, NUM_BLOCKS, BLOCK_SIZE, dtype=torch.float32)
+    asks = [5, None, 0, 20]
+    seqs = [Sequence(f"r{i}", p, SamplingParams(temperature=0.0, max_tokens=64, logprobs=k), 0.0)
+            for i, (p, k) in enumerate(zip(reference["prompts"][:4], asks, strict=True))]
+    seen: dict[str, list] = {s.request_id: [] for s in seqs}
+    pool = BlockPool()
+    while any(s.num_output_tokens < 8 for s in seqs):
+        batch = ScheduledBatch()
+        for seq in seqs:
+            if seq.num_output_tokens < 8:
+                n = min(seq.num_tokens - seq.num_computed_tokens, 5)
+                pool.grow(seq, seq.num_computed_tokens + n)
+                batch.add(seq, n)
+        tokens = runner.execute(batch)
+        sampled = [batch.seqs[i] for i in batch.sampling_indices]
+        for row, found in runner.step_logprobs.items():
+            seen[sampled[row].request_id].append(found)
+        apply(batch, tokens)
+    for seq, k in zip(seqs, asks, strict=True):
+        found = seen[seq.request_id]
+        if k is None:
+            assert found == []
+            continue
+        assert len(found) == 8 and all(len(f.top_ids) == k for f in found)
+        expected = hf_logprobs(tiny_model_dir, seq.token_ids, seq.num_prompt_tokens)
+        for position, (token, f) in enumerate(zip(seq.output_token_ids, found, strict=True)):
+            assert f.logprob == pytest.approx(expected[position, token].item(), abs=1e-4)
+            if k:
+                top = expected[position].topk(k)
+                assert list(f.top_ids) == top.indices.tolist()
+                assert list(f.top_logprobs) == pytest.approx(top.values.tolist(), abs=1e-4)
+                assert f.top_ids[0] == token  # greedy: the likeliest
