@@ -25,6 +25,7 @@ ROUTES = [
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
     Route("/v1/responses", proxy.responses, methods=["POST"]),
+    Route("/v1/responses/{rest:path}", endpoints.stored_response, methods=["GET", "DELETE", "POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),

@@ -55,6 +55,13 @@ async def retrieve_model(request: Request) -> Response:
     raise not_found(f"the model {name!r} does not exist; available: {available}", "model", "model_not_found")
 
 
+async def stored_response(request: Request) -> Response:
+    """GET / DELETE /v1/responses/{id}[/...]: the Responses API's stored responses, which Pitstop keeps none of."""
+    await _state(request).auth.authenticate(request.headers)
+    raise not_found(f"no response {request.path_params['rest'].split('/')[0]!r}: Pitstop keeps no responses "
+                    "(send the whole conversation in 'input')", None, "response_not_found")
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 

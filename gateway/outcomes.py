@@ -106,8 +106,8 @@ class OutcomeDraft:
         self.status, self.http_status, self.error = kind, status, message
 
     def take_response(self, body: dict) -> None:
-        self.usage = body.get("usage") or self.usage
-        for choice in body.get("choices") or ():
+        self.usage = body.get("usage") or self.usage  # every choice's tokens (n > 1)
+        for choice in first_choices(body):  # the row keeps the first choice's text (n > 1: one sample)
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             message = choice.get("message") or {}
             text = message.get("content") if message else choice.get("text")
@@ -118,7 +118,7 @@ class OutcomeDraft:
     def take_chunk(self, chunk: dict) -> None:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        for choice in first_choices(chunk):
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
             delta = choice.get("delta") or {}
@@ -166,6 +166,12 @@ class OutcomeDraft:
 
 
 _PROMPT_FIELD = {"chat": "messages", "completion": "prompt", "embedding": "input"}
+
+
+def first_choices(answer: dict) -> list[dict]:
+    """The choices of index 0 (or none given) in an answer or chunk: with n > 1, a stream interleaves
+    the choices' chunks, and mixing them would make one text of several answers."""
+    return [c for c in answer.get("choices") or () if c.get("index") in (0, None)]
 
 
 def usage_tokens(usage: dict | None) -> tuple[int, int, int]:

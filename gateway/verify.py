@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.dispatch import Dispatched, Sent
-from gateway.outcomes import OutcomeDraft, usage_tokens
+from gateway.outcomes import OutcomeDraft, first_choices, usage_tokens
 from gateway.state import GatewayState
 from routers.verify import VerifyPolicy, could_be_short, short_answer
 
@@ -82,7 +82,7 @@ def _policy(state: GatewayState, draft: OutcomeDraft) -> VerifyPolicy | None:
 def _chunk_text(chunk: dict) -> tuple[str, bool]:
     """A streamed chunk's text, and whether it carries a tool call (never a short answer)."""
     text, tools = "", False
-    for choice in chunk.get("choices") or ():
+    for choice in first_choices(chunk):
         delta = choice.get("delta") or {}
         part = delta.get("content") if delta else choice.get("text")
         text += part if isinstance(part, str) else ""

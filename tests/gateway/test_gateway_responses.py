@@ -136,6 +136,14 @@ def test_feedback_may_name_a_response_by_its_id(gw: Gateway, upstreams: tuple) -
     assert {f["request_id"] for f in read_feedback(gw.storage_url)} >= {raw.headers["x-pitstop-request-id"]}
 
 
+def test_a_stored_response_is_a_404_that_says_none_are_kept(gw: Gateway) -> None:
+    with gw.openai() as client:
+        for call in (lambda: client.responses.retrieve("resp_1"), lambda: client.responses.delete("resp_1"),
+                     lambda: client.responses.cancel("resp_1"), lambda: client.responses.input_items.list("resp_1")):
+            with pytest.raises(openai.NotFoundError, match="keeps no responses"):
+                call()
+
+
 def test_the_sdk_raises_a_bad_request_for_previous_response_id(gw: Gateway) -> None:
     with gw.openai() as client, pytest.raises(openai.BadRequestError, match="send the whole conversation"):
         client.responses.create(model="up", input="x", previous_response_id="resp_123")
