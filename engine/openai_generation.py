@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
 from engine.async_engine import AsyncEngine
 from engine.detokenizer import Decoder
 from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
+from engine.merge import merged
 from engine.outputs import RequestOutput
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
@@ -47,25 +49,27 @@ class Shapes:
                 "created": self.created, "model": self.model}
 
     def chunk(self, text: str | None, finish_reason: str | None, role: bool = False,
-              logprobs: dict | None = None) -> dict:
+              logprobs: dict | None = None, index: int = 0) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         out = self._envelope(chunk=True) | {"choices": [choice]}
         return out | {"usage": None} if self.include_usage else out
 
     def usage_chunk(self, last: RequestOutput) -> dict:
         return self._envelope(chunk=True) | {"choices": [], "usage": usage(last)}
 
-    def response(self, text: str, last: RequestOutput, logprobs: dict | None = None) -> dict:
+    def response(self, choices: list[tuple[str, str | None, dict | None]], last: RequestOutput) -> dict:
+        """choices: (text, finish reason, logprobs) each; `last` carries the usage of them all."""
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": logprobs, "finish_reason": last.finish_reason}
+            out = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish} for i, (text, finish, logprobs) in enumerate(choices)]
         else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": last.finish_reason}
-        return self._envelope(chunk=False) | {"choices": [choice], "usage": usage(last)}
+            out = [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
+                   for i, (text, finish, logprobs) in enumerate(choices)]
+        return self._envelope(chunk=False) | {"choices": out, "usage": usage(last)}
 
 
 # A log-probability the JSON can carry (a token the model rules out has -inf), as vLLM clamps it.
@@ -160,18 +164,21 @@ def _render(engine: AsyncEngine, parsed: GenerateRequest) -> str:
 
 class OpenAIGeneration:
     """Tokenize and validate (`start`, raising 4xx errors before anything is sent), then either
-    `whole()` or `chunks()`. `ttft_s` and `last` are known once the generation has produced."""
+    `whole()` or `chunks()`. `ttft_s` and `last` are known once the generation has produced. A request
+    for `n` choices runs as n sequences (sharing the prompt's cached blocks once the first has them);
+    only the first carries the session and its pin."""
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
                  response_id: str | None = None) -> None:
         self.engine = engine
         self.parsed = parsed
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
-        self.logprobs = None if parsed.params.logprobs is None else LogprobShapes(engine.tokenizer, chat)
+        self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.n)] \
+            if parsed.params.logprobs is not None else None
         self.started = time.monotonic()
         self.ttft_s: float | None = None
-        self.last: RequestOutput | None = None
-        self._outputs: AsyncIterator[RequestOutput] | None = None
+        self.last: RequestOutput | None = None  # with n > 1: the usage of all choices (`_combined`)
+        self._outputs: list[AsyncGenerator[RequestOutput, None]] = []
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
                     pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
@@ -183,61 +190,85 @@ class OpenAIGeneration:
                                          parsed.params)
         except InvalidRequestError as exc:
             raise bad_request(str(exc), prompt_field if exc.param == "prompt" else exc.param) from None
-        self._outputs = self.engine.generate(
-            prompt_ids, parsed.resolved_params(len(prompt_ids), self.engine.max_model_len),
-            request_id=self.shapes.id,
-            priority=parsed.priority if priority is None else priority,
-            session_id=parsed.session_id if session_id is None else session_id,
-            pin_ttl_s=parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s,
-            hints=parsed.hints if hints is None else hints)
+        params = parsed.resolved_params(len(prompt_ids), self.engine.max_model_len)
+        for i in range(parsed.n):
+            seed = None if params.seed is None else params.seed + i  # seeded samples still differ
+            self._outputs.append(self.engine.generate(
+                prompt_ids, replace(params, seed=seed) if i else params,
+                request_id=self.shapes.id if parsed.n == 1 else f"{self.shapes.id}-{i}",
+                priority=parsed.priority if priority is None else priority,
+                session_id=None if i else parsed.session_id if session_id is None else session_id,
+                pin_ttl_s=None if i else parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s,
+                hints=parsed.hints if hints is None else hints))
 
-    async def _outputs_iter(self) -> AsyncIterator[RequestOutput]:
-        assert self._outputs is not None, "start() first"
-        async with aclosing(self._outputs):
-            async for out in self._outputs:
+    async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        assert self._outputs, "start() first"
+        lasts: list[RequestOutput | None] = [None] * len(self._outputs)
+        async with aclosing(merged(self._outputs)) as outputs:
+            async for i, out in outputs:
                 if self.ttft_s is None:
                     self.ttft_s = time.monotonic() - self.started
-                self.last = out
-                yield out
+                lasts[i] = out
+                if len(lasts) == 1:
+                    self.last = out
+                elif out.finished and all(last is not None and last.finished for last in lasts):
+                    self.last = _combined(lasts)  # type: ignore[arg-type]
+                yield i, out
 
     async def whole(self) -> dict:
-        parts, token_ids, logprobs = [], [], []
-        async for out in self._outputs_iter():
-            parts.append(out.text_delta)
+        n = self.parsed.n
+        parts: list[list[str]] = [[] for _ in range(n)]
+        token_ids: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprobs]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        async for i, out in self._outputs_iter():
+            parts[i].append(out.text_delta)
+            finish[i] = out.finish_reason or finish[i]
             if out.logprobs:
-                token_ids += out.new_token_ids
-                logprobs += out.logprobs
+                token_ids[i] += out.new_token_ids
+                logprobs[i] += out.logprobs
         assert self.last is not None, "a generation always ends with a finished output or an error"
-        block = self.logprobs.block(token_ids, logprobs) if self.logprobs is not None else None
-        return self.shapes.response("".join(parts), self.last, block)
+        blocks = [shapes.block(ids, lps) for shapes, ids, lps in zip(self.logprobs, token_ids, logprobs, strict=True)] \
+            if self.logprobs is not None else [None] * n
+        return self.shapes.response(list(zip(("".join(p) for p in parts), finish, blocks, strict=True)), self.last)
 
     async def chunks(self) -> AsyncIterator[dict]:
-        """OpenAI chunks; the usage chunk comes last when the request asked for it. Raises
-        EngineDeadError / InvalidRequestError mid-stream; closing the iterator aborts the request."""
-        shapes = self.shapes
-        token_ids: list[int] = []  # tokens whose log-probabilities wait for the next chunk (text held back)
-        logprobs: list[TokenLogprobs] = []
+        """OpenAI chunks (with n > 1, the choices' interleaved, each naming its index); the usage chunk
+        comes last when the request asked for it. Raises EngineDeadError / InvalidRequestError
+        mid-stream; closing the iterator aborts the request."""
+        shapes, n = self.shapes, self.parsed.n
+        # Tokens whose log-probabilities wait for their choice's next chunk (text held back).
+        token_ids: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprobs]] = [[] for _ in range(n)]
 
-        def pending() -> dict | None:
-            if self.logprobs is None or not logprobs:
+        def pending(i: int) -> dict | None:
+            if self.logprobs is None or not logprobs[i]:
                 return None
-            block = self.logprobs.block(token_ids, logprobs)
-            token_ids.clear()
-            logprobs.clear()
+            block = self.logprobs[i].block(token_ids[i], logprobs[i])
+            token_ids[i].clear()
+            logprobs[i].clear()
             return block
 
         if shapes.chat:
-            yield shapes.chunk(None, None, role=True)
-        async for out in self._outputs_iter():
+            for i in range(n):
+                yield shapes.chunk(None, None, role=True, index=i)
+        async for i, out in self._outputs_iter():
             if out.logprobs:
-                token_ids.extend(out.new_token_ids)
-                logprobs.extend(out.logprobs)
+                token_ids[i].extend(out.new_token_ids)
+                logprobs[i].extend(out.logprobs)
             if shapes.chat:
                 if out.text_delta:
-                    yield shapes.chunk(out.text_delta, None, logprobs=pending())
+                    yield shapes.chunk(out.text_delta, None, logprobs=pending(i), index=i)
                 if out.finished:
-                    yield shapes.chunk(None, out.finish_reason, logprobs=pending())
+                    yield shapes.chunk(None, out.finish_reason, logprobs=pending(i), index=i)
             elif out.text_delta or out.finished:
-                yield shapes.chunk(out.text_delta, out.finish_reason, logprobs=pending())
+                yield shapes.chunk(out.text_delta, out.finish_reason, logprobs=pending(i), index=i)
         if self.last is not None and shapes.include_usage:
             yield shapes.usage_chunk(self.last)
+
+
+def _combined(lasts: list[RequestOutput]) -> RequestOutput:
+    """The finished outputs of n choices as one, for the usage: the prompt once, every choice's tokens."""
+    first = lasts[0]
+    return replace(first, new_token_ids=[], text_delta="", logprobs=None,
+                   num_output_tokens=sum(last.num_output_tokens for last in lasts))

@@ -2,7 +2,7 @@
 
 Field policy, the same for /v1/completions and /v1/chat/completions:
 - used: model, prompt | messages, max_tokens (chat: also max_completion_tokens), temperature, top_p,
-  n (1 only), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
+  n (1-64, each choice its own sequence), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
   extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM), and
   the scheduling hints rank_score, program_start and in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
@@ -37,6 +37,7 @@ MAX_BODY_BYTES = 8 << 20
 # deadline overflows the engine thread's timed wait).
 MAX_PIN_TTL_S = 86_400.0
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
+MAX_CHOICES = 64  # `n`: more samples of one prompt than any best-of or RL rollout asks
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
          "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
@@ -73,6 +74,7 @@ class GenerateRequest:
     prompt: str | list[int] | None = None
     messages: list[dict] | None = None
     tools: list[dict] | None = None
+    n: int = 1  # choices, each its own sequence
 
     def resolved_params(self, num_prompt_tokens: int, max_model_len: int) -> SamplingParams:
         max_tokens = self.max_tokens or max(1, max_model_len - num_prompt_tokens)
@@ -269,8 +271,8 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
         if name in body and body[name] not in allowed:
             raise bad_request(f"'{name}' is not supported (allowed: {allowed})", name, "unsupported")
     n = _int(body, "n")
-    if n not in (None, 1):
-        raise bad_request("only n=1 is supported", "n", "unsupported")
+    if n is not None and not 1 <= n <= MAX_CHOICES:
+        raise bad_request(f"'n' must be between 1 and {MAX_CHOICES}", "n", "invalid_value")
     stream = _bool(body, "stream")
     options = _field(body, "stream_options", dict, "an object") or {}
     if options and not stream:
@@ -291,7 +293,7 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
-                           include_usage=include_usage, session_id=session_id,
+                           include_usage=include_usage, session_id=session_id, n=n or 1,
                            priority=_number(body, "priority") or 0.0, pin_ttl_s=pin_ttl_s,
                            hints=SchedulingHints(_number(body, "rank_score"), _number(body, "program_start"),
                                                  _bool(body, "in_program")),

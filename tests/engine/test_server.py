@@ -218,3 +218,31 @@ def test_bad_logprobs_are_400s(base_url: str, body: dict, param: str):
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     response = httpx.post(f"{base_url}{path}", json={"model": MODEL, **body})
     assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
+def test_several_choices_whole_and_streamed(client: openai.OpenAI):
+    """n samples of one prompt: their own indexes, the prompt counted once in the usage, seeded
+    samples that differ from each other and repeat exactly, and a stream that holds the same texts."""
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "temperature": 1.0,
+           "seed": 5, "n": 3, "extra_body": NO_EOS}
+    first = client.chat.completions.create(**ask)
+    again = client.chat.completions.create(**ask)
+    single = client.chat.completions.create(**{**ask, "n": 1})
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert [c.message.content for c in again.choices] == texts and single.choices[0].message.content == texts[0]
+    assert first.usage.completion_tokens == 18 and first.usage.prompt_tokens == single.usage.prompt_tokens
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    streamed = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+                for i in range(3)]
+    assert streamed == texts and chunks[-1].usage.completion_tokens == 18
+    finished = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(finished) == [0, 1, 2]
+
+
+def test_several_choices_with_logprobs(client: openai.OpenAI):
+    answer = client.completions.create(model=MODEL, prompt="abc", max_tokens=3, n=2, logprobs=1, temperature=1.0,
+                                       seed=1, extra_body=NO_EOS)
+    for choice in answer.choices:
+        assert len(choice.logprobs.tokens) == 3 and "".join(choice.logprobs.tokens) == choice.text
+        assert choice.logprobs.text_offset[0] == 0  # each choice's offsets start at its own text

@@ -59,7 +59,8 @@ def chat(**fields) -> dict:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    (completion(n=2), "n"),
+    (completion(n=65), "n"),
+    (completion(n=0), "n"),
     (completion(temperature=3), "temperature"),
     (completion(temperature="hot"), "temperature"),
     (completion(top_p=0), "top_p"),
@@ -170,7 +171,7 @@ def test_session_control_errors(url: str):
 def test_openai_sdk_surfaces_errors(url: str):
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt="hi", n=3)
+        client.completions.create(model=MODEL, prompt="hi", n=65)
     assert info.value.body["param"] == "n"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
@@ -254,3 +255,14 @@ def test_shutdown_ends_the_server_and_its_engine():
     assert not engine.is_healthy
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=1):
         pass
+
+
+def test_leaving_a_stream_of_several_choices_aborts_them_all(url: str):
+    before = wait_idle(url)["generation_tokens"]
+    body = completion(max_tokens=200, stream=True, n=4)
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=10) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert httpx.get(f"{url}/v1/engine/stats").json()["num_running"] == 4
+    stats = wait_idle(url)
+    assert stats["generation_tokens"] - before < 4 * 150  # all four were cut short
