@@ -165,8 +165,8 @@ def _render(engine: AsyncEngine, parsed: GenerateRequest) -> str:
 class OpenAIGeneration:
     """Tokenize and validate (`start`, raising 4xx errors before anything is sent), then either
     `whole()` or `chunks()`. `ttft_s` and `last` are known once the generation has produced. A request
-    for `n` choices runs as n sequences (sharing the prompt's cached blocks once the first has them);
-    only the first carries the session and its pin."""
+    for `n` choices runs as n sequences (sharing the prompt's blocks through the prefix cache where
+    one is scheduled after another computed them); only the first carries the session and its pin."""
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
                  response_id: str | None = None) -> None:
