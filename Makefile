@@ -37,6 +37,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.outcome_export
 	$(PY) -m bench.gateway_verify
 	$(PY) -m bench.gateway_embeddings
+	$(PY) -m bench.gateway_soak
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a
