@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from engine.rank_policy import UNRANKED_SCORE
 from gateway.backends.base import CallContext
 from rankers.config import RankingConfig
 from rankers.names import canonical_model
@@ -144,9 +145,14 @@ class RequestRanker:
         """The request's context with its rank, or, where the deployment does not use it (`needed`
         false) and scoring is offloaded, unchanged at once while the rank is scored for the row.
         `cached_tokens`: the part of the prompt an agent session's pin holds on the instance the
-        request goes to (gateway/sessions.py); its prefill is skipped, so it is not counted as work."""
-        if self.ranker is None or not prompt:
+        request goes to (gateway/sessions.py); its prefill is skipped, so it is not counted as work.
+        A request the ranker cannot score (no text: token ids, no user turn; or a failure) goes to a
+        deployment that orders by rank as the median, as Pitstop's engines take an unranked one: sent
+        without a rank, vLLM would read priority 0 and serve it before every ranked request."""
+        if self.ranker is None:
             return ctx
+        if not prompt:
+            return _median(ctx) if needed else ctx
         if cached_tokens and self.work_table is not None:
             draft.extra["rank_cached_tokens"] = cached_tokens
         if not needed and self.offload:
@@ -157,7 +163,7 @@ class RequestRanker:
         else:
             scores = self.scores(prompt, model_name, prompt_chars, cached_tokens)
         if scores is None:
-            return ctx
+            return _median(ctx) if needed else ctx
         scores.record(draft.extra)
         return replace(ctx, hints=replace(ctx.hints, rank_score=scores.sent))
 
@@ -176,10 +182,14 @@ class RequestRanker:
             self._pool = None
 
 
+def _median(ctx: CallContext) -> CallContext:
+    return replace(ctx, hints=replace(ctx.hints, rank_score=UNRANKED_SCORE))
+
+
 def vllm_priority(ctx: CallContext, horizon_s: float, now: float | None = None) -> int:
     """The aged rank key as vLLM's integer priority (lower first), within the request's priority class
     (its priority, whole, clamped so that the sum fits vLLM's 64-bit integer)."""
     now = time.time() if now is None else now
-    score = 0.5 if ctx.hints.rank_score is None else min(max(ctx.hints.rank_score, 0.0), 1.0)
+    score = UNRANKED_SCORE if ctx.hints.rank_score is None else min(max(ctx.hints.rank_score, 0.0), 1.0)
     aged = round((now + horizon_s * score) * PRIORITY_TICKS_PER_S)
     return min(max(int(ctx.priority), -MAX_PRIORITY_CLASS), MAX_PRIORITY_CLASS) * PRIORITY_CLASS + aged

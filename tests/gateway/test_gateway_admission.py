@@ -199,6 +199,20 @@ def test_vllm_deployment_gets_the_rank_as_integer_priority(tmp_path: Path, upstr
         assert short_body["priority"] < long_body["priority"]
 
 
+def test_a_request_the_ranker_cannot_read_goes_to_vllm_as_the_median(tmp_path: Path, upstreams):
+    """Token ids carry no text to rank. Sent without a priority, vLLM would read 0 and serve it before
+    every ranked request (~1.8e10); it gets the aged key of the median rank instead, as engines do."""
+    a, _ = upstreams
+    raw = gateway_config(tmp_path, [_entry(a.api_base, "hosted_vllm")])
+    with running_gateway(raw) as gw, gw.openai() as client:
+        for prompt in (PROMPTS[1], [5, 6, 7], PROMPTS[0]):
+            client.completions.create(model="m", max_tokens=4, prompt=prompt)
+        short, ids, long = (body["priority"] for body in a.stats()["bodies"])
+        assert 0 < short < ids < long < PRIORITY_CLASS
+        rows = {r["prompt"] if isinstance(r["prompt"], str) else "ids": r for r in gw.rows()}
+    assert rows["ids"]["rank_score"] is None and rows[PROMPTS[0]]["rank_score"] is not None
+
+
 def test_agent_turns_reach_pitstop_engines_marked_in_program(tmp_path: Path, upstreams):
     # The engine's program-first policy gives requests outside agent programs its interactive credit;
     # the gateway marks a session's turns that offer tools (or return after a tool call).
