@@ -1,8 +1,10 @@
 """Export outcomes as a training set in long format: one row per (prompt, model), feedback joined.
 
-`quality` is the mean feedback value for the request; failing that, the mean of session-level
-feedback (rows with a session id and no request id) for its session, sent with the request's API key
-(sessions are per key; no key matches no key); else null. `quality_source`
+`quality` is the mean feedback value for the request, sent with the request's own API key or with
+none (the master key; feedback from another key is left out: a tenant cannot grade another's
+requests); failing that, the mean of session-level feedback (rows with a session id and no request
+id) for its session, sent with the request's API key (sessions are per key; no key matches no key);
+else null. `quality_source`
 says which ("request", "session" or null) so a training job can weight or filter. Embeddings
 requests are left out: they have no answer to route or rank.
 """
@@ -105,9 +107,12 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
     narrow = kept and narrow_feedback
     for_requests = [feedback.c.request_id.in_(select(outcomes.c.request_id).where(*kept))] if narrow else []
     for_sessions = [feedback.c.session_id.in_(select(outcomes.c.session_id).where(*kept))] if narrow else []
+    asked = outcomes.alias("asked")  # the request the feedback names: its key must be the sender's
     by_request = (
         select(feedback.c.request_id, func.avg(feedback.c.value).label("quality"))
-        .where(feedback.c.request_id.is_not(None), *metric_filter, *for_requests)
+        .select_from(feedback.join(asked, asked.c.request_id == feedback.c.request_id))
+        .where(feedback.c.request_id.is_not(None), *metric_filter, *for_requests,
+               or_(feedback.c.api_key_id.is_(None), feedback.c.api_key_id == asked.c.api_key_id))
         .group_by(feedback.c.request_id)
         .subquery("quality_by_request")
     )

@@ -146,3 +146,24 @@ def test_the_narrowed_feedback_plan_returns_what_the_whole_table_plan_does(db_ur
     assert [(r["filter"], r["rows"]) for r in results] == [
         ("none", 2000), ("last 1% of time", 20), ("one group (10%)", 200), ("one group, last 1% of time (0.1%)", 2)]
     assert all(r["with_feedback"] == r["rows"] for r in results)
+
+
+def test_request_feedback_counts_from_the_requests_own_key_or_the_master(db_url: str, tmp_path: Path) -> None:
+    """A tenant that learns another's request id cannot grade it: only the request's own key's feedback,
+    and the master key's (no key), is averaged."""
+    engine = create_engine(db_url)
+    with session_factory(engine).begin() as session:
+        session.add_all([
+            Outcome(request_id="mine", created_at=T0, api_key_id="key-a", model="m"),
+            Outcome(request_id="open", created_at=T0 + timedelta(minutes=1), model="m"),  # no key
+            Feedback(request_id="mine", api_key_id="key-a", metric="q", value=1.0),
+            Feedback(request_id="mine", api_key_id="key-b", metric="q", value=-50.0),  # another tenant
+            Feedback(request_id="mine", metric="q", value=0.0),  # the master key
+            Feedback(request_id="open", api_key_id="key-b", metric="q", value=-50.0),
+        ])
+    engine.dispose()
+    out = tmp_path / "train.jsonl"
+    for narrow in ({}, {"since": T0}):  # both plans of export_query
+        assert export_outcomes(db_url, out, **narrow) == 2
+        rows = {row["request_id"]: row for row in map(json.loads, out.read_text().splitlines())}
+        assert rows["mine"]["quality"] == pytest.approx(0.5) and rows["open"]["quality"] is None
