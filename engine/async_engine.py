@@ -144,7 +144,8 @@ class AsyncEngine:
     async def generate(self, prompt: str | Sequence[int], params: SamplingParams, request_id: str | None = None,
                        priority: float = 0.0, session_id: str | None = None,
                        pin_ttl_s: float | None = None,
-                       hints: SchedulingHints = NO_HINTS) -> AsyncIterator[RequestOutput]:
+                       hints: SchedulingHints = NO_HINTS,
+                       prompt_leader: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
         Stopping the iteration early (break, aclose, cancellation) aborts the request."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -155,6 +156,7 @@ class AsyncEngine:
         def add() -> None:
             try:
                 self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
+                                        prompt_leader=prompt_leader,
                                         session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])

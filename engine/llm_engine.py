@@ -77,13 +77,18 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
-                    arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS) -> Sequence:
+                    arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS,
+                    prompt_leader: str | None = None) -> Sequence:
+        """`prompt_leader`: the request id of another sample of this prompt (`n` > 1), whose prompt
+        blocks this one waits for (Sequence.prompt_leader)."""
         self.validate_request(prompt_token_ids, pin_ttl_s, params=params)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
+        if prompt_leader is not None:
+            seq.prompt_leader = self.sequences.get(prompt_leader)
         self.sequences[request_id] = seq
         if session_id is not None:
             self._hold_pin_for_arrival(session_id, seq.arrival_time)

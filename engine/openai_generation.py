@@ -165,8 +165,9 @@ def _render(engine: AsyncEngine, parsed: GenerateRequest) -> str:
 class OpenAIGeneration:
     """Tokenize and validate (`start`, raising 4xx errors before anything is sent), then either
     `whole()` or `chunks()`. `ttft_s` and `last` are known once the generation has produced. A request
-    for `n` choices runs as n sequences (sharing the prompt's blocks through the prefix cache where
-    one is scheduled after another computed them); only the first carries the session and its pin."""
+    for `n` choices runs as n sequences: the others wait for the first to compute the prompt, then take
+    its blocks from the prefix cache (Sequence.prompt_leader); only the first carries the session and
+    its pin."""
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
                  response_id: str | None = None) -> None:
@@ -199,7 +200,8 @@ class OpenAIGeneration:
                 priority=parsed.priority if priority is None else priority,
                 session_id=None if i else parsed.session_id if session_id is None else session_id,
                 pin_ttl_s=None if i else parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s,
-                hints=parsed.hints if hints is None else hints))
+                hints=parsed.hints if hints is None else hints,
+                prompt_leader=f"{self.shapes.id}-0" if i else None))
 
     async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         assert self._outputs, "start() first"

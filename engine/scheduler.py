@@ -71,6 +71,13 @@ class Scheduler:
             seq = self.waiting.peek()
             if seq is None:
                 break
+            leader = seq.prompt_leader
+            # A sample waits for its prompt's blocks while another sample is computing them (running
+            # requests go first, so it will), in policy order, rather than compute them twice. Not for
+            # a leader that is waiting itself (preempted): that one could be behind it.
+            if leader is not None and leader.status is SequenceStatus.RUNNING \
+                    and leader.num_computed_tokens < leader.num_prompt_tokens:
+                break
             cached = self.block_manager.match_prefix(seq)
             num_new = min(seq.num_tokens - len(cached) * self.config.block_size, budget,
                           self.config.long_prefill_token_threshold)

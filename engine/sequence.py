@@ -50,6 +50,9 @@ class Sequence:
         self.num_preemptions = 0
         # Free-form slot for the waiting-queue policy (e.g. a rank score, a program id).
         self.policy_state: dict = {}
+        # Another sample of the same prompt (`n` > 1): while that one is running and computing the
+        # prompt, this one is not admitted; then it takes the prompt's blocks from the prefix cache.
+        self.prompt_leader: Sequence | None = None
 
     @property
     def num_tokens(self) -> int:

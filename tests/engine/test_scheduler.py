@@ -206,3 +206,31 @@ def test_long_prompt_waits_until_it_fits_instead_of_preempting(whole_prompt: boo
     assert {rid: len(t) for rid, t in outputs.items()} == {"s0": 29, "s1": 29, "long": 4}
     assert (engine.scheduler.num_preemptions == 0) is whole_prompt
     assert engine.stats().blocks.used == 0
+
+
+def test_samples_of_one_prompt_compute_it_once() -> None:
+    """n samples: the others wait while the first computes the prompt (chunked over several steps),
+    then take its blocks from the prefix cache and compute only the partial last block."""
+    engine, _ = make_engine()
+    prompt = list(range(100, 150))  # 50 tokens: 12 full blocks of 4, then 2
+    engine.add_request("s-0", prompt, SamplingParams(max_tokens=3))
+    for i in (1, 2, 3):
+        engine.add_request(f"s-{i}", prompt, SamplingParams(max_tokens=3), prompt_leader="s-0")
+    outputs = run_all(engine)
+    assert sorted(outputs) == ["s-0", "s-1", "s-2", "s-3"] and all(len(o) == 3 for o in outputs.values())
+    assert engine.prefill_tokens == 50 + 3 * 2
+    alone, _ = make_engine()  # without a leader, samples admitted in the same steps each compute it
+    for i in range(4):
+        alone.add_request(f"s-{i}", prompt, SamplingParams(max_tokens=3))
+    run_all(alone)
+    assert alone.prefill_tokens > 50 + 3 * 2
+
+
+def test_a_sample_does_not_wait_for_a_leader_that_is_not_running() -> None:
+    engine, _ = make_engine()
+    prompt = list(range(100, 150))
+    engine.add_request("s-0", prompt, SamplingParams(max_tokens=3))
+    engine.add_request("s-1", prompt, SamplingParams(max_tokens=3), prompt_leader="s-0")
+    engine.step()  # the leader is computing the prompt
+    engine.abort("s-0")
+    assert list(run_all(engine)) == ["s-1"]
