@@ -118,6 +118,9 @@ def _check_choices(choices: Any, part: str) -> None:
             if calls is not None and not (isinstance(calls, list) and all(
                     isinstance(call, dict) and isinstance(call.get("function", {}), dict) for call in calls)):
                 raise bad_answer(f"choices[{i}].{part}.tool_calls is not a list of tool calls")
+            for j, call in enumerate(calls or ()):
+                for name in ("name", "arguments"):  # text, or the outcome row's tool names are not
+                    _check_text(call.get("function", {}).get(name), f"choices[{i}].{part}.tool_calls[{j}].function.{name}")
         _check_text(choice.get("finish_reason"), f"choices[{i}].finish_reason")
 
 

@@ -9,7 +9,7 @@ import copy
 import math
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.backends.answers import (
@@ -64,6 +64,7 @@ def _read_as_the_gateway_does(draft: OutcomeDraft) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=answers, kind=st.sampled_from(["chat", "completion"]))
+@example(body={"choices": [{"message": {"tool_calls": [{"function": {"name": 1}}]}}]}, kind="chat")
 def test_any_whole_answer_is_refused_or_read_whole(body: Any, kind: Kind) -> None:
     try:
         checked = checked_answer(copy.deepcopy(body))
@@ -79,6 +80,7 @@ def test_any_whole_answer_is_refused_or_read_whole(body: Any, kind: Kind) -> Non
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunk=answers, kind=st.sampled_from(["chat", "completion"]))
+@example(chunk={"choices": [{"delta": {"tool_calls": [{"function": {"name": 1, "arguments": ""}}]}}]}, kind="chat")
 def test_any_stream_chunk_is_refused_or_read_whole(chunk: Any, kind: Kind) -> None:
     try:
         checked = checked_chunk(copy.deepcopy(chunk))
