@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, command, machine_info, write_report
-from gateway.config import GroupCalibration, RouteGroup
 from gateway.route_calibration import CHUNK, calibrate_group
+from gateway.route_group_config import GroupCalibration, RouteGroup
 from gateway.routing import GroupRouter, estimate_tokens
 from routers.base import Candidate, QualityEstimate, RoutingRequest
 from routers.calibration import LAMBDA_GRID, ChoiceTable, TargetKind, estimate_requests

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS, command, machine_info, write_report
-from gateway.config import RouteGroup
+from gateway.route_group_config import RouteGroup
 from gateway.router_logs import Policy, evaluate_on_logs, group_log
 from gateway.routing import GroupRouter, estimate_tokens
 from routers.base import Candidate, QualityEstimate, RoutingRequest

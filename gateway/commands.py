@@ -246,8 +246,8 @@ def calibrate_router_command(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from gateway.config import GroupCalibration
     from gateway.route_calibration import calibrate_group, load_traffic
+    from gateway.route_group_config import GroupCalibration
     from gateway.routing import RouteTable
     from storage.db import create_engine
 

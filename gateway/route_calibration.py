@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import Engine
 
-from gateway.config import GroupCalibration
 from gateway.metrics import GatewayMetrics
+from gateway.route_group_config import GroupCalibration
 from gateway.router_artifacts import stop_tasks
 from gateway.routing import GroupRouter, RouteTable, Tally, estimate_tokens
 from routers.base import RoutingRequest

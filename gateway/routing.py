@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.server.errors import bad_request, not_found
-from gateway.config import RouteGroup, Settings
+from gateway.config import Settings
 from gateway.request_body import ProxyRequest
+from gateway.route_group_config import RouteGroup
 from routers.base import Candidate, Router, RoutingRequest
 from routers.choice import DEFAULT_OUTPUT_TOKENS, RoutingDecision, choose, predicted_cost
 from routers.exploration import explore
