@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request, not_found
+from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
 from gateway.outcomes import storable
-from gateway.responses_api import request_id_of
+from gateway.responses_api import listed_item, request_id_of
 from gateway.state import GatewayState
 
 _CREATED = int(time.time())
@@ -55,11 +56,56 @@ async def retrieve_model(request: Request) -> Response:
     raise not_found(f"the model {name!r} does not exist; available: {available}", "model", "model_not_found")
 
 
-async def stored_response(request: Request) -> Response:
-    """GET / DELETE /v1/responses/{id}[/...]: the Responses API's stored responses, which Pitstop keeps none of."""
-    await _state(request).auth.authenticate(request.headers)
-    raise not_found(f"no response {request.path_params['rest'].split('/')[0]!r}: Pitstop keeps no responses "
-                    "(send the whole conversation in 'input')", None, "response_not_found")
+async def retrieve_response(request: Request) -> Response:
+    """GET /v1/responses/{id}: a stored Response, as its client got it (gateway/stored_responses.py)."""
+    state = _state(request)
+    caller = await state.auth.authenticate(request.headers)
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        raise bad_request("streaming a stored response again is not supported", "stream", "unsupported")
+    return SafeJSONResponse(await state.responses.find(request.path_params["response_id"], caller.key_id))
+
+
+async def delete_response(request: Request) -> Response:
+    state = _state(request)
+    caller = await state.auth.authenticate(request.headers)
+    response_id = request.path_params["response_id"]
+    await state.responses.delete(response_id, caller.key_id)
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+async def cancel_response(request: Request) -> Response:
+    """Only background responses can be cancelled, and Pitstop runs none."""
+    state = _state(request)
+    caller = await state.auth.authenticate(request.headers)
+    await state.responses.find(request.path_params["response_id"], caller.key_id)  # a 404 before the 400
+    raise bad_request("only a response created with 'background' can be cancelled, and Pitstop runs none in "
+                      "the background", None, "unsupported")
+
+
+async def response_input_items(request: Request) -> Response:
+    """GET /v1/responses/{id}/input_items: the response's own input items, a page at a time (`limit`,
+    `order`, `after`) as the SDKs' cursor pages read them."""
+    state = _state(request)
+    caller = await state.auth.authenticate(request.headers)
+    query = request.query_params
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise bad_request("'limit' must be an integer from 1 to 100", "limit", "invalid_value")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request("'order' must be 'asc' or 'desc'", "order", "invalid_value")
+    items = await state.responses.items(request.path_params["response_id"], caller.key_id)
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    if (after := query.get("after")) is not None:
+        ids = [item.get("id") for item in ordered]
+        if after not in ids:
+            raise bad_request(f"'after': no input item {after!r} in this response", "after", "invalid_value")
+        start = ids.index(after) + 1
+    page = [listed_item(item) for item in ordered[start:start + int(limit)]]
+    return SafeJSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                             "last_id": page[-1]["id"] if page else None,
+                             "has_more": start + len(page) < len(ordered)})
 
 
 async def healthz(request: Request) -> Response:

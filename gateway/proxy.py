@@ -6,28 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any, Literal, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from agent_sessions.identity import scoped_session_id
+from agent_sessions.identity import scoped_session_id, session_id_of
 from engine.server.errors import APIError, error_body
 from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
-from gateway import responses_api, verify
+from gateway import verify
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_embeddings_request, parse_proxy_request
-from gateway.responses_api import ResponseEnvelope, ResponseStream
+from gateway.responses_stream import ResponseStream
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
+from gateway.stored_responses import ResponsesTurn
 
 T = TypeVar("T")
 Endpoint = Kind | Literal["responses"]
@@ -84,13 +85,16 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
     try:
         draft.caller = await state.auth.authenticate(request.headers)
         raw = await read_json(request, state.settings.server.max_body_bytes)
-        envelope, kind = None, endpoint
+        turn: ResponsesTurn | None = None
+        kind = endpoint
         if endpoint == "responses":  # served as the chat it stands for, and turned back at the end
             draft.endpoint = endpoint
-            envelope = ResponseEnvelope(draft.request_id, raw if isinstance(raw, dict) else {})
-            raw, kind = responses_api.chat_request(raw), "chat"
+            turn = await state.responses.begin(raw, draft.request_id, draft.caller.key_id)
+            raw, kind = turn.chat, "chat"
         draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
                                   else parse_proxy_request(raw, kind, request.headers))
+        if turn is not None and parsed.session_id is None:  # a stored chain is one session
+            parsed.session_id = turn.session_id
         draft.caller.check_model(parsed.model)
         await state.admit(draft.caller)
         draft.route = route = state.routes.resolve(parsed)
@@ -114,7 +118,7 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             streamed = verify.stream(state, draft, kind, ctx, session.prefer)
             chunks, dispatched = await _unless_disconnected(request, streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            stream = None if envelope is None else ResponseStream(envelope, route.model_name)
+            stream = None if turn is None else ResponseStream(turn.envelope, route.model_name, _keeper(state, turn, draft))
             response = SSEResponse(_events(state, draft, chunks, session, stream))
             response.headers.update(_headers(draft))
             return response
@@ -127,8 +131,9 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
-        if envelope is not None:
-            body = envelope.from_chat(body, route.model_name)
+        if turn is not None:
+            body = turn.envelope.from_chat(body, route.model_name)
+            await _keeper(state, turn, draft)(body)
         return SafeJSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
@@ -143,6 +148,13 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
+
+
+def _keeper(state: GatewayState, turn: ResponsesTurn, draft: OutcomeDraft) -> Callable[[dict], Awaitable[None]]:
+    """What stores the turn's Response once it is complete (gateway/stored_responses.py)."""
+    key_id = draft.caller.key_id if draft.caller is not None else None
+    session_id = session_id_of(draft.request.session_id, draft.request.body) if draft.request is not None else None
+    return lambda response: state.responses.keep(turn, response, key_id, session_id)
 
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
@@ -210,6 +222,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
     include_usage = draft.request is not None and draft.request.include_usage
     failed = ended = False
     last: dict = {}
+    final: dict | None = None  # a Responses stream's whole Response, sent last
     try:
         with state.drain.track():
             async with aclosing(chunks):
@@ -229,8 +242,9 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
                     yield sse_event(chunk)
             ended = True  # the upstream's [DONE] (with or without a finish_reason)
             if responses is not None:
-                for event in responses.completed(draft.estimated_usage() if draft.usage_estimated else draft.usage):
+                for event in responses.completed():
                     yield event
+                final = responses.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
             elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
                 envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                 yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
@@ -261,5 +275,11 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         if not failed:  # before [DONE]: the program's next turn must find the pin settled
             await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
-    if not failed and responses is None:  # a Responses stream ends with its response.completed event
+    if failed:
+        return
+    if responses is None:
         yield DONE
+    elif final is not None:  # stored before the client can name it in its next turn
+        if responses.keep is not None:
+            await responses.keep(final)
+        yield responses.final_event(final)

@@ -2,43 +2,54 @@
 request, which then goes through all a chat does (routing, ranking, sessions, verification, the
 outcome row), and the chat answer, whole or streamed, becomes a Response again.
 
-Stateless: nothing is stored under a response id, so `previous_response_id` and `conversation` are a
-400 that says to send the whole conversation in `input` (as agents that keep their own history do).
-Function tools only; text and image input parts; `text.format` becomes `response_format`."""
+A stored Response (gateway/stored_responses.py) is continued with `previous_response_id`: its chain's
+input and output items come before the new input (its instructions do not, as at OpenAI). `conversation`
+and `prompt` (server-side conversations and prompt templates) are a 400. Function tools only; text and
+image input parts; `text.format` becomes `response_format`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
-from engine.server.errors import APIError, bad_request
-from engine.server.json_out import json_bytes
+from engine.server.errors import bad_request
 
 # Request fields read here; anything else is a 400, as it would be for a chat request it can't be.
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
-_READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning")
-_IGNORED = ("store", "truncation", "include", "service_tier", "safety_identifier",
+_READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
+         "previous_response_id")
+_IGNORED = ("truncation", "include", "service_tier", "safety_identifier",
             "top_logprobs", "stream_options", "background", "max_tool_calls")
-_STATEFUL = ("previous_response_id", "conversation", "prompt")
+_STATEFUL = ("conversation", "prompt")
 _ROLES = ("user", "system", "developer", "assistant")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
 
-def chat_request(raw: Any) -> dict:
-    """The chat request a Responses request stands for; a 400 naming the field for what it cannot be."""
+def check_request(raw: Any) -> dict:
+    """The body, if its fields are ones a Responses request may have: a 400 naming the field otherwise."""
     if not isinstance(raw, dict):
         raise bad_request("the body must be a JSON object")
     for name in _STATEFUL:
         if raw.get(name) is not None:
-            raise bad_request(f"'{name}' is not supported: Pitstop keeps no responses; send the whole "
+            raise bad_request(f"'{name}' is not supported: Pitstop keeps no conversations or prompts; continue "
+                              "from a stored response with 'previous_response_id', or send the whole "
                               "conversation in 'input'", name, "unsupported")
+    for name, kind in (("store", bool), ("previous_response_id", str)):
+        if raw.get(name) is not None and not isinstance(raw[name], kind):
+            raise bad_request(f"'{name}' must be a {'boolean' if kind is bool else 'string'}", name, "invalid_type")
     if raw.get("background"):
         raise bad_request("'background' is not supported", "background", "unsupported")
     unknown = sorted(set(raw) - {*_PASSED, *_READ, *_IGNORED})
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
+    return raw
+
+
+def chat_request(raw: dict, earlier: Sequence[dict] = ()) -> dict:
+    """The chat request a checked Responses request stands for, after the `earlier` items of the
+    conversation it continues; a 400 naming the field for what it cannot be."""
     chat = {name: raw[name] for name in _PASSED if raw.get(name) is not None}
     messages = []
     instructions = raw.get("instructions")
@@ -46,6 +57,8 @@ def chat_request(raw: Any) -> dict:
         if not isinstance(instructions, str):
             raise bad_request("'instructions' must be a string", "instructions", "invalid_type")
         messages.append({"role": "system", "content": instructions})
+    if earlier:
+        messages += _messages(list(earlier))
     messages += _messages(raw.get("input"))
     chat["messages"] = messages
     if raw.get("tools") is not None:
@@ -189,7 +202,7 @@ def _usage(usage: dict | None) -> dict | None:
 class ResponseEnvelope:
     """What every Response of one request repeats: its id, creation time and the request's settings."""
 
-    def __init__(self, request_id: str, raw: dict) -> None:
+    def __init__(self, request_id: str, raw: dict, store: bool = False) -> None:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
         tool_choice = raw.get("tool_choice")
@@ -199,7 +212,8 @@ class ResponseEnvelope:
                          "temperature": raw.get("temperature"), "top_p": raw.get("top_p"),
                          "tool_choice": tool_choice if tool_choice is not None else "auto",
                          "tools": raw.get("tools") or [], "text": raw.get("text") or {"format": {"type": "text"}},
-                         "previous_response_id": None, "store": False, "error": None}
+                         "previous_response_id": raw.get("previous_response_id"), "store": store,
+                         "error": None}
 
     def response(self, model: str, status: str, output: list[dict], usage: dict | None,
                  finish_reason: str | None = None) -> dict:
@@ -217,120 +231,49 @@ class ResponseEnvelope:
         message = choices[0].get("message") or {}
         output: list[dict] = []
         if message.get("content"):
-            output.append(_message_item(self.id, message["content"], "completed"))
+            output.append(message_item(self.id, message["content"], "completed"))
         for i, call in enumerate(message.get("tool_calls") or ()):
             function = call.get("function") or {}
-            output.append(_call_item(self.id, i, call.get("id") or f"call_{i}", function.get("name") or "",
+            output.append(call_item(self.id, i, call.get("id") or f"call_{i}", function.get("name") or "",
                                      function.get("arguments") or "", "completed"))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
                              choices[0].get("finish_reason"))
 
 
-def _message_item(resp: str, text: str, status: str) -> dict:
+def message_item(resp: str, text: str, status: str) -> dict:
     content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status == "completed" else []
     return {"type": "message", "id": "msg_" + resp.removeprefix("resp_"), "role": "assistant", "status": status,
             "content": content}
 
 
-def _call_item(resp: str, index: int, call_id: str, name: str, arguments: str, status: str) -> dict:
+def call_item(resp: str, index: int, call_id: str, name: str, arguments: str, status: str) -> dict:
     return {"type": "function_call", "id": f"fc_{resp.removeprefix('resp_')}_{index}", "call_id": call_id,
             "name": name, "arguments": arguments, "status": status}
 
 
-def sse(event: dict) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + json_bytes(event) + b"\n\n"
-
-
-class ResponseStream:
-    """Chat chunks in, Responses stream events out (as SSE bytes), numbered in order: the message's
-    text, then each tool call's arguments, each item opened when its first delta comes and closed at
-    the end, then `response.completed` with the whole Response and its usage."""
-
-    def __init__(self, envelope: ResponseEnvelope, model: str) -> None:
-        self.envelope = envelope
-        self.model = model
-        self.sequence = 0
-        self.items: list[dict] = []  # in output order: the message and the function calls
-        self.text: dict | None = None  # the message item, once text came
-        self.calls: dict[int, dict] = {}  # the chat's tool-call index -> its function_call item
-        self.finish_reason: str | None = None
-
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        event = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return sse(event)
-
-    def _snapshot(self, status: str, usage: dict | None = None) -> dict:
-        return self.envelope.response(self.model, status, [_public(item) for item in self.items], usage,
-                                      self.finish_reason)
-
-    def start(self) -> Iterator[bytes]:
-        yield self._event("response.created", response=self._snapshot("in_progress"))
-        yield self._event("response.in_progress", response=self._snapshot("in_progress"))
-
-    def chunk(self, chunk: dict) -> Iterator[bytes]:
-        self.model = chunk.get("model") or self.model
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                yield from self._text(delta["content"])
-            for call in delta.get("tool_calls") or ():
-                yield from self._call(call)
-
-    def _text(self, text: str) -> Iterator[bytes]:
-        if self.text is None:
-            self.text = _message_item(self.envelope.id, "", "in_progress")
-            self.text["_text"] = ""
-            self.items.append(self.text)
-            index = len(self.items) - 1
-            yield self._event("response.output_item.added", output_index=index, item=_public(self.text))
-            yield self._event("response.content_part.added", item_id=self.text["id"], output_index=index,
-                              content_index=0, part={"type": "output_text", "text": "", "annotations": []})
-        self.text["_text"] += text
-        yield self._event("response.output_text.delta", item_id=self.text["id"], output_index=self.items.index(self.text),
-                          content_index=0, delta=text, logprobs=[])
-
-    def _call(self, call: dict) -> Iterator[bytes]:
-        index = call.get("index", len(self.calls))
-        function = call.get("function") or {}
-        item = self.calls.get(index)
-        if item is None:
-            item = _call_item(self.envelope.id, index, call.get("id") or f"call_{index}", function.get("name") or "",
-                              "", "in_progress")
-            self.calls[index] = item
-            self.items.append(item)
-            yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=dict(item))
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
-            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
-                              output_index=self.items.index(item), delta=arguments)
-
-    def completed(self, usage: dict | None) -> Iterator[bytes]:
-        for index, item in enumerate(self.items):
-            if item is self.text:
-                text = item.pop("_text")
-                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-                item.update(status="completed", content=[part])
-                yield self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                  content_index=0, text=text, logprobs=[])
-                yield self._event("response.content_part.done", item_id=item["id"], output_index=index,
-                                  content_index=0, part=part)
-            else:
-                item["status"] = "completed"
-                yield self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                                  name=item["name"], arguments=item["arguments"])
-            yield self._event("response.output_item.done", output_index=index, item=dict(item))
-        response = self._snapshot("completed", usage)
-        yield self._event(f"response.{response['status']}", response=response)
-
-    def failed(self, error: APIError) -> bytes:
-        return self._event("error", code=error.code or "server_error", message=error.message, param=error.param)
-
-
-def _public(item: dict) -> dict:
+def public_item(item: dict) -> dict:
     return {k: v for k, v in item.items() if not k.startswith("_")}
 
+
+def stored_items(items: Any, resp: str) -> list[dict]:
+    """A checked request's `input` as the items kept for it: every item typed and with an id."""
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    base = resp.removeprefix("resp_")
+    kept = []
+    for i, item in enumerate(items):
+        item = {"type": "message", **item}
+        item.setdefault("id", f"{_ID_PREFIXES.get(item['type'], 'item')}_{base}_{i}")
+        kept.append(item)
+    return kept
+
+
+def listed_item(item: dict) -> dict:
+    """A stored input item as `input_items` lists it: a message's text content as a part."""
+    if item["type"] != "message" or not isinstance(item.get("content"), str):
+        return item
+    part = "output_text" if item.get("role") == "assistant" else "input_text"
+    return {**item, "content": [{"type": part, "text": item["content"]}], "status": item.get("status", "completed")}
+
+
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}

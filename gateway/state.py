@@ -24,10 +24,12 @@ from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
+from gateway.stored_responses import StoredResponses
 from storage.db import create_engine, ensure_sqlite_dir
 from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
+from storage.responses import ResponseStore, StoredResponseWriter
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
@@ -92,6 +94,7 @@ class GatewayState:
     writer: OutcomeWriter
     feedback: FeedbackWriter
     keys: KeyStore
+    responses: StoredResponses  # the Responses API's, for previous_response_id and retrieval
     seeded_keys: set[str] = field(default_factory=set)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
@@ -134,6 +137,7 @@ class GatewayState:
             self.router_artifacts.on_swap = self.calibrator.router_changed
             await self.calibrator.start()
         await self.router_artifacts.start()
+        await self.responses.start()
 
     async def close(self) -> None:
         if self.router_artifacts is not None:
@@ -151,6 +155,7 @@ class GatewayState:
         if self.sessions is not None:
             await self.sessions.close()
         await self.limiter.close()
+        await self.responses.close()
         self.writer.close(timeout=10)
         self.feedback.close(timeout=10)
 
@@ -166,6 +171,8 @@ def build_state(settings: Settings) -> GatewayState:
     feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
                               if spool else None)
     keys = KeyStore(db)
+    responses = StoredResponses(settings.responses, ResponseStore(db), StoredResponseWriter(
+        db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None))
     server = settings.server
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
     for entry in settings.model_list:
@@ -191,6 +198,6 @@ def build_state(settings: Settings) -> GatewayState:
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
-        writer=writer, feedback=feedback, keys=keys, sessions=sessions, ranking=ranking,
+        writer=writer, feedback=feedback, keys=keys, responses=responses, sessions=sessions, ranking=ranking,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 typed models: outcomes, feedback, API keys. Portable across SQLite and PostgreSQL."""
+"""SQLAlchemy 2 typed models: outcomes, feedback, API keys, stored Responses. Portable across SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -163,3 +164,21 @@ class ApiKey(Base):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+class StoredResponse(Base):
+    """A Responses API answer kept for `previous_response_id`, retrieval and `input_items`. A chain is
+    read in two queries: the response, then its ancestors by id."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # resp_...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    # Whose it is: only the same key reads, continues or deletes it (None: the master key, or no keys).
+    api_key_id: Mapped[str | None]
+    previous_response_id: Mapped[str | None]
+    ancestors: Mapped[list[str]]  # the chain before it, oldest first (its previous response last)
+    session_id: Mapped[str | None]  # the session its turns run under (agent_sessions/)
+    input_items: Mapped[Any]  # its own input, as Responses items with ids (not the instructions)
+    response: Mapped[Any]  # the Response object as the client got it

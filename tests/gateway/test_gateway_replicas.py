@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import redis
 import sqlalchemy as sa
@@ -140,3 +141,27 @@ def test_one_budget_across_two_gateways(replicas: tuple, shared_db: str, key_ids
     client.close()
     wait_until(lambda: KeyStore(shared_db).get(key_id).spent_usd == pytest.approx(logged),
                what="spend in the database")
+
+
+def test_a_response_made_on_one_gateway_is_continued_and_deleted_on_the_other(
+        replicas: tuple, shared_db: str, key_ids: list[str], upstreams: tuple) -> None:
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("responses")
+    key_ids.append(key_id)
+    with one.gateway(shared_db).openai(api_key=secret) as a, two.gateway(shared_db).openai(api_key=secret) as b:
+        first = a.responses.create(model="up", input="one")
+        second = b.responses.create(model="up", input="two", previous_response_id=first.id)  # at once, elsewhere
+        assert b.responses.retrieve(first.id).output_text == first.output_text
+        third = a.responses.create(model="up", input="three", previous_response_id=second.id)
+        assert upstreams[0].stats()["bodies"][-1]["messages"] == [
+            {"role": "user", "content": "one"}, {"role": "assistant", "content": first.output_text},
+            {"role": "user", "content": "two"}, {"role": "assistant", "content": second.output_text},
+            {"role": "user", "content": "three"}]
+        b.responses.delete(second.id)
+        with pytest.raises(openai.NotFoundError):
+            a.responses.retrieve(second.id)
+        with pytest.raises(openai.NotFoundError, match="deleted or has expired"):
+            a.responses.create(model="up", input="four", previous_response_id=third.id)
+    wait_until(lambda: len(rows_of(shared_db, key_id)) >= 4, what="4 rows")  # the last a 404
+    rows = {r["request_id"]: r for r in rows_of(shared_db, key_id)}
+    assert [rows["req-" + r.id.removeprefix("resp_")]["session_id"] for r in (second, third)] == [first.id] * 2

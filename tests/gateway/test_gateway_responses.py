@@ -1,13 +1,13 @@
 """POST /v1/responses (OpenAI's Responses API, served as a chat) over a real socket with the openai SDK:
 text and function calls, whole and streamed, a tool result sent back, route groups, the outcome row,
-and a 400 naming the field for what a stateless gateway cannot do."""
+and a 400 naming the field for what the gateway cannot serve. Stored responses and `previous_response_id`:
+test_gateway_stored_responses.py."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 
-import openai
 import pytest
 
 from tests.gateway.harness import Gateway, gateway_config, model_entry, read_feedback, running_gateway
@@ -101,7 +101,9 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_its_row(gw: Gateway, 
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"model": "up", "input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"model": "up", "input": "x", "previous_response_id": 5}, "previous_response_id"),
+    ({"model": "up", "input": "x", "store": "yes"}, "store"),
+    ({"model": "up", "input": "x", "prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"model": "up", "input": "x", "conversation": "conv_1"}, "conversation"),
     ({"model": "up", "input": "x", "temperatur": 1}, "temperatur"),
     ({"model": "up", "input": []}, "input"),
@@ -117,8 +119,8 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_its_row(gw: Gateway, 
     ({"model": "up", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "x"}, "model"),
 ])
-def test_what_a_stateless_gateway_cannot_do_is_a_400_naming_the_field(gw: Gateway, upstreams: tuple, body: dict,
-                                                                      param: str) -> None:
+def test_what_the_gateway_cannot_serve_is_a_400_naming_the_field(gw: Gateway, upstreams: tuple, body: dict,
+                                                                  param: str) -> None:
     with gw.http() as http:
         response = http.post("/v1/responses", json=body)
     assert response.status_code == 400, response.text
@@ -134,16 +136,3 @@ def test_feedback_may_name_a_response_by_its_id(gw: Gateway, upstreams: tuple) -
     assert accepted.status_code == 202
     gw.flush()
     assert {f["request_id"] for f in read_feedback(gw.storage_url)} >= {raw.headers["x-pitstop-request-id"]}
-
-
-def test_a_stored_response_is_a_404_that_says_none_are_kept(gw: Gateway) -> None:
-    with gw.openai() as client:
-        for call in (lambda: client.responses.retrieve("resp_1"), lambda: client.responses.delete("resp_1"),
-                     lambda: client.responses.cancel("resp_1"), lambda: client.responses.input_items.list("resp_1")):
-            with pytest.raises(openai.NotFoundError, match="keeps no responses"):
-                call()
-
-
-def test_the_sdk_raises_a_bad_request_for_previous_response_id(gw: Gateway) -> None:
-    with gw.openai() as client, pytest.raises(openai.BadRequestError, match="send the whole conversation"):
-        client.responses.create(model="up", input="x", previous_response_id="resp_123")

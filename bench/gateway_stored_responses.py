@@ -1,0 +1,157 @@
+"""What storing Responses costs the gateway, on SQLite (the embedded default) and PostgreSQL: `pitstop
+serve` in front of a mock upstream (bench/mock_upstream.py, `--delay-ms` before each answer), one request
+at a time, the modes interleaved, each timed by the client and by the gateway's CPU (its process tree,
+/proc: 10 ms ticks, so a mode's mean over its requests).
+
+- `stateless` / `stored`: one short input with `store: false` / with the default (one insert before the
+  answer goes out).
+- `chain` / `history`: a conversation of `--turns` turns, continued with `previous_response_id` (the
+  gateway reads the chain: two queries, then an insert) or sent whole each turn with `store: false` (what
+  a client does without stored responses). Both send the upstream the same messages.
+
+    .venv/bin/python -m bench.gateway_stored_responses [--rounds 100] [--turns 20] [--delay-ms 5]
+
+Writes bench/results/gateway_stored_responses.json."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.bench_db import BenchDatabase, server_version
+from bench.common import RESULTS, command, machine_info, pct, write_report
+from bench.procs import Service, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = RESULTS / "gateway_stored_responses.json"
+TURN_TEXT = "and now the next step of the plan, in a few words please"
+
+
+def _config(mock_url: str, storage_url: str, work: Path) -> Path:
+    config = {"model_list": [{"model_name": "m", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{mock_url}/v1"},
+                              "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}],
+              "storage": {"url": storage_url, "spool_path": str(work / "spool.jsonl")}, "ranking": {"enabled": False}}
+    path = work / "pitstop.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Timer:
+    def __init__(self, http: httpx.Client, gateway: Service) -> None:
+        self.http, self.gateway = http, gateway
+        self.ms: dict[str, list[float]] = defaultdict(list)
+        self.cpu_ms: dict[str, list[float]] = defaultdict(list)
+
+    def post(self, mode: str, body: dict) -> dict:
+        cpu, started = self.gateway.cpu_seconds(), time.perf_counter()
+        response = self.http.post("/v1/responses", json={"model": "m", **body})
+        self.ms[mode].append((time.perf_counter() - started) * 1000)
+        self.cpu_ms[mode].append((self.gateway.cpu_seconds() - cpu) * 1000)
+        response.raise_for_status()
+        return response.json()
+
+
+def _conversations(timer: Timer, turns: int) -> None:
+    """One conversation each way, turn by turn: continued by id, and sent whole."""
+    previous: str | None = None
+    history: list[dict] = []
+    for turn in range(turns):
+        ask = {"role": "user", "content": f"{TURN_TEXT} ({turn})"}
+        chained = timer.post(f"chain turn {turn + 1}" if turn + 1 in (1, turns) else "chain",
+                             {"input": [ask], **({"previous_response_id": previous} if previous else {})})
+        previous = chained["id"]
+        history.append(ask)
+        whole = timer.post(f"history turn {turn + 1}" if turn + 1 in (1, turns) else "history",
+                           {"input": history, "store": False})
+        history += whole["output"]
+
+
+def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace, work: Path) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config",
+                                  str(_config(mock_url, storage_url, work)), "--port", str(port), "--log-level",
+                                  "warning"], f"{url}/readyz", work / f"gateway-{storage}.log", cwd=ROOT,
+                      env={"PYTHONPATH": str(ROOT)})
+    gateway.start(timeout_s=300)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            timer = Timer(http, gateway)
+            for _ in range(5):  # warm: connections, statement caches
+                timer.post("warm", {"input": "hi"})
+                timer.post("warm", {"input": "hi", "store": False})
+            for _ in range(args.rounds):
+                timer.post("stateless", {"input": TURN_TEXT, "store": False})
+                timer.post("stored", {"input": TURN_TEXT})
+            for _ in range(args.conversations):
+                _conversations(timer, args.turns)
+    finally:
+        gateway.stop()
+    modes = {mode: {"requests": len(ms), "median_ms": statistics.median(ms), "p90_ms": pct(ms, 90),
+                    "p99_ms": pct(ms, 99), "gateway_cpu_ms_mean": statistics.fmean(timer.cpu_ms[mode])}
+             for mode, ms in timer.ms.items() if mode != "warm"}
+
+    def ratio(a: str, b: str, key: str = "median_ms") -> float:
+        return modes[a][key] / modes[b][key]
+
+    return {"storage": storage, "modes": modes,
+            "stored_vs_stateless": {"latency": ratio("stored", "stateless"),
+                                    "cpu": ratio("stored", "stateless", "gateway_cpu_ms_mean")},
+            "chain_vs_history": {"latency": ratio("chain", "history"),
+                                 "cpu": ratio("chain", "history", "gateway_cpu_ms_mean")},
+            "last_turn_chain_vs_history": ratio(f"chain turn {args.turns}", f"history turn {args.turns}")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="pitstop-bench-responses-"))
+    mock_port = free_port()
+    mock_url = f"http://127.0.0.1:{mock_port}"
+    mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(mock_port),
+                            "--delay-ms", str(args.delay_ms)], f"{mock_url}/health", work / "mock.log", cwd=ROOT,
+                   env={"PYTHONPATH": str(ROOT)})
+    mock.start()
+    runs = []
+    try:
+        runs.append(_run("sqlite", f"sqlite:///{work / 'pitstop.db'}", mock_url, args, work))
+        if server_version() is None:
+            print("PostgreSQL is not reachable at 127.0.0.1:5432: its run is skipped", flush=True)
+        else:
+            db = BenchDatabase.create()
+            try:
+                runs.append(_run("postgresql", db.sqlalchemy_url, mock_url, args, work))
+                runs[-1]["rows"] = db.row_counts()
+            finally:
+                db.drop()
+    finally:
+        mock.stop()
+    for run in runs:
+        for mode, m in run["modes"].items():
+            print(f"{run['storage']:10s} {mode:18s} median {m['median_ms']:6.2f} ms  p90 {m['p90_ms']:6.2f} ms  "
+                  f"gateway CPU {m['gateway_cpu_ms_mean']:5.2f} ms", flush=True)
+        print(f"{run['storage']:10s} stored/stateless {run['stored_vs_stateless']['latency']:.2f}x latency, "
+              f"{run['stored_vs_stateless']['cpu']:.2f}x CPU; chain/history {run['chain_vs_history']['latency']:.2f}x "
+              f"latency, {run['chain_vs_history']['cpu']:.2f}x CPU", flush=True)
+    write_report(args.out, {"command": command("bench.gateway_stored_responses", argv), "machine": machine_info(),
+                            "postgresql": server_version(), "delay_ms": args.delay_ms, "turns": args.turns,
+                            "runs": runs})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

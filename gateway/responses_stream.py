@@ -1,0 +1,113 @@
+"""A chat stream as Responses API stream events (SSE bytes): the message's text, then each tool call's
+arguments, each item opened when its first delta comes and closed at the end, then `response.completed`
+with the whole Response and its usage."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from engine.server.errors import APIError
+from engine.server.json_out import json_bytes
+from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item
+
+
+def sse(event: dict) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + json_bytes(event) + b"\n\n"
+
+
+class ResponseStream:
+    """Chat chunks in, Responses stream events out, numbered in order. `keep` is awaited with the
+    finished Response before its last event goes out (gateway/stored_responses.py stores it there)."""
+
+    def __init__(self, envelope: ResponseEnvelope, model: str,
+                 keep: Callable[[dict], Awaitable[None]] | None = None) -> None:
+        self.envelope = envelope
+        self.model = model
+        self.keep = keep
+        self.sequence = 0
+        self.items: list[dict] = []  # in output order: the message and the function calls
+        self.text: dict | None = None  # the message item, once text came
+        self.calls: dict[int, dict] = {}  # the chat's tool-call index -> its function_call item
+        self.finish_reason: str | None = None
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return sse(event)
+
+    def _snapshot(self, status: str, usage: dict | None = None) -> dict:
+        return self.envelope.response(self.model, status, [public_item(item) for item in self.items], usage,
+                                      self.finish_reason)
+
+    def start(self) -> Iterator[bytes]:
+        yield self._event("response.created", response=self._snapshot("in_progress"))
+        yield self._event("response.in_progress", response=self._snapshot("in_progress"))
+
+    def chunk(self, chunk: dict) -> Iterator[bytes]:
+        self.model = chunk.get("model") or self.model
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                yield from self._text(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                yield from self._call(call)
+
+    def _text(self, text: str) -> Iterator[bytes]:
+        if self.text is None:
+            self.text = message_item(self.envelope.id, "", "in_progress")
+            self.text["_text"] = ""
+            self.items.append(self.text)
+            index = len(self.items) - 1
+            yield self._event("response.output_item.added", output_index=index, item=public_item(self.text))
+            yield self._event("response.content_part.added", item_id=self.text["id"], output_index=index,
+                              content_index=0, part={"type": "output_text", "text": "", "annotations": []})
+        self.text["_text"] += text
+        yield self._event("response.output_text.delta", item_id=self.text["id"], output_index=self.items.index(self.text),
+                          content_index=0, delta=text, logprobs=[])
+
+    def _call(self, call: dict) -> Iterator[bytes]:
+        index = call.get("index", len(self.calls))
+        function = call.get("function") or {}
+        item = self.calls.get(index)
+        if item is None:
+            item = call_item(self.envelope.id, index, call.get("id") or f"call_{index}", function.get("name") or "",
+                              "", "in_progress")
+            self.calls[index] = item
+            self.items.append(item)
+            yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=dict(item))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
+                              output_index=self.items.index(item), delta=arguments)
+
+    def completed(self) -> Iterator[bytes]:
+        """Each item's closing events; the Response itself comes from `final` and `final_event`."""
+        for index, item in enumerate(self.items):
+            if item is self.text:
+                text = item.pop("_text")
+                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                item.update(status="completed", content=[part])
+                yield self._event("response.output_text.done", item_id=item["id"], output_index=index,
+                                  content_index=0, text=text, logprobs=[])
+                yield self._event("response.content_part.done", item_id=item["id"], output_index=index,
+                                  content_index=0, part=part)
+            else:
+                item["status"] = "completed"
+                yield self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                                  name=item["name"], arguments=item["arguments"])
+            yield self._event("response.output_item.done", output_index=index, item=dict(item))
+
+    def final(self, usage: dict | None) -> dict:
+        """The whole Response, once every item is done."""
+        return self._snapshot("completed", usage)
+
+    def final_event(self, response: dict) -> bytes:
+        return self._event(f"response.{response['status']}", response=response)
+
+    def failed(self, error: APIError) -> bytes:
+        return self._event("error", code=error.code or "server_error", message=error.message, param=error.param)

@@ -1,0 +1,184 @@
+"""The Responses API's stored responses: a turn continues its chain (`previous_response_id`), and is
+kept when it completes, before the client can name it; GET and DELETE /v1/responses/{id} and its
+`input_items`.
+
+A response is written to the database (in a thread) before its body or its `response.completed` event
+goes out, so any replica can continue it at once, and reads go to the database, so a deletion or an
+expiry holds on every replica. While the database is down a response goes to a batch writer (buffer,
+then disk spool, written once the database is back) and this replica serves it from memory until the
+database has it; a chain that needs rows only the database has is a 503 then.
+
+Responses belong to the API key that made them (as sessions do): another key's id is a 404. A chain is
+one agent session (agent_sessions/) from its second turn on, named by its first response's id, unless
+the client names one; so a Responses agent's KV stays pinned between turns without any header."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.server.errors import APIError, bad_request, not_found
+from gateway.config import ResponsesConfig
+from gateway.outcomes import storable
+from gateway.responses_api import ResponseEnvelope, chat_request, check_request, stored_items
+from storage.inserts import describe
+from storage.responses import ResponseStore, StoredResponseWriter
+
+log = logging.getLogger("pitstop.gateway")
+
+PENDING_RESPONSES = 10_000  # not yet in the database, served from memory (older ones: once written)
+WRITE_TIMEOUT_S = 2.0  # a database slower than this: the response goes to the writer instead
+SWEEP_INTERVAL_S = 3600.0
+
+
+@dataclass
+class ResponsesTurn:
+    """One Responses request: the chat it is served as, and what is kept of it once it completes."""
+
+    envelope: ResponseEnvelope
+    chat: dict
+    items: list[dict]  # its own input, as stored
+    store: bool
+    previous: dict | None = None  # the stored response it continues
+    session_id: str | None = None  # the chain's session, for a request that names none
+
+    @property
+    def ancestors(self) -> list[str]:
+        return [] if self.previous is None else [*self.previous["ancestors"], self.previous["id"]]
+
+
+@dataclass
+class StoredResponses:
+    config: ResponsesConfig
+    store: ResponseStore
+    writer: StoredResponseWriter
+    pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
+    _sweeper: asyncio.Task[None] | None = None
+
+    async def begin(self, raw: Any, request_id: str, key_id: str | None) -> ResponsesTurn:
+        """The turn a Responses request stands for, after the chain it continues (404 for one that is
+        not this key's, or has expired; 503 while only the unreachable database has it)."""
+        raw = check_request(raw)
+        store = self.config.store and raw.get("store", True)
+        envelope = ResponseEnvelope(request_id, raw, store)
+        previous_id = raw.get("previous_response_id")
+        if previous_id is None:
+            return ResponsesTurn(envelope, chat_request(raw), stored_items(raw.get("input"), envelope.id), store)
+        if not self.config.store:
+            raise bad_request("'previous_response_id' needs stored responses, which this gateway keeps none of "
+                              "(responses.store is false): send the whole conversation in 'input'",
+                              "previous_response_id", "unsupported")
+        previous, chain = await self._owned(previous_id, key_id, "previous_response_id", with_ancestors=True)
+        missing = [rid for rid in previous["ancestors"] if rid not in chain]
+        if missing:
+            raise not_found(f"the conversation {previous_id!r} continues includes {missing[0]!r}, which was "
+                            "deleted or has expired", "previous_response_id", "previous_response_not_found")
+        earlier = [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
+                   for item in (*row["input_items"], *row["response"]["output"])]
+        session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
+        return ResponsesTurn(envelope, chat_request(raw, earlier), stored_items(raw.get("input"), envelope.id),
+                             store, previous, session)
+
+    async def keep(self, turn: ResponsesTurn, response: dict, key_id: str | None, session_id: str | None) -> None:
+        """Store a completed response (when its turn is stored) before the client gets it."""
+        if not turn.store:
+            return
+        now = datetime.now(UTC)
+        row = self.store.complete({
+            "id": response["id"], "created_at": now, "expires_at": now + timedelta(days=self.config.retention_days),
+            "api_key_id": key_id, "previous_response_id": turn.previous["id"] if turn.previous else None,
+            "ancestors": turn.ancestors, "session_id": session_id, "input_items": storable(turn.items),
+            "response": storable(response)})
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.put, row), WRITE_TIMEOUT_S)
+        except Exception as exc:  # served anyway: the writer keeps it until the database takes it
+            log.warning("storing response %s: %s; it goes to the writer", row["id"], describe(exc))
+            self.writer.submit(row)
+            self.pending[row["id"]] = row
+            while len(self.pending) > PENDING_RESPONSES:
+                self.pending.popitem(last=False)
+
+    async def find(self, response_id: str, key_id: str | None) -> dict:
+        return (await self._owned(response_id, key_id, None))[0]["response"]
+
+    async def items(self, response_id: str, key_id: str | None) -> list[dict]:
+        return (await self._owned(response_id, key_id, None))[0]["input_items"]
+
+    async def delete(self, response_id: str, key_id: str | None) -> None:
+        await self._owned(response_id, key_id, None)
+        self.pending.pop(response_id, None)
+        try:
+            await asyncio.to_thread(self.store.delete, response_id)
+        except Exception as exc:
+            raise _unavailable(exc) from None
+
+    async def _owned(self, response_id: str, key_id: str | None, param: str | None,
+                     with_ancestors: bool = False) -> tuple[dict, dict[str, dict]]:
+        """The caller's response (a 404 for one that is not), and its ancestors when asked for."""
+        row, ancestors = await self._chain(response_id, with_ancestors)
+        if row is None or row["api_key_id"] != key_id:  # another key's: as if there were none
+            code = "previous_response_not_found" if param else "response_not_found"
+            raise not_found(f"no response {response_id!r} (unknown, deleted, expired, or made with another "
+                            "API key)", param, code)
+        return row, ancestors
+
+    async def _chain(self, response_id: str, with_ancestors: bool) -> tuple[dict | None, dict[str, dict]]:
+        """The row and its ancestors: the database's, and pending ones it does not have yet."""
+        now = datetime.now(UTC)
+        try:
+            row, ancestors = await asyncio.to_thread(self.store.chain, response_id, now, with_ancestors)
+        except Exception as exc:
+            row = self._pending(response_id, now)
+            ancestors = self._pending_many(row["ancestors"] if row and with_ancestors else [], now)
+            if row is None or len(ancestors) < len(row["ancestors"]) * with_ancestors:
+                raise _unavailable(exc) from None
+            return row, ancestors
+        if row is not None:
+            self.pending.pop(response_id, None)  # written: the database has the say from now on
+        elif (row := self._pending(response_id, now)) is not None and with_ancestors and row["ancestors"]:
+            try:  # not written yet, its ancestors may be
+                ancestors = await asyncio.to_thread(self.store.many, row["ancestors"], now)
+            except Exception as exc:
+                raise _unavailable(exc) from None
+        if row is not None and with_ancestors:
+            ancestors |= self._pending_many([rid for rid in row["ancestors"] if rid not in ancestors], now)
+        return row, ancestors
+
+    def _pending_many(self, ids: list[str], now: datetime) -> dict[str, dict]:
+        return {rid: row for rid in ids if (row := self._pending(rid, now)) is not None}
+
+    def _pending(self, response_id: str, now: datetime) -> dict | None:
+        row = self.pending.get(response_id)
+        return row if row is not None and row["expires_at"] > now else None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Delete expired responses now and then (every replica may; deleting twice is harmless)."""
+        while True:
+            try:
+                purged = await asyncio.to_thread(self.store.purge, datetime.now(UTC))
+                if purged:
+                    log.info("deleted %d expired stored responses", purged)
+            except Exception as exc:
+                log.warning("deleting expired stored responses: %s", describe(exc))
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.writer.close(timeout=10)
+
+
+def _unavailable(exc: Exception) -> APIError:
+    log.warning("stored responses unavailable: %s", describe(exc))
+    return APIError(503, "stored responses are unavailable (the database is not answering); retry, or send the "
+                    "whole conversation in 'input'", code="response_store_unavailable")

@@ -1,0 +1,79 @@
+"""Stored Responses API answers: put, read (one, or one and its chain's ancestors), delete, purge.
+
+Storage only: who may read what and how long rows live are the gateway's to decide. These calls do
+blocking I/O: run them in a thread, never on the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import Table, delete, select
+from sqlalchemy.engine import URL, Connection, Engine
+
+from storage.batch_writer import BatchWriter
+from storage.db import as_engine
+from storage.inserts import idempotent_insert
+from storage.models import StoredResponse
+from storage.rows import RowShape
+
+TABLE: Table = StoredResponse.__table__  # type: ignore[assignment]
+
+
+class StoredResponseWriter(BatchWriter):
+    """The way in while the database is down: buffered, spooled to disk, written once it is back."""
+
+    table: ClassVar[Table | None] = TABLE
+
+
+class ResponseStore:
+    def __init__(self, engine: Engine | str | URL) -> None:
+        self._engine = as_engine(engine)
+        self._shape = RowShape(TABLE)
+        self._insert = idempotent_insert(TABLE, self._engine.dialect.name)
+
+    def complete(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Every column present (ValueError for unknown or missing fields), as the writer takes it."""
+        return self._shape.complete(row)
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Insert one response; a response already stored under its id is left as it is."""
+        with self._engine.begin() as connection:
+            connection.execute(self._insert, [self._shape.complete(row)])
+
+    def get(self, response_id: str, now: datetime) -> dict[str, Any] | None:
+        """The row, or None when there is none or it has expired."""
+        return self.chain(response_id, now, with_ancestors=False)[0]
+
+    def chain(self, response_id: str, now: datetime,
+              with_ancestors: bool = True) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        """The row and its unexpired ancestors by id, over one connection (one round trip each)."""
+        with self._engine.connect() as connection:
+            found = self._many(connection, [response_id], now)
+            row = found.get(response_id)
+            if row is None or not with_ancestors or not row["ancestors"]:
+                return row, {}
+            return row, self._many(connection, row["ancestors"], now)
+
+    def many(self, response_ids: Iterable[str], now: datetime) -> dict[str, dict[str, Any]]:
+        """The unexpired rows among `response_ids`, by id."""
+        with self._engine.connect() as connection:
+            return self._many(connection, response_ids, now)
+
+    @staticmethod
+    def _many(connection: Connection, response_ids: Iterable[str], now: datetime) -> dict[str, dict[str, Any]]:
+        ids = list(dict.fromkeys(response_ids))
+        if not ids:
+            return {}
+        query = select(TABLE).where(TABLE.c.id.in_(ids), TABLE.c.expires_at > now)
+        return {row.id: dict(row._mapping) for row in connection.execute(query)}
+
+    def delete(self, response_id: str) -> bool:
+        with self._engine.begin() as connection:
+            return connection.execute(delete(TABLE).where(TABLE.c.id == response_id)).rowcount > 0
+
+    def purge(self, now: datetime) -> int:
+        """Delete the expired rows; how many went."""
+        with self._engine.begin() as connection:
+            return connection.execute(delete(TABLE).where(TABLE.c.expires_at <= now)).rowcount
