@@ -39,6 +39,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses
+	$(PY) -m bench.gateway_dialects
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a

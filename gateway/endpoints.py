@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
+from gateway import messages_api
 from gateway.outcomes import storable
 from gateway.responses_api import listed_item, request_id_of
 from gateway.state import GatewayState
@@ -106,6 +107,19 @@ async def response_input_items(request: Request) -> Response:
     return SafeJSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                              "last_id": page[-1]["id"] if page else None,
                              "has_more": start + len(page) < len(ordered)})
+
+
+async def count_message_tokens(request: Request) -> Response:
+    """POST /v1/messages/count_tokens (Anthropic's): the gateway's estimate, errors in Anthropic's shape."""
+    state = _state(request)
+    try:
+        caller = await state.auth.authenticate(request.headers)
+        raw = await read_json(request, state.settings.server.max_body_bytes)
+        if isinstance(raw, dict) and isinstance(raw.get("model"), str):
+            caller.check_model(raw["model"])
+        return JSONResponse(messages_api.count_tokens(raw))
+    except APIError as error:
+        return messages_api.error_response(error)
 
 
 async def healthz(request: Request) -> Response:

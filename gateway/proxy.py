@@ -1,19 +1,20 @@
-"""POST /v1/chat/completions, /v1/completions and /v1/embeddings: authenticate, limit, parse, route,
-dispatch, answer (whole or streamed), and leave one outcome row. Errors keep OpenAI's shape; a stream that
-breaks after it started ends with an error event and no [DONE]."""
+"""POST /v1/chat/completions, /v1/completions and /v1/embeddings, and the APIs served as a chat
+(/v1/responses, /v1/messages: gateway/dialects.py): authenticate, limit, parse, route, dispatch, answer
+(whole or streamed), and leave one outcome row. Errors keep the API's shape (OpenAI's, or Anthropic's for
+Messages); a stream that breaks after it started ends with an error event and no [DONE]."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from agent_sessions.identity import scoped_session_id, session_id_of
+from agent_sessions.identity import scoped_session_id
 from engine.server.errors import APIError, error_body
 from engine.server.json_out import SafeJSONResponse
 from engine.server.protocol import read_json
@@ -21,17 +22,17 @@ from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.dialects import Dialect, DialectName, DialectStream, error_response
 from gateway.drain import CUT_MESSAGE
+from gateway.messages_stream import MessagesTurn
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_embeddings_request, parse_proxy_request
-from gateway.responses_stream import ResponseStream
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
-from gateway.stored_responses import ResponsesTurn
 
 T = TypeVar("T")
-Endpoint = Kind | Literal["responses"]
+Endpoint = Kind | DialectName
 log = logging.getLogger("pitstop.gateway")
 
 
@@ -74,6 +75,11 @@ async def responses(request: Request) -> Response:
     return await _proxy(request, "responses")
 
 
+async def messages(request: Request) -> Response:
+    """Anthropic's Messages API, served as a chat (gateway/messages_api.py)."""
+    return await _proxy(request, "messages")
+
+
 async def _proxy(request: Request, kind: Endpoint) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
@@ -82,19 +88,23 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
 
 
 async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft) -> Response:
+    dialect: Dialect | None = None
+    if endpoint in ("responses", "messages"):
+        draft.endpoint = endpoint  # the row's, and the shape of its errors
     try:
         draft.caller = await state.auth.authenticate(request.headers)
         raw = await read_json(request, state.settings.server.max_body_bytes)
-        turn: ResponsesTurn | None = None
         kind = endpoint
         if endpoint == "responses":  # served as the chat it stands for, and turned back at the end
-            draft.endpoint = endpoint
-            turn = await state.responses.begin(raw, draft.request_id, draft.caller.key_id)
-            raw, kind = turn.chat, "chat"
+            dialect = await state.responses.begin(raw, draft.request_id, draft.caller.key_id)
+        elif endpoint == "messages":
+            dialect = MessagesTurn(raw, draft.request_id, request.headers)
+        if dialect is not None:
+            raw, kind = dialect.chat, "chat"
         draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
                                   else parse_proxy_request(raw, kind, request.headers))
-        if turn is not None and parsed.session_id is None:  # a stored chain is one session
-            parsed.session_id = turn.session_id
+        if dialect is not None:
+            dialect.adopt(parsed)
         draft.caller.check_model(parsed.model)
         await state.admit(draft.caller)
         draft.route = route = state.routes.resolve(parsed)
@@ -118,7 +128,7 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             streamed = verify.stream(state, draft, kind, ctx, session.prefer)
             chunks, dispatched = await _unless_disconnected(request, streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            stream = None if turn is None else ResponseStream(turn.envelope, route.model_name, _keeper(state, turn, draft))
+            stream = None if dialect is None else dialect.stream(route.model_name)
             response = SSEResponse(_events(state, draft, chunks, session, stream))
             response.headers.update(_headers(draft))
             return response
@@ -131,9 +141,8 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
-        if turn is not None:
-            body = turn.envelope.from_chat(body, route.model_name)
-            await _keeper(state, turn, draft)(body)
+        if dialect is not None:
+            body = await dialect.answer(body, route.model_name)
         return SafeJSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
@@ -148,13 +157,6 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
-
-
-def _keeper(state: GatewayState, turn: ResponsesTurn, draft: OutcomeDraft) -> Callable[[dict], Awaitable[None]]:
-    """What stores the turn's Response once it is complete (gateway/stored_responses.py)."""
-    key_id = draft.caller.key_id if draft.caller is not None else None
-    session_id = session_id_of(draft.request.session_id, draft.request.body) if draft.request is not None else None
-    return lambda response: state.responses.keep(turn, response, key_id, session_id)
 
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
@@ -184,7 +186,7 @@ def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_aft
     draft.fail(error.status, error.message, kind=kind)
     draft.extra["code"] = error.code
     state.recorder.finish(draft)
-    response = error.response()
+    response = error_response(draft.endpoint, error)
     response.headers.update(_headers(draft))
     if retry_after_s is not None:
         response.headers["retry-after"] = str(max(1, round(retry_after_s)))
@@ -217,8 +219,8 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
 
 
 async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
-                  session: SessionCall, responses: ResponseStream | None = None) -> AsyncGenerator[bytes, None]:
-    """The chat chunks as the client's stream: as they came, or as Responses API events (`responses`)."""
+                  session: SessionCall, dialect: DialectStream | None = None) -> AsyncGenerator[bytes, None]:
+    """The chat chunks as the client's stream: as they came, or as a dialect's events (`dialect`)."""
     include_usage = draft.request is not None and draft.request.include_usage
     failed = ended = False
     last: dict = {}
@@ -226,13 +228,13 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
     try:
         with state.drain.track():
             async with aclosing(chunks):
-                for event in responses.start() if responses is not None else ():
+                for event in dialect.start() if dialect is not None else ():
                     yield event
                 async for chunk in chunks:
                     draft.take_chunk(chunk)
                     last = chunk
-                    if responses is not None:
-                        for event in responses.chunk(chunk):
+                    if dialect is not None:
+                        for event in dialect.chunk(chunk):
                             yield event
                         continue
                     if not chunk.get("choices") and "usage" in chunk and (not include_usage or chunk["usage"] is None):
@@ -241,10 +243,10 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
                         chunk.pop("usage", None)
                     yield sse_event(chunk)
             ended = True  # the upstream's [DONE] (with or without a finish_reason)
-            if responses is not None:
-                for event in responses.completed():
+            if dialect is not None:
+                for event in dialect.completed():
                     yield event
-                final = responses.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
+                final = dialect.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
             elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
                 envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                 yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
@@ -252,14 +254,14 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         failed = True
         error = _as_api_error(exc)
         draft.fail(error.status, f"stream broke after it started: {error.message}")
-        yield responses.failed(error) if responses is not None else sse_event(
+        yield dialect.failed(error) if dialect is not None else sse_event(
             error_body(error.status, error.message, error.param, error.code))
     except Exception:
         failed = True
         log.exception("stream of request %s failed inside the gateway", draft.request_id)
         error = _internal_error(draft)
         draft.fail(error.status, error.message)
-        yield responses.failed(error) if responses is not None else sse_event(error.body())
+        yield dialect.failed(error) if dialect is not None else sse_event(error.body())
     except asyncio.CancelledError:
         failed = True
         cut = state.drain.absorb()
@@ -267,7 +269,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
             draft.fail(499, "the client disconnected mid-stream", kind="aborted")
             raise
         draft.fail(cut.status, cut.message, kind="aborted")
-        yield responses.failed(cut) if responses is not None else sse_event(cut.body())
+        yield dialect.failed(cut) if dialect is not None else sse_event(cut.body())
     finally:
         if not failed and not ended:  # closed at a yield: the client left, or a cut
             why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
@@ -277,9 +279,9 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         state.recorder.finish(draft)
     if failed:
         return
-    if responses is None:
+    if dialect is None:
         yield DONE
     elif final is not None:  # stored before the client can name it in its next turn
-        if responses.keep is not None:
-            await responses.keep(final)
-        yield responses.final_event(final)
+        if dialect.keep is not None:
+            await dialect.keep(final)
+        yield dialect.final_event(final)

@@ -47,9 +47,9 @@ def check_request(raw: Any) -> dict:
     return raw
 
 
-def chat_request(raw: dict, earlier: Sequence[dict] = ()) -> dict:
-    """The chat request a checked Responses request stands for, after the `earlier` items of the
-    conversation it continues; a 400 naming the field for what it cannot be."""
+def chat_request(raw: dict) -> dict:
+    """The chat request a checked Responses request stands for; a 400 naming the field for what it
+    cannot be."""
     chat = {name: raw[name] for name in _PASSED if raw.get(name) is not None}
     messages = []
     instructions = raw.get("instructions")
@@ -57,8 +57,6 @@ def chat_request(raw: dict, earlier: Sequence[dict] = ()) -> dict:
         if not isinstance(instructions, str):
             raise bad_request("'instructions' must be a string", "instructions", "invalid_type")
         messages.append({"role": "system", "content": instructions})
-    if earlier:
-        messages += _messages(list(earlier))
     messages += _messages(raw.get("input"))
     chat["messages"] = messages
     if raw.get("tools") is not None:
@@ -76,6 +74,13 @@ def chat_request(raw: dict, earlier: Sequence[dict] = ()) -> dict:
         chat["reasoning_effort"] = effort
     if chat.get("stream"):
         chat["stream_options"] = {"include_usage": True}  # the completed event carries the usage
+    return chat
+
+
+def continued(chat: dict, raw: dict, earlier: Sequence[dict]) -> dict:
+    """The chat, with the `earlier` items of the conversation it continues after its instructions."""
+    at = 1 if raw.get("instructions") is not None else 0
+    chat["messages"][at:at] = _messages(list(earlier))
     return chat
 
 

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
 from gateway.outcomes import storable
-from gateway.responses_api import ResponseEnvelope, chat_request, check_request, stored_items
+from gateway.request_body import ProxyRequest
+from gateway.responses_api import ResponseEnvelope, chat_request, check_request, continued, stored_items
+from gateway.responses_stream import ResponseStream
 from storage.inserts import describe
 from storage.responses import ResponseStore, StoredResponseWriter
 
@@ -38,18 +41,37 @@ SWEEP_INTERVAL_S = 3600.0
 
 @dataclass
 class ResponsesTurn:
-    """One Responses request: the chat it is served as, and what is kept of it once it completes."""
+    """One Responses request (a gateway/dialects.py Dialect): the chat it is served as, and what is kept
+    of it once it completes."""
 
     envelope: ResponseEnvelope
     chat: dict
     items: list[dict]  # its own input, as stored
     store: bool
+    responses: StoredResponses
+    key_id: str | None
     previous: dict | None = None  # the stored response it continues
-    session_id: str | None = None  # the chain's session, for a request that names none
+    session_id: str | None = None  # the chain's session; once adopted, the one the turn runs under
 
     @property
     def ancestors(self) -> list[str]:
         return [] if self.previous is None else [*self.previous["ancestors"], self.previous["id"]]
+
+    def adopt(self, parsed: ProxyRequest) -> None:
+        if parsed.session_id is None:  # a stored chain is one session
+            parsed.session_id = self.session_id
+        self.session_id = session_id_of(parsed.session_id, parsed.body)
+
+    async def answer(self, answer: dict, model: str) -> dict:
+        response = self.envelope.from_chat(answer, model)
+        await self.keep(response)
+        return response
+
+    def stream(self, model: str) -> ResponseStream:
+        return ResponseStream(self.envelope, model, self.keep)
+
+    async def keep(self, response: dict) -> None:
+        await self.responses.keep(self, response)
 
 
 @dataclass
@@ -67,8 +89,10 @@ class StoredResponses:
         store = self.config.store and raw.get("store", True)
         envelope = ResponseEnvelope(request_id, raw, store)
         previous_id = raw.get("previous_response_id")
+        chat = chat_request(raw)  # checked before any query
+        items = stored_items(raw.get("input"), envelope.id) if store else []
         if previous_id is None:
-            return ResponsesTurn(envelope, chat_request(raw), stored_items(raw.get("input"), envelope.id), store)
+            return ResponsesTurn(envelope, chat, items, store, self, key_id)
         if not self.config.store:
             raise bad_request("'previous_response_id' needs stored responses, which this gateway keeps none of "
                               "(responses.store is false): send the whole conversation in 'input'",
@@ -81,18 +105,17 @@ class StoredResponses:
         earlier = [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
                    for item in (*row["input_items"], *row["response"]["output"])]
         session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
-        return ResponsesTurn(envelope, chat_request(raw, earlier), stored_items(raw.get("input"), envelope.id),
-                             store, previous, session)
+        return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session)
 
-    async def keep(self, turn: ResponsesTurn, response: dict, key_id: str | None, session_id: str | None) -> None:
+    async def keep(self, turn: ResponsesTurn, response: dict) -> None:
         """Store a completed response (when its turn is stored) before the client gets it."""
         if not turn.store:
             return
         now = datetime.now(UTC)
         row = self.store.complete({
             "id": response["id"], "created_at": now, "expires_at": now + timedelta(days=self.config.retention_days),
-            "api_key_id": key_id, "previous_response_id": turn.previous["id"] if turn.previous else None,
-            "ancestors": turn.ancestors, "session_id": session_id, "input_items": storable(turn.items),
+            "api_key_id": turn.key_id, "previous_response_id": turn.previous["id"] if turn.previous else None,
+            "ancestors": turn.ancestors, "session_id": turn.session_id, "input_items": storable(turn.items),
             "response": storable(response)})
         try:
             await asyncio.wait_for(asyncio.to_thread(self.store.put, row), WRITE_TIMEOUT_S)

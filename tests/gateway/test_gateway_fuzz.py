@@ -1,8 +1,8 @@
 """Fuzz the HTTP API with hypothesis: generated bodies (near-valid requests with wrong types, odd values,
-unknown fields, and raw bytes) against /v1/chat/completions, /v1/completions and /v1/feedback, through
-the three backends (litellm, direct HTTP, an in-process engine). The gateway must never answer a 5xx
-(the upstream is healthy), nor end a stream with a 5xx error event, and every answer is JSON or SSE in
-OpenAI's shape."""
+unknown fields, and raw bytes) against /v1/chat/completions, /v1/completions, /v1/responses,
+/v1/messages and /v1/feedback, through the three backends (litellm, direct HTTP, an in-process engine).
+The gateway must never answer a 5xx (the upstream is healthy), nor end a stream with a 5xx error event,
+and every answer is JSON or SSE in the API's shape (Anthropic's for /v1/messages, else OpenAI's)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,38 @@ COMMON = {
 CHAT = {"messages": st.lists(message, min_size=1, max_size=3), "tools": st.lists(tool, min_size=1, max_size=2),
         "tool_choice": st.sampled_from(["auto", "none"]), "max_completion_tokens": st.integers(1, 40), **COMMON}
 COMPLETION = {"prompt": texts.filter(bool) | st.lists(short, min_size=1, max_size=1), **COMMON}
+names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
+# OpenAI's Responses API: input items and function tools.
+item = (st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer"]),
+                               "content": texts | st.lists(st.fixed_dictionaries({"type": st.just("input_text"),
+                                                                                  "text": texts}), max_size=2)})
+        | st.fixed_dictionaries({"type": st.just("function_call"), "call_id": names, "name": names,
+                                 "arguments": st.just('{"city": "Paris"}')})
+        | st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": names, "output": texts}))
+RESPONSES = {"input": texts.filter(bool) | st.lists(item, min_size=1, max_size=3), "instructions": texts,
+             "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "name": names}), min_size=1, max_size=2),
+             "tool_choice": st.sampled_from(["auto", "none"]), "max_output_tokens": st.integers(1, 40),
+             "store": st.booleans(), "previous_response_id": st.just("resp_nope") | short, "stream": st.booleans(),
+             "temperature": st.floats(0, 2), "user": short, "metadata": st.dictionaries(short, short, max_size=2)}
+# Anthropic's Messages API: content blocks, custom tools.
+text_block = st.fixed_dictionaries({"type": st.just("text"), "text": texts})
+blocks = st.lists(text_block
+                  | st.fixed_dictionaries({"type": st.just("tool_use"), "id": names, "name": names,
+                                           "input": st.just({"city": "Paris"}) | json_values})
+                  | st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": names},
+                                          optional={"content": texts | st.lists(text_block, max_size=2),
+                                                    "is_error": st.booleans()})
+                  | st.fixed_dictionaries({"type": st.just("image"), "source": st.just(
+                      {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}) | json_values}),
+                  min_size=1, max_size=3)
+MESSAGES = {"messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]),
+                                                        "content": texts | blocks}), min_size=1, max_size=3),
+            "max_tokens": st.integers(1, 40), "system": texts | st.lists(text_block, max_size=2),
+            "tools": st.lists(st.fixed_dictionaries({"name": names, "input_schema": st.just({"type": "object"})},
+                                                    optional={"description": texts}), min_size=1, max_size=2),
+            "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"}]),
+            "stop_sequences": st.lists(short, max_size=3), "temperature": st.floats(0, 1), "top_k": st.integers(1, 50),
+            "stream": st.booleans(), "metadata": st.fixed_dictionaries({"user_id": short}), "session_id": short}
 FEEDBACK = {"request_id": short, "session_id": short, "metric": st.text(min_size=1, max_size=64),
             "value": st.floats(-1e6, 1e6) | st.integers(-5, 5), "extra": st.dictionaries(short, short, max_size=2)}
 
@@ -88,6 +120,9 @@ def near_valid(required: dict, optional: dict) -> st.SearchStrategy[dict]:
 models = st.sampled_from([*MODELS, "nope"])
 chat_bodies = near_valid({"model": models, "messages": CHAT["messages"]}, CHAT)
 completion_bodies = near_valid({"model": models, "prompt": COMPLETION["prompt"]}, COMPLETION)
+responses_bodies = near_valid({"model": models, "input": RESPONSES["input"]}, RESPONSES)
+messages_bodies = near_valid({"model": models, "max_tokens": MESSAGES["max_tokens"], "messages": MESSAGES["messages"]},
+                             MESSAGES)
 feedback_bodies = near_valid({"request_id": short, "value": FEEDBACK["value"]}, FEEDBACK)
 raw_bodies = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
 
@@ -118,18 +153,33 @@ def post(http: httpx.Client, path: str, body: object) -> httpx.Response:
     return http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
 
 
-def check(response: httpx.Response) -> None:
+SERVER_ERRORS = {"server_error", "internal_error", "api_error", "overloaded_error"}
+
+
+def _stream_error(sent: dict, anthropic: bool) -> str | None:
+    """The kind of error a stream event reports (None: not an error): a chat chunk's `error.type`, a
+    Responses `error` event's `code`, a Messages `error` event's `error.type`."""
+    if anthropic:
+        return sent["error"]["type"] if sent.get("type") == "error" else None
+    if sent.get("type") == "error":
+        return sent.get("code") or "server_error"
+    return sent["error"]["type"] if isinstance(sent.get("error"), dict) else None
+
+
+def check(response: httpx.Response, anthropic: bool = False) -> None:
     event(f"status {response.status_code}")  # `pytest --hypothesis-show-statistics` shows the mix
     assert response.status_code < 500, response.text[:500]
     kind = response.headers.get("content-type", "")
     if kind.startswith("text/event-stream"):
         events = re.findall(r"^data: (.*)$", response.text, re.M)
         for data in events[:-1] if events and events[-1] == "[DONE]" else events:
-            error = json.loads(data).get("error")
-            assert error is None or error["type"] != "server_error", error
+            reported = _stream_error(json.loads(data), anthropic)
+            assert reported not in SERVER_ERRORS, data
         return
     body = response.json()
-    if response.status_code >= 400:
+    if response.status_code >= 400 and anthropic:
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+    elif response.status_code >= 400:
         assert set(body["error"]) == {"message", "type", "param", "code"}
 
 
@@ -145,6 +195,18 @@ def test_fuzz_completions(http: httpx.Client, body: dict) -> None:
     check(post(http, "/v1/completions", body))
 
 
+@FUZZ
+@given(body=responses_bodies)
+def test_fuzz_responses(http: httpx.Client, body: dict) -> None:
+    check(post(http, "/v1/responses", body))
+
+
+@FUZZ
+@given(body=messages_bodies)
+def test_fuzz_messages(http: httpx.Client, body: dict) -> None:
+    check(post(http, "/v1/messages", body), anthropic=True)
+
+
 @settings(FUZZ, max_examples=100)
 @given(body=feedback_bodies)
 def test_fuzz_feedback(http: httpx.Client, body: dict) -> None:
@@ -154,6 +216,7 @@ def test_fuzz_feedback(http: httpx.Client, body: dict) -> None:
 
 
 @settings(FUZZ, max_examples=60)
-@given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/feedback"]), body=raw_bodies)
+@given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
+                             "/v1/feedback"]), body=raw_bodies)
 def test_fuzz_raw_bodies(http: httpx.Client, path: str, body: bytes) -> None:
-    check(http.post(path, content=body, headers={"content-type": "application/json"}))
+    check(http.post(path, content=body, headers={"content-type": "application/json"}), anthropic=path == "/v1/messages")

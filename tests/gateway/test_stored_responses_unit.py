@@ -24,7 +24,7 @@ def _response(turn_id: str, text: str) -> dict:
 async def _turn(responses: StoredResponses, n: int, previous: str | None) -> str:
     body = {"model": "m", "input": f"turn {n}", **({"previous_response_id": previous} if previous else {})}
     turn = await responses.begin(body, f"req-{n}", "key")
-    await responses.keep(turn, _response(turn.envelope.id, f"answer {n}"), "key", None)
+    await turn.keep(_response(turn.envelope.id, f"answer {n}"))
     return turn.envelope.id
 
 
