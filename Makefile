@@ -40,6 +40,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses
 	$(PY) -m bench.gateway_dialects
+	$(PY) -m bench.limits_holds
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a

@@ -88,6 +88,9 @@ class ModelInfo(_Strict):
     # groups; a chat or completion request to it is a 400). Any model not on Pitstop's engines may
     # still be sent embeddings requests: its upstream decides.
     mode: Literal["chat", "completion", "embedding"] | None = None
+    # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
+    # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
+    max_output_tokens: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _queue_needs_a_limit(self) -> ModelInfo:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Caller
 from gateway.deployments import Deployment
-from gateway.limits.base import Limiter
+from gateway.limits.base import Hold, Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
@@ -68,6 +68,8 @@ class OutcomeDraft:
     started: float = field(default_factory=time.monotonic)
     created_at: Any = field(default_factory=utc_now)
     caller: Caller | None = None
+    hold: Hold | None = None  # what the request holds of its key's budget until it is settled
+    settling: asyncio.Task | None = None  # the limiter learning what it cost (OutcomeRecorder.finish)
     request: ProxyRequest | None = None
     endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
     route: Route | None = None
@@ -134,6 +136,12 @@ class OutcomeDraft:
             name = ((call or {}).get("function") or {}).get("name")
             if name:
                 self.tool_calls.append(name)
+
+    async def settled(self) -> None:
+        """Once the limiter knows what the request cost (and holds no more of its key's budget): awaited
+        before the answer's end goes out, so the client's next request finds the budget as it is."""
+        if self.settling is not None:
+            await asyncio.shield(self.settling)
 
     @property
     def usage_estimated(self) -> bool:
@@ -212,8 +220,8 @@ class OutcomeRecorder:
             self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
-        if draft.caller is not None and draft.caller.key_id is not None and cost > 0:
-            self._spend(draft.caller.key_id, cost)
+        if draft.caller is not None and draft.caller.key_id is not None and (cost > 0 or draft.hold is not None):
+            draft.settling = self._spend(draft.caller.key_id, cost, draft.hold)
         if self.writer is None:
             return
         rank = draft.rank_pending
@@ -237,24 +245,26 @@ class OutcomeRecorder:
             await asyncio.shield(rank)  # shielded: a cancelled drain must not cancel the scorer's future
         self._submit(draft, latency, cost)
 
-    def _track(self, work: Coroutine[Any, Any, None], tasks: set[asyncio.Task] | None = None) -> None:
+    def _track(self, work: Coroutine[Any, Any, None], tasks: set[asyncio.Task] | None = None) -> asyncio.Task:
         tasks = self._background if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(work)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        return task
 
     @property
     def rows_waiting(self) -> int:
         """Rows not yet handed to the writer: their rank is still being scored."""
         return len(self._rows_waiting)
 
-    def _spend(self, key_id: str, cost: float) -> None:
-        async def record() -> None:
-            await self.limiter.record_spend(key_id, cost)
-            if self.keys is not None:
-                await asyncio.to_thread(self.keys.add_spend, key_id, cost)
-
-        self._track(record())
+    def _spend(self, key_id: str, cost: float, hold: Hold | None) -> asyncio.Task:
+        """Settle the request with the limiter (the task returned: its client's next request must not find
+        its hold) and add its spend to the key's row (in the background)."""
+        if self.keys is not None and cost > 0:
+            self._track(asyncio.to_thread(self.keys.add_spend, key_id, cost))
+        if hold is not None:
+            return self._track(self.limiter.settle(key_id, hold.hold_id, cost))
+        return self._track(self.limiter.record_spend(key_id, cost))
 
     def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None

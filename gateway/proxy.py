@@ -22,6 +22,7 @@ from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.budget_holds import budget_hold
 from gateway.dialects import Dialect, DialectName, DialectStream, error_response
 from gateway.drain import CUT_MESSAGE
 from gateway.messages_stream import MessagesTurn
@@ -106,7 +107,11 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
         if dialect is not None:
             dialect.adopt(parsed)
         draft.caller.check_model(parsed.model)
-        await state.admit(draft.caller)
+        server = state.settings.server
+        hold = budget_hold(draft.caller, parsed, state.routes, state.pool, draft.request_id,
+                           server.request_timeout_s, server.num_retries + 1)
+        await state.admit(draft.caller, hold)
+        draft.hold = hold  # taken: the row's cost settles it
         draft.route = route = state.routes.resolve(parsed)
         if kind == "embedding":
             return await _embed(request, state, draft)
@@ -141,19 +146,20 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             body["usage"] = draft.estimated_usage()
         await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
+        await draft.settled()
         if dialect is not None:
             body = await dialect.answer(body, route.model_name)
         return SafeJSONResponse(body, headers=_headers(draft))
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
-        return _failed(state, draft, _as_api_error(exc), retry_after_s)
+        return await _failed(state, draft, _as_api_error(exc), retry_after_s)
     except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
         log.exception("request %s failed inside the gateway", draft.request_id)
-        return _failed(state, draft, _internal_error(draft), None)
+        return await _failed(state, draft, _internal_error(draft), None)
     except asyncio.CancelledError:
         cut = state.drain.absorb()
         if cut is not None:
-            return _failed(state, draft, cut, retry_after_s=1.0, kind="aborted")
+            return await _failed(state, draft, cut, retry_after_s=1.0, kind="aborted")
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
@@ -169,6 +175,7 @@ async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> 
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
     draft.usage = body.get("usage")
     state.recorder.finish(draft)
+    await draft.settled()
     if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
         return Response(body.raw, media_type="application/json", headers=_headers(draft))
     if draft.usage_estimated:
@@ -181,11 +188,12 @@ def _internal_error(draft: OutcomeDraft) -> APIError:
                     code="internal_error")
 
 
-def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
-            kind: str = "error") -> Response:
+async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
+                  kind: str = "error") -> Response:
     draft.fail(error.status, error.message, kind=kind)
     draft.extra["code"] = error.code
     state.recorder.finish(draft)
+    await draft.settled()
     response = error_response(draft.endpoint, error)
     response.headers.update(_headers(draft))
     if retry_after_s is not None:
@@ -277,6 +285,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         if not failed:  # before [DONE]: the program's next turn must find the pin settled
             await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
+        await draft.settled()
     if failed:
         return
     if dialect is None:

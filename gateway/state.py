@@ -14,7 +14,7 @@ from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEn
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
-from gateway.limits.base import Limiter, LimitsUnavailableError, usd_to_nanousd
+from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outcomes import OutcomeRecorder
@@ -102,12 +102,14 @@ class GatewayState:
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
 
-    async def admit(self, caller: Caller) -> None:
+    async def admit(self, caller: Caller, hold: Hold | None = None) -> None:
+        """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
+        outcome recorder when the request ends); a LimitExceeded when the key's limits refuse."""
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
             return
         if caller.budget_usd is not None and caller.key_id not in self.seeded_keys:
             await self._seed_spend(caller)
-        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd)
+        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold)
         if admission.allowed:
             return
         if admission.reason == "rate_limit":
@@ -115,6 +117,10 @@ class GatewayState:
                                 admission.retry_after_s)
         if admission.reason == "budget":
             raise LimitExceeded(429, "this API key has spent its budget", "budget_exceeded")
+        if admission.reason == "budget_held":
+            raise LimitExceeded(429, "what is left of this API key's budget is held by its requests in flight "
+                                "(each holds its worst-case cost until it ends); retry when they finish",
+                                "budget_held", admission.retry_after_s)
         raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
 
     async def _seed_spend(self, caller: Caller) -> None:

@@ -1,9 +1,11 @@
 """Redis-backed shared state for per-key limits: the atomic operations, no policy.
 
-Each key id has two Redis keys, hash-tagged on the key id so both land in one cluster slot:
+Each key id has four Redis keys, hash-tagged on the key id so all land in one cluster slot:
 - `pitstop:{prefix}:limits:{<key_id>}:window`: sorted set of admissions (score: server time in µs),
   expiring one window after the last admission;
-- `pitstop:{prefix}:limits:{<key_id>}:spent`: integer nano-USD spent, no expiry.
+- `pitstop:{prefix}:limits:{<key_id>}:spent`: integer nano-USD spent, no expiry;
+- `...:holds` (hash: hold id -> nano-USD) and `...:hold_lapses` (sorted set: hold id -> when it lapses,
+  server µs): what requests in flight hold of the budget, expiring with the last hold's lapse.
 
 Errors from Redis (connection refused, timeout, loading, ...) surface as `StateUnavailableError`, so
 callers apply their own outage policy without importing redis.
@@ -21,7 +23,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-# Budget first (its rejection takes no slot), then the sliding window: prune, count, take a slot.
+# Budget first (its rejection takes no slot): lapsed holds go, then spent and spent + held against the
+# budget; then the sliding window: prune, count, take a slot; then the request's hold, if it has one.
 # Time comes from the server (TIME) so replica clocks do not matter; ARGV[5] overrides it for tests.
 _ADMIT_LUA = """
 local rpm = tonumber(ARGV[1])
@@ -35,33 +38,58 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local spent = tonumber(redis.call('GET', KEYS[2]) or '0')
+local held = 0
+if budget >= 0 then
+  for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
+    redis.call('HDEL', KEYS[3], lapsed)
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  for _, amount in ipairs(redis.call('HVALS', KEYS[3])) do
+    held = held + tonumber(amount)
+  end
+end
 local count = 0
 if rpm >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   count = redis.call('ZCARD', KEYS[1])
 end
 if budget >= 0 and spent >= budget then
-  return {1, count, 0, spent}
+  return {1, count, 0, spent, held}
+end
+if budget >= 0 and spent + held >= budget then
+  return {3, count, 0, spent, held}
 end
 if rpm >= 0 then
   if count >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     local retry = window
     if oldest[2] then retry = tonumber(oldest[2]) + window - now end
-    return {2, count, retry, spent}
+    return {2, count, retry, spent, held}
   end
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
   count = count + 1
 end
-return {0, count, 0, spent}
+if budget >= 0 and ARGV[6] ~= '' then
+  local ttl = tonumber(ARGV[8])
+  redis.call('HSET', KEYS[3], ARGV[6], ARGV[7])
+  redis.call('ZADD', KEYS[4], now + ttl, ARGV[6])
+  local last = tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2])
+  redis.call('PEXPIRE', KEYS[3], math.ceil((last - now) / 1000))
+  redis.call('PEXPIRE', KEYS[4], math.ceil((last - now) / 1000))
+end
+return {0, count, 0, spent, held}
 """
 
-_OUTCOMES: tuple[Literal["admitted", "over_budget", "over_rate"], ...] = (
-    "admitted",
-    "over_budget",
-    "over_rate",
-)
+# A request's end: its hold goes and its cost is added, in one step.
+_SETTLE_LUA = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('INCRBY', KEYS[3], ARGV[2])
+"""
+
+Outcome = Literal["admitted", "over_budget", "over_rate", "over_held"]
+_OUTCOMES: tuple[Outcome, ...] = ("admitted", "over_budget", "over_rate", "over_held")
 _NO_LIMIT = -1
 
 
@@ -71,10 +99,11 @@ class StateUnavailableError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WindowCheck:
-    outcome: Literal["admitted", "over_budget", "over_rate"]
+    outcome: Outcome
     requests_in_window: int  # including this request when admitted
     retry_after_s: float  # meaningful for "over_rate" only
     spent_nanousd: int
+    held_nanousd: int = 0  # held by requests in flight (not counting this one's)
 
 
 @asynccontextmanager
@@ -91,6 +120,7 @@ class RedisLimitState:
         self._prefix = prefix
         # EVALSHA with a reload on NOSCRIPT, so a restarted (emptied) Redis is handled transparently.
         self._admit_script = client.register_script(_ADMIT_LUA)
+        self._settle_script = client.register_script(_SETTLE_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, socket_timeout_s: float = 0.5) -> RedisLimitState:
@@ -111,6 +141,10 @@ class RedisLimitState:
     def spent_key(self, key_id: str) -> str:
         return f"pitstop:{self._prefix}:limits:{{{key_id}}}:spent"
 
+    def holds_keys(self, key_id: str) -> list[str]:
+        base = f"pitstop:{self._prefix}:limits:{{{key_id}}}"
+        return [f"{base}:holds", f"{base}:hold_lapses"]
+
     async def check_and_take(
         self,
         key_id: str,
@@ -119,21 +153,33 @@ class RedisLimitState:
         window_s: float,
         member: str,
         now_s: float | None = None,
+        hold: tuple[str, int, float] | None = None,
     ) -> WindowCheck:
-        """Atomically check the budget and the window and, when both allow, record `member` in the window."""
+        """Atomically check the budget (spent, then spent + held) and the window and, when both allow,
+        record `member` in the window and `hold` (id, nano-USD, seconds until it lapses) in the holds."""
         window_us = round(window_s * 1_000_000)
+        hold_id, hold_nanousd, hold_ttl_s = hold if hold is not None else ("", 0, 0.0)
         args = [
             _NO_LIMIT if rpm_limit is None else rpm_limit,
             _NO_LIMIT if budget_nanousd is None else budget_nanousd,
             window_us,
             member,
             "" if now_s is None else round(now_s * 1_000_000),
+            hold_id,
+            hold_nanousd,
+            round(hold_ttl_s * 1_000_000),
         ]
         async with _unavailable_on_error():
-            code, count, retry_us, spent = await self._admit_script(
-                keys=[self.window_key(key_id), self.spent_key(key_id)], args=args
+            code, count, retry_us, spent, held = await self._admit_script(
+                keys=[self.window_key(key_id), self.spent_key(key_id), *self.holds_keys(key_id)], args=args
             )
-        return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent))
+        return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent), int(held))
+
+    async def settle(self, key_id: str, hold_id: str, nanousd: int) -> int:
+        """Release the hold and add `nanousd` spent, atomically; the new spent total."""
+        async with _unavailable_on_error():
+            return int(await self._settle_script(keys=[*self.holds_keys(key_id), self.spent_key(key_id)],
+                                                 args=[hold_id, nanousd]))
 
     async def add_spend(self, key_id: str, nanousd: int) -> int:
         async with _unavailable_on_error():

@@ -3,8 +3,12 @@
 Semantics shared by every implementation:
 - RPM: a request is admitted when fewer than `rpm_limit` requests were admitted in the last `window_s`
   seconds (an admission exactly `window_s` old no longer counts). Rejected requests take no slot.
-- Budget: a request is admitted while spent < budget. Spend is recorded after the request completes, so
-  the overshoot is bounded by the requests already in flight when the budget was reached.
+- Budget: a request is admitted while spent + held < budget, where `held` sums what the key's requests
+  in flight may still cost: each admitted request holds its own worst case (`hold_usd`, under `hold_id`)
+  until `settle` releases the hold and adds what it really cost. So the overshoot is at most one
+  request's own cost, however many run at once (without holds it was every request in flight). A hold
+  not settled (its replica died) lapses after `hold_ttl_s`. A refusal is "budget" when spent alone has
+  reached the budget, "budget_held" when holds fill the rest (retry once requests finish).
 - The budget is checked first: a request rejected for budget does not consume rate.
 - Money is counted in integer nano-USD, so that 20 x $0.05 reaches a $1.00 budget exactly (floats drift).
 
@@ -18,7 +22,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-LimitReason = Literal["rate_limit", "budget", "limits_unavailable"]
+LimitReason = Literal["rate_limit", "budget", "budget_held", "limits_unavailable"]
+DEFAULT_HOLD_TTL_S = 900.0  # past any request's timeout (server.request_timeout_s, 600 s by default)
+HELD_RETRY_AFTER_S = 1.0
 
 NANOUSD_PER_USD = 1_000_000_000
 
@@ -43,7 +49,8 @@ class Admission:
 
     `reason` says why the request was refused; on a fail-open admission (allowed=True) it is
     "limits_unavailable", saying limits were not enforced. `remaining_*` are None when that limit is
-    unset or unknown; `retry_after_s` is set for rate limits only (waiting does not refill a budget).
+    unset or unknown (the budget's is net of holds); `retry_after_s` is set for rate limits and holds
+    (waiting does not refill a spent budget).
     """
 
     allowed: bool
@@ -53,15 +60,31 @@ class Admission:
     remaining_budget_usd: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What an admitted request holds of its key's budget until it is settled."""
+
+    hold_id: str
+    usd: float
+    ttl_s: float = DEFAULT_HOLD_TTL_S
+
+
 class Limiter(Protocol):
     async def admit(
-        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None
+        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
+        hold: Hold | None = None,
     ) -> Admission:
-        """Decide and, when admitted, take a rate slot. `now` is for tests and simulation only."""
+        """Decide and, when admitted, take a rate slot and (with a budget) the hold. `now` is for tests
+        and simulation only."""
         ...
 
     async def record_spend(self, key_id: str, usd: float) -> None:
         """Add a completed request's cost. Never raises for an unreachable backend."""
+        ...
+
+    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
+        """Release a hold and add what its request cost, in one step. Never raises for an unreachable
+        backend (the hold lapses then, and the spend is added later)."""
         ...
 
     async def spent(self, key_id: str) -> float: ...

@@ -14,13 +14,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.limits.base import Admission, nanousd_to_usd, usd_to_nanousd
+from gateway.limits.base import HELD_RETRY_AFTER_S, Admission, Hold, nanousd_to_usd, usd_to_nanousd
 
 
 @dataclass
 class _KeyState:
     admitted_at: deque[float] = field(default_factory=deque)
     spent_nanousd: int = 0
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # hold id -> (nano-USD, lapses at)
+
+    def held(self, now: float) -> int:
+        for hold_id in [h for h, (_, lapses) in self.holds.items() if lapses <= now]:
+            del self.holds[hold_id]
+        return sum(nanousd for nanousd, _ in self.holds.values())
 
 
 class MemoryLimiter:
@@ -31,28 +37,39 @@ class MemoryLimiter:
         self._keys: dict[str, _KeyState] = {}
 
     async def admit(
-        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None
+        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
+        hold: Hold | None = None,
     ) -> Admission:
         now = self._clock() if now is None else now
         state = self._keys.setdefault(key_id, _KeyState())
         window = state.admitted_at
         while window and window[0] <= now - self.window_s:
             window.popleft()
-        remaining_budget = self._remaining_budget(state, budget_usd)
+        held = state.held(now) if budget_usd is not None else 0
+        remaining_budget = self._remaining_budget(state, budget_usd, held)
         remaining_requests = None if rpm_limit is None else max(rpm_limit - len(window), 0)
 
         if budget_usd is not None and state.spent_nanousd >= usd_to_nanousd(budget_usd):
             return Admission(False, "budget", None, remaining_requests, remaining_budget)
+        if budget_usd is not None and state.spent_nanousd + held >= usd_to_nanousd(budget_usd):
+            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget)
         if rpm_limit is not None:
             if len(window) >= rpm_limit:
                 retry_after = window[0] + self.window_s - now if window else self.window_s
                 return Admission(False, "rate_limit", retry_after, 0, remaining_budget)
             window.append(now)
             remaining_requests = rpm_limit - len(window)
+        if budget_usd is not None and hold is not None:
+            state.holds[hold.hold_id] = (usd_to_nanousd(hold.usd), now + hold.ttl_s)
         return Admission(True, None, None, remaining_requests, remaining_budget)
 
     async def record_spend(self, key_id: str, usd: float) -> None:
         self._keys.setdefault(key_id, _KeyState()).spent_nanousd += usd_to_nanousd(usd)
+
+    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
+        state = self._keys.setdefault(key_id, _KeyState())
+        state.spent_nanousd += usd_to_nanousd(usd)
+        state.holds.pop(hold_id, None)
 
     async def spent(self, key_id: str) -> float:
         state = self._keys.get(key_id)
@@ -65,7 +82,7 @@ class MemoryLimiter:
         self._keys.clear()
 
     @staticmethod
-    def _remaining_budget(state: _KeyState, budget_usd: float | None) -> float | None:
+    def _remaining_budget(state: _KeyState, budget_usd: float | None, held: int) -> float | None:
         if budget_usd is None:
             return None
-        return nanousd_to_usd(max(usd_to_nanousd(budget_usd) - state.spent_nanousd, 0))
+        return nanousd_to_usd(max(usd_to_nanousd(budget_usd) - state.spent_nanousd - held, 0))

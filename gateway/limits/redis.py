@@ -16,7 +16,9 @@ import logging
 import uuid
 
 from gateway.limits.base import (
+    HELD_RETRY_AFTER_S,
     Admission,
+    Hold,
     LimitsUnavailableError,
     nanousd_to_usd,
     usd_to_nanousd,
@@ -49,14 +51,16 @@ class RedisLimiter:
         return cls(state, fail_open=fail_open, window_s=window_s)
 
     async def admit(
-        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None
+        self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
+        hold: Hold | None = None,
     ) -> Admission:
         budget_nanousd = None if budget_usd is None else usd_to_nanousd(budget_usd)
+        held = None if hold is None else (hold.hold_id, usd_to_nanousd(hold.usd), hold.ttl_s)
         try:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
             check = await self.state.check_and_take(
-                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now
+                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held
             )
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
@@ -69,6 +73,16 @@ class RedisLimiter:
         try:
             await self._write_unwritten()
         except StateUnavailableError as exc:
+            self._mark_degraded(exc)
+
+    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
+        nanousd = usd_to_nanousd(usd)
+        try:
+            if self._unwritten_nanousd:
+                await self._write_unwritten()
+            await self.state.settle(key_id, hold_id, nanousd)
+        except StateUnavailableError as exc:  # the hold lapses on its own; the spend waits here
+            self._unwritten_nanousd[key_id] = self._unwritten_nanousd.get(key_id, 0) + nanousd
             self._mark_degraded(exc)
 
     async def spent(self, key_id: str) -> float:
@@ -106,9 +120,12 @@ class RedisLimiter:
         remaining_requests = None if rpm_limit is None else max(rpm_limit - check.requests_in_window, 0)
         remaining_budget = None
         if budget_nanousd is not None:
-            remaining_budget = nanousd_to_usd(max(budget_nanousd - check.spent_nanousd - unwritten, 0))
+            remaining_budget = nanousd_to_usd(max(budget_nanousd - check.spent_nanousd - check.held_nanousd
+                                                  - unwritten, 0))
         if check.outcome == "over_budget":
             return Admission(False, "budget", None, remaining_requests, remaining_budget)
+        if check.outcome == "over_held":
+            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget)
         if check.outcome == "over_rate":
             return Admission(False, "rate_limit", check.retry_after_s, 0, remaining_budget)
         return Admission(True, None, None, remaining_requests, remaining_budget)

@@ -4,6 +4,7 @@ and the budget (429 once spent, also after a restart), in one gateway process.""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -167,6 +168,26 @@ def test_budget_is_enforced_and_survives_a_restart(upstreams: tuple, tmp_path: P
     assert "retry-after" not in refused.headers  # waiting does not refill a budget
     with running_gateway(raw) as restarted, restarted.http() as http:
         assert ask(http, secret).status_code == 429, "a restart refilled the budget"
+
+
+def test_requests_at_once_start_only_what_the_budget_covers(upstreams: tuple, tmp_path: Path) -> None:
+    """Eight slow requests at once on a budget of three: each holds its worst case while it runs (its
+    prompt and max_tokens at the model's prices), so three start and the rest are told to retry; without
+    holds all eight would start, each seeing nothing spent yet."""
+    raw = keyed_config(tmp_path, upstreams[0])
+    body = {"model": "up", "max_tokens": 5, "messages": [{"role": "user", "content": "[delay:0.5] x"}]}
+    cost = 2 * PRICE_IN + 5 * PRICE_OUT  # two prompt words, five answer words
+    with running_gateway(raw) as gw:
+        key_id, secret = KeyStore(gw.storage_url).create("held", budget_usd=3 * cost)
+        with ThreadPoolExecutor(8) as pool, gw.http(headers={"authorization": f"Bearer {secret}"}) as http:
+            answers = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(8)))
+        assert sorted(a.status_code for a in answers) == [200] * 3 + [429] * 5
+        for refused in (a for a in answers if a.status_code == 429):
+            assert refused.json()["error"]["code"] == "budget_held" and refused.headers["retry-after"] == "1"
+        wait_until(lambda: spent_in_db(gw, key_id) == pytest.approx(3 * cost), what="spend in the database")
+        with gw.http(headers={"authorization": f"Bearer {secret}"}) as http:
+            spent = http.post("/v1/chat/completions", json=body)
+        assert spent.json()["error"]["code"] == "budget_exceeded"  # now spent, not held
 
 
 def test_sessions_and_their_feedback_belong_to_the_key_that_made_them(upstreams: tuple, tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
 """Two `pitstop serve` processes sharing one Redis and one PostgreSQL database enforce one key's rpm
-limit exactly and one budget (overspend bounded by the requests in flight), and both log to one table."""
+limit exactly and one budget exactly (each request holds its worst case while it runs), both log to one
+table, and a stored Response made on one is continued and deleted on the other."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,9 +80,9 @@ def rows_of(url: str, key_id: str) -> list[dict]:
     return [r for r in read_outcomes(url) if r["api_key_id"] == key_id]
 
 
-def ask(url: str, secret: str) -> httpx.Response:
+def ask(url: str, secret: str, **fields: object) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {secret}"},
-                      json={"model": "up", "messages": [{"role": "user", "content": "x"}]}, timeout=30)
+                      json={"model": "up", "messages": [{"role": "user", "content": "x"}], **fields}, timeout=30)
 
 
 def test_rpm_limit_is_exact_across_two_gateways(replicas: tuple, shared_db: str, key_ids: list[str]) -> None:
@@ -107,31 +110,36 @@ def test_rpm_limit_is_exact_across_two_gateways(replicas: tuple, shared_db: str,
 
 
 def test_one_budget_across_two_gateways(replicas: tuple, shared_db: str, key_ids: list[str]) -> None:
+    """Each request holds its worst case (max_tokens 5: exactly its cost here) while it runs, so four
+    clients on two gateways start exactly the requests the budget covers, and the one that crosses it."""
     (one, two), _ = replicas
     key_id, secret = KeyStore(shared_db).create("budget", budget_usd=BUDGET_REQUESTS * COST)
     key_ids.append(key_id)
 
-    def spend_until_refused(url: str) -> list[int]:
-        statuses = []
-        for _ in range(40):
-            response = ask(url, secret)
-            statuses.append(response.status_code)
-            if response.status_code == 429:
-                assert response.json()["error"]["code"] == "budget_exceeded"
+    def spend_until_refused(url: str) -> list[str]:
+        outcomes = []
+        for _ in range(60):
+            response = ask(url, secret, max_tokens=5)
+            outcomes.append("ok" if response.status_code == 200 else response.json()["error"]["code"])
+            if response.status_code == 429 and outcomes[-1] == "budget_held":  # others' requests hold the rest
+                assert response.headers["retry-after"] == "1"
+                time.sleep(0.05)
+            elif response.status_code != 200:
                 break
-        return statuses
+        return outcomes
 
     with ThreadPoolExecutor(WORKERS) as pool:
         results = list(pool.map(spend_until_refused, [one.url, two.url] * (WORKERS // 2)))
-    assert all(statuses[-1] == 429 for statuses in results), "every client ends refused"
-    admitted = sum(s.count(200) for s in results)
-    # Nobody is refused before the budget is spent; past it, only requests already in flight finish.
-    assert BUDGET_REQUESTS <= admitted <= BUDGET_REQUESTS + WORKERS
+    assert all(outcomes[-1] == "budget_exceeded" for outcomes in results), "every client ends refused"
+    assert {o for outcomes in results for o in outcomes} <= {"ok", "budget_held", "budget_exceeded"}
+    admitted = sum(outcomes.count("ok") for outcomes in results)
+    assert admitted == math.ceil(BUDGET_REQUESTS)  # without holds: up to BUDGET_REQUESTS + WORKERS
 
-    rows = wait_until(lambda: len(found := rows_of(shared_db, key_id)) >= admitted + WORKERS and found,
+    refusals = sum(len(outcomes) for outcomes in results) - admitted
+    rows = wait_until(lambda: len(found := rows_of(shared_db, key_id)) >= admitted + refusals and found,
                       what="all rows")
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == admitted and len(rows) == admitted + WORKERS
+    assert len(ok) == admitted and len(rows) == admitted + refusals
     logged = sum(r["cost_usd"] for r in ok)
     assert logged == pytest.approx(admitted * COST)
     # Spend recorded by both processes: in Redis (what admission reads) and in the key's row.

@@ -12,6 +12,7 @@ import redis
 import redis.asyncio as aioredis
 
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter, make_limiter
+from gateway.limits.base import Hold
 
 REDIS_URL = os.environ.get("PITSTOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -176,3 +177,55 @@ async def test_factory_picks_the_implementation() -> None:
     shared = make_limiter(REDIS_URL, prefix=unique_prefix(), fail_open=True, window_s=5.0)
     assert isinstance(shared, RedisLimiter) and shared.fail_open and shared.window_s == 5.0
     await shared.close()
+
+
+async def test_holds_fill_the_budget_until_settled(limiter: Limiter) -> None:
+    a = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("a", 0.4))
+    b = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("b", 0.4))
+    assert a.allowed and b.allowed and b.remaining_budget_usd == pytest.approx(0.6)  # net of a's hold
+    c = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("c", 0.4))
+    assert c.allowed  # 0.8 held < 1.0: admitted, holding 1.2 in all
+    refused = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("d", 0.4))
+    assert not refused.allowed and refused.reason == "budget_held" and refused.retry_after_s == 1.0
+    assert refused.remaining_budget_usd == 0.0
+    await limiter.settle("k", "a", 0.05)  # a cost less than it held
+    assert await limiter.spent("k") == pytest.approx(0.05)
+    assert (await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("d", 0.4))).allowed
+    for hold_id in "bcd":
+        await limiter.settle("k", hold_id, 0.3)
+    assert await limiter.spent("k") == pytest.approx(0.95)
+    last = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("e", 0.4))
+    assert last.allowed and last.remaining_budget_usd == pytest.approx(0.05)  # nothing held any more
+    await limiter.settle("k", "e", 0.3)
+    spent = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("f", 0.4))
+    assert not spent.allowed and spent.reason == "budget" and spent.retry_after_s is None
+
+
+async def test_concurrent_holders_overshoot_by_at_most_one_request(limiter: Limiter) -> None:
+    """Fifty requests at once, each holding and then costing $0.07, on a $1 budget: at most one past it
+    (without holds all fifty would start, $3.50 on a $1 budget)."""
+    async def request(i: int) -> bool:
+        admission = await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold(f"r{i}", 0.07))
+        if admission.allowed:
+            await asyncio.sleep(0.01)
+            await limiter.settle("k", f"r{i}", 0.07)
+        return admission.allowed
+
+    started = sum(await asyncio.gather(*(request(i) for i in range(50))))
+    assert started == 15  # 14 x 0.07 = 0.98 held < 1.0 admits a 15th; 1.05 held refuses the rest
+    assert await limiter.spent("k") == pytest.approx(1.05)
+
+
+async def test_a_hold_never_settled_lapses(limiter: Limiter) -> None:
+    assert (await limiter.admit("k", None, 1.0, now=1000.0, hold=Hold("lost", 1.0, ttl_s=30.0))).allowed
+    held = await limiter.admit("k", None, 1.0, now=1029.0, hold=Hold("next", 0.1))
+    assert held.reason == "budget_held"
+    assert (await limiter.admit("k", None, 1.0, now=1030.0, hold=Hold("next", 0.1))).allowed  # its replica died
+    await limiter.settle("k", "never-held", 0.2)  # a hold it does not know: the spend still counts
+    assert await limiter.spent("k") == pytest.approx(0.2)
+
+
+async def test_requests_without_a_budget_hold_nothing(limiter: Limiter) -> None:
+    for i in range(5):
+        assert (await limiter.admit("k", 10, None, now=1000.0, hold=Hold(f"h{i}", 100.0))).allowed
+    assert (await limiter.admit("k", None, 1.0, now=1000.0)).allowed

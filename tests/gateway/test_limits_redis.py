@@ -21,12 +21,14 @@ pytestmark = [pytest.mark.anyio, needs_redis]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # One gateway-like process: connects, waits for "go" on stdin, then hammers one key from many coroutines.
-# Each admitted request "runs" briefly, then records its cost, as the gateway does after a response.
+# Each admitted request "runs" briefly, then records its cost, as the gateway does after a response
+# (with `hold`: holding its cost from admission and settling it, as the gateway does for keys with budgets).
 WORKER = """
-import asyncio, json, sys
+import asyncio, json, sys, uuid
 from gateway.limits import RedisLimiter
+from gateway.limits.base import Hold
 
-async def main(url, prefix, key_id, rpm, budget, cost, coroutines, attempts):
+async def main(url, prefix, key_id, rpm, budget, cost, coroutines, attempts, hold=False):
     limiter = RedisLimiter.from_url(url, prefix=prefix)
     await limiter.spent(key_id)  # connect before the start line
     print("ready", flush=True)
@@ -36,14 +38,18 @@ async def main(url, prefix, key_id, rpm, budget, cost, coroutines, attempts):
     async def hammer():
         nonlocal admitted
         for _ in range(attempts):
-            admission = await limiter.admit(key_id, rpm, budget)
+            held = Hold(uuid.uuid4().hex, cost) if hold else None
+            admission = await limiter.admit(key_id, rpm, budget, hold=held)
             if not admission.allowed:
                 reasons.add(admission.reason)
                 continue
             admitted += 1
             if cost:
                 await asyncio.sleep(0.002)
-                await limiter.record_spend(key_id, cost)
+                if held:
+                    await limiter.settle(key_id, held.hold_id, cost)
+                else:
+                    await limiter.record_spend(key_id, cost)
 
     await asyncio.gather(*(hammer() for _ in range(coroutines)))
     await limiter.close()
@@ -175,5 +181,18 @@ async def test_two_gateways_share_one_budget(prefix: str) -> None:
     try:
         assert await limiter.spent("shared") == pytest.approx(admitted * cost)
         assert not (await limiter.admit("shared", None, budget)).allowed
+    finally:
+        await limiter.close()
+
+
+async def test_two_gateways_holding_their_cost_spend_the_budget_exactly(prefix: str) -> None:
+    budget, cost, coroutines = 1.0, 0.05, 8
+    reports = await asyncio.to_thread(run_gateways, 2, url=REDIS_URL, prefix=prefix, key_id="held", rpm=None,
+                                      budget=budget, cost=cost, coroutines=coroutines, attempts=30, hold=True)
+    assert sum(r["admitted"] for r in reports) == round(budget / cost)  # 20, where holdless may start 35
+    assert {reason for r in reports for reason in r["reasons"]} <= {"budget", "budget_held"}
+    limiter = RedisLimiter.from_url(REDIS_URL, prefix=prefix)
+    try:
+        assert await limiter.spent("held") == pytest.approx(budget)
     finally:
         await limiter.close()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from gateway.limits import LimitsUnavailableError, RedisLimiter
+from gateway.limits.base import Hold
 from tests.throwaway_redis import ThrowawayRedis
 
 pytestmark = [
@@ -80,3 +81,17 @@ async def test_hung_redis_does_not_hang_admission_or_spend(limiter: RedisLimiter
     # A timed-out write may still run once Redis wakes (two tries were sent) and the limiter writes the
     # amount again: spend can be overcounted, never lost.
     assert 0.1 - 1e-9 <= await limiter.spent("k") <= 0.3 + 1e-9
+
+
+async def test_a_hold_settled_during_an_outage_keeps_its_spend(limiter: RedisLimiter, server: ThrowawayRedis) -> None:
+    """A request that ends while Redis is away: its cost waits in process, and its hold is gone with the
+    Redis that held it (or lapses on one that comes back with its data)."""
+    assert (await limiter.admit("k", None, 1.0, hold=Hold("r1", 1.0))).allowed
+    assert (await limiter.admit("k", None, 1.0, hold=Hold("r2", 0.2))).reason == "budget_held"
+    server.kill()
+    await limiter.settle("k", "r1", 0.3)  # kept, not raised
+    server.start()
+    admission = await limiter.admit("k", None, 1.0, hold=Hold("r2", 0.2))
+    assert admission.allowed and await limiter.spent("k") == pytest.approx(0.3)
+    await limiter.settle("k", "r2", 0.2)
+    assert await limiter.spent("k") == pytest.approx(0.5)

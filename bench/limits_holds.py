@@ -1,0 +1,112 @@
+"""What budget holds cost a request's admission: one key's admit + (settle | record_spend), timed over
+`--requests` requests, in process and on Redis, without holds (the spend added after the request) and
+with them (the worst case held from admission and settled at the end), with `--in-flight` other holds
+standing, as that many of the key's requests running elsewhere would leave. Interleaved, one at a time.
+
+    .venv/bin/python -m bench.limits_holds [--requests 3000] [--in-flight 0,100]
+
+Writes bench/results/limits_holds.json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+
+from bench.common import RESULTS, command, machine_info, pct, write_report
+from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from gateway.limits.base import Hold
+
+OUT = RESULTS / "limits_holds.json"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+BUDGET, COST = 1e9, 0.01  # a budget nothing here reaches
+
+
+async def _one(limiter: Limiter, key: str, held: bool) -> float:
+    started = time.perf_counter()
+    hold = Hold(uuid.uuid4().hex, COST) if held else None
+    admission = await limiter.admit(key, None, BUDGET, hold=hold)
+    assert admission.allowed, admission
+    if hold is not None:
+        await limiter.settle(key, hold.hold_id, COST)
+    else:
+        await limiter.record_spend(key, COST)
+    return time.perf_counter() - started
+
+
+async def _point(limiter: Limiter, requests: int, in_flight: int) -> dict:
+    key = f"bench-{uuid.uuid4().hex[:8]}"
+    for i in range(in_flight):  # other requests of the key, running elsewhere
+        assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-{i}", COST))).allowed
+    for _ in range(50):
+        await _one(limiter, key, True)
+        await _one(limiter, key, False)
+    timed: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(requests):
+        for held in (False, True):
+            timed[held].append(await _one(limiter, key, held))
+    return {"in_flight_holds": in_flight, **{
+        ("with_holds" if held else "without_holds"): {"median_us": statistics.median(s) * 1e6,
+                                                     "p99_us": pct(s, 99) * 1e6}
+        for held, s in timed.items()}}
+
+
+async def _run(args: argparse.Namespace) -> list[dict]:
+    runs = []
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    for name in ("memory", "redis"):
+        limiter: Limiter = MemoryLimiter() if name == "memory" else RedisLimiter.from_url(REDIS_URL, prefix=prefix)
+        try:
+            if name == "redis":
+                await limiter.spent("probe")
+            points = [await _point(limiter, args.requests, int(n)) for n in args.in_flight.split(",")]
+        except Exception as exc:  # noqa: BLE001  (Redis absent: say so, keep the in-process run)
+            print(f"{name}: skipped ({exc})", flush=True)
+            continue
+        finally:
+            if name == "redis":
+                await _forget(prefix)
+            await limiter.close()
+        runs.append({"limiter": name, "points": points})
+    return runs
+
+
+async def _forget(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"pitstop:{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--in-flight", default="0,100")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    runs = asyncio.run(_run(args))
+    for run in runs:
+        for p in run["points"]:
+            without, with_ = p["without_holds"], p["with_holds"]
+            print(f"{run['limiter']:6s} {p['in_flight_holds']:4d} holds standing: admit + spend median "
+                  f"{without['median_us']:7.1f} us (p99 {without['p99_us']:7.1f}) without holds, "
+                  f"{with_['median_us']:7.1f} us (p99 {with_['p99_us']:7.1f}) with", flush=True)
+    write_report(args.out, {"command": command("bench.limits_holds", argv), "machine": machine_info(), "runs": runs})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

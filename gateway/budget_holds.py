@@ -1,0 +1,42 @@
+"""What a request holds of its key's budget while it runs (gateway/limits/base.py): its worst case, the
+costliest deployment it may be sent to, at its prompt (estimated) and the most it may answer, for every
+answer it asks for. Settled with its real cost when it ends (gateway/outcomes.py)."""
+
+from __future__ import annotations
+
+from gateway.auth import Caller
+from gateway.deployments import DeploymentPool
+from gateway.limits.base import DEFAULT_HOLD_TTL_S, Hold
+from gateway.request_body import ProxyRequest
+from gateway.routing import RouteTable
+
+DEFAULT_MAX_OUTPUT_TOKENS = 4096  # a model's answer without max_tokens, where model_info gives none
+
+
+def answers_asked(request: ProxyRequest) -> int:
+    """How many answers one request asks for: `n`, times a completion's batch of prompts."""
+    n = request.body.get("n")
+    count = n if type(n) is int and n > 0 else 1
+    prompt = request.body.get("prompt")
+    if request.kind == "completion" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        count *= len(prompt)
+    return count
+
+
+def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool: DeploymentPool,
+                request_id: str, timeout_s: float, attempts: int) -> Hold | None:
+    """The request's hold; None where its key has no budget."""
+    if caller.key_id is None or caller.budget_usd is None:
+        return None
+    group = routes.groups.get(request.model)
+    models = group.group.models if group is not None else [request.model]
+    prompt_tokens = request.prompt_chars // 4 + 1  # as routing.estimate_tokens counts
+    asked = request.body.get("max_completion_tokens") or request.body.get("max_tokens")
+    worst = 0.0
+    for model in models:
+        for deployment in pool.by_model.get(model, ()):
+            output = 0 if request.kind == "embedding" else (
+                asked if type(asked) is int else deployment.info.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
+            worst = max(worst, deployment.cost_usd(prompt_tokens, output))
+    # Past every attempt's timeout, so only a replica that died leaves a hold to lapse.
+    return Hold(request_id, worst * answers_asked(request), max(DEFAULT_HOLD_TTL_S, timeout_s * attempts + 60))

@@ -1,0 +1,63 @@
+"""What a request holds of its key's budget (gateway/budget_holds.py): the costliest deployment it may
+reach, its prompt estimate, the most it may answer, for every answer it asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.datastructures import Headers
+
+from gateway.auth import Caller
+from gateway.budget_holds import DEFAULT_MAX_OUTPUT_TOKENS, budget_hold
+from gateway.config import parse_settings
+from gateway.deployments import Deployment, DeploymentPool
+from gateway.request_body import parse_embeddings_request, parse_proxy_request
+from gateway.routing import RouteTable
+
+MODELS = {"cheap": (1e-6, 2e-6, None), "dear": (1e-5, 3e-5, 1000), "embed": (1e-7, 0.0, None)}
+KEY = Caller("key-1", budget_usd=10.0)
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[RouteTable, DeploymentPool]:
+    entries = [{"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": "http://127.0.0.1:1/v1"},
+                "model_info": {"input_cost_per_token": cost_in, "output_cost_per_token": cost_out,
+                               **({"max_output_tokens": longest} if longest else {})}}
+               for name, (cost_in, cost_out, longest) in MODELS.items()]
+    settings = parse_settings({"model_list": entries, "route_groups": [{"name": "grp", "models": ["cheap", "dear"]}]})
+    pool = DeploymentPool()
+    for entry in settings.model_list:
+        pool.add(Deployment(f"{entry.model_name}#0", entry.model_name, None, entry.model_info,  # type: ignore[arg-type]
+                            entry.litellm_params.model))
+    return RouteTable(settings), pool
+
+
+def hold_usd(world: tuple[RouteTable, DeploymentPool], body: dict[str, Any], kind: str = "chat",
+             caller: Caller = KEY) -> float | None:
+    request = (parse_embeddings_request(body) if kind == "embedding"
+               else parse_proxy_request(body, kind, Headers()))  # type: ignore[arg-type]
+    hold = budget_hold(caller, request, *world, "req-1", 600.0, 3)
+    return None if hold is None else hold.usd
+
+
+def chat(model: str, text: str = "x" * 40, **fields: Any) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+def test_the_worst_case_of_what_the_request_may_cost(world: tuple) -> None:
+    prompt = 40 // 4 + 1  # 40 characters
+    assert hold_usd(world, chat("cheap", max_tokens=50)) == pytest.approx(prompt * 1e-6 + 50 * 2e-6)
+    assert hold_usd(world, chat("cheap")) == pytest.approx(prompt * 1e-6 + DEFAULT_MAX_OUTPUT_TOKENS * 2e-6)
+    assert hold_usd(world, chat("dear")) == pytest.approx(prompt * 1e-5 + 1000 * 3e-5)  # its max_output_tokens
+    # A route group may send it to its costliest model.
+    assert hold_usd(world, chat("grp", max_completion_tokens=50)) == pytest.approx(prompt * 1e-5 + 50 * 3e-5)
+    assert hold_usd(world, chat("cheap", max_tokens=50, n=3)) == pytest.approx(3 * (prompt * 1e-6 + 50 * 2e-6))
+    completions = {"model": "cheap", "prompt": ["x" * 20, "y" * 20], "max_tokens": 10}
+    assert hold_usd(world, completions, "completion") == pytest.approx(2 * (prompt * 1e-6 + 10 * 2e-6))
+    assert hold_usd(world, {"model": "embed", "input": "x" * 40}, "embedding") == pytest.approx(prompt * 1e-7)
+
+
+def test_no_budget_no_hold(world: tuple) -> None:
+    assert hold_usd(world, chat("cheap"), caller=Caller("key-2")) is None
+    assert hold_usd(world, chat("cheap"), caller=Caller(None)) is None
