@@ -11,14 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import (
-    UpstreamBytes,
-    checked_answer,
-    checked_chunk,
-    checked_embeddings,
-    large_json,
-    strict_json,
-)
+from gateway.backends.answers import checked_answer, checked_chunk, embeddings_answer, strict_json
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.ranking import vllm_priority
 
@@ -122,16 +115,13 @@ class OpenAIHTTPBackend:
             raise _connection_error(exc, started=False) from None
         if status != 200:
             raise _error_from_response(status, raw)
+        if kind == "embedding":
+            return embeddings_answer(raw, skim=body.get("encoding_format") != "base64")
         try:
-            answer = large_json(raw) if kind == "embedding" else strict_json(raw)
+            answer = strict_json(raw)
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
-        if kind != "embedding":
-            return checked_answer(answer)
-        usage = answer.get("usage") if isinstance(answer, dict) else None
-        answer = checked_embeddings(answer)
-        billable = usage is not None and answer.get("usage") is usage  # else the gateway serves its estimate
-        return UpstreamBytes.of(answer, raw) if billable else answer
+        return checked_answer(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False

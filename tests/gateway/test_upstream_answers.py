@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from gateway.backends.answers import (
     MAX_REPORTED_TOKENS,
+    UpstreamBytes,
     checked_answer,
     checked_chunk,
     checked_embeddings,
+    embeddings_answer,
     large_json,
     strict_json,
 )
@@ -138,3 +140,55 @@ def test_large_json_reads_what_strict_json_reads(value: Any) -> None:
         except ValueError:
             continue
         raise AssertionError(f"read {not_json!r}")
+
+
+def _read_whole(raw: bytes) -> dict | None:
+    """The embeddings answer read whole (every float), as before msgspec: None where it is refused."""
+    try:
+        answer = large_json(raw)
+    except ValueError:
+        return None
+    try:
+        return checked_embeddings(answer)
+    except BackendError:
+        return None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=embedding_answers)
+@example(body={"data": [{"embedding": [1.0, "x"]}], "usage": {"prompt_tokens": 1}})
+@example(body={"data": [{"embedding": None}], "usage": {"prompt_tokens": 1}})
+def test_an_embeddings_answer_skimmed_agrees_with_it_read_whole(body: Any) -> None:
+    """msgspec skims a billable answer (its vectors skipped); it must take and refuse what reading every
+    float takes and refuses, and bill the same usage."""
+    import json
+
+    raw = json.dumps(body).encode()
+    whole = _read_whole(raw)
+    try:
+        skimmed = embeddings_answer(raw)
+    except BackendError as error:
+        assert error.status == 502 and whole is None
+        return
+    assert whole is not None and skimmed.get("usage") == whole.get("usage")
+    assert isinstance(skimmed, UpstreamBytes) == (whole.get("usage") is not None)
+    for broken in (raw.replace(b"]", b",]", 1), raw.replace(b"1.0", b"NaN", 1), raw[:-1]):
+        if broken != raw and _read_whole(broken) is None:
+            try:
+                embeddings_answer(broken)
+            except BackendError:
+                continue
+            raise AssertionError(f"skimmed what reading whole refuses: {broken[:200]!r}")
+
+
+def test_a_billable_batch_is_skimmed_not_read() -> None:
+    import json
+
+    body = {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [0.25] * 8} for i in range(3)]
+            + [{"object": "embedding", "index": 3, "embedding": "AACAPg=="}], "usage": {"prompt_tokens": 7}}
+    raw = json.dumps(body).encode()
+    skimmed = embeddings_answer(raw)
+    assert isinstance(skimmed, UpstreamBytes) and skimmed.raw is raw
+    assert dict(skimmed) == {"usage": {"prompt_tokens": 7}}  # no vector was made into floats
+    without_usage = embeddings_answer(json.dumps({**body, "usage": None}).encode())
+    assert not isinstance(without_usage, UpstreamBytes) and without_usage["data"][0]["embedding"] == [0.25] * 8
