@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError
-from gateway import endpoints, proxy, session_endpoint
+from gateway import endpoints, key_admin, proxy, session_endpoint
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
 
@@ -35,6 +35,11 @@ ROUTES = [
     Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
+    Route("/v1/keys", key_admin.create_key, methods=["POST"]),
+    Route("/v1/keys", key_admin.list_keys, methods=["GET"]),
+    Route("/v1/keys/{key_id}", key_admin.get_key, methods=["GET"]),
+    Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
+    Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),

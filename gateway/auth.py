@@ -79,6 +79,15 @@ class Authenticator:
         self._cache[token] = (now + _CACHE_TTL_S, caller)
         return caller
 
+    def is_master(self, headers: Headers) -> bool:
+        token, master = bearer_token(headers), self.auth.master_key
+        return bool(token and master and hmac.compare_digest(token.encode(), master.encode()))
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key's cached lookups (its limits changed, or it was revoked) so the next request reads it."""
+        for token in [t for t, (_, caller) in self._cache.items() if caller is not None and caller.key_id == key_id]:
+            del self._cache[token]
+
     async def authenticate(self, headers: Headers) -> Caller:
         token = bearer_token(headers)
         master = self.auth.master_key

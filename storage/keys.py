@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import URL, Engine
@@ -40,14 +41,7 @@ class KeyStore:
         """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
         model names and route groups it may use (None: all); `priority`: its requests' default and most
         urgent priority (lower goes first; None: any)."""
-        if rpm_limit is not None and rpm_limit < 1:
-            raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
-        if budget_usd is not None and not 0 <= budget_usd < float("inf"):
-            raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd}")
-        if models is not None and (not models or not all(isinstance(m, str) and m for m in models)):
-            raise ValueError(f"models must be a non-empty list of names, got {models!r}")
-        if priority is not None and not -1e9 <= priority <= 1e9:
-            raise ValueError(f"priority must be between -1e9 and 1e9, got {priority}")
+        _check_limits(rpm_limit, budget_usd, models, priority)
         secret = new_secret()
         key = ApiKey(
             name=name,
@@ -64,6 +58,25 @@ class KeyStore:
             session.flush()
             key_id = key.id
         return key_id, secret
+
+    def update(self, key_id: str, **limits: Any) -> ApiKey:
+        """Change any of `rpm_limit`, `budget_usd`, `models`, `priority` (None lifts it); the updated key.
+        KeyError if there is none, ValueError for a limit that cannot be met."""
+        unknown = set(limits) - {"rpm_limit", "budget_usd", "models", "priority"}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]} is not a key's limit")
+        with self._session.begin() as session:
+            key = session.get(ApiKey, key_id)
+            if key is None:
+                raise KeyError(f"no API key with id {key_id!r}")
+            merged = {name: getattr(key, name) for name in ("rpm_limit", "budget_usd", "models", "priority")}
+            merged |= limits
+            _check_limits(**merged)
+            if limits.get("models") is not None:
+                limits["models"] = list(dict.fromkeys(limits["models"]))
+            for name, value in limits.items():
+                setattr(key, name, value)
+        return key
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
         query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
@@ -102,3 +115,16 @@ class KeyStore:
         with self._engine.begin() as connection:
             if connection.execute(query).rowcount == 0:
                 raise KeyError(f"no API key with id {key_id!r}")
+
+
+def _check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,
+                  priority: float | None) -> None:
+    """ValueError, starting with the field's name, for a limit no request could meet."""
+    if rpm_limit is not None and rpm_limit < 1:
+        raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
+    if budget_usd is not None and not 0 <= budget_usd < float("inf"):
+        raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd}")
+    if models is not None and (not models or not all(isinstance(m, str) and m for m in models)):
+        raise ValueError(f"models must be a non-empty list of names, got {models!r}")
+    if priority is not None and not -1e9 <= priority <= 1e9:
+        raise ValueError(f"priority must be between -1e9 and 1e9, got {priority}")

@@ -57,3 +57,18 @@ def test_add_spend_accumulates(db_url: str) -> None:
     assert key is not None and key.spent_usd == pytest.approx(0.5)
     with pytest.raises(KeyError):
         store.add_spend("missing", 1.0)
+
+
+def test_update_changes_limits_and_checks_them(db_url: str) -> None:
+    store = KeyStore(db_url)
+    key_id, secret = store.create("team", rpm_limit=5, budget_usd=2.0, models=["a"], priority=3)
+    updated = store.update(key_id, rpm_limit=None, models=["b", "b", "c"])
+    assert (updated.rpm_limit, updated.budget_usd, updated.models, updated.priority) == (None, 2.0, ["b", "c"], 3)
+    found = store.lookup(secret)
+    assert found is not None and found.models == ["b", "c"] and found.rpm_limit is None
+    for bad in ({"rpm_limit": 0}, {"budget_usd": float("inf")}, {"models": []}, {"priority": 2e9}, {"spent_usd": 0}):
+        with pytest.raises(ValueError):
+            store.update(key_id, **bad)
+    assert store.get(key_id).budget_usd == 2.0  # type: ignore[union-attr]  # a refused change changes nothing
+    with pytest.raises(KeyError):
+        store.update("missing", rpm_limit=3)

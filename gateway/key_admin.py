@@ -1,0 +1,139 @@
+"""API keys over HTTP, for the master key only: what `pitstop keys` does, plus changing a key's limits,
+so a team's tooling can issue and retire keys without a shell on the gateway.
+
+    POST   /v1/keys         {"name", "rpm_limit"?, "budget_usd"?, "models"?, "priority"?} -> 201, the secret once
+    GET    /v1/keys         every key (no secrets), with its spend
+    GET    /v1/keys/{id}
+    PATCH  /v1/keys/{id}    any of rpm_limit, budget_usd, models, priority (null lifts the limit)
+    DELETE /v1/keys/{id}    revokes it
+
+A change reaches this replica's next request at once, and other replicas within their key cache's
+lifetime (gateway/auth.py, 10 s)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine.server.errors import APIError, bad_request, not_found
+from engine.server.protocol import read_json
+from gateway.state import GatewayState
+from storage.models import ApiKey
+
+LIMITS = ("rpm_limit", "budget_usd", "models", "priority")
+
+
+def _state(request: Request) -> GatewayState:
+    return request.app.state.pitstop
+
+
+def _master_only(state: GatewayState, request: Request) -> None:
+    if state.settings.auth.master_key is None:
+        raise APIError(403, "managing keys over HTTP needs a master key (auth.master_key in the config)",
+                       code="master_key_required")
+    if not state.auth.is_master(request.headers):
+        raise APIError(401, "managing keys needs the master key: send 'Authorization: Bearer <master key>'",
+                       code="invalid_api_key")
+
+
+def key_object(key: ApiKey) -> dict:
+    return {"id": key.id, "object": "api_key", "name": key.name, "prefix": key.prefix,
+            "created_at": int(key.created_at.timestamp()),
+            "revoked_at": int(key.revoked_at.timestamp()) if key.revoked_at else None,
+            "rpm_limit": key.rpm_limit, "budget_usd": key.budget_usd, "spent_usd": key.spent_usd,
+            "models": key.models, "priority": key.priority}
+
+
+async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
+    body = await read_json(request, state.settings.server.max_body_bytes)
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise bad_request(f"unknown field {unknown[0]!r} (known: {', '.join(allowed)})", unknown[0], "unknown_field")
+    for name in ("rpm_limit",):
+        if body.get(name) is not None and type(body[name]) is not int:
+            raise bad_request(f"'{name}' must be an integer", name, "invalid_type")
+    for name in ("budget_usd", "priority"):
+        if body.get(name) is not None and (isinstance(body[name], bool) or not isinstance(body[name], int | float)):
+            raise bad_request(f"'{name}' must be a number", name, "invalid_type")
+    models = body.get("models")
+    if models is not None:
+        known = set(state.routes.names)
+        unknown_models = [m for m in models if m not in known] if isinstance(models, list) else None
+        if unknown_models is None or not all(isinstance(m, str) for m in models):
+            raise bad_request("'models' must be a list of model and route group names", "models", "invalid_type")
+        if unknown_models:  # a typo would make a key that can use nothing
+            raise bad_request(f"'models': {unknown_models[0]!r} is neither a model nor a route group here",
+                              "models", "invalid_value")
+    return body
+
+
+async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """A key store call off the event loop; its ValueError (a limit that cannot be met) is a 400 naming
+    the field, its KeyError an unknown key."""
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except KeyError as exc:
+        raise not_found(str(exc.args[0]), None, "key_not_found") from None
+    except ValueError as exc:
+        message = str(exc)
+        raise bad_request(message, next((name for name in LIMITS if message.startswith(name)), None),
+                          "invalid_value") from None
+
+
+async def create_key(request: Request) -> Response:
+    state = _state(request)
+    _master_only(state, request)
+    body = await _body(request, state, ("name", *LIMITS))
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
+    key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
+                                 body.get("models"), body.get("priority"))
+    key = await _call(state.keys.get, key_id)
+    return JSONResponse({**key_object(key), "secret": secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    state = _state(request)
+    _master_only(state, request)
+    keys = await _call(state.keys.list)
+    return JSONResponse({"object": "list", "data": [key_object(key) for key in keys]})
+
+
+async def get_key(request: Request) -> Response:
+    state = _state(request)
+    _master_only(state, request)
+    return JSONResponse(key_object(await _found(state, request.path_params["key_id"])))
+
+
+async def update_key(request: Request) -> Response:
+    state = _state(request)
+    _master_only(state, request)
+    key_id = request.path_params["key_id"]
+    body = await _body(request, state, LIMITS)
+    await _found(state, key_id)
+    key = await _call(state.keys.update, key_id, **body)
+    state.auth.forget(key_id)
+    return JSONResponse(key_object(key))
+
+
+async def revoke_key(request: Request) -> Response:
+    state = _state(request)
+    _master_only(state, request)
+    key_id = request.path_params["key_id"]
+    await _found(state, key_id)
+    key = await _call(state.keys.revoke, key_id)
+    state.auth.forget(key_id)
+    return JSONResponse(key_object(key))
+
+
+async def _found(state: GatewayState, key_id: str) -> ApiKey:
+    key = await _call(state.keys.get, key_id)
+    if key is None:
+        raise not_found(f"no API key {key_id!r}", None, "key_not_found")
+    return key
