@@ -22,9 +22,8 @@ import httpx
 import yaml
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import Service, free_port
+from bench.procs import mock_upstream, pitstop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_dialects.json"
 SYSTEM = "You are a careful assistant. Answer briefly."
 ASK = "What is the capital of Norway, and what is it known for?"
@@ -59,14 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-dialects-"))
-    mock_port, port = free_port(), free_port()
-    mock_url, url = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{port}"
-    mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(mock_port),
-                            "--delay-ms", str(args.delay_ms)], f"{mock_url}/health", work / "mock.log", cwd=ROOT,
-                   env={"PYTHONPATH": str(ROOT)})
-    gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(_config(mock_url, work)),
-                                  "--port", str(port), "--log-level", "warning"], f"{url}/readyz",
-                      work / "gateway.log", cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
+    gateway, url = pitstop_serve(_config(mock_url, work), work / "gateway.log")
     ms: dict[str, list[float]] = defaultdict(list)
     cpu_ms: dict[str, list[float]] = defaultdict(list)
     mock.start()

@@ -23,9 +23,8 @@ import httpx
 import yaml
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import Service, free_port, healthz_lags
+from bench.procs import Service, healthz_lags, mock_upstream, pitstop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_embeddings.json"
 TEXT = "a sentence of eight words to embed here"
 
@@ -80,14 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-embeddings-"))
-    mock_port, gateway_port = free_port(), free_port()
-    mock_url, gateway_url = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gateway_port}"
-    mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(mock_port),
-                            "--delay-ms", str(args.delay_ms)], f"{mock_url}/health", work / "mock.log", cwd=ROOT,
-                   env={"PYTHONPATH": str(ROOT)})
-    gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(_config(mock_url, work)),
-                                  "--port", str(gateway_port), "--log-level", "warning"], f"{gateway_url}/readyz",
-                      work / "gateway.log", cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
+    gateway, gateway_url = pitstop_serve(_config(mock_url, work), work / "gateway.log")
     mock.start()
     try:
         gateway.start(timeout_s=300)

@@ -24,9 +24,8 @@ import httpx
 import yaml
 
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import Service, free_port
+from bench.procs import mock_upstream, pitstop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_soak.json"
 KINDS = ("routed", "stream", "stream-left", "embeddings", "bad", "given-up")
 
@@ -88,14 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-soak-"))
-    mock_port, gateway_port = free_port(), free_port()
-    mock_url, gateway_url = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gateway_port}"
-    mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(mock_port), "--delay-ms", "5",
-                            "--chunks", "5", "--chunk-interval-ms", "1"], f"{mock_url}/health", work / "mock.log",
-                   cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
-    gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(_config(mock_url, work)),
-                                  "--port", str(gateway_port), "--log-level", "warning"], f"{gateway_url}/readyz",
-                      work / "gateway.log", cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
+    mock, mock_url = mock_upstream(work, "--delay-ms", "5", "--chunks", "5", "--chunk-interval-ms", "1")
+    gateway, gateway_url = pitstop_serve(_config(mock_url, work), work / "gateway.log")
     mock.start()
     rounds = []
     try:

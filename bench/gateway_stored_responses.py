@@ -28,9 +28,8 @@ import yaml
 
 from bench.bench_db import BenchDatabase, server_version
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import Service, free_port
+from bench.procs import Service, mock_upstream, pitstop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "gateway_stored_responses.json"
 TURN_TEXT = "and now the next step of the plan, in a few words please"
 
@@ -75,12 +74,7 @@ def _conversations(timer: Timer, turns: int) -> None:
 
 
 def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace, work: Path) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config",
-                                  str(_config(mock_url, storage_url, work)), "--port", str(port), "--log-level",
-                                  "warning"], f"{url}/readyz", work / f"gateway-{storage}.log", cwd=ROOT,
-                      env={"PYTHONPATH": str(ROOT)})
+    gateway, url = pitstop_serve(_config(mock_url, storage_url, work), work / f"gateway-{storage}.log")
     gateway.start(timeout_s=300)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -99,8 +93,8 @@ def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace
                     "p99_ms": pct(ms, 99), "gateway_cpu_ms_mean": statistics.fmean(timer.cpu_ms[mode])}
              for mode, ms in timer.ms.items() if mode != "warm"}
 
-    def ratio(a: str, b: str, key: str = "median_ms") -> float:
-        return modes[a][key] / modes[b][key]
+    def ratio(a: str, b: str, key: str = "median_ms") -> float | None:
+        return modes[a][key] / modes[b][key] if modes[b][key] else None  # CPU: no tick in a short run
 
     return {"storage": storage, "modes": modes,
             "stored_vs_stateless": {"latency": ratio("stored", "stateless"),
@@ -119,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-responses-"))
-    mock_port = free_port()
-    mock_url = f"http://127.0.0.1:{mock_port}"
-    mock = Service("mock", [sys.executable, "-m", "bench.mock_upstream", "--port", str(mock_port),
-                            "--delay-ms", str(args.delay_ms)], f"{mock_url}/health", work / "mock.log", cwd=ROOT,
-                   env={"PYTHONPATH": str(ROOT)})
+    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
     mock.start()
     runs = []
     try:
@@ -143,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode, m in run["modes"].items():
             print(f"{run['storage']:10s} {mode:18s} median {m['median_ms']:6.2f} ms  p90 {m['p90_ms']:6.2f} ms  "
                   f"gateway CPU {m['gateway_cpu_ms_mean']:5.2f} ms", flush=True)
-        print(f"{run['storage']:10s} stored/stateless {run['stored_vs_stateless']['latency']:.2f}x latency, "
-              f"{run['stored_vs_stateless']['cpu']:.2f}x CPU; chain/history {run['chain_vs_history']['latency']:.2f}x "
-              f"latency, {run['chain_vs_history']['cpu']:.2f}x CPU", flush=True)
+        print(f"{run['storage']:10s} stored/stateless {run['stored_vs_stateless']['latency']:.2f}x latency; "
+              f"chain/history {run['chain_vs_history']['latency']:.2f}x latency", flush=True)
     write_report(args.out, {"command": command("bench.gateway_stored_responses", argv), "machine": machine_info(),
                             "postgresql": server_version(), "delay_ms": args.delay_ms, "turns": args.turns,
                             "runs": runs})

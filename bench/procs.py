@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def probe(url: str, timeout_s: float = 5.0) -> bool:
@@ -207,3 +209,21 @@ async def healthz_lags(url: str, interval_s: float = 0.01) -> AsyncIterator[list
     finally:
         stop.set()
         await pinger
+
+
+def mock_upstream(work: Path, *options: str) -> tuple[Service, str]:
+    """bench/mock_upstream.py on a free port with `options` (e.g. "--delay-ms", "5"), not yet started,
+    and its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), *options]
+    return Service("mock", argv, f"{url}/health", work / "mock.log", cwd=ROOT, env={"PYTHONPATH": str(ROOT)}), url
+
+
+def pitstop_serve(config: Path, log_path: Path) -> tuple[Service, str]:
+    """`pitstop serve --config config` on a free port, not yet started, and its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
+            "--log-level", "warning"]
+    return Service("pitstop", argv, f"{url}/readyz", log_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}), url

@@ -5,7 +5,8 @@ streamed (gateway/messages_stream.py), becomes a Message again, and errors take 
 
 `system`, text and image blocks, `tool_use` and `tool_result` blocks, custom tools and `tool_choice`,
 `stop_sequences`, `metadata.user_id` (as OpenAI's `user`); thinking blocks and settings, `top_k` and
-`cache_control` are ignored; server tools and documents are a 400. Claude Code's session (its
+`cache_control` and `output_config` are ignored; `output_format` (structured outputs) becomes
+`response_format`; server tools and documents are a 400. Claude Code's session (its
 `x-claude-code-session-id` header, or the `session_id` inside its `metadata.user_id`) is the agent
 session, unless the request names one itself."""
 
@@ -23,8 +24,8 @@ from engine.server.json_out import SafeJSONResponse
 from gateway.routing import estimate_tokens
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference")
-_READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata")
-_IGNORED = ("top_k", "thinking", "service_tier", "context_management")
+_READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format")
+_IGNORED = ("top_k", "thinking", "service_tier", "context_management", "output_config")
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                  "content_filter": "refusal"}
 # Anthropic's error `type` for each status the gateway answers with.
@@ -82,6 +83,11 @@ def chat_request(raw: Any, headers: Mapping[str, str] | None = None) -> dict:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise bad_request("'stop_sequences' must be a list of strings", "stop_sequences", "invalid_type")
         chat["stop"] = stops
+    if (output := raw.get("output_format")) is not None:  # structured outputs: a JSON schema the answer follows
+        if not isinstance(output, dict) or output.get("type") != "json_schema" or not isinstance(output.get("schema"), dict):
+            raise bad_request("'output_format' must be a json_schema format with a schema", "output_format",
+                              "unsupported")
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": output["schema"]}}
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise bad_request("'metadata' must be an object", "metadata", "invalid_type")

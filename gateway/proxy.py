@@ -39,6 +39,8 @@ log = logging.getLogger("pitstop.gateway")
 
 def _headers(draft: OutcomeDraft) -> dict[str, str]:
     headers = {"x-pitstop-request-id": draft.request_id}
+    if draft.endpoint == "messages":  # where Anthropic's SDKs read it (`message._request_id`)
+        headers["request-id"] = draft.request_id
     if draft.route is not None:
         headers["x-pitstop-model"] = draft.route.model_name
         if draft.route.route_group:

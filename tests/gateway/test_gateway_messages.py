@@ -55,6 +55,7 @@ def test_a_text_answer_with_a_system_prompt(gw: Gateway, upstreams: tuple, model
     assert body["max_tokens"] == 50 and body["stop"] == ["END"] and "system" not in body
     row = gw.row(raw.headers["x-pitstop-request-id"])
     assert (row["endpoint"], row["status"], row["completion"]) == ("messages", "ok", text)
+    assert message._request_id == raw.headers["x-pitstop-request-id"]  # Anthropic's `request-id` header
 
 
 def test_tool_use_and_its_result_round_trip(gw: Gateway, upstreams: tuple) -> None:

@@ -85,3 +85,15 @@ def test_an_answer_becomes_a_message_with_anthropics_usage_and_stop_reason() -> 
 ])
 def test_claude_codes_session(user_id: str | None, header: str | None, session: str | None) -> None:
     assert claude_code_session(user_id, header) == session
+
+
+def test_structured_outputs_become_a_response_format() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    chat = chat_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                         "output_format": {"type": "json_schema", "schema": schema},
+                         "output_config": {"effort": "low"}})
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    with pytest.raises(APIError) as refused:
+        chat_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                      "output_format": {"type": "xml"}})
+    assert refused.value.param == "output_format"
