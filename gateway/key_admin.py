@@ -7,8 +7,8 @@ so a team's tooling can issue and retire keys without a shell on the gateway.
     PATCH  /v1/keys/{id}    any of rpm_limit, budget_usd, models, priority (null lifts the limit)
     DELETE /v1/keys/{id}    revokes it
 
-A change reaches this replica's next request at once, and other replicas within their key cache's
-lifetime (gateway/auth.py, 10 s)."""
+A change reaches this replica's next request at once; other replicas hear of it through Redis
+(gateway/key_events.py) where `redis_url` is set, else within their key cache's lifetime (10 s)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ async def update_key(request: Request) -> Response:
     body = await _body(request, state, LIMITS)
     await _found(state, key_id)
     key = await _call(state.keys.update, key_id, **body)
-    state.auth.forget(key_id)
+    await _forget(state, key_id)
     return JSONResponse(key_object(key))
 
 
@@ -128,8 +128,15 @@ async def revoke_key(request: Request) -> Response:
     key_id = request.path_params["key_id"]
     await _found(state, key_id)
     key = await _call(state.keys.revoke, key_id)
-    state.auth.forget(key_id)
+    await _forget(state, key_id)
     return JSONResponse(key_object(key))
+
+
+async def _forget(state: GatewayState, key_id: str) -> None:
+    """This replica's cached lookups of the key go at once; other replicas' too where Redis tells them."""
+    state.auth.forget(key_id)
+    if state.key_events is not None:
+        await state.key_events.publish(key_id)
 
 
 async def _found(state: GatewayState, key_id: str) -> ApiKey:

@@ -14,6 +14,7 @@ from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEn
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
+from gateway.key_events import KeyEvents
 from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
@@ -101,6 +102,7 @@ class GatewayState:
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
+    key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
 
     async def admit(self, caller: Caller, hold: Hold | None = None) -> None:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
@@ -144,6 +146,8 @@ class GatewayState:
             await self.calibrator.start()
         await self.router_artifacts.start()
         await self.responses.start()
+        if self.key_events is not None:
+            await self.key_events.start()
 
     async def close(self) -> None:
         if self.router_artifacts is not None:
@@ -162,6 +166,8 @@ class GatewayState:
             await self.sessions.close()
         await self.limiter.close()
         await self.responses.close()
+        if self.key_events is not None:
+            await self.key_events.close()
         self.writer.close(timeout=10)
         self.feedback.close(timeout=10)
 
@@ -200,9 +206,11 @@ def build_state(settings: Settings) -> GatewayState:
     ranking = RequestRanker.load(settings.ranking, {m.model_name: m.model_info.router_model or m.model_name
                                                     for m in settings.model_list}, settings.base_dir)
     ranking.observe_cpu = metrics.rank_cpu.observe
+    auth = Authenticator(settings.auth, settings.limits, keys)
     return GatewayState(
+        key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
-        auth=Authenticator(settings.auth, settings.limits, keys), limiter=limiter, metrics=metrics,
+        auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
         writer=writer, feedback=feedback, keys=keys, responses=responses, sessions=sessions, ranking=ranking,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)

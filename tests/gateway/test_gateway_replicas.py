@@ -41,6 +41,7 @@ COST = 1 * PRICE_IN + 5 * PRICE_OUT  # one prompt word, five answer words
 RPM = 7
 BUDGET_REQUESTS = 10.5  # the budget, in requests' worth
 WORKERS = 4  # concurrent clients, two on each gateway
+MASTER = "replicas-master-key"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,8 @@ def replicas(upstream_processes: tuple[UpstreamProcess, UpstreamProcess], tmp_pa
     for i in range(2):
         (root / f"gw{i}").mkdir()
         raw = gateway_config(root / f"gw{i}", [model_entry("up", upstream_processes[0].api_base)],
-                             storage_url=shared_db, redis_url=REDIS_URL, auth={"require_keys": True})
+                             storage_url=shared_db, redis_url=REDIS_URL,
+                             auth={"require_keys": True, "master_key": MASTER})
         configs.append(write_config(root / f"gw{i}" / "pitstop.yaml", raw))
     with gateway_processes(*configs) as processes:
         yield processes, configs[0]
@@ -173,3 +175,17 @@ def test_a_response_made_on_one_gateway_is_continued_and_deleted_on_the_other(
     wait_until(lambda: len(rows_of(shared_db, key_id)) >= 4, what="4 rows")  # the last a 404
     rows = {r["request_id"]: r for r in rows_of(shared_db, key_id)}
     assert [rows["req-" + r.id.removeprefix("resp_")]["session_id"] for r in (second, third)] == [first.id] * 2
+
+
+def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,
+                                                                      key_ids: list[str]) -> None:
+    """The other gateway has the key in its cache (10 s); Redis tells it of the revocation at once."""
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("leaked")
+    key_ids.append(key_id)
+    assert ask(two.url, secret).status_code == 200  # cached there now
+    revoked = httpx.delete(f"{one.url}/v1/keys/{key_id}", headers={"authorization": f"Bearer {MASTER}"}, timeout=30)
+    assert revoked.status_code == 200, revoked.text
+    started = time.monotonic()
+    wait_until(lambda: ask(two.url, secret).status_code == 401, timeout=3, what="the other gateway refusing the key")
+    assert time.monotonic() - started < 3  # well inside the 10 s its cache would have kept the key
