@@ -54,12 +54,14 @@ class IncrementalDetokenizer:
     def stopped(self) -> bool:
         return self.stop is not None
 
-    def add(self, token_ids: Iterable[int]) -> TextDelta:
-        """Feed the step's new token ids; returns the text that is now safe to emit."""
+    def add(self, token_ids: Iterable[int], check_stop: bool = True) -> TextDelta:
+        """Feed the step's new token ids; returns the text that is now safe to emit. Without
+        `check_stop` (under a request's min_tokens) the text is not searched for stop strings."""
         if self.stopped:
             return TextDelta("")
         self._ids.extend(token_ids)
-        return self._emit(self._held + self._decode_new(final=False), final=False)
+        buffer = self._held + self._decode_new(final=False)
+        return self._emit(buffer, final=False) if check_stop else self._release(buffer, held="")
 
     def flush(self) -> str:
         """The request ended (EOS, length, abort): emit whatever was held back."""

@@ -112,9 +112,15 @@ class LLMEngine:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
         if pin_ttl_s is not None and pin_ttl_s < 0:
             raise InvalidRequestError("pin_ttl_s must be >= 0", "pin_ttl_s")
-        if params is not None and params.logprobs is not None and not hasattr(self.runner, "step_logprobs"):
+        if params is None:
+            return
+        if (params.logprobs is not None or params.prompt_logprobs is not None) \
+                and not hasattr(self.runner, "step_logprobs"):
             raise InvalidRequestError("this engine's runner computes no log-probabilities (a simulated one)",
                                       "logprobs")
+        if vocab_size is not None and any(t >= vocab_size for t, _ in params.logit_bias):
+            raise InvalidRequestError(f"logit_bias: token ids must be below this model's vocabulary size "
+                                      f"{vocab_size}", "logit_bias")
 
     def abort(self, request_id: str) -> None:
         seq = self.sequences.pop(request_id, None)
@@ -147,6 +153,9 @@ class LLMEngine:
                    for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
         token_ids = iter(self.runner.execute(batch))
         logprobs: dict[int, TokenLogprobs] = getattr(self.runner, "step_logprobs", None) or {}
+        prompt_logprobs: dict[int, list[TokenLogprobs]] = getattr(self.runner, "step_prompt_logprobs", None) or {}
+        for i, scored in prompt_logprobs.items():
+            batch.seqs[i].prompt_logprobs += scored
         end = self.clock.now()
         self.num_steps += 1
         if self.step_log is not None:
@@ -158,9 +167,12 @@ class LLMEngine:
                 self.prefill_tokens += num_new
             if sampled:
                 chosen = logprobs.get(len(outputs))
+                first = seq.num_output_tokens == 0
                 outputs.append(self._append_token(seq, next(token_ids), end))
                 if chosen is not None:
                     outputs[-1].logprobs = [chosen]
+                if first and seq.params.prompt_logprobs is not None:
+                    outputs[-1].prompt_logprobs = seq.prompt_logprobs
         return outputs
 
     def _fused_decode(self, batch: ScheduledBatch, steps: int) -> list[RequestOutput]:
@@ -188,7 +200,10 @@ class LLMEngine:
             seq.first_token_time = now
         params = seq.params
         reason = None
-        if not params.ignore_eos and (token_id in self.runner.eos_token_ids or token_id in params.stop_token_ids):
+        # Under min_tokens nothing but the length ends the output (the sampler also masks the stop tokens).
+        stops_armed = seq.num_output_tokens >= params.min_tokens
+        if seq.num_output_tokens > params.min_tokens and not params.ignore_eos \
+                and (token_id in self.runner.eos_token_ids or token_id in params.stop_token_ids):
             reason = "stop"
         else:
             num_tokens = len(seq.token_ids)
@@ -197,7 +212,7 @@ class LLMEngine:
         text = ""
         detokenizer = self.detokenizers.get(seq.request_id)
         if detokenizer is not None:
-            delta = detokenizer.add([token_id])  # special tokens such as EOS decode to nothing
+            delta = detokenizer.add([token_id], stops_armed)  # special tokens such as EOS decode to nothing
             text = delta.text
             if delta.stop is not None:
                 reason = "stop"

@@ -19,6 +19,8 @@ class RequestOutput:
     num_cached_tokens: int
     num_output_tokens: int
     logprobs: list[TokenLogprobs] | None = None  # for new_token_ids, where the request asked
+    # On a request's first output, where it asked: prompt tokens 1.. (the first token has none).
+    prompt_logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass(frozen=True)

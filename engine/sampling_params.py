@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 MAX_TOP_LOGPROBS = 20  # alternatives to a sampled token's log-probability: OpenAI's and vLLM's limit
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias: -100 bans it, +100 all but forces it
 
 
 class InvalidRequestError(ValueError):
@@ -24,6 +26,16 @@ class SamplingParams:
     seed: int | None = None
     # Log-probabilities of each sampled token, with this many alternatives (engine/logprobs.py); None: none.
     logprobs: int | None = None
+    # Of each prompt token but the first, with this many alternatives (a completion's `echo`); None: none.
+    prompt_logprobs: int | None = None
+    # Logits processing, as OpenAI and vLLM define it (engine/model/logits_processors.py).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    top_k: int = 0  # 0 (or -1): no limit
+    min_p: float = 0.0
+    min_tokens: int = 0  # no EOS, stop token id or stop string ends the output before this many tokens
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -37,10 +49,41 @@ class SamplingParams:
             raise InvalidRequestError("at most 4 stop sequences are allowed", "stop")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop sequences must be non-empty strings", "stop")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
-            raise InvalidRequestError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", "logprobs")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+                raise InvalidRequestError(f"{name} must be between 0 and {MAX_TOP_LOGPROBS}", name)
+        self._check_processing()
+
+    def _check_processing(self) -> None:
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidRequestError(f"{name} must be between -2 and 2", name)
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise InvalidRequestError("repetition_penalty must be in (0, 2]", "repetition_penalty")
+        if self.top_k < -1:
+            raise InvalidRequestError("top_k must be -1 or 0 (no limit) or a positive number of tokens", "top_k")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidRequestError("min_p must be between 0 and 1", "min_p")
+        if self.min_tokens < 0:
+            raise InvalidRequestError("min_tokens must be at least 0", "min_tokens")
+        for token_id, bias in self.logit_bias:
+            if token_id < 0:
+                raise InvalidRequestError(f"logit_bias: token id {token_id} is negative", "logit_bias")
+            if not (math.isfinite(bias) and -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS):
+                raise InvalidRequestError(f"logit_bias: the bias of token {token_id} must be between "
+                                          f"{-MAX_LOGIT_BIAS:g} and {MAX_LOGIT_BIAS:g}", "logit_bias")
 
     @property
     def greedy(self) -> bool:
         # Below this, dividing logits by the temperature overflows: the limit is greedy anyway.
         return self.temperature < 1e-5
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    @property
+    def truncates(self) -> bool:
+        """Sampling keeps only part of the distribution (top-p, top-k or min-p)."""
+        return self.top_p < 1.0 or self.top_k > 0 or self.min_p > 0.0

@@ -78,7 +78,8 @@ class Scheduler:
             if leader is not None and leader.status is SequenceStatus.RUNNING \
                     and leader.num_computed_tokens < leader.num_prompt_tokens:
                 break
-            cached = self.block_manager.match_prefix(seq)
+            # A prompt to score (echo) is computed whole: cached blocks would skip its logits.
+            cached = [] if seq.needs_prompt_logits else self.block_manager.match_prefix(seq)
             num_new = min(seq.num_tokens - len(cached) * self.config.block_size, budget,
                           self.config.long_prefill_token_threshold)
             reclaim = not (self.config.pins_hold_admission and self.running)

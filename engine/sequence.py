@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from engine.logprobs import TokenLogprobs
 
 
 class SequenceStatus(Enum):
@@ -53,6 +57,8 @@ class Sequence:
         # Another sample of the same prompt (`n` > 1): while that one is running and computing the
         # prompt, this one is not admitted; then it takes the prompt's blocks from the prefix cache.
         self.prompt_leader: Sequence | None = None
+        # With params.prompt_logprobs: entry j is prompt token j + 1's (the first token has none).
+        self.prompt_logprobs: list[TokenLogprobs] = []
 
     @property
     def num_tokens(self) -> int:
@@ -65,6 +71,11 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """Prompt tokens still to be scored: their KV must be computed here, not taken from the cache."""
+        return self.params.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     @property
     def is_finished(self) -> bool:

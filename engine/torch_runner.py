@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
@@ -15,7 +16,38 @@ from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan
 from engine.model.config import ModelConfig
 from engine.model.loader import load_model
+from engine.model.logits_processors import process_logits
 from engine.model.sampler import Sampler
+
+# Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
+_SCORE_ROWS_PER_SLICE = 256
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """Prompt tokens one sequence scores in a step: the batch rows whose logits predict them."""
+
+    batch_index: int
+    rows: list[int]  # flat token indices in the step's input
+    targets: list[int]  # the prompt token each row predicts
+    top_k: int
+
+
+def scored_prompt_positions(batch: ScheduledBatch) -> list[ScoredPrompt]:
+    """Position p's logits predict prompt token p + 1: for each sequence that scores its prompt, the
+    positions of this step's chunk whose token that has not been scored yet (a recompute after
+    preemption scores nothing twice)."""
+    scored, flat_start = [], 0
+    for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+        if seq.needs_prompt_logits:
+            start = seq.num_computed_tokens
+            assert len(seq.prompt_logprobs) >= start, "a prompt being scored is computed from its start"
+            first, last = max(start, len(seq.prompt_logprobs)), min(start + n, seq.num_prompt_tokens - 1)
+            if first < last:
+                scored.append(ScoredPrompt(i, [flat_start + p - start for p in range(first, last)],
+                                           seq.token_ids[first + 1: last + 1], seq.params.prompt_logprobs or 0))
+        flat_start += n
+    return scored
 
 
 class TorchModelRunner:
@@ -45,6 +77,7 @@ class TorchModelRunner:
         )  # fmt: skip
         self.sampler = Sampler()
         self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
+        self.step_prompt_logprobs: dict[int, list[TokenLogprobs]] = {}  # by batch index (engine/runner.py)
 
     @property
     def max_model_len(self) -> int:
@@ -71,22 +104,45 @@ class TorchModelRunner:
         return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
+        self.step_prompt_logprobs = {}
         if not len(batch):
             return []
         input_ids, positions, meta, logits_index = self._prepare(batch)
         sampling = batch.sampling_indices
         with torch.inference_mode():
             plan = AttentionPlan.build(meta)
-            logits = self.model(input_ids, positions, self.kv_cache, plan, logits_index)
+            hidden = self.model.hidden_states(input_ids, positions, self.kv_cache, plan)
+            scored = scored_prompt_positions(batch)
+            if scored:
+                self.step_prompt_logprobs = self._score_prompts(hidden, scored)
             if not sampling:
                 return []
+            raw_logits = self.model.compute_logits(hidden[logits_index])
             seqs = [batch.seqs[i] for i in sampling]
+            logits = process_logits(raw_logits, seqs, self.eos_token_ids)
             tokens = self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
             wanted = [j for j, s in enumerate(seqs) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(
-                logits[wanted], [tokens[j] for j in wanted], [seqs[j].params.logprobs or 0 for j in wanted]),
+                raw_logits[wanted], [tokens[j] for j in wanted], [seqs[j].params.logprobs or 0 for j in wanted]),
                 strict=True)) if wanted else {}
             return tokens
+
+    def _score_prompts(self, hidden: torch.Tensor, scored: list[ScoredPrompt]) -> dict[int, list[TokenLogprobs]]:
+        """Log-probabilities of the prompt tokens each scored sequence computes this step, the
+        vocab-sized logits made a slice of rows at a time so a long prompt does not hold them all."""
+        rows = [row for s in scored for row in s.rows]
+        targets = [t for s in scored for t in s.targets]
+        top_k = [s.top_k for s in scored for _ in s.rows]
+        results: list[TokenLogprobs] = []
+        for start in range(0, len(rows), _SCORE_ROWS_PER_SLICE):
+            end = start + _SCORE_ROWS_PER_SLICE
+            logits = self.model.compute_logits(hidden[torch.tensor(rows[start:end], device=hidden.device)])
+            results += token_logprobs(logits, targets[start:end], top_k[start:end])
+        out, at = {}, 0
+        for s in scored:
+            out[s.batch_index] = results[at: at + len(s.rows)]
+            at += len(s.rows)
+        return out
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         block_size = self.block_size

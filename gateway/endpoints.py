@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request, not_found
+from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
-from engine.server.protocol import read_json
 from gateway import messages_api
 from gateway.outcomes import storable
 from gateway.responses_api import listed_item, request_id_of

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request, not_found
-from engine.server.protocol import read_json
+from engine.server.json_body import read_json
 from gateway.state import GatewayState
 from storage.models import ApiKey
 

@@ -16,8 +16,8 @@ from starlette.responses import Response
 
 from agent_sessions.identity import scoped_session_id
 from engine.server.errors import APIError, error_body
+from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
-from engine.server.protocol import read_json
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
 from gateway.backends.answers import UpstreamBytes

@@ -60,14 +60,17 @@ def _number(body: dict, name: str) -> float | None:
     return float(value)
 
 
-def _check_types(body: dict) -> None:
+def _check_types(body: dict, kind: Kind) -> None:
     for name, kinds in _TYPES.items():
         value = body.get(name)
         if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
             raise bad_request(f"'{name}' has the wrong type", name, "invalid_type")
+    # A completion that echoes its prompt may generate nothing: scoring a text (lm-evaluation-harness).
+    scoring = kind == "completion" and body.get("echo") is True and body.get("max_tokens") == 0
     for name in _POSITIVE_INTS:
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1) \
+                and not (scoring and name == "max_tokens"):
             raise bad_request(f"'{name}' must be a positive integer", name, "invalid_value")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
@@ -133,7 +136,7 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
-    _check_types(raw)
+    _check_types(raw, kind)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _number(raw, name)
     prompt_text, prompt_chars = (_check_messages(raw.get("messages")) if kind == "chat"

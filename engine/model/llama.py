@@ -115,10 +115,19 @@ class CausalLM(nn.Module):
         plan: AttentionPlan,
         logits_index: torch.Tensor,
     ) -> torch.Tensor:
+        return self.compute_logits(self.hidden_states(input_ids, positions, kv_cache, plan)[logits_index])
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan
+    ) -> torch.Tensor:
+        """The last layer's output for every batch token [T, hidden], before the final norm."""
         assert self.rope is not None, "call setup_rope() first"
         hidden = self.model.embed_tokens(input_ids)
         for layer, layer_cache in zip(self.model.layers, kv_cache, strict=True):
             hidden = layer(hidden, positions, self.rope, layer_cache, plan)
-        # Only the tokens that sample need the final norm and the (vocab-sized) head.
-        hidden = self.model.norm(hidden[logits_index])
-        return self.lm_head(hidden).float()
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits of some tokens' hidden states: only tokens that sample (or are scored) need
+        the final norm and the vocab-sized head."""
+        return self.lm_head(self.model.norm(hidden)).float()

@@ -1,5 +1,6 @@
-"""Token sampling from a batch of logits, each row with its own SamplingParams: greedy at
-temperature 0, otherwise temperature + top-p (nucleus).
+"""Token sampling from a batch of (processed: engine/model/logits_processors.py) logits, each row with
+its own SamplingParams: greedy at temperature 0, otherwise temperature, then the distribution cut to
+its top-k tokens, its nucleus (top-p) and the tokens at least min-p times as likely as the likeliest.
 
 Sampling uses the exponential race (argmax of p / Exp(1) noise, equivalent to drawing from p), so
 a seeded request only needs its own noise row: drawn from a generator seeded with (seed, number of
@@ -35,9 +36,9 @@ class Sampler:
         device = logits.device
         temperatures = torch.tensor([p.temperature for p in params], device=device)
         probs = torch.softmax(logits / temperatures[:, None], dim=-1)
-        top_ps = [p.top_p for p in params]
-        if min(top_ps) < 1.0:
-            probs = _apply_top_p(probs, torch.tensor(top_ps, device=device))
+        cut = [i for i, p in enumerate(params) if p.truncates]
+        if cut:
+            probs[cut] = truncated(probs[cut], [params[i] for i in cut])
         noise = torch.empty_like(probs).exponential_()
         for row, p in enumerate(params):
             if p.seed is not None:
@@ -47,9 +48,23 @@ class Sampler:
         return (probs / noise).argmax(dim=-1)
 
 
-def _apply_top_p(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Zeroes every token outside the smallest set whose mass reaches top_p (the top token always stays)."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p[:, None], 0.0)
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+def truncated(probs: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Each row's distribution cut as vLLM cuts it, each cut on what the one before left: min-p (below
+    min_p times the top token's probability), then top-k, then top-p (the smallest set whose mass
+    reaches top_p). The top token always stays; what remains is not renormalized (sampling needs not)."""
+    device, vocab = probs.device, probs.shape[1]
+    top_ks = [p.top_k if p.top_k > 0 else vocab for p in params]
+    if max(top_ks) < vocab:  # every row has a top-k: the k likeliest are all that can stay, no full sort
+        sorted_probs, order = probs.topk(max(top_ks), dim=-1)
+    else:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+    rank = torch.arange(sorted_probs.shape[1], device=device)
+    top_k = torch.tensor(top_ks, device=device)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    min_p = torch.tensor([p.min_p for p in params], device=device)
+    keep = (rank[None, :] < top_k[:, None]) & (sorted_probs >= min_p[:, None] * sorted_probs[:, :1])
+    kept = sorted_probs * keep
+    kept_mass_before = kept.cumsum(dim=-1) - kept
+    keep &= kept_mass_before < top_p[:, None] * kept.sum(dim=-1, keepdim=True)
+    keep[:, 0] = True
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)

@@ -19,8 +19,9 @@ from engine.async_engine import AsyncEngine, EngineDeadError, SessionNotFoundErr
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError, engine_unavailable, not_found
 from engine.server.generation import ServerState, chat_completions, completions
+from engine.server.json_body import read_json
 from engine.server.metrics import ServerMetrics
-from engine.server.protocol import read_json, read_ttl
+from engine.server.protocol import read_ttl
 
 logger = logging.getLogger(__name__)
 _SESSIONS_PREFIX = "/v1/engine/sessions/"

@@ -18,8 +18,9 @@ from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.openai_generation import OpenAIGeneration
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import engine_unavailable, error_body, not_found
+from engine.server.json_body import read_json
 from engine.server.metrics import ServerMetrics
-from engine.server.protocol import parse_chat, parse_completion, read_json
+from engine.server.protocol import parse_chat, parse_completion
 from engine.server.sse import DONE, SSEResponse, sse_event
 
 

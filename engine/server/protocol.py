@@ -1,18 +1,23 @@
 """Request bodies: read (size-capped, streamed), parsed and validated into SamplingParams + fields.
 
 Field policy, the same for /v1/completions and /v1/chat/completions:
-- used: model, prompt | messages, max_tokens (chat: also max_completion_tokens), temperature, top_p,
-  n (1-64, each choice its own sequence), stream, stream_options.include_usage, stop, seed; chat: tools, tool_choice;
-  extensions: session_id, priority, pin_ttl_s, ignore_eos and stop_token_ids (as in vLLM), and
-  the scheduling hints rank_score, program_start and in_program (engine/hints.py).
+- used: model, prompt (a string or token ids, or a batch of either) | messages, max_tokens (chat: also
+  max_completion_tokens), temperature, top_p,
+  n (1-64, each choice its own sequence), stream, stream_options.include_usage, stop, seed,
+  presence_penalty and frequency_penalty (-2..2), logit_bias (token id -> -100..100, at most 300);
+  completions: echo (the prompt before the answer; with logprobs, the prompt tokens' too; with
+  max_tokens 0, the prompt alone: scoring, as lm-evaluation-harness asks for loglikelihoods);
+  chat: tools, tool_choice;
+  vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids;
+  Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
+  in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
   parallel_tool_calls, prompt_cache_key (the prefix cache needs no hint), safety_identifier.
 - logprobs: chat `logprobs` (bool) with `top_logprobs` (0-20), completions `logprobs` (0-20): the
   sampled tokens' log-probabilities and their likeliest alternatives (engine/logprobs.py).
 - accepted only at their no-op value, else 400 (we would silently not honour them):
-  echo (false), best_of (null/1), suffix (null/""),
-  frequency_penalty and presence_penalty (null/0), logit_bias (null/{}), response_format
-  (null/{"type": "text"}), tool_choice ("auto"/"none"; "none" renders the prompt without tools).
+  best_of (null/1), suffix (null/""), response_format (null/{"type": "text"}),
+  tool_choice ("auto"/"none"; "none" renders the prompt without tools).
 - anything else: 400 unknown field, so a typo is not silently dropped.
 Chat messages keep role, content (a string, or text parts joined), name, tool_calls and
 tool_call_id; other message keys are dropped. The "developer" role is rendered as "system".
@@ -20,47 +25,42 @@ tool_call_id; other message keys are dropped. The "developer" role is rendered a
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from starlette.requests import Request
-
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequestError, SamplingParams
-from engine.server.errors import APIError, bad_request
+from engine.server.errors import bad_request
 
-MAX_BODY_BYTES = 8 << 20
 # A pin holds KV blocks other requests could use; a day is past any tool call (and past this, a
 # deadline overflows the engine thread's timed wait).
 MAX_PIN_TTL_S = 86_400.0
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy completions API
 MAX_CHOICES = 64  # `n`: more samples of one prompt than any best-of or RL rollout asks
+MAX_SEQUENCES = 2048  # prompts x n in one request (a completion's batch): OpenAI's limit on a batch of prompts
+
+MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on logit_bias entries
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
-         "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
+         "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p", "repetition_penalty",
+         "min_tokens", "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
          "program_start", "in_program"}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {
-    "echo": (None, False), "best_of": (None, 1),
-    "suffix": (None, ""), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
-    "logit_bias": (None, {}), "response_format": (None, {"type": "text"}),
+    "best_of": (None, 1), "suffix": (None, ""), "response_format": (None, {"type": "text"}),
 }
-_COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix",
-                                         "frequency_penalty", "presence_penalty", "logit_bias"}
+_COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix"}
 _CHAT_FIELDS = _USED | _IGNORED | {"messages", "max_completion_tokens", "tools", "tool_choice", "logprobs",
-                                   "top_logprobs", "frequency_penalty", "presence_penalty", "logit_bias",
-                                   "response_format"}
+                                   "top_logprobs", "response_format"}
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """One validated completions or chat request (exactly one of `prompt` and `messages` is set)."""
+    """One validated completions or chat request (exactly one of `prompts` and `messages` is set)."""
 
     model: str
     params: SamplingParams
@@ -71,98 +71,21 @@ class GenerateRequest:
     priority: float
     pin_ttl_s: float | None
     hints: SchedulingHints = NO_HINTS
-    prompt: str | list[int] | None = None
+    prompts: list[str | list[int]] | None = None  # a completion's: one, or a batch (each its own choices)
     messages: list[dict] | None = None
     tools: list[dict] | None = None
     n: int = 1  # choices, each its own sequence
+    echo: bool = False  # completions: the prompt comes back before the answer
+    score_only: bool = False  # echo with max_tokens 0: the prompt (and its logprobs) alone, nothing generated
+
+    @property
+    def num_choices(self) -> int:
+        """n per prompt; a batch's choices are indexed prompt by prompt, as OpenAI's."""
+        return self.n * (len(self.prompts) if self.prompts is not None else 1)
 
     def resolved_params(self, num_prompt_tokens: int, max_model_len: int) -> SamplingParams:
         max_tokens = self.max_tokens or max(1, max_model_len - num_prompt_tokens)
         return replace(self.params, max_tokens=max_tokens)
-
-
-# ---- the body -------------------------------------------------------------------------------------
-
-
-async def read_json(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
-    """The JSON body, read chunk by chunk so an oversized one is refused before it is all in memory."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    try:
-        # Integers past 64 bits overflow every float conversion downstream; only a body with a run of
-        # 20 digits can hold one, so only that is parsed again with each integer checked.
-        body = json.loads(raw, parse_constant=_reject_constant, **(
-            {"parse_int": _bounded_int} if _has_long_digits(raw) else {}))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if _SURROGATE_ESCAPE.search(raw):  # rare: only then walk the body
-        try:
-            where = unpaired_surrogate(body)
-        except RecursionError:
-            raise bad_request("the body is nested too deeply", code="invalid_json") from None
-        if where is not None:
-            raise bad_request(f"{f'{where!r}' if where else 'the body'} holds an unpaired UTF-16 surrogate escape "
-                              "(one of \\ud800-\\udfff alone), which is not a character", where or None, "invalid_json")
-    return body
-
-
-# JSON may escape a UTF-16 surrogate alone ("\ud800"); Python decodes it to a str that no UTF-8 encoder
-# (tokenizer, database, upstream) accepts. A pair ("\ud83d\ude00") decodes to one real character.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def unpaired_surrogate(value: Any, path: str = "") -> str | None:
-    """The path (`messages[0].content`) of the first string, or key, holding a lone surrogate; None if none."""
-    if isinstance(value, str):
-        return path if _SURROGATE.search(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
-            if _SURROGATE.search(key):
-                return path
-            found = unpaired_surrogate(item, inner)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = unpaired_surrogate(item, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
-
-
-# A run of 20 digits, found by mapping every digit to "1" and anything else to "0" and searching for
-# twenty 1s: a regex tries a match at every byte (88 ms on a 7 MB body, on the event loop; this, 8 ms).
-_DIGITS_AS_ONES = bytes(ord("1") if chr(b).isdigit() and b < 128 else ord("0") for b in range(256))
-_TWENTY_ONES = b"1" * 20
-
-
-def _has_long_digits(raw: bytes) -> bool:
-    return raw.translate(_DIGITS_AS_ONES).find(_TWENTY_ONES) != -1
-
-
-def _bounded_int(digits: str) -> int:
-    value = int(digits)
-    if abs(value) >= 1 << 64:
-        raise ValueError(f"the integer {digits[:24]}{'...' if len(digits) > 24 else ''} is out of range (64 bits)")
-    return value
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def read_object(body: Any, allowed: set[str]) -> dict[str, Any]:
@@ -234,18 +157,29 @@ def read_ttl(body: Any) -> float:
 
 def parse_completion(body: Any) -> GenerateRequest:
     body = read_object(body, _COMPLETION_FIELDS)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, list):
-        if prompt and isinstance(prompt[0], str | list):
-            raise bad_request("only one prompt per request is supported", "prompt")
-        prompt = _int_list(prompt, "prompt")
-    elif not isinstance(prompt, str):
-        raise bad_request("'prompt' must be a string or a list of token ids", "prompt", "invalid_type")
+    prompts = _prompts(body.get("prompt"))
+    n = _int(body, "n") or 1
+    if len(prompts) * n > MAX_SEQUENCES:
+        raise bad_request(f"{len(prompts)} prompts x {n} choices is more than the {MAX_SEQUENCES} sequences one "
+                          "request may run", "prompt", "invalid_value")
     max_tokens = _int(body, "max_tokens")
-    return _common(body, prompt=prompt, max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None
-                   else max_tokens)
+    echo = _bool(body, "echo")
+    score_only = echo and max_tokens == 0
+    return _common(body, prompts=prompts, echo=echo, score_only=score_only,
+                   max_tokens=1 if score_only else COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens)
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    """OpenAI's four shapes: a string, a list of token ids, or a batch of either."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        return [_int_list(p, "prompt") for p in prompt]
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return [_int_list(prompt, "prompt")]
+    raise bad_request("'prompt' must be a string, a list of token ids, or a list of either", "prompt", "invalid_type")
 
 
 def parse_chat(body: Any) -> GenerateRequest:
@@ -287,9 +221,15 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
         raise bad_request("'pin_ttl_s' needs a 'session_id' to pin under", "pin_ttl_s")
     max_tokens = fields.pop("max_tokens")
     if max_tokens is not None and max_tokens < 1:
-        raise bad_request("'max_tokens' must be at least 1", "max_tokens")
+        raise bad_request("'max_tokens' must be at least 1 (0 only with echo: the prompt scored, nothing "
+                          "generated)", "max_tokens")
+    min_tokens = _int(body, "min_tokens")
+    if min_tokens is not None and max_tokens is not None and min_tokens > max_tokens:
+        raise bad_request("'min_tokens' must not exceed 'max_tokens'", "min_tokens", "invalid_value")
+    logprobs = _logprobs(body, chat="messages" in fields)
     try:
-        params = _sampling_params(body, max_tokens or 1, _logprobs(body, chat="messages" in fields))
+        params = _sampling_params(body, max_tokens or 1, logprobs,
+                                  prompt_logprobs=logprobs if fields.get("echo") else None)
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
@@ -317,7 +257,8 @@ def _logprobs(body: dict, chat: bool) -> int | None:
     return top or 0
 
 
-def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
+def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
+                     prompt_logprobs: int | None = None) -> SamplingParams:
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -334,7 +275,36 @@ def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None) -
         ignore_eos=_bool(body, "ignore_eos"),
         seed=_int(body, "seed"),
         logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        presence_penalty=_number(body, "presence_penalty") or 0.0,
+        frequency_penalty=_number(body, "frequency_penalty") or 0.0,
+        repetition_penalty=_or(_number(body, "repetition_penalty"), 1.0),
+        logit_bias=_logit_bias(body),
+        top_k=_int(body, "top_k") or 0,
+        min_p=_number(body, "min_p") or 0.0,
+        min_tokens=_int(body, "min_tokens") or 0,
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias}: keys are token ids written as strings (JSON has no other keys)."""
+    bias = _field(body, "logit_bias", dict, "an object mapping token ids to biases")
+    if not bias:
+        return ()
+    if len(bias) > MAX_LOGIT_BIAS_TOKENS:
+        raise bad_request(f"'logit_bias' may hold at most {MAX_LOGIT_BIAS_TOKENS} tokens", "logit_bias")
+    pairs = []
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()):
+            raise bad_request(f"'logit_bias' keys must be token ids, not {key[:32]!r}", "logit_bias", "invalid_value")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad_request(f"'logit_bias[{key}]' must be a number", "logit_bias", "invalid_type")
+        pairs.append((int(key), float(value)))
+    return tuple(pairs)
 
 
 def check_message_fields(message: dict, param: str) -> None:

@@ -82,10 +82,25 @@ def chat(**fields) -> dict:
     (completion(in_program="yes"), "in_program"),
     (completion(program_start="yesterday"), "program_start"),
     (completion(frobnicate=1), "frobnicate"),
-    (completion(frequency_penalty=0.5), "frequency_penalty"),
+    (completion(frequency_penalty=2.5), "frequency_penalty"),
+    (completion(presence_penalty=-3), "presence_penalty"),
+    (completion(repetition_penalty=0), "repetition_penalty"),
+    (completion(top_k=-2), "top_k"),
+    (completion(min_p=1.5), "min_p"),
+    (completion(min_tokens=3), "min_tokens"),  # more than max_tokens
+    (completion(logit_bias={"a": 1}), "logit_bias"),
+    (completion(logit_bias={"-1": 1}), "logit_bias"),
+    (completion(logit_bias={"5": 101}), "logit_bias"),
+    (completion(logit_bias={"5": "up"}), "logit_bias"),
+    (completion(logit_bias={"500": 1}), "logit_bias"),  # outside the vocabulary
+    (completion(logit_bias={str(i): 1 for i in range(301)}), "logit_bias"),
+    (completion(logit_bias=[5]), "logit_bias"),
     (completion(logprobs=3), "logprobs"),  # this fake runner, as the simulated one, computes none
-    (completion(echo=True), "echo"),
-    (completion(prompt=["a", "b"]), "prompt"),
+    (completion(echo=True, logprobs=0), "logprobs"),  # likewise: the prompt's
+    (completion(echo="yes"), "echo"),
+    (completion(prompt=["a", [1]]), "prompt"),  # a batch of strings or of token lists, not both
+    (completion(prompt=["a", ""]), "prompt"),
+    (completion(prompt=["a"] * 100, n=30), "prompt"),  # 3,000 sequences
     (completion(prompt=[1, "b"]), "prompt"),
     (completion(prompt=[1, 500]), "prompt"),  # outside the vocabulary
     (completion(prompt=""), "prompt"),

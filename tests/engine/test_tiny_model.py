@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.model.config import ModelConfig
-from engine.openai_generation import tokenize
+from engine.prompt_tokens import tokenize
 from engine.server.protocol import parse_chat
 from engine.tiny_model import make_tiny_model
 from engine.tokenizer import GIL_FREE_ENCODE_CHARS, Tokenizer
@@ -189,7 +189,7 @@ def test_a_long_chat_is_rendered_off_the_event_loop_to_the_same_ids(tiny_model_d
     chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(messages - 1)]
     chat.append({"role": "user", "content": "and now?"})
     parsed = parse_chat({"model": "tiny", "messages": chat})
-    ids = asyncio.run(tokenize(Engine(), parsed))  # type: ignore[arg-type]
+    [ids] = asyncio.run(tokenize(Engine(), parsed))  # type: ignore[arg-type]
     assert ids == tokenizer.encode(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
     on_loop = threads == [threading.main_thread().name]
     assert on_loop == (messages <= 64), threads

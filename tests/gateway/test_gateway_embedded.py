@@ -102,6 +102,38 @@ def test_sdk_on_the_embedded_default(embedded: tuple[Gateway, Path], model: str)
     assert streamed["stream"] and streamed["ttft_s"] is not None and streamed["completion_tokens"] == 6
 
 
+def test_scoring_texts_through_the_gateway(embedded: tuple[Gateway, Path]) -> None:
+    """lm-evaluation-harness's loglikelihood request (a batch of token lists, echo, logprobs,
+    max_tokens 0) on a local model through the gateway: transformers' log-probabilities come back for
+    each, and the outcome row counts every prompt and no completion tokens."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    gw, root = embedded
+    model_dir = root / "models" / "tiny-small"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = [tokenizer.encode(text, add_special_tokens=False)
+             for text in ("The tide comes in twice a day", "The moon pulls the sea")]
+    with gw.openai() as client:
+        raw = client.completions.with_raw_response.create(model="tiny-small", prompt=batch, echo=True, logprobs=1,
+                                                          max_tokens=0, temperature=0, frequency_penalty=0.5)
+    answer = raw.parse()
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for choice, ids in zip(sorted(answer.choices, key=lambda c: c.index), batch, strict=True):
+        with torch.inference_mode():
+            expected = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], dim=-1)
+        found = choice.logprobs.token_logprobs
+        assert found[0] is None and len(found) == len(ids)
+        assert found[1:] == pytest.approx(expected[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist(),
+                                          abs=1e-3)
+    prompt_tokens = sum(map(len, batch))
+    assert answer.usage.completion_tokens == 0 and answer.usage.prompt_tokens == prompt_tokens
+    gw.flush()
+    rows = {r["request_id"]: r for r in read_outcomes(f"sqlite:///{root / 'pitstop.db'}")}
+    row = rows[raw.headers["x-pitstop-request-id"]]
+    assert (row["status"], row["completion_tokens"], row["prompt_tokens"]) == ("ok", 0, prompt_tokens)
+
+
 @contextmanager
 def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
     """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""
