@@ -9,8 +9,10 @@ logit_bias, cuts, log-softmax) weighs far more here than beside an 8B model's la
 
 - decode: a batch of `--batch` requests (128-token prompts, 64 new tokens, EOS ignored) under each
   variant: greedy; greedy with frequency + presence + repetition penalties; greedy with a 300-token
-  logit_bias; greedy under min_tokens; seeded sampling; seeded sampling cut by top-k, top-p and
-  min-p. Output tokens per second, and the ratio to greedy (to seeded sampling for the cut).
+  logit_bias; greedy under min_tokens; greedy held to a JSON schema, one whose tokens are few (an
+  array of digits) and one whose tokens are most (a long string); seeded sampling; seeded sampling cut
+  by top-k, top-p and min-p. Output tokens per second, and the ratio to greedy (to seeded sampling for
+  the cut). Every engine detokenizes, as a served one does.
 - scoring: 8 prompts of 512 tokens, scored as lm-evaluation-harness asks (`echo` + `logprobs` 1:
   every prompt token's log-probability and its likeliest alternative) against the same prompts
   prefilled for one token. Prompt tokens per second and the ratio.
@@ -38,13 +40,19 @@ from bench.common import RESULTS, THREADS_HELP, CpuClock, command, machine_info,
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
+from engine.structured_output import OutputConstraint, shared_compiler  # noqa: E402
 from engine.tiny_model import make_tiny_model  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
 from engine.torch_runner import TorchModelRunner  # noqa: E402
 
 OUT = RESULTS / "engine_sampling.json"
 BLOCK_SIZE = 16
 PROMPT_LEN, OUTPUT_LEN = 128, 64
 SCORE_PROMPTS, SCORE_LEN = 8, 512
+
+# Held answers that outlast the 64 tokens: a few digit tokens allowed at each step, or most tokens.
+DIGITS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 200}
+LONG_STRING = {"type": "object", "properties": {"text": {"type": "string", "minLength": 2000}}, "required": ["text"]}
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True)
 SAMPLED = SamplingParams(temperature=1.0, seed=7, max_tokens=OUTPUT_LEN, ignore_eos=True)
@@ -60,17 +68,21 @@ def decode_variants(vocab: int) -> dict[str, tuple[SamplingParams, str]]:
         "logit_bias_300": (SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True, logit_bias=bias),
                            "greedy"),
         "min_tokens": (SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, min_tokens=OUTPUT_LEN), "greedy"),
+        "json_digit_array": (SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True,
+                                            constraint=OutputConstraint.json_schema(DIGITS)), "greedy"),
+        "json_long_string": (SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True,
+                                            constraint=OutputConstraint.json_schema(LONG_STRING)), "greedy"),
         "sampled": (SAMPLED, "greedy"),
         "sampled_cut": (SamplingParams(temperature=1.0, seed=7, max_tokens=OUTPUT_LEN, ignore_eos=True, top_k=50,
                                        top_p=0.9, min_p=0.05), "sampled"),
     }
 
 
-def run(runner: TorchModelRunner, config: EngineConfig, prompts: list[list[int]],
-        params: SamplingParams) -> dict[str, float]:
+def run(runner: TorchModelRunner, config: EngineConfig, prompts: list[list[int]], params: SamplingParams,
+        tokenizer: Tokenizer) -> dict[str, float]:
     """All requests at once, stepped to the end: seconds on both clocks and tokens computed."""
     clock = CpuClock()
-    engine = LLMEngine(config, runner, clock)
+    engine = LLMEngine(config, runner, clock, tokenizer=tokenizer)
     wall, cpu = time.perf_counter(), clock.now()
     for i, prompt in enumerate(prompts):
         engine.add_request(f"r{i}", prompt, params, arrival_time=cpu)
@@ -124,19 +136,26 @@ def main(argv: list[str] | None = None) -> dict:
     rng = random.Random(1)
     decode_prompts = [[rng.randrange(args.vocab) for _ in range(PROMPT_LEN)] for _ in range(args.batch)]
     score_prompts = [[rng.randrange(args.vocab) for _ in range(SCORE_LEN)] for _ in range(SCORE_PROMPTS)]
-    variants = decode_variants(args.vocab)
     scoring = {"prefill": (SamplingParams(temperature=0.0, max_tokens=1), "prefill"),
                "echo_logprobs_1": (SamplingParams(temperature=0.0, max_tokens=1, logprobs=1, prompt_logprobs=1),
                                    "prefill")}
-    run(runner, config, decode_prompts[:4], GREEDY)  # warm-up: first calls of each shape allocate
+    tokenizer = Tokenizer(model_dir)
+    variants = decode_variants(args.vocab)
+    # Warm-up: first calls of each shape allocate; the first grammar builds llguidance's view of the
+    # vocabulary (about a second for 32,000 tokens, once per process: engine/structured_output.py).
+    run(runner, config, decode_prompts[:4], GREEDY, tokenizer)
+    started = time.perf_counter()
+    shared_compiler(tokenizer.to_json(), args.vocab, tuple(runner.eos_token_ids))
+    grammar_view_build_s = time.perf_counter() - started
+    run(runner, config, decode_prompts[:4], variants["json_digit_array"][0], tokenizer)
     decode_runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     score_runs: dict[str, list[dict[str, float]]] = {name: [] for name in scoring}
     for rep in range(args.reps):
         order = list(variants) if rep % 2 == 0 else list(reversed(variants))
         for name in order:
-            decode_runs[name].append(run(runner, config, decode_prompts, variants[name][0]))
+            decode_runs[name].append(run(runner, config, decode_prompts, variants[name][0], tokenizer))
         for name in (list(scoring) if rep % 2 == 0 else list(reversed(scoring))):
-            score_runs[name].append(run(runner, config, score_prompts, scoring[name][0]))
+            score_runs[name].append(run(runner, config, score_prompts, scoring[name][0], tokenizer))
         print(f"rep {rep + 1}/{args.reps}", file=sys.stderr)
     report = {
         "command": command("bench.engine_sampling", argv),
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "scoring": {"prompts": SCORE_PROMPTS, "prompt_len": SCORE_LEN,
                     "variants": summary(score_runs, {k: v[1] for k, v in scoring.items()},
                                         SCORE_PROMPTS * SCORE_LEN)},
+        "grammar_view_build_s": grammar_view_build_s,
         "reps": args.reps,
     }
     write_report(args.out, report)

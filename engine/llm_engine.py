@@ -4,6 +4,7 @@ clock and under the simulated runner on a virtual clock; only the runner and the
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from engine.sequence import Sequence
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
     from engine.logprobs import TokenLogprobs
+    from engine.structured_output import GrammarCompiler
     from engine.tokenizer import Tokenizer
 
 MAX_REMEMBERED_SESSIONS = 100_000
@@ -70,6 +72,8 @@ class LLMEngine:
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
         self.step_log: list[StepRecord] | None = [] if record_steps else None
         self.num_steps = self.prefill_tokens = self.generation_tokens = 0
+        self._grammars: GrammarCompiler | None = None  # made on the first structured request
+        self._grammars_lock = threading.Lock()
         # Fusing skips per-step records and stop strings: only for runners that offer it, unrecorded.
         self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None)
 
@@ -89,6 +93,8 @@ class LLMEngine:
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
         if prompt_leader is not None:
             seq.prompt_leader = self.sequences.get(prompt_leader)
+        if params.constraint is not None:
+            seq.grammar = self.grammars().matcher(params.constraint)
         self.sequences[request_id] = seq
         if session_id is not None:
             self._hold_pin_for_arrival(session_id, seq.arrival_time)
@@ -121,6 +127,23 @@ class LLMEngine:
         if vocab_size is not None and any(t >= vocab_size for t, _ in params.logit_bias):
             raise InvalidRequestError(f"logit_bias: token ids must be below this model's vocabulary size "
                                       f"{vocab_size}", "logit_bias")
+        if params.constraint is not None:
+            if self.tokenizer is None or not hasattr(self.runner, "step_logprobs"):
+                raise InvalidRequestError("this engine cannot hold answers to a grammar (it needs a tokenizer and "
+                                          "a runner that computes logits, not a simulated one)", params.constraint.param)
+            self.grammars().check(params.constraint)
+
+    def grammars(self) -> GrammarCompiler:
+        """The engine's grammar compiler (engine/structured_output.py), made once on first use."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from engine.structured_output import shared_compiler
+
+                assert self.tokenizer is not None
+                config = getattr(self.runner, "config", None)
+                vocab = getattr(config, "vocab_size", None) or self.tokenizer.vocab_size
+                self._grammars = shared_compiler(self.tokenizer.to_json(), vocab, tuple(self.runner.eos_token_ids))
+            return self._grammars
 
     def abort(self, request_id: str) -> None:
         seq = self.sequences.pop(request_id, None)
@@ -205,6 +228,8 @@ class LLMEngine:
         if seq.num_output_tokens > params.min_tokens and not params.ignore_eos \
                 and (token_id in self.runner.eos_token_ids or token_id in params.stop_token_ids):
             reason = "stop"
+        elif seq.grammar is not None and (not seq.grammar.consume(token_id) or seq.grammar.complete):
+            reason = "stop"  # the answer is whole (or, were the mask ever bypassed, off its grammar)
         else:
             num_tokens = len(seq.token_ids)
             if num_tokens - seq.num_prompt_tokens >= params.max_tokens or num_tokens >= self.config.max_model_len:

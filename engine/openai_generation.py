@@ -4,6 +4,7 @@ exactly the same OpenAI dialect."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -99,7 +100,11 @@ class OpenAIGeneration:
         try:
             self._prompt_ids = await tokenize(self.engine, parsed)
             for k, prompt_ids in enumerate(self._prompt_ids):
-                self.engine.validate_request(prompt_ids, pin_ttl_s if k == 0 else None, parsed.params)
+                if parsed.params.constraint is not None and k == 0:
+                    # Checking a grammar compiles it (and, the first time, the tokenizer's view): off the loop.
+                    await asyncio.to_thread(self.engine.validate_request, prompt_ids, pin_ttl_s, parsed.params)
+                else:
+                    self.engine.validate_request(prompt_ids, pin_ttl_s if k == 0 else None, parsed.params)
         except InvalidRequestError as exc:
             where = f" (prompt {k} of the batch)" if len(self._prompt_ids) > 1 else ""
             raise bad_request(f"{exc}{where}", prompt_field if exc.param == "prompt" else exc.param) from None

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.structured_output import OutputConstraint
 
 MAX_TOP_LOGPROBS = 20  # alternatives to a sampled token's log-probability: OpenAI's and vLLM's limit
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias: -100 bans it, +100 all but forces it
@@ -36,6 +40,8 @@ class SamplingParams:
     top_k: int = 0  # 0 (or -1): no limit
     min_p: float = 0.0
     min_tokens: int = 0  # no EOS, stop token id or stop string ends the output before this many tokens
+    # What the answer must match: a JSON schema, a regex, a list of choices (engine/structured_output.py).
+    constraint: OutputConstraint | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

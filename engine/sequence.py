@@ -8,6 +8,7 @@ from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from engine.logprobs import TokenLogprobs
+    from engine.structured_output import GrammarMatcher
 
 
 class SequenceStatus(Enum):
@@ -59,6 +60,8 @@ class Sequence:
         self.prompt_leader: Sequence | None = None
         # With params.prompt_logprobs: entry j is prompt token j + 1's (the first token has none).
         self.prompt_logprobs: list[TokenLogprobs] = []
+        # With params.constraint: where the output stands in its grammar (advanced token by token).
+        self.grammar: GrammarMatcher | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -70,6 +70,10 @@ class Tokenizer:
                     ids.append(token_id)
         return tuple(ids)
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (what other libraries, e.g. llguidance, build their own view from)."""
+        return self._tok.to_str()
+
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Off by default: chat templates already render the BOS token themselves."""
         if len(text) > GIL_FREE_ENCODE_CHARS:  # the same tokens, without holding the GIL (above)

@@ -18,6 +18,7 @@ from engine.model.config import ModelConfig
 from engine.model.loader import load_model
 from engine.model.logits_processors import process_logits
 from engine.model.sampler import Sampler
+from engine.structured_output import mask_disallowed
 
 # Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
 _SCORE_ROWS_PER_SLICE = 256
@@ -120,6 +121,9 @@ class TorchModelRunner:
             raw_logits = self.model.compute_logits(hidden[logits_index])
             seqs = [batch.seqs[i] for i in sampling]
             logits = process_logits(raw_logits, seqs, self.eos_token_ids)
+            if any(s.grammar is not None for s in seqs):
+                logits = logits.clone() if logits is raw_logits else logits
+                mask_disallowed(logits, [s.grammar for s in seqs])
             tokens = self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
             wanted = [j for j, s in enumerate(seqs) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(

@@ -32,6 +32,7 @@ from typing import Any
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequestError, SamplingParams
 from engine.server.errors import bad_request
+from engine.structured_output import constraint_from_fields
 
 # A pin holds KV blocks other requests could use; a day is past any tool call (and past this, a
 # deadline overflows the engine thread's timed wait).
@@ -44,16 +45,14 @@ MAX_LOGIT_BIAS_TOKENS = 300  # OpenAI's limit on logit_bias entries
 
 _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_options", "stop", "seed",
          "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p", "repetition_penalty",
-         "min_tokens", "session_id", "priority", "pin_ttl_s", "ignore_eos", "stop_token_ids", "rank_score",
-         "program_start", "in_program"}
+         "min_tokens", "response_format", "structured_outputs", "session_id", "priority", "pin_ttl_s",
+         "ignore_eos", "stop_token_ids", "rank_score", "program_start", "in_program"}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
-_NOOP_VALUES: dict[str, tuple[Any, ...]] = {
-    "best_of": (None, 1), "suffix": (None, ""), "response_format": (None, {"type": "text"}),
-}
+_NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
 _COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix"}
 _CHAT_FIELDS = _USED | _IGNORED | {"messages", "max_completion_tokens", "tools", "tool_choice", "logprobs",
-                                   "top_logprobs", "response_format"}
+                                   "top_logprobs"}
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
@@ -283,6 +282,7 @@ def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
         top_k=_int(body, "top_k") or 0,
         min_p=_number(body, "min_p") or 0.0,
         min_tokens=_int(body, "min_tokens") or 0,
+        constraint=constraint_from_fields(body.get("response_format"), body.get("structured_outputs")),
     )
 
 

@@ -134,6 +134,25 @@ def test_scoring_texts_through_the_gateway(embedded: tuple[Gateway, Path]) -> No
     assert (row["status"], row["completion_tokens"], row["prompt_tokens"]) == ("ok", 0, prompt_tokens)
 
 
+def test_structured_outputs_from_a_local_model_through_each_api(embedded: tuple[Gateway, Path]) -> None:
+    """A random tiny model held to a schema answers the SDKs' parse helpers, on chat completions and on
+    the Responses API (its `text.format` becomes the engine's response_format)."""
+    import pydantic
+
+    class Verdict(pydantic.BaseModel):
+        answer: bool
+        confidence: int = pydantic.Field(ge=0, le=100)
+
+    gw, _ = embedded
+    with gw.openai() as client:
+        chat = client.chat.completions.parse(model="tiny-small", messages=[{"role": "user", "content": "Sure?"}],
+                                             response_format=Verdict, max_tokens=40, seed=3)
+        response = client.responses.parse(model="tiny-large", input="Sure?", text_format=Verdict,
+                                          max_output_tokens=40)
+    assert isinstance(chat.choices[0].message.parsed, Verdict)
+    assert isinstance(response.output_parsed, Verdict)
+
+
 @contextmanager
 def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
     """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""
