@@ -9,9 +9,10 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from engine.async_engine import AsyncEngine
+from engine.forced_tools import tool_calls_of
 from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
 from engine.merge import merged
@@ -27,6 +28,16 @@ def usage(out: RequestOutput) -> dict:
     return {"prompt_tokens": out.num_prompt_tokens, "completion_tokens": out.num_output_tokens,
             "total_tokens": out.num_prompt_tokens + out.num_output_tokens,
             "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens}}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One choice, whole: its text (None when it is only tool calls), finish reason, logprobs and calls."""
+
+    text: str | None
+    finish_reason: str | None
+    logprobs: dict | None = None
+    tool_calls: list[dict] | None = None
 
 
 class Shapes:
@@ -45,9 +56,11 @@ class Shapes:
                 "created": self.created, "model": self.model}
 
     def chunk(self, text: str | None, finish_reason: str | None, role: bool = False,
-              logprobs: dict | None = None, index: int = 0) -> dict:
+              logprobs: dict | None = None, index: int = 0, tool_calls: list[dict] | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            if tool_calls:
+                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
@@ -57,14 +70,15 @@ class Shapes:
     def usage_chunk(self, last: RequestOutput) -> dict:
         return self._envelope(chunk=True) | {"choices": [], "usage": usage(last)}
 
-    def response(self, choices: list[tuple[str, str | None, dict | None]], last: RequestOutput) -> dict:
-        """choices: (text, finish reason, logprobs) each; `last` carries the usage of them all."""
+    def response(self, choices: list[Answer], last: RequestOutput) -> dict:
+        """One choice per answer; `last` carries the usage of them all."""
         if self.chat:
-            out = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                    "finish_reason": finish} for i, (text, finish, logprobs) in enumerate(choices)]
+            out = [{"index": i, "message": {"role": "assistant", "content": a.text} | (
+                {"tool_calls": a.tool_calls} if a.tool_calls else {}), "logprobs": a.logprobs,
+                    "finish_reason": a.finish_reason} for i, a in enumerate(choices)]
         else:
-            out = [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish}
-                   for i, (text, finish, logprobs) in enumerate(choices)]
+            out = [{"index": i, "text": a.text, "logprobs": a.logprobs, "finish_reason": a.finish_reason}
+                   for i, a in enumerate(choices)]
         return self._envelope(chunk=False) | {"choices": out, "usage": usage(last)}
 
 
@@ -172,7 +186,17 @@ class OpenAIGeneration:
         blocks = [joined(echo, shapes.block(ids, lps) if lps or echo is None else None)
                   for shapes, ids, lps, echo in zip(self.logprobs, token_ids, logprobs, echoes, strict=True)] \
             if self.logprobs is not None else [None] * n
-        return self.shapes.response(list(zip(("".join(p) for p in parts), finish, blocks, strict=True)), self.last)
+        return self.shapes.response([self._answer("".join(p), f, b) for p, f, b in zip(parts, finish, blocks,
+                                                                                          strict=True)], self.last)
+
+    def _answer(self, text: str, finish_reason: str | None, logprobs: dict | None = None) -> Answer:
+        """A forced tool call's answer (a whole array of calls) goes back as tool_calls; anything else,
+        a forced call cut by max_tokens included, as text."""
+        forced = self.parsed.forced_tools
+        calls = tool_calls_of(text) if forced is not None and finish_reason == "stop" else None
+        if calls is None:
+            return Answer(text, finish_reason, logprobs)
+        return Answer(None, "stop" if forced.named else "tool_calls", logprobs, calls)  # type: ignore[union-attr]
 
     async def chunks(self) -> AsyncIterator[dict]:
         """OpenAI chunks (with n > 1, the choices' interleaved, each naming its index); the usage chunk
@@ -195,6 +219,7 @@ class OpenAIGeneration:
             for i in range(n):
                 yield shapes.chunk(None, None, role=True, index=i)
         echoed = [not self.parsed.echo] * n
+        held = [""] * n  # a forced tool call's text, turned into its calls at the end
         async for i, out in self._outputs_iter():
             if not echoed[i]:
                 echoed[i] = True
@@ -203,7 +228,13 @@ class OpenAIGeneration:
             if out.logprobs:
                 token_ids[i].extend(out.new_token_ids)
                 logprobs[i].extend(out.logprobs)
-            if shapes.chat:
+            if self.parsed.forced_tools is not None:
+                held[i] += out.text_delta
+                if out.finished:
+                    answer = self._answer(held[i], out.finish_reason)
+                    yield shapes.chunk(answer.text, None, logprobs=pending(i), index=i, tool_calls=answer.tool_calls)
+                    yield shapes.chunk(None, answer.finish_reason, index=i)
+            elif shapes.chat:
                 if out.text_delta:
                     yield shapes.chunk(out.text_delta, None, logprobs=pending(i), index=i)
                 if out.finished:

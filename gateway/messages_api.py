@@ -246,7 +246,11 @@ def usage(chat_usage: dict | None) -> dict:
             "cache_read_input_tokens": cached, "output_tokens": chat_usage.get("completion_tokens") or 0}
 
 
-def stop_reason(finish_reason: str | None) -> str | None:
+def stop_reason(finish_reason: str | None, called: bool = False) -> str | None:
+    """Anthropic's stop reason. An answer that called tools stopped for them: OpenAI finishes a call it
+    forced by name with "stop", where Anthropic says "tool_use"."""
+    if called and finish_reason == "stop":
+        return "tool_use"
     return _STOP_REASONS.get(finish_reason or "", "end_turn") if finish_reason else None
 
 
@@ -271,7 +275,8 @@ def message(request_id: str, answer: dict, model: str) -> dict:
         content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{len(content)}",
                         "name": function.get("name") or "", "input": tool_input(function.get("arguments"))})
     return {"id": message_id(request_id), "type": "message", "role": "assistant", "model": answer.get("model") or model,
-            "content": content, "stop_reason": stop_reason(choice.get("finish_reason") or "stop"),
+            "content": content, "stop_reason": stop_reason(choice.get("finish_reason") or "stop",
+                                                           called=bool(reply.get("tool_calls"))),
             "stop_sequence": None, "usage": usage(answer.get("usage"))}
 
 

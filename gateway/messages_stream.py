@@ -79,7 +79,8 @@ class MessageStream:
         yield from self._close()
 
     def final(self, chat_usage: dict | None) -> dict:
-        return {"stop_reason": stop_reason(self.finish_reason or "stop"), "usage": usage(chat_usage)}
+        return {"stop_reason": stop_reason(self.finish_reason or "stop", called=bool(self.calls)),
+                "usage": usage(chat_usage)}
 
     def final_event(self, final: dict) -> bytes:
         delta: dict[str, Any] = {"type": "message_delta", "usage": final["usage"],

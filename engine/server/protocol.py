@@ -7,17 +7,19 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   presence_penalty and frequency_penalty (-2..2), logit_bias (token id -> -100..100, at most 300);
   completions: echo (the prompt before the answer; with logprobs, the prompt tokens' too; with
   max_tokens 0, the prompt alone: scoring, as lm-evaluation-harness asks for loglikelihoods);
-  chat: tools, tool_choice;
+  chat: tools, tool_choice ("required" or a function by name force a call, held by a grammar and
+  answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call);
   vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids;
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
   in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
-  parallel_tool_calls, prompt_cache_key (the prefix cache needs no hint), safety_identifier.
+  parallel_tool_calls (but for a forced call), prompt_cache_key (the prefix cache needs no hint),
+  safety_identifier.
 - logprobs: chat `logprobs` (bool) with `top_logprobs` (0-20), completions `logprobs` (0-20): the
   sampled tokens' log-probabilities and their likeliest alternatives (engine/logprobs.py).
 - accepted only at their no-op value, else 400 (we would silently not honour them):
-  best_of (null/1), suffix (null/""), response_format (null/{"type": "text"}),
-  tool_choice ("auto"/"none"; "none" renders the prompt without tools).
+  best_of (null/1), suffix (null/"").
+tool_choice "none" renders the prompt without tools.
 - anything else: 400 unknown field, so a typo is not silently dropped.
 Chat messages keep role, content (a string, or text parts joined), name, tool_calls and
 tool_call_id; other message keys are dropped. The "developer" role is rendered as "system".
@@ -29,10 +31,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from engine.forced_tools import ForcedTools, forced_tools
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequestError, SamplingParams
 from engine.server.errors import bad_request
-from engine.structured_output import constraint_from_fields
+from engine.structured_output import OutputConstraint, constraint_from_fields
 
 # A pin holds KV blocks other requests could use; a day is past any tool call (and past this, a
 # deadline overflows the engine thread's timed wait).
@@ -75,6 +78,7 @@ class GenerateRequest:
     tools: list[dict] | None = None
     n: int = 1  # choices, each its own sequence
     echo: bool = False  # completions: the prompt comes back before the answer
+    forced_tools: ForcedTools | None = None  # chat: tool_choice "required" or a function (engine/forced_tools.py)
     score_only: bool = False  # echo with max_tokens 0: the prompt (and its logprobs) alone, nothing generated
 
     @property
@@ -188,11 +192,13 @@ def parse_chat(body: Any) -> GenerateRequest:
         raise bad_request("'messages' must be a non-empty list", "messages")
     tools = _tools(body)
     tool_choice = body.get("tool_choice")
-    if tool_choice not in (None, "auto", "none"):
-        raise bad_request("only tool_choice 'auto' and 'none' are supported", "tool_choice", "unsupported")
+    try:
+        forced = forced_tools(tool_choice, tools, body.get("parallel_tool_calls"))
+    except InvalidRequestError as exc:
+        raise bad_request(str(exc), exc.param) from None
     max_tokens = _int(body, "max_completion_tokens")
     return _common(body, messages=[_message(m, i) for i, m in enumerate(messages)],
-                   tools=None if tool_choice == "none" else tools,
+                   tools=None if tool_choice == "none" else tools, forced_tools=forced,
                    max_tokens=_int(body, "max_tokens") if max_tokens is None else max_tokens)
 
 
@@ -227,8 +233,10 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
         raise bad_request("'min_tokens' must not exceed 'max_tokens'", "min_tokens", "invalid_value")
     logprobs = _logprobs(body, chat="messages" in fields)
     try:
+        forced = fields.get("forced_tools")
         params = _sampling_params(body, max_tokens or 1, logprobs,
-                                  prompt_logprobs=logprobs if fields.get("echo") else None)
+                                  prompt_logprobs=logprobs if fields.get("echo") else None,
+                                  forced=forced.constraint(fields["tools"]) if forced else None)
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     return GenerateRequest(model=model, params=params, max_tokens=max_tokens, stream=stream,
@@ -257,7 +265,7 @@ def _logprobs(body: dict, chat: bool) -> int | None:
 
 
 def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
-                     prompt_logprobs: int | None = None) -> SamplingParams:
+                     prompt_logprobs: int | None = None, forced: OutputConstraint | None = None) -> SamplingParams:
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -282,8 +290,16 @@ def _sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
         top_k=_int(body, "top_k") or 0,
         min_p=_number(body, "min_p") or 0.0,
         min_tokens=_int(body, "min_tokens") or 0,
-        constraint=constraint_from_fields(body.get("response_format"), body.get("structured_outputs")),
+        constraint=_constraint(body, forced),
     )
+
+
+def _constraint(body: dict, forced: OutputConstraint | None) -> OutputConstraint | None:
+    asked = constraint_from_fields(body.get("response_format"), body.get("structured_outputs"))
+    if forced is not None and asked is not None:
+        raise InvalidRequestError("a forced tool call is its own structure: 'tool_choice' cannot be combined with "
+                                  f"'{asked.param}'", "tool_choice")
+    return forced or asked
 
 
 def _or(value: float | None, default: float) -> float:

@@ -153,6 +153,29 @@ def test_structured_outputs_from_a_local_model_through_each_api(embedded: tuple[
     assert isinstance(response.output_parsed, Verdict)
 
 
+def test_a_forced_tool_call_from_a_local_model_through_anthropics_sdk(embedded: tuple[Gateway, Path]) -> None:
+    """Claude-style forced tool use (tool_choice by name) on a random tiny model: a tool_use block whose
+    input its schema accepts, stop_reason tool_use, whole and streamed."""
+    import anthropic
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"path": {"type": "string", "maxLength": 12},
+                                               "lines": {"type": "integer", "minimum": 1, "maximum": 99}},
+              "required": ["path", "lines"], "additionalProperties": False}
+    gw, _ = embedded
+    claude = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0, timeout=60)
+    ask = {"model": "tiny-small", "max_tokens": 60, "messages": [{"role": "user", "content": "Show me main.py"}],
+           "tools": [{"name": "read_file", "input_schema": schema}], "tool_choice": {"type": "tool", "name": "read_file"}}
+    answer = claude.messages.create(**ask)
+    (block,) = answer.content
+    assert (block.type, block.name, answer.stop_reason) == ("tool_use", "read_file", "tool_use")
+    jsonschema.validate(block.input, schema)
+    with claude.messages.stream(**ask) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "tool_use" and streamed.content[0].type == "tool_use"
+    jsonschema.validate(streamed.content[0].input, schema)
+
+
 @contextmanager
 def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
     """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""
