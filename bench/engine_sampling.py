@@ -16,6 +16,9 @@ logit_bias, cuts, log-softmax) weighs far more here than beside an 8B model's la
 - scoring: 8 prompts of 512 tokens, scored as lm-evaluation-harness asks (`echo` + `logprobs` 1:
   every prompt token's log-probability and its likeliest alternative) against the same prompts
   prefilled for one token. Prompt tokens per second and the ratio.
+- noise: CPU milliseconds to draw one step's Exp(1) sampling noise for the batch, with torch's
+  `exponential_` and as -log(uniform), alternating (`noise_draw_ms`); and the seconds llguidance took
+  to build its view of the vocabulary (`grammar_view_build_s`, once per process).
 
 Variants alternate within each repetition; ratios are medians of per-repetition ratios. Each run is
 timed on this thread's CPU time (one torch thread: a dedicated machine's wall clock, see
@@ -89,6 +92,20 @@ def run(runner: TorchModelRunner, config: EngineConfig, prompts: list[list[int]]
     while engine.has_unfinished():
         engine.step()
     return {"cpu_s": clock.now() - cpu, "wall_s": time.perf_counter() - wall}
+
+
+def noise_draw_ms(batch: int, vocab: int, reps: int = 30) -> dict[str, float]:
+    """CPU ms to draw one step's Exp(1) noise for the batch, both ways, alternating: torch's exponential_
+    (the sampler's first way) and -log of uniforms (its way now, engine/model/sampler.py)."""
+    noise = torch.empty(batch, vocab)
+    ways = {"exponential_": lambda: noise.exponential_(), "neg_log_uniform": lambda: noise.uniform_().log_().neg_()}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(reps):
+        for name, draw in ways.items():
+            start = time.thread_time()
+            draw()
+            times[name].append((time.thread_time() - start) * 1000)
+    return {name: statistics.median(ms) for name, ms in times.items()}
 
 
 def median_ratio(runs: list[dict[str, float]], baseline: list[dict[str, float]], clock: str) -> float:
@@ -168,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "variants": summary(score_runs, {k: v[1] for k, v in scoring.items()},
                                         SCORE_PROMPTS * SCORE_LEN)},
         "grammar_view_build_s": grammar_view_build_s,
+        "noise_draw_ms": noise_draw_ms(args.batch, args.vocab),
         "reps": args.reps,
     }
     write_report(args.out, report)
