@@ -1,6 +1,7 @@
-"""Structured outputs: an answer held to a JSON schema, to any JSON object, to a regex or to one of a list
-of strings. At every step the tokens the grammar does not allow next are masked out of the logits, so
-even a random model writes text that parses; the grammar also ends the answer once it is complete.
+"""Structured outputs: an answer held to a JSON schema, to any JSON object, to a regex, to a context-free
+grammar (Lark or GBNF) or to one of a list of strings. At every step the tokens the grammar does not
+allow next are masked out of the logits, so even a random model writes text that parses; the grammar
+also ends the answer once it is complete.
 
 Grammars and masks come from llguidance (the library behind vLLM's `guidance` backend): one tokenizer
 view per engine, built once; a matcher per sequence, advanced by each token it samples. JSON is
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import llguidance
     import torch
 
-ConstraintKind = Literal["json_object", "json_schema", "regex", "choice"]
+ConstraintKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
 _JSON_OPTIONS = {"whitespace_flexible": False}
 
 
@@ -56,6 +57,19 @@ class OutputConstraint:
         return cls("regex", llguidance.LLMatcher.grammar_from_regex(pattern), param)
 
     @classmethod
+    def grammar(cls, text: str, param: str) -> OutputConstraint:
+        """A context-free grammar in Lark's syntax (llguidance's), or in llama.cpp's GBNF, converted."""
+        from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
+
+        try:
+            lark = any_to_lark(text)
+        except GbnfToLarkError as exc:
+            raise InvalidRequestError(f"the grammar is neither Lark nor GBNF: {exc}", param) from None
+        import llguidance
+
+        return cls("grammar", llguidance.LLMatcher.grammar_from_lark(lark), param)
+
+    @classmethod
     def choice(cls, options: list[str], param: str) -> OutputConstraint:
         import llguidance
 
@@ -66,7 +80,7 @@ class OutputConstraint:
 
 def constraint_from_fields(response_format: Any, structured_outputs: Any) -> OutputConstraint | None:
     """OpenAI's `response_format` (text, json_object, json_schema) or vLLM's `structured_outputs`
-    (json, regex, choice, json_object); InvalidRequestError for anything else."""
+    (json, regex, choice, grammar, json_object); InvalidRequestError for anything else."""
     if response_format is not None and structured_outputs is not None:
         raise InvalidRequestError("send one of 'response_format' and 'structured_outputs'", "structured_outputs")
     if structured_outputs is not None:
@@ -92,9 +106,9 @@ def constraint_from_fields(response_format: Any, structured_outputs: Any) -> Out
 def _vllm_constraint(fields: Any) -> OutputConstraint:
     param = "structured_outputs"
     given = {k: v for k, v in fields.items() if v not in (None, False)} if isinstance(fields, dict) else None
-    if not given or len(given) != 1 or not set(given) <= {"json", "regex", "choice", "json_object"}:
-        raise InvalidRequestError("'structured_outputs' takes one of json (a schema), regex, choice or json_object",
-                                  param)
+    if not given or len(given) != 1 or not set(given) <= {"json", "regex", "choice", "grammar", "json_object"}:
+        raise InvalidRequestError("'structured_outputs' takes one of json (a schema), regex, choice, grammar (Lark "
+                                  "or GBNF) or json_object", param)
     (kind, value), = given.items()
     if kind == "json_object":
         return OutputConstraint.json_object(param)
@@ -106,10 +120,10 @@ def _vllm_constraint(fields: Any) -> OutputConstraint:
         if not isinstance(schema, dict):
             raise InvalidRequestError("'structured_outputs.json' must be a JSON schema", param)
         return OutputConstraint.json_schema(schema, param)
-    if kind == "regex":
+    if kind in ("regex", "grammar"):
         if not isinstance(value, str) or not value:
-            raise InvalidRequestError("'structured_outputs.regex' must be a non-empty string", param)
-        return OutputConstraint.regex(value, param)
+            raise InvalidRequestError(f"'structured_outputs.{kind}' must be a non-empty string", param)
+        return OutputConstraint.regex(value, param) if kind == "regex" else OutputConstraint.grammar(value, param)
     if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
         raise InvalidRequestError("'structured_outputs.choice' must be a list of non-empty strings", param)
     return OutputConstraint.choice(value, param)
@@ -166,7 +180,8 @@ class GrammarCompiler:
         return template
 
 
-_WHAT = {"json_object": "JSON grammar", "json_schema": "JSON schema", "regex": "regex", "choice": "list of choices"}
+_WHAT = {"json_object": "JSON grammar", "json_schema": "JSON schema", "regex": "regex", "choice": "list of choices",
+         "grammar": "grammar"}
 
 
 class GrammarMatcher:

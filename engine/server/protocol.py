@@ -9,6 +9,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   max_tokens 0, the prompt alone: scoring, as lm-evaluation-harness asks for loglikelihoods);
   chat: tools, tool_choice ("required" or a function by name force a call, held by a grammar and
   answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call);
+  response_format (text, json_object, json_schema) or vLLM's structured_outputs (json, regex, choice,
+  grammar, json_object): the answer held to a grammar (engine/structured_output.py);
   vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids;
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
   in_program (engine/hints.py).

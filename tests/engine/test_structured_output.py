@@ -5,6 +5,7 @@ the openai SDK's own `parse` helper; and the 400s for what cannot be held."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterator
@@ -90,6 +91,17 @@ def test_json_object_regex_and_choice(engine: LLMEngine) -> None:
     pattern = r"[A-Z]{2}-[0-9]{3}(/[a-z]{1,8})?"  # not \d: the Rust regex's Unicode digits outrun Python's
     for seq in answers(engine, OutputConstraint.regex(pattern, "structured_outputs"), range(8)):
         assert re.fullmatch(pattern, text_of(engine, seq)) and seq.finish_reason == "stop", text_of(engine, seq)
+    arithmetic = 'start: expr\nexpr: num | expr OP num | "(" expr ")"\nOP: "+" | "-" | "*"\nnum: /[1-9][0-9]{0,2}/'
+    expressions = answers(engine, OutputConstraint.grammar(arithmetic, "structured_outputs"), range(6), max_tokens=40)
+    finished = [text_of(engine, seq) for seq in expressions if seq.finish_reason == "stop"]
+    assert finished
+    for text in finished:
+        assert re.fullmatch(r"[0-9+\-*()]+", text)
+        ast.parse(text, mode="eval")  # a well-formed arithmetic expression
+    gbnf = 'root ::= "cat" | "dog" [s]?'
+    found_gbnf = {text_of(engine, s) for s in answers(engine, OutputConstraint.grammar(gbnf, "structured_outputs"),
+                                                      range(8))}
+    assert found_gbnf <= {"cat", "dog", "dogs"} and found_gbnf
     options = ["yes", "no", 'it says "maybe"\nor not']
     found = {text_of(engine, s) for s in answers(engine, OutputConstraint.choice(options, "structured_outputs"),
                                                  range(12))}
@@ -170,7 +182,8 @@ def test_the_sdk_parse_helper_gets_its_model_back(server: str) -> None:
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
     ({"structured_outputs": {"choice": []}}, "structured_outputs"),
     ({"structured_outputs": {"json": "{not json"}}, "structured_outputs"),
-    ({"structured_outputs": {"grammar": "start: 'a'"}}, "structured_outputs"),
+    ({"structured_outputs": {"grammar": "start: undefined_rule"}}, "structured_outputs"),
+    ({"structured_outputs": {"structural_tag": "x"}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "structured_outputs"),
 ])
 def test_constraints_that_cannot_be_held_are_400s(server: str, fields: dict, param: str) -> None:
