@@ -5,8 +5,8 @@ Two things are held back until they are settled:
   of recent tokens and only emit once the window no longer ends in U+FFFD;
 - text that could be the start of a stop string: emitted only once it can no longer become one.
 
-When a stop string appears, the output is cut right before it (OpenAI semantics) and `stop` names it;
-the caller finishes the request. `flush()` releases what is held when the request ends otherwise.
+When a stop string appears, the output is cut right before it (OpenAI semantics; right after it with
+`include_stop`, vLLM's include_stop_str_in_output) and `stop` names it; the caller finishes the request. `flush()` releases what is held when the request ends otherwise.
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ class IncrementalDetokenizer:
         stop: Sequence[str] = (),
         prompt_token_ids: Sequence[int] = (),
         skip_special_tokens: bool = True,
+        include_stop: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = tuple(s for s in stop if s)
         self.skip_special_tokens = skip_special_tokens
+        self.include_stop = include_stop  # the stop string stays at the end of the text (vLLM's option)
         context = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._ids = context
         self._prefix_offset = 0  # window start: tokens before it are fully reflected in emitted text
@@ -88,7 +90,7 @@ class IncrementalDetokenizer:
         if hit is not None:
             index, stop = hit
             self.stop = stop
-            return self._release(buffer[:index], held="", stop=stop)
+            return self._release(buffer[:index + (len(stop) if self.include_stop else 0)], held="", stop=stop)
         hold = 0 if final else _longest_stop_prefix_suffix(buffer, self.stop_strings)
         return self._release(buffer[: len(buffer) - hold], held=buffer[len(buffer) - hold :])
 

@@ -101,7 +101,9 @@ class LLMEngine:
         if self.tokenizer is not None:
             from engine.detokenizer import IncrementalDetokenizer
 
-            self.detokenizers[request_id] = IncrementalDetokenizer(self.tokenizer, params.stop, prompt_token_ids)
+            self.detokenizers[request_id] = IncrementalDetokenizer(
+                self.tokenizer, params.stop, prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
+                include_stop=params.include_stop_str_in_output)
         self.scheduler.add(seq)
         return seq
 

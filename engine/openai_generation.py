@@ -104,6 +104,7 @@ class OpenAIGeneration:
         self.last: RequestOutput | None = None  # with n > 1: the usage of all choices (`_combined`)
         self._outputs: list[AsyncGenerator[RequestOutput, None]] = []
         self._prompt_ids: list[list[int]] = []  # each prompt's
+        self._produced = [0] * parsed.num_choices  # each choice's output tokens so far
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
                     pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
@@ -113,6 +114,8 @@ class OpenAIGeneration:
         k = 0
         try:
             self._prompt_ids = await tokenize(self.engine, parsed)
+            if parsed.truncate_prompt_tokens is not None:
+                self._prompt_ids = [ids[-parsed.truncate_prompt_tokens:] for ids in self._prompt_ids]
             for k, prompt_ids in enumerate(self._prompt_ids):
                 if parsed.params.constraint is not None and k == 0:
                     # Checking a grammar compiles it (and, the first time, the tokenizer's view): off the loop.
@@ -148,6 +151,7 @@ class OpenAIGeneration:
                     out = replace(out, new_token_ids=[], text_delta="", logprobs=None, num_output_tokens=0,
                                   finish_reason="length" if out.finished else None)
                 lasts[i] = out
+                self._produced[i] = out.num_output_tokens
                 if len(lasts) == 1:
                     self.last = out
                 elif out.finished and all(last is not None and last.finished for last in lasts):
@@ -200,8 +204,19 @@ class OpenAIGeneration:
 
     async def chunks(self) -> AsyncIterator[dict]:
         """OpenAI chunks (with n > 1, the choices' interleaved, each naming its index); the usage chunk
-        comes last when the request asked for it. Raises EngineDeadError / InvalidRequestError
-        mid-stream; closing the iterator aborts the request."""
+        comes last when the request asked for it, and with continuous_usage_stats every chunk carries
+        the usage so far (vLLM's option). Raises EngineDeadError / InvalidRequestError mid-stream;
+        closing the iterator aborts the request."""
+        continuous = self.parsed.continuous_usage and self.shapes.include_usage
+        async with aclosing(self._chunks()) as chunks:
+            async for chunk in chunks:
+                if continuous and chunk["choices"]:
+                    prompt, completion = sum(map(len, self._prompt_ids)), sum(self._produced)
+                    chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                      "total_tokens": prompt + completion}
+                yield chunk
+
+    async def _chunks(self) -> AsyncIterator[dict]:
         shapes, n = self.shapes, self.parsed.num_choices
         # Tokens whose log-probabilities wait for their choice's next chunk (text held back).
         token_ids: list[list[int]] = [[] for _ in range(n)]

@@ -55,7 +55,21 @@ def _text_chars(content: object) -> int:
 
 def _render_chat(engine: AsyncEngine, parsed: GenerateRequest) -> str:
     assert engine.tokenizer is not None and parsed.messages is not None
+    options = parsed.template
     try:
-        return engine.tokenizer.apply_chat_template(parsed.messages, tools=parsed.tools, add_generation_prompt=True)
+        text = engine.tokenizer.apply_chat_template(parsed.messages, tools=parsed.tools,
+                                                    add_generation_prompt=options.add_generation_prompt,
+                                                    **options.kwargs)
     except Exception as exc:  # template errors (raise_exception, missing template) come from the input
         raise bad_request(f"could not render the chat template: {exc}", "messages") from None
+    return _continued(text, parsed.messages[-1]["content"]) if options.continue_final_message else text
+
+
+def _continued(text: str, final: str) -> str:
+    """The rendering cut right after the last message's text, so the model continues it (as
+    transformers' continue_final_message: whatever the template closes the message with goes)."""
+    at = text.rfind(final.strip())
+    if at < 0:
+        raise bad_request("the chat template does not render the last message's text as it is, so it cannot be "
+                          "continued", "continue_final_message")
+    return text[:at + len(final.strip())]

@@ -27,6 +27,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    skip_special_tokens: bool = True  # in the answer's text (vLLM's field)
+    include_stop_str_in_output: bool = False  # a stop string that ends the answer stays in it (vLLM's field)
     seed: int | None = None
     # Log-probabilities of each sampled token, with this many alternatives (engine/logprobs.py); None: none.
     logprobs: int | None = None
