@@ -8,11 +8,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import openai
 import uvicorn
 from starlette.applications import Starlette
 
+from engine.async_engine import build_engine
 from engine.batch import ScheduledBatch
+from engine.server.app import create_app
 from tests.engine.fakes import CountingRunner
 
 
@@ -54,3 +58,17 @@ class SlowRunner(CountingRunner):
             raise RuntimeError("device lost")
         time.sleep(self.step_s)
         return super().execute(batch)
+
+
+@contextmanager
+def engine_server(model_dir: Path, model_name: str = "tiny", **engine: object) -> Iterator[str]:
+    """`pitstop engine serve` in-thread on a model folder (256 blocks of 16, a 512-token context unless
+    `engine` says otherwise): yields its base URL."""
+    options: dict = {"num_blocks": 256, "block_size": 16, "max_model_len": 512} | engine
+    with serve_in_thread(create_app(build_engine(model_dir, **options), model_name)) as url:
+        yield url
+
+
+def sdk(url: str, timeout: float = 60) -> openai.OpenAI:
+    """The openai SDK on a served base URL, no retries (a test sees the first answer)."""
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=timeout)

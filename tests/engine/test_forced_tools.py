@@ -13,9 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from engine.async_engine import build_engine
-from engine.server.app import create_app
-from tests.engine.serving import serve_in_thread
+from tests.engine.serving import engine_server, sdk
 
 MODEL = "tiny"
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
@@ -31,14 +29,13 @@ MESSAGES = [{"role": "user", "content": "What should I wear in Oslo?"}]
 
 @pytest.fixture(scope="module")
 def url(tiny_model_dir: Path) -> Iterator[str]:
-    engine = build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512)
-    with serve_in_thread(create_app(engine, MODEL)) as base:
+    with engine_server(tiny_model_dir, MODEL) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
 def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return sdk(url)
 
 
 def check_calls(calls, allowed: set[str]) -> None:  # noqa: ANN001

@@ -12,23 +12,16 @@ import openai
 import pytest
 import torch
 
-from engine.async_engine import AsyncEngine, build_engine
-from engine.server.app import create_app
 from engine.tokenizer import Tokenizer
-from tests.engine.serving import serve_in_thread
+from tests.engine.serving import engine_server, sdk
 
 MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> AsyncEngine:
-    return build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512, max_num_seqs=8)
-
-
-@pytest.fixture(scope="module")
-def client(engine: AsyncEngine) -> Iterator[openai.OpenAI]:
-    with serve_in_thread(create_app(engine, MODEL)) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+def client(tiny_model_dir: Path) -> Iterator[openai.OpenAI]:
+    with engine_server(tiny_model_dir, MODEL, max_num_seqs=8) as url:
+        yield sdk(url)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ import httpx
 import openai
 import pytest
 
-from engine.async_engine import AsyncEngine, build_engine
-from engine.server.app import create_app
 from engine.tokenizer import Tokenizer
-from tests.engine.serving import serve_in_thread
+from tests.engine.serving import engine_server, sdk
 
 MODEL = "tiny"
 THINKING = "{%- if enable_thinking %}<think>{% endif -%}"
@@ -37,19 +35,14 @@ def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir: Path) -> AsyncEngine:
-    return build_engine(model_dir, num_blocks=256, block_size=16, max_model_len=512)
-
-
-@pytest.fixture(scope="module")
-def url(engine: AsyncEngine) -> Iterator[str]:
-    with serve_in_thread(create_app(engine, MODEL)) as base:
+def url(model_dir: Path) -> Iterator[str]:
+    with engine_server(model_dir, MODEL) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
 def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    return sdk(url)
 
 
 @pytest.fixture(scope="module")

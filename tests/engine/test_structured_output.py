@@ -13,21 +13,18 @@ from pathlib import Path
 
 import httpx
 import jsonschema
-import openai
 import pydantic
 import pytest
 import torch
 
-from engine.async_engine import AsyncEngine, build_engine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.sequence import Sequence
-from engine.server.app import create_app
 from engine.structured_output import OutputConstraint, mask_disallowed
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
-from tests.engine.serving import serve_in_thread
+from tests.engine.serving import engine_server, sdk
 
 MODEL = "tiny"
 SCHEMA = {
@@ -149,13 +146,12 @@ class Weather(pydantic.BaseModel):
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path) -> Iterator[str]:
-    async_engine: AsyncEngine = build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512)
-    with serve_in_thread(create_app(async_engine, MODEL)) as url:
+    with engine_server(tiny_model_dir, MODEL) as url:
         yield url
 
 
 def test_the_sdk_parse_helper_gets_its_model_back(server: str) -> None:
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = sdk(server)
     messages = [{"role": "user", "content": "Weather in Oslo?"}]
     for seed in range(4):
         completion = client.chat.completions.parse(model=MODEL, messages=messages, response_format=Weather,
