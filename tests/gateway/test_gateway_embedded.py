@@ -157,9 +157,10 @@ def test_structured_outputs_from_a_local_model_through_each_api(embedded: tuple[
     assert isinstance(response.output_parsed, Verdict)
 
 
-def test_a_forced_tool_call_from_a_local_model_through_anthropics_sdk(embedded: tuple[Gateway, Path]) -> None:
+def test_a_forced_tool_call_from_a_local_model_through_each_api(embedded: tuple[Gateway, Path]) -> None:
     """Claude-style forced tool use (tool_choice by name) on a random tiny model: a tool_use block whose
-    input its schema accepts, stop_reason tool_use, whole and streamed."""
+    input its schema accepts, stop_reason tool_use, whole and streamed; and the Responses API's
+    function_call item."""
     import anthropic
     import jsonschema
 
@@ -178,6 +179,14 @@ def test_a_forced_tool_call_from_a_local_model_through_anthropics_sdk(embedded: 
         streamed = stream.get_final_message()
     assert streamed.stop_reason == "tool_use" and streamed.content[0].type == "tool_use"
     jsonschema.validate(streamed.content[0].input, schema)
+    with gw.openai() as client:  # the Responses API: a function_call item
+        response = client.responses.create(
+            model="tiny-large", input="Show me main.py", max_output_tokens=60,
+            tools=[{"type": "function", "name": "read_file", "parameters": schema}],
+            tool_choice={"type": "function", "name": "read_file"})
+    (call,) = response.output
+    assert (call.type, call.name) == ("function_call", "read_file")
+    jsonschema.validate(json.loads(call.arguments), schema)
 
 
 @contextmanager
