@@ -8,6 +8,9 @@ at a time, the modes interleaved, each timed by the client and by the gateway's 
 - `chain` / `history`: a conversation of `--turns` turns, continued with `previous_response_id` (the
   gateway reads the chain: two queries, then an insert) or sent whole each turn with `store: false` (what
   a client does without stored responses). Both send the upstream the same messages.
+- `conversation`: the same conversation kept in a Conversations API conversation (each turn names it and
+  sends only its new input, as the OpenAI Agents SDK does): the gateway reads its items (two queries),
+  adds the turn's items and stores the response before the answer goes out. Again the same messages.
 
     .venv/bin/python -m bench.gateway_stored_responses [--rounds 100] [--turns 20] [--delay-ms 5]
 
@@ -49,9 +52,9 @@ class Timer:
         self.ms: dict[str, list[float]] = defaultdict(list)
         self.cpu_ms: dict[str, list[float]] = defaultdict(list)
 
-    def post(self, mode: str, body: dict) -> dict:
+    def post(self, mode: str, body: dict, path: str = "/v1/responses") -> dict:
         cpu, started = self.gateway.cpu_seconds(), time.perf_counter()
-        response = self.http.post("/v1/responses", json={"model": "m", **body})
+        response = self.http.post(path, json={"model": "m", **body} if path == "/v1/responses" else body)
         self.ms[mode].append((time.perf_counter() - started) * 1000)
         self.cpu_ms[mode].append((self.gateway.cpu_seconds() - cpu) * 1000)
         response.raise_for_status()
@@ -59,18 +62,22 @@ class Timer:
 
 
 def _conversations(timer: Timer, turns: int) -> None:
-    """One conversation each way, turn by turn: continued by id, and sent whole."""
+    """One conversation each way, turn by turn: continued by id, sent whole, and kept in a conversation."""
     previous: str | None = None
     history: list[dict] = []
+    conversation = timer.post("conversation create", {}, "/v1/conversations")["id"]
     for turn in range(turns):
         ask = {"role": "user", "content": f"{TURN_TEXT} ({turn})"}
-        chained = timer.post(f"chain turn {turn + 1}" if turn + 1 in (1, turns) else "chain",
-                             {"input": [ask], **({"previous_response_id": previous} if previous else {})})
+
+        def mode(name: str, turn: int = turn) -> str:
+            return f"{name} turn {turn + 1}" if turn + 1 in (1, turns) else name
+
+        chained = timer.post(mode("chain"), {"input": [ask], **({"previous_response_id": previous} if previous else {})})
         previous = chained["id"]
         history.append(ask)
-        whole = timer.post(f"history turn {turn + 1}" if turn + 1 in (1, turns) else "history",
-                           {"input": history, "store": False})
+        whole = timer.post(mode("history"), {"input": history, "store": False})
         history += whole["output"]
+        timer.post(mode("conversation"), {"input": [ask], "conversation": conversation})
 
 
 def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace, work: Path) -> dict:
@@ -101,7 +108,11 @@ def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace
                                     "cpu": ratio("stored", "stateless", "gateway_cpu_ms_mean")},
             "chain_vs_history": {"latency": ratio("chain", "history"),
                                  "cpu": ratio("chain", "history", "gateway_cpu_ms_mean")},
-            "last_turn_chain_vs_history": ratio(f"chain turn {args.turns}", f"history turn {args.turns}")}
+            "conversation_vs_history": {"latency": ratio("conversation", "history"),
+                                        "cpu": ratio("conversation", "history", "gateway_cpu_ms_mean")},
+            "last_turn_chain_vs_history": ratio(f"chain turn {args.turns}", f"history turn {args.turns}"),
+            "last_turn_conversation_vs_history": ratio(f"conversation turn {args.turns}",
+                                                       f"history turn {args.turns}")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run['storage']:10s} {mode:18s} median {m['median_ms']:6.2f} ms  p90 {m['p90_ms']:6.2f} ms  "
                   f"gateway CPU {m['gateway_cpu_ms_mean']:5.2f} ms", flush=True)
         print(f"{run['storage']:10s} stored/stateless {run['stored_vs_stateless']['latency']:.2f}x latency; "
-              f"chain/history {run['chain_vs_history']['latency']:.2f}x latency", flush=True)
+              f"chain/history {run['chain_vs_history']['latency']:.2f}x latency; "
+              f"conversation/history {run['conversation_vs_history']['latency']:.2f}x latency", flush=True)
     write_report(args.out, {"command": command("bench.gateway_stored_responses", argv), "machine": machine_info(),
                             "postgresql": server_version(), "delay_ms": args.delay_ms, "turns": args.turns,
                             "runs": runs})

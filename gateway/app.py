@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError
-from gateway import endpoints, key_admin, proxy, session_endpoint
+from gateway import conversation_endpoints, endpoints, key_admin, proxy, session_endpoint
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
 
@@ -29,6 +29,7 @@ ROUTES = [
     Route("/v1/responses/{response_id}", endpoints.delete_response, methods=["DELETE"]),
     Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"]),
     Route("/v1/responses/{response_id}/cancel", endpoints.cancel_response, methods=["POST"]),
+    *conversation_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),

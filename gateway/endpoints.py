@@ -13,7 +13,7 @@ from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from gateway import messages_api
 from gateway.outcomes import storable
-from gateway.responses_api import listed_item, request_id_of
+from gateway.responses_api import item_page, request_id_of
 from gateway.state import GatewayState
 
 _CREATED = int(time.time())
@@ -88,25 +88,8 @@ async def response_input_items(request: Request) -> Response:
     `order`, `after`) as the SDKs' cursor pages read them."""
     state = _state(request)
     caller = await state.auth.authenticate(request.headers)
-    query = request.query_params
-    limit = query.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
-        raise bad_request("'limit' must be an integer from 1 to 100", "limit", "invalid_value")
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise bad_request("'order' must be 'asc' or 'desc'", "order", "invalid_value")
     items = await state.responses.items(request.path_params["response_id"], caller.key_id)
-    ordered = items if order == "asc" else items[::-1]
-    start = 0
-    if (after := query.get("after")) is not None:
-        ids = [item.get("id") for item in ordered]
-        if after not in ids:
-            raise bad_request(f"'after': no input item {after!r} in this response", "after", "invalid_value")
-        start = ids.index(after) + 1
-    page = [listed_item(item) for item in ordered[start:start + int(limit)]]
-    return SafeJSONResponse({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                             "last_id": page[-1]["id"] if page else None,
-                             "has_more": start + len(page) < len(ordered)})
+    return SafeJSONResponse(item_page(items, request.query_params))
 
 
 async def count_message_tokens(request: Request) -> Response:

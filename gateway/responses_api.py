@@ -3,14 +3,15 @@ request, which then goes through all a chat does (routing, ranking, sessions, ve
 outcome row), and the chat answer, whole or streamed, becomes a Response again.
 
 A stored Response (gateway/stored_responses.py) is continued with `previous_response_id`: its chain's
-input and output items come before the new input (its instructions do not, as at OpenAI). `conversation`
-and `prompt` (server-side conversations and prompt templates) are a 400. Function tools only; text and
-image input parts; `text.format` becomes `response_format`."""
+input and output items come before the new input (its instructions do not, as at OpenAI); a
+`conversation` (gateway/conversations.py) is continued with its items the same way. `prompt` (server-side
+prompt templates) is a 400. Function tools only; text and image input parts; `text.format` becomes
+`response_format`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.server.errors import bad_request
@@ -19,10 +20,9 @@ from engine.server.errors import bad_request
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
-         "previous_response_id")
+         "previous_response_id", "conversation")
 _IGNORED = ("truncation", "include", "service_tier", "safety_identifier",
             "top_logprobs", "stream_options", "background", "max_tool_calls")
-_STATEFUL = ("conversation", "prompt")
 _ROLES = ("user", "system", "developer", "assistant")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -31,20 +31,34 @@ def check_request(raw: Any) -> dict:
     """The body, if its fields are ones a Responses request may have: a 400 naming the field otherwise."""
     if not isinstance(raw, dict):
         raise bad_request("the body must be a JSON object")
-    for name in _STATEFUL:
-        if raw.get(name) is not None:
-            raise bad_request(f"'{name}' is not supported: Pitstop keeps no conversations or prompts; continue "
-                              "from a stored response with 'previous_response_id', or send the whole "
-                              "conversation in 'input'", name, "unsupported")
+    if raw.get("prompt") is not None:
+        raise bad_request("'prompt' is not supported: Pitstop keeps no prompt templates; send the prompt's text in "
+                          "'instructions' and 'input'", "prompt", "unsupported")
     for name, kind in (("store", bool), ("previous_response_id", str)):
         if raw.get(name) is not None and not isinstance(raw[name], kind):
             raise bad_request(f"'{name}' must be a {'boolean' if kind is bool else 'string'}", name, "invalid_type")
+    if conversation_of(raw) is not None and raw.get("previous_response_id") is not None:
+        raise bad_request("'conversation' and 'previous_response_id' cannot be used together: a response continues "
+                          "one or the other", "conversation", "invalid_value")
     if raw.get("background"):
         raise bad_request("'background' is not supported", "background", "unsupported")
     unknown = sorted(set(raw) - {*_PASSED, *_READ, *_IGNORED})
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
     return raw
+
+
+def conversation_of(raw: dict) -> str | None:
+    """The conversation a request names (`conversation` as an id or as `{"id": ...}`); a 400 otherwise."""
+    conversation = raw.get("conversation")
+    if conversation is None:
+        return None
+    if isinstance(conversation, dict) and set(conversation) == {"id"}:
+        conversation = conversation["id"]
+    if not isinstance(conversation, str) or not conversation:
+        raise bad_request("'conversation' must be a conversation's id, or an object with its 'id'", "conversation",
+                          "invalid_type")
+    return conversation
 
 
 def chat_request(raw: dict) -> dict:
@@ -79,19 +93,25 @@ def chat_request(raw: dict) -> dict:
 
 def continued(chat: dict, raw: dict, earlier: Sequence[dict]) -> dict:
     """The chat, with the `earlier` items of the conversation it continues after its instructions."""
-    at = 1 if raw.get("instructions") is not None else 0
-    chat["messages"][at:at] = _messages(list(earlier))
+    if earlier:  # a conversation may have no items yet
+        at = 1 if raw.get("instructions") is not None else 0
+        chat["messages"][at:at] = _messages(list(earlier))
     return chat
 
 
-def _messages(items: Any) -> list[dict]:
+def check_items(items: Any, field: str) -> None:
+    """A 400 naming the item for a list that is not Responses input items a chat can stand for."""
+    _messages(items, field)
+
+
+def _messages(items: Any, field: str = "input") -> list[dict]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
-        raise bad_request("'input' must be a string or a non-empty list of items", "input", "invalid_type")
+        raise bad_request(f"'{field}' must be a string or a non-empty list of items", field, "invalid_type")
     messages: list[dict] = []
     for i, item in enumerate(items):
-        where = f"input[{i}]"
+        where = f"{field}[{i}]"
         if not isinstance(item, dict):
             raise bad_request(f"'{where}' must be an object", where, "invalid_type")
         kind = item.get("type", "message")
@@ -218,6 +238,7 @@ class ResponseEnvelope:
                          "tool_choice": tool_choice if tool_choice is not None else "auto",
                          "tools": raw.get("tools") or [], "text": raw.get("text") or {"format": {"type": "text"}},
                          "previous_response_id": raw.get("previous_response_id"), "store": store,
+                         "conversation": {"id": conversation} if (conversation := conversation_of(raw)) else None,
                          "error": None}
 
     def response(self, model: str, status: str, output: list[dict], usage: dict | None,
@@ -260,11 +281,11 @@ def public_item(item: dict) -> dict:
     return {k: v for k, v in item.items() if not k.startswith("_")}
 
 
-def stored_items(items: Any, resp: str) -> list[dict]:
-    """A checked request's `input` as the items kept for it: every item typed and with an id."""
+def stored_items(items: Any, base: str) -> list[dict]:
+    """Checked input items as they are kept: every item typed and with an id (`base` makes it unique:
+    the response's id without its prefix, for a response's input)."""
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
-    base = resp.removeprefix("resp_")
     kept = []
     for i, item in enumerate(items):
         item = {"type": "message", **item}
@@ -279,6 +300,27 @@ def listed_item(item: dict) -> dict:
         return item
     part = "output_text" if item.get("role") == "assistant" else "input_text"
     return {**item, "content": [{"type": part, "text": item["content"]}], "status": item.get("status", "completed")}
+
+
+def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
+    """One page of stored items (a response's input, a conversation's) as the SDKs' cursor pages read it:
+    `limit` (1-100, default 20), `order` (asc or desc, the default) and `after` (an item id)."""
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise bad_request("'limit' must be an integer from 1 to 100", "limit", "invalid_value")
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise bad_request("'order' must be 'asc' or 'desc'", "order", "invalid_value")
+    ordered = list(items) if order == "asc" else list(items)[::-1]
+    start = 0
+    if (after := query.get("after")) is not None:
+        ids = [item.get("id") for item in ordered]
+        if after not in ids:
+            raise bad_request(f"'after': no item {after!r} here", "after", "invalid_value")
+        start = ids.index(after) + 1
+    page = [listed_item(item) for item in ordered[start:start + int(limit)]]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + len(page) < len(ordered)}
 
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}

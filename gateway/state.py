@@ -11,6 +11,7 @@ from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
+from gateway.conversations import Conversations
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
@@ -26,6 +27,7 @@ from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_responses import StoredResponses
+from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine, ensure_sqlite_dir
 from storage.keys import KeyStore
 from storage.migrate import upgrade
@@ -96,6 +98,7 @@ class GatewayState:
     feedback: FeedbackWriter
     keys: KeyStore
     responses: StoredResponses  # the Responses API's, for previous_response_id and retrieval
+    conversations: Conversations  # the Conversations API's, for `conversation` and /v1/conversations
     seeded_keys: set[str] = field(default_factory=set)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
@@ -166,6 +169,7 @@ class GatewayState:
             await self.sessions.close()
         await self.limiter.close()
         await self.responses.close()
+        self.conversations.writer.close(timeout=10)
         if self.key_events is not None:
             await self.key_events.close()
         self.writer.close(timeout=10)
@@ -183,8 +187,11 @@ def build_state(settings: Settings) -> GatewayState:
     feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
                               if spool else None)
     keys = KeyStore(db)
+    conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
+        db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None))
     responses = StoredResponses(settings.responses, ResponseStore(db), StoredResponseWriter(
-        db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None))
+        db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
+        conversations)
     server = settings.server
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
     for entry in settings.model_list:
@@ -212,6 +219,7 @@ def build_state(settings: Settings) -> GatewayState:
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
-        writer=writer, feedback=feedback, keys=keys, responses=responses, sessions=sessions, ranking=ranking,
+        writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
+        sessions=sessions, ranking=ranking,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

@@ -10,7 +10,8 @@ database has it; a chain that needs rows only the database has is a 503 then.
 
 Responses belong to the API key that made them (as sessions do): another key's id is a 404. A chain is
 one agent session (agent_sessions/) from its second turn on, named by its first response's id, unless
-the client names one; so a Responses agent's KV stays pinned between turns without any header."""
+the client names one; so a Responses agent's KV stays pinned between turns without any header. A turn
+in a `conversation` (gateway/conversations.py) continues its items instead, and adds its own to it."""
 
 from __future__ import annotations
 
@@ -25,9 +26,17 @@ from typing import Any
 from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
+from gateway.conversations import Conversations
 from gateway.outcomes import storable
 from gateway.request_body import ProxyRequest
-from gateway.responses_api import ResponseEnvelope, chat_request, check_request, continued, stored_items
+from gateway.responses_api import (
+    ResponseEnvelope,
+    chat_request,
+    check_request,
+    continued,
+    conversation_of,
+    stored_items,
+)
 from gateway.responses_stream import ResponseStream
 from storage.inserts import describe
 from storage.responses import ResponseStore, StoredResponseWriter
@@ -52,13 +61,14 @@ class ResponsesTurn:
     key_id: str | None
     previous: dict | None = None  # the stored response it continues
     session_id: str | None = None  # the chain's session; once adopted, the one the turn runs under
+    conversation: str | None = None  # the conversation it continues and adds its items to
 
     @property
     def ancestors(self) -> list[str]:
         return [] if self.previous is None else [*self.previous["ancestors"], self.previous["id"]]
 
     def adopt(self, parsed: ProxyRequest) -> None:
-        if parsed.session_id is None:  # a stored chain is one session
+        if parsed.session_id is None:  # a stored chain, or a conversation, is one session
             parsed.session_id = self.session_id
         self.session_id = session_id_of(parsed.session_id, parsed.body)
 
@@ -79,6 +89,7 @@ class StoredResponses:
     config: ResponsesConfig
     store: ResponseStore
     writer: StoredResponseWriter
+    conversations: Conversations | None = None  # where turns naming a `conversation` continue
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
     _sweeper: asyncio.Task[None] | None = None
 
@@ -89,8 +100,16 @@ class StoredResponses:
         store = self.config.store and raw.get("store", True)
         envelope = ResponseEnvelope(request_id, raw, store)
         previous_id = raw.get("previous_response_id")
+        conversation = conversation_of(raw)
         chat = chat_request(raw)  # checked before any query
-        items = stored_items(raw.get("input"), envelope.id) if store else []
+        kept = store or conversation is not None
+        items = stored_items(raw.get("input"), envelope.id.removeprefix("resp_")) if kept else []
+        if conversation is not None:
+            if self.conversations is None:
+                raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
+            earlier = await self.conversations.items(conversation, key_id, "conversation")
+            return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
+                                 session_id=conversation, conversation=conversation)
         if previous_id is None:
             return ResponsesTurn(envelope, chat, items, store, self, key_id)
         if not self.config.store:
@@ -108,9 +127,14 @@ class StoredResponses:
         return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session)
 
     async def keep(self, turn: ResponsesTurn, response: dict) -> None:
-        """Store a completed response (when its turn is stored) before the client gets it."""
-        if not turn.store:
-            return
+        """Add a completed turn's items to its conversation, and store the response (when its turn is
+        stored), before the client gets it: the two writes at once."""
+        writes = [self._store(turn, response)] if turn.store else []
+        if turn.conversation is not None and self.conversations is not None:
+            writes.append(self.conversations.append(turn.conversation, [*turn.items, *response["output"]]))
+        await asyncio.gather(*writes)
+
+    async def _store(self, turn: ResponsesTurn, response: dict) -> None:
         now = datetime.now(UTC)
         row = self.store.complete({
             "id": response["id"], "created_at": now, "expires_at": now + timedelta(days=self.config.retention_days),

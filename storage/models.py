@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 typed models: outcomes, feedback, API keys, stored Responses. Portable across SQLite and
-PostgreSQL."""
+"""SQLAlchemy 2 typed models: outcomes, feedback, API keys, stored Responses and conversations. Portable
+across SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, Index, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -182,3 +193,31 @@ class StoredResponse(Base):
     session_id: Mapped[str | None]  # the session its turns run under (agent_sessions/)
     input_items: Mapped[Any]  # its own input, as Responses items with ids (not the instructions)
     response: Mapped[Any]  # the Response object as the client got it
+
+
+
+class Conversation(Base):
+    """A Conversations API conversation: its items are rows of `conversation_items`. Kept until deleted
+    (as at OpenAI, no retention applies)."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # conv_...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    api_key_id: Mapped[str | None]  # whose it is, as for stored responses
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")  # `metadata` is the declarative base's
+
+
+class ConversationItem(Base):
+    """One item of a conversation, in the order `seq` gives. Keyed by (conversation, item id), so a write
+    retried after an outage lands once; `seq` is the writing replica's clock in microseconds x 1000 plus
+    the item's place in its batch, so items keep their order whichever write lands first."""
+
+    __tablename__ = "conversation_items"
+    __table_args__ = (Index("ix_conversation_items_conversation_id_seq", "conversation_id", "seq"),)
+
+    conversation_id: Mapped[str] = mapped_column(primary_key=True)
+    id: Mapped[str] = mapped_column(primary_key=True)  # msg_..., fc_..., fco_...
+    seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    item: Mapped[Any]  # the Responses item, as stored input (a message's content may be a string)

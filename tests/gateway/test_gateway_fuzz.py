@@ -1,6 +1,6 @@
 """Fuzz the HTTP API with hypothesis: generated bodies (near-valid requests with wrong types, odd values,
 unknown fields, and raw bytes) against /v1/chat/completions, /v1/completions, /v1/responses,
-/v1/messages and /v1/feedback, through the three backends (litellm, direct HTTP, an in-process engine).
+/v1/conversations, /v1/messages and /v1/feedback, through the three backends (litellm, direct HTTP, an in-process engine).
 The gateway must never answer a 5xx (the upstream is healthy), nor end a stream with a 5xx error event,
 and every answer is JSON or SSE in the API's shape (Anthropic's for /v1/messages, else OpenAI's)."""
 
@@ -66,7 +66,13 @@ RESPONSES = {"input": texts.filter(bool) | st.lists(item, min_size=1, max_size=3
              "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "name": names}), min_size=1, max_size=2),
              "tool_choice": st.sampled_from(["auto", "none"]), "max_output_tokens": st.integers(1, 40),
              "store": st.booleans(), "previous_response_id": st.just("resp_nope") | short, "stream": st.booleans(),
-             "temperature": st.floats(0, 2), "user": short, "metadata": st.dictionaries(short, short, max_size=2)}
+             "temperature": st.floats(0, 2), "user": short, "metadata": st.dictionaries(short, short, max_size=2),
+             "conversation": st.just("conv_nope") | short | st.fixed_dictionaries({"id": short})}
+# OpenAI's Conversations API: a conversation's first items and metadata, items added, a page of them.
+CONVERSATION = {"items": st.lists(item, max_size=3), "metadata": st.dictionaries(short, short, max_size=3)}
+ADDED = {"items": st.lists(item, min_size=1, max_size=3)}
+pages = st.fixed_dictionaries({}, optional={"limit": st.integers(-1, 101) | short, "order": st.sampled_from(
+    ["asc", "desc", "up"]), "after": short, "include": short})
 # Anthropic's Messages API: content blocks, custom tools.
 text_block = st.fixed_dictionaries({"type": st.just("text"), "text": texts})
 blocks = st.lists(text_block
@@ -123,6 +129,8 @@ completion_bodies = near_valid({"model": models, "prompt": COMPLETION["prompt"]}
 responses_bodies = near_valid({"model": models, "input": RESPONSES["input"]}, RESPONSES)
 messages_bodies = near_valid({"model": models, "max_tokens": MESSAGES["max_tokens"], "messages": MESSAGES["messages"]},
                              MESSAGES)
+conversation_bodies = near_valid({}, CONVERSATION)
+added_bodies = near_valid(ADDED, ADDED)
 feedback_bodies = near_valid({"request_id": short, "value": FEEDBACK["value"]}, FEEDBACK)
 raw_bodies = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode())
 
@@ -201,6 +209,21 @@ def test_fuzz_responses(http: httpx.Client, body: dict) -> None:
     check(post(http, "/v1/responses", body))
 
 
+@settings(FUZZ, max_examples=80)
+@given(created=conversation_bodies, added=added_bodies, query=pages, turn=responses_bodies)
+def test_fuzz_conversations(http: httpx.Client, created: dict, added: dict, query: dict, turn: dict) -> None:
+    """Create a conversation, add items to it, read a page of them and serve a turn in it."""
+    response = post(http, "/v1/conversations", created)
+    check(response)
+    if response.status_code != 200:
+        return
+    conversation = response.json()["id"]
+    check(post(http, f"/v1/conversations/{conversation}/items", added))
+    check(http.get(f"/v1/conversations/{conversation}/items", params=query))
+    turn.pop("previous_response_id", None)
+    check(post(http, "/v1/responses", {**turn, "conversation": conversation}))
+
+
 @FUZZ
 @given(body=messages_bodies)
 def test_fuzz_messages(http: httpx.Client, body: dict) -> None:
@@ -217,6 +240,6 @@ def test_fuzz_feedback(http: httpx.Client, body: dict) -> None:
 
 @settings(FUZZ, max_examples=60)
 @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages",
-                             "/v1/feedback"]), body=raw_bodies)
+                             "/v1/feedback", "/v1/conversations"]), body=raw_bodies)
 def test_fuzz_raw_bodies(http: httpx.Client, path: str, body: bytes) -> None:
     check(http.post(path, content=body, headers={"content-type": "application/json"}), anthropic=path == "/v1/messages")

@@ -12,6 +12,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [break:2]                  stream: drop the connection after 2 content chunks (or all, if fewer)
   [delay:0.5]                wait before answering
   [words:8]                  answer 8 words (default 5)
+  [tools:1]                  call a tool (when tools are sent) only while fewer than 1 tool result
+                             follows the last user message, then answer in words: an agent loop that ends
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
                              naming the instance wins over one that does not
 and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset).
@@ -43,7 +45,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words):([0-9.]+)(?:@([\w-]+))?\]")
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools):([0-9.]+)(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
@@ -69,6 +71,16 @@ def _prompt_words(body: dict, chat: bool) -> tuple[str, int]:
         strings = [p for p in prompt if isinstance(p, str)]
         return " ".join(strings), sum(len(s.split()) for s in strings) or len(prompt)
     return "", 0
+
+
+def _tool_results_since_user(messages: list) -> int:
+    count = 0
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "user":
+            break
+        count += role == "tool"
+    return count
 
 
 def _first_tool(body: dict) -> str | None:
@@ -121,6 +133,10 @@ class Upstream:
         self.requests = 0
         self.bodies: list[dict] = []
 
+    def call_id(self) -> str:
+        """Unique per request, as a provider's are (the Agents SDK tells calls apart by it)."""
+        return f"call_{self.name}{self.requests}"
+
     def words(self, count: int) -> list[str]:
         return [f"from-{self.name}"] + [f"w{i}" for i in range(1, count)]
 
@@ -141,6 +157,8 @@ class Upstream:
         answer = answer_directive(text, self.name)
         words = [answer] if answer is not None else self.words(max(1, int(found.get("words", DEFAULT_WORDS))))
         tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
+        if tool and "tools" in found and _tool_results_since_user(body["messages"]) >= found["tools"]:
+            tool = None
         model = body.get("model") if isinstance(body.get("model"), str) else "upstream"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
@@ -188,7 +206,7 @@ class Upstream:
         finish = "stop"
         if tool is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": tool, "arguments": json.dumps({"q": text})}}]}
+                {"id": self.call_id(), "type": "function", "function": {"name": tool, "arguments": json.dumps({"q": text})}}]}
             finish = "tool_calls"
         return {**envelope, "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
@@ -202,7 +220,7 @@ class Upstream:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         if chat and tool is not None:
-            pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": self.call_id(), "type": "function",
                                                                       "function": {"name": tool, "arguments": ""}}]}},
                       {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({"q": text})}}]}}]
             finish = "tool_calls"

@@ -1,0 +1,92 @@
+"""Conversations API state: conversations (owner, metadata) and their items, in `seq` order.
+
+Storage only: who may read what is the gateway's to decide (gateway/conversations.py). These calls do
+blocking I/O: run them in a thread, never on the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.engine import URL, Connection, Engine
+
+from storage.batch_writer import BatchWriter
+from storage.db import as_engine
+from storage.inserts import idempotent_insert
+from storage.models import Conversation, ConversationItem
+from storage.rows import RowShape
+
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+ITEMS: Table = ConversationItem.__table__  # type: ignore[assignment]
+
+
+class ConversationItemWriter(BatchWriter):
+    """The way in for a turn's items while the database is down: buffered, spooled, written once it is
+    back (idempotent on (conversation, item id))."""
+
+    table: ClassVar[Table | None] = ITEMS
+
+
+class ConversationStore:
+    def __init__(self, engine: Engine | str | URL) -> None:
+        self._engine = as_engine(engine)
+        self._items = RowShape(ITEMS)
+        self._conversations = RowShape(CONVERSATIONS)
+        self._insert_items = idempotent_insert(ITEMS, self._engine.dialect.name)
+
+    def complete_items(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every column present (ValueError for unknown or missing fields), as the writer takes them."""
+        return [self._items.complete(row) for row in rows]
+
+    def create(self, conversation: dict[str, Any], items: Sequence[dict[str, Any]]) -> None:
+        """A new conversation and its first items, in one transaction."""
+        with self._engine.begin() as connection:
+            connection.execute(CONVERSATIONS.insert(), [self._conversations.complete(conversation)])
+            self._add(connection, items)
+
+    def add(self, items: Sequence[dict[str, Any]]) -> None:
+        """Insert item rows; one already stored under its (conversation, id) is left as it is."""
+        with self._engine.begin() as connection:
+            self._add(connection, items)
+
+    def _add(self, connection: Connection, items: Sequence[dict[str, Any]]) -> None:
+        if items:
+            connection.execute(self._insert_items, self.complete_items(items))
+
+    def get(self, conversation_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as connection:
+            return self._get(connection, conversation_id)
+
+    @staticmethod
+    def _get(connection: Connection, conversation_id: str) -> dict[str, Any] | None:
+        row = connection.execute(select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def with_items(self, conversation_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The conversation and all its item rows in order, over one connection (None, [] if none)."""
+        with self._engine.connect() as connection:
+            conversation = self._get(connection, conversation_id)
+            if conversation is None:
+                return None, []
+            query = select(ITEMS).where(ITEMS.c.conversation_id == conversation_id).order_by(ITEMS.c.seq, ITEMS.c.id)
+            return conversation, [dict(row._mapping) for row in connection.execute(query)]
+
+    def set_metadata(self, conversation_id: str, metadata: dict[str, str]) -> bool:
+        with self._engine.begin() as connection:
+            changed = connection.execute(update(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)
+                                         .values(metadata=metadata))
+            return changed.rowcount > 0
+
+    def delete(self, conversation_id: str) -> bool:
+        """The conversation and its items."""
+        with self._engine.begin() as connection:
+            connection.execute(delete(ITEMS).where(ITEMS.c.conversation_id == conversation_id))
+            gone = connection.execute(delete(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id))
+            return gone.rowcount > 0
+
+    def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        with self._engine.begin() as connection:
+            gone = connection.execute(delete(ITEMS).where(ITEMS.c.conversation_id == conversation_id,
+                                                          ITEMS.c.id == item_id))
+            return gone.rowcount > 0

@@ -1,0 +1,72 @@
+"""Conversations without HTTP, over a real SQLite file: a turn whose items the database did not take is
+still continued by this replica, in order, until the writer has written them; and item order holds
+whichever write lands first."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ResponsesConfig
+from gateway.conversations import Conversations, ItemClock
+from gateway.stored_responses import StoredResponses
+from storage.conversations import ConversationItemWriter, ConversationStore
+from storage.db import create_engine
+from storage.migrate import upgrade
+from storage.responses import ResponseStore, StoredResponseWriter
+
+
+def _refuse(*_: object) -> None:
+    raise ConnectionError("database down")
+
+
+def _answer(turn_id: str, text: str) -> dict:
+    return {"id": turn_id, "object": "response", "output": [
+        {"type": "message", "id": "msg_" + turn_id, "role": "assistant", "content": [{"type": "output_text", "text": text}]}]}
+
+
+def test_items_the_database_refused_are_read_from_memory_until_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    upgrade(db)
+    store = ConversationStore(db)
+    writer = ConversationItemWriter(db, flush_interval_s=3600)  # holds what it gets until it is closed
+    conversations = Conversations(ResponsesConfig(), store, writer)
+    responses = StoredResponses(ResponsesConfig(), ResponseStore(db), StoredResponseWriter(db), conversations)
+
+    async def turn(conversation: str, n: int) -> list[dict]:
+        begun = await responses.begin({"model": "m", "input": f"turn {n}", "conversation": conversation},
+                                      f"req-{n}", "key")
+        await begun.keep(_answer(begun.envelope.id, f"answer {n}"))
+        return begun.chat["messages"]
+
+    async def scenario() -> list[dict]:
+        conversation = (await conversations.create({"items": [{"role": "user", "content": "hello"}]}, "key"))["id"]
+        await turn(conversation, 1)
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "add", _refuse)
+            await turn(conversation, 2)  # its items go to the writer's buffer
+        assert [len(rows) for rows in conversations.pending.values()] == [2]
+        assert len(store.with_items(conversation)[1]) == 3  # the database has the first turn only
+        third = await turn(conversation, 3)  # continued from memory, in order, and written at once
+        assert [item["id"] for item in await conversations.items(conversation, "key")][3:] == [
+            "msg_2_0", "msg_resp_2", "msg_3_0", "msg_resp_3"]
+        writer.close(timeout=10)  # now written
+        assert len(store.with_items(conversation)[1]) == 7
+        await conversations.items(conversation, "key")
+        assert not conversations.pending  # the database has them: memory lets go
+        return third
+
+    messages = asyncio.run(scenario())
+    assert messages == [{"role": "user", "content": "hello"}, {"role": "user", "content": "turn 1"},
+                        {"role": "assistant", "content": "answer 1"}, {"role": "user", "content": "turn 2"},
+                        {"role": "assistant", "content": "answer 2"}, {"role": "user", "content": "turn 3"}]
+
+
+def test_the_item_clock_only_goes_forward() -> None:
+    clock = ItemClock()
+    firsts = [clock.take(count) for count in (3, 1, 1000, 2)]
+    assert firsts[1] >= firsts[0] + 3 and firsts[2] >= firsts[1] + 1 and firsts[3] >= firsts[2] + 1000
+    assert firsts[-1] < 2**63  # a 64-bit column holds it

@@ -1,0 +1,95 @@
+"""The OpenAI Agents SDK (`openai-agents`) against the gateway over a real socket: an agent with a
+function tool runs its loop on the Responses API, keeping its history in a server-side conversation
+(`conversation_id=`) or in an `OpenAIConversationsSession`, and the gateway serves its turns as one
+agent session."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import openai
+import pytest
+from agents import (
+    Agent,
+    OpenAIConversationsSession,
+    OpenAIResponsesModel,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
+
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.test_gateway_stored_responses import user
+from tests.gateway.upstream import UpstreamProcess
+
+set_tracing_disabled(True)  # traces would go to OpenAI's servers
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    raw = gateway_config(tmp_path_factory.mktemp("agents"), [model_entry("up", upstream_processes[0].api_base)])
+    with running_gateway(raw) as gateway:
+        yield gateway
+
+
+@function_tool
+def forecast(q: str) -> str:
+    """The weather a question asks about (the mock upstream passes the question as `q`)."""
+    return f"sunny, for {q!r}"
+
+
+def _agent(client: openai.AsyncOpenAI) -> Agent:
+    return Agent(name="forecaster", instructions="answer briefly", tools=[forecast],
+                 model=OpenAIResponsesModel(model="up", openai_client=client))
+
+
+def _sent(upstreams: tuple) -> list[dict]:
+    return upstreams[0].stats()["bodies"][-1]["messages"]
+
+
+def test_an_agent_keeps_its_history_in_a_server_side_conversation(gw: Gateway, upstreams: tuple) -> None:
+    async def run() -> tuple[str, list, list, str]:
+        async with gw.async_openai() as client:
+            conversation = await client.conversations.create()
+            agent = _agent(client)
+            first = await Runner.run(agent, "[tools:1] weather in Oslo", conversation_id=conversation.id)
+            second = await Runner.run(agent, "[tools:1] and in Bergen", conversation_id=conversation.id)
+            items = [item async for item in client.conversations.items.list(conversation.id, order="asc")]
+            return conversation.id, [first, second], items, second.last_response_id or ""
+
+    conversation, results, items, last = asyncio.run(run())
+    assert [r.final_output for r in results] == ["from-a w1 w2 w3 w4"] * 2
+    assert [item.type for item in items] == ["message", "function_call", "function_call_output", "message"] * 2
+    outputs = [item.output for item in items if item.type == "function_call_output"]  # type: ignore[union-attr]
+    assert outputs == ["sunny, for '[tools:1] weather in Oslo'", "sunny, for '[tools:1] and in Bergen'"]
+    # Each model call sent only what was new; the gateway served it after the conversation's items.
+    messages = _sent(upstreams)
+    assert messages[0] == {"role": "system", "content": "answer briefly"}
+    assert messages[1] == user("[tools:1] weather in Oslo") and messages[-3] == user("[tools:1] and in Bergen")
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant", "tool", "assistant", "user", "assistant", "tool"]
+    # Four model calls, one agent session named by the conversation, the tool's time its wait.
+    row = gw.row("req-" + last.removeprefix("resp_"))
+    assert row["session_id"] == conversation and row["turn"] == 4
+    with gw.http() as http:
+        assert http.get(f"/v1/sessions/{conversation}").json()["turns"] == 4
+
+
+def test_an_agent_keeps_its_history_in_an_openai_conversations_session(gw: Gateway, upstreams: tuple) -> None:
+    """The SDK's own session: it reads the conversation's items, sends them whole, and adds the new ones."""
+    async def run() -> tuple[list, list]:
+        async with gw.async_openai() as client:
+            session = OpenAIConversationsSession(openai_client=client)
+            agent = _agent(client)
+            results = [await Runner.run(agent, f"[tools:1] weather in {city}", session=session)
+                       for city in ("Oslo", "Bergen")]
+            return results, await session.get_items()
+
+    results, items = asyncio.run(run())
+    assert [r.final_output for r in results] == ["from-a w1 w2 w3 w4"] * 2
+    assert [item["type"] for item in items] == ["message", "function_call", "function_call_output", "message"] * 2
+    messages = _sent(upstreams)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "user", "assistant",
+                                             "tool"]
+    assert messages[3]["content"] == "sunny, for '[tools:1] weather in Oslo'"

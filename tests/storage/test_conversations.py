@@ -1,0 +1,70 @@
+"""The conversations tables on SQLite and PostgreSQL: create with items, items in `seq` order whatever
+order they were written in, idempotent adds (a writer's retry), metadata, item and whole deletion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage.conversations import ConversationItemWriter, ConversationStore
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+
+def conversation(conversation_id: str, **fields: object) -> dict:
+    return {"id": conversation_id, "created_at": NOW, "api_key_id": "key-1", "metadata": {"topic": "démo"}, **fields}
+
+
+def item(conversation_id: str, item_id: str, seq: int, text: str = "hi") -> dict:
+    return {"conversation_id": conversation_id, "id": item_id, "seq": seq, "created_at": NOW,
+            "item": {"type": "message", "id": item_id, "role": "user", "content": text}}
+
+
+def test_items_come_back_in_seq_order_and_an_add_retried_lands_once(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [item("conv_a", "msg_1", 10), item("conv_a", "msg_2", 11, "\U0001f600")])
+    store.create(conversation("conv_b"), [])
+    big = 1_764_936_000_000_000 * 1000 + 999  # microseconds in 2025 x 1000: past 32 bits, within 64
+    store.add([item("conv_a", "msg_4", big), item("conv_a", "msg_3", 12)])  # written out of order
+    store.add([item("conv_a", "msg_3", 12, "again")])  # the writer retrying after an ambiguous failure
+    found, rows = store.with_items("conv_a")
+    assert found is not None and found["metadata"] == {"topic": "démo"} and found["created_at"] == NOW
+    assert [r["id"] for r in rows] == ["msg_1", "msg_2", "msg_3", "msg_4"]
+    assert rows[1]["item"]["content"] == "\U0001f600" and rows[2]["item"]["content"] == "hi"
+    assert rows[3]["seq"] == big
+    assert store.with_items("conv_b") == (store.get("conv_b"), [])
+    assert store.with_items("conv_missing") == (None, [])
+
+
+def test_metadata_item_and_conversation_deletion(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [item("conv_a", "msg_1", 1), item("conv_a", "msg_2", 2)])
+    store.create(conversation("conv_b"), [item("conv_b", "msg_1", 1)])  # item ids are per conversation
+    assert store.set_metadata("conv_a", {"k": "v"}) and not store.set_metadata("conv_missing", {})
+    assert store.get("conv_a")["metadata"] == {"k": "v"}  # type: ignore[index]
+    assert store.delete_item("conv_a", "msg_1") and not store.delete_item("conv_a", "msg_1")
+    assert [r["id"] for r in store.with_items("conv_a")[1]] == ["msg_2"]
+    assert store.delete("conv_a") and not store.delete("conv_a")
+    assert store.with_items("conv_a") == (None, [])
+    assert [r["id"] for r in store.with_items("conv_b")[1]] == ["msg_1"]
+
+
+def test_a_conversation_id_is_created_once(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [])
+    with pytest.raises(IntegrityError):
+        store.create(conversation("conv_a", api_key_id="someone-else"), [item("conv_a", "msg_1", 1)])
+    assert store.get("conv_a")["api_key_id"] == "key-1"  # type: ignore[index]
+    assert store.with_items("conv_a")[1] == []  # the failed create's items went with it
+
+
+def test_the_item_writer_writes_what_it_is_given(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [item("conv_a", "msg_1", 1)])
+    with ConversationItemWriter(db_url, flush_interval_s=0.01) as writer:
+        for row in store.complete_items([item("conv_a", "msg_2", 2), item("conv_a", "msg_1", 1, "dup")]):
+            writer.submit(row)
+    rows = store.with_items("conv_a")[1]
+    assert [(r["id"], r["item"]["content"]) for r in rows] == [("msg_1", "hi"), ("msg_2", "hi")]
