@@ -58,12 +58,13 @@ class IncrementalDetokenizer:
 
     def add(self, token_ids: Iterable[int], check_stop: bool = True) -> TextDelta:
         """Feed the step's new token ids; returns the text that is now safe to emit. Without
-        `check_stop` (under a request's min_tokens) the text is not searched for stop strings."""
+        `check_stop` (under a request's min_tokens) a stop string in the text does not end it, but what
+        could begin one is still held back: a stop string that min_tokens is reached inside of ends the
+        output, as in vLLM, whose stop check looks back a stop string's length into the text."""
         if self.stopped:
             return TextDelta("")
         self._ids.extend(token_ids)
-        buffer = self._held + self._decode_new(final=False)
-        return self._emit(buffer, final=False) if check_stop else self._release(buffer, held="")
+        return self._emit(self._held + self._decode_new(final=False), final=False, check_stop=check_stop)
 
     def flush(self) -> str:
         """The request ended (EOS, length, abort): emit whatever was held back."""
@@ -85,8 +86,8 @@ class IncrementalDetokenizer:
     def _decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
 
-    def _emit(self, buffer: str, final: bool) -> TextDelta:
-        hit = _earliest_stop(buffer, self.stop_strings)
+    def _emit(self, buffer: str, final: bool, check_stop: bool = True) -> TextDelta:
+        hit = _earliest_stop(buffer, self.stop_strings) if check_stop else None
         if hit is not None:
             index, stop = hit
             self.stop = stop

@@ -85,6 +85,18 @@ def test_multi_token_step_containing_a_stop() -> None:
     assert (delta.text, delta.stop) == ("hello ", "é!")
 
 
+def test_under_min_tokens_a_stop_string_is_kept_but_one_completed_after_it_ends_the_text() -> None:
+    """The first 6 bytes are under min_tokens: "END" inside them is text; "EN" at their end is held, and
+    the "D" that completes it once stops are armed ends the output there (as vLLM's look-back does)."""
+    tok = ByteTokenizer()
+    det = IncrementalDetokenizer(tok, stop=["END"])
+    deltas = [det.add([token_id], check_stop=i >= 6).text for i, token_id in enumerate(tok.encode("ENDaEND!"))]
+    assert deltas == ["", "", "END", "a", "", "", ""] + [""] and det.stop == "END" and det.text == "ENDa"
+    det = IncrementalDetokenizer(tok, stop=["END"])
+    deltas = [det.add([token_id], check_stop=i >= 4).text for i, token_id in enumerate(tok.encode("xENDy"))]
+    assert det.stop is None and "".join(deltas) + det.flush() == "xENDy"  # all of "END" came under min_tokens
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     text=st.text(alphabet="abé€😀\n", max_size=30),
