@@ -110,6 +110,16 @@ class AsyncEngine:
 
     async def start(self) -> None:
         self._ensure_started()
+        if self.engine.can_constrain:
+            # llguidance's view of the vocabulary takes about a second per 32k tokens: built now, in the
+            # background, the first structured request does not wait for it (one waiting takes its lock).
+            threading.Thread(target=self._warm_grammars, name="pitstop-grammars", daemon=True).start()
+
+    def _warm_grammars(self) -> None:
+        try:
+            self.engine.grammars()
+        except Exception:  # the first structured request will build it, and say what is wrong
+            log.exception("building the grammar compiler in the background failed")
 
     def _ensure_started(self) -> None:
         with self._cond:

@@ -130,10 +130,15 @@ class LLMEngine:
             raise InvalidRequestError(f"logit_bias: token ids must be below this model's vocabulary size "
                                       f"{vocab_size}", "logit_bias")
         if params.constraint is not None:
-            if self.tokenizer is None or not hasattr(self.runner, "step_logprobs"):
+            if not self.can_constrain:
                 raise InvalidRequestError("this engine cannot hold answers to a grammar (it needs a tokenizer and "
                                           "a runner that computes logits, not a simulated one)", params.constraint.param)
             self.grammars().check(params.constraint)
+
+    @property
+    def can_constrain(self) -> bool:
+        """Can answers be held to a grammar: a tokenizer, and a runner that computes logits."""
+        return self.tokenizer is not None and hasattr(self.runner, "step_logprobs")
 
     def grammars(self) -> GrammarCompiler:
         """The engine's grammar compiler (engine/structured_output.py), made once on first use."""

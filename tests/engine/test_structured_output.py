@@ -6,8 +6,10 @@ the openai SDK's own `parse` helper; and the 400s for what cannot be held."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +58,31 @@ def answers(engine: LLMEngine, constraint: OutputConstraint | None, seeds: range
     while engine.has_unfinished():
         engine.step()
     return seqs
+
+
+def test_a_started_engine_builds_its_grammar_compiler_before_any_structured_request(tiny_model_dir: Path) -> None:
+    """So the first structured request does not wait for llguidance's view of the vocabulary; an engine
+    that cannot hold answers to a grammar (no tokenizer) builds none."""
+    from engine.async_engine import AsyncEngine
+
+    runner = TorchModelRunner(tiny_model_dir, 64, 4, dtype=torch.float32)
+    config = EngineConfig(num_blocks=64, max_num_seqs=4)
+    able = LLMEngine(config, runner, tokenizer=Tokenizer(tiny_model_dir))
+    unable = LLMEngine(config, runner)
+    assert able.can_constrain and not unable.can_constrain
+
+    async def scenario() -> None:
+        engines = [AsyncEngine(able), AsyncEngine(unable)]
+        for engine in engines:
+            await engine.start()
+        deadline = time.monotonic() + 60  # a liveness bound, not a timing: the build takes well under a second
+        while able._grammars is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for engine in engines:
+            await engine.shutdown()
+
+    asyncio.run(scenario())
+    assert able._grammars is not None and unable._grammars is None
 
 
 def text_of(engine: LLMEngine, seq: Sequence) -> str:
