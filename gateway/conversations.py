@@ -29,7 +29,8 @@ from typing import Any
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
 from gateway.outcomes import storable
-from gateway.responses_api import check_items, stored_items
+from gateway.responses_api import stored_items
+from gateway.responses_input import input_messages
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.inserts import describe
 
@@ -212,7 +213,7 @@ def _new_items(items: Any, least: int = 1) -> list[dict]:
                           "invalid_value")
     if not items:
         return []
-    check_items(items, "items")
+    input_messages(items, "items")  # a 400 naming the item for one a chat cannot carry
     return stored_items([{k: v for k, v in item.items() if k != "id"} for item in items], uuid.uuid4().hex)
 
 

@@ -15,6 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.server.errors import bad_request
+from gateway.responses_input import (
+    chat_response_format,
+    chat_tool_choice,
+    chat_tools,
+    custom_input,
+    custom_tools,
+    input_messages,
+)
 
 # Request fields read here; anything else is a 400, as it would be for a chat request it can't be.
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
@@ -23,8 +31,6 @@ _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "
          "previous_response_id", "conversation")
 _IGNORED = ("truncation", "include", "service_tier", "safety_identifier",
             "top_logprobs", "stream_options", "background", "max_tool_calls")
-_ROLES = ("user", "system", "developer", "assistant")
-_TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def check_request(raw: Any) -> dict:
@@ -71,17 +77,17 @@ def chat_request(raw: dict) -> dict:
         if not isinstance(instructions, str):
             raise bad_request("'instructions' must be a string", "instructions", "invalid_type")
         messages.append({"role": "system", "content": instructions})
-    messages += _messages(raw.get("input"))
+    messages += input_messages(raw.get("input"))
     chat["messages"] = messages
     if raw.get("tools") is not None:
-        chat["tools"] = _tools(raw["tools"])
+        chat["tools"] = chat_tools(raw["tools"])
     if raw.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(raw["tool_choice"])
+        chat["tool_choice"] = chat_tool_choice(raw["tool_choice"])
     if (limit := raw.get("max_output_tokens")) is not None:
         if type(limit) is not int or limit < 1:
             raise bad_request("'max_output_tokens' must be a positive integer", "max_output_tokens", "invalid_value")
         chat["max_tokens"] = limit
-    if (response_format := _response_format(raw.get("text"))) is not None:
+    if (response_format := chat_response_format(raw.get("text"))) is not None:
         chat["response_format"] = response_format
     effort = raw.get("reasoning", {}).get("effort") if isinstance(raw.get("reasoning"), dict) else None
     if effort is not None:
@@ -95,114 +101,8 @@ def continued(chat: dict, raw: dict, earlier: Sequence[dict]) -> dict:
     """The chat, with the `earlier` items of the conversation it continues after its instructions."""
     if earlier:  # a conversation may have no items yet
         at = 1 if raw.get("instructions") is not None else 0
-        chat["messages"][at:at] = _messages(list(earlier))
+        chat["messages"][at:at] = input_messages(list(earlier))
     return chat
-
-
-def check_items(items: Any, field: str) -> None:
-    """A 400 naming the item for a list that is not Responses input items a chat can stand for."""
-    _messages(items, field)
-
-
-def _messages(items: Any, field: str = "input") -> list[dict]:
-    if isinstance(items, str):
-        return [{"role": "user", "content": items}]
-    if not isinstance(items, list) or not items:
-        raise bad_request(f"'{field}' must be a string or a non-empty list of items", field, "invalid_type")
-    messages: list[dict] = []
-    for i, item in enumerate(items):
-        where = f"{field}[{i}]"
-        if not isinstance(item, dict):
-            raise bad_request(f"'{where}' must be an object", where, "invalid_type")
-        kind = item.get("type", "message")
-        if kind == "message":
-            if item.get("role") not in _ROLES:
-                raise bad_request(f"'{where}.role' must be one of {list(_ROLES)}", f"{where}.role")
-            messages.append({"role": item["role"], "content": _content(item.get("content"), f"{where}.content",
-                                                                        item["role"] == "assistant")})
-        elif kind == "function_call":
-            call = {"id": _string(item, "call_id", where), "type": "function",
-                    "function": {"name": _string(item, "name", where), "arguments": _string(item, "arguments", where)}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":  # a call after its text, or a parallel call
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            output = item.get("output")
-            content = output if isinstance(output, str) else _content(output, f"{where}.output", True)
-            messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": content})
-        elif kind == "reasoning":
-            continue  # nothing a chat model reads
-        else:
-            raise bad_request(f"'{where}.type' {kind!r} is not supported (message, function_call, "
-                              "function_call_output, reasoning)", f"{where}.type", "unsupported")
-    return messages
-
-
-def _string(item: dict, name: str, where: str) -> str:
-    value = item.get(name)
-    if not isinstance(value, str):
-        raise bad_request(f"'{where}.{name}' must be a string", f"{where}.{name}", "invalid_type")
-    return value
-
-
-def _content(content: Any, where: str, as_text: bool) -> str | list[dict]:
-    """A message's content as a chat's: a string, or text and image parts."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise bad_request(f"'{where}' must be a string or a list of parts", where, "invalid_type")
-    parts: list[dict] = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "input_image" and isinstance(part.get("image_url"), str) and not as_text:
-            parts.append({"type": "image_url", "image_url": {"url": part["image_url"],
-                                                             "detail": part.get("detail") or "auto"}})
-        else:
-            raise bad_request(f"'{where}[{i}]' must be an input_text or input_image part", f"{where}[{i}]",
-                              "unsupported")
-    return "".join(p["text"] for p in parts) if as_text else parts
-
-
-def _tools(tools: Any) -> list[dict]:
-    if not isinstance(tools, list):
-        raise bad_request("'tools' must be a list", "tools", "invalid_type")
-    converted = []
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-            raise bad_request(f"'tools[{i}]' must be a function tool with a name (other tools are not supported)",
-                              f"tools[{i}]", "unsupported")
-        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-        converted.append({"type": "function", "function": function})
-    return converted
-
-
-def _tool_choice(choice: Any) -> Any:
-    if choice in ("auto", "none", "required"):
-        return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
-    raise bad_request("'tool_choice' must be auto, none, required or a function by name", "tool_choice",
-                      "unsupported")
-
-
-def _response_format(text: Any) -> dict | None:
-    if text is None:
-        return None
-    fmt = text.get("format") if isinstance(text, dict) else None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if fmt is None or kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "json_object"}
-    if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
-        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
-        return {"type": "json_schema", "json_schema": schema}
-    raise bad_request("'text.format' must be text, json_object or json_schema (with a schema)", "text.format",
-                      "unsupported")
 
 
 def response_id(request_id: str) -> str:
@@ -230,6 +130,7 @@ class ResponseEnvelope:
     def __init__(self, request_id: str, raw: dict, store: bool = False) -> None:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
+        self.custom_tools = custom_tools(raw.get("tools"))  # whose calls come back as custom_tool_call items
         tool_choice = raw.get("tool_choice")
         self.settings = {"instructions": raw.get("instructions"), "max_output_tokens": raw.get("max_output_tokens"),
                          "metadata": raw.get("metadata") or {},
@@ -260,8 +161,9 @@ class ResponseEnvelope:
             output.append(message_item(self.id, message["content"], "completed"))
         for i, call in enumerate(message.get("tool_calls") or ()):
             function = call.get("function") or {}
-            output.append(call_item(self.id, i, call.get("id") or f"call_{i}", function.get("name") or "",
-                                     function.get("arguments") or "", "completed"))
+            name = function.get("name") or ""
+            output.append(call_item(self.id, i, call.get("id") or f"call_{i}", name, function.get("arguments") or "",
+                                    "completed", name in self.custom_tools))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
                              choices[0].get("finish_reason"))
 
@@ -272,9 +174,16 @@ def message_item(resp: str, text: str, status: str) -> dict:
             "content": content}
 
 
-def call_item(resp: str, index: int, call_id: str, name: str, arguments: str, status: str) -> dict:
-    return {"type": "function_call", "id": f"fc_{resp.removeprefix('resp_')}_{index}", "call_id": call_id,
-            "name": name, "arguments": arguments, "status": status}
+def call_item(resp: str, index: int, call_id: str, name: str, arguments: str, status: str,
+              custom: bool = False) -> dict:
+    """A chat tool call as a Responses output item: a `function_call`, or a `custom_tool_call` whose
+    input is its arguments unwrapped."""
+    base = resp.removeprefix("resp_")
+    if custom:
+        return {"type": "custom_tool_call", "id": f"ctc_{base}_{index}", "call_id": call_id, "name": name,
+                "input": custom_input(arguments), "status": status}
+    return {"type": "function_call", "id": f"fc_{base}_{index}", "call_id": call_id, "name": name,
+            "arguments": arguments, "status": status}
 
 
 def public_item(item: dict) -> dict:
@@ -323,4 +232,5 @@ def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
             "last_id": page[-1]["id"] if page else None, "has_more": start + len(page) < len(ordered)}
 
 
-_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco"}

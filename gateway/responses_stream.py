@@ -1,6 +1,7 @@
 """A chat stream as Responses API stream events (SSE bytes): the message's text, then each tool call's
 arguments, each item opened when its first delta comes and closed at the end, then `response.completed`
-with the whole Response and its usage."""
+with the whole Response and its usage. A custom tool's input comes in one delta at its end: the chat
+streams it as JSON arguments, which are unwrapped once whole."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
 from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item
+from gateway.responses_input import custom_input
 
 
 def sse(event: dict) -> bytes:
@@ -74,16 +76,20 @@ class ResponseStream:
         function = call.get("function") or {}
         item = self.calls.get(index)
         if item is None:
-            item = call_item(self.envelope.id, index, call.get("id") or f"call_{index}", function.get("name") or "",
-                              "", "in_progress")
+            name = function.get("name") or ""
+            item = call_item(self.envelope.id, index, call.get("id") or f"call_{index}", name, "", "in_progress",
+                             name in self.envelope.custom_tools)
+            item["_arguments"] = ""
             self.calls[index] = item
             self.items.append(item)
-            yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=dict(item))
+            yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=public_item(item))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
-            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
-                              output_index=self.items.index(item), delta=arguments)
+            item["_arguments"] += arguments
+            if item["type"] == "function_call":  # a custom call's input is its arguments unwrapped: at the end
+                item["arguments"] += arguments
+                yield self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                  output_index=self.items.index(item), delta=arguments)
 
     def completed(self) -> Iterator[bytes]:
         """Each item's closing events; the Response itself comes from `final` and `final_event`."""
@@ -96,7 +102,14 @@ class ResponseStream:
                                   content_index=0, text=text, logprobs=[])
                 yield self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                   content_index=0, part=part)
+            elif item["type"] == "custom_tool_call":
+                item.update(status="completed", input=custom_input(item.pop("_arguments")))
+                yield self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
+                                  delta=item["input"])
+                yield self._event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                                  input=item["input"])
             else:
+                item.pop("_arguments")
                 item["status"] = "completed"
                 yield self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                   name=item["name"], arguments=item["arguments"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -107,6 +108,22 @@ def test_a_streamed_turn_adds_its_items_before_its_completed_event(gw: Gateway, 
     assert events[-1]["type"] == "response.completed" and final["conversation"] == {"id": conversation.id}
     assert [item["id"] for item in listed["data"]][1:] == [final["output"][0]["id"]]
     assert listed["data"][1]["content"][0]["text"] == final["output"][0]["content"][0]["text"]
+
+
+def test_turns_sent_at_once_to_one_conversation_are_all_kept(gw: Gateway) -> None:
+    """Nothing is lost when turns overlap: every turn's input and answer are kept, each input before its
+    own answer (as at OpenAI, turns that overlap do not see each other)."""
+    with gw.openai() as client:
+        conversation = client.conversations.create()
+        with ThreadPoolExecutor(8) as pool:
+            turns = list(pool.map(lambda n: client.responses.create(
+                model="up", conversation=conversation.id, input=f"[delay:0.{n % 3}] turn {n}"), range(8)))
+        items = list(client.conversations.items.list(conversation.id, order="asc", limit=100))
+    assert len(items) == 16 and len({item.id for item in items}) == 16
+    texts = [item.content[0].text for item in items]  # type: ignore[union-attr]
+    for n, turn in enumerate(turns):
+        asked, answered = texts.index(f"[delay:0.{n % 3}] turn {n}"), [item.id for item in items].index(turn.output[0].id)
+        assert asked < answered
 
 
 def test_store_false_keeps_the_turn_in_its_conversation_but_not_the_response(gw: Gateway) -> None:

@@ -61,9 +61,12 @@ item = (st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "sy
                                                                                   "text": texts}), max_size=2)})
         | st.fixed_dictionaries({"type": st.just("function_call"), "call_id": names, "name": names,
                                  "arguments": st.just('{"city": "Paris"}')})
-        | st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": names, "output": texts}))
+        | st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": names, "output": texts})
+        | st.fixed_dictionaries({"type": st.just("custom_tool_call"), "call_id": names, "name": names, "input": texts})
+        | st.fixed_dictionaries({"type": st.just("custom_tool_call_output"), "call_id": names, "output": texts}))
 RESPONSES = {"input": texts.filter(bool) | st.lists(item, min_size=1, max_size=3), "instructions": texts,
-             "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "name": names}), min_size=1, max_size=2),
+             "tools": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["function", "custom"]), "name": names}),
+                               min_size=1, max_size=2),
              "tool_choice": st.sampled_from(["auto", "none"]), "max_output_tokens": st.integers(1, 40),
              "store": st.booleans(), "previous_response_id": st.just("resp_nope") | short, "stream": st.booleans(),
              "temperature": st.floats(0, 2), "user": short, "metadata": st.dictionaries(short, short, max_size=2),

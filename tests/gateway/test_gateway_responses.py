@@ -65,6 +65,36 @@ def test_a_function_call_and_its_result_round_trip(gw: Gateway, upstreams: tuple
     assert sent["tool_choice"] == "none"
 
 
+PATCH = {"type": "custom", "name": "apply_patch", "description": "Apply a patch to the repository",
+         "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[a-z ]+/"}}
+
+
+def test_a_custom_tool_takes_free_text_and_its_call_round_trips(gw: Gateway, upstreams: tuple) -> None:
+    """Codex's kind of tool: a chat function with one string argument upstream, free text to the client."""
+    with gw.openai() as client:
+        first = client.responses.create(model="up", input="fix the bug", tools=[PATCH, WEATHER])
+        call = first.output[0]
+        assert call.type == "custom_tool_call" and call.name == "apply_patch" and call.input == "fix the bug"
+        tool = upstreams[0].stats()["bodies"][-1]["tools"][0]["function"]
+        assert tool["parameters"]["required"] == ["input"] and "start: /[a-z ]+/" in tool["description"]
+        follow_up = [{"role": "user", "content": "fix the bug"}, call.model_dump(exclude_none=True),
+                     {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "applied"}]
+        second = client.responses.create(model="up", input=follow_up, tools=[PATCH],
+                                         tool_choice={"type": "custom", "name": "apply_patch"})
+        with client.responses.stream(model="up", input="and the next one", tools=[PATCH]) as stream:
+            kinds = [event.type for event in stream]
+            streamed = stream.get_final_response()
+    sent = upstreams[0].stats()["bodies"][-2]
+    assert sent["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.call_id, "type": "function", "function": {"name": "apply_patch",
+                                                               "arguments": json.dumps({"input": "fix the bug"})}}]}
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": "applied"}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    assert second.output[0].type == "custom_tool_call"
+    assert "response.custom_tool_call_input.done" in kinds and "response.function_call_arguments.delta" not in kinds
+    assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == "and the next one"
+
+
 def test_streamed_text_arrives_as_response_events(gw: Gateway, upstreams: tuple) -> None:
     with gw.openai() as client, client.responses.stream(model="up", input="[words:8] go") as stream:
         events = list(stream)
@@ -114,6 +144,9 @@ def test_a_stream_that_breaks_ends_with_an_error_event_and_its_row(gw: Gateway, 
      "input[0].content[0]"),
     ({"model": "up", "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
     ({"model": "up", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"model": "up", "input": "x", "tools": [{**PATCH, "format": {"type": "grammar", "syntax": "ebnf",
+                                                                  "definition": "x"}}]}, "tools[0].format"),
+    ({"model": "up", "input": [{"type": "custom_tool_call", "call_id": "c", "name": "n"}]}, "input[0].input"),
     ({"model": "up", "input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
     ({"model": "up", "input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format"),
     ({"model": "up", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),

@@ -2,7 +2,8 @@
 
 It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in a last chunk when
 `stream_options.include_usage` is set, as OpenAI does), and answers with a `tool_calls` message when
-`tools` are sent, so tool passthrough is tested end to end. The answer is `N` words, the first naming
+`tools` are sent (the prompt's text as the first tool's first required parameter, else as `q`), so tool
+passthrough is tested end to end. The answer is `N` words, the first naming
 the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
 answers /v1/embeddings, with vectors that say what they embed (`embedding_of`).
 
@@ -81,6 +82,14 @@ def _tool_results_since_user(messages: list) -> int:
             break
         count += role == "tool"
     return count
+
+
+def _argument_name(tool: dict | None) -> str:
+    """The argument a call passes the prompt's text in: the tool's first required parameter, else `q`."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    parameters = function.get("parameters") if isinstance(function, dict) else None
+    required = parameters.get("required") if isinstance(parameters, dict) else None
+    return required[0] if isinstance(required, list) and required and isinstance(required[0], str) else "q"
 
 
 def _first_tool(body: dict) -> str | None:
@@ -165,9 +174,9 @@ class Upstream:
         if body.get("stream") is True:
             options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             events = self._stream(chat, model, words, tool, text, usage if options.get("include_usage") else None,
-                                  int(found["break"]) if "break" in found else None)
+                                  int(found["break"]) if "break" in found else None, body["tools"][0] if tool else None)
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(self._whole(chat, model, words, tool, text, usage))
+        return JSONResponse(self._whole(chat, model, words, tool, text, usage, body["tools"][0] if tool else None))
 
     async def embed(self, body: Any) -> Any:
         """POST /v1/embeddings: one vector per input (embedding_of), as floats or base64 float32."""
@@ -196,7 +205,8 @@ class Upstream:
         # these bytes from the gateway's own JSON.
         return Response(json.dumps(answer), media_type="application/json")
 
-    def _whole(self, chat: bool, model: str, words: list[str], tool: str | None, text: str, usage: dict) -> dict:
+    def _whole(self, chat: bool, model: str, words: list[str], tool: str | None, text: str, usage: dict,
+               tool_spec: dict | None = None) -> dict:
         envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
                     "object": "chat.completion" if chat else "text_completion", "usage": usage}
         if not chat:
@@ -206,12 +216,13 @@ class Upstream:
         finish = "stop"
         if tool is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": self.call_id(), "type": "function", "function": {"name": tool, "arguments": json.dumps({"q": text})}}]}
+                {"id": self.call_id(), "type": "function", "function": {"name": tool, "arguments": json.dumps({_argument_name(tool_spec): text})}}]}
             finish = "tool_calls"
         return {**envelope, "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
     async def _stream(self, chat: bool, model: str, words: list[str], tool: str | None, text: str,
-                      usage: dict | None, break_after: int | None) -> AsyncIterator[bytes]:
+                      usage: dict | None, break_after: int | None,
+                      tool_spec: dict | None = None) -> AsyncIterator[bytes]:
         envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
                     "object": "chat.completion.chunk" if chat else "text_completion"}
 
@@ -222,7 +233,7 @@ class Upstream:
         if chat and tool is not None:
             pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": self.call_id(), "type": "function",
                                                                       "function": {"name": tool, "arguments": ""}}]}},
-                      {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({"q": text})}}]}}]
+                      {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({_argument_name(tool_spec): text})}}]}}]
             finish = "tool_calls"
         elif chat:
             pieces = [{"delta": {"role": "assistant", "content": w if i == 0 else " " + w}} for i, w in enumerate(words)]

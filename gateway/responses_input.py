@@ -1,0 +1,166 @@
+"""Responses API input as a chat request's parts: input items as messages, tools, tool_choice and
+`text.format`; a 400 naming the field for what a chat cannot carry.
+
+A custom tool (free-text input, as Codex's `apply_patch`) is a chat function with one string parameter,
+`input`, its grammar (if any) described to the model; its calls come back as `custom_tool_call` items
+(`custom_input` unwraps them)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine.server.errors import bad_request
+
+_ROLES = ("user", "system", "developer", "assistant")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def input_messages(items: Any, field: str = "input") -> list[dict]:
+    """Responses input items (or a string) as the chat messages they stand for; a 400 naming the item
+    for one a chat cannot carry."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise bad_request(f"'{field}' must be a string or a non-empty list of items", field, "invalid_type")
+    messages: list[dict] = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"'{where}' must be an object", where, "invalid_type")
+        kind = item.get("type", "message")
+        if kind == "message":
+            if item.get("role") not in _ROLES:
+                raise bad_request(f"'{where}.role' must be one of {list(_ROLES)}", f"{where}.role")
+            messages.append({"role": item["role"], "content": _content(item.get("content"), f"{where}.content",
+                                                                        item["role"] == "assistant")})
+        elif kind in ("function_call", "custom_tool_call"):
+            arguments = _string(item, "arguments", where) if kind == "function_call" else json.dumps(
+                {CUSTOM_INPUT: _string(item, "input", where)})
+            call = {"id": _string(item, "call_id", where), "type": "function",
+                    "function": {"name": _string(item, "name", where), "arguments": arguments}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":  # a call after its text, or a parallel call
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            output = item.get("output")
+            content = output if isinstance(output, str) else _content(output, f"{where}.output", True)
+            messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": content})
+        elif kind == "reasoning":
+            continue  # nothing a chat model reads
+        else:
+            raise bad_request(f"'{where}.type' {kind!r} is not supported (message, function_call, "
+                              "function_call_output, custom_tool_call, custom_tool_call_output, reasoning)",
+                              f"{where}.type", "unsupported")
+    return messages
+
+
+def _string(item: dict, name: str, where: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        raise bad_request(f"'{where}.{name}' must be a string", f"{where}.{name}", "invalid_type")
+    return value
+
+
+def _content(content: Any, where: str, as_text: bool) -> str | list[dict]:
+    """A message's content as a chat's: a string, or text and image parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}' must be a string or a list of parts", where, "invalid_type")
+    parts: list[dict] = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str) and not as_text:
+            parts.append({"type": "image_url", "image_url": {"url": part["image_url"],
+                                                             "detail": part.get("detail") or "auto"}})
+        else:
+            raise bad_request(f"'{where}[{i}]' must be an input_text or input_image part", f"{where}[{i}]",
+                              "unsupported")
+    return "".join(p["text"] for p in parts) if as_text else parts
+
+
+def chat_tools(tools: Any) -> list[dict]:
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be a list", "tools", "invalid_type")
+    converted = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") not in ("function", "custom") \
+                or not isinstance(tool.get("name"), str):
+            raise bad_request(f"'tools[{i}]' must be a function or custom tool with a name (other tools are not "
+                              "supported)", f"tools[{i}]", "unsupported")
+        if tool["type"] == "custom":
+            converted.append(_custom_tool(tool, f"tools[{i}]"))
+            continue
+        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+CUSTOM_INPUT = "input"  # the one argument a custom tool's call carries as a chat function call
+
+
+def custom_tools(tools: Any) -> frozenset[str]:
+    """The names of a checked request's custom tools, whose calls are turned back into custom calls."""
+    return frozenset(t["name"] for t in tools or () if isinstance(t, dict) and t.get("type") == "custom")
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's input from its function call's arguments (`{"input": ...}`; anything else whole)."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return arguments
+    value = parsed.get(CUSTOM_INPUT) if isinstance(parsed, dict) and len(parsed) == 1 else None
+    return value if isinstance(value, str) else arguments
+
+
+def _custom_tool(tool: dict, where: str) -> dict:
+    description = tool.get("description")
+    if description is not None and not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", f"{where}.description", "invalid_type")
+    fmt = tool.get("format") or {"type": "text"}
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    parts = [description] if description else []
+    if kind == "grammar":
+        syntax, definition = fmt.get("syntax"), fmt.get("definition")
+        if syntax not in ("lark", "regex") or not isinstance(definition, str):
+            raise bad_request(f"'{where}.format' must name a lark or regex grammar with its definition",
+                              f"{where}.format", "invalid_value")
+        parts.append(f"The input must match this {syntax} grammar:\n{definition}")
+    elif kind != "text":
+        raise bad_request(f"'{where}.format.type' must be text or grammar", f"{where}.format", "invalid_value")
+    parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's input"}},
+                  "required": [CUSTOM_INPUT], "additionalProperties": False}
+    return {"type": "function", "function": {"name": tool["name"], **({"description": "\n\n".join(parts)} if parts
+                                                                       else {}), "parameters": parameters}}
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and isinstance(choice.get("name"),
+                                                                                               str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise bad_request("'tool_choice' must be auto, none, required or a function or custom tool by name",
+                      "tool_choice", "unsupported")
+
+
+def chat_response_format(text: Any) -> dict | None:
+    if text is None:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) else None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
+        return {"type": "json_schema", "json_schema": schema}
+    raise bad_request("'text.format' must be text, json_object or json_schema (with a schema)", "text.format",
+                      "unsupported")
