@@ -95,6 +95,37 @@ def test_a_custom_tool_takes_free_text_and_its_call_round_trips(gw: Gateway, ups
     assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == "and the next one"
 
 
+def test_a_codex_shaped_turn_is_served_as_one_session(gw: Gateway, upstreams: tuple) -> None:
+    """The body Codex CLI sends (codex-rs ResponsesApiRequest: reasoning items with encrypted content,
+    a shell function and the apply_patch custom tool, store false, `include`, `text.verbosity`), streamed;
+    its `prompt_cache_key` names the session."""
+    shell = {"type": "function", "name": "shell", "description": "Run a command", "strict": False,
+             "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                            "required": ["command"], "additionalProperties": False}}
+    body = {"model": "up", "instructions": "You are a coding agent.", "tools": [shell, PATCH], "tool_choice": "auto",
+            "parallel_tool_calls": False, "reasoning": {"effort": "medium", "summary": "auto"}, "store": False,
+            "stream": True, "include": ["reasoning.encrypted_content"], "prompt_cache_key": "codex-session-1",
+            "text": {"verbosity": "low"}, "input": [
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix the tests"}]},
+                {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA..."},
+                {"type": "function_call", "id": "fc_1", "name": "shell", "call_id": "call_1",
+                 "arguments": '{"command": ["pytest"]}'},
+                {"type": "function_call_output", "call_id": "call_1", "output": "1 failed"},
+                {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_2", "name": "apply_patch",
+                 "input": "*** Begin Patch"},
+                {"type": "custom_tool_call_output", "call_id": "call_2", "output": "Success"}]}
+    with gw.http() as http:
+        response = http.post("/v1/responses", json=body)
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert response.status_code == 200 and events[-1]["type"] == "response.completed"
+    call = events[-1]["response"]["output"][0]
+    assert call["type"] == "function_call" and json.loads(call["arguments"]) == {"command": "fix the tests"}
+    sent = upstreams[0].stats()["bodies"][-1]
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert sent["reasoning_effort"] == "medium" and sent["parallel_tool_calls"] is False
+    assert gw.row(response.headers["x-pitstop-request-id"])["session_id"] == "codex-session-1"
+
+
 def test_streamed_text_arrives_as_response_events(gw: Gateway, upstreams: tuple) -> None:
     with gw.openai() as client, client.responses.stream(model="up", input="[words:8] go") as stream:
         events = list(stream)
