@@ -69,7 +69,8 @@ def embeddings_answer(raw: bytes, skim: bool = True) -> dict:
             shaped = _EMBEDDINGS.decode(raw)
     if shaped is not None and shaped.usage is not None and _billable(shaped.usage) and all(
             memoryview(item.embedding)[:1] in (b"[", b'"') for item in shaped.data):
-        return UpstreamBytes.of({"usage": shaped.usage}, raw)
+        # The usage read as the whole-answer path reads it (an integer past 64 bits becomes a float there).
+        return UpstreamBytes.of({"usage": large_json(msgspec.json.encode(shaped.usage))}, raw)
     try:
         answer = large_json(raw)
     except ValueError:

@@ -158,6 +158,7 @@ def _read_whole(raw: bytes) -> dict | None:
 @given(body=embedding_answers)
 @example(body={"data": [{"embedding": [1.0, "x"]}], "usage": {"prompt_tokens": 1}})
 @example(body={"data": [{"embedding": None}], "usage": {"prompt_tokens": 1}})
+@example(body={"data": [], "usage": {"": -(2**63) - 1}})  # past 64 bits: a float read whole (hypothesis found it)
 def test_an_embeddings_answer_skimmed_agrees_with_it_read_whole(body: Any) -> None:
     """msgspec skims a billable answer (its vectors skipped); it must take and refuse what reading every
     float takes and refuses, and bill the same usage."""
