@@ -39,6 +39,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses
+	$(PY) -m bench.gateway_conversations
 	$(PY) -m bench.gateway_dialects
 	$(PY) -m bench.limits_holds
 

@@ -11,7 +11,7 @@ from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from gateway.auth import Caller
 from gateway.conversations import Conversations
-from gateway.responses_api import item_page, listed_item
+from gateway.responses_api import listed_item
 from gateway.state import GatewayState
 
 
@@ -52,8 +52,8 @@ async def list_items(request: Request) -> Response:
     """A page of the conversation's items (`limit`, `order` (desc by default), `after`; `include` is
     ignored: the gateway keeps nothing it could add)."""
     conversations, caller = await _context(request)
-    items = await conversations.items(request.path_params["conversation_id"], caller.key_id)
-    return SafeJSONResponse(item_page(items, request.query_params))
+    return SafeJSONResponse(await conversations.page(request.path_params["conversation_id"], caller.key_id,
+                                                     request.query_params))
 
 
 async def create_items(request: Request) -> Response:

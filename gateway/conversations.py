@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
 from gateway.outcomes import storable
-from gateway.responses_api import stored_items
+from gateway.responses_api import item_page, no_item_after, page_body, page_params, stored_items
 from gateway.responses_input import input_messages
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.inserts import describe
@@ -104,6 +104,23 @@ class Conversations:
     async def items(self, conversation_id: str, key_id: str | None, param: str | None = None) -> list[dict]:
         """The conversation's items, in order (a 404 naming `param` for one that is not the caller's)."""
         return (await self._read(conversation_id, key_id, param))[1]
+
+    async def page(self, conversation_id: str, key_id: str | None, query: Mapping[str, str]) -> dict:
+        """GET /v1/conversations/{id}/items: one page, read by keyset from the database (from all the
+        items, in memory, while some of this conversation's wait for the database here)."""
+        params = page_params(query)
+        if self.pending.get(conversation_id):
+            return item_page(await self.items(conversation_id, key_id), query)
+        self.check_enabled()
+        try:
+            page = await asyncio.to_thread(self.store.page, conversation_id, params.limit, params.descending,
+                                           params.after)
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        _mine(page.conversation, conversation_id, key_id, None)
+        if not page.after_found:
+            raise no_item_after(params.after or "")
+        return page_body([row["item"] for row in page.rows], page.has_more)
 
     async def item(self, conversation_id: str, item_id: str, key_id: str | None) -> dict:
         for item in await self.items(conversation_id, key_id):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from engine.server.errors import bad_request
@@ -211,25 +212,49 @@ def listed_item(item: dict) -> dict:
     return {**item, "content": [{"type": part, "text": item["content"]}], "status": item.get("status", "completed")}
 
 
-def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
-    """One page of stored items (a response's input, a conversation's) as the SDKs' cursor pages read it:
-    `limit` (1-100, default 20), `order` (asc or desc, the default) and `after` (an item id)."""
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    descending: bool
+    after: str | None
+
+
+def page_params(query: Mapping[str, str]) -> PageParams:
+    """A list endpoint's cursor (`limit` 1-100, default 20; `order` asc or desc, the default; `after`, an
+    item id), or a 400 naming the parameter."""
     limit = query.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise bad_request("'limit' must be an integer from 1 to 100", "limit", "invalid_value")
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise bad_request("'order' must be 'asc' or 'desc'", "order", "invalid_value")
-    ordered = list(items) if order == "asc" else list(items)[::-1]
-    start = 0
-    if (after := query.get("after")) is not None:
-        ids = [item.get("id") for item in ordered]
-        if after not in ids:
-            raise bad_request(f"'after': no item {after!r} here", "after", "invalid_value")
-        start = ids.index(after) + 1
-    page = [listed_item(item) for item in ordered[start:start + int(limit)]]
+    return PageParams(int(limit), order == "desc", query.get("after"))
+
+
+def no_item_after(after: str) -> Exception:
+    return bad_request(f"'after': no item {after!r} here", "after", "invalid_value")
+
+
+def page_body(items: Sequence[dict], has_more: bool) -> dict:
+    """A page as the SDKs' cursor pages read it."""
+    page = [listed_item(item) for item in items]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": start + len(page) < len(ordered)}
+            "last_id": page[-1]["id"] if page else None, "has_more": has_more}
+
+
+def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
+    """One page of stored items held in memory (a response's input; a conversation's, while some of its
+    items wait for the database)."""
+    params = page_params(query)
+    ordered = list(items)[::-1] if params.descending else list(items)
+    start = 0
+    if params.after is not None:
+        ids = [item.get("id") for item in ordered]
+        if params.after not in ids:
+            raise no_item_after(params.after)
+        start = ids.index(params.after) + 1
+    page = ordered[start:start + params.limit]
+    return page_body(page, start + len(page) < len(ordered))
 
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",

@@ -6,9 +6,10 @@ blocking I/O: run them in a thread, never on the event loop."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, delete, select, update
+from sqlalchemy import Table, delete, select, tuple_, update
 from sqlalchemy.engine import URL, Connection, Engine
 
 from storage.batch_writer import BatchWriter
@@ -26,6 +27,14 @@ class ConversationItemWriter(BatchWriter):
     back (idempotent on (conversation, item id))."""
 
     table: ClassVar[Table | None] = ITEMS
+
+
+@dataclass
+class ItemPage:
+    conversation: dict[str, Any] | None  # None: no such conversation
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    has_more: bool = False
+    after_found: bool = True  # False: the `after` item is not in the conversation
 
 
 class ConversationStore:
@@ -71,6 +80,25 @@ class ConversationStore:
                 return None, []
             query = select(ITEMS).where(ITEMS.c.conversation_id == conversation_id).order_by(ITEMS.c.seq, ITEMS.c.id)
             return conversation, [dict(row._mapping) for row in connection.execute(query)]
+
+    def page(self, conversation_id: str, limit: int, descending: bool, after: str | None = None) -> ItemPage:
+        """Up to `limit` items after the `after` item, in `seq` order or its reverse (keyset paging on the
+        (conversation, seq) index: a page costs the same however long the conversation is)."""
+        with self._engine.connect() as connection:
+            conversation = self._get(connection, conversation_id)
+            if conversation is None:
+                return ItemPage(None)
+            query = select(ITEMS).where(ITEMS.c.conversation_id == conversation_id)
+            if after is not None:
+                mark = connection.execute(select(ITEMS.c.seq).where(ITEMS.c.conversation_id == conversation_id,
+                                                                    ITEMS.c.id == after)).scalar()
+                if mark is None:
+                    return ItemPage(conversation, after_found=False)
+                key, at = tuple_(ITEMS.c.seq, ITEMS.c.id), tuple_(mark, after)
+                query = query.where(key < at if descending else key > at)
+            order = (ITEMS.c.seq.desc(), ITEMS.c.id.desc()) if descending else (ITEMS.c.seq, ITEMS.c.id)
+            rows = [dict(row._mapping) for row in connection.execute(query.order_by(*order).limit(limit + 1))]
+            return ItemPage(conversation, rows[:limit], len(rows) > limit)
 
     def set_metadata(self, conversation_id: str, metadata: dict[str, str]) -> bool:
         with self._engine.begin() as connection:

@@ -53,6 +53,8 @@ def test_items_the_database_refused_are_read_from_memory_until_written(
         third = await turn(conversation, 3)  # continued from memory, in order, and written at once
         assert [item["id"] for item in await conversations.items(conversation, "key")][3:] == [
             "msg_2_0", "msg_resp_2", "msg_3_0", "msg_resp_3"]
+        paged = await conversations.page(conversation, "key", {"order": "asc", "limit": "5", "after": "msg_2_0"})
+        assert [item["id"] for item in paged["data"]] == ["msg_resp_2", "msg_3_0", "msg_resp_3"]  # from memory too
         writer.close(timeout=10)  # now written
         assert len(store.with_items(conversation)[1]) == 7
         await conversations.items(conversation, "key")

@@ -68,3 +68,25 @@ def test_the_item_writer_writes_what_it_is_given(db_url: str) -> None:
             writer.submit(row)
     rows = store.with_items("conv_a")[1]
     assert [(r["id"], r["item"]["content"]) for r in rows] == [("msg_1", "hi"), ("msg_2", "hi")]
+
+
+def test_items_are_paged_by_keyset_both_ways(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    same_seq = [item("conv_a", f"msg_{c}", 7) for c in "ba"]  # a tie on seq: the id orders them
+    store.create(conversation("conv_a"), [item("conv_a", f"msg_{n}", n) for n in range(5)] + same_seq)
+    order = ["msg_0", "msg_1", "msg_2", "msg_3", "msg_4", "msg_a", "msg_b"]
+
+    def walk(descending: bool, limit: int) -> list[list[str]]:
+        pages, after = [], None
+        while True:
+            page = store.page("conv_a", limit, descending, after)
+            pages.append([row["id"] for row in page.rows])
+            if not page.has_more:
+                return pages
+            after = page.rows[-1]["id"]
+
+    assert walk(False, 3) == [order[:3], order[3:6], order[6:]]
+    assert walk(True, 2) == [order[::-1][:2], order[::-1][2:4], order[::-1][4:6], order[::-1][6:]]
+    assert walk(False, 7) == [order] and store.page("conv_a", 7, False).has_more is False
+    assert store.page("conv_a", 5, False, "msg_nope").after_found is False
+    assert store.page("conv_missing", 5, False).conversation is None
