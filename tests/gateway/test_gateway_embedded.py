@@ -157,6 +157,27 @@ def test_structured_outputs_from_a_local_model_through_each_api(embedded: tuple[
     assert isinstance(response.output_parsed, Verdict)
 
 
+def test_a_conversation_on_a_local_model_reuses_its_kv_from_the_first_turn(embedded: tuple[Gateway, Path]) -> None:
+    """A conversation is an agent session from its first turn, kept on the engine instance that holds its
+    KV: the second turn's prompt, which starts with the first turn's, is served from the prefix cache."""
+    gw, root = embedded
+    opening = " ".join(f"The sea was calm on day {n} of the voyage." for n in range(12))  # several KV blocks
+    with gw.openai() as client:
+        conversation = client.conversations.create(items=[{"role": "system", "content": "You keep a log."}])
+        first = client.responses.create(model="tiny-small", conversation=conversation.id, input=opening,
+                                        max_output_tokens=8)
+        second = client.responses.create(model="tiny-small", conversation=conversation.id, input="And then?",
+                                         max_output_tokens=8)
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    # The first turn's prompt (its whole blocks of 16 tokens) came from the cache.
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens // 16 * 16 > 0
+    gw.flush()
+    rows = {r["request_id"]: r for r in read_outcomes(f"sqlite:///{root / 'pitstop.db'}")}
+    turns = [rows["req-" + r.id.removeprefix("resp_")] for r in (first, second)]
+    assert [(r["session_id"], r["turn"]) for r in turns] == [(conversation.id, 1), (conversation.id, 2)]
+
+
 def test_a_forced_tool_call_from_a_local_model_through_each_api(embedded: tuple[Gateway, Path]) -> None:
     """Claude-style forced tool use (tool_choice by name) on a random tiny model: a tool_use block whose
     input its schema accepts, stop_reason tool_use, whole and streamed; and the Responses API's
