@@ -123,10 +123,16 @@ class Conversations:
         return page_body([row["item"] for row in page.rows], page.has_more)
 
     async def item(self, conversation_id: str, item_id: str, key_id: str | None) -> dict:
-        for item in await self.items(conversation_id, key_id):
-            if item["id"] == item_id:
-                return item
-        raise not_found(f"no item {item_id!r} in conversation {conversation_id!r}", "item_id", "item_not_found")
+        self.check_enabled()
+        try:
+            conversation, row = await asyncio.to_thread(self.store.item, conversation_id, item_id)
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        _mine(conversation, conversation_id, key_id, None)
+        row = row or self.pending.get(conversation_id, {}).get(item_id)
+        if row is None:
+            raise not_found(f"no item {item_id!r} in conversation {conversation_id!r}", "item_id", "item_not_found")
+        return row["item"]
 
     async def add(self, conversation_id: str, raw: Any, key_id: str | None) -> list[dict]:
         """POST /v1/conversations/{id}/items: items added at the end; they are returned with their ids."""

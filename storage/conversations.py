@@ -100,6 +100,16 @@ class ConversationStore:
             rows = [dict(row._mapping) for row in connection.execute(query.order_by(*order).limit(limit + 1))]
             return ItemPage(conversation, rows[:limit], len(rows) > limit)
 
+    def item(self, conversation_id: str, item_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The conversation and one of its item rows (None where there is none), over one connection."""
+        with self._engine.connect() as connection:
+            conversation = self._get(connection, conversation_id)
+            if conversation is None:
+                return None, None
+            row = connection.execute(select(ITEMS).where(ITEMS.c.conversation_id == conversation_id,
+                                                         ITEMS.c.id == item_id)).first()
+            return conversation, None if row is None else dict(row._mapping)
+
     def set_metadata(self, conversation_id: str, metadata: dict[str, str]) -> bool:
         with self._engine.begin() as connection:
             changed = connection.execute(update(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)

@@ -55,6 +55,7 @@ def test_items_the_database_refused_are_read_from_memory_until_written(
             "msg_2_0", "msg_resp_2", "msg_3_0", "msg_resp_3"]
         paged = await conversations.page(conversation, "key", {"order": "asc", "limit": "5", "after": "msg_2_0"})
         assert [item["id"] for item in paged["data"]] == ["msg_resp_2", "msg_3_0", "msg_resp_3"]  # from memory too
+        assert (await conversations.item(conversation, "msg_resp_2", "key"))["content"][0]["text"] == "answer 2"
         writer.close(timeout=10)  # now written
         assert len(store.with_items(conversation)[1]) == 7
         await conversations.items(conversation, "key")

@@ -90,3 +90,6 @@ def test_items_are_paged_by_keyset_both_ways(db_url: str) -> None:
     assert walk(False, 7) == [order] and store.page("conv_a", 7, False).has_more is False
     assert store.page("conv_a", 5, False, "msg_nope").after_found is False
     assert store.page("conv_missing", 5, False).conversation is None
+    found, row = store.item("conv_a", "msg_a")
+    assert found is not None and row is not None and row["item"]["id"] == "msg_a"
+    assert store.item("conv_a", "msg_nope")[1] is None and store.item("conv_missing", "msg_a") == (None, None)
