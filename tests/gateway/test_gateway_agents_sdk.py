@@ -1,7 +1,7 @@
 """The OpenAI Agents SDK (`openai-agents`) against the gateway over a real socket: an agent with a
 function tool runs its loop on the Responses API, keeping its history in a server-side conversation
-(`conversation_id=`) or in an `OpenAIConversationsSession`, and the gateway serves its turns as one
-agent session."""
+(`conversation_id=`), in an `OpenAIConversationsSession`, or in a chain of stored responses
+(`auto_previous_response_id`), and the gateway serves its turns as one agent session."""
 
 from __future__ import annotations
 
@@ -93,3 +93,25 @@ def test_an_agent_keeps_its_history_in_an_openai_conversations_session(gw: Gatew
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "user", "assistant",
                                              "tool"]
     assert messages[3]["content"] == "sunny, for '[tools:1] weather in Oslo'"
+
+
+def test_an_agent_chains_its_turns_by_previous_response_id(gw: Gateway, upstreams: tuple) -> None:
+    """The SDK's third way: each model call continues the last stored response by id, within a run
+    (`auto_previous_response_id`) and across runs (`previous_response_id`); the chain is one session."""
+    async def run() -> tuple[list, str]:
+        async with gw.async_openai() as client:
+            agent = _agent(client)
+            first = await Runner.run(agent, "[tools:1] weather in Oslo", auto_previous_response_id=True)
+            second = await Runner.run(agent, "[tools:1] and in Bergen", auto_previous_response_id=True,
+                                      previous_response_id=first.last_response_id)
+            chain_start = first.raw_responses[0].response_id or ""
+            return [first, second], chain_start
+
+    results, chain_start = asyncio.run(run())
+    assert [r.final_output for r in results] == ["from-a w1 w2 w3 w4"] * 2
+    messages = _sent(upstreams)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "user", "assistant",
+                                             "tool"]
+    last = results[-1].last_response_id or ""
+    row = gw.row("req-" + last.removeprefix("resp_"))
+    assert row["session_id"] == chain_start and row["turn"] == 3  # the chain's calls after its first
