@@ -110,24 +110,31 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when every model has a healthy deployment and the outcome log is not piling up."""
+    """Ready when every model has a healthy deployment; with how each table's writer stands (rows waiting
+    for the database pile up there during an outage)."""
     state = _state(request)
     models = {}
     for name, deployments in state.pool.by_model.items():
         models[name] = any([await d.backend.healthy() for d in deployments])
-    writer = state.writer.stats()
+    writers = {table: writer.stats() for table, writer in state.writers().items()}
     ready = all(models.values())
     body = {"ready": ready, "models": models,
-            "outcome_log": {"written": writer.written, "buffered": writer.buffered, "spooled": writer.spooled,
-                            "last_error": writer.last_error}}
+            "writers": {table: {"written": stats.written, "buffered": stats.buffered,
+                                "spool_pending": stats.spool_pending, "dropped": stats.dropped,
+                                "last_error": stats.last_error} for table, stats in writers.items()},
+            "outcome_log": {"written": writers["outcomes"].written, "buffered": writers["outcomes"].buffered,
+                            "spooled": writers["outcomes"].spooled, "last_error": writers["outcomes"].last_error}}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:
     state = _state(request)
-    stats = state.writer.stats()
-    for name in ("written", "buffered", "spooled", "dropped"):
-        state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
+    for table, writer in state.writers().items():
+        stats = writer.stats()
+        for name in ("written", "buffered", "spooled", "spool_pending", "rejected", "dropped"):
+            state.metrics.writer_rows.labels(table, name).set(getattr(stats, name))
+            if table == "outcomes" and name in ("written", "buffered", "spooled", "dropped"):
+                state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
     for deployment in state.pool.deployments:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
         if deployment.admission is not None:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from engine.server.errors import APIError, bad_request
 from engine.server.json_out import SafeJSONResponse
+from gateway.backends.answers import reasoning_of
 from gateway.routing import estimate_tokens
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference")
@@ -268,6 +269,8 @@ def message(request_id: str, answer: dict, model: str) -> dict:
     choice = (answer.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     content: list[dict] = []
+    if thinking := reasoning_of(reply):  # no signature: it is no Anthropic model's
+        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
     if reply.get("content"):
         content.append({"type": "text", "text": reply["content"]})
     for call in reply.get("tool_calls") or ():

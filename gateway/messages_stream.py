@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
+from gateway.backends.answers import reasoning_of
 from gateway.messages_api import chat_request, error_body, message, message_id, stop_reason, usage
 from gateway.request_body import ProxyRequest
 
@@ -41,6 +42,10 @@ class MessageStream:
                 continue
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             delta = choice.get("delta") or {}
+            if thinking := reasoning_of(delta):
+                if self.open != "thinking":
+                    yield from self._open({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+                yield self._delta({"type": "thinking_delta", "thinking": thinking})
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self.open != "text":
                     yield from self._open({"type": "text", "text": ""}, "text")

@@ -37,6 +37,10 @@ class GatewayMetrics:
                                        "Requests waiting in a deployment's admission queue (max_concurrency)",
                                        ["deployment"], registry=r)
         self.outcome_rows = Gauge(f"{PREFIX}_outcome_rows", "Outcome writer rows by state", ["state"], registry=r)
+        # Every table's writer (outcomes, feedback, stored responses, conversation items): rows waiting for
+        # the database during an outage, and what it refused or lost.
+        self.writer_rows = Gauge(f"{PREFIX}_writer_rows", "Rows of each table's batch writer by state",
+                                 ["table", "state"], registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)
         group = ["route_group"]

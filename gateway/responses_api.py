@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.server.errors import bad_request
+from gateway.backends.answers import reasoning_of
 from gateway.responses_input import (
     chat_response_format,
     chat_tool_choice,
@@ -158,6 +159,8 @@ class ResponseEnvelope:
         choices = answer.get("choices") or [{}]
         message = choices[0].get("message") or {}
         output: list[dict] = []
+        if reasoning := reasoning_of(message):
+            output.append(reasoning_item(self.id, reasoning, "completed"))
         if message.get("content"):
             output.append(message_item(self.id, message["content"], "completed"))
         for i, call in enumerate(message.get("tool_calls") or ()):
@@ -167,6 +170,12 @@ class ResponseEnvelope:
                                     "completed", name in self.custom_tools))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
                              choices[0].get("finish_reason"))
+
+
+def reasoning_item(resp: str, text: str, status: str) -> dict:
+    content = [{"type": "reasoning_text", "text": text}] if status == "completed" else []
+    return {"type": "reasoning", "id": "rs_" + resp.removeprefix("resp_"), "summary": [], "content": content,
+            "status": status}
 
 
 def message_item(resp: str, text: str, status: str) -> dict:

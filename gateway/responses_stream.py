@@ -1,7 +1,7 @@
-"""A chat stream as Responses API stream events (SSE bytes): the message's text, then each tool call's
-arguments, each item opened when its first delta comes and closed at the end, then `response.completed`
-with the whole Response and its usage. A custom tool's input comes in one delta at its end: the chat
-streams it as JSON arguments, which are unwrapped once whole."""
+"""A chat stream as Responses API stream events (SSE bytes): a reasoning model's thinking, the message's
+text, then each tool call's arguments, each item opened when its first delta comes and closed at the end,
+then `response.completed` with the whole Response and its usage. A custom tool's input comes in one delta
+at its end: the chat streams it as JSON arguments, which are unwrapped once whole."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
-from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item
+from gateway.backends.answers import reasoning_of
+from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item, reasoning_item
 from gateway.responses_input import custom_input
 
 
@@ -30,6 +31,7 @@ class ResponseStream:
         self.sequence = 0
         self.items: list[dict] = []  # in output order: the message and the function calls
         self.text: dict | None = None  # the message item, once text came
+        self.reasoning: dict | None = None  # the reasoning item, once a reasoning model's thinking came
         self.calls: dict[int, dict] = {}  # the chat's tool-call index -> its function_call item
         self.finish_reason: str | None = None
 
@@ -53,6 +55,8 @@ class ResponseStream:
                 continue
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             delta = choice.get("delta") or {}
+            if thinking := reasoning_of(delta):
+                yield from self._reasoning(thinking)
             if isinstance(delta.get("content"), str) and delta["content"]:
                 yield from self._text(delta["content"])
             for call in delta.get("tool_calls") or ():
@@ -70,6 +74,17 @@ class ResponseStream:
         self.text["_text"] += text
         yield self._event("response.output_text.delta", item_id=self.text["id"], output_index=self.items.index(self.text),
                           content_index=0, delta=text, logprobs=[])
+
+    def _reasoning(self, text: str) -> Iterator[bytes]:
+        if self.reasoning is None:
+            self.reasoning = reasoning_item(self.envelope.id, "", "in_progress")
+            self.reasoning["_text"] = ""
+            self.items.append(self.reasoning)
+            yield self._event("response.output_item.added", output_index=len(self.items) - 1,
+                              item=public_item(self.reasoning))
+        self.reasoning["_text"] += text
+        yield self._event("response.reasoning_text.delta", item_id=self.reasoning["id"],
+                          output_index=self.items.index(self.reasoning), content_index=0, delta=text)
 
     def _call(self, call: dict) -> Iterator[bytes]:
         index = call.get("index", len(self.calls))
@@ -102,6 +117,11 @@ class ResponseStream:
                                   content_index=0, text=text, logprobs=[])
                 yield self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                   content_index=0, part=part)
+            elif item is self.reasoning:
+                text = item.pop("_text")
+                item.update(status="completed", content=[{"type": "reasoning_text", "text": text}])
+                yield self._event("response.reasoning_text.done", item_id=item["id"], output_index=index,
+                                  content_index=0, text=text)
             elif item["type"] == "custom_tool_call":
                 item.update(status="completed", input=custom_input(item.pop("_arguments")))
                 yield self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,

@@ -27,6 +27,7 @@ from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_responses import StoredResponses
+from storage.batch_writer import BatchWriter
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine, ensure_sqlite_dir
 from storage.keys import KeyStore
@@ -106,6 +107,11 @@ class GatewayState:
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
     key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
+
+    def writers(self) -> dict[str, BatchWriter]:
+        """The batch writers by table: what reaches the database off the request path."""
+        return {"outcomes": self.writer, "feedback": self.feedback, "responses": self.responses.writer,
+                "conversation_items": self.conversations.writer}
 
     async def admit(self, caller: Caller, hold: Hold | None = None) -> None:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the

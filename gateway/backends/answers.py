@@ -189,3 +189,11 @@ def _billable(usage: Any) -> bool:
 def _count(value: Any) -> bool:
     """A token count: absent, or a whole number in range (not a bool, a float or a string)."""
     return value is None or (type(value) is int and 0 <= value <= MAX_REPORTED_TOKENS)
+
+
+def reasoning_of(message: dict) -> str | None:
+    """A reasoning model's thinking in a chat message or delta, as vLLM's reasoning parsers and DeepSeek's
+    API give it (`reasoning_content`; `reasoning` in newer vLLM): the Responses and Messages APIs serve it
+    as a reasoning item and a thinking block."""
+    text = message.get("reasoning_content") or message.get("reasoning")
+    return text if isinstance(text, str) and text else None

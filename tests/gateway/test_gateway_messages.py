@@ -95,6 +95,27 @@ def test_streamed_text_arrives_as_message_events(gw: Gateway, upstreams: tuple) 
     assert final.stop_reason == "end_turn" and final.usage.output_tokens == 8 and final.usage.input_tokens > 0
 
 
+def test_a_reasoning_models_thinking_comes_back_as_a_thinking_block(gw: Gateway, upstreams: tuple) -> None:
+    """`reasoning_content` (vLLM's reasoning parsers) is a thinking block before the text, whole and
+    streamed; sent back in the next turn, it is not sent upstream."""
+    ask = [{"role": "user", "content": "[think:3] why?"}]
+    with claude(gw) as client:
+        whole = client.messages.create(model="up", max_tokens=100, messages=ask)
+        with client.messages.stream(model="up", max_tokens=100, messages=ask) as stream:
+            events = list(stream)
+            final = stream.get_final_message()
+        client.messages.create(model="up", max_tokens=100, messages=[
+            *ask, {"role": "assistant", "content": [block.model_dump() for block in whole.content]},
+            {"role": "user", "content": "more"}])
+    assert [block.type for block in whole.content] == ["thinking", "text"]
+    assert whole.content[0].thinking == "thought1 thought2 thought3"  # type: ignore[union-attr]
+    assert [e.delta.thinking for e in events if e.type == "content_block_delta" and e.delta.type == "thinking_delta"] \
+        == ["thought1", " thought2", " thought3"]
+    assert [block.type for block in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == "thought1 thought2 thought3"  # type: ignore[union-attr]
+    assert sent(upstreams[0])["messages"][1] == {"role": "assistant", "content": whole.content[1].text}  # type: ignore[union-attr]
+
+
 def test_a_streamed_tool_use(gw: Gateway, upstreams: tuple) -> None:
     with claude(gw) as client, client.messages.stream(model="up", max_tokens=100, tools=[WEATHER],
                                                       messages=[{"role": "user", "content": "weather"}]) as stream:

@@ -126,6 +126,30 @@ def test_a_codex_shaped_turn_is_served_as_one_session(gw: Gateway, upstreams: tu
     assert gw.row(response.headers["x-pitstop-request-id"])["session_id"] == "codex-session-1"
 
 
+@pytest.mark.parametrize("model", ["up", "up-vllm"])  # direct, and through litellm
+def test_a_reasoning_models_thinking_comes_back_as_a_reasoning_item(gw: Gateway, upstreams: tuple, model: str) -> None:
+    """vLLM's reasoning parsers (and DeepSeek's API) put a model's thinking in `reasoning_content`: it comes
+    back as a `reasoning` item before the answer, whole and streamed, and is not sent back upstream."""
+    with gw.openai() as client:
+        whole = client.responses.create(model=model, input="[think:3] why?")
+        with client.responses.stream(model=model, input="[think:2] and?") as stream:
+            events = list(stream)
+            streamed = stream.get_final_response()
+        client.responses.create(model=model, input="more", previous_response_id=whole.id)
+    reasoning, message = whole.output
+    assert reasoning.type == "reasoning" and message.type == "message"
+    assert [c.text for c in reasoning.content or []] == ["thought1 thought2 thought3"]
+    assert whole.output_text.startswith("from-")
+    deltas = [e.delta for e in events if e.type == "response.reasoning_text.delta"]
+    assert deltas == ["thought1", " thought2"] and events[-1].type == "response.completed"
+    assert [item.type for item in streamed.output] == ["reasoning", "message"]
+    assert [c.text for c in streamed.output[0].content or []] == ["thought1 thought2"]  # type: ignore[union-attr]
+    upstream = upstreams[0] if model == "up" else upstreams[1]
+    assert upstream.stats()["bodies"][-1]["messages"] == [
+        {"role": "user", "content": "[think:3] why?"}, {"role": "assistant", "content": whole.output_text},
+        {"role": "user", "content": "more"}]
+
+
 def test_streamed_text_arrives_as_response_events(gw: Gateway, upstreams: tuple) -> None:
     with gw.openai() as client, client.responses.stream(model="up", input="[words:8] go") as stream:
         events = list(stream)

@@ -263,6 +263,9 @@ def test_metrics_per_model_and_route_group(gw: Gateway, upstreams: tuple) -> Non
     assert sample("pitstop_tokens_total", route_group="", model="up-direct", kind="prompt") >= 2
     assert sample("pitstop_cost_usd_total", route_group="grp", model="up-litellm") > 0
     assert sample("pitstop_outcome_rows", state="written") >= 1
+    assert sample("pitstop_writer_rows", table="outcomes", state="written") >= 1
+    for table in ("feedback", "responses", "conversation_items"):
+        assert sample("pitstop_writer_rows", table=table, state="dropped") == 0
     assert sample("pitstop_route_group_cost_preference", route_group="grp") == 0.0  # its config's: not calibrated
     assert "pitstop_route_group_calibration_achieved{" not in response.text
     assert "pitstop_outstanding_requests" in response.text
@@ -277,6 +280,8 @@ def test_health_and_readiness(gw: Gateway) -> None:
     body = ready.json()
     assert body["ready"] is True and body["models"] == {"up-litellm": True, "up-direct": True}
     assert body["outcome_log"]["last_error"] is None
+    assert set(body["writers"]) == {"outcomes", "feedback", "responses", "conversation_items"}
+    assert all(w["last_error"] is None and w["dropped"] == 0 for w in body["writers"].values())
 
 
 def test_readiness_fails_when_a_direct_upstream_is_gone(tmp_path: Path) -> None:

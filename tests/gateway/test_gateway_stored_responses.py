@@ -233,6 +233,10 @@ def test_a_database_outage_serves_and_continues_responses_and_stores_them_later(
             second = client.responses.create(model="up", input="on", previous_response_id=first.id)
             assert sent(upstreams) == [user("during"), assistant(first.output_text), user("on")]
             assert client.responses.retrieve(second.id).output_text == second.output_text
+            with gw.http() as http:  # what waits for the database shows in readiness
+                waiting = wait_until(lambda: (w := http.get("/readyz").json()["writers"]["responses"])["last_error"]
+                                     and w, timeout=30, what="the responses writer's failed attempt")
+            assert waiting["buffered"] + waiting["spool_pending"] >= 2
             # What only the database has waits for it: a 503.
             with pytest.raises(openai.InternalServerError, match="stored responses are unavailable") as refused:
                 client.responses.create(model="up", input="x", previous_response_id=before.id)

@@ -13,6 +13,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [break:2]                  stream: drop the connection after 2 content chunks (or all, if fewer)
   [delay:0.5]                wait before answering
   [words:8]                  answer 8 words (default 5)
+  [think:3]                  think first, as a reasoning model behind vLLM's reasoning parser does: 3
+                             words of `reasoning_content` (streamed before the answer)
   [tools:1]                  call a tool (when tools are sent) only while fewer than 1 tool result
                              follows the last user message, then answer in words: an agent loop that ends
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
@@ -46,7 +48,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools):([0-9.]+)(?:@([\w-]+))?\]")
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think):([0-9.]+)(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
@@ -169,14 +171,17 @@ class Upstream:
         if tool and "tools" in found and _tool_results_since_user(body["messages"]) >= found["tools"]:
             tool = None
         model = body.get("model") if isinstance(body.get("model"), str) else "upstream"
+        thinking = [f"thought{i}" for i in range(1, int(found.get("think", 0)) + 1)] if chat else []
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
         if body.get("stream") is True:
             options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             events = self._stream(chat, model, words, tool, text, usage if options.get("include_usage") else None,
-                                  int(found["break"]) if "break" in found else None, body["tools"][0] if tool else None)
+                                  int(found["break"]) if "break" in found else None, body["tools"][0] if tool else None,
+                                  thinking)
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(self._whole(chat, model, words, tool, text, usage, body["tools"][0] if tool else None))
+        return JSONResponse(self._whole(chat, model, words, tool, text, usage, body["tools"][0] if tool else None,
+                                        thinking))
 
     async def embed(self, body: Any) -> Any:
         """POST /v1/embeddings: one vector per input (embedding_of), as floats or base64 float32."""
@@ -206,7 +211,7 @@ class Upstream:
         return Response(json.dumps(answer), media_type="application/json")
 
     def _whole(self, chat: bool, model: str, words: list[str], tool: str | None, text: str, usage: dict,
-               tool_spec: dict | None = None) -> dict:
+               tool_spec: dict | None = None, thinking: list[str] | None = None) -> dict:
         envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
                     "object": "chat.completion" if chat else "text_completion", "usage": usage}
         if not chat:
@@ -218,11 +223,13 @@ class Upstream:
             message = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": self.call_id(), "type": "function", "function": {"name": tool, "arguments": json.dumps({_argument_name(tool_spec): text})}}]}
             finish = "tool_calls"
+        if thinking:
+            message["reasoning_content"] = " ".join(thinking)
         return {**envelope, "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
     async def _stream(self, chat: bool, model: str, words: list[str], tool: str | None, text: str,
                       usage: dict | None, break_after: int | None,
-                      tool_spec: dict | None = None) -> AsyncIterator[bytes]:
+                      tool_spec: dict | None = None, thinking: list[str] | None = None) -> AsyncIterator[bytes]:
         envelope = {"id": f"up-{self.name}-{self.requests}", "created": int(time.time()), "model": model,
                     "object": "chat.completion.chunk" if chat else "text_completion"}
 
@@ -241,6 +248,8 @@ class Upstream:
         else:
             pieces = [{"text": w if i == 0 else " " + w} for i, w in enumerate(words)]
             finish = "stop"
+        pieces[:0] = [{"delta": {"role": "assistant", "reasoning_content": w if i == 0 else " " + w}}
+                      for i, w in enumerate(thinking or ())]
         for i, piece in enumerate(pieces):
             if break_after is not None and i >= break_after:
                 raise ConnectionAbortedError("injected stream break")  # uvicorn drops the connection
