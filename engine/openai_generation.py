@@ -19,6 +19,8 @@ from engine.merge import merged
 from engine.openai_logprobs import LogprobShapes, joined
 from engine.outputs import RequestOutput
 from engine.prompt_tokens import tokenize
+from engine.reasoning import ReasoningSplitter, Split, starts_inside
+from engine.reasoning import split as split_reasoning
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
@@ -38,6 +40,7 @@ class Answer:
     finish_reason: str | None
     logprobs: dict | None = None
     tool_calls: list[dict] | None = None
+    reasoning: str | None = None  # a reasoning model's thinking (engine/reasoning.py)
 
 
 class Shapes:
@@ -56,9 +59,12 @@ class Shapes:
                 "created": self.created, "model": self.model}
 
     def chunk(self, text: str | None, finish_reason: str | None, role: bool = False,
-              logprobs: dict | None = None, index: int = 0, tool_calls: list[dict] | None = None) -> dict:
+              logprobs: dict | None = None, index: int = 0, tool_calls: list[dict] | None = None,
+              reasoning: str | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            if reasoning:
+                delta["reasoning_content"] = reasoning
             if tool_calls:
                 delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -74,6 +80,7 @@ class Shapes:
         """One choice per answer; `last` carries the usage of them all."""
         if self.chat:
             out = [{"index": i, "message": {"role": "assistant", "content": a.text} | (
+                {"reasoning_content": a.reasoning} if a.reasoning is not None else {}) | (
                 {"tool_calls": a.tool_calls} if a.tool_calls else {}), "logprobs": a.logprobs,
                     "finish_reason": a.finish_reason} for i, a in enumerate(choices)]
         else:
@@ -93,9 +100,12 @@ class OpenAIGeneration:
     one token the engine still samples, so the answer is the prompt alone."""
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
-                 response_id: str | None = None) -> None:
+                 response_id: str | None = None, reasoning_parser: str | None = None) -> None:
         self.engine = engine
         self.parsed = parsed
+        # A chat answer's thinking is split from it, unless a grammar holds the answer (it cannot think).
+        self.reasoning = bool(reasoning_parser) and chat and parsed.params.constraint is None \
+            and parsed.forced_tools is None
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None
@@ -190,14 +200,23 @@ class OpenAIGeneration:
         blocks = [joined(echo, shapes.block(ids, lps) if lps or echo is None else None)
                   for shapes, ids, lps, echo in zip(self.logprobs, token_ids, logprobs, echoes, strict=True)] \
             if self.logprobs is not None else [None] * n
-        return self.shapes.response([self._answer("".join(p), f, b) for p, f, b in zip(parts, finish, blocks,
-                                                                                          strict=True)], self.last)
+        return self.shapes.response([self._answer("".join(p), f, b, i) for i, (p, f, b) in enumerate(
+            zip(parts, finish, blocks, strict=True))], self.last)
 
-    def _answer(self, text: str, finish_reason: str | None, logprobs: dict | None = None) -> Answer:
+    def _inside(self, choice: int) -> bool:
+        """Does choice's prompt open the thinking block (DeepSeek-R1's template does)?"""
+        tokenizer = self.engine.tokenizer
+        prompt_ids = self._prompt_ids[choice // self.parsed.n]
+        return tokenizer is not None and starts_inside(tokenizer.decode(prompt_ids[-8:], skip_special_tokens=False))
+
+    def _answer(self, text: str, finish_reason: str | None, logprobs: dict | None = None, choice: int = 0) -> Answer:
         """A forced tool call's answer (a whole array of calls) goes back as tool_calls; anything else,
-        a forced call cut by max_tokens included, as text."""
+        a forced call cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
         forced = self.parsed.forced_tools
         calls = tool_calls_of(text) if forced is not None and finish_reason == "stop" else None
+        if calls is None and self.reasoning:
+            parts = split_reasoning(text, self._inside(choice))
+            return Answer(parts.content, finish_reason, logprobs, reasoning=parts.reasoning or None)
         if calls is None:
             return Answer(text, finish_reason, logprobs)
         return Answer(None, "stop" if forced.named else "tool_calls", logprobs, calls)  # type: ignore[union-attr]
@@ -235,6 +254,7 @@ class OpenAIGeneration:
                 yield shapes.chunk(None, None, role=True, index=i)
         echoed = [not self.parsed.echo] * n
         held = [""] * n  # a forced tool call's text, turned into its calls at the end
+        splitters: dict[int, ReasoningSplitter] = {}  # each choice's thinking from its answer
         async for i, out in self._outputs_iter():
             if not echoed[i]:
                 echoed[i] = True
@@ -249,6 +269,19 @@ class OpenAIGeneration:
                     answer = self._answer(held[i], out.finish_reason)
                     yield shapes.chunk(answer.text, None, logprobs=pending(i), index=i, tool_calls=answer.tool_calls)
                     yield shapes.chunk(None, answer.finish_reason, index=i)
+            elif shapes.chat and self.reasoning:
+                if i not in splitters:
+                    splitters[i] = ReasoningSplitter(self._inside(i))
+                splitter = splitters[i]
+                parts = splitter.feed(out.text_delta)
+                if out.finished:
+                    rest = splitter.flush()
+                    parts = Split(parts.reasoning + rest.reasoning, parts.content + rest.content)
+                if parts.reasoning or parts.content:
+                    yield shapes.chunk(parts.content or None, None, logprobs=pending(i), index=i,
+                                       reasoning=parts.reasoning or None)
+                if out.finished:
+                    yield shapes.chunk(None, out.finish_reason, logprobs=pending(i), index=i)
             elif shapes.chat:
                 if out.text_delta:
                     yield shapes.chunk(out.text_delta, None, logprobs=pending(i), index=i)

@@ -29,6 +29,7 @@ class ServerState:
     engine: AsyncEngine
     model_name: str
     metrics: ServerMetrics
+    reasoning_parser: str | None = None  # engine/reasoning.py
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -49,7 +50,7 @@ async def _generate(request: Request, chat: bool) -> Response:
                         "model", "model_not_found")
     if not engine.is_healthy:
         raise engine_unavailable(engine.dead_reason)
-    generation = OpenAIGeneration(engine, parsed, chat, state.model_name)
+    generation = OpenAIGeneration(engine, parsed, chat, state.model_name, reasoning_parser=state.reasoning_parser)
     await generation.start()
     endpoint = request.url.path
     if parsed.stream:

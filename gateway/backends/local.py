@@ -25,9 +25,10 @@ class LocalEngineBackend:
     uses_rank = True
     serves_embeddings = False
 
-    def __init__(self, engine: AsyncEngine, served_model: str) -> None:
+    def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None) -> None:
         self.engine = engine
         self.served_model = served_model
+        self.reasoning_parser = reasoning_parser
 
     async def start(self) -> None:
         await self.engine.start()
@@ -49,7 +50,8 @@ class LocalEngineBackend:
             parsed = parse_chat(body) if kind == "chat" else parse_completion(body)
             if not self.engine.is_healthy:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
-            generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id)
+            generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
+                                          self.reasoning_parser)
             await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
                                    hints=ctx.hints)
         except (APIError, InvalidRequestError, EngineDeadError) as exc:

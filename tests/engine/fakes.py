@@ -25,3 +25,16 @@ class CountingRunner:
             else:
                 out.append((seq.num_tokens * 7 + 3) % self.vocab_size)
         return out
+
+
+class ScriptedRunner(CountingRunner):
+    """Answers every sequence with the same token ids (`script`), then its first EOS id."""
+
+    def __init__(self, script: list[int], eos_token_id: int, vocab_size: int) -> None:
+        super().__init__(vocab_size=vocab_size, eos_token_ids=(eos_token_id,))
+        self.script = script
+
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        super().execute(batch)  # records the batch
+        outputs = [batch.seqs[i].num_output_tokens for i in batch.sampling_indices]
+        return [self.script[k] if k < len(self.script) else self.eos_token_ids[0] for k in outputs]

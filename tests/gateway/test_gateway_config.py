@@ -28,6 +28,8 @@ def broken(tmp_path: Path, where: str) -> dict:
         raw["model_list"][1]["model_info"]["output_cost_per_token"] = -1e-6
     elif where == "model_dir":
         raw["model_list"][0]["litellm_params"] = {"model": "pitstop-local/a"}
+    elif where == "reasoning-parser":
+        raw["model_list"][0]["litellm_params"]["reasoning_parser"] = "think"
     elif where == "engine_api_base":
         raw["model_list"][0]["litellm_params"] = {"model": "pitstop-engine/a"}
     elif where == "env":
@@ -75,6 +77,7 @@ CASES = [
     ("price", ["model_list.1.model_info.output_cost_per_token"]),
     ("model_dir", ["model_list.0.litellm_params", "model_dir"]),
     ("engine_api_base", ["model_list.0.litellm_params", "api_base"]),
+    ("reasoning-parser", ["model_list.0.litellm_params", "reasoning_parser", "--reasoning-parser"]),
     ("env", ["auth.master_key", "PITSTOP_TEST_UNSET_MASTER"]),
     ("unknown-section", ["storag"]),
     ("port", ["server.port"]),
