@@ -96,3 +96,29 @@ def test_the_engine_server_splits_a_reasoning_models_answer(tiny_model_dir: Path
     # Cut inside the block by max_tokens: all thinking, no answer.
     assert cut.choices[0].finish_reason == "length" and not cut.choices[0].message.content
     assert cut.choices[0].message.reasoning_content  # type: ignore[attr-defined]
+
+
+def test_a_reasoning_engine_behind_the_gateway_answers_each_api_with_its_thinking(tiny_model_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The whole path: the engine server splits the thinking, the gateway (its pitstop-engine backend)
+    turns it into a Responses reasoning item and an Anthropic thinking block."""
+    import anthropic
+
+    from tests.gateway.harness import gateway_config, model_entry, running_gateway
+
+    tokenizer = Tokenizer(tiny_model_dir)
+    runner = ScriptedRunner(tokenizer.encode(ANSWER), tokenizer.eos_token_ids[0], tokenizer.vocab_size)
+    engine = AsyncEngine(LLMEngine(EngineConfig(num_blocks=64, block_size=16, max_model_len=256), runner,
+                                   tokenizer=tokenizer))
+    with serve_in_thread(create_app(engine, "thinker", "think")) as url, \
+            running_gateway(gateway_config(tmp_path, [model_entry("thinker", f"{url}/v1")])) as gw:
+        with gw.openai() as client:
+            response = client.responses.create(model="thinker", input="What color is the sea?")
+        claude = anthropic.Anthropic(base_url=gw.url, api_key="none", max_retries=0)
+        message = claude.messages.create(model="thinker", max_tokens=64,
+                                         messages=[{"role": "user", "content": "What color is the sea?"}])
+    reasoning, answer = response.output
+    assert reasoning.type == "reasoning" and [c.text for c in reasoning.content or []] == ["\nFirst, the sea."]
+    assert answer.type == "message" and response.output_text == "\n\nIt is blue."
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "\nFirst, the sea."  # type: ignore[union-attr]
