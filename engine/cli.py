@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
+from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
 
 _BYTE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30,
                "ti": 1 << 40}
@@ -43,6 +44,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
     serve.add_argument("--reasoning-parser", choices=PARSERS,
                        help="split a reasoning model's <think> block from its chat answers (reasoning_content)")
+    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS,
+                       help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -81,8 +84,8 @@ def serve_command(args: argparse.Namespace) -> int:
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
                           pin_budget_fraction=args.pin_budget_fraction, device=args.device)
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
-    uvicorn.run(create_app(engine, name, args.reasoning_parser), host=args.host, port=args.port,
-                log_level=args.log_level)
+    uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
+                port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -92,7 +92,7 @@ class IncrementalDetokenizer:
             index, stop = hit
             self.stop = stop
             return self._release(buffer[:index + (len(stop) if self.include_stop else 0)], held="", stop=stop)
-        hold = 0 if final else _longest_stop_prefix_suffix(buffer, self.stop_strings)
+        hold = 0 if final else longest_partial_suffix(buffer, self.stop_strings)
         return self._release(buffer[: len(buffer) - hold], held=buffer[len(buffer) - hold :])
 
     def _release(self, text: str, held: str, stop: str | None = None) -> TextDelta:
@@ -106,7 +106,7 @@ def _earliest_stop(text: str, stops: tuple[str, ...]) -> tuple[int, str] | None:
     return min(found, key=lambda hit: hit[0]) if found else None
 
 
-def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...]) -> int:
+def longest_partial_suffix(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
     longest = 0
     for stop in stops:

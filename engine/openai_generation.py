@@ -24,6 +24,7 @@ from engine.reasoning import split as split_reasoning
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
+from engine.tool_parsers import CallStream, parse_calls
 
 
 def usage(out: RequestOutput) -> dict:
@@ -100,12 +101,15 @@ class OpenAIGeneration:
     one token the engine still samples, so the answer is the prompt alone."""
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
-                 response_id: str | None = None, reasoning_parser: str | None = None) -> None:
+                 response_id: str | None = None, reasoning_parser: str | None = None,
+                 tool_call_parser: str | None = None) -> None:
         self.engine = engine
         self.parsed = parsed
-        # A chat answer's thinking is split from it, unless a grammar holds the answer (it cannot think).
-        self.reasoning = bool(reasoning_parser) and chat and parsed.params.constraint is None \
-            and parsed.forced_tools is None
+        # A chat answer's thinking is split from it, and the tool calls it writes are parsed out of it,
+        # unless a grammar holds the answer (a forced call is already parsed: engine/forced_tools.py).
+        free = chat and parsed.params.constraint is None and parsed.forced_tools is None
+        self.reasoning = bool(reasoning_parser) and free
+        self.calls = bool(tool_call_parser) and free and bool(parsed.tools)
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None
@@ -203,6 +207,18 @@ class OpenAIGeneration:
         return self.shapes.response([self._answer("".join(p), f, b, i) for i, (p, f, b) in enumerate(
             zip(parts, finish, blocks, strict=True))], self.last)
 
+    def _split_delta(self, i: int, out: RequestOutput, splitters: dict[int, ReasoningSplitter]) -> Split:
+        """Choice i's new text as thinking and answer (all answer without a reasoning parser)."""
+        if not self.reasoning:
+            return Split(content=out.text_delta)
+        if i not in splitters:
+            splitters[i] = ReasoningSplitter(self._inside(i))
+        parts = splitters[i].feed(out.text_delta)
+        if out.finished:
+            rest = splitters[i].flush()
+            parts = Split(parts.reasoning + rest.reasoning, parts.content + rest.content)
+        return parts
+
     def _inside(self, choice: int) -> bool:
         """Does choice's prompt open the thinking block (DeepSeek-R1's template does)?"""
         tokenizer = self.engine.tokenizer
@@ -214,8 +230,11 @@ class OpenAIGeneration:
         a forced call cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
         forced = self.parsed.forced_tools
         calls = tool_calls_of(text) if forced is not None and finish_reason == "stop" else None
-        if calls is None and self.reasoning:
-            parts = split_reasoning(text, self._inside(choice))
+        if calls is None and (self.reasoning or self.calls):
+            parts = split_reasoning(text, self._inside(choice)) if self.reasoning else Split(content=text)
+            written = parse_calls(parts.content) if self.calls else None
+            if written is not None:
+                return Answer(written.content, "tool_calls", logprobs, written.calls, parts.reasoning or None)
             return Answer(parts.content, finish_reason, logprobs, reasoning=parts.reasoning or None)
         if calls is None:
             return Answer(text, finish_reason, logprobs)
@@ -255,6 +274,7 @@ class OpenAIGeneration:
         echoed = [not self.parsed.echo] * n
         held = [""] * n  # a forced tool call's text, turned into its calls at the end
         splitters: dict[int, ReasoningSplitter] = {}  # each choice's thinking from its answer
+        call_streams: dict[int, CallStream] = {}  # each choice's tool calls written as text
         async for i, out in self._outputs_iter():
             if not echoed[i]:
                 echoed[i] = True
@@ -269,19 +289,21 @@ class OpenAIGeneration:
                     answer = self._answer(held[i], out.finish_reason)
                     yield shapes.chunk(answer.text, None, logprobs=pending(i), index=i, tool_calls=answer.tool_calls)
                     yield shapes.chunk(None, answer.finish_reason, index=i)
-            elif shapes.chat and self.reasoning:
-                if i not in splitters:
-                    splitters[i] = ReasoningSplitter(self._inside(i))
-                splitter = splitters[i]
-                parts = splitter.feed(out.text_delta)
+            elif shapes.chat and (self.reasoning or self.calls):
+                parts = self._split_delta(i, out, splitters)
+                content, calls = parts.content, None
+                if self.calls:
+                    written = call_streams.setdefault(i, CallStream())
+                    content = written.feed(content)
+                    if out.finished:
+                        rest = written.finish()
+                        content, calls = content + (rest.content or ""), rest.calls or None
+                if parts.reasoning or content or calls:
+                    yield shapes.chunk(content or None, None, logprobs=pending(i), index=i,
+                                       reasoning=parts.reasoning or None, tool_calls=calls)
                 if out.finished:
-                    rest = splitter.flush()
-                    parts = Split(parts.reasoning + rest.reasoning, parts.content + rest.content)
-                if parts.reasoning or parts.content:
-                    yield shapes.chunk(parts.content or None, None, logprobs=pending(i), index=i,
-                                       reasoning=parts.reasoning or None)
-                if out.finished:
-                    yield shapes.chunk(None, out.finish_reason, logprobs=pending(i), index=i)
+                    yield shapes.chunk(None, "tool_calls" if calls else out.finish_reason, logprobs=pending(i),
+                                       index=i)
             elif shapes.chat:
                 if out.text_delta:
                     yield shapes.chunk(out.text_delta, None, logprobs=pending(i), index=i)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.detokenizer import longest_partial_suffix
+
 THINK_START, THINK_END = "<think>", "</think>"
 PARSERS = ("think",)
 
@@ -49,7 +51,7 @@ class ReasoningSplitter:
         if self._state == "inside":
             end = text.find(THINK_END)
             if end < 0:
-                keep = _partial_suffix(text, THINK_END)
+                keep = longest_partial_suffix(text, (THINK_END,))
                 out.reasoning, self._held = text[:len(text) - keep], text[len(text) - keep:]
                 return out
             out.reasoning, text, self._state = text[:end], text[end + len(THINK_END):], "content"
@@ -68,10 +70,3 @@ def split(text: str, inside: bool = False) -> Split:
     first, rest = splitter.feed(text), splitter.flush()
     return Split(first.reasoning + rest.reasoning, first.content + rest.content)
 
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """The length of the longest end of `text` that starts `tag` (a tag split across deltas)."""
-    for length in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:length]):
-            return length
-    return 0

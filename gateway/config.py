@@ -55,6 +55,7 @@ class LitellmParams(BaseModel):
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
     device: str | None = None
     reasoning_parser: Literal["think"] | None = None  # split a reasoning model's <think> block (engine/reasoning.py)
+    tool_call_parser: Literal["hermes"] | None = None  # tool calls written as text (engine/tool_parsers.py)
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
     # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
     transport: Literal["auto", "litellm", "direct"] = "auto"
@@ -69,9 +70,10 @@ class LitellmParams(BaseModel):
     def _local_needs_a_folder(self) -> LitellmParams:
         if self.provider == LOCAL_PROVIDER and not self.model_dir:
             raise ValueError(f"model '{self.model}' is a local engine: set litellm_params.model_dir")
-        if self.reasoning_parser is not None and self.provider != LOCAL_PROVIDER:
-            raise ValueError(f"model '{self.model}': reasoning_parser is for engines in this process "
-                             "(pitstop-local/); a pitstop engine or vLLM server takes --reasoning-parser itself")
+        for name in ("reasoning_parser", "tool_call_parser"):
+            if getattr(self, name) is not None and self.provider != LOCAL_PROVIDER:
+                raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
+                                 f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
         if self.provider == ENGINE_PROVIDER and not self.api_base:
             raise ValueError(f"model '{self.model}' is a Pitstop engine over HTTP: set litellm_params.api_base")
         return self

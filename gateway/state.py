@@ -65,7 +65,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         engine = build_engine(model_dir, num_blocks=params.num_blocks,
                               max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                               policy=params.policy, device=params.device)
-        return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser)
+        return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
     direct = params.transport == "direct" or (
         params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
     if provider == ENGINE_PROVIDER or direct:

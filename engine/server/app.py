@@ -144,7 +144,8 @@ ROUTES = [
 _KNOWN_PATHS = {route.path for route in ROUTES if "{" not in route.path}
 
 
-def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None) -> Starlette:
+def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None,
+               tool_call_parser: str | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
@@ -156,5 +157,5 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
     handlers = {exc: handle_error for exc in (Exception, HTTPException, APIError, InvalidRequestError,
                                               SessionNotFoundError, EngineDeadError, ClientDisconnect)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
-    app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser)
+    app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser)
     return app

@@ -30,6 +30,7 @@ class ServerState:
     model_name: str
     metrics: ServerMetrics
     reasoning_parser: str | None = None  # engine/reasoning.py
+    tool_call_parser: str | None = None  # engine/tool_parsers.py
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -50,7 +51,8 @@ async def _generate(request: Request, chat: bool) -> Response:
                         "model", "model_not_found")
     if not engine.is_healthy:
         raise engine_unavailable(engine.dead_reason)
-    generation = OpenAIGeneration(engine, parsed, chat, state.model_name, reasoning_parser=state.reasoning_parser)
+    generation = OpenAIGeneration(engine, parsed, chat, state.model_name, reasoning_parser=state.reasoning_parser,
+                                  tool_call_parser=state.tool_call_parser)
     await generation.start()
     endpoint = request.url.path
     if parsed.stream:

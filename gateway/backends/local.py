@@ -25,10 +25,11 @@ class LocalEngineBackend:
     uses_rank = True
     serves_embeddings = False
 
-    def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None) -> None:
+    def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None,
+                 tool_call_parser: str | None = None) -> None:
         self.engine = engine
         self.served_model = served_model
-        self.reasoning_parser = reasoning_parser
+        self.parsers = {"reasoning_parser": reasoning_parser, "tool_call_parser": tool_call_parser}
 
     async def start(self) -> None:
         await self.engine.start()
@@ -51,7 +52,7 @@ class LocalEngineBackend:
             if not self.engine.is_healthy:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
             generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
-                                          self.reasoning_parser)
+                                          **self.parsers)
             await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
                                    hints=ctx.hints)
         except (APIError, InvalidRequestError, EngineDeadError) as exc:

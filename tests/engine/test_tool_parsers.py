@@ -1,0 +1,116 @@
+"""The `hermes` tool-call parser (Qwen2.5, Qwen3, Hermes): whole answers parsed as vLLM's parser parses
+them, any streaming of the same text gives the same content and calls, and the engine server
+(`--tool-call-parser hermes`) answers a chat that offers tools with `tool_calls`, whole and streamed, over
+a real socket with the openai SDK; behind the gateway, with a reasoning model's thinking, a Responses
+client gets its reasoning item and its function call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.server.app import create_app
+from engine.tokenizer import Tokenizer
+from engine.tool_parsers import CallStream, parse_calls
+from tests.engine.fakes import ScriptedRunner
+from tests.engine.serving import sdk, serve_in_thread
+
+OSLO = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+BERGEN = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bergen"}}\n</tool_call>'
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def calls_of(text: str) -> tuple[str | None, list[tuple[str, dict]]] | None:
+    parsed = parse_calls(text)
+    if parsed is None:
+        return None
+    return parsed.content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed.calls]
+
+
+def test_whole_answers() -> None:
+    assert calls_of("Let me look.\n" + OSLO) == ("Let me look.\n", [("get_weather", {"city": "Oslo"})])
+    assert calls_of(OSLO + "\n" + BERGEN) == (None, [("get_weather", {"city": "Oslo"}),
+                                                     ("get_weather", {"city": "Bergen"})])
+    assert calls_of(OSLO.removesuffix("</tool_call>")) == (None, [("get_weather", {"city": "Oslo"})])  # cut at the end
+    assert calls_of("No tools needed.") is None
+    assert calls_of("<tool_call>\n{not json}\n</tool_call>") is None  # the whole answer stays text
+    assert calls_of('<tool_call>\n{"arguments": {}}\n</tool_call>') is None  # no name
+    parsed = parse_calls(OSLO)
+    assert parsed is not None and parsed.calls[0]["id"].startswith("call_") and parsed.calls[0]["type"] == "function"
+
+
+pieces = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "_call>", '{"name": "f", "arguments": {}}',
+                          "{oops", "text ", "\n", "<", "call>"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(pieces, max_size=10), cuts=st.lists(st.integers(0, 120), max_size=6))
+def test_streaming_gives_what_the_whole_answer_gives(parts: list[str], cuts: list[int]) -> None:
+    text = "".join(parts)
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    stream = CallStream()
+    sent = "".join(stream.feed(text[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
+    rest = stream.finish()
+    whole = parse_calls(text)
+    content = sent + (rest.content or "")
+    if whole is None:
+        assert content == text and rest.calls == []
+    else:
+        assert content == (whole.content or "")
+        assert [c["function"] for c in rest.calls] == [c["function"] for c in whole.calls]
+
+
+def _thinking_engine(model_dir: Path, answer: str) -> AsyncEngine:
+    tokenizer = Tokenizer(model_dir)
+    runner = ScriptedRunner(tokenizer.encode(answer), tokenizer.eos_token_ids[0], tokenizer.vocab_size)
+    return AsyncEngine(LLMEngine(EngineConfig(num_blocks=128, block_size=16, max_model_len=1024), runner,
+                                 tokenizer=tokenizer))
+
+
+def test_the_engine_server_answers_written_calls_as_tool_calls(tiny_model_dir: Path) -> None:
+    messages = [{"role": "user", "content": "Weather in Oslo and Bergen?"}]
+    engine = _thinking_engine(tiny_model_dir, "Let me look.\n" + OSLO + "\n" + BERGEN)
+    with serve_in_thread(create_app(engine, "tiny", tool_call_parser="hermes")) as url, sdk(url) as client:
+        whole = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER], max_tokens=128)
+        chunks = list(client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER],
+                                                     max_tokens=128, stream=True))
+        without = client.chat.completions.create(model="tiny", messages=messages, max_tokens=128)
+        declined = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER],
+                                                  tool_choice="none", max_tokens=128)
+    message = whole.choices[0].message
+    assert whole.choices[0].finish_reason == "tool_calls" and message.content == "Let me look.\n"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []] == [
+        ("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Bergen"})]
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert "".join(d.delta.content or "" for d in deltas) == "Let me look.\n"
+    streamed = [call for d in deltas for call in d.delta.tool_calls or []]
+    assert [(c.index, c.function.name) for c in streamed] == [(0, "get_weather"), (1, "get_weather")]  # type: ignore[union-attr]
+    assert deltas[-1].finish_reason == "tool_calls"
+    # No tools offered, or declined: the text is the answer, as the model wrote it.
+    for answer in (without, declined):
+        assert answer.choices[0].message.tool_calls is None and OSLO in (answer.choices[0].message.content or "")
+
+
+def test_a_thinking_tool_caller_behind_the_gateway(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tests.gateway.harness import gateway_config, model_entry, running_gateway
+
+    engine = _thinking_engine(tiny_model_dir, "<think>I need the weather.</think>\n" + OSLO)
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    with serve_in_thread(create_app(engine, "agent", "think", "hermes")) as url, \
+            running_gateway(gateway_config(tmp_path, [model_entry("agent", f"{url}/v1")])) as gw, gw.openai() as client:
+        response = client.responses.create(model="agent", input="Weather in Oslo?", tools=[tool])
+        with client.responses.stream(model="agent", input="Weather in Oslo?", tools=[tool]) as stream:
+            list(stream)
+            streamed = stream.get_final_response()
+    for answer in (response, streamed):
+        reasoning, call = answer.output
+        assert reasoning.type == "reasoning" and [c.text for c in reasoning.content or []] == ["I need the weather."]
+        assert call.type == "function_call" and call.name == "get_weather"
+        assert json.loads(call.arguments) == {"city": "Oslo"}
