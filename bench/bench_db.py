@@ -4,7 +4,9 @@ into it, so the JSON can show that outcome logging really wrote rows during the 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -57,3 +59,19 @@ def server_version(admin_dsn: str = DEFAULT_ADMIN_DSN) -> str | None:
             return str(row[0]) if row else None
     except psycopg.Error:
         return None
+
+
+def on_each_database(work: Path, run: Callable[[str, str], dict]) -> list[dict]:
+    """`run(storage, url)` on an embedded SQLite file in `work`, then on a throwaway PostgreSQL database
+    (skipped, and said so, when the server is not reachable); their reports in that order."""
+    runs = [run("sqlite", f"sqlite:///{work / 'pitstop.db'}")]
+    if server_version() is None:
+        print("PostgreSQL is not reachable at 127.0.0.1:5432: its run is skipped", flush=True)
+        return runs
+    db = BenchDatabase.create()
+    try:
+        runs.append(run("postgresql", db.sqlalchemy_url))
+        runs[-1]["rows"] = db.row_counts()
+    finally:
+        db.drop()
+    return runs

@@ -25,23 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import yaml
 
-from bench.bench_db import BenchDatabase, server_version
+from bench.bench_db import on_each_database, server_version
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import mock_upstream, pitstop_serve
+from bench.procs import mock_model_config, mock_upstream, pitstop_serve
 
 OUT = RESULTS / "gateway_conversations.json"
 ITEM_TEXT = "a message of about the length an agent's turn has, with a few words of context in it"
-
-
-def _config(mock_url: str, storage_url: str, work: Path) -> Path:
-    config = {"model_list": [{"model_name": "m", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{mock_url}/v1"},
-                              "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}],
-              "storage": {"url": storage_url, "spool_path": str(work / "spool.jsonl")}, "ranking": {"enabled": False}}
-    path = work / "pitstop.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _list_all(http: httpx.Client, conversation: str, limit: int) -> int:
@@ -59,7 +49,7 @@ def _list_all(http: httpx.Client, conversation: str, limit: int) -> int:
 
 
 def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace, work: Path) -> dict:
-    gateway, url = pitstop_serve(_config(mock_url, storage_url, work), work / f"gateway-{storage}.log")
+    gateway, url = pitstop_serve(mock_model_config(mock_url, storage_url, work), work / f"gateway-{storage}.log")
     gateway.start(timeout_s=300)
     ms: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     try:
@@ -104,17 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-conversations-"))
     mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
     mock.start()
-    runs = []
     try:
-        runs.append(_run("sqlite", f"sqlite:///{work / 'pitstop.db'}", mock_url, args, work))
-        if server_version() is None:
-            print("PostgreSQL is not reachable at 127.0.0.1:5432: its run is skipped", flush=True)
-        else:
-            db = BenchDatabase.create()
-            try:
-                runs.append(_run("postgresql", db.sqlalchemy_url, mock_url, args, work))
-            finally:
-                db.drop()
+        runs = on_each_database(work, lambda storage, url: _run(storage, url, mock_url, args, work))
     finally:
         mock.stop()
     for run in runs:

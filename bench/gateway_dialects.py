@@ -19,10 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import yaml
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import mock_upstream, pitstop_serve
+from bench.procs import mock_model_config, mock_upstream, pitstop_serve
 
 OUT = RESULTS / "gateway_dialects.json"
 SYSTEM = "You are a careful assistant. Answer briefly."
@@ -41,16 +40,6 @@ BODIES = {
 }
 
 
-def _config(mock_url: str, work: Path) -> Path:
-    config = {"model_list": [{"model_name": "m", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{mock_url}/v1"},
-                              "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}],
-              "storage": {"url": f"sqlite:///{work / 'pitstop.db'}", "spool_path": str(work / "spool.jsonl")},
-              "ranking": {"enabled": False}}
-    path = work / "pitstop.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
@@ -59,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-dialects-"))
     mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
-    gateway, url = pitstop_serve(_config(mock_url, work), work / "gateway.log")
+    gateway, url = pitstop_serve(mock_model_config(mock_url, f"sqlite:///{work / 'pitstop.db'}", work), work / "gateway.log")
     ms: dict[str, list[float]] = defaultdict(list)
     cpu_ms: dict[str, list[float]] = defaultdict(list)
     mock.start()

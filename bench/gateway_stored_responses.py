@@ -27,23 +27,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-import yaml
 
-from bench.bench_db import BenchDatabase, server_version
+from bench.bench_db import on_each_database, server_version
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import Service, mock_upstream, pitstop_serve
+from bench.procs import Service, mock_model_config, mock_upstream, pitstop_serve
 
 OUT = RESULTS / "gateway_stored_responses.json"
 TURN_TEXT = "and now the next step of the plan, in a few words please"
-
-
-def _config(mock_url: str, storage_url: str, work: Path) -> Path:
-    config = {"model_list": [{"model_name": "m", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{mock_url}/v1"},
-                              "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}],
-              "storage": {"url": storage_url, "spool_path": str(work / "spool.jsonl")}, "ranking": {"enabled": False}}
-    path = work / "pitstop.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 class Timer:
@@ -81,7 +71,7 @@ def _conversations(timer: Timer, turns: int) -> None:
 
 
 def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace, work: Path) -> dict:
-    gateway, url = pitstop_serve(_config(mock_url, storage_url, work), work / f"gateway-{storage}.log")
+    gateway, url = pitstop_serve(mock_model_config(mock_url, storage_url, work), work / f"gateway-{storage}.log")
     gateway.start(timeout_s=300)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -126,18 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-responses-"))
     mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
     mock.start()
-    runs = []
     try:
-        runs.append(_run("sqlite", f"sqlite:///{work / 'pitstop.db'}", mock_url, args, work))
-        if server_version() is None:
-            print("PostgreSQL is not reachable at 127.0.0.1:5432: its run is skipped", flush=True)
-        else:
-            db = BenchDatabase.create()
-            try:
-                runs.append(_run("postgresql", db.sqlalchemy_url, mock_url, args, work))
-                runs[-1]["rows"] = db.row_counts()
-            finally:
-                db.drop()
+        runs = on_each_database(work, lambda storage, url: _run(storage, url, mock_url, args, work))
     finally:
         mock.stop()
     for run in runs:

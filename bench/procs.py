@@ -227,3 +227,17 @@ def pitstop_serve(config: Path, log_path: Path) -> tuple[Service, str]:
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
             "--log-level", "warning"]
     return Service("pitstop", argv, f"{url}/readyz", log_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}), url
+
+
+def mock_model_config(mock_url: str, storage_url: str, work: Path, model_name: str = "m") -> Path:
+    """A gateway config (`work/pitstop.yaml`) with one model on the mock upstream through the direct
+    transport, outcomes logged to `storage_url`, ranking off."""
+    import yaml
+
+    config = {"model_list": [{"model_name": model_name,
+                              "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{mock_url}/v1"},
+                              "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}],
+              "storage": {"url": storage_url, "spool_path": str(work / "spool.jsonl")}, "ranking": {"enabled": False}}
+    path = work / "pitstop.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
