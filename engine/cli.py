@@ -44,7 +44,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
     serve.add_argument("--reasoning-parser", choices=PARSERS,
                        help="split a reasoning model's <think> block from its chat answers (reasoning_content)")
-    serve.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS,
+    serve.add_argument("--tool-call-parser", choices=sorted(TOOL_CALL_PARSERS),
                        help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)

@@ -109,7 +109,7 @@ class OpenAIGeneration:
         # unless a grammar holds the answer (a forced call is already parsed: engine/forced_tools.py).
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.reasoning = bool(reasoning_parser) and free
-        self.calls = bool(tool_call_parser) and free and bool(parsed.tools)
+        self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None
@@ -207,6 +207,10 @@ class OpenAIGeneration:
         return self.shapes.response([self._answer("".join(p), f, b, i) for i, (p, f, b) in enumerate(
             zip(parts, finish, blocks, strict=True))], self.last)
 
+    def _allowed(self, calls: list[dict]) -> list[dict]:
+        """With `parallel_tool_calls: false`, the first call only."""
+        return calls if self.parsed.parallel_tool_calls else calls[:1]
+
     def _split_delta(self, i: int, out: RequestOutput, splitters: dict[int, ReasoningSplitter]) -> Split:
         """Choice i's new text as thinking and answer (all answer without a reasoning parser)."""
         if not self.reasoning:
@@ -232,9 +236,10 @@ class OpenAIGeneration:
         calls = tool_calls_of(text) if forced is not None and finish_reason == "stop" else None
         if calls is None and (self.reasoning or self.calls):
             parts = split_reasoning(text, self._inside(choice)) if self.reasoning else Split(content=text)
-            written = parse_calls(parts.content) if self.calls else None
+            written = parse_calls(parts.content, self.calls) if self.calls else None
             if written is not None:
-                return Answer(written.content, "tool_calls", logprobs, written.calls, parts.reasoning or None)
+                return Answer(written.content, "tool_calls", logprobs, self._allowed(written.calls),
+                              parts.reasoning or None)
             return Answer(parts.content, finish_reason, logprobs, reasoning=parts.reasoning or None)
         if calls is None:
             return Answer(text, finish_reason, logprobs)
@@ -293,11 +298,11 @@ class OpenAIGeneration:
                 parts = self._split_delta(i, out, splitters)
                 content, calls = parts.content, None
                 if self.calls:
-                    written = call_streams.setdefault(i, CallStream())
+                    written = call_streams.setdefault(i, CallStream(self.calls))
                     content = written.feed(content)
                     if out.finished:
                         rest = written.finish()
-                        content, calls = content + (rest.content or ""), rest.calls or None
+                        content, calls = content + (rest.content or ""), self._allowed(rest.calls) or None
                 if parts.reasoning or content or calls:
                     yield shapes.chunk(content or None, None, logprobs=pending(i), index=i,
                                        reasoning=parts.reasoning or None, tool_calls=calls)

@@ -1,14 +1,20 @@
-"""Tool calls a model writes as text, turned into OpenAI's `tool_calls` (`--tool-call-parser hermes`, as
-vLLM's `--enable-auto-tool-choice --tool-call-parser hermes`): the format of Qwen2.5, Qwen3, QwQ and the
-Hermes models, each call a JSON object in its own block,
+"""Tool calls a model writes as text, turned into OpenAI's `tool_calls` (`--tool-call-parser NAME`, as
+vLLM's `--enable-auto-tool-choice --tool-call-parser NAME`), in the two formats most open models write:
 
-    <tool_call>
-    {"name": "get_weather", "arguments": {"city": "Oslo"}}
-    </tool_call>
+- `hermes` (Qwen2.5, Qwen3, QwQ, the Hermes models): each call a JSON object in its own block, after any
+  text, which is the answer's content (none when blank):
 
-The text before the first block is the answer's content (none when it is blank); a block that is not such an object leaves the
-whole answer as text, as vLLM leaves it. Streamed, text is sent until a block may begin; from there it is
-held, and the calls go out whole when the answer ends."""
+      <tool_call>
+      {"name": "get_weather", "arguments": {"city": "Oslo"}}
+      </tool_call>
+
+- `llama3_json` (Llama 3.1 to 3.3): the whole answer is the calls, JSON objects with `parameters`,
+  separated by semicolons (`<|python_tag|>` before them is a special token the detokenizer drops):
+
+      {"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": ...}
+
+An answer whose calls do not parse stays text, as vLLM leaves it. Streamed, text is sent until calls may
+begin; from there it is held, and the calls go out whole when the answer ends."""
 
 from __future__ import annotations
 
@@ -16,59 +22,117 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.detokenizer import longest_partial_suffix
 
 CALL_START, CALL_END = "<tool_call>", "</tool_call>"
-PARSERS = ("hermes",)
+PYTHON_TAG = "<|python_tag|>"
 _BLOCK = re.compile(re.escape(CALL_START) + r"(.*?)(?:" + re.escape(CALL_END) + r"|$)", re.DOTALL)
 
 
 @dataclass
 class ParsedCalls:
-    content: str | None  # the text before the first call (None when there is none)
+    content: str | None  # the text before the calls (None when there is none)
     calls: list[dict] = field(default_factory=list)  # OpenAI tool calls: id, type, function (name, arguments)
 
 
-def parse_calls(text: str) -> ParsedCalls | None:
-    """The calls in a whole answer; None when it makes none (or one that does not parse: text then)."""
-    start = text.find(CALL_START)
-    if start < 0:
+class ToolCallParser(Protocol):
+    def parse(self, text: str) -> ParsedCalls | None:
+        """The calls in a whole answer; None when it makes none (or any that does not parse)."""
+
+    def sendable(self, text: str, sent: int) -> tuple[int, bool]:
+        """How much of the text so far can go out as content (an index not before `sent`), and whether
+        calls have begun (nothing more goes out then)."""
+
+
+def _call(body: object) -> dict | None:
+    """One call's JSON as an OpenAI tool call (`arguments`, or Llama's `parameters`); None if it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
         return None
-    calls = []
-    for body in _BLOCK.findall(text[start:]):
-        try:
-            call = json.loads(body)
-        except ValueError:
+    arguments = body.get("arguments", body.get("parameters", {}))
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": body["name"], "arguments": arguments if isinstance(arguments, str)
+                         else json.dumps(arguments, ensure_ascii=False)}}
+
+
+class HermesParser:
+    def parse(self, text: str) -> ParsedCalls | None:
+        start = text.find(CALL_START)
+        if start < 0:
             return None
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        calls = []
+        for body in _BLOCK.findall(text[start:]):
+            try:
+                call = _call(json.loads(body))
+            except ValueError:
+                return None
+            if call is None:
+                return None
+            calls.append(call)
+        return ParsedCalls(text[:start] if text[:start].strip() else None, calls)
+
+    def sendable(self, text: str, sent: int) -> tuple[int, bool]:
+        start = text.find(CALL_START, sent)
+        if start >= 0:
+            return start, True
+        return len(text) - longest_partial_suffix(text[sent:], (CALL_START,)), False
+
+
+class Llama3JsonParser:
+    _decoder = json.JSONDecoder()
+
+    def parse(self, text: str) -> ParsedCalls | None:
+        body = text.strip().removeprefix(PYTHON_TAG).strip()
+        if not body.startswith("{"):
             return None
-        arguments = call.get("arguments", call.get("parameters", {}))
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": call["name"], "arguments": arguments if isinstance(arguments, str)
-                                   else json.dumps(arguments, ensure_ascii=False)}})
-    return ParsedCalls(text[:start] if text[:start].strip() else None, calls)  # no blank message before calls
+        calls, at = [], 0
+        while at < len(body):
+            try:
+                value, at = self._decoder.raw_decode(body, at)
+            except ValueError:
+                return None
+            call = _call(value)
+            if call is None:
+                return None
+            calls.append(call)
+            while at < len(body) and body[at] in "; \n\t":
+                at += 1
+        return ParsedCalls(None, calls)
+
+    def sendable(self, text: str, sent: int) -> tuple[int, bool]:
+        if sent:  # text went out: the answer did not start with a call, so it makes none
+            return len(text), False
+        head = text.lstrip()
+        if head.startswith(("{", PYTHON_TAG)):
+            return 0, True
+        if not head or PYTHON_TAG.startswith(head):
+            return 0, False  # not known yet
+        return len(text), False
+
+
+PARSERS: dict[str, ToolCallParser] = {"hermes": HermesParser(), "llama3_json": Llama3JsonParser()}
+
+
+def parse_calls(text: str, parser: str = "hermes") -> ParsedCalls | None:
+    return PARSERS[parser].parse(text)
 
 
 class CallStream:
     """A streamed answer's text: `feed` returns what can go out now (text before any call); `finish`
     parses what was held and returns the rest of the content and the calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, parser: str = "hermes") -> None:
+        self._parser = PARSERS[parser]
         self._text = ""  # everything so far
         self._sent = 0  # how much of it went out as content
-        self._held = False  # a block began: nothing more goes out until the end
+        self._held = False  # calls began: nothing more goes out until the end
 
     def feed(self, delta: str) -> str:
         self._text += delta
         if self._held:
             return ""
-        start = self._text.find(CALL_START, self._sent)
-        if start >= 0:
-            self._held = True
-            end = start
-        else:
-            end = len(self._text) - longest_partial_suffix(self._text[self._sent:], (CALL_START,))
+        end, self._held = self._parser.sendable(self._text, self._sent)
         if not self._text[:end].strip():
             return ""  # only blank so far: held, as a blank line before calls is no content
         out, self._sent = self._text[self._sent:end], max(self._sent, end)
@@ -77,10 +141,9 @@ class CallStream:
     def finish(self) -> ParsedCalls:
         """The content not yet sent and the calls (none, and all the held text as content, when the
         calls do not parse)."""
-        parsed = parse_calls(self._text)
+        parsed = self._parser.parse(self._text)
         rest = self._text[self._sent:]
         if parsed is None:
             return ParsedCalls(rest or None)
         before = (parsed.content or "")[self._sent:]
         return ParsedCalls(before or None, parsed.calls)
-

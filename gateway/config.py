@@ -55,7 +55,7 @@ class LitellmParams(BaseModel):
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
     device: str | None = None
     reasoning_parser: Literal["think"] | None = None  # split a reasoning model's <think> block (engine/reasoning.py)
-    tool_call_parser: Literal["hermes"] | None = None  # tool calls written as text (engine/tool_parsers.py)
+    tool_call_parser: Literal["hermes", "llama3_json"] | None = None  # tool calls written as text (engine/tool_parsers.py)
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
     # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
     transport: Literal["auto", "litellm", "direct"] = "auto"

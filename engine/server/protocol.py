@@ -19,7 +19,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
   in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
-  parallel_tool_calls (but for a forced call), prompt_cache_key (the prefix cache needs no hint),
+  parallel_tool_calls (but for a forced call and for calls parsed from the answer's text, which it
+  limits to one), prompt_cache_key (the prefix cache needs no hint),
   safety_identifier.
 - logprobs: chat `logprobs` (bool) with `top_logprobs` (0-20), completions `logprobs` (0-20): the
   sampled tokens' log-probabilities and their likeliest alternatives (engine/logprobs.py).
@@ -102,6 +103,7 @@ class GenerateRequest:
     template: ChatTemplateOptions = dataclass_field(default_factory=ChatTemplateOptions)  # chat: how it renders
     truncate_prompt_tokens: int | None = None  # keep only the prompt's last this many tokens (vLLM's field)
     continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage so far on every chunk
+    parallel_tool_calls: bool = True  # false: at most one call (forced, or parsed from the answer's text)
 
     @property
     def num_choices(self) -> int:
@@ -173,6 +175,7 @@ def parse_chat(body: Any) -> GenerateRequest:
     max_tokens = integer(body, "max_completion_tokens")
     return _common(body, messages=[_message(m, i) for i, m in enumerate(messages)],
                    tools=None if tool_choice == "none" else tools, forced_tools=forced, template=_template(body),
+                   parallel_tool_calls=body.get("parallel_tool_calls") is not False,
                    max_tokens=integer(body, "max_tokens") if max_tokens is None else max_tokens)
 
 

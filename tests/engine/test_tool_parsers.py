@@ -1,5 +1,5 @@
-"""The `hermes` tool-call parser (Qwen2.5, Qwen3, Hermes): whole answers parsed as vLLM's parser parses
-them, any streaming of the same text gives the same content and calls, and the engine server
+"""The `hermes` (Qwen2.5, Qwen3, Hermes) and `llama3_json` (Llama 3.x) tool-call parsers: whole answers
+parsed as vLLM's parsers parse them, any streaming of the same text gives the same content and calls, and the engine server
 (`--tool-call-parser hermes`) answers a chat that offers tools with `tool_calls`, whole and streamed, over
 a real socket with the openai SDK; behind the gateway, with a reasoning model's thinking, a Responses
 client gets its reasoning item and its function call."""
@@ -27,8 +27,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters":
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-def calls_of(text: str) -> tuple[str | None, list[tuple[str, dict]]] | None:
-    parsed = parse_calls(text)
+def calls_of(text: str, parser: str = "hermes") -> tuple[str | None, list[tuple[str, dict]]] | None:
+    parsed = parse_calls(text, parser)
     if parsed is None:
         return None
     return parsed.content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in parsed.calls]
@@ -46,19 +46,31 @@ def test_whole_answers() -> None:
     assert parsed is not None and parsed.calls[0]["id"].startswith("call_") and parsed.calls[0]["type"] == "function"
 
 
+def test_llama3_json_answers() -> None:
+    oslo, bergen = '{"name": "get_weather", "parameters": {"city": "Oslo"}}', '{"name": "f", "arguments": {}}'
+    assert calls_of(oslo, "llama3_json") == (None, [("get_weather", {"city": "Oslo"})])
+    assert calls_of(f"<|python_tag|>{oslo}; {bergen}", "llama3_json") == (
+        None, [("get_weather", {"city": "Oslo"}), ("f", {})])
+    assert calls_of(f"Sure: {oslo}", "llama3_json") is None  # text first: no call, as in vLLM
+    assert calls_of('{"name": "f", "parameters": {}} and then', "llama3_json") is None
+    assert calls_of('{"no": "name"}', "llama3_json") is None
+
+
 pieces = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "_call>", '{"name": "f", "arguments": {}}',
-                          "{oops", "text ", "\n", "<", "call>"])
+                          '{"name": "g", "parameters": {"x": 1}}', "; ", "<|python_tag|>", "<|py", "{oops",
+                          "text ", "\n", "<", "call>", "{"])
 
 
 @settings(max_examples=400, deadline=None)
-@given(parts=st.lists(pieces, max_size=10), cuts=st.lists(st.integers(0, 120), max_size=6))
-def test_streaming_gives_what_the_whole_answer_gives(parts: list[str], cuts: list[int]) -> None:
+@given(parts=st.lists(pieces, max_size=10), cuts=st.lists(st.integers(0, 120), max_size=6),
+       parser=st.sampled_from(["hermes", "llama3_json"]))
+def test_streaming_gives_what_the_whole_answer_gives(parts: list[str], cuts: list[int], parser: str) -> None:
     text = "".join(parts)
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    stream = CallStream()
+    stream = CallStream(parser)
     sent = "".join(stream.feed(text[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
     rest = stream.finish()
-    whole = parse_calls(text)
+    whole = parse_calls(text, parser)
     content = sent + (rest.content or "")
     if whole is None:
         assert content == text and rest.calls == []
@@ -96,6 +108,23 @@ def test_the_engine_server_answers_written_calls_as_tool_calls(tiny_model_dir: P
     # No tools offered, or declined: the text is the answer, as the model wrote it.
     for answer in (without, declined):
         assert answer.choices[0].message.tool_calls is None and OSLO in (answer.choices[0].message.content or "")
+
+
+def test_llama_calls_and_parallel_tool_calls_false(tiny_model_dir: Path) -> None:
+    calls = '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "get_weather", "parameters": {}}'
+    messages = [{"role": "user", "content": "Weather?"}]
+    with serve_in_thread(create_app(_thinking_engine(tiny_model_dir, calls), "llama", tool_call_parser="llama3_json")) \
+            as url, sdk(url) as client:
+        both = client.chat.completions.create(model="llama", messages=messages, tools=[WEATHER], max_tokens=128)
+        one = client.chat.completions.create(model="llama", messages=messages, tools=[WEATHER], max_tokens=128,
+                                             parallel_tool_calls=False)
+        streamed = [c.choices[0] for c in client.chat.completions.create(
+            model="llama", messages=messages, tools=[WEATHER], max_tokens=128, stream=True) if c.choices]
+    assert [json.loads(c.function.arguments) for c in both.choices[0].message.tool_calls or []] == [{"city": "Oslo"}, {}]
+    assert both.choices[0].message.content is None and both.choices[0].finish_reason == "tool_calls"
+    assert len(one.choices[0].message.tool_calls or []) == 1
+    assert not "".join(c.delta.content or "" for c in streamed)  # nothing of the calls leaked as text
+    assert len([call for c in streamed for call in c.delta.tool_calls or []]) == 2
 
 
 def test_a_thinking_tool_caller_behind_the_gateway(tiny_model_dir: Path, tmp_path: Path) -> None:
