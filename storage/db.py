@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
@@ -58,9 +60,21 @@ def database_url(url: str | URL) -> URL:
     return parsed
 
 
+def read_json(text: str | bytes) -> Any:
+    """How JSON columns are read: orjson, about 4x the standard library's speed on the rows a long
+    conversation, a response chain or an export reads; what orjson refuses (NaN, a lone surrogate
+    escape) the standard library reads as it wrote it. orjson reads an integer past 64 bits as a float:
+    none is stored (a request with one is a 400, and upstream answers are read with orjson already)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def create_engine(url: str | URL = DEFAULT_URL, **kwargs: Any) -> Engine:
     """An Engine for `url` with Pitstop's defaults; extra kwargs go to `sqlalchemy.create_engine`."""
     url = database_url(url)
+    kwargs.setdefault("json_deserializer", read_json)
     backend = url.get_backend_name()
     if backend == "sqlite":
         ensure_sqlite_dir(url)
