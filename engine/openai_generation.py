@@ -105,10 +105,11 @@ class OpenAIGeneration:
                  tool_call_parser: str | None = None) -> None:
         self.engine = engine
         self.parsed = parsed
-        # A chat answer's thinking is split from it, and the tool calls it writes are parsed out of it,
-        # unless a grammar holds the answer (a forced call is already parsed: engine/forced_tools.py).
+        # A chat answer's thinking is split from it (a grammar then holds only what follows the thinking),
+        # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
+        # already parsed: engine/forced_tools.py).
+        self.reasoning = bool(reasoning_parser) and chat and parsed.forced_tools is None
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
-        self.reasoning = bool(reasoning_parser) and free
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
@@ -130,6 +131,9 @@ class OpenAIGeneration:
             self._prompt_ids = await tokenize(self.engine, parsed)
             if parsed.truncate_prompt_tokens is not None:
                 self._prompt_ids = [ids[-parsed.truncate_prompt_tokens:] for ids in self._prompt_ids]
+            if self.reasoning and parsed.params.constraint is not None:  # think first, then the grammar
+                constraint = parsed.params.constraint.after_thinking(self._inside(0))
+                self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=constraint))
             for k, prompt_ids in enumerate(self._prompt_ids):
                 if parsed.params.constraint is not None and k == 0:
                     # Checking a grammar compiles it (and, the first time, the tokenizer's view): off the loop.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,6 +68,22 @@ class OutputConstraint:
         import llguidance
 
         return cls("grammar", llguidance.LLMatcher.grammar_from_lark(lark), param)
+
+    def after_thinking(self, inside: bool) -> OutputConstraint:
+        """The same answer after an optional `<think>` block, free text up to `</think>` (one the prompt
+        already opened when `inside`): a reasoning model thinks freely, then answers in the grammar, as
+        vLLM arms its grammar at `</think>` (engine/reasoning.py splits the two)."""
+        try:
+            grammars = json.loads(self.grammar)["grammars"]  # llguidance's top-level grammar (JSON, regex)
+        except (ValueError, KeyError, TypeError):
+            grammars = [{"lark_grammar": self.grammar}]  # Lark text (grammars, choices)
+        answer = grammars[0].get("name") or "answer"
+        grammars[0] = {**grammars[0], "name": answer}
+        body = 'thought[stop="</think>"]: /(.|\\n)*/'
+        lark = (f"start: thought /[ \\t\\n]*/ @{answer}\n{body}\n" if inside else
+                f'start: thinking? @{answer}\nthinking: "<think>" thought /[ \\t\\n]*/\n{body}\n')
+        top = {"grammars": [{"name": "pitstop_thinking", "lark_grammar": lark}, *grammars], "max_tokens": None}
+        return replace(self, grammar=json.dumps(top))
 
     @classmethod
     def choice(cls, options: list[str], param: str) -> OutputConstraint:

@@ -33,6 +33,9 @@ class ScriptedRunner(CountingRunner):
     def __init__(self, script: list[int], eos_token_id: int, vocab_size: int) -> None:
         super().__init__(vocab_size=vocab_size, eos_token_ids=(eos_token_id,))
         self.script = script
+        # Passes for a runner with logits, so the engine holds answers to grammars: the script is then
+        # checked token by token against them (the masks themselves are the torch runner's).
+        self.step_logprobs: dict = {}
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
         super().execute(batch)  # records the batch

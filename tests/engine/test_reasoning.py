@@ -5,6 +5,7 @@ socket with the openai SDK."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,26 @@ def test_a_reasoning_engine_behind_the_gateway_answers_each_api_with_its_thinkin
     assert answer.type == "message" and response.output_text == "\n\nIt is blue."
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == "\nFirst, the sea."  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("parser", ["think", None])
+def test_a_structured_answer_follows_the_thinking(tiny_model_dir: Path, parser: str | None) -> None:
+    """With the parser, the grammar holds only what follows the thinking (a model scripted to think, then
+    answer in the schema, is answered whole); without it, the thinking breaks the grammar at once."""
+    tokenizer = Tokenizer(tiny_model_dir)
+    script = '<think>a is one</think>\n{"a":1}'
+    runner = ScriptedRunner(tokenizer.encode(script), tokenizer.eos_token_ids[0], tokenizer.vocab_size)
+    engine = AsyncEngine(LLMEngine(EngineConfig(num_blocks=64, block_size=16, max_model_len=256), runner,
+                                   tokenizer=tokenizer))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    with serve_in_thread(create_app(engine, "tiny", parser)) as url, sdk(url) as client:
+        answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a?"}],
+                                                max_tokens=64, response_format=fmt)  # type: ignore[arg-type]
+    message = answer.choices[0].message
+    if parser is None:
+        assert message.content != '{"a":1}' and len(answer.choices[0].message.content or "") <= 2
+        return
+    assert (message.reasoning_content, message.content) == ("a is one", '\n{"a":1}')  # type: ignore[attr-defined]
+    assert json.loads(message.content or "") == {"a": 1} and answer.choices[0].finish_reason == "stop"

@@ -132,6 +132,41 @@ def test_json_object_regex_and_choice(engine: LLMEngine) -> None:
     assert found <= set(options) and len(found) >= 2
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_after_thinking_the_grammar_holds_what_follows_the_think_block(engine: LLMEngine, inside: bool) -> None:
+    """A reasoning model's grammar (OutputConstraint.after_thinking): free text up to `</think>`, then
+    exactly the answer's grammar: the mask there is the plain schema's first mask (blank tokens aside), and a wrong answer
+    after the thinking is refused; without the prompt opening the block, the answer may also come at once."""
+    assert engine.tokenizer is not None
+    compiler, schema = engine.grammars(), OutputConstraint.json_schema(SCHEMA)
+    thinking = schema.after_thinking(inside)
+    opening = "" if inside else "<think>"
+
+    def masked(matcher: object) -> torch.Tensor:
+        logits = torch.zeros(1, compiler.vocab_size)
+        mask_disallowed(logits, [matcher])  # type: ignore[list-item]
+        return torch.isinf(logits[0])
+
+    def fed(text: str) -> object:
+        matcher = compiler.matcher(thinking)
+        assert all(matcher.consume(t) for t in engine.tokenizer.encode(text)), text  # type: ignore[union-attr]
+        return matcher
+
+    plain = masked(compiler.matcher(schema))
+    mid_thought = masked(fed(opening + "Let me think"))
+    assert mid_thought.sum() < plain.sum() / 10  # thinking: nearly any token
+    after = masked(fed(opening + "Let me think about the weather.</think>\n"))
+    assert not (after & ~plain).any()  # the schema's first tokens, all of them ...
+    extra = (plain & ~after).nonzero().flatten().tolist()  # ... and only blank ones besides
+    assert all(not engine.tokenizer.decode([t]).strip() for t in extra)
+    wrong = fed(opening + "Done.</think>")
+    assert not all(wrong.consume(t) for t in engine.tokenizer.encode('{"city": 5'))  # type: ignore[attr-defined]
+    direct = compiler.matcher(thinking)  # an answer at once: whole, unless the prompt opened a block
+    assert all(direct.consume(t) for t in engine.tokenizer.encode(
+        '{"city":"Oslo","rain":false,"temperature":3,"wind":"calm"}'))
+    assert direct.complete is (not inside)  # type: ignore[attr-defined]
+
+
 def test_masks_match_the_matchers_own_bitmask_row_by_row(engine: LLMEngine) -> None:
     """mask_disallowed's unpacking against llguidance's compute_bitmask read bit by bit in Python, in a
     batch where the middle row has no grammar (its logits stay as they were)."""
