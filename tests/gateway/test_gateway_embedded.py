@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -155,6 +156,19 @@ def test_structured_outputs_from_a_local_model_through_each_api(embedded: tuple[
                                           max_output_tokens=40)
     assert isinstance(chat.choices[0].message.parsed, Verdict)
     assert isinstance(response.output_parsed, Verdict)
+
+
+def test_the_readme_quickstart_runs_against_the_embedded_default(embedded: tuple[Gateway, Path]) -> None:
+    """The README's Python quickstart, as written, on `make serve`'s embedded default (its address swapped
+    for this gateway's): a README whose example broke would fail here."""
+    gw, _ = embedded
+    section = (REPO_ROOT / "README.md").read_text().split("## Quickstart", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:8000" in code
+    result = subprocess.run([sys.executable, "-c", code.replace("http://127.0.0.1:8000", gw.url)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'message'" in result.stdout and "city=" in result.stdout  # the conversation's items, the parsed Weather
 
 
 def test_a_conversation_on_a_local_model_reuses_its_kv_from_the_first_turn(embedded: tuple[Gateway, Path]) -> None:
