@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
+from gateway.conversation_lease import LEASE_S, ConversationLease, locked
 from gateway.outcomes import storable
 from gateway.responses_api import item_page, no_item_after, page_body, page_params, stored_items
 from gateway.responses_input import input_messages
@@ -63,6 +64,8 @@ class Conversations:
     writer: ConversationItemWriter
     pending: OrderedDict[str, dict[str, dict]] = field(default_factory=OrderedDict)  # id -> item id -> row
     clock: ItemClock = field(default_factory=ItemClock)
+    lease_s: float = LEASE_S  # a turn's hold on its conversation (gateway/conversation_lease.py)
+    max_hold_s: float = 3600.0  # the longest a turn can take: its lease is renewed no longer
 
     def check_enabled(self, param: str | None = None) -> None:
         if not self.config.store:
@@ -153,12 +156,32 @@ class Conversations:
             raise not_found(f"no item {item_id!r} in conversation {conversation_id!r}", "item_id", "item_not_found")
         return public(conversation)
 
-    async def append(self, conversation_id: str, items: Sequence[dict]) -> None:
-        """A completed turn's input and output items, added before its answer goes out; to the writer (and
-        this replica's reads) when the database does not take them in time."""
-        rows = self._rows(conversation_id, items)
+    async def begin_turn(self, conversation_id: str, key_id: str | None) -> tuple[ConversationLease, list[dict]]:
+        """The lease a turn holds on its conversation until it ends, and the conversation's items: a 400
+        `conversation_locked` while another turn holds it, a 404 for one that is not the key's."""
+        self.check_enabled("conversation")
+        lease = ConversationLease(self.store, conversation_id, self.lease_s, self.max_hold_s)
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.add, rows), WRITE_TIMEOUT_S)
+            taken, conversation, rows = await lease.take(key_id)
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        _mine(conversation, conversation_id, key_id, "conversation")
+        if not taken:
+            raise locked(conversation_id)
+        return lease, self._with_pending(conversation_id, rows)
+
+    async def append(self, conversation_id: str, items: Sequence[dict], lease: ConversationLease | None = None) -> None:
+        """A completed turn's input and output items, added before its answer goes out (and its lease given
+        back in the same transaction); to the writer (and this replica's reads) when the database does not
+        take them in time."""
+        rows = self._rows(conversation_id, items)
+        if lease is not None:
+            await lease.stop_renewing()
+        unlock = None if lease is None else (conversation_id, lease.token)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.add, rows, unlock), WRITE_TIMEOUT_S)
+            if lease is not None:
+                lease.given_back()
         except Exception as exc:  # served anyway: the writer keeps them until the database takes them
             log.warning("adding %d items to conversation %s: %s; they go to the writer", len(rows), conversation_id,
                         describe(exc))
@@ -192,7 +215,10 @@ class Conversations:
             conversation, rows = await asyncio.to_thread(self.store.with_items, conversation_id)
         except Exception as exc:
             raise _unavailable(exc) from None
-        conversation = _mine(conversation, conversation_id, key_id, param)
+        return _mine(conversation, conversation_id, key_id, param), self._with_pending(conversation_id, rows)
+
+    def _with_pending(self, conversation_id: str, rows: list[dict]) -> list[dict]:
+        """The items of the database's rows and of this replica's pending ones, in order."""
         waiting = self.pending.get(conversation_id)
         if waiting:
             for row in rows:  # written: the database has the say from now on
@@ -200,7 +226,7 @@ class Conversations:
             if not waiting:
                 del self.pending[conversation_id]
             rows = sorted([*rows, *waiting.values()], key=lambda row: (row["seq"], row["id"]))
-        return conversation, [row["item"] for row in rows]
+        return [row["item"] for row in rows]
 
     @staticmethod
     async def _write(call: Any, *args: Any) -> Any:

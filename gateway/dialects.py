@@ -20,6 +20,7 @@ class DialectStream(Protocol):
     """Chat chunks in, the dialect's stream events (SSE bytes) out."""
 
     keep: Callable[[dict], Awaitable[None]] | None  # awaited with the final answer before its last event
+    end: Callable[[], Awaitable[None]] | None  # awaited once the turn is over, before its last event or error
 
     def start(self) -> Iterator[bytes]: ...
 
@@ -42,6 +43,8 @@ class Dialect(Protocol):
     async def answer(self, answer: dict, model: str) -> dict: ...  # a whole chat answer, turned back
 
     def stream(self, model: str) -> DialectStream: ...
+
+    async def end(self) -> None: ...  # the turn is over (answered or failed): what it held is given back
 
 
 def error_response(dialect: str | None, error: APIError) -> Response:

@@ -22,6 +22,7 @@ class MessageStream:
     """Chat chunks in, Messages stream events out (the same steps as gateway/responses_stream.py)."""
 
     keep = None  # nothing is stored
+    end = None  # nor held
 
     def __init__(self, request_id: str, model: str) -> None:
         self.id = message_id(request_id)
@@ -111,3 +112,6 @@ class MessagesTurn:
 
     def stream(self, model: str) -> MessageStream:
         return MessageStream(self.request_id, model)
+
+    async def end(self) -> None:
+        pass

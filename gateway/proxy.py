@@ -92,6 +92,7 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
 
 async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft) -> Response:
     dialect: Dialect | None = None
+    streaming = False  # the stream ends the dialect's turn, once it is over
     if endpoint in ("responses", "messages"):
         draft.endpoint = endpoint  # the row's, and the shape of its errors
     try:
@@ -136,8 +137,11 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             chunks, dispatched = await _unless_disconnected(request, streamed)
             draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
             stream = None if dialect is None else dialect.stream(route.model_name)
-            response = SSEResponse(_events(state, draft, chunks, session, stream))
+            # on_close: also for a stream whose client left before its first event (its body never ran)
+            response = SSEResponse(_events(state, draft, chunks, session, stream),
+                                   on_close=None if dialect is None else dialect.end)
             response.headers.update(_headers(draft))
+            streaming = True
             return response
         work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
         body, dispatched = await _unless_disconnected(request, work)
@@ -165,6 +169,9 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
         draft.fail(499, "the client disconnected", kind="aborted")
         state.recorder.finish(draft)
         raise
+    finally:
+        if dialect is not None and not streaming:  # before the answer or error goes out
+            await dialect.end()
 
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
@@ -235,6 +242,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
     failed = ended = False
     last: dict = {}
     final: dict | None = None  # a Responses stream's whole Response, sent last
+    failure: bytes | None = None  # the error event, sent once the turn is settled
     try:
         with state.drain.track():
             async with aclosing(chunks):
@@ -264,14 +272,14 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         failed = True
         error = _as_api_error(exc)
         draft.fail(error.status, f"stream broke after it started: {error.message}")
-        yield dialect.failed(error) if dialect is not None else sse_event(
+        failure = dialect.failed(error) if dialect is not None else sse_event(
             error_body(error.status, error.message, error.param, error.code))
     except Exception:
         failed = True
         log.exception("stream of request %s failed inside the gateway", draft.request_id)
         error = _internal_error(draft)
         draft.fail(error.status, error.message)
-        yield dialect.failed(error) if dialect is not None else sse_event(error.body())
+        failure = dialect.failed(error) if dialect is not None else sse_event(error.body())
     except asyncio.CancelledError:
         failed = True
         cut = state.drain.absorb()
@@ -279,7 +287,7 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
             draft.fail(499, "the client disconnected mid-stream", kind="aborted")
             raise
         draft.fail(cut.status, cut.message, kind="aborted")
-        yield dialect.failed(cut) if dialect is not None else sse_event(cut.body())
+        failure = dialect.failed(cut) if dialect is not None else sse_event(cut.body())
     finally:
         if not failed and not ended:  # closed at a yield: the client left, or a cut
             why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
@@ -288,6 +296,10 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
             await state.sessions.finish(session, draft)
         state.recorder.finish(draft)
         await draft.settled()
+        if (failed or not ended) and dialect is not None and dialect.end is not None:
+            await dialect.end()
+    if failure is not None:
+        yield failure
     if failed:
         return
     if dialect is None:
@@ -295,4 +307,6 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
     elif final is not None:  # stored before the client can name it in its next turn
         if dialect.keep is not None:
             await dialect.keep(final)
+        if dialect.end is not None:
+            await dialect.end()
         yield dialect.final_event(final)

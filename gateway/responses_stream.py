@@ -21,13 +21,16 @@ def sse(event: dict) -> bytes:
 
 class ResponseStream:
     """Chat chunks in, Responses stream events out, numbered in order. `keep` is awaited with the
-    finished Response before its last event goes out (gateway/stored_responses.py stores it there)."""
+    finished Response before its last event goes out (gateway/stored_responses.py stores it there), and
+    `end` once the turn is over, before its last event or its error goes out."""
 
     def __init__(self, envelope: ResponseEnvelope, model: str,
-                 keep: Callable[[dict], Awaitable[None]] | None = None) -> None:
+                 keep: Callable[[dict], Awaitable[None]] | None = None,
+                 end: Callable[[], Awaitable[None]] | None = None) -> None:
         self.envelope = envelope
         self.model = model
         self.keep = keep
+        self.end = end
         self.sequence = 0
         self.items: list[dict] = []  # in output order: the message and the function calls
         self.text: dict | None = None  # the message item, once text came

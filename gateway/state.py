@@ -193,12 +193,14 @@ def build_state(settings: Settings) -> GatewayState:
     feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
                               if spool else None)
     keys = KeyStore(db)
+    server = settings.server
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
-        db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None))
+        db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
+        # a turn's calls, retries included, and a minute for its items
+        max_hold_s=server.request_timeout_s * (server.num_retries + 1) + 60.0)
     responses = StoredResponses(settings.responses, ResponseStore(db), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
         conversations)
-    server = settings.server
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
     for entry in settings.model_list:
         index = len(pool.by_model.get(entry.model_name, ()))

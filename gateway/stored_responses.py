@@ -26,6 +26,7 @@ from typing import Any
 from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
+from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.outcomes import storable
 from gateway.request_body import ProxyRequest
@@ -62,6 +63,7 @@ class ResponsesTurn:
     previous: dict | None = None  # the stored response it continues
     session_id: str | None = None  # the chain's session; once adopted, the one the turn runs under
     conversation: str | None = None  # the conversation it continues and adds its items to
+    lease: ConversationLease | None = None  # held on that conversation until the turn is over
 
     @property
     def ancestors(self) -> list[str]:
@@ -78,10 +80,14 @@ class ResponsesTurn:
         return response
 
     def stream(self, model: str) -> ResponseStream:
-        return ResponseStream(self.envelope, model, self.keep)
+        return ResponseStream(self.envelope, model, self.keep, self.end)
 
     async def keep(self, response: dict) -> None:
         await self.responses.keep(self, response)
+
+    async def end(self) -> None:
+        if self.lease is not None:
+            await self.lease.end()
 
 
 @dataclass
@@ -107,9 +113,9 @@ class StoredResponses:
         if conversation is not None:
             if self.conversations is None:
                 raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
-            earlier = await self.conversations.items(conversation, key_id, "conversation")
+            lease, earlier = await self.conversations.begin_turn(conversation, key_id)  # one turn at a time
             return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
-                                 session_id=conversation, conversation=conversation)
+                                 session_id=conversation, conversation=conversation, lease=lease)
         if previous_id is None:
             return ResponsesTurn(envelope, chat, items, store, self, key_id)
         if not self.config.store:
@@ -131,7 +137,7 @@ class StoredResponses:
         stored), before the client gets it: the two writes at once."""
         writes = [self._store(turn, response)] if turn.store else []
         if turn.conversation is not None and self.conversations is not None:
-            writes.append(self.conversations.append(turn.conversation, [*turn.items, *response["output"]]))
+            writes.append(self.conversations.append(turn.conversation, [*turn.items, *response["output"]], turn.lease))
         await asyncio.gather(*writes)
 
     async def _store(self, turn: ResponsesTurn, response: dict) -> None:

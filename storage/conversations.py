@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, delete, select, tuple_, update
+from sqlalchemy import Table, delete, or_, select, tuple_, update
 from sqlalchemy.engine import URL, Connection, Engine, Row
 
 from storage.batch_writer import BatchWriter
@@ -63,10 +64,13 @@ class ConversationStore:
             connection.execute(CONVERSATIONS.insert(), [self._conversations.complete(conversation)])
             self._add(connection, items)
 
-    def add(self, items: Sequence[dict[str, Any]]) -> None:
-        """Insert item rows; one already stored under its (conversation, id) is left as it is."""
+    def add(self, items: Sequence[dict[str, Any]], unlock: tuple[str, str] | None = None) -> None:
+        """Insert item rows; one already stored under its (conversation, id) is left as it is. With
+        `unlock` (conversation, token), the lease is given back in the same transaction."""
         with self._engine.begin() as connection:
             self._add(connection, items)
+            if unlock is not None:
+                self._unlock(connection, *unlock)
 
     def _add(self, connection: Connection, items: Sequence[dict[str, Any]]) -> None:
         if items:
@@ -84,11 +88,15 @@ class ConversationStore:
     def with_items(self, conversation_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The conversation and all its item rows in order, over one connection (None, [] if none)."""
         with self._engine.connect() as connection:
-            conversation = self._get(connection, conversation_id)
-            if conversation is None:
-                return None, []
-            query = select(*_ITEM_KEY).where(ITEMS.c.conversation_id == conversation_id).order_by(ITEMS.c.seq, ITEMS.c.id)
-            return conversation, _item_rows(connection.execute(query))
+            return self._with_items(connection, conversation_id)
+
+    def _with_items(self, connection: Connection,
+                    conversation_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        conversation = self._get(connection, conversation_id)
+        if conversation is None:
+            return None, []
+        query = select(*_ITEM_KEY).where(ITEMS.c.conversation_id == conversation_id).order_by(ITEMS.c.seq, ITEMS.c.id)
+        return conversation, _item_rows(connection.execute(query))
 
     def page(self, conversation_id: str, limit: int, descending: bool, after: str | None = None) -> ItemPage:
         """Up to `limit` items after the `after` item, in `seq` order or its reverse (keyset paging on the
@@ -118,6 +126,46 @@ class ConversationStore:
             row = connection.execute(select(ITEMS).where(ITEMS.c.conversation_id == conversation_id,
                                                          ITEMS.c.id == item_id)).first()
             return conversation, None if row is None else dict(row._mapping)
+
+    def lock(self, conversation_id: str, key_id: str | None, token: str, now: datetime, until: datetime) -> bool:
+        """Take (or, with the same token, renew) the lease on the key's conversation until `until`: False
+        where another token holds one that has not expired, or the key has no such conversation."""
+        with self._engine.begin() as connection:
+            return self._lock(connection, conversation_id, key_id, token, now, until)
+
+    def lock_and_read(self, conversation_id: str, key_id: str | None, token: str, now: datetime,
+                      until: datetime) -> tuple[bool, dict[str, Any] | None, list[dict[str, Any]]]:
+        """`lock`, then the conversation and its item rows (`with_items`), in one transaction; the
+        conversation without its items when the lease is not taken (None: there is none)."""
+        with self._engine.begin() as connection:
+            if not self._lock(connection, conversation_id, key_id, token, now, until):
+                return False, self._get(connection, conversation_id), []
+            return True, *self._with_items(connection, conversation_id)
+
+    def _lock(self, connection: Connection, conversation_id: str, key_id: str | None, token: str, now: datetime,
+              until: datetime) -> bool:
+        if connection.dialect.name == "postgresql":  # a lease is soft state: its commit need not wait for the disk
+            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        free = or_(CONVERSATIONS.c.locked_until.is_(None), CONVERSATIONS.c.locked_until <= now,
+                   CONVERSATIONS.c.lock_token == token)
+        taken = connection.execute(update(CONVERSATIONS)
+                                   .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.api_key_id == key_id,
+                                          free)
+                                   .values(lock_token=token, locked_until=until))
+        return taken.rowcount > 0
+
+    def unlock(self, conversation_id: str, token: str) -> None:
+        """Give the lease back (a no-op where it has expired and another token has taken it since)."""
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            self._unlock(connection, conversation_id, token)
+
+    @staticmethod
+    def _unlock(connection: Connection, conversation_id: str, token: str) -> None:
+        connection.execute(update(CONVERSATIONS)
+                           .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.lock_token == token)
+                           .values(lock_token=None, locked_until=None))
 
     def set_metadata(self, conversation_id: str, metadata: dict[str, str]) -> bool:
         with self._engine.begin() as connection:

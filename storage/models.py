@@ -206,6 +206,10 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     api_key_id: Mapped[str | None]  # whose it is, as for stored responses
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")  # `metadata` is the declarative base's
+    # While a Responses turn runs in it: the turn's lease (gateway/conversation_lease.py), renewed as it
+    # runs, so a replica that dies mid-turn holds the conversation no longer than one lease.
+    lock_token: Mapped[str | None]
+    locked_until: Mapped[datetime | None]
 
 
 class ConversationItem(Base):

@@ -16,7 +16,7 @@ import pytest
 
 from storage.conversations import ConversationStore
 from storage.keys import KeyStore
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_responses import WEATHER
 from tests.gateway.test_gateway_stored_responses import assistant, sent, user
 from tests.gateway.upstream import UpstreamProcess
@@ -110,20 +110,58 @@ def test_a_streamed_turn_adds_its_items_before_its_completed_event(gw: Gateway, 
     assert listed["data"][1]["content"][0]["text"] == final["output"][0]["content"][0]["text"]
 
 
-def test_turns_sent_at_once_to_one_conversation_are_all_kept(gw: Gateway) -> None:
-    """Nothing is lost when turns overlap: every turn's input and answer are kept, each input before its
-    own answer (as at OpenAI, turns that overlap do not see each other)."""
+def test_a_turn_sent_while_another_runs_in_its_conversation_is_a_400_conversation_locked(
+        gw: Gateway, upstreams: tuple) -> None:
+    """As at OpenAI: one response at a time in a conversation. Two turns that overlapped would each be
+    served without the other and both be added, forking the agent's history; the one refused adds nothing."""
+    with gw.openai() as client, ThreadPoolExecutor(1) as pool:
+        conversation = client.conversations.create()
+        other = client.conversations.create()
+        running = pool.submit(client.responses.create, model="up", conversation=conversation.id,
+                              input="[delay:1.5] first")
+        wait_until(lambda: upstreams[0].stats()["requests"] >= 1, what="the first turn upstream")
+        refusals = []
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError, match="one response at a time") as refused:
+                client.responses.create(model="up", conversation=conversation.id, input="meanwhile", stream=stream)
+            refusals.append(refused.value)
+        beside = client.responses.create(model="up", conversation=other.id, input="elsewhere")  # not held up
+        first = running.result()
+        second = client.responses.create(model="up", conversation=conversation.id, input="second")  # at once
+        items = list(client.conversations.items.list(conversation.id, order="asc"))
+    assert [(r.status_code, r.body["code"], r.body["param"]) for r in refusals] == [  # type: ignore[index]
+        (400, "conversation_locked", "conversation")] * 2
+    assert [item.id for item in items][1::2] == [first.output[0].id, second.output[0].id]
+    assert [item.content[0].text for item in items][::2] == ["[delay:1.5] first", "second"]  # type: ignore[union-attr]
+    assert beside.output_text and upstreams[0].stats()["requests"] == 3  # the refused turns never went upstream
+
+
+@pytest.mark.parametrize("how", ["fails", "breaks mid-stream", "client leaves mid-stream"])
+def test_a_turn_that_fails_or_is_left_gives_its_conversation_back_at_once(gw: Gateway, how: str) -> None:
     with gw.openai() as client:
         conversation = client.conversations.create()
-        with ThreadPoolExecutor(8) as pool:
-            turns = list(pool.map(lambda n: client.responses.create(
-                model="up", conversation=conversation.id, input=f"[delay:0.{n % 3}] turn {n}"), range(8)))
-        items = list(client.conversations.items.list(conversation.id, order="asc", limit=100))
-    assert len(items) == 16 and len({item.id for item in items}) == 16
-    texts = [item.content[0].text for item in items]  # type: ignore[union-attr]
-    for n, turn in enumerate(turns):
-        asked, answered = texts.index(f"[delay:0.{n % 3}] turn {n}"), [item.id for item in items].index(turn.output[0].id)
-        assert asked < answered
+    body = {"model": "up", "conversation": conversation.id, "stream": how != "fails",
+            "input": {"fails": "[fail:500]", "breaks mid-stream": "[words:50] [break:2]",
+                      "client leaves mid-stream": "[words:400] x"}[how]}
+    with gw.http() as http:
+        if how == "client leaves mid-stream":
+            with http.stream("POST", "/v1/responses", json=body) as streamed:
+                next(streamed.iter_lines())
+        else:
+            http.post("/v1/responses", json=body)
+    with gw.openai() as client:
+        # The lease is given back when the turn ends, not when it runs out (15 s).
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                after = client.responses.create(model="up", conversation=conversation.id, input="after")
+                break
+            except openai.BadRequestError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        items = list(client.conversations.items.list(conversation.id, order="asc"))
+    assert [item.id for item in items][-1] == after.output[0].id and len(items) == 2  # nothing of the failed turn
 
 
 def test_store_false_keeps_the_turn_in_its_conversation_but_not_the_response(gw: Gateway) -> None:

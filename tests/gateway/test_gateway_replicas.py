@@ -1,6 +1,7 @@
 """Two `pitstop serve` processes sharing one Redis and one PostgreSQL database enforce one key's rpm
 limit exactly and one budget exactly (each request holds its worst case while it runs), both log to one
-table, and a stored Response made on one is continued and deleted on the other."""
+table, a stored Response made on one is continued and deleted on the other, and a turn running on one
+holds its conversation on the other."""
 
 from __future__ import annotations
 
@@ -175,6 +176,26 @@ def test_a_response_made_on_one_gateway_is_continued_and_deleted_on_the_other(
     wait_until(lambda: len(rows_of(shared_db, key_id)) >= 4, what="4 rows")  # the last a 404
     rows = {r["request_id"]: r for r in rows_of(shared_db, key_id)}
     assert [rows["req-" + r.id.removeprefix("resp_")]["session_id"] for r in (second, third)] == [first.id] * 2
+
+
+def test_a_turn_running_on_one_gateway_holds_its_conversation_on_the_other(
+        replicas: tuple, shared_db: str, key_ids: list[str], upstreams: tuple) -> None:
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("conversations")
+    key_ids.append(key_id)
+    with one.gateway(shared_db).openai(api_key=secret) as a, two.gateway(shared_db).openai(api_key=secret) as b, \
+            ThreadPoolExecutor(1) as pool:
+        conversation = a.conversations.create()
+        running = pool.submit(a.responses.create, model="up", conversation=conversation.id, input="[delay:1.5] one")
+        wait_until(lambda: upstreams[0].stats()["requests"] >= 1, what="the turn upstream")
+        with pytest.raises(openai.BadRequestError) as refused:
+            b.responses.create(model="up", conversation=conversation.id, input="meanwhile")
+        first = running.result()
+        second = b.responses.create(model="up", conversation=conversation.id, input="two")  # free at once
+        items = list(b.conversations.items.list(conversation.id, order="asc"))
+    assert refused.value.body["code"] == "conversation_locked"  # type: ignore[index]
+    assert [item.id for item in items][1::2] == [first.output[0].id, second.output[0].id]
+    assert upstreams[0].stats()["requests"] == 2
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,

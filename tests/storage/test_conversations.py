@@ -1,9 +1,10 @@
 """The conversations tables on SQLite and PostgreSQL: create with items, items in `seq` order whatever
-order they were written in, idempotent adds (a writer's retry), metadata, item and whole deletion."""
+order they were written in, idempotent adds (a writer's retry), metadata, item and whole deletion, and
+the lease a turn holds on its conversation."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -93,3 +94,41 @@ def test_items_are_paged_by_keyset_both_ways(db_url: str) -> None:
     found, row = store.item("conv_a", "msg_a")
     assert found is not None and row is not None and row["item"]["id"] == "msg_a"
     assert store.item("conv_a", "msg_nope")[1] is None and store.item("conv_missing", "msg_a") == (None, None)
+
+
+def test_a_lease_is_held_by_one_token_renewed_by_it_and_free_once_given_back_or_run_out(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [])
+    store.create(conversation("conv_open", api_key_id=None), [])  # a gateway without keys
+    at = [NOW + timedelta(seconds=s) for s in range(40)]
+    assert store.lock("conv_a", "key-1", "t1", at[0], at[15])
+    assert not store.lock("conv_a", "key-1", "t2", at[5], at[20])  # held
+    assert store.lock("conv_a", "key-1", "t1", at[5], at[20])  # renewed by its holder
+    assert not store.lock("conv_a", "key-1", "t2", at[19], at[34])
+    assert not store.lock("conv_a", "key-2", "t3", at[25], at[30])  # run out, but not key-2's conversation
+    assert not store.lock("conv_a", None, "t3", at[25], at[30])
+    assert store.lock("conv_a", "key-1", "t2", at[20], at[35])  # run out: taken
+    store.unlock("conv_a", "t1")  # too late: t2 holds it now, and keeps it
+    assert not store.lock("conv_a", "key-1", "t3", at[21], at[36])
+    store.unlock("conv_a", "t2")
+    assert store.get("conv_a")["locked_until"] is None  # type: ignore[index]
+    assert store.lock("conv_a", "key-1", "t3", at[21], at[36])
+    assert store.get("conv_a")["locked_until"] == at[36]  # type: ignore[index]
+    assert store.lock("conv_open", None, "t1", at[0], at[15]) and not store.lock("conv_open", "key-1", "t2", at[20], at[30])
+    assert not store.lock("conv_missing", "key-1", "t1", at[0], at[15])
+
+
+def test_a_lease_is_taken_with_the_items_read_and_given_back_with_the_items_written(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [item("conv_a", "msg_1", 1)])
+    at = [NOW + timedelta(seconds=s) for s in range(20)]
+    taken, found, rows = store.lock_and_read("conv_a", "key-1", "t1", at[0], at[15])
+    assert taken and found is not None and found["lock_token"] == "t1" and [r["id"] for r in rows] == ["msg_1"]
+    held = store.lock_and_read("conv_a", "key-1", "t2", at[1], at[16])
+    assert held == (False, store.get("conv_a"), [])  # the conversation, to tell "held" from "not yours"
+    assert store.lock_and_read("conv_missing", "key-1", "t2", at[1], at[16]) == (False, None, [])
+    store.add([item("conv_a", "msg_2", 2)], unlock=("conv_a", "t2"))  # not the holder: still held
+    assert not store.lock("conv_a", "key-1", "t2", at[2], at[17])
+    store.add([item("conv_a", "msg_3", 3)], unlock=("conv_a", "t1"))
+    assert store.lock("conv_a", "key-1", "t2", at[2], at[17])
+    assert [r["id"] for r in store.with_items("conv_a")[1]] == ["msg_1", "msg_2", "msg_3"]
