@@ -30,6 +30,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.engine_cpu
 	$(PY) -m bench.sim_speed
 	$(PY) -m bench.sim_fidelity
+	$(PY) -m bench.engine_tool_calls
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

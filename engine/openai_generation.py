@@ -12,6 +12,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from engine.async_engine import AsyncEngine
+from engine.call_stream import CallStream
 from engine.forced_tools import tool_calls_of
 from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
@@ -24,7 +25,7 @@ from engine.reasoning import split as split_reasoning
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
-from engine.tool_parsers import CallStream, parse_calls
+from engine.tool_parsers import parse_calls
 
 
 def usage(out: RequestOutput) -> dict:
@@ -67,7 +68,9 @@ class Shapes:
             if reasoning:
                 delta["reasoning_content"] = reasoning
             if tool_calls:
-                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(tool_calls)]
+                # whole calls numbered here; a call streamed as written (engine/call_stream.py) is numbered already
+                delta["tool_calls"] = [call if "index" in call else {"index": k, **call}
+                                       for k, call in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
@@ -300,18 +303,20 @@ class OpenAIGeneration:
                     yield shapes.chunk(None, answer.finish_reason, index=i)
             elif shapes.chat and (self.reasoning or self.calls):
                 parts = self._split_delta(i, out, splitters)
-                content, calls = parts.content, None
+                content, calls = parts.content, []
                 if self.calls:
-                    written = call_streams.setdefault(i, CallStream(self.calls))
-                    content = written.feed(content)
+                    written = call_streams.setdefault(i, CallStream(
+                        self.calls, None if self.parsed.parallel_tool_calls else 1))
+                    content, calls = written.feed(content)
                     if out.finished:
                         rest = written.finish()
-                        content, calls = content + (rest.content or ""), self._allowed(rest.calls) or None
+                        content, calls = content + (rest.content or ""), calls + rest.calls
                 if parts.reasoning or content or calls:
                     yield shapes.chunk(content or None, None, logprobs=pending(i), index=i,
-                                       reasoning=parts.reasoning or None, tool_calls=calls)
+                                       reasoning=parts.reasoning or None, tool_calls=calls or None)
                 if out.finished:
-                    yield shapes.chunk(None, "tool_calls" if calls else out.finish_reason, logprobs=pending(i),
+                    called = i in call_streams and call_streams[i].called
+                    yield shapes.chunk(None, "tool_calls" if called else out.finish_reason, logprobs=pending(i),
                                        index=i)
             elif shapes.chat:
                 if out.text_delta:

@@ -14,7 +14,8 @@ vLLM's `--enable-auto-tool-choice --tool-call-parser NAME`), in the two formats 
       {"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": ...}
 
 An answer whose calls do not parse stays text, as vLLM leaves it. Streamed, text is sent until calls may
-begin; from there it is held, and the calls go out whole when the answer ends."""
+begin; from there each call goes out as OpenAI streams one (engine/call_stream.py): its id and name as
+soon as they are written, then its arguments piece by piece as the model writes them."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from engine.detokenizer import longest_partial_suffix
 
 CALL_START, CALL_END = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+_SPACE = re.compile(r"\s*")
 _BLOCK = re.compile(re.escape(CALL_START) + r"(.*?)(?:" + re.escape(CALL_END) + r"|$)", re.DOTALL)
 
 
@@ -44,6 +46,9 @@ class ToolCallParser(Protocol):
     def sendable(self, text: str, sent: int) -> tuple[int, bool]:
         """How much of the text so far can go out as content (an index not before `sent`), and whether
         calls have begun (nothing more goes out then)."""
+
+    def next_call(self, text: str, at: int) -> int | None:
+        """Where the next call's JSON object may start, from `at` (None: not written yet)."""
 
 
 def _call(body: object) -> dict | None:
@@ -78,6 +83,11 @@ class HermesParser:
             return start, True
         return len(text) - longest_partial_suffix(text[sent:], (CALL_START,)), False
 
+    def next_call(self, text: str, at: int) -> int | None:
+        """Where the next call's JSON object starts, from `at` (None until a block has begun)."""
+        start = text.find(CALL_START, at)
+        return None if start < 0 else start + len(CALL_START)
+
 
 class Llama3JsonParser:
     _decoder = json.JSONDecoder()
@@ -110,40 +120,20 @@ class Llama3JsonParser:
             return 0, False  # not known yet
         return len(text), False
 
+    def next_call(self, text: str, at: int) -> int | None:
+        """Where the next call's JSON object starts, from `at`: past the python tag and the separators."""
+        at = _SPACE.match(text, at).end()  # type: ignore[union-attr]
+        if text.startswith(PYTHON_TAG, at):
+            at += len(PYTHON_TAG)
+        elif PYTHON_TAG.startswith(text[at:]):
+            return None
+        while at < len(text) and text[at] in "; \n\t":
+            at += 1
+        return at if at < len(text) else None
+
 
 PARSERS: dict[str, ToolCallParser] = {"hermes": HermesParser(), "llama3_json": Llama3JsonParser()}
 
 
 def parse_calls(text: str, parser: str = "hermes") -> ParsedCalls | None:
     return PARSERS[parser].parse(text)
-
-
-class CallStream:
-    """A streamed answer's text: `feed` returns what can go out now (text before any call); `finish`
-    parses what was held and returns the rest of the content and the calls."""
-
-    def __init__(self, parser: str = "hermes") -> None:
-        self._parser = PARSERS[parser]
-        self._text = ""  # everything so far
-        self._sent = 0  # how much of it went out as content
-        self._held = False  # calls began: nothing more goes out until the end
-
-    def feed(self, delta: str) -> str:
-        self._text += delta
-        if self._held:
-            return ""
-        end, self._held = self._parser.sendable(self._text, self._sent)
-        if not self._text[:end].strip():
-            return ""  # only blank so far: held, as a blank line before calls is no content
-        out, self._sent = self._text[self._sent:end], max(self._sent, end)
-        return out
-
-    def finish(self) -> ParsedCalls:
-        """The content not yet sent and the calls (none, and all the held text as content, when the
-        calls do not parse)."""
-        parsed = self._parser.parse(self._text)
-        rest = self._text[self._sent:]
-        if parsed is None:
-            return ParsedCalls(rest or None)
-        before = (parsed.content or "")[self._sent:]
-        return ParsedCalls(before or None, parsed.calls)

@@ -1,5 +1,6 @@
 """The `hermes` (Qwen2.5, Qwen3, Hermes) and `llama3_json` (Llama 3.x) tool-call parsers: whole answers
-parsed as vLLM's parsers parse them, any streaming of the same text gives the same content and calls, and the engine server
+parsed as vLLM's parsers parse them, any streaming of the same text gives the same content and calls (each call
+going out as it is written: its name, then its arguments piece by piece), and the engine server
 (`--tool-call-parser hermes`) answers a chat that offers tools with `tool_calls`, whole and streamed, over
 a real socket with the openai SDK; behind the gateway, with a reasoning model's thinking, a Responses
 client gets its reasoning item and its function call."""
@@ -13,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.async_engine import AsyncEngine
+from engine.call_stream import CallStream
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.server.app import create_app
 from engine.tokenizer import Tokenizer
-from engine.tool_parsers import CallStream, parse_calls
+from engine.tool_parsers import parse_calls
 from tests.engine.fakes import ScriptedRunner
 from tests.engine.serving import sdk, serve_in_thread
 
@@ -61,22 +63,70 @@ pieces = st.sampled_from(["<tool_call>", "</tool_call>", "<tool", "_call>", '{"n
                           "text ", "\n", "<", "call>", "{"])
 
 
+def joined(deltas: list[dict]) -> list[dict]:
+    """The calls streamed deltas make, joined as a client joins them (by index)."""
+    calls: dict[int, dict] = {}
+    for delta in deltas:
+        call = calls.setdefault(delta["index"], {"name": "", "arguments": ""})
+        for key in ("name", "arguments"):
+            call[key] += delta.get("function", {}).get(key) or ""
+    assert sorted(calls) == list(range(len(calls)))  # numbered from 0, none skipped
+    return [calls[k] for k in sorted(calls)]
+
+
+def streamed(text: str, bounds: list[int], parser: str, max_calls: int | None = None) -> tuple[str, list[dict], CallStream]:
+    stream = CallStream(parser, max_calls)
+    content, deltas = "", []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        sent, calls = stream.feed(text[a:b])
+        content, deltas = content + sent, deltas + calls
+    rest = stream.finish()
+    return content + (rest.content or ""), deltas + rest.calls, stream
+
+
 @settings(max_examples=400, deadline=None)
 @given(parts=st.lists(pieces, max_size=10), cuts=st.lists(st.integers(0, 120), max_size=6),
        parser=st.sampled_from(["hermes", "llama3_json"]))
 def test_streaming_gives_what_the_whole_answer_gives(parts: list[str], cuts: list[int], parser: str) -> None:
+    """Whatever the cuts: an answer whose calls parse streams the same content and calls; one whose
+    calls do not parse streams as text, unless a call had gone out before the part that does not parse."""
     text = "".join(parts)
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    stream = CallStream(parser)
-    sent = "".join(stream.feed(text[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))
-    rest = stream.finish()
+    content, deltas, stream = streamed(text, bounds, parser)
     whole = parse_calls(text, parser)
-    content = sent + (rest.content or "")
-    if whole is None:
-        assert content == text and rest.calls == []
-    else:
+    if whole is not None:
         assert content == (whole.content or "")
-        assert [c["function"] for c in rest.calls] == [c["function"] for c in whole.calls]
+        assert [(c["name"], json.loads(c["arguments"])) for c in joined(deltas)] == [
+            (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole.calls]
+    elif not stream.called:
+        assert content == text and deltas == []
+    else:
+        assert all(call["name"] for call in joined(deltas)) and text.startswith(content)
+
+
+def test_a_call_goes_out_as_it_is_written() -> None:
+    """Token by token: the call's id and name as soon as they are written, then its arguments in pieces
+    that join into what the model wrote; `parallel_tool_calls: false` keeps the first call."""
+    oslo = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "note": "a } in \\" a string"}}\n</tool_call>'
+    text = "Let me look.\n" + oslo + "\n" + BERGEN
+    stream = CallStream("hermes")
+    seen = [stream.feed(char) for char in text]
+    named_at = next(i for i, (_, calls) in enumerate(seen) if calls)
+    assert text[:named_at + 1].endswith('"arguments": {')  # the name went out with the arguments' first character
+    assert seen[named_at][1][0] == {"index": 0, "id": seen[named_at][1][0]["id"], "type": "function",
+                                    "function": {"name": "get_weather", "arguments": ""}}
+    deltas = [delta for _, calls in seen for delta in calls] + stream.finish().calls
+    assert joined(deltas)[0]["arguments"] == '{"city": "Oslo", "note": "a } in \\" a string"}'  # as written
+    assert [json.loads(c["arguments"]) for c in joined(deltas)] == [{"city": "Oslo", "note": 'a } in " a string'},
+                                                                   {"city": "Bergen"}]
+    assert len([d for d in deltas if d["index"] == 0]) > 10  # piece by piece, not whole
+    assert "".join(sent for sent, _ in seen) == "Let me look.\n"
+    content, first_only, _ = streamed(text, list(range(len(text) + 1)), "hermes", max_calls=1)
+    assert content == "Let me look.\n" and [c["name"] for c in joined(first_only)] == ["get_weather"]
+    # Written arguments first, or as a JSON string: the call goes out whole once its object is complete.
+    for odd in ('{"arguments": {"x": 1}, "name": "f"}', '{"name": "f", "arguments": "{\\"x\\": 1}"}'):
+        _, deltas, _ = streamed(odd, list(range(len(odd) + 1)), "llama3_json")
+        assert len(deltas) == 1 and json.loads(joined(deltas)[0]["arguments"]) == {"x": 1}
 
 
 def _thinking_engine(model_dir: Path, answer: str) -> AsyncEngine:
@@ -102,8 +152,10 @@ def test_the_engine_server_answers_written_calls_as_tool_calls(tiny_model_dir: P
         ("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Bergen"})]
     deltas = [c.choices[0] for c in chunks if c.choices]
     assert "".join(d.delta.content or "" for d in deltas) == "Let me look.\n"
-    streamed = [call for d in deltas for call in d.delta.tool_calls or []]
-    assert [(c.index, c.function.name) for c in streamed] == [(0, "get_weather"), (1, "get_weather")]  # type: ignore[union-attr]
+    pieces = [call.model_dump(exclude_none=True) for d in deltas for call in d.delta.tool_calls or []]
+    assert [(c["name"], json.loads(c["arguments"])) for c in joined(pieces)] == [
+        ("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Bergen"})]
+    assert len(pieces) > 4  # the arguments went out as they were written, not whole at the end
     assert deltas[-1].finish_reason == "tool_calls"
     # No tools offered, or declined: the text is the answer, as the model wrote it.
     for answer in (without, declined):
@@ -124,7 +176,7 @@ def test_llama_calls_and_parallel_tool_calls_false(tiny_model_dir: Path) -> None
     assert both.choices[0].message.content is None and both.choices[0].finish_reason == "tool_calls"
     assert len(one.choices[0].message.tool_calls or []) == 1
     assert not "".join(c.delta.content or "" for c in streamed)  # nothing of the calls leaked as text
-    assert len([call for c in streamed for call in c.delta.tool_calls or []]) == 2
+    assert len(joined([call.model_dump(exclude_none=True) for c in streamed for call in c.delta.tool_calls or []])) == 2
 
 
 def test_a_thinking_tool_caller_behind_the_gateway(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -136,8 +188,10 @@ def test_a_thinking_tool_caller_behind_the_gateway(tiny_model_dir: Path, tmp_pat
             running_gateway(gateway_config(tmp_path, [model_entry("agent", f"{url}/v1")])) as gw, gw.openai() as client:
         response = client.responses.create(model="agent", input="Weather in Oslo?", tools=[tool])
         with client.responses.stream(model="agent", input="Weather in Oslo?", tools=[tool]) as stream:
-            list(stream)
+            events = list(stream)
             streamed = stream.get_final_response()
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(pieces) > 1 and json.loads("".join(pieces)) == {"city": "Oslo"}  # as the model wrote them
     for answer in (response, streamed):
         reasoning, call = answer.output
         assert reasoning.type == "reasoning" and [c.text for c in reasoning.content or []] == ["I need the weather."]
