@@ -11,6 +11,9 @@ at a time, the modes interleaved, each timed by the client and by the gateway's 
 - `conversation`: the same conversation kept in a Conversations API conversation (each turn names it and
   sends only its new input, as the OpenAI Agents SDK does): the gateway reads its items (two queries),
   adds the turn's items and stores the response before the answer goes out. Again the same messages.
+- `background queued` / `background completed`: the `stored` request with `background: true`: until
+  its `queued` answer, and until a client polling every 2 ms sees it completed (its row written three
+  times: queued, in progress, completed; the polls' CPU counted too).
 
     .venv/bin/python -m bench.gateway_stored_responses [--rounds 100] [--turns 20] [--delay-ms 5]
 
@@ -34,6 +37,7 @@ from bench.procs import Service, mock_model_config, mock_upstream, pitstop_serve
 
 OUT = RESULTS / "gateway_stored_responses.json"
 TURN_TEXT = "and now the next step of the plan, in a few words please"
+POLL_S = 0.002  # how often a background response is polled until it has completed
 
 
 class Timer:
@@ -49,6 +53,16 @@ class Timer:
         self.cpu_ms[mode].append((self.gateway.cpu_seconds() - cpu) * 1000)
         response.raise_for_status()
         return response.json()
+
+
+def _background(timer: Timer) -> None:
+    """A background response: answered `queued`, then polled every POLL_S until it has completed."""
+    cpu, started = timer.gateway.cpu_seconds(), time.perf_counter()
+    response_id = timer.post("background queued", {"input": TURN_TEXT, "background": True})["id"]
+    while timer.http.get(f"/v1/responses/{response_id}").json()["status"] in ("queued", "in_progress"):
+        time.sleep(POLL_S)
+    timer.ms["background completed"].append((time.perf_counter() - started) * 1000)
+    timer.cpu_ms["background completed"].append((timer.gateway.cpu_seconds() - cpu) * 1000)
 
 
 def _conversations(timer: Timer, turns: int) -> None:
@@ -82,6 +96,7 @@ def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace
             for _ in range(args.rounds):
                 timer.post("stateless", {"input": TURN_TEXT, "store": False})
                 timer.post("stored", {"input": TURN_TEXT})
+                _background(timer)
             for _ in range(args.conversations):
                 _conversations(timer, args.turns)
     finally:
@@ -96,6 +111,8 @@ def _run(storage: str, storage_url: str, mock_url: str, args: argparse.Namespace
     return {"storage": storage, "modes": modes,
             "stored_vs_stateless": {"latency": ratio("stored", "stateless"),
                                     "cpu": ratio("stored", "stateless", "gateway_cpu_ms_mean")},
+            "background_completed_vs_stored": {"latency": ratio("background completed", "stored"),
+                                               "cpu": ratio("background completed", "stored", "gateway_cpu_ms_mean")},
             "chain_vs_history": {"latency": ratio("chain", "history"),
                                  "cpu": ratio("chain", "history", "gateway_cpu_ms_mean")},
             "conversation_vs_history": {"latency": ratio("conversation", "history"),
@@ -126,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"gateway CPU {m['gateway_cpu_ms_mean']:5.2f} ms", flush=True)
         print(f"{run['storage']:10s} stored/stateless {run['stored_vs_stateless']['latency']:.2f}x latency; "
               f"chain/history {run['chain_vs_history']['latency']:.2f}x latency; "
-              f"conversation/history {run['conversation_vs_history']['latency']:.2f}x latency", flush=True)
+              f"conversation/history {run['conversation_vs_history']['latency']:.2f}x latency; "
+              f"background completed/stored {run['background_completed_vs_stored']['latency']:.2f}x latency",
+              flush=True)
     write_report(args.out, {"command": command("bench.gateway_stored_responses", argv), "machine": machine_info(),
                             "postgresql": server_version(), "delay_ms": args.delay_ms, "turns": args.turns,
                             "runs": runs})

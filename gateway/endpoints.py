@@ -75,12 +75,10 @@ async def delete_response(request: Request) -> Response:
 
 
 async def cancel_response(request: Request) -> Response:
-    """Only background responses can be cancelled, and Pitstop runs none."""
+    """POST /v1/responses/{id}/cancel: a background response, stopped (gateway/background.py)."""
     state = _state(request)
     caller = await state.auth.authenticate(request.headers)
-    await state.responses.find(request.path_params["response_id"], caller.key_id)  # a 404 before the 400
-    raise bad_request("only a response created with 'background' can be cancelled, and Pitstop runs none in "
-                      "the background", None, "unsupported")
+    return SafeJSONResponse(await state.responses.cancel(request.path_params["response_id"], caller.key_id))
 
 
 async def response_input_items(request: Request) -> Response:

@@ -22,6 +22,7 @@ from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.background import CANCELLED, SHUTDOWN
 from gateway.budget_holds import budget_hold
 from gateway.dialects import Dialect, DialectName, DialectStream, error_response
 from gateway.drain import CUT_MESSAGE
@@ -31,6 +32,7 @@ from gateway.request_body import parse_embeddings_request, parse_proxy_request
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState, LimitExceeded
+from gateway.stored_responses import ResponsesTurn
 
 T = TypeVar("T")
 Endpoint = Kind | DialectName
@@ -92,7 +94,7 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
 
 async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft) -> Response:
     dialect: Dialect | None = None
-    streaming = False  # the stream ends the dialect's turn, once it is over
+    handed_off = False  # to a stream, or a background run: it ends the dialect's turn, once it is over
     if endpoint in ("responses", "messages"):
         draft.endpoint = endpoint  # the row's, and the shape of its errors
     try:
@@ -115,47 +117,17 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
                            server.request_timeout_s, server.num_retries + 1)
         await state.admit(draft.caller, hold)
         draft.hold = hold  # taken: the row's cost settles it
-        draft.route = route = state.routes.resolve(parsed)
+        draft.route = state.routes.resolve(parsed)
         if kind == "embedding":
             return await _embed(request, state, draft)
-        engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
-        priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
-        ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
-                          state.settings.server.request_timeout_s)
-        session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
-        route, ctx = draft.route, session.ctx
-        if route.decision is not None and route.route_group is not None:  # not kept on a session's model
-            state.routes.groups[route.route_group].served(route.decision, estimate_tokens(parsed.prompt_text))
-        if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
-            ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
-                                            needed=state.pool.uses_rank(route.model_name),
-                                            prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
-        if parsed.stream:  # held back first where the group verifies the pick's short answer
-            # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
-            # cancels the call, as for a whole answer.
-            streamed = verify.stream(state, draft, kind, ctx, session.prefer)
-            chunks, dispatched = await _unless_disconnected(request, streamed)
-            draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-            stream = None if dialect is None else dialect.stream(route.model_name)
-            # on_close: also for a stream whose client left before its first event (its body never ran)
-            response = SSEResponse(_events(state, draft, chunks, session, stream),
-                                   on_close=None if dialect is None else dialect.end)
-            response.headers.update(_headers(draft))
-            streaming = True
-            return response
-        work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
-        body, dispatched = await _unless_disconnected(request, work)
-        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-        draft.take_response(body)
-        draft.ttft_s = None
-        if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
-            body["usage"] = draft.estimated_usage()
-        await state.sessions.finish(session, draft)
-        state.recorder.finish(draft)
-        await draft.settled()
-        if dialect is not None:
-            body = await dialect.answer(body, route.model_name)
-        return SafeJSONResponse(body, headers=_headers(draft))
+        if isinstance(dialect, ResponsesTurn) and dialect.background:  # answered now, run on its own
+            queued = await state.responses.run_in_background(
+                dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect))
+            handed_off = True
+            return SafeJSONResponse(queued, headers=_headers(draft))
+        response = await _serve(request, state, draft, kind, dialect)
+        handed_off = isinstance(response, SSEResponse)
+        return response
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
         return await _failed(state, draft, _as_api_error(exc), retry_after_s)
@@ -170,8 +142,83 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
         state.recorder.finish(draft)
         raise
     finally:
-        if dialect is not None and not streaming:  # before the answer or error goes out
+        if dialect is not None and not handed_off:  # before the answer or error goes out
             await dialect.end()
+
+
+async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDraft, kind: Kind,
+                 dialect: Dialect | None) -> Response:
+    """An admitted, routed request, served: its session, its rank, the call (whole or streamed). Without
+    `request` (a background run) no client can leave."""
+    assert draft.caller is not None and draft.request is not None and draft.route is not None
+    parsed, route = draft.request, draft.route
+    engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
+    priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
+    ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
+                      state.settings.server.request_timeout_s)
+    session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
+    route, ctx = draft.route, session.ctx
+    if route.decision is not None and route.route_group is not None:  # not kept on a session's model
+        state.routes.groups[route.route_group].served(route.decision, estimate_tokens(parsed.prompt_text))
+    if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
+        ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
+                                        needed=state.pool.uses_rank(route.model_name),
+                                        prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
+    if parsed.stream:  # held back first where the group verifies the pick's short answer
+        # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
+        # cancels the call, as for a whole answer.
+        streamed = verify.stream(state, draft, kind, ctx, session.prefer)
+        chunks, dispatched = await _unless_disconnected(request, streamed)
+        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        stream = None if dialect is None else dialect.stream(route.model_name)
+        # on_close: also for a stream whose client left before its first event (its body never ran)
+        response = SSEResponse(_events(state, draft, chunks, session, stream),
+                               on_close=None if dialect is None else dialect.end)
+        response.headers.update(_headers(draft))
+        return response
+    work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
+    body, dispatched = await _unless_disconnected(request, work)
+    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.take_response(body)
+    draft.ttft_s = None
+    if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
+        body["usage"] = draft.estimated_usage()
+    await state.sessions.finish(session, draft)
+    state.recorder.finish(draft)
+    await draft.settled()
+    if dialect is not None:
+        body = await dialect.answer(body, route.model_name)
+    return SafeJSONResponse(body, headers=_headers(draft))
+
+
+async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, turn: ResponsesTurn) -> None:
+    """A background response's run (gateway/background.py): served as a whole answer, which its turn
+    writes to its row; an error, a cancel or the shutdown end it there too. It leaves its outcome row."""
+    with state.drain.track():
+        started = asyncio.ensure_future(turn.started())  # beside the call: a write that lands late changes nothing
+        try:
+            await _serve(None, state, draft, kind, turn)
+        except (APIError, BackendError) as exc:
+            await _failed(state, draft, _as_api_error(exc), None)
+            await turn.failed(_as_api_error(exc))
+        except Exception:
+            log.exception("background response of request %s failed inside the gateway", draft.request_id)
+            await _failed(state, draft, _internal_error(draft), None)
+            await turn.failed(_internal_error(draft))
+        except asyncio.CancelledError as cancel:  # a cancel (POST .../cancel), the drain's cut, or the shutdown
+            cut = state.drain.absorb()
+            if cut is None and cancel.args == (CANCELLED,):
+                draft.fail(499, CANCELLED, kind="aborted")
+                state.recorder.finish(draft)
+                await turn.cancelled()
+                return
+            error = cut or APIError(503, SHUTDOWN, code="shutting_down")
+            draft.fail(error.status, error.message, kind="aborted")
+            state.recorder.finish(draft)
+            await turn.failed(error)
+        finally:
+            await asyncio.wait([started])  # no write of this run outlives it
+            await turn.end()
 
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
@@ -210,10 +257,13 @@ async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, ret
     return response
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+async def _unless_disconnected(request: Request | None, work: Coroutine[Any, Any, T]) -> T:
     """Run `work` (a call, up to a stream's first chunk) in this task, cancelling it (and so the
-    upstream request) if the client leaves meanwhile. One watcher task and no second task for the
-    work: about half the cost of racing two tasks with asyncio.wait."""
+    upstream request) if the client leaves meanwhile (none can without a request: a background run).
+    One watcher task and no second task for the work: about half the cost of racing two tasks with
+    asyncio.wait."""
+    if request is None:
+        return await work
     handler = asyncio.current_task()
     assert handler is not None
     running = True

@@ -30,9 +30,9 @@ from gateway.responses_input import (
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
-         "previous_response_id", "conversation")
+         "previous_response_id", "conversation", "background")
 _IGNORED = ("truncation", "include", "service_tier", "safety_identifier",
-            "top_logprobs", "stream_options", "background", "max_tool_calls")
+            "top_logprobs", "stream_options", "max_tool_calls")
 
 
 def check_request(raw: Any) -> dict:
@@ -42,14 +42,15 @@ def check_request(raw: Any) -> dict:
     if raw.get("prompt") is not None:
         raise bad_request("'prompt' is not supported: Pitstop keeps no prompt templates; send the prompt's text in "
                           "'instructions' and 'input'", "prompt", "unsupported")
-    for name, kind in (("store", bool), ("previous_response_id", str)):
+    for name, kind in (("store", bool), ("background", bool), ("previous_response_id", str)):
         if raw.get(name) is not None and not isinstance(raw[name], kind):
             raise bad_request(f"'{name}' must be a {'boolean' if kind is bool else 'string'}", name, "invalid_type")
     if conversation_of(raw) is not None and raw.get("previous_response_id") is not None:
         raise bad_request("'conversation' and 'previous_response_id' cannot be used together: a response continues "
                           "one or the other", "conversation", "invalid_value")
-    if raw.get("background"):
-        raise bad_request("'background' is not supported", "background", "unsupported")
+    if raw.get("background") and raw.get("stream"):
+        raise bad_request("'background' with 'stream' is not supported: poll GET /v1/responses/{id} instead",
+                          "stream", "unsupported")
     unknown = sorted(set(raw) - {*_PASSED, *_READ, *_IGNORED})
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
@@ -142,7 +143,7 @@ class ResponseEnvelope:
                          "tools": raw.get("tools") or [], "text": raw.get("text") or {"format": {"type": "text"}},
                          "previous_response_id": raw.get("previous_response_id"), "store": store,
                          "conversation": {"id": conversation} if (conversation := conversation_of(raw)) else None,
-                         "error": None}
+                         "background": bool(raw.get("background")), "error": None}
 
     def response(self, model: str, status: str, output: list[dict], usage: dict | None,
                  finish_reason: str | None = None) -> dict:

@@ -37,6 +37,7 @@ from storage.responses import ResponseStore, StoredResponseWriter
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
+BACKGROUND_GRACE_S = 30.0  # how long background responses may go on at shutdown without server.graceful_shutdown_s
 
 
 class LimitExceeded(APIError):
@@ -159,6 +160,9 @@ class GatewayState:
             await self.key_events.start()
 
     async def close(self) -> None:
+        # Background responses first: they still need the deployments, limits and writers.
+        grace_s = self.settings.server.graceful_shutdown_s
+        await self.responses.background.close(BACKGROUND_GRACE_S if grace_s is None else grace_s)
         if self.router_artifacts is not None:
             await self.router_artifacts.close()
         if self.calibrator is not None:

@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
+from gateway.background import BackgroundRuns, failed, view
 from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
@@ -40,13 +42,14 @@ from gateway.responses_api import (
 )
 from gateway.responses_stream import ResponseStream
 from storage.inserts import describe
-from storage.responses import ResponseStore, StoredResponseWriter
+from storage.responses import ACTIVE, ResponseStore, StoredResponseWriter
 
 log = logging.getLogger("pitstop.gateway")
 
 PENDING_RESPONSES = 10_000  # not yet in the database, served from memory (older ones: once written)
 WRITE_TIMEOUT_S = 2.0  # a database slower than this: the response goes to the writer instead
 SWEEP_INTERVAL_S = 3600.0
+BACKGROUND_ONLY_KEPT = timedelta(minutes=10)  # a background response with `store: false`: long enough to poll
 
 
 @dataclass
@@ -64,6 +67,8 @@ class ResponsesTurn:
     session_id: str | None = None  # the chain's session; once adopted, the one the turn runs under
     conversation: str | None = None  # the conversation it continues and adds its items to
     lease: ConversationLease | None = None  # held on that conversation until the turn is over
+    background: bool = False  # run on its own (gateway/background.py), its state kept in its row
+    queued: dict | None = None  # a background turn's Response as first answered
 
     @property
     def ancestors(self) -> list[str]:
@@ -89,6 +94,20 @@ class ResponsesTurn:
         if self.lease is not None:
             await self.lease.end()
 
+    async def started(self) -> None:
+        """A background turn's run began: `in_progress`."""
+        assert self.queued is not None
+        await self.responses.background.advance({**self.queued, "status": "in_progress"})
+
+    async def failed(self, error: APIError) -> None:
+        """A background turn that ended in an error: its row says so."""
+        assert self.queued is not None
+        await self.responses.background.advance(failed(self.queued, error))
+
+    async def cancelled(self) -> None:
+        assert self.queued is not None
+        await self.responses.background.advance({**self.queued, "status": "cancelled"})
+
 
 @dataclass
 class StoredResponses:
@@ -96,33 +115,45 @@ class StoredResponses:
     store: ResponseStore
     writer: StoredResponseWriter
     conversations: Conversations | None = None  # where turns naming a `conversation` continue
+    background: BackgroundRuns = field(init=False)  # the `background: true` responses this replica runs
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
     _sweeper: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.background = BackgroundRuns(self.store)
 
     async def begin(self, raw: Any, request_id: str, key_id: str | None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is
         not this key's, or has expired; 503 while only the unreachable database has it)."""
         raw = check_request(raw)
         store = self.config.store and raw.get("store", True)
+        background = bool(raw.get("background"))
+        if background and not self.config.store:
+            raise bad_request("'background' needs stored responses, which this gateway keeps none of "
+                              "(responses.store is false)", "background", "unsupported")
         envelope = ResponseEnvelope(request_id, raw, store)
         previous_id = raw.get("previous_response_id")
         conversation = conversation_of(raw)
         chat = chat_request(raw)  # checked before any query
-        kept = store or conversation is not None
+        kept = store or conversation is not None or background
         items = stored_items(raw.get("input"), envelope.id.removeprefix("resp_")) if kept else []
         if conversation is not None:
             if self.conversations is None:
                 raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
             lease, earlier = await self.conversations.begin_turn(conversation, key_id)  # one turn at a time
             return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
-                                 session_id=conversation, conversation=conversation, lease=lease)
+                                 session_id=conversation, conversation=conversation, lease=lease,
+                                 background=background)
         if previous_id is None:
-            return ResponsesTurn(envelope, chat, items, store, self, key_id)
+            return ResponsesTurn(envelope, chat, items, store, self, key_id, background=background)
         if not self.config.store:
             raise bad_request("'previous_response_id' needs stored responses, which this gateway keeps none of "
                               "(responses.store is false): send the whole conversation in 'input'",
                               "previous_response_id", "unsupported")
         previous, chain = await self._owned(previous_id, key_id, "previous_response_id", with_ancestors=True)
+        if previous.get("status") in ACTIVE:
+            raise bad_request(f"{previous_id!r} is a background response still {previous['status']}: continue it "
+                              "once it has completed", "previous_response_id", "invalid_value")
         missing = [rid for rid in previous["ancestors"] if rid not in chain]
         if missing:
             raise not_found(f"the conversation {previous_id!r} continues includes {missing[0]!r}, which was "
@@ -130,23 +161,55 @@ class StoredResponses:
         earlier = [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
                    for item in (*row["input_items"], *row["response"]["output"])]
         session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
-        return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session)
+        return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
+                             background=background)
 
     async def keep(self, turn: ResponsesTurn, response: dict) -> None:
         """Add a completed turn's items to its conversation, and store the response (when its turn is
         stored), before the client gets it: the two writes at once."""
-        writes = [self._store(turn, response)] if turn.store else []
+        writes = [self._store(turn, response)] if turn.store or turn.background else []
         if turn.conversation is not None and self.conversations is not None:
             writes.append(self.conversations.append(turn.conversation, [*turn.items, *response["output"]], turn.lease))
         await asyncio.gather(*writes)
 
-    async def _store(self, turn: ResponsesTurn, response: dict) -> None:
+    def _row(self, turn: ResponsesTurn, response: dict, **fields: Any) -> dict:
         now = datetime.now(UTC)
-        row = self.store.complete({
-            "id": response["id"], "created_at": now, "expires_at": now + timedelta(days=self.config.retention_days),
-            "api_key_id": turn.key_id, "previous_response_id": turn.previous["id"] if turn.previous else None,
-            "ancestors": turn.ancestors, "session_id": turn.session_id, "input_items": storable(turn.items),
-            "response": storable(response)})
+        # A background response the client asked not to store is kept for polling only, as at OpenAI.
+        kept = timedelta(days=self.config.retention_days) if turn.store else BACKGROUND_ONLY_KEPT
+        return self.store.complete({
+            "id": response["id"], "created_at": now, "expires_at": now + kept, "api_key_id": turn.key_id,
+            "previous_response_id": turn.previous["id"] if turn.previous else None, "ancestors": turn.ancestors,
+            "session_id": turn.session_id, "input_items": storable(turn.items), "response": storable(response),
+            **fields})
+
+    async def run_in_background(self, turn: ResponsesTurn, model: str,
+                                work: Callable[[], Coroutine[Any, Any, None]]) -> dict:
+        """A background turn's row, `queued`, written before the answer (any replica can poll it at once),
+        then its run started; the Response as first answered."""
+        turn.queued = queued = turn.envelope.response(model, "queued", [], None)
+        row = self._row(turn, queued, status="queued", lease_until=self.background.lease_until())
+        try:
+            await asyncio.to_thread(self.store.put, row)
+        except Exception as exc:
+            raise _unavailable(exc) from None
+        self.background.start(queued["id"], work)
+        return queued
+
+    async def cancel(self, response_id: str, key_id: str | None) -> dict:
+        """POST /v1/responses/{id}/cancel: a background response, stopped (as it is, once it has ended)."""
+        row = (await self._owned(response_id, key_id, None))[0]
+        if row.get("status") is None:
+            raise bad_request("only a response created with 'background' can be cancelled", None, "invalid_value")
+        if row["status"] in ACTIVE:
+            await self.background.cancel(row)
+            row = (await self._owned(response_id, key_id, None))[0]
+        return view(row, datetime.now(UTC))
+
+    async def _store(self, turn: ResponsesTurn, response: dict) -> None:
+        if turn.background:  # its row exists: its end is written there
+            await self.background.advance(response)
+            return
+        row = self._row(turn, response)
         try:
             await asyncio.wait_for(asyncio.to_thread(self.store.put, row), WRITE_TIMEOUT_S)
         except Exception as exc:  # served anyway: the writer keeps it until the database takes it
@@ -157,7 +220,7 @@ class StoredResponses:
                 self.pending.popitem(last=False)
 
     async def find(self, response_id: str, key_id: str | None) -> dict:
-        return (await self._owned(response_id, key_id, None))[0]["response"]
+        return view((await self._owned(response_id, key_id, None))[0], datetime.now(UTC))
 
     async def items(self, response_id: str, key_id: str | None) -> list[dict]:
         return (await self._owned(response_id, key_id, None))[0]["input_items"]
@@ -224,6 +287,7 @@ class StoredResponses:
             await asyncio.sleep(SWEEP_INTERVAL_S)
 
     async def close(self) -> None:
+        """After the background runs (`close_runs`)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

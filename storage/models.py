@@ -193,6 +193,10 @@ class StoredResponse(Base):
     session_id: Mapped[str | None]  # the session its turns run under (agent_sessions/)
     input_items: Mapped[Any]  # its own input, as Responses items with ids (not the instructions)
     response: Mapped[Any]  # the Response object as the client got it
+    # A background response's (gateway/background.py): its status (None for any other), and while it is
+    # queued or in progress, the lease the replica running it renews.
+    status: Mapped[str | None]
+    lease_until: Mapped[datetime | None]
 
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.engine import URL, Connection, Engine
 
 from storage.batch_writer import BatchWriter
@@ -19,6 +19,7 @@ from storage.models import StoredResponse
 from storage.rows import RowShape
 
 TABLE: Table = StoredResponse.__table__  # type: ignore[assignment]
+ACTIVE = ("queued", "in_progress")  # a background response's statuses before it ends
 
 
 class StoredResponseWriter(BatchWriter):
@@ -68,6 +69,25 @@ class ResponseStore:
             return {}
         query = select(TABLE).where(TABLE.c.id.in_(ids), TABLE.c.expires_at > now)
         return {row.id: dict(row._mapping) for row in connection.execute(query)}
+
+    def advance(self, response_id: str, response: dict[str, Any], lease_until: datetime | None) -> bool:
+        """A background response's new state (its status is the Response's), while it is still queued or
+        in progress: False once it is not (cancelled meanwhile, or deleted)."""
+        with self._engine.begin() as connection:
+            changed = connection.execute(update(TABLE).where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE))
+                                         .values(response=response, status=response["status"],
+                                                 lease_until=lease_until))
+            return changed.rowcount > 0
+
+    def renew(self, response_id: str, lease_until: datetime) -> str | None:
+        """Renew a running background response's lease; its status (None once it is gone): a run sees a
+        cancel made on another replica here."""
+        with self._engine.begin() as connection:
+            if connection.dialect.name == "postgresql":  # a lease is soft state: no need to wait for the disk
+                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            connection.execute(update(TABLE).where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE))
+                               .values(lease_until=lease_until))
+            return connection.execute(select(TABLE.c.status).where(TABLE.c.id == response_id)).scalar()
 
     def delete(self, response_id: str) -> bool:
         with self._engine.begin() as connection:

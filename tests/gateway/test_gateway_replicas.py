@@ -1,7 +1,8 @@
 """Two `pitstop serve` processes sharing one Redis and one PostgreSQL database enforce one key's rpm
 limit exactly and one budget exactly (each request holds its worst case while it runs), both log to one
 table, a stored Response made on one is continued and deleted on the other, and a turn running on one
-holds its conversation on the other."""
+holds its conversation on the other, and a background response run on one is polled and cancelled on the
+other."""
 
 from __future__ import annotations
 
@@ -196,6 +197,24 @@ def test_a_turn_running_on_one_gateway_holds_its_conversation_on_the_other(
     assert refused.value.body["code"] == "conversation_locked"  # type: ignore[index]
     assert [item.id for item in items][1::2] == [first.output[0].id, second.output[0].id]
     assert upstreams[0].stats()["requests"] == 2
+
+
+def test_a_background_response_run_on_one_gateway_is_polled_and_cancelled_on_the_other(
+        replicas: tuple, shared_db: str, key_ids: list[str], upstreams: tuple) -> None:
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("background")
+    key_ids.append(key_id)
+    with one.gateway(shared_db).openai(api_key=secret) as a, two.gateway(shared_db).openai(api_key=secret) as b:
+        quick = a.responses.create(model="up", input="[delay:0.5] quick", background=True)
+        done = wait_until(lambda: (r := b.responses.retrieve(quick.id)).status == "completed" and r, what="done")
+        slow = a.responses.create(model="up", input="[delay:30] slow", background=True)
+        wait_until(lambda: b.responses.retrieve(slow.id).status == "in_progress", what="running on the first")
+        cancelled = b.responses.cancel(slow.id)
+        # The first gateway sees the cancel at its next lease renewal (every 5 s) and stops the call.
+        wait_until(lambda: any(r["request_id"] == "req-" + slow.id.removeprefix("resp_") and r["status"] == "aborted"
+                               for r in rows_of(shared_db, key_id)), what="the run stopped", timeout=30)
+        read = a.responses.retrieve(slow.id)
+    assert done.output_text and cancelled.status == read.status == "cancelled"
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,

@@ -1,0 +1,157 @@
+"""Background responses (`background: true`) over a real socket with the openai SDK: answered `queued`,
+run on their own (`in_progress`, then `completed` or `failed`), polled with `responses.retrieve`,
+stopped with `responses.cancel`, continued once complete; kept in a conversation's turn; polled and
+cancelled on another replica; ended as failed when the gateway shuts down, or when the replica running
+one stops (its lease runs out)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types.responses import Response
+
+from gateway.background import GONE, SHUTDOWN
+from gateway.config import ResponsesConfig
+from gateway.stored_responses import StoredResponses
+from storage.db import create_engine
+from storage.migrate import upgrade
+from storage.responses import ResponseStore, StoredResponseWriter
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.test_gateway_stored_responses import assistant, sent, user
+from tests.gateway.upstream import UpstreamProcess
+
+ENDED = ("completed", "incomplete", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    raw = gateway_config(tmp_path_factory.mktemp("background"), [model_entry("up", upstream_processes[0].api_base)])
+    with running_gateway(raw) as gateway:
+        yield gateway
+
+
+def ended(client: openai.OpenAI, response_id: str) -> Response:
+    return wait_until(lambda: (r := client.responses.retrieve(response_id)).status in ENDED and r,
+                      what=f"{response_id} ended")
+
+
+def _request_id(response_id: str) -> str:
+    return "req-" + response_id.removeprefix("resp_")
+
+
+def test_a_background_response_is_queued_runs_and_is_polled_until_it_completes(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client:
+        queued = client.responses.create(model="up", input="[delay:1] [words:3] hello", background=True)
+        with pytest.raises(openai.BadRequestError, match="still") as early:  # not before it has completed
+            client.responses.create(model="up", input="next", previous_response_id=queued.id)
+        wait_until(lambda: client.responses.retrieve(queued.id).status == "in_progress", what="in progress")
+        done = ended(client, queued.id)
+        follow = client.responses.create(model="up", input="next", previous_response_id=queued.id)
+    assert (queued.status, queued.background, queued.output) == ("queued", True, [])
+    assert early.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    assert done.status == "completed" and done.background and len(done.output_text.split()) == 3
+    assert done.usage is not None and done.usage.output_tokens == 3 and done.id == queued.id
+    assert follow.status == "completed" and sent(upstreams) == [
+        user("[delay:1] [words:3] hello"), assistant(done.output_text), user("next")]
+    row = gw.row(_request_id(queued.id))  # a background run leaves its outcome row as any request does
+    assert (row["status"], row["endpoint"], row["completion_tokens"]) == ("ok", "responses", 3)
+
+
+def test_a_background_response_is_cancelled(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client:
+        running = client.responses.create(model="up", input="[delay:10] slow", background=True)
+        wait_until(lambda: upstreams[0].stats()["requests"] >= 1, what="the run upstream")
+        cancelled = client.responses.cancel(running.id)
+        again = client.responses.cancel(running.id)  # as it is
+        read = client.responses.retrieve(running.id)
+        quick = client.responses.create(model="up", input="quick", background=True)
+        finished = ended(client, quick.id)
+        unchanged = client.responses.cancel(quick.id)  # it has ended: as it is
+        foreground = client.responses.create(model="up", input="x")
+        with pytest.raises(openai.BadRequestError, match="only a response created with 'background'"):
+            client.responses.cancel(foreground.id)
+    assert [r.status for r in (cancelled, again, read)] == ["cancelled"] * 3 and read.output == []
+    assert finished.status == unchanged.status == "completed" and unchanged.output_text == finished.output_text
+    row = gw.row(_request_id(running.id))
+    assert (row["status"], row["http_status"]) == ("aborted", 499)
+
+
+def test_a_background_response_whose_call_fails_ends_failed(gw: Gateway) -> None:
+    with gw.openai() as client:
+        response = client.responses.create(model="up", input="[fail:500] x", background=True)
+        done = ended(client, response.id)
+    assert done.status == "failed" and done.error is not None and done.error.code == "server_error"
+    assert gw.row(_request_id(response.id))["http_status"] == 500  # the upstream's, as a foreground call gets it
+
+
+def test_a_background_response_not_to_be_stored_is_kept_for_polling_only(gw: Gateway) -> None:
+    with gw.openai() as client:
+        response = client.responses.create(model="up", input="x", background=True, store=False)
+        done = ended(client, response.id)
+    row = ResponseStore(gw.storage_url).get(response.id, datetime.now(UTC))
+    assert done.status == "completed" and done.store is False
+    assert row is not None and row["expires_at"] - row["created_at"] < timedelta(minutes=11)
+
+
+def test_a_background_turn_holds_its_conversation_until_it_ends(gw: Gateway) -> None:
+    with gw.openai() as client:
+        conversation = client.conversations.create()
+        response = client.responses.create(model="up", input="[delay:1] first", conversation=conversation.id,
+                                           background=True)
+        with pytest.raises(openai.BadRequestError) as locked:
+            client.responses.create(model="up", input="meanwhile", conversation=conversation.id)
+        done = ended(client, response.id)
+        after = client.responses.create(model="up", input="second", conversation=conversation.id)
+        items = list(client.conversations.items.list(conversation.id, order="asc"))
+    assert locked.value.body["code"] == "conversation_locked"  # type: ignore[index]
+    assert [item.id for item in items][1::2] == [done.output[0].id, after.output[0].id]
+
+
+@pytest.mark.parametrize("body, param", [({"stream": True}, "stream"), ({"background": "yes"}, "background")])
+def test_bad_background_requests_are_clear_400s(gw: Gateway, body: dict, param: str) -> None:
+    with gw.http() as http:
+        answer = http.post("/v1/responses", json={"model": "up", "input": "x", "background": True, **body})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+
+
+def test_a_gateway_that_stores_no_responses_runs_none_in_the_background(tmp_path: Path, upstreams: tuple) -> None:
+    raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)]) | {"responses": {"store": False}}
+    with running_gateway(raw) as gw, gw.openai() as client, pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="up", input="x", background=True)
+    assert refused.value.body["param"] == "background"  # type: ignore[index]
+    assert upstreams[0].stats()["requests"] == 0
+
+
+def test_a_shutdown_ends_a_running_background_response_as_failed(tmp_path: Path, upstreams: tuple) -> None:
+    raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
+    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.5}
+    with running_gateway(raw) as gw, gw.openai() as client:
+        response = client.responses.create(model="up", input="[delay:20] slow", background=True)
+        wait_until(lambda: upstreams[0].stats()["requests"] >= 1, what="the run upstream")
+    row = ResponseStore(gw.storage_url).get(response.id, datetime.now(UTC))
+    assert row is not None and row["status"] == "failed"
+    assert row["response"]["error"]["message"] == SHUTDOWN
+
+
+def test_a_run_whose_replica_stopped_reads_as_failed(tmp_path: Path) -> None:
+    """Its lease ran out: the replica running it is gone (killed, or cut off from the database)."""
+    db = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    upgrade(db)
+    store = ResponseStore(db)
+    now = datetime.now(UTC)
+    for response_id, lease_until in (("resp_gone", now - timedelta(seconds=1)), ("resp_live", now + timedelta(seconds=15))):
+        store.put(store.complete({
+            "id": response_id, "created_at": now, "expires_at": now + timedelta(days=1), "api_key_id": None,
+            "ancestors": [], "input_items": [], "status": "in_progress", "lease_until": lease_until,
+            "response": {"id": response_id, "object": "response", "status": "in_progress", "output": [],
+                         "error": None}}))
+    responses = StoredResponses(ResponsesConfig(), store, StoredResponseWriter(db))
+    gone, live = (asyncio.run(responses.find(rid, None)) for rid in ("resp_gone", "resp_live"))
+    assert gone["status"] == "failed" and gone["error"] == {"code": "server_error", "message": GONE}
+    assert live["status"] == "in_progress"
