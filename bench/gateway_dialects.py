@@ -1,6 +1,7 @@
 """What serving a request as a chat costs: the same short conversation sent to `pitstop serve` as a chat
 completion, as a Responses API request (`store: false`) and as an Anthropic Messages request, whole and
-streamed, in front of a mock upstream (bench/mock_upstream.py, `--delay-ms` before each answer), one
+streamed; and, streamed only, as a stored Responses request and as a background one (stored too, its
+events relayed through the run's feed: gateway/background.py), in front of a mock upstream (bench/mock_upstream.py, `--delay-ms` before each answer), one
 request at a time, the modes interleaved; client-timed, with the gateway's CPU (its process tree, /proc:
 10 ms ticks, so a mode's mean over its requests).
 
@@ -38,6 +39,9 @@ BODIES = {
                                   "tools": [{"name": TOOL["name"], "description": TOOL["description"],
                                              "input_schema": TOOL["parameters"]}]}),
 }
+BODIES["stored"] = (BODIES["responses"][0], {**BODIES["responses"][1], "store": True})
+BODIES["background"] = (BODIES["responses"][0], {**BODIES["stored"][1], "background": True})
+STREAMED_ONLY = ("stored", "background")  # a background request answered whole is only its `queued` Response
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         with httpx.Client(base_url=url, timeout=60) as http:
             for round_ in range(args.rounds + 5):  # the first 5: warm-up
                 for dialect, (path, body) in BODIES.items():
-                    for stream in (False, True):
+                    for stream in (True,) if dialect in STREAMED_ONLY else (False, True):
                         cpu, started = gateway.cpu_seconds(), time.perf_counter()
                         response = http.post(path, json={"model": "m", **body, "stream": stream})
                         elapsed = time.perf_counter() - started

@@ -7,26 +7,36 @@ Its state is its stored response's row (gateway/stored_responses.py), so every r
 replica running it renews a lease on the row every third of `lease_s`; a run whose lease ran out (its
 replica stopped) reads as `failed`. A cancel that lands on another replica marks the row `cancelled`,
 and the replica running it sees that at its next renewal and stops. A shutdown lets runs go on for the
-drain's grace, then ends them as `failed`."""
+drain's grace, then ends them as `failed`.
+
+With `stream: true` the run's Responses events go to a feed (`RunFeed`) that the client's stream follows;
+a client that leaves does not stop the run, and `GET /v1/responses/{id}?stream=true&starting_after=N`
+resumes after event N: from the feed on the replica running it (kept `FEED_KEEP_S` after the run),
+elsewhere with the run's last event once it has ended."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.server.errors import APIError
 from gateway.outcomes import storable
+from gateway.responses_stream import sse
 from storage.inserts import describe
 from storage.responses import ACTIVE, ResponseStore
 
 log = logging.getLogger("pitstop.gateway")
 
 LEASE_S = 15.0
+FEED_KEEP_S, FEEDS_KEPT = 600.0, 256  # a streamed run's events, for resuming: ten minutes, as polling
+FOLLOW_POLL_S = 0.5  # resuming on a replica that does not run it: how often its row is read
 FINAL_WRITE_TRIES, FINAL_WRITE_WAIT_S = 30, 2.0  # a run's end is written for a minute while the database is away
 CANCELLED = "cancelled by POST /v1/responses/{id}/cancel"
 SHUTDOWN = "the gateway shut down before it finished"
@@ -48,18 +58,77 @@ def view(row: dict, now: datetime) -> dict:
     return row["response"]
 
 
+class RunFeed:
+    """A streamed run's events (SSE bytes), in order: event k is the one numbered k."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.ended_at: float | None = None
+        self._changed = asyncio.Condition()
+
+    async def push(self, event: bytes) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def end(self) -> None:
+        async with self._changed:
+            self.ended_at = time.monotonic()
+            self._changed.notify_all()
+
+    async def follow(self, after: int) -> AsyncGenerator[bytes, None]:
+        """The events numbered after `after`, as they come, until the run ends."""
+        at = after + 1
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda start=at: len(self.events) > start or self.ended_at is not None)
+                batch, ended = self.events[at:], self.ended_at is not None
+            for event in batch:
+                yield event
+            at += len(batch)
+            if ended and at >= len(self.events):
+                return
+
+
 @dataclass
 class BackgroundRuns:
     store: ResponseStore
     lease_s: float = LEASE_S
     runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # the ones this replica runs
+    feeds: OrderedDict[str, RunFeed] = field(default_factory=OrderedDict)  # streamed ones' events, by id
 
     def lease_until(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
-    def start(self, response_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `work` (the request, served as a whole answer: it writes the run's end) on its own."""
+    def start(self, response_id: str, work: Callable[[], Coroutine[Any, Any, None]], streamed: bool) -> None:
+        """Run `work` (the request, served: it writes the run's end) on its own; a streamed one's events
+        go to its feed."""
+        if streamed:
+            self._keep_feeds()
+            self.feeds[response_id] = RunFeed()
         self.runs[response_id] = asyncio.create_task(self._run(response_id, work), name=f"background {response_id}")
+
+    def _keep_feeds(self) -> None:
+        now = time.monotonic()
+        while self.feeds:
+            ended_at = next(iter(self.feeds.values())).ended_at
+            if len(self.feeds) < FEEDS_KEPT and (ended_at is None or now - ended_at < FEED_KEEP_S):
+                break
+            self.feeds.popitem(last=False)
+
+    async def follow(self, row: dict, after: int, read: Callable[[], Awaitable[dict]]) -> AsyncGenerator[bytes, None]:
+        """A streamed run's events after `after`: from its feed here, else (another replica runs it, or
+        it ended long ago) its last event once it has ended, `read` giving its row."""
+        feed = self.feeds.get(row["id"])
+        if feed is not None:
+            async for event in feed.follow(after):
+                yield event
+            return
+        while (response := view(row, datetime.now(UTC)))["status"] in ACTIVE:
+            await asyncio.sleep(FOLLOW_POLL_S)
+            row = await read()
+        if response["status"] != "cancelled":  # a cancelled stream just ends
+            yield sse({"type": f"response.{response['status']}", "sequence_number": after + 1, "response": response})
 
     async def _run(self, response_id: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         task = asyncio.current_task()
@@ -79,8 +148,9 @@ class BackgroundRuns:
             except Exception as exc:  # the next renewal, or the lease's end, settles it
                 log.warning("renewing background response %s: %s", response_id, describe(exc))
                 continue
-            if status not in ACTIVE:  # cancelled on another replica, or deleted
+            if status in ("cancelled", None):  # cancelled on another replica, or deleted
                 run.cancel(CANCELLED)
+            if status not in ACTIVE:  # else it has written its own end, and is finishing
                 return
 
     async def advance(self, response: dict) -> bool:

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
+from engine.server.sse import SSEResponse
 from gateway import messages_api
 from gateway.outcomes import storable
 from gateway.responses_api import item_page, request_id_of
@@ -61,9 +62,13 @@ async def retrieve_response(request: Request) -> Response:
     """GET /v1/responses/{id}: a stored Response, as its client got it (gateway/stored_responses.py)."""
     state = _state(request)
     caller = await state.auth.authenticate(request.headers)
-    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
-        raise bad_request("streaming a stored response again is not supported", "stream", "unsupported")
-    return SafeJSONResponse(await state.responses.find(request.path_params["response_id"], caller.key_id))
+    response_id = request.path_params["response_id"]
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):  # a background run's, resumed
+        after = request.query_params.get("starting_after", "-1")
+        if not after.lstrip("-").isdigit():
+            raise bad_request("'starting_after' must be an event's sequence number", "starting_after", "invalid_type")
+        return SSEResponse(await state.responses.follow(response_id, caller.key_id, int(after)))
+    return SafeJSONResponse(await state.responses.find(response_id, caller.key_id))
 
 
 async def delete_response(request: Request) -> Response:
@@ -133,6 +138,7 @@ async def metrics(request: Request) -> Response:
             state.metrics.writer_rows.labels(table, name).set(getattr(stats, name))
             if table == "outcomes" and name in ("written", "buffered", "spooled", "dropped"):
                 state.metrics.outcome_rows.labels(name).set(getattr(stats, name))
+    state.metrics.background_runs.set(len(state.responses.background.runs))
     for deployment in state.pool.deployments:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
         if deployment.admission is not None:

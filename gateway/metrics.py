@@ -41,6 +41,8 @@ class GatewayMetrics:
         # the database during an outage, and what it refused or lost.
         self.writer_rows = Gauge(f"{PREFIX}_writer_rows", "Rows of each table's batch writer by state",
                                  ["table", "state"], registry=r)
+        self.background_runs = Gauge(f"{PREFIX}_background_responses",
+                                     "Background responses this replica is running", registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)
         group = ["route_group"]

@@ -122,9 +122,14 @@ async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, dra
             return await _embed(request, state, draft)
         if isinstance(dialect, ResponsesTurn) and dialect.background:  # answered now, run on its own
             queued = await state.responses.run_in_background(
-                dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect))
+                dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect), parsed.stream)
             handed_off = True
-            return SafeJSONResponse(queued, headers=_headers(draft))
+            if not parsed.stream:
+                return SafeJSONResponse(queued, headers=_headers(draft))
+            # The run's events as they come; a client that leaves does not stop it, and may resume.
+            response = SSEResponse(state.responses.background.feeds[queued["id"]].follow(-1))
+            response.headers.update(_headers(draft))
+            return response
         response = await _serve(request, state, draft, kind, dialect)
         handed_off = isinstance(response, SSEResponse)
         return response
@@ -192,19 +197,34 @@ async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDra
 
 
 async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, turn: ResponsesTurn) -> None:
-    """A background response's run (gateway/background.py): served as a whole answer, which its turn
-    writes to its row; an error, a cancel or the shutdown end it there too. It leaves its outcome row."""
+    """A background response's run (gateway/background.py), served as any request is: its turn writes its
+    end to its row, a streamed one's events go to its feed; an error, a cancel or the shutdown end it there
+    too. It leaves its outcome row."""
+    assert turn.queued is not None
+    feed = state.responses.background.feeds.get(turn.queued["id"])  # a streamed run's
+
+    async def fail(error: APIError, recorded: bool = False) -> None:
+        if not recorded:
+            await _failed(state, draft, error, None)
+        if feed is not None:
+            await feed.push(turn.stream(draft.route.model_name if draft.route else "").failed(error))
+        await turn.failed(error)
+
     with state.drain.track():
         started = asyncio.ensure_future(turn.started())  # beside the call: a write that lands late changes nothing
         try:
-            await _serve(None, state, draft, kind, turn)
+            served = await _serve(None, state, draft, kind, turn)
+            if isinstance(served, SSEResponse) and feed is not None:  # its events, for the streams following it
+                async with aclosing(served.events) as events:
+                    async for event in events:
+                        await feed.push(event)
+                if draft.status != "ok":  # it broke mid-stream: its error event went out, its row says so too
+                    await turn.failed(APIError(draft.http_status, draft.error or "the stream broke"))
         except (APIError, BackendError) as exc:
-            await _failed(state, draft, _as_api_error(exc), None)
-            await turn.failed(_as_api_error(exc))
+            await fail(_as_api_error(exc))
         except Exception:
             log.exception("background response of request %s failed inside the gateway", draft.request_id)
-            await _failed(state, draft, _internal_error(draft), None)
-            await turn.failed(_internal_error(draft))
+            await fail(_internal_error(draft))
         except asyncio.CancelledError as cancel:  # a cancel (POST .../cancel), the drain's cut, or the shutdown
             cut = state.drain.absorb()
             if cut is None and cancel.args == (CANCELLED,):
@@ -215,10 +235,12 @@ async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, t
             error = cut or APIError(503, SHUTDOWN, code="shutting_down")
             draft.fail(error.status, error.message, kind="aborted")
             state.recorder.finish(draft)
-            await turn.failed(error)
+            await fail(error, recorded=True)
         finally:
             await asyncio.wait([started])  # no write of this run outlives it
             await turn.end()
+            if feed is not None:
+                await feed.end()
 
 
 async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:

@@ -48,9 +48,6 @@ def check_request(raw: Any) -> dict:
     if conversation_of(raw) is not None and raw.get("previous_response_id") is not None:
         raise bad_request("'conversation' and 'previous_response_id' cannot be used together: a response continues "
                           "one or the other", "conversation", "invalid_value")
-    if raw.get("background") and raw.get("stream"):
-        raise bad_request("'background' with 'stream' is not supported: poll GET /v1/responses/{id} instead",
-                          "stream", "unsupported")
     unknown = sorted(set(raw) - {*_PASSED, *_READ, *_IGNORED})
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")

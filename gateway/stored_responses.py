@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,8 +182,8 @@ class StoredResponses:
             "session_id": turn.session_id, "input_items": storable(turn.items), "response": storable(response),
             **fields})
 
-    async def run_in_background(self, turn: ResponsesTurn, model: str,
-                                work: Callable[[], Coroutine[Any, Any, None]]) -> dict:
+    async def run_in_background(self, turn: ResponsesTurn, model: str, work: Callable[[], Coroutine[Any, Any, None]],
+                                streamed: bool = False) -> dict:
         """A background turn's row, `queued`, written before the answer (any replica can poll it at once),
         then its run started; the Response as first answered."""
         turn.queued = queued = turn.envelope.response(model, "queued", [], None)
@@ -192,8 +192,21 @@ class StoredResponses:
             await asyncio.to_thread(self.store.put, row)
         except Exception as exc:
             raise _unavailable(exc) from None
-        self.background.start(queued["id"], work)
+        self.background.start(queued["id"], work, streamed)
         return queued
+
+    async def follow(self, response_id: str, key_id: str | None, after: int) -> AsyncGenerator[bytes, None]:
+        """GET /v1/responses/{id}?stream=true: a background response's events after `after` (checked
+        before its stream starts: a 404 or a 400 is an answer of its own)."""
+        row = (await self._owned(response_id, key_id, None))[0]
+        if row.get("status") is None:
+            raise bad_request("only a background response's stream can be resumed; this one has ended: read it "
+                              "without 'stream'", "stream", "unsupported")
+
+        async def read() -> dict:
+            return (await self._owned(response_id, key_id, None))[0]
+
+        return self.background.follow(row, after, read)
 
     async def cancel(self, response_id: str, key_id: str | None) -> dict:
         """POST /v1/responses/{id}/cancel: a background response, stopped (as it is, once it has ended)."""

@@ -1,13 +1,15 @@
 """Background responses (`background: true`) over a real socket with the openai SDK: answered `queued`,
 run on their own (`in_progress`, then `completed` or `failed`), polled with `responses.retrieve`,
-stopped with `responses.cancel`, continued once complete; kept in a conversation's turn; polled and
-cancelled on another replica; ended as failed when the gateway shuts down, or when the replica running
-one stops (its lease runs out)."""
+stopped with `responses.cancel`, continued once complete; streamed, going on when the client leaves
+and resumed with `starting_after`; kept in a conversation's turn; polled and cancelled on another
+replica; ended as failed when the gateway shuts down, or when the replica running one stops (its lease
+runs out)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,9 +53,12 @@ def test_a_background_response_is_queued_runs_and_is_polled_until_it_completes(g
         with pytest.raises(openai.BadRequestError, match="still") as early:  # not before it has completed
             client.responses.create(model="up", input="next", previous_response_id=queued.id)
         wait_until(lambda: client.responses.retrieve(queued.id).status == "in_progress", what="in progress")
+        with gw.http() as http:
+            running = http.get("/metrics").text
         done = ended(client, queued.id)
         follow = client.responses.create(model="up", input="next", previous_response_id=queued.id)
     assert (queued.status, queued.background, queued.output) == ("queued", True, [])
+    assert "pitstop_background_responses 1.0" in running
     assert early.value.body["param"] == "previous_response_id"  # type: ignore[index]
     assert done.status == "completed" and done.background and len(done.output_text.split()) == 3
     assert done.usage is not None and done.usage.output_tokens == 3 and done.id == queued.id
@@ -113,11 +118,45 @@ def test_a_background_turn_holds_its_conversation_until_it_ends(gw: Gateway) -> 
     assert [item.id for item in items][1::2] == [done.output[0].id, after.output[0].id]
 
 
-@pytest.mark.parametrize("body, param", [({"stream": True}, "stream"), ({"background": "yes"}, "background")])
-def test_bad_background_requests_are_clear_400s(gw: Gateway, body: dict, param: str) -> None:
+def test_a_streamed_background_response_goes_on_when_its_client_leaves_and_is_resumed(gw: Gateway) -> None:
+    with gw.openai() as client:
+        whole = list(client.responses.create(model="up", input="[words:5] all", background=True, stream=True))
+        stream = client.responses.create(model="up", input="[words:40] go", background=True, stream=True)
+        first = []
+        for event in stream:
+            first.append(event)
+            if len(first) == 4:
+                break
+        stream.close()  # the client leaves: the run goes on
+        done = ended(client, first[0].response.id)  # type: ignore[union-attr]
+        resumed = list(client.responses.retrieve(done.id, stream=True, starting_after=first[-1].sequence_number))
+    assert whole[0].type == "response.created" and whole[0].response.background  # type: ignore[union-attr]
+    assert whole[-1].type == "response.completed" and len(whole[-1].response.output_text.split()) == 5  # type: ignore[union-attr]
+    events = first + resumed
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # none lost, none twice
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    assert resumed[-1].type == "response.completed" and text == done.output_text and len(text.split()) == 40
+
+
+def test_a_streamed_background_response_that_is_cancelled_ends_its_stream(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai() as client, ThreadPoolExecutor(1) as pool:
+        stream = client.responses.create(model="up", input="[words:400] long", background=True, stream=True)
+        first = next(iter(stream))
+        rest = pool.submit(list, stream)
+        cancelled = client.responses.cancel(first.response.id)  # type: ignore[union-attr]
+        followed = rest.result(timeout=20)
+    assert cancelled.status == "cancelled"
+    assert not any(e.type == "response.completed" for e in followed)
+
+
+@pytest.mark.parametrize("query, param", [("stream=true&starting_after=x", "starting_after"), ("stream=true", "stream")])
+def test_bad_background_requests_are_clear_400s(gw: Gateway, query: str, param: str) -> None:
     with gw.http() as http:
-        answer = http.post("/v1/responses", json={"model": "up", "input": "x", "background": True, **body})
-    assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+        answer = http.post("/v1/responses", json={"model": "up", "input": "x", "background": "yes"})
+        stored = http.post("/v1/responses", json={"model": "up", "input": "x"}).json()["id"]
+        resumed = http.get(f"/v1/responses/{stored}?{query}")  # not a background response
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "background"
+    assert resumed.status_code == 400 and resumed.json()["error"]["param"] == param
 
 
 def test_a_gateway_that_stores_no_responses_runs_none_in_the_background(tmp_path: Path, upstreams: tuple) -> None:

@@ -209,12 +209,19 @@ def test_a_background_response_run_on_one_gateway_is_polled_and_cancelled_on_the
         done = wait_until(lambda: (r := b.responses.retrieve(quick.id)).status == "completed" and r, what="done")
         slow = a.responses.create(model="up", input="[delay:30] slow", background=True)
         wait_until(lambda: b.responses.retrieve(slow.id).status == "in_progress", what="running on the first")
+        streamed = a.responses.create(model="up", input="[words:200] streamed", background=True, stream=True)
+        first = next(iter(streamed))
+        streamed.close()
+        # Resumed on the other gateway: the run's last event, once it has ended there.
+        resumed = list(b.responses.retrieve(first.response.id, stream=True, starting_after=first.sequence_number))  # type: ignore[union-attr]
         cancelled = b.responses.cancel(slow.id)
         # The first gateway sees the cancel at its next lease renewal (every 5 s) and stops the call.
         wait_until(lambda: any(r["request_id"] == "req-" + slow.id.removeprefix("resp_") and r["status"] == "aborted"
                                for r in rows_of(shared_db, key_id)), what="the run stopped", timeout=30)
         read = a.responses.retrieve(slow.id)
     assert done.output_text and cancelled.status == read.status == "cancelled"
+    assert [e.type for e in resumed] == ["response.completed"] and resumed[0].sequence_number == 1
+    assert len(resumed[0].response.output_text.split()) == 200  # type: ignore[union-attr]
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,
