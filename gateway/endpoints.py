@@ -95,6 +95,18 @@ async def response_input_items(request: Request) -> Response:
     return SafeJSONResponse(item_page(items, request.query_params))
 
 
+async def count_response_tokens(request: Request) -> Response:
+    """POST /v1/responses/input_tokens (OpenAI's): the gateway's estimate for the request's prompt, after
+    the chain or conversation it continues."""
+    state = _state(request)
+    caller = await state.auth.authenticate(request.headers)
+    raw = await read_json(request, state.settings.server.max_body_bytes)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), str):
+        caller.check_model(raw["model"])
+    tokens = await state.responses.input_tokens(raw, caller.key_id)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
+
+
 async def count_message_tokens(request: Request) -> Response:
     """POST /v1/messages/count_tokens (Anthropic's): the gateway's estimate, errors in Anthropic's shape."""
     state = _state(request)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from engine.server.errors import APIError, bad_request
 from engine.server.json_out import SafeJSONResponse
 from gateway.backends.answers import reasoning_of
-from gateway.routing import estimate_tokens
+from gateway.token_estimate import chat_input_tokens
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference")
 _READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format")
@@ -288,13 +288,7 @@ def count_tokens(raw: Any) -> dict:
     tokenizer for most upstreams), from the chat it stands for."""
     if isinstance(raw, dict):
         raw = {"max_tokens": 1, **{k: v for k, v in raw.items() if k != "max_tokens"}}
-    chat = chat_request(raw)
-    texts = [json.dumps(chat.get("tools", ""))]
-    for message in chat["messages"]:
-        content = message.get("content")
-        texts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
-        texts += [call["function"]["arguments"] for call in message.get("tool_calls", ())]
-    return {"input_tokens": estimate_tokens("".join(texts))}
+    return {"input_tokens": chat_input_tokens(chat_request(raw))}
 
 
 def error_body(error: APIError) -> dict:

@@ -352,11 +352,12 @@ async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterato
         error = _internal_error(draft)
         draft.fail(error.status, error.message)
         failure = dialect.failed(error) if dialect is not None else sse_event(error.body())
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as cancel:
         failed = True
         cut = state.drain.absorb()
-        if cut is None:
-            draft.fail(499, "the client disconnected mid-stream", kind="aborted")
+        if cut is None:  # the client left, or a background run was cancelled
+            draft.fail(499, CANCELLED if cancel.args == (CANCELLED,) else "the client disconnected mid-stream",
+                       kind="aborted")
             raise
         draft.fail(cut.status, cut.message, kind="aborted")
         failure = dialect.failed(cut) if dialect is not None else sse_event(cut.body())

@@ -41,6 +41,7 @@ from gateway.responses_api import (
     stored_items,
 )
 from gateway.responses_stream import ResponseStream
+from gateway.token_estimate import chat_input_tokens
 from storage.inserts import describe
 from storage.responses import ACTIVE, ResponseStore, StoredResponseWriter
 
@@ -146,6 +147,14 @@ class StoredResponses:
                                  background=background)
         if previous_id is None:
             return ResponsesTurn(envelope, chat, items, store, self, key_id, background=background)
+        previous, earlier = await self._chain_items(previous_id, key_id)
+        session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
+        return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
+                             background=background)
+
+    async def _chain_items(self, previous_id: str, key_id: str | None) -> tuple[dict, list[dict]]:
+        """The response a request continues, and its chain's items in order: 404 for a chain that is not
+        the key's or is broken, 400 for a background response still running."""
         if not self.config.store:
             raise bad_request("'previous_response_id' needs stored responses, which this gateway keeps none of "
                               "(responses.store is false): send the whole conversation in 'input'",
@@ -158,11 +167,24 @@ class StoredResponses:
         if missing:
             raise not_found(f"the conversation {previous_id!r} continues includes {missing[0]!r}, which was "
                             "deleted or has expired", "previous_response_id", "previous_response_not_found")
-        earlier = [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
-                   for item in (*row["input_items"], *row["response"]["output"])]
-        session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
-        return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
-                             background=background)
+        return previous, [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
+                          for item in (*row["input_items"], *row["response"]["output"])]
+
+    async def input_tokens(self, raw: Any, key_id: str | None) -> int:
+        """POST /v1/responses/input_tokens: the estimate for the prompt the request would send, after the
+        chain or the conversation it names (read, not held: nothing is served)."""
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "personality"}  # a model setting, not input
+        raw = check_request(raw)
+        chat = chat_request(raw)
+        earlier: list[dict] = []
+        if (conversation := conversation_of(raw)) is not None:
+            if self.conversations is None:
+                raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
+            earlier = await self.conversations.items(conversation, key_id, "conversation")
+        elif (previous_id := raw.get("previous_response_id")) is not None:
+            earlier = (await self._chain_items(previous_id, key_id))[1]
+        return chat_input_tokens(continued(chat, raw, earlier))
 
     async def keep(self, turn: ResponsesTurn, response: dict) -> None:
         """Add a completed turn's items to its conversation, and store the response (when its turn is

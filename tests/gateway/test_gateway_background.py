@@ -17,7 +17,7 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from gateway.background import GONE, SHUTDOWN
+from gateway.background import CANCELLED, GONE, SHUTDOWN
 from gateway.config import ResponsesConfig
 from gateway.stored_responses import StoredResponses
 from storage.db import create_engine
@@ -147,6 +147,8 @@ def test_a_streamed_background_response_that_is_cancelled_ends_its_stream(gw: Ga
         followed = rest.result(timeout=20)
     assert cancelled.status == "cancelled"
     assert not any(e.type == "response.completed" for e in followed)
+    row = gw.row(_request_id(first.response.id))  # type: ignore[union-attr]
+    assert (row["status"], row["http_status"], row["error"]) == ("aborted", 499, CANCELLED)
 
 
 @pytest.mark.parametrize("query, param", [("stream=true&starting_after=x", "starting_after"), ("stream=true", "stream")])

@@ -249,3 +249,28 @@ def test_a_database_outage_serves_and_continues_responses_and_stores_them_later(
         wait_until(lambda: store.get(second.id, _now()) is not None, timeout=30, what="the writer's rows")
         assert store.get(first.id, _now())["response"]["output"][0]["content"][0]["text"] == first.output_text
         assert client.responses.create(model="up", input="x", previous_response_id=before.id).status == "completed"
+
+
+def test_input_tokens_estimates_the_prompt_a_request_would_send(gw: Gateway, upstreams: tuple) -> None:
+    """`client.responses.input_tokens.count`: after the chain or the conversation the request names, with
+    its tools, calling nothing upstream and holding no conversation."""
+    long_text = "word " * 400  # 2,000 characters: about 500 tokens at four characters a token
+    with gw.openai() as client:
+        first = client.responses.create(model="up", input=long_text)
+        conversation = client.conversations.create(items=[{"role": "user", "content": long_text}])
+        upstreams[0].reset()
+        short = client.responses.input_tokens.count(model="up", input="hi")
+        tooled = client.responses.input_tokens.count(model="up", input="hi", tools=[WEATHER])
+        chained = client.responses.input_tokens.count(model="up", input="hi", previous_response_id=first.id)
+        kept = client.responses.input_tokens.count(model="up", input="hi", conversation=conversation.id)
+        client.responses.create(model="up", input="next", conversation=conversation.id)  # not held by the count
+        with pytest.raises(openai.NotFoundError):
+            client.responses.input_tokens.count(model="up", input="hi", previous_response_id="resp_nope")
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.responses.input_tokens.count(model="up", input=[{"type": "bogus"}])
+    assert short.object == "response.input_tokens" and 0 < short.input_tokens < 5
+    assert tooled.input_tokens > short.input_tokens + 20  # the tool's definition counts
+    assert 500 < chained.input_tokens - short.input_tokens < 520  # the first turn's input and its answer
+    assert 495 < kept.input_tokens - short.input_tokens < 505
+    assert bad.value.body["param"].startswith("input")  # type: ignore[index]
+    assert upstreams[0].stats()["requests"] == 1  # the turn only
