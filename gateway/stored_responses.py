@@ -311,12 +311,14 @@ class StoredResponses:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """Delete expired responses now and then (every replica may; deleting twice is harmless)."""
+        """Delete expired responses, and conversation items left behind by a deleted conversation, now
+        and then (every replica may; deleting twice is harmless)."""
         while True:
             try:
                 purged = await asyncio.to_thread(self.store.purge, datetime.now(UTC))
-                if purged:
-                    log.info("deleted %d expired stored responses", purged)
+                orphans = await asyncio.to_thread(self.conversations.store.purge_orphans) if self.conversations else 0
+                if purged or orphans:
+                    log.info("deleted %d expired stored responses, %d items of deleted conversations", purged, orphans)
             except Exception as exc:
                 log.warning("deleting expired stored responses: %s", describe(exc))
             await asyncio.sleep(SWEEP_INTERVAL_S)

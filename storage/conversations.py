@@ -180,6 +180,13 @@ class ConversationStore:
             gone = connection.execute(delete(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id))
             return gone.rowcount > 0
 
+    def purge_orphans(self) -> int:
+        """Delete items whose conversation is gone: a deletion can land while a turn's items wait in the
+        writer (the database was away), which writes them afterwards. How many went."""
+        orphaned = ~select(CONVERSATIONS.c.id).where(CONVERSATIONS.c.id == ITEMS.c.conversation_id).exists()
+        with self._engine.begin() as connection:
+            return connection.execute(delete(ITEMS).where(orphaned)).rowcount
+
     def delete_item(self, conversation_id: str, item_id: str) -> bool:
         with self._engine.begin() as connection:
             gone = connection.execute(delete(ITEMS).where(ITEMS.c.conversation_id == conversation_id,

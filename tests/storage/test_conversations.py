@@ -132,3 +132,15 @@ def test_a_lease_is_taken_with_the_items_read_and_given_back_with_the_items_writ
     store.add([item("conv_a", "msg_3", 3)], unlock=("conv_a", "t1"))
     assert store.lock("conv_a", "key-1", "t2", at[2], at[17])
     assert [r["id"] for r in store.with_items("conv_a")[1]] == ["msg_1", "msg_2", "msg_3"]
+
+
+def test_items_a_writer_wrote_after_their_conversation_was_deleted_are_purged(db_url: str) -> None:
+    store = ConversationStore(db_url)
+    store.create(conversation("conv_a"), [item("conv_a", "msg_1", 1)])
+    store.create(conversation("conv_b"), [item("conv_b", "msg_1", 1)])
+    store.delete("conv_a")
+    with ConversationItemWriter(db_url, flush_interval_s=0.01) as writer:  # what it held, written late
+        for row in store.complete_items([item("conv_a", "msg_2", 2)]):
+            writer.submit(row)
+    assert store.purge_orphans() == 1 and store.purge_orphans() == 0
+    assert [r["id"] for r in store.with_items("conv_b")[1]] == ["msg_1"]
