@@ -42,6 +42,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_stored_responses
 	$(PY) -m bench.gateway_conversations
 	$(PY) -m bench.gateway_dialects
+	$(PY) -m bench.gateway_batches
 	$(PY) -m bench.limits_holds
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,

@@ -3,6 +3,7 @@ deployments start with the app and stop (flushing the outcome log) with it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError
-from gateway import conversation_endpoints, endpoints, key_admin, proxy, session_endpoint
+from gateway import (
+    batch_endpoints,
+    conversation_endpoints,
+    endpoints,
+    files,
+    key_admin,
+    proxy,
+    session_endpoint,
+)
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
 
@@ -31,6 +40,8 @@ ROUTES = [
     Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"]),
     Route("/v1/responses/{response_id}/cancel", endpoints.cancel_response, methods=["POST"]),
     *conversation_endpoints.ROUTES,
+    *files.ROUTES,
+    *batch_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
@@ -64,6 +75,7 @@ async def _handle_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, state: GatewayState | None = None) -> Starlette:
     state = state or build_state(settings)
+    state.batches.serve = functools.partial(proxy.serve_body, state)  # a batch's lines, served as requests
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -169,6 +169,7 @@ class ServerConfig(_Strict):
     # On SIGTERM, how long requests in flight may run on before they are cut (and logged as
     # aborted); None waits for all of them. Set it under the orchestrator's kill timeout.
     graceful_shutdown_s: float | None = Field(default=None, ge=0)
+    batch_concurrency: int = Field(default=8, ge=1)  # a batch's requests in flight at once (gateway/batches.py)
 
 
 class Settings(_Strict):

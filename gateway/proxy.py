@@ -20,6 +20,7 @@ from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
+from gateway.auth import Caller
 from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.background import CANCELLED, SHUTDOWN
@@ -92,23 +93,35 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
         return await _answer(request, kind, state, draft)
 
 
-async def _answer(request: Request, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft) -> Response:
+async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, raw: Any) -> Response:
+    """A request that came in no HTTP request of its own (a batch's line, gateway/batches.py), served as
+    one that did, from `caller`: its answer or its error, and its outcome row. Whole answers only."""
+    draft = OutcomeDraft(caller=caller)
+    with state.drain.track():
+        return await _answer(None, endpoint, state, draft, raw)
+
+
+async def _answer(request: Request | None, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft,
+                  raw: Any = None) -> Response:
     dialect: Dialect | None = None
     handed_off = False  # to a stream, or a background run: it ends the dialect's turn, once it is over
     if endpoint in ("responses", "messages"):
         draft.endpoint = endpoint  # the row's, and the shape of its errors
+    headers = request.headers if request is not None else {}
     try:
-        draft.caller = await state.auth.authenticate(request.headers)
-        raw = await read_json(request, state.settings.server.max_body_bytes)
+        if request is not None:
+            draft.caller = await state.auth.authenticate(request.headers)
+            raw = await read_json(request, state.settings.server.max_body_bytes)
+        assert draft.caller is not None
         kind = endpoint
         if endpoint == "responses":  # served as the chat it stands for, and turned back at the end
             dialect = await state.responses.begin(raw, draft.request_id, draft.caller.key_id)
         elif endpoint == "messages":
-            dialect = MessagesTurn(raw, draft.request_id, request.headers)
+            dialect = MessagesTurn(raw, draft.request_id, headers)
         if dialect is not None:
             raw, kind = dialect.chat, "chat"
         draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
-                                  else parse_proxy_request(raw, kind, request.headers))
+                                  else parse_proxy_request(raw, kind, headers))
         if dialect is not None:
             dialect.adopt(parsed)
         draft.caller.check_model(parsed.model)
@@ -243,7 +256,7 @@ async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, t
                 await feed.end()
 
 
-async def _embed(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
+async def _embed(request: Request | None, state: GatewayState, draft: OutcomeDraft) -> Response:
     """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),

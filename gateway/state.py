@@ -6,15 +6,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from starlette.responses import Response
+
 from engine.server.errors import APIError
 from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
+from gateway.batches import Batches
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
 from gateway.conversations import Conversations
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
+from gateway.files import Files
 from gateway.key_events import KeyEvents
 from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
@@ -30,6 +34,7 @@ from gateway.stored_responses import StoredResponses
 from storage.batch_writer import BatchWriter
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine, ensure_sqlite_dir
+from storage.files import BatchStore, FileStore
 from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
@@ -101,6 +106,8 @@ class GatewayState:
     keys: KeyStore
     responses: StoredResponses  # the Responses API's, for previous_response_id and retrieval
     conversations: Conversations  # the Conversations API's, for `conversation` and /v1/conversations
+    files: Files  # /v1/files: batches' input and output
+    batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
     seeded_keys: set[str] = field(default_factory=set)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
@@ -163,6 +170,7 @@ class GatewayState:
         # Background responses first: they still need the deployments, limits and writers.
         grace_s = self.settings.server.graceful_shutdown_s
         await self.responses.background.close(BACKGROUND_GRACE_S if grace_s is None else grace_s)
+        await self.batches.close(BACKGROUND_GRACE_S if grace_s is None else grace_s)
         if self.router_artifacts is not None:
             await self.router_artifacts.close()
         if self.calibrator is not None:
@@ -186,6 +194,10 @@ class GatewayState:
         self.feedback.close(timeout=10)
 
 
+async def _serve_unset(caller: Caller, kind: str, body: dict) -> Response:
+    raise RuntimeError("the app sets how batches serve their requests (gateway/app.py)")
+
+
 def build_state(settings: Settings) -> GatewayState:
     url = settings.storage.url
     ensure_sqlite_dir(url)
@@ -198,6 +210,7 @@ def build_state(settings: Settings) -> GatewayState:
                               if spool else None)
     keys = KeyStore(db)
     server = settings.server
+    files = Files(FileStore(db))
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         # a turn's calls, retries included, and a minute for its items
@@ -232,6 +245,8 @@ def build_state(settings: Settings) -> GatewayState:
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
+        files=files, batches=Batches(BatchStore(db), files, _serve_unset,
+                                     concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, Connection, Engine, Row
 from storage.batch_writer import BatchWriter
 from storage.db import as_engine
 from storage.inserts import idempotent_insert
+from storage.leases import relaxed_commit
 from storage.models import Conversation, ConversationItem
 from storage.rows import RowShape
 
@@ -144,8 +145,7 @@ class ConversationStore:
 
     def _lock(self, connection: Connection, conversation_id: str, key_id: str | None, token: str, now: datetime,
               until: datetime) -> bool:
-        if connection.dialect.name == "postgresql":  # a lease is soft state: its commit need not wait for the disk
-            connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        relaxed_commit(connection)
         free = or_(CONVERSATIONS.c.locked_until.is_(None), CONVERSATIONS.c.locked_until <= now,
                    CONVERSATIONS.c.lock_token == token)
         taken = connection.execute(update(CONVERSATIONS)
@@ -157,8 +157,7 @@ class ConversationStore:
     def unlock(self, conversation_id: str, token: str) -> None:
         """Give the lease back (a no-op where it has expired and another token has taken it since)."""
         with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            relaxed_commit(connection)
             self._unlock(connection, conversation_id, token)
 
     @staticmethod

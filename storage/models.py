@@ -14,6 +14,7 @@ from sqlalchemy import (
     Dialect,
     Float,
     Index,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -229,3 +230,34 @@ class ConversationItem(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     item: Mapped[Any]  # the Responses item, as stored input (a message's content may be a string)
+
+
+class StoredFile(Base):
+    """An uploaded file (`/v1/files`), a batch's input or output: its content in the row, so every replica
+    serves it. Kept until deleted."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_api_key_id_created_at", "api_key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # file-...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    api_key_id: Mapped[str | None]  # whose it is (None: the master key, or no keys)
+    filename: Mapped[str]
+    purpose: Mapped[str]
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """A Batch API batch (gateway/batches.py): the Batch object as the API answers it, its status, and
+    while it runs the lease the replica running it renews."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_api_key_id_created_at", "api_key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # batch_...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    api_key_id: Mapped[str | None]
+    status: Mapped[str]
+    lease_until: Mapped[datetime | None]
+    batch: Mapped[Any]  # the Batch object

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from storage.batch_writer import BatchWriter
 from storage.db import as_engine
 from storage.inserts import idempotent_insert
+from storage.leases import renew
 from storage.models import StoredResponse
 from storage.rows import RowShape
 
@@ -82,12 +83,7 @@ class ResponseStore:
     def renew(self, response_id: str, lease_until: datetime) -> str | None:
         """Renew a running background response's lease; its status (None once it is gone): a run sees a
         cancel made on another replica here."""
-        with self._engine.begin() as connection:
-            if connection.dialect.name == "postgresql":  # a lease is soft state: no need to wait for the disk
-                connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            connection.execute(update(TABLE).where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE))
-                               .values(lease_until=lease_until))
-            return connection.execute(select(TABLE.c.status).where(TABLE.c.id == response_id)).scalar()
+        return renew(self._engine, TABLE, response_id, ACTIVE, lease_until)
 
     def delete(self, response_id: str) -> bool:
         with self._engine.begin() as connection:

@@ -1,12 +1,13 @@
 """Two `pitstop serve` processes sharing one Redis and one PostgreSQL database enforce one key's rpm
 limit exactly and one budget exactly (each request holds its worst case while it runs), both log to one
 table, a stored Response made on one is continued and deleted on the other, and a turn running on one
-holds its conversation on the other, and a background response run on one is polled and cancelled on the
-other."""
+holds its conversation on the other, and a background response or a batch run on one is read and
+cancelled on the other."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 import time
@@ -222,6 +223,27 @@ def test_a_background_response_run_on_one_gateway_is_polled_and_cancelled_on_the
     assert done.output_text and cancelled.status == read.status == "cancelled"
     assert [e.type for e in resumed] == ["response.completed"] and resumed[0].sequence_number == 1
     assert len(resumed[0].response.output_text.split()) == 200  # type: ignore[union-attr]
+
+
+def test_a_batch_run_on_one_gateway_is_read_and_cancelled_on_the_other(
+        replicas: tuple, shared_db: str, key_ids: list[str]) -> None:
+    (one, two), _ = replicas
+    key_id, secret = KeyStore(shared_db).create("batches")
+    key_ids.append(key_id)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "up", "messages": [{"role": "user", "content": f"[delay:{0.05 if i < 4 else 20}] {i}"}]}}
+             for i in range(12)]
+    with one.gateway(shared_db).openai(api_key=secret) as a, two.gateway(shared_db).openai(api_key=secret) as b:
+        uploaded = a.files.create(file=("in.jsonl", "\n".join(json.dumps(line) for line in lines).encode()),
+                                  purpose="batch")
+        batch = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_until(lambda: (b.batches.retrieve(batch.id).request_counts or batch.request_counts).completed >= 4,
+                   what="the quick lines, seen on the other gateway")
+        b.batches.cancel(batch.id)  # the first gateway sees it at its next renewal (every second)
+        done = wait_until(lambda: (r := b.batches.retrieve(batch.id)).status == "cancelled" and r, what="cancelled")
+        assert done.output_file_id is not None
+        finished = b.files.content(done.output_file_id).text.splitlines()
+    assert {json.loads(line)["custom_id"] for line in finished} >= {"q0", "q1", "q2", "q3"} and len(finished) < 12
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,

@@ -1,0 +1,129 @@
+"""OpenAI's Files API, as the Batch API needs it: `/v1/files` uploads (multipart, as the SDKs send them),
+retrieves, lists, downloads and deletes files. A file's content is kept in its database row
+(storage/files.py), so every replica serves it; files belong to the API key that uploaded them (another
+key's is a 404) and are kept until deleted. A batch's output and error files are files too."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.server.errors import APIError, bad_request, not_found
+from engine.server.json_out import SafeJSONResponse
+from gateway.responses_api import page_params
+from storage.files import FileStore
+from storage.inserts import describe
+
+MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch's input file
+PURPOSES = ("batch", "batch_output", "user_data", "assistants", "fine-tune", "evals", "vision")
+
+
+def public(row: Mapping[str, Any]) -> dict:
+    """The File object the API answers."""
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created_at"].timestamp()),
+            "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "expires_at": None,
+            "status_details": None}
+
+
+@dataclass
+class Files:
+    store: FileStore
+
+    async def put(self, content: bytes, filename: str, purpose: str, key_id: str | None) -> dict:
+        row = {"id": "file-" + uuid.uuid4().hex, "created_at": datetime.now(UTC), "api_key_id": key_id,
+               "filename": filename, "purpose": purpose, "bytes": len(content), "content": content}
+        await _db(self.store.put, row)
+        return public(row)
+
+    async def owned(self, file_id: str, key_id: str | None, param: str | None = None) -> dict:
+        row = await _db(self.store.get, file_id)
+        if row is None or row["api_key_id"] != key_id:  # another key's: as if there were none
+            raise not_found(f"no file {file_id!r} (unknown, deleted, or uploaded with another API key)", param,
+                            "file_not_found")
+        return row
+
+    async def content(self, file_id: str, key_id: str | None) -> bytes:
+        await self.owned(file_id, key_id)
+        content = await _db(self.store.content, file_id)
+        if content is None:  # deleted meanwhile
+            raise not_found(f"no file {file_id!r}", None, "file_not_found")
+        return content
+
+
+async def _db(call: Any, *args: Any) -> Any:
+    try:
+        return await asyncio.to_thread(call, *args)
+    except Exception as exc:
+        raise APIError(503, f"files are unavailable (the database is not answering: {describe(exc)}); retry",
+                       code="file_store_unavailable") from None
+
+
+def _files(request: Request) -> Files:
+    return request.app.state.pitstop.files
+
+
+async def _key(request: Request) -> str | None:
+    return (await request.app.state.pitstop.auth.authenticate(request.headers)).key_id
+
+
+async def upload_file(request: Request) -> Response:
+    """POST /v1/files: multipart/form-data with `file` and `purpose`."""
+    key_id = await _key(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise bad_request("upload the file as multipart/form-data, with fields 'file' and 'purpose'", "file")
+    async with request.form(max_files=1, max_fields=8) as form:
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("'file' must be a file", "file", "missing_required_parameter")
+        if purpose not in PURPOSES:
+            raise bad_request(f"'purpose' must be one of {', '.join(PURPOSES)}", "purpose", "invalid_value")
+        content = await upload.read(MAX_FILE_BYTES + 1)
+        if len(content) > MAX_FILE_BYTES:
+            raise bad_request(f"the file is over {MAX_FILE_BYTES} bytes", "file", "file_too_large")
+        return SafeJSONResponse(await _files(request).put(content, upload.filename or "upload", str(purpose), key_id))
+
+
+async def retrieve_file(request: Request) -> Response:
+    return SafeJSONResponse(public(await _files(request).owned(request.path_params["file_id"], await _key(request))))
+
+
+async def file_content(request: Request) -> Response:
+    content = await _files(request).content(request.path_params["file_id"], await _key(request))
+    return Response(content, media_type="application/octet-stream")
+
+
+async def delete_file(request: Request) -> Response:
+    files, key_id, file_id = _files(request), await _key(request), request.path_params["file_id"]
+    await files.owned(file_id, key_id)
+    await _db(files.store.delete, file_id)
+    return SafeJSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+
+async def list_files(request: Request) -> Response:
+    """GET /v1/files: the key's files, newest first (`limit`, `order`, `after`, `purpose`)."""
+    files, key_id = _files(request), await _key(request)
+    params = page_params(request.query_params)
+    rows, more = await _db(files.store.page, key_id, params.limit, params.descending, params.after,
+                           request.query_params.get("purpose"))
+    data = [public(row) for row in rows]
+    return SafeJSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None, "has_more": more})
+
+
+ROUTES = [
+    Route("/v1/files", upload_file, methods=["POST"]),
+    Route("/v1/files", list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+]
+

@@ -1,0 +1,104 @@
+"""Uploaded files (`/v1/files`) and batches (`/v1/batches`): rows in, rows out, pages by keyset.
+
+Storage only: who may read what is the gateway's to decide (gateway/files.py, gateway/batches.py).
+These calls do blocking I/O: run them in a thread, never on the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Table, delete, select, tuple_, update
+from sqlalchemy.engine import URL, Engine
+
+from storage.db import as_engine
+from storage.leases import renew
+from storage.models import Batch, StoredFile
+from storage.rows import RowShape
+
+FILES: Table = StoredFile.__table__  # type: ignore[assignment]
+BATCHES: Table = Batch.__table__  # type: ignore[assignment]
+RUNNING = ("validating", "in_progress", "finalizing", "cancelling")  # a batch's statuses before it ends
+_FILE_INFO = tuple(c for c in FILES.columns if c.key != "content")  # what a listing reads: not the content
+
+
+class FileStore:
+    def __init__(self, engine: Engine | str | URL) -> None:
+        self._engine = as_engine(engine)
+        self._shape = RowShape(FILES)
+
+    def put(self, row: dict[str, Any]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(FILES.insert(), [self._shape.complete(row)])
+
+    def get(self, file_id: str) -> dict[str, Any] | None:
+        """The file's row without its content (None: there is none)."""
+        with self._engine.connect() as connection:
+            row = connection.execute(select(*_FILE_INFO).where(FILES.c.id == file_id)).first()
+            return None if row is None else dict(row._mapping)
+
+    def content(self, file_id: str) -> bytes | None:
+        with self._engine.connect() as connection:
+            return connection.execute(select(FILES.c.content).where(FILES.c.id == file_id)).scalar()
+
+    def delete(self, file_id: str) -> bool:
+        with self._engine.begin() as connection:
+            return connection.execute(delete(FILES).where(FILES.c.id == file_id)).rowcount > 0
+
+    def page(self, key_id: str | None, limit: int, descending: bool, after: str | None,
+             purpose: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+        rows, more = _page(self._engine, FILES, _FILE_INFO, key_id, limit, descending, after,
+                           None if purpose is None else FILES.c.purpose == purpose)
+        return rows, more
+
+
+class BatchStore:
+    def __init__(self, engine: Engine | str | URL) -> None:
+        self._engine = as_engine(engine)
+        self._shape = RowShape(BATCHES)
+
+    def put(self, row: dict[str, Any]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(BATCHES.insert(), [self._shape.complete(row)])
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).first()
+            return None if row is None else dict(row._mapping)
+
+    def advance(self, batch_id: str, batch: dict[str, Any], lease_until: datetime | None,
+                only_from: Sequence[str] = RUNNING) -> bool:
+        """The batch's new state (its status is the Batch's), while its status is one of `only_from`."""
+        with self._engine.begin() as connection:
+            changed = connection.execute(update(BATCHES).where(BATCHES.c.id == batch_id,
+                                                               BATCHES.c.status.in_(only_from))
+                                         .values(batch=batch, status=batch["status"], lease_until=lease_until))
+            return changed.rowcount > 0
+
+    def renew(self, batch_id: str, lease_until: datetime) -> str | None:
+        """Renew a running batch's lease; its status (a cancel made on another replica shows here)."""
+        return renew(self._engine, BATCHES, batch_id, RUNNING, lease_until)
+
+    def page(self, key_id: str | None, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool]:
+        """The key's batches, newest first."""
+        return _page(self._engine, BATCHES, tuple(BATCHES.columns), key_id, limit, True, after, None)
+
+
+def _page(engine: Engine, table: Table, columns: Sequence[Column[Any]], key_id: str | None, limit: int,
+          descending: bool, after: str | None, where: Any) -> tuple[list[dict[str, Any]], bool]:
+    """Up to `limit` of the key's rows after the `after` one, by (created_at, id): a page costs the same
+    however many there are."""
+    with engine.connect() as connection:
+        query = select(*columns).where(table.c.api_key_id == key_id)
+        if where is not None:
+            query = query.where(where)
+        if after is not None:
+            mark = connection.execute(select(table.c.created_at).where(table.c.id == after,
+                                                                       table.c.api_key_id == key_id)).scalar()
+            if mark is not None:
+                key, at = tuple_(table.c.created_at, table.c.id), tuple_(mark, after)
+                query = query.where(key < at if descending else key > at)
+        order = (table.c.created_at.desc(), table.c.id.desc()) if descending else (table.c.created_at, table.c.id)
+        rows = [dict(row._mapping) for row in connection.execute(query.order_by(*order).limit(limit + 1))]
+        return rows[:limit], len(rows) > limit

@@ -1,0 +1,162 @@
+"""The Files and Batch APIs over a real socket with the openai SDK: a JSONL file uploaded, a batch of its
+requests served (chat, Responses and embeddings lines) with each answer in the output file and each
+error in the error file, in the input's order, each line leaving its own outcome row; a batch cancelled
+keeps what it finished; files listed, downloaded and deleted; bad input a clear 4xx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai.types import Batch
+
+from gateway.batches import BATCH_PRIORITY, SHUTDOWN
+from storage.files import BatchStore
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.test_gateway_embeddings import embedding_model
+from tests.gateway.upstream import UpstreamProcess
+
+ENDED = ("completed", "failed", "cancelled", "expired")
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    raw = gateway_config(tmp_path_factory.mktemp("batches"), [model_entry("up", upstream_processes[0].api_base),
+                                                              embedding_model("emb", upstream_processes[0].api_base)])
+    with running_gateway(raw) as gateway:
+        yield gateway
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    return ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
+
+
+def chat_line(custom_id: str, text: str) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "up", "messages": [{"role": "user", "content": text}]}}
+
+
+def ended(client: openai.OpenAI, batch_id: str, timeout: float = 30) -> Batch:
+    return wait_until(lambda: (b := client.batches.retrieve(batch_id)).status in ENDED and b, timeout=timeout,
+                      what=f"{batch_id} ended")
+
+
+def test_a_batch_is_served_into_its_output_and_error_files(gw: Gateway, upstreams: tuple) -> None:
+    lines = [chat_line(f"q{i}", f"[words:{i + 1}] question {i}") for i in range(12)]
+    lines.insert(5, chat_line("refused", "[fail:400] x"))
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("questions.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h", metadata={"job": "eval"})
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None and done.error_file_id is not None
+        output = client.files.content(done.output_file_id).text
+        errors = client.files.content(done.error_file_id).text
+        listed = [b.id for b in client.batches.list(limit=10)]
+        outputs = [f.filename for f in client.files.list(purpose="batch_output")]
+    assert batch.status == "in_progress" and batch.request_counts is not None and batch.request_counts.total == 13
+    assert done.status == "completed" and done.metadata == {"job": "eval"}
+    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.failed) == (12, 1)
+    records = [json.loads(line) for line in output.splitlines()]
+    assert [r["custom_id"] for r in records] == [f"q{i}" for i in range(12)]  # the input's order
+    assert [len(r["response"]["body"]["choices"][0]["message"]["content"].split()) for r in records] == list(range(1, 13))
+    refused = [json.loads(line) for line in errors.splitlines()]
+    assert [(r["custom_id"], r["response"]["status_code"]) for r in refused] == [("refused", 400)]
+    assert batch.id in listed and f"{batch.id}_output.jsonl" in outputs
+    rows = gw.rows([r["response"]["request_id"] for r in records])  # each line leaves its row
+    assert len(rows) == 12 and {row["status"] for row in rows} == {"ok"}
+    assert {b["priority"] for b in upstreams[0].stats()["bodies"] if "priority" in b} <= {BATCH_PRIORITY}
+
+
+@pytest.mark.parametrize("url, body, check", [
+    ("/v1/responses", {"model": "up", "input": "[words:3] hi"},
+     lambda body: body["object"] == "response" and len(body["output"][0]["content"][0]["text"].split()) == 3),
+    ("/v1/embeddings", {"model": "emb", "input": "embed me"},
+     lambda body: body["object"] == "list" and len(body["data"]) == 1),
+])
+def test_a_batch_serves_responses_and_embeddings_lines(gw: Gateway, url: str, body: dict, check) -> None:
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl([{"custom_id": "a", "method": "POST", "url": url,
+                                                                  "body": body}])), purpose="batch")
+        done = ended(client, client.batches.create(input_file_id=uploaded.id, endpoint=url,  # type: ignore[arg-type]
+                                                   completion_window="24h").id)
+        assert done.output_file_id is not None
+        record = json.loads(client.files.content(done.output_file_id).text)
+    assert done.status == "completed" and record["response"]["status_code"] == 200 and check(record["response"]["body"])
+
+
+def test_a_cancelled_batch_keeps_what_it_finished(gw: Gateway) -> None:
+    lines = [chat_line(f"q{i}", f"[delay:{0.1 if i < 8 else 3}] question {i}") for i in range(24)]
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("slow.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        wait_until(lambda: (client.batches.retrieve(batch.id).request_counts or batch.request_counts).completed >= 8,
+                   what="the quick lines")
+        cancelling = client.batches.cancel(batch.id)
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None
+        finished = [json.loads(line)["custom_id"] for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert cancelling.status in ("cancelling", "cancelled") and done.status == "cancelled"
+    assert done.cancelled_at is not None and done.request_counts is not None
+    assert {f"q{i}" for i in range(8)} <= set(finished) and len(finished) < 24
+
+
+def test_files_are_uploaded_read_listed_and_deleted(gw: Gateway) -> None:
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("notes.jsonl", b'{"a": 1}\n'), purpose="user_data")
+        read = client.files.retrieve(uploaded.id)
+        content = client.files.content(uploaded.id).read()
+        listed = [f.id for f in client.files.list(purpose="user_data")]
+        deleted = client.files.delete(uploaded.id)
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(uploaded.id)
+    assert (read.filename, read.bytes, read.purpose) == ("notes.jsonl", 9, "user_data") and content == b'{"a": 1}\n'
+    assert uploaded.id in listed and deleted.deleted
+
+
+@pytest.mark.parametrize("content, fields, status, param", [
+    (b"not json\n", {}, 400, "input_file_id"),
+    (jsonl([{**chat_line("a", "x"), "url": "/v1/embeddings"}]), {}, 400, "input_file_id"),  # another endpoint
+    (jsonl([chat_line("a", "x"), chat_line("a", "y")]), {}, 400, "input_file_id"),  # a custom_id twice
+    (jsonl([{**chat_line("a", "x"), "body": {"model": "up", "messages": [], "stream": True}}]), {}, 400,
+     "input_file_id"),
+    (jsonl([chat_line("a", "x")]), {"endpoint": "/v1/images"}, 400, "endpoint"),
+    (jsonl([chat_line("a", "x")]), {"completion_window": "1h"}, 400, "completion_window"),
+    (jsonl([chat_line("a", "x")]), {"input_file_id": "file-nope"}, 404, "input_file_id"),
+])
+def test_bad_batches_are_clear_4xx(gw: Gateway, content: bytes, fields: dict, status: int, param: str) -> None:
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("in.jsonl", content), purpose="batch")
+    with gw.http() as http:
+        answer = http.post("/v1/batches", json={"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions",
+                                                "completion_window": "24h", **fields})
+    assert answer.status_code == status and answer.json()["error"]["param"] == param
+
+
+def test_bad_uploads_are_clear_400s(gw: Gateway) -> None:
+    with gw.http() as http:
+        not_multipart = http.post("/v1/files", json={"purpose": "batch"})
+        bad_purpose = http.post("/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "nope"})
+        no_file = http.post("/v1/files", data={"purpose": "batch"}, files={"other": ("a", b"x")})
+    assert [(r.status_code, r.json()["error"]["param"]) for r in (not_multipart, bad_purpose, no_file)] == [
+        (400, "file"), (400, "purpose"), (400, "file")]
+
+
+def test_a_shutdown_ends_a_running_batch_as_failed_with_what_it_finished(tmp_path: Path, upstreams: tuple) -> None:
+    raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
+    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.5}
+    lines = [chat_line("quick", "x"), chat_line("slow", "[delay:20] x")]
+    with running_gateway(raw) as gw, gw.openai() as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        wait_until(lambda: (client.batches.retrieve(batch.id).request_counts or batch.request_counts).completed == 1,
+                   what="the quick line")
+    row = BatchStore(gw.storage_url).get(batch.id)
+    assert row is not None and row["status"] == "failed" and row["batch"]["errors"]["data"][0]["message"] == SHUTDOWN
+    assert row["batch"]["output_file_id"] is not None
