@@ -76,6 +76,7 @@ async def _handle_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, state: GatewayState | None = None) -> Starlette:
     state = state or build_state(settings)
     state.batches.serve = functools.partial(proxy.serve_body, state)  # a batch's lines, served as requests
+    state.batches.caller_of = state.auth.caller_of
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

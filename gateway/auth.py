@@ -13,6 +13,7 @@ from starlette.datastructures import Headers
 from engine.server.errors import APIError
 from gateway.config import AuthConfig, LimitsConfig
 from storage.keys import KeyStore
+from storage.models import ApiKey
 
 _CACHE_TTL_S = 10.0
 
@@ -67,17 +68,24 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             return cached[1]
         key = await asyncio.to_thread(self.keys.lookup, token) if self.keys is not None else None
-        caller = None if key is None else Caller(
-            key.id,
-            key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
-            key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
-            key.spent_usd or 0.0,
-            frozenset(key.models) if key.models is not None else None,
-            key.priority)
+        caller = None if key is None else self._caller(key)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (now + _CACHE_TTL_S, caller)
         return caller
+
+    def _caller(self, key: ApiKey) -> Caller:
+        return Caller(key.id, key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
+                      key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
+                      key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority)
+
+    async def caller_of(self, key_id: str | None) -> Caller | None:
+        """The caller a key id stands for, as its requests would authenticate now (work that outlives its
+        request, a batch taken over by another replica); None for a key revoked or gone."""
+        if key_id is None:
+            return ANONYMOUS
+        key = await asyncio.to_thread(self.keys.get, key_id) if self.keys is not None else None
+        return None if key is None or key.revoked_at is not None else self._caller(key)
 
     def is_master(self, headers: Headers) -> bool:
         token, master = bearer_token(headers), self.auth.master_key

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -11,7 +9,7 @@ from starlette.routing import Route
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from gateway.auth import Caller
-from gateway.batches import Batches, view
+from gateway.batches import Batches
 from gateway.files import _db
 from gateway.responses_api import page_params
 from gateway.state import GatewayState
@@ -43,8 +41,7 @@ async def list_batches(request: Request) -> Response:
     batches, caller = await _context(request)
     params = page_params(request.query_params)
     rows, more = await _db(batches.store.page, caller.key_id, params.limit, params.after)
-    now = datetime.now(UTC)
-    data = [view(row, now) for row in rows]
+    data = [row["batch"] for row in rows]
     return SafeJSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                              "last_id": data[-1]["id"] if data else None, "has_more": more})
 

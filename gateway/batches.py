@@ -7,14 +7,17 @@ Each line is served as the same request sent over HTTP would be (gateway/proxy.p
 batch's key, its limits and budget, routing, and an outcome row; at `BATCH_PRIORITY` unless the line asks
 otherwise, so interactive traffic goes first wherever the scheduler orders by priority. `concurrency` lines
 are in flight at once. The batch's state is its row (storage/files.py), so any replica reads or cancels
-it; the replica running it renews a lease on the row, as for background responses (gateway/background.py):
-a cancel made elsewhere is seen at the next renewal, and a batch whose lease ran out (its replica stopped)
-reads as `failed`. A cancelled batch keeps what it finished, in its output file."""
+it; the replica running it renews a lease on the row every second, writing the lines it finished
+(`batch_records`) and seeing there a cancel made elsewhere. Nothing accepted is lost: a batch whose lease
+ran out (its replica stopped, or let it go at its shutdown) is taken over by the next replica that looks
+(every `ADOPT_S`), which serves only the lines not yet finished. A cancelled batch keeps what it
+finished, in its output file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,7 +30,8 @@ from starlette.responses import Response
 from engine.server.errors import bad_request, not_found
 from gateway.auth import Caller
 from gateway.files import Files, _db
-from storage.files import RUNNING, BatchStore
+from storage.files import BatchStore
+from storage.inserts import describe
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding",
              "/v1/responses": "responses"}
@@ -35,8 +39,9 @@ MAX_LINES = 50_000  # OpenAI's limit on a batch's requests
 BATCH_PRIORITY = 10.0  # after interactive requests (0 unless a key sets one) where priorities order a queue
 LEASE_S = 15.0
 PROGRESS_S = 1.0  # how often a running batch's request counts are written
-GONE = "the gateway replica running it stopped before it finished"
-SHUTDOWN = "the gateway shut down before it finished (what it finished is in its output file)"
+ADOPT_S = 5.0  # how often a replica looks for batches whose replica stopped
+
+log = logging.getLogger("pitstop.gateway")
 
 Serve = Callable[[Caller, str, dict], Awaitable[Response]]  # (caller, endpoint kind, body) -> the answer
 
@@ -77,13 +82,15 @@ def _lines(content: bytes, url: str) -> list[dict]:
     return lines
 
 
-def view(row: dict, now: datetime) -> dict:
-    """The Batch as a reader sees it: one whose lease ran out has failed."""
-    lease_until = row.get("lease_until")
-    if row["status"] in RUNNING and lease_until is not None and lease_until <= now:
-        return {**row["batch"], "status": "failed", "failed_at": int(lease_until.timestamp()),
-                "errors": {"object": "list", "data": [{"code": "server_error", "message": GONE}]}}
-    return row["batch"]
+def _record(line: dict, answer: Response) -> dict:
+    """A finished line as the output (or error) file holds it."""
+    return {"id": "batch_req_" + uuid.uuid4().hex, "custom_id": line["custom_id"],
+            "response": {"status_code": answer.status_code, "request_id": answer.headers.get("x-pitstop-request-id"),
+                         "body": json.loads(answer.body) if answer.body else None}, "error": None}
+
+
+async def _no_caller(key_id: str | None) -> Caller | None:
+    raise RuntimeError("the app sets how batches find their key (gateway/app.py)")
 
 
 @dataclass
@@ -93,7 +100,10 @@ class Batches:
     serve: Serve
     concurrency: int = 8
     lease_s: float = LEASE_S
+    caller_of: Callable[[str | None], Awaitable[Caller | None]] = _no_caller  # a key's caller, for a batch taken over
     runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # the ones this replica runs
+    closing: bool = False  # shutting down: runs stop where they are, for another replica to go on
+    _adopter: asyncio.Task[None] | None = None
 
     def lease_until(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
@@ -122,8 +132,11 @@ class Batches:
                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
         await _db(self.store.put, {"id": batch["id"], "created_at": datetime.now(UTC), "api_key_id": caller.key_id,
                                    "status": batch["status"], "lease_until": self.lease_until(), "batch": batch})
-        self.runs[batch["id"]] = asyncio.create_task(self._run(batch, lines, caller), name=f"batch {batch['id']}")
+        self._start(batch, lines, caller, {})
         return batch
+
+    def _start(self, batch: dict, lines: list[dict], caller: Caller, done: dict[str, dict]) -> None:
+        self.runs[batch["id"]] = asyncio.create_task(self._run(batch, lines, caller, done), name=f"batch {batch['id']}")
 
     async def owned(self, batch_id: str, key_id: str | None) -> dict:
         row = await _db(self.store.get, batch_id)
@@ -132,7 +145,7 @@ class Batches:
         return row
 
     async def find(self, batch_id: str, key_id: str | None) -> dict:
-        return view(await self.owned(batch_id, key_id), datetime.now(UTC))
+        return (await self.owned(batch_id, key_id))["batch"]
 
     async def cancel(self, batch_id: str, key_id: str | None) -> dict:
         """POST /v1/batches/{id}/cancel: `cancelling` at once; `cancelled` once its run has stopped and
@@ -147,11 +160,15 @@ class Batches:
                     await asyncio.wait([run], timeout=self.lease_s)
         return await self.find(batch_id, key_id)
 
-    async def _run(self, batch: dict, lines: list[dict], caller: Caller) -> None:
+    async def _run(self, batch: dict, lines: list[dict], caller: Caller, done: dict[str, dict]) -> None:
+        """Serve the lines not `done` yet; each finished one's record is written within a second (so a
+        replica taking over serves only what is left), the files and the batch's end once all are."""
         run = asyncio.current_task()
         assert run is not None
-        kind, results = ENDPOINTS[batch["endpoint"]], {}
+        kind, unsaved = ENDPOINTS[batch["endpoint"]], []
         counts = batch["request_counts"]
+        counts["failed"] = sum(row["failed"] for row in done.values())
+        counts["completed"] = len(done) - counts["failed"]
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(line: dict) -> None:
@@ -161,60 +178,74 @@ class Batches:
                 while answer.status_code == 429 and "retry-after" in answer.headers:  # the key's rate: wait for it
                     await asyncio.sleep(float(answer.headers["retry-after"]))
                     answer = await self.serve(caller, kind, body)
-                results[line["custom_id"]] = answer
-                counts["completed" if answer.status_code < 400 else "failed"] += 1
+                failed = answer.status_code >= 400
+                row = {"batch_id": batch["id"], "custom_id": line["custom_id"], "failed": failed,
+                       "record": _record(line, answer)}
+                done[line["custom_id"]] = row
+                unsaved.append(row)
+                counts["failed" if failed else "completed"] += 1
 
-        keeper = asyncio.create_task(self._keep(batch, run))
-        served = [asyncio.create_task(one(line)) for line in lines]
+        keeper = asyncio.create_task(self._keep(batch, run, unsaved))
+        served = [asyncio.create_task(one(line)) for line in lines if line["custom_id"] not in done]
         try:
             await asyncio.gather(*served)
-            await self._end(batch, lines, results, {"status": "completed", "completed_at": _now()})
+            await self._end(batch, lines, done, unsaved, {"status": "completed", "completed_at": _now()})
         except asyncio.CancelledError:  # cancelled (here or elsewhere), or the gateway is shutting down
             for task in served:
                 task.cancel()
             await asyncio.gather(*served, return_exceptions=True)
+            if self.closing:  # another replica (or this one, restarted) goes on from what is written
+                await self._save(unsaved)
+                await asyncio.to_thread(self.store.advance, batch["id"], dict(batch), datetime.now(UTC),
+                                        ("in_progress",))
+                return
             row = await asyncio.to_thread(self.store.get, batch["id"])
             if row is not None and row["status"] == "cancelling":
-                await self._end(row["batch"], lines, results, {"status": "cancelled", "cancelled_at": _now()})
-            else:
-                await self._end(batch, lines, results, {"status": "failed", "failed_at": _now(), "errors": {
-                    "object": "list", "data": [{"code": "server_error", "message": SHUTDOWN}]}})
+                await self._end({**row["batch"], "request_counts": counts}, lines, done, unsaved,
+                                {"status": "cancelled", "cancelled_at": _now()})
         finally:
             keeper.cancel()
             self.runs.pop(batch["id"], None)
 
-    async def _keep(self, batch: dict, run: asyncio.Task[None]) -> None:
-        """Write the request counts now and then, renewing the lease; stop the run once it is cancelled."""
+    async def _save(self, unsaved: list[dict]) -> None:
+        rows, unsaved[:] = list(unsaved), []
+        try:
+            await asyncio.to_thread(self.store.add_records, rows)
+        except Exception:
+            unsaved[:0] = rows  # the next write takes them
+            raise
+
+    async def _keep(self, batch: dict, run: asyncio.Task[None], unsaved: list[dict]) -> None:
+        """Every second: write the finished lines and the request counts, renewing the lease; stop the run
+        once it is cancelled."""
         while True:
             await asyncio.sleep(min(PROGRESS_S, self.lease_s / 3))
             try:
+                await self._save(unsaved)
                 status = await asyncio.to_thread(self.store.renew, batch["id"], self.lease_until())
                 if status == "in_progress":
                     await asyncio.to_thread(self.store.advance, batch["id"], dict(batch), self.lease_until(),
                                             ("in_progress",))
-            except Exception:  # the next renewal, or the lease's end, settles it
+            except Exception as exc:  # the next round, or the lease's end, settles it
+                log.warning("writing batch %s's progress: %s", batch["id"], describe(exc))
                 continue
             if status not in ("in_progress", "validating"):  # cancelling, or deleted
                 run.cancel()
                 return
 
-    async def _end(self, batch: dict, lines: list[dict], results: dict[str, Response], end: dict) -> None:
+    async def _end(self, batch: dict, lines: list[dict], done: dict[str, dict], unsaved: list[dict],
+                   end: dict) -> None:
         """Write the output and error files (in the input's order), then the batch's end."""
+        await self._save(unsaved)
         finalizing = {**batch, "status": "finalizing", "finalizing_at": _now()}
         await asyncio.to_thread(self.store.advance, batch["id"], finalizing, self.lease_until())
-        outputs, errors = [], []
-        for line in lines:
-            answer = results.get(line["custom_id"])
-            if answer is None:
-                continue
-            body = json.loads(answer.body) if answer.body else None
-            record = {"id": "batch_req_" + uuid.uuid4().hex, "custom_id": line["custom_id"],
-                      "response": {"status_code": answer.status_code,
-                                   "request_id": answer.headers.get("x-pitstop-request-id"), "body": body},
-                      "error": None}
-            (outputs if answer.status_code < 400 else errors).append(json.dumps(record))
+        outputs = [json.dumps(done[line["custom_id"]]["record"]) for line in lines
+                   if line["custom_id"] in done and not done[line["custom_id"]]["failed"]]
+        errors = [json.dumps(done[line["custom_id"]]["record"]) for line in lines
+                  if line["custom_id"] in done and done[line["custom_id"]]["failed"]]
         ended = {**finalizing, **end}
-        key_id = await self._key_of(batch["id"])
+        row = await asyncio.to_thread(self.store.get, batch["id"])
+        key_id = None if row is None else row["api_key_id"]
         for name, records in (("output_file_id", outputs), ("error_file_id", errors)):
             if records:
                 stored = await self.files.put(("\n".join(records) + "\n").encode(), f"{batch['id']}_{name[:-8]}.jsonl",
@@ -222,16 +253,49 @@ class Batches:
                 ended[name] = stored["id"]
         await asyncio.to_thread(self.store.advance, batch["id"], ended, None, ("finalizing",))
 
-    async def _key_of(self, batch_id: str) -> str | None:
-        row = await asyncio.to_thread(self.store.get, batch_id)
-        return None if row is None else row["api_key_id"]
+    async def start(self) -> None:
+        self._adopter = asyncio.create_task(self._adopt_loop())
+
+    async def _adopt_loop(self) -> None:
+        while True:
+            try:
+                await self.adopt()
+            except Exception as exc:
+                log.warning("looking for batches to take over: %s", describe(exc))
+            await asyncio.sleep(ADOPT_S)
+
+    async def adopt(self) -> None:
+        """Take over the running batches whose lease ran out (their replica stopped, or let them go at its
+        shutdown): serve what is left of each from where its finished lines say."""
+        now = datetime.now(UTC)
+        for batch_id in await asyncio.to_thread(self.store.stale, now):
+            if self.closing or batch_id in self.runs or \
+                    not await asyncio.to_thread(self.store.take_over, batch_id, now, self.lease_until()):
+                continue
+            row = await asyncio.to_thread(self.store.get, batch_id)
+            assert row is not None
+            batch, caller = row["batch"], await self.caller_of(row["api_key_id"])
+            content = await asyncio.to_thread(self.files.store.content, batch["input_file_id"])
+            if caller is None or content is None:
+                why = "its API key was revoked" if caller is None else "its input file was deleted"
+                await asyncio.to_thread(self.store.advance, batch_id, {
+                    **batch, "status": "failed", "failed_at": _now(),
+                    "errors": {"object": "list", "data": [{"code": "server_error", "message": why}]}}, None)
+                continue
+            done = {r["custom_id"]: r for r in await asyncio.to_thread(self.store.records, batch_id)}
+            log.info("taking over batch %s: %d of %d requests done", batch_id, len(done),
+                     batch["request_counts"]["total"])
+            self._start(batch, _lines(content, batch["endpoint"]), caller, done)
 
     async def close(self, grace_s: float) -> None:
-        """At shutdown: batches still running get `grace_s`, then end `failed`, with what they finished."""
+        """At shutdown: batches still running get `grace_s`, then stop where they are, their finished lines
+        written and their lease let go, for another replica (or this one, restarted) to go on."""
+        if self._adopter is not None:
+            self._adopter.cancel()
         runs = list(self.runs.values())
         if runs:
             _, left = await asyncio.wait(runs, timeout=grace_s)
+            self.closing = True
             for run in left:
                 run.cancel()
             await asyncio.gather(*left, return_exceptions=True)
-

@@ -163,6 +163,7 @@ class GatewayState:
             await self.calibrator.start()
         await self.router_artifacts.start()
         await self.responses.start()
+        await self.batches.start()  # and takes over any batch whose replica stopped
         if self.key_events is not None:
             await self.key_events.start()
 

@@ -13,12 +13,14 @@ from sqlalchemy import Column, Table, delete, select, tuple_, update
 from sqlalchemy.engine import URL, Engine
 
 from storage.db import as_engine
-from storage.leases import renew
-from storage.models import Batch, StoredFile
+from storage.inserts import idempotent_insert
+from storage.leases import relaxed_commit, renew
+from storage.models import Batch, BatchRecord, StoredFile
 from storage.rows import RowShape
 
 FILES: Table = StoredFile.__table__  # type: ignore[assignment]
 BATCHES: Table = Batch.__table__  # type: ignore[assignment]
+RECORDS: Table = BatchRecord.__table__  # type: ignore[assignment]
 RUNNING = ("validating", "in_progress", "finalizing", "cancelling")  # a batch's statuses before it ends
 _FILE_INFO = tuple(c for c in FILES.columns if c.key != "content")  # what a listing reads: not the content
 
@@ -57,6 +59,7 @@ class BatchStore:
     def __init__(self, engine: Engine | str | URL) -> None:
         self._engine = as_engine(engine)
         self._shape = RowShape(BATCHES)
+        self._insert_records = idempotent_insert(RECORDS, self._engine.dialect.name)
 
     def put(self, row: dict[str, Any]) -> None:
         with self._engine.begin() as connection:
@@ -75,6 +78,32 @@ class BatchStore:
                                                                BATCHES.c.status.in_(only_from))
                                          .values(batch=batch, status=batch["status"], lease_until=lease_until))
             return changed.rowcount > 0
+
+    def add_records(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Finished lines; one already written (by a replica that stopped after writing it) is left as it is."""
+        if rows:
+            with self._engine.begin() as connection:
+                connection.execute(self._insert_records, list(rows))
+
+    def records(self, batch_id: str) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            query = select(RECORDS.c.custom_id, RECORDS.c.failed, RECORDS.c.record).where(RECORDS.c.batch_id == batch_id)
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def stale(self, now: datetime) -> list[str]:
+        """Running batches whose lease ran out: their replica stopped (or let them go at its shutdown)."""
+        with self._engine.connect() as connection:
+            query = select(BATCHES.c.id).where(BATCHES.c.status.in_(RUNNING), BATCHES.c.lease_until <= now)
+            return list(connection.execute(query).scalars())
+
+    def take_over(self, batch_id: str, now: datetime, lease_until: datetime) -> bool:
+        """Take a stale batch's lease; False where another replica took it first."""
+        with self._engine.begin() as connection:
+            relaxed_commit(connection)
+            taken = connection.execute(update(BATCHES).where(BATCHES.c.id == batch_id, BATCHES.c.status.in_(RUNNING),
+                                                             BATCHES.c.lease_until <= now)
+                                       .values(lease_until=lease_until))
+            return taken.rowcount > 0
 
     def renew(self, batch_id: str, lease_until: datetime) -> str | None:
         """Renew a running batch's lease; its status (a cancel made on another replica shows here)."""

@@ -261,3 +261,15 @@ class Batch(Base):
     status: Mapped[str]
     lease_until: Mapped[datetime | None]
     batch: Mapped[Any]  # the Batch object
+
+
+class BatchRecord(Base):
+    """One finished line of a batch: its output (or error) record, written as the batch runs, so a replica
+    that takes over a batch whose replica stopped serves only the lines not yet finished."""
+
+    __tablename__ = "batch_records"
+
+    batch_id: Mapped[str] = mapped_column(primary_key=True)
+    custom_id: Mapped[str] = mapped_column(primary_key=True)
+    failed: Mapped[bool]
+    record: Mapped[Any]  # the output file's line, as JSON

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
 import pytest
 from openai.types import Batch
 
-from gateway.batches import BATCH_PRIORITY, SHUTDOWN
+from gateway.batches import BATCH_PRIORITY
 from storage.files import BatchStore
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_embeddings import embedding_model
@@ -147,16 +148,24 @@ def test_bad_uploads_are_clear_400s(gw: Gateway) -> None:
         (400, "file"), (400, "purpose"), (400, "file")]
 
 
-def test_a_shutdown_ends_a_running_batch_as_failed_with_what_it_finished(tmp_path: Path, upstreams: tuple) -> None:
+def test_a_batch_cut_by_a_shutdown_is_taken_over_and_its_finished_lines_are_not_served_again(
+        tmp_path: Path, upstreams: tuple) -> None:
+    """Nothing accepted is lost: the gateway lets the batch go at its shutdown, with what it finished
+    written, and the next one to start on the same database serves only the rest."""
     raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
-    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.5}
-    lines = [chat_line("quick", "x"), chat_line("slow", "[delay:20] x")]
+    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.2}
+    lines = [chat_line("quick", "quick one"), chat_line("slow", "[delay:3] slow one")]
     with running_gateway(raw) as gw, gw.openai() as client:
         uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
-        wait_until(lambda: (client.batches.retrieve(batch.id).request_counts or batch.request_counts).completed == 1,
-                   what="the quick line")
-    row = BatchStore(gw.storage_url).get(batch.id)
-    assert row is not None and row["status"] == "failed" and row["batch"]["errors"]["data"][0]["message"] == SHUTDOWN
-    assert row["batch"]["output_file_id"] is not None
+        wait_until(lambda: BatchStore(gw.storage_url).records(batch.id), what="the quick line written")
+    left = BatchStore(gw.storage_url).get(batch.id)
+    with running_gateway(raw) as again, again.openai() as client:
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None
+        finished = [json.loads(line)["custom_id"] for line in client.files.content(done.output_file_id).text.splitlines()]
+    asked = [m["content"] for body in upstreams[0].stats()["bodies"] for m in body.get("messages", [])]
+    assert left is not None and left["status"] == "in_progress" and left["lease_until"] <= datetime.now(UTC)
+    assert done.status == "completed" and finished == ["quick", "slow"]
+    assert asked.count("quick one") == 1  # served by the first gateway only

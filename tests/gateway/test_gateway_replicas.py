@@ -21,6 +21,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from storage.files import BatchStore
 from storage.keys import KeyStore
 from tests.gateway.harness import (
     PRICE_IN,
@@ -244,6 +245,39 @@ def test_a_batch_run_on_one_gateway_is_read_and_cancelled_on_the_other(
         assert done.output_file_id is not None
         finished = b.files.content(done.output_file_id).text.splitlines()
     assert {json.loads(line)["custom_id"] for line in finished} >= {"q0", "q1", "q2", "q3"} and len(finished) < 12
+
+
+def test_a_batch_whose_gateway_is_killed_is_taken_over_by_another(
+        upstream_processes: tuple, upstreams: tuple, tmp_path: Path, shared_db: str, key_ids: list[str]) -> None:
+    """Nothing accepted is lost: kill -9 the gateway running a batch; once its lease runs out (15 s) another
+    takes the batch over and serves only the lines the first had not finished."""
+    configs = []
+    for name in ("killed", "survivor"):
+        (tmp_path / name).mkdir()
+        raw = gateway_config(tmp_path / name, [model_entry("up", upstream_processes[0].api_base)],
+                             storage_url=shared_db, auth={"require_keys": True, "master_key": MASTER})
+        configs.append(write_config(tmp_path / name / "pitstop.yaml", raw))
+    key_id, secret = KeyStore(shared_db).create("taken over")
+    key_ids.append(key_id)
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "up", "messages": [{"role": "user", "content": f"{'[delay:2] ' if i >= 4 else ''}line {i}"}]}}
+             for i in range(6)]
+    with gateway_processes(*configs) as (killed, survivor):
+        with killed.gateway(shared_db).openai(api_key=secret) as a:
+            uploaded = a.files.create(file=("in.jsonl", "\n".join(json.dumps(line) for line in lines).encode()),
+                                      purpose="batch")
+            batch = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        wait_until(lambda: len(BatchStore(shared_db).records(batch.id)) >= 4, what="the quick lines written")
+        killed.proc.kill()
+        killed.proc.wait()
+        with survivor.gateway(shared_db).openai(api_key=secret) as b:
+            done = wait_until(lambda: (r := b.batches.retrieve(batch.id)).status == "completed" and r, timeout=60,
+                              what="the batch completed by the survivor")
+            assert done.output_file_id is not None
+            finished = [json.loads(line)["custom_id"] for line in b.files.content(done.output_file_id).text.splitlines()]
+    asked = [m["content"] for body in upstreams[0].stats()["bodies"] for m in body.get("messages", [])]
+    assert finished == [f"q{i}" for i in range(6)]
+    assert [asked.count(f"line {i}") for i in range(4)] == [1, 1, 1, 1]  # the finished lines, served once
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,
