@@ -1,67 +1,36 @@
 """POST /v1/chat/completions, /v1/completions and /v1/embeddings, and the APIs served as a chat
-(/v1/responses, /v1/messages: gateway/dialects.py): authenticate, limit, parse, route, dispatch, answer
-(whole or streamed), and leave one outcome row. Errors keep the API's shape (OpenAI's, or Anthropic's for
-Messages); a stream that breaks after it started ends with an error event and no [DONE]."""
+(/v1/responses, /v1/messages: gateway/dialects.py): authenticate, limit, parse, route, then serve
+(gateway/serving.py), and leave one outcome row; a background response's run, on its own
+(gateway/background.py). Errors keep the API's shape (OpenAI's, or Anthropic's for Messages)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from agent_sessions.identity import scoped_session_id
-from engine.server.errors import APIError, error_body
+from engine.server.errors import APIError
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
-from engine.server.sse import DONE, SSEResponse, sse_event
-from gateway import verify
+from engine.server.sse import SSEResponse
 from gateway.auth import Caller
-from gateway.backends.answers import UpstreamBytes
-from gateway.backends.base import BackendError, CallContext, Kind
-from gateway.background import CANCELLED, SHUTDOWN
+from gateway.backends.base import BackendError, Kind
+from gateway.background import CANCELLED, SHUTDOWN, TAKEN_ELSEWHERE
 from gateway.budget_holds import budget_hold
-from gateway.dialects import Dialect, DialectName, DialectStream, error_response
-from gateway.drain import CUT_MESSAGE
+from gateway.dialects import Dialect, DialectName, error_response
 from gateway.messages_stream import MessagesTurn
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import parse_embeddings_request, parse_proxy_request
-from gateway.routing import estimate_tokens
-from gateway.sessions import SessionCall
+from gateway.serving import as_api_error, embed, internal_error, response_headers, serve
 from gateway.state import GatewayState, LimitExceeded
 from gateway.stored_responses import ResponsesTurn
 
-T = TypeVar("T")
 Endpoint = Kind | DialectName
 log = logging.getLogger("pitstop.gateway")
-
-
-def _headers(draft: OutcomeDraft) -> dict[str, str]:
-    headers = {"x-pitstop-request-id": draft.request_id}
-    if draft.endpoint == "messages":  # where Anthropic's SDKs read it (`message._request_id`)
-        headers["request-id"] = draft.request_id
-    if draft.route is not None:
-        headers["x-pitstop-model"] = draft.route.model_name
-        if draft.route.route_group:
-            headers["x-pitstop-route-group"] = draft.route.route_group
-    checked = draft.extra.get("verify")
-    if checked and checked.get("outcome"):
-        headers["x-pitstop-verify"] = checked["outcome"]
-    return headers
-
-
-def _as_api_error(exc: Exception) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, BackendError):
-        return APIError(exc.status, exc.message, exc.param, exc.code)
-    if isinstance(exc, ClientDisconnect):
-        return APIError(400, "the client disconnected while sending the request")
-    raise exc
 
 
 async def chat_completions(request: Request) -> Response:
@@ -101,8 +70,18 @@ async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, ra
         return await _answer(None, endpoint, state, draft, raw)
 
 
+async def resume_background(state: GatewayState, caller: Caller, row: dict) -> Response:
+    """A background response taken over from a replica that stopped (gateway/background.py): its request
+    served again from `caller`, as the same response, and not streamed (a stream following it gets its
+    end). The Response is `queued` once its run started, else the refusal (a 4xx or 5xx)."""
+    draft = OutcomeDraft(caller=caller)
+    draft.extra["taken_over"] = row["id"]  # its first run's row has another request id
+    with state.drain.track():
+        return await _answer(None, "responses", state, draft, {**row["request"], "stream": False}, resumed=row)
+
+
 async def _answer(request: Request | None, endpoint: Endpoint, state: GatewayState, draft: OutcomeDraft,
-                  raw: Any = None) -> Response:
+                  raw: Any = None, resumed: dict | None = None) -> Response:
     dialect: Dialect | None = None
     handed_off = False  # to a stream, or a background run: it ends the dialect's turn, once it is over
     if endpoint in ("responses", "messages"):
@@ -115,7 +94,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         assert draft.caller is not None
         kind = endpoint
         if endpoint == "responses":  # served as the chat it stands for, and turned back at the end
-            dialect = await state.responses.begin(raw, draft.request_id, draft.caller.key_id)
+            dialect = await state.responses.begin(raw, draft.request_id, draft.caller.key_id, resumed)
         elif endpoint == "messages":
             dialect = MessagesTurn(raw, draft.request_id, headers)
         if dialect is not None:
@@ -132,26 +111,26 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         draft.hold = hold  # taken: the row's cost settles it
         draft.route = state.routes.resolve(parsed)
         if kind == "embedding":
-            return await _embed(request, state, draft)
+            return await embed(request, state, draft)
         if isinstance(dialect, ResponsesTurn) and dialect.background:  # answered now, run on its own
             queued = await state.responses.run_in_background(
                 dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect), parsed.stream)
             handed_off = True
             if not parsed.stream:
-                return SafeJSONResponse(queued, headers=_headers(draft))
+                return SafeJSONResponse(queued, headers=response_headers(draft))
             # The run's events as they come; a client that leaves does not stop it, and may resume.
             response = SSEResponse(state.responses.background.feeds[queued["id"]].follow(-1))
-            response.headers.update(_headers(draft))
+            response.headers.update(response_headers(draft))
             return response
-        response = await _serve(request, state, draft, kind, dialect)
+        response = await serve(request, state, draft, kind, dialect)
         handed_off = isinstance(response, SSEResponse)
         return response
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
-        return await _failed(state, draft, _as_api_error(exc), retry_after_s)
+        return await _failed(state, draft, as_api_error(exc), retry_after_s)
     except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
         log.exception("request %s failed inside the gateway", draft.request_id)
-        return await _failed(state, draft, _internal_error(draft), None)
+        return await _failed(state, draft, internal_error(draft), None)
     except asyncio.CancelledError:
         cut = state.drain.absorb()
         if cut is not None:
@@ -164,55 +143,10 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
             await dialect.end()
 
 
-async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDraft, kind: Kind,
-                 dialect: Dialect | None) -> Response:
-    """An admitted, routed request, served: its session, its rank, the call (whole or streamed). Without
-    `request` (a background run) no client can leave."""
-    assert draft.caller is not None and draft.request is not None and draft.route is not None
-    parsed, route = draft.request, draft.route
-    engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
-    priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
-    ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
-                      state.settings.server.request_timeout_s)
-    session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
-    route, ctx = draft.route, session.ctx
-    if route.decision is not None and route.route_group is not None:  # not kept on a session's model
-        state.routes.groups[route.route_group].served(route.decision, estimate_tokens(parsed.prompt_text))
-    if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
-        ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
-                                        needed=state.pool.uses_rank(route.model_name),
-                                        prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
-    if parsed.stream:  # held back first where the group verifies the pick's short answer
-        # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
-        # cancels the call, as for a whole answer.
-        streamed = verify.stream(state, draft, kind, ctx, session.prefer)
-        chunks, dispatched = await _unless_disconnected(request, streamed)
-        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-        stream = None if dialect is None else dialect.stream(route.model_name)
-        # on_close: also for a stream whose client left before its first event (its body never ran)
-        response = SSEResponse(_events(state, draft, chunks, session, stream),
-                               on_close=None if dialect is None else dialect.end)
-        response.headers.update(_headers(draft))
-        return response
-    work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
-    body, dispatched = await _unless_disconnected(request, work)
-    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-    draft.take_response(body)
-    draft.ttft_s = None
-    if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
-        body["usage"] = draft.estimated_usage()
-    await state.sessions.finish(session, draft)
-    state.recorder.finish(draft)
-    await draft.settled()
-    if dialect is not None:
-        body = await dialect.answer(body, route.model_name)
-    return SafeJSONResponse(body, headers=_headers(draft))
-
-
 async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, turn: ResponsesTurn) -> None:
     """A background response's run (gateway/background.py), served as any request is: its turn writes its
-    end to its row, a streamed one's events go to its feed; an error, a cancel or the shutdown end it there
-    too. It leaves its outcome row."""
+    end to its row, a streamed one's events go to its feed; an error or a cancel ends it there too, and the
+    shutdown lets it go for another replica. It leaves its outcome row."""
     assert turn.queued is not None
     feed = state.responses.background.feeds.get(turn.queued["id"])  # a streamed run's
 
@@ -226,7 +160,7 @@ async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, t
     with state.drain.track():
         started = asyncio.ensure_future(turn.started())  # beside the call: a write that lands late changes nothing
         try:
-            served = await _serve(None, state, draft, kind, turn)
+            served = await serve(None, state, draft, kind, turn)
             if isinstance(served, SSEResponse) and feed is not None:  # its events, for the streams following it
                 async with aclosing(served.events) as events:
                     async for event in events:
@@ -234,10 +168,10 @@ async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, t
                 if draft.status != "ok":  # it broke mid-stream: its error event went out, its row says so too
                     await turn.failed(APIError(draft.http_status, draft.error or "the stream broke"))
         except (APIError, BackendError) as exc:
-            await fail(_as_api_error(exc))
+            await fail(as_api_error(exc))
         except Exception:
             log.exception("background response of request %s failed inside the gateway", draft.request_id)
-            await fail(_internal_error(draft))
+            await fail(internal_error(draft))
         except asyncio.CancelledError as cancel:  # a cancel (POST .../cancel), the drain's cut, or the shutdown
             cut = state.drain.absorb()
             if cut is None and cancel.args == (CANCELLED,):
@@ -245,38 +179,18 @@ async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, t
                 state.recorder.finish(draft)
                 await turn.cancelled()
                 return
-            error = cut or APIError(503, SHUTDOWN, code="shutting_down")
-            draft.fail(error.status, error.message, kind="aborted")
+            # The shutdown (its cut, or its end of the grace), or another replica took it over.
+            why = cut.message if cut else str(cancel.args[0]) if cancel.args else SHUTDOWN
+            draft.fail(503, why, kind="aborted")
             state.recorder.finish(draft)
-            await fail(error, recorded=True)
+            await asyncio.wait([started])  # else its `in_progress` could land after
+            if why != TAKEN_ELSEWHERE:  # let go for another replica, or this one restarted, to take over
+                await turn.released()
         finally:
             await asyncio.wait([started])  # no write of this run outlives it
             await turn.end()
             if feed is not None:
                 await feed.end()
-
-
-async def _embed(request: Request | None, state: GatewayState, draft: OutcomeDraft) -> Response:
-    """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
-    assert draft.caller is not None and draft.request is not None and draft.route is not None
-    ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
-                      timeout_s=state.settings.server.request_timeout_s)
-    work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
-    body, dispatched = await _unless_disconnected(request, work)
-    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-    draft.usage = body.get("usage")
-    state.recorder.finish(draft)
-    await draft.settled()
-    if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
-        return Response(body.raw, media_type="application/json", headers=_headers(draft))
-    if draft.usage_estimated:
-        body["usage"] = draft.estimated_usage()
-    return SafeJSONResponse(body, headers=_headers(draft))
-
-
-def _internal_error(draft: OutcomeDraft) -> APIError:
-    return APIError(500, f"internal error in the gateway (logged with request id {draft.request_id})",
-                    code="internal_error")
 
 
 async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
@@ -286,113 +200,7 @@ async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, ret
     state.recorder.finish(draft)
     await draft.settled()
     response = error_response(draft.endpoint, error)
-    response.headers.update(_headers(draft))
+    response.headers.update(response_headers(draft))
     if retry_after_s is not None:
         response.headers["retry-after"] = str(max(1, round(retry_after_s)))
     return response
-
-
-async def _unless_disconnected(request: Request | None, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` (a call, up to a stream's first chunk) in this task, cancelling it (and so the
-    upstream request) if the client leaves meanwhile (none can without a request: a background run).
-    One watcher task and no second task for the work: about half the cost of racing two tasks with
-    asyncio.wait."""
-    if request is None:
-        return await work
-    handler = asyncio.current_task()
-    assert handler is not None
-    running = True
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    def left(watcher: asyncio.Task[None]) -> None:
-        if running and not watcher.cancelled():  # not once the work is over: the cancel would land elsewhere
-            handler.cancel()
-
-    watcher = asyncio.ensure_future(disconnected())
-    watcher.add_done_callback(left)
-    try:
-        return await work
-    finally:
-        running = False
-        watcher.cancel()
-
-
-async def _events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
-                  session: SessionCall, dialect: DialectStream | None = None) -> AsyncGenerator[bytes, None]:
-    """The chat chunks as the client's stream: as they came, or as a dialect's events (`dialect`)."""
-    include_usage = draft.request is not None and draft.request.include_usage
-    failed = ended = False
-    last: dict = {}
-    final: dict | None = None  # a Responses stream's whole Response, sent last
-    failure: bytes | None = None  # the error event, sent once the turn is settled
-    try:
-        with state.drain.track():
-            async with aclosing(chunks):
-                for event in dialect.start() if dialect is not None else ():
-                    yield event
-                async for chunk in chunks:
-                    draft.take_chunk(chunk)
-                    last = chunk
-                    if dialect is not None:
-                        for event in dialect.chunk(chunk):
-                            yield event
-                        continue
-                    if not chunk.get("choices") and "usage" in chunk and (not include_usage or chunk["usage"] is None):
-                        continue  # usage the client did not ask for (we asked every backend), or none to bill
-                    if not include_usage:
-                        chunk.pop("usage", None)
-                    yield sse_event(chunk)
-            ended = True  # the upstream's [DONE] (with or without a finish_reason)
-            if dialect is not None:
-                for event in dialect.completed():
-                    yield event
-                final = dialect.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
-            elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
-                envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
-                yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
-    except (BackendError, APIError) as exc:
-        failed = True
-        error = _as_api_error(exc)
-        draft.fail(error.status, f"stream broke after it started: {error.message}")
-        failure = dialect.failed(error) if dialect is not None else sse_event(
-            error_body(error.status, error.message, error.param, error.code))
-    except Exception:
-        failed = True
-        log.exception("stream of request %s failed inside the gateway", draft.request_id)
-        error = _internal_error(draft)
-        draft.fail(error.status, error.message)
-        failure = dialect.failed(error) if dialect is not None else sse_event(error.body())
-    except asyncio.CancelledError as cancel:
-        failed = True
-        cut = state.drain.absorb()
-        if cut is None:  # the client left, or a background run was cancelled
-            draft.fail(499, CANCELLED if cancel.args == (CANCELLED,) else "the client disconnected mid-stream",
-                       kind="aborted")
-            raise
-        draft.fail(cut.status, cut.message, kind="aborted")
-        failure = dialect.failed(cut) if dialect is not None else sse_event(cut.body())
-    finally:
-        if not failed and not ended:  # closed at a yield: the client left, or a cut
-            why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
-            draft.fail(499, why, kind="aborted")
-        if not failed:  # before [DONE]: the program's next turn must find the pin settled
-            await state.sessions.finish(session, draft)
-        state.recorder.finish(draft)
-        await draft.settled()
-        if (failed or not ended) and dialect is not None and dialect.end is not None:
-            await dialect.end()
-    if failure is not None:
-        yield failure
-    if failed:
-        return
-    if dialect is None:
-        yield DONE
-    elif final is not None:  # stored before the client can name it in its next turn
-        if dialect.keep is not None:
-            await dialect.keep(final)
-        if dialect.end is not None:
-            await dialect.end()
-        yield dialect.final_event(final)

@@ -1,4 +1,4 @@
-"""The gateway's side of agent sessions: small calls from proxy.py around dispatch.
+"""The gateway's side of agent sessions: small calls from serving.py around dispatch.
 
 start(): which session and turn; keep a session on the model and the instance holding its KV (unless
 down or far more loaded); returning turns carry their program's start as the scheduling hint; agent

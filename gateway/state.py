@@ -3,6 +3,7 @@ table, auth and limits, the outcome writer and metrics. No process-global state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -162,7 +163,7 @@ class GatewayState:
             self.router_artifacts.on_swap = self.calibrator.router_changed
             await self.calibrator.start()
         await self.router_artifacts.start()
-        await self.responses.start()
+        await self.responses.start()  # and takes over any background response whose replica stopped
         await self.batches.start()  # and takes over any batch whose replica stopped
         if self.key_events is not None:
             await self.key_events.start()
@@ -170,8 +171,8 @@ class GatewayState:
     async def close(self) -> None:
         # Background responses first: they still need the deployments, limits and writers.
         grace_s = self.settings.server.graceful_shutdown_s
-        await self.responses.background.close(BACKGROUND_GRACE_S if grace_s is None else grace_s)
-        await self.batches.close(BACKGROUND_GRACE_S if grace_s is None else grace_s)
+        grace_s = BACKGROUND_GRACE_S if grace_s is None else grace_s
+        await asyncio.gather(self.responses.background.close(grace_s), self.batches.close(grace_s))
         if self.router_artifacts is not None:
             await self.router_artifacts.close()
         if self.calibrator is not None:

@@ -69,6 +69,8 @@ class ResponsesTurn:
     conversation: str | None = None  # the conversation it continues and adds its items to
     lease: ConversationLease | None = None  # held on that conversation until the turn is over
     background: bool = False  # run on its own (gateway/background.py), its state kept in its row
+    request: dict | None = None  # a background turn's request as sent: kept, for a takeover to run it again
+    resumed: bool = False  # a background turn taken over from a replica that stopped: its row exists
     queued: dict | None = None  # a background turn's Response as first answered
 
     @property
@@ -109,6 +111,11 @@ class ResponsesTurn:
         assert self.queued is not None
         await self.responses.background.advance({**self.queued, "status": "cancelled"})
 
+    async def released(self) -> None:
+        """A background turn let go at shutdown: `queued` again, for a replica to take over."""
+        assert self.queued is not None
+        await self.responses.background.release(self.queued)
+
 
 @dataclass
 class StoredResponses:
@@ -123,9 +130,10 @@ class StoredResponses:
     def __post_init__(self) -> None:
         self.background = BackgroundRuns(self.store)
 
-    async def begin(self, raw: Any, request_id: str, key_id: str | None) -> ResponsesTurn:
+    async def begin(self, raw: Any, request_id: str, key_id: str | None, resumed: dict | None = None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is
-        not this key's, or has expired; 503 while only the unreachable database has it)."""
+        not this key's, or has expired; 503 while only the unreachable database has it). `resumed`: the
+        row of a background response taken over, whose request `raw` is: the turn is that response."""
         raw = check_request(raw)
         store = self.config.store and raw.get("store", True)
         background = bool(raw.get("background"))
@@ -133,24 +141,26 @@ class StoredResponses:
             raise bad_request("'background' needs stored responses, which this gateway keeps none of "
                               "(responses.store is false)", "background", "unsupported")
         envelope = ResponseEnvelope(request_id, raw, store)
+        if resumed is not None:  # the same response, so its items' ids are the same too
+            envelope.id, envelope.created_at = resumed["id"], resumed["response"]["created_at"]
         previous_id = raw.get("previous_response_id")
         conversation = conversation_of(raw)
         chat = chat_request(raw)  # checked before any query
         kept = store or conversation is not None or background
         items = stored_items(raw.get("input"), envelope.id.removeprefix("resp_")) if kept else []
+        running = {"background": background, "request": raw if background else None, "resumed": resumed is not None}
         if conversation is not None:
             if self.conversations is None:
                 raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
             lease, earlier = await self.conversations.begin_turn(conversation, key_id)  # one turn at a time
             return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
-                                 session_id=conversation, conversation=conversation, lease=lease,
-                                 background=background)
+                                 session_id=conversation, conversation=conversation, lease=lease, **running)
         if previous_id is None:
-            return ResponsesTurn(envelope, chat, items, store, self, key_id, background=background)
+            return ResponsesTurn(envelope, chat, items, store, self, key_id, **running)
         previous, earlier = await self._chain_items(previous_id, key_id)
         session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
         return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
-                             background=background)
+                             **running)
 
     async def _chain_items(self, previous_id: str, key_id: str | None) -> tuple[dict, list[dict]]:
         """The response a request continues, and its chain's items in order: 404 for a chain that is not
@@ -207,13 +217,16 @@ class StoredResponses:
     async def run_in_background(self, turn: ResponsesTurn, model: str, work: Callable[[], Coroutine[Any, Any, None]],
                                 streamed: bool = False) -> dict:
         """A background turn's row, `queued`, written before the answer (any replica can poll it at once),
-        then its run started; the Response as first answered."""
+        then its run started; the Response as first answered. A turn taken over has its row, and its lease."""
         turn.queued = queued = turn.envelope.response(model, "queued", [], None)
-        row = self._row(turn, queued, status="queued", lease_until=self.background.lease_until())
-        try:
-            await asyncio.to_thread(self.store.put, row)
-        except Exception as exc:
-            raise _unavailable(exc) from None
+        if not turn.resumed:
+            row = self._row(turn, queued, status="queued", lease_until=self.background.lease_until(),
+                            lease_token=self.background.hold(queued["id"]), request=turn.request)
+            try:
+                await asyncio.to_thread(self.store.put, row)
+            except Exception as exc:
+                self.background.holds.pop(queued["id"], None)
+                raise _unavailable(exc) from None
         self.background.start(queued["id"], work, streamed)
         return queued
 
@@ -309,6 +322,7 @@ class StoredResponses:
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep())
+        self.background.start_taking_over()
 
     async def _sweep(self) -> None:
         """Delete expired responses, and conversation items left behind by a deleted conversation, now

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Engine
 
 from storage.db import as_engine
 from storage.inserts import idempotent_insert
-from storage.leases import relaxed_commit, renew
+from storage.leases import lapsed, renew, take_over
 from storage.models import Batch, BatchRecord, StoredFile
 from storage.rows import RowShape
 
@@ -92,18 +92,11 @@ class BatchStore:
 
     def stale(self, now: datetime) -> list[str]:
         """Running batches whose lease ran out: their replica stopped (or let them go at its shutdown)."""
-        with self._engine.connect() as connection:
-            query = select(BATCHES.c.id).where(BATCHES.c.status.in_(RUNNING), BATCHES.c.lease_until <= now)
-            return list(connection.execute(query).scalars())
+        return lapsed(self._engine, BATCHES, RUNNING, now)
 
     def take_over(self, batch_id: str, now: datetime, lease_until: datetime) -> bool:
         """Take a stale batch's lease; False where another replica took it first."""
-        with self._engine.begin() as connection:
-            relaxed_commit(connection)
-            taken = connection.execute(update(BATCHES).where(BATCHES.c.id == batch_id, BATCHES.c.status.in_(RUNNING),
-                                                             BATCHES.c.lease_until <= now)
-                                       .values(lease_until=lease_until))
-            return taken.rowcount > 0
+        return take_over(self._engine, BATCHES, batch_id, RUNNING, now, lease_until)
 
     def renew(self, batch_id: str, lease_until: datetime) -> str | None:
         """Renew a running batch's lease; its status (a cancel made on another replica shows here)."""

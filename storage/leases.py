@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -25,3 +26,22 @@ def renew(engine: Engine, table: Table, row_id: str, running: Sequence[str], lea
         connection.execute(update(table).where(table.c.id == row_id, table.c.status.in_(running))
                            .values(lease_until=lease_until))
         return connection.execute(select(table.c.status).where(table.c.id == row_id)).scalar()
+
+
+def lapsed(engine: Engine, table: Table, running: Sequence[str], now: datetime, *where: Any) -> list[str]:
+    """The ids of rows still `running` whose lease ran out: their replica stopped, or let them go."""
+    with engine.connect() as connection:
+        query = select(table.c.id).where(table.c.status.in_(running), table.c.lease_until <= now, *where)
+        return list(connection.execute(query).scalars())
+
+
+def take_over(engine: Engine, table: Table, row_id: str, running: Sequence[str], now: datetime,
+              lease_until: datetime, **values: Any) -> bool:
+    """Take the lapsed lease of a row still `running` (setting `values` too); False where another replica
+    took it first, or it is no longer running."""
+    with engine.begin() as connection:
+        relaxed_commit(connection)
+        taken = connection.execute(update(table).where(table.c.id == row_id, table.c.status.in_(running),
+                                                       table.c.lease_until <= now)
+                                   .values(lease_until=lease_until, **values))
+        return taken.rowcount > 0

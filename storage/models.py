@@ -197,7 +197,12 @@ class StoredResponse(Base):
     # A background response's (gateway/background.py): its status (None for any other), and while it is
     # queued or in progress, the lease the replica running it renews.
     status: Mapped[str | None]
-    lease_until: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None] = mapped_column(index=True)  # replicas look for lapsed ones
+    lease_token: Mapped[str | None]  # whose lease it is: a replica whose run was taken over writes no more
+    # The request as sent, so that another replica runs it again once the lease of the one running it
+    # lapsed; and how many times one did (a request that brings its replicas down is not run forever).
+    request: Mapped[Any | None]
+    takeovers: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 

@@ -2,8 +2,8 @@
 run on their own (`in_progress`, then `completed` or `failed`), polled with `responses.retrieve`,
 stopped with `responses.cancel`, continued once complete; streamed, going on when the client leaves
 and resumed with `starting_after`; kept in a conversation's turn; polled and cancelled on another
-replica; ended as failed when the gateway shuts down, or when the replica running one stops (its lease
-runs out)."""
+replica; let go when the gateway shuts down, and taken over, as the same response, by the next gateway
+that looks once the lease of the replica running it lapsed."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from pathlib import Path
 
 import openai
 import pytest
+import sqlalchemy as sa
 from openai.types.responses import Response
 
-from gateway.background import CANCELLED, GONE, SHUTDOWN
+from gateway.background import CANCELLED, GONE, MAX_TAKEOVERS, SHUTDOWN, TAKEN_ELSEWHERE, TOO_MANY_TAKEOVERS
 from gateway.config import ResponsesConfig
 from gateway.stored_responses import StoredResponses
 from storage.db import create_engine
 from storage.migrate import upgrade
+from storage.models import StoredResponse
 from storage.responses import ResponseStore, StoredResponseWriter
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_stored_responses import assistant, sent, user
@@ -85,6 +87,23 @@ def test_a_background_response_is_cancelled(gw: Gateway, upstreams: tuple) -> No
     assert finished.status == unchanged.status == "completed" and unchanged.output_text == finished.output_text
     row = gw.row(_request_id(running.id))
     assert (row["status"], row["http_status"]) == ("aborted", 499)
+
+
+def test_a_run_taken_over_by_another_replica_stops_here_and_writes_no_more(gw: Gateway, upstreams: tuple) -> None:
+    """Its lease lapsed while this replica was cut off from the database, and another replica took it over
+    (here: its row's lease token changed under it): at its next renewal the run stops, and its end is
+    the other replica's to write."""
+    store = ResponseStore(gw.storage_url)
+    with gw.openai() as client:
+        running = client.responses.create(model="up", input="[delay:20] slow", background=True)
+        wait_until(lambda: client.responses.retrieve(running.id).status == "in_progress", what="in progress")
+        with store._engine.begin() as connection:  # what another replica's takeover writes
+            connection.execute(sa.update(StoredResponse.__table__).where(StoredResponse.__table__.c.id == running.id)
+                               .values(lease_token="another replica's"))
+        stopped = wait_until(lambda: gw.rows([_request_id(running.id)]), what="the run stopped", timeout=15)
+        read = client.responses.retrieve(running.id)
+    assert stopped[0]["status"] == "aborted" and stopped[0]["error"] == TAKEN_ELSEWHERE
+    assert read.status == "in_progress"  # as the replica that took it over has it
 
 
 def test_a_background_response_whose_call_fails_ends_failed(gw: Gateway) -> None:
@@ -169,30 +188,82 @@ def test_a_gateway_that_stores_no_responses_runs_none_in_the_background(tmp_path
     assert upstreams[0].stats()["requests"] == 0
 
 
-def test_a_shutdown_ends_a_running_background_response_as_failed(tmp_path: Path, upstreams: tuple) -> None:
+def test_a_shutdown_lets_a_running_background_response_go_and_the_next_start_takes_it_over(
+        tmp_path: Path, upstreams: tuple) -> None:
+    """Nothing accepted is lost: cut by the shutdown, the run is `queued` again with its lease lapsed (a
+    hand-off, not counted as a replica that stopped under it); the gateway started again serves it."""
     raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
     raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.5}
     with running_gateway(raw) as gw, gw.openai() as client:
-        response = client.responses.create(model="up", input="[delay:20] slow", background=True)
+        response = client.responses.create(model="up", input="[delay:2] [words:4] slow", background=True)
         wait_until(lambda: upstreams[0].stats()["requests"] >= 1, what="the run upstream")
-    row = ResponseStore(gw.storage_url).get(response.id, datetime.now(UTC))
-    assert row is not None and row["status"] == "failed"
-    assert row["response"]["error"]["message"] == SHUTDOWN
+    let_go = ResponseStore(gw.storage_url).get(response.id, datetime.now(UTC))
+    with running_gateway(raw) as again, again.openai() as client:
+        done = ended(client, response.id)
+    rows = {row["request_id"]: row for row in again.rows()}
+    assert let_go is not None and let_go["status"] == "queued" and let_go["takeovers"] == -1
+    assert let_go["lease_until"] <= datetime.now(UTC) and let_go["request"]["input"] == "[delay:2] [words:4] slow"
+    assert done.status == "completed" and len(done.output_text.split()) == 4
+    assert (done.id, done.created_at) == (response.id, response.created_at)
+    assert upstreams[0].stats()["requests"] == 2  # cut, then served again
+    first = rows.pop(_request_id(response.id))
+    assert first["status"] == "aborted" and SHUTDOWN in first["error"]
+    (second,) = rows.values()  # the run taken over: a request of its own, naming the response
+    assert second["status"] == "ok" and second["extra"]["taken_over"] == response.id
 
 
-def test_a_run_whose_replica_stopped_reads_as_failed(tmp_path: Path) -> None:
-    """Its lease ran out: the replica running it is gone (killed, or cut off from the database)."""
+def _lapsed_row(store: ResponseStore, response_id: str, request: dict | None, key_id: str | None = None,
+                takeovers: int = 0) -> None:
+    """A background response as a replica killed mid-run leaves it: in progress, its lease lapsed."""
+    now = datetime.now(UTC)
+    response = {"id": response_id, "object": "response", "created_at": int(now.timestamp()) - 60,
+                "status": "in_progress", "output": [], "error": None, "background": True}
+    store.put(store.complete({
+        "id": response_id, "created_at": now, "expires_at": now + timedelta(days=1), "api_key_id": key_id,
+        "ancestors": [], "input_items": [], "status": "in_progress", "lease_until": now - timedelta(seconds=1),
+        "response": response, "request": request, "takeovers": takeovers}))
+
+
+def test_runs_whose_replica_stopped_are_taken_over_at_start_or_end_failed(tmp_path: Path, upstreams: tuple) -> None:
+    """A gateway starting takes over the lapsed runs and serves them as the same responses; one whose
+    replicas stopped under it too many times, one whose key is gone, and one refused (its model is no
+    longer served) end failed, with why."""
+    raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
+    db = create_engine(raw["storage"]["url"])
+    upgrade(db)
+    store = ResponseStore(db)
+    ask = {"model": "up", "input": "[words:5] again", "background": True, "stream": True}
+    _lapsed_row(store, "resp_lapsed", ask)
+    _lapsed_row(store, "resp_unlucky", ask, takeovers=MAX_TAKEOVERS)
+    _lapsed_row(store, "resp_keyless", ask, key_id="key-gone")
+    _lapsed_row(store, "resp_unserved", {**ask, "model": "retired"})
+    with running_gateway(raw) as gw, gw.openai() as client:
+        done = ended(client, "resp_lapsed")
+        unlucky, unserved = ended(client, "resp_unlucky"), ended(client, "resp_unserved")
+        resumed = list(client.responses.retrieve("resp_lapsed", stream=True, starting_after=3))  # type: ignore[call-overload]
+    keyless = store.get("resp_keyless", datetime.now(UTC))
+    assert done.status == "completed" and len(done.output_text.split()) == 5 and done.id == "resp_lapsed"
+    assert [e.type for e in resumed] == ["response.completed"]  # a run taken over is not streamed again
+    assert upstreams[0].stats()["requests"] == 1
+    assert unlucky.status == "failed" and unlucky.error is not None and unlucky.error.message == TOO_MANY_TAKEOVERS
+    assert keyless is not None and keyless["response"]["error"]["message"] == "its API key was revoked"
+    assert unserved.status == "failed" and unserved.error is not None and "retired" in unserved.error.message
+
+
+def test_a_run_whose_replica_stopped_waits_for_a_takeover_unless_its_request_was_not_kept(tmp_path: Path) -> None:
+    """Its lease lapsed: the replica running it is gone (killed, or cut off from the database). A run made
+    before requests were kept cannot be run again: it has failed."""
     db = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
     upgrade(db)
     store = ResponseStore(db)
     now = datetime.now(UTC)
-    for response_id, lease_until in (("resp_gone", now - timedelta(seconds=1)), ("resp_live", now + timedelta(seconds=15))):
-        store.put(store.complete({
-            "id": response_id, "created_at": now, "expires_at": now + timedelta(days=1), "api_key_id": None,
-            "ancestors": [], "input_items": [], "status": "in_progress", "lease_until": lease_until,
-            "response": {"id": response_id, "object": "response", "status": "in_progress", "output": [],
-                         "error": None}}))
+    _lapsed_row(store, "resp_gone", None)
+    _lapsed_row(store, "resp_waiting", {"model": "up", "input": "x", "background": True})
+    store.put(store.complete({
+        "id": "resp_live", "created_at": now, "expires_at": now + timedelta(days=1), "api_key_id": None,
+        "ancestors": [], "input_items": [], "status": "in_progress", "lease_until": now + timedelta(seconds=15),
+        "response": {"id": "resp_live", "object": "response", "status": "in_progress", "output": [], "error": None}}))
     responses = StoredResponses(ResponsesConfig(), store, StoredResponseWriter(db))
-    gone, live = (asyncio.run(responses.find(rid, None)) for rid in ("resp_gone", "resp_live"))
+    gone, waiting, live = (asyncio.run(responses.find(rid, None)) for rid in ("resp_gone", "resp_waiting", "resp_live"))
     assert gone["status"] == "failed" and gone["error"] == {"code": "server_error", "message": GONE}
-    assert live["status"] == "in_progress"
+    assert waiting["status"] == live["status"] == "in_progress"

@@ -2,7 +2,7 @@
 limit exactly and one budget exactly (each request holds its worst case while it runs), both log to one
 table, a stored Response made on one is continued and deleted on the other, and a turn running on one
 holds its conversation on the other, and a background response or a batch run on one is read and
-cancelled on the other."""
+cancelled on the other, and taken over by the other when the first is killed."""
 
 from __future__ import annotations
 
@@ -247,10 +247,13 @@ def test_a_batch_run_on_one_gateway_is_read_and_cancelled_on_the_other(
     assert {json.loads(line)["custom_id"] for line in finished} >= {"q0", "q1", "q2", "q3"} and len(finished) < 12
 
 
-def test_a_batch_whose_gateway_is_killed_is_taken_over_by_another(
+def test_work_whose_gateway_is_killed_is_taken_over_by_another(
         upstream_processes: tuple, upstreams: tuple, tmp_path: Path, shared_db: str, key_ids: list[str]) -> None:
-    """Nothing accepted is lost: kill -9 the gateway running a batch; once its lease runs out (15 s) another
-    takes the batch over and serves only the lines the first had not finished."""
+    """Nothing accepted is lost: kill -9 the gateway running a batch and background responses; once their
+    leases lapse (15 s) the other takes them over: the batch serves only the lines the first had not
+    finished; each background response is served again as the same response (a streamed one's stream,
+    resumed on the survivor, gets its end), a turn in a conversation once its conversation's lease lapsed
+    too, its items added once."""
     configs = []
     for name in ("killed", "survivor"):
         (tmp_path / name).mkdir()
@@ -267,6 +270,15 @@ def test_a_batch_whose_gateway_is_killed_is_taken_over_by_another(
             uploaded = a.files.create(file=("in.jsonl", "\n".join(json.dumps(line) for line in lines).encode()),
                                       purpose="batch")
             batch = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+            conversation = a.conversations.create()
+            background = [a.responses.create(model="up", input=f"[delay:3] [words:{n}] run {n}", background=True,
+                                             **({"conversation": conversation.id} if n == 3 else {}))
+                          for n in (2, 3)]
+            streamed = a.responses.create(model="up", input="[delay:3] [words:4] run 4", background=True, stream=True)
+            # Its id before its first event (that comes after the delay): named by its request id.
+            streamed_id = "resp_" + streamed.response.headers["x-pitstop-request-id"].removeprefix("req-")
+            wait_until(lambda: all(a.responses.retrieve(rid).status == "in_progress"
+                                   for rid in [*(r.id for r in background), streamed_id]), what="the runs going")
         wait_until(lambda: len(BatchStore(shared_db).records(batch.id)) >= 4, what="the quick lines written")
         killed.proc.kill()
         killed.proc.wait()
@@ -275,9 +287,21 @@ def test_a_batch_whose_gateway_is_killed_is_taken_over_by_another(
                               what="the batch completed by the survivor")
             assert done.output_file_id is not None
             finished = [json.loads(line)["custom_id"] for line in b.files.content(done.output_file_id).text.splitlines()]
+            resumed = list(b.responses.retrieve(streamed_id, stream=True, starting_after=0))  # type: ignore[call-overload]
+            answers = [wait_until(lambda r=r: (got := b.responses.retrieve(r.id)).status == "completed" and got,
+                                  timeout=60, what=f"{r.id} completed by the survivor") for r in background]
+            items = list(b.conversations.items.list(conversation.id, order="asc"))
     asked = [m["content"] for body in upstreams[0].stats()["bodies"] for m in body.get("messages", [])]
     assert finished == [f"q{i}" for i in range(6)]
     assert [asked.count(f"line {i}") for i in range(4)] == [1, 1, 1, 1]  # the finished lines, served once
+    assert [asked.count(f"[delay:3] [words:{n}] run {n}") for n in (2, 3, 4)] == [2, 2, 2]  # cut, served again
+    assert [len(r.output_text.split()) for r in answers] == [2, 3]
+    assert [(r.id, r.created_at) for r in answers] == [(r.id, r.created_at) for r in background]
+    assert [e.type for e in resumed] == ["response.completed"]
+    assert len(resumed[0].response.output_text.split()) == 4  # type: ignore[union-attr]
+    assert [item.type for item in items] == ["message", "message"]  # the turn's input and answer, once
+    taken = [row for row in rows_of(shared_db, key_id) if (row["extra"] or {}).get("taken_over")]
+    assert sorted(row["extra"]["taken_over"] for row in taken) == sorted([streamed_id, *(r.id for r in background)])
 
 
 def test_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once(replicas: tuple, shared_db: str,

@@ -115,7 +115,7 @@ def test_any_embeddings_answer_is_refused_or_served_and_billed(body: Any) -> Non
     draft.request = parse_embeddings_request({"model": "m", "input": "some words to embed"})
     draft.usage = checked.get("usage")
     _read_as_the_gateway_does(draft)
-    if draft.usage is None:  # what proxy._embed serves when the upstream gave no usage it can bill from
+    if draft.usage is None:  # what serving.embed serves when the upstream gave no usage it can bill from
         draft.deployment = object()  # type: ignore[assignment]
         assert draft.estimated_usage() == {"prompt_tokens": 5, "total_tokens": 5}
 

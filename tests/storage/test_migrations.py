@@ -17,7 +17,7 @@ def test_upgrade_creates_tables_and_indexes(empty_url: str) -> None:
     assert current_revision(empty_url) is None
     upgrade(empty_url)
     upgrade(empty_url)  # idempotent: already at head
-    assert current_revision(empty_url) == head_revision() == "0013"
+    assert current_revision(empty_url) == head_revision() == "0014"
 
     engine = create_engine(empty_url)
     inspector = sa.inspect(engine)
@@ -26,7 +26,8 @@ def test_upgrade_creates_tables_and_indexes(empty_url: str) -> None:
     outcome_indexes = {index["name"] for index in inspector.get_indexes("outcomes")}
     assert {"ix_outcomes_created_at", "ix_outcomes_session_id", "ix_outcomes_model",
             "ix_outcomes_route_group_created_at"} <= outcome_indexes
-    assert {index["name"] for index in inspector.get_indexes("responses")} == {"ix_responses_expires_at"}
+    assert {index["name"] for index in inspector.get_indexes("responses")} == {"ix_responses_expires_at",
+                                                                           "ix_responses_lease_until"}
     assert {index["name"] for index in inspector.get_indexes("conversation_items")} == {
         "ix_conversation_items_conversation_id_seq"}
     engine.dispose()

@@ -1,5 +1,5 @@
 """The stored-responses table on SQLite and PostgreSQL: put (idempotent), read one or many, expiry,
-delete and purge."""
+delete and purge; a background response's lapsed lease, taken over."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from storage.responses import ResponseStore
+from storage.responses import TAKEN, ResponseStore
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 
@@ -52,3 +52,38 @@ def test_a_row_missing_a_required_field_is_refused_before_the_database(db_url: s
     del incomplete["expires_at"]
     with pytest.raises(ValueError, match="expires_at"):
         store.put(incomplete)
+
+
+def test_a_lapsed_background_response_is_taken_over_once_per_lapse(db_url: str) -> None:
+    """Only a run still going whose lease ran out, and whose request is kept, is found; the first replica
+    to take it gets it (its takeovers counted), a second finds it taken; the replica it was taken from
+    renews and writes no more, and a shutdown's hand-off gives the takeover back."""
+    store = ResponseStore(db_url)
+    request = {"model": "up", "input": "x", "background": True}
+    past, future = NOW - timedelta(seconds=1), NOW + timedelta(seconds=15)
+    store.put(row("resp_lapsed", status="in_progress", lease_until=past, lease_token="first", request=request))
+    store.put(row("resp_queued", status="queued", lease_until=past, request=request))
+    store.put(row("resp_held", status="in_progress", lease_until=future, request=request))
+    store.put(row("resp_ended", status="completed", lease_until=None, request=request))
+    store.put(row("resp_no_request", status="in_progress", lease_until=past))  # made before requests were kept
+    store.put(row("resp_plain"))
+    assert sorted(store.lapsed(NOW)) == ["resp_lapsed", "resp_queued"]
+    taken = store.take_over("resp_lapsed", NOW, future, "second")
+    assert taken is not None and taken["takeovers"] == 1 and taken["request"] == request
+    assert (taken["lease_until"], taken["lease_token"], taken["status"]) == (future, "second", "in_progress")
+    assert store.take_over("resp_lapsed", NOW, future, "third") is None  # another replica's try: it is held now
+    assert store.take_over("resp_held", NOW, future, "x") is None and store.take_over("resp_ended", NOW, future, "x") is None
+    assert store.lapsed(NOW) == ["resp_queued"]
+    # The first replica, back from being cut off: its lease is gone, and so is its say.
+    assert store.renew("resp_lapsed", future + timedelta(seconds=5), "first") == TAKEN
+    assert not store.advance("resp_lapsed", {"id": "resp_lapsed", "status": "completed"}, None, "first")
+    assert not store.release("resp_lapsed", {"id": "resp_lapsed", "status": "queued"}, NOW, "first")
+    assert store.renew("resp_lapsed", future + timedelta(seconds=5), "second") == "in_progress"
+    held = store.get("resp_lapsed", NOW)
+    assert held is not None and held["lease_until"] == future + timedelta(seconds=5)
+    assert store.release("resp_lapsed", {"id": "resp_lapsed", "status": "queued"}, NOW, "second")
+    handed = store.take_over("resp_lapsed", NOW, future, "fourth")
+    assert handed is not None and handed["takeovers"] == 1 and handed["status"] == "queued"  # a hand-off: not counted
+    assert store.advance("resp_lapsed", {"id": "resp_lapsed", "status": "cancelled"}, None, None)  # any replica cancels
+    assert store.renew("resp_lapsed", future, "fourth") == "cancelled" and store.lapsed(NOW) == ["resp_queued"]
+    assert store.get("resp_plain", NOW)["takeovers"] == 0  # type: ignore[index]

@@ -1,0 +1,230 @@
+"""An admitted, routed request served (gateway/proxy.py admits and routes it): its agent session, its
+rank, the call through the group's verification, and the answer, whole or streamed (as chat chunks, or
+as a dialect's events), with its outcome row. Errors keep OpenAI's shape; a stream that breaks after it
+started ends with an error event and no [DONE]."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from agent_sessions.identity import scoped_session_id
+from engine.server.errors import APIError, error_body
+from engine.server.json_out import SafeJSONResponse
+from engine.server.sse import DONE, SSEResponse, sse_event
+from gateway import verify
+from gateway.backends.answers import UpstreamBytes
+from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.background import CANCELLED
+from gateway.dialects import Dialect, DialectStream
+from gateway.drain import CUT_MESSAGE
+from gateway.outcomes import OutcomeDraft
+from gateway.routing import estimate_tokens
+from gateway.sessions import SessionCall
+from gateway.state import GatewayState
+
+T = TypeVar("T")
+log = logging.getLogger("pitstop.gateway")
+
+
+def response_headers(draft: OutcomeDraft) -> dict[str, str]:
+    headers = {"x-pitstop-request-id": draft.request_id}
+    if draft.endpoint == "messages":  # where Anthropic's SDKs read it (`message._request_id`)
+        headers["request-id"] = draft.request_id
+    if draft.route is not None:
+        headers["x-pitstop-model"] = draft.route.model_name
+        if draft.route.route_group:
+            headers["x-pitstop-route-group"] = draft.route.route_group
+    checked = draft.extra.get("verify")
+    if checked and checked.get("outcome"):
+        headers["x-pitstop-verify"] = checked["outcome"]
+    return headers
+
+
+def as_api_error(exc: Exception) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, BackendError):
+        return APIError(exc.status, exc.message, exc.param, exc.code)
+    if isinstance(exc, ClientDisconnect):
+        return APIError(400, "the client disconnected while sending the request")
+    raise exc
+
+async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraft, kind: Kind,
+                 dialect: Dialect | None) -> Response:
+    """An admitted, routed request, served: its session, its rank, the call (whole or streamed). Without
+    `request` (a background run) no client can leave."""
+    assert draft.caller is not None and draft.request is not None and draft.route is not None
+    parsed, route = draft.request, draft.route
+    engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
+    priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
+    ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
+                      state.settings.server.request_timeout_s)
+    session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
+    route, ctx = draft.route, session.ctx
+    if route.decision is not None and route.route_group is not None:  # not kept on a session's model
+        state.routes.groups[route.route_group].served(route.decision, estimate_tokens(parsed.prompt_text))
+    if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
+        ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
+                                        needed=state.pool.uses_rank(route.model_name),
+                                        prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
+    if parsed.stream:  # held back first where the group verifies the pick's short answer
+        # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
+        # cancels the call, as for a whole answer.
+        streamed = verify.stream(state, draft, kind, ctx, session.prefer)
+        chunks, dispatched = await unless_disconnected(request, streamed)
+        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        stream = None if dialect is None else dialect.stream(route.model_name)
+        # on_close: also for a stream whose client left before its first event (its body never ran)
+        response = SSEResponse(events(state, draft, chunks, session, stream),
+                               on_close=None if dialect is None else dialect.end)
+        response.headers.update(response_headers(draft))
+        return response
+    work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
+    body, dispatched = await unless_disconnected(request, work)
+    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.take_response(body)
+    draft.ttft_s = None
+    if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
+        body["usage"] = draft.estimated_usage()
+    await state.sessions.finish(session, draft)
+    state.recorder.finish(draft)
+    await draft.settled()
+    if dialect is not None:
+        body = await dialect.answer(body, route.model_name)
+    return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraft) -> Response:
+    """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
+    assert draft.caller is not None and draft.request is not None and draft.route is not None
+    ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
+                      timeout_s=state.settings.server.request_timeout_s)
+    work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
+    body, dispatched = await unless_disconnected(request, work)
+    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.usage = body.get("usage")
+    state.recorder.finish(draft)
+    await draft.settled()
+    if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
+        return Response(body.raw, media_type="application/json", headers=response_headers(draft))
+    if draft.usage_estimated:
+        body["usage"] = draft.estimated_usage()
+    return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+def internal_error(draft: OutcomeDraft) -> APIError:
+    return APIError(500, f"internal error in the gateway (logged with request id {draft.request_id})",
+                    code="internal_error")
+
+
+async def unless_disconnected(request: Request | None, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` (a call, up to a stream's first chunk) in this task, cancelling it (and so the
+    upstream request) if the client leaves meanwhile (none can without a request: a background run).
+    One watcher task and no second task for the work: about half the cost of racing two tasks with
+    asyncio.wait."""
+    if request is None:
+        return await work
+    handler = asyncio.current_task()
+    assert handler is not None
+    running = True
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    def left(watcher: asyncio.Task[None]) -> None:
+        if running and not watcher.cancelled():  # not once the work is over: the cancel would land elsewhere
+            handler.cancel()
+
+    watcher = asyncio.ensure_future(disconnected())
+    watcher.add_done_callback(left)
+    try:
+        return await work
+    finally:
+        running = False
+        watcher.cancel()
+
+
+async def events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
+                  session: SessionCall, dialect: DialectStream | None = None) -> AsyncGenerator[bytes, None]:
+    """The chat chunks as the client's stream: as they came, or as a dialect's events (`dialect`)."""
+    include_usage = draft.request is not None and draft.request.include_usage
+    failed = ended = False
+    last: dict = {}
+    final: dict | None = None  # a Responses stream's whole Response, sent last
+    failure: bytes | None = None  # the error event, sent once the turn is settled
+    try:
+        with state.drain.track():
+            async with aclosing(chunks):
+                for event in dialect.start() if dialect is not None else ():
+                    yield event
+                async for chunk in chunks:
+                    draft.take_chunk(chunk)
+                    last = chunk
+                    if dialect is not None:
+                        for event in dialect.chunk(chunk):
+                            yield event
+                        continue
+                    if not chunk.get("choices") and "usage" in chunk and (not include_usage or chunk["usage"] is None):
+                        continue  # usage the client did not ask for (we asked every backend), or none to bill
+                    if not include_usage:
+                        chunk.pop("usage", None)
+                    yield sse_event(chunk)
+            ended = True  # the upstream's [DONE] (with or without a finish_reason)
+            if dialect is not None:
+                for event in dialect.completed():
+                    yield event
+                final = dialect.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
+            elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
+                envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+                yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
+    except (BackendError, APIError) as exc:
+        failed = True
+        error = as_api_error(exc)
+        draft.fail(error.status, f"stream broke after it started: {error.message}")
+        failure = dialect.failed(error) if dialect is not None else sse_event(
+            error_body(error.status, error.message, error.param, error.code))
+    except Exception:
+        failed = True
+        log.exception("stream of request %s failed inside the gateway", draft.request_id)
+        error = internal_error(draft)
+        draft.fail(error.status, error.message)
+        failure = dialect.failed(error) if dialect is not None else sse_event(error.body())
+    except asyncio.CancelledError as cancel:
+        failed = True
+        cut = state.drain.absorb()
+        if cut is None:  # the client left, or a background run was cancelled
+            draft.fail(499, CANCELLED if cancel.args == (CANCELLED,) else "the client disconnected mid-stream",
+                       kind="aborted")
+            raise
+        draft.fail(cut.status, cut.message, kind="aborted")
+        failure = dialect.failed(cut) if dialect is not None else sse_event(cut.body())
+    finally:
+        if not failed and not ended:  # closed at a yield: the client left, or a cut
+            why = CUT_MESSAGE if state.drain.cut else "the client disconnected mid-stream"
+            draft.fail(499, why, kind="aborted")
+        if not failed:  # before [DONE]: the program's next turn must find the pin settled
+            await state.sessions.finish(session, draft)
+        state.recorder.finish(draft)
+        await draft.settled()
+        if (failed or not ended) and dialect is not None and dialect.end is not None:
+            await dialect.end()
+    if failure is not None:
+        yield failure
+    if failed:
+        return
+    if dialect is None:
+        yield DONE
+    elif final is not None:  # stored before the client can name it in its next turn
+        if dialect.keep is not None:
+            await dialect.keep(final)
+        if dialect.end is not None:
+            await dialect.end()
+        yield dialect.final_event(final)
