@@ -33,7 +33,7 @@ class ProgramTemplate:
     turns: list[TurnTemplate]
 
 
-def _text(content: object) -> str:
+def message_text(content: object) -> str:
     if isinstance(content, str):
         try:
             parts = ast.literal_eval(content) if content.startswith("[{") else None
@@ -45,7 +45,7 @@ def _text(content: object) -> str:
     return str(content or "")
 
 
-def _calls(message: dict) -> list[dict]:
+def tool_calls_of(message: dict) -> list[dict]:
     raw = message.get("tool_calls")
     if not raw:
         return []
@@ -61,12 +61,12 @@ def load_templates(path: Path = TRACE) -> list[ProgramTemplate]:
         turns: list[tuple[str, str, list[dict]]] = []
         for message in messages:
             if message["role"] == "assistant":
-                calls = _calls(message)
-                reply = _text(message.get("content")) + "".join(c["function"]["arguments"] for c in calls)
+                calls = tool_calls_of(message)
+                reply = message_text(message.get("content")) + "".join(c["function"]["arguments"] for c in calls)
                 turns.append(("\n".join(pending), reply, calls))
                 pending = []
             else:
-                pending.append(_text(message.get("content")))
+                pending.append(message_text(message.get("content")))
         counts = count_tokens([t for prompt, reply, _ in turns for t in (prompt, reply)])
         built = []
         for i, (_, _, calls) in enumerate(turns):

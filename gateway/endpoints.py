@@ -16,6 +16,7 @@ from gateway import messages_api
 from gateway.outcomes import storable
 from gateway.responses_api import item_page, request_id_of
 from gateway.state import GatewayState
+from gateway.token_count import count_input_tokens
 
 _CREATED = int(time.time())
 
@@ -96,26 +97,29 @@ async def response_input_items(request: Request) -> Response:
 
 
 async def count_response_tokens(request: Request) -> Response:
-    """POST /v1/responses/input_tokens (OpenAI's): the gateway's estimate for the request's prompt, after
-    the chain or conversation it continues."""
+    """POST /v1/responses/input_tokens (OpenAI's): the request's prompt tokens, after the chain or
+    conversation it continues (gateway/token_count.py: counted where its model's deployment can, else
+    estimated)."""
     state = _state(request)
     caller = await state.auth.authenticate(request.headers)
     raw = await read_json(request, state.settings.server.max_body_bytes)
     if isinstance(raw, dict) and isinstance(raw.get("model"), str):
         caller.check_model(raw["model"])
-    tokens = await state.responses.input_tokens(raw, caller.key_id)
-    return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
+    chat = await state.responses.input_chat(raw, caller.key_id)
+    counted = await count_input_tokens(state, chat, request.headers)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": counted.tokens}, headers=counted.headers)
 
 
 async def count_message_tokens(request: Request) -> Response:
-    """POST /v1/messages/count_tokens (Anthropic's): the gateway's estimate, errors in Anthropic's shape."""
+    """POST /v1/messages/count_tokens (Anthropic's): as input_tokens, errors in Anthropic's shape."""
     state = _state(request)
     try:
         caller = await state.auth.authenticate(request.headers)
         raw = await read_json(request, state.settings.server.max_body_bytes)
         if isinstance(raw, dict) and isinstance(raw.get("model"), str):
             caller.check_model(raw["model"])
-        return JSONResponse(messages_api.count_tokens(raw))
+        counted = await count_input_tokens(state, messages_api.count_chat(raw), request.headers)
+        return JSONResponse({"input_tokens": counted.tokens}, headers=counted.headers)
     except APIError as error:
         return messages_api.error_response(error)
 

@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse
 from engine.server.errors import APIError, bad_request
 from engine.server.json_out import SafeJSONResponse
 from gateway.backends.answers import reasoning_of
-from gateway.token_estimate import chat_input_tokens
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference")
 _READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format")
@@ -283,12 +282,12 @@ def message(request_id: str, answer: dict, model: str) -> dict:
             "stop_sequence": None, "usage": usage(answer.get("usage"))}
 
 
-def count_tokens(raw: Any) -> dict:
-    """POST /v1/messages/count_tokens: the gateway's estimate for the request's prompt (it has no
-    tokenizer for most upstreams), from the chat it stands for."""
+def count_chat(raw: Any) -> dict:
+    """POST /v1/messages/count_tokens: the chat the request stands for, for its tokens to be counted
+    (it has no `max_tokens`)."""
     if isinstance(raw, dict):
         raw = {"max_tokens": 1, **{k: v for k, v in raw.items() if k != "max_tokens"}}
-    return {"input_tokens": chat_input_tokens(chat_request(raw))}
+    return chat_request(raw)
 
 
 def error_body(error: APIError) -> dict:

@@ -13,6 +13,7 @@ from engine.server.errors import APIError
 from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
+from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.batches import Batches
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
 from gateway.conversations import Conversations
@@ -84,7 +85,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                  accepts_session=provider == ENGINE_PROVIDER,
                                  send_priority=provider == "hosted_vllm",
                                  connect_timeout_s=settings.server.connect_timeout_s,
-                                 rank_horizon_s=settings.ranking.horizon_s)
+                                 rank_horizon_s=settings.ranking.horizon_s,
+                                 provider_model=params.model if provider in OPENAI_PROVIDERS else None)
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",

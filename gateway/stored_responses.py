@@ -41,7 +41,6 @@ from gateway.responses_api import (
     stored_items,
 )
 from gateway.responses_stream import ResponseStream
-from gateway.token_estimate import chat_input_tokens
 from storage.inserts import describe
 from storage.responses import ACTIVE, ResponseStore, StoredResponseWriter
 
@@ -180,9 +179,9 @@ class StoredResponses:
         return previous, [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
                           for item in (*row["input_items"], *row["response"]["output"])]
 
-    async def input_tokens(self, raw: Any, key_id: str | None) -> int:
-        """POST /v1/responses/input_tokens: the estimate for the prompt the request would send, after the
-        chain or the conversation it names (read, not held: nothing is served)."""
+    async def input_chat(self, raw: Any, key_id: str | None) -> dict:
+        """POST /v1/responses/input_tokens: the chat the request would send, after the chain or the
+        conversation it names (read, not held: nothing is served), for its tokens to be counted."""
         if isinstance(raw, dict):
             raw = {k: v for k, v in raw.items() if k != "personality"}  # a model setting, not input
         raw = check_request(raw)
@@ -194,7 +193,7 @@ class StoredResponses:
             earlier = await self.conversations.items(conversation, key_id, "conversation")
         elif (previous_id := raw.get("previous_response_id")) is not None:
             earlier = (await self._chain_items(previous_id, key_id))[1]
-        return chat_input_tokens(continued(chat, raw, earlier))
+        return continued(chat, raw, earlier)
 
     async def keep(self, turn: ResponsesTurn, response: dict) -> None:
         """Add a completed turn's items to its conversation, and store the response (when its turn is

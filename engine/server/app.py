@@ -1,5 +1,5 @@
-"""The engine's HTTP server: OpenAI-compatible generation, the session-pin control API, stats,
-health and Prometheus metrics, over one AsyncEngine. `create_app` builds a fresh app with its own
+"""The engine's HTTP server: OpenAI-compatible generation, vLLM's /tokenize and /detokenize, the
+session-pin control API, stats, health and Prometheus metrics, over one AsyncEngine. `create_app` builds a fresh app with its own
 metrics registry; the app starts the engine on startup and shuts it down on exit."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from engine.server.generation import ServerState, chat_completions, completions
 from engine.server.json_body import read_json
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import read_ttl
+from engine.server.tokenize import detokenize_endpoint, tokenize_endpoint
 
 logger = logging.getLogger(__name__)
 _SESSIONS_PREFIX = "/v1/engine/sessions/"
@@ -133,6 +134,8 @@ ROUTES = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/tokenize", tokenize_endpoint, methods=["POST"]),  # vLLM's: count a prompt before sending it
+    Route("/detokenize", detokenize_endpoint, methods=["POST"]),
     Route("/v1/engine/stats", engine_stats, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}", session_info, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}/pin", pin_session, methods=["POST"]),

@@ -11,10 +11,13 @@ from typing import Any
 from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.backends.openai_tokens import counts_as_openai, openai_prompt_tokens
 from gateway.ranking import vllm_priority as rank_priority
 
-# litellm otherwise fetches its price map from the internet at import time.
+# litellm otherwise fetches its price map from the internet at import time, and catalogs or tokenizers on
+# first use: it has bundled copies of what Pitstop uses.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 
 def _litellm() -> Any:
@@ -98,6 +101,11 @@ class LitellmBackend:
 
     async def healthy(self) -> bool:
         return True
+
+    async def count_tokens(self, body: dict) -> int | None:
+        """OpenAI's models, with their tiktoken encoding (gateway/backends/openai_tokens.py); None for others."""
+        model = str(self.params.get("model", ""))
+        return await openai_prompt_tokens(model, body) if counts_as_openai(model) else None
 
     def _kwargs(self, body: dict, ctx: CallContext, stream: bool) -> dict:
         kwargs = {k: v for k, v in body.items() if k not in ("model", "stream", "stream_options")}

@@ -9,6 +9,7 @@ from engine.openai_generation import OpenAIGeneration
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from engine.server.protocol import parse_chat, parse_completion
+from engine.server.tokenize import prompt_token_ids
 from gateway.backends.base import BackendError, CallContext, Kind
 
 
@@ -39,6 +40,13 @@ class LocalEngineBackend:
 
     async def healthy(self) -> bool:
         return self.engine.is_healthy
+
+    async def count_tokens(self, body: dict) -> int | None:
+        """Exact: the chat rendered and encoded as its generation would be."""
+        try:
+            return len(await prompt_token_ids(self.engine, body, self.served_model))
+        except (APIError, InvalidRequestError) as exc:
+            raise _as_backend_error(exc) from None
 
     async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration:
         if kind == "embedding":

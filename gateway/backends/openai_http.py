@@ -13,9 +13,12 @@ import aiohttp
 from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import checked_answer, checked_chunk, embeddings_answer, strict_json
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.backends.openai_tokens import counts_as_openai, openai_prompt_tokens
 from gateway.ranking import vllm_priority
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+_TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
+TOKENIZE_TIMEOUT_S = 10.0
 
 
 def _error_from_response(status: int, raw: bytes) -> BackendError:
@@ -38,7 +41,8 @@ def _connection_error(exc: BaseException, started: bool) -> BackendError:
 class OpenAIHTTPBackend:
     def __init__(self, api_base: str, served_model: str, api_key: str | None = None,
                  accepts_session: bool = False, send_priority: bool = False, connect_timeout_s: float = 10.0,
-                 max_connections: int = 1000, rank_horizon_s: float = DEFAULT_HORIZON_S) -> None:
+                 max_connections: int = 1000, rank_horizon_s: float = DEFAULT_HORIZON_S,
+                 provider_model: str | None = None) -> None:
         self.api_base = api_base.rstrip("/")
         self.rank_horizon_s = rank_horizon_s  # aging of the rank key sent to vLLM as `priority`
         self.served_model = served_model
@@ -51,6 +55,11 @@ class OpenAIHTTPBackend:
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # vLLM's /tokenize, beside /v1 (Pitstop's engines serve it too); None until asked, False once the
+        # server said it has none.
+        self._tokenize_url = self.api_base.removesuffix("/v1") + "/tokenize"
+        self._tokenizes: bool | None = None
+        self.provider_model = provider_model  # litellm's string (`openai/gpt-4o`): OpenAI's models count with tiktoken
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -76,6 +85,31 @@ class OpenAIHTTPBackend:
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    async def count_tokens(self, body: dict) -> int | None:
+        """OpenAI's models with their tiktoken encoding (gateway/backends/openai_tokens.py); else the
+        server's own count, where it serves vLLM's /tokenize; None where it does not, or fails."""
+        if self.provider_model is not None and counts_as_openai(self.provider_model):
+            return await openai_prompt_tokens(self.provider_model, body)
+        if self._tokenizes is False:
+            return None
+        request = {"model": self.served_model, "messages": body.get("messages"),
+                   **{name: body[name] for name in _TEMPLATE_FIELDS if name in body}}
+        if body.get("tools") and body.get("tool_choice") != "none":  # as generation renders them
+            request["tools"] = body["tools"]
+        try:
+            async with self.session.post(self._tokenize_url, json=request,
+                                         timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S)) as response:
+                if response.status in (404, 405, 501):
+                    self._tokenizes = False
+                    return None
+                counted = (await response.json(content_type=None)).get("count") if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
+            return None
+        if isinstance(counted, bool) or not isinstance(counted, int):
+            return None
+        self._tokenizes = True
+        return counted
 
     def _body(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> dict:
         if kind == "embedding":  # no stream field, no scheduling fields

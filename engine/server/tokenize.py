@@ -1,0 +1,80 @@
+"""POST /tokenize and /detokenize, as vLLM serves them: a prompt, or a chat rendered through the model's
+template as generation renders it, as the token ids the engine would run; and token ids back as text.
+Clients count a prompt with them before sending it (the gateway's `count_tokens` and `input_tokens`
+ask an upstream engine this way), or build token-id prompts.
+
+    POST /tokenize   {"model", "messages": [...], "tools"?, "add_generation_prompt"?, ...}  or  {"model", "prompt": "..."}
+                     -> {"count", "max_model_len", "tokens", "token_strs"}
+    POST /detokenize {"model", "tokens": [...]} -> {"prompt"}"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine.async_engine import AsyncEngine
+from engine.prompt_tokens import tokenize
+from engine.server.errors import bad_request, not_found
+from engine.server.generation import ServerState
+from engine.server.json_body import read_json
+from engine.server.protocol import parse_chat, parse_completion
+
+_TOKENIZE_ONLY = ("add_special_tokens", "return_token_strs")
+
+
+async def prompt_token_ids(engine: AsyncEngine, body: Any, model: str) -> list[int]:
+    """The token ids a chat (`messages`) or a prompt (one string) runs as on `engine`, checked as the
+    generation endpoints check them (a 400 for what they would refuse)."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    if body.get("add_special_tokens") not in (None, False):
+        raise bad_request("this engine encodes without adding special tokens (chat templates render their own): "
+                          "'add_special_tokens' must be false", "add_special_tokens", "unsupported")
+    request = {k: v for k, v in body.items() if k not in _TOKENIZE_ONLY} | {"model": model}
+    if "messages" in request:
+        parsed = parse_chat(request)
+    elif isinstance(request.get("prompt"), str):
+        parsed = parse_completion(request)
+    else:
+        raise bad_request("send 'messages' (a chat) or 'prompt' (one string)", "prompt")
+    return (await tokenize(engine, parsed))[0]
+
+
+async def tokenize_endpoint(request: Request) -> Response:
+    state: ServerState = request.app.state.pitstop
+    body = await read_json(request)
+    _check_model(body, state)
+    ids = await prompt_token_ids(state.engine, body, state.model_name)
+    strs = None
+    if body.get("return_token_strs"):  # the vocabulary's own strings, as vLLM's convert_ids_to_tokens
+        tokenizer = state.engine.tokenizer
+        id_to_token = getattr(tokenizer, "id_to_token", None)
+        strs = [id_to_token(i) if id_to_token is not None else tokenizer.decode([i], skip_special_tokens=False)  # type: ignore[union-attr]
+                for i in ids]
+    return JSONResponse({"count": len(ids), "max_model_len": state.engine.max_model_len, "tokens": ids,
+                         "token_strs": strs})
+
+
+async def detokenize_endpoint(request: Request) -> Response:
+    state: ServerState = request.app.state.pitstop
+    body = await read_json(request)
+    _check_model(body, state)
+    tokens = body.get("tokens")
+    vocab = state.engine.vocab_size
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 and
+                                               (vocab is None or t < vocab) for t in tokens):
+        raise bad_request(f"'tokens' must be a list of token ids (integers from 0 to {vocab})", "tokens")
+    if state.engine.tokenizer is None:
+        raise bad_request("this engine has no tokenizer to decode with", "tokens", "unsupported")
+    return JSONResponse({"prompt": state.engine.tokenizer.decode(tokens, skip_special_tokens=False)})
+
+
+def _check_model(body: Any, state: ServerState) -> None:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model", state.model_name)  # vLLM lets it out
+    if model != state.model_name:
+        raise not_found(f"the model {model!r} does not exist; this server serves {state.model_name!r}",
+                        "model", "model_not_found")

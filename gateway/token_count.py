@@ -1,0 +1,66 @@
+"""A chat's prompt tokens, for the APIs that ask before sending: Anthropic's `POST
+/v1/messages/count_tokens` and OpenAI's `POST /v1/responses/input_tokens`. Counted by the deployment the
+request would be served by where it can count (Pitstop's engine, in process or over HTTP, and any server
+with vLLM's /tokenize: exact; OpenAI's models through litellm: tiktoken's encoding of the model), else
+estimated as routing does: about four characters a token, over the text of the messages, their tool
+calls' arguments and the tools' definitions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.server.errors import APIError
+from gateway.backends.base import BackendError
+from gateway.request_body import parse_proxy_request
+from gateway.routing import estimate_tokens
+
+if TYPE_CHECKING:  # gateway.state builds what imports this module
+    from gateway.state import GatewayState
+
+log = logging.getLogger("pitstop.gateway")
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    tokens: int
+    counted_by: str | None  # the deployment that counted them; None: the gateway's estimate
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Says how the number was had: `x-pitstop-token-count: counted` (and by which deployment) or `estimated`."""
+        if self.counted_by is None:
+            return {"x-pitstop-token-count": "estimated"}
+        return {"x-pitstop-token-count": "counted", "x-pitstop-deployment": self.counted_by}
+
+
+def chat_input_tokens(chat: dict) -> int:
+    """The estimate: about four characters a token."""
+    texts = [json.dumps(chat.get("tools", ""))]
+    for message in chat["messages"]:
+        content = message.get("content")
+        texts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
+        texts += [call["function"]["arguments"] for call in message.get("tool_calls", ())]
+    return estimate_tokens("".join(texts))
+
+
+async def count_input_tokens(state: GatewayState, chat: dict, headers: Mapping[str, str]) -> TokenCount:
+    """The chat's prompt tokens on the model it would be routed to: its deployments' count (the first
+    that can count; one that fails is passed over), else the estimate. A chat a deployment would refuse
+    is that 4xx."""
+    parsed = parse_proxy_request(chat, "chat", headers)
+    model = state.routes.resolve(parsed).model_name
+    for deployment in state.pool.by_model.get(model, ()):
+        try:
+            counted = await deployment.backend.count_tokens(parsed.body)
+        except BackendError as exc:
+            if exc.status >= 500:
+                log.warning("counting tokens on %s: %s", deployment.name, exc.message)
+                continue
+            raise APIError(exc.status, exc.message, exc.param, exc.code) from None
+        if counted is not None:
+            return TokenCount(counted, deployment.name)
+    return TokenCount(chat_input_tokens(chat), None)
