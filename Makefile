@@ -45,6 +45,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_batches
 	$(PY) -m bench.background_takeover
 	$(PY) -m bench.token_counts
+	$(PY) -m bench.truncation
 	$(PY) -m bench.limits_holds
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,

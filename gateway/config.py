@@ -97,6 +97,10 @@ class ModelInfo(_Strict):
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
     max_output_tokens: int | None = Field(default=None, gt=0)
+    # litellm's too: the most prompt tokens the model takes, what a Responses turn with `truncation: auto`
+    # is fitted into (gateway/truncation.py). None: what its deployments say (a Pitstop engine's context
+    # length, the max_model_len a vLLM server lists, litellm's price map).
+    max_input_tokens: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _queue_needs_a_limit(self) -> ModelInfo:

@@ -24,10 +24,11 @@ from gateway.budget_holds import budget_hold
 from gateway.dialects import Dialect, DialectName, error_response
 from gateway.messages_stream import MessagesTurn
 from gateway.outcomes import OutcomeDraft
-from gateway.request_body import parse_embeddings_request, parse_proxy_request
+from gateway.request_body import check_messages, parse_embeddings_request, parse_proxy_request
 from gateway.serving import as_api_error, embed, internal_error, response_headers, serve
 from gateway.state import GatewayState, LimitExceeded
 from gateway.stored_responses import ResponsesTurn
+from gateway.truncation import fit_context
 
 Endpoint = Kind | DialectName
 log = logging.getLogger("pitstop.gateway")
@@ -110,6 +111,8 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         await state.admit(draft.caller, hold)
         draft.hold = hold  # taken: the row's cost settles it
         draft.route = state.routes.resolve(parsed)
+        if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":
+            await _truncate(state, draft)
         if kind == "embedding":
             return await embed(request, state, draft)
         if isinstance(dialect, ResponsesTurn) and dialect.background:  # answered now, run on its own
@@ -141,6 +144,15 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
     finally:
         if dialect is not None and not handed_off:  # before the answer or error goes out
             await dialect.end()
+
+
+async def _truncate(state: GatewayState, draft: OutcomeDraft) -> None:
+    """`truncation: auto`: the oldest turns dropped until the chat fits the routed model's context."""
+    assert draft.request is not None and draft.route is not None
+    parsed = draft.request
+    if dropped := await fit_context(state, draft.route.model_name, parsed.body):
+        draft.extra["truncated_messages"] = dropped
+        parsed.prompt_text, parsed.prompt_chars = check_messages(parsed.body["messages"])
 
 
 async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, turn: ResponsesTurn) -> None:

@@ -88,7 +88,7 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _check_messages(messages: Any) -> tuple[str, int]:
+def check_messages(messages: Any) -> tuple[str, int]:
     """The last user turn and the characters of all messages' text."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_type")
@@ -139,7 +139,7 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     _check_types(raw, kind)
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _number(raw, name)
-    prompt_text, prompt_chars = (_check_messages(raw.get("messages")) if kind == "chat"
+    prompt_text, prompt_chars = (check_messages(raw.get("messages")) if kind == "chat"
                                  else _check_prompt(raw.get("prompt")))
     stream = bool(raw.get("stream"))
     options = raw.get("stream_options") or {}

@@ -30,8 +30,8 @@ from gateway.responses_input import (
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
-         "previous_response_id", "conversation", "background")
-_IGNORED = ("truncation", "include", "service_tier", "safety_identifier",
+         "previous_response_id", "conversation", "background", "truncation")
+_IGNORED = ("include", "service_tier", "safety_identifier",
             "top_logprobs", "stream_options", "max_tool_calls")
 
 
@@ -45,6 +45,9 @@ def check_request(raw: Any) -> dict:
     for name, kind in (("store", bool), ("background", bool), ("previous_response_id", str)):
         if raw.get(name) is not None and not isinstance(raw[name], kind):
             raise bad_request(f"'{name}' must be a {'boolean' if kind is bool else 'string'}", name, "invalid_type")
+    if raw.get("truncation") not in (None, "auto", "disabled"):
+        raise bad_request("'truncation' must be \"auto\" (drop the oldest turns to fit the model's context) or "
+                          "\"disabled\"", "truncation", "invalid_value")
     if conversation_of(raw) is not None and raw.get("previous_response_id") is not None:
         raise bad_request("'conversation' and 'previous_response_id' cannot be used together: a response continues "
                           "one or the other", "conversation", "invalid_value")
@@ -140,7 +143,8 @@ class ResponseEnvelope:
                          "tools": raw.get("tools") or [], "text": raw.get("text") or {"format": {"type": "text"}},
                          "previous_response_id": raw.get("previous_response_id"), "store": store,
                          "conversation": {"id": conversation} if (conversation := conversation_of(raw)) else None,
-                         "background": bool(raw.get("background")), "error": None}
+                         "background": bool(raw.get("background")), "truncation": raw.get("truncation") or "disabled",
+                         "error": None}
 
     def response(self, model: str, status: str, output: list[dict], usage: dict | None,
                  finish_reason: str | None = None) -> dict:

@@ -41,6 +41,8 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
         headers["x-pitstop-model"] = draft.route.model_name
         if draft.route.route_group:
             headers["x-pitstop-route-group"] = draft.route.route_group
+    if dropped := draft.extra.get("truncated_messages"):  # `truncation: auto` cut the oldest turns
+        headers["x-pitstop-truncated-messages"] = str(dropped)
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]

@@ -48,14 +48,17 @@ def chat_input_tokens(chat: dict) -> int:
 
 
 async def count_input_tokens(state: GatewayState, chat: dict, headers: Mapping[str, str]) -> TokenCount:
-    """The chat's prompt tokens on the model it would be routed to: its deployments' count (the first
-    that can count; one that fails is passed over), else the estimate. A chat a deployment would refuse
-    is that 4xx."""
+    """The chat's prompt tokens on the model it would be routed to (`count_on_model`)."""
     parsed = parse_proxy_request(chat, "chat", headers)
-    model = state.routes.resolve(parsed).model_name
+    return await count_on_model(state, state.routes.resolve(parsed).model_name, parsed.body)
+
+
+async def count_on_model(state: GatewayState, model: str, body: dict) -> TokenCount:
+    """The chat `body`'s prompt tokens on `model`: its deployments' count (the first that can count; one
+    that fails is passed over), else the estimate. A chat a deployment would refuse is that 4xx."""
     for deployment in state.pool.by_model.get(model, ()):
         try:
-            counted = await deployment.backend.count_tokens(parsed.body)
+            counted = await deployment.backend.count_tokens(body)
         except BackendError as exc:
             if exc.status >= 500:
                 log.warning("counting tokens on %s: %s", deployment.name, exc.message)
@@ -63,4 +66,4 @@ async def count_input_tokens(state: GatewayState, chat: dict, headers: Mapping[s
             raise APIError(exc.status, exc.message, exc.param, exc.code) from None
         if counted is not None:
             return TokenCount(counted, deployment.name)
-    return TokenCount(chat_input_tokens(chat), None)
+    return TokenCount(chat_input_tokens(body), None)

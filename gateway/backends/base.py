@@ -56,6 +56,11 @@ class Backend(Protocol):
 
     async def healthy(self) -> bool: ...
 
+    async def context_window(self) -> int | None:
+        """The most prompt tokens the deployment's model takes (an engine's context length), or None where
+        it does not say."""
+        ...
+
     async def count_tokens(self, body: dict) -> int | None:
         """The prompt tokens of the chat `body` as this deployment counts them, or None where it cannot
         tell (the gateway then estimates); a BackendError where the chat is one it would refuse."""

@@ -11,7 +11,7 @@ from typing import Any
 from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings
 from gateway.backends.base import BackendError, CallContext, Kind
-from gateway.backends.openai_tokens import counts_as_openai, openai_prompt_tokens
+from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority as rank_priority
 
 # litellm otherwise fetches its price map from the internet at import time, and catalogs or tokenizers on
@@ -101,6 +101,9 @@ class LitellmBackend:
 
     async def healthy(self) -> bool:
         return True
+
+    async def context_window(self) -> int | None:
+        return listed_window(str(self.params.get("model", "")))
 
     async def count_tokens(self, body: dict) -> int | None:
         """OpenAI's models, with their tiktoken encoding (gateway/backends/openai_tokens.py); None for others."""

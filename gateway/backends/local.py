@@ -41,6 +41,9 @@ class LocalEngineBackend:
     async def healthy(self) -> bool:
         return self.engine.is_healthy
 
+    async def context_window(self) -> int | None:
+        return self.engine.max_model_len
+
     async def count_tokens(self, body: dict) -> int | None:
         """Exact: the chat rendered and encoded as its generation would be."""
         try:

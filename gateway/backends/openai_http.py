@@ -13,7 +13,7 @@ import aiohttp
 from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import checked_answer, checked_chunk, embeddings_answer, strict_json
 from gateway.backends.base import BackendError, CallContext, Kind
-from gateway.backends.openai_tokens import counts_as_openai, openai_prompt_tokens
+from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
@@ -59,6 +59,7 @@ class OpenAIHTTPBackend:
         # server said it has none.
         self._tokenize_url = self.api_base.removesuffix("/v1") + "/tokenize"
         self._tokenizes: bool | None = None
+        self._window: int | None = None  # the served model's max_model_len from /models once read; 0: none listed
         self.provider_model = provider_model  # litellm's string (`openai/gpt-4o`): OpenAI's models count with tiktoken
 
     @property
@@ -85,6 +86,25 @@ class OpenAIHTTPBackend:
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    async def context_window(self) -> int | None:
+        """OpenAI's models: litellm's map; else the served model's `max_model_len` as /models lists it (vLLM's
+        and Pitstop's engines do), read once."""
+        if self.provider_model is not None:
+            return listed_window(self.provider_model)
+        if self._window is None:
+            try:
+                async with self.session.get(f"{self.api_base}/models",
+                                            timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S)) as response:
+                    listed = (await response.json(content_type=None)).get("data") if response.status == 200 else None
+            except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
+                return None  # asked again next time
+            if not isinstance(listed, list):
+                return None
+            window = next((m.get("max_model_len") for m in listed
+                           if isinstance(m, dict) and m.get("id") == self.served_model), None)
+            self._window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else 0
+        return self._window or None
 
     async def count_tokens(self, body: dict) -> int | None:
         """OpenAI's models with their tiktoken encoding (gateway/backends/openai_tokens.py); else the

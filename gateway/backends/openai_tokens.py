@@ -12,6 +12,19 @@ OPENAI_PROVIDERS = frozenset({"openai", "azure"})
 
 
 @functools.cache
+def listed_window(model: str) -> int | None:
+    """The most prompt tokens `model` takes (`max_input_tokens`), as litellm's price map lists it; None for a
+    model it does not list."""
+    from gateway.backends.litellm_backend import _litellm
+
+    try:
+        window = _litellm().get_model_info(model).get("max_input_tokens")
+    except Exception:
+        return None
+    return window if isinstance(window, int) and window > 0 else None
+
+
+@functools.cache
 def counts_as_openai(model: str) -> bool:
     """Whether `model` (a litellm model string, `openai/gpt-4o`) is one of OpenAI's, as litellm's price map
     knows it."""
