@@ -61,10 +61,17 @@ def _alpaca(limit: int) -> list[dict]:
 
 def _swe_agent(limit: int) -> list[dict]:
     """Each trajectory's context at each assistant turn, as an OpenAI chat."""
-    chats = []
+    chats = [chat for turns in swe_agent_turns() for chat in turns]
+    return chats[:: max(1, len(chats) // limit)][:limit]
+
+
+def swe_agent_turns() -> list[list[dict]]:
+    """Per trajectory, its context at each assistant turn (the chat an agent sends for that turn)."""
+    trajectories = []
     for trajectory in json.loads(TRACE.read_text()):
         raw = trajectory["messages"]
         messages: list[dict] = []
+        trajectories.append(chats := [])
         for message in json.loads(raw) if isinstance(raw, str) else raw:
             out: dict = {"role": message["role"], "content": message_text(message.get("content"))}
             if message["role"] == "assistant":
@@ -77,7 +84,7 @@ def _swe_agent(limit: int) -> list[dict]:
                 ids = ast.literal_eval(ids) if isinstance(ids, str) else ids or ["call_0"]
                 out["tool_call_id"] = ids[0]
             messages.append(out)
-    return chats[:: max(1, len(chats) // limit)][:limit]
+    return trajectories
 
 
 def _accuracy(chats: list[dict], exact: Callable[[dict], int]) -> dict:

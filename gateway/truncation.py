@@ -9,8 +9,14 @@ tool result, so no result goes without its call. Where even the task and the las
 the task goes too, and the tail opens with a user message; where that cannot fit, the turn is a 400. Whether a chat fits is the
 model's own count where its deployment counts (gateway/token_count.py), else a bound no tokenizer exceeds:
 the chat's UTF-8 bytes as JSON (a token is at least one byte), which may drop more than needed, never too
-little. The longest tail that fits is found by bisection: a few counts, not one per message. Without
-`truncation` (or with `disabled`) a turn too long is refused by the model, as at OpenAI."""
+little. The longest tail that fits is found by bisection: a few counts, not one per message.
+
+The cut is kept stable from turn to turn, so the model's prefix cache (and a session's pinned KV) still
+holds the kept start of the conversation: the longest tail that fits is rounded down to a checkpoint, a
+cut where the bytes dropped pass a multiple of a stride (about a quarter of the context). A conversation
+only grows at its end, so the checkpoints stay where they are, and the cut moves only once a stride's
+worth more must go. Without `truncation` (or with `disabled`) a turn too long is refused by the model, as
+at OpenAI."""
 
 from __future__ import annotations
 
@@ -24,7 +30,22 @@ if TYPE_CHECKING:  # gateway.state builds what imports this module
     from gateway.state import GatewayState
 
 ANSWER_RESERVE = 256  # tokens kept for the answer where the turn sets no max_output_tokens (at most a quarter)
+STRIDE_SHARE = 0.25  # how far the cut moves at once, as a share of the budget (bench/truncation.py)
+BYTES_PER_TOKEN = 4  # for the stride: about what the estimate takes (bench/token_counts.py)
 _LEADING = ("system", "developer")
+
+
+def checkpoints(messages: list[dict], head: int, cuts: list[int], stride: int) -> list[int]:
+    """The `cuts` at which the bytes of the messages dropped after `head` first pass each multiple of
+    `stride`: the same ones turn after turn, as a conversation only grows at its end."""
+    marks, dropped, passed, position = [], 0, 0, head
+    for cut in cuts:
+        dropped += sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in messages[position:cut])
+        position = cut
+        if dropped // stride > passed:  # one long message may pass several multiples: one mark
+            marks.append(cut)
+            passed = dropped // stride
+    return marks
 
 
 def byte_bound(body: dict) -> int:
@@ -43,9 +64,10 @@ async def model_window(state: GatewayState, model: str) -> int | None:
     return min(said) if said else None
 
 
-async def fit_context(state: GatewayState, model: str, body: dict) -> int:
+async def fit_context(state: GatewayState, model: str, body: dict, stable: bool = True) -> int:
     """Drop messages from the middle of the chat `body` until it fits `model`'s context with room for the
-    answer; how many went. A 400 where the last exchange alone does not fit."""
+    answer; how many went. A 400 where the last exchange alone does not fit. `stable`: round the cut to a
+    checkpoint (False: the longest tail that fits, which moves every turn)."""
     window = await model_window(state, model)
     if window is None:
         return 0
@@ -86,8 +108,12 @@ async def fit_context(state: GatewayState, model: str, body: dict) -> int:
                 high = middle
             else:
                 low = middle + 1
-        body["messages"] = kept(head, cuts[low])["messages"]
-        return cuts[low] - head
+        cut = cuts[low]
+        if stable:
+            stride = int(budget * BYTES_PER_TOKEN * STRIDE_SHARE)
+            cut = next((mark for mark in checkpoints(messages, head, cuts, stride) if mark >= cut), cut)
+        body["messages"] = kept(head, cut)["messages"]
+        return cut - head
     raise bad_request(f"the turn's last exchange does not fit the context of {model!r} ({window} tokens, {reserve} of "
                       "them kept for the answer), even with every earlier item dropped", "input",
                       "context_length_exceeded")
