@@ -7,7 +7,7 @@ task, count again) that the bisection replaces, on the same contexts in the same
 much of what is sent the last turn's chat already was (what a prefix cache, or a session's pinned KV,
 reuses), with the cut kept stable (the default) and with the longest tail that fits.
 
-    .venv/bin/python -m bench.truncation [--window 8192] [--answer 256]
+    .venv/bin/python -m bench.truncation [--window 8192] [--answer 256] [--stride-share 0.25]
 
 Writes bench/results/truncation.json."""
 
@@ -25,6 +25,7 @@ from typing import Any
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
 from bench.token_counts import DATA, swe_agent_turns
+from gateway import truncation
 from gateway.backends.local import LocalEngineBackend
 from gateway.config import ModelInfo
 from gateway.deployments import Deployment, DeploymentPool
@@ -82,7 +83,7 @@ async def run(window: int, answer: int, trajectories: list[list[dict]]) -> dict:
         backend = CountingBackend(engine, "m")
         pool = DeploymentPool()
         pool.add(Deployment("m#0", "m", backend, ModelInfo(max_input_tokens=window), "pitstop-local/m"))
-        state = SimpleNamespace(pool=pool)
+        state = SimpleNamespace(pool=pool, windows={})
         rows = []
         prefill = {"stable": {"sent": 0, "reused": 0}, "longest": {"sent": 0, "reused": 0}}
         for turns in trajectories:
@@ -134,8 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--answer", type=int, default=256)
+    parser.add_argument("--stride-share", type=float, default=truncation.STRIDE_SHARE,
+                        help="how far a stable cut moves at once, as a share of the budget")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    truncation.STRIDE_SHARE = args.stride_share
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark reads the SWE-agent trajectories from the shared data folder")
     result = asyncio.run(run(args.window, args.answer, swe_agent_turns()))
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
           f"stable, {result['prefix_reused_share']['longest']:.0%} longest tail; prefill recomputed "
           f"{result['prefill_recomputed_longest_over_stable']:.1f}x more with the longest tail")
     report = {"command": command("bench.truncation", argv), "machine": machine_info(), "window": args.window,
-              "answer_reserve": args.answer, **result}
+              "answer_reserve": args.answer, "stride_share": args.stride_share, **result}
     print(f"wrote {write_report(args.out, report)}")
 
 

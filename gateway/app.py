@@ -79,6 +79,7 @@ def create_app(settings: Settings, state: GatewayState | None = None) -> Starlet
     state.batches.caller_of = state.auth.caller_of
     state.responses.background.resume = functools.partial(proxy.resume_background, state)  # taken over
     state.responses.background.caller_of = state.auth.caller_of
+    state.responses.background.counted = lambda outcome: state.metrics.background_takeovers.labels(outcome).inc()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -123,6 +123,7 @@ class BackgroundRuns:
     # Set by the app (gateway/app.py): a taken-over run's request served again, from its key's caller.
     resume: Callable[[Caller, dict], Awaitable[Response]] = _no_resume
     caller_of: Callable[[str | None], Awaitable[Caller | None]] = _no_caller
+    counted: Callable[[str], None] = lambda outcome: None  # a takeover's outcome, for the app's metrics
     closing: bool = False
     _looker: asyncio.Task[None] | None = None
 
@@ -266,17 +267,21 @@ class BackgroundRuns:
         if caller is None or row["takeovers"] > MAX_TAKEOVERS:
             why = "its API key was revoked" if caller is None else TOO_MANY_TAKEOVERS
             await self.advance(failed(row["response"], APIError(500, why)))
+            self.counted("failed")
             return
         log.info("taking over background response %s (takeover %d)", row["id"], row["takeovers"])
         answer = await self.resume(caller, row)
         if row["id"] in self.runs or answer.status_code < 400:
+            self.counted("resumed")
             return
         error = json.loads(bytes(answer.body))["error"]
         if answer.status_code == 503 or "retry-after" in answer.headers or error.get("code") == "conversation_locked":
             await self.release(row["response"])  # refused for now (a rate, its conversation, an outage): later
+            self.counted("deferred")
             return
         await self.advance(failed(row["response"], APIError(answer.status_code, error["message"],
                                                             error.get("param"), error.get("code"))))
+        self.counted("failed")
 
     async def close(self, grace_s: float) -> None:
         """At shutdown: the runs still going get `grace_s`, then are let go for another replica."""

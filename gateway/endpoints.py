@@ -25,9 +25,16 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.pitstop
 
 
+def _window(state: GatewayState, models: list[str]) -> dict:
+    """vLLM's `max_model_len`, where the context windows of `models` are known (a route group: its least)."""
+    known = [state.windows.get(model) for model in models]
+    return {"max_model_len": min(known)} if known and None not in known else {}  # type: ignore[type-var]
+
+
 def _model_objects(state: GatewayState) -> list[dict]:
-    """OpenAI's model objects: the route groups (with how they route), then the models."""
-    data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
+    """OpenAI's model objects: the route groups (with how they route), then the models; with vLLM's
+    `max_model_len` where their context windows are known."""
+    data = [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop", **_window(state, group.group.models),
              "pitstop": {"route_group": True, "models": group.group.models, "router": group.router.name,
                          "router_version": group.router.version, "cost_preference": group.cost_preference,
                          "exploration": {"epsilon": group.group.explore_epsilon, "among": group.group.explore_among},
@@ -36,7 +43,7 @@ def _model_objects(state: GatewayState) -> list[dict]:
                          "verify": {**asdict(group.verify), "hold_chars": group.verify_hold_chars}
                          if group.verify else None}}
             for name, group in state.routes.groups.items()]
-    return data + [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop"}
+    return data + [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop", **_window(state, [name])}
                    for name in state.settings.model_names]
 
 

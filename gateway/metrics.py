@@ -43,6 +43,13 @@ class GatewayMetrics:
                                  ["table", "state"], registry=r)
         self.background_runs = Gauge(f"{PREFIX}_background_responses",
                                      "Background responses this replica is running", registry=r)
+        # Taken over from a replica that stopped (gateway/background.py): resumed here, deferred (refused
+        # for now: let go for a later look), or failed (refused for good, or too many takeovers).
+        self.background_takeovers = Counter(f"{PREFIX}_background_takeovers", "Background responses taken over",
+                                            ["outcome"], registry=r)
+        self.truncated = Counter(f"{PREFIX}_truncated_requests",
+                                 "Responses turns cut to fit the model's context (truncation: auto)", ["model"],
+                                 registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)
         group = ["route_group"]

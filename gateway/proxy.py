@@ -152,6 +152,7 @@ async def _truncate(state: GatewayState, draft: OutcomeDraft) -> None:
     parsed = draft.request
     if dropped := await fit_context(state, draft.route.model_name, parsed.body):
         draft.extra["truncated_messages"] = dropped
+        state.metrics.truncated.labels(draft.route.model_name).inc()
         parsed.prompt_text, parsed.prompt_chars = check_messages(parsed.body["messages"])
 
 

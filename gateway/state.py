@@ -44,6 +44,7 @@ from storage.responses import ResponseStore, StoredResponseWriter
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
+WINDOW_LOOKUP_S = 5.0  # how long a deployment may take to say its context window at start
 BACKGROUND_GRACE_S = 30.0  # how long background responses may go on at shutdown without server.graceful_shutdown_s
 
 
@@ -118,6 +119,8 @@ class GatewayState:
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
     key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
+    windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
+    _window_lookup: asyncio.Task[None] | None = None
 
     def writers(self) -> dict[str, BatchWriter]:
         """The batch writers by table: what reaches the database off the request path."""
@@ -166,11 +169,27 @@ class GatewayState:
             await self.calibrator.start()
         await self.router_artifacts.start()
         await self.responses.start()  # and takes over any background response whose replica stopped
+        self._window_lookup = asyncio.create_task(self._learn_windows())
         await self.batches.start()  # and takes over any batch whose replica stopped
         if self.key_events is not None:
             await self.key_events.start()
 
+    async def _learn_windows(self) -> None:
+        """The models' context windows, for /v1/models (`max_model_len`, as vLLM lists it), looked up once at
+        start beside serving; a deployment that does not say in time is left out until truncation asks."""
+        from gateway.truncation import model_window
+
+        async def learn(model: str) -> None:
+            try:
+                await asyncio.wait_for(model_window(self, model), WINDOW_LOOKUP_S)
+            except Exception as exc:
+                log.info("context window of %s not known: %s", model, exc or type(exc).__name__)
+
+        await asyncio.gather(*(learn(model) for model in self.pool.by_model))
+
     async def close(self) -> None:
+        if self._window_lookup is not None:
+            self._window_lookup.cancel()
         # Background responses first: they still need the deployments, limits and writers.
         grace_s = self.settings.server.graceful_shutdown_s
         grace_s = BACKGROUND_GRACE_S if grace_s is None else grace_s

@@ -55,13 +55,14 @@ def byte_bound(body: dict) -> int:
 
 async def model_window(state: GatewayState, model: str) -> int | None:
     """The most prompt tokens `model` takes: its config's `max_input_tokens`, else the least its
-    deployments say (None where none says)."""
+    deployments say (None where none says); kept in `state.windows` once known."""
     deployments = state.pool.by_model.get(model, [])
     configured = [d.info.max_input_tokens for d in deployments if d.info.max_input_tokens is not None]
-    if configured:
-        return min(configured)
-    said = [window for d in deployments if (window := await d.backend.context_window()) is not None]
-    return min(said) if said else None
+    said = configured or [window for d in deployments if (window := await d.backend.context_window()) is not None]
+    if not said:
+        return None
+    state.windows[model] = window = min(said)
+    return window
 
 
 async def fit_context(state: GatewayState, model: str, body: dict, stable: bool = True) -> int:

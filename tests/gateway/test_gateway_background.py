@@ -241,6 +241,9 @@ def test_runs_whose_replica_stopped_are_taken_over_at_start_or_end_failed(tmp_pa
         done = ended(client, "resp_lapsed")
         unlucky, unserved = ended(client, "resp_unlucky"), ended(client, "resp_unserved")
         resumed = list(client.responses.retrieve("resp_lapsed", stream=True, starting_after=3))  # type: ignore[call-overload]
+        with gw.http() as http:  # the keyless one may be looked at last
+            metrics = wait_until(lambda: 'outcome="failed"} 3.0' in (text := http.get("/metrics").text) and text,
+                                 what="four takeovers counted")
     keyless = store.get("resp_keyless", datetime.now(UTC))
     assert done.status == "completed" and len(done.output_text.split()) == 5 and done.id == "resp_lapsed"
     assert [e.type for e in resumed] == ["response.completed"]  # a run taken over is not streamed again
@@ -248,6 +251,8 @@ def test_runs_whose_replica_stopped_are_taken_over_at_start_or_end_failed(tmp_pa
     assert unlucky.status == "failed" and unlucky.error is not None and unlucky.error.message == TOO_MANY_TAKEOVERS
     assert keyless is not None and keyless["response"]["error"]["message"] == "its API key was revoked"
     assert unserved.status == "failed" and unserved.error is not None and "retired" in unserved.error.message
+    assert 'pitstop_background_takeovers_total{outcome="resumed"} 1.0' in metrics
+    assert 'pitstop_background_takeovers_total{outcome="failed"} 3.0' in metrics
 
 
 def test_a_run_whose_replica_stopped_waits_for_a_takeover_unless_its_request_was_not_kept(tmp_path: Path) -> None:

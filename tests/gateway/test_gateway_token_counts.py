@@ -16,7 +16,7 @@ import pytest
 
 from engine.tiny_model import make_tiny_model
 from tests.engine.serving import engine_server
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.upstream import UpstreamProcess
 
 TOOL = {"type": "function", "name": "lookup", "description": "Look a word up in the dictionary.",
@@ -123,3 +123,16 @@ def test_a_chat_the_engine_would_refuse_is_a_400_when_counted_too(gw: Gateway) -
             {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                                                       "data": "AAAA"}}]}]})
     assert answer.status_code == 400 and answer.json()["type"] == "error"
+
+
+def test_models_list_their_context_window_where_it_is_known(gw: Gateway) -> None:
+    """vLLM's `max_model_len` in /v1/models: the in-process engine's, the engine server's (its /v1/models),
+    litellm's map for gpt-4o, a route group's least; none for an upstream that does not say."""
+    def listed() -> dict[str, int | None]:
+        with gw.openai() as client:
+            return {m.id: getattr(m, "max_model_len", None) for m in client.models.list()}
+
+    windows = wait_until(lambda: (found := listed())["remote"] is not None and found, what="the windows learnt")
+    assert windows == {"grp": 512, "tiny": 512, "remote": 512, "up": None, "gpt-4o": 128_000}
+    with gw.openai() as client:
+        assert getattr(client.models.retrieve("grp"), "max_model_len", None) == 512

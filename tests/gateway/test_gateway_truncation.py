@@ -75,6 +75,8 @@ def test_the_middle_goes_until_the_chat_fits_and_the_stored_chain_stays_whole(gw
     # model's prefix cache still holds it.
     extended = [later[:len(earlier)] == earlier for earlier, later in zip(sent, sent[1:], strict=False)]
     assert sum(extended) >= 2, [int(h["x-pitstop-truncated-messages"]) for h in cut_headers]
+    with gw.http() as http:
+        assert 'pitstop_truncated_requests_total{model="up"}' in http.get("/metrics").text
 
 
 def test_a_tool_call_is_never_sent_without_its_result(gw: Gateway, upstreams: tuple) -> None:
