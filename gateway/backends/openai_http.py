@@ -5,6 +5,7 @@ httpx because it costs about half the CPU per proxied request (bench/gateway_ove
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -73,6 +74,8 @@ class OpenAIHTTPBackend:
 
     async def start(self) -> None:
         self._closed = False
+        if (model := self.provider_model) is not None:  # litellm's import and map lookups take seconds: not on the loop
+            await asyncio.to_thread(lambda: (counts_as_openai(model), listed_window(model)))
 
     async def close(self) -> None:
         self._closed = True
