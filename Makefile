@@ -45,6 +45,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_batches
 	$(PY) -m bench.background_takeover
 	$(PY) -m bench.token_counts
+	$(PY) -m bench.gateway_cache
 	$(PY) -m bench.truncation
 	$(PY) -m bench.limits_holds
 

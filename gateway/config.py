@@ -150,6 +150,19 @@ class ResponsesConfig(_Strict):
     retention_days: float = Field(default=30.0, gt=0)  # then deleted (OpenAI keeps them 30 days)
 
 
+class CacheConfig(_Strict):
+    """Answers kept and served again for the same request (gateway/response_cache.py); off unless set."""
+
+    backend: Literal["local", "redis"] = "local"  # this replica's memory, or the Redis at redis_url (shared)
+    # Which requests: `deterministic` (embeddings, and answers at temperature 0 or with a seed), `all`,
+    # or `opt_in` (only those that ask); a request's `cache` field or x-pitstop-cache header decides too.
+    requests: Literal["deterministic", "all", "opt_in"] = "deterministic"
+    ttl_s: float = Field(default=3600.0, gt=0)  # how long an answer is kept unless the request says
+    max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # the local store's budget (least recent go first)
+    max_entry_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # a larger answer is served, not kept
+    shared_across_keys: bool = False  # false: an API key reads only the answers its own requests left
+
+
 class AuthConfig(_Strict):
     require_keys: bool = False
     master_key: str | None = None
@@ -182,12 +195,19 @@ class Settings(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     redis_url: str | None = None
+    cache: CacheConfig | None = None  # answers served again (gateway/response_cache.py); None: off
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
+
+    @model_validator(mode="after")
+    def _cache_backend_reachable(self) -> Settings:
+        if self.cache is not None and self.cache.backend == "redis" and self.redis_url is None:
+            raise ValueError("cache.backend: 'redis' needs redis_url")
+        return self
 
     @field_validator("route_groups")
     @classmethod

@@ -23,7 +23,8 @@ from engine.server.errors import APIError, bad_request
 from engine.server.json_out import SafeJSONResponse
 from gateway.backends.answers import reasoning_of
 
-_PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference")
+_PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference",
+           "cache")
 _READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format")
 _IGNORED = ("top_k", "thinking", "service_tier", "context_management", "output_config")
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",

@@ -50,6 +50,11 @@ class GatewayMetrics:
         self.truncated = Counter(f"{PREFIX}_truncated_requests",
                                  "Responses turns cut to fit the model's context (truncation: auto)", ["model"],
                                  registry=r)
+        # The response cache (gateway/response_cache.py): hit, coalesced (an identical request in flight
+        # answered it), miss, stored, too_large (served, not kept), error (its Redis away).
+        self.cache = Counter(f"{PREFIX}_response_cache", "Response cache lookups and writes by outcome", ["outcome"],
+                             registry=r)
+        self.cache_bytes = Gauge(f"{PREFIX}_response_cache_bytes", "Bytes the local response cache holds", registry=r)
         self.rank_cpu = Histogram(f"{PREFIX}_rank_cpu_seconds", "CPU time of the thread scoring a request's rank",
                                   buckets=_RANK_BUCKETS, registry=r)
         group = ["route_group"]

@@ -27,6 +27,7 @@ from storage.outcome_writer import OutcomeWriter
 
 if TYPE_CHECKING:
     from gateway.ranking import RankScores
+    from gateway.response_cache import CacheTicket
 
 log = logging.getLogger("pitstop.outcomes")
 
@@ -93,6 +94,8 @@ class OutcomeDraft:
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
     rank_pending: asyncio.Future[RankScores | None] | None = None
+    # Where the response cache applies (gateway/response_cache.py): the key its answer is kept under.
+    cache: CacheTicket | None = None
 
     def sending(self, deployment: Deployment) -> None:
         self.sent_to = deployment
@@ -205,6 +208,8 @@ class OutcomeRecorder:
         if draft.finished:
             return
         draft.finished = True
+        if draft.cache is not None:  # identical requests waiting on this one serve themselves if it kept nothing
+            draft.cache.settle()
         latency = time.monotonic() - draft.started
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         if draft.usage_estimated:
@@ -292,6 +297,7 @@ class OutcomeRecorder:
             "explore_pool": list(decision.explore_pool) if decision and decision.explore_pool else None,
             "routed_model": decision.model if decision else None,
             "verify_outcome": (draft.extra.get("verify") or {}).get("outcome"),
+            "cache_hit": draft.extra.get("cache") in ("hit", "coalesced"),
             "rank_score": draft.extra.get("rank_score"),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
             "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost, "finish_reason": draft.finish_reason,

@@ -25,7 +25,15 @@ from gateway.dialects import Dialect, DialectName, error_response
 from gateway.messages_stream import MessagesTurn
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import check_messages, parse_embeddings_request, parse_proxy_request
-from gateway.serving import as_api_error, embed, internal_error, response_headers, serve
+from gateway.serving import (
+    as_api_error,
+    embed,
+    internal_error,
+    response_headers,
+    serve,
+    serve_cached,
+    unless_disconnected,
+)
 from gateway.state import GatewayState, LimitExceeded
 from gateway.stored_responses import ResponsesTurn
 from gateway.truncation import fit_context
@@ -100,7 +108,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
             dialect = MessagesTurn(raw, draft.request_id, headers)
         if dialect is not None:
             raw, kind = dialect.chat, "chat"
-        draft.request = parsed = (parse_embeddings_request(raw) if kind == "embedding"
+        draft.request = parsed = (parse_embeddings_request(raw, headers) if kind == "embedding"
                                   else parse_proxy_request(raw, kind, headers))
         if dialect is not None:
             dialect.adopt(parsed)
@@ -113,9 +121,16 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         draft.route = state.routes.resolve(parsed)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":
             await _truncate(state, draft)
+        background = isinstance(dialect, ResponsesTurn) and dialect.background
+        if state.cache is not None and not background:  # a run on its own is not what a cache is for
+            kept = await unless_disconnected(request, state.cache.look_up(draft))
+            if kept is not None:
+                response = await serve_cached(state, draft, kind, dialect, kept)
+                handed_off = isinstance(response, SSEResponse)
+                return response
         if kind == "embedding":
             return await embed(request, state, draft)
-        if isinstance(dialect, ResponsesTurn) and dialect.background:  # answered now, run on its own
+        if background:  # answered now, run on its own
             queued = await state.responses.run_in_background(
                 dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect), parsed.stream)
             handed_off = True

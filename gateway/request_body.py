@@ -13,10 +13,11 @@ from starlette.datastructures import Headers
 from engine.server.errors import bad_request
 from engine.server.protocol import MAX_PIN_TTL_S, check_message_fields
 from gateway.backends.base import Kind
+from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
 from rankers.work import CHARS_PER_TOKEN
 
 # Pitstop's fields: read here, never forwarded as they are.
-GATEWAY_FIELDS = ("session_id", "priority", "pin_ttl_s", "cost_preference")
+GATEWAY_FIELDS = ("session_id", "priority", "pin_ttl_s", "cost_preference", CACHE_FIELD)
 SESSION_HEADER = "x-session-id"
 COST_PREFERENCE_HEADER = "x-pitstop-cost-preference"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -42,6 +43,7 @@ class ProxyRequest:
     cost_preference: float | None
     prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
     prompt_chars: int = 0  # the whole prompt's size, every message: the prefill the ranker's work score counts
+    cache: CacheControl = CacheControl()  # the request's say over the response cache (gateway/response_cache.py)
 
     @property
     def messages(self) -> list[dict] | None:
@@ -172,7 +174,8 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
                         session_id=session_id, priority=_number(raw, "priority"), pin_ttl_s=pin_ttl_s,
-                        cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars)
+                        cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars,
+                        cache=CacheControl.of(raw.get(CACHE_FIELD), headers.get(CACHE_HEADER)))
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on one request's inputs
@@ -198,7 +201,7 @@ def _check_embedding_input(value: Any) -> tuple[str, int]:
                       "list of non-empty lists of token ids", "input", "invalid_type")
 
 
-def parse_embeddings_request(raw: Any) -> ProxyRequest:
+def parse_embeddings_request(raw: Any, headers: Headers | dict[str, str] | None = None) -> ProxyRequest:
     """POST /v1/embeddings: the model, the input, and the fields OpenAI checks; `priority` orders the
     deployment's admission queue. Anything else passes through (e.g. vLLM's `truncate_prompt_tokens`)."""
     if not isinstance(raw, dict):
@@ -219,4 +222,5 @@ def parse_embeddings_request(raw: Any) -> ProxyRequest:
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind="embedding", model=model, body=body, stream=False, include_usage=False,
                         session_id=None, priority=_number(raw, "priority"), pin_ttl_s=None,
-                        cost_preference=None, prompt_text=prompt_text, prompt_chars=prompt_chars)
+                        cost_preference=None, prompt_text=prompt_text, prompt_chars=prompt_chars,
+                        cache=CacheControl.of(raw.get(CACHE_FIELD), (headers or {}).get(CACHE_HEADER)))

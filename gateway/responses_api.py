@@ -28,7 +28,7 @@ from gateway.responses_input import (
 
 # Request fields read here; anything else is a 400, as it would be for a chat request it can't be.
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
-           "session_id", "priority", "pin_ttl_s", "cost_preference")  # the last four: Pitstop's own
+           "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
          "previous_response_id", "conversation", "background", "truncation")
 _IGNORED = ("include", "service_tier", "safety_identifier",

@@ -9,8 +9,10 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any, TypeVar
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -19,12 +21,15 @@ from engine.server.errors import APIError, error_body
 from engine.server.json_out import SafeJSONResponse
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
-from gateway.backends.answers import UpstreamBytes
+from gateway.backends.answers import UpstreamBytes, embeddings_answer
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.background import CANCELLED
+from gateway.cache_control import CACHE_HEADER
+from gateway.cached_answers import StreamAssembler, replay_chunks
 from gateway.dialects import Dialect, DialectStream
 from gateway.drain import CUT_MESSAGE
 from gateway.outcomes import OutcomeDraft
+from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.routing import estimate_tokens
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState
@@ -46,6 +51,10 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]
+    if cache := draft.extra.get("cache"):  # the response cache applied: hit, coalesced or miss
+        headers[CACHE_HEADER] = cache
+        if "cache_age_s" in draft.extra:  # HTTP's Age: how old the kept answer is
+            headers["age"] = str(int(draft.extra["cache_age_s"]))
     return headers
 
 
@@ -82,6 +91,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         streamed = verify.stream(state, draft, kind, ctx, session.prefer)
         chunks, dispatched = await unless_disconnected(request, streamed)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        if draft.cache is not None and state.cache is not None:  # kept once it has ended well
+            chunks = kept_as_it_streams(state.cache, draft, kind, chunks)
         stream = None if dialect is None else dialect.stream(route.model_name)
         # on_close: also for a stream whose client left before its first event (its body never ran)
         response = SSEResponse(events(state, draft, chunks, session, stream),
@@ -95,6 +106,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     draft.ttft_s = None
     if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
         body["usage"] = draft.estimated_usage()
+    if draft.cache is not None and state.cache is not None and finished_well(body):
+        await state.cache.keep(draft.cache, draft.route.model_name, orjson.dumps(body))
     await state.sessions.finish(session, draft)
     state.recorder.finish(draft)
     await draft.settled()
@@ -112,6 +125,9 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     body, dispatched = await unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
     draft.usage = body.get("usage")
+    if draft.cache is not None and state.cache is not None and not draft.usage_estimated:
+        await state.cache.keep(draft.cache, draft.route.model_name,
+                               body.raw if isinstance(body, UpstreamBytes) else orjson.dumps(body))
     state.recorder.finish(draft)
     await draft.settled()
     if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
@@ -119,6 +135,59 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     if draft.usage_estimated:
         body["usage"] = draft.estimated_usage()
     return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+async def serve_cached(state: GatewayState, draft: OutcomeDraft, kind: Kind, dialect: Dialect | None,
+                       kept: CachedAnswer) -> Response:
+    """A request the response cache answers: the kept answer, whole or streamed again (as chat chunks or
+    a dialect's events), with no upstream call, session or rank; its row says `cache_hit` and costs
+    nothing."""
+    assert draft.request is not None and draft.route is not None
+    draft.extra["cache_age_s"] = round(kept.age_s, 3)
+    if kept.model != draft.route.model_name:  # a group's verification served another model
+        draft.route = replace(draft.route, model_name=kept.model)
+    model = kept.model
+    if kind == "embedding":
+        body: dict = embeddings_answer(kept.body)
+        draft.usage = body.get("usage")
+        state.recorder.finish(draft)
+        await draft.settled()
+        return Response(kept.body, media_type="application/json", headers=response_headers(draft))
+    body = orjson.loads(kept.body)
+    if draft.request.stream:
+        stream = None if dialect is None else dialect.stream(model)
+        response = SSEResponse(events(state, draft, replay_chunks(body, kind), SessionCall(CallContext(draft.request_id)),
+                                      stream), on_close=None if dialect is None else dialect.end)
+        response.headers.update(response_headers(draft))
+        return response
+    draft.take_response(body)
+    state.recorder.finish(draft)
+    await draft.settled()
+    if dialect is not None:
+        body = await dialect.answer(body, model)
+    return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+_KEPT_FINISHES = frozenset({"stop", "length", "tool_calls", "function_call"})
+
+
+def finished_well(answer: dict) -> bool:
+    """Every choice ended as a model's answer ends (not cut by an error or an abort): worth keeping."""
+    choices = answer.get("choices") or ()
+    return bool(choices) and all(c.get("finish_reason") in _KEPT_FINISHES for c in choices)
+
+
+async def kept_as_it_streams(cache: ResponseCache, draft: OutcomeDraft, kind: Kind,
+                             chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    """The chunks as they come; once they have all come, the whole answer they make is kept."""
+    assembler = StreamAssembler(kind)
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            assembler.add(chunk)
+            yield chunk
+    whole = assembler.whole()
+    if whole is not None and finished_well(whole) and draft.cache is not None and draft.route is not None:
+        await cache.keep(draft.cache, draft.route.model_name, orjson.dumps(whole))
 
 
 def internal_error(draft: OutcomeDraft) -> APIError:

@@ -27,6 +27,7 @@ from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
+from gateway.response_cache import ResponseCache
 from gateway.route_calibration import RouteCalibrator
 from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
@@ -119,6 +120,7 @@ class GatewayState:
     calibrator: RouteCalibrator | None = None  # route groups' cost preferences from their traffic
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
     key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
+    cache: ResponseCache | None = None  # answers served again (gateway/response_cache.py), where configured
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     _window_lookup: asyncio.Task[None] | None = None
 
@@ -206,6 +208,8 @@ class GatewayState:
         await self.recorder.drain()
         if self.ranking is not None:
             self.ranking.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self.sessions is not None:
             await self.sessions.close()
         await self.limiter.close()
@@ -271,5 +275,6 @@ def build_state(settings: Settings) -> GatewayState:
         files=files, batches=Batches(BatchStore(db), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking,
+        cache=ResponseCache.build(settings.cache, settings.redis_url, metrics) if settings.cache else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

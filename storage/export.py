@@ -6,7 +6,8 @@ requests); failing that, the mean of session-level feedback (rows with a session
 id) for its session, sent with the request's API key (sessions are per key; no key matches no key);
 else null. `quality_source`
 says which ("request", "session" or null) so a training job can weight or filter. Embeddings
-requests are left out: they have no answer to route or rank.
+requests are left out: they have no answer to route or rank; so are answers the response cache
+served (the same answer again, at no cost: they would teach a router that the model is free).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
                 & by_session.c.api_key_id.is_not_distinct_from(outcomes.c.api_key_id),
             )
         )
-        .where(*kept, or_(outcomes.c.endpoint.is_(None), outcomes.c.endpoint != "embedding"))
+        .where(*kept, or_(outcomes.c.endpoint.is_(None), outcomes.c.endpoint != "embedding"),
+               outcomes.c.cache_hit.is_not(True))
         .order_by(outcomes.c.created_at, outcomes.c.request_id)
     )
 

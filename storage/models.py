@@ -117,6 +117,9 @@ class Outcome(Base):
     # served, which is the escalation model where verification escalated.
     routed_model: Mapped[str | None]
     verify_outcome: Mapped[str | None]
+    # Served from the response cache (gateway/response_cache.py): no upstream call, no cost; training
+    # exports leave such rows out (the same answer again, and free). Null on rows logged before it was kept.
+    cache_hit: Mapped[bool | None]
     rank_score: Mapped[float | None]
     prompt_tokens: Mapped[int | None]
     completion_tokens: Mapped[int | None]

@@ -1,0 +1,201 @@
+"""The response cache: an answer kept and served again to the same request, without the upstream call.
+
+For offline jobs above all (an evaluation run again, a batch with repeated lines, a training set
+regenerated), and for embeddings, whose answers never change. Which requests: `cache.requests` in the
+config (`deterministic`: embeddings, and answers at temperature 0, with top_k 1, or with a seed; `all`;
+`opt_in`), and each request's own say, as litellm's proxy reads it: the body field `cache` (`use-cache`,
+`no-cache`: do not read a kept answer, `no-store`, `ttl`, `s-maxage`: only a kept answer younger than
+this) or the same directives in the header `x-pitstop-cache` (any API, the Responses and Messages APIs too).
+
+The key is the request as it goes upstream, after routing: the model that was chosen for it (so a
+router that changes its mind changes the key), the endpoint, and every field that shapes the answer
+(messages, tools, sampling, max_tokens, ...; not `stream`, `user`, `metadata` and the like), scoped to
+the API key unless `shared_across_keys`. Identical requests in flight at once on one replica are
+answered by one upstream call: the later ones wait for the first one's answer (`coalesced`)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import orjson
+
+from gateway.backends.base import Kind
+from gateway.cache_control import CACHE_FIELD, CacheControl
+from gateway.cache_stores import CacheStore, CacheUnavailable, LocalCacheStore, RedisCacheStore
+from gateway.config import CacheConfig
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
+    from gateway.outcomes import OutcomeDraft
+
+log = logging.getLogger("pitstop.cache")
+KEY_VERSION = 1  # part of every key: a change to what an entry holds starts a fresh cache
+# Fields that do not change the answer: left out of the key, so a streamed request and a whole one share it.
+_NOT_IN_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "prompt_cache_key", "store",
+                         "service_tier", "safety_identifier", CACHE_FIELD})
+
+
+def wanted(config: CacheConfig, kind: Kind, body: dict, control: CacheControl) -> bool:
+    """Does the cache apply to this request? The request's `use-cache` decides where it gives one."""
+    if control.use is not None:
+        return control.use
+    if config.requests == "opt_in":
+        return False
+    if config.requests == "all" or kind == "embedding":
+        return True
+    return body.get("temperature") == 0 or body.get("top_k") == 1 or body.get("seed") is not None
+
+
+def cache_key(scope: str, kind: Kind, model: str, body: dict) -> str:
+    shaping = {name: value for name, value in body.items() if name not in _NOT_IN_KEY}
+    blob = orjson.dumps([KEY_VERSION, scope, kind, model, shaping], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass
+class CachedAnswer:
+    model: str  # the model that answered (a route group's verification may have served another)
+    created: float  # wall clock, when it was kept
+    body: bytes  # the answer's JSON, as it was served
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"model": self.model, "created": self.created}) + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, blob: bytes) -> CachedAnswer:
+        head, _, body = blob.partition(b"\n")
+        meta = orjson.loads(head)
+        return cls(meta["model"], float(meta["created"]), body)
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.created)
+
+
+@dataclass
+class CacheTicket:
+    """A request the cache applies to: its key, its say, and, for the first of identical requests in
+    flight, the future the later ones wait on. It is listed from before the store is read until its
+    answer is written there (or it ends without one), so a request on this replica never finds neither."""
+
+    key: str
+    control: CacheControl
+    leading: asyncio.Future[CachedAnswer | None] | None = None
+    inflight: dict[str, asyncio.Future[CachedAnswer | None]] = field(default_factory=dict, repr=False)
+
+    def lead(self) -> None:
+        self.leading = self.inflight[self.key] = asyncio.get_running_loop().create_future()
+
+    def resolve(self, answer: CachedAnswer | None) -> None:
+        if self.leading is not None and not self.leading.done():
+            self.leading.set_result(answer)
+
+    def unlist(self) -> None:
+        if self.leading is not None and self.inflight.get(self.key) is self.leading:
+            del self.inflight[self.key]
+
+    def settle(self) -> None:
+        """At the request's end: without an answer kept, the requests waiting ask for themselves."""
+        if self.leading is not None and not self.leading.done():
+            self.leading.set_result(None)
+            self.unlist()
+
+
+class ResponseCache:
+    def __init__(self, config: CacheConfig, store: CacheStore, metrics: GatewayMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self._inflight: dict[str, asyncio.Future[CachedAnswer | None]] = {}
+
+    @classmethod
+    def build(cls, config: CacheConfig, redis_url: str | None, metrics: GatewayMetrics) -> ResponseCache:
+        if config.backend == "redis":
+            assert redis_url is not None  # the config checks it
+            return cls(config, RedisCacheStore(redis_url), metrics)
+        return cls(config, LocalCacheStore(config.max_bytes), metrics)
+
+    async def look_up(self, draft: OutcomeDraft) -> CachedAnswer | None:
+        """The kept answer for the draft's request, routed and admitted; None (and a ticket on the draft,
+        where the cache applies) when it must be served."""
+        assert draft.request is not None and draft.route is not None and draft.caller is not None
+        request = draft.request
+        control = request.cache
+        if not wanted(self.config, request.kind, request.body, control):
+            return None
+        scope = "*" if self.config.shared_across_keys else (draft.caller.key_id or "-")
+        ticket = CacheTicket(cache_key(scope, request.kind, draft.route.model_name, request.body), control,
+                             inflight=self._inflight)
+        draft.cache = ticket
+        leader = self._inflight.get(ticket.key)
+        if leader is not None and not control.no_cache:  # the same request is being answered here now
+            found = await asyncio.shield(leader)
+            if found is not None and self._young_enough(found, control):
+                draft.extra["cache"] = "coalesced"
+                self.metrics.cache.labels("coalesced").inc()
+                return found
+        if ticket.key not in self._inflight:  # listed before the read: the next one waits on this one
+            ticket.lead()
+        if not control.no_cache:
+            found = await self._read(ticket)
+            if found is not None:
+                ticket.resolve(found)
+                ticket.unlist()
+                draft.extra["cache"] = "hit"
+                return found
+        draft.extra["cache"] = "miss"
+        self.metrics.cache.labels("miss").inc()
+        return None
+
+    async def _read(self, ticket: CacheTicket) -> CachedAnswer | None:
+        try:
+            blob = await self.store.get(ticket.key)
+        except CacheUnavailable:
+            self.metrics.cache.labels("error").inc()
+            return None
+        if blob is None:
+            return None
+        try:
+            found = CachedAnswer.decode(blob)
+        except (ValueError, KeyError, TypeError):
+            log.warning("response cache: entry %s is unreadable; served afresh", ticket.key)
+            return None
+        if not self._young_enough(found, ticket.control):
+            return None
+        self.metrics.cache.labels("hit").inc()
+        return found
+
+    @staticmethod
+    def _young_enough(found: CachedAnswer, control: CacheControl) -> bool:
+        return control.max_age_s is None or found.age_s <= control.max_age_s
+
+    async def keep(self, ticket: CacheTicket, model: str, body: bytes) -> None:
+        """Keep a served answer, before it goes out (so the client's next request, on any replica, finds
+        it); the requests waiting on it get it at once."""
+        answer = CachedAnswer(model, time.time(), body)
+        ticket.resolve(answer)
+        try:
+            blob = answer.encode()
+            if ticket.control.no_store:
+                return
+            if len(blob) > self.config.max_entry_bytes:
+                self.metrics.cache.labels("too_large").inc()
+                return
+            try:
+                await self.store.put(ticket.key, blob, ticket.control.ttl_s or self.config.ttl_s)
+            except CacheUnavailable:
+                self.metrics.cache.labels("error").inc()
+                return
+            self.metrics.cache.labels("stored").inc()
+            if isinstance(self.store, LocalCacheStore):
+                self.metrics.cache_bytes.set(self.store.bytes)
+        finally:
+            ticket.unlist()
+
+    async def close(self) -> None:
+        await self.store.close()
