@@ -11,6 +11,9 @@ cache (where a Redis answers at 127.0.0.1:6379).
    again: wall time of each pass, and the upstream calls the second made.
 3. A burst of duplicates: `--burst-prompts` distinct prompts, each sent `--copies` times, shuffled, all
    at once: how many reached the upstream (identical requests in flight share one call).
+4. Re-indexing: `--passages` passages embedded in batches of 50, then again after 5% of them changed,
+   batched from another offset (so no batch is the same as before): the inputs the upstream was sent
+   on the second pass (embeddings are kept per input), and its wall time.
 
     .venv/bin/python -m bench.gateway_cache [--rounds 200] [--delay-ms 20]
 
@@ -168,6 +171,41 @@ def burst(gateways: dict[str, tuple[Service, str]], prompts: int, copies: int, n
     return results
 
 
+async def _embed_all(url: str, batches: list[list[str]], concurrency: int = 4) -> tuple[float, int]:
+    """(wall seconds, inputs the upstream was sent: the mock bills 8 tokens an input)."""
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        async def one(batch: list[str]) -> int:
+            async with gate:
+                response = await client.post("/v1/embeddings", json={"model": "e", "input": batch})
+                response.raise_for_status()
+                return response.json()["usage"]["prompt_tokens"] // 8
+
+        started = time.perf_counter()
+        sent = await asyncio.gather(*(one(b) for b in batches))
+        return time.perf_counter() - started, sum(sent)
+
+
+def reindex(gateways: dict[str, tuple[Service, str]], passages: int, nonce: str) -> dict:
+    size = 50
+    texts = [f"{nonce} passage {i}: " + " ".join(f"w{(i * 7 + j) % 997}" for j in range(40)) for i in range(passages)]
+    changed = list(texts)
+    for i in random.Random(1).sample(range(passages), passages // 20):
+        changed[i] = texts[i] + " (edited)"
+    first = [texts[i:i + size] for i in range(0, passages, size)]
+    second = [changed[:size // 2]] + [changed[i:i + size] for i in range(size // 2, passages, size)]
+    results = {}
+    for name, (_, url) in gateways.items():
+        first_s, first_sent = asyncio.run(_embed_all(url, first))
+        second_s, second_sent = asyncio.run(_embed_all(url, second))
+        results[name] = {"passages": passages, "changed": passages // 20, "first_pass_s": first_s,
+                         "first_pass_inputs_sent": first_sent, "second_pass_s": second_s,
+                         "second_pass_inputs_sent": second_sent}
+        print(f"re-indexing, {name:5s}: {first_s:5.2f} s ({first_sent} inputs sent), after 5% changed "
+              f"{second_s:5.2f} s ({second_sent} inputs sent)", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
@@ -175,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-prompts", type=int, default=400)
     parser.add_argument("--burst-prompts", type=int, default=20)
     parser.add_argument("--copies", type=int, default=10)
+    parser.add_argument("--passages", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="pitstop-bench-cache-"))
@@ -189,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         latency = one_at_a_time(gateways, args.rounds, nonce)
         evaluation = evaluation_twice(gateways, args.eval_prompts, nonce)
         duplicates = burst(gateways, args.burst_prompts, args.copies, nonce)
+        indexing = reindex(gateways, args.passages, nonce)
     finally:
         for service, _ in gateways.values():
             service.stop()
         mock.stop()
     write_report(args.out, {"command": command("bench.gateway_cache", argv), "machine": machine_info(),
                             "delay_ms": args.delay_ms, "gateways": names, "one_at_a_time": latency,
-                            "evaluation_twice": evaluation, "burst": duplicates})
+                            "evaluation_twice": evaluation, "burst": duplicates,
+                            "reindex": indexing})
     print(f"wrote {args.out}")
     return 0
 

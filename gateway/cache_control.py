@@ -11,7 +11,7 @@ from typing import Any
 from engine.server.errors import bad_request
 
 CACHE_FIELD = "cache"  # the request's own say (litellm's name), never sent upstream
-CACHE_HEADER = "x-pitstop-cache"  # the same directives on any API; on the answer: hit, coalesced or miss
+CACHE_HEADER = "x-pitstop-cache"  # the same directives on any API; on the answer: hit, coalesced, partial or miss
 _FLAGS = ("use-cache", "no-cache", "no-store")
 _SECONDS = ("ttl", "s-maxage")
 _HEADER_FLAGS = {"true": True, "false": False}

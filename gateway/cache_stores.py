@@ -26,6 +26,10 @@ class CacheStore(Protocol):
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -62,6 +66,13 @@ class LocalCacheStore:
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
+    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None:
+        for key, value in entries:
+            await self.put(key, value, ttl_s)
+
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
         self.bytes -= len(value)
@@ -97,6 +108,25 @@ class RedisCacheStore:
         self._check_awake()
         try:
             await self._client.set(self.PREFIX + key, value, px=max(1, round(ttl_s * 1000)))
+        except Exception as exc:
+            raise self._rest(exc) from None
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """One round trip (MGET), whatever the number of keys."""
+        self._check_awake()
+        try:
+            return await self._client.mget([self.PREFIX + key for key in keys])
+        except Exception as exc:
+            raise self._rest(exc) from None
+
+    async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None:
+        """One round trip: the SETs pipelined, not in a transaction (each entry stands alone)."""
+        self._check_awake()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in entries:
+                    pipe.set(self.PREFIX + key, value, px=max(1, round(ttl_s * 1000)))
+                await pipe.execute()
         except Exception as exc:
             raise self._rest(exc) from None
 

@@ -22,6 +22,7 @@ from gateway.backends.base import BackendError, Kind
 from gateway.background import CANCELLED, SHUTDOWN, TAKEN_ELSEWHERE
 from gateway.budget_holds import budget_hold
 from gateway.dialects import Dialect, DialectName, error_response
+from gateway.embedding_cache import embed_cached
 from gateway.messages_stream import MessagesTurn
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import check_messages, parse_embeddings_request, parse_proxy_request
@@ -121,6 +122,10 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         draft.route = state.routes.resolve(parsed)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":
             await _truncate(state, draft)
+        if kind == "embedding":
+            if state.cache is not None and state.cache.applies(draft):  # kept per input
+                return await embed_cached(request, state, draft)
+            return await embed(request, state, draft)
         background = isinstance(dialect, ResponsesTurn) and dialect.background
         if state.cache is not None and not background:  # a run on its own is not what a cache is for
             kept = await unless_disconnected(request, state.cache.look_up(draft))
@@ -128,8 +133,6 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
                 response = await serve_cached(state, draft, kind, dialect, kept)
                 handed_off = isinstance(response, SSEResponse)
                 return response
-        if kind == "embedding":
-            return await embed(request, state, draft)
         if background:  # answered now, run on its own
             queued = await state.responses.run_in_background(
                 dialect, draft.route.model_name, lambda: _in_background(state, draft, kind, dialect), parsed.stream)

@@ -11,7 +11,8 @@ The key is the request as it goes upstream, after routing: the model that was ch
 router that changes its mind changes the key), the endpoint, and every field that shapes the answer
 (messages, tools, sampling, max_tokens, ...; not `stream`, `user`, `metadata` and the like), scoped to
 the API key unless `shared_across_keys`. Identical requests in flight at once on one replica are
-answered by one upstream call: the later ones wait for the first one's answer (`coalesced`)."""
+answered by one upstream call: the later ones wait for the first one's answer (`coalesced`).
+Embeddings are kept one entry an input instead (gateway/embedding_cache.py)."""
 
 from __future__ import annotations
 
@@ -120,17 +121,25 @@ class ResponseCache:
             return cls(config, RedisCacheStore(redis_url), metrics)
         return cls(config, LocalCacheStore(config.max_bytes), metrics)
 
+    def applies(self, draft: OutcomeDraft) -> bool:
+        assert draft.request is not None
+        return wanted(self.config, draft.request.kind, draft.request.body, draft.request.cache)
+
+    def scope(self, draft: OutcomeDraft) -> str:
+        """Whose answers the request may read: its API key's, or everyone's (`shared_across_keys`)."""
+        assert draft.caller is not None
+        return "*" if self.config.shared_across_keys else (draft.caller.key_id or "-")
+
     async def look_up(self, draft: OutcomeDraft) -> CachedAnswer | None:
         """The kept answer for the draft's request, routed and admitted; None (and a ticket on the draft,
         where the cache applies) when it must be served."""
-        assert draft.request is not None and draft.route is not None and draft.caller is not None
+        assert draft.request is not None and draft.route is not None
         request = draft.request
         control = request.cache
-        if not wanted(self.config, request.kind, request.body, control):
+        if request.kind == "embedding" or not self.applies(draft):  # embeddings: kept per input (embed_cached)
             return None
-        scope = "*" if self.config.shared_across_keys else (draft.caller.key_id or "-")
-        ticket = CacheTicket(cache_key(scope, request.kind, draft.route.model_name, request.body), control,
-                             inflight=self._inflight)
+        ticket = CacheTicket(cache_key(self.scope(draft), request.kind, draft.route.model_name, request.body),
+                             control, inflight=self._inflight)
         draft.cache = ticket
         leader = self._inflight.get(ticket.key)
         if leader is not None and not control.no_cache:  # the same request is being answered here now
@@ -158,17 +167,54 @@ class ResponseCache:
         except CacheUnavailable:
             self.metrics.cache.labels("error").inc()
             return None
+        found = self._decoded(ticket.key, blob, ticket.control)
+        if found is not None:
+            self.metrics.cache.labels("hit").inc()
+        return found
+
+    def _decoded(self, key: str, blob: bytes | None, control: CacheControl) -> CachedAnswer | None:
         if blob is None:
             return None
         try:
             found = CachedAnswer.decode(blob)
         except (ValueError, KeyError, TypeError):
-            log.warning("response cache: entry %s is unreadable; served afresh", ticket.key)
+            log.warning("response cache: entry %s is unreadable; served afresh", key)
             return None
-        if not self._young_enough(found, ticket.control):
-            return None
-        self.metrics.cache.labels("hit").inc()
+        return found if self._young_enough(found, control) else None
+
+    async def read_many(self, keys: list[str], control: CacheControl) -> list[CachedAnswer | None]:
+        """The entries under `keys` (an embeddings request's inputs), in one round trip; None for each
+        one missing, too old, or all of them when the store fails (counted per input)."""
+        if control.no_cache:
+            found: list[CachedAnswer | None] = [None] * len(keys)
+        else:
+            try:
+                blobs = await self.store.get_many(keys)
+            except CacheUnavailable:
+                self.metrics.cache.labels("error").inc()
+                blobs = [None] * len(keys)
+            found = [self._decoded(key, blob, control) for key, blob in zip(keys, blobs, strict=True)]
+        hits = sum(f is not None for f in found)
+        self.metrics.cache.labels("hit").inc(hits)
+        self.metrics.cache.labels("miss").inc(len(keys) - hits)
         return found
+
+    async def keep_many(self, keys: list[str], bodies: list[bytes], model: str, control: CacheControl) -> None:
+        """Keep an embeddings request's new vectors, one entry an input, in one round trip."""
+        if control.no_store or not keys:
+            return
+        now = time.time()
+        entries = [(key, blob) for key, body in zip(keys, bodies, strict=True)
+                   if len(blob := CachedAnswer(model, now, body).encode()) <= self.config.max_entry_bytes]
+        self.metrics.cache.labels("too_large").inc(len(keys) - len(entries))
+        try:
+            await self.store.put_many(entries, control.ttl_s or self.config.ttl_s)
+        except CacheUnavailable:
+            self.metrics.cache.labels("error").inc()
+            return
+        self.metrics.cache.labels("stored").inc(len(entries))
+        if isinstance(self.store, LocalCacheStore):
+            self.metrics.cache_bytes.set(self.store.bytes)
 
     @staticmethod
     def _young_enough(found: CachedAnswer, control: CacheControl) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ from engine.server.errors import APIError, error_body
 from engine.server.json_out import SafeJSONResponse
 from engine.server.sse import DONE, SSEResponse, sse_event
 from gateway import verify
-from gateway.backends.answers import UpstreamBytes, embeddings_answer
+from gateway.backends.answers import UpstreamBytes
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.background import CANCELLED
 from gateway.cache_control import CACHE_HEADER
@@ -116,7 +116,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     return SafeJSONResponse(body, headers=response_headers(draft))
 
 
-async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraft) -> Response:
+async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraft,
+                keep: Callable[[dict], Awaitable[Any]] | None = None) -> Response:
     """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
@@ -125,9 +126,8 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     body, dispatched = await unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
     draft.usage = body.get("usage")
-    if draft.cache is not None and state.cache is not None and not draft.usage_estimated:
-        await state.cache.keep(draft.cache, draft.route.model_name,
-                               body.raw if isinstance(body, UpstreamBytes) else orjson.dumps(body))
+    if keep is not None:  # the response cache's, for the vectors (gateway/embedding_cache.py)
+        await keep(body)
     state.recorder.finish(draft)
     await draft.settled()
     if isinstance(body, UpstreamBytes):  # as it came: a batch of floats is not written out again
@@ -147,13 +147,7 @@ async def serve_cached(state: GatewayState, draft: OutcomeDraft, kind: Kind, dia
     if kept.model != draft.route.model_name:  # a group's verification served another model
         draft.route = replace(draft.route, model_name=kept.model)
     model = kept.model
-    if kind == "embedding":
-        body: dict = embeddings_answer(kept.body)
-        draft.usage = body.get("usage")
-        state.recorder.finish(draft)
-        await draft.settled()
-        return Response(kept.body, media_type="application/json", headers=response_headers(draft))
-    body = orjson.loads(kept.body)
+    body: dict = orjson.loads(kept.body)
     if draft.request.stream:
         stream = None if dialect is None else dialect.stream(model)
         response = SSEResponse(events(state, draft, replay_chunks(body, kind), SessionCall(CallContext(draft.request_id)),

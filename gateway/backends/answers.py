@@ -45,6 +45,7 @@ def large_json(raw: bytes) -> Any:
 
 class _EmbeddingItem(msgspec.Struct):
     embedding: msgspec.Raw  # found and skipped (syntax checked), never made into floats
+    index: int | None = None
 
 
 class _EmbeddingsAnswer(msgspec.Struct):
@@ -53,6 +54,21 @@ class _EmbeddingsAnswer(msgspec.Struct):
 
 
 _EMBEDDINGS = msgspec.json.Decoder(_EmbeddingsAnswer)
+
+
+def embedding_vectors(answer: dict) -> list[bytes]:
+    """Each input's vector of a checked embeddings answer as JSON text (a list of numbers, or a base64
+    string), in the inputs' order (by `index` where every item has one). From the upstream's own bytes
+    the vectors are cut out as they are, never read into floats."""
+    if isinstance(answer, UpstreamBytes):
+        vectors = answer.vectors if answer.vectors is not None else [
+            (item.index, item.embedding) for item in _EMBEDDINGS.decode(answer.raw).data]
+        items = [(index, bytes(vector)) for index, vector in vectors]
+    else:
+        items = [(item.get("index"), orjson.dumps(item["embedding"])) for item in answer["data"]]
+    if all(isinstance(index, int) for index, _ in items):
+        items.sort(key=lambda item: item[0])
+    return [vector for _, vector in items]
 
 
 def embeddings_answer(raw: bytes, skim: bool = True) -> dict:
@@ -70,7 +86,9 @@ def embeddings_answer(raw: bytes, skim: bool = True) -> dict:
     if shaped is not None and shaped.usage is not None and _billable(shaped.usage) and all(
             memoryview(item.embedding)[:1] in (b"[", b'"') for item in shaped.data):
         # The usage read as the whole-answer path reads it (an integer past 64 bits becomes a float there).
-        return UpstreamBytes.of({"usage": large_json(msgspec.json.encode(shaped.usage))}, raw)
+        skimmed = UpstreamBytes.of({"usage": large_json(msgspec.json.encode(shaped.usage))}, raw)
+        skimmed.vectors = [(item.index, item.embedding) for item in shaped.data]  # views of `raw`, for the cache
+        return skimmed
     try:
         answer = large_json(raw)
     except ValueError:
@@ -86,6 +104,7 @@ class UpstreamBytes(dict):
     one is not written out again. Set only where nothing in it was changed."""
 
     raw: bytes
+    vectors: list[tuple[int | None, msgspec.Raw]] | None = None  # each item's (index, vector JSON), where skimmed
 
     @classmethod
     def of(cls, answer: dict, raw: bytes) -> UpstreamBytes:

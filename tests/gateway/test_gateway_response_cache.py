@@ -187,16 +187,42 @@ def test_opt_in_and_all(upstream: UpstreamProcess, tmp_path: Path) -> None:
         assert headers == ["miss", "hit"] and upstream.stats()["requests"] == 1
 
 
-def test_embeddings_are_served_again_as_the_upstream_sent_them(upstream: UpstreamProcess, tmp_path: Path) -> None:
+def test_embeddings_are_kept_per_input_and_only_new_inputs_go_upstream(upstream: UpstreamProcess,
+                                                                        tmp_path: Path) -> None:
     with running_gateway(cached_config(tmp_path, upstream)) as gw, gw.http() as http:
-        body = {"model": "embed", "input": [fresh("one two"), "three"]}
-        first, second = (http.post("/v1/embeddings", json=body) for _ in range(2))
-        assert (first.headers[CACHE_HEADER], second.headers[CACHE_HEADER]) == ("miss", "hit")
-        assert second.content == first.content and b'"object": "list"' in second.content  # the upstream's bytes
-        assert upstream.stats()["requests"] == 1
-        assert gw.openai().embeddings.create(**body).data[1].embedding == first.json()["data"][1]["embedding"]
-        hit = gw.row(request_id_of(second))
-        assert hit["cache_hit"] is True and hit["prompt_tokens"] == first.json()["usage"]["prompt_tokens"]
+        a, b, c = fresh("one two"), fresh("three"), fresh("four five six")
+        first = http.post("/v1/embeddings", json={"model": "embed", "input": [a, b]})
+        assert first.headers[CACHE_HEADER] == "miss" and b'"object": "list"' in first.content  # the upstream's bytes
+        vectors = {text: item["embedding"] for text, item in zip([a, b], first.json()["data"], strict=True)}
+
+        again = http.post("/v1/embeddings", json={"model": "embed", "input": [a, b]})
+        assert again.headers[CACHE_HEADER] == "hit" and upstream.stats()["requests"] == 1
+        assert [d["embedding"] for d in again.json()["data"]] == [vectors[a], vectors[b]]
+        assert again.json()["usage"] == {"prompt_tokens": 0, "total_tokens": 0}  # nothing read upstream
+
+        # A batch of new and known inputs: only the new ones go upstream, and come back in their places.
+        mixed = gw.openai().embeddings.with_raw_response.create(model="embed", input=[c, b, a],
+                                                              encoding_format="float")
+        assert mixed.headers[CACHE_HEADER] == "partial" and upstream.stats()["requests"] == 2
+        assert upstream.stats()["bodies"][-1]["input"] == [c]
+        answer = mixed.parse()
+        assert [d.index for d in answer.data] == [0, 1, 2]
+        assert [d.embedding for d in answer.data[1:]] == [vectors[b], vectors[a]]
+        assert answer.data[0].embedding[:3] == [4.0, float(ord("a")), 0.0]  # c's: four words, asked alone
+        assert answer.usage.prompt_tokens == 4  # what the upstream read: c alone
+
+        # Another encoding is another answer; a single string is the same input as a list of one.
+        b64 = http.post("/v1/embeddings", json={"model": "embed", "input": a, "encoding_format": "base64"})
+        assert b64.headers[CACHE_HEADER] == "miss"
+        single = http.post("/v1/embeddings", json={"model": "embed", "input": a})
+        assert single.headers[CACHE_HEADER] == "hit" and single.json()["data"][0]["embedding"] == vectors[a]
+        assert upstream.stats()["requests"] == 3
+
+        rows = {r["request_id"]: r for r in gw.rows()}
+        assert rows[request_id_of(again)]["cache_hit"] is True and rows[request_id_of(again)]["cost_usd"] == 0
+        partial = rows[mixed.headers["x-pitstop-request-id"]]
+        assert partial["cache_hit"] is False and partial["prompt_tokens"] == 4 and partial["cost_usd"] > 0
+        assert partial["extra"]["cached_inputs"] == 2
 
 
 def test_each_key_reads_only_its_own_answers(upstream: UpstreamProcess, tmp_path: Path) -> None:
@@ -289,6 +315,14 @@ def test_replicas_share_answers_through_redis(upstream: UpstreamProcess, tmp_pat
         assert (first.headers[CACHE_HEADER], second.headers[CACHE_HEADER]) == ("miss", "hit")
         assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
         assert upstream.stats()["requests"] == 1
+
+        x, y, z = fresh(), fresh(), fresh()  # embeddings: each input's entry read in one MGET, written in one pipeline
+        with a.http() as http_a, b.http() as http_b:
+            assert http_a.post("/v1/embeddings", json={"model": "embed", "input": [x, y]}).headers[CACHE_HEADER] == "miss"
+            mixed = http_b.post("/v1/embeddings", json={"model": "embed", "input": [y, z, x]})
+            assert mixed.headers[CACHE_HEADER] == "partial" and upstream.stats()["bodies"][-1]["input"] == [z]
+            assert http_a.post("/v1/embeddings", json={"model": "embed", "input": [z]}).headers[CACHE_HEADER] == "hit"
+        assert upstream.stats()["requests"] == 3
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ what the key reads, and a request's directives."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from engine.server.errors import APIError
+from gateway.backends.answers import UpstreamBytes, embedding_vectors
 from gateway.cache_control import CacheControl
 from gateway.cache_stores import LocalCacheStore
 from gateway.cached_answers import StreamAssembler, replay_chunks
@@ -133,3 +135,11 @@ def test_directives_from_the_body_and_the_header() -> None:
 def test_an_entry_reads_back_as_it_was_kept() -> None:
     kept = CachedAnswer("m", 1700000000.5, b'{"a": 1}\n{"b": 2}')
     assert CachedAnswer.decode(kept.encode()) == kept
+
+
+def test_vectors_are_cut_from_an_answer_in_the_inputs_order() -> None:
+    answer = {"object": "list", "data": [{"object": "embedding", "index": 1, "embedding": [0.5, -1e-3]},
+                                         {"object": "embedding", "index": 0, "embedding": "AAAA"}], "usage": {}}
+    raw = json.dumps(answer).encode()
+    assert embedding_vectors(UpstreamBytes.of({"usage": {}}, raw)) == [b'"AAAA"', b"[0.5, -0.001]"]  # as sent
+    assert embedding_vectors(answer) == [b'"AAAA"', b"[0.5,-0.001]"]
