@@ -17,6 +17,7 @@ from starlette.routing import Route
 from engine.server.errors import APIError
 from gateway import (
     batch_endpoints,
+    cache_admin,
     conversation_endpoints,
     endpoints,
     files,
@@ -53,6 +54,7 @@ ROUTES = [
     Route("/v1/keys/{key_id}", key_admin.get_key, methods=["GET"]),
     Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
     Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
+    Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),

@@ -8,8 +8,10 @@ seconds (`RETRY_AFTER_S`) rather than making every request wait out a timeout.""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 log = logging.getLogger("pitstop.cache")
@@ -29,6 +31,8 @@ class CacheStore(Protocol):
     async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
 
     async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -72,6 +76,12 @@ class LocalCacheStore:
     async def put_many(self, entries: list[tuple[str, bytes]], ttl_s: float) -> None:
         for key, value in entries:
             await self.put(key, value, ttl_s)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        doomed = [key for key in self._entries if key.startswith(prefix)]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
 
     def _drop(self, key: str) -> None:
         _, value = self._entries.pop(key)
@@ -130,6 +140,18 @@ class RedisCacheStore:
         except Exception as exc:
             raise self._rest(exc) from None
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Every entry whose key starts with `prefix`, found by SCAN (never KEYS, which stops Redis) and
+        unlinked a page at a time. Raises CacheUnavailable, as a flush cannot be skipped."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.PREFIX + prefix) + "*"
+        deleted = 0
+        try:
+            async for page in _pages(self._client.scan_iter(match=pattern, count=1000), 1000):
+                deleted += await self._client.unlink(*page)
+        except Exception as exc:
+            raise CacheUnavailable(str(exc) or type(exc).__name__) from None
+        return deleted
+
     def _check_awake(self) -> None:
         if time.monotonic() < self._resting_until:
             raise CacheUnavailable("the cache's Redis failed moments ago")
@@ -143,3 +165,14 @@ class RedisCacheStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+async def _pages(keys: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
+    page: list[bytes] = []
+    async for key in keys:
+        page.append(key)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page

@@ -18,7 +18,6 @@ from starlette.responses import Response
 from gateway.backends.answers import embedding_vectors
 from gateway.backends.base import BackendError, CallContext
 from gateway.outcomes import OutcomeDraft
-from gateway.response_cache import cache_key
 from gateway.serving import embed, response_headers, unless_disconnected
 from gateway.state import GatewayState
 
@@ -35,9 +34,8 @@ async def embed_cached(request: Request | None, state: GatewayState, draft: Outc
     assert cache is not None and draft.caller is not None and draft.request is not None and draft.route is not None
     parsed, model = draft.request, draft.route.model_name
     inputs = inputs_of(parsed.body["input"])
-    scope = cache.scope(draft)
     shaping = {**parsed.body, "encoding_format": parsed.body.get("encoding_format") or "float"}  # OpenAI's default
-    keys = [cache_key(scope, "embedding", model, {**shaping, "input": item}) for item in inputs]
+    keys = [cache.key(draft, {**shaping, "input": item}) for item in inputs]
     kept = await unless_disconnected(request, cache.read_many(keys, parsed.cache))
     missing = [i for i, found in enumerate(kept) if found is None]
     if len(missing) == len(inputs):  # nothing kept: served as without a cache, its vectors kept

@@ -30,12 +30,12 @@ def _state(request: Request) -> GatewayState:
     return request.app.state.pitstop
 
 
-def _master_only(state: GatewayState, request: Request) -> None:
+def require_master(state: GatewayState, request: Request, what: str = "managing keys") -> None:
     if state.settings.auth.master_key is None:
-        raise APIError(403, "managing keys over HTTP needs a master key (auth.master_key in the config)",
+        raise APIError(403, f"{what} over HTTP needs a master key (auth.master_key in the config)",
                        code="master_key_required")
     if not state.auth.is_master(request.headers):
-        raise APIError(401, "managing keys needs the master key: send 'Authorization: Bearer <master key>'",
+        raise APIError(401, f"{what} needs the master key: send 'Authorization: Bearer <master key>'",
                        code="invalid_api_key")
 
 
@@ -87,7 +87,7 @@ async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 async def create_key(request: Request) -> Response:
     state = _state(request)
-    _master_only(state, request)
+    require_master(state, request)
     body = await _body(request, state, ("name", *LIMITS))
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -100,20 +100,20 @@ async def create_key(request: Request) -> Response:
 
 async def list_keys(request: Request) -> Response:
     state = _state(request)
-    _master_only(state, request)
+    require_master(state, request)
     keys = await _call(state.keys.list)
     return JSONResponse({"object": "list", "data": [key_object(key) for key in keys]})
 
 
 async def get_key(request: Request) -> Response:
     state = _state(request)
-    _master_only(state, request)
+    require_master(state, request)
     return JSONResponse(key_object(await _found(state, request.path_params["key_id"])))
 
 
 async def update_key(request: Request) -> Response:
     state = _state(request)
-    _master_only(state, request)
+    require_master(state, request)
     key_id = request.path_params["key_id"]
     body = await _body(request, state, LIMITS)
     await _found(state, key_id)
@@ -124,7 +124,7 @@ async def update_key(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     state = _state(request)
-    _master_only(state, request)
+    require_master(state, request)
     key_id = request.path_params["key_id"]
     await _found(state, key_id)
     key = await _call(state.keys.revoke, key_id)

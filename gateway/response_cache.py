@@ -28,7 +28,7 @@ import orjson
 from gateway.backends.base import Kind
 from gateway.cache_control import CACHE_FIELD, CacheControl
 from gateway.cache_stores import CacheStore, CacheUnavailable, LocalCacheStore, RedisCacheStore
-from gateway.config import CacheConfig
+from gateway.config import CacheConfig, Settings
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -52,10 +52,13 @@ def wanted(config: CacheConfig, kind: Kind, body: dict, control: CacheControl) -
     return body.get("temperature") == 0 or body.get("top_k") == 1 or body.get("seed") is not None
 
 
-def cache_key(scope: str, kind: Kind, model: str, body: dict) -> str:
+def cache_key(scope: str, kind: Kind, model: str, body: dict, upstream: str = "") -> str:
+    """`<model>:<digest>`: the model first, so its entries can be flushed together. `upstream` names
+    what serves the model (its deployments' provider models), so pointing a model name at another
+    model in the config starts it afresh."""
     shaping = {name: value for name, value in body.items() if name not in _NOT_IN_KEY}
-    blob = orjson.dumps([KEY_VERSION, scope, kind, model, shaping], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(blob).hexdigest()
+    blob = orjson.dumps([KEY_VERSION, scope, kind, model, upstream, shaping], option=orjson.OPT_SORT_KEYS)
+    return f"{model}:{hashlib.sha256(blob).hexdigest()}"
 
 
 @dataclass
@@ -108,18 +111,39 @@ class CacheTicket:
 
 
 class ResponseCache:
-    def __init__(self, config: CacheConfig, store: CacheStore, metrics: GatewayMetrics) -> None:
+    def __init__(self, config: CacheConfig, store: CacheStore, metrics: GatewayMetrics,
+                 upstreams: dict[str, str] | None = None) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.upstreams = upstreams or {}  # model name -> what serves it (part of its keys)
         self._inflight: dict[str, asyncio.Future[CachedAnswer | None]] = {}
 
     @classmethod
-    def build(cls, config: CacheConfig, redis_url: str | None, metrics: GatewayMetrics) -> ResponseCache:
+    def build(cls, settings: Settings, metrics: GatewayMetrics) -> ResponseCache:
+        config = settings.cache
+        assert config is not None
+        served_by: dict[str, set[str]] = {}
+        for entry in settings.model_list:
+            served_by.setdefault(entry.model_name, set()).add(entry.litellm_params.model)
+        upstreams = {model: ",".join(sorted(names)) for model, names in served_by.items()}
         if config.backend == "redis":
-            assert redis_url is not None  # the config checks it
-            return cls(config, RedisCacheStore(redis_url), metrics)
-        return cls(config, LocalCacheStore(config.max_bytes), metrics)
+            assert settings.redis_url is not None  # the config checks it
+            return cls(config, RedisCacheStore(settings.redis_url), metrics, upstreams)
+        return cls(config, LocalCacheStore(config.max_bytes), metrics, upstreams)
+
+    def key(self, draft: OutcomeDraft, body: dict) -> str:
+        """The key of `body` (the draft's request, or one embeddings input of it) on its routed model."""
+        assert draft.request is not None and draft.route is not None
+        model = draft.route.model_name
+        return cache_key(self.scope(draft), draft.request.kind, model, body, self.upstreams.get(model, ""))
+
+    async def flush(self, model: str | None = None) -> int:
+        """Drop every kept answer, or one model's; returns how many went."""
+        deleted = await self.store.delete_prefix("" if model is None else f"{model}:")
+        if isinstance(self.store, LocalCacheStore):
+            self.metrics.cache_bytes.set(self.store.bytes)
+        return deleted
 
     def applies(self, draft: OutcomeDraft) -> bool:
         assert draft.request is not None
@@ -138,8 +162,7 @@ class ResponseCache:
         control = request.cache
         if request.kind == "embedding" or not self.applies(draft):  # embeddings: kept per input (embed_cached)
             return None
-        ticket = CacheTicket(cache_key(self.scope(draft), request.kind, draft.route.model_name, request.body),
-                             control, inflight=self._inflight)
+        ticket = CacheTicket(self.key(draft, request.body), control, inflight=self._inflight)
         draft.cache = ticket
         leader = self._inflight.get(ticket.key)
         if leader is not None and not control.no_cache:  # the same request is being answered here now

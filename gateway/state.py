@@ -275,6 +275,6 @@ def build_state(settings: Settings) -> GatewayState:
         files=files, batches=Batches(BatchStore(db), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking,
-        cache=ResponseCache.build(settings.cache, settings.redis_url, metrics) if settings.cache else None,
+        cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 

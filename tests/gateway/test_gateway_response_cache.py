@@ -33,10 +33,11 @@ from tests.gateway.upstream import UpstreamProcess
 from tests.throwaway_redis import ThrowawayRedis
 
 
-def cached_config(tmp_path: Path, upstream: UpstreamProcess, **cache: object) -> dict:
-    embed = model_entry("embed", upstream.api_base, provider="hosted_vllm", transport="auto")
+def cached_config(tmp_path: Path, upstream: UpstreamProcess, suffix: str = "", **cache: object) -> dict:
+    """Models `up` (chat) and `embed` (embeddings), with `suffix` after their names."""
+    embed = model_entry(f"embed{suffix}", upstream.api_base, provider="hosted_vllm", transport="auto")
     embed["model_info"]["mode"] = "embedding"
-    return gateway_config(tmp_path, [model_entry("up", upstream.api_base), embed], cache=cache)
+    return gateway_config(tmp_path, [model_entry(f"up{suffix}", upstream.api_base), embed], cache=cache)
 
 
 def chat(text: str, **fields: object) -> dict:
@@ -360,3 +361,59 @@ def test_redis_going_away_costs_only_the_cache(upstream: UpstreamProcess, tmp_pa
 
         throwaway_redis.start()  # back: kept and served again once the store's rest (5 s) is over
         wait_until(lambda: seen() == "hit", timeout=30, what="the cache back with its Redis")
+
+
+def flush_and_check(gw_url: str, suffix: str = "") -> None:
+    """Keep a chat and an embedding, drop the embeddings model's answers, then all of them."""
+    with httpx.Client(base_url=gw_url, timeout=30) as http:
+        master = {"authorization": f"Bearer {MASTER}"}
+        body, vectors = chat(fresh(), temperature=0, model=f"up{suffix}"), {"model": f"embed{suffix}", "input": fresh()}
+        post = [("/v1/chat/completions", body), ("/v1/embeddings", vectors)]
+
+        def seen() -> list[str]:
+            return [http.post(path, json=b, headers=master).headers[CACHE_HEADER] for path, b in post]
+
+        assert seen() == ["miss", "miss"] and seen() == ["hit", "hit"]
+        assert http.delete("/v1/cache", params={"model": f"embed{suffix}"}).status_code == 401  # the master key only
+        flushed = http.delete("/v1/cache", params={"model": f"embed{suffix}"}, headers=master)
+        assert flushed.status_code == 200 and flushed.json() == {"object": "cache.flush", "model": f"embed{suffix}",
+                                                                 "deleted": 1}
+        assert seen() == ["hit", "miss"]
+        unknown = http.delete("/v1/cache", params={"model": "nope"}, headers=master)
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model"
+        if not suffix:  # all of it: only where no other test's entries share the store
+            assert http.delete("/v1/cache", headers=master).json()["deleted"] == 2
+            assert seen() == ["miss", "miss"]
+
+
+def test_the_master_key_flushes_the_cache(upstream: UpstreamProcess, tmp_path: Path) -> None:
+    raw = cached_config(tmp_path, upstream)
+    raw["auth"] = {"require_keys": True, "master_key": MASTER}
+    with running_gateway(raw) as gw:
+        flush_and_check(gw.url)
+    off = gateway_config(tmp_path / "off", [model_entry("up", upstream.api_base)],
+                         auth={"require_keys": True, "master_key": MASTER})
+    with running_gateway(off) as gw, gw.http() as http:
+        refused = http.delete("/v1/cache", headers={"authorization": f"Bearer {MASTER}"})
+        assert refused.status_code == 404 and "cache" in refused.json()["error"]["message"]
+
+
+@needs_redis
+def test_a_flush_on_redis_empties_every_replica_and_a_model_pointed_elsewhere_starts_afresh(
+        upstream: UpstreamProcess, tmp_path: Path) -> None:
+    suffix = f"-{uuid.uuid4().hex[:8]}"  # this run's models alone are flushed from the shared Redis
+    raw = cached_config(tmp_path, upstream, suffix, backend="redis")
+    raw |= {"redis_url": REDIS_URL, "auth": {"require_keys": True, "master_key": MASTER}}
+    with running_gateway(raw) as gw:
+        flush_and_check(gw.url, suffix)
+        answer = chat(fresh(), temperature=0, model=f"up{suffix}")
+        with gw.http() as http:
+            master = {"authorization": f"Bearer {MASTER}"}
+            assert http.post("/v1/chat/completions", json=answer, headers=master).headers[CACHE_HEADER] == "miss"
+    moved = json.loads(json.dumps(raw))  # the same name, now served by another upstream model
+    moved["model_list"][0]["litellm_params"]["model"] = f"hosted_vllm/up{suffix}"
+    moved["storage"] = {"url": f"sqlite:///{tmp_path / 'moved.db'}", "spool_path": None}
+    with running_gateway(moved) as gw, gw.http() as http:
+        master = {"authorization": f"Bearer {MASTER}"}
+        assert http.post("/v1/chat/completions", json=answer, headers=master).headers[CACHE_HEADER] == "miss"
+        assert http.post("/v1/chat/completions", json=answer, headers=master).headers[CACHE_HEADER] == "hit"

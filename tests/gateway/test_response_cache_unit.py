@@ -106,6 +106,9 @@ def test_the_key_reads_what_shapes_the_answer_and_nothing_else() -> None:
     assert cache_key("k1", "chat", "m2", body) != key  # routed to another model
     assert cache_key("k1", "completion", "m", body) != key
     assert cache_key("k1", "chat", "m", {**body, "max_tokens": 5}) != key
+    assert key.startswith("m:")  # a model's entries flushed together
+    assert cache_key("k1", "chat", "m", body, upstream="openai/gpt-4o") != cache_key(
+        "k1", "chat", "m", body, upstream="openai/gpt-4o-2024-11-20")  # the name pointed at another model
 
 
 def test_which_requests_the_cache_applies_to() -> None:
