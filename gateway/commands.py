@@ -1,5 +1,5 @@
-"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes`, `pitstop calibrate router` and
-`pitstop eval router-logs`: the gateway's commands."""
+"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes`, `pitstop prune outcomes`,
+`pitstop calibrate router` and `pitstop eval router-logs`: the gateway's commands."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
                           help="only requests logged at or after this time (no zone: UTC)")
     outcomes.add_argument("--route-group", help="only this route group's requests")
     outcomes.set_defaults(handler=export_outcomes_command)
+
+    prune = groups.add_parser("prune", help="delete old rows from the outcome log")
+    table = prune.add_subparsers(dest="command", metavar="WHAT", required=True)
+    old = table.add_parser("outcomes", help="outcome rows and feedback older than --older-than-days (what "
+                           "storage.retention_days has the gateway do hourly)")
+    old.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    old.add_argument("--older-than-days", type=float, required=True)
+    old.set_defaults(handler=prune_outcomes_command)
 
     calibrate = groups.add_parser("calibrate", help="set a route group's cost preference from a budget on its traffic")
     component = calibrate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
@@ -237,6 +245,25 @@ def export_outcomes_command(args: argparse.Namespace) -> int:
     count = export_outcomes(_storage_url(args.config), args.out, format=args.format, metric=args.metric,
                             since=args.since, route_group=args.route_group)
     print(f"wrote {count} rows to {args.out}")
+    return 0
+
+
+def prune_outcomes_command(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from storage.db import create_engine
+    from storage.models import utc_now
+    from storage.retention import delete_before
+
+    if not args.older_than_days > 0:
+        print("pitstop: --older-than-days must be above 0", file=sys.stderr)
+        return 2
+    engine = create_engine(_storage_url(args.config))
+    try:
+        deleted = delete_before(engine, utc_now() - timedelta(days=args.older_than_days))
+    finally:
+        engine.dispose()
+    print(f"deleted {deleted['outcomes']} outcome rows and {deleted['feedback']} feedback rows")
     return 0
 
 

@@ -132,6 +132,9 @@ class StorageConfig(_Strict):
     store_text: bool = True
     max_buffer: int = Field(default=50_000, gt=0)
     spool_path: str | None = "var/outcome-spool.jsonl"
+    # Outcome rows and feedback older than this are deleted (hourly, gateway/outcome_retention.py); None
+    # keeps them all: they are the routers' and rankers' training data.
+    retention_days: float | None = Field(default=None, gt=0)
 
     @field_validator("url")
     @classmethod

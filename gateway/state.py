@@ -25,6 +25,7 @@ from gateway.key_events import KeyEvents
 from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
+from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
 from gateway.response_cache import ResponseCache
@@ -121,6 +122,7 @@ class GatewayState:
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
     key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
     cache: ResponseCache | None = None  # answers served again (gateway/response_cache.py), where configured
+    retention: OutcomeRetention | None = None  # storage.retention_days: old outcome rows deleted
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     _window_lookup: asyncio.Task[None] | None = None
 
@@ -173,6 +175,8 @@ class GatewayState:
         await self.responses.start()  # and takes over any background response whose replica stopped
         self._window_lookup = asyncio.create_task(self._learn_windows())
         await self.batches.start()  # and takes over any batch whose replica stopped
+        if self.retention is not None:
+            self.retention.start()
         if self.key_events is not None:
             await self.key_events.start()
 
@@ -210,6 +214,8 @@ class GatewayState:
             self.ranking.close()
         if self.cache is not None:
             await self.cache.close()
+        if self.retention is not None:
+            await self.retention.close()
         if self.sessions is not None:
             await self.sessions.close()
         await self.limiter.close()
@@ -276,5 +282,6 @@ def build_state(settings: Settings) -> GatewayState:
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking,
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
+        retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
 
