@@ -4,6 +4,7 @@ the per-test PostgreSQL databases of the storage tests, and an event loop backen
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,14 @@ from tests.gateway.upstream import UpstreamProcess
 
 # The storage tests' PostgreSQL fixtures (per-test databases copied from a migrated template).
 from tests.storage.conftest import pg_admin, pg_migrated_template, pg_migrated_url  # noqa: F401
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The gateway's outcome database on each backend: a SQLite file, or a migrated PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_migrated_url")
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
 
 
 @pytest.fixture(scope="session")

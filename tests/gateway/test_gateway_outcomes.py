@@ -28,12 +28,6 @@ from tests.gateway.upstream import UpstreamProcess
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_migrated_url")
-    return f"sqlite:///{tmp_path / 'outcomes.db'}"
-
 
 @pytest.fixture
 def gw(upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path, storage_url: str) -> Iterator[Gateway]:

@@ -41,12 +41,6 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_migrated_url")
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
-
 
 def config(tmp_path: Path, api_base: str, artifact: Path, epsilon: float = EPSILON, storage_url: str | None = None
            ) -> dict:

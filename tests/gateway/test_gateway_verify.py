@@ -77,12 +77,6 @@ def assert_router_chose_weak(row: dict) -> None:
     assert max(row["router_scores"], key=row["router_scores"].get) == "weak"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_migrated_url")
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
-
 
 def test_agreement_serves_the_pick_after_one_verifier_call(tmp_path: Path, trio: Trio, storage_url: str) -> None:
     prompt = "Which planet is largest? [answer:B]"  # every upstream answers B
