@@ -47,6 +47,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.token_counts
 	$(PY) -m bench.gateway_cache
 	$(PY) -m bench.outcome_retention
+	$(PY) -m bench.usage_queries
 	$(PY) -m bench.truncation
 	$(PY) -m bench.limits_holds
 

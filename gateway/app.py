@@ -24,6 +24,7 @@ from gateway import (
     key_admin,
     proxy,
     session_endpoint,
+    usage_endpoints,
 )
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
@@ -55,6 +56,9 @@ ROUTES = [
     Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
     Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
     Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
+    Route("/v1/organization/usage/completions", usage_endpoints.completions_usage, methods=["GET"]),
+    Route("/v1/organization/usage/embeddings", usage_endpoints.embeddings_usage, methods=["GET"]),
+    Route("/v1/organization/costs", usage_endpoints.costs, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),
     Route("/metrics", endpoints.metrics, methods=["GET"]),

@@ -43,7 +43,8 @@ ADOPT_S = 5.0  # how often a replica looks for batches whose replica stopped
 
 log = logging.getLogger("pitstop.gateway")
 
-Serve = Callable[[Caller, str, dict], Awaitable[Response]]  # (caller, endpoint kind, body) -> the answer
+# (caller, endpoint kind, body, batch id) -> the answer
+Serve = Callable[[Caller, str, dict, str], Awaitable[Response]]
 
 
 def _now() -> int:
@@ -174,10 +175,10 @@ class Batches:
         async def one(line: dict) -> None:
             async with limit:
                 body = {"priority": BATCH_PRIORITY, **line["body"]}
-                answer = await self.serve(caller, kind, body)
+                answer = await self.serve(caller, kind, body, batch["id"])
                 while answer.status_code == 429 and "retry-after" in answer.headers:  # the key's rate: wait for it
                     await asyncio.sleep(float(answer.headers["retry-after"]))
-                    answer = await self.serve(caller, kind, body)
+                    answer = await self.serve(caller, kind, body, batch["id"])
                 failed = answer.status_code >= 400
                 row = {"batch_id": batch["id"], "custom_id": line["custom_id"], "failed": failed,
                        "record": _record(line, answer)}

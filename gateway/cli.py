@@ -1,5 +1,5 @@
 """The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `export`,
-`engine ...`, `train ...`, `eval ...`). Each group adds its subcommands with a `handler(args) -> exit code`;
+`report`, `engine ...`, `train ...`, `eval ...`). Each group adds its subcommands with a `handler(args) -> exit code`;
 `train` and `eval` take one subcommand per learned component (router, ranker, tool-durations)."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from agent_sessions.cli import add_tool_duration_commands
 from engine.cli import add_engine_commands
-from gateway.commands import add_gateway_commands, add_router_log_commands
+from gateway.commands import DEFAULT_CONFIG, add_gateway_commands, add_router_log_commands
+from gateway.usage_report import add_report_commands
 from rankers.cli import add_ranker_commands
 from routers.cli import add_router_commands
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Pitstop LLM gateway and engine")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     add_gateway_commands(groups)
+    add_report_commands(groups, DEFAULT_CONFIG)
     engine = groups.add_parser("engine", help="run and inspect Pitstop's own inference engine")
     add_engine_commands(engine.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True))
     train = groups.add_parser("train", help="train a learned component from data or outcome logs")

@@ -29,6 +29,9 @@ class GatewayMetrics:
                               buckets=_BUCKETS, registry=r)
         self.tokens = Counter(f"{PREFIX}_tokens", "Tokens", [*labels, "kind"], registry=r)
         self.cost = Counter(f"{PREFIX}_cost_usd", "Cost in USD", labels, registry=r)
+        # Less pitstop_cost_usd: what routing saved (gateway/outcomes.baseline_cost).
+        self.baseline_cost = Counter(f"{PREFIX}_baseline_cost_usd", "What the requests would have cost on their "
+                                     "route group's costliest model, in USD", labels, registry=r)
         self.retries = Counter(f"{PREFIX}_retries", "Requests retried on another deployment", ["model"],
                                registry=r)
         self.outstanding = Gauge(f"{PREFIX}_outstanding_requests", "Requests in flight per deployment",

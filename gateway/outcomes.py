@@ -73,6 +73,7 @@ class OutcomeDraft:
     settling: asyncio.Task | None = None  # the limiter learning what it cost (OutcomeRecorder.finish)
     request: ProxyRequest | None = None
     endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
+    batch_id: str | None = None  # the batch whose line it is
     route: Route | None = None
     deployment: Deployment | None = None
     attempts: int = 0
@@ -91,6 +92,7 @@ class OutcomeDraft:
     # Calls made for this request besides the one whose body was served (gateway/verify.py's verifiers,
     # a pick that was escalated): their cost goes into the row's cost_usd and the key's spend.
     extra_cost_usd: float = 0.0
+    baseline_cost_usd: float | None = None  # set when it finishes (baseline_cost)
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
     rank_pending: asyncio.Future[RankScores | None] | None = None
@@ -193,6 +195,26 @@ def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
             int(details.get("cached_tokens") or 0))
 
 
+def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
+    """What the request would have cost had its route group sent it to the costliest candidate: the
+    served call's cost scaled by the router's predicted costs of the two, so the real prompt and answer
+    length carry over (verifying calls are left out: the costliest model is served unverified). A
+    request the router did not choose for (a model named, a session's later turn), a cache hit or a
+    failure cost what it cost. Served by a model outside the group's candidates (an escalation) or at
+    no cost (a free local engine): the costliest's predicted cost, which is what it avoided."""
+    decision = draft.route.decision if draft.route else None
+    if decision is None or not decision.predicted_cost_usd or draft.status != "ok" \
+            or draft.extra.get("cache") in ("hit", "coalesced"):
+        return cost
+    predicted = decision.predicted_cost_usd
+    costliest = max(predicted.values())
+    served_cost = cost - draft.extra_cost_usd
+    served_predicted = predicted.get(draft.route.model_name) if draft.route else None
+    if served_predicted and served_cost > 0:
+        return served_cost * costliest / served_predicted
+    return costliest
+
+
 class OutcomeRecorder:
     def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
                  keys: KeyStore | None, store_text: bool) -> None:
@@ -221,6 +243,8 @@ class OutcomeRecorder:
         model = route.model_name if route else ""
         self.metrics.observe(group, model, draft.status, latency, draft.ttft_s, prompt_tokens,
                              completion_tokens, cached_tokens, cost)
+        draft.baseline_cost_usd = baseline_cost(draft, cost)
+        self.metrics.baseline_cost.labels(group, model).inc(draft.baseline_cost_usd)
         if draft.attempts > 1:
             self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
@@ -300,7 +324,9 @@ class OutcomeRecorder:
             "cache_hit": draft.extra.get("cache") in ("hit", "coalesced"),
             "rank_score": draft.extra.get("rank_score"),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
-            "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost, "finish_reason": draft.finish_reason,
+            "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost,
+            "baseline_cost_usd": draft.baseline_cost_usd, "batch_id": draft.batch_id,
+            "finish_reason": draft.finish_reason,
             "tool_calls": draft.tool_calls or None,
             "pin_ttl_s": request.pin_ttl_s if request else None,
             "stream": bool(request and request.stream), "status": draft.status, "http_status": draft.http_status,

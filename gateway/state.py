@@ -7,6 +7,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Engine
 from starlette.responses import Response
 
 from engine.server.errors import APIError
@@ -124,6 +125,7 @@ class GatewayState:
     cache: ResponseCache | None = None  # answers served again (gateway/response_cache.py), where configured
     retention: OutcomeRetention | None = None  # storage.retention_days: old outcome rows deleted
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
+    db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
     _window_lookup: asyncio.Task[None] | None = None
 
     def writers(self) -> dict[str, BatchWriter]:
@@ -227,7 +229,7 @@ class GatewayState:
         self.feedback.close(timeout=10)
 
 
-async def _serve_unset(caller: Caller, kind: str, body: dict) -> Response:
+async def _serve_unset(caller: Caller, kind: str, body: dict, batch_id: str) -> Response:
     raise RuntimeError("the app sets how batches serve their requests (gateway/app.py)")
 
 
@@ -280,7 +282,7 @@ def build_state(settings: Settings) -> GatewayState:
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
         files=files, batches=Batches(BatchStore(db), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
-        sessions=sessions, ranking=ranking,
+        sessions=sessions, ranking=ranking, db=db,
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)

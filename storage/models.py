@@ -127,6 +127,9 @@ class Outcome(Base):
     ttft_s: Mapped[float | None]
     latency_s: Mapped[float | None]
     cost_usd: Mapped[float | None]
+    # What it would have cost on its route group's costliest model (storage/usage.py: routing's savings).
+    baseline_cost_usd: Mapped[float | None]
+    batch_id: Mapped[str | None]  # the batch whose line it was (gateway/batches.py)
     finish_reason: Mapped[str | None]
     tool_calls: Mapped[list[str] | None]
     pin_ttl_s: Mapped[float | None]
@@ -137,6 +140,31 @@ class Outcome(Base):
     prompt: Mapped[Any | None]  # chat messages (list of dicts) or prompt text; stored only when configured
     completion: Mapped[str | None] = mapped_column(Text)
     extra: Mapped[dict[str, Any] | None]
+
+
+class UsageRollup(Base):
+    """Counted requests summed by minute and by hour (`width_s`) and by what usage is grouped by, kept in
+    step with `outcomes` by its writer (storage/usage.py): usage over a month reads these, not the rows.
+    Absent dimensions are '' (a primary key column cannot be NULL)."""
+
+    __tablename__ = "usage_rollup"
+    # An API key reading its own usage (the primary key serves everyone's, by width and time).
+    __table_args__ = (Index("ix_usage_rollup_width_s_api_key_id_bucket", "width_s", "api_key_id", "bucket"),)
+
+    width_s: Mapped[int] = mapped_column(primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Unix seconds of its start
+    model: Mapped[str] = mapped_column(primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(primary_key=True)
+    route_group: Mapped[str] = mapped_column(primary_key=True)
+    endpoint: Mapped[str] = mapped_column(primary_key=True)
+    batch: Mapped[bool] = mapped_column(primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float]
+    baseline_cost_usd: Mapped[float]
+    cache_hits: Mapped[int] = mapped_column(BigInteger)
 
 
 class Feedback(Base):

@@ -10,18 +10,28 @@ Both are the same `BatchWriter` bound to a table, e.g.:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import Table
 
 from storage.batch_writer import BatchWriter, WriterStats
 from storage.models import Feedback, Outcome
+from storage.usage import record_usage
 
 __all__ = ["BatchWriter", "FeedbackWriter", "OutcomeWriter", "WriterStats"]
 
 
 class OutcomeWriter(BatchWriter):
+    """Rows into `outcomes`, and in the same transaction their sums into `usage_rollup` (storage/usage.py):
+    only the rows this insert wrote (RETURNING), so a batch written again after a lost commit, or a
+    spooled row replayed, is not counted twice."""
+
     table: ClassVar[Table | None] = Outcome.__table__
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
+        with self._engine.begin() as connection:
+            written = set(connection.execute(self._insert.returning(Outcome.request_id), rows).scalars())
+            record_usage(connection, (row for row in rows if row["request_id"] in written))
 
 
 class FeedbackWriter(BatchWriter):

@@ -5,7 +5,8 @@ without it the log grows by the traffic: 8.6 million rows a day at 100 requests 
 Each batch is its own short transaction on the `created_at` index, with a pause after it, so the batch
 writer's inserts never wait behind one long delete (on SQLite, whose one write lock they share); a batch takes the oldest rows, so a sweep cut short (the
 gateway stopping) has still deleted from the oldest end. Spend lives on the keys (`api_keys.spent_usd`),
-so budgets do not depend on the rows kept."""
+so budgets do not depend on the rows kept. Usage by minute (storage/usage.py) goes with the rows; usage by
+hour stays, a few lines an hour, so `GET /v1/organization/costs` still answers for months already pruned."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from storage.models import Feedback, Outcome
+from storage.models import Feedback, Outcome, UsageRollup
+from storage.usage import MINUTE
 
 BATCH_ROWS = 5_000
 # Between batches: SQLite has one write lock, and a writer waiting for it retries on its own schedule
@@ -25,7 +27,7 @@ PAUSE_S = 0.05
 
 def delete_before(engine: Engine, cutoff: datetime, batch_rows: int = BATCH_ROWS,
                   pause_s: float = PAUSE_S) -> dict[str, int]:
-    """Delete outcomes and feedback created before `cutoff`; how many of each went."""
+    """Delete outcomes, feedback and usage by minute from before `cutoff`; how many of each went."""
     deleted = {}
     for name, table, key in (("outcomes", Outcome.__table__, Outcome.__table__.c.request_id),
                              ("feedback", Feedback.__table__, Feedback.__table__.c.id)):
@@ -40,4 +42,8 @@ def delete_before(engine: Engine, cutoff: datetime, batch_rows: int = BATCH_ROWS
                 break
             time.sleep(pause_s)
         deleted[name] = total
+    rollup = UsageRollup.__table__
+    with engine.begin() as connection:  # a few thousand lines a day: one statement
+        deleted["usage_minutes"] = connection.execute(delete(rollup).where(
+            rollup.c.width_s == MINUTE, rollup.c.bucket < int(cutoff.timestamp()))).rowcount
     return deleted

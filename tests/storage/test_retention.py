@@ -10,19 +10,31 @@ import sqlalchemy as sa
 
 from gateway.outcome_retention import OutcomeRetention
 from storage.db import create_engine, session_factory
-from storage.models import Feedback, Outcome, utc_now
+from storage.models import Feedback, Outcome, UsageRollup, utc_now
 from storage.retention import delete_before
+from storage.usage import record_usage
 
 
 def seed(url: str, now: object) -> None:
-    """Outcomes 0..9 and their feedback, request i logged i days before `now`."""
+    """Outcomes 0..9 and their feedback, request i logged i days before `now`, and their usage sums."""
     engine = create_engine(url)
     with session_factory(engine).begin() as session:
         for i in range(10):
             created = now - timedelta(days=i, minutes=1)  # type: ignore[operator]
             session.add(Outcome(request_id=f"r{i}", created_at=created, model="m", status="ok"))
             session.add(Feedback(id=f"f{i}", created_at=created, request_id=f"r{i}", metric="thumbs", value=1.0))
+            record_usage(session.connection(), [{"created_at": created, "model": "m", "status": "ok"}])
     engine.dispose()
+
+
+def usage_lines(url: str) -> dict[int, int]:
+    """Rollup lines by width: minutes go with the rows, hours stay."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        lines = connection.execute(sa.select(UsageRollup.width_s, sa.func.count()).group_by(UsageRollup.width_s))
+        counted = {int(width): int(count) for width, count in lines}
+    engine.dispose()
+    return counted
 
 
 def kept(url: str) -> tuple[list[str], list[str]]:
@@ -39,9 +51,12 @@ def test_rows_past_the_cutoff_go_a_batch_at_a_time(db_url: str) -> None:
     seed(db_url, now)
     engine = create_engine(db_url)
     try:
-        assert delete_before(engine, now - timedelta(days=3), batch_rows=2) == {"outcomes": 7, "feedback": 7}
+        assert delete_before(engine, now - timedelta(days=3), batch_rows=2) == {
+            "outcomes": 7, "feedback": 7, "usage_minutes": 7}
         assert kept(db_url) == (["r0", "r1", "r2"], ["f0", "f1", "f2"])
-        assert delete_before(engine, now - timedelta(days=3), batch_rows=2) == {"outcomes": 0, "feedback": 0}
+        assert usage_lines(db_url) == {60: 3, 3_600: 10}
+        assert delete_before(engine, now - timedelta(days=3), batch_rows=2) == {
+            "outcomes": 0, "feedback": 0, "usage_minutes": 0}
     finally:
         engine.dispose()
 
@@ -66,7 +81,7 @@ def test_the_cli_and_the_gateway_sweep_prune_as_configured(tmp_path: Path, db_ur
         deleted = asyncio.run(OutcomeRetention(engine, 2.5).sweep_once())
     finally:
         engine.dispose()
-    assert deleted == {"outcomes": 5, "feedback": 5}
+    assert deleted == {"outcomes": 5, "feedback": 5, "usage_minutes": 5}
     assert kept(db_url) == (["r0", "r1", "r2"], ["f0", "f1", "f2"])
 
 
