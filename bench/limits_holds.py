@@ -1,7 +1,9 @@
 """What budget holds cost a request's admission: one key's admit + (settle | record_spend), timed over
 `--requests` requests, in process and on Redis, without holds (the spend added after the request) and
 with them (the worst case held from admission and settled at the end), with `--in-flight` other holds
-standing, as that many of the key's requests running elsewhere would leave. Interleaved, one at a time.
+standing, as that many of the key's requests running elsewhere would leave; and with holds on a budget
+for the calendar month (gateway/limits/periods.py: the period's own totals, its start looked up per
+request). Interleaved, one at a time.
 
     .venv/bin/python -m bench.limits_holds [--requests 3000] [--in-flight 0,100]
 
@@ -23,19 +25,24 @@ import redis.asyncio as aioredis
 from bench.common import RESULTS, command, machine_info, pct, write_report
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.base import Hold
+from gateway.limits.periods import current_period
 
 OUT = RESULTS / "limits_holds.json"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BUDGET, COST = 1e9, 0.01  # a budget nothing here reaches
 
 
-async def _one(limiter: Limiter, key: str, held: bool) -> float:
+MODES = ("without_holds", "with_holds", "with_holds_monthly")
+
+
+async def _one(limiter: Limiter, key: str, mode: str) -> float:
     started = time.perf_counter()
-    hold = Hold(uuid.uuid4().hex, COST) if held else None
-    admission = await limiter.admit(key, None, BUDGET, hold=hold)
+    period = current_period("month") if mode == "with_holds_monthly" else None
+    hold = Hold(uuid.uuid4().hex, COST, period=period) if mode != "without_holds" else None
+    admission = await limiter.admit(key, None, BUDGET, hold=hold, period=period)
     assert admission.allowed, admission
     if hold is not None:
-        await limiter.settle(key, hold.hold_id, COST)
+        await limiter.settle(key, hold.hold_id, COST, period)
     else:
         await limiter.record_spend(key, COST)
     return time.perf_counter() - started
@@ -43,19 +50,20 @@ async def _one(limiter: Limiter, key: str, held: bool) -> float:
 
 async def _point(limiter: Limiter, requests: int, in_flight: int) -> dict:
     key = f"bench-{uuid.uuid4().hex[:8]}"
+    month = current_period("month")
     for i in range(in_flight):  # other requests of the key, running elsewhere
         assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-{i}", COST))).allowed
+        assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-m{i}", COST, period=month),
+                                    period=month)).allowed
     for _ in range(50):
-        await _one(limiter, key, True)
-        await _one(limiter, key, False)
-    timed: dict[bool, list[float]] = {True: [], False: []}
+        for mode in MODES:
+            await _one(limiter, key, mode)
+    timed: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(requests):
-        for held in (False, True):
-            timed[held].append(await _one(limiter, key, held))
+        for mode in MODES:
+            timed[mode].append(await _one(limiter, key, mode))
     return {"in_flight_holds": in_flight, **{
-        ("with_holds" if held else "without_holds"): {"median_us": statistics.median(s) * 1e6,
-                                                     "p99_us": pct(s, 99) * 1e6}
-        for held, s in timed.items()}}
+        mode: {"median_us": statistics.median(s) * 1e6, "p99_us": pct(s, 99) * 1e6} for mode, s in timed.items()}}
 
 
 async def _run(args: argparse.Namespace) -> list[dict]:
@@ -99,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = asyncio.run(_run(args))
     for run in runs:
         for p in run["points"]:
-            without, with_ = p["without_holds"], p["with_holds"]
+            without, with_, monthly = p["without_holds"], p["with_holds"], p["with_holds_monthly"]
             print(f"{run['limiter']:6s} {p['in_flight_holds']:4d} holds standing: admit + spend median "
                   f"{without['median_us']:7.1f} us (p99 {without['p99_us']:7.1f}) without holds, "
-                  f"{with_['median_us']:7.1f} us (p99 {with_['p99_us']:7.1f}) with", flush=True)
+                  f"{with_['median_us']:7.1f} us (p99 {with_['p99_us']:7.1f}) with, "
+                  f"{monthly['median_us']:7.1f} us (p99 {monthly['p99_us']:7.1f}) with a monthly budget", flush=True)
     write_report(args.out, {"command": command("bench.limits_holds", argv), "machine": machine_info(), "runs": runs})
     print(f"wrote {args.out}")
     return 0

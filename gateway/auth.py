@@ -7,11 +7,13 @@ import asyncio
 import hmac
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from starlette.datastructures import Headers
 
 from engine.server.errors import APIError
 from gateway.config import AuthConfig, LimitsConfig
+from gateway.limits.periods import BudgetPeriod
 from storage.keys import KeyStore
 from storage.models import ApiKey
 
@@ -26,6 +28,15 @@ class Caller:
     spent_usd: float = 0.0  # as stored when the key was looked up: seeds the limiter after a restart
     models: frozenset[str] | None = None  # the models and route groups it may send as `model`; None: all
     priority: float | None = None  # its requests' default and most urgent priority (lower goes first)
+    budget_period: BudgetPeriod | None = None  # the budget counts this UTC period's spend (None: a lifetime's)
+    period_start: int | None = None  # as stored: the period `period_spent_usd` counts (Unix seconds)
+    period_spent_usd: float = 0.0
+
+    def stored_spend(self, period: int | None) -> float:
+        """What the database had the key spend in `period` (its lifetime where None) when it was read."""
+        if period is None:
+            return self.spent_usd
+        return self.period_spent_usd if self.period_start == period else 0.0
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -77,7 +88,9 @@ class Authenticator:
     def _caller(self, key: ApiKey) -> Caller:
         return Caller(key.id, key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
                       key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
-                      key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority)
+                      key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority,
+                      cast("BudgetPeriod | None", key.budget_period or self.limits.default_budget_period),
+                      key.period_start, key.period_spent_usd or 0.0)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its

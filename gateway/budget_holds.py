@@ -7,6 +7,7 @@ from __future__ import annotations
 from gateway.auth import Caller
 from gateway.deployments import DeploymentPool
 from gateway.limits.base import DEFAULT_HOLD_TTL_S, Hold
+from gateway.limits.periods import current_period
 from gateway.request_body import ProxyRequest
 from gateway.routing import RouteTable
 
@@ -39,4 +40,5 @@ def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool:
                 asked if type(asked) is int else deployment.info.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
             worst = max(worst, deployment.cost_usd(prompt_tokens, output))
     # Past every attempt's timeout, so only a replica that died leaves a hold to lapse.
-    return Hold(request_id, worst * answers_asked(request), max(DEFAULT_HOLD_TTL_S, timeout_s * attempts + 60))
+    return Hold(request_id, worst * answers_asked(request), max(DEFAULT_HOLD_TTL_S, timeout_s * attempts + 60),
+                current_period(caller.budget_period))

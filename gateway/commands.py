@@ -31,6 +31,8 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--rpm", type=_positive_int, help="requests per minute")
     create.add_argument("--budget", type=_usd, help="budget in USD")
+    create.add_argument("--budget-period", choices=("day", "week", "month"),
+                        help="the budget is for each UTC day, week or calendar month (default: the key's life)")
     create.add_argument("--models", type=_names, metavar="NAME,NAME",
                         help="the models and route groups it may use (default: all)")
     create.add_argument("--priority", type=_priority, help="its requests' priority: the default, and the most "
@@ -211,7 +213,7 @@ def keys_create_command(args: argparse.Namespace) -> int:
               f"{args.config}", file=sys.stderr)
         return 2
     key_id, secret = KeyStore(_storage_url(args.config)).create(args.name, args.rpm, args.budget, args.models,
-                                                                args.priority)
+                                                                args.priority, args.budget_period)
     print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
     return 0
 
@@ -222,7 +224,8 @@ def keys_list_command(args: argparse.Namespace) -> int:
     for key in KeyStore(_storage_url(args.config)).list():
         state = "revoked" if key.revoked_at else "active"
         models = ",".join(key.models) if key.models is not None else "all"
-        print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  budget={key.budget_usd}  "
+        budget = f"{key.budget_usd}/{key.budget_period}" if key.budget_period else f"{key.budget_usd}"
+        print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  budget={budget}  "
               f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}")
     return 0
 

@@ -175,6 +175,8 @@ class LimitsConfig(_Strict):
     fail_open: bool = False
     default_rpm: int | None = Field(default=None, gt=0)
     default_budget_usd: float | None = Field(default=None, ge=0)
+    # A key's budget counts its spend since the start of this UTC period (where the key names none).
+    default_budget_period: Literal["day", "week", "month"] | None = None
 
 
 class ServerConfig(_Strict):

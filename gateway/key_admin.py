@@ -1,10 +1,11 @@
 """API keys over HTTP, for the master key only: what `pitstop keys` does, plus changing a key's limits,
 so a team's tooling can issue and retire keys without a shell on the gateway.
 
-    POST   /v1/keys         {"name", "rpm_limit"?, "budget_usd"?, "models"?, "priority"?} -> 201, the secret once
-    GET    /v1/keys         every key (no secrets), with its spend
+    POST   /v1/keys         {"name", "rpm_limit"?, "budget_usd"?, "budget_period"?, "models"?, "priority"?}
+                            -> 201, the secret once
+    GET    /v1/keys         every key (no secrets), with its spend (this budget period's too)
     GET    /v1/keys/{id}
-    PATCH  /v1/keys/{id}    any of rpm_limit, budget_usd, models, priority (null lifts the limit)
+    PATCH  /v1/keys/{id}    any of rpm_limit, budget_usd, budget_period, models, priority (null lifts it)
     DELETE /v1/keys/{id}    revokes it
 
 A change reaches this replica's next request at once; other replicas hear of it through Redis
@@ -20,10 +21,10 @@ from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
+from gateway.limits.periods import current_period, period_end
 from gateway.state import GatewayState
+from storage.keys import LIMITS
 from storage.models import ApiKey
-
-LIMITS = ("rpm_limit", "budget_usd", "models", "priority")
 
 
 def _state(request: Request) -> GatewayState:
@@ -39,11 +40,18 @@ def require_master(state: GatewayState, request: Request, what: str = "managing 
                        code="invalid_api_key")
 
 
-def key_object(key: ApiKey) -> dict:
+def key_object(key: ApiKey, default_period: str | None = None) -> dict:
+    """The key as the API shows it; `spent_usd` is its lifetime spend, and with a budget period (its own,
+    else `limits.default_budget_period`) `period_spent_usd` is what the current period has spent."""
+    period = key.budget_period or default_period
+    start = current_period(period)  # type: ignore[arg-type]
     return {"id": key.id, "object": "api_key", "name": key.name, "prefix": key.prefix,
             "created_at": int(key.created_at.timestamp()),
             "revoked_at": int(key.revoked_at.timestamp()) if key.revoked_at else None,
             "rpm_limit": key.rpm_limit, "budget_usd": key.budget_usd, "spent_usd": key.spent_usd,
+            "budget_period": key.budget_period,
+            "period_spent_usd": None if start is None else key.period_spent_usd if key.period_start == start else 0.0,
+            "period_renews_at": None if start is None else period_end(period, start),  # type: ignore[arg-type]
             "models": key.models, "priority": key.priority}
 
 
@@ -93,22 +101,22 @@ async def create_key(request: Request) -> Response:
     if not isinstance(name, str) or not name.strip():
         raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
-                                 body.get("models"), body.get("priority"))
+                                 body.get("models"), body.get("priority"), body.get("budget_period"))
     key = await _call(state.keys.get, key_id)
-    return JSONResponse({**key_object(key), "secret": secret}, status_code=201)
+    return JSONResponse({**_shown(state, key), "secret": secret}, status_code=201)
 
 
 async def list_keys(request: Request) -> Response:
     state = _state(request)
     require_master(state, request)
     keys = await _call(state.keys.list)
-    return JSONResponse({"object": "list", "data": [key_object(key) for key in keys]})
+    return JSONResponse({"object": "list", "data": [_shown(state, key) for key in keys]})
 
 
 async def get_key(request: Request) -> Response:
     state = _state(request)
     require_master(state, request)
-    return JSONResponse(key_object(await _found(state, request.path_params["key_id"])))
+    return JSONResponse(_shown(state, await _found(state, request.path_params["key_id"])))
 
 
 async def update_key(request: Request) -> Response:
@@ -119,7 +127,7 @@ async def update_key(request: Request) -> Response:
     await _found(state, key_id)
     key = await _call(state.keys.update, key_id, **body)
     await _forget(state, key_id)
-    return JSONResponse(key_object(key))
+    return JSONResponse(_shown(state, key))
 
 
 async def revoke_key(request: Request) -> Response:
@@ -129,7 +137,11 @@ async def revoke_key(request: Request) -> Response:
     await _found(state, key_id)
     key = await _call(state.keys.revoke, key_id)
     await _forget(state, key_id)
-    return JSONResponse(key_object(key))
+    return JSONResponse(_shown(state, key))
+
+
+def _shown(state: GatewayState, key: ApiKey) -> dict:
+    return key_object(key, state.settings.limits.default_budget_period)
 
 
 async def _forget(state: GatewayState, key_id: str) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.auth import Caller
 from gateway.deployments import Deployment
 from gateway.limits.base import Hold, Limiter
+from gateway.limits.periods import current_period
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
@@ -250,7 +251,9 @@ class OutcomeRecorder:
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
         if draft.caller is not None and draft.caller.key_id is not None and (cost > 0 or draft.hold is not None):
-            draft.settling = self._spend(draft.caller.key_id, cost, draft.hold)
+            # The budget period it was admitted in (a key without a budget keeps its period's total all the same).
+            period = draft.hold.period if draft.hold is not None else current_period(draft.caller.budget_period)
+            draft.settling = self._spend(draft.caller.key_id, cost, draft.hold, period)
         if self.writer is None:
             return
         rank = draft.rank_pending
@@ -286,14 +289,14 @@ class OutcomeRecorder:
         """Rows not yet handed to the writer: their rank is still being scored."""
         return len(self._rows_waiting)
 
-    def _spend(self, key_id: str, cost: float, hold: Hold | None) -> asyncio.Task:
+    def _spend(self, key_id: str, cost: float, hold: Hold | None, period: int | None) -> asyncio.Task:
         """Settle the request with the limiter (the task returned: its client's next request must not find
         its hold) and add its spend to the key's row (in the background)."""
         if self.keys is not None and cost > 0:
-            self._track(asyncio.to_thread(self.keys.add_spend, key_id, cost))
+            self._track(asyncio.to_thread(self.keys.add_spend, key_id, cost, period))
         if hold is not None:
-            return self._track(self.limiter.settle(key_id, hold.hold_id, cost))
-        return self._track(self.limiter.record_spend(key_id, cost))
+            return self._track(self.limiter.settle(key_id, hold.hold_id, cost, period))
+        return self._track(self.limiter.record_spend(key_id, cost, period))
 
     def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None

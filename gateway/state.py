@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 from starlette.responses import Response
@@ -25,6 +26,7 @@ from gateway.files import Files
 from gateway.key_events import KeyEvents
 from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
+from gateway.limits.periods import current_period, period_end
 from gateway.metrics import GatewayMetrics
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
@@ -115,7 +117,7 @@ class GatewayState:
     conversations: Conversations  # the Conversations API's, for `conversation` and /v1/conversations
     files: Files  # /v1/files: batches' input and output
     batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
-    seeded_keys: set[str] = field(default_factory=set)
+    seeded_keys: set[tuple[str, int | None]] = field(default_factory=set)  # (key id, budget period)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
@@ -138,33 +140,36 @@ class GatewayState:
         outcome recorder when the request ends); a LimitExceeded when the key's limits refuse."""
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
             return
-        if caller.budget_usd is not None and caller.key_id not in self.seeded_keys:
-            await self._seed_spend(caller)
-        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold)
+        period = hold.period if hold is not None else current_period(caller.budget_period)
+        if caller.budget_usd is not None and (caller.key_id, period) not in self.seeded_keys:
+            await self._seed_spend(caller, period)
+        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold,
+                                             period=period)
         if admission.allowed:
             return
         if admission.reason == "rate_limit":
             raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
                                 admission.retry_after_s)
         if admission.reason == "budget":
-            raise LimitExceeded(429, "this API key has spent its budget", "budget_exceeded")
+            raise LimitExceeded(429, "this API key has spent its budget" + _renewal(caller, period), "budget_exceeded")
         if admission.reason == "budget_held":
             raise LimitExceeded(429, "what is left of this API key's budget is held by its requests in flight "
                                 "(each holds its worst-case cost until it ends); retry when they finish",
                                 "budget_held", admission.retry_after_s)
         raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
 
-    async def _seed_spend(self, caller: Caller) -> None:
+    async def _seed_spend(self, caller: Caller, period: int | None) -> None:
         """The database keeps spend across restarts; the limiter (in process, or a Redis that lost its
         data) must not start below it, or a restart would refill every budget."""
         assert caller.key_id is not None
+        stored = caller.stored_spend(period)
         try:
             # Compared in nano-USD: float drift in the stored sum must not overwrite a live Redis total.
-            if usd_to_nanousd(await self.limiter.spent(caller.key_id)) < usd_to_nanousd(caller.spent_usd):
-                await self.limiter.set_spent(caller.key_id, caller.spent_usd)
+            if usd_to_nanousd(await self.limiter.spent(caller.key_id, period)) < usd_to_nanousd(stored):
+                await self.limiter.set_spent(caller.key_id, stored, period)
         except LimitsUnavailableError:
             return  # admit() applies the outage policy; seed on a later request
-        self.seeded_keys.add(caller.key_id)
+        self.seeded_keys.add((caller.key_id, period))
 
     async def start(self) -> None:
         for deployment in self.pool.deployments:
@@ -231,6 +236,13 @@ class GatewayState:
 
 async def _serve_unset(caller: Caller, kind: str, body: dict, batch_id: str) -> Response:
     raise RuntimeError("the app sets how batches serve their requests (gateway/app.py)")
+
+
+def _renewal(caller: Caller, period: int | None) -> str:
+    if period is None or caller.budget_period is None:
+        return ""
+    renews = datetime.fromtimestamp(period_end(caller.budget_period, period), UTC)
+    return f" for this {caller.budget_period} (UTC); it renews at {renews.isoformat().replace('+00:00', 'Z')}"
 
 
 def build_state(settings: Settings) -> GatewayState:

@@ -11,12 +11,14 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.engine import URL, Engine
 
 from storage.db import as_engine, session_factory
 from storage.models import ApiKey, utc_now
 
+BUDGET_PERIODS = ("day", "week", "month")
+LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period")
 SECRET_PREFIX = "sk-pitstop-"
 DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 6  # "sk-pitstop-AbC123": enough to tell keys apart
 
@@ -36,12 +38,12 @@ class KeyStore:
 
     def create(
         self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None,
-        models: list[str] | None = None, priority: float | None = None,
+        models: list[str] | None = None, priority: float | None = None, budget_period: str | None = None,
     ) -> tuple[str, str]:
         """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
         model names and route groups it may use (None: all); `priority`: its requests' default and most
         urgent priority (lower goes first; None: any)."""
-        _check_limits(rpm_limit, budget_usd, models, priority)
+        _check_limits(rpm_limit, budget_usd, models, priority, budget_period)
         secret = new_secret()
         key = ApiKey(
             name=name,
@@ -52,6 +54,7 @@ class KeyStore:
             spent_usd=0.0,
             models=list(dict.fromkeys(models)) if models is not None else None,
             priority=priority,
+            budget_period=budget_period,
         )
         with self._session.begin() as session:
             session.add(key)
@@ -60,16 +63,16 @@ class KeyStore:
         return key_id, secret
 
     def update(self, key_id: str, **limits: Any) -> ApiKey:
-        """Change any of `rpm_limit`, `budget_usd`, `models`, `priority` (None lifts it); the updated key.
-        KeyError if there is none, ValueError for a limit that cannot be met."""
-        unknown = set(limits) - {"rpm_limit", "budget_usd", "models", "priority"}
+        """Change any of `rpm_limit`, `budget_usd`, `models`, `priority`, `budget_period` (None lifts it); the
+        updated key. KeyError if there is none, ValueError for a limit that cannot be met."""
+        unknown = set(limits) - set(LIMITS)
         if unknown:
             raise ValueError(f"{sorted(unknown)[0]} is not a key's limit")
         with self._session.begin() as session:
             key = session.get(ApiKey, key_id)
             if key is None:
                 raise KeyError(f"no API key with id {key_id!r}")
-            merged = {name: getattr(key, name) for name in ("rpm_limit", "budget_usd", "models", "priority")}
+            merged = {name: getattr(key, name) for name in LIMITS}
             merged |= limits
             _check_limits(**merged)
             if limits.get("models") is not None:
@@ -109,17 +112,27 @@ class KeyStore:
         with self._session() as session:
             return session.scalars(query).one_or_none()
 
-    def add_spend(self, key_id: str, usd: float) -> None:
-        """Atomic increment in the database, so gateway replicas can add concurrently."""
-        query = update(ApiKey).where(ApiKey.id == key_id).values(spent_usd=ApiKey.spent_usd + usd)
+    def add_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
+        """Atomic increment in the database, so gateway replicas can add concurrently. With `period` (the
+        start of the budget period the request was admitted in) the period's total too: a later period
+        starts it afresh, and a request of an earlier one (settled late) leaves it alone."""
+        values: dict[str, Any] = {"spent_usd": ApiKey.spent_usd + usd}
+        if period is not None:
+            newer = or_(ApiKey.period_start.is_(None), ApiKey.period_start < period)
+            values["period_spent_usd"] = case((ApiKey.period_start == period, ApiKey.period_spent_usd + usd),
+                                              (newer, usd), else_=ApiKey.period_spent_usd)
+            values["period_start"] = case((newer, period), else_=ApiKey.period_start)
+        query = update(ApiKey).where(ApiKey.id == key_id).values(**values)
         with self._engine.begin() as connection:
             if connection.execute(query).rowcount == 0:
                 raise KeyError(f"no API key with id {key_id!r}")
 
 
 def _check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,
-                  priority: float | None) -> None:
+                  priority: float | None, budget_period: str | None = None) -> None:
     """ValueError, starting with the field's name, for a limit no request could meet."""
+    if budget_period is not None and budget_period not in BUDGET_PERIODS:
+        raise ValueError(f"budget_period must be one of {', '.join(BUDGET_PERIODS)} (or null), got {budget_period!r}")
     if rpm_limit is not None and rpm_limit < 1:
         raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
     if budget_usd is not None and not 0 <= budget_usd < float("inf"):

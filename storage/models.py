@@ -203,6 +203,11 @@ class ApiKey(Base):
     # and its priority, both the default and the most urgent its requests may ask (lower goes first).
     models: Mapped[list[str] | None]
     priority: Mapped[float | None]
+    # A budget over a UTC "day", "week" or "month" (null: over the key's life), and what was spent in the
+    # period that started at `period_start` (Unix seconds), the last one the key spent in.
+    budget_period: Mapped[str | None]
+    period_start: Mapped[int | None] = mapped_column(BigInteger)
+    period_spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
 
     @property
     def active(self) -> bool:

@@ -6,6 +6,8 @@ Each key id has four Redis keys, hash-tagged on the key id so all land in one cl
 - `pitstop:{prefix}:limits:{<key_id>}:spent`: integer nano-USD spent, no expiry;
 - `...:holds` (hash: hold id -> nano-USD) and `...:hold_lapses` (sorted set: hold id -> when it lapses,
   server µs): what requests in flight hold of the budget, expiring with the last hold's lapse.
+A budget with a period (gateway/limits/periods.py) has its own spent and holds keys per period,
+`...:spent@<period start>` and so on, the spent one expiring 40 days after its last write.
 
 Errors from Redis (connection refused, timeout, loading, ...) surface as `StateUnavailableError`, so
 callers apply their own outage policy without importing redis.
@@ -81,16 +83,31 @@ end
 return {0, count, 0, spent, held}
 """
 
-# A request's end: its hold goes and its cost is added, in one step.
+# A request's end: its hold goes and its cost is added, in one step (a period's total expires).
 _SETTLE_LUA = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('INCRBY', KEYS[3], ARGV[2])
+local spent = redis.call('INCRBY', KEYS[3], ARGV[2])
+if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+return spent
 """
 
 Outcome = Literal["admitted", "over_budget", "over_rate", "over_held"]
 _OUTCOMES: tuple[Outcome, ...] = ("admitted", "over_budget", "over_rate", "over_held")
 _NO_LIMIT = -1
+
+
+# How long a budget period's spent total is kept after its last write: past the longest period, a month.
+PERIOD_SPEND_TTL_S = 40 * 86_400
+
+
+def _suffix(period: int | None) -> str:
+    return "" if period is None else f"@{period}"
+
+
+def _ttl_ms(period: int | None) -> int | str:
+    """How long a period's spent total is kept (milliseconds); '' for a lifetime total (kept)."""
+    return "" if period is None else PERIOD_SPEND_TTL_S * 1000
 
 
 class StateUnavailableError(Exception):
@@ -138,12 +155,12 @@ class RedisLimitState:
     def window_key(self, key_id: str) -> str:
         return f"pitstop:{self._prefix}:limits:{{{key_id}}}:window"
 
-    def spent_key(self, key_id: str) -> str:
-        return f"pitstop:{self._prefix}:limits:{{{key_id}}}:spent"
+    def spent_key(self, key_id: str, period: int | None = None) -> str:
+        return f"pitstop:{self._prefix}:limits:{{{key_id}}}:spent{_suffix(period)}"
 
-    def holds_keys(self, key_id: str) -> list[str]:
+    def holds_keys(self, key_id: str, period: int | None = None) -> list[str]:
         base = f"pitstop:{self._prefix}:limits:{{{key_id}}}"
-        return [f"{base}:holds", f"{base}:hold_lapses"]
+        return [f"{base}:holds{_suffix(period)}", f"{base}:hold_lapses{_suffix(period)}"]
 
     async def check_and_take(
         self,
@@ -154,6 +171,7 @@ class RedisLimitState:
         member: str,
         now_s: float | None = None,
         hold: tuple[str, int, float] | None = None,
+        period: int | None = None,
     ) -> WindowCheck:
         """Atomically check the budget (spent, then spent + held) and the window and, when both allow,
         record `member` in the window and `hold` (id, nano-USD, seconds until it lapses) in the holds."""
@@ -171,28 +189,37 @@ class RedisLimitState:
         ]
         async with _unavailable_on_error():
             code, count, retry_us, spent, held = await self._admit_script(
-                keys=[self.window_key(key_id), self.spent_key(key_id), *self.holds_keys(key_id)], args=args
+                keys=[self.window_key(key_id), self.spent_key(key_id, period), *self.holds_keys(key_id, period)],
+                args=args
             )
         return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent), int(held))
 
-    async def settle(self, key_id: str, hold_id: str, nanousd: int) -> int:
+    async def settle(self, key_id: str, hold_id: str, nanousd: int, period: int | None = None) -> int:
         """Release the hold and add `nanousd` spent, atomically; the new spent total."""
         async with _unavailable_on_error():
-            return int(await self._settle_script(keys=[*self.holds_keys(key_id), self.spent_key(key_id)],
-                                                 args=[hold_id, nanousd]))
+            return int(await self._settle_script(
+                keys=[*self.holds_keys(key_id, period), self.spent_key(key_id, period)],
+                args=[hold_id, nanousd, _ttl_ms(period)]))
 
-    async def add_spend(self, key_id: str, nanousd: int) -> int:
+    async def add_spend(self, key_id: str, nanousd: int, period: int | None = None) -> int:
         async with _unavailable_on_error():
-            return int(await self._client.incrby(self.spent_key(key_id), nanousd))
+            if period is None:
+                return int(await self._client.incrby(self.spent_key(key_id), nanousd))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrby(self.spent_key(key_id, period), nanousd)
+                pipe.pexpire(self.spent_key(key_id, period), _ttl_ms(period))
+                spent, _ = await pipe.execute()
+            return int(spent)
 
-    async def get_spent(self, key_id: str) -> int:
+    async def get_spent(self, key_id: str, period: int | None = None) -> int:
         async with _unavailable_on_error():
-            value = await self._client.get(self.spent_key(key_id))
+            value = await self._client.get(self.spent_key(key_id, period))
         return int(value) if value is not None else 0
 
-    async def set_spent(self, key_id: str, nanousd: int) -> None:
+    async def set_spent(self, key_id: str, nanousd: int, period: int | None = None) -> None:
         async with _unavailable_on_error():
-            await self._client.set(self.spent_key(key_id), nanousd)
+            await self._client.set(self.spent_key(key_id, period), nanousd,
+                                   px=None if period is None else int(_ttl_ms(period)))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -11,6 +11,9 @@ Semantics shared by every implementation:
   reached the budget, "budget_held" when holds fill the rest (retry once requests finish).
 - The budget is checked first: a request rejected for budget does not consume rate.
 - Money is counted in integer nano-USD, so that 20 x $0.05 reaches a $1.00 budget exactly (floats drift).
+- A budget with a period (gateway/limits/periods.py) counts the spend and holds of that period only:
+  `period` (its start, Unix seconds) names which total a call reads or adds to; None is the key's
+  lifetime total. A request is settled into the period it was admitted in (its hold carries it).
 
 HTTP mapping (done by the gateway's HTTP layer): "rate_limit" and "budget" are 429s, "limits_unavailable"
 is a 503 when admission was refused.
@@ -67,29 +70,30 @@ class Hold:
     hold_id: str
     usd: float
     ttl_s: float = DEFAULT_HOLD_TTL_S
+    period: int | None = None  # the budget period it was taken in (None: a lifetime budget)
 
 
 class Limiter(Protocol):
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None,
+        hold: Hold | None = None, period: int | None = None,
     ) -> Admission:
-        """Decide and, when admitted, take a rate slot and (with a budget) the hold. `now` is for tests
-        and simulation only."""
+        """Decide and, when admitted, take a rate slot and (with a budget) the hold, against `period`'s
+        spend. `now` is for tests and simulation only."""
         ...
 
-    async def record_spend(self, key_id: str, usd: float) -> None:
+    async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
         """Add a completed request's cost. Never raises for an unreachable backend."""
         ...
 
-    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
         """Release a hold and add what its request cost, in one step. Never raises for an unreachable
         backend (the hold lapses then, and the spend is added later)."""
         ...
 
-    async def spent(self, key_id: str) -> float: ...
+    async def spent(self, key_id: str, period: int | None = None) -> float: ...
 
-    async def set_spent(self, key_id: str, usd: float) -> None:
+    async def set_spent(self, key_id: str, usd: float, period: int | None = None) -> None:
         """Replace the spent amount, e.g. seeded from the database at start."""
         ...
 

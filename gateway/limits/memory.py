@@ -4,7 +4,8 @@ RPM uses an exact sliding window: a deque of admission times per key. A sliding-
 fixed buckets, weighted) would be O(1) memory but approximate, admitting bursts past the limit at bucket
 edges; the deque costs at most `rpm_limit` floats per active key, which is small for per-key limits, and
 admission is amortised O(1). Each method is free of awaits, so a check and its update are atomic on the
-event loop (not thread-safe: use it from one loop).
+event loop (not thread-safe: use it from one loop). A key's budget state is kept per period; a period's
+is dropped once a later one starts and its holds are gone.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from gateway.limits.base import HELD_RETRY_AFTER_S, Admission, Hold, nanousd_to_
 
 
 @dataclass
-class _KeyState:
-    admitted_at: deque[float] = field(default_factory=deque)
+class _BudgetState:
     spent_nanousd: int = 0
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # hold id -> (nano-USD, lapses at)
 
@@ -34,15 +34,26 @@ class MemoryLimiter:
         assert window_s > 0
         self.window_s = window_s
         self._clock = clock
-        self._keys: dict[str, _KeyState] = {}
+        self._windows: dict[str, deque[float]] = {}
+        self._budgets: dict[tuple[str, int | None], _BudgetState] = {}
+
+    def _budget(self, key_id: str, period: int | None) -> _BudgetState:
+        state = self._budgets.get((key_id, period))
+        if state is None:
+            state = self._budgets[key_id, period] = _BudgetState()
+            if period is not None:  # a new period: the key's finished ones go once nothing holds them
+                for old in [k for k, s in self._budgets.items()
+                            if k[0] == key_id and k[1] is not None and k[1] < period and not s.holds]:
+                    del self._budgets[old]
+        return state
 
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None,
+        hold: Hold | None = None, period: int | None = None,
     ) -> Admission:
         now = self._clock() if now is None else now
-        state = self._keys.setdefault(key_id, _KeyState())
-        window = state.admitted_at
+        state = self._budget(key_id, period)
+        window = self._windows.setdefault(key_id, deque())
         while window and window[0] <= now - self.window_s:
             window.popleft()
         held = state.held(now) if budget_usd is not None else 0
@@ -63,26 +74,27 @@ class MemoryLimiter:
             state.holds[hold.hold_id] = (usd_to_nanousd(hold.usd), now + hold.ttl_s)
         return Admission(True, None, None, remaining_requests, remaining_budget)
 
-    async def record_spend(self, key_id: str, usd: float) -> None:
-        self._keys.setdefault(key_id, _KeyState()).spent_nanousd += usd_to_nanousd(usd)
+    async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
+        self._budget(key_id, period).spent_nanousd += usd_to_nanousd(usd)
 
-    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
-        state = self._keys.setdefault(key_id, _KeyState())
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
+        state = self._budget(key_id, period)
         state.spent_nanousd += usd_to_nanousd(usd)
         state.holds.pop(hold_id, None)
 
-    async def spent(self, key_id: str) -> float:
-        state = self._keys.get(key_id)
+    async def spent(self, key_id: str, period: int | None = None) -> float:
+        state = self._budgets.get((key_id, period))
         return nanousd_to_usd(state.spent_nanousd) if state else 0.0
 
-    async def set_spent(self, key_id: str, usd: float) -> None:
-        self._keys.setdefault(key_id, _KeyState()).spent_nanousd = usd_to_nanousd(usd)
+    async def set_spent(self, key_id: str, usd: float, period: int | None = None) -> None:
+        self._budget(key_id, period).spent_nanousd = usd_to_nanousd(usd)
 
     async def close(self) -> None:
-        self._keys.clear()
+        self._windows.clear()
+        self._budgets.clear()
 
     @staticmethod
-    def _remaining_budget(state: _KeyState, budget_usd: float | None, held: int) -> float | None:
+    def _remaining_budget(state: _BudgetState, budget_usd: float | None, held: int) -> float | None:
         if budget_usd is None:
             return None
         return nanousd_to_usd(max(usd_to_nanousd(budget_usd) - state.spent_nanousd - held, 0))

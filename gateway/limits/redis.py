@@ -34,7 +34,7 @@ class RedisLimiter:
         self.state = state
         self.fail_open = fail_open
         self.window_s = window_s
-        self._unwritten_nanousd: dict[str, int] = {}
+        self._unwritten_nanousd: dict[tuple[str, int | None], int] = {}  # (key id, period) -> nano-USD
         self._degraded = False
 
     @classmethod
@@ -52,7 +52,7 @@ class RedisLimiter:
 
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None,
+        hold: Hold | None = None, period: int | None = None,
     ) -> Admission:
         budget_nanousd = None if budget_usd is None else usd_to_nanousd(budget_usd)
         held = None if hold is None else (hold.hold_id, usd_to_nanousd(hold.usd), hold.ttl_s)
@@ -60,44 +60,47 @@ class RedisLimiter:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
             check = await self.state.check_and_take(
-                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held
+                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held, period
             )
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
             return Admission(allowed=self.fail_open, reason="limits_unavailable")
         self._mark_healthy()
-        return self._admission(check, rpm_limit, budget_nanousd, self._unwritten_nanousd.get(key_id, 0))
+        return self._admission(check, rpm_limit, budget_nanousd, self._unwritten_nanousd.get((key_id, period), 0))
 
-    async def record_spend(self, key_id: str, usd: float) -> None:
-        self._unwritten_nanousd[key_id] = self._unwritten_nanousd.get(key_id, 0) + usd_to_nanousd(usd)
+    async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
+        self._keep_unwritten(key_id, period, usd_to_nanousd(usd))
         try:
             await self._write_unwritten()
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
 
-    async def settle(self, key_id: str, hold_id: str, usd: float) -> None:
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
         nanousd = usd_to_nanousd(usd)
         try:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
-            await self.state.settle(key_id, hold_id, nanousd)
+            await self.state.settle(key_id, hold_id, nanousd, period)
         except StateUnavailableError as exc:  # the hold lapses on its own; the spend waits here
-            self._unwritten_nanousd[key_id] = self._unwritten_nanousd.get(key_id, 0) + nanousd
+            self._keep_unwritten(key_id, period, nanousd)
             self._mark_degraded(exc)
 
-    async def spent(self, key_id: str) -> float:
+    async def spent(self, key_id: str, period: int | None = None) -> float:
         try:
-            stored = await self.state.get_spent(key_id)
+            stored = await self.state.get_spent(key_id, period)
         except StateUnavailableError as exc:
             raise LimitsUnavailableError(str(exc)) from exc
-        return nanousd_to_usd(stored + self._unwritten_nanousd.get(key_id, 0))
+        return nanousd_to_usd(stored + self._unwritten_nanousd.get((key_id, period), 0))
 
-    async def set_spent(self, key_id: str, usd: float) -> None:
+    async def set_spent(self, key_id: str, usd: float, period: int | None = None) -> None:
         try:
-            await self.state.set_spent(key_id, usd_to_nanousd(usd))
+            await self.state.set_spent(key_id, usd_to_nanousd(usd), period)
         except StateUnavailableError as exc:
             raise LimitsUnavailableError(str(exc)) from exc
-        self._unwritten_nanousd.pop(key_id, None)
+        self._unwritten_nanousd.pop((key_id, period), None)
+
+    def _keep_unwritten(self, key_id: str, period: int | None, nanousd: int) -> None:
+        self._unwritten_nanousd[key_id, period] = self._unwritten_nanousd.get((key_id, period), 0) + nanousd
 
     async def close(self) -> None:
         if self._unwritten_nanousd:
@@ -106,12 +109,12 @@ class RedisLimiter:
 
     async def _write_unwritten(self) -> None:
         # Pop before awaiting so concurrent writers never add the same amount twice.
-        for key_id in list(self._unwritten_nanousd):
-            nanousd = self._unwritten_nanousd.pop(key_id, 0)
+        for key_id, period in list(self._unwritten_nanousd):
+            nanousd = self._unwritten_nanousd.pop((key_id, period), 0)
             try:
-                await self.state.add_spend(key_id, nanousd)
+                await self.state.add_spend(key_id, nanousd, period)
             except StateUnavailableError:
-                self._unwritten_nanousd[key_id] = self._unwritten_nanousd.get(key_id, 0) + nanousd
+                self._keep_unwritten(key_id, period, nanousd)
                 raise
 
     def _admission(

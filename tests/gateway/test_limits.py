@@ -229,3 +229,38 @@ async def test_requests_without_a_budget_hold_nothing(limiter: Limiter) -> None:
     for i in range(5):
         assert (await limiter.admit("k", 10, None, now=1000.0, hold=Hold(f"h{i}", 100.0))).allowed
     assert (await limiter.admit("k", None, 1.0, now=1000.0)).allowed
+
+
+async def test_a_budget_period_counts_its_own_spend_and_holds(limiter: Limiter) -> None:
+    """Periods 100 and 200 of one key: each fills on its own; the rate window is the key's across both."""
+    assert (await limiter.admit("k", 3, 1.0, now=1000.0, hold=Hold("a", 0.6, 60, 100), period=100)).allowed
+    await limiter.settle("k", "a", 1.0, period=100)
+    assert (await limiter.admit("k", 3, 1.0, now=1001.0, period=100)).reason == "budget"
+    assert await limiter.spent("k", period=100) == pytest.approx(1.0)
+    assert await limiter.spent("k") == 0.0  # the lifetime total is another account
+    fresh = await limiter.admit("k", 3, 1.0, now=1002.0, hold=Hold("b", 0.6, 60, 200), period=200)
+    assert fresh.allowed and fresh.remaining_budget_usd == pytest.approx(1.0)
+    assert (await limiter.admit("k", 3, 1.0, now=1003.0, hold=Hold("c", 0.6, 60, 200), period=200)).allowed
+    assert (await limiter.admit("k", 3, 1.0, now=1003.5, period=200)).reason == "budget_held"  # 1.2 held
+    await limiter.record_spend("k", 0.25, period=100)  # a late settle of the earlier period stays there
+    assert await limiter.spent("k", period=200) == 0.0
+    await limiter.set_spent("k", 0.5, period=200)
+    assert await limiter.spent("k", period=200) == pytest.approx(0.5)
+    assert (await limiter.admit("k", 3, None, now=1004.0)).reason == "rate_limit"  # 3 admitted this minute
+
+
+@needs_redis
+async def test_a_periods_spend_expires_in_redis() -> None:
+    prefix = unique_prefix()
+    shared = RedisLimiter.from_url(REDIS_URL, prefix=prefix)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await shared.record_spend("k", 0.5, period=100)
+        await shared.record_spend("k", 0.5)
+        ttl = await client.pttl(f"pitstop:{prefix}:limits:{{k}}:spent@100")
+        assert 39 * 86_400_000 < ttl <= 40 * 86_400_000
+        assert await client.pttl(f"pitstop:{prefix}:limits:{{k}}:spent") == -1  # a lifetime total is kept
+    finally:
+        await client.aclose()
+        await shared.close()
+        await delete_prefix(prefix)

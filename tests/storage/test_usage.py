@@ -113,16 +113,14 @@ def test_a_batch_written_again_is_counted_once(engine) -> None:  # type: ignore[
 def test_the_migration_sums_the_rows_logged_before_it(db_url: str) -> None:
     """A log from before the rollup (written straight into `outcomes` at revision 0015) is summed by 0016."""
     import sqlalchemy as sa
+    from alembic import command
 
-    from storage.migrate import upgrade
+    from storage.migrate import alembic_config, upgrade
     from storage.models import Outcome
 
+    command.downgrade(alembic_config(db_url), "0015")
     engine = create_engine(db_url)
     with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE usage_rollup"))
-        connection.execute(sa.text("ALTER TABLE outcomes DROP COLUMN baseline_cost_usd"))
-        connection.execute(sa.text("ALTER TABLE outcomes DROP COLUMN batch_id"))
-        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0015'"))
         columns = [c for c in Outcome.__table__.columns if c.name not in ("baseline_cost_usd", "batch_id")]
         connection.execute(sa.insert(sa.table("outcomes", *(sa.column(c.name) for c in columns))), [
             {"request_id": request_id, "created_at": at(MIDNIGHT + offset).replace(tzinfo=None)
