@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth import Caller
 from gateway.deployments import Deployment
-from gateway.limits.base import Hold, Limiter
+from gateway.limits.base import Admission, Hold, Limiter
 from gateway.limits.periods import current_period
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import ProxyRequest
@@ -27,6 +27,7 @@ from storage.models import utc_now
 from storage.outcome_writer import OutcomeWriter
 
 if TYPE_CHECKING:
+    from gateway.budget_alerts import BudgetAlerts
     from gateway.ranking import RankScores
     from gateway.response_cache import CacheTicket
 
@@ -71,6 +72,7 @@ class OutcomeDraft:
     created_at: Any = field(default_factory=utc_now)
     caller: Caller | None = None
     hold: Hold | None = None  # what the request holds of its key's budget until it is settled
+    admission: Admission | None = None  # what its key's limits said (the answer's x-ratelimit-* headers)
     settling: asyncio.Task | None = None  # the limiter learning what it cost (OutcomeRecorder.finish)
     request: ProxyRequest | None = None
     endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
@@ -218,7 +220,8 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
 
 class OutcomeRecorder:
     def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
-                 keys: KeyStore | None, store_text: bool) -> None:
+                 keys: KeyStore | None, store_text: bool, alerts: BudgetAlerts | None = None) -> None:
+        self.alerts = alerts  # budget thresholds crossed, told to a webhook (gateway/budget_alerts.py)
         self.writer = writer
         self.metrics = metrics
         self.limiter = limiter
@@ -253,7 +256,7 @@ class OutcomeRecorder:
         if draft.caller is not None and draft.caller.key_id is not None and (cost > 0 or draft.hold is not None):
             # The budget period it was admitted in (a key without a budget keeps its period's total all the same).
             period = draft.hold.period if draft.hold is not None else current_period(draft.caller.budget_period)
-            draft.settling = self._spend(draft.caller.key_id, cost, draft.hold, period)
+            draft.settling = self._spend(draft.caller, cost, draft.hold, period)
         if self.writer is None:
             return
         rank = draft.rank_pending
@@ -289,14 +292,21 @@ class OutcomeRecorder:
         """Rows not yet handed to the writer: their rank is still being scored."""
         return len(self._rows_waiting)
 
-    def _spend(self, key_id: str, cost: float, hold: Hold | None, period: int | None) -> asyncio.Task:
+    def _spend(self, caller: Caller, cost: float, hold: Hold | None, period: int | None) -> asyncio.Task:
         """Settle the request with the limiter (the task returned: its client's next request must not find
         its hold) and add its spend to the key's row (in the background)."""
+        assert caller.key_id is not None
         if self.keys is not None and cost > 0:
-            self._track(asyncio.to_thread(self.keys.add_spend, key_id, cost, period))
+            self._track(asyncio.to_thread(self.keys.add_spend, caller.key_id, cost, period))
         if hold is not None:
-            return self._track(self.limiter.settle(key_id, hold.hold_id, cost, period))
-        return self._track(self.limiter.record_spend(key_id, cost, period))
+            return self._track(self._settle(caller, hold, cost, period))
+        return self._track(self.limiter.record_spend(caller.key_id, cost, period))
+
+    async def _settle(self, caller: Caller, hold: Hold, cost: float, period: int | None) -> None:
+        assert caller.key_id is not None
+        spent = await self.limiter.settle(caller.key_id, hold.hold_id, cost, period)
+        if self.alerts is not None:
+            self.alerts.settled(caller, period, cost, spent)
 
     def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None

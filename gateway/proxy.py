@@ -117,7 +117,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         server = state.settings.server
         hold = budget_hold(draft.caller, parsed, state.routes, state.pool, draft.request_id,
                            server.request_timeout_s, server.num_retries + 1)
-        await state.admit(draft.caller, hold)
+        draft.admission = await state.admit(draft.caller, hold)
         draft.hold = hold  # taken: the row's cost settles it
         draft.route = state.routes.resolve(parsed)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -28,6 +29,7 @@ from gateway.cache_control import CACHE_HEADER
 from gateway.cached_answers import StreamAssembler, replay_chunks
 from gateway.dialects import Dialect, DialectStream
 from gateway.drain import CUT_MESSAGE
+from gateway.limits.periods import period_end
 from gateway.outcomes import OutcomeDraft
 from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.routing import estimate_tokens
@@ -51,10 +53,29 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]
+    headers |= limit_headers(draft)
     if cache := draft.extra.get("cache"):  # the response cache applied: hit, coalesced or miss
         headers[CACHE_HEADER] = cache
         if "cache_age_s" in draft.extra:  # HTTP's Age: how old the kept answer is
             headers["age"] = str(int(draft.extra["cache_age_s"]))
+    return headers
+
+
+def limit_headers(draft: OutcomeDraft) -> dict[str, str]:
+    """What is left of the key's limits when the request was admitted, as OpenAI names the rate's
+    (`x-ratelimit-*-requests`) and Pitstop the budget's (net of the holds of its requests in flight)."""
+    admitted, caller = draft.admission, draft.caller
+    if admitted is None or caller is None:
+        return {}
+    headers = {}
+    if caller.rpm_limit is not None and admitted.remaining_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(caller.rpm_limit)
+        headers["x-ratelimit-remaining-requests"] = str(admitted.remaining_requests)
+    if caller.budget_usd is not None and admitted.remaining_budget_usd is not None:
+        headers["x-pitstop-budget-remaining-usd"] = f"{admitted.remaining_budget_usd:.6f}"
+        if draft.hold is not None and draft.hold.period is not None and caller.budget_period is not None:
+            renews = period_end(caller.budget_period, draft.hold.period)
+            headers["x-pitstop-budget-renews-at"] = datetime.fromtimestamp(renews, UTC).isoformat().replace("+00:00", "Z")
     return headers
 
 

@@ -17,6 +17,7 @@ from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.batches import Batches
+from gateway.budget_alerts import BudgetAlerts
 from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
 from gateway.conversations import Conversations
 from gateway.deployments import Deployment, DeploymentPool
@@ -24,7 +25,7 @@ from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
 from gateway.files import Files
 from gateway.key_events import KeyEvents
-from gateway.limits.base import Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
+from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
 from gateway.limits.periods import current_period, period_end
 from gateway.metrics import GatewayMetrics
@@ -135,18 +136,19 @@ class GatewayState:
         return {"outcomes": self.writer, "feedback": self.feedback, "responses": self.responses.writer,
                 "conversation_items": self.conversations.writer}
 
-    async def admit(self, caller: Caller, hold: Hold | None = None) -> None:
+    async def admit(self, caller: Caller, hold: Hold | None = None) -> Admission | None:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
-        outcome recorder when the request ends); a LimitExceeded when the key's limits refuse."""
+        outcome recorder when the request ends); what the limits said (None: the key has none), or a
+        LimitExceeded when they refuse."""
         if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
-            return
+            return None
         period = hold.period if hold is not None else current_period(caller.budget_period)
         if caller.budget_usd is not None and (caller.key_id, period) not in self.seeded_keys:
             await self._seed_spend(caller, period)
         admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold,
                                              period=period)
         if admission.allowed:
-            return
+            return admission
         if admission.reason == "rate_limit":
             raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
                                 admission.retry_after_s)
@@ -217,6 +219,8 @@ class GatewayState:
             except Exception:
                 log.exception("closing %s failed", deployment.name)
         await self.recorder.drain()
+        if self.recorder.alerts is not None:
+            await self.recorder.alerts.close()
         if self.ranking is not None:
             self.ranking.close()
         if self.cache is not None:
@@ -290,7 +294,8 @@ def build_state(settings: Settings) -> GatewayState:
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=auth, limiter=limiter, metrics=metrics,
-        recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text),
+        recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
+                                 BudgetAlerts(settings.alerts, metrics.registry) if settings.alerts else None),
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
         files=files, batches=Batches(BatchStore(db), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),

@@ -86,9 +86,11 @@ class Limiter(Protocol):
         """Add a completed request's cost. Never raises for an unreachable backend."""
         ...
 
-    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
-        """Release a hold and add what its request cost, in one step. Never raises for an unreachable
-        backend (the hold lapses then, and the spend is added later)."""
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> float | None:
+        """Release a hold and add what its request cost, in one step; the spend total it made (None where
+        the backend was unreachable). Never raises for an unreachable backend (the hold lapses then, and
+        the spend is added later). One addition makes each total, so one settle sees a total cross a
+        given amount, on any number of replicas (gateway/budget_alerts.py relies on it)."""
         ...
 
     async def spent(self, key_id: str, period: int | None = None) -> float: ...

@@ -77,10 +77,11 @@ class MemoryLimiter:
     async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
         self._budget(key_id, period).spent_nanousd += usd_to_nanousd(usd)
 
-    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> float | None:
         state = self._budget(key_id, period)
         state.spent_nanousd += usd_to_nanousd(usd)
         state.holds.pop(hold_id, None)
+        return nanousd_to_usd(state.spent_nanousd)
 
     async def spent(self, key_id: str, period: int | None = None) -> float:
         state = self._budgets.get((key_id, period))

@@ -75,15 +75,16 @@ class RedisLimiter:
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
 
-    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> None:
+    async def settle(self, key_id: str, hold_id: str, usd: float, period: int | None = None) -> float | None:
         nanousd = usd_to_nanousd(usd)
         try:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
-            await self.state.settle(key_id, hold_id, nanousd, period)
+            return nanousd_to_usd(await self.state.settle(key_id, hold_id, nanousd, period))
         except StateUnavailableError as exc:  # the hold lapses on its own; the spend waits here
             self._keep_unwritten(key_id, period, nanousd)
             self._mark_degraded(exc)
+            return None
 
     async def spent(self, key_id: str, period: int | None = None) -> float:
         try:

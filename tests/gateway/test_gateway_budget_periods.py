@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from gateway.limits import periods
+from storage.keys import KeyStore
 from tests.gateway.harness import (
     Gateway,
     gateway_config,
@@ -126,3 +127,26 @@ def test_the_cli_creates_and_lists_a_periodic_budget(tmp_path: Path) -> None:
     listed = run_cli("keys", "list", "--config", str(path))
     assert "budget=5.0/week" in listed.stdout, listed.stdout
     assert run_cli("keys", "create", "--config", str(path), "--name", "x", "--budget-period", "year").returncode == 2
+
+
+def test_answers_say_what_is_left_of_the_keys_limits(
+        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(periods, "now_s", lambda: TUESDAY_NOON)
+    with running_gateway(config(tmp_path, upstreams[0], {})) as gw:
+        store = KeyStore(gw.storage_url)
+        _, secret = store.create("team", rpm_limit=5, budget_usd=BUDGET, budget_period="day")
+        _, unlimited = store.create("free")
+        messages = [{"role": "user", "content": "[words:5] hello"}]
+        with gw.openai(api_key=secret) as client:
+            seen = [client.chat.completions.with_raw_response.create(model="m", max_tokens=5, messages=messages,
+                                                                     stream=stream).headers
+                    for stream in (False, True)]
+        with gw.openai(api_key=unlimited) as client:
+            free = client.chat.completions.with_raw_response.create(model="m", messages=messages).headers
+    assert [(h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) for h in seen] == [
+        ("5", "4"), ("5", "3")]
+    # What was left when each was admitted: the first request's $1.2e-5 was settled before its answer.
+    assert [float(h["x-pitstop-budget-remaining-usd"]) for h in seen] == [pytest.approx(BUDGET),
+                                                                          pytest.approx(BUDGET - 1.2e-5)]
+    assert seen[1]["x-pitstop-budget-renews-at"] == "2026-12-09T00:00:00Z"
+    assert not any(name.startswith(("x-ratelimit", "x-pitstop-budget")) for name in free)
