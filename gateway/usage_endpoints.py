@@ -34,6 +34,7 @@ from storage.usage import EMBEDDING_ENDPOINTS, TEXT_ENDPOINTS, UsageQuery, Usage
 Report = Literal["completions", "embeddings", "costs"]
 
 WIDTHS = {"1m": 60, "1h": 3_600, "1d": 86_400}
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
 # Buckets a page: (default, most), as OpenAI's.
 PAGE_BUCKETS = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_PAGE_BUCKETS = (7, 180)
@@ -99,7 +100,11 @@ def parse(request: Request, report: Report, now: int) -> UsageRequest:
     if not 1 <= limit <= most:
         raise bad_request(f"'limit' must be between 1 and {most} for bucket_width {width}", "limit", "invalid_value")
     start, end = _int(request, "start_time"), _int(request, "end_time", now + 1)
-    if start < 0 or end <= start:
+    for name, value in (("start_time", start), ("end_time", end)):
+        if not 0 <= value <= LAST_SECOND:
+            raise bad_request(f"'{name}' must be Unix seconds between 0 and {LAST_SECOND} (year 9999)", name,
+                              "invalid_value")
+    if end <= start:
         raise bad_request("'end_time' must be after 'start_time' (Unix seconds; end exclusive)", "end_time",
                           "invalid_value")
     names = tuple(_list(request, "group_by") or ())

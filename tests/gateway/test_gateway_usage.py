@@ -210,6 +210,8 @@ BAD_PARAMETERS = [
     ("/organization/usage/completions", {}, "start_time"),
     ("/organization/usage/completions", {"start_time": "yesterday"}, "start_time"),
     ("/organization/usage/completions", {"start_time": 100, "end_time": 50}, "end_time"),
+    ("/organization/usage/completions", {"start_time": -5}, "start_time"),
+    ("/organization/costs", {"start_time": 100, "end_time": 10**20}, "end_time"),
     ("/organization/usage/completions", {"start_time": 100, "bucket_width": "2d"}, "bucket_width"),
     ("/organization/usage/completions", {"start_time": 100, "bucket_width": "1h", "limit": 169}, "limit"),
     ("/organization/usage/completions", {"start_time": 100, "group_by[]": "colour"}, "group_by"),
