@@ -50,6 +50,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.usage_queries
 	$(PY) -m bench.truncation
 	$(PY) -m bench.limits_holds
+	$(PY) -m bench.webhooks
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a

@@ -25,6 +25,7 @@ from gateway import (
     proxy,
     session_endpoint,
     usage_endpoints,
+    webhook_endpoints,
 )
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
@@ -44,6 +45,7 @@ ROUTES = [
     *conversation_endpoints.ROUTES,
     *files.ROUTES,
     *batch_endpoints.ROUTES,
+    *webhook_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),

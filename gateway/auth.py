@@ -12,7 +12,7 @@ from typing import cast
 from starlette.datastructures import Headers
 
 from engine.server.errors import APIError
-from gateway.config import AuthConfig, LimitsConfig
+from gateway.access_config import AuthConfig, LimitsConfig
 from gateway.limits.periods import BudgetPeriod
 from storage.keys import KeyStore
 from storage.models import ApiKey

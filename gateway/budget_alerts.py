@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.access_config import AlertsConfig
 from gateway.auth import Caller
-from gateway.config import AlertsConfig
 from gateway.limits.periods import period_end
 
 log = logging.getLogger("pitstop.gateway")

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sessions.config import SessionsConfig
+from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
 from rankers.config import RankingConfig
 from routers.verify import VerifyPolicy
@@ -166,35 +167,6 @@ class CacheConfig(_Strict):
     shared_across_keys: bool = False  # false: an API key reads only the answers its own requests left
 
 
-class AuthConfig(_Strict):
-    require_keys: bool = False
-    master_key: str | None = None
-
-
-class LimitsConfig(_Strict):
-    fail_open: bool = False
-    default_rpm: int | None = Field(default=None, gt=0)
-    default_budget_usd: float | None = Field(default=None, ge=0)
-    # A key's budget counts its spend since the start of this UTC period (where the key names none).
-    default_budget_period: Literal["day", "week", "month"] | None = None
-
-
-class AlertsConfig(_Strict):
-    """Where events go (gateway/budget_alerts.py): a key's spend crossing a share of its budget."""
-
-    webhook_url: str  # POSTed one JSON event each (with a `text` line, so a Slack incoming webhook takes it)
-    budget_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
-
-    @field_validator("budget_thresholds")
-    @classmethod
-    def _shares(cls, thresholds: list[float]) -> list[float]:
-        if not all(0 < t <= 1 for t in thresholds):
-            raise ValueError("each threshold is a share of the budget, above 0 and at most 1")
-        return sorted(set(thresholds))
-
-
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -220,6 +192,7 @@ class Settings(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     alerts: AlertsConfig | None = None  # budget alerts to a webhook; None: none
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)  # events to /v1/webhook_endpoints
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)

@@ -39,6 +39,7 @@ from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_responses import StoredResponses
+from gateway.webhooks import WebhookSender
 from storage.batch_writer import BatchWriter
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine, ensure_sqlite_dir
@@ -47,6 +48,7 @@ from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 from storage.responses import ResponseStore, StoredResponseWriter
+from storage.webhooks import EventOutbox, WebhookStore
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
@@ -118,6 +120,7 @@ class GatewayState:
     conversations: Conversations  # the Conversations API's, for `conversation` and /v1/conversations
     files: Files  # /v1/files: batches' input and output
     batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
+    webhooks: WebhookSender  # events to /v1/webhook_endpoints, from the stores' outbox
     seeded_keys: set[tuple[str, int | None]] = field(default_factory=set)  # (key id, budget period)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
@@ -184,6 +187,7 @@ class GatewayState:
         await self.responses.start()  # and takes over any background response whose replica stopped
         self._window_lookup = asyncio.create_task(self._learn_windows())
         await self.batches.start()  # and takes over any batch whose replica stopped
+        await self.webhooks.start()
         if self.retention is not None:
             self.retention.start()
         if self.key_events is not None:
@@ -219,6 +223,7 @@ class GatewayState:
             except Exception:
                 log.exception("closing %s failed", deployment.name)
         await self.recorder.drain()
+        await self.webhooks.close()
         if self.recorder.alerts is not None:
             await self.recorder.alerts.close()
         if self.ranking is not None:
@@ -260,13 +265,14 @@ def build_state(settings: Settings) -> GatewayState:
     feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
                               if spool else None)
     keys = KeyStore(db)
+    outbox = EventOutbox()  # the stores queue their events' deliveries; the sender sends them
     server = settings.server
     files = Files(FileStore(db))
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         # a turn's calls, retries included, and a minute for its items
         max_hold_s=server.request_timeout_s * (server.num_retries + 1) + 60.0)
-    responses = StoredResponses(settings.responses, ResponseStore(db), StoredResponseWriter(
+    responses = StoredResponses(settings.responses, ResponseStore(db, outbox), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
         conversations)
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
@@ -297,9 +303,10 @@ def build_state(settings: Settings) -> GatewayState:
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, metrics.registry) if settings.alerts else None),
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
-        files=files, batches=Batches(BatchStore(db), files, _serve_unset,
+        files=files, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db,
+        webhooks=WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry),
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)

@@ -17,6 +17,7 @@ from storage.inserts import idempotent_insert
 from storage.leases import lapsed, renew, take_over
 from storage.models import Batch, BatchRecord, StoredFile
 from storage.rows import RowShape
+from storage.webhooks import EventOutbox
 
 FILES: Table = StoredFile.__table__  # type: ignore[assignment]
 BATCHES: Table = Batch.__table__  # type: ignore[assignment]
@@ -56,8 +57,9 @@ class FileStore:
 
 
 class BatchStore:
-    def __init__(self, engine: Engine | str | URL) -> None:
+    def __init__(self, engine: Engine | str | URL, outbox: EventOutbox | None = None) -> None:
         self._engine = as_engine(engine)
+        self._outbox = outbox or EventOutbox()  # a batch's end is an event (storage/webhooks.py)
         self._shape = RowShape(BATCHES)
         self._insert_records = idempotent_insert(RECORDS, self._engine.dialect.name)
 
@@ -76,8 +78,12 @@ class BatchStore:
         with self._engine.begin() as connection:
             changed = connection.execute(update(BATCHES).where(BATCHES.c.id == batch_id,
                                                                BATCHES.c.status.in_(only_from))
-                                         .values(batch=batch, status=batch["status"], lease_until=lease_until))
-            return changed.rowcount > 0
+                                         .values(batch=batch, status=batch["status"],
+                                                 lease_until=lease_until)).rowcount > 0
+            queued = changed and self._outbox.queue_event(connection, f"batch.{batch['status']}", batch_id)
+        if queued:
+            self._outbox.wake()
+        return changed
 
     def add_records(self, rows: Sequence[dict[str, Any]]) -> None:
         """Finished lines; one already written (by a replica that stopped after writing it) is left as it is."""

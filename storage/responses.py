@@ -18,6 +18,7 @@ from storage.inserts import idempotent_insert
 from storage.leases import lapsed, relaxed_commit, take_over
 from storage.models import StoredResponse
 from storage.rows import RowShape
+from storage.webhooks import EventOutbox
 
 TABLE: Table = StoredResponse.__table__  # type: ignore[assignment]
 ACTIVE = ("queued", "in_progress")  # a background response's statuses before it ends
@@ -31,8 +32,9 @@ class StoredResponseWriter(BatchWriter):
 
 
 class ResponseStore:
-    def __init__(self, engine: Engine | str | URL) -> None:
+    def __init__(self, engine: Engine | str | URL, outbox: EventOutbox | None = None) -> None:
         self._engine = as_engine(engine)
+        self._outbox = outbox or EventOutbox()  # a background response's end is an event (storage/webhooks.py)
         self._shape = RowShape(TABLE)
         self._insert = idempotent_insert(TABLE, self._engine.dialect.name)
 
@@ -81,8 +83,11 @@ class ResponseStore:
         with self._engine.begin() as connection:
             changed = connection.execute(update(TABLE).where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE), *held)
                                          .values(response=response, status=response["status"],
-                                                 lease_until=lease_until))
-            return changed.rowcount > 0
+                                                 lease_until=lease_until)).rowcount > 0
+            queued = changed and self._outbox.queue_event(connection, f"response.{response['status']}", response_id)
+        if queued:
+            self._outbox.wake()
+        return changed
 
     def release(self, response_id: str, response: dict[str, Any], now: datetime, token: str) -> bool:
         """Let a running background response whose lease is `token` go (its replica shuts down): its new

@@ -21,13 +21,14 @@ from tests.engine.fakes import CountingRunner
 
 
 @contextmanager
-def serve_in_thread(app: Starlette, timeout: float = 20.0) -> Iterator[str]:
-    """Yields the base URL (`http://127.0.0.1:PORT`); shuts the server (and its app's engine) down after."""
+def serve_in_thread(app: Starlette, timeout: float = 20.0, port: int = 0) -> Iterator[str]:
+    """Yields the base URL (`http://127.0.0.1:PORT`, on `port`, else a free one); shuts the server (and its
+    app's engine) down after."""
     # IPPROTO_TCP named, or asyncio leaves TCP_NODELAY off on the accepted connections (it checks the
     # protocol), and Nagle meets delayed ACKs: 40 ms a request.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
