@@ -2,7 +2,8 @@
 a throwaway PostgreSQL database, side by side:
 
 - the outbox on the change's transaction: a background response's final write (`ResponseStore.advance`,
-  in progress -> completed) with 0, 1 and 3 endpoints taking the event, interleaved, `--writes` each;
+  in progress -> completed) with 0, 1 and 3 endpoints taking the event, and the same UPDATE alone (the
+  write before webhooks), interleaved, `--writes` each;
 - latency from an event's commit to its receipt, one event at a time (`--events`, 20 a second), sent by a
   `WebhookSender` (the gateway's, with its defaults) to a receiver in another process: made on the
   sender's own replica (it is woken after the commit) and on another replica (found at its next look,
@@ -30,6 +31,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
 
 from bench.bench_db import BenchDatabase, server_version
 from bench.common import RESULTS, command, machine_info, pct, write_report
@@ -38,7 +41,8 @@ from gateway.access_config import WebhooksConfig
 from gateway.webhooks import WebhookSender, new_secret
 from storage.db import create_engine
 from storage.migrate import upgrade
-from storage.responses import ResponseStore
+from storage.responses import ACTIVE, ResponseStore
+from storage.responses import TABLE as RESPONSES
 from storage.webhooks import EventOutbox, WebhookStore
 
 
@@ -86,24 +90,38 @@ def _endpoints(url: str, store: WebhookStore, hook: str, how_many: int) -> None:
                             "previous_secret": None, "previous_secret_until": None})
 
 
+def _write_without_outbox(engine: Engine, response_id: str) -> None:
+    """The final write as it was before webhooks: the UPDATE alone."""
+    with engine.begin() as connection:
+        connection.execute(update(RESPONSES).where(RESPONSES.c.id == response_id, RESPONSES.c.status.in_(ACTIVE),
+                                                   RESPONSES.c.lease_token == "t")
+                           .values(response={"status": "completed"}, status="completed", lease_until=None))
+
+
 def outbox_cost(url: str, hook: str, writes: int) -> dict[str, Any]:
-    """Microseconds per final write with 0, 1 and 3 endpoints taking the event, interleaved by round."""
+    """Microseconds per final write without the outbox, and with 0, 1 and 3 endpoints taking the event,
+    interleaved by round."""
     store = WebhookStore(url)
     responses = ResponseStore(url)
-    times: dict[int, list[float]] = {0: [], 1: [], 3: []}
+    engine = create_engine(url)
+    times: dict[str, list[float]] = {"no_outbox": [], "0_endpoints": [], "1_endpoints": [], "3_endpoints": []}
     rounds = 10
     for r in range(rounds):
-        for n in (0, 1, 3):
-            _endpoints(url, store, hook, n)
+        for name in times:
+            _endpoints(url, store, hook, 0 if name == "no_outbox" else int(name[0]))
             now = datetime.now(UTC)
             for i in range(writes // rounds):
-                responses.put(_response_row(f"resp_{r}_{n}_{i}", now))
+                responses.put(_response_row(f"resp_{r}_{name}_{i}", now))
             for i in range(writes // rounds):
                 start = time.perf_counter()
-                responses.advance(f"resp_{r}_{n}_{i}", {"status": "completed"}, None, "t")
-                times[n].append((time.perf_counter() - start) * 1e6)
-    return {f"{n}_endpoints": {"median_us": round(pct(v, 50), 1), "p99_us": round(pct(v, 99), 1), "writes": len(v)}
-            for n, v in times.items()}
+                if name == "no_outbox":
+                    _write_without_outbox(engine, f"resp_{r}_{name}_{i}")
+                else:
+                    responses.advance(f"resp_{r}_{name}_{i}", {"status": "completed"}, None, "t")
+                times[name].append((time.perf_counter() - start) * 1e6)
+    engine.dispose()
+    return {name: {"median_us": round(pct(v, 50), 1), "p99_us": round(pct(v, 99), 1), "writes": len(v)}
+            for name, v in times.items()}
 
 
 async def _log(http: httpx.AsyncClient, base: str) -> dict[str, list[float]]:

@@ -26,12 +26,13 @@ class LimitsConfig(_Strict):
 
 
 class AlertsConfig(_Strict):
-    """Where events go (gateway/budget_alerts.py): a key's spend crossing a share of its budget."""
+    """Budget alerts (gateway/budget_alerts.py): a key's spend crossing a share of its budget is an event,
+    `budget.threshold_crossed`, for the webhook endpoints that take it and for `webhook_url`."""
 
-    webhook_url: str  # POSTed one JSON event each (with a `text` line, so a Slack incoming webhook takes it)
+    # POSTed each event as it is, unsigned (its `text` line lets a Slack incoming webhook show it); None:
+    # only to webhook endpoints (/v1/webhook_endpoints)
+    webhook_url: str | None = None
     budget_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0], min_length=1)
-    timeout_s: float = Field(default=5.0, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
 
     @field_validator("budget_thresholds")
     @classmethod

@@ -1,34 +1,32 @@
 """Budget alerts: when a key's spend crosses a share of its budget (`alerts.budget_thresholds`, by default
-50%, 80% and 100%), one JSON event is POSTed to `alerts.webhook_url`, with a `text` line so a Slack or
-Teams incoming webhook shows it as it is:
+50%, 80% and 100%), one event, `budget.threshold_crossed`:
 
     {"type": "budget.threshold_crossed", "key_id": "...", "key_name": "team-a", "threshold": 0.8,
      "budget_usd": 25.0, "spent_usd": 20.13, "budget_period": "month", "period_start": "2026-12-01T00:00:00Z",
      "period_renews_at": "2027-01-01T00:00:00Z", "at": "...", "text": "Pitstop: API key 'team-a' has spent 80% ..."}
 
+goes as it is to `alerts.webhook_url` (its `text` line lets a Slack or Teams incoming webhook show it), and
+as the `data` of a signed event to every webhook endpoint that takes `budget.threshold_crossed`.
+
 Once per crossing, however many replicas: the limiter adds each request's cost in one atomic step and
 returns the total it made (Redis INCRBY), so exactly one request's settling sees the total go from below
-a threshold to at or past it; a budget period starts every threshold afresh. Off the request path: the
-event is sent after the answer, tried `alerts.attempts` times (1 s, 2 s, ... apart), and an event that
-cannot be delivered is logged and counted (`pitstop_budget_alerts_total{outcome="failed"}`), never in a
-request's way. A cost settled while the limits' Redis is away is added later without an alert."""
+a threshold to at or past it; a budget period starts every threshold afresh. Off the request path, and
+never lost: the event is written to the webhook outbox after the answer, and sent, retried and given up as
+every webhook event is (gateway/webhooks.py). A cost settled while the limits' Redis is away is added
+later without an alert."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-from prometheus_client import CollectorRegistry, Counter
-
 from gateway.access_config import AlertsConfig
 from gateway.auth import Caller
 from gateway.limits.periods import period_end
-
-log = logging.getLogger("pitstop.gateway")
+from gateway.webhooks import WebhookSender
+from storage.webhooks import BUDGET_EVENT
 
 
 def _iso(seconds: float) -> str:
@@ -63,47 +61,23 @@ def budget_event(caller: Caller, threshold: float, spent_usd: float, period: int
 
 
 class BudgetAlerts:
-    def __init__(self, config: AlertsConfig, registry: CollectorRegistry) -> None:
-        self.config = config
-        self.sent = Counter("pitstop_budget_alerts", "Budget alerts by outcome (sent, failed)", ["outcome"],
-                            registry=registry)
-        self._client: httpx.AsyncClient | None = None
-        self._sending: set[asyncio.Task] = set()
-        self.retry_pause_s = 1.0
+    def __init__(self, config: AlertsConfig, webhooks: WebhookSender) -> None:
+        self.config, self.webhooks = config, webhooks
+        self._publishing: set[asyncio.Task] = set()
 
     def settled(self, caller: Caller, period: int | None, cost: float, spent_after: float | None) -> None:
         """A request of `caller` settled at `spent_after`: alert the thresholds it crossed."""
         if spent_after is None or caller.budget_usd is None or caller.key_id is None or caller.budget_usd <= 0:
             return
+        urls = [self.config.webhook_url] if self.config.webhook_url else []
         for threshold in crossed(self.config.budget_thresholds, caller.budget_usd, spent_after - cost, spent_after):
-            task = asyncio.get_running_loop().create_task(self._send(budget_event(caller, threshold, spent_after,
-                                                                                  period)))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, event: dict[str, Any]) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout_s)
-        problem = ""
-        for attempt in range(self.config.attempts):
-            if attempt:
-                await asyncio.sleep(self.retry_pause_s * attempt)
-            try:
-                answer = await self._client.post(self.config.webhook_url, json=event)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                continue
-            if answer.is_success:
-                self.sent.labels("sent").inc()
-                return
-            problem = f"HTTP {answer.status_code}"
-        self.sent.labels("failed").inc()
-        log.error("budget alert for key %s at %.0f%% not delivered after %d attempts (%s)", event["key_id"],
-                  event["threshold"] * 100, self.config.attempts, problem)
+            event = budget_event(caller, threshold, spent_after, period)
+            task = asyncio.get_running_loop().create_task(self.webhooks.publish(BUDGET_EVENT, caller.key_id, event,
+                                                                                urls))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
     async def close(self, timeout_s: float = 10.0) -> None:
-        """Let the events on their way finish (up to `timeout_s`), then close the client."""
-        if self._sending:
-            await asyncio.wait(self._sending, timeout=timeout_s)
-        if self._client is not None:
-            await self._client.aclose()
+        """Let the events being written finish (up to `timeout_s`)."""
+        if self._publishing:
+            await asyncio.wait(self._publishing, timeout=timeout_s)

@@ -191,7 +191,7 @@ class Settings(_Strict):
     cache: CacheConfig | None = None  # answers served again (gateway/response_cache.py); None: off
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    alerts: AlertsConfig | None = None  # budget alerts to a webhook; None: none
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # budget alerts, as webhook events
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)  # events to /v1/webhook_endpoints
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)

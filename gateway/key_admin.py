@@ -55,13 +55,19 @@ def key_object(key: ApiKey, default_period: str | None = None) -> dict:
             "models": key.models, "priority": key.priority}
 
 
-async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
+async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """An admin call's JSON object body; a 400 for anything else, or for a field outside `allowed`."""
     body = await read_json(request, state.settings.server.max_body_bytes)
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r} (known: {', '.join(allowed)})", unknown[0], "unknown_field")
+    return body
+
+
+async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
+    body = await admin_body(request, state, allowed)
     for name in ("rpm_limit",):
         if body.get(name) is not None and type(body[name]) is not int:
             raise bad_request(f"'{name}' must be an integer", name, "invalid_type")

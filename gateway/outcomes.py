@@ -221,7 +221,7 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
 class OutcomeRecorder:
     def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
                  keys: KeyStore | None, store_text: bool, alerts: BudgetAlerts | None = None) -> None:
-        self.alerts = alerts  # budget thresholds crossed, told to a webhook (gateway/budget_alerts.py)
+        self.alerts = alerts  # budget thresholds crossed, told as webhook events (gateway/budget_alerts.py)
         self.writer = writer
         self.metrics = metrics
         self.limiter = limiter

@@ -106,7 +106,10 @@ CUSTOM_INPUT = "input"  # the one argument a custom tool's call carries as a cha
 
 def custom_tools(tools: Any) -> frozenset[str]:
     """The names of a checked request's custom tools, whose calls are turned back into custom calls."""
-    return frozenset(t["name"] for t in tools or () if isinstance(t, dict) and t.get("type") == "custom")
+    if not isinstance(tools, list):  # checked (a 400) where the request is converted
+        return frozenset()
+    return frozenset(t["name"] for t in tools
+                     if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str))
 
 
 def custom_input(arguments: str) -> str:

@@ -223,9 +223,9 @@ class GatewayState:
             except Exception:
                 log.exception("closing %s failed", deployment.name)
         await self.recorder.drain()
-        await self.webhooks.close()
         if self.recorder.alerts is not None:
-            await self.recorder.alerts.close()
+            await self.recorder.alerts.close()  # its events written, before the sender stops
+        await self.webhooks.close()
         if self.ranking is not None:
             self.ranking.close()
         if self.cache is not None:
@@ -296,17 +296,18 @@ def build_state(settings: Settings) -> GatewayState:
                                                     for m in settings.model_list}, settings.base_dir)
     ranking.observe_cpu = metrics.rank_cpu.observe
     auth = Authenticator(settings.auth, settings.limits, keys)
+    webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry)
     return GatewayState(
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
-                                 BudgetAlerts(settings.alerts, metrics.registry) if settings.alerts else None),
+                                 BudgetAlerts(settings.alerts, webhooks)),
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
         files=files, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db,
-        webhooks=WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry),
+        webhooks=webhooks,
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)

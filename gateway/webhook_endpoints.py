@@ -26,8 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError, bad_request, not_found
-from engine.server.json_body import read_json
-from gateway.key_admin import require_master
+from gateway.key_admin import admin_body, require_master
 from gateway.responses_api import page_params
 from gateway.state import GatewayState
 from gateway.webhooks import new_secret
@@ -60,16 +59,6 @@ def endpoint_object(row: dict[str, Any], with_secret: bool = False) -> dict[str,
              "updated_at": int(row["updated_at"].timestamp()), "name": row["name"], "url": row["url"],
              "event_types": row["event_types"], "signing_secret_hint": f"whsec_...{secret[-4:]}"}
     return {**shown, "signing_secret": secret} if with_secret else shown
-
-
-async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
-    body = await read_json(request, state.settings.server.max_body_bytes)
-    if not isinstance(body, dict):
-        raise bad_request("the body must be a JSON object")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise bad_request(f"unknown field {unknown[0]!r} (known: {', '.join(allowed)})", unknown[0], "unknown_field")
-    return body
 
 
 def _fields(body: dict[str, Any], required: bool) -> dict[str, Any]:
@@ -110,7 +99,7 @@ async def _endpoint(state: GatewayState, endpoint_id: str) -> dict[str, Any]:
 
 async def create_endpoint(request: Request) -> Response:
     state = _state(request)
-    values = _fields(await _body(request, state, ("name", "url", "event_types")), required=True)
+    values = _fields(await admin_body(request, state, ("name", "url", "event_types")), required=True)
     now = datetime.now(UTC)
     row = {"id": new_id("we"), "created_at": now, "updated_at": now, "secret": new_secret(),
            "previous_secret": None, "previous_secret_until": None, **values}
@@ -140,7 +129,7 @@ async def retrieve_endpoint(request: Request) -> Response:
 async def update_endpoint(request: Request) -> Response:
     state = _state(request)
     endpoint_id = request.path_params["endpoint_id"]
-    values = _fields(await _body(request, state, ("name", "url", "event_types")), required=False)
+    values = _fields(await admin_body(request, state, ("name", "url", "event_types")), required=False)
     row = await _endpoint(state, endpoint_id)
     if any(row[name] != value for name, value in values.items()):  # an unchanged update leaves updated_at
         values["updated_at"] = datetime.now(UTC)
@@ -159,7 +148,7 @@ async def delete_endpoint(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     state = _state(request)
     endpoint_id = request.path_params["endpoint_id"]
-    body = await _body(request, state, ("keep_old_secret_active_for_24_hours",))
+    body = await admin_body(request, state, ("keep_old_secret_active_for_24_hours",))
     keep = body.get("keep_old_secret_active_for_24_hours", False)
     if not isinstance(keep, bool):
         raise bad_request("'keep_old_secret_active_for_24_hours' must be a boolean",
@@ -176,7 +165,7 @@ async def rotate_secret(request: Request) -> Response:
 async def send_test_event(request: Request) -> Response:
     state = _state(request)
     endpoint_id = request.path_params["endpoint_id"]
-    event_type = (await _body(request, state, ("event_type",))).get("event_type")
+    event_type = (await admin_body(request, state, ("event_type",))).get("event_type")
     if event_type not in EVENT_TYPES:
         raise bad_request(f"'event_type' must be one of {', '.join(EVENT_TYPES)}", "event_type", "invalid_value")
     row = await _endpoint(state, endpoint_id)

@@ -1,5 +1,6 @@
-"""Webhook events, sent as OpenAI sends them: when a background response or a batch ends, each endpoint
-that takes that event type (`/v1/webhook_endpoints`, gateway/webhook_endpoints.py) is POSTed
+"""Webhook events, sent as OpenAI sends them: when a background response or a batch ends (or a key's spend
+crosses a share of its budget: gateway/budget_alerts.py), each endpoint that takes that event type
+(`/v1/webhook_endpoints`, gateway/webhook_endpoints.py) is POSTed
 
     {"id": "evt_...", "object": "event", "created_at": 1764979200, "type": "response.completed",
      "data": {"id": "resp_..."}}
@@ -27,6 +28,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +42,7 @@ from storage.webhooks import Due, EventOutbox, WebhookStore, signing_secrets
 log = logging.getLogger("pitstop.gateway")
 
 CLAIM_MARGIN_S = 30.0  # a claim outlasts its send by this much
+PUBLISH_TRIES, PUBLISH_WAIT_S = 30, 2.0  # an event of no store's change is queued for a minute while the database is away
 PURGE_EVERY_S = 600.0
 USER_AGENT = "Pitstop-Webhooks/1.0"
 
@@ -56,16 +59,28 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
-def event_body(event_id: str, event_type: str, created_at: int, object_id: str) -> bytes:
+def event_body(event_id: str, event_type: str, created_at: int, object_id: str,
+               data: dict[str, Any] | None = None) -> bytes:
     return json.dumps({"id": event_id, "object": "event", "created_at": created_at, "type": event_type,
-                       "data": {"id": object_id}}, separators=(",", ":")).encode()
+                       "data": {"id": object_id} if data is None else data}, separators=(",", ":")).encode()
+
+
+def delivery_body(due: Due) -> bytes:
+    """What a delivery POSTs: the event; to a URL of the config's, its `data` as it is."""
+    if due.raw:
+        return json.dumps(due.data if due.data is not None else {"type": due.event_type, "id": due.object_id},
+                          separators=(",", ":")).encode()
+    return event_body(due.event_id, due.event_type, due.event_created_at, due.object_id, due.data)
 
 
 def signed_headers(webhook_id: str, signing_secrets: tuple[str, ...], body: bytes) -> dict[str, str]:
+    """Standard Webhooks' headers; with no secret (a URL of the config's), unsigned."""
     timestamp = int(time.time())
-    return {"content-type": "application/json", "user-agent": USER_AGENT, "webhook-id": webhook_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": " ".join(sign(s, webhook_id, timestamp, body) for s in signing_secrets)}
+    headers = {"content-type": "application/json", "user-agent": USER_AGENT, "webhook-id": webhook_id,
+               "webhook-timestamp": str(timestamp)}
+    if signing_secrets:
+        headers["webhook-signature"] = " ".join(sign(s, webhook_id, timestamp, body) for s in signing_secrets)
+    return headers
 
 
 class WebhookSender:
@@ -124,8 +139,27 @@ class WebhookSender:
         await asyncio.gather(*(self._deliver(delivery, token) for delivery in due))
         return len(due)
 
+    async def publish(self, event_type: str, object_id: str, data: dict[str, Any], urls: Sequence[str] = ()) -> bool:
+        """Queue an event that no store's change carries (a budget crossed) in a transaction of its own,
+        tried for a minute while the database is away; False (logged, counted failed) if it never took."""
+        problem = ""
+        for attempt in range(PUBLISH_TRIES):
+            if attempt:
+                await asyncio.sleep(PUBLISH_WAIT_S)
+            try:
+                await asyncio.to_thread(self.store.queue, event_type, object_id, data, urls)
+            except Exception as exc:
+                problem = describe(exc)
+                continue
+            self._due.set()
+            return True
+        self.deliveries.labels(event_type, "failed").inc()
+        log.error("webhook event %s about %s not queued (the database is not answering: %s)", event_type,
+                  object_id, problem)
+        return False
+
     async def _deliver(self, due: Due, token: str) -> None:
-        body = event_body(due.event_id, due.event_type, due.event_created_at, due.object_id)
+        body = delivery_body(due)
         status, error = await self.post(due.url, due.id, due.secrets, body)
         now = datetime.now(UTC)
         try:
@@ -160,7 +194,7 @@ class WebhookSender:
 
     async def send_test(self, endpoint: dict[str, Any], event_type: str) -> tuple[int | None, str | None]:
         """A sample event of `event_type` to `endpoint`, now and once (the outbox is not involved)."""
-        prefix = "resp" if event_type.startswith("response.") else "batch"
+        prefix = {"response": "resp", "batch": "batch"}.get(event_type.split(".")[0], "key")
         body = event_body(f"evt_test_{uuid.uuid4().hex}", event_type, int(time.time()), f"{prefix}_test")
         return await self.post(endpoint["url"], f"wh_test_{uuid.uuid4().hex}",
                                signing_secrets(endpoint, datetime.now(UTC)), body)

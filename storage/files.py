@@ -75,15 +75,10 @@ class BatchStore:
     def advance(self, batch_id: str, batch: dict[str, Any], lease_until: datetime | None,
                 only_from: Sequence[str] = RUNNING) -> bool:
         """The batch's new state (its status is the Batch's), while its status is one of `only_from`."""
-        with self._engine.begin() as connection:
-            changed = connection.execute(update(BATCHES).where(BATCHES.c.id == batch_id,
-                                                               BATCHES.c.status.in_(only_from))
-                                         .values(batch=batch, status=batch["status"],
-                                                 lease_until=lease_until)).rowcount > 0
-            queued = changed and self._outbox.queue_event(connection, f"batch.{batch['status']}", batch_id)
-        if queued:
-            self._outbox.wake()
-        return changed
+        return self._outbox.change(self._engine, update(BATCHES)
+                                   .where(BATCHES.c.id == batch_id, BATCHES.c.status.in_(only_from))
+                                   .values(batch=batch, status=batch["status"], lease_until=lease_until),
+                                   f"batch.{batch['status']}", batch_id)
 
     def add_records(self, rows: Sequence[dict[str, Any]]) -> None:
         """Finished lines; one already written (by a replica that stopped after writing it) is left as it is."""

@@ -343,11 +343,13 @@ class WebhookDelivery(Base):
     __table_args__ = (Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),)
 
     id: Mapped[str] = mapped_column(primary_key=True)  # wh_...: the `webhook-id` header, the same on retries
-    endpoint_id: Mapped[str] = mapped_column(index=True)
+    endpoint_id: Mapped[str | None] = mapped_column(index=True)  # a /v1/webhook_endpoints one, signed; or
+    url: Mapped[str | None] = mapped_column(Text)  # a URL of the config's (`alerts.webhook_url`): `data` as is
     event_id: Mapped[str]  # evt_...: the event's, the same for every endpoint it goes to
     event_type: Mapped[str]
     object_id: Mapped[str]  # what the event is about (resp_..., batch_...)
     event_created_at: Mapped[int] = mapped_column(BigInteger)  # Unix seconds of the change
+    data: Mapped[Any | None]  # the event's `data` where it is more than `{"id": object_id}`
     status: Mapped[str]  # pending, delivered, failed (given up)
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     next_attempt_at: Mapped[datetime]

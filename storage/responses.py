@@ -80,14 +80,10 @@ class ResponseStore:
         in progress and, given a `token`, its lease is that one: False once not (cancelled meanwhile,
         deleted, or taken over by another replica). Without one (a cancel, from any replica) it is not asked."""
         held = () if token is None else (TABLE.c.lease_token == token,)
-        with self._engine.begin() as connection:
-            changed = connection.execute(update(TABLE).where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE), *held)
-                                         .values(response=response, status=response["status"],
-                                                 lease_until=lease_until)).rowcount > 0
-            queued = changed and self._outbox.queue_event(connection, f"response.{response['status']}", response_id)
-        if queued:
-            self._outbox.wake()
-        return changed
+        return self._outbox.change(self._engine, update(TABLE)
+                                   .where(TABLE.c.id == response_id, TABLE.c.status.in_(ACTIVE), *held)
+                                   .values(response=response, status=response["status"], lease_until=lease_until),
+                                   f"response.{response['status']}", response_id)
 
     def release(self, response_id: str, response: dict[str, Any], now: datetime, token: str) -> bool:
         """Let a running background response whose lease is `token` go (its replica shuts down): its new

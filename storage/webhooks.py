@@ -11,13 +11,14 @@ thread, never on the event loop."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.sql import Executable
 
 from storage.db import as_engine
 from storage.leases import relaxed_commit
@@ -26,9 +27,11 @@ from storage.models import WebhookDelivery, WebhookEndpoint
 ENDPOINTS: Table = WebhookEndpoint.__table__  # type: ignore[assignment]
 DELIVERIES: Table = WebhookDelivery.__table__  # type: ignore[assignment]
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-# The events Pitstop sends, in OpenAI's names: a background response's or a batch's end, by its status.
+# The events Pitstop sends: a background response's or a batch's end, by its status, in OpenAI's names;
+# and Pitstop's own, a key's spend crossing a share of its budget (gateway/budget_alerts.py).
+BUDGET_EVENT = "budget.threshold_crossed"
 EVENT_TYPES = ("response.completed", "response.failed", "response.cancelled", "response.incomplete",
-               "batch.completed", "batch.failed", "batch.cancelled", "batch.expired")
+               "batch.completed", "batch.failed", "batch.cancelled", "batch.expired", BUDGET_EVENT)
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,16 @@ class Due:
     event_type: str
     object_id: str
     event_created_at: int
+    data: dict[str, Any] | None  # the event's `data`, where it is more than `{"id": object_id}`
     attempts: int  # before this one
     url: str
-    secrets: tuple[str, ...]  # the current secret first, then one still honoured after a rotation
+    # The current secret first, then one still honoured after a rotation; none for a URL of the config's,
+    # which is sent `data` as it is, unsigned (a Slack incoming webhook takes it).
+    secrets: tuple[str, ...]
+
+    @property
+    def raw(self) -> bool:
+        return not self.secrets
 
 
 def signing_secrets(endpoint: Mapping[str, Any], now: datetime) -> tuple[str, ...]:
@@ -63,21 +73,35 @@ class EventOutbox:
     def __init__(self) -> None:
         self.wake: Callable[[], None] = lambda: None
 
+    def change(self, engine: Engine, statement: Executable, event_type: str, object_id: str) -> bool:
+        """Run `statement` (an UPDATE of one row) and, where it changed the row, queue `event_type` about
+        `object_id` in the same transaction; whether it changed it."""
+        with engine.begin() as connection:
+            changed = connection.execute(statement).rowcount > 0
+            queued = changed and self.queue_event(connection, event_type, object_id)
+        if queued:
+            self.wake()
+        return changed
+
     @staticmethod
-    def queue_event(connection: Connection, event_type: str, object_id: str) -> int:
-        """Queue `event_type` about `object_id` (happening now) for every endpoint that takes it, in
-        `connection`'s transaction; how many deliveries that made (none for a change that is no event)."""
+    def queue_event(connection: Connection, event_type: str, object_id: str, data: dict[str, Any] | None = None,
+                    urls: Sequence[str] = ()) -> int:
+        """Queue `event_type` about `object_id` (happening now) for every endpoint that takes it, and for
+        `urls`, in `connection`'s transaction; how many deliveries that made (none for a change that is
+        no event)."""
         if event_type not in EVENT_TYPES:
             return 0
         now = datetime.now(UTC)
         endpoints = connection.execute(select(ENDPOINTS.c.id, ENDPOINTS.c.event_types)).all()
-        targets = [row.id for row in endpoints if event_type in row.event_types]
+        targets = [(row.id, None) for row in endpoints if event_type in row.event_types]
+        targets += [(None, url) for url in urls]
         if targets:
             event_id = new_id("evt")
             connection.execute(DELIVERIES.insert(), [
-                {"id": new_id("wh"), "endpoint_id": endpoint_id, "event_id": event_id, "event_type": event_type,
-                 "object_id": object_id, "event_created_at": int(now.timestamp()), "status": PENDING, "attempts": 0,
-                 "next_attempt_at": now} for endpoint_id in targets])
+                {"id": new_id("wh"), "endpoint_id": endpoint_id, "url": url, "event_id": event_id,
+                 "event_type": event_type, "object_id": object_id, "event_created_at": int(now.timestamp()),
+                 "data": data, "status": PENDING, "attempts": 0, "next_attempt_at": now}
+                for endpoint_id, url in targets])
         return len(targets)
 
 
@@ -116,6 +140,11 @@ class WebhookStore:
 
     # Deliveries.
 
+    def queue(self, event_type: str, object_id: str, data: dict[str, Any] | None, urls: Sequence[str]) -> int:
+        """An event no other change carries, in a transaction of its own (EventOutbox.queue_event)."""
+        with self._engine.begin() as connection:
+            return EventOutbox.queue_event(connection, event_type, object_id, data, urls)
+
     def claim(self, now: datetime, claimed_until: datetime, token: str, limit: int) -> list[Due]:
         """Hold up to `limit` due deliveries nobody holds, as `token`, until `claimed_until`; them, oldest
         first. Two replicas claiming at once get different ones: the UPDATE re-checks that each is free."""
@@ -130,13 +159,16 @@ class WebhookStore:
             connection.execute(update(DELIVERIES).where(DELIVERIES.c.id.in_(ids), DELIVERIES.c.status == PENDING, free)
                                .values(claimed_until=claimed_until, claim_token=token))
             rows = connection.execute(
-                select(DELIVERIES, ENDPOINTS.c.url, ENDPOINTS.c.secret, ENDPOINTS.c.previous_secret,
-                       ENDPOINTS.c.previous_secret_until)
-                .join(ENDPOINTS, ENDPOINTS.c.id == DELIVERIES.c.endpoint_id)
+                select(DELIVERIES, ENDPOINTS.c.url.label("endpoint_url"), ENDPOINTS.c.secret,
+                       ENDPOINTS.c.previous_secret, ENDPOINTS.c.previous_secret_until)
+                .outerjoin(ENDPOINTS, ENDPOINTS.c.id == DELIVERIES.c.endpoint_id)
                 .where(DELIVERIES.c.claim_token == token, DELIVERIES.c.status == PENDING)
                 .order_by(DELIVERIES.c.next_attempt_at)).all()
-        return [Due(row.id, row.event_id, row.event_type, row.object_id, row.event_created_at, row.attempts, row.url,
-                    signing_secrets(row._mapping, now)) for row in rows]
+        return [Due(row.id, row.event_id, row.event_type, row.object_id, row.event_created_at, row.data, row.attempts,
+                    row.url, ()) if row.url is not None else
+                Due(row.id, row.event_id, row.event_type, row.object_id, row.event_created_at, row.data, row.attempts,
+                    row.endpoint_url, signing_secrets(row._mapping, now))
+                for row in rows if row.url is not None or row.endpoint_url is not None]
 
     def finish(self, delivery_id: str, token: str, delivered: bool, now: datetime, status_code: int | None,
                error: str | None) -> bool:

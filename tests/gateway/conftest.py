@@ -1,5 +1,6 @@
 """Fixtures for the gateway tests: two fake upstream processes per session (reset around each test),
-the per-test PostgreSQL databases of the storage tests, and an event loop backend for async tests."""
+the per-test PostgreSQL databases of the storage tests, a webhook receiver, and an event loop backend for
+async tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.serving import serve_in_thread
+from tests.gateway.harness import Receiver
 from tests.gateway.upstream import UpstreamProcess
 
 # The storage tests' PostgreSQL fixtures (per-test databases copied from a migrated template).
@@ -65,3 +68,11 @@ def trio(upstreams: tuple[UpstreamProcess, UpstreamProcess],
     third_upstream.reset()
     yield upstreams[0], upstreams[1], third_upstream
     third_upstream.reset()
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    """A webhook receiver on a real socket, and its URL."""
+    hook = Receiver()
+    with serve_in_thread(hook.app()) as url:
+        yield hook, url + "/hook"

@@ -1,11 +1,14 @@
 """Helpers for the gateway tests: configs over the fake upstream, a gateway served by uvicorn on a real
-socket (in this process, or as `pitstop serve` subprocesses), SDK clients, and the outcome table."""
+socket (in this process, or as `pitstop serve` subprocesses), SDK clients, the outcome table, and a
+webhook receiver."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +20,10 @@ import httpx
 import openai
 import sqlalchemy as sa
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.config import parse_settings
@@ -197,3 +204,40 @@ def gateway_processes(*configs: Path) -> Iterator[list[GatewayProcess]]:
     finally:
         for process in processes:
             process.close()
+
+
+class Receiver:
+    """A webhook receiver (serve `app()` on a real socket): every POST's body and headers, in order, and
+    those it took; it refuses (503) the first `refuse` posts, and answers the rest `status` (200)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[bytes, dict[str, str]]] = []
+        self.taken: list[tuple[bytes, dict[str, str]]] = []
+        self.refuse = 0
+        self.status = 200
+        self._lock = threading.Lock()
+
+    async def receive(self, request: Request) -> JSONResponse:
+        post = (await request.body(), dict(request.headers))
+        with self._lock:
+            self.posts.append(post)
+            if self.refuse > 0:
+                self.refuse -= 1
+                return JSONResponse({"error": "busy"}, status_code=503)
+            if self.status < 300:
+                self.taken.append(post)
+        return JSONResponse({"ok": self.status < 300}, status_code=self.status)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/hook", self.receive, methods=["POST"])])
+
+    @property
+    def events(self) -> list[dict]:
+        """The bodies it took, parsed."""
+        with self._lock:
+            return [json.loads(body) for body, _ in self.taken]
+
+    def accepted(self) -> list[tuple[bytes, dict[str, str]]]:
+        """What it took, one per `webhook-id` (as a receiver drops repeats)."""
+        with self._lock:
+            return list({headers["webhook-id"]: (body, headers) for body, headers in self.taken}.values())

@@ -1,12 +1,11 @@
 """Budget alerts through the gateway: a key's spend crossing 50% and 100% of its budget POSTs one event each
 to a webhook (a real HTTP server here), once per crossing with one gateway in process and with two
 replicas sharing Redis; a budget period starts them afresh; a webhook that fails is retried, and one that
-is down is counted and never in a request's way."""
+is down is given up, counted and never in a request's way; a webhook endpoint that takes budget events
+gets them signed."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,17 +13,14 @@ from typing import Any
 
 import openai
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from gateway.budget_alerts import crossed
 from gateway.limits import periods
 from storage.keys import KeyStore
-from tests.engine.serving import serve_in_thread
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from storage.webhooks import BUDGET_EVENT, WebhookStore
+from tests.gateway.harness import Gateway, Receiver, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_budget_periods import forget_limits
+from tests.gateway.test_gateway_webhooks import FAST
 from tests.gateway.test_limits import REDIS_URL, needs_redis
 from tests.gateway.upstream import UpstreamProcess
 from tests.storage.pg_cluster import free_port
@@ -33,38 +29,10 @@ BUDGET = 3e-5  # three requests of $1.2e-5 (2 prompt words at $1e-6, 5 answer wo
 TUESDAY_NOON = datetime(2026, 12, 8, 12, tzinfo=UTC).timestamp()
 
 
-class Webhook:
-    """A webhook receiver on a real socket: the events it took, and how many posts to refuse first."""
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self.refuse = 0
-        self.posts = 0
-        self._lock = threading.Lock()
-
-    async def receive(self, request: Request) -> JSONResponse:
-        event = await request.json()
-        with self._lock:
-            self.posts += 1
-            if self.refuse > 0:
-                self.refuse -= 1
-                return JSONResponse({"error": "busy"}, status_code=503)
-            self.events.append(event)
-        return JSONResponse({"ok": True})
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[Webhook, str]]:
-    receiver = Webhook()
-    app = Starlette(routes=[Route("/hook", receiver.receive, methods=["POST"])])
-    with serve_in_thread(app) as url:
-        yield receiver, url + "/hook"
-
-
-def config(tmp_path: Path, upstream: UpstreamProcess, hook_url: str, **extra: Any) -> dict:
-    return gateway_config(tmp_path, [model_entry("m", upstream.api_base)], auth={"require_keys": True},
-                          alerts={"webhook_url": hook_url, "budget_thresholds": [0.5, 1.0], "attempts": 3},
-                          **extra)
+def config(tmp_path: Path, upstream: UpstreamProcess, hook_url: str | None, **extra: Any) -> dict:
+    return gateway_config(tmp_path, [model_entry("m", upstream.api_base)],
+                          alerts={"webhook_url": hook_url, "budget_thresholds": [0.5, 1.0]},
+                          **{"auth": {"require_keys": True}, "webhooks": FAST, **extra})
 
 
 def ask(gw: Gateway, secret: str) -> bool:
@@ -78,11 +46,6 @@ def ask(gw: Gateway, secret: str) -> bool:
     return True
 
 
-def fast_retries(gw: Gateway) -> None:
-    assert gw.state is not None and gw.state.recorder.alerts is not None
-    gw.state.recorder.alerts.retry_pause_s = 0.05
-
-
 def test_crossing_is_from_below_to_at_or_past() -> None:
     assert crossed([0.5, 0.8, 1.0], 10.0, 4.0, 5.0) == [0.5]
     assert crossed([0.5, 0.8, 1.0], 10.0, 5.0, 12.0) == [0.8, 1.0]
@@ -90,16 +53,15 @@ def test_crossing_is_from_below_to_at_or_past() -> None:
 
 
 def test_each_threshold_is_told_once_and_a_period_starts_them_afresh(
-        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], webhook: tuple[Webhook, str],
+        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], receiver: tuple[Receiver, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    receiver, url = webhook
+    hook, url = receiver
     monkeypatch.setattr(periods, "now_s", lambda: TUESDAY_NOON)
     with running_gateway(config(tmp_path, upstreams[0], url)) as gw:
-        fast_retries(gw)
         key_id, secret = KeyStore(gw.storage_url).create("team-a", budget_usd=BUDGET, budget_period="day")
-        receiver.refuse = 1  # the first post fails: it is tried again
+        hook.refuse = 1  # the first post fails: it is tried again
         assert [ask(gw, secret) for _ in range(4)] == [True, True, True, False]
-        events = wait_until(lambda: len(receiver.events) == 2 and receiver.events, what="two alerts")
+        events = wait_until(lambda: len(hook.events) == 2 and hook.events, what="two alerts")
         first, last = sorted(events, key=lambda e: e["threshold"])  # the refused one came second
         assert (first["threshold"], last["threshold"]) == (0.5, 1.0)
         assert (first["type"], first["key_id"], first["key_name"], first["budget_usd"]) == (
@@ -109,22 +71,22 @@ def test_each_threshold_is_told_once_and_a_period_starts_them_afresh(
             "day", "2026-12-08T00:00:00Z", "2026-12-09T00:00:00Z")
         assert "has spent 50% of its $0.00003 budget for this day (UTC) ($0.000024)" in first["text"]
         assert "its requests are refused until 2026-12-09T00:00:00Z" in last["text"]
-        assert receiver.posts == 3
+        assert len(hook.posts) == 3
 
         monkeypatch.setattr(periods, "now_s", lambda: TUESDAY_NOON + 86_400)
         assert [ask(gw, secret) for _ in range(4)] == [True, True, True, False]
-        wait_until(lambda: len(receiver.events) == 4, what="the next day's alerts")
-        assert sorted((e["threshold"], e["period_start"]) for e in receiver.events[2:]) == [
+        wait_until(lambda: len(hook.events) == 4, what="the next day's alerts")
+        assert sorted((e["threshold"], e["period_start"]) for e in hook.events[2:]) == [
             (0.5, "2026-12-09T00:00:00Z"), (1.0, "2026-12-09T00:00:00Z")]
         with gw.http() as http:
             metrics = http.get("/metrics").text
-    assert 'pitstop_budget_alerts_total{outcome="sent"} 4.0' in metrics
+    assert f'pitstop_webhook_deliveries_total{{event_type="{BUDGET_EVENT}",outcome="delivered"}} 4.0' in metrics
 
 
 @needs_redis
 def test_two_replicas_on_redis_tell_each_crossing_once(
-        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], webhook: tuple[Webhook, str]) -> None:
-    receiver, url = webhook
+        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], receiver: tuple[Receiver, str]) -> None:
+    hook, url = receiver
     raw = config(tmp_path, upstreams[0], url, redis_url=REDIS_URL)
     with ExitStack() as stack:
         replicas = [stack.enter_context(running_gateway(raw)) for _ in range(2)]
@@ -132,19 +94,36 @@ def test_two_replicas_on_redis_tell_each_crossing_once(
         stack.callback(forget_limits, key_id)
         answered = [ask(replicas[i % 2], secret) for i in range(6)]
         assert answered == [True, True, True, False, False, False]
-        wait_until(lambda: len(receiver.events) == 2, what="two alerts")
-    assert sorted(e["threshold"] for e in receiver.events) == [0.5, 1.0]
-    assert receiver.events[1]["budget_period"] is None  # a lifetime budget
-    assert "until it is raised" in receiver.events[1]["text"]
+        wait_until(lambda: len(hook.events) == 2, what="two alerts")
+    assert sorted(e["threshold"] for e in hook.events) == [0.5, 1.0]
+    assert hook.events[1]["budget_period"] is None  # a lifetime budget
+    assert "until it is raised" in hook.events[1]["text"]
 
 
 def test_a_webhook_that_is_down_is_counted_and_never_in_the_way(
         tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    with running_gateway(config(tmp_path, upstreams[0], nowhere)) as gw:
-        fast_retries(gw)
+    raw = config(tmp_path, upstreams[0], nowhere, webhooks={**FAST, "give_up_after_s": 1.0})
+    with running_gateway(raw) as gw:
         _, secret = KeyStore(gw.storage_url).create("team-b", budget_usd=BUDGET)
         assert [ask(gw, secret) for _ in range(4)] == [True, True, True, False]
+        failed = f'pitstop_webhook_deliveries_total{{event_type="{BUDGET_EVENT}",outcome="failed"}} 2.0'
         with gw.http() as http:
-            wait_until(lambda: 'pitstop_budget_alerts_total{outcome="failed"} 2.0' in http.get("/metrics").text,
-                       what="two alerts counted as failed")
+            wait_until(lambda: failed in http.get("/metrics").text, what="two alerts given up")
+    assert {(d["url"], d["status"]) for d in WebhookStore(gw.storage_url).deliveries()} == {(nowhere, "failed")}
+
+
+def test_a_webhook_endpoint_taking_budget_events_gets_them_signed(
+        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess], receiver: tuple[Receiver, str]) -> None:
+    hook, url = receiver
+    with running_gateway(config(tmp_path, upstreams[0], None, auth={"require_keys": True, "master_key": "sk-m"})) \
+            as gw, gw.openai(api_key="sk-m") as admin:
+        endpoint = admin.webhooks.create(name="budgets", url=url, event_types=[BUDGET_EVENT])
+        key_id, secret = KeyStore(gw.storage_url).create("team-c", budget_usd=BUDGET)
+        assert [ask(gw, secret) for _ in range(4)] == [True, True, True, False]
+        wait_until(lambda: len(hook.events) == 2, what="two alerts")
+        for body, headers in hook.taken:
+            admin.webhooks.verify_signature(body, headers, secret=endpoint.signing_secret)
+    assert {(e["object"], e["type"], e["data"]["key_id"]) for e in hook.events} == {("event", BUDGET_EVENT, key_id)}
+    assert sorted(e["data"]["threshold"] for e in hook.events) == [0.5, 1.0]
+    assert all(e["id"].startswith("evt_") and "has spent" in e["data"]["text"] for e in hook.events)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
@@ -208,6 +208,8 @@ def test_fuzz_completions(http: httpx.Client, body: dict) -> None:
 
 @FUZZ
 @given(body=responses_bodies)
+@example(body={"model": "m", "input": "hi", "tools": 1.5})  # was a 500: custom tools looked for first
+@example(body={"model": "m", "input": "hi", "tools": [{"type": "custom", "name": ["x"]}]})
 def test_fuzz_responses(http: httpx.Client, body: dict) -> None:
     check(post(http, "/v1/responses", body))
 

@@ -7,7 +7,6 @@ a 503 and the sender carries on once it is back; bad input is a 4xx."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,14 +20,10 @@ from openai.types.webhooks import (
     ResponseCancelledWebhookEvent,
     ResponseCompletedWebhookEvent,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from storage.webhooks import EVENT_TYPES, WebhookStore
 from tests.engine.serving import serve_in_thread
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.harness import Gateway, Receiver, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_background import ended
 from tests.gateway.test_gateway_batches import chat_line, jsonl
 from tests.gateway.test_gateway_batches import ended as batch_ended
@@ -36,41 +31,6 @@ from tests.gateway.upstream import UpstreamProcess
 from tests.storage.pg_cluster import ThrowawayPostgres, free_port
 
 FAST = {"first_retry_s": 0.2, "max_retry_s": 0.5, "poll_s": 0.2}
-
-
-class Receiver:
-    """A webhook receiver on a real socket: each POST's body and headers; answers `status` (default 200)
-    to all but the first `refuse` posts, which get 503."""
-
-    def __init__(self) -> None:
-        self.posts: list[tuple[bytes, dict[str, str]]] = []
-        self.refuse = 0
-        self.status = 200
-        self._lock = threading.Lock()
-
-    async def receive(self, request: Request) -> JSONResponse:
-        body = await request.body()
-        with self._lock:
-            self.posts.append((body, dict(request.headers)))
-            if self.refuse > 0:
-                self.refuse -= 1
-                return JSONResponse({"error": "busy"}, status_code=503)
-        return JSONResponse({"ok": True}, status_code=self.status)
-
-    def accepted(self) -> list[tuple[bytes, dict[str, str]]]:
-        with self._lock:
-            seen: dict[str, tuple[bytes, dict[str, str]]] = {}
-            for body, headers in self.posts:
-                seen[headers["webhook-id"]] = (body, headers)
-            return list(seen.values())
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    hook = Receiver()
-    app = Starlette(routes=[Route("/hook", hook.receive, methods=["POST"])])
-    with serve_in_thread(app) as url:
-        yield hook, url + "/hook"
 
 
 def config(tmp_path: Path, upstream: UpstreamProcess, **extra: Any) -> dict:
@@ -288,7 +248,7 @@ def test_events_queued_while_the_receiver_is_down_reach_it_after_a_restart(
         wait_until(lambda: (d := WebhookStore(gw.storage_url).deliveries()) and d[0]["attempts"] >= 1,
                    what="a failed try")
     hook = Receiver()
-    with serve_in_thread(Starlette(routes=[Route("/hook", hook.receive, methods=["POST"])]), port=port), \
+    with serve_in_thread(hook.app(), port=port), \
             running_gateway(raw) as again, again.openai() as client:
         wait_until(lambda: hook.posts, what="the delivery, after the restart")
         event = unwrap(client, hook.posts[0], endpoint.signing_secret)

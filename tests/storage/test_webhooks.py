@@ -1,10 +1,12 @@
 """The webhook outbox on SQLite and PostgreSQL: an event's deliveries commit with the change that made
 it or not at all, go to the endpoints that take its type, are claimed by one sender at a time (a claim
-that lapses frees them), are retried, finished and purged; and a delivery's signature is Standard
-Webhooks' (their published vector) and what the openai SDK checks."""
+that lapses frees them), are retried, finished and purged; an event for a URL of the config's goes as it is,
+unsigned; and a delivery's signature is Standard Webhooks' (their published vector) and what the openai
+SDK checks."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -12,11 +14,11 @@ import openai
 import pytest
 from sqlalchemy import update
 
-from gateway.webhooks import event_body, new_secret, sign, signed_headers
+from gateway.webhooks import delivery_body, event_body, new_secret, sign, signed_headers
 from storage.db import create_engine
 from storage.files import BatchStore
 from storage.responses import ResponseStore
-from storage.webhooks import DELIVERIES, EventOutbox, WebhookStore, signing_secrets
+from storage.webhooks import BUDGET_EVENT, DELIVERIES, EventOutbox, WebhookStore, signing_secrets
 
 
 def endpoint(store: WebhookStore, endpoint_id: str, event_types: list[str], **values: object) -> None:
@@ -155,3 +157,18 @@ def test_the_signature_is_standard_webhooks_and_the_openai_sdk_checks_it() -> No
         client.webhooks.verify_signature(body, both, secret=key)
     with pytest.raises(openai.InvalidWebhookSignatureError):
         client.webhooks.verify_signature(body + b" ", both, secret=secret)
+
+
+def test_an_event_for_a_url_of_the_configs_goes_as_it_is_and_unsigned(db_url: str) -> None:
+    store = WebhookStore(db_url)
+    endpoint(store, "we_a", [BUDGET_EVENT])
+    alert = {"type": BUDGET_EVENT, "key_id": "key_1", "text": "Pitstop: ..."}
+    assert store.queue(BUDGET_EVENT, "key_1", alert, ["http://127.0.0.1:9/slack"]) == 2
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    by_url = {due.url: due for due in store.claim(now, now + timedelta(seconds=30), "t", 10)}
+    raw, signed = by_url["http://127.0.0.1:9/slack"], by_url["http://127.0.0.1:9/we_a"]
+    assert raw.raw and raw.secrets == () and json.loads(delivery_body(raw)) == alert
+    assert "webhook-signature" not in signed_headers(raw.id, raw.secrets, delivery_body(raw))
+    event = json.loads(delivery_body(signed))
+    assert not signed.raw and (event["type"], event["data"], event["object"]) == (BUDGET_EVENT, alert, "event")
+    assert event["id"] == signed.event_id == raw.event_id

@@ -1,4 +1,5 @@
-"""Webhooks: the endpoints events are sent to, and the outbox of deliveries (gateway/webhooks.py).
+"""Webhooks: the endpoints events are sent to, and the outbox of deliveries (gateway/webhooks.py), to them
+or to a URL of the config's (budget alerts).
 
 Revision ID: 0018
 Revises: 0017
@@ -39,11 +40,13 @@ def upgrade() -> None:
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.String(), nullable=False),
-        sa.Column("endpoint_id", sa.String(), nullable=False),
+        sa.Column("endpoint_id", sa.String(), nullable=True),
+        sa.Column("url", sa.Text(), nullable=True),
         sa.Column("event_id", sa.String(), nullable=False),
         sa.Column("event_type", sa.String(), nullable=False),
         sa.Column("object_id", sa.String(), nullable=False),
         sa.Column("event_created_at", sa.BigInteger(), nullable=False),
+        sa.Column("data", JSON_DOC, nullable=True),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
         sa.Column("next_attempt_at", TIMESTAMP, nullable=False),
