@@ -24,6 +24,7 @@ from gateway import (
     key_admin,
     proxy,
     session_endpoint,
+    stored_completion_endpoints,
     usage_endpoints,
     webhook_endpoints,
 )
@@ -46,6 +47,7 @@ ROUTES = [
     *files.ROUTES,
     *batch_endpoints.ROUTES,
     *webhook_endpoints.ROUTES,
+    *stored_completion_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),

@@ -154,6 +154,14 @@ class ResponsesConfig(_Strict):
     retention_days: float = Field(default=30.0, gt=0)  # then deleted (OpenAI keeps them 30 days)
 
 
+class StoredCompletionsConfig(_Strict):
+    """Chat completions asked to be stored (`store: true`, gateway/stored_completions.py), listed and read
+    back as at OpenAI (`GET /v1/chat/completions`): for distillation and evaluations."""
+
+    enabled: bool = True  # false: none are kept, whatever a request asks
+    retention_days: float = Field(default=30.0, gt=0)  # then deleted (OpenAI keeps them 30 days)
+
+
 class CacheConfig(_Strict):
     """Answers kept and served again for the same request (gateway/response_cache.py); off unless set."""
 
@@ -192,6 +200,7 @@ class Settings(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # budget alerts, as webhook events
+    stored_completions: StoredCompletionsConfig = Field(default_factory=StoredCompletionsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)  # events to /v1/webhook_endpoints
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)

@@ -29,6 +29,7 @@ from typing import Any
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.config import ResponsesConfig
 from gateway.conversation_lease import LEASE_S, ConversationLease, locked
+from gateway.metadata import checked_metadata
 from gateway.outcomes import storable
 from gateway.responses_api import item_page, no_item_after, page_body, page_params, stored_items
 from gateway.responses_input import input_messages
@@ -38,7 +39,6 @@ from storage.inserts import describe
 log = logging.getLogger("pitstop.gateway")
 
 MAX_ITEMS_PER_CALL = 20  # OpenAI's limit on items given to create a conversation or add to one
-MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 PENDING_CONVERSATIONS = 10_000  # with items not yet in the database, added to reads (older ones: once written)
 WRITE_TIMEOUT_S = 2.0  # a database slower than this: the items go to the writer instead
 
@@ -78,7 +78,7 @@ class Conversations:
         if not isinstance(raw, dict):
             raise bad_request("the body must be a JSON object")
         _only(raw, ("items", "metadata"))
-        metadata = _metadata(raw.get("metadata"))
+        metadata = checked_metadata(raw.get("metadata"))
         items = _new_items(raw["items"], 0) if raw.get("items") is not None else []
         conversation = {"id": "conv_" + uuid.uuid4().hex, "created_at": datetime.now(UTC), "api_key_id": key_id,
                         "metadata": metadata}
@@ -94,7 +94,7 @@ class Conversations:
         if not isinstance(raw, dict) or "metadata" not in raw:
             raise bad_request("the body must be an object with 'metadata'", "metadata", "missing_required_parameter")
         _only(raw, ("metadata",))
-        metadata = _metadata(raw["metadata"])
+        metadata = checked_metadata(raw["metadata"])
         conversation = await self._owned(conversation_id, key_id)
         await self._write(self.store.set_metadata, conversation_id, metadata)
         return public({**conversation, "metadata": metadata})
@@ -264,18 +264,6 @@ def _new_items(items: Any, least: int = 1) -> list[dict]:
         return []
     input_messages(items, "items")  # a 400 naming the item for one a chat cannot carry
     return stored_items([{k: v for k, v in item.items() if k != "id"} for item in items], uuid.uuid4().hex)
-
-
-def _metadata(metadata: Any) -> dict[str, str]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_PAIRS or not all(
-            isinstance(k, str) and len(k) <= MAX_METADATA_KEY and isinstance(v, str) and len(v) <= MAX_METADATA_VALUE
-            for k, v in metadata.items()):
-        raise bad_request(f"'metadata' must be at most {MAX_METADATA_PAIRS} pairs of strings (keys up to "
-                          f"{MAX_METADATA_KEY} characters, values up to {MAX_METADATA_VALUE})", "metadata",
-                          "invalid_value")
-    return metadata
 
 
 def _unavailable(exc: Exception) -> APIError:

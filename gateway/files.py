@@ -5,7 +5,6 @@ key's is a 404) and are kept until deleted. A batch's output and error files are
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine.server.errors import APIError, bad_request, not_found
+from engine.server.errors import bad_request, not_found
 from engine.server.json_out import SafeJSONResponse
+from gateway.db_calls import db_call_or_503
 from gateway.responses_api import page_params
 from storage.files import FileStore
-from storage.inserts import describe
 
 MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch's input file
 PURPOSES = ("batch", "batch_output", "user_data", "assistants", "fine-tune", "evals", "vision")
@@ -59,12 +58,7 @@ class Files:
         return content
 
 
-async def _db(call: Any, *args: Any) -> Any:
-    try:
-        return await asyncio.to_thread(call, *args)
-    except Exception as exc:
-        raise APIError(503, f"files are unavailable (the database is not answering: {describe(exc)}); retry",
-                       code="file_store_unavailable") from None
+_db = db_call_or_503("files", "file_store_unavailable")
 
 
 def _files(request: Request) -> Files:

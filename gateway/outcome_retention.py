@@ -5,12 +5,12 @@ deletes are idempotent, and a replica finding nothing old costs one indexed quer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
+from gateway.periodic import Periodic
 from storage.models import utc_now
 from storage.retention import delete_before
 
@@ -22,11 +22,10 @@ class OutcomeRetention:
     def __init__(self, engine: Engine, retention_days: float, interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.engine = engine
         self.kept = timedelta(days=retention_days)
-        self.interval_s = interval_s
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Periodic(self.sweep_once, interval_s, "deleting outcome rows past their retention")
 
     def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._sweeper.start()
 
     async def sweep_once(self) -> dict[str, int]:
         deleted = await asyncio.to_thread(delete_before, self.engine, utc_now() - self.kept)
@@ -35,16 +34,5 @@ class OutcomeRetention:
                      deleted["feedback"], self.kept)
         return deleted
 
-    async def _sweep(self) -> None:
-        while True:
-            try:
-                await self.sweep_once()
-            except Exception as exc:  # the database away: the next sweep catches up
-                log.warning("deleting outcome rows past their retention: %s", exc)
-            await asyncio.sleep(self.interval_s)
-
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._sweeper.close()

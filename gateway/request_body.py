@@ -14,6 +14,7 @@ from engine.server.errors import bad_request
 from engine.server.protocol import MAX_PIN_TTL_S, check_message_fields
 from gateway.backends.base import Kind
 from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
+from gateway.metadata import checked_metadata
 from rankers.work import CHARS_PER_TOKEN
 
 # Pitstop's fields: read here, never forwarded as they are.
@@ -44,6 +45,7 @@ class ProxyRequest:
     prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
     prompt_chars: int = 0  # the whole prompt's size, every message: the prefill the ranker's work score counts
     cache: CacheControl = CacheControl()  # the request's say over the response cache (gateway/response_cache.py)
+    store: bool = False  # a chat asks to be stored (gateway/stored_completions.py); Pitstop's to do, not forwarded
 
     @property
     def messages(self) -> list[dict] | None:
@@ -171,11 +173,18 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
             raise bad_request(f"header {COST_PREFERENCE_HEADER} must be a number from {low:g} to {high:g}",
                               COST_PREFERENCE_HEADER)
     pin_ttl_s = _number(raw, "pin_ttl_s")
-    body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
+    store = raw.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise bad_request("'store' must be a boolean", "store", "invalid_type")
+    if store and kind == "chat":
+        checked_metadata(metadata)  # what a stored completion is found by
+    held_back = GATEWAY_FIELDS + ("store",) if kind == "chat" else GATEWAY_FIELDS
+    body = {k: v for k, v in raw.items() if k not in held_back}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
                         session_id=session_id, priority=_number(raw, "priority"), pin_ttl_s=pin_ttl_s,
                         cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars,
-                        cache=CacheControl.of(raw.get(CACHE_FIELD), headers.get(CACHE_HEADER)))
+                        cache=CacheControl.of(raw.get(CACHE_FIELD), headers.get(CACHE_HEADER)),
+                        store=bool(store) and kind == "chat")
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on one request's inputs

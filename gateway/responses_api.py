@@ -230,13 +230,13 @@ class PageParams:
     after: str | None
 
 
-def page_params(query: Mapping[str, str]) -> PageParams:
-    """A list endpoint's cursor (`limit` 1-100, default 20; `order` asc or desc, the default; `after`, an
-    item id), or a 400 naming the parameter."""
+def page_params(query: Mapping[str, str], default_order: str = "desc") -> PageParams:
+    """A list endpoint's cursor (`limit` 1-100, default 20; `order` asc or desc, by default
+    `default_order`; `after`, an item id), or a 400 naming the parameter."""
     limit = query.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise bad_request("'limit' must be an integer from 1 to 100", "limit", "invalid_value")
-    order = query.get("order", "desc")
+    order = query.get("order", default_order)
     if order not in ("asc", "desc"):
         raise bad_request("'order' must be 'asc' or 'desc'", "order", "invalid_value")
     return PageParams(int(limit), order == "desc", query.get("after"))

@@ -6,6 +6,7 @@ started ends with an error event and no [DONE]."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
@@ -112,8 +113,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         streamed = verify.stream(state, draft, kind, ctx, session.prefer)
         chunks, dispatched = await unless_disconnected(request, streamed)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
-        if draft.cache is not None and state.cache is not None:  # kept once it has ended well
-            chunks = kept_as_it_streams(state.cache, draft, kind, chunks)
+        if keepers := _keepers(state, draft):  # the whole answer kept, once the stream has ended
+            chunks = kept_as_it_streams(kind, chunks, keepers)
         stream = None if dialect is None else dialect.stream(route.model_name)
         # on_close: also for a stream whose client left before its first event (its body never ran)
         response = SSEResponse(events(state, draft, chunks, session, stream),
@@ -127,8 +128,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     draft.ttft_s = None
     if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged
         body["usage"] = draft.estimated_usage()
-    if draft.cache is not None and state.cache is not None and finished_well(body):
-        await state.cache.keep(draft.cache, draft.route.model_name, orjson.dumps(body))
+    for keep in _keepers(state, draft):
+        await keep(body)
     await state.sessions.finish(session, draft)
     state.recorder.finish(draft)
     await draft.settled()
@@ -169,6 +170,8 @@ async def serve_cached(state: GatewayState, draft: OutcomeDraft, kind: Kind, dia
         draft.route = replace(draft.route, model_name=kept.model)
     model = kept.model
     body: dict = orjson.loads(kept.body)
+    if state.stored_completions.wanted(draft):  # kept under the answer's id: once, whoever asked first
+        await state.stored_completions.keep(draft, body)
     if draft.request.stream:
         stream = None if dialect is None else dialect.stream(model)
         response = SSEResponse(events(state, draft, replay_chunks(body, kind), SessionCall(CallContext(draft.request_id)),
@@ -192,17 +195,37 @@ def finished_well(answer: dict) -> bool:
     return bool(choices) and all(c.get("finish_reason") in _KEPT_FINISHES for c in choices)
 
 
-async def kept_as_it_streams(cache: ResponseCache, draft: OutcomeDraft, kind: Kind,
-                             chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
-    """The chunks as they come; once they have all come, the whole answer they make is kept."""
+Keeper = Callable[[dict], Awaitable[None]]
+
+
+def _keepers(state: GatewayState, draft: OutcomeDraft) -> list[Keeper]:
+    """Where the whole answer goes once there is one: the response cache (one that ended well), and the
+    stored chat completions (a chat that asked `store: true`)."""
+    keepers: list[Keeper] = []
+    if draft.cache is not None and state.cache is not None:
+        keepers.append(functools.partial(_keep_in_cache, state.cache, draft))
+    if state.stored_completions.wanted(draft):
+        keepers.append(functools.partial(state.stored_completions.keep, draft))
+    return keepers
+
+
+async def _keep_in_cache(cache: ResponseCache, draft: OutcomeDraft, whole: dict) -> None:
+    if finished_well(whole) and draft.cache is not None and draft.route is not None:
+        await cache.keep(draft.cache, draft.route.model_name, orjson.dumps(whole))
+
+
+async def kept_as_it_streams(kind: Kind, chunks: AsyncIterator[dict], keepers: list[Keeper]) -> AsyncIterator[dict]:
+    """The chunks as they come; once they have all come, the whole answer they make goes to `keepers`
+    (not one the assembler cannot put back together)."""
     assembler = StreamAssembler(kind)
     async with aclosing(chunks):
         async for chunk in chunks:
             assembler.add(chunk)
             yield chunk
     whole = assembler.whole()
-    if whole is not None and finished_well(whole) and draft.cache is not None and draft.route is not None:
-        await cache.keep(draft.cache, draft.route.model_name, orjson.dumps(whole))
+    if whole is not None:
+        for keep in keepers:
+            await keep(whole)
 
 
 def internal_error(draft: OutcomeDraft) -> APIError:

@@ -38,9 +38,11 @@ from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
+from gateway.stored_completions import StoredCompletions
 from gateway.stored_responses import StoredResponses
 from gateway.webhooks import WebhookSender
 from storage.batch_writer import BatchWriter
+from storage.chat_completions import ChatCompletionStore, StoredCompletionWriter
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine, ensure_sqlite_dir
 from storage.files import BatchStore, FileStore
@@ -121,6 +123,7 @@ class GatewayState:
     files: Files  # /v1/files: batches' input and output
     batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
     webhooks: WebhookSender  # events to /v1/webhook_endpoints, from the stores' outbox
+    stored_completions: StoredCompletions  # chats with `store: true`, read back at /v1/chat/completions
     seeded_keys: set[tuple[str, int | None]] = field(default_factory=set)  # (key id, budget period)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
@@ -137,7 +140,7 @@ class GatewayState:
     def writers(self) -> dict[str, BatchWriter]:
         """The batch writers by table: what reaches the database off the request path."""
         return {"outcomes": self.writer, "feedback": self.feedback, "responses": self.responses.writer,
-                "conversation_items": self.conversations.writer}
+                "conversation_items": self.conversations.writer, "chat_completions": self.stored_completions.writer}
 
     async def admit(self, caller: Caller, hold: Hold | None = None) -> Admission | None:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
@@ -188,6 +191,7 @@ class GatewayState:
         self._window_lookup = asyncio.create_task(self._learn_windows())
         await self.batches.start()  # and takes over any batch whose replica stopped
         await self.webhooks.start()
+        self.stored_completions.start()
         if self.retention is not None:
             self.retention.start()
         if self.key_events is not None:
@@ -236,6 +240,7 @@ class GatewayState:
             await self.sessions.close()
         await self.limiter.close()
         await self.responses.close()
+        await self.stored_completions.close()
         self.conversations.writer.close(timeout=10)
         if self.key_events is not None:
             await self.key_events.close()
@@ -308,6 +313,8 @@ def build_state(settings: Settings) -> GatewayState:
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db,
         webhooks=webhooks,
+        stored_completions=StoredCompletions(settings.stored_completions, ChatCompletionStore(db), StoredCompletionWriter(
+            db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)

@@ -16,7 +16,6 @@ in a `conversation` (gateway/conversations.py) continues its items instead, and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Coroutine
@@ -31,6 +30,7 @@ from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.outcomes import storable
+from gateway.periodic import Periodic
 from gateway.request_body import ProxyRequest
 from gateway.responses_api import (
     ResponseEnvelope,
@@ -124,7 +124,7 @@ class StoredResponses:
     conversations: Conversations | None = None  # where turns naming a `conversation` continue
     background: BackgroundRuns = field(init=False)  # the `background: true` responses this replica runs
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
-    _sweeper: asyncio.Task[None] | None = None
+    _sweeper: Periodic | None = None
 
     def __post_init__(self) -> None:
         self.background = BackgroundRuns(self.store)
@@ -320,28 +320,22 @@ class StoredResponses:
         return row if row is not None and row["expires_at"] > now else None
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep())
+        self._sweeper = Periodic(self._sweep, SWEEP_INTERVAL_S, "deleting expired stored responses")
+        self._sweeper.start()
         self.background.start_taking_over()
 
     async def _sweep(self) -> None:
         """Delete expired responses, and conversation items left behind by a deleted conversation, now
         and then (every replica may; deleting twice is harmless)."""
-        while True:
-            try:
-                purged = await asyncio.to_thread(self.store.purge, datetime.now(UTC))
-                orphans = await asyncio.to_thread(self.conversations.store.purge_orphans) if self.conversations else 0
-                if purged or orphans:
-                    log.info("deleted %d expired stored responses, %d items of deleted conversations", purged, orphans)
-            except Exception as exc:
-                log.warning("deleting expired stored responses: %s", describe(exc))
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+        purged = await asyncio.to_thread(self.store.purge, datetime.now(UTC))
+        orphans = await asyncio.to_thread(self.conversations.store.purge_orphans) if self.conversations else 0
+        if purged or orphans:
+            log.info("deleted %d expired stored responses, %d items of deleted conversations", purged, orphans)
 
     async def close(self) -> None:
         """After the background runs (`close_runs`)."""
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await self._sweeper.close()
         self.writer.close(timeout=10)
 
 

@@ -16,7 +16,6 @@ as for every other setting there. An endpoint's URL may be http:// (a receiver b
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from engine.server.errors import APIError, bad_request, not_found
+from engine.server.errors import bad_request, not_found
+from gateway.db_calls import db_call_or_503
 from gateway.key_admin import admin_body, require_master
 from gateway.responses_api import page_params
 from gateway.state import GatewayState
 from gateway.webhooks import new_secret
-from storage.inserts import describe
 from storage.webhooks import EVENT_TYPES, new_id
 
 MAX_NAME, MAX_URL = 256, 2048
@@ -45,12 +44,7 @@ def _state(request: Request) -> GatewayState:
     return state
 
 
-async def _db(call: Any, *args: Any) -> Any:
-    try:
-        return await asyncio.to_thread(call, *args)
-    except Exception as exc:
-        raise APIError(503, f"webhook endpoints are unavailable (the database is not answering: {describe(exc)}); "
-                       "retry", code="webhooks_unavailable") from None
+_db = db_call_or_503("webhook endpoints", "webhooks_unavailable")
 
 
 def endpoint_object(row: dict[str, Any], with_secret: bool = False) -> dict[str, Any]:

@@ -51,9 +51,8 @@ class FileStore:
 
     def page(self, key_id: str | None, limit: int, descending: bool, after: str | None,
              purpose: str | None = None) -> tuple[list[dict[str, Any]], bool]:
-        rows, more = _page(self._engine, FILES, _FILE_INFO, key_id, limit, descending, after,
-                           None if purpose is None else FILES.c.purpose == purpose)
-        return rows, more
+        where = () if purpose is None else (FILES.c.purpose == purpose,)
+        return key_page(self._engine, FILES, _FILE_INFO, key_id, limit, descending, after, *where)
 
 
 class BatchStore:
@@ -105,17 +104,15 @@ class BatchStore:
 
     def page(self, key_id: str | None, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool]:
         """The key's batches, newest first."""
-        return _page(self._engine, BATCHES, tuple(BATCHES.columns), key_id, limit, True, after, None)
+        return key_page(self._engine, BATCHES, tuple(BATCHES.columns), key_id, limit, True, after)
 
 
-def _page(engine: Engine, table: Table, columns: Sequence[Column[Any]], key_id: str | None, limit: int,
-          descending: bool, after: str | None, where: Any) -> tuple[list[dict[str, Any]], bool]:
-    """Up to `limit` of the key's rows after the `after` one, by (created_at, id): a page costs the same
-    however many there are."""
+def key_page(engine: Engine, table: Table, columns: Sequence[Column[Any]], key_id: str | None, limit: int,
+             descending: bool, after: str | None, *where: Any) -> tuple[list[dict[str, Any]], bool]:
+    """Up to `limit` of the key's rows (those meeting `where` too) after the `after` one, by (created_at,
+    id): a page costs the same however many there are."""
     with engine.connect() as connection:
-        query = select(*columns).where(table.c.api_key_id == key_id)
-        if where is not None:
-            query = query.where(where)
+        query = select(*columns).where(table.c.api_key_id == key_id, *where)
         if after is not None:
             mark = connection.execute(select(table.c.created_at).where(table.c.id == after,
                                                                        table.c.api_key_id == key_id)).scalar()

@@ -358,3 +358,23 @@ class WebhookDelivery(Base):
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(index=True)  # delivered or given up
+
+
+class StoredChatCompletion(Base):
+    """A chat completion asked to be stored (`store: true`, gateway/stored_completions.py): the answer, the
+    messages that asked for it, and the request's settings, for distillation and evaluations."""
+
+    __tablename__ = "chat_completions"
+    __table_args__ = (Index("ix_chat_completions_api_key_id_created_at", "api_key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # chatcmpl-...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    api_key_id: Mapped[str | None]  # whose it is (None: the master key, or no keys)
+    request_id: Mapped[str]  # the gateway's, as in the outcome row
+    model: Mapped[str]  # the model that answered
+    request_model: Mapped[str]  # what the request named (a route group, say)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    messages: Mapped[Any]  # the request's messages
+    settings: Mapped[Any]  # the request's other fields (temperature, tools, ...), as sent
+    completion: Mapped[Any]  # the ChatCompletion as the client got it

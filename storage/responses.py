@@ -14,10 +14,9 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from storage.batch_writer import BatchWriter
 from storage.db import as_engine
-from storage.inserts import idempotent_insert
 from storage.leases import lapsed, relaxed_commit, take_over
 from storage.models import StoredResponse
-from storage.rows import RowShape
+from storage.rows import KeptRows
 from storage.webhooks import EventOutbox
 
 TABLE: Table = StoredResponse.__table__  # type: ignore[assignment]
@@ -31,21 +30,10 @@ class StoredResponseWriter(BatchWriter):
     table: ClassVar[Table | None] = TABLE
 
 
-class ResponseStore:
+class ResponseStore(KeptRows):
     def __init__(self, engine: Engine | str | URL, outbox: EventOutbox | None = None) -> None:
-        self._engine = as_engine(engine)
+        super().__init__(as_engine(engine), TABLE)
         self._outbox = outbox or EventOutbox()  # a background response's end is an event (storage/webhooks.py)
-        self._shape = RowShape(TABLE)
-        self._insert = idempotent_insert(TABLE, self._engine.dialect.name)
-
-    def complete(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Every column present (ValueError for unknown or missing fields), as the writer takes it."""
-        return self._shape.complete(row)
-
-    def put(self, row: dict[str, Any]) -> None:
-        """Insert one response; a response already stored under its id is left as it is."""
-        with self._engine.begin() as connection:
-            connection.execute(self._insert, [self._shape.complete(row)])
 
     def get(self, response_id: str, now: datetime) -> dict[str, Any] | None:
         """The row, or None when there is none or it has expired."""

@@ -9,6 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Table, TypeDecorator
+from sqlalchemy.engine import Engine
+
+from storage.inserts import idempotent_insert
 
 
 def _default_value(column: Column[Any]) -> Any:
@@ -75,3 +78,22 @@ def _is_datetime(column: Column[Any]) -> bool:
     if isinstance(column_type, TypeDecorator):
         column_type = column_type.impl_instance
     return isinstance(column_type, DateTime)
+
+
+class KeptRows:
+    """A store whose rows are written whole, one at a time, or by a BatchWriter while the database is away:
+    `complete` shapes a row as the writer takes it, `put` inserts it (once: a row already there under its
+    id is left as it is)."""
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        self._engine = engine
+        self._shape = RowShape(table)
+        self._insert = idempotent_insert(table, engine.dialect.name)
+
+    def complete(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Every column present (ValueError for unknown or missing fields), as the writer takes it."""
+        return self._shape.complete(row)
+
+    def put(self, row: dict[str, Any]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(self._insert, [self._shape.complete(row)])

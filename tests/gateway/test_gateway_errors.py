@@ -192,7 +192,7 @@ def test_unknown_model_is_404(gw: Gateway) -> None:
 def test_unknown_path_and_wrong_method_keep_the_shape(gw: Gateway) -> None:
     with gw.http() as http:
         assert_openai_error(http.get("/v1/nothing"), 404)
-        assert_openai_error(http.get("/v1/chat/completions"), 405)
+        assert_openai_error(http.put("/v1/chat/completions"), 405)  # GET lists stored completions
 
 
 @pytest.mark.parametrize("model", ["pair", "lpair"])

@@ -280,7 +280,7 @@ def test_health_and_readiness(gw: Gateway) -> None:
     body = ready.json()
     assert body["ready"] is True and body["models"] == {"up-litellm": True, "up-direct": True}
     assert body["outcome_log"]["last_error"] is None
-    assert set(body["writers"]) == {"outcomes", "feedback", "responses", "conversation_items"}
+    assert set(body["writers"]) == {"outcomes", "feedback", "responses", "conversation_items", "chat_completions"}
     assert all(w["last_error"] is None and w["dropped"] == 0 for w in body["writers"].values())
 
 
