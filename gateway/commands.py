@@ -1,4 +1,4 @@
-"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes`, `pitstop prune outcomes`,
+"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes|chat-completions`, `pitstop prune outcomes`,
 `pitstop calibrate router` and `pitstop eval router-logs`: the gateway's commands."""
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
                           help="only requests logged at or after this time (no zone: UTC)")
     outcomes.add_argument("--route-group", help="only this route group's requests")
     outcomes.set_defaults(handler=export_outcomes_command)
+    stored = what.add_parser("chat-completions", help="stored chat completions (`store: true`) as a chat "
+                             "fine-tuning file (JSONL: messages, with the answer last, and tools)")
+    stored.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    stored.add_argument("--out", type=Path, required=True)
+    stored.add_argument("--since", type=_utc_datetime, metavar="ISO_TIME", help="only those stored at or after this time")
+    stored.add_argument("--model", help="only those a model answered, or a route group was asked for")
+    stored.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                        help="only those with this metadata pair (repeatable)")
+    stored.set_defaults(handler=export_chat_completions_command)
 
     prune = groups.add_parser("prune", help="delete old rows from the outcome log")
     table = prune.add_subparsers(dest="command", metavar="WHAT", required=True)
@@ -248,6 +257,19 @@ def export_outcomes_command(args: argparse.Namespace) -> int:
     count = export_outcomes(_storage_url(args.config), args.out, format=args.format, metric=args.metric,
                             since=args.since, route_group=args.route_group)
     print(f"wrote {count} rows to {args.out}")
+    return 0
+
+
+def export_chat_completions_command(args: argparse.Namespace) -> int:
+    from gateway.stored_completions import export_stored
+
+    pairs = [pair.partition("=") for pair in args.metadata]
+    if any(not key or not sep for key, sep, _ in pairs):
+        print("--metadata takes KEY=VALUE", file=sys.stderr)
+        return 2
+    count = export_stored(_storage_url(args.config), args.out, args.since, args.model,
+                          {key: value for key, _, value in pairs})
+    print(f"wrote {count} lines to {args.out}")
     return 0
 
 

@@ -13,9 +13,11 @@ the request is served regardless)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from engine.server.errors import not_found
@@ -116,6 +118,41 @@ def stored_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
         listed.append({**message, "id": f"{row['id']}-{i}", "content": text, "content_parts": parts,
                        "name": message.get("name")})
     return listed
+
+
+def fine_tuning_line(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored completion as a line of OpenAI's chat fine-tuning format: the request's messages and the
+    answer's (first choice's) message, and its tools; None for one whose answer has no message."""
+    choices = row["completion"].get("choices") or []
+    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        return None
+    answer = {k: v for k, v in message.items() if k in ("content", "tool_calls", "refusal") and v is not None}
+    line: dict[str, Any] = {"messages": [*row["messages"], {"role": "assistant", **answer}]}
+    for name in ("tools", "parallel_tool_calls"):
+        if row["settings"].get(name) is not None:
+            line[name] = row["settings"][name]
+    return line
+
+
+def export_stored(url: str, out: Path, since: datetime | None = None, model: str | None = None,
+                  metadata: dict[str, str] | None = None) -> int:
+    """`pitstop export chat-completions`: the stored completions (every key's) as a fine-tuning JSONL file,
+    oldest first; how many lines."""
+    from storage.db import create_engine  # noqa: PLC0415  (the CLI's: the gateway has its engine)
+
+    engine = create_engine(url)
+    written = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with out.open("w") as sink:
+            for row in ChatCompletionStore(engine).every(since, model, metadata):
+                if (line := fine_tuning_line(row)) is not None:
+                    sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    written += 1
+    finally:
+        engine.dispose()
+    return written
 
 
 db_call = db_call_or_503("stored chat completions", "stored_completions_unavailable")

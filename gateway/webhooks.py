@@ -114,7 +114,7 @@ class WebhookSender:
         self._task = asyncio.create_task(self._run(), name="webhook sender")
 
     async def _run(self) -> None:
-        purged_at = 0.0
+        purged_at, failing = 0.0, False
         while not self._closing:
             try:
                 sent = await self.send_due()
@@ -122,9 +122,14 @@ class WebhookSender:
                     purged_at = time.monotonic()
                     before = datetime.now(UTC) - timedelta(seconds=self.config.keep_s)
                     await asyncio.to_thread(self.store.purge, before)
-            except Exception as exc:  # the database away: look again later
-                log.warning("webhook deliveries not read: %s", describe(exc))
-                sent = 0
+                if failing:
+                    log.warning("webhook deliveries are read again")
+                    failing = False
+            except Exception as exc:  # the database away: look again later (said once, not every look)
+                if not failing:
+                    log.warning("webhook deliveries not read: %s; looking again every %.1f s", describe(exc),
+                                self.config.poll_s)
+                failing, sent = True, 0
             if sent >= self.config.concurrency:
                 continue  # a full batch: more may be due
             with contextlib.suppress(TimeoutError):

@@ -4,10 +4,11 @@ These calls do blocking I/O: run them in a thread, never on the event loop."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Table, delete, or_, select, update
+from sqlalchemy import Table, delete, or_, select, tuple_, update
 from sqlalchemy.engine import URL, Engine
 
 from storage.batch_writer import BatchWriter
@@ -45,6 +46,30 @@ class ChatCompletionStore(KeptRows):
         for key, value in (metadata or {}).items():
             where.append(TABLE.c.metadata[key].as_string() == value)
         return key_page(self._engine, TABLE, tuple(TABLE.columns), key_id, limit, descending, after, *where)
+
+    def every(self, since: datetime | None = None, model: str | None = None, metadata: dict[str, str] | None = None,
+              chunk: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every key's unexpired rows, oldest first (those since `since`, of `model`, with `metadata`), read
+        `chunk` at a time: what an export walks."""
+        where = [TABLE.c.expires_at > datetime.now(UTC)]
+        if since is not None:
+            where.append(TABLE.c.created_at >= since)
+        if model is not None:
+            where.append(or_(TABLE.c.model == model, TABLE.c.request_model == model))
+        for key, value in (metadata or {}).items():
+            where.append(TABLE.c.metadata[key].as_string() == value)
+        mark: tuple[datetime, str] | None = None
+        while True:
+            query = select(TABLE).where(*where)
+            if mark is not None:
+                query = query.where(tuple_(TABLE.c.created_at, TABLE.c.id) > tuple_(*mark))
+            with self._engine.connect() as connection:
+                rows = [dict(row._mapping) for row in connection.execute(
+                    query.order_by(TABLE.c.created_at, TABLE.c.id).limit(chunk))]
+            yield from rows
+            if len(rows) < chunk:
+                return
+            mark = (rows[-1]["created_at"], rows[-1]["id"])
 
     def set_metadata(self, completion_id: str, metadata: dict[str, str]) -> bool:
         with self._engine.begin() as connection:

@@ -2,8 +2,8 @@
 streamed, routed or named) is kept with its messages and settings and read back with
 `client.chat.completions.list/retrieve/update/delete` and `.messages.list`; `store` never reaches the
 upstream; a key reads only its own; listing filters by model and metadata and pages both ways; stored
-completions expire; the database away keeps the answer (the writer stores it once it is back); bad input
-is a 400."""
+completions expire; the database away keeps the answer (the writer stores it once it is back); `pitstop
+export chat-completions` writes them as a fine-tuning file; bad input is a 400."""
 
 from __future__ import annotations
 
@@ -18,7 +18,15 @@ import pytest
 
 from storage.chat_completions import ChatCompletionStore
 from storage.keys import KeyStore
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.harness import (
+    Gateway,
+    gateway_config,
+    model_entry,
+    run_cli,
+    running_gateway,
+    wait_until,
+    write_config,
+)
 from tests.gateway.upstream import UpstreamProcess
 from tests.storage.pg_cluster import ThrowawayPostgres
 
@@ -201,3 +209,27 @@ def test_a_batch_line_that_asks_is_stored(gw: Gateway) -> None:
         wait_until(lambda: client.batches.retrieve(batch.id).status == "completed", what="the batch")
         stored = list(client.chat.completions.list(metadata={"source": "batch"}))
     assert len(stored) == 1 and stored[0].choices[0].message.content is not None
+
+
+def test_stored_completions_export_as_a_fine_tuning_file(upstream_processes: tuple, tmp_path: Path) -> None:
+    raw = config(tmp_path, upstream_processes)
+    path = write_config(tmp_path / "pitstop.yaml", raw)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with running_gateway(raw) as gw, gw.openai() as client:
+        kept = [chat(client, f"[words:3] question {i}", store=True, metadata={"job": "distil" if i < 3 else "eval"})
+                for i in range(4)]
+        called = chat(client, "find it", store=True, metadata={"job": "distil"}, tools=tools)
+    out = tmp_path / "export" / "train.jsonl"
+    done = run_cli("export", "chat-completions", "--config", str(path), "--out", str(out), "--metadata", "job=distil")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert f"wrote {len(lines)} lines" in done.stdout and len(lines) == 4
+    assert [line["messages"][0]["content"] for line in lines] == [
+        *(f"[words:3] question {i}" for i in range(3)), "find it"]
+    assert all(line["messages"][-1]["role"] == "assistant" for line in lines)
+    assert [line["messages"][-1].get("content") for line in lines[:3]] == [c.choices[0].message.content for c in kept[:3]]
+    assert "tools" not in lines[0] and lines[3]["tools"] == tools
+    calls = called.choices[0].message.tool_calls
+    assert calls and lines[3]["messages"][-1]["tool_calls"][0]["function"]["name"] == calls[0].function.name
+    bad = run_cli("export", "chat-completions", "--config", str(path), "--out", str(out), "--metadata", "nokey")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
