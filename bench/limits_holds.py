@@ -3,7 +3,8 @@
 with them (the worst case held from admission and settled at the end), with `--in-flight` other holds
 standing, as that many of the key's requests running elsewhere would leave; and with holds on a budget
 for the calendar month (gateway/limits/periods.py: the period's own totals, its start looked up per
-request). Interleaved, one at a time.
+request); and with holds and a tokens-per-minute limit (each request's tokens recorded after it: the
+window holds every request of the run, thousands). Interleaved, one at a time.
 
     .venv/bin/python -m bench.limits_holds [--requests 3000] [--in-flight 0,100]
 
@@ -32,19 +33,23 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 BUDGET, COST = 1e9, 0.01  # a budget nothing here reaches
 
 
-MODES = ("without_holds", "with_holds", "with_holds_monthly")
+MODES = ("without_holds", "with_holds", "with_holds_monthly", "with_holds_and_tpm")
+TPM, TOKENS = 10**12, 300  # a token rate nothing here reaches; each request's tokens
 
 
 async def _one(limiter: Limiter, key: str, mode: str) -> float:
     started = time.perf_counter()
     period = current_period("month") if mode == "with_holds_monthly" else None
     hold = Hold(uuid.uuid4().hex, COST, period=period) if mode != "without_holds" else None
-    admission = await limiter.admit(key, None, BUDGET, hold=hold, period=period)
+    tpm = TPM if mode == "with_holds_and_tpm" else None
+    admission = await limiter.admit(key, None, BUDGET, hold=hold, period=period, tpm_limit=tpm)
     assert admission.allowed, admission
     if hold is not None:
         await limiter.settle(key, hold.hold_id, COST, period)
     else:
         await limiter.record_spend(key, COST)
+    if tpm is not None:  # its tokens, in the key's minute: the window holds every request of the run
+        await limiter.record_tokens(key, TOKENS)
     return time.perf_counter() - started
 
 
@@ -108,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         for p in run["points"]:
             without, with_, monthly = p["without_holds"], p["with_holds"], p["with_holds_monthly"]
+            tpm = p["with_holds_and_tpm"]
             print(f"{run['limiter']:6s} {p['in_flight_holds']:4d} holds standing: admit + spend median "
                   f"{without['median_us']:7.1f} us (p99 {without['p99_us']:7.1f}) without holds, "
                   f"{with_['median_us']:7.1f} us (p99 {with_['p99_us']:7.1f}) with, "
-                  f"{monthly['median_us']:7.1f} us (p99 {monthly['p99_us']:7.1f}) with a monthly budget", flush=True)
+                  f"{monthly['median_us']:7.1f} us (p99 {monthly['p99_us']:7.1f}) with a monthly budget, "
+                  f"{tpm['median_us']:7.1f} us (p99 {tpm['p99_us']:7.1f}) with a token rate", flush=True)
     write_report(args.out, {"command": command("bench.limits_holds", argv), "machine": machine_info(), "runs": runs})
     print(f"wrote {args.out}")
     return 0

@@ -20,6 +20,7 @@ class AuthConfig(_Strict):
 class LimitsConfig(_Strict):
     fail_open: bool = False
     default_rpm: int | None = Field(default=None, gt=0)
+    default_tpm: int | None = Field(default=None, gt=0)  # tokens (prompt + completion) a minute
     default_budget_usd: float | None = Field(default=None, ge=0)
     # A key's budget counts its spend since the start of this UTC period (where the key names none).
     default_budget_period: Literal["day", "week", "month"] | None = None

@@ -32,6 +32,7 @@ class Caller:
     period_start: int | None = None  # as stored: the period `period_spent_usd` counts (Unix seconds)
     period_spent_usd: float = 0.0
     name: str | None = None  # the key's name, for messages about it (gateway/budget_alerts.py)
+    tpm_limit: int | None = None  # tokens (prompt + completion) a minute
 
     def stored_spend(self, period: int | None) -> float:
         """What the database had the key spend in `period` (its lifetime where None) when it was read."""
@@ -91,7 +92,8 @@ class Authenticator:
                       key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
                       key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority,
                       cast("BudgetPeriod | None", key.budget_period or self.limits.default_budget_period),
-                      key.period_start, key.period_spent_usd or 0.0, key.name)
+                      key.period_start, key.period_spent_usd or 0.0, key.name,
+                      key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its

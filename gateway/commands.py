@@ -30,6 +30,7 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     create = sub.add_parser("create", help="create a key; its secret is printed once")
     create.add_argument("--name", required=True)
     create.add_argument("--rpm", type=_positive_int, help="requests per minute")
+    create.add_argument("--tpm", type=_positive_int, help="tokens (prompt + completion) per minute")
     create.add_argument("--budget", type=_usd, help="budget in USD")
     create.add_argument("--budget-period", choices=("day", "week", "month"),
                         help="the budget is for each UTC day, week or calendar month (default: the key's life)")
@@ -222,7 +223,7 @@ def keys_create_command(args: argparse.Namespace) -> int:
               f"{args.config}", file=sys.stderr)
         return 2
     key_id, secret = KeyStore(_storage_url(args.config)).create(args.name, args.rpm, args.budget, args.models,
-                                                                args.priority, args.budget_period)
+                                                                args.priority, args.budget_period, args.tpm)
     print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
     return 0
 
@@ -234,7 +235,7 @@ def keys_list_command(args: argparse.Namespace) -> int:
         state = "revoked" if key.revoked_at else "active"
         models = ",".join(key.models) if key.models is not None else "all"
         budget = f"{key.budget_usd}/{key.budget_period}" if key.budget_period else f"{key.budget_usd}"
-        print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  budget={budget}  "
+        print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  tpm={key.tpm_limit}  budget={budget}  "
               f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}")
     return 0
 

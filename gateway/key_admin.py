@@ -1,11 +1,13 @@
 """API keys over HTTP, for the master key only: what `pitstop keys` does, plus changing a key's limits,
 so a team's tooling can issue and retire keys without a shell on the gateway.
 
-    POST   /v1/keys         {"name", "rpm_limit"?, "budget_usd"?, "budget_period"?, "models"?, "priority"?}
+    POST   /v1/keys         {"name", "rpm_limit"?, "tpm_limit"?, "budget_usd"?, "budget_period"?, "models"?,
+                             "priority"?}
                             -> 201, the secret once
     GET    /v1/keys         every key (no secrets), with its spend (this budget period's too)
     GET    /v1/keys/{id}
-    PATCH  /v1/keys/{id}    any of rpm_limit, budget_usd, budget_period, models, priority (null lifts it)
+    PATCH  /v1/keys/{id}    any of rpm_limit, tpm_limit, budget_usd, budget_period, models, priority (null
+                            lifts it)
     DELETE /v1/keys/{id}    revokes it
 
 A change reaches this replica's next request at once; other replicas hear of it through Redis
@@ -48,7 +50,8 @@ def key_object(key: ApiKey, default_period: str | None = None) -> dict:
     return {"id": key.id, "object": "api_key", "name": key.name, "prefix": key.prefix,
             "created_at": int(key.created_at.timestamp()),
             "revoked_at": int(key.revoked_at.timestamp()) if key.revoked_at else None,
-            "rpm_limit": key.rpm_limit, "budget_usd": key.budget_usd, "spent_usd": key.spent_usd,
+            "rpm_limit": key.rpm_limit, "tpm_limit": key.tpm_limit, "budget_usd": key.budget_usd,
+            "spent_usd": key.spent_usd,
             "budget_period": key.budget_period,
             "period_spent_usd": None if start is None else key.period_spent_usd if key.period_start == start else 0.0,
             "period_renews_at": None if start is None else period_end(period, start),  # type: ignore[arg-type]
@@ -68,7 +71,7 @@ async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, 
 
 async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
     body = await admin_body(request, state, allowed)
-    for name in ("rpm_limit",):
+    for name in ("rpm_limit", "tpm_limit"):
         if body.get(name) is not None and type(body[name]) is not int:
             raise bad_request(f"'{name}' must be an integer", name, "invalid_type")
     for name in ("budget_usd", "priority"):
@@ -107,7 +110,8 @@ async def create_key(request: Request) -> Response:
     if not isinstance(name, str) or not name.strip():
         raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
-                                 body.get("models"), body.get("priority"), body.get("budget_period"))
+                                 body.get("models"), body.get("priority"), body.get("budget_period"),
+                                 body.get("tpm_limit"))
     key = await _call(state.keys.get, key_id)
     return JSONResponse({**_shown(state, key), "secret": secret}, status_code=201)
 

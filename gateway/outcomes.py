@@ -59,6 +59,10 @@ def storable(value: Any) -> Any:
     return value
 
 
+async def _all(tasks: list[asyncio.Task]) -> None:
+    await asyncio.gather(*tasks)
+
+
 def _settled(rank: asyncio.Future[RankScores | None] | None) -> RankScores | None:
     if rank is None or not rank.done() or rank.cancelled() or rank.exception() is not None:
         return None
@@ -253,10 +257,16 @@ class OutcomeRecorder:
             self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
-        if draft.caller is not None and draft.caller.key_id is not None and (cost > 0 or draft.hold is not None):
+        caller, settling = draft.caller, []
+        if caller is not None and caller.key_id is not None and (cost > 0 or draft.hold is not None):
             # The budget period it was admitted in (a key without a budget keeps its period's total all the same).
-            period = draft.hold.period if draft.hold is not None else current_period(draft.caller.budget_period)
-            draft.settling = self._spend(draft.caller, cost, draft.hold, period)
+            period = draft.hold.period if draft.hold is not None else current_period(caller.budget_period)
+            settling.append(self._spend(caller, cost, draft.hold, period))
+        if caller is not None and caller.key_id is not None and caller.tpm_limit is not None \
+                and prompt_tokens + completion_tokens > 0:  # its key's token rate
+            settling.append(self._track(self.limiter.record_tokens(caller.key_id, prompt_tokens + completion_tokens)))
+        if settling:
+            draft.settling = settling[0] if len(settling) == 1 else self._track(_all(settling))
         if self.writer is None:
             return
         rank = draft.rank_pending

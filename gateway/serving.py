@@ -63,8 +63,9 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
 
 
 def limit_headers(draft: OutcomeDraft) -> dict[str, str]:
-    """What is left of the key's limits when the request was admitted, as OpenAI names the rate's
-    (`x-ratelimit-*-requests`) and Pitstop the budget's (net of the holds of its requests in flight)."""
+    """What is left of the key's limits when the request was admitted, as OpenAI names the rates'
+    (`x-ratelimit-*-requests`, `-tokens`) and Pitstop the budget's (net of the holds of its requests in
+    flight)."""
     admitted, caller = draft.admission, draft.caller
     if admitted is None or caller is None:
         return {}
@@ -72,6 +73,9 @@ def limit_headers(draft: OutcomeDraft) -> dict[str, str]:
     if caller.rpm_limit is not None and admitted.remaining_requests is not None:
         headers["x-ratelimit-limit-requests"] = str(caller.rpm_limit)
         headers["x-ratelimit-remaining-requests"] = str(admitted.remaining_requests)
+    if caller.tpm_limit is not None and admitted.remaining_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(caller.tpm_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(admitted.remaining_tokens)
     if caller.budget_usd is not None and admitted.remaining_budget_usd is not None:
         headers["x-pitstop-budget-remaining-usd"] = f"{admitted.remaining_budget_usd:.6f}"
         if draft.hold is not None and draft.hold.period is not None and caller.budget_period is not None:

@@ -146,17 +146,22 @@ class GatewayState:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
         outcome recorder when the request ends); what the limits said (None: the key has none), or a
         LimitExceeded when they refuse."""
-        if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None):
+        if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None
+                                     and caller.tpm_limit is None):
             return None
         period = hold.period if hold is not None else current_period(caller.budget_period)
         if caller.budget_usd is not None and (caller.key_id, period) not in self.seeded_keys:
             await self._seed_spend(caller, period)
         admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold,
-                                             period=period)
+                                             period=period, tpm_limit=caller.tpm_limit)
         if admission.allowed:
             return admission
         if admission.reason == "rate_limit":
             raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
+                                admission.retry_after_s)
+        if admission.reason == "token_limit":
+            raise LimitExceeded(429, f"token rate limit reached for this API key: its requests of the last minute "
+                                f"used {caller.tpm_limit} tokens or more (tpm_limit)", "rate_limit_exceeded",
                                 admission.retry_after_s)
         if admission.reason == "budget":
             raise LimitExceeded(429, "this API key has spent its budget" + _renewal(caller, period), "budget_exceeded")

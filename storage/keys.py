@@ -18,7 +18,7 @@ from storage.db import as_engine, session_factory
 from storage.models import ApiKey, utc_now
 
 BUDGET_PERIODS = ("day", "week", "month")
-LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period")
+LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period", "tpm_limit")
 SECRET_PREFIX = "sk-pitstop-"
 DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 6  # "sk-pitstop-AbC123": enough to tell keys apart
 
@@ -39,17 +39,19 @@ class KeyStore:
     def create(
         self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None,
         models: list[str] | None = None, priority: float | None = None, budget_period: str | None = None,
+        tpm_limit: int | None = None,
     ) -> tuple[str, str]:
         """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
         model names and route groups it may use (None: all); `priority`: its requests' default and most
         urgent priority (lower goes first; None: any)."""
-        _check_limits(rpm_limit, budget_usd, models, priority, budget_period)
+        _check_limits(rpm_limit, budget_usd, models, priority, budget_period, tpm_limit)
         secret = new_secret()
         key = ApiKey(
             name=name,
             key_hash=hash_secret(secret),
             prefix=secret[:DISPLAY_PREFIX_CHARS],
             rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
             budget_usd=budget_usd,
             spent_usd=0.0,
             models=list(dict.fromkeys(models)) if models is not None else None,
@@ -63,7 +65,7 @@ class KeyStore:
         return key_id, secret
 
     def update(self, key_id: str, **limits: Any) -> ApiKey:
-        """Change any of `rpm_limit`, `budget_usd`, `models`, `priority`, `budget_period` (None lifts it); the
+        """Change any of `rpm_limit`, `tpm_limit`, `budget_usd`, `models`, `priority`, `budget_period` (None lifts it); the
         updated key. KeyError if there is none, ValueError for a limit that cannot be met."""
         unknown = set(limits) - set(LIMITS)
         if unknown:
@@ -129,12 +131,14 @@ class KeyStore:
 
 
 def _check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,
-                  priority: float | None, budget_period: str | None = None) -> None:
+                  priority: float | None, budget_period: str | None = None, tpm_limit: int | None = None) -> None:
     """ValueError, starting with the field's name, for a limit no request could meet."""
     if budget_period is not None and budget_period not in BUDGET_PERIODS:
         raise ValueError(f"budget_period must be one of {', '.join(BUDGET_PERIODS)} (or null), got {budget_period!r}")
     if rpm_limit is not None and rpm_limit < 1:
         raise ValueError(f"rpm_limit must be at least 1, got {rpm_limit}")
+    if tpm_limit is not None and tpm_limit < 1:
+        raise ValueError(f"tpm_limit must be at least 1, got {tpm_limit}")
     if budget_usd is not None and not 0 <= budget_usd < float("inf"):
         raise ValueError(f"budget_usd must be a finite amount >= 0, got {budget_usd}")
     if models is not None and (not models or not all(isinstance(m, str) and m for m in models)):

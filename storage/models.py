@@ -197,6 +197,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     revoked_at: Mapped[datetime | None]
     rpm_limit: Mapped[int | None]
+    tpm_limit: Mapped[int | None]  # tokens (prompt + completion) a minute
     budget_usd: Mapped[float | None]
     spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
     # What the key may ask for (null: anything): model names and route groups it may send as `model`,

@@ -1,9 +1,12 @@
 """Redis-backed shared state for per-key limits: the atomic operations, no policy.
 
-Each key id has four Redis keys, hash-tagged on the key id so all land in one cluster slot:
+Each key id has six Redis keys, hash-tagged on the key id so all land in one cluster slot:
 - `pitstop:{prefix}:limits:{<key_id>}:window`: sorted set of admissions (score: server time in µs),
   expiring one window after the last admission;
 - `pitstop:{prefix}:limits:{<key_id>}:spent`: integer nano-USD spent, no expiry;
+- `...:tokens` and `...:tokens_sum`: for the TPM limit, a sorted set of finished requests' tokens (member
+  `<unique>:<tokens>`, score: when it ended, server µs) and their running sum, expiring one window after
+  the last;
 - `...:holds` (hash: hold id -> nano-USD) and `...:hold_lapses` (sorted set: hold id -> when it lapses,
   server µs): what requests in flight hold of the budget, expiring with the last hold's lapse.
 A budget with a period (gateway/limits/periods.py) has its own spent and holds keys per period,
@@ -26,7 +29,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 # Budget first (its rejection takes no slot): lapsed holds go, then spent and spent + held against the
-# budget; then the sliding window: prune, count, take a slot; then the request's hold, if it has one.
+# budget; then the tokens of the requests that ended in the window against the TPM limit; then the
+# sliding window: prune, count, take a slot; then the request's hold, if it has one.
 # Time comes from the server (TIME) so replica clocks do not matter; ARGV[5] overrides it for tests.
 _ADMIT_LUA = """
 local rpm = tonumber(ARGV[1])
@@ -55,18 +59,41 @@ if rpm >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   count = redis.call('ZCARD', KEYS[1])
 end
+local tpm = tonumber(ARGV[9])
+local used = 0
+if tpm >= 0 then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - window)
+  if #gone > 0 then
+    local freed = 0
+    for _, member in ipairs(gone) do
+      freed = freed + tonumber(string.match(member, ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
+    redis.call('DECRBY', KEYS[6], freed)
+  end
+  if redis.call('ZCARD', KEYS[5]) == 0 then
+    redis.call('DEL', KEYS[6])
+  end
+  used = tonumber(redis.call('GET', KEYS[6]) or '0')
+end
 if budget >= 0 and spent >= budget then
-  return {1, count, 0, spent, held}
+  return {1, count, 0, spent, held, used}
 end
 if budget >= 0 and spent + held >= budget then
-  return {3, count, 0, spent, held}
+  return {3, count, 0, spent, held, used}
+end
+if tpm >= 0 and used >= tpm then
+  local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  local retry = window
+  if oldest[2] then retry = tonumber(oldest[2]) + window - now end
+  return {4, count, retry, spent, held, used}
 end
 if rpm >= 0 then
   if count >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     local retry = window
     if oldest[2] then retry = tonumber(oldest[2]) + window - now end
-    return {2, count, retry, spent, held}
+    return {2, count, retry, spent, held, used}
   end
   redis.call('ZADD', KEYS[1], now, ARGV[4])
   redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
@@ -80,7 +107,26 @@ if budget >= 0 and ARGV[6] ~= '' then
   redis.call('PEXPIRE', KEYS[3], math.ceil((last - now) / 1000))
   redis.call('PEXPIRE', KEYS[4], math.ceil((last - now) / 1000))
 end
-return {0, count, 0, spent, held}
+return {0, count, 0, spent, held, used}
+"""
+
+# A finished request's tokens, in its key's token window (member "<unique>:<tokens>", scored by when it
+# ended) and its running sum (admission takes what aged out off it: each entry once, so an admission
+# costs the same however busy the key); both expire one window after the last.
+_TOKENS_LUA = """
+local now
+if ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local ttl = math.ceil(tonumber(ARGV[3]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1] .. ':' .. ARGV[2])
+redis.call('INCRBY', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return 1
 """
 
 # A request's end: its hold goes and its cost is added, in one step (a period's total expires).
@@ -92,8 +138,8 @@ if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 return spent
 """
 
-Outcome = Literal["admitted", "over_budget", "over_rate", "over_held"]
-_OUTCOMES: tuple[Outcome, ...] = ("admitted", "over_budget", "over_rate", "over_held")
+Outcome = Literal["admitted", "over_budget", "over_rate", "over_held", "over_tokens"]
+_OUTCOMES: tuple[Outcome, ...] = ("admitted", "over_budget", "over_rate", "over_held", "over_tokens")
 _NO_LIMIT = -1
 
 
@@ -118,9 +164,10 @@ class StateUnavailableError(Exception):
 class WindowCheck:
     outcome: Outcome
     requests_in_window: int  # including this request when admitted
-    retry_after_s: float  # meaningful for "over_rate" only
+    retry_after_s: float  # meaningful for "over_rate" and "over_tokens" only
     spent_nanousd: int
     held_nanousd: int = 0  # held by requests in flight (not counting this one's)
+    tokens_in_window: int = 0  # the tokens of the key's requests that ended in the window
 
 
 @asynccontextmanager
@@ -138,6 +185,7 @@ class RedisLimitState:
         # EVALSHA with a reload on NOSCRIPT, so a restarted (emptied) Redis is handled transparently.
         self._admit_script = client.register_script(_ADMIT_LUA)
         self._settle_script = client.register_script(_SETTLE_LUA)
+        self._tokens_script = client.register_script(_TOKENS_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, socket_timeout_s: float = 0.5) -> RedisLimitState:
@@ -154,6 +202,10 @@ class RedisLimitState:
 
     def window_key(self, key_id: str) -> str:
         return f"pitstop:{self._prefix}:limits:{{{key_id}}}:window"
+
+    def tokens_keys(self, key_id: str) -> list[str]:
+        base = f"pitstop:{self._prefix}:limits:{{{key_id}}}"
+        return [f"{base}:tokens", f"{base}:tokens_sum"]
 
     def spent_key(self, key_id: str, period: int | None = None) -> str:
         return f"pitstop:{self._prefix}:limits:{{{key_id}}}:spent{_suffix(period)}"
@@ -172,9 +224,10 @@ class RedisLimitState:
         now_s: float | None = None,
         hold: tuple[str, int, float] | None = None,
         period: int | None = None,
+        tpm_limit: int | None = None,
     ) -> WindowCheck:
-        """Atomically check the budget (spent, then spent + held) and the window and, when both allow,
-        record `member` in the window and `hold` (id, nano-USD, seconds until it lapses) in the holds."""
+        """Atomically check the budget (spent, then spent + held), the tokens and the window and, when all
+        allow, record `member` in the window and `hold` (id, nano-USD, seconds until it lapses) in the holds."""
         window_us = round(window_s * 1_000_000)
         hold_id, hold_nanousd, hold_ttl_s = hold if hold is not None else ("", 0, 0.0)
         args = [
@@ -186,13 +239,24 @@ class RedisLimitState:
             hold_id,
             hold_nanousd,
             round(hold_ttl_s * 1_000_000),
+            _NO_LIMIT if tpm_limit is None else tpm_limit,
         ]
         async with _unavailable_on_error():
-            code, count, retry_us, spent, held = await self._admit_script(
-                keys=[self.window_key(key_id), self.spent_key(key_id, period), *self.holds_keys(key_id, period)],
+            code, count, retry_us, spent, held, used = await self._admit_script(
+                keys=[self.window_key(key_id), self.spent_key(key_id, period), *self.holds_keys(key_id, period),
+                      *self.tokens_keys(key_id)],
                 args=args
             )
-        return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent), int(held))
+        return WindowCheck(_OUTCOMES[int(code)], int(count), int(retry_us) / 1_000_000, int(spent), int(held),
+                           int(used))
+
+    async def record_tokens(self, key_id: str, tokens: int, window_s: float, member: str,
+                            now_s: float | None = None) -> None:
+        """Add a finished request's `tokens` to the key's token window (`member`: unique to the request)."""
+        async with _unavailable_on_error():
+            await self._tokens_script(keys=self.tokens_keys(key_id),
+                                      args=[member, tokens, round(window_s * 1_000_000),
+                                            "" if now_s is None else round(now_s * 1_000_000)])
 
     async def settle(self, key_id: str, hold_id: str, nanousd: int, period: int | None = None) -> int:
         """Release the hold and add `nanousd` spent, atomically; the new spent total."""

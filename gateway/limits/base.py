@@ -9,13 +9,20 @@ Semantics shared by every implementation:
   request's own cost, however many run at once (without holds it was every request in flight). A hold
   not settled (its replica died) lapses after `hold_ttl_s`. A refusal is "budget" when spent alone has
   reached the budget, "budget_held" when holds fill the rest (retry once requests finish).
-- The budget is checked first: a request rejected for budget does not consume rate.
+- TPM: a request is admitted while the tokens (prompt + completion) its key's requests used in the last
+  `window_s` seconds are below `tpm_limit`, each request's counted when it ends (`record_tokens`), as
+  litellm counts them. So a request admitted just below the limit may take the window past it by its own
+  size (with several in flight, by theirs): the limit stops the next ones until enough tokens age out.
+  `retry_after_s` says when the window's oldest tokens do (the first moment any free; more may have to).
+  A rejected request records nothing.
+- The budget is checked first, then tokens, then the request rate: a request rejected for budget or
+  tokens does not consume rate.
 - Money is counted in integer nano-USD, so that 20 x $0.05 reaches a $1.00 budget exactly (floats drift).
 - A budget with a period (gateway/limits/periods.py) counts the spend and holds of that period only:
   `period` (its start, Unix seconds) names which total a call reads or adds to; None is the key's
   lifetime total. A request is settled into the period it was admitted in (its hold carries it).
 
-HTTP mapping (done by the gateway's HTTP layer): "rate_limit" and "budget" are 429s, "limits_unavailable"
+HTTP mapping (done by the gateway's HTTP layer): "rate_limit", "token_limit" and "budget" are 429s, "limits_unavailable"
 is a 503 when admission was refused.
 """
 
@@ -25,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-LimitReason = Literal["rate_limit", "budget", "budget_held", "limits_unavailable"]
+LimitReason = Literal["rate_limit", "token_limit", "budget", "budget_held", "limits_unavailable"]
 DEFAULT_HOLD_TTL_S = 900.0  # past any request's timeout (server.request_timeout_s, 600 s by default)
 HELD_RETRY_AFTER_S = 1.0
 
@@ -61,6 +68,7 @@ class Admission:
     retry_after_s: float | None = None
     remaining_requests: int | None = None
     remaining_budget_usd: float | None = None
+    remaining_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +84,15 @@ class Hold:
 class Limiter(Protocol):
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None, period: int | None = None,
+        hold: Hold | None = None, period: int | None = None, tpm_limit: int | None = None,
     ) -> Admission:
         """Decide and, when admitted, take a rate slot and (with a budget) the hold, against `period`'s
         spend. `now` is for tests and simulation only."""
+        ...
+
+    async def record_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        """Count a finished request's tokens in its key's token window. Never raises for an unreachable
+        backend (they go uncounted: a token rate is soft state)."""
         ...
 
     async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:

@@ -1,6 +1,7 @@
 """In-process limits for a single gateway replica.
 
-RPM uses an exact sliding window: a deque of admission times per key. A sliding-window counter (two
+RPM uses an exact sliding window: a deque of admission times per key (TPM, likewise, of when requests
+ended and their tokens, with their running sum). A sliding-window counter (two
 fixed buckets, weighted) would be O(1) memory but approximate, admitting bursts past the limit at bucket
 edges; the deque costs at most `rpm_limit` floats per active key, which is small for per-key limits, and
 admission is amortised O(1). Each method is free of awaits, so a check and its update are atomic on the
@@ -36,6 +37,8 @@ class MemoryLimiter:
         self._clock = clock
         self._windows: dict[str, deque[float]] = {}
         self._budgets: dict[tuple[str, int | None], _BudgetState] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}  # (when a request ended, its tokens)
+        self._token_sums: dict[str, int] = {}
 
     def _budget(self, key_id: str, period: int | None) -> _BudgetState:
         state = self._budgets.get((key_id, period))
@@ -49,7 +52,7 @@ class MemoryLimiter:
 
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None, period: int | None = None,
+        hold: Hold | None = None, period: int | None = None, tpm_limit: int | None = None,
     ) -> Admission:
         now = self._clock() if now is None else now
         state = self._budget(key_id, period)
@@ -59,20 +62,42 @@ class MemoryLimiter:
         held = state.held(now) if budget_usd is not None else 0
         remaining_budget = self._remaining_budget(state, budget_usd, held)
         remaining_requests = None if rpm_limit is None else max(rpm_limit - len(window), 0)
+        used = self._tokens_used(key_id, now) if tpm_limit is not None else 0
+        remaining_tokens = None if tpm_limit is None else max(tpm_limit - used, 0)
 
         if budget_usd is not None and state.spent_nanousd >= usd_to_nanousd(budget_usd):
-            return Admission(False, "budget", None, remaining_requests, remaining_budget)
+            return Admission(False, "budget", None, remaining_requests, remaining_budget, remaining_tokens)
         if budget_usd is not None and state.spent_nanousd + held >= usd_to_nanousd(budget_usd):
-            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget)
+            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget,
+                             remaining_tokens)
+        if tpm_limit is not None and used >= tpm_limit:
+            return Admission(False, "token_limit", self._tokens_free_in(key_id, now), remaining_requests,
+                             remaining_budget, 0)
         if rpm_limit is not None:
             if len(window) >= rpm_limit:
                 retry_after = window[0] + self.window_s - now if window else self.window_s
-                return Admission(False, "rate_limit", retry_after, 0, remaining_budget)
+                return Admission(False, "rate_limit", retry_after, 0, remaining_budget, remaining_tokens)
             window.append(now)
             remaining_requests = rpm_limit - len(window)
         if budget_usd is not None and hold is not None:
             state.holds[hold.hold_id] = (usd_to_nanousd(hold.usd), now + hold.ttl_s)
-        return Admission(True, None, None, remaining_requests, remaining_budget)
+        return Admission(True, None, None, remaining_requests, remaining_budget, remaining_tokens)
+
+    def _tokens_used(self, key_id: str, now: float) -> int:
+        """The key's tokens in the window, the ones that aged out dropped."""
+        ended = self._tokens.get(key_id)
+        while ended and ended[0][0] <= now - self.window_s:
+            self._token_sums[key_id] -= ended.popleft()[1]
+        return self._token_sums.get(key_id, 0)
+
+    def _tokens_free_in(self, key_id: str, now: float) -> float:
+        """Seconds until the window's oldest tokens age out (the first that any free)."""
+        return self._tokens[key_id][0][0] + self.window_s - now
+
+    async def record_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        if tokens > 0:
+            self._tokens.setdefault(key_id, deque()).append((self._clock() if now is None else now, tokens))
+            self._token_sums[key_id] = self._token_sums.get(key_id, 0) + tokens
 
     async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
         self._budget(key_id, period).spent_nanousd += usd_to_nanousd(usd)
@@ -93,6 +118,8 @@ class MemoryLimiter:
     async def close(self) -> None:
         self._windows.clear()
         self._budgets.clear()
+        self._tokens.clear()
+        self._token_sums.clear()
 
     @staticmethod
     def _remaining_budget(state: _BudgetState, budget_usd: float | None, held: int) -> float | None:

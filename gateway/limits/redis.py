@@ -52,7 +52,7 @@ class RedisLimiter:
 
     async def admit(
         self, key_id: str, rpm_limit: int | None, budget_usd: float | None, now: float | None = None,
-        hold: Hold | None = None, period: int | None = None,
+        hold: Hold | None = None, period: int | None = None, tpm_limit: int | None = None,
     ) -> Admission:
         budget_nanousd = None if budget_usd is None else usd_to_nanousd(budget_usd)
         held = None if hold is None else (hold.hold_id, usd_to_nanousd(hold.usd), hold.ttl_s)
@@ -60,13 +60,22 @@ class RedisLimiter:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
             check = await self.state.check_and_take(
-                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held, period
+                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held, period, tpm_limit
             )
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
             return Admission(allowed=self.fail_open, reason="limits_unavailable")
         self._mark_healthy()
-        return self._admission(check, rpm_limit, budget_nanousd, self._unwritten_nanousd.get((key_id, period), 0))
+        return self._admission(check, rpm_limit, budget_nanousd, self._unwritten_nanousd.get((key_id, period), 0),
+                               tpm_limit)
+
+    async def record_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        if tokens <= 0:
+            return
+        try:
+            await self.state.record_tokens(key_id, tokens, self.window_s, uuid.uuid4().hex, now)
+        except StateUnavailableError as exc:  # uncounted: the token rate is soft state
+            self._mark_degraded(exc)
 
     async def record_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
         self._keep_unwritten(key_id, period, usd_to_nanousd(usd))
@@ -119,20 +128,25 @@ class RedisLimiter:
                 raise
 
     def _admission(
-        self, check: WindowCheck, rpm_limit: int | None, budget_nanousd: int | None, unwritten: int
+        self, check: WindowCheck, rpm_limit: int | None, budget_nanousd: int | None, unwritten: int,
+        tpm_limit: int | None = None,
     ) -> Admission:
         remaining_requests = None if rpm_limit is None else max(rpm_limit - check.requests_in_window, 0)
+        remaining_tokens = None if tpm_limit is None else max(tpm_limit - check.tokens_in_window, 0)
         remaining_budget = None
         if budget_nanousd is not None:
             remaining_budget = nanousd_to_usd(max(budget_nanousd - check.spent_nanousd - check.held_nanousd
                                                   - unwritten, 0))
         if check.outcome == "over_budget":
-            return Admission(False, "budget", None, remaining_requests, remaining_budget)
+            return Admission(False, "budget", None, remaining_requests, remaining_budget, remaining_tokens)
         if check.outcome == "over_held":
-            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget)
+            return Admission(False, "budget_held", HELD_RETRY_AFTER_S, remaining_requests, remaining_budget,
+                             remaining_tokens)
+        if check.outcome == "over_tokens":
+            return Admission(False, "token_limit", check.retry_after_s, remaining_requests, remaining_budget, 0)
         if check.outcome == "over_rate":
-            return Admission(False, "rate_limit", check.retry_after_s, 0, remaining_budget)
-        return Admission(True, None, None, remaining_requests, remaining_budget)
+            return Admission(False, "rate_limit", check.retry_after_s, 0, remaining_budget, remaining_tokens)
+        return Admission(True, None, None, remaining_requests, remaining_budget, remaining_tokens)
 
     def _mark_degraded(self, exc: StateUnavailableError) -> None:
         if not self._degraded:

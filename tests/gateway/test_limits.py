@@ -264,3 +264,42 @@ async def test_a_periods_spend_expires_in_redis() -> None:
         await client.aclose()
         await shared.close()
         await delete_prefix(prefix)
+
+
+async def test_tpm_refuses_once_the_windows_tokens_reach_the_limit(limiter: Limiter) -> None:
+    assert (await limiter.admit("k", None, None, now=1000.0, tpm_limit=100)).remaining_tokens == 100
+    await limiter.record_tokens("k", 60, now=1001.0)
+    admitted = await limiter.admit("k", None, None, now=1002.0, tpm_limit=100)
+    assert admitted.allowed and admitted.remaining_tokens == 40
+    await limiter.record_tokens("k", 50, now=1010.0)  # 110: past the limit by the last request's own size
+    await limiter.record_tokens("other", 500, now=1010.0)  # keys are apart
+    await limiter.record_tokens("k", -5, now=1011.0)  # nothing: a count is never negative
+    refused = await limiter.admit("k", None, None, now=1020.0, tpm_limit=100)
+    assert not refused.allowed and refused.reason == "token_limit" and refused.remaining_tokens == 0
+    assert refused.retry_after_s == pytest.approx(41.0)  # the oldest, t=1001's 60, leave at 1061
+    await limiter.record_tokens("k", 45, now=1030.0)  # 155
+    assert not (await limiter.admit("k", None, None, now=1060.999, tpm_limit=100)).allowed
+    again = await limiter.admit("k", None, None, now=1061.0, tpm_limit=100)  # t=1001 is a window old
+    assert again.allowed and again.remaining_tokens == 5
+    await limiter.record_tokens("k", 10, now=1062.0)  # 105
+    refused = await limiter.admit("k", None, None, now=1063.0, tpm_limit=100)
+    assert refused.reason == "token_limit" and refused.retry_after_s == pytest.approx(7.0)  # t=1010's go at 1070
+    assert (await limiter.admit("k", None, None, now=1070.0, tpm_limit=100)).remaining_tokens == 45
+    assert (await limiter.admit("k", None, None, now=1200.0, tpm_limit=100)).remaining_tokens == 100
+
+
+async def test_a_token_refusal_takes_no_rate_slot_and_a_budget_refusal_comes_first(limiter: Limiter) -> None:
+    await limiter.record_tokens("k", 100, now=1000.0)
+    for t in range(5):
+        refused = await limiter.admit("k", 2, None, now=1001.0 + t, tpm_limit=100)
+        assert refused.reason == "token_limit" and refused.remaining_requests == 2
+    first = await limiter.admit("k", 2, None, now=1060.0, tpm_limit=100)
+    assert first.allowed and first.remaining_requests == 1
+    await limiter.record_spend("k", 1.0)
+    await limiter.record_tokens("k", 100, now=1061.0)
+    assert (await limiter.admit("k", 2, 1.0, now=1062.0, tpm_limit=100)).reason == "budget"
+
+
+async def test_concurrent_token_records_all_count(limiter: Limiter) -> None:
+    await asyncio.gather(*(limiter.record_tokens("k", 7, now=1000.0) for _ in range(50)))
+    assert (await limiter.admit("k", None, None, now=1001.0, tpm_limit=1000)).remaining_tokens == 1000 - 350
