@@ -148,6 +148,8 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         return response
     except (APIError, BackendError, ClientDisconnect) as exc:
         retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
+        if isinstance(exc, LimitExceeded) and exc.admission is not None:
+            draft.admission = exc.admission  # a refusal says what is left too (x-ratelimit-*), as OpenAI's
         return await _failed(state, draft, as_api_error(exc), retry_after_s)
     except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
         log.exception("request %s failed inside the gateway", draft.request_id)

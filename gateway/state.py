@@ -59,9 +59,11 @@ BACKGROUND_GRACE_S = 30.0  # how long background responses may go on at shutdown
 
 
 class LimitExceeded(APIError):
-    def __init__(self, status: int, message: str, code: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str, retry_after_s: float | None = None,
+                 admission: Admission | None = None) -> None:
         super().__init__(status, message, code=code)
         self.retry_after_s = retry_after_s
+        self.admission = admission  # what the limits said: the refusal's x-ratelimit-* headers too, as OpenAI's
 
 
 def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
@@ -158,17 +160,18 @@ class GatewayState:
             return admission
         if admission.reason == "rate_limit":
             raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
-                                admission.retry_after_s)
+                                admission.retry_after_s, admission)
         if admission.reason == "token_limit":
             raise LimitExceeded(429, f"token rate limit reached for this API key: its requests of the last minute "
                                 f"used {caller.tpm_limit} tokens or more (tpm_limit)", "rate_limit_exceeded",
-                                admission.retry_after_s)
+                                admission.retry_after_s, admission)
         if admission.reason == "budget":
-            raise LimitExceeded(429, "this API key has spent its budget" + _renewal(caller, period), "budget_exceeded")
+            raise LimitExceeded(429, "this API key has spent its budget" + _renewal(caller, period), "budget_exceeded",
+                                admission=admission)
         if admission.reason == "budget_held":
             raise LimitExceeded(429, "what is left of this API key's budget is held by its requests in flight "
                                 "(each holds its worst-case cost until it ends); retry when they finish",
-                                "budget_held", admission.retry_after_s)
+                                "budget_held", admission.retry_after_s, admission)
         raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
 
     async def _seed_spend(self, caller: Caller, period: int | None) -> None:

@@ -1,7 +1,7 @@
 """A key's tokens-per-minute limit through the gateway, over real sockets with the openai SDK: requests are
 admitted while the tokens its requests used in the last minute are below `tpm_limit` (whole and streamed
-answers counted alike), then refused with a 429 and a Retry-After; answers carry OpenAI's
-`x-ratelimit-limit-tokens` / `-remaining-tokens`; two replicas on Redis share the window; the limit is set
+answers counted alike), then refused with a 429 and a Retry-After; answers, refusals included, carry
+OpenAI's `x-ratelimit-limit-tokens` / `-remaining-tokens`; two replicas on Redis share the window; the limit is set
 over HTTP (`/v1/keys`), from the CLI and by default (`limits.default_tpm`); bad values are 400s."""
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def test_requests_stop_once_the_minutes_tokens_reach_the_limit(gw: Gateway) -> N
     assert {h["x-ratelimit-limit-tokens"] for _, h in answers[:3]} == {"20"}
     refused = answers[3][1]
     assert 50 <= int(refused["retry-after"]) <= 60  # the first request's 9 tokens leave a minute after it
+    assert (refused["x-ratelimit-limit-tokens"], refused["x-ratelimit-remaining-tokens"]) == ("20", "0")
     with gw.openai(api_key=secret) as client, pytest.raises(openai.RateLimitError, match="tpm_limit") as error:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": PROMPT}])
     assert error.value.code == "rate_limit_exceeded"
@@ -65,6 +66,17 @@ def test_a_key_without_a_token_limit_sends_no_token_headers(gw: Gateway) -> None
     status, headers = ask(gw, secret)
     assert status == 200 and headers["x-ratelimit-limit-requests"] == "100"
     assert "x-ratelimit-limit-tokens" not in headers
+
+
+def test_refusals_say_what_is_left_too(gw: Gateway) -> None:
+    store = KeyStore(gw.storage_url)
+    _, by_rate = store.create("rate", rpm_limit=1)
+    _, by_budget = store.create("budget", budget_usd=0.0)
+    (first, _), (second, rate_headers) = ask(gw, by_rate), ask(gw, by_rate)
+    status, budget_headers = ask(gw, by_budget)
+    assert (first, second, status) == (200, 429, 429)
+    assert (rate_headers["x-ratelimit-limit-requests"], rate_headers["x-ratelimit-remaining-requests"]) == ("1", "0")
+    assert float(budget_headers["x-pitstop-budget-remaining-usd"]) == 0.0
 
 
 @needs_redis
