@@ -11,13 +11,15 @@ it; the replica running it renews a lease on the row every second, writing the l
 (`batch_records`) and seeing there a cancel made elsewhere. Nothing accepted is lost: a batch whose lease
 ran out (its replica stopped, or let it go at its shutdown) is taken over by the next replica that looks
 (every `ADOPT_S`), which serves only the lines not yet finished. A cancelled batch keeps what it
-finished, in its output file."""
+finished, in its output file; so does one whose completion window closes (`expired`: the lines left are
+in its error file as `batch_expired`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,9 @@ BATCH_PRIORITY = 10.0  # after interactive requests (0 unless a key sets one) wh
 LEASE_S = 15.0
 PROGRESS_S = 1.0  # how often a running batch's request counts are written
 ADOPT_S = 5.0  # how often a replica looks for batches whose replica stopped
+MAX_WINDOW_S = 7 * 86_400
+EXPIRED_ERROR = {"code": "batch_expired",
+                 "message": "This request could not be executed before the completion window expired."}
 
 log = logging.getLogger("pitstop.gateway")
 
@@ -83,6 +88,22 @@ def _lines(content: bytes, url: str) -> list[dict]:
     return lines
 
 
+def window_seconds(window: Any) -> int:
+    """A `completion_window` in seconds: OpenAI's "24h", or (Pitstop's extension) any "<n>s|m|h" up to a week."""
+    match = re.fullmatch(r"([1-9][0-9]{0,6})([smh])", window) if isinstance(window, str) else None
+    seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]] if match else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise bad_request("'completion_window' must be \"24h\" (or any \"<n>s\", \"<n>m\" or \"<n>h\" up to 168h)",
+                          "completion_window", "invalid_value")
+    return seconds
+
+
+def _expired(line: dict) -> dict:
+    """A line the window closed on before it was answered, as the error file holds it (as OpenAI's does)."""
+    return {"id": "batch_req_" + uuid.uuid4().hex, "custom_id": line["custom_id"], "response": None,
+            "error": EXPIRED_ERROR}
+
+
 def _record(line: dict, answer: Response) -> dict:
     """A finished line as the output (or error) file holds it."""
     return {"id": "batch_req_" + uuid.uuid4().hex, "custom_id": line["custom_id"],
@@ -115,8 +136,7 @@ class Batches:
         url, file_id, window = raw.get("endpoint"), raw.get("input_file_id"), raw.get("completion_window", "24h")
         if url not in ENDPOINTS:
             raise bad_request(f"'endpoint' must be one of {', '.join(ENDPOINTS)}", "endpoint", "invalid_value")
-        if window != "24h":
-            raise bad_request("'completion_window' must be '24h'", "completion_window", "invalid_value")
+        seconds = window_seconds(window)
         if not isinstance(file_id, str):
             raise bad_request("'input_file_id' must be a file's id", "input_file_id", "missing_required_parameter")
         metadata = raw.get("metadata") or {}
@@ -128,7 +148,7 @@ class Batches:
         batch = {"id": "batch_" + uuid.uuid4().hex, "object": "batch", "endpoint": url, "errors": None,
                  "input_file_id": file_id, "completion_window": window, "status": "in_progress",
                  "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": now,
-                 "expires_at": now + 86_400, "finalizing_at": None, "completed_at": None, "failed_at": None,
+                 "expires_at": now + seconds, "finalizing_at": None, "completed_at": None, "failed_at": None,
                  "expired_at": None, "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
                  "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
         await _db(self.store.put, {"id": batch["id"], "created_at": datetime.now(UTC), "api_key_id": caller.key_id,
@@ -189,8 +209,21 @@ class Batches:
         keeper = asyncio.create_task(self._keep(batch, run, unsaved))
         served = [asyncio.create_task(one(line)) for line in lines if line["custom_id"] not in done]
         try:
-            await asyncio.gather(*served)
-            await self._end(batch, lines, done, unsaved, {"status": "completed", "completed_at": _now()})
+            try:
+                async with asyncio.timeout(max(batch["expires_at"] - time.time(), 0)):
+                    await asyncio.gather(*served)
+            except TimeoutError:  # the window closed: what is answered is kept, the rest is an error
+                await asyncio.gather(*served, return_exceptions=True)
+                for line in lines:
+                    if line["custom_id"] not in done:
+                        done[line["custom_id"]] = row = {"batch_id": batch["id"], "custom_id": line["custom_id"],
+                                                         "failed": True, "record": _expired(line)}
+                        unsaved.append(row)
+                        counts["failed"] += 1
+            # A batch taken over while it was finalizing an expiry is still expired.
+            expired = any(row["record"].get("error") == EXPIRED_ERROR for row in done.values())
+            await self._end(batch, lines, done, unsaved, {"status": "expired", "expired_at": _now()} if expired
+                            else {"status": "completed", "completed_at": _now()})
         except asyncio.CancelledError:  # cancelled (here or elsewhere), or the gateway is shutting down
             for task in served:
                 task.cancel()

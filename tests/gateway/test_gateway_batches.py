@@ -6,6 +6,7 @@ keeps what it finished; files listed, downloaded and deleted; bad input a clear 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +108,27 @@ def test_a_cancelled_batch_keeps_what_it_finished(gw: Gateway) -> None:
     assert {f"q{i}" for i in range(8)} <= set(finished) and len(finished) < 24
 
 
+def test_a_batch_whose_window_closes_keeps_what_it_answered_and_says_which_expired(gw: Gateway) -> None:
+    """As at OpenAI: the lines answered by the end of the completion window are in the output file,
+    the rest in the error file as `batch_expired`, and the batch is `expired`."""
+    lines = [chat_line(f"q{i}", f"[delay:{0.05 if i % 3 else 30}] question {i}") for i in range(9)]
+    with gw.openai() as client:
+        uploaded = client.files.create(file=("window.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="2s")  # type: ignore[arg-type]
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None and done.error_file_id is not None
+        answered = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+        expired = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert batch.expires_at == batch.created_at + 2
+    assert done.status == "expired" and done.expired_at is not None and done.completed_at is None
+    assert done.expired_at >= batch.expires_at  # type: ignore[operator]
+    assert done.request_counts is not None and (done.request_counts.completed, done.request_counts.failed) == (6, 3)
+    assert [r["custom_id"] for r in answered] == [f"q{i}" for i in range(9) if i % 3]
+    assert [(r["custom_id"], r["response"], r["error"]["code"]) for r in expired] == [
+        (f"q{i}", None, "batch_expired") for i in (0, 3, 6)]
+
+
 def test_files_are_uploaded_read_listed_and_deleted(gw: Gateway) -> None:
     with gw.openai() as client:
         uploaded = client.files.create(file=("notes.jsonl", b'{"a": 1}\n'), purpose="user_data")
@@ -127,7 +149,10 @@ def test_files_are_uploaded_read_listed_and_deleted(gw: Gateway) -> None:
     (jsonl([{**chat_line("a", "x"), "body": {"model": "up", "messages": [], "stream": True}}]), {}, 400,
      "input_file_id"),
     (jsonl([chat_line("a", "x")]), {"endpoint": "/v1/images"}, 400, "endpoint"),
-    (jsonl([chat_line("a", "x")]), {"completion_window": "1h"}, 400, "completion_window"),
+    (jsonl([chat_line("a", "x")]), {"completion_window": "0s"}, 400, "completion_window"),
+    (jsonl([chat_line("a", "x")]), {"completion_window": "169h"}, 400, "completion_window"),  # over a week
+    (jsonl([chat_line("a", "x")]), {"completion_window": "1d"}, 400, "completion_window"),
+    (jsonl([chat_line("a", "x")]), {"completion_window": 3600}, 400, "completion_window"),
     (jsonl([chat_line("a", "x")]), {"input_file_id": "file-nope"}, 404, "input_file_id"),
 ])
 def test_bad_batches_are_clear_4xx(gw: Gateway, content: bytes, fields: dict, status: int, param: str) -> None:
@@ -169,3 +194,28 @@ def test_a_batch_cut_by_a_shutdown_is_taken_over_and_its_finished_lines_are_not_
     assert left is not None and left["status"] == "in_progress" and left["lease_until"] <= datetime.now(UTC)
     assert done.status == "completed" and finished == ["quick", "slow"]
     assert asked.count("quick one") == 1  # served by the first gateway only
+
+
+def test_a_batch_taken_over_after_its_window_closed_expires_without_serving_the_rest(
+        tmp_path: Path, upstreams: tuple) -> None:
+    """No gateway ran the batch when its window closed: the next one to start expires it at once,
+    keeping what the first one finished, rather than serving the rest late."""
+    raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
+    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.2}
+    lines = [chat_line("quick", "quick line"), chat_line("late", "[delay:4] late line")]
+    with running_gateway(raw) as gw, gw.openai() as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="3s")  # type: ignore[arg-type]
+        wait_until(lambda: BatchStore(gw.storage_url).records(batch.id), what="the quick line written")
+    assert batch.expires_at is not None
+    time.sleep(max(0.0, batch.expires_at + 1 - time.time()))
+    with running_gateway(raw) as again, again.openai() as client:
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None and done.error_file_id is not None
+        finished = [json.loads(line)["custom_id"] for line in client.files.content(done.output_file_id).text.splitlines()]
+        expired = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    asked = [m["content"] for body in upstreams[0].stats()["bodies"] for m in body.get("messages", [])]
+    assert done.status == "expired" and finished == ["quick"]
+    assert [(r["custom_id"], r["error"]["code"]) for r in expired] == [("late", "batch_expired")]
+    assert asked.count("[delay:4] late line") == 1  # the first gateway's try, cut by its shutdown; never again

@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types.webhooks import (
     BatchCompletedWebhookEvent,
+    BatchExpiredWebhookEvent,
     ResponseCancelledWebhookEvent,
     ResponseCompletedWebhookEvent,
 )
@@ -142,17 +143,22 @@ def test_a_background_response_ending_is_sent_signed_and_the_sdk_unwraps_it(gw: 
     assert 'pitstop_webhook_deliveries_total{event_type="response.completed",outcome="delivered"} 1.0' in metrics
 
 
-def test_a_batch_ending_is_sent(gw: Gateway, receiver: tuple) -> None:
+@pytest.mark.parametrize("text, window, event_type, kind", [
+    ("[words:2] x", "24h", "batch.completed", BatchCompletedWebhookEvent),
+    ("[delay:5] x", "1s", "batch.expired", BatchExpiredWebhookEvent),  # its window closes first
+])
+def test_a_batch_ending_is_sent(gw: Gateway, receiver: tuple, text: str, window: str, event_type: str,
+                                kind: type) -> None:
     hook, url = receiver
     with gw.openai() as client:
-        endpoint = client.webhooks.create(name="batches", url=url, event_types=["batch.completed"])
-        uploaded = client.files.create(file=("q.jsonl", jsonl([chat_line("a", "[words:2] x")])), purpose="batch")
+        endpoint = client.webhooks.create(name="batches", url=url, event_types=[event_type])
+        uploaded = client.files.create(file=("q.jsonl", jsonl([chat_line("a", text)])), purpose="batch")
         batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
+                                      completion_window=window)  # type: ignore[arg-type]
         batch_ended(client, batch.id)
         wait_until(lambda: hook.posts, what="a delivery")
         event = unwrap(client, hook.posts[0], endpoint.signing_secret)
-    assert isinstance(event, BatchCompletedWebhookEvent) and event.data.id == batch.id
+    assert isinstance(event, kind) and event.data.id == batch.id and event.type == event_type
 
 
 def test_a_failing_endpoint_gets_the_same_delivery_again_until_it_answers(gw: Gateway, receiver: tuple) -> None:
