@@ -31,6 +31,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.sim_speed
 	$(PY) -m bench.sim_fidelity
 	$(PY) -m bench.engine_tool_calls
+	$(PY) -m bench.custom_tools
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

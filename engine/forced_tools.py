@@ -2,15 +2,18 @@
 as vLLM holds it: the answer must be a JSON array of calls, each `{"name": <a tool's name>, "parameters":
 <an object its JSON schema accepts>}` (one call for a named function, or with parallel_tool_calls
 false). The answer is then given back as OpenAI's `tool_calls`, never as text: any model, whatever
-its own tool-call syntax, calls the tool it was told to."""
+its own tool-call syntax, calls the tool it was told to. A custom tool's call is its raw input instead,
+held by the tool's grammar (engine/custom_tools.py)."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from engine.custom_tools import CustomTool, custom_call
 from engine.sampling_params import InvalidRequestError
 from engine.structured_output import OutputConstraint
 
@@ -22,22 +25,58 @@ class ForcedTools:
     names: tuple[str, ...]
     named: bool  # tool_choice named one function (OpenAI then finishes with "stop", not "tool_calls")
     max_calls: int | None
+    custom: Mapping[str, CustomTool] = field(default_factory=dict)  # the request's custom tools
 
     def constraint(self, tools: list[dict]) -> OutputConstraint:
+        """A JSON array of function calls; a custom tool's call is its raw input, held by its grammar (after
+        its name and a newline where the answer may also call another tool): a model writes a patch as a
+        patch, not escaped into a JSON string."""
+        functions = [name for name in self.names if name not in self.custom]
+        customs = [self.custom[name] for name in self.names if name in self.custom]
+        if self.named and customs:
+            return _input_grammar(customs[0])
+        options = [(f"{tool.name}\n", _input_grammar(tool)) for tool in customs]
+        if functions:
+            calls = self._function_calls(functions, tools)
+            if not customs:
+                return calls
+            options.insert(0, ("", calls))
+        return OutputConstraint.alternatives(options, "tool_choice")
+
+    def _function_calls(self, names: list[str], tools: list[dict]) -> OutputConstraint:
         by_name = {t["function"]["name"]: t["function"] for t in tools}
         calls = [{"type": "object", "properties": {
             "name": {"const": name},
             "parameters": by_name[name].get("parameters") or {"type": "object"}},
-            "required": ["name", "parameters"], "additionalProperties": False} for name in self.names]
+            "required": ["name", "parameters"], "additionalProperties": False} for name in names]
         schema: dict[str, Any] = {"type": "array", "minItems": 1,
                                   "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
         if self.max_calls is not None:
             schema["maxItems"] = self.max_calls
         return OutputConstraint.json_schema(schema, "tool_choice")
 
+    def calls(self, text: str) -> list[dict] | None:
+        """The whole answer's calls in OpenAI's shape (custom calls as `{"type": "custom", ...}`); None when it
+        is not whole (cut by max_tokens), in which case the text goes back as content."""
+        if self.named and self.names[0] in self.custom:
+            return [custom_call(self.names[0], text)]
+        if self.custom and not text.startswith("["):
+            name, newline, rest = text.partition("\n")
+            return [custom_call(name, rest)] if newline and name in self.custom else None
+        return tool_calls_of(text)
 
-def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls: Any) -> ForcedTools | None:
-    """None for "auto" and "none" (nothing forced); InvalidRequestError for a choice that cannot be met."""
+
+def _input_grammar(tool: CustomTool) -> OutputConstraint:
+    if tool.syntax == "regex":
+        return OutputConstraint.regex(tool.definition, "tools")
+    return OutputConstraint.grammar(tool.definition if tool.syntax == "lark" else "start: /(.|\\n)*/", "tools")
+
+
+def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls: Any,
+                 custom: Mapping[str, CustomTool] | None = None) -> ForcedTools | None:
+    """None for "auto" and "none" (nothing forced); InvalidRequestError for a choice that cannot be met.
+    `tools` are functions (custom tools written as functions: engine/custom_tools.py), `custom` those
+    that are custom tools."""
     if tool_choice in (None, "auto", "none"):
         return None
     names = [t["function"]["name"] for t in tools or ()]
@@ -45,7 +84,7 @@ def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls
         raise InvalidRequestError("'tool_choice' forces a tool call, but the request has no 'tools'", "tool_choice")
     max_calls = 1 if parallel_tool_calls is False else None
     if tool_choice == "required":
-        return ForcedTools(tuple(names), named=False, max_calls=max_calls)
+        return ForcedTools(tuple(names), named=False, max_calls=max_calls, custom=custom or {})
     function = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str) or tool_choice.get("type", "function") != "function":
@@ -54,12 +93,11 @@ def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls
     if name not in names:
         raise InvalidRequestError(f"'tool_choice' names {name!r}, which is not among the request's tools",
                                   "tool_choice")
-    return ForcedTools((name,), named=True, max_calls=1)
+    return ForcedTools((name,), named=True, max_calls=1, custom=custom or {})
 
 
 def tool_calls_of(text: str) -> list[dict] | None:
-    """The answer's calls in OpenAI's shape; None when it is not a whole array of calls (cut by
-    max_tokens), in which case the text goes back as content."""
+    """A JSON array of function calls in OpenAI's shape; None when it is not whole."""
     try:
         calls = json.loads(text)
     except ValueError:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from engine.async_engine import AsyncEngine
 from engine.call_stream import CallStream
-from engine.forced_tools import tool_calls_of
+from engine.custom_tools import CustomCalls, custom_calls_of
 from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
 from engine.merge import merged
@@ -215,8 +215,9 @@ class OpenAIGeneration:
             zip(parts, finish, blocks, strict=True))], self.last)
 
     def _allowed(self, calls: list[dict]) -> list[dict]:
-        """With `parallel_tool_calls: false`, the first call only."""
-        return calls if self.parsed.parallel_tool_calls else calls[:1]
+        """With `parallel_tool_calls: false`, the first call only (custom tools' calls as custom calls)."""
+        calls = calls if self.parsed.parallel_tool_calls else calls[:1]
+        return custom_calls_of(calls, self.parsed.custom_tools) if self.parsed.custom_tools else calls
 
     def _split_delta(self, i: int, out: RequestOutput, splitters: dict[int, ReasoningSplitter]) -> Split:
         """Choice i's new text as thinking and answer (all answer without a reasoning parser)."""
@@ -240,7 +241,7 @@ class OpenAIGeneration:
         """A forced tool call's answer (a whole array of calls) goes back as tool_calls; anything else,
         a forced call cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
         forced = self.parsed.forced_tools
-        calls = tool_calls_of(text) if forced is not None and finish_reason == "stop" else None
+        calls = forced.calls(text) if forced is not None and finish_reason == "stop" else None
         if calls is None and (self.reasoning or self.calls):
             parts = split_reasoning(text, self._inside(choice)) if self.reasoning else Split(content=text)
             written = parse_calls(parts.content, self.calls) if self.calls else None
@@ -258,8 +259,12 @@ class OpenAIGeneration:
         the usage so far (vLLM's option). Raises EngineDeadError / InvalidRequestError mid-stream;
         closing the iterator aborts the request."""
         continuous = self.parsed.continuous_usage and self.shapes.include_usage
+        # Calls of custom tools the model wrote as function calls go out as custom calls.
+        custom = CustomCalls(self.parsed.custom_tools) if self.calls and self.parsed.custom_tools else None
         async with aclosing(self._chunks()) as chunks:
             async for chunk in chunks:
+                if custom is not None:
+                    chunk = custom.chunk(chunk)
                 if continuous and chunk["choices"]:
                     prompt, completion = sum(map(len, self._prompt_ids)), sum(self._produced)
                     chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,

@@ -73,10 +73,7 @@ class OutputConstraint:
         """The same answer after an optional `<think>` block, free text up to `</think>` (one the prompt
         already opened when `inside`): a reasoning model thinks freely, then answers in the grammar, as
         vLLM arms its grammar at `</think>` (engine/reasoning.py splits the two)."""
-        try:
-            grammars = json.loads(self.grammar)["grammars"]  # llguidance's top-level grammar (JSON, regex)
-        except (ValueError, KeyError, TypeError):
-            grammars = [{"lark_grammar": self.grammar}]  # Lark text (grammars, choices)
+        grammars = self._grammars()
         answer = grammars[0].get("name") or "answer"
         grammars[0] = {**grammars[0], "name": answer}
         body = 'thought[stop="</think>"]: /(.|\\n)*/'
@@ -84,6 +81,27 @@ class OutputConstraint:
                 f'start: thinking? @{answer}\nthinking: "<think>" thought /[ \\t\\n]*/\n{body}\n')
         top = {"grammars": [{"name": "pitstop_thinking", "lark_grammar": lark}, *grammars], "max_tokens": None}
         return replace(self, grammar=json.dumps(top))
+
+    def _grammars(self) -> list[dict]:
+        """llguidance's list of grammars this one is, its entry first."""
+        try:
+            return list(json.loads(self.grammar)["grammars"])  # llguidance's top-level grammar (JSON, regex)
+        except (ValueError, KeyError, TypeError):
+            return [{"lark_grammar": self.grammar}]  # Lark text (grammars, choices)
+
+    @classmethod
+    def alternatives(cls, options: list[tuple[str, OutputConstraint]], param: str) -> OutputConstraint:
+        """An answer that is one of `options`: its literal prefix, then what its constraint allows (a forced
+        call of a function or of one of several custom tools: engine/forced_tools.py)."""
+        grammars, refs = [], []
+        for i, (prefix, constraint) in enumerate(options):
+            own = constraint._grammars()
+            own[0] = {**own[0], "name": f"option_{i}"}
+            grammars += own
+            refs.append(f"{json.dumps(prefix)} @option_{i}" if prefix else f"@option_{i}")
+        top = {"grammars": [{"name": "pitstop_options", "lark_grammar": "start: " + " | ".join(refs)}, *grammars],
+               "max_tokens": None}
+        return cls("grammar", json.dumps(top), param)
 
     @classmethod
     def choice(cls, options: list[str], param: str) -> OutputConstraint:

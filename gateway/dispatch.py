@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from engine.custom_tools import CustomCalls, as_function_chat
+from engine.server.errors import APIError
 from gateway.admission import QueueFull, waiting_item
-from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.backends.base import Backend, BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
 
 
@@ -32,6 +34,17 @@ def _leave(deployment: Deployment) -> None:
 
 
 Sent = Callable[[Deployment], None]
+
+
+def as_sent(backend: Backend, kind: Kind, body: dict) -> tuple[dict, CustomCalls | None]:
+    """The body as the backend takes it: custom tools written as functions where it has none, with what
+    turns their calls back (engine/custom_tools.py)."""
+    if kind != "chat" or backend.takes_custom_tools:
+        return body, None
+    try:
+        return as_function_chat(body)
+    except APIError as exc:  # a custom tool the gateway cannot write as a function
+        raise BackendError(exc.status, exc.message, retryable=False, param=exc.param, code=exc.code) from None
 
 
 @dataclass
@@ -71,7 +84,8 @@ class Dispatcher:
             if sent is not None:
                 sent(deployment)
             try:
-                result = await deployment.backend.complete(kind, body, ctx)
+                sent_body, custom = as_sent(deployment.backend, kind, body)
+                result = await deployment.backend.complete(kind, sent_body, ctx)
             except BackendError as exc:
                 if not exc.retryable:
                     raise
@@ -81,7 +95,7 @@ class Dispatcher:
             finally:
                 _leave(deployment)
             self.pool.mark_success(deployment)
-            return result, Dispatched(deployment, attempt)
+            return custom.answer(result) if custom else result, Dispatched(deployment, attempt)
         assert last is not None
         raise last
 
@@ -102,7 +116,12 @@ class Dispatcher:
                 continue
             if sent is not None:
                 sent(deployment)
-            chunks = deployment.backend.stream(kind, body, ctx)
+            try:
+                sent_body, custom = as_sent(deployment.backend, kind, body)
+            except BaseException:
+                _leave(deployment)
+                raise
+            chunks = deployment.backend.stream(kind, sent_body, ctx)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
@@ -121,16 +140,17 @@ class Dispatcher:
                 await chunks.aclose()
                 raise
             self.pool.mark_success(deployment)
-            return self._rest(first, chunks, deployment), Dispatched(deployment, attempt)
+            return self._rest(first, chunks, deployment, custom), Dispatched(deployment, attempt)
         assert last is not None
         raise last
 
     @staticmethod
-    async def _rest(first: dict, chunks: AsyncIterator[dict], deployment: Deployment) -> AsyncIterator[dict]:
+    async def _rest(first: dict, chunks: AsyncIterator[dict], deployment: Deployment,
+                    custom: CustomCalls | None) -> AsyncIterator[dict]:
         try:
-            yield first
+            yield custom.chunk(first) if custom else first
             async with aclosing(chunks):
                 async for chunk in chunks:
-                    yield chunk
+                    yield custom.chunk(chunk) if custom else chunk
         finally:
             _leave(deployment)

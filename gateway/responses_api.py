@@ -21,8 +21,6 @@ from gateway.responses_input import (
     chat_response_format,
     chat_tool_choice,
     chat_tools,
-    custom_input,
-    custom_tools,
     input_messages,
 )
 
@@ -133,7 +131,6 @@ class ResponseEnvelope:
     def __init__(self, request_id: str, raw: dict, store: bool = False) -> None:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
-        self.custom_tools = custom_tools(raw.get("tools"))  # whose calls come back as custom_tool_call items
         tool_choice = raw.get("tool_choice")
         self.settings = {"instructions": raw.get("instructions"), "max_output_tokens": raw.get("max_output_tokens"),
                          "metadata": raw.get("metadata") or {},
@@ -166,10 +163,7 @@ class ResponseEnvelope:
         if message.get("content"):
             output.append(message_item(self.id, message["content"], "completed"))
         for i, call in enumerate(message.get("tool_calls") or ()):
-            function = call.get("function") or {}
-            name = function.get("name") or ""
-            output.append(call_item(self.id, i, call.get("id") or f"call_{i}", name, function.get("arguments") or "",
-                                    "completed", name in self.custom_tools))
+            output.append(call_item(self.id, i, call, "completed"))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
                              choices[0].get("finish_reason"))
 
@@ -186,14 +180,16 @@ def message_item(resp: str, text: str, status: str) -> dict:
             "content": content}
 
 
-def call_item(resp: str, index: int, call_id: str, name: str, arguments: str, status: str,
-              custom: bool = False) -> dict:
-    """A chat tool call as a Responses output item: a `function_call`, or a `custom_tool_call` whose
-    input is its arguments unwrapped."""
-    base = resp.removeprefix("resp_")
-    if custom:
-        return {"type": "custom_tool_call", "id": f"ctc_{base}_{index}", "call_id": call_id, "name": name,
-                "input": custom_input(arguments), "status": status}
+def call_item(resp: str, index: int, call: dict, status: str) -> dict:
+    """A chat tool call as a Responses output item: a `function_call`, or a `custom_tool_call` (a chat
+    custom call, `{"type": "custom", "custom": {"name", "input"}}`)."""
+    base, call_id = resp.removeprefix("resp_"), call.get("id") or f"call_{index}"
+    if call.get("type") == "custom":
+        custom = call.get("custom") or {}
+        return {"type": "custom_tool_call", "id": f"ctc_{base}_{index}", "call_id": call_id,
+                "name": custom.get("name") or "", "input": custom.get("input") or "", "status": status}
+    function = call.get("function") or {}
+    name, arguments = function.get("name") or "", function.get("arguments") or ""
     return {"type": "function_call", "id": f"fc_{base}_{index}", "call_id": call_id, "name": name,
             "arguments": arguments, "status": status}
 

@@ -1,13 +1,12 @@
 """Responses API input as a chat request's parts: input items as messages, tools, tool_choice and
 `text.format`; a 400 naming the field for what a chat cannot carry.
 
-A custom tool (free-text input, as Codex's `apply_patch`) is a chat function with one string parameter,
-`input`, its grammar (if any) described to the model; its calls come back as `custom_tool_call` items
-(`custom_input` unwraps them)."""
+A custom tool (free-text input, as Codex's `apply_patch`) is a chat custom tool, its calls custom calls:
+Pitstop's engines hold its input to its grammar, and for other upstreams the gateway writes it as a
+function (gateway/dispatch.py, engine/custom_tools.py)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from engine.server.errors import bad_request
@@ -35,10 +34,10 @@ def input_messages(items: Any, field: str = "input") -> list[dict]:
             messages.append({"role": item["role"], "content": _content(item.get("content"), f"{where}.content",
                                                                         item["role"] == "assistant")})
         elif kind in ("function_call", "custom_tool_call"):
-            arguments = _string(item, "arguments", where) if kind == "function_call" else json.dumps(
-                {CUSTOM_INPUT: _string(item, "input", where)})
-            call = {"id": _string(item, "call_id", where), "type": "function",
-                    "function": {"name": _string(item, "name", where), "arguments": arguments}}
+            call_id, name = _string(item, "call_id", where), _string(item, "name", where)
+            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": _string(
+                item, "arguments", where)}} if kind == "function_call" else \
+                {"id": call_id, "type": "custom", "custom": {"name": name, "input": _string(item, "input", where)}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":  # a call after its text, or a parallel call
                 last.setdefault("tool_calls", []).append(call)
@@ -101,46 +100,24 @@ def chat_tools(tools: Any) -> list[dict]:
     return converted
 
 
-CUSTOM_INPUT = "input"  # the one argument a custom tool's call carries as a chat function call
-
-
-def custom_tools(tools: Any) -> frozenset[str]:
-    """The names of a checked request's custom tools, whose calls are turned back into custom calls."""
-    if not isinstance(tools, list):  # checked (a 400) where the request is converted
-        return frozenset()
-    return frozenset(t["name"] for t in tools
-                     if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str))
-
-
-def custom_input(arguments: str) -> str:
-    """A custom tool's input from its function call's arguments (`{"input": ...}`; anything else whole)."""
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        return arguments
-    value = parsed.get(CUSTOM_INPUT) if isinstance(parsed, dict) and len(parsed) == 1 else None
-    return value if isinstance(value, str) else arguments
-
-
 def _custom_tool(tool: dict, where: str) -> dict:
+    """A Responses custom tool as a chat one (engine/custom_tools.py writes it as a function for upstreams
+    that have no custom tools)."""
     description = tool.get("description")
     if description is not None and not isinstance(description, str):
         raise bad_request(f"'{where}.description' must be a string", f"{where}.description", "invalid_type")
     fmt = tool.get("format") or {"type": "text"}
     kind = fmt.get("type") if isinstance(fmt, dict) else None
-    parts = [description] if description else []
     if kind == "grammar":
         syntax, definition = fmt.get("syntax"), fmt.get("definition")
-        if syntax not in ("lark", "regex") or not isinstance(definition, str):
+        if syntax not in ("lark", "regex") or not isinstance(definition, str) or not definition:
             raise bad_request(f"'{where}.format' must name a lark or regex grammar with its definition",
                               f"{where}.format", "invalid_value")
-        parts.append(f"The input must match this {syntax} grammar:\n{definition}")
+        fmt = {"type": "grammar", "grammar": {"syntax": syntax, "definition": definition}}
     elif kind != "text":
         raise bad_request(f"'{where}.format.type' must be text or grammar", f"{where}.format", "invalid_value")
-    parameters = {"type": "object", "properties": {CUSTOM_INPUT: {"type": "string", "description": "the tool's input"}},
-                  "required": [CUSTOM_INPUT], "additionalProperties": False}
-    return {"type": "function", "function": {"name": tool["name"], **({"description": "\n\n".join(parts)} if parts
-                                                                       else {}), "parameters": parameters}}
+    return {"type": "custom", "custom": {"name": tool["name"], **({"description": description} if description else {}),
+                                        "format": fmt}}
 
 
 def chat_tool_choice(choice: Any) -> Any:
@@ -148,7 +125,7 @@ def chat_tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and isinstance(choice.get("name"),
                                                                                                str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+        return {"type": choice["type"], choice["type"]: {"name": choice["name"]}}
     raise bad_request("'tool_choice' must be auto, none, required or a function or custom tool by name",
                       "tool_choice", "unsupported")
 

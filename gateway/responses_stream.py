@@ -1,7 +1,8 @@
 """A chat stream as Responses API stream events (SSE bytes): a reasoning model's thinking, the message's
 text, then each tool call's arguments, each item opened when its first delta comes and closed at the end,
-then `response.completed` with the whole Response and its usage. A custom tool's input comes in one delta
-at its end: the chat streams it as JSON arguments, which are unwrapped once whole."""
+then `response.completed` with the whole Response and its usage. A custom tool's input comes as the chat
+streams it (in one piece where it came from an upstream without custom tools, which wrote it as a
+function's arguments: engine/custom_tools.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
 from gateway.backends.answers import reasoning_of
 from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item, reasoning_item
-from gateway.responses_input import custom_input
 
 
 def sse(event: dict) -> bytes:
@@ -91,23 +91,26 @@ class ResponseStream:
 
     def _call(self, call: dict) -> Iterator[bytes]:
         index = call.get("index", len(self.calls))
-        function = call.get("function") or {}
         item = self.calls.get(index)
         if item is None:
-            name = function.get("name") or ""
-            item = call_item(self.envelope.id, index, call.get("id") or f"call_{index}", name, "", "in_progress",
-                             name in self.envelope.custom_tools)
-            item["_arguments"] = ""
+            start = {**call, "function": {**(call.get("function") or {}), "arguments": ""},
+                     "custom": {**(call.get("custom") or {}), "input": ""}}
+            item = call_item(self.envelope.id, index, start, "in_progress")
             self.calls[index] = item
             self.items.append(item)
             yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=public_item(item))
-        arguments = function.get("arguments")
+        if item["type"] == "custom_tool_call":
+            piece = (call.get("custom") or {}).get("input")
+            if isinstance(piece, str) and piece:
+                item["input"] += piece
+                yield self._event("response.custom_tool_call_input.delta", item_id=item["id"],
+                                  output_index=self.items.index(item), delta=piece)
+            return
+        arguments = (call.get("function") or {}).get("arguments")
         if isinstance(arguments, str) and arguments:
-            item["_arguments"] += arguments
-            if item["type"] == "function_call":  # a custom call's input is its arguments unwrapped: at the end
-                item["arguments"] += arguments
-                yield self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                  output_index=self.items.index(item), delta=arguments)
+            item["arguments"] += arguments
+            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
+                              output_index=self.items.index(item), delta=arguments)
 
     def completed(self) -> Iterator[bytes]:
         """Each item's closing events; the Response itself comes from `final` and `final_event`."""
@@ -126,13 +129,10 @@ class ResponseStream:
                 yield self._event("response.reasoning_text.done", item_id=item["id"], output_index=index,
                                   content_index=0, text=text)
             elif item["type"] == "custom_tool_call":
-                item.update(status="completed", input=custom_input(item.pop("_arguments")))
-                yield self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
-                                  delta=item["input"])
+                item["status"] = "completed"
                 yield self._event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
                                   input=item["input"])
             else:
-                item.pop("_arguments")
                 item["status"] = "completed"
                 yield self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                                   name=item["name"], arguments=item["arguments"])

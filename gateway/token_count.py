@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError
+from gateway.dispatch import as_sent
 from gateway.request_body import parse_proxy_request
 from gateway.routing import estimate_tokens
 
@@ -43,7 +44,9 @@ def chat_input_tokens(chat: dict) -> int:
     for message in chat["messages"]:
         content = message.get("content")
         texts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
-        texts += [call["function"]["arguments"] for call in message.get("tool_calls", ())]
+        for call in message.get("tool_calls") or ():  # a function's arguments, or a custom call's input
+            texts.append(((call.get("custom") or {}).get("input") if call.get("type") == "custom"
+                          else (call.get("function") or {}).get("arguments")) or "")
     return estimate_tokens("".join(texts))
 
 
@@ -58,7 +61,7 @@ async def count_on_model(state: GatewayState, model: str, body: dict) -> TokenCo
     that fails is passed over), else the estimate. A chat a deployment would refuse is that 4xx."""
     for deployment in state.pool.by_model.get(model, ()):
         try:
-            counted = await deployment.backend.count_tokens(body)
+            counted = await deployment.backend.count_tokens(as_sent(deployment.backend, "chat", body)[0])
         except BackendError as exc:
             if exc.status >= 500:
                 log.warning("counting tokens on %s: %s", deployment.name, exc.message)

@@ -8,7 +8,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   completions: echo (the prompt before the answer; with logprobs, the prompt tokens' too; with
   max_tokens 0, the prompt alone: scoring, as lm-evaluation-harness asks for loglikelihoods);
   chat: tools, tool_choice ("required" or a function by name force a call, held by a grammar and
-  answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call);
+  answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call),
+  custom tools (free-text input, held to their Lark or regex grammar when forced: engine/custom_tools.py);
   response_format (text, json_object, json_schema) or vLLM's structured_outputs (json, regex, choice,
   grammar, json_object): the answer held to a grammar (engine/structured_output.py);
   vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
@@ -38,6 +39,7 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from engine.custom_tools import custom_tools, function_body
 from engine.forced_tools import ForcedTools, forced_tools
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import InvalidRequestError, SamplingParams
@@ -104,6 +106,7 @@ class GenerateRequest:
     truncate_prompt_tokens: int | None = None  # keep only the prompt's last this many tokens (vLLM's field)
     continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage so far on every chunk
     parallel_tool_calls: bool = True  # false: at most one call (forced, or parsed from the answer's text)
+    custom_tools: frozenset[str] = frozenset()  # chat: the tools whose calls go back as custom calls
 
     @property
     def num_choices(self) -> int:
@@ -166,15 +169,18 @@ def parse_chat(body: Any) -> GenerateRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
+    custom = custom_tools(body.get("tools"))
+    body = function_body(body, custom)  # templates render custom tools (and their calls) as functions
     tools = _tools(body)
     tool_choice = body.get("tool_choice")
     try:
-        forced = forced_tools(tool_choice, tools, body.get("parallel_tool_calls"))
+        forced = forced_tools(tool_choice, tools, body.get("parallel_tool_calls"), custom)
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     max_tokens = integer(body, "max_completion_tokens")
-    return _common(body, messages=[_message(m, i) for i, m in enumerate(messages)],
+    return _common(body, messages=[_message(m, i) for i, m in enumerate(body["messages"])],
                    tools=None if tool_choice == "none" else tools, forced_tools=forced, template=_template(body),
+                   custom_tools=frozenset(custom),
                    parallel_tool_calls=body.get("parallel_tool_calls") is not False,
                    max_tokens=integer(body, "max_tokens") if max_tokens is None else max_tokens)
 
@@ -265,6 +271,13 @@ def check_message_fields(message: dict, param: str) -> None:
         raise bad_request(f"'{param}.tool_calls' must be a list", f"{param}.tool_calls", "invalid_type")
     for i, call in enumerate(calls):
         where = f"{param}.tool_calls[{i}]"
+        if isinstance(call, dict) and call.get("type") == "custom":  # engine/custom_tools.py
+            custom = call.get("custom")
+            if not isinstance(custom, dict) or not isinstance(custom.get("name"), str) \
+                    or not isinstance(custom.get("input"), str):
+                raise bad_request(f"'{where}' must be {{\"id\", \"type\": \"custom\", \"custom\": {{\"name\", "
+                                  "\"input\"}}", where, "invalid_type")
+            continue
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             raise bad_request(f"'{where}' must be {{\"id\", \"type\": \"function\", \"function\": "
@@ -276,7 +289,7 @@ def check_message_fields(message: dict, param: str) -> None:
         if call.get("id") is not None and not isinstance(call["id"], str):
             raise bad_request(f"'{where}.id' must be a string", f"{where}.id", "invalid_type")
         if call.get("type", "function") != "function":
-            raise bad_request(f"'{where}.type' must be \"function\"", f"{where}.type", "invalid_value")
+            raise bad_request(f"'{where}.type' must be \"function\" or \"custom\"", f"{where}.type", "invalid_value")
 
 
 def _message(message: Any, index: int) -> dict:

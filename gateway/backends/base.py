@@ -45,6 +45,9 @@ class Backend(Protocol):
     uses_rank: bool
     # Whether `complete("embedding", ...)` reaches an embeddings endpoint (Pitstop's engines have none).
     serves_embeddings: bool
+    # Whether chats go with their custom tools as they are (Pitstop's engines, which hold a forced call's
+    # input to its grammar); elsewhere they are written as functions (engine/custom_tools.py).
+    takes_custom_tools: bool
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
 

@@ -224,6 +224,29 @@ def test_a_forced_tool_call_from_a_local_model_through_each_api(embedded: tuple[
     jsonschema.validate(json.loads(call.arguments), schema)
 
 
+def test_a_custom_tools_grammar_holds_a_local_models_input(embedded: tuple[Gateway, Path]) -> None:
+    """Codex's kind of tool (free text held to a Lark grammar) told to a random tiny model: the
+    custom_tool_call's input is one the grammar accepts, whole and streamed, from each local model."""
+    import re
+
+    patch = {"type": "custom", "name": "edit", "description": "Edits a file",
+             "format": {"type": "grammar", "syntax": "lark",
+                        "definition": 'start: "*** " OP " " PATH\nOP: "Add" | "Delete"\nPATH: /[a-z]{1,8}\\.py/'}}
+    accepted = re.compile(r"\*\*\* (Add|Delete) [a-z]{1,8}\.py")
+    gw, _ = embedded
+    with gw.openai() as client:
+        for model in ("tiny-small", "tiny-large"):
+            ask = {"model": model, "input": "Remove the old module", "max_output_tokens": 40, "tools": [patch],
+                   "tool_choice": {"type": "custom", "name": "edit"}}
+            whole = client.responses.create(**ask)
+            with client.responses.stream(**ask) as stream:
+                streamed = stream.get_final_response()
+            for response in (whole, streamed):
+                (call,) = response.output
+                assert (call.type, call.name) == ("custom_tool_call", "edit")
+                assert accepted.fullmatch(call.input), call.input
+
+
 @contextmanager
 def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
     """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""

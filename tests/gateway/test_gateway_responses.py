@@ -69,30 +69,66 @@ PATCH = {"type": "custom", "name": "apply_patch", "description": "Apply a patch 
          "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[a-z ]+/"}}
 
 
-def test_a_custom_tool_takes_free_text_and_its_call_round_trips(gw: Gateway, upstreams: tuple) -> None:
-    """Codex's kind of tool: a chat function with one string argument upstream, free text to the client."""
+@pytest.mark.parametrize("model", ["up", "up-vllm"])  # a Pitstop engine, and vLLM through litellm
+def test_a_custom_tool_takes_free_text_and_its_call_round_trips(gw: Gateway, upstreams: tuple, model: str) -> None:
+    """Codex's kind of tool: a chat custom tool to Pitstop's engines, which hold its input to its grammar;
+    to other upstreams a function with one string argument; free text to the client either way."""
+    native = model == "up"
+    upstream = upstreams[0 if native else 1]
     with gw.openai() as client:
-        first = client.responses.create(model="up", input="fix the bug", tools=[PATCH, WEATHER])
+        first = client.responses.create(model=model, input="fix the bug", tools=[PATCH, WEATHER])
         call = first.output[0]
         assert call.type == "custom_tool_call" and call.name == "apply_patch" and call.input == "fix the bug"
-        tool = upstreams[0].stats()["bodies"][-1]["tools"][0]["function"]
-        assert tool["parameters"]["required"] == ["input"] and "start: /[a-z ]+/" in tool["description"]
+        tool = upstream.stats()["bodies"][-1]["tools"][0]
         follow_up = [{"role": "user", "content": "fix the bug"}, call.model_dump(exclude_none=True),
                      {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "applied"}]
-        second = client.responses.create(model="up", input=follow_up, tools=[PATCH],
+        second = client.responses.create(model=model, input=follow_up, tools=[PATCH],
                                          tool_choice={"type": "custom", "name": "apply_patch"})
-        with client.responses.stream(model="up", input="and the next one", tools=[PATCH]) as stream:
-            kinds = [event.type for event in stream]
+        with client.responses.stream(model=model, input="and the next one", tools=[PATCH]) as stream:
+            events = list(stream)
             streamed = stream.get_final_response()
-    sent = upstreams[0].stats()["bodies"][-2]
-    assert sent["messages"][1] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": call.call_id, "type": "function", "function": {"name": "apply_patch",
-                                                               "arguments": json.dumps({"input": "fix the bug"})}}]}
+    sent = upstream.stats()["bodies"][-2]
+    if native:
+        assert tool == {"type": "custom", "custom": {"name": "apply_patch", "description": PATCH["description"],
+                                                     "format": {"type": "grammar", "grammar": {
+                                                         "syntax": "lark", "definition": "start: /[a-z ]+/"}}}}
+        assert sent["messages"][1]["tool_calls"] == [
+            {"id": call.call_id, "type": "custom", "custom": {"name": "apply_patch", "input": "fix the bug"}}]
+        assert sent["tool_choice"] == {"type": "custom", "custom": {"name": "apply_patch"}}
+    else:
+        assert tool["function"]["parameters"]["required"] == ["input"]
+        assert "start: /[a-z ]+/" in tool["function"]["description"]
+        assert sent["messages"][1]["tool_calls"] == [
+            {"id": call.call_id, "type": "function", "function": {"name": "apply_patch",
+                                                                   "arguments": json.dumps({"input": "fix the bug"})}}]
+        assert sent["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
     assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": "applied"}
-    assert sent["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
     assert second.output[0].type == "custom_tool_call"
+    kinds = [event.type for event in events]
+    pieces = [event.delta for event in events if event.type == "response.custom_tool_call_input.delta"]
     assert "response.custom_tool_call_input.done" in kinds and "response.function_call_arguments.delta" not in kinds
+    assert "".join(pieces) == "and the next one" and len(pieces) == (2 if native else 1)  # as the upstream streams it
     assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == "and the next one"
+
+
+def test_a_chat_clients_custom_tools_reach_any_upstream(gw: Gateway, upstreams: tuple) -> None:
+    """Chat Completions' own custom tools: as they are to a Pitstop engine, as functions to vLLM, and the
+    calls come back as custom calls from both, whole and streamed."""
+    tool = {"type": "custom", "custom": {"name": "apply_patch", "format": {"type": "text"}}}
+    with gw.openai() as client:
+        for model in ("up", "up-vllm"):
+            whole = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "patch it"}],
+                                                   tools=[tool])  # type: ignore[list-item]
+            chunks = list(client.chat.completions.create(model=model, stream=True, tools=[tool],  # type: ignore[list-item]
+                                                         messages=[{"role": "user", "content": "and this"}]))
+            calls = whole.choices[0].message.tool_calls or []
+            assert [(c.type, c.custom.name, c.custom.input) for c in calls] == [  # type: ignore[union-attr]
+                ("custom", "apply_patch", "patch it")]
+            deltas = [d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
+            assert {d["type"] for d in deltas if d.get("type")} == {"custom"}
+            assert "".join(d["custom"]["input"] for d in deltas) == "and this"
+    assert upstreams[0].stats()["bodies"][-1]["tools"] == [tool]
+    assert upstreams[1].stats()["bodies"][-1]["tools"][0]["type"] == "function"
 
 
 def test_a_codex_shaped_turn_is_served_as_one_session(gw: Gateway, upstreams: tuple) -> None:

@@ -2,8 +2,8 @@
 
 It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in a last chunk when
 `stream_options.include_usage` is set, as OpenAI does), and answers with a `tool_calls` message when
-`tools` are sent (the prompt's text as the first tool's first required parameter, else as `q`), so tool
-passthrough is tested end to end. The answer is `N` words, the first naming
+`tools` are sent (the prompt's text as the first tool's first required parameter, else as `q`; a custom
+tool's input, streamed in two pieces), so tool passthrough is tested end to end. The answer is `N` words, the first naming
 the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
 answers /v1/embeddings, with vectors that say what they embed (`embedding_of`).
 
@@ -98,9 +98,14 @@ def _first_tool(body: dict) -> str | None:
     """The name of the first tool sent, which the answer then calls."""
     tools = body.get("tools")
     first = tools[0] if isinstance(tools, list) and tools and isinstance(tools[0], dict) else {}
-    function = first.get("function")
+    function = first.get("custom" if first.get("type") == "custom" else "function")
     name = function.get("name") if isinstance(function, dict) else None
     return name if isinstance(name, str) else None
+
+
+def _custom(tool_spec: dict | None) -> bool:
+    """Is the tool a custom one (its call takes the prompt's text as its input, as Pitstop's engine's does)?"""
+    return isinstance(tool_spec, dict) and tool_spec.get("type") == "custom"
 
 
 def directives(text: str, name: str) -> dict[str, float]:
@@ -220,8 +225,9 @@ class Upstream:
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
         finish = "stop"
         if tool is not None:
-            message = {"role": "assistant", "content": None, "tool_calls": [
-                {"id": self.call_id(), "type": "function", "function": {"name": tool, "arguments": json.dumps({_argument_name(tool_spec): text})}}]}
+            call = {"type": "custom", "custom": {"name": tool, "input": text}} if _custom(tool_spec) else \
+                {"type": "function", "function": {"name": tool, "arguments": json.dumps({_argument_name(tool_spec): text})}}
+            message = {"role": "assistant", "content": None, "tool_calls": [{"id": self.call_id(), **call}]}
             finish = "tool_calls"
         if thinking:
             message["reasoning_content"] = " ".join(thinking)
@@ -237,7 +243,13 @@ class Upstream:
             data = {**envelope, "choices": [{"index": 0, **choice}] if choice else [], **extra}
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        if chat and tool is not None:
+        if chat and tool is not None and _custom(tool_spec):
+            half = len(text) // 2
+            pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": self.call_id(), "type": "custom",
+                                                                      "custom": {"name": tool, "input": text[:half]}}]}},
+                      {"delta": {"tool_calls": [{"index": 0, "custom": {"input": text[half:]}}]}}]
+            finish = "tool_calls"
+        elif chat and tool is not None:
             pieces = [{"delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": self.call_id(), "type": "function",
                                                                       "function": {"name": tool, "arguments": ""}}]}},
                       {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({_argument_name(tool_spec): text})}}]}}]
