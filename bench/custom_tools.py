@@ -1,13 +1,17 @@
-"""What custom tools cost: on Pitstop's engine, a forced call held to its grammar; in the gateway, writing
-chats as functions for upstreams without custom tools.
+"""What tool grammars cost: on Pitstop's engine, a custom tool's forced call held to its grammar and a strict
+tool's calls held under "auto"; in the gateway, writing chats as functions for upstreams without custom
+tools.
 
     .venv/bin/python -m bench.custom_tools [--reps 5] [--batch 16] [--threads N]
 
-- engine: a random Llama (4 layers, hidden 256, a 32,000-token vocabulary) decodes `--batch` forced
-  calls of Codex's `apply_patch` at once (128-token prompts, up to 64 new tokens), three ways,
-  alternating within each repetition: free text (no grammar: the baseline), the call as a function
-  (the JSON array of a call whose `input` is a string, as a custom tool was forced before it had its own
-  grammar), and the call as a custom tool held to an apply_patch Lark grammar (engine/forced_tools.py).
+- engine: a random Llama (4 layers, hidden 256, a 32,000-token vocabulary) decodes `--batch` answers at
+  once (128-token prompts, up to 64 new tokens), four ways, alternating within each repetition: free
+  text (no grammar: the baseline); free text with a strict tool offered under `tool_choice: "auto"`
+  (the lazy grammar of engine/held_calls.py armed at every step, waiting for a call that a random model
+  almost never opens: what every answer of such a request pays); a forced call of Codex's
+  `apply_patch` as a function (the JSON array of a call whose `input` is a string, as a custom tool was
+  forced before it had its own grammar); and the same call as a custom tool held to an apply_patch Lark
+  grammar (engine/forced_tools.py).
   Output tokens per second on this thread's CPU clock and the ratio to free text (medians of
   per-repetition ratios), and how many calls the model completed within the 64 tokens.
 - gateway: CPU microseconds `gateway/dispatch.py` `as_sent` spends on a chat for an upstream without
@@ -38,6 +42,7 @@ from bench.common import RESULTS, THREADS_HELP, CpuClock, command, machine_info,
 from engine.config import EngineConfig  # noqa: E402
 from engine.custom_tools import CustomCalls, CustomTool, custom_tools, function_body  # noqa: E402
 from engine.forced_tools import ForcedTools  # noqa: E402
+from engine.held_calls import held_calls  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.sampling_params import SamplingParams  # noqa: E402
 from engine.tiny_model import make_tiny_model  # noqa: E402
@@ -69,12 +74,16 @@ LF: "\n"
 PATCH_TOOL = CustomTool("apply_patch", "Edit files", "lark", APPLY_PATCH)
 
 
-def engine_variants() -> dict[str, SamplingParams]:
+def engine_variants(tokenizer: Tokenizer) -> dict[str, SamplingParams]:
     as_function = PATCH_TOOL.as_function()
     forced_function = ForcedTools(("apply_patch",), named=True, max_calls=1)
     forced_custom = ForcedTools(("apply_patch",), named=True, max_calls=1, custom={"apply_patch": PATCH_TOOL})
     base = {"temperature": 1.0, "seed": 7, "max_tokens": OUTPUT_LEN}
+    weather = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    held = held_calls([weather, as_function], "hermes", tokenizer.added_tokens, True)
     return {"free_text": SamplingParams(**base, ignore_eos=True),
+            "free_text_strict_tool_offered": SamplingParams(**base, ignore_eos=True, constraint=held),
             "function_call": SamplingParams(**base, constraint=forced_function.constraint([as_function])),
             "custom_call_lark": SamplingParams(**base, constraint=forced_custom.constraint([as_function]))}
 
@@ -106,7 +115,7 @@ def engine_section(reps: int, batch: int) -> dict:
         runner = TorchModelRunner(model_dir, config.num_blocks, BLOCK_SIZE, device="cpu", dtype=torch.float32)
         rng = random.Random(1)
         prompts = [[rng.randrange(32_000) for _ in range(PROMPT_LEN)] for _ in range(batch)]
-        variants = engine_variants()
+        variants = engine_variants(tokenizer)
         for params in variants.values():  # warm-up: allocations, llguidance's view of the vocabulary
             run(runner, config, prompts[:2], params, tokenizer)
         runs: dict[str, list[dict]] = {name: [] for name in variants}

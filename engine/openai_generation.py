@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from engine.async_engine import AsyncEngine
 from engine.call_stream import CallStream
 from engine.custom_tools import CustomCalls, custom_calls_of
+from engine.held_calls import held_calls
 from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
 from engine.merge import merged
@@ -114,6 +115,11 @@ class OpenAIGeneration:
         self.reasoning = bool(reasoning_parser) and chat and parsed.forced_tools is None
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
+        if self.calls and parsed.tools and engine.engine.can_constrain:  # strict tools: engine/held_calls.py
+            held = held_calls(parsed.tools, self.calls, getattr(engine.tokenizer, "added_tokens", frozenset()),
+                              parsed.parallel_tool_calls)
+            if held is not None:
+                self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=held))
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None

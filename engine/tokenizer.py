@@ -42,6 +42,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @cached_property
+    def added_tokens(self) -> frozenset[str]:
+        """The added tokens' texts, special or not (a grammar matches each as one token: engine/held_calls.py)."""
+        return frozenset(token.content for token in self._tok.get_added_tokens_decoder().values())
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
