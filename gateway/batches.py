@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from engine.server.errors import bad_request, not_found
 from gateway.auth import Caller
-from gateway.files import Files, _db
+from gateway.files import Files, _db, expiry_seconds
 from storage.files import BatchStore
 from storage.inserts import describe
 
@@ -142,6 +142,7 @@ class Batches:
         metadata = raw.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise bad_request("'metadata' must be an object", "metadata", "invalid_type")
+        output_expiry_s = expiry_seconds(raw.get("output_expires_after"), "output_expires_after")
         await self.files.owned(file_id, caller.key_id, "input_file_id")
         lines = _lines(await self.files.content(file_id, caller.key_id), url)
         now = _now()
@@ -150,7 +151,9 @@ class Batches:
                  "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": now,
                  "expires_at": now + seconds, "finalizing_at": None, "completed_at": None, "failed_at": None,
                  "expired_at": None, "cancelling_at": None, "cancelled_at": None, "metadata": metadata,
-                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                 **({"output_expires_after": {"anchor": "created_at", "seconds": output_expiry_s}}
+                    if output_expiry_s is not None else {})}
         await _db(self.store.put, {"id": batch["id"], "created_at": datetime.now(UTC), "api_key_id": caller.key_id,
                                    "status": batch["status"], "lease_until": self.lease_until(), "batch": batch})
         self._start(batch, lines, caller, {})
@@ -283,7 +286,8 @@ class Batches:
         for name, records in (("output_file_id", outputs), ("error_file_id", errors)):
             if records:
                 stored = await self.files.put(("\n".join(records) + "\n").encode(), f"{batch['id']}_{name[:-8]}.jsonl",
-                                              "batch_output", key_id)
+                                              "batch_output", key_id,
+                                              (batch.get("output_expires_after") or {}).get("seconds"))
                 ended[name] = stored["id"]
         await asyncio.to_thread(self.store.advance, batch["id"], ended, None, ("finalizing",))
 

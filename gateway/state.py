@@ -200,6 +200,7 @@ class GatewayState:
         await self.batches.start()  # and takes over any batch whose replica stopped
         await self.webhooks.start()
         self.stored_completions.start()
+        self.files.start()  # deletes expired files hourly
         if self.retention is not None:
             self.retention.start()
         if self.key_events is not None:
@@ -249,6 +250,7 @@ class GatewayState:
         await self.limiter.close()
         await self.responses.close()
         await self.stored_completions.close()
+        await self.files.close()
         self.conversations.writer.close(timeout=10)
         if self.key_events is not None:
             await self.key_events.close()

@@ -6,10 +6,10 @@ These calls do blocking I/O: run them in a thread, never on the event loop."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Table, delete, select, tuple_, update
+from sqlalchemy import Column, ColumnElement, Table, delete, or_, select, tuple_, update
 from sqlalchemy.engine import URL, Engine
 
 from storage.db import as_engine
@@ -36,14 +36,19 @@ class FileStore:
             connection.execute(FILES.insert(), [self._shape.complete(row)])
 
     def get(self, file_id: str) -> dict[str, Any] | None:
-        """The file's row without its content (None: there is none)."""
+        """The file's row without its content (None: there is none, or it has expired)."""
         with self._engine.connect() as connection:
-            row = connection.execute(select(*_FILE_INFO).where(FILES.c.id == file_id)).first()
+            row = connection.execute(select(*_FILE_INFO).where(FILES.c.id == file_id, _unexpired())).first()
             return None if row is None else dict(row._mapping)
 
     def content(self, file_id: str) -> bytes | None:
         with self._engine.connect() as connection:
-            return connection.execute(select(FILES.c.content).where(FILES.c.id == file_id)).scalar()
+            return connection.execute(select(FILES.c.content).where(FILES.c.id == file_id, _unexpired())).scalar()
+
+    def purge(self, now: datetime) -> int:
+        """Delete the expired files; how many went."""
+        with self._engine.begin() as connection:
+            return connection.execute(delete(FILES).where(FILES.c.expires_at <= now)).rowcount
 
     def delete(self, file_id: str) -> bool:
         with self._engine.begin() as connection:
@@ -51,8 +56,12 @@ class FileStore:
 
     def page(self, key_id: str | None, limit: int, descending: bool, after: str | None,
              purpose: str | None = None) -> tuple[list[dict[str, Any]], bool]:
-        where = () if purpose is None else (FILES.c.purpose == purpose,)
+        where = (_unexpired(),) if purpose is None else (_unexpired(), FILES.c.purpose == purpose)
         return key_page(self._engine, FILES, _FILE_INFO, key_id, limit, descending, after, *where)
+
+
+def _unexpired() -> ColumnElement[bool]:
+    return or_(FILES.c.expires_at.is_(None), FILES.c.expires_at > datetime.now(UTC))
 
 
 class BatchStore:

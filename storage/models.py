@@ -276,7 +276,7 @@ class ConversationItem(Base):
 
 class StoredFile(Base):
     """An uploaded file (`/v1/files`), a batch's input or output: its content in the row, so every replica
-    serves it. Kept until deleted."""
+    serves it. Kept until deleted, or until it expires."""
 
     __tablename__ = "files"
     __table_args__ = (Index("ix_files_api_key_id_created_at", "api_key_id", "created_at"),)
@@ -288,6 +288,7 @@ class StoredFile(Base):
     purpose: Mapped[str]
     bytes: Mapped[int] = mapped_column(BigInteger)
     content: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)  # None: kept until deleted
 
 
 class Batch(Base):

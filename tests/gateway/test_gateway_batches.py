@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import openai
 import pytest
 from openai.types import Batch
+from sqlalchemy import create_engine, update
 
 from gateway.batches import BATCH_PRIORITY
-from storage.files import BatchStore
+from storage.files import FILES, BatchStore, FileStore
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.test_gateway_embeddings import embedding_model
 from tests.gateway.upstream import UpstreamProcess
@@ -162,6 +163,41 @@ def test_bad_batches_are_clear_4xx(gw: Gateway, content: bytes, fields: dict, st
         answer = http.post("/v1/batches", json={"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions",
                                                 "completion_window": "24h", **fields})
     assert answer.status_code == status and answer.json()["error"]["param"] == param
+
+
+def test_files_expire_as_asked_and_are_gone_once_they_have(gw: Gateway) -> None:
+    """`expires_after` on upload (a `batch` file's default: 30 days; others kept), a batch's
+    `output_expires_after` for its output file; an expired file is a 404 at once, and swept."""
+    with gw.openai() as client:
+        hour = client.files.create(file=("h.jsonl", jsonl([chat_line("a", "x")])), purpose="batch",
+                                   expires_after={"anchor": "created_at", "seconds": 3600})
+        month = client.files.create(file=("m.jsonl", jsonl([chat_line("a", "[words:2] x")])), purpose="batch")
+        kept = client.files.create(file=("k.txt", b"notes"), purpose="user_data")
+        batch = client.batches.create(input_file_id=month.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                      output_expires_after={"anchor": "created_at", "seconds": 7200})
+        done = ended(client, batch.id)
+        assert done.output_file_id is not None
+        output = client.files.retrieve(done.output_file_id)
+        for bad in ({"anchor": "created_at", "seconds": 60}, {"anchor": "now", "seconds": 3600}):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.files.create(file=("b.txt", b"x"), purpose="user_data", expires_after=bad)  # type: ignore[arg-type]
+            assert refused.value.body["param"] == "expires_after"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError):
+            client.batches.create(input_file_id=month.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  output_expires_after={"anchor": "created_at", "seconds": 31 * 86_400})
+        with create_engine(gw.storage_url).begin() as connection:  # the hour passes
+            connection.execute(update(FILES).where(FILES.c.id == hour.id)
+                               .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(hour.id)
+        with pytest.raises(openai.NotFoundError):
+            client.files.content(hour.id)
+        listed = [f.id for f in client.files.list(purpose="batch")]
+    assert (hour.expires_at, month.expires_at, kept.expires_at) == (
+        hour.created_at + 3600, month.created_at + 30 * 86_400, None)
+    assert output.expires_at == output.created_at + 7200
+    assert month.id in listed and hour.id not in listed
+    assert FileStore(gw.storage_url).purge(datetime.now(UTC)) == 1 and FileStore(gw.storage_url).get(month.id)
 
 
 def test_bad_uploads_are_clear_400s(gw: Gateway) -> None:
