@@ -148,7 +148,7 @@ def _median_us(call, n: int = 2000) -> float:  # noqa: ANN001
 
 
 class _Upstream:
-    takes_custom_tools = False
+    native_tools = False
 
 
 def gateway_section() -> dict:

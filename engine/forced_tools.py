@@ -81,10 +81,15 @@ def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls
         return None
     names = [t["function"]["name"] for t in tools or ()]
     if not names:
-        raise InvalidRequestError("'tool_choice' forces a tool call, but the request has no 'tools'", "tool_choice")
+        raise InvalidRequestError("'tool_choice' needs the request's 'tools'", "tool_choice")
     max_calls = 1 if parallel_tool_calls is False else None
     if tool_choice == "required":
         return ForcedTools(tuple(names), named=False, max_calls=max_calls, custom=custom or {})
+    allowed = allowed_tools(tool_choice, tools)
+    if allowed is not None:  # "required" among the allowed ones; "auto" is held where calls are parsed
+        mode, chosen = allowed
+        return ForcedTools(chosen, named=False, max_calls=max_calls, custom=custom or {}) if mode == "required" \
+            else None
     function = tool_choice.get("function") if isinstance(tool_choice, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str) or tool_choice.get("type", "function") != "function":
@@ -94,6 +99,45 @@ def forced_tools(tool_choice: Any, tools: list[dict] | None, parallel_tool_calls
         raise InvalidRequestError(f"'tool_choice' names {name!r}, which is not among the request's tools",
                                   "tool_choice")
     return ForcedTools((name,), named=True, max_calls=1, custom=custom or {})
+
+
+def allowed_tools(tool_choice: Any, tools: list[dict] | None) -> tuple[str, tuple[str, ...]] | None:
+    """OpenAI's `{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools": [...]}}`:
+    its mode and the names of the tools it allows (all among the request's: the prompt keeps offering
+    every tool, so a cached prefix stays the same whichever are allowed); None for any other tool_choice."""
+    if not isinstance(tool_choice, dict) or tool_choice.get("type") != "allowed_tools":
+        return None
+    spec = tool_choice.get("allowed_tools")
+    mode = spec.get("mode") if isinstance(spec, dict) else None
+    listed = spec.get("tools") if isinstance(spec, dict) else None
+    if mode not in ("auto", "required") or not isinstance(listed, list) or not listed:
+        raise InvalidRequestError("'tool_choice' must be {\"type\": \"allowed_tools\", \"allowed_tools\": {\"mode\": "
+                                  "\"auto\" | \"required\", \"tools\": [...]}} with at least one tool", "tool_choice")
+    offered, names = {t["function"]["name"] for t in tools or ()}, []
+    for tool in listed:
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        named = tool.get(kind) if kind in ("function", "custom") else None
+        name = named.get("name") if isinstance(named, dict) else None
+        if name not in offered:
+            raise InvalidRequestError(f"'tool_choice.allowed_tools.tools' allows {name!r}, which is not among the "
+                                      "request's tools", "tool_choice")
+        names.append(name)
+    return mode, tuple(dict.fromkeys(names))
+
+
+def offering_only_allowed(body: dict) -> dict:
+    """The chat for an upstream that has no `allowed_tools`: only the allowed tools offered, and its mode as
+    the tool_choice (the prompt then differs with the allowed set, but the same calls can be made)."""
+    tool_choice = body.get("tool_choice")
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    as_functions = [t if t.get("type") != "custom" else {"function": t.get("custom")} for t in tools
+                    if isinstance(t, dict) and isinstance(t.get("function") or t.get("custom"), dict)]
+    allowed = allowed_tools(tool_choice, as_functions)
+    if allowed is None:
+        return body
+    mode, names = allowed
+    kept = [t for t in tools if (t.get("function") or t.get("custom") or {}).get("name") in names]
+    return {**body, "tools": kept, "tool_choice": mode}
 
 
 def tool_calls_of(text: str) -> list[dict] | None:

@@ -5,7 +5,9 @@ naming one of the request's tools, whose arguments the tool's JSON schema accept
 that is not strict), then the call's end, then free text again (one call only with
 `parallel_tool_calls: false`). This is vLLM's structural tags, built on llguidance's lazy lexemes.
 
-Only where a tool is strict (a schema that cannot be compiled is then a 400, as OpenAI refuses one),
+The same grammar keeps calls to the allowed tools where `tool_choice` is `{"type": "allowed_tools", "allowed_tools":
+{"mode": "auto", ...}}` (the prompt offering them all). Only where a tool is strict or some are allowed
+(a strict schema that cannot be compiled is then a 400, as OpenAI refuses one),
 only for the `hermes` format (a Llama answer is calls or text from its first character, with no tag to
 wake a grammar on), and not for custom tools' inputs, which sit in a JSON string."""
 
@@ -20,11 +22,14 @@ _COMPACT = {"whitespace_flexible": False}  # as every JSON the engine holds (eng
 
 
 def held_calls(tools: list[dict], parser: str | None, added_tokens: frozenset[str], parallel: bool,
+               allowed: frozenset[str] | None = None,
                tags: tuple[str, str] = (CALL_START, CALL_END)) -> OutputConstraint | None:
-    """The grammar for a chat offering `tools` to a model whose calls `parser` reads; None where nothing
-    is held. `added_tokens`: the tokenizer's added tokens (a tag that is one is matched as that token)."""
-    if parser != "hermes" or not any(tool["function"].get("strict") for tool in tools):
+    """The grammar for a chat offering `tools` to a model whose calls `parser` reads (only the `allowed`
+    ones callable, where tool_choice is allowed_tools); None where nothing is held. `added_tokens`: the
+    tokenizer's added tokens (a tag that is one is matched as that token)."""
+    if parser != "hermes" or (allowed is None and not any(tool["function"].get("strict") for tool in tools)):
         return None
+    tools = [tool for tool in tools if allowed is None or tool["function"]["name"] in allowed]
     options = []
     for k, tool in enumerate(tools):
         function = tool["function"]

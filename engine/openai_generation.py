@@ -115,11 +115,15 @@ class OpenAIGeneration:
         self.reasoning = bool(reasoning_parser) and chat and parsed.forced_tools is None
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
-        if self.calls and parsed.tools and engine.engine.can_constrain:  # strict tools: engine/held_calls.py
+        held = None
+        if self.calls and parsed.tools and engine.engine.can_constrain:  # strict or allowed tools: held_calls.py
             held = held_calls(parsed.tools, self.calls, getattr(engine.tokenizer, "added_tokens", frozenset()),
-                              parsed.parallel_tool_calls)
+                              parsed.parallel_tool_calls, parsed.allowed_tools)
             if held is not None:
                 self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=held))
+        if held is None and parsed.allowed_tools is not None and parsed.tools:  # no grammar: offer only those
+            self.parsed = parsed = replace(parsed, tools=[t for t in parsed.tools
+                                                          if t["function"]["name"] in parsed.allowed_tools])
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
         self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None

@@ -9,6 +9,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from engine.custom_tools import CustomCalls, as_function_chat
+from engine.forced_tools import offering_only_allowed
+from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from gateway.admission import QueueFull, waiting_item
 from gateway.backends.base import Backend, BackendError, CallContext, Kind
@@ -37,12 +39,14 @@ Sent = Callable[[Deployment], None]
 
 
 def as_sent(backend: Backend, kind: Kind, body: dict) -> tuple[dict, CustomCalls | None]:
-    """The body as the backend takes it: custom tools written as functions where it has none, with what
-    turns their calls back (engine/custom_tools.py)."""
-    if kind != "chat" or backend.takes_custom_tools:
+    """The body as the backend takes it: where it has no custom tools or allowed_tools, custom tools
+    written as functions (with what turns their calls back) and only the allowed tools offered."""
+    if kind != "chat" or backend.native_tools:
         return body, None
     try:
-        return as_function_chat(body)
+        return as_function_chat(offering_only_allowed(body))
+    except InvalidRequestError as exc:
+        raise BackendError(400, str(exc), retryable=False, param=exc.param) from None
     except APIError as exc:  # a custom tool the gateway cannot write as a function
         raise BackendError(exc.status, exc.message, retryable=False, param=exc.param, code=exc.code) from None
 

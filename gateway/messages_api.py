@@ -214,6 +214,8 @@ def _tools(tools: Any) -> list[dict]:
         function = {"name": tool["name"], "parameters": tool["input_schema"]}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
+        if tool.get("strict") is True:  # Anthropic's structured outputs: held as OpenAI's strict functions
+            function["strict"] = True
         converted.append({"type": "function", "function": function})
     return converted
 

@@ -123,11 +123,16 @@ def _custom_tool(tool: dict, where: str) -> dict:
 def chat_tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools" and isinstance(choice.get("tools"), list):
+        tools = [{"type": t["type"], t["type"]: {"name": t["name"]}} if isinstance(t, dict)
+                 and t.get("type") in ("function", "custom") and isinstance(t.get("name"), str) else t
+                 for t in choice["tools"]]  # the chat's checks name anything else
+        return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode"), "tools": tools}}
     if isinstance(choice, dict) and choice.get("type") in ("function", "custom") and isinstance(choice.get("name"),
                                                                                                str):
         return {"type": choice["type"], choice["type"]: {"name": choice["name"]}}
-    raise bad_request("'tool_choice' must be auto, none, required or a function or custom tool by name",
-                      "tool_choice", "unsupported")
+    raise bad_request("'tool_choice' must be auto, none, required, allowed_tools or a function or custom tool by "
+                      "name", "tool_choice", "unsupported")
 
 
 def chat_response_format(text: Any) -> dict | None:

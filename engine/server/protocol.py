@@ -8,7 +8,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   completions: echo (the prompt before the answer; with logprobs, the prompt tokens' too; with
   max_tokens 0, the prompt alone: scoring, as lm-evaluation-harness asks for loglikelihoods);
   chat: tools, tool_choice ("required" or a function by name force a call, held by a grammar and
-  answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call),
+  answered as tool_calls: engine/forced_tools.py; parallel_tool_calls false then allows one call;
+  allowed_tools narrows either mode to some of the tools, the prompt still offering all),
   custom tools (free-text input, held to their Lark or regex grammar when forced: engine/custom_tools.py);
   response_format (text, json_object, json_schema) or vLLM's structured_outputs (json, regex, choice,
   grammar, json_object): the answer held to a grammar (engine/structured_output.py);
@@ -40,7 +41,7 @@ from dataclasses import field as dataclass_field
 from typing import Any
 
 from engine.custom_tools import custom_tools, function_body
-from engine.forced_tools import ForcedTools, forced_tools
+from engine.forced_tools import ForcedTools, allowed_tools, forced_tools
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.server.errors import bad_request
@@ -107,6 +108,7 @@ class GenerateRequest:
     continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage so far on every chunk
     parallel_tool_calls: bool = True  # false: at most one call (forced, or parsed from the answer's text)
     custom_tools: frozenset[str] = frozenset()  # chat: the tools whose calls go back as custom calls
+    allowed_tools: frozenset[str] | None = None  # chat: tool_choice allowed_tools in "auto" mode (held_calls)
 
     @property
     def num_choices(self) -> int:
@@ -175,12 +177,14 @@ def parse_chat(body: Any) -> GenerateRequest:
     tool_choice = body.get("tool_choice")
     try:
         forced = forced_tools(tool_choice, tools, body.get("parallel_tool_calls"), custom)
+        allowed = allowed_tools(tool_choice, tools)
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from None
     max_tokens = integer(body, "max_completion_tokens")
     return _common(body, messages=[_message(m, i) for i, m in enumerate(body["messages"])],
                    tools=None if tool_choice == "none" else tools, forced_tools=forced, template=_template(body),
                    custom_tools=frozenset(custom),
+                   allowed_tools=frozenset(allowed[1]) if allowed is not None and allowed[0] == "auto" else None,
                    parallel_tool_calls=body.get("parallel_tool_calls") is not False,
                    max_tokens=integer(body, "max_tokens") if max_tokens is None else max_tokens)
 

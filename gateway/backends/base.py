@@ -45,9 +45,10 @@ class Backend(Protocol):
     uses_rank: bool
     # Whether `complete("embedding", ...)` reaches an embeddings endpoint (Pitstop's engines have none).
     serves_embeddings: bool
-    # Whether chats go with their custom tools as they are (Pitstop's engines, which hold a forced call's
-    # input to its grammar); elsewhere they are written as functions (engine/custom_tools.py).
-    takes_custom_tools: bool
+    # Whether chats go with their custom tools and an allowed_tools tool_choice as they are (Pitstop's
+    # engines, which hold calls to both); elsewhere custom tools are written as functions
+    # (engine/custom_tools.py) and only the allowed tools are offered (engine/forced_tools.py).
+    native_tools: bool
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
 

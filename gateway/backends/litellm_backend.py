@@ -91,7 +91,7 @@ class LitellmBackend:
         self.provider = str(self.params.get("model", "")).split("/", 1)[0]
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = self.uses_rank = vllm_priority
-        self.takes_custom_tools = False  # not every provider litellm speaks to has them: sent as functions
+        self.native_tools = False  # not every provider litellm speaks to has them: sent as functions
         self.serves_embeddings = True
 
     async def start(self) -> None:

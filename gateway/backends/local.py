@@ -25,7 +25,7 @@ class LocalEngineBackend:
     accepts_session = True
     uses_rank = True
     serves_embeddings = False
-    takes_custom_tools = True
+    native_tools = True
 
     def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None,
                  tool_call_parser: str | None = None) -> None:

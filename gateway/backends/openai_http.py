@@ -51,7 +51,7 @@ class OpenAIHTTPBackend:
         self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
         self.uses_rank = self.send_priority
         self.serves_embeddings = not accepts_session  # Pitstop's engines have no embeddings endpoint
-        self.takes_custom_tools = accepts_session
+        self.native_tools = accepts_session
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections

@@ -45,7 +45,7 @@ def test_the_grammar_lets_text_and_the_offered_calls_through(tiny_model_dir: Pat
         return f'{start}\n{{"name": "{name}", "arguments": {arguments}}}\n{end}'
 
     for parallel in (True, False):
-        constraint = held_calls([WEATHER, LOOSE], "hermes", tokenizer.added_tokens, parallel, tags)
+        constraint = held_calls([WEATHER, LOOSE], "hermes", tokenizer.added_tokens, parallel, tags=tags)
         assert constraint is not None
         held = constraint.grammar
         assert accepts(tokenizer, held, "Sure.\n" + call("get_weather", '{"city":"Oslo"}'))
@@ -94,3 +94,44 @@ def test_a_strict_schema_the_grammar_cannot_hold_is_a_400(tiny_model_dir: Path) 
             pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[bad], max_tokens=4)  # type: ignore[list-item]
     assert refused.value.body["param"] == "tools"  # type: ignore[index]
+
+
+def allowed(mode: str, *names: str) -> dict:
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": [
+        {"type": "function", "function": {"name": name}} for name in names]}}
+
+
+def test_allowed_tools_narrow_what_is_called_and_keep_the_prompt(tiny_model_dir: Path) -> None:
+    """OpenAI's allowed_tools: "required" calls one of the allowed tools, "auto" may call only those (held
+    by the grammar once the model opens a call); the prompt offers every tool either way, so a second
+    turn allowing other tools reuses the first's cached prefix."""
+    tokenizer = Tokenizer(tiny_model_dir)
+    opens = tokenizer.token_to_id("<tool_call>")
+    engine = build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512)
+    tools = [WEATHER, LOOSE]
+    ask = {"model": "tiny", "messages": MESSAGES, "max_tokens": 48, "temperature": 1.0, "tools": tools,
+           "parallel_tool_calls": False}
+    with serve_in_thread(create_app(engine, "tiny", tool_call_parser="hermes")) as url, sdk(url) as client:
+        required = [client.chat.completions.create(**ask, tool_choice=allowed("required", "get_weather"), seed=seed)  # type: ignore[arg-type]
+                    for seed in range(4)]
+        auto = [client.chat.completions.create(**ask, tool_choice=allowed("auto", "get_weather"), seed=seed,  # type: ignore[arg-type]
+                                               logit_bias={str(opens): 100}) for seed in range(4)]
+        free = [client.chat.completions.create(**ask, seed=seed, logit_bias={str(opens): 100})  # type: ignore[arg-type]
+                for seed in range(4)]
+        other = client.chat.completions.create(**ask, tool_choice=allowed("required", "loose"), seed=1)  # type: ignore[arg-type]
+        narrowed = client.chat.completions.create(**{**ask, "tools": [LOOSE], "max_tokens": 2}, seed=1)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError) as unknown:
+            client.chat.completions.create(**ask, tool_choice=allowed("auto", "get_time"))  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(**ask, tool_choice=allowed("sometimes", "loose"))  # type: ignore[arg-type]
+    for answer in required + auto:
+        calls = answer.choices[0].message.tool_calls or []
+        assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+        jsonschema.validate(json.loads(calls[0].function.arguments), CITY)  # type: ignore[union-attr]
+    written = [a.choices[0].message.content or "" for a in free] + [
+        c.function.name for a in free for c in a.choices[0].message.tool_calls or []]  # type: ignore[union-attr]
+    assert any('"name": "loose"' in text or text == "loose" for text in written)  # unnarrowed, it calls the other
+    assert other.usage is not None and other.usage.prompt_tokens_details is not None
+    assert other.usage.prompt_tokens_details.cached_tokens >= 16  # the same prompt as the turns before
+    assert narrowed.usage is not None and narrowed.usage.prompt_tokens < other.usage.prompt_tokens  # every tool was in it
+    assert unknown.value.body["param"] == "tool_choice"  # type: ignore[index]

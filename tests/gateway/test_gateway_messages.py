@@ -67,7 +67,8 @@ def test_tool_use_and_its_result_round_trip(gw: Gateway, upstreams: tuple) -> No
         assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"q": "weather in Oslo"}
         assert sent(upstreams[0])["tools"] == [{"type": "function", "function": {
             "name": "get_weather", "parameters": WEATHER["input_schema"], "description": "Weather in a city"}}]
-        second = client.messages.create(model="up", max_tokens=100, tools=[WEATHER], tool_choice={"type": "none"},
+        second = client.messages.create(model="up", max_tokens=100, tools=[{**WEATHER, "strict": True}],  # type: ignore[list-item]
+                                        tool_choice={"type": "none"},
                                         messages=[*asked, {"role": "assistant", "content": first.content},
                                                   {"role": "user", "content": [
                                                       {"type": "tool_result", "tool_use_id": use.id, "content": "sunny"},
@@ -79,7 +80,7 @@ def test_tool_use_and_its_result_round_trip(gw: Gateway, upstreams: tuple) -> No
             {"id": use.id, "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(use.input)}}]},
         {"role": "tool", "tool_call_id": use.id, "content": "sunny"},
         {"role": "user", "content": "and tomorrow?"}]
-    assert body["tool_choice"] == "none"
+    assert body["tool_choice"] == "none" and body["tools"][0]["function"]["strict"] is True  # held where it can be
 
 
 def test_streamed_text_arrives_as_message_events(gw: Gateway, upstreams: tuple) -> None:

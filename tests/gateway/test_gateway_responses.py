@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import openai
 import pytest
 
 from tests.gateway.harness import Gateway, gateway_config, model_entry, read_feedback, running_gateway
@@ -109,6 +110,25 @@ def test_a_custom_tool_takes_free_text_and_its_call_round_trips(gw: Gateway, ups
     assert "response.custom_tool_call_input.done" in kinds and "response.function_call_arguments.delta" not in kinds
     assert "".join(pieces) == "and the next one" and len(pieces) == (2 if native else 1)  # as the upstream streams it
     assert streamed.output[0].type == "custom_tool_call" and streamed.output[0].input == "and the next one"
+
+
+def test_allowed_tools_reach_a_pitstop_engine_as_they_are_and_others_as_fewer_tools(gw: Gateway,
+                                                                                     upstreams: tuple) -> None:
+    """OpenAI's allowed_tools (the prompt keeps every tool, so its cached prefix stays): Pitstop's engines
+    take it as it is; an upstream without it is offered only the allowed tools, the mode as tool_choice."""
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "custom", "name": "apply_patch"}]}
+    with gw.openai() as client:
+        for model in ("up", "up-vllm"):
+            client.responses.create(model=model, input="fix it", tools=[WEATHER, PATCH], tool_choice=choice)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="up-vllm", input="x", tools=[WEATHER], tool_choice={  # type: ignore[arg-type]
+                "type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "nope"}]})
+    native, other = upstreams[0].stats()["bodies"][-1], upstreams[1].stats()["bodies"][-1]
+    assert native["tool_choice"] == {"type": "allowed_tools", "allowed_tools": {
+        "mode": "required", "tools": [{"type": "custom", "custom": {"name": "apply_patch"}}]}}
+    assert [t["type"] for t in native["tools"]] == ["function", "custom"]
+    assert other["tool_choice"] == "required" and [t["function"]["name"] for t in other["tools"]] == ["apply_patch"]
+    assert refused.value.body["param"] == "tool_choice"  # type: ignore[index]
 
 
 def test_a_chat_clients_custom_tools_reach_any_upstream(gw: Gateway, upstreams: tuple) -> None:
