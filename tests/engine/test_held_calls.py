@@ -60,7 +60,28 @@ def test_the_grammar_lets_text_and_the_offered_calls_through(tiny_model_dir: Pat
             assert accepts(tokenizer, held, call("get_weather", '{"city":"Oslo"}') + call("get_weather", '"Rome"')) \
                 != parallel
     assert held_calls([LOOSE], "hermes", tokenizer.added_tokens, True) is None  # nothing strict: nothing held
-    assert held_calls([WEATHER], "llama3_json", tokenizer.added_tokens, True) is None
+
+
+def test_a_llama_answer_is_text_or_held_calls(tiny_model_dir: Path) -> None:
+    """Llama's format has no tag: an answer that opens with `{` is calls only, each held."""
+    tokenizer = Tokenizer(tiny_model_dir)
+
+    def call(name: str, arguments: str) -> str:
+        return f'{{"name": "{name}", "parameters": {arguments}}}'
+
+    for parallel in (True, False):
+        constraint = held_calls([WEATHER, LOOSE], "llama3_json", tokenizer.added_tokens, parallel)
+        assert constraint is not None
+        held = constraint.grammar
+        assert accepts(tokenizer, held, call("get_weather", '{"city":"Oslo"}'))
+        assert accepts(tokenizer, held, "Plain text, { a brace later") and accepts(tokenizer, held, "  text")
+        assert not accepts(tokenizer, held, " " + call("get_weather", '{"city":"Rome"}'))
+        assert not accepts(tokenizer, held, call("nope", "{}"))
+        assert not accepts(tokenizer, held, call("get_weather", '{"city":"Oslo"}') + " and text")  # calls only
+        two = call("get_weather", '{"city":"Oslo"}') + "; " + call("loose", '{"a":1}')
+        assert accepts(tokenizer, held, two) == parallel
+    assert held_calls([LOOSE], "llama3_json", tokenizer.added_tokens, True) is None
+    assert held_calls([WEATHER], "pythonic", tokenizer.added_tokens, True) is None  # a format it does not know
 
 
 def test_a_strict_tools_call_from_the_tiny_model_is_one_its_schema_accepts(tiny_model_dir: Path) -> None:
@@ -84,6 +105,23 @@ def test_a_strict_tools_call_from_the_tiny_model_is_one_its_schema_accepts(tiny_
     pieces = [d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
     assert pieces[0]["function"]["name"] == "get_weather"
     jsonschema.validate(json.loads("".join(p["function"]["arguments"] or "" for p in pieces)), CITY)
+
+
+def test_a_llama_models_strict_call_is_held(tiny_model_dir: Path) -> None:
+    tokenizer = Tokenizer(tiny_model_dir)
+    brace = tokenizer.token_to_id("{")
+    engine = build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512)
+    ask = {"model": "tiny", "messages": MESSAGES, "max_tokens": 48, "temperature": 1.0, "parallel_tool_calls": False,
+           "logit_bias": {str(brace): 100}}  # the model opens with `{`: from there it is a call
+    with serve_in_thread(create_app(engine, "tiny", tool_call_parser="llama3_json")) as url, sdk(url) as client:
+        held = [client.chat.completions.create(**ask, tools=[WEATHER], seed=seed) for seed in range(4)]  # type: ignore[arg-type]
+        loose = [client.chat.completions.create(**ask, tools=[{"type": "function", "function": {  # type: ignore[arg-type]
+            "name": "get_weather", "parameters": CITY}}], seed=seed) for seed in range(4)]
+    for answer in held:
+        calls = answer.choices[0].message.tool_calls or []
+        assert answer.choices[0].finish_reason == "tool_calls" and [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+        jsonschema.validate(json.loads(calls[0].function.arguments), CITY)  # type: ignore[union-attr]
+    assert all(a.choices[0].message.tool_calls is None for a in loose)
 
 
 def test_a_strict_schema_the_grammar_cannot_hold_is_a_400(tiny_model_dir: Path) -> None:
