@@ -28,9 +28,9 @@ from gateway.responses_input import (
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's own
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
-         "previous_response_id", "conversation", "background", "truncation")
-_IGNORED = ("include", "service_tier", "safety_identifier",
-            "top_logprobs", "stream_options", "max_tool_calls")
+         "previous_response_id", "conversation", "background", "truncation", "include", "top_logprobs")
+_IGNORED = ("service_tier", "safety_identifier", "stream_options", "max_tool_calls")
+LOGPROBS = "message.output_text.logprobs"  # the `include` that asks for the output text's log-probabilities
 
 
 def check_request(raw: Any) -> dict:
@@ -53,6 +53,17 @@ def check_request(raw: Any) -> dict:
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
     return raw
+
+
+def wants_logprobs(raw: dict) -> bool:
+    """Does the request ask for the output text's log-probabilities (`include` them, or `top_logprobs`)?
+    A 400 for a malformed ask."""
+    include, top = raw.get("include"), raw.get("top_logprobs")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(i, str) for i in include)):
+        raise bad_request("'include' must be a list of strings", "include", "invalid_type")
+    if top is not None and (type(top) is not int or not 0 <= top <= 20):
+        raise bad_request("'top_logprobs' must be an integer from 0 to 20", "top_logprobs", "invalid_value")
+    return top is not None or LOGPROBS in (include or ())
 
 
 def conversation_of(raw: dict) -> str | None:
@@ -90,6 +101,9 @@ def chat_request(raw: dict) -> dict:
         chat["max_tokens"] = limit
     if (response_format := chat_response_format(raw.get("text"))) is not None:
         chat["response_format"] = response_format
+    if wants_logprobs(raw):
+        chat["logprobs"] = True
+        chat["top_logprobs"] = raw.get("top_logprobs") or 0
     effort = raw.get("reasoning", {}).get("effort") if isinstance(raw.get("reasoning"), dict) else None
     if effort is not None:
         chat["reasoning_effort"] = effort
@@ -161,11 +175,18 @@ class ResponseEnvelope:
         if reasoning := reasoning_of(message):
             output.append(reasoning_item(self.id, reasoning, "completed"))
         if message.get("content"):
-            output.append(message_item(self.id, message["content"], "completed"))
+            output.append(message_item(self.id, message["content"], "completed", logprobs_of(choices[0])))
         for i, call in enumerate(message.get("tool_calls") or ()):
             output.append(call_item(self.id, i, call, "completed"))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
                              choices[0].get("finish_reason"))
+
+
+def logprobs_of(choice: dict) -> list[dict]:
+    """A chat choice's (or a chunk choice's) tokens' log-probabilities, [] where it has none."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return content if isinstance(content, list) else []
 
 
 def reasoning_item(resp: str, text: str, status: str) -> dict:
@@ -174,8 +195,11 @@ def reasoning_item(resp: str, text: str, status: str) -> dict:
             "status": status}
 
 
-def message_item(resp: str, text: str, status: str) -> dict:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status == "completed" else []
+def message_item(resp: str, text: str, status: str, logprobs: list[dict] | None = None) -> dict:
+    """The answer's text as a `message` item; its tokens' log-probabilities where the chat gave them (the
+    chat's `logprobs.content` entries are already Responses' shape: token, logprob, bytes, top_logprobs)."""
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}] \
+        if status == "completed" else []
     return {"type": "message", "id": "msg_" + resp.removeprefix("resp_"), "role": "assistant", "status": status,
             "content": content}
 

@@ -12,7 +12,14 @@ from typing import Any
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
 from gateway.backends.answers import reasoning_of
-from gateway.responses_api import ResponseEnvelope, call_item, message_item, public_item, reasoning_item
+from gateway.responses_api import (
+    ResponseEnvelope,
+    call_item,
+    logprobs_of,
+    message_item,
+    public_item,
+    reasoning_item,
+)
 
 
 def sse(event: dict) -> bytes:
@@ -60,23 +67,25 @@ class ResponseStream:
             delta = choice.get("delta") or {}
             if thinking := reasoning_of(delta):
                 yield from self._reasoning(thinking)
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                yield from self._text(delta["content"])
+            logprobs = logprobs_of(choice)
+            if isinstance(delta.get("content"), str) and delta["content"] or logprobs:
+                yield from self._text(delta.get("content") or "", logprobs)
             for call in delta.get("tool_calls") or ():
                 yield from self._call(call)
 
-    def _text(self, text: str) -> Iterator[bytes]:
+    def _text(self, text: str, logprobs: list[dict]) -> Iterator[bytes]:
         if self.text is None:
             self.text = message_item(self.envelope.id, "", "in_progress")
-            self.text["_text"] = ""
+            self.text["_text"], self.text["_logprobs"] = "", []
             self.items.append(self.text)
             index = len(self.items) - 1
             yield self._event("response.output_item.added", output_index=index, item=public_item(self.text))
             yield self._event("response.content_part.added", item_id=self.text["id"], output_index=index,
                               content_index=0, part={"type": "output_text", "text": "", "annotations": []})
         self.text["_text"] += text
+        self.text["_logprobs"] += logprobs
         yield self._event("response.output_text.delta", item_id=self.text["id"], output_index=self.items.index(self.text),
-                          content_index=0, delta=text, logprobs=[])
+                          content_index=0, delta=text, logprobs=logprobs)
 
     def _reasoning(self, text: str) -> Iterator[bytes]:
         if self.reasoning is None:
@@ -116,11 +125,11 @@ class ResponseStream:
         """Each item's closing events; the Response itself comes from `final` and `final_event`."""
         for index, item in enumerate(self.items):
             if item is self.text:
-                text = item.pop("_text")
-                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                text, logprobs = item.pop("_text"), item.pop("_logprobs")
+                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
                 item.update(status="completed", content=[part])
                 yield self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                  content_index=0, text=text, logprobs=[])
+                                  content_index=0, text=text, logprobs=logprobs)
                 yield self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                   content_index=0, part=part)
             elif item is self.reasoning:

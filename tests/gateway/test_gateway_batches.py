@@ -209,19 +209,26 @@ def test_bad_uploads_are_clear_400s(gw: Gateway) -> None:
         (400, "file"), (400, "purpose"), (400, "file")]
 
 
+def cut_by_a_shutdown(raw: dict, lines: list[dict], window: str) -> tuple[Batch, str]:
+    """A batch of a quick line and a slow one, on a gateway that shuts down once the quick one is written
+    (and lets the batch go); the batch as made, and the database it is in."""
+    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.2}
+    with running_gateway(raw) as gw, gw.openai() as client:
+        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window=window)  # type: ignore[arg-type]
+        wait_until(lambda: BatchStore(gw.storage_url).records(batch.id), what="the quick line written")
+    return batch, gw.storage_url
+
+
 def test_a_batch_cut_by_a_shutdown_is_taken_over_and_its_finished_lines_are_not_served_again(
         tmp_path: Path, upstreams: tuple) -> None:
     """Nothing accepted is lost: the gateway lets the batch go at its shutdown, with what it finished
     written, and the next one to start on the same database serves only the rest."""
     raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
-    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.2}
-    lines = [chat_line("quick", "quick one"), chat_line("slow", "[delay:3] slow one")]
-    with running_gateway(raw) as gw, gw.openai() as client:
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h")
-        wait_until(lambda: BatchStore(gw.storage_url).records(batch.id), what="the quick line written")
-    left = BatchStore(gw.storage_url).get(batch.id)
+    batch, storage_url = cut_by_a_shutdown(raw, [chat_line("quick", "quick one"), chat_line("slow", "[delay:3] slow one")],
+                                           "24h")
+    left = BatchStore(storage_url).get(batch.id)
     with running_gateway(raw) as again, again.openai() as client:
         done = ended(client, batch.id)
         assert done.output_file_id is not None
@@ -237,13 +244,7 @@ def test_a_batch_taken_over_after_its_window_closed_expires_without_serving_the_
     """No gateway ran the batch when its window closed: the next one to start expires it at once,
     keeping what the first one finished, rather than serving the rest late."""
     raw = gateway_config(tmp_path, [model_entry("up", upstreams[0].api_base)])
-    raw["server"] = {**raw.get("server", {}), "graceful_shutdown_s": 0.2}
-    lines = [chat_line("quick", "quick line"), chat_line("late", "[delay:4] late line")]
-    with running_gateway(raw) as gw, gw.openai() as client:
-        uploaded = client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
-        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                      completion_window="3s")  # type: ignore[arg-type]
-        wait_until(lambda: BatchStore(gw.storage_url).records(batch.id), what="the quick line written")
+    batch, _ = cut_by_a_shutdown(raw, [chat_line("quick", "quick line"), chat_line("late", "[delay:4] late line")], "3s")
     assert batch.expires_at is not None
     time.sleep(max(0.0, batch.expires_at + 1 - time.time()))
     with running_gateway(raw) as again, again.openai() as client:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -222,6 +223,30 @@ def test_a_forced_tool_call_from_a_local_model_through_each_api(embedded: tuple[
     (call,) = response.output
     assert (call.type, call.name) == ("function_call", "read_file")
     jsonschema.validate(json.loads(call.arguments), schema)
+
+
+def test_the_responses_api_gives_the_output_texts_logprobs(embedded: tuple[Gateway, Path]) -> None:
+    """`include: ["message.output_text.logprobs"]` with `top_logprobs`, as OpenAI: each output token with its
+    log-probability and likeliest alternatives, whole and streamed (the deltas carry their tokens')."""
+    gw, _ = embedded
+    ask = {"model": "tiny-small", "input": "Say something", "max_output_tokens": 12, "temperature": 0,
+           "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    with gw.openai() as client:
+        whole = client.responses.create(**ask)
+        events = list(client.responses.create(**ask, stream=True))
+        streamed = events[-1].response  # type: ignore[union-attr]  # completed, or incomplete at max_output_tokens
+        plain = client.responses.create(**{k: v for k, v in ask.items() if k not in ("include", "top_logprobs")})
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(**{**ask, "top_logprobs": 21})
+    part = whole.output[0].content[0]
+    assert whole.usage is not None and len(part.logprobs or []) == whole.usage.output_tokens > 0
+    assert all(lp.logprob <= 0 and len(lp.top_logprobs) == 2 for lp in part.logprobs or [])  # type: ignore[union-attr]
+    deltas = [lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs or []]
+    assert [lp.token for lp in deltas] == [lp.token for lp in streamed.output[0].content[0].logprobs or []]  # type: ignore[union-attr]
+    assert [lp.token for lp in deltas] == [lp.token for lp in part.logprobs or []]  # greedy: the same tokens
+    assert streamed.output[0].content[0].text == part.text  # type: ignore[union-attr]
+    assert plain.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+    assert refused.value.body["param"] == "top_logprobs"  # type: ignore[index]
 
 
 def test_a_custom_tools_grammar_holds_a_local_models_input(embedded: tuple[Gateway, Path]) -> None:
