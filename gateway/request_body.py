@@ -181,10 +181,25 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     held_back = GATEWAY_FIELDS + ("store",) if kind == "chat" else GATEWAY_FIELDS
     body = {k: v for k, v in raw.items() if k not in held_back}
     return ProxyRequest(kind=kind, model=model, body=body, stream=stream, include_usage=include_usage,
-                        session_id=session_id, priority=_number(raw, "priority"), pin_ttl_s=pin_ttl_s,
+                        session_id=session_id, priority=asked_priority(raw), pin_ttl_s=pin_ttl_s,
                         cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars,
                         cache=CacheControl.of(raw.get(CACHE_FIELD), headers.get(CACHE_HEADER)),
                         store=bool(store) and kind == "chat")
+
+
+# OpenAI's `service_tier` as the scheduler's priority (lower goes first): "flex" waits with the batches
+# (gateway/batches.py), "priority" goes before default requests; a key's own priority still caps it.
+SERVICE_TIER_PRIORITY: dict[str, float | None] = {"auto": None, "default": None, "scale": None, "flex": 10.0,
+                                                  "priority": -1.0}
+
+
+def asked_priority(raw: dict) -> float | None:
+    """The priority a request asks for: its `priority`, else what its `service_tier` stands for."""
+    priority, tier = _number(raw, "priority"), raw.get("service_tier")
+    if tier is not None and tier not in SERVICE_TIER_PRIORITY:
+        raise bad_request(f"'service_tier' must be one of {', '.join(SERVICE_TIER_PRIORITY)}", "service_tier",
+                          "invalid_value")
+    return SERVICE_TIER_PRIORITY.get(tier) if priority is None and tier is not None else priority
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on one request's inputs
@@ -230,6 +245,6 @@ def parse_embeddings_request(raw: Any, headers: Headers | dict[str, str] | None 
         raise bad_request("'user' has the wrong type", "user", "invalid_type")
     body = {k: v for k, v in raw.items() if k not in GATEWAY_FIELDS}
     return ProxyRequest(kind="embedding", model=model, body=body, stream=False, include_usage=False,
-                        session_id=None, priority=_number(raw, "priority"), pin_ttl_s=None,
+                        session_id=None, priority=asked_priority(raw), pin_ttl_s=None,
                         cost_preference=None, prompt_text=prompt_text, prompt_chars=prompt_chars,
                         cache=CacheControl.of(raw.get(CACHE_FIELD), (headers or {}).get(CACHE_HEADER)))

@@ -26,10 +26,10 @@ from gateway.responses_input import (
 
 # Request fields read here; anything else is a 400, as it would be for a chat request it can't be.
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
-           "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's own
+           "service_tier", "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
          "previous_response_id", "conversation", "background", "truncation", "include", "top_logprobs")
-_IGNORED = ("service_tier", "safety_identifier", "stream_options", "max_tool_calls")
+_IGNORED = ("safety_identifier", "stream_options", "max_tool_calls")
 LOGPROBS = "message.output_text.logprobs"  # the `include` that asks for the output text's log-probabilities
 
 

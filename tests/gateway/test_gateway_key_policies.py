@@ -83,6 +83,26 @@ def test_a_keys_priority_is_the_default_and_the_floor(tmp_path: Path, upstreams:
     assert upstreams[0].stats()["bodies"][-1].get("priority") == sent
 
 
+@pytest.mark.parametrize("key_priority, fields, sent", [
+    (None, {"service_tier": "flex"}, 10),  # waits with the batches
+    (None, {"service_tier": "priority"}, -1),
+    (None, {"service_tier": "default"}, None),
+    ("5", {"service_tier": "priority"}, 5),  # the key's floor still holds
+    (None, {"service_tier": "flex", "priority": 2}, 2),  # an explicit priority wins
+])
+def test_openais_service_tier_is_a_priority(tmp_path: Path, upstreams: tuple, key_priority: str | None,
+                                            fields: dict, sent: float | None) -> None:
+    config = _config(tmp_path, *upstreams)
+    _, secret = create_key(config, "team", *(("--priority", key_priority) if key_priority else ()))
+    with running_gateway(yaml.safe_load(config.read_text())) as gw, \
+            gw.http(headers={"authorization": f"Bearer {secret}"}) as http:
+        assert http.post("/v1/chat/completions", json=chat("up", **fields)).status_code == 200
+        refused = http.post("/v1/chat/completions", json=chat("up", service_tier="turbo"))
+    body = upstreams[0].stats()["bodies"][-1]
+    assert body.get("priority") == sent and body["service_tier"] == fields["service_tier"]  # forwarded as well
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
+
+
 def test_on_a_ranked_vllm_deployment_priority_is_a_class_above_the_rank(tmp_path: Path, upstreams: tuple) -> None:
     """vLLM gets one integer: priority x 1e12 + the aged rank key. A less urgent request (priority 1)
     used to be sent as a bare 1, which sorts before every ranked request's ~1.8e10."""
