@@ -32,6 +32,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.sim_fidelity
 	$(PY) -m bench.engine_tool_calls
 	$(PY) -m bench.custom_tools
+	$(PY) -m bench.moe
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

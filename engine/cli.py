@@ -49,7 +49,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
-    tiny = subparsers.add_parser("make-tiny-model", help="write a tiny random Llama model folder (tests)")
+    tiny = subparsers.add_parser("make-tiny-model", help="write a tiny random model folder (tests, benchmarks)")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--layers", type=int, default=2)
     tiny.add_argument("--hidden", type=int, default=64)
@@ -57,6 +57,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--kv-heads", type=int)
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
+    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe"], default="llama",
+                      help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts")
+    tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
+    tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
 
     profile = subparsers.add_parser("profile", help="measure step times of a model, write a sim profile")
@@ -92,8 +96,9 @@ def serve_command(args: argparse.Namespace) -> int:
 def make_tiny_model_command(args: argparse.Namespace) -> int:
     from engine.tiny_model import make_tiny_model
 
-    options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed}
-    path = make_tiny_model(args.dir, layers=args.layers, hidden=args.hidden,
+    options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed,
+               "experts": args.experts, "experts_per_token": args.experts_per_token}
+    path = make_tiny_model(args.dir, layers=args.layers, hidden=args.hidden, family=args.family,
                            **{k: v for k, v in options.items() if v is not None})
     print(path)
     return 0

@@ -9,13 +9,19 @@ Activations and the embedding lookup are ignored (tiny next to weights and KV at
 
 Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
 all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
-parallelism. For fp8 weights set `weight_bytes=1`: weight traffic halves and the fp8 FLOP/s apply."""
+parallelism. For fp8 weights set `weight_bytes=1`: weight traffic halves and the fp8 FLOP/s apply.
+
+Mixture-of-experts models (Qwen3-MoE, Mixtral) compute with the experts each token is routed to, and
+a step streams only the experts some token of it chose: with T tokens each picking k of E experts,
+E x (1 - (1 - k/E)^T) per sparse layer on average under balanced routing, so decode time grows with
+the batch until every expert is read, where a dense model's stays flat."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
 from engine.batch import StepShape
+from engine.model.config import expert_fields
 
 MIB = 1 << 20
 
@@ -39,7 +45,9 @@ GPUS: dict[str, GPUSpec] = {
 
 @dataclass(frozen=True)
 class ModelShape:
-    """A dense decoder with grouped-query attention and a gated (SwiGLU) MLP, e.g. Llama."""
+    """A decoder with grouped-query attention and gated (SwiGLU) MLPs, e.g. Llama; with `num_experts`,
+    `num_sparse_layers` of its layers are instead that many experts of `expert_intermediate_size`,
+    `experts_per_token` of them per token (e.g. Qwen3-MoE, Mixtral)."""
 
     name: str
     num_layers: int
@@ -52,6 +60,10 @@ class ModelShape:
     weight_bytes: int = 2  # bytes per weight: 2 for bf16, 1 for fp8
     kv_bytes: int = 2  # bytes per cached K or V element
     tie_word_embeddings: bool = False
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    num_sparse_layers: int = 0
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -59,8 +71,9 @@ class ModelShape:
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str | None = None, weight_bytes: int = 2) -> ModelShape:
-        """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2 style keys)."""
+        """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral keys)."""
         heads = config["num_attention_heads"]
+        experts = expert_fields(config.get("model_type", "llama"), config)
         return cls(
             name=name or config.get("_name_or_path") or config.get("model_type", "model"),
             num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"], num_heads=heads,
@@ -68,15 +81,42 @@ class ModelShape:
             intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             weight_bytes=weight_bytes, kv_bytes=max(weight_bytes, 2),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            num_experts=experts.get("num_experts", 0), experts_per_token=experts.get("num_experts_per_tok", 0),
+            expert_intermediate_size=experts.get("moe_intermediate_size", 0),
+            num_sparse_layers=len(experts.get("sparse_layers", ())))
 
     @property
-    def layer_params(self) -> int:
-        """Matmul weights of all decoder layers: q, k, v, o projections and the gate/up/down MLP."""
+    def shared_layer_params(self) -> int:
+        """Matmul weights every token uses: q, k, v, o projections, dense layers' gate/up/down MLP,
+        sparse layers' routers."""
         q_and_o = 2 * self.hidden_size * self.num_heads * self.head_dim
         k_and_v = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
         mlp = 3 * self.hidden_size * self.intermediate_size
-        return self.num_layers * (q_and_o + k_and_v + mlp)
+        router = self.hidden_size * self.num_experts
+        dense = self.num_layers - self.num_sparse_layers
+        return self.num_layers * (q_and_o + k_and_v) + dense * mlp + self.num_sparse_layers * router
+
+    @property
+    def expert_params(self) -> int:
+        """One expert's gate/up/down weights in every sparse layer."""
+        return self.num_sparse_layers * 3 * self.hidden_size * self.expert_intermediate_size
+
+    @property
+    def layer_params(self) -> int:
+        """Matmul weights of all decoder layers, every expert included."""
+        return self.shared_layer_params + self.num_experts * self.expert_params
+
+    @property
+    def active_layer_params(self) -> int:
+        """Matmul weights one token computes with."""
+        return self.shared_layer_params + self.experts_per_token * self.expert_params
+
+    def experts_read(self, tokens: int) -> float:
+        """Expected distinct experts a sparse layer reads for `tokens` tokens under balanced routing."""
+        if not self.num_experts:
+            return 0.0
+        return self.num_experts * (1 - (1 - self.experts_per_token / self.num_experts) ** tokens)
 
     @property
     def lm_head_params(self) -> int:
@@ -100,6 +140,10 @@ class ModelShape:
 MODELS: dict[str, ModelShape] = {
     "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
     "llama-3.1-70b": ModelShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
+    "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, head_dim=128, num_experts=128,
+                                experts_per_token=8, expert_intermediate_size=768, num_sparse_layers=48),
+    "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, num_experts=8, experts_per_token=2,
+                               expert_intermediate_size=14336, num_sparse_layers=32),
 }
 
 
@@ -119,7 +163,8 @@ class RooflineStepTime:
     _s_per_token: float = field(init=False, repr=False, compare=False)  # matmuls through all layers
     _s_per_sampled: float = field(init=False, repr=False, compare=False)  # the lm_head matmul
     _s_per_pair: float = field(init=False, repr=False, compare=False)  # attention, per query-key pair
-    _s_weights: float = field(init=False, repr=False, compare=False)  # streaming the weights once
+    _s_weights: float = field(init=False, repr=False, compare=False)  # streaming the shared weights once
+    _s_per_expert: float = field(init=False, repr=False, compare=False)  # streaming one expert's weights
     _s_per_kv_token: float = field(init=False, repr=False, compare=False)  # reading or writing KV
 
     def __post_init__(self) -> None:
@@ -130,12 +175,14 @@ class RooflineStepTime:
         flops_per_s = peak * self.flops_efficiency * self.tensor_parallel
         bytes_per_s = self.gpu.hbm_bytes_per_s * self.memory_efficiency * self.tensor_parallel
         constants = {
-            "_s_per_token": 2 * m.layer_params / flops_per_s,  # 2 FLOPs per multiply-add
+            "_s_per_token": 2 * m.active_layer_params / flops_per_s,  # 2 FLOPs per multiply-add
             "_s_per_sampled": 2 * m.lm_head_params / flops_per_s,
             # QK^T and PV: two matmuls of 2 FLOPs per multiply-add, per head per layer.
             "_s_per_pair": 4 * m.num_layers * m.num_heads * m.head_dim / flops_per_s,
-            # Streamed every step: all matmul weights (the embedding table is only gathered by row).
-            "_s_weights": (m.layer_params + m.lm_head_params) * m.weight_bytes / bytes_per_s,
+            # Streamed every step: all shared matmul weights (the embedding table is only gathered by
+            # row), and each expert that some token of the step is routed to.
+            "_s_weights": (m.shared_layer_params + m.lm_head_params) * m.weight_bytes / bytes_per_s,
+            "_s_per_expert": m.expert_params * m.weight_bytes / bytes_per_s,
             "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
         }
         for name, value in constants.items():
@@ -155,6 +202,8 @@ class RooflineStepTime:
         compute_s = self._s_per_token * tokens + self._s_per_sampled * sampled + self._s_per_pair * pairs
         # KV traffic: read every sequence's context, write the new tokens' KV.
         memory_s = self._s_weights + self._s_per_kv_token * (shape.kv_tokens + tokens)
+        if self.model.num_experts:
+            memory_s += self._s_per_expert * self.model.experts_read(tokens)
         return compute_s, memory_s
 
     def kv_capacity_blocks(self, block_size: int = 16, gpu_memory_utilization: float = 0.9,

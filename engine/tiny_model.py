@@ -1,4 +1,4 @@
-"""make_tiny_model: writes a small random Llama-architecture model as a real Hugging Face folder,
+"""make_tiny_model: writes a small random Llama, Qwen3 or Qwen3-MoE model as a real Hugging Face folder,
 fully offline: config.json, model.safetensors, generation_config.json, a byte-level BPE tokenizer.json
 trained on docstrings of the Python standard library, and tokenizer_config.json with a ChatML-like
 chat template that renders tools and tool calls. transformers loads it as it would a Hub model."""
@@ -19,6 +19,7 @@ from tokenizers.trainers import BpeTrainer
 
 BOS, EOS, PAD, START = "<|begin|>", "<|end|>", "<|pad|>", "<|start|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, START]
+TINY_FAMILIES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 # Ordinary (non-special) single tokens, so tool calls survive skip_special_tokens decoding.
 TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 
@@ -85,10 +86,17 @@ def make_tiny_model(
     seed: int = 0,
     *,
     tie_word_embeddings: bool = False,
+    family: str = "llama",
+    experts: int = 8,
+    experts_per_token: int = 2,
 ) -> Path:
-    """Writes the model folder and returns its path. Same arguments, same bytes."""
+    """Writes the model folder and returns its path. Same arguments, same bytes. `family`: "llama",
+    "qwen3" (per-head q/k norms) or "qwen3_moe" (Qwen3 with `experts` experts in every layer, each a
+    quarter of the dense MLP's width, `experts_per_token` of them per token)."""
     if hidden % heads or heads % kv_heads:
         raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads")
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {TINY_FAMILIES}")
     if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 64:
         raise ValueError("vocab_size must leave room for the 256 byte tokens, special tokens and merges")
     out = Path(out_dir)
@@ -98,8 +106,8 @@ def make_tiny_model(
     tokenizer.save(str(out / "tokenizer.json"))
     ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [TINY_FAMILIES[family]],
+        "model_type": family,
         "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": intermediate,
@@ -122,6 +130,10 @@ def make_tiny_model(
         "torch_dtype": "float32",
         "use_cache": True,
     }
+    if family == "qwen3_moe":
+        config |= {"num_experts": experts, "num_experts_per_tok": experts_per_token,
+                   "moe_intermediate_size": max(16, intermediate // 4), "norm_topk_prob": True,
+                   "decoder_sparse_step": 1, "mlp_only_layers": []}  # fmt: skip
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {
         "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD],
@@ -155,8 +167,8 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
     def linear(rows: int, cols: int, gain: float = 1.0) -> torch.Tensor:
         return normal(rows, cols, gain / math.sqrt(cols))
 
-    def norm_weight() -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(hidden, generator=gen)
+    def norm_weight(size: int = hidden) -> torch.Tensor:
+        return 1.0 + 0.1 * torch.randn(size, generator=gen)
 
     tied = config["tie_word_embeddings"]
     # Tied: the head reuses the embedding, so keep it at the head's scale instead of unit scale.
@@ -168,9 +180,21 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
         weights[p + "self_attn.k_proj.weight"] = linear(kv_size, hidden, gain=2.0)
         weights[p + "self_attn.v_proj.weight"] = linear(kv_size, hidden)
         weights[p + "self_attn.o_proj.weight"] = linear(hidden, q_size)
-        weights[p + "mlp.gate_proj.weight"] = linear(inter, hidden)
-        weights[p + "mlp.up_proj.weight"] = linear(inter, hidden)
-        weights[p + "mlp.down_proj.weight"] = linear(hidden, inter)
+        if config["model_type"] in ("qwen3", "qwen3_moe"):
+            weights[p + "self_attn.q_norm.weight"] = norm_weight(head_dim)
+            weights[p + "self_attn.k_norm.weight"] = norm_weight(head_dim)
+        if config.get("num_experts"):
+            # A larger router gain makes each token's choice of experts decisive, not a near-tie.
+            weights[p + "mlp.gate.weight"] = linear(config["num_experts"], hidden, gain=4.0)
+            width = config["moe_intermediate_size"]
+            for e in range(config["num_experts"]):
+                weights[p + f"mlp.experts.{e}.gate_proj.weight"] = linear(width, hidden)
+                weights[p + f"mlp.experts.{e}.up_proj.weight"] = linear(width, hidden)
+                weights[p + f"mlp.experts.{e}.down_proj.weight"] = linear(hidden, width)
+        else:
+            weights[p + "mlp.gate_proj.weight"] = linear(inter, hidden)
+            weights[p + "mlp.up_proj.weight"] = linear(inter, hidden)
+            weights[p + "mlp.down_proj.weight"] = linear(hidden, inter)
         weights[p + "input_layernorm.weight"] = norm_weight()
         weights[p + "post_attention_layernorm.weight"] = norm_weight()
     weights["model.norm.weight"] = norm_weight()

@@ -1,6 +1,6 @@
 """ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
-(Llama, Mistral and Qwen2 families; both the classic `rope_theta`/`rope_scaling` keys and the
-transformers-5 `rope_parameters` dict)."""
+(Llama, Mistral, Qwen2 and Qwen3 families, and the mixture-of-experts Qwen3-MoE and Mixtral; both the
+classic `rope_theta`/`rope_scaling` keys and the transformers-5 `rope_parameters` dict)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# Families that RMS-normalise each head's query and key before RoPE.
+QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe")
+# Mistral's config carries `sliding_window` (a window in use when set); Qwen's only slides with the flag on.
+SLIDING_FLAG_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,14 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False
+    # Mixture of experts: each listed layer's MLP is `num_experts` experts of `moe_intermediate_size`,
+    # `num_experts_per_tok` of them chosen per token by a linear router (none listed: a dense model).
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # renormalise the chosen experts' softmax weights to sum to 1
+    sparse_layers: tuple[int, ...] = ()
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -40,6 +52,8 @@ class ModelConfig:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if self.head_dim % 2:
             raise ValueError("head_dim must be even for rotary embeddings")
+        if self.sparse_layers and not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ValueError("num_experts_per_tok must be between 1 and num_experts")
 
     @property
     def rope_type(self) -> str:
@@ -56,10 +70,10 @@ class ModelConfig:
             raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
         if raw.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {raw['hidden_act']!r}")
-        if model_type == "mistral" and raw.get("sliding_window") is not None:
+        if model_type in ("mistral", "mixtral") and raw.get("sliding_window") is not None:
             raise ValueError("sliding-window attention is not supported")
-        # Qwen2 only slides when asked to; we attend to the full context, which is what that flag off means.
-        if model_type == "qwen2" and raw.get("use_sliding_window"):
+        # Qwen only slides when asked to; we attend to the full context, which is what that flag off means.
+        if model_type in SLIDING_FLAG_MODEL_TYPES and raw.get("use_sliding_window"):
             raise ValueError("sliding-window attention is not supported")
         num_heads = raw["num_attention_heads"]
         hidden_size = raw["hidden_size"]
@@ -84,6 +98,8 @@ class ModelConfig:
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=model_type != "qwen2" and attention_bias,
             mlp_bias=bool(raw.get("mlp_bias", False)),
+            qk_norm=model_type in QK_NORM_MODEL_TYPES,
+            **expert_fields(model_type, raw),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32").removeprefix("torch."),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_as_id_tuple(eos),
@@ -95,11 +111,39 @@ class ModelConfig:
         kv_size = self.num_kv_heads * self.head_dim
         attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
+        attn += 2 * self.head_dim * self.qk_norm
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
-        per_layer = attn + mlp + 2 * self.hidden_size
+        # A sparse layer's MLP: the router plus every expert's gate, up and down projections.
+        sparse_mlp = self.num_experts * self.hidden_size * (1 + 3 * self.moe_intermediate_size)
+        num_sparse = len(self.sparse_layers)
+        mlps = (self.num_layers - num_sparse) * mlp + num_sparse * sparse_mlp
+        per_layer = attn + 2 * self.hidden_size
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embeddings + self.hidden_size
+        return self.num_layers * per_layer + mlps + embeddings + self.hidden_size
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer in self.sparse_layers
+
+
+def expert_fields(model_type: str, raw: dict) -> dict:
+    """The mixture-of-experts fields: Mixtral's experts are as wide as its `intermediate_size` and
+    every layer is sparse; Qwen3-MoE keeps `mlp_only_layers` dense and makes every
+    `decoder_sparse_step`-th layer sparse. Hub configs name the count `num_experts` (Qwen) or
+    `num_local_experts` (Mixtral, and transformers 5 for both)."""
+    num_experts = int(raw.get("num_experts") or raw.get("num_local_experts") or 0)
+    if model_type == "mixtral":
+        return {"num_experts": num_experts, "num_experts_per_tok": raw.get("num_experts_per_tok", 2),
+                "moe_intermediate_size": raw["intermediate_size"], "norm_topk_prob": True,
+                "sparse_layers": tuple(range(raw["num_hidden_layers"]))}
+    if model_type != "qwen3_moe" or not num_experts:
+        return {}
+    dense = set(raw.get("mlp_only_layers") or ())
+    step = raw.get("decoder_sparse_step", 1)
+    sparse = tuple(i for i in range(raw["num_hidden_layers"]) if i not in dense and (i + 1) % step == 0)
+    return {"num_experts": num_experts, "num_experts_per_tok": raw["num_experts_per_tok"],
+            "moe_intermediate_size": raw["moe_intermediate_size"],
+            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)), "sparse_layers": sparse}
 
 
 def _parse_rope(raw: dict) -> tuple[float, dict | None]:
@@ -113,6 +157,10 @@ def _parse_rope(raw: dict) -> tuple[float, dict | None]:
         return rope_theta, None
     if rope_type == "llama3":
         params.setdefault("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
+    if rope_type == "yarn":
+        params.setdefault("original_max_position_embeddings", raw.get("max_position_embeddings", 2048))
+        if params.get("factor") is None:  # DeepSeek-V3's way: the context's growth over the original
+            params["factor"] = raw["max_position_embeddings"] / params["original_max_position_embeddings"]
     return rope_theta, {"rope_type": rope_type, **params}
 
 

@@ -1,6 +1,8 @@
-"""The Llama/Qwen2 decoder on a flattened varlen batch. Module and parameter names follow the HF
-checkpoint layout (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one
-projection each; the loader splits checkpoint tensors into them."""
+"""The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2 and Qwen3 (per-head
+q/k norms), with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
+(`engine.model.moe`). Module and parameter names follow the HF checkpoint layout
+(`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
+and experts are stacked; the loader maps checkpoint tensors into them."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch import nn
 from engine.model.attention import AttentionPlan, paged_attention, write_kv
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear, RMSNorm
+from engine.model.moe import SparseMoE
 from engine.model.rope import RotaryEmbedding
 
 
@@ -24,6 +27,9 @@ class Attention(nn.Module):
         kv_size = config.num_kv_heads * config.head_dim
         self.qkv_proj = PackedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
+        # Qwen3: each head's query and key are RMS-normalised (over head_dim) before RoPE.
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
     def forward(
         self,
@@ -38,6 +44,8 @@ class Attention(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
@@ -59,10 +67,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
         self.self_attn = Attention(config)
-        self.mlp = MLP(config)
+        self.mlp: MLP | SparseMoE = SparseMoE(config) if config.is_sparse(index) else MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -84,7 +92,7 @@ class DecoderStack(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 

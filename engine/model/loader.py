@@ -1,10 +1,13 @@
 """Builds a CausalLM from a local Hugging Face folder: config.json plus safetensors weights, either
 one `model.safetensors` or shards listed in `model.safetensors.index.json`. HF parameter names are
-mapped onto our packed q/k/v and gate/up projections; tied embeddings share one tensor."""
+mapped onto our packed q/k/v and gate/up projections and our stacked experts (Qwen3-MoE's
+`mlp.experts.N.gate_proj`, Mixtral's `block_sparse_moe.experts.N.w1`, or transformers 5's already
+stacked `mlp.experts.gate_up_proj`); tied embeddings share one tensor."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ from safetensors import safe_open
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear
 from engine.model.llama import CausalLM
+from engine.model.moe import Experts
 
 # Checkpoint projection name -> (our packed module name, shard index inside it).
 PACKED_PROJECTIONS = {
@@ -24,6 +28,10 @@ PACKED_PROJECTIONS = {
 }
 # Checkpoint entries that are not parameters (buffers some exporters save).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# One expert's projection in a Hub checkpoint -> (our stacked parameter, its half of gate_up or None).
+EXPERT_PROJECTIONS = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1), "down_proj": ("down_proj", None)}
+MIXTRAL_EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+_EXPERT_TENSOR = re.compile(r"(?P<experts>.+\.experts)\.(?P<index>\d+)\.(?P<projection>\w+)\.weight")
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -67,22 +75,42 @@ def load_weights(model: CausalLM, files: list[Path]) -> None:
                     continue
                 if name == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                loaded.add(_load_one(name, f.get_tensor(name), params, modules))
+                loaded.update(_load_one(_our_name(name), f.get_tensor(name), params, modules))
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
 
 
 def _expected_keys(param_name: str, modules: dict) -> list[str]:
-    """A plain parameter is one key; a packed one is one key per checkpoint shard, `name:shard`."""
-    module = modules[param_name.rpartition(".")[0]]
+    """A plain parameter is one key; a packed one is one key per checkpoint shard, `name:shard`; a
+    stacked expert parameter one per expert (and half), `name:expert[:half]`."""
+    module_path, _, leaf = param_name.rpartition(".")
+    module = modules[module_path]
     if isinstance(module, PackedLinear):
         return [f"{param_name}:{shard}" for shard in range(len(module.output_sizes))]
+    if isinstance(module, Experts):
+        halves = (":0", ":1") if leaf == "gate_up_proj" else ("",)
+        return [f"{param_name}:{e}{half}" for e in range(len(getattr(module, leaf))) for half in halves]
     return [param_name]
 
 
-def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> str:
-    """Copies one checkpoint tensor into place and returns the key (see `_expected_keys`) it filled."""
+def _our_name(name: str) -> str:
+    """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's."""
+    name = name.replace(".block_sparse_moe.", ".mlp.")
+    parts = name.split(".")
+    if len(parts) > 2 and parts[-3].isdigit() and parts[-2] in MIXTRAL_EXPERT_NAMES:
+        parts[-2] = MIXTRAL_EXPERT_NAMES[parts[-2]]
+    return ".".join(parts)
+
+
+def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> list[str]:
+    """Copies one checkpoint tensor into place and returns the keys (see `_expected_keys`) it filled."""
+    expert = _EXPERT_TENSOR.fullmatch(name)
+    if expert and expert["projection"] in EXPERT_PROJECTIONS:
+        return [_load_expert(expert["experts"], int(expert["index"]), expert["projection"], tensor, modules)]
+    if isinstance(modules.get(name.rpartition(".")[0]), Experts) and name in params:
+        _copy(name, params[name].data, tensor)  # already stacked, as transformers 5 may save it
+        return _expected_keys(name, modules)
     module_path, _, leaf = name.rpartition(".")
     parent, _, projection = module_path.rpartition(".")
     if projection in PACKED_PROJECTIONS:
@@ -91,11 +119,29 @@ def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> s
         module = modules[f"{parent}.{packed_name}"]
         assert isinstance(module, PackedLinear)
         module.load_shard(params[target], shard, tensor)
-        return f"{target}:{shard}"
+        return [f"{target}:{shard}"]
     if name not in params:
         raise ValueError(f"unexpected checkpoint tensor {name!r}")
-    param = params[name]
-    if param.shape != tensor.shape:
-        raise ValueError(f"{name}: expected shape {tuple(param.shape)}, got {tuple(tensor.shape)}")
-    param.data.copy_(tensor)
-    return name
+    _copy(name, params[name].data, tensor)
+    return [name]
+
+
+def _load_expert(experts_path: str, index: int, projection: str, tensor: torch.Tensor, modules: dict) -> str:
+    experts = modules.get(experts_path)
+    if not isinstance(experts, Experts):
+        raise ValueError(f"unexpected checkpoint tensor {experts_path}.{index}.{projection}.weight")
+    leaf, half = EXPERT_PROJECTIONS[projection]
+    stacked = getattr(experts, leaf).data
+    if index >= len(stacked):
+        raise ValueError(f"{experts_path}: expert {index} of {len(stacked)}")
+    target = stacked[index]
+    if half is not None:
+        target = target.narrow(0, half * experts.intermediate_size, experts.intermediate_size)
+    _copy(f"{experts_path}.{index}.{projection}.weight", target, tensor)
+    return f"{experts_path}.{leaf}:{index}" + (f":{half}" if half is not None else "")
+
+
+def _copy(name: str, target: torch.Tensor, tensor: torch.Tensor) -> None:
+    if target.shape != tensor.shape:
+        raise ValueError(f"{name}: expected shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
+    target.copy_(tensor)

@@ -1,5 +1,6 @@
 """Rotary position embeddings: a precomputed cos/sin table indexed by absolute position, with the
-`linear` and Llama-3 (`llama3`) frequency scalings. Matches transformers' float32 math."""
+`linear`, Llama-3 (`llama3`) and YaRN (`yarn`, Qwen's long-context setting) frequency scalings.
+Matches transformers' float32 math."""
 
 from __future__ import annotations
 
@@ -18,7 +19,48 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
         return inv_freq / scaling["factor"]
     if config.rope_type == "llama3":
         return _llama3_scaled(inv_freq, scaling)
+    if config.rope_type == "yarn":
+        return _yarn_scaled(config.rope_theta, dim, scaling)
     return inv_freq
+
+
+def attention_scaling(config: ModelConfig) -> float:
+    """The factor on cos and sin: 1 except under YaRN, whose logits are sharpened as the context grows
+    (its paper's 0.1 ln(s) + 1, or the ratio of two such terms where `mscale`s are given)."""
+    if config.rope_type != "yarn":
+        return 1.0
+    scaling = config.rope_scaling or {}
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, mscale, mscale_all_dim = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+    return _yarn_mscale(factor)
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_scaled(base: float, dim: int, scaling: dict) -> torch.Tensor:
+    # Dimensions that turn many times within the original context keep their frequency
+    # (extrapolation); slow ones are divided by `factor` (interpolation); a linear ramp between.
+    factor = scaling["factor"]
+    original = scaling["original_max_position_embeddings"]
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.get("beta_fast") or 32), correction_dim(scaling.get("beta_slow") or 1)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # no zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolated = 1 - ramp
+    wavelengths = base ** (torch.arange(0, dim, 2).float() / dim)  # transformers' exact float ops
+    return 1.0 / (factor * wavelengths) * (1 - extrapolated) + 1.0 / wavelengths * extrapolated
 
 
 def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -45,8 +87,9 @@ class RotaryEmbedding:
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * inverse_frequencies(config)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = emb.cos().to(device=device, dtype=dtype)
-        self.sin = emb.sin().to(device=device, dtype=dtype)
+        scale = attention_scaling(config)
+        self.cos = (emb.cos() * scale).to(device=device, dtype=dtype)
+        self.sin = (emb.sin() * scale).to(device=device, dtype=dtype)
 
     def __call__(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor

@@ -3,18 +3,21 @@ checkpoints that transformers itself saved (Qwen2 with biases and tied embedding
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from engine.batch import ScheduledBatch
 from engine.model.config import ModelConfig
 from engine.model.rope import inverse_frequencies
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
 from engine.torch_runner import TorchModelRunner
+from tests.engine.hf_checkpoints import (
+    hf_model,
+    random_prompt,
+    runner_greedy,
+    save_hf_model,
+    transformers_greedy,
+)
 
 LLAMA_31_8B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
@@ -55,7 +58,7 @@ def test_transformers5_rope_parameters_and_rejections() -> None:
     del v5["rope_scaling"], v5["rope_theta"], v5["torch_dtype"]
     assert ModelConfig.from_dict(v5) == ModelConfig.from_dict(LLAMA_31_8B)
     with pytest.raises(ValueError, match="rope_type"):
-        ModelConfig.from_dict({**LLAMA_31_8B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+        ModelConfig.from_dict({**LLAMA_31_8B, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}})
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_dict({**LLAMA_31_8B, "model_type": "gpt2"})
     with pytest.raises(ValueError, match="sliding"):
@@ -77,57 +80,16 @@ def test_rope_frequencies_match_transformers(scaling: dict | None) -> None:
     assert torch.equal(inverse_frequencies(ModelConfig.from_dict(raw)), hf.inv_freq)
 
 
-def _save_hf_model(kind: str, out: Path) -> Path:
-    """A small random model saved by transformers (v5 config format, sharded safetensors), with
-    weights rescaled so logits are spread out (no greedy near-ties)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    common = {"vocab_size": 300, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
-              "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256}  # fmt: skip
-    torch.manual_seed(0)
-    if kind == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
-    else:
-        rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # fmt: skip
-        model = LlamaForCausalLM(LlamaConfig(**common, attention_bias=True, rope_parameters=rope))
-    gain = 2.0 if kind == "qwen2" else 1.0  # picked so that greedy output does not repeat one token
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.normal_(1.0 if "norm" in name else 0.0, 0.3)
-            elif "embed" in name:
-                param.normal_(0.0, 1.0)
-            else:
-                qk = 2.0 if "q_proj" in name or "k_proj" in name else 1.0
-                param.normal_(0.0, gain * qk / param.shape[-1] ** 0.5)
-    model.save_pretrained(out, max_shard_size="100KB")
-    return out
-
-
 @pytest.mark.parametrize("kind", ["qwen2", "llama3"])
 def test_checkpoints_saved_by_transformers_generate_identically(tmp_path: Path, kind: str) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model_dir = _save_hf_model(kind, tmp_path / kind)
+    model_dir = save_hf_model(kind, tmp_path / kind)
     assert (model_dir / "model.safetensors.index.json").exists()
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompt = [random.Random(3).randrange(300) for _ in range(40)]  # past original_max_position_embeddings
-    expected = reference.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16, eos_token_id=None,
-                                  pad_token_id=0)[0, len(prompt):].tolist()  # fmt: skip
+    prompt = random_prompt()  # past original_max_position_embeddings
+    expected = transformers_greedy(model_dir, prompt, 16)
     assert len(set(expected)) > 5
 
     runner = TorchModelRunner(model_dir, num_blocks=32, block_size=8, device="cpu")
     config = runner.config
-    assert config.num_params() == sum(p.numel() for p in reference.parameters())
+    assert config.num_params() == sum(p.numel() for p in hf_model(kind).parameters())
     assert config.qkv_bias and config.o_bias == (kind == "llama3") and config.tie_word_embeddings == (kind == "qwen2")
-    seq = Sequence(kind, prompt, SamplingParams(temperature=0.0), 0.0)
-    seq.block_table = list(range(31, 0, -1))
-    while seq.num_output_tokens < 16:
-        batch = ScheduledBatch()
-        n = min(seq.num_tokens - seq.num_computed_tokens, 16)  # chunked prefill, then decode
-        batch.add(seq, n)
-        tokens = runner.execute(batch)
-        seq.num_computed_tokens += n
-        seq.token_ids.extend(tokens)
-    assert seq.output_token_ids == expected
+    assert runner_greedy(runner, prompt, 16) == expected

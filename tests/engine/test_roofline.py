@@ -82,3 +82,33 @@ def test_kv_capacity():
     tp4 = RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", tensor_parallel=4).kv_capacity_blocks()
     assert 0 < tp2 < tp4
     assert RooflineStepTime.builtin("llama-3.1-70b", "H200", fp8_weights=True).kv_capacity_blocks() > 0
+
+
+def test_moe_shapes_count_total_and_active_parameters():
+    """Qwen publishes Qwen3-30B-A3B as 30.5B parameters with 3.3B activated; Mistral, Mixtral 8x7B as
+    46.7B with 12.9B active per token. The HF config gives the same shape as the built-in one."""
+    from tests.engine.hf_checkpoints import MIXTRAL_8X7B, QWEN3_30B_A3B
+
+    qwen, mixtral = MODELS["qwen3-30b-a3b"], MODELS["mixtral-8x7b"]
+    assert qwen.num_params == pytest.approx(30.5e9, rel=0.01)
+    assert qwen.active_layer_params + 2 * qwen.lm_head_params == pytest.approx(3.3e9, rel=0.03)
+    assert mixtral.num_params == pytest.approx(46.7e9, rel=0.01)
+    assert mixtral.active_layer_params + 2 * mixtral.lm_head_params == pytest.approx(12.9e9, rel=0.01)
+    assert ModelShape.from_hf_config(QWEN3_30B_A3B, name="qwen3-30b-a3b") == qwen
+    assert ModelShape.from_hf_config(MIXTRAL_8X7B, name="mixtral-8x7b") == mixtral
+    assert qwen.experts_read(1) == pytest.approx(8) and qwen.experts_read(4096) == pytest.approx(128)
+
+
+def test_moe_decode_reads_more_experts_as_the_batch_grows():
+    """A dense model's decode step streams all its weights at any batch; a MoE model's streams the
+    experts its tokens chose, so batch 1 is cheap and time climbs until every expert is read."""
+    moe = RooflineStepTime.builtin("qwen3-30b-a3b", "H100-SXM")
+    dense = RooflineStepTime.builtin("llama-3.1-8b", "H100-SXM")
+    # Batch 1 reads ~3.3B parameters: faster than the 8B dense model.
+    assert moe.predict(decode(1, 100)) < 0.6 * dense.predict(decode(1, 100))
+    # Batch 64 reads nearly all 128 experts (30.5B): slower than the dense model at the same batch.
+    assert moe.predict(decode(64, 100)) > 2.5 * moe.predict(decode(1, 100))
+    assert moe.predict(decode(64, 100)) > dense.predict(decode(64, 100))
+    assert moe.predict(decode(256, 100)) == pytest.approx(moe.predict(decode(512, 100)), rel=0.05)
+    restored = RooflineStepTime.from_json(moe.to_json())
+    assert restored.predict(decode(16, 500)) == moe.predict(decode(16, 500))

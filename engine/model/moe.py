@@ -1,0 +1,85 @@
+"""A sparse mixture-of-experts MLP (Qwen3-MoE, Mixtral): a linear router scores the experts, each
+token goes through its top `num_experts_per_tok`, and their outputs are summed by the router's
+softmax weights. The experts' weights are stacked, `gate_up_proj` [experts, 2 x inter, hidden] and
+`down_proj` [experts, hidden, inter] (transformers 5's layout; the loader stacks Hub checkpoints'
+per-expert tensors into them).
+
+The token-expert pairs are sorted by expert once, so each expert's tokens are one contiguous run, and
+the experts run as one grouped matmul (`torch.nn.functional.grouped_mm`, the kernel vLLM's and
+transformers' MoE layers use), with no host sync. Where that kernel has no support (CUDA before
+Ampere, or not bfloat16) a loop over the experts that got tokens does the same sums."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.model.config import ModelConfig
+
+
+class Experts(nn.Module):
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.intermediate_size = intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+
+    def grouped(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x: [pairs, hidden] sorted by expert; offsets: int32 [experts], each expert's run's end."""
+        gate, up = F.grouped_mm(x, self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
+        return F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offsets)
+
+    def looped(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        out, start = torch.empty_like(x), 0
+        for expert, count in enumerate(counts):
+            if count:
+                rows = slice(start, start + count)
+                gate, up = F.linear(x[rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
+                out[rows] = F.linear(F.silu(gate) * up, self.down_proj[expert])
+                start += count
+        return out
+
+
+class SparseMoE(nn.Module):
+    """Parameter names follow the checkpoints: `gate` is the router, `experts` the stacked experts."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [T, top_k] in x's dtype, expert ids [T, top_k]); softmax in float32, as transformers."""
+        probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float32)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(x.dtype), experts
+
+    def forward(self, x: torch.Tensor, *, grouped: bool | None = None) -> torch.Tensor:
+        weights, experts = self.route(x)
+        flat_experts = experts.flatten()
+        order = flat_experts.argsort(stable=True)  # pairs by expert, tokens in order within one
+        tokens = order // self.top_k
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        if grouped if grouped is not None else grouped_mm_supported(x.device, x.dtype):
+            out = self.experts.grouped(x[tokens], counts.cumsum(0, dtype=torch.int32))
+        else:
+            out = self.experts.looped(x[tokens], counts.tolist())
+        out = out * weights.flatten()[order].unsqueeze(-1)
+        return torch.zeros_like(x).index_add_(0, tokens, out)
+
+
+@cache
+def grouped_mm_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (8, 0)
+    return False

@@ -1,0 +1,119 @@
+"""Small random checkpoints saved by transformers itself (v5 config format, sharded safetensors), and
+greedy generation through Pitstop's runner to compare with transformers' `generate`."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from engine.batch import ScheduledBatch
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+from engine.torch_runner import TorchModelRunner
+
+VOCAB = 300
+COMMON = {"vocab_size": VOCAB, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+          "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256}  # fmt: skip
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # fmt: skip
+YARN_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}
+# Real Hub config.json files (the fields that matter).
+QWEN3_30B_A3B = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
+    "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+    "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_sliding_window": False, "sliding_window": None,
+    "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu", "attention_bias": False,
+}  # fmt: skip
+QWEN3_8B = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096,
+    "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_sliding_window": False, "hidden_act": "silu",
+    "attention_bias": False, "eos_token_id": 151645,
+}  # fmt: skip
+MIXTRAL_8X7B = {
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+    "rope_theta": 1e6, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+}  # fmt: skip
+
+
+MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
+
+def hf_model(kind: str) -> torch.nn.Module:
+    """A transformers model of one family, weights rescaled so logits are spread out (no greedy
+    near-ties). Each family has what sets it apart: biases, tied embeddings, scaled RoPE, experts."""
+    import transformers as hf
+
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        return _spread(hf.Qwen2ForCausalLM(hf.Qwen2Config(**COMMON, tie_word_embeddings=True)), gain=2.0)
+    if kind == "llama3":
+        return _spread(hf.LlamaForCausalLM(hf.LlamaConfig(**COMMON, attention_bias=True, rope_parameters=LLAMA3_ROPE)))
+    if kind == "qwen3":  # YaRN past 16 positions, as Qwen3's long-context setting
+        return _spread(hf.Qwen3ForCausalLM(hf.Qwen3Config(**COMMON, head_dim=16, rope_parameters=YARN_ROPE)))
+    if kind == "qwen3_moe":  # the second layer dense, softmax weights renormalised over the top 2
+        config = hf.Qwen3MoeConfig(**COMMON, **MOE, head_dim=16, mlp_only_layers=[1], norm_topk_prob=True)
+        return _spread(hf.Qwen3MoeForCausalLM(config))
+    if kind == "qwen3_moe_unnormalised":  # sparse layers every second one, raw top-k softmax weights
+        config = hf.Qwen3MoeConfig(**{**COMMON, "num_hidden_layers": 4}, **MOE, decoder_sparse_step=2)
+        return _spread(hf.Qwen3MoeForCausalLM(config))
+    if kind == "mixtral":
+        config = hf.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
+        return _spread(hf.MixtralForCausalLM(config))
+    raise ValueError(kind)
+
+
+def _spread(model: torch.nn.Module, gain: float = 1.0) -> torch.nn.Module:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.normal_(1.0 if "norm" in name else 0.0, 0.3)
+            elif "embed" in name:
+                param.normal_(0.0, 1.0)
+            else:
+                qk = 2.0 if "q_proj" in name or "k_proj" in name else 1.0
+                router = 4.0 if name.endswith("gate.weight") else 1.0  # decisive expert choices
+                param.normal_(0.0, gain * qk * router / param.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def save_hf_model(kind: str, out: Path) -> Path:
+    hf_model(kind).save_pretrained(out, max_shard_size="100KB")
+    return out
+
+
+def random_prompt(length: int = 40, seed: int = 3) -> list[int]:
+    return [random.Random(seed).randrange(VOCAB) for _ in range(length)]
+
+
+def transformers_greedy(model_dir: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = reference.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=None, pad_token_id=0)  # fmt: skip
+    return out[0, len(prompt) :].tolist()
+
+
+def runner_greedy(runner: TorchModelRunner, prompt: list[int], max_new_tokens: int, chunk: int = 16) -> list[int]:
+    """Chunked prefill, then decode, one sequence over a reversed block table."""
+    seq = Sequence("s", prompt, SamplingParams(temperature=0.0), 0.0)
+    seq.block_table = list(range(runner.num_blocks - 1, 0, -1))
+    while seq.num_output_tokens < max_new_tokens:
+        batch = ScheduledBatch()
+        n = min(seq.num_tokens - seq.num_computed_tokens, chunk)
+        batch.add(seq, n)
+        tokens = runner.execute(batch)
+        seq.num_computed_tokens += n
+        seq.token_ids.extend(tokens)
+    return seq.output_token_ids
