@@ -111,7 +111,7 @@ class TorchModelRunner:
         input_ids, positions, meta, logits_index = self._prepare(batch)
         sampling = batch.sampling_indices
         with torch.inference_mode():
-            plan = AttentionPlan.build(meta)
+            plan = AttentionPlan.build(meta, self.config.sliding_window)
             hidden = self.model.hidden_states(input_ids, positions, self.kv_cache, plan)
             scored = scored_prompt_positions(batch)
             if scored:

@@ -9,6 +9,10 @@ code runs on CPU and CUDA (where SDPA picks a flash / memory-efficient kernel). 
 (decodes, or a 1-token prefill chunk) are padded into one batched call with a key-length mask;
 multi-token rows run one call each with a causal mask shifted by the tokens already in the cache.
 `AttentionPlan` holds everything derived from the batch, built once per step and shared by all layers.
+
+Sliding-window layers (Mistral, Qwen with `use_sliding_window`) have a plan of their own: a query at
+position p sees keys p - window + 1 .. p, so each row gathers only the blocks that window touches and
+masks the rest (its cache keeps every block: the full-attention layers and the prefix cache use them).
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ class AttentionMetadata:
 class _PrefillRow:
     start: int
     end: int
-    block_table: torch.Tensor  # [blocks covering the context]
-    context_len: int
-    mask: torch.Tensor | None  # [q, context] causal mask offset by cached tokens; None when plainly causal
+    block_table: torch.Tensor  # [blocks covering the keys it attends to]
+    num_keys: int  # tokens of those blocks that are keys (the rest is beyond the context)
+    mask: torch.Tensor | None  # [q, num_keys] causal (and window) mask; None when plainly causal
 
 
 @dataclass
@@ -50,20 +54,38 @@ class AttentionPlan:
     decode_mask: torch.Tensor | None  # [D, 1, 1, blocks * block_size] True where the key is in context
     decode_only: bool  # every row is single-query and rows are in token order: skip the scatter
     prefills: list[_PrefillRow]
+    sliding: AttentionPlan | None = None  # the sliding-window layers' plan, where the model has them
 
     @classmethod
-    def build(cls, meta: AttentionMetadata) -> AttentionPlan:
+    def build(cls, meta: AttentionMetadata, sliding_window: int | None = None) -> AttentionPlan:
+        plan = cls._build(meta, None)
+        if sliding_window is not None:
+            plan.sliding = cls._build(meta, sliding_window)
+        return plan
+
+    @classmethod
+    def _build(cls, meta: AttentionMetadata, window: int | None) -> AttentionPlan:
         device = meta.slot_mapping.device
         block_size = meta.block_size
         single = [i for i, n in enumerate(meta.query_lens) if n == 1]
         decode_index = decode_tables = decode_mask = None
         if single:
             rows = torch.tensor(single, device=device)
-            num_blocks = -(-max(meta.context_lens[i] for i in single) // block_size)
-            decode_tables = meta.block_tables[rows, :num_blocks]
             lens = torch.tensor([meta.context_lens[i] for i in single], device=device)
-            key_pos = torch.arange(num_blocks * block_size, device=device)
-            decode_mask = (key_pos[None, :] < lens[:, None])[:, None, None, :]
+            if window is None:
+                num_blocks = -(-max(meta.context_lens[i] for i in single) // block_size)
+                decode_tables = meta.block_tables[rows, :num_blocks]
+                key_pos = torch.arange(num_blocks * block_size, device=device)[None, :]
+                decode_mask = key_pos < lens[:, None]
+            else:  # each row's table starts at the block holding its window's first key
+                firsts = [max(0, meta.context_lens[i] - window) // block_size for i in single]
+                num_blocks = max(-(-meta.context_lens[i] // block_size) - f for i, f in zip(single, firsts, strict=True))
+                first = torch.tensor(firsts, device=device)
+                columns = (first[:, None] + torch.arange(num_blocks, device=device)).clamp(max=meta.block_tables.shape[1] - 1)
+                decode_tables = meta.block_tables[rows].gather(1, columns)
+                key_pos = first[:, None] * block_size + torch.arange(num_blocks * block_size, device=device)
+                decode_mask = (key_pos < lens[:, None]) & (key_pos >= lens[:, None] - window)
+            decode_mask = decode_mask[:, None, None, :]
             decode_index = torch.tensor([meta.query_starts[i] for i in single], device=device)
         prefills = []
         for i, n in enumerate(meta.query_lens):
@@ -71,14 +93,18 @@ class AttentionPlan:
                 continue
             context = meta.context_lens[i]
             cached = context - n
+            first_block = 0 if window is None else max(0, cached - window + 1) // block_size
+            first_key = first_block * block_size
             mask = None
-            if cached:
-                key_pos = torch.arange(context, device=device)
-                query_pos = torch.arange(cached, context, device=device)
-                mask = key_pos[None, :] <= query_pos[:, None]
+            if cached or window is not None:
+                key_pos = torch.arange(first_key, context, device=device)[None, :]
+                query_pos = torch.arange(cached, context, device=device)[:, None]
+                mask = key_pos <= query_pos
+                if window is not None:
+                    mask &= key_pos > query_pos - window
             start = meta.query_starts[i]
-            table = meta.block_tables[i, : -(-context // block_size)]
-            prefills.append(_PrefillRow(start, start + n, table, context, mask))
+            table = meta.block_tables[i, first_block : -(-context // block_size)]
+            prefills.append(_PrefillRow(start, start + n, table, context - first_key, mask))
         return cls(
             slot_mapping=meta.slot_mapping,
             decode_token_index=decode_index,
@@ -133,8 +159,8 @@ def _decode_attention(
 def _prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow
 ) -> torch.Tensor:
-    k = _gather(k_cache, row.block_table)[:, : row.context_len]  # [kv_heads, context, head_dim]
-    v = _gather(v_cache, row.block_table)[:, : row.context_len]
+    k = _gather(k_cache, row.block_table)[:, : row.num_keys]  # [kv_heads, keys, head_dim]
+    v = _gather(v_cache, row.block_table)[:, : row.num_keys]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.unsqueeze(0),

@@ -14,6 +14,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe")
 # Mistral's config carries `sliding_window` (a window in use when set); Qwen's only slides with the flag on.
 SLIDING_FLAG_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the chosen experts' softmax weights to sum to 1
     sparse_layers: tuple[int, ...] = ()
+    # Sliding-window attention: the listed layers' queries see their last `sliding_window` tokens.
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -54,6 +58,8 @@ class ModelConfig:
             raise ValueError("head_dim must be even for rotary embeddings")
         if self.sparse_layers and not 0 < self.num_experts_per_tok <= self.num_experts:
             raise ValueError("num_experts_per_tok must be between 1 and num_experts")
+        if self.sliding_layers and not (self.sliding_window or 0) > 0:
+            raise ValueError("sliding_window must be a positive number of tokens")
 
     @property
     def rope_type(self) -> str:
@@ -70,11 +76,6 @@ class ModelConfig:
             raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
         if raw.get("hidden_act", "silu") != "silu":
             raise ValueError(f"unsupported hidden_act {raw['hidden_act']!r}")
-        if model_type in ("mistral", "mixtral") and raw.get("sliding_window") is not None:
-            raise ValueError("sliding-window attention is not supported")
-        # Qwen only slides when asked to; we attend to the full context, which is what that flag off means.
-        if model_type in SLIDING_FLAG_MODEL_TYPES and raw.get("use_sliding_window"):
-            raise ValueError("sliding-window attention is not supported")
         num_heads = raw["num_attention_heads"]
         hidden_size = raw["hidden_size"]
         rope_theta, rope_scaling = _parse_rope(raw)
@@ -100,6 +101,7 @@ class ModelConfig:
             mlp_bias=bool(raw.get("mlp_bias", False)),
             qk_norm=model_type in QK_NORM_MODEL_TYPES,
             **expert_fields(model_type, raw),
+            **_sliding_fields(model_type, raw),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32").removeprefix("torch."),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_as_id_tuple(eos),
@@ -124,6 +126,29 @@ class ModelConfig:
 
     def is_sparse(self, layer: int) -> bool:
         return layer in self.sparse_layers
+
+
+def _sliding_fields(model_type: str, raw: dict) -> dict:
+    """Mistral and Mixtral slide in every layer when `sliding_window` is set; Qwen only with
+    `use_sliding_window`, in the layers `layer_types` names (by default those from
+    `max_window_layers` on), as transformers reads them."""
+    num_layers = raw["num_hidden_layers"]
+    window = raw.get("sliding_window")
+    if model_type in SLIDING_FLAG_MODEL_TYPES and not raw.get("use_sliding_window"):
+        window = None
+    if window is None or model_type not in (*SLIDING_FLAG_MODEL_TYPES, "mistral", "mixtral"):
+        return {}
+    layer_types = raw.get("layer_types")
+    if model_type in SLIDING_FLAG_MODEL_TYPES and layer_types is None:
+        start = raw.get("max_window_layers", 28)
+        layer_types = ["sliding_attention" if i >= start else "full_attention" for i in range(num_layers)]
+    if layer_types is None:
+        return {"sliding_window": int(window), "sliding_layers": tuple(range(num_layers))}
+    unknown = set(layer_types) - set(LAYER_TYPES)
+    if len(layer_types) != num_layers or unknown:
+        raise ValueError(f"layer_types must name {num_layers} layers, each one of {LAYER_TYPES}")
+    sliding = tuple(i for i, kind in enumerate(layer_types) if kind == "sliding_attention")
+    return {"sliding_window": int(window), "sliding_layers": sliding} if sliding else {}
 
 
 def expert_fields(model_type: str, raw: dict) -> dict:

@@ -1,5 +1,5 @@
 """The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2 and Qwen3 (per-head
-q/k norms), with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
+q/k norms), full or sliding-window attention per layer, with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
 (`engine.model.moe`). Module and parameter names follow the HF checkpoint layout
 (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
 and experts are stacked; the loader maps checkpoint tensors into them."""
@@ -18,8 +18,9 @@ from engine.model.rope import RotaryEmbedding
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
+        self.sliding = index in config.sliding_layers
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
@@ -50,6 +51,9 @@ class Attention(nn.Module):
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
         write_kv(kv_cache, k, v, plan.slot_mapping)
+        if self.sliding:
+            assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
+            plan = plan.sliding
         out = paged_attention(q, kv_cache, plan)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
@@ -69,7 +73,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
         super().__init__()
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, index)
         self.mlp: MLP | SparseMoE = SparseMoE(config) if config.is_sparse(index) else MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

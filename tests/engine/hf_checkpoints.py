@@ -67,6 +67,11 @@ def hf_model(kind: str) -> torch.nn.Module:
     if kind == "qwen3_moe_unnormalised":  # sparse layers every second one, raw top-k softmax weights
         config = hf.Qwen3MoeConfig(**{**COMMON, "num_hidden_layers": 4}, **MOE, decoder_sparse_step=2)
         return _spread(hf.Qwen3MoeForCausalLM(config))
+    if kind == "mistral_sliding":  # every layer sees its last 8 tokens
+        return _spread(hf.MistralForCausalLM(hf.MistralConfig(**COMMON, sliding_window=8)))
+    if kind == "qwen3_sliding":  # layer 0 full, layer 1 a 12-token window (not a multiple of the blocks)
+        config = hf.Qwen3Config(**COMMON, head_dim=16, use_sliding_window=True, sliding_window=12, max_window_layers=1)
+        return _spread(hf.Qwen3ForCausalLM(config))
     if kind == "mixtral":
         config = hf.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
         return _spread(hf.MixtralForCausalLM(config))

@@ -61,8 +61,8 @@ def test_transformers5_rope_parameters_and_rejections() -> None:
         ModelConfig.from_dict({**LLAMA_31_8B, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}})
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_dict({**LLAMA_31_8B, "model_type": "gpt2"})
-    with pytest.raises(ValueError, match="sliding"):
-        ModelConfig.from_dict({**QWEN25_05B, "use_sliding_window": True})
+    with pytest.raises(ValueError, match="sliding_window"):
+        ModelConfig.from_dict({**QWEN25_05B, "use_sliding_window": True, "sliding_window": 0, "max_window_layers": 0})
 
 
 @pytest.mark.parametrize("scaling", [

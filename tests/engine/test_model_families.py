@@ -29,7 +29,7 @@ from tests.engine.hf_checkpoints import (
     transformers_greedy,
 )
 
-FAMILIES = ["qwen3", "qwen3_moe", "qwen3_moe_unnormalised", "mixtral"]
+FAMILIES = ["qwen3", "qwen3_moe", "qwen3_moe_unnormalised", "mixtral", "mistral_sliding", "qwen3_sliding"]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,12 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
     assert runner_greedy(runner, prompt, 16) == expected
 
 
-def test_a_batch_of_moe_sequences_decodes_as_each_alone(checkpoints: dict[str, Path]) -> None:
-    """Experts see the whole step's tokens at once (prefill chunks and decodes of several sequences):
-    each sequence's greedy answer is what it gets alone."""
-    runner = TorchModelRunner(checkpoints["qwen3_moe"], num_blocks=64, block_size=8, device="cpu")
+@pytest.mark.parametrize("kind", ["qwen3_moe", "mistral_sliding"])
+def test_a_batch_of_sequences_decodes_as_each_alone(checkpoints: dict[str, Path], kind: str) -> None:
+    """Experts see the whole step's tokens at once, and windows start at a different block in each
+    row (prefill chunks and decodes of several sequences): each sequence's greedy answer is what it
+    gets alone."""
+    runner = TorchModelRunner(checkpoints[kind], num_blocks=64, block_size=8, device="cpu")
     prompts = [random_prompt(length, seed) for seed, length in enumerate((5, 23, 40, 11))]
     alone = [runner_greedy(runner, prompt, 12, chunk=64) for prompt in prompts]
     seqs = [Sequence(f"s{i}", prompt, SamplingParams(temperature=0.0), 0.0) for i, prompt in enumerate(prompts)]
@@ -118,10 +120,26 @@ def test_sparse_layers_and_rejections() -> None:
     assert stepped.sparse_layers == (1, 5)
     assert ModelConfig.from_dict({**QWEN3_30B_A3B, "num_experts": 0}).sparse_layers == ()
     assert not ModelConfig.from_dict({**QWEN3_30B_A3B, "norm_topk_prob": False}).norm_topk_prob
-    with pytest.raises(ValueError, match="sliding"):
-        ModelConfig.from_dict({**MIXTRAL_8X7B, "sliding_window": 4096})
-    with pytest.raises(ValueError, match="sliding"):
-        ModelConfig.from_dict({**QWEN3_8B, "use_sliding_window": True})
+    with pytest.raises(ValueError, match="layer_types"):
+        ModelConfig.from_dict({**QWEN3_8B, "use_sliding_window": True, "sliding_window": 4096,
+                               "layer_types": ["sliding_attention"] * 35})  # fmt: skip
+
+
+def test_sliding_windows_are_read_as_transformers_reads_them() -> None:
+    """Mistral and Mixtral slide in every layer when `sliding_window` is set; Qwen only with
+    `use_sliding_window`, from `max_window_layers` on unless `layer_types` says otherwise."""
+    from transformers import Qwen3Config
+
+    assert ModelConfig.from_dict(MIXTRAL_8X7B).sliding_layers == ()
+    mixtral = ModelConfig.from_dict({**MIXTRAL_8X7B, "sliding_window": 4096})
+    assert (mixtral.sliding_window, mixtral.sliding_layers) == (4096, tuple(range(32)))
+    assert ModelConfig.from_dict({**QWEN3_8B, "sliding_window": 4096}).sliding_layers == ()  # flag off
+    for extra in ({"max_window_layers": 30}, {"layer_types": ["sliding_attention", "full_attention"] * 18}):
+        raw = {**QWEN3_8B, "use_sliding_window": True, "sliding_window": 4096, **extra}
+        hf = Qwen3Config(**{k: v for k, v in raw.items() if k != "architectures"})
+        config = ModelConfig.from_dict(raw)
+        assert config.sliding_layers == tuple(i for i, t in enumerate(hf.layer_types) if t == "sliding_attention")
+        assert config.sliding_layers and config.sliding_window == hf.sliding_window == 4096
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         ModelConfig.from_dict({**QWEN3_30B_A3B, "num_experts_per_tok": 129})
 
@@ -210,3 +228,45 @@ def test_tiny_families_are_real_models_that_serve(tmp_path: Path, family: str) -
         assert call.function.name == "lookup" and set(json.loads(call.function.arguments)) == {"city"}
         text = client.completions.create(model=family, prompt="def f(x):", max_tokens=8, temperature=0)
         assert text.usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("window", [5, 8, 12, 100])
+def test_paged_sliding_window_attention_matches_dense_attention(window: int) -> None:
+    """A step mixing decodes and prefill chunks (some past the window, some within it) over shuffled
+    blocks: each query attends to exactly its last `window` keys, as a dense masked softmax does."""
+    from engine.model.attention import AttentionMetadata, AttentionPlan, paged_attention, write_kv
+
+    torch.manual_seed(0)
+    block_size, heads, kv_heads, dim = 4, 4, 2, 8
+    rows = [(1, 30), (1, 3), (7, 29), (9, 9), (1, 13), (16, 40)]  # (new tokens, context after the step)
+    blocks = torch.randperm(64).tolist()
+    cache = torch.zeros(2, 64, block_size, kv_heads, dim)
+    tables, slots, q_rows, expected, starts, at = [], [], [], [], [], 0
+    for new, context in rows:
+        table = [blocks.pop() for _ in range(-(-context // block_size))]
+        keys, values = torch.randn(context, kv_heads, dim), torch.randn(context, kv_heads, dim)
+        all_slots = torch.tensor([table[p // block_size] * block_size + p % block_size for p in range(context)])
+        write_kv(cache, keys[: context - new], values[: context - new], all_slots[: context - new])  # earlier steps
+        q = torch.randn(new, heads, dim)
+        positions = torch.arange(context - new, context)[:, None]
+        visible = (torch.arange(context)[None, :] <= positions) & (torch.arange(context)[None, :] > positions - window)
+        scores = torch.einsum("qhd,khd->hqk", q, keys.repeat_interleave(heads // kv_heads, 1)) / dim**0.5
+        weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        expected.append(torch.einsum("hqk,khd->qhd", weights, values.repeat_interleave(heads // kv_heads, 1)))
+        tables.append(table)
+        slots.append(all_slots[context - new :])
+        q_rows.append((q, keys[context - new :], values[context - new :]))
+        starts.append(at)
+        at += new
+    width = max(len(t) for t in tables)
+    meta = AttentionMetadata(
+        slot_mapping=torch.cat(slots), block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
+        query_starts=starts, query_lens=[n for n, _ in rows], context_lens=[c for _, c in rows], block_size=block_size,
+    )  # fmt: skip
+    write_kv(cache, torch.cat([k for _, k, _ in q_rows]), torch.cat([v for _, _, v in q_rows]), meta.slot_mapping)
+    plan = AttentionPlan.build(meta, sliding_window=window)
+    assert plan.sliding is not None
+    out = paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, plan.sliding)
+    torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    if window < 40:  # the window changes the answer: full attention differs
+        assert not torch.allclose(paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, plan), out, atol=1e-3)
