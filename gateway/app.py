@@ -26,6 +26,7 @@ from gateway import (
     session_endpoint,
     stored_completion_endpoints,
     usage_endpoints,
+    vector_store_endpoints,
     webhook_endpoints,
 )
 from gateway.config import Settings
@@ -48,6 +49,7 @@ ROUTES = [
     *batch_endpoints.ROUTES,
     *webhook_endpoints.ROUTES,
     *stored_completion_endpoints.ROUTES,
+    *vector_store_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),

@@ -5,8 +5,8 @@ outcome row), and the chat answer, whole or streamed, becomes a Response again.
 A stored Response (gateway/stored_responses.py) is continued with `previous_response_id`: its chain's
 input and output items come before the new input (its instructions do not, as at OpenAI); a
 `conversation` (gateway/conversations.py) is continued with its items the same way. `prompt` (server-side
-prompt templates) is a 400. Function tools only; text and image input parts; `text.format` becomes
-`response_format`."""
+prompt templates) is a 400. Function and custom tools, and `file_search`, which the gateway runs itself
+(gateway/file_search.py); text and image input parts; `text.format` becomes `response_format`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.server.errors import bad_request
 from gateway.backends.answers import reasoning_of
+from gateway.file_search import without_file_search
 from gateway.responses_input import (
     chat_response_format,
     chat_tool_choice,
@@ -91,10 +92,19 @@ def chat_request(raw: dict) -> dict:
         messages.append({"role": "system", "content": instructions})
     messages += input_messages(raw.get("input"))
     chat["messages"] = messages
-    if raw.get("tools") is not None:
-        chat["tools"] = chat_tools(raw["tools"])
-    if raw.get("tool_choice") is not None:
-        chat["tool_choice"] = chat_tool_choice(raw["tool_choice"])
+    tools = without_file_search(raw.get("tools"))  # run by the gateway, not offered to the model
+    if tools:
+        chat["tools"] = chat_tools(tools)
+    choice = raw.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "file_search":
+        if tools == raw.get("tools"):
+            raise bad_request("'tool_choice' names file_search, which 'tools' does not offer", "tool_choice",
+                              "invalid_value")
+        choice = None  # the search is made before the model is called
+    if not tools and choice in ("auto", "required"):
+        choice = None
+    if choice is not None:
+        chat["tool_choice"] = chat_tool_choice(choice)
     if (limit := raw.get("max_output_tokens")) is not None:
         if type(limit) is not int or limit < 1:
             raise bad_request("'max_output_tokens' must be a positive integer", "max_output_tokens", "invalid_value")
@@ -145,6 +155,7 @@ class ResponseEnvelope:
     def __init__(self, request_id: str, raw: dict, store: bool = False) -> None:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
+        self.lead_items: list[dict] = []  # done before the model answers: a file_search_call
         tool_choice = raw.get("tool_choice")
         self.settings = {"instructions": raw.get("instructions"), "max_output_tokens": raw.get("max_output_tokens"),
                          "metadata": raw.get("metadata") or {},
@@ -171,7 +182,7 @@ class ResponseEnvelope:
         """A whole chat answer as a Response."""
         choices = answer.get("choices") or [{}]
         message = choices[0].get("message") or {}
-        output: list[dict] = []
+        output: list[dict] = list(self.lead_items)
         if reasoning := reasoning_of(message):
             output.append(reasoning_item(self.id, reasoning, "completed"))
         if message.get("content"):
@@ -289,4 +300,4 @@ def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
 
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
-                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco"}
+                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "file_search_call": "fs"}

@@ -47,11 +47,12 @@ def input_messages(items: Any, field: str = "input") -> list[dict]:
             output = item.get("output")
             content = output if isinstance(output, str) else _content(output, f"{where}.output", True)
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": content})
-        elif kind == "reasoning":
-            continue  # nothing a chat model reads
+        elif kind in ("reasoning", "file_search_call"):
+            continue  # nothing a chat model reads (a search's excerpts served the turn that made it)
         else:
             raise bad_request(f"'{where}.type' {kind!r} is not supported (message, function_call, "
-                              "function_call_output, custom_tool_call, custom_tool_call_output, reasoning)",
+                              "function_call_output, custom_tool_call, custom_tool_call_output, reasoning, "
+                              "file_search_call)",
                               f"{where}.type", "unsupported")
     return messages
 
@@ -90,8 +91,8 @@ def chat_tools(tools: Any) -> list[dict]:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") not in ("function", "custom") \
                 or not isinstance(tool.get("name"), str):
-            raise bad_request(f"'tools[{i}]' must be a function or custom tool with a name (other tools are not "
-                              "supported)", f"tools[{i}]", "unsupported")
+            raise bad_request(f"'tools[{i}]' must be a function or custom tool with a name, or file_search (other "
+                              "tools are not supported)", f"tools[{i}]", "unsupported")
         if tool["type"] == "custom":
             converted.append(_custom_tool(tool, f"tools[{i}]"))
             continue

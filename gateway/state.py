@@ -40,6 +40,7 @@ from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_completions import StoredCompletions
 from gateway.stored_responses import StoredResponses
+from gateway.vector_stores import VectorStores
 from gateway.webhooks import WebhookSender
 from storage.batch_writer import BatchWriter
 from storage.chat_completions import ChatCompletionStore, StoredCompletionWriter
@@ -50,6 +51,7 @@ from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 from storage.responses import ResponseStore, StoredResponseWriter
+from storage.vector_stores import VectorStoreStore
 from storage.webhooks import EventOutbox, WebhookStore
 
 log = logging.getLogger("pitstop.gateway")
@@ -122,7 +124,8 @@ class GatewayState:
     keys: KeyStore
     responses: StoredResponses  # the Responses API's, for previous_response_id and retrieval
     conversations: Conversations  # the Conversations API's, for `conversation` and /v1/conversations
-    files: Files  # /v1/files: batches' input and output
+    files: Files  # /v1/files: batches' input and output, vector stores' files
+    vector_stores: VectorStores  # /v1/vector_stores, searched by the Responses API's file_search tool
     batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
     webhooks: WebhookSender  # events to /v1/webhook_endpoints, from the stores' outbox
     stored_completions: StoredCompletions  # chats with `store: true`, read back at /v1/chat/completions
@@ -201,6 +204,7 @@ class GatewayState:
         await self.webhooks.start()
         self.stored_completions.start()
         self.files.start()  # deletes expired files hourly
+        self.vector_stores.start()  # takes over files whose ingestion's replica stopped
         if self.retention is not None:
             self.retention.start()
         if self.key_events is not None:
@@ -226,6 +230,7 @@ class GatewayState:
         grace_s = self.settings.server.graceful_shutdown_s
         grace_s = BACKGROUND_GRACE_S if grace_s is None else grace_s
         await asyncio.gather(self.responses.background.close(grace_s), self.batches.close(grace_s))
+        await self.vector_stores.close()
         if self.router_artifacts is not None:
             await self.router_artifacts.close()
         if self.calibrator is not None:
@@ -283,13 +288,14 @@ def build_state(settings: Settings) -> GatewayState:
     outbox = EventOutbox()  # the stores queue their events' deliveries; the sender sends them
     server = settings.server
     files = Files(FileStore(db))
+    vector_stores = VectorStores(VectorStoreStore(db), files)
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         # a turn's calls, retries included, and a minute for its items
         max_hold_s=server.request_timeout_s * (server.num_retries + 1) + 60.0)
     responses = StoredResponses(settings.responses, ResponseStore(db, outbox), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
-        conversations)
+        conversations, vector_stores)
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
     for entry in settings.model_list:
         index = len(pool.by_model.get(entry.model_name, ()))
@@ -319,7 +325,7 @@ def build_state(settings: Settings) -> GatewayState:
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
-        files=files, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
+        files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db,
         webhooks=webhooks,

@@ -29,6 +29,8 @@ from gateway.background import BackgroundRuns, failed, view
 from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
+from gateway.file_search import call_item as search_call_item
+from gateway.file_search import context_text, file_search_of, query_of, with_context
 from gateway.outcomes import storable
 from gateway.periodic import Periodic
 from gateway.request_body import ProxyRequest
@@ -41,6 +43,7 @@ from gateway.responses_api import (
     stored_items,
 )
 from gateway.responses_stream import ResponseStream
+from gateway.vector_stores import VectorStores
 from storage.inserts import describe
 from storage.responses import ACTIVE, ResponseStore, StoredResponseWriter
 
@@ -122,6 +125,7 @@ class StoredResponses:
     store: ResponseStore
     writer: StoredResponseWriter
     conversations: Conversations | None = None  # where turns naming a `conversation` continue
+    vector_stores: VectorStores | None = None  # what a `file_search` tool searches
     background: BackgroundRuns = field(init=False)  # the `background: true` responses this replica runs
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
     _sweeper: Periodic | None = None
@@ -131,9 +135,28 @@ class StoredResponses:
 
     async def begin(self, raw: Any, request_id: str, key_id: str | None, resumed: dict | None = None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is
-        not this key's, or has expired; 503 while only the unreachable database has it). `resumed`: the
-        row of a background response taken over, whose request `raw` is: the turn is that response."""
+        not this key's, or has expired; 503 while only the unreachable database has it), its file search
+        made. `resumed`: the row of a background response taken over, whose request `raw` is: the turn is
+        that response."""
         raw = check_request(raw)
+        search = file_search_of(raw)  # checked before anything is held
+        turn = await self._begin(raw, request_id, key_id, resumed)
+        query = query_of(raw) if search is not None else None
+        if search is not None and query is not None:
+            if self.vector_stores is None:
+                raise bad_request("this gateway keeps no vector stores", "tools", "unsupported")
+            try:
+                results = await self.vector_stores.search(search.store_ids, [query], key_id, search.limit,
+                                                          search.ranking, search.filters, "tools")
+            except BaseException:
+                await turn.end()  # a conversation's turn is let go
+                raise
+            with_context(turn.chat, context_text(query, results))
+            turn.envelope.lead_items.append(
+                search_call_item(turn.envelope.id, query, results if search.include_results else None))
+        return turn
+
+    async def _begin(self, raw: dict, request_id: str, key_id: str | None, resumed: dict | None) -> ResponsesTurn:
         store = self.config.store and raw.get("store", True)
         background = bool(raw.get("background"))
         if background and not self.config.store:

@@ -380,3 +380,51 @@ class StoredChatCompletion(Base):
     messages: Mapped[Any]  # the request's messages
     settings: Mapped[Any]  # the request's other fields (temperature, tools, ...), as sent
     completion: Mapped[Any]  # the ChatCompletion as the client got it
+
+
+class VectorStore(Base):
+    """A vector store (`/v1/vector_stores`, gateway/vector_stores.py): the files searched together, owned
+    by the API key that made it. `version` moves whenever its chunks change, so a replica's search index
+    of it knows when to reload."""
+
+    __tablename__ = "vector_stores"
+    __table_args__ = (Index("ix_vector_stores_api_key_id_created_at", "api_key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # vs_...
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    api_key_id: Mapped[str | None]  # whose it is (None: the master key, or no keys)
+    name: Mapped[str | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    expires_after_days: Mapped[int | None]  # after its last activity (OpenAI's `expires_after`)
+    last_active_at: Mapped[datetime] = mapped_column(default=utc_now)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class VectorStoreFile(Base):
+    """A file in a vector store: its ingestion's status (the replica chunking and embedding it holds a
+    lease, so another one takes over if it stops), its attributes for search filters."""
+
+    __tablename__ = "vector_store_files"
+
+    vector_store_id: Mapped[str] = mapped_column(primary_key=True)
+    file_id: Mapped[str] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    status: Mapped[str] = mapped_column(index=True)  # in_progress, completed, failed, cancelled
+    last_error: Mapped[dict[str, Any] | None]
+    attributes: Mapped[dict[str, Any]]
+    chunking: Mapped[dict[str, Any]]  # {"max_chunk_size_tokens", "chunk_overlap_tokens"}
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    batch_id: Mapped[str | None]  # the file batch that added it
+    lease_until: Mapped[datetime | None]
+
+
+class VectorStoreChunk(Base):
+    """One chunk of a file in a vector store: its text and its embedding (float32 bytes)."""
+
+    __tablename__ = "vector_store_chunks"
+
+    vector_store_id: Mapped[str] = mapped_column(primary_key=True)
+    file_id: Mapped[str] = mapped_column(primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)  # the chunk's place in its file
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)

@@ -115,3 +115,27 @@ def test_an_agent_chains_its_turns_by_previous_response_id(gw: Gateway, upstream
     last = results[-1].last_response_id or ""
     row = gw.row("req-" + last.removeprefix("resp_"))
     assert row["session_id"] == chain_start and row["turn"] == 3  # the chain's calls after its first
+
+
+def test_an_agent_searches_a_vector_store_with_file_search_tool(gw: Gateway, upstreams: tuple) -> None:
+    """The Agents SDK's FileSearchTool: the gateway searches the store the agent names, the model reads
+    the excerpts, and the run's items include the search."""
+    from agents import FileSearchTool
+
+    async def run() -> tuple[list[str], str]:
+        async with gw.async_openai() as client:
+            uploaded = await client.files.create(file=("handbook.md", b"Holidays: every employee gets 30 days "
+                                                       b"of paid leave a year, booked through the HR portal."),
+                                                 purpose="assistants")
+            store = await client.vector_stores.create(name="handbook", file_ids=[uploaded.id])
+            while (await client.vector_stores.retrieve(store.id)).status != "completed":
+                await asyncio.sleep(0.1)
+            agent = Agent(name="hr", instructions="answer from the handbook",
+                          tools=[FileSearchTool(vector_store_ids=[store.id], include_search_results=True)],
+                          model=OpenAIResponsesModel(model="up", openai_client=client))
+            result = await Runner.run(agent, "How many days of leave do I get?")
+            return [item.type for item in result.new_items], result.final_output
+
+    kinds, answer = asyncio.run(run())
+    assert kinds[0] == "tool_call_item" and kinds[-1] == "message_output_item" and answer
+    assert "30 days of paid leave" in _sent(upstreams)[0]["content"]
