@@ -175,6 +175,14 @@ class CacheConfig(_Strict):
     shared_across_keys: bool = False  # false: an API key reads only the answers its own requests left
 
 
+class VectorStoresConfig(_Strict):
+    """What embeds vector stores' chunks and queries (gateway/vector_stores.py): None, all-MiniLM-L6-v2 in
+    the gateway; else a model of `model_list` marked `mode: embedding`, called as /v1/embeddings would be.
+    A store keeps the embedder it was made with."""
+
+    embedding_model: str | None = None
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -205,6 +213,7 @@ class Settings(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
+    vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
 
     @model_validator(mode="after")
@@ -244,6 +253,10 @@ class Settings(_Strict):
                                  "need storage.store_text: true (or calibrate on a data set or an export file)")
             if group.verify is not None:
                 _check_verify(f"route_groups.{i}.verify", group.verify, known, self.embedding_models)
+        embedder = self.vector_stores.embedding_model
+        if embedder is not None and embedder not in self.embedding_models:
+            raise ValueError(f"vector_stores.embedding_model: '{embedder}' is not a model_name with "
+                             "model_info.mode: embedding")
         return self
 
     def verify_policy(self, group: RouteGroup) -> VerifyPolicy | None:

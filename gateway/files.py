@@ -4,7 +4,8 @@ retrieves, lists, downloads and deletes files. A file's content is kept in its d
 key's is a 404). A batch's output and error files are files too. As at OpenAI, a file is kept until
 deleted unless it expires: `expires_after` on upload (1 hour to 30 days after its creation; a `batch`
 file's default is 30 days), a batch's `output_expires_after` for what it writes. An expired file is gone
-at once (a 404) and its row is deleted at the next hourly sweep."""
+at once (a 404) and its row is deleted at the next hourly sweep. Deleting a file takes it out of every
+vector store too, as at OpenAI (an expired one stays in them, its text already chunked)."""
 
 from __future__ import annotations
 
@@ -146,6 +147,7 @@ async def delete_file(request: Request) -> Response:
     files, key_id, file_id = _files(request), await _key(request), request.path_params["file_id"]
     await files.owned(file_id, key_id)
     await _db(files.store.delete, file_id)
+    await request.app.state.pitstop.vector_stores.forget_file(file_id)  # and from every vector store
     return SafeJSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 

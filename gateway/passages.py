@@ -37,11 +37,12 @@ class Chunking:
                                              "chunk_overlap_tokens": self.chunk_overlap_tokens}}
 
 
-def chunking_of(value: object, param: str = "chunking_strategy") -> Chunking:
-    """`{"type": "auto"}` (or none) or `{"type": "static", "static": {max_chunk_size_tokens 100-4096,
-    chunk_overlap_tokens at most half of it}}`; a 400 naming the field otherwise."""
+def chunking_of(value: object, param: str = "chunking_strategy", auto: Chunking = Chunking()) -> Chunking:
+    """`{"type": "auto"}` (or none: `auto`, the embedder's) or `{"type": "static", "static":
+    {max_chunk_size_tokens 100-4096, chunk_overlap_tokens at most half of it}}`; a 400 naming the field
+    otherwise."""
     if value is None or value == {"type": "auto"}:
-        return Chunking()
+        return auto
     static = value.get("static") if isinstance(value, dict) and value.get("type") == "static" else None
     size = static.get("max_chunk_size_tokens") if isinstance(static, dict) else None
     overlap = static.get("chunk_overlap_tokens") if isinstance(static, dict) else None

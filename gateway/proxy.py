@@ -72,9 +72,11 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
         return await _answer(request, kind, state, draft)
 
 
-async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, raw: Any, batch_id: str) -> Response:
-    """A request that came in no HTTP request of its own (a batch's line, gateway/batches.py), served as
-    one that did, from `caller`: its answer or its error, and its outcome row. Whole answers only."""
+async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, raw: Any,
+                     batch_id: str | None) -> Response:
+    """A request that came in no HTTP request of its own (a batch's line, gateway/batches.py; a vector
+    store's embeddings, gateway/embedders.py), served as one that did, from `caller`: its answer or its
+    error, and its outcome row. Whole answers only."""
     draft = OutcomeDraft(caller=caller, batch_id=batch_id)
     with state.drain.track():
         return await _answer(None, endpoint, state, draft, raw)

@@ -288,7 +288,7 @@ def build_state(settings: Settings) -> GatewayState:
     outbox = EventOutbox()  # the stores queue their events' deliveries; the sender sends them
     server = settings.server
     files = Files(FileStore(db))
-    vector_stores = VectorStores(VectorStoreStore(db), files)
+    vector_stores = VectorStores(VectorStoreStore(db), files, settings.vector_stores.embedding_model)
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         # a turn's calls, retries included, and a minute for its items

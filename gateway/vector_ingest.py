@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from engine.server.errors import APIError
+from gateway.embedders import Embedder, EmbedderError
 from gateway.files import Files
 from gateway.passages import Chunking, PassageEncoder, decode_text
 from gateway.periodic import Periodic
@@ -29,7 +30,8 @@ log = logging.getLogger("pitstop.gateway")
 class Ingestion:
     store: VectorStoreStore
     files: Files
-    encoder: PassageEncoder
+    encoder: PassageEncoder  # chunks files (its tokenizer)
+    embedders: dict[str | None, Embedder]  # by the name a store records
     lease_s: float = LEASE_S
     tasks: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)  # this replica's
     _adopter: Periodic | None = None
@@ -64,6 +66,13 @@ class Ingestion:
             self.tasks.pop((store_id, file_id), None)
 
     async def _chunk_and_embed(self, store_id: str, file_id: str, chunking: Chunking) -> None:
+        store = await asyncio.to_thread(self.store.get_store, store_id)
+        if store is None:
+            return  # deleted meanwhile
+        embedder = self.embedders.get(store["embedding_model"])
+        if embedder is None:
+            raise _Failed("server_error", f"the store's embedder {store['embedding_model']!r} is not served by "
+                                          "this gateway (vector_stores.embedding_model)")
         info = await asyncio.to_thread(self.files.store.get, file_id)
         content = await asyncio.to_thread(self.files.store.content, file_id) if info is not None else None
         if info is None or content is None:
@@ -75,7 +84,10 @@ class Ingestion:
         pieces = await asyncio.to_thread(self.encoder.chunks, text, chunking)
         vectors = []
         for start in range(0, len(pieces), ENCODE_BATCH):
-            vectors.extend(await asyncio.to_thread(self.encoder.encode, pieces[start:start + ENCODE_BATCH]))
+            try:
+                vectors.extend(await embedder.embed(pieces[start:start + ENCODE_BATCH], store["api_key_id"]))
+            except EmbedderError as exc:
+                raise _Failed("server_error", str(exc)) from None
             if not await asyncio.to_thread(self.store.renew_file, store_id, file_id, self.lease_until()):
                 return  # cancelled, or left the store, meanwhile
         if await asyncio.to_thread(self.store.finish_file, store_id, file_id, list(zip(pieces, vectors, strict=True)),

@@ -2,23 +2,24 @@
 
 A chunk's score is a weighted mean of two relevances in [0, 1]: semantic, the cosine of its embedding
 with the query's (negative cosines as 0), and keyword, its BM25 score for the query's words divided by
-the best chunk's (k1 1.2, b 0.75; words are lower-cased \\w+ runs). `ranking_options.hybrid_search`
+the best chunk's (k1 1.2, b 0.75; words are lower-cased \\w+ runs, hashed). `ranking_options.hybrid_search`
 sets the weights (OpenAI's `embedding_weight` and `text_weight`); `score_threshold` drops chunks below
 it, and a chunk scoring 0 (nothing of the query, by either measure) is never a hit. A store's index
-(embedding matrix, term counts) is built once per version of its chunks and kept in memory, so a
-search reads the store's version and nothing else."""
+(embedding matrix, term weights) is kept in memory and brought to each new version of the store's
+chunks by reading only the files it lacks (a store filling up is not read whole again at each file),
+so a search that finds it current reads the store's version and nothing else."""
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.feature_extraction.text import HashingVectorizer
 
 from engine.server.errors import bad_request
 from storage.vector_stores import StoredChunks
@@ -28,7 +29,9 @@ BM25_K1, BM25_B = 1.2, 0.75
 MAX_RESULTS = 50
 INDEXES_KEPT = 32  # stores whose index a replica keeps in memory (least recently searched go first)
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
-_WORDS = re.compile(r"\w+")
+HASHED_TERMS = 1 << 20  # words are hashed into this many columns: no vocabulary to grow as files come
+_HASHER = HashingVectorizer(n_features=HASHED_TERMS, alternate_sign=False, norm=None, lowercase=True,
+                            token_pattern=r"(?u)\w+", dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -113,37 +116,86 @@ def filter_of(value: Any, param: str = "filters") -> Filter | None:
     return compare
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One file's chunks in an index: kept across versions while the file stays (same `added_at`)."""
+
+    added_at: datetime | None
+    positions: list[int]
+    texts: list[str]
+    embeddings: np.ndarray  # [chunks, dim]
+    counts: sparse.csr_matrix  # [chunks, HASHED_TERMS] word counts
+
+
+def segments_of(chunks: StoredChunks, added: Mapping[str, datetime] | None = None) -> dict[str, Segment]:
+    """`chunks` (ordered by file) as one segment per file; its words counted once, here."""
+    counts = _HASHER.transform(chunks.texts).tocsr() if chunks.texts else None
+    segments, start = {}, 0
+    while start < len(chunks.file_ids):
+        file_id = chunks.file_ids[start]
+        end = start
+        while end < len(chunks.file_ids) and chunks.file_ids[end] == file_id:
+            end += 1
+        assert counts is not None
+        segments[file_id] = Segment((added or {}).get(file_id), chunks.positions[start:end], chunks.texts[start:end],
+                                    chunks.embeddings[start:end], counts[start:end])
+        start = end
+    return segments
+
+
 @dataclass
 class StoreIndex:
-    """One store's chunks at one version, ready to rank."""
+    """One store's chunks at one version, ready to rank: per-file segments, and their concatenation
+    with its BM25 term weights (which depend on every chunk: document frequencies, mean length)."""
 
     chunks: StoredChunks
-    vectorizer: CountVectorizer | None  # None: the store has no words (or no chunks)
-    term_weights: sparse.csc_matrix | None  # [chunks, terms] BM25 term weights
+    segments: dict[str, Segment]
+    term_weights: sparse.csc_matrix | None  # [chunks, HASHED_TERMS]; None: no words in the store
 
     @classmethod
     def build(cls, chunks: StoredChunks) -> StoreIndex:
-        vectorizer = CountVectorizer(lowercase=True, token_pattern=r"(?u)\w+")
-        try:
-            counts = vectorizer.fit_transform(chunks.texts).tocsr().astype(np.float32)
-        except ValueError:  # no chunks, or not one word in them
-            return cls(chunks, None, None)
+        return cls.assemble(chunks.version, segments_of(chunks), chunks.embeddings.shape[1])
+
+    @classmethod
+    def assemble(cls, version: int, segments: Mapping[str, Segment], dim: int) -> StoreIndex:
+        order = sorted(segments)
+        parts = [segments[file_id] for file_id in order]
+        chunks = StoredChunks(
+            version, [f for f, part in zip(order, parts, strict=True) for _ in part.texts],
+            [p for part in parts for p in part.positions], [t for part in parts for t in part.texts],
+            np.concatenate([part.embeddings for part in parts]) if parts else np.zeros((0, dim), np.float32))
+        if not parts or not sum(part.counts.nnz for part in parts):
+            return cls(chunks, dict(segments), None)
+        counts = sparse.vstack([part.counts for part in parts], format="csr", dtype=np.float32)
         lengths = np.asarray(counts.sum(axis=1)).ravel()
-        documents = np.diff(counts.tocsc().indptr)  # chunks each term is in
+        documents = np.bincount(counts.indices, minlength=HASHED_TERMS)  # chunks each term is in
         idf = np.log1p((len(lengths) - documents + 0.5) / (documents + 0.5)).astype(np.float32)
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(lengths.mean(), 1e-9))
         rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
         tf = counts.data
-        counts.data = (tf * (BM25_K1 + 1) / (tf + norm[rows]) * idf[counts.indices]).astype(np.float32)
-        return cls(chunks, vectorizer, counts.tocsc())
+        weights = sparse.csr_matrix(((tf * (BM25_K1 + 1) / (tf + norm[rows]) * idf[counts.indices]).astype(np.float32),
+                                     counts.indices, counts.indptr), shape=counts.shape)
+        return cls(chunks, dict(segments), weights.tocsc())
+
+    def missing(self, completed: Mapping[str, datetime]) -> list[str]:
+        """The completed files this index lacks, or holds from an earlier time they were added."""
+        return sorted(f for f, at in completed.items() if f not in self.segments or self.segments[f].added_at != at)
+
+    def updated(self, version: int, completed: Mapping[str, datetime], fresh: StoredChunks) -> StoreIndex:
+        """This index at `version`: files no longer completed dropped, `fresh` (the missing files'
+        chunks) added; the other files' chunks, embeddings and word counts are not read again."""
+        kept = {f: seg for f, seg in self.segments.items() if f in completed}  # fresh replaces re-added ones
+        kept.update(segments_of(fresh, completed))
+        return StoreIndex.assemble(version, kept, self.chunks.embeddings.shape[1])
 
     def scores(self, query_vector: np.ndarray, query: str, ranking: Ranking) -> np.ndarray:
+        if not self.chunks.texts:
+            return np.zeros(0, np.float32)
         semantic = np.clip(self.chunks.embeddings @ query_vector, 0.0, 1.0)
         keyword = np.zeros_like(semantic)
-        if self.vectorizer is not None and self.term_weights is not None and ranking.text_weight:
-            vocabulary = self.vectorizer.vocabulary_
-            terms = sorted({vocabulary[w] for w in _WORDS.findall(query.lower()) if w in vocabulary})
-            if terms:
+        if self.term_weights is not None and ranking.text_weight:
+            terms = np.unique(_HASHER.transform([query]).indices)
+            if len(terms):
                 keyword = np.asarray(self.term_weights[:, terms].sum(axis=1)).ravel()
                 keyword = keyword / max(float(keyword.max()), 1e-9)
         total = ranking.embedding_weight + ranking.text_weight
@@ -151,17 +203,16 @@ class StoreIndex:
 
 
 class SearchIndexes:
-    """The indexes this replica keeps, by store id, each at the version it was built from."""
+    """The indexes this replica keeps, by store id (least recently searched dropped first)."""
 
     def __init__(self, kept: int = INDEXES_KEPT) -> None:
         self.kept = kept
         self._indexes: OrderedDict[str, StoreIndex] = OrderedDict()
 
-    def current(self, store_id: str, version: int) -> StoreIndex | None:
+    def get(self, store_id: str) -> StoreIndex | None:
         index = self._indexes.get(store_id)
-        if index is None or index.chunks.version != version:
-            return None
-        self._indexes.move_to_end(store_id)
+        if index is not None:
+            self._indexes.move_to_end(store_id)
         return index
 
     def keep(self, store_id: str, index: StoreIndex) -> None:

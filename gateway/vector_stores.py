@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.server.errors import bad_request, not_found
+import numpy as np
+
+from engine.server.errors import APIError, bad_request, not_found
 from engine.server.fields import read_object
+from gateway.auth import Caller
 from gateway.db_calls import db_call_or_503
+from gateway.embedders import Embedder, EmbedderError, LocalEmbedder, ModelEmbedder, Serve
 from gateway.files import Files
 from gateway.metadata import checked_metadata
 from gateway.passages import Chunking, PassageEncoder, chunking_of
@@ -46,7 +50,7 @@ from gateway.vector_search import (
     ranking_of,
     top_hits,
 )
-from storage.vector_stores import FILE_STATUSES, VectorStoreStore
+from storage.vector_stores import FILE_STATUSES, StoredChunks, VectorStoreStore
 
 MAX_BATCH_FILES = 500  # OpenAI's limit on a file batch
 _db = db_call_or_503("vector stores", "vector_store_unavailable")
@@ -56,12 +60,31 @@ _db = db_call_or_503("vector stores", "vector_store_unavailable")
 class VectorStores:
     store: VectorStoreStore
     files: Files
+    embedding_model: str | None = None  # what new stores are embedded by (None: the built-in encoder)
     encoder: PassageEncoder = field(default_factory=PassageEncoder)
     indexes: SearchIndexes = field(default_factory=SearchIndexes)
+    embedders: dict[str | None, Embedder] = field(init=False)
     ingestion: Ingestion = field(init=False)
 
     def __post_init__(self) -> None:
-        self.ingestion = Ingestion(self.store, self.files, self.encoder)
+        self.embedders = {None: LocalEmbedder(self.encoder)}
+        if self.embedding_model is not None:
+            self.embedders[self.embedding_model] = ModelEmbedder(self.embedding_model)
+        self.ingestion = Ingestion(self.store, self.files, self.encoder, self.embedders)
+
+    def connect(self, serve: Serve, caller_of: Callable[[str | None], Awaitable[Caller | None]]) -> None:
+        """How a model embedder calls its model, from a store's key (set by the app: gateway/app.py)."""
+        for embedder in self.embedders.values():
+            if isinstance(embedder, ModelEmbedder):
+                embedder.serve, embedder.caller_of = serve, caller_of
+
+    def embedder_of(self, row: Mapping[str, Any], param: str | None = None) -> Embedder:
+        embedder = self.embedders.get(row.get("embedding_model"))
+        if embedder is None:
+            raise bad_request(f"vector store {row['id']!r} was embedded by {row['embedding_model']!r}, which this "
+                              "gateway does not serve now (vector_stores.embedding_model)", param,
+                              "vector_store_embedder_unavailable")
+        return embedder
 
     def start(self) -> None:
         self.ingestion.start()
@@ -77,13 +100,13 @@ class VectorStores:
                 or len(file_ids) > MAX_BATCH_FILES:
             raise bad_request(f"'file_ids' must be a list of at most {MAX_BATCH_FILES} file ids", "file_ids",
                               "invalid_value")
-        chunking = chunking_of(raw.get("chunking_strategy"))
+        chunking = chunking_of(raw.get("chunking_strategy"), auto=self.embedders[self.embedding_model].chunking)
         for file_id in file_ids:  # every file is the key's before anything is made
             await self.files.owned(file_id, key_id, "file_ids")
         now = datetime.now(UTC)
         row = {"id": "vs_" + uuid.uuid4().hex, "created_at": now, "api_key_id": key_id, "name": name_of(raw.get("name")),
                "metadata": checked_metadata(raw.get("metadata")), "expires_after_days": expiry_days_of(raw.get("expires_after")),
-               "last_active_at": now, "version": 0}
+               "last_active_at": now, "version": 0, "embedding_model": self.embedding_model}
         await _db(self.store.put_store, row)
         for file_id in dict.fromkeys(file_ids):
             await self._add(row["id"], file_id, {}, chunking, None)
@@ -131,13 +154,13 @@ class VectorStores:
     # --- files
     async def add_file(self, store_id: str, raw: Any, key_id: str | None) -> dict:
         raw = read_object(raw, {"file_id", "attributes", "chunking_strategy"})
-        await self.owned(store_id, key_id)
+        auto = self.embedder_of(await self.owned(store_id, key_id)).chunking
         file_id = raw.get("file_id")
         if not isinstance(file_id, str):
             raise bad_request("'file_id' must be a file's id", "file_id", "invalid_type")
         await self.files.owned(file_id, key_id, "file_id")
         row = await self._add(store_id, file_id, attributes_of(raw.get("attributes")),
-                              chunking_of(raw.get("chunking_strategy")), None)
+                              chunking_of(raw.get("chunking_strategy"), auto=auto), None)
         return file_object(row)
 
     async def _add(self, store_id: str, file_id: str, attributes: dict, chunking: Chunking, batch_id: str | None) -> dict:
@@ -173,6 +196,11 @@ class VectorStores:
         await _db(self.store.delete_file, store_id, file_id)
         return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
 
+    async def forget_file(self, file_id: str) -> None:
+        """A file deleted from `/v1/files` leaves every store, as at OpenAI."""
+        for store_id in await _db(self.store.delete_file_everywhere, file_id):
+            self.ingestion.stop(store_id, {file_id})
+
     async def file_page(self, store_id: str, query: Mapping[str, str], key_id: str | None,
                         batch_id: str | None = None) -> dict:
         await self.owned(store_id, key_id)
@@ -195,10 +223,10 @@ class VectorStores:
     # --- file batches
     async def create_batch(self, store_id: str, raw: Any, key_id: str | None) -> dict:
         raw = read_object(raw, {"file_ids", "files", "attributes", "chunking_strategy"})
-        await self.owned(store_id, key_id)
+        auto = self.embedder_of(await self.owned(store_id, key_id)).chunking
         if ("file_ids" in raw) == ("files" in raw):
             raise bad_request("give either 'file_ids' or 'files'", "file_ids", "invalid_value")
-        attributes, chunking = attributes_of(raw.get("attributes")), chunking_of(raw.get("chunking_strategy"))
+        attributes, chunking = attributes_of(raw.get("attributes")), chunking_of(raw.get("chunking_strategy"), auto=auto)
         entries = [{"file_id": f} for f in raw["file_ids"]] if "file_ids" in raw and isinstance(raw["file_ids"], list) \
             else raw.get("files")
         if not isinstance(entries, list) or not entries or len(entries) > MAX_BATCH_FILES or not all(
@@ -210,7 +238,7 @@ class VectorStores:
             await self.files.owned(entry["file_id"], key_id, "file_ids")
             planned.append((entry["file_id"], attributes_of(entry.get("attributes"), f"files[{i}].attributes")
                             if "attributes" in entry else attributes,
-                            chunking_of(entry["chunking_strategy"], f"files[{i}].chunking_strategy")
+                            chunking_of(entry["chunking_strategy"], f"files[{i}].chunking_strategy", auto)
                             if "chunking_strategy" in entry else chunking))
         batch_id = "vsfb_" + uuid.uuid4().hex
         created_at = datetime.now(UTC)
@@ -244,13 +272,17 @@ class VectorStores:
         for row in rows:
             if expired(row, now):
                 raise bad_request(f"vector store {row['id']!r} has expired", param, "vector_store_expired")
+        embedders = [self.embedder_of(row, param) for row in rows]
         await _db(self.store.touch, store_ids, now)
-        vectors = await asyncio.to_thread(self.encoder.encode, queries, False)  # not behind ingestions
+        vectors: dict[str | None, np.ndarray] = {}  # the queries embedded once per embedder
+        for embedder in embedders:
+            if embedder.name not in vectors:  # not queued behind ingestions
+                vectors[embedder.name] = await self._embed_query(embedder, queries, key_id, param)
         scored, attributes = [], {}
-        for store_id in store_ids:
+        for store_id, embedder in zip(store_ids, embedders, strict=True):
             index = await self._index(store_id)
             scores = None
-            for vector, query in zip(vectors, queries, strict=True):
+            for vector, query in zip(vectors[embedder.name], queries, strict=True):
                 one = index.scores(vector, query, ranking)
                 scores = one if scores is None else scores.clip(min=one)
             if scores is not None and len(scores):
@@ -264,13 +296,25 @@ class VectorStores:
         hits = top_hits(scored, allowed, limit, ranking.score_threshold)
         return await self._results(hits, attributes)
 
+    @staticmethod
+    async def _embed_query(embedder: Embedder, queries: list[str], key_id: str | None, param: str) -> np.ndarray:
+        try:
+            return await embedder.embed(queries, key_id, queued=False)
+        except EmbedderError as exc:  # the model's own refusal (its rate, the budget) said as this search's
+            raise APIError(502, f"embedding the query failed: {exc}", param, "embedder_failed") from None
+
     async def _index(self, store_id: str) -> StoreIndex:
-        version = await _db(self.store.version, store_id)
-        index = self.indexes.current(store_id, version or 0)
-        if index is None:
-            chunks = await _db(self.store.chunks, store_id, self.encoder.dim)
-            index = await asyncio.to_thread(StoreIndex.build, chunks)
-            self.indexes.keep(store_id, index)
+        """The store's index at its current version: the one kept, brought up to date where it is not."""
+        index = self.indexes.get(store_id)
+        if index is not None and index.chunks.version == await _db(self.store.version, store_id):
+            return index
+        version, completed = await _db(self.store.completed_files, store_id)
+        index = index or StoreIndex.assemble(0, {}, self.encoder.dim)
+        missing = index.missing(completed)
+        fresh = await _db(self.store.chunks, store_id, self.encoder.dim, missing) if missing else \
+            StoredChunks(version, [], [], [], np.zeros((0, self.encoder.dim), np.float32))
+        index = await asyncio.to_thread(index.updated, version, completed, fresh)
+        self.indexes.keep(store_id, index)
         return index
 
     async def _results(self, hits: list[Hit], attributes: dict[str, dict[str, dict]]) -> list[dict]:

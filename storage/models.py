@@ -398,6 +398,7 @@ class VectorStore(Base):
     expires_after_days: Mapped[int | None]  # after its last activity (OpenAI's `expires_after`)
     last_active_at: Mapped[datetime] = mapped_column(default=utc_now)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    embedding_model: Mapped[str | None]  # what embeds its chunks and queries (None: the built-in encoder)
 
 
 class VectorStoreFile(Base):

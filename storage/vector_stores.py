@@ -161,6 +161,18 @@ class VectorStoreStore:
             return connection.execute(delete(FILES).where(FILES.c.vector_store_id == store_id,
                                                           FILES.c.file_id == file_id)).rowcount > 0
 
+    def delete_file_everywhere(self, file_id: str) -> list[str]:
+        """The file leaves every store that holds it (it was deleted from `/v1/files`); those stores."""
+        with self._engine.begin() as connection:
+            store_ids = list(connection.execute(select(FILES.c.vector_store_id).where(FILES.c.file_id == file_id))
+                             .scalars())
+            for store_id in store_ids:
+                if connection.execute(delete(CHUNKS).where(CHUNKS.c.vector_store_id == store_id,
+                                                           CHUNKS.c.file_id == file_id)).rowcount:
+                    self._bump(connection, store_id)
+            connection.execute(delete(FILES).where(FILES.c.file_id == file_id))
+            return store_ids
+
     def finish_file(self, store_id: str, file_id: str, chunks: Sequence[tuple[str, np.ndarray]],
                     usage_bytes: int) -> bool:
         """The file's chunks (text, float32 embedding) in place of any it had, and the file completed, in
@@ -212,8 +224,18 @@ class VectorStoreStore:
         with self._engine.connect() as connection:
             return connection.execute(select(STORES.c.version).where(STORES.c.id == store_id)).scalar()
 
-    def chunks(self, store_id: str, dim: int) -> StoredChunks:
-        """Every chunk of the store's completed files, with the version they are at."""
+    def completed_files(self, store_id: str) -> tuple[int, dict[str, datetime]]:
+        """The store's version, then its completed files with when each was added (a file removed and
+        added again is another ingestion): what a search index checks itself against."""
+        with self._engine.connect() as connection:
+            version = connection.execute(select(STORES.c.version).where(STORES.c.id == store_id)).scalar() or 0
+            query = select(FILES.c.file_id, FILES.c.created_at).where(FILES.c.vector_store_id == store_id,
+                                                                      FILES.c.status == "completed")
+            return version, {file_id: created_at for file_id, created_at in connection.execute(query)}
+
+    def chunks(self, store_id: str, dim: int, file_ids: Sequence[str] | None = None) -> StoredChunks:
+        """The chunks of the store's completed files (of `file_ids` only, when given), by file and
+        position, with the version they are at (`dim`: the width of none)."""
         with self._engine.connect() as connection:
             version = connection.execute(select(STORES.c.version).where(STORES.c.id == store_id)).scalar() or 0
             completed = select(FILES.c.file_id).where(FILES.c.vector_store_id == store_id,
@@ -221,7 +243,11 @@ class VectorStoreStore:
             query = (select(CHUNKS.c.file_id, CHUNKS.c.position, CHUNKS.c.text, CHUNKS.c.embedding)
                      .where(CHUNKS.c.vector_store_id == store_id, CHUNKS.c.file_id.in_(completed))
                      .order_by(CHUNKS.c.file_id, CHUNKS.c.position))
+            if file_ids is not None:
+                query = query.where(CHUNKS.c.file_id.in_(list(file_ids)))
             rows = connection.execute(query).all()
+        if rows:  # every chunk of a store has its embedder's width
+            dim = len(rows[0].embedding) // 4
         embeddings = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32).reshape(len(rows), dim) \
             if rows else np.zeros((0, dim), dtype=np.float32)
         return StoredChunks(version, [row.file_id for row in rows], [row.position for row in rows],

@@ -78,6 +78,7 @@ def test_files_are_ingested_searched_listed_and_removed(gw: Gateway) -> None:
         added = client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=(
             "orbits.md", b"Rockets reach orbit by going sideways fast enough to keep missing the Earth."))
         assert added.status == "completed" and added.chunking_strategy.type == "static"  # type: ignore[union-attr]
+        assert client.vector_stores.search(store.id, query="rockets in orbit").data[0].filename == "orbits.md"
         listed = client.vector_stores.files.list(store.id)
         assert sorted(f.id for f in listed) == sorted([*ids.values(), added.id])
         content = client.vector_stores.files.content(file_id=ids["python.txt"], vector_store_id=store.id)
@@ -92,6 +93,10 @@ def test_files_are_ingested_searched_listed_and_removed(gw: Gateway) -> None:
         after = client.vector_stores.search(store.id, query="why does the ocean go up and down?")
         assert "tides.txt" not in [r.filename for r in after.data]
         assert client.files.retrieve(ids["tides.txt"]).id == ids["tides.txt"]  # the file itself stays
+        # Deleting the file itself takes it out of every store, as at OpenAI.
+        assert client.files.delete(ids["bread.md"]).deleted
+        assert ids["bread.md"] not in [f.id for f in client.vector_stores.files.list(store.id)]
+        assert "bread.md" not in [r.filename for r in client.vector_stores.search(store.id, query="sourdough").data]
         assert client.vector_stores.delete(store.id).deleted
         with pytest.raises(openai.NotFoundError):
             client.vector_stores.retrieve(store.id)
@@ -309,3 +314,49 @@ def _search_or_none(client: openai.OpenAI, store_id: str) -> Any:
         return client.vector_stores.search(store_id, query="tides")
     except (openai.APIStatusError, httpx.HTTPError):
         return None
+
+
+def test_a_store_embedded_by_a_model_of_the_gateway(upstreams: tuple[UpstreamProcess, ...], tmp_path: Path) -> None:
+    """`vector_stores.embedding_model`: chunks and queries go to that embeddings model as /v1/embeddings
+    requests from the store's key (each an outcome row), `auto` chunks are OpenAI's 800 / 400 tokens, a
+    refusal fails the file with the model's reason, and a store outlives a gateway that no longer serves
+    its embedder only as a clear 400."""
+    from tests.gateway.test_gateway_embeddings import embedding_model
+
+    models = [model_entry("up", upstreams[0].api_base), embedding_model("emb", upstreams[0].api_base)]
+    raw = gateway_config(tmp_path, models, vector_stores={"embedding_model": "emb"})
+    with running_gateway(raw) as gw, gw.openai() as client:
+        text = "Lighthouses guide ships along dangerous coasts at night."
+        store_id = completed_store(client, list(upload(client, {"coast.txt": text}).values()))
+        (listed,) = client.vector_stores.files.list(store_id)
+        assert listed.chunking_strategy.static.max_chunk_size_tokens == 800  # type: ignore[union-attr]
+        sent = [body for body in upstreams[0].stats()["bodies"] if body.get("model") == "emb"]
+        assert sent[-1]["input"] == [text]
+        found = client.vector_stores.search(store_id, query="What guides ships?")
+        assert found.data[0].filename == "coast.txt"
+        assert upstreams[0].stats()["bodies"][-1]["input"] == ["What guides ships?"]
+        rows = [row for row in gw.rows() if row["endpoint"] == "embedding"]
+        assert len(rows) == 2 and {row["model"] for row in rows} == {"emb"}  # the chunk, then the query
+
+        upstreams[0].set_fail(500)
+        try:
+            (broken,) = upload(client, {"broken.txt": "never embedded"}).values()
+            failed = client.vector_stores.files.create_and_poll(file_id=broken, vector_store_id=store_id)
+        finally:
+            upstreams[0].set_fail(None)
+        assert failed.status == "failed" and failed.last_error is not None
+        assert failed.last_error.code == "server_error" and "emb answered 5" in failed.last_error.message
+
+    raw["vector_stores"] = {}  # restarted on the built-in encoder: the store keeps its embedder
+    with running_gateway(raw) as gw, gw.http() as http:
+        answer = http.post(f"/v1/vector_stores/{store_id}/search", json={"query": "ships"})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "vector_store_embedder_unavailable"
+
+
+def test_the_embedder_must_be_an_embeddings_model(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, parse_settings
+
+    raw = gateway_config(tmp_path, [model_entry("up", "http://127.0.0.1:1/v1")], vector_stores={"embedding_model": "up"})
+    with pytest.raises(ConfigError, match="vector_stores.embedding_model"):
+        parse_settings(raw)

@@ -119,3 +119,35 @@ def test_hybrid_scores_mix_meaning_and_keywords(encoder: PassageEncoder) -> None
     assert np.allclose(mixed, (keyword + semantic) / 2, atol=1e-6)
     assert StoreIndex.build(StoredChunks(0, [], [], [], np.zeros((0, 384), np.float32))).scores(
         vector, query, Ranking()).shape == (0,)
+
+
+def test_an_index_brought_up_to_date_ranks_as_one_built_whole(encoder: PassageEncoder) -> None:
+    """A store's index follows its files without reading the others again: a file removed, one added
+    again (a new ingestion), one new, and the result ranks exactly as an index built from scratch."""
+    from datetime import UTC, datetime, timedelta
+
+    texts = {"a": ["Tides follow the Moon.", "Spring tides at full moon."], "b": ["Bread needs flour and water."],
+             "c": ["Rockets reach orbit sideways."], "d": ["Cats sleep most of the day."]}
+
+    def stored(files: list[str], version: int) -> StoredChunks:
+        if version == 2:  # c ingested again: another text (a file replaced under the same id)
+            texts["c"] = ["Rockets reach orbit by going sideways fast enough to keep missing the Earth."]
+        rows = [(f, i, t) for f in sorted(files) for i, t in enumerate(texts[f])]
+        return StoredChunks(version, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                            encoder.encode([r[2] for r in rows]))
+
+    t0 = datetime.now(UTC)
+    first = {"a": t0, "b": t0, "c": t0}
+    empty = StoreIndex.assemble(0, {}, encoder.dim)
+    assert empty.missing(first) == ["a", "b", "c"]
+    old = empty.updated(1, first, stored(["a", "b", "c"], 1))  # as the gateway makes a store's first index
+    assert old.missing(first) == [] and old.chunks.version == 1
+    now = {"a": t0, "c": t0 + timedelta(seconds=5), "d": t0}  # b removed, c added again, d new
+    assert old.missing(now) == ["c", "d"]
+    grown = old.updated(2, now, stored(["c", "d"], 2))
+    whole = StoreIndex.build(stored(["a", "c", "d"], 2))
+    assert grown.chunks.file_ids == whole.chunks.file_ids == ["a", "a", "c", "d"] and grown.chunks.version == 2
+    assert "missing the Earth" in grown.chunks.texts[2]
+    for query in ("moon tides", "orbit", "cats"):
+        vector = encoder.encode([query])[0]
+        assert np.allclose(grown.scores(vector, query, Ranking()), whole.scores(vector, query, Ranking()), atol=1e-6)

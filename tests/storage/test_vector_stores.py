@@ -88,3 +88,17 @@ def test_pages_batches_and_deleting_a_store(db_url: str) -> None:
     assert store.delete_store("vs_1") and store.get_store("vs_1") is None
     assert store.page_files("vs_1", 10, False, None)[0] == [] and store.chunks("vs_1", DIM).texts == []
     assert store.get_store("vs_other") is not None
+
+
+def test_a_deleted_file_leaves_every_store(db_url: str) -> None:
+    store = VectorStoreStore(db_url)
+    for store_id in ("vs_1", "vs_2"):
+        _store(store, store_id)
+        _file(store, "file-shared", store_id=store_id)
+        store.finish_file(store_id, "file-shared", [("shared", _vectors(1, 2)[0])], 6)
+    _file(store, "file-own", store_id="vs_2")
+    assert sorted(store.delete_file_everywhere("file-shared")) == ["vs_1", "vs_2"]
+    assert store.chunks("vs_1", DIM).texts == store.chunks("vs_2", DIM).texts == []
+    assert store.version("vs_1") == store.version("vs_2") == 2  # completed, then emptied
+    assert [r["file_id"] for r in store.page_files("vs_2", 10, False, None)[0]] == ["file-own"]
+    assert store.delete_file_everywhere("file-nowhere") == []
