@@ -2,7 +2,8 @@
 the tool's vector stores are searched (gateway/vector_stores.py) before the model is called, and the
 best chunks go to the model in its system message, each with its file's name. The Response then opens
 with a `file_search_call` item (its `queries`; its `results` too when `include` asks for
-`file_search_call.results`), streamed as OpenAI streams one.
+`file_search_call.results`), streamed as OpenAI streams one. Where the answer names a file the search
+gave it (the model is asked to), the mention carries a `file_citation` annotation, as OpenAI's do.
 
 OpenAI's models choose whether to search and write their own queries; here every turn that offers the
 tool and brings a user message searches with that message as the query (`tool_choice: "none"` does
@@ -10,6 +11,7 @@ not search), so a model without tool training gets the files' text all the same.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +103,27 @@ def call_item(response_id: str, query: str, results: list[dict] | None) -> dict:
             "results": None if results is None else [
                 {"file_id": r["file_id"], "filename": r["filename"], "score": r["score"],
                  "text": r["content"][0]["text"], "attributes": r["attributes"]} for r in results]}
+
+
+def cited_files(results: list[dict]) -> list[tuple[str, str]]:
+    """(file id, filename) of the files the excerpts came from, once each, in the order found."""
+    return list(dict.fromkeys((r["file_id"], r["filename"]) for r in results if r["filename"]))
+
+
+def citations(text: str, files: Sequence[tuple[str, str]]) -> list[dict]:
+    """A `file_citation` annotation at the end of each mention of a searched file's name in the answer
+    (longer names first, so `notes.md` is not also cited as `s.md`), in the text's order."""
+    claimed: list[tuple[int, int]] = []
+    found = []
+    for file_id, filename in sorted(files, key=lambda f: -len(f[1])):
+        start = text.find(filename)
+        while start >= 0:
+            end = start + len(filename)
+            if not any(start < e and s < end for s, e in claimed):
+                claimed.append((start, end))
+                found.append({"type": "file_citation", "file_id": file_id, "filename": filename, "index": end})
+            start = text.find(filename, end)
+    return sorted(found, key=lambda annotation: annotation["index"])
 
 
 def without_file_search(tools: Any) -> Any:

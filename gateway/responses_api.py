@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.server.errors import bad_request
 from gateway.backends.answers import reasoning_of
-from gateway.file_search import without_file_search
+from gateway.file_search import citations, without_file_search
 from gateway.responses_input import (
     chat_response_format,
     chat_tool_choice,
@@ -156,6 +156,7 @@ class ResponseEnvelope:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
         self.lead_items: list[dict] = []  # done before the model answers: a file_search_call
+        self.cited: list[tuple[str, str]] = []  # (file id, filename) its answer may cite
         tool_choice = raw.get("tool_choice")
         self.settings = {"instructions": raw.get("instructions"), "max_output_tokens": raw.get("max_output_tokens"),
                          "metadata": raw.get("metadata") or {},
@@ -186,7 +187,8 @@ class ResponseEnvelope:
         if reasoning := reasoning_of(message):
             output.append(reasoning_item(self.id, reasoning, "completed"))
         if message.get("content"):
-            output.append(message_item(self.id, message["content"], "completed", logprobs_of(choices[0])))
+            output.append(message_item(self.id, message["content"], "completed", logprobs_of(choices[0]),
+                                       citations(message["content"], self.cited)))
         for i, call in enumerate(message.get("tool_calls") or ()):
             output.append(call_item(self.id, i, call, "completed"))
         return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
@@ -206,10 +208,11 @@ def reasoning_item(resp: str, text: str, status: str) -> dict:
             "status": status}
 
 
-def message_item(resp: str, text: str, status: str, logprobs: list[dict] | None = None) -> dict:
+def message_item(resp: str, text: str, status: str, logprobs: list[dict] | None = None,
+                 annotations: list[dict] | None = None) -> dict:
     """The answer's text as a `message` item; its tokens' log-probabilities where the chat gave them (the
     chat's `logprobs.content` entries are already Responses' shape: token, logprob, bytes, top_logprobs)."""
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}] \
+    content = [{"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": logprobs or []}] \
         if status == "completed" else []
     return {"type": "message", "id": "msg_" + resp.removeprefix("resp_"), "role": "assistant", "status": status,
             "content": content}

@@ -12,6 +12,7 @@ from typing import Any
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
 from gateway.backends.answers import reasoning_of
+from gateway.file_search import citations
 from gateway.responses_api import (
     ResponseEnvelope,
     call_item,
@@ -136,7 +137,11 @@ class ResponseStream:
                 continue  # done when the stream started
             if item is self.text:
                 text, logprobs = item.pop("_text"), item.pop("_logprobs")
-                part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+                annotations = citations(text, self.envelope.cited)
+                for i, annotation in enumerate(annotations):  # the files the answer names, once it is whole
+                    yield self._event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
+                                      content_index=0, annotation_index=i, annotation=annotation)
+                part = {"type": "output_text", "text": text, "annotations": annotations, "logprobs": logprobs}
                 item.update(status="completed", content=[part])
                 yield self._event("response.output_text.done", item_id=item["id"], output_index=index,
                                   content_index=0, text=text, logprobs=logprobs)

@@ -30,7 +30,7 @@ from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.file_search import call_item as search_call_item
-from gateway.file_search import context_text, file_search_of, query_of, with_context
+from gateway.file_search import cited_files, context_text, file_search_of, query_of, with_context
 from gateway.outcomes import storable
 from gateway.periodic import Periodic
 from gateway.request_body import ProxyRequest
@@ -152,6 +152,7 @@ class StoredResponses:
                 await turn.end()  # a conversation's turn is let go
                 raise
             with_context(turn.chat, context_text(query, results))
+            turn.envelope.cited = cited_files(results)
             turn.envelope.lead_items.append(
                 search_call_item(turn.envelope.id, query, results if search.include_results else None))
         return turn

@@ -360,3 +360,25 @@ def test_the_embedder_must_be_an_embeddings_model(tmp_path: Path) -> None:
     raw = gateway_config(tmp_path, [model_entry("up", "http://127.0.0.1:1/v1")], vector_stores={"embedding_model": "up"})
     with pytest.raises(ConfigError, match="vector_stores.embedding_model"):
         parse_settings(raw)
+
+
+def test_an_answer_naming_a_searched_file_cites_it(gw: Gateway) -> None:
+    """The model is asked to name the files it uses; each mention of one the search gave it carries a
+    `file_citation` annotation, whole and streamed (the mock model answers exactly `[answer:...]`)."""
+    with gw.openai() as client:
+        ids = upload(client, DOCS)
+        store_id = completed_store(client, list(ids.values()))
+        tool = {"type": "file_search", "vector_store_ids": [store_id]}
+        question = "How long does sourdough bake? [answer:bread.md]"
+        whole = client.responses.create(model="up", input=question, tools=[tool])
+        (part,) = whole.output[1].content  # type: ignore[union-attr]
+        assert part.text == "bread.md" and [a.model_dump() for a in part.annotations] == [  # type: ignore[union-attr]
+            {"type": "file_citation", "file_id": ids["bread.md"], "filename": "bread.md", "index": 8}]
+        with client.responses.stream(model="up", input=question, tools=[tool]) as stream:
+            added = [e for e in stream if e.type == "response.output_text.annotation.added"]
+            final = stream.get_final_response()
+        assert [e.annotation.model_dump() for e in added] == [  # type: ignore[attr-defined]
+            {"type": "file_citation", "file_id": ids["bread.md"], "filename": "bread.md", "index": 8}]
+        assert final.output[1].content[0].annotations[0].file_id == ids["bread.md"]  # type: ignore[union-attr]
+        uncited = client.responses.create(model="up", input="[answer:nothing]", tools=[tool])
+        assert uncited.output[1].content[0].annotations == []  # type: ignore[union-attr]

@@ -151,3 +151,12 @@ def test_an_index_brought_up_to_date_ranks_as_one_built_whole(encoder: PassageEn
     for query in ("moon tides", "orbit", "cats"):
         vector = encoder.encode([query])[0]
         assert np.allclose(grown.scores(vector, query, Ranking()), whole.scores(vector, query, Ranking()), atol=1e-6)
+
+
+def test_citations_mark_each_mention_of_a_searched_file() -> None:
+    from gateway.file_search import citations
+
+    files = [("f1", "s.md"), ("f2", "notes.md")]
+    found = citations("See notes.md and s.md, then notes.md again.", files)
+    assert [(a["file_id"], a["index"]) for a in found] == [("f2", 12), ("f1", 21), ("f2", 36)]  # no s.md in notes.md
+    assert citations("nothing cited", files) == [] and citations("s.md", []) == []
