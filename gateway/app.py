@@ -40,6 +40,7 @@ ROUTES = [
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
+    Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),
     Route("/v1/responses/{response_id}", endpoints.retrieve_response, methods=["GET"]),
     Route("/v1/responses/{response_id}", endpoints.delete_response, methods=["DELETE"]),
     Route("/v1/responses/{response_id}/input_items", endpoints.response_input_items, methods=["GET"]),

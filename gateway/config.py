@@ -152,6 +152,13 @@ class ResponsesConfig(_Strict):
 
     store: bool = True  # false: none are kept, whatever a request asks
     retention_days: float = Field(default=30.0, gt=0)  # then deleted (OpenAI keeps them 30 days)
+    # Compaction (gateway/compaction.py): the model that writes the summaries (None: the request's own,
+    # whose engine may still hold the conversation's prefix), the most tokens a summary may take (and
+    # at most a quarter of its model's window), and the most the kept user messages may take (at most
+    # a quarter of the threshold, or of the window).
+    compaction_model: str | None = None
+    compaction_max_tokens: int = Field(default=2048, gt=0)
+    compaction_user_tokens: int = Field(default=20_000, gt=0)  # the user's latest messages kept word for word
 
 
 class StoredCompletionsConfig(_Strict):
@@ -257,6 +264,10 @@ class Settings(_Strict):
         if embedder is not None and embedder not in self.embedding_models:
             raise ValueError(f"vector_stores.embedding_model: '{embedder}' is not a model_name with "
                              "model_info.mode: embedding")
+        summariser = self.responses.compaction_model
+        groups = {g.name for g in self.route_groups}
+        if summariser is not None and (summariser not in known | groups or summariser in self.embedding_models):
+            raise ValueError(f"responses.compaction_model: '{summariser}' is not a chat model_name or route group")
         return self
 
     def verify_policy(self, group: RouteGroup) -> VerifyPolicy | None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import aclosing
 from typing import Any
@@ -21,6 +22,7 @@ from gateway.auth import Caller
 from gateway.backends.base import BackendError, Kind
 from gateway.background import CANCELLED, SHUTDOWN, TAKEN_ELSEWHERE
 from gateway.budget_holds import budget_hold
+from gateway.compaction import compact_conversation, compact_turn
 from gateway.dialects import Dialect, DialectName, error_response
 from gateway.embedding_cache import embed_cached
 from gateway.messages_stream import MessagesTurn
@@ -60,6 +62,16 @@ async def responses(request: Request) -> Response:
     return await _proxy(request, "responses")
 
 
+async def compact_response(request: Request) -> Response:
+    """POST /v1/responses/compact (gateway/compaction.py): its pass, served as a chat, is its request."""
+    state: GatewayState = request.app.state.pitstop
+    with state.drain.track():
+        caller = await state.auth.authenticate(request.headers)
+        raw = await read_json(request, state.settings.server.max_body_bytes)
+        body, headers = await compact_conversation(state, functools.partial(serve_body, state), caller, raw)
+    return SafeJSONResponse(body, headers=headers)
+
+
 async def messages(request: Request) -> Response:
     """Anthropic's Messages API, served as a chat (gateway/messages_api.py)."""
     return await _proxy(request, "messages")
@@ -73,11 +85,13 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
 
 
 async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, raw: Any,
-                     batch_id: str | None) -> Response:
+                     batch_id: str | None, extra: dict | None = None) -> Response:
     """A request that came in no HTTP request of its own (a batch's line, gateway/batches.py; a vector
-    store's embeddings, gateway/embedders.py), served as one that did, from `caller`: its answer or its
-    error, and its outcome row. Whole answers only."""
+    store's embeddings, gateway/embedders.py; a compaction pass, gateway/compaction.py), served as one
+    that did, from `caller`: its answer or its error, and its outcome row (with `extra`). Whole answers
+    only."""
     draft = OutcomeDraft(caller=caller, batch_id=batch_id)
+    draft.extra |= extra or {}
     with state.drain.track():
         return await _answer(None, endpoint, state, draft, raw)
 
@@ -122,6 +136,8 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         draft.admission = await state.admit(draft.caller, hold)
         draft.hold = hold  # taken: the row's cost settles it
         draft.route = state.routes.resolve(parsed)
+        if isinstance(dialect, ResponsesTurn) and dialect.compaction is not None:  # before any truncation
+            await compact_turn(state, functools.partial(serve_body, state), draft, dialect)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":
             await _truncate(state, draft)
         if kind == "embedding":

@@ -6,7 +6,9 @@ A stored Response (gateway/stored_responses.py) is continued with `previous_resp
 input and output items come before the new input (its instructions do not, as at OpenAI); a
 `conversation` (gateway/conversations.py) is continued with its items the same way. `prompt` (server-side
 prompt templates) is a 400. Function and custom tools, and `file_search`, which the gateway runs itself
-(gateway/file_search.py); text and image input parts; `text.format` becomes `response_format`."""
+(gateway/file_search.py); text and image input parts; `text.format` becomes `response_format`; a
+`compaction` item stands for everything before it (gateway/compaction_items.py), and
+`context_management` compacts a turn past its threshold first (gateway/compaction.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from engine.server.errors import bad_request
 from gateway.backends.answers import reasoning_of
+from gateway.compaction_items import compaction_rule, pruned
 from gateway.file_search import citations, without_file_search
 from gateway.responses_input import (
     chat_response_format,
@@ -29,7 +32,8 @@ from gateway.responses_input import (
 _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_calls", "stream", "prompt_cache_key",
            "service_tier", "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
-         "previous_response_id", "conversation", "background", "truncation", "include", "top_logprobs")
+         "previous_response_id", "conversation", "background", "truncation", "include", "top_logprobs",
+         "context_management")
 _IGNORED = ("safety_identifier", "stream_options", "max_tool_calls")
 LOGPROBS = "message.output_text.logprobs"  # the `include` that asks for the output text's log-probabilities
 
@@ -53,6 +57,7 @@ def check_request(raw: Any) -> dict:
     unknown = sorted(set(raw) - {*_PASSED, *_READ, *_IGNORED})
     if unknown:
         raise bad_request(f"unknown field {unknown[0]!r}", unknown[0], "unknown_field")
+    compaction_rule(raw)
     return raw
 
 
@@ -80,9 +85,9 @@ def conversation_of(raw: dict) -> str | None:
     return conversation
 
 
-def chat_request(raw: dict) -> dict:
+def chat_request(raw: dict, input_required: bool = True) -> dict:
     """The chat request a checked Responses request stands for; a 400 naming the field for what it
-    cannot be."""
+    cannot be. Its messages are not yet pruned to its latest compaction: `continued` does that."""
     chat = {name: raw[name] for name in _PASSED if raw.get(name) is not None}
     messages = []
     instructions = raw.get("instructions")
@@ -90,7 +95,8 @@ def chat_request(raw: dict) -> dict:
         if not isinstance(instructions, str):
             raise bad_request("'instructions' must be a string", "instructions", "invalid_type")
         messages.append({"role": "system", "content": instructions})
-    messages += input_messages(raw.get("input"))
+    if input_required or raw.get("input") is not None:
+        messages += input_messages(raw.get("input"))
     chat["messages"] = messages
     tools = without_file_search(raw.get("tools"))  # run by the gateway, not offered to the model
     if tools:
@@ -123,10 +129,12 @@ def chat_request(raw: dict) -> dict:
 
 
 def continued(chat: dict, raw: dict, earlier: Sequence[dict]) -> dict:
-    """The chat, with the `earlier` items of the conversation it continues after its instructions."""
+    """The chat, with the `earlier` items of the conversation it continues (none for a new one) after its
+    instructions, pruned to its latest compaction (gateway/compaction_items.py)."""
     if earlier:  # a conversation may have no items yet
         at = 1 if raw.get("instructions") is not None else 0
         chat["messages"][at:at] = input_messages(list(earlier))
+    chat["messages"] = pruned(chat["messages"])
     return chat
 
 
@@ -139,7 +147,7 @@ def request_id_of(any_id: str) -> str:
     return "req-" + any_id.removeprefix("resp_") if any_id.startswith("resp_") else any_id
 
 
-def _usage(usage: dict | None) -> dict | None:
+def response_usage(usage: dict | None) -> dict | None:
     if not usage:
         return None
     details = usage.get("prompt_tokens_details") or {}
@@ -155,7 +163,7 @@ class ResponseEnvelope:
     def __init__(self, request_id: str, raw: dict, store: bool = False) -> None:
         self.id = response_id(request_id)
         self.created_at = int(time.time())
-        self.lead_items: list[dict] = []  # done before the model answers: a file_search_call
+        self.lead_items: list[dict] = []  # done before the model answers: a compaction, a file_search_call
         self.cited: list[tuple[str, str]] = []  # (file id, filename) its answer may cite
         tool_choice = raw.get("tool_choice")
         self.settings = {"instructions": raw.get("instructions"), "max_output_tokens": raw.get("max_output_tokens"),
@@ -176,7 +184,7 @@ class ResponseEnvelope:
             status = "incomplete"
             incomplete = {"reason": "max_output_tokens" if finish_reason == "length" else "content_filter"}
         return {"id": self.id, "object": "response", "created_at": self.created_at, "status": status,
-                "model": model, "output": output, "usage": _usage(usage), "incomplete_details": incomplete,
+                "model": model, "output": output, "usage": response_usage(usage), "incomplete_details": incomplete,
                 **self.settings}
 
     def from_chat(self, answer: dict, model: str) -> dict:
@@ -303,4 +311,5 @@ def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
 
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
-                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "file_search_call": "fs"}
+                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "file_search_call": "fs",
+                "compaction": "cmp"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.server.errors import bad_request
+from gateway.compaction_items import decode
 
 _ROLES = ("user", "system", "developer", "assistant")
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -17,7 +18,8 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 def input_messages(items: Any, field: str = "input") -> list[dict]:
     """Responses input items (or a string) as the chat messages they stand for; a 400 naming the item
-    for one a chat cannot carry."""
+    for one a chat cannot carry. A compaction item becomes its summary and tail; the conversation is
+    pruned to its latest summary once whole (gateway/responses_api.py `continued`)."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
@@ -47,12 +49,14 @@ def input_messages(items: Any, field: str = "input") -> list[dict]:
             output = item.get("output")
             content = output if isinstance(output, str) else _content(output, f"{where}.output", True)
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": content})
+        elif kind == "compaction":  # gateway/compaction_items.py
+            messages += decode(item.get("encrypted_content"), where).messages()
         elif kind in ("reasoning", "file_search_call"):
             continue  # nothing a chat model reads (a search's excerpts served the turn that made it)
         else:
             raise bad_request(f"'{where}.type' {kind!r} is not supported (message, function_call, "
                               "function_call_output, custom_tool_call, custom_tool_call_output, reasoning, "
-                              "file_search_call)",
+                              "file_search_call, compaction)",
                               f"{where}.type", "unsupported")
     return messages
 

@@ -40,7 +40,7 @@ class ResponseStream:
         self.keep = keep
         self.end = end
         self.sequence = 0
-        self.items: list[dict] = list(envelope.lead_items)  # in output order: a file search, the message, calls
+        self.items: list[dict] = list(envelope.lead_items)  # in output order: a compaction, a search, the message, calls
         self.text: dict | None = None  # the message item, once text came
         self.reasoning: dict | None = None  # the reasoning item, once a reasoning model's thinking came
         self.calls: dict[int, dict] = {}  # the chat's tool-call index -> its function_call item
@@ -59,9 +59,13 @@ class ResponseStream:
         leads, self.items = self.items, []
         yield self._event("response.created", response=self._snapshot("in_progress"))
         yield self._event("response.in_progress", response=self._snapshot("in_progress"))
-        for item in leads:  # a search made before the model was called: its events, as OpenAI sends them
+        for item in leads:  # a compaction or a search, made before the model was called: as OpenAI streams them
             index = len(self.items)
             self.items.append(item)
+            if item["type"] == "compaction":
+                yield self._event("response.output_item.added", output_index=index, item=item)
+                yield self._event("response.output_item.done", output_index=index, item=item)
+                continue
             yield self._event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
             for phase in ("in_progress", "searching", "completed"):
                 yield self._event(f"response.file_search_call.{phase}", output_index=index, item_id=item["id"])
@@ -133,7 +137,7 @@ class ResponseStream:
     def completed(self) -> Iterator[bytes]:
         """Each item's closing events; the Response itself comes from `final` and `final_event`."""
         for index, item in enumerate(self.items):
-            if item["type"] == "file_search_call":
+            if item["type"] in ("file_search_call", "compaction"):
                 continue  # done when the stream started
             if item is self.text:
                 text, logprobs = item.pop("_text"), item.pop("_logprobs")

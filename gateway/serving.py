@@ -51,6 +51,8 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
             headers["x-pitstop-route-group"] = draft.route.route_group
     if dropped := draft.extra.get("truncated_messages"):  # `truncation: auto` cut the oldest turns
         headers["x-pitstop-truncated-messages"] = str(dropped)
+    if replaced := (draft.extra.get("compaction") or {}).get("replaced_messages"):  # compacted first
+        headers["x-pitstop-compacted-messages"] = str(replaced)
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]

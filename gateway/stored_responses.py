@@ -26,6 +26,7 @@ from typing import Any
 from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.background import BackgroundRuns, failed, view
+from gateway.compaction_items import CompactionRule, compaction_rule
 from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
@@ -74,6 +75,7 @@ class ResponsesTurn:
     request: dict | None = None  # a background turn's request as sent: kept, for a takeover to run it again
     resumed: bool = False  # a background turn taken over from a replica that stopped: its row exists
     queued: dict | None = None  # a background turn's Response as first answered
+    compaction: CompactionRule | None = None  # `context_management`: compact first past a threshold
 
     @property
     def ancestors(self) -> list[str]:
@@ -141,6 +143,7 @@ class StoredResponses:
         raw = check_request(raw)
         search = file_search_of(raw)  # checked before anything is held
         turn = await self._begin(raw, request_id, key_id, resumed)
+        turn.compaction = compaction_rule(raw)
         query = query_of(raw) if search is not None else None
         if search is not None and query is not None:
             if self.vector_stores is None:
@@ -179,7 +182,7 @@ class StoredResponses:
             return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
                                  session_id=conversation, conversation=conversation, lease=lease, **running)
         if previous_id is None:
-            return ResponsesTurn(envelope, chat, items, store, self, key_id, **running)
+            return ResponsesTurn(envelope, continued(chat, raw, []), items, store, self, key_id, **running)
         previous, earlier = await self._chain_items(previous_id, key_id)
         session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
         return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
@@ -203,13 +206,14 @@ class StoredResponses:
         return previous, [item for row in [*(chain[rid] for rid in previous["ancestors"]), previous]
                           for item in (*row["input_items"], *row["response"]["output"])]
 
-    async def input_chat(self, raw: Any, key_id: str | None) -> dict:
-        """POST /v1/responses/input_tokens: the chat the request would send, after the chain or the
-        conversation it names (read, not held: nothing is served), for its tokens to be counted."""
+    async def input_chat(self, raw: Any, key_id: str | None, input_required: bool = True) -> dict:
+        """POST /v1/responses/input_tokens (and /v1/responses/compact, whose `input` may be left out): the
+        chat the request would send, after the chain or the conversation it names (read, not held: nothing
+        is served), for its tokens to be counted."""
         if isinstance(raw, dict):
             raw = {k: v for k, v in raw.items() if k != "personality"}  # a model setting, not input
         raw = check_request(raw)
-        chat = chat_request(raw)
+        chat = chat_request(raw, input_required)
         earlier: list[dict] = []
         if (conversation := conversation_of(raw)) is not None:
             if self.conversations is None:

@@ -1,7 +1,8 @@
 """The OpenAI Agents SDK (`openai-agents`) against the gateway over a real socket: an agent with a
 function tool runs its loop on the Responses API, keeping its history in a server-side conversation
 (`conversation_id=`), in an `OpenAIConversationsSession`, or in a chain of stored responses
-(`auto_previous_response_id`), and the gateway serves its turns as one agent session."""
+(`auto_previous_response_id`), and the gateway serves its turns as one agent session; an
+`OpenAIResponsesCompactionSession` compacts its history with the gateway's /v1/responses/compact."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import pytest
 from agents import (
     Agent,
     OpenAIConversationsSession,
+    OpenAIResponsesCompactionSession,
     OpenAIResponsesModel,
     Runner,
+    SQLiteSession,
     function_tool,
     set_tracing_disabled,
 )
 
+from gateway.compaction_items import SUMMARY_LEAD
 from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
 from tests.gateway.test_gateway_stored_responses import user
 from tests.gateway.upstream import UpstreamProcess
@@ -29,7 +33,9 @@ set_tracing_disabled(True)  # traces would go to OpenAI's servers
 @pytest.fixture(scope="module")
 def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    raw = gateway_config(tmp_path_factory.mktemp("agents"), [model_entry("up", upstream_processes[0].api_base)])
+    # "gpt-4.1": the SDK compacts only with models named as OpenAI's are (the mock answers for it too).
+    raw = gateway_config(tmp_path_factory.mktemp("agents"), [model_entry("up", upstream_processes[0].api_base),
+                                                              model_entry("gpt-4.1", upstream_processes[0].api_base)])
     with running_gateway(raw) as gateway:
         yield gateway
 
@@ -139,3 +145,31 @@ def test_an_agent_searches_a_vector_store_with_file_search_tool(gw: Gateway, ups
     kinds, answer = asyncio.run(run())
     assert kinds[0] == "tool_call_item" and kinds[-1] == "message_output_item" and answer
     assert "30 days of paid leave" in _sent(upstreams)[0]["content"]
+
+
+def test_an_agents_session_history_is_compacted_by_the_gateway(gw: Gateway, upstreams: tuple) -> None:
+    """The SDK's compaction session calls `responses.compact` after a run and keeps what it returns as the
+    history; the next run sends that, and the model sees the user's words, the summary, then the new turn."""
+    async def run() -> tuple[list, list, list]:
+        async with gw.async_openai() as client:
+            session = OpenAIResponsesCompactionSession("agent-1", SQLiteSession("agent-1"), client=client,
+                                                       model="gpt-4.1", should_trigger_compaction=lambda _: True)
+            agent = Agent(name="forecaster", instructions="answer briefly", tools=[forecast],
+                          model=OpenAIResponsesModel(model="gpt-4.1", openai_client=client))
+            first = await Runner.run(agent, "[tools:1] weather in Oslo", session=session)
+            compacted = await session.get_items()
+            second = await Runner.run(agent, "[tools:1] and in Bergen", session=session)
+            return [first, second], compacted, await session.get_items()
+
+    results, compacted, final = asyncio.run(run())
+    assert [r.final_output for r in results] == ["from-a w1 w2 w3 w4"] * 2
+    assert [item.get("type", "message") for item in compacted] == ["message", "compaction"]  # type: ignore[union-attr]
+    assert [item.get("type", "message") for item in final] == ["message", "message", "compaction"]  # type: ignore[union-attr]
+    bodies = upstreams[0].stats()["bodies"]
+    passes = [b for b in bodies if b["messages"][-1]["content"].startswith("Your context is about to be compacted")]
+    assert len(passes) == 2
+    # The second run's first call: the instructions, Oslo, the first summary, then Bergen.
+    second_run = bodies[bodies.index(passes[0]) + 1]["messages"]
+    assert [m["role"] for m in second_run] == ["system", "user", "user", "user"]
+    assert second_run[1] == user("[tools:1] weather in Oslo") and second_run[2]["content"].startswith(SUMMARY_LEAD)
+    assert second_run[3] == user("[tools:1] and in Bergen")

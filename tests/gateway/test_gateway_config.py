@@ -68,6 +68,8 @@ def broken(tmp_path: Path, where: str) -> dict:
     elif where == "calibrate-without-text":
         raw["route_groups"][0]["calibrate"] = {"avg_cost_usd": 0.01}
         raw["storage"]["store_text"] = False
+    elif where == "compaction-model":
+        raw["responses"] = {"compaction_model": "ghost"}
     return raw
 
 
@@ -95,6 +97,7 @@ CASES = [
     ("calibrate-model", ["route_groups.0.calibrate.model", "'ghost'"]),
     ("calibrate-model-without-share", ["route_groups.0.calibrate", "model_share"]),
     ("calibrate-without-text", ["route_groups.0.calibrate.traffic", "store_text"]),
+    ("compaction-model", ["responses.compaction_model", "'ghost'"]),
 ]
 
 

@@ -19,7 +19,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
                              follows the last user message, then answer in words: an agent loop that ends
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
                              naming the instance wins over one that does not
-and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset).
+and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset), or
+`{"words": 300}` (answers of 300 words where a request sets none).
 `GET /_admin/stats` counts the requests this instance took and keeps the last bodies.
 
 `python -m tests.gateway.upstream --name a` binds a free port and prints `PORT <n>` once it listens.
@@ -146,6 +147,7 @@ class Upstream:
     def __init__(self, name: str) -> None:
         self.name = name
         self.fail_status: int | None = None
+        self.default_words = DEFAULT_WORDS  # an answer's words where the request sets none
         self.requests = 0
         self.bodies: list[dict] = []
 
@@ -171,7 +173,7 @@ class Upstream:
         if fail:
             return error_response(fail, f"injected {fail} from {self.name}")
         answer = answer_directive(text, self.name)
-        words = [answer] if answer is not None else self.words(max(1, int(found.get("words", DEFAULT_WORDS))))
+        words = [answer] if answer is not None else self.words(max(1, int(found.get("words", self.default_words))))
         tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
         if tool and "tools" in found and _tool_results_since_user(body["messages"]) >= found["tools"]:
             tool = None
@@ -303,14 +305,19 @@ def build_app(name: str) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
     async def mode(request: Request) -> Any:
-        upstream.fail_status = (await body_of(request) or {}).get("fail")
-        return JSONResponse({"fail": upstream.fail_status})
+        body = await body_of(request) or {}
+        if "fail" in body:
+            upstream.fail_status = body["fail"]
+        if "words" in body:
+            upstream.default_words = body["words"] or DEFAULT_WORDS
+        return JSONResponse({"fail": upstream.fail_status, "words": upstream.default_words})
 
     async def stats(request: Request) -> Any:
         return JSONResponse({"name": name, "requests": upstream.requests, "bodies": upstream.bodies})
 
     async def reset(request: Request) -> Any:
         upstream.fail_status, upstream.requests, upstream.bodies = None, 0, []
+        upstream.default_words = DEFAULT_WORDS
         return JSONResponse({"reset": True})
 
     return Starlette(routes=[
@@ -344,6 +351,10 @@ class UpstreamProcess:
 
     def set_fail(self, status: int | None) -> None:
         self._client.post("/_admin/mode", json={"fail": status}).raise_for_status()
+
+    def set_words(self, words: int | None) -> None:
+        """Answers of `words` words where a request sets none (None: the default)."""
+        self._client.post("/_admin/mode", json={"words": words}).raise_for_status()
 
     def stats(self) -> dict:
         return self._client.get("/_admin/stats").json()
