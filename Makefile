@@ -52,6 +52,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.usage_queries
 	$(PY) -m bench.truncation
 	$(PY) -m bench.compaction
+	$(PY) -m bench.mcp_tools
 	$(PY) -m bench.limits_holds
 	$(PY) -m bench.webhooks
 	$(PY) -m bench.stored_completions

@@ -14,14 +14,10 @@ gateway/compaction_items.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-
-from starlette.responses import Response
 
 from engine.server.errors import APIError, bad_request
 from gateway.auth import Caller
@@ -29,6 +25,7 @@ from gateway.compaction_items import Compaction, compacted, item, kept_users, un
 from gateway.outcomes import new_request_id
 from gateway.request_body import check_messages
 from gateway.responses_api import response_usage
+from gateway.served import Serve, served_chat
 from gateway.token_count import count_on_model
 from gateway.truncation import fit_context, model_window
 
@@ -38,9 +35,6 @@ if TYPE_CHECKING:  # gateway.state builds what imports this module
     from gateway.stored_responses import ResponsesTurn
 
 log = logging.getLogger("pitstop.gateway")
-
-# A request served as if it had come over HTTP (gateway/proxy.py `serve_body`), its outcome row's extras.
-Serve = Callable[[Caller, str, Any, "str | None", "dict | None"], Awaitable[Response]]
 
 DEFAULT_THRESHOLD_SHARE = 0.8  # no compact_threshold: compact past this share of the model's context window
 SUMMARY_SHARE = 4  # a summary takes at most a quarter of its model's context window
@@ -87,24 +81,15 @@ async def summarise(state: GatewayState, serve: Serve, caller: Caller, chat: dic
     body = summary_request(chat, model, limit)
     await fit_context(state, model, body, stable=False)  # a conversation past the summariser's window: its middle
     # The gateway chose the summariser: the key pays for it, whichever models it may use itself.
-    answer = await serve(replace(caller, models=None), "chat", body, None, origin)
-    try:
-        payload = json.loads(bytes(answer.body))
-    except ValueError:
-        payload = {}
-    if answer.status_code != 200:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        raise APIError(answer.status_code, f"the compaction pass on {model!r} failed: {message or 'no message'}",
-                       code=(error or {}).get("code") or "compaction_failed")
+    payload, headers = await served_chat(serve, replace(caller, models=None), body, origin,
+                                         f"the compaction pass on {model!r} failed", "compaction_failed")
     choice = (payload.get("choices") or [{}])[0]
     summary = ((choice.get("message") or {}).get("content") or "").strip()
     if not summary:
         raise APIError(502, f"the compaction pass on {model!r} wrote no summary", code="compaction_failed")
     compaction = Compaction(kept_users(chat["messages"], users_budget), summary, unanswered(chat["messages"]),
                             payload.get("model") or model)
-    passed = {k: v for k, v in answer.headers.items() if k.startswith(("x-pitstop-", "x-ratelimit-"))}
-    return CompactionPass(compaction, payload.get("usage"), passed)
+    return CompactionPass(compaction, payload.get("usage"), headers)
 
 
 async def compact_turn(state: GatewayState, serve: Serve, draft: OutcomeDraft, turn: ResponsesTurn) -> None:

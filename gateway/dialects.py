@@ -4,7 +4,7 @@ request stands for, the answer turned back (whole, or as its own stream events),
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Literal, Protocol
 
 from starlette.responses import Response
@@ -21,6 +21,8 @@ class DialectStream(Protocol):
 
     keep: Callable[[dict], Awaitable[None]] | None  # awaited with the final answer before its last event
     end: Callable[[], Awaitable[None]] | None  # awaited once the turn is over, before its last event or error
+    # Events made after the answer's end, before the final answer (a Responses turn's MCP tool loop).
+    follow_up: Callable[[], AsyncIterator[bytes]] | None
 
     def start(self) -> Iterator[bytes]: ...
 

@@ -23,6 +23,7 @@ class MessageStream:
 
     keep = None  # nothing is stored
     end = None  # nor held
+    follow_up = None  # no tool loop
 
     def __init__(self, request_id: str, model: str) -> None:
         self.id = message_id(request_id)

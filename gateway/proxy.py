@@ -140,12 +140,17 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
             await compact_turn(state, functools.partial(serve_body, state), draft, dialect)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":
             await _truncate(state, draft)
+        tool_loop = dialect.mcp if isinstance(dialect, ResponsesTurn) else None
+        if tool_loop is not None:  # later model calls stay on the routed model, under the turn's session
+            tool_loop.connect(functools.partial(serve_body, state), draft.caller, draft.route.model_name,
+                              parsed.body["messages"])
+            tool_loop.session_id = dialect.session_id  # type: ignore[union-attr]
         if kind == "embedding":
             if state.cache is not None and state.cache.applies(draft):  # kept per input
                 return await embed_cached(request, state, draft)
             return await embed(request, state, draft)
         background = isinstance(dialect, ResponsesTurn) and dialect.background
-        if state.cache is not None and not background:  # a run on its own is not what a cache is for
+        if state.cache is not None and not background and tool_loop is None:  # nor is a run on its own, or tools
             kept = await unless_disconnected(request, state.cache.look_up(draft))
             if kept is not None:
                 response = await serve_cached(state, draft, kind, dialect, kept)

@@ -5,8 +5,8 @@ outcome row), and the chat answer, whole or streamed, becomes a Response again.
 A stored Response (gateway/stored_responses.py) is continued with `previous_response_id`: its chain's
 input and output items come before the new input (its instructions do not, as at OpenAI); a
 `conversation` (gateway/conversations.py) is continued with its items the same way. `prompt` (server-side
-prompt templates) is a 400. Function and custom tools, and `file_search`, which the gateway runs itself
-(gateway/file_search.py); text and image input parts; `text.format` becomes `response_format`; a
+prompt templates) is a 400. Function and custom tools, and `file_search` and remote `mcp` tools, which the
+gateway runs itself (gateway/file_search.py, gateway/mcp_loop.py); text and image input parts; `text.format` becomes `response_format`; a
 `compaction` item stands for everything before it (gateway/compaction_items.py), and
 `context_management` compacts a turn past its threshold first (gateway/compaction.py)."""
 
@@ -21,6 +21,7 @@ from engine.server.errors import bad_request
 from gateway.backends.answers import reasoning_of
 from gateway.compaction_items import compaction_rule, pruned
 from gateway.file_search import citations, without_file_search
+from gateway.mcp_tools import mcp_servers_of, without_mcp
 from gateway.responses_input import (
     chat_response_format,
     chat_tool_choice,
@@ -33,8 +34,8 @@ _PASSED = ("model", "temperature", "top_p", "user", "metadata", "parallel_tool_c
            "service_tier", "session_id", "priority", "pin_ttl_s", "cost_preference", "cache")  # the last five: Pitstop's
 _READ = ("input", "instructions", "tools", "tool_choice", "max_output_tokens", "text", "reasoning", "store",
          "previous_response_id", "conversation", "background", "truncation", "include", "top_logprobs",
-         "context_management")
-_IGNORED = ("safety_identifier", "stream_options", "max_tool_calls")
+         "context_management", "max_tool_calls")
+_IGNORED = ("safety_identifier", "stream_options")
 LOGPROBS = "message.output_text.logprobs"  # the `include` that asks for the output text's log-probabilities
 
 
@@ -98,7 +99,7 @@ def chat_request(raw: dict, input_required: bool = True) -> dict:
     if input_required or raw.get("input") is not None:
         messages += input_messages(raw.get("input"))
     chat["messages"] = messages
-    tools = without_file_search(raw.get("tools"))  # run by the gateway, not offered to the model
+    tools = without_mcp(without_file_search(raw.get("tools")))  # run by the gateway; MCP tools added once listed
     if tools:
         chat["tools"] = chat_tools(tools)
     choice = raw.get("tool_choice")
@@ -107,7 +108,9 @@ def chat_request(raw: dict, input_required: bool = True) -> dict:
             raise bad_request("'tool_choice' names file_search, which 'tools' does not offer", "tool_choice",
                               "invalid_value")
         choice = None  # the search is made before the model is called
-    if not tools and choice in ("auto", "required"):
+    if isinstance(choice, dict) and choice.get("type") == "mcp":  # one of a server's tools, or any tool
+        choice = {"type": "function", "name": choice["name"]} if isinstance(choice.get("name"), str) else "required"
+    elif not tools and choice in ("auto", "required") and not mcp_servers_of(raw):
         choice = None
     if choice is not None:
         chat["tool_choice"] = chat_tool_choice(choice)
@@ -171,7 +174,9 @@ class ResponseEnvelope:
                          "parallel_tool_calls": raw.get("parallel_tool_calls", True),
                          "temperature": raw.get("temperature"), "top_p": raw.get("top_p"),
                          "tool_choice": tool_choice if tool_choice is not None else "auto",
-                         "tools": raw.get("tools") or [], "text": raw.get("text") or {"format": {"type": "text"}},
+                         "tools": [_echoed(t) for t in tools] if isinstance(tools := raw.get("tools"), list)
+                         else tools or [],
+                         "text": raw.get("text") or {"format": {"type": "text"}},
                          "previous_response_id": raw.get("previous_response_id"), "store": store,
                          "conversation": {"id": conversation} if (conversation := conversation_of(raw)) else None,
                          "background": bool(raw.get("background")), "truncation": raw.get("truncation") or "disabled",
@@ -187,20 +192,38 @@ class ResponseEnvelope:
                 "model": model, "output": output, "usage": response_usage(usage), "incomplete_details": incomplete,
                 **self.settings}
 
+    def step_id(self, step: int) -> str:
+        """What the ids of a model call's items are made from: the Response's own for its first call,
+        suffixed for the calls an MCP tool loop makes after it (gateway/mcp_loop.py)."""
+        return self.id if step == 0 else f"{self.id}_{step}"
+
+    def items_of(self, choice: dict, step: int = 0) -> list[dict]:
+        """A whole chat choice's output items: its thinking, its text, its calls."""
+        resp, message = self.step_id(step), choice.get("message") or {}
+        items: list[dict] = []
+        if reasoning := reasoning_of(message):
+            items.append(reasoning_item(resp, reasoning, "completed"))
+        if message.get("content"):
+            items.append(message_item(resp, message["content"], "completed", logprobs_of(choice),
+                                      citations(message["content"], self.cited)))
+        items += [call_item(resp, i, call, "completed") for i, call in enumerate(message.get("tool_calls") or ())]
+        return items
+
     def from_chat(self, answer: dict, model: str) -> dict:
         """A whole chat answer as a Response."""
-        choices = answer.get("choices") or [{}]
-        message = choices[0].get("message") or {}
-        output: list[dict] = list(self.lead_items)
-        if reasoning := reasoning_of(message):
-            output.append(reasoning_item(self.id, reasoning, "completed"))
-        if message.get("content"):
-            output.append(message_item(self.id, message["content"], "completed", logprobs_of(choices[0]),
-                                       citations(message["content"], self.cited)))
-        for i, call in enumerate(message.get("tool_calls") or ()):
-            output.append(call_item(self.id, i, call, "completed"))
-        return self.response(answer.get("model") or model, "completed", output, answer.get("usage"),
-                             choices[0].get("finish_reason"))
+        choice = (answer.get("choices") or [{}])[0]
+        return self.response(answer.get("model") or model, "completed", [*self.lead_items, *self.items_of(choice)],
+                             answer.get("usage"), choice.get("finish_reason"))
+
+
+def _echoed(tool: Any) -> Any:
+    """A tool as the Response repeats it (and keeps it): an MCP tool without its credentials."""
+    if not isinstance(tool, dict) or tool.get("type") != "mcp":
+        return tool
+    echoed = {k: v for k, v in tool.items() if k != "authorization"}
+    if isinstance(tool.get("headers"), dict):
+        echoed["headers"] = dict.fromkeys(tool["headers"], "<redacted>")
+    return echoed
 
 
 def logprobs_of(choice: dict) -> list[dict]:
@@ -312,4 +335,5 @@ def item_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
                 "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "file_search_call": "fs",
-                "compaction": "cmp"}
+                "compaction": "cmp", "mcp_list_tools": "mcpl", "mcp_call": "mcp", "mcp_approval_request": "mcpr",
+                "mcp_approval_response": "mcpa"}

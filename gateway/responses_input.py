@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.server.errors import bad_request
 from gateway.compaction_items import decode
+from gateway.mcp_tools import call_messages
 
 _ROLES = ("user", "system", "developer", "assistant")
 _TEXT_PARTS = ("input_text", "output_text", "text")
@@ -49,6 +50,16 @@ def input_messages(items: Any, field: str = "input") -> list[dict]:
             output = item.get("output")
             content = output if isinstance(output, str) else _content(output, f"{where}.output", True)
             messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": content})
+        elif kind == "mcp_call":  # the call and its result, as a function's (gateway/mcp_tools.py)
+            call, result = call_messages(_mcp_call(item, where))
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).extend(call["tool_calls"])
+            else:
+                messages.append(call)
+            messages.append(result)
+        elif kind in ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response"):
+            continue  # the gateway's: the tools it offers, calls waiting for the client, the client's answers
         elif kind == "compaction":  # gateway/compaction_items.py
             messages += decode(item.get("encrypted_content"), where).messages()
         elif kind in ("reasoning", "file_search_call"):
@@ -56,9 +67,16 @@ def input_messages(items: Any, field: str = "input") -> list[dict]:
         else:
             raise bad_request(f"'{where}.type' {kind!r} is not supported (message, function_call, "
                               "function_call_output, custom_tool_call, custom_tool_call_output, reasoning, "
-                              "file_search_call, compaction)",
+                              "file_search_call, compaction, mcp_list_tools, mcp_call, mcp_approval_request, "
+                              "mcp_approval_response)",
                               f"{where}.type", "unsupported")
     return messages
+
+
+def _mcp_call(item: dict, where: str) -> dict:
+    for name in ("id", "name", "arguments"):
+        _string(item, name, where)
+    return item
 
 
 def _string(item: dict, name: str, where: str) -> str:
@@ -95,8 +113,8 @@ def chat_tools(tools: Any) -> list[dict]:
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") not in ("function", "custom") \
                 or not isinstance(tool.get("name"), str):
-            raise bad_request(f"'tools[{i}]' must be a function or custom tool with a name, or file_search (other "
-                              "tools are not supported)", f"tools[{i}]", "unsupported")
+            raise bad_request(f"'tools[{i}]' must be a function or custom tool with a name, file_search or mcp "
+                              "(other tools are not supported)", f"tools[{i}]", "unsupported")
         if tool["type"] == "custom":
             converted.append(_custom_tool(tool, f"tools[{i}]"))
             continue

@@ -6,13 +6,15 @@ function's arguments: engine/custom_tools.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from engine.server.errors import APIError
 from engine.server.json_out import json_bytes
 from gateway.backends.answers import reasoning_of
 from gateway.file_search import citations
+from gateway.mcp_loop import run_call
 from gateway.responses_api import (
     ResponseEnvelope,
     call_item,
@@ -21,6 +23,9 @@ from gateway.responses_api import (
     public_item,
     reasoning_item,
 )
+
+if TYPE_CHECKING:
+    from gateway.mcp_loop import McpLoop
 
 
 def sse(event: dict) -> bytes:
@@ -34,11 +39,15 @@ class ResponseStream:
 
     def __init__(self, envelope: ResponseEnvelope, model: str,
                  keep: Callable[[dict], Awaitable[None]] | None = None,
-                 end: Callable[[], Awaitable[None]] | None = None) -> None:
+                 end: Callable[[], Awaitable[None]] | None = None, mcp: McpLoop | None = None) -> None:
         self.envelope = envelope
         self.model = model
         self.keep = keep
         self.end = end
+        self.mcp = mcp  # the turn's MCP tool loop (gateway/mcp_loop.py), if it offers MCP tools
+        self.follow_up = self._follow_up if mcp is not None else None
+        self.resp = envelope.id  # what this model call's item ids are made from (gateway/mcp_loop.py)
+        self.step, self.step_start = 0, 0  # the model call of the loop, and where its items start
         self.sequence = 0
         self.items: list[dict] = list(envelope.lead_items)  # in output order: a compaction, a search, the message, calls
         self.text: dict | None = None  # the message item, once text came
@@ -62,14 +71,25 @@ class ResponseStream:
         for item in leads:  # a compaction or a search, made before the model was called: as OpenAI streams them
             index = len(self.items)
             self.items.append(item)
-            if item["type"] == "compaction":
+            kind = item["type"]
+            if kind == "file_search_call":
+                yield self._event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
+                for phase in ("in_progress", "searching", "completed"):
+                    yield self._event(f"response.file_search_call.{phase}", output_index=index, item_id=item["id"])
+            elif kind == "mcp_list_tools":
+                yield self._event("response.output_item.added", output_index=index, item={**item, "tools": []})
+                for phase in ("in_progress", "completed"):
+                    yield self._event(f"response.mcp_list_tools.{phase}", output_index=index, item_id=item["id"])
+            elif kind == "mcp_call":  # an approved call, made before the model was called
+                yield self._event("response.output_item.added", output_index=index,
+                                  item={**item, "status": "in_progress", "output": None, "error": None})
+                yield self._event("response.mcp_call_arguments.done", output_index=index, item_id=item["id"],
+                                  arguments=item["arguments"])
+                yield self._event(f"response.mcp_call.{item['status']}", output_index=index, item_id=item["id"])
+            else:  # a compaction
                 yield self._event("response.output_item.added", output_index=index, item=item)
-                yield self._event("response.output_item.done", output_index=index, item=item)
-                continue
-            yield self._event("response.output_item.added", output_index=index, item={**item, "status": "in_progress"})
-            for phase in ("in_progress", "searching", "completed"):
-                yield self._event(f"response.file_search_call.{phase}", output_index=index, item_id=item["id"])
             yield self._event("response.output_item.done", output_index=index, item=item)
+        self.step_start = len(self.items)
 
     def chunk(self, chunk: dict) -> Iterator[bytes]:
         self.model = chunk.get("model") or self.model
@@ -88,7 +108,7 @@ class ResponseStream:
 
     def _text(self, text: str, logprobs: list[dict]) -> Iterator[bytes]:
         if self.text is None:
-            self.text = message_item(self.envelope.id, "", "in_progress")
+            self.text = message_item(self.resp, "", "in_progress")
             self.text["_text"], self.text["_logprobs"] = "", []
             self.items.append(self.text)
             index = len(self.items) - 1
@@ -102,7 +122,7 @@ class ResponseStream:
 
     def _reasoning(self, text: str) -> Iterator[bytes]:
         if self.reasoning is None:
-            self.reasoning = reasoning_item(self.envelope.id, "", "in_progress")
+            self.reasoning = reasoning_item(self.resp, "", "in_progress")
             self.reasoning["_text"] = ""
             self.items.append(self.reasoning)
             yield self._event("response.output_item.added", output_index=len(self.items) - 1,
@@ -117,7 +137,9 @@ class ResponseStream:
         if item is None:
             start = {**call, "function": {**(call.get("function") or {}), "arguments": ""},
                      "custom": {**(call.get("custom") or {}), "input": ""}}
-            item = call_item(self.envelope.id, index, start, "in_progress")
+            item = call_item(self.resp, index, start, "in_progress")
+            if self.mcp is not None:  # a call of an MCP tool: an mcp_call, or a call waiting for approval
+                item = self.mcp.classify(item, self.step, index)
             self.calls[index] = item
             self.items.append(item)
             yield self._event("response.output_item.added", output_index=len(self.items) - 1, item=public_item(item))
@@ -131,14 +153,23 @@ class ResponseStream:
         arguments = (call.get("function") or {}).get("arguments")
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
-            yield self._event("response.function_call_arguments.delta", item_id=item["id"],
-                              output_index=self.items.index(item), delta=arguments)
+            if item["type"] in ("function_call", "mcp_call"):  # an approval request's come whole, at its end
+                kind = "function_call" if item["type"] == "function_call" else "mcp_call"
+                yield self._event(f"response.{kind}_arguments.delta", item_id=item["id"],
+                                  output_index=self.items.index(item), delta=arguments)
 
     def completed(self) -> Iterator[bytes]:
         """Each item's closing events; the Response itself comes from `final` and `final_event`."""
         for index, item in enumerate(self.items):
-            if item["type"] in ("file_search_call", "compaction"):
-                continue  # done when the stream started
+            if index < self.step_start:
+                continue  # done when the stream started, or by an earlier model call of the tool loop
+            if item["type"] == "mcp_call":  # done once it has been made (_follow_up)
+                yield self._event("response.mcp_call_arguments.done", item_id=item["id"], output_index=index,
+                                  arguments=item["arguments"])
+                continue
+            if item["type"] == "mcp_approval_request":
+                yield self._event("response.output_item.done", output_index=index, item=dict(item))
+                continue
             if item is self.text:
                 text, logprobs = item.pop("_text"), item.pop("_logprobs")
                 annotations = citations(text, self.envelope.cited)
@@ -168,10 +199,47 @@ class ResponseStream:
 
     def final(self, usage: dict | None) -> dict:
         """The whole Response, once every item is done."""
-        return self._snapshot("completed", usage)
+        return self._snapshot("completed", self.mcp.total_usage(usage) if self.mcp is not None else usage)
+
+    async def _follow_up(self) -> AsyncIterator[bytes]:
+        """The MCP tool loop after the streamed answer: its calls made, and the model called again (a whole
+        answer, sent as one delta an item) until it answers without calling one (gateway/mcp_loop.py)."""
+        assert self.mcp is not None
+        while True:
+            pending = [i for i in self.items[self.step_start:] if i["type"] == "mcp_call" and i["status"] == "in_progress"]
+            for item in pending:
+                yield self._event("response.mcp_call.in_progress", item_id=item["id"], output_index=self.items.index(item))
+            for old, new in zip(pending, await asyncio.gather(*(run_call(self.mcp.tools, i) for i in pending)),
+                                strict=True):
+                index = self.items.index(old)
+                self.items[index] = new
+                yield self._event(f"response.mcp_call.{new['status']}", item_id=new["id"], output_index=index)
+                yield self._event("response.output_item.done", output_index=index, item=new)
+            made = [public_item(i) for i in self.items[self.step_start:]]
+            if not self.mcp.goes_on(made):
+                return
+            answer = await self.mcp.next_answer(made)
+            self.step += 1
+            self.resp, self.step_start = self.envelope.step_id(self.step), len(self.items)
+            self.text = self.reasoning = None
+            self.calls = {}
+            for event in self.chunk({"model": answer.get("model"), "choices": [as_delta((answer.get("choices") or [{}])[0])]}):
+                yield event
+            for event in self.completed():
+                yield event
 
     def final_event(self, response: dict) -> bytes:
         return self._event(f"response.{response['status']}", response=response)
 
     def failed(self, error: APIError) -> bytes:
         return self._event("error", code=error.code or "server_error", message=error.message, param=error.param)
+
+
+def as_delta(choice: dict) -> dict:
+    """A whole chat choice as one stream chunk's choice (the MCP tool loop's later answers)."""
+    message = choice.get("message") or {}
+    delta: dict[str, Any] = {"content": message.get("content")}
+    if thinking := reasoning_of(message):
+        delta["reasoning_content"] = thinking
+    delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
+    return {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}

@@ -296,7 +296,8 @@ async def events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator
             if dialect is not None:
                 for event in dialect.completed():
                     yield event
-                final = dialect.final(draft.estimated_usage() if draft.usage_estimated else draft.usage)
+                usage = draft.estimated_usage() if draft.usage_estimated else draft.usage
+                final = dialect.final(usage)
             elif include_usage and draft.usage_estimated:  # none the deployment could bill from: what is charged
                 envelope = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                 yield sse_event(envelope | {"choices": [], "usage": draft.estimated_usage()})
@@ -338,6 +339,22 @@ async def events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator
     if dialect is None:
         yield DONE
     elif final is not None:  # stored before the client can name it in its next turn
+        if dialect.follow_up is not None:  # after the answer's own call is settled: its session's pin is set
+            try:
+                async for event in dialect.follow_up():
+                    yield event
+            except (BackendError, APIError) as exc:
+                yield dialect.failed(as_api_error(exc))
+                if dialect.end is not None:
+                    await dialect.end()
+                return
+            except Exception:
+                log.exception("the tool loop of request %s failed inside the gateway", draft.request_id)
+                yield dialect.failed(internal_error(draft))
+                if dialect.end is not None:
+                    await dialect.end()
+                return
+            final = dialect.final(usage)
         if dialect.keep is not None:
             await dialect.keep(final)
         if dialect.end is not None:

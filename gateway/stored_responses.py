@@ -32,6 +32,8 @@ from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.file_search import call_item as search_call_item
 from gateway.file_search import cited_files, context_text, file_search_of, query_of, with_context
+from gateway.mcp_loop import McpLoop, begin_loop, whole_response
+from gateway.mcp_tools import mcp_servers_of
 from gateway.outcomes import storable
 from gateway.periodic import Periodic
 from gateway.request_body import ProxyRequest
@@ -76,6 +78,8 @@ class ResponsesTurn:
     resumed: bool = False  # a background turn taken over from a replica that stopped: its row exists
     queued: dict | None = None  # a background turn's Response as first answered
     compaction: CompactionRule | None = None  # `context_management`: compact first past a threshold
+    earlier: list[dict] = field(default_factory=list)  # the items of the chain or conversation it continues
+    mcp: McpLoop | None = None  # its MCP tools' loop (gateway/mcp_loop.py)
 
     @property
     def ancestors(self) -> list[str]:
@@ -87,12 +91,15 @@ class ResponsesTurn:
         self.session_id = session_id_of(parsed.session_id, parsed.body)
 
     async def answer(self, answer: dict, model: str) -> dict:
-        response = self.envelope.from_chat(answer, model)
+        if self.mcp is not None:
+            response = await whole_response(self.mcp, answer, model)
+        else:
+            response = self.envelope.from_chat(answer, model)
         await self.keep(response)
         return response
 
     def stream(self, model: str) -> ResponseStream:
-        return ResponseStream(self.envelope, model, self.keep, self.end)
+        return ResponseStream(self.envelope, model, self.keep, self.end, self.mcp)
 
     async def keep(self, response: dict) -> None:
         await self.responses.keep(self, response)
@@ -138,12 +145,19 @@ class StoredResponses:
     async def begin(self, raw: Any, request_id: str, key_id: str | None, resumed: dict | None = None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is
         not this key's, or has expired; 503 while only the unreachable database has it), its file search
-        made. `resumed`: the row of a background response taken over, whose request `raw` is: the turn is
+        made and its MCP tools listed (the client's approvals answered). `resumed`: the row of a background response taken over, whose request `raw` is: the turn is
         that response."""
         raw = check_request(raw)
         search = file_search_of(raw)  # checked before anything is held
+        servers = mcp_servers_of(raw)
         turn = await self._begin(raw, request_id, key_id, resumed)
         turn.compaction = compaction_rule(raw)
+        if servers:
+            try:
+                turn.mcp = await begin_loop(servers, turn.envelope, turn.chat, raw, turn.earlier, request_id)
+            except BaseException:
+                await turn.end()
+                raise
         query = query_of(raw) if search is not None else None
         if search is not None and query is not None:
             if self.vector_stores is None:
@@ -180,13 +194,14 @@ class StoredResponses:
                 raise bad_request("this gateway keeps no conversations", "conversation", "unsupported")
             lease, earlier = await self.conversations.begin_turn(conversation, key_id)  # one turn at a time
             return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id,
-                                 session_id=conversation, conversation=conversation, lease=lease, **running)
+                                 session_id=conversation, conversation=conversation, lease=lease, earlier=earlier,
+                                 **running)
         if previous_id is None:
             return ResponsesTurn(envelope, continued(chat, raw, []), items, store, self, key_id, **running)
         previous, earlier = await self._chain_items(previous_id, key_id)
         session = previous["session_id"] or (previous["ancestors"] or [previous_id])[0]
         return ResponsesTurn(envelope, continued(chat, raw, earlier), items, store, self, key_id, previous, session,
-                             **running)
+                             earlier=earlier, **running)
 
     async def _chain_items(self, previous_id: str, key_id: str | None) -> tuple[dict, list[dict]]:
         """The response a request continues, and its chain's items in order: 404 for a chain that is not
