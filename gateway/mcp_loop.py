@@ -14,6 +14,8 @@ so does MAX_STEPS."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +24,13 @@ from gateway.auth import Caller
 from gateway.mcp_client import CallResult, call_tool, list_tools
 from gateway.mcp_tools import McpServer, as_function, parsed_arguments
 from gateway.responses_input import input_messages
-from gateway.served import Serve, served_chat
+from gateway.served import Serve, served_chat, served_chunks
 
 if TYPE_CHECKING:
     from gateway.responses_api import ResponseEnvelope
 
 MAX_STEPS = 16  # model calls a Response may make; past it, the model is told to answer
+FAILURE = "the model call after the MCP tools' results failed"
 
 
 @dataclass
@@ -170,9 +173,9 @@ class McpLoop:
         waits = any(i["type"] in ("mcp_approval_request", "function_call", "custom_tool_call") for i in items)
         return bool(made) and not waits
 
-    async def next_answer(self, items: list[dict]) -> dict:
-        """The model called again, with the step's items (its text, the calls and their results) added."""
-        assert self.serve is not None and self.caller is not None and self.model is not None
+    def _next_body(self, items: list[dict]) -> dict:
+        """The next model call: the turn's chat with the step's items (its text, the calls and their
+        results) added, on the routed model, under the turn's session."""
         self.steps += 1
         self.calls += sum(i["type"] == "mcp_call" for i in items)
         self.messages += input_messages([i for i in items if i["type"] != "mcp_approval_request"], "output")
@@ -182,12 +185,29 @@ class McpLoop:
             body["session_id"] = self.session_id
         if self.steps >= MAX_STEPS - 1 or (self.max_calls is not None and self.calls >= self.max_calls):
             body["tool_choice"] = "none"  # no more calls: the model answers with what it has
-        payload, _ = await served_chat(self.serve, self.caller, body, {"mcp_of": self.request_id},
-                                       "the model call after the MCP tools' results failed")
-        for key, value in (payload.get("usage") or {}).items():
+        return body
+
+    async def next_answer(self, items: list[dict]) -> dict:
+        """The model called again after the step's items, whole."""
+        assert self.serve is not None and self.caller is not None
+        payload, _ = await served_chat(self.serve, self.caller, self._next_body(items), {"mcp_of": self.request_id},
+                                       FAILURE)
+        self._count(payload.get("usage"))
+        return payload
+
+    async def next_chunks(self, items: list[dict]) -> AsyncIterator[dict]:
+        """The model called again after the step's items, streamed: its chunks as they come."""
+        assert self.serve is not None and self.caller is not None
+        async with aclosing(served_chunks(self.serve, self.caller, self._next_body(items),
+                                          {"mcp_of": self.request_id}, FAILURE)) as chunks:
+            async for chunk in chunks:
+                self._count(chunk.get("usage"))
+                yield chunk
+
+    def _count(self, usage: Any) -> None:
+        for key, value in (usage if isinstance(usage, dict) else {}).items():
             if isinstance(value, int):
                 self.usage[key] = self.usage.get(key, 0) + value
-        return payload
 
     def total_usage(self, usage: dict | None) -> dict | None:
         """The Response's usage: its own call's and the follow-ups'."""

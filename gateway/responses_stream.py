@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from engine.server.errors import APIError
@@ -202,8 +203,8 @@ class ResponseStream:
         return self._snapshot("completed", self.mcp.total_usage(usage) if self.mcp is not None else usage)
 
     async def _follow_up(self) -> AsyncIterator[bytes]:
-        """The MCP tool loop after the streamed answer: its calls made, and the model called again (a whole
-        answer, sent as one delta an item) until it answers without calling one (gateway/mcp_loop.py)."""
+        """The MCP tool loop after the streamed answer: its calls made, and the model called again (streamed
+        as it answers) until it answers without calling one (gateway/mcp_loop.py)."""
         assert self.mcp is not None
         while True:
             pending = [i for i in self.items[self.step_start:] if i["type"] == "mcp_call" and i["status"] == "in_progress"]
@@ -218,13 +219,14 @@ class ResponseStream:
             made = [public_item(i) for i in self.items[self.step_start:]]
             if not self.mcp.goes_on(made):
                 return
-            answer = await self.mcp.next_answer(made)
             self.step += 1
             self.resp, self.step_start = self.envelope.step_id(self.step), len(self.items)
             self.text = self.reasoning = None
             self.calls = {}
-            for event in self.chunk({"model": answer.get("model"), "choices": [as_delta((answer.get("choices") or [{}])[0])]}):
-                yield event
+            async with aclosing(self.mcp.next_chunks(made)) as chunks:  # a client that leaves ends the call
+                async for chunk in chunks:
+                    for event in self.chunk(chunk):
+                        yield event
             for event in self.completed():
                 yield event
 
@@ -234,12 +236,3 @@ class ResponseStream:
     def failed(self, error: APIError) -> bytes:
         return self._event("error", code=error.code or "server_error", message=error.message, param=error.param)
 
-
-def as_delta(choice: dict) -> dict:
-    """A whole chat choice as one stream chunk's choice (the MCP tool loop's later answers)."""
-    message = choice.get("message") or {}
-    delta: dict[str, Any] = {"content": message.get("content")}
-    if thinking := reasoning_of(message):
-        delta["reasoning_content"] = thinking
-    delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message.get("tool_calls") or ())]
-    return {"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}

@@ -112,9 +112,11 @@ def test_streamed_the_loop_sends_each_items_events(gw: Gateway, mcp: McpSpy, ups
     order = ["response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
              "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done", "response.mcp_call.in_progress",
              "response.mcp_call.completed", "response.output_text.delta", "response.output_text.done"]
-    assert [k for k in kinds if k in order] == order
+    assert [k for k in dict.fromkeys(kinds) if k in order] == order  # each kind's first, in this order
+    assert kinds.count("response.output_text.delta") == 5  # the answer after the call streamed as it came
     final = events[-1].response  # type: ignore[union-attr]
     assert [item.type for item in final.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert final.usage.output_tokens == 10  # type: ignore[union-attr]  # both calls' (the mock bills words)
     assert final.output[1].output == "sunny in [tools:1] Lima" and final.output[2].content[0].text == ANSWER  # type: ignore[union-attr]
     done = [e.item.type for e in events if e.type == "response.output_item.done"]  # type: ignore[union-attr]
     assert done == ["mcp_list_tools", "mcp_call", "message"]
@@ -229,3 +231,10 @@ def test_an_approved_call_streams_before_the_answer(gw: Gateway, mcp: McpSpy, up
     final = events[-1].response  # type: ignore[union-attr]
     assert [item.type for item in final.output] == ["mcp_call", "message"]
     assert final.output[0].output == "sunny in [tools:1] Kyiv"  # type: ignore[union-attr]
+
+
+def test_tool_choice_names_an_mcp_tool(gw: Gateway, mcp: McpSpy, upstreams: tuple) -> None:
+    with gw.openai() as client:
+        client.responses.create(model="up", input="[tools:0] 2", tools=[tool(mcp, require_approval="never")],  # type: ignore[list-item]
+                                tool_choice={"type": "mcp", "server_label": "weather", "name": "add"})
+    assert upstreams[0].stats()["bodies"][0]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
