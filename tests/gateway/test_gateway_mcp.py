@@ -238,3 +238,18 @@ def test_tool_choice_names_an_mcp_tool(gw: Gateway, mcp: McpSpy, upstreams: tupl
         client.responses.create(model="up", input="[tools:0] 2", tools=[tool(mcp, require_approval="never")],  # type: ignore[list-item]
                                 tool_choice={"type": "mcp", "server_label": "weather", "name": "add"})
     assert upstreams[0].stats()["bodies"][0]["tool_choice"] == {"type": "function", "function": {"name": "add"}}
+
+
+def test_a_server_gone_by_the_call_is_the_items_error(gw: Gateway, mcp: McpSpy, upstreams: tuple) -> None:
+    """Listed in the first turn, approved in the second after the server went away: the call fails as an
+    http_error item, and the model still answers."""
+    gone = {"type": "mcp", "server_label": "weather", "server_url": "http://127.0.0.1:9/mcp"}
+    with gw.openai() as client:
+        asked = client.responses.create(model="up", input="[tools:1] Oslo", tools=[tool(mcp)])  # type: ignore[list-item]
+        approved = client.responses.create(model="up", previous_response_id=asked.id, tools=[gone],  # type: ignore[list-item]
+                                           input=[{"type": "mcp_approval_response", "approve": True,
+                                                   "approval_request_id": asked.output[1].id}])
+    call = approved.output[0]
+    assert call.type == "mcp_call" and call.status == "failed" and call.error.type == "http_error"  # type: ignore[union-attr]
+    assert approved.output[-1].type == "message" and not mcp.calls
+    assert upstreams[0].stats()["bodies"][-1]["messages"][-1]["content"].startswith("error:")
