@@ -7,8 +7,8 @@ its output opens with the compaction item).
 A compaction pass is one chat request served as any other (routed, limited, billed to the key, with
 its own outcome row naming the turn it served): the conversation as the model would see it, its tools
 offered but declined, then an instruction to write a handoff summary. Sent to the turn's own model by
-default, it is the conversation the model's engine last computed plus one message, so a prefix cache
-or an agent session's pinned KV (agent_sessions/) serves most of its prompt; `responses.compaction_model`
+default, it is the conversation the model's engine last computed plus one message, so that engine's
+prefix cache serves most of its prompt where it lands on the same instance; `responses.compaction_model`
 sends it to a cheaper model instead. What the summary replaces, and how the item is read back:
 gateway/compaction_items.py."""
 
