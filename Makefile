@@ -33,6 +33,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.engine_tool_calls
 	$(PY) -m bench.custom_tools
 	$(PY) -m bench.moe
+	$(PY) -m bench.spec_decode
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

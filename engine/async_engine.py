@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from engine.config import SpeculativeConfig
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.outputs import RequestOutput
@@ -335,17 +336,21 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  tokenizer: TokenizerLike | None = None, num_blocks: int | None = None,
                  kv_cache_memory_bytes: int | None = None, block_size: int = 16,
                  max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
-                 pin_budget_fraction: float = 0.5, device: str | None = None) -> AsyncEngine:
+                 pin_budget_fraction: float = 0.5, device: str | None = None,
+                 speculative: SpeculativeConfig | None = None) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
-    default (1024 blocks for a model, the profile's own capacity for a simulation)."""
+    default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
+    n-gram speculative decoding (a model only: a simulation samples no logits to check drafts with)."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
 
     if (model_dir is None) == (sim_profile is None):
         raise ValueError("pass exactly one of model_dir and sim_profile")
+    if speculative is not None and sim_profile is not None:
+        raise ValueError("speculative decoding needs a model: a simulated runner samples no logits to check drafts")
     if num_blocks is not None and kv_cache_memory_bytes is not None:
         raise ValueError("pass at most one of num_blocks and kv_cache_memory_bytes")
     clock = WallClock()
@@ -378,7 +383,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     config = EngineConfig(block_size=block_size, num_blocks=num_blocks,
                           max_model_len=min(max_model_len or context_len, context_len),
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
-                          pin_budget_fraction=pin_budget_fraction)
+                          pin_budget_fraction=pin_budget_fraction, speculative=speculative)
     engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
     return AsyncEngine(engine, vocab_size=vocab_size)
 

@@ -8,22 +8,34 @@ from engine.sequence import Sequence
 @dataclass
 class ScheduledBatch:
     """What one engine step computes: for each sequence, `num_new_tokens` tokens starting at its
-    `num_computed_tokens`. A sequence samples a token when the step reaches its last token."""
+    `num_computed_tokens`. A sequence samples a token when the step reaches its last token.
+
+    A decoding sequence may carry draft tokens (engine/speculation.py): they follow its last token in
+    the step's input and count in `num_new_tokens`; it then samples at its last token and after each
+    draft."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
+    draft_token_ids: list[list[int]] = field(default_factory=list)
 
-    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+    def add(self, seq: Sequence, num_new_tokens: int, draft_token_ids: list[int] | None = None) -> None:
         assert num_new_tokens > 0
+        drafts = draft_token_ids or []
+        assert not drafts or num_new_tokens == len(drafts) + 1, "drafts follow a decode's one token"
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
+        self.draft_token_ids.append(drafts)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def samples(self, i: int) -> bool:
         seq = self.seqs[i]
-        return seq.num_computed_tokens + self.num_new_tokens[i] == seq.num_tokens
+        return seq.num_computed_tokens + self.num_new_tokens[i] - len(self.draft_token_ids[i]) == seq.num_tokens
+
+    @property
+    def has_drafts(self) -> bool:
+        return any(self.draft_token_ids)
 
     @property
     def sampling_indices(self) -> list[int]:

@@ -138,19 +138,22 @@ class BlockManager:
         return True
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       cached_blocks: list[int] | None = None, reclaim_pins: bool = True) -> bool:
-        """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts).
-        Returns False, changing nothing, when memory is short even after pins gave way (pins give
-        way only with `reclaim_pins`)."""
+                       cached_blocks: list[int] | None = None, reclaim_pins: bool = True,
+                       num_lookahead_tokens: int = 0) -> bool:
+        """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts),
+        and room for `num_lookahead_tokens` draft tokens after them, which are not published to the
+        prefix cache (they may be rejected). Returns False, changing nothing, when memory is short
+        even after pins gave way (pins give way only with `reclaim_pins`)."""
         if not cached_blocks and seq.block_table:  # the common case: a decode inside its last block
             total = seq.num_computed_tokens + num_new_tokens
-            if total <= len(seq.block_table) * self.block_size:
+            if total + num_lookahead_tokens <= len(seq.block_table) * self.block_size:
                 self.register_computed(seq, total)
                 return True
         cached_blocks = cached_blocks or []
         starting = not seq.block_table and seq.num_computed_tokens == 0
         assert not cached_blocks or starting
-        total_tokens = seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
+        total_tokens = (seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
+                        + num_lookahead_tokens)
         needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
         for b in cached_blocks:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)

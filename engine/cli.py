@@ -4,10 +4,12 @@ Heavy imports (torch, uvicorn) happen inside the handlers, so `pitstop --help` s
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
+from engine.config import SpeculativeConfig
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -22,6 +24,17 @@ def parse_bytes(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (try 4GiB or 4294967296)")
     return int(float(match[1]) * _BYTE_UNITS[match[2] or ""])
+
+
+def speculative_config(text: str) -> SpeculativeConfig:
+    """`--speculative-config`'s JSON object -> SpeculativeConfig, with the reason when it is not one."""
+    try:
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise ValueError("expected a JSON object")
+        return SpeculativeConfig(**fields)
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(f"not a speculative config: {error}") from error
 
 
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +59,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="split a reasoning model's <think> block from its chat answers (reasoning_content)")
     serve.add_argument("--tool-call-parser", choices=sorted(TOOL_CALL_PARSERS),
                        help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
+    serve.add_argument("--speculative-config", type=speculative_config, metavar="JSON",
+                       help='n-gram speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
+                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'')
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -86,7 +102,8 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
                           kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
-                          pin_budget_fraction=args.pin_budget_fraction, device=args.device)
+                          pin_budget_fraction=args.pin_budget_fraction, device=args.device,
+                          speculative=args.speculative_config)
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
                 port=args.port, log_level=args.log_level)

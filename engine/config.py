@@ -2,6 +2,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SPECULATIVE_METHODS = ("ngram",)
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding, vLLM's `speculative_config` fields: each decoding request's step also
+    checks up to `num_speculative_tokens` drafted tokens, all in one forward pass (engine/speculation.py).
+    `ngram` (prompt lookup) drafts what followed the latest earlier occurrence of the sequence's last
+    `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 2
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative method {self.method!r} is not one of {', '.join(SPECULATIVE_METHODS)}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be at least 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max")
+
 
 @dataclass
 class EngineConfig:
@@ -28,6 +51,8 @@ class EngineConfig:
     # blocks: a long re-prefill started on its first chunk would otherwise grow into preemptions.
     # False: admit on the first chunk, as vLLM does (bench/agents.py measures both).
     admit_whole_prompt: bool = True
+    # Speculative decoding (n-gram drafts checked in the decode step); None: one token per step.
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0

@@ -22,6 +22,7 @@ from engine.runner import ModelRunner
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
 
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
@@ -53,6 +54,7 @@ class EngineStats:
     prefill_tokens: int  # tokens computed in prefill (cache hits excluded, recomputes included)
     generation_tokens: int
     pins: PinCounters
+    spec: SpeculationCounters
 
 
 class LLMEngine:
@@ -66,7 +68,8 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
                                           config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy())
+        self.spec = SpeculationCounters()
+        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner))
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
@@ -76,6 +79,15 @@ class LLMEngine:
         self._grammars_lock = threading.Lock()
         # Fusing skips per-step records and stop strings: only for runners that offer it, unrecorded.
         self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None)
+
+    @staticmethod
+    def _drafter(config: EngineConfig, runner: ModelRunner) -> NgramProposer | None:
+        if config.speculative is None:
+            return None
+        if not getattr(runner, "verifies_drafts", False):
+            raise ValueError("speculative decoding needs a runner that samples after each draft token "
+                             "(the torch runner); this one does not")
+        return NgramProposer(config.speculative)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -171,7 +183,7 @@ class LLMEngine:
         batch = self.scheduler.schedule(start)
         if not batch:
             return []
-        if self._can_fuse and not self.scheduler.preempted_last_step:
+        if self._can_fuse and not self.scheduler.preempted_last_step and not batch.has_drafts:
             steps = max_fused_steps(batch, self.config, self.block_manager.num_free_blocks)
             if steps > 1:
                 deadline = self.next_pin_deadline()
@@ -179,9 +191,8 @@ class LLMEngine:
                 steps = self.runner.plan_decode_steps(batch, steps, horizon)  # type: ignore[attr-defined]
                 if steps > 1:
                     return self._fused_decode(batch, steps)
-        samples = [seq.num_computed_tokens + n == len(seq.token_ids)
-                   for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)]
-        token_ids = iter(self.runner.execute(batch))
+        samples = [batch.samples(i) for i in range(len(batch))]
+        token_ids = self.runner.execute(batch)
         logprobs: dict[int, TokenLogprobs] = getattr(self.runner, "step_logprobs", None) or {}
         prompt_logprobs: dict[int, list[TokenLogprobs]] = getattr(self.runner, "step_prompt_logprobs", None) or {}
         for i, scored in prompt_logprobs.items():
@@ -191,19 +202,51 @@ class LLMEngine:
         if self.step_log is not None:
             self.step_log.append(StepRecord(batch.shape, end - start))
         outputs: list[RequestOutput] = []
-        for seq, num_new, sampled in zip(batch.seqs, batch.num_new_tokens, samples, strict=True):
+        row = 0  # the runner's sampled rows: one per sampling sequence, plus one per draft token
+        for seq, num_new, drafts, sampled in zip(batch.seqs, batch.num_new_tokens, batch.draft_token_ids, samples,
+                                                 strict=True):
+            if drafts:
+                outputs.append(self._verified(seq, drafts, token_ids[row: row + len(drafts) + 1], logprobs, row, end))
+                row += len(drafts) + 1
+                continue
             seq.num_computed_tokens += num_new
             if num_new > 1 or seq.num_computed_tokens - num_new < seq.num_prompt_tokens:  # not a decode
                 self.prefill_tokens += num_new
             if sampled:
-                chosen = logprobs.get(len(outputs))
+                chosen = logprobs.get(row)
                 first = seq.num_output_tokens == 0
-                outputs.append(self._append_token(seq, next(token_ids), end))
+                outputs.append(self._append_token(seq, token_ids[row], end))
+                row += 1
                 if chosen is not None:
                     outputs[-1].logprobs = [chosen]
                 if first and seq.params.prompt_logprobs is not None:
                     outputs[-1].prompt_logprobs = seq.prompt_logprobs
         return outputs
+
+    def _verified(self, seq: Sequence, drafts: list[int], sampled: list[int], logprobs: dict[int, TokenLogprobs],
+                  first_row: int, now: float) -> RequestOutput:
+        """A decode step that checked `drafts`: the accepted tokens appended one at a time, as single
+        steps would have appended them (stops, lengths and stop strings end it where they would)."""
+        kept = accepted_tokens(drafts, sampled)
+        self.spec.drafted_steps += 1
+        self.spec.draft_tokens += len(drafts)
+        self.spec.accepted_tokens += len(kept) - 1
+        # The step computed the last token and every draft; the KV of the accepted ones stands. Each
+        # token is appended with the tokens before it computed, as after a plain decode step.
+        base = seq.num_computed_tokens + 1
+        output: RequestOutput | None = None
+        for k, token in enumerate(kept):
+            seq.num_computed_tokens = base + k
+            self.block_manager.register_computed(seq, seq.num_computed_tokens)
+            step = self._append_token(seq, token, now)
+            chosen = logprobs.get(first_row + k)
+            if chosen is not None:
+                step.logprobs = [chosen]
+            output = step if output is None else output.followed_by(step)
+            if step.finished:
+                break
+        assert output is not None
+        return output
 
     def _fused_decode(self, batch: ScheduledBatch, steps: int) -> list[RequestOutput]:
         for seq in batch.seqs:  # the blocks the single steps would have taken one at a time
@@ -323,5 +366,5 @@ class LLMEngine:
             num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
             num_preemptions=self.scheduler.num_preemptions, num_steps=self.num_steps,
             prefill_tokens=self.prefill_tokens, generation_tokens=self.generation_tokens,
-            pins=self.block_manager.pins.counters,
+            pins=self.block_manager.pins.counters, spec=replace(self.spec),
         )

@@ -22,6 +22,15 @@ class RequestOutput:
     # On a request's first output, where it asked: prompt tokens 1.. (the first token has none).
     prompt_logprobs: list[TokenLogprobs] | None = None
 
+    def followed_by(self, later: RequestOutput) -> RequestOutput:
+        """This output and the next one of the same request as one (a step that yields several tokens)."""
+        logprobs = None if self.logprobs is None and later.logprobs is None else \
+            [*(self.logprobs or ()), *(later.logprobs or ())]
+        return RequestOutput(self.request_id, self.new_token_ids + later.new_token_ids,
+                             self.text_delta + later.text_delta, later.finished, later.finish_reason,
+                             later.num_prompt_tokens, later.num_cached_tokens, later.num_output_tokens,
+                             logprobs, self.prompt_logprobs)
+
 
 @dataclass(frozen=True)
 class StepRecord:

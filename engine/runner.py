@@ -14,6 +14,10 @@ class ModelRunner(Protocol):
     sampled token id per sequence for which `batch.samples(i)` is true, in batch order. It must not
     mutate the sequences: the engine applies the results.
 
+    A runner with `verifies_drafts` (the torch runner) may be given draft tokens
+    (`batch.draft_token_ids`, engine/speculation.py): they are that sequence's input after its last
+    token, and it returns one more sampled token after each, right after the sequence's own.
+
     A runner that computes log-probabilities (the torch runner) also has `step_logprobs`: after each
     `execute`, the TokenLogprobs of the sampled rows whose params asked, keyed by their place among
     the sampled rows. One without it serves no `logprobs` (the engine refuses such requests).

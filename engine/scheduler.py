@@ -4,9 +4,12 @@ Every step, running requests go first (each decode takes one token, an unfinishe
 chunk), then waiting requests join in policy order while tokens, sequence slots and KV blocks last.
 When a running request cannot get a block, pins give way first (inside the block manager), then the
 running request with the largest policy key is preempted: its blocks are freed (their cached
-prefix stays reusable) and it waits again to be recomputed."""
+prefix stays reusable) and it waits again to be recomputed. With a drafter (speculative decoding), a
+decoding request also takes draft tokens to check, while the budget and free blocks allow."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager
@@ -16,11 +19,19 @@ from engine.sequence import Sequence, SequenceStatus
 from engine.waiting_queue import WaitingQueue
 
 
+class Drafter(Protocol):
+    def propose(self, seq: Sequence, max_tokens: int) -> list[int]:
+        """Up to `max_tokens` draft tokens to follow `seq`'s last token (engine/speculation.py)."""
+        ...
+
+
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager, policy: SchedulingPolicy) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, policy: SchedulingPolicy,
+                 drafter: Drafter | None = None) -> None:
         self.config = config
         self.block_manager = block_manager
         self.policy = policy
+        self.drafter = drafter
         self.waiting = WaitingQueue(policy)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -41,6 +52,15 @@ class Scheduler:
             self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
 
+    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
+        """Draft tokens for a decoding request, within the step's budget and what the request may still
+        generate; none for a grammar-held answer (its masks are made one token at a time) or a first token."""
+        if self.drafter is None or seq.grammar is not None or seq.num_output_tokens == 0:
+            return []
+        room = min(budget - 1, seq.params.max_tokens - seq.num_output_tokens - 1,
+                   self.config.max_model_len - seq.num_tokens - 1)
+        return self.drafter.propose(seq, room) if room > 0 else []
+
     def _chunk(self, seq: Sequence, budget: int) -> int:
         remaining = len(seq.token_ids) - seq.num_computed_tokens
         return 1 if remaining == 1 else min(remaining, budget, self.config.long_prefill_token_threshold)
@@ -55,6 +75,15 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = self._chunk(seq, budget)
+            drafts = self._drafts(seq, budget) if num_new == 1 else []
+            # Drafts take only free blocks: speculation neither evicts a pin nor preempts anyone.
+            if drafts and self.block_manager.allocate_slots(seq, 1, reclaim_pins=False,
+                                                            num_lookahead_tokens=len(drafts)):
+                batch.add(seq, 1 + len(drafts), drafts)
+                scheduled.add(seq.request_id)
+                budget -= 1 + len(drafts)
+                i += 1
+                continue
             while not self.block_manager.allocate_slots(seq, num_new):
                 victim = self._pick_victim(exclude=scheduled)
                 self._preempt(victim)

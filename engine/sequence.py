@@ -8,6 +8,7 @@ from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from engine.logprobs import TokenLogprobs
+    from engine.speculation import TokenArray
     from engine.structured_output import GrammarMatcher
 
 
@@ -62,6 +63,8 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprobs] = []
         # With params.constraint: where the output stands in its grammar (advanced token by token).
         self.grammar: GrammarMatcher | None = None
+        # With speculative decoding: the token ids as an array the n-gram lookup searches (grown as they grow).
+        self.lookup: TokenArray | None = None
 
     @property
     def num_tokens(self) -> int:

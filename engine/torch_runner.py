@@ -1,6 +1,7 @@
 """TorchModelRunner: the ModelRunner that runs a real decoder. It owns the paged KV cache
 ([layers, 2, num_blocks, block_size, kv_heads, head_dim]), turns a ScheduledBatch into flat step tensors
-(input ids, positions, slot mapping, block tables) and samples one token per finishing sequence."""
+(input ids, positions, slot mapping, block tables) and samples one token per finishing sequence, and
+one after each draft token a decoding sequence carries (engine/speculation.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import torch
 
 from engine.batch import ScheduledBatch
 from engine.logprobs import TokenLogprobs, token_logprobs
-from engine.model.attention import AttentionMetadata, AttentionPlan
+from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
 from engine.model.loader import load_model
-from engine.model.logits_processors import process_logits
+from engine.model.logits_processors import needs_processing, process_logits
 from engine.model.sampler import Sampler
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
 from engine.structured_output import mask_disallowed
 
 # Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
@@ -51,9 +54,40 @@ def scored_prompt_positions(batch: ScheduledBatch) -> list[ScoredPrompt]:
     return scored
 
 
+@dataclass(frozen=True)
+class DraftedRow:
+    """What logits processing reads of a sequence at a sampled row after `j` of its drafts (as if they
+    were accepted): its tokens with those drafts, so penalties and `min_tokens` see them."""
+
+    params: SamplingParams
+    token_ids: list[int]
+    num_prompt_tokens: int
+    grammar: None = None  # drafted sequences hold to no grammar (engine/scheduler.py)
+
+
+def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], list[int]]:
+    """Each sampled row's history and the number of tokens it would follow: one row per sampling
+    sequence, then one after each of its drafts (engine/speculation.py)."""
+    rows: list[Sequence | DraftedRow] = []
+    generated: list[int] = []
+    for i in batch.sampling_indices:
+        seq = batch.seqs[i]
+        rows.append(seq)
+        generated.append(seq.num_output_tokens)
+        drafts = batch.draft_token_ids[i]
+        processed = needs_processing(seq)  # else no row of it is processed: the sequence stands for all
+        for j in range(1, len(drafts) + 1):
+            rows.append(DraftedRow(seq.params, seq.token_ids + drafts[:j], seq.num_prompt_tokens) if processed
+                        else seq)
+            generated.append(seq.num_output_tokens + j)
+    return rows, generated
+
+
 class TorchModelRunner:
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`)."""
+
+    verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
     def __init__(
         self,
@@ -77,6 +111,7 @@ class TorchModelRunner:
             dtype=self.dtype, device=self.device,
         )  # fmt: skip
         self.sampler = Sampler()
+        self.workspace = GatherWorkspace() if self.device.type == "cpu" else None
         self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
         self.step_prompt_logprobs: dict[int, list[TokenLogprobs]] = {}  # by batch index (engine/runner.py)
 
@@ -111,7 +146,7 @@ class TorchModelRunner:
         input_ids, positions, meta, logits_index = self._prepare(batch)
         sampling = batch.sampling_indices
         with torch.inference_mode():
-            plan = AttentionPlan.build(meta, self.config.sliding_window)
+            plan = AttentionPlan.build(meta, self.config.sliding_window, self.workspace)
             hidden = self.model.hidden_states(input_ids, positions, self.kv_cache, plan)
             scored = scored_prompt_positions(batch)
             if scored:
@@ -119,15 +154,15 @@ class TorchModelRunner:
             if not sampling:
                 return []
             raw_logits = self.model.compute_logits(hidden[logits_index])
-            seqs = [batch.seqs[i] for i in sampling]
-            logits = process_logits(raw_logits, seqs, self.eos_token_ids)
-            if any(s.grammar is not None for s in seqs):
+            rows, generated = sampled_rows(batch)
+            logits = process_logits(raw_logits, rows, self.eos_token_ids)
+            if any(s.grammar is not None for s in rows):
                 logits = logits.clone() if logits is raw_logits else logits
-                mask_disallowed(logits, [s.grammar for s in seqs])
-            tokens = self.sampler(logits, [s.params for s in seqs], [s.num_output_tokens for s in seqs])
-            wanted = [j for j, s in enumerate(seqs) if s.params.logprobs is not None]
+                mask_disallowed(logits, [s.grammar for s in rows])
+            tokens = self.sampler(logits, [s.params for s in rows], generated)
+            wanted = [j for j, s in enumerate(rows) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(
-                raw_logits[wanted], [tokens[j] for j in wanted], [seqs[j].params.logprobs or 0 for j in wanted]),
+                raw_logits[wanted], [tokens[j] for j in wanted], [rows[j].params.logprobs or 0 for j in wanted]),
                 strict=True)) if wanted else {}
             return tokens
 
@@ -156,7 +191,7 @@ class TorchModelRunner:
         seq_of_token: list[int] = []
         tables: list[list[int]] = []
         context_lens: list[int] = []
-        for i, (seq, n) in enumerate(zip(batch.seqs, lens, strict=True)):
+        for i, (seq, n, drafts) in enumerate(zip(batch.seqs, lens, batch.draft_token_ids, strict=True)):
             start = seq.num_computed_tokens
             end = start + n
             if end > self.max_model_len:
@@ -164,7 +199,8 @@ class TorchModelRunner:
             needed = -(-end // block_size)
             if len(seq.block_table) < needed:
                 raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
-            token_ids.extend(seq.token_ids[start:end])
+            token_ids.extend(seq.token_ids[start: end - len(drafts)])
+            token_ids.extend(drafts)
             positions.extend(range(start, end))
             seq_of_token.extend([i] * n)
             tables.append(seq.block_table[:needed])
@@ -177,7 +213,8 @@ class TorchModelRunner:
         slots += positions_t % block_size
         query_ends = list(accumulate(lens))
         query_starts = [end - n for end, n in zip(query_ends, lens, strict=True)]
-        logits_index = [query_ends[i] - 1 for i in batch.sampling_indices]
+        logits_index = [row for i in batch.sampling_indices
+                        for row in range(query_ends[i] - 1 - len(batch.draft_token_ids[i]), query_ends[i])]
         to = self.device
         meta = AttentionMetadata(
             slot_mapping=slots.to(to),

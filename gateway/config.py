@@ -39,6 +39,21 @@ class TinyModelSpec(_Strict):
     seed: int = 0
 
 
+class SpeculativeSpec(_Strict):
+    """vLLM's `speculative_config` for an engine in this process (engine/speculation.py): n-gram drafts."""
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: int = Field(default=4, ge=1, le=64)
+    prompt_lookup_max: int = Field(default=4, ge=1, le=64)
+    prompt_lookup_min: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _lookup_range(self) -> SpeculativeSpec:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError("prompt_lookup_min must not exceed prompt_lookup_max")
+        return self
+
+
 class LitellmParams(BaseModel):
     """litellm's per-deployment parameters; unknown keys are passed to litellm unchanged."""
 
@@ -57,6 +72,7 @@ class LitellmParams(BaseModel):
     device: str | None = None
     reasoning_parser: Literal["think"] | None = None  # split a reasoning model's <think> block (engine/reasoning.py)
     tool_call_parser: Literal["hermes", "llama3_json"] | None = None  # tool calls written as text (engine/tool_parsers.py)
+    speculative_config: SpeculativeSpec | None = None  # n-gram speculative decoding (engine/speculation.py)
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
     # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
     transport: Literal["auto", "litellm", "direct"] = "auto"
@@ -71,7 +87,7 @@ class LitellmParams(BaseModel):
     def _local_needs_a_folder(self) -> LitellmParams:
         if self.provider == LOCAL_PROVIDER and not self.model_dir:
             raise ValueError(f"model '{self.model}' is a local engine: set litellm_params.model_dir")
-        for name in ("reasoning_parser", "tool_call_parser"):
+        for name in ("reasoning_parser", "tool_call_parser", "speculative_config"):
             if getattr(self, name) is not None and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")

@@ -73,6 +73,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     provider = params.provider
     if provider == LOCAL_PROVIDER:
         from engine.async_engine import build_engine
+        from engine.config import SpeculativeConfig
         from gateway.backends.local import LocalEngineBackend
 
         model_dir = settings.resolve_path(params.model_dir)
@@ -85,9 +86,11 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"model {entry.model_name}: litellm_params.model_dir {model_dir} is not a model folder "
                               "(no config.json; give a Hugging Face folder, or tiny_model: to build a test one)")
+        speculative = params.speculative_config
         engine = build_engine(model_dir, num_blocks=params.num_blocks,
                               max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
-                              policy=params.policy, device=params.device)
+                              policy=params.policy, device=params.device,
+                              speculative=SpeculativeConfig(**speculative.model_dump()) if speculative else None)
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
     direct = params.transport == "direct" or (
         params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
@@ -105,7 +108,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
-                                       "device", "tiny_model", "transport"}, exclude_none=True)
+                                       "device", "tiny_model", "transport", "speculative_config"}, exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
 

@@ -44,6 +44,26 @@ class _PrefillRow:
     mask: torch.Tensor | None  # [q, num_keys] causal (and window) mask; None when plainly causal
 
 
+class GatherWorkspace:
+    """Buffers the K/V a step gathers are copied into, kept from layer to layer and step to step. On a
+    CPU a step's gathered context is megabytes (8 sequences of 2,048 tokens: 8 MiB a layer for K), and
+    allocating it anew every layer can cost page faults: such a decode step took about 1.8x its time
+    with fresh buffers (bench/spec_decode.py, `verify_cost`). Not on CUDA, whose caching allocator already reuses
+    memory (a kept buffer there would hold the largest step's gather for good)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buffer[:numel].view(shape)
+
+
 @dataclass
 class AttentionPlan:
     """What `paged_attention` needs, derived once per step from AttentionMetadata."""
@@ -55,12 +75,16 @@ class AttentionPlan:
     decode_only: bool  # every row is single-query and rows are in token order: skip the scatter
     prefills: list[_PrefillRow]
     sliding: AttentionPlan | None = None  # the sliding-window layers' plan, where the model has them
+    workspace: GatherWorkspace | None = None  # where gathered K/V go (None: fresh tensors)
 
     @classmethod
-    def build(cls, meta: AttentionMetadata, sliding_window: int | None = None) -> AttentionPlan:
+    def build(cls, meta: AttentionMetadata, sliding_window: int | None = None,
+              workspace: GatherWorkspace | None = None) -> AttentionPlan:
         plan = cls._build(meta, None)
+        plan.workspace = workspace
         if sliding_window is not None:
             plan.sliding = cls._build(meta, sliding_window)
+            plan.sliding.workspace = workspace
         return plan
 
     @classmethod
@@ -131,15 +155,20 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan
     if plan.decode_token_index is not None:
         out[plan.decode_token_index] = _decode_attention(q[plan.decode_token_index], k_cache, v_cache, plan)
     for row in plan.prefills:
-        out[row.start : row.end] = _prefill_attention(q[row.start : row.end], k_cache, v_cache, row)
+        out[row.start : row.end] = _prefill_attention(q[row.start : row.end], k_cache, v_cache, row, plan.workspace)
     return out
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, workspace: GatherWorkspace | None = None,
+            name: str = "") -> torch.Tensor:
     """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys or values."""
     # index_select, not advanced indexing: several times faster on CPU for the same copy.
-    blocks = cache.index_select(0, block_tables.reshape(-1)).view(*block_tables.shape, *cache.shape[1:])
-    merged = blocks.flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
+    index = block_tables.reshape(-1)
+    if workspace is None:
+        blocks = cache.index_select(0, index)
+    else:
+        blocks = torch.index_select(cache, 0, index, out=workspace.take(name, (len(index), *cache.shape[1:]), cache))
+    merged = blocks.view(*block_tables.shape, *cache.shape[1:]).flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
     return merged.transpose(-3, -2)
 
 
@@ -147,8 +176,8 @@ def _decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan
 ) -> torch.Tensor:
     rows, heads, head_dim = q.shape
-    k = _gather(k_cache, plan.decode_block_tables)  # [D, kv_heads, L, head_dim]
-    v = _gather(v_cache, plan.decode_block_tables)
+    k = _gather(k_cache, plan.decode_block_tables, plan.workspace, "k")  # [D, kv_heads, L, head_dim]
+    v = _gather(v_cache, plan.decode_block_tables, plan.workspace, "v")
     kv_heads = k.shape[1]
     # GQA without repeating K/V: the query heads sharing a KV head become that head's query rows.
     grouped = q.view(rows, kv_heads, heads // kv_heads, head_dim)
@@ -157,10 +186,11 @@ def _decode_attention(
 
 
 def _prefill_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow,
+    workspace: GatherWorkspace | None = None,
 ) -> torch.Tensor:
-    k = _gather(k_cache, row.block_table)[:, : row.num_keys]  # [kv_heads, keys, head_dim]
-    v = _gather(v_cache, row.block_table)[:, : row.num_keys]
+    k = _gather(k_cache, row.block_table, workspace, "k")[:, : row.num_keys]  # [kv_heads, keys, head_dim]
+    v = _gather(v_cache, row.block_table, workspace, "v")[:, : row.num_keys]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.unsqueeze(0),

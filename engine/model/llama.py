@@ -16,6 +16,8 @@ from engine.model.layers import PackedLinear, RMSNorm
 from engine.model.moe import SparseMoE
 from engine.model.rope import RotaryEmbedding
 
+_CPU_GEMM_MIN_ROWS = 4  # see compute_logits
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, index: int) -> None:
@@ -142,4 +144,10 @@ class CausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits of some tokens' hidden states: only tokens that sample (or are scored) need
         the final norm and the vocab-sized head."""
+        rows = hidden.shape[0]
+        if hidden.device.type == "cpu" and 1 < rows < _CPU_GEMM_MIN_ROWS:
+            # CPU BLAS multiplies 2 or 3 rows by the head slower than 4 (`head_rows` in
+            # bench/results/spec_decode.json); a decode step checking drafts is that shape.
+            padding = hidden.new_zeros(_CPU_GEMM_MIN_ROWS - rows, hidden.shape[1])
+            return self.lm_head(self.model.norm(torch.cat([hidden, padding])))[:rows].float()
         return self.lm_head(self.model.norm(hidden)).float()

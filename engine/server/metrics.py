@@ -52,6 +52,10 @@ class EngineStatsCollector(Collector):
                                   value=s.blocks.prefix_hit_tokens)
         yield CounterMetricFamily(f"{PREFIX}_pin_hit_tokens", "Prefix-cache hit tokens from pinned blocks",
                                   value=s.pins.hit_tokens)
+        for name, text, value in (("drafted_steps", "Decode steps that checked draft tokens", s.spec.drafted_steps),
+                                  ("draft_tokens", "Draft tokens checked", s.spec.draft_tokens),
+                                  ("accepted_tokens", "Draft tokens accepted", s.spec.accepted_tokens)):
+            yield CounterMetricFamily(f"{PREFIX}_spec_decode_{name}", text, value=value)
         pins = CounterMetricFamily(f"{PREFIX}_pin_events", "Session pin events", labels=["event"])
         for event in ("set", "refreshed", "expired", "evicted", "unpinned"):
             pins.add_metric([event], getattr(s.pins, event))

@@ -34,6 +34,21 @@ def test_parser_dispatches_engine_subcommands():
         parser.parse_args(["engine"])
 
 
+def test_speculative_config_flag(capsys: pytest.CaptureFixture):
+    parser = build_parser()
+    args = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
+                              '{"method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_max": 3}'])
+    spec = args.speculative_config
+    assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_max, spec.prompt_lookup_min) == ("ngram", 6, 3, 2)
+    assert parser.parse_args(["engine", "serve", "--model", "m"]).speculative_config is None
+    for bad, reason in (("[4]", "a JSON object"), ('{"method": "eagle"}', "not one of ngram"),
+                        ('{"num_tokens": 4}', "num_tokens"), ("{", "Expecting")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config", bad])
+        err = capsys.readouterr().err
+        assert "not a speculative config" in err and reason in err, err
+
+
 def test_parse_bytes():
     assert parse_bytes("1024") == 1024
     assert parse_bytes("512MiB") == 512 << 20

@@ -234,7 +234,13 @@ def test_tiny_families_are_real_models_that_serve(tmp_path: Path, family: str) -
 def test_paged_sliding_window_attention_matches_dense_attention(window: int) -> None:
     """A step mixing decodes and prefill chunks (some past the window, some within it) over shuffled
     blocks: each query attends to exactly its last `window` keys, as a dense masked softmax does."""
-    from engine.model.attention import AttentionMetadata, AttentionPlan, paged_attention, write_kv
+    from engine.model.attention import (
+        AttentionMetadata,
+        AttentionPlan,
+        GatherWorkspace,
+        paged_attention,
+        write_kv,
+    )
 
     torch.manual_seed(0)
     block_size, heads, kv_heads, dim = 4, 4, 2, 8
@@ -268,5 +274,14 @@ def test_paged_sliding_window_attention_matches_dense_attention(window: int) -> 
     assert plan.sliding is not None
     out = paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, plan.sliding)
     torch.testing.assert_close(out, torch.cat(expected), atol=1e-5, rtol=1e-5)
+    # Gathering into a kept workspace (the CPU runner's) gives the same answer, layer after layer.
+    workspace = GatherWorkspace()
+    kept = AttentionPlan.build(meta, sliding_window=window, workspace=workspace)
+    assert kept.sliding is not None
+    for _ in range(2):
+        torch.testing.assert_close(paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, kept.sliding), out)
+    buffer = workspace._buffers["k"]
+    paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, kept)
+    assert workspace._buffers["k"] is buffer or workspace._buffers["k"].numel() > buffer.numel()
     if window < 40:  # the window changes the answer: full attention differs
         assert not torch.allclose(paged_attention(torch.cat([q for q, _, _ in q_rows]), cache, plan), out, atol=1e-3)

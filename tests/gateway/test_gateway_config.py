@@ -70,6 +70,10 @@ def broken(tmp_path: Path, where: str) -> dict:
         raw["storage"]["store_text"] = False
     elif where == "compaction-model":
         raw["responses"] = {"compaction_model": "ghost"}
+    elif where == "speculative-config":
+        raw["model_list"][0]["litellm_params"]["speculative_config"] = {"method": "ngram"}
+    elif where == "speculative-range":
+        raw["model_list"][0]["litellm_params"]["speculative_config"] = {"prompt_lookup_min": 5, "prompt_lookup_max": 2}
     return raw
 
 
@@ -98,6 +102,8 @@ CASES = [
     ("calibrate-model-without-share", ["route_groups.0.calibrate", "model_share"]),
     ("calibrate-without-text", ["route_groups.0.calibrate.traffic", "store_text"]),
     ("compaction-model", ["responses.compaction_model", "'ghost'"]),
+    ("speculative-config", ["model_list.0.litellm_params", "speculative_config", "--speculative-config"]),
+    ("speculative-range", ["model_list.0.litellm_params.speculative_config", "prompt_lookup_min"]),
 ]
 
 

@@ -1,0 +1,129 @@
+"""Speculative decoding on the torch runner and the tiny random model: the same tokens as plain decoding
+(greedy, seeded sampling, penalties, log-probabilities), and served over HTTP with stop strings and
+streaming. `logit_bias` holds the random model to a four-token alphabet, so its answers repeat and
+n-gram drafts get accepted."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engine.async_engine import build_engine
+from engine.config import EngineConfig, SpeculativeConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.server.app import create_app
+from engine.tokenizer import Tokenizer
+from engine.torch_runner import TorchModelRunner
+from tests.engine.serving import serve_in_thread
+
+ALPHABET = (300, 301, 302, 303)
+BIAS = tuple((t, 30.0) for t in ALPHABET)
+
+
+def generate(model_dir: Path, speculative: SpeculativeConfig | None, params: SamplingParams,
+             num_blocks: int = 256) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
+    config = EngineConfig(block_size=4, num_blocks=num_blocks, max_model_len=512, max_num_batched_tokens=256,
+                          speculative=speculative)
+    engine = LLMEngine(config, TorchModelRunner(model_dir, num_blocks, 4))
+    rng = random.Random(0)
+    for i in range(5):
+        engine.add_request(f"r{i}", [rng.randrange(1000) for _ in range(rng.randrange(4, 50))], params)
+    outputs: dict[str, list[RequestOutput]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).append(out)
+    return outputs, engine
+
+
+def tokens(outputs: dict[str, list[RequestOutput]]) -> dict[str, list[int]]:
+    return {rid: [t for out in outs for t in out.new_token_ids] for rid, outs in outputs.items()}
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0, max_tokens=80, logit_bias=BIAS, ignore_eos=True),
+    SamplingParams(temperature=0.9, top_p=0.95, seed=11, max_tokens=80, logit_bias=BIAS, ignore_eos=True),
+    SamplingParams(temperature=0, max_tokens=80, logit_bias=BIAS, repetition_penalty=1.2, presence_penalty=0.3,
+                   frequency_penalty=0.2, min_tokens=40),
+], ids=["greedy", "seeded", "penalties"])
+def test_speculation_gives_plain_decodings_tokens(tiny_model_dir: Path, params: SamplingParams) -> None:
+    plain, plain_engine = generate(tiny_model_dir, None, params)
+    fast, engine = generate(tiny_model_dir, SpeculativeConfig(num_speculative_tokens=4), params)
+    assert tokens(fast) == tokens(plain)
+    spec = engine.stats().spec
+    assert spec.accepted_tokens > 0, spec
+    assert engine.num_steps < plain_engine.num_steps
+    assert any(len(out.new_token_ids) > 1 for outs in fast.values() for out in outs)  # steps that yield several
+
+
+def test_log_probabilities_of_accepted_tokens_are_plain_decodings(tiny_model_dir: Path) -> None:
+    params = SamplingParams(temperature=0, max_tokens=40, logit_bias=BIAS, logprobs=2, ignore_eos=True)
+    plain, _ = generate(tiny_model_dir, None, params)
+    fast, engine = generate(tiny_model_dir, SpeculativeConfig(), params)
+    assert engine.stats().spec.accepted_tokens > 0
+    for rid, outs in plain.items():
+        expected = [lp for out in outs for lp in out.logprobs or ()]
+        got = [lp for out in fast[rid] for lp in out.logprobs or ()]
+        assert len(got) == len(expected) == 40
+        for a, b in zip(got, expected, strict=True):
+            assert a.top_ids == b.top_ids and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+            assert a.top_logprobs == pytest.approx(b.top_logprobs, abs=1e-4)
+
+
+def test_speculation_under_memory_pressure(tiny_model_dir: Path) -> None:
+    """Few blocks: requests are preempted and recomputed, drafts find no free block at times."""
+    params = SamplingParams(temperature=0, max_tokens=60, logit_bias=BIAS, ignore_eos=True)
+    plain, _ = generate(tiny_model_dir, None, params, num_blocks=48)
+    fast, engine = generate(tiny_model_dir, SpeculativeConfig(num_speculative_tokens=6), params, num_blocks=48)
+    assert tokens(fast) == tokens(plain)
+    assert engine.stats().num_preemptions > 0 and engine.stats().blocks.used == 0
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model_dir: Path) -> Iterator[tuple[str, str]]:
+    def app(speculative: SpeculativeConfig | None):
+        engine = build_engine(tiny_model_dir, num_blocks=256, block_size=16, max_model_len=512, max_num_seqs=8,
+                              speculative=speculative)
+        return create_app(engine, "tiny")
+
+    with serve_in_thread(app(None)) as plain, serve_in_thread(app(SpeculativeConfig())) as fast:
+        yield plain, fast
+
+
+def test_served_answers_with_stop_strings_and_streaming_match(servers: tuple[str, str], tiny_model_dir: Path) -> None:
+    plain_url, fast_url = servers
+    stop = Tokenizer(tiny_model_dir).decode([ALPHABET[2], ALPHABET[1]]).strip()
+    bias = {str(t): 30 for t in ALPHABET}
+    asks = [
+        {"prompt": "the quick brown fox", "max_tokens": 60, "temperature": 0, "logit_bias": bias},
+        {"prompt": "jumps over", "max_tokens": 60, "temperature": 0, "logit_bias": bias, "stop": [stop]},
+        {"prompt": "the lazy dog", "max_tokens": 60, "temperature": 0.8, "seed": 5, "logit_bias": bias},
+    ]
+    answers = {}
+    for name, url in (("plain", plain_url), ("fast", fast_url)):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+        whole = [client.completions.create(model="tiny", **ask) for ask in asks]
+        streamed = ["".join(c.choices[0].text for c in client.completions.create(model="tiny", stream=True, **ask)
+                            if c.choices) for ask in asks]
+        answers[name] = ([(a.choices[0].text, a.choices[0].finish_reason, a.usage.completion_tokens) for a in whole],
+                         streamed)
+    assert answers["fast"] == answers["plain"]
+    whole, streamed = answers["fast"]
+    assert [text for text, _, _ in whole] == streamed
+    assert whole[1][1] == "stop" and stop not in whole[1][0]
+    metrics = httpx.get(f"{fast_url}/metrics").text
+    accepted = next(line for line in metrics.splitlines()
+                    if line.startswith("pitstop_engine_spec_decode_accepted_tokens_total"))
+    assert float(accepted.split()[-1]) > 0
+    assert "pitstop_engine_spec_decode_draft_tokens_total" in metrics
+
+
+def test_a_simulated_engine_refuses_speculation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="simulated"):
+        build_engine(sim_profile=tmp_path / "profile.json", speculative=SpeculativeConfig())

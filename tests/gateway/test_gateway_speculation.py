@@ -1,0 +1,36 @@
+"""An engine in the gateway's process with `litellm_params.speculative_config` (vLLM's field): the chat
+answers are plain decoding's, and the engine checked and accepted drafts (engine/speculation.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.tiny_model import make_tiny_model
+from tests.gateway.harness import gateway_config, running_gateway
+
+BIAS = {str(t): 30 for t in (300, 301, 302, 303)}  # four tokens: the random model's answers repeat
+
+
+def local(name: str, model_dir: Path, **params: object) -> dict:
+    return {"model_name": name, "litellm_params": {"model": f"pitstop-local/{name}", "model_dir": str(model_dir),
+                                                   "num_blocks": 128, "max_model_len": 512, **params}}
+
+
+def test_a_local_engine_speculates_and_answers_as_without(tmp_path: Path) -> None:
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    models = [local("plain", model_dir),
+              local("fast", model_dir, speculative_config={"method": "ngram", "num_speculative_tokens": 5,
+                                                           "prompt_lookup_max": 3})]
+    with running_gateway(gateway_config(tmp_path, models)) as gateway, gateway.openai() as client:
+        answers = {}
+        for model in ("plain", "fast"):
+            answers[model] = [client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": text}], max_tokens=48, temperature=0,
+                logit_bias=BIAS).choices[0].message.content for text in ("Hello there", "What is a KV cache?")]
+        assert gateway.state is not None
+        engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}  # type: ignore[attr-defined]
+    assert answers["fast"] == answers["plain"] and all(answers["fast"])
+    assert engines["plain"].config.speculative is None and engines["plain"].stats().spec.draft_tokens == 0
+    speculative = engines["fast"].config.speculative
+    assert speculative is not None and (speculative.num_speculative_tokens, speculative.prompt_lookup_max) == (5, 3)
+    assert engines["fast"].stats().spec.accepted_tokens > 0
