@@ -54,12 +54,15 @@ class Scheduler:
 
     def _drafts(self, seq: Sequence, budget: int) -> list[int]:
         """Draft tokens for a decoding request, within the step's budget and what the request may still
-        generate; none for a grammar-held answer (its masks are made one token at a time) or a first token."""
-        if self.drafter is None or seq.grammar is not None or seq.num_output_tokens == 0:
+        generate (none for a first token); for an answer held to a grammar, only as many as it allows."""
+        if self.drafter is None or seq.num_output_tokens == 0:
             return []
         room = min(budget - 1, seq.params.max_tokens - seq.num_output_tokens - 1,
                    self.config.max_model_len - seq.num_tokens - 1)
-        return self.drafter.propose(seq, room) if room > 0 else []
+        drafts = self.drafter.propose(seq, room) if room > 0 else []
+        if drafts and seq.grammar is not None:
+            drafts = drafts[: seq.grammar.valid_prefix(drafts)]
+        return drafts
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         remaining = len(seq.token_ids) - seq.num_computed_tokens

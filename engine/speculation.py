@@ -14,7 +14,9 @@ that index, engine/model/sampler.py). For a draft that is a single proposed toke
 sample equals it, else keep the sample" is speculative sampling's rule (accept with probability p(draft),
 else draw from p without the draft), so greedy and seeded requests give the same tokens with or without
 speculation, and unseeded ones the same distribution. Rejected drafts' KV is simply overwritten later: the
-block manager publishes a block to the prefix cache only once every token in it is accepted."""
+block manager publishes a block to the prefix cache only once every token in it is accepted. An answer
+held to a grammar keeps only the drafts its grammar allows, and each of its rows is masked as the grammar
+stands after the drafts before it (engine/structured_output.py, `mask_disallowed`)."""
 
 from __future__ import annotations
 

@@ -229,6 +229,10 @@ class GrammarMatcher:
         """Advance by a sampled token; False when the grammar did not allow it (the matcher is then spent)."""
         return self._matcher.consume_token(token_id)
 
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens`, in order, the grammar allows from here (nothing is consumed)."""
+        return self._matcher.validate_tokens(tokens)
+
     @property
     def complete(self) -> bool:
         """Nothing may follow: the answer is whole."""
@@ -239,18 +243,33 @@ class GrammarMatcher:
         return self._matcher.get_error() if self._matcher.is_error() else None
 
 
-def mask_disallowed(logits: torch.Tensor, matchers: list[GrammarMatcher | None]) -> None:
-    """In place: -inf for every token row i's grammar does not allow next (rows without one untouched)."""
+def mask_disallowed(logits: torch.Tensor, matchers: list[GrammarMatcher | None],
+                    drafts: list[list[int]] | None = None) -> None:
+    """In place: -inf for every token row i's grammar does not allow next (rows without one untouched).
+
+    `drafts[i]`, for a row with a grammar: draft tokens (engine/speculation.py) the grammar allows, whose
+    rows follow row i, one after each; each of those is masked as the grammar stands after the drafts
+    before it (llguidance advances the matcher through them and rolls it back)."""
     import torch
 
-    rows = [i for i, m in enumerate(matchers) if m is not None]
+    rows = []
+    entries = []
+    for i, matcher in enumerate(matchers):
+        if matcher is not None:
+            after = drafts[i] if drafts else []
+            entries.append((matcher, len(rows), after))
+            rows += range(i, i + len(after) + 1)
     if not rows:
         return
     vocab, words = logits.shape[1], (logits.shape[1] + 31) // 32
-    bitmask = torch.empty(len(rows), words, dtype=torch.int32)
-    constrained = [matchers[i] for i in rows]
-    constrained[0]._executor.unsafe_compute_mask_ptr(  # type: ignore[union-attr]
-        [(m._matcher, k) for k, m in enumerate(constrained)], bitmask.data_ptr(), words * 4, len(rows))  # type: ignore[union-attr]
+    # All ones where nothing is written: a draft row past the grammar's end is never kept (the answer
+    # ends at the token that completes it), so it needs no mask.
+    bitmask = torch.full((len(rows), words), -1, dtype=torch.int32)
+    executor = entries[0][0]._executor
+    if drafted := [(m._matcher, k, after) for m, k, after in entries if after]:
+        executor.unsafe_compute_mask_ptr_with_draft_token(drafted, bitmask.data_ptr(), words * 4, len(rows))
+    if undrafted := [(m._matcher, k) for m, k, after in entries if not after]:
+        executor.unsafe_compute_mask_ptr(undrafted, bitmask.data_ptr(), words * 4, len(rows))
     # Bit b of little-endian byte j is token 8j + b: a table of 256 bytes x 8 bits turns the mask into
     # 0 / -inf addends, one lookup per byte (shifting every word 32 ways and a boolean masked_fill_ took
     # 5 ms a step for 32 rows of a 32,000-token vocabulary on one core; this, under 1).

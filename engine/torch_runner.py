@@ -62,25 +62,27 @@ class DraftedRow:
     params: SamplingParams
     token_ids: list[int]
     num_prompt_tokens: int
-    grammar: None = None  # drafted sequences hold to no grammar (engine/scheduler.py)
+    grammar: None = None  # a grammar's masks for these rows come with the sequence's own row's
 
 
-def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], list[int]]:
-    """Each sampled row's history and the number of tokens it would follow: one row per sampling
-    sequence, then one after each of its drafts (engine/speculation.py)."""
+def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], list[int], list[list[int]]]:
+    """Each sampled row's history, the number of tokens it would follow, and the drafts whose rows
+    follow it: one row per sampling sequence, then one after each of its drafts (engine/speculation.py)."""
     rows: list[Sequence | DraftedRow] = []
     generated: list[int] = []
+    drafts_after: list[list[int]] = []
     for i in batch.sampling_indices:
         seq = batch.seqs[i]
         rows.append(seq)
         generated.append(seq.num_output_tokens)
         drafts = batch.draft_token_ids[i]
-        processed = needs_processing(seq)  # else no row of it is processed: the sequence stands for all
+        drafts_after += [drafts] + [[]] * len(drafts)
+        processed = needs_processing(seq)  # else no row of it is processed: its tokens need no copy
         for j in range(1, len(drafts) + 1):
-            rows.append(DraftedRow(seq.params, seq.token_ids + drafts[:j], seq.num_prompt_tokens) if processed
-                        else seq)
+            rows.append(DraftedRow(seq.params, seq.token_ids + drafts[:j] if processed else seq.token_ids,
+                                   seq.num_prompt_tokens))
             generated.append(seq.num_output_tokens + j)
-    return rows, generated
+    return rows, generated, drafts_after
 
 
 class TorchModelRunner:
@@ -154,11 +156,11 @@ class TorchModelRunner:
             if not sampling:
                 return []
             raw_logits = self.model.compute_logits(hidden[logits_index])
-            rows, generated = sampled_rows(batch)
+            rows, generated, drafts_after = sampled_rows(batch)
             logits = process_logits(raw_logits, rows, self.eos_token_ids)
             if any(s.grammar is not None for s in rows):
                 logits = logits.clone() if logits is raw_logits else logits
-                mask_disallowed(logits, [s.grammar for s in rows])
+                mask_disallowed(logits, [s.grammar for s in rows], drafts_after)
             tokens = self.sampler(logits, [s.params for s in rows], generated)
             wanted = [j for j, s in enumerate(rows) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(
