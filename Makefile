@@ -34,6 +34,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.custom_tools
 	$(PY) -m bench.moe
 	$(PY) -m bench.spec_decode
+	$(PY) -m bench.spec_decode_sim
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,18 +68,33 @@ def _rendered(message: dict) -> str:
     return f"<{message['role']}>{message_text(message.get('content'))}{calls}"
 
 
-def swe_agent_turns() -> list[Turn]:
-    """Every assistant turn of the 5 trajectories, after everything before it."""
-    turns = []
+@dataclass(frozen=True)
+class AgentTurn:
+    context: list[int]  # the conversation before this reply
+    output: list[int]  # the reply: thoughts and tool calls
+    tool_s: float  # how long the tools it called ran (`execution_time_seconds`); 0 for a last turn
+
+
+def swe_agent_programs() -> list[list[AgentTurn]]:
+    """Each trajectory's assistant turns, each after everything before it."""
+    programs = []
     for trajectory in json.loads(TRACE.read_text()):
         raw = trajectory["messages"]
         context: list[int] = []
+        turns = []
         for message in json.loads(raw) if isinstance(raw, str) else raw:
             ids = _ids(_rendered(message))
             if message["role"] == "assistant" and len(ids) > 1:
-                turns.append((list(context), ids))
+                tool_s = sum(float(c.get("execution_time_seconds") or 0.0) for c in tool_calls_of(message))
+                turns.append(AgentTurn(list(context), ids, tool_s))
             context += ids
-    return turns
+        programs.append(turns)
+    return programs
+
+
+def swe_agent_turns() -> list[Turn]:
+    """Every assistant turn of the 5 trajectories, after everything before it."""
+    return [(turn.context, turn.output) for program in swe_agent_programs() for turn in program]
 
 
 def alpaca_turns(limit: int) -> list[Turn]:

@@ -342,15 +342,13 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
     default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
-    n-gram speculative decoding (a model only: a simulation samples no logits to check drafts with)."""
+    n-gram speculative decoding (a simulation checks drafts against its placeholder tokens)."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
 
     if (model_dir is None) == (sim_profile is None):
         raise ValueError("pass exactly one of model_dir and sim_profile")
-    if speculative is not None and sim_profile is not None:
-        raise ValueError("speculative decoding needs a model: a simulated runner samples no logits to check drafts")
     if num_blocks is not None and kv_cache_memory_bytes is not None:
         raise ValueError("pass at most one of num_blocks and kv_cache_memory_bytes")
     clock = WallClock()

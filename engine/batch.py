@@ -43,18 +43,22 @@ class ScheduledBatch:
 
     @property
     def shape(self) -> StepShape:
-        prefill_tokens = decode_seqs = kv_tokens = prefill_seqs = 0
+        prefill_tokens = decode_seqs = kv_tokens = prefill_seqs = draft_tokens = 0
         prefill_attn = 0
-        for seq, n in zip(self.seqs, self.num_new_tokens, strict=True):
+        for seq, n, drafts in zip(self.seqs, self.num_new_tokens, self.draft_token_ids, strict=True):
             context = seq.num_computed_tokens + n
             kv_tokens += context
-            if n == 1 and seq.num_computed_tokens >= seq.num_prompt_tokens:
+            if drafts:  # a decode that checks drafts: its extra query rows attend to the context
+                decode_seqs += 1
+                draft_tokens += len(drafts)
+                prefill_attn += len(drafts) * context
+            elif n == 1 and seq.num_computed_tokens >= seq.num_prompt_tokens:
                 decode_seqs += 1
             else:
                 prefill_seqs += 1
                 prefill_tokens += n
                 prefill_attn += n * context
-        return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn)
+        return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn, draft_tokens)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,12 @@ class StepShape:
     prefill_seqs: int
     decode_seqs: int
     kv_tokens: int  # sum over the batch of each sequence's context length after this step
-    prefill_attention: int  # sum of new tokens x context, the quadratic part of prefill attention
+    # Sum of new tokens x context: the quadratic part of prefill attention (draft rows' included).
+    prefill_attention: int
+    # Draft tokens checked by decoding sequences (speculative decoding): each is one more query row
+    # through the model and one more sampled row, on top of its sequence's decode token.
+    draft_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return self.prefill_tokens + self.decode_seqs
+        return self.prefill_tokens + self.decode_seqs + self.draft_tokens

@@ -78,15 +78,17 @@ class LLMEngine:
         self._grammars: GrammarCompiler | None = None  # made on the first structured request
         self._grammars_lock = threading.Lock()
         # Fusing skips per-step records and stop strings: only for runners that offer it, unrecorded.
-        self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None)
+        # A drafter may draft in any step, so speculation runs every step on its own.
+        self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None
+                          and config.speculative is None)
 
     @staticmethod
     def _drafter(config: EngineConfig, runner: ModelRunner) -> NgramProposer | None:
         if config.speculative is None:
             return None
         if not getattr(runner, "verifies_drafts", False):
-            raise ValueError("speculative decoding needs a runner that samples after each draft token "
-                             "(the torch runner); this one does not")
+            raise ValueError("speculative decoding needs a runner that samples after each draft token; "
+                             "this one does not")
         return NgramProposer(config.speculative)
 
     # ---- requests -----------------------------------------------------------------------------

@@ -5,6 +5,8 @@
     memory  = (weight bytes + KV bytes read + KV bytes written) / (HBM bytes/s x memory_efficiency)
 
 Decode steps are memory-bound (every step streams all weights), large prefills compute-bound.
+Checking speculative drafts adds query rows to a decode: nearly free while the step stays under the
+memory roof (small batches), paid in full once the batch's rows make it compute-bound.
 Activations and the embedding lookup are ignored (tiny next to weights and KV at these sizes).
 
 Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
@@ -194,10 +196,11 @@ class RooflineStepTime:
 
     def breakdown(self, shape: StepShape) -> tuple[float, float]:
         """(compute seconds, memory seconds) of a step, before overhead: which roof it is under."""
-        tokens = shape.prefill_tokens + shape.decode_seqs
-        sampled = shape.prefill_seqs + shape.decode_seqs  # upper bound: a mid-prompt chunk samples nothing
-        # Attention pairs: prefill chunks see their context (an upper bound under causal masking);
-        # decodes see kv_tokens, which also counts the prefill contexts once: small next to the rest.
+        tokens = shape.num_tokens
+        # Upper bound: a mid-prompt chunk samples nothing. A draft token is one more sampled row.
+        sampled = shape.prefill_seqs + shape.decode_seqs + shape.draft_tokens
+        # Attention pairs: prefill chunks and drafts see their context (an upper bound under causal
+        # masking); decodes see kv_tokens, which also counts the prefill contexts once: small next to the rest.
         pairs = shape.prefill_attention + shape.kv_tokens
         compute_s = self._s_per_token * tokens + self._s_per_sampled * sampled + self._s_per_pair * pairs
         # KV traffic: read every sequence's context, write the new tokens' KV.

@@ -14,7 +14,7 @@ class ModelRunner(Protocol):
     sampled token id per sequence for which `batch.samples(i)` is true, in batch order. It must not
     mutate the sequences: the engine applies the results.
 
-    A runner with `verifies_drafts` (the torch runner) may be given draft tokens
+    A runner with `verifies_drafts` (both runners) may be given draft tokens
     (`batch.draft_token_ids`, engine/speculation.py): they are that sequence's input after its last
     token, and it returns one more sampled token after each, right after the sequence's own.
 

@@ -1,7 +1,12 @@
 """A model runner that computes nothing: each step advances a clock by the modelled step time.
 
 Under a VirtualClock the engine runs at GPU scale on a CPU (see `engine.simulate`); under a
-WallClock it sleeps the modelled time, a stand-in GPU for serving tests."""
+WallClock it sleeps the modelled time, a stand-in GPU for serving tests.
+
+What it "writes" is fixed by output index: a request's script (real outputs replayed, as the model
+whose greedy answers they are would write them) or deterministic placeholder tokens. Draft tokens
+(speculative decoding) are checked against that, as a real model checks them against its own
+samples, so a replay of real text accepts the drafts real decoding would."""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from collections.abc import Iterator
 
 from engine.batch import ScheduledBatch, StepShape
 from engine.clock import Clock
+from engine.sequence import Sequence
 from engine.step_time import StepTimeModel
 
 _MIX = 0x9E3779B1  # Knuth's multiplicative hash constant: spreads consecutive positions apart
 
 
 class SimulatedRunner:
+    verifies_drafts = True  # its token at an output index does not depend on the drafts before it
+
     def __init__(self, step_time: StepTimeModel, clock: Clock, vocab_size: int = 32000,
                  eos_token_ids: tuple[int, ...] | list[int] = ()) -> None:
         self.step_time = step_time
@@ -25,6 +33,15 @@ class SimulatedRunner:
         self._eos = frozenset(self.eos_token_ids)
         assert len(self._eos) < vocab_size, "every token id cannot be an EOS id"
         self._salts: dict[str, int] = {}  # request id -> its crc32, hashed once per request
+        self._scripts: dict[str, list[int]] = {}  # request id -> the output tokens it replays
+
+    def script(self, request_id: str, output_token_ids: list[int]) -> None:
+        """Make `request_id` write these tokens, in order (placeholders after them); `forget` it when
+        it finishes. An EOS id among them ends the request there, as a model's would."""
+        self._scripts[request_id] = output_token_ids
+
+    def forget(self, request_id: str) -> None:
+        self._scripts.pop(request_id, None)
 
     def _salt(self, request_id: str) -> int:
         salt = self._salts.get(request_id)
@@ -34,8 +51,17 @@ class SimulatedRunner:
             salt = self._salts[request_id] = zlib.crc32(request_id.encode())
         return salt
 
+    def _token_at(self, seq: Sequence, position: int) -> int:
+        script = self._scripts.get(seq.request_id)
+        index = position - seq.num_prompt_tokens
+        if script is not None and index < len(script):
+            return script[index]
+        return self.placeholder_token(seq.request_id, position)
+
     def execute(self, batch: ScheduledBatch) -> list[int]:
         self.clock.advance(self.step_time.predict(batch.shape))
+        if self._scripts or batch.has_drafts:
+            return self._scripted(batch)
         # batch.samples(i) and placeholder_token inlined into one comprehension: this is the
         # simulation's hot path, run once per sequence per step.
         salts, salt, vocab = self._salts, self._salt, self.vocab_size
@@ -44,6 +70,15 @@ class SimulatedRunner:
                   if (position := seq.num_computed_tokens + num_new) == len(seq.token_ids)]
         if self._eos and not self._eos.isdisjoint(tokens):
             tokens = [self._not_eos(t) for t in tokens]
+        return tokens
+
+    def _scripted(self, batch: ScheduledBatch) -> list[int]:
+        """The general path: scripts, and a sample after the last token and after each draft."""
+        tokens = []
+        for seq, num_new, drafts in zip(batch.seqs, batch.num_new_tokens, batch.draft_token_ids, strict=True):
+            position = seq.num_computed_tokens + num_new - len(drafts)
+            if position == len(seq.token_ids):
+                tokens += [self._token_at(seq, position + k) for k in range(len(drafts) + 1)]
         return tokens
 
     def _decode_step_times(self, batch: ScheduledBatch, max_steps: int) -> Iterator[float]:
@@ -68,6 +103,9 @@ class SimulatedRunner:
         vocab, out = self.vocab_size, []
         for seq in batch.seqs:
             salt, first = self._salt(seq.request_id), len(seq.token_ids)
+            if seq.request_id in self._scripts:
+                out.append([self._token_at(seq, position) for position in range(first, first + steps)])
+                continue
             tokens = [(salt ^ position * _MIX) % vocab for position in range(first, first + steps)]
             out.append([self._not_eos(t) for t in tokens] if self._eos else tokens)
         return out

@@ -29,7 +29,9 @@ SIM_CONFIG_DEFAULTS: dict[str, int] = {"max_num_seqs": 256, "max_num_batched_tok
 @dataclass(frozen=True)
 class Arrival:
     """One request of a workload. Set `params.max_tokens` to the true output length: the simulated
-    runner never samples EOS, so every request produces exactly max_tokens tokens."""
+    runner never samples EOS, so every request produces exactly max_tokens tokens. With
+    `output_token_ids` (a real output, replayed) those are the tokens it writes: speculative decoding
+    then accepts the drafts real decoding would."""
 
     arrival_time: float
     prompt_token_ids: list[int]
@@ -39,6 +41,7 @@ class Arrival:
     session_id: str | None = None
     pin_ttl_s: float | None = None
     hints: SchedulingHints = NO_HINTS
+    output_token_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ def simulate(engine: LLMEngine, arrivals: Iterable[Arrival], on_finish: FollowUp
     clock = engine.clock
     if not isinstance(clock, VirtualClock):
         raise TypeError("simulate() needs an engine on a VirtualClock (see make_sim_engine)")
+    forget = getattr(engine.runner, "forget", None)  # a simulated runner's scripts
     stream = _ArrivalStream(arrivals)
     results: list[RequestResult | None] = []
     in_flight: dict[str, tuple[int, Sequence]] = {}  # held only until finished, then dropped
@@ -110,6 +114,8 @@ def simulate(engine: LLMEngine, arrivals: Iterable[Arrival], on_finish: FollowUp
         for output in engine.step(math.inf if horizon is None else horizon):
             if output.finished:
                 index, seq = in_flight.pop(output.request_id)
+                if forget is not None:
+                    forget(output.request_id)
                 results[index] = result = RequestResult.of(seq)
                 if on_finish is not None:
                     for follow_up in on_finish(result, seq.token_ids):
@@ -155,6 +161,8 @@ def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | No
            in_flight: dict[str, tuple[int, Sequence]]) -> None:
     index = len(results)
     request_id = arrival.request_id or f"r{index}"
+    if arrival.output_token_ids is not None and not isinstance(engine.runner, SimulatedRunner):
+        raise TypeError("only a simulated runner replays output_token_ids")
     try:
         seq = engine.add_request(request_id, arrival.prompt_token_ids, arrival.params,
                                  priority=arrival.priority, session_id=arrival.session_id,
@@ -166,6 +174,8 @@ def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | No
         return
     results.append(None)
     in_flight[request_id] = (index, seq)
+    if arrival.output_token_ids is not None:
+        engine.runner.script(request_id, arrival.output_token_ids)  # type: ignore[attr-defined]
 
 
 def _next_wake(engine: LLMEngine, next_arrival: float | None, now: float) -> float:

@@ -46,9 +46,10 @@ def fit_quality(model: StepTimeModel, records: list[StepRecord]) -> FitQuality:
     return FitQuality(float(np.median(rel)), float(np.percentile(rel, 90)), len(rel))
 
 
-# The shape features a linear model weighs, in coefficient order (constant first).
+# The shape features a linear model weighs, in coefficient order (constant first). A draft token is
+# priced as a prefill token: both are a query row through every layer on top of the decodes.
 def _features(shape: StepShape) -> tuple[float, ...]:
-    return (1.0, shape.prefill_tokens, shape.prefill_seqs, shape.prefill_attention,
+    return (1.0, shape.prefill_tokens + shape.draft_tokens, shape.prefill_seqs, shape.prefill_attention,
             shape.decode_seqs, shape.kv_tokens)
 
 
@@ -67,7 +68,8 @@ class LinearStepTime:
     model: dict = field(default_factory=dict, compare=False)
 
     def predict(self, shape: StepShape) -> float:
-        return (self.c0 + self.c_prefill_token * shape.prefill_tokens + self.c_prefill_seq * shape.prefill_seqs
+        return (self.c0 + self.c_prefill_token * (shape.prefill_tokens + shape.draft_tokens)
+                + self.c_prefill_seq * shape.prefill_seqs
                 + self.c_attn * shape.prefill_attention + self.c_decode_seq * shape.decode_seqs
                 + self.c_kv_token * shape.kv_tokens)
 

@@ -163,8 +163,3 @@ def test_served_answers_with_stop_strings_and_streaming_match(servers: tuple[str
                     if line.startswith("pitstop_engine_spec_decode_accepted_tokens_total"))
     assert float(accepted.split()[-1]) > 0
     assert "pitstop_engine_spec_decode_draft_tokens_total" in metrics
-
-
-def test_a_simulated_engine_refuses_speculation(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="simulated"):
-        build_engine(sim_profile=tmp_path / "profile.json", speculative=SpeculativeConfig())
