@@ -175,6 +175,9 @@ class ResponsesConfig(_Strict):
     compaction_model: str | None = None
     compaction_max_tokens: int = Field(default=2048, gt=0)
     compaction_user_tokens: int = Field(default=20_000, gt=0)  # the user's latest messages kept word for word
+    # Remote MCP tools (gateway/mcp_connections.py): a connection to a server is kept for the agent session
+    # (conversation, chain, else the Response) and closed once idle this long; 0: one per listing or call.
+    mcp_idle_s: float = Field(default=300.0, ge=0)
 
 
 class StoredCompletionsConfig(_Strict):

@@ -1,30 +1,32 @@
 """The gateway as an MCP client (the `mcp` package, Streamable HTTP): a server's tools listed, and a tool
-called, each over a connection of its own with the request's headers, under a time limit. A call's
-failure is part of its answer (the `mcp_call` item's `error`: the server's tool failed, the protocol
-failed, or HTTP did), as OpenAI reports it; a listing's failure is the turn's 424."""
+called, over the agent session's connection to it (gateway/mcp_connections.py), under a time limit. A
+call's failure is part of its answer (the `mcp_call` item's `error`: the server's tool failed, the
+protocol failed, or HTTP did), as OpenAI reports it; a listing's failure is the turn's 424. A pre-2026
+server that ended a kept connection's session ("Session terminated", its 404) had not acted on the
+request, so it is sent again, once, on a new connection, as the protocol asks of a client."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from engine.server.errors import APIError
+from gateway.mcp_connections import McpConnections, transport_failed
 from gateway.mcp_tools import McpServer
 
 log = logging.getLogger("pitstop.gateway")
 
 LIST_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 120.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,33 +35,45 @@ class CallResult:
     error: dict | None  # OpenAI's shapes: mcp_tool_execution_error, mcp_protocol_error, http_error
 
 
-def _client(server: McpServer, http: httpx2.AsyncClient) -> Client:
-    return Client(streamable_http_client(server.url, http_client=http), cache=None)
+@dataclass(frozen=True)
+class McpSession:
+    """What the turn's MCP operations go through: the gateway's connections, and the agent session (or
+    Response) whose connections they use."""
+
+    connections: McpConnections
+    scope: str
+
+    async def run(self, server: McpServer, operation: Callable[[Client], Awaitable[T]], timeout_s: float) -> T:
+        async with asyncio.timeout(timeout_s):
+            try:
+                async with self.connections.client(self.scope, server) as (client, reused):
+                    return await operation(client)
+            except MCPError as exc:
+                if not (reused and _session_ended(exc)):
+                    raise
+            async with self.connections.client(self.scope, server, fresh=True) as (client, _):
+                return await operation(client)
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every connection: a client that builds its own loads the CA bundle again,
-    30-50 ms a call (bench/mcp_tools.py)."""
-    return ssl.create_default_context()
+def _session_ended(exc: MCPError) -> bool:
+    return exc.error.message == "Session terminated"
 
 
-def _http(server: McpServer, timeout_s: float) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(headers=server.headers, timeout=timeout_s, verify=_tls())
+async def _listing(client: Client) -> list[Any]:
+    tools, cursor = [], None
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        tools += page.tools
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
 
 
-async def list_tools(server: McpServer, timeout_s: float = LIST_TIMEOUT_S) -> list[dict]:
+async def list_tools(server: McpServer, session: McpSession, timeout_s: float = LIST_TIMEOUT_S) -> list[dict]:
     """The server's tools as `mcp_list_tools` lists them (name, description, input_schema, annotations);
     a 424 naming the tool where the server cannot be reached or answers badly."""
     try:
-        async with asyncio.timeout(timeout_s), _http(server, timeout_s) as http, _client(server, http) as client:
-            tools, cursor = [], None
-            while True:
-                page = await client.list_tools(cursor=cursor)
-                tools += page.tools
-                cursor = page.next_cursor
-                if not cursor:
-                    break
+        tools = await session.run(server, _listing, timeout_s)
     except (Exception, TimeoutError) as exc:  # any failure of a remote server is the same to the client
         log.warning("listing the tools of MCP server %s (%s) failed: %r", server.label, server.url, exc)
         raise APIError(424, f"the MCP server {server.label!r} could not list its tools: {_reason(exc)}",
@@ -68,12 +82,15 @@ async def list_tools(server: McpServer, timeout_s: float = LIST_TIMEOUT_S) -> li
              "annotations": t.annotations.model_dump(by_alias=True, exclude_none=True) if t.annotations else None} for t in tools]
 
 
-async def call_tool(server: McpServer, name: str, arguments: dict, timeout_s: float = CALL_TIMEOUT_S) -> CallResult:
+async def call_tool(server: McpServer, session: McpSession, name: str, arguments: dict,
+                    timeout_s: float = CALL_TIMEOUT_S) -> CallResult:
     """One tool call: its text output, or the error it ended in."""
     try:
-        async with asyncio.timeout(timeout_s), _http(server, timeout_s) as http, _client(server, http) as client:
-            result = await client.call_tool(name, arguments)
+        result = await session.run(server, lambda client: client.call_tool(name, arguments), timeout_s)
     except MCPError as exc:
+        if transport_failed(exc):  # the server could not be reached: HTTP failed, as on a new connection
+            log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
+            return CallResult(None, {"type": "http_error", "code": 0, "message": "the connection to the server closed"})
         return CallResult(None, {"type": "mcp_protocol_error", "code": exc.error.code, "message": exc.error.message})
     except httpx2.HTTPStatusError as exc:
         return CallResult(None, {"type": "http_error", "code": exc.response.status_code, "message": str(exc)})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.server.errors import bad_request
 from gateway.auth import Caller
-from gateway.mcp_client import CallResult, call_tool, list_tools
+from gateway.mcp_client import CallResult, McpSession, call_tool, list_tools
 from gateway.mcp_tools import McpServer, as_function, parsed_arguments
 from gateway.responses_input import input_messages
 from gateway.served import Serve, served_chat, served_chunks
@@ -38,6 +38,7 @@ class McpTools:
     """The turn's MCP tools: what each server lists (or listed earlier in the conversation) and allows."""
 
     servers: list[McpServer]
+    session: McpSession  # the connections the turn's listing and calls go through
     by_name: dict[str, tuple[McpServer, dict]] = field(default_factory=dict)
     listed: list[dict] = field(default_factory=list)  # the turn's new `mcp_list_tools` items
 
@@ -45,14 +46,15 @@ class McpTools:
         return [as_function(server, tool) for server, tool in self.by_name.values()]
 
 
-async def listed_tools(servers: list[McpServer], context: list[dict], base: str, client_names: set[str]) -> McpTools:
+async def listed_tools(servers: list[McpServer], context: list[dict], base: str, client_names: set[str],
+                       session: McpSession) -> McpTools:
     """Each server's tools: from the latest `mcp_list_tools` item for its label in the conversation, else
     listed now (a new item). A 424 where a server cannot list; a 400 where two tools share a name."""
-    tools = McpTools(servers)
+    tools = McpTools(servers, session)
     known = {item.get("server_label"): item for item in context
              if isinstance(item, dict) and item.get("type") == "mcp_list_tools" and not item.get("error")}
     fresh = [s for s in servers if s.label not in known]
-    listings = await asyncio.gather(*(list_tools(s) for s in fresh))
+    listings = await asyncio.gather(*(list_tools(s, session) for s in fresh))
     for i, (server, listing) in enumerate(zip(fresh, listings, strict=True)):
         known[server.label] = item = {"type": "mcp_list_tools", "id": f"mcpl_{base}_{i}", "server_label": server.label,
                                       "tools": listing}
@@ -92,7 +94,7 @@ async def run_call(tools: McpTools, item: dict) -> dict:
     except ValueError as exc:
         result = CallResult(None, {"type": "mcp_tool_execution_error", "content": f"bad arguments: {exc}"})
     else:
-        result = await call_tool(server, item["name"], arguments)
+        result = await call_tool(server, tools.session, item["name"], arguments)
     return call_item(item["id"], server, item["name"], item["arguments"], result, item.get("approval_request_id"))
 
 
@@ -225,10 +227,10 @@ class McpLoop:
 
 
 async def begin_loop(servers: list[McpServer], envelope: ResponseEnvelope, chat: dict, raw: dict,
-                     earlier: list[dict], request_id: str) -> McpLoop:
+                     earlier: list[dict], request_id: str, session: McpSession) -> McpLoop:
     """A turn's MCP tools made ready before its model is called: listed (new `mcp_list_tools` items),
     the client's approvals answered (new `mcp_call` items, and their calls and results in the chat), and
-    the tools offered to the model as functions."""
+    the tools offered to the model as functions. `session`: the connections they use."""
     limit = raw.get("max_tool_calls")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise bad_request("'max_tool_calls' must be a positive integer", "max_tool_calls", "invalid_value")
@@ -236,7 +238,7 @@ async def begin_loop(servers: list[McpServer], envelope: ResponseEnvelope, chat:
     context = [*earlier, *own]
     base = envelope.id.removeprefix("resp_")
     offered = {(t.get("function") or t.get("custom") or {}).get("name") for t in chat.get("tools") or ()}
-    tools = await listed_tools(servers, context, base, {n for n in offered if isinstance(n, str)})
+    tools = await listed_tools(servers, context, base, {n for n in offered if isinstance(n, str)}, session)
     envelope.lead_items += tools.listed
     answered = await answered_approvals(tools, raw.get("input"), context, base)
     envelope.lead_items += answered

@@ -32,6 +32,8 @@ from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.file_search import call_item as search_call_item
 from gateway.file_search import cited_files, context_text, file_search_of, query_of, with_context
+from gateway.mcp_client import CALL_TIMEOUT_S, McpSession
+from gateway.mcp_connections import McpConnections
 from gateway.mcp_loop import McpLoop, begin_loop, whole_response
 from gateway.mcp_tools import mcp_servers_of
 from gateway.outcomes import storable
@@ -136,11 +138,13 @@ class StoredResponses:
     conversations: Conversations | None = None  # where turns naming a `conversation` continue
     vector_stores: VectorStores | None = None  # what a `file_search` tool searches
     background: BackgroundRuns = field(init=False)  # the `background: true` responses this replica runs
+    mcp: McpConnections = field(init=False)  # remote MCP servers' connections, kept for agent sessions
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
     _sweeper: Periodic | None = None
 
     def __post_init__(self) -> None:
         self.background = BackgroundRuns(self.store)
+        self.mcp = McpConnections(self.config.mcp_idle_s, CALL_TIMEOUT_S)
 
     async def begin(self, raw: Any, request_id: str, key_id: str | None, resumed: dict | None = None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is
@@ -154,7 +158,11 @@ class StoredResponses:
         turn.compaction = compaction_rule(raw)
         if servers:
             try:
-                turn.mcp = await begin_loop(servers, turn.envelope, turn.chat, raw, turn.earlier, request_id)
+                # The agent session's connections: a conversation, a chain (named by its first response,
+                # which is this one on a chain's first turn), else this Response alone.
+                scope = f"{key_id}:{turn.session_id or turn.envelope.id}"
+                turn.mcp = await begin_loop(servers, turn.envelope, turn.chat, raw, turn.earlier, request_id,
+                                            McpSession(self.mcp, scope))
             except BaseException:
                 await turn.end()
                 raise
@@ -379,6 +387,7 @@ class StoredResponses:
         """After the background runs (`close_runs`)."""
         if self._sweeper is not None:
             await self._sweeper.close()
+        await self.mcp.close()
         self.writer.close(timeout=10)
 
 

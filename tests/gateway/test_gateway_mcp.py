@@ -84,6 +84,7 @@ def test_a_call_waits_for_approval_by_default_and_runs_once_approved(gw: Gateway
     assert approved.output[0].approval_request_id == request.id  # type: ignore[union-attr]
     assert approved.output[0].output == "sunny in [tools:1] Bergen"  # type: ignore[union-attr]
     assert mcp.methods["tools/call"] == 1  # no second listing: the chain's mcp_list_tools item serves this turn
+    assert mcp.methods["server/discover"] == 1  # the chain's connection, kept from its first turn
     sent = upstreams[0].stats()["bodies"][-1]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool"] and sent[2]["content"].startswith("sunny")
 
@@ -253,3 +254,17 @@ def test_a_server_gone_by_the_call_is_the_items_error(gw: Gateway, mcp: McpSpy, 
     assert call.type == "mcp_call" and call.status == "failed" and call.error.type == "http_error"  # type: ignore[union-attr]
     assert approved.output[-1].type == "message" and not mcp.calls
     assert upstreams[0].stats()["bodies"][-1]["messages"][-1]["content"].startswith("error:")
+
+
+def test_a_responses_calls_share_its_connection_and_other_responses_open_their_own(gw: Gateway, mcp: McpSpy,
+                                                                                   upstreams: tuple) -> None:
+    """The mock calls a tool until three results follow the question: one handshake and one listing serve
+    the Response's listing and all three calls (a connection per call made three of each more)."""
+    with gw.openai() as client:
+        response = client.responses.create(model="up", input="[tools:3] Oslo", tools=[tool(mcp, require_approval="never")])  # type: ignore[list-item]
+        assert [item.type for item in response.output] == ["mcp_list_tools", *["mcp_call"] * 3, "message"]
+        assert mcp.methods == {"server/discover": 1, "tools/list": 1, "tools/call": 3}
+        client.responses.create(model="up", input="[tools:1] Rome", tools=[tool(mcp, require_approval="never")],  # type: ignore[list-item]
+                                store=False)
+    assert mcp.methods["server/discover"] == 2  # another conversation: a connection of its own
+    assert gw.state is not None and len(gw.state.responses.mcp) >= 2  # kept until idle, or the gateway stops
