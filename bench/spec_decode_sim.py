@@ -15,9 +15,11 @@ its own at the front (no cache shared between copies), started over the first se
   recorded `execution_time_seconds` (at least 50 ms) have passed;
 - `alpaca_eval`: AlpacaEval answers one after another, a 1 s pause between them.
 
-Reported per model, workload and concurrency, plain against speculative (`SpeculativeConfig()`'s
-defaults): decode seconds per output token (first token to last, over all turns), mean turn latency,
-output tokens per second over the run, engine steps, acceptance. These are the roofline's predictions
+Reported per model, workload and concurrency, plain decoding against two arms: `speculative`
+(`SpeculativeConfig()`'s defaults: every draft the lookup finds, up to 4) and `goodput` (the same, each
+step's drafts cut to the length with the most expected tokens a second on the simulated GPU,
+engine/draft_length.py): decode seconds per output token (first token to last, over all turns), mean
+turn latency, output tokens per second over the run, engine steps, acceptance. These are the roofline's predictions
 (achieved fractions of the GPU's peaks assumed, see engine/roofline.py), not measurements on a GPU.
 
     .venv/bin/python -m bench.spec_decode_sim [--concurrency 1 8 32 128 256] [--models llama-3.1-8b qwen3-30b-a3b]
@@ -40,6 +42,9 @@ from engine.sampling_params import SamplingParams
 from engine.simulate import Arrival, RequestResult, make_sim_engine, simulate
 
 OUT = RESULTS / "spec_decode_sim.json"
+# Speculation as configured by default (every draft the lookup finds, up to 4), and with each step's
+# drafts cut to the length that pays on the simulated GPU (engine/draft_length.py).
+ARMS = {"speculative": SpeculativeConfig(), "goodput": SpeculativeConfig(draft_policy="goodput")}
 HEADER_TOKENS = 16  # each copy's own first tokens: its blocks hash apart from every other copy's
 MIN_TOOL_S = 0.05  # an editor call recorded as 0 s still costs a round trip to the agent
 CHAT_PAUSE_S = 1.0
@@ -91,14 +96,14 @@ def run(model: str, programs: list[list[AgentTurn]], concurrency: int, speculati
 
 def compare(model: str, programs: list[list[AgentTurn]], concurrency: int) -> dict:
     plain = run(model, programs, concurrency, None)
-    fast = run(model, programs, concurrency, SpeculativeConfig())
-    row = {"concurrency": concurrency, "plain": plain, "speculative": fast,
-           "decode_speedup": plain["decode_s_per_token"] / fast["decode_s_per_token"],
-           "latency_speedup": plain["mean_turn_latency_s"] / fast["mean_turn_latency_s"],
-           "throughput_ratio": fast["output_tokens_per_s"] / plain["output_tokens_per_s"]}
-    print(f"{model} c={concurrency}: decode {row['decode_speedup']:.2f}x, turn latency {row['latency_speedup']:.2f}x, "
-          f"throughput {row['throughput_ratio']:.2f}x, tokens/step {plain['output_tokens_per_step']:.1f} -> "
-          f"{fast['output_tokens_per_step']:.1f}", file=sys.stderr)
+    row: dict = {"concurrency": concurrency, "plain": plain}
+    for arm, config in ARMS.items():
+        result = row[arm] = run(model, programs, concurrency, config)
+        row[f"{arm}_decode_speedup"] = plain["decode_s_per_token"] / result["decode_s_per_token"]
+        row[f"{arm}_latency_speedup"] = plain["mean_turn_latency_s"] / result["mean_turn_latency_s"]
+        row[f"{arm}_throughput_ratio"] = result["output_tokens_per_s"] / plain["output_tokens_per_s"]
+    print(f"{model} c={concurrency}: decode " + ", ".join(f"{arm} {row[f'{arm}_decode_speedup']:.2f}x" for arm in ARMS)
+          + "; throughput " + ", ".join(f"{arm} {row[f'{arm}_throughput_ratio']:.2f}x" for arm in ARMS), file=sys.stderr)
     return row
 
 
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     workloads = {"swe_agent": swe_agent_programs(), "alpaca_eval": chat_programs(args.chat_answers)}
     report: dict = {"command": command("bench.spec_decode_sim", argv), "machine": machine_info(),
-                    "gpu": "H100-SXM (roofline, engine/roofline.py)", "speculative": vars(SpeculativeConfig()),
+                    "gpu": "H100-SXM (roofline, engine/roofline.py)",
+                    "arms": {arm: vars(config) for arm, config in ARMS.items()},
                     "tokens": "all-MiniLM-L6-v2 WordPiece (routers/tokens.py)",
                     "workloads": {name: {"programs": len(p), "turns": sum(map(len, p)),
                                          "mean_output_tokens": sum(len(t.output) for q in p for t in q) / sum(map(len, p))}

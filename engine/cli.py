@@ -61,7 +61,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
     serve.add_argument("--speculative-config", type=speculative_config, metavar="JSON",
                        help='n-gram speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
-                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'')
+                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'; '
+                            'add "draft_policy": "goodput" and a "step_time_profile" (engine profile\'s file) '
+                            'to check only the drafts that pay')
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SPECULATIVE_METHODS = ("ngram",)
+DRAFT_POLICIES = ("fixed", "goodput")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,11 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
+    # Pitstop's own: "fixed" drafts whatever the lookup finds, up to num_speculative_tokens; "goodput" cuts
+    # each step's drafts to the length with the most expected tokens a second (engine/draft_length.py),
+    # priced by `step_time_profile` (a profile file, `pitstop engine profile`), or a simulator's own model.
+    draft_policy: str = "fixed"
+    step_time_profile: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SPECULATIVE_METHODS:
@@ -24,6 +30,8 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be at least 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max")
+        if self.draft_policy not in DRAFT_POLICIES:
+            raise ValueError(f"draft_policy {self.draft_policy!r} is not one of {', '.join(DRAFT_POLICIES)}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager, BlockStats
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig
+from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.outputs import RequestOutput, StepRecord
@@ -23,6 +24,7 @@ from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
+from engine.step_time import load_profile
 
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
@@ -69,7 +71,8 @@ class LLMEngine:
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
                                           config.enable_prefix_caching)
         self.spec = SpeculationCounters()
-        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner))
+        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),
+                                   self._draft_length(config, runner))
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
@@ -90,6 +93,20 @@ class LLMEngine:
             raise ValueError("speculative decoding needs a runner that samples after each draft token; "
                              "this one does not")
         return NgramProposer(config.speculative)
+
+    def _draft_length(self, config: EngineConfig, runner: ModelRunner) -> GoodputDraftLength | None:
+        spec = config.speculative
+        if spec is None or spec.draft_policy == "fixed":
+            return None
+        if spec.step_time_profile is not None:
+            try:
+                step_time = load_profile(spec.step_time_profile)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"step_time_profile {spec.step_time_profile!r} is not a step-time profile: {exc}") from exc
+        elif (step_time := getattr(runner, "step_time", None)) is None:
+            raise ValueError("draft_policy 'goodput' prices drafts with a step-time model: pass step_time_profile "
+                             "(`pitstop engine profile` writes one for this model and device)")
+        return GoodputDraftLength(step_time, self.spec)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -218,6 +235,8 @@ class LLMEngine:
                 chosen = logprobs.get(row)
                 first = seq.num_output_tokens == 0
                 outputs.append(self._append_token(seq, token_ids[row], end))
+                if seq.held_draft is not None:  # a goodput policy held its drafts back: would they have held?
+                    self.scheduler.draft_length.shadow(seq, token_ids[row])  # type: ignore[union-attr]
                 row += 1
                 if chosen is not None:
                     outputs[-1].logprobs = [chosen]
@@ -230,6 +249,8 @@ class LLMEngine:
         """A decode step that checked `drafts`: the accepted tokens appended one at a time, as single
         steps would have appended them (stops, lengths and stop strings end it where they would)."""
         kept = accepted_tokens(drafts, sampled)
+        if self.scheduler.draft_length is not None:
+            self.scheduler.draft_length.observe(seq, len(drafts), len(kept) - 1)
         self.spec.drafted_steps += 1
         self.spec.draft_tokens += len(drafts)
         self.spec.accepted_tokens += len(kept) - 1

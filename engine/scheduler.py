@@ -5,18 +5,22 @@ chunk), then waiting requests join in policy order while tokens, sequence slots 
 When a running request cannot get a block, pins give way first (inside the block manager), then the
 running request with the largest policy key is preempted: its blocks are freed (their cached
 prefix stays reusable) and it waits again to be recomputed. With a drafter (speculative decoding), a
-decoding request also takes draft tokens to check, while the budget and free blocks allow."""
+decoding request also takes draft tokens to check, while the budget and free blocks allow (cut, with a
+goodput policy, to the length that pays: engine/draft_length.py)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from engine.batch import ScheduledBatch
+from engine.batch import ScheduledBatch, StepShape
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.policy import SchedulingPolicy
 from engine.sequence import Sequence, SequenceStatus
 from engine.waiting_queue import WaitingQueue
+
+if TYPE_CHECKING:
+    from engine.draft_length import GoodputDraftLength
 
 
 class Drafter(Protocol):
@@ -27,11 +31,12 @@ class Drafter(Protocol):
 
 class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager, policy: SchedulingPolicy,
-                 drafter: Drafter | None = None) -> None:
+                 drafter: Drafter | None = None, draft_length: GoodputDraftLength | None = None) -> None:
         self.config = config
         self.block_manager = block_manager
         self.policy = policy
         self.drafter = drafter
+        self.draft_length = draft_length  # cuts each step's drafts to what pays (None: drafts in full)
         self.waiting = WaitingQueue(policy)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -64,6 +69,30 @@ class Scheduler:
             drafts = drafts[: seq.grammar.valid_prefix(drafts)]
         return drafts
 
+    def _planned_drafts(self, budget: int) -> dict[str, list[int]]:
+        """Each decoding request's drafts for this step, cut to the length that pays where a
+        `draft_length` policy prices them against the step they join."""
+        decodes: list[tuple[Sequence, list[int]]] = []
+        others = StepShape(0, 0, 0, 0, 0)
+        sampled = 0  # tokens the step's prefill chunks sample (those that end their prompt)
+        for seq in self.running:
+            remaining = len(seq.token_ids) - seq.num_computed_tokens
+            if remaining == 1:
+                decodes.append((seq, self._drafts(seq, budget)))
+            elif self.draft_length is not None:
+                chunk = min(remaining, self.config.long_prefill_token_threshold)
+                context = seq.num_computed_tokens + chunk
+                others = StepShape(others.prefill_tokens + chunk, others.prefill_seqs + 1, 0,
+                                   others.kv_tokens + context, others.prefill_attention + chunk * context)
+                sampled += chunk == remaining
+        if self.draft_length is not None and any(drafts for _, drafts in decodes):
+            cap = self.draft_length.cap([(seq, len(drafts)) for seq, drafts in decodes], others, sampled)
+            for seq, drafts in decodes:
+                if drafts and not cap:
+                    self.draft_length.held_back(seq, drafts)
+            decodes = [(seq, drafts[:cap]) for seq, drafts in decodes]
+        return {seq.request_id: drafts for seq, drafts in decodes if drafts}
+
     def _chunk(self, seq: Sequence, budget: int) -> int:
         remaining = len(seq.token_ids) - seq.num_computed_tokens
         return 1 if remaining == 1 else min(remaining, budget, self.config.long_prefill_token_threshold)
@@ -75,10 +104,11 @@ class Scheduler:
         scheduled: set[str] = set()
         preempted = False
         i = 0
+        planned = self._planned_drafts(budget) if self.drafter is not None else {}
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = self._chunk(seq, budget)
-            drafts = self._drafts(seq, budget) if num_new == 1 else []
+            drafts = planned.get(seq.request_id, [])[: budget - 1] if num_new == 1 else []
             # Drafts take only free blocks: speculation neither evicts a pin nor preempts anyone.
             if drafts and self.block_manager.allocate_slots(seq, 1, reclaim_pins=False,
                                                             num_lookahead_tokens=len(drafts)):

@@ -65,6 +65,9 @@ class Sequence:
         self.grammar: GrammarMatcher | None = None
         # With speculative decoding: the token ids as an array the n-gram lookup searches (grown as they grow).
         self.lookup: TokenArray | None = None
+        # With goodput draft lengths: the chance its next draft holds (engine/draft_length.py).
+        self.draft_acceptance: float | None = None
+        self.held_draft: int | None = None  # the first draft of a proposal held back this step
 
     @property
     def num_tokens(self) -> int:

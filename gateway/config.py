@@ -46,6 +46,8 @@ class SpeculativeSpec(_Strict):
     num_speculative_tokens: int = Field(default=4, ge=1, le=64)
     prompt_lookup_max: int = Field(default=4, ge=1, le=64)
     prompt_lookup_min: int = Field(default=2, ge=1, le=64)
+    draft_policy: Literal["fixed", "goodput"] = "fixed"  # goodput: drafts cut to what pays (engine/draft_length.py)
+    step_time_profile: str | None = None  # what prices them: `pitstop engine profile`'s file
 
     @model_validator(mode="after")
     def _lookup_range(self) -> SpeculativeSpec:

@@ -86,11 +86,17 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"model {entry.model_name}: litellm_params.model_dir {model_dir} is not a model folder "
                               "(no config.json; give a Hugging Face folder, or tiny_model: to build a test one)")
-        speculative = params.speculative_config
-        engine = build_engine(model_dir, num_blocks=params.num_blocks,
-                              max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
-                              policy=params.policy, device=params.device,
-                              speculative=SpeculativeConfig(**speculative.model_dump()) if speculative else None)
+        speculative = None
+        if (spec := params.speculative_config) is not None:
+            profile = spec.step_time_profile  # relative to the config file, as model_dir
+            speculative = SpeculativeConfig(**(spec.model_dump() | {
+                "step_time_profile": None if profile is None else str(settings.resolve_path(profile))}))
+        try:
+            engine = build_engine(model_dir, num_blocks=params.num_blocks,
+                                  max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
+                                  policy=params.policy, device=params.device, speculative=speculative)
+        except ValueError as exc:  # a bad speculative_config's profile, say
+            raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
     direct = params.transport == "direct" or (
         params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)

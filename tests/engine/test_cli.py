@@ -41,7 +41,11 @@ def test_speculative_config_flag(capsys: pytest.CaptureFixture):
     spec = args.speculative_config
     assert (spec.method, spec.num_speculative_tokens, spec.prompt_lookup_max, spec.prompt_lookup_min) == ("ngram", 6, 3, 2)
     assert parser.parse_args(["engine", "serve", "--model", "m"]).speculative_config is None
+    goodput = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
+                                 '{"draft_policy": "goodput", "step_time_profile": "p.json"}']).speculative_config
+    assert (goodput.draft_policy, goodput.step_time_profile) == ("goodput", "p.json")
     for bad, reason in (("[4]", "a JSON object"), ('{"method": "eagle"}', "not one of ngram"),
+                        ('{"draft_policy": "greedy"}', "not one of fixed, goodput"),
                         ('{"num_tokens": 4}', "num_tokens"), ("{", "Expecting")):
         with pytest.raises(SystemExit):
             parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config", bad])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.tiny_model import make_tiny_model
 from tests.gateway.harness import gateway_config, running_gateway
 
@@ -34,3 +36,24 @@ def test_a_local_engine_speculates_and_answers_as_without(tmp_path: Path) -> Non
     speculative = engines["fast"].config.speculative
     assert speculative is not None and (speculative.num_speculative_tokens, speculative.prompt_lookup_max) == (5, 3)
     assert engines["fast"].stats().spec.accepted_tokens > 0
+
+
+def test_goodput_draft_lengths_read_a_profile_beside_the_config(tmp_path: Path) -> None:
+    """`draft_policy: goodput` with `step_time_profile` relative to the config file; a profile that is not
+    there stops the gateway at start, naming the model."""
+    from engine.step_time import LinearStepTime, save_profile
+    from gateway.config import ConfigError, parse_settings
+    from gateway.state import make_backend
+
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    save_profile(tmp_path / "cpu-profile.json", LinearStepTime(c0=1e-3, c_prefill_token=2.5e-4))
+    spec = {"draft_policy": "goodput", "step_time_profile": "cpu-profile.json"}
+    settings = parse_settings(gateway_config(tmp_path, [local("fast", model_dir, speculative_config=spec)]),
+                              base_dir=tmp_path)
+    engine = make_backend(settings.model_list[0], settings).engine.engine  # type: ignore[attr-defined]
+    assert engine.scheduler.draft_length is not None
+    assert engine.config.speculative.step_time_profile == str(tmp_path / "cpu-profile.json")
+    missing = parse_settings(gateway_config(tmp_path, [local("lost", model_dir, speculative_config={
+        **spec, "step_time_profile": "nowhere.json"})]), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="model lost: step_time_profile .*nowhere.json"):
+        make_backend(missing.model_list[0], missing)
