@@ -87,6 +87,19 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--device")
     profile.set_defaults(handler=profile_command)
 
+    from engine.roofline import GPUS, MODELS
+
+    roofline = subparsers.add_parser("roofline", help="write a roofline step-time profile for a model on a GPU "
+                                                      "(a simulated GPU, or what prices speculative drafts)")
+    model = roofline.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", type=Path, help="a Hugging Face model folder (its config.json)")
+    model.add_argument("--builtin", choices=sorted(MODELS), help="a built-in model shape")
+    roofline.add_argument("--gpu", choices=sorted(GPUS), required=True)
+    roofline.add_argument("--tensor-parallel", type=int, default=1)
+    roofline.add_argument("--fp8", action="store_true", help="fp8 weights (1 byte each)")
+    roofline.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
+    roofline.set_defaults(handler=roofline_command)
+
 
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
@@ -109,6 +122,32 @@ def serve_command(args: argparse.Namespace) -> int:
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
                 port=args.port, log_level=args.log_level)
+    return 0
+
+
+def roofline_command(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.roofline import GPUS, ModelShape, RooflineStepTime
+    from engine.step_time import save_profile
+
+    if args.builtin is not None:
+        model = RooflineStepTime.builtin(args.builtin, args.gpu, args.tensor_parallel, fp8_weights=args.fp8)
+    else:
+        config = args.model / "config.json"
+        if not config.is_file():
+            print(f"pitstop: {args.model} is not a model folder (no config.json)", file=sys.stderr)
+            return 2
+        shape = ModelShape.from_hf_config(json.loads(config.read_text()), name=args.model.resolve().name,
+                                          weight_bytes=1 if args.fp8 else 2)
+        model = RooflineStepTime(shape, GPUS[args.gpu], args.tensor_parallel)
+    try:
+        blocks = model.kv_capacity_blocks()
+    except ValueError as error:  # the weights leave no room for KV on these GPUs
+        print(f"pitstop: {error}", file=sys.stderr)
+        return 2
+    save_profile(args.out, model, source={"method": "roofline", "gpu": args.gpu, "tensor_parallel": args.tensor_parallel})
+    print(f"{args.out}: {model.model.name} on {args.tensor_parallel} x {args.gpu}, {blocks * 16:,} tokens of KV")
     return 0
 
 

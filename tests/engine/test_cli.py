@@ -53,6 +53,26 @@ def test_speculative_config_flag(capsys: pytest.CaptureFixture):
         assert "not a speculative config" in err and reason in err, err
 
 
+def test_roofline_writes_a_profile_for_a_model_folder_or_a_builtin(tmp_path: Path, tiny_model_dir: Path,
+                                                                  capsys: pytest.CaptureFixture):
+    from engine.roofline import GPUS, ModelShape, RooflineStepTime
+    from engine.step_time import load_profile
+
+    out = tmp_path / "tiny-h200.json"
+    assert main(["engine", "roofline", "--model", str(tiny_model_dir), "--gpu", "H200", "--out", str(out)]) == 0
+    model = load_profile(out)
+    shape = ModelShape.from_hf_config(json.loads((tiny_model_dir / "config.json").read_text()), name=tiny_model_dir.name)
+    assert isinstance(model, RooflineStepTime) and model.model == shape and model.gpu == GPUS["H200"]
+    assert main(["engine", "roofline", "--builtin", "llama-3.1-70b", "--gpu", "H100-SXM", "--tensor-parallel", "2",
+                 "--out", str(out)]) == 0
+    assert load_profile(out) == RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", 2)
+    assert main(["engine", "roofline", "--builtin", "llama-3.1-70b", "--gpu", "H100-SXM", "--out", str(out)]) == 2
+    assert "no room for KV" in capsys.readouterr().err
+    assert main(["engine", "roofline", "--model", str(tmp_path), "--gpu", "H100-SXM", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit):
+        main(["engine", "roofline", "--builtin", "llama-3.1-8b", "--gpu", "B200", "--out", str(out)])
+
+
 def test_parse_bytes():
     assert parse_bytes("1024") == 1024
     assert parse_bytes("512MiB") == 512 << 20
