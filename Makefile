@@ -35,6 +35,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.moe
 	$(PY) -m bench.spec_decode
 	$(PY) -m bench.spec_decode_sim
+	$(PY) -m bench.spec_decode_goodput
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

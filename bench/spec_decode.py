@@ -170,11 +170,13 @@ class ForcedRunner(TorchModelRunner):
         return out
 
 
-def end_to_end(model_dir: Path, turns: list[Turn], context: int, concurrency: int) -> dict:
-    """Plain and speculative engines over the same turns, alternating wave by wave (so drift in the
-    machine's speed hits both alike); each wave's wall time from its first step to its last."""
+def end_to_end(model_dir: Path, turns: list[Turn], context: int, concurrency: int,
+               modes: dict[str, SpeculativeConfig] | None = None) -> dict:
+    """Plain and speculative engines (`modes`: the speculative ones by name; by default the default
+    config as `speculative`) over the same turns, alternating wave by wave (so drift in the machine's
+    speed hits all alike); each wave's wall time from its first step to its last."""
     engines = {}
-    for mode, spec in (("plain", None), ("speculative", DEFAULT)):
+    for mode, spec in {"plain": None, **(modes or {"speculative": DEFAULT})}.items():
         runner = ForcedRunner(model_dir, num_blocks=2048, block_size=16)
         runner.scripts = {}
         config = EngineConfig(num_blocks=2048, max_model_len=8192, max_num_seqs=concurrency,
@@ -208,14 +210,19 @@ def end_to_end(model_dir: Path, turns: list[Turn], context: int, concurrency: in
                 runner.scripts.pop(f"{start + i}")
     steps = {mode: engine.num_steps for mode, engine in engines.items()}
     output_tokens = sum(len(o) for _, o in turns)
-    spec = engines["speculative"].stats().spec
-    return {"concurrency": concurrency, "turns": len(turns), "output_tokens": output_tokens,
-            "wall_s": seconds, "decode_wall_s": decode_seconds, "steps": steps,
-            "output_tokens_per_s": {m: output_tokens / s for m, s in seconds.items()},
-            "decode_speedup": decode_seconds["plain"] / decode_seconds["speculative"],
-            "acceptance_rate": spec.accepted_tokens / max(1, spec.draft_tokens),
-            "drafted_steps": spec.drafted_steps, "draft_tokens": spec.draft_tokens,
-            "accepted_tokens": spec.accepted_tokens}
+    report: dict = {"concurrency": concurrency, "turns": len(turns), "output_tokens": output_tokens,
+                    "wall_s": seconds, "decode_wall_s": decode_seconds, "steps": steps,
+                    "output_tokens_per_s": {m: output_tokens / s for m, s in seconds.items()}}
+    for mode, engine in engines.items():
+        if mode == "plain":
+            continue
+        spec = engine.stats().spec
+        prefix = "" if mode == "speculative" else f"{mode}_"  # the default mode's keys as before
+        report |= {f"{prefix}decode_speedup": decode_seconds["plain"] / decode_seconds[mode],
+                   f"{prefix}acceptance_rate": spec.accepted_tokens / max(1, spec.draft_tokens),
+                   f"{prefix}drafted_steps": spec.drafted_steps, f"{prefix}draft_tokens": spec.draft_tokens,
+                   f"{prefix}accepted_tokens": spec.accepted_tokens}
+    return report
 
 
 def verify_cost(model_dir: Path, context: int, repeats: int) -> list[dict]:

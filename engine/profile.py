@@ -9,6 +9,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from engine.outputs import StepRecord
 from engine.roofline import ModelShape
 from engine.runner import ModelRunner
 from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
 from engine.step_time import FitQuality, LinearStepTime, fit_quality, save_profile
 
 if TYPE_CHECKING:
@@ -37,6 +39,10 @@ class ProfileSweep:
     context_lens: tuple[int, ...] = (64, 512, 2048)  # prompt length of each decode batch
     decode_steps: int = 8  # steps the whole batch decodes together
     mixed_prefill_lens: tuple[int, ...] = (64, 512)  # a prompt joining a running decode batch
+    # Decode batches that check this many drafts a sequence each step (speculative decoding), for a
+    # runner that checks drafts: what a draft row costs beyond a prefill token (its sampled row).
+    drafted_batch_sizes: tuple[int, ...] = (1, 4, 16)
+    drafts_per_sequence: int = 4
     repeats: int = 2
     # Run each prefill size and decode batch size once, unrecorded, first: the first call of a shape
     # pays for allocation and kernel selection, tens of times a normal step.
@@ -66,6 +72,13 @@ class ProfileSweep:
         for n in self.mixed_prefill_lens:
             for batch_size in self.decode_batch_sizes[::2]:
                 yield [context] * batch_size, self.output_len(context, batch_size), n
+
+    def drafted_points(self) -> Iterator[tuple[list[int], int, int]]:
+        """Decode batches as above; their answers longer by a step's drafts and one, so the batch keeps
+        room for every draft over its `decode_steps` together."""
+        for context in self.context_lens:
+            for batch_size in self.drafted_batch_sizes:
+                yield [context] * batch_size, self.output_len(context, batch_size) + self.drafts_per_sequence + 1, 0
 
     def blocks_needed(self, block_size: int) -> int:
         """KV blocks that every point of the sweep fits in."""
@@ -109,18 +122,48 @@ def profile_runner(runner: ModelRunner, num_blocks: int, block_size: int = 16, *
         return longest < engine.config.max_model_len and blocks <= num_blocks
 
     points = [point for point in sweep.points() if fits(*point)]
+    drafts = sweep.drafts_per_sequence
+    drafted = [point for point in sweep.drafted_points() if fits(point[0], point[1] + drafts, 0)] \
+        if getattr(runner, "verifies_drafts", False) and drafts > 0 else []
     if sweep.warmup:
         for prompts, _, joining in points:
             if len(prompts) == 1 or prompts[0] == min(sweep.context_lens) and not joining:
                 driver.run(prompts, 2)
+        with _drafting(engine, drafts):
+            for prompts, _, _ in drafted:
+                if prompts[0] == min(sweep.context_lens):
+                    driver.run(prompts, 3)
     engine.step_log.clear()
     for _ in range(sweep.repeats):
         for point in points:
             driver.run(*point)
+        with _drafting(engine, drafts):
+            for point in drafted:
+                driver.run(*point)
     records = list(engine.step_log)
     model = LinearStepTime.fit(records, model=dict(model_info or {}, num_blocks=num_blocks,
                                                     block_size=block_size))
     return ProfileResult(model, records, fit_quality(model, records))
+
+
+class _EveryStepDrafts:
+    """A drafter that proposes `k` tokens at every decode step (what they are does not change a step's
+    cost; they are seldom accepted, so the batch decodes as long as planned, or less)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def propose(self, seq: Sequence, max_tokens: int) -> list[int]:
+        return seq.token_ids[-min(self.k, max_tokens):] if max_tokens > 0 else []
+
+
+@contextmanager
+def _drafting(engine: LLMEngine, k: int) -> Iterator[None]:
+    engine.scheduler.drafter = _EveryStepDrafts(k)
+    try:
+        yield
+    finally:
+        engine.scheduler.drafter = None
 
 
 class _SweepDriver:

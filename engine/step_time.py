@@ -46,17 +46,18 @@ def fit_quality(model: StepTimeModel, records: list[StepRecord]) -> FitQuality:
     return FitQuality(float(np.median(rel)), float(np.percentile(rel, 90)), len(rel))
 
 
-# The shape features a linear model weighs, in coefficient order (constant first). A draft token is
-# priced as a prefill token: both are a query row through every layer on top of the decodes.
+# The shape features a linear model weighs, in coefficient order (constant first).
 def _features(shape: StepShape) -> tuple[float, ...]:
-    return (1.0, shape.prefill_tokens + shape.draft_tokens, shape.prefill_seqs, shape.prefill_attention,
-            shape.decode_seqs, shape.kv_tokens)
+    return (1.0, shape.prefill_tokens, shape.prefill_seqs, shape.prefill_attention, shape.decode_seqs,
+            shape.kv_tokens, shape.draft_tokens)
 
 
 @dataclass(frozen=True)
 class LinearStepTime:
     """t = c0 + per prefill token + per prefill sequence + per unit of prefill attention
-    (new tokens x context) + per decoding sequence + per token of KV read. All coefficients >= 0."""
+    (new tokens x context) + per decoding sequence + per token of KV read + per draft token checked
+    (speculative decoding). All coefficients >= 0. A profile without drafted steps has no
+    `c_draft_token` (None): a draft is then priced as a prefill token, a query row through every layer."""
 
     c0: float = 0.0
     c_prefill_token: float = 0.0
@@ -64,19 +65,24 @@ class LinearStepTime:
     c_attn: float = 0.0
     c_decode_seq: float = 0.0
     c_kv_token: float = 0.0
+    c_draft_token: float | None = None
     # What was profiled: name, shape, and `num_blocks` (the KV capacity the steps ran with).
     model: dict = field(default_factory=dict, compare=False)
 
     def predict(self, shape: StepShape) -> float:
-        return (self.c0 + self.c_prefill_token * (shape.prefill_tokens + shape.draft_tokens)
-                + self.c_prefill_seq * shape.prefill_seqs
+        return (self.c0 + self.c_prefill_token * shape.prefill_tokens + self.c_prefill_seq * shape.prefill_seqs
                 + self.c_attn * shape.prefill_attention + self.c_decode_seq * shape.decode_seqs
-                + self.c_kv_token * shape.kv_tokens)
+                + self.c_kv_token * shape.kv_tokens + self.draft_token_cost * shape.draft_tokens)
+
+    @property
+    def draft_token_cost(self) -> float:
+        return self.c_prefill_token if self.c_draft_token is None else self.c_draft_token
 
     @property
     def coefficients(self) -> tuple[float, ...]:
+        """In `_features`' order; a draft token's as priced."""
         return (self.c0, self.c_prefill_token, self.c_prefill_seq, self.c_attn, self.c_decode_seq,
-                self.c_kv_token)
+                self.c_kv_token, self.draft_token_cost)
 
     @classmethod
     def fit(cls, records: list[StepRecord], model: dict | None = None) -> LinearStepTime:
@@ -95,7 +101,10 @@ class LinearStepTime:
         for _ in range(8):
             predicted = np.maximum(x @ coef, 1e-12)
             coef = nnls(x / predicted[:, None], y / predicted)
-        return cls(*(float(c) for c in coef), model=dict(model or {}))
+        fitted = [float(c) for c in coef]
+        if not x[:, -1].any():  # no drafted steps: a draft is priced as a prefill token
+            fitted[-1] = None  # type: ignore[call-overload]
+        return cls(*fitted, model=dict(model or {}))
 
     def to_json(self) -> dict:
         params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}

@@ -33,3 +33,22 @@ def test_the_workloads_load_real_outputs() -> None:
     assert len(spec_decode.swe_agent_turns()) == 125
     for turns in (spec_decode.alpaca_turns(6), spec_decode.gsm8k_turns(6)):
         assert 4 <= len(turns) <= 6 and all(context and output for context, output in turns)
+
+
+def test_end_to_end_runs_a_goodput_engine_beside_the_others(tmp_path: Path) -> None:
+    """bench/spec_decode_goodput.py's wiring: a goodput engine whose profile makes drafts free checks
+    exactly the drafts the default engine checks."""
+    from engine.config import SpeculativeConfig
+    from engine.step_time import LinearStepTime, save_profile
+
+    save_profile(tmp_path / "free.json", LinearStepTime(c0=1e-3, c_draft_token=0.0))
+    turns = [(context[-300:], output[:40]) for context, output in spec_decode.swe_agent_turns()[3:6]]
+    model_dir = make_tiny_model(tmp_path / "model", layers=1, hidden=64, vocab_size=counting_tokenizer().get_vocab_size(),
+                                max_position_embeddings=1024)
+    goodput = SpeculativeConfig(draft_policy="goodput", step_time_profile=str(tmp_path / "free.json"))
+    measured = spec_decode.end_to_end(model_dir, turns, 300, 1, {"speculative": spec_decode.DEFAULT, "goodput": goodput})
+    assert set(measured["steps"]) == {"plain", "speculative", "goodput"}
+    assert measured["accepted_tokens"] > 0
+    assert (measured["goodput_draft_tokens"], measured["goodput_accepted_tokens"]) == \
+        (measured["draft_tokens"], measured["accepted_tokens"])
+    assert measured["steps"]["goodput"] == measured["steps"]["speculative"]

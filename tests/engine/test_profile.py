@@ -49,6 +49,16 @@ def profile_on_virtual_clock(step_time, sweep: ProfileSweep = SMALL_SWEEP, num_b
     return profile_runner(runner, num_blocks, 16, vocab_size=1000, sweep=sweep, clock=clock)
 
 
+def test_the_sweep_checks_drafts_and_prices_a_draft_row():
+    """Decode batches that check 4 drafts a sequence every step: the fit tells a draft's own cost (its
+    sampled row) from a prefill token's."""
+    truth = LinearStepTime(*TRUE.coefficients[:-1], c_draft_token=6e-5)
+    result = profile_on_virtual_clock(truth)
+    np.testing.assert_allclose(result.model.coefficients, truth.coefficients, rtol=1e-5)
+    drafted = [r.shape for r in result.records if r.shape.draft_tokens]
+    assert {(s.decode_seqs, s.draft_tokens) for s in drafted if not s.prefill_seqs} >= {(1, 4), (4, 16), (16, 64)}
+
+
 def test_profile_recovers_a_linear_gpu():
     result = profile_on_virtual_clock(TRUE)
     np.testing.assert_allclose(result.model.coefficients, TRUE.coefficients, rtol=1e-5)
