@@ -74,7 +74,7 @@ async def _tokens(state: Any, messages: list[dict]) -> int:
 
 
 async def run(window: int, answer: int, trajectories: list[list[dict]]) -> dict:
-    from engine.async_engine import build_engine
+    from engine.build import build_engine
     from engine.tiny_model import make_tiny_model
 
     with tempfile.TemporaryDirectory() as work:

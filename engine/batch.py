@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.host_cache import KVTransfer
 from engine.sequence import Sequence
 
 
@@ -12,11 +13,16 @@ class ScheduledBatch:
 
     A decoding sequence may carry draft tokens (engine/speculation.py): they follow its last token in
     the step's input and count in `num_new_tokens`; it then samples at its last token and after each
-    draft."""
+    draft.
+
+    `kv_transfers`: block copies between the GPU and the host tier (engine/host_cache.py) that the
+    runner performs, in order, before the forward pass."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     draft_token_ids: list[list[int]] = field(default_factory=list)
+    kv_transfers: list[KVTransfer] = field(default_factory=list)
+    block_size: int = 16  # tokens per KV block: what a transfer moves
 
     def add(self, seq: Sequence, num_new_tokens: int, draft_token_ids: list[int] | None = None) -> None:
         assert num_new_tokens > 0
@@ -58,7 +64,8 @@ class ScheduledBatch:
                 prefill_seqs += 1
                 prefill_tokens += n
                 prefill_attn += n * context
-        return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn, draft_tokens)
+        return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn, draft_tokens,
+                         len(self.kv_transfers) * self.block_size)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class StepShape:
     # Draft tokens checked by decoding sequences (speculative decoding): each is one more query row
     # through the model and one more sampled row, on top of its sequence's decode token.
     draft_tokens: int = 0
+    # Tokens of KV copied between the GPU and the host tier before the forward pass (either way).
+    kv_tokens_moved: int = 0
 
     @property
     def num_tokens(self) -> int:

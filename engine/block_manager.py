@@ -4,13 +4,15 @@ A full block is identified by a hash chain over its tokens and its parent's hash
 against the stored token ids. Blocks with no holder go to a free queue that evicts least recently
 freed first, so cached prefixes live as long as memory allows. Pins hold references until their
 deadline; under memory pressure they give way (earliest deadline first) before the scheduler has to
-preempt a running request."""
+preempt a running request. With a host tier (engine/host_cache.py), a cached block is copied to host
+memory when its GPU block is reused, and a prefix found there is loaded back instead of computed."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from engine.host_cache import HostCacheStats, HostKVCache, KVTransfer
 from engine.pins import PinTable
 from engine.sequence import Sequence
 
@@ -38,12 +40,15 @@ class BlockStats:
     pinned: int
     pins: int
     prefix_query_tokens: int
-    prefix_hit_tokens: int
+    prefix_hit_tokens: int  # served from GPU blocks
+    host_hit_tokens: int = 0  # loaded back from the host tier
+    host: HostCacheStats | None = None
 
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, pin_budget_blocks: int = 0,
-                 enable_prefix_caching: bool = True) -> None:
+                 enable_prefix_caching: bool = True, num_host_blocks: int = 0) -> None:
+        assert enable_prefix_caching or not num_host_blocks, "the host tier is keyed by the prefix cache's hashes"
         self.block_size = block_size
         self.pin_budget_blocks = pin_budget_blocks
         self.enable_prefix_caching = enable_prefix_caching
@@ -53,6 +58,8 @@ class BlockManager:
         self.pins = PinTable()
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
+        self.host_hit_tokens = 0
+        self.host = HostKVCache(num_host_blocks) if num_host_blocks else None
 
     @property
     def num_blocks(self) -> int:
@@ -91,6 +98,26 @@ class BlockManager:
             hits.append(block_id)
         return hits
 
+    def match_host(self, seq: Sequence, num_gpu_hits: int) -> list[int]:
+        """Host slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at least
+        one token to compute. They stay busy until the step's transfers are taken."""
+        if self.host is None:
+            return []
+        bs = self.block_size
+        num_full = (seq.num_tokens - 1) // bs
+        self._ensure_hashes(seq, num_full)
+        slots: list[int] = []
+        for i in range(num_gpu_hits, num_full):
+            slot = self.host.lookup(seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs]))
+            if slot is None:
+                break
+            slots.append(slot)
+        return slots
+
+    def take_transfers(self) -> list[KVTransfer]:
+        """Host-tier copies the next step must perform before its forward pass, in order."""
+        return self.host.take_transfers() if self.host is not None else []
+
     def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
         """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn)."""
         block_ids = []
@@ -124,6 +151,9 @@ class BlockManager:
         if block.hash is not None:
             if self.hash_to_block.get(block.hash) == block_id:
                 del self.hash_to_block[block.hash]
+            if self.host is not None:
+                assert block.token_ids is not None
+                self.host.save(block_id, block.hash, block.token_ids)
             block.hash = block.token_ids = None
         block.ref_count = 1
         return block_id
@@ -139,21 +169,22 @@ class BlockManager:
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
                        cached_blocks: list[int] | None = None, reclaim_pins: bool = True,
-                       num_lookahead_tokens: int = 0) -> bool:
-        """Give `seq` blocks for `num_new_tokens` more tokens (plus `cached_blocks` when it starts),
-        and room for `num_lookahead_tokens` draft tokens after them, which are not published to the
-        prefix cache (they may be rejected). Returns False, changing nothing, when memory is short
-        even after pins gave way (pins give way only with `reclaim_pins`)."""
+                       num_lookahead_tokens: int = 0, host_slots: list[int] | None = None) -> bool:
+        """Give `seq` blocks for `num_new_tokens` more tokens (plus, when it starts, `cached_blocks`
+        and fresh blocks loaded from the host tier's `host_slots`, which follow them), and room for
+        `num_lookahead_tokens` draft tokens after them, which are not published to the prefix cache
+        (they may be rejected). Returns False, changing nothing, when memory is short even after pins
+        gave way (pins give way only with `reclaim_pins`)."""
         if not cached_blocks and seq.block_table:  # the common case: a decode inside its last block
             total = seq.num_computed_tokens + num_new_tokens
             if total + num_lookahead_tokens <= len(seq.block_table) * self.block_size:
                 self.register_computed(seq, total)
                 return True
-        cached_blocks = cached_blocks or []
+        cached_blocks, host_slots = cached_blocks or [], host_slots or []
         starting = not seq.block_table and seq.num_computed_tokens == 0
-        assert not cached_blocks or starting
-        total_tokens = (seq.num_computed_tokens + len(cached_blocks) * self.block_size + num_new_tokens
-                        + num_lookahead_tokens)
+        assert not (cached_blocks or host_slots) or starting
+        num_hits = len(cached_blocks) + len(host_slots)
+        total_tokens = seq.num_computed_tokens + num_hits * self.block_size + num_new_tokens + num_lookahead_tokens
         needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
         for b in cached_blocks:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)
@@ -162,18 +193,34 @@ class BlockManager:
                 self._release(b)
             return False
         if starting:
-            hit_tokens = len(cached_blocks) * self.block_size
             self.prefix_query_tokens += seq.num_tokens
-            self.prefix_hit_tokens += hit_tokens
+            self.prefix_hit_tokens += len(cached_blocks) * self.block_size
             self.pins.counters.hit_tokens += self.block_size * sum(
                 1 for b in cached_blocks if b in self.pins.holders)
             seq.block_table.extend(cached_blocks)
-            seq.num_computed_tokens = hit_tokens
-            seq.num_registered_blocks = len(cached_blocks)
+            self._load_from_host(seq, host_slots)
+            needed -= len(host_slots)
+            seq.num_computed_tokens = num_hits * self.block_size
+            seq.num_registered_blocks = num_hits
         for _ in range(max(needed, 0)):
             seq.block_table.append(self._pop_free())
         self.register_computed(seq, seq.num_computed_tokens + num_new_tokens)
         return True
+
+    def _load_from_host(self, seq: Sequence, host_slots: list[int]) -> None:
+        """Fresh blocks for the prefix the host tier holds after `seq`'s GPU hits, published at once:
+        their copies run before anything in the step reads them."""
+        assert self.host is not None or not host_slots
+        bs = self.block_size
+        for slot in host_slots:
+            block_id = self._pop_free()
+            i = len(seq.block_table)
+            block = self.blocks[block_id]
+            block.hash, block.token_ids = seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            self.hash_to_block.setdefault(block.hash, block_id)
+            self.host.load(slot, block_id)  # type: ignore[union-attr]
+            seq.block_table.append(block_id)
+        self.host_hit_tokens += len(host_slots) * bs
 
     def reserve(self, seq: Sequence, num_tokens: int) -> None:
         """Blocks for `num_tokens` from the free queue, as single decode steps would have taken them;
@@ -280,4 +327,6 @@ class BlockManager:
             pins=len(self.pins),
             prefix_query_tokens=self.prefix_query_tokens,
             prefix_hit_tokens=self.prefix_hit_tokens,
+            host_hit_tokens=self.host_hit_tokens,
+            host=self.host.stats() if self.host is not None else None,
         )

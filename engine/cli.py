@@ -47,6 +47,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     kv = serve.add_mutually_exclusive_group()
     kv.add_argument("--num-blocks", type=int, help="KV cache size in blocks")
     kv.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES", help="KV cache size, e.g. 4GiB")
+    serve.add_argument("--host-kv-memory", type=parse_bytes, default=0, metavar="BYTES",
+                       help="host memory for KV blocks the GPU evicts, loaded back on a prefix hit, e.g. 16GiB "
+                            "(default 0: none)")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -104,7 +107,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from engine.async_engine import build_engine
+    from engine.build import build_engine
     from engine.server.app import create_app
 
     if args.model is not None and not (args.model / "config.json").is_file():
@@ -118,7 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
                           kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
                           pin_budget_fraction=args.pin_budget_fraction, device=args.device,
-                          speculative=args.speculative_config)
+                          speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory)
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
                 port=args.port, log_level=args.log_level)

@@ -61,12 +61,18 @@ class EngineConfig:
     admit_whole_prompt: bool = True
     # Speculative decoding (n-gram drafts checked in the decode step); None: one token per step.
     speculative: SpeculativeConfig | None = None
+    # Host memory for KV blocks the GPU evicts, in blocks (engine/host_cache.py); 0: none. A prefix
+    # found there is copied back instead of computed again. Needs prefix caching.
+    num_host_blocks: int = 0
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0
         assert 0.0 <= self.pin_budget_fraction <= 1.0
         assert self.max_num_batched_tokens >= self.max_num_seqs
         assert self.long_prefill_token_threshold > 0
+        assert self.num_host_blocks >= 0
+        if self.num_host_blocks and not self.enable_prefix_caching:
+            raise ValueError("a host KV tier is keyed by the prefix cache: it needs enable_prefix_caching")
 
     @property
     def pin_budget_blocks(self) -> int:

@@ -68,8 +68,11 @@ class LLMEngine:
         self.runner = runner
         self.clock = clock or WallClock()
         self.tokenizer = tokenizer
+        if config.num_host_blocks > getattr(runner, "num_host_blocks", 0):
+            raise ValueError(f"a host KV tier of {config.num_host_blocks} blocks needs a runner with that many "
+                             f"host blocks (this one has {getattr(runner, 'num_host_blocks', 0)})")
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
-                                          config.enable_prefix_caching)
+                                          config.enable_prefix_caching, config.num_host_blocks)
         self.spec = SpeculationCounters()
         self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),
                                    self._draft_length(config, runner))
@@ -202,6 +205,7 @@ class LLMEngine:
         batch = self.scheduler.schedule(start)
         if not batch:
             return []
+        batch.kv_transfers = self.block_manager.take_transfers()
         if self._can_fuse and not self.scheduler.preempted_last_step and not batch.has_drafts:
             steps = max_fused_steps(batch, self.config, self.block_manager.num_free_blocks)
             if steps > 1:
@@ -274,6 +278,7 @@ class LLMEngine:
     def _fused_decode(self, batch: ScheduledBatch, steps: int) -> list[RequestOutput]:
         for seq in batch.seqs:  # the blocks the single steps would have taken one at a time
             self.block_manager.reserve(seq, seq.num_computed_tokens + steps)
+        batch.kv_transfers += self.block_manager.take_transfers()  # blocks evicted to the host for them
         tokens = self.runner.execute_decode_steps(batch, steps)  # type: ignore[attr-defined]
         end = self.clock.now()
         self.num_steps += steps

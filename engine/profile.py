@@ -10,12 +10,14 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig
+from engine.host_cache import KVTransfer
 from engine.llm_engine import LLMEngine
 from engine.outputs import StepRecord
 from engine.roofline import ModelShape
@@ -143,7 +145,42 @@ def profile_runner(runner: ModelRunner, num_blocks: int, block_size: int = 16, *
     records = list(engine.step_log)
     model = LinearStepTime.fit(records, model=dict(model_info or {}, num_blocks=num_blocks,
                                                     block_size=block_size))
+    if getattr(runner, "num_host_blocks", 0) and hasattr(runner, "transfer_kv"):
+        model = replace(model, c_kv_token_moved=time_kv_transfers(runner, num_blocks, block_size))
     return ProfileResult(model, records, fit_quality(model, records))
+
+
+def time_kv_transfers(runner: ModelRunner, num_blocks: int, block_size: int,
+                      sizes: tuple[int, ...] = (1, 4, 16, 64), repeats: int = 5) -> float:
+    """Seconds per token of KV copied to or from the runner's host tier: copies of `sizes` blocks each
+    way, timed on their own (the engine runs them before the forward pass, so a step's cost is its
+    forward's plus theirs), total time over total tokens, the median of `repeats` rounds."""
+    host_blocks = runner.num_host_blocks  # type: ignore[attr-defined]
+    sync = _device_sync(runner)
+    rounds = []
+    for _ in range(repeats):
+        seconds = tokens = 0.0
+        for size in sizes:
+            n = min(size, num_blocks, host_blocks)
+            for to_host in (True, False):
+                transfers = [KVTransfer(to_host, block, block) for block in range(n)]
+                sync()
+                started = time.perf_counter()
+                runner.transfer_kv(transfers)  # type: ignore[attr-defined]
+                sync()
+                seconds += time.perf_counter() - started
+                tokens += n * block_size
+        rounds.append(seconds / tokens)
+    return sorted(rounds)[len(rounds) // 2]
+
+
+def _device_sync(runner: ModelRunner) -> Callable[[], None]:
+    device = getattr(runner, "device", None)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return lambda: None
 
 
 class _EveryStepDrafts:
@@ -208,7 +245,8 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
 
         from engine.torch_runner import TorchModelRunner
 
-        runner_factory = TorchModelRunner
+        # A host tier to time its copies with (LinearStepTime.c_kv_token_moved).
+        runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64))
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
     runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
     weight_bytes = getattr(getattr(runner, "dtype", None), "itemsize", 2)  # torch.dtype knows its size

@@ -8,6 +8,8 @@ Decode steps are memory-bound (every step streams all weights), large prefills c
 Checking speculative drafts adds query rows to a decode: nearly free while the step stays under the
 memory roof (small batches), paid in full once the batch's rows make it compute-bound.
 Activations and the embedding lookup are ignored (tiny next to weights and KV at these sizes).
+KV blocks copied to or from the host tier (engine/host_cache.py) add their bytes over the host link
+(PCIe), not overlapped with the step: the engine performs them before the forward pass.
 
 Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
 all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
@@ -35,13 +37,16 @@ class GPUSpec:
     hbm_bytes_per_s: float
     peak_flops_bf16: float  # dense, no sparsity
     peak_flops_fp8: float | None = None
+    # The host link (PCIe) one way, per GPU: what the host KV tier's copies cross.
+    host_link_bytes_per_s: float = 64e9
 
 
-# Memory is what nvidia-smi reports as total; bandwidth and dense FLOP/s from NVIDIA's datasheets.
+# Memory is what nvidia-smi reports as total; bandwidth and dense FLOP/s from NVIDIA's datasheets;
+# the host link is PCIe Gen5 x16 (H100, H200) or Gen4 x16 (A100).
 GPUS: dict[str, GPUSpec] = {
-    "H100-SXM": GPUSpec("H100-SXM", 81559 * MIB, 3.35e12, 989e12, 1979e12),
-    "H200": GPUSpec("H200", 143771 * MIB, 4.8e12, 989e12, 1979e12),
-    "A100-80G": GPUSpec("A100-80G", 81920 * MIB, 2.0e12, 312e12, None),
+    "H100-SXM": GPUSpec("H100-SXM", 81559 * MIB, 3.35e12, 989e12, 1979e12, 64e9),
+    "H200": GPUSpec("H200", 143771 * MIB, 4.8e12, 989e12, 1979e12, 64e9),
+    "A100-80G": GPUSpec("A100-80G", 81920 * MIB, 2.0e12, 312e12, None, 32e9),
 }
 
 
@@ -161,6 +166,8 @@ class RooflineStepTime:
     flops_efficiency: float = 0.55
     # Per-step CPU and launch cost not hidden by CUDA graphs: scheduling, input prep, sampling.
     overhead_s: float = 0.4e-3
+    # Achieved share of the host link for block copies from pinned memory (~50 of PCIe Gen5's 64 GB/s).
+    host_link_efficiency: float = 0.8
     # Seconds per unit of each step feature, derived from the above so predict() is a few float ops.
     _s_per_token: float = field(init=False, repr=False, compare=False)  # matmuls through all layers
     _s_per_sampled: float = field(init=False, repr=False, compare=False)  # the lm_head matmul
@@ -168,6 +175,7 @@ class RooflineStepTime:
     _s_weights: float = field(init=False, repr=False, compare=False)  # streaming the shared weights once
     _s_per_expert: float = field(init=False, repr=False, compare=False)  # streaming one expert's weights
     _s_per_kv_token: float = field(init=False, repr=False, compare=False)  # reading or writing KV
+    _s_per_kv_token_moved: float = field(init=False, repr=False, compare=False)  # host tier copies
 
     def __post_init__(self) -> None:
         assert self.tensor_parallel >= 1
@@ -186,13 +194,20 @@ class RooflineStepTime:
             "_s_weights": (m.shared_layer_params + m.lm_head_params) * m.weight_bytes / bytes_per_s,
             "_s_per_expert": m.expert_params * m.weight_bytes / bytes_per_s,
             "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
+            # Each GPU copies its shard of a block's heads over its own link.
+            "_s_per_kv_token_moved": m.kv_bytes_per_token / (
+                self.gpu.host_link_bytes_per_s * self.host_link_efficiency * self.tensor_parallel),
         }
         for name, value in constants.items():
             object.__setattr__(self, name, value)
 
     def predict(self, shape: StepShape) -> float:
         compute_s, memory_s = self.breakdown(shape)
-        return self.overhead_s + (compute_s if compute_s > memory_s else memory_s)
+        # Host tier copies run before the forward pass, synchronously: they add.
+        return (self.overhead_s + (compute_s if compute_s > memory_s else memory_s)
+                + self._s_per_kv_token_moved * shape.kv_tokens_moved)
+
+    prices_kv_transfers = True
 
     def breakdown(self, shape: StepShape) -> tuple[float, float]:
         """(compute seconds, memory seconds) of a step, before overhead: which roof it is under."""
@@ -217,7 +232,7 @@ class RooflineStepTime:
     def to_json(self) -> dict:
         params = {"gpu": asdict(self.gpu), "tensor_parallel": self.tensor_parallel,
                   "memory_efficiency": self.memory_efficiency, "flops_efficiency": self.flops_efficiency,
-                  "overhead_s": self.overhead_s}
+                  "overhead_s": self.overhead_s, "host_link_efficiency": self.host_link_efficiency}
         return {"kind": "roofline", "params": params, "model": asdict(self.model)}
 
     @classmethod

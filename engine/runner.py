@@ -14,6 +14,10 @@ class ModelRunner(Protocol):
     sampled token id per sequence for which `batch.samples(i)` is true, in batch order. It must not
     mutate the sequences: the engine applies the results.
 
+    Before the forward pass, `execute` performs `batch.kv_transfers` in order: block copies between the
+    KV cache and its host tier of `num_host_blocks` blocks (engine/host_cache.py); the simulated runner
+    prices them. A runner without `num_host_blocks` has no host tier.
+
     A runner with `verifies_drafts` (both runners) may be given draft tokens
     (`batch.draft_token_ids`, engine/speculation.py): they are that sequence's input after its last
     token, and it returns one more sampled token after each, right after the sequence's own.

@@ -4,7 +4,9 @@ Every step, running requests go first (each decode takes one token, an unfinishe
 chunk), then waiting requests join in policy order while tokens, sequence slots and KV blocks last.
 When a running request cannot get a block, pins give way first (inside the block manager), then the
 running request with the largest policy key is preempted: its blocks are freed (their cached
-prefix stays reusable) and it waits again to be recomputed. With a drafter (speculative decoding), a
+prefix stays reusable, and with a host tier is copied there before its blocks are reused) and it waits
+again to be recomputed: a waiting request takes its prefix from the GPU's cached blocks, then from the
+host tier, and computes the rest. With a drafter (speculative decoding), a
 decoding request also takes draft tokens to check, while the budget and free blocks allow (cut, with a
 goodput policy, to the length that pays: engine/draft_length.py)."""
 
@@ -99,7 +101,7 @@ class Scheduler:
 
     def schedule(self, now: float) -> ScheduledBatch:
         self.block_manager.expire_pins(now)
-        batch = ScheduledBatch()
+        batch = ScheduledBatch(block_size=self.config.block_size)
         budget = self.config.max_num_batched_tokens
         scheduled: set[str] = set()
         preempted = False
@@ -142,12 +144,13 @@ class Scheduler:
                 break
             # A prompt to score (echo) is computed whole: cached blocks would skip its logits.
             cached = [] if seq.needs_prompt_logits else self.block_manager.match_prefix(seq)
-            num_new = min(seq.num_tokens - len(cached) * self.config.block_size, budget,
+            loaded = [] if seq.needs_prompt_logits else self.block_manager.match_host(seq, len(cached))
+            num_new = min(seq.num_tokens - (len(cached) + len(loaded)) * self.config.block_size, budget,
                           self.config.long_prefill_token_threshold)
             reclaim = not (self.config.pins_hold_admission and self.running)
             if self.config.admit_whole_prompt and self.running and not self._prompt_fits(seq, cached, reclaim):
                 break
-            if not self.block_manager.allocate_slots(seq, num_new, cached, reclaim_pins=reclaim):
+            if not self.block_manager.allocate_slots(seq, num_new, cached, reclaim_pins=reclaim, host_slots=loaded):
                 break
             self.waiting.pop()
             seq.status = SequenceStatus.RUNNING

@@ -25,7 +25,11 @@ class SimulatedRunner:
     verifies_drafts = True  # its token at an output index does not depend on the drafts before it
 
     def __init__(self, step_time: StepTimeModel, clock: Clock, vocab_size: int = 32000,
-                 eos_token_ids: tuple[int, ...] | list[int] = ()) -> None:
+                 eos_token_ids: tuple[int, ...] | list[int] = (), num_host_blocks: int = 0) -> None:
+        if num_host_blocks and not getattr(step_time, "prices_kv_transfers", False):
+            raise ValueError("this step-time profile does not price host KV copies (made before the host tier): "
+                             "run `pitstop engine profile` again, or use a roofline profile")
+        self.num_host_blocks = num_host_blocks  # a host tier's copies are priced, not performed
         self.step_time = step_time
         self.clock = clock
         self.vocab_size = vocab_size
@@ -84,8 +88,8 @@ class SimulatedRunner:
     def _decode_step_times(self, batch: ScheduledBatch, max_steps: int) -> Iterator[float]:
         shape = batch.shape  # a pure-decode batch: each step's KV grows by one token per sequence
         seqs, kv, predict = shape.decode_seqs, shape.kv_tokens, self.step_time.predict
-        for step in range(max_steps):
-            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0))
+        for step in range(max_steps):  # the first step performs the batch's host copies
+            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0, 0, 0 if step else shape.kv_tokens_moved))
 
     def plan_decode_steps(self, batch: ScheduledBatch, max_steps: int, horizon: float) -> int:
         """How many of up to `max_steps` fused decode steps start before `horizon` (see

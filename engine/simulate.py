@@ -199,8 +199,9 @@ def make_sim_engine(profile_or_model: StepTimeModel | str | Path, num_blocks: in
     if num_blocks is None:
         num_blocks = _default_num_blocks(model, block_size)
     clock = VirtualClock()
-    runner = SimulatedRunner(model, clock, vocab_size or _vocab_size(model), eos_token_ids)
     engine_config = EngineConfig(block_size=block_size, num_blocks=num_blocks, **(SIM_CONFIG_DEFAULTS | config))
+    runner = SimulatedRunner(model, clock, vocab_size or _vocab_size(model), eos_token_ids,
+                             engine_config.num_host_blocks)
     return LLMEngine(engine_config, runner, clock, policy, record_steps=record_steps)
 
 

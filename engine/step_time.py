@@ -57,7 +57,11 @@ class LinearStepTime:
     """t = c0 + per prefill token + per prefill sequence + per unit of prefill attention
     (new tokens x context) + per decoding sequence + per token of KV read + per draft token checked
     (speculative decoding). All coefficients >= 0. A profile without drafted steps has no
-    `c_draft_token` (None): a draft is then priced as a prefill token, a query row through every layer."""
+    `c_draft_token` (None): a draft is then priced as a prefill token, a query row through every layer.
+
+    `c_kv_token_moved`: seconds per token of KV copied to or from the host tier (engine/host_cache.py),
+    timed on its own by the profile (the copies run before the forward pass, so they add); None for a
+    profile made without a host tier, which cannot price one."""
 
     c0: float = 0.0
     c_prefill_token: float = 0.0
@@ -66,13 +70,19 @@ class LinearStepTime:
     c_decode_seq: float = 0.0
     c_kv_token: float = 0.0
     c_draft_token: float | None = None
+    c_kv_token_moved: float | None = None
     # What was profiled: name, shape, and `num_blocks` (the KV capacity the steps ran with).
     model: dict = field(default_factory=dict, compare=False)
 
     def predict(self, shape: StepShape) -> float:
         return (self.c0 + self.c_prefill_token * shape.prefill_tokens + self.c_prefill_seq * shape.prefill_seqs
                 + self.c_attn * shape.prefill_attention + self.c_decode_seq * shape.decode_seqs
-                + self.c_kv_token * shape.kv_tokens + self.draft_token_cost * shape.draft_tokens)
+                + self.c_kv_token * shape.kv_tokens + self.draft_token_cost * shape.draft_tokens
+                + (self.c_kv_token_moved or 0.0) * shape.kv_tokens_moved)
+
+    @property
+    def prices_kv_transfers(self) -> bool:
+        return self.c_kv_token_moved is not None
 
     @property
     def draft_token_cost(self) -> float:

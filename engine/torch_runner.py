@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, groupby
 from pathlib import Path
 
 import torch
 
 from engine.batch import ScheduledBatch
+from engine.host_cache import KVTransfer
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
@@ -98,6 +99,7 @@ class TorchModelRunner:
         block_size: int,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        num_host_blocks: int = 0,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = ModelConfig.from_dir(self.model_dir)
@@ -111,6 +113,12 @@ class TorchModelRunner:
         self.kv_cache = torch.zeros(
             c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,
             dtype=self.dtype, device=self.device,
+        )  # fmt: skip
+        # The host tier (engine/host_cache.py): page-locked on CUDA, so copies run at the link's speed.
+        self.num_host_blocks = num_host_blocks
+        self.host_kv = torch.zeros(
+            c.num_layers, 2, num_host_blocks, block_size, c.num_kv_heads, c.head_dim,
+            dtype=self.dtype, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
         self.sampler = Sampler()
         self.workspace = GatherWorkspace() if self.device.type == "cpu" else None
@@ -141,8 +149,23 @@ class TorchModelRunner:
         dtype = dtype or default_dtype(config, device)
         return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype)
 
+    def transfer_kv(self, transfers: list[KVTransfer]) -> None:
+        """Copy blocks between the KV cache and the host tier, in order: a run of copies one way is one
+        gather and one scatter (a step's copies never read a slot or block an earlier one wrote)."""
+        for to_host, run in groupby(transfers, key=lambda t: t.to_host):
+            moves = list(run)
+            blocks = torch.tensor([t.block_id for t in moves], device=self.device)
+            slots = torch.tensor([t.slot for t in moves])
+            if to_host:
+                self.host_kv.index_copy_(2, slots, self.kv_cache.index_select(2, blocks).to("cpu"))
+            else:
+                loaded = self.host_kv.index_select(2, slots).to(self.device, non_blocking=True)
+                self.kv_cache.index_copy_(2, blocks, loaded)
+
     def execute(self, batch: ScheduledBatch) -> list[int]:
         self.step_prompt_logprobs = {}
+        if batch.kv_transfers:
+            self.transfer_kv(batch.kv_transfers)
         if not len(batch):
             return []
         input_ids, positions, meta, logits_index = self._prepare(batch)

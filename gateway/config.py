@@ -68,6 +68,8 @@ class LitellmParams(BaseModel):
     # Local engine instances only:
     model_dir: str | None = None
     num_blocks: int | None = Field(default=None, gt=0)
+    # Host memory for KV blocks the GPU evicts, loaded back on a prefix hit (engine/host_cache.py).
+    host_kv_gib: float = Field(default=0.0, ge=0)
     max_num_seqs: int = Field(default=64, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
@@ -89,6 +91,9 @@ class LitellmParams(BaseModel):
     def _local_needs_a_folder(self) -> LitellmParams:
         if self.provider == LOCAL_PROVIDER and not self.model_dir:
             raise ValueError(f"model '{self.model}' is a local engine: set litellm_params.model_dir")
+        if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
+            raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
+                             "a pitstop engine takes --host-kv-memory itself")
         for name in ("reasoning_parser", "tool_call_parser", "speculative_config"):
             if getattr(self, name) is not None and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "

@@ -72,7 +72,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     params = entry.litellm_params
     provider = params.provider
     if provider == LOCAL_PROVIDER:
-        from engine.async_engine import build_engine
+        from engine.build import build_engine
         from engine.config import SpeculativeConfig
         from gateway.backends.local import LocalEngineBackend
 
@@ -94,7 +94,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         try:
             engine = build_engine(model_dir, num_blocks=params.num_blocks,
                                   max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
-                                  policy=params.policy, device=params.device, speculative=speculative)
+                                  policy=params.policy, device=params.device, speculative=speculative,
+                                  host_kv_memory_bytes=int(params.host_kv_gib * 2**30))
         except ValueError as exc:  # a bad speculative_config's profile, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
@@ -114,7 +115,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
-                                       "device", "tiny_model", "transport", "speculative_config"}, exclude_none=True)
+                                       "device", "tiny_model", "transport", "speculative_config", "host_kv_gib"},
+                              exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
 

@@ -52,6 +52,19 @@ class EngineStatsCollector(Collector):
                                   value=s.blocks.prefix_hit_tokens)
         yield CounterMetricFamily(f"{PREFIX}_pin_hit_tokens", "Prefix-cache hit tokens from pinned blocks",
                                   value=s.pins.hit_tokens)
+        if (host := s.blocks.host) is not None:
+            yield CounterMetricFamily(f"{PREFIX}_host_hit_tokens", "Prompt tokens loaded back from the host KV tier",
+                                      value=s.blocks.host_hit_tokens)
+            host_blocks = GaugeMetricFamily(f"{PREFIX}_host_kv_blocks", "Host KV tier blocks by state",
+                                            labels=["state"])
+            host_blocks.add_metric(["total"], host.total)
+            host_blocks.add_metric(["used"], host.used)
+            yield host_blocks
+            moved = CounterMetricFamily(f"{PREFIX}_host_kv_block_copies", "KV blocks copied to or from the host tier",
+                                        labels=["direction"])
+            moved.add_metric(["to_host"], host.saved_blocks)
+            moved.add_metric(["to_gpu"], host.loaded_blocks)
+            yield moved
         for name, text, value in (("drafted_steps", "Decode steps that checked draft tokens", s.spec.drafted_steps),
                                   ("draft_tokens", "Draft tokens checked", s.spec.draft_tokens),
                                   ("accepted_tokens", "Draft tokens accepted", s.spec.accepted_tokens)):

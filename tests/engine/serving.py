@@ -14,8 +14,8 @@ import openai
 import uvicorn
 from starlette.applications import Starlette
 
-from engine.async_engine import build_engine
 from engine.batch import ScheduledBatch
+from engine.build import build_engine
 from engine.server.app import create_app
 from tests.engine.fakes import CountingRunner
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.async_engine import build_engine
 from engine.batch import StepShape
+from engine.build import build_engine
 from engine.byte_tokenizer import ByteTokenizer
 from engine.model.config import ModelConfig
 from engine.roofline import RooflineStepTime

@@ -14,7 +14,7 @@ import llguidance
 import openai
 import pytest
 
-from engine.async_engine import build_engine
+from engine.build import build_engine
 from engine.held_calls import held_calls
 from engine.server.app import create_app
 from engine.tokenizer import Tokenizer

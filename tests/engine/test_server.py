@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from engine.async_engine import AsyncEngine, build_engine
+from engine.async_engine import AsyncEngine
+from engine.build import build_engine
 from engine.server.app import create_app
 from tests.engine.serving import serve_in_thread
 

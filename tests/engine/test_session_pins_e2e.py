@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from engine.async_engine import build_engine
+from engine.build import build_engine
 from engine.server.app import create_app
 from tests.engine.serving import serve_in_thread
 

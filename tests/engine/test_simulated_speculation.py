@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.async_engine import AsyncEngine, build_engine
+from engine.async_engine import AsyncEngine
 from engine.batch import ScheduledBatch, StepShape
+from engine.build import build_engine
 from engine.config import SpeculativeConfig
 from engine.roofline import RooflineStepTime
 from engine.sampling_params import SamplingParams

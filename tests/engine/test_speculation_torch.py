@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from engine.async_engine import build_engine
+from engine.build import build_engine
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput

@@ -1,0 +1,107 @@
+"""Building an engine instance to serve: a real model (tokenizer and torch runner from a model folder)
+or a simulated GPU (a step-time profile on a wall clock), its KV cache and host tier sized in blocks
+or bytes."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from engine.async_engine import AsyncEngine, TokenizerLike
+from engine.config import SpeculativeConfig
+from engine.llm_engine import LLMEngine
+
+
+def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | None = None, *,
+                 tokenizer: TokenizerLike | None = None, num_blocks: int | None = None,
+                 kv_cache_memory_bytes: int | None = None, block_size: int = 16,
+                 max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
+                 pin_budget_fraction: float = 0.5, device: str | None = None,
+                 speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0) -> AsyncEngine:
+    """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
+    simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
+    steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
+    default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
+    n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
+    `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none."""
+    from engine.clock import WallClock
+    from engine.config import EngineConfig
+    from engine.policy import make_policy
+
+    if (model_dir is None) == (sim_profile is None):
+        raise ValueError("pass exactly one of model_dir and sim_profile")
+    if num_blocks is not None and kv_cache_memory_bytes is not None:
+        raise ValueError("pass at most one of num_blocks and kv_cache_memory_bytes")
+    clock = WallClock()
+    if model_dir is not None:
+        from engine.tokenizer import Tokenizer
+        from engine.torch_runner import TorchModelRunner
+
+        if num_blocks is None:
+            num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
+                model_dir, kv_cache_memory_bytes, block_size, device)
+        _check_num_blocks(num_blocks)
+        num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device)
+        runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks)
+        tokenizer = tokenizer or Tokenizer(model_dir)
+        context_len = runner.max_model_len
+        vocab_size = runner.config.vocab_size
+    else:
+        from engine.byte_tokenizer import ByteTokenizer
+        from engine.sim_runner import SimulatedRunner
+        from engine.step_time import load_profile
+
+        step_time = load_profile(sim_profile)
+        num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
+        num_host_blocks = _sim_blocks_for_bytes(step_time, host_kv_memory_bytes, block_size) \
+            if host_kv_memory_bytes else 0
+        if tokenizer is None:
+            # ASCII only: random placeholder tokens then always decode to valid text.
+            tokenizer, vocab_size = ByteTokenizer(), 128
+        else:
+            vocab_size = getattr(tokenizer, "vocab_size", 32000)
+        runner = SimulatedRunner(step_time, clock, vocab_size=vocab_size, eos_token_ids=tokenizer.eos_token_ids,
+                                 num_host_blocks=num_host_blocks)
+        context_len = 1 << 30  # a simulation has no position limit of its own
+    config = EngineConfig(block_size=block_size, num_blocks=num_blocks,
+                          max_model_len=min(max_model_len or context_len, context_len),
+                          max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
+                          pin_budget_fraction=pin_budget_fraction, speculative=speculative,
+                          num_host_blocks=num_host_blocks)
+    engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
+    return AsyncEngine(engine, vocab_size=vocab_size)
+
+
+def _check_num_blocks(num_blocks: int) -> None:
+    if num_blocks < 1:
+        raise ValueError(f"the KV cache must hold at least one block (got {num_blocks})")
+
+
+def _sim_num_blocks(step_time: object, num_blocks: int | None, kv_cache_memory_bytes: int | None,
+                    block_size: int) -> int:
+    if num_blocks is None and kv_cache_memory_bytes is not None:
+        num_blocks = _sim_blocks_for_bytes(step_time, kv_cache_memory_bytes, block_size)
+    if num_blocks is None:
+        from engine.simulate import _default_num_blocks  # the simulator's rule: the profile's capacity
+
+        num_blocks = _default_num_blocks(step_time, block_size)
+    _check_num_blocks(num_blocks)
+    return num_blocks
+
+
+def _sim_blocks_for_bytes(step_time: object, memory_bytes: int, block_size: int) -> int:
+    """Blocks in `memory_bytes` of the profiled model's KV: a roofline's model shape, or the one a
+    linear profile recorded (`pitstop engine profile` writes its ModelShape's fields)."""
+    from engine.roofline import ModelShape
+
+    model = getattr(step_time, "model", None)
+    if isinstance(model, dict):
+        names = {f.name for f in fields(ModelShape)}
+        try:
+            model = ModelShape(**{k: v for k, v in model.items() if k in names})
+        except TypeError:  # a profile of a runner without a model shape (a fake, a test's)
+            model = None
+    per_token = getattr(model, "kv_bytes_per_token", None)
+    if per_token is None:
+        raise ValueError("this profile does not say how large a KV token is: size its KV in blocks")
+    return memory_bytes // (per_token * block_size)
