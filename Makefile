@@ -94,7 +94,8 @@ bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_preemption
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_prefill_weight
 
-# Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json).
+# Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json),
+# and with a host KV tier (bench/results/host_kv.json).
 bench-agents: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.agents
 	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --skip-torch \
@@ -104,6 +105,9 @@ bench-agents: $(STAMP)
 	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --models llama-3.1-70b --kv-fraction 1.0 \
 	  --programs 160 --rates 0.2 0.3 0.4 0.8 1.6 --skip-torch --out bench/results/agents_full_kv_seed$$seed.json; done
 	OMP_NUM_THREADS=1 $(PY) -m bench.agents_ranked
+	OMP_NUM_THREADS=1 $(PY) -m bench.host_kv
+	OMP_NUM_THREADS=1 $(PY) -m bench.host_kv --models llama-3.1-8b llama-3.1-70b --kv-fraction 1.0 --programs 160 \
+	  --rates 0.3 0.8 --host-ratios 0 4 --skip-torch --out bench/results/host_kv_full_kv.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -17,6 +17,9 @@ class SessionsConfig(BaseModel):
     # Converts a lost context into engine time (re-prefill) for the TTL choice.
     prefill_tokens_per_s: float = Field(default=4000.0, gt=0)
     attention_knee_tokens: float = Field(default=50_000.0, gt=0)  # see agent_sessions/ttl_policy.py
+    # How fast KV crosses the host link, for engines with a host KV tier (engine/host_cache.py): losing a
+    # context costs its copies out and back, when that is cheaper than the re-prefill.
+    host_copy_tokens_per_s: float = Field(default=400_000.0, gt=0)
     # KV capacity assumed for deployments that do not report theirs (engine servers over HTTP).
     default_kv_capacity_tokens: int = Field(default=1 << 20, gt=0)
     # Memory is never free: the pin's cost counts at least this share of full contention.

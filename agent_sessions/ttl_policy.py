@@ -3,8 +3,9 @@
     value(T) = P(return) x P(back within T) x benefit  -  memory cost rate x T
 
 benefit (engine-seconds): re-prefilling the program's context (superlinear in its length: attention
-grows with the context, so per-token cost doubles at `attention_knee_tokens`) plus the queueing a
-re-admitted turn would wait; memory cost rate: the share of the KV cache the pin holds, times how much that memory is
+grows with the context, so per-token cost doubles at `attention_knee_tokens`), or, on an engine with a
+host KV tier that can hold it, copying it out and back over the host link (engine/host_cache.py) when
+that is cheaper, plus the queueing a re-admitted turn would wait; memory cost rate: the share of the KV cache the pin holds, times how much that memory is
 worth now (1 when the cache is contended: holding all of it for a second costs a second of the
 engine). P(return) grows with the turns the program has come back from (a Beta estimate), so
 long-running programs with long contexts get the longest pins. The TTL maximising value is chosen
@@ -40,9 +41,20 @@ class EngineCosts:
     queue_wait_s: float = 0.0  # what a turn that is not pinned (and so re-queued) waits on top
     # Context length at which a prefill's attention costs as much as its matmuls (Llama-3.1-8B: ~50k).
     attention_knee_tokens: float = 50_000.0
+    # The engine's host KV tier: tokens it holds (0: none), and how fast KV crosses the host link.
+    host_capacity_tokens: int = 0
+    host_copy_tokens_per_s: float = 400_000.0  # Llama-3.1-8B's 128 KiB a token at ~51 GB/s (PCIe Gen5)
 
     def reprefill_s(self, context_tokens: int) -> float:
         return context_tokens / self.prefill_tokens_per_s * (1.0 + context_tokens / self.attention_knee_tokens)
+
+    def miss_s(self, context_tokens: int) -> float:
+        """What losing the context from the GPU costs the next turn: its re-prefill, or its copies to the
+        host tier and back (both happen: the save when its blocks are reused, the load on return)."""
+        recompute = self.reprefill_s(context_tokens)
+        if context_tokens > self.host_capacity_tokens:
+            return recompute
+        return min(recompute, 2 * context_tokens / self.host_copy_tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,7 @@ class TTLPolicy:
 
     def choose(self, end: TurnEnd, costs: EngineCosts) -> TTLDecision:
         p_return = self.p_return(end)
-        benefit = costs.reprefill_s(end.context_tokens) + costs.queue_wait_s
+        benefit = costs.miss_s(end.context_tokens) + costs.queue_wait_s
         share = min(1.0, end.context_tokens / max(1, costs.kv_capacity_tokens))
         cost_rate = self.memory_cost_weight * max(0.0, costs.memory_pressure) * share
         if p_return <= 0 or end.context_tokens <= 0 or not math.isfinite(benefit):

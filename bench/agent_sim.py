@@ -28,6 +28,7 @@ from agent_sessions.durations import ToolDurationEstimator
 from agent_sessions.ttl_policy import EngineCosts, TTLPolicy, TurnEnd, memory_pressure
 from bench.agent_workload import Program, token_ids
 from engine.batch import StepShape
+from engine.block_manager import BlockStats
 from engine.hints import SchedulingHints
 from engine.llm_engine import LLMEngine
 from engine.policy import SchedulingPolicy, make_policy
@@ -140,7 +141,8 @@ class _Run:
 
 class AgentDriver:
     def __init__(self, engine: LLMEngine, policy: PinPolicy, programs: list[Program], prefill_rate: float,
-                 config: SessionsConfig, work: WorkTable | None = None) -> None:
+                 config: SessionsConfig, work: WorkTable | None = None, host_copy_rate: float | None = None,
+                 price_host_tier: bool = True) -> None:
         assert (work is None) == (policy.rank == "none"), "a ranked policy needs the workload's work table"
         self.engine = engine
         self.work = work
@@ -153,6 +155,8 @@ class AgentDriver:
         self.ttl_policy = TTLPolicy(ToolDurationEstimator(), max_ttl_s=config.max_ttl_s,
                                     memory_cost_weight=config.memory_cost_weight)
         self.idle_prefill_rate = prefill_rate
+        self.host_copy_rate = host_copy_rate or config.host_copy_tokens_per_s  # tokens/s over the host link
+        self.price_host_tier = price_host_tier  # False (an ablation): TTLs priced as if the engine had none
         self.attention_knee = config.attention_knee_tokens
         self.chunk = engine.config.long_prefill_token_threshold
         self._step_mark = (0.0, 0)  # (time, steps) at the last decision
@@ -236,9 +240,11 @@ class AgentDriver:
             estimator.observe([tool], gap)
         blocks = self.engine.block_manager
         used = (blocks.num_blocks - blocks.num_free_blocks) / blocks.num_blocks
+        host = self.engine.config.num_host_blocks * self.engine.config.block_size if self.price_host_tier else 0
         costs = EngineCosts(self._prefill_rate(now), self.capacity_tokens,
                             memory_pressure(used, self.config.memory_pressure_floor),
-                            attention_knee_tokens=self.attention_knee)
+                            attention_knee_tokens=self.attention_knee, host_capacity_tokens=host,
+                            host_copy_tokens_per_s=self.host_copy_rate)
         tool = program.template.turns[turn].tool
         decision = self.ttl_policy.choose(TurnEnd(context_tokens, turn + 1, turn, [tool] if tool else [],
                                                   tool_calls_seen=tool is not None), costs)
@@ -252,23 +258,29 @@ class AgentDriver:
 
 def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatRequest], model: RooflineStepTime,
                num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None,
-               work: WorkTable | None = None) -> dict:
+               work: WorkTable | None = None, num_host_blocks: int = 0, price_host_tier: bool = True,
+               **engine_config: float) -> dict:
+    """`price_host_tier` False (an ablation): TTLs chosen as if the engine had no host tier; `engine_config`
+    goes to EngineConfig."""
     engine = make_sim_engine(model, num_blocks=num_blocks, policy=policy.scheduling_policy(),
                              pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
-                             pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt)
+                             pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt,
+                             num_host_blocks=num_host_blocks, **engine_config)
     rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)
     kv_block_bytes = model.model.kv_bytes_per_token * engine.config.block_size
     config = config or SessionsConfig(attention_knee_tokens=attention_knee_tokens(model))
-    return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config, work)
+    return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config, work,
+                         host_copy_rate=1.0 / model._s_per_kv_token_moved, price_host_tier=price_host_tier)
 
 
 def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program], chat: list[ChatRequest],
                   prefill_rate: float, kv_block_bytes: int, config: SessionsConfig | None = None,
-                  work: WorkTable | None = None) -> dict:
+                  work: WorkTable | None = None, host_copy_rate: float | None = None,
+                  price_host_tier: bool = True) -> dict:
     """The workload through `engine` (on a VirtualClock, or a subclass keeping CPU time for a real
     runner): the simulated runner, or the torch runner at small scale."""
     config = config or SessionsConfig()
-    driver = AgentDriver(engine, policy, programs, prefill_rate, config, work)
+    driver = AgentDriver(engine, policy, programs, prefill_rate, config, work, host_copy_rate, price_host_tier)
     vocab = driver.vocab
     firsts = [(p.arrival_s, driver.first_arrival(p)) for p in programs]
     chats = [(c.arrival_s, Arrival(c.arrival_s, token_ids(10**9 + i * 7_000_003, c.prompt_tokens, vocab),
@@ -313,4 +325,14 @@ def summarize(policy: PinPolicy, driver: AgentDriver, engine: LLMEngine, program
         "ttl_median_s": _p(run.decisions, 0.5) if run.decisions else None,
         "ttl_zero_share": (sum(1 for d in run.decisions if d == 0) / len(run.decisions)) if run.decisions else None,
         "preemptions": stats.num_preemptions, "simulated_s": end, "wall_s": round(wall_s, 2),
+        **host_tier_summary(stats.blocks),
     }
+
+
+def host_tier_summary(blocks: BlockStats) -> dict:
+    host = blocks.host
+    if host is None:
+        return {"host_blocks": 0}
+    return {"host_blocks": host.total, "host_hit_tokens": blocks.host_hit_tokens, "host_saved_blocks": host.saved_blocks,
+            "host_loaded_blocks": host.loaded_blocks, "host_evicted_blocks": host.evicted_blocks,
+            "host_skipped_saves": host.skipped_saves}

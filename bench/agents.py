@@ -68,7 +68,10 @@ def shrink(templates: list, token_div: int) -> list:
                                           for u in t.turns]) for t in templates]
 
 
-def torch_run(args: argparse.Namespace, templates: list) -> list[dict]:
+def torch_run(args: argparse.Namespace, templates: list, policies: list | None = None,
+              host_ratios: tuple[int, ...] = (0,)) -> list[dict]:
+    """The shrunk workload on the tiny model, each policy with a host KV tier of each of `host_ratios`
+    times the GPU's blocks (bench/host_kv.py; 0: none)."""
     import torch
 
     from engine.config import EngineConfig
@@ -88,20 +91,22 @@ def torch_run(args: argparse.Namespace, templates: list) -> list[dict]:
         chat = make_chat(args.chat_rate, programs[-1].arrival_s + 10, seed=args.seed + 1)
         chat = [dataclasses.replace(c, prompt_tokens=max(8, c.prompt_tokens // 16), output_tokens=max(2, c.output_tokens // 16))
                 for c in chat]
-        for policy in POLICIES:
-            config = EngineConfig(num_blocks=args.torch_blocks, max_model_len=longest + 64, max_num_seqs=32,
-                                  max_num_batched_tokens=1024, long_prefill_token_threshold=256,
-                                  pin_budget_fraction=policy.pin_budget_fraction, pins_hold_admission=True,
-                                  admit_whole_prompt=policy.admit_whole_prompt)
-            runner = TorchModelRunner(model_dir, config.num_blocks, config.block_size, device="cpu",
-                                      dtype=torch.float32)
-            engine = LLMEngine(config, runner, CpuVirtualClock(), policy.scheduling_policy())
-            block_bytes = TorchModelRunner.kv_bytes_per_block(runner.config, config.block_size, torch.float32)
-            result = run_on_engine(engine, policy, programs, chat, 1e9, block_bytes)
-            rows.append({"runner": "torch-cpu", "model": "tiny (2 layers, hidden 64)", "num_blocks": config.num_blocks,
-                         "program_rate_per_s": rate, **result})
-            print(f"torch tiny     rate {rate:5.3f} {policy.name:18s} jct {result['jct_avg_s']:7.2f} "
-                  f"p90 {result['jct_p90_s']:7.2f} ({result['wall_s']} s)", flush=True)
+        for policy in policies or POLICIES:
+            for ratio in host_ratios:
+                config = EngineConfig(num_blocks=args.torch_blocks, max_model_len=longest + 64, max_num_seqs=32,
+                                      max_num_batched_tokens=1024, long_prefill_token_threshold=256,
+                                      pin_budget_fraction=policy.pin_budget_fraction, pins_hold_admission=True,
+                                      admit_whole_prompt=policy.admit_whole_prompt,
+                                      num_host_blocks=ratio * args.torch_blocks)
+                runner = TorchModelRunner(model_dir, config.num_blocks, config.block_size, device="cpu",
+                                          dtype=torch.float32, num_host_blocks=config.num_host_blocks)
+                engine = LLMEngine(config, runner, CpuVirtualClock(), policy.scheduling_policy())
+                block_bytes = TorchModelRunner.kv_bytes_per_block(runner.config, config.block_size, torch.float32)
+                result = run_on_engine(engine, policy, programs, chat, 1e9, block_bytes)
+                rows.append({"runner": "torch-cpu", "model": "tiny (2 layers, hidden 64)", "num_blocks": config.num_blocks,
+                             "host_ratio": ratio, "program_rate_per_s": rate, **result})
+                print(f"torch tiny     rate {rate:5.3f} {policy.name:26s} host x{ratio:<3d} jct {result['jct_avg_s']:7.2f} "
+                      f"p90 {result['jct_p90_s']:7.2f} ({result['wall_s']} s)", flush=True)
     return rows
 
 
@@ -143,8 +148,8 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload's and sweep's options, shared with bench/host_kv.py."""
     parser.add_argument("--programs", type=int, default=40)
     parser.add_argument("--kv-fraction", type=float, default=0.25, help="share of the GPU's KV capacity given to the engine")
     parser.add_argument("--chat-rate", type=float, default=0.3, help="background chat requests per second")
@@ -157,12 +162,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-rates", type=float, nargs="*", default=[2.0, 8.0])
     parser.add_argument("--torch-blocks", type=int, default=200)
     parser.add_argument("--torch-tool-scale", type=float, default=0.02, help="recorded tool times x this (torch)")
-    parser.add_argument("--torch-only", action="store_true", help="rerun the torch part, keep --out's sim rows")
     parser.add_argument("--skip-torch", action="store_true", help="simulated runner only")
-    parser.add_argument("--memory-cost-weight", type=float, default=SessionsConfig().memory_cost_weight,
-                        help="the TTL policy's memory cost weight (agent_sessions/ttl_policy.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer programs and loads (smoke test)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    workload_arguments(parser)
+    parser.add_argument("--torch-only", action="store_true", help="rerun the torch part, keep --out's sim rows")
+    parser.add_argument("--memory-cost-weight", type=float, default=SessionsConfig().memory_cost_weight,
+                        help="the TTL policy's memory cost weight (agent_sessions/ttl_policy.py)")
     parser.add_argument("--out", type=Path, default=RESULTS / "agents.json")
     args = parser.parse_args(argv)
     if args.quick:

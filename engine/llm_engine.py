@@ -345,7 +345,7 @@ class LLMEngine:
 
     def _hold_pin_for_arrival(self, session_id: str, now: float) -> None:
         pin = self.block_manager.pins.pins.get(session_id)
-        hold = self.config.pin_hold_on_arrival_s
+        hold = self.config.arrival_pin_hold_s
         if pin is not None and hold > 0 and pin.deadline < now + hold:
             self.block_manager.extend_pin(session_id, hold, now)
 

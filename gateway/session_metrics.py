@@ -1,6 +1,7 @@
 """Prometheus metrics of agent sessions, in the gateway's registry: turns, pin events as the gateway
 sees them (set, released, hit, expired, evicted: judged when the program comes back), moves, chosen
-TTLs and tool waits, and each in-process engine's pinned KV and pin counters (read at scrape)."""
+TTLs and tool waits, and each in-process engine's pinned KV, pin counters and host KV tier (read at
+scrape)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,6 @@ class SessionMetrics:
                                    ["deployment"], registry=r)
         self.engine_pins = Gauge(f"{PREFIX}_engine_pin_events", "An engine instance's pin counters",
                                  ["deployment", "event"], registry=r)
+        self.engine_host_kv = Gauge(f"{PREFIX}_engine_host_kv", "An engine instance's host KV tier: blocks used and "
+                                    "total, blocks copied each way, prompt tokens loaded back",
+                                    ["deployment", "counter"], registry=r)

@@ -24,6 +24,7 @@ class KVView:
     capacity_tokens: int
     used_fraction: float  # blocks held by running requests and pins
     pinned_blocks: int
+    host_capacity_tokens: int = 0  # its host KV tier (engine/host_cache.py); 0: none
 
 
 def holds_pins(backend: Backend) -> bool:
@@ -91,4 +92,5 @@ def kv_view(backend: Backend) -> KVView | None:
     blocks = engine.block_manager
     total = blocks.num_blocks
     return KVView(engine.config.block_size, total * engine.config.block_size,
-                  (total - blocks.num_free_blocks) / total, len(blocks.pins.holders))
+                  (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
+                  engine.config.num_host_blocks * engine.config.block_size)

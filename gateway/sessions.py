@@ -139,7 +139,9 @@ class GatewaySessions:
         costs = EngineCosts(self.config.prefill_tokens_per_s,
                             view.capacity_tokens if view else self.config.default_kv_capacity_tokens,
                             memory_pressure(view.used_fraction if view else 1.0, self.config.memory_pressure_floor),
-                            attention_knee_tokens=self.config.attention_knee_tokens)
+                            attention_knee_tokens=self.config.attention_knee_tokens,
+                            host_capacity_tokens=view.host_capacity_tokens if view else 0,
+                            host_copy_tokens_per_s=self.config.host_copy_tokens_per_s)
         outcome = await self.manager.end(turn, deployment.name, deployment.model_name, prompt_tokens,
                                          completion_tokens, cached_tokens, draft.tool_calls, costs)
         state = turn.state
@@ -200,6 +202,12 @@ class GatewaySessions:
                 continue
             self.metrics.pinned_blocks.labels(deployment.name).set(view.pinned_blocks)
             self.metrics.pinned_tokens.labels(deployment.name).set(view.pinned_blocks * view.block_size)
-            counters = deployment.backend.engine.engine.block_manager.pins.counters  # type: ignore[attr-defined]
+            blocks = deployment.backend.engine.engine.block_manager  # type: ignore[attr-defined]
             for event in ("set", "refreshed", "expired", "evicted", "unpinned", "hit_tokens"):
-                self.metrics.engine_pins.labels(deployment.name, event).set(getattr(counters, event))
+                self.metrics.engine_pins.labels(deployment.name, event).set(getattr(blocks.pins.counters, event))
+            if blocks.host is not None:
+                host = blocks.host.stats()
+                for name, value in (("used_blocks", host.used), ("total_blocks", host.total),
+                                    ("saved_blocks", host.saved_blocks), ("loaded_blocks", host.loaded_blocks),
+                                    ("hit_tokens", blocks.host_hit_tokens)):
+                    self.metrics.engine_host_kv.labels(deployment.name, name).set(value)

@@ -61,6 +61,23 @@ def test_memory_pressure_shortens_pins() -> None:
     assert policy.choose(end(40_000), tight).ttl_s < policy.choose(end(40_000), relaxed).ttl_s
 
 
+def test_a_host_tier_prices_a_lost_context_as_its_copies() -> None:
+    """With host memory that holds the context, losing it costs its copies out and back, not its
+    re-prefill: the benefit falls to that, and a spread of tool times earns a shorter pin."""
+    policy = trained([0.5 * 1.1**i for i in range(40)])
+    contended = EngineCosts(10_000.0, 100_000, memory_pressure=1.0)
+    tiered = EngineCosts(10_000.0, 100_000, memory_pressure=1.0, host_capacity_tokens=400_000,
+                         host_copy_tokens_per_s=400_000.0)
+    too_small = EngineCosts(10_000.0, 100_000, memory_pressure=1.0, host_capacity_tokens=20_000)
+    assert tiered.miss_s(40_000) == pytest.approx(2 * 40_000 / 400_000.0)
+    assert too_small.miss_s(40_000) == contended.reprefill_s(40_000)  # the host cannot hold it
+    slow_link = EngineCosts(10_000.0, 100_000, host_capacity_tokens=400_000, host_copy_tokens_per_s=1_000.0)
+    assert slow_link.miss_s(40_000) == contended.reprefill_s(40_000)  # recomputing is cheaper
+    gpu_only, with_host = (policy.choose(end(40_000), c) for c in (contended, tiered))
+    assert with_host.benefit_s < gpu_only.benefit_s / 10
+    assert with_host.ttl_s < gpu_only.ttl_s
+
+
 def test_never_longer_than_the_maximum() -> None:
     policy = trained([100.0] * 50)
     policy.max_ttl_s = 5.0

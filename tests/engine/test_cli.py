@@ -25,6 +25,8 @@ def test_parser_dispatches_engine_subcommands():
     parser = build_parser()
     args = parser.parse_args(["engine", "serve", "--sim", "p.json", "--kv-cache-memory", "2GiB", "--port", "9"])
     assert args.handler is serve_command and args.kv_cache_memory == 2 << 30 and args.model is None
+    assert args.host_kv_memory == 0  # no host KV tier unless asked
+    assert parser.parse_args(["engine", "serve", "--model", "m", "--host-kv-memory", "64GiB"]).host_kv_memory == 64 << 30
     assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o.json"]).handler is profile_command
     with pytest.raises(SystemExit):
         parser.parse_args(["engine", "serve", "--model", "m", "--sim", "p.json"])

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.tiny_model import make_tiny_model
+from gateway.session_pins import kv_view
 from tests.gateway.harness import gateway_config, running_gateway
 
 SYSTEM = "You are a careful assistant who answers questions about the quick brown fox and the lazy dog. " * 3
@@ -35,11 +37,19 @@ def test_an_evicted_conversation_prefix_comes_back_from_host_memory(tmp_path: Pa
             cached[model] = ask(SYSTEM, "Where is the dog?")
         assert gateway.state is not None
         engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}  # type: ignore[attr-defined]
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        # What the TTL policy reads: a lost context costs this deployment copies, not a re-prefill.
+        views = {d.model_name: kv_view(d.backend) for d in gateway.state.pool.deployments}
     # The crowd evicts all but the conversation's first block (the tail of a freed prompt goes first).
     assert engines["gpu-only"].config.num_host_blocks == 0 and cached["gpu-only"] <= 16
     tiered = engines["tiered"].stats().blocks
     assert engines["tiered"].config.num_host_blocks > 0 and tiered.host_hit_tokens >= 64
     assert cached["tiered"] == cached["gpu-only"] + tiered.host_hit_tokens
+    assert views["gpu-only"].host_capacity_tokens == 0  # type: ignore[union-attr]
+    assert views["tiered"].host_capacity_tokens == engines["tiered"].config.num_host_blocks * 16  # type: ignore[union-attr]
+    hits = [line for line in metrics.splitlines() if line.startswith("pitstop_engine_host_kv{")
+            and 'counter="hit_tokens"' in line]
+    assert len(hits) == 1 and float(hits[0].split()[-1]) == tiered.host_hit_tokens  # only the tiered deployment
 
 
 def test_host_kv_gib_is_for_engines_in_the_gateway_process(tmp_path: Path) -> None:
