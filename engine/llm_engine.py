@@ -23,6 +23,7 @@ from engine.runner import ModelRunner
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.session_kv import SessionKV, SessionPins
 from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
 from engine.step_time import load_profile
 
@@ -31,19 +32,6 @@ if TYPE_CHECKING:
     from engine.logprobs import TokenLogprobs
     from engine.structured_output import GrammarCompiler
     from engine.tokenizer import Tokenizer
-
-MAX_REMEMBERED_SESSIONS = 100_000
-
-
-@dataclass
-class SessionKV:
-    """Where a session's last finished turn left its KV: block hashes, so it can be pinned later."""
-
-    block_hashes: list[int]
-    num_tokens: int
-    last_finish_time: float
-    turns: int = 0
-
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -59,7 +47,7 @@ class EngineStats:
     spec: SpeculationCounters
 
 
-class LLMEngine:
+class LLMEngine(SessionPins):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
@@ -329,64 +317,10 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
         seq.finish_reason, seq.finish_time = reason, now
         if seq.session_id is not None:
-            # Pin before the blocks are freed, so nothing can take them in between.
-            hashes = seq.block_hashes[: seq.num_registered_blocks]
-            previous = self.sessions.pop(seq.session_id, None)
-            self.sessions[seq.session_id] = SessionKV(hashes, seq.num_tokens, now,
-                                                      (previous.turns if previous else 0) + 1)
-            if len(self.sessions) > MAX_REMEMBERED_SESSIONS:
-                self.sessions.popitem(last=False)
-            if seq.pin_ttl_s:
-                self.block_manager.pin(seq.session_id, self.block_manager.resolve_prefix(hashes),
-                                       seq.pin_ttl_s, now)
+            self._remember_session(seq, now)  # and pin it, before the blocks are freed
         self.scheduler.finish(seq)
         del self.sequences[seq.request_id]
         self.detokenizers.pop(seq.request_id, None)
-
-    def _hold_pin_for_arrival(self, session_id: str, now: float) -> None:
-        pin = self.block_manager.pins.pins.get(session_id)
-        hold = self.config.arrival_pin_hold_s
-        if pin is not None and hold > 0 and pin.deadline < now + hold:
-            self.block_manager.extend_pin(session_id, hold, now)
-
-    def expire_pins(self) -> int:
-        return self.block_manager.expire_pins(self.clock.now())
-
-    def next_pin_deadline(self) -> float | None:
-        pin = self.block_manager.pins.earliest()
-        return pin.deadline if pin else None
-
-    # ---- session pins -------------------------------------------------------------------------
-
-    def pin_session(self, session_id: str, ttl_s: float) -> int:
-        """Pin what is still cached of the session's last turn; returns the blocks pinned."""
-        if ttl_s < 0:
-            raise InvalidRequestError("ttl_s must be >= 0", "ttl_s")
-        kv = self.sessions.get(session_id)
-        if kv is None:
-            raise KeyError(session_id)
-        block_ids = self.block_manager.resolve_prefix(kv.block_hashes)
-        return self.block_manager.pin(session_id, block_ids, ttl_s, self.clock.now())
-
-    def extend_session_pin(self, session_id: str, ttl_s: float) -> bool:
-        if ttl_s < 0:
-            raise InvalidRequestError("ttl_s must be >= 0", "ttl_s")
-        return self.block_manager.extend_pin(session_id, ttl_s, self.clock.now())
-
-    def unpin_session(self, session_id: str) -> bool:
-        return self.block_manager.unpin(session_id)
-
-    def session_info(self, session_id: str) -> dict | None:
-        kv = self.sessions.get(session_id)
-        if kv is None:
-            return None
-        pin = self.block_manager.pins.pins.get(session_id)
-        cached = len(self.block_manager.resolve_prefix(kv.block_hashes)) * self.config.block_size
-        return {
-            "session_id": session_id, "turns": kv.turns, "num_tokens": kv.num_tokens,
-            "cached_tokens": cached, "pinned_blocks": len(pin.block_ids) if pin else 0,
-            "pin_ttl_remaining_s": max(0.0, pin.deadline - self.clock.now()) if pin else 0.0,
-        }
 
     def stats(self) -> EngineStats:
         return EngineStats(

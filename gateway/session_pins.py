@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -82,6 +84,57 @@ async def session_info(backend: Backend, session_id: str) -> dict | None:
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
     return None
+
+
+def view_from_stats(stats: dict) -> KVView:
+    """A KVView from an engine server's /v1/engine/stats (EngineStats as JSON)."""
+    blocks, block_size = stats["blocks"], int(stats["block_size"])
+    total = max(1, int(blocks["total"]))
+    host = blocks.get("host") or {}
+    return KVView(block_size, total * block_size, int(blocks["used"]) / total, int(blocks["pinned"]),
+                  int(host.get("total", 0)) * block_size)
+
+
+class KVViews:
+    """Each deployment's KV occupancy for the TTL choice: an in-process engine's read directly, a Pitstop
+    engine server's from its /v1/engine/stats, kept `max_age_s` and then refreshed in the background
+    (the first read of a server waits for it, at most `timeout_s`); None elsewhere, or while a server
+    has not answered."""
+
+    def __init__(self, max_age_s: float = 1.0, timeout_s: float = 0.25) -> None:
+        self.max_age_s = max_age_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._remote: dict[OpenAIHTTPBackend, tuple[float, KVView | None]] = {}
+        self._refreshing: dict[OpenAIHTTPBackend, asyncio.Task[None]] = {}
+
+    async def get(self, backend: Backend) -> KVView | None:
+        if not (isinstance(backend, OpenAIHTTPBackend) and backend.accepts_session):
+            return kv_view(backend)
+        cached = self._remote.get(backend)
+        if cached is None:
+            await self._refresh(backend)
+            return self._remote[backend][1]
+        fetched_at, view = cached
+        if time.monotonic() - fetched_at > self.max_age_s and backend not in self._refreshing:
+            task = asyncio.create_task(self._refresh(backend))
+            self._refreshing[backend] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(backend, None))
+        return view
+
+    async def _refresh(self, backend: OpenAIHTTPBackend) -> None:
+        view = self._remote.get(backend, (0.0, None))[1]  # a failed read keeps the last one
+        try:
+            url = backend.api_base.removesuffix("/v1") + "/v1/engine/stats"
+            async with backend.session.get(url, timeout=self._timeout) as response:
+                if response.status == 200:
+                    view = view_from_stats(await response.json())
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+            log.debug("engine stats from %s failed: %r", backend.api_base, exc)
+        self._remote[backend] = (time.monotonic(), view)
+
+    async def close(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
 
 
 def kv_view(backend: Backend) -> KVView | None:

@@ -27,7 +27,7 @@ from gateway.outcomes import OutcomeDraft
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route, RouteTable
 from gateway.session_metrics import SessionMetrics
-from gateway.session_pins import holds_pins, kv_view, session_info, set_ttl
+from gateway.session_pins import KVViews, holds_pins, kv_view, session_info, set_ttl
 
 log = logging.getLogger("pitstop.sessions")
 
@@ -66,6 +66,7 @@ class GatewaySessions:
         self.pool = pool
         self.routes = routes
         self.metrics = metrics
+        self.kv_views = KVViews()  # what the TTL choice reads of each deployment's KV
 
     @classmethod
     def build(cls, config: SessionsConfig, pool: DeploymentPool, routes: RouteTable, metrics: SessionMetrics,
@@ -84,6 +85,7 @@ class GatewaySessions:
         return cls(config, manager, pool, routes, metrics)
 
     async def close(self) -> None:
+        await self.kv_views.close()
         await self.manager.store.close()
 
     # ---- around dispatch ----------------------------------------------------------------------
@@ -135,7 +137,7 @@ class GatewaySessions:
     async def _finish(self, call: SessionCall, turn: Turn, deployment: Deployment, draft: OutcomeDraft) -> None:
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         backend = deployment.backend
-        view = kv_view(backend)
+        view = await self.kv_views.get(backend)
         costs = EngineCosts(self.config.prefill_tokens_per_s,
                             view.capacity_tokens if view else self.config.default_kv_capacity_tokens,
                             memory_pressure(view.used_fraction if view else 1.0, self.config.memory_pressure_floor),

@@ -112,3 +112,19 @@ def test_served_engine_answers_an_evicted_prefix_from_the_host_tier(tiny_model_d
     hits = [line for line in metrics.splitlines() if line.startswith("pitstop_engine_host_hit_tokens_total")]
     assert hits and float(hits[0].split()[-1]) >= 32
     assert 'pitstop_engine_host_kv_block_copies_total{direction="to_host"}' in metrics
+
+
+def test_session_info_counts_what_the_host_tier_holds_of_a_session() -> None:
+    engine = make_sim_engine(H100_8B, num_blocks=400, num_host_blocks=1000)
+    arrivals = [Arrival(0.0, _prompt(1, 4000), SamplingParams(max_tokens=4, ignore_eos=True), "turn1",
+                        session_id="agent")]
+    simulate(engine, arrivals)
+    before = engine.session_info("agent")
+    assert before is not None and before["cached_tokens"] >= 3984 and before["host_cached_tokens"] == 0
+    crowd = [Arrival(1.0 + i, _prompt(20 + i, 1500), SamplingParams(max_tokens=4, ignore_eos=True), f"c{i}")
+             for i in range(4)]
+    simulate(engine, crowd)
+    after = engine.session_info("agent")
+    assert after is not None and after["cached_tokens"] < 1000
+    # Everything the GPU lost of the turn is in host memory, right after what it kept.
+    assert after["cached_tokens"] + after["host_cached_tokens"] == before["cached_tokens"]

@@ -1,0 +1,82 @@
+"""What the TTL choice reads of a Pitstop engine server's KV over HTTP (gateway/session_pins.py's
+KVViews): its capacity, occupancy and host tier from /v1/engine/stats, cached a second, refreshed in
+the background, and kept when the server stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import openai
+
+from engine.build import build_engine
+from engine.server.app import create_app
+from engine.tiny_model import make_tiny_model
+from gateway.backends.openai_http import OpenAIHTTPBackend
+from gateway.session_pins import KVViews, view_from_stats
+from tests.engine.serving import serve_in_thread
+
+
+def test_a_served_engine_reports_its_kv_and_host_tier(tmp_path: Path) -> None:
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    engine = build_engine(model_dir, num_blocks=40, max_model_len=512, device="cpu", host_kv_memory_bytes=1 << 20)
+    host_blocks = engine.engine.config.num_host_blocks
+    assert host_blocks > 0
+    with serve_in_thread(create_app(engine, "tiny")) as url:
+        backend = OpenAIHTTPBackend(f"{url}/v1", "tiny", accepts_session=True)
+        views = KVViews(max_age_s=0.2)
+
+        async def scenario() -> tuple:
+            first = await views.get(backend)
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+            await client.completions.create(model="tiny", prompt="hello there " * 20, max_tokens=2)
+            cached = await views.get(backend)  # within max_age: the same snapshot, no round trip
+            await asyncio.sleep(0.3)
+            stale = await views.get(backend)  # past it: the old one now, a refresh started
+            await asyncio.sleep(0.2)
+            fresh = await views.get(backend)
+            await backend.close()
+            await client.close()
+            return first, cached, stale, fresh
+
+        first, cached, stale, fresh = asyncio.run(scenario())
+        stats = httpx.get(f"{url}/v1/engine/stats").json()
+    assert first is not None and first.capacity_tokens == 40 * 16 and first.host_capacity_tokens == host_blocks * 16
+    assert first.used_fraction == 0.0 and cached is first and stale is first
+    assert fresh is not None and fresh is not first
+    assert fresh == view_from_stats(stats)
+
+
+def test_a_server_that_stops_answering_keeps_its_last_view(tmp_path: Path) -> None:
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    server = ExitStack()
+    url = server.enter_context(serve_in_thread(create_app(build_engine(model_dir, num_blocks=24, device="cpu"), "t")))
+    backend = OpenAIHTTPBackend(f"{url}/v1", "t", accepts_session=True)
+    views = KVViews(max_age_s=0.05)
+    never = OpenAIHTTPBackend("http://127.0.0.1:9/v1", "gone", accepts_session=True)  # the discard port: refused
+
+    async def scenario() -> tuple:
+        first = await views.get(backend)
+        server.close()  # the engine server goes away
+        await asyncio.sleep(0.1)
+        during = await views.get(backend)  # stale: the last view, while a refresh fails
+        await asyncio.sleep(0.3)
+        after = await views.get(backend)
+        unknown = await views.get(never)  # never answered: no view, the TTL choice uses its defaults
+        await views.close()
+        await backend.close()
+        await never.close()
+        return first, during, after, unknown
+
+    first, during, after, unknown = asyncio.run(scenario())
+    assert first is not None and first.capacity_tokens == 24 * 16
+    assert during == first and after == first and unknown is None
+
+
+def test_view_from_stats_without_a_host_tier() -> None:
+    stats = {"block_size": 16, "blocks": {"total": 100, "used": 25, "pinned": 10, "host": None}}
+    view = view_from_stats(stats)
+    assert (view.capacity_tokens, view.used_fraction, view.pinned_blocks, view.host_capacity_tokens) == \
+        (1600, 0.25, 10, 0)
