@@ -78,7 +78,11 @@ def test_profile_times_the_host_copies(tiny_model_dir: Path, tmp_path: Path) -> 
                          mixed_prefill_lens=(), drafted_batch_sizes=(), repeats=1, warmup=False)
     result = run_profile(tiny_model_dir, tmp_path / "p.json", device="cpu", sweep=sweep)
     per_token = result.model.c_kv_token_moved
-    assert per_token is not None and 0 < per_token < result.model.c_prefill_token
+    # Copying a token's KV costs less than computing it: against the measured 64-token prefill steps (the
+    # fit's own split between its coefficients is not stable on a sweep this small).
+    prefills = [r.duration_s / r.shape.prefill_tokens for r in result.records
+                if r.shape.prefill_tokens >= 64 and not r.shape.decode_seqs]
+    assert prefills and per_token is not None and 0 < per_token < min(prefills)
     loaded = load_profile(tmp_path / "p.json")
     assert isinstance(loaded, LinearStepTime) and loaded.c_kv_token_moved == per_token
     # The profile serves a simulated engine with a host tier sized in bytes.
