@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -101,8 +102,10 @@ class KVViews:
     (the first read of a server waits for it, at most `timeout_s`); None elsewhere, or while a server
     has not answered."""
 
-    def __init__(self, max_age_s: float = 1.0, timeout_s: float = 0.25) -> None:
+    def __init__(self, max_age_s: float = 1.0, timeout_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
+        self.clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._remote: dict[OpenAIHTTPBackend, tuple[float, KVView | None]] = {}
         self._refreshing: dict[OpenAIHTTPBackend, asyncio.Task[None]] = {}
@@ -115,7 +118,7 @@ class KVViews:
             await self._refresh(backend)
             return self._remote[backend][1]
         fetched_at, view = cached
-        if time.monotonic() - fetched_at > self.max_age_s and backend not in self._refreshing:
+        if self.clock() - fetched_at > self.max_age_s and backend not in self._refreshing:
             task = asyncio.create_task(self._refresh(backend))
             self._refreshing[backend] = task
             task.add_done_callback(lambda _: self._refreshing.pop(backend, None))
@@ -130,7 +133,7 @@ class KVViews:
                     view = view_from_stats(await response.json())
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
             log.debug("engine stats from %s failed: %r", backend.api_base, exc)
-        self._remote[backend] = (time.monotonic(), view)
+        self._remote[backend] = (self.clock(), view)
 
     async def close(self) -> None:
         for task in list(self._refreshing.values()):

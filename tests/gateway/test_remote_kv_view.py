@@ -19,23 +19,43 @@ from gateway.session_pins import KVViews, view_from_stats
 from tests.engine.serving import serve_in_thread
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def settled(views: KVViews, backend: OpenAIHTTPBackend) -> None:
+    """Until a background refresh of `backend` has finished."""
+    for _ in range(400):
+        if backend not in views._refreshing:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the refresh did not finish")
+
+
 def test_a_served_engine_reports_its_kv_and_host_tier(tmp_path: Path) -> None:
     model_dir = make_tiny_model(tmp_path / "tiny")
     engine = build_engine(model_dir, num_blocks=40, max_model_len=512, device="cpu", host_kv_memory_bytes=1 << 20)
     host_blocks = engine.engine.config.num_host_blocks
     assert host_blocks > 0
+    clock = FakeClock()
     with serve_in_thread(create_app(engine, "tiny")) as url:
         backend = OpenAIHTTPBackend(f"{url}/v1", "tiny", accepts_session=True)
-        views = KVViews(max_age_s=0.2)
+        views = KVViews(max_age_s=1.0, timeout_s=10.0, clock=clock)
 
         async def scenario() -> tuple:
-            first = await views.get(backend)
+            first = await views.get(backend)  # the first read waits for the server
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
             await client.completions.create(model="tiny", prompt="hello there " * 20, max_tokens=2)
+            clock.now += 0.5
             cached = await views.get(backend)  # within max_age: the same snapshot, no round trip
-            await asyncio.sleep(0.3)
-            stale = await views.get(backend)  # past it: the old one now, a refresh started
-            await asyncio.sleep(0.2)
+            assert backend not in views._refreshing
+            clock.now += 1.0
+            stale = await views.get(backend)  # past it: the old one at once, a refresh started
+            await settled(views, backend)
             fresh = await views.get(backend)
             await backend.close()
             await client.close()
@@ -54,15 +74,16 @@ def test_a_server_that_stops_answering_keeps_its_last_view(tmp_path: Path) -> No
     server = ExitStack()
     url = server.enter_context(serve_in_thread(create_app(build_engine(model_dir, num_blocks=24, device="cpu"), "t")))
     backend = OpenAIHTTPBackend(f"{url}/v1", "t", accepts_session=True)
-    views = KVViews(max_age_s=0.05)
+    clock = FakeClock()
+    views = KVViews(max_age_s=1.0, timeout_s=10.0, clock=clock)
     never = OpenAIHTTPBackend("http://127.0.0.1:9/v1", "gone", accepts_session=True)  # the discard port: refused
 
     async def scenario() -> tuple:
         first = await views.get(backend)
         server.close()  # the engine server goes away
-        await asyncio.sleep(0.1)
+        clock.now += 2.0
         during = await views.get(backend)  # stale: the last view, while a refresh fails
-        await asyncio.sleep(0.3)
+        await settled(views, backend)
         after = await views.get(backend)
         unknown = await views.get(never)  # never answered: no view, the TTL choice uses its defaults
         await views.close()
