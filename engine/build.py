@@ -17,13 +17,16 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  kv_cache_memory_bytes: int | None = None, block_size: int = 16,
                  max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
                  pin_budget_fraction: float = 0.5, device: str | None = None,
-                 speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0) -> AsyncEngine:
+                 speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
+                 kv_cache_dtype: str = "auto") -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
     default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
     n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
-    `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none."""
+    `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
+    `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
+    budgets then hold twice the blocks, and a simulation prices the smaller KV."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
@@ -39,10 +42,12 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
 
         if num_blocks is None:
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
-                model_dir, kv_cache_memory_bytes, block_size, device)
+                model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype)
         _check_num_blocks(num_blocks)
-        num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device)
-        runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks)
+        num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device,
+                                                                 kv_cache_dtype=kv_cache_dtype)
+        runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
+                                  kv_cache_dtype=kv_cache_dtype)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size
@@ -51,7 +56,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         from engine.sim_runner import SimulatedRunner
         from engine.step_time import load_profile
 
-        step_time = load_profile(sim_profile)
+        step_time = with_kv_cache_dtype(load_profile(sim_profile), kv_cache_dtype)
         num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
         num_host_blocks = _sim_blocks_for_bytes(step_time, host_kv_memory_bytes, block_size) \
             if host_kv_memory_bytes else 0
@@ -61,7 +66,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         else:
             vocab_size = getattr(tokenizer, "vocab_size", 32000)
         runner = SimulatedRunner(step_time, clock, vocab_size=vocab_size, eos_token_ids=tokenizer.eos_token_ids,
-                                 num_host_blocks=num_host_blocks)
+                                 num_host_blocks=num_host_blocks, kv_cache_dtype=kv_cache_dtype)
         context_len = 1 << 30  # a simulation has no position limit of its own
     config = EngineConfig(block_size=block_size, num_blocks=num_blocks,
                           max_model_len=min(max_model_len or context_len, context_len),
@@ -70,6 +75,23 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                           num_host_blocks=num_host_blocks)
     engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
     return AsyncEngine(engine, vocab_size=vocab_size)
+
+
+def with_kv_cache_dtype(step_time: object, kv_cache_dtype: str) -> object:
+    """A simulation's step-time model for a KV cache stored as `kv_cache_dtype`: a roofline re-derives its
+    KV's size and traffic; a measured profile serves only the KV it was measured with."""
+    from engine.config import kv_element_bytes
+    from engine.roofline import RooflineStepTime
+
+    if isinstance(step_time, RooflineStepTime):
+        return step_time.with_kv_cache_dtype(kv_cache_dtype)
+    model = getattr(step_time, "model", None)
+    measured = model.get("kv_bytes") if isinstance(model, dict) else None
+    if kv_cache_dtype != "auto" and measured != kv_element_bytes(kv_cache_dtype, measured or 2):
+        raise ValueError(f"this step-time profile was measured with {measured or 'an unrecorded number of'} "
+                         f"byte(s) a KV element, not {kv_cache_dtype}: run `pitstop engine profile "
+                         f"--kv-cache-dtype {kv_cache_dtype}`, or use a roofline profile")
+    return step_time
 
 
 def _check_num_blocks(num_blocks: int) -> None:

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from engine.config import SpeculativeConfig
+from engine.config import KV_CACHE_DTYPES, SpeculativeConfig
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -50,6 +50,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host-kv-memory", type=parse_bytes, default=0, metavar="BYTES",
                        help="host memory for KV blocks the GPU evicts, loaded back on a prefix hit, e.g. 16GiB "
                             "(default 0: none)")
+    serve.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                       help="how KV is stored: auto (the model's dtype) or fp8 (e4m3; or fp8_e5m2), one byte an "
+                            "element: twice the tokens in the same memory, scaled by an fp8 checkpoint's k/v scales")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -88,6 +91,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--model", type=Path, required=True)
     profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
     profile.add_argument("--device")
+    profile.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                         help="the KV storage to measure (a simulation with an fp8 cache needs an fp8 profile)")
     profile.set_defaults(handler=profile_command)
 
     from engine.roofline import GPUS, MODELS
@@ -100,6 +105,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     roofline.add_argument("--gpu", choices=sorted(GPUS), required=True)
     roofline.add_argument("--tensor-parallel", type=int, default=1)
     roofline.add_argument("--fp8", action="store_true", help="fp8 weights (1 byte each)")
+    roofline.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                          help="fp8: KV stored in one byte an element (default auto: as the weights, at least 2)")
     roofline.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
     roofline.set_defaults(handler=roofline_command)
 
@@ -121,7 +128,8 @@ def serve_command(args: argparse.Namespace) -> int:
                           kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
                           max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
                           pin_budget_fraction=args.pin_budget_fraction, device=args.device,
-                          speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory)
+                          speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
+                          kv_cache_dtype=args.kv_cache_dtype)
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
                 port=args.port, log_level=args.log_level)
@@ -135,7 +143,8 @@ def roofline_command(args: argparse.Namespace) -> int:
     from engine.step_time import save_profile
 
     if args.builtin is not None:
-        model = RooflineStepTime.builtin(args.builtin, args.gpu, args.tensor_parallel, fp8_weights=args.fp8)
+        model = RooflineStepTime.builtin(args.builtin, args.gpu, args.tensor_parallel, fp8_weights=args.fp8,
+                                         kv_cache_dtype=args.kv_cache_dtype)
     else:
         config = args.model / "config.json"
         if not config.is_file():
@@ -143,7 +152,7 @@ def roofline_command(args: argparse.Namespace) -> int:
             return 2
         shape = ModelShape.from_hf_config(json.loads(config.read_text()), name=args.model.resolve().name,
                                           weight_bytes=1 if args.fp8 else 2)
-        model = RooflineStepTime(shape, GPUS[args.gpu], args.tensor_parallel)
+        model = RooflineStepTime(shape, GPUS[args.gpu], args.tensor_parallel).with_kv_cache_dtype(args.kv_cache_dtype)
     try:
         blocks = model.kv_capacity_blocks()
     except ValueError as error:  # the weights leave no room for KV on these GPUs
@@ -168,6 +177,6 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
 def profile_command(args: argparse.Namespace) -> int:
     from engine.profile import run_profile
 
-    run_profile(args.model, args.out, device=args.device)
+    run_profile(args.model, args.out, device=args.device, kv_cache_dtype=args.kv_cache_dtype)
     print(args.out)
     return 0

@@ -1,8 +1,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 SPECULATIVE_METHODS = ("ngram",)
+# --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
+# element, half of bf16 (engine/model/kv_quant.py). "fp8" is e4m3, vLLM's default fp8 format.
+KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDtype)
+
+
+def kv_element_bytes(kv_cache_dtype: str, model_bytes: int) -> int:
+    """Bytes a cached K or V element takes: one in fp8, else the model's `model_bytes`."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
+    return model_bytes if kv_cache_dtype == "auto" else 1
 DRAFT_POLICIES = ("fixed", "goodput")
 
 

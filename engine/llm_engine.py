@@ -45,6 +45,7 @@ class EngineStats:
     generation_tokens: int
     pins: PinCounters
     spec: SpeculationCounters
+    kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
 
 
 class LLMEngine(SessionPins):
@@ -329,4 +330,5 @@ class LLMEngine(SessionPins):
             num_preemptions=self.scheduler.num_preemptions, num_steps=self.num_steps,
             prefill_tokens=self.prefill_tokens, generation_tokens=self.generation_tokens,
             pins=self.block_manager.pins.counters, spec=replace(self.spec),
+            kv_cache_dtype=getattr(self.runner, "kv_cache_dtype", "auto"),
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.clock import Clock, WallClock
-from engine.config import EngineConfig
+from engine.config import EngineConfig, kv_element_bytes
 from engine.host_cache import KVTransfer
 from engine.llm_engine import LLMEngine
 from engine.outputs import StepRecord
@@ -233,9 +233,11 @@ class _SweepDriver:
 def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int | None = None,
                 block_size: int = 16, device: str | None = None, dtype: str | torch.dtype | None = None,
                 sweep: ProfileSweep | None = None,
-                runner_factory: Callable[..., ModelRunner] | None = None) -> ProfileResult:
+                runner_factory: Callable[..., ModelRunner] | None = None,
+                kv_cache_dtype: str = "auto") -> ProfileResult:
     """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
-    num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`."""
+    num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`.
+    `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size."""
     sweep = sweep or ProfileSweep()
     model_dir = Path(model_dir)
     hf_config = json.loads((model_dir / "config.json").read_text())
@@ -246,11 +248,12 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
         from engine.torch_runner import TorchModelRunner
 
         # A host tier to time its copies with (LinearStepTime.c_kv_token_moved).
-        runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64))
+        runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64), kv_cache_dtype=kv_cache_dtype)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
     runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
     weight_bytes = getattr(getattr(runner, "dtype", None), "itemsize", 2)  # torch.dtype knows its size
     shape = ModelShape.from_hf_config(hf_config, name=model_dir.name, weight_bytes=weight_bytes)
+    shape = replace(shape, kv_bytes=kv_element_bytes(getattr(runner, "kv_cache_dtype", "auto"), shape.kv_bytes))
     started = time.time()
     result = profile_runner(runner, num_blocks, block_size, vocab_size=hf_config["vocab_size"],
                             sweep=sweep, model_info=asdict(shape))
@@ -258,6 +261,7 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
         "method": "profile_runner sweep, non-negative least squares on relative error",
         "runner": type(runner).__name__, "model_dir": str(model_dir),
         "device": str(getattr(runner, "device", device)), "dtype": str(getattr(runner, "dtype", dtype)),
+        "kv_cache_dtype": getattr(runner, "kv_cache_dtype", "auto"),
         "sweep": asdict(sweep), "created_unix": round(started), "profile_wall_s": round(time.time() - started, 3),
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from engine.batch import StepShape
+from engine.config import kv_element_bytes
 from engine.model.config import expert_fields
 
 MIB = 1 << 20
@@ -243,11 +244,19 @@ class RooflineStepTime:
 
     @classmethod
     def builtin(cls, model: str = "llama-3.1-8b", gpu: str = "H100-SXM", tensor_parallel: int = 1,
-                fp8_weights: bool = False, **efficiencies: float) -> RooflineStepTime:
+                fp8_weights: bool = False, kv_cache_dtype: str = "auto", **efficiencies: float) -> RooflineStepTime:
         shape = MODELS[model]
         if fp8_weights:
             shape = replace(shape, name=f"{shape.name}-fp8", weight_bytes=1)
-        return cls(shape, GPUS[gpu], tensor_parallel, **efficiencies)
+        return cls(shape, GPUS[gpu], tensor_parallel, **efficiencies).with_kv_cache_dtype(kv_cache_dtype)
+
+    def with_kv_cache_dtype(self, kv_cache_dtype: str) -> RooflineStepTime:
+        """The same GPU with the model's KV stored as `kv_cache_dtype` (engine/config.py): an fp8 cache
+        holds twice the tokens of a bf16 one and decodes read half the bytes."""
+        kv_bytes = kv_element_bytes(kv_cache_dtype, self.model.kv_bytes)
+        if kv_bytes == self.model.kv_bytes:
+            return self
+        return replace(self, model=replace(self.model, name=f"{self.model.name}-kv-{kv_cache_dtype}", kv_bytes=kv_bytes))
 
 
 def kv_capacity_blocks(model: ModelShape, gpu: GPUSpec, block_size: int = 16,

@@ -25,11 +25,13 @@ class SimulatedRunner:
     verifies_drafts = True  # its token at an output index does not depend on the drafts before it
 
     def __init__(self, step_time: StepTimeModel, clock: Clock, vocab_size: int = 32000,
-                 eos_token_ids: tuple[int, ...] | list[int] = (), num_host_blocks: int = 0) -> None:
+                 eos_token_ids: tuple[int, ...] | list[int] = (), num_host_blocks: int = 0,
+                 kv_cache_dtype: str = "auto") -> None:
         if num_host_blocks and not getattr(step_time, "prices_kv_transfers", False):
             raise ValueError("this step-time profile does not price host KV copies (made before the host tier): "
                              "run `pitstop engine profile` again, or use a roofline profile")
         self.num_host_blocks = num_host_blocks  # a host tier's copies are priced, not performed
+        self.kv_cache_dtype = kv_cache_dtype  # reported; `step_time` prices it (engine/build.py)
         self.step_time = step_time
         self.clock = clock
         self.vocab_size = vocab_size

@@ -1,5 +1,6 @@
 """TorchModelRunner: the ModelRunner that runs a real decoder. It owns the paged KV cache
-([layers, 2, num_blocks, block_size, kv_heads, head_dim]), turns a ScheduledBatch into flat step tensors
+([layers, 2, num_blocks, block_size, kv_heads, head_dim], in the model's dtype or as fp8 bytes:
+engine/model/kv_quant.py), turns a ScheduledBatch into flat step tensors
 (input ids, positions, slot mapping, block tables) and samples one token per finishing sequence, and
 one after each draft token a decoding sequence carries (engine/speculation.py)."""
 
@@ -17,6 +18,7 @@ from engine.host_cache import KVTransfer
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
+from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
 from engine.model.logits_processors import needs_processing, process_logits
 from engine.model.sampler import Sampler
@@ -88,7 +90,8 @@ def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], li
 
 class TorchModelRunner:
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
-    dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`)."""
+    dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
+    same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -100,11 +103,16 @@ class TorchModelRunner:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         num_host_blocks: int = 0,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = ModelConfig.from_dir(self.model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or default_dtype(self.config, self.device)
+        element = fp8_format(kv_cache_dtype)
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_format = None if element is None else FP8KVFormat(element, self.dtype)
+        storage = self.dtype if element is None else torch.uint8
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, self.config)
@@ -112,13 +120,13 @@ class TorchModelRunner:
         c = self.config
         self.kv_cache = torch.zeros(
             c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,
-            dtype=self.dtype, device=self.device,
+            dtype=storage, device=self.device,
         )  # fmt: skip
         # The host tier (engine/host_cache.py): page-locked on CUDA, so copies run at the link's speed.
         self.num_host_blocks = num_host_blocks
         self.host_kv = torch.zeros(
             c.num_layers, 2, num_host_blocks, block_size, c.num_kv_heads, c.head_dim,
-            dtype=self.dtype, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
+            dtype=storage, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
         self.sampler = Sampler()
         self.workspace = GatherWorkspace() if self.device.type == "cpu" else None
@@ -130,9 +138,11 @@ class TorchModelRunner:
         return self.config.max_position_embeddings
 
     @staticmethod
-    def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-        """Bytes one KV block takes across all layers (K and V)."""
-        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * dtype.itemsize
+    def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
+                           kv_cache_dtype: str = "auto") -> int:
+        """Bytes one KV block takes across all layers (K and V): one an element in fp8, else `dtype`'s."""
+        element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
+        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element
 
     @classmethod
     def num_blocks_for_budget(
@@ -142,12 +152,13 @@ class TorchModelRunner:
         block_size: int,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        kv_cache_dtype: str = "auto",
     ) -> int:
         """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use)."""
         config = ModelConfig.from_dir(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
-        return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype)
+        return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype, kv_cache_dtype)
 
     def transfer_kv(self, transfers: list[KVTransfer]) -> None:
         """Copy blocks between the KV cache and the host tier, in order: a run of copies one way is one
@@ -171,7 +182,7 @@ class TorchModelRunner:
         input_ids, positions, meta, logits_index = self._prepare(batch)
         sampling = batch.sampling_indices
         with torch.inference_mode():
-            plan = AttentionPlan.build(meta, self.config.sliding_window, self.workspace)
+            plan = AttentionPlan.build(meta, self.config.sliding_window, self.workspace, self.kv_format)
             hidden = self.model.hidden_states(input_ids, positions, self.kv_cache, plan)
             scored = scored_prompt_positions(batch)
             if scored:

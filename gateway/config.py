@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_sessions.config import SessionsConfig
+from engine.config import KVCacheDtype
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
 from rankers.config import RankingConfig
@@ -70,6 +71,8 @@ class LitellmParams(BaseModel):
     num_blocks: int | None = Field(default=None, gt=0)
     # Host memory for KV blocks the GPU evicts, loaded back on a prefix hit (engine/host_cache.py).
     host_kv_gib: float = Field(default=0.0, ge=0)
+    # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
+    kv_cache_dtype: KVCacheDtype = "auto"
     max_num_seqs: int = Field(default=64, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
@@ -94,8 +97,8 @@ class LitellmParams(BaseModel):
         if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
-        for name in ("reasoning_parser", "tool_call_parser", "speculative_config"):
-            if getattr(self, name) is not None and self.provider != LOCAL_PROVIDER:
+        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype"):
+            if getattr(self, name) not in (None, "auto") and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
         if self.provider == ENGINE_PROVIDER and not self.api_base:

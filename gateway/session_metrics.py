@@ -30,6 +30,9 @@ class SessionMetrics:
                                    ["deployment"], registry=r)
         self.engine_pins = Gauge(f"{PREFIX}_engine_pin_events", "An engine instance's pin counters",
                                  ["deployment", "event"], registry=r)
+        self.engine_kv_capacity = Gauge(f"{PREFIX}_engine_kv_capacity_tokens", "An engine instance's GPU KV cache, "
+                                        "in tokens, and how it stores them", ["deployment", "kv_cache_dtype"],
+                                        registry=r)
         self.engine_host_kv = Gauge(f"{PREFIX}_engine_host_kv", "An engine instance's host KV tier: blocks used and "
                                     "total, blocks copied each way, prompt tokens loaded back",
                                     ["deployment", "counter"], registry=r)

@@ -204,7 +204,10 @@ class GatewaySessions:
                 continue
             self.metrics.pinned_blocks.labels(deployment.name).set(view.pinned_blocks)
             self.metrics.pinned_tokens.labels(deployment.name).set(view.pinned_blocks * view.block_size)
-            blocks = deployment.backend.engine.engine.block_manager  # type: ignore[attr-defined]
+            engine = deployment.backend.engine.engine  # type: ignore[attr-defined]
+            blocks = engine.block_manager
+            kv_dtype = getattr(engine.runner, "kv_cache_dtype", "auto")
+            self.metrics.engine_kv_capacity.labels(deployment.name, kv_dtype).set(blocks.num_blocks * blocks.block_size)
             for event in ("set", "refreshed", "expired", "evicted", "unpinned", "hit_tokens"):
                 self.metrics.engine_pins.labels(deployment.name, event).set(getattr(blocks.pins.counters, event))
             if blocks.host is not None:

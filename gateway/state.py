@@ -95,7 +95,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
             engine = build_engine(model_dir, num_blocks=params.num_blocks,
                                   max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                                   policy=params.policy, device=params.device, speculative=speculative,
-                                  host_kv_memory_bytes=int(params.host_kv_gib * 2**30))
+                                  host_kv_memory_bytes=int(params.host_kv_gib * 2**30),
+                                  kv_cache_dtype=params.kv_cache_dtype)
         except ValueError as exc:  # a bad speculative_config's profile, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
@@ -115,7 +116,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
-                                       "device", "tiny_model", "transport", "speculative_config", "host_kv_gib"},
+                                       "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
+                                       "kv_cache_dtype"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 

@@ -13,6 +13,9 @@ multi-token rows run one call each with a causal mask shifted by the tokens alre
 Sliding-window layers (Mistral, Qwen with `use_sliding_window`) have a plan of their own: a query at
 position p sees keys p - window + 1 .. p, so each row gathers only the blocks that window touches and
 masks the rest (its cache keeps every block: the full-attention layers and the prefix cache use them).
+
+With an fp8 cache (engine/model/kv_quant.py) K/V are rounded to one byte as they are written and
+widened again as they are gathered, each layer with its own scales; attention itself runs unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from engine.model.kv_quant import FP8KVFormat
 
 
 @dataclass
@@ -54,13 +59,13 @@ class GatherWorkspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         numel = 1
         for size in shape:
             numel *= size
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self._buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype or buffer.device != device:
+            buffer = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
         return buffer[:numel].view(shape)
 
 
@@ -76,15 +81,16 @@ class AttentionPlan:
     prefills: list[_PrefillRow]
     sliding: AttentionPlan | None = None  # the sliding-window layers' plan, where the model has them
     workspace: GatherWorkspace | None = None  # where gathered K/V go (None: fresh tensors)
+    kv_format: FP8KVFormat | None = None  # an fp8 cache's format; None: K/V stored as computed
 
     @classmethod
     def build(cls, meta: AttentionMetadata, sliding_window: int | None = None,
-              workspace: GatherWorkspace | None = None) -> AttentionPlan:
+              workspace: GatherWorkspace | None = None, kv_format: FP8KVFormat | None = None) -> AttentionPlan:
         plan = cls._build(meta, None)
-        plan.workspace = workspace
+        plan.workspace, plan.kv_format = workspace, kv_format
         if sliding_window is not None:
             plan.sliding = cls._build(meta, sliding_window)
-            plan.sliding.workspace = workspace
+            plan.sliding.workspace, plan.sliding.kv_format = workspace, kv_format
         return plan
 
     @classmethod
@@ -139,45 +145,65 @@ class AttentionPlan:
         )
 
 
-def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """kv_cache: one layer's [2, num_blocks, block_size, kv_heads, head_dim]; k, v: [T, kv_heads, head_dim]."""
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor,
+             kv_format: FP8KVFormat | None = None, scales: tuple[float, float] = (1.0, 1.0)) -> None:
+    """kv_cache: one layer's [2, num_blocks, block_size, kv_heads, head_dim]; k, v: [T, kv_heads, head_dim].
+    With `kv_format`, they are stored as its fp8 bytes, divided by the layer's (k, v) `scales`."""
     kv_heads, head_dim = k.shape[-2:]
+    if kv_format is not None:
+        k, v = kv_format.quantize(k, scales[0]), kv_format.quantize(v, scales[1])
     kv_cache[0].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
     kv_cache[1].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
 
 
-def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
-    """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written."""
+@dataclass(frozen=True)
+class _Reader:
+    """How one layer's attention reads K/V back: into the workspace, widened from fp8 with its scales."""
+
+    workspace: GatherWorkspace | None
+    kv_format: FP8KVFormat | None
+    scales: tuple[float, float]
+
+    def gather(self, cache: torch.Tensor, block_tables: torch.Tensor, which: int) -> torch.Tensor:
+        """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys (0) or values (1)."""
+        # index_select, not advanced indexing: several times faster on CPU for the same copy.
+        index = block_tables.reshape(-1)
+        shape = (len(index), *cache.shape[1:])
+        name = "kv"[which]
+        if self.workspace is None:
+            blocks = cache.index_select(0, index)
+        else:
+            blocks = torch.index_select(cache, 0, index, out=self.workspace.take(name, shape, cache.dtype, cache.device))
+        if self.kv_format is not None:
+            wide = None if self.workspace is None else \
+                self.workspace.take(name + "_wide", shape, self.kv_format.dtype, cache.device)
+            blocks = self.kv_format.dequantize(blocks, self.scales[which], out=wide)
+        merged = blocks.view(*block_tables.shape, *cache.shape[1:]).flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
+        return merged.transpose(-3, -2)
+
+
+def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan,
+                    scales: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written
+    (with an fp8 plan, by `write_kv` with the same `scales`)."""
     k_cache, v_cache = kv_cache[0], kv_cache[1]
+    reader = _Reader(plan.workspace, plan.kv_format, scales)
     if plan.decode_only:
-        return _decode_attention(q, k_cache, v_cache, plan)
+        return _decode_attention(q, k_cache, v_cache, plan, reader)
     out = torch.empty_like(q)
     if plan.decode_token_index is not None:
-        out[plan.decode_token_index] = _decode_attention(q[plan.decode_token_index], k_cache, v_cache, plan)
+        out[plan.decode_token_index] = _decode_attention(q[plan.decode_token_index], k_cache, v_cache, plan, reader)
     for row in plan.prefills:
-        out[row.start : row.end] = _prefill_attention(q[row.start : row.end], k_cache, v_cache, row, plan.workspace)
+        out[row.start : row.end] = _prefill_attention(q[row.start : row.end], k_cache, v_cache, row, reader)
     return out
 
 
-def _gather(cache: torch.Tensor, block_tables: torch.Tensor, workspace: GatherWorkspace | None = None,
-            name: str = "") -> torch.Tensor:
-    """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys or values."""
-    # index_select, not advanced indexing: several times faster on CPU for the same copy.
-    index = block_tables.reshape(-1)
-    if workspace is None:
-        blocks = cache.index_select(0, index)
-    else:
-        blocks = torch.index_select(cache, 0, index, out=workspace.take(name, (len(index), *cache.shape[1:]), cache))
-    merged = blocks.view(*block_tables.shape, *cache.shape[1:]).flatten(-4, -3)  # [..., tokens, kv_heads, head_dim]
-    return merged.transpose(-3, -2)
-
-
 def _decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, reader: _Reader
 ) -> torch.Tensor:
     rows, heads, head_dim = q.shape
-    k = _gather(k_cache, plan.decode_block_tables, plan.workspace, "k")  # [D, kv_heads, L, head_dim]
-    v = _gather(v_cache, plan.decode_block_tables, plan.workspace, "v")
+    k = reader.gather(k_cache, plan.decode_block_tables, 0)  # [D, kv_heads, L, head_dim]
+    v = reader.gather(v_cache, plan.decode_block_tables, 1)
     kv_heads = k.shape[1]
     # GQA without repeating K/V: the query heads sharing a KV head become that head's query rows.
     grouped = q.view(rows, kv_heads, heads // kv_heads, head_dim)
@@ -186,11 +212,10 @@ def _decode_attention(
 
 
 def _prefill_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow,
-    workspace: GatherWorkspace | None = None,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow, reader: _Reader
 ) -> torch.Tensor:
-    k = _gather(k_cache, row.block_table, workspace, "k")[:, : row.num_keys]  # [kv_heads, keys, head_dim]
-    v = _gather(v_cache, row.block_table, workspace, "v")[:, : row.num_keys]
+    k = reader.gather(k_cache, row.block_table, 0)[:, : row.num_keys]  # [kv_heads, keys, head_dim]
+    v = reader.gather(v_cache, row.block_table, 1)[:, : row.num_keys]
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k.unsqueeze(0),

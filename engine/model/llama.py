@@ -33,6 +33,8 @@ class Attention(nn.Module):
         # Qwen3: each head's query and key are RMS-normalised (over head_dim) before RoPE.
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
+        self.kv_scales = (1.0, 1.0)
 
     def forward(
         self,
@@ -52,11 +54,11 @@ class Attention(nn.Module):
         q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
-        write_kv(kv_cache, k, v, plan.slot_mapping)
+        write_kv(kv_cache, k, v, plan.slot_mapping, plan.kv_format, self.kv_scales)
         if self.sliding:
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
             plan = plan.sliding
-        out = paged_attention(q, kv_cache, plan)
+        out = paged_attention(q, kv_cache, plan, self.kv_scales)
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
 

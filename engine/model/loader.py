@@ -2,7 +2,9 @@
 one `model.safetensors` or shards listed in `model.safetensors.index.json`. HF parameter names are
 mapped onto our packed q/k/v and gate/up projections and our stacked experts (Qwen3-MoE's
 `mlp.experts.N.gate_proj`, Mixtral's `block_sparse_moe.experts.N.w1`, or transformers 5's already
-stacked `mlp.experts.gate_up_proj`); tied embeddings share one tensor."""
+stacked `mlp.experts.gate_up_proj`); tied embeddings share one tensor. An fp8 checkpoint's KV cache
+scales (`self_attn.k_scale` / `v_scale`, one `kv_scale` for both, or llm-compressor's
+`k_proj.output_scale` / `v_proj.output_scale`) become each layer's scales for an fp8 KV cache."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from safetensors import safe_open
 
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear
-from engine.model.llama import CausalLM
+from engine.model.llama import Attention, CausalLM
 from engine.model.moe import Experts
 
 # Checkpoint projection name -> (our packed module name, shard index inside it).
@@ -32,6 +34,11 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 EXPERT_PROJECTIONS = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1), "down_proj": ("down_proj", None)}
 MIXTRAL_EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 _EXPERT_TENSOR = re.compile(r"(?P<experts>.+\.experts)\.(?P<index>\d+)\.(?P<projection>\w+)\.weight")
+# A KV cache scale's name -> which of the layer's (k, v) scales it sets.
+KV_SCALE_NAMES = {"k_scale": (0,), "v_scale": (1,), "kv_scale": (0, 1),
+                  "k_proj.output_scale": (0,), "v_proj.output_scale": (1,)}
+_KV_SCALE_TENSOR = re.compile(r"(?P<attention>.+\.self_attn)\.(?P<scale>" +
+                              "|".join(re.escape(n) for n in KV_SCALE_NAMES) + ")")
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -105,6 +112,10 @@ def _our_name(name: str) -> str:
 
 def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> list[str]:
     """Copies one checkpoint tensor into place and returns the keys (see `_expected_keys`) it filled."""
+    kv_scale = _KV_SCALE_TENSOR.fullmatch(name)
+    if kv_scale:
+        _load_kv_scale(modules, kv_scale["attention"], KV_SCALE_NAMES[kv_scale["scale"]], tensor)
+        return []
     expert = _EXPERT_TENSOR.fullmatch(name)
     if expert and expert["projection"] in EXPERT_PROJECTIONS:
         return [_load_expert(expert["experts"], int(expert["index"]), expert["projection"], tensor, modules)]
@@ -124,6 +135,19 @@ def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> l
         raise ValueError(f"unexpected checkpoint tensor {name!r}")
     _copy(name, params[name].data, tensor)
     return [name]
+
+
+def _load_kv_scale(modules: dict, attention_path: str, which: tuple[int, ...], tensor: torch.Tensor) -> None:
+    attention = modules.get(attention_path)
+    if not isinstance(attention, Attention) or tensor.numel() != 1:
+        raise ValueError(f"unexpected KV cache scale {attention_path}: shape {tuple(tensor.shape)}")
+    value = float(tensor.float())
+    if not value > 0:
+        raise ValueError(f"{attention_path}: a KV cache scale must be positive (got {value})")
+    scales = list(attention.kv_scales)
+    for i in which:
+        scales[i] = value
+    attention.kv_scales = (scales[0], scales[1])
 
 
 def _load_expert(experts_path: str, index: int, projection: str, tensor: torch.Tensor, modules: dict) -> str:

@@ -29,6 +29,10 @@ class EngineStatsCollector(Collector):
         s = self.stats
         if s is None:
             return
+        config = GaugeMetricFamily(f"{PREFIX}_cache_config_info", "The KV cache's configuration (vLLM's "
+                                   "cache_config_info)", labels=["block_size", "kv_cache_dtype"])
+        config.add_metric([str(s.block_size), s.kv_cache_dtype], 1)
+        yield config
         blocks = GaugeMetricFamily(f"{PREFIX}_kv_blocks", "KV cache blocks by state", labels=["state"])
         for state, value in (("total", s.blocks.total), ("used", s.blocks.used), ("pinned", s.blocks.pinned),
                              ("cached_free", s.blocks.cached_free), ("free", s.blocks.free)):

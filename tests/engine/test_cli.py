@@ -28,6 +28,12 @@ def test_parser_dispatches_engine_subcommands():
     assert args.host_kv_memory == 0  # no host KV tier unless asked
     assert parser.parse_args(["engine", "serve", "--model", "m", "--host-kv-memory", "64GiB"]).host_kv_memory == 64 << 30
     assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o.json"]).handler is profile_command
+    assert args.kv_cache_dtype == "auto"
+    assert parser.parse_args(["engine", "serve", "--model", "m", "--kv-cache-dtype", "fp8"]).kv_cache_dtype == "fp8"
+    assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o", "--kv-cache-dtype", "fp8_e5m2"]
+                             ).kv_cache_dtype == "fp8_e5m2"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine", "serve", "--model", "m", "--kv-cache-dtype", "int8"])
     with pytest.raises(SystemExit):
         parser.parse_args(["engine", "serve", "--model", "m", "--sim", "p.json"])
     with pytest.raises(SystemExit):
@@ -68,6 +74,11 @@ def test_roofline_writes_a_profile_for_a_model_folder_or_a_builtin(tmp_path: Pat
     assert main(["engine", "roofline", "--builtin", "llama-3.1-70b", "--gpu", "H100-SXM", "--tensor-parallel", "2",
                  "--out", str(out)]) == 0
     assert load_profile(out) == RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", 2)
+    assert main(["engine", "roofline", "--builtin", "llama-3.1-8b", "--gpu", "H100-SXM", "--kv-cache-dtype", "fp8",
+                 "--out", str(out)]) == 0
+    fp8 = load_profile(out)
+    assert isinstance(fp8, RooflineStepTime) and fp8.model.kv_bytes == 1
+    assert fp8 == RooflineStepTime.builtin("llama-3.1-8b", kv_cache_dtype="fp8")
     assert main(["engine", "roofline", "--builtin", "llama-3.1-70b", "--gpu", "H100-SXM", "--out", str(out)]) == 2
     assert "no room for KV" in capsys.readouterr().err
     assert main(["engine", "roofline", "--model", str(tmp_path), "--gpu", "H100-SXM", "--out", str(out)]) == 2
