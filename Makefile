@@ -36,6 +36,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.spec_decode
 	$(PY) -m bench.spec_decode_sim
 	$(PY) -m bench.spec_decode_goodput
+	$(PY) -m bench.lora
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
+from engine.lora_registry import LoRAAdapter
 from engine.outputs import RequestOutput
 from engine.sampling_params import InvalidRequestError, SamplingParams
 
@@ -154,9 +155,10 @@ class AsyncEngine:
                        priority: float = 0.0, session_id: str | None = None,
                        pin_ttl_s: float | None = None,
                        hints: SchedulingHints = NO_HINTS,
-                       prompt_leader: str | None = None) -> AsyncIterator[RequestOutput]:
+                       prompt_leader: str | None = None, lora: str | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
-        Stopping the iteration early (break, aclose, cancellation) aborts the request."""
+        Stopping the iteration early (break, aclose, cancellation) aborts the request. `lora`: a loaded
+        adapter's name (engine/lora_registry.py)."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_request(prompt_token_ids, pin_ttl_s, params)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
@@ -165,7 +167,7 @@ class AsyncEngine:
         def add() -> None:
             try:
                 self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
-                                        prompt_leader=prompt_leader,
+                                        prompt_leader=prompt_leader, lora=lora,
                                         session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])
@@ -214,6 +216,22 @@ class AsyncEngine:
 
     async def session_info(self, session_id: str) -> dict | None:
         return await self._call(lambda: self.engine.session_info(session_id))
+
+    @property
+    def lora_names(self) -> list[str]:
+        """The adapters loaded now, in the order they were (a read from any thread)."""
+        return list(self.engine.loras)
+
+    async def add_lora(self, name: str, path: str) -> LoRAAdapter:
+        """Serve the adapter folder at `path` as `name`: its files are read off the engine thread
+        (InvalidRequestError or LoRAError say what is wrong), then it joins between two steps."""
+        self.engine.check_lora_name(name)
+        weights = await asyncio.to_thread(self.engine.read_lora, path)
+        return await self._call(lambda: self.engine.add_lora(name, path, weights))
+
+    async def remove_lora(self, name: str) -> None:
+        """Stop serving `name` (LoRANotFoundError if it is not loaded); requests running with it finish."""
+        await self._call(lambda: self.engine.remove_lora(name))
 
     async def stats(self) -> EngineStats:
         return await self._call(self.engine.stats)

@@ -74,7 +74,7 @@ class BlockManager:
     def _ensure_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
         hashes, bs, tokens = seq.block_hashes, self.block_size, seq.token_ids
         for i in range(len(hashes), num_full_blocks):
-            parent = hashes[-1] if hashes else None
+            parent = hashes[-1] if hashes else seq.hash_seed  # a LoRA adapter's chains start apart
             hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs])))
 
     def _lookup(self, block_hash: int, token_ids: list[int]) -> int | None:

@@ -18,7 +18,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
                  pin_budget_fraction: float = 0.5, device: str | None = None,
                  speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
-                 kv_cache_dtype: str = "auto") -> AsyncEngine:
+                 kv_cache_dtype: str = "auto", lora_modules: dict[str, str] | None = None,
+                 max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
@@ -26,7 +27,9 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
     `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
     `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
-    budgets then hold twice the blocks, and a simulation prices the smaller KV."""
+    budgets then hold twice the blocks, and a simulation prices the smaller KV. `lora_modules`: LoRA
+    adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
+    at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
@@ -72,8 +75,11 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                           max_model_len=min(max_model_len or context_len, context_len),
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
                           pin_budget_fraction=pin_budget_fraction, speculative=speculative,
-                          num_host_blocks=num_host_blocks)
+                          num_host_blocks=num_host_blocks, max_loras=max(max_loras, len(lora_modules or {})),
+                          max_lora_rank=max_lora_rank)
     engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
+    for name, path in (lora_modules or {}).items():
+        engine.add_lora(name, str(path))
     return AsyncEngine(engine, vocab_size=vocab_size)
 
 

@@ -37,6 +37,14 @@ def speculative_config(text: str) -> SpeculativeConfig:
         raise argparse.ArgumentTypeError(f"not a speculative config: {error}") from error
 
 
+def lora_module(text: str) -> tuple[str, str]:
+    """`--lora-modules`' NAME=PATH -> (name, path)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"not a LoRA module: {text!r} (expected NAME=PATH)")
+    return name, path
+
+
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="serve one engine with an OpenAI-compatible API")
     source = serve.add_mutually_exclusive_group(required=True)
@@ -70,6 +78,13 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'; '
                             'add "draft_policy": "goodput" and a "step_time_profile" (engine profile\'s file) '
                             'to check only the drafts that pay')
+    serve.add_argument("--lora-modules", type=lora_module, nargs="+", default=[], metavar="NAME=PATH",
+                       help="LoRA adapters (PEFT folders) served beside the model, each under its own model name")
+    serve.add_argument("--max-loras", type=int, default=8, help="adapters served at once (default 8)")
+    serve.add_argument("--max-lora-rank", type=int, default=64, help="the largest adapter rank accepted (default 64)")
+    serve.add_argument("--allow-runtime-lora-updating", action="store_true",
+                       help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders "
+                            "on this machine; vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -86,6 +101,13 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
+
+    lora = subparsers.add_parser("make-tiny-lora", help="write a random LoRA adapter (PEFT folder) for a model folder")
+    lora.add_argument("dir", type=Path)
+    lora.add_argument("--model", type=Path, required=True, help="the model folder it adapts")
+    lora.add_argument("--rank", type=int, default=8)
+    lora.add_argument("--seed", type=int, default=0)
+    lora.set_defaults(handler=make_tiny_lora_command)
 
     profile = subparsers.add_parser("profile", help="measure step times of a model, write a sim profile")
     profile.add_argument("--model", type=Path, required=True)
@@ -124,15 +146,25 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.sim is not None and not args.sim.is_file():
         print(f"pitstop: step-time profile {args.sim} not found (`pitstop engine profile` writes one)", file=sys.stderr)
         return 2
-    engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
-                          kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
-                          max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
-                          pin_budget_fraction=args.pin_budget_fraction, device=args.device,
-                          speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
-                          kv_cache_dtype=args.kv_cache_dtype)
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
-    uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser), host=args.host,
-                port=args.port, log_level=args.log_level)
+    adapters = dict(args.lora_modules)
+    if name in adapters or len(adapters) < len(args.lora_modules):
+        print(f"pitstop: --lora-modules names must differ from each other and from the model's {name!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
+                              kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
+                              max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
+                              pin_budget_fraction=args.pin_budget_fraction, device=args.device,
+                              speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
+                              kv_cache_dtype=args.kv_cache_dtype, lora_modules=adapters, max_loras=args.max_loras,
+                              max_lora_rank=args.max_lora_rank)
+    except ValueError as exc:  # an adapter folder that cannot be served (LoRAError), a bad profile
+        print(f"pitstop: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
+                           args.allow_runtime_lora_updating), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -171,6 +203,13 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
     path = make_tiny_model(args.dir, layers=args.layers, hidden=args.hidden, family=args.family,
                            **{k: v for k, v in options.items() if v is not None})
     print(path)
+    return 0
+
+
+def make_tiny_lora_command(args: argparse.Namespace) -> int:
+    from engine.tiny_lora import make_tiny_lora
+
+    print(make_tiny_lora(args.model, args.dir, rank=args.rank, seed=args.seed))
     return 0
 
 

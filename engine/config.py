@@ -78,6 +78,9 @@ class EngineConfig:
     # Host memory for KV blocks the GPU evicts, in blocks (engine/host_cache.py); 0: none. A prefix
     # found there is copied back instead of computed again. Needs prefix caching.
     num_host_blocks: int = 0
+    # LoRA adapters served at once (engine/model/lora.py), and the largest rank one may have.
+    max_loras: int = 8
+    max_lora_rank: int = 64
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0
@@ -85,6 +88,7 @@ class EngineConfig:
         assert self.max_num_batched_tokens >= self.max_num_seqs
         assert self.long_prefill_token_threshold > 0
         assert self.num_host_blocks >= 0
+        assert self.max_loras >= 0 and self.max_lora_rank > 0
         if self.num_host_blocks and not self.enable_prefix_caching:
             raise ValueError("a host KV tier is keyed by the prefix cache: it needs enable_prefix_caching")
 

@@ -16,6 +16,7 @@ from engine.config import EngineConfig
 from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
+from engine.lora_registry import LoRAAdapter, LoRAAdapters
 from engine.outputs import RequestOutput, StepRecord
 from engine.pins import PinCounters
 from engine.policy import FCFSPolicy, SchedulingPolicy
@@ -46,9 +47,10 @@ class EngineStats:
     pins: PinCounters
     spec: SpeculationCounters
     kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
+    num_loras: int = 0  # LoRA adapters loaded
 
 
-class LLMEngine(SessionPins):
+class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
@@ -68,6 +70,9 @@ class LLMEngine(SessionPins):
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
+        self.loras: dict[str, LoRAAdapter] = {}
+        self._retired_loras: set[int] = set()
+        self._next_lora_id = 1
         self.step_log: list[StepRecord] | None = [] if record_steps else None
         self.num_steps = self.prefill_tokens = self.generation_tokens = 0
         self._grammars: GrammarCompiler | None = None  # made on the first structured request
@@ -105,15 +110,16 @@ class LLMEngine(SessionPins):
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS,
-                    prompt_leader: str | None = None) -> Sequence:
+                    prompt_leader: str | None = None, lora: str | None = None) -> Sequence:
         """`prompt_leader`: the request id of another sample of this prompt (`n` > 1), whose prompt
-        blocks this one waits for (Sequence.prompt_leader)."""
+        blocks this one waits for (Sequence.prompt_leader). `lora`: a loaded adapter's name."""
         self.validate_request(prompt_token_ids, pin_ttl_s, params=params)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.clock.now() if arrival_time is None else arrival_time,
-                       priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
+                       priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
+                       lora_id=self.lora_id(lora))
         if prompt_leader is not None:
             seq.prompt_leader = self.sequences.get(prompt_leader)
         if params.constraint is not None:
@@ -181,6 +187,7 @@ class LLMEngine(SessionPins):
         if seq is not None and not seq.is_finished:
             self.scheduler.abort(seq)
             seq.finish_reason = "abort"
+            self._release_lora(seq)
 
     def has_unfinished(self) -> bool:
         return len(self.scheduler) > 0
@@ -322,6 +329,7 @@ class LLMEngine(SessionPins):
         self.scheduler.finish(seq)
         del self.sequences[seq.request_id]
         self.detokenizers.pop(seq.request_id, None)
+        self._release_lora(seq)
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -330,5 +338,5 @@ class LLMEngine(SessionPins):
             num_preemptions=self.scheduler.num_preemptions, num_steps=self.num_steps,
             prefill_tokens=self.prefill_tokens, generation_tokens=self.generation_tokens,
             pins=self.block_manager.pins.counters, spec=replace(self.spec),
-            kv_cache_dtype=getattr(self.runner, "kv_cache_dtype", "auto"),
+            kv_cache_dtype=getattr(self.runner, "kv_cache_dtype", "auto"), num_loras=len(self.loras),
         )

@@ -106,9 +106,10 @@ class OpenAIGeneration:
 
     def __init__(self, engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,
                  response_id: str | None = None, reasoning_parser: str | None = None,
-                 tool_call_parser: str | None = None) -> None:
+                 tool_call_parser: str | None = None, lora: str | None = None) -> None:
         self.engine = engine
         self.parsed = parsed
+        self.lora = lora  # the LoRA adapter it runs with (engine/lora_registry.py); None: the base model
         # A chat answer's thinking is split from it (a grammar then holds only what follows the thinking),
         # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
         # already parsed: engine/forced_tools.py).
@@ -169,7 +170,7 @@ class OpenAIGeneration:
                     session_id=None if choice else parsed.session_id if session_id is None else session_id,
                     pin_ttl_s=None if choice else pin_ttl_s,
                     hints=parsed.hints if hints is None else hints,
-                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None))
+                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None, lora=self.lora))
 
     async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         assert self._outputs, "start() first"

@@ -31,6 +31,7 @@ class Sequence:
         session_id: str | None = None,
         pin_ttl_s: float | None = None,
         hints: SchedulingHints = NO_HINTS,
+        lora_id: int = 0,
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
         self.request_id = request_id
@@ -42,6 +43,10 @@ class Sequence:
         self.session_id = session_id
         self.pin_ttl_s = pin_ttl_s
         self.hints = hints
+        # The LoRA adapter it runs with (engine/model/lora.py); 0: the base model. Its KV differs from the
+        # base model's for the same tokens, so its prefix-cache hashes start from the adapter's.
+        self.lora_id = lora_id
+        self.hash_seed: int | None = hash(("lora", lora_id)) if lora_id else None
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

@@ -21,6 +21,7 @@ from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
 from engine.model.logits_processors import needs_processing, process_logits
+from engine.model.lora import LoRAStep, LoRAWeights, load_lora, wrap_projections
 from engine.model.sampler import Sampler
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
@@ -128,6 +129,9 @@ class TorchModelRunner:
             c.num_layers, 2, num_host_blocks, block_size, c.num_kv_heads, c.head_dim,
             dtype=storage, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
+        # LoRA adapters (engine/model/lora.py): the projections are wrapped when the first one is added.
+        self.lora = LoRAStep()
+        self._lora_wrapped = False
         self.sampler = Sampler()
         self.workspace = GatherWorkspace() if self.device.type == "cpu" else None
         self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
@@ -159,6 +163,19 @@ class TorchModelRunner:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
         return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype, kv_cache_dtype)
+
+    def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
+        """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py)."""
+        return load_lora(path, self.config, max_rank, self.dtype, self.device)
+
+    def add_lora(self, lora_id: int, weights: LoRAWeights) -> None:
+        if not self._lora_wrapped:  # a model never given an adapter runs its projections unwrapped
+            wrap_projections(self.model, self.config, self.lora)
+            self._lora_wrapped = True
+        self.lora.adapters[lora_id] = weights
+
+    def remove_lora(self, lora_id: int) -> None:
+        self.lora.adapters.pop(lora_id, None)
 
     def transfer_kv(self, transfers: list[KVTransfer]) -> None:
         """Copy blocks between the KV cache and the host tier, in order: a run of copies one way is one
@@ -227,7 +244,10 @@ class TorchModelRunner:
         seq_of_token: list[int] = []
         tables: list[list[int]] = []
         context_lens: list[int] = []
+        lora_rows: dict[int, list[int]] = {}
         for i, (seq, n, drafts) in enumerate(zip(batch.seqs, lens, batch.draft_token_ids, strict=True)):
+            if seq.lora_id:
+                lora_rows.setdefault(seq.lora_id, []).extend(range(len(token_ids), len(token_ids) + n))
             start = seq.num_computed_tokens
             end = start + n
             if end > self.max_model_len:
@@ -252,6 +272,9 @@ class TorchModelRunner:
         logits_index = [row for i in batch.sampling_indices
                         for row in range(query_ends[i] - 1 - len(batch.draft_token_ids[i]), query_ends[i])]
         to = self.device
+        # Each adapter's rows of the step; all of them when one adapter has the whole batch.
+        self.lora.groups = [(lora_id, None if len(rows) == len(token_ids) else torch.tensor(rows, device=to))
+                            for lora_id, rows in lora_rows.items()]
         meta = AttentionMetadata(
             slot_mapping=slots.to(to),
             block_tables=block_tables.to(to),

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent_sessions.config import SessionsConfig
 from engine.config import KVCacheDtype
@@ -73,6 +81,11 @@ class LitellmParams(BaseModel):
     host_kv_gib: float = Field(default=0.0, ge=0)
     # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
     kv_cache_dtype: KVCacheDtype = "auto"
+    # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
+    # gateway under its name, with this entry's model_info (engine/model/lora.py).
+    lora_modules: dict[str, str] | None = None
+    # Set on the entries the gateway makes for those adapters: the index of the entry whose engine serves it.
+    _adapter_of: int | None = PrivateAttr(default=None)
     max_num_seqs: int = Field(default=64, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
@@ -97,7 +110,7 @@ class LitellmParams(BaseModel):
         if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
-        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype"):
+        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules"):
             if getattr(self, name) not in (None, "auto") and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
@@ -265,6 +278,23 @@ class Settings(_Strict):
         if len(names) != len(set(names)):
             raise ValueError("route group names must be unique")
         return groups
+
+    @model_validator(mode="after")
+    def _lora_adapters_are_models(self) -> Settings:
+        """An in-process engine's `lora_modules` are models of their own, served by that engine: one entry
+        each, after the listed ones, with the base entry's model_info (its prices and tier)."""
+        listed = {m.model_name for m in self.model_list}
+        for i, entry in enumerate(list(self.model_list)):
+            for name in entry.litellm_params.lora_modules or {}:
+                if name in listed:
+                    raise ValueError(f"model_list.{i}.litellm_params.lora_modules: '{name}' is already a model_name")
+                listed.add(name)
+                params = entry.litellm_params.model_copy(update={"model": f"{LOCAL_PROVIDER}/{name}",
+                                                                 "lora_modules": None})
+                params._adapter_of = i
+                self.model_list.append(ModelEntry(model_name=name, litellm_params=params,
+                                                  model_info=entry.model_info))
+        return self
 
     @model_validator(mode="after")
     def _groups_name_known_models(self) -> Settings:

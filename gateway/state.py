@@ -91,12 +91,13 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
             profile = spec.step_time_profile  # relative to the config file, as model_dir
             speculative = SpeculativeConfig(**(spec.model_dump() | {
                 "step_time_profile": None if profile is None else str(settings.resolve_path(profile))}))
+        lora_modules = {name: str(settings.resolve_path(path)) for name, path in (params.lora_modules or {}).items()}
         try:
             engine = build_engine(model_dir, num_blocks=params.num_blocks,
                                   max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                                   policy=params.policy, device=params.device, speculative=speculative,
                                   host_kv_memory_bytes=int(params.host_kv_gib * 2**30),
-                                  kv_cache_dtype=params.kv_cache_dtype)
+                                  kv_cache_dtype=params.kv_cache_dtype, lora_modules=lora_modules)
         except ValueError as exc:  # a bad speculative_config's profile, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
@@ -117,9 +118,17 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
                                        "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
-                                       "kv_cache_dtype"},
+                                       "kv_cache_dtype", "lora_modules"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
+
+
+def adapter_backend(base: Backend, entry: ModelEntry) -> Backend:
+    """A LoRA adapter of an in-process engine (`lora_modules`): the base entry's engine, asked for it."""
+    from gateway.backends.local import LocalEngineBackend
+
+    assert isinstance(base, LocalEngineBackend), "lora_modules are for engines in this process"
+    return LocalEngineBackend(base.engine, entry.model_name, lora=entry.model_name, **base.parsers)
 
 
 @dataclass
@@ -310,9 +319,12 @@ def build_state(settings: Settings) -> GatewayState:
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
         conversations, vector_stores)
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
+    backends: list[Backend] = []
     for entry in settings.model_list:
         index = len(pool.by_model.get(entry.model_name, ()))
-        pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, make_backend(entry, settings),
+        base = entry.litellm_params._adapter_of
+        backends.append(make_backend(entry, settings) if base is None else adapter_backend(backends[base], entry))
+        pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, backends[-1],
                             entry.model_info, entry.litellm_params.model,
                             admission=make_admission(entry.model_info.max_concurrency,
                                                      settings.ranking.admission_policy,

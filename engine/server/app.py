@@ -20,6 +20,7 @@ from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError, engine_unavailable, not_found
 from engine.server.generation import ServerState, chat_completions, completions
 from engine.server.json_body import read_json
+from engine.server.lora_endpoints import load_lora_adapter, unload_lora_adapter
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import read_ttl
 from engine.server.tokenize import detokenize_endpoint, tokenize_endpoint
@@ -75,7 +76,11 @@ async def list_models(request: Request) -> Response:
     state = _state(request)
     model = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "pitstop",
              "max_model_len": state.engine.max_model_len}
-    return JSONResponse({"object": "list", "data": [model]})
+    # LoRA adapters as vLLM lists them: their folder as `root`, the base model as `parent`.
+    adapters = [{"id": a.name, "object": "model", "created": state.created, "owned_by": "pitstop", "root": a.path,
+                 "parent": state.model_name, "max_model_len": state.engine.max_model_len}
+                for a in list(state.engine.engine.loras.values())]
+    return JSONResponse({"object": "list", "data": [model, *adapters]})
 
 
 async def healthz(request: Request) -> Response:
@@ -136,6 +141,8 @@ ROUTES = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/tokenize", tokenize_endpoint, methods=["POST"]),  # vLLM's: count a prompt before sending it
     Route("/detokenize", detokenize_endpoint, methods=["POST"]),
+    Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),  # vLLM's runtime LoRA API
+    Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
     Route("/v1/engine/stats", engine_stats, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}", session_info, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}/pin", pin_session, methods=["POST"]),
@@ -148,7 +155,7 @@ _KNOWN_PATHS = {route.path for route in ROUTES if "{" not in route.path}
 
 
 def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None,
-               tool_call_parser: str | None = None) -> Starlette:
+               tool_call_parser: str | None = None, allow_lora_updates: bool = False) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
@@ -160,5 +167,6 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
     handlers = {exc: handle_error for exc in (Exception, HTTPException, APIError, InvalidRequestError,
                                               SessionNotFoundError, EngineDeadError, ClientDisconnect)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
-    app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser)
+    app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser,
+                                    allow_lora_updates)
     return app

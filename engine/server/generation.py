@@ -31,7 +31,17 @@ class ServerState:
     metrics: ServerMetrics
     reasoning_parser: str | None = None  # engine/reasoning.py
     tool_call_parser: str | None = None  # engine/tool_parsers.py
+    allow_lora_updates: bool = False  # engine/server/lora_endpoints.py
     created: int = field(default_factory=lambda: int(time.time()))
+
+    def adapter_for(self, model: str) -> str | None:
+        """The LoRA adapter a request's `model` names, None for the base model; a 404 for anything else."""
+        if model == self.model_name:
+            return None
+        if model in self.engine.engine.loras:
+            return model
+        served = ", ".join(repr(name) for name in [self.model_name, *self.engine.lora_names])
+        raise not_found(f"the model {model!r} does not exist; this server serves {served}", "model", "model_not_found")
 
 
 async def completions(request: Request) -> Response:
@@ -46,13 +56,11 @@ async def _generate(request: Request, chat: bool) -> Response:
     state: ServerState = request.app.state.pitstop
     engine = state.engine
     parsed = (parse_chat if chat else parse_completion)(await read_json(request))
-    if parsed.model != state.model_name:
-        raise not_found(f"the model {parsed.model!r} does not exist; this server serves {state.model_name!r}",
-                        "model", "model_not_found")
+    adapter = state.adapter_for(parsed.model)
     if not engine.is_healthy:
         raise engine_unavailable(engine.dead_reason)
-    generation = OpenAIGeneration(engine, parsed, chat, state.model_name, reasoning_parser=state.reasoning_parser,
-                                  tool_call_parser=state.tool_call_parser)
+    generation = OpenAIGeneration(engine, parsed, chat, parsed.model, reasoning_parser=state.reasoning_parser,
+                                  tool_call_parser=state.tool_call_parser, lora=adapter)
     await generation.start()
     endpoint = request.url.path
     if parsed.stream:

@@ -44,6 +44,7 @@ class EngineStatsCollector(Collector):
         requests.add_metric(["waiting"], s.num_waiting)
         yield requests
         yield GaugeMetricFamily(f"{PREFIX}_active_pins", "Session pins currently held", value=s.blocks.pins)
+        yield GaugeMetricFamily(f"{PREFIX}_lora_adapters", "LoRA adapters loaded", value=s.num_loras)
         yield CounterMetricFamily(f"{PREFIX}_steps", "Engine steps run", value=s.num_steps)
         yield CounterMetricFamily(f"{PREFIX}_preemptions", "Requests preempted", value=s.num_preemptions)
         computed = CounterMetricFamily(f"{PREFIX}_computed_tokens", "Tokens the engine computed", labels=["phase"])

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from engine.async_engine import AsyncEngine
 from engine.prompt_tokens import tokenize
-from engine.server.errors import bad_request, not_found
+from engine.server.errors import bad_request
 from engine.server.generation import ServerState
 from engine.server.json_body import read_json
 from engine.server.protocol import parse_chat, parse_completion
@@ -75,6 +75,4 @@ def _check_model(body: Any, state: ServerState) -> None:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     model = body.get("model", state.model_name)  # vLLM lets it out
-    if model != state.model_name:
-        raise not_found(f"the model {model!r} does not exist; this server serves {state.model_name!r}",
-                        "model", "model_not_found")
+    state.adapter_for(model if isinstance(model, str) else repr(model))  # an adapter tokenizes as its base

@@ -28,9 +28,10 @@ class LocalEngineBackend:
     native_tools = True
 
     def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None,
-                 tool_call_parser: str | None = None) -> None:
+                 tool_call_parser: str | None = None, lora: str | None = None) -> None:
         self.engine = engine
         self.served_model = served_model
+        self.lora = lora  # a LoRA adapter the engine serves (engine/lora_registry.py); None: its base model
         self.parsers = {"reasoning_parser": reasoning_parser, "tool_call_parser": tool_call_parser}
 
     async def start(self) -> None:
@@ -64,7 +65,7 @@ class LocalEngineBackend:
             if not self.engine.is_healthy:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
             generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
-                                          **self.parsers)
+                                          lora=self.lora, **self.parsers)
             await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
                                    hints=ctx.hints)
         except (APIError, InvalidRequestError, EngineDeadError) as exc:

@@ -34,6 +34,12 @@ def test_parser_dispatches_engine_subcommands():
                              ).kv_cache_dtype == "fp8_e5m2"
     with pytest.raises(SystemExit):
         parser.parse_args(["engine", "serve", "--model", "m", "--kv-cache-dtype", "int8"])
+    lora = parser.parse_args(["engine", "serve", "--model", "m", "--lora-modules", "sql=/a/sql", "chat=b",
+                              "--max-loras", "2", "--allow-runtime-lora-updating"])
+    assert lora.lora_modules == [("sql", "/a/sql"), ("chat", "b")] and lora.max_loras == 2
+    assert lora.allow_runtime_lora_updating and not args.allow_runtime_lora_updating and args.lora_modules == []
+    with pytest.raises(SystemExit):
+        parser.parse_args(["engine", "serve", "--model", "m", "--lora-modules", "no-path"])
     with pytest.raises(SystemExit):
         parser.parse_args(["engine", "serve", "--model", "m", "--sim", "p.json"])
     with pytest.raises(SystemExit):
@@ -108,6 +114,19 @@ def test_serve_without_a_model_folder_or_profile_says_so(tmp_path: Path, capsys:
     assert "is not a model folder (no config.json" in capsys.readouterr().err
     assert main(["engine", "serve", "--sim", str(tmp_path / "missing.json")]) == 2
     assert "step-time profile" in capsys.readouterr().err
+
+
+
+def test_serve_with_adapters_it_cannot_serve_says_so(tmp_path: Path, tiny_model_dir: Path,
+                                                     capsys: pytest.CaptureFixture):
+    assert main(["engine", "serve", "--model", str(tiny_model_dir), "--served-model-name", "tiny",
+                 "--lora-modules", "tiny=/a"]) == 2
+    assert "--lora-modules names must differ" in capsys.readouterr().err
+    assert main(["engine", "serve", "--model", str(tiny_model_dir), "--num-blocks", "8",
+                 "--lora-modules", f"sql={tmp_path}"]) == 2
+    assert "not a LoRA adapter folder" in capsys.readouterr().err
+    assert main(["engine", "make-tiny-lora", str(tmp_path / "lora"), "--model", str(tiny_model_dir), "--rank", "4"]) == 0
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 4
 
 
 def free_port() -> int:
