@@ -27,6 +27,10 @@ class SessionsConfig(BaseModel):
     memory_cost_weight: float = Field(default=0.25, ge=0)  # see agent_sessions/ttl_policy.py
     overload_slack: int = Field(default=8, ge=0)
     overload_ratio: float = Field(default=3.0, ge=1)
+    # A request that names no session goes to the instance of its model that served the longest prefix of
+    # it lately, when that prefix is at least this many characters (agent_sessions/prefix_affinity.py);
+    # 0: off, such requests go to the least loaded instance.
+    prefix_affinity_min_chars: int = Field(default=2048, ge=0)
     # Fitted by `pitstop train tool-durations`; missing: the cold-start prior, learning online.
     tool_durations: str | None = "var/agent_sessions/tool_durations.json"
     redis_prefix: str = "default"

@@ -119,6 +119,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         streamed = verify.stream(state, draft, kind, ctx, session.prefer)
         chunks, dispatched = await unless_disconnected(request, streamed)
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        state.sessions.dispatched(session, dispatched.deployment)
         if keepers := _keepers(state, draft):  # the whole answer kept, once the stream has ended
             chunks = kept_as_it_streams(kind, chunks, keepers)
         stream = None if dialect is None else dialect.stream(route.model_name)
@@ -130,6 +131,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
     body, dispatched = await unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    state.sessions.dispatched(session, dispatched.deployment)
     draft.take_response(body)
     draft.ttft_s = None
     if draft.usage_estimated:  # the deployment reported none it could bill from: what the row is charged

@@ -18,6 +18,10 @@ class SessionMetrics:
         self.turns = Counter(f"{PREFIX}_session_turns", "Agent session turns finished", ["kind"], registry=r)
         self.pins = Counter(f"{PREFIX}_session_pins", "Session pin events (set, released, hit, expired, "
                             "evicted)", ["event"], registry=r)
+        self.prefix_affinity = Counter(f"{PREFIX}_prefix_affinity", "Requests naming no session, by where their "
+                                       "prefix sent them (prefix: the instance that served it; new: none had "
+                                       "enough of it; home_overloaded, home_down: it was moved)", ["reason"],
+                                       registry=r)
         self.moves = Counter(f"{PREFIX}_session_moves", "Turns served away from the instance holding the "
                              "session's KV", ["reason"], registry=r)
         self.ttl = Histogram(f"{PREFIX}_session_pin_ttl_seconds", "Pin TTL chosen at turn end", buckets=_TTL_BUCKETS,

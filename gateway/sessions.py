@@ -17,6 +17,7 @@ from agent_sessions.affinity import AffinityRule, InstanceLoad
 from agent_sessions.config import SessionsConfig
 from agent_sessions.identity import scoped_session_id, session_id_of
 from agent_sessions.manager import SessionManager, Turn
+from agent_sessions.prefix_affinity import PrefixAffinity, request_text
 from agent_sessions.store import MemorySessionStore, SessionStore
 from agent_sessions.tool_artifact import load_estimator
 from agent_sessions.ttl_policy import EngineCosts, TTLPolicy, memory_pressure
@@ -41,6 +42,9 @@ class SessionCall:
     # Prompt tokens the engine already holds for this turn: the last turn's pinned context, where the
     # pin is alive and the turn goes back to its instance. The ranker's work score skips their prefill.
     cached_tokens: int = 0
+    # A request that names no session: its text's chunk hashes, remembered on the instance it is sent to
+    # (agent_sessions/prefix_affinity.py).
+    prefix_hashes: list[int] | None = None
 
 
 def available(deployment: Deployment, now: float) -> bool:
@@ -58,6 +62,9 @@ def pinned_context(turn: Turn, prefer: str | None, now: float) -> int:
     return state.pinned_tokens if turn.returning and alive and home else 0
 
 
+CHARS_PER_TOKEN = 4  # what a KV cache's tokens hold of text, roughly, in English and code
+
+
 class GatewaySessions:
     def __init__(self, config: SessionsConfig, manager: SessionManager, pool: DeploymentPool, routes: RouteTable,
                  metrics: SessionMetrics) -> None:
@@ -67,6 +74,8 @@ class GatewaySessions:
         self.routes = routes
         self.metrics = metrics
         self.kv_views = KVViews()  # what the TTL choice reads of each deployment's KV
+        self.prefixes = PrefixAffinity(AffinityRule(config.overload_slack, config.overload_ratio),
+                                       min_match_chars=config.prefix_affinity_min_chars)
 
     @classmethod
     def build(cls, config: SessionsConfig, pool: DeploymentPool, routes: RouteTable, metrics: SessionMetrics,
@@ -92,8 +101,10 @@ class GatewaySessions:
 
     async def start(self, parsed: ProxyRequest, draft: OutcomeDraft, ctx: CallContext) -> SessionCall:
         client_id = session_id_of(parsed.session_id, parsed.body)
-        if not self.config.enabled or client_id is None or draft.route is None:
+        if not self.config.enabled or draft.route is None:
             return SessionCall(ctx)
+        if client_id is None:
+            return self._by_prefix(parsed, draft.route.model_name, ctx)
         session_id = scoped_session_id(client_id, draft.caller.key_id if draft.caller else None)
         turn = await self.manager.begin(session_id, parsed.body)
         draft.route = route = self._sticky(draft.route, turn)
@@ -113,6 +124,26 @@ class GatewaySessions:
             self.metrics.tool_wait.observe(turn.tool_wait_s)
         return SessionCall(ctx, affinity.prefer, turn, explicit_ttl=parsed.pin_ttl_s is not None,
                            cached_tokens=pinned_context(turn, affinity.prefer, time.time()))
+
+    def _by_prefix(self, parsed: ProxyRequest, model_name: str, ctx: CallContext) -> SessionCall:
+        """No session: the instance that served the longest prefix of this request, if one did."""
+        deployments = self.pool.by_model.get(model_name, [])
+        if len(deployments) < 2 or not self.config.prefix_affinity_min_chars:
+            return SessionCall(ctx)
+        hashes = self.prefixes.chunk_hashes(request_text(parsed.body))
+        now = time.monotonic()
+        affinity = self.prefixes.choose(hashes, [InstanceLoad(d.name, available(d, now), d.outstanding)
+                                                 for d in deployments])
+        self.metrics.prefix_affinity.labels(affinity.reason).inc()
+        return SessionCall(ctx, affinity.prefer, prefix_hashes=hashes)
+
+    def dispatched(self, call: SessionCall, deployment: Deployment) -> None:
+        """The request was sent to `deployment`: remember its prefix there (requests that name no session)."""
+        if call.prefix_hashes is None:
+            return
+        view = kv_view(deployment.backend)
+        capacity_tokens = view.capacity_tokens if view is not None else self.config.default_kv_capacity_tokens
+        self.prefixes.routed(deployment.name, call.prefix_hashes, capacity_tokens * CHARS_PER_TOKEN)
 
     def _sticky(self, route: Route, turn: Turn) -> Route:
         """A route group's later turns stay on the model holding the session's KV while it is served."""
