@@ -37,6 +37,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.spec_decode_sim
 	$(PY) -m bench.spec_decode_goodput
 	$(PY) -m bench.lora
+	$(PY) -m bench.engine_embeddings
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

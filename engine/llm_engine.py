@@ -214,6 +214,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
         token_ids = self.runner.execute(batch)
         logprobs: dict[int, TokenLogprobs] = getattr(self.runner, "step_logprobs", None) or {}
         prompt_logprobs: dict[int, list[TokenLogprobs]] = getattr(self.runner, "step_prompt_logprobs", None) or {}
+        embeddings: dict[int, list[float]] = getattr(self.runner, "step_embeddings", None) or {}
         for i, scored in prompt_logprobs.items():
             batch.seqs[i].prompt_logprobs += scored
         end = self.clock.now()
@@ -222,8 +223,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
             self.step_log.append(StepRecord(batch.shape, end - start))
         outputs: list[RequestOutput] = []
         row = 0  # the runner's sampled rows: one per sampling sequence, plus one per draft token
-        for seq, num_new, drafts, sampled in zip(batch.seqs, batch.num_new_tokens, batch.draft_token_ids, samples,
-                                                 strict=True):
+        for i, (seq, num_new, drafts, sampled) in enumerate(zip(batch.seqs, batch.num_new_tokens,
+                                                                 batch.draft_token_ids, samples, strict=True)):
             if drafts:
                 outputs.append(self._verified(seq, drafts, token_ids[row: row + len(drafts) + 1], logprobs, row, end))
                 row += len(drafts) + 1
@@ -242,6 +243,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
                     outputs[-1].logprobs = [chosen]
                 if first and seq.params.prompt_logprobs is not None:
                     outputs[-1].prompt_logprobs = seq.prompt_logprobs
+                if first and seq.params.embed:
+                    outputs[-1].embedding = embeddings.get(i)
         return outputs
 
     def _verified(self, seq: Sequence, drafts: list[int], sampled: list[int], logprobs: dict[int, TokenLogprobs],

@@ -21,6 +21,8 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] | None = None  # for new_token_ids, where the request asked
     # On a request's first output, where it asked: prompt tokens 1.. (the first token has none).
     prompt_logprobs: list[TokenLogprobs] | None = None
+    # With SamplingParams.embed, on its one output: the prompt's embedding (engine/torch_runner.py).
+    embedding: list[float] | None = None
 
     def followed_by(self, later: RequestOutput) -> RequestOutput:
         """This output and the next one of the same request as one (a step that yields several tokens)."""

@@ -44,6 +44,9 @@ class SamplingParams:
     min_tokens: int = 0  # no EOS, stop token id or stop string ends the output before this many tokens
     # What the answer must match: a JSON schema, a regex, a list of choices (engine/structured_output.py).
     constraint: OutputConstraint | None = None
+    # The request asks for its prompt's embedding: the last prompt token's final hidden state, L2-normalised
+    # (last-token pooling, as Qwen3-Embedding and e5-mistral use); the one token it samples is dropped.
+    embed: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -136,6 +136,7 @@ class TorchModelRunner:
         self.workspace = GatherWorkspace() if self.device.type == "cpu" else None
         self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
         self.step_prompt_logprobs: dict[int, list[TokenLogprobs]] = {}  # by batch index (engine/runner.py)
+        self.step_embeddings: dict[int, list[float]] = {}  # by batch index: SamplingParams.embed's vectors
 
     @property
     def max_model_len(self) -> int:
@@ -191,7 +192,7 @@ class TorchModelRunner:
                 self.kv_cache.index_copy_(2, blocks, loaded)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
-        self.step_prompt_logprobs = {}
+        self.step_prompt_logprobs, self.step_embeddings = {}, {}
         if batch.kv_transfers:
             self.transfer_kv(batch.kv_transfers)
         if not len(batch):
@@ -206,6 +207,8 @@ class TorchModelRunner:
                 self.step_prompt_logprobs = self._score_prompts(hidden, scored)
             if not sampling:
                 return []
+            if any(batch.seqs[i].params.embed for i in sampling):
+                self.step_embeddings = self._embeddings(batch, hidden, logits_index)
             raw_logits = self.model.compute_logits(hidden[logits_index])
             rows, generated, drafts_after = sampled_rows(batch)
             logits = process_logits(raw_logits, rows, self.eos_token_ids)
@@ -218,6 +221,20 @@ class TorchModelRunner:
                 raw_logits[wanted], [tokens[j] for j in wanted], [rows[j].params.logprobs or 0 for j in wanted]),
                 strict=True)) if wanted else {}
             return tokens
+
+    def _embeddings(self, batch: ScheduledBatch, hidden: torch.Tensor,
+                    logits_index: torch.Tensor) -> dict[int, list[float]]:
+        """Last-token pooling for the sequences that ask for an embedding: the final norm of their last
+        prompt token's hidden state, L2-normalised (they carry no drafts: their one row is their sample)."""
+        wanted, rows, row = [], [], 0
+        for i in batch.sampling_indices:
+            if batch.seqs[i].params.embed:
+                wanted.append(i)
+                rows.append(row)
+            row += 1 + len(batch.draft_token_ids[i])
+        pooled = self.model.model.norm(hidden[logits_index[torch.tensor(rows, device=hidden.device)]])
+        vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()
+        return dict(zip(wanted, vectors, strict=True))
 
     def _score_prompts(self, hidden: torch.Tensor, scored: list[ScoredPrompt]) -> dict[int, list[TokenLogprobs]]:
         """Log-probabilities of the prompt tokens each scored sequence computes this step, the

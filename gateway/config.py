@@ -156,15 +156,11 @@ class ModelEntry(_Strict):
 
     @property
     def serves_embeddings(self) -> bool:
-        """Whether embeddings requests may go to it: Pitstop's engines have no embeddings endpoint."""
-        return self.litellm_params.provider not in (LOCAL_PROVIDER, ENGINE_PROVIDER)
-
-    @model_validator(mode="after")
-    def _embeddings_need_an_embeddings_server(self) -> ModelEntry:
-        if self.model_info.mode == "embedding" and not self.serves_embeddings:
-            raise ValueError(f"model_info.mode: '{self.litellm_params.model}' is a Pitstop engine, which serves no "
-                             "embeddings")
-        return self
+        """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
+        (last-token pooling: engine/openai_embeddings.py); elsewhere, the upstream decides."""
+        if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
+            return self.model_info.mode == "embedding"
+        return True
 
 
 class StorageConfig(_Strict):

@@ -100,7 +100,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                   kv_cache_dtype=params.kv_cache_dtype, lora_modules=lora_modules)
         except ValueError as exc:  # a bad speculative_config's profile, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
-        return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser)
+        return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
+                                  serves_embeddings=entry.serves_embeddings)
     direct = params.transport == "direct" or (
         params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
     if provider == ENGINE_PROVIDER or direct:
@@ -113,7 +114,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                  send_priority=provider == "hosted_vllm",
                                  connect_timeout_s=settings.server.connect_timeout_s,
                                  rank_horizon_s=settings.ranking.horizon_s,
-                                 provider_model=params.model if provider in OPENAI_PROVIDERS else None)
+                                 provider_model=params.model if provider in OPENAI_PROVIDERS else None,
+                                 serves_embeddings=entry.serves_embeddings)
     from gateway.backends.litellm_backend import LitellmBackend
 
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
@@ -128,7 +130,8 @@ def adapter_backend(base: Backend, entry: ModelEntry) -> Backend:
     from gateway.backends.local import LocalEngineBackend
 
     assert isinstance(base, LocalEngineBackend), "lora_modules are for engines in this process"
-    return LocalEngineBackend(base.engine, entry.model_name, lora=entry.model_name, **base.parsers)
+    return LocalEngineBackend(base.engine, entry.model_name, lora=entry.model_name,
+                              serves_embeddings=entry.serves_embeddings, **base.parsers)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The engine's HTTP server: OpenAI-compatible generation, vLLM's /tokenize and /detokenize, the
+"""The engine's HTTP server: OpenAI-compatible generation and embeddings, vLLM's /tokenize and /detokenize, the
 session-pin control API, stats, health and Prometheus metrics, over one AsyncEngine. `create_app` builds a fresh app with its own
 metrics registry; the app starts the engine on startup and shuts it down on exit."""
 
@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from engine.async_engine import AsyncEngine, EngineDeadError, SessionNotFoundError
 from engine.sampling_params import InvalidRequestError
+from engine.server.embeddings import embeddings
 from engine.server.errors import APIError, engine_unavailable, not_found
 from engine.server.generation import ServerState, chat_completions, completions
 from engine.server.json_body import read_json
@@ -138,6 +139,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 ROUTES = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),  # last-token pooling (engine/openai_embeddings.py)
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/tokenize", tokenize_endpoint, methods=["POST"]),  # vLLM's: count a prompt before sending it
     Route("/detokenize", detokenize_endpoint, methods=["POST"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from engine.async_engine import AsyncEngine, EngineDeadError
+from engine.openai_embeddings import embed, parse_embedding_request
 from engine.openai_generation import OpenAIGeneration
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
@@ -24,12 +25,12 @@ def _as_backend_error(exc: Exception) -> BackendError:
 class LocalEngineBackend:
     accepts_session = True
     uses_rank = True
-    serves_embeddings = False
     native_tools = True
 
     def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None,
-                 tool_call_parser: str | None = None, lora: str | None = None) -> None:
+                 tool_call_parser: str | None = None, lora: str | None = None, serves_embeddings: bool = False) -> None:
         self.engine = engine
+        self.serves_embeddings = serves_embeddings  # a model marked `mode: embedding` (engine/openai_embeddings.py)
         self.served_model = served_model
         self.lora = lora  # a LoRA adapter the engine serves (engine/lora_registry.py); None: its base model
         self.parsers = {"reasoning_parser": reasoning_parser, "tool_call_parser": tool_call_parser}
@@ -55,8 +56,9 @@ class LocalEngineBackend:
 
     async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration:
         if kind == "embedding":
-            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which serves no "
-                               "embeddings", retryable=False, param="model", code="model_not_supported")
+            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which serves "
+                               "embeddings only for a model marked model_info.mode: embedding", retryable=False,
+                               param="model", code="model_not_supported")
         body = {**body, "model": self.served_model, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
@@ -73,6 +75,14 @@ class LocalEngineBackend:
         return generation
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
+        if kind == "embedding" and self.serves_embeddings:
+            try:
+                parsed = parse_embedding_request({**body, "model": self.served_model})
+                if not self.engine.is_healthy:
+                    raise EngineDeadError(self.engine.dead_reason or "stopped")
+                return await embed(self.engine, parsed, self.served_model, self.lora)
+            except (APIError, InvalidRequestError, EngineDeadError) as exc:
+                raise _as_backend_error(exc) from None
         generation = await self._generation(kind, body, ctx, stream=False)
         try:
             return await generation.whole()

@@ -43,14 +43,14 @@ class OpenAIHTTPBackend:
     def __init__(self, api_base: str, served_model: str, api_key: str | None = None,
                  accepts_session: bool = False, send_priority: bool = False, connect_timeout_s: float = 10.0,
                  max_connections: int = 1000, rank_horizon_s: float = DEFAULT_HORIZON_S,
-                 provider_model: str | None = None) -> None:
+                 provider_model: str | None = None, serves_embeddings: bool = True) -> None:
         self.api_base = api_base.rstrip("/")
         self.rank_horizon_s = rank_horizon_s  # aging of the rank key sent to vLLM as `priority`
         self.served_model = served_model
         self.accepts_session = accepts_session
         self.send_priority = accepts_session or send_priority  # vLLM takes `priority` (lower first)
         self.uses_rank = self.send_priority
-        self.serves_embeddings = not accepts_session  # Pitstop's engines have no embeddings endpoint
+        self.serves_embeddings = serves_embeddings  # a Pitstop engine's: when its model is marked `mode: embedding`
         self.native_tools = accepts_session
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s

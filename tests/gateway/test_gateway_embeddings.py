@@ -114,7 +114,7 @@ BAD_BODIES = [
     ({"model": "emb", "input": "x", "priority": "high"}, 400, "priority"),
     ({"input": "x"}, 400, "model"),
     ({"model": "grp", "input": "x"}, 400, "model"),  # a route group routes chats
-    ({"model": "chat", "input": "x"}, 400, "model"),  # a Pitstop engine serves no embeddings
+    ({"model": "chat", "input": "x"}, 400, "model"),  # a Pitstop engine not marked mode: embedding
     ({"model": "nope", "input": "x"}, 404, "model"),
 ]
 
@@ -159,15 +159,12 @@ def test_training_exports_leave_embeddings_out(gw: Gateway, upstreams: tuple) ->
 @pytest.mark.parametrize("where, message", [
     ("group", "route_groups.0.models: 'emb' is an embedding model"),
     ("verifier", "route_groups.0.verify.verifiers: 'emb' is an embedding model"),
-    ("engine", "model_info.mode: 'pitstop-engine/x' is a Pitstop engine, which serves no embeddings"),
 ])
 def test_embedding_models_stay_out_of_route_groups(tmp_path: Path, where: str, message: str) -> None:
     models = [embedding_model("emb", "http://127.0.0.1:9/v1"), model_entry("chat", "http://127.0.0.1:9/v1")]
     group: dict = {"name": "grp", "models": ["emb" if where == "group" else "chat"]}
     if where == "verifier":
         group["verify"] = {"verifiers": ["emb"]}
-    if where == "engine":
-        models.append(model_entry("x", "http://127.0.0.1:9/v1") | {"model_info": EMBEDDING})
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_settings(gateway_config(tmp_path, models, [group]))
 
