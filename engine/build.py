@@ -18,7 +18,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  max_model_len: int | None = None, max_num_seqs: int = 64, policy: str = "fcfs",
                  pin_budget_fraction: float = 0.5, device: str | None = None,
                  speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
-                 kv_cache_dtype: str = "auto", lora_modules: dict[str, str] | None = None,
+                 kv_cache_dtype: str = "auto", calculate_kv_scales: bool = False,
+                 lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
@@ -27,7 +28,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
     `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
     `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
-    budgets then hold twice the blocks, and a simulation prices the smaller KV. `lora_modules`: LoRA
+    budgets then hold twice the blocks, and a simulation prices the smaller KV; `calculate_kv_scales`: its
+    scales measured on the first step rather than read from the checkpoint. `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
     at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
     from engine.clock import WallClock
@@ -50,7 +52,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device,
                                                                  kv_cache_dtype=kv_cache_dtype)
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
-                                  kv_cache_dtype=kv_cache_dtype)
+                                  kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size

@@ -61,6 +61,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                        help="how KV is stored: auto (the model's dtype) or fp8 (e4m3; or fp8_e5m2), one byte an "
                             "element: twice the tokens in the same memory, scaled by an fp8 checkpoint's k/v scales")
+    serve.add_argument("--calculate-kv-scales", action="store_true",
+                       help="with an fp8 KV cache: measure each layer's scales on the first step (vLLM's flag)")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -158,7 +160,8 @@ def serve_command(args: argparse.Namespace) -> int:
                               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
                               pin_budget_fraction=args.pin_budget_fraction, device=args.device,
                               speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
-                              kv_cache_dtype=args.kv_cache_dtype, lora_modules=adapters, max_loras=args.max_loras,
+                              kv_cache_dtype=args.kv_cache_dtype, calculate_kv_scales=args.calculate_kv_scales,
+                              lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank)
     except ValueError as exc:  # an adapter folder that cannot be served (LoRAError), a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)

@@ -92,7 +92,8 @@ def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], li
 class TorchModelRunner:
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
-    same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's."""
+    same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
+    scales measured on the first step with `calculate_kv_scales` (engine/model/kv_quant.py)."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -105,6 +106,7 @@ class TorchModelRunner:
         dtype: torch.dtype | None = None,
         num_host_blocks: int = 0,
         kv_cache_dtype: str = "auto",
+        calculate_kv_scales: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = ModelConfig.from_dir(self.model_dir)
@@ -112,7 +114,9 @@ class TorchModelRunner:
         self.dtype = dtype or default_dtype(self.config, self.device)
         element = fp8_format(kv_cache_dtype)
         self.kv_cache_dtype = kv_cache_dtype
-        self.kv_format = None if element is None else FP8KVFormat(element, self.dtype)
+        if calculate_kv_scales and element is None:
+            raise ValueError("calculate_kv_scales measures an fp8 KV cache's scales: set kv_cache_dtype to fp8")
+        self.kv_format = None if element is None else FP8KVFormat(element, self.dtype, calculate_kv_scales)
         storage = self.dtype if element is None else torch.uint8
         self.num_blocks = num_blocks
         self.block_size = block_size

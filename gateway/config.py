@@ -81,6 +81,7 @@ class LitellmParams(BaseModel):
     host_kv_gib: float = Field(default=0.0, ge=0)
     # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
     kv_cache_dtype: KVCacheDtype = "auto"
+    calculate_kv_scales: bool = False  # an fp8 cache's scales measured on the first step (vLLM's flag)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).
     lora_modules: dict[str, str] | None = None
@@ -110,8 +111,9 @@ class LitellmParams(BaseModel):
         if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
-        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules"):
-            if getattr(self, name) not in (None, "auto") and self.provider != LOCAL_PROVIDER:
+        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
+                     "calculate_kv_scales"):
+            if getattr(self, name) not in (None, "auto", False) and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
         if self.provider == ENGINE_PROVIDER and not self.api_base:

@@ -1,8 +1,10 @@
 """An fp8 KV cache (vLLM's `--kv-cache-dtype fp8`): K and V are stored as one byte an element, half of
 bf16, so the same memory holds twice the tokens. A layer's keys are divided by its `k_scale` (values by
 `v_scale`) before rounding and multiplied back when read; the scales come from an fp8 checkpoint's
-`self_attn.k_scale` / `v_scale` tensors, else 1.0 (vLLM's default without calibrated scales), and values
-past fp8's range are clamped to it rather than lost.
+`self_attn.k_scale` / `v_scale` tensors, else 1.0 (vLLM's default without calibrated scales), or, with
+`calculate_kv_scales`, from the first step's own K and V (each layer's largest magnitude over 200 for keys
+and 100 for values, vLLM's constants: room for later values up to 2.2x and 4.5x larger). Values past fp8's
+range are clamped to it rather than lost.
 
 The cache tensor holds the bytes as uint8: CPU kernels such as `index_copy_` have no fp8 version, and a
 byte copy is the same on every device. Reading widens the gathered bytes to the compute dtype: on CUDA by
@@ -17,6 +19,7 @@ import torch
 from engine.config import kv_element_bytes
 
 # --kv-cache-dtype's fp8 names (engine/config.py KV_CACHE_DTYPES) -> the format of one element.
+K_SCALE_CONSTANT, V_SCALE_CONSTANT = 200.0, 100.0  # vLLM's: a measured maximum lands there in fp8
 FP8_FORMATS = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
@@ -32,11 +35,17 @@ class FP8KVFormat:
 
     element: torch.dtype
     dtype: torch.dtype  # what attention computes in
+    calibrate: bool = False  # each layer measures its scales on the first step it writes (calculate_kv_scales)
     _tables: dict[tuple[float, torch.device], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def max_value(self) -> float:
         return float(torch.finfo(self.element).max)
+
+    def measured_scales(self, k: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
+        """A layer's (k, v) scales from K and V it computed: their largest magnitudes over 200 and 100."""
+        return tuple(max(float(x.abs().max()), 1e-6) / constant  # type: ignore[return-value]
+                     for x, constant in ((k, K_SCALE_CONSTANT), (v, V_SCALE_CONSTANT)))
 
     def quantize(self, x: torch.Tensor, scale: float) -> torch.Tensor:
         """[..] K or V in the compute dtype -> its fp8 bytes (uint8), clamped to fp8's range."""

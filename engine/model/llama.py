@@ -35,6 +35,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
         self.kv_scales = (1.0, 1.0)
+        self.kv_scales_measured = False  # with calculate_kv_scales: set on the first step
 
     def forward(
         self,
@@ -54,6 +55,8 @@ class Attention(nn.Module):
         q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
+        if plan.kv_format is not None and plan.kv_format.calibrate and not self.kv_scales_measured:
+            self.kv_scales, self.kv_scales_measured = plan.kv_format.measured_scales(k, v), True
         write_kv(kv_cache, k, v, plan.slot_mapping, plan.kv_format, self.kv_scales)
         if self.sliding:
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"

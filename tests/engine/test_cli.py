@@ -29,7 +29,8 @@ def test_parser_dispatches_engine_subcommands():
     assert parser.parse_args(["engine", "serve", "--model", "m", "--host-kv-memory", "64GiB"]).host_kv_memory == 64 << 30
     assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o.json"]).handler is profile_command
     assert args.kv_cache_dtype == "auto"
-    assert parser.parse_args(["engine", "serve", "--model", "m", "--kv-cache-dtype", "fp8"]).kv_cache_dtype == "fp8"
+    fp8 = parser.parse_args(["engine", "serve", "--model", "m", "--kv-cache-dtype", "fp8", "--calculate-kv-scales"])
+    assert fp8.kv_cache_dtype == "fp8" and fp8.calculate_kv_scales and not args.calculate_kv_scales
     assert parser.parse_args(["engine", "profile", "--model", "m", "--out", "o", "--kv-cache-dtype", "fp8_e5m2"]
                              ).kv_cache_dtype == "fp8_e5m2"
     with pytest.raises(SystemExit):

@@ -131,10 +131,11 @@ def test_runner_stores_a_byte_an_element_and_budgets_twice_the_blocks(tiny_model
         TorchModelRunner(tiny_model_dir, 8, 16, device="cpu", kv_cache_dtype="int8")
 
 
-def _score(model_dir: Path, kv_cache_dtype: str, prompt: list[int]) -> torch.Tensor:
+def _score(model_dir: Path, kv_cache_dtype: str, prompt: list[int], calculate_kv_scales: bool = False) -> torch.Tensor:
     """Teacher-forced log-probabilities of a prompt's tokens, computed in 32-token chunks, so each
     chunk reads the earlier ones' KV back from the cache."""
-    runner = TorchModelRunner(model_dir, 64, 16, device="cpu", kv_cache_dtype=kv_cache_dtype)
+    runner = TorchModelRunner(model_dir, 64, 16, device="cpu", kv_cache_dtype=kv_cache_dtype,
+                              calculate_kv_scales=calculate_kv_scales)
     engine = LLMEngine(EngineConfig(num_blocks=64, max_model_len=1024, long_prefill_token_threshold=32,
                                     max_num_batched_tokens=64), runner)
     seq = engine.add_request("score", prompt, SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0))
@@ -273,3 +274,28 @@ def test_a_profile_of_an_fp8_cache_serves_an_fp8_simulation(tiny_model_dir: Path
     run_profile(tiny_model_dir, tmp_path / "f32.json", device="cpu", sweep=sweep)
     with pytest.raises(ValueError, match="measured with 4 byte"):
         build_engine(sim_profile=tmp_path / "f32.json", num_blocks=32, kv_cache_dtype="fp8")
+
+
+def test_measured_scales_keep_keys_past_fp8s_range(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Keys 300x larger than the tiny model's (as some checkpoints' layers have; queries 300x smaller, so
+    attention is unchanged) clamp at fp8's 448 with scale 1.0; scales measured on the first step keep
+    them, within fp8's rounding."""
+    loud = tmp_path / "loud"
+    shutil.copytree(tiny_model_dir, loud)
+    weights = load_file(loud / "model.safetensors")
+    for layer in range(2):
+        weights[f"model.layers.{layer}.self_attn.k_proj.weight"] *= 300
+        weights[f"model.layers.{layer}.self_attn.q_proj.weight"] /= 300
+    save_file(weights, loud / "model.safetensors")
+    rng = random.Random(1)
+    prompt = [rng.randrange(1000) for _ in range(160)]
+    exact = _score(loud, "auto", prompt)
+    clamped = (_score(loud, "fp8", prompt) - exact).abs().mean().item()
+    measured = (_score(loud, "fp8", prompt, calculate_kv_scales=True) - exact).abs().mean().item()
+    assert measured < 0.05 * exact.abs().mean().item() and clamped > 3 * measured
+    runner = TorchModelRunner(loud, 8, 16, device="cpu", kv_cache_dtype="fp8", calculate_kv_scales=True)
+    _generate(runner, [prompt[:40]], 8)
+    k_scale, v_scale = runner.model.model.layers[0].self_attn.kv_scales
+    assert k_scale > 1.0 and 0 < v_scale < k_scale  # the keys' maximum lands near 200 in fp8
+    with pytest.raises(ValueError, match="set kv_cache_dtype to fp8"):
+        TorchModelRunner(loud, 8, 16, device="cpu", calculate_kv_scales=True)

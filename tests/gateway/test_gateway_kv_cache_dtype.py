@@ -37,6 +37,9 @@ def test_kv_cache_dtype_is_for_engines_in_the_gateway_process(tmp_path: Path) ->
                                                          "kv_cache_dtype": "fp8"}}
     with pytest.raises(ValueError, match="kv_cache_dtype is for engines in this process"):
         parse_settings(gateway_config(tmp_path, [remote]), base_dir=tmp_path)
+    remote["litellm_params"] = {"model": "hosted_vllm/llama", "api_base": "http://x/v1", "calculate_kv_scales": True}
+    with pytest.raises(ValueError, match="calculate_kv_scales is for engines in this process"):
+        parse_settings(gateway_config(tmp_path, [remote]), base_dir=tmp_path)
     local = {"model_name": "local", "litellm_params": {"model": "pitstop-local/x", "model_dir": str(tmp_path),
                                                        "kv_cache_dtype": "int8"}}
     with pytest.raises(ValueError, match="kv_cache_dtype"):

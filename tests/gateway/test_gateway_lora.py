@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.tiny_lora import make_tiny_lora
@@ -47,3 +48,19 @@ def test_lora_modules_that_cannot_be_served_are_config_errors(tmp_path: Path) ->
         settings({"model": "hosted_vllm/llama", "api_base": "http://x/v1", "lora_modules": {"a": "a"}})
     with pytest.raises(ValueError, match="'base' is already a model_name"):
         settings({"model": "pitstop-local/base", "model_dir": str(tmp_path), "lora_modules": {"base": "a"}})
+
+
+def test_an_adapter_of_an_engine_server_is_a_model_entry_naming_it(tmp_path: Path) -> None:
+    from tests.engine.serving import engine_server
+    from tests.gateway.harness import model_entry
+
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    adapter = make_tiny_lora(model_dir, tmp_path / "sql", rank=4, seed=1, std=0.2)
+    ask = {"messages": [{"role": "user", "content": "Write a query."}], "max_tokens": 6, "temperature": 0}
+    with engine_server(model_dir, lora_modules={"sql": str(adapter)}) as url:
+        direct = httpx.post(f"{url}/v1/chat/completions", json={"model": "sql", **ask}).json()
+        config = gateway_config(tmp_path, [model_entry("tiny", f"{url}/v1"), model_entry("sql", f"{url}/v1")])
+        with running_gateway(config) as gateway, gateway.openai() as client:
+            answers = {name: client.chat.completions.create(model=name, **ask) for name in ("tiny", "sql")}
+    assert answers["sql"].choices[0].message.content == direct["choices"][0]["message"]["content"]
+    assert answers["sql"].choices[0].message.content != answers["tiny"].choices[0].message.content
