@@ -38,6 +38,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.spec_decode_goodput
 	$(PY) -m bench.lora
 	$(PY) -m bench.engine_embeddings
+	$(PY) -m bench.sliding_window
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -52,9 +52,12 @@ class PrefixMatch:
 
 class PrefixAffinity:
     def __init__(self, rule: AffinityRule, chunk_chars: int = 128, min_match_chars: int = 2048,
-                 max_chunks_per_instance: int = 200_000) -> None:
-        assert chunk_chars > 0 and min_match_chars >= 0 and max_chunks_per_instance > 0
+                 max_chunks_per_instance: int = 200_000, min_match_share: float = 0.0) -> None:
+        assert chunk_chars > 0 and min_match_chars >= 0 and max_chunks_per_instance > 0 and 0 <= min_match_share <= 1
         self.rule = rule
+        # A match must also cover this share of the request (SGLang's cache_threshold, 0.5 there): a common
+        # system prompt alone then does not draw new conversations to one instance. 0: the length alone.
+        self.min_match_share = min_match_share
         self.chunk_chars = chunk_chars
         self.min_match_chars = min_match_chars
         self.max_chunks = max_chunks_per_instance
@@ -87,7 +90,8 @@ class PrefixAffinity:
         """The instance to try first for a request with these chunk hashes ("prefix"), or None ("new":
         the pool's least loaded) when none holds enough of it; AffinityRule's reasons otherwise."""
         found = self.match(hashes, [i.name for i in instances if i.available])
-        if found.instance is None or found.matched_chars < self.min_match_chars:
+        if found.instance is None or found.matched_chars < max(self.min_match_chars,
+                                                               self.min_match_share * found.total_chars):
             return Affinity(None, "new")
         affinity = self.rule.choose(found.instance, instances)
         return Affinity(affinity.prefer, "prefix") if affinity.reason == "home" else affinity

@@ -1,6 +1,7 @@
 """Routing requests that name no session among several instances of one model: least outstanding requests
 (what the gateway did before), round robin, Pitstop's prefix affinity (agent_sessions/prefix_affinity.py,
-the class the gateway runs), and session affinity (what a session id gives: the upper bound).
+the class the gateway runs), the same with SGLang's relative threshold too (a match must cover half the
+request), and session affinity (what a session id gives: the upper bound).
 
 Workload: bench/agents.py's SWE-agent programs, each turn resent whole (the context so far plus the
 turn's new tokens) with no session id, as an agent framework that names none sends them, and every
@@ -34,7 +35,7 @@ from engine.sequence import Sequence
 from engine.simulate import make_sim_engine
 
 RESULTS = Path(__file__).parent / "results"
-POLICIES = ("least-outstanding", "round-robin", "prefix", "session")
+POLICIES = ("least-outstanding", "round-robin", "prefix", "prefix-share-0.5", "session")
 CHUNK_TOKENS, MIN_MATCH_TOKENS = 32, 512  # the gateway's 128 and 2,048 characters, at ~4 a token
 
 
@@ -55,7 +56,9 @@ class Router:
         self.names = names
         self.capacity_tokens = capacity_tokens
         self.rule = AffinityRule()
-        self.prefixes = PrefixAffinity(self.rule, chunk_chars=CHUNK_TOKENS, min_match_chars=MIN_MATCH_TOKENS)
+        share = 0.5 if policy == "prefix-share-0.5" else 0.0  # the ablation: SGLang's relative threshold too
+        self.prefixes = PrefixAffinity(self.rule, chunk_chars=CHUNK_TOKENS, min_match_chars=MIN_MATCH_TOKENS,
+                                       min_match_share=share)
         self.homes: dict[str, str] = {}
         self.turns = itertools.count()
         self.reasons: dict[str, int] = {}
@@ -68,7 +71,7 @@ class Router:
         if self.policy == "least-outstanding":
             return least
         hashes: list[int] = []
-        if self.policy == "prefix":
+        if self.policy.startswith("prefix"):
             hashes = self.prefixes.chunk_hashes("".join(map(chr, prompt)))  # a token is a character here
             affinity = self.prefixes.choose(hashes, instances)
         else:

@@ -16,13 +16,15 @@ class ScheduledBatch:
     draft.
 
     `kv_transfers`: block copies between the GPU and the host tier (engine/host_cache.py) that the
-    runner performs, in order, before the forward pass."""
+    runner performs, in order, before the forward pass. `attention_window`: with a model whose every layer
+    slides, the keys each query reads, what the step's shape counts of its context."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     draft_token_ids: list[list[int]] = field(default_factory=list)
     kv_transfers: list[KVTransfer] = field(default_factory=list)
     block_size: int = 16  # tokens per KV block: what a transfer moves
+    attention_window: int | None = None  # every layer's sliding window: no query reads further back
 
     def add(self, seq: Sequence, num_new_tokens: int, draft_token_ids: list[int] | None = None) -> None:
         assert num_new_tokens > 0
@@ -51,8 +53,11 @@ class ScheduledBatch:
     def shape(self) -> StepShape:
         prefill_tokens = decode_seqs = kv_tokens = prefill_seqs = draft_tokens = 0
         prefill_attn = 0
+        window = self.attention_window
         for seq, n, drafts in zip(self.seqs, self.num_new_tokens, self.draft_token_ids, strict=True):
             context = seq.num_computed_tokens + n
+            if window is not None:  # the keys a query reads (the chunk's own keys are a window's worth at most)
+                context = min(context, window + n - 1)
             kv_tokens += context
             if drafts:  # a decode that checks drafts: its extra query rows attend to the context
                 decode_seqs += 1

@@ -5,7 +5,13 @@ against the stored token ids. Blocks with no holder go to a free queue that evic
 freed first, so cached prefixes live as long as memory allows. Pins hold references until their
 deadline; under memory pressure they give way (earliest deadline first) before the scheduler has to
 preempt a running request. With a host tier (engine/host_cache.py), a cached block is copied to host
-memory when its GPU block is reused, and a prefix found there is loaded back instead of computed."""
+memory when its GPU block is reused, and a prefix found there is loaded back instead of computed.
+
+A model whose every layer attends to a sliding window (Mistral-7B-v0.1's 4,096 tokens) reads no block
+that slid out of it: such blocks are released as a request moves on (vLLM's sliding-window manager),
+their table entries left as NULL_BLOCK, so a request holds about a window of KV however long it runs.
+Released blocks stay cached; a prefix is reused when the blocks its next token's window reads are
+cached, whatever became of the ones before them."""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from engine.host_cache import HostCacheStats, HostKVCache, KVTransfer
 from engine.pins import PinTable
 from engine.sequence import Sequence
+
+NULL_BLOCK = -1  # a block-table entry whose block slid out of every layer's window and was released
 
 
 class Block:
@@ -47,7 +55,8 @@ class BlockStats:
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, pin_budget_blocks: int = 0,
-                 enable_prefix_caching: bool = True, num_host_blocks: int = 0) -> None:
+                 enable_prefix_caching: bool = True, num_host_blocks: int = 0,
+                 sliding_window: int | None = None) -> None:
         assert enable_prefix_caching or not num_host_blocks, "the host tier is keyed by the prefix cache's hashes"
         self.block_size = block_size
         self.pin_budget_blocks = pin_budget_blocks
@@ -60,6 +69,7 @@ class BlockManager:
         self.prefix_hit_tokens = 0
         self.host_hit_tokens = 0
         self.host = HostKVCache(num_host_blocks) if num_host_blocks else None
+        self.sliding_window = sliding_window  # every layer's window, in tokens; None: some layer reads it all
 
     @property
     def num_blocks(self) -> int:
@@ -90,13 +100,35 @@ class BlockManager:
         bs = self.block_size
         num_full = (seq.num_tokens - 1) // bs
         self._ensure_hashes(seq, num_full)
-        hits: list[int] = []
-        for i in range(num_full):
-            block_id = self._lookup(seq.block_hashes[i], seq.token_ids[i * bs : (i + 1) * bs])
+        cached = (self._lookup(seq.block_hashes[i], seq.token_ids[i * bs : (i + 1) * bs]) for i in range(num_full))
+        if self.sliding_window is None:
+            hits: list[int] = []
+            for block_id in cached:
+                if block_id is None:
+                    break
+                hits.append(block_id)
+            return hits
+        return self._window_hits(list(cached))
+
+    def first_needed_block(self, num_tokens: int) -> int:
+        """The first block the window of a query at position `num_tokens` reads (0 without a window)."""
+        if self.sliding_window is None:
+            return 0
+        return max(0, num_tokens - self.sliding_window + 1) // self.block_size
+
+    def _window_hits(self, cached: list[int | None]) -> list[int]:
+        """The longest run of hits whose last window is cached: NULL_BLOCK for the blocks before it."""
+        run_start = 0  # where the run of cached blocks ending at i starts
+        best: list[int] = []
+        for i, block_id in enumerate(cached):
             if block_id is None:
-                break
-            hits.append(block_id)
-        return hits
+                run_start = i + 1
+                continue
+            first = self.first_needed_block((i + 1) * self.block_size)
+            if run_start <= first:
+                best_len = i + 1
+                best = [NULL_BLOCK] * first + [b for b in cached[first:best_len] if b is not None]
+        return best
 
     def match_host(self, seq: Sequence, num_gpu_hits: int) -> list[int]:
         """Host slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at least
@@ -119,7 +151,10 @@ class BlockManager:
         return self.host.take_transfers() if self.host is not None else []
 
     def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
-        """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn)."""
+        """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn); with a
+        sliding window, NULL_BLOCK for the blocks before the last window of the longest usable run."""
+        if self.sliding_window is not None:
+            return self._window_hits([self.hash_to_block.get(h) for h in block_hashes])
         block_ids = []
         for block_hash in block_hashes:
             block_id = self.hash_to_block.get(block_hash)
@@ -175,6 +210,8 @@ class BlockManager:
         `num_lookahead_tokens` draft tokens after them, which are not published to the prefix cache
         (they may be rejected). Returns False, changing nothing, when memory is short even after pins
         gave way (pins give way only with `reclaim_pins`)."""
+        if self.sliding_window is not None and seq.block_table:
+            self._release_slid_out(seq)
         if not cached_blocks and seq.block_table:  # the common case: a decode inside its last block
             total = seq.num_computed_tokens + num_new_tokens
             if total + num_lookahead_tokens <= len(seq.block_table) * self.block_size:
@@ -186,18 +223,19 @@ class BlockManager:
         num_hits = len(cached_blocks) + len(host_slots)
         total_tokens = seq.num_computed_tokens + num_hits * self.block_size + num_new_tokens + num_lookahead_tokens
         needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
-        for b in cached_blocks:  # taken first, so reclaiming pins cannot evict the hits
+        held = [b for b in cached_blocks if b != NULL_BLOCK]
+        for b in held:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)
         if needed > self.num_free_blocks and not (reclaim_pins and self._reclaim(needed)):
-            for b in cached_blocks:
+            for b in held:
                 self._release(b)
             return False
         if starting:
             self.prefix_query_tokens += seq.num_tokens
             self.prefix_hit_tokens += len(cached_blocks) * self.block_size
-            self.pins.counters.hit_tokens += self.block_size * sum(
-                1 for b in cached_blocks if b in self.pins.holders)
+            self.pins.counters.hit_tokens += self.block_size * sum(1 for b in held if b in self.pins.holders)
             seq.block_table.extend(cached_blocks)
+            seq.num_released_blocks = len(cached_blocks) - len(held)
             self._load_from_host(seq, host_slots)
             needed -= len(host_slots)
             seq.num_computed_tokens = num_hits * self.block_size
@@ -206,6 +244,16 @@ class BlockManager:
             seq.block_table.append(self._pop_free())
         self.register_computed(seq, seq.num_computed_tokens + num_new_tokens)
         return True
+
+    def _release_slid_out(self, seq: Sequence) -> None:
+        """Release the blocks no later query of `seq` reads: they slid out of the window."""
+        first = min(self.first_needed_block(seq.num_computed_tokens), len(seq.block_table))
+        for i in range(seq.num_released_blocks, first):
+            block_id = seq.block_table[i]
+            if block_id != NULL_BLOCK:
+                self._release(block_id)
+                seq.block_table[i] = NULL_BLOCK
+        seq.num_released_blocks = max(seq.num_released_blocks, first)
 
     def _load_from_host(self, seq: Sequence, host_slots: list[int]) -> None:
         """Fresh blocks for the prefix the host tier holds after `seq`'s GPU hits, published at once:
@@ -249,10 +297,11 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         # Tail blocks are the least likely to be shared: they enter the free queue first.
         for block_id in reversed(seq.block_table):
-            self._release(block_id)
+            if block_id != NULL_BLOCK:
+                self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = 0
-        seq.num_registered_blocks = 0
+        seq.num_registered_blocks = seq.num_released_blocks = 0
 
     # ---- pins ---------------------------------------------------------------------------------
 
@@ -261,7 +310,7 @@ class BlockManager:
         Other pins give way, earliest deadline first, to keep the pin budget; a pin larger than the
         whole budget keeps its leading blocks. Returns the number of blocks pinned."""
         assert ttl_s >= 0
-        block_ids = list(dict.fromkeys(block_ids))[: self.pin_budget_blocks]
+        block_ids = list(dict.fromkeys(b for b in block_ids if b != NULL_BLOCK))[: self.pin_budget_blocks]
         if ttl_s == 0 or not block_ids:
             self.unpin(key)
             return 0

@@ -78,6 +78,12 @@ class EngineConfig:
     # Host memory for KV blocks the GPU evicts, in blocks (engine/host_cache.py); 0: none. A prefix
     # found there is copied back instead of computed again. Needs prefix caching.
     num_host_blocks: int = 0
+    # Every layer of the model attends to at most this many tokens back (Mistral-7B-v0.1's 4,096): the
+    # engine sets it from its runner's model; None where some layer reads the whole context.
+    attention_window: int | None = None
+    # With such a model, release the KV blocks that slid out of the window as a request moves on
+    # (engine/block_manager.py); False keeps them to its end (an ablation: bench/sliding_window.py).
+    release_slid_out_blocks: bool = True
     # LoRA adapters served at once (engine/model/lora.py), and the largest rank one may have.
     max_loras: int = 8
     max_lora_rank: int = 64

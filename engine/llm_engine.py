@@ -54,8 +54,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
-        self.config = config = replace(config, max_model_len=min(config.max_model_len,
-                                                                 config.num_blocks * config.block_size))
+        window = getattr(runner, "attention_window", None)
+        # A request holds all of its KV, unless its blocks slide out of the window and are released (and
+        # the cache holds a window and a prefill chunk: what such a request holds at most).
+        releasing = (window is not None and config.release_slid_out_blocks and config.num_blocks * config.block_size
+                     >= window + config.long_prefill_token_threshold + 2 * config.block_size)
+        kv_limit = config.max_model_len if releasing else config.num_blocks * config.block_size
+        self.config = config = replace(config, max_model_len=min(config.max_model_len, kv_limit),
+                                       attention_window=window)
         self.runner = runner
         self.clock = clock or WallClock()
         self.tokenizer = tokenizer
@@ -63,7 +69,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
             raise ValueError(f"a host KV tier of {config.num_host_blocks} blocks needs a runner with that many "
                              f"host blocks (this one has {getattr(runner, 'num_host_blocks', 0)})")
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
-                                          config.enable_prefix_caching, config.num_host_blocks)
+                                          config.enable_prefix_caching, config.num_host_blocks,
+                                          window if releasing else None)
         self.spec = SpeculationCounters()
         self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),
                                    self._draft_length(config, runner))

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from engine.batch import StepShape
 from engine.config import kv_element_bytes
-from engine.model.config import expert_fields
+from engine.model.config import attention_window, expert_fields
 
 MIB = 1 << 20
 
@@ -72,6 +72,7 @@ class ModelShape:
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     num_sparse_layers: int = 0
+    sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -92,7 +93,8 @@ class ModelShape:
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             num_experts=experts.get("num_experts", 0), experts_per_token=experts.get("num_experts_per_tok", 0),
             expert_intermediate_size=experts.get("moe_intermediate_size", 0),
-            num_sparse_layers=len(experts.get("sparse_layers", ())))
+            num_sparse_layers=len(experts.get("sparse_layers", ())),
+            sliding_window=attention_window(config.get("model_type", "llama"), config))
 
     @property
     def shared_layer_params(self) -> int:
@@ -150,6 +152,8 @@ MODELS: dict[str, ModelShape] = {
     "llama-3.1-70b": ModelShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
     "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, head_dim=128, num_experts=128,
                                 experts_per_token=8, expert_intermediate_size=768, num_sparse_layers=48),
+    # Every layer slides over 4,096 tokens: a request holds a window of KV (engine/block_manager.py).
+    "mistral-7b-v0.1": ModelShape("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, sliding_window=4096),
     "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, num_experts=8, experts_per_token=2,
                                expert_intermediate_size=14336, num_sparse_layers=32),
 }

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from engine.batch import ScheduledBatch, StepShape
-from engine.block_manager import BlockManager
+from engine.block_manager import NULL_BLOCK, BlockManager
 from engine.config import EngineConfig
 from engine.policy import SchedulingPolicy
 from engine.sequence import Sequence, SequenceStatus
@@ -101,7 +101,7 @@ class Scheduler:
 
     def schedule(self, now: float) -> ScheduledBatch:
         self.block_manager.expire_pins(now)
-        batch = ScheduledBatch(block_size=self.config.block_size)
+        batch = ScheduledBatch(block_size=self.config.block_size, attention_window=self.config.attention_window)
         budget = self.config.max_num_batched_tokens
         scheduled: set[str] = set()
         preempted = False
@@ -166,7 +166,10 @@ class Scheduler:
     def _prompt_fits(self, seq: Sequence, cached: list[int], reclaim_pins: bool) -> bool:
         bm = self.block_manager
         uncached = -(-(seq.num_tokens - len(cached) * self.config.block_size) // self.config.block_size)
-        cached_free = sum(1 for b in cached if bm.blocks[b].ref_count == 0)  # hits still in the free queue
+        if bm.sliding_window is not None:  # its blocks are released as it goes: a window and a chunk at most
+            window = bm.sliding_window + self.config.long_prefill_token_threshold
+            uncached = min(uncached, -(-window // self.config.block_size) + 1)
+        cached_free = sum(1 for b in cached if b != NULL_BLOCK and bm.blocks[b].ref_count == 0)  # in the free queue
         available = bm.num_free_blocks - cached_free
         if uncached > available and reclaim_pins:
             available += bm.num_reclaimable_pinned_blocks()

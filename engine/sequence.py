@@ -54,6 +54,7 @@ class Sequence:
         # Hashes of the full blocks of this sequence, in order; filled as blocks fill up.
         self.block_hashes: list[int] = []
         self.num_registered_blocks = 0  # leading blocks already published to the prefix cache
+        self.num_released_blocks = 0  # leading blocks released as they slid out of the window (NULL_BLOCK)
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
         self.finish_time: float | None = None

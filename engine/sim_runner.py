@@ -32,6 +32,10 @@ class SimulatedRunner:
                              "run `pitstop engine profile` again, or use a roofline profile")
         self.num_host_blocks = num_host_blocks  # a host tier's copies are priced, not performed
         self.kv_cache_dtype = kv_cache_dtype  # reported; `step_time` prices it (engine/build.py)
+        # A modelled model whose every layer slides: the engine releases the blocks that slid out.
+        shape = getattr(step_time, "model", None)
+        window = shape.get("sliding_window") if isinstance(shape, dict) else getattr(shape, "sliding_window", 0)
+        self.attention_window: int | None = window or None
         self.step_time = step_time
         self.clock = clock
         self.vocab_size = vocab_size

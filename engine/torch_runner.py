@@ -146,6 +146,12 @@ class TorchModelRunner:
     def max_model_len(self) -> int:
         return self.config.max_position_embeddings
 
+    @property
+    def attention_window(self) -> int | None:
+        """The sliding window every layer attends to, where every layer slides (engine/block_manager.py)."""
+        c = self.config
+        return c.sliding_window if c.sliding_window and len(c.sliding_layers) == c.num_layers else None
+
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
                            kv_cache_dtype: str = "auto") -> int:

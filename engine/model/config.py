@@ -128,6 +128,13 @@ class ModelConfig:
         return layer in self.sparse_layers
 
 
+def attention_window(model_type: str, raw: dict) -> int:
+    """The window every layer slides over, where every layer slides; 0 where some layer reads it all."""
+    fields = _sliding_fields(model_type, raw)
+    window, layers = fields.get("sliding_window"), fields.get("sliding_layers", ())
+    return int(window) if window and len(layers) == raw["num_hidden_layers"] else 0
+
+
 def _sliding_fields(model_type: str, raw: dict) -> dict:
     """Mistral and Mixtral slide in every layer when `sliding_window` is set; Qwen only with
     `use_sliding_window`, in the layers `layer_types` names (by default those from

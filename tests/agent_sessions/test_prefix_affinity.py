@@ -64,3 +64,13 @@ def test_request_text_renders_a_chat_in_prompt_order() -> None:
     parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert "hi" in request_text(parts)
     assert request_text({"prompt": "p"}) == "p" and request_text({"prompt": ["a"]}) == ""
+
+
+def test_a_share_threshold_ignores_a_common_system_prompt_alone() -> None:
+    router = PrefixAffinity(AffinityRule(), chunk_chars=64, min_match_chars=1024, min_match_share=0.5)
+    router.routed("a", router.chunk_hashes(SYSTEM + "one user's question"))
+    other_user = router.chunk_hashes(SYSTEM + "another user's long question " * 120)  # the prompt is a third of it
+    assert router.match(other_user, ["a"]).matched_chars >= 2048
+    assert router.choose(other_user, loads(a=0, b=0)).reason == "new"
+    same_user = router.chunk_hashes(SYSTEM + "one user's question" + "and a follow-up")
+    assert router.choose(same_user, loads(a=0, b=0)).prefer == "a"
