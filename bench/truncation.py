@@ -27,8 +27,8 @@ from bench.common import RESULTS, command, machine_info, pct, write_report
 from bench.token_counts import DATA, swe_agent_turns
 from gateway import truncation
 from gateway.backends.local import LocalEngineBackend
-from gateway.config import ModelInfo
 from gateway.deployments import Deployment, DeploymentPool
+from gateway.model_list_config import ModelInfo
 from gateway.token_count import count_on_model
 from gateway.truncation import fit_context
 

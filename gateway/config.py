@@ -10,18 +10,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from agent_sessions.config import SessionsConfig
-from engine.config import KVCacheDtype
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
+from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, StrictConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
 from rankers.config import RankingConfig
 from routers.verify import VerifyPolicy
@@ -29,143 +26,13 @@ from routers.verify import VerifyPolicy
 log = logging.getLogger("pitstop.config")
 
 ENV_PREFIX = "os.environ/"
-# Model strings Pitstop serves itself; everything else goes through litellm.
-LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
-ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTTP
 
 
 class ConfigError(ValueError):
     pass
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TinyModelSpec(_Strict):
-    layers: int = Field(default=2, ge=1, le=64)
-    hidden: int = Field(default=64, ge=16, le=8192)
-    seed: int = 0
-
-
-class SpeculativeSpec(_Strict):
-    """vLLM's `speculative_config` for an engine in this process (engine/speculation.py): n-gram drafts."""
-
-    method: Literal["ngram"] = "ngram"
-    num_speculative_tokens: int = Field(default=4, ge=1, le=64)
-    prompt_lookup_max: int = Field(default=4, ge=1, le=64)
-    prompt_lookup_min: int = Field(default=2, ge=1, le=64)
-    draft_policy: Literal["fixed", "goodput"] = "fixed"  # goodput: drafts cut to what pays (engine/draft_length.py)
-    step_time_profile: str | None = None  # what prices them: `pitstop engine profile`'s file
-
-    @model_validator(mode="after")
-    def _lookup_range(self) -> SpeculativeSpec:
-        if self.prompt_lookup_min > self.prompt_lookup_max:
-            raise ValueError("prompt_lookup_min must not exceed prompt_lookup_max")
-        return self
-
-
-class LitellmParams(BaseModel):
-    """litellm's per-deployment parameters; unknown keys are passed to litellm unchanged."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    api_base: str | None = None
-    api_key: str | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    # Local engine instances only:
-    model_dir: str | None = None
-    num_blocks: int | None = Field(default=None, gt=0)
-    # Host memory for KV blocks the GPU evicts, loaded back on a prefix hit (engine/host_cache.py).
-    host_kv_gib: float = Field(default=0.0, ge=0)
-    # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
-    kv_cache_dtype: KVCacheDtype = "auto"
-    calculate_kv_scales: bool = False  # an fp8 cache's scales measured on the first step (vLLM's flag)
-    # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
-    # gateway under its name, with this entry's model_info (engine/model/lora.py).
-    lora_modules: dict[str, str] | None = None
-    # Set on the entries the gateway makes for those adapters: the index of the entry whose engine serves it.
-    _adapter_of: int | None = PrivateAttr(default=None)
-    max_num_seqs: int = Field(default=64, gt=0)
-    max_model_len: int | None = Field(default=None, gt=0)
-    policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
-    device: str | None = None
-    reasoning_parser: Literal["think"] | None = None  # split a reasoning model's <think> block (engine/reasoning.py)
-    tool_call_parser: Literal["hermes", "llama3_json"] | None = None  # tool calls written as text (engine/tool_parsers.py)
-    speculative_config: SpeculativeSpec | None = None  # n-gram speculative decoding (engine/speculation.py)
-    # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
-    # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
-    transport: Literal["auto", "litellm", "direct"] = "auto"
-    # Build a tiny random model into model_dir on first start when the folder is absent (embedded default).
-    tiny_model: TinyModelSpec | None = None
-
-    @property
-    def provider(self) -> str:
-        return self.model.split("/", 1)[0] if "/" in self.model else ""
-
-    @model_validator(mode="after")
-    def _local_needs_a_folder(self) -> LitellmParams:
-        if self.provider == LOCAL_PROVIDER and not self.model_dir:
-            raise ValueError(f"model '{self.model}' is a local engine: set litellm_params.model_dir")
-        if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
-            raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
-                             "a pitstop engine takes --host-kv-memory itself")
-        for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
-                     "calculate_kv_scales"):
-            if getattr(self, name) not in (None, "auto", False) and self.provider != LOCAL_PROVIDER:
-                raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
-                                 f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
-        if self.provider == ENGINE_PROVIDER and not self.api_base:
-            raise ValueError(f"model '{self.model}' is a Pitstop engine over HTTP: set litellm_params.api_base")
-        return self
-
-
-class ModelInfo(_Strict):
-    input_cost_per_token: float = Field(default=0.0, ge=0)
-    output_cost_per_token: float = Field(default=0.0, ge=0)
-    tier: Literal["weak", "medium", "strong"] = "medium"
-    # The model a learned router knows this deployment as (a name in its training data, e.g.
-    # "gpt-4-1106-preview"); default: model_name. Unknown to the router: the tier prior applies.
-    router_model: str | None = None
-    max_concurrency: int | None = Field(default=None, gt=0)
-    # Requests that may wait for one of those slots; past it a request is a 429 (tried first on the
-    # model's other deployments). None: the queue is unbounded.
-    max_queue: int | None = Field(default=None, ge=0)
-    # litellm's `mode`: "embedding" marks a model that serves POST /v1/embeddings only (kept out of route
-    # groups; a chat or completion request to it is a 400). Any model not on Pitstop's engines may
-    # still be sent embeddings requests: its upstream decides.
-    mode: Literal["chat", "completion", "embedding"] | None = None
-    # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
-    # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
-    max_output_tokens: int | None = Field(default=None, gt=0)
-    # litellm's too: the most prompt tokens the model takes, what a Responses turn with `truncation: auto`
-    # is fitted into (gateway/truncation.py). None: what its deployments say (a Pitstop engine's context
-    # length, the max_model_len a vLLM server lists, litellm's price map).
-    max_input_tokens: int | None = Field(default=None, gt=0)
-
-    @model_validator(mode="after")
-    def _queue_needs_a_limit(self) -> ModelInfo:
-        if self.max_queue is not None and self.max_concurrency is None:
-            raise ValueError("max_queue bounds the queue behind max_concurrency: set max_concurrency too")
-        return self
-
-
-class ModelEntry(_Strict):
-    model_name: str = Field(min_length=1)
-    litellm_params: LitellmParams
-    model_info: ModelInfo = Field(default_factory=ModelInfo)
-
-    @property
-    def serves_embeddings(self) -> bool:
-        """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
-        (last-token pooling: engine/openai_embeddings.py); elsewhere, the upstream decides."""
-        if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
-            return self.model_info.mode == "embedding"
-        return True
-
-
-class StorageConfig(_Strict):
+class StorageConfig(StrictConfig):
     url: str = "sqlite:///var/pitstop.db"
     store_text: bool = True
     max_buffer: int = Field(default=50_000, gt=0)
@@ -183,7 +50,7 @@ class StorageConfig(_Strict):
         return url
 
 
-class ResponsesConfig(_Strict):
+class ResponsesConfig(StrictConfig):
     """The Responses API's stored responses (gateway/stored_responses.py): kept unless the request says
     `store: false` (OpenAI's default), for `previous_response_id`, retrieval and deletion."""
 
@@ -201,7 +68,7 @@ class ResponsesConfig(_Strict):
     mcp_idle_s: float = Field(default=300.0, ge=0)
 
 
-class StoredCompletionsConfig(_Strict):
+class StoredCompletionsConfig(StrictConfig):
     """Chat completions asked to be stored (`store: true`, gateway/stored_completions.py), listed and read
     back as at OpenAI (`GET /v1/chat/completions`): for distillation and evaluations."""
 
@@ -209,7 +76,7 @@ class StoredCompletionsConfig(_Strict):
     retention_days: float = Field(default=30.0, gt=0)  # then deleted (OpenAI keeps them 30 days)
 
 
-class CacheConfig(_Strict):
+class CacheConfig(StrictConfig):
     """Answers kept and served again for the same request (gateway/response_cache.py); off unless set."""
 
     backend: Literal["local", "redis"] = "local"  # this replica's memory, or the Redis at redis_url (shared)
@@ -222,7 +89,7 @@ class CacheConfig(_Strict):
     shared_across_keys: bool = False  # false: an API key reads only the answers its own requests left
 
 
-class VectorStoresConfig(_Strict):
+class VectorStoresConfig(StrictConfig):
     """What embeds vector stores' chunks and queries (gateway/vector_stores.py): None, all-MiniLM-L6-v2 in
     the gateway; else a model of `model_list` marked `mode: embedding`, called as /v1/embeddings would be.
     A store keeps the embedder it was made with."""
@@ -230,7 +97,7 @@ class VectorStoresConfig(_Strict):
     embedding_model: str | None = None
 
 
-class ServerConfig(_Strict):
+class ServerConfig(StrictConfig):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
@@ -245,7 +112,7 @@ class ServerConfig(_Strict):
     batch_concurrency: int = Field(default=8, ge=1)  # a batch's requests in flight at once (gateway/batches.py)
 
 
-class Settings(_Strict):
+class Settings(StrictConfig):
     model_list: list[ModelEntry] = Field(min_length=1)
     route_groups: list[RouteGroup] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from gateway.admission import AdmissionQueue
 from gateway.backends.base import Backend
-from gateway.config import ModelInfo
+from gateway.model_list_config import ModelInfo
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.batches import Batches
 from gateway.budget_alerts import BudgetAlerts
-from gateway.config import ENGINE_PROVIDER, LOCAL_PROVIDER, ConfigError, ModelEntry, Settings
+from gateway.config import ConfigError, Settings
 from gateway.conversations import Conversations
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
@@ -29,6 +29,7 @@ from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError
 from gateway.limits.factory import make_limiter
 from gateway.limits.periods import current_period, period_end
 from gateway.metrics import GatewayMetrics
+from gateway.model_list_config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
