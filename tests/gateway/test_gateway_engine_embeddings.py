@@ -41,3 +41,23 @@ def test_an_engine_embedding_model_serves_the_embeddings_api(tmp_path: Path) -> 
         torch.testing.assert_close(torch.tensor(item.embedding), torch.nn.functional.normalize(hidden, dim=-1),
                                    atol=1e-5, rtol=1e-5)
     assert answer.usage.prompt_tokens == sum(len(ids) for ids in tokens)
+
+
+def test_a_vector_store_embedded_by_an_engine_model(tmp_path: Path) -> None:
+    """`vector_stores.embedding_model` naming an engine embedding model: chunks and queries embedded by
+    the engine; a query equal to a file's text finds that file first."""
+    from tests.gateway.test_gateway_vector_stores import completed_store, upload
+
+    model_dir = make_tiny_model(tmp_path / "tiny", family="qwen3")
+    embedder = {"model_name": "embedder", "model_info": {"mode": "embedding"},
+                "litellm_params": {"model": "pitstop-local/embedder", "model_dir": str(model_dir), "num_blocks": 128,
+                                   "max_model_len": 1024}}
+    config = gateway_config(tmp_path, [embedder], vector_stores={"embedding_model": "embedder"})
+    docs = {"coast.txt": "Lighthouses guide ships along dangerous coasts at night.",
+            "bread.txt": "Sourdough needs a starter, flour, water and patience."}
+    with running_gateway(config) as gateway, gateway.openai() as client:
+        store_id = completed_store(client, list(upload(client, docs).values()))
+        found = client.vector_stores.search(store_id, query=docs["bread.txt"])
+        rows = [row for row in gateway.rows() if row["endpoint"] == "embedding"]
+    assert found.data[0].filename == "bread.txt"
+    assert rows and {row["model"] for row in rows} == {"embedder"}
