@@ -117,12 +117,20 @@ class KVViews:
         if cached is None:
             await self._refresh(backend)
             return self._remote[backend][1]
-        fetched_at, view = cached
-        if self.clock() - fetched_at > self.max_age_s and backend not in self._refreshing:
+        return self.known(backend)
+
+    def known(self, backend: Backend) -> KVView | None:
+        """What is known now, without waiting: an in-process engine's view, or a server's last one (None
+        before its first answer); a missing or stale one is fetched in the background for next time."""
+        if not (isinstance(backend, OpenAIHTTPBackend) and backend.accepts_session):
+            return kv_view(backend)
+        cached = self._remote.get(backend)
+        stale = cached is None or self.clock() - cached[0] > self.max_age_s
+        if stale and backend not in self._refreshing:
             task = asyncio.create_task(self._refresh(backend))
             self._refreshing[backend] = task
             task.add_done_callback(lambda _: self._refreshing.pop(backend, None))
-        return view
+        return cached[1] if cached is not None else None
 
     async def _refresh(self, backend: OpenAIHTTPBackend) -> None:
         view = self._remote.get(backend, (0.0, None))[1]  # a failed read keeps the last one

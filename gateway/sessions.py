@@ -141,7 +141,7 @@ class GatewaySessions:
         """The request was sent to `deployment`: remember its prefix there (requests that name no session)."""
         if call.prefix_hashes is None:
             return
-        view = kv_view(deployment.backend)
+        view = self.kv_views.known(deployment.backend)  # a server's capacity once it has said it
         capacity_tokens = view.capacity_tokens if view is not None else self.config.default_kv_capacity_tokens
         self.prefixes.routed(deployment.name, call.prefix_hashes, capacity_tokens * CHARS_PER_TOKEN)
 

@@ -96,6 +96,24 @@ def test_a_server_that_stops_answering_keeps_its_last_view(tmp_path: Path) -> No
     assert during == first and after == first and unknown is None
 
 
+def test_known_answers_at_once_and_fetches_in_the_background(tmp_path: Path) -> None:
+    """What prefix affinity reads when it records a request (gateway/sessions.py): never a wait."""
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    with serve_in_thread(create_app(build_engine(model_dir, num_blocks=24, device="cpu"), "t")) as url:
+        backend = OpenAIHTTPBackend(f"{url}/v1", "t", accepts_session=True)
+        views = KVViews(max_age_s=1.0, timeout_s=10.0, clock=FakeClock())
+
+        async def scenario() -> tuple:
+            before = views.known(backend)  # nothing yet: a fetch starts
+            await settled(views, backend)
+            after = views.known(backend)
+            await backend.close()
+            return before, after
+
+        before, after = asyncio.run(scenario())
+    assert before is None and after is not None and after.capacity_tokens == 24 * 16
+
+
 def test_view_from_stats_without_a_host_tier() -> None:
     stats = {"block_size": 16, "blocks": {"total": 100, "used": 25, "pinned": 10, "host": None}}
     view = view_from_stats(stats)
