@@ -112,8 +112,8 @@ class ModelInfo(StrictConfig):
     # model's other deployments). None: the queue is unbounded.
     max_queue: int | None = Field(default=None, ge=0)
     # litellm's `mode`: "embedding" marks a model that serves POST /v1/embeddings only (kept out of route
-    # groups; a chat or completion request to it is a 400). Any model not on Pitstop's engines may
-    # still be sent embeddings requests: its upstream decides.
+    # groups; a chat or completion request to it is a 400); on Pitstop's engines, the only models that embed.
+    # Any model not on Pitstop's engines may still be sent embeddings requests: its upstream decides.
     mode: Literal["chat", "completion", "embedding"] | None = None
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
