@@ -131,3 +131,17 @@ def test_a_sessions_next_turn_finds_its_window(mistral: Path) -> None:
     assert second.num_cached_tokens == info["cached_tokens"]
     expected = transformers_greedy(mistral, first.token_ids + [7, 8, 9], 4)
     assert second.output_token_ids == expected
+
+
+def test_a_sliding_window_profile_serves_a_simulated_engine_that_releases(tmp_path: Path) -> None:
+    from engine.build import build_engine
+    from engine.roofline import RooflineStepTime
+    from engine.step_time import load_profile, save_profile
+
+    save_profile(tmp_path / "mistral.json", RooflineStepTime.builtin("mistral-7b-v0.1"))
+    loaded = load_profile(tmp_path / "mistral.json")
+    assert isinstance(loaded, RooflineStepTime) and loaded.model.sliding_window == 4096
+    engine = build_engine(sim_profile=tmp_path / "mistral.json").engine
+    assert engine.config.attention_window == 4096 and engine.block_manager.sliding_window == 4096
+    save_profile(tmp_path / "llama.json", RooflineStepTime.builtin("llama-3.1-8b"))
+    assert build_engine(sim_profile=tmp_path / "llama.json").engine.config.attention_window is None
