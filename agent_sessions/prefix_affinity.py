@@ -71,7 +71,10 @@ class PrefixAffinity:
             hashes.append(parent)
         return hashes
 
-    def match(self, hashes: list[int], instances: list[str]) -> PrefixMatch:
+    def match(self, hashes: list[int], instances: list[str], outstanding: dict[str, int] | None = None) -> PrefixMatch:
+        """The instance holding the longest prefix; of several holding as much (a common system prompt
+        every instance has served), the one with the fewest requests in flight."""
+        loads = outstanding or {}
         best, best_len = None, 0
         for name in instances:
             remembered = self._remembered.get(name)
@@ -82,14 +85,15 @@ class PrefixAffinity:
                 if h not in remembered:
                     break
                 length += 1
-            if length > best_len:
+            if length > best_len or (length == best_len > 0 and loads.get(name, 0) < loads.get(best or "", 0)):
                 best, best_len = name, length
         return PrefixMatch(best, best_len * self.chunk_chars, len(hashes) * self.chunk_chars)
 
     def choose(self, hashes: list[int], instances: list[InstanceLoad]) -> Affinity:
         """The instance to try first for a request with these chunk hashes ("prefix"), or None ("new":
         the pool's least loaded) when none holds enough of it; AffinityRule's reasons otherwise."""
-        found = self.match(hashes, [i.name for i in instances if i.available])
+        ready = [i for i in instances if i.available]
+        found = self.match(hashes, [i.name for i in ready], {i.name: i.outstanding for i in ready})
         if found.instance is None or found.matched_chars < max(self.min_match_chars,
                                                                self.min_match_share * found.total_chars):
             return Affinity(None, "new")

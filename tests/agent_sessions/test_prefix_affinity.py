@@ -74,3 +74,12 @@ def test_a_share_threshold_ignores_a_common_system_prompt_alone() -> None:
     assert router.choose(other_user, loads(a=0, b=0)).reason == "new"
     same_user = router.chunk_hashes(SYSTEM + "one user's question" + "and a follow-up")
     assert router.choose(same_user, loads(a=0, b=0)).prefer == "a"
+
+
+def test_of_instances_holding_as_much_the_least_loaded_is_chosen() -> None:
+    router = PrefixAffinity(AffinityRule(), chunk_chars=64, min_match_chars=1024)
+    for name in ("a", "b", "c"):  # each has served a conversation opening with the same system prompt
+        router.routed(name, router.chunk_hashes(SYSTEM + f"conversation {name}"))
+    new_conversation = router.chunk_hashes(SYSTEM + "a new one")
+    assert router.choose(new_conversation, loads(a=3, b=1, c=2)).prefer == "b"
+    assert router.choose(new_conversation, loads(a=0, b=1, c=2)).prefer == "a"
