@@ -112,6 +112,7 @@ bench-agents: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.host_kv --models llama-3.1-8b llama-3.1-70b --kv-fraction 1.0 --programs 160 \
 	  --rates 0.3 0.8 --host-ratios 0 4 --skip-torch --out bench/results/host_kv_full_kv.json
 	OMP_NUM_THREADS=1 $(PY) -m bench.kv_fp8
+	OMP_NUM_THREADS=1 $(PY) -m bench.quantization
 	OMP_NUM_THREADS=1 $(PY) -m bench.prefix_routing
 
 clean:

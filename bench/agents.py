@@ -167,6 +167,13 @@ def workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer programs and loads (smoke test)")
 
 
+def workload_record(args: argparse.Namespace, **fields: object) -> dict:
+    """The report's record of `workload_arguments`' workload, with a caller's `fields` on top."""
+    return {"trace": "shared/data/traces/swe_agent/swe_trajectories_5.json", "programs_per_run": args.programs,
+            "chat_rate_per_s": args.chat_rate, "kv_fraction": args.kv_fraction,
+            "tool_scaling": {"tool_scale": args.tool_scale, "test_run_scale": args.test_run_scale}, **fields}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     workload_arguments(parser)

@@ -20,7 +20,7 @@ from pathlib import Path
 from agent_sessions.config import SessionsConfig
 from bench.agent_sim import POLICIES, attention_knee_tokens, make_chat, run_policy
 from bench.agent_workload import ToolScaling, load_templates, make_programs
-from bench.agents import MODELS, torch_run, workload_arguments
+from bench.agents import MODELS, torch_run, workload_arguments, workload_record
 from bench.common import command, machine_info, write_report
 from engine.roofline import RooflineStepTime
 
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows += [] if args.skip_torch else torch_run(args, templates, _policies(), tuple(args.torch_host_ratios))
     report = {
         "command": command("bench.host_kv", argv), "machine": machine_info(),
-        "workload": {"trace": "shared/data/traces/swe_agent/swe_trajectories_5.json", "programs_per_run": args.programs,
-                     "chat_rate_per_s": args.chat_rate, "kv_fraction": args.kv_fraction,
-                     "tool_scaling": {"tool_scale": args.tool_scale, "test_run_scale": args.test_run_scale}},
+        "workload": workload_record(args),
         "host_link": "PCIe Gen5 x16, 64 GB/s one way per GPU, 80% achieved (engine/roofline.py)",
         "summary": summary(rows), "runs": rows,
     }

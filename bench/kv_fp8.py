@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from agent_sessions.config import SessionsConfig
 from bench.agent_sim import POLICIES, attention_knee_tokens, make_chat, run_policy
 from bench.agent_workload import ToolScaling, load_templates, make_programs
-from bench.agents import MODELS, workload_arguments
+from bench.agents import MODELS, workload_arguments, workload_record
 from bench.common import command, machine_info, write_report
+from bench.torch_variants import decode_step_variants, score_variants
 from engine.roofline import RooflineStepTime
 
 RESULTS = Path(__file__).parent / "results"
@@ -90,75 +89,25 @@ def sim_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+KV_VARIANTS = {"auto": {"kv_cache_dtype": "auto"}, "fp8": {"kv_cache_dtype": "fp8"},
+               "fp8_e5m2": {"kv_cache_dtype": "fp8_e5m2"}}
+
+
 def torch_accuracy(model_dir: Path, prompts: list[list[int]]) -> dict:
     """Teacher-forced scores of `prompts` with each KV storage, against the fp32 cache's."""
-    import torch
-
-    from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
-    from engine.torch_runner import TorchModelRunner
-
-    def score(dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = sum(-(-len(p) // 16) for p in prompts) + 8
-        runner = TorchModelRunner(model_dir, blocks, 16, device="cpu", dtype=torch.float32, kv_cache_dtype=dtype)
-        engine = LLMEngine(EngineConfig(num_blocks=blocks, max_model_len=2048, long_prefill_token_threshold=64,
-                                        max_num_batched_tokens=256, enable_prefix_caching=False), runner)
-        seqs = [engine.add_request(f"p{i}", p, SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0))
-                for i, p in enumerate(prompts)]
-        while engine.has_unfinished():
-            engine.step()
-        logprobs = torch.tensor([lp.logprob for s in seqs for lp in s.prompt_logprobs])
-        top1 = torch.tensor([lp.top_ids[0] for s in seqs for lp in s.prompt_logprobs])
-        return logprobs, top1
-
-    exact, exact_top1 = score("auto")
-    out: dict = {"scored_tokens": len(exact), "mean_abs_logprob_fp32": round(exact.abs().mean().item(), 4)}
-    for dtype in ("fp8", "fp8_e5m2"):
-        logprobs, top1 = score(dtype)
-        delta = (logprobs - exact).abs()
-        out[dtype] = {"mean_abs_logprob_error": round(delta.mean().item(), 4),
-                      "p99_abs_logprob_error": round(delta.quantile(0.99).item(), 4),
-                      "relative_logprob_error": round(delta.mean().item() / exact.abs().mean().item(), 5),
-                      "top1_agreement": round((top1 == exact_top1).float().mean().item(), 4)}
-        print(f"torch accuracy kv {dtype:9s} mean |d logprob| {out[dtype]['mean_abs_logprob_error']:.4f} "
-              f"top-1 agreement {out[dtype]['top1_agreement']:.4f}", flush=True)
+    out = score_variants(model_dir, prompts, KV_VARIANTS)
+    out["mean_abs_logprob_fp32"] = out.pop("mean_abs_logprob_reference")
+    del out["reference"]
     return out
 
 
 def torch_decode_steps(model_dir: Path, batch: int, context: int, steps: int, rounds: int) -> dict:
     """Median decode step of `batch` sequences at `context` tokens, fp32 and fp8 caches alternating."""
-    import torch
-
-    from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
-    from engine.torch_runner import TorchModelRunner
-
-    blocks = batch * (-(-(context + steps * rounds + 16) // 16))
-    rng = random.Random(0)
-    engines = {}
-    for dtype in ("auto", "fp8"):
-        runner = TorchModelRunner(model_dir, blocks, 16, device="cpu", dtype=torch.float32, kv_cache_dtype=dtype)
-        engine = LLMEngine(EngineConfig(num_blocks=blocks, max_model_len=context + steps * rounds + 16,
-                                        max_num_seqs=batch, max_num_batched_tokens=2048), runner)
-        seqs = [engine.add_request(f"s{i}", [rng.randrange(1000) for _ in range(context)],
-                                   SamplingParams(max_tokens=steps * rounds + 8, ignore_eos=True, temperature=0))
-                for i in range(batch)]
-        while any(s.num_output_tokens == 0 for s in seqs):
-            engine.step()  # prefill until every sequence decodes
-        engines[dtype] = engine
-    times: dict[str, list[float]] = {dtype: [] for dtype in engines}
-    for _ in range(rounds):
-        for dtype, engine in engines.items():
-            for _ in range(steps):
-                started = time.perf_counter()
-                engine.step()
-                times[dtype].append(time.perf_counter() - started)
-    medians = {dtype: statistics.median(t) * 1e3 for dtype, t in times.items()}
+    medians = decode_step_variants(model_dir, batch, context, steps, rounds,
+                                   {name: KV_VARIANTS[name] for name in ("auto", "fp8")})
     print(f"torch decode batch {batch} context {context}: fp32 {medians['auto']:.2f} ms, fp8 {medians['fp8']:.2f} ms",
           flush=True)
-    return {"batch": batch, "context": context, "median_step_ms": {k: round(v, 3) for k, v in medians.items()},
+    return {"batch": batch, "context": context, "median_step_ms": medians,
             "fp8_over_fp32": round(medians["fp8"] / medians["auto"], 3), "steps_each": steps * rounds}
 
 
@@ -200,9 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": command("bench.kv_fp8", argv), "machine": machine_info(),
         "capacity": capacity(),
-        "workload": {"trace": "shared/data/traces/swe_agent/swe_trajectories_5.json", "programs_per_run": args.programs,
-                     "chat_rate_per_s": args.chat_rate, "kv_fraction": args.kv_fraction,
-                     "tool_scaling": {"tool_scale": args.tool_scale, "test_run_scale": args.test_run_scale}},
+        "workload": workload_record(args),
         "summary": sim_summary(rows), "runs": rows,
         "torch_cpu": None if args.skip_torch else torch_part(args),
     }

@@ -19,7 +19,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  pin_budget_fraction: float = 0.5, device: str | None = None,
                  speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
                  kv_cache_dtype: str = "auto", calculate_kv_scales: bool = False,
-                 lora_modules: dict[str, str] | None = None,
+                 quantization: str | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
@@ -29,7 +29,9 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
     `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
     budgets then hold twice the blocks, and a simulation prices the smaller KV; `calculate_kv_scales`: its
-    scales measured on the first step rather than read from the checkpoint. `lora_modules`: LoRA
+    scales measured on the first step rather than read from the checkpoint. `quantization`: "int8" or
+    "fp8" W8A8 projections (engine/model/quant_config.py; a quantized checkpoint's own is used without
+    it), which a simulation prices as one byte a weight. `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
     at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
     from engine.clock import WallClock
@@ -52,7 +54,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device,
                                                                  kv_cache_dtype=kv_cache_dtype)
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
-                                  kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales)
+                                  kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
+                                  quantization=quantization)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size
@@ -61,7 +64,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         from engine.sim_runner import SimulatedRunner
         from engine.step_time import load_profile
 
-        step_time = with_kv_cache_dtype(load_profile(sim_profile), kv_cache_dtype)
+        step_time = with_kv_cache_dtype(with_quantization(load_profile(sim_profile), quantization), kv_cache_dtype)
         num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
         num_host_blocks = _sim_blocks_for_bytes(step_time, host_kv_memory_bytes, block_size) \
             if host_kv_memory_bytes else 0
@@ -99,6 +102,22 @@ def with_kv_cache_dtype(step_time: object, kv_cache_dtype: str) -> object:
         raise ValueError(f"this step-time profile was measured with {measured or 'an unrecorded number of'} "
                          f"byte(s) a KV element, not {kv_cache_dtype}: run `pitstop engine profile "
                          f"--kv-cache-dtype {kv_cache_dtype}`, or use a roofline profile")
+    return step_time
+
+
+def with_quantization(step_time: object, quantization: str | None) -> object:
+    """A simulation's step-time model for an engine quantized as `quantization`: a roofline re-derives its
+    weights' bytes and FLOP/s; a measured profile serves only the quantization it was measured with."""
+    from engine.roofline import RooflineStepTime
+
+    if isinstance(step_time, RooflineStepTime):
+        return step_time.with_quantization(quantization)
+    model = getattr(step_time, "model", None)
+    measured = model.get("quantization") if isinstance(model, dict) else None
+    if quantization is not None and measured != quantization:
+        raise ValueError(f"this step-time profile was measured {f'with {measured}' if measured else 'unquantized'}, "
+                         f"not {quantization}: run `pitstop engine profile --quantization {quantization}`, "
+                         "or use a roofline profile")
     return step_time
 
 

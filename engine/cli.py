@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from engine.config import KV_CACHE_DTYPES, SpeculativeConfig
+from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SpeculativeConfig
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -63,6 +63,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             "element: twice the tokens in the same memory, scaled by an fp8 checkpoint's k/v scales")
     serve.add_argument("--calculate-kv-scales", action="store_true",
                        help="with an fp8 KV cache: measure each layer's scales on the first step (vLLM's flag)")
+    serve.add_argument("--quantization", choices=QUANTIZATIONS,
+                       help="W8A8 projections quantized while loading: int8 or fp8 (a quantized checkpoint's "
+                            "own scheme is used without this flag; with it, the flag must name that scheme)")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -111,12 +114,20 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--seed", type=int, default=0)
     lora.set_defaults(handler=make_tiny_lora_command)
 
+    quantize = subparsers.add_parser("quantize", help="write a W8A8 (int8 or fp8) copy of a model folder, in "
+                                     "compressed-tensors' layout")
+    quantize.add_argument("--model", type=Path, required=True, help="a full-precision Hugging Face model folder")
+    quantize.add_argument("--out", type=Path, required=True, help="the folder to write")
+    quantize.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
+    quantize.set_defaults(handler=quantize_command)
+
     profile = subparsers.add_parser("profile", help="measure step times of a model, write a sim profile")
     profile.add_argument("--model", type=Path, required=True)
     profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
     profile.add_argument("--device")
     profile.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                          help="the KV storage to measure (a simulation with an fp8 cache needs an fp8 profile)")
+    profile.add_argument("--quantization", choices=QUANTIZATIONS, help="W8A8 projections to measure (int8 or fp8)")
     profile.set_defaults(handler=profile_command)
 
     from engine.roofline import GPUS, MODELS
@@ -128,7 +139,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--builtin", choices=sorted(MODELS), help="a built-in model shape")
     roofline.add_argument("--gpu", choices=sorted(GPUS), required=True)
     roofline.add_argument("--tensor-parallel", type=int, default=1)
-    roofline.add_argument("--fp8", action="store_true", help="fp8 weights (1 byte each)")
+    roofline.add_argument("--quantization", choices=QUANTIZATIONS,
+                          help="the engine's W8A8 projections: one byte a weight, at the format's FLOP/s")
     roofline.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                           help="fp8: KV stored in one byte an element (default auto: as the weights, at least 2)")
     roofline.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
@@ -161,9 +173,9 @@ def serve_command(args: argparse.Namespace) -> int:
                               pin_budget_fraction=args.pin_budget_fraction, device=args.device,
                               speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
                               kv_cache_dtype=args.kv_cache_dtype, calculate_kv_scales=args.calculate_kv_scales,
-                              lora_modules=adapters, max_loras=args.max_loras,
+                              quantization=args.quantization, lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank)
-    except ValueError as exc:  # an adapter folder that cannot be served (LoRAError), a bad profile
+    except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
@@ -178,16 +190,16 @@ def roofline_command(args: argparse.Namespace) -> int:
     from engine.step_time import save_profile
 
     if args.builtin is not None:
-        model = RooflineStepTime.builtin(args.builtin, args.gpu, args.tensor_parallel, fp8_weights=args.fp8,
-                                         kv_cache_dtype=args.kv_cache_dtype)
+        model = RooflineStepTime.builtin(args.builtin, args.gpu, args.tensor_parallel,
+                                         quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
     else:
         config = args.model / "config.json"
         if not config.is_file():
             print(f"pitstop: {args.model} is not a model folder (no config.json)", file=sys.stderr)
             return 2
-        shape = ModelShape.from_hf_config(json.loads(config.read_text()), name=args.model.resolve().name,
-                                          weight_bytes=1 if args.fp8 else 2)
-        model = RooflineStepTime(shape, GPUS[args.gpu], args.tensor_parallel).with_kv_cache_dtype(args.kv_cache_dtype)
+        shape = ModelShape.from_hf_config(json.loads(config.read_text()), name=args.model.resolve().name)
+        model = RooflineStepTime(shape, GPUS[args.gpu], args.tensor_parallel)
+        model = model.with_quantization(args.quantization).with_kv_cache_dtype(args.kv_cache_dtype)
     try:
         blocks = model.kv_capacity_blocks()
     except ValueError as error:  # the weights leave no room for KV on these GPUs
@@ -216,9 +228,24 @@ def make_tiny_lora_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def quantize_command(args: argparse.Namespace) -> int:
+    from engine.quantize_checkpoint import quantize_checkpoint
+
+    if not (args.model / "config.json").is_file():
+        print(f"pitstop: {args.model} is not a model folder (no config.json)", file=sys.stderr)
+        return 2
+    try:
+        print(quantize_checkpoint(args.model, args.out, args.quantization))
+    except ValueError as exc:  # already quantized
+        print(f"pitstop: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def profile_command(args: argparse.Namespace) -> int:
     from engine.profile import run_profile
 
-    run_profile(args.model, args.out, device=args.device, kv_cache_dtype=args.kv_cache_dtype)
+    run_profile(args.model, args.out, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
+                quantization=args.quantization)
     print(args.out)
     return 0

@@ -15,6 +15,11 @@ def kv_element_bytes(kv_cache_dtype: str, model_bytes: int) -> int:
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} is not one of {', '.join(KV_CACHE_DTYPES)}")
     return model_bytes if kv_cache_dtype == "auto" else 1
+
+
+# --quantization: W8A8 projections (engine/model/quant_config.py), one byte a weight.
+Quantization = Literal["int8", "fp8"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DRAFT_POLICIES = ("fixed", "goodput")
 
 

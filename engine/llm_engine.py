@@ -48,6 +48,7 @@ class EngineStats:
     spec: SpeculationCounters
     kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
     num_loras: int = 0  # LoRA adapters loaded
+    quantization: str | None = None  # the runner's W8A8 projections (engine/model/quant_config.py), if any
 
 
 class LLMEngine(SessionPins, LoRAAdapters):
@@ -349,4 +350,5 @@ class LLMEngine(SessionPins, LoRAAdapters):
             prefill_tokens=self.prefill_tokens, generation_tokens=self.generation_tokens,
             pins=self.block_manager.pins.counters, spec=replace(self.spec),
             kv_cache_dtype=getattr(self.runner, "kv_cache_dtype", "auto"), num_loras=len(self.loras),
+            quantization=getattr(self.runner, "quantization", None),
         )

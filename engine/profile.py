@@ -234,10 +234,11 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
                 block_size: int = 16, device: str | None = None, dtype: str | torch.dtype | None = None,
                 sweep: ProfileSweep | None = None,
                 runner_factory: Callable[..., ModelRunner] | None = None,
-                kv_cache_dtype: str = "auto") -> ProfileResult:
+                kv_cache_dtype: str = "auto", quantization: str | None = None) -> ProfileResult:
     """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
     num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`.
-    `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size."""
+    `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size;
+    `quantization`: its W8A8 projections (engine/model/quant_config.py), recorded in the model shape."""
     sweep = sweep or ProfileSweep()
     model_dir = Path(model_dir)
     hf_config = json.loads((model_dir / "config.json").read_text())
@@ -248,12 +249,14 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
         from engine.torch_runner import TorchModelRunner
 
         # A host tier to time its copies with (LinearStepTime.c_kv_token_moved).
-        runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64), kv_cache_dtype=kv_cache_dtype)
+        runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64), kv_cache_dtype=kv_cache_dtype,
+                                 quantization=quantization)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
     runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
     weight_bytes = getattr(getattr(runner, "dtype", None), "itemsize", 2)  # torch.dtype knows its size
     shape = ModelShape.from_hf_config(hf_config, name=model_dir.name, weight_bytes=weight_bytes)
-    shape = replace(shape, kv_bytes=kv_element_bytes(getattr(runner, "kv_cache_dtype", "auto"), shape.kv_bytes))
+    shape = replace(shape, kv_bytes=kv_element_bytes(getattr(runner, "kv_cache_dtype", "auto"), shape.kv_bytes),
+                    quantization=getattr(runner, "quantization", None))
     started = time.time()
     result = profile_runner(runner, num_blocks, block_size, vocab_size=hf_config["vocab_size"],
                             sweep=sweep, model_info=asdict(shape))

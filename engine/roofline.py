@@ -13,7 +13,10 @@ KV blocks copied to or from the host tier (engine/host_cache.py) add their bytes
 
 Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
 all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
-parallelism. For fp8 weights set `weight_bytes=1`: weight traffic halves and the fp8 FLOP/s apply.
+parallelism. A quantized engine (`quantization`: the W8A8 projections of engine/model/quant_linear.py)
+streams its attention and dense MLP projections at one byte a weight and multiplies them at the format's
+peak (fp8 or int8 tensor cores; the bf16 peak on a GPU without them); embeddings, the LM head, routers
+and experts keep `weight_bytes`.
 
 Mixture-of-experts models (Qwen3-MoE, Mixtral) compute with the experts each token is routed to, and
 a step streams only the experts some token of it chose: with T tokens each picking k of E experts,
@@ -25,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from engine.batch import StepShape
-from engine.config import kv_element_bytes
+from engine.config import QUANTIZATIONS, kv_element_bytes
 from engine.model.config import attention_window, expert_fields
 
 MIB = 1 << 20
@@ -38,6 +41,7 @@ class GPUSpec:
     hbm_bytes_per_s: float
     peak_flops_bf16: float  # dense, no sparsity
     peak_flops_fp8: float | None = None
+    peak_ops_int8: float | None = None
     # The host link (PCIe) one way, per GPU: what the host KV tier's copies cross.
     host_link_bytes_per_s: float = 64e9
 
@@ -45,9 +49,9 @@ class GPUSpec:
 # Memory is what nvidia-smi reports as total; bandwidth and dense FLOP/s from NVIDIA's datasheets;
 # the host link is PCIe Gen5 x16 (H100, H200) or Gen4 x16 (A100).
 GPUS: dict[str, GPUSpec] = {
-    "H100-SXM": GPUSpec("H100-SXM", 81559 * MIB, 3.35e12, 989e12, 1979e12, 64e9),
-    "H200": GPUSpec("H200", 143771 * MIB, 4.8e12, 989e12, 1979e12, 64e9),
-    "A100-80G": GPUSpec("A100-80G", 81920 * MIB, 2.0e12, 312e12, None, 32e9),
+    "H100-SXM": GPUSpec("H100-SXM", 81559 * MIB, 3.35e12, 989e12, 1979e12, 1979e12, 64e9),
+    "H200": GPUSpec("H200", 143771 * MIB, 4.8e12, 989e12, 1979e12, 1979e12, 64e9),
+    "A100-80G": GPUSpec("A100-80G", 81920 * MIB, 2.0e12, 312e12, None, 624e12, 32e9),
 }
 
 
@@ -65,7 +69,7 @@ class ModelShape:
     intermediate_size: int
     vocab_size: int
     head_dim: int = 0  # 0: hidden_size // num_heads
-    weight_bytes: int = 2  # bytes per weight: 2 for bf16, 1 for fp8
+    weight_bytes: int = 2  # bytes per weight: 2 for bf16
     kv_bytes: int = 2  # bytes per cached K or V element
     tie_word_embeddings: bool = False
     num_experts: int = 0
@@ -73,6 +77,7 @@ class ModelShape:
     expert_intermediate_size: int = 0
     num_sparse_layers: int = 0
     sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)
+    quantization: str | None = None  # "int8" / "fp8": the projections are W8A8, one byte a weight
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -100,12 +105,20 @@ class ModelShape:
     def shared_layer_params(self) -> int:
         """Matmul weights every token uses: q, k, v, o projections, dense layers' gate/up/down MLP,
         sparse layers' routers."""
+        return self.projection_params + self.num_sparse_layers * self.hidden_size * self.num_experts
+
+    @property
+    def projection_params(self) -> int:
+        """The q, k, v, o projections and the dense layers' gate/up/down: what `quantization` covers."""
         q_and_o = 2 * self.hidden_size * self.num_heads * self.head_dim
         k_and_v = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
         mlp = 3 * self.hidden_size * self.intermediate_size
-        router = self.hidden_size * self.num_experts
-        dense = self.num_layers - self.num_sparse_layers
-        return self.num_layers * (q_and_o + k_and_v) + dense * mlp + self.num_sparse_layers * router
+        return self.num_layers * (q_and_o + k_and_v) + (self.num_layers - self.num_sparse_layers) * mlp
+
+    @property
+    def quantized_params(self) -> int:
+        """Weights stored in one byte under `quantization` (none without it)."""
+        return self.projection_params if self.quantization else 0
 
     @property
     def expert_params(self) -> int:
@@ -140,7 +153,7 @@ class ModelShape:
     @property
     def weight_memory_bytes(self) -> int:
         """What the weights occupy on the GPU(s), embeddings included."""
-        return self.num_params * self.weight_bytes
+        return self.num_params * self.weight_bytes - self.quantized_params * (self.weight_bytes - 1)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -185,18 +198,21 @@ class RooflineStepTime:
     def __post_init__(self) -> None:
         assert self.tensor_parallel >= 1
         m = self.model
-        fp8 = m.weight_bytes == 1 and self.gpu.peak_flops_fp8 is not None
-        peak = self.gpu.peak_flops_fp8 if fp8 else self.gpu.peak_flops_bf16
-        flops_per_s = peak * self.flops_efficiency * self.tensor_parallel
+        flops_per_s = self.gpu.peak_flops_bf16 * self.flops_efficiency * self.tensor_parallel
+        quantized_peak = {"fp8": self.gpu.peak_flops_fp8, "int8": self.gpu.peak_ops_int8}.get(m.quantization or "")
+        quantized_per_s = (quantized_peak or self.gpu.peak_flops_bf16) * self.flops_efficiency * self.tensor_parallel
         bytes_per_s = self.gpu.hbm_bytes_per_s * self.memory_efficiency * self.tensor_parallel
+        quantized = m.quantized_params
         constants = {
-            "_s_per_token": 2 * m.active_layer_params / flops_per_s,  # 2 FLOPs per multiply-add
+            # 2 FLOPs per multiply-add; quantized projections at their format's rate.
+            "_s_per_token": 2 * (m.active_layer_params - quantized) / flops_per_s + 2 * quantized / quantized_per_s,
             "_s_per_sampled": 2 * m.lm_head_params / flops_per_s,
             # QK^T and PV: two matmuls of 2 FLOPs per multiply-add, per head per layer.
             "_s_per_pair": 4 * m.num_layers * m.num_heads * m.head_dim / flops_per_s,
             # Streamed every step: all shared matmul weights (the embedding table is only gathered by
             # row), and each expert that some token of the step is routed to.
-            "_s_weights": (m.shared_layer_params + m.lm_head_params) * m.weight_bytes / bytes_per_s,
+            "_s_weights": ((m.shared_layer_params - quantized + m.lm_head_params) * m.weight_bytes + quantized)
+            / bytes_per_s,
             "_s_per_expert": m.expert_params * m.weight_bytes / bytes_per_s,
             "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
             # Each GPU copies its shard of a block's heads over its own link.
@@ -248,11 +264,19 @@ class RooflineStepTime:
 
     @classmethod
     def builtin(cls, model: str = "llama-3.1-8b", gpu: str = "H100-SXM", tensor_parallel: int = 1,
-                fp8_weights: bool = False, kv_cache_dtype: str = "auto", **efficiencies: float) -> RooflineStepTime:
-        shape = MODELS[model]
-        if fp8_weights:
-            shape = replace(shape, name=f"{shape.name}-fp8", weight_bytes=1)
-        return cls(shape, GPUS[gpu], tensor_parallel, **efficiencies).with_kv_cache_dtype(kv_cache_dtype)
+                quantization: str | None = None, kv_cache_dtype: str = "auto",
+                **efficiencies: float) -> RooflineStepTime:
+        model_time = cls(MODELS[model], GPUS[gpu], tensor_parallel, **efficiencies)
+        return model_time.with_quantization(quantization).with_kv_cache_dtype(kv_cache_dtype)
+
+    def with_quantization(self, quantization: str | None) -> RooflineStepTime:
+        """The same GPU serving the model with W8A8 projections (`int8` or `fp8`), or as it is (None)."""
+        if quantization == self.model.quantization:
+            return self
+        if quantization not in (None, *QUANTIZATIONS):
+            raise ValueError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+        name = self.model.name.removesuffix(f"-{self.model.quantization}") + (f"-{quantization}" if quantization else "")
+        return replace(self, model=replace(self.model, name=name, quantization=quantization))
 
     def with_kv_cache_dtype(self, kv_cache_dtype: str) -> RooflineStepTime:
         """The same GPU with the model's KV stored as `kv_cache_dtype` (engine/config.py): an fp8 cache
@@ -275,5 +299,5 @@ def kv_capacity_blocks(model: ModelShape, gpu: GPUSpec, block_size: int = 16,
     if free < block_bytes:
         need = model.weight_memory_bytes / tensor_parallel / 1e9
         raise ValueError(f"{model.name} ({need:.1f} GB of weights per GPU) leaves no room for KV on "
-                         f"{tensor_parallel} x {gpu.name}; raise tensor_parallel or use fp8 weights")
+                         f"{tensor_parallel} x {gpu.name}; raise tensor_parallel or quantize the weights")
     return int(free // block_bytes)

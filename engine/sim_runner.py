@@ -36,6 +36,9 @@ class SimulatedRunner:
         shape = getattr(step_time, "model", None)
         window = shape.get("sliding_window") if isinstance(shape, dict) else getattr(shape, "sliding_window", 0)
         self.attention_window: int | None = window or None
+        # The modelled engine's W8A8 projections, which `step_time` prices (engine/build.py): reported.
+        quantization = shape.get("quantization") if isinstance(shape, dict) else getattr(shape, "quantization", None)
+        self.quantization: str | None = quantization
         self.step_time = step_time
         self.clock = clock
         self.vocab_size = vocab_size

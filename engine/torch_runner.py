@@ -22,6 +22,7 @@ from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
 from engine.model.logits_processors import needs_processing, process_logits
 from engine.model.lora import LoRAStep, LoRAWeights, load_lora, wrap_projections
+from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
@@ -93,7 +94,9 @@ class TorchModelRunner:
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
-    scales measured on the first step with `calculate_kv_scales` (engine/model/kv_quant.py)."""
+    scales measured on the first step with `calculate_kv_scales` (engine/model/kv_quant.py); quantization:
+    "int8" or "fp8" W8A8 projections quantized while loading, else what a quantized checkpoint stores
+    (engine/model/quant_config.py)."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -107,6 +110,7 @@ class TorchModelRunner:
         num_host_blocks: int = 0,
         kv_cache_dtype: str = "auto",
         calculate_kv_scales: bool = False,
+        quantization: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.config = ModelConfig.from_dir(self.model_dir)
@@ -121,7 +125,9 @@ class TorchModelRunner:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, self.config)
-        self.model = load_model(self.model_dir, self.device, self.dtype, self.config)
+        scheme = serving_scheme(self.model_dir, quantization)
+        self.quantization = scheme.method if scheme is not None else None
+        self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme)
         c = self.config
         self.kv_cache = torch.zeros(
             c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,

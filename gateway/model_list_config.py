@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from engine.config import KVCacheDtype
+from engine.config import KVCacheDtype, Quantization
 
 # Model strings Pitstop serves itself; everything else goes through litellm.
 LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
@@ -61,6 +61,9 @@ class LitellmParams(BaseModel):
     # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
     kv_cache_dtype: KVCacheDtype = "auto"
     calculate_kv_scales: bool = False  # an fp8 cache's scales measured on the first step (vLLM's flag)
+    # W8A8 projections quantized while loading (engine/model/quant_config.py); a quantized checkpoint's own
+    # scheme is used without it.
+    quantization: Quantization | None = None
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).
     lora_modules: dict[str, str] | None = None
@@ -91,7 +94,7 @@ class LitellmParams(BaseModel):
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
         for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
-                     "calculate_kv_scales"):
+                     "calculate_kv_scales", "quantization"):
             if getattr(self, name) not in (None, "auto", False) and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")

@@ -19,6 +19,8 @@ from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear
 from engine.model.llama import Attention, CausalLM
 from engine.model.moe import Experts
+from engine.model.quant_config import QuantScheme
+from engine.model.quant_linear import QuantizedLinear, quantize_projections
 
 # Checkpoint projection name -> (our packed module name, shard index inside it).
 PACKED_PROJECTIONS = {
@@ -57,13 +59,17 @@ def load_model(
     device: torch.device,
     dtype: torch.dtype,
     config: ModelConfig | None = None,
+    quantization: QuantScheme | None = None,
 ) -> CausalLM:
     model_dir = Path(model_dir)
     config = config or ModelConfig.from_dir(model_dir)
     # Build on the meta device and allocate once, uninitialised: every parameter comes from the file.
     with torch.device("meta"):
         model = CausalLM(config)
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    if quantization is not None:  # after the cast: 8-bit weights and float32 scales keep their dtypes
+        quantize_projections(model, quantization)
+    model = model.to_empty(device=device)
     model.tie_weights()
     load_weights(model, safetensors_files(model_dir))
     model.setup_rope(device, dtype)
@@ -95,6 +101,8 @@ def _expected_keys(param_name: str, modules: dict) -> list[str]:
     module = modules[module_path]
     if isinstance(module, PackedLinear):
         return [f"{param_name}:{shard}" for shard in range(len(module.output_sizes))]
+    if isinstance(module, QuantizedLinear):
+        return module.checkpoint_keys(param_name)
     if isinstance(module, Experts):
         halves = (":0", ":1") if leaf == "gate_up_proj" else ("",)
         return [f"{param_name}:{e}{half}" for e in range(len(getattr(module, leaf))) for half in halves]
@@ -124,11 +132,18 @@ def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> l
         return _expected_keys(name, modules)
     module_path, _, leaf = name.rpartition(".")
     parent, _, projection = module_path.rpartition(".")
-    if projection in PACKED_PROJECTIONS:
+    if isinstance(modules.get(module_path), QuantizedLinear):
+        return [f"{module_path}.{key}" for key in modules[module_path].load_part(leaf, 0, tensor)]
+    if projection in PACKED_PROJECTIONS and f"{parent}.{packed_name_of(projection)}" in modules:
         packed_name, shard = PACKED_PROJECTIONS[projection]
         target = f"{parent}.{packed_name}.{leaf}"
         module = modules[f"{parent}.{packed_name}"]
+        if isinstance(module, QuantizedLinear):
+            return [f"{parent}.{packed_name}.{key}" for key in module.load_part(leaf, shard, tensor)]
         assert isinstance(module, PackedLinear)
+        if target not in params:
+            raise ValueError(f"unexpected checkpoint tensor {name!r}")
+        _refuse_quantized(name, params[target], tensor)
         module.load_shard(params[target], shard, tensor)
         return [f"{target}:{shard}"]
     if name not in params:
@@ -165,7 +180,18 @@ def _load_expert(experts_path: str, index: int, projection: str, tensor: torch.T
     return f"{experts_path}.{leaf}:{index}" + (f":{half}" if half is not None else "")
 
 
+def packed_name_of(projection: str) -> str:
+    return PACKED_PROJECTIONS[projection][0]
+
+
+def _refuse_quantized(name: str, target: torch.Tensor, tensor: torch.Tensor) -> None:
+    if tensor.dtype.itemsize == 1 and target.dtype.itemsize != 1:
+        raise ValueError(f"{name} is stored quantized ({tensor.dtype}): this engine serves 8-bit weights only "
+                         "in the attention and dense MLP projections, with the checkpoint's quantization_config")
+
+
 def _copy(name: str, target: torch.Tensor, tensor: torch.Tensor) -> None:
+    _refuse_quantized(name, target, tensor)
     if target.shape != tensor.shape:
         raise ValueError(f"{name}: expected shape {tuple(target.shape)}, got {tuple(tensor.shape)}")
     target.copy_(tensor)

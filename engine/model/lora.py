@@ -26,6 +26,7 @@ from torch import nn
 
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear
+from engine.model.quant_linear import QuantizedLinear
 
 # A checkpoint projection -> (the module of ours that holds it, its part of that module's output).
 TARGETS = {"q_proj": ("self_attn.qkv_proj", 0), "k_proj": ("self_attn.qkv_proj", 1),
@@ -146,7 +147,7 @@ class LoRAStep:
 class LoRALinear(nn.Module):
     """A projection plus, for the rows of each adapter in the step, that adapter's low-rank delta."""
 
-    def __init__(self, base: nn.Linear, step: LoRAStep, layer: int, name: str) -> None:
+    def __init__(self, base: nn.Linear | QuantizedLinear, step: LoRAStep, layer: int, name: str) -> None:
         super().__init__()
         self.base = base
         self.step = step
@@ -154,7 +155,7 @@ class LoRALinear(nn.Module):
         self.name = name
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        assert isinstance(self.base, PackedLinear)
+        assert isinstance(self.base, PackedLinear | QuantizedLinear)
         return self.base.split(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,10 @@ class EngineStatsCollector(Collector):
                                    "cache_config_info)", labels=["block_size", "kv_cache_dtype"])
         config.add_metric([str(s.block_size), s.kv_cache_dtype], 1)
         yield config
+        model = GaugeMetricFamily(f"{PREFIX}_model_config_info", "How the model's weights are served",
+                                  labels=["quantization"])
+        model.add_metric([s.quantization or "none"], 1)
+        yield model
         blocks = GaugeMetricFamily(f"{PREFIX}_kv_blocks", "KV cache blocks by state", labels=["state"])
         for state, value in (("total", s.blocks.total), ("used", s.blocks.used), ("pinned", s.blocks.pinned),
                              ("cached_free", s.blocks.cached_free), ("free", s.blocks.free)):

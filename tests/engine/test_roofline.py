@@ -47,7 +47,7 @@ def test_bigger_model_and_slower_gpu_take_longer():
     tp4 = RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", tensor_parallel=4)
     tp1 = RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM")
     assert tp4.predict(shape) == pytest.approx((tp1.predict(shape) - tp1.overhead_s) / 4 + tp4.overhead_s)
-    fp8 = RooflineStepTime.builtin("llama-3.1-70b", "H200", fp8_weights=True)
+    fp8 = RooflineStepTime.builtin("llama-3.1-70b", "H200", quantization="fp8")
     bf16 = RooflineStepTime.builtin("llama-3.1-70b", "H200")
     assert fp8.predict(decode(1, 100)) < 0.6 * bf16.predict(decode(1, 100))
 
@@ -81,7 +81,7 @@ def test_kv_capacity():
     tp2 = RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", tensor_parallel=2).kv_capacity_blocks()
     tp4 = RooflineStepTime.builtin("llama-3.1-70b", "H100-SXM", tensor_parallel=4).kv_capacity_blocks()
     assert 0 < tp2 < tp4
-    assert RooflineStepTime.builtin("llama-3.1-70b", "H200", fp8_weights=True).kv_capacity_blocks() > 0
+    assert RooflineStepTime.builtin("llama-3.1-70b", "H200", quantization="fp8").kv_capacity_blocks() > 0
 
 
 def test_moe_shapes_count_total_and_active_parameters():
