@@ -39,6 +39,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.lora
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window
+	$(PY) -m bench.tensor_parallel
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -1,13 +1,16 @@
 """The torch runner on this CPU in several variants of one model folder (keyword arguments of
-TorchModelRunner: a KV storage, a weight quantization), measured the same way for each: teacher-forced
-scores against the first variant's, and median step times taken side by side in alternating rounds.
-Shared by bench/kv_fp8.py and bench/quantization.py."""
+TorchModelRunner: a KV storage, a weight quantization, tensor parallelism; `threads` sets torch's
+threads while a variant runs), measured the same way for each: teacher-forced scores against the first
+variant's, and median step times taken side by side in alternating rounds. Shared by bench/kv_fp8.py,
+bench/quantization.py and bench/tensor_parallel.py."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -16,7 +19,28 @@ def _runner(model_dir: Path, blocks: int, options: dict):  # noqa: ANN202 - a To
 
     from engine.torch_runner import TorchModelRunner
 
-    return TorchModelRunner(model_dir, blocks, 16, device="cpu", dtype=torch.float32, **options)
+    with _threads(options):  # a tensor-parallel runner's workers take the threads it starts with
+        return TorchModelRunner(model_dir, blocks, 16, device="cpu", dtype=torch.float32,
+                                **{k: v for k, v in options.items() if k != "threads"})
+
+
+@contextlib.contextmanager
+def _threads(options: dict) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(options.get("threads", before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _close(engines: dict) -> None:
+    for engine in engines.values():
+        close = getattr(engine.runner, "close", None)
+        if close is not None:
+            close()
 
 
 def score_variants(model_dir: Path, prompts: list[list[int]], variants: dict[str, dict]) -> dict:
@@ -35,8 +59,10 @@ def score_variants(model_dir: Path, prompts: list[list[int]], variants: dict[str
                            _runner(model_dir, blocks, options))
         seqs = [engine.add_request(f"p{i}", p, SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0))
                 for i, p in enumerate(prompts)]
-        while engine.has_unfinished():
-            engine.step()
+        with _threads(options):
+            while engine.has_unfinished():
+                engine.step()
+        _close({"": engine})
         logprobs = torch.tensor([lp.logprob for s in seqs for lp in s.prompt_logprobs])
         top1 = torch.tensor([lp.top_ids[0] for s in seqs for lp in s.prompt_logprobs])
         return logprobs, top1
@@ -81,10 +107,12 @@ def decode_step_variants(model_dir: Path, batch: int, context: int, steps: int, 
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, engine in engines.items():
-            for _ in range(steps):
-                started = time.perf_counter()
-                engine.step()
-                times[name].append(time.perf_counter() - started)
+            with _threads(variants[name]):
+                for _ in range(steps):
+                    started = time.perf_counter()
+                    engine.step()
+                    times[name].append(time.perf_counter() - started)
+    _close(engines)
     return {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}
 
 
@@ -104,10 +132,12 @@ def prefill_step_variants(model_dir: Path, length: int, rounds: int, variants: d
         prompt = [rng.randrange(1000) for _ in range(length)]
         for name, engine in engines.items():
             engine.add_request(f"r{round_index}", prompt, SamplingParams(max_tokens=1))
-            started = time.perf_counter()
-            engine.step()
-            if round_index:
-                times[name].append(time.perf_counter() - started)
-            while engine.has_unfinished():
+            with _threads(variants[name]):
+                started = time.perf_counter()
                 engine.step()
+                if round_index:
+                    times[name].append(time.perf_counter() - started)
+                while engine.has_unfinished():
+                    engine.step()
+    _close(engines)
     return {name: round(statistics.median(t) * 1e3, 3) for name, t in times.items()}

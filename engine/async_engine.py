@@ -343,3 +343,6 @@ class AsyncEngine:
             command.fail(EngineDeadError(str(error)))
         streams, self._streams = list(self._streams.values()), {}
         self._deliver([(stream, EngineDeadError(str(error))) for stream in streams])
+        close = getattr(self.engine.runner, "close", None)
+        if close is not None:  # a tensor-parallel runner's worker processes
+            close()

@@ -4,7 +4,7 @@ or bytes."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from engine.async_engine import AsyncEngine, TokenizerLike
@@ -19,7 +19,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  pin_budget_fraction: float = 0.5, device: str | None = None,
                  speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
                  kv_cache_dtype: str = "auto", calculate_kv_scales: bool = False,
-                 quantization: str | None = None, lora_modules: dict[str, str] | None = None,
+                 quantization: str | None = None, tensor_parallel_size: int = 1, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
@@ -31,7 +31,9 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     budgets then hold twice the blocks, and a simulation prices the smaller KV; `calculate_kv_scales`: its
     scales measured on the first step rather than read from the checkpoint. `quantization`: "int8" or
     "fp8" W8A8 projections (engine/model/quant_config.py; a quantized checkpoint's own is used without
-    it), which a simulation prices as one byte a weight. `lora_modules`: LoRA
+    it), which a simulation prices as one byte a weight. `tensor_parallel_size`: the model sharded over
+    that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
+    on that many GPUs. `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
     at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
     from engine.clock import WallClock
@@ -49,13 +51,15 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
 
         if num_blocks is None:
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
-                model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype)
+                model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
+                tensor_parallel_size=tensor_parallel_size)
         _check_num_blocks(num_blocks)
         num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device,
-                                                                 kv_cache_dtype=kv_cache_dtype)
+                                                                 kv_cache_dtype=kv_cache_dtype,
+                                                                 tensor_parallel_size=tensor_parallel_size)
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
-                                  quantization=quantization)
+                                  quantization=quantization, tensor_parallel_size=tensor_parallel_size)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size
@@ -64,7 +68,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         from engine.sim_runner import SimulatedRunner
         from engine.step_time import load_profile
 
-        step_time = with_kv_cache_dtype(with_quantization(load_profile(sim_profile), quantization), kv_cache_dtype)
+        step_time = with_tensor_parallel(load_profile(sim_profile), tensor_parallel_size)
+        step_time = with_kv_cache_dtype(with_quantization(step_time, quantization), kv_cache_dtype)
         num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
         num_host_blocks = _sim_blocks_for_bytes(step_time, host_kv_memory_bytes, block_size) \
             if host_kv_memory_bytes else 0
@@ -103,6 +108,19 @@ def with_kv_cache_dtype(step_time: object, kv_cache_dtype: str) -> object:
                          f"byte(s) a KV element, not {kv_cache_dtype}: run `pitstop engine profile "
                          f"--kv-cache-dtype {kv_cache_dtype}`, or use a roofline profile")
     return step_time
+
+
+def with_tensor_parallel(step_time: object, tensor_parallel_size: int) -> object:
+    """A simulation on `tensor_parallel_size` GPUs: a roofline's own count replaced; a measured profile only
+    as measured (1 by default: the profile's own)."""
+    from engine.roofline import RooflineStepTime
+
+    if tensor_parallel_size == 1:
+        return step_time
+    if isinstance(step_time, RooflineStepTime):
+        return replace(step_time, tensor_parallel=tensor_parallel_size)
+    raise ValueError("a measured step-time profile prices the GPUs it was measured on: use a roofline profile "
+                     "(`pitstop engine roofline --tensor-parallel N`) to simulate tensor parallelism")
 
 
 def with_quantization(step_time: object, quantization: str | None) -> object:

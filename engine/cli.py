@@ -63,6 +63,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             "element: twice the tokens in the same memory, scaled by an fp8 checkpoint's k/v scales")
     serve.add_argument("--calculate-kv-scales", action="store_true",
                        help="with an fp8 KV cache: measure each layer's scales on the first step (vLLM's flag)")
+    serve.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                       help="shard the model over N ranks, each a process (a GPU each on CUDA); budgets are per rank")
     serve.add_argument("--quantization", choices=QUANTIZATIONS,
                        help="W8A8 projections quantized while loading: int8 or fp8 (a quantized checkpoint's "
                             "own scheme is used without this flag; with it, the flag must name that scheme)")
@@ -173,7 +175,8 @@ def serve_command(args: argparse.Namespace) -> int:
                               pin_budget_fraction=args.pin_budget_fraction, device=args.device,
                               speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
                               kv_cache_dtype=args.kv_cache_dtype, calculate_kv_scales=args.calculate_kv_scales,
-                              quantization=args.quantization, lora_modules=adapters, max_loras=args.max_loras,
+                              quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
+                              lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank)
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)

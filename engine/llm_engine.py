@@ -49,6 +49,7 @@ class EngineStats:
     kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
     num_loras: int = 0  # LoRA adapters loaded
     quantization: str | None = None  # the runner's W8A8 projections (engine/model/quant_config.py), if any
+    tensor_parallel_size: int = 1  # ranks the model is sharded over (engine/model/parallel.py)
 
 
 class LLMEngine(SessionPins, LoRAAdapters):
@@ -351,4 +352,5 @@ class LLMEngine(SessionPins, LoRAAdapters):
             pins=self.block_manager.pins.counters, spec=replace(self.spec),
             kv_cache_dtype=getattr(self.runner, "kv_cache_dtype", "auto"), num_loras=len(self.loras),
             quantization=getattr(self.runner, "quantization", None),
+            tensor_parallel_size=getattr(self.runner, "tensor_parallel_size", 1),
         )

@@ -21,12 +21,14 @@ from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
 from engine.model.logits_processors import needs_processing, process_logits
-from engine.model.lora import LoRAStep, LoRAWeights, load_lora, wrap_projections
+from engine.model.lora import LoRAError, LoRAStep, LoRAWeights, load_lora, wrap_projections
+from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from engine.structured_output import mask_disallowed
+from engine.tp_workers import StepInputs, TensorParallelWorkers
 
 # Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
 _SCORE_ROWS_PER_SLICE = 256
@@ -96,7 +98,10 @@ class TorchModelRunner:
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
     scales measured on the first step with `calculate_kv_scales` (engine/model/kv_quant.py); quantization:
     "int8" or "fp8" W8A8 projections quantized while loading, else what a quantized checkpoint stores
-    (engine/model/quant_config.py)."""
+    (engine/model/quant_config.py); tensor_parallel_size: N > 1 shards the model over N ranks, this one
+    rank 0 and the rest processes it starts (engine/tp_workers.py), each with 1/N of the heads and of
+    every KV block, so `num_blocks` and byte budgets are per rank; CPU ranks sum through shared memory
+    unless `shared_memory_allreduce` is off (gloo then). `tp`: a worker's own rank."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -111,11 +116,16 @@ class TorchModelRunner:
         kv_cache_dtype: str = "auto",
         calculate_kv_scales: bool = False,
         quantization: str | None = None,
+        tensor_parallel_size: int = 1,
+        tp: TPGroup | None = None,
+        shared_memory_allreduce: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.config = ModelConfig.from_dir(self.model_dir)
+        full_config = ModelConfig.from_dir(self.model_dir)
+        self.tensor_parallel_size = tp.size if tp is not None else tensor_parallel_size
+        self.config = shard_config(full_config, self.tensor_parallel_size)  # this rank's heads and widths
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or default_dtype(self.config, self.device)
+        self.dtype = dtype or default_dtype(full_config, self.device)
         element = fp8_format(kv_cache_dtype)
         self.kv_cache_dtype = kv_cache_dtype
         if calculate_kv_scales and element is None:
@@ -124,10 +134,29 @@ class TorchModelRunner:
         storage = self.dtype if element is None else torch.uint8
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.eos_token_ids = read_eos_token_ids(self.model_dir, self.config)
+        self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
         scheme = serving_scheme(self.model_dir, quantization)
         self.quantization = scheme.method if scheme is not None else None
-        self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme)
+        self.workers: TensorParallelWorkers | None = None
+        if tp is None and self.tensor_parallel_size > 1:
+            self.workers = TensorParallelWorkers(self.tensor_parallel_size, self.device, self.dtype, {
+                "model_dir": self.model_dir, "num_blocks": num_blocks, "block_size": block_size, "dtype": self.dtype,
+                "num_host_blocks": num_host_blocks, "kv_cache_dtype": kv_cache_dtype,
+                "calculate_kv_scales": calculate_kv_scales, "quantization": quantization},
+                shared_memory=shared_memory_allreduce)
+            try:
+                tp = self.workers.join()
+            except Exception:
+                self.workers.close()
+                raise
+        self.tp = tp or SINGLE
+        try:
+            self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp)
+            if self.workers is not None:
+                self.workers.wait_ready()
+        except Exception:
+            self.close()
+            raise
         c = self.config
         self.kv_cache = torch.zeros(
             c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,
@@ -158,10 +187,16 @@ class TorchModelRunner:
         c = self.config
         return c.sliding_window if c.sliding_window and len(c.sliding_layers) == c.num_layers else None
 
+    def close(self) -> None:
+        """Stops a tensor-parallel runner's worker processes (idempotent; nothing for one rank)."""
+        if self.workers is not None:
+            self.workers.close()
+
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
                            kv_cache_dtype: str = "auto") -> int:
-        """Bytes one KV block takes across all layers (K and V): one an element in fp8, else `dtype`'s."""
+        """Bytes one KV block takes across all layers (K and V): one an element in fp8, else `dtype`'s;
+        with a tensor-parallel rank's `config`, that rank's part."""
         element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
         return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element
 
@@ -174,15 +209,20 @@ class TorchModelRunner:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         kv_cache_dtype: str = "auto",
+        tensor_parallel_size: int = 1,
     ) -> int:
-        """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use)."""
+        """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use),
+        per rank under tensor parallelism."""
         config = ModelConfig.from_dir(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
-        return budget_bytes // cls.kv_bytes_per_block(config, block_size, dtype, kv_cache_dtype)
+        shard = shard_config(config, tensor_parallel_size)
+        return budget_bytes // cls.kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype)
 
     def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
         """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py)."""
+        if self.tensor_parallel_size > 1:
+            raise LoRAError("LoRA adapters are not served with tensor parallelism")
         return load_lora(path, self.config, max_rank, self.dtype, self.device)
 
     def add_lora(self, lora_id: int, weights: LoRAWeights) -> None:
@@ -207,17 +247,30 @@ class TorchModelRunner:
                 loaded = self.host_kv.index_select(2, slots).to(self.device, non_blocking=True)
                 self.kv_cache.index_copy_(2, blocks, loaded)
 
+    def run_shard(self, step: StepInputs) -> torch.Tensor | None:
+        """Every rank's part of a step: the KV copies, then the forward pass (its hidden states)."""
+        if step.kv_transfers:
+            self.transfer_kv(step.kv_transfers)
+        step = step.to(self.device)
+        if step.meta is None or step.input_ids is None or step.positions is None:
+            return None
+        with torch.inference_mode():
+            plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format)
+            return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
+
     def execute(self, batch: ScheduledBatch) -> list[int]:
         self.step_prompt_logprobs, self.step_embeddings = {}, {}
-        if batch.kv_transfers:
-            self.transfer_kv(batch.kv_transfers)
-        if not len(batch):
+        step, logits_index = StepInputs(batch.kv_transfers), None
+        if len(batch):
+            input_ids, positions, meta, logits_index = self._prepare(batch)
+            step = StepInputs(batch.kv_transfers, input_ids, positions, meta)
+        if self.workers is not None:
+            self.workers.send(step.to(torch.device("cpu")))
+        hidden = self.run_shard(step)
+        if hidden is None or logits_index is None:
             return []
-        input_ids, positions, meta, logits_index = self._prepare(batch)
         sampling = batch.sampling_indices
         with torch.inference_mode():
-            plan = AttentionPlan.build(meta, self.config.sliding_window, self.workspace, self.kv_format)
-            hidden = self.model.hidden_states(input_ids, positions, self.kv_cache, plan)
             scored = scored_prompt_positions(batch)
             if scored:
                 self.step_prompt_logprobs = self._score_prompts(hidden, scored)

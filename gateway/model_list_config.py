@@ -64,6 +64,7 @@ class LitellmParams(BaseModel):
     # W8A8 projections quantized while loading (engine/model/quant_config.py); a quantized checkpoint's own
     # scheme is used without it.
     quantization: Quantization | None = None
+    tensor_parallel_size: int = Field(default=1, ge=1)  # the model sharded over this many ranks (processes)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).
     lora_modules: dict[str, str] | None = None
@@ -94,8 +95,8 @@ class LitellmParams(BaseModel):
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
         for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
-                     "calculate_kv_scales", "quantization"):
-            if getattr(self, name) not in (None, "auto", False) and self.provider != LOCAL_PROVIDER:
+                     "calculate_kv_scales", "quantization", "tensor_parallel_size"):
+            if getattr(self, name) != type(self).model_fields[name].default and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")
         if self.provider == ENGINE_PROVIDER and not self.api_base:

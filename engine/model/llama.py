@@ -14,14 +14,18 @@ from engine.model.attention import AttentionPlan, paged_attention, write_kv
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear, RMSNorm
 from engine.model.moe import SparseMoE
+from engine.model.parallel import SINGLE, TPGroup
 from engine.model.rope import RotaryEmbedding
 
 _CPU_GEMM_MIN_ROWS = 4  # see compute_logits
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, index: int) -> None:
+    """`config` is this rank's share under tensor parallelism (engine/model/parallel.py): its heads."""
+
+    def __init__(self, config: ModelConfig, index: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
+        self.tp = tp
         self.sliding = index in config.sliding_layers
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
@@ -62,26 +66,27 @@ class Attention(nn.Module):
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
             plan = plan.sliding
         out = paged_attention(q, kv_cache, plan, self.kv_scales)
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
+        return self.tp.all_reduce(self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
+        self.tp = tp
         size = config.intermediate_size
         self.gate_up_proj = PackedLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
         self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
-        return self.down_proj(F.silu(gate) * up)
+        return self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, index: int) -> None:
+    def __init__(self, config: ModelConfig, index: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
-        self.self_attn = Attention(config, index)
-        self.mlp: MLP | SparseMoE = SparseMoE(config) if config.is_sparse(index) else MLP(config)
+        self.self_attn = Attention(config, index, tp)
+        self.mlp: MLP | SparseMoE = SparseMoE(config, tp) if config.is_sparse(index) else MLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -100,21 +105,24 @@ class DecoderLayer(nn.Module):
 class DecoderStack(nn.Module):
     """HF's `model.` prefix: embeddings, layers, final norm."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class CausalLM(nn.Module):
     """forward(input_ids [T], positions [T], kv_cache [layers, 2, blocks, block_size, kv_heads, head_dim],
-    plan, logits_index [S]) -> float32 logits [S, vocab] for the selected batch tokens only."""
+    plan, logits_index [S]) -> float32 logits [S, vocab] for the selected batch tokens only. Under tensor
+    parallelism `config` is this rank's share (engine/model/parallel.py) and hidden states are whole on
+    every rank after each layer's all-reduces."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
         self.config = config
-        self.model = DecoderStack(config)
+        self.tp = tp
+        self.model = DecoderStack(config, tp)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # Not a module buffer: it is rebuilt on the real device after meta-device construction.
         self.rope: RotaryEmbedding | None = None

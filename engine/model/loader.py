@@ -19,6 +19,7 @@ from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear
 from engine.model.llama import Attention, CausalLM
 from engine.model.moe import Experts
+from engine.model.parallel import SINGLE, TPGroup, shard_tensor
 from engine.model.quant_config import QuantScheme
 from engine.model.quant_linear import QuantizedLinear, quantize_projections
 
@@ -60,23 +61,26 @@ def load_model(
     dtype: torch.dtype,
     config: ModelConfig | None = None,
     quantization: QuantScheme | None = None,
+    tp: TPGroup = SINGLE,
 ) -> CausalLM:
+    """`config`: under tensor parallelism, rank `tp.rank`'s share (engine/model/parallel.py), whose
+    parts of the checkpoint's tensors are read."""
     model_dir = Path(model_dir)
     config = config or ModelConfig.from_dir(model_dir)
     # Build on the meta device and allocate once, uninitialised: every parameter comes from the file.
     with torch.device("meta"):
-        model = CausalLM(config)
+        model = CausalLM(config, tp)
     model = model.to(dtype)
     if quantization is not None:  # after the cast: 8-bit weights and float32 scales keep their dtypes
         quantize_projections(model, quantization)
     model = model.to_empty(device=device)
     model.tie_weights()
-    load_weights(model, safetensors_files(model_dir))
+    load_weights(model, safetensors_files(model_dir), tp)
     model.setup_rope(device, dtype)
     return model.eval()
 
 
-def load_weights(model: CausalLM, files: list[Path]) -> None:
+def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> None:
     params = dict(model.named_parameters())  # tied lm_head shows up once, as embed_tokens
     modules = dict(model.named_modules())
     expected = {key for name in params for key in _expected_keys(name, modules)}
@@ -88,7 +92,8 @@ def load_weights(model: CausalLM, files: list[Path]) -> None:
                     continue
                 if name == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                loaded.update(_load_one(_our_name(name), f.get_tensor(name), params, modules))
+                our_name = _our_name(name)
+                loaded.update(_load_one(our_name, shard_tensor(our_name, f.get_tensor(name), tp), params, modules))
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} parameters, e.g. {sorted(missing)[:3]}")

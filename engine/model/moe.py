@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import ModelConfig
+from engine.model.parallel import SINGLE, TPGroup
 
 
 class Experts(nn.Module):
@@ -46,8 +47,9 @@ class Experts(nn.Module):
 class SparseMoE(nn.Module):
     """Parameter names follow the checkpoints: `gate` is the router, `experts` the stacked experts."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
+        self.tp = tp  # each rank's experts are a slice of every expert's width: the outputs are partial sums
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
@@ -73,7 +75,7 @@ class SparseMoE(nn.Module):
         else:
             out = self.experts.looped(x[tokens], counts.tolist())
         out = out * weights.flatten()[order].unsqueeze(-1)
-        return torch.zeros_like(x).index_add_(0, tokens, out)
+        return self.tp.all_reduce(torch.zeros_like(x).index_add_(0, tokens, out))
 
 
 @cache

@@ -34,8 +34,8 @@ class EngineStatsCollector(Collector):
         config.add_metric([str(s.block_size), s.kv_cache_dtype], 1)
         yield config
         model = GaugeMetricFamily(f"{PREFIX}_model_config_info", "How the model's weights are served",
-                                  labels=["quantization"])
-        model.add_metric([s.quantization or "none"], 1)
+                                  labels=["quantization", "tensor_parallel_size"])
+        model.add_metric([s.quantization or "none", str(s.tensor_parallel_size)], 1)
         yield model
         blocks = GaugeMetricFamily(f"{PREFIX}_kv_blocks", "KV cache blocks by state", labels=["state"])
         for state, value in (("total", s.blocks.total), ("used", s.blocks.used), ("pinned", s.blocks.pinned),

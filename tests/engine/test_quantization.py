@@ -281,4 +281,4 @@ def test_a_quantized_engine_serves_the_openai_sdk_and_reports_it(tiny_model_dir:
         stats = httpx.get(f"{url}/v1/engine/stats").json()
         metrics = httpx.get(f"{url}/metrics").text
     assert answer.usage.completion_tokens == 6 and stats["quantization"] == "int8"
-    assert 'pitstop_engine_model_config_info{quantization="int8"} 1.0' in metrics
+    assert 'pitstop_engine_model_config_info{quantization="int8",tensor_parallel_size="1"} 1.0' in metrics
