@@ -46,6 +46,7 @@ bench-gateway: $(STAMP)
 	LITELLM_LOCAL_MODEL_COST_MAP=True $(PY) -m bench.gateway_overhead $(BENCH_GATEWAY_ARGS)
 	$(PY) -m bench.outcome_export
 	$(PY) -m bench.gateway_verify
+	$(PY) -m bench.gateway_fallbacks
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses

@@ -14,6 +14,9 @@ shares 2 cores between the load generator, this mock and the gateway under test.
   one each time; floats as a real model writes them, or base64 float32 with `encoding_format`),
   billed 8 tokens an input. Bodies are rendered once a batch size and format.
 - `GET /v1/models`, `GET /health`.
+- Faults (bench/gateway_fallbacks.py): `--fail-rate 0.2` answers that share of chat requests with a
+  `--fail-status` (503) error at once, drawn from a seeded generator; `--outage 10 20` fails every chat
+  request from 10 to 20 seconds after the first one.
 """
 
 from __future__ import annotations
@@ -44,8 +47,12 @@ class MockUpstream:
     """The ASGI app. Response bodies are formatted from templates: unique ids, no per-request json.dumps."""
 
     def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER,
-                 embedding_dims: int = 1536) -> None:
+                 embedding_dims: int = 1536, fail_rate: float = 0.0, fail_status: int = 503,
+                 outage: tuple[float, float] | None = None) -> None:
         self.answer = answer
+        self.fail_rate, self.fail_status, self.outage = fail_rate, fail_status, outage
+        self.faults = random.Random(1)
+        self.first_request: float | None = None
         rng = random.Random(0)
         self.vector = [rng.gauss(0, 0.03) for _ in range(embedding_dims)]
         self.embeddings: dict[tuple[int, bool], bytes] = {}
@@ -71,6 +78,10 @@ class MockUpstream:
             except ValueError:
                 await _respond(send, 400, b'{"error":{"message":"bad json"}}')
                 return
+            if self._failing():
+                await _respond(send, self.fail_status, b'{"error":{"message":"injected failure","type":"server_error",'
+                                                       b'"param":null,"code":null}}')
+                return
             self.served += 1
             model = str(req.get("model", "mock"))
             rid = f"chatcmpl-mock-{next(self.ids)}"
@@ -93,6 +104,14 @@ class MockUpstream:
             await _respond(send, 200, b'{"status":"ok"}')
         else:
             await _respond(send, 404, b'{"error":{"message":"not found"}}')
+
+    def _failing(self) -> bool:
+        now = time.monotonic()
+        if self.first_request is None:
+            self.first_request = now
+        if self.outage is not None and self.outage[0] <= now - self.first_request < self.outage[1]:
+            return True
+        return self.fail_rate > 0 and self.faults.random() < self.fail_rate
 
     def _embeddings(self, count: int, as_base64: bool) -> bytes:
         if (count, as_base64) not in self.embeddings:
@@ -166,8 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-interval-ms", type=float, default=5.0)
     parser.add_argument("--answer", default=ANSWER, help="the non-streaming answer's content")
     parser.add_argument("--embedding-dims", type=int, default=1536)
+    parser.add_argument("--fail-rate", type=float, default=0.0, help="share of chat requests that fail")
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--outage", type=float, nargs=2, metavar=("FROM_S", "TO_S"),
+                        help="every chat request fails in this window, seconds after the first one")
     args = parser.parse_args(argv)
-    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer, args.embedding_dims)
+    app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer, args.embedding_dims,
+                       args.fail_rate, args.fail_status, tuple(args.outage) if args.outage else None)
     # Long keep-alive: connections from the load generator and the gateways stay open between points.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
                 lifespan="on", timeout_keep_alive=120, backlog=4096)

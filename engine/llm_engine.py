@@ -153,7 +153,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
         if len(prompt_token_ids) >= self.config.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
-                f"{self.config.max_model_len} tokens, including at least one for the answer", "prompt")
+                f"{self.config.max_model_len} tokens, including at least one for the answer", "prompt",
+                "context_length_exceeded")  # OpenAI's code: what a gateway's context-window fallback looks for
         if vocab_size is not None and not all(0 <= t < vocab_size for t in prompt_token_ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
         if pin_ttl_s is not None and pin_ttl_s < 0:

@@ -156,7 +156,7 @@ class OpenAIGeneration:
                     self.engine.validate_request(prompt_ids, pin_ttl_s if k == 0 else None, parsed.params)
         except InvalidRequestError as exc:
             where = f" (prompt {k} of the batch)" if len(self._prompt_ids) > 1 else ""
-            raise bad_request(f"{exc}{where}", prompt_field if exc.param == "prompt" else exc.param) from None
+            raise bad_request(f"{exc}{where}", prompt_field if exc.param == "prompt" else exc.param, exc.code) from None
         n, total = parsed.n, parsed.num_choices
         for k, prompt_ids in enumerate(self._prompt_ids):
             params = parsed.resolved_params(len(prompt_ids), self.engine.max_model_len)

@@ -14,9 +14,10 @@ MAX_LOGIT_BIAS = 100.0  # OpenAI's range for one token's bias: -100 bans it, +10
 class InvalidRequestError(ValueError):
     """Bad input from a client: surfaces as a 4xx with this message."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pydantic import (
 
 from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
+from gateway.fallback_config import FallbacksConfig
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, StrictConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
 from rankers.config import RankingConfig
@@ -128,6 +129,7 @@ class Settings(StrictConfig):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
     vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
+    fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
 
     @model_validator(mode="after")
@@ -188,6 +190,9 @@ class Settings(StrictConfig):
         if embedder is not None and embedder not in self.embedding_models:
             raise ValueError(f"vector_stores.embedding_model: '{embedder}' is not a model_name with "
                              "model_info.mode: embedding")
+        for model in sorted(self.fallbacks.models()):
+            if model not in known or model in self.embedding_models:
+                raise ValueError(f"fallbacks: '{model}' is not a chat model_name")
         summariser = self.responses.compaction_model
         groups = {g.name for g in self.route_groups}
         if summariser is not None and (summariser not in known | groups or summariser in self.embedding_models):
@@ -269,7 +274,20 @@ def _drop_models_without_keys(raw: dict) -> dict:
         if isinstance(group, dict) and isinstance(group.get("verify"), dict) and dropped_names:
             group = {**group, "verify": _drop_from_verify(group["verify"], dropped_names, group.get("name"))}
         groups.append(group)
-    return {**raw, "model_list": kept, "route_groups": groups}
+    fallbacks = raw.get("fallbacks")
+    if isinstance(fallbacks, dict) and dropped_names:  # validated whole below; only the chains are trimmed
+        fallbacks = {**fallbacks, **{key: _drop_from_chains(fallbacks[key], dropped_names)
+                                     for key in ("on_error", "on_context_window") if key in fallbacks}}
+    return {**raw, "model_list": kept, "route_groups": groups, **({"fallbacks": fallbacks} if fallbacks else {})}
+
+
+def _drop_from_chains(chains: Any, dropped: set[str]) -> Any:
+    """Fallback chains without the models left out for want of a key (the shape is validated later)."""
+    try:
+        parsed = FallbacksConfig(on_error=chains).on_error
+    except ValueError:
+        return chains
+    return FallbacksConfig(on_error=parsed).without(dropped).on_error
 
 
 def _drop_from_verify(verify: dict, dropped: set[str], group: Any) -> dict | None:

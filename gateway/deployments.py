@@ -68,6 +68,12 @@ class DeploymentPool:
             return min(ready, key=lambda d: d.outstanding)
         return min(options, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
 
+    def cooling(self, model_name: str) -> bool:
+        """Whether every deployment of the model is cooling down (a fallback may go straight on)."""
+        now = self.clock()
+        deployments = self.by_model.get(model_name, ())
+        return bool(deployments) and all(d.cooldown_until > now for d in deployments)
+
     def mark_failure(self, deployment: Deployment) -> None:
         deployment.failures += 1
         if deployment.failures >= self.allowed_fails:

@@ -50,6 +50,9 @@ class GatewayMetrics:
         # for now: let go for a later look), or failed (refused for good, or too many takeovers).
         self.background_takeovers = Counter(f"{PREFIX}_background_takeovers", "Background responses taken over",
                                             ["outcome"], registry=r)
+        # A model that could not answer and the one that did instead (gateway/fallbacks.py).
+        self.fallbacks = Counter(f"{PREFIX}_fallbacks", "Requests sent on to a fallback model",
+                                 ["from_model", "to_model", "reason"], registry=r)
         self.truncated = Counter(f"{PREFIX}_truncated_requests",
                                  "Responses turns cut to fit the model's context (truncation: auto)", ["model"],
                                  registry=r)

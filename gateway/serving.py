@@ -53,6 +53,9 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
         headers["x-pitstop-truncated-messages"] = str(dropped)
     if replaced := (draft.extra.get("compaction") or {}).get("replaced_messages"):  # compacted first
         headers["x-pitstop-compacted-messages"] = str(replaced)
+    fallback = draft.extra.get("fallback")
+    if fallback and draft.route is not None and draft.route.model_name != fallback["from"]:  # another answered
+        headers["x-pitstop-fallback-from"] = fallback["from"]
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from engine.server.errors import APIError
+from gateway import fallbacks
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.dispatch import Dispatched, Sent
 from gateway.outcomes import OutcomeDraft, first_choices, usage_tokens
@@ -41,7 +42,7 @@ async def complete(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: Ca
     assert route is not None and request is not None
     policy = _applying(state, draft)
     if policy is None:
-        return await state.dispatcher.complete(route.model_name, kind, request.body, ctx, prefer, draft.sending)
+        return await fallbacks.complete(state, draft, kind, ctx, prefer)
     return await _Verification(state, draft, kind, ctx, policy).run(prefer)
 
 
@@ -51,9 +52,11 @@ async def stream(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: Call
     says so. Returns once the first chunk to send is known; the hold's failures are the request's."""
     route, request = draft.route, draft.request
     assert route is not None and request is not None
-    streamed = await state.dispatcher.stream(route.model_name, kind, request.body, ctx, prefer, draft.sending)
     policy = _applying(state, draft)
-    return streamed if policy is None else await _Verification(state, draft, kind, ctx, policy).held(*streamed)
+    if policy is None:
+        return await fallbacks.stream(state, draft, kind, ctx, prefer)
+    streamed = await state.dispatcher.stream(route.model_name, kind, request.body, ctx, prefer, draft.sending)
+    return await _Verification(state, draft, kind, ctx, policy).held(*streamed)
 
 
 def checks(state: GatewayState, draft: OutcomeDraft) -> bool:

@@ -46,7 +46,9 @@ def _as_backend_error(exc: Exception, mid_stream: bool = False) -> BackendError:
         status = 504
     message = str(getattr(exc, "message", None) or exc)
     message = message.split("Traceback (most recent call last)", 1)[0].strip()  # litellm's, not the client's
-    return BackendError(status, message[:1000] or type(exc).__name__, retryable=status == 429 or status >= 500)
+    code = "context_length_exceeded" if type(exc).__name__ == "ContextWindowExceededError" else None
+    return BackendError(status, message[:1000] or type(exc).__name__, retryable=status == 429 or status >= 500,
+                        code=code)
 
 
 # litellm sends token-id prompts to these providers only; for others it raises a plain Exception (a 500).

@@ -18,7 +18,7 @@ def _as_backend_error(exc: Exception) -> BackendError:
     if isinstance(exc, APIError):
         return BackendError(exc.status, exc.message, retryable=exc.status >= 500, param=exc.param, code=exc.code)
     if isinstance(exc, InvalidRequestError):
-        return BackendError(400, str(exc), retryable=False, param=exc.param)
+        return BackendError(400, str(exc), retryable=False, param=exc.param, code=exc.code)
     return BackendError(503, f"engine instance unavailable: {exc}", retryable=True, code="engine_unavailable")
 
 

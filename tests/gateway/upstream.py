@@ -12,6 +12,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [fail:500]  [fail:429@a]   answer that status (OpenAI error shape) before the first byte
   [break:2]                  stream: drop the connection after 2 content chunks (or all, if fewer)
   [delay:0.5]                wait before answering
+  [context:20@a]             a context of 20 words: a longer prompt is a 400 in vLLM's words ("This
+                             model's maximum context length is ..."), with no error code
   [words:8]                  answer 8 words (default 5)
   [think:3]                  think first, as a reasoning model behind vLLM's reasoning parser does: 3
                              words of `reasoning_content` (streamed before the answer)
@@ -49,7 +51,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think):([0-9.]+)(?:@([\w-]+))?\]")
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context):([0-9.]+)(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
@@ -172,6 +174,9 @@ class Upstream:
         fail = self.fail_status or int(found.get("fail", 0))
         if fail:
             return error_response(fail, f"injected {fail} from {self.name}")
+        if "context" in found and prompt_tokens > found["context"]:
+            return error_response(400, f"This model's maximum context length is {int(found['context'])} tokens. "
+                                       f"However, you requested {prompt_tokens} tokens in the messages.")
         answer = answer_directive(text, self.name)
         words = [answer] if answer is not None else self.words(max(1, int(found.get("words", self.default_words))))
         tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
