@@ -21,7 +21,7 @@ from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
 from engine.model.logits_processors import needs_processing, process_logits
-from engine.model.lora import LoRAError, LoRAStep, LoRAWeights, load_lora, wrap_projections
+from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weights_to, wrap_projections
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
@@ -121,7 +121,7 @@ class TorchModelRunner:
         shared_memory_allreduce: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
-        full_config = ModelConfig.from_dir(self.model_dir)
+        self.full_config = full_config = ModelConfig.from_dir(self.model_dir)
         self.tensor_parallel_size = tp.size if tp is not None else tensor_parallel_size
         self.config = shard_config(full_config, self.tensor_parallel_size)  # this rank's heads and widths
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -220,18 +220,22 @@ class TorchModelRunner:
         return budget_bytes // cls.kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype)
 
     def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
-        """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py)."""
-        if self.tensor_parallel_size > 1:
-            raise LoRAError("LoRA adapters are not served with tensor parallelism")
-        return load_lora(path, self.config, max_rank, self.dtype, self.device)
+        """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py), for the
+        whole model: `add_lora` gives each tensor-parallel rank its part."""
+        return load_lora(path, self.full_config, max_rank, self.dtype, self.device)
 
     def add_lora(self, lora_id: int, weights: LoRAWeights) -> None:
+        weights = weights_to(weights, self.device)  # from a worker's pipe, it arrives on the CPU
+        if self.workers is not None:
+            self.workers.send(("add_lora", lora_id, weights_to(weights, torch.device("cpu"))))
         if not self._lora_wrapped:  # a model never given an adapter runs its projections unwrapped
             wrap_projections(self.model, self.config, self.lora)
             self._lora_wrapped = True
-        self.lora.adapters[lora_id] = weights
+        self.lora.adapters[lora_id] = shard_lora(weights, self.full_config, self.tp.rank, self.tp.size)
 
     def remove_lora(self, lora_id: int) -> None:
+        if self.workers is not None:
+            self.workers.send(("remove_lora", lora_id))
         self.lora.adapters.pop(lora_id, None)
 
     def transfer_kv(self, transfers: list[KVTransfer]) -> None:
@@ -252,6 +256,7 @@ class TorchModelRunner:
         if step.kv_transfers:
             self.transfer_kv(step.kv_transfers)
         step = step.to(self.device)
+        self.lora.groups = step.lora_groups
         if step.meta is None or step.input_ids is None or step.positions is None:
             return None
         with torch.inference_mode():
@@ -263,7 +268,7 @@ class TorchModelRunner:
         step, logits_index = StepInputs(batch.kv_transfers), None
         if len(batch):
             input_ids, positions, meta, logits_index = self._prepare(batch)
-            step = StepInputs(batch.kv_transfers, input_ids, positions, meta)
+            step = StepInputs(batch.kv_transfers, input_ids, positions, meta, self.lora.groups)
         if self.workers is not None:
             self.workers.send(step.to(torch.device("cpu")))
         hidden = self.run_shard(step)

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class StepInputs:
     input_ids: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     meta: AttentionMetadata | None = None
+    lora_groups: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)  # engine/model/lora.py
 
     def to(self, device: torch.device) -> StepInputs:
         if self.meta is None or self.input_ids is None or self.positions is None:
@@ -46,7 +47,8 @@ class StepInputs:
         meta = AttentionMetadata(self.meta.slot_mapping.to(device), self.meta.block_tables.to(device),
                                  self.meta.query_starts, self.meta.query_lens, self.meta.context_lens,
                                  self.meta.block_size)
-        return StepInputs(self.kv_transfers, self.input_ids.to(device), self.positions.to(device), meta)
+        groups = [(lora_id, None if rows is None else rows.to(device)) for lora_id, rows in self.lora_groups]
+        return StepInputs(self.kv_transfers, self.input_ids.to(device), self.positions.to(device), meta, groups)
 
 
 def free_port() -> int:
@@ -109,7 +111,8 @@ class TensorParallelWorkers:
         if self.shm_path is not None:  # every rank has it mapped: the name is no longer needed
             self.shm_path.unlink(missing_ok=True)
 
-    def send(self, step: StepInputs) -> None:
+    def send(self, step: StepInputs | tuple) -> None:
+        """A step, or a change every rank makes: ("add_lora", id, the whole adapter) or ("remove_lora", id)."""
         for rank, pipe in enumerate(self.pipes, start=1):
             try:
                 pipe.send(step)
@@ -157,4 +160,7 @@ def _serve_rank(rank: int, size: int, port: int, device: torch.device, timeout_s
             return
         if step is None:
             return
-        runner.run_shard(step)
+        if isinstance(step, tuple):
+            getattr(runner, step[0])(*step[1:])
+        else:
+            runner.run_shard(step)

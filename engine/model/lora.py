@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -170,6 +170,33 @@ class LoRALinear(nn.Module):
             else:
                 out.index_add_(0, rows, (x.index_select(0, rows) @ a.T) @ b.T)
         return out
+
+
+def weights_to(weights: LoRAWeights, device: torch.device) -> LoRAWeights:
+    """The same factors on `device` (unchanged where they are there already)."""
+    return replace(weights, layers=[{module: (a.to(device), b.to(device)) for module, (a, b) in layer.items()}
+                                    for layer in weights.layers])
+
+
+def shard_lora(weights: LoRAWeights, config: ModelConfig, rank: int, size: int) -> LoRAWeights:
+    """Tensor-parallel rank `rank`'s part of an adapter of the whole model `config` (engine/model/parallel.py):
+    a column-parallel module's B keeps this rank's rows of each packed part, A whole; a row-parallel one's A
+    keeps this rank's input columns, B whole, so each rank's delta is a partial sum the all-reduce completes."""
+    if size == 1:
+        return weights
+    parts = {"self_attn.qkv_proj": ["q_proj", "k_proj", "v_proj"], "mlp.gate_up_proj": ["gate_proj", "up_proj"]}
+    layers = []
+    for layer in weights.layers:
+        shard: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for module, (a, b) in layer.items():
+            if module in parts:
+                sizes = [projection_shape(config, p)[1] for p in parts[module]]
+                b = torch.cat([piece.chunk(size, dim=0)[rank] for piece in b.split(sizes, dim=0)]).contiguous()
+            else:
+                a = a.chunk(size, dim=1)[rank].contiguous()
+            shard[module] = (a, b)
+        layers.append(shard)
+    return replace(weights, layers=layers)
 
 
 def wrap_projections(model: nn.Module, config: ModelConfig, step: LoRAStep) -> None:

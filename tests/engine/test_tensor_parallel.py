@@ -20,7 +20,6 @@ from engine.build import build_engine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model.config import ModelConfig
-from engine.model.lora import LoRAError
 from engine.model.parallel import TPGroup, shard_config, shard_tensor
 from engine.model.shm_allreduce import ShmAllReduce, create_file, shm_supported
 from engine.roofline import RooflineStepTime
@@ -189,17 +188,50 @@ def test_quantized_weights_an_fp8_cache_and_a_host_tier_on_two_ranks(tmp_path: P
     assert 0 < (two_scores - one_scores).abs().mean().item() < 0.02 * one_scores.abs().mean().item()
 
 
+def _adapted(model_dir: Path, tp: int, adapters: dict[str, Path], prompts: list[list[int]]) -> tuple:
+    """Greedy outputs of each prompt under each adapter (and the base model) in one batch, and teacher-forced
+    scores of the first prompt under the first adapter, with one adapter then unloaded."""
+    engine = LLMEngine(EngineConfig(num_blocks=64, max_model_len=512, max_num_batched_tokens=128),
+                       TorchModelRunner(model_dir, 64, 16, device="cpu", tensor_parallel_size=tp))
+    try:
+        for name, path in adapters.items():
+            engine.add_lora(name, str(path))
+        greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+        seqs = [engine.add_request(f"{name}-{i}", p, greedy, lora=name)
+                for name in (*adapters, None) for i, p in enumerate(prompts)]
+        first = next(iter(adapters))
+        scored = engine.add_request("scored", prompts[0], SamplingParams(max_tokens=1, prompt_logprobs=0), lora=first)
+        while engine.has_unfinished():
+            engine.step()
+        engine.remove_lora(first)
+        after = engine.add_request("after", prompts[0], greedy)
+        while engine.has_unfinished():
+            engine.step()
+        return ([s.output_token_ids for s in seqs], torch.tensor([lp.logprob for lp in scored.prompt_logprobs]),
+                after.output_token_ids)
+    finally:
+        engine.runner.close()  # type: ignore[attr-defined]
+
+
+def test_lora_adapters_on_two_ranks_answer_as_on_one(tmp_path: Path) -> None:
+    """Each rank adds its part of an adapter's delta (B's rows of its heads and widths on q/k/v and
+    gate/up, A's columns on o and down): a batch mixing two adapters and the base model generates and
+    scores as on one rank; an unloaded adapter leaves every rank."""
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    adapters = {f"a{i}": make_tiny_lora(model_dir, tmp_path / f"a{i}", rank=4, seed=i, std=0.2) for i in range(2)}
+    rng = random.Random(5)
+    prompts = [[rng.randrange(1000) for _ in range(n)] for n in (40, 17)]
+    one_outputs, one_scores, one_after = _adapted(model_dir, 1, adapters, prompts)
+    two_outputs, two_scores, two_after = _adapted(model_dir, 2, adapters, prompts)
+    assert two_outputs == one_outputs and two_after == one_after
+    assert one_outputs[0] != one_outputs[4]  # the adapter changes the answer: its delta is really there
+    torch.testing.assert_close(two_scores, one_scores, rtol=0, atol=1e-4)
+
+
 def test_refusals(tmp_path: Path) -> None:
     model_dir = make_tiny_model(tmp_path / "tiny")  # 4 heads, 2 KV heads
     with pytest.raises(ValueError, match="tensor_parallel_size 4 must divide num_key_value_heads 2"):
         TorchModelRunner(model_dir, 8, 16, device="cpu", tensor_parallel_size=4)
-    adapter = make_tiny_lora(model_dir, tmp_path / "adapter", rank=2)
-    runner = TorchModelRunner(model_dir, 8, 16, device="cpu", tensor_parallel_size=2)
-    try:
-        with pytest.raises(LoRAError, match="not served with tensor parallelism"):
-            runner.load_lora(adapter, 8)
-    finally:
-        runner.close()
     with pytest.raises(ValueError, match="measured step-time profile"):
         save_profile(tmp_path / "measured.json", LinearStepTime(1e-3, 1e-5, 1e-6, 1e-7, 1e-9, model={"num_blocks": 9}))
         build_engine(sim_profile=tmp_path / "measured.json", tensor_parallel_size=2)
