@@ -40,6 +40,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window
 	$(PY) -m bench.tensor_parallel
+	$(PY) -m bench.thinking_budget
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -35,7 +35,8 @@ def max_fused_steps(batch: ScheduledBatch, config: EngineConfig, free_blocks: in
     steps = 1 << 30
     for seq, num_new in zip(batch.seqs, batch.num_new_tokens, strict=True):
         num_tokens = len(seq.token_ids)
-        if num_new != 1 or seq.num_computed_tokens < seq.num_prompt_tokens or seq.params.stop_token_ids:
+        if num_new != 1 or seq.num_computed_tokens < seq.num_prompt_tokens or seq.params.stop_token_ids \
+                or seq.thinking is not None:
             return 1
         steps = min(steps, seq.params.max_tokens - (num_tokens - seq.num_prompt_tokens),  # may finish on the last
                     config.max_model_len - num_tokens)

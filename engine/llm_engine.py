@@ -20,6 +20,7 @@ from engine.lora_registry import LoRAAdapter, LoRAAdapters
 from engine.outputs import RequestOutput, StepRecord
 from engine.pins import PinCounters
 from engine.policy import FCFSPolicy, SchedulingPolicy
+from engine.reasoning import THINK_END, THINK_START
 from engine.runner import ModelRunner
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.scheduler import Scheduler
@@ -27,6 +28,7 @@ from engine.sequence import Sequence
 from engine.session_kv import SessionKV, SessionPins
 from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
 from engine.step_time import load_profile
+from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_ends
 
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
@@ -86,6 +88,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
         self.num_steps = self.prefill_tokens = self.generation_tokens = 0
         self._grammars: GrammarCompiler | None = None  # made on the first structured request
         self._grammars_lock = threading.Lock()
+        self._tags: ThinkingTags | None = None  # the thinking block's tags as token ids, found on first use
         # Fusing skips per-step records and stop strings: only for runners that offer it, unrecorded.
         # A drafter may draft in any step, so speculation runs every step on its own.
         self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None
@@ -133,6 +136,9 @@ class LLMEngine(SessionPins, LoRAAdapters):
             seq.prompt_leader = self.sequences.get(prompt_leader)
         if params.constraint is not None:
             seq.grammar = self.grammars().matcher(params.constraint)
+        if params.thinking_token_budget is not None:
+            seq.thinking = ThinkingBudget.for_prompt(params.thinking_token_budget, self._thinking_tags(),
+                                                     prompt_token_ids)
         self.sequences[request_id] = seq
         if session_id is not None:
             self._hold_pin_for_arrival(session_id, seq.arrival_time)
@@ -179,6 +185,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
         """Can answers be held to a grammar: a tokenizer, and a runner that computes logits."""
         return self.tokenizer is not None and hasattr(self.runner, "step_logprobs")
 
+    def _thinking_tags(self) -> ThinkingTags:
+        if self.tokenizer is None:
+            raise InvalidRequestError("this engine has no tokenizer to find the thinking tags in: "
+                                      "thinking_token_budget is not available", "thinking_token_budget")
+        if self._tags is None:
+            self._tags = ThinkingTags(tuple(self.tokenizer.encode(THINK_START)), tuple(self.tokenizer.encode(THINK_END)))
+        return self._tags
+
     def grammars(self) -> GrammarCompiler:
         """The engine's grammar compiler (engine/structured_output.py), made once on first use."""
         with self._grammars_lock:
@@ -221,7 +235,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
                 if steps > 1:
                     return self._fused_decode(batch, steps)
         samples = [batch.samples(i) for i in range(len(batch))]
-        token_ids = self.runner.execute(batch)
+        token_ids = force_thinking_ends(batch, self.runner.execute(batch))
         logprobs: dict[int, TokenLogprobs] = getattr(self.runner, "step_logprobs", None) or {}
         prompt_logprobs: dict[int, list[TokenLogprobs]] = getattr(self.runner, "step_prompt_logprobs", None) or {}
         embeddings: dict[int, list[float]] = getattr(self.runner, "step_embeddings", None) or {}
@@ -305,6 +319,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
 
     def _append_token(self, seq: Sequence, token_id: int, now: float) -> RequestOutput:
         seq.token_ids.append(token_id)
+        if seq.thinking is not None:
+            seq.thinking.observe(token_id)
         self.generation_tokens += 1
         if seq.first_token_time is None:
             seq.first_token_time = now

@@ -26,6 +26,7 @@ from engine.reasoning import split as split_reasoning
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
+from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 from engine.tool_parsers import parse_calls
 
 
@@ -114,6 +115,13 @@ class OpenAIGeneration:
         # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
         # already parsed: engine/forced_tools.py).
         self.reasoning = bool(reasoning_parser) and chat and parsed.forced_tools is None
+        budget = parsed.params.thinking_token_budget
+        if budget is not None and not reasoning_parser:
+            raise bad_request("'thinking_token_budget' caps a reasoning model's thinking: this engine parses none "
+                              "(start it with --reasoning-parser)", "thinking_token_budget", "unsupported")
+        if budget is None and reasoning_parser and parsed.reasoning_effort is not None:  # else accepted, no effect
+            budget = DEFAULT_EFFORT_BUDGETS[parsed.reasoning_effort]
+            self.parsed = parsed = replace(parsed, params=replace(parsed.params, thinking_token_budget=budget))
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
         held = None

@@ -48,6 +48,8 @@ class SamplingParams:
     # The request asks for its prompt's embedding: the last prompt token's final hidden state, L2-normalised
     # (last-token pooling, as Qwen3-Embedding and e5-mistral use); the one token it samples is dropped.
     embed: bool = False
+    # A reasoning model's thinking capped at this many tokens, then its end tag forced (engine/thinking_budget.py).
+    thinking_token_budget: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class SamplingParams:
             raise InvalidRequestError("min_p must be between 0 and 1", "min_p")
         if self.min_tokens < 0:
             raise InvalidRequestError("min_tokens must be at least 0", "min_tokens")
+        if self.thinking_token_budget is not None and self.thinking_token_budget < 0:
+            raise InvalidRequestError("thinking_token_budget must be at least 0", "thinking_token_budget")
         for token_id, bias in self.logit_bias:
             if token_id < 0:
                 raise InvalidRequestError(f"logit_bias: token id {token_id} is negative", "logit_bias")

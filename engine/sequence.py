@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from engine.logprobs import TokenLogprobs
     from engine.speculation import TokenArray
     from engine.structured_output import GrammarMatcher
+    from engine.thinking_budget import ThinkingBudget
 
 
 class SequenceStatus(Enum):
@@ -69,6 +70,8 @@ class Sequence:
         self.prompt_logprobs: list[TokenLogprobs] = []
         # With params.constraint: where the output stands in its grammar (advanced token by token).
         self.grammar: GrammarMatcher | None = None
+        # With params.thinking_token_budget: where the output stands in its thinking (engine/thinking_budget.py).
+        self.thinking: ThinkingBudget | None = None
         # With speculative decoding: the token ids as an array the n-gram lookup searches (grown as they grow).
         self.lookup: TokenArray | None = None
         # With goodput draft lengths: the chance its next draft holds (engine/draft_length.py).

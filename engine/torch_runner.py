@@ -7,7 +7,6 @@ one after each draft token a decoding sequence carries (engine/speculation.py)."
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from itertools import accumulate, groupby
 from pathlib import Path
 
@@ -20,76 +19,18 @@ from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorks
 from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model
-from engine.model.logits_processors import needs_processing, process_logits
+from engine.model.logits_processors import process_logits
 from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weights_to, wrap_projections
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from engine.step_rows import ScoredPrompt, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
+from engine.thinking_budget import forced_rows, mask_to_forced
 from engine.tp_workers import StepInputs, TensorParallelWorkers
 
 # Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
 _SCORE_ROWS_PER_SLICE = 256
-
-
-@dataclass(frozen=True)
-class ScoredPrompt:
-    """Prompt tokens one sequence scores in a step: the batch rows whose logits predict them."""
-
-    batch_index: int
-    rows: list[int]  # flat token indices in the step's input
-    targets: list[int]  # the prompt token each row predicts
-    top_k: int
-
-
-def scored_prompt_positions(batch: ScheduledBatch) -> list[ScoredPrompt]:
-    """Position p's logits predict prompt token p + 1: for each sequence that scores its prompt, the
-    positions of this step's chunk whose token that has not been scored yet (a recompute after
-    preemption scores nothing twice)."""
-    scored, flat_start = [], 0
-    for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
-        if seq.needs_prompt_logits:
-            start = seq.num_computed_tokens
-            assert len(seq.prompt_logprobs) >= start, "a prompt being scored is computed from its start"
-            first, last = max(start, len(seq.prompt_logprobs)), min(start + n, seq.num_prompt_tokens - 1)
-            if first < last:
-                scored.append(ScoredPrompt(i, [flat_start + p - start for p in range(first, last)],
-                                           seq.token_ids[first + 1: last + 1], seq.params.prompt_logprobs or 0))
-        flat_start += n
-    return scored
-
-
-@dataclass(frozen=True)
-class DraftedRow:
-    """What logits processing reads of a sequence at a sampled row after `j` of its drafts (as if they
-    were accepted): its tokens with those drafts, so penalties and `min_tokens` see them."""
-
-    params: SamplingParams
-    token_ids: list[int]
-    num_prompt_tokens: int
-    grammar: None = None  # a grammar's masks for these rows come with the sequence's own row's
-
-
-def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], list[int], list[list[int]]]:
-    """Each sampled row's history, the number of tokens it would follow, and the drafts whose rows
-    follow it: one row per sampling sequence, then one after each of its drafts (engine/speculation.py)."""
-    rows: list[Sequence | DraftedRow] = []
-    generated: list[int] = []
-    drafts_after: list[list[int]] = []
-    for i in batch.sampling_indices:
-        seq = batch.seqs[i]
-        rows.append(seq)
-        generated.append(seq.num_output_tokens)
-        drafts = batch.draft_token_ids[i]
-        drafts_after += [drafts] + [[]] * len(drafts)
-        processed = needs_processing(seq)  # else no row of it is processed: its tokens need no copy
-        for j in range(1, len(drafts) + 1):
-            rows.append(DraftedRow(seq.params, seq.token_ids + drafts[:j] if processed else seq.token_ids,
-                                   seq.num_prompt_tokens))
-            generated.append(seq.num_output_tokens + j)
-    return rows, generated, drafts_after
 
 
 class TorchModelRunner:
@@ -289,6 +230,10 @@ class TorchModelRunner:
             if any(s.grammar is not None for s in rows):
                 logits = logits.clone() if logits is raw_logits else logits
                 mask_disallowed(logits, [s.grammar for s in rows], drafts_after)
+            forced = forced_rows(batch)
+            if any(token is not None for token in forced):  # a thinking budget spent: its end tag
+                logits = logits.clone() if logits is raw_logits else logits
+                mask_to_forced(logits, forced)
             tokens = self.sampler(logits, [s.params for s in rows], generated)
             wanted = [j for j, s in enumerate(rows) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(

@@ -16,8 +16,10 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
   skip_special_tokens, include_stop_str_in_output, truncate_prompt_tokens (keep the prompt's last k
   tokens), stream_options.continuous_usage_stats, guided_json / guided_regex / guided_choice /
-  guided_grammar (structured_outputs' older names), spaces_between_special_tokens (true only);
-  chat: chat_template_kwargs, add_generation_prompt, continue_final_message;
+  guided_grammar (structured_outputs' older names), spaces_between_special_tokens (true only),
+  thinking_token_budget (engine/thinking_budget.py);
+  chat: chat_template_kwargs, add_generation_prompt, continue_final_message, and OpenAI's reasoning_effort
+  (a thinking budget where the engine parses reasoning, else no effect);
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
   in_program (engine/hints.py).
 - accepted and ignored, as they do not change the output: user, metadata, store, service_tier,
@@ -47,6 +49,7 @@ from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.server.errors import bad_request
 from engine.server.fields import boolean, field, int_list, integer, number, read_object, string
 from engine.server.sampling_fields import GUIDED_FIELDS, logprobs_asked, sampling_params
+from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 
 # A pin holds KV blocks other requests could use; a day is past any tool call (and past this, a
 # deadline overflows the engine thread's timed wait).
@@ -61,14 +64,14 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
          "min_tokens", "response_format", "structured_outputs", "session_id", "priority", "pin_ttl_s",
          "ignore_eos", "stop_token_ids", "rank_score", "program_start", "in_program", "skip_special_tokens",
          "spaces_between_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
-         *GUIDED_FIELDS}
+         "thinking_token_budget", *GUIDED_FIELDS}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
 _COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix"}
 _CHAT_FIELDS = _USED | _IGNORED | {"messages", "max_completion_tokens", "tools", "tool_choice", "logprobs",
                                    "chat_template_kwargs", "add_generation_prompt", "continue_final_message",
-                                   "top_logprobs"}
+                                   "top_logprobs", "reasoning_effort"}
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
@@ -109,6 +112,7 @@ class GenerateRequest:
     parallel_tool_calls: bool = True  # false: at most one call (forced, or parsed from the answer's text)
     custom_tools: frozenset[str] = frozenset()  # chat: the tools whose calls go back as custom calls
     allowed_tools: frozenset[str] | None = None  # chat: tool_choice allowed_tools in "auto" mode (held_calls)
+    reasoning_effort: str | None = None  # chat: a thinking budget where the engine parses reasoning
 
     @property
     def num_choices(self) -> int:
@@ -186,7 +190,16 @@ def parse_chat(body: Any) -> GenerateRequest:
                    custom_tools=frozenset(custom),
                    allowed_tools=frozenset(allowed[1]) if allowed is not None and allowed[0] == "auto" else None,
                    parallel_tool_calls=body.get("parallel_tool_calls") is not False,
+                   reasoning_effort=_reasoning_effort(body),
                    max_tokens=integer(body, "max_tokens") if max_tokens is None else max_tokens)
+
+
+def _reasoning_effort(body: dict) -> str | None:
+    effort = string(body, "reasoning_effort")
+    if effort is not None and effort not in DEFAULT_EFFORT_BUDGETS:
+        raise bad_request(f"'reasoning_effort' must be one of {', '.join(DEFAULT_EFFORT_BUDGETS)}", "reasoning_effort",
+                          "invalid_value")
+    return effort
 
 
 def _common(body: dict, **fields: Any) -> GenerateRequest:

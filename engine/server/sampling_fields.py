@@ -63,6 +63,7 @@ def sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
         min_p=number(body, "min_p") or 0.0,
         min_tokens=integer(body, "min_tokens") or 0,
         constraint=_constraint(body, forced),
+        thinking_token_budget=integer(body, "thinking_token_budget"),
     )
 
 

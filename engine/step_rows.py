@@ -1,0 +1,70 @@
+"""Which rows of a step's flat batch do what beyond computing KV: the positions whose logits score a
+prompt (`prompt_logprobs`), and the sampled rows, one per sampling sequence and one after each of its
+draft tokens (engine/speculation.py), with the history logits processing reads at each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.batch import ScheduledBatch
+from engine.model.logits_processors import needs_processing
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """Prompt tokens one sequence scores in a step: the batch rows whose logits predict them."""
+
+    batch_index: int
+    rows: list[int]  # flat token indices in the step's input
+    targets: list[int]  # the prompt token each row predicts
+    top_k: int
+
+
+def scored_prompt_positions(batch: ScheduledBatch) -> list[ScoredPrompt]:
+    """Position p's logits predict prompt token p + 1: for each sequence that scores its prompt, the
+    positions of this step's chunk whose token that has not been scored yet (a recompute after
+    preemption scores nothing twice)."""
+    scored, flat_start = [], 0
+    for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+        if seq.needs_prompt_logits:
+            start = seq.num_computed_tokens
+            assert len(seq.prompt_logprobs) >= start, "a prompt being scored is computed from its start"
+            first, last = max(start, len(seq.prompt_logprobs)), min(start + n, seq.num_prompt_tokens - 1)
+            if first < last:
+                scored.append(ScoredPrompt(i, [flat_start + p - start for p in range(first, last)],
+                                           seq.token_ids[first + 1: last + 1], seq.params.prompt_logprobs or 0))
+        flat_start += n
+    return scored
+
+
+@dataclass(frozen=True)
+class DraftedRow:
+    """What logits processing reads of a sequence at a sampled row after `j` of its drafts (as if they
+    were accepted): its tokens with those drafts, so penalties and `min_tokens` see them."""
+
+    params: SamplingParams
+    token_ids: list[int]
+    num_prompt_tokens: int
+    grammar: None = None  # a grammar's masks for these rows come with the sequence's own row's
+
+
+def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], list[int], list[list[int]]]:
+    """Each sampled row's history, the number of tokens it would follow, and the drafts whose rows
+    follow it: one row per sampling sequence, then one after each of its drafts (engine/speculation.py)."""
+    rows: list[Sequence | DraftedRow] = []
+    generated: list[int] = []
+    drafts_after: list[list[int]] = []
+    for i in batch.sampling_indices:
+        seq = batch.seqs[i]
+        rows.append(seq)
+        generated.append(seq.num_output_tokens)
+        drafts = batch.draft_token_ids[i]
+        drafts_after += [drafts] + [[]] * len(drafts)
+        processed = needs_processing(seq)  # else no row of it is processed: its tokens need no copy
+        for j in range(1, len(drafts) + 1):
+            rows.append(DraftedRow(seq.params, seq.token_ids + drafts[:j] if processed else seq.token_ids,
+                                   seq.num_prompt_tokens))
+            generated.append(seq.num_output_tokens + j)
+    return rows, generated, drafts_after
