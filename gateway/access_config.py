@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from gateway.strict_config import StrictConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AuthConfig(_Strict):
+class AuthConfig(StrictConfig):
     require_keys: bool = False
     master_key: str | None = None
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictConfig):
     fail_open: bool = False
     default_rpm: int | None = Field(default=None, gt=0)
     default_tpm: int | None = Field(default=None, gt=0)  # tokens (prompt + completion) a minute
@@ -26,7 +24,7 @@ class LimitsConfig(_Strict):
     default_budget_period: Literal["day", "week", "month"] | None = None
 
 
-class AlertsConfig(_Strict):
+class AlertsConfig(StrictConfig):
     """Budget alerts (gateway/budget_alerts.py): a key's spend crossing a share of its budget is an event,
     `budget.threshold_crossed`, for the webhook endpoints that take it and for `webhook_url`."""
 
@@ -43,7 +41,7 @@ class AlertsConfig(_Strict):
         return sorted(set(thresholds))
 
 
-class WebhooksConfig(_Strict):
+class WebhooksConfig(StrictConfig):
     """How webhook events are sent (gateway/webhooks.py); the endpoints are made over HTTP
     (`/v1/webhook_endpoints`). A delivery that fails is tried again after `first_retry_s`, then after twice
     as long each time up to `max_retry_s`, until `give_up_after_s` from its event (OpenAI's: 72 hours)."""

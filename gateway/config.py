@@ -19,8 +19,9 @@ from pydantic import (
 from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.fallback_config import FallbacksConfig
-from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, StrictConfig
+from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
 from gateway.route_group_config import GroupVerify, RouteGroup
+from gateway.strict_config import StrictConfig
 from rankers.config import RankingConfig
 from routers.verify import VerifyPolicy
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from gateway.model_list_config import StrictConfig
+from gateway.strict_config import StrictConfig
 
 
 class FallbacksConfig(StrictConfig):

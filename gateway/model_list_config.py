@@ -9,16 +9,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from engine.config import KVCacheDtype, Quantization
+from gateway.strict_config import StrictConfig
 
 # Model strings Pitstop serves itself; everything else goes through litellm.
 LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
 ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTTP
 
 
-class StrictConfig(BaseModel):
-    """A section of the file that refuses keys it does not know: a typo is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class TinyModelSpec(StrictConfig):

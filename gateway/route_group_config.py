@@ -3,17 +3,14 @@ verifies (validated where the file is read, so errors name the field)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from gateway.strict_config import StrictConfig
 from routers.exploration import Exploration
 from routers.registry import ROUTERS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GroupCalibration(_Strict):
+class GroupCalibration(StrictConfig):
     """Tie a route group's cost preference to a budget on its own traffic (routers/calibration.py):
     the smallest preference at which its recent requests would average at most `avg_cost_usd` a
     request (predicted cost of the chosen model), or send at most `model_share` of them to `model`.
@@ -38,7 +35,7 @@ class GroupCalibration(_Strict):
         return self
 
 
-class GroupVerify(_Strict):
+class GroupVerify(StrictConfig):
     """Check the router's pick before serving it (routers/verify.py): where its answer is a short one (a
     choice letter or a number), `count` of the `verifiers` are asked the same request; if every one gives
     the same answer the pick's is served, else `escalate_to`'s. Free-text answers are served unchecked."""
@@ -58,7 +55,7 @@ class GroupVerify(_Strict):
         return self
 
 
-class RouteGroup(_Strict):
+class RouteGroup(StrictConfig):
     name: str = Field(min_length=1)
     models: list[str] = Field(min_length=1)
     router: str = "tier-prior"

@@ -8,8 +8,10 @@ the grammar, `could_be_short`, and it is at most the group's `hold_chars`): one 
 hold is verified like a whole response, and the client gets the pick's chunks or the escalation's
 stream; one that leaves the grammar or runs past the hold streams on unchecked. Every call
 goes through the dispatcher (retries, cooldowns, admission). The served answer is the pick's, or the
-escalation's; a failed escalation still serves the pick's answer. The outcome row names the served
-model, costs every call made, and says what happened in `extra.verify`."""
+escalation's; a failed escalation still serves the pick's answer. A pick that cannot answer falls back
+(gateway/fallbacks.py) and the model that answers instead is verified as the pick would have been,
+unless it is the escalation model. The outcome row names the served model, costs every call made, and
+says what happened in `extra.verify`."""
 
 from __future__ import annotations
 
@@ -38,8 +40,6 @@ T = TypeVar("T", Answered, Streamed)
 async def complete(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: CallContext,
                    prefer: str | None) -> Answered:
     """The response for a non-streaming request: the chosen model's, verified where its group says so."""
-    route, request = draft.route, draft.request
-    assert route is not None and request is not None
     policy = _applying(state, draft)
     if policy is None:
         return await fallbacks.complete(state, draft, kind, ctx, prefer)
@@ -50,13 +50,9 @@ async def stream(state: GatewayState, draft: OutcomeDraft, kind: Kind, ctx: Call
                  prefer: str | None) -> Streamed:
     """The chunks for a streaming request: the chosen model's, held back and verified where its group
     says so. Returns once the first chunk to send is known; the hold's failures are the request's."""
-    route, request = draft.route, draft.request
-    assert route is not None and request is not None
     policy = _applying(state, draft)
-    if policy is None:
-        return await fallbacks.stream(state, draft, kind, ctx, prefer)
-    streamed = await state.dispatcher.stream(route.model_name, kind, request.body, ctx, prefer, draft.sending)
-    return await _Verification(state, draft, kind, ctx, policy).held(*streamed)
+    streamed = await fallbacks.stream(state, draft, kind, ctx, prefer)  # a pick that cannot answer falls back
+    return streamed if policy is None else await _Verification(state, draft, kind, ctx, policy).held(*streamed)
 
 
 def checks(state: GatewayState, draft: OutcomeDraft) -> bool:
@@ -135,10 +131,11 @@ class _Verification:
     trace: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, prefer: str | None) -> Answered:
-        route = self.draft.route
-        assert route is not None
-        pick = route.model_name
-        picked = await self._call(pick, self.ctx, prefer, sent=self.draft.sending)  # its failure is the request's
+        # The pick, or where it cannot answer its fallback (gateway/fallbacks.py); their failure is the request's.
+        picked = await fallbacks.complete(self.state, self.draft, self.kind, self.ctx, prefer)
+        assert self.draft.route is not None
+        pick = self.draft.route.model_name
+        self._cost(pick, picked[0].get("usage"), picked[1])
         return await self._decide(pick, answer_text(picked[0], self.kind), picked,
                                   lambda strong: self._call(strong, self.ctx))
 
@@ -177,7 +174,8 @@ class _Verification:
         """Serve `picked` if the pick's reply `text` is a short answer its verifiers agree with, else
         what `escalate` gets from the escalation model (`picked` still, if that fails)."""
         answer = self._begin(pick, text)
-        if answer is None or not self.policy.verifiers_for(pick):
+        # (A pick that fell back to the escalation model is served as it is.)
+        if answer is None or pick == self.policy.escalate_to or not self.policy.verifiers_for(pick):
             return self._serve(pick, picked, "unchecked")
         if await self._verifiers_agree(pick, answer):
             return self._serve(pick, picked, "accepted")

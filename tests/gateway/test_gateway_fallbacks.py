@@ -152,3 +152,23 @@ def test_a_model_cooling_down_is_skipped_while_a_fallback_can_answer(
         third = _chat(gateway, "spare", "three")  # spare fails now; main, cooling, is its chain's last
         assert third.status_code == 200 and third.headers["x-pitstop-model"] == "main"
         b.set_fail(None)
+
+
+def test_a_verifying_groups_pick_falls_back_and_the_fallback_is_verified(
+        upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path) -> None:
+    a, b = upstreams
+    models = [model_entry("weak", a.api_base, tier="weak", price_out=1e-7),
+              model_entry("mid", b.api_base, tier="weak", price_out=2e-7),
+              model_entry("judge", b.api_base, tier="weak", price_out=3e-7),
+              model_entry("strong", b.api_base, tier="strong", price_out=1e-5)]
+    group = {"name": "checked", "models": ["weak", "mid", "strong"], "router": "tier-prior", "cost_preference": 1.0,
+             "verify": {"verifiers": ["judge"], "escalate_to": "strong"}}
+    with running_gateway(gateway_config(tmp_path, models, [group])) as gateway:
+        whole = _chat(gateway, "checked", "Which? [fail:503@a] [answer:B]")
+        streamed = _chat(gateway, "checked", "Which? [fail:503@a] [answer:B]", stream=True)
+        assert (whole.status_code, streamed.status_code) == (200, 200), whole.text
+        for response in (whole, streamed):
+            assert response.headers["x-pitstop-model"] == "mid" and response.headers["x-pitstop-fallback-from"] == "weak"
+            assert response.headers["x-pitstop-verify"] == "accepted"  # mid's "B", checked by the judge's "B"
+        extra = gateway.row(whole.headers["x-pitstop-request-id"])["extra"]
+        assert extra["fallback"]["from"] == "weak" and extra["verify"]["pick"] == "mid"
