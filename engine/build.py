@@ -19,7 +19,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  pin_budget_fraction: float = 0.5, device: str | None = None,
                  speculative: SpeculativeConfig | None = None, host_kv_memory_bytes: int = 0,
                  kv_cache_dtype: str = "auto", calculate_kv_scales: bool = False,
-                 quantization: str | None = None, tensor_parallel_size: int = 1, lora_modules: dict[str, str] | None = None,
+                 quantization: str | None = None, tensor_parallel_size: int = 1,
+                 reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
@@ -33,12 +34,14 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     "fp8" W8A8 projections (engine/model/quant_config.py; a quantized checkpoint's own is used without
     it), which a simulation prices as one byte a weight. `tensor_parallel_size`: the model sharded over
     that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
-    on that many GPUs. `lora_modules`: LoRA
+    on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
+    vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
     at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
+    from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 
     if (model_dir is None) == (sim_profile is None):
         raise ValueError("pass exactly one of model_dir and sim_profile")
@@ -86,7 +89,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
                           pin_budget_fraction=pin_budget_fraction, speculative=speculative,
                           num_host_blocks=num_host_blocks, max_loras=max(max_loras, len(lora_modules or {})),
-                          max_lora_rank=max_lora_rank)
+                          max_lora_rank=max_lora_rank,
+                          reasoning_effort_budgets={**DEFAULT_EFFORT_BUDGETS, **(reasoning_effort_budgets or {})})
     engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
     for name, path in (lora_modules or {}).items():
         engine.add_lora(name, str(path))

@@ -37,6 +37,20 @@ def speculative_config(text: str) -> SpeculativeConfig:
         raise argparse.ArgumentTypeError(f"not a speculative config: {error}") from error
 
 
+def effort_budgets(text: str) -> dict[str, int]:
+    """`--reasoning-effort-budgets '{"low": 512}'`: budgets over vLLM's defaults (engine/thinking_budget.py)."""
+    from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
+
+    try:
+        budgets = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(budgets, dict) or not set(budgets) <= set(DEFAULT_EFFORT_BUDGETS) or not all(
+            isinstance(v, int) and v >= 0 for v in budgets.values()):
+        raise argparse.ArgumentTypeError(f"an object of token counts (>= 0) for some of {', '.join(DEFAULT_EFFORT_BUDGETS)}")
+    return budgets
+
+
 def lora_module(text: str) -> tuple[str, str]:
     """`--lora-modules`' NAME=PATH -> (name, path)."""
     name, sep, path = text.partition("=")
@@ -78,6 +92,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--served-model-name", help="the model name clients send (default: the folder name)")
     serve.add_argument("--reasoning-parser", choices=PARSERS,
                        help="split a reasoning model's <think> block from its chat answers (reasoning_content)")
+    serve.add_argument("--reasoning-effort-budgets", type=effort_budgets, metavar="JSON",
+                       help="thinking budgets for reasoning_effort values, e.g. '{\"low\": 512}' (default: vLLM's "
+                            "1024 / 2048 / 8192 for low / medium / high; minimal 256, none 0)")
     serve.add_argument("--tool-call-parser", choices=sorted(TOOL_CALL_PARSERS),
                        help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
     serve.add_argument("--speculative-config", type=speculative_config, metavar="JSON",
@@ -176,6 +193,7 @@ def serve_command(args: argparse.Namespace) -> int:
                               speculative=args.speculative_config, host_kv_memory_bytes=args.host_kv_memory,
                               kv_cache_dtype=args.kv_cache_dtype, calculate_kv_scales=args.calculate_kv_scales,
                               quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
+                              reasoning_effort_budgets=args.reasoning_effort_budgets,
                               lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank)
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
+
+from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 
 SPECULATIVE_METHODS = ("ngram",)
 # --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
@@ -92,6 +94,8 @@ class EngineConfig:
     # LoRA adapters served at once (engine/model/lora.py), and the largest rank one may have.
     max_loras: int = 8
     max_lora_rank: int = 64
+    # `reasoning_effort` -> the thinking budget it asks for (engine/thinking_budget.py; vLLM's defaults).
+    reasoning_effort_budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EFFORT_BUDGETS))
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0
@@ -102,6 +106,9 @@ class EngineConfig:
         assert self.max_loras >= 0 and self.max_lora_rank > 0
         if self.num_host_blocks and not self.enable_prefix_caching:
             raise ValueError("a host KV tier is keyed by the prefix cache: it needs enable_prefix_caching")
+        budgets = self.reasoning_effort_budgets
+        if set(budgets) != set(DEFAULT_EFFORT_BUDGETS) or not all(isinstance(v, int) and v >= 0 for v in budgets.values()):
+            raise ValueError(f"reasoning_effort_budgets: a token count (>= 0) for each of {', '.join(DEFAULT_EFFORT_BUDGETS)}")
 
     @property
     def arrival_pin_hold_s(self) -> float:

@@ -26,7 +26,6 @@ from engine.reasoning import split as split_reasoning
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
-from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 from engine.tool_parsers import parse_calls
 
 
@@ -120,7 +119,7 @@ class OpenAIGeneration:
             raise bad_request("'thinking_token_budget' caps a reasoning model's thinking: this engine parses none "
                               "(start it with --reasoning-parser)", "thinking_token_budget", "unsupported")
         if budget is None and reasoning_parser and parsed.reasoning_effort is not None:  # else accepted, no effect
-            budget = DEFAULT_EFFORT_BUDGETS[parsed.reasoning_effort]
+            budget = engine.engine.config.reasoning_effort_budgets[parsed.reasoning_effort]
             self.parsed = parsed = replace(parsed, params=replace(parsed.params, thinking_token_budget=budget))
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py

@@ -72,6 +72,8 @@ class LitellmParams(BaseModel):
     policy: str = "program-rank"  # returning agent programs first (engine/program_policy.py), then rank (with aging)
     device: str | None = None
     reasoning_parser: Literal["think"] | None = None  # split a reasoning model's <think> block (engine/reasoning.py)
+    # Thinking budgets for reasoning_effort values, over vLLM's defaults (engine/thinking_budget.py).
+    reasoning_effort_budgets: dict[Literal["none", "minimal", "low", "medium", "high"], int] | None = None
     tool_call_parser: Literal["hermes", "llama3_json"] | None = None  # tool calls written as text (engine/tool_parsers.py)
     speculative_config: SpeculativeSpec | None = None  # n-gram speculative decoding (engine/speculation.py)
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
@@ -92,7 +94,7 @@ class LitellmParams(BaseModel):
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
         for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
-                     "calculate_kv_scales", "quantization", "tensor_parallel_size"):
+                     "calculate_kv_scales", "quantization", "tensor_parallel_size", "reasoning_effort_budgets"):
             if getattr(self, name) != type(self).model_fields[name].default and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")

@@ -14,7 +14,7 @@ from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.server.app import create_app
-from engine.thinking_budget import ThinkingBudget, ThinkingTags
+from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS, ThinkingBudget, ThinkingTags
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
 from tests.engine.fakes import CountingRunner, ScriptedRunner
@@ -100,10 +100,14 @@ def test_the_chat_api_takes_a_budget_or_an_effort(tiny_model_dir: Path) -> None:
 
     def served(parser: str | None) -> AsyncEngine:
         runner = ScriptedRunner(script, tokenizer.eos_token_ids[0], tokenizer.vocab_size)
-        return AsyncEngine(LLMEngine(EngineConfig(num_blocks=64, max_model_len=256), runner, tokenizer=tokenizer))
+        budgets = {**DEFAULT_EFFORT_BUDGETS, "low": 3}
+        return AsyncEngine(LLMEngine(EngineConfig(num_blocks=64, max_model_len=256, reasoning_effort_budgets=budgets),
+                                     runner, tokenizer=tokenizer))
 
     with serve_in_thread(create_app(served("think"), "tiny", "think")) as url, sdk(url) as client:
         free = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64)
+        low = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64,
+                                             extra_body={"reasoning_effort": "low"})  # this engine's low: 3 tokens
         none = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64,
                                               extra_body={"reasoning_effort": "none"})
         capped = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64,
@@ -113,8 +117,9 @@ def test_the_chat_api_takes_a_budget_or_an_effort(tiny_model_dir: Path) -> None:
     assert free.choices[0].message.reasoning_content == "\nFirst, the sea. Then the sky."  # type: ignore[attr-defined]
     assert not getattr(none.choices[0].message, "reasoning_content", None)  # closed at once
     assert none.choices[0].message.content
-    budget_two = tokenizer.decode(tokenizer.encode("\nFirst, the sea. Then the sky.")[:2])
-    assert capped.choices[0].message.reasoning_content == budget_two  # type: ignore[attr-defined]
+    thinking = tokenizer.encode("\nFirst, the sea. Then the sky.")
+    assert capped.choices[0].message.reasoning_content == tokenizer.decode(thinking[:2])  # type: ignore[attr-defined]
+    assert low.choices[0].message.reasoning_content == tokenizer.decode(thinking[:3])  # type: ignore[attr-defined]
     with serve_in_thread(create_app(served(None), "tiny", None)) as url, sdk(url) as client:
         ignored = client.chat.completions.create(model="tiny", messages=messages, max_tokens=64,
                                                  extra_body={"reasoning_effort": "low"})
@@ -139,3 +144,16 @@ def test_a_responses_api_effort_reaches_the_engine_through_the_gateway(tiny_mode
         hasty = client.responses.create(model="thinker", input="What color is the sea?", reasoning={"effort": "none"})
     assert [item.type for item in thought.output] == ["reasoning", "message"]
     assert [item.type for item in hasty.output] == ["message"]
+
+
+def test_effort_budgets_are_checked_where_they_are_set() -> None:
+    import argparse
+
+    from engine.cli import effort_budgets
+
+    assert effort_budgets('{"low": 512, "none": 0}') == {"low": 512, "none": 0}
+    for bad in ('{"extreme": 1}', '{"low": -1}', '[1]', "low=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            effort_budgets(bad)
+    with pytest.raises(ValueError, match="reasoning_effort_budgets"):
+        EngineConfig(reasoning_effort_budgets={"low": 1})
