@@ -225,7 +225,10 @@ class Batches:
                         counts["failed"] += 1
             # A batch taken over while it was finalizing an expiry is still expired.
             expired = any(row["record"].get("error") == EXPIRED_ERROR for row in done.values())
-            await self._end(batch, lines, done, unsaved, {"status": "expired", "expired_at": _now()} if expired
+            # Never stamped before its own deadline: the window is timed on the monotonic clock, and a wall
+            # clock that lags it (as a VM's can) would otherwise read the expiry as early.
+            await self._end(batch, lines, done, unsaved, {"status": "expired",
+                                                          "expired_at": max(_now(), batch["expires_at"])} if expired
                             else {"status": "completed", "completed_at": _now()})
         except asyncio.CancelledError:  # cancelled (here or elsewhere), or the gateway is shutting down
             for task in served:
