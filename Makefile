@@ -36,6 +36,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.spec_decode
 	$(PY) -m bench.spec_decode_sim
 	$(PY) -m bench.spec_decode_goodput
+	$(PY) -m bench.draft_model
 	$(PY) -m bench.lora
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window

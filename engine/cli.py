@@ -98,10 +98,11 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--tool-call-parser", choices=sorted(TOOL_CALL_PARSERS),
                        help="turn the tool calls a model writes as text into tool_calls (with tool_choice auto)")
     serve.add_argument("--speculative-config", type=speculative_config, metavar="JSON",
-                       help='n-gram speculative decoding, as vLLM\'s flag: \'{"method": "ngram", '
-                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\'; '
-                            'add "draft_policy": "goodput" and a "step_time_profile" (engine profile\'s file) '
-                            'to check only the drafts that pay')
+                       help='speculative decoding, as vLLM\'s flag: n-gram drafts \'{"method": "ngram", '
+                            '"num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 2}\' '
+                            '(add "draft_policy": "goodput" and a "step_time_profile", engine profile\'s file, '
+                            'to check only the drafts that pay), or a draft model\'s: \'{"model": "DIR", '
+                            '"num_speculative_tokens": 4}\' (a smaller model with the same tokenizer)')
     serve.add_argument("--lora-modules", type=lora_module, nargs="+", default=[], metavar="NAME=PATH",
                        help="LoRA adapters (PEFT folders) served beside the model, each under its own model name")
     serve.add_argument("--max-loras", type=int, default=8, help="adapters served at once (default 8)")

@@ -5,7 +5,7 @@ from typing import Literal, get_args
 
 from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft_model")
 # --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
 # element, half of bf16 (engine/model/kv_quant.py). "fp8" is e4m3, vLLM's default fp8 format.
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
@@ -30,12 +30,15 @@ class SpeculativeConfig:
     """Speculative decoding, vLLM's `speculative_config` fields: each decoding request's step also
     checks up to `num_speculative_tokens` drafted tokens, all in one forward pass (engine/speculation.py).
     `ngram` (prompt lookup) drafts what followed the latest earlier occurrence of the sequence's last
-    `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load."""
+    `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load.
+    `draft_model` drafts with `model`, a smaller model folder of the same vocabulary (engine/draft_model.py);
+    as at vLLM, naming a `model` without a method picks it."""
 
-    method: str = "ngram"
+    method: str | None = None  # None: "draft_model" with a `model`, else "ngram"
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
+    model: str | None = None  # the draft model's folder (method "draft_model")
     # Pitstop's own: "fixed" drafts whatever the lookup finds, up to num_speculative_tokens; "goodput" cuts
     # each step's drafts to the length with the most expected tokens a second (engine/draft_length.py),
     # priced by `step_time_profile` (a profile file, `pitstop engine profile`), or a simulator's own model.
@@ -43,14 +46,22 @@ class SpeculativeConfig:
     step_time_profile: str | None = None
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", "ngram" if self.model is None else "draft_model")
         if self.method not in SPECULATIVE_METHODS:
             raise ValueError(f"speculative method {self.method!r} is not one of {', '.join(SPECULATIVE_METHODS)}")
+        if (self.method == "draft_model") != (self.model is not None):
+            raise ValueError("method 'draft_model' drafts with a model: give its folder as `model`" if self.model is None
+                             else f"method {self.method!r} drafts without a model: drop `model`, or use 'draft_model'")
         if self.num_speculative_tokens < 1:
             raise ValueError("num_speculative_tokens must be at least 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max")
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy {self.draft_policy!r} is not one of {', '.join(DRAFT_POLICIES)}")
+        if self.draft_policy == "goodput" and self.method == "draft_model":
+            raise ValueError("draft_policy 'goodput' prices checking drafts, not writing them: a draft model's "
+                             "passes are not free, so use 'fixed' with method 'draft_model'")
 
 
 @dataclass

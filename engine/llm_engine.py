@@ -4,6 +4,7 @@ clock and under the simulated runner on a virtual clock; only the runner and the
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.reasoning import THINK_END, THINK_START
 from engine.runner import ModelRunner
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import Drafter, Scheduler
 from engine.sequence import Sequence
 from engine.session_kv import SessionKV, SessionPins
 from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
@@ -94,14 +95,23 @@ class LLMEngine(SessionPins, LoRAAdapters):
         self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None
                           and config.speculative is None)
 
-    @staticmethod
-    def _drafter(config: EngineConfig, runner: ModelRunner) -> NgramProposer | None:
-        if config.speculative is None:
+    def _drafter(self, config: EngineConfig, runner: ModelRunner) -> Drafter | None:
+        spec = config.speculative
+        if spec is None:
             return None
         if not getattr(runner, "verifies_drafts", False):
             raise ValueError("speculative decoding needs a runner that samples after each draft token; "
                              "this one does not")
-        return NgramProposer(config.speculative)
+        if spec.method == "draft_model":
+            from engine.draft_model import DraftModelProposer
+            from engine.torch_runner import TorchModelRunner
+
+            if not isinstance(runner, TorchModelRunner):
+                raise ValueError("a draft model drafts real tokens for a real model: a simulated engine drafts "
+                                 "with method 'ngram'")
+            return DraftModelProposer.from_target(runner, spec, config.num_blocks, config.block_size,
+                                                  config.enable_prefix_caching, self.spec)
+        return NgramProposer(spec)
 
     def _draft_length(self, config: EngineConfig, runner: ModelRunner) -> GoodputDraftLength | None:
         spec = config.speculative
@@ -128,6 +138,10 @@ class LLMEngine(SessionPins, LoRAAdapters):
         self.validate_request(prompt_token_ids, pin_ttl_s, params=params)
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
+        if getattr(self.scheduler.drafter, "shares_noise", False) and not params.greedy and params.seed is None:
+            # Its own random seed: the draft model then draws with the noise the request will be sampled
+            # with (engine/draft_model.py), and the output is still a fresh sample.
+            params = replace(params, seed=secrets.randbits(62))
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,

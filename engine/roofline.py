@@ -163,6 +163,8 @@ class ModelShape:
 MODELS: dict[str, ModelShape] = {
     "llama-3.1-8b": ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256),
     "llama-3.1-70b": ModelShape("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256),
+    # The Llama 3 family's draft model: its tokenizer, tied embeddings.
+    "llama-3.2-1b": ModelShape("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, head_dim=64, tie_word_embeddings=True),
     "qwen3-30b-a3b": ModelShape("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, head_dim=128, num_experts=128,
                                 experts_per_token=8, expert_intermediate_size=768, num_sparse_layers=48),
     # Every layer slides over 4,096 tokens: a request holds a window of KV (engine/block_manager.py).

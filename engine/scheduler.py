@@ -26,8 +26,14 @@ if TYPE_CHECKING:
 
 
 class Drafter(Protocol):
-    def propose(self, seq: Sequence, max_tokens: int) -> list[int]:
-        """Up to `max_tokens` draft tokens to follow `seq`'s last token (engine/speculation.py)."""
+    def propose(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
+        """Draft tokens to follow each (decoding request, the most it may take)'s last token, in order:
+        n-gram lookups (engine/speculation.py) or a draft model's, all requests in one batch
+        (engine/draft_model.py)."""
+        ...
+
+    def forget(self, seq: Sequence) -> None:
+        """`seq` stopped running (finished, aborted or preempted): whatever the drafter holds for it goes."""
         ...
 
 
@@ -55,38 +61,46 @@ class Scheduler:
         if seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq.request_id)
         elif seq.status is SequenceStatus.RUNNING:
-            self.running.remove(seq)
-            self.block_manager.free(seq)
+            self._stop_running(seq)
         seq.status = SequenceStatus.FINISHED
 
-    def _drafts(self, seq: Sequence, budget: int) -> list[int]:
-        """Draft tokens for a decoding request, within the step's budget and what the request may still
-        generate (none for a first token); for an answer held to a grammar, only as many as it allows."""
-        if self.drafter is None or seq.num_output_tokens == 0:
-            return []
-        room = min(budget - 1, seq.params.max_tokens - seq.num_output_tokens - 1,
+    def _room(self, seq: Sequence, budget: int) -> int:
+        """The drafts a decoding request may take: within the step's budget and what it may still generate."""
+        return min(budget - 1, seq.params.max_tokens - seq.num_output_tokens - 1,
                    self.config.max_model_len - seq.num_tokens - 1)
-        drafts = self.drafter.propose(seq, room) if room > 0 else []
-        if drafts and seq.grammar is not None:
-            drafts = drafts[: seq.grammar.valid_prefix(drafts)]
-        return drafts
+
+    def _drafts(self, decodes: list[Sequence], budget: int) -> list[list[int]]:
+        """Each decoding request's drafts (none for a first token); for an answer held to a grammar, only as
+        many as it allows."""
+        asked = [(seq, room) for seq in decodes
+                 if seq.num_output_tokens > 0 and (room := self._room(seq, budget)) > 0]
+        proposed = iter(self.drafter.propose(asked) if asked and self.drafter is not None else [])
+        drafts = {seq.request_id: next(proposed) for seq, _ in asked}
+        out = []
+        for seq in decodes:
+            got = drafts.get(seq.request_id, [])
+            if got and seq.grammar is not None:
+                got = got[: seq.grammar.valid_prefix(got)]
+            out.append(got)
+        return out
 
     def _planned_drafts(self, budget: int) -> dict[str, list[int]]:
         """Each decoding request's drafts for this step, cut to the length that pays where a
         `draft_length` policy prices them against the step they join."""
-        decodes: list[tuple[Sequence, list[int]]] = []
+        decoding: list[Sequence] = []
         others = StepShape(0, 0, 0, 0, 0)
         sampled = 0  # tokens the step's prefill chunks sample (those that end their prompt)
         for seq in self.running:
             remaining = len(seq.token_ids) - seq.num_computed_tokens
             if remaining == 1:
-                decodes.append((seq, self._drafts(seq, budget)))
+                decoding.append(seq)
             elif self.draft_length is not None:
                 chunk = min(remaining, self.config.long_prefill_token_threshold)
                 context = seq.num_computed_tokens + chunk
                 others = StepShape(others.prefill_tokens + chunk, others.prefill_seqs + 1, 0,
                                    others.kv_tokens + context, others.prefill_attention + chunk * context)
                 sampled += chunk == remaining
+        decodes = list(zip(decoding, self._drafts(decoding, budget), strict=True))
         if self.draft_length is not None and any(drafts for _, drafts in decodes):
             cap = self.draft_length.cap([(seq, len(drafts)) for seq, drafts in decodes], others, sampled)
             for seq, drafts in decodes:
@@ -179,15 +193,19 @@ class Scheduler:
         # `exclude` never covers everyone: the request asking for blocks is not scheduled yet.
         return max((s for s in self.running if s.request_id not in exclude), key=self.policy.sort_key)
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _stop_running(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
+        if self.drafter is not None:
+            self.drafter.forget(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._stop_running(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.push(seq)
 
     def finish(self, seq: Sequence) -> None:
-        self.running.remove(seq)
-        self.block_manager.free(seq)
+        self._stop_running(seq)
         seq.status = SequenceStatus.FINISHED

@@ -81,8 +81,15 @@ class NgramProposer:
     def __init__(self, config: SpeculativeConfig) -> None:
         self.config = config
 
-    def propose(self, seq: Sequence, max_tokens: int) -> list[int]:
-        """Draft tokens for `seq`'s next step, at most `max_tokens` (the room its budget and limits leave)."""
+    def propose(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
+        """Drafts for each (decoding request, the most tokens it may take: the room its budget and limits
+        leave), in order."""
+        return [self._propose(seq, room) for seq, room in requests]
+
+    def forget(self, seq: Sequence) -> None:
+        """Nothing to free: a lookup keeps its state on the sequence."""
+
+    def _propose(self, seq: Sequence, max_tokens: int) -> list[int]:
         k = min(self.config.num_speculative_tokens, max_tokens)
         if k < 1:
             return []
@@ -114,3 +121,4 @@ class SpeculationCounters:
     drafted_steps: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    draft_passes: int = 0  # forward passes of a draft model (engine/draft_model.py), each over every drafting request

@@ -254,3 +254,34 @@ def _docstrings(module: object) -> list[str]:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def make_truncated_model(model_dir: str | Path, out_dir: str | Path, layers: int) -> Path:
+    """A model folder of `model_dir`'s first `layers` decoder layers, with its embeddings, final norm, head
+    and tokenizer: a draft model sharing the target's vocabulary and first layers (LayerSkip's early exit,
+    without the training that makes a real model's early layers predict its last). The tiny random models'
+    layers each move the residual stream, so such a draft agrees with its target only in part."""
+    import re
+    import shutil
+
+    from safetensors import safe_open
+
+    src, out = Path(model_dir), Path(out_dir)
+    config = json.loads((src / "config.json").read_text())
+    if not 1 <= layers <= config["num_hidden_layers"]:
+        raise ValueError(f"layers must be between 1 and the model's {config['num_hidden_layers']}")
+    out.mkdir(parents=True, exist_ok=True)
+    for path in src.iterdir():
+        if path.is_file() and path.suffix != ".safetensors" and path.name != "model.safetensors.index.json":
+            shutil.copy2(path, out / path.name)
+    _write_json(out / "config.json", config | {"num_hidden_layers": layers})
+    layer = re.compile(r"model\.layers\.(\d+)\.")
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                match = layer.match(name)
+                if match is None or int(match[1]) < layers:
+                    weights[name] = f.get_tensor(name)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out

@@ -25,9 +25,11 @@ class TinyModelSpec(StrictConfig):
 
 
 class SpeculativeSpec(StrictConfig):
-    """vLLM's `speculative_config` for an engine in this process (engine/speculation.py): n-gram drafts."""
+    """vLLM's `speculative_config` for an engine in this process: n-gram drafts (engine/speculation.py), or
+    a draft model's (`model`: its folder, relative to this file; engine/draft_model.py)."""
 
-    method: Literal["ngram"] = "ngram"
+    method: Literal["ngram", "draft_model"] | None = None  # None: draft_model with a `model`, else ngram
+    model: str | None = None
     num_speculative_tokens: int = Field(default=4, ge=1, le=64)
     prompt_lookup_max: int = Field(default=4, ge=1, le=64)
     prompt_lookup_min: int = Field(default=2, ge=1, le=64)

@@ -87,13 +87,14 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
         if not (model_dir / "config.json").is_file():
             raise ConfigError(f"model {entry.model_name}: litellm_params.model_dir {model_dir} is not a model folder "
                               "(no config.json; give a Hugging Face folder, or tiny_model: to build a test one)")
-        speculative = None
-        if (spec := params.speculative_config) is not None:
-            profile = spec.step_time_profile  # relative to the config file, as model_dir
-            speculative = SpeculativeConfig(**(spec.model_dump() | {
-                "step_time_profile": None if profile is None else str(settings.resolve_path(profile))}))
         lora_modules = {name: str(settings.resolve_path(path)) for name, path in (params.lora_modules or {}).items()}
         try:
+            speculative = None
+            if (spec := params.speculative_config) is not None:
+                # relative to the config file, as model_dir
+                speculative = SpeculativeConfig(**(spec.model_dump() | {
+                    name: str(settings.resolve_path(path)) for name in ("step_time_profile", "model")
+                    if (path := getattr(spec, name)) is not None}))
             engine = build_engine(model_dir, num_blocks=params.num_blocks,
                                   max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
                                   policy=params.policy, device=params.device, speculative=speculative,

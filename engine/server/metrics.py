@@ -76,7 +76,8 @@ class EngineStatsCollector(Collector):
             yield moved
         for name, text, value in (("drafted_steps", "Decode steps that checked draft tokens", s.spec.drafted_steps),
                                   ("draft_tokens", "Draft tokens checked", s.spec.draft_tokens),
-                                  ("accepted_tokens", "Draft tokens accepted", s.spec.accepted_tokens)):
+                                  ("accepted_tokens", "Draft tokens accepted", s.spec.accepted_tokens),
+                                  ("draft_passes", "Forward passes of the draft model", s.spec.draft_passes)):
             yield CounterMetricFamily(f"{PREFIX}_spec_decode_{name}", text, value=value)
         pins = CounterMetricFamily(f"{PREFIX}_pin_events", "Session pin events", labels=["event"])
         for event in ("set", "refreshed", "expired", "evicted", "unpinned"):

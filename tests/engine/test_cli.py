@@ -59,9 +59,13 @@ def test_speculative_config_flag(capsys: pytest.CaptureFixture):
     goodput = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
                                  '{"draft_policy": "goodput", "step_time_profile": "p.json"}']).speculative_config
     assert (goodput.draft_policy, goodput.step_time_profile) == ("goodput", "p.json")
+    drafted = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
+                                 '{"model": "draft", "num_speculative_tokens": 3}']).speculative_config
+    assert (drafted.method, drafted.model, drafted.num_speculative_tokens) == ("draft_model", "draft", 3)
     for bad, reason in (("[4]", "a JSON object"), ('{"method": "eagle"}', "not one of ngram"),
                         ('{"draft_policy": "greedy"}', "not one of fixed, goodput"),
-                        ('{"num_tokens": 4}', "num_tokens"), ("{", "Expecting")):
+                        ('{"num_tokens": 4}', "num_tokens"), ("{", "Expecting"),
+                        ('{"method": "draft_model"}', "give its folder as `model`")):
         with pytest.raises(SystemExit):
             parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config", bad])
         err = capsys.readouterr().err

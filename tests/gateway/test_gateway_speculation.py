@@ -57,3 +57,34 @@ def test_goodput_draft_lengths_read_a_profile_beside_the_config(tmp_path: Path) 
         **spec, "step_time_profile": "nowhere.json"})]), base_dir=tmp_path)
     with pytest.raises(ConfigError, match="model lost: step_time_profile .*nowhere.json"):
         make_backend(missing.model_list[0], missing)
+
+
+def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Path) -> None:
+    """`speculative_config: {model: ...}` (vLLM's field; the method follows) names a draft model folder relative
+    to the config file: the answers are plain decoding's, the draft's passes counted; a goodput policy with a
+    draft model stops the gateway at start, naming the model."""
+    from engine.tiny_model import make_truncated_model
+    from gateway.config import ConfigError, parse_settings
+    from gateway.state import make_backend
+
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    draft = make_truncated_model(model_dir, tmp_path / "draft", 1)
+    models = [local("plain", model_dir), local("drafted", model_dir, speculative_config={"model": str(draft)})]
+    with running_gateway(gateway_config(tmp_path, models)) as gateway, gateway.openai() as client:
+        answers = {model: [client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=32, temperature=temperature,
+            seed=3).choices[0].message.content for text, temperature in (("Hello there", 0), ("A cache?", 0.8))]
+            for model in ("plain", "drafted")}
+        assert gateway.state is not None
+        engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}  # type: ignore[attr-defined]
+    assert answers["drafted"] == answers["plain"] and all(answers["drafted"])
+    assert engines["drafted"].config.speculative.method == "draft_model"
+    assert engines["drafted"].stats().spec.draft_passes > 0
+    beside = parse_settings(gateway_config(tmp_path, [local("near", model_dir, speculative_config={"model": "draft"})]),
+                            base_dir=tmp_path)
+    engine = make_backend(beside.model_list[0], beside).engine.engine  # type: ignore[attr-defined]
+    assert engine.config.speculative.model == str(draft)
+    bad = parse_settings(gateway_config(tmp_path, [local("odd", model_dir, speculative_config={
+        "model": "draft", "draft_policy": "goodput"})]), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="model odd: draft_policy 'goodput' prices checking drafts"):
+        make_backend(bad.model_list[0], bad)

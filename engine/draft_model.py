@@ -1,0 +1,167 @@
+"""Speculative decoding with a draft model: a smaller model of the same vocabulary writes each decoding
+request's next k tokens; the engine checks them in its decode step as it checks n-gram drafts
+(engine/speculation.py), keeping the target's own sample at each place, so the output is the one plain
+decoding gives whatever the draft writes.
+
+The draft samples as the request is sampled, with the same noise. Sampling is an exponential race
+(engine/model/sampler.py: the argmax of p / E, E drawn from a generator seeded by the request's seed
+and the output token's index), so the draft, given the request's temperature, top-p/top-k/min-p,
+`logit_bias`, penalties, `min_tokens` and seed, draws argmax(q / E) with the very E the target will draw
+argmax(p / E) with at that place: where the draft's distribution q is close to the target's p, the two
+pick the same token (a Gumbel-max coupling), so sampled requests get drafts accepted as greedy ones do.
+An unseeded sampled request is given a random seed when it arrives (engine/llm_engine.py), which keeps it
+a fresh sample. Greedy requests are argmax for both.
+
+The draft runs on its own runner and KV cache, with its own block manager (prefix caching included), so
+the target's scheduler, blocks, pins and host tier are untouched. Each request has a shadow sequence in
+the draft with the request's tokens. A proposal is one forward pass over every request's tokens the
+draft has not computed yet (the whole prompt the first time, then the tokens the last step accepted: one
+to k + 1), which samples the first draft, then k - 1 passes of one token a request. The draft's KV for its
+own drafts is never published to its prefix cache (they are lookahead slots, as the target's drafts
+are) and is overwritten by the next proposal, which recomputes from the first token the draft had not
+seen accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.batch import ScheduledBatch
+from engine.block_manager import BlockManager
+from engine.config import SpeculativeConfig
+from engine.sequence import Sequence
+from engine.speculation import SpeculationCounters
+
+if TYPE_CHECKING:
+    from engine.torch_runner import TorchModelRunner
+
+UNBOUNDED = 1 << 30  # a shadow's max_tokens: its request's own limits cap each proposal
+
+
+class DraftModelProposer:
+    """The scheduler's drafter (engine/scheduler.py `Drafter`) over a draft model's runner.
+
+    `num_blocks` of `block_size` tokens: the draft's KV cache, as many tokens as the target's by default
+    (`from_target`), so a request the target holds fits in the draft too, drafts aside."""
+
+    def __init__(self, runner: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
+                 enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None) -> None:
+        self.runner = runner
+        self.config = config
+        self.block_size = block_size
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
+        self.shares_noise = True  # seeds unseeded sampled requests (engine/llm_engine.py add_request)
+        self.shadows: dict[str, tuple[Sequence, Sequence]] = {}  # request id -> (the request, its shadow)
+        self.counters = counters or SpeculationCounters()  # the engine's: it counts the draft's passes
+
+    @classmethod
+    def from_target(cls, target: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
+                    enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,
+                    ) -> DraftModelProposer:
+        """A draft runner for `config.model` on the target's device and dtype; refused (ValueError) when
+        its vocabulary is not the target's."""
+        from engine.torch_runner import TorchModelRunner
+
+        assert config.model is not None
+        path = Path(config.model)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"speculative model {config.model!r} is not a model folder (no config.json)")
+        runner = TorchModelRunner(path, num_blocks, block_size, device=target.device, dtype=target.dtype)
+        if runner.config.vocab_size != target.config.vocab_size:
+            raise ValueError(f"the draft model's vocabulary ({runner.config.vocab_size} tokens) is not the target's "
+                             f"({target.config.vocab_size}): a draft must share the target's tokenizer")
+        return cls(runner, config, num_blocks, block_size, enable_prefix_caching, counters)
+
+    # ---- shadows --------------------------------------------------------------------------------
+
+    def forget(self, seq: Sequence) -> None:
+        """`seq` finished or was preempted (a preempted one starts again): its shadow's blocks go back,
+        their full blocks still cached for it."""
+        entry = self.shadows.pop(seq.request_id, None)
+        if entry is not None:
+            self.block_manager.free(entry[1])
+
+    def _shadow(self, seq: Sequence) -> Sequence:
+        """`seq`'s shadow, its token ids brought up to `seq`'s (its computed KV kept where still valid)."""
+        entry = self.shadows.get(seq.request_id)
+        if entry is None or entry[0] is not seq:
+            if entry is not None:
+                self.block_manager.free(entry[1])
+            params = replace(seq.params, max_tokens=UNBOUNDED, logprobs=None, prompt_logprobs=None,
+                             constraint=None, embed=False, thinking_token_budget=None)
+            shadow = Sequence(seq.request_id, seq.token_ids[: seq.num_prompt_tokens], params, seq.arrival_time)
+            self.shadows[seq.request_id] = (seq, shadow)
+        else:
+            shadow = entry[1]
+        shadow.token_ids.extend(seq.token_ids[shadow.num_tokens:])
+        shadow.num_computed_tokens = min(shadow.num_computed_tokens, shadow.num_tokens - 1)  # its last to compute
+        return shadow
+
+    def _start(self, shadow: Sequence, lookahead: int) -> int | None:
+        """Blocks for the tokens `shadow` has not computed and `lookahead` drafts after them; the number of
+        tokens its first pass computes, or None (its shadow freed) when the draft's cache is full."""
+        bm = self.block_manager
+        cached = bm.match_prefix(shadow) if not shadow.block_table else []
+        new = shadow.num_tokens - (len(cached) * self.block_size if cached else shadow.num_computed_tokens)
+        if bm.allocate_slots(shadow, new, cached, num_lookahead_tokens=lookahead):
+            return new
+        del self.shadows[shadow.request_id]
+        bm.free(shadow)
+        return None
+
+    # ---- proposing ------------------------------------------------------------------------------
+
+    def propose(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
+        """Drafts for each (decoding request, the most tokens it may take), in order: up to
+        `num_speculative_tokens` each, fewer where the room, the draft's context length or its cache
+        run out, and none after a draft that is an end-of-sequence token."""
+        drafts: list[list[int]] = [[] for _ in requests]
+        limit = self.runner.max_model_len
+        wanted: list[tuple[int, Sequence, int]] = []  # (index, shadow, drafts wanted)
+        for index, (seq, room) in enumerate(requests):
+            k = min(self.config.num_speculative_tokens, room, limit - seq.num_tokens)
+            if k < 1:
+                continue
+            shadow = self._shadow(seq)
+            first = self._start(shadow, k - 1)
+            if first is None:
+                continue
+            wanted.append((index, shadow, k))
+        if not wanted:
+            return drafts
+        batch = ScheduledBatch(block_size=self.block_size)
+        for _, shadow, _ in wanted:
+            batch.add(shadow, shadow.num_tokens - shadow.num_computed_tokens)
+        self._pass(batch, wanted, drafts)
+        own_tokens = {index: shadow.num_tokens for index, shadow, _ in wanted}
+        for step in range(1, max(k for _, _, k in wanted)):
+            active = [(i, s, k) for i, s, k in wanted if k > step and drafts[i][-1] not in self._ends(s)]
+            if not active:
+                break
+            batch = ScheduledBatch(block_size=self.block_size)
+            for index, shadow, _ in active:
+                shadow.token_ids.append(drafts[index][-1])  # the draft before, as this pass's input
+                shadow.num_computed_tokens = shadow.num_tokens - 1
+                batch.add(shadow, 1)
+            self._pass(batch, active, drafts)
+        for index, shadow, _ in wanted:  # back to the request's own tokens, all of them computed
+            del shadow.token_ids[own_tokens[index]:]
+            shadow.num_computed_tokens = shadow.num_tokens
+        return drafts
+
+    def _ends(self, shadow: Sequence) -> tuple[int, ...]:
+        """Tokens that end the request's output: nothing a draft writes after one is worth checking."""
+        params = shadow.params
+        return params.stop_token_ids if params.ignore_eos else (*params.stop_token_ids, *self.runner.eos_token_ids)
+
+    def _pass(self, batch: ScheduledBatch, rows: list[tuple[int, Sequence, int]], drafts: list[list[int]]) -> None:
+        tokens = self.runner.execute(batch)
+        self.counters.draft_passes += 1
+        assert len(tokens) == len(rows)
+        for (index, _, _), token in zip(rows, tokens, strict=True):
+            drafts[index].append(token)
+
+    def close(self) -> None:
+        self.runner.close()
