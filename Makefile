@@ -66,6 +66,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.limits_holds
 	$(PY) -m bench.webhooks
 	$(PY) -m bench.stored_completions
+	$(PY) -m bench.tracing
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a

@@ -22,8 +22,9 @@ from typing import Any, Protocol, TypeVar
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.lora_registry import LoRAAdapter
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, RequestTiming
 from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.sequence import Sequence as EngineSequence
 
 T = TypeVar("T")
 # How long the thread naps when requests are pending but none could be scheduled (memory is full
@@ -65,6 +66,7 @@ class _RequestStream:
         self.request_id = request_id
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self.seq: EngineSequence | None = None  # the engine's, read on its thread for the finished output's timing
 
 
 def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
@@ -166,9 +168,9 @@ class AsyncEngine:
 
         def add() -> None:
             try:
-                self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
-                                        prompt_leader=prompt_leader, lora=lora,
-                                        session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
+                stream.seq = self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
+                                                     prompt_leader=prompt_leader, lora=lora,
+                                                     session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])
             else:
@@ -317,6 +319,9 @@ class AsyncEngine:
                 continue
             if output.finished:
                 del self._streams[output.request_id]
+                if (seq := stream.seq) is not None:  # its times, while this thread still owns the sequence
+                    output.timing = RequestTiming(seq.arrival_time, seq.first_scheduled_time, seq.first_token_time,
+                                                  seq.finish_time, seq.num_preemptions)
             items.append((stream, output))
         self._deliver(items)
 

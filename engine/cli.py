@@ -13,6 +13,7 @@ from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SpeculativeConfig
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
+from engine.tracing import endpoint_argument
 
 _BYTE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30,
                "ti": 1 << 40}
@@ -110,6 +111,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--allow-runtime-lora-updating", action="store_true",
                        help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders "
                             "on this machine; vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
+    serve.add_argument("--otlp-traces-endpoint", type=endpoint_argument, metavar="URL",
+                       help="OpenTelemetry: a span per request to this OTLP/HTTP collector (vLLM's flag)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -201,7 +204,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
-                           args.allow_runtime_lora_updating), host=args.host, port=args.port, log_level=args.log_level)
+                           args.allow_runtime_lora_updating, args.otlp_traces_endpoint),
+                host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -141,6 +141,8 @@ class OpenAIGeneration:
         self._outputs: list[AsyncGenerator[RequestOutput, None]] = []
         self._prompt_ids: list[list[int]] = []  # each prompt's
         self._produced = [0] * parsed.num_choices  # each choice's output tokens so far
+        # Told once when the outputs end: finished (None), failed, or cut (a cancel): the tracing span's hook.
+        self.on_end: Callable[[OpenAIGeneration, BaseException | None], None] | None = None
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
                     pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
@@ -182,20 +184,28 @@ class OpenAIGeneration:
     async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         assert self._outputs, "start() first"
         lasts: list[RequestOutput | None] = [None] * len(self._outputs)
-        async with aclosing(merged(self._outputs)) as outputs:
-            async for i, out in outputs:
-                if self.ttft_s is None:
-                    self.ttft_s = time.monotonic() - self.started
-                if self.parsed.score_only:  # the sampled token is not part of the answer
-                    out = replace(out, new_token_ids=[], text_delta="", logprobs=None, num_output_tokens=0,
-                                  finish_reason="length" if out.finished else None)
-                lasts[i] = out
-                self._produced[i] = out.num_output_tokens
-                if len(lasts) == 1:
-                    self.last = out
-                elif out.finished and all(last is not None and last.finished for last in lasts):
-                    self.last = _combined(lasts, self.parsed.n)  # type: ignore[arg-type]
-                yield i, out
+        error: BaseException | None = None
+        try:
+            async with aclosing(merged(self._outputs)) as outputs:
+                async for i, out in outputs:
+                    if self.ttft_s is None:
+                        self.ttft_s = time.monotonic() - self.started
+                    if self.parsed.score_only:  # the sampled token is not part of the answer
+                        out = replace(out, new_token_ids=[], text_delta="", logprobs=None, num_output_tokens=0,
+                                      finish_reason="length" if out.finished else None)
+                    lasts[i] = out
+                    self._produced[i] = out.num_output_tokens
+                    if len(lasts) == 1:
+                        self.last = out
+                    elif out.finished and all(last is not None and last.finished for last in lasts):
+                        self.last = _combined(lasts, self.parsed.n)  # type: ignore[arg-type]
+                    yield i, out
+        except BaseException as exc:  # GeneratorExit or a cancel included: the request was cut
+            error = exc
+            raise
+        finally:
+            if self.on_end is not None:
+                self.on_end(self, error)
 
     def _echo(self, i: int, first: RequestOutput) -> tuple[str, dict | None]:
         """Choice i's echoed prompt: its text, and its logprobs block when the request asked."""

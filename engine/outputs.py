@@ -6,6 +6,18 @@ from engine.batch import StepShape
 from engine.logprobs import TokenLogprobs
 
 
+@dataclass(frozen=True)
+class RequestTiming:
+    """When a finished request arrived, was first scheduled, made its first token and finished, on the
+    engine's clock (vLLM's request stats): for its durations, not wall times. The tracing span reads it."""
+
+    arrival: float
+    first_scheduled: float | None
+    first_token: float | None
+    finished: float | None
+    preemptions: int = 0
+
+
 @dataclass
 class RequestOutput:
     """What one step produced for one request."""
@@ -23,6 +35,7 @@ class RequestOutput:
     prompt_logprobs: list[TokenLogprobs] | None = None
     # With SamplingParams.embed, on its one output: the prompt's embedding (engine/torch_runner.py).
     embedding: list[float] | None = None
+    timing: RequestTiming | None = None  # on a request's finished output (engine/async_engine.py)
 
     def followed_by(self, later: RequestOutput) -> RequestOutput:
         """This output and the next one of the same request as one (a step that yields several tokens)."""
@@ -31,7 +44,7 @@ class RequestOutput:
         return RequestOutput(self.request_id, self.new_token_ids + later.new_token_ids,
                              self.text_delta + later.text_delta, later.finished, later.finish_reason,
                              later.num_prompt_tokens, later.num_cached_tokens, later.num_output_tokens,
-                             logprobs, self.prompt_logprobs)
+                             logprobs, self.prompt_logprobs, timing=later.timing)
 
 
 @dataclass(frozen=True)

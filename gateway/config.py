@@ -22,6 +22,7 @@ from gateway.fallback_config import FallbacksConfig
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.strict_config import StrictConfig
+from gateway.tracing_config import TracingConfig
 from rankers.config import RankingConfig
 from routers.verify import VerifyPolicy
 
@@ -131,6 +132,7 @@ class Settings(StrictConfig):
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
     vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
+    tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from engine.server.errors import APIError
 from gateway.admission import QueueFull, waiting_item
 from gateway.backends.base import Backend, BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
+from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk
 
 
 async def _enter(deployment: Deployment, ctx: CallContext, arrival: float) -> None:
@@ -80,24 +81,31 @@ class Dispatcher:
         arrival = time.time()  # the admission queue's aging counts from here, across retries
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
+            traced = attempt_started(ctx, deployment, kind, attempt, last)  # None unless the request is traced
+            call_ctx = ctx if traced is None else traced.ctx
             try:
-                await _enter(deployment, ctx, arrival)
-            except QueueFull as exc:  # another deployment may have room; this one did not fail
-                last = exc
+                await _enter(deployment, call_ctx, arrival)
+            except BaseException as exc:
+                attempt_ended(traced, exc)
+                if not isinstance(exc, QueueFull):
+                    raise
+                last = exc  # another deployment may have room; this one did not fail
                 continue
             if sent is not None:
                 sent(deployment)
             try:
                 sent_body, custom = as_sent(deployment.backend, kind, body)
-                result = await deployment.backend.complete(kind, sent_body, ctx)
-            except BackendError as exc:
-                if not exc.retryable:
+                result = await deployment.backend.complete(kind, sent_body, call_ctx)
+            except BaseException as exc:
+                attempt_ended(traced, exc)
+                if not isinstance(exc, BackendError) or not exc.retryable:
                     raise
                 self.pool.mark_failure(deployment)
                 last = exc
                 continue
             finally:
                 _leave(deployment)
+            attempt_ended(traced)
             self.pool.mark_success(deployment)
             return custom.answer(result) if custom else result, Dispatched(deployment, attempt)
         assert last is not None
@@ -113,48 +121,59 @@ class Dispatcher:
         arrival = time.time()
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
+            traced = attempt_started(ctx, deployment, kind, attempt, last)  # ended when the stream ends
+            call_ctx = ctx if traced is None else traced.ctx
             try:
-                await _enter(deployment, ctx, arrival)
-            except QueueFull as exc:
+                await _enter(deployment, call_ctx, arrival)
+            except BaseException as exc:
+                attempt_ended(traced, exc)
+                if not isinstance(exc, QueueFull):
+                    raise
                 last = exc
                 continue
             if sent is not None:
                 sent(deployment)
             try:
                 sent_body, custom = as_sent(deployment.backend, kind, body)
-            except BaseException:
+            except BaseException as exc:
                 _leave(deployment)
+                attempt_ended(traced, exc)
                 raise
-            chunks = deployment.backend.stream(kind, sent_body, ctx)
+            chunks = deployment.backend.stream(kind, sent_body, call_ctx)
             try:
                 first = await anext(chunks)
             except StopAsyncIteration:
                 _leave(deployment)
-                raise BackendError(502, "upstream stream was empty", retryable=False) from None
-            except BackendError as exc:
+                error = BackendError(502, "upstream stream was empty", retryable=False)
+                attempt_ended(traced, error)
+                raise error from None
+            except BaseException as exc:
                 _leave(deployment)
+                attempt_ended(traced, exc)
                 await chunks.aclose()
-                if not exc.retryable:
+                if not isinstance(exc, BackendError) or not exc.retryable:
                     raise
                 self.pool.mark_failure(deployment)
                 last = exc
                 continue
-            except BaseException:
-                _leave(deployment)
-                await chunks.aclose()
-                raise
+            first_chunk(traced)
             self.pool.mark_success(deployment)
-            return self._rest(first, chunks, deployment, custom), Dispatched(deployment, attempt)
+            return self._rest(first, chunks, deployment, custom, traced), Dispatched(deployment, attempt)
         assert last is not None
         raise last
 
     @staticmethod
     async def _rest(first: dict, chunks: AsyncIterator[dict], deployment: Deployment,
-                    custom: CustomCalls | None) -> AsyncIterator[dict]:
+                    custom: CustomCalls | None, traced: Attempt | None) -> AsyncIterator[dict]:
+        error: BaseException | None = None
         try:
             yield custom.chunk(first) if custom else first
             async with aclosing(chunks):
                 async for chunk in chunks:
                     yield custom.chunk(chunk) if custom else chunk
+        except BaseException as exc:  # a break mid-stream, or the client left (GeneratorExit, a cancel)
+            error = exc
+            raise
         finally:
             _leave(deployment)
+            attempt_ended(traced, error)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
+from gateway import tracing
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.dispatch import Dispatched
 from gateway.outcomes import OutcomeDraft
@@ -85,6 +86,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
         first = exc
     failed = [_failure(route.model_name, first)]
     trace = {"from": route.model_name, "reason": reason, "failed": failed}
+    ctx = tracing.fallback(ctx, reason, route.model_name)  # `call` makes the chain's calls with it: their spans say why
     for i, model in enumerate(models):
         if state.pool.cooling(model) and i < len(models) - 1:
             failed.append({"model": model, "status": 503, "code": "cooling_down", "message": "skipped: cooling down"})

@@ -14,6 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.tracing import Traced
 from gateway.auth import Caller
 from gateway.deployments import Deployment
 from gateway.limits.base import Admission, Hold, Limiter
@@ -21,6 +22,7 @@ from gateway.limits.periods import current_period
 from gateway.metrics import GatewayMetrics
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
+from gateway.tracing import request_ended
 from rankers.work import CHARS_PER_TOKEN
 from storage.keys import KeyStore
 from storage.models import utc_now
@@ -105,6 +107,7 @@ class OutcomeDraft:
     rank_pending: asyncio.Future[RankScores | None] | None = None
     # Where the response cache applies (gateway/response_cache.py): the key its answer is kept under.
     cache: CacheTicket | None = None
+    trace: Traced | None = None  # its server span, where requests are traced (gateway/tracing.py); ended in finish
 
     def sending(self, deployment: Deployment) -> None:
         self.sent_to = deployment
@@ -246,6 +249,8 @@ class OutcomeRecorder:
             draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
         deployment = draft.charged_to
         cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd
+        if draft.trace is not None:
+            request_ended(draft, cost)
         route = draft.route
         group = route.route_group if route and route.route_group else ""
         model = route.model_name if route else ""

@@ -18,6 +18,7 @@ from engine.server.errors import APIError
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from engine.server.sse import SSEResponse
+from gateway import tracing
 from gateway.auth import Caller
 from gateway.backends.base import BackendError, Kind
 from gateway.background import CANCELLED, SHUTDOWN, TAKEN_ELSEWHERE
@@ -80,6 +81,8 @@ async def messages(request: Request) -> Response:
 async def _proxy(request: Request, kind: Endpoint) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
+    if state.tracing is not None:  # its server span, ended with its outcome (OutcomeRecorder.finish)
+        draft.trace = tracing.request_started(state.tracing, request, kind)
     with state.drain.track():
         return await _answer(request, kind, state, draft)
 
@@ -135,7 +138,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
                            server.request_timeout_s, server.num_retries + 1)
         draft.admission = await state.admit(draft.caller, hold)
         draft.hold = hold  # taken: the row's cost settles it
-        draft.route = state.routes.resolve(parsed)
+        draft.route = tracing.routed(draft.trace, state.routes.resolve, parsed)
         if isinstance(dialect, ResponsesTurn) and dialect.compaction is not None:  # before any truncation
             await compact_turn(state, functools.partial(serve_body, state), draft, dialect)
         if isinstance(dialect, ResponsesTurn) and dialect.envelope.settings["truncation"] == "auto":

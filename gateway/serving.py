@@ -107,7 +107,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
     priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
     ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
-                      state.settings.server.request_timeout_s)
+                      state.settings.server.request_timeout_s, trace=draft.trace)
     session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
     route, ctx = draft.route, session.ctx
     if route.decision is not None and route.route_group is not None:  # not kept on a session's model
@@ -154,7 +154,7 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
-                      timeout_s=state.settings.server.request_timeout_s)
+                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
     work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
     body, dispatched = await unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from starlette.responses import Response
 
 from engine.server.errors import APIError
+from engine.tracing import Tracing
 from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
@@ -41,6 +42,7 @@ from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_completions import StoredCompletions
 from gateway.stored_responses import StoredResponses
+from gateway.tracing import build_tracing
 from gateway.vector_stores import VectorStores
 from gateway.webhooks import WebhookSender
 from storage.batch_writer import BatchWriter
@@ -171,6 +173,7 @@ class GatewayState:
     retention: OutcomeRetention | None = None  # storage.retention_days: old outcome rows deleted
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
+    tracing: Tracing | None = None  # `tracing:`: OpenTelemetry spans of each request (gateway/tracing.py)
     _window_lookup: asyncio.Task[None] | None = None
 
     def writers(self) -> dict[str, BatchWriter]:
@@ -292,6 +295,8 @@ class GatewayState:
             await self.key_events.close()
         self.writer.close(timeout=10)
         self.feedback.close(timeout=10)
+        if self.tracing is not None:  # the last spans, those of the requests that just finished, exported
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 async def _serve_unset(caller: Caller, kind: str, body: dict, batch_id: str) -> Response:
@@ -361,7 +366,7 @@ def build_state(settings: Settings) -> GatewayState:
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
-        sessions=sessions, ranking=ranking, db=db,
+        sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing),
         webhooks=webhooks,
         stored_completions=StoredCompletions(settings.stored_completions, ChatCompletionStore(db), StoredCompletionWriter(
             db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),

@@ -4,8 +4,10 @@ metrics registry; the app starts the engine on startup and shuts it down on exit
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -25,6 +27,7 @@ from engine.server.lora_endpoints import load_lora_adapter, unload_lora_adapter
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import read_ttl
 from engine.server.tokenize import detokenize_endpoint, tokenize_endpoint
+from engine.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 _SESSIONS_PREFIX = "/v1/engine/sessions/"
@@ -157,7 +160,13 @@ _KNOWN_PATHS = {route.path for route in ROUTES if "{" not in route.path}
 
 
 def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None,
-               tool_call_parser: str | None = None, allow_lora_updates: bool = False) -> Starlette:
+               tool_call_parser: str | None = None, allow_lora_updates: bool = False,
+               otlp_traces_endpoint: str | None = None) -> Starlette:
+    """`otlp_traces_endpoint` (vLLM's --otlp-traces-endpoint): an OTLP/HTTP collector that gets a span per
+    generation request (engine/request_span.py), as service OTEL_SERVICE_NAME (default pitstop-engine)."""
+    tracing = None if otlp_traces_endpoint is None else Tracing(
+        otlp_traces_endpoint, os.environ.get("OTEL_SERVICE_NAME") or "pitstop-engine")
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
@@ -165,10 +174,12 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
             yield
         finally:
             await engine.shutdown()
+            if tracing is not None:  # the last spans exported (a collector that is down: given up on)
+                await asyncio.to_thread(tracing.shutdown)
 
     handlers = {exc: handle_error for exc in (Exception, HTTPException, APIError, InvalidRequestError,
                                               SessionNotFoundError, EngineDeadError, ClientDisconnect)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
     app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser,
-                                    allow_lora_updates)
+                                    allow_lora_updates, tracing)
     return app

@@ -16,12 +16,14 @@ from starlette.responses import JSONResponse, Response
 
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.openai_generation import OpenAIGeneration
+from engine.request_span import RequestSpan
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import engine_unavailable, error_body, not_found
 from engine.server.json_body import read_json
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import parse_chat, parse_completion
 from engine.server.sse import DONE, SSEResponse, sse_event
+from engine.tracing import Tracing
 
 
 @dataclass
@@ -32,6 +34,7 @@ class ServerState:
     reasoning_parser: str | None = None  # engine/reasoning.py
     tool_call_parser: str | None = None  # engine/tool_parsers.py
     allow_lora_updates: bool = False  # engine/server/lora_endpoints.py
+    tracing: Tracing | None = None  # --otlp-traces-endpoint: one span per generation (engine/request_span.py)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def adapter_for(self, model: str) -> str | None:
@@ -61,6 +64,8 @@ async def _generate(request: Request, chat: bool) -> Response:
         raise engine_unavailable(engine.dead_reason)
     generation = OpenAIGeneration(engine, parsed, chat, parsed.model, reasoning_parser=state.reasoning_parser,
                                   tool_call_parser=state.tool_call_parser, lora=adapter)
+    if state.tracing is not None:  # under the caller's trace (its traceparent), else a trace of its own
+        generation.on_end = RequestSpan(state.tracing, state.tracing.continued(request.headers))
     await generation.start()
     endpoint = request.url.path
     if parsed.stream:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from engine.hints import NO_HINTS, SchedulingHints
+from engine.tracing import Traced
 
 Kind = Literal["chat", "completion", "embedding"]  # embeddings: `complete` only, never streamed
 
@@ -20,6 +21,9 @@ class CallContext:
     pin_ttl_s: float | None = None
     timeout_s: float = 600.0
     hints: SchedulingHints = NO_HINTS
+    # The span the call is made under, where the request is traced (gateway/tracing.py): sent on as W3C
+    # `traceparent` over HTTP; an engine in process makes its own span under it.
+    trace: Traced | None = None
 
 
 class BackendError(Exception):

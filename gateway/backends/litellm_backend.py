@@ -85,6 +85,13 @@ def _stream_chunk(obj: Any) -> dict:
     return chunk
 
 
+def _trace_headers(kwargs: dict, ctx: CallContext) -> None:
+    """A traced call's W3C `traceparent`, as litellm's `extra_headers` (its OpenAI-compatible providers, vLLM
+    among them, send them on; a provider whose client builds its own headers may drop them)."""
+    if ctx.trace is not None:
+        kwargs["extra_headers"] = {**(kwargs.get("extra_headers") or {}), **ctx.trace.headers()}
+
+
 class LitellmBackend:
     def __init__(self, params: dict[str, Any], vllm_priority: bool = False,
                  rank_horizon_s: float = DEFAULT_HORIZON_S) -> None:
@@ -118,6 +125,7 @@ class LitellmBackend:
         kwargs.update(self.params, stream=stream, timeout=ctx.timeout_s, num_retries=0)
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
+        _trace_headers(kwargs, ctx)
         if self.accepts_session and ctx.hints.rank_score is not None:  # the aged rank key in its priority class
             kwargs["extra_body"] = {**kwargs.get("extra_body", {}),
                                     "priority": rank_priority(ctx, self.rank_horizon_s)}
@@ -140,6 +148,7 @@ class LitellmBackend:
     async def _embed(self, litellm: Any, body: dict, ctx: CallContext) -> dict:
         kwargs = {k: v for k, v in body.items() if k != "model"}
         kwargs.update(self.params, timeout=ctx.timeout_s, num_retries=0)
+        _trace_headers(kwargs, ctx)
         try:
             answer = _to_dict(await litellm.aembedding(**kwargs))
         except Exception as exc:

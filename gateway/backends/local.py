@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.openai_embeddings import embed, parse_embedding_request
 from engine.openai_generation import OpenAIGeneration
+from engine.request_span import RequestSpan
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from engine.server.protocol import parse_chat, parse_completion
@@ -68,6 +69,8 @@ class LocalEngineBackend:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
             generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
                                           lora=self.lora, **self.parsers)
+            if ctx.trace is not None:  # the engine's own span (as `pitstop engine serve` records), under the call's
+                generation.on_end = RequestSpan(ctx.trace.tracing, ctx.trace.span, kind="internal")
             await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
                                    hints=ctx.hints)
         except (APIError, InvalidRequestError, EngineDeadError) as exc:

@@ -163,10 +163,15 @@ class OpenAIHTTPBackend:
     def _timeout(self, ctx: CallContext) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=ctx.timeout_s, sock_connect=self.connect_timeout_s)
 
+    @staticmethod
+    def _trace_headers(ctx: CallContext) -> dict[str, str] | None:
+        """W3C `traceparent` for a traced call: the server's span (vLLM's, a Pitstop engine's) joins the trace."""
+        return None if ctx.trace is None else ctx.trace.headers()
+
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         try:
             async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
-                                         timeout=self._timeout(ctx)) as response:
+                                         timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 raw = await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -185,7 +190,7 @@ class OpenAIHTTPBackend:
         started = False
         try:
             async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, True),
-                                         timeout=self._timeout(ctx)) as response:
+                                         timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 if response.status != 200:
                     raise _error_from_response(response.status, await response.read())
                 async for line in response.content:
