@@ -10,10 +10,13 @@ more of the target's prediction its first layer carries and the more drafts hold
 random model. The worst case: an unrelated random draft of the same size, whose drafts almost never hold.
 
 For each target, greedy and sampled (temperature 0.8, seeded: the draft draws with the request's noise)
-requests, one at a time and 8 at once: plain decoding against draft-model speculation (k drafts), in
-alternating rounds (drift in the machine hits both), the engine end to end (scheduler, block manager,
-torch runner, one torch thread). Reported: output tokens per second, the acceptance rate, tokens per
-target step, the draft's passes, and the speed-up over plain decoding.
+requests, one at a time and 8 at once: plain decoding against draft-model speculation checking every
+draft (`fixed`, k drafts) and with goodput draft lengths (`goodput`: each step's length chosen before the
+draft runs, priced by `pitstop engine profile`'s fits of the target's and the draft's shapes on this
+machine, made first over the sizes run here), in alternating rounds (drift in the machine hits all), the
+engine end to end (scheduler, block manager, torch runner, one torch thread). Reported: output tokens per
+second, the acceptance rate, the drafts written and checked, tokens per request-step, the draft's passes,
+and the speed-up over plain decoding.
 
 Projected onto a GPU (machine-independent): Llama-3.2-1B drafting for Llama-3.1-8B on one H100 roofline
 (engine/roofline.py), each speculative step priced as the engine runs it (a draft pass over what the last
@@ -21,7 +24,7 @@ step accepted, k - 1 single-token draft passes, the target's step checking k dra
 plain decode step, at acceptance rates from 0.5 to 0.8 (an input: the pair's agreement depends on the
 text, and is not measured here).
 
-    .venv/bin/python -m bench.draft_model            # full run (about 4 minutes on 2 cores)
+    .venv/bin/python -m bench.draft_model            # full run (about 6 minutes on 2 cores)
     .venv/bin/python -m bench.draft_model --quick    # smaller, for a smoke test
 
 Writes bench/results/draft_model.json."""
@@ -44,6 +47,7 @@ from bench.common import RESULTS, command, machine_info, write_report
 from engine.batch import StepShape
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
+from engine.profile import ProfileSweep, run_profile
 from engine.roofline import RooflineStepTime
 from engine.sampling_params import SamplingParams
 from engine.tiny_model import make_tiny_model, make_truncated_model
@@ -66,10 +70,10 @@ def scale_later_layers(model_dir: Path, scale: float) -> None:
     save_file(weights, str(path), metadata={"format": "pt"})
 
 
-def run_once(target: Path, draft: Path | None, params: SamplingParams, batch: int, args: argparse.Namespace) -> dict:
+def run_once(target: Path, spec: SpeculativeConfig | None, params: SamplingParams, batch: int,
+             args: argparse.Namespace) -> dict:
     """`batch` requests of `args.prompt_len` random tokens, `args.output_len` tokens each, to the end."""
     blocks = batch * (args.prompt_len + args.output_len + 2 * args.k) // 16 + 16
-    spec = None if draft is None else SpeculativeConfig(model=str(draft), num_speculative_tokens=args.k)
     engine = LLMEngine(EngineConfig(block_size=16, num_blocks=blocks, max_model_len=2048, speculative=spec),
                        TorchModelRunner(target, blocks, 16))
     rng = random.Random(args.seed)
@@ -87,27 +91,43 @@ def run_once(target: Path, draft: Path | None, params: SamplingParams, batch: in
             "draft_passes": spec_counts.draft_passes}
 
 
-def compare(target: Path, draft: Path, args: argparse.Namespace) -> list[dict]:
+def compare(target: Path, arms: dict[str, SpeculativeConfig], args: argparse.Namespace) -> list[dict]:
+    """Plain decoding and each speculative arm, alternating round by round (drift in the machine hits all)."""
     rows = []
     for kind, params in PARAMS.items():
         for batch in args.batches:
-            runs: dict[str, list[dict]] = {"plain": [], "draft": []}
-            for _ in range(args.rounds):  # alternating, so the machine's drift hits both
+            runs: dict[str, list[dict]] = {"plain": [], **{name: [] for name in arms}}
+            for _ in range(args.rounds):
                 runs["plain"].append(run_once(target, None, params, batch, args))
-                runs["draft"].append(run_once(target, draft, params, batch, args))
+                for name, spec in arms.items():
+                    runs[name].append(run_once(target, spec, params, batch, args))
             plain_tps = statistics.median(r["tokens"] / r["seconds"] for r in runs["plain"])
-            draft_tps = statistics.median(r["tokens"] / r["seconds"] for r in runs["draft"])
-            last = runs["draft"][-1]
-            row = {"sampling": kind, "batch": batch, "plain_tokens_per_s": round(plain_tps, 1),
-                   "draft_tokens_per_s": round(draft_tps, 1), "speedup": round(draft_tps / plain_tps, 3),
-                   "acceptance": round(last["accepted_tokens"] / max(last["draft_tokens"], 1), 3),
-                   "tokens_per_request_step": round(last["tokens"] / last["steps"] / batch, 2),
-                   "plain_tokens_per_request_step": round(runs["plain"][-1]["tokens"] / runs["plain"][-1]["steps"] / batch, 2),
-                   "draft_passes": last["draft_passes"]}
+            row: dict = {"sampling": kind, "batch": batch, "plain_tokens_per_s": round(plain_tps, 1)}
+            for name in arms:
+                tps = statistics.median(r["tokens"] / r["seconds"] for r in runs[name])
+                last = runs[name][-1]
+                row[name] = {"tokens_per_s": round(tps, 1), "speedup": round(tps / plain_tps, 3),
+                             "draft_tokens": last["draft_tokens"],
+                             "acceptance": round(last["accepted_tokens"] / max(last["draft_tokens"], 1), 3),
+                             "tokens_per_request_step": round(last["tokens"] / last["steps"] / batch, 2),
+                             "draft_passes": last["draft_passes"]}
             rows.append(row)
-            print(f"  {kind} batch {batch}: {plain_tps:.0f} -> {draft_tps:.0f} tok/s ({row['speedup']}x), "
-                  f"acceptance {row['acceptance']}, {row['tokens_per_request_step']} tokens a request-step", flush=True)
+            print(f"  {kind} batch {batch}: plain {plain_tps:.0f} tok/s; " + "; ".join(
+                f"{name} {row[name]['speedup']}x (acceptance {row[name]['acceptance']}, "
+                f"{row[name]['draft_tokens']} drafts)" for name in arms), flush=True)
     return rows
+
+
+def profiles(target: Path, draft: Path, root: Path, quick: bool) -> tuple[Path, Path]:
+    """`pitstop engine profile`'s fits of the target's and the draft's shapes on this machine, over the
+    sizes this benchmark runs (weights do not change a step's time, so one pair serves every target)."""
+    sweep = ProfileSweep(prefill_lens=(16, 64, 256), prefill_batch=2, decode_batch_sizes=(1, 2, 4, 8, 16),
+                         context_lens=(64, 256), mixed_prefill_lens=(64,), drafted_batch_sizes=(1, 4, 8),
+                         repeats=1 if quick else 2)
+    paths = root / "target_profile.json", root / "draft_profile.json"
+    for model, path in zip((target, draft), paths, strict=True):
+        run_profile(model, path, sweep=sweep)
+    return paths
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -141,6 +161,14 @@ def roofline_rows(acceptances: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8), ks: tup
     return rows
 
 
+def arms(draft: Path, target_profile: Path | None, draft_profile: Path | None, k: int) -> dict[str, SpeculativeConfig]:
+    """Every draft checked (`fixed`), and goodput draft lengths priced by the two profiles."""
+    return {"fixed": SpeculativeConfig(model=str(draft), num_speculative_tokens=k),
+            "goodput": SpeculativeConfig(model=str(draft), num_speculative_tokens=k, draft_policy="goodput",
+                                         step_time_profile=str(target_profile),
+                                         draft_step_time_profile=str(draft_profile))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -165,17 +193,21 @@ def main(argv: list[str] | None = None) -> dict:
     shape = dict(layers=args.layers, hidden=args.hidden, heads=8, kv_heads=4, vocab_size=args.vocab,
                  max_position_embeddings=2048)
     targets = []
+    unrelated = make_tiny_model(root / "unrelated", **{**shape, "layers": 1}, seed=99)
+    target_profile = draft_profile = None
     for scale in args.scales:
         target = make_tiny_model(root / f"target_{scale}", **shape)
         scale_later_layers(target, scale)
         draft = make_truncated_model(target, root / f"draft_{scale}", 1)
+        if target_profile is None:
+            target_profile, draft_profile = profiles(target, draft, root, args.quick)
         print(f"target with later layers scaled by {scale}, its first layer as the draft:", flush=True)
         targets.append({"later_layers_scale": scale, "draft": "the target's first layer",
-                        "rows": compare(target, draft, args)})
-    unrelated = make_tiny_model(root / "unrelated", **{**shape, "layers": 1}, seed=99)
+                        "rows": compare(target, arms(draft, target_profile, draft_profile, args.k), args)})
     print("the first target, an unrelated random draft of one layer:", flush=True)
     targets.append({"later_layers_scale": args.scales[0], "draft": "an unrelated random model of one layer",
-                    "rows": compare(root / f"target_{args.scales[0]}", unrelated, args)})
+                    "rows": compare(root / f"target_{args.scales[0]}",
+                                    arms(unrelated, target_profile, draft_profile, args.k), args)})
     roofline = roofline_rows()
     best = {a: max((r for r in roofline if r["acceptance"] == a and r["batch"] == 1), key=lambda r: r["speedup"])
             for a in (0.5, 0.8)}

@@ -44,6 +44,8 @@ class SpeculativeConfig:
     # priced by `step_time_profile` (a profile file, `pitstop engine profile`), or a simulator's own model.
     draft_policy: str = "fixed"
     step_time_profile: str | None = None
+    # With a draft model and "goodput": what the draft's passes cost (its own profile), priced beside the check.
+    draft_step_time_profile: str | None = None
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -59,9 +61,13 @@ class SpeculativeConfig:
             raise ValueError("prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max")
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy {self.draft_policy!r} is not one of {', '.join(DRAFT_POLICIES)}")
-        if self.draft_policy == "goodput" and self.method == "draft_model":
-            raise ValueError("draft_policy 'goodput' prices checking drafts, not writing them: a draft model's "
-                             "passes are not free, so use 'fixed' with method 'draft_model'")
+        if self.draft_step_time_profile is not None and not (self.draft_policy == "goodput"
+                                                              and self.method == "draft_model"):
+            raise ValueError("draft_step_time_profile prices a draft model's passes for draft_policy 'goodput': "
+                             "it needs both")
+        if self.draft_policy == "goodput" and self.method == "draft_model" and self.draft_step_time_profile is None:
+            raise ValueError("draft_policy 'goodput' with a draft model prices the draft's passes too: give "
+                             "draft_step_time_profile (`pitstop engine profile --model DRAFT`, or a roofline of it)")
 
 
 @dataclass

@@ -16,7 +16,15 @@ there, so a request copying a file drafts in full and one writing new prose stop
 were held back still learns: its proposal's first token is compared with the token the step wrote, as
 if it had been checked, so a request that stopped drafting starts again once the text it writes is again
 the text its lookup finds. Before a request has any, a_i is the engine's overall acceptance (with ten
-drafts' worth of an even prior, so one early failure does not stop every request)."""
+drafts' worth of an even prior, so one early failure does not stop every request).
+
+With a draft model (engine/draft_model.py) drafts are not free: T(d) adds the draft's passes (one over
+every drafting request, then one over those drafting a second token, and so on to d), priced by the
+draft's own step-time model, and the length is chosen before the draft runs, so a step that checks none
+writes none. A request that does not draft then learns nothing, so its estimate rises toward 1 by DRIFT a
+step (optimism where nothing is known): a request whose drafts failed tries again once its estimate
+reaches the acceptance at which a draft would pay (about 40 steps from 0.3 to 0.6), and stops again if
+they still fail; and a request whose draft would pay is found even where the even prior says it does not."""
 
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from engine.step_time import StepTimeModel
 
 ADAPT = 0.5  # the weight of a checked step's acceptance in its request's estimate
 PRIOR, PRIOR_DRAFTS = 0.5, 10  # the overall acceptance starts as 5 of 10 drafts accepted
+DRIFT = 1 / 64  # a step without drafts moves a draft model's request this far toward 1
 
 
 def expected_accepted(acceptance: float, drafts: int) -> float:
@@ -43,6 +52,7 @@ def expected_accepted(acceptance: float, drafts: int) -> float:
 class GoodputDraftLength:
     step_time: StepTimeModel
     counters: SpeculationCounters  # the engine's, for the overall acceptance
+    draft_step_time: StepTimeModel | None = None  # a draft model's passes; None: drafts cost nothing to write
 
     def overall(self) -> float:
         c = self.counters
@@ -58,6 +68,11 @@ class GoodputDraftLength:
     def held_back(self, seq: Sequence, drafts: list[int]) -> None:
         """`seq` had `drafts` this step and checks none: its first is compared with the step's token."""
         seq.held_draft = drafts[0]
+
+    def unobserved(self, seq: Sequence) -> None:
+        """`seq` decoded without drafts, and no draft was written to compare: its estimate drifts up."""
+        acceptance = self.acceptance(seq)
+        seq.draft_acceptance = acceptance + DRIFT * (1.0 - acceptance)
 
     def shadow(self, seq: Sequence, token: int) -> None:
         """The token a step wrote for `seq`, whose drafts it held back."""
@@ -84,7 +99,21 @@ class GoodputDraftLength:
                 tokens += expected_accepted(acceptance, k)
             shape = StepShape(others.prefill_tokens, others.prefill_seqs, decodes, others.kv_tokens + kv,
                               others.prefill_attention + attention, drafts)
-            rate = tokens / self.step_time.predict(shape)
+            seconds = self.step_time.predict(shape) + self._drafting_seconds(rows, d)
+            rate = tokens / seconds
             if rate > best_rate * (1 + 1e-9):  # a longer draft must earn more than rounding
                 best, best_rate = d, rate
         return best
+
+    def _drafting_seconds(self, rows: list[tuple[int, int, float]], d: int) -> float:
+        """A draft model's passes for drafts cut to `d`: pass j runs the requests drafting j or more."""
+        if self.draft_step_time is None:
+            return 0.0
+        seconds = 0.0
+        for j in range(1, d + 1):
+            drafting = [context for context, n, _ in rows if min(n, d) >= j]
+            if not drafting:
+                break
+            seconds += self.draft_step_time.predict(
+                StepShape(0, 0, len(drafting), sum(drafting) + len(drafting) * (j - 1), 0))
+        return seconds

@@ -190,8 +190,11 @@ class _EveryStepDrafts:
     def __init__(self, k: int) -> None:
         self.k = k
 
-    def propose(self, seq: Sequence, max_tokens: int) -> list[int]:
-        return seq.token_ids[-min(self.k, max_tokens):] if max_tokens > 0 else []
+    def propose(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
+        return [seq.token_ids[-min(self.k, room):] if room > 0 else [] for seq, room in requests]
+
+    def forget(self, seq: Sequence) -> None:
+        pass
 
 
 @contextmanager

@@ -69,11 +69,11 @@ class Scheduler:
         return min(budget - 1, seq.params.max_tokens - seq.num_output_tokens - 1,
                    self.config.max_model_len - seq.num_tokens - 1)
 
-    def _drafts(self, decodes: list[Sequence], budget: int) -> list[list[int]]:
-        """Each decoding request's drafts (none for a first token); for an answer held to a grammar, only as
-        many as it allows."""
+    def _drafts(self, decodes: list[Sequence], budget: int, cap: int | None = None) -> list[list[int]]:
+        """Each decoding request's drafts (none for a first token), at most `cap` each; for an answer held
+        to a grammar, only as many as it allows."""
         asked = [(seq, room) for seq in decodes
-                 if seq.num_output_tokens > 0 and (room := self._room(seq, budget)) > 0]
+                 if seq.num_output_tokens > 0 and (room := min(self._room(seq, budget), budget if cap is None else cap)) > 0]
         proposed = iter(self.drafter.propose(asked) if asked and self.drafter is not None else [])
         drafts = {seq.request_id: next(proposed) for seq, _ in asked}
         out = []
@@ -100,6 +100,8 @@ class Scheduler:
                 others = StepShape(others.prefill_tokens + chunk, others.prefill_seqs + 1, 0,
                                    others.kv_tokens + context, others.prefill_attention + chunk * context)
                 sampled += chunk == remaining
+        if self.draft_length is not None and self.draft_length.draft_step_time is not None:
+            return self._priced_drafts(decoding, budget, others, sampled)
         decodes = list(zip(decoding, self._drafts(decoding, budget), strict=True))
         if self.draft_length is not None and any(drafts for _, drafts in decodes):
             cap = self.draft_length.cap([(seq, len(drafts)) for seq, drafts in decodes], others, sampled)
@@ -108,6 +110,22 @@ class Scheduler:
                     self.draft_length.held_back(seq, drafts)
             decodes = [(seq, drafts[:cap]) for seq, drafts in decodes]
         return {seq.request_id: drafts for seq, drafts in decodes if drafts}
+
+    def _priced_drafts(self, decoding: list[Sequence], budget: int, others: StepShape, sampled: int
+                       ) -> dict[str, list[int]]:
+        """A draft model's drafts, whose passes cost: their length chosen before they are written."""
+        assert self.draft_length is not None and self.config.speculative is not None
+        k = self.config.speculative.num_speculative_tokens
+        wanted = [(seq, max(0, min(k, self._room(seq, budget))) if seq.num_output_tokens else 0) for seq in decoding]
+        cap = self.draft_length.cap(wanted, others, sampled)
+        planned = {}
+        for seq, drafts in zip(decoding, self._drafts(decoding, budget, cap) if cap else [[]] * len(decoding),
+                               strict=True):
+            if drafts:
+                planned[seq.request_id] = drafts
+            else:
+                self.draft_length.unobserved(seq)
+        return planned
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         remaining = len(seq.token_ids) - seq.num_computed_tokens

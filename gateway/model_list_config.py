@@ -35,6 +35,7 @@ class SpeculativeSpec(StrictConfig):
     prompt_lookup_min: int = Field(default=2, ge=1, le=64)
     draft_policy: Literal["fixed", "goodput"] = "fixed"  # goodput: drafts cut to what pays (engine/draft_length.py)
     step_time_profile: str | None = None  # what prices them: `pitstop engine profile`'s file
+    draft_step_time_profile: str | None = None  # with a draft model and goodput: what its passes cost
 
     @model_validator(mode="after")
     def _lookup_range(self) -> SpeculativeSpec:

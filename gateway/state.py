@@ -95,7 +95,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
             if (spec := params.speculative_config) is not None:
                 # relative to the config file, as model_dir
                 speculative = SpeculativeConfig(**(spec.model_dump() | {
-                    name: str(settings.resolve_path(path)) for name in ("step_time_profile", "model")
+                    name: str(settings.resolve_path(path))
+                    for name in ("step_time_profile", "model", "draft_step_time_profile")
                     if (path := getattr(spec, name)) is not None}))
             engine = build_engine(model_dir, num_blocks=params.num_blocks,
                                   max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,

@@ -150,3 +150,23 @@ def test_the_torch_runner_with_a_profile_answers_as_plain_decoding(tmp_path: Pat
     spec, fixed_spec = engine.stats().spec, fixed_engine.stats().spec
     assert spec.accepted_tokens > 0
     assert spec.accepted_tokens / spec.draft_tokens > fixed_spec.accepted_tokens / fixed_spec.draft_tokens
+
+
+def test_a_draft_models_passes_are_priced_and_an_idle_estimate_rises() -> None:
+    """With a draft model, T(d) adds its d passes: a draft as dear as the target drafts nothing that a
+    free one would; a request that drafted nothing drifts toward 1, so it tries again."""
+    target = LinearStepTime(c0=1e-2, c_decode_seq=1e-4, c_draft_token=1e-4)
+    free = GoodputDraftLength(target, SpeculationCounters())
+    dear = GoodputDraftLength(target, SpeculationCounters(), draft_step_time=LinearStepTime(c0=1e-2))
+    cheap = GoodputDraftLength(target, SpeculationCounters(), draft_step_time=LinearStepTime(c0=1e-3))
+    proposals = [(seq(acceptance=0.7), 4), (seq(acceptance=0.7), 4)]
+    assert free.cap(proposals, NOTHING, 0) == 4 and dear.cap(proposals, NOTHING, 0) == 0
+    # each pass costs a tenth of a step: the likelier the drafts hold, the more are written
+    assert [cheap.cap([(seq(acceptance=a), 4)] * 2, NOTHING, 0) for a in (0.1, 0.3, 0.5, 0.7)] == [0, 1, 2, 4]
+    assert cheap._drafting_seconds([(100, 4, 0.7), (100, 1, 0.7)], 3) == pytest.approx(3 * 1e-3)
+    s = seq(acceptance=0.1)
+    cheap.unobserved(s)
+    assert s.draft_acceptance == pytest.approx(0.1 + 0.9 / 64)
+    for _ in range(400):
+        cheap.unobserved(s)
+    assert s.draft_acceptance > 0.99

@@ -8,7 +8,6 @@ HTTP and by the gateway."""
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from engine.tiny_model import make_tiny_model, make_truncated_model
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
 from tests.engine.serving import sdk, serve_in_thread
+from tests.engine.test_speculation_torch import generate as generate_with
+from tests.engine.test_speculation_torch import tokens
 
 BIAS = tuple((t, 3.0) for t in (300, 301, 302, 303, 304, 305))  # a nudge: answers still vary
 
@@ -42,24 +43,12 @@ def drafts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
             "other_vocab": make_tiny_model(root / "other_vocab", layers=1, hidden=32, vocab_size=512)}
 
 
-def generate(model_dir: Path, draft: Path | None, params: SamplingParams, *, num_blocks: int = 256, requests: int = 5,
-             tokenizer: Tokenizer | None = None, k: int = 4) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
-    config = EngineConfig(block_size=4, num_blocks=num_blocks, max_model_len=512, max_num_batched_tokens=256,
-                          speculative=None if draft is None else SpeculativeConfig(model=str(draft),
-                                                                                   num_speculative_tokens=k))
-    engine = LLMEngine(config, TorchModelRunner(model_dir, num_blocks, 4), tokenizer=tokenizer)
-    rng = random.Random(0)
-    for i in range(requests):
-        engine.add_request(f"r{i}", [rng.randrange(1000) for _ in range(rng.randrange(4, 50))], params)
-    outputs: dict[str, list[RequestOutput]] = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            outputs.setdefault(out.request_id, []).append(out)
-    return outputs, engine
-
-
-def tokens(outputs: dict[str, list[RequestOutput]]) -> dict[str, list[int]]:
-    return {rid: [t for out in outs for t in out.new_token_ids] for rid, outs in outputs.items()}
+def generate(model_dir: Path, draft: Path | SpeculativeConfig | None, params: SamplingParams, *, num_blocks: int = 256,
+             requests: int = 5, tokenizer: Tokenizer | None = None, k: int = 4,
+             ) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
+    """`draft`: a draft model's folder (k drafts), a whole speculative config, or None (plain decoding)."""
+    spec = SpeculativeConfig(model=str(draft), num_speculative_tokens=k) if isinstance(draft, Path) else draft
+    return generate_with(model_dir, spec, params, num_blocks, tokenizer, requests)
 
 
 def drafter(engine: LLMEngine) -> DraftModelProposer:
@@ -195,8 +184,13 @@ def test_what_cannot_draft_is_refused(tiny_model_dir: Path, drafts: dict[str, Pa
         SpeculativeConfig(method="draft_model")
     with pytest.raises(ValueError, match="drafts without a model"):
         SpeculativeConfig(method="ngram", model="m")
-    with pytest.raises(ValueError, match="use 'fixed' with method 'draft_model'"):
+    with pytest.raises(ValueError, match="give draft_step_time_profile"):
         SpeculativeConfig(model="m", draft_policy="goodput")
+    with pytest.raises(ValueError, match="it needs both"):
+        SpeculativeConfig(draft_policy="goodput", draft_step_time_profile="d.json")
+    with pytest.raises(ValueError, match="draft_step_time_profile .*none.json' is not a step-time profile"):
+        engine(SpeculativeConfig(model=str(drafts["self"]), draft_policy="goodput", step_time_profile=str(
+            profile_pair(tmp_path)[0]), draft_step_time_profile=str(tmp_path / "none.json")))
     assert SpeculativeConfig(model="m").method == "draft_model" and SpeculativeConfig().method == "ngram"
 
 
@@ -248,3 +242,43 @@ def test_served_answers_match_and_the_draft_is_counted(servers: tuple[str, str])
     metrics = httpx.get(f"{fast_url}/metrics").text
     passes = [line for line in metrics.splitlines() if line.startswith("pitstop_engine_spec_decode_draft_passes_total")]
     assert passes and float(passes[0].split()[-1]) > 0
+
+
+def profile_pair(root: Path, draft_share: float = 0.25) -> tuple[Path, Path]:
+    """Step-time profiles for a target whose checked draft costs as much as a decoding request's row, and
+    a draft whose pass costs `draft_share` of the target's decode step: a draft pays when it holds more
+    than about 0.6 of the time."""
+    from engine.step_time import LinearStepTime, save_profile
+
+    target, draft = root / "target.json", root / "draft.json"
+    save_profile(target, LinearStepTime(c0=1e-3, c_decode_seq=1e-4, c_prefill_token=2.5e-4, c_draft_token=1e-4))
+    save_profile(draft, LinearStepTime(c0=draft_share * 1e-3, c_decode_seq=draft_share * 1e-4))
+    return target, draft
+
+
+def goodput(draft: Path, profiles: tuple[Path, Path]) -> SpeculativeConfig:
+    return SpeculativeConfig(model=str(draft), draft_policy="goodput", step_time_profile=str(profiles[0]),
+                             draft_step_time_profile=str(profiles[1]))
+
+
+def test_goodput_stops_a_useless_draft_and_keeps_a_good_one(tiny_model_dir: Path, drafts: dict[str, Path],
+                                                             tmp_path: Path) -> None:
+    """Priced by the two profiles, the unrelated draft's passes and checks are soon cut (a few probes stay,
+    as its requests' estimates drift up); the target drafting for itself is found to pay and halves the steps
+    plain decoding takes. The answers are plain decoding's either way."""
+    profiles = profile_pair(tmp_path)
+    params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+    plain, plain_engine = generate(tiny_model_dir, None, params)
+    for name in ("unrelated", "self"):
+        fixed, fixed_engine = generate(tiny_model_dir, drafts[name], params)
+        chosen, engine = generate(tiny_model_dir, goodput(drafts[name], profiles), params)
+        assert tokens(chosen) == tokens(fixed) == tokens(plain)
+        spec, fixed_spec = engine.stats().spec, fixed_engine.stats().spec
+        if name == "unrelated":
+            assert spec.draft_passes < fixed_spec.draft_passes / 4 and spec.draft_tokens < fixed_spec.draft_tokens / 4
+            assert spec.draft_tokens > 0  # probes: estimates drift back and try again
+        else:
+            # found within some steps (the estimates start at the even prior, where drafting does not pay)
+            assert spec.accepted_tokens == spec.draft_tokens > fixed_spec.draft_tokens / 2
+            assert engine.num_steps < plain_engine.num_steps / 2
+

@@ -33,12 +33,13 @@ BIAS = tuple((t, 30.0) for t in ALPHABET)
 
 
 def generate(model_dir: Path, speculative: SpeculativeConfig | None, params: SamplingParams,
-             num_blocks: int = 256, tokenizer: Tokenizer | None = None) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
+             num_blocks: int = 256, tokenizer: Tokenizer | None = None, requests: int = 5,
+             ) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
     config = EngineConfig(block_size=4, num_blocks=num_blocks, max_model_len=512, max_num_batched_tokens=256,
                           speculative=speculative)
     engine = LLMEngine(config, TorchModelRunner(model_dir, num_blocks, 4), tokenizer=tokenizer)
     rng = random.Random(0)
-    for i in range(5):
+    for i in range(requests):
         engine.add_request(f"r{i}", [rng.randrange(1000) for _ in range(rng.randrange(4, 50))], params)
     outputs: dict[str, list[RequestOutput]] = {}
     while engine.has_unfinished():

@@ -61,8 +61,8 @@ def test_goodput_draft_lengths_read_a_profile_beside_the_config(tmp_path: Path) 
 
 def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Path) -> None:
     """`speculative_config: {model: ...}` (vLLM's field; the method follows) names a draft model folder relative
-    to the config file: the answers are plain decoding's, the draft's passes counted; a goodput policy with a
-    draft model stops the gateway at start, naming the model."""
+    to the config file: the answers are plain decoding's, the draft's passes counted; a goodput policy reads
+    the draft's profile beside the target's, and without it stops the gateway at start, naming the model."""
     from engine.tiny_model import make_truncated_model
     from gateway.config import ConfigError, parse_settings
     from gateway.state import make_backend
@@ -80,11 +80,18 @@ def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Pa
     assert answers["drafted"] == answers["plain"] and all(answers["drafted"])
     assert engines["drafted"].config.speculative.method == "draft_model"
     assert engines["drafted"].stats().spec.draft_passes > 0
-    beside = parse_settings(gateway_config(tmp_path, [local("near", model_dir, speculative_config={"model": "draft"})]),
-                            base_dir=tmp_path)
+    from engine.step_time import LinearStepTime, save_profile
+
+    save_profile(tmp_path / "target.json", LinearStepTime(c0=1e-3, c_decode_seq=1e-4))
+    save_profile(tmp_path / "draft.json", LinearStepTime(c0=2e-4))
+    beside = parse_settings(gateway_config(tmp_path, [local("near", model_dir, speculative_config={
+        "model": "draft", "draft_policy": "goodput", "step_time_profile": "target.json",
+        "draft_step_time_profile": "draft.json"})]), base_dir=tmp_path)
     engine = make_backend(beside.model_list[0], beside).engine.engine  # type: ignore[attr-defined]
     assert engine.config.speculative.model == str(draft)
+    assert engine.config.speculative.draft_step_time_profile == str(tmp_path / "draft.json")
+    assert engine.scheduler.draft_length.draft_step_time is not None
     bad = parse_settings(gateway_config(tmp_path, [local("odd", model_dir, speculative_config={
         "model": "draft", "draft_policy": "goodput"})]), base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="model odd: draft_policy 'goodput' prices checking drafts"):
+    with pytest.raises(ConfigError, match="model odd: .*give draft_step_time_profile"):
         make_backend(bad.model_list[0], bad)
