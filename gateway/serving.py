@@ -126,11 +126,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         if keepers := _keepers(state, draft):  # the whole answer kept, once the stream has ended
             chunks = kept_as_it_streams(kind, chunks, keepers)
         stream = None if dialect is None else dialect.stream(route.model_name)
-        # on_close: also for a stream whose client left before its first event (its body never ran)
-        response = SSEResponse(events(state, draft, chunks, session, stream),
-                               on_close=None if dialect is None else dialect.end)
-        response.headers.update(response_headers(draft))
-        return response
+        return stream_response(state, draft, chunks, session, stream, None if dialect is None else dialect.end)
     work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
     body, dispatched = await unless_disconnected(request, work)
     draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
@@ -185,10 +181,8 @@ async def serve_cached(state: GatewayState, draft: OutcomeDraft, kind: Kind, dia
         await state.stored_completions.keep(draft, body)
     if draft.request.stream:
         stream = None if dialect is None else dialect.stream(model)
-        response = SSEResponse(events(state, draft, replay_chunks(body, kind), SessionCall(CallContext(draft.request_id)),
-                                      stream), on_close=None if dialect is None else dialect.end)
-        response.headers.update(response_headers(draft))
-        return response
+        return stream_response(state, draft, replay_chunks(body, kind), SessionCall(CallContext(draft.request_id)),
+                               stream, None if dialect is None else dialect.end)
     draft.take_response(body)
     state.recorder.finish(draft)
     await draft.settled()
@@ -270,6 +264,30 @@ async def unless_disconnected(request: Request | None, work: Coroutine[Any, Any,
     finally:
         running = False
         watcher.cancel()
+
+
+def stream_response(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict], session: SessionCall,
+                    dialect: DialectStream | None, end: Callable[[], Awaitable[None]] | None) -> SSEResponse:
+    """The SSE response of `events`. Its `on_close` runs whether or not the body ever ran: a client that
+    leaves before the first event is sent (the server may cancel the body before it starts) still has
+    its upstream call closed, its session settled and its row written, as one that leaves mid-stream;
+    then the dialect's `end` (what its turn held is given back)."""
+
+    async def closed() -> None:
+        if not draft.finished:  # the body never ran, so its `finally` did not either
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            draft.fail(499, "the client disconnected before the stream's first event", kind="aborted")
+            await state.sessions.finish(session, draft)
+            state.recorder.finish(draft)
+            await draft.settled()
+        if end is not None:
+            await end()
+
+    response = SSEResponse(events(state, draft, chunks, session, dialect), on_close=closed)
+    response.headers.update(response_headers(draft))
+    return response
 
 
 async def events(state: GatewayState, draft: OutcomeDraft, chunks: AsyncIterator[dict],
