@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 from engine.server.errors import APIError
 from gateway.access_config import AuthConfig, LimitsConfig
 from gateway.limits.periods import BudgetPeriod
+from gateway.wildcards import name_matches
 from storage.keys import KeyStore
 from storage.models import ApiKey
 
@@ -41,7 +42,9 @@ class Caller:
         return self.period_spent_usd if self.period_start == period else 0.0
 
     def may_use(self, model: str) -> bool:
-        return self.models is None or model in self.models
+        """A model it names, or one a wildcard it names matches (`anthropic/*`: gateway/wildcards.py)."""
+        return self.models is None or model in self.models or any(
+            name_matches(allowed, model) for allowed in self.models if "*" in allowed)
 
     def check_model(self, model: str) -> None:
         """A 403 naming what the key may use, before the request takes a rate slot."""

@@ -216,8 +216,7 @@ def keys_create_command(args: argparse.Namespace) -> int:
     from storage.keys import KeyStore
 
     settings = _settings(args.config) if args.models else None
-    unknown = [name for name in args.models or () if settings is not None and name not in settings.model_names
-               and name not in {group.name for group in settings.route_groups}]
+    unknown = [name for name in args.models or () if settings is not None and not settings.serves(name)]
     if unknown:  # a typo would make a key that can use nothing
         print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
               f"{args.config}", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -134,6 +135,7 @@ class Settings(StrictConfig):
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
     tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
+    _wildcards: list[ModelEntry] = PrivateAttr(default_factory=list)  # model_list entries named with a `*`
 
     @model_validator(mode="after")
     def _cache_backend_reachable(self) -> Settings:
@@ -165,6 +167,49 @@ class Settings(StrictConfig):
                 self.model_list.append(ModelEntry(model_name=name, litellm_params=params,
                                                   model_info=entry.model_info))
         return self
+
+    @model_validator(mode="after")
+    def _wildcards_apart(self) -> Settings:
+        """Entries named with a `*` serve the names they match (gateway/wildcards.py): kept apart from the
+        listed models, in `wildcards`."""
+        listed: list[ModelEntry] = []
+        for i, entry in enumerate(self.model_list):
+            stars = entry.model_name.count("*")
+            if not stars:
+                if "*" in entry.litellm_params.model:
+                    raise ValueError(f"model_list.{i}.litellm_params.model: a '*' takes the matched part of a "
+                                     "wildcard model_name, and this model_name has none")
+                if entry.litellm_params._adapter_of is not None:  # its base's place, once the wildcards are out
+                    base = entry.litellm_params._adapter_of
+                    entry.litellm_params._adapter_of = base - sum("*" in m.model_name for m in self.model_list[:base])
+                listed.append(entry)
+                continue
+            if stars > 1 or entry.litellm_params.model.count("*") > 1:
+                raise ValueError(f"model_list.{i}.model_name: a wildcard has one '*' (and its litellm_params.model "
+                                 "at most one)")
+            if entry.litellm_params.provider == LOCAL_PROVIDER:
+                raise ValueError(f"model_list.{i}.model_name: an engine in this process serves its one model folder, "
+                                 "not a wildcard")
+            self._wildcards.append(entry)
+        self.model_list = listed
+        for i, group in enumerate(self.route_groups):
+            for model in group.models:
+                if "*" in model:
+                    raise ValueError(f"route_groups.{i}.models: '{model}' is a wildcard; a route group chooses "
+                                     "among models it names")
+        return self
+
+    @property
+    def wildcards(self) -> list[ModelEntry]:
+        return self._wildcards
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` is a model or route group here, a wildcard entry's name, or a name one matches:
+        what an API key's `models` may list."""
+        from gateway.wildcards import name_matches
+
+        return (name in self.model_names or any(g.name == name for g in self.route_groups)
+                or any(name_matches(w.model_name, name) or w.model_name == name for w in self._wildcards))
 
     @model_validator(mode="after")
     def _groups_name_known_models(self) -> Settings:

@@ -43,8 +43,11 @@ def _model_objects(state: GatewayState) -> list[dict]:
                          "verify": {**asdict(group.verify), "hold_chars": group.verify_hold_chars}
                          if group.verify else None}}
             for name, group in state.routes.groups.items()]
+    wildcards = state.routes.wildcards
     return data + [{"id": name, "object": "model", "created": _CREATED, "owned_by": "pitstop", **_window(state, [name])}
-                   for name in state.settings.model_names]
+                   for name in [*state.settings.model_names, *wildcards.adopted]] + [
+        {"id": pattern.entry.model_name, "object": "model", "created": _CREATED, "owned_by": "pitstop",
+         "pitstop": {"wildcard": True, "sent_as": pattern.entry.litellm_params.model}} for pattern in wildcards.patterns]
 
 
 async def list_models(request: Request) -> Response:
@@ -59,6 +62,8 @@ async def retrieve_model(request: Request) -> Response:
     state = _state(request)
     caller = await state.auth.authenticate(request.headers)
     name = request.path_params["model"]
+    if caller.may_use(name):
+        state.routes.adopt(name)  # a name a wildcard matches is a model (a client checks before it calls)
     for model in _model_objects(state):
         if model["id"] == name and caller.may_use(name):
             return JSONResponse(model)

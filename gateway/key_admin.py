@@ -79,10 +79,9 @@ async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...])
             raise bad_request(f"'{name}' must be a number", name, "invalid_type")
     models = body.get("models")
     if models is not None:
-        known = set(state.routes.names)
-        unknown_models = [m for m in models if m not in known] if isinstance(models, list) else None
-        if unknown_models is None or not all(isinstance(m, str) for m in models):
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise bad_request("'models' must be a list of model and route group names", "models", "invalid_type")
+        unknown_models = [m for m in models if not state.settings.serves(m)]
         if unknown_models:  # a typo would make a key that can use nothing
             raise bad_request(f"'models': {unknown_models[0]!r} is neither a model nor a route group here",
                               "models", "invalid_value")

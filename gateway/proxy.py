@@ -133,6 +133,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         if dialect is not None:
             dialect.adopt(parsed)
         draft.caller.check_model(parsed.model)
+        state.routes.adopt(parsed.model)  # a wildcard's model is a deployment before its budget hold is priced
         server = state.settings.server
         hold = budget_hold(draft.caller, parsed, state.routes, state.pool, draft.request_id,
                            server.request_timeout_s, server.num_retries + 1)

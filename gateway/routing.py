@@ -16,6 +16,7 @@ from engine.server.errors import bad_request, not_found
 from gateway.config import Settings
 from gateway.request_body import ProxyRequest
 from gateway.route_group_config import RouteGroup
+from gateway.wildcards import WildcardModels
 from routers.base import Candidate, Router, RoutingRequest
 from routers.choice import DEFAULT_OUTPUT_TOKENS, RoutingDecision, choose, predicted_cost
 from routers.exploration import explore
@@ -106,6 +107,7 @@ class RouteTable:
         self.models = set(settings.model_names)
         self.embedding_models = settings.embedding_models  # serve embeddings only
         self.embeddings_served_by = settings.embeddings_served_by
+        self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
         entries = {m.model_name: m for m in settings.model_list}
         self.groups: dict[str, GroupRouter] = {}
         for group in settings.route_groups:
@@ -132,6 +134,21 @@ class RouteTable:
     def names(self) -> list[str]:
         return [*self.groups, *sorted(self.models)]
 
+    def adopt(self, name: str) -> bool:
+        """Whether `name` is a model: a listed one, or one a wildcard matches (made a model here, its
+        deployment built, the first time it is asked for)."""
+        if name in self.models:
+            return True
+        if name in self.groups or not self.wildcards:
+            return False
+        entry = self.wildcards.match(name)
+        if entry is None:
+            return False
+        self.models.add(name)
+        if entry.serves_embeddings:
+            self.embeddings_served_by.add(name)
+        return True
+
     def resolve(self, request: ProxyRequest) -> Route:
         if request.kind == "embedding":
             return self._embeddings_model(request.model)
@@ -142,6 +159,8 @@ class RouteTable:
             return Route(None, request.model)
         group = self.groups.get(request.model)
         if group is None:
+            if self.adopt(request.model):
+                return Route(None, request.model)
             raise not_found(f"the model {request.model!r} does not exist; available: {', '.join(self.names)}",
                             "model", "model_not_found")
         preference = group.cost_preference if request.cost_preference is None else request.cost_preference
@@ -151,7 +170,8 @@ class RouteTable:
         return Route(group.group.name, decision.model, decision)
 
     def _embeddings_model(self, model: str) -> Route:
-        if model in self.embeddings_served_by:
+        if model in self.embeddings_served_by or (model not in self.models and self.adopt(model)
+                                                   and model in self.embeddings_served_by):
             return Route(None, model)
         served = ", ".join(sorted(self.embeddings_served_by)) or "none is configured"
         if model in self.groups:

@@ -4,6 +4,7 @@ table, auth and limits, the outcome writer and metrics. No process-global state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -132,6 +133,31 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                        "tensor_parallel_size", "reasoning_effort_budgets"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
+
+
+def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:
+    index = len(pool.by_model.get(entry.model_name, ()))
+    deployment = Deployment(f"{entry.model_name}#{index}", entry.model_name, backend, entry.model_info,
+                            entry.litellm_params.model,
+                            admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
+                                                     entry.model_info.max_queue))
+    pool.add(deployment)
+    return deployment
+
+
+_starting: set[asyncio.Task[None]] = set()  # backends of adopted wildcard models, starting beside serving
+
+
+def adopt_wildcard(pool: DeploymentPool, settings: Settings, entry: ModelEntry) -> None:
+    """A model a wildcard matched (gateway/wildcards.py) becomes a deployment, started beside its first
+    request (what a start does is warm caches; a backend serves before it)."""
+    deployment = add_deployment(pool, entry, make_backend(entry, settings), settings)
+    try:
+        task = asyncio.get_running_loop().create_task(deployment.backend.start())
+    except RuntimeError:  # no loop (a CLI command): it starts on its first call
+        return
+    _starting.add(task)
+    task.add_done_callback(_starting.discard)
 
 
 def adapter_backend(base: Backend, entry: ModelEntry) -> Backend:
@@ -336,20 +362,16 @@ def build_state(settings: Settings) -> GatewayState:
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
     backends: list[Backend] = []
     for entry in settings.model_list:
-        index = len(pool.by_model.get(entry.model_name, ()))
         base = entry.litellm_params._adapter_of
         backends.append(make_backend(entry, settings) if base is None else adapter_backend(backends[base], entry))
-        pool.add(Deployment(f"{entry.model_name}#{index}", entry.model_name, backends[-1],
-                            entry.model_info, entry.litellm_params.model,
-                            admission=make_admission(entry.model_info.max_concurrency,
-                                                     settings.ranking.admission_policy,
-                                                     entry.model_info.max_queue)))
+        add_deployment(pool, entry, backends[-1], settings)
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()
     if not settings.auth.require_keys:
         log.warning("API keys are not required (auth.require_keys is false): anyone who can reach this "
                     "address can use it")
     routes = RouteTable(settings)
+    routes.wildcards.adopt = functools.partial(adopt_wildcard, pool, settings)
     tool_durations = settings.sessions.tool_durations
     sessions = GatewaySessions.build(settings.sessions, pool, routes, SessionMetrics(metrics.registry),
                                      settings.redis_url, settings.resolve_path(tool_durations) if tool_durations else None)
