@@ -67,6 +67,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.webhooks
 	$(PY) -m bench.stored_completions
 	$(PY) -m bench.tracing
+	$(PY) -m bench.guardrails
 
 # Learned routers: every family on RouterBench, GSM8K, MMLU (bench/results/routers/), the encoder trade-off,
 # the headroom analysis, the answer-length-as-difficulty ablation, route-group calibration (how close a

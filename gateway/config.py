@@ -20,7 +20,8 @@ from pydantic import (
 from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.fallback_config import FallbacksConfig
-from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
+from gateway.guardrails_config import GuardrailConfig, check_guardrails
+from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, split_wildcards
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.strict_config import StrictConfig
 from gateway.tracing_config import TracingConfig
@@ -134,6 +135,7 @@ class Settings(StrictConfig):
     vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
     tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
+    guardrails: list[GuardrailConfig] = Field(default_factory=list)  # checks on calls (gateway/guardrails.py)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
     _wildcards: list[ModelEntry] = PrivateAttr(default_factory=list)  # model_list entries named with a `*`
 
@@ -172,26 +174,7 @@ class Settings(StrictConfig):
     def _wildcards_apart(self) -> Settings:
         """Entries named with a `*` serve the names they match (gateway/wildcards.py): kept apart from the
         listed models, in `wildcards`."""
-        listed: list[ModelEntry] = []
-        for i, entry in enumerate(self.model_list):
-            stars = entry.model_name.count("*")
-            if not stars:
-                if "*" in entry.litellm_params.model:
-                    raise ValueError(f"model_list.{i}.litellm_params.model: a '*' takes the matched part of a "
-                                     "wildcard model_name, and this model_name has none")
-                if entry.litellm_params._adapter_of is not None:  # its base's place, once the wildcards are out
-                    base = entry.litellm_params._adapter_of
-                    entry.litellm_params._adapter_of = base - sum("*" in m.model_name for m in self.model_list[:base])
-                listed.append(entry)
-                continue
-            if stars > 1 or entry.litellm_params.model.count("*") > 1:
-                raise ValueError(f"model_list.{i}.model_name: a wildcard has one '*' (and its litellm_params.model "
-                                 "at most one)")
-            if entry.litellm_params.provider == LOCAL_PROVIDER:
-                raise ValueError(f"model_list.{i}.model_name: an engine in this process serves its one model folder, "
-                                 "not a wildcard")
-            self._wildcards.append(entry)
-        self.model_list = listed
+        self.model_list, self._wildcards = split_wildcards(self.model_list)
         for i, group in enumerate(self.route_groups):
             for model in group.models:
                 if "*" in model:
@@ -241,6 +224,7 @@ class Settings(StrictConfig):
         for model in sorted(self.fallbacks.models()):
             if model not in known or model in self.embedding_models:
                 raise ValueError(f"fallbacks: '{model}' is not a chat model_name")
+        check_guardrails(self.guardrails, {g.name: g.models for g in self.route_groups}, self.serves)
         summariser = self.responses.compaction_model
         groups = {g.name for g in self.route_groups}
         if summariser is not None and (summariser not in known | groups or summariser in self.embedding_models):

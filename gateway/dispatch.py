@@ -15,6 +15,7 @@ from engine.server.errors import APIError
 from gateway.admission import QueueFull, waiting_item
 from gateway.backends.base import Backend, BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
+from gateway.guardrails import Guardrails, restore_answer, restored
 from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk
 
 
@@ -59,9 +60,10 @@ class Dispatched:
 
 
 class Dispatcher:
-    def __init__(self, pool: DeploymentPool, num_retries: int = 2) -> None:
+    def __init__(self, pool: DeploymentPool, num_retries: int = 2, guardrails: Guardrails | None = None) -> None:
         self.pool = pool
         self.num_retries = num_retries
+        self.guardrails = guardrails if guardrails else None  # checks each call's body (gateway/guardrails.py)
 
     def _next(self, model_name: str, tried: set[str], prefer: str | None,
               last: BackendError | None) -> Deployment:
@@ -74,6 +76,14 @@ class Dispatcher:
 
     async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                        prefer: str | None = None, sent: Sent | None = None) -> tuple[dict, Dispatched]:
+        guarded = self.guardrails.check(model_name, kind, body) if self.guardrails is not None else None
+        answer, dispatched = await self._complete(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
+        if guarded is not None and guarded.masker is not None:
+            answer = restore_answer(answer, guarded.masker)
+        return answer, dispatched
+
+    async def _complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
+                        prefer: str | None, sent: Sent | None) -> tuple[dict, Dispatched]:
         tried: set[str] = set()
         if kind == "embedding":  # a model's deployments on Pitstop's engines have no embeddings endpoint
             tried = {d.name for d in self.pool.by_model.get(model_name, ()) if not d.backend.serves_embeddings}
@@ -116,6 +126,14 @@ class Dispatcher:
         """Returns once the first chunk has arrived (retries happen before that); the iterator
         yields it and the rest. Errors after the first chunk are the caller's to report.
         `sent` (both methods) hears of each deployment the request is sent to, as it is sent."""
+        guarded = self.guardrails.check(model_name, kind, body) if self.guardrails is not None else None
+        chunks, dispatched = await self._stream(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
+        if guarded is not None and guarded.masker is not None:
+            chunks = restored(chunks, guarded.masker)
+        return chunks, dispatched
+
+    async def _stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
+                      prefer: str | None, sent: Sent | None) -> tuple[AsyncIterator[dict], Dispatched]:
         tried: set[str] = set()
         last: BackendError | None = None
         arrival = time.time()

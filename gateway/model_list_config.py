@@ -148,3 +148,28 @@ class ModelEntry(StrictConfig):
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"
         return True
+
+
+def split_wildcards(entries: list[ModelEntry]) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """(the listed models, the wildcard entries: named with a `*`, gateway/wildcards.py), checked; a LoRA
+    adapter's entry keeps pointing at its base's place among the listed."""
+    listed: list[ModelEntry] = []
+    wildcards: list[ModelEntry] = []
+    for i, entry in enumerate(entries):
+        stars = entry.model_name.count("*")
+        if not stars:
+            if "*" in entry.litellm_params.model:
+                raise ValueError(f"model_list.{i}.litellm_params.model: a '*' takes the matched part of a "
+                                 "wildcard model_name, and this model_name has none")
+            if (base := entry.litellm_params._adapter_of) is not None:
+                entry.litellm_params._adapter_of = base - sum("*" in m.model_name for m in entries[:base])
+            listed.append(entry)
+            continue
+        if stars > 1 or entry.litellm_params.model.count("*") > 1:
+            raise ValueError(f"model_list.{i}.model_name: a wildcard has one '*' (and its litellm_params.model "
+                             "at most one)")
+        if entry.litellm_params.provider == LOCAL_PROVIDER:
+            raise ValueError(f"model_list.{i}.model_name: an engine in this process serves its one model folder, "
+                             "not a wildcard")
+        wildcards.append(entry)
+    return listed, wildcards

@@ -26,6 +26,7 @@ from gateway.deployments import Deployment, DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
 from gateway.files import Files
+from gateway.guardrails import Guardrails
 from gateway.key_events import KeyEvents
 from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
@@ -382,7 +383,8 @@ def build_state(settings: Settings) -> GatewayState:
     webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry)
     return GatewayState(
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
-        settings=settings, pool=pool, dispatcher=Dispatcher(pool, server.num_retries), routes=routes,
+        settings=settings, pool=pool, routes=routes,
+        dispatcher=Dispatcher(pool, server.num_retries, Guardrails(settings.guardrails, metrics.registry)),
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),

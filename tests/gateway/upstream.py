@@ -19,6 +19,7 @@ Faults, chosen per request by directives in the last user message (or the prompt
                              words of `reasoning_content` (streamed before the answer)
   [tools:1]                  call a tool (when tools are sent) only while fewer than 1 tool result
                              follows the last user message, then answer in words: an agent loop that ends
+  [echo:1]                   answer the last user message's words (the directives left out): what it read
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
                              naming the instance wins over one that does not
 and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset), or
@@ -51,7 +52,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context):([0-9.]+)(?:@([\w-]+))?\]")
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context|echo):([0-9.]+)(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
@@ -178,7 +179,8 @@ class Upstream:
             return error_response(400, f"This model's maximum context length is {int(found['context'])} tokens. "
                                        f"However, you requested {prompt_tokens} tokens in the messages.")
         answer = answer_directive(text, self.name)
-        words = [answer] if answer is not None else self.words(max(1, int(found.get("words", self.default_words))))
+        words = [answer] if answer is not None else _DIRECTIVE.sub("", text).split() if "echo" in found else \
+            self.words(max(1, int(found.get("words", self.default_words))))
         tool = _first_tool(body) if chat and body.get("tool_choice") != "none" else None
         if tool and "tools" in found and _tool_results_since_user(body["messages"]) >= found["tools"]:
             tool = None

@@ -1,0 +1,230 @@
+"""Guardrails on the calls the gateway makes (`guardrails:`; config in gateway/guardrails_config.py),
+litellm's pre-call and post-call guardrails: personal data and secrets masked before a call to a model
+that should not see them, and put back in its answer; requests refused that carry what must not leave.
+
+They apply per call, where the dispatcher sends a body to a model (gateway/dispatch.py), so a fallback,
+a verifying call or an agent's tool loop is checked against the model it really goes to. What a request
+sends is checked in every message's text, text parts, tool results and earlier tool calls' arguments
+(an agent's history holds the values its tools were given), and a completion's prompt. An answer's
+text, reasoning and tool-call arguments get the values back: an agent's tool is called with the real
+address, not its placeholder. A streamed answer holds back the few characters that may be the start
+of a placeholder until the next chunk shows whether they are."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from engine.server.errors import APIError
+from gateway.guardrails_config import GuardrailConfig
+from gateway.pii import KINDS, Masker, find
+from gateway.wildcards import name_matches
+
+Edit = Callable[[str], str]
+
+
+def edit_request(body: dict, edit: Edit) -> dict:
+    """A copy of a chat or completion body with `edit` applied to every text a model reads."""
+    body = copy.deepcopy(body)
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            message["content"] = edit(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"] = edit(part["text"])
+        _edit_calls(message.get("tool_calls"), edit)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        body["prompt"] = edit(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        body["prompt"] = [edit(p) for p in prompt]
+    return body
+
+
+def _edit_calls(calls: Any, edit: Edit) -> None:
+    for call in calls or ():
+        if not isinstance(call, dict):
+            continue
+        for field in ("function", "custom"):
+            part = call.get(field)
+            key = "arguments" if field == "function" else "input"
+            if isinstance(part, dict) and isinstance(part.get(key), str):
+                part[key] = edit(part[key])
+
+
+def request_texts(body: dict) -> list[str]:
+    texts: list[str] = []
+    edit_request(body, lambda text: texts.append(text) or text)
+    return texts
+
+
+def restore_answer(answer: dict, masker: Masker) -> dict:
+    """A whole chat or completion answer with the placeholders' values put back: a plain dict (an answer
+    kept as its upstream's bytes, gateway/backends/answers.py, is written out again)."""
+    answer = dict(answer)
+    for choice in answer.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            choice["text"] = masker.restore(choice["text"])
+        message = choice.get("message")
+        if isinstance(message, dict):
+            for key in ("content", "reasoning_content"):
+                if isinstance(message.get(key), str):
+                    message[key] = masker.restore(message[key])
+            _edit_calls(message.get("tool_calls"), masker.restore)
+    return answer
+
+
+class StreamRestorer:
+    """Puts values back in a stream's chunks. Each text field of each choice (content, reasoning, a tool
+    call's arguments) keeps back its tail while it may be a placeholder's start; what is kept is sent with
+    the next piece of that field, or on its own before the stream ends."""
+
+    def __init__(self, masker: Masker) -> None:
+        self.masker = masker
+        self.pending: dict[tuple, str] = {}
+        self.last: dict | None = None
+
+    def _piece(self, key: tuple, text: str) -> str:
+        text = self.pending.pop(key, "") + text
+        keep = self.masker.held_back(text)
+        if keep:
+            self.pending[key] = text[-keep:]
+            text = text[:-keep]
+        return self.masker.restore(text)
+
+    def chunk(self, chunk: dict) -> dict:
+        self.last = chunk
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if isinstance(choice.get("text"), str):
+                choice["text"] = self._piece((index, "text"), choice["text"])
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for key in ("content", "reasoning_content"):
+                    if isinstance(delta.get(key), str):
+                        delta[key] = self._piece((index, key), delta[key])
+                for call in delta.get("tool_calls") or ():
+                    if isinstance(call, dict):
+                        where = (index, "call", call.get("index", 0))
+                        _edit_calls([call], lambda text, where=where: self._piece(where, text))
+            if choice.get("finish_reason"):  # nothing more comes for this choice: what it kept goes now
+                self._flush_into(choice, index)
+        return chunk
+
+    def _flush_into(self, choice: dict, index: int) -> None:
+        for key in [k for k in self.pending if k[0] == index]:
+            text = self.masker.restore(self.pending.pop(key))
+            if key[1] == "text":
+                choice["text"] = (choice.get("text") or "") + text
+                continue
+            delta = choice.setdefault("delta", {})
+            if key[1] == "call":
+                delta.setdefault("tool_calls", []).append({"index": key[2], "function": {"arguments": text}})
+            else:
+                delta[key[1]] = (delta.get(key[1]) or "") + text
+
+    def rest(self) -> dict | None:
+        """A last chunk with whatever is still kept (a stream that ended without a finish reason)."""
+        if not self.pending or self.last is None:
+            return None
+        envelope = {k: v for k, v in self.last.items() if k not in ("choices", "usage")}
+        completion = any(key[1] == "text" for key in self.pending)
+        choices = []
+        for index in sorted({k[0] for k in self.pending}):
+            choice: dict = {"index": index, "finish_reason": None, **({} if completion else {"delta": {}})}
+            self._flush_into(choice, index)
+            choices.append(choice)
+        return {**envelope, "choices": choices}
+
+
+async def restored(chunks: AsyncIterator[dict], masker: Masker) -> AsyncIterator[dict]:
+    restorer = StreamRestorer(masker)
+    try:
+        async for chunk in chunks:
+            yield restorer.chunk(chunk)
+        if (last := restorer.rest()) is not None:
+            yield last
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@dataclass
+class Guarded:
+    """One call's guarding: the body to send, and the masker whose values go back in the answer."""
+
+    body: dict
+    masker: Masker | None
+
+
+class Guardrails:
+    def __init__(self, configs: list[GuardrailConfig], registry: CollectorRegistry | None = None) -> None:
+        self.configs = configs
+        self.actions = Counter("pitstop_guardrail_actions", "Values masked and requests blocked by guardrails",
+                               ["guardrail", "action", "kind"], registry=registry)
+        self._for_model: dict[str, list[GuardrailConfig]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.configs)
+
+    def applying(self, model: str) -> list[GuardrailConfig]:
+        if (found := self._for_model.get(model)) is None:
+            found = self._for_model[model] = [
+                g for g in self.configs if g.models is None or any(name_matches(m, model) for m in g.models)]
+        return found
+
+    def check(self, model: str, kind: str, body: dict) -> Guarded:
+        """What to send to `model`: `body` with its guardrails' masks; an APIError (400) where one blocks."""
+        guards = self.applying(model) if kind != "embedding" else []
+        if not guards:
+            return Guarded(body, None)
+        texts = request_texts(body)
+        masker: Masker | None = None
+        for guard in guards:
+            if guard.kind == "blocklist":
+                self._blocklist(guard, model, texts)
+            elif guard.action == "block":
+                self._block_pii(guard, model, texts)
+        masks = [g for g in guards if g.kind == "pii" and g.action == "mask"]
+        if masks:
+            kinds = tuple(k for k in KINDS if any(g.entities is None or k in g.entities for g in masks))
+            masker = Masker(kinds)
+            body = edit_request(body, masker.mask)
+            for kind_name, count in masker.counts.items():
+                for guard in masks:
+                    if guard.entities is None or kind_name in guard.entities:
+                        self.actions.labels(guard.name, "mask", kind_name).inc(count)
+            if not masker.values or not any(g.restore for g in masks):
+                masker = None  # nothing to put back
+        return Guarded(body, masker)
+
+    def _blocklist(self, guard: GuardrailConfig, model: str, texts: list[str]) -> None:
+        for pattern in guard.patterns:
+            if any(re.search(pattern, text) for text in texts):
+                self.actions.labels(guard.name, "block", "pattern").inc()
+                raise APIError(400, f"guardrail {guard.name!r} does not let this request through to {model!r}: "
+                                    "it matches a blocked pattern", "messages", "guardrail_blocked")
+
+    def _block_pii(self, guard: GuardrailConfig, model: str, texts: list[str]) -> None:
+        kinds = tuple(guard.entities) if guard.entities is not None else KINDS
+        for text in texts:
+            spans = find(text, kinds)
+            if spans:
+                kind = spans[0][2]
+                self.actions.labels(guard.name, "block", kind).inc()
+                raise APIError(400, f"guardrail {guard.name!r} does not let {kind.replace('_', ' ')} values through "
+                                    f"to {model!r}", "messages", "guardrail_blocked")
