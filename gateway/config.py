@@ -186,6 +186,12 @@ class Settings(StrictConfig):
     def wildcards(self) -> list[ModelEntry]:
         return self._wildcards
 
+    def wildcard_for(self, name: str) -> ModelEntry | None:
+        """The first wildcard entry whose pattern `name` matches."""
+        from gateway.wildcards import name_matches
+
+        return next((w for w in self._wildcards if name_matches(w.model_name, name)), None)
+
     def serves(self, name: str) -> bool:
         """Whether `name` is a model or route group here, a wildcard entry's name, or a name one matches:
         what an API key's `models` may list."""
@@ -222,8 +228,9 @@ class Settings(StrictConfig):
             raise ValueError(f"vector_stores.embedding_model: '{embedder}' is not a model_name with "
                              "model_info.mode: embedding")
         for model in sorted(self.fallbacks.models()):
-            if model not in known or model in self.embedding_models:
-                raise ValueError(f"fallbacks: '{model}' is not a chat model_name")
+            wildcard = "*" not in model and self.wildcard_for(model) is not None  # a name a wildcard serves
+            if (model not in known and not wildcard) or model in self.embedding_models:
+                raise ValueError(f"fallbacks: '{model}' is not a chat model_name (or a name a wildcard matches)")
         check_guardrails(self.guardrails, {g.name: g.models for g in self.route_groups}, self.serves)
         summariser = self.responses.compaction_model
         groups = {g.name for g in self.route_groups}

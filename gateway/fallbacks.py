@@ -69,6 +69,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
     body = draft.request.body
 
     def call(model: str, prefer: str | None) -> Awaitable[T]:
+        state.routes.adopt(model)  # a chain may name a model a wildcard serves: its deployment made on first use
         return dispatch(model, kind, body, ctx, prefer, draft.sending)
 
     route = draft.route

@@ -169,3 +169,19 @@ def test_a_wildcard_only_config_serves_chat_and_embeddings(
         vectors = client.embeddings.create(model="e1", input="hello")
     assert len(vectors.data) == 1 and vectors.data[0].embedding
     assert [body["model"] for body in a.stats()["bodies"]] == ["m1", "e1"]
+
+
+def test_a_fallback_chain_may_name_a_model_a_wildcard_serves(
+        tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
+    a, b = upstreams
+    config = gateway_config(tmp_path, [model_entry("main", b.api_base), wildcard("up/*", "openai/*", a.api_base)],
+                            fallbacks={"on_error": {"main": ["up/spare"]}})
+    with running_gateway(config) as gateway, gateway.http() as http:
+        answer = http.post("/v1/chat/completions", json={"model": "main", "messages": [
+            {"role": "user", "content": "[fail:500@b] hello"}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-pitstop-fallback-from"] == "main" and answer.headers["x-pitstop-model"] == "up/spare"
+    assert [body["model"] for body in a.stats()["bodies"]] == ["spare"]
+    with pytest.raises(ConfigError, match="fallbacks: 'down/x' is not a chat model_name"):
+        parse_settings(gateway_config(tmp_path, [model_entry("main", b.api_base), wildcard("up/*", "openai/*", "x")],
+                                      fallbacks={"on_error": {"main": ["down/x"]}}))
