@@ -15,8 +15,10 @@ a fresh sample. Greedy requests are argmax for both.
 The draft runs on its own runner and KV cache, with its own block manager (prefix caching included), so
 the target's scheduler, blocks, pins and host tier are untouched. Each request has a shadow sequence in
 the draft with the request's tokens. A proposal is one forward pass over every request's tokens the
-draft has not computed yet (the whole prompt the first time, then the tokens the last step accepted: one
-to k + 1), which samples the first draft, then k - 1 passes of one token a request. The draft's KV for its
+draft has not computed yet (the prompt the first time, then the tokens the last step accepted: one to
+k + 1), which samples the first draft, then k - 1 passes of one token a request. A long prompt is caught
+up a chunk a step (`max_catch_up`, the engine's `long_prefill_token_threshold`), drafting only once it is
+in, so no decode step waits on a whole draft prefill. The draft's KV for its
 own drafts is never published to its prefix cache (they are lookahead slots, as the target's drafts
 are) and is overwritten by the next proposal, which recomputes from the first token the draft had not
 seen accepted.
@@ -47,7 +49,8 @@ class DraftModelProposer:
     (`from_target`), so a request the target holds fits in the draft too, drafts aside."""
 
     def __init__(self, runner: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
-                 enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None) -> None:
+                 enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,
+                 max_catch_up: int = 512) -> None:
         self.runner = runner
         self.config = config
         self.block_size = block_size
@@ -55,11 +58,12 @@ class DraftModelProposer:
         self.shares_noise = True  # seeds unseeded sampled requests (engine/llm_engine.py add_request)
         self.shadows: dict[str, tuple[Sequence, Sequence]] = {}  # request id -> (the request, its shadow)
         self.counters = counters or SpeculationCounters()  # the engine's: it counts the draft's passes
+        self.max_catch_up = max_catch_up  # tokens a request's shadow computes in one pass at most
 
     @classmethod
     def from_target(cls, target: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
                     enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,
-                    ) -> DraftModelProposer:
+                    max_catch_up: int = 512) -> DraftModelProposer:
         """A draft runner for `config.model` on the target's device and dtype; refused (ValueError) when
         its vocabulary is not the target's."""
         from engine.torch_runner import TorchModelRunner
@@ -72,7 +76,7 @@ class DraftModelProposer:
         if runner.config.vocab_size != target.config.vocab_size:
             raise ValueError(f"the draft model's vocabulary ({runner.config.vocab_size} tokens) is not the target's "
                              f"({target.config.vocab_size}): a draft must share the target's tokenizer")
-        return cls(runner, config, num_blocks, block_size, enable_prefix_caching, counters)
+        return cls(runner, config, num_blocks, block_size, enable_prefix_caching, counters, max_catch_up)
 
     # ---- shadows --------------------------------------------------------------------------------
 
@@ -100,12 +104,14 @@ class DraftModelProposer:
         return shadow
 
     def _start(self, shadow: Sequence, lookahead: int) -> int | None:
-        """Blocks for the tokens `shadow` has not computed and `lookahead` drafts after them; the number of
-        tokens its first pass computes, or None (its shadow freed) when the draft's cache is full."""
+        """Blocks for the tokens `shadow` computes this pass (those it has not computed, at most
+        `max_catch_up`) and, where that is all of them, `lookahead` drafts after them; how many it computes,
+        or None (its shadow freed) when the draft's cache is full."""
         bm = self.block_manager
         cached = bm.match_prefix(shadow) if not shadow.block_table else []
-        new = shadow.num_tokens - (len(cached) * self.block_size if cached else shadow.num_computed_tokens)
-        if bm.allocate_slots(shadow, new, cached, num_lookahead_tokens=lookahead):
+        behind = shadow.num_tokens - (len(cached) * self.block_size if cached else shadow.num_computed_tokens)
+        new = min(behind, self.max_catch_up)
+        if bm.allocate_slots(shadow, new, cached, num_lookahead_tokens=lookahead if new == behind else 0):
             return new
         del self.shadows[shadow.request_id]
         bm.free(shadow)
@@ -116,27 +122,37 @@ class DraftModelProposer:
     def propose(self, requests: list[tuple[Sequence, int]]) -> list[list[int]]:
         """Drafts for each (decoding request, the most tokens it may take), in order: up to
         `num_speculative_tokens` each, fewer where the room, the draft's context length or its cache
-        run out, and none after a draft that is an end-of-sequence token."""
+        run out, and none after a draft that is an end-of-sequence token. A request the draft is more than
+        `max_catch_up` tokens behind (a long prompt, its first time) gets a chunk of them computed and no
+        drafts, so no step waits on a long draft prefill."""
         drafts: list[list[int]] = [[] for _ in requests]
         limit = self.runner.max_model_len
         wanted: list[tuple[int, Sequence, int]] = []  # (index, shadow, drafts wanted)
+        catching_up: list[tuple[Sequence, int]] = []  # (shadow, tokens computed this pass)
         for index, (seq, room) in enumerate(requests):
             k = min(self.config.num_speculative_tokens, room, limit - seq.num_tokens)
             if k < 1:
                 continue
             shadow = self._shadow(seq)
-            first = self._start(shadow, k - 1)
-            if first is None:
+            new = self._start(shadow, k - 1)
+            if new is None:
                 continue
-            wanted.append((index, shadow, k))
-        if not wanted:
+            if shadow.num_computed_tokens + new < shadow.num_tokens:
+                catching_up.append((shadow, new))
+            else:
+                wanted.append((index, shadow, k))
+        if not wanted and not catching_up:
             return drafts
         batch = ScheduledBatch(block_size=self.block_size)
+        for shadow, new in catching_up:  # no token sampled for these: the runner returns the others' only
+            batch.add(shadow, new)
         for _, shadow, _ in wanted:
             batch.add(shadow, shadow.num_tokens - shadow.num_computed_tokens)
         self._pass(batch, wanted, drafts)
+        for shadow, new in catching_up:
+            shadow.num_computed_tokens += new
         own_tokens = {index: shadow.num_tokens for index, shadow, _ in wanted}
-        for step in range(1, max(k for _, _, k in wanted)):
+        for step in range(1, max((k for _, _, k in wanted), default=1)):
             active = [(i, s, k) for i, s, k in wanted if k > step and drafts[i][-1] not in self._ends(s)]
             if not active:
                 break

@@ -110,7 +110,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
                 raise ValueError("a draft model drafts real tokens for a real model: a simulated engine drafts "
                                  "with method 'ngram'")
             return DraftModelProposer.from_target(runner, spec, config.num_blocks, config.block_size,
-                                                  config.enable_prefix_caching, self.spec)
+                                                  config.enable_prefix_caching, self.spec,
+                                                  config.long_prefill_token_threshold)
         return NgramProposer(spec)
 
     def _draft_length(self, config: EngineConfig, runner: ModelRunner) -> GoodputDraftLength | None:

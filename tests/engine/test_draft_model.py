@@ -282,3 +282,30 @@ def test_goodput_stops_a_useless_draft_and_keeps_a_good_one(tiny_model_dir: Path
             assert spec.accepted_tokens == spec.draft_tokens > fixed_spec.draft_tokens / 2
             assert engine.num_steps < plain_engine.num_steps / 2
 
+
+def test_a_long_prompt_is_caught_up_a_chunk_a_step(tiny_model_dir: Path, drafts: dict[str, Path]) -> None:
+    """The draft computes at most `long_prefill_token_threshold` tokens of a request a pass: a long prompt
+    is caught up over several steps (no drafts meanwhile), so no step waits on a whole draft prefill."""
+    config = EngineConfig(block_size=4, num_blocks=256, max_model_len=512, long_prefill_token_threshold=32,
+                          speculative=SpeculativeConfig(model=str(drafts["self"])))
+    engine = LLMEngine(config, TorchModelRunner(tiny_model_dir, 256, 4))
+    runner = drafter(engine).runner
+    widest: list[int] = []
+    execute = runner.execute
+    runner.execute = lambda batch: (widest.append(max(batch.num_new_tokens)), execute(batch))[1]  # type: ignore[method-assign]
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    prompt = [(7 * i) % 1000 for i in range(150)]
+    engine.add_request("long", prompt, params)
+    out: list[int] = []
+    while engine.has_unfinished():
+        for step in engine.step():
+            out.extend(step.new_token_ids)
+    plain = LLMEngine(EngineConfig(block_size=4, num_blocks=256, max_model_len=512), TorchModelRunner(tiny_model_dir, 256, 4))
+    plain.add_request("long", prompt, params)
+    expected: list[int] = []
+    while plain.has_unfinished():
+        for step in plain.step():
+            expected.extend(step.new_token_ids)
+    assert out == expected
+    assert max(widest) == 32 and widest[:4] == [32, 32, 32, 32]  # 150 tokens: four chunks, then drafting
+    assert engine.stats().spec.accepted_tokens > 0
