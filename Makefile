@@ -104,7 +104,7 @@ bench-scheduling: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.scheduling_prefill_weight
 
 # Agent sessions: JCT of SWE-agent programs under KV pressure, four pinning policies (bench/results/agents.json),
-# and with a host KV tier (bench/results/host_kv.json).
+# with a host KV tier (bench/results/host_kv.json) and a disk tier behind it, across a restart (disk_kv.json).
 bench-agents: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.agents
 	for seed in 1 2; do OMP_NUM_THREADS=1 $(PY) -m bench.agents --seed $$seed --skip-torch \
@@ -117,6 +117,7 @@ bench-agents: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench.host_kv
 	OMP_NUM_THREADS=1 $(PY) -m bench.host_kv --models llama-3.1-8b llama-3.1-70b --kv-fraction 1.0 --programs 160 \
 	  --rates 0.3 0.8 --host-ratios 0 4 --skip-torch --out bench/results/host_kv_full_kv.json
+	OMP_NUM_THREADS=1 $(PY) -m bench.disk_kv
 	OMP_NUM_THREADS=1 $(PY) -m bench.kv_fp8
 	OMP_NUM_THREADS=1 $(PY) -m bench.quantization
 	OMP_NUM_THREADS=1 $(PY) -m bench.prefix_routing

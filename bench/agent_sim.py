@@ -262,15 +262,33 @@ def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatReques
                **engine_config: float) -> dict:
     """`price_host_tier` False (an ablation): TTLs chosen as if the engine had no host tier; `engine_config`
     goes to EngineConfig."""
-    engine = make_sim_engine(model, num_blocks=num_blocks, policy=policy.scheduling_policy(),
-                             pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
-                             pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt,
-                             num_host_blocks=num_host_blocks, **engine_config)
+    engine = policy_engine(policy, model, num_blocks, max_model_len, num_host_blocks=num_host_blocks, **engine_config)
     rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)
     kv_block_bytes = model.model.kv_bytes_per_token * engine.config.block_size
     config = config or SessionsConfig(attention_knee_tokens=attention_knee_tokens(model))
     return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config, work,
                          host_copy_rate=1.0 / model._s_per_kv_token_moved, price_host_tier=price_host_tier)
+
+
+def policy_engine(policy: PinPolicy, model: RooflineStepTime, num_blocks: int, max_model_len: int = 131072,
+                  **engine_config: object) -> LLMEngine:
+    """A simulated engine as `policy` runs it; `engine_config` goes to make_sim_engine (EngineConfig's fields,
+    a disk tier's `disk_kv_path`)."""
+    return make_sim_engine(model, num_blocks=num_blocks, policy=policy.scheduling_policy(),
+                           pin_budget_fraction=policy.pin_budget_fraction, max_model_len=max_model_len,
+                           pins_hold_admission=True, admit_whole_prompt=policy.admit_whole_prompt, **engine_config)
+
+
+def workload_arrivals(driver: AgentDriver, programs: list[Program], chat: list[ChatRequest]) -> list[Arrival]:
+    """Every program's first turn and every chat request, in time order (later turns follow as turns finish)."""
+    vocab = driver.vocab
+    firsts = [(p.arrival_s, driver.first_arrival(p)) for p in programs]
+    chats = [(c.arrival_s, Arrival(c.arrival_s, token_ids(10**9 + i * 7_000_003, c.prompt_tokens, vocab),
+                                   SamplingParams(max_tokens=c.output_tokens, ignore_eos=True), f"chat{i}",
+                                   hints=SchedulingHints(rank_score=driver.rank_score(c.prompt_tokens,
+                                                                                      c.output_tokens))))
+             for i, c in enumerate(chat)]
+    return [a for _, a in sorted(firsts + chats, key=lambda x: x[0])]
 
 
 def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program], chat: list[ChatRequest],
@@ -281,14 +299,7 @@ def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program],
     runner): the simulated runner, or the torch runner at small scale."""
     config = config or SessionsConfig()
     driver = AgentDriver(engine, policy, programs, prefill_rate, config, work, host_copy_rate, price_host_tier)
-    vocab = driver.vocab
-    firsts = [(p.arrival_s, driver.first_arrival(p)) for p in programs]
-    chats = [(c.arrival_s, Arrival(c.arrival_s, token_ids(10**9 + i * 7_000_003, c.prompt_tokens, vocab),
-                                   SamplingParams(max_tokens=c.output_tokens, ignore_eos=True), f"chat{i}",
-                                   hints=SchedulingHints(rank_score=driver.rank_score(c.prompt_tokens,
-                                                                                      c.output_tokens))))
-             for i, c in enumerate(chat)]
-    arrivals = [a for _, a in sorted(firsts + chats, key=lambda x: x[0])]
+    arrivals = workload_arrivals(driver, programs, chat)
     started = time.perf_counter()
     results = simulate(engine, arrivals, driver.on_finish)
     wall = time.perf_counter() - started
@@ -330,9 +341,14 @@ def summarize(policy: PinPolicy, driver: AgentDriver, engine: LLMEngine, program
 
 
 def host_tier_summary(blocks: BlockStats) -> dict:
-    host = blocks.host
-    if host is None:
-        return {"host_blocks": 0}
-    return {"host_blocks": host.total, "host_hit_tokens": blocks.host_hit_tokens, "host_saved_blocks": host.saved_blocks,
-            "host_loaded_blocks": host.loaded_blocks, "host_evicted_blocks": host.evicted_blocks,
-            "host_skipped_saves": host.skipped_saves}
+    """The host tier's counters, and a disk tier's where there is one (bench/disk_kv.py)."""
+    host, disk = blocks.host, blocks.disk
+    out: dict = {"host_blocks": 0} if host is None else {
+        "host_blocks": host.total, "host_hit_tokens": blocks.host_hit_tokens, "host_saved_blocks": host.saved_blocks,
+        "host_loaded_blocks": host.loaded_blocks, "host_evicted_blocks": host.evicted_blocks,
+        "host_skipped_saves": host.skipped_saves}
+    if disk is not None:
+        out |= {"disk_blocks": disk.total, "disk_hit_tokens": blocks.disk_hit_tokens,
+                "disk_saved_blocks": disk.saved_blocks, "disk_loaded_blocks": disk.loaded_blocks,
+                "disk_evicted_blocks": disk.evicted_blocks, "disk_restored_blocks": disk.restored_blocks}
+    return out

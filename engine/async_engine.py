@@ -348,6 +348,7 @@ class AsyncEngine:
             command.fail(EngineDeadError(str(error)))
         streams, self._streams = list(self._streams.values()), {}
         self._deliver([(stream, EngineDeadError(str(error))) for stream in streams])
-        close = getattr(self.engine.runner, "close", None)
-        if close is not None:  # a tensor-parallel runner's worker processes
-            close()
+        try:  # a disk tier's blocks kept for the next instance, its files closed; worker processes stopped
+            self.engine.close(clean=error.__cause__ is None)
+        except Exception:
+            log.exception("closing the engine failed")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.host_cache import KVTransfer
+from engine.kv_transfer import DISK, KVTransfer
 from engine.sequence import Sequence
 
 
@@ -15,8 +15,8 @@ class ScheduledBatch:
     the step's input and count in `num_new_tokens`; it then samples at its last token and after each
     draft.
 
-    `kv_transfers`: block copies between the GPU and the host tier (engine/host_cache.py) that the
-    runner performs, in order, before the forward pass. `attention_window`: with a model whose every layer
+    `kv_transfers`: block copies between the GPU and the host or disk tier (engine/kv_transfer.py) that
+    the runner performs, in order, before the forward pass. `attention_window`: with a model whose every layer
     slides, the keys each query reads, what the step's shape counts of its context."""
 
     seqs: list[Sequence] = field(default_factory=list)
@@ -69,8 +69,9 @@ class ScheduledBatch:
                 prefill_seqs += 1
                 prefill_tokens += n
                 prefill_attn += n * context
+        disk_loads = sum(1 for t in self.kv_transfers if t.tier == DISK and not (t.save or t.ahead))
         return StepShape(prefill_tokens, prefill_seqs, decode_seqs, kv_tokens, prefill_attn, draft_tokens,
-                         len(self.kv_transfers) * self.block_size)
+                         len(self.kv_transfers) * self.block_size, disk_loads * self.block_size)
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ class StepShape:
     # Draft tokens checked by decoding sequences (speculative decoding): each is one more query row
     # through the model and one more sampled row, on top of its sequence's decode token.
     draft_tokens: int = 0
-    # Tokens of KV copied between the GPU and the host tier before the forward pass (either way).
+    # Tokens of KV copied through host memory before the forward pass: to or from the host tier, and to or
+    # from the disk tier's buffers (engine/kv_transfer.py).
     kv_tokens_moved: int = 0
+    # Of those, tokens read from the disk tier first (its loads wait for the drive; its writes run behind
+    # the step, on the runner's writer thread: engine/disk_store.py).
+    disk_tokens_read: int = 0
 
     @property
     def num_tokens(self) -> int:

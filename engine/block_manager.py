@@ -4,8 +4,8 @@ A full block is identified by a hash chain over its tokens and its parent's hash
 against the stored token ids. Blocks with no holder go to a free queue that evicts least recently
 freed first, so cached prefixes live as long as memory allows. Pins hold references until their
 deadline; under memory pressure they give way (earliest deadline first) before the scheduler has to
-preempt a running request. With a host tier (engine/host_cache.py), a cached block is copied to host
-memory when its GPU block is reused, and a prefix found there is loaded back instead of computed.
+preempt a running request. With a host or disk tier behind the GPU (engine/kv_tiers.py), a cached block
+is copied there when its GPU block is reused, and a prefix found there is loaded back instead of computed.
 
 A model whose every layer attends to a sliding window (Mistral-7B-v0.1's 4,096 tokens) reads no block
 that slid out of it: such blocks are released as a request moves on (vLLM's sliding-window manager),
@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from engine.host_cache import HostCacheStats, HostKVCache, KVTransfer
+from engine.block_pins import BlockPins
+from engine.disk_cache import DiskCacheStats, DiskKVCache
+from engine.host_cache import HostCacheStats, HostKVCache
+from engine.kv_tiers import KVTiers
+from engine.kv_transfer import DISK, HOST, KVTransfer, TierSlot
 from engine.pins import PinTable
-from engine.sequence import Sequence
-
-NULL_BLOCK = -1  # a block-table entry whose block slid out of every layer's window and was released
+from engine.sequence import NULL_BLOCK, Sequence
 
 
 class Block:
@@ -35,7 +37,8 @@ class Block:
         self.token_ids: tuple[int, ...] | None = None
 
 
-def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
+def chain_hash(parent: int, token_ids: tuple[int, ...]) -> int:
+    """Stable across processes (ints and tuples of ints hash alike in every run of one Python version)."""
     return hash((parent, token_ids))
 
 
@@ -51,13 +54,16 @@ class BlockStats:
     prefix_hit_tokens: int  # served from GPU blocks
     host_hit_tokens: int = 0  # loaded back from the host tier
     host: HostCacheStats | None = None
+    disk_hit_tokens: int = 0  # loaded back from the disk tier
+    disk: DiskCacheStats | None = None
 
 
-class BlockManager:
+class BlockManager(BlockPins):
     def __init__(self, num_blocks: int, block_size: int, pin_budget_blocks: int = 0,
                  enable_prefix_caching: bool = True, num_host_blocks: int = 0,
-                 sliding_window: int | None = None) -> None:
-        assert enable_prefix_caching or not num_host_blocks, "the host tier is keyed by the prefix cache's hashes"
+                 sliding_window: int | None = None, num_disk_blocks: int = 0) -> None:
+        assert enable_prefix_caching or not (num_host_blocks or num_disk_blocks), \
+            "the host and disk tiers are keyed by the prefix cache's hashes"
         self.block_size = block_size
         self.pin_budget_blocks = pin_budget_blocks
         self.enable_prefix_caching = enable_prefix_caching
@@ -67,8 +73,7 @@ class BlockManager:
         self.pins = PinTable()
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
-        self.host_hit_tokens = 0
-        self.host = HostKVCache(num_host_blocks) if num_host_blocks else None
+        self.tiers = KVTiers(num_host_blocks, num_disk_blocks)
         self.sliding_window = sliding_window  # every layer's window, in tokens; None: some layer reads it all
 
     @property
@@ -78,6 +83,22 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_queue)
+
+    @property
+    def host(self) -> HostKVCache | None:
+        return self.tiers.host
+
+    @property
+    def disk(self) -> DiskKVCache | None:
+        return self.tiers.disk
+
+    @property
+    def host_hit_tokens(self) -> int:
+        return self.tiers.hit_tokens[HOST]
+
+    @property
+    def disk_hit_tokens(self) -> int:
+        return self.tiers.hit_tokens[DISK]
 
     # ---- prefix cache -------------------------------------------------------------------------
 
@@ -130,25 +151,29 @@ class BlockManager:
                 best = [NULL_BLOCK] * first + [b for b in cached[first:best_len] if b is not None]
         return best
 
-    def match_host(self, seq: Sequence, num_gpu_hits: int) -> list[int]:
-        """Host slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at least
-        one token to compute. They stay busy until the step's transfers are taken."""
-        if self.host is None:
+    def match_tiers(self, seq: Sequence, num_gpu_hits: int) -> list[TierSlot]:
+        """Host or disk slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at
+        least one token to compute. They stay busy until the step's transfers are taken."""
+        if not self.tiers:
             return []
         bs = self.block_size
         num_full = (seq.num_tokens - 1) // bs
         self._ensure_hashes(seq, num_full)
-        slots: list[int] = []
-        for i in range(num_gpu_hits, num_full):
-            slot = self.host.lookup(seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs]))
-            if slot is None:
-                break
-            slots.append(slot)
-        return slots
+        return self.tiers.match(seq.block_hashes, lambda i: tuple(seq.token_ids[i * bs : (i + 1) * bs]),
+                                num_gpu_hits, num_full)
 
     def take_transfers(self) -> list[KVTransfer]:
-        """Host-tier copies the next step must perform before its forward pass, in order."""
-        return self.host.take_transfers() if self.host is not None else []
+        """Host- and disk-tier copies the next step must perform before its forward pass, in order."""
+        return self.tiers.take_transfers()
+
+    def plan_disk_flush(self) -> list[KVTransfer]:
+        """The copies that put on disk what the GPU and host tier cache and the disk lacks (before a clean
+        shutdown: engine/disk_tier.py); the GPU's cached-free blocks count as older than held ones."""
+        order = [b for b in self.free_queue] + [b.block_id for b in self.blocks if b.ref_count > 0]
+        cached = [(b, block.hash, block.token_ids) for b in order
+                  if (block := self.blocks[b]).hash is not None and block.token_ids is not None]
+        self.tiers.plan_flush(cached)  # type: ignore[arg-type]
+        return self.take_transfers()
 
     def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
         """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn); with a
@@ -186,27 +211,18 @@ class BlockManager:
         if block.hash is not None:
             if self.hash_to_block.get(block.hash) == block_id:
                 del self.hash_to_block[block.hash]
-            if self.host is not None:
+            if self.tiers:
                 assert block.token_ids is not None
-                self.host.save(block_id, block.hash, block.token_ids)
+                self.tiers.save_evicted(block_id, block.hash, block.token_ids)
             block.hash = block.token_ids = None
         block.ref_count = 1
         return block_id
 
-    def _reclaim(self, needed: int) -> bool:
-        """Free blocks by releasing pins, earliest deadline first, until `needed` are free."""
-        while self.num_free_blocks < needed:
-            pin = self.pins.earliest()
-            if pin is None:
-                return False
-            self._drop_pin(pin.key, evicted=True)
-        return True
-
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
                        cached_blocks: list[int] | None = None, reclaim_pins: bool = True,
-                       num_lookahead_tokens: int = 0, host_slots: list[int] | None = None) -> bool:
+                       num_lookahead_tokens: int = 0, loaded: list[TierSlot] | None = None) -> bool:
         """Give `seq` blocks for `num_new_tokens` more tokens (plus, when it starts, `cached_blocks`
-        and fresh blocks loaded from the host tier's `host_slots`, which follow them), and room for
+        and fresh blocks `loaded` from the host or disk tier's slots, which follow them), and room for
         `num_lookahead_tokens` draft tokens after them, which are not published to the prefix cache
         (they may be rejected). Returns False, changing nothing, when memory is short even after pins
         gave way (pins give way only with `reclaim_pins`)."""
@@ -217,10 +233,10 @@ class BlockManager:
             if total + num_lookahead_tokens <= len(seq.block_table) * self.block_size:
                 self.register_computed(seq, total)
                 return True
-        cached_blocks, host_slots = cached_blocks or [], host_slots or []
+        cached_blocks, loaded = cached_blocks or [], loaded or []
         starting = not seq.block_table and seq.num_computed_tokens == 0
-        assert not (cached_blocks or host_slots) or starting
-        num_hits = len(cached_blocks) + len(host_slots)
+        assert not (cached_blocks or loaded) or starting
+        num_hits = len(cached_blocks) + len(loaded)
         total_tokens = seq.num_computed_tokens + num_hits * self.block_size + num_new_tokens + num_lookahead_tokens
         needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
         held = [b for b in cached_blocks if b != NULL_BLOCK]
@@ -236,8 +252,8 @@ class BlockManager:
             self.pins.counters.hit_tokens += self.block_size * sum(1 for b in held if b in self.pins.holders)
             seq.block_table.extend(cached_blocks)
             seq.num_released_blocks = len(cached_blocks) - len(held)
-            self._load_from_host(seq, host_slots)
-            needed -= len(host_slots)
+            self._load_from_tiers(seq, loaded)
+            needed -= len(loaded)
             seq.num_computed_tokens = num_hits * self.block_size
             seq.num_registered_blocks = num_hits
         for _ in range(max(needed, 0)):
@@ -255,20 +271,18 @@ class BlockManager:
                 seq.block_table[i] = NULL_BLOCK
         seq.num_released_blocks = max(seq.num_released_blocks, first)
 
-    def _load_from_host(self, seq: Sequence, host_slots: list[int]) -> None:
-        """Fresh blocks for the prefix the host tier holds after `seq`'s GPU hits, published at once:
-        their copies run before anything in the step reads them."""
-        assert self.host is not None or not host_slots
+    def _load_from_tiers(self, seq: Sequence, loaded: list[TierSlot]) -> None:
+        """Fresh blocks for the prefix the host or disk tier holds after `seq`'s GPU hits, published at
+        once: their copies run before anything in the step reads them."""
         bs = self.block_size
-        for slot in host_slots:
-            block_id = self._pop_free()
+        for hit in loaded:
+            block_id = self._pop_free()  # its own block, if cached, is saved first: the copies keep order
             i = len(seq.block_table)
             block = self.blocks[block_id]
             block.hash, block.token_ids = seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
             self.hash_to_block.setdefault(block.hash, block_id)
-            self.host.load(slot, block_id)  # type: ignore[union-attr]
+            self.tiers.load(hit, block_id, bs)
             seq.block_table.append(block_id)
-        self.host_hit_tokens += len(host_slots) * bs
 
     def reserve(self, seq: Sequence, num_tokens: int) -> None:
         """Blocks for `num_tokens` from the free queue, as single decode steps would have taken them;
@@ -303,66 +317,6 @@ class BlockManager:
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = seq.num_released_blocks = 0
 
-    # ---- pins ---------------------------------------------------------------------------------
-
-    def pin(self, key: str, block_ids: list[int], ttl_s: float, now: float) -> int:
-        """Hold `block_ids` for `key` until now + ttl_s (re-pinning replaces and refreshes).
-        Other pins give way, earliest deadline first, to keep the pin budget; a pin larger than the
-        whole budget keeps its leading blocks. Returns the number of blocks pinned."""
-        assert ttl_s >= 0
-        block_ids = list(dict.fromkeys(b for b in block_ids if b != NULL_BLOCK))[: self.pin_budget_blocks]
-        if ttl_s == 0 or not block_ids:
-            self.unpin(key)
-            return 0
-        for b in block_ids:
-            self._take(b)
-        if key in self.pins:
-            self._drop_pin(key, refreshed=True)
-        new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
-        while self.pins.num_pinned_blocks + new_blocks > self.pin_budget_blocks:
-            victim = self.pins.earliest()
-            assert victim is not None
-            self._drop_pin(victim.key, evicted=True)
-            new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
-        self.pins.add(key, block_ids, now + ttl_s)
-        self.pins.counters.set += 1
-        return len(block_ids)
-
-    def extend_pin(self, key: str, ttl_s: float, now: float) -> bool:
-        if key not in self.pins:
-            return False
-        self.pins.extend(key, now + ttl_s)
-        self.pins.counters.refreshed += 1
-        return True
-
-    def unpin(self, key: str) -> bool:
-        if key not in self.pins:
-            return False
-        self._drop_pin(key)
-        self.pins.counters.unpinned += 1
-        return True
-
-    def num_reclaimable_pinned_blocks(self) -> int:
-        """Blocks that dropping every pin would free: held by pins and by nothing else."""
-        return sum(1 for b, holders in self.pins.holders.items() if self.blocks[b].ref_count == holders)
-
-    def expire_pins(self, now: float) -> int:
-        keys = self.pins.expired_keys(now)
-        for key in keys:
-            self._drop_pin(key)
-        self.pins.counters.expired += len(keys)
-        return len(keys)
-
-    def _drop_pin(self, key: str, evicted: bool = False, refreshed: bool = False) -> None:
-        pin = self.pins.remove(key)
-        # Released pinned blocks go to the back of the free queue: still cached, evicted last.
-        for block_id in pin.block_ids:
-            self._release(block_id)
-        if evicted:
-            self.pins.counters.evicted += 1
-        if refreshed:
-            self.pins.counters.refreshed += 1
-
     # ---- introspection ------------------------------------------------------------------------
 
     def stats(self) -> BlockStats:
@@ -378,4 +332,6 @@ class BlockManager:
             prefix_hit_tokens=self.prefix_hit_tokens,
             host_hit_tokens=self.host_hit_tokens,
             host=self.host.stats() if self.host is not None else None,
+            disk_hit_tokens=self.disk_hit_tokens,
+            disk=self.disk.stats() if self.disk is not None else None,
         )

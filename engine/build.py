@@ -1,10 +1,10 @@
 """Building an engine instance to serve: a real model (tokenizer and torch runner from a model folder)
-or a simulated GPU (a step-time profile on a wall clock), its KV cache and host tier sized in blocks
-or bytes."""
+or a simulated GPU (a step-time profile on a wall clock), its KV cache, host tier and disk tier sized in
+blocks or bytes."""
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from engine.async_engine import AsyncEngine, TokenizerLike
@@ -21,13 +21,16 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  kv_cache_dtype: str = "auto", calculate_kv_scales: bool = False,
                  quantization: str | None = None, tensor_parallel_size: int = 1,
                  reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
-                 max_loras: int = 8, max_lora_rank: int = 64) -> AsyncEngine:
+                 max_loras: int = 8, max_lora_rank: int = 64, disk_kv_path: str | Path | None = None,
+                 disk_kv_bytes: int = 0) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
     default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
     n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
     `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
+    `disk_kv_path` and `disk_kv_bytes`: a folder and a file size for the disk tier behind it, which takes what
+    the host tier evicts (the GPU, without one) and keeps it across restarts (engine/disk_cache.py).
     `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
     budgets then hold twice the blocks, and a simulation prices the smaller KV; `calculate_kv_scales`: its
     scales measured on the first step rather than read from the checkpoint. `quantization`: "int8" or
@@ -47,6 +50,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         raise ValueError("pass exactly one of model_dir and sim_profile")
     if num_blocks is not None and kv_cache_memory_bytes is not None:
         raise ValueError("pass at most one of num_blocks and kv_cache_memory_bytes")
+    if (disk_kv_path is None) != (not disk_kv_bytes):
+        raise ValueError("a disk KV tier needs both a folder (disk_kv_path) and a size (disk_kv_bytes)")
     clock = WallClock()
     if model_dir is not None:
         from engine.tokenizer import Tokenizer
@@ -57,12 +62,14 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                 model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
                 tensor_parallel_size=tensor_parallel_size)
         _check_num_blocks(num_blocks)
-        num_host_blocks = TorchModelRunner.num_blocks_for_budget(model_dir, host_kv_memory_bytes, block_size, device,
-                                                                 kv_cache_dtype=kv_cache_dtype,
-                                                                 tensor_parallel_size=tensor_parallel_size)
+        num_host_blocks, num_disk_blocks = (
+            TorchModelRunner.num_blocks_for_budget(model_dir, budget, block_size, device, kv_cache_dtype=kv_cache_dtype,
+                                                   tensor_parallel_size=tensor_parallel_size)
+            for budget in (host_kv_memory_bytes, disk_kv_bytes))
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
-                                  quantization=quantization, tensor_parallel_size=tensor_parallel_size)
+                                  quantization=quantization, tensor_parallel_size=tensor_parallel_size,
+                                  disk_kv_path=disk_kv_path, num_disk_blocks=num_disk_blocks)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size
@@ -74,24 +81,32 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         step_time = with_tensor_parallel(load_profile(sim_profile), tensor_parallel_size)
         step_time = with_kv_cache_dtype(with_quantization(step_time, quantization), kv_cache_dtype)
         num_blocks = _sim_num_blocks(step_time, num_blocks, kv_cache_memory_bytes, block_size)
-        num_host_blocks = _sim_blocks_for_bytes(step_time, host_kv_memory_bytes, block_size) \
-            if host_kv_memory_bytes else 0
+        num_host_blocks, num_disk_blocks = (_sim_blocks_for_bytes(step_time, budget, block_size) if budget else 0
+                                            for budget in (host_kv_memory_bytes, disk_kv_bytes))
         if tokenizer is None:
             # ASCII only: random placeholder tokens then always decode to valid text.
             tokenizer, vocab_size = ByteTokenizer(), 128
         else:
             vocab_size = getattr(tokenizer, "vocab_size", 32000)
         runner = SimulatedRunner(step_time, clock, vocab_size=vocab_size, eos_token_ids=tokenizer.eos_token_ids,
-                                 num_host_blocks=num_host_blocks, kv_cache_dtype=kv_cache_dtype)
+                                 num_host_blocks=num_host_blocks, kv_cache_dtype=kv_cache_dtype,
+                                 num_disk_blocks=num_disk_blocks, disk_kv_path=disk_kv_path, block_size=block_size)
         context_len = 1 << 30  # a simulation has no position limit of its own
+    if disk_kv_bytes and not num_disk_blocks:
+        raise ValueError(f"a disk KV tier of {disk_kv_bytes} bytes holds no block of this model's KV")
     config = EngineConfig(block_size=block_size, num_blocks=num_blocks,
                           max_model_len=min(max_model_len or context_len, context_len),
                           max_num_seqs=max_num_seqs, max_num_batched_tokens=max(2048, max_num_seqs),
                           pin_budget_fraction=pin_budget_fraction, speculative=speculative,
-                          num_host_blocks=num_host_blocks, max_loras=max(max_loras, len(lora_modules or {})),
+                          num_host_blocks=num_host_blocks, num_disk_blocks=num_disk_blocks,
+                          max_loras=max(max_loras, len(lora_modules or {})),
                           max_lora_rank=max_lora_rank,
                           reasoning_effort_budgets={**DEFAULT_EFFORT_BUDGETS, **(reasoning_effort_budgets or {})})
-    engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
+    try:
+        engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)
+    except Exception:
+        getattr(runner, "close", lambda: None)()  # its disk tier's folder released, its workers stopped
+        raise
     for name, path in (lora_modules or {}).items():
         engine.add_lora(name, str(path))
     return AsyncEngine(engine, vocab_size=vocab_size)
@@ -161,18 +176,10 @@ def _sim_num_blocks(step_time: object, num_blocks: int | None, kv_cache_memory_b
 
 
 def _sim_blocks_for_bytes(step_time: object, memory_bytes: int, block_size: int) -> int:
-    """Blocks in `memory_bytes` of the profiled model's KV: a roofline's model shape, or the one a
-    linear profile recorded (`pitstop engine profile` writes its ModelShape's fields)."""
-    from engine.roofline import ModelShape
+    """Blocks in `memory_bytes` of the profiled model's KV (engine/sim_runner.py model_kv_bytes_per_token)."""
+    from engine.sim_runner import model_kv_bytes_per_token
 
-    model = getattr(step_time, "model", None)
-    if isinstance(model, dict):
-        names = {f.name for f in fields(ModelShape)}
-        try:
-            model = ModelShape(**{k: v for k, v in model.items() if k in names})
-        except TypeError:  # a profile of a runner without a model shape (a fake, a test's)
-            model = None
-    per_token = getattr(model, "kv_bytes_per_token", None)
+    per_token = model_kv_bytes_per_token(step_time)  # type: ignore[arg-type]
     if per_token is None:
         raise ValueError("this profile does not say how large a KV token is: size its KV in blocks")
     return memory_bytes // (per_token * block_size)

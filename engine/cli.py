@@ -73,6 +73,12 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host-kv-memory", type=parse_bytes, default=0, metavar="BYTES",
                        help="host memory for KV blocks the GPU evicts, loaded back on a prefix hit, e.g. 16GiB "
                             "(default 0: none)")
+    serve.add_argument("--disk-kv-path", type=Path, metavar="DIR",
+                       help="a folder for a disk KV tier behind the host tier (or the GPU): the blocks it evicts are "
+                            "written to a file there and loaded back on a prefix hit, also after a restart "
+                            "(needs --disk-kv-size)")
+    serve.add_argument("--disk-kv-size", type=parse_bytes, default=0, metavar="BYTES",
+                       help="the disk KV tier's file size, e.g. 64GiB (per tensor-parallel rank, a file each)")
     serve.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                        help="how KV is stored: auto (the model's dtype) or fp8 (e4m3; or fp8_e5m2), one byte an "
                             "element: twice the tokens in the same memory, scaled by an fp8 checkpoint's k/v scales")
@@ -152,6 +158,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                          help="the KV storage to measure (a simulation with an fp8 cache needs an fp8 profile)")
     profile.add_argument("--quantization", choices=QUANTIZATIONS, help="W8A8 projections to measure (int8 or fp8)")
+    profile.add_argument("--disk-kv-path", type=Path, metavar="DIR",
+                         help="a folder on the drive a disk KV tier will use: its reads are timed there "
+                              "(default: beside --out)")
     profile.set_defaults(handler=profile_command)
 
     from engine.roofline import GPUS, MODELS
@@ -200,7 +209,8 @@ def serve_command(args: argparse.Namespace) -> int:
                               quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
                               reasoning_effort_budgets=args.reasoning_effort_budgets,
                               lora_modules=adapters, max_loras=args.max_loras,
-                              max_lora_rank=args.max_lora_rank)
+                              max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
+                              disk_kv_bytes=args.disk_kv_size)
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
@@ -273,6 +283,6 @@ def profile_command(args: argparse.Namespace) -> int:
     from engine.profile import run_profile
 
     run_profile(args.model, args.out, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
-                quantization=args.quantization)
+                quantization=args.quantization, disk_kv_path=args.disk_kv_path)
     print(args.out)
     return 0

@@ -102,6 +102,14 @@ class EngineConfig:
     # Host memory for KV blocks the GPU evicts, in blocks (engine/host_cache.py); 0: none. A prefix
     # found there is copied back instead of computed again. Needs prefix caching.
     num_host_blocks: int = 0
+    # Disk slots for KV blocks the host tier evicts (without one, the GPU), in blocks (engine/disk_cache.py);
+    # 0: none. The runner holds the file (engine/disk_store.py). Needs prefix caching. What the tier holds
+    # survives a restart: its index is written every `disk_index_interval_s` (engine clock) and at close.
+    num_disk_blocks: int = 0
+    disk_index_interval_s: float = 30.0
+    # Read a waiting request's disk blocks into memory before admitting it, while others run (engine/disk_cache.py);
+    # False loads them from the drive in its step, holding the whole step up (an ablation: bench/disk_kv.py).
+    disk_read_ahead: bool = True
     # Every layer of the model attends to at most this many tokens back (Mistral-7B-v0.1's 4,096): the
     # engine sets it from its runner's model; None where some layer reads the whole context.
     attention_window: int | None = None
@@ -119,10 +127,10 @@ class EngineConfig:
         assert 0.0 <= self.pin_budget_fraction <= 1.0
         assert self.max_num_batched_tokens >= self.max_num_seqs
         assert self.long_prefill_token_threshold > 0
-        assert self.num_host_blocks >= 0
+        assert self.num_host_blocks >= 0 and self.num_disk_blocks >= 0 and self.disk_index_interval_s > 0
         assert self.max_loras >= 0 and self.max_lora_rank > 0
-        if self.num_host_blocks and not self.enable_prefix_caching:
-            raise ValueError("a host KV tier is keyed by the prefix cache: it needs enable_prefix_caching")
+        if (self.num_host_blocks or self.num_disk_blocks) and not self.enable_prefix_caching:
+            raise ValueError("a host or disk KV tier is keyed by the prefix cache: it needs enable_prefix_caching")
         budgets = self.reasoning_effort_budgets
         if set(budgets) != set(DEFAULT_EFFORT_BUDGETS) or not all(isinstance(v, int) and v >= 0 for v in budgets.values()):
             raise ValueError(f"reasoning_effort_budgets: a token count (>= 0) for each of {', '.join(DEFAULT_EFFORT_BUDGETS)}")

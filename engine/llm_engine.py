@@ -7,19 +7,19 @@ import math
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from engine.batch import ScheduledBatch
-from engine.block_manager import BlockManager, BlockStats
+from engine.block_manager import BlockManager
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig
+from engine.disk_tier import DiskTier
 from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.lora_registry import LoRAAdapter, LoRAAdapters
-from engine.outputs import RequestOutput, StepRecord
-from engine.pins import PinCounters
+from engine.outputs import EngineStats, RequestOutput, StepRecord
 from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.reasoning import THINK_END, THINK_START
 from engine.runner import ModelRunner
@@ -37,23 +37,6 @@ if TYPE_CHECKING:
     from engine.structured_output import GrammarCompiler
     from engine.tokenizer import Tokenizer
 
-@dataclass(frozen=True)
-class EngineStats:
-    blocks: BlockStats
-    block_size: int
-    num_running: int
-    num_waiting: int
-    num_preemptions: int
-    num_steps: int
-    prefill_tokens: int  # tokens computed in prefill (cache hits excluded, recomputes included)
-    generation_tokens: int
-    pins: PinCounters
-    spec: SpeculationCounters
-    kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
-    num_loras: int = 0  # LoRA adapters loaded
-    quantization: str | None = None  # the runner's W8A8 projections (engine/model/quant_config.py), if any
-    tensor_parallel_size: int = 1  # ranks the model is sharded over (engine/model/parallel.py)
-
 
 class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
@@ -70,12 +53,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
         self.runner = runner
         self.clock = clock or WallClock()
         self.tokenizer = tokenizer
-        if config.num_host_blocks > getattr(runner, "num_host_blocks", 0):
-            raise ValueError(f"a host KV tier of {config.num_host_blocks} blocks needs a runner with that many "
-                             f"host blocks (this one has {getattr(runner, 'num_host_blocks', 0)})")
+        for tier in ("host", "disk"):
+            if getattr(config, f"num_{tier}_blocks") > getattr(runner, f"num_{tier}_blocks", 0):
+                raise ValueError(f"a {tier} KV tier of {getattr(config, f'num_{tier}_blocks')} blocks needs a runner "
+                                 f"with that many {tier} blocks (this one has {getattr(runner, f'num_{tier}_blocks', 0)})")
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
                                           config.enable_prefix_caching, config.num_host_blocks,
-                                          window if releasing else None)
+                                          window if releasing else None, config.num_disk_blocks)
+        self.disk_tier = DiskTier(self.block_manager, runner, config, self.clock.now()) if config.num_disk_blocks else None
         self.spec = SpeculationCounters()
         self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),
                                    self._draft_length(config, runner))
@@ -236,14 +221,18 @@ class LLMEngine(SessionPins, LoRAAdapters):
         """One step. `horizon` is the time of the next outside event (an arrival): a runner that can
         fuse pure-decode steps (the simulated one) may run several up to it, with the same result."""
         start = self.clock.now()
+        if self.disk_tier is not None:
+            self.disk_tier.before_step(start)
         batch = self.scheduler.schedule(start)
+        if self.disk_tier is not None:
+            self.disk_tier.after_schedule()
         if not batch:
             return []
         batch.kv_transfers = self.block_manager.take_transfers()
         if self._can_fuse and not self.scheduler.preempted_last_step and not batch.has_drafts:
             steps = max_fused_steps(batch, self.config, self.block_manager.num_free_blocks)
             if steps > 1:
-                deadline = self.next_pin_deadline()
+                deadline = self.next_event_time()
                 horizon = horizon if deadline is None else min(horizon, deadline)
                 steps = self.runner.plan_decode_steps(batch, steps, horizon)  # type: ignore[attr-defined]
                 if steps > 1:
@@ -373,6 +362,20 @@ class LLMEngine(SessionPins, LoRAAdapters):
         del self.sequences[seq.request_id]
         self.detokenizers.pop(seq.request_id, None)
         self._release_lora(seq)
+
+    def next_event_time(self) -> float | None:
+        """When something timed next happens inside the engine: a pin's deadline, a disk read ahead done."""
+        disk = self.disk_tier.next_read_done() if self.disk_tier is not None else None
+        return min((t for t in (self.next_pin_deadline(), disk) if t is not None), default=None)
+
+    def close(self, clean: bool = True) -> None:
+        """Ends the instance: a disk tier keeps what is worth keeping for the next (engine/disk_tier.py;
+        `clean` False after a crash), then the runner lets go of its files and worker processes."""
+        if self.disk_tier is not None:
+            self.disk_tier.close(clean)
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def stats(self) -> EngineStats:
         return EngineStats(

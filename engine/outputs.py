@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.batch import StepShape
 from engine.logprobs import TokenLogprobs
+
+if TYPE_CHECKING:
+    from engine.block_manager import BlockStats
+    from engine.pins import PinCounters
+    from engine.speculation import SpeculationCounters
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,21 @@ class StepRecord:
 
     shape: StepShape
     duration_s: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    blocks: BlockStats
+    block_size: int
+    num_running: int
+    num_waiting: int
+    num_preemptions: int
+    num_steps: int
+    prefill_tokens: int  # tokens computed in prefill (cache hits excluded, recomputes included)
+    generation_tokens: int
+    pins: PinCounters
+    spec: SpeculationCounters
+    kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
+    num_loras: int = 0  # LoRA adapters loaded
+    quantization: str | None = None  # the runner's W8A8 projections (engine/model/quant_config.py), if any
+    tensor_parallel_size: int = 1  # ranks the model is sharded over (engine/model/parallel.py)

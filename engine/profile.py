@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from engine.clock import Clock, WallClock
 from engine.config import EngineConfig, kv_element_bytes
-from engine.host_cache import KVTransfer
+from engine.kv_transfer import DISK, KVTransfer
 from engine.llm_engine import LLMEngine
 from engine.outputs import StepRecord
 from engine.roofline import ModelShape
@@ -147,6 +148,9 @@ def profile_runner(runner: ModelRunner, num_blocks: int, block_size: int = 16, *
                                                     block_size=block_size))
     if getattr(runner, "num_host_blocks", 0) and hasattr(runner, "transfer_kv"):
         model = replace(model, c_kv_token_moved=time_kv_transfers(runner, num_blocks, block_size))
+        if getattr(runner, "num_disk_blocks", 0):
+            read = time_disk_loads(runner, num_blocks, block_size)
+            model = replace(model, c_disk_token_read=max(0.0, read - (model.c_kv_token_moved or 0.0)))
     return ProfileResult(model, records, fit_quality(model, records))
 
 
@@ -162,14 +166,38 @@ def time_kv_transfers(runner: ModelRunner, num_blocks: int, block_size: int,
         seconds = tokens = 0.0
         for size in sizes:
             n = min(size, num_blocks, host_blocks)
-            for to_host in (True, False):
-                transfers = [KVTransfer(to_host, block, block) for block in range(n)]
+            for save in (True, False):
+                transfers = [KVTransfer(save, block, block) for block in range(n)]
                 sync()
                 started = time.perf_counter()
                 runner.transfer_kv(transfers)  # type: ignore[attr-defined]
                 sync()
                 seconds += time.perf_counter() - started
                 tokens += n * block_size
+        rounds.append(seconds / tokens)
+    return sorted(rounds)[len(rounds) // 2]
+
+
+def time_disk_loads(runner: ModelRunner, num_blocks: int, block_size: int,
+                    sizes: tuple[int, ...] = (1, 4, 16, 64), repeats: int = 3) -> float:
+    """Seconds per token of KV loaded from the runner's disk tier into the cache: blocks written there,
+    synced and dropped from the page cache, then loaded back and timed, so the reads come from the drive
+    (what a restarted engine's hits, or blocks long gone from the page cache, cost). The median round."""
+    disk = runner.disk  # type: ignore[attr-defined]
+    sync = _device_sync(runner)
+    rounds = []
+    for _ in range(repeats):
+        seconds = tokens = 0.0
+        for size in sizes:
+            n = min(size, num_blocks, runner.num_disk_blocks)  # type: ignore[attr-defined]
+            runner.transfer_kv([KVTransfer(True, b, b, DISK, block_hash=b + 1) for b in range(n)])  # type: ignore[attr-defined]
+            disk.drop_page_cache()
+            sync()
+            started = time.perf_counter()
+            runner.transfer_kv([KVTransfer(False, b, b, DISK) for b in range(n)])  # type: ignore[attr-defined]
+            sync()
+            seconds += time.perf_counter() - started
+            tokens += n * block_size
         rounds.append(seconds / tokens)
     return sorted(rounds)[len(rounds) // 2]
 
@@ -237,25 +265,41 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
                 block_size: int = 16, device: str | None = None, dtype: str | torch.dtype | None = None,
                 sweep: ProfileSweep | None = None,
                 runner_factory: Callable[..., ModelRunner] | None = None,
-                kv_cache_dtype: str = "auto", quantization: str | None = None) -> ProfileResult:
+                kv_cache_dtype: str = "auto", quantization: str | None = None,
+                disk_kv_path: str | Path | None = None) -> ProfileResult:
     """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
     num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`.
     `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size;
-    `quantization`: its W8A8 projections (engine/model/quant_config.py), recorded in the model shape."""
+    `quantization`: its W8A8 projections (engine/model/quant_config.py), recorded in the model shape.
+    `disk_kv_path`: a folder on the drive a disk tier will use, where its reads are timed (a scratch folder
+    made there and removed; default: beside `out_path`)."""
     sweep = sweep or ProfileSweep()
     model_dir = Path(model_dir)
     hf_config = json.loads((model_dir / "config.json").read_text())
     num_blocks = num_blocks or sweep.blocks_needed(block_size)
+    disk_folder: Path | None = None
     if runner_factory is None:
         import torch
 
         from engine.torch_runner import TorchModelRunner
 
-        # A host tier to time its copies with (LinearStepTime.c_kv_token_moved).
+        # A host tier and a disk tier (in a folder beside the profile) to time their copies with
+        # (LinearStepTime.c_kv_token_moved, c_disk_token_read).
+        disk_folder = Path(disk_kv_path or Path(out_path).parent) / f".{Path(out_path).name}.disk-kv"
         runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64), kv_cache_dtype=kv_cache_dtype,
-                                 quantization=quantization)
+                                 quantization=quantization, disk_kv_path=disk_folder, num_disk_blocks=min(num_blocks, 64))
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
     runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
+    try:
+        return _profile_and_save(runner, model_dir, hf_config, out_path, num_blocks, block_size, sweep, device, dtype)
+    finally:
+        getattr(runner, "close", lambda: None)()
+        if disk_folder is not None:
+            shutil.rmtree(disk_folder, ignore_errors=True)
+
+
+def _profile_and_save(runner: ModelRunner, model_dir: Path, hf_config: dict, out_path: str | Path, num_blocks: int,
+                      block_size: int, sweep: ProfileSweep, device: str | None, dtype: object) -> ProfileResult:
     weight_bytes = getattr(getattr(runner, "dtype", None), "itemsize", 2)  # torch.dtype knows its size
     shape = ModelShape.from_hf_config(hf_config, name=model_dir.name, weight_bytes=weight_bytes)
     shape = replace(shape, kv_bytes=kv_element_bytes(getattr(runner, "kv_cache_dtype", "auto"), shape.kv_bytes),

@@ -9,7 +9,10 @@ Checking speculative drafts adds query rows to a decode: nearly free while the s
 memory roof (small batches), paid in full once the batch's rows make it compute-bound.
 Activations and the embedding lookup are ignored (tiny next to weights and KV at these sizes).
 KV blocks copied to or from the host tier (engine/host_cache.py) add their bytes over the host link
-(PCIe), not overlapped with the step: the engine performs them before the forward pass.
+(PCIe), not overlapped with the step: the engine performs them before the forward pass. Blocks loaded from
+the disk tier (engine/disk_cache.py) add their read from the drive before that copy; blocks written to it
+cross the link into host memory and are written behind the step (engine/disk_store.py), so only that copy
+adds.
 
 Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies bandwidth and FLOP/s;
 all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
@@ -44,6 +47,10 @@ class GPUSpec:
     peak_ops_int8: float | None = None
     # The host link (PCIe) one way, per GPU: what the host KV tier's copies cross.
     host_link_bytes_per_s: float = 64e9
+    # The drive the disk KV tier's file is on, shared by a tensor-parallel engine's ranks: one NVMe SSD
+    # (PCIe Gen4 x4 datasheets: ~6-7 GB/s sequential read, ~3-4 GB/s write).
+    disk_read_bytes_per_s: float = 6e9
+    disk_write_bytes_per_s: float = 3e9
 
 
 # Memory is what nvidia-smi reports as total; bandwidth and dense FLOP/s from NVIDIA's datasheets;
@@ -188,6 +195,8 @@ class RooflineStepTime:
     overhead_s: float = 0.4e-3
     # Achieved share of the host link for block copies from pinned memory (~50 of PCIe Gen5's 64 GB/s).
     host_link_efficiency: float = 0.8
+    # Achieved share of the drive's sequential read rate for whole-block reads (a block is 1-2 MiB).
+    disk_efficiency: float = 0.8
     # Seconds per unit of each step feature, derived from the above so predict() is a few float ops.
     _s_per_token: float = field(init=False, repr=False, compare=False)  # matmuls through all layers
     _s_per_sampled: float = field(init=False, repr=False, compare=False)  # the lm_head matmul
@@ -196,6 +205,7 @@ class RooflineStepTime:
     _s_per_expert: float = field(init=False, repr=False, compare=False)  # streaming one expert's weights
     _s_per_kv_token: float = field(init=False, repr=False, compare=False)  # reading or writing KV
     _s_per_kv_token_moved: float = field(init=False, repr=False, compare=False)  # host tier copies
+    _s_per_disk_token_read: float = field(init=False, repr=False, compare=False)  # disk tier reads
 
     def __post_init__(self) -> None:
         assert self.tensor_parallel >= 1
@@ -220,17 +230,20 @@ class RooflineStepTime:
             # Each GPU copies its shard of a block's heads over its own link.
             "_s_per_kv_token_moved": m.kv_bytes_per_token / (
                 self.gpu.host_link_bytes_per_s * self.host_link_efficiency * self.tensor_parallel),
+            # Every rank reads its shard from the one drive: all of a token's KV crosses it.
+            "_s_per_disk_token_read": m.kv_bytes_per_token / (self.gpu.disk_read_bytes_per_s * self.disk_efficiency),
         }
         for name, value in constants.items():
             object.__setattr__(self, name, value)
 
     def predict(self, shape: StepShape) -> float:
         compute_s, memory_s = self.breakdown(shape)
-        # Host tier copies run before the forward pass, synchronously: they add.
+        # Host and disk tier copies run before the forward pass, synchronously: they add.
         return (self.overhead_s + (compute_s if compute_s > memory_s else memory_s)
-                + self._s_per_kv_token_moved * shape.kv_tokens_moved)
+                + self._s_per_kv_token_moved * shape.kv_tokens_moved + self._s_per_disk_token_read * shape.disk_tokens_read)
 
     prices_kv_transfers = True
+    prices_disk_reads = True
 
     def breakdown(self, shape: StepShape) -> tuple[float, float]:
         """(compute seconds, memory seconds) of a step, before overhead: which roof it is under."""
@@ -255,7 +268,8 @@ class RooflineStepTime:
     def to_json(self) -> dict:
         params = {"gpu": asdict(self.gpu), "tensor_parallel": self.tensor_parallel,
                   "memory_efficiency": self.memory_efficiency, "flops_efficiency": self.flops_efficiency,
-                  "overhead_s": self.overhead_s, "host_link_efficiency": self.host_link_efficiency}
+                  "overhead_s": self.overhead_s, "host_link_efficiency": self.host_link_efficiency,
+                  "disk_efficiency": self.disk_efficiency}
         return {"kind": "roofline", "params": params, "model": asdict(self.model)}
 
     @classmethod

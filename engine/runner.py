@@ -15,8 +15,11 @@ class ModelRunner(Protocol):
     mutate the sequences: the engine applies the results.
 
     Before the forward pass, `execute` performs `batch.kv_transfers` in order: block copies between the
-    KV cache and its host tier of `num_host_blocks` blocks (engine/host_cache.py); the simulated runner
-    prices them. A runner without `num_host_blocks` has no host tier.
+    KV cache, its host tier of `num_host_blocks` blocks (engine/host_cache.py) and its disk tier of
+    `num_disk_blocks` slots (engine/disk_cache.py); the simulated runner prices them. A runner without
+    `num_host_blocks` has no host tier. One with a disk tier also keeps its files (`disk_entries`,
+    `persist_disk`, `flush_disk`: engine/disk_store.py) and reads slots ahead of the step that loads them
+    (`read_ahead`, `read_ahead_done`, `disk_read_ahead_blocks`: engine/disk_tier.py).
 
     A runner with `verifies_drafts` (both runners) may be given draft tokens
     (`batch.draft_token_ids`, engine/speculation.py): they are that sequence's input after its last

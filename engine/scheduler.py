@@ -4,9 +4,10 @@ Every step, running requests go first (each decode takes one token, an unfinishe
 chunk), then waiting requests join in policy order while tokens, sequence slots and KV blocks last.
 When a running request cannot get a block, pins give way first (inside the block manager), then the
 running request with the largest policy key is preempted: its blocks are freed (their cached
-prefix stays reusable, and with a host tier is copied there before its blocks are reused) and it waits
-again to be recomputed: a waiting request takes its prefix from the GPU's cached blocks, then from the
-host tier, and computes the rest. With a drafter (speculative decoding), a
+prefix stays reusable, and with a host or disk tier is copied there before its blocks are reused) and it
+waits again to be recomputed: a waiting request takes its prefix from the GPU's cached blocks, then from
+the host or disk tier, and computes the rest (one whose disk blocks are being read ahead lets the others go
+first: engine/disk_cache.py). With a drafter (speculative decoding), a
 decoding request also takes draft tokens to check, while the budget and free blocks allow (cut, with a
 goodput policy, to the length that pays: engine/draft_length.py)."""
 
@@ -163,6 +164,7 @@ class Scheduler:
                 budget -= num_new
                 i += 1
         # Admit new work only when nothing had to be preempted: memory is tight otherwise.
+        reading: list[Sequence] = []  # waiting for their disk blocks to be read ahead: the rest go first
         while not preempted and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting.peek()
             if seq is None:
@@ -176,13 +178,16 @@ class Scheduler:
                 break
             # A prompt to score (echo) is computed whole: cached blocks would skip its logits.
             cached = [] if seq.needs_prompt_logits else self.block_manager.match_prefix(seq)
-            loaded = [] if seq.needs_prompt_logits else self.block_manager.match_host(seq, len(cached))
+            loaded = [] if seq.needs_prompt_logits else self.block_manager.match_tiers(seq, len(cached))
+            if loaded and not self.block_manager.tiers.ready(loaded):
+                reading.append(self.waiting.pop())
+                continue
             num_new = min(seq.num_tokens - (len(cached) + len(loaded)) * self.config.block_size, budget,
                           self.config.long_prefill_token_threshold)
             reclaim = not (self.config.pins_hold_admission and self.running)
             if self.config.admit_whole_prompt and self.running and not self._prompt_fits(seq, cached, reclaim):
                 break
-            if not self.block_manager.allocate_slots(seq, num_new, cached, reclaim_pins=reclaim, host_slots=loaded):
+            if not self.block_manager.allocate_slots(seq, num_new, cached, reclaim_pins=reclaim, loaded=loaded):
                 break
             self.waiting.pop()
             seq.status = SequenceStatus.RUNNING
@@ -192,6 +197,8 @@ class Scheduler:
             self.running.append(seq)
             batch.add(seq, num_new)
             budget -= num_new
+        for seq in reading:
+            self.waiting.push(seq)
         self.preempted_last_step = preempted
         return batch
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from enum import Enum, auto
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,15 @@ if TYPE_CHECKING:
     from engine.speculation import TokenArray
     from engine.structured_output import GrammarMatcher
     from engine.thinking_budget import ThinkingBudget
+
+
+NULL_BLOCK = -1  # a block-table entry whose block slid out of every layer's window and was released
+# The parent of a base-model prompt's first block in the prefix cache's hash chain: a constant, so the same
+# tokens hash alike in every process (the disk tier's blocks outlive the engine: engine/disk_cache.py;
+# Python < 3.12 hashes None by its address). A LoRA adapter's chains start from its id and a salt drawn once
+# per process: ids are given in load order, so the same id in another run may be another adapter.
+BASE_HASH_SEED = 0x5EED_0F_B10C5
+_LORA_HASH_SALT = secrets.randbits(62)
 
 
 class SequenceStatus(Enum):
@@ -47,7 +57,7 @@ class Sequence:
         # The LoRA adapter it runs with (engine/model/lora.py); 0: the base model. Its KV differs from the
         # base model's for the same tokens, so its prefix-cache hashes start from the adapter's.
         self.lora_id = lora_id
-        self.hash_seed: int | None = hash(("lora", lora_id)) if lora_id else None
+        self.hash_seed: int = hash(("lora", lora_id, _LORA_HASH_SALT)) if lora_id else BASE_HASH_SEED
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

@@ -79,22 +79,26 @@ class SessionPins:
 
     def session_info(self, session_id: str) -> dict | None:
         """The session's turns and tokens; `cached_tokens` of its last turn still on the GPU, and
-        `host_cached_tokens` more that a host tier holds right after them (a next turn loads both)."""
+        `host_cached_tokens` and `disk_cached_tokens` more that the host and disk tiers hold right after them
+        (a next turn loads them all)."""
         kv = self.sessions.get(session_id)
         if kv is None:
             return None
         pin = self.block_manager.pins.pins.get(session_id)
         on_gpu = len(self.block_manager.resolve_prefix(kv.block_hashes))
-        host = self.block_manager.host
-        in_host = 0
-        if host is not None:
-            for block_hash in kv.block_hashes[on_gpu:]:
-                if block_hash not in host:
-                    break
+        host, disk = self.block_manager.host, self.block_manager.disk
+        in_host = on_disk = 0
+        for block_hash in kv.block_hashes[on_gpu:]:  # what a next turn would load, block by block
+            if host is not None and block_hash in host:
                 in_host += 1
+            elif disk is not None and block_hash in disk:
+                on_disk += 1
+            else:
+                break
+        bs = self.config.block_size
         return {
             "session_id": session_id, "turns": kv.turns, "num_tokens": kv.num_tokens,
-            "cached_tokens": on_gpu * self.config.block_size, "host_cached_tokens": in_host * self.config.block_size,
+            "cached_tokens": on_gpu * bs, "host_cached_tokens": in_host * bs, "disk_cached_tokens": on_disk * bs,
             "pinned_blocks": len(pin.block_ids) if pin else 0,
             "pin_ttl_remaining_s": max(0.0, pin.deadline - self.clock.now()) if pin else 0.0,
         }

@@ -10,11 +10,17 @@ samples, so a replay of real text accepts the drafts real decoding would."""
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
 
 from engine.batch import ScheduledBatch, StepShape
 from engine.clock import Clock
+from engine.disk_cache import DEFAULT_READ_AHEAD_BYTES, DiskEntry
+from engine.disk_index import python_hash_fingerprint
+from engine.disk_store import DiskKVStore
 from engine.sequence import Sequence
 from engine.step_time import StepTimeModel
 
@@ -26,11 +32,30 @@ class SimulatedRunner:
 
     def __init__(self, step_time: StepTimeModel, clock: Clock, vocab_size: int = 32000,
                  eos_token_ids: tuple[int, ...] | list[int] = (), num_host_blocks: int = 0,
-                 kv_cache_dtype: str = "auto") -> None:
+                 kv_cache_dtype: str = "auto", num_disk_blocks: int = 0, disk_kv_path: str | Path | None = None,
+                 block_size: int = 16) -> None:
         if num_host_blocks and not getattr(step_time, "prices_kv_transfers", False):
             raise ValueError("this step-time profile does not price host KV copies (made before the host tier): "
                              "run `pitstop engine profile` again, or use a roofline profile")
+        if num_disk_blocks and not getattr(step_time, "prices_disk_reads", False):
+            raise ValueError("this step-time profile does not price disk KV reads (made before the disk tier): "
+                             "run `pitstop engine profile` again, or use a roofline profile")
         self.num_host_blocks = num_host_blocks  # a host tier's copies are priced, not performed
+        # A disk tier's too; with a folder, its index is kept there as the torch runner keeps it (no data).
+        self.num_disk_blocks = num_disk_blocks
+        self.disk = None if not (num_disk_blocks and disk_kv_path) else DiskKVStore(
+            disk_kv_path, 0, num_disk_blocks, 0, block_size,
+            {"sim": step_time.to_json(), "kv_cache_dtype": kv_cache_dtype, "block_size": block_size,
+             "python": python_hash_fingerprint()})
+        # Disk reads ahead (engine/disk_cache.py) queue on one drive, each block at the modelled read time.
+        empty = StepShape(0, 0, 0, 0, 0)
+        self._block_read_s = step_time.predict(StepShape(0, 0, 0, 0, 0, disk_tokens_read=block_size)) \
+            - step_time.predict(empty) if num_disk_blocks else 0.0
+        kv_per_token = model_kv_bytes_per_token(step_time)
+        self.disk_read_ahead_blocks = DEFAULT_READ_AHEAD_BYTES // (kv_per_token * block_size) if kv_per_token else 0
+        self._drive_free_at = 0.0
+        self._reads: list[tuple[float, list[int]]] = []  # (done at, slots), a heap
+        self._read_at: dict[int, float] = {}  # slot -> when its latest read is done
         self.kv_cache_dtype = kv_cache_dtype  # reported; `step_time` prices it (engine/build.py)
         # A modelled model whose every layer slides: the engine releases the blocks that slid out.
         shape = getattr(step_time, "model", None)
@@ -47,6 +72,47 @@ class SimulatedRunner:
         assert len(self._eos) < vocab_size, "every token id cannot be an EOS id"
         self._salts: dict[str, int] = {}  # request id -> its crc32, hashed once per request
         self._scripts: dict[str, list[int]] = {}  # request id -> the output tokens it replays
+
+    def disk_entries(self) -> list[DiskEntry]:
+        return self.disk.entries if self.disk is not None else []
+
+    def persist_disk(self, entries: list[DiskEntry]) -> None:
+        if self.disk is not None:
+            self.disk.persist(entries)
+
+    def flush_disk(self) -> None:
+        if self.disk is not None:
+            self.disk.flush()
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()
+
+    def read_ahead(self, slots: list[int], drops: list[int]) -> None:
+        """The slots queue on the drive; they are reported read together, when the last is (a request
+        waits for all of its slots anyway, and one report saves a simulation a wake-up per block)."""
+        for slot in drops:
+            self._read_at.pop(slot, None)
+        if not slots:
+            return
+        self._drive_free_at = max(self.clock.now(), self._drive_free_at) + len(slots) * self._block_read_s
+        for slot in slots:
+            self._read_at[slot] = self._drive_free_at
+        heapq.heappush(self._reads, (self._drive_free_at, slots))
+
+    def read_ahead_done(self) -> list[int]:
+        done, now = [], self.clock.now()
+        while self._reads and self._reads[0][0] <= now:
+            at, slots = heapq.heappop(self._reads)
+            for slot in slots:
+                if self._read_at.get(slot) == at:
+                    del self._read_at[slot]
+                    done.append(slot)
+        return done
+
+    def next_read_ahead_done(self) -> float | None:
+        """When the next reads ahead are done: an event a simulation must not step past."""
+        return self._reads[0][0] if self._reads else None
 
     def script(self, request_id: str, output_token_ids: list[int]) -> None:
         """Make `request_id` write these tokens, in order (placeholders after them); `forget` it when
@@ -97,8 +163,9 @@ class SimulatedRunner:
     def _decode_step_times(self, batch: ScheduledBatch, max_steps: int) -> Iterator[float]:
         shape = batch.shape  # a pure-decode batch: each step's KV grows by one token per sequence
         seqs, kv, predict = shape.decode_seqs, shape.kv_tokens, self.step_time.predict
-        for step in range(max_steps):  # the first step performs the batch's host copies
-            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0, 0, 0 if step else shape.kv_tokens_moved))
+        for step in range(max_steps):  # the first step performs the batch's host and disk copies
+            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0, 0, 0 if step else shape.kv_tokens_moved,
+                                    0 if step else shape.disk_tokens_read))
 
     def plan_decode_steps(self, batch: ScheduledBatch, max_steps: int, horizon: float) -> int:
         """How many of up to `max_steps` fused decode steps start before `horizon` (see
@@ -132,3 +199,18 @@ class SimulatedRunner:
         """Deterministic per (request, position) across runs and processes, and never an EOS id,
         so a request runs to its max_tokens (workloads set that to the true output length)."""
         return self._not_eos((self._salt(request_id) ^ position * _MIX) % self.vocab_size)
+
+
+def model_kv_bytes_per_token(step_time: StepTimeModel) -> int | None:
+    """A token's KV in bytes for the modelled model: a roofline's model shape, or the one a linear profile
+    recorded (`pitstop engine profile` writes its ModelShape's fields); None where it is not known."""
+    from engine.roofline import ModelShape
+
+    model = getattr(step_time, "model", None)
+    if isinstance(model, dict):
+        names = {f.name for f in fields(ModelShape)}
+        try:
+            model = ModelShape(**{k: v for k, v in model.items() if k in names})
+        except TypeError:  # a profile of a runner without a model shape (a fake, a test's)
+            return None
+    return getattr(model, "kv_bytes_per_token", None)

@@ -180,7 +180,7 @@ def _admit(engine: LLMEngine, arrival: Arrival, results: list[RequestResult | No
 
 def _next_wake(engine: LLMEngine, next_arrival: float | None, now: float) -> float:
     """Nothing could be scheduled: jump to the next event that can change that, rather than spin."""
-    candidates = [t for t in (next_arrival, engine.next_pin_deadline()) if t is not None]
+    candidates = [t for t in (next_arrival, engine.next_event_time()) if t is not None]
     if not candidates:
         raise RuntimeError(f"simulation stuck at t={now:.3f}s: {len(engine.scheduler)} requests cannot be "
                            "scheduled and nothing will free memory")
@@ -190,18 +190,20 @@ def _next_wake(engine: LLMEngine, next_arrival: float | None, now: float) -> flo
 def make_sim_engine(profile_or_model: StepTimeModel | str | Path, num_blocks: int | None = None,
                     block_size: int = 16, policy: SchedulingPolicy | None = None, *,
                     vocab_size: int | None = None, eos_token_ids: tuple[int, ...] = (),
-                    record_steps: bool = False, **config) -> LLMEngine:
+                    record_steps: bool = False, disk_kv_path: str | Path | None = None, **config) -> LLMEngine:
     """An LLMEngine with a SimulatedRunner on a fresh VirtualClock. `profile_or_model` is a step-time
     model or a profile file path. Without `num_blocks`, the KV capacity comes from the model: the
     roofline's GPU memory, or the `num_blocks`/`block_size` recorded in a linear profile. `config`
-    goes to EngineConfig, over SIM_CONFIG_DEFAULTS."""
+    goes to EngineConfig, over SIM_CONFIG_DEFAULTS. `disk_kv_path`: a folder where a disk tier
+    (`num_disk_blocks`) keeps its index, so an engine made later on it starts from its blocks."""
     model = load_profile(profile_or_model) if isinstance(profile_or_model, str | Path) else profile_or_model
     if num_blocks is None:
         num_blocks = _default_num_blocks(model, block_size)
     clock = VirtualClock()
     engine_config = EngineConfig(block_size=block_size, num_blocks=num_blocks, **(SIM_CONFIG_DEFAULTS | config))
     runner = SimulatedRunner(model, clock, vocab_size or _vocab_size(model), eos_token_ids,
-                             engine_config.num_host_blocks)
+                             engine_config.num_host_blocks, num_disk_blocks=engine_config.num_disk_blocks,
+                             disk_kv_path=disk_kv_path, block_size=block_size)
     return LLMEngine(engine_config, runner, clock, policy, record_steps=record_steps)
 
 

@@ -61,7 +61,9 @@ class LinearStepTime:
 
     `c_kv_token_moved`: seconds per token of KV copied to or from the host tier (engine/host_cache.py),
     timed on its own by the profile (the copies run before the forward pass, so they add); None for a
-    profile made without a host tier, which cannot price one."""
+    profile made without a host tier, which cannot price one. `c_disk_token_read`: seconds per token of
+    KV read from the disk tier (engine/disk_store.py) before that copy, timed with the page cache dropped;
+    None for a profile made before the disk tier, which cannot price one."""
 
     c0: float = 0.0
     c_prefill_token: float = 0.0
@@ -71,6 +73,7 @@ class LinearStepTime:
     c_kv_token: float = 0.0
     c_draft_token: float | None = None
     c_kv_token_moved: float | None = None
+    c_disk_token_read: float | None = None
     # What was profiled: name, shape, and `num_blocks` (the KV capacity the steps ran with).
     model: dict = field(default_factory=dict, compare=False)
 
@@ -78,11 +81,16 @@ class LinearStepTime:
         return (self.c0 + self.c_prefill_token * shape.prefill_tokens + self.c_prefill_seq * shape.prefill_seqs
                 + self.c_attn * shape.prefill_attention + self.c_decode_seq * shape.decode_seqs
                 + self.c_kv_token * shape.kv_tokens + self.draft_token_cost * shape.draft_tokens
-                + (self.c_kv_token_moved or 0.0) * shape.kv_tokens_moved)
+                + (self.c_kv_token_moved or 0.0) * shape.kv_tokens_moved
+                + (self.c_disk_token_read or 0.0) * shape.disk_tokens_read)
 
     @property
     def prices_kv_transfers(self) -> bool:
         return self.c_kv_token_moved is not None
+
+    @property
+    def prices_disk_reads(self) -> bool:
+        return self.c_disk_token_read is not None and self.prices_kv_transfers
 
     @property
     def draft_token_cost(self) -> float:

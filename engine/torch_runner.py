@@ -2,18 +2,21 @@
 ([layers, 2, num_blocks, block_size, kv_heads, head_dim], in the model's dtype or as fp8 bytes:
 engine/model/kv_quant.py), turns a ScheduledBatch into flat step tensors
 (input ids, positions, slot mapping, block tables) and samples one token per finishing sequence, and
-one after each draft token a decoding sequence carries (engine/speculation.py)."""
+one after each draft token a decoding sequence carries (engine/speculation.py). Behind the cache, a host tier
+(page-locked memory) and a disk tier (a file of slots: engine/disk_store.py) take the blocks the block
+manager evicts; `transfer_kv` performs the copies it plans."""
 
 from __future__ import annotations
 
 import json
-from itertools import accumulate, groupby
+from itertools import accumulate
 from pathlib import Path
 
 import torch
 
 from engine.batch import ScheduledBatch
-from engine.host_cache import KVTransfer
+from engine.disk_store import DiskKVStore
+from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
@@ -33,7 +36,7 @@ from engine.tp_workers import StepInputs, TensorParallelWorkers
 _SCORE_ROWS_PER_SLICE = 256
 
 
-class TorchModelRunner:
+class TorchModelRunner(TierCopies):
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
@@ -42,7 +45,8 @@ class TorchModelRunner:
     (engine/model/quant_config.py); tensor_parallel_size: N > 1 shards the model over N ranks, this one
     rank 0 and the rest processes it starts (engine/tp_workers.py), each with 1/N of the heads and of
     every KV block, so `num_blocks` and byte budgets are per rank; CPU ranks sum through shared memory
-    unless `shared_memory_allreduce` is off (gloo then). `tp`: a worker's own rank."""
+    unless `shared_memory_allreduce` is off (gloo then). `tp`: a worker's own rank. `num_disk_blocks`: slots
+    of a disk tier in the folder `disk_kv_path`, one file a rank (engine/disk_store.py)."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -60,6 +64,8 @@ class TorchModelRunner:
         tensor_parallel_size: int = 1,
         tp: TPGroup | None = None,
         shared_memory_allreduce: bool = True,
+        disk_kv_path: str | Path | None = None,
+        num_disk_blocks: int = 0,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.full_config = full_config = ModelConfig.from_dir(self.model_dir)
@@ -72,6 +78,10 @@ class TorchModelRunner:
         if calculate_kv_scales and element is None:
             raise ValueError("calculate_kv_scales measures an fp8 KV cache's scales: set kv_cache_dtype to fp8")
         self.kv_format = None if element is None else FP8KVFormat(element, self.dtype, calculate_kv_scales)
+        if num_disk_blocks and (disk_kv_path is None or calculate_kv_scales):
+            raise ValueError("a disk KV tier needs a folder (disk_kv_path)" if disk_kv_path is None else
+                             "calculate_kv_scales measures new scales in every run, so KV an earlier run wrote "
+                             "to disk would be read with other scales: use the checkpoint's scales with a disk tier")
         storage = self.dtype if element is None else torch.uint8
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -83,7 +93,8 @@ class TorchModelRunner:
             self.workers = TensorParallelWorkers(self.tensor_parallel_size, self.device, self.dtype, {
                 "model_dir": self.model_dir, "num_blocks": num_blocks, "block_size": block_size, "dtype": self.dtype,
                 "num_host_blocks": num_host_blocks, "kv_cache_dtype": kv_cache_dtype,
-                "calculate_kv_scales": calculate_kv_scales, "quantization": quantization},
+                "calculate_kv_scales": calculate_kv_scales, "quantization": quantization,
+                "disk_kv_path": disk_kv_path, "num_disk_blocks": num_disk_blocks},
                 shared_memory=shared_memory_allreduce)
             try:
                 tp = self.workers.join()
@@ -109,6 +120,17 @@ class TorchModelRunner:
             c.num_layers, 2, num_host_blocks, block_size, c.num_kv_heads, c.head_dim,
             dtype=storage, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
+        self.num_disk_blocks = num_disk_blocks
+        self.disk: DiskKVStore | None = None
+        if num_disk_blocks:
+            block_bytes = self.kv_cache[:, :, 0].numel() * self.kv_cache.element_size()
+            try:
+                self.disk = DiskKVStore(disk_kv_path, self.tp.rank, num_disk_blocks, block_bytes,  # type: ignore[arg-type]
+                                        block_size, self.disk_fingerprint())
+                self.disk.report_reads = self.tp.rank == 0
+            except Exception:
+                self.close()
+                raise
         # LoRA adapters (engine/model/lora.py): the projections are wrapped when the first one is added.
         self.lora = LoRAStep()
         self._lora_wrapped = False
@@ -129,9 +151,12 @@ class TorchModelRunner:
         return c.sliding_window if c.sliding_window and len(c.sliding_layers) == c.num_layers else None
 
     def close(self) -> None:
-        """Stops a tensor-parallel runner's worker processes (idempotent; nothing for one rank)."""
+        """Finishes the disk tier's writes and closes its file, and stops a tensor-parallel runner's worker
+        processes (each closing its own file first). Idempotent."""
         if self.workers is not None:
             self.workers.close()
+        if getattr(self, "disk", None) is not None:
+            self.disk.close()  # type: ignore[union-attr]
 
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
@@ -178,19 +203,6 @@ class TorchModelRunner:
         if self.workers is not None:
             self.workers.send(("remove_lora", lora_id))
         self.lora.adapters.pop(lora_id, None)
-
-    def transfer_kv(self, transfers: list[KVTransfer]) -> None:
-        """Copy blocks between the KV cache and the host tier, in order: a run of copies one way is one
-        gather and one scatter (a step's copies never read a slot or block an earlier one wrote)."""
-        for to_host, run in groupby(transfers, key=lambda t: t.to_host):
-            moves = list(run)
-            blocks = torch.tensor([t.block_id for t in moves], device=self.device)
-            slots = torch.tensor([t.slot for t in moves])
-            if to_host:
-                self.host_kv.index_copy_(2, slots, self.kv_cache.index_select(2, blocks).to("cpu"))
-            else:
-                loaded = self.host_kv.index_select(2, slots).to(self.device, non_blocking=True)
-                self.kv_cache.index_copy_(2, blocks, loaded)
 
     def run_shard(self, step: StepInputs) -> torch.Tensor | None:
         """Every rank's part of a step: the KV copies, then the forward pass (its hidden states)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from engine.host_cache import KVTransfer
+from engine.kv_transfer import KVTransfer
 from engine.model.attention import AttentionMetadata
 from engine.model.parallel import TPGroup, connect
 from engine.model.shm_allreduce import ShmAllReduce, create_file, shm_supported
@@ -112,15 +112,35 @@ class TensorParallelWorkers:
             self.shm_path.unlink(missing_ok=True)
 
     def send(self, step: StepInputs | tuple) -> None:
-        """A step, or a change every rank makes: ("add_lora", id, the whole adapter) or ("remove_lora", id)."""
+        """A step, or a change every rank makes: ("add_lora", id, the whole adapter), ("remove_lora", id),
+        ("persist_disk", entries)."""
         for rank, pipe in enumerate(self.pipes, start=1):
             try:
                 pipe.send(step)
             except (BrokenPipeError, ConnectionResetError, OSError) as exc:
                 raise RuntimeError(f"tensor-parallel rank {rank} is gone: {exc}") from exc
 
+    def call(self, name: str, *args: Any) -> list[Any]:
+        """Every worker runs its runner's `name(*args)` after what was sent before; their results, rank 1
+        first (a worker's error raised here)."""
+        self.send(("call", name, *args))
+        results = []
+        for rank, pipe in enumerate(self.pipes, start=1):
+            if not pipe.poll(self.timeout_s):
+                raise RuntimeError(f"tensor-parallel rank {rank} did not answer {name} in {self.timeout_s:.0f} s")
+            reply = pipe.recv()
+            if isinstance(reply, _CallFailed):
+                raise RuntimeError(f"tensor-parallel rank {rank}: {name}: {reply.error}")
+            results.append(reply)
+        return results
+
     def close(self) -> None:
         self._finalizer()
+
+
+@dataclass(frozen=True)
+class _CallFailed:
+    error: str
 
 
 def _stop(pipes: list, processes: list, shm_path: Path | None) -> None:
@@ -153,14 +173,22 @@ def _serve_rank(rank: int, size: int, port: int, device: torch.device, timeout_s
         pipe.send(f"{type(exc).__name__}: {exc}")
         return
     pipe.send("ready")
-    while True:
-        try:
-            step = pipe.recv()
-        except EOFError:  # rank 0 is gone
-            return
-        if step is None:
-            return
-        if isinstance(step, tuple):
-            getattr(runner, step[0])(*step[1:])
-        else:
-            runner.run_shard(step)
+    try:
+        while True:
+            try:
+                step = pipe.recv()
+            except EOFError:  # rank 0 is gone
+                return
+            if step is None:
+                return
+            if isinstance(step, tuple) and step[0] == "call":
+                try:
+                    pipe.send(getattr(runner, step[1])(*step[2:]))
+                except Exception as exc:
+                    pipe.send(_CallFailed(f"{type(exc).__name__}: {exc}"))
+            elif isinstance(step, tuple):
+                getattr(runner, step[0])(*step[1:])
+            else:
+                runner.run_shard(step)
+    finally:
+        runner.close()  # its disk tier's queued writes finished and its file closed

@@ -58,6 +58,10 @@ class LitellmParams(BaseModel):
     num_blocks: int | None = Field(default=None, gt=0)
     # Host memory for KV blocks the GPU evicts, loaded back on a prefix hit (engine/host_cache.py).
     host_kv_gib: float = Field(default=0.0, ge=0)
+    # A disk tier behind it: a folder (relative to the config file) and a file size; what it holds survives
+    # a restart of the gateway (engine/disk_cache.py).
+    disk_kv_path: str | None = None
+    disk_kv_gib: float = Field(default=0.0, ge=0)
     # How KV blocks are stored: the model's dtype, or fp8 (half the bytes a token: engine/model/kv_quant.py).
     kv_cache_dtype: KVCacheDtype = "auto"
     calculate_kv_scales: bool = False  # an fp8 cache's scales measured on the first step (vLLM's flag)
@@ -96,8 +100,11 @@ class LitellmParams(BaseModel):
         if self.host_kv_gib and self.provider != LOCAL_PROVIDER:
             raise ValueError(f"model '{self.model}': host_kv_gib is for engines in this process (pitstop-local/); "
                              "a pitstop engine takes --host-kv-memory itself")
+        if (self.disk_kv_path is None) != (not self.disk_kv_gib):
+            raise ValueError(f"model '{self.model}': a disk KV tier needs both disk_kv_path and disk_kv_gib")
         for name in ("reasoning_parser", "tool_call_parser", "speculative_config", "kv_cache_dtype", "lora_modules",
-                     "calculate_kv_scales", "quantization", "tensor_parallel_size", "reasoning_effort_budgets"):
+                     "calculate_kv_scales", "quantization", "tensor_parallel_size", "reasoning_effort_budgets",
+                     "disk_kv_path"):
             if getattr(self, name) != type(self).model_fields[name].default and self.provider != LOCAL_PROVIDER:
                 raise ValueError(f"model '{self.model}': {name} is for engines in this process (pitstop-local/); "
                                  f"a pitstop engine or vLLM server takes --{name.replace('_', '-')} itself")

@@ -107,7 +107,9 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                   kv_cache_dtype=params.kv_cache_dtype, lora_modules=lora_modules,
                                   calculate_kv_scales=params.calculate_kv_scales, quantization=params.quantization,
                                   tensor_parallel_size=params.tensor_parallel_size,
-                                  reasoning_effort_budgets=params.reasoning_effort_budgets)
+                                  reasoning_effort_budgets=params.reasoning_effort_budgets,
+                                  disk_kv_path=params.disk_kv_path and settings.resolve_path(params.disk_kv_path),
+                                  disk_kv_bytes=int(params.disk_kv_gib * 2**30))
         except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
@@ -131,7 +133,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
                                        "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
-                                       "tensor_parallel_size", "reasoning_effort_budgets"},
+                                       "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
+                                       "disk_kv_gib"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 

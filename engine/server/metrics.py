@@ -74,6 +74,22 @@ class EngineStatsCollector(Collector):
             moved.add_metric(["to_host"], host.saved_blocks)
             moved.add_metric(["to_gpu"], host.loaded_blocks)
             yield moved
+        if (disk := s.blocks.disk) is not None:
+            yield CounterMetricFamily(f"{PREFIX}_disk_hit_tokens", "Prompt tokens loaded back from the disk KV tier",
+                                      value=s.blocks.disk_hit_tokens)
+            disk_blocks = GaugeMetricFamily(f"{PREFIX}_disk_kv_blocks", "Disk KV tier blocks by state "
+                                            "(restored: taken over from an earlier engine)", labels=["state"])
+            for state, value in (("total", disk.total), ("used", disk.used), ("restored", disk.restored_blocks)):
+                disk_blocks.add_metric([state], value)
+            yield disk_blocks
+            events = CounterMetricFamily(f"{PREFIX}_disk_kv_block_events", "Disk KV tier blocks written, loaded "
+                                         "back (read ahead: from memory), evicted for others, or not written (every "
+                                         "slot busy)", labels=["event"])
+            for event, value in (("saved", disk.saved_blocks), ("loaded", disk.loaded_blocks),
+                                 ("read_ahead", disk.read_ahead_blocks), ("evicted", disk.evicted_blocks),
+                                 ("skipped", disk.skipped_saves)):
+                events.add_metric([event], value)
+            yield events
         for name, text, value in (("drafted_steps", "Decode steps that checked draft tokens", s.spec.drafted_steps),
                                   ("draft_tokens", "Draft tokens checked", s.spec.draft_tokens),
                                   ("accepted_tokens", "Draft tokens accepted", s.spec.accepted_tokens),

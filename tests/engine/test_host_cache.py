@@ -11,7 +11,8 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig
-from engine.host_cache import HostKVCache, KVTransfer
+from engine.host_cache import HostKVCache
+from engine.kv_transfer import KVTransfer, TierSlot
 from engine.llm_engine import LLMEngine
 from engine.policy import FCFSPolicy
 from engine.sampling_params import SamplingParams
@@ -33,7 +34,7 @@ def test_host_cache_saves_once_and_finds_by_hash_and_tokens() -> None:
     host = HostKVCache(4)
     host.save(7, block_hash=111, token_ids=(1, 2))
     host.save(8, block_hash=111, token_ids=(1, 2))  # already there: no second copy
-    assert host.take_transfers() == [KVTransfer(True, 7, 0)]
+    assert host.take_transfers() == [KVTransfer(True, 7, 0, block_hash=111)]
     assert host.lookup(111, (1, 3)) is None  # a hash collision is not a hit
     slot = host.lookup(111, (1, 2))
     assert slot == 0
@@ -52,7 +53,7 @@ def test_host_cache_reuses_least_recent_slots_but_never_busy_ones() -> None:
     assert 11 not in host and 10 in host and 12 in host
     host.save(3, 13, (3,))  # both slots busy this step (a load reads one, a save writes the other): skipped
     assert 13 not in host and host.stats().skipped_saves == 1
-    assert host.take_transfers() == [KVTransfer(True, 2, 1)]
+    assert host.take_transfers() == [KVTransfer(True, 2, 1, block_hash=12)]
     host.save(3, 13, (3,))  # the next step: the least recent is 10 again (12 was saved after it)
     assert 10 not in host and 13 in host and host.stats().evicted_blocks == 2
 
@@ -75,18 +76,19 @@ def test_evicted_prefix_is_saved_then_loaded_into_fresh_blocks() -> None:
     other = _seq("b", list(range(100, 116)))  # takes all four blocks: the cached ones are evicted
     _fill(bm, other)
     saved = bm.take_transfers()
-    assert all(t.to_host for t in saved)
+    assert all(t.save and t.tier == "host" for t in saved)
     slot_of = {t.block_id: t.slot for t in saved}  # the tail block is freed, and so evicted, first
     assert sorted(slot_of) == sorted(first_blocks[:2])
     bm.free(other)
 
     again = _seq("c", list(range(9)) + [50, 51])
     assert bm.match_prefix(again) == []
-    slots = bm.match_host(again, 0)
-    assert slots == [slot_of[first_blocks[0]], slot_of[first_blocks[1]]]
-    assert bm.allocate_slots(again, again.num_tokens - 2 * BS, [], host_slots=slots)
+    hits = bm.match_tiers(again, 0)
+    slots = [hit.slot for hit in hits]
+    assert hits == [TierSlot("host", slot_of[first_blocks[0]]), TierSlot("host", slot_of[first_blocks[1]])]
+    assert bm.allocate_slots(again, again.num_tokens - 2 * BS, [], loaded=hits)
     assert again.num_computed_tokens == 2 * BS and again.num_registered_blocks == 2
-    loads = [t for t in bm.take_transfers() if not t.to_host]
+    loads = [t for t in bm.take_transfers() if not t.save]
     assert [(t.slot, t.block_id) for t in loads] == [(s, b) for s, b in zip(slots, again.block_table, strict=False)]
     stats = bm.stats()
     assert stats.host_hit_tokens == 2 * BS and stats.prefix_hit_tokens == 0
@@ -104,12 +106,12 @@ def test_host_hits_follow_gpu_hits_and_keep_one_token_to_compute() -> None:
     assert len(bm.take_transfers()) == 1
     bm.free(filler)
     whole = _seq("w", list(range(12)))  # exactly three blocks: the third must be computed, not loaded
-    assert len(bm.match_prefix(whole)) == 2 and bm.match_host(whole, 2) == []
+    assert len(bm.match_prefix(whole)) == 2 and bm.match_tiers(whole, 2) == []
     same = _seq("b", list(range(13)))
     gpu = bm.match_prefix(same)
-    host = bm.match_host(same, len(gpu))
+    host = bm.match_tiers(same, len(gpu))
     assert len(gpu) == 2 and len(host) == 1
-    assert bm.allocate_slots(same, 1, gpu, host_slots=host)
+    assert bm.allocate_slots(same, 1, gpu, loaded=host)
     assert same.num_computed_tokens == 12 and same.block_table[:2] == gpu
     assert bm.stats().prefix_hit_tokens == 8 and bm.stats().host_hit_tokens == 4
 
@@ -125,7 +127,7 @@ def test_a_prompt_scored_whole_is_not_loaded_from_the_host() -> None:
     config = EngineConfig(block_size=BS, num_blocks=4, max_num_seqs=2, max_num_batched_tokens=64, num_host_blocks=8)
     scheduler = Scheduler(config, bm, FCFSPolicy())
     plain = _seq("p", list(range(9)))
-    assert len(bm.match_host(plain, 0)) == 2  # found there, for a prompt that is not scored
+    assert len(bm.match_tiers(plain, 0)) == 2  # found there, for a prompt that is not scored
     scored = Sequence("s", list(range(9)), SamplingParams(max_tokens=1, prompt_logprobs=0), 0.0)
     scheduler.add(scored)
     assert scheduler.schedule(0.0).num_new_tokens == [9]

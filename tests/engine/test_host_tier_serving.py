@@ -85,6 +85,9 @@ def test_profile_times_the_host_copies(tiny_model_dir: Path, tmp_path: Path) -> 
     assert prefills and per_token is not None and 0 < per_token < min(prefills)
     loaded = load_profile(tmp_path / "p.json")
     assert isinstance(loaded, LinearStepTime) and loaded.c_kv_token_moved == per_token
+    # Disk reads timed too, from a scratch folder beside the profile that is gone after.
+    assert loaded.c_disk_token_read is not None and loaded.prices_disk_reads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
     # The profile serves a simulated engine with a host tier sized in bytes.
     served = build_engine(sim_profile=tmp_path / "p.json", num_blocks=64, host_kv_memory_bytes=1 << 20)
     config = ModelConfig.from_dir(tiny_model_dir)

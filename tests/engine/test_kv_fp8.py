@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from engine.batch import StepShape
 from engine.build import build_engine
 from engine.config import EngineConfig
-from engine.host_cache import KVTransfer
+from engine.kv_transfer import KVTransfer
 from engine.llm_engine import LLMEngine
 from engine.model.attention import (
     AttentionMetadata,

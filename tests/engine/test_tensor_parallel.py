@@ -188,6 +188,37 @@ def test_quantized_weights_an_fp8_cache_and_a_host_tier_on_two_ranks(tmp_path: P
     assert 0 < (two_scores - one_scores).abs().mean().item() < 0.02 * one_scores.abs().mean().item()
 
 
+def test_a_disk_tier_on_two_ranks_keeps_a_file_a_rank_across_a_restart(tmp_path: Path) -> None:
+    """Every rank writes its heads of each block to its own file and reads them back; a restarted engine
+    takes over the blocks all ranks' files hold."""
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    rng = random.Random(5)
+    shared = [rng.randrange(1000) for _ in range(64)]
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+    def engine() -> LLMEngine:
+        runner = TorchModelRunner(model_dir, 12, 16, device="cpu", tensor_parallel_size=2,
+                                  disk_kv_path=tmp_path / "kv", num_disk_blocks=32)
+        return LLMEngine(EngineConfig(num_blocks=12, max_model_len=512, num_disk_blocks=32), runner)
+
+    def answer(engine: LLMEngine, request_id: str, prompt: list[int]) -> list[int]:
+        seq = engine.add_request(request_id, prompt, greedy)
+        while engine.has_unfinished():
+            engine.step()
+        return seq.output_token_ids
+
+    first = engine()
+    computed = answer(first, "a", shared + [7])
+    answer(first, "crowd", [rng.randrange(1000) for _ in range(180)])  # every block: the shared prefix to disk
+    assert answer(first, "b", shared + [7]) == computed and first.stats().blocks.disk_hit_tokens == 64
+    first.close()
+    assert {p.name for p in (tmp_path / "kv").glob("*.index")} == {"kv-rank0.index", "kv-rank1.index"}
+    second = engine()
+    assert second.stats().blocks.disk.restored_blocks >= 4  # type: ignore[union-attr]
+    assert answer(second, "c", shared + [7]) == computed and second.stats().blocks.disk_hit_tokens == 64
+    second.close()
+
+
 def _adapted(model_dir: Path, tp: int, adapters: dict[str, Path], prompts: list[list[int]]) -> tuple:
     """Greedy outputs of each prompt under each adapter (and the base model) in one batch, and teacher-forced
     scores of the first prompt under the first adapter, with one adapter then unloaded."""
