@@ -14,15 +14,14 @@ from starlette.responses import Response
 
 from engine.server.errors import APIError
 from engine.tracing import Tracing
-from gateway.admission import make_admission
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
-from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.batches import Batches
 from gateway.budget_alerts import BudgetAlerts
-from gateway.config import ConfigError, Settings
+from gateway.config import Settings
 from gateway.conversations import Conversations
-from gateway.deployments import Deployment, DeploymentPool
+from gateway.deployment_build import adapter_backend, add_deployment, adopt_wildcard, make_backend
+from gateway.deployments import DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
 from gateway.files import Files
@@ -32,7 +31,6 @@ from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError
 from gateway.limits.factory import make_limiter
 from gateway.limits.periods import current_period, period_end
 from gateway.metrics import GatewayMetrics
-from gateway.model_list_config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
@@ -60,7 +58,6 @@ from storage.vector_stores import VectorStoreStore
 from storage.webhooks import EventOutbox, WebhookStore
 
 log = logging.getLogger("pitstop.gateway")
-OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
 WINDOW_LOOKUP_S = 5.0  # how long a deployment may take to say its context window at start
 BACKGROUND_GRACE_S = 30.0  # how long background responses may go on at shutdown without server.graceful_shutdown_s
 
@@ -71,106 +68,6 @@ class LimitExceeded(APIError):
         super().__init__(status, message, code=code)
         self.retry_after_s = retry_after_s
         self.admission = admission  # what the limits said: the refusal's x-ratelimit-* headers too, as OpenAI's
-
-
-def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
-    params = entry.litellm_params
-    provider = params.provider
-    if provider == LOCAL_PROVIDER:
-        from engine.build import build_engine
-        from engine.config import SpeculativeConfig
-        from gateway.backends.local import LocalEngineBackend
-
-        model_dir = settings.resolve_path(params.model_dir)
-        if params.tiny_model is not None and not (model_dir / "config.json").exists():
-            from engine.tiny_model import make_tiny_model
-
-            log.info("building tiny model %s into %s", entry.model_name, model_dir)
-            make_tiny_model(model_dir, layers=params.tiny_model.layers, hidden=params.tiny_model.hidden,
-                            seed=params.tiny_model.seed)
-        if not (model_dir / "config.json").is_file():
-            raise ConfigError(f"model {entry.model_name}: litellm_params.model_dir {model_dir} is not a model folder "
-                              "(no config.json; give a Hugging Face folder, or tiny_model: to build a test one)")
-        lora_modules = {name: str(settings.resolve_path(path)) for name, path in (params.lora_modules or {}).items()}
-        try:
-            speculative = None
-            if (spec := params.speculative_config) is not None:
-                # relative to the config file, as model_dir
-                speculative = SpeculativeConfig(**(spec.model_dump() | {
-                    name: str(settings.resolve_path(path))
-                    for name in ("step_time_profile", "model", "draft_step_time_profile")
-                    if (path := getattr(spec, name)) is not None}))
-            engine = build_engine(model_dir, num_blocks=params.num_blocks,
-                                  max_model_len=params.max_model_len, max_num_seqs=params.max_num_seqs,
-                                  policy=params.policy, device=params.device, speculative=speculative,
-                                  host_kv_memory_bytes=int(params.host_kv_gib * 2**30),
-                                  kv_cache_dtype=params.kv_cache_dtype, lora_modules=lora_modules,
-                                  calculate_kv_scales=params.calculate_kv_scales, quantization=params.quantization,
-                                  tensor_parallel_size=params.tensor_parallel_size,
-                                  reasoning_effort_budgets=params.reasoning_effort_budgets,
-                                  disk_kv_path=params.disk_kv_path and settings.resolve_path(params.disk_kv_path),
-                                  disk_kv_bytes=int(params.disk_kv_gib * 2**30))
-        except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
-            raise ConfigError(f"model {entry.model_name}: {exc}") from exc
-        return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
-                                  serves_embeddings=entry.serves_embeddings)
-    direct = params.transport == "direct" or (
-        params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
-    if provider == ENGINE_PROVIDER or direct:
-        from gateway.backends.openai_http import OpenAIHTTPBackend
-
-        if params.api_base is None:
-            raise ValueError(f"{entry.model_name}: transport 'direct' needs litellm_params.api_base")
-        return OpenAIHTTPBackend(params.api_base, params.model.split("/", 1)[-1], params.api_key,
-                                 accepts_session=provider == ENGINE_PROVIDER,
-                                 send_priority=provider == "hosted_vllm",
-                                 connect_timeout_s=settings.server.connect_timeout_s,
-                                 rank_horizon_s=settings.ranking.horizon_s,
-                                 provider_model=params.model if provider in OPENAI_PROVIDERS else None,
-                                 serves_embeddings=entry.serves_embeddings)
-    from gateway.backends.litellm_backend import LitellmBackend
-
-    extra = params.model_dump(exclude={"model_dir", "num_blocks", "max_num_seqs", "max_model_len", "policy",
-                                       "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
-                                       "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
-                                       "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
-                                       "disk_kv_gib"},
-                              exclude_none=True)
-    return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
-
-
-def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:
-    index = len(pool.by_model.get(entry.model_name, ()))
-    deployment = Deployment(f"{entry.model_name}#{index}", entry.model_name, backend, entry.model_info,
-                            entry.litellm_params.model,
-                            admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
-                                                     entry.model_info.max_queue))
-    pool.add(deployment)
-    return deployment
-
-
-_starting: set[asyncio.Task[None]] = set()  # backends of adopted wildcard models, starting beside serving
-
-
-def adopt_wildcard(pool: DeploymentPool, settings: Settings, entry: ModelEntry) -> None:
-    """A model a wildcard matched (gateway/wildcards.py) becomes a deployment, started beside its first
-    request (what a start does is warm caches; a backend serves before it)."""
-    deployment = add_deployment(pool, entry, make_backend(entry, settings), settings)
-    try:
-        task = asyncio.get_running_loop().create_task(deployment.backend.start())
-    except RuntimeError:  # no loop (a CLI command): it starts on its first call
-        return
-    _starting.add(task)
-    task.add_done_callback(_starting.discard)
-
-
-def adapter_backend(base: Backend, entry: ModelEntry) -> Backend:
-    """A LoRA adapter of an in-process engine (`lora_modules`): the base entry's engine, asked for it."""
-    from gateway.backends.local import LocalEngineBackend
-
-    assert isinstance(base, LocalEngineBackend), "lora_modules are for engines in this process"
-    return LocalEngineBackend(base.engine, entry.model_name, lora=entry.model_name,
-                              serves_embeddings=entry.serves_embeddings, **base.parsers)
 
 
 @dataclass

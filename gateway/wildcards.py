@@ -79,7 +79,7 @@ def priced(info: ModelInfo, provider_model: str) -> ModelInfo:
 
 class WildcardModels:
     """The patterns of a config, and the names adopted so far. `adopt` builds a name's deployment (the
-    gateway's state does: gateway/state.py), once."""
+    gateway does: gateway/deployment_build.py), once."""
 
     def __init__(self, entries: list[ModelEntry], max_models: int = MAX_MODELS) -> None:
         patterns = [WildcardPattern.of(entry) for entry in entries]

@@ -43,7 +43,7 @@ def test_goodput_draft_lengths_read_a_profile_beside_the_config(tmp_path: Path) 
     there stops the gateway at start, naming the model."""
     from engine.step_time import LinearStepTime, save_profile
     from gateway.config import ConfigError, parse_settings
-    from gateway.state import make_backend
+    from gateway.deployment_build import make_backend
 
     model_dir = make_tiny_model(tmp_path / "tiny")
     save_profile(tmp_path / "cpu-profile.json", LinearStepTime(c0=1e-3, c_prefill_token=2.5e-4))
@@ -65,7 +65,7 @@ def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Pa
     the draft's profile beside the target's, and without it stops the gateway at start, naming the model."""
     from engine.tiny_model import make_truncated_model
     from gateway.config import ConfigError, parse_settings
-    from gateway.state import make_backend
+    from gateway.deployment_build import make_backend
 
     model_dir = make_tiny_model(tmp_path / "tiny")
     draft = make_truncated_model(model_dir, tmp_path / "draft", 1)
