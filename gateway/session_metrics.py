@@ -1,6 +1,6 @@
 """Prometheus metrics of agent sessions, in the gateway's registry: turns, pin events as the gateway
 sees them (set, released, hit, expired, evicted: judged when the program comes back), moves, chosen
-TTLs and tool waits, and each in-process engine's pinned KV, pin counters and host KV tier (read at
+TTLs and tool waits, and each in-process engine's pinned KV, pin counters, host and disk KV tiers (read at
 scrape)."""
 
 from __future__ import annotations
@@ -40,3 +40,6 @@ class SessionMetrics:
         self.engine_host_kv = Gauge(f"{PREFIX}_engine_host_kv", "An engine instance's host KV tier: blocks used and "
                                     "total, blocks copied each way, prompt tokens loaded back",
                                     ["deployment", "counter"], registry=r)
+        self.engine_disk_kv = Gauge(f"{PREFIX}_engine_disk_kv", "An engine instance's disk KV tier: blocks used and "
+                                    "total, blocks written and loaded, prompt tokens loaded back, blocks taken "
+                                    "over from an earlier engine", ["deployment", "counter"], registry=r)

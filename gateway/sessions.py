@@ -228,7 +228,7 @@ class GatewaySessions:
         return body
 
     def collect(self) -> None:
-        """At scrape time: pinned KV and pin counters of each in-process engine."""
+        """At scrape time: pinned KV, pin counters and KV tiers of each in-process engine."""
         for deployment in self.pool.deployments:
             view = kv_view(deployment.backend)
             if view is None:
@@ -247,3 +247,9 @@ class GatewaySessions:
                                     ("saved_blocks", host.saved_blocks), ("loaded_blocks", host.loaded_blocks),
                                     ("hit_tokens", blocks.host_hit_tokens)):
                     self.metrics.engine_host_kv.labels(deployment.name, name).set(value)
+            if blocks.disk is not None:
+                disk = blocks.disk.stats()
+                for name, value in (("used_blocks", disk.used), ("total_blocks", disk.total),
+                                    ("saved_blocks", disk.saved_blocks), ("loaded_blocks", disk.loaded_blocks),
+                                    ("hit_tokens", blocks.disk_hit_tokens), ("restored_blocks", disk.restored_blocks)):
+                    self.metrics.engine_disk_kv.labels(deployment.name, name).set(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.tiny_model import make_tiny_model
@@ -29,9 +30,13 @@ def test_a_conversation_from_before_a_gateway_restart_comes_back_from_disk(tmp_p
             assert gateway.state is not None
             engine = gateway.state.pool.deployments[0].backend.engine.engine  # type: ignore[attr-defined]
             disk = engine.stats().blocks
+            metrics = httpx.get(gateway.url + "/metrics").text
     assert engine.config.num_disk_blocks > 0 and (tmp_path / "kv" / "kv-rank0.index").exists()
     assert cached[0] == 0 and cached[1] >= 48 and disk.disk_hit_tokens == cached[1]
     assert answers[1] == answers[0]
+    gauge = {line.split('counter="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics.splitlines()
+             if line.startswith("pitstop_engine_disk_kv{")}
+    assert gauge["hit_tokens"] == cached[1] and gauge["restored_blocks"] > 0 and gauge["total_blocks"] > 0
 
 
 def test_disk_kv_needs_a_path_and_a_size_and_an_engine_in_the_gateway(tmp_path: Path) -> None:
