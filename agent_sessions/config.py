@@ -20,6 +20,9 @@ class SessionsConfig(BaseModel):
     # How fast KV crosses the host link, for engines with a host KV tier (engine/host_cache.py): losing a
     # context costs its copies out and back, when that is cheaper than the re-prefill.
     host_copy_tokens_per_s: float = Field(default=400_000.0, gt=0)
+    # How fast an engine's disk KV tier (engine/disk_cache.py) reads KV back: a context only the disk can
+    # hold costs those copies and this read (Llama-3.1-8B's 128 KiB a token at 80% of one NVMe's 6 GB/s).
+    disk_read_tokens_per_s: float = Field(default=36_000.0, gt=0)
     # KV capacity assumed for deployments that do not report theirs (engine servers over HTTP).
     default_kv_capacity_tokens: int = Field(default=1 << 20, gt=0)
     # Memory is never free: the pin's cost counts at least this share of full contention.

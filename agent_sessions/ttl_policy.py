@@ -4,8 +4,9 @@
 
 benefit (engine-seconds): re-prefilling the program's context (superlinear in its length: attention
 grows with the context, so per-token cost doubles at `attention_knee_tokens`), or, on an engine with a
-host KV tier that can hold it, copying it out and back over the host link (engine/host_cache.py) when
-that is cheaper, plus the queueing a re-admitted turn would wait; memory cost rate: the share of the KV cache the pin holds, times how much that memory is
+host KV tier that can hold it, copying it out and back over the host link (engine/host_cache.py), or,
+with a disk tier behind that (engine/disk_cache.py), those copies and the read back from the drive,
+whichever is cheapest, plus the queueing a re-admitted turn would wait; memory cost rate: the share of the KV cache the pin holds, times how much that memory is
 worth now (1 when the cache is contended: holding all of it for a second costs a second of the
 engine). P(return) grows with the turns the program has come back from (a Beta estimate), so
 long-running programs with long contexts get the longest pins. The TTL maximising value is chosen
@@ -44,17 +45,25 @@ class EngineCosts:
     # The engine's host KV tier: tokens it holds (0: none), and how fast KV crosses the host link.
     host_capacity_tokens: int = 0
     host_copy_tokens_per_s: float = 400_000.0  # Llama-3.1-8B's 128 KiB a token at ~51 GB/s (PCIe Gen5)
+    # The engine's disk KV tier: tokens it holds (0: none), and how fast the drive reads KV back.
+    disk_capacity_tokens: int = 0
+    disk_read_tokens_per_s: float = 36_000.0  # Llama-3.1-8B's 128 KiB a token at 80% of one NVMe's 6 GB/s
 
     def reprefill_s(self, context_tokens: int) -> float:
         return context_tokens / self.prefill_tokens_per_s * (1.0 + context_tokens / self.attention_knee_tokens)
 
     def miss_s(self, context_tokens: int) -> float:
-        """What losing the context from the GPU costs the next turn: its re-prefill, or its copies to the
-        host tier and back (both happen: the save when its blocks are reused, the load on return)."""
+        """What losing the context from the GPU costs the next turn, the cheapest way back: its re-prefill;
+        its copies to the host tier and back (both happen: the save when its blocks are reused, the load
+        on return); or, where only the disk tier can hold it, those copies and the drive's read between
+        them (the write runs behind the steps, so it costs the engine nothing here)."""
         recompute = self.reprefill_s(context_tokens)
-        if context_tokens > self.host_capacity_tokens:
-            return recompute
-        return min(recompute, 2 * context_tokens / self.host_copy_tokens_per_s)
+        copies = 2 * context_tokens / self.host_copy_tokens_per_s
+        if context_tokens <= self.host_capacity_tokens:
+            return min(recompute, copies)
+        if context_tokens <= self.disk_capacity_tokens:
+            return min(recompute, copies + context_tokens / self.disk_read_tokens_per_s)
+        return recompute
 
 
 @dataclass(frozen=True)

@@ -139,10 +139,24 @@ class _Run:
     decisions: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TierRates:
+    """What the TTL choice is told of the engine's KV tiers (tokens/s): KV over the host link, and read back
+    from the disk tier's drive. `priced` False (an ablation): TTLs chosen as if the engine had neither."""
+
+    host_copy: float
+    disk_read: float
+    priced: bool = True
+
+    @classmethod
+    def of(cls, model: RooflineStepTime, priced: bool = True) -> TierRates:
+        """The rates the roofline prices the simulated engine's copies and reads at."""
+        return cls(1.0 / model._s_per_kv_token_moved, 1.0 / model._s_per_disk_token_read, priced)
+
+
 class AgentDriver:
     def __init__(self, engine: LLMEngine, policy: PinPolicy, programs: list[Program], prefill_rate: float,
-                 config: SessionsConfig, work: WorkTable | None = None, host_copy_rate: float | None = None,
-                 price_host_tier: bool = True) -> None:
+                 config: SessionsConfig, work: WorkTable | None = None, tiers: TierRates | None = None) -> None:
         assert (work is None) == (policy.rank == "none"), "a ranked policy needs the workload's work table"
         self.engine = engine
         self.work = work
@@ -155,8 +169,8 @@ class AgentDriver:
         self.ttl_policy = TTLPolicy(ToolDurationEstimator(), max_ttl_s=config.max_ttl_s,
                                     memory_cost_weight=config.memory_cost_weight)
         self.idle_prefill_rate = prefill_rate
-        self.host_copy_rate = host_copy_rate or config.host_copy_tokens_per_s  # tokens/s over the host link
-        self.price_host_tier = price_host_tier  # False (an ablation): TTLs priced as if the engine had none
+        # None: the gateway's defaults (the sessions config's), as for an engine it knows no profile of.
+        self.tiers = tiers or TierRates(config.host_copy_tokens_per_s, config.disk_read_tokens_per_s)
         self.attention_knee = config.attention_knee_tokens
         self.chunk = engine.config.long_prefill_token_threshold
         self._step_mark = (0.0, 0)  # (time, steps) at the last decision
@@ -240,11 +254,14 @@ class AgentDriver:
             estimator.observe([tool], gap)
         blocks = self.engine.block_manager
         used = (blocks.num_blocks - blocks.num_free_blocks) / blocks.num_blocks
-        host = self.engine.config.num_host_blocks * self.engine.config.block_size if self.price_host_tier else 0
+        engine, tiers = self.engine.config, self.tiers
+        host, disk = (engine.num_host_blocks * engine.block_size, engine.num_disk_blocks * engine.block_size) \
+            if tiers.priced else (0, 0)
         costs = EngineCosts(self._prefill_rate(now), self.capacity_tokens,
                             memory_pressure(used, self.config.memory_pressure_floor),
                             attention_knee_tokens=self.attention_knee, host_capacity_tokens=host,
-                            host_copy_tokens_per_s=self.host_copy_rate)
+                            host_copy_tokens_per_s=tiers.host_copy, disk_capacity_tokens=disk,
+                            disk_read_tokens_per_s=tiers.disk_read)
         tool = program.template.turns[turn].tool
         decision = self.ttl_policy.choose(TurnEnd(context_tokens, turn + 1, turn, [tool] if tool else [],
                                                   tool_calls_seen=tool is not None), costs)
@@ -258,16 +275,16 @@ class AgentDriver:
 
 def run_policy(policy: PinPolicy, programs: list[Program], chat: list[ChatRequest], model: RooflineStepTime,
                num_blocks: int, max_model_len: int = 131072, config: SessionsConfig | None = None,
-               work: WorkTable | None = None, num_host_blocks: int = 0, price_host_tier: bool = True,
+               work: WorkTable | None = None, num_host_blocks: int = 0, price_kv_tiers: bool = True,
                **engine_config: float) -> dict:
-    """`price_host_tier` False (an ablation): TTLs chosen as if the engine had no host tier; `engine_config`
-    goes to EngineConfig."""
+    """`price_kv_tiers` False (an ablation): TTLs chosen as if the engine had no host or disk tier;
+    `engine_config` goes to EngineConfig."""
     engine = policy_engine(policy, model, num_blocks, max_model_len, num_host_blocks=num_host_blocks, **engine_config)
     rate = prefill_tokens_per_s(model, engine.config.long_prefill_token_threshold)
     kv_block_bytes = model.model.kv_bytes_per_token * engine.config.block_size
     config = config or SessionsConfig(attention_knee_tokens=attention_knee_tokens(model))
     return run_on_engine(engine, policy, programs, chat, rate, kv_block_bytes, config, work,
-                         host_copy_rate=1.0 / model._s_per_kv_token_moved, price_host_tier=price_host_tier)
+                         TierRates.of(model, price_kv_tiers))
 
 
 def policy_engine(policy: PinPolicy, model: RooflineStepTime, num_blocks: int, max_model_len: int = 131072,
@@ -293,12 +310,11 @@ def workload_arrivals(driver: AgentDriver, programs: list[Program], chat: list[C
 
 def run_on_engine(engine: LLMEngine, policy: PinPolicy, programs: list[Program], chat: list[ChatRequest],
                   prefill_rate: float, kv_block_bytes: int, config: SessionsConfig | None = None,
-                  work: WorkTable | None = None, host_copy_rate: float | None = None,
-                  price_host_tier: bool = True) -> dict:
+                  work: WorkTable | None = None, tiers: TierRates | None = None) -> dict:
     """The workload through `engine` (on a VirtualClock, or a subclass keeping CPU time for a real
     runner): the simulated runner, or the torch runner at small scale."""
     config = config or SessionsConfig()
-    driver = AgentDriver(engine, policy, programs, prefill_rate, config, work, host_copy_rate, price_host_tier)
+    driver = AgentDriver(engine, policy, programs, prefill_rate, config, work, tiers)
     arrivals = workload_arrivals(driver, programs, chat)
     started = time.perf_counter()
     results = simulate(engine, arrivals, driver.on_finish)

@@ -8,6 +8,9 @@ priced at 80% of each drive's 6 GB/s (engine/roofline.py), queued on the drive a
 then the PCIe copy; writes run behind the step. Then a restart: the engine
 drained and restarted when half the programs have arrived (turns arriving meanwhile wait for the new
 engine); its GPU and host KV are lost, the disk's index is taken over, or, for comparison, lost too.
+Policies: no pinning; Pitstop's, its TTLs priced with the tiers (a context the host tier cannot hold
+comes back from disk: the copies and the drive's read) and no pin held while a returning turn waits;
+and, the ablation, Pitstop's with its GPU-only rules (TTLs priced as re-prefill, pins held 30 s).
 (b) Torch runner on this CPU, one run: time to first token of a long prompt computed, its prefix on the
 GPU, loaded from the host tier, from the disk tier (the file in the page cache, then dropped from it),
 and from disk after a restart; and what a disk write costs the step that queues it.
@@ -32,6 +35,7 @@ from bench.agent_sim import (
     AgentDriver,
     ChatRequest,
     PinPolicy,
+    TierRates,
     attention_knee_tokens,
     make_chat,
     policy_engine,
@@ -50,12 +54,17 @@ RESULTS = Path(__file__).parent / "results"
 TIERS = {"gpu-only": (0, 0, 1), "host-1x": (1, 0, 1), "host-1x+disk-16x": (1, 16, 1), "disk-16x": (0, 16, 1),
          "host-1x+disk-16x, 4 drives": (1, 16, 4)}
 NO_READ_AHEAD = "host-1x+disk-16x, loaded in the step"  # the ablation: no read-ahead (EngineConfig.disk_read_ahead)
-POLICY_NAMES = ("no-pinning", "pitstop")
-MACHINE = "Intel Xeon VM, family 6 / model 167"
+# The ablation of Pitstop's tier rules: TTLs priced as re-prefill (as if the engine had neither tier) and a
+# returning turn's pin held 30 s while it waits, as on an engine with the GPU's KV only.
+GPU_ONLY_RULES = "pitstop-gpu-only-rules"
+POLICY_NAMES = ("no-pinning", "pitstop", GPU_ONLY_RULES)
 
 
-def _policies(names: tuple[str, ...] = POLICY_NAMES) -> list[PinPolicy]:
-    return [p for p in POLICIES if p.name in names]
+def _policies(names: tuple[str, ...] = POLICY_NAMES) -> list[tuple[str, PinPolicy, dict]]:
+    """(name, policy, run_policy's extra arguments) for each name."""
+    by_name = {p.name: p for p in POLICIES}
+    return [(name, by_name["pitstop"], {"price_kv_tiers": False, "pin_hold_on_arrival_s": 30.0})
+            if name == GPU_ONLY_RULES else (name, by_name[name], {}) for name in names]
 
 
 def _sessions(model: RooflineStepTime) -> SessionsConfig:
@@ -84,15 +93,15 @@ def sim_tiers(model: RooflineStepTime, num_blocks: int, rates: list[float], temp
     for rate in rates:
         programs = make_programs(templates, num_programs, rate, scaling, seed=seed)
         chat = make_chat(chat_rate, programs[-1].arrival_s + 60, seed=seed + 1)
-        for policy in _policies(policies):
+        for name, policy, rules in _policies(policies):
             for tier, (host, disk, drives) in tiers.items():
                 priced = on_drives(model, drives)
                 result = run_policy(policy, programs, chat, priced, num_blocks, config=_sessions(model),
                                     num_host_blocks=host * num_blocks, num_disk_blocks=disk * num_blocks,
-                                    disk_read_ahead=tier != NO_READ_AHEAD)
+                                    disk_read_ahead=tier != NO_READ_AHEAD, **rules) | {"policy": name}
                 rows.append({"scenario": "tiers", "tiers": tier, "program_rate_per_s": rate, "num_blocks": num_blocks,
                              "drives": drives, **result, **_disk_figures(result, priced)})
-                _log(rate, policy.name, tier, result)
+                _log(rate, name, tier, result)
     return rows
 
 
@@ -119,7 +128,7 @@ def restart_run(policy: PinPolicy, programs: list[Program], chat: list[ChatReque
     started = time.perf_counter()
     first = engine_at(0.0)
     driver = AgentDriver(first, policy, programs, prefill_tokens_per_s(model, first.config.long_prefill_token_threshold),
-                         _sessions(model), host_copy_rate=1.0 / model._s_per_kv_token_moved)
+                         _sessions(model), tiers=TierRates.of(model))
     arrivals = workload_arrivals(driver, programs, chat)
     held: list[Arrival] = []
 
@@ -177,7 +186,7 @@ def sim_restart(model: RooflineStepTime, num_blocks: int, rate: float, templates
                 "host-1x+disk-16x, index lost": (1, 16, False, 1), "host-1x+disk-16x, 4 drives": (1, 16, True, 4),
                 "host-1x+disk-16x, 4 drives, index lost": (1, 16, False, 4)}
     rows = []
-    for policy in _policies(policies):
+    for _, policy, _ in _policies(policies):
         for name, (host, disk, keep, drives) in variants.items():
             with tempfile.TemporaryDirectory(prefix="pitstop-disk-kv-sim-") as folder:
                 result = restart_run(policy, programs, chat, model, num_blocks, host, disk, keep, restart_s,
@@ -237,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch_part = time_to_first_token(args.torch_prompt_tokens, args.torch_layers, args.torch_hidden,
                                          args.torch_repeats, args.disk_dir)
     report = {
-        "command": command("bench.disk_kv", argv), "machine": machine_info() | {"described_as": MACHINE},
+        "command": command("bench.disk_kv", argv), "machine": machine_info(),
         "workload": workload_record(args, model=args.model, gpu="H100-SXM", rates=rates,
                                     restart_rate=args.restart_rate),
         "tiers": {name: {"host_blocks_per_gpu_block": h, "disk_blocks_per_gpu_block": d, "drives": n}

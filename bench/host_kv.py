@@ -66,7 +66,7 @@ def _gpu_only_rules(args: argparse.Namespace, model_name: str, tp: int, num_bloc
     returning turn's pin held 30 s while it waits."""
     policy = next(p for p in POLICIES if p.name == "pitstop")
     result = run_policy(policy, programs, chat, model, num_blocks, config=config, num_host_blocks=ratio * num_blocks,
-                        price_host_tier=False, pin_hold_on_arrival_s=30.0)
+                        price_kv_tiers=False, pin_hold_on_arrival_s=30.0)
     result["policy"] = "pitstop-gpu-only-rules"
     _log(model_name, rate, result["policy"], ratio, result)
     return {"runner": "simulated", "model": model_name, "tensor_parallel": tp, "num_blocks": num_blocks,

@@ -89,9 +89,10 @@ class EngineConfig:
     # an idle engine reclaims them rather than stall. False: any allocation may reclaim pins.
     pins_hold_admission: bool = True
     # A session's next turn has arrived while its pin is live: hold the pin at least this long more,
-    # so the KV does not expire while the turn waits in the queue. None: 30 s, or 0 with a host tier,
-    # where a context lost while its turn waits comes back over the host link (the held memory would
-    # keep other work waiting: bench/host_kv.py).
+    # so the KV does not expire while the turn waits in the queue. None: 30 s, or 0 with a host or disk
+    # tier, where a context lost while its turn waits comes back over the host link or is read ahead from
+    # the drive while it waits (the held memory would keep other work waiting: bench/host_kv.py,
+    # bench/disk_kv.py).
     pin_hold_on_arrival_s: float | None = None
     # Admit a waiting request (while others run) only when its whole uncached prompt fits in free
     # blocks: a long re-prefill started on its first chunk would otherwise grow into preemptions.
@@ -139,7 +140,7 @@ class EngineConfig:
     def arrival_pin_hold_s(self) -> float:
         if self.pin_hold_on_arrival_s is not None:
             return self.pin_hold_on_arrival_s
-        return 0.0 if self.num_host_blocks else 30.0
+        return 0.0 if self.num_host_blocks or self.num_disk_blocks else 30.0
 
     @property
     def pin_budget_blocks(self) -> int:

@@ -28,6 +28,7 @@ class KVView:
     used_fraction: float  # blocks held by running requests and pins
     pinned_blocks: int
     host_capacity_tokens: int = 0  # its host KV tier (engine/host_cache.py); 0: none
+    disk_capacity_tokens: int = 0  # its disk KV tier (engine/disk_cache.py); 0: none
 
 
 def holds_pins(backend: Backend) -> bool:
@@ -91,9 +92,9 @@ def view_from_stats(stats: dict) -> KVView:
     """A KVView from an engine server's /v1/engine/stats (EngineStats as JSON)."""
     blocks, block_size = stats["blocks"], int(stats["block_size"])
     total = max(1, int(blocks["total"]))
-    host = blocks.get("host") or {}
+    host, disk = blocks.get("host") or {}, blocks.get("disk") or {}
     return KVView(block_size, total * block_size, int(blocks["used"]) / total, int(blocks["pinned"]),
-                  int(host.get("total", 0)) * block_size)
+                  int(host.get("total", 0)) * block_size, int(disk.get("total", 0)) * block_size)
 
 
 class KVViews:
@@ -154,7 +155,6 @@ def kv_view(backend: Backend) -> KVView | None:
         return None
     engine = backend.engine.engine
     blocks = engine.block_manager
-    total = blocks.num_blocks
-    return KVView(engine.config.block_size, total * engine.config.block_size,
-                  (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
-                  engine.config.num_host_blocks * engine.config.block_size)
+    total, block_size = blocks.num_blocks, engine.config.block_size
+    return KVView(block_size, total * block_size, (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
+                  engine.config.num_host_blocks * block_size, engine.config.num_disk_blocks * block_size)

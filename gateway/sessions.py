@@ -174,7 +174,9 @@ class GatewaySessions:
                             memory_pressure(view.used_fraction if view else 1.0, self.config.memory_pressure_floor),
                             attention_knee_tokens=self.config.attention_knee_tokens,
                             host_capacity_tokens=view.host_capacity_tokens if view else 0,
-                            host_copy_tokens_per_s=self.config.host_copy_tokens_per_s)
+                            host_copy_tokens_per_s=self.config.host_copy_tokens_per_s,
+                            disk_capacity_tokens=view.disk_capacity_tokens if view else 0,
+                            disk_read_tokens_per_s=self.config.disk_read_tokens_per_s)
         outcome = await self.manager.end(turn, deployment.name, deployment.model_name, prompt_tokens,
                                          completion_tokens, cached_tokens, draft.tool_calls, costs)
         state = turn.state

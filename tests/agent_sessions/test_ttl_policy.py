@@ -78,6 +78,24 @@ def test_a_host_tier_prices_a_lost_context_as_its_copies() -> None:
     assert with_host.ttl_s < gpu_only.ttl_s
 
 
+def test_a_disk_tier_prices_a_context_only_it_can_hold_as_its_copies_and_read() -> None:
+    """Past what the host tier holds, a lost context comes back from the drive: its copies over the host
+    link and the drive's read; a context the host holds still costs only the copies, one neither holds
+    its re-prefill, and a drive slower than recomputing is not taken."""
+    policy = trained([0.5 * 1.1**i for i in range(40)])
+    gpu_only = EngineCosts(10_000.0, 100_000, memory_pressure=1.0)
+    disk = EngineCosts(10_000.0, 100_000, memory_pressure=1.0, host_capacity_tokens=20_000,
+                       host_copy_tokens_per_s=400_000.0, disk_capacity_tokens=400_000, disk_read_tokens_per_s=40_000.0)
+    assert disk.miss_s(40_000) == pytest.approx(2 * 40_000 / 400_000.0 + 40_000 / 40_000.0)
+    assert disk.miss_s(10_000) == pytest.approx(2 * 10_000 / 400_000.0)  # the host tier holds it
+    assert disk.miss_s(500_000) == gpu_only.reprefill_s(500_000)  # past the disk too
+    slow_drive = EngineCosts(10_000.0, 100_000, disk_capacity_tokens=400_000, disk_read_tokens_per_s=100.0)
+    assert slow_drive.miss_s(40_000) == gpu_only.reprefill_s(40_000)
+    without, with_disk = (policy.choose(end(40_000), c) for c in (gpu_only, disk))
+    assert with_disk.benefit_s < gpu_only.miss_s(40_000) / 5 < without.benefit_s
+    assert with_disk.ttl_s < without.ttl_s
+
+
 def test_never_longer_than_the_maximum() -> None:
     policy = trained([100.0] * 50)
     policy.max_ttl_s = 5.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.agent_sim import ChatRequest
 from bench.agent_workload import ProgramTemplate, ToolScaling, TurnTemplate, make_programs
-from bench.disk_kv import restart_run, sim_tiers, summary
+from bench.disk_kv import GPU_ONLY_RULES, restart_run, sim_tiers, summary
 from bench.disk_kv_torch import PATHS, time_to_first_token
 from engine.roofline import RooflineStepTime
 
@@ -29,6 +29,21 @@ def test_contexts_a_small_host_tier_cannot_keep_come_back_from_disk() -> None:
     assert by_tier["host-1x+disk-16x"]["disk_read_s"] > 0 and by_tier["gpu-only"]["disk_read_s"] == 0
     (row,) = summary(rows)
     assert row["speedup_vs_gpu_only"]["gpu-only"] == 1.0 and set(row["jct_avg_s"]) == set(tiers)
+
+
+def test_pitstop_prices_a_disk_tier_into_shorter_pins() -> None:
+    """20k-token contexts on a contended GPU with four drives behind it: read back from disk they cost
+    less than their re-prefill, so Pitstop's pins are shorter than its GPU-only rules' and hold less
+    memory, and programs finish sooner (virtual time)."""
+    long = ProgramTemplate("read-a-repo", [TurnTemplate(20_000, 60, "bash", "ls", 2.0),
+                                           TurnTemplate(300, 40, "bash", "pytest", 4.0),
+                                           TurnTemplate(200, 30, None, "", 0.0)])
+    rows = sim_tiers(MODEL, 2000, [2.0], [long], ToolScaling(), 8, 2.0, 0, {"disk-16x, 4 drives": (0, 16, 4)},
+                     ("pitstop", GPU_ONLY_RULES))
+    tiered, gpu_rules = (next(r for r in rows if r["policy"] == name) for name in ("pitstop", GPU_ONLY_RULES))
+    assert tiered["ttl_median_s"] < gpu_rules["ttl_median_s"]
+    assert tiered["pinned_gib_avg"] < gpu_rules["pinned_gib_avg"] / 2
+    assert tiered["jct_avg_s"] < gpu_rules["jct_avg_s"]
 
 
 def test_after_a_restart_contexts_come_back_from_disk_only_while_its_index_is_kept(tmp_path: Path) -> None:

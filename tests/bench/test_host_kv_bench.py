@@ -34,7 +34,7 @@ def test_contexts_the_gpu_cannot_keep_come_back_from_the_host_tier() -> None:
 
 def test_pitstop_pins_less_when_it_prices_the_host_tier() -> None:
     priced = _run("pitstop", 4800)
-    unpriced = _run("pitstop", 4800, price_host_tier=False, pin_hold_on_arrival_s=30.0)
+    unpriced = _run("pitstop", 4800, price_kv_tiers=False, pin_hold_on_arrival_s=30.0)
     assert priced["ttl_median_s"] < unpriced["ttl_median_s"]
 
 

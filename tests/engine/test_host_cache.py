@@ -215,7 +215,8 @@ def test_engine_refuses_a_host_tier_its_runner_lacks(tiny_model_dir: Path) -> No
         LLMEngine(EngineConfig(block_size=BS, num_blocks=8, num_host_blocks=4), runner)
 
 
-def test_a_returning_turn_holds_its_pin_only_without_a_host_tier() -> None:
+def test_a_returning_turn_holds_its_pin_only_without_a_host_or_disk_tier() -> None:
     assert EngineConfig().arrival_pin_hold_s == 30.0
     assert EngineConfig(num_host_blocks=8).arrival_pin_hold_s == 0.0  # lost while queued: loaded back
+    assert EngineConfig(num_disk_blocks=8).arrival_pin_hold_s == 0.0  # lost while queued: read ahead
     assert EngineConfig(num_host_blocks=8, pin_hold_on_arrival_s=5.0).arrival_pin_hold_s == 5.0

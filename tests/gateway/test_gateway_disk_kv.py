@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from engine.tiny_model import make_tiny_model
+from gateway.session_pins import kv_view
 from tests.gateway.harness import gateway_config, running_gateway
 
 SYSTEM = "You are a careful assistant who answers questions about the quick brown fox and the lazy dog. " * 3
@@ -30,10 +31,12 @@ def test_a_conversation_from_before_a_gateway_restart_comes_back_from_disk(tmp_p
             assert gateway.state is not None
             engine = gateway.state.pool.deployments[0].backend.engine.engine  # type: ignore[attr-defined]
             disk = engine.stats().blocks
+            view = kv_view(gateway.state.pool.deployments[0].backend)  # what the TTL policy prices
             metrics = httpx.get(gateway.url + "/metrics").text
     assert engine.config.num_disk_blocks > 0 and (tmp_path / "kv" / "kv-rank0.index").exists()
     assert cached[0] == 0 and cached[1] >= 48 and disk.disk_hit_tokens == cached[1]
     assert answers[1] == answers[0]
+    assert view is not None and view.disk_capacity_tokens == engine.config.num_disk_blocks * 16
     gauge = {line.split('counter="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics.splitlines()
              if line.startswith("pitstop_engine_disk_kv{")}
     assert gauge["hit_tokens"] == cached[1] and gauge["restored_blocks"] > 0 and gauge["total_blocks"] > 0

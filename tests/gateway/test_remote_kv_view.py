@@ -119,3 +119,10 @@ def test_view_from_stats_without_a_host_tier() -> None:
     view = view_from_stats(stats)
     assert (view.capacity_tokens, view.used_fraction, view.pinned_blocks, view.host_capacity_tokens) == \
         (1600, 0.25, 10, 0)
+
+
+def test_view_from_stats_with_a_disk_tier() -> None:
+    stats = {"block_size": 16, "blocks": {"total": 100, "used": 25, "pinned": 10, "host": {"total": 50},
+                                          "disk": {"total": 800, "used": 3}}}
+    view = view_from_stats(stats)
+    assert (view.host_capacity_tokens, view.disk_capacity_tokens) == (800, 12_800)
