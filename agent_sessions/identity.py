@@ -15,7 +15,7 @@ from typing import Any
 
 USER_PREFIX = "user:"
 MAX_SESSION_ID_CHARS = 256  # what engines take (engine/server/protocol.py)
-_KEYED = re.compile(r"[0-9a-f]{32}:")  # an API key's id (storage/models.py new_id) and the separator
+_KEYED = re.compile(r"[0-9a-f]{32}:")  # an API key's id (storage/models/base.py new_id) and the separator
 
 
 def session_id_of(session_id: str | None, body: dict) -> str | None:

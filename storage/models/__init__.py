@@ -1,0 +1,42 @@
+"""SQLAlchemy 2 typed models: outcomes, feedback, API keys, stored Responses, conversations, files, batches,
+vector stores and webhooks, one module a concept. Portable across SQLite and PostgreSQL. Importing the
+package registers every table on `Base.metadata` (Alembic's storage/migrations/env.py reads it)."""
+
+from storage.models.base import JSON_DOC, NAMING_CONVENTION, Base, UTCDateTime, new_id, utc_now
+from storage.models.files import (
+    Batch,
+    BatchRecord,
+    StoredFile,
+    VectorStore,
+    VectorStoreChunk,
+    VectorStoreFile,
+)
+from storage.models.keys import ApiKey
+from storage.models.outcomes import Feedback, Outcome, UsageRollup
+from storage.models.responses import Conversation, ConversationItem, StoredChatCompletion, StoredResponse
+from storage.models.webhooks import WebhookDelivery, WebhookEndpoint
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Batch",
+    "BatchRecord",
+    "Conversation",
+    "ConversationItem",
+    "Feedback",
+    "JSON_DOC",
+    "NAMING_CONVENTION",
+    "Outcome",
+    "StoredChatCompletion",
+    "StoredFile",
+    "StoredResponse",
+    "UTCDateTime",
+    "UsageRollup",
+    "VectorStore",
+    "VectorStoreChunk",
+    "VectorStoreFile",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "new_id",
+    "utc_now",
+]
