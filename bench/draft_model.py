@@ -9,14 +9,18 @@ same embeddings, first layer, final norm and head; 1/L of the target's layer wor
 more of the target's prediction its first layer carries and the more drafts hold; s = 1 is the plain
 random model. The worst case: an unrelated random draft of the same size, whose drafts almost never hold.
 
-For each target, greedy and sampled (temperature 0.8, seeded: the draft draws with the request's noise)
-requests, one at a time and 8 at once: plain decoding against draft-model speculation checking every
-draft (`fixed`, k drafts) and with goodput draft lengths (`goodput`: each step's length chosen before the
-draft runs, priced by `pitstop engine profile`'s fits of the target's and the draft's shapes on this
-machine, made first over the sizes run here), in alternating rounds (drift in the machine hits all), the
-engine end to end (scheduler, block manager, torch runner, one torch thread). Reported: output tokens per
-second, the acceptance rate, the drafts written and checked, tokens per request-step, the draft's passes,
-and the speed-up over plain decoding.
+For each target, greedy and sampled (temperature 0.8, seeded, another seed each round) requests, one at a
+time and 8 at once: plain decoding against draft-model speculation checking every draft (`fixed`, k
+drafts) and with goodput draft lengths (`goodput`: each step's length chosen before the draft runs, priced
+by `pitstop engine profile`'s fits of the target's and the draft's shapes on this machine, made first over
+the sizes run here), in alternating rounds (drift in the machine hits all), the engine end to end
+(scheduler, block manager, torch runner, one torch thread). Sampled requests check their drafts by
+rejection sampling (`fixed`, `goodput`: the default acceptance_method) and by the coupled rule
+(`fixed_coupled`, `goodput_coupled`: the draft drawn with the request's own noise), side by side.
+Reported: output tokens per second of the thread's CPU time (bench.common.CpuClock's reasoning: on a
+shared machine, a dedicated one's wall clock) and of the wall clock, the acceptance rate over all rounds,
+the drafts written and checked a run, tokens per request-step, the draft's passes, and the speed-up over
+plain decoding (CPU time; `wall_speedup` beside it).
 
 Projected onto a GPU (machine-independent): Llama-3.2-1B drafting for Llama-3.1-8B on one H100 roofline
 (engine/roofline.py), each speculative step priced as the engine runs it (a draft pass over what the last
@@ -24,8 +28,9 @@ step accepted, k - 1 single-token draft passes, the target's step checking k dra
 plain decode step, at acceptance rates from 0.5 to 0.8 (an input: the pair's agreement depends on the
 text, and is not measured here).
 
-    .venv/bin/python -m bench.draft_model            # full run (about 6 minutes on 2 cores)
+    .venv/bin/python -m bench.draft_model            # full run (about 9 minutes on 2 cores)
     .venv/bin/python -m bench.draft_model --quick    # smaller, for a smoke test
+    .venv/bin/python -m bench.draft_model --sampling sampled --out /tmp/d.json   # sampled rows only
 
 Writes bench/results/draft_model.json."""
 
@@ -45,7 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.common import RESULTS, command, machine_info, write_report
 from engine.batch import StepShape
-from engine.config import EngineConfig, SpeculativeConfig
+from engine.config import ACCEPTANCE_METHODS, EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.profile import ProfileSweep, run_profile
 from engine.roofline import RooflineStepTime
@@ -71,50 +76,59 @@ def scale_later_layers(model_dir: Path, scale: float) -> None:
 
 
 def run_once(target: Path, spec: SpeculativeConfig | None, params: SamplingParams, batch: int,
-             args: argparse.Namespace) -> dict:
-    """`batch` requests of `args.prompt_len` random tokens, `args.output_len` tokens each, to the end."""
+             args: argparse.Namespace, round_: int) -> dict:
+    """`batch` requests of `args.prompt_len` random tokens, `args.output_len` tokens each, to the end; a
+    seeded request's seed moves on each round, so the rounds are different samples."""
     blocks = batch * (args.prompt_len + args.output_len + 2 * args.k) // 16 + 16
     engine = LLMEngine(EngineConfig(block_size=16, num_blocks=blocks, max_model_len=2048, speculative=spec),
                        TorchModelRunner(target, blocks, 16))
     rng = random.Random(args.seed)
     for i in range(batch):
+        seed = None if params.seed is None else params.seed + i + 1000 * round_
         engine.add_request(f"r{i}", [rng.randrange(args.vocab) for _ in range(args.prompt_len)],
-                           replace(params, max_tokens=args.output_len, seed=None if params.seed is None else params.seed + i))
-    start = time.perf_counter()
+                           replace(params, max_tokens=args.output_len, seed=seed))
+    wall, cpu = time.perf_counter(), time.thread_time()
     produced = 0
     while engine.has_unfinished():
         produced += sum(len(out.new_token_ids) for out in engine.step())
-    seconds = time.perf_counter() - start
     spec_counts = engine.stats().spec
-    return {"seconds": seconds, "tokens": produced, "steps": engine.num_steps,
-            "draft_tokens": spec_counts.draft_tokens, "accepted_tokens": spec_counts.accepted_tokens,
-            "draft_passes": spec_counts.draft_passes}
+    return {"seconds": time.thread_time() - cpu, "wall_seconds": time.perf_counter() - wall, "tokens": produced,
+            "steps": engine.num_steps, "draft_tokens": spec_counts.draft_tokens,
+            "accepted_tokens": spec_counts.accepted_tokens, "draft_passes": spec_counts.draft_passes}
 
 
 def compare(target: Path, arms: dict[str, SpeculativeConfig], args: argparse.Namespace) -> list[dict]:
-    """Plain decoding and each speculative arm, alternating round by round (drift in the machine hits all)."""
+    """Plain decoding and each speculative arm, alternating round by round (drift in the machine hits all);
+    the coupled arms for sampled requests only (a greedy request's check is the same under both)."""
     rows = []
-    for kind, params in PARAMS.items():
+    for kind in args.sampling:
+        params = PARAMS[kind]
+        names = [name for name in arms if kind == "sampled" or not name.endswith("_coupled")]
         for batch in args.batches:
-            runs: dict[str, list[dict]] = {"plain": [], **{name: [] for name in arms}}
-            for _ in range(args.rounds):
-                runs["plain"].append(run_once(target, None, params, batch, args))
-                for name, spec in arms.items():
-                    runs[name].append(run_once(target, spec, params, batch, args))
+            runs: dict[str, list[dict]] = {"plain": [], **{name: [] for name in names}}
+            for round_ in range(args.rounds):
+                runs["plain"].append(run_once(target, None, params, batch, args, round_))
+                for name in names:
+                    runs[name].append(run_once(target, arms[name], params, batch, args, round_))
             plain_tps = statistics.median(r["tokens"] / r["seconds"] for r in runs["plain"])
-            row: dict = {"sampling": kind, "batch": batch, "plain_tokens_per_s": round(plain_tps, 1)}
-            for name in arms:
+            plain_wall = statistics.median(r["tokens"] / r["wall_seconds"] for r in runs["plain"])
+            row: dict = {"sampling": kind, "batch": batch, "plain_tokens_per_s": round(plain_tps, 1),
+                         "plain_wall_tokens_per_s": round(plain_wall, 1)}
+            for name in names:
                 tps = statistics.median(r["tokens"] / r["seconds"] for r in runs[name])
-                last = runs[name][-1]
+                wall = statistics.median(r["tokens"] / r["wall_seconds"] for r in runs[name])
+                total = {field: sum(r[field] for r in runs[name]) for field in
+                         ("draft_tokens", "accepted_tokens", "tokens", "steps", "draft_passes")}
                 row[name] = {"tokens_per_s": round(tps, 1), "speedup": round(tps / plain_tps, 3),
-                             "draft_tokens": last["draft_tokens"],
-                             "acceptance": round(last["accepted_tokens"] / max(last["draft_tokens"], 1), 3),
-                             "tokens_per_request_step": round(last["tokens"] / last["steps"] / batch, 2),
-                             "draft_passes": last["draft_passes"]}
+                             "wall_speedup": round(wall / plain_wall, 3),
+                             "draft_tokens": round(total["draft_tokens"] / args.rounds),
+                             "acceptance": round(total["accepted_tokens"] / max(total["draft_tokens"], 1), 3),
+                             "tokens_per_request_step": round(total["tokens"] / total["steps"] / batch, 2),
+                             "draft_passes": round(total["draft_passes"] / args.rounds)}
             rows.append(row)
             print(f"  {kind} batch {batch}: plain {plain_tps:.0f} tok/s; " + "; ".join(
                 f"{name} {row[name]['speedup']}x (acceptance {row[name]['acceptance']}, "
-                f"{row[name]['draft_tokens']} drafts)" for name in arms), flush=True)
+                f"{row[name]['draft_tokens']} drafts)" for name in names), flush=True)
     return rows
 
 
@@ -161,12 +175,18 @@ def roofline_rows(acceptances: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8), ks: tup
     return rows
 
 
-def arms(draft: Path, target_profile: Path | None, draft_profile: Path | None, k: int) -> dict[str, SpeculativeConfig]:
-    """Every draft checked (`fixed`), and goodput draft lengths priced by the two profiles."""
-    return {"fixed": SpeculativeConfig(model=str(draft), num_speculative_tokens=k),
-            "goodput": SpeculativeConfig(model=str(draft), num_speculative_tokens=k, draft_policy="goodput",
-                                         step_time_profile=str(target_profile),
-                                         draft_step_time_profile=str(draft_profile))}
+def arms(draft: Path, target_profile: Path | None, draft_profile: Path | None, k: int,
+         acceptance: list[str]) -> dict[str, SpeculativeConfig]:
+    """Every draft checked (`fixed`), and goodput draft lengths priced by the two profiles; each under
+    rejection sampling (the default: no suffix) and the coupled rule (`_coupled`), as `acceptance` asks."""
+    out = {}
+    for method in acceptance:
+        suffix = "" if method == "rejection_sampler" else f"_{method}"
+        out[f"fixed{suffix}"] = SpeculativeConfig(model=str(draft), num_speculative_tokens=k, acceptance_method=method)
+        out[f"goodput{suffix}"] = SpeculativeConfig(
+            model=str(draft), num_speculative_tokens=k, draft_policy="goodput", step_time_profile=str(target_profile),
+            draft_step_time_profile=str(draft_profile), acceptance_method=method)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,6 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampling", nargs="+", choices=list(PARAMS), default=list(PARAMS),
+                        help="which requests: greedy, sampled (both by default)")
+    parser.add_argument("--acceptance", nargs="+", choices=list(ACCEPTANCE_METHODS), default=list(ACCEPTANCE_METHODS),
+                        help="the acceptance methods sampled requests check drafts with (both by default)")
     parser.add_argument("--quick", action="store_true", help="2 layers, hidden 128, one scale, 1 round")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -203,11 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
             target_profile, draft_profile = profiles(target, draft, root, args.quick)
         print(f"target with later layers scaled by {scale}, its first layer as the draft:", flush=True)
         targets.append({"later_layers_scale": scale, "draft": "the target's first layer",
-                        "rows": compare(target, arms(draft, target_profile, draft_profile, args.k), args)})
+                        "rows": compare(target, arms(draft, target_profile, draft_profile, args.k, args.acceptance),
+                                        args)})
     print("the first target, an unrelated random draft of one layer:", flush=True)
     targets.append({"later_layers_scale": args.scales[0], "draft": "an unrelated random model of one layer",
                     "rows": compare(root / f"target_{args.scales[0]}",
-                                    arms(unrelated, target_profile, draft_profile, args.k), args)})
+                                    arms(unrelated, target_profile, draft_profile, args.k, args.acceptance), args)})
     roofline = roofline_rows()
     best = {a: max((r for r in roofline if r["acceptance"] == a and r["batch"] == 1), key=lambda r: r["speedup"])
             for a in (0.5, 0.8)}
@@ -217,7 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
               "model": f"random weights: {args.layers} layers, hidden {args.hidden}, 8 heads, 4 KV heads, "
                        f"vocab {args.vocab}, float32; the draft: 1 layer",
               "num_speculative_tokens": args.k, "prompt_tokens": args.prompt_len, "output_tokens": args.output_len,
-              "rounds": args.rounds, "targets": targets,
+              "rounds": args.rounds, "clock": "tokens_per_s and speedup on the thread's CPU time; wall_speedup "
+                                             "and plain_wall_tokens_per_s on the wall clock",
+              "acceptance_methods": {"fixed, goodput": "rejection_sampler (sampled requests)",
+                                     "fixed_coupled, goodput_coupled": "coupled"}, "targets": targets,
               "roofline": {"what": "Llama-3.2-1B drafting for Llama-3.1-8B on one H100-SXM roofline (bf16), "
                                    "at a given acceptance: a projection, not a measurement", "rows": roofline}}
     write_report(args.out, report)

@@ -23,6 +23,7 @@ def kv_element_bytes(kv_cache_dtype: str, model_bytes: int) -> int:
 Quantization = Literal["int8", "fp8"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DRAFT_POLICIES = ("fixed", "goodput")
+ACCEPTANCE_METHODS = ("rejection_sampler", "coupled")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,16 @@ class SpeculativeConfig:
     `ngram` (prompt lookup) drafts what followed the latest earlier occurrence of the sequence's last
     `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load.
     `draft_model` drafts with `model`, a smaller model folder of the same vocabulary (engine/draft_model.py);
-    as at vLLM, naming a `model` without a method picks it."""
+    as at vLLM, naming a `model` without a method picks it.
+
+    `acceptance_method` (vLLM's field and default): how a sampled request checks a draft model's drafts.
+    "rejection_sampler" keeps a draft x with probability min(1, p(x) / q(x)) and otherwise draws from
+    norm(max(0, p - q)) (engine/model/rejection_sampler.py): the target's distribution, and the most drafts
+    any such rule keeps. "coupled" draws the draft and the target with the same noise and keeps the draft
+    where the target's own sample equals it: fewer drafts held, but a seeded answer is plain decoding's token
+    for token. Greedy requests keep a draft where it is the argmax either way, and n-gram drafts (a point
+    mass: rejection sampling keeps one with probability p(x) and otherwise draws from p without it, which
+    comparing with the target's own sample does) are checked that way under both."""
 
     method: str | None = None  # None: "draft_model" with a `model`, else "ngram"
     num_speculative_tokens: int = 4
@@ -46,6 +56,7 @@ class SpeculativeConfig:
     step_time_profile: str | None = None
     # With a draft model and "goodput": what the draft's passes cost (its own profile), priced beside the check.
     draft_step_time_profile: str | None = None
+    acceptance_method: str = "rejection_sampler"
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -59,6 +70,11 @@ class SpeculativeConfig:
             raise ValueError("num_speculative_tokens must be at least 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
             raise ValueError("prompt_lookup_min and prompt_lookup_max must satisfy 1 <= min <= max")
+        if self.acceptance_method not in ACCEPTANCE_METHODS:
+            lossy = (" (vLLM's typical acceptance sampler keeps drafts the target's distribution would not: "
+                     "Pitstop keeps that distribution)" if self.acceptance_method == "typical_acceptance_sampler" else "")
+            raise ValueError(f"acceptance_method {self.acceptance_method!r} is not one of "
+                             f"{', '.join(ACCEPTANCE_METHODS)}{lossy}")
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy {self.draft_policy!r} is not one of {', '.join(DRAFT_POLICIES)}")
         if self.draft_step_time_profile is not None and not (self.draft_policy == "goodput"

@@ -1,16 +1,23 @@
 """Speculative decoding with a draft model: a smaller model of the same vocabulary writes each decoding
 request's next k tokens; the engine checks them in its decode step as it checks n-gram drafts
-(engine/speculation.py), keeping the target's own sample at each place, so the output is the one plain
-decoding gives whatever the draft writes.
+(engine/speculation.py).
 
-The draft samples as the request is sampled, with the same noise. Sampling is an exponential race
-(engine/model/sampler.py: the argmax of p / E, E drawn from a generator seeded by the request's seed
-and the output token's index), so the draft, given the request's temperature, top-p/top-k/min-p,
-`logit_bias`, penalties, `min_tokens` and seed, draws argmax(q / E) with the very E the target will draw
-argmax(p / E) with at that place: where the draft's distribution q is close to the target's p, the two
-pick the same token (a Gumbel-max coupling), so sampled requests get drafts accepted as greedy ones do.
-An unseeded sampled request is given a random seed when it arrives (engine/llm_engine.py), which keeps it
-a fresh sample. Greedy requests are argmax for both.
+How a sampled request's drafts are checked is SpeculativeConfig.acceptance_method's choice. Under
+"rejection_sampler" (the default, vLLM's) the draft samples each draft from its processed distribution q
+(the request's temperature, top-p/top-k/min-p, `logit_bias`, penalties and `min_tokens`, with a seed of
+its own for a seeded request) and keeps q beside it (`DraftProposal`, [drafts, vocab] on the device, only
+for sampled requests); the target keeps a draft x with probability min(1, p(x) / q(x)) and otherwise draws
+from the residual (engine/model/rejection_sampler.py). The output has the target's distribution, and a
+draft holds with probability 1 - TV(p, q), the most any rule that keeps it can hold.
+
+Under "coupled", the draft samples as the request is sampled, with the same noise. Sampling is an
+exponential race (engine/model/sampler.py: the argmax of p / E, E drawn from a generator seeded by the
+request's seed and the output token's index), so the draft, given the request's parameters and seed,
+draws argmax(q / E) with the very E the target will draw argmax(p / E) with at that place, and the
+target keeps its own sample: where q is close to p the two pick the same token (a Gumbel-max coupling),
+and the output is the one plain decoding gives whatever the draft writes, token for token. An unseeded
+sampled request is given a random seed when it arrives (engine/llm_engine.py, `shares_noise`), which keeps
+it a fresh sample. Greedy requests are argmax for both, under either method.
 
 The draft runs on its own runner and KV cache, with its own block manager (prefix caching included), so
 the target's scheduler, blocks, pins and host tier are untouched. Each request has a shadow sequence in
@@ -30,11 +37,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager
 from engine.config import SpeculativeConfig
+from engine.model.sampler import draft_seed
 from engine.sequence import Sequence
-from engine.speculation import SpeculationCounters
+from engine.speculation import DraftProposal, SpeculationCounters
 
 if TYPE_CHECKING:
     from engine.torch_runner import TorchModelRunner
@@ -55,7 +65,10 @@ class DraftModelProposer:
         self.config = config
         self.block_size = block_size
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
-        self.shares_noise = True  # seeds unseeded sampled requests (engine/llm_engine.py add_request)
+        # coupled: seeds unseeded sampled requests (engine/llm_engine.py add_request), to draw with their noise
+        self.shares_noise = config.acceptance_method == "coupled"
+        self.proposes_distributions = config.acceptance_method == "rejection_sampler"
+        runner.sampler.keep_probs = self.proposes_distributions
         self.shadows: dict[str, tuple[Sequence, Sequence]] = {}  # request id -> (the request, its shadow)
         self.counters = counters or SpeculationCounters()  # the engine's: it counts the draft's passes
         self.max_catch_up = max_catch_up  # tokens a request's shadow computes in one pass at most
@@ -82,7 +95,8 @@ class DraftModelProposer:
 
     def forget(self, seq: Sequence) -> None:
         """`seq` finished or was preempted (a preempted one starts again): its shadow's blocks go back,
-        their full blocks still cached for it."""
+        their full blocks still cached for it, and its drafts' distributions with them."""
+        seq.draft_proposal = None
         entry = self.shadows.pop(seq.request_id, None)
         if entry is not None:
             self.block_manager.free(entry[1])
@@ -93,8 +107,9 @@ class DraftModelProposer:
         if entry is None or entry[0] is not seq:
             if entry is not None:
                 self.block_manager.free(entry[1])
+            seed = draft_seed(seq.params.seed) if self.proposes_distributions else seq.params.seed
             params = replace(seq.params, max_tokens=UNBOUNDED, logprobs=None, prompt_logprobs=None,
-                             constraint=None, embed=False, thinking_token_budget=None)
+                             constraint=None, embed=False, thinking_token_budget=None, seed=seed)
             shadow = Sequence(seq.request_id, seq.token_ids[: seq.num_prompt_tokens], params, seq.arrival_time)
             self.shadows[seq.request_id] = (seq, shadow)
         else:
@@ -143,12 +158,13 @@ class DraftModelProposer:
                 wanted.append((index, shadow, k))
         if not wanted and not catching_up:
             return drafts
+        probs: dict[int, list[torch.Tensor]] = {}  # index -> each draft's distribution (sampled requests)
         batch = ScheduledBatch(block_size=self.block_size)
         for shadow, new in catching_up:  # no token sampled for these: the runner returns the others' only
             batch.add(shadow, new)
         for _, shadow, _ in wanted:
             batch.add(shadow, shadow.num_tokens - shadow.num_computed_tokens)
-        self._pass(batch, wanted, drafts)
+        self._pass(batch, wanted, drafts, probs)
         for shadow, new in catching_up:
             shadow.num_computed_tokens += new
         own_tokens = {index: shadow.num_tokens for index, shadow, _ in wanted}
@@ -161,10 +177,13 @@ class DraftModelProposer:
                 shadow.token_ids.append(drafts[index][-1])  # the draft before, as this pass's input
                 shadow.num_computed_tokens = shadow.num_tokens - 1
                 batch.add(shadow, 1)
-            self._pass(batch, active, drafts)
+            self._pass(batch, active, drafts, probs)
         for index, shadow, _ in wanted:  # back to the request's own tokens, all of them computed
             del shadow.token_ids[own_tokens[index]:]
             shadow.num_computed_tokens = shadow.num_tokens
+            if index in probs:  # one tensor a request: the passes' [rows, vocab] tensors go now
+                seq = requests[index][0]
+                seq.draft_proposal = DraftProposal(seq.num_tokens, list(drafts[index]), torch.stack(probs[index]))
         return drafts
 
     def _ends(self, shadow: Sequence) -> tuple[int, ...]:
@@ -172,12 +191,16 @@ class DraftModelProposer:
         params = shadow.params
         return params.stop_token_ids if params.ignore_eos else (*params.stop_token_ids, *self.runner.eos_token_ids)
 
-    def _pass(self, batch: ScheduledBatch, rows: list[tuple[int, Sequence, int]], drafts: list[list[int]]) -> None:
+    def _pass(self, batch: ScheduledBatch, rows: list[tuple[int, Sequence, int]], drafts: list[list[int]],
+              probs: dict[int, list[torch.Tensor]]) -> None:
         tokens = self.runner.execute(batch)
         self.counters.draft_passes += 1
         assert len(tokens) == len(rows)
-        for (index, _, _), token in zip(rows, tokens, strict=True):
+        drawn_from = self.runner.sampler.probs  # sampled rows' distributions, with proposes_distributions
+        for row, ((index, _, _), token) in enumerate(zip(rows, tokens, strict=True)):
             drafts[index].append(token)
+            if row in drawn_from:
+                probs.setdefault(index, []).append(drawn_from[row])
 
     def close(self) -> None:
         self.runner.close()

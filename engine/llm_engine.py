@@ -252,6 +252,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
         row = 0  # the runner's sampled rows: one per sampling sequence, plus one per draft token
         for i, (seq, num_new, drafts, sampled) in enumerate(zip(batch.seqs, batch.num_new_tokens,
                                                                  batch.draft_token_ids, samples, strict=True)):
+            if sampled:  # a draft model's proposal was checked (engine/step_rows.py); the next is drawn anew
+                seq.draft_proposal = None
             if drafts:
                 outputs.append(self._verified(seq, drafts, token_ids[row: row + len(drafts) + 1], logprobs, row, end))
                 row += len(drafts) + 1

@@ -9,7 +9,7 @@ from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from engine.logprobs import TokenLogprobs
-    from engine.speculation import TokenArray
+    from engine.speculation import DraftProposal, TokenArray
     from engine.structured_output import GrammarMatcher
     from engine.thinking_budget import ThinkingBudget
 
@@ -87,6 +87,8 @@ class Sequence:
         # With goodput draft lengths: the chance its next draft holds (engine/draft_length.py).
         self.draft_acceptance: float | None = None
         self.held_draft: int | None = None  # the first draft of a proposal held back this step
+        # A draft model's drafts with their distributions, for rejection sampling (engine/speculation.py).
+        self.draft_proposal: DraftProposal | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -16,16 +16,25 @@ else draw from p without the draft), so greedy and seeded requests give the same
 speculation, and unseeded ones the same distribution. Rejected drafts' KV is simply overwritten later: the
 block manager publishes a block to the prefix cache only once every token in it is accepted. An answer
 held to a grammar keeps only the drafts its grammar allows, and each of its rows is masked as the grammar
-stands after the drafts before it (engine/structured_output.py, `mask_disallowed`)."""
+stands after the drafts before it (engine/structured_output.py, `mask_disallowed`).
+
+A draft model's drafts for a sampled request come with the distributions they were drawn from
+(`DraftProposal`); under rejection sampling (SpeculativeConfig.acceptance_method) the runner's token at
+such a row is the draft where speculative sampling keeps it and a draw from the residual where not
+(engine/model/rejection_sampler.py), never the draft then, so `accepted_tokens` applies as it is."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.config import SpeculativeConfig
 from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TokenArray:
@@ -122,3 +131,14 @@ class SpeculationCounters:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     draft_passes: int = 0  # forward passes of a draft model (engine/draft_model.py), each over every drafting request
+
+
+@dataclass
+class DraftProposal:
+    """A draft model's drafts for a sampled request checked by rejection sampling (engine/draft_model.py):
+    the tokens, the distribution each was drawn from, and the sequence length they follow. Kept on the
+    sequence until a step samples it (engine/step_rows.py `proposed_drafts`)."""
+
+    position: int
+    tokens: list[int]
+    probs: torch.Tensor  # [len(tokens), vocab], on the runner's device

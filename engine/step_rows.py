@@ -1,15 +1,20 @@
 """Which rows of a step's flat batch do what beyond computing KV: the positions whose logits score a
 prompt (`prompt_logprobs`), and the sampled rows, one per sampling sequence and one after each of its
-draft tokens (engine/speculation.py), with the history logits processing reads at each."""
+draft tokens (engine/speculation.py), with the history logits processing reads at each and the draft
+model's token each checks by rejection sampling."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.batch import ScheduledBatch
 from engine.model.logits_processors import needs_processing
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+
+if TYPE_CHECKING:
+    from engine.model.sampler import Proposal
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,26 @@ def sampled_rows(batch: ScheduledBatch) -> tuple[list[Sequence | DraftedRow], li
                                    seq.num_prompt_tokens))
             generated.append(seq.num_output_tokens + j)
     return rows, generated, drafts_after
+
+
+def proposed_drafts(batch: ScheduledBatch) -> list[Proposal | None] | None:
+    """Each sampled row's (draft token, its distribution) to check by rejection sampling, in
+    `sampled_rows`' order; None when no sequence has a proposal (engine/speculation.py `DraftProposal`).
+
+    Row j of a sequence checks its proposal's j-th token: its drafts, and then, at the row that samples
+    after them, the first draft the step did not take, if any. What the scheduler cuts (a grammar's first
+    disallowed draft, the step's budget, blocks) depends on the drafts; checking that draft where a fresh
+    draw would otherwise be made keeps every place the rule's own, so the output is still the target's."""
+    if not any(batch.seqs[i].draft_proposal is not None for i in batch.sampling_indices):
+        return None
+    proposals: list[Proposal | None] = []
+    for i in batch.sampling_indices:
+        seq, drafts = batch.seqs[i], batch.draft_token_ids[i]
+        proposal = seq.draft_proposal
+        if proposal is not None and proposal.position != seq.num_tokens:
+            proposal = None  # drafted after other tokens (not expected: a sampling step clears it)
+        assert proposal is None or proposal.tokens[: len(drafts)] == drafts, "drafts are a prefix of the proposal"
+        for j in range(len(drafts) + 1):
+            checked = proposal is not None and j < len(proposal.tokens)
+            proposals.append((proposal.tokens[j], proposal.probs[j]) if proposal is not None and checked else None)
+    return proposals

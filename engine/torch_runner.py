@@ -27,7 +27,7 @@ from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weig
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
-from engine.step_rows import ScoredPrompt, sampled_rows, scored_prompt_positions
+from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
 from engine.thinking_budget import forced_rows, mask_to_forced
 from engine.tp_workers import StepInputs, TensorParallelWorkers
@@ -246,7 +246,7 @@ class TorchModelRunner(TierCopies):
             if any(token is not None for token in forced):  # a thinking budget spent: its end tag
                 logits = logits.clone() if logits is raw_logits else logits
                 mask_to_forced(logits, forced)
-            tokens = self.sampler(logits, [s.params for s in rows], generated)
+            tokens = self.sampler(logits, [s.params for s in rows], generated, proposed_drafts(batch))
             wanted = [j for j, s in enumerate(rows) if s.params.logprobs is not None]
             self.step_logprobs = dict(zip(wanted, token_logprobs(
                 raw_logits[wanted], [tokens[j] for j in wanted], [rows[j].params.logprobs or 0 for j in wanted]),

@@ -36,6 +36,8 @@ class SpeculativeSpec(StrictConfig):
     draft_policy: Literal["fixed", "goodput"] = "fixed"  # goodput: drafts cut to what pays (engine/draft_length.py)
     step_time_profile: str | None = None  # what prices them: `pitstop engine profile`'s file
     draft_step_time_profile: str | None = None  # with a draft model and goodput: what its passes cost
+    # how a sampled request's draft-model drafts are checked (engine/config.py SpeculativeConfig)
+    acceptance_method: Literal["rejection_sampler", "coupled"] = "rejection_sampler"
 
     @model_validator(mode="after")
     def _lookup_range(self) -> SpeculativeSpec:

@@ -21,6 +21,9 @@ def test_the_quick_run_reports_every_row_and_the_knob_works(tmp_path: Path) -> N
         assert [(r["sampling"], r["batch"]) for r in target["rows"]] == [
             ("greedy", 1), ("greedy", 4), ("sampled", 1), ("sampled", 4)]
         assert all(r["fixed"]["draft_passes"] > 0 and r["fixed"]["speedup"] > 0 for r in target["rows"])
+        # sampled requests under both acceptance methods, greedy ones once (the same check under both)
+        assert all(("fixed_coupled" in r and "goodput_coupled" in r) == (r["sampling"] == "sampled")
+                   for r in target["rows"])
     for mine, theirs in zip(first["rows"], unrelated["rows"], strict=True):
         assert mine["fixed"]["acceptance"] > theirs["fixed"]["acceptance"] + 0.3
         assert mine["fixed"]["tokens_per_request_step"] > theirs["fixed"]["tokens_per_request_step"]

@@ -1,9 +1,9 @@
-"""Speculative decoding with a draft model (engine/draft_model.py) on the torch runner: the answers are
-plain decoding's whatever the draft (the target itself, its first layer, an unrelated random model),
-greedy, seeded, with penalties and `logit_bias`, log-probabilities and grammars; sampled requests draft
-with the noise they are sampled with, so a draft that is the target is always right; the draft's cache
-is its own, prefix cache included, and gives its blocks back; what cannot draft is refused; served over
-HTTP and by the gateway."""
+"""Speculative decoding with a draft model (engine/draft_model.py) on the torch runner, under the coupled
+acceptance method: the answers are plain decoding's whatever the draft (the target itself, its first layer,
+an unrelated random model), greedy, seeded, with penalties and `logit_bias`, log-probabilities and grammars;
+sampled requests draft with the noise they are sampled with, so a draft that is the target is always right;
+the draft's cache is its own, prefix cache included, and gives its blocks back; what cannot draft is
+refused; served over HTTP and by the gateway. The default, rejection sampling: test_rejection_sampling.py."""
 
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ def drafts(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def generate(model_dir: Path, draft: Path | SpeculativeConfig | None, params: SamplingParams, *, num_blocks: int = 256,
              requests: int = 5, tokenizer: Tokenizer | None = None, k: int = 4,
              ) -> tuple[dict[str, list[RequestOutput]], LLMEngine]:
-    """`draft`: a draft model's folder (k drafts), a whole speculative config, or None (plain decoding)."""
-    spec = SpeculativeConfig(model=str(draft), num_speculative_tokens=k) if isinstance(draft, Path) else draft
+    """`draft`: a draft model's folder (k drafts, the coupled rule), a whole speculative config, or None (plain
+    decoding)."""
+    spec = SpeculativeConfig(model=str(draft), num_speculative_tokens=k, acceptance_method="coupled") \
+        if isinstance(draft, Path) else draft
     return generate_with(model_dir, spec, params, num_blocks, tokenizer, requests)
 
 
@@ -84,7 +86,7 @@ def test_unseeded_samples_draft_with_their_own_noise_and_stay_fresh(tiny_model_d
     """An unseeded sampled request is given a seed: the target drafting for itself is always right, and two
     requests of one prompt still answer apart."""
     config = EngineConfig(block_size=4, num_blocks=256, max_model_len=512,
-                          speculative=SpeculativeConfig(model=str(drafts["self"])))
+                          speculative=SpeculativeConfig(model=str(drafts["self"]), acceptance_method="coupled"))
     engine = LLMEngine(config, TorchModelRunner(tiny_model_dir, 256, 4))
     params = SamplingParams(temperature=1.0, max_tokens=40, ignore_eos=True)
     for i in range(2):
@@ -225,7 +227,7 @@ def servers(tiny_model_dir: Path, drafts: dict[str, Path]) -> Iterator[tuple[str
         return create_app(engine, "tiny")
 
     with serve_in_thread(app(None)) as plain, \
-            serve_in_thread(app(SpeculativeConfig(model=str(drafts["first_layer"])))) as fast:
+            serve_in_thread(app(SpeculativeConfig(model=str(drafts["first_layer"]), acceptance_method="coupled"))) as fast:
         yield plain, fast
 
 

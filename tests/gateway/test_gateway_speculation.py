@@ -69,7 +69,8 @@ def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Pa
 
     model_dir = make_tiny_model(tmp_path / "tiny")
     draft = make_truncated_model(model_dir, tmp_path / "draft", 1)
-    models = [local("plain", model_dir), local("drafted", model_dir, speculative_config={"model": str(draft)})]
+    models = [local("plain", model_dir), local("drafted", model_dir, speculative_config={
+        "model": str(draft), "acceptance_method": "coupled"})]  # coupled: seeded answers are plain decoding's
     with running_gateway(gateway_config(tmp_path, models)) as gateway, gateway.openai() as client:
         answers = {model: [client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": text}], max_tokens=32, temperature=temperature,
@@ -79,6 +80,7 @@ def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Pa
         engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}  # type: ignore[attr-defined]
     assert answers["drafted"] == answers["plain"] and all(answers["drafted"])
     assert engines["drafted"].config.speculative.method == "draft_model"
+    assert engines["drafted"].config.speculative.acceptance_method == "coupled"
     assert engines["drafted"].stats().spec.draft_passes > 0
     from engine.step_time import LinearStepTime, save_profile
 
