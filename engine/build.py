@@ -27,7 +27,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
     default (1024 blocks for a model, the profile's own capacity for a simulation). `speculative`:
-    n-gram speculative decoding (a simulation checks drafts against its placeholder tokens).
+    n-gram speculative decoding (a simulation checks drafts against its placeholder tokens), or a draft
+    model's, whose KV cache (as many blocks as the target's) `kv_cache_memory_bytes` holds too.
     `host_kv_memory_bytes`: host memory for KV blocks the GPU evicts (engine/host_cache.py); 0: none.
     `disk_kv_path` and `disk_kv_bytes`: a folder and a file size for the disk tier behind it, which takes what
     the host tier evicts (the GPU, without one) and keeps it across restarts (engine/disk_cache.py).
@@ -58,9 +59,10 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         from engine.torch_runner import TorchModelRunner
 
         if num_blocks is None:
+            draft = speculative.model if speculative is not None and speculative.method == "draft_model" else None
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
                 model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
-                tensor_parallel_size=tensor_parallel_size)
+                tensor_parallel_size=tensor_parallel_size, draft_dir=draft)
         _check_num_blocks(num_blocks)
         num_host_blocks, num_disk_blocks = (
             TorchModelRunner.num_blocks_for_budget(model_dir, budget, block_size, device, kv_cache_dtype=kv_cache_dtype,

@@ -176,14 +176,20 @@ class TorchModelRunner(TierCopies):
         dtype: torch.dtype | None = None,
         kv_cache_dtype: str = "auto",
         tensor_parallel_size: int = 1,
+        draft_dir: str | Path | None = None,
     ) -> int:
         """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use),
-        per rank under tensor parallelism."""
+        per rank under tensor parallelism. With a draft model (`draft_dir`: engine/draft_model.py keeps as
+        many blocks of its own, whole, on the first rank, in the target's dtype), a block is the target's
+        and the draft's together, so both caches fit in the budget."""
         config = ModelConfig.from_dir(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
         shard = shard_config(config, tensor_parallel_size)
-        return budget_bytes // cls.kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype)
+        block_bytes = cls.kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype)
+        if draft_dir is not None:
+            block_bytes += cls.kv_bytes_per_block(ModelConfig.from_dir(draft_dir), block_size, dtype)
+        return budget_bytes // block_bytes
 
     def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
         """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py), for the

@@ -12,10 +12,12 @@ import torch
 from engine.batch import StepShape
 from engine.build import build_engine
 from engine.byte_tokenizer import ByteTokenizer
+from engine.config import SpeculativeConfig
 from engine.model.config import ModelConfig
 from engine.roofline import RooflineStepTime
 from engine.sampling_params import SamplingParams
 from engine.step_time import LinearStepTime, save_profile
+from engine.tiny_model import make_truncated_model
 from engine.torch_runner import TorchModelRunner, default_dtype
 
 STEP = LinearStepTime(c0=5e-3, c_prefill_token=0.0, c_prefill_seq=0.0, c_attn=0.0, c_decode_seq=0.0, c_kv_token=0.0)
@@ -57,6 +59,24 @@ def test_model_engine_sizes_its_kv_cache_from_bytes(tiny_model_dir: Path):
     assert engine.max_model_len == 40 * 16  # the context is capped by what the cache can hold
     text, outs = asyncio.run(generate_text(engine, "hello model", 4))
     assert len(outs) == 4 and outs[-1].num_prompt_tokens > 0
+
+
+def test_a_draft_models_kv_cache_comes_out_of_the_same_budget(tiny_model_dir: Path, tmp_path: Path):
+    """A block is the target's and the draft's together: both caches fit in `kv_cache_memory_bytes`."""
+    draft = make_truncated_model(tiny_model_dir, tmp_path / "draft", 1)
+    dtype = default_dtype(ModelConfig.from_dir(tiny_model_dir), torch.device("cpu"))
+    target_block, draft_block = (TorchModelRunner.kv_bytes_per_block(ModelConfig.from_dir(d), 16, dtype)
+                                 for d in (tiny_model_dir, draft))
+    budget = (target_block + draft_block) * 30
+    engine = build_engine(tiny_model_dir, device="cpu", kv_cache_memory_bytes=budget,
+                          speculative=SpeculativeConfig(model=str(draft), num_speculative_tokens=2))
+    llm = engine.engine
+    proposer = llm.scheduler.drafter
+    kv_bytes = sum(r.kv_cache.numel() * r.kv_cache.element_size() for r in (llm.runner, proposer.runner))
+    assert llm.config.num_blocks == proposer.block_manager.num_blocks == 30
+    assert kv_bytes <= budget < kv_bytes + target_block + draft_block
+    text, outs = asyncio.run(generate_text(engine, "hello model", 4))
+    assert sum(len(o.new_token_ids) for o in outs) == 4  # a step may yield several: drafts held
 
 
 def test_bad_arguments():
