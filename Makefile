@@ -58,6 +58,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.background_takeover
 	$(PY) -m bench.token_counts
 	$(PY) -m bench.gateway_cache
+	$(PY) -m bench.gateway_semantic_cache
 	$(PY) -m bench.outcome_retention
 	$(PY) -m bench.usage_queries
 	$(PY) -m bench.truncation

@@ -91,6 +91,8 @@ def create_app(settings: Settings, state: GatewayState | None = None) -> Starlet
     state.batches.serve = functools.partial(proxy.serve_body, state)  # a batch's lines, served as requests
     state.batches.caller_of = state.auth.caller_of
     state.vector_stores.connect(functools.partial(proxy.serve_body, state), state.auth.caller_of)  # a model embedder
+    if state.cache is not None and state.cache.semantic is not None:  # a semantic cache's model encoder
+        state.cache.semantic.connect(functools.partial(proxy.serve_body, state))
     state.responses.background.resume = functools.partial(proxy.resume_background, state)  # taken over
     state.responses.background.caller_of = state.auth.caller_of
     state.responses.background.counted = lambda outcome: state.metrics.background_takeovers.labels(outcome).inc()

@@ -5,6 +5,8 @@ afresh by itself, its deployments being part of its keys).
     DELETE /v1/cache                 -> {"object": "cache.flush", "model": null, "deleted": N}
     DELETE /v1/cache?model=llama-8b  -> one model's answers
 
+With `cache.semantic` the semantic index's entries go too, counted apart (`"semantic_deleted": M`).
+
 With `backend: redis` it empties every replica's cache; a local cache is this replica's alone."""
 
 from __future__ import annotations
@@ -31,4 +33,4 @@ async def flush_cache(request: Request) -> JSONResponse:
         deleted = await state.cache.flush(model)
     except CacheUnavailable as exc:
         raise APIError(503, f"the response cache's Redis is not answering: {exc}", code="cache_unavailable") from None
-    return JSONResponse({"object": "cache.flush", "model": model, "deleted": deleted})
+    return JSONResponse({"object": "cache.flush", "model": model, **deleted})

@@ -11,10 +11,11 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("pitstop.cache")
+T = TypeVar("T")
 RETRY_AFTER_S = 5.0  # after a Redis error, how long requests skip the cache before trying Redis again
 REDIS_TIMEOUT_S = 0.25  # a lookup that takes longer costs the request more than the cache saves it
 
@@ -143,14 +144,26 @@ class RedisCacheStore:
     async def delete_prefix(self, prefix: str) -> int:
         """Every entry whose key starts with `prefix`, found by SCAN (never KEYS, which stops Redis) and
         unlinked a page at a time. Raises CacheUnavailable, as a flush cannot be skipped."""
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.PREFIX + prefix) + "*"
         deleted = 0
         try:
-            async for page in _pages(self._client.scan_iter(match=pattern, count=1000), 1000):
+            async for page in scan_pages(self._client, self.PREFIX + prefix):
                 deleted += await self._client.unlink(*page)
         except Exception as exc:
             raise CacheUnavailable(str(exc) or type(exc).__name__) from None
         return deleted
+
+    @property
+    def client(self) -> Any:  # a redis.asyncio.Redis
+        return self._client
+
+    async def call(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """Another operation on this Redis (the semantic index's: gateway/semantic_redis.py), under the same
+        timeout and the same rest after an error."""
+        self._check_awake()
+        try:
+            return await operation(self._client)
+        except Exception as exc:
+            raise self._rest(exc) from None
 
     def _check_awake(self) -> None:
         if time.monotonic() < self._resting_until:
@@ -167,9 +180,11 @@ class RedisCacheStore:
         await self._client.aclose()
 
 
-async def _pages(keys: AsyncIterator[bytes], size: int) -> AsyncIterator[list[bytes]]:
+async def scan_pages(client: Any, prefix: str, size: int = 1000) -> AsyncIterator[list[bytes]]:
+    """The keys starting with `prefix`, found by SCAN (never KEYS, which stops Redis), a page at a time."""
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
     page: list[bytes] = []
-    async for key in keys:
+    async for key in client.scan_iter(match=pattern, count=size):
         page.append(key)
         if len(page) == size:
             yield page

@@ -23,6 +23,7 @@ from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, split_wildcards
 from gateway.route_group_config import GroupVerify, RouteGroup
+from gateway.semantic_config import BUILT_IN_ENCODERS, SemanticCacheConfig
 from gateway.strict_config import StrictConfig
 from gateway.tracing_config import TracingConfig
 from rankers.config import RankingConfig
@@ -92,6 +93,7 @@ class CacheConfig(StrictConfig):
     max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)  # the local store's budget (least recent go first)
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # a larger answer is served, not kept
     shared_across_keys: bool = False  # false: an API key reads only the answers its own requests left
+    semantic: SemanticCacheConfig | None = None  # a similar last user message served too; None: exact only
 
 
 class VectorStoresConfig(StrictConfig):
@@ -143,6 +145,11 @@ class Settings(StrictConfig):
     def _cache_backend_reachable(self) -> Settings:
         if self.cache is not None and self.cache.backend == "redis" and self.redis_url is None:
             raise ValueError("cache.backend: 'redis' needs redis_url")
+        semantic = self.cache.semantic if self.cache is not None else None
+        if semantic is not None and semantic.encoder not in BUILT_IN_ENCODERS \
+                and semantic.encoder not in self.embedding_models:
+            raise ValueError(f"cache.semantic.encoder: '{semantic.encoder}' is neither one of "
+                             f"{list(BUILT_IN_ENCODERS)} nor a model_name with model_info.mode: embedding")
         return self
 
     @field_validator("route_groups")

@@ -57,7 +57,8 @@ class GatewayMetrics:
                                  "Responses turns cut to fit the model's context (truncation: auto)", ["model"],
                                  registry=r)
         # The response cache (gateway/response_cache.py): hit, coalesced (an identical request in flight
-        # answered it), miss, stored, too_large (served, not kept), error (its Redis away).
+        # answered it), semantic_hit (a similar one's answer: cache.semantic, whose own counts are
+        # pitstop_semantic_cache_total), miss, stored, too_large (served, not kept), error (its Redis away).
         self.cache = Counter(f"{PREFIX}_response_cache", "Response cache lookups and writes by outcome", ["outcome"],
                              registry=r)
         self.cache_bytes = Gauge(f"{PREFIX}_response_cache_bytes", "Bytes the local response cache holds", registry=r)

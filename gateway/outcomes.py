@@ -205,6 +205,9 @@ def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
             int(details.get("cached_tokens") or 0))
 
 
+CACHE_HITS = ("hit", "coalesced", "semantic-hit")  # answers the response cache served (the row's cache_hit)
+
+
 def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
     """What the request would have cost had its route group sent it to the costliest candidate: the
     served call's cost scaled by the router's predicted costs of the two, so the real prompt and answer
@@ -214,7 +217,7 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
     no cost (a free local engine): the costliest's predicted cost, which is what it avoided."""
     decision = draft.route.decision if draft.route else None
     if decision is None or not decision.predicted_cost_usd or draft.status != "ok" \
-            or draft.extra.get("cache") in ("hit", "coalesced"):
+            or draft.extra.get("cache") in CACHE_HITS:
         return cost
     predicted = decision.predicted_cost_usd
     costliest = max(predicted.values())
@@ -349,7 +352,7 @@ class OutcomeRecorder:
             "explore_pool": list(decision.explore_pool) if decision and decision.explore_pool else None,
             "routed_model": decision.model if decision else None,
             "verify_outcome": (draft.extra.get("verify") or {}).get("outcome"),
-            "cache_hit": draft.extra.get("cache") in ("hit", "coalesced"),
+            "cache_hit": draft.extra.get("cache") in CACHE_HITS,
             "rank_score": draft.extra.get("rank_score"),
             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cached_tokens": cached_tokens,
             "ttft_s": draft.ttft_s, "latency_s": latency, "cost_usd": cost,

@@ -12,7 +12,9 @@ router that changes its mind changes the key), the endpoint, and every field tha
 (messages, tools, sampling, max_tokens, ...; not `stream`, `user`, `metadata` and the like), scoped to
 the API key unless `shared_across_keys`. Identical requests in flight at once on one replica are
 answered by one upstream call: the later ones wait for the first one's answer (`coalesced`).
-Embeddings are kept one entry an input instead (gateway/embedding_cache.py)."""
+Embeddings are kept one entry an input instead (gateway/embedding_cache.py). Where `cache.semantic` is
+set, a chat the exact cache has no answer for may get the answer of one whose last user message means
+the same (gateway/semantic_cache.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from gateway.backends.base import Kind
 from gateway.cache_control import CACHE_FIELD, CacheControl
 from gateway.cache_stores import CacheStore, CacheUnavailable, LocalCacheStore, RedisCacheStore
 from gateway.config import CacheConfig, Settings
+from gateway.semantic_cache import SemanticCache, SemanticProbe
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -52,13 +55,13 @@ def wanted(config: CacheConfig, kind: Kind, body: dict, control: CacheControl) -
     return body.get("temperature") == 0 or body.get("top_k") == 1 or body.get("seed") is not None
 
 
-def cache_key(scope: str, kind: Kind, model: str, body: dict, upstream: str = "") -> str:
+def cache_key(scope: str, kind: Kind, model: str, body: dict, upstream: str = "", variant: str = "") -> str:
     """`<model>:<digest>`: the model first, so its entries can be flushed together. `upstream` names
     what serves the model (its deployments' provider models), so pointing a model name at another
-    model in the config starts it afresh."""
+    model in the config starts it afresh. `variant` sets other keys apart (the semantic cache's buckets)."""
     shaping = {name: value for name, value in body.items() if name not in _NOT_IN_KEY}
-    blob = orjson.dumps([KEY_VERSION, scope, kind, model, upstream, shaping], option=orjson.OPT_SORT_KEYS)
-    return f"{model}:{hashlib.sha256(blob).hexdigest()}"
+    parts = [KEY_VERSION, scope, kind, model, upstream, shaping, *([variant] if variant else [])]
+    return f"{model}:{hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()}"
 
 
 @dataclass
@@ -89,6 +92,7 @@ class CacheTicket:
 
     key: str
     control: CacheControl
+    semantic: SemanticProbe | None = None  # where the semantic cache applies too
     leading: asyncio.Future[CachedAnswer | None] | None = None
     inflight: dict[str, asyncio.Future[CachedAnswer | None]] = field(default_factory=dict, repr=False)
 
@@ -117,6 +121,7 @@ class ResponseCache:
         self.store = store
         self.metrics = metrics
         self.upstreams = upstreams or {}  # model name -> what serves it (part of its keys)
+        self.semantic: SemanticCache | None = None  # cache.semantic: similar requests served too
         self._inflight: dict[str, asyncio.Future[CachedAnswer | None]] = {}
 
     @classmethod
@@ -129,20 +134,26 @@ class ResponseCache:
         upstreams = {model: ",".join(sorted(names)) for model, names in served_by.items()}
         if config.backend == "redis":
             assert settings.redis_url is not None  # the config checks it
-            return cls(config, RedisCacheStore(settings.redis_url), metrics, upstreams)
-        return cls(config, LocalCacheStore(config.max_bytes), metrics, upstreams)
+            cache = cls(config, RedisCacheStore(settings.redis_url), metrics, upstreams)
+        else:
+            cache = cls(config, LocalCacheStore(config.max_bytes), metrics, upstreams)
+        if config.semantic is not None:
+            cache.semantic = SemanticCache.build(config.semantic, cache.store, metrics.registry)
+        return cache
 
-    def key(self, draft: OutcomeDraft, body: dict) -> str:
+    def key(self, draft: OutcomeDraft, body: dict, variant: str = "") -> str:
         """The key of `body` (the draft's request, or one embeddings input of it) on its routed model."""
         assert draft.request is not None and draft.route is not None
         model = draft.route.model_name
-        return cache_key(self.scope(draft), draft.request.kind, model, body, self.upstreams.get(model, ""))
+        return cache_key(self.scope(draft), draft.request.kind, model, body, self.upstreams.get(model, ""), variant)
 
-    async def flush(self, model: str | None = None) -> int:
-        """Drop every kept answer, or one model's; returns how many went."""
-        deleted = await self.store.delete_prefix("" if model is None else f"{model}:")
+    async def flush(self, model: str | None = None) -> dict[str, int]:
+        """Drop every kept answer, or one model's, and the semantic index's entries; how many went."""
+        deleted = {"deleted": await self.store.delete_prefix("" if model is None else f"{model}:")}
         if isinstance(self.store, LocalCacheStore):
             self.metrics.cache_bytes.set(self.store.bytes)
+        if self.semantic is not None:
+            deleted["semantic_deleted"] = await self.semantic.flush(model)
         return deleted
 
     def applies(self, draft: OutcomeDraft) -> bool:
@@ -163,6 +174,8 @@ class ResponseCache:
         if request.kind == "embedding" or not self.applies(draft):  # embeddings: kept per input (embed_cached)
             return None
         ticket = CacheTicket(self.key(draft, request.body), control, inflight=self._inflight)
+        if self.semantic is not None and not (control.no_cache and control.no_store):
+            ticket.semantic = self.semantic.probe(draft, self.key)
         draft.cache = ticket
         leader = self._inflight.get(ticket.key)
         if leader is not None and not control.no_cache:  # the same request is being answered here now
@@ -176,9 +189,12 @@ class ResponseCache:
         if not control.no_cache:
             found = await self._read(ticket)
             if found is not None:
+                draft.extra["cache"] = "hit"
+            elif ticket.semantic is not None:
+                found = await self._read_similar(draft, ticket)
+            if found is not None:
                 ticket.resolve(found)
                 ticket.unlist()
-                draft.extra["cache"] = "hit"
                 return found
         draft.extra["cache"] = "miss"
         self.metrics.cache.labels("miss").inc()
@@ -194,6 +210,28 @@ class ResponseCache:
         if found is not None:
             self.metrics.cache.labels("hit").inc()
         return found
+
+    async def _read_similar(self, draft: OutcomeDraft, ticket: CacheTicket) -> CachedAnswer | None:
+        """The kept answer of the most similar request that passes the guard, if any is still kept."""
+        semantic, probe = self.semantic, ticket.semantic
+        assert semantic is not None and probe is not None
+        candidates = await semantic.candidates(probe)
+        if not candidates:
+            return None
+        try:
+            blobs = await self.store.get_many([c.key for c in candidates])
+        except CacheUnavailable:
+            self.metrics.cache.labels("error").inc()
+            return None
+        for candidate, blob in zip(candidates, blobs, strict=True):
+            found = self._decoded(candidate.key, blob, ticket.control)
+            if found is not None:
+                semantic.served(probe, candidate)
+                self.metrics.cache.labels("semantic_hit").inc()
+                draft.extra["cache"], draft.extra["cache_similarity"] = "semantic-hit", round(candidate.similarity, 4)
+                return found
+        await semantic.gone(probe, [c.key for c, blob in zip(candidates, blobs, strict=True) if blob is None])
+        return None
 
     def _decoded(self, key: str, blob: bytes | None, control: CacheControl) -> CachedAnswer | None:
         if blob is None:
@@ -255,16 +293,25 @@ class ResponseCache:
             if len(blob) > self.config.max_entry_bytes:
                 self.metrics.cache.labels("too_large").inc()
                 return
+            ttl_s = ticket.control.ttl_s or self.config.ttl_s
             try:
-                await self.store.put(ticket.key, blob, ticket.control.ttl_s or self.config.ttl_s)
+                await self.store.put(ticket.key, blob, ttl_s)
             except CacheUnavailable:
                 self.metrics.cache.labels("error").inc()
                 return
             self.metrics.cache.labels("stored").inc()
             if isinstance(self.store, LocalCacheStore):
                 self.metrics.cache_bytes.set(self.store.bytes)
+            if self.semantic is not None and ticket.semantic is not None:  # found by meaning from now on
+                await self.semantic.add(ticket.semantic, ticket.key, ttl_s)
         finally:
             ticket.unlist()
 
+    def start(self) -> None:
+        if self.semantic is not None:
+            self.semantic.start()
+
     async def close(self) -> None:
+        if self.semantic is not None:
+            await self.semantic.close()
         await self.store.close()

@@ -34,6 +34,7 @@ from gateway.limits.periods import period_end
 from gateway.outcomes import OutcomeDraft
 from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.routing import estimate_tokens
+from gateway.semantic_cache import SIMILARITY_HEADER
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState
 
@@ -60,10 +61,12 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]
     headers |= limit_headers(draft)
-    if cache := draft.extra.get("cache"):  # the response cache applied: hit, coalesced or miss
+    if cache := draft.extra.get("cache"):  # the response cache applied: hit, semantic-hit, coalesced or miss
         headers[CACHE_HEADER] = cache
         if "cache_age_s" in draft.extra:  # HTTP's Age: how old the kept answer is
             headers["age"] = str(int(draft.extra["cache_age_s"]))
+        if "cache_similarity" in draft.extra:  # a semantic hit: how close the kept answer's question was
+            headers[SIMILARITY_HEADER] = f"{draft.extra['cache_similarity']:.4f}"
     return headers
 
 

@@ -38,6 +38,7 @@ from gateway.response_cache import ResponseCache
 from gateway.route_calibration import RouteCalibrator
 from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
+from gateway.semantic_encoders import shared_passage_encoder
 from gateway.session_metrics import SessionMetrics
 from gateway.sessions import GatewaySessions
 from gateway.stored_completions import StoredCompletions
@@ -167,6 +168,8 @@ class GatewayState:
         self.stored_completions.start()
         self.files.start()  # deletes expired files hourly
         self.vector_stores.start()  # takes over files whose ingestion's replica stopped
+        if self.cache is not None:
+            self.cache.start()  # a semantic cache's encoder loads beside serving
         if self.retention is not None:
             self.retention.start()
         if self.key_events is not None:
@@ -252,7 +255,8 @@ def build_state(settings: Settings) -> GatewayState:
     outbox = EventOutbox()  # the stores queue their events' deliveries; the sender sends them
     server = settings.server
     files = Files(FileStore(db))
-    vector_stores = VectorStores(VectorStoreStore(db), files, settings.vector_stores.embedding_model)
+    vector_stores = VectorStores(VectorStoreStore(db), files, settings.vector_stores.embedding_model,
+                                 shared_passage_encoder())  # one MiniLM a process, the semantic cache's too
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         # a turn's calls, retries included, and a minute for its items
