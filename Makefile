@@ -19,9 +19,15 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/pitstop serve --config config/pitstop.yaml
 
+# The suite runs a worker a core (pytest-xdist; `worksteal` hands a busy worker's queued tests to an idle
+# one); tests/conftest.py gives each worker one thread. Serially: make test PYTEST_WORKERS=0; more pytest
+# options: make test PYTEST_ARGS="-x tests/engine".
+PYTEST_WORKERS ?= auto
+PYTEST_ARGS ?=
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

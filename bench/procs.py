@@ -51,6 +51,10 @@ def wait_quiet(max_s: float, busy_below: float = 0.35, window_s: float = 0.5) ->
 
 
 def free_port() -> int:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the test suite's worker: its own block of ports (tests/ports.py)
+        from tests.ports import free_port as worker_port
+
+        return worker_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

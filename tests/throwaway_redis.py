@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import redis
+
+from tests.ports import free_port
 
 
 class ThrowawayRedis:
     """A redis-server on a free port, without persistence, that a test may kill, stop and restart."""
 
     def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen[bytes] | None = None
 

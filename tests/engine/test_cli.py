@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from engine.cli import make_tiny_model_command, parse_bytes, profile_command, serve_command
 from gateway.cli import build_parser, main
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,12 +132,6 @@ def test_serve_with_adapters_it_cannot_serve_says_so(tmp_path: Path, tiny_model_
     assert "not a LoRA adapter folder" in capsys.readouterr().err
     assert main(["engine", "make-tiny-lora", str(tmp_path / "lora"), "--model", str(tiny_model_dir), "--rank", "4"]) == 0
     assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_serve_subprocess_answers_the_openai_sdk(tiny_model_dir: Path):

@@ -4,6 +4,7 @@ webhook receiver."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.app import create_app
+from gateway.cli import main as cli_main
 from gateway.config import parse_settings
 from gateway.state import GatewayState
 from storage.db import create_engine
@@ -151,6 +153,21 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([PITSTOP, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """What `run_cli` gives, from `gateway.cli.main` in this process: the same parser and handlers without
+    a new interpreter's seconds of imports, for a test that runs commands many times (a `run_cli` of its
+    own still covers the console script). argparse's usage errors exit 2, as the script's do."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = cli_main(list(args))
+        except SystemExit as exit_:  # as the interpreter ends: an int is the status, a message goes to stderr
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if exit_.code is not None and not isinstance(exit_.code, int):
+                print(exit_.code, file=sys.stderr)
+    return subprocess.CompletedProcess([PITSTOP, *args], code, out.getvalue(), err.getvalue())
 
 
 class GatewayProcess:

@@ -19,6 +19,7 @@ from tests.gateway.harness import (
     gateway_config,
     model_entry,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -124,9 +125,9 @@ def test_the_cli_creates_and_lists_a_periodic_budget(tmp_path: Path) -> None:
     made = run_cli("keys", "create", "--config", str(path), "--name", "team", "--budget", "5",
                    "--budget-period", "week")
     assert made.returncode == 0, made.stderr
-    listed = run_cli("keys", "list", "--config", str(path))
+    listed = run_cli_here("keys", "list", "--config", str(path))
     assert "budget=5.0/week" in listed.stdout, listed.stdout
-    assert run_cli("keys", "create", "--config", str(path), "--name", "x", "--budget-period", "year").returncode == 2
+    assert run_cli_here("keys", "create", "--config", str(path), "--name", "x", "--budget-period", "year").returncode == 2
 
 
 def test_answers_say_what_is_left_of_the_keys_limits(

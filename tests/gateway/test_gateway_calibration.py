@@ -24,6 +24,7 @@ from tests.gateway.harness import (
     model_entry,
     read_outcomes,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -261,11 +262,11 @@ def test_pitstop_calibrate_router_reports_the_preference_for_a_budget(tmp_path: 
     assert 1e-4 <= state["achieved"] <= 2e-4 and state["cost_preference"] > 0
     assert state["held_out_achieved"] is not None
 
-    no_target = run_cli("calibrate", "router", "--config", str(path), "--group", "auto")
+    no_target = run_cli_here("calibrate", "router", "--config", str(path), "--group", "auto")
     assert no_target.returncode == 2 and "exactly one target" in no_target.stderr
-    unknown = run_cli("calibrate", "router", "--config", str(path), "--group", "nope", "--model-share", "0.5")
+    unknown = run_cli_here("calibrate", "router", "--config", str(path), "--group", "nope", "--model-share", "0.5")
     assert unknown.returncode == 2 and "no route group 'nope'" in unknown.stderr
-    missing = run_cli("calibrate", "router", "--config", str(path), "--group", "auto", "--model-share", "0.5",
+    missing = run_cli_here("calibrate", "router", "--config", str(path), "--group", "auto", "--model-share", "0.5",
                       "--traffic", "outcomes:/no/such/file.jsonl")
     assert missing.returncode == 2 and "/no/such/file.jsonl" in missing.stderr
 

@@ -22,6 +22,7 @@ from tests.gateway.harness import (
     gateway_config,
     model_entry,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -39,7 +40,8 @@ def keyed_config(tmp_path: Path, a: UpstreamProcess, **sections: object) -> dict
 
 
 def create_key(config: Path, name: str, *options: str) -> tuple[str, str]:
-    result = run_cli("keys", "create", "--config", str(config), "--name", name, *options)
+    """`pitstop keys create`, in this process: a key is most tests' setup (the script's own runs are below)."""
+    result = run_cli_here("keys", "create", "--config", str(config), "--name", name, *options)
     assert result.returncode == 0, result.stderr
     key_id = re.search(r"^id:\s+(\S+)$", result.stdout, re.M)
     secret = re.search(r"^secret:\s+(sk-pitstop-\S+)$", result.stdout, re.M)

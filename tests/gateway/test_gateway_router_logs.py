@@ -22,6 +22,7 @@ from tests.gateway.harness import (
     model_entry,
     request_id_of,
     run_cli,
+    run_cli_here,
     running_gateway,
     write_config,
 )
@@ -148,7 +149,7 @@ def test_router_logs_estimates_the_router_in_place_and_a_candidate(tmp_path: Pat
     assert [p["label"] for p in spend["policies"]] == ["current", "zero.joblib"]
     assert all(p["cost_preference"] >= 0 for p in spend["policies"])
 
-    at_zero = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "0")
+    at_zero = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "0")
     assert at_zero.returncode == 0, at_zero.stderr
     current_at_zero = json.loads(at_zero.stdout)["policies"][0]
     assert json.loads(at_zero.stdout)["cost_preference"] == 0.0
@@ -156,16 +157,16 @@ def test_router_logs_estimates_the_router_in_place_and_a_candidate(tmp_path: Pat
     assert current_at_zero["share"]["costly"] > current["share"]["costly"]  # quality alone: the costly model more
 
     export = tmp_path / "outcomes.jsonl"  # the same log through an export file: the same estimates
-    assert run_cli("export", "outcomes", "--config", str(path), "--out", str(export)).returncode == 0
-    from_file = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export),
+    assert run_cli_here("export", "outcomes", "--config", str(path), "--out", str(export)).returncode == 0
+    from_file = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export),
                         "--artifact", str(artifacts["zero"]))
     assert from_file.returncode == 0, from_file.stderr
     assert json.loads(from_file.stdout)["policies"] == report["policies"]
     for source in ([], ["--logs", str(export)]):  # only what was logged since a time: the database's and the file's
         since = ["eval", "router-logs", "--config", str(path), "--group", "auto", *source, "--since"]
-        everything = run_cli(*since, "2020-01-01T00:00:00")
+        everything = run_cli_here(*since, "2020-01-01T00:00:00")
         assert everything.returncode == 0 and json.loads(everything.stdout)["requests"] == len(pairs)
-        later = run_cli(*since, "2100-01-01")  # no zone: UTC
+        later = run_cli_here(*since, "2100-01-01")  # no zone: UTC
         assert later.returncode == 1 and json.loads(later.stdout)["requests"] == 0
 
 
@@ -181,7 +182,7 @@ def test_router_logs_without_exploration_warns_and_rejects_bad_input(tmp_path: P
     trained_on_it = tmp_path / "from-logs.joblib"
     train_graded_router(trained_on_it, seed=3, files={str(export): file_digest([export])[str(export)]})
 
-    done = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export),
+    done = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export),
                    "--artifact", str(trained_on_it))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -197,20 +198,20 @@ def test_router_logs_without_exploration_warns_and_rejects_bad_input(tmp_path: P
         candidate["vs_current"]["differ"] > 0)
     assert len(report["warnings"]) == 2 + (candidate["thin"] or candidate["vs_current"]["thin"])
 
-    negative = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "-1")
+    negative = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "-1")
     assert negative.returncode == 2 and "--cost-preference must be a number >= 0" in negative.stderr
-    bad_time = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--since", "yesterday")
+    bad_time = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--since", "yesterday")
     assert bad_time.returncode == 2 and "not an ISO 8601 time: 'yesterday'" in bad_time.stderr
-    unknown = run_cli("eval", "router-logs", "--config", str(path), "--group", "nope")
+    unknown = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "nope")
     assert unknown.returncode == 2 and "no route group 'nope'" in unknown.stderr
-    missing = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--artifact", "/no/such.joblib")
+    missing = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--artifact", "/no/such.joblib")
     assert missing.returncode == 2 and "cannot load router artifact /no/such.joblib" in missing.stderr
-    no_logs = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", "/no/such.jsonl")
+    no_logs = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", "/no/such.jsonl")
     assert no_logs.returncode == 2 and "cannot read the logs /no/such.jsonl" in no_logs.stderr
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"prompt": "Add 1 and 2.", "route_group": "auto", "model": "cheap",
                                  "router_name": "pitstop", "status": "ok", "quality": None}) + "\n")
-    nothing = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(empty))
+    nothing = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(empty))
     assert nothing.returncode == 1 and "nothing to evaluate" in nothing.stderr
     assert json.loads(nothing.stdout)["skipped"] == {"no_feedback": 1}
 
@@ -248,7 +249,7 @@ def test_exploration_among_the_best_two_is_logged_and_read_back(tmp_path: Path, 
     assert {(r["explore_epsilon"], tuple(r["explore_pool"])) for r in rows} == {(0.5, ("large", "mid"))}
     assert {r["model"]: r["propensity"] for r in rows} == {"large": 0.75, "mid": 0.25}
 
-    done = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto")
+    done = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["exploration_rate"] == 0.5 and report["exploration_pool"] == 2.0
@@ -256,7 +257,7 @@ def test_exploration_among_the_best_two_is_logged_and_read_back(tmp_path: Path, 
     assert current["unsupported"] == 0.0 and not current["thin"]
     assert within(current["quality"]["dr"], 0.9)
     # at a steep preference the same router picks the cheapest model, which no pool held
-    cheap = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "100")
+    cheap = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--cost-preference", "100")
     assert cheap.returncode == 0, cheap.stderr
     steep = json.loads(cheap.stdout)["policies"][0]
     assert steep["share"]["small"] == 1.0 and steep["unsupported"] == 1.0 and steep["thin"]

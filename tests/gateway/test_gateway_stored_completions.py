@@ -23,6 +23,7 @@ from tests.gateway.harness import (
     gateway_config,
     model_entry,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -231,5 +232,5 @@ def test_stored_completions_export_as_a_fine_tuning_file(upstream_processes: tup
     assert "tools" not in lines[0] and lines[3]["tools"] == tools
     calls = called.choices[0].message.tool_calls
     assert calls and lines[3]["messages"][-1]["tool_calls"][0]["function"]["name"] == calls[0].function.name
-    bad = run_cli("export", "chat-completions", "--config", str(path), "--out", str(out), "--metadata", "nokey")
+    bad = run_cli_here("export", "chat-completions", "--config", str(path), "--out", str(out), "--metadata", "nokey")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr

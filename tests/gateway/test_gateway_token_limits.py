@@ -15,7 +15,15 @@ import openai
 import pytest
 
 from storage.keys import KeyStore
-from tests.gateway.harness import Gateway, gateway_config, model_entry, run_cli, running_gateway, write_config
+from tests.gateway.harness import (
+    Gateway,
+    gateway_config,
+    model_entry,
+    run_cli,
+    run_cli_here,
+    running_gateway,
+    write_config,
+)
 from tests.gateway.test_gateway_budget_periods import forget_limits
 from tests.gateway.test_limits import REDIS_URL, needs_redis
 from tests.gateway.upstream import UpstreamProcess
@@ -107,5 +115,5 @@ def test_the_limit_is_set_over_http_from_the_cli_and_by_default(
         assert ask(gw, plain["secret"])[1]["x-ratelimit-limit-tokens"] == "10"  # limits.default_tpm
         created = run_cli("keys", "create", "--name", "cli", "--tpm", "300", "--config", str(path))
         assert created.returncode == 0, created.stderr
-        listed = run_cli("keys", "list", "--config", str(path))
+        listed = run_cli_here("keys", "list", "--config", str(path))
         assert "tpm=300" in listed.stdout and "tpm=50" in listed.stdout

@@ -20,6 +20,7 @@ from tests.gateway.harness import (
     gateway_config,
     model_entry,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -166,7 +167,7 @@ def test_the_report_command_reads_the_same_lines(gw: Gateway, tmp_path: Path, up
         assert groups[name]["baseline_cost_usd"] == pytest.approx(line["baseline"], abs=1e-6)
     assert groups["auto"]["saved_usd"] == pytest.approx(0.9 * groups["auto"]["baseline_cost_usd"], abs=1e-6)
     assert lines["total"][0]["requests"] == len(rows)
-    table = run_cli("report", "usage", "--config", str(tmp_path / "report.yaml"))
+    table = run_cli_here("report", "usage", "--config", str(tmp_path / "report.yaml"))
     assert table.returncode == 0 and "auto" in table.stdout and " 90.0%" in table.stdout, table.stdout
 
 

@@ -22,6 +22,7 @@ from tests.gateway.harness import (
     model_entry,
     request_id_of,
     run_cli,
+    run_cli_here,
     running_gateway,
     wait_until,
     write_config,
@@ -306,7 +307,7 @@ def test_escalated_requests_are_told_apart_in_the_export_the_log_job_and_retrain
     escalated = [r for r in rows if r["verify_outcome"] == "escalated"]
     assert escalated and all(r["model"] == "strong" and r["routed_model"] != "strong" for r in escalated)
     assert all(r["model"] == r["routed_model"] for r in rows if r["verify_outcome"] != "escalated")
-    report = run_cli("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export))
+    report = run_cli_here("eval", "router-logs", "--config", str(path), "--group", "auto", "--logs", str(export))
     assert report.returncode == 0, report.stderr
     judged = json.loads(report.stdout)
     assert judged["skipped"]["escalated"] == len(escalated)

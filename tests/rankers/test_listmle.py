@@ -30,11 +30,18 @@ def test_listmle_loss_by_hand():
     assert listmle_loss(torch.tensor([30.0, 20.0, 10.0]), torch.tensor([3.0, 2.0, 1.0])).item() < 1e-4
 
 
-def test_fine_tuned_encoder_learns_what_makes_answers_long_and_round_trips(tmp_path: Path):
+@pytest.fixture(scope="module")
+def fine_tuned() -> tuple[ListMLERanker, LengthData, LengthData]:
+    """A ranker fine-tuned on synthetic(2)'s training prompts, and (train, test): one layer, a few epochs (the
+    signal is a few words). Trained once (seeded) for the test of what it learned and the test it teaches."""
     train, test = split_by_prompt(synthetic(2))
+    return ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(train), train, test
+
+
+def test_fine_tuned_encoder_learns_what_makes_answers_long_and_round_trips(
+        tmp_path: Path, fine_tuned: tuple[ListMLERanker, LengthData, LengthData]):
+    ranker, _, test = fine_tuned
     assert make_ranker("listmle", None).family == "listmle"
-    # One layer, a few epochs: the signal is a few words.
-    ranker = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(train)
     scores = ranker.score_batch(list(test.prompts), list(test.models))
     assert mean_tau(tau_per_model(test, scores)) > 0.6
     essay, word = "Write a detailed essay about clouds?", "Answer in one word: what colour is snow?"
@@ -59,9 +66,9 @@ def test_a_prompt_is_encoded_on_its_own_tokens_not_padding():
     torch.testing.assert_close(alone, batched, atol=1e-5, rtol=1e-5)
 
 
-def test_a_student_learns_the_teachers_ranking_from_prompts_without_answers():
-    train, test = split_by_prompt(synthetic(2))
-    teacher = ListMLERanker(None, layers=1, max_tokens=32, epochs=6, lr=1e-4).fit(train)
+def test_a_student_learns_the_teachers_ranking_from_prompts_without_answers(
+        fine_tuned: tuple[ListMLERanker, LengthData, LengthData]):
+    teacher, train, test = fine_tuned
     # The student's own labels say nothing: 30 prompts with their lengths shuffled.
     few = train.with_prompts(set(train.unique_prompt_ids[:30]))
     noise = np.random.default_rng(0).permutation(few.output_tokens)

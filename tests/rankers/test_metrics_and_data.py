@@ -109,9 +109,15 @@ def test_split_is_by_prompt_and_stable(shared_data: Path):
         assert len(set(folds[data.prompt_ids == p])) == 1
 
 
-def test_unlabeled_prompts_are_seeded_distinct_and_never_excluded_ones(shared_data: Path):
+def test_unlabeled_prompts_are_seeded_distinct_and_never_excluded_ones(shared_data: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    import functools
+
+    import rankers.unlabeled as unlabeled
     from rankers.unlabeled import unlabeled_prompts
 
+    # The draws are under test, not the loaders: each source is parsed once for the three draws.
+    monkeypatch.setattr(unlabeled, "load_long", functools.cache(unlabeled.load_long))
     alpaca = load_lengths("alpaca_eval", shared_data).prompts.tolist()
     pool = unlabeled_prompts(500, exclude=alpaca, extra=["an extra prompt"], root=shared_data)
     assert len(pool) == len(set(pool)) == 500 and set(pool).isdisjoint(alpaca)

@@ -132,7 +132,17 @@ def test_distilled_listmle_job_keeps_every_length_prompt_out_of_the_unlabeled_po
         shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import rankers.train_job as job
     import rankers.unlabeled as unlabeled
+    from rankers.listmle import ListMLERanker
 
+    # The job's plumbing is under test, not what training learns (tests/rankers/test_listmle.py): teacher and
+    # student train 2 epochs, not the family's 16 (which were most of this test's time).
+    init = ListMLERanker.__init__
+
+    def brief(self: ListMLERanker, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        self.epochs = 2
+
+    monkeypatch.setattr(ListMLERanker, "__init__", brief)
     real = load_lengths("alpaca_eval", shared_data, limit_prompts=40)
     monkeypatch.setattr(job, "load_many", lambda names, root=None: real)
     drawn: list[list[str]] = []

@@ -12,14 +12,20 @@ import pytest
 
 from routers.data.outcomes import load_outcomes
 from routers.data.prices import fit_prices
-from routers.data.table import LONG_SCHEMA, to_wide
+from routers.data.table import LONG_SCHEMA, RoutingData, to_wide
 from storage.export import EXPORT_SCHEMA
 
 from .conftest import load_or_skip
 
 
-def test_routerbench_keeps_missing_scores_missing(shared_data: Path) -> None:
-    data = load_or_skip("routerbench", shared_data)
+@pytest.fixture(scope="module")
+def routerbench(shared_data: Path) -> RoutingData:
+    """Loaded once for the module's tests (seconds of parsing); they only read it."""
+    return load_or_skip("routerbench", shared_data)
+
+
+def test_routerbench_keeps_missing_scores_missing(routerbench: RoutingData) -> None:
+    data = routerbench
     assert len(data.models) == 11
     assert (data.splits == "train").sum() == 2225 and (data.splits == "test").sum() == 953
     assert set(data.tasks) == {"arc-challenge", "mbpp", "winogrande"}
@@ -35,8 +41,8 @@ def test_routerbench_keeps_missing_scores_missing(shared_data: Path) -> None:
     assert np.mean([a in ("A", "B", "C", "D", "E") for a in letters]) > 0.99
 
 
-def test_prices_fitted_from_real_costs_match_the_list_prices(shared_data: Path) -> None:
-    prices, errors = fit_prices(load_or_skip("routerbench", shared_data).split("train"))
+def test_prices_fitted_from_real_costs_match_the_list_prices(routerbench: RoutingData) -> None:
+    prices, errors = fit_prices(routerbench.split("train"))
     # gpt-4-1106-preview lists $10 / $30 per million tokens (provider tokens; ours are MiniLM's)
     assert prices.input["gpt-4-1106-preview"] * 1e6 == pytest.approx(10, rel=0.1)
     assert prices.output["gpt-4-1106-preview"] * 1e6 == pytest.approx(30, rel=0.15)

@@ -10,10 +10,11 @@ import contextlib
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.ports import free_port
 
 PG_BIN_DIRS = [Path(p) for p in os.environ.get("PITSTOP_PG_BIN", "").split(":") if p] + sorted(
     Path("/usr/lib/postgresql").glob("*/bin"), reverse=True
@@ -26,12 +27,6 @@ def find_pg_bin() -> Path | None:
             return directory
     found = shutil.which("pg_ctl")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThrowawayPostgres:

@@ -64,7 +64,7 @@ def test_rows_past_the_cutoff_go_a_batch_at_a_time(db_url: str) -> None:
 def test_the_cli_and_the_gateway_sweep_prune_as_configured(tmp_path: Path, db_url: str) -> None:
     import asyncio
 
-    from tests.gateway.harness import run_cli, write_config
+    from tests.gateway.harness import run_cli, run_cli_here, write_config
 
     now = utc_now()
     seed(db_url, now)
@@ -74,7 +74,7 @@ def test_the_cli_and_the_gateway_sweep_prune_as_configured(tmp_path: Path, db_ur
     pruned = run_cli("prune", "outcomes", "--config", str(config), "--older-than-days", "7.5")
     assert pruned.returncode == 0, pruned.stderr
     assert "deleted 2 outcome rows and 2 feedback rows" in pruned.stdout
-    assert run_cli("prune", "outcomes", "--config", str(config), "--older-than-days", "0").returncode == 2
+    assert run_cli_here("prune", "outcomes", "--config", str(config), "--older-than-days", "0").returncode == 2
 
     engine = create_engine(db_url)  # what storage.retention_days: 2.5 has the gateway do at its start
     try:
