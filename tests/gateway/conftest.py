@@ -1,6 +1,7 @@
-"""Fixtures for the gateway tests: two fake upstream processes per session (reset around each test),
-the per-test PostgreSQL databases of the storage tests, a webhook receiver, and an event loop backend for
-async tests."""
+"""Fixtures for the gateway tests: two fake upstream processes per session (reset around each test; the
+first alone as `upstream`), the embedded default's gateway per module (`embedded`), the per-test
+PostgreSQL databases of the storage tests, a webhook receiver, and an event loop backend for async
+tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.engine.serving import serve_in_thread
-from tests.gateway.harness import Receiver
+from tests.gateway.embedded_default import embedded_config
+from tests.gateway.harness import Gateway, Receiver, running_gateway
 from tests.gateway.upstream import UpstreamProcess
 
 # The storage tests' PostgreSQL fixtures (per-test databases copied from a migrated template).
@@ -47,6 +49,25 @@ def upstreams(upstream_processes: tuple[UpstreamProcess, UpstreamProcess]) -> It
     yield upstream_processes
     for upstream in upstream_processes:
         upstream.reset()
+
+
+@pytest.fixture
+def upstream(upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> UpstreamProcess:
+    """The first upstream (`a`) alone, healthy and with zeroed counters, for tests that need one."""
+    return upstreams[0]
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Path]]:
+    """The embedded default's gateway (tests/gateway/embedded_default.py) and its root, which holds the two
+    tiny models it builds on its first start."""
+    root = tmp_path_factory.mktemp("embedded")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("OPENAI_API_KEY", raising=False)  # the API model joins only with its key
+        raw = embedded_config(root)
+        assert not (root / "models").exists()
+        with running_gateway(raw) as gateway:
+            yield gateway, root
 
 
 @pytest.fixture
