@@ -12,15 +12,17 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
-from mcp import Client
-from mcp.shared.exceptions import MCPError
 
 from engine.server.errors import APIError
-from gateway.mcp_connections import McpConnections, transport_failed
+from gateway.mcp_connections import McpConnections, mcp_error, transport_failed
 from gateway.mcp_tools import McpServer
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
 
 log = logging.getLogger("pitstop.gateway")
 
@@ -48,7 +50,7 @@ class McpSession:
             try:
                 async with self.connections.client(self.scope, server) as (client, reused):
                     return await operation(client)
-            except MCPError as exc:
+            except mcp_error() as exc:
                 if not (reused and _session_ended(exc)):
                     raise
             async with self.connections.client(self.scope, server, fresh=True) as (client, _):
@@ -87,7 +89,7 @@ async def call_tool(server: McpServer, session: McpSession, name: str, arguments
     """One tool call: its text output, or the error it ended in."""
     try:
         result = await session.run(server, lambda client: client.call_tool(name, arguments), timeout_s)
-    except MCPError as exc:
+    except mcp_error() as exc:
         if transport_failed(exc):  # the server could not be reached: HTTP failed, as on a new connection
             log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
             return CallResult(None, {"type": "http_error", "code": 0, "message": "the connection to the server closed"})

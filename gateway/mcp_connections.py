@@ -24,14 +24,15 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED
 
 from gateway.mcp_tools import McpServer
+
+if TYPE_CHECKING:
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
 
 log = logging.getLogger("pitstop.gateway")
 
@@ -39,8 +40,19 @@ MAX_OPEN = 256  # connections kept at most; past it the longest idle are closed
 SWEEP_INTERVAL_S = 5.0
 
 
+def mcp_error() -> type[MCPError]:
+    """The mcp package's error class, imported on first use: the package takes about a second to import
+    and most gateways never open an MCP connection (an `except` clause evaluates this only when something
+    was raised, and every MCPError comes from a Client, which imported it)."""
+    from mcp.shared.exceptions import MCPError
+
+    return MCPError
+
+
 def transport_failed(exc: MCPError) -> bool:
     """The client's own report that its connection broke (the server unreachable), not the server's answer."""
+    from mcp_types import CONNECTION_CLOSED
+
     return exc.error.code == CONNECTION_CLOSED
 
 
@@ -78,6 +90,9 @@ class McpConnection:
             raise self._error
 
     async def _own(self) -> None:
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         try:
             async with httpx2.AsyncClient(headers=self.server.headers, timeout=self.http_timeout_s,
                                           verify=tls_context()) as http, \
@@ -140,7 +155,7 @@ class McpConnections:
         try:
             assert connection.client is not None
             yield connection.client, reused
-        except MCPError as exc:
+        except mcp_error() as exc:
             connection.broken = connection.broken or transport_failed(exc)
             raise
         except BaseException:

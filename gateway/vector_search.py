@@ -11,15 +11,14 @@ so a search that finds it current reads the store's version and nothing else."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from engine.server.errors import bad_request
 from storage.vector_stores import StoredChunks
@@ -30,8 +29,20 @@ MAX_RESULTS = 50
 INDEXES_KEPT = 32  # stores whose index a replica keeps in memory (least recently searched go first)
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
 HASHED_TERMS = 1 << 20  # words are hashed into this many columns: no vocabulary to grow as files come
-_HASHER = HashingVectorizer(n_features=HASHED_TERMS, alternate_sign=False, norm=None, lowercase=True,
-                            token_pattern=r"(?u)\w+", dtype=np.float32)
+
+if TYPE_CHECKING:
+    from scipy import sparse
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+
+@functools.cache
+def _hasher() -> HashingVectorizer:
+    """Built on first use: scikit-learn and SciPy take over a second to import, and a gateway whose
+    vector stores are never searched should not start slower for them."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=HASHED_TERMS, alternate_sign=False, norm=None, lowercase=True,
+                             token_pattern=r"(?u)\w+", dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,7 @@ class Segment:
 
 def segments_of(chunks: StoredChunks, added: Mapping[str, datetime] | None = None) -> dict[str, Segment]:
     """`chunks` (ordered by file) as one segment per file; its words counted once, here."""
-    counts = _HASHER.transform(chunks.texts).tocsr() if chunks.texts else None
+    counts = _hasher().transform(chunks.texts).tocsr() if chunks.texts else None
     segments, start = {}, 0
     while start < len(chunks.file_ids):
         file_id = chunks.file_ids[start]
@@ -166,6 +177,8 @@ class StoreIndex:
             np.concatenate([part.embeddings for part in parts]) if parts else np.zeros((0, dim), np.float32))
         if not parts or not sum(part.counts.nnz for part in parts):
             return cls(chunks, dict(segments), None)
+        from scipy import sparse  # imported with the hasher that made the counts
+
         counts = sparse.vstack([part.counts for part in parts], format="csr", dtype=np.float32)
         lengths = np.asarray(counts.sum(axis=1)).ravel()
         documents = np.bincount(counts.indices, minlength=HASHED_TERMS)  # chunks each term is in
@@ -194,7 +207,7 @@ class StoreIndex:
         semantic = np.clip(self.chunks.embeddings @ query_vector, 0.0, 1.0)
         keyword = np.zeros_like(semantic)
         if self.term_weights is not None and ranking.text_weight:
-            terms = np.unique(_HASHER.transform([query]).indices)
+            terms = np.unique(_hasher().transform([query]).indices)
             if len(terms):
                 keyword = np.asarray(self.term_weights[:, terms].sum(axis=1)).ravel()
                 keyword = keyword / max(float(keyword.max()), 1e-9)

@@ -1,5 +1,5 @@
-"""Small building blocks of the decoder: RMSNorm and a linear layer that packs several HF
-projections (q/k/v, gate/up) into one matmul."""
+"""Small building blocks of the decoder: RMSNorm, the token embedding, and a linear layer that packs
+several HF projections (q/k/v, gate/up) into one matmul."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(input_dtype)
+
+
+class TokenEmbedding(nn.Embedding):
+    """nn.Embedding without its random initialisation: the table always comes from the checkpoint, and
+    `normal_` on the meta device the model is built on imports torch._dynamo (1-2 s of an engine's start)."""
+
+    def reset_parameters(self) -> None:
+        pass
 
 
 class PackedLinear(nn.Linear):

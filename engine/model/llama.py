@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.model.attention import AttentionPlan, paged_attention, write_kv
 from engine.model.config import ModelConfig
-from engine.model.layers import PackedLinear, RMSNorm
+from engine.model.layers import PackedLinear, RMSNorm, TokenEmbedding
 from engine.model.moe import SparseMoE
 from engine.model.parallel import SINGLE, TPGroup
 from engine.model.rope import RotaryEmbedding
@@ -107,7 +107,7 @@ class DecoderStack(nn.Module):
 
     def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = TokenEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
