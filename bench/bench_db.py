@@ -4,7 +4,8 @@ into it, so the JSON can show that outcome logging really wrote rows during the 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +76,18 @@ def on_each_database(work: Path, run: Callable[[str, str], dict]) -> list[dict]:
     finally:
         db.drop()
     return runs
+
+
+def on_each_database_behind_a_mock(prefix: str, mock_options: Sequence[str],
+                                   run: Callable[[str, str, str, Path], dict]) -> list[dict]:
+    """`run(storage, url, mock_url, work)` on each database (`on_each_database`), in a fresh work folder
+    named `prefix...`, with one mock upstream (bench/mock_upstream.py with `mock_options`) for both."""
+    from bench.procs import mock_upstream
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    mock, mock_url = mock_upstream(work, *mock_options)
+    mock.start()
+    try:
+        return on_each_database(work, lambda storage, url: run(storage, url, mock_url, work))
+    finally:
+        mock.stop()

@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from bench.bench_db import on_each_database, server_version
+from bench.bench_db import on_each_database_behind_a_mock, server_version
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import Service, mock_model_config, mock_upstream, pitstop_serve
+from bench.procs import Service, mock_model_config, pitstop_serve
 
 OUT = RESULTS / "gateway_batches.json"
 CONCURRENCY = 8
@@ -98,13 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="pitstop-bench-batches-"))
-    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
-    mock.start()
-    try:
-        runs = on_each_database(work, lambda storage, url: _run(storage, url, mock_url, args, work))
-    finally:
-        mock.stop()
+    runs = on_each_database_behind_a_mock("pitstop-bench-batches-", ["--delay-ms", str(args.delay_ms)],
+                                          lambda storage, url, mock_url, work: _run(storage, url, mock_url, args, work))
     for run in runs:
         for mode, m in run["modes"].items():
             print(f"{run['storage']:10s} {mode:6s} {m['requests_per_s']:7.1f} requests/s  "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.bench_db import on_each_database, server_version
+from bench.bench_db import on_each_database_behind_a_mock, server_version
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import mock_model_config, mock_upstream, pitstop_serve
+from bench.procs import mock_model_config, pitstop_serve
 
 OUT = RESULTS / "gateway_conversations.json"
 ITEM_TEXT = "a message of about the length an agent's turn has, with a few words of context in it"
@@ -91,13 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="pitstop-bench-conversations-"))
-    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
-    mock.start()
-    try:
-        runs = on_each_database(work, lambda storage, url: _run(storage, url, mock_url, args, work))
-    finally:
-        mock.stop()
+    runs = on_each_database_behind_a_mock("pitstop-bench-conversations-", ["--delay-ms", str(args.delay_ms)],
+                                          lambda storage, url, mock_url, work: _run(storage, url, mock_url, args, work))
     for run in runs:
         for size, modes in run["sizes"].items():
             line = "  ".join(f"{mode} {m['median_ms']:8.1f} ms" for mode, m in modes.items())

@@ -20,7 +20,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -28,9 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.bench_db import on_each_database, server_version
+from bench.bench_db import on_each_database_behind_a_mock, server_version
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import mock_model_config, mock_upstream, pitstop_serve
+from bench.procs import mock_model_config, pitstop_serve
 from storage.chat_completions import TABLE, ChatCompletionStore
 from storage.db import create_engine
 
@@ -139,13 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="pitstop-bench-stored-completions-"))
-    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms), "--chunks", "10")
-    mock.start()
-    try:
-        runs = on_each_database(work, lambda storage, url: _run(storage, url, mock_url, args, work))
-    finally:
-        mock.stop()
+    runs = on_each_database_behind_a_mock("pitstop-bench-stored-completions-", ["--delay-ms", str(args.delay_ms), "--chunks", "10"],
+                                          lambda storage, url, mock_url, work: _run(storage, url, mock_url, args, work))
     for run in runs:
         for mode, m in run["serving"]["modes"].items():
             print(f"{run['storage']:10s} {mode:22s} median {m['median_ms']:6.2f} ms  p90 {m['p90_ms']:6.2f} ms",
