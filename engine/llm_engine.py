@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from engine.banned_tokens import check_token_ids, with_bad_word_ids
 from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager
 from engine.clock import Clock, WallClock
@@ -127,6 +128,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
             # Its own random seed: the draft model then draws with the noise the request will be sampled
             # with (engine/draft_model.py), and the output is still a fresh sample.
             params = replace(params, seed=secrets.randbits(62))
+        params = with_bad_word_ids(params, self.tokenizer)
         seq = Sequence(request_id, prompt_token_ids, params,
                        self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
@@ -170,9 +172,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
                 and not hasattr(self.runner, "step_logprobs"):
             raise InvalidRequestError("this engine's runner computes no log-probabilities (a simulated one)",
                                       "logprobs")
-        if vocab_size is not None and any(t >= vocab_size for t, _ in params.logit_bias):
-            raise InvalidRequestError(f"logit_bias: token ids must be below this model's vocabulary size "
-                                      f"{vocab_size}", "logit_bias")
+        check_token_ids(params, vocab_size, self.tokenizer is not None)
         if params.constraint is not None:
             if not self.can_constrain:
                 raise InvalidRequestError("this engine cannot hold answers to a grammar (it needs a tokenizer and "

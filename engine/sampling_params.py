@@ -43,6 +43,11 @@ class SamplingParams:
     top_k: int = 0  # 0 (or -1): no limit
     min_p: float = 0.0
     min_tokens: int = 0  # no EOS, stop token id or stop string ends the output before this many tokens
+    # vLLM's masks (engine/banned_tokens.py): only these tokens are sampled (None: any); these words are
+    # never generated (their token sequences filled in by the engine from its tokenizer).
+    allowed_token_ids: tuple[int, ...] | None = None
+    bad_words: tuple[str, ...] = ()
+    bad_words_token_ids: tuple[tuple[int, ...], ...] = ()
     # What the answer must match: a JSON schema, a regex, a list of choices (engine/structured_output.py).
     constraint: OutputConstraint | None = None
     # The request asks for its prompt's embedding: the last prompt token's final hidden state, L2-normalised
@@ -83,6 +88,17 @@ class SamplingParams:
             raise InvalidRequestError("min_tokens must be at least 0", "min_tokens")
         if self.thinking_token_budget is not None and self.thinking_token_budget < 0:
             raise InvalidRequestError("thinking_token_budget must be at least 0", "thinking_token_budget")
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise InvalidRequestError("allowed_token_ids must not be empty", "allowed_token_ids")
+        if any(t < 0 for t in self.allowed_token_ids or ()):
+            raise InvalidRequestError("allowed_token_ids: token ids must not be negative", "allowed_token_ids")
+        if any(not word.strip() for word in self.bad_words):
+            raise InvalidRequestError("bad_words must be non-empty strings", "bad_words")
+        if (self.allowed_token_ids is not None or self.bad_words) and self.constraint is not None:
+            # A grammar's mask and these could leave no token to sample.
+            raise InvalidRequestError("allowed_token_ids and bad_words cannot be combined with "
+                                      f"'{self.constraint.param}'", "allowed_token_ids" if self.allowed_token_ids
+                                      is not None else "bad_words")
         for token_id, bias in self.logit_bias:
             if token_id < 0:
                 raise InvalidRequestError(f"logit_bias: token id {token_id} is negative", "logit_bias")
@@ -94,6 +110,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         # Below this, dividing logits by the temperature overflows: the limit is greedy anyway.
         return self.temperature < 1e-5
+
+    @property
+    def masks_tokens(self) -> bool:
+        """Some tokens may not be sampled: allowed_token_ids or bad_words."""
+        return self.allowed_token_ids is not None or bool(self.bad_words_token_ids)
 
     @property
     def penalized(self) -> bool:

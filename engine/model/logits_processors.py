@@ -1,5 +1,6 @@
 """What a request's sampling parameters do to its logits before a token is chosen, in vLLM's order:
-`min_tokens` masks the stop tokens, `logit_bias` adds to chosen tokens, then the penalties:
+`allowed_token_ids` and `bad_words` mask tokens (engine/banned_tokens.py), `min_tokens` masks the stop
+tokens, `logit_bias` adds to chosen tokens, then the penalties:
 
 - repetition penalty (vLLM's and Hugging Face's, CTRL's rule): a token seen in the prompt or the output
   has its logit divided by the penalty when positive, multiplied when negative;
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import torch
 
+from engine.banned_tokens import banned_next
 from engine.sampling_params import SamplingParams
 
 
@@ -34,7 +36,8 @@ class History(Protocol):
 
 def needs_processing(row: History) -> bool:
     p = row.params
-    return bool(p.logit_bias) or p.penalized or len(row.token_ids) - row.num_prompt_tokens < p.min_tokens
+    return bool(p.logit_bias) or p.penalized or p.masks_tokens or \
+        len(row.token_ids) - row.num_prompt_tokens < p.min_tokens
 
 
 def process_logits(logits: torch.Tensor, rows: Sequence[History], eos_token_ids: tuple[int, ...]) -> torch.Tensor:
@@ -44,6 +47,7 @@ def process_logits(logits: torch.Tensor, rows: Sequence[History], eos_token_ids:
         return logits
     logits = logits.clone()
     vocab = logits.shape[1]
+    _mask_tokens(logits, [i for i in active if rows[i].params.masks_tokens], rows)
     masked: list[tuple[int, list[int]]] = []
     biased: list[tuple[int, tuple[int, float]]] = []
     for i in active:
@@ -64,6 +68,28 @@ def process_logits(logits: torch.Tensor, rows: Sequence[History], eos_token_ids:
     if penalized:
         _penalize(logits, penalized, rows)
     return logits
+
+
+def _mask_tokens(logits: torch.Tensor, masked: list[int], rows: Sequence[History]) -> None:
+    """In place: -inf for the tokens outside a row's allowed_token_ids and for those its bad words ban next."""
+    vocab = logits.shape[1]
+    for i in masked:
+        p = rows[i].params
+        if p.allowed_token_ids is not None:
+            allowed = _allowed(p.allowed_token_ids, vocab).to(logits.device)
+            kept = logits[i, allowed]
+            logits[i] = -torch.inf
+            logits[i, allowed] = kept
+        if p.bad_words_token_ids:
+            banned = [t for t in banned_next(p.bad_words_token_ids, rows[i].token_ids[rows[i].num_prompt_tokens:])
+                      if t < vocab]
+            if banned:
+                logits[i, banned] = -torch.inf
+
+
+@lru_cache(maxsize=256)
+def _allowed(allowed_token_ids: tuple[int, ...], vocab: int) -> torch.Tensor:
+    return torch.tensor([t for t in allowed_token_ids if t < vocab], dtype=torch.long)
 
 
 def _rows_of(entries: Sequence[tuple[int, Sequence[int]]]) -> torch.Tensor:

@@ -13,7 +13,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   custom tools (free-text input, held to their Lark or regex grammar when forced: engine/custom_tools.py);
   response_format (text, json_object, json_schema) or vLLM's structured_outputs (json, regex, choice,
   grammar, json_object): the answer held to a grammar (engine/structured_output.py);
-  vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
+  vLLM's extensions: top_k, min_p, repetition_penalty, min_tokens, allowed_token_ids and bad_words
+  (engine/banned_tokens.py), ignore_eos, stop_token_ids,
   skip_special_tokens, include_stop_str_in_output, truncate_prompt_tokens (keep the prompt's last k
   tokens), stream_options.continuous_usage_stats, guided_json / guided_regex / guided_choice /
   guided_grammar (structured_outputs' older names), spaces_between_special_tokens (true only),
@@ -64,7 +65,7 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
          "min_tokens", "response_format", "structured_outputs", "session_id", "priority", "pin_ttl_s",
          "ignore_eos", "stop_token_ids", "rank_score", "program_start", "in_program", "skip_special_tokens",
          "spaces_between_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
-         "thinking_token_budget", *GUIDED_FIELDS}
+         "thinking_token_budget", "allowed_token_ids", "bad_words", *GUIDED_FIELDS}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}

@@ -62,6 +62,8 @@ def sampling_params(body: dict, max_tokens: int, logprobs: int | None = None,
         top_k=integer(body, "top_k") or 0,
         min_p=number(body, "min_p") or 0.0,
         min_tokens=integer(body, "min_tokens") or 0,
+        allowed_token_ids=_allowed_token_ids(body),
+        bad_words=_bad_words(body),
         constraint=_constraint(body, forced),
         thinking_token_budget=integer(body, "thinking_token_budget"),
     )
@@ -83,6 +85,20 @@ def _constraint(body: dict, forced: OutputConstraint | None) -> OutputConstraint
         raise InvalidRequestError("a forced tool call is its own structure: 'tool_choice' cannot be combined with "
                                   f"'{asked.param}'", "tool_choice")
     return forced or asked
+
+
+def _allowed_token_ids(body: dict) -> tuple[int, ...] | None:
+    value = body.get("allowed_token_ids")
+    return None if value is None else tuple(int_list(value, "allowed_token_ids"))
+
+
+def _bad_words(body: dict) -> tuple[str, ...]:
+    value = body.get("bad_words")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
+        raise bad_request("'bad_words' must be a list of strings", "bad_words", "invalid_type")
+    return tuple(value)
 
 
 def _or(value: float | None, default: float) -> float:
