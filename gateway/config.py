@@ -21,6 +21,7 @@ from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
+from gateway.hedging_config import HedgingConfig, check_hedging
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, split_wildcards
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.semantic_config import BUILT_IN_ENCODERS, SemanticCacheConfig
@@ -136,6 +137,7 @@ class Settings(StrictConfig):
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)
     vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
+    hedging: HedgingConfig = Field(default_factory=HedgingConfig)  # slow calls sent again (gateway/hedging.py)
     tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
     guardrails: list[GuardrailConfig] = Field(default_factory=list)  # checks on calls (gateway/guardrails.py)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
@@ -239,6 +241,8 @@ class Settings(StrictConfig):
             if (model not in known and not wildcard) or model in self.embedding_models:
                 raise ValueError(f"fallbacks: '{model}' is not a chat model_name (or a name a wildcard matches)")
         check_guardrails(self.guardrails, {g.name: g.models for g in self.route_groups}, self.serves)
+        check_hedging(self.hedging, lambda m: m in known and m not in self.embedding_models,
+                      lambda m: sum(e.model_name == m for e in self.model_list))
         summariser = self.responses.compaction_model
         groups = {g.name for g in self.route_groups}
         if summariser is not None and (summariser not in known | groups or summariser in self.embedding_models):

@@ -68,6 +68,11 @@ class DeploymentPool:
             return min(ready, key=lambda d: d.outstanding)
         return min(options, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
 
+    def ready(self, model_name: str, exclude: set[str] = frozenset()) -> list[Deployment]:
+        """The model's deployments not cooling down, less `exclude`: where a hedge may go."""
+        now = self.clock()
+        return [d for d in self.by_model.get(model_name, ()) if d.cooldown_until <= now and d.name not in exclude]
+
     def cooling(self, model_name: str) -> bool:
         """Whether every deployment of the model is cooling down (a fallback may go straight on)."""
         now = self.clock()

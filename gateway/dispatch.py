@@ -1,22 +1,29 @@
 """Send a request to a deployment of a model: retry connection errors, 429 and 5xx on another
-deployment as long as nothing has reached the client; count outstanding requests."""
+deployment as long as nothing has reached the client; count outstanding requests; hedge a slow first
+byte on another deployment where `hedging:` says (gateway/hedging.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TypeVar
 
 from engine.custom_tools import CustomCalls, as_function_chat
 from engine.forced_tools import offering_only_allowed
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
-from gateway.admission import QueueFull, waiting_item
+from gateway.admission import waiting_item
 from gateway.backends.base import Backend, BackendError, CallContext, Kind
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
-from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk
+from gateway.hedging import HedgePolicy, Race, Won
+from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk, hedge_context
+
+T = TypeVar("T")
 
 
 async def _enter(deployment: Deployment, ctx: CallContext, arrival: float) -> None:
@@ -57,13 +64,42 @@ def as_sent(backend: Backend, kind: Kind, body: dict) -> tuple[dict, CustomCalls
 class Dispatched:
     deployment: Deployment
     attempts: int
+    hedge: dict | None = None  # how a hedge went, once one was due (gateway/hedging.py): the row's extra.hedge
+
+
+@dataclass
+class Opened:
+    """A stream whose first chunk has come; its admission slot is held until the rest is read or closed."""
+
+    first: dict
+    chunks: AsyncIterator[dict]
+    deployment: Deployment
+    custom: CustomCalls | None
+    traced: Attempt | None
+
+    async def close(self) -> None:
+        """A stream that lost a hedged race: its connection closed, its slot released."""
+        try:
+            await self.chunks.aclose()
+        finally:
+            _leave(self.deployment)
+            attempt_ended(self.traced, asyncio.CancelledError())
+
+
+Call = Callable[[CallContext, Deployment, int, BackendError | None], Awaitable[T]]
+
+
+async def _nothing_to_close(answer: dict) -> None:
+    pass
 
 
 class Dispatcher:
-    def __init__(self, pool: DeploymentPool, num_retries: int = 2, guardrails: Guardrails | None = None) -> None:
+    def __init__(self, pool: DeploymentPool, num_retries: int = 2, guardrails: Guardrails | None = None,
+                 hedging: HedgePolicy | None = None) -> None:
         self.pool = pool
         self.num_retries = num_retries
         self.guardrails = guardrails if guardrails else None  # checks each call's body (gateway/guardrails.py)
+        self.hedging = hedging  # None: `hedging:` is off
 
     def _next(self, model_name: str, tried: set[str], prefer: str | None,
               last: BackendError | None) -> Deployment:
@@ -89,37 +125,51 @@ class Dispatcher:
             tried = {d.name for d in self.pool.by_model.get(model_name, ()) if not d.backend.serves_embeddings}
         last: BackendError | None = None
         arrival = time.time()  # the admission queue's aging counts from here, across retries
+        call = functools.partial(self._call, kind, body, arrival, sent)
+        if (delay_s := self._hedge_delay(model_name, kind, False, prefer)) is not None:
+            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close)
+            return won.result, Dispatched(won.deployment, won.attempts, won.hedge)
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            traced = attempt_started(ctx, deployment, kind, attempt, last)  # None unless the request is traced
-            call_ctx = ctx if traced is None else traced.ctx
+            started = time.monotonic()
             try:
-                await _enter(deployment, call_ctx, arrival)
-            except BaseException as exc:
-                attempt_ended(traced, exc)
-                if not isinstance(exc, QueueFull):
+                answer = await call(ctx, deployment, attempt, last)
+            except BackendError as exc:
+                if not exc.retryable:
                     raise
-                last = exc  # another deployment may have room; this one did not fail
+                last = exc  # a queue that is full is no failure of the deployment; another may have room
                 continue
-            if sent is not None:
-                sent(deployment)
-            try:
-                sent_body, custom = as_sent(deployment.backend, kind, body)
-                result = await deployment.backend.complete(kind, sent_body, call_ctx)
-            except BaseException as exc:
-                attempt_ended(traced, exc)
-                if not isinstance(exc, BackendError) or not exc.retryable:
-                    raise
-                self.pool.mark_failure(deployment)
-                last = exc
-                continue
-            finally:
-                _leave(deployment)
-            attempt_ended(traced)
-            self.pool.mark_success(deployment)
-            return custom.answer(result) if custom else result, Dispatched(deployment, attempt)
+            self._observe(model_name, kind, False, started)
+            return answer, Dispatched(deployment, attempt)
         assert last is not None
         raise last
+
+    async def _call(self, kind: Kind, body: dict, arrival: float, sent: Sent | None, ctx: CallContext,
+                    deployment: Deployment, attempt: int, last: BackendError | None) -> dict:
+        """One call for a whole answer, its admission slot held while it runs; a retryable failure is
+        marked on the deployment (a full queue raises before: not the deployment's failure)."""
+        traced = attempt_started(ctx, deployment, kind, attempt, last)  # None unless the request is traced
+        call_ctx = ctx if traced is None else traced.ctx
+        try:
+            await _enter(deployment, call_ctx, arrival)
+        except BaseException as exc:
+            attempt_ended(traced, exc)
+            raise
+        if sent is not None:
+            sent(deployment)
+        try:
+            sent_body, custom = as_sent(deployment.backend, kind, body)
+            result = await deployment.backend.complete(kind, sent_body, call_ctx)
+        except BaseException as exc:
+            attempt_ended(traced, exc)
+            if isinstance(exc, BackendError) and exc.retryable:
+                self.pool.mark_failure(deployment)
+            raise
+        finally:
+            _leave(deployment)
+        attempt_ended(traced)
+        self.pool.mark_success(deployment)
+        return custom.answer(result) if custom else result
 
     async def stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                      prefer: str | None = None, sent: Sent | None = None) -> tuple[AsyncIterator[dict], Dispatched]:
@@ -137,52 +187,65 @@ class Dispatcher:
         tried: set[str] = set()
         last: BackendError | None = None
         arrival = time.time()
+        call = functools.partial(self._open, kind, body, arrival, sent)
+        if (delay_s := self._hedge_delay(model_name, kind, True, prefer)) is not None:
+            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close)
+            return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge)
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last)
-            traced = attempt_started(ctx, deployment, kind, attempt, last)  # ended when the stream ends
-            call_ctx = ctx if traced is None else traced.ctx
+            started = time.monotonic()
             try:
-                await _enter(deployment, call_ctx, arrival)
-            except BaseException as exc:
-                attempt_ended(traced, exc)
-                if not isinstance(exc, QueueFull):
+                opened = await call(ctx, deployment, attempt, last)
+            except BackendError as exc:
+                if not exc.retryable:
                     raise
                 last = exc
                 continue
-            if sent is not None:
-                sent(deployment)
-            try:
-                sent_body, custom = as_sent(deployment.backend, kind, body)
-            except BaseException as exc:
-                _leave(deployment)
-                attempt_ended(traced, exc)
-                raise
-            chunks = deployment.backend.stream(kind, sent_body, call_ctx)
-            try:
-                first = await anext(chunks)
-            except StopAsyncIteration:
-                _leave(deployment)
-                error = BackendError(502, "upstream stream was empty", retryable=False)
-                attempt_ended(traced, error)
-                raise error from None
-            except BaseException as exc:
-                _leave(deployment)
-                attempt_ended(traced, exc)
-                await chunks.aclose()
-                if not isinstance(exc, BackendError) or not exc.retryable:
-                    raise
-                self.pool.mark_failure(deployment)
-                last = exc
-                continue
-            first_chunk(traced)
-            self.pool.mark_success(deployment)
-            return self._rest(first, chunks, deployment, custom, traced), Dispatched(deployment, attempt)
+            self._observe(model_name, kind, True, started)
+            return self._rest(opened), Dispatched(deployment, attempt)
         assert last is not None
         raise last
 
+    async def _open(self, kind: Kind, body: dict, arrival: float, sent: Sent | None, ctx: CallContext,
+                    deployment: Deployment, attempt: int, last: BackendError | None) -> Opened:
+        """One stream up to its first chunk; its attempt span ends when the stream ends."""
+        traced = attempt_started(ctx, deployment, kind, attempt, last)
+        call_ctx = ctx if traced is None else traced.ctx
+        try:
+            await _enter(deployment, call_ctx, arrival)
+        except BaseException as exc:
+            attempt_ended(traced, exc)
+            raise
+        if sent is not None:
+            sent(deployment)
+        try:
+            sent_body, custom = as_sent(deployment.backend, kind, body)
+        except BaseException as exc:
+            _leave(deployment)
+            attempt_ended(traced, exc)
+            raise
+        chunks = deployment.backend.stream(kind, sent_body, call_ctx)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            _leave(deployment)
+            error = BackendError(502, "upstream stream was empty", retryable=False)
+            attempt_ended(traced, error)
+            raise error from None
+        except BaseException as exc:
+            _leave(deployment)
+            attempt_ended(traced, exc)
+            await chunks.aclose()
+            if isinstance(exc, BackendError) and exc.retryable:
+                self.pool.mark_failure(deployment)
+            raise
+        first_chunk(traced)
+        self.pool.mark_success(deployment)
+        return Opened(first, chunks, deployment, custom, traced)
+
     @staticmethod
-    async def _rest(first: dict, chunks: AsyncIterator[dict], deployment: Deployment,
-                    custom: CustomCalls | None, traced: Attempt | None) -> AsyncIterator[dict]:
+    async def _rest(opened: Opened) -> AsyncIterator[dict]:
+        first, chunks, custom = opened.first, opened.chunks, opened.custom
         error: BaseException | None = None
         try:
             yield custom.chunk(first) if custom else first
@@ -193,5 +256,32 @@ class Dispatcher:
             error = exc
             raise
         finally:
-            _leave(deployment)
-            attempt_ended(traced, error)
+            _leave(opened.deployment)
+            attempt_ended(opened.traced, error)
+
+    # ---- hedging (gateway/hedging.py): the policy decides, the race makes the calls above ----------
+
+    def _hedge_delay(self, model_name: str, kind: Kind, streaming: bool, prefer: str | None) -> float | None:
+        if self.hedging is None or kind == "embedding":
+            return None
+        return self.hedging.delay_s(model_name, streaming, prefer, len(self.pool.ready(model_name)))
+
+    def _observe(self, model_name: str, kind: Kind, streaming: bool, started: float) -> None:
+        if self.hedging is not None and kind != "embedding":
+            self.hedging.observe(model_name, streaming, time.monotonic() - started)
+
+    async def _race(self, model_name: str, streaming: bool, delay_s: float, tried: set[str], ctx: CallContext,
+                    call: Call[T], drop: Callable[[T], Awaitable[None]]) -> Won[T]:
+        assert self.hedging is not None
+
+        async def start(deployment: Deployment, attempt: int, last: BackendError | None,
+                        hedged_after_s: float | None) -> T:
+            tried.add(deployment.name)
+            return await call(ctx if hedged_after_s is None else hedge_context(ctx, hedged_after_s),
+                              deployment, attempt, last)
+
+        def hedge_deployment(asked: set[str]) -> Deployment | None:
+            return min(self.pool.ready(model_name, tried | asked), key=lambda d: d.outstanding, default=None)
+
+        return await Race(self.hedging, model_name, streaming, delay_s, self.num_retries, start, drop,
+                          lambda last: self._next(model_name, tried, None, last), hedge_deployment).run()

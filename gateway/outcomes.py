@@ -30,6 +30,7 @@ from storage.outcome_writer import OutcomeWriter
 
 if TYPE_CHECKING:
     from gateway.budget_alerts import BudgetAlerts
+    from gateway.dispatch import Dispatched
     from gateway.ranking import RankScores
     from gateway.response_cache import CacheTicket
 
@@ -111,6 +112,12 @@ class OutcomeDraft:
 
     def sending(self, deployment: Deployment) -> None:
         self.sent_to = deployment
+
+    def answered_by(self, dispatched: Dispatched) -> None:
+        """The call that answered: its deployment, the attempts it took, how a hedge went (extra.hedge)."""
+        self.deployment, self.attempts = dispatched.deployment, dispatched.attempts
+        if dispatched.hedge is not None:
+            self.extra["hedge"] = dispatched.hedge
 
     @property
     def charged_to(self) -> Deployment | None:

@@ -57,6 +57,8 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
     fallback = draft.extra.get("fallback")
     if fallback and draft.route is not None and draft.route.model_name != fallback["from"]:  # another answered
         headers["x-pitstop-fallback-from"] = fallback["from"]
+    if (hedge := draft.extra.get("hedge")) and hedge["hedges"]:  # a hedge went out: the deployment that answered
+        headers["x-pitstop-hedged"] = hedge["won"]
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):
         headers["x-pitstop-verify"] = checked["outcome"]
@@ -124,7 +126,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         # cancels the call, as for a whole answer.
         streamed = verify.stream(state, draft, kind, ctx, session.prefer)
         chunks, dispatched = await unless_disconnected(request, streamed)
-        draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+        draft.answered_by(dispatched)
         state.sessions.dispatched(session, dispatched.deployment)
         if keepers := _keepers(state, draft):  # the whole answer kept, once the stream has ended
             chunks = kept_as_it_streams(kind, chunks, keepers)
@@ -132,7 +134,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
         return stream_response(state, draft, chunks, session, stream, None if dialect is None else dialect.end)
     work = verify.complete(state, draft, kind, ctx, session.prefer)  # the group's `verify:`, if any
     body, dispatched = await unless_disconnected(request, work)
-    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.answered_by(dispatched)
     state.sessions.dispatched(session, dispatched.deployment)
     draft.take_response(body)
     draft.ttft_s = None
@@ -156,7 +158,7 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
                       timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
     work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
     body, dispatched = await unless_disconnected(request, work)
-    draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
+    draft.answered_by(dispatched)
     draft.usage = body.get("usage")
     if keep is not None:  # the response cache's, for the vectors (gateway/embedding_cache.py)
         await keep(body)

@@ -26,6 +26,7 @@ from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
 from gateway.files import Files
 from gateway.guardrails import Guardrails
+from gateway.hedging import HedgePolicy
 from gateway.key_events import KeyEvents
 from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
 from gateway.limits.factory import make_limiter
@@ -288,7 +289,8 @@ def build_state(settings: Settings) -> GatewayState:
     return GatewayState(
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, routes=routes,
-        dispatcher=Dispatcher(pool, server.num_retries, Guardrails(settings.guardrails, metrics.registry)),
+        dispatcher=Dispatcher(pool, server.num_retries, Guardrails(settings.guardrails, metrics.registry),
+                              HedgePolicy.build(settings.hedging, metrics.registry)),
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),

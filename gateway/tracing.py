@@ -155,6 +155,13 @@ def fallback(ctx: CallContext, reason: str, from_model: str) -> CallContext:
     return replace(ctx, trace=replace(ctx.trace, reason=f"fallback ({reason}) from {from_model}"))
 
 
+def hedge_context(ctx: CallContext, delay_s: float) -> CallContext:
+    """The context a hedge (gateway/hedging.py) is made under: its span says it is one, and after how long."""
+    if ctx.trace is None:
+        return ctx
+    return replace(ctx, trace=replace(ctx.trace, reason=f"hedge after {delay_s:.3f} s"))
+
+
 def request_ended(draft: OutcomeDraft, cost_usd: float) -> None:
     """The request's server span ended with what its outcome row says: models, usage, cost, status; and
     for a stream, a child span for the wait for its first token. A span is never worth a request."""
