@@ -55,6 +55,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.outcome_export
 	$(PY) -m bench.gateway_verify
 	$(PY) -m bench.gateway_fallbacks
+	$(PY) -m bench.gateway_hedging
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses

@@ -99,7 +99,7 @@ def _summary_ms(values: list[float]) -> dict[str, float | None]:
 
     return {
         "p50": ms(percentile(values, 50)), "p90": ms(percentile(values, 90)),
-        "p99": ms(percentile(values, 99)), "max": ms(max(values) if values else None),
+        "p95": ms(percentile(values, 95)), "p99": ms(percentile(values, 99)), "max": ms(max(values) if values else None),
         "mean": ms(sum(values) / len(values) if values else None),
     }
 

@@ -17,6 +17,9 @@ shares 2 cores between the load generator, this mock and the gateway under test.
 - Faults (bench/gateway_fallbacks.py): `--fail-rate 0.2` answers that share of chat requests with a
   `--fail-status` (503) error at once, drawn from a seeded generator; `--outage 10 20` fails every chat
   request from 10 to 20 seconds after the first one.
+- A heavy tail (bench/gateway_hedging.py): `--slow-rate 0.05 --slow-delay-ms 1500` makes that share of
+  chat requests, drawn from a generator seeded by `--seed`, wait `--slow-delay-ms` instead of `--delay-ms`
+  before their first byte. Off (0) by default.
 """
 
 from __future__ import annotations
@@ -48,8 +51,11 @@ class MockUpstream:
 
     def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER,
                  embedding_dims: int = 1536, fail_rate: float = 0.0, fail_status: int = 503,
-                 outage: tuple[float, float] | None = None) -> None:
+                 outage: tuple[float, float] | None = None, slow_rate: float = 0.0, slow_delay_ms: float = 0.0,
+                 seed: int = 2) -> None:
         self.answer = answer
+        self.slow_rate, self.slow_delay = slow_rate, slow_delay_ms / 1000
+        self.tail = random.Random(seed)
         self.fail_rate, self.fail_status, self.outage = fail_rate, fail_status, outage
         self.faults = random.Random(1)
         self.first_request: float | None = None
@@ -85,11 +91,12 @@ class MockUpstream:
             self.served += 1
             model = str(req.get("model", "mock"))
             rid = f"chatcmpl-mock-{next(self.ids)}"
+            delay = self._first_byte_delay()
             if req.get("stream"):
                 usage = bool((req.get("stream_options") or {}).get("include_usage"))
-                await self._stream(send, rid, model, usage)
+                await self._stream(send, rid, model, usage, delay)
             else:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(delay)
                 await _respond(send, 200, self._completion(rid, model))
         elif path.endswith("/embeddings") and method == "POST":
             req = json.loads(await _read_body(receive) or b"{}")
@@ -113,6 +120,11 @@ class MockUpstream:
             return True
         return self.fail_rate > 0 and self.faults.random() < self.fail_rate
 
+    def _first_byte_delay(self) -> float:
+        if self.slow_rate > 0 and self.tail.random() < self.slow_rate:
+            return self.slow_delay
+        return self.delay
+
     def _embeddings(self, count: int, as_base64: bool) -> bytes:
         if (count, as_base64) not in self.embeddings:
             vector: Any = (base64.b64encode(struct.pack(f"<{len(self.vector)}f", *self.vector)).decode()
@@ -132,10 +144,10 @@ class MockUpstream:
                       "total_tokens": PROMPT_TOKENS + self.chunks},
         }, separators=(",", ":")).encode()
 
-    async def _stream(self, send: Send, rid: str, model: str, include_usage: bool) -> None:
+    async def _stream(self, send: Send, rid: str, model: str, include_usage: bool, delay: float) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         head = f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{int(time.time())},"model":"{model}",'
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(delay)
         for i in range(self.chunks):
             if i:
                 await asyncio.sleep(self.interval)
@@ -189,9 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--outage", type=float, nargs=2, metavar=("FROM_S", "TO_S"),
                         help="every chat request fails in this window, seconds after the first one")
+    parser.add_argument("--slow-rate", type=float, default=0.0, help="share of chat requests slow to start")
+    parser.add_argument("--slow-delay-ms", type=float, default=1500.0, help="their wait before the first byte")
+    parser.add_argument("--seed", type=int, default=2, help="seeds the draw of the slow requests")
     args = parser.parse_args(argv)
     app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer, args.embedding_dims,
-                       args.fail_rate, args.fail_status, tuple(args.outage) if args.outage else None)
+                       args.fail_rate, args.fail_status, tuple(args.outage) if args.outage else None,
+                       args.slow_rate, args.slow_delay_ms, args.seed)
     # Long keep-alive: connections from the load generator and the gateways stay open between points.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
                 lifespan="on", timeout_keep_alive=120, backlog=4096)
