@@ -19,6 +19,7 @@ from engine.hints import SchedulingHints
 from engine.logprobs import TokenLogprobs
 from engine.merge import merged
 from engine.openai_logprobs import LogprobShapes, joined
+from engine.openai_token_ids import TokenIds
 from engine.outputs import RequestOutput
 from engine.prompt_tokens import tokenize
 from engine.reasoning import ReasoningSplitter, Split, starts_inside
@@ -143,6 +144,7 @@ class OpenAIGeneration:
         self._produced = [0] * parsed.num_choices  # each choice's output tokens so far
         # Told once when the outputs end: finished (None), failed, or cut (a cancel): the tracing span's hook.
         self.on_end: Callable[[OpenAIGeneration, BaseException | None], None] | None = None
+        self.token_ids: TokenIds | None = None  # return_token_ids: the ids behind the text
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
                     pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
@@ -167,6 +169,8 @@ class OpenAIGeneration:
             where = f" (prompt {k} of the batch)" if len(self._prompt_ids) > 1 else ""
             raise bad_request(f"{exc}{where}", prompt_field if exc.param == "prompt" else exc.param, exc.code) from None
         n, total = parsed.n, parsed.num_choices
+        if parsed.return_token_ids:
+            self.token_ids = TokenIds(self.shapes.chat, self._prompt_ids, n, total)
         for k, prompt_ids in enumerate(self._prompt_ids):
             params = parsed.resolved_params(len(prompt_ids), self.engine.max_model_len)
             for j in range(n):
@@ -194,6 +198,8 @@ class OpenAIGeneration:
                         out = replace(out, new_token_ids=[], text_delta="", logprobs=None, num_output_tokens=0,
                                       finish_reason="length" if out.finished else None)
                     lasts[i] = out
+                    if self.token_ids is not None:
+                        self.token_ids.arrived(i, out.new_token_ids)
                     self._produced[i] = out.num_output_tokens
                     if len(lasts) == 1:
                         self.last = out
@@ -239,8 +245,9 @@ class OpenAIGeneration:
         blocks = [joined(echo, shapes.block(ids, lps) if lps or echo is None else None)
                   for shapes, ids, lps, echo in zip(self.logprobs, token_ids, logprobs, echoes, strict=True)] \
             if self.logprobs is not None else [None] * n
-        return self.shapes.response([self._answer("".join(p), f, b, i) for i, (p, f, b) in enumerate(
+        response = self.shapes.response([self._answer("".join(p), f, b, i) for i, (p, f, b) in enumerate(
             zip(parts, finish, blocks, strict=True))], self.last)
+        return self.token_ids.response(response) if self.token_ids is not None else response
 
     def _allowed(self, calls: list[dict]) -> list[dict]:
         """With `parallel_tool_calls: false`, the first call only (custom tools' calls as custom calls)."""
@@ -297,6 +304,8 @@ class OpenAIGeneration:
                     prompt, completion = sum(map(len, self._prompt_ids)), sum(self._produced)
                     chunk["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
                                       "total_tokens": prompt + completion}
+                if self.token_ids is not None and chunk["choices"]:
+                    chunk = self.token_ids.chunk(chunk)
                 yield chunk
 
     async def _chunks(self) -> AsyncIterator[dict]:
