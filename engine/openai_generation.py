@@ -134,7 +134,8 @@ class OpenAIGeneration:
             self.parsed = parsed = replace(parsed, tools=[t for t in parsed.tools
                                                           if t["function"]["name"] in parsed.allowed_tools])
         self.shapes = Shapes(chat, model_name, parsed.include_usage, response_id)
-        self.logprobs = [LogprobShapes(engine.tokenizer, chat) for _ in range(parsed.num_choices)] \
+        self.logprobs = [LogprobShapes(engine.tokenizer, chat, parsed.return_tokens_as_token_ids)
+                         for _ in range(parsed.num_choices)] \
             if parsed.params.logprobs is not None else None
         self.started = time.monotonic()
         self.ttft_s: float | None = None

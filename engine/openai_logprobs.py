@@ -1,6 +1,8 @@
 """Log-probabilities in OpenAI's shapes: a chat's `content` entries (token, logprob, bytes,
 top_logprobs), a completion's parallel lists (tokens, token_logprobs, top_logprobs as token -> logprob,
-text_offset), and an echoed prompt's in the completion lists, its first token with none."""
+text_offset), and an echoed prompt's in the completion lists, its first token with none. With vLLM's
+`return_tokens_as_token_ids`, a token is written `token_id:N`: tokens that are parts of one character
+(or decode alike) stay apart, and a client maps them back to ids without the tokenizer."""
 
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ class LogprobShapes:
     """One choice's log-probabilities, a block at a time. A token's text is its own decoding, as vLLM
     gives it; a completion's text_offset runs on across blocks (an echoed prompt's first)."""
 
-    def __init__(self, tokenizer: Decoder | None, chat: bool) -> None:
+    def __init__(self, tokenizer: Decoder | None, chat: bool, as_token_ids: bool = False) -> None:
         self.tokenizer = tokenizer
         self.chat = chat
+        self.as_token_ids = as_token_ids
         self.offset = 0  # a completion's text_offset runs on across chunks
         self._texts: dict[int, str] = {}
 
@@ -28,39 +31,40 @@ class LogprobShapes:
             self._texts[token_id] = text
         return text
 
+    def _name(self, token_id: int) -> str:
+        """How the token is written: its text, or `token_id:N`."""
+        return f"token_id:{token_id}" if self.as_token_ids else self._token(token_id)
+
     def _entry(self, token_id: int, logprob: float) -> dict:
-        token = self._token(token_id)
-        return {"token": token, "logprob": max(logprob, _LOWEST_LOGPROB),
-                "bytes": list(token.encode("utf-8", "surrogatepass"))}
+        return {"token": self._name(token_id), "logprob": max(logprob, _LOWEST_LOGPROB),
+                "bytes": list(self._token(token_id).encode("utf-8", "surrogatepass"))}
 
     def block(self, token_ids: list[int], logprobs: list[TokenLogprobs]) -> dict:
         if self.chat:
             return {"content": [self._entry(t, lp.logprob) | {"top_logprobs": [
                 self._entry(i, v) for i, v in zip(lp.top_ids, lp.top_logprobs, strict=True)]}
                 for t, lp in zip(token_ids, logprobs, strict=True)], "refusal": None}
-        tokens = [self._token(t) for t in token_ids]
         offsets = []
-        for token in tokens:
+        for token_id in token_ids:  # offsets into the text, however the tokens are written
             offsets.append(self.offset)
-            self.offset += len(token)
-        return {"tokens": tokens, "token_logprobs": [max(lp.logprob, _LOWEST_LOGPROB) for lp in logprobs],
+            self.offset += len(self._token(token_id))
+        return {"tokens": [self._name(t) for t in token_ids], "token_logprobs": [max(lp.logprob, _LOWEST_LOGPROB) for lp in logprobs],
                 "top_logprobs": [self._top(lp) for lp in logprobs], "text_offset": offsets}
 
     def prompt_block(self, token_ids: list[int], logprobs: list[TokenLogprobs]) -> dict:
         """An echoed prompt's block (completions), before any other: every token, each scored but the
         first (null)."""
         assert not self.chat and self.offset == 0 and len(logprobs) == len(token_ids) - 1
-        first = self._token(token_ids[0])
-        self.offset = len(first)
+        self.offset = len(self._token(token_ids[0]))
         block = self.block(token_ids[1:], logprobs)
-        return {"tokens": [first, *block["tokens"]], "token_logprobs": [None, *block["token_logprobs"]],
+        return {"tokens": [self._name(token_ids[0]), *block["tokens"]], "token_logprobs": [None, *block["token_logprobs"]],
                 "top_logprobs": [None, *block["top_logprobs"]], "text_offset": [0, *block["text_offset"]]}
 
     def _top(self, logprobs: TokenLogprobs) -> dict[str, float]:
         """token -> logprob; where two tokens decode alike (parts of one character), the likelier stays."""
         top: dict[str, float] = {}
         for token_id, value in zip(logprobs.top_ids, logprobs.top_logprobs, strict=True):
-            top.setdefault(self._token(token_id), max(value, _LOWEST_LOGPROB))
+            top.setdefault(self._name(token_id), max(value, _LOWEST_LOGPROB))
         return top
 
 

@@ -18,7 +18,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   skip_special_tokens, include_stop_str_in_output, truncate_prompt_tokens (keep the prompt's last k
   tokens), stream_options.continuous_usage_stats, guided_json / guided_regex / guided_choice /
   guided_grammar (structured_outputs' older names), spaces_between_special_tokens (true only),
-  thinking_token_budget (engine/thinking_budget.py), return_token_ids (engine/openai_token_ids.py);
+  thinking_token_budget (engine/thinking_budget.py), return_token_ids (engine/openai_token_ids.py),
+  return_tokens_as_token_ids (engine/openai_logprobs.py);
   chat: chat_template_kwargs, add_generation_prompt, continue_final_message, and OpenAI's reasoning_effort
   (a thinking budget where the engine parses reasoning, else no effect);
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
@@ -65,7 +66,8 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
          "min_tokens", "response_format", "structured_outputs", "session_id", "priority", "pin_ttl_s",
          "ignore_eos", "stop_token_ids", "rank_score", "program_start", "in_program", "skip_special_tokens",
          "spaces_between_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
-         "thinking_token_budget", "allowed_token_ids", "bad_words", "return_token_ids", *GUIDED_FIELDS}
+         "thinking_token_budget", "allowed_token_ids", "bad_words", "return_token_ids",
+         "return_tokens_as_token_ids", *GUIDED_FIELDS}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
@@ -115,6 +117,7 @@ class GenerateRequest:
     allowed_tools: frozenset[str] | None = None  # chat: tool_choice allowed_tools in "auto" mode (held_calls)
     reasoning_effort: str | None = None  # chat: a thinking budget where the engine parses reasoning
     return_token_ids: bool = False  # vLLM's: the prompt's and each choice's token ids in the response
+    return_tokens_as_token_ids: bool = False  # vLLM's: logprobs' tokens written `token_id:N`
 
     @property
     def num_choices(self) -> int:
@@ -250,7 +253,8 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
                            hints=SchedulingHints(number(body, "rank_score"), number(body, "program_start"),
                                                  boolean(body, "in_program")),
                            truncate_prompt_tokens=truncate, continuous_usage=boolean(options, "continuous_usage_stats"),
-                           return_token_ids=boolean(body, "return_token_ids"), **fields)
+                           return_token_ids=boolean(body, "return_token_ids"),
+                           return_tokens_as_token_ids=boolean(body, "return_tokens_as_token_ids"), **fields)
 
 
 _TEMPLATE_VARIABLES = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "pad_token",

@@ -1,7 +1,8 @@
 """vLLM's `return_token_ids` over a real socket with the openai SDK's extra_body: the prompt's ids as the
 engine's /tokenize gives them and each choice's answer ids, whole and streamed (chat and completions,
 n > 1 and a batch of prompts), the streamed ids adding up to the whole answer's; nothing extra unasked;
-and through the gateway to an in-process engine."""
+and through the gateway to an in-process engine. And `return_tokens_as_token_ids`: logprobs' tokens
+written `token_id:N`, the same ids the answer's are."""
 
 from __future__ import annotations
 
@@ -107,3 +108,28 @@ def test_a_wrong_type_is_a_400(url: str) -> None:
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "return_token_ids"
 
+
+
+def test_logprobs_name_their_tokens_by_id(url: str, tokenizer: Tokenizer) -> None:
+    client = sdk(url)
+    ask = {**ASK, "return_tokens_as_token_ids": True}
+    chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0,
+                                          logprobs=True, top_logprobs=3, extra_body=ask)
+    ids = (chat.choices[0].model_extra or {})["token_ids"]
+    assert chat.choices[0].logprobs is not None and chat.choices[0].logprobs.content is not None
+    entries = chat.choices[0].logprobs.content
+    assert [e.token for e in entries] == [f"token_id:{t}" for t in ids]
+    assert all(e.bytes == list(tokenizer.decode([t], skip_special_tokens=False).encode()) for e, t in zip(
+        entries, ids, strict=True))
+    assert entries[0].top_logprobs[0].token == entries[0].token  # greedy: the likeliest is the one taken
+    completion = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6, temperature=0,
+                                           logprobs=2, extra_body=ask).choices[0]
+    assert completion.logprobs is not None and completion.logprobs.tokens is not None
+    completion_ids = (completion.model_extra or {})["token_ids"]
+    assert completion.logprobs.tokens == [f"token_id:{t}" for t in completion_ids]
+    offsets = completion.logprobs.text_offset or []
+    assert offsets[0] == 0 and offsets[-1] == len(tokenizer.decode(completion_ids[:-1]))
+    plain = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6, temperature=0,
+                                      logprobs=2).choices[0]
+    assert plain.logprobs is not None and plain.logprobs.tokens is not None
+    assert not any(t.startswith("token_id:") for t in plain.logprobs.tokens)
