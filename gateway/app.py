@@ -23,6 +23,7 @@ from gateway import (
     files,
     key_admin,
     proxy,
+    rerank,
     session_endpoint,
     stored_completion_endpoints,
     usage_endpoints,
@@ -38,6 +39,7 @@ ROUTES = [
     Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
+    *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
     Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),

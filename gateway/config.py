@@ -274,6 +274,31 @@ class Settings(StrictConfig):
         """Models embeddings requests may go to: those with a deployment not on Pitstop's engines."""
         return {m.model_name for m in self.model_list if m.serves_embeddings}
 
+    @property
+    def rerank_models(self) -> set[str]:
+        """Cross-encoders that serve /v1/rerank only (model_info.mode: rerank; gateway/rerank.py)."""
+        return {m.model_name for m in self.model_list if m.model_info.mode == "rerank"}
+
+    @model_validator(mode="after")
+    def _rerank_models_only_rerank(self) -> Settings:
+        """A reranker answers no chat: it is in no route group, verification, fallback chain or compaction,
+        and every deployment of its name reranks (the dispatcher may send a rerank to any of them)."""
+        rerankers = self.rerank_models
+        for name in sorted(rerankers):
+            if any(m.model_info.mode != "rerank" for m in self.model_list if m.model_name == name):
+                raise ValueError(f"model_list: '{name}' has entries marked model_info.mode: rerank and entries "
+                                 "not: every deployment of a reranker reranks")
+        chats = [*((f"route_groups.{i}.models", m) for i, g in enumerate(self.route_groups) for m in g.models),
+                 *((f"route_groups.{i}.verify", m) for i, g in enumerate(self.route_groups) if g.verify
+                   for m in (*g.verify.verifiers, g.verify.escalate_to)),
+                 *(("fallbacks", m) for m in self.fallbacks.models()),
+                 ("responses.compaction_model", self.responses.compaction_model)]
+        for where, model in chats:
+            if model in rerankers:
+                raise ValueError(f"{where}: '{model}' is a reranker (model_info.mode: rerank), which serves "
+                                 "/v1/rerank only")
+        return self
+
     def resolve_path(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p

@@ -129,7 +129,10 @@ class ModelInfo(StrictConfig):
     # litellm's `mode`: "embedding" marks a model that serves POST /v1/embeddings only (kept out of route
     # groups; a chat or completion request to it is a 400); on Pitstop's engines, the only models that embed.
     # Any model not on Pitstop's engines may still be sent embeddings requests: its upstream decides.
-    mode: Literal["chat", "completion", "embedding"] | None = None
+    # "rerank" (litellm's too) marks a cross-encoder that serves POST /v1/rerank only, natively: a vLLM
+    # server's /rerank, or a litellm provider's (Cohere, Jina, Voyage); never on Pitstop's engines. An
+    # embedding model reranks too, by cosine (gateway/rerank.py).
+    mode: Literal["chat", "completion", "embedding", "rerank"] | None = None
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
     max_output_tokens: int | None = Field(default=None, gt=0)
@@ -150,10 +153,20 @@ class ModelEntry(StrictConfig):
     litellm_params: LitellmParams
     model_info: ModelInfo = Field(default_factory=ModelInfo)
 
+    @model_validator(mode="after")
+    def _engines_have_no_cross_encoder(self) -> ModelEntry:
+        if self.model_info.mode == "rerank" and self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
+            raise ValueError(f"model '{self.model_name}': Pitstop's engines have no cross-encoder for mode: rerank; "
+                             "mark it mode: embedding and /v1/rerank ranks by its embeddings' cosine")
+        return self
+
     @property
     def serves_embeddings(self) -> bool:
         """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
-        (last-token pooling: engine/openai_embeddings.py); elsewhere, the upstream decides."""
+        (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`); elsewhere, the
+        upstream decides."""
+        if self.model_info.mode == "rerank":
+            return False
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"
         return True

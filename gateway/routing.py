@@ -107,6 +107,7 @@ class RouteTable:
         self.models = set(settings.model_names)
         self.embedding_models = settings.embedding_models  # serve embeddings only
         self.embeddings_served_by = settings.embeddings_served_by
+        self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
         self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
         entries = {m.model_name: m for m in settings.model_list}
         self.groups: dict[str, GroupRouter] = {}
@@ -150,6 +151,9 @@ class RouteTable:
         return True
 
     def resolve(self, request: ProxyRequest) -> Route:
+        if request.model in self.rerank_models:
+            raise bad_request(f"the model {request.model!r} is a reranker (model_info.mode: rerank): send it to "
+                              "/v1/rerank", "model", "model_not_supported")
         if request.kind == "embedding":
             return self._embeddings_model(request.model)
         if request.model in self.embedding_models:

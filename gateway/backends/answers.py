@@ -153,6 +153,39 @@ def checked_embeddings(body: Any) -> dict:
     return body
 
 
+def checked_rerank(body: Any) -> dict:
+    """A reranker's answer (vLLM's `/rerank`, or litellm's `arerank` as a dict), checked where the gateway
+    reads it: `results`, objects each holding an integer `index` and a numeric `relevance_score`. Its
+    tokens, wherever the reranker reports them (vLLM's `usage.total_tokens`, Jina's and Voyage's in
+    litellm's `meta`; Cohere bills searches, not tokens), become an OpenAI `usage` (None: none reported)."""
+    if not isinstance(body, dict):
+        raise bad_answer(f"a JSON {type(body).__name__}, not an object")
+    if "results" not in body and "error" in body:
+        raise _error_with_200(body["error"])
+    results = body.get("results")
+    if not isinstance(results, list):
+        raise bad_answer("'results' is missing or not a list")
+    for i, result in enumerate(results):
+        score = result.get("relevance_score") if isinstance(result, dict) else None
+        if type(result.get("index") if isinstance(result, dict) else None) is not int \
+                or not isinstance(score, int | float) or isinstance(score, bool):
+            raise bad_answer(f"results[{i}] is not an object holding an integer 'index' and a 'relevance_score'")
+    body["usage"] = _rerank_usage(body)
+    _check_usage(body)
+    return body
+
+
+def _rerank_usage(body: dict) -> dict | None:
+    usage, meta = body.get("usage"), body.get("meta")
+    found = [usage.get("total_tokens")] if isinstance(usage, dict) else []
+    for part in ("tokens", "billed_units"):
+        counts = meta.get(part) if isinstance(meta, dict) else None
+        if isinstance(counts, dict):
+            found += [counts.get("input_tokens"), counts.get("total_tokens")]
+    tokens = next((count for count in found if count is not None), None)
+    return None if tokens is None else {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
 def checked_chunk(chunk: Any) -> dict:
     """A stream chunk, checked as `checked_answer` checks a whole answer (a usage chunk has no choices)."""
     if not isinstance(chunk, dict):

@@ -10,7 +10,9 @@ from typing import Literal, Protocol
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.tracing import Traced
 
-Kind = Literal["chat", "completion", "embedding"]  # embeddings: `complete` only, never streamed
+# Embeddings and reranks: `complete` only, never streamed. A rerank goes to models marked `mode: rerank`
+# (a cross-encoder's /rerank: vLLM's, or litellm's `arerank`); its answer is checked by `checked_rerank`.
+Kind = Literal["chat", "completion", "embedding", "rerank"]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings
+from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings, checked_rerank
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority as rank_priority
@@ -137,6 +137,8 @@ class LitellmBackend:
         litellm = _litellm()
         if kind == "embedding":
             return await self._embed(litellm, body, ctx)
+        if kind == "rerank":
+            return await self._rerank(litellm, body, ctx)
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:
@@ -154,6 +156,17 @@ class LitellmBackend:
         except Exception as exc:
             raise _as_backend_error(exc) from None
         return checked_embeddings(answer)
+
+    async def _rerank(self, litellm: Any, body: dict, ctx: CallContext) -> dict:
+        """litellm's `arerank`: Cohere, Jina, Voyage, a vLLM server (`hosted_vllm/`) and the other providers it
+        reranks with, each answering in Cohere's shape. Its providers take no `extra_headers`: no traceparent."""
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs.update(self.params, timeout=ctx.timeout_s, num_retries=0)
+        try:
+            answer = _to_dict(await litellm.arerank(**kwargs))
+        except Exception as exc:
+            raise _as_backend_error(exc) from None
+        return checked_rerank(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()

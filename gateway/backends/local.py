@@ -78,6 +78,10 @@ class LocalEngineBackend:
         return generation
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
+        if kind == "rerank":  # the config refuses `mode: rerank` on engines (gateway/model_list_config.py)
+            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "
+                               "cross-encoder: mark it model_info.mode: embedding to rerank by cosine", retryable=False,
+                               param="model", code="model_not_supported")
         if kind == "embedding" and self.serves_embeddings:
             try:
                 parsed = parse_embedding_request({**body, "model": self.served_model})

@@ -12,12 +12,19 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import checked_answer, checked_chunk, embeddings_answer, strict_json
+from gateway.backends.answers import (
+    checked_answer,
+    checked_chunk,
+    checked_rerank,
+    embeddings_answer,
+    strict_json,
+)
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority
 
-_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+# vLLM serves /rerank beside /v1 as well; under api_base (…/v1) it is /v1/rerank, which it serves too.
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "rerank": "/rerank"}
 _TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 TOKENIZE_TIMEOUT_S = 10.0
 
@@ -136,7 +143,7 @@ class OpenAIHTTPBackend:
         return counted
 
     def _body(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> dict:
-        if kind == "embedding":  # no stream field, no scheduling fields
+        if kind in ("embedding", "rerank"):  # no stream field, no scheduling fields
             return {**body, "model": self.served_model}
         out = {**body, "model": self.served_model, "stream": stream}
         if stream:
@@ -184,7 +191,7 @@ class OpenAIHTTPBackend:
             answer = strict_json(raw)
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
-        return checked_answer(answer)
+        return checked_rerank(answer) if kind == "rerank" else checked_answer(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False

@@ -1,0 +1,199 @@
+"""POST /v1/rerank (and /rerank, /v2/rerank: the paths vLLM's server and LiteLLM's proxy answer): a query
+and its retrieved documents, given back ordered by relevance, as vLLM answers: `{id, model, results:
+[{index, relevance_score, document?}], usage: {total_tokens}}`, best first, `top_n` of them.
+
+Two ways, chosen by the model's `model_info.mode`:
+- `rerank`: a cross-encoder reads the query with each document. The request goes to the deployment's own
+  reranker (a vLLM server's /rerank over the direct transport, or litellm's `arerank`: Cohere, Jina,
+  Voyage, ...), with retries and balancing as any call; its scores are served as it gave them.
+- `embedding`: a bi-encoder. The query and the documents are embedded in one call of the gateway's own
+  embeddings path (its response cache one entry an input, so documents reranked again are not embedded
+  again), and a document's relevance is its cosine with the query, as vLLM scores with an embedding
+  model. Cheaper, and weaker: the query and a document never meet inside the model.
+Either way the request is admitted, limited and billed as an embeddings request (its input tokens at the
+model's input price), and leaves one outcome row saying `endpoint: rerank`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+
+import numpy as np
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from engine.server.errors import APIError, bad_request, not_found
+from engine.server.json_body import read_json
+from engine.server.json_out import SafeJSONResponse
+from gateway import tracing
+from gateway.backends.answers import bad_answer, embedding_vectors
+from gateway.backends.base import BackendError, CallContext
+from gateway.budget_holds import budget_hold
+from gateway.embedding_cache import embed_cached
+from gateway.outcomes import OutcomeDraft
+from gateway.rerank_request import RerankRequest, embeddings_request, parse_rerank_request, reranker_request
+from gateway.routing import Route as Routed
+from gateway.serving import as_api_error, embed, internal_error, response_headers, unless_disconnected
+from gateway.state import GatewayState, LimitExceeded
+
+ENDPOINT = "rerank"  # the outcome row's `endpoint`
+log = logging.getLogger("pitstop.gateway")
+
+
+async def rerank(request: Request) -> Response:
+    state: GatewayState = request.app.state.pitstop
+    draft = OutcomeDraft(endpoint=ENDPOINT)
+    if state.tracing is not None:
+        draft.trace = tracing.request_started(state.tracing, request, ENDPOINT)
+    with state.drain.track():
+        try:
+            return await _serve(request, state, draft)
+        except (APIError, BackendError, ClientDisconnect) as exc:
+            retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
+            if isinstance(exc, LimitExceeded) and exc.admission is not None:
+                draft.admission = exc.admission  # what is left, in the refusal's x-ratelimit-* headers
+            return await _failed(state, draft, as_api_error(exc), retry_after_s)
+        except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
+            log.exception("rerank request %s failed inside the gateway", draft.request_id)
+            return await _failed(state, draft, internal_error(draft), None)
+        except asyncio.CancelledError:
+            cut = state.drain.absorb()
+            if cut is not None:
+                return await _failed(state, draft, cut, 1.0, kind="aborted")
+            draft.fail(499, "the client disconnected", kind="aborted")
+            state.recorder.finish(draft)
+            raise
+
+
+ROUTES = [Route(path, rerank, methods=["POST"]) for path in ("/v1/rerank", "/rerank", "/v2/rerank")]
+
+
+async def _serve(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
+    draft.caller = await state.auth.authenticate(request.headers)
+    asked = parse_rerank_request(await read_json(request, state.settings.server.max_body_bytes), request.headers)
+    draft.caller.check_model(asked.model)
+    draft.request = embeddings_request(asked)  # the row's model and texts, whichever way it is served
+    natively = reranks_natively(state, asked.model)
+    if natively:
+        draft.request = reranker_request(asked)
+    server = state.settings.server
+    hold = budget_hold(draft.caller, draft.request, state.routes, state.pool, draft.request_id,
+                       server.request_timeout_s, server.num_retries + 1)
+    draft.admission = await state.admit(draft.caller, hold)
+    draft.hold = hold  # taken: the row's cost settles it
+    draft.route = tracing.routed(draft.trace, lambda parsed: Routed(None, parsed.model), draft.request)
+    if natively:
+        return await _by_reranker(request, state, draft, asked)
+    return await _by_cosine(request, state, draft, asked)
+
+
+def reranks_natively(state: GatewayState, model: str) -> bool:
+    """True for a reranker (`mode: rerank`), False for an embedding model (`mode: embedding`, ranked by
+    cosine); a 404 for a name the gateway does not serve, a 400 for a route group or a chat model."""
+    routes, settings = state.routes, state.settings
+    if model in routes.rerank_models:
+        return True
+    served = ", ".join(sorted(routes.rerank_models | routes.embedding_models)) or "none is configured"
+    if model in routes.groups:
+        raise bad_request(f"{model!r} is a route group, which routes chats; rerank with a model by name (models "
+                          f"that rerank: {served})", "model", "model_not_supported")
+    if not routes.adopt(model):  # neither listed nor a name a wildcard serves
+        raise not_found(f"the model {model!r} does not exist; models that rerank: {served}", "model",
+                        "model_not_found")
+    modes = {entry.model_info.mode for entry in settings.model_list if entry.model_name == model}
+    if not modes and (wildcard := settings.wildcard_for(model)) is not None:
+        modes = {wildcard.model_info.mode}
+    if modes & {"rerank", "embedding"}:
+        return "rerank" in modes
+    raise bad_request(f"the model {model!r} is not marked model_info.mode: rerank (a cross-encoder) or embedding "
+                      f"(ranked by cosine), so it does not rerank (models that do: {served})", "model",
+                      "model_not_supported")
+
+
+async def _by_reranker(request: Request, state: GatewayState, draft: OutcomeDraft, asked: RerankRequest) -> Response:
+    assert draft.caller is not None and draft.request is not None and draft.route is not None
+    ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(asked.priority),
+                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
+    work = state.dispatcher.complete(draft.route.model_name, "rerank", draft.request.body, ctx, sent=draft.sending)
+    answer, dispatched = await unless_disconnected(request, work)
+    draft.answered_by(dispatched)  # its deployment, attempts, and how a hedge went
+    draft.usage = answer["usage"]  # None where the reranker reports no tokens: the row is charged an estimate
+    scored = _scored(answer["results"], len(asked.documents))
+    state.recorder.finish(draft)
+    await draft.settled()
+    upstream_id = answer.get("id")
+    return _ranked(draft, asked, scored, upstream_id if isinstance(upstream_id, str) and upstream_id else None)
+
+
+def _scored(results: list[dict], documents: int) -> list[tuple[int, float]]:
+    """(document index, score) of each result of a checked answer; each index a document's, once."""
+    scored = [(result["index"], float(result["relevance_score"])) for result in results]
+    indexes = [index for index, _ in scored]
+    if not all(0 <= index < documents for index in indexes) or len(set(indexes)) != len(indexes):
+        raise bad_answer(f"its results' indexes are not distinct documents' of the {documents} sent")
+    return scored
+
+
+async def _by_cosine(request: Request, state: GatewayState, draft: OutcomeDraft, asked: RerankRequest) -> Response:
+    inputs = len(asked.documents) + 1
+    if state.cache is not None and state.cache.applies(draft):  # each input kept apart: documents seen before hit
+        served = await embed_cached(request, state, draft)
+    else:
+        served = await embed(request, state, draft, keep=functools.partial(_one_vector_each, inputs))
+    vectors = _vectors(bytes(served.body), inputs)
+    return _ranked(draft, asked, list(enumerate(cosine_scores(vectors[0], vectors[1:]).tolist())), None)
+
+
+async def _one_vector_each(inputs: int, answer: dict) -> None:
+    """Before the row is written: an answer short of a vector an input is a bad gateway, not a ranking."""
+    if len(embedding_vectors(answer)) != inputs:
+        raise bad_answer(f"the embeddings answer does not hold one vector for each of the {inputs} inputs sent")
+
+
+def _vectors(raw: bytes, inputs: int) -> np.ndarray:
+    """The embeddings answer's vectors in the inputs' order, as rows of float32 (floats, or base64 float32)."""
+    data = orjson.loads(raw)["data"]
+    if all(isinstance(item.get("index"), int) for item in data):
+        data = sorted(data, key=lambda item: item["index"])
+    rows = [np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") if isinstance(item["embedding"], str)
+            else np.asarray(item["embedding"], dtype=np.float32) for item in data]
+    if len(rows) != inputs or len({row.shape for row in rows}) != 1:
+        raise bad_answer(f"the embeddings answer does not hold {inputs} vectors of one length")
+    return np.stack(rows)
+
+
+def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
+    """Each document row's cosine with the query (0 for a zero vector)."""
+    norms = np.linalg.norm(documents, axis=1) * np.linalg.norm(query)
+    return np.divide(documents @ query, norms, out=np.zeros(len(documents), dtype=np.float32), where=norms > 0)
+
+
+def _ranked(draft: OutcomeDraft, asked: RerankRequest, scored: list[tuple[int, float]],
+            answer_id: str | None) -> Response:
+    """vLLM's answer: the best `top_n` first (ties in the documents' order), each with its text if asked."""
+    best = sorted(scored, key=lambda pair: (-pair[1], pair[0]))[:asked.kept]
+    results = [{"index": index, "relevance_score": score,
+                **({"document": {"text": asked.documents[index]}} if asked.return_documents else {})}
+               for index, score in best]
+    usage = draft.estimated_usage() if draft.usage_estimated else draft.usage or {}
+    body = {"id": answer_id or f"rerank-{draft.request_id.removeprefix('req-')}", "model": asked.model,
+            "results": results, "usage": {"total_tokens": int(usage.get("total_tokens") or 0)}}
+    return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
+                  kind: str = "error") -> Response:
+    """As gateway/proxy.py fails a request: its row, its budget settled, OpenAI's error shape."""
+    draft.fail(error.status, error.message, kind=kind)
+    draft.extra["code"] = error.code
+    state.recorder.finish(draft)
+    await draft.settled()
+    response = error.response()
+    response.headers.update(response_headers(draft))
+    if retry_after_s is not None:
+        response.headers["retry-after"] = str(max(1, round(retry_after_s)))
+    return response

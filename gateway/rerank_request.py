@@ -1,0 +1,97 @@
+"""POST /v1/rerank's body, in the shape vLLM, Cohere and Jina take: `model`, `query`, `documents` (strings,
+or objects holding a `text`), `top_n` and `return_documents`. Checked here, so a bad request is a 400 naming
+its field before it takes a rate slot; then written as the request each way of reranking sends
+(gateway/rerank.py): a reranker's own body, or one embeddings call for the query and the documents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from engine.server.errors import bad_request
+from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
+from gateway.request_body import GATEWAY_FIELDS, ProxyRequest, asked_priority
+
+# Cohere's limit on a request's documents (vLLM sets none): with the query, one embeddings call of at most
+# 1,001 inputs, inside OpenAI's 2,048.
+MAX_DOCUMENTS = 1000
+_OWN_FIELDS = frozenset({"model", "query", "documents", "top_n", "return_documents", "service_tier", *GATEWAY_FIELDS})
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    model: str
+    query: str
+    documents: list[str]  # each document's text, objects read as their `text`
+    top_n: int | None  # None: every document
+    return_documents: bool  # each result holds its document's text (vLLM's and Jina's default)
+    priority: float | None
+    cache: CacheControl
+    extra: dict[str, Any]  # other fields, sent to a reranker as they came (vLLM's truncate_prompt_tokens, ...)
+
+    @property
+    def kept(self) -> int:
+        """How many results the answer holds."""
+        return len(self.documents) if self.top_n is None else min(self.top_n, len(self.documents))
+
+
+def _text(value: Any, i: int) -> str:
+    text = value.get("text") if isinstance(value, dict) else value
+    if not isinstance(text, str) or not text:
+        raise bad_request(f"'documents[{i}]' must be a non-empty string or an object with a non-empty 'text'",
+                          f"documents[{i}]", "invalid_type")
+    return text
+
+
+def parse_rerank_request(raw: Any, headers: Headers | dict[str, str] | None = None) -> RerankRequest:
+    if not isinstance(raw, dict):
+        raise bad_request("the body must be a JSON object")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string", "model")
+    query = raw.get("query")
+    if not isinstance(query, str) or not query:
+        raise bad_request("'query' is required and must be a non-empty string", "query", "invalid_type")
+    documents = raw.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise bad_request("'documents' must be a non-empty list of strings or of objects with a 'text'",
+                          "documents", "invalid_type")
+    if len(documents) > MAX_DOCUMENTS:
+        raise bad_request(f"'documents' holds {len(documents)} items; at most {MAX_DOCUMENTS} a request", "documents",
+                          "invalid_value")
+    texts = [_text(document, i) for i, document in enumerate(documents)]
+    top_n = raw.get("top_n")
+    if top_n is not None and (type(top_n) is not int or top_n < 1):
+        raise bad_request("'top_n' must be a positive integer", "top_n", "invalid_value")
+    return_documents = raw.get("return_documents")
+    if return_documents is not None and not isinstance(return_documents, bool):
+        raise bad_request("'return_documents' must be a boolean", "return_documents", "invalid_type")
+    return RerankRequest(model, query, texts, top_n, return_documents is not False, asked_priority(raw),
+                         CacheControl.of(raw.get(CACHE_FIELD), (headers or {}).get(CACHE_HEADER)),
+                         {k: v for k, v in raw.items() if k not in _OWN_FIELDS})
+
+
+def _as_request(asked: RerankRequest, body: dict, prompt_chars: int) -> ProxyRequest:
+    # Billed as embeddings are (gateway/budget_holds.py, gateway/outcomes.py): input tokens, no answer.
+    return ProxyRequest(kind="embedding", model=asked.model, body=body, stream=False, include_usage=False,
+                        session_id=None, priority=asked.priority, pin_ttl_s=None, cost_preference=None,
+                        prompt_text=asked.query, prompt_chars=prompt_chars, cache=asked.cache)
+
+
+def embeddings_request(asked: RerankRequest) -> ProxyRequest:
+    """The query and the documents in one embeddings call, query first, as floats (every provider gives
+    those); each input is cached, limited and billed as any embeddings input."""
+    body = {"model": asked.model, "input": [asked.query, *asked.documents], "encoding_format": "float"}
+    return _as_request(asked, body, len(asked.query) + sum(map(len, asked.documents)))
+
+
+def reranker_request(asked: RerankRequest) -> ProxyRequest:
+    """The body a reranker is sent: the documents as strings (vLLM and Cohere v2 take no objects) and `top_n`
+    as asked; not `return_documents`, which vLLM does not know: the gateway puts back the texts it was sent
+    where they are asked for. A cross-encoder reads the query with every document: the hold counts it so."""
+    body = {**asked.extra, "model": asked.model, "query": asked.query, "documents": asked.documents}
+    if asked.top_n is not None:
+        body["top_n"] = asked.kept
+    return _as_request(asked, body, len(asked.query) * len(asked.documents) + sum(map(len, asked.documents)))
