@@ -4,9 +4,8 @@ auth and server limits. Validation names the failing field, e.g. `model_list.1.l
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import (
@@ -19,6 +18,7 @@ from pydantic import (
 
 from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
+from gateway.config_env import drop_models_without_keys, resolve_env
 from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.hedging_config import HedgingConfig, check_hedging
@@ -31,9 +31,6 @@ from rankers.config import RankingConfig
 from routers.verify import VerifyPolicy
 
 log = logging.getLogger("pitstop.config")
-
-ENV_PREFIX = "os.environ/"
-
 
 class ConfigError(ValueError):
     pass
@@ -312,87 +309,12 @@ def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: s
             raise ValueError(f"{where}.{field}: '{model}' is an embedding model (model_info.mode)")
 
 
-def _resolve_env(value: Any, path: str, missing: list[str]) -> Any:
-    """Replace `os.environ/NAME` strings; remember where a variable is unset."""
-    if isinstance(value, str) and value.startswith(ENV_PREFIX):
-        name = value[len(ENV_PREFIX):]
-        if name not in os.environ:
-            missing.append(f"{path} ({name})")
-            return None
-        return os.environ[name]
-    if isinstance(value, dict):
-        return {k: _resolve_env(v, f"{path}.{k}" if path else k, missing) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_env(v, f"{path}.{i}", missing) for i, v in enumerate(value)]
-    return value
-
-
-def _drop_models_without_keys(raw: dict) -> dict:
-    """API-provider models join only when their keys are in the environment."""
-    if not isinstance(raw.get("model_list") or [], list) or not isinstance(raw.get("route_groups") or [], list):
-        return raw  # validation names the field
-    kept, dropped = [], []
-    for i, entry in enumerate(raw.get("model_list") or []):
-        missing: list[str] = []
-        resolved = _resolve_env(entry, f"model_list.{i}", missing)
-        if missing:
-            dropped.append((entry.get("model_name") if isinstance(entry, dict) else None, missing))
-        else:
-            kept.append(resolved)
-    for name, missing in dropped:
-        log.info("model %s skipped: environment variable not set for %s", name, ", ".join(missing))
-    dropped_names = {name for name, _ in dropped}
-    groups = []
-    for group in raw.get("route_groups") or []:
-        if isinstance(group, dict) and isinstance(group.get("models"), list):
-            group = {**group, "models": [m for m in group["models"] if m not in dropped_names]}
-        if isinstance(group, dict) and isinstance(group.get("verify"), dict) and dropped_names:
-            group = {**group, "verify": _drop_from_verify(group["verify"], dropped_names, group.get("name"))}
-        groups.append(group)
-    fallbacks = raw.get("fallbacks")
-    if isinstance(fallbacks, dict) and dropped_names:  # validated whole below; only the chains are trimmed
-        fallbacks = {**fallbacks, **{key: _drop_from_chains(fallbacks[key], dropped_names)
-                                     for key in ("on_error", "on_context_window") if key in fallbacks}}
-    return {**raw, "model_list": kept, "route_groups": groups, **({"fallbacks": fallbacks} if fallbacks else {})}
-
-
-def _drop_from_chains(chains: Any, dropped: set[str]) -> Any:
-    """Fallback chains without the models left out for want of a key (the shape is validated later)."""
-    try:
-        parsed = FallbacksConfig(on_error=chains).on_error
-    except ValueError:
-        return chains
-    return FallbacksConfig(on_error=parsed).without(dropped).on_error
-
-
-def _drop_from_verify(verify: dict, dropped: set[str], group: Any) -> dict | None:
-    """Models left out for want of a key leave the verify settings too: with no verifier left the group
-    serves unverified; without its escalation model it escalates to its costliest remaining one."""
-    verify = dict(verify)
-    verifiers = verify.get("verifiers")
-    if isinstance(verifiers, list):
-        kept = [v for v in verifiers if not (isinstance(v, str) and v in dropped)]
-        if verifiers and not kept:
-            log.info("route group %s: no verifier has its key set; it serves unverified", group)
-            return None
-        verify["verifiers"] = kept
-        count = verify.get("count")
-        if isinstance(count, int) and count > len(kept):
-            verify["count"] = len(kept)
-    escalate_to = verify.get("escalate_to")
-    if isinstance(escalate_to, str) and escalate_to in dropped:
-        log.info("route group %s: escalate_to %s skipped; escalating to the group's costliest model", group,
-                 escalate_to)
-        verify["escalate_to"] = None
-    return verify
-
-
 def parse_settings(raw: dict, base_dir: Path = Path(".")) -> Settings:
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a YAML mapping")
-    raw = _drop_models_without_keys(raw)
+    raw = drop_models_without_keys(raw)
     missing: list[str] = []
-    rest = _resolve_env({k: v for k, v in raw.items() if k != "model_list"}, "", missing)
+    rest = resolve_env({k: v for k, v in raw.items() if k != "model_list"}, "", missing)
     if missing:
         raise ConfigError("environment variables not set: " + ", ".join(missing))
     try:

@@ -136,10 +136,13 @@ def test_models_without_their_key_are_skipped(tmp_path: Path, monkeypatch: pytes
     raw["model_list"].append(model_entry("keyless", API, provider="openai", api_key="os.environ/PITSTOP_TEST_UNSET_KEY"))
     raw["model_list"].append(model_entry("keyed", API, provider="openai", api_key="os.environ/PITSTOP_TEST_SET_KEY"))
     raw["route_groups"][0]["models"] += ["keyless", "keyed"]
+    raw["fallbacks"] = {"on_error": {"a": ["keyless", "keyed"]}}
+    raw["hedging"] = {"enabled": True, "models": ["keyless", "a"]}
     settings = parse_settings(raw)
     assert settings.model_names == ["a", "b", "keyed"]
     assert settings.route_groups[0].models == ["a", "b", "keyed"]
     assert settings.model_list[2].litellm_params.api_key == "sk-test"
+    assert settings.fallbacks.on_error == {"a": ["keyed"]} and settings.hedging.models == ["a"]
 
 
 def test_embedded_default_parses_without_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
