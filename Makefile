@@ -57,6 +57,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_fallbacks
 	$(PY) -m bench.gateway_hedging
 	$(PY) -m bench.gateway_embeddings
+	$(PY) -m bench.gateway_rerank
 	$(PY) -m bench.gateway_soak
 	$(PY) -m bench.gateway_stored_responses
 	$(PY) -m bench.gateway_conversations

@@ -1,6 +1,7 @@
 """How well and how fast the gateway's POST /v1/rerank reorders retrieved documents with a local embedding
-model: all-MiniLM-L6-v2 (int8, as the gateway's vector stores run it) behind bench/minilm_server.py, the
-gateway's model `minilm` marked `mode: embedding`, so the rerank is a bi-encoder's cosine (gateway/rerank.py).
+model: all-MiniLM-L6-v2 (int8, as the gateway's vector stores run it) in the gateway's process, its model
+`minilm` (`pitstop-encoder/all-minilm-l6-v2`, gateway/backends/encoder.py) marked `mode: embedding`, so the
+rerank is a bi-encoder's cosine (gateway/rerank.py).
 
     .venv/bin/python -m bench.gateway_rerank [--queries N] [--latency-requests 30]
 
@@ -18,12 +19,12 @@ resampled). The requests opt into the response cache, so an answer seen by many 
 
 Speed: for `--latency-requests` instructions (seeded draw), their top 20 and top 100 BM25 candidates cut
 to `--passage-chars` (512, at a word end: a retrieved chunk's size, ~110 tokens), one request at a time: the
-embedder asked directly for the same embeddings (the query and the documents, one call), the gateway's
+encoder run directly in this process on the same texts (the query and the documents, one call), the gateway's
 rerank cold (`x-pitstop-cache: use-cache, no-cache`: nothing read from the cache, every text embedded) and
 warm (every text's vector kept by the cold request: no upstream call). Wall p50/p99 in ms (p99 of 30 is
 about the slowest), the median of each request's cold minus direct time, and the gateway's mean CPU a
-request (its process, /proc). Three processes (this client, the gateway, the embedder, which encodes on one
-core) share the machine; the load average is recorded.
+request (its process, /proc; the encoding included, since it runs there). This client and the gateway
+share the machine; the load average is recorded.
 
 Writes bench/results/gateway_rerank.json."""
 
@@ -50,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `gateway` imp
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DATA, RESULTS, command, machine_info, pct, write_report  # noqa: E402
-from bench.procs import ROOT, Service, free_port, pitstop_serve  # noqa: E402
+from bench.procs import Service, pitstop_serve  # noqa: E402
 from bench.vector_search import CORPUS_MODEL, OUTPUTS, load_pairs  # noqa: E402
 
 OUT = RESULTS / "gateway_rerank.json"
@@ -138,43 +139,45 @@ def passage(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0]
 
 
-def latency(http: httpx.Client, embedder: str, gateway: Service, bm25: BM25, pairs: list[tuple[str, str]],
+def latency(http: httpx.Client, gateway: Service, bm25: BM25, pairs: list[tuple[str, str]],
             sizes: Sequence[int], requests: int, chars: int) -> dict:
+    from gateway.passages import PassageEncoder
+
     chosen = random.Random(0).sample(range(len(pairs)), requests)
     out = {}
-    with httpx.Client(base_url=embedder, timeout=300) as direct_http:
-        for size in sizes:
-            timings: dict[str, list[float]] = defaultdict(list)
-            for i in chosen:
-                query = pairs[i][0]
-                documents = [passage(pairs[d][1], chars) for d in bm25.top(query, size)]
-                started = time.perf_counter()
-                direct_http.post("/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": [query, *documents],
-                                                         "encoding_format": "float"}).raise_for_status()
-                timings["embedder_direct"].append(time.perf_counter() - started)
-                for name, cache in (("gateway_cold", "use-cache, no-cache"), ("gateway_warm", "use-cache")):
-                    cpu, started = gateway.cpu_seconds(), time.perf_counter()
-                    answer = rerank(http, query, documents, cache)
-                    timings[name].append(time.perf_counter() - started)
-                    timings[f"{name}_cpu"].append(gateway.cpu_seconds() - cpu)
-                    expected = "miss" if name == "gateway_cold" else "hit"
-                    assert answer.headers["x-pitstop-cache"] == expected, (name, answer.headers["x-pitstop-cache"])
-            row = out[f"{size}_documents"] = {
-                name: {"p50_ms": round(pct(values, 50) * 1e3, 2), "p99_ms": round(pct(values, 99) * 1e3, 2),
-                       "mean_ms": round(statistics.fmean(values) * 1e3, 2)}
-                for name, values in timings.items() if not name.endswith("_cpu")}
-            for name in ("gateway_cold", "gateway_warm"):  # /proc counts 10 ms ticks: only a mean means anything
-                row[f"{name}_cpu_mean_ms"] = round(statistics.fmean(timings[f"{name}_cpu"]) * 1e3, 2)
-            # The embedder's own time varies by tens of ms: the gateway's share, request by request.
-            row["gateway_cold_minus_direct_median_ms"] = round(statistics.median(
-                cold - direct for cold, direct in zip(timings["gateway_cold"], timings["embedder_direct"],
-                                                      strict=True)) * 1e3, 2)
+    encoder = PassageEncoder()
+    encoder.encode(["warm up"])
+    for size in sizes:
+        timings: dict[str, list[float]] = defaultdict(list)
+        for i in chosen:
+            query = pairs[i][0]
+            documents = [passage(pairs[d][1], chars) for d in bm25.top(query, size)]
+            started = time.perf_counter()
+            encoder.encode([query, *documents])
+            timings["embedder_direct"].append(time.perf_counter() - started)
+            for name, cache in (("gateway_cold", "use-cache, no-cache"), ("gateway_warm", "use-cache")):
+                cpu, started = gateway.cpu_seconds(), time.perf_counter()
+                answer = rerank(http, query, documents, cache)
+                timings[name].append(time.perf_counter() - started)
+                timings[f"{name}_cpu"].append(gateway.cpu_seconds() - cpu)
+                expected = "miss" if name == "gateway_cold" else "hit"
+                assert answer.headers["x-pitstop-cache"] == expected, (name, answer.headers["x-pitstop-cache"])
+        row = out[f"{size}_documents"] = {
+            name: {"p50_ms": round(pct(values, 50) * 1e3, 2), "p99_ms": round(pct(values, 99) * 1e3, 2),
+                   "mean_ms": round(statistics.fmean(values) * 1e3, 2)}
+            for name, values in timings.items() if not name.endswith("_cpu")}
+        for name in ("gateway_cold", "gateway_warm"):  # /proc counts 10 ms ticks: only a mean means anything
+            row[f"{name}_cpu_mean_ms"] = round(statistics.fmean(timings[f"{name}_cpu"]) * 1e3, 2)
+        # The embedder's own time varies by tens of ms: the gateway's share, request by request.
+        row["gateway_cold_minus_direct_median_ms"] = round(statistics.median(
+            cold - direct for cold, direct in zip(timings["gateway_cold"], timings["embedder_direct"],
+                                                  strict=True)) * 1e3, 2)
     return out
 
 
-def _config(embedder: str, work: Path) -> Path:
+def _config(work: Path) -> Path:
     config = {"model_list": [{"model_name": "minilm",
-                              "litellm_params": {"model": "hosted_vllm/all-minilm-l6-v2", "api_base": f"{embedder}/v1"},
+                              "litellm_params": {"model": "pitstop-encoder/all-minilm-l6-v2"},
                               "model_info": {"mode": "embedding", "input_cost_per_token": PRICE}}],
               "cache": {"requests": "opt_in", "max_bytes": 512 * 1024 * 1024},
               "storage": {"url": f"sqlite:///{work / 'outcomes.db'}", "spool_path": str(work / 'spool.jsonl')},
@@ -202,30 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        port = free_port()
-        embedder_url = f"http://127.0.0.1:{port}"
-        embedder = Service("minilm", [sys.executable, "-m", "bench.minilm_server", "--port", str(port)],
-                           f"{embedder_url}/health", work / "minilm.log", cwd=ROOT, env={"PYTHONPATH": str(ROOT)})
-        gateway, gateway_url = pitstop_serve(_config(embedder_url, work), work / "pitstop.log")
-        embedder.start()
+        gateway, gateway_url = pitstop_serve(_config(work), work / "pitstop.log")
         try:
             gateway.start()
             with httpx.Client(base_url=gateway_url, timeout=600) as http:
                 rerank(http, "warm", ["the gateway and the encoder warmed up"], "no-store")
                 ranked = quality(http, bm25, pairs, [int(k) for k in args.candidates.split(",")], args.bootstrap)
-                timed = latency(http, embedder_url, gateway, bm25, pairs,
+                timed = latency(http, gateway, bm25, pairs,
                                 [int(s) for s in args.latency_sizes.split(",")], args.latency_requests,
                                 args.passage_chars)
         finally:
             gateway.stop()
-            embedder.stop()
     report = {
         "command": command("bench.gateway_rerank", argv), "machine": machine_info(),
         "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "data": {"file": str(OUTPUTS.relative_to(DATA.parent.parent)), "corpus_model": CORPUS_MODEL,
                  "queries": len(pairs), "documents": len(pairs), **counts},
-        "reranker": "all-MiniLM-L6-v2 int8 (gateway/passages.py) behind bench/minilm_server.py, model_info.mode: "
-                    "embedding: cosine of query and document embeddings",
+        "reranker": "all-MiniLM-L6-v2 int8 (gateway/passages.py) in the gateway's process "
+                    "(pitstop-encoder/all-minilm-l6-v2), model_info.mode: embedding: cosine of query and document "
+                    "embeddings",
         "quality": ranked, "latency": {"requests": args.latency_requests, "passage_chars": args.passage_chars,
                                        **timed}}
     print(write_report(args.out, report))

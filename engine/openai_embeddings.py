@@ -81,12 +81,18 @@ async def embed(engine: AsyncEngine, request: EmbeddingRequest, model_name: str,
             raise InvalidRequestError(f"{exc}{where}", "input") from None
     call = uuid.uuid4().hex
     vectors = await asyncio.gather(*(_one(engine, ids, f"embd-{call}-{i}", lora) for i, ids in enumerate(prompts)))
-    width = len(vectors[0]) if vectors else 0
+    return embeddings_response(request, vectors, sum(len(ids) for ids in prompts), model_name)
+
+
+def embeddings_response(request: EmbeddingRequest, vectors: Sequence[Sequence[float]], tokens: int,
+                        model_name: str) -> dict:
+    """OpenAI's body for the inputs' `vectors` (unit rows), cut to `dimensions` and in `encoding_format`;
+    an InvalidRequestError for more dimensions than the model has."""
+    width = len(vectors[0]) if len(vectors) else 0
     if request.dimensions is not None and request.dimensions > width:
         raise InvalidRequestError(f"'dimensions' is at most {width} for this model", "dimensions")
     data = [{"object": "embedding", "index": i, "embedding": _encoded(_cut(v, request.dimensions), request.encoding_format)}
             for i, v in enumerate(vectors)]
-    tokens = sum(len(ids) for ids in prompts)
     return {"object": "list", "data": data, "model": model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
@@ -103,11 +109,11 @@ def _cut(vector: Sequence[float], dimensions: int | None) -> Sequence[float]:
     if dimensions is None or dimensions == len(vector):
         return vector
     head = vector[:dimensions]
-    norm = math.sqrt(sum(x * x for x in head)) or 1.0
-    return [x / norm for x in head]
+    norm = math.sqrt(sum(float(x) * float(x) for x in head)) or 1.0
+    return [float(x) / norm for x in head]
 
 
 def _encoded(vector: Sequence[float], encoding_format: str) -> list[float] | str:
     if encoding_format == "float":
-        return list(vector)
+        return [float(x) for x in vector]
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")

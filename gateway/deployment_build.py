@@ -13,7 +13,7 @@ from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.config import ConfigError, Settings
 from gateway.deployments import Deployment, DeploymentPool
-from gateway.model_list_config import ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
+from gateway.model_list_config import ENCODER_PROVIDER, ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
@@ -59,6 +59,11 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
                                   serves_embeddings=entry.serves_embeddings)
+    if provider == ENCODER_PROVIDER:
+        from gateway.backends.encoder import EncoderBackend
+        from gateway.semantic_encoders import shared_passage_encoder
+
+        return EncoderBackend(entry.model_name, shared_passage_encoder())
     direct = params.transport == "direct" or (
         params.transport == "auto" and params.api_base is not None and provider in OPENAI_COMPATIBLE)
     if provider == ENGINE_PROVIDER or direct:

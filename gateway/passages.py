@@ -106,6 +106,10 @@ class PassageEncoder:
             start = max(word_start_at_or_before(start + step, start), start + 1)
         return pieces
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """The encoder's WordPiece tokens in `texts`, [CLS] and [SEP] aside: what an embeddings call bills."""
+        return sum(len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False))
+
     def encode(self, texts: Sequence[str], queued: bool = True) -> np.ndarray:
         """(len(texts), 384) float32 unit rows: the mean of the encoder's last hidden state over [CLS],
         the text and [SEP] (sentence-transformers' pooling); a text past one window is cut into equal

@@ -1,6 +1,6 @@
 """The embedded default (config/pitstop.yaml) as the embedded tests run it: its config with the model
 folders, storage and router artifacts moved under a temporary root and no background training, the
-names of its two local tiny models, and the request field that keeps their answers from ending early."""
+names of its two local tiny models and its encoder, and the request field that keeps their answers from ending early."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from tests.gateway.harness import REPO_ROOT
 
 LOCAL_MODELS = ["tiny-small", "tiny-large"]
+ENCODER_MODEL = "minilm"  # all-MiniLM-L6-v2 in the gateway's process: embeddings, and reranks by them
 # The tiny models pick EOS about once in 300 tokens: answers whose length a test counts ignore it.
 NO_EOS = {"ignore_eos": True}
 

@@ -148,7 +148,7 @@ def test_models_without_their_key_are_skipped(tmp_path: Path, monkeypatch: pytes
 def test_embedded_default_parses_without_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     settings = load_settings(Path(__file__).resolve().parents[2] / "config" / "pitstop.yaml")
-    assert settings.model_names == ["tiny-small", "tiny-large"]
+    assert settings.model_names == ["tiny-small", "tiny-large", "minilm"]
     assert [g.name for g in settings.route_groups] == ["auto"]
 
 

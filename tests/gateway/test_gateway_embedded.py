@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.gateway.embedded_default import (
+    ENCODER_MODEL,
     LOCAL_MODELS,
     NO_EOS,
     embedded_config,  # noqa: F401  (re-exported: tests/agent_sessions/test_agent_loop_e2e.py imports it from here)
@@ -33,7 +34,20 @@ def test_first_start_builds_the_tiny_models(embedded: tuple[Gateway, Path]) -> N
 def test_models_are_the_route_group_and_the_local_models(embedded: tuple[Gateway, Path]) -> None:
     gw, _ = embedded
     with gw.openai() as client:
-        assert [m.id for m in client.models.list().data] == ["auto", *LOCAL_MODELS]
+        assert [m.id for m in client.models.list().data] == ["auto", *LOCAL_MODELS, ENCODER_MODEL]
+
+
+def test_the_encoder_embeds_and_reranks_offline(embedded: tuple[Gateway, Path]) -> None:
+    gw, _ = embedded
+    texts = ["A cat sat on the mat.", "A kitten slept on the rug.", "Interest rates rose again."]
+    with gw.openai() as client:
+        vectors = [d.embedding for d in client.embeddings.create(model=ENCODER_MODEL, input=texts).data]
+    similarity = [[sum(a * b for a, b in zip(u, v, strict=True)) for v in vectors] for u in vectors]
+    assert len(vectors[0]) == 384 and similarity[0][1] > similarity[0][2] + 0.3  # it reads meaning
+    with gw.http() as http:
+        ranked = http.post("/v1/rerank", json={"model": ENCODER_MODEL, "query": "pets sleeping",
+                                               "documents": texts[::-1]}).json()
+    assert [r["index"] for r in ranked["results"]][-1] == 0  # the rates come last
 
 
 @pytest.mark.parametrize("model", ["auto", *LOCAL_MODELS])
