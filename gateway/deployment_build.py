@@ -12,6 +12,7 @@ from gateway.admission import make_admission
 from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.config import ConfigError, Settings
+from gateway.deployment_limits import make_window
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.model_list_config import ENCODER_PROVIDER, ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
 
@@ -84,7 +85,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                        "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
                                        "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
-                                       "disk_kv_gib"},
+                                       "disk_kv_gib", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
@@ -94,7 +95,8 @@ def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, se
     deployment = Deployment(f"{entry.model_name}#{index}", entry.model_name, backend, entry.model_info,
                             entry.litellm_params.model,
                             admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
-                                                     entry.model_info.max_queue))
+                                                     entry.model_info.max_queue),
+                            window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock))
     pool.add(deployment)
     return deployment
 

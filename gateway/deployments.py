@@ -1,5 +1,6 @@
-"""Deployments of each model: least outstanding requests first; a deployment that keeps failing
-cools down for a while (litellm's allowed_fails / cooldown_time semantics)."""
+"""Deployments of each model: least outstanding requests first among those with headroom under their
+rpm / tpm (gateway/deployment_limits.py); a deployment that keeps failing cools down for a while
+(litellm's allowed_fails / cooldown_time semantics)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 from gateway.admission import AdmissionQueue
 from gateway.backends.base import Backend
+from gateway.deployment_limits import AtLimit, DeploymentsRateLimited, DeploymentWindow, Limit
 from gateway.model_list_config import ModelInfo
 
 
@@ -23,9 +25,14 @@ class Deployment:
     failures: int = 0
     cooldown_until: float = 0.0
     admission: AdmissionQueue | None = None  # model_info.max_concurrency (gateway/admission.py)
+    window: DeploymentWindow | None = None  # litellm_params.rpm / tpm (gateway/deployment_limits.py)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens
+
+    def at_limit(self, tokens: int) -> AtLimit | None:
+        """Whether a request of `tokens` (its prompt's estimate) would pass this deployment's rpm or tpm."""
+        return None if self.window is None else self.window.at_limit(tokens)
 
     @property
     def uses_rank(self) -> bool:
@@ -39,6 +46,8 @@ class DeploymentPool:
     cooldown_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     by_model: dict[str, list[Deployment]] = field(default_factory=dict)
+    # Hears of each deployment passed over for its rpm / tpm (the gateway's metrics).
+    on_limited: Callable[[Deployment, Limit], None] | None = None
 
     def add(self, deployment: Deployment) -> None:
         self.by_model.setdefault(deployment.model_name, []).append(deployment)
@@ -53,25 +62,44 @@ class DeploymentPool:
     def deployments(self) -> list[Deployment]:
         return [d for group in self.by_model.values() for d in group]
 
-    def pick(self, model_name: str, exclude: set[str] = frozenset(), prefer: str | None = None) -> Deployment | None:
-        """`prefer` (a deployment name) wins when it is available: session affinity."""
+    def pick(self, model_name: str, exclude: set[str] = frozenset(), prefer: str | None = None, tokens: int = 0,
+             limited: dict[str, Limit] | None = None) -> Deployment | None:
+        """`prefer` (a deployment name) wins when it is available and has headroom: session affinity.
+        Deployments at their rpm / tpm for a request of `tokens` are passed over (named in `limited`);
+        where every one left is, DeploymentsRateLimited."""
         now = self.clock()
         options = [d for d in self.by_model.get(model_name, ()) if d.name not in exclude]
         if not options:
             return None
-        ready = [d for d in options if d.cooldown_until <= now]
+        hits = self._hits(options, tokens)
+        if limited is not None:
+            limited.update((name, hit.limit) for name, hit in hits.items())
+        within = [d for d in options if d.name not in hits]
+        if not within:
+            raise DeploymentsRateLimited(model_name, hits)
+        ready = [d for d in within if d.cooldown_until <= now]
         if prefer is not None:
             for d in ready:
                 if d.name == prefer:
                     return d
         if ready:
             return min(ready, key=lambda d: d.outstanding)
-        return min(options, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
+        return min(within, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
 
-    def ready(self, model_name: str, exclude: set[str] = frozenset()) -> list[Deployment]:
-        """The model's deployments not cooling down, less `exclude`: where a hedge may go."""
+    def _hits(self, options: list[Deployment], tokens: int) -> dict[str, AtLimit]:
+        hits: dict[str, AtLimit] = {}
+        for d in options:
+            if (hit := d.at_limit(tokens)) is not None:
+                hits[d.name] = hit
+                if self.on_limited is not None:
+                    self.on_limited(d, hit.limit)
+        return hits
+
+    def ready(self, model_name: str, exclude: set[str] = frozenset(), tokens: int = 0) -> list[Deployment]:
+        """The model's deployments not cooling down nor at their rpm / tpm, less `exclude`: where a hedge may go."""
         now = self.clock()
-        return [d for d in self.by_model.get(model_name, ()) if d.cooldown_until <= now and d.name not in exclude]
+        return [d for d in self.by_model.get(model_name, ())
+                if d.cooldown_until <= now and d.name not in exclude and d.at_limit(tokens) is None]
 
     def cooling(self, model_name: str) -> bool:
         """Whether every deployment of the model is cooling down (a fallback may go straight on)."""

@@ -18,6 +18,7 @@ from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from gateway.admission import waiting_item
 from gateway.backends.base import Backend, BackendError, CallContext, Kind
+from gateway.deployment_limits import Counted, DeploymentsRateLimited, Limit, answered_tokens
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
 from gateway.hedging import HedgePolicy, Race, Won
@@ -26,16 +27,25 @@ from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk
 T = TypeVar("T")
 
 
-async def _enter(deployment: Deployment, ctx: CallContext, arrival: float) -> None:
-    """Count the request on the deployment and wait for its admission slot (gateway/admission.py)."""
+async def _enter(deployment: Deployment, ctx: CallContext, arrival: float) -> Counted | None:
+    """Count the request on the deployment (and in its rpm / tpm window, in the same step of the loop as
+    the pick that chose it) and wait for its admission slot (gateway/admission.py)."""
     deployment.outstanding += 1  # waiting in the admission queue counts: balancing sees the queue
+    counted = None if deployment.window is None else deployment.window.take(ctx.estimated_tokens)
     if deployment.admission is None:
-        return
+        return counted
     try:
         await deployment.admission.acquire(waiting_item(ctx.priority, ctx.hints, arrival))
     except BaseException:
         deployment.outstanding -= 1
         raise
+    return counted
+
+
+def _settle_tokens(deployment: Deployment, counted: Counted | None, usage: object) -> None:
+    """The window's estimate replaced by what the answer says it used, where it says."""
+    if counted is not None and deployment.window is not None and (tokens := answered_tokens(usage)) is not None:
+        deployment.window.settle(counted, tokens)
 
 
 def _leave(deployment: Deployment) -> None:
@@ -65,6 +75,8 @@ class Dispatched:
     deployment: Deployment
     attempts: int
     hedge: dict | None = None  # how a hedge went, once one was due (gateway/hedging.py): the row's extra.hedge
+    # Deployments passed over at their rpm / tpm (gateway/deployment_limits.py): the row's extra.deployment_limits
+    limited: dict[str, Limit] | None = None
 
 
 @dataclass
@@ -76,6 +88,7 @@ class Opened:
     deployment: Deployment
     custom: CustomCalls | None
     traced: Attempt | None
+    counted: Counted | None = None
 
     async def close(self) -> None:
         """A stream that lost a hedged race: its connection closed, its slot released."""
@@ -101,9 +114,14 @@ class Dispatcher:
         self.guardrails = guardrails if guardrails else None  # checks each call's body (gateway/guardrails.py)
         self.hedging = hedging  # None: `hedging:` is off
 
-    def _next(self, model_name: str, tried: set[str], prefer: str | None,
-              last: BackendError | None) -> Deployment:
-        deployment = self.pool.pick(model_name, tried, prefer)
+    def _next(self, model_name: str, tried: set[str], prefer: str | None, last: BackendError | None,
+              ctx: CallContext, limited: dict[str, Limit] | None = None) -> Deployment:
+        try:
+            deployment = self.pool.pick(model_name, tried, prefer, ctx.estimated_tokens, limited)
+        except DeploymentsRateLimited:
+            if last is not None:  # the answer of a deployment that was asked tells more than the quota of the rest
+                raise last from None
+            raise
         if deployment is None:
             raise last or BackendError(503, f"no deployment of {model_name!r} is available", retryable=False,
                                        code="no_deployment")
@@ -126,11 +144,12 @@ class Dispatcher:
         last: BackendError | None = None
         arrival = time.time()  # the admission queue's aging counts from here, across retries
         call = functools.partial(self._call, kind, body, arrival, sent)
-        if (delay_s := self._hedge_delay(model_name, kind, False, prefer)) is not None:
-            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close)
-            return won.result, Dispatched(won.deployment, won.attempts, won.hedge)
+        limited: dict[str, Limit] = {}
+        if (delay_s := self._hedge_delay(model_name, kind, False, prefer, ctx)) is not None:
+            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close, limited)
+            return won.result, Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
         for attempt in range(1, self.num_retries + 2):
-            deployment = self._next(model_name, tried, prefer, last)
+            deployment = self._next(model_name, tried, prefer, last, ctx, limited)
             started = time.monotonic()
             try:
                 answer = await call(ctx, deployment, attempt, last)
@@ -140,7 +159,7 @@ class Dispatcher:
                 last = exc  # a queue that is full is no failure of the deployment; another may have room
                 continue
             self._observe(model_name, kind, False, started)
-            return answer, Dispatched(deployment, attempt)
+            return answer, Dispatched(deployment, attempt, limited=limited or None)
         assert last is not None
         raise last
 
@@ -151,7 +170,7 @@ class Dispatcher:
         traced = attempt_started(ctx, deployment, kind, attempt, last)  # None unless the request is traced
         call_ctx = ctx if traced is None else traced.ctx
         try:
-            await _enter(deployment, call_ctx, arrival)
+            counted = await _enter(deployment, call_ctx, arrival)
         except BaseException as exc:
             attempt_ended(traced, exc)
             raise
@@ -160,6 +179,7 @@ class Dispatcher:
         try:
             sent_body, custom = as_sent(deployment.backend, kind, body)
             result = await deployment.backend.complete(kind, sent_body, call_ctx)
+            _settle_tokens(deployment, counted, result.get("usage"))
         except BaseException as exc:
             attempt_ended(traced, exc)
             if isinstance(exc, BackendError) and exc.retryable:
@@ -188,11 +208,12 @@ class Dispatcher:
         last: BackendError | None = None
         arrival = time.time()
         call = functools.partial(self._open, kind, body, arrival, sent)
-        if (delay_s := self._hedge_delay(model_name, kind, True, prefer)) is not None:
-            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close)
-            return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge)
+        limited: dict[str, Limit] = {}
+        if (delay_s := self._hedge_delay(model_name, kind, True, prefer, ctx)) is not None:
+            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close, limited)
+            return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
         for attempt in range(1, self.num_retries + 2):
-            deployment = self._next(model_name, tried, prefer, last)
+            deployment = self._next(model_name, tried, prefer, last, ctx, limited)
             started = time.monotonic()
             try:
                 opened = await call(ctx, deployment, attempt, last)
@@ -202,7 +223,7 @@ class Dispatcher:
                 last = exc
                 continue
             self._observe(model_name, kind, True, started)
-            return self._rest(opened), Dispatched(deployment, attempt)
+            return self._rest(opened), Dispatched(deployment, attempt, limited=limited or None)
         assert last is not None
         raise last
 
@@ -212,7 +233,7 @@ class Dispatcher:
         traced = attempt_started(ctx, deployment, kind, attempt, last)
         call_ctx = ctx if traced is None else traced.ctx
         try:
-            await _enter(deployment, call_ctx, arrival)
+            counted = await _enter(deployment, call_ctx, arrival)
         except BaseException as exc:
             attempt_ended(traced, exc)
             raise
@@ -241,37 +262,42 @@ class Dispatcher:
             raise
         first_chunk(traced)
         self.pool.mark_success(deployment)
-        return Opened(first, chunks, deployment, custom, traced)
+        return Opened(first, chunks, deployment, custom, traced, counted)
 
     @staticmethod
     async def _rest(opened: Opened) -> AsyncIterator[dict]:
         first, chunks, custom = opened.first, opened.chunks, opened.custom
         error: BaseException | None = None
+        usage = first.get("usage")
         try:
             yield custom.chunk(first) if custom else first
             async with aclosing(chunks):
                 async for chunk in chunks:
+                    usage = chunk.get("usage") or usage  # the last chunk's, asked for upstream
                     yield custom.chunk(chunk) if custom else chunk
         except BaseException as exc:  # a break mid-stream, or the client left (GeneratorExit, a cancel)
             error = exc
             raise
         finally:
+            _settle_tokens(opened.deployment, opened.counted, usage)
             _leave(opened.deployment)
             attempt_ended(opened.traced, error)
 
     # ---- hedging (gateway/hedging.py): the policy decides, the race makes the calls above ----------
 
-    def _hedge_delay(self, model_name: str, kind: Kind, streaming: bool, prefer: str | None) -> float | None:
+    def _hedge_delay(self, model_name: str, kind: Kind, streaming: bool, prefer: str | None,
+                     ctx: CallContext) -> float | None:
         if self.hedging is None or kind == "embedding":
             return None
-        return self.hedging.delay_s(model_name, streaming, prefer, len(self.pool.ready(model_name)))
+        ready = self.pool.ready(model_name, tokens=ctx.estimated_tokens)
+        return self.hedging.delay_s(model_name, streaming, prefer, len(ready))
 
     def _observe(self, model_name: str, kind: Kind, streaming: bool, started: float) -> None:
         if self.hedging is not None and kind != "embedding":
             self.hedging.observe(model_name, streaming, time.monotonic() - started)
 
     async def _race(self, model_name: str, streaming: bool, delay_s: float, tried: set[str], ctx: CallContext,
-                    call: Call[T], drop: Callable[[T], Awaitable[None]]) -> Won[T]:
+                    call: Call[T], drop: Callable[[T], Awaitable[None]], limited: dict[str, Limit]) -> Won[T]:
         assert self.hedging is not None
 
         async def start(deployment: Deployment, attempt: int, last: BackendError | None,
@@ -281,7 +307,8 @@ class Dispatcher:
                               deployment, attempt, last)
 
         def hedge_deployment(asked: set[str]) -> Deployment | None:
-            return min(self.pool.ready(model_name, tried | asked), key=lambda d: d.outstanding, default=None)
+            return min(self.pool.ready(model_name, tried | asked, ctx.estimated_tokens), key=lambda d: d.outstanding,
+                       default=None)
 
         return await Race(self.hedging, model_name, streaming, delay_s, self.num_retries, start, drop,
-                          lambda last: self._next(model_name, tried, None, last), hedge_deployment).run()
+                          lambda last: self._next(model_name, tried, None, last, ctx, limited), hedge_deployment).run()

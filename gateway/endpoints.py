@@ -171,6 +171,10 @@ async def metrics(request: Request) -> Response:
         state.metrics.outstanding.labels(deployment.name).set(deployment.outstanding)
         if deployment.admission is not None:
             state.metrics.admission_waiting.labels(deployment.name).set(deployment.admission.waiting)
+        if deployment.window is not None:
+            requests, tokens = deployment.window.usage()
+            state.metrics.deployment_window.labels(deployment.name, "rpm").set(requests)
+            state.metrics.deployment_window.labels(deployment.name, "tpm").set(tokens)
     if state.sessions is not None:
         state.sessions.collect()
     for name, group in state.routes.groups.items():

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from gateway import tracing
 from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.deployment_limits import RATE_LIMITED_CODE, DeploymentsRateLimited
 from gateway.dispatch import Dispatched
 from gateway.outcomes import OutcomeDraft
 from gateway.routing import Route
@@ -38,7 +39,7 @@ def fall_back_reason(exc: BackendError) -> str | None:
         if exc.code == CONTEXT_WINDOW_CODE or "maximum context length" in message or "context window" in message:
             return "context_window"
         return None
-    return "error" if exc.retryable or exc.code == "no_deployment" else None
+    return "error" if exc.retryable or exc.code in ("no_deployment", RATE_LIMITED_CODE) else None
 
 
 def chain(state: GatewayState, route: Route, reason: str) -> list[str]:
@@ -80,6 +81,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
                                retryable=True, code="cooling_down")
         return await call(route.model_name, prefer)
     except BackendError as exc:
+        _note_limits(draft, route.model_name, exc)
         reason = fall_back_reason(exc)
         models = chain(state, route, reason) if reason is not None else []
         if not models:
@@ -98,11 +100,18 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
         try:
             return await call(model, None)  # a session's kept deployment is the first model's
         except BackendError as exc:
+            _note_limits(draft, model, exc)
             if fall_back_reason(exc) is None:
                 raise
             failed.append(_failure(model, exc))
     draft.route = route
     raise first
+
+
+def _note_limits(draft: OutcomeDraft, model: str, exc: BackendError) -> None:
+    """A model refused for its deployments' rpm / tpm: the row's extra.deployment_limits says which and why."""
+    if isinstance(exc, DeploymentsRateLimited):
+        draft.extra.setdefault("deployment_limits", {})[model] = exc.report
 
 
 def _failure(model: str, exc: BackendError) -> dict:

@@ -39,6 +39,14 @@ class GatewayMetrics:
         self.admission_waiting = Gauge(f"{PREFIX}_admission_waiting",
                                        "Requests waiting in a deployment's admission queue (max_concurrency)",
                                        ["deployment"], registry=r)
+        # A deployment passed over (or, all of a model's being so, a request refused) at its litellm_params
+        # rpm / tpm (gateway/deployment_limits.py), and what its window holds.
+        self.deployment_rate_limited = Counter(f"{PREFIX}_deployment_rate_limited",
+                                               "Picks that passed a deployment over at its rpm or tpm",
+                                               ["deployment", "limit"], registry=r)
+        self.deployment_window = Gauge(f"{PREFIX}_deployment_window_usage",
+                                       "Requests and tokens in a rate-limited deployment's last 60 s",
+                                       ["deployment", "limit"], registry=r)
         self.outcome_rows = Gauge(f"{PREFIX}_outcome_rows", "Outcome writer rows by state", ["state"], registry=r)
         # Every table's writer (outcomes, feedback, stored responses, conversation items): rows waiting for
         # the database during an outage, and what it refused or lost.

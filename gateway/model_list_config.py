@@ -58,6 +58,10 @@ class LitellmParams(BaseModel):
     api_base: str | None = None
     api_key: str | None = None
     timeout: float | None = Field(default=None, gt=0)
+    # The deployment's quota, as litellm's router reads it: requests and tokens (prompt + completion) a
+    # minute. Kept by the gateway, never sent on (gateway/deployment_limits.py).
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
     # Local engine instances only:
     model_dir: str | None = None
     num_blocks: int | None = Field(default=None, gt=0)

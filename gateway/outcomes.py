@@ -118,6 +118,8 @@ class OutcomeDraft:
         self.deployment, self.attempts = dispatched.deployment, dispatched.attempts
         if dispatched.hedge is not None:
             self.extra["hedge"] = dispatched.hedge
+        if dispatched.limited and self.route is not None:  # steered away from deployments at their rpm / tpm
+            self.extra.setdefault("deployment_limits", {})[self.route.model_name] = {"skipped": dispatched.limited}
 
     @property
     def charged_to(self) -> Deployment | None:

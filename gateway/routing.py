@@ -102,6 +102,11 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+def prompt_estimate(request: ProxyRequest) -> int:
+    """The whole prompt's tokens, estimated from its characters (every message, not only what routers read)."""
+    return request.prompt_chars // 4 + 1
+
+
 class RouteTable:
     def __init__(self, settings: Settings) -> None:
         self.models = set(settings.model_names)

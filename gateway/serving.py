@@ -33,7 +33,7 @@ from gateway.drain import CUT_MESSAGE
 from gateway.limits.periods import period_end
 from gateway.outcomes import OutcomeDraft
 from gateway.response_cache import CachedAnswer, ResponseCache
-from gateway.routing import estimate_tokens
+from gateway.routing import estimate_tokens, prompt_estimate
 from gateway.semantic_cache import SIMILARITY_HEADER
 from gateway.sessions import SessionCall
 from gateway.state import GatewayState
@@ -112,7 +112,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     engine_session = None if parsed.session_id is None else scoped_session_id(parsed.session_id, draft.caller.key_id)
     priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
     ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
-                      state.settings.server.request_timeout_s, trace=draft.trace)
+                      state.settings.server.request_timeout_s, trace=draft.trace,
+                      estimated_tokens=prompt_estimate(parsed))
     session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
     route, ctx = draft.route, session.ctx
     if route.decision is not None and route.route_group is not None:  # not kept on a session's model
@@ -155,7 +156,8 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     """An embeddings request: no ranking, session or verification, one whole answer, billed for its input."""
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
-                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
+                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace,
+                      estimated_tokens=prompt_estimate(draft.request))
     work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
     body, dispatched = await unless_disconnected(request, work)
     draft.answered_by(dispatched)

@@ -26,7 +26,7 @@ from gateway.backends.local import LocalEngineBackend
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import ProxyRequest
-from gateway.routing import Route, RouteTable
+from gateway.routing import Route, RouteTable, prompt_estimate
 from gateway.session_metrics import SessionMetrics
 from gateway.session_pins import KVViews, holds_pins, kv_view, session_info, set_ttl
 
@@ -47,10 +47,12 @@ class SessionCall:
     prefix_hashes: list[int] | None = None
 
 
-def available(deployment: Deployment, now: float) -> bool:
+def available(deployment: Deployment, now: float, tokens: int = 0) -> bool:
+    """Up, not cooling down, and with headroom under its rpm / tpm for a request of `tokens`: a session's
+    instance that is not is left as one that is down."""
     backend = deployment.backend
     alive = backend.engine.is_healthy if isinstance(backend, LocalEngineBackend) else True
-    return alive and deployment.cooldown_until <= now
+    return alive and deployment.cooldown_until <= now and deployment.at_limit(tokens) is None
 
 
 def pinned_context(turn: Turn, prefer: str | None, now: float) -> int:
@@ -110,7 +112,8 @@ class GatewaySessions:
         draft.route = route = self._sticky(draft.route, turn)
         now = time.monotonic()
         deployments = self.pool.by_model.get(route.model_name, [])
-        affinity = self.manager.place(turn, [InstanceLoad(d.name, available(d, now), d.outstanding)
+        tokens = prompt_estimate(parsed)
+        affinity = self.manager.place(turn, [InstanceLoad(d.name, available(d, now, tokens), d.outstanding)
                                              for d in deployments])
         pin_ttl_s = parsed.pin_ttl_s
         if pin_ttl_s is None and (turn.returning or turn.shape.declares_tools):
@@ -132,7 +135,8 @@ class GatewaySessions:
             return SessionCall(ctx)
         hashes = self.prefixes.chunk_hashes(request_text(parsed.body))
         now = time.monotonic()
-        affinity = self.prefixes.choose(hashes, [InstanceLoad(d.name, available(d, now), d.outstanding)
+        tokens = prompt_estimate(parsed)
+        affinity = self.prefixes.choose(hashes, [InstanceLoad(d.name, available(d, now, tokens), d.outstanding)
                                                  for d in deployments])
         self.metrics.prefix_affinity.labels(affinity.reason).inc()
         return SessionCall(ctx, affinity.prefer, prefix_hashes=hashes)

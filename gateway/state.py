@@ -273,6 +273,7 @@ def build_state(settings: Settings) -> GatewayState:
         add_deployment(pool, entry, backends[-1], settings)
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()
+    pool.on_limited = lambda deployment, limit: metrics.deployment_rate_limited.labels(deployment.name, limit).inc()
     if not settings.auth.require_keys:
         log.warning("API keys are not required (auth.require_keys is false): anyone who can reach this "
                     "address can use it")

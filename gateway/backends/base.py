@@ -23,6 +23,9 @@ class CallContext:
     pin_ttl_s: float | None = None
     timeout_s: float = 600.0
     hints: SchedulingHints = NO_HINTS
+    # The prompt's tokens as the gateway estimates them: what a deployment's tpm window counts the request
+    # for until its answer's usage is known (gateway/deployment_limits.py).
+    estimated_tokens: int = 0
     # The span the call is made under, where the request is traced (gateway/tracing.py): sent on as W3C
     # `traceparent` over HTTP; an engine in process makes its own span under it.
     trace: Traced | None = None
