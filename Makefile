@@ -56,6 +56,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_verify
 	$(PY) -m bench.gateway_fallbacks
 	$(PY) -m bench.gateway_hedging
+	$(PY) -m bench.gateway_deployment_limits
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_rerank
 	$(PY) -m bench.gateway_soak

@@ -20,6 +20,10 @@ shares 2 cores between the load generator, this mock and the gateway under test.
 - A heavy tail (bench/gateway_hedging.py): `--slow-rate 0.05 --slow-delay-ms 1500` makes that share of
   chat requests, drawn from a generator seeded by `--seed`, wait `--slow-delay-ms` instead of `--delay-ms`
   before their first byte. Off (0) by default.
+- A provider's quota (bench/gateway_deployment_limits.py): `--limit-rpm 90` answers a chat request past 90
+  in the last `--limit-window-s` (60) seconds with a 429 (OpenAI's `rate_limit_exceeded`) and a
+  `retry-after` of when the oldest leaves; a refused request takes no slot. Off by default.
+  `GET /stats` says how many chat requests it served and how many it refused so.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,8 +57,11 @@ class MockUpstream:
     def __init__(self, delay_ms: float, chunks: int, chunk_interval_ms: float, answer: str = ANSWER,
                  embedding_dims: int = 1536, fail_rate: float = 0.0, fail_status: int = 503,
                  outage: tuple[float, float] | None = None, slow_rate: float = 0.0, slow_delay_ms: float = 0.0,
-                 seed: int = 2) -> None:
+                 seed: int = 2, limit_rpm: int | None = None, limit_window_s: float = 60.0) -> None:
         self.answer = answer
+        self.limit_rpm, self.limit_window_s = limit_rpm, limit_window_s
+        self.admitted: deque[float] = deque()  # when the chat requests of the quota's window came
+        self.rate_limited = 0
         self.slow_rate, self.slow_delay = slow_rate, slow_delay_ms / 1000
         self.tail = random.Random(seed)
         self.fail_rate, self.fail_status, self.outage = fail_rate, fail_status, outage
@@ -84,6 +92,12 @@ class MockUpstream:
             except ValueError:
                 await _respond(send, 400, b'{"error":{"message":"bad json"}}')
                 return
+            if (retry_after := self._over_quota()) is not None:
+                self.rate_limited += 1
+                await _respond(send, 429, b'{"error":{"message":"rate limit reached for requests","type":'
+                               b'"requests","param":null,"code":"rate_limit_exceeded"}}',
+                               [(b"retry-after", str(max(1, round(retry_after))).encode())])
+                return
             if self._failing():
                 await _respond(send, self.fail_status, b'{"error":{"message":"injected failure","type":"server_error",'
                                                        b'"param":null,"code":null}}')
@@ -107,10 +121,24 @@ class MockUpstream:
             await _respond(send, 200, self._embeddings(count, req.get("encoding_format") == "base64"))
         elif path.endswith("/models") and method == "GET":
             await _respond(send, 200, b'{"object":"list","data":[{"id":"mock","object":"model","owned_by":"bench"}]}')
+        elif path == "/stats":
+            await _respond(send, 200, json.dumps({"served": self.served, "rate_limited": self.rate_limited}).encode())
         elif path in ("/health", "/healthz"):
             await _respond(send, 200, b'{"status":"ok"}')
         else:
             await _respond(send, 404, b'{"error":{"message":"not found"}}')
+
+    def _over_quota(self) -> float | None:
+        """None where the request is within `limit_rpm`, else the seconds until the oldest leaves the window."""
+        if self.limit_rpm is None:
+            return None
+        now = time.monotonic()
+        while self.admitted and self.admitted[0] <= now - self.limit_window_s:
+            self.admitted.popleft()
+        if len(self.admitted) >= self.limit_rpm:
+            return self.admitted[0] + self.limit_window_s - now
+        self.admitted.append(now)
+        return None
 
     def _failing(self) -> bool:
         now = time.monotonic()
@@ -171,8 +199,8 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS})
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -204,10 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-rate", type=float, default=0.0, help="share of chat requests slow to start")
     parser.add_argument("--slow-delay-ms", type=float, default=1500.0, help="their wait before the first byte")
     parser.add_argument("--seed", type=int, default=2, help="seeds the draw of the slow requests")
+    parser.add_argument("--limit-rpm", type=int, default=None, help="a provider's quota: chat requests a window")
+    parser.add_argument("--limit-window-s", type=float, default=60.0, help="the quota's sliding window")
     args = parser.parse_args(argv)
     app = MockUpstream(args.delay_ms, args.chunks, args.chunk_interval_ms, args.answer, args.embedding_dims,
                        args.fail_rate, args.fail_status, tuple(args.outage) if args.outage else None,
-                       args.slow_rate, args.slow_delay_ms, args.seed)
+                       args.slow_rate, args.slow_delay_ms, args.seed, args.limit_rpm, args.limit_window_s)
     # Long keep-alive: connections from the load generator and the gateways stay open between points.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False,
                 lifespan="on", timeout_keep_alive=120, backlog=4096)

@@ -2,8 +2,9 @@
 answer goes to the next model of its chain, before anything has reached the client.
 
 "Cannot answer" is what the dispatcher gives up on: every deployment of the model failed (connection
-errors, 429, 5xx), or its queue is full; or the upstream refused the prompt as longer than its context (a
-400 `context_length_exceeded`, or vLLM's "maximum context length" message). A model whose deployments
+errors, 429, 5xx), or its queue is full, or every one is at its rpm / tpm (gateway/deployment_limits.py);
+or the upstream refused the prompt as longer than its context (a 400 `context_length_exceeded`, or vLLM's
+"maximum context length" message). A model whose deployments
 are all cooling down after failing is not asked at all while a later model of the chain may answer (the
 last one is asked whatever its state), so an outage costs one failed call a cooldown, not one a request. Other
 client errors are the client's to fix and go back as they are. The chain is the config's list for the
