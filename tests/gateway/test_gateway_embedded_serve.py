@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.embedded_default import NO_EOS, embedded_config
+from tests.gateway.embedded_default import ENCODER_MODEL, NO_EOS, embedded_config
 from tests.gateway.harness import (
     PITSTOP,
     REPO_ROOT,
@@ -81,7 +81,7 @@ def test_pitstop_serve_with_a_pitstop_engine_process(embedded: tuple[Gateway, Pa
                     stream_options={"include_usage": True}, extra_body=NO_EOS))
             with gw.http() as http:
                 assert http.get("/readyz").json()["models"] == {"tiny-small": True, "tiny-large": True,
-                                                                 "tiny-chat": True}
+                                                                 ENCODER_MODEL: True, "tiny-chat": True}
     assert routed.parse().usage.completion_tokens == 3 and routed.headers["x-pitstop-route-group"] == "auto"
     assert direct.parse().usage.completion_tokens == 5 and direct.headers["x-pitstop-model"] == "tiny-chat"
     assert chunks[-1].usage.completion_tokens == 5
