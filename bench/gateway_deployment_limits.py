@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,25 +25,24 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import command, machine_info, write_report
+from bench.common import RESULTS, command, machine_info, write_report
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import ROOT, Service, free_port, mock_upstream
+from bench.procs import mock_upstream, pitstop_serve
 
-OUT = ROOT / "bench" / "results" / "gateway_deployment_limits.json"
+OUT = RESULTS / "gateway_deployment_limits.json"
 
 
 def _metric_sum(metrics: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", metrics, re.M))
 
 
-def write_config(path: Path, upstreams: list[str], port: int, rpm: int | None) -> None:
+def write_config(path: Path, upstreams: list[str], rpm: int | None) -> None:
     models = [{"model_name": "m", "litellm_params": {"model": "hosted_vllm/m", "api_base": f"{base}/v1",
                                                      **({"rpm": rpm} if rpm else {})},
                "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}} for base in upstreams]
     config: dict[str, Any] = {
         "model_list": models, "ranking": {"enabled": False},
-        "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")},
-        "server": {"host": "127.0.0.1", "port": port}}
+        "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -56,22 +54,18 @@ def run_one(rate: float, limits: bool, args: argparse.Namespace) -> dict:
             (work / name).mkdir()
             mocks.append(mock_upstream(work / name, "--delay-ms", str(args.delay_ms),
                                        "--limit-rpm", str(args.quota_rpm)))
-        port = free_port()
-        write_config(work / "pitstop.yaml", [url for _, url in mocks], port, args.quota_rpm if limits else None)
-        gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "pitstop.yaml"),
-                                      "--port", str(port), "--log-level", "warning"],
-                          f"http://127.0.0.1:{port}/readyz", work / "pitstop.log", cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        write_config(work / "pitstop.yaml", [url for _, url in mocks], args.quota_rpm if limits else None)
+        gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
         services = [*(service for service, _ in mocks), gateway]
         try:
             for service in services:
                 service.start()
             load_before = os.getloadavg()[0]
-            spec = LoadSpec(url=f"http://127.0.0.1:{port}/v1/chat/completions", rate=rate,
+            spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=rate,
                             duration_s=args.duration, model="m", seed=args.seed, timeout_s=30.0, warmup_s=0.0)
             result = asyncio.run(run_load(spec))
             load_after = os.getloadavg()[0]
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
             upstream = [httpx.get(f"{url}/stats", timeout=10).json() for _, url in mocks]
         finally:
             for service in reversed(services):

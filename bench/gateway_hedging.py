@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,11 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import command, machine_info, write_report
+from bench.common import RESULTS, command, machine_info, write_report
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import ROOT, Service, free_port, mock_upstream
+from bench.procs import mock_upstream, pitstop_serve
 
-OUT = ROOT / "bench" / "results" / "gateway_hedging.json"
+OUT = RESULTS / "gateway_hedging.json"
 HEDGING: dict[str, dict | None] = {
     "off": None, "adaptive": {"enabled": True}, "fixed_50ms": {"enabled": True, "delay_s": 0.05},
     "fixed_50ms_share_0.5": {"enabled": True, "delay_s": 0.05, "max_extra_share": 0.5}}
@@ -50,13 +49,12 @@ def replica_options(scenario: str, args: argparse.Namespace) -> list[list[str]]:
     return [[*common, "--delay-ms", "320"], [*common, "--delay-ms", "20"]]  # the slow one first: ties go to it
 
 
-def write_config(path: Path, bases: list[str], port: int, hedging: dict | None) -> None:
+def write_config(path: Path, bases: list[str], hedging: dict | None) -> None:
     models = [{"model_name": "mock", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{base}/v1"},
                "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}} for base in bases]
     config: dict[str, Any] = {
         "model_list": models, "ranking": {"enabled": False},
-        "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")},
-        "server": {"host": "127.0.0.1", "port": port}}
+        "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")}}
     if hedging is not None:
         config["hedging"] = hedging
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -67,21 +65,17 @@ def run_one(scenario: str, stream: bool, hedging: str, args: argparse.Namespace)
         work = Path(tmp)
         replicas = [mock_upstream(work / f"replica{i}", *options)
                     for i, options in enumerate(replica_options(scenario, args))]
-        port = free_port()
-        write_config(work / "pitstop.yaml", [url for _, url in replicas], port, HEDGING[hedging])
-        gateway = Service("pitstop", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(work / "pitstop.yaml"),
-                                      "--port", str(port), "--log-level", "warning"],
-                          f"http://127.0.0.1:{port}/readyz", work / "pitstop.log", cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        write_config(work / "pitstop.yaml", [url for _, url in replicas], HEDGING[hedging])
+        gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
         services = [*(service for service, _ in replicas), gateway]
         try:
             for service in services:
                 service.start()
             load_before = os.getloadavg()[0]
-            spec = LoadSpec(url=f"http://127.0.0.1:{port}/v1/chat/completions", rate=args.rate, stream=stream,
+            spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=args.rate, stream=stream,
                             duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
             result = asyncio.run(run_load(spec))
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
         finally:
             for service in reversed(services):
                 service.stop()
