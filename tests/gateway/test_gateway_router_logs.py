@@ -240,7 +240,10 @@ def test_exploration_among_the_best_two_is_logged_and_read_back(tmp_path: Path, 
             assert http.post("/v1/feedback", json={"request_id": request_id_of(response),
                                                    "value": value}).status_code == 202
         gw.flush()
-    assert "small" not in served and 0.1 < served.count("mid") / len(served) < 0.45  # 0.25 expected
+    # 20 of 80 expected (epsilon 0.5 among two); unseeded, so the bounds sit where Binomial(80, 0.25) falls
+    # outside about once in 370,000 runs (a share above 0.1 failed about once in 1,500): 0 means no exploration,
+    # 80 exploration every time.
+    assert "small" not in served and 5 <= served.count("mid") <= 40
     export = tmp_path / "outcomes.jsonl"
     done = run_cli("export", "outcomes", "--config", str(path), "--out", str(export), "--route-group", "auto",
                    "--since", "2020-01-01")
