@@ -171,7 +171,7 @@ class OpenAIGeneration:
             raise bad_request(f"{exc}{where}", prompt_field if exc.param == "prompt" else exc.param, exc.code) from None
         n, total = parsed.n, parsed.num_choices
         if parsed.return_token_ids:
-            self.token_ids = TokenIds(self.shapes.chat, self._prompt_ids, n, total)
+            self.token_ids = TokenIds(self.shapes.chat, self._prompt_ids, n, total, parsed.echo)
         for k, prompt_ids in enumerate(self._prompt_ids):
             params = parsed.resolved_params(len(prompt_ids), self.engine.max_model_len)
             for j in range(n):

@@ -133,3 +133,18 @@ def test_logprobs_name_their_tokens_by_id(url: str, tokenizer: Tokenizer) -> Non
                                       logprobs=2).choices[0]
     assert plain.logprobs is not None and plain.logprobs.tokens is not None
     assert not any(t.startswith("token_id:") for t in plain.logprobs.tokens)
+
+
+def test_an_echoed_prompt_streams_without_answer_ids(url: str, tokenizer: Tokenizer) -> None:
+    """With echo, a choice's first chunk is its prompt's text: its ids are the prompt's (prompt_token_ids),
+    and the answer's ids come on the chunks that carry the answer's text, not on the echo."""
+    prompt = "The sky is"
+    stream = sdk(url).completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, echo=True,
+                                         stream=True, extra_body=ASK)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    echo, answer = chunks[0], chunks[1:]
+    assert echo.text == prompt
+    assert (echo.model_extra or {})["token_ids"] == []
+    assert (echo.model_extra or {})["prompt_token_ids"] == tokenizer.encode(prompt)
+    ids = [t for choice in answer for t in (choice.model_extra or {})["token_ids"]]
+    assert len(ids) == 6 and tokenizer.decode(ids) == "".join(choice.text for choice in answer)
