@@ -43,11 +43,14 @@ def with_bad_word_ids(params: SamplingParams, tokenizer: Encoder | None) -> Samp
     return replace(params, bad_words_token_ids=bad_words_token_ids(params.bad_words, tokenizer))
 
 
-def check_token_ids(params: SamplingParams, vocab_size: int | None, has_tokenizer: bool) -> None:
+def check_token_ids(params: SamplingParams, vocab_size: int | None, has_tokenizer: bool,
+                    eos_token_ids: Sequence[int] = ()) -> None:
     """The request's token ids (logit_bias, allowed_token_ids) inside the vocabulary; bad words need a
-    tokenizer to become tokens."""
+    tokenizer to become tokens; and allowed_token_ids leave a token to sample (`params` with its bad words
+    tokenized, `eos_token_ids` the model's)."""
     if params.bad_words and not has_tokenizer:
         raise InvalidRequestError("this engine has no tokenizer to find the tokens of 'bad_words'", "bad_words")
+    _check_something_is_allowed(params, eos_token_ids)
     if vocab_size is None:
         return
     if any(t >= vocab_size for t, _ in params.logit_bias):
@@ -56,6 +59,23 @@ def check_token_ids(params: SamplingParams, vocab_size: int | None, has_tokenize
     if params.allowed_token_ids is not None and any(t >= vocab_size for t in params.allowed_token_ids):
         raise InvalidRequestError(f"allowed_token_ids: token ids must be below this model's vocabulary size "
                                   f"{vocab_size}", "allowed_token_ids")
+
+
+def _check_something_is_allowed(params: SamplingParams, eos_token_ids: Sequence[int]) -> None:
+    """A request whose masks leave no token to sample from its first step is refused here, rather than
+    sampled from a row of -inf (engine/model/logits_processors.py keeps later steps safe)."""
+    if params.allowed_token_ids is None:
+        return
+    allowed = set(params.allowed_token_ids)
+    banned = {word[0] for word in params.bad_words_token_ids if len(word) == 1}
+    if allowed <= banned:
+        raise InvalidRequestError("allowed_token_ids: every allowed token is a one-token word of 'bad_words', "
+                                  "which leaves nothing to sample", "allowed_token_ids")
+    ending = {*params.stop_token_ids, *(() if params.ignore_eos else eos_token_ids)}
+    if params.min_tokens and allowed <= ending | banned:
+        raise InvalidRequestError(f"allowed_token_ids: every allowed token ends the answer (a stop or end-of-text "
+                                  f"token), and min_tokens asks for {params.min_tokens} before it may end",
+                                  "allowed_token_ids")
 
 
 def banned_next(bad_words: Sequence[Sequence[int]], generated: Sequence[int]) -> list[int]:

@@ -172,7 +172,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
                 and not hasattr(self.runner, "step_logprobs"):
             raise InvalidRequestError("this engine's runner computes no log-probabilities (a simulated one)",
                                       "logprobs")
-        check_token_ids(params, vocab_size, self.tokenizer is not None)
+        check_token_ids(with_bad_word_ids(params, self.tokenizer), vocab_size, self.tokenizer is not None,
+                        self.runner.eos_token_ids)
         if params.constraint is not None:
             if not self.can_constrain:
                 raise InvalidRequestError("this engine cannot hold answers to a grammar (it needs a tokenizer and "

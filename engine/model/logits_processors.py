@@ -47,7 +47,13 @@ def process_logits(logits: torch.Tensor, rows: Sequence[History], eos_token_ids:
         return logits
     logits = logits.clone()
     vocab = logits.shape[1]
-    _mask_tokens(logits, [i for i in active if rows[i].params.masks_tokens], rows)
+    masking = [i for i in active if rows[i].params.masks_tokens]
+    _keep_allowed(logits, masking, rows)
+    # The allowed tokens before bad words and min_tokens take their share: the fallback of a row they
+    # would leave with nothing to sample (a bad word completed at every allowed token), which would then
+    # draw a token outside allowed_token_ids. Requests that do so from their first step are refused.
+    allowed_only = logits[masking] if masking else None
+    _ban_bad_words(logits, masking, rows)
     masked: list[tuple[int, list[int]]] = []
     biased: list[tuple[int, tuple[int, float]]] = []
     for i in active:
@@ -67,11 +73,14 @@ def process_logits(logits: torch.Tensor, rows: Sequence[History], eos_token_ids:
     penalized = [i for i in active if rows[i].params.penalized]
     if penalized:
         _penalize(logits, penalized, rows)
+    if allowed_only is not None:
+        left = logits[masking]  # without a host sync: a row keeps its logits where one is still finite
+        logits[masking] = torch.where(torch.isfinite(left).any(dim=1, keepdim=True), left, allowed_only)
     return logits
 
 
-def _mask_tokens(logits: torch.Tensor, masked: list[int], rows: Sequence[History]) -> None:
-    """In place: -inf for the tokens outside a row's allowed_token_ids and for those its bad words ban next."""
+def _keep_allowed(logits: torch.Tensor, masked: list[int], rows: Sequence[History]) -> None:
+    """In place: -inf for the tokens outside a row's allowed_token_ids."""
     vocab = logits.shape[1]
     for i in masked:
         p = rows[i].params
@@ -80,6 +89,13 @@ def _mask_tokens(logits: torch.Tensor, masked: list[int], rows: Sequence[History
             kept = logits[i, allowed]
             logits[i] = -torch.inf
             logits[i, allowed] = kept
+
+
+def _ban_bad_words(logits: torch.Tensor, masked: list[int], rows: Sequence[History]) -> None:
+    """In place: -inf for the tokens a row's bad words ban next."""
+    vocab = logits.shape[1]
+    for i in masked:
+        p = rows[i].params
         if p.bad_words_token_ids:
             banned = [t for t in banned_next(p.bad_words_token_ids, rows[i].token_ids[rows[i].num_prompt_tokens:])
                       if t < vocab]

@@ -118,6 +118,47 @@ def test_the_engine_checks_the_token_ids_and_needs_a_tokenizer_for_words(tiny_mo
         assert raised.value.param == param
 
 
+def test_masks_that_leave_nothing_to_sample_are_refused(tiny_model_dir: Path) -> None:
+    engine = make_engine(tiny_model_dir)
+    eos = engine.runner.eos_token_ids
+    word = "the"
+    one_token = [ids[0] for ids in bad_words_token_ids([word], Tokenizer(tiny_model_dir)) if len(ids) == 1]
+    assert one_token, "the tiny tokenizer has 'the' as one token"
+    refused = [SamplingParams(allowed_token_ids=eos, min_tokens=2),
+               SamplingParams(allowed_token_ids=(*eos, 40), stop_token_ids=(40,), min_tokens=1),
+               SamplingParams(allowed_token_ids=tuple(one_token), bad_words=(word,)),
+               SamplingParams(allowed_token_ids=(*eos, *one_token), bad_words=(word,), min_tokens=1)]
+    for params in refused:
+        with pytest.raises(InvalidRequestError, match="allowed_token_ids") as raised:
+            engine.add_request("r", [1, 2, 3], params)
+        assert raised.value.param == "allowed_token_ids", params
+    for params in (SamplingParams(allowed_token_ids=eos, min_tokens=2, ignore_eos=True, max_tokens=3),
+                   SamplingParams(allowed_token_ids=(*eos, 40), min_tokens=2, max_tokens=3)):
+        seq = generate(engine, {"ok": ([1, 2, 3], params)})["ok"]
+        assert set(seq.output_token_ids) <= set(params.allowed_token_ids)
+        assert len(seq.output_token_ids) >= 2
+
+
+def test_a_row_whose_bad_words_ban_every_allowed_token_keeps_to_the_allowed_ones() -> None:
+    """After token 3, the bad words "3 3" and "3 5" ban both allowed tokens: the row then samples from its
+    allowed tokens, never from a row of -inf (which draws token 0, outside allowed_token_ids)."""
+    from engine.model.logits_processors import process_logits
+
+    class Row:
+        def __init__(self, params: SamplingParams, token_ids: list[int]) -> None:
+            self.params, self.token_ids, self.num_prompt_tokens = params, token_ids, 2
+
+    params = SamplingParams(allowed_token_ids=(3, 5), bad_words_token_ids=((3, 3), (3, 5)), ignore_eos=True)
+    logits = torch.randn(3, 16)
+    rows = [Row(params, [9, 9]), Row(params, [9, 9, 3]), Row(SamplingParams(), [9, 9])]
+    out = process_logits(logits, rows, eos_token_ids=(0,))
+    for i in (0, 1):
+        assert set(torch.isfinite(out[i]).nonzero().flatten().tolist()) == {3, 5}, i
+        assert int(out[i].argmax()) in {3, 5}
+    assert torch.equal(out[1, [3, 5]], logits[1, [3, 5]])  # the fallback: what allowed_token_ids left
+    assert torch.equal(out[2], logits[2])
+
+
 @pytest.fixture(scope="module")
 def url(tiny_model_dir: Path) -> Iterator[str]:
     with engine_server(tiny_model_dir, MODEL) as base:
@@ -154,6 +195,7 @@ def test_the_fields_over_http(url: str, tiny_model_dir: Path) -> None:
     ({"bad_words": [""]}, "bad_words"),
     ({"bad_words": ["cat"], "response_format": {"type": "json_object"}}, "bad_words"),
     ({"allowed_token_ids": [1], "structured_outputs": {"regex": "a+"}}, "allowed_token_ids"),
+    ({"allowed_token_ids": [40], "stop_token_ids": [40], "min_tokens": 1}, "allowed_token_ids"),
 ])
 def test_bad_values_are_400s(url: str, extra: dict, param: str) -> None:
     request = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | extra
