@@ -23,6 +23,7 @@ from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.lora_registry import LoRAAdapter
 from engine.outputs import RequestOutput, RequestTiming
+from engine.pause import EnginePause
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.sequence import Sequence as EngineSequence
 
@@ -83,7 +84,7 @@ def _settle(future: asyncio.Future, result: object = None, error: BaseException 
         future.set_result(result)
 
 
-class AsyncEngine:
+class AsyncEngine(EnginePause):
     def __init__(self, engine: LLMEngine, vocab_size: int | None = None) -> None:
         self.engine = engine
         self.tokenizer: TokenizerLike | None = engine.tokenizer
@@ -95,6 +96,7 @@ class AsyncEngine:
         self._dead: EngineDeadError | None = None
         self._thread: threading.Thread | None = None
         self._streams: dict[str, _RequestStream] = {}  # engine thread only
+        self._init_pause()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ class AsyncEngine:
             else:
                 self._streams[request_id] = stream
 
-        self._submit(_Command(add, lambda exc: self._deliver([(stream, exc)])))
+        self._submit(_Command(add, lambda exc: self._deliver([(stream, exc)])), request_id)
         done = False
         try:
             while not done:
@@ -191,6 +193,9 @@ class AsyncEngine:
                 self._abort(request_id)
 
     def _abort(self, request_id: str) -> None:
+        if self._unpark(request_id):  # it came during a pause and never reached the engine
+            return
+
         def abort() -> None:
             self._streams.pop(request_id, None)
             self.engine.abort(request_id)
@@ -238,8 +243,9 @@ class AsyncEngine:
     async def stats(self) -> EngineStats:
         return await self._call(self.engine.stats)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the engine thread between steps and await its result."""
+    async def _call(self, fn: Callable[[], T], fatal: tuple[type[BaseException], ...] = ()) -> T:
+        """Run `fn` on the engine thread between steps and await its result; a `fatal` error it raises
+        stops the step loop too (the instance is dead) after the caller has it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -250,6 +256,9 @@ class AsyncEngine:
         def apply() -> None:
             try:
                 result = fn()
+            except fatal as exc:
+                reply(error=exc)
+                raise
             except Exception as exc:
                 reply(error=exc)
             else:
@@ -260,11 +269,14 @@ class AsyncEngine:
 
     # ---- the engine thread --------------------------------------------------------------------
 
-    def _submit(self, command: _Command) -> None:
+    def _submit(self, command: _Command, request_id: str | None = None) -> None:
+        """`request_id`: the command adds that request, which a pause holds back (engine/pause.py)."""
         self._ensure_started()
         with self._cond:
             if self._dead is not None or self._stopping:
                 raise EngineDeadError(self.dead_reason or "the engine is shutting down")
+            if request_id is not None and self._park(request_id, command):
+                return
             self._commands.append(command)
             self._cond.notify()
 
@@ -274,7 +286,7 @@ class AsyncEngine:
             if not (self._commands or self._stopping):
                 if stalled:
                     self._cond.wait(_STALL_WAIT_S)
-                elif not self.engine.has_unfinished():
+                elif self._frozen or not self.engine.has_unfinished():
                     self._cond.wait(self._idle_timeout())
             if self._stopping:
                 return None
@@ -297,12 +309,14 @@ class AsyncEngine:
             while (commands := self._next_commands(stalled)) is not None:
                 for command in commands:
                     command.apply()
-                if not self.engine.has_unfinished():
+                if self._frozen or not self.engine.has_unfinished():
                     self.engine.expire_pins()
+                    self._wake_drain_waiters()
                     stalled = False
                     continue
                 steps_before = self.engine.num_steps
                 self._dispatch(self.engine.step())
+                self._wake_drain_waiters()
                 stalled = self.engine.num_steps == steps_before  # nothing could be scheduled
         except Exception as exc:
             log.exception("the engine step loop crashed; this instance now answers 503")
@@ -343,9 +357,13 @@ class AsyncEngine:
         with self._cond:
             if self._dead is None:
                 self._dead = error
-            commands, self._commands = self._commands, []
+            commands, self._commands = [*self._commands, *self._parked.values()], []
+            self._parked.clear()
         for command in commands:
             command.fail(EngineDeadError(str(error)))
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for settle in waiters:
+            settle(EngineDeadError(str(error)))
         streams, self._streams = list(self._streams.values()), {}
         self._deliver([(stream, EngineDeadError(str(error))) for stream in streams])
         try:  # a disk tier's blocks kept for the next instance, its files closed; worker processes stopped

@@ -317,6 +317,21 @@ class BlockManager(BlockPins):
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = seq.num_released_blocks = 0
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prefix, pinned or in a slower tier, so that no later request reuses KV
+        computed before now (engine/weight_updates.py: the weights changed). Blocks requests hold stay
+        theirs, unshared. Returns the blocks forgotten."""
+        for key in list(self.pins.pins):
+            self._drop_pin(key, evicted=True)
+        forgotten = len(self.hash_to_block)
+        self.hash_to_block.clear()
+        for block in self.blocks:
+            if block.hash is not None:
+                block.hash = block.token_ids = None
+                if block.ref_count == 0:  # nothing reusable in it any more: first to go
+                    self.free_queue.move_to_end(block.block_id, last=False)
+        return forgotten + self.tiers.forget_all()
+
     # ---- introspection ------------------------------------------------------------------------
 
     def stats(self) -> BlockStats:

@@ -118,6 +118,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--allow-runtime-lora-updating", action="store_true",
                        help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders "
                             "on this machine; vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
+    serve.add_argument("--allow-weight-updates", action="store_true",
+                       help="enable POST /pause, /resume, /reset_prefix_cache and /update_weights_from_disk and GET "
+                            "/is_paused (an RL trainer's: new weights from a checkpoint folder on this machine, no "
+                            "restart)")
     serve.add_argument("--otlp-traces-endpoint", type=endpoint_argument, metavar="URL",
                        help="OpenTelemetry: a span per request to this OTLP/HTTP collector (vLLM's flag)")
     serve.add_argument("--log-level", default="info")
@@ -215,7 +219,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
-                           args.allow_runtime_lora_updating, args.otlp_traces_endpoint),
+                           args.allow_runtime_lora_updating, args.otlp_traces_endpoint, args.allow_weight_updates),
                 host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

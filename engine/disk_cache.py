@@ -130,6 +130,11 @@ class DiskKVCache(KVSlotTable):
             self._forget_read(slot)
         return slot
 
+    def forget_all(self) -> int:
+        for slot in [*self.read, *self.reading]:  # what was read ahead is stale too: freed
+            self._forget_read(slot)
+        return super().forget_all()
+
     def entries(self) -> list[DiskEntry]:
         """Every block the table holds whose save has been handed to the runner, least recent first."""
         return [DiskEntry(slot, block_hash, self.slot_tokens[slot])  # type: ignore[arg-type]

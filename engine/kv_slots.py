@@ -107,6 +107,16 @@ class KVSlotTable:
                 return slot
         return None
 
+    def forget_all(self) -> int:
+        """Forget every block the tier holds (their KV no longer valid: new weights); returns how many.
+        A copy still queued into a slot runs before any later one that reuses it."""
+        forgotten = len(self.slot_of)
+        self.slot_of.clear()
+        self.slot_hash = [None] * self.num_slots
+        self.slot_tokens = [None] * self.num_slots
+        self.free_slots = list(range(self.num_slots - 1, -1, -1))
+        return forgotten
+
     def stats(self) -> TierStats:
         return TierStats(self.num_slots, len(self.slot_of), self.saved_blocks, self.loaded_blocks,
                          self.evicted_blocks, self.skipped_saves)

@@ -85,6 +85,10 @@ class KVTiers:
                 table.end_step()
         return transfers
 
+    def forget_all(self) -> int:
+        """Every tier's blocks forgotten (engine/weight_updates.py); returns how many."""
+        return sum(table.forget_all() for table in (self.host, self.disk) if table is not None)
+
     def plan_flush(self, gpu_blocks: list[CachedBlock]) -> int:
         """Before a clean shutdown: write to disk the blocks the host tier and the GPU (`gpu_blocks`, least
         recent first) still cache and the disk lacks, so a restarted engine finds them there. The most

@@ -27,6 +27,13 @@ from engine.server.lora_endpoints import load_lora_adapter, unload_lora_adapter
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import read_ttl
 from engine.server.tokenize import detokenize_endpoint, tokenize_endpoint
+from engine.server.weight_endpoints import (
+    is_paused,
+    pause,
+    reset_prefix_cache,
+    resume,
+    update_weights_from_disk,
+)
 from engine.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -148,6 +155,11 @@ ROUTES = [
     Route("/detokenize", detokenize_endpoint, methods=["POST"]),
     Route("/v1/load_lora_adapter", load_lora_adapter, methods=["POST"]),  # vLLM's runtime LoRA API
     Route("/v1/unload_lora_adapter", unload_lora_adapter, methods=["POST"]),
+    Route("/pause", pause, methods=["POST"]),  # vLLM's RL control; behind --allow-weight-updates
+    Route("/resume", resume, methods=["POST"]),
+    Route("/is_paused", is_paused, methods=["GET"]),
+    Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
+    Route("/update_weights_from_disk", update_weights_from_disk, methods=["POST"]),  # SGLang's
     Route("/v1/engine/stats", engine_stats, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}", session_info, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}/pin", pin_session, methods=["POST"]),
@@ -161,7 +173,7 @@ _KNOWN_PATHS = {route.path for route in ROUTES if "{" not in route.path}
 
 def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None,
                tool_call_parser: str | None = None, allow_lora_updates: bool = False,
-               otlp_traces_endpoint: str | None = None) -> Starlette:
+               otlp_traces_endpoint: str | None = None, allow_weight_updates: bool = False) -> Starlette:
     """`otlp_traces_endpoint` (vLLM's --otlp-traces-endpoint): an OTLP/HTTP collector that gets a span per
     generation request (engine/request_span.py), as service OTEL_SERVICE_NAME (default pitstop-engine)."""
     tracing = None if otlp_traces_endpoint is None else Tracing(
@@ -181,5 +193,5 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
                                               SessionNotFoundError, EngineDeadError, ClientDisconnect)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
     app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser,
-                                    allow_lora_updates, tracing)
+                                    allow_lora_updates, tracing, allow_weight_updates)
     return app

@@ -35,6 +35,7 @@ class ServerState:
     tool_call_parser: str | None = None  # engine/tool_parsers.py
     allow_lora_updates: bool = False  # engine/server/lora_endpoints.py
     tracing: Tracing | None = None  # --otlp-traces-endpoint: one span per generation (engine/request_span.py)
+    allow_weight_updates: bool = False  # engine/server/weight_endpoints.py
     created: int = field(default_factory=lambda: int(time.time()))
 
     def adapter_for(self, model: str) -> str | None:
