@@ -21,24 +21,23 @@ from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
-from engine.model.loader import load_model, load_weights, safetensors_files
+from engine.model.loader import load_model
 from engine.model.logits_processors import process_logits
 from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weights_to, wrap_projections
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
-from engine.sampling_params import InvalidRequestError
 from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
 from engine.thinking_budget import forced_rows, mask_to_forced
 from engine.tp_workers import StepInputs, TensorParallelWorkers
-from engine.weight_updates import WeightsLostError, projections_unwrapped
+from engine.weight_loading import WeightLoading
 
 # Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
 _SCORE_ROWS_PER_SLICE = 256
 
 
-class TorchModelRunner(TierCopies):
+class TorchModelRunner(TierCopies, WeightLoading):
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
@@ -211,42 +210,6 @@ class TorchModelRunner(TierCopies):
         if self.workers is not None:
             self.workers.send(("remove_lora", lora_id))
         self.lora.adapters.pop(lora_id, None)
-
-    def update_weights(self, model_dir: Path) -> None:
-        """A checkpoint of the same model copied into the parameters on every rank (engine/weight_updates.py).
-        One that fails part-way is rolled back (InvalidRequestError); WeightsLostError where that fails too."""
-        previous = self.model_dir
-        try:
-            self._load_everywhere(model_dir)
-        except Exception as exc:
-            try:
-                self._load_everywhere(previous)
-            except Exception as again:
-                raise WeightsLostError(f"loading {model_dir} failed ({exc}) and reloading {previous} failed "
-                                       f"too ({again})") from again
-            raise InvalidRequestError(f"{model_dir}: {exc}; the weights of {previous} are served still",
-                                      "model_path") from None
-        if self.workers is not None:
-            self.workers.call("adopt_weights", model_dir)
-        self.adopt_weights(model_dir)
-
-    def _load_everywhere(self, model_dir: Path) -> None:
-        if self.workers is not None:
-            self.workers.call("load_weights_from", model_dir)
-        self.load_weights_from(model_dir)
-
-    def load_weights_from(self, model_dir: Path) -> None:
-        """This rank's part of the checkpoint in `model_dir`, copied into its parameters."""
-        with projections_unwrapped(self.model):
-            load_weights(self.model, safetensors_files(model_dir), self.tp)
-
-    def adopt_weights(self, model_dir: Path) -> None:
-        """`model_dir` is what this rank serves: its disk file's index starts afresh under its fingerprint."""
-        self.model_dir = Path(model_dir)
-        if self.disk is not None:
-            self.disk.flush()  # what was queued is indexed under the old fingerprint first
-            self.disk.fingerprint = self.disk_fingerprint()
-            self.disk.persist([])
 
     def run_shard(self, step: StepInputs) -> torch.Tensor | None:
         """Every rank's part of a step: the KV copies, then the forward pass (its hidden states)."""

@@ -18,16 +18,11 @@ if any, keeps its weights: its proposals are still checked against the new targe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from engine.model.config import ModelConfig
-from engine.model.lora import LoRALinear
 from engine.sampling_params import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -69,23 +64,6 @@ def checked_folder(model_path: str, served: ModelConfig) -> Path:
         raise InvalidRequestError(f"{model_path!r} is another model than the one served: its config differs in "
                                   f"{', '.join(differing)}", PARAM)
     return folder
-
-
-@contextmanager
-def projections_unwrapped(model: nn.Module) -> Iterator[None]:
-    """The model's projections as the loader names them while it loads: LoRA's wrappers taken off, then
-    put back (engine/model/lora.py wraps them when the first adapter is added)."""
-    wrapped: list[tuple[nn.Module, str, LoRALinear]] = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoRALinear):
-                wrapped.append((parent, name, child))
-                setattr(parent, name, child.base)
-    try:
-        yield
-    finally:
-        for parent, name, wrapper in wrapped:
-            setattr(parent, name, wrapper)
 
 
 def update_weights(engine: LLMEngine, model_path: str) -> WeightUpdate:

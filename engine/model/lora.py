@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -208,3 +210,20 @@ def wrap_projections(model: nn.Module, config: ModelConfig, step: LoRAStep) -> N
         if not config.is_sparse(index):
             layer.mlp.gate_up_proj = LoRALinear(layer.mlp.gate_up_proj, step, index, "mlp.gate_up_proj")
             layer.mlp.down_proj = LoRALinear(layer.mlp.down_proj, step, index, "mlp.down_proj")
+
+
+@contextmanager
+def projections_unwrapped(model: nn.Module) -> Iterator[None]:
+    """The model's projections as the loader names them while it loads new weights (engine/weight_updates.py):
+    the LoRALinear wrappers taken off, then put back."""
+    wrapped: list[tuple[nn.Module, str, LoRALinear]] = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoRALinear):
+                wrapped.append((parent, name, child))
+                setattr(parent, name, child.base)
+    try:
+        yield
+    finally:
+        for parent, name, wrapper in wrapped:
+            setattr(parent, name, wrapper)
