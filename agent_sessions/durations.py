@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import lognorm
 
 ALL = "*"
+_erfc = np.vectorize(math.erfc, otypes=[float])
 
 
 def tool_key(names: list[str]) -> str:
@@ -28,7 +28,9 @@ class Prior:
     sigma: float = 1.2  # log-space spread: the 90% range is median x/ 7
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
-        return lognorm.cdf(t, s=self.sigma, scale=self.median_s)
+        # The log-normal CDF, as scipy.stats.lognorm.cdf(t, s=sigma, scale=median) (scipy is a second to import).
+        z = (np.log(np.maximum(t, 1e-300)) - math.log(self.median_s)) / (self.sigma * math.sqrt(2.0))
+        return np.where(np.asarray(t) > 0, 0.5 * _erfc(-z), 0.0)
 
 
 @dataclass

@@ -10,8 +10,8 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
 from routers.features.featurizer import Features
-from routers.models.peers import Standardizer
 from routers.models.quality import column_means, soft_label_rows
+from routers.models.standardizer import Standardizer
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ from sklearn.model_selection import KFold
 
 from routers.features.featurizer import Features
 from routers.models.components import _fit_logistic_columns, bucket_product, logit, sigmoid
-from routers.models.peers import Standardizer
 from routers.models.quality import column_means
+from routers.models.standardizer import Standardizer
 
 MIN_LENGTH_ROWS = 50  # a model needs this many answers with a known length to get a regression
 

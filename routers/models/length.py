@@ -7,11 +7,10 @@ log-normal mean exp(mu + s^2 / 2) - 1, since cost is linear in tokens and a medi
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import Ridge
 
 from routers.choice import DEFAULT_OUTPUT_TOKENS
 from routers.features.featurizer import Features
-from routers.models.peers import Standardizer
+from routers.models.standardizer import Standardizer
 
 
 class LengthModel:
@@ -20,6 +19,8 @@ class LengthModel:
         self.kind, self.alpha = kind, alpha
 
     def fit(self, x: Features, tokens: np.ndarray) -> None:
+        from sklearn.linear_model import Ridge  # training only: the request path runs without sklearn
+
         observed = ~np.isnan(tokens)
         self.means = np.array([tokens[observed[:, j], j].mean() if observed[:, j].any() else DEFAULT_OUTPUT_TOKENS
                                for j in range(tokens.shape[1])])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from routers.features.featurizer import Features
-from routers.models.peers import Standardizer
+from routers.models.standardizer import Standardizer
 
 
 def _masked_fit(net: nn.Module, x: np.ndarray, y: np.ndarray, weight: np.ndarray, epochs: int, lr: float,

@@ -14,24 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from routers.features.featurizer import Features
 from routers.models.quality import column_means, per_model, soft_label_rows
-
-
-class Standardizer:
-    """Zero mean, unit variance per column; with `columns`, only those (the rest pass through)."""
-
-    def fit(self, x: np.ndarray, columns: slice | None = None) -> Standardizer:
-        std = x.std(axis=0)
-        self.mean = x.mean(axis=0)
-        self.scale = np.where(std > 1e-8, std, 1.0)
-        if columns is not None:
-            keep = np.zeros(x.shape[1], dtype=bool)
-            keep[columns] = True
-            self.mean = np.where(keep, self.mean, 0.0)
-            self.scale = np.where(keep, self.scale, 1.0)
-        return self
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.scale).astype(np.float32)
+from routers.models.standardizer import Standardizer  # artifacts pickled before it moved name it here
 
 
 def _predict_columns(fitted: list[object | float], n: int, predict_one) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_sessions.durations import ALL, ToolDurationEstimator, tool_key
+from agent_sessions.durations import ALL, Prior, ToolDurationEstimator, tool_key
 from agent_sessions.tool_artifact import load_estimator, observations_from_rows, save_estimator
 from bench.agent_workload import TRACE, load_templates
 
@@ -88,3 +88,12 @@ def test_fit_on_real_swe_agent_tool_times() -> None:
             median = float(np.median(times))
             # The blended CDF at the data's own median sits near one half (the prior weighs 5 samples).
             assert 0.3 < est.cdf([median], [tool])[0] < 0.8, tool
+
+
+def test_the_cold_start_prior_is_scipys_log_normal() -> None:
+    from scipy.stats import lognorm
+
+    prior = Prior(median_s=2.0, sigma=1.3)
+    t = np.array([0.0, 1e-9, 0.1, 1.0, 2.0, 5.0, 100.0, 1e6])
+    np.testing.assert_allclose(prior.cdf(t), lognorm.cdf(t, s=1.3, scale=2.0), rtol=0, atol=1e-12)
+    assert prior.cdf(np.array([2.0]))[0] == pytest.approx(0.5)
