@@ -1,18 +1,18 @@
 """OpenAI's Batch API: `POST /v1/batches` names an uploaded JSONL file (gateway/files.py) whose lines are
-requests to one endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` or
-`/v1/responses`); the gateway serves them on its own and writes their answers to an output file (and
-their errors to an error file), while the client polls the batch.
+requests to one endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
+or Pitstop's `/v1/rerank`); the gateway serves them on its own and writes their answers to an output file
+(and their errors to an error file), while the client polls the batch.
 
-Each line is served as the same request sent over HTTP would be (gateway/proxy.py `serve_body`): the
-batch's key, its limits and budget, routing, and an outcome row; at `BATCH_PRIORITY` unless the line asks
-otherwise, so interactive traffic goes first wherever the scheduler orders by priority. `concurrency` lines
-are in flight at once. The batch's state is its row (storage/files.py), so any replica reads or cancels
-it; the replica running it renews a lease on the row every second, writing the lines it finished
-(`batch_records`) and seeing there a cancel made elsewhere. Nothing accepted is lost: a batch whose lease
-ran out (its replica stopped, or let it go at its shutdown) is taken over by the next replica that looks
-(every `ADOPT_S`), which serves only the lines not yet finished. A cancelled batch keeps what it
-finished, in its output file; so does one whose completion window closes (`expired`: the lines left are
-in its error file as `batch_expired`)."""
+Each line is served as the same request sent over HTTP would be (gateway/proxy.py `serve_body`; a rerank's
+by gateway/rerank.py): the batch's key, its limits and budget, routing, and an outcome row; at
+`BATCH_PRIORITY` unless the line asks otherwise, so interactive traffic goes first wherever the scheduler
+orders by priority. `concurrency` lines are in flight at once. The batch's state is its row
+(storage/files.py), so any replica reads or cancels it; the replica running it renews a lease on the row
+every second, writing the lines it finished (`batch_records`) and seeing there a cancel made elsewhere.
+Nothing accepted is lost: a batch whose lease ran out (its replica stopped, or let it go at its shutdown) is
+taken over by the next replica that looks (every `ADOPT_S`), which serves only the lines not yet finished. A
+cancelled batch keeps what it finished, in its output file; so does one whose completion window closes
+(`expired`: the lines left are in its error file as `batch_expired`)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ from starlette.responses import Response
 from engine.server.errors import bad_request, not_found
 from gateway.auth import Caller
 from gateway.files import Files, _db, expiry_seconds
+from gateway.rerank_request import PATHS as RERANK_PATHS
 from storage.files import BatchStore
 from storage.inserts import describe
 
+# An endpoint's paths: a rerank's are the live endpoint's three (a line may name any of them).
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding",
-             "/v1/responses": "responses"}
+             "/v1/responses": "responses", **dict.fromkeys(RERANK_PATHS, "rerank")}
 MAX_LINES = 50_000  # OpenAI's limit on a batch's requests
 BATCH_PRIORITY = 10.0  # after interactive requests (0 unless a key sets one) where priorities order a queue
 LEASE_S = 15.0
@@ -71,10 +73,11 @@ def _lines(content: bytes, url: str) -> list[dict]:
         except ValueError:
             raise bad_request(f"line {number} of the input file is not JSON", "input_file_id", "invalid_file") from None
         if not isinstance(request, dict) or not isinstance(request.get("custom_id"), str) \
-                or request.get("method") != "POST" or request.get("url") != url or not isinstance(request.get("body"), dict):
+                or request.get("method") != "POST" or ENDPOINTS.get(request.get("url")) != ENDPOINTS[url] \
+                or not isinstance(request.get("body"), dict):
             raise bad_request(f"line {number} of the input file must be an object with a string 'custom_id', "
-                              f"'method': 'POST', 'url': {url!r} (the batch's endpoint) and a 'body' object",
-                              "input_file_id", "invalid_file")
+                              f"'method': 'POST', 'url': {url!r} (the batch's endpoint, or another path of it) "
+                              "and a 'body' object", "input_file_id", "invalid_file")
         if request["custom_id"] in seen:
             raise bad_request(f"line {number}: 'custom_id' {request['custom_id']!r} is used twice", "input_file_id",
                               "invalid_file")

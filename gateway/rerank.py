@@ -11,7 +11,8 @@ Two ways, chosen by the model's `model_info.mode`:
   again), and a document's relevance is its cosine with the query, as vLLM scores with an embedding
   model. Cheaper, and weaker: the query and a document never meet inside the model.
 Either way the request is admitted, limited and billed as an embeddings request (its input tokens at the
-model's input price), and leaves one outcome row saying `endpoint: rerank`."""
+model's input price), and leaves one outcome row saying `endpoint: rerank`. A batch's /v1/rerank lines
+are served here too (`serve_rerank_body`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import asyncio
 import base64
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 import orjson
@@ -30,14 +32,27 @@ from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from gateway import tracing
+from gateway.auth import Caller
 from gateway.backends.answers import bad_answer, embedding_vectors
 from gateway.backends.base import BackendError, CallContext
 from gateway.budget_holds import budget_hold
 from gateway.embedding_cache import embed_cached
 from gateway.outcomes import OutcomeDraft
-from gateway.rerank_request import RerankRequest, embeddings_request, parse_rerank_request, reranker_request
+from gateway.rerank_request import (
+    PATHS,
+    RerankRequest,
+    embeddings_request,
+    parse_rerank_request,
+    reranker_request,
+)
 from gateway.routing import Route as Routed
-from gateway.serving import as_api_error, embed, internal_error, response_headers, unless_disconnected
+from gateway.serving import (
+    as_api_error,
+    embed,
+    internal_error,
+    response_headers,
+    unless_disconnected,
+)
 from gateway.state import GatewayState, LimitExceeded
 
 ENDPOINT = "rerank"  # the outcome row's `endpoint`
@@ -49,9 +64,22 @@ async def rerank(request: Request) -> Response:
     draft = OutcomeDraft(endpoint=ENDPOINT)
     if state.tracing is not None:
         draft.trace = tracing.request_started(state.tracing, request, ENDPOINT)
+    return await _answer(request, state, draft)
+
+
+async def serve_rerank_body(state: GatewayState, caller: Caller, raw: Any, batch_id: str | None,
+                            extra: dict | None = None) -> Response:
+    """A rerank that came in no HTTP request of its own (a batch's line, gateway/batches.py), served as one
+    that did, from `caller`: its answer or its error, and its outcome row (with `extra`)."""
+    draft = OutcomeDraft(endpoint=ENDPOINT, caller=caller, batch_id=batch_id)
+    draft.extra |= extra or {}
+    return await _answer(None, state, draft, raw)
+
+
+async def _answer(request: Request | None, state: GatewayState, draft: OutcomeDraft, raw: Any = None) -> Response:
     with state.drain.track():
         try:
-            return await _serve(request, state, draft)
+            return await _serve(request, state, draft, raw)
         except (APIError, BackendError, ClientDisconnect) as exc:
             retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
             if isinstance(exc, LimitExceeded) and exc.admission is not None:
@@ -69,12 +97,15 @@ async def rerank(request: Request) -> Response:
             raise
 
 
-ROUTES = [Route(path, rerank, methods=["POST"]) for path in ("/v1/rerank", "/rerank", "/v2/rerank")]
+ROUTES = [Route(path, rerank, methods=["POST"]) for path in PATHS]
 
 
-async def _serve(request: Request, state: GatewayState, draft: OutcomeDraft) -> Response:
-    draft.caller = await state.auth.authenticate(request.headers)
-    asked = parse_rerank_request(await read_json(request, state.settings.server.max_body_bytes), request.headers)
+async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDraft, raw: Any) -> Response:
+    if request is not None:
+        draft.caller = await state.auth.authenticate(request.headers)
+        raw = await read_json(request, state.settings.server.max_body_bytes)
+    assert draft.caller is not None
+    asked = parse_rerank_request(raw, request.headers if request is not None else None)
     draft.caller.check_model(asked.model)
     draft.request = embeddings_request(asked)  # the row's model and texts, whichever way it is served
     natively = reranks_natively(state, asked.model)
@@ -114,7 +145,8 @@ def reranks_natively(state: GatewayState, model: str) -> bool:
                       "model_not_supported")
 
 
-async def _by_reranker(request: Request, state: GatewayState, draft: OutcomeDraft, asked: RerankRequest) -> Response:
+async def _by_reranker(request: Request | None, state: GatewayState, draft: OutcomeDraft,
+                       asked: RerankRequest) -> Response:
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(asked.priority),
                       timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
@@ -138,7 +170,8 @@ def _scored(results: list[dict], documents: int) -> list[tuple[int, float]]:
     return scored
 
 
-async def _by_cosine(request: Request, state: GatewayState, draft: OutcomeDraft, asked: RerankRequest) -> Response:
+async def _by_cosine(request: Request | None, state: GatewayState, draft: OutcomeDraft,
+                     asked: RerankRequest) -> Response:
     inputs = len(asked.documents) + 1
     if state.cache is not None and state.cache.applies(draft):  # each input kept apart: documents seen before hit
         served = await embed_cached(request, state, draft)

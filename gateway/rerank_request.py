@@ -14,6 +14,8 @@ from engine.server.errors import bad_request
 from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
 from gateway.request_body import GATEWAY_FIELDS, ProxyRequest, asked_priority
 
+# The endpoint's paths (vLLM's server and LiteLLM's proxy answer all three); a batch's lines may name any.
+PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 # Cohere's limit on a request's documents (vLLM sets none): with the query, one embeddings call of at most
 # 1,001 inputs, inside OpenAI's 2,048.
 MAX_DOCUMENTS = 1000
