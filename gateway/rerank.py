@@ -5,7 +5,8 @@ and its retrieved documents, given back ordered by relevance, as vLLM answers: `
 Two ways, chosen by the model's `model_info.mode`:
 - `rerank`: a cross-encoder reads the query with each document. The request goes to the deployment's own
   reranker (a vLLM server's /rerank over the direct transport, or litellm's `arerank`: Cohere, Jina,
-  Voyage, ...), with retries and balancing as any call; its scores are served as it gave them.
+  Voyage, ...), with retries and balancing as any call; its scores are served as it gave them, and the
+  answer is kept whole by the response cache (keyed by the reranker's body and `return_documents`).
 - `embedding`: a bi-encoder. The query and the documents are embedded in one call of the gateway's own
   embeddings path (its response cache one entry an input, so documents reranked again are not embedded
   again), and a document's relevance is its cosine with the query, as vLLM scores with an embedding
@@ -51,6 +52,7 @@ from gateway.serving import (
     embed,
     internal_error,
     response_headers,
+    serve_cached,
     unless_disconnected,
 )
 from gateway.state import GatewayState, LimitExceeded
@@ -148,6 +150,12 @@ def reranks_natively(state: GatewayState, model: str) -> bool:
 async def _by_reranker(request: Request | None, state: GatewayState, draft: OutcomeDraft,
                        asked: RerankRequest) -> Response:
     assert draft.caller is not None and draft.request is not None and draft.route is not None
+    cache = state.cache
+    if cache is not None:  # a cross-encoder's answer is kept whole (a bi-encoder's vectors are, per input)
+        keyed = _shaping(asked, draft.request.body)
+        kept = await unless_disconnected(request, cache.look_up(draft, keyed, ENDPOINT))
+        if kept is not None:
+            return await serve_cached(state, draft, "rerank", None, kept)
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(asked.priority),
                       timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
     work = state.dispatcher.complete(draft.route.model_name, "rerank", draft.request.body, ctx, sent=draft.sending)
@@ -155,10 +163,19 @@ async def _by_reranker(request: Request | None, state: GatewayState, draft: Outc
     draft.answered_by(dispatched)  # its deployment, attempts, and how a hedge went
     draft.usage = answer["usage"]  # None where the reranker reports no tokens: the row is charged an estimate
     scored = _scored(answer["results"], len(asked.documents))
+    upstream_id = answer.get("id")
+    body = _ranked(draft, asked, scored, upstream_id if isinstance(upstream_id, str) and upstream_id else None)
+    if cache is not None and draft.cache is not None:  # before it goes out: the client's next request finds it
+        await cache.keep(draft.cache, draft.route.model_name, orjson.dumps(body))
     state.recorder.finish(draft)
     await draft.settled()
-    upstream_id = answer.get("id")
-    return _ranked(draft, asked, scored, upstream_id if isinstance(upstream_id, str) and upstream_id else None)
+    return SafeJSONResponse(body, headers=response_headers(draft))
+
+
+def _shaping(asked: RerankRequest, sent: dict) -> dict:
+    """What the answer depends on: the reranker's body (query, documents, top_n, the fields passed through)
+    and whether it holds the documents' texts, which the gateway puts in."""
+    return {**sent, "return_documents": asked.return_documents}
 
 
 def _scored(results: list[dict], documents: int) -> list[tuple[int, float]]:
@@ -178,7 +195,8 @@ async def _by_cosine(request: Request | None, state: GatewayState, draft: Outcom
     else:
         served = await embed(request, state, draft, keep=functools.partial(_one_vector_each, inputs))
     vectors = _vectors(bytes(served.body), inputs)
-    return _ranked(draft, asked, list(enumerate(cosine_scores(vectors[0], vectors[1:]).tolist())), None)
+    body = _ranked(draft, asked, list(enumerate(cosine_scores(vectors[0], vectors[1:]).tolist())), None)
+    return SafeJSONResponse(body, headers=response_headers(draft))
 
 
 async def _one_vector_each(inputs: int, answer: dict) -> None:
@@ -206,16 +224,15 @@ def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
 
 
 def _ranked(draft: OutcomeDraft, asked: RerankRequest, scored: list[tuple[int, float]],
-            answer_id: str | None) -> Response:
+            answer_id: str | None) -> dict:
     """vLLM's answer: the best `top_n` first (ties in the documents' order), each with its text if asked."""
     best = sorted(scored, key=lambda pair: (-pair[1], pair[0]))[:asked.kept]
     results = [{"index": index, "relevance_score": score,
                 **({"document": {"text": asked.documents[index]}} if asked.return_documents else {})}
                for index, score in best]
     usage = draft.estimated_usage() if draft.usage_estimated else draft.usage or {}
-    body = {"id": answer_id or f"rerank-{draft.request_id.removeprefix('req-')}", "model": asked.model,
+    return {"id": answer_id or f"rerank-{draft.request_id.removeprefix('req-')}", "model": asked.model,
             "results": results, "usage": {"total_tokens": int(usage.get("total_tokens") or 0)}}
-    return SafeJSONResponse(body, headers=response_headers(draft))
 
 
 async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,

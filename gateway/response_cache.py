@@ -12,9 +12,9 @@ router that changes its mind changes the key), the endpoint, and every field tha
 (messages, tools, sampling, max_tokens, ...; not `stream`, `user`, `metadata` and the like), scoped to
 the API key unless `shared_across_keys`. Identical requests in flight at once on one replica are
 answered by one upstream call: the later ones wait for the first one's answer (`coalesced`).
-Embeddings are kept one entry an input instead (gateway/embedding_cache.py). Where `cache.semantic` is
-set, a chat the exact cache has no answer for may get the answer of one whose last user message means
-the same (gateway/semantic_cache.py)."""
+Embeddings are kept one entry an input instead (gateway/embedding_cache.py); a cross-encoder's rerank
+whole, as it was served (gateway/rerank.py). Where `cache.semantic` is set, a chat the exact cache has no
+answer for may get the answer of one whose last user message means the same (gateway/semantic_cache.py)."""
 
 from __future__ import annotations
 
@@ -165,16 +165,18 @@ class ResponseCache:
         assert draft.caller is not None
         return "*" if self.config.shared_across_keys else (draft.caller.key_id or "-")
 
-    async def look_up(self, draft: OutcomeDraft) -> CachedAnswer | None:
+    async def look_up(self, draft: OutcomeDraft, keyed: dict | None = None, variant: str = "") -> CachedAnswer | None:
         """The kept answer for the draft's request, routed and admitted; None (and a ticket on the draft,
-        where the cache applies) when it must be served."""
+        where the cache applies) when it must be served. `keyed`: what the key is made of where it is not
+        the request's body (a cross-encoder's rerank, gateway/rerank.py), under its own `variant`."""
         assert draft.request is not None and draft.route is not None
         request = draft.request
         control = request.cache
-        if request.kind == "embedding" or not self.applies(draft):  # embeddings: kept per input (embed_cached)
+        if (request.kind == "embedding" and keyed is None) or not self.applies(draft):  # embeddings: per input
             return None
-        ticket = CacheTicket(self.key(draft, request.body), control, inflight=self._inflight)
-        if self.semantic is not None and not (control.no_cache and control.no_store):
+        ticket = CacheTicket(self.key(draft, request.body if keyed is None else keyed, variant), control,
+                             inflight=self._inflight)
+        if self.semantic is not None and keyed is None and not (control.no_cache and control.no_store):
             ticket.semantic = self.semantic.probe(draft, self.key)
         draft.cache = ticket
         leader = self._inflight.get(ticket.key)
