@@ -107,7 +107,7 @@ async def metrics(request: Request) -> Response:
     if state.engine.is_healthy:
         with suppress(EngineDeadError):  # died just now: reported unhealthy below
             stats = await state.engine.stats()
-    body = state.metrics.render(stats, state.engine.is_healthy)
+    body = state.metrics.render(stats, state.engine.is_healthy, state.engine.is_paused)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

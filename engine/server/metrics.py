@@ -23,9 +23,12 @@ class EngineStatsCollector(Collector):
     def __init__(self) -> None:
         self.stats: EngineStats | None = None
         self.healthy = True
+        self.paused = False
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 while the engine step loop runs", value=int(self.healthy))
+        yield GaugeMetricFamily(f"{PREFIX}_paused", "1 while generation is paused (POST /pause, a weight update)",
+                                value=int(self.paused))
         s = self.stats
         if s is None:
             return
@@ -116,6 +119,9 @@ class ServerMetrics:
         self.latency = Histogram(f"{PREFIX}_request_latency_seconds", "End-to-end request latency",
                                  ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = Counter(f"{PREFIX}_tokens", "Tokens of finished requests", ["kind"], registry=r)
+        self.weight_updates = Counter(f"{PREFIX}_weight_updates", "POST /update_weights_from_disk calls by outcome "
+                                      "(loaded, refused: a folder that will not do, busy: requests held)",
+                                      ["outcome"], registry=r)
 
     def observe_finished(self, endpoint: str, last: RequestOutput, ttft_s: float | None, latency_s: float) -> None:
         self.requests.labels(endpoint, last.finish_reason or "unknown").inc()
@@ -129,6 +135,6 @@ class ServerMetrics:
     def observe_error(self, endpoint: str, status: int) -> None:
         self.errors.labels(endpoint, str(status)).inc()
 
-    def render(self, stats: EngineStats | None, healthy: bool) -> bytes:
-        self.engine.stats, self.engine.healthy = stats, healthy
+    def render(self, stats: EngineStats | None, healthy: bool, paused: bool = False) -> bytes:
+        self.engine.stats, self.engine.healthy, self.engine.paused = stats, healthy, paused
         return generate_latest(self.registry)

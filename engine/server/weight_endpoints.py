@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.pause import PAUSE_MODES
+from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError, bad_request
 from engine.server.generation import ServerState
 from engine.server.json_body import read_json
@@ -79,7 +80,12 @@ async def update_weights_from_disk(request: Request) -> Response:
     try:
         update = await state.engine.update_weights(model_path, abort_all)
     except EngineBusyError as exc:
+        state.metrics.weight_updates.labels("busy").inc()
         raise APIError(409, str(exc), code="engine_busy") from None
+    except InvalidRequestError:
+        state.metrics.weight_updates.labels("refused").inc()
+        raise
+    state.metrics.weight_updates.labels("loaded").inc()
     return JSONResponse({"success": True, "message": f"weights loaded from {update.model_path}",
                          "model_path": update.model_path, "load_s": round(update.load_s, 4),
                          "forgotten_blocks": update.forgotten_blocks})

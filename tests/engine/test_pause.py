@@ -252,3 +252,15 @@ def test_pause_aborts_a_stream_and_an_update_changes_the_answers(url: str, model
     assert (got.choices[0].model_extra or {})["token_ids"] == answer(models["b"], prompt)
     reset = httpx.post(url + "/reset_prefix_cache", timeout=30)
     assert reset.status_code == 200 and reset.json()["forgotten_blocks"] > 0
+    assert "pitstop_engine_paused 0.0" in httpx.get(url + "/metrics", timeout=30).text
+    before = _updates(url)
+    httpx.post(url + "/update_weights_from_disk", json={"model_path": str(models["other"])}, timeout=30)
+    after = _updates(url)
+    assert after["refused"] == before.get("refused", 0) + 1 and after["loaded"] == before["loaded"] >= 1
+
+
+def _updates(url: str) -> dict[str, float]:
+    """pitstop_engine_weight_updates_total by outcome, from /metrics."""
+    prefix = 'pitstop_engine_weight_updates_total{outcome="'
+    lines = [line for line in httpx.get(url + "/metrics", timeout=30).text.splitlines() if line.startswith(prefix)]
+    return {line[len(prefix):].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
