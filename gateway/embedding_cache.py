@@ -15,8 +15,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.server.errors import APIError
 from gateway.backends.answers import embedding_vectors
 from gateway.backends.base import BackendError, CallContext
+from gateway.guardrails import refused_input
 from gateway.outcomes import OutcomeDraft
 from gateway.serving import embed, response_headers, unless_disconnected
 from gateway.state import GatewayState
@@ -48,8 +50,11 @@ async def embed_cached(request: Request | None, state: GatewayState, draft: Outc
         ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(parsed.priority),
                           timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
         rest = {**parsed.body, "input": [inputs[i] for i in missing]}
-        answer, dispatched = await unless_disconnected(
-            request, state.dispatcher.complete(model, "embedding", rest, ctx, sent=draft.sending))
+        try:
+            answer, dispatched = await unless_disconnected(
+                request, state.dispatcher.complete(model, "embedding", rest, ctx, sent=draft.sending))
+        except APIError as exc:  # a guardrail names an input of `rest`: the client's is at another place
+            raise refused_input(exc, lambda i: f"input[{missing[i]}]") from None
         draft.deployment, draft.attempts = dispatched.deployment, dispatched.attempts
         draft.usage = answer.get("usage")
         fresh = await _keep(state, draft, [keys[i] for i in missing], answer)

@@ -2,13 +2,15 @@
 litellm's pre-call and post-call guardrails: personal data and secrets masked before a call to a model
 that should not see them, and put back in its answer; requests refused that carry what must not leave.
 
-They apply per call, where the dispatcher sends a body to a model (gateway/dispatch.py), so a fallback,
-a verifying call or an agent's tool loop is checked against the model it really goes to. What a request
-sends is checked in every message's text, text parts, tool results and earlier tool calls' arguments
-(an agent's history holds the values its tools were given), and a completion's prompt. An answer's
-text, reasoning and tool-call arguments get the values back: an agent's tool is called with the real
-address, not its placeholder. A streamed answer holds back the few characters that may be the start
-of a placeholder until the next chunk shows whether they are."""
+They apply per call, where the dispatcher sends a body to a model (gateway/dispatch.py), so a fallback, a
+verifying call or an agent's tool loop is checked against the model it really goes to. What a request sends
+is checked in every message's text, text parts, tool results and earlier tool calls' arguments (an agent's
+history holds the values its tools were given), a completion's prompt, an embeddings request's text inputs
+and a rerank's query and documents (read like embeddings' inputs; their answers hold no text of the model's,
+so nothing is put back: a rerank's documents are the gateway's copies of the client's). An answer's text,
+reasoning and tool-call arguments get the values back: an agent's tool is called with the real address, not
+its placeholder. A streamed answer holds back the few characters that may be the start of a placeholder
+until the next chunk shows whether they are."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from gateway.pii import KINDS, Masker, find
 from gateway.wildcards import name_matches
 
 Edit = Callable[[str], str]
+# Requests whose body holds texts to read rather than a conversation (edit_inputs): their fields.
+_INPUTS = {"embedding": ("input",), "rerank": ("query", "documents")}
 
 
 def edit_request(body: dict, edit: Edit) -> dict:
@@ -64,6 +68,42 @@ def _edit_calls(calls: Any, edit: Edit) -> None:
 def request_texts(body: dict) -> list[str]:
     texts: list[str] = []
     edit_request(body, lambda text: texts.append(text) or text)
+    return texts
+
+
+def edit_inputs(kind: str, body: dict, edit: Edit) -> dict:
+    """A copy of an embeddings or rerank body with `edit` applied to its texts: an embeddings request's
+    string inputs (token ids are no text to read), a rerank's query and documents (strings, as
+    gateway/rerank_request.py sends them)."""
+    body = dict(body)
+    for name in _INPUTS[kind]:
+        value = body.get(name)
+        if isinstance(value, str):
+            body[name] = edit(value)
+        elif isinstance(value, list):
+            body[name] = [edit(item) if isinstance(item, str) else item for item in value]
+    return body
+
+
+def refused_input(exc: APIError, named: Callable[[int], str]) -> APIError:
+    """A guardrail's refusal of an embeddings call's `input[i]`, renamed as the client knows that text
+    (the call held only the inputs the cache lacked; a rerank's inputs are its query and documents)."""
+    if exc.code == "guardrail_blocked" and exc.param and (found := re.fullmatch(r"input\[(\d+)\]", exc.param)):
+        exc.param = named(int(found[1]))
+    return exc
+
+
+def located_texts(kind: str, body: dict) -> list[tuple[str, str]]:
+    """(the request field a refusal names, text) of each text a model reads in a `kind` request."""
+    if kind not in _INPUTS:
+        return [("messages", text) for text in request_texts(body)]
+    texts: list[tuple[str, str]] = []
+    for name in _INPUTS[kind]:
+        value = body.get(name)
+        if isinstance(value, str):
+            texts.append((name, value))
+        elif isinstance(value, list):
+            texts += [(f"{name}[{i}]", item) for i, item in enumerate(value) if isinstance(item, str)]
     return texts
 
 
@@ -189,42 +229,55 @@ class Guardrails:
 
     def check(self, model: str, kind: str, body: dict) -> Guarded:
         """What to send to `model`: `body` with its guardrails' masks; an APIError (400) where one blocks."""
-        guards = self.applying(model) if kind != "embedding" else []
+        guards = self.applying(model)
         if not guards:
             return Guarded(body, None)
-        texts = request_texts(body)
-        masker: Masker | None = None
+        texts = located_texts(kind, body)
         for guard in guards:
             if guard.kind == "blocklist":
                 self._blocklist(guard, model, texts)
             elif guard.action == "block":
                 self._block_pii(guard, model, texts)
         masks = [g for g in guards if g.kind == "pii" and g.action == "mask"]
-        if masks:
-            kinds = tuple(k for k in KINDS if any(g.entities is None or k in g.entities for g in masks))
-            masker = Masker(kinds)
-            body = edit_request(body, masker.mask)
+        if not masks:
+            return Guarded(body, None)
+        kinds = tuple(k for k in KINDS if any(g.entities is None or k in g.entities for g in masks))
+        maskers = [Masker(kinds)]
+        if kind == "embedding":
+            # Each input is embedded alone: numbered alone too, so its vector (kept per input by the
+            # response cache) is the same whatever else the call held.
+            def mask_alone(text: str) -> str:
+                maskers.append(Masker(kinds))
+                return maskers[-1].mask(text)
+            body = edit_inputs(kind, body, mask_alone)
+        elif kind == "rerank":  # one numbering: a value in the query and in a document gets one placeholder
+            body = edit_inputs(kind, body, maskers[0].mask)
+        else:
+            body = edit_request(body, maskers[0].mask)
+        for masker in maskers:
             for kind_name, count in masker.counts.items():
                 for guard in masks:
                     if guard.entities is None or kind_name in guard.entities:
                         self.actions.labels(guard.name, "mask", kind_name).inc(count)
-            if not masker.values or not any(g.restore for g in masks):
-                masker = None  # nothing to put back
+        masker = maskers[0]
+        if kind in _INPUTS or not masker.values or not any(g.restore for g in masks):
+            return Guarded(body, None)  # nothing to put back
         return Guarded(body, masker)
 
-    def _blocklist(self, guard: GuardrailConfig, model: str, texts: list[str]) -> None:
+    def _blocklist(self, guard: GuardrailConfig, model: str, texts: list[tuple[str, str]]) -> None:
         for pattern in guard.patterns:
-            if any(re.search(pattern, text) for text in texts):
-                self.actions.labels(guard.name, "block", "pattern").inc()
-                raise APIError(400, f"guardrail {guard.name!r} does not let this request through to {model!r}: "
-                                    "it matches a blocked pattern", "messages", "guardrail_blocked")
+            for param, text in texts:
+                if re.search(pattern, text):
+                    self.actions.labels(guard.name, "block", "pattern").inc()
+                    raise APIError(400, f"guardrail {guard.name!r} does not let this request through to "
+                                        f"{model!r}: it matches a blocked pattern", param, "guardrail_blocked")
 
-    def _block_pii(self, guard: GuardrailConfig, model: str, texts: list[str]) -> None:
+    def _block_pii(self, guard: GuardrailConfig, model: str, texts: list[tuple[str, str]]) -> None:
         kinds = tuple(guard.entities) if guard.entities is not None else KINDS
-        for text in texts:
+        for param, text in texts:
             spans = find(text, kinds)
             if spans:
                 kind = spans[0][2]
                 self.actions.labels(guard.name, "block", kind).inc()
                 raise APIError(400, f"guardrail {guard.name!r} does not let {kind.replace('_', ' ')} values through "
-                                    f"to {model!r}", "messages", "guardrail_blocked")
+                                    f"to {model!r}", param, "guardrail_blocked")

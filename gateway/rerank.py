@@ -12,8 +12,8 @@ Two ways, chosen by the model's `model_info.mode`:
   again), and a document's relevance is its cosine with the query, as vLLM scores with an embedding
   model. Cheaper, and weaker: the query and a document never meet inside the model.
 Either way the request is admitted, limited and billed as an embeddings request (its input tokens at the
-model's input price), and leaves one outcome row saying `endpoint: rerank`. A batch's /v1/rerank lines
-are served here too (`serve_rerank_body`)."""
+model's input price), its texts read by the guardrails as an embeddings request's are, and it leaves one
+outcome row saying `endpoint: rerank`. A batch's /v1/rerank lines are served here too (`serve_rerank_body`)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from gateway.backends.answers import bad_answer, embedding_vectors
 from gateway.backends.base import BackendError, CallContext
 from gateway.budget_holds import budget_hold
 from gateway.embedding_cache import embed_cached
+from gateway.guardrails import refused_input
 from gateway.outcomes import OutcomeDraft
 from gateway.rerank_request import (
     PATHS,
@@ -190,10 +191,13 @@ def _scored(results: list[dict], documents: int) -> list[tuple[int, float]]:
 async def _by_cosine(request: Request | None, state: GatewayState, draft: OutcomeDraft,
                      asked: RerankRequest) -> Response:
     inputs = len(asked.documents) + 1
-    if state.cache is not None and state.cache.applies(draft):  # each input kept apart: documents seen before hit
-        served = await embed_cached(request, state, draft)
-    else:
-        served = await embed(request, state, draft, keep=functools.partial(_one_vector_each, inputs))
+    try:
+        if state.cache is not None and state.cache.applies(draft):  # each input kept apart: documents seen hit
+            served = await embed_cached(request, state, draft)
+        else:
+            served = await embed(request, state, draft, keep=functools.partial(_one_vector_each, inputs))
+    except APIError as exc:  # a guardrail names the embeddings input it refused: the client sent no `input`
+        raise refused_input(exc, lambda i: "query" if i == 0 else f"documents[{i - 1}]") from None
     vectors = _vectors(bytes(served.body), inputs)
     body = _ranked(draft, asked, list(enumerate(cosine_scores(vectors[0], vectors[1:]).tolist())), None)
     return SafeJSONResponse(body, headers=response_headers(draft))
