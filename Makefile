@@ -57,6 +57,8 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_fallbacks
 	$(PY) -m bench.gateway_hedging
 	$(PY) -m bench.gateway_deployment_limits
+	$(PY) -m bench.gateway_deployment_limits_shared
+	$(PY) -m bench.gateway_deployment_limits_shared --rate 20 --quota-rpm 200 --duration 20 --sync-interval 0.25 1 --out bench/results/gateway_deployment_limits_shared_20rps.json
 	$(PY) -m bench.gateway_embeddings
 	$(PY) -m bench.gateway_rerank
 	$(PY) -m bench.gateway_soak

@@ -19,6 +19,7 @@ from pydantic import (
 from agent_sessions.config import SessionsConfig
 from gateway.access_config import AlertsConfig, AuthConfig, LimitsConfig, WebhooksConfig
 from gateway.config_env import drop_models_without_keys, resolve_env
+from gateway.deployment_limits_config import DeploymentLimitsConfig
 from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.hedging_config import HedgingConfig, check_hedging
@@ -123,6 +124,8 @@ class Settings(StrictConfig):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     redis_url: str | None = None
+    # rpm / tpm windows shared through redis_url (gateway/deployment_limits_sync.py)
+    deployment_limits: DeploymentLimitsConfig = Field(default_factory=DeploymentLimitsConfig)
     cache: CacheConfig | None = None  # answers served again (gateway/response_cache.py); None: off
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

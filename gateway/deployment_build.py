@@ -12,7 +12,7 @@ from gateway.admission import make_admission
 from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.config import ConfigError, Settings
-from gateway.deployment_limits import make_window
+from gateway.deployment_limits import make_window, shared_id
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.model_list_config import ENCODER_PROVIDER, ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
 
@@ -96,7 +96,8 @@ def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, se
                             entry.litellm_params.model,
                             admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
                                                      entry.model_info.max_queue),
-                            window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock))
+                            window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock,
+                                               shared_id(entry, pool), synced=settings.redis_url is not None))
     pool.add(deployment)
     return deployment
 

@@ -45,8 +45,17 @@ class GatewayMetrics:
                                                "Picks that passed a deployment over at its rpm or tpm",
                                                ["deployment", "limit"], registry=r)
         self.deployment_window = Gauge(f"{PREFIX}_deployment_window_usage",
-                                       "Requests and tokens in a rate-limited deployment's last 60 s",
+                                       "Requests and tokens in a rate-limited deployment's last 60 s (with "
+                                       "redis_url, every replica's as of the last sync)",
                                        ["deployment", "limit"], registry=r)
+        # With redis_url, the windows' syncs (gateway/deployment_limits_sync.py): a failed one leaves each
+        # replica on its own window until one answers.
+        self.deployment_limit_syncs = Counter(f"{PREFIX}_deployment_limit_syncs",
+                                              "Syncs of the deployments' rate windows with Redis by outcome",
+                                              ["outcome"], registry=r)
+        self.deployment_limits_shared = Gauge(f"{PREFIX}_deployment_limits_shared",
+                                              "1 while the deployments' rate windows are shared through Redis, "
+                                              "0 while each replica counts alone", registry=r)
         self.outcome_rows = Gauge(f"{PREFIX}_outcome_rows", "Outcome writer rows by state", ["state"], registry=r)
         # Every table's writer (outcomes, feedback, stored responses, conversation items): rows waiting for
         # the database during an outage, and what it refused or lost.
@@ -107,6 +116,10 @@ class GatewayMetrics:
             self.calibration_achieved.labels(route_group, "calibration").set(state.achieved or 0.0)
             if state.held_out_achieved is not None:
                 self.calibration_achieved.labels(route_group, "held_out").set(state.held_out_achieved)
+
+    def observe_deployment_limit_sync(self, answered: bool) -> None:
+        self.deployment_limit_syncs.labels("ok" if answered else "failed").inc()
+        self.deployment_limits_shared.set(1 if answered else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,6 +21,7 @@ from gateway.budget_alerts import BudgetAlerts
 from gateway.config import Settings
 from gateway.conversations import Conversations
 from gateway.deployment_build import adapter_backend, add_deployment, adopt_wildcard, make_backend
+from gateway.deployment_limits_sync import DeploymentLimitSync
 from gateway.deployments import DeploymentPool
 from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
@@ -104,6 +105,7 @@ class GatewayState:
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
     tracing: Tracing | None = None  # `tracing:`: OpenTelemetry spans of each request (gateway/tracing.py)
+    deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
     _window_lookup: asyncio.Task[None] | None = None
 
     def writers(self) -> dict[str, BatchWriter]:
@@ -175,6 +177,8 @@ class GatewayState:
             self.retention.start()
         if self.key_events is not None:
             await self.key_events.start()
+        if self.deployment_sync is not None:
+            self.deployment_sync.start()
 
     async def _learn_windows(self) -> None:
         """The models' context windows, for /v1/models (`max_model_len`, as vLLM lists it), looked up once at
@@ -218,6 +222,8 @@ class GatewayState:
             await self.retention.close()
         if self.sessions is not None:
             await self.sessions.close()
+        if self.deployment_sync is not None:
+            await self.deployment_sync.close()
         await self.limiter.close()
         await self.responses.close()
         await self.stored_completions.close()
@@ -274,6 +280,9 @@ def build_state(settings: Settings) -> GatewayState:
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()
     pool.on_limited = lambda deployment, limit: metrics.deployment_rate_limited.labels(deployment.name, limit).inc()
+    deployment_sync = DeploymentLimitSync.from_url(
+        settings.redis_url, settings.deployment_limits.redis_prefix, pool, settings.deployment_limits.sync_interval_s,
+        on_sync=metrics.observe_deployment_limit_sync) if settings.redis_url else None
     if not settings.auth.require_keys:
         log.warning("API keys are not required (auth.require_keys is false): anyone who can reach this "
                     "address can use it")
@@ -298,7 +307,7 @@ def build_state(settings: Settings) -> GatewayState:
         writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
-        sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing),
+        sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing), deployment_sync=deployment_sync,
         webhooks=webhooks,
         stored_completions=StoredCompletions(settings.stored_completions, ChatCompletionStore(db), StoredCompletionWriter(
             db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),

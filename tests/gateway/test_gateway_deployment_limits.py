@@ -29,6 +29,7 @@ def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
         limited("steer", a.api_base, rpm=2), limited("steer", b.api_base, rpm=100),
         limited("tokens", a.api_base, tpm=300), limited("tokens", b.api_base, tpm=100000),
         limited("corrected", a.api_base, tpm=300), limited("corrected", b.api_base, tpm=100000),
+        limited("streamed", a.api_base, tpm=300), limited("streamed", b.api_base, tpm=100000),
         limited("tight", a.api_base, rpm=1), limited("tight", b.api_base, rpm=1),
         limited("capped", a.api_base, rpm=1), model_entry("spare", b.api_base),
         limited("home", a.api_base, rpm=2), limited("home", b.api_base, rpm=100),
@@ -89,6 +90,19 @@ def test_a_requests_tokens_are_corrected_to_its_usage_when_it_ends(gw: Gateway, 
     assert b.stats()["requests"] == 0
     metrics = httpx.get(f"{gw.url}/metrics").text  # each counts 1 prompt word + 5 answer words, as the usage said
     assert 'pitstop_deployment_window_usage{deployment="corrected#0",limit="tpm"} 18.0' in metrics
+
+
+def test_a_streamed_answers_final_usage_chunk_corrects_its_tokens(gw: Gateway, upstreams: tuple) -> None:
+    a, b = upstreams
+    one_long_word = "x" * 800  # estimated 201 tokens, but the upstream's last chunk counts 1 + 5 answer words
+    client = gw.openai()
+    for _ in range(3):  # the client asks for no usage: the gateway asks the upstream for it all the same
+        stream = client.chat.completions.create(model="streamed", stream=True,
+                                                messages=[{"role": "user", "content": one_long_word}])
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).startswith("from-a")
+    assert b.stats()["requests"] == 0  # had the estimates stayed, the second (201 + 201 > 300) would go to b
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'pitstop_deployment_window_usage{deployment="streamed#0",limit="tpm"} 18.0' in metrics
 
 
 def test_with_every_deployment_at_its_limit_the_gateway_answers_429_and_calls_no_upstream(
