@@ -23,6 +23,7 @@ from gateway.deployment_limits_config import DeploymentLimitsConfig
 from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.hedging_config import HedgingConfig, check_hedging
+from gateway.latency_balance import RoutingStrategy
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, split_wildcards
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.semantic_config import BUILT_IN_ENCODERS, SemanticCacheConfig
@@ -112,6 +113,9 @@ class ServerConfig(StrictConfig):
     num_retries: int = Field(default=2, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0)
     allowed_fails: int = Field(default=3, ge=1)
+    # How a model's deployments share its requests (gateway/latency_balance.py): least outstanding requests,
+    # or "latency": the lowest expected wait, each deployment's measured speed x its requests in flight.
+    routing_strategy: RoutingStrategy = "least-outstanding"
     # On SIGTERM, how long requests in flight may run on before they are cut (and logged as
     # aborted); None waits for all of them. Set it under the orchestrator's kill timeout.
     graceful_shutdown_s: float | None = Field(default=None, ge=0)

@@ -1,6 +1,7 @@
-"""Deployments of each model: least outstanding requests first among those with headroom under their
-rpm / tpm (gateway/deployment_limits.py); a deployment that keeps failing cools down for a while
-(litellm's allowed_fails / cooldown_time semantics)."""
+"""Deployments of each model: among those with headroom under their rpm / tpm
+(gateway/deployment_limits.py), least outstanding requests first, or with `server.routing_strategy:
+latency` the lowest expected wait (gateway/latency_balance.py); a deployment that keeps failing cools
+down for a while (litellm's allowed_fails / cooldown_time semantics)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from gateway.admission import AdmissionQueue
 from gateway.backends.base import Backend
 from gateway.deployment_limits import AtLimit, DeploymentsRateLimited, DeploymentWindow, Limit
+from gateway.latency_balance import LatencyBalancer, RoutingStrategy
 from gateway.model_list_config import ModelInfo
 
 
@@ -48,6 +50,8 @@ class DeploymentPool:
     by_model: dict[str, list[Deployment]] = field(default_factory=dict)
     # Hears of each deployment passed over for its rpm / tpm (the gateway's metrics).
     on_limited: Callable[[Deployment, Limit], None] | None = None
+    strategy: RoutingStrategy = "least-outstanding"
+    balancer: LatencyBalancer = field(default_factory=LatencyBalancer)  # with strategy "latency"
 
     def add(self, deployment: Deployment) -> None:
         self.by_model.setdefault(deployment.model_name, []).append(deployment)
@@ -63,10 +67,11 @@ class DeploymentPool:
         return [d for group in self.by_model.values() for d in group]
 
     def pick(self, model_name: str, exclude: set[str] = frozenset(), prefer: str | None = None, tokens: int = 0,
-             limited: dict[str, Limit] | None = None) -> Deployment | None:
+             limited: dict[str, Limit] | None = None, measure: str | None = None) -> Deployment | None:
         """`prefer` (a deployment name) wins when it is available and has headroom: session affinity.
         Deployments at their rpm / tpm for a request of `tokens` are passed over (named in `limited`);
-        where every one left is, DeploymentsRateLimited."""
+        where every one left is, DeploymentsRateLimited. `measure`: what the request is weighed by under
+        the latency strategy (latency_balance.measure_of)."""
         now = self.clock()
         options = [d for d in self.by_model.get(model_name, ()) if d.name not in exclude]
         if not options:
@@ -83,8 +88,20 @@ class DeploymentPool:
                 if d.name == prefer:
                     return d
         if ready:
-            return min(ready, key=lambda d: d.outstanding)
+            return self.least_loaded(ready, measure)
         return min(within, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
+
+    def least_loaded(self, options: list[Deployment], measure: str | None) -> Deployment:
+        """Of `options` (not empty), where a request waits least: by the strategy (the module's docstring)."""
+        if self.strategy != "latency" or measure is None or len(options) == 1:
+            return min(options, key=lambda d: d.outstanding)
+        by_name = {d.name: d for d in options}
+        return by_name[self.balancer.choose(list(by_name), measure, lambda n: by_name[n].outstanding, self.clock())]
+
+    def observe(self, deployment: Deployment, measure: str, value: float | None) -> None:
+        """A call that `deployment` answered, its value of `measure` (latency_balance.speed)."""
+        if self.strategy == "latency" and value is not None:
+            self.balancer.observe(deployment.name, measure, value, self.clock())
 
     def _hits(self, options: list[Deployment], tokens: int) -> dict[str, AtLimit]:
         hits: dict[str, AtLimit] = {}

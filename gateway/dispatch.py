@@ -22,6 +22,7 @@ from gateway.deployment_limits import Counted, DeploymentsRateLimited, Limit, an
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
 from gateway.hedging import HedgePolicy, Race, Won
+from gateway.latency_balance import measure_of, speed
 from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk, hedge_context
 
 T = TypeVar("T")
@@ -115,9 +116,9 @@ class Dispatcher:
         self.hedging = hedging  # None: `hedging:` is off
 
     def _next(self, model_name: str, tried: set[str], prefer: str | None, last: BackendError | None,
-              ctx: CallContext, limited: dict[str, Limit] | None = None) -> Deployment:
+              ctx: CallContext, limited: dict[str, Limit] | None = None, measure: str | None = None) -> Deployment:
         try:
-            deployment = self.pool.pick(model_name, tried, prefer, ctx.estimated_tokens, limited)
+            deployment = self.pool.pick(model_name, tried, prefer, ctx.estimated_tokens, limited, measure)
         except DeploymentsRateLimited:
             if last is not None:  # the answer of a deployment that was asked tells more than the quota of the rest
                 raise last from None
@@ -145,11 +146,12 @@ class Dispatcher:
         arrival = time.time()  # the admission queue's aging counts from here, across retries
         call = functools.partial(self._call, kind, body, arrival, sent)
         limited: dict[str, Limit] = {}
+        measure = measure_of(kind, False)
         if (delay_s := self._hedge_delay(model_name, kind, False, prefer, ctx)) is not None:
-            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close, limited)
+            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close, limited, measure)
             return won.result, Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
         for attempt in range(1, self.num_retries + 2):
-            deployment = self._next(model_name, tried, prefer, last, ctx, limited)
+            deployment = self._next(model_name, tried, prefer, last, ctx, limited, measure)
             started = time.monotonic()
             try:
                 answer = await call(ctx, deployment, attempt, last)
@@ -178,8 +180,13 @@ class Dispatcher:
             sent(deployment)
         try:
             sent_body, custom = as_sent(deployment.backend, kind, body)
+            started = time.monotonic()
             result = await deployment.backend.complete(kind, sent_body, call_ctx)
             _settle_tokens(deployment, counted, result.get("usage"))
+            measure = measure_of(kind, False)
+            usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+            self.pool.observe(deployment, measure, speed(measure, time.monotonic() - started,
+                                                         usage.get("completion_tokens")))
         except BaseException as exc:
             attempt_ended(traced, exc)
             if isinstance(exc, BackendError) and exc.retryable:
@@ -209,11 +216,12 @@ class Dispatcher:
         arrival = time.time()
         call = functools.partial(self._open, kind, body, arrival, sent)
         limited: dict[str, Limit] = {}
+        measure = measure_of(kind, True)
         if (delay_s := self._hedge_delay(model_name, kind, True, prefer, ctx)) is not None:
-            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close, limited)
+            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close, limited, measure)
             return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
         for attempt in range(1, self.num_retries + 2):
-            deployment = self._next(model_name, tried, prefer, last, ctx, limited)
+            deployment = self._next(model_name, tried, prefer, last, ctx, limited, measure)
             started = time.monotonic()
             try:
                 opened = await call(ctx, deployment, attempt, last)
@@ -246,6 +254,7 @@ class Dispatcher:
             attempt_ended(traced, exc)
             raise
         chunks = deployment.backend.stream(kind, sent_body, call_ctx)
+        started = time.monotonic()
         try:
             first = await anext(chunks)
         except StopAsyncIteration:
@@ -261,6 +270,7 @@ class Dispatcher:
                 self.pool.mark_failure(deployment)
             raise
         first_chunk(traced)
+        self.pool.observe(deployment, "stream", time.monotonic() - started)
         self.pool.mark_success(deployment)
         return Opened(first, chunks, deployment, custom, traced, counted)
 
@@ -297,7 +307,8 @@ class Dispatcher:
             self.hedging.observe(model_name, streaming, time.monotonic() - started)
 
     async def _race(self, model_name: str, streaming: bool, delay_s: float, tried: set[str], ctx: CallContext,
-                    call: Call[T], drop: Callable[[T], Awaitable[None]], limited: dict[str, Limit]) -> Won[T]:
+                    call: Call[T], drop: Callable[[T], Awaitable[None]], limited: dict[str, Limit],
+                    measure: str) -> Won[T]:
         assert self.hedging is not None
 
         async def start(deployment: Deployment, attempt: int, last: BackendError | None,
@@ -307,8 +318,9 @@ class Dispatcher:
                               deployment, attempt, last)
 
         def hedge_deployment(asked: set[str]) -> Deployment | None:
-            return min(self.pool.ready(model_name, tried | asked, ctx.estimated_tokens), key=lambda d: d.outstanding,
-                       default=None)
+            ready = self.pool.ready(model_name, tried | asked, ctx.estimated_tokens)
+            return self.pool.least_loaded(ready, measure) if ready else None
 
         return await Race(self.hedging, model_name, streaming, delay_s, self.num_retries, start, drop,
-                          lambda last: self._next(model_name, tried, None, last, ctx, limited), hedge_deployment).run()
+                          lambda last: self._next(model_name, tried, None, last, ctx, limited, measure),
+                          hedge_deployment).run()

@@ -271,7 +271,8 @@ def build_state(settings: Settings) -> GatewayState:
     responses = StoredResponses(settings.responses, ResponseStore(db, outbox), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
         conversations, vector_stores)
-    pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s)
+    pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s,
+                          strategy=server.routing_strategy)
     backends: list[Backend] = []
     for entry in settings.model_list:
         base = entry.litellm_params._adapter_of
