@@ -44,6 +44,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.spec_decode_goodput
 	$(PY) -m bench.draft_model
 	$(PY) -m bench.lora
+	$(PY) -m bench.weight_update
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window
 	$(PY) -m bench.tensor_parallel
@@ -56,6 +57,7 @@ bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway_verify
 	$(PY) -m bench.gateway_fallbacks
 	$(PY) -m bench.gateway_hedging
+	$(PY) -m bench.gateway_balancing
 	$(PY) -m bench.gateway_deployment_limits
 	$(PY) -m bench.gateway_deployment_limits_shared
 	$(PY) -m bench.gateway_deployment_limits_shared --rate 20 --quota-rpm 200 --duration 20 --sync-interval 0.25 1 --out bench/results/gateway_deployment_limits_shared_20rps.json
