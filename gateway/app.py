@@ -29,6 +29,7 @@ from gateway import (
     usage_endpoints,
     vector_store_endpoints,
     webhook_endpoints,
+    weight_admin,
 )
 from gateway.config import Settings
 from gateway.state import GatewayState, build_state
@@ -56,6 +57,7 @@ ROUTES = [
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
+    Route("/update_weights_from_disk", weight_admin.update_weights_from_disk, methods=["POST"]),  # RL, master key
     Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
