@@ -22,6 +22,7 @@ from gateway import (
     endpoints,
     files,
     key_admin,
+    moderation,
     proxy,
     rerank,
     session_endpoint,
@@ -41,6 +42,7 @@ ROUTES = [
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
     *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
+    *moderation.ROUTES,  # /v1/moderations, /moderations
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
     Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),

@@ -1,18 +1,18 @@
 """OpenAI's Batch API: `POST /v1/batches` names an uploaded JSONL file (gateway/files.py) whose lines are
 requests to one endpoint (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`,
-or Pitstop's `/v1/rerank`); the gateway serves them on its own and writes their answers to an output file
-(and their errors to an error file), while the client polls the batch.
+`/v1/moderations`, or Pitstop's `/v1/rerank`); the gateway serves them on its own and writes their answers to
+an output file (and their errors to an error file), while the client polls the batch.
 
 Each line is served as the same request sent over HTTP would be (gateway/proxy.py `serve_body`; a rerank's
-by gateway/rerank.py): the batch's key, its limits and budget, routing, and an outcome row; at
-`BATCH_PRIORITY` unless the line asks otherwise, so interactive traffic goes first wherever the scheduler
-orders by priority. `concurrency` lines are in flight at once. The batch's state is its row
-(storage/files.py), so any replica reads or cancels it; the replica running it renews a lease on the row
-every second, writing the lines it finished (`batch_records`) and seeing there a cancel made elsewhere.
-Nothing accepted is lost: a batch whose lease ran out (its replica stopped, or let it go at its shutdown) is
-taken over by the next replica that looks (every `ADOPT_S`), which serves only the lines not yet finished. A
-cancelled batch keeps what it finished, in its output file; so does one whose completion window closes
-(`expired`: the lines left are in its error file as `batch_expired`)."""
+by gateway/rerank.py, a moderation's by gateway/moderation.py): the batch's key, its limits and budget,
+routing, and an outcome row; at `BATCH_PRIORITY` unless the line asks otherwise, so interactive traffic goes
+first wherever the scheduler orders by priority. `concurrency` lines are in flight at once. The batch's
+state is its row (storage/files.py), so any replica reads or cancels it; the replica running it renews a
+lease on the row every second, writing the lines it finished (`batch_records`) and seeing there a cancel made
+elsewhere. Nothing accepted is lost: a batch whose lease ran out (its replica stopped, or let it go at its
+shutdown) is taken over by the next replica that looks (every `ADOPT_S`), which serves only the lines not yet
+finished. A cancelled batch keeps what it finished, in its output file; so does one whose completion window
+closes (`expired`: the lines left are in its error file as `batch_expired`)."""
 
 from __future__ import annotations
 
@@ -32,13 +32,15 @@ from starlette.responses import Response
 from engine.server.errors import bad_request, not_found
 from gateway.auth import Caller
 from gateway.files import Files, _db, expiry_seconds
+from gateway.moderation_request import PATHS as MODERATION_PATHS
 from gateway.rerank_request import PATHS as RERANK_PATHS
 from storage.files import BatchStore
 from storage.inserts import describe
 
-# An endpoint's paths: a rerank's are the live endpoint's three (a line may name any of them).
+# An endpoint's paths: a rerank's are the live endpoint's three, a moderation's two (a line may name any).
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding",
-             "/v1/responses": "responses", **dict.fromkeys(RERANK_PATHS, "rerank")}
+             "/v1/responses": "responses", **dict.fromkeys(RERANK_PATHS, "rerank"),
+             **dict.fromkeys(MODERATION_PATHS, "moderation")}
 MAX_LINES = 50_000  # OpenAI's limit on a batch's requests
 BATCH_PRIORITY = 10.0  # after interactive requests (0 unless a key sets one) where priorities order a queue
 LEASE_S = 15.0

@@ -244,7 +244,8 @@ class Settings(StrictConfig):
             wildcard = "*" not in model and self.wildcard_for(model) is not None  # a name a wildcard serves
             if (model not in known and not wildcard) or model in self.embedding_models:
                 raise ValueError(f"fallbacks: '{model}' is not a chat model_name (or a name a wildcard matches)")
-        check_guardrails(self.guardrails, {g.name: g.models for g in self.route_groups}, self.serves)
+        check_guardrails(self.guardrails, {g.name: g.models for g in self.route_groups}, self.serves,
+                         self.moderation_models)
         check_hedging(self.hedging, lambda m: m in known and m not in self.embedding_models,
                       lambda m: sum(e.model_name == m for e in self.model_list))
         summariser = self.responses.compaction_model
@@ -283,24 +284,32 @@ class Settings(StrictConfig):
         """Cross-encoders that serve /v1/rerank only (model_info.mode: rerank; gateway/rerank.py)."""
         return {m.model_name for m in self.model_list if m.model_info.mode == "rerank"}
 
+    @property
+    def moderation_models(self) -> set[str]:
+        """Classifiers that serve /v1/moderations only (model_info.mode: moderation; gateway/moderation.py)."""
+        return {m.model_name for m in self.model_list if m.model_info.mode == "moderation"}
+
     @model_validator(mode="after")
     def _rerank_models_only_rerank(self) -> Settings:
-        """A reranker answers no chat: it is in no route group, verification, fallback chain or compaction,
-        and every deployment of its name reranks (the dispatcher may send a rerank to any of them)."""
-        rerankers = self.rerank_models
-        for name in sorted(rerankers):
-            if any(m.model_info.mode != "rerank" for m in self.model_list if m.model_name == name):
-                raise ValueError(f"model_list: '{name}' has entries marked model_info.mode: rerank and entries "
-                                 "not: every deployment of a reranker reranks")
+        """A reranker (or a moderation model) answers no chat: it is in no route group, verification, fallback
+        chain or compaction, and every deployment of its name reranks (moderates): the dispatcher may send
+        the call to any of them."""
         chats = [*((f"route_groups.{i}.models", m) for i, g in enumerate(self.route_groups) for m in g.models),
                  *((f"route_groups.{i}.verify", m) for i, g in enumerate(self.route_groups) if g.verify
                    for m in (*g.verify.verifiers, g.verify.escalate_to)),
                  *(("fallbacks", m) for m in self.fallbacks.models()),
                  ("responses.compaction_model", self.responses.compaction_model)]
-        for where, model in chats:
-            if model in rerankers:
-                raise ValueError(f"{where}: '{model}' is a reranker (model_info.mode: rerank), which serves "
-                                 "/v1/rerank only")
+        for mode, what, models, path in (("rerank", "a reranker", self.rerank_models, "/v1/rerank"),
+                                         ("moderation", "a moderation model", self.moderation_models,
+                                          "/v1/moderations")):
+            for name in sorted(models):
+                if any(m.model_info.mode != mode for m in self.model_list if m.model_name == name):
+                    raise ValueError(f"model_list: '{name}' has entries marked model_info.mode: {mode} and entries "
+                                     f"not: every deployment of {what} serves {path}")
+            for where, model in chats:
+                if model in models:
+                    raise ValueError(f"{where}: '{model}' is {what} (model_info.mode: {mode}), which serves "
+                                     f"{path} only")
         return self
 
     def resolve_path(self, path: str) -> Path:

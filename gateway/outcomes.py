@@ -20,6 +20,7 @@ from gateway.deployments import Deployment
 from gateway.limits.base import Admission, Hold, Limiter
 from gateway.limits.periods import current_period
 from gateway.metrics import GatewayMetrics
+from gateway.moderation_guardrail import ModerationNotes
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
 from gateway.tracing import request_ended
@@ -102,6 +103,9 @@ class OutcomeDraft:
     # Calls made for this request besides the one whose body was served (gateway/verify.py's verifiers,
     # a pick that was escalated): their cost goes into the row's cost_usd and the key's spend.
     extra_cost_usd: float = 0.0
+    # Moderation guardrails' checks before its calls (gateway/moderation_guardrail.py): the row's
+    # extra.moderation, their cost in its cost_usd and the key's spend (as verifiers' are).
+    moderation: ModerationNotes = field(default_factory=ModerationNotes)
     baseline_cost_usd: float | None = None  # set when it finishes (baseline_cost)
     finished: bool = False
     # A rank scored beside the upstream call (gateway/ranking.py): the row waits for it, the request does not.
@@ -198,6 +202,9 @@ class OutcomeDraft:
 
 
 _PROMPT_FIELD = {"chat": "messages", "completion": "prompt", "embedding": "input"}
+# Rows that keep no text whatever storage.store_text says: a moderation's input is what may be refused
+# for being harmful.
+TEXTLESS_ENDPOINTS = ("moderation",)
 
 
 def first_choices(answer: dict) -> list[dict]:
@@ -230,7 +237,7 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
         return cost
     predicted = decision.predicted_cost_usd
     costliest = max(predicted.values())
-    served_cost = cost - draft.extra_cost_usd
+    served_cost = cost - draft.extra_cost_usd - draft.moderation.cost_usd
     served_predicted = predicted.get(draft.route.model_name) if draft.route else None
     if served_predicted and served_cost > 0:
         return served_cost * costliest / served_predicted
@@ -260,7 +267,10 @@ class OutcomeRecorder:
         if draft.usage_estimated:
             draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
         deployment = draft.charged_to
-        cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd
+        cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd \
+            + draft.moderation.cost_usd
+        if draft.moderation.checks:
+            draft.extra["moderation"] = draft.moderation.checks
         if draft.trace is not None:
             request_ended(draft, cost)
         route = draft.route
@@ -339,7 +349,7 @@ class OutcomeRecorder:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         prompt = None
-        if self.store_text and request is not None:
+        if self.store_text and request is not None and draft.endpoint not in TEXTLESS_ENDPOINTS:
             prompt = request.messages if request.kind == "chat" else request.body.get(_PROMPT_FIELD[request.kind])
         return {
             "request_id": draft.request_id, "created_at": draft.created_at,

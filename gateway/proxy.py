@@ -27,6 +27,7 @@ from gateway.compaction import compact_conversation, compact_turn
 from gateway.dialects import Dialect, DialectName, error_response
 from gateway.embedding_cache import embed_cached
 from gateway.messages_stream import MessagesTurn
+from gateway.moderation import serve_moderation_body
 from gateway.outcomes import OutcomeDraft
 from gateway.request_body import check_messages, parse_embeddings_request, parse_proxy_request
 from gateway.rerank import serve_rerank_body
@@ -91,11 +92,13 @@ async def _proxy(request: Request, kind: Endpoint) -> Response:
 async def serve_body(state: GatewayState, caller: Caller, endpoint: Endpoint, raw: Any,
                      batch_id: str | None, extra: dict | None = None) -> Response:
     """A request that came in no HTTP request of its own (a batch's line, gateway/batches.py, a rerank's
-    served by gateway/rerank.py; a vector store's embeddings, gateway/embedders.py; a compaction pass,
-    gateway/compaction.py), served as one that did, from `caller`: its answer or its error, and its
-    outcome row (with `extra`). Whole answers only."""
+    served by gateway/rerank.py, a moderation's by gateway/moderation.py; a vector store's embeddings,
+    gateway/embedders.py; a compaction pass, gateway/compaction.py), served as one that did, from `caller`:
+    its answer or its error, and its outcome row (with `extra`). Whole answers only."""
     if endpoint == "rerank":  # its own endpoint, not a proxied one (a batch's /v1/rerank lines)
         return await serve_rerank_body(state, caller, raw, batch_id, extra)
+    if endpoint == "moderation":  # likewise (a batch's /v1/moderations lines)
+        return await serve_moderation_body(state, caller, raw, batch_id, extra)
     draft = OutcomeDraft(caller=caller, batch_id=batch_id)
     draft.extra |= extra or {}
     with state.drain.track():

@@ -17,15 +17,13 @@ outcome row saying `endpoint: rerank`. A batch's /v1/rerank lines are served her
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
-import logging
 from typing import Any
 
 import numpy as np
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -35,11 +33,12 @@ from engine.server.json_out import SafeJSONResponse
 from gateway import tracing
 from gateway.auth import Caller
 from gateway.backends.answers import bad_answer, embedding_vectors
-from gateway.backends.base import BackendError, CallContext
+from gateway.backends.base import CallContext
 from gateway.budget_holds import budget_hold
 from gateway.embedding_cache import embed_cached
 from gateway.guardrails import refused_input
 from gateway.outcomes import OutcomeDraft
+from gateway.own_endpoints import answered
 from gateway.rerank_request import (
     PATHS,
     RerankRequest,
@@ -49,17 +48,14 @@ from gateway.rerank_request import (
 )
 from gateway.routing import Route as Routed
 from gateway.serving import (
-    as_api_error,
     embed,
-    internal_error,
     response_headers,
     serve_cached,
     unless_disconnected,
 )
-from gateway.state import GatewayState, LimitExceeded
+from gateway.state import GatewayState
 
 ENDPOINT = "rerank"  # the outcome row's `endpoint`
-log = logging.getLogger("pitstop.gateway")
 
 
 async def rerank(request: Request) -> Response:
@@ -80,24 +76,7 @@ async def serve_rerank_body(state: GatewayState, caller: Caller, raw: Any, batch
 
 
 async def _answer(request: Request | None, state: GatewayState, draft: OutcomeDraft, raw: Any = None) -> Response:
-    with state.drain.track():
-        try:
-            return await _serve(request, state, draft, raw)
-        except (APIError, BackendError, ClientDisconnect) as exc:
-            retry_after_s = exc.retry_after_s if isinstance(exc, LimitExceeded | BackendError) else None
-            if isinstance(exc, LimitExceeded) and exc.admission is not None:
-                draft.admission = exc.admission  # what is left, in the refusal's x-ratelimit-* headers
-            return await _failed(state, draft, as_api_error(exc), retry_after_s)
-        except Exception:  # a bug: the client still gets OpenAI's shape, the request its row
-            log.exception("rerank request %s failed inside the gateway", draft.request_id)
-            return await _failed(state, draft, internal_error(draft), None)
-        except asyncio.CancelledError:
-            cut = state.drain.absorb()
-            if cut is not None:
-                return await _failed(state, draft, cut, 1.0, kind="aborted")
-            draft.fail(499, "the client disconnected", kind="aborted")
-            state.recorder.finish(draft)
-            raise
+    return await answered(request, state, draft, raw, _serve)  # its failures as a proxied request's
 
 
 ROUTES = [Route(path, rerank, methods=["POST"]) for path in PATHS]
@@ -158,7 +137,8 @@ async def _by_reranker(request: Request | None, state: GatewayState, draft: Outc
         if kept is not None:
             return await serve_cached(state, draft, "rerank", None, kept)
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(asked.priority),
-                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace)
+                      timeout_s=state.settings.server.request_timeout_s, trace=draft.trace,
+                      moderation=draft.moderation)
     work = state.dispatcher.complete(draft.route.model_name, "rerank", draft.request.body, ctx, sent=draft.sending)
     answer, dispatched = await unless_disconnected(request, work)
     draft.answered_by(dispatched)  # its deployment, attempts, and how a hedge went
@@ -237,17 +217,3 @@ def _ranked(draft: OutcomeDraft, asked: RerankRequest, scored: list[tuple[int, f
     usage = draft.estimated_usage() if draft.usage_estimated else draft.usage or {}
     return {"id": answer_id or f"rerank-{draft.request_id.removeprefix('req-')}", "model": asked.model,
             "results": results, "usage": {"total_tokens": int(usage.get("total_tokens") or 0)}}
-
-
-async def _failed(state: GatewayState, draft: OutcomeDraft, error: APIError, retry_after_s: float | None,
-                  kind: str = "error") -> Response:
-    """As gateway/proxy.py fails a request: its row, its budget settled, OpenAI's error shape."""
-    draft.fail(error.status, error.message, kind=kind)
-    draft.extra["code"] = error.code
-    state.recorder.finish(draft)
-    await draft.settled()
-    response = error.response()
-    response.headers.update(response_headers(draft))
-    if retry_after_s is not None:
-        response.headers["retry-after"] = str(max(1, round(retry_after_s)))
-    return response

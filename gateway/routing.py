@@ -113,6 +113,7 @@ class RouteTable:
         self.embedding_models = settings.embedding_models  # serve embeddings only
         self.embeddings_served_by = settings.embeddings_served_by
         self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
+        self.moderation_models = settings.moderation_models  # serve /v1/moderations only (gateway/moderation.py)
         self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
         entries = {m.model_name: m for m in settings.model_list}
         self.groups: dict[str, GroupRouter] = {}
@@ -153,12 +154,17 @@ class RouteTable:
         self.models.add(name)
         if entry.serves_embeddings:
             self.embeddings_served_by.add(name)
+        if entry.model_info.mode == "moderation":  # kept out of chats as a listed one is
+            self.moderation_models.add(name)
         return True
 
     def resolve(self, request: ProxyRequest) -> Route:
         if request.model in self.rerank_models:
             raise bad_request(f"the model {request.model!r} is a reranker (model_info.mode: rerank): send it to "
                               "/v1/rerank", "model", "model_not_supported")
+        if request.model in self.moderation_models:
+            raise bad_request(f"the model {request.model!r} is a moderation model (model_info.mode: moderation): "
+                              "send it to /v1/moderations", "model", "model_not_supported")
         if request.kind == "embedding":
             return self._embeddings_model(request.model)
         if request.model in self.embedding_models:

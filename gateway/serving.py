@@ -113,7 +113,7 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
     ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
                       state.settings.server.request_timeout_s, trace=draft.trace,
-                      estimated_tokens=prompt_estimate(parsed))
+                      estimated_tokens=prompt_estimate(parsed), moderation=draft.moderation)
     session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
     route, ctx = draft.route, session.ctx
     if route.decision is not None and route.route_group is not None:  # not kept on a session's model
@@ -157,7 +157,7 @@ async def embed(request: Request | None, state: GatewayState, draft: OutcomeDraf
     assert draft.caller is not None and draft.request is not None and draft.route is not None
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(draft.request.priority),
                       timeout_s=state.settings.server.request_timeout_s, trace=draft.trace,
-                      estimated_tokens=prompt_estimate(draft.request))
+                      estimated_tokens=prompt_estimate(draft.request), moderation=draft.moderation)
     work = state.dispatcher.complete(draft.route.model_name, "embedding", draft.request.body, ctx, sent=draft.sending)
     body, dispatched = await unless_disconnected(request, work)
     draft.answered_by(dispatched)

@@ -186,6 +186,31 @@ def _rerank_usage(body: dict) -> dict | None:
     return None if tokens is None else {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
+def checked_moderation(body: Any) -> dict:
+    """A moderation answer (OpenAI's /moderations, or litellm's `amoderation` as a dict), checked where the
+    gateway and the SDKs read it: `results`, objects each with a boolean `flagged`, `categories` of
+    booleans and `category_scores` of numbers. Passed on as it came otherwise (`id`, `model`,
+    `category_applied_input_types`, whatever else the upstream adds)."""
+    if not isinstance(body, dict):
+        raise bad_answer(f"a JSON {type(body).__name__}, not an object")
+    if "results" not in body and "error" in body:
+        raise _error_with_200(body["error"])
+    results = body.get("results")
+    if not isinstance(results, list) or not results:
+        raise bad_answer("'results' is missing, empty or not a list")
+    for i, result in enumerate(results):
+        categories = result.get("categories") if isinstance(result, dict) else None
+        scores = result.get("category_scores") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(result.get("flagged"), bool) \
+                or not isinstance(categories, dict) or not all(isinstance(v, bool) for v in categories.values()) \
+                or not isinstance(scores, dict) or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values()):
+            raise bad_answer(f"results[{i}] is not an object holding a boolean 'flagged', 'categories' of booleans "
+                             "and 'category_scores' of numbers")
+    _check_usage(body)
+    return body
+
+
 def checked_chunk(chunk: Any) -> dict:
     """A stream chunk, checked as `checked_answer` checks a whole answer (a usage chunk has no choices)."""
     if not isinstance(chunk, dict):

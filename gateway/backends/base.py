@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.tracing import Traced
 
-# Embeddings and reranks: `complete` only, never streamed. A rerank goes to models marked `mode: rerank`
-# (a cross-encoder's /rerank: vLLM's, or litellm's `arerank`); its answer is checked by `checked_rerank`.
-Kind = Literal["chat", "completion", "embedding", "rerank"]
+if TYPE_CHECKING:
+    from gateway.moderation_guardrail import ModerationNotes
+
+# Embeddings, reranks and moderations: `complete` only, never streamed. A rerank goes to models marked
+# `mode: rerank` (a cross-encoder's /rerank: vLLM's, or litellm's `arerank`); its answer is checked by
+# `checked_rerank`. A moderation goes to models marked `mode: moderation` (an OpenAI-compatible
+# /moderations, or litellm's `amoderation`); its answer is checked by `checked_moderation`.
+Kind = Literal["chat", "completion", "embedding", "rerank", "moderation"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,9 @@ class CallContext:
     # The span the call is made under, where the request is traced (gateway/tracing.py): sent on as W3C
     # `traceparent` over HTTP; an engine in process makes its own span under it.
     trace: Traced | None = None
+    # Where a moderation guardrail's checks before the call are told (gateway/moderation_guardrail.py): the
+    # request's outcome row keeps what they found and adds their cost.
+    moderation: ModerationNotes | None = None
 
 
 class BackendError(Exception):

@@ -4,14 +4,22 @@ first use: it is slow to import and the embedded default does not need it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 from engine.rank_policy import DEFAULT_HORIZON_S
-from gateway.backends.answers import checked_answer, checked_chunk, checked_embeddings, checked_rerank
+from gateway.backends.answers import (
+    checked_answer,
+    checked_chunk,
+    checked_embeddings,
+    checked_moderation,
+    checked_rerank,
+)
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
+from gateway.guardrails_config import Category
 from gateway.ranking import vllm_priority as rank_priority
 
 # litellm otherwise fetches its price map from the internet at import time, and catalogs or tokenizers on
@@ -50,6 +58,9 @@ def _as_backend_error(exc: Exception, mid_stream: bool = False) -> BackendError:
     return BackendError(status, message[:1000] or type(exc).__name__, retryable=status == 429 or status >= 500,
                         code=code)
 
+
+# The openai SDK's field names of the moderation categories (`self_harm_intent`), as OpenAI's own.
+_OPENAI_CATEGORY = {name.replace("/", "_").replace("-", "_"): name for name in get_args(Category)}
 
 # litellm sends token-id prompts to these providers only; for others it raises a plain Exception (a 500).
 _TOKEN_PROMPT_PROVIDERS = {"openai", "azure", "azure_text", "text-completion-openai", "text-completion-codestral"}
@@ -139,6 +150,8 @@ class LitellmBackend:
             return await self._embed(litellm, body, ctx)
         if kind == "rerank":
             return await self._rerank(litellm, body, ctx)
+        if kind == "moderation":
+            return await self._moderate(litellm, body, ctx)
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:
@@ -167,6 +180,26 @@ class LitellmBackend:
         except Exception as exc:
             raise _as_backend_error(exc) from None
         return checked_rerank(answer)
+
+    async def _moderate(self, litellm: Any, body: dict, ctx: CallContext) -> dict:
+        """litellm's `amoderation`: OpenAI's /moderations through OpenAI's client (at `api_base` where one is
+        set), the only way litellm moderates. It takes no timeout (nor `extra_headers`): the call is cut at
+        the context's, and its client's own retries of a 5xx or 429 (two) happen inside it. Its results
+        hold each category twice (OpenAI's name and the SDK's field name): given back under OpenAI's."""
+        kwargs = {k: v for k, v in self.params.items() if k != "model"}
+        try:
+            async with asyncio.timeout(ctx.timeout_s):
+                answer = _to_dict(await litellm.amoderation(input=body["input"], model=self.params.get("model"),
+                                                            **kwargs))
+        except TimeoutError:
+            raise BackendError(504, "upstream timed out", retryable=True) from None
+        except Exception as exc:
+            raise _as_backend_error(exc) from None
+        for result in answer.get("results") or ():
+            for name in ("categories", "category_scores", "category_applied_input_types"):
+                if isinstance(result, dict) and isinstance(result.get(name), dict):
+                    result[name] = {_OPENAI_CATEGORY.get(k, k): v for k, v in result[name].items() if v is not None}
+        return checked_moderation(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()

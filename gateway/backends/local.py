@@ -82,6 +82,9 @@ class LocalEngineBackend:
             raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "
                                "cross-encoder: mark it model_info.mode: embedding to rerank by cosine", retryable=False,
                                param="model", code="model_not_supported")
+        if kind == "moderation":  # the config refuses `mode: moderation` on engines too
+            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "
+                               "moderation classifier", retryable=False, param="model", code="model_not_supported")
         if kind == "embedding" and self.serves_embeddings:
             try:
                 parsed = parse_embedding_request({**body, "model": self.served_model})

@@ -15,6 +15,7 @@ from engine.rank_policy import DEFAULT_HORIZON_S
 from gateway.backends.answers import (
     checked_answer,
     checked_chunk,
+    checked_moderation,
     checked_rerank,
     embeddings_answer,
     strict_json,
@@ -24,7 +25,9 @@ from gateway.backends.openai_tokens import counts_as_openai, listed_window, open
 from gateway.ranking import vllm_priority
 
 # vLLM serves /rerank beside /v1 as well; under api_base (…/v1) it is /v1/rerank, which it serves too.
-_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "rerank": "/rerank"}
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "rerank": "/rerank",
+          "moderation": "/moderations"}
+_CHECKED = {"rerank": checked_rerank, "moderation": checked_moderation}  # else a chat's or completion's
 _TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 TOKENIZE_TIMEOUT_S = 10.0
 
@@ -143,7 +146,7 @@ class OpenAIHTTPBackend:
         return counted
 
     def _body(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> dict:
-        if kind in ("embedding", "rerank"):  # no stream field, no scheduling fields
+        if kind in ("embedding", "rerank", "moderation"):  # no stream field, no scheduling fields
             return {**body, "model": self.served_model}
         out = {**body, "model": self.served_model, "stream": stream}
         if stream:
@@ -191,7 +194,7 @@ class OpenAIHTTPBackend:
             answer = strict_json(raw)
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
-        return checked_rerank(answer) if kind == "rerank" else checked_answer(answer)
+        return _CHECKED.get(kind, checked_answer)(answer)
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False

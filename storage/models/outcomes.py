@@ -20,9 +20,9 @@ class Outcome(Base):
 
     request_id: Mapped[str] = mapped_column(primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utc_now, index=True)
-    # What was asked for: "chat", "completion", "embedding", "rerank" or "responses" (served as a chat); null
-    # on rows logged before it was kept, and on requests refused before their body was read. Training
-    # exports leave embeddings and reranks out.
+    # What was asked for: "chat", "completion", "embedding", "rerank", "moderation" or "responses" (served as
+    # a chat); null on rows logged before it was kept, and on requests refused before their body was read.
+    # Training exports leave embeddings, reranks and moderations out.
     endpoint: Mapped[str | None]
     api_key_id: Mapped[str | None]
     session_id: Mapped[str | None] = mapped_column(index=True)

@@ -5,7 +5,8 @@ It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in
 `tools` are sent (the prompt's text as the first tool's first required parameter, else as `q`; a custom
 tool's input, streamed in two pieces), so tool passthrough is tested end to end. The answer is `N` words, the first naming
 the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
-answers /v1/embeddings, with vectors that say what they embed (`embedding_of`).
+answers /v1/embeddings, with vectors that say what they embed (`embedding_of`), and /v1/moderations, with
+results its texts ask for (`[flag:violence]`: tests/gateway/upstream_moderation.py).
 
 Faults, chosen per request by directives in the last user message (or the prompt); a directive with
 `@name` applies to that instance only:
@@ -57,6 +58,7 @@ from tests.gateway.upstream_answers import (  # noqa: F401
     embedding_of,
     error_response,
 )
+from tests.gateway.upstream_moderation import moderate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,6 +86,9 @@ def build_app(name: str) -> Any:
     async def embeddings(request: Request) -> Any:
         return await upstream.embed(await body_of(request))
 
+    async def moderations(request: Request) -> Any:
+        return await moderate(upstream, await body_of(request))
+
     async def models(request: Request) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
@@ -107,6 +112,7 @@ def build_app(name: str) -> Any:
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/moderations", moderations, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/_admin/mode", mode, methods=["POST"]),
         Route("/_admin/stats", stats, methods=["GET"]),
