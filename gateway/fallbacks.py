@@ -82,7 +82,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
                                retryable=True, code="cooling_down")
         return await call(route.model_name, prefer)
     except BackendError as exc:
-        _note_limits(draft, route.model_name, exc)
+        _note_failure(draft, route.model_name, exc)
         reason = fall_back_reason(exc)
         models = chain(state, route, reason) if reason is not None else []
         if not models:
@@ -101,7 +101,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
         try:
             return await call(model, None)  # a session's kept deployment is the first model's
         except BackendError as exc:
-            _note_limits(draft, model, exc)
+            _note_failure(draft, model, exc)
             if fall_back_reason(exc) is None:
                 raise
             failed.append(_failure(model, exc))
@@ -109,10 +109,13 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
     raise first
 
 
-def _note_limits(draft: OutcomeDraft, model: str, exc: BackendError) -> None:
-    """A model refused for its deployments' rpm / tpm: the row's extra.deployment_limits says which and why."""
+def _note_failure(draft: OutcomeDraft, model: str, exc: BackendError) -> None:
+    """What the row keeps of a model's failure: its deployments' rpm / tpm where they refused it
+    (extra.deployment_limits), how its hedged race went where one was due (extra.hedge)."""
     if isinstance(exc, DeploymentsRateLimited):
         draft.extra.setdefault("deployment_limits", {})[model] = exc.report
+    if exc.hedge is not None:
+        draft.extra["hedge"] = exc.hedge
 
 
 def _failure(model: str, exc: BackendError) -> dict:

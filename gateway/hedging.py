@@ -167,12 +167,18 @@ class Race(Generic[T]):
         self.skipped: str | None = None  # why a hedge that was due was not sent
 
     async def run(self) -> Won[T]:
+        error: BaseException | None = None
         try:
             won = await self._race()
+        except BaseException as exc:
+            error = exc
+            raise
         finally:  # the winner's answer is in hand, the request failed, or its client left
             if self.flying:  # shielded: a second cancel must not leave a loser's slot held
                 await asyncio.shield(self._cancel_the_rest())
             self._count()
+            if isinstance(error, BackendError):  # the failed request's row says how its race went too
+                error.hedge = self._report(None)
         won.hedge = self._report(won.deployment)
         return won
 
@@ -267,12 +273,13 @@ class Race(Generic[T]):
                     outcome = "lost"
                 self.policy.count(self.model, outcome)
 
-    def _report(self, winner: Deployment) -> dict[str, Any] | None:
+    def _report(self, winner: Deployment | None) -> dict[str, Any] | None:
+        """The row's extra.hedge once a hedge was due; `winner` None: every call failed."""
         if not self.hedge_due:
             return None
         report: dict[str, Any] = {
             "delay_s": round(self.delay_s, 4), "asked": [c.deployment.name for c in self.calls],
-            "hedges": sum(c.hedge for c in self.calls), "won": winner.name,
+            "hedges": sum(c.hedge for c in self.calls), "won": winner.name if winner is not None else None,
             "cancelled": [c.deployment.name for c in self.calls if c.outcome in ("cancelled", "lost")],
             "failed": [c.deployment.name for c in self.calls if c.outcome == "failed"]}
         if self.skipped is not None:

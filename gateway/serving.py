@@ -57,7 +57,7 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
     fallback = draft.extra.get("fallback")
     if fallback and draft.route is not None and draft.route.model_name != fallback["from"]:  # another answered
         headers["x-pitstop-fallback-from"] = fallback["from"]
-    if (hedge := draft.extra.get("hedge")) and hedge["hedges"]:  # a hedge went out: the deployment that answered
+    if (hedge := draft.extra.get("hedge")) and hedge["hedges"] and hedge["won"]:  # a hedge went out: who answered
         headers["x-pitstop-hedged"] = hedge["won"]
     checked = draft.extra.get("verify")
     if checked and checked.get("outcome"):

@@ -52,6 +52,7 @@ class BackendError(Exception):
         self.param = param
         self.code = code
         self.retry_after_s = retry_after_s  # the client's Retry-After, where the gateway knows one
+        self.hedge: dict | None = None  # how a hedged race that failed went (gateway/hedging.py): the row's
 
 
 class Backend(Protocol):

@@ -166,6 +166,9 @@ def test_when_both_calls_fail_the_error_is_the_usual_one(gw: Gateway, upstreams:
     error, usual = response.json()["error"], unhedged.json()["error"]
     assert set(error) == set(usual) and error["message"] in ("injected 503 from a", "injected 503 from b")
     assert in_flight(gw) == {}
+    row = gw.row(response.headers["x-pitstop-request-id"])
+    assert row["status"] != "ok" and row["extra"]["hedge"]["won"] is None
+    assert sorted(row["extra"]["hedge"]["failed"]) == ["m#0", "m#1"] and row["extra"]["hedge"]["hedges"] == 1
 
 
 def test_an_agent_sessions_preferred_deployment_is_not_hedged(gw: Gateway, upstreams: tuple) -> None:

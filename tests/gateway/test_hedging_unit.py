@@ -238,6 +238,8 @@ def test_when_every_call_fails_the_last_error_is_raised(retries: int) -> None:
         asyncio.run(up.race(hedging, retries=retries).run())
     assert raised.value.status == 500 and not up.holding  # a's, the last to fail
     assert [s[0] for s in up.started] == ["a", "b"] and counted(hedging) == {"failed": 1.0}
+    assert raised.value.hedge is not None  # the failed request's row says how its race went
+    assert raised.value.hedge["won"] is None and raised.value.hedge["failed"] == ["a", "b"][:len(up.started)]
 
 
 def test_a_client_error_ends_the_race_and_cancels_the_hedge() -> None:
