@@ -25,7 +25,7 @@ import yaml
 
 from bench.common import RESULTS, command, machine_info, write_report
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import mock_upstream, pitstop_serve
+from bench.procs import gateway_on_mocks
 
 OUT = RESULTS / "gateway_balancing.json"
 STRATEGIES = ("least-outstanding", "latency")
@@ -42,25 +42,15 @@ def write_config(path: Path, bases: list[str], strategy: str) -> None:
 
 
 def run_one(rate: float, stream: bool, strategy: str, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="pitstop-balancing-") as tmp:
-        work = Path(tmp)
-        common = ["--chunks", "10", "--chunk-interval-ms", "5"]
-        replicas = [mock_upstream(work / f"replica{i}", *common, "--delay-ms", str(delay))
-                    for i, delay in enumerate((SLOW_MS, FAST_MS))]  # the slow one first: ties go to it
-        write_config(work / "pitstop.yaml", [url for _, url in replicas], strategy)
-        gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
-        services = [*(service for service, _ in replicas), gateway]
-        try:
-            for service in services:
-                service.start()
-            load_before = os.getloadavg()[0]
-            spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=rate, stream=stream,
-                            duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
-            result = asyncio.run(run_load(spec))
-            served = [httpx.get(f"{url}/stats", timeout=10).json().get("served", 0) for _, url in replicas]
-        finally:
-            for service in reversed(services):
-                service.stop()
+    common = ["--chunks", "10", "--chunk-interval-ms", "5"]
+    mocks = [[*common, "--delay-ms", str(delay)] for delay in (SLOW_MS, FAST_MS)]  # the slow one first: ties go to it
+    with tempfile.TemporaryDirectory(prefix="pitstop-balancing-") as tmp, gateway_on_mocks(
+            Path(tmp), mocks, lambda path, bases: write_config(path, bases, strategy)) as (gateway_url, mock_urls):
+        load_before = os.getloadavg()[0]
+        spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=rate, stream=stream,
+                        duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
+        result = asyncio.run(run_load(spec))
+        served = [httpx.get(f"{url}/stats", timeout=10).json().get("served", 0) for url in mock_urls]
     row = {"rate_per_s": rate, "stream": stream, "strategy": strategy, "sent": result["sent"], "ok": result["ok"],
            "error_kinds": result["error_kinds"], "latency_ms": result["latency_ms"], "ttft_ms": result["ttft_ms"],
            "served": {"slow": served[0], "fast": served[1]},

@@ -27,7 +27,7 @@ import yaml
 
 from bench.common import RESULTS, command, machine_info, write_report
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import mock_upstream, pitstop_serve
+from bench.procs import gateway_on_mocks
 
 OUT = RESULTS / "gateway_deployment_limits.json"
 
@@ -47,29 +47,17 @@ def write_config(path: Path, upstreams: list[str], rpm: int | None) -> None:
 
 
 def run_one(rate: float, limits: bool, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="pitstop-deployment-limits-") as tmp:
-        work = Path(tmp)
-        mocks = []
-        for name in ("east", "west"):
-            (work / name).mkdir()
-            mocks.append(mock_upstream(work / name, "--delay-ms", str(args.delay_ms),
-                                       "--limit-rpm", str(args.quota_rpm)))
-        write_config(work / "pitstop.yaml", [url for _, url in mocks], args.quota_rpm if limits else None)
-        gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
-        services = [*(service for service, _ in mocks), gateway]
-        try:
-            for service in services:
-                service.start()
-            load_before = os.getloadavg()[0]
-            spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=rate,
-                            duration_s=args.duration, model="m", seed=args.seed, timeout_s=30.0, warmup_s=0.0)
-            result = asyncio.run(run_load(spec))
-            load_after = os.getloadavg()[0]
-            metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
-            upstream = [httpx.get(f"{url}/stats", timeout=10).json() for _, url in mocks]
-        finally:
-            for service in reversed(services):
-                service.stop()
+    mocks = [["--delay-ms", str(args.delay_ms), "--limit-rpm", str(args.quota_rpm)]] * 2  # two providers' regions
+    with tempfile.TemporaryDirectory(prefix="pitstop-deployment-limits-") as tmp, gateway_on_mocks(
+            Path(tmp), mocks, lambda path, bases: write_config(path, bases, args.quota_rpm if limits else None)
+    ) as (gateway_url, mock_urls):
+        load_before = os.getloadavg()[0]
+        spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=rate,
+                        duration_s=args.duration, model="m", seed=args.seed, timeout_s=30.0, warmup_s=0.0)
+        result = asyncio.run(run_load(spec))
+        load_after = os.getloadavg()[0]
+        metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+        upstream = [httpx.get(f"{url}/stats", timeout=10).json() for url in mock_urls]
     row = {"rate_per_s": rate, "gateway_rpm": args.quota_rpm if limits else None, "sent": result["sent"], "ok": result["ok"],
            "success_rate": round(result["ok"] / result["sent"], 4) if result["sent"] else None,
            "error_kinds": result["error_kinds"],

@@ -28,7 +28,7 @@ import yaml
 
 from bench.common import RESULTS, command, machine_info, write_report
 from bench.loadgen import LoadSpec, run_load
-from bench.procs import mock_upstream, pitstop_serve
+from bench.procs import gateway_on_mocks
 
 OUT = RESULTS / "gateway_hedging.json"
 HEDGING: dict[str, dict | None] = {
@@ -61,24 +61,14 @@ def write_config(path: Path, bases: list[str], hedging: dict | None) -> None:
 
 
 def run_one(scenario: str, stream: bool, hedging: str, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="pitstop-hedging-") as tmp:
-        work = Path(tmp)
-        replicas = [mock_upstream(work / f"replica{i}", *options)
-                    for i, options in enumerate(replica_options(scenario, args))]
-        write_config(work / "pitstop.yaml", [url for _, url in replicas], HEDGING[hedging])
-        gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
-        services = [*(service for service, _ in replicas), gateway]
-        try:
-            for service in services:
-                service.start()
-            load_before = os.getloadavg()[0]
-            spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=args.rate, stream=stream,
-                            duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
-            result = asyncio.run(run_load(spec))
-            metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
-        finally:
-            for service in reversed(services):
-                service.stop()
+    with tempfile.TemporaryDirectory(prefix="pitstop-hedging-") as tmp, gateway_on_mocks(
+            Path(tmp), replica_options(scenario, args),
+            lambda path, bases: write_config(path, bases, HEDGING[hedging])) as (gateway_url, _):
+        load_before = os.getloadavg()[0]
+        spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=args.rate, stream=stream,
+                        duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
+        result = asyncio.run(run_load(spec))
+        metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
     counts = {outcome: int(float(value)) for outcome, value in _HEDGES.findall(metrics)}
     extra_calls = sum(counts.get(outcome, 0) for outcome in SENT_OUTCOMES)
     row = {"scenario": scenario, "stream": stream, "hedging": hedging, "sent": result["sent"], "ok": result["ok"],

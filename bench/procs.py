@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -231,6 +231,33 @@ def pitstop_serve(config: Path, log_path: Path) -> tuple[Service, str]:
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
             "--log-level", "warning"]
     return Service("pitstop", argv, f"{url}/readyz", log_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}), url
+
+
+@contextlib.contextmanager
+def running(services: Sequence[Service]) -> Iterator[None]:
+    """`services` started in order, and stopped in the reverse order after (also when one fails to start)."""
+    try:
+        for service in services:
+            service.start()
+        yield
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+@contextlib.contextmanager
+def gateway_on_mocks(work: Path, mock_options: Sequence[Sequence[str]],
+                     write_config: Callable[[Path, list[str]], None]) -> Iterator[tuple[str, list[str]]]:
+    """Mock upstreams, one for each list of bench/mock_upstream.py options, and `pitstop serve` on the config
+    `write_config(path, mock_urls)` writes, all started: yields the gateway's URL and the mocks'."""
+    mocks = []
+    for i, options in enumerate(mock_options):
+        (work / f"mock{i}").mkdir(exist_ok=True)
+        mocks.append(mock_upstream(work / f"mock{i}", *options))
+    write_config(work / "pitstop.yaml", [url for _, url in mocks])
+    gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
+    with running([*(service for service, _ in mocks), gateway]):
+        yield gateway_url, [url for _, url in mocks]
 
 
 def mock_model_config(mock_url: str, storage_url: str, work: Path, model_name: str = "m") -> Path:
