@@ -87,6 +87,8 @@ async def list_models(request: Request) -> Response:
     state = _state(request)
     model = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "pitstop",
              "max_model_len": state.engine.max_model_len}
+    if (folder := getattr(state.engine.engine.runner, "model_dir", None)) is not None:
+        model["root"] = str(folder)  # as vLLM lists it; after a weight update, the folder served now
     # LoRA adapters as vLLM lists them: their folder as `root`, the base model as `parent`.
     adapters = [{"id": a.name, "object": "model", "created": state.created, "owned_by": "pitstop", "root": a.path,
                  "parent": state.model_name, "max_model_len": state.engine.max_model_len}

@@ -245,6 +245,7 @@ def test_pause_aborts_a_stream_and_an_update_changes_the_answers(url: str, model
     update = httpx.post(url + "/update_weights_from_disk", json={"model_path": str(models["b"])}, timeout=60)
     assert update.status_code == 200 and update.json()["success"] is True
     assert httpx.get(url + "/is_paused", timeout=30).json() == {"is_paused": True}  # paused by the caller: stays
+    assert httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["root"] == str(models["b"])
     assert httpx.post(url + "/resume", timeout=30).json() == {"status": "resumed"}
     prompt = "The weights change"
     got = client.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0,
