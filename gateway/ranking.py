@@ -5,7 +5,8 @@ on by default) the score sent on is that of the whole prompt plus the predicted 
 conversation or few-shot prompt is not served first for a short answer.
 
 Loaded once at start from the configured artifact (default: the committed one), and warmed there so
-the first request does not build the encoder's scorer; a missing or broken artifact is logged and
+the first request does not build the encoder's scorer (its ONNX graph comes from rankers/onnx_cache.py's
+cache after a first start); a missing or broken artifact is logged and
 ranking is off, never a crash. The score
 goes to `CallContext.hints.rank_score` (Pitstop engines and the admission queue order by it) and to
 the outcome row. Scoring runs in a worker thread (`ranking.offload`, on by default: ONNX Runtime

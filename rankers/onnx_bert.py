@@ -137,20 +137,39 @@ def build_graph(weights: Mapping[str, np.ndarray], layers: int, int8: bool = Tru
 
 class OnnxBert:
     """`__call__(token_ids) -> (hidden,)` on ONNX Runtime, from BertModel state-dict weights (numpy;
-    without a word table, the package's is mapped)."""
+    without a word table, the package's is mapped). The serialized graph comes from rankers/onnx_cache.py
+    where it was built before (`from_cache`): a start then neither imports `onnx` nor builds the graph."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], layers: int, int8: bool = True) -> None:
         import onnxruntime as ort  # noqa: PLC0415
 
+        from rankers.onnx_cache import cached_graph, drop, graph_key  # noqa: PLC0415
+
         self.word = weights[WORD_TABLE] if WORD_TABLE in weights else package_word_table()
-        model = build_graph(weights, layers, int8)
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # the budget is one core a request
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+        def build() -> tuple[bytes, list[str]]:
+            model = build_graph(weights, layers, int8)
+            return model.SerializeToString(), [node.op_type for node in model.graph.node]
+
+        def session(graph: bytes) -> Any:
+            return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+        key = graph_key(weights, layers, int8, skip=WORD_TABLE)
+        graph, op_types, self.from_cache = cached_graph(key, build)
+        try:
+            self.session = session(graph)
+        except Exception:  # noqa: BLE001  (a sound file ONNX Runtime still refuses: rebuilt, not served)
+            if not self.from_cache:
+                raise
+            drop(key)
+            graph, op_types, self.from_cache = cached_graph(key, build)
+            self.session = session(graph)
         self.int8 = int8
-        self.op_types = {node.op_type for node in model.graph.node}
+        self.op_types = set(op_types)
 
     def __call__(self, token_ids: Sequence[int]) -> np.ndarray:
         words = np.asarray(self.word[np.asarray(token_ids, dtype=np.int64)], dtype=np.float32)
