@@ -175,6 +175,9 @@ async def metrics(request: Request) -> Response:
             requests, tokens = deployment.window.usage()
             state.metrics.deployment_window.labels(deployment.name, "rpm").set(requests)
             state.metrics.deployment_window.labels(deployment.name, "tpm").set(tokens)
+    for (name, measure), ewma in list(state.pool.balancer.latencies.items()):  # `server.routing_strategy: latency`
+        if ewma.value is not None:
+            state.metrics.deployment_latency.labels(name, measure).set(ewma.value)
     if state.sessions is not None:
         state.sessions.collect()
     for name, group in state.routes.groups.items():

@@ -36,6 +36,10 @@ class GatewayMetrics:
                                registry=r)
         self.outstanding = Gauge(f"{PREFIX}_outstanding_requests", "Requests in flight per deployment",
                                  ["deployment"], registry=r)
+        self.deployment_latency = Gauge(f"{PREFIX}_deployment_latency_seconds", "What latency-aware balancing "
+                                        "weighs a deployment by (gateway/latency_balance.py): its peak-EWMA of seconds "
+                                        "to a stream's first chunk, of seconds a whole answer's output token, of "
+                                        "seconds a call of another kind", ["deployment", "measure"], registry=r)
         self.admission_waiting = Gauge(f"{PREFIX}_admission_waiting",
                                        "Requests waiting in a deployment's admission queue (max_concurrency)",
                                        ["deployment"], registry=r)

@@ -7,8 +7,10 @@ a bad config value is an error naming the field."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.config import parse_settings
@@ -45,10 +47,14 @@ def test_a_sequential_client_is_kept_on_the_fast_deployment(tmp_path: Path, upst
         balanced = [served_by(gateway, f"hi {SLOW}", stream) for _ in range(8)]
         assert gateway.state is not None
         learnt = {name: round(value, 3) for name, value in gateway.state.pool.balancer.report().items()}
+        scraped = httpx.get(f"{gateway.url}/metrics", timeout=30).text
     assert balanced[:2] == ["a", "b"] and balanced[2:] == ["b"] * 6  # each measured once, then the fast one
     measure = "stream" if stream else "whole"
     slow, fast = learnt[f"m#0/{measure}"], learnt[f"m#1/{measure}"]
     assert slow > 3 * fast, learnt
+    on_metrics = {m.group(1): float(m.group(2)) for m in re.finditer(
+        rf'^pitstop_deployment_latency_seconds\{{deployment="(m#\d)",measure="{measure}"\}} (\S+)$', scraped, re.M)}
+    assert on_metrics.keys() == {"m#0", "m#1"} and on_metrics["m#0"] > 3 * on_metrics["m#1"], on_metrics
 
 
 def test_a_burst_overflows_to_the_slow_deployment(tmp_path: Path, upstreams: tuple) -> None:
