@@ -71,6 +71,7 @@ ROUTES = [
     Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
     Route("/v1/organization/usage/completions", usage_endpoints.completions_usage, methods=["GET"]),
     Route("/v1/organization/usage/embeddings", usage_endpoints.embeddings_usage, methods=["GET"]),
+    Route("/v1/organization/usage/moderations", usage_endpoints.moderations_usage, methods=["GET"]),
     Route("/v1/organization/costs", usage_endpoints.costs, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),

@@ -3,6 +3,7 @@
 
     GET /v1/organization/usage/completions   chat, completions, Responses and Messages requests
     GET /v1/organization/usage/embeddings
+    GET /v1/organization/usage/moderations
     GET /v1/organization/costs               every request's cost in USD, and what routing saved
 
 Same parameters and pages as OpenAI's (`start_time`, `end_time`, `bucket_width`, `group_by`, `limit`,
@@ -29,9 +30,18 @@ from starlette.responses import JSONResponse
 from engine.server.errors import APIError, bad_request
 from gateway.state import GatewayState
 from storage.inserts import describe
-from storage.usage import EMBEDDING_ENDPOINTS, TEXT_ENDPOINTS, UsageQuery, UsageTotals, usage
+from storage.usage import (
+    EMBEDDING_ENDPOINTS,
+    MODERATION_ENDPOINTS,
+    TEXT_ENDPOINTS,
+    UsageQuery,
+    UsageTotals,
+    usage,
+)
 
-Report = Literal["completions", "embeddings", "costs"]
+Report = Literal["completions", "embeddings", "moderations", "costs"]
+ENDPOINTS: dict[Report, tuple[str, ...] | None] = {"completions": TEXT_ENDPOINTS, "embeddings": EMBEDDING_ENDPOINTS,
+                                                   "moderations": MODERATION_ENDPOINTS, "costs": None}
 
 WIDTHS = {"1m": 60, "1h": 3_600, "1d": 86_400}
 LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -45,6 +55,7 @@ GROUPS: dict[Report, dict[str, str | None]] = {
                     "api_source": None},
     "embeddings": {"model": "model", "api_key_id": "api_key_id", "route_group": "route_group", "project_id": None,
                    "user_id": None},
+    "moderations": {"model": "model", "api_key_id": "api_key_id", "project_id": None, "user_id": None},
     "costs": {"line_item": "model", "api_key_id": "api_key_id", "route_group": "route_group", "project_id": None,
               "user_id": None, "api_source": None},
 }
@@ -131,8 +142,7 @@ def parse(request: Request, report: Report, now: int) -> UsageRequest:
     models = _list(request, "line_items" if report == "costs" else "models")
     query = UsageQuery(start=start, end=min(end, aligned + limit * bucket_s), bucket_s=bucket_s,
                        group_by=tuple(dict.fromkeys(c for name in names if (c := groups[name]) is not None)),
-                       endpoints=(TEXT_ENDPOINTS if report == "completions" else
-                                  EMBEDDING_ENDPOINTS if report == "embeddings" else None),
+                       endpoints=ENDPOINTS[report],
                        models=tuple(models) if models is not None else None,
                        api_key_ids=tuple(ids) if (ids := _list(request, "api_key_ids")) is not None else None,
                        batch=_bool(request, "batch") if report == "completions" else None)
@@ -210,6 +220,10 @@ async def completions_usage(request: Request) -> JSONResponse:
 
 async def embeddings_usage(request: Request) -> JSONResponse:
     return await _report(request, "embeddings")
+
+
+async def moderations_usage(request: Request) -> JSONResponse:
+    return await _report(request, "moderations")
 
 
 async def costs(request: Request) -> JSONResponse:

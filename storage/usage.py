@@ -29,6 +29,7 @@ from storage.models import UsageRollup
 # The APIs whose requests are text generation: OpenAI's "completions" usage covers them all.
 TEXT_ENDPOINTS = ("chat", "completion", "responses", "messages")
 EMBEDDING_ENDPOINTS = ("embedding", "rerank")  # billed for their input alone: OpenAI's embeddings usage
+MODERATION_ENDPOINTS = ("moderation",)  # OpenAI's moderations usage: input tokens and requests
 MINUTE, HOUR = 60, 3_600
 ROLLUP_WIDTHS = (MINUTE, HOUR)
 DIMENSIONS = ("model", "api_key_id", "route_group", "endpoint", "batch")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,3 +255,23 @@ def test_the_config_keeps_moderation_models_out_of_chats(tmp_path: Path, change:
     sections = {"fallbacks": {"on_error": {"chat": ["mod"]}}} if change == "fallback" else {}
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_settings(gateway_config(tmp_path, models, groups, **sections))
+
+
+def test_usage_reports_moderations_apart_from_embeddings(gw: Gateway, upstreams: tuple) -> None:
+    start = int(time.time()) - 3_600
+    with gw.openai() as client:
+        client.moderations.create(input="count me too [flag:violence]")
+    # Usage counts what was answered, and the failures that cost (a malformed answer's estimated tokens).
+    rows = [r for r in gw.rows() if r["endpoint"] == "moderation" and (r["status"] == "ok" or r["cost_usd"] > 0)]
+    with gw.http() as http:
+        page = http.get("/v1/organization/usage/moderations", params={"start_time": start, "group_by[]": "model"})
+        embedded = http.get("/v1/organization/usage/embeddings", params={"start_time": start}).json()
+    assert page.status_code == 200, page.text
+    got = {r["model"]: r for bucket in page.json()["data"] for r in bucket["results"]}
+    expected: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        requests, tokens = expected.get(row["model"], (0, 0))
+        expected[row["model"]] = (requests + 1, tokens + row["prompt_tokens"])
+    assert {model: (r["num_model_requests"], r["input_tokens"]) for model, r in got.items()} == expected
+    assert all(r["object"] == "organization.usage.moderations.result" for r in got.values()) and MODEL in got
+    assert not [r for bucket in embedded["data"] for r in bucket["results"]]  # nothing of the moderations there
