@@ -18,6 +18,7 @@ from engine.server.errors import APIError
 from gateway import (
     batch_endpoints,
     cache_admin,
+    config_endpoint,
     conversation_endpoints,
     endpoints,
     files,
@@ -69,6 +70,7 @@ ROUTES = [
     Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
     Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
     Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
+    Route("/config/reload", config_endpoint.reload_config, methods=["POST"]),  # the model list, master key
     Route("/v1/organization/usage/completions", usage_endpoints.completions_usage, methods=["GET"]),
     Route("/v1/organization/usage/embeddings", usage_endpoints.embeddings_usage, methods=["GET"]),
     Route("/v1/organization/usage/moderations", usage_endpoints.moderations_usage, methods=["GET"]),
@@ -107,6 +109,7 @@ def create_app(settings: Settings, state: GatewayState | None = None) -> Starlet
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
+        config_endpoint.reload_on_sighup(state)
         try:
             yield
         finally:

@@ -146,6 +146,7 @@ class Settings(StrictConfig):
     guardrails: list[GuardrailConfig] = Field(default_factory=list)  # checks on calls (gateway/guardrails.py)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
     _wildcards: list[ModelEntry] = PrivateAttr(default_factory=list)  # model_list entries named with a `*`
+    _source_path: Path | None = PrivateAttr(default=None)  # the file it was read from (load_settings)
 
     @model_validator(mode="after")
     def _cache_backend_reachable(self) -> Settings:
@@ -194,6 +195,11 @@ class Settings(StrictConfig):
                     raise ValueError(f"route_groups.{i}.models: '{model}' is a wildcard; a route group chooses "
                                      "among models it names")
         return self
+
+    @property
+    def source_path(self) -> Path | None:
+        """The config file these settings were read from, read again by a reload (gateway/config_reload.py)."""
+        return self._source_path
 
     @property
     def wildcards(self) -> list[ModelEntry]:
@@ -351,4 +357,6 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    return parse_settings(raw)
+    settings = parse_settings(raw)
+    settings._source_path = path.resolve()
+    return settings

@@ -91,15 +91,29 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
 
 
 def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:
-    index = len(pool.by_model.get(entry.model_name, ()))
-    deployment = Deployment(f"{entry.model_name}#{index}", entry.model_name, backend, entry.model_info,
-                            entry.litellm_params.model,
-                            admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
-                                                     entry.model_info.max_queue),
-                            window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock,
-                                               shared_id(entry, pool), synced=settings.redis_url is not None))
+    deployment = new_deployment(pool, entry, backend, settings)
     pool.add(deployment)
     return deployment
+
+
+def new_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:
+    """A deployment of `entry` on `backend`, named and with its queue and rpm / tpm window, not yet in the pool."""
+    return Deployment(pool.issue_name(entry.model_name), entry.model_name, backend, entry.model_info,
+                      entry.litellm_params.model,
+                      admission=make_admission(entry.model_info.max_concurrency, settings.ranking.admission_policy,
+                                               entry.model_info.max_queue),
+                      window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock,
+                                         shared_id(entry, pool), synced=settings.redis_url is not None),
+                      entry_key=entry_key(entry, settings))
+
+
+def entry_key(entry: ModelEntry, settings: Settings) -> str:
+    """What a deployment is built from, as one string: its entry, and a LoRA adapter's base entry too (the
+    adapter is served by the base's engine, which a changed base entry replaces)."""
+    parts = [entry.model_dump_json()]
+    if (base := entry.litellm_params._adapter_of) is not None:
+        parts.append(settings.model_list[base].model_dump_json())
+    return "\n".join(parts)
 
 
 _starting: set[asyncio.Task[None]] = set()  # backends of adopted wildcard models, starting beside serving

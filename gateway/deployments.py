@@ -28,6 +28,7 @@ class Deployment:
     cooldown_until: float = 0.0
     admission: AdmissionQueue | None = None  # model_info.max_concurrency (gateway/admission.py)
     window: DeploymentWindow | None = None  # litellm_params.rpm / tpm (gateway/deployment_limits.py)
+    entry_key: str = ""  # the config entry it was built from (gateway/config_reload.py keeps it across a reload)
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens
@@ -52,9 +53,18 @@ class DeploymentPool:
     on_limited: Callable[[Deployment, Limit], None] | None = None
     strategy: RoutingStrategy = "least-outstanding"
     balancer: LatencyBalancer = field(default_factory=LatencyBalancer)  # with strategy "latency"
+    # Names handed out a model: a name is never reused, so a reload's new deployment starts afresh in the
+    # balancer, the metrics and the sessions that named the one it replaced.
+    _issued: dict[str, int] = field(default_factory=dict)
 
     def add(self, deployment: Deployment) -> None:
         self.by_model.setdefault(deployment.model_name, []).append(deployment)
+
+    def issue_name(self, model_name: str) -> str:
+        """The next deployment name of `model_name`: "model#0", "model#1", ..."""
+        index = self._issued.get(model_name, 0)
+        self._issued[model_name] = index + 1
+        return f"{model_name}#{index}"
 
     def __contains__(self, model_name: str) -> bool:
         return model_name in self.by_model

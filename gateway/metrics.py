@@ -40,6 +40,8 @@ class GatewayMetrics:
                                         "weighs a deployment by (gateway/latency_balance.py): its peak-EWMA of seconds "
                                         "to a stream's first chunk, of seconds a whole answer's output token, of "
                                         "seconds a call of another kind", ["deployment", "measure"], registry=r)
+        self.config_reloads = Counter(f"{PREFIX}_config_reloads", "Reloads of the model list (gateway/config_reload.py) "
+                                      "by outcome: reloaded, refused (nothing changed), failed", ["outcome"], registry=r)
         self.admission_waiting = Gauge(f"{PREFIX}_admission_waiting",
                                        "Requests waiting in a deployment's admission queue (max_concurrency)",
                                        ["deployment"], registry=r)

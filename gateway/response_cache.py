@@ -114,6 +114,15 @@ class CacheTicket:
             self.unlist()
 
 
+def cache_upstreams(settings: Settings) -> dict[str, str]:
+    """Each listed model's upstream models, part of its answers' keys: a model served by something else
+    after a reload (gateway/config_reload.py) finds none of the answers kept before."""
+    served_by: dict[str, set[str]] = {}
+    for entry in settings.model_list:
+        served_by.setdefault(entry.model_name, set()).add(entry.litellm_params.model)
+    return {model: ",".join(sorted(names)) for model, names in served_by.items()}
+
+
 class ResponseCache:
     def __init__(self, config: CacheConfig, store: CacheStore, metrics: GatewayMetrics,
                  upstreams: dict[str, str] | None = None) -> None:
@@ -128,10 +137,7 @@ class ResponseCache:
     def build(cls, settings: Settings, metrics: GatewayMetrics) -> ResponseCache:
         config = settings.cache
         assert config is not None
-        served_by: dict[str, set[str]] = {}
-        for entry in settings.model_list:
-            served_by.setdefault(entry.model_name, set()).add(entry.litellm_params.model)
-        upstreams = {model: ",".join(sorted(names)) for model, names in served_by.items()}
+        upstreams = cache_upstreams(settings)
         if config.backend == "redis":
             assert settings.redis_url is not None  # the config checks it
             cache = cls(config, RedisCacheStore(settings.redis_url), metrics, upstreams)

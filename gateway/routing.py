@@ -24,6 +24,7 @@ from routers.registry import make_router
 from routers.verify import VerifyPolicy, VerifyRates, expected_overhead
 
 if TYPE_CHECKING:
+    from gateway.model_list_config import ModelEntry
     from gateway.route_calibration import CalibrationState
 
 log = logging.getLogger("pitstop.routing")
@@ -151,12 +152,27 @@ class RouteTable:
         entry = self.wildcards.match(name)
         if entry is None:
             return False
+        self._add_adopted(name, entry)
+        return True
+
+    def _add_adopted(self, name: str, entry: ModelEntry) -> None:
         self.models.add(name)
         if entry.serves_embeddings:
             self.embeddings_served_by.add(name)
         if entry.model_info.mode == "moderation":  # kept out of chats as a listed one is
             self.moderation_models.add(name)
-        return True
+
+    def refresh_models(self, settings: Settings) -> None:
+        """The listed models' names and modes from a reloaded model list (gateway/config_reload.py); the
+        route groups stay (a reload that changes them is refused), and so do the names wildcards adopted."""
+        self.models = set(settings.model_names)
+        self.embedding_models = settings.embedding_models
+        self.embeddings_served_by = settings.embeddings_served_by
+        self.rerank_models = settings.rerank_models
+        self.moderation_models = settings.moderation_models
+        for name, entry in self.wildcards.adopted.items():
+            if name not in self.models:
+                self._add_adopted(name, entry)
 
     def resolve(self, request: ProxyRequest) -> Route:
         if request.model in self.rerank_models:

@@ -19,6 +19,7 @@ from gateway.backends.base import Backend
 from gateway.batches import Batches
 from gateway.budget_alerts import BudgetAlerts
 from gateway.config import Settings
+from gateway.config_reload import ConfigReloader
 from gateway.conversations import Conversations
 from gateway.deployment_build import adapter_backend, add_deployment, adopt_wildcard, make_backend
 from gateway.deployment_limits_sync import DeploymentLimitSync
@@ -36,7 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
-from gateway.response_cache import ResponseCache
+from gateway.response_cache import ResponseCache, cache_upstreams
 from gateway.route_calibration import RouteCalibrator
 from gateway.router_artifacts import RouterArtifacts
 from gateway.routing import RouteTable
@@ -106,12 +107,23 @@ class GatewayState:
     db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
     tracing: Tracing | None = None  # `tracing:`: OpenTelemetry spans of each request (gateway/tracing.py)
     deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
+    reloader: ConfigReloader = field(default_factory=lambda: ConfigReloader(None))  # gateway/config_reload.py
     _window_lookup: asyncio.Task[None] | None = None
 
     def writers(self) -> dict[str, BatchWriter]:
         """The batch writers by table: what reaches the database off the request path."""
         return {"outcomes": self.writer, "feedback": self.feedback, "responses": self.responses.writer,
                 "conversation_items": self.conversations.writer, "chat_completions": self.stored_completions.writer}
+
+    def models_changed(self, settings: Settings, changed: set[str]) -> None:
+        """After a reload swapped in `settings`' model list: what is kept a model, from the new list;
+        `changed`: the models whose deployments changed (their context windows are learnt again)."""
+        if self.cache is not None:
+            self.cache.upstreams = cache_upstreams(settings)
+        if self.ranking is not None:
+            self.ranking.ranker_model = ranker_models(settings)
+        for model in changed:
+            self.windows.pop(model, None)
 
     async def admit(self, caller: Caller, hold: Hold | None = None) -> Admission | None:
         """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
@@ -210,6 +222,7 @@ class GatewayState:
                 await deployment.backend.close()
             except Exception:
                 log.exception("closing %s failed", deployment.name)
+        await self.reloader.close()  # deployments a reload took out, still finishing their requests
         await self.recorder.drain()
         if self.recorder.alerts is not None:
             await self.recorder.alerts.close()  # its events written, before the sender stops
@@ -292,8 +305,7 @@ def build_state(settings: Settings) -> GatewayState:
     tool_durations = settings.sessions.tool_durations
     sessions = GatewaySessions.build(settings.sessions, pool, routes, SessionMetrics(metrics.registry),
                                      settings.redis_url, settings.resolve_path(tool_durations) if tool_durations else None)
-    ranking = RequestRanker.load(settings.ranking, {m.model_name: m.model_info.router_model or m.model_name
-                                                    for m in settings.model_list}, settings.base_dir)
+    ranking = RequestRanker.load(settings.ranking, ranker_models(settings), settings.base_dir)
     ranking.observe_cpu = metrics.rank_cpu.observe
     auth = Authenticator(settings.auth, settings.limits, keys)
     webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry)
@@ -314,5 +326,11 @@ def build_state(settings: Settings) -> GatewayState:
             db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
-        calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None)
+        calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None,
+        reloader=ConfigReloader(settings.source_path, drain_timeout_s=server.request_timeout_s * (server.num_retries + 1)))
+
+
+def ranker_models(settings: Settings) -> dict[str, str]:
+    """Each listed model's name as the ranker knows it (model_info.router_model)."""
+    return {m.model_name: m.model_info.router_model or m.model_name for m in settings.model_list}
 

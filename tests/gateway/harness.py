@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.cli import main as cli_main
-from gateway.config import parse_settings
+from gateway.config import load_settings, parse_settings
 from gateway.state import GatewayState
 from storage.db import create_engine
 from storage.models import Feedback, Outcome
@@ -135,9 +135,11 @@ def read_feedback(url: str) -> list[dict]:
 
 
 @contextmanager
-def running_gateway(raw: dict) -> Iterator[Gateway]:
-    """The app from `create_app(parse_settings(raw))`, under uvicorn in a thread of this process."""
-    settings = parse_settings(raw)
+def running_gateway(raw: dict, config_path: Path | None = None) -> Iterator[Gateway]:
+    """The app from `create_app(parse_settings(raw))`, under uvicorn in a thread of this process. With
+    `config_path`, `raw` is written there and read back as `pitstop serve` reads its file (a reload of
+    the config reads that file again)."""
+    settings = load_settings(write_config(config_path, raw)) if config_path is not None else parse_settings(raw)
     app = create_app(settings)
     with serve_in_thread(app, timeout=60) as url:
         yield Gateway(url, settings.storage.url, app.state.pitstop)

@@ -1,0 +1,236 @@
+"""The model list read again without a restart: `POST /config/reload` (master key) or SIGHUP to `pitstop
+serve` re-reads the config file the gateway started from and brings its deployments in line with the
+file's `model_list`, as Envoy and nginx take a new config: what is unchanged keeps serving untouched
+(its requests in flight, queue, rpm / tpm window, latency averages and name), a new entry becomes a
+deployment once its backend has started, and a deployment whose entry is gone (or changed: it is
+replaced) takes no new request at once and is closed when its requests in flight and queued have ended.
+
+Only `model_list` is reloaded. Every other section (auth, storage, route groups, caches, ...) is read
+when its parts are built, so a file that changes one is refused whole, naming the sections, and so is a
+change to a wildcard entry or to the model_info of a model a route group chooses among (its prices are
+the router's candidates). A file that does not parse or validate is refused the same way; in every
+refusal nothing changes and the gateway keeps serving the model list it had."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.backends.base import Backend
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.deployment_build import adapter_backend, entry_key, make_backend, new_deployment
+from gateway.deployments import Deployment
+from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
+
+if TYPE_CHECKING:
+    from gateway.state import GatewayState
+
+log = logging.getLogger("pitstop.gateway")
+RETIRE_POLL_S = 0.1  # how often a retired deployment is checked for requests still running
+
+
+class ReloadRefused(ValueError):
+    """Why a config file cannot be taken without a restart (nothing was changed)."""
+
+
+@dataclass
+class ReloadPlan:
+    """For each entry of the new model list, in order, the deployment that stays (None: one to build);
+    the deployments whose entries are gone."""
+
+    entries: list[ModelEntry]
+    kept: list[Deployment | None]
+    retired: list[Deployment]
+
+    @property
+    def added(self) -> list[ModelEntry]:
+        return [entry for entry, kept in zip(self.entries, self.kept, strict=True) if kept is None]
+
+
+@dataclass
+class ReloadReport:
+    added: list[str] = field(default_factory=list)  # new deployments' names
+    retired: list[str] = field(default_factory=list)  # names of those taken out (closed once idle)
+    kept: int = 0
+    models_added: list[str] = field(default_factory=list)
+    models_removed: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"object": "config.reload", "added": self.added, "retired": self.retired, "kept": self.kept,
+                "models_added": self.models_added, "models_removed": self.models_removed}
+
+
+def read_config(path: Path | None) -> Settings:
+    if path is None:
+        raise ReloadRefused("this gateway was not started from a config file, so there is none to read again")
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        raise ReloadRefused(f"{path}: {exc}") from None
+
+
+def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> ReloadPlan:
+    """How `current` (the deployments built from `old`'s model list) becomes `new`'s, or ReloadRefused."""
+    changed = restart_sections(old, new)
+    if changed:
+        raise ReloadRefused("only model_list is read again without a restart; these sections changed: "
+                            + ", ".join(changed))
+    routed = _routed_models(old)
+    for name in sorted(routed):
+        if _model_infos(old, name) != _model_infos(new, name):
+            raise ReloadRefused(f"model {name!r} is chosen among by a route group, which read its model_info "
+                                "(prices, tier, router_model) at start: changing it needs a restart")
+    unmatched: dict[str, list[Deployment]] = {}
+    for deployment in current:
+        unmatched.setdefault(deployment.entry_key, []).append(deployment)
+    kept: list[Deployment | None] = []
+    for entry in new.model_list:
+        same = unmatched.get(entry_key(entry, new))
+        kept.append(same.pop(0) if same else None)  # alike entries keep alike deployments, in order
+    return ReloadPlan(list(new.model_list), kept, [d for group in unmatched.values() for d in group])
+
+
+def restart_sections(old: Settings, new: Settings) -> list[str]:
+    """The config's sections other than model_list that differ, wildcard entries among them."""
+    exclude = {"model_list", "base_dir"}
+    before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    if [w.model_dump() for w in old.wildcards] != [w.model_dump() for w in new.wildcards]:
+        changed.append("model_list wildcard entries (named with a '*')")
+    return changed
+
+
+def _routed_models(settings: Settings) -> set[str]:
+    names: set[str] = set()
+    for group in settings.route_groups:
+        names.update(group.models)
+        if (verify := settings.verify_policy(group)) is not None:
+            names.update((*verify.verifiers, verify.escalate_to))
+    return names
+
+
+def _model_infos(settings: Settings, name: str) -> dict | None:
+    """The model_info a route group read for `name`: its last entry's (gateway/routing.py RouteTable)."""
+    entries = [m for m in settings.model_list if m.model_name == name]
+    return entries[-1].model_info.model_dump() if entries else None
+
+
+class ConfigReloader:
+    """Carries out reloads for one gateway, one at a time, and closes the deployments they retire."""
+
+    def __init__(self, path: Path | None, drain_timeout_s: float = 600.0) -> None:
+        self.path = path  # the config file the gateway started from (None: built from a dict)
+        self.drain_timeout_s = drain_timeout_s  # a retired deployment's requests get this long to end
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.retired: set[Deployment] = set()  # taken out, not yet closed
+
+    async def reload(self, state: GatewayState) -> ReloadReport:
+        async with self._lock:
+            new = await asyncio.to_thread(read_config, self.path)
+            old = state.settings
+            # A wildcard's names (gateway/wildcards.py) are not the listed models: untouched, unless now listed.
+            listed = set(old.model_names) | set(new.model_names)
+            plan = plan_reload(old, new, [d for d in state.pool.deployments if d.model_name in listed])
+            built = await self._build(plan, new)
+            return self._swap(state, plan, built, new)
+
+    async def _build(self, plan: ReloadPlan, settings: Settings) -> dict[int, Backend]:
+        """The added entries' backends, started; on any failure those started are closed (nothing changed)."""
+        built: dict[int, Backend] = {}
+        try:
+            for index, (entry, kept) in enumerate(zip(plan.entries, plan.kept, strict=True)):
+                if kept is not None:
+                    continue
+                base = entry.litellm_params._adapter_of
+                if base is not None:
+                    base_backend = plan.kept[base].backend if plan.kept[base] is not None else built[base]  # type: ignore[union-attr]
+                    built[index] = adapter_backend(base_backend, entry)
+                    continue
+                if entry.litellm_params.provider == LOCAL_PROVIDER:  # loads weights for seconds: off the loop
+                    built[index] = await asyncio.to_thread(make_backend, entry, settings)
+                else:
+                    built[index] = make_backend(entry, settings)
+                await built[index].start()
+        except Exception as exc:
+            await _close_all(built.values())
+            if isinstance(exc, ConfigError | ValueError):
+                raise ReloadRefused(str(exc)) from None
+            raise
+        return built
+
+    def _swap(self, state: GatewayState, plan: ReloadPlan, built: dict[int, Backend],
+              new: Settings) -> ReloadReport:
+        """No await from here to the end: requests see the old model list or the new one, never a mix."""
+        old_models, pool = set(state.settings.model_names), state.pool
+        report = ReloadReport(kept=sum(d is not None for d in plan.kept))
+        listed: dict[str, list[Deployment]] = {}
+        for index, (entry, kept) in enumerate(zip(plan.entries, plan.kept, strict=True)):
+            deployment = kept or new_deployment(pool, entry, built[index], new)
+            if kept is None:
+                report.added.append(deployment.name)
+            listed.setdefault(entry.model_name, []).append(deployment)
+        for model in old_models - listed.keys():
+            pool.by_model.pop(model, None)
+        pool.by_model.update(listed)
+        state.settings = new
+        state.routes.refresh_models(new)
+        state.models_changed(new, changed={d.model_name for d in plan.retired} | {e.model_name for e in plan.added})
+        for deployment in plan.retired:
+            report.retired.append(deployment.name)
+            self.retired.add(deployment)
+            task = asyncio.get_running_loop().create_task(self._retire(deployment))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        report.models_added = sorted(listed.keys() - old_models)
+        report.models_removed = sorted(old_models - listed.keys())
+        log.info("config reloaded: %d deployments kept, added %s, retired %s", report.kept,
+                 report.added or "none", report.retired or "none")
+        return report
+
+    async def _retire(self, deployment: Deployment) -> None:
+        """Closes `deployment` once nothing runs or waits on it (or after the drain timeout)."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while _busy(deployment) and time.monotonic() < deadline:
+            await asyncio.sleep(RETIRE_POLL_S)
+        await self._close(deployment)
+
+    async def _close(self, deployment: Deployment) -> None:
+        self.retired.discard(deployment)
+        if any(_serving(d) is _serving(deployment) for d in self.retired):
+            return  # an engine its base and LoRA adapters share, still finishing another's: the last closes it
+        try:
+            await deployment.backend.close()
+        except Exception:
+            log.exception("closing retired deployment %s failed", deployment.name)
+
+    async def close(self) -> None:
+        """At shutdown, after the app's requests have ended: whatever is still retiring is closed now."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for deployment in list(self.retired):
+            await self._close(deployment)
+
+
+def _serving(deployment: Deployment) -> object:
+    """What closing the deployment's backend stops: an in-process engine, shared by a base and its adapters."""
+    return getattr(deployment.backend, "engine", deployment.backend)
+
+
+def _busy(deployment: Deployment) -> bool:
+    return deployment.outstanding > 0 or (deployment.admission is not None and deployment.admission.waiting > 0)
+
+
+async def _close_all(backends: Iterable[Backend]) -> None:
+    for backend in backends:
+        try:
+            await backend.close()
+        except Exception:
+            log.exception("closing a backend built for a refused reload failed")
+
