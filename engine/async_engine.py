@@ -23,9 +23,9 @@ from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
 from engine.lora_registry import LoRAAdapter
 from engine.outputs import RequestOutput, RequestTiming
-from engine.pause import EnginePause
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.sequence import Sequence as EngineSequence
+from engine.sleep import EngineSleep
 
 T = TypeVar("T")
 # How long the thread naps when requests are pending but none could be scheduled (memory is full
@@ -84,7 +84,7 @@ def _settle(future: asyncio.Future, result: object = None, error: BaseException 
         future.set_result(result)
 
 
-class AsyncEngine(EnginePause):
+class AsyncEngine(EngineSleep):
     def __init__(self, engine: LLMEngine, vocab_size: int | None = None) -> None:
         self.engine = engine
         self.tokenizer: TokenizerLike | None = engine.tokenizer
@@ -97,6 +97,7 @@ class AsyncEngine(EnginePause):
         self._thread: threading.Thread | None = None
         self._streams: dict[str, _RequestStream] = {}  # engine thread only
         self._init_pause()
+        self._init_sleep()
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

@@ -122,6 +122,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="enable POST /pause, /resume, /reset_prefix_cache and /update_weights_from_disk and GET "
                             "/is_paused (an RL trainer's: new weights from a checkpoint folder on this machine, no "
                             "restart)")
+    serve.add_argument("--enable-sleep-mode", action="store_true",
+                       help="enable POST /sleep and /wake_up and GET /is_sleeping (vLLM's: an RL trainer sharing the "
+                            "GPU puts the engine to sleep, its KV cache released and its weights offloaded or "
+                            "dropped, while it trains)")
     serve.add_argument("--otlp-traces-endpoint", type=endpoint_argument, metavar="URL",
                        help="OpenTelemetry: a span per request to this OTLP/HTTP collector (vLLM's flag)")
     serve.add_argument("--log-level", default="info")
@@ -219,7 +223,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
-                           args.allow_runtime_lora_updating, args.otlp_traces_endpoint, args.allow_weight_updates),
+                           args.allow_runtime_lora_updating, args.otlp_traces_endpoint, args.allow_weight_updates,
+                           args.enable_sleep_mode),
                 host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -46,7 +46,7 @@ class EnginePause:
         self._pause_mode: PauseMode | None = None
         self._parked: dict[str, _Command] = {}  # requests that came during a pause, by id, in arrival order
         self._drain_waiters: list[Callable[[BaseException | None], None]] = []  # engine thread only
-        self._update_lock: asyncio.Lock | None = None
+        self._admin_calls: asyncio.Lock | None = None
 
     @property
     def is_paused(self) -> bool:
@@ -100,9 +100,8 @@ class EnginePause:
         paused already stays paused. InvalidRequestError for a folder that will not do, checked before
         anything pauses; EngineBusyError while paused in `keep` mode with requests held."""
         await asyncio.to_thread(checked_folder, model_path, self.engine.runner.full_config)  # type: ignore[attr-defined]
-        if self._update_lock is None:
-            self._update_lock = asyncio.Lock()
-        async with self._update_lock:
+        async with self._admin_lock():
+            self._check_update_allowed()
             paused_here = not self.is_paused
             if paused_here:
                 await self.pause("abort" if abort_all else "wait", clear_cache=False)
@@ -111,6 +110,15 @@ class EnginePause:
             finally:
                 if paused_here:
                     await self.resume()
+
+    def _admin_lock(self) -> asyncio.Lock:
+        """Held by a weight update, a sleep and a wake-up (engine/sleep.py): one at a time, never interleaved."""
+        if self._admin_calls is None:  # made on the loop that serves the engine
+            self._admin_calls = asyncio.Lock()
+        return self._admin_calls
+
+    def _check_update_allowed(self) -> None:
+        """Under the admin lock, before an update: engine/sleep.py refuses one while the weights sleep."""
 
     # ---- on the engine thread -----------------------------------------------------------------
 

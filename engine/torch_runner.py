@@ -27,6 +27,7 @@ from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weig
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
+from engine.runner_sleep import RunnerSleep
 from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
 from engine.thinking_budget import forced_rows, mask_to_forced
@@ -37,7 +38,7 @@ from engine.weight_loading import WeightLoading
 _SCORE_ROWS_PER_SLICE = 256
 
 
-class TorchModelRunner(TierCopies, WeightLoading):
+class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
     """The `engine.runner.ModelRunner` over a model folder. device: CUDA when available, else CPU;
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its

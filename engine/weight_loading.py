@@ -26,6 +26,7 @@ class WeightLoading:
     tp: TPGroup
     workers: TensorParallelWorkers | None
     disk: DiskKVStore | None
+    weights_stale: bool
 
     if TYPE_CHECKING:
         def disk_fingerprint(self) -> dict: ...
@@ -57,6 +58,7 @@ class WeightLoading:
         """This rank's part of the checkpoint in `model_dir`, copied into its parameters."""
         with projections_unwrapped(self.model):
             load_weights(self.model, safetensors_files(model_dir), self.tp)
+        self.weights_stale = False  # a whole checkpoint is in them (engine/runner_sleep.py)
 
     def adopt_weights(self, model_dir: Path) -> None:
         """`model_dir` is what this rank serves: its disk file's index starts afresh under its fingerprint."""

@@ -26,6 +26,7 @@ from engine.server.json_body import read_json
 from engine.server.lora_endpoints import load_lora_adapter, unload_lora_adapter
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import read_ttl
+from engine.server.sleep_endpoints import is_sleeping, sleep, wake_up
 from engine.server.tokenize import detokenize_endpoint, tokenize_endpoint
 from engine.server.weight_endpoints import (
     is_paused,
@@ -34,6 +35,7 @@ from engine.server.weight_endpoints import (
     resume,
     update_weights_from_disk,
 )
+from engine.sleep import SleepStateError
 from engine.tracing import Tracing
 
 logger = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ async def metrics(request: Request) -> Response:
     if state.engine.is_healthy:
         with suppress(EngineDeadError):  # died just now: reported unhealthy below
             stats = await state.engine.stats()
-    body = state.metrics.render(stats, state.engine.is_healthy, state.engine.is_paused)
+    body = state.metrics.render(stats, state.engine.is_healthy, state.engine.is_paused, state.engine.sleeping_tags)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -125,6 +127,8 @@ def to_api_error(exc: Exception) -> APIError:
         return not_found(f"unknown session {exc.args[0]!r}", "session_id", "session_not_found")
     if isinstance(exc, EngineDeadError):
         return engine_unavailable(str(exc))
+    if isinstance(exc, SleepStateError):  # engine/sleep.py: a call that does not fit what sleeps now
+        return APIError(409, str(exc), code=exc.code)
     if isinstance(exc, ClientDisconnect):  # gone while sending the body: nobody reads the answer
         return APIError(400, "the client disconnected while sending the request")
     if isinstance(exc, HTTPException):
@@ -162,6 +166,9 @@ ROUTES = [
     Route("/is_paused", is_paused, methods=["GET"]),
     Route("/reset_prefix_cache", reset_prefix_cache, methods=["POST"]),
     Route("/update_weights_from_disk", update_weights_from_disk, methods=["POST"]),  # SGLang's
+    Route("/sleep", sleep, methods=["POST"]),  # vLLM's sleep mode; behind --enable-sleep-mode
+    Route("/wake_up", wake_up, methods=["POST"]),
+    Route("/is_sleeping", is_sleeping, methods=["GET"]),
     Route("/v1/engine/stats", engine_stats, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}", session_info, methods=["GET"]),
     Route("/v1/engine/sessions/{session_id}/pin", pin_session, methods=["POST"]),
@@ -175,9 +182,11 @@ _KNOWN_PATHS = {route.path for route in ROUTES if "{" not in route.path}
 
 def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | None = None,
                tool_call_parser: str | None = None, allow_lora_updates: bool = False,
-               otlp_traces_endpoint: str | None = None, allow_weight_updates: bool = False) -> Starlette:
+               otlp_traces_endpoint: str | None = None, allow_weight_updates: bool = False,
+               enable_sleep_mode: bool = False) -> Starlette:
     """`otlp_traces_endpoint` (vLLM's --otlp-traces-endpoint): an OTLP/HTTP collector that gets a span per
-    generation request (engine/request_span.py), as service OTEL_SERVICE_NAME (default pitstop-engine)."""
+    generation request (engine/request_span.py), as service OTEL_SERVICE_NAME (default pitstop-engine).
+    `enable_sleep_mode` (vLLM's --enable-sleep-mode): POST /sleep, /wake_up, GET /is_sleeping."""
     tracing = None if otlp_traces_endpoint is None else Tracing(
         otlp_traces_endpoint, os.environ.get("OTEL_SERVICE_NAME") or "pitstop-engine")
 
@@ -192,8 +201,9 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
                 await asyncio.to_thread(tracing.shutdown)
 
     handlers = {exc: handle_error for exc in (Exception, HTTPException, APIError, InvalidRequestError,
-                                              SessionNotFoundError, EngineDeadError, ClientDisconnect)}
+                                              SessionNotFoundError, EngineDeadError, ClientDisconnect,
+                                              SleepStateError)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
     app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser,
-                                    allow_lora_updates, tracing, allow_weight_updates)
+                                    allow_lora_updates, tracing, allow_weight_updates, enable_sleep_mode)
     return app

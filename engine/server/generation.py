@@ -36,6 +36,7 @@ class ServerState:
     allow_lora_updates: bool = False  # engine/server/lora_endpoints.py
     tracing: Tracing | None = None  # --otlp-traces-endpoint: one span per generation (engine/request_span.py)
     allow_weight_updates: bool = False  # engine/server/weight_endpoints.py
+    enable_sleep_mode: bool = False  # engine/server/sleep_endpoints.py
     created: int = field(default_factory=lambda: int(time.time()))
 
     def adapter_for(self, model: str) -> str | None:

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from engine.llm_engine import EngineStats
 from engine.outputs import RequestOutput
+from engine.sleep import MEMORY_TAGS
 
 PREFIX = "pitstop_engine"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -24,11 +25,17 @@ class EngineStatsCollector(Collector):
         self.stats: EngineStats | None = None
         self.healthy = True
         self.paused = False
+        self.sleeping: tuple[str, ...] = ()  # engine/sleep.py's tags asleep now
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 while the engine step loop runs", value=int(self.healthy))
         yield GaugeMetricFamily(f"{PREFIX}_paused", "1 while generation is paused (POST /pause, a weight update)",
                                 value=int(self.paused))
+        sleeping = GaugeMetricFamily(f"{PREFIX}_sleeping", "1 while this memory sleeps (POST /sleep until its "
+                                     "POST /wake_up)", labels=["memory"])
+        for tag in MEMORY_TAGS:
+            sleeping.add_metric([tag], int(tag in self.sleeping))
+        yield sleeping
         s = self.stats
         if s is None:
             return
@@ -135,6 +142,8 @@ class ServerMetrics:
     def observe_error(self, endpoint: str, status: int) -> None:
         self.errors.labels(endpoint, str(status)).inc()
 
-    def render(self, stats: EngineStats | None, healthy: bool, paused: bool = False) -> bytes:
-        self.engine.stats, self.engine.healthy, self.engine.paused = stats, healthy, paused
+    def render(self, stats: EngineStats | None, healthy: bool, paused: bool = False,
+               sleeping: tuple[str, ...] = ()) -> bytes:
+        self.engine.stats, self.engine.healthy, self.engine.paused, self.engine.sleeping = (stats, healthy, paused,
+                                                                                            sleeping)
         return generate_latest(self.registry)

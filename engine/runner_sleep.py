@@ -1,0 +1,146 @@
+"""A torch runner's memory while its engine sleeps (engine/sleep.py), on every tensor-parallel rank: the
+runner half of vLLM's sleep mode (TorchModelRunner's base class). Two parts, vLLM's tags:
+
+- "kv_cache": the KV cache tensor is swapped for an empty one, so its storage is freed (on CUDA handed back
+  to the driver by `empty_cache`, for another process to use), and allocated again, zeroed, with the same
+  shape on wake. Its contents are forgotten (the engine forgets every cached prefix before). The host tier
+  stays: it is host memory, and the prefix reset has emptied it.
+- "weights": at level 1 every parameter and buffer is copied to host memory (page-locked on CUDA, so the
+  copy back runs at the link's speed) and back on wake. A CPU runner's weights are host memory already:
+  they stay where they are and level 1 frees none of them there. At level 2 the parameters are dropped
+  (buffers, small, are kept as at level 1) and allocated again, uninitialised, on wake: `weights_stale`
+  says so until a checkpoint is loaded into them (engine/weight_loading.py clears it), and
+  `refresh_weights` reloads the folder served where none was."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.model.attention import GatherWorkspace
+
+if TYPE_CHECKING:
+    from engine.model.llama import CausalLM
+    from engine.tp_workers import TensorParallelWorkers
+
+
+@dataclass
+class _SleptTensor:
+    host: torch.Tensor | None  # its values in host memory; None: dropped (a parameter at level 2)
+    shape: torch.Size
+    dtype: torch.dtype
+
+
+class RunnerSleep:
+    """Needs the runner's model, KV cache, device, workers, CPU gather workspace and `_load_everywhere`."""
+
+    model: CausalLM
+    kv_cache: torch.Tensor
+    device: torch.device
+    workers: TensorParallelWorkers | None
+    workspace: GatherWorkspace | None
+    model_dir: Path
+    weights_stale = False  # the parameters hold no checkpoint: dropped at level 2 and not loaded since
+    _kv_shape: tuple[torch.Size, torch.dtype] | None = None  # while the KV cache sleeps
+    _slept_weights: dict[str, _SleptTensor] | None = None  # while the weights sleep
+
+    if TYPE_CHECKING:
+        def _load_everywhere(self, model_dir: Path) -> None: ...
+
+    def sleep_memory(self, level: int, tags: Collection[str]) -> dict[str, int]:
+        """Releases `tags` on every rank; returns the bytes the devices gave back, by tag (summed over ranks)."""
+        others = self.workers.call("sleep_memory", level, tuple(tags)) if self.workers is not None else []
+        released = {}
+        if "kv_cache" in tags:
+            released["kv_cache"] = self._release_kv_cache()
+        if "weights" in tags:
+            released["weights"] = self._release_weights(level)
+        if self.device.type == "cuda":  # the caching allocator would keep it for this process alone
+            torch.cuda.empty_cache()
+        return {tag: freed + sum(rank[tag] for rank in others) for tag, freed in released.items()}
+
+    def wake_memory(self, tags: Collection[str]) -> None:
+        """Allocates `tags` again on every rank, the weights first (the KV cache takes what is left)."""
+        if self.workers is not None:
+            self.workers.call("wake_memory", tuple(tags))
+        if "weights" in tags:
+            self._restore_weights()
+        if "kv_cache" in tags:
+            self._restore_kv_cache()
+        if self.device.type == "cuda":  # the copies from host memory are asynchronous
+            torch.cuda.synchronize(self.device)
+
+    def refresh_weights(self) -> bool:
+        """Stale weights (level 2, no update since) reloaded from the folder served; whether there were."""
+        if not self.weights_stale:
+            return False
+        self._load_everywhere(self.model_dir)
+        return True
+
+    @property
+    def kv_cache_asleep(self) -> bool:
+        return self._kv_shape is not None
+
+    def _release_kv_cache(self) -> int:
+        if self._kv_shape is not None:
+            return 0
+        freed = self.kv_cache.untyped_storage().nbytes()
+        self._kv_shape = (self.kv_cache.shape, self.kv_cache.dtype)
+        self.kv_cache = self.kv_cache.new_empty(0)
+        if self.workspace is not None:  # the CPU's gather buffers: scratch sized by the largest step's context
+            self.workspace = GatherWorkspace()
+        return freed
+
+    def _restore_kv_cache(self) -> None:
+        if self._kv_shape is None:
+            return
+        shape, dtype = self._kv_shape
+        self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self._kv_shape = None
+
+    def _release_weights(self, level: int) -> int:
+        if self._slept_weights is not None:
+            return 0
+        buffers = {name for name, _ in self.model.named_buffers()}
+        slept: dict[str, _SleptTensor] = {}
+        freed = 0
+        # Host copies are all made before any tensor is swapped: one that fails (host memory) changes nothing.
+        for name, tensor in self._weight_tensors():
+            drop = level == 2 and name not in buffers
+            if not drop and self.device.type == "cpu":
+                continue  # host memory already: nothing to move
+            host = None if drop else _host_copy(tensor)
+            slept[name] = _SleptTensor(host, tensor.shape, tensor.dtype)
+        if self.device.type == "cuda":  # the copies to host memory are asynchronous
+            torch.cuda.synchronize(self.device)
+        for name, tensor in self._weight_tensors():
+            if (entry := slept.get(name)) is not None:
+                freed += tensor.untyped_storage().nbytes()
+                tensor.data = entry.host if entry.host is not None else tensor.new_empty(0)
+        if level == 2:
+            self.weights_stale = True
+        self._slept_weights = slept
+        return freed
+
+    def _restore_weights(self) -> None:
+        if self._slept_weights is None:
+            return
+        for name, tensor in self._weight_tensors():
+            if (entry := self._slept_weights.get(name)) is not None:
+                tensor.data = (torch.empty(entry.shape, dtype=entry.dtype, device=self.device) if entry.host is None
+                               else entry.host.to(self.device, non_blocking=True))
+        self._slept_weights = None
+
+    def _weight_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """Every parameter once (a tied lm_head is embed_tokens') and every buffer."""
+        return [*self.model.named_parameters(), *self.model.named_buffers()]
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.device.type == "cuda")
+    host.copy_(tensor, non_blocking=True)
+    return host
