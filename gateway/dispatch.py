@@ -323,4 +323,4 @@ class Dispatcher:
 
         return await Race(self.hedging, model_name, streaming, delay_s, self.num_retries, start, drop,
                           lambda last: self._next(model_name, tried, None, last, ctx, limited, measure),
-                          hedge_deployment).run()
+                          hedge_deployment, prompt_tokens=ctx.estimated_tokens).run()

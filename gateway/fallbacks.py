@@ -115,7 +115,7 @@ def _note_failure(draft: OutcomeDraft, model: str, exc: BackendError) -> None:
     if isinstance(exc, DeploymentsRateLimited):
         draft.extra.setdefault("deployment_limits", {})[model] = exc.report
     if exc.hedge is not None:
-        draft.extra["hedge"] = exc.hedge
+        draft.hedged(exc.hedge)
 
 
 def _failure(model: str, exc: BackendError) -> dict:

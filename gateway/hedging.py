@@ -153,8 +153,9 @@ class Race(Generic[T]):
                  start: Start[T], drop: Callable[[T], Awaitable[None]],
                  next_deployment: Callable[[BackendError | None], Deployment],
                  hedge_deployment: Callable[[set[str]], Deployment | None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, prompt_tokens: int = 0) -> None:
         self.policy, self.model, self.streaming = policy, model, streaming
+        self.prompt_tokens = prompt_tokens  # the prompt's estimate: what a cancelled call was billed at least
         self.delay_s, self.retries = delay_s, retries
         self.start, self.drop = start, drop  # drop: closes an answer that came second (an open stream)
         self.next_deployment = next_deployment  # a first call's or a retry's; raises when none is left
@@ -277,11 +278,18 @@ class Race(Generic[T]):
         """The row's extra.hedge once a hedge was due; `winner` None: every call failed."""
         if not self.hedge_due:
             return None
+        cancelled = [c for c in self.calls if c.outcome in ("cancelled", "lost")]
         report: dict[str, Any] = {
             "delay_s": round(self.delay_s, 4), "asked": [c.deployment.name for c in self.calls],
             "hedges": sum(c.hedge for c in self.calls), "won": winner.name if winner is not None else None,
-            "cancelled": [c.deployment.name for c in self.calls if c.outcome in ("cancelled", "lost")],
+            "cancelled": [c.deployment.name for c in cancelled],
             "failed": [c.deployment.name for c in self.calls if c.outcome == "failed"]}
+        if cancelled:
+            # A provider bills a call it had begun (the prompt at least; a whole answer it finishes after
+            # the client left): the prompt's estimate at each cancelled deployment's price, a lower bound,
+            # added to the row's cost and the key's spend.
+            report["cancelled_cost_usd"] = round(sum(c.deployment.cost_usd(self.prompt_tokens, 0)
+                                                     for c in cancelled), 10)
         if self.skipped is not None:
             report["skipped"] = self.skipped
         return report

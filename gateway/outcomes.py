@@ -103,6 +103,9 @@ class OutcomeDraft:
     # Calls made for this request besides the one whose body was served (gateway/verify.py's verifiers,
     # a pick that was escalated): their cost goes into the row's cost_usd and the key's spend.
     extra_cost_usd: float = 0.0
+    # Hedged calls cancelled when another answered first (gateway/hedging.py): their estimated cost, in
+    # the row's cost_usd and the key's spend too.
+    hedge_cost_usd: float = 0.0
     # Moderation guardrails' checks before its calls (gateway/moderation_guardrail.py): the row's
     # extra.moderation, their cost in its cost_usd and the key's spend (as verifiers' are).
     moderation: ModerationNotes = field(default_factory=ModerationNotes)
@@ -121,9 +124,14 @@ class OutcomeDraft:
         """The call that answered: its deployment, the attempts it took, how a hedge went (extra.hedge)."""
         self.deployment, self.attempts = dispatched.deployment, dispatched.attempts
         if dispatched.hedge is not None:
-            self.extra["hedge"] = dispatched.hedge
+            self.hedged(dispatched.hedge)
         if dispatched.limited and self.route is not None:  # steered away from deployments at their rpm / tpm
             self.extra.setdefault("deployment_limits", {})[self.route.model_name] = {"skipped": dispatched.limited}
+
+    def hedged(self, report: dict) -> None:
+        """How a hedged race went (extra.hedge); its cancelled calls' estimated cost is the request's too."""
+        self.extra["hedge"] = report
+        self.hedge_cost_usd += report.get("cancelled_cost_usd", 0.0)
 
     @property
     def charged_to(self) -> Deployment | None:
@@ -237,7 +245,7 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
         return cost
     predicted = decision.predicted_cost_usd
     costliest = max(predicted.values())
-    served_cost = cost - draft.extra_cost_usd - draft.moderation.cost_usd
+    served_cost = cost - draft.extra_cost_usd - draft.moderation.cost_usd - draft.hedge_cost_usd
     served_predicted = predicted.get(draft.route.model_name) if draft.route else None
     if served_predicted and served_cost > 0:
         return served_cost * costliest / served_predicted
@@ -268,7 +276,7 @@ class OutcomeRecorder:
             draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
         deployment = draft.charged_to
         cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd \
-            + draft.moderation.cost_usd
+            + draft.moderation.cost_usd + draft.hedge_cost_usd
         if draft.moderation.checks:
             draft.extra["moderation"] = draft.moderation.checks
         if draft.trace is not None:

@@ -19,7 +19,15 @@ import pytest
 
 from tests.engine.otlp import CLIENT, SERVER, collector, traceparent
 from tests.engine.serving import serve_in_thread
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.harness import (
+    PRICE_IN,
+    PRICE_OUT,
+    Gateway,
+    gateway_config,
+    model_entry,
+    running_gateway,
+    wait_until,
+)
 from tests.gateway.upstream import UpstreamProcess
 
 DELAY_S = 0.5  # the module gateway's fixed hedging delay
@@ -101,15 +109,21 @@ def in_flight(gateway: Gateway) -> dict[str, int]:
 def test_a_slow_deployment_is_hedged_and_the_fast_one_answers(gw: Gateway, upstreams: tuple) -> None:
     a, b = upstreams
     won_before = hedges(gw, "won")
-    response = chat(gw, "m", f"hello [delay:{SLOW_S}@a]")
+    text = f"hello [delay:{SLOW_S}@a]"
+    response = chat(gw, "m", text)
     assert answer_of(response).startswith("from-b")
     assert response.headers["x-pitstop-hedged"] == "m#1"
     assert in_flight(gw) == {}  # a's call was cancelled before the answer went out, its slot released
     assert a.stats()["requests"] == 1 and b.stats()["requests"] == 1
     row = gw.row(response.headers["x-pitstop-request-id"])
     assert row["status"] == "ok" and row["deployment"] == "m#1"
+    # a's cancelled call is billed its prompt (the gateway's estimate: characters / 4 + 1) at a's price
+    cancelled_cost = (len(text) // 4 + 1) * PRICE_IN
     assert row["extra"]["hedge"] == {"delay_s": DELAY_S, "asked": ["m#0", "m#1"], "hedges": 1, "won": "m#1",
-                                     "cancelled": ["m#0"], "failed": []}
+                                     "cancelled": ["m#0"], "failed": [],
+                                     "cancelled_cost_usd": pytest.approx(cancelled_cost)}
+    answered_cost = row["prompt_tokens"] * PRICE_IN + row["completion_tokens"] * PRICE_OUT
+    assert row["cost_usd"] == pytest.approx(answered_cost + cancelled_cost)
     assert hedges(gw, "won") == won_before + 1
 
 

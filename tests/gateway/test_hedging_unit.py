@@ -119,8 +119,11 @@ def test_off_by_default() -> None:
 # ---- the race -----------------------------------------------------------------------------------
 
 
+PROMPT_TOKENS, PRICE_IN = 100, 1e-6  # a cancelled call costs its prompt: 1e-4 USD
+
+
 def deployment(name: str) -> Deployment:
-    return Deployment(name, "m", cast(Backend, None), ModelInfo(), "hosted_vllm/m")
+    return Deployment(name, "m", cast(Backend, None), ModelInfo(input_cost_per_token=PRICE_IN), "hosted_vllm/m")
 
 
 Behaviour = float | BackendError | tuple[float, BackendError] | None
@@ -174,7 +177,8 @@ class Upstreams:
         async def drop(answer: str) -> None:
             pass
 
-        return Race(hedging, "m", False, delay_s, retries, self.start, drop, next_deployment, hedge_deployment)
+        return Race(hedging, "m", False, delay_s, retries, self.start, drop, next_deployment, hedge_deployment,
+                    prompt_tokens=PROMPT_TOKENS)
 
 
 def fail(status: int = 503) -> BackendError:
@@ -188,7 +192,7 @@ def test_a_slow_first_call_is_hedged_and_the_hedge_wins() -> None:
     assert up.started == [("a", 1, None), ("b", 2, 0.02)]
     assert up.cancelled == ["a"] and not up.holding
     assert won.hedge == {"delay_s": 0.02, "asked": ["a", "b"], "hedges": 1, "won": "b", "cancelled": ["a"],
-                         "failed": []}
+                         "failed": [], "cancelled_cost_usd": 1e-4}
     assert counted(hedging) == {"won": 1.0}
     assert len(hedging._windows[("m", False)]) == 2  # the winner's latency, and the loser's wait past the delay
 
