@@ -110,6 +110,7 @@ def create_app(settings: Settings, state: GatewayState | None = None) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await state.start()
         config_endpoint.reload_on_sighup(state)
+        config_endpoint.watch_config(state)
         try:
             yield
         finally:

@@ -120,6 +120,9 @@ class ServerConfig(StrictConfig):
     # aborted); None waits for all of them. Set it under the orchestrator's kill timeout.
     graceful_shutdown_s: float | None = Field(default=None, ge=0)
     batch_concurrency: int = Field(default=8, ge=1)  # a batch's requests in flight at once (gateway/batches.py)
+    # Seconds between looks at the config file: a changed file's model list is reloaded (gateway/config_reload.py),
+    # as a Kubernetes ConfigMap's update reaches every replica. None: only on SIGHUP or POST /config/reload.
+    watch_config_s: float | None = Field(default=None, gt=0)
 
 
 class Settings(StrictConfig):

@@ -1,6 +1,7 @@
 """How a reload of the model list is asked for (gateway/config_reload.py): `POST /config/reload` with the
-master key, answering what changed (or a 400 saying why nothing did), and SIGHUP to `pitstop serve`,
-logged the same way. One gateway replica each: send it to every replica (each reads its own file)."""
+master key, answering what changed (or a 400 saying why nothing did); SIGHUP to `pitstop serve`, logged
+the same way; or `server.watch_config_s`, the file looked at and reloaded when it changes. One gateway
+replica each: send the call or signal to every replica (each reads its own file), or let each watch it."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ async def reload_and_count(state: GatewayState) -> ReloadReport:
                        code="config_reload_failed") from None
     state.metrics.config_reloads.labels("reloaded").inc()
     return report
+
+
+def watch_config(state: GatewayState) -> None:
+    """`server.watch_config_s`: the file looked at that often and reloaded when it changes."""
+    interval_s = state.settings.server.watch_config_s
+    if interval_s is not None and state.reloader.path is not None:
+        state.reloader.watch(interval_s, lambda: reload_and_count(state))
 
 
 def reload_on_sighup(state: GatewayState) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -129,6 +131,7 @@ class ConfigReloader:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.retired: set[Deployment] = set()  # taken out, not yet closed
+        self._watcher: asyncio.Task[None] | None = None  # server.watch_config_s
 
     async def reload(self, state: GatewayState) -> ReloadReport:
         async with self._lock:
@@ -209,8 +212,37 @@ class ConfigReloader:
         except Exception:
             log.exception("closing retired deployment %s failed", deployment.name)
 
+    def watch(self, interval_s: float, reload: Callable[[], Awaitable[object]]) -> None:
+        """Calls `reload` whenever the file has changed (its modification time, size or inode), looked at
+        every `interval_s`; a file that is refused is not tried again until it changes once more."""
+        assert self.path is not None
+        path = self.path
+
+        def signature() -> tuple[int, int, int] | None:
+            try:
+                stat = os.stat(path)  # through a symlink: a ConfigMap's update swaps the link's target
+            except OSError:
+                return None
+            return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+        async def loop() -> None:
+            seen = signature()
+            while True:
+                await asyncio.sleep(interval_s)
+                now = await asyncio.to_thread(signature)
+                if now is not None and now != seen:
+                    seen = now
+                    with suppress(Exception):  # logged and counted by `reload`
+                        await reload()
+
+        self._watcher = asyncio.get_running_loop().create_task(loop())
+
     async def close(self) -> None:
         """At shutdown, after the app's requests have ended: whatever is still retiring is closed now."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._watcher
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -195,6 +195,22 @@ def test_a_gateway_built_from_a_dict_has_no_file_to_reload(upstreams: tuple[Upst
     assert response.status_code == 400 and "not started from a config file" in response.text
 
 
+def test_a_watched_config_file_is_reloaded_when_it_changes(upstreams: tuple[UpstreamProcess, UpstreamProcess],
+                                                           tmp_path: Path) -> None:
+    a, b = upstreams
+    path = tmp_path / "pitstop.yaml"
+    server = {"watch_config_s": 0.05}
+    raw = gateway_config(tmp_path, [model_entry("m", a.api_base)], auth=AUTH, server=server)
+    with running_gateway(raw, config_path=path) as gateway:
+        reloadable = Reloadable(gateway, path, tmp_path)
+        path.write_text("model_list: [unclosed\n")  # refused, counted; the old list serves on
+        wait_until(lambda: reloadable.metric("refused") == "1.0", what="the broken file refused")
+        assert reloadable.chat("m") == "from-a"
+        reloadable.write([model_entry("m", b.api_base)], server=server)
+        wait_until(lambda: reloadable.metric("reloaded") == "1.0", what="the fixed file reloaded")
+        assert reloadable.chat("m") == "from-b"
+
+
 def test_sighup_reloads_pitstop_serve(upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path) -> None:
     a, b = upstreams
     path = write_config(tmp_path / "pitstop.yaml", gateway_config(tmp_path, [model_entry("m", a.api_base)]))
