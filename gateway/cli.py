@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from agent_sessions.cli import add_tool_duration_commands
 from engine.cli import add_engine_commands
 from gateway.commands import DEFAULT_CONFIG, add_gateway_commands, add_router_log_commands
+from gateway.config_commands import add_config_commands
 from gateway.usage_report import add_report_commands
 from rankers.cli import add_ranker_commands
 from routers.cli import add_router_commands
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     add_gateway_commands(groups)
     add_report_commands(groups, DEFAULT_CONFIG)
+    add_config_commands(groups)
     engine = groups.add_parser("engine", help="run and inspect Pitstop's own inference engine")
     add_engine_commands(engine.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True))
     train = groups.add_parser("train", help="train a learned component from data or outcome logs")
