@@ -19,8 +19,9 @@ def kv_element_bytes(kv_cache_dtype: str, model_bytes: int) -> int:
     return model_bytes if kv_cache_dtype == "auto" else 1
 
 
-# --quantization: W8A8 projections (engine/model/quant_config.py), one byte a weight.
-Quantization = Literal["int8", "fp8"]
+# --quantization: W8A8 projections (engine/model/quant_config.py), one byte a weight; or W4A16 (int4),
+# half a byte a weight plus a scale and zero point a group of 128.
+Quantization = Literal["int8", "fp8", "int4"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 DRAFT_POLICIES = ("fixed", "goodput")
 ACCEPTANCE_METHODS = ("rejection_sampler", "coupled")

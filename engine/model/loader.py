@@ -4,7 +4,10 @@ mapped onto our packed q/k/v and gate/up projections and our stacked experts (Qw
 `mlp.experts.N.gate_proj`, Mixtral's `block_sparse_moe.experts.N.w1`, or transformers 5's already
 stacked `mlp.experts.gate_up_proj`); tied embeddings share one tensor. An fp8 checkpoint's KV cache
 scales (`self_attn.k_scale` / `v_scale`, one `kv_scale` for both, or llm-compressor's
-`k_proj.output_scale` / `v_proj.output_scale`) become each layer's scales for an fp8 KV cache."""
+`k_proj.output_scale` / `v_proj.output_scale`) become each layer's scales for an fp8 KV cache.
+Quantized projections (engine/model/quant_linear.py, engine/model/int4_linear.py) read their own tensors
+through `load_part`; a 4-bit one takes whole tensors and cuts its tensor-parallel share after unpacking
+them, and is told when a checkpoint starts and ends (`begin_loading`, `finish_loading`)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from engine.model.config import ModelConfig
+from engine.model.int4_linear import Int4Linear
 from engine.model.layers import PackedLinear
 from engine.model.llama import Attention, CausalLM
 from engine.model.moe import Experts
@@ -33,6 +37,10 @@ PACKED_PROJECTIONS = {
 }
 # Checkpoint entries that are not parameters (buffers some exporters save).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Projections quantized by a checkpoint: 8-bit (QuantizedLinear) or 4-bit (Int4Linear), read by load_part.
+QUANTIZED = (QuantizedLinear, Int4Linear)
+# 4-bit tensors' names (engine/model/int4_formats.py), to name experts stored so.
+_INT4_EXPERT_TENSOR = re.compile(r".+\.experts\.\d+\.\w+\.(weight_packed|qweight|qzeros|scales|g_idx|weight_g_idx)")
 # One expert's projection in a Hub checkpoint -> (our stacked parameter, its half of gate_up or None).
 EXPERT_PROJECTIONS = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1), "down_proj": ("down_proj", None)}
 MIXTRAL_EXPERT_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
@@ -72,7 +80,7 @@ def load_model(
         model = CausalLM(config, tp)
     model = model.to(dtype)
     if quantization is not None:  # after the cast: 8-bit weights and float32 scales keep their dtypes
-        quantize_projections(model, quantization)
+        quantize_projections(model, quantization, tp.rank, tp.size)
     model = model.to_empty(device=device)
     model.tie_weights()
     load_weights(model, safetensors_files(model_dir), tp)
@@ -84,6 +92,10 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
     params = dict(model.named_parameters())  # tied lm_head shows up once, as embed_tokens
     modules = dict(model.named_modules())
     expected = {key for name in params for key in _expected_keys(name, modules)}
+    int4 = {path: module for path, module in modules.items() if isinstance(module, Int4Linear)}
+    expected |= {f"{path}.{key}" for path, module in int4.items() for key in module.checkpoint_keys()}
+    for module in int4.values():
+        module.begin_loading()
     loaded: set[str] = set()
     for path in files:
         with safe_open(str(path), framework="pt") as f:
@@ -93,10 +105,15 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
                 if name == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
                 our_name = _our_name(name)
-                loaded.update(_load_one(our_name, shard_tensor(our_name, f.get_tensor(name), tp), params, modules))
+                tensor = f.get_tensor(name)
+                if not isinstance(_projection_module(our_name, modules), Int4Linear):  # it cuts its own share
+                    tensor = shard_tensor(our_name, tensor, tp)
+                loaded.update(_load_one(our_name, tensor, params, modules))
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
+    for module in int4.values():
+        module.finish_loading()
 
 
 def _expected_keys(param_name: str, modules: dict) -> list[str]:
@@ -114,6 +131,15 @@ def _expected_keys(param_name: str, modules: dict) -> list[str]:
     return [param_name]
 
 
+def _projection_module(name: str, modules: dict) -> object:
+    """The module of ours that checkpoint tensor `name` belongs to, a packed one for q/k/v and gate/up."""
+    module_path = name.rpartition(".")[0]
+    parent, _, projection = module_path.rpartition(".")
+    if projection in PACKED_PROJECTIONS:
+        return modules.get(f"{parent}.{packed_name_of(projection)}")
+    return modules.get(module_path)
+
+
 def _our_name(name: str) -> str:
     """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's."""
     name = name.replace(".block_sparse_moe.", ".mlp.")
@@ -129,6 +155,9 @@ def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> l
     if kv_scale:
         _load_kv_scale(modules, kv_scale["attention"], KV_SCALE_NAMES[kv_scale["scale"]], tensor)
         return []
+    if _INT4_EXPERT_TENSOR.fullmatch(name):
+        raise ValueError(f"{name} is a 4-bit MoE expert tensor: this engine keeps experts in the model's dtype "
+                         "and serves 4-bit weights only in the attention and dense MLP projections")
     expert = _EXPERT_TENSOR.fullmatch(name)
     if expert and expert["projection"] in EXPERT_PROJECTIONS:
         return [_load_expert(expert["experts"], int(expert["index"]), expert["projection"], tensor, modules)]
@@ -137,13 +166,13 @@ def _load_one(name: str, tensor: torch.Tensor, params: dict, modules: dict) -> l
         return _expected_keys(name, modules)
     module_path, _, leaf = name.rpartition(".")
     parent, _, projection = module_path.rpartition(".")
-    if isinstance(modules.get(module_path), QuantizedLinear):
+    if isinstance(modules.get(module_path), QUANTIZED):
         return [f"{module_path}.{key}" for key in modules[module_path].load_part(leaf, 0, tensor)]
     if projection in PACKED_PROJECTIONS and f"{parent}.{packed_name_of(projection)}" in modules:
         packed_name, shard = PACKED_PROJECTIONS[projection]
         target = f"{parent}.{packed_name}.{leaf}"
         module = modules[f"{parent}.{packed_name}"]
-        if isinstance(module, QuantizedLinear):
+        if isinstance(module, QUANTIZED):
             return [f"{parent}.{packed_name}.{key}" for key in module.load_part(leaf, shard, tensor)]
         assert isinstance(module, PackedLinear)
         if target not in params:

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from engine.model.config import ModelConfig
+from engine.model.int4_linear import Int4Linear
 from engine.model.layers import PackedLinear
 from engine.model.quant_linear import QuantizedLinear
 
@@ -149,7 +150,7 @@ class LoRAStep:
 class LoRALinear(nn.Module):
     """A projection plus, for the rows of each adapter in the step, that adapter's low-rank delta."""
 
-    def __init__(self, base: nn.Linear | QuantizedLinear, step: LoRAStep, layer: int, name: str) -> None:
+    def __init__(self, base: nn.Linear | QuantizedLinear | Int4Linear, step: LoRAStep, layer: int, name: str) -> None:
         super().__init__()
         self.base = base
         self.step = step
@@ -157,7 +158,7 @@ class LoRALinear(nn.Module):
         self.name = name
 
     def split(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        assert isinstance(self.base, PackedLinear | QuantizedLinear)
+        assert isinstance(self.base, PackedLinear | QuantizedLinear | Int4Linear)
         return self.base.split(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

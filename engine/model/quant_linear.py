@@ -9,9 +9,12 @@ quantizing the parts one by one the same as quantizing the whole."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
+from engine.model.int4_linear import Int4Linear
 from engine.model.quant_config import QuantScheme
 
 # cuBLAS's int8 GEMM wants more than 16 rows; fewer are padded.
@@ -125,21 +128,24 @@ def _int8_mm(quantized: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(quantized, weight.t())
 
 
-def quantize_projections(model: nn.Module, scheme: QuantScheme) -> None:
-    """Puts a QuantizedLinear (still unallocated, on the meta device) in place of each projection of the
-    dense decoder layers that `scheme` quantizes; call before the weights are allocated and loaded."""
+def quantize_projections(model: nn.Module, scheme: QuantScheme, tp_rank: int = 0, tp_size: int = 1) -> None:
+    """Puts a QuantizedLinear, or an Int4Linear for int4 (still unallocated, on the meta device), in place
+    of each projection of the dense decoder layers that `scheme` quantizes; call before the weights are
+    allocated and loaded. `tp_rank` of `tp_size`: the rank an int4 projection cuts its share for."""
     config = model.config  # type: ignore[attr-defined]
     for index, layer in enumerate(model.model.layers):  # type: ignore[union-attr]
         prefix = f"model.layers.{index}"
         attention = layer.self_attn
-        _replace(attention, "qkv_proj", [f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")], scheme)
-        _replace(attention, "o_proj", [f"{prefix}.self_attn.o_proj"], scheme)
+        replace = partial(_replace, scheme=scheme, tp=(tp_rank, tp_size))
+        replace(attention, "qkv_proj", [f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")])
+        replace(attention, "o_proj", [f"{prefix}.self_attn.o_proj"], split_inputs=True)
         if not config.is_sparse(index):
-            _replace(layer.mlp, "gate_up_proj", [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"], scheme)
-            _replace(layer.mlp, "down_proj", [f"{prefix}.mlp.down_proj"], scheme)
+            replace(layer.mlp, "gate_up_proj", [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"])
+            replace(layer.mlp, "down_proj", [f"{prefix}.mlp.down_proj"], split_inputs=True)
 
 
-def _replace(parent: nn.Module, attribute: str, checkpoint_names: list[str], scheme: QuantScheme) -> None:
+def _replace(parent: nn.Module, attribute: str, checkpoint_names: list[str], scheme: QuantScheme,
+             tp: tuple[int, int], split_inputs: bool = False) -> None:
     chosen = {scheme.quantizes(name) for name in checkpoint_names}
     if len(chosen) > 1:
         raise ValueError(f"{', '.join(checkpoint_names)} share one matmul: quantize all of them or none")
@@ -148,5 +154,9 @@ def _replace(parent: nn.Module, attribute: str, checkpoint_names: list[str], sch
     linear = getattr(parent, attribute)
     sizes = list(getattr(linear, "output_sizes", [linear.out_features]))
     with torch.device("meta"):
-        quantized = QuantizedLinear(linear.in_features, sizes, linear.bias is not None, scheme, linear.weight.dtype)
+        if scheme.method == "int4":
+            quantized: nn.Module = Int4Linear(linear.in_features, sizes, linear.bias is not None, scheme,
+                                              linear.weight.dtype, *tp, split_inputs, name=checkpoint_names[0])
+        else:
+            quantized = QuantizedLinear(linear.in_features, sizes, linear.bias is not None, scheme, linear.weight.dtype)
     setattr(parent, attribute, quantized)

@@ -177,7 +177,7 @@ def test_an_fp8_checkpoint_with_per_tensor_weights_and_static_inputs(tiny_model_
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"format": "pack-quantized"}, "4-bit and packed weights"),
+    ({"format": "pack-quantized"}, "pack-quantized 8-bit int weights are not supported"),  # W8A16
     ({"weights": {"num_bits": 4}}, "4-bit int weights"),
     ({"weights": {"symmetric": False}}, "asymmetric"),
     ({"weights": {"strategy": "group", "group_size": 128}}, "weight strategy 'group'"),
@@ -197,8 +197,8 @@ def test_unsupported_compressed_tensors_schemes_are_refused_with_the_reason(chan
             group[key] = value
     with pytest.raises(QuantizationError, match=message):
         checkpoint_scheme(config)
-    with pytest.raises(QuantizationError, match="gptq"):
-        checkpoint_scheme({"quant_method": "gptq", "bits": 4})
+    with pytest.raises(QuantizationError, match="3-bit GPTQ"):  # 4-bit ones: tests/engine/test_int4_formats.py
+        checkpoint_scheme({"quant_method": "gptq", "bits": 3})
     with pytest.raises(QuantizationError, match="block-wise"):
         checkpoint_scheme({"quant_method": "fp8", "weight_block_size": [128, 128]})
 
