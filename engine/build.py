@@ -35,8 +35,9 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     `kv_cache_dtype`: "auto" (the model's dtype) or an fp8 format (engine/config.py KV_CACHE_DTYPES): byte
     budgets then hold twice the blocks, and a simulation prices the smaller KV; `calculate_kv_scales`: its
     scales measured on the first step rather than read from the checkpoint. `quantization`: "int8" or
-    "fp8" W8A8 projections (engine/model/quant_config.py; a quantized checkpoint's own is used without
-    it), which a simulation prices as one byte a weight. `tensor_parallel_size`: the model sharded over
+    "fp8" W8A8 projections, or "int4" W4A16 ones (engine/model/quant_config.py; a quantized checkpoint's
+    own is used without it), which a simulation prices as one byte a weight (int4: half a byte and its
+    scales). `tensor_parallel_size`: the model sharded over
     that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
     on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA

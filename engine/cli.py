@@ -87,8 +87,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="shard the model over N ranks, each a process (a GPU each on CUDA); budgets are per rank")
     serve.add_argument("--quantization", choices=QUANTIZATIONS,
-                       help="W8A8 projections quantized while loading: int8 or fp8 (a quantized checkpoint's "
-                            "own scheme is used without this flag; with it, the flag must name that scheme)")
+                       help="projections quantized while loading: int8 or fp8 (W8A8), or int4 (W4A16: 4-bit "
+                            "weights in groups of 128 with zero points); a quantized checkpoint's own scheme "
+                            "(compressed-tensors, fp8, AWQ, GPTQ) is used without this flag; with it, the flag "
+                            "must name that scheme")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -152,11 +154,14 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--seed", type=int, default=0)
     lora.set_defaults(handler=make_tiny_lora_command)
 
-    quantize = subparsers.add_parser("quantize", help="write a W8A8 (int8 or fp8) copy of a model folder, in "
-                                     "compressed-tensors' layout")
+    quantize = subparsers.add_parser("quantize", help="write a W8A8 (int8 or fp8) or W4A16 (int4) copy of a model "
+                                     "folder, in compressed-tensors' layout")
     quantize.add_argument("--model", type=Path, required=True, help="a full-precision Hugging Face model folder")
     quantize.add_argument("--out", type=Path, required=True, help="the folder to write")
     quantize.add_argument("--quantization", choices=QUANTIZATIONS, default="int8")
+    quantize.add_argument("--group-size", type=int, metavar="N",
+                          help="int4: input columns sharing a scale and zero point (default 128; 32 or 64 for "
+                               "widths 128 does not divide)")
     quantize.set_defaults(handler=quantize_command)
 
     profile = subparsers.add_parser("profile", help="measure step times of a model, write a sim profile")
@@ -165,7 +170,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--device")
     profile.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                          help="the KV storage to measure (a simulation with an fp8 cache needs an fp8 profile)")
-    profile.add_argument("--quantization", choices=QUANTIZATIONS, help="W8A8 projections to measure (int8 or fp8)")
+    profile.add_argument("--quantization", choices=QUANTIZATIONS,
+                         help="quantized projections to measure (int8 or fp8 W8A8, int4 W4A16)")
     profile.add_argument("--disk-kv-path", type=Path, metavar="DIR",
                          help="a folder on the drive a disk KV tier will use: its reads are timed there "
                               "(default: beside --out)")
@@ -181,7 +187,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     roofline.add_argument("--gpu", choices=sorted(GPUS), required=True)
     roofline.add_argument("--tensor-parallel", type=int, default=1)
     roofline.add_argument("--quantization", choices=QUANTIZATIONS,
-                          help="the engine's W8A8 projections: one byte a weight, at the format's FLOP/s")
+                          help="the engine's quantized projections: W8A8 (int8, fp8) at one byte a weight and "
+                               "the format's FLOP/s, W4A16 (int4) at half a byte plus its scales, bf16 FLOP/s")
     roofline.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                           help="fp8: KV stored in one byte an element (default auto: as the weights, at least 2)")
     roofline.add_argument("--out", type=Path, required=True, metavar="PROFILE.json")
@@ -281,8 +288,8 @@ def quantize_command(args: argparse.Namespace) -> int:
         print(f"pitstop: {args.model} is not a model folder (no config.json)", file=sys.stderr)
         return 2
     try:
-        print(quantize_checkpoint(args.model, args.out, args.quantization))
-    except ValueError as exc:  # already quantized
+        print(quantize_checkpoint(args.model, args.out, args.quantization, args.group_size))
+    except ValueError as exc:  # already quantized, or groups that do not divide a projection's width
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -75,5 +75,5 @@ class EngineStats:
     spec: SpeculationCounters
     kv_cache_dtype: str = "auto"  # how the runner stores KV (engine/config.py KV_CACHE_DTYPES)
     num_loras: int = 0  # LoRA adapters loaded
-    quantization: str | None = None  # the runner's W8A8 projections (engine/model/quant_config.py), if any
+    quantization: str | None = None  # the runner's W8A8 or W4A16 projections (engine/model/quant_config.py), if any
     tensor_parallel_size: int = 1  # ranks the model is sharded over (engine/model/parallel.py)

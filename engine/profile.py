@@ -270,7 +270,7 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
     """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
     num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`.
     `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size;
-    `quantization`: its W8A8 projections (engine/model/quant_config.py), recorded in the model shape.
+    `quantization`: its W8A8 or W4A16 projections (engine/model/quant_config.py), recorded in the model shape.
     `disk_kv_path`: a folder on the drive a disk tier will use, where its reads are timed (a scratch folder
     made there and removed; default: beside `out_path`)."""
     sweep = sweep or ProfileSweep()

@@ -1,11 +1,14 @@
-"""`pitstop engine quantize`: writes a W8A8 copy of a full-precision model folder in llm-compressor's
-compressed-tensors layout (`int-quantized` or `float-quantized`, weights per channel, activations
-dynamic per token), which the engine (and vLLM) load without `--quantization`. Round-to-nearest needs
-no calibration data: the per-token activation scales are taken at run time. The engine then loads one
-byte a projection weight instead of reading and quantizing the full-precision checkpoint at start.
+"""`pitstop engine quantize`: writes a quantized copy of a full-precision model folder in llm-compressor's
+compressed-tensors layout, which the engine (and vLLM) load without `--quantization`: W8A8
+(`int-quantized` or `float-quantized`, weights per channel, activations dynamic per token) or W4A16
+(`pack-quantized`, 4-bit weights in groups of `group_size` columns with zero points, as
+engine/model/int4_formats.py packs them; activations in the model's dtype). Round-to-nearest needs no
+calibration data (the per-token activation scales are taken at run time); it is the same rounding as
+`--quantization` at load, so the checkpoint serves exactly as the flag does. The engine then loads one
+byte (or half a byte) a projection weight instead of reading and quantizing the full checkpoint at start.
 
 Quantized: the attention and dense MLP projections (what engine/model/quant_linear.py serves);
-embeddings, the LM head, MoE routers and experts are copied as they are."""
+embeddings, the LM head, MoE routers and experts are copied as they are (and named in `ignore`)."""
 
 from __future__ import annotations
 
@@ -19,15 +22,29 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.config import QUANTIZATIONS
+from engine.model.int4_formats import pack_compressed_tensors, quantize_groups
 from engine.model.loader import safetensors_files
-from engine.model.quant_config import QuantScheme
+from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
 
 _PROJECTION = re.compile(r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight")
+# What vLLM would otherwise take for quantized Linear layers of a mixture-of-experts model.
+_MOE_IGNORE = ["re:.*\\.(mlp|block_sparse_moe)\\.experts\\..*", "re:.*\\.(mlp|block_sparse_moe)\\.gate$"]
+_EXPERT_TENSOR = re.compile(r".*\.(mlp|block_sparse_moe)\.experts\..*")
 
 
-def quantization_config(method: str) -> dict:
-    """The `quantization_config` of config.json for a `method` ("int8" / "fp8") checkpoint."""
+def quantization_config(method: str, group_size: int = RUNTIME_INT4_GROUP_SIZE) -> dict:
+    """The `quantization_config` of config.json for a `method` ("int8" / "fp8" / "int4") checkpoint."""
+    if method == "int4":
+        return {
+            "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": {"group_0": {
+                "targets": ["Linear"], "input_activations": None, "output_activations": None,
+                "weights": {"num_bits": 4, "type": "int", "symmetric": False, "strategy": "group",
+                            "group_size": group_size, "dynamic": False, "actorder": None, "observer": "minmax"},
+            }},
+            "ignore": ["lm_head"],
+        }
     kind = "int" if method == "int8" else "float"
     return {
         "quant_method": "compressed-tensors", "format": f"{kind}-quantized", "quantization_status": "compressed",
@@ -41,15 +58,22 @@ def quantization_config(method: str) -> dict:
     }
 
 
-def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str) -> Path:
-    """Writes `out_dir`: `model_dir`'s files with its projections in `method` and their scales."""
+def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
+                        group_size: int | None = None) -> Path:
+    """Writes `out_dir`: `model_dir`'s files with its projections in `method` and their scales (int4:
+    in groups of `group_size` input columns, 128 by default; zero points too)."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"quantization {method!r} is not one of {', '.join(QUANTIZATIONS)}")
+    if group_size is not None and method != "int4":
+        raise ValueError(f"--group-size applies to int4, not {method} (one scale a row)")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = json.loads((model_dir / "config.json").read_text())
     if config.get("quantization_config"):
         raise ValueError(f"{model_dir} is already quantized ({config['quantization_config'].get('quant_method')})")
-    scheme = QuantScheme(method)
+    scheme = runtime_scheme(method)
+    if group_size is not None:
+        scheme = QuantScheme("int4", group_size=group_size, symmetric=scheme.symmetric)
+    experts = False
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():  # tokenizer, chat template, generation config
         if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json",
@@ -61,7 +85,12 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str)
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 tensor = f.get_tensor(name)
-                if _PROJECTION.fullmatch(name):
+                experts = experts or bool(_EXPERT_TENSOR.fullmatch(name))
+                if _PROJECTION.fullmatch(name) and scheme.method == "int4":
+                    module = name.removesuffix(".weight")
+                    for leaf, value in _int4_tensors(module, tensor, scheme).items():
+                        tensors[f"{module}.{leaf}"] = value
+                elif _PROJECTION.fullmatch(name):
                     quantized, scale = quantize_rows(tensor, scheme)
                     tensors[name] = quantized
                     tensors[name.removesuffix("weight") + "weight_scale"] = scale[:, None].contiguous()
@@ -72,6 +101,18 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str)
     if (model_dir / "model.safetensors.index.json").exists():
         index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config["quantization_config"] = quantization_config(method)
+    config["quantization_config"] = quantization_config(method, scheme.group_size or RUNTIME_INT4_GROUP_SIZE)
+    if experts:
+        config["quantization_config"]["ignore"] += _MOE_IGNORE
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _int4_tensors(module: str, weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
+    """One projection's pack-quantized tensors, rounded as `--quantization int4` rounds at load."""
+    group_size = scheme.group_size or RUNTIME_INT4_GROUP_SIZE
+    if weight.shape[1] % group_size:
+        raise QuantizationError(f"{module}'s {weight.shape[1]} input columns are not whole groups of {group_size}: "
+                                "choose a --group-size that divides them")
+    values, scales, zeros = quantize_groups(weight, group_size, scheme.symmetric)
+    return pack_compressed_tensors(values, scales, None if scheme.symmetric else zeros, weight.dtype)

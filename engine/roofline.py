@@ -18,8 +18,9 @@ Tensor parallelism over N GPUs divides weights and KV per GPU and multiplies ban
 all-reduce traffic is not modelled (NVLink keeps it to roughly 5-10% of a step), nor is pipeline
 parallelism. A quantized engine (`quantization`: the W8A8 projections of engine/model/quant_linear.py)
 streams its attention and dense MLP projections at one byte a weight and multiplies them at the format's
-peak (fp8 or int8 tensor cores; the bf16 peak on a GPU without them); embeddings, the LM head, routers
-and experts keep `weight_bytes`.
+peak (fp8 or int8 tensor cores; the bf16 peak on a GPU without them); W4A16 (int4, engine/model/int4_linear.py)
+streams half a byte a weight plus a bf16 scale and zero point a group of 128 and multiplies at the bf16
+peak (its activations stay bf16); embeddings, the LM head, routers and experts keep `weight_bytes`.
 
 Mixture-of-experts models (Qwen3-MoE, Mixtral) compute with the experts each token is routed to, and
 a step streams only the experts some token of it chose: with T tokens each picking k of E experts,
@@ -35,6 +36,8 @@ from engine.config import QUANTIZATIONS, kv_element_bytes
 from engine.model.config import attention_window, expert_fields
 
 MIB = 1 << 20
+# Bytes a quantized projection weight streams: int4 stores a bf16 scale and zero point a group of 128.
+QUANTIZED_WEIGHT_BYTES = {"int8": 1.0, "fp8": 1.0, "int4": 0.5 + 4 / 128}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class ModelShape:
     expert_intermediate_size: int = 0
     num_sparse_layers: int = 0
     sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)
-    quantization: str | None = None  # "int8" / "fp8": the projections are W8A8, one byte a weight
+    quantization: str | None = None  # "int8" / "fp8": W8A8 projections, one byte a weight; "int4": W4A16
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -124,8 +127,13 @@ class ModelShape:
 
     @property
     def quantized_params(self) -> int:
-        """Weights stored in one byte under `quantization` (none without it)."""
+        """Weights stored quantized under `quantization` (none without it)."""
         return self.projection_params if self.quantization else 0
+
+    @property
+    def quantized_weight_bytes(self) -> float:
+        """Bytes each of `quantized_params` takes (QUANTIZED_WEIGHT_BYTES; `weight_bytes` unquantized)."""
+        return QUANTIZED_WEIGHT_BYTES[self.quantization] if self.quantization else self.weight_bytes
 
     @property
     def expert_params(self) -> int:
@@ -160,7 +168,8 @@ class ModelShape:
     @property
     def weight_memory_bytes(self) -> int:
         """What the weights occupy on the GPU(s), embeddings included."""
-        return self.num_params * self.weight_bytes - self.quantized_params * (self.weight_bytes - 1)
+        return round(self.num_params * self.weight_bytes
+                     - self.quantized_params * (self.weight_bytes - self.quantized_weight_bytes))
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -216,15 +225,15 @@ class RooflineStepTime:
         bytes_per_s = self.gpu.hbm_bytes_per_s * self.memory_efficiency * self.tensor_parallel
         quantized = m.quantized_params
         constants = {
-            # 2 FLOPs per multiply-add; quantized projections at their format's rate.
+            # 2 FLOPs per multiply-add; quantized projections at their format's rate (W4A16's is bf16's).
             "_s_per_token": 2 * (m.active_layer_params - quantized) / flops_per_s + 2 * quantized / quantized_per_s,
             "_s_per_sampled": 2 * m.lm_head_params / flops_per_s,
             # QK^T and PV: two matmuls of 2 FLOPs per multiply-add, per head per layer.
             "_s_per_pair": 4 * m.num_layers * m.num_heads * m.head_dim / flops_per_s,
             # Streamed every step: all shared matmul weights (the embedding table is only gathered by
             # row), and each expert that some token of the step is routed to.
-            "_s_weights": ((m.shared_layer_params - quantized + m.lm_head_params) * m.weight_bytes + quantized)
-            / bytes_per_s,
+            "_s_weights": ((m.shared_layer_params - quantized + m.lm_head_params) * m.weight_bytes
+                           + quantized * m.quantized_weight_bytes) / bytes_per_s,
             "_s_per_expert": m.expert_params * m.weight_bytes / bytes_per_s,
             "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
             # Each GPU copies its shard of a block's heads over its own link.
@@ -286,7 +295,8 @@ class RooflineStepTime:
         return model_time.with_quantization(quantization).with_kv_cache_dtype(kv_cache_dtype)
 
     def with_quantization(self, quantization: str | None) -> RooflineStepTime:
-        """The same GPU serving the model with W8A8 projections (`int8` or `fp8`), or as it is (None)."""
+        """The same GPU serving the model with W8A8 (`int8`, `fp8`) or W4A16 (`int4`) projections, or as it
+        is (None)."""
         if quantization == self.model.quantization:
             return self
         if quantization not in (None, *QUANTIZATIONS):

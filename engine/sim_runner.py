@@ -61,7 +61,7 @@ class SimulatedRunner:
         shape = getattr(step_time, "model", None)
         window = shape.get("sliding_window") if isinstance(shape, dict) else getattr(shape, "sliding_window", 0)
         self.attention_window: int | None = window or None
-        # The modelled engine's W8A8 projections, which `step_time` prices (engine/build.py): reported.
+        # The modelled engine's W8A8 or W4A16 projections, which `step_time` prices (engine/build.py): reported.
         quantization = shape.get("quantization") if isinstance(shape, dict) else getattr(shape, "quantization", None)
         self.quantization: str | None = quantization
         self.step_time = step_time

@@ -43,7 +43,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
     dtype: the checkpoint's on CUDA, float32 on CPU (see `default_dtype`); kv_cache_dtype: "auto" (the
     same) or an fp8 format (engine/config.py KV_CACHE_DTYPES), for the GPU's blocks and the host tier's, its
     scales measured on the first step with `calculate_kv_scales` (engine/model/kv_quant.py); quantization:
-    "int8" or "fp8" W8A8 projections quantized while loading, else what a quantized checkpoint stores
+    "int8" or "fp8" W8A8 projections, or "int4" W4A16 ones, quantized while loading, else what a quantized checkpoint stores
     (engine/model/quant_config.py); tensor_parallel_size: N > 1 shards the model over N ranks, this one
     rank 0 and the rest processes it starts (engine/tp_workers.py), each with 1/N of the heads and of
     every KV block, so `num_blocks` and byte budgets are per rank; CPU ranks sum through shared memory
