@@ -49,6 +49,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.sliding_window
 	$(PY) -m bench.tensor_parallel
 	$(PY) -m bench.thinking_budget
+	$(PY) -m bench.engine_int4
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
