@@ -45,6 +45,7 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.draft_model
 	$(PY) -m bench.lora
 	$(PY) -m bench.weight_update
+	$(PY) -m bench.sleep_mode
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window
 	$(PY) -m bench.tensor_parallel
