@@ -26,9 +26,9 @@ from gateway import (
     moderation,
     proxy,
     rerank,
-    rl_admin,
     session_endpoint,
     stored_completion_endpoints,
+    team_admin,
     usage_endpoints,
     vector_store_endpoints,
     webhook_endpoints,
@@ -62,7 +62,6 @@ ROUTES = [
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
     Route("/update_weights_from_disk", weight_admin.update_weights_from_disk, methods=["POST"]),  # RL, master key
-    *rl_admin.ROUTES,  # /pause, /resume, /is_paused, /sleep, /wake_up, /is_sleeping, /reset_prefix_cache
     Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
@@ -71,6 +70,7 @@ ROUTES = [
     Route("/v1/keys/{key_id}", key_admin.get_key, methods=["GET"]),
     Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
     Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
+    *team_admin.ROUTES,  # /v1/teams: keys that share a budget and limits, master key
     Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
     Route("/config/reload", config_endpoint.reload_config, methods=["POST"]),  # the model list, master key
     Route("/v1/organization/usage/completions", usage_endpoints.completions_usage, methods=["GET"]),

@@ -1,5 +1,5 @@
-"""Who is calling: an API key (stored hashed, looked up off the event loop and cached briefly), the
-master key, or nobody when the config does not require keys."""
+"""Who is calling: an API key (stored hashed, looked up off the event loop with its team, and cached
+briefly), the master key, or nobody when the config does not require keys."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from starlette.datastructures import Headers
 from engine.server.errors import APIError
 from gateway.access_config import AuthConfig, LimitsConfig
 from gateway.limits.periods import BudgetPeriod
+from gateway.team_limits import SUBJECT_PREFIX, TeamLimits
 from gateway.wildcards import name_matches
 from storage.keys import KeyStore
 from storage.models import ApiKey
+from storage.teams import TeamStore
 
 _CACHE_TTL_S = 10.0
 
@@ -34,6 +36,7 @@ class Caller:
     period_spent_usd: float = 0.0
     name: str | None = None  # the key's name, for messages about it (gateway/budget_alerts.py)
     tpm_limit: int | None = None  # tokens (prompt + completion) a minute
+    team: TeamLimits | None = None  # the key's team, whose limits bound its requests too (gateway/team_limits.py)
 
     def stored_spend(self, period: int | None) -> float:
         """What the database had the key spend in `period` (its lifetime where None) when it was read."""
@@ -42,12 +45,15 @@ class Caller:
         return self.period_spent_usd if self.period_start == period else 0.0
 
     def may_use(self, model: str) -> bool:
-        """A model it names, or one a wildcard it names matches (`anthropic/*`: gateway/wildcards.py)."""
-        return self.models is None or model in self.models or any(
-            name_matches(allowed, model) for allowed in self.models if "*" in allowed)
+        """A model it names, or one a wildcard it names matches (`anthropic/*`: gateway/wildcards.py), and
+        its team's list allows (a key may not go past its team's)."""
+        return (self.team is None or self.team.may_use(model)) and (self.models is None or model in self.models or any(
+            name_matches(allowed, model) for allowed in self.models if "*" in allowed))
 
     def check_model(self, model: str) -> None:
-        """A 403 naming what the key may use, before the request takes a rate slot."""
+        """A 403 naming what the key (or its team) may use, before the request takes a rate slot."""
+        if self.team is not None:
+            self.team.check_model(model)
         if not self.may_use(model):
             allowed = ", ".join(sorted(self.models or ()))
             raise APIError(403, f"this API key may not use {model!r}; it may use: {allowed}", "model",
@@ -72,10 +78,12 @@ def bearer_token(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, auth: AuthConfig, limits: LimitsConfig, keys: KeyStore | None) -> None:
+    def __init__(self, auth: AuthConfig, limits: LimitsConfig, keys: KeyStore | None,
+                 teams: TeamStore | None = None) -> None:
         self.auth = auth
         self.limits = limits
         self.keys = keys
+        self.teams = teams
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def _lookup(self, token: str) -> Caller | None:
@@ -83,36 +91,54 @@ class Authenticator:
         cached = self._cache.get(token)
         if cached is not None and cached[0] > now:
             return cached[1]
-        key = await asyncio.to_thread(self.keys.lookup, token) if self.keys is not None else None
-        caller = None if key is None else self._caller(key)
+        caller = await asyncio.to_thread(self._read, token) if self.keys is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[token] = (now + _CACHE_TTL_S, caller)
         return caller
 
+    def _read(self, token: str) -> Caller | None:
+        """The active key for `token`, with its team (blocking: run in a thread)."""
+        assert self.keys is not None
+        key = self.keys.lookup(token)
+        return None if key is None else self._caller(key)
+
     def _caller(self, key: ApiKey) -> Caller:
+        team = self.teams.get(key.team_id) if key.team_id is not None and self.teams is not None else None
         return Caller(key.id, key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
                       key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
                       key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority,
                       cast("BudgetPeriod | None", key.budget_period or self.limits.default_budget_period),
                       key.period_start, key.period_spent_usd or 0.0, key.name,
-                      key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm)
+                      key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm,
+                      TeamLimits.of(team) if team is not None else None)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its
         request, a batch taken over by another replica); None for a key revoked or gone."""
         if key_id is None:
             return ANONYMOUS
-        key = await asyncio.to_thread(self.keys.get, key_id) if self.keys is not None else None
+        return await asyncio.to_thread(self._read_id, key_id) if self.keys is not None else None
+
+    def _read_id(self, key_id: str) -> Caller | None:
+        assert self.keys is not None
+        key = self.keys.get(key_id)
         return None if key is None or key.revoked_at is not None else self._caller(key)
 
     def is_master(self, headers: Headers) -> bool:
         token, master = bearer_token(headers), self.auth.master_key
         return bool(token and master and hmac.compare_digest(token.encode(), master.encode()))
 
-    def forget(self, key_id: str) -> None:
-        """Drop a key's cached lookups (its limits changed, or it was revoked) so the next request reads it."""
-        for token in [t for t, (_, caller) in self._cache.items() if caller is not None and caller.key_id == key_id]:
+    def forget(self, subject: str) -> None:
+        """Drop a key's cached lookups (its limits changed, or it was revoked), or with "team:<id>" those of
+        every key of that team (the team changed), so the next request reads them."""
+        if subject.startswith(SUBJECT_PREFIX):
+            team_id = subject[len(SUBJECT_PREFIX):]
+            stale = [t for t, (_, caller) in self._cache.items()
+                     if caller is not None and caller.team is not None and caller.team.team_id == team_id]
+        else:
+            stale = [t for t, (_, caller) in self._cache.items() if caller is not None and caller.key_id == subject]
+        for token in stale:
             del self._cache[token]
 
     async def authenticate(self, headers: Headers) -> Caller:

@@ -1,8 +1,11 @@
 """What a request holds of its key's budget while it runs (gateway/limits/base.py): its worst case, the
 costliest deployment it may be sent to, at its prompt (estimated) and the most it may answer, for every
-answer it asks for. Settled with its real cost when it ends (gateway/outcomes.py)."""
+answer it asks for; and the same of its key's team's budget, where the team has one. Settled with its
+real cost when it ends (gateway/outcomes.py)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from gateway.auth import Caller
 from gateway.deployments import DeploymentPool
@@ -26,8 +29,10 @@ def answers_asked(request: ProxyRequest) -> int:
 
 def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool: DeploymentPool,
                 request_id: str, timeout_s: float, attempts: int) -> Hold | None:
-    """The request's hold; None where its key has no budget."""
-    if caller.key_id is None or caller.budget_usd is None:
+    """The request's hold, in its key's budget period; None where neither its key nor the key's team has a
+    budget."""
+    team_budget = caller.team.budget_usd if caller.team is not None else None
+    if caller.key_id is None or (caller.budget_usd is None and team_budget is None):
         return None
     group = routes.groups.get(request.model)
     models = group.group.models if group is not None else [request.model]
@@ -42,3 +47,12 @@ def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool:
     # Past every attempt's timeout, so only a replica that died leaves a hold to lapse.
     return Hold(request_id, worst * answers_asked(request), max(DEFAULT_HOLD_TTL_S, timeout_s * attempts + 60),
                 current_period(caller.budget_period))
+
+
+def team_hold(caller: Caller, hold: Hold | None) -> Hold | None:
+    """The same hold on its key's team's budget, in the team's budget period (it may not be the key's);
+    None where the team has no budget."""
+    team = caller.team
+    if hold is None or team is None or team.budget_usd is None:
+        return None
+    return replace(hold, period=current_period(team.budget_period))

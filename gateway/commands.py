@@ -38,6 +38,7 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
                         help="the models and route groups it may use (default: all)")
     create.add_argument("--priority", type=_priority, help="its requests' priority: the default, and the most "
                         "urgent they may ask for (lower goes first; default: any)")
+    create.add_argument("--team", metavar="TEAM_ID", help="its team (`pitstop teams`), whose limits bound it too")
     create.set_defaults(handler=keys_create_command)
     listing = sub.add_parser("list", help="list keys")
     listing.set_defaults(handler=keys_list_command)
@@ -213,6 +214,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def keys_create_command(args: argparse.Namespace) -> int:
+    from gateway.team_commands import team_models_problem
     from storage.keys import KeyStore
 
     settings = _settings(args.config) if args.models else None
@@ -221,8 +223,12 @@ def keys_create_command(args: argparse.Namespace) -> int:
         print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
               f"{args.config}", file=sys.stderr)
         return 2
-    key_id, secret = KeyStore(_storage_url(args.config)).create(args.name, args.rpm, args.budget, args.models,
-                                                                args.priority, args.budget_period, args.tpm)
+    url = _storage_url(args.config)
+    if args.team is not None and (problem := team_models_problem(url, args.team, args.models)):
+        print(f"pitstop: {problem}", file=sys.stderr)
+        return 2
+    key_id, secret = KeyStore(url).create(args.name, args.rpm, args.budget, args.models, args.priority,
+                                          args.budget_period, args.tpm, args.team)
     print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
     return 0
 
@@ -235,7 +241,7 @@ def keys_list_command(args: argparse.Namespace) -> int:
         models = ",".join(key.models) if key.models is not None else "all"
         budget = f"{key.budget_usd}/{key.budget_period}" if key.budget_period else f"{key.budget_usd}"
         print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  tpm={key.tpm_limit}  budget={budget}  "
-              f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}")
+              f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}  team={key.team_id}")
     return 0
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from gateway.backends.base import Backend
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.deployment_build import adapter_backend, entry_key, make_backend, new_deployment
@@ -187,7 +189,7 @@ class ConfigReloader:
         for deployment in plan.retired:
             report.retired.append(deployment.name)
             self.retired.add(deployment)
-            task = asyncio.get_running_loop().create_task(self._retire(deployment))
+            task = asyncio.get_running_loop().create_task(self._retire(state, deployment))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         report.models_added = sorted(listed.keys() - old_models)
@@ -196,12 +198,13 @@ class ConfigReloader:
                  report.added or "none", report.retired or "none")
         return report
 
-    async def _retire(self, deployment: Deployment) -> None:
-        """Closes `deployment` once nothing runs or waits on it (or after the drain timeout)."""
+    async def _retire(self, state: GatewayState, deployment: Deployment) -> None:
+        """Closes `deployment` once nothing runs or waits on it (or after the drain timeout), and forgets it."""
         deadline = time.monotonic() + self.drain_timeout_s
         while _busy(deployment) and time.monotonic() < deadline:
             await asyncio.sleep(RETIRE_POLL_S)
         await self._close(deployment)
+        forget(state, deployment.name)
 
     async def _close(self, deployment: Deployment) -> None:
         self.retired.discard(deployment)
@@ -248,6 +251,28 @@ class ConfigReloader:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for deployment in list(self.retired):
             await self._close(deployment)
+
+
+def forget(state: GatewayState, name: str) -> None:
+    """What the gateway kept by a retired deployment's name (its name is never given again): its latency
+    averages, the prefixes it was sent, and its gauges' series, which would otherwise show its last values
+    on /metrics for as long as the process runs."""
+    balancer = state.pool.balancer
+    for key in [key for key in balancer.latencies if key[0] == name]:
+        del balancer.latencies[key]
+    owners: list[object] = [state.metrics]
+    if state.sessions is not None:
+        state.sessions.prefixes.forget(name)
+        owners.append(state.sessions.metrics)
+    for owner in owners:
+        for metric in vars(owner).values():
+            if not isinstance(metric, Gauge):
+                continue
+            for family in metric.collect():
+                for sample in family.samples:
+                    if sample.labels.get("deployment") == name:
+                        with suppress(KeyError):  # a series with two samples (none here) goes with the first
+                            metric.remove(*sample.labels.values())
 
 
 def _serving(deployment: Deployment) -> object:

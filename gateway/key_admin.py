@@ -2,12 +2,14 @@
 so a team's tooling can issue and retire keys without a shell on the gateway.
 
     POST   /v1/keys         {"name", "rpm_limit"?, "tpm_limit"?, "budget_usd"?, "budget_period"?, "models"?,
-                             "priority"?}
+                             "priority"?, "team_id"?}
                             -> 201, the secret once
     GET    /v1/keys         every key (no secrets), with its spend (this budget period's too)
     GET    /v1/keys/{id}
     PATCH  /v1/keys/{id}    any of rpm_limit, tpm_limit, budget_usd, budget_period, models, priority (null
-                            lifts it)
+                            lifts it), team_id (null: no team)
+
+A key of a team (/v1/teams, gateway/team_admin.py) may not name a model its team may not use.
     DELETE /v1/keys/{id}    revokes it
 
 A change reaches this replica's next request at once; other replicas hear of it through Redis
@@ -25,6 +27,7 @@ from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
 from gateway.limits.periods import current_period, period_end
 from gateway.state import GatewayState
+from gateway.team_limits import TeamLimits
 from storage.keys import LIMITS
 from storage.models import ApiKey
 
@@ -55,7 +58,7 @@ def key_object(key: ApiKey, default_period: str | None = None) -> dict:
             "budget_period": key.budget_period,
             "period_spent_usd": None if start is None else key.period_spent_usd if key.period_start == start else 0.0,
             "period_renews_at": None if start is None else period_end(period, start),  # type: ignore[arg-type]
-            "models": key.models, "priority": key.priority}
+            "models": key.models, "priority": key.priority, "team_id": key.team_id}
 
 
 async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -70,7 +73,14 @@ async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, 
 
 
 async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
-    body = await admin_body(request, state, allowed)
+    body = check_limit_fields(state, await admin_body(request, state, allowed))
+    if body.get("team_id") is not None and (not isinstance(body["team_id"], str) or not body["team_id"]):
+        raise bad_request("'team_id' must be a team's id (a string), or null", "team_id", "invalid_type")
+    return body
+
+
+def check_limit_fields(state: GatewayState, body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, its limits' types checked (a 400 naming the field), its models known here."""
     for name in ("rpm_limit", "tpm_limit"):
         if body.get(name) is not None and type(body[name]) is not int:
             raise bad_request(f"'{name}' must be an integer", name, "invalid_type")
@@ -108,9 +118,10 @@ async def create_key(request: Request) -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
+    await _within_team(state, body.get("team_id"), body.get("models"))
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
                                  body.get("models"), body.get("priority"), body.get("budget_period"),
-                                 body.get("tpm_limit"))
+                                 body.get("tpm_limit"), body.get("team_id"))
     key = await _call(state.keys.get, key_id)
     return JSONResponse({**_shown(state, key), "secret": secret}, status_code=201)
 
@@ -133,9 +144,10 @@ async def update_key(request: Request) -> Response:
     require_master(state, request)
     key_id = request.path_params["key_id"]
     body = await _body(request, state, LIMITS)
-    await _found(state, key_id)
+    found = await _found(state, key_id)
+    await _within_team(state, body.get("team_id", found.team_id), body.get("models", found.models))
     key = await _call(state.keys.update, key_id, **body)
-    await _forget(state, key_id)
+    await forget_cached(state, key_id)
     return JSONResponse(_shown(state, key))
 
 
@@ -145,7 +157,7 @@ async def revoke_key(request: Request) -> Response:
     key_id = request.path_params["key_id"]
     await _found(state, key_id)
     key = await _call(state.keys.revoke, key_id)
-    await _forget(state, key_id)
+    await forget_cached(state, key_id)
     return JSONResponse(_shown(state, key))
 
 
@@ -153,11 +165,27 @@ def _shown(state: GatewayState, key: ApiKey) -> dict:
     return key_object(key, state.settings.limits.default_budget_period)
 
 
-async def _forget(state: GatewayState, key_id: str) -> None:
-    """This replica's cached lookups of the key go at once; other replicas' too where Redis tells them."""
-    state.auth.forget(key_id)
+async def forget_cached(state: GatewayState, subject: str) -> None:
+    """This replica's cached lookups of the key (or with "team:<id>", of the team's keys) go at once; other
+    replicas' too where Redis tells them."""
+    state.auth.forget(subject)
     if state.key_events is not None:
-        await state.key_events.publish(key_id)
+        await state.key_events.publish(subject)
+
+
+async def _within_team(state: GatewayState, team_id: str | None, models: list[str] | None) -> None:
+    """A 400 naming `models` for a key that would name a model its team may not use (the team's list
+    bounds it anyway; saying so when the key is made beats a key that fails later), or `team_id` for a
+    team that is not there."""
+    if team_id is None or state.teams is None:
+        return
+    team = await asyncio.to_thread(state.teams.get, team_id)
+    if team is None:
+        raise bad_request(f"'team_id': no team {team_id!r}", "team_id", "invalid_value")
+    outside = [m for m in models or () if not TeamLimits.of(team).may_use(m)]
+    if outside:
+        raise bad_request(f"'models': {outside[0]!r} is not among the models of team {team.name!r} "
+                          f"({', '.join(team.models or ())})", "models", "invalid_value")
 
 
 async def _found(state: GatewayState, key_id: str) -> ApiKey:

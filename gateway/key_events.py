@@ -1,6 +1,8 @@
 """Key changes told to every gateway replica through Redis pub/sub: a key revoked or changed over HTTP
 (gateway/key_admin.py) on one replica is dropped from every replica's key cache at once, not when their
-cache entries expire (gateway/auth.py, 10 s). A lost message (Redis away) costs only that wait."""
+cache entries expire (gateway/auth.py, 10 s). A team's change is told as "team:<id>" (gateway/team_admin.py):
+every replica forgets the cached lookups of that team's keys. A lost message (Redis away) costs only
+that wait."""
 
 from __future__ import annotations
 
@@ -25,13 +27,14 @@ class KeyEvents:
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()  # set while the listener is subscribed (tests wait on it)
 
-    async def publish(self, key_id: str) -> None:
-        """Tell the other replicas; never raises (their caches expire on their own)."""
+    async def publish(self, subject: str) -> None:
+        """Tell the other replicas that a key (its id) or a team ("team:<id>") changed; never raises (their
+        caches expire on their own)."""
         try:
-            await asyncio.wait_for(self._client.publish(self._channel, key_id), 1.0)
+            await asyncio.wait_for(self._client.publish(self._channel, subject), 1.0)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not tell other replicas that key %s changed (%s); they see it within 10 s",
-                        key_id, exc)
+            log.warning("could not tell other replicas that %s changed (%s); they see it within 10 s",
+                        subject if subject.startswith("team:") else f"key {subject}", exc)
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen())

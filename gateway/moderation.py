@@ -26,7 +26,7 @@ from gateway import tracing
 from gateway.auth import Caller
 from gateway.backends.answers import bad_answer
 from gateway.backends.base import CallContext
-from gateway.budget_holds import budget_hold
+from gateway.budget_holds import budget_hold, team_hold
 from gateway.moderation_request import PATHS, parse_moderation_request
 from gateway.outcomes import OutcomeDraft
 from gateway.own_endpoints import answered
@@ -88,8 +88,9 @@ async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDra
     server = state.settings.server
     hold = budget_hold(draft.caller, draft.request, state.routes, state.pool, draft.request_id,
                        server.request_timeout_s, server.num_retries + 1)
-    draft.admission = await state.admit(draft.caller, hold)
-    draft.hold = hold  # taken: the row's cost settles it
+    shared = team_hold(draft.caller, hold)  # the same worst case, held of the key's team's budget
+    draft.admission = await state.admit(draft.caller, hold, shared)
+    draft.hold, draft.team_hold = hold, shared  # taken: the row's cost settles them
     draft.route = tracing.routed(draft.trace, lambda parsed: Routed(None, parsed.model), draft.request)
     ctx = CallContext(draft.request_id, priority=draft.caller.effective_priority(asked.priority),
                       timeout_s=server.request_timeout_s, trace=draft.trace,

@@ -18,16 +18,17 @@ from engine.tracing import Traced
 from gateway.auth import Caller
 from gateway.deployments import Deployment
 from gateway.limits.base import Admission, Hold, Limiter
-from gateway.limits.periods import current_period
 from gateway.metrics import GatewayMetrics
 from gateway.moderation_guardrail import ModerationNotes
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
+from gateway.spend_settling import SpendSettler
 from gateway.tracing import request_ended
 from rankers.work import CHARS_PER_TOKEN
 from storage.keys import KeyStore
 from storage.models import utc_now
 from storage.outcome_writer import OutcomeWriter
+from storage.teams import TeamStore
 
 if TYPE_CHECKING:
     from gateway.budget_alerts import BudgetAlerts
@@ -80,7 +81,8 @@ class OutcomeDraft:
     created_at: Any = field(default_factory=utc_now)
     caller: Caller | None = None
     hold: Hold | None = None  # what the request holds of its key's budget until it is settled
-    admission: Admission | None = None  # what its key's limits said (the answer's x-ratelimit-* headers)
+    team_hold: Hold | None = None  # the same, of its key's team's budget (in the team's budget period)
+    admission: Admission | None = None  # what its key's and team's limits said (the x-ratelimit-* headers)
     settling: asyncio.Task | None = None  # the limiter learning what it cost (OutcomeRecorder.finish)
     request: ProxyRequest | None = None
     endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
@@ -254,7 +256,8 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
 
 class OutcomeRecorder:
     def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
-                 keys: KeyStore | None, store_text: bool, alerts: BudgetAlerts | None = None) -> None:
+                 keys: KeyStore | None, store_text: bool, alerts: BudgetAlerts | None = None,
+                 teams: TeamStore | None = None) -> None:
         self.alerts = alerts  # budget thresholds crossed, told as webhook events (gateway/budget_alerts.py)
         self.writer = writer
         self.metrics = metrics
@@ -263,6 +266,7 @@ class OutcomeRecorder:
         self.store_text = store_text
         self._background: set[asyncio.Task] = set()  # spend updates
         self._rows_waiting: set[asyncio.Task] = set()
+        self.settler = SpendSettler(limiter, keys, teams, alerts, self._track)  # the key's and its team's
 
     def finish(self, draft: OutcomeDraft) -> None:
         if draft.finished:
@@ -292,14 +296,8 @@ class OutcomeRecorder:
             self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
-        caller, settling = draft.caller, []
-        if caller is not None and caller.key_id is not None and (cost > 0 or draft.hold is not None):
-            # The budget period it was admitted in (a key without a budget keeps its period's total all the same).
-            period = draft.hold.period if draft.hold is not None else current_period(caller.budget_period)
-            settling.append(self._spend(caller, cost, draft.hold, period))
-        if caller is not None and caller.key_id is not None and caller.tpm_limit is not None \
-                and prompt_tokens + completion_tokens > 0:  # its key's token rate
-            settling.append(self._track(self.limiter.record_tokens(caller.key_id, prompt_tokens + completion_tokens)))
+        settling = self.settler.settle(draft.caller, cost, prompt_tokens + completion_tokens, draft.hold,
+                                       draft.team_hold)
         if settling:
             draft.settling = settling[0] if len(settling) == 1 else self._track(_all(settling))
         if self.writer is None:
@@ -337,22 +335,6 @@ class OutcomeRecorder:
         """Rows not yet handed to the writer: their rank is still being scored."""
         return len(self._rows_waiting)
 
-    def _spend(self, caller: Caller, cost: float, hold: Hold | None, period: int | None) -> asyncio.Task:
-        """Settle the request with the limiter (the task returned: its client's next request must not find
-        its hold) and add its spend to the key's row (in the background)."""
-        assert caller.key_id is not None
-        if self.keys is not None and cost > 0:
-            self._track(asyncio.to_thread(self.keys.add_spend, caller.key_id, cost, period))
-        if hold is not None:
-            return self._track(self._settle(caller, hold, cost, period))
-        return self._track(self.limiter.record_spend(caller.key_id, cost, period))
-
-    async def _settle(self, caller: Caller, hold: Hold, cost: float, period: int | None) -> None:
-        assert caller.key_id is not None
-        spent = await self.limiter.settle(caller.key_id, hold.hold_id, cost, period)
-        if self.alerts is not None:
-            self.alerts.settled(caller, period, cost, spent)
-
     def _row(self, draft: OutcomeDraft, latency: float, cost: float) -> dict:
         request, route, decision = draft.request, draft.route, draft.route.decision if draft.route else None
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
@@ -363,6 +345,7 @@ class OutcomeRecorder:
             "request_id": draft.request_id, "created_at": draft.created_at,
             "endpoint": draft.endpoint or (request.kind if request else None),
             "api_key_id": draft.caller.key_id if draft.caller else None,
+            "team_id": draft.caller.team.team_id if draft.caller and draft.caller.team else None,
             "session_id": request.session_id if request else None, "turn": draft.extra.get("turn"),
             "route_group": route.route_group if route else None,
             "requested_model": request.model if request else None,

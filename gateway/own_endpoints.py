@@ -16,9 +16,10 @@ from starlette.responses import Response
 
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError
+from gateway.limit_gate import LimitExceeded
 from gateway.outcomes import OutcomeDraft
 from gateway.serving import as_api_error, internal_error, response_headers
-from gateway.state import GatewayState, LimitExceeded
+from gateway.state import GatewayState
 
 log = logging.getLogger("pitstop.gateway")
 # (the HTTP request, or None for a batch's line; the state; the request's draft; its body where no HTTP

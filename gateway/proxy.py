@@ -22,10 +22,11 @@ from gateway import tracing
 from gateway.auth import Caller
 from gateway.backends.base import BackendError, Kind
 from gateway.background import CANCELLED, SHUTDOWN, TAKEN_ELSEWHERE
-from gateway.budget_holds import budget_hold
+from gateway.budget_holds import budget_hold, team_hold
 from gateway.compaction import compact_conversation, compact_turn
 from gateway.dialects import Dialect, DialectName, error_response
 from gateway.embedding_cache import embed_cached
+from gateway.limit_gate import LimitExceeded
 from gateway.messages_stream import MessagesTurn
 from gateway.moderation import serve_moderation_body
 from gateway.outcomes import OutcomeDraft
@@ -40,7 +41,7 @@ from gateway.serving import (
     serve_cached,
     unless_disconnected,
 )
-from gateway.state import GatewayState, LimitExceeded
+from gateway.state import GatewayState
 from gateway.stored_responses import ResponsesTurn
 from gateway.truncation import fit_context
 
@@ -143,8 +144,9 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
         server = state.settings.server
         hold = budget_hold(draft.caller, parsed, state.routes, state.pool, draft.request_id,
                            server.request_timeout_s, server.num_retries + 1)
-        draft.admission = await state.admit(draft.caller, hold)
-        draft.hold = hold  # taken: the row's cost settles it
+        shared = team_hold(draft.caller, hold)  # the same worst case, held of the key's team's budget
+        draft.admission = await state.admit(draft.caller, hold, shared)
+        draft.hold, draft.team_hold = hold, shared  # taken: the row's cost settles them
         draft.route = tracing.routed(draft.trace, state.routes.resolve, parsed)
         if isinstance(dialect, ResponsesTurn) and dialect.compaction is not None:  # before any truncation
             await compact_turn(state, functools.partial(serve_body, state), draft, dialect)

@@ -34,7 +34,7 @@ from gateway import tracing
 from gateway.auth import Caller
 from gateway.backends.answers import bad_answer, embedding_vectors
 from gateway.backends.base import CallContext
-from gateway.budget_holds import budget_hold
+from gateway.budget_holds import budget_hold, team_hold
 from gateway.embedding_cache import embed_cached
 from gateway.guardrails import refused_input
 from gateway.outcomes import OutcomeDraft
@@ -96,8 +96,9 @@ async def _serve(request: Request | None, state: GatewayState, draft: OutcomeDra
     server = state.settings.server
     hold = budget_hold(draft.caller, draft.request, state.routes, state.pool, draft.request_id,
                        server.request_timeout_s, server.num_retries + 1)
-    draft.admission = await state.admit(draft.caller, hold)
-    draft.hold = hold  # taken: the row's cost settles it
+    shared = team_hold(draft.caller, hold)  # the same worst case, held of the key's team's budget
+    draft.admission = await state.admit(draft.caller, hold, shared)
+    draft.hold, draft.team_hold = hold, shared  # taken: the row's cost settles them
     draft.route = tracing.routed(draft.trace, lambda parsed: Routed(None, parsed.model), draft.request)
     if natively:
         return await _by_reranker(request, state, draft, asked)

@@ -30,7 +30,6 @@ from gateway.cache_control import CACHE_HEADER
 from gateway.cached_answers import StreamAssembler, replay_chunks
 from gateway.dialects import Dialect, DialectStream
 from gateway.drain import CUT_MESSAGE
-from gateway.limits.periods import period_end
 from gateway.outcomes import OutcomeDraft
 from gateway.response_cache import CachedAnswer, ResponseCache
 from gateway.routing import estimate_tokens, prompt_estimate
@@ -73,24 +72,24 @@ def response_headers(draft: OutcomeDraft) -> dict[str, str]:
 
 
 def limit_headers(draft: OutcomeDraft) -> dict[str, str]:
-    """What is left of the key's limits when the request was admitted, as OpenAI names the rates'
-    (`x-ratelimit-*-requests`, `-tokens`) and Pitstop the budget's (net of the holds of its requests in
-    flight)."""
-    admitted, caller = draft.admission, draft.caller
-    if admitted is None or caller is None:
+    """What is left of the limits when the request was admitted, as OpenAI names the rates'
+    (`x-ratelimit-*-requests`, `-tokens`) and Pitstop the budget's (net of the holds of requests in
+    flight): the key's, or its team's where that leaves less (gateway/limit_gate.py)."""
+    admitted = draft.admission
+    if admitted is None:
         return {}
     headers = {}
-    if caller.rpm_limit is not None and admitted.remaining_requests is not None:
-        headers["x-ratelimit-limit-requests"] = str(caller.rpm_limit)
+    if admitted.rpm_limit is not None and admitted.remaining_requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(admitted.rpm_limit)
         headers["x-ratelimit-remaining-requests"] = str(admitted.remaining_requests)
-    if caller.tpm_limit is not None and admitted.remaining_tokens is not None:
-        headers["x-ratelimit-limit-tokens"] = str(caller.tpm_limit)
+    if admitted.tpm_limit is not None and admitted.remaining_tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(admitted.tpm_limit)
         headers["x-ratelimit-remaining-tokens"] = str(admitted.remaining_tokens)
-    if caller.budget_usd is not None and admitted.remaining_budget_usd is not None:
+    if admitted.budget_usd is not None and admitted.remaining_budget_usd is not None:
         headers["x-pitstop-budget-remaining-usd"] = f"{admitted.remaining_budget_usd:.6f}"
-        if draft.hold is not None and draft.hold.period is not None and caller.budget_period is not None:
-            renews = period_end(caller.budget_period, draft.hold.period)
-            headers["x-pitstop-budget-renews-at"] = datetime.fromtimestamp(renews, UTC).isoformat().replace("+00:00", "Z")
+        if admitted.budget_renews_at is not None:
+            renews = datetime.fromtimestamp(admitted.budget_renews_at, UTC)
+            headers["x-pitstop-budget-renews-at"] = renews.isoformat().replace("+00:00", "Z")
     return headers
 
 

@@ -7,12 +7,10 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy.engine import Engine
 from starlette.responses import Response
 
-from engine.server.errors import APIError
 from engine.tracing import Tracing
 from gateway.auth import Authenticator, Caller
 from gateway.backends.base import Backend
@@ -30,9 +28,9 @@ from gateway.files import Files
 from gateway.guardrails import Guardrails
 from gateway.hedging import HedgePolicy
 from gateway.key_events import KeyEvents
-from gateway.limits.base import Admission, Hold, Limiter, LimitsUnavailableError, usd_to_nanousd
+from gateway.limit_gate import LimitGate
+from gateway.limits.base import Admission, Hold, Limiter
 from gateway.limits.factory import make_limiter
-from gateway.limits.periods import current_period, period_end
 from gateway.metrics import GatewayMetrics
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
@@ -58,20 +56,13 @@ from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 from storage.responses import ResponseStore, StoredResponseWriter
+from storage.teams import TeamStore
 from storage.vector_stores import VectorStoreStore
 from storage.webhooks import EventOutbox, WebhookStore
 
 log = logging.getLogger("pitstop.gateway")
 WINDOW_LOOKUP_S = 5.0  # how long a deployment may take to say its context window at start
 BACKGROUND_GRACE_S = 30.0  # how long background responses may go on at shutdown without server.graceful_shutdown_s
-
-
-class LimitExceeded(APIError):
-    def __init__(self, status: int, message: str, code: str, retry_after_s: float | None = None,
-                 admission: Admission | None = None) -> None:
-        super().__init__(status, message, code=code)
-        self.retry_after_s = retry_after_s
-        self.admission = admission  # what the limits said: the refusal's x-ratelimit-* headers too, as OpenAI's
 
 
 @dataclass
@@ -94,7 +85,7 @@ class GatewayState:
     batches: Batches  # /v1/batches (its `serve` is set by the app: gateway/app.py)
     webhooks: WebhookSender  # events to /v1/webhook_endpoints, from the stores' outbox
     stored_completions: StoredCompletions  # chats with `store: true`, read back at /v1/chat/completions
-    seeded_keys: set[tuple[str, int | None]] = field(default_factory=set)  # (key id, budget period)
+    seeded_keys: set[tuple[str, int | None]] = field(default_factory=set)  # (key or "team:<id>", budget period)
     sessions: GatewaySessions | None = None
     router_artifacts: RouterArtifacts | None = None
     ranking: RequestRanker | None = None  # output-length rank per request (gateway/ranking.py)
@@ -108,7 +99,12 @@ class GatewayState:
     tracing: Tracing | None = None  # `tracing:`: OpenTelemetry spans of each request (gateway/tracing.py)
     deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
     reloader: ConfigReloader = field(default_factory=lambda: ConfigReloader(None))  # gateway/config_reload.py
+    teams: TeamStore | None = None  # keys' teams (storage/teams.py), for /v1/teams
+    gate: LimitGate = field(init=False)  # admission by the key's limits and its team's (gateway/limit_gate.py)
     _window_lookup: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.gate = LimitGate(self.limiter, self.seeded_keys)
 
     def writers(self) -> dict[str, BatchWriter]:
         """The batch writers by table: what reaches the database off the request path."""
@@ -125,48 +121,11 @@ class GatewayState:
         for model in changed:
             self.windows.pop(model, None)
 
-    async def admit(self, caller: Caller, hold: Hold | None = None) -> Admission | None:
-        """Take a rate slot and, where the key has a budget, the request's `hold` on it (settled by the
-        outcome recorder when the request ends); what the limits said (None: the key has none), or a
-        LimitExceeded when they refuse."""
-        if caller.key_id is None or (caller.rpm_limit is None and caller.budget_usd is None
-                                     and caller.tpm_limit is None):
-            return None
-        period = hold.period if hold is not None else current_period(caller.budget_period)
-        if caller.budget_usd is not None and (caller.key_id, period) not in self.seeded_keys:
-            await self._seed_spend(caller, period)
-        admission = await self.limiter.admit(caller.key_id, caller.rpm_limit, caller.budget_usd, hold=hold,
-                                             period=period, tpm_limit=caller.tpm_limit)
-        if admission.allowed:
-            return admission
-        if admission.reason == "rate_limit":
-            raise LimitExceeded(429, "rate limit reached for this API key", "rate_limit_exceeded",
-                                admission.retry_after_s, admission)
-        if admission.reason == "token_limit":
-            raise LimitExceeded(429, f"token rate limit reached for this API key: its requests of the last minute "
-                                f"used {caller.tpm_limit} tokens or more (tpm_limit)", "rate_limit_exceeded",
-                                admission.retry_after_s, admission)
-        if admission.reason == "budget":
-            raise LimitExceeded(429, "this API key has spent its budget" + _renewal(caller, period), "budget_exceeded",
-                                admission=admission)
-        if admission.reason == "budget_held":
-            raise LimitExceeded(429, "what is left of this API key's budget is held by its requests in flight "
-                                "(each holds its worst-case cost until it ends); retry when they finish",
-                                "budget_held", admission.retry_after_s, admission)
-        raise LimitExceeded(503, "limits are unavailable (Redis is not answering)", "limits_unavailable")
-
-    async def _seed_spend(self, caller: Caller, period: int | None) -> None:
-        """The database keeps spend across restarts; the limiter (in process, or a Redis that lost its
-        data) must not start below it, or a restart would refill every budget."""
-        assert caller.key_id is not None
-        stored = caller.stored_spend(period)
-        try:
-            # Compared in nano-USD: float drift in the stored sum must not overwrite a live Redis total.
-            if usd_to_nanousd(await self.limiter.spent(caller.key_id, period)) < usd_to_nanousd(stored):
-                await self.limiter.set_spent(caller.key_id, stored, period)
-        except LimitsUnavailableError:
-            return  # admit() applies the outage policy; seed on a later request
-        self.seeded_keys.add((caller.key_id, period))
+    async def admit(self, caller: Caller, hold: Hold | None = None, team_hold: Hold | None = None) -> Admission | None:
+        """Take a rate slot and, where there is a budget, the request's hold, of its key and of the key's team
+        (settled by the outcome recorder when the request ends); what the limits said (None: there are
+        none), or a LimitExceeded when they refuse (gateway/limit_gate.py)."""
+        return await self.gate.admit(caller, hold, team_hold)
 
     async def start(self) -> None:
         for deployment in self.pool.deployments:
@@ -254,13 +213,6 @@ async def _serve_unset(caller: Caller, kind: str, body: dict, batch_id: str) -> 
     raise RuntimeError("the app sets how batches serve their requests (gateway/app.py)")
 
 
-def _renewal(caller: Caller, period: int | None) -> str:
-    if period is None or caller.budget_period is None:
-        return ""
-    renews = datetime.fromtimestamp(period_end(caller.budget_period, period), UTC)
-    return f" for this {caller.budget_period} (UTC); it renews at {renews.isoformat().replace('+00:00', 'Z')}"
-
-
 def build_state(settings: Settings) -> GatewayState:
     url = settings.storage.url
     ensure_sqlite_dir(url)
@@ -271,7 +223,7 @@ def build_state(settings: Settings) -> GatewayState:
                            spool_path=settings.resolve_path(spool) if spool else None)
     feedback = FeedbackWriter(db, spool_path=settings.resolve_path(spool).with_suffix(".feedback.jsonl")
                               if spool else None)
-    keys = KeyStore(db)
+    keys, teams = KeyStore(db), TeamStore(db)
     outbox = EventOutbox()  # the stores queue their events' deliveries; the sender sends them
     server = settings.server
     files = Files(FileStore(db))
@@ -307,7 +259,7 @@ def build_state(settings: Settings) -> GatewayState:
                                      settings.redis_url, settings.resolve_path(tool_durations) if tool_durations else None)
     ranking = RequestRanker.load(settings.ranking, ranker_models(settings), settings.base_dir)
     ranking.observe_cpu = metrics.rank_cpu.observe
-    auth = Authenticator(settings.auth, settings.limits, keys)
+    auth = Authenticator(settings.auth, settings.limits, keys, teams)
     webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry)
     return GatewayState(
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
@@ -316,8 +268,8 @@ def build_state(settings: Settings) -> GatewayState:
                               HedgePolicy.build(settings.hedging, metrics.registry)),
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, keys, settings.storage.store_text,
-                                 BudgetAlerts(settings.alerts, webhooks)),
-        writer=writer, feedback=feedback, keys=keys, responses=responses, conversations=conversations,
+                                 BudgetAlerts(settings.alerts, webhooks), teams),
+        writer=writer, feedback=feedback, keys=keys, teams=teams, responses=responses, conversations=conversations,
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing), deployment_sync=deployment_sync,

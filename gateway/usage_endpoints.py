@@ -7,8 +7,10 @@
     GET /v1/organization/costs               every request's cost in USD, and what routing saved
 
 Same parameters and pages as OpenAI's (`start_time`, `end_time`, `bucket_width`, `group_by`, `limit`,
-`page`, the filters). Pitstop has no projects or users: grouping by them gives one null group, and
-filtering by them is a 400. What Pitstop adds: `route_group` (and `endpoint` for completions) to group
+`page`, the filters). A Pitstop team (/v1/teams) is what OpenAI calls a project, a set of keys with a
+budget and limits of its own: `group_by=project_id` groups by the team of the key that sent each request
+(null for keys of none), and `project_ids` keeps those teams' requests. Pitstop has no users: grouping by
+them gives one null group, and filtering by them is a 400. What Pitstop adds: `route_group` (and `endpoint` for completions) to group
 by, `cache_hits` in every result, and in costs `num_model_requests` and `baseline_amount`, what the
 same requests would have cost had their route group sent each to its costliest model (the router's
 savings: `baseline_amount - amount`). A cost's `line_item` is a model (Pitstop's name for it).
@@ -49,17 +51,18 @@ LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
 PAGE_BUCKETS = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
 COSTS_PAGE_BUCKETS = (7, 180)
 # What each report groups by: the outcome log's column, or None for dimensions Pitstop does not have.
+# A project is a team here (its requests' key's team, when they came).
 GROUPS: dict[Report, dict[str, str | None]] = {
     "completions": {"model": "model", "api_key_id": "api_key_id", "batch": "batch", "route_group": "route_group",
-                    "endpoint": "endpoint", "project_id": None, "user_id": None, "service_tier": None,
+                    "endpoint": "endpoint", "project_id": "team_id", "user_id": None, "service_tier": None,
                     "api_source": None},
-    "embeddings": {"model": "model", "api_key_id": "api_key_id", "route_group": "route_group", "project_id": None,
-                   "user_id": None},
-    "moderations": {"model": "model", "api_key_id": "api_key_id", "project_id": None, "user_id": None},
-    "costs": {"line_item": "model", "api_key_id": "api_key_id", "route_group": "route_group", "project_id": None,
-              "user_id": None, "api_source": None},
+    "embeddings": {"model": "model", "api_key_id": "api_key_id", "route_group": "route_group",
+                   "project_id": "team_id", "user_id": None},
+    "moderations": {"model": "model", "api_key_id": "api_key_id", "project_id": "team_id", "user_id": None},
+    "costs": {"line_item": "model", "api_key_id": "api_key_id", "route_group": "route_group",
+              "project_id": "team_id", "user_id": None, "api_source": None},
 }
-_NO_SUCH_FILTER = ("project_ids", "user_ids")
+_NO_SUCH_FILTER = ("user_ids",)
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,8 @@ def parse(request: Request, report: Report, now: int) -> UsageRequest:
             raise bad_request(f"'group_by' may name {', '.join(groups)}; not {name!r}", "group_by", "invalid_value")
     for name in _NO_SUCH_FILTER:
         if _list(request, name) is not None:
-            raise bad_request(f"'{name}': Pitstop has no projects or users (group by api_key_id instead)", name,
-                              "invalid_value")
+            raise bad_request(f"'{name}': Pitstop has no users (group by api_key_id, or by project_id: a team)",
+                              name, "invalid_value")
     page = params.get("page")
     if page is not None:
         try:
@@ -145,6 +148,7 @@ def parse(request: Request, report: Report, now: int) -> UsageRequest:
                        endpoints=ENDPOINTS[report],
                        models=tuple(models) if models is not None else None,
                        api_key_ids=tuple(ids) if (ids := _list(request, "api_key_ids")) is not None else None,
+                       team_ids=tuple(teams) if (teams := _list(request, "project_ids")) is not None else None,
                        batch=_bool(request, "batch") if report == "completions" else None)
     return UsageRequest(report, query, names, end, limit)
 

@@ -1,4 +1,5 @@
-"""API key records: create, list, revoke, look up by secret, add spend. Storage only, no limit policy.
+"""API key records: create, list, revoke, look up by secret, add spend. Storage only, no limit policy. A
+key may belong to a team (storage/teams.py), whose limits bound its requests beside its own.
 
 Only the sha256 of a secret is stored, so lookup is an indexed equality on the hash (no timing leak
 to guard against) and a database dump reveals no usable key. These calls do blocking I/O: the
@@ -11,14 +12,17 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.orm import Session
 
 from storage.db import as_engine, session_factory
-from storage.models import ApiKey, utc_now
+from storage.models import ApiKey, Team, utc_now
+from storage.spend import add_spend
 
 BUDGET_PERIODS = ("day", "week", "month")
-LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period", "tpm_limit")
+# What a key's owner may change: its own limits, and its team (whose limits bound it too).
+LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period", "tpm_limit", "team_id")
 SECRET_PREFIX = "sk-pitstop-"
 DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 6  # "sk-pitstop-AbC123": enough to tell keys apart
 
@@ -39,12 +43,13 @@ class KeyStore:
     def create(
         self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None,
         models: list[str] | None = None, priority: float | None = None, budget_period: str | None = None,
-        tpm_limit: int | None = None,
+        tpm_limit: int | None = None, team_id: str | None = None,
     ) -> tuple[str, str]:
         """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
         model names and route groups it may use (None: all); `priority`: its requests' default and most
-        urgent priority (lower goes first; None: any)."""
-        _check_limits(rpm_limit, budget_usd, models, priority, budget_period, tpm_limit)
+        urgent priority (lower goes first; None: any); `team_id`: the team it belongs to (ValueError if
+        there is none such)."""
+        check_limits(rpm_limit, budget_usd, models, priority, budget_period, tpm_limit)
         secret = new_secret()
         key = ApiKey(
             name=name,
@@ -57,16 +62,19 @@ class KeyStore:
             models=list(dict.fromkeys(models)) if models is not None else None,
             priority=priority,
             budget_period=budget_period,
+            team_id=team_id,
         )
         with self._session.begin() as session:
+            _check_team(session, team_id)
             session.add(key)
             session.flush()
             key_id = key.id
         return key_id, secret
 
     def update(self, key_id: str, **limits: Any) -> ApiKey:
-        """Change any of `rpm_limit`, `tpm_limit`, `budget_usd`, `models`, `priority`, `budget_period` (None lifts it); the
-        updated key. KeyError if there is none, ValueError for a limit that cannot be met."""
+        """Change any of `rpm_limit`, `tpm_limit`, `budget_usd`, `models`, `priority`, `budget_period` (None lifts it)
+        or `team_id` (None: no team); the updated key. KeyError if there is none, ValueError for a limit
+        that cannot be met or a team that does not exist."""
         unknown = set(limits) - set(LIMITS)
         if unknown:
             raise ValueError(f"{sorted(unknown)[0]} is not a key's limit")
@@ -74,9 +82,11 @@ class KeyStore:
             key = session.get(ApiKey, key_id)
             if key is None:
                 raise KeyError(f"no API key with id {key_id!r}")
-            merged = {name: getattr(key, name) for name in LIMITS}
-            merged |= limits
-            _check_limits(**merged)
+            merged = {name: getattr(key, name) for name in LIMITS if name != "team_id"}
+            merged |= {name: value for name, value in limits.items() if name != "team_id"}
+            check_limits(**merged)
+            if "team_id" in limits:
+                _check_team(session, limits["team_id"])
             if limits.get("models") is not None:
                 limits["models"] = list(dict.fromkeys(limits["models"]))
             for name, value in limits.items():
@@ -115,22 +125,26 @@ class KeyStore:
             return session.scalars(query).one_or_none()
 
     def add_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
-        """Atomic increment in the database, so gateway replicas can add concurrently. With `period` (the
-        start of the budget period the request was admitted in) the period's total too: a later period
-        starts it afresh, and a request of an earlier one (settled late) leaves it alone."""
-        values: dict[str, Any] = {"spent_usd": ApiKey.spent_usd + usd}
-        if period is not None:
-            newer = or_(ApiKey.period_start.is_(None), ApiKey.period_start < period)
-            values["period_spent_usd"] = case((ApiKey.period_start == period, ApiKey.period_spent_usd + usd),
-                                              (newer, usd), else_=ApiKey.period_spent_usd)
-            values["period_start"] = case((newer, period), else_=ApiKey.period_start)
-        query = update(ApiKey).where(ApiKey.id == key_id).values(**values)
-        with self._engine.begin() as connection:
-            if connection.execute(query).rowcount == 0:
-                raise KeyError(f"no API key with id {key_id!r}")
+        """Atomic increment in the database, so gateway replicas can add concurrently; with `period`, the
+        budget period's total too (storage/spend.py)."""
+        add_spend(self._engine, ApiKey, key_id, usd, period)
+
+    def of_team(self, team_id: str, include_revoked: bool = False) -> list[ApiKey]:
+        query = select(ApiKey).where(ApiKey.team_id == team_id).order_by(ApiKey.created_at, ApiKey.id)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        with self._session() as session:
+            return list(session.scalars(query))
 
 
-def _check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,
+def _check_team(session: Session, team_id: str | None) -> None:
+    """ValueError for a team that is not there. Its row is locked until the key is written (PostgreSQL's
+    FOR KEY SHARE), so a team deleted meanwhile (storage/teams.py) sees the key, or the key no team."""
+    if team_id is not None and session.get(Team, team_id, with_for_update={"key_share": True}) is None:
+        raise ValueError(f"team_id: no team {team_id!r}")
+
+
+def check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,
                   priority: float | None, budget_period: str | None = None, tpm_limit: int | None = None) -> None:
     """ValueError, starting with the field's name, for a limit no request could meet."""
     if budget_period is not None and budget_period not in BUDGET_PERIODS:

@@ -138,6 +138,16 @@ if ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 return spent
 """
 
+# An admission undone (its request went no further): its window entry and its hold go, in one step.
+_RELEASE_LUA = """
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
+if ARGV[2] ~= '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+return 1
+"""
+
 Outcome = Literal["admitted", "over_budget", "over_rate", "over_held", "over_tokens"]
 _OUTCOMES: tuple[Outcome, ...] = ("admitted", "over_budget", "over_rate", "over_held", "over_tokens")
 _NO_LIMIT = -1
@@ -186,6 +196,7 @@ class RedisLimitState:
         self._admit_script = client.register_script(_ADMIT_LUA)
         self._settle_script = client.register_script(_SETTLE_LUA)
         self._tokens_script = client.register_script(_TOKENS_LUA)
+        self._release_script = client.register_script(_RELEASE_LUA)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, socket_timeout_s: float = 0.5) -> RedisLimitState:
@@ -264,6 +275,12 @@ class RedisLimitState:
             return int(await self._settle_script(
                 keys=[*self.holds_keys(key_id, period), self.spent_key(key_id, period)],
                 args=[hold_id, nanousd, _ttl_ms(period)]))
+
+    async def release(self, key_id: str, member: str | None, hold_id: str | None, period: int | None = None) -> None:
+        """Take `member` out of the key's window and the hold `hold_id` out of its holds, atomically."""
+        async with _unavailable_on_error():
+            await self._release_script(keys=[self.window_key(key_id), *self.holds_keys(key_id, period)],
+                                       args=[member or "", hold_id or ""])
 
     async def add_spend(self, key_id: str, nanousd: int, period: int | None = None) -> int:
         async with _unavailable_on_error():

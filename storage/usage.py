@@ -32,7 +32,7 @@ EMBEDDING_ENDPOINTS = ("embedding", "rerank")  # billed for their input alone: O
 MODERATION_ENDPOINTS = ("moderation",)  # OpenAI's moderations usage: input tokens and requests
 MINUTE, HOUR = 60, 3_600
 ROLLUP_WIDTHS = (MINUTE, HOUR)
-DIMENSIONS = ("model", "api_key_id", "route_group", "endpoint", "batch")
+DIMENSIONS = ("model", "api_key_id", "team_id", "route_group", "endpoint", "batch")
 SUMS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "baseline_cost_usd", "cache_hits")
 _TABLE = UsageRollup.__table__
 
@@ -46,6 +46,7 @@ class UsageQuery:
     endpoints: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
     api_key_ids: tuple[str, ...] | None = None
+    team_ids: tuple[str, ...] | None = None
     batch: bool | None = None
 
     def __post_init__(self) -> None:
@@ -119,8 +120,8 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not _counted(row):
             continue
         epoch = _epoch(row["created_at"])
-        dimensions = (row.get("model") or "", row.get("api_key_id") or "", row.get("route_group") or "",
-                      row.get("endpoint") or "", row.get("batch_id") is not None)
+        dimensions = (row.get("model") or "", row.get("api_key_id") or "", row.get("team_id") or "",
+                      row.get("route_group") or "", row.get("endpoint") or "", row.get("batch_id") is not None)
         cost = row.get("cost_usd") or 0.0
         baseline = row.get("baseline_cost_usd")
         sums = {"requests": 1, "input_tokens": row.get("prompt_tokens") or 0,
@@ -155,7 +156,8 @@ def usage(engine: Engine, query: UsageQuery) -> list[UsageTotals]:
     groups = [table.c[name] for name in query.group_by]
     conditions = [table.c.width_s == query.width_s, table.c.bucket >= query.counted_start,
                   table.c.bucket < query.counted_end]
-    for name, values in (("endpoint", query.endpoints), ("model", query.models), ("api_key_id", query.api_key_ids)):
+    for name, values in (("endpoint", query.endpoints), ("model", query.models), ("api_key_id", query.api_key_ids),
+                         ("team_id", query.team_ids)):
         if values is not None:
             conditions.append(table.c[name].in_(values))
     if query.batch is not None:

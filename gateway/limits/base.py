@@ -17,6 +17,8 @@ Semantics shared by every implementation:
   A rejected request records nothing.
 - The budget is checked first, then tokens, then the request rate: a request rejected for budget or
   tokens does not consume rate.
+- A subject is whatever `key_id` names: an API key's id, or "team:<id>" for the team its keys share
+  (gateway/limit_gate.py admits a request against both, and `release`s the first where the second refuses).
 - Money is counted in integer nano-USD, so that 20 x $0.05 reaches a $1.00 budget exactly (floats drift).
 - A budget with a period (gateway/limits/periods.py) counts the spend and holds of that period only:
   `period` (its start, Unix seconds) names which total a call reads or adds to; None is the key's
@@ -69,6 +71,13 @@ class Admission:
     remaining_requests: int | None = None
     remaining_budget_usd: float | None = None
     remaining_tokens: int | None = None
+    slot: str | None = None  # the rate-window entry an admission took, for `release`
+    # The limits `remaining_*` are of, for the answer's headers: set by the gateway (gateway/limit_gate.py)
+    # to the key's, or its team's where that one leaves less; a limiter leaves them None.
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    budget_usd: float | None = None
+    budget_renews_at: int | None = None  # Unix seconds, for a budget with a period
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,12 @@ class Limiter(Protocol):
     ) -> Admission:
         """Decide and, when admitted, take a rate slot and (with a budget) the hold, against `period`'s
         spend. `now` is for tests and simulation only."""
+        ...
+
+    async def release(self, key_id: str, admission: Admission, hold: Hold | None = None) -> None:
+        """Undo an admission whose request goes no further (its key's team refused it): its rate slot and
+        its hold given back, as if it had not been admitted. Never raises for an unreachable backend (the
+        slot then ages out of the window, the hold lapses)."""
         ...
 
     async def record_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:

@@ -11,6 +11,7 @@ is dropped once a later one starts and its holds are gone.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,7 +82,19 @@ class MemoryLimiter:
             remaining_requests = rpm_limit - len(window)
         if budget_usd is not None and hold is not None:
             state.holds[hold.hold_id] = (usd_to_nanousd(hold.usd), now + hold.ttl_s)
-        return Admission(True, None, None, remaining_requests, remaining_budget, remaining_tokens)
+        # The slot is its admission time: entries of equal time are interchangeable to the window.
+        return Admission(True, None, None, remaining_requests, remaining_budget, remaining_tokens,
+                         slot=repr(now) if rpm_limit is not None else None)
+
+    async def release(self, key_id: str, admission: Admission, hold: Hold | None = None) -> None:
+        window = self._windows.get(key_id)
+        if admission.slot is not None and window:
+            with contextlib.suppress(ValueError):  # aged out already
+                window.remove(float(admission.slot))
+        if hold is not None:
+            state = self._budgets.get((key_id, hold.period))
+            if state is not None:
+                state.holds.pop(hold.hold_id, None)
 
     def _tokens_used(self, key_id: str, now: float) -> int:
         """The key's tokens in the window, the ones that aged out dropped."""

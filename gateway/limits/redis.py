@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 
 from gateway.limits.base import (
     HELD_RETRY_AFTER_S,
@@ -56,18 +57,29 @@ class RedisLimiter:
     ) -> Admission:
         budget_nanousd = None if budget_usd is None else usd_to_nanousd(budget_usd)
         held = None if hold is None else (hold.hold_id, usd_to_nanousd(hold.usd), hold.ttl_s)
+        member = uuid.uuid4().hex
         try:
             if self._unwritten_nanousd:
                 await self._write_unwritten()
             check = await self.state.check_and_take(
-                key_id, rpm_limit, budget_nanousd, self.window_s, uuid.uuid4().hex, now, held, period, tpm_limit
+                key_id, rpm_limit, budget_nanousd, self.window_s, member, now, held, period, tpm_limit
             )
         except StateUnavailableError as exc:
             self._mark_degraded(exc)
             return Admission(allowed=self.fail_open, reason="limits_unavailable")
         self._mark_healthy()
-        return self._admission(check, rpm_limit, budget_nanousd, self._unwritten_nanousd.get((key_id, period), 0),
-                               tpm_limit)
+        admission = self._admission(check, rpm_limit, budget_nanousd,
+                                    self._unwritten_nanousd.get((key_id, period), 0), tpm_limit)
+        return replace(admission, slot=member) if admission.allowed and rpm_limit is not None else admission
+
+    async def release(self, key_id: str, admission: Admission, hold: Hold | None = None) -> None:
+        if admission.slot is None and hold is None:
+            return
+        try:
+            await self.state.release(key_id, admission.slot, hold.hold_id if hold is not None else None,
+                                     hold.period if hold is not None else None)
+        except StateUnavailableError as exc:  # the slot ages out, the hold lapses
+            self._mark_degraded(exc)
 
     async def record_tokens(self, key_id: str, tokens: int, now: float | None = None) -> None:
         if tokens <= 0:

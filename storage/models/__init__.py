@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 typed models: outcomes, feedback, API keys, stored Responses, conversations, files, batches,
-vector stores and webhooks, one module a concept. Portable across SQLite and PostgreSQL. Importing the
+"""SQLAlchemy 2 typed models: outcomes, feedback, API keys and their teams, stored Responses, conversations,
+files, batches, vector stores and webhooks, one module a concept. Portable across SQLite and PostgreSQL. Importing the
 package registers every table on `Base.metadata` (Alembic's storage/migrations/env.py reads it)."""
 
 from storage.models.base import JSON_DOC, NAMING_CONVENTION, Base, UTCDateTime, new_id, utc_now
@@ -14,6 +14,7 @@ from storage.models.files import (
 from storage.models.keys import ApiKey
 from storage.models.outcomes import Feedback, Outcome, UsageRollup
 from storage.models.responses import Conversation, ConversationItem, StoredChatCompletion, StoredResponse
+from storage.models.teams import Team
 from storage.models.webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "StoredChatCompletion",
     "StoredFile",
     "StoredResponse",
+    "Team",
     "UTCDateTime",
     "UsageRollup",
     "VectorStore",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, String
+from sqlalchemy import BigInteger, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.models.base import Base, new_id, utc_now
@@ -34,6 +34,8 @@ class ApiKey(Base):
     budget_period: Mapped[str | None]
     period_start: Mapped[int | None] = mapped_column(BigInteger)
     period_spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    # The team whose limits bound the key's requests beside its own (storage/models/teams.py); null: none.
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"), index=True)
 
     @property
     def active(self) -> bool:

@@ -25,6 +25,7 @@ class Outcome(Base):
     # Training exports leave embeddings, reranks and moderations out.
     endpoint: Mapped[str | None]
     api_key_id: Mapped[str | None]
+    team_id: Mapped[str | None]  # the key's team when the request came (storage/models/teams.py)
     session_id: Mapped[str | None] = mapped_column(index=True)
     turn: Mapped[int | None]
     route_group: Mapped[str | None]
@@ -83,6 +84,7 @@ class UsageRollup(Base):
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # Unix seconds of its start
     model: Mapped[str] = mapped_column(primary_key=True)
     api_key_id: Mapped[str] = mapped_column(primary_key=True)
+    team_id: Mapped[str] = mapped_column(primary_key=True, server_default="")  # OpenAI's project_id here
     route_group: Mapped[str] = mapped_column(primary_key=True)
     endpoint: Mapped[str] = mapped_column(primary_key=True)
     batch: Mapped[bool] = mapped_column(primary_key=True)

@@ -69,6 +69,7 @@ def test_a_changed_deployment_is_replaced_and_an_unchanged_one_keeps_its_name(
         reloadable: Reloadable, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
     a, b = upstreams
     assert reloadable.chat("m") == "from-a"
+    assert 'pitstop_outstanding_requests{deployment="m#0"}' in httpx.get(f"{reloadable.gateway.url}/metrics").text
     reloadable.write([model_entry("m", a.api_base), model_entry("n", b.api_base)])
     response = reloadable.reload()
     assert response.status_code == 200, response.text
@@ -92,6 +93,8 @@ def test_a_changed_deployment_is_replaced_and_an_unchanged_one_keeps_its_name(
     state = reloadable.gateway.state
     assert state is not None
     wait_until(lambda: not state.reloader.retired, what="the retired deployments closed")
+    series = httpx.get(f"{reloadable.gateway.url}/metrics").text  # a retired deployment's gauges are gone
+    assert 'deployment="m#0"' not in series and 'pitstop_outstanding_requests{deployment="m#1"}' in series
 
 
 def test_a_request_in_flight_on_a_retired_deployment_finishes_there(

@@ -216,7 +216,7 @@ BAD_PARAMETERS = [
     ("/organization/usage/completions", {"start_time": 100, "bucket_width": "2d"}, "bucket_width"),
     ("/organization/usage/completions", {"start_time": 100, "bucket_width": "1h", "limit": 169}, "limit"),
     ("/organization/usage/completions", {"start_time": 100, "group_by[]": "colour"}, "group_by"),
-    ("/organization/usage/completions", {"start_time": 100, "project_ids[]": "proj_1"}, "project_ids"),
+    ("/organization/usage/completions", {"start_time": 100, "user_ids[]": "user_1"}, "user_ids"),
     ("/organization/usage/completions", {"start_time": 100, "batch": "maybe"}, "batch"),
     ("/organization/usage/completions", {"start_time": 100, "page": "elsewhere"}, "page"),
     ("/organization/usage/embeddings", {"start_time": 100, "group_by[]": "batch"}, "group_by"),

@@ -1,0 +1,148 @@
+"""`pitstop teams create|list|update|delete`: teams of keys that share a budget and limits, as
+/v1/teams makes them (gateway/team_admin.py), on the config's database. A running gateway sees a change
+to a team within its key cache's 10 s (over HTTP, at once)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.commands import DEFAULT_CONFIG, _names, _positive_int, _usd
+
+NONE = "none"  # `--rpm none`: lift the limit
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parsed(text: str) -> Any:
+        return NONE if text.lower() == NONE else parse(text)  # kept apart from an option not given
+
+    parsed.__name__ = parse.__name__.lstrip("_")  # argparse names the type in its errors
+    return parsed
+
+
+def _limits(parser: argparse.ArgumentParser, lifting: bool) -> None:
+    """The team's limits as options; with `lifting`, each also takes `none` to lift it."""
+    wrap = _or_none if lifting else (lambda parse: parse)
+    hint = " ('none' lifts it)" if lifting else ""
+    parser.add_argument("--rpm", type=wrap(_positive_int), help="requests per minute, all its keys' together" + hint)
+    parser.add_argument("--tpm", type=wrap(_positive_int), help="tokens (prompt + completion) per minute" + hint)
+    parser.add_argument("--budget", type=wrap(_usd), help="budget in USD, its keys' spend together" + hint)
+    parser.add_argument("--budget-period", choices=("day", "week", "month", *((NONE,) if lifting else ())),
+                        help="the budget is for each UTC day, week or calendar month (default: the team's life)")
+    parser.add_argument("--models", type=wrap(_names), metavar="NAME,NAME",
+                        help="the models and route groups its keys may use (default: all)" + hint)
+
+
+def add_team_commands(groups: argparse._SubParsersAction) -> None:
+    teams = groups.add_parser("teams", help="create, list, change and delete teams of keys that share limits")
+    teams.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    sub = teams.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    create = sub.add_parser("create", help="create a team; give it keys with `pitstop keys create --team ID`")
+    create.add_argument("--name", required=True)
+    _limits(create, lifting=False)
+    create.set_defaults(handler=teams_create_command)
+    listing = sub.add_parser("list", help="list teams, with their spend and active keys")
+    listing.set_defaults(handler=teams_list_command)
+    update = sub.add_parser("update", help="change a team's name or limits")
+    update.add_argument("team", metavar="TEAM_ID")
+    update.add_argument("--name")
+    _limits(update, lifting=True)
+    update.set_defaults(handler=teams_update_command)
+    delete = sub.add_parser("delete", help="delete a team that has no active keys")
+    delete.add_argument("team", metavar="TEAM_ID")
+    delete.set_defaults(handler=teams_delete_command)
+    for command in (create, listing, update, delete):
+        command.add_argument("--config", type=Path, default=argparse.SUPPRESS)  # after the subcommand too
+
+
+def _store(args: argparse.Namespace):  # noqa: ANN202 (lazy imports keep `pitstop --help` fast)
+    from gateway.commands import _storage_url
+    from storage.teams import TeamStore
+
+    return TeamStore(_storage_url(args.config))
+
+
+def _unknown_models(args: argparse.Namespace) -> bool:
+    """Models the config serves neither as a model nor as a route group (said, and True)."""
+    from gateway.commands import _settings
+
+    if not args.models or args.models == NONE:
+        return False
+    settings = _settings(args.config)
+    unknown = [name for name in args.models if not settings.serves(name)]
+    if unknown:  # a typo would make a team whose keys can use nothing
+        print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
+              f"{args.config}", file=sys.stderr)
+    return bool(unknown)
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"name": args.name, "rpm_limit": args.rpm, "tpm_limit": args.tpm, "budget_usd": args.budget,
+             "budget_period": args.budget_period, "models": args.models}
+    return {name: None if value == NONE else value for name, value in given.items() if value is not None}
+
+
+def teams_create_command(args: argparse.Namespace) -> int:
+    if _unknown_models(args):
+        return 2
+    team = _store(args).create(**_fields(args))
+    print(f"id: {team.id}\n(give it keys: pitstop keys create --name NAME --team {team.id})")
+    return 0
+
+
+def teams_list_command(args: argparse.Namespace) -> int:
+    store = _store(args)
+    counts = store.key_counts()
+    for team in store.list():
+        models = ",".join(team.models) if team.models is not None else "all"
+        budget = f"{team.budget_usd}/{team.budget_period}" if team.budget_period else f"{team.budget_usd}"
+        print(f"{team.id}  {team.name}  keys={counts.get(team.id, 0)}  rpm={team.rpm_limit}  tpm={team.tpm_limit}  "
+              f"budget={budget}  spent={team.spent_usd:.6f}  models={models}")
+    return 0
+
+
+def teams_update_command(args: argparse.Namespace) -> int:
+    fields = _fields(args)
+    if not fields:
+        print("pitstop: give something to change (--name, --rpm, --tpm, --budget, --budget-period, --models)",
+              file=sys.stderr)
+        return 2
+    if _unknown_models(args):
+        return 2
+    try:
+        team = _store(args).update(args.team, **fields)
+    except (KeyError, ValueError) as exc:
+        print(f"pitstop: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"updated {team.id} ({team.name})")
+    return 0
+
+
+def teams_delete_command(args: argparse.Namespace) -> int:
+    from storage.teams import TeamHasKeysError
+
+    try:
+        team = _store(args).delete(args.team)
+    except (KeyError, TeamHasKeysError) as exc:
+        print(f"pitstop: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print(f"deleted {team.id} ({team.name})")
+    return 0
+
+
+def team_models_problem(storage_url: str, team_id: str, models: list[str] | None) -> str | None:
+    """Why a key may not be made in `team_id` with `models` (no such team, a model the team may not use);
+    None where it may."""
+    from gateway.team_limits import TeamLimits
+    from storage.teams import TeamStore
+
+    team = TeamStore(storage_url).get(team_id)
+    if team is None:
+        return f"--team: no team {team_id!r}"
+    outside = [m for m in models or () if not TeamLimits.of(team).may_use(m)]
+    if outside:
+        return f"--models: {outside[0]!r} is not among the models of team {team.name!r} ({', '.join(team.models or ())})"
+    return None
