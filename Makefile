@@ -45,10 +45,12 @@ bench-engine: $(STAMP)
 	$(PY) -m bench.draft_model
 	$(PY) -m bench.lora
 	$(PY) -m bench.weight_update
+	$(PY) -m bench.sleep_mode
 	$(PY) -m bench.engine_embeddings
 	$(PY) -m bench.sliding_window
 	$(PY) -m bench.tensor_parallel
 	$(PY) -m bench.thinking_budget
+	$(PY) -m bench.engine_int4
 
 bench-gateway: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -10,10 +10,17 @@ runner half of vLLM's sleep mode (TorchModelRunner's base class). Two parts, vLL
   they stay where they are and level 1 frees none of them there. At level 2 the parameters are dropped
   (buffers, small, are kept as at level 1) and allocated again, uninitialised, on wake: `weights_stale`
   says so until a checkpoint is loaded into them (engine/weight_loading.py clears it), and
-  `refresh_weights` reloads the folder served where none was."""
+  `refresh_weights` reloads the folder served where none was.
+
+On a CPU runner the freed memory is host memory: glibc keeps the pages of blocks under its mmap threshold
+in its arenas once freed, so the release ends with `malloc_trim`, which hands them back to the system
+(without it a level 2 sleep after an update gave back about half the weights' pages: bench/sleep_mode.py)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +68,8 @@ class RunnerSleep:
             released["weights"] = self._release_weights(level)
         if self.device.type == "cuda":  # the caching allocator would keep it for this process alone
             torch.cuda.empty_cache()
+        else:
+            _trim_host_heap()
         return {tag: freed + sum(rank[tag] for rank in others) for tag, freed in released.items()}
 
     def wake_memory(self, tags: Collection[str]) -> None:
@@ -144,3 +153,18 @@ def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.device.type == "cuda")
     host.copy_(tensor, non_blocking=True)
     return host
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # glibc's; musl has none
+
+
+def _trim_host_heap() -> None:
+    if (libc := _libc()) is not None:
+        libc.malloc_trim(0)

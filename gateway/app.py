@@ -26,6 +26,7 @@ from gateway import (
     moderation,
     proxy,
     rerank,
+    rl_admin,
     session_endpoint,
     stored_completion_endpoints,
     team_admin,
@@ -62,6 +63,7 @@ ROUTES = [
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
     Route("/v1/models", endpoints.list_models, methods=["GET"]),
     Route("/update_weights_from_disk", weight_admin.update_weights_from_disk, methods=["POST"]),  # RL, master key
+    *rl_admin.ROUTES,  # /pause, /resume, /is_paused, /sleep, /wake_up, /is_sleeping, /reset_prefix_cache
     Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),

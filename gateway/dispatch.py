@@ -23,6 +23,7 @@ from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
 from gateway.hedging import HedgePolicy, Race, Won
 from gateway.latency_balance import measure_of, speed
+from gateway.model_holds import ModelHolds
 from gateway.tracing import Attempt, attempt_ended, attempt_started, first_chunk, hedge_context
 
 T = TypeVar("T")
@@ -114,6 +115,7 @@ class Dispatcher:
         self.num_retries = num_retries
         self.guardrails = guardrails if guardrails else None  # checks each call's body (gateway/guardrails.py)
         self.hedging = hedging  # None: `hedging:` is off
+        self.holds = ModelHolds()  # models paused or asleep through the gateway (gateway/rl_admin.py)
 
     def _next(self, model_name: str, tried: set[str], prefer: str | None, last: BackendError | None,
               ctx: CallContext, limited: dict[str, Limit] | None = None, measure: str | None = None) -> Deployment:
@@ -139,6 +141,7 @@ class Dispatcher:
 
     async def _complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                         prefer: str | None, sent: Sent | None) -> tuple[dict, Dispatched]:
+        await self._unless_held(model_name, ctx)
         tried: set[str] = set()
         if kind == "embedding":  # a model's deployments on Pitstop's engines have no embeddings endpoint
             tried = {d.name for d in self.pool.by_model.get(model_name, ()) if not d.backend.serves_embeddings}
@@ -211,6 +214,7 @@ class Dispatcher:
 
     async def _stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
                       prefer: str | None, sent: Sent | None) -> tuple[AsyncIterator[dict], Dispatched]:
+        await self._unless_held(model_name, ctx)
         tried: set[str] = set()
         last: BackendError | None = None
         arrival = time.time()
@@ -273,6 +277,12 @@ class Dispatcher:
         self.pool.observe(deployment, "stream", time.monotonic() - started)
         self.pool.mark_success(deployment)
         return Opened(first, chunks, deployment, custom, traced, counted)
+
+    async def _unless_held(self, model_name: str, ctx: CallContext) -> None:
+        """Waits while the model's engines are paused or asleep through the gateway: no deployment is picked, no
+        slot taken, no hedge started meanwhile (gateway/model_holds.py)."""
+        if self.holds.reason(model_name) is not None:
+            await self.holds.wait(model_name, ctx.timeout_s)
 
     @staticmethod
     async def _rest(opened: Opened) -> AsyncIterator[dict]:

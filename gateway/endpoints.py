@@ -149,7 +149,8 @@ async def readyz(request: Request) -> Response:
         models[name] = any([await d.backend.healthy() for d in deployments])
     writers = {table: writer.stats() for table, writer in state.writers().items()}
     ready = all(models.values())
-    body = {"ready": ready, "models": models,
+    # A model held while its engines are paused or asleep (gateway/model_holds.py) is ready: they will serve.
+    body = {"ready": ready, "models": models, "held_models": state.dispatcher.holds.held,
             "writers": {table: {"written": stats.written, "buffered": stats.buffered,
                                 "spool_pending": stats.spool_pending, "dropped": stats.dropped,
                                 "last_error": stats.last_error} for table, stats in writers.items()},
@@ -175,6 +176,12 @@ async def metrics(request: Request) -> Response:
             requests, tokens = deployment.window.usage()
             state.metrics.deployment_window.labels(deployment.name, "rpm").set(requests)
             state.metrics.deployment_window.labels(deployment.name, "tpm").set(tokens)
+    holds = state.dispatcher.holds  # models paused or asleep through the gateway (gateway/model_holds.py)
+    state.metrics.model_held.clear()  # a model released since the last scrape leaves the gauge
+    for model, reason in holds.held.items():
+        state.metrics.model_held.labels(model, reason).set(1)
+    for model, waiting in holds.waiting.items():
+        state.metrics.held_requests.labels(model).set(waiting)
     for (name, measure), ewma in list(state.pool.balancer.latencies.items()):  # `server.routing_strategy: latency`
         if ewma.value is not None:
             state.metrics.deployment_latency.labels(name, measure).set(ewma.value)

@@ -42,6 +42,11 @@ class GatewayMetrics:
                                         "seconds a call of another kind", ["deployment", "measure"], registry=r)
         self.config_reloads = Counter(f"{PREFIX}_config_reloads", "Reloads of the model list (gateway/config_reload.py) "
                                       "by outcome: reloaded, refused (nothing changed), failed", ["outcome"], registry=r)
+        # Models whose engines the master key paused or put to sleep through the gateway (gateway/model_holds.py).
+        self.model_held = Gauge(f"{PREFIX}_model_held", "1 while the gateway holds a model's requests, its engines "
+                                "paused or asleep through POST /pause or /sleep", ["model", "reason"], registry=r)
+        self.held_requests = Gauge(f"{PREFIX}_held_requests", "Requests the gateway holds for a paused or sleeping "
+                                   "model", ["model"], registry=r)
         self.admission_waiting = Gauge(f"{PREFIX}_admission_waiting",
                                        "Requests waiting in a deployment's admission queue (max_concurrency)",
                                        ["deployment"], registry=r)

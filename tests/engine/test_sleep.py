@@ -197,24 +197,22 @@ def test_calls_that_do_not_fit_are_refused_and_repeats_change_nothing(models: di
     run(simulated.shutdown())
 
 
+async def sleep_round_trip(engine: AsyncEngine, draft: TorchModelRunner | None, rank_kv: int) -> None:
+    before = await answers(engine)
+    change = await engine.sleep(2)
+    if draft is None:  # each rank holds its half of the heads: both halves were freed
+        assert change.released_bytes["kv_cache"] == 2 * rank_kv
+    else:
+        assert set(weight_bytes(draft)) == {0} and draft.kv_cache.untyped_storage().nbytes() == 0
+        assert change.released_bytes["kv_cache"] == rank_kv + draft._kv_shape[0].numel() * 4  # type: ignore[index]
+    assert (await engine.wake_up()).reloaded_weights
+    assert await answers(engine) == before
+    await engine.shutdown()
+
+
 def test_two_ranks_and_a_draft_model_sleep_with_the_engine(models: dict[str, Path]) -> None:
     for options in ({"tensor_parallel_size": 2},
                     {"speculative": SpeculativeConfig(model=str(models["draft"]), num_speculative_tokens=2)}):
         engine = engine_on(models["a"], **options)
-        runner = runner_of(engine)
         draft: TorchModelRunner | None = getattr(engine.engine.scheduler.drafter, "runner", None)
-        rank_kv = runner.kv_cache.untyped_storage().nbytes()
-
-        async def main() -> None:
-            before = await answers(engine)
-            change = await engine.sleep(2)
-            if draft is None:  # each rank holds its half of the heads: both halves were freed
-                assert change.released_bytes["kv_cache"] == 2 * rank_kv
-            else:
-                assert set(weight_bytes(draft)) == {0} and draft.kv_cache.untyped_storage().nbytes() == 0
-                assert change.released_bytes["kv_cache"] == rank_kv + draft._kv_shape[0].numel() * 4  # type: ignore[index]
-            assert (await engine.wake_up()).reloaded_weights
-            assert await answers(engine) == before
-            await engine.shutdown()
-
-        run(main())
+        run(sleep_round_trip(engine, draft, runner_of(engine).kv_cache.untyped_storage().nbytes()))

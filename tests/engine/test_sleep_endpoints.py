@@ -62,6 +62,7 @@ def test_a_level_2_round_and_a_completion_that_came_while_asleep(served: tuple[s
     metrics = call("GET", url + "/metrics").text
     assert 'pitstop_engine_sleeping{memory="weights"} 1.0' in metrics and "pitstop_engine_paused 1.0" in metrics
     assert call("GET", url + "/healthz").status_code == 200 and call("GET", url + "/v1/models").status_code == 200
+    assert call("POST", url + "/tokenize", json={"model": "tiny", "prompt": PROMPT}).json()["count"] > 0
     got: list = []
 
     def ask() -> None:

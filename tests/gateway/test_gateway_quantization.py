@@ -37,6 +37,6 @@ def test_quantization_is_for_engines_in_the_gateway_process(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="quantization is for engines in this process"):
         parse_settings(gateway_config(tmp_path, [remote]), base_dir=tmp_path)
     local = {"model_name": "local", "litellm_params": {"model": "pitstop-local/x", "model_dir": str(tmp_path),
-                                                       "quantization": "int4"}}
+                                                       "quantization": "nf4"}}  # int4 is served: W4A16
     with pytest.raises(ValueError, match="quantization"):
         parse_settings(gateway_config(tmp_path, [local]), base_dir=tmp_path)
