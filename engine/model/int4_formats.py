@@ -148,7 +148,7 @@ def pack_compressed_tensors(values: torch.Tensor, scales: torch.Tensor, zeros: t
                             dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """One projection's pack-quantized tensors (names after the module's), scales in `dtype`."""
     tensors = {"weight_packed": pack_int32(values, 1), "weight_scale": scales.to(dtype).contiguous(),
-               "weight_shape": torch.tensor(values.shape, dtype=torch.int32)}
+               "weight_shape": torch.tensor(values.shape, dtype=torch.int64)}  # as compressed-tensors saves it
     if zeros is not None:
         tensors["weight_zero_point"] = pack_int32(zeros, 0)
     return tensors
