@@ -24,17 +24,40 @@ import redis
 import redis.asyncio as aioredis
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
+from gateway.auth import Caller
+from gateway.limit_gate import LimitGate
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.base import Hold
 from gateway.limits.periods import current_period
+from gateway.spend_settling import SpendSettler
+from gateway.team_limits import TeamLimits
 
 OUT = RESULTS / "limits_holds.json"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BUDGET, COST = 1e9, 0.01  # a budget nothing here reaches
 
 
-MODES = ("without_holds", "with_holds", "with_holds_monthly", "with_holds_and_tpm")
+MODES = ("without_holds", "with_holds", "with_holds_monthly", "with_holds_and_tpm", "key_via_gate",
+         "key_and_team_via_gate")
 TPM, TOKENS = 10**12, 300  # a token rate nothing here reaches; each request's tokens
+RPM = 10**9  # a request rate nothing here reaches (each admission still takes a slot in its window)
+
+
+def _callers(key: str) -> dict[str, Caller]:
+    """The gateway modes' callers: the key alone, and the key in a team (both with a rate and a budget)."""
+    team = TeamLimits(f"{key}-team", "bench", rpm_limit=RPM, budget_usd=BUDGET)
+    return {"key_via_gate": Caller(key, RPM, BUDGET), "key_and_team_via_gate": Caller(key, RPM, BUDGET, team=team)}
+
+
+async def _through_gate(gate: LimitGate, settler: SpendSettler, caller: Caller) -> float:
+    """One request as the gateway admits and settles it (gateway/proxy.py, gateway/outcomes.py)."""
+    started = time.perf_counter()
+    hold = Hold(uuid.uuid4().hex, COST)
+    team_hold = Hold(hold.hold_id, COST) if caller.team is not None else None
+    admission = await gate.admit(caller, hold, team_hold)
+    assert admission is not None and admission.allowed, admission
+    await asyncio.gather(*settler.settle(caller, COST, TOKENS, hold, team_hold))  # the answer waits for these
+    return time.perf_counter() - started
 
 
 async def _one(limiter: Limiter, key: str, mode: str) -> float:
@@ -56,17 +79,28 @@ async def _one(limiter: Limiter, key: str, mode: str) -> float:
 async def _point(limiter: Limiter, requests: int, in_flight: int) -> dict:
     key = f"bench-{uuid.uuid4().hex[:8]}"
     month = current_period("month")
-    for i in range(in_flight):  # other requests of the key, running elsewhere
+    callers = _callers(key)
+    gate = LimitGate(limiter, set())
+    settler = SpendSettler(limiter, None, None, None, asyncio.get_running_loop().create_task)
+    for i in range(in_flight):  # other requests of the key (and of its team), running elsewhere
         assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-{i}", COST))).allowed
         assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-m{i}", COST, period=month),
                                     period=month)).allowed
+        team = callers["key_and_team_via_gate"].team
+        assert team is not None and (await limiter.admit(team.subject, None, BUDGET, hold=Hold(f"standing-{i}", COST))).allowed
+
+    async def one(mode: str) -> float:
+        if mode in callers:
+            return await _through_gate(gate, settler, callers[mode])
+        return await _one(limiter, key, mode)
+
     for _ in range(50):
         for mode in MODES:
-            await _one(limiter, key, mode)
+            await one(mode)
     timed: dict[str, list[float]] = {mode: [] for mode in MODES}
     for _ in range(requests):
         for mode in MODES:
-            timed[mode].append(await _one(limiter, key, mode))
+            timed[mode].append(await one(mode))
     return {"in_flight_holds": in_flight, **{
         mode: {"median_us": statistics.median(s) * 1e6, "p99_us": pct(s, 99) * 1e6} for mode, s in timed.items()}}
 
@@ -119,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{with_['median_us']:7.1f} us (p99 {with_['p99_us']:7.1f}) with, "
                   f"{monthly['median_us']:7.1f} us (p99 {monthly['p99_us']:7.1f}) with a monthly budget, "
                   f"{tpm['median_us']:7.1f} us (p99 {tpm['p99_us']:7.1f}) with a token rate", flush=True)
+            alone, teamed = p["key_via_gate"], p["key_and_team_via_gate"]
+            print(f"{'':6s} {'':4s} through the gateway's admission and settling, a key with rpm + budget: "
+                  f"{alone['median_us']:7.1f} us (p99 {alone['p99_us']:7.1f}) alone, {teamed['median_us']:7.1f} us "
+                  f"(p99 {teamed['p99_us']:7.1f}) in a team with both: {teamed['median_us'] / alone['median_us']:.2f}x",
+                  flush=True)
     write_report(args.out, {"command": command("bench.limits_holds", argv), "machine": machine_info(), "runs": runs})
     print(f"wrote {args.out}")
     return 0
