@@ -8,7 +8,8 @@ runner half of vLLM's sleep mode (TorchModelRunner's base class). Two parts, vLL
 - "weights": at level 1 every parameter and buffer is copied to host memory (page-locked on CUDA, so the
   copy back runs at the link's speed) and back on wake. A CPU runner's weights are host memory already:
   they stay where they are and level 1 frees none of them there. At level 2 the parameters are dropped
-  (buffers, small, are kept as at level 1) and allocated again, uninitialised, on wake: `weights_stale`
+  (and 4-bit weights, held as buffers; other buffers, small and computed, are kept as at level 1) and
+  allocated again, uninitialised, on wake: `weights_stale`
   says so until a checkpoint is loaded into them (engine/weight_loading.py clears it), and
   `refresh_weights` reloads the folder served where none was.
 
@@ -114,12 +115,14 @@ class RunnerSleep:
     def _release_weights(self, level: int) -> int:
         if self._slept_weights is not None:
             return 0
-        buffers = {name for name, _ in self.model.named_buffers()}
+        # Buffers are computed (RoPE's tables) and kept, except those a module reads from the checkpoint
+        # (4-bit weights: `checkpoint_buffers`), which are its weights and go with the parameters.
+        kept = {name for name, _ in self.model.named_buffers()} - set(_checkpoint_buffers(self.model))
         slept: dict[str, _SleptTensor] = {}
         freed = 0
         # Host copies are all made before any tensor is swapped: one that fails (host memory) changes nothing.
         for name, tensor in self._weight_tensors():
-            drop = level == 2 and name not in buffers
+            drop = level == 2 and name not in kept
             if not drop and self.device.type == "cpu":
                 continue  # host memory already: nothing to move
             host = None if drop else _host_copy(tensor)
@@ -147,6 +150,12 @@ class RunnerSleep:
     def _weight_tensors(self) -> list[tuple[str, torch.Tensor]]:
         """Every parameter once (a tied lm_head is embed_tokens') and every buffer."""
         return [*self.model.named_parameters(), *self.model.named_buffers()]
+
+
+def _checkpoint_buffers(model: torch.nn.Module) -> list[str]:
+    """The buffers holding a checkpoint's values (engine/model/int4_linear.py's packed weights and scales)."""
+    return [f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+            for name in getattr(module, "checkpoint_buffers", ()) if getattr(module, name, None) is not None]
 
 
 def _host_copy(tensor: torch.Tensor) -> torch.Tensor:

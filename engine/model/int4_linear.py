@@ -41,6 +41,9 @@ class Int4Linear(nn.Module):
     in_features and output_sizes are this rank's; `split_inputs` says the ranks share the input columns
     (o, down) rather than the output rows."""
 
+    # Its weights, rebuilt whenever a checkpoint loads: what a level 2 sleep drops (engine/runner_sleep.py).
+    checkpoint_buffers = ("qweight", "scales", "zeros", "scales_and_zeros", "perm", "bias")
+
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool, scheme: QuantScheme,
                  dtype: torch.dtype, tp_rank: int = 0, tp_size: int = 1, split_inputs: bool = False,
                  name: str = "projection") -> None:

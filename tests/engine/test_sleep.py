@@ -216,3 +216,25 @@ def test_two_ranks_and_a_draft_model_sleep_with_the_engine(models: dict[str, Pat
         engine = engine_on(models["a"], **options)
         draft: TorchModelRunner | None = getattr(engine.engine.scheduler.drafter, "runner", None)
         run(sleep_round_trip(engine, draft, runner_of(engine).kv_cache.untyped_storage().nbytes()))
+
+
+def test_level_2_drops_4_bit_weights_held_as_buffers(models: dict[str, Path], tmp_path: Path) -> None:
+    from engine.model.int4_linear import Int4Linear
+    from engine.quantize_checkpoint import quantize_checkpoint
+
+    engine = engine_on(quantize_checkpoint(models["a"], tmp_path / "a-int4", "int4", group_size=16))
+    runner = runner_of(engine)
+    packed = sum(m.qweight.untyped_storage().nbytes() for m in runner.model.modules() if isinstance(m, Int4Linear))
+    assert packed > 0
+
+    async def main() -> None:
+        before = await answers(engine)
+        change = await engine.sleep(2)
+        assert all(m.qweight.untyped_storage().nbytes() == 0 for m in runner.model.modules()
+                   if isinstance(m, Int4Linear))
+        assert change.released_bytes["weights"] > packed  # the packed weights, their scales, the rest
+        assert (await engine.wake_up()).reloaded_weights
+        assert await answers(engine) == before
+        await engine.shutdown()
+
+    run(main())
