@@ -192,3 +192,30 @@ def test_an_engine_out_of_reach_is_named_and_a_held_request_times_out(models: di
         resumed = admin(gateway, "POST", "/resume", {"model": "m"})
         assert resumed.status_code == 502 and resumed.json()["engines"][0]["success"]
         assert gateway.state.dispatcher.holds.reason("m") is None  # an engine out of reach does not keep the hold
+
+
+def test_a_pause_holds_the_lora_adapters_riding_on_the_paused_engine(models: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    from engine.tiny_lora import make_tiny_lora
+
+    sql = make_tiny_lora(models["a"], tmp_path / "adapters" / "sql", rank=4, seed=1, std=0.2)
+    base = local(models["a"])
+    base["litellm_params"]["lora_modules"] = {"sql": str(sql)}
+    with running_gateway(gateway_config(tmp_path, [base], auth={"master_key": MASTER})) as gateway:
+        assert gateway.state is not None
+        holds = gateway.state.dispatcher.holds
+        assert admin(gateway, "POST", "/pause", {"model": "m"}).status_code == 200
+        assert holds.held == {"m": "paused", "sql": "paused"}  # the adapter's requests run on the same engine
+        got: list[int] = []
+
+        def ask_the_adapter() -> None:
+            with gateway.http() as http:
+                got.append(http.post("/v1/completions", headers={"authorization": f"Bearer {MASTER}"},
+                                     json={"model": "sql", "prompt": PROMPT, **ASK}, timeout=120).status_code)
+
+        thread = threading.Thread(target=ask_the_adapter)
+        thread.start()
+        wait_until(lambda: holds.waiting.get("sql") == 1, what="the adapter's request held")
+        assert admin(gateway, "POST", "/resume", {"model": "m"}).status_code == 200
+        thread.join(60)
+        assert got == [200] and holds.held == {}
