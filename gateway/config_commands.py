@@ -2,7 +2,8 @@
 start or a reload (gateway/config_reload.py) is asked to take it.
 
     pitstop config check --config FILE        # parses and validates; lists models, deployments, route groups
-    pitstop config diff RUNNING NEW           # what a reload from RUNNING to NEW keeps, builds and retires
+    pitstop config diff RUNNING NEW           # what a reload from RUNNING to NEW keeps, builds and retires,
+                                              # and the route groups it rebuilds
 
 Both read the files only: no backend is built (a model folder that is not one, an upstream that does not
 answer, show at start or at the reload, which refuses them without changing anything)."""
@@ -65,6 +66,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from gateway.config_reload import ReloadRefused, plan_reload
     from gateway.deployment_build import new_deployment
     from gateway.deployments import DeploymentPool
+    from gateway.routing import changed_groups
 
     running, new = _read(args.running), _read(args.new)
     if running is None or new is None:
@@ -81,6 +83,10 @@ def diff_command(args: argparse.Namespace) -> int:
         print(f"  {'keep ' + kept.name if kept is not None else 'add  ' + entry.model_name}  ({where})")
     for deployment in plan.retired:
         print(f"  retire {deployment.name}  (its requests in flight finish first)")
-    if not plan.added and not plan.retired:
+    before, after = {g.name for g in running.route_groups}, {g.name for g in new.route_groups}
+    regrouped = changed_groups(running, new)
+    for name in sorted(regrouped):
+        print(f"  route group {name}: {'added' if name not in before else 'removed' if name not in after else 'rebuilt'}")
+    if not plan.added and not plan.retired and not regrouped:
         print("  nothing changes")
     return 0

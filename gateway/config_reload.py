@@ -5,11 +5,14 @@ file's `model_list`, as Envoy and nginx take a new config: what is unchanged kee
 deployment once its backend has started, and a deployment whose entry is gone (or changed: it is
 replaced) takes no new request at once and is closed when its requests in flight and queued have ended.
 
-Only `model_list` is reloaded. Every other section (auth, storage, route groups, caches, ...) is read
-when its parts are built, so a file that changes one is refused whole, naming the sections, and so is a
-change to a wildcard entry or to the model_info of a model a route group chooses among (its prices are
-the router's candidates). A file that does not parse or validate is refused the same way; in every
-refusal nothing changes and the gateway keeps serving the model list it had."""
+`route_groups` are reloaded too: a group whose config and whose models' model_info (the router's
+candidates' prices) are unchanged keeps its router as it is (hot-reloaded versions, counts); one added or
+changed is built afresh before the swap, its artifact watched from then on; one removed is gone. A group
+that calibrates its cost preference on its traffic is set up at start, so adding, removing or changing
+one is refused. Every other section (auth, storage, caches, ...) is read when its parts are built, so a
+file that changes one is refused whole, naming the sections, and so is a change to a wildcard entry. A
+file that does not parse or validate is refused the same way; in every refusal nothing changes and the
+gateway keeps serving what it had."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.deployment_build import adapter_backend, entry_key, make_backend, new_deployment
 from gateway.deployments import Deployment
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
+from gateway.routing import GroupRouter, changed_groups
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
@@ -63,10 +67,12 @@ class ReloadReport:
     kept: int = 0
     models_added: list[str] = field(default_factory=list)
     models_removed: list[str] = field(default_factory=list)
+    route_groups_changed: list[str] = field(default_factory=list)  # added, removed or rebuilt
 
     def as_json(self) -> dict:
         return {"object": "config.reload", "added": self.added, "retired": self.retired, "kept": self.kept,
-                "models_added": self.models_added, "models_removed": self.models_removed}
+                "models_added": self.models_added, "models_removed": self.models_removed,
+                "route_groups_changed": self.route_groups_changed}
 
 
 def read_config(path: Path | None) -> Settings:
@@ -84,11 +90,12 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
     if changed:
         raise ReloadRefused("only model_list is read again without a restart; these sections changed: "
                             + ", ".join(changed))
-    routed = _routed_models(old)
-    for name in sorted(routed):
-        if _model_infos(old, name) != _model_infos(new, name):
-            raise ReloadRefused(f"model {name!r} is chosen among by a route group, which read its model_info "
-                                "(prices, tier, router_model) at start: changing it needs a restart")
+    calibrated = sorted(name for name in changed_groups(old, new)
+                        if any(g.name == name and g.calibrate is not None for g in (*old.route_groups,
+                                                                                    *new.route_groups)))
+    if calibrated:
+        raise ReloadRefused(f"route group {calibrated[0]!r} calibrates its cost preference on its traffic, which "
+                            "is set up at start: adding, removing or changing a calibrated group needs a restart")
     unmatched: dict[str, list[Deployment]] = {}
     for deployment in current:
         unmatched.setdefault(deployment.entry_key, []).append(deployment)
@@ -100,28 +107,13 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
 
 
 def restart_sections(old: Settings, new: Settings) -> list[str]:
-    """The config's sections other than model_list that differ, wildcard entries among them."""
-    exclude = {"model_list", "base_dir"}
+    """The config's sections other than model_list and route_groups that differ, wildcard entries among them."""
+    exclude = {"model_list", "route_groups", "base_dir"}
     before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
     if [w.model_dump() for w in old.wildcards] != [w.model_dump() for w in new.wildcards]:
         changed.append("model_list wildcard entries (named with a '*')")
     return changed
-
-
-def _routed_models(settings: Settings) -> set[str]:
-    names: set[str] = set()
-    for group in settings.route_groups:
-        names.update(group.models)
-        if (verify := settings.verify_policy(group)) is not None:
-            names.update((*verify.verifiers, verify.escalate_to))
-    return names
-
-
-def _model_infos(settings: Settings, name: str) -> dict | None:
-    """The model_info a route group read for `name`: its last entry's (gateway/routing.py RouteTable)."""
-    entries = [m for m in settings.model_list if m.model_name == name]
-    return entries[-1].model_info.model_dump() if entries else None
 
 
 class ConfigReloader:
@@ -142,8 +134,18 @@ class ConfigReloader:
             # A wildcard's names (gateway/wildcards.py) are not the listed models: untouched, unless now listed.
             listed = set(old.model_names) | set(new.model_names)
             plan = plan_reload(old, new, [d for d in state.pool.deployments if d.model_name in listed])
+            regrouped = changed_groups(old, new)
+            # Built before the swap (a group's router reads its artifact), off the loop; unchanged ones kept.
+            groups = await asyncio.to_thread(state.routes.prepared_groups, old, new) if regrouped else None
             built = await self._build(plan, new)
-            return self._swap(state, plan, built, new)
+            report = self._swap(state, plan, built, new, groups)
+            report.route_groups_changed = sorted(regrouped)
+            if regrouped and state.router_artifacts is not None:  # the changed groups' artifacts watched
+                await state.router_artifacts.regroup(regrouped)
+            for name in regrouped - {group.name for group in new.route_groups}:
+                with suppress(KeyError):  # a removed group's gauge
+                    state.metrics.cost_preference.remove(name)
+            return report
 
     async def _build(self, plan: ReloadPlan, settings: Settings) -> dict[int, Backend]:
         """The added entries' backends, started; on any failure those started are closed (nothing changed)."""
@@ -169,8 +171,8 @@ class ConfigReloader:
             raise
         return built
 
-    def _swap(self, state: GatewayState, plan: ReloadPlan, built: dict[int, Backend],
-              new: Settings) -> ReloadReport:
+    def _swap(self, state: GatewayState, plan: ReloadPlan, built: dict[int, Backend], new: Settings,
+              groups: dict[str, GroupRouter] | None) -> ReloadReport:
         """No await from here to the end: requests see the old model list or the new one, never a mix."""
         old_models, pool = set(state.settings.model_names), state.pool
         report = ReloadReport(kept=sum(d is not None for d in plan.kept))
@@ -185,6 +187,8 @@ class ConfigReloader:
         pool.by_model.update(listed)
         state.settings = new
         state.routes.refresh_models(new)
+        if groups is not None:
+            state.routes.groups = groups
         state.models_changed(new, changed={d.model_name for d in plan.retired} | {e.model_name for e in plan.added})
         for deployment in plan.retired:
             report.retired.append(deployment.name)

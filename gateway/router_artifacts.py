@@ -31,7 +31,7 @@ class RouterArtifacts:
         self.paths = artifact_path  # group name -> artifact file
         self.watchers = {name: ArtifactWatcher(path) for name, path in artifact_path.items()}
         self.trainers: dict[str, subprocess.Popen[bytes]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # each group's watch loop
         self.on_swap: Callable[[str], None] | None = None  # told a group's name when its router is replaced
 
     @classmethod
@@ -40,11 +40,29 @@ class RouterArtifacts:
         return cls(routes, paths)
 
     async def start(self) -> None:
-        for name, path in self.paths.items():
-            group = self.routes.groups[name]
-            if not path.exists() and group.group.train_data:
-                self._train(name, group, path)
-            self._tasks.append(asyncio.create_task(self._watch(name, group), name=f"router-reload-{name}"))
+        for name in self.paths:
+            self._begin(name)
+
+    def _begin(self, name: str) -> None:
+        group, path = self.routes.groups[name], self.paths[name]
+        if not path.exists() and group.group.train_data:
+            self._train(name, group, path)
+        self._tasks[name] = asyncio.create_task(self._watch(name, group), name=f"router-reload-{name}")
+
+    async def regroup(self, names: set[str]) -> None:
+        """Route groups a config reload replaced, added or removed (gateway/config_reload.py): each one's
+        watch loop (and a missing artifact's training) stops, and starts again on the group now named so."""
+        for name in names:
+            if (task := self._tasks.pop(name, None)) is not None:
+                await stop_tasks([task])
+            if (trainer := self.trainers.pop(name, None)) is not None:
+                trainer.terminate()
+            self.paths.pop(name, None)
+            self.watchers.pop(name, None)
+            group = self.routes.groups.get(name)
+            if group is not None and group.artifact is not None:
+                self.paths[name], self.watchers[name] = group.artifact, ArtifactWatcher(group.artifact)
+                self._begin(name)
 
     def _train(self, name: str, group: GroupRouter, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +97,7 @@ class RouterArtifacts:
                               name, trainer.returncode, group.router.name)
 
     async def close(self) -> None:
-        await stop_tasks(self._tasks)
+        await stop_tasks(list(self._tasks.values()))
         for trainer in self.trainers.values():
             trainer.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):

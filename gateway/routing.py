@@ -108,6 +108,48 @@ def prompt_estimate(request: ProxyRequest) -> int:
     return request.prompt_chars // 4 + 1
 
 
+def build_group(settings: Settings, group: RouteGroup) -> GroupRouter:
+    """A route group's router over its models, priced by their model_info (a model's last entry's)."""
+    entries = {m.model_name: m for m in settings.model_list}
+    infos = {name: entries[name].model_info for name in group.models}
+    known_as = {name: info.router_model or name for name, info in infos.items()}
+    candidates = [Candidate(known_as[name], info.input_cost_per_token, info.output_cost_per_token, info.tier)
+                  for name, info in infos.items()]
+    artifact = str(settings.resolve_path(group.router_artifact)) if group.router_artifact else None
+    router = make_router(group.router, artifact)
+    model_for = {alias: name for name, alias in known_as.items()}
+    verify = settings.verify_policy(group)
+    outside = [] if verify is None else [name for name in dict.fromkeys((*verify.verifiers, verify.escalate_to))
+                                         if name not in infos]
+    verify_priced = [Candidate(name, entries[name].model_info.input_cost_per_token,
+                               entries[name].model_info.output_cost_per_token) for name in outside]
+    log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
+             ", ".join(group.models))
+    return GroupRouter(group, router, candidates, model_for, Path(artifact) if artifact else None,
+                       group.cost_preference, verify=verify, verify_priced=verify_priced,
+                       verify_hold_chars=group.verify.hold_chars if group.verify else 0)
+
+
+def group_models(settings: Settings, group: RouteGroup) -> list[str]:
+    """The models a group's router is priced by: its own, and its verifiers and escalation target."""
+    verify = settings.verify_policy(group)
+    return [*group.models, *(() if verify is None else (*verify.verifiers, verify.escalate_to))]
+
+
+def changed_groups(old: Settings, new: Settings) -> set[str]:
+    """Route groups added, removed, or whose config or whose models' model_info differ from `old` to `new`."""
+    before = {group.name: group for group in old.route_groups}
+    after = {group.name: group for group in new.route_groups}
+    return {name for name in before.keys() | after.keys()
+            if before.get(name) != after.get(name)
+            or any(_info(old, model) != _info(new, model) for model in group_models(new, after[name]))}
+
+
+def _info(settings: Settings, name: str) -> object:
+    entries = [m for m in settings.model_list if m.model_name == name]
+    return entries[-1].model_info if entries else None
+
+
 class RouteTable:
     def __init__(self, settings: Settings) -> None:
         self.models = set(settings.model_names)
@@ -116,27 +158,16 @@ class RouteTable:
         self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
         self.moderation_models = settings.moderation_models  # serve /v1/moderations only (gateway/moderation.py)
         self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
-        entries = {m.model_name: m for m in settings.model_list}
-        self.groups: dict[str, GroupRouter] = {}
-        for group in settings.route_groups:
-            infos = {name: entries[name].model_info for name in group.models}
-            known_as = {name: info.router_model or name for name, info in infos.items()}
-            candidates = [Candidate(known_as[name], info.input_cost_per_token, info.output_cost_per_token, info.tier)
-                          for name, info in infos.items()]
-            artifact = str(settings.resolve_path(group.router_artifact)) if group.router_artifact else None
-            router = make_router(group.router, artifact)
-            model_for = {alias: name for name, alias in known_as.items()}
-            verify = settings.verify_policy(group)
-            outside = [] if verify is None else [name for name in dict.fromkeys((*verify.verifiers, verify.escalate_to))
-                                                 if name not in infos]
-            verify_priced = [Candidate(name, entries[name].model_info.input_cost_per_token,
-                                       entries[name].model_info.output_cost_per_token) for name in outside]
-            self.groups[group.name] = GroupRouter(group, router, candidates, model_for,
-                                                  Path(artifact) if artifact else None, group.cost_preference,
-                                                  verify=verify, verify_priced=verify_priced,
-                                                  verify_hold_chars=group.verify.hold_chars if group.verify else 0)
-            log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
-                     ", ".join(group.models))
+        self.groups: dict[str, GroupRouter] = {group.name: build_group(settings, group)
+                                               for group in settings.route_groups}
+
+    def prepared_groups(self, old: Settings, new: Settings) -> dict[str, GroupRouter]:
+        """The route groups of a reloaded config (gateway/config_reload.py): a group whose config and whose
+        models' model_info are unchanged keeps its router (hot-reloaded versions, calibration, counts); the
+        others are built afresh (their artifacts read: call off the event loop)."""
+        changed = changed_groups(old, new)
+        return {group.name: build_group(new, group) if group.name in changed else self.groups[group.name]
+                for group in new.route_groups}
 
     @property
     def names(self) -> list[str]:

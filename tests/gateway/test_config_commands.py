@@ -33,6 +33,10 @@ def test_diff_says_what_a_reload_keeps_builds_and_retires(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"  keep m#0  ({A})", f"  add  m  ({B})",
                                         "  retire n#0  (its requests in flight finish first)"]
+    grouped = config(tmp_path, "grouped.yaml", [model_entry("m", A), model_entry("n", A)],
+                     route_groups=[{"name": "auto", "models": ["m", "n"], "router": "random"}])
+    regrouped = run_cli_here("config", "diff", str(running), str(grouped))
+    assert regrouped.returncode == 0 and regrouped.stdout.splitlines()[-1] == "  route group auto: added"
     same = run_cli_here("config", "diff", str(running), str(running))
     assert same.returncode == 0 and same.stdout.splitlines()[-1] == "  nothing changes"
 

@@ -74,7 +74,7 @@ def test_a_changed_deployment_is_replaced_and_an_unchanged_one_keeps_its_name(
     response = reloadable.reload()
     assert response.status_code == 200, response.text
     assert response.json() == {"object": "config.reload", "added": ["n#0"], "retired": [], "kept": 1,
-                               "models_added": ["n"], "models_removed": []}
+                               "models_added": ["n"], "models_removed": [], "route_groups_changed": []}
     assert reloadable.chat("n") == "from-b"
     models = {m.id for m in reloadable.gateway.openai(api_key=MASTER).models.list()}
     assert {"m", "n"} <= models
@@ -168,22 +168,55 @@ def test_a_file_that_does_not_parse_or_validate_is_refused(reloadable: Reloadabl
     assert reloadable.chat("m") == "from-a"
 
 
-def test_a_routed_models_prices_need_a_restart(upstreams: tuple[UpstreamProcess, UpstreamProcess],
-                                                tmp_path: Path) -> None:
+def test_route_groups_are_rebuilt_where_they_or_their_models_prices_changed(
+        upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path) -> None:
     a, b = upstreams
     path = tmp_path / "pitstop.yaml"
-    groups = [{"name": "auto", "models": ["cheap", "strong"], "router": "random"}]
     models = [model_entry("cheap", a.api_base, price_in=1e-7), model_entry("strong", b.api_base)]
-    with running_gateway(gateway_config(tmp_path, models, groups, auth=AUTH), config_path=path) as gateway:
-        reloadable = Reloadable(gateway, path, tmp_path)
-        priced = [model_entry("cheap", a.api_base, price_in=2e-7), model_entry("strong", b.api_base)]
-        write_config(path, gateway_config(tmp_path, priced, groups, auth=AUTH))
-        refused = reloadable.reload()
-        assert refused.status_code == 400 and "'cheap' is chosen among by a route group" in refused.text
-        # Another deployment of a routed model, same model_info: no restart needed.
+    auto = {"name": "auto", "models": ["cheap", "strong"], "router": "random"}
+    solo = {"name": "solo", "models": ["strong", "cheap"], "router": "random", "cost_preference": 0.5}
+    with running_gateway(gateway_config(tmp_path, models, [auto, solo], auth=AUTH), config_path=path) as gateway:
+        state = gateway.state
+        assert state is not None
+        reloadable, before = Reloadable(gateway, path, tmp_path), dict(state.routes.groups)
+
+        def reload_with(models: list[dict], groups: list[dict]) -> dict:
+            write_config(path, gateway_config(tmp_path, models, groups, auth=AUTH))
+            response = reloadable.reload()
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        # Another deployment of a routed model, its model_info the same: both groups stay as they are.
         more = [*models, model_entry("strong", a.api_base)]
-        write_config(path, gateway_config(tmp_path, more, groups, auth=AUTH))
-        assert reloadable.reload().json()["added"] == ["strong#1"]
+        assert reload_with(more, [auto, solo])["route_groups_changed"] == []
+        assert state.routes.groups == before
+        # cheap's price changes: both groups choose among it, both are rebuilt with the new price.
+        priced = [model_entry("cheap", a.api_base, price_in=3e-7), *more[1:]]
+        assert reload_with(priced, [auto, solo])["route_groups_changed"] == ["auto", "solo"]
+        prices = {c.model: c.input_cost_per_token for c in state.routes.groups["auto"].candidates}
+        assert prices == {"cheap": 3e-7, "strong": 1e-6}
+        # solo's cost preference changes and auto goes: one rebuilt, one removed, a new one added.
+        solo_group = state.routes.groups["solo"]
+        renamed = {**auto, "name": "auto2"}
+        report = reload_with(priced, [{**solo, "cost_preference": 0.9}, renamed])
+        assert report["route_groups_changed"] == ["auto", "auto2", "solo"]
+        assert state.routes.groups["solo"] is not solo_group and state.routes.groups["solo"].cost_preference == 0.9
+        assert reloadable.chat("auto2").startswith("from-")
+        with pytest.raises(openai.NotFoundError):
+            reloadable.chat("auto")
+
+
+def test_a_calibrated_route_group_needs_a_restart(upstreams: tuple[UpstreamProcess, UpstreamProcess],
+                                                  tmp_path: Path) -> None:
+    a, b = upstreams
+    path = tmp_path / "pitstop.yaml"
+    models = [model_entry("cheap", a.api_base), model_entry("strong", b.api_base)]
+    plain = {"name": "auto", "models": ["cheap", "strong"], "router": "random"}
+    with running_gateway(gateway_config(tmp_path, models, [plain], auth=AUTH), config_path=path) as gateway:
+        calibrated = {**plain, "calibrate": {"avg_cost_usd": 0.001}}
+        write_config(path, gateway_config(tmp_path, models, [calibrated], auth=AUTH))
+        refused = Reloadable(gateway, path, tmp_path).reload()
+        assert refused.status_code == 400 and "calibrates its cost preference" in refused.text
 
 
 def test_only_the_master_key_reloads(reloadable: Reloadable) -> None:

@@ -15,7 +15,14 @@ from routers.data.table import long_table, to_wide
 from routers.families import build_router
 from routers.features.featurizer import FeatureSpec
 from routers.features.static import StaticEncoder
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
+from tests.gateway.harness import (
+    Gateway,
+    gateway_config,
+    model_entry,
+    running_gateway,
+    wait_until,
+    write_config,
+)
 from tests.routers.conftest import random_encoder, synthetic_rows
 
 SPEC = FeatureSpec("static", ("head", "focus"), True, 12)
@@ -123,3 +130,22 @@ def test_missing_artifact_is_trained_in_the_background(tmp_path: Path, upstreams
         wait_until(lambda: gw.row(_ask(gw, MATH_PROMPT)[1])["router_version"] == version, timeout=20,
                    what="the trained router")
         assert _ask(gw, CHAT_PROMPT)[0] == "writer"
+
+
+def test_a_reload_pointing_the_group_at_another_artifact_routes_and_watches_by_it(
+        tmp_path: Path, upstreams, encoder_path: Path) -> None:
+    first, other = tmp_path / "auto.joblib", tmp_path / "other.joblib"
+    _train(first, encoder_path)
+    _train(other, encoder_path, swap=True)
+    path = tmp_path / "pitstop.yaml"
+    auth = {"master_key": "sk-m"}
+    models = _models(upstreams[0].api_base)
+    with running_gateway(gateway_config(tmp_path, models, [_group(first)], auth=auth), config_path=path) as gw:
+        assert _ask(gw, MATH_PROMPT)[0] == "solver"
+        write_config(path, gateway_config(tmp_path, models, [_group(other)], auth=auth))
+        with gw.http() as http:
+            report = http.post("/config/reload", headers={"Authorization": "Bearer sk-m"}).json()
+        assert report["route_groups_changed"] == ["auto"]
+        assert _ask(gw, MATH_PROMPT)[0] == "writer"  # the other artifact's router, at once
+        _train(other, encoder_path)  # replaced: the reloaded group's file is the one watched now
+        wait_until(lambda: _ask(gw, MATH_PROMPT)[0] == "solver", timeout=20, what="the watched artifact")
