@@ -15,7 +15,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import httpx
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +235,25 @@ def pitstop_serve(config: Path, log_path: Path) -> tuple[Service, str]:
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
             "--log-level", "warning"]
     return Service("pitstop", argv, f"{url}/readyz", log_path, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}), url
+
+
+def engine_serve(model_dir: Path, work: Path, name: str, *options: str) -> tuple[Service, str]:
+    """`pitstop engine serve --model model_dir` serving it as "tiny" on a free port with `options` (e.g.
+    "--allow-weight-updates"), not yet started, and its base URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(model_dir), "--port", str(port),
+            "--served-model-name", "tiny", "--log-level", "warning", *options]
+    base = f"http://127.0.0.1:{port}"
+    return Service(name, argv, f"{base}/healthz", work / f"{name}.log"), base
+
+
+def first_token(client: httpx.Client, base: str) -> list[int]:
+    """A greedy one-token completion's token ids from the engine at `base` (an httpx.Client's): which
+    weights it serves."""
+    response = client.post(f"{base}/v1/completions", json={
+        "model": "tiny", "prompt": "The weights", "max_tokens": 1, "temperature": 0, "return_token_ids": True})
+    response.raise_for_status()
+    return response.json()["choices"][0]["token_ids"]
 
 
 @contextlib.contextmanager

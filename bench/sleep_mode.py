@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,25 +23,14 @@ from pathlib import Path
 import httpx
 
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import Service, free_port
+from bench.procs import Service, engine_serve, first_token
 
 OUT = RESULTS / "sleep_mode.json"
+SERVE_OPTIONS = ("--enable-sleep-mode", "--allow-weight-updates")
 
 
 def _server(model_dir: Path, work: Path, name: str, kv_cache: str) -> tuple[Service, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(model_dir), "--port", str(port),
-            "--kv-cache-memory", kv_cache, "--served-model-name", "tiny", "--enable-sleep-mode",
-            "--allow-weight-updates", "--log-level", "warning"]
-    base = f"http://127.0.0.1:{port}"
-    return Service(name, argv, f"{base}/healthz", work / f"{name}.log"), base
-
-
-def _first_answer(client: httpx.Client, base: str) -> list[int]:
-    response = client.post(f"{base}/v1/completions", json={
-        "model": "tiny", "prompt": "The weights", "max_tokens": 1, "temperature": 0, "return_token_ids": True})
-    response.raise_for_status()
-    return response.json()["choices"][0]["token_ids"]
+    return engine_serve(model_dir, work, name, *SERVE_OPTIONS, "--kv-cache-memory", kv_cache)
 
 
 def _post(client: httpx.Client, url: str, **kwargs: object) -> dict:
@@ -78,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         served, base = _server(models[0], work, "served", args.kv_cache)
         served.start(timeout_s=300)
         try:
-            firsts = {0: _first_answer(client, base)}
+            firsts = {0: first_token(client, base)}
             for repeat in range(args.repeats):
                 runs["rss_awake_mib"].append(served.rss_mib() or 0.0)
                 t0 = time.perf_counter()
@@ -87,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs["rss_level1_mib"].append(served.rss_mib() or 0.0)
                 t0 = time.perf_counter()
                 _post(client, f"{base}/wake_up")
-                _first_answer(client, base)
+                first_token(client, base)
                 runs["level1_wake_to_first_answer_s"].append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 released = _post(client, f"{base}/sleep?level=2")["released_bytes"]
@@ -98,14 +86,14 @@ def main(argv: list[str] | None = None) -> None:
                 _post(client, f"{base}/wake_up?tags=weights")
                 _post(client, f"{base}/update_weights_from_disk", json={"model_path": str(models[target])})
                 _post(client, f"{base}/wake_up?tags=kv_cache")
-                answer = _first_answer(client, base)
+                answer = first_token(client, base)
                 runs["level2_round_to_first_answer_s"].append(time.perf_counter() - t0)
                 assert answer == firsts.setdefault(target, answer), "a round must answer as the folder's weights do"
                 restarted, restarted_base = _server(models[target], work, f"restart{repeat}", args.kv_cache)
                 t0 = time.perf_counter()
                 restarted.start(timeout_s=300)
                 try:
-                    assert _first_answer(client, restarted_base) == firsts[target]
+                    assert first_token(client, restarted_base) == firsts[target]
                     runs["restart_to_first_answer_s"].append(time.perf_counter() - t0)
                 finally:
                     restarted.stop()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,24 +22,10 @@ from pathlib import Path
 import httpx
 
 from bench.common import RESULTS, command, machine_info, write_report
-from bench.procs import Service, free_port
+from bench.procs import engine_serve, first_token
 
 OUT = RESULTS / "weight_update.json"
-
-
-def _server(model_dir: Path, work: Path, name: str) -> tuple[Service, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(model_dir), "--port", str(port),
-            "--num-blocks", "256", "--served-model-name", "tiny", "--allow-weight-updates", "--log-level", "warning"]
-    base = f"http://127.0.0.1:{port}"
-    return Service(name, argv, f"{base}/healthz", work / f"{name}.log"), base
-
-
-def _first_answer(client: httpx.Client, base: str) -> list[int]:
-    response = client.post(f"{base}/v1/completions", json={
-        "model": "tiny", "prompt": "The weights", "max_tokens": 1, "temperature": 0, "return_token_ids": True})
-    response.raise_for_status()
-    return response.json()["choices"][0]["token_ids"]
+SERVE_OPTIONS = ("--num-blocks", "256", "--allow-weight-updates")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,28 +43,28 @@ def main(argv: list[str] | None = None) -> None:
         models = [make_tiny_model(work / f"m{seed}", layers=args.layers, hidden=args.hidden, vocab_size=args.vocab,
                                   seed=seed) for seed in (0, 1)]
         size_mib = sum(f.stat().st_size for f in models[0].glob("*.safetensors")) / 2**20
-        served, base = _server(models[0], work, "served")
+        served, base = engine_serve(models[0], work, "served", *SERVE_OPTIONS)
         served.start(timeout_s=300)
         update_s: list[float] = []
         load_s: list[float] = []
         restart_s: list[float] = []
         try:
-            firsts = {0: _first_answer(client, base)}
+            firsts = {0: first_token(client, base)}
             for repeat in range(args.repeats):
                 target = (repeat + 1) % 2
                 t0 = time.perf_counter()
                 update = client.post(f"{base}/update_weights_from_disk", json={"model_path": str(models[target])})
                 update.raise_for_status()
-                answer = _first_answer(client, base)
+                answer = first_token(client, base)
                 update_s.append(time.perf_counter() - t0)
                 load_s.append(update.json()["load_s"])
                 firsts.setdefault(target, answer)
                 assert answer == firsts[target], "an update must answer as the folder's weights do"
-                restarted, restarted_base = _server(models[target], work, f"restart{repeat}")
+                restarted, restarted_base = engine_serve(models[target], work, f"restart{repeat}", *SERVE_OPTIONS)
                 t0 = time.perf_counter()
                 restarted.start(timeout_s=300)
                 try:
-                    assert _first_answer(client, restarted_base) == firsts[target]
+                    assert first_token(client, restarted_base) == firsts[target]
                     restart_s.append(time.perf_counter() - t0)
                 finally:
                     restarted.stop()
