@@ -96,8 +96,10 @@ def test_two_replicas_on_redis_tell_each_crossing_once(
         assert answered == [True, True, True, False, False, False]
         wait_until(lambda: len(hook.events) == 2, what="two alerts")
     assert sorted(e["threshold"] for e in hook.events) == [0.5, 1.0]
-    assert hook.events[1]["budget_period"] is None  # a lifetime budget
-    assert "until it is raised" in hook.events[1]["text"]
+    # Each replica's outbox posts its own crossing: the two may arrive in either order.
+    spent = max(hook.events, key=lambda e: e["threshold"])
+    assert spent["budget_period"] is None  # a lifetime budget
+    assert "until it is raised" in spent["text"]
 
 
 def test_a_webhook_that_is_down_is_counted_and_never_in_the_way(
