@@ -69,15 +69,17 @@ class CachedAnswer:
     model: str  # the model that answered (a route group's verification may have served another)
     created: float  # wall clock, when it was kept
     body: bytes  # the answer's JSON, as it was served
+    expires: float | None = None  # wall clock, when the store lets it go (a copy must not outlive it)
 
     def encode(self) -> bytes:
-        return orjson.dumps({"model": self.model, "created": self.created}) + b"\n" + self.body
+        meta = {"model": self.model, "created": self.created, **({"expires": self.expires} if self.expires else {})}
+        return orjson.dumps(meta) + b"\n" + self.body
 
     @classmethod
     def decode(cls, blob: bytes) -> CachedAnswer:
         head, _, body = blob.partition(b"\n")
         meta = orjson.loads(head)
-        return cls(meta["model"], float(meta["created"]), body)
+        return cls(meta["model"], float(meta["created"]), body, meta.get("expires"))
 
     @property
     def age_s(self) -> float:
@@ -200,6 +202,8 @@ class ResponseCache:
                 draft.extra["cache"] = "hit"
             elif ticket.semantic is not None:
                 found = await self._read_similar(draft, ticket)
+                if found is not None:
+                    await self._keep_copy(ticket, found)
             if found is not None:
                 ticket.resolve(found)
                 ticket.unlist()
@@ -207,6 +211,19 @@ class ResponseCache:
         draft.extra["cache"] = "miss"
         self.metrics.cache.labels("miss").inc()
         return None
+
+    async def _keep_copy(self, ticket: CacheTicket, found: CachedAnswer) -> None:
+        """A semantic hit's answer kept under the request's own key too, until the original goes: the same
+        request again is an exact hit (a store read, where the semantic one encodes and searches)."""
+        left_s = (found.expires or 0.0) - time.time()
+        if ticket.control.no_store or left_s <= 0:  # an entry from before `expires` was kept: not copied
+            return
+        try:
+            await self.store.put(ticket.key, found.encode(), left_s)
+        except CacheUnavailable:
+            self.metrics.cache.labels("error").inc()
+            return
+        self.metrics.cache.labels("copied").inc()
 
     async def _read(self, ticket: CacheTicket) -> CachedAnswer | None:
         try:
@@ -292,7 +309,9 @@ class ResponseCache:
     async def keep(self, ticket: CacheTicket, model: str, body: bytes) -> None:
         """Keep a served answer, before it goes out (so the client's next request, on any replica, finds
         it); the requests waiting on it get it at once."""
-        answer = CachedAnswer(model, time.time(), body)
+        ttl_s = ticket.control.ttl_s or self.config.ttl_s
+        now = time.time()
+        answer = CachedAnswer(model, now, body, now + ttl_s)
         ticket.resolve(answer)
         try:
             blob = answer.encode()
@@ -301,7 +320,6 @@ class ResponseCache:
             if len(blob) > self.config.max_entry_bytes:
                 self.metrics.cache.labels("too_large").inc()
                 return
-            ttl_s = ticket.control.ttl_s or self.config.ttl_s
             try:
                 await self.store.put(ticket.key, blob, ttl_s)
             except CacheUnavailable:

@@ -1,5 +1,6 @@
 """The semantic response cache over real sockets with the openai SDK and the mock upstream: a reworded
-question served without an upstream call (whole and streamed), a different one sent upstream, the guard
+question served without an upstream call (whole and streamed) and its answer kept under its own key, a
+different one sent upstream, the guard
 refusing changed numbers and swapped words above the threshold, everything but the last user message
 required to match, the request's directives, expiry, flushes, Redis shared by two gateways and Redis
 going away. MiniLM loads once a test process (gateway/semantic_encoders.py)."""
@@ -87,9 +88,11 @@ def test_a_reworded_question_is_served_the_kept_answer_whole_and_streamed(upstre
         assert hit.json()["id"] == kept["id"] and hit.json()["choices"] == kept["choices"]  # the kept answer
         assert float(hit.headers[SIMILARITY_HEADER]) == pytest.approx(similarity(KEPT, REWORDED), abs=1e-3)
         assert "age" in hit.headers
+        assert ask(chat(REWORDED)) == "hit/0"  # kept under its own key too: asked again, an exact hit
+        assert ask.last.json()["id"] == kept["id"]
 
         client = gw.openai()
-        with client.chat.completions.stream(**chat(REWORDED)) as stream:
+        with client.chat.completions.stream(**chat(REWORDED.capitalize())) as stream:  # a key never asked
             final = stream.get_final_completion()
         assert final.choices[0].message.content == kept["choices"][0]["message"]["content"]
         assert upstream.stats()["requests"] == 1
@@ -101,6 +104,7 @@ def test_a_reworded_question_is_served_the_kept_answer_whole_and_streamed(upstre
         metrics = http.get("/metrics").text
         assert 'pitstop_semantic_cache_total{outcome="hit"} 2.0' in metrics
         assert 'pitstop_response_cache_total{outcome="semantic_hit"} 2.0' in metrics
+        assert 'pitstop_response_cache_total{outcome="copied"} 2.0' in metrics
 
 
 def test_the_guard_refuses_changed_numbers_and_swapped_words_above_the_threshold(upstream: UpstreamProcess,
@@ -135,7 +139,8 @@ def test_everything_but_the_last_user_message_must_match(upstream: UpstreamProce
         assert ask(earlier) == "miss/1"
         assert ask(chat(REWORDED), authorization=f"Bearer {bob}") == "miss/1"  # another key's answers
         assert ask(chat(REWORDED)) == "semantic-hit/0"
-        assert ask(chat(REWORDED, user="someone", metadata={"run": "2"})) == "semantic-hit/0"  # not answer-shaping
+        # Not answer-shaping: the key of the semantic hit before, whose answer was kept under it.
+        assert ask(chat(REWORDED, user="someone", metadata={"run": "2"})) == "hit/0"
 
 
 def test_directives_expiry_and_flush(upstream: UpstreamProcess, tmp_path: Path) -> None:
@@ -254,7 +259,8 @@ def test_two_gateways_share_the_index_through_redis(upstream: UpstreamProcess, t
         assert ask_a(chat(KEPT, system)) == "miss/1"
         assert ask_b(chat(REWORDED, system)) == "semantic-hit/0"  # b reads what a wrote since
         assert ask_b.last.json()["id"] == ask_a.last.json()["id"]
-        assert ask_a(chat(REWORDED, system)) == "semantic-hit/0"
+        assert ask_a(chat(REWORDED, system)) == "hit/0"  # the answer b kept under its key, in the shared store
+        assert ask_a(chat(REWORDED.capitalize(), system)) == "semantic-hit/0"
         assert ask_b(chat(SWAPPED[0], system)) == "miss/1"
 
 
