@@ -29,7 +29,7 @@ from gateway.limit_gate import LimitGate
 from gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from gateway.limits.base import Hold
 from gateway.limits.periods import current_period
-from gateway.spend_settling import SpendSettler
+from gateway.spend_settling import SpendSettler, spend_periods
 from gateway.team_limits import TeamLimits
 
 OUT = RESULTS / "limits_holds.json"
@@ -56,7 +56,8 @@ async def _through_gate(gate: LimitGate, settler: SpendSettler, caller: Caller) 
     team_hold = Hold(hold.hold_id, COST) if caller.team is not None else None
     admission = await gate.admit(caller, hold, team_hold)
     assert admission is not None and admission.allowed, admission
-    await asyncio.gather(*settler.settle(caller, COST, TOKENS, hold, team_hold))  # the answer waits for these
+    await asyncio.gather(*settler.settle(caller, COST, TOKENS, hold, team_hold,
+                                                spend_periods(caller, hold, team_hold)))  # the answer waits for these
     return time.perf_counter() - started
 
 
@@ -81,7 +82,7 @@ async def _point(limiter: Limiter, requests: int, in_flight: int) -> dict:
     month = current_period("month")
     callers = _callers(key)
     gate = LimitGate(limiter, set())
-    settler = SpendSettler(limiter, None, None, None, asyncio.get_running_loop().create_task)
+    settler = SpendSettler(limiter, None, asyncio.get_running_loop().create_task)
     for i in range(in_flight):  # other requests of the key (and of its team), running elsewhere
         assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-{i}", COST))).allowed
         assert (await limiter.admit(key, None, BUDGET, hold=Hold(f"standing-m{i}", COST, period=month),

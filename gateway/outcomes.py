@@ -22,13 +22,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.moderation_guardrail import ModerationNotes
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
-from gateway.spend_settling import SpendSettler
+from gateway.spend_settling import Periods, SpendSettler, spend_periods
 from gateway.tracing import request_ended
 from rankers.work import CHARS_PER_TOKEN
-from storage.keys import KeyStore
 from storage.models import utc_now
 from storage.outcome_writer import OutcomeWriter
-from storage.teams import TeamStore
 
 if TYPE_CHECKING:
     from gateway.budget_alerts import BudgetAlerts
@@ -84,6 +82,7 @@ class OutcomeDraft:
     team_hold: Hold | None = None  # the same, of its key's team's budget (in the team's budget period)
     admission: Admission | None = None  # what its key's and team's limits said (the x-ratelimit-* headers)
     settling: asyncio.Task | None = None  # the limiter learning what it cost (OutcomeRecorder.finish)
+    periods: Periods = (None, None)  # the budget periods its cost counts in, its key's and team's (at finish)
     request: ProxyRequest | None = None
     endpoint: str | None = None  # the API asked, where it is not the request's kind ("responses", served as a chat)
     batch_id: str | None = None  # the batch whose line it is
@@ -256,17 +255,15 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
 
 class OutcomeRecorder:
     def __init__(self, writer: OutcomeWriter | None, metrics: GatewayMetrics, limiter: Limiter,
-                 keys: KeyStore | None, store_text: bool, alerts: BudgetAlerts | None = None,
-                 teams: TeamStore | None = None) -> None:
+                 store_text: bool, alerts: BudgetAlerts | None = None) -> None:
         self.alerts = alerts  # budget thresholds crossed, told as webhook events (gateway/budget_alerts.py)
         self.writer = writer
         self.metrics = metrics
         self.limiter = limiter
-        self.keys = keys
         self.store_text = store_text
-        self._background: set[asyncio.Task] = set()  # spend updates
+        self._background: set[asyncio.Task] = set()  # the limiter's settling
         self._rows_waiting: set[asyncio.Task] = set()
-        self.settler = SpendSettler(limiter, keys, teams, alerts, self._track)  # the key's and its team's
+        self.settler = SpendSettler(limiter, alerts, self._track)  # the key's and its team's
 
     def finish(self, draft: OutcomeDraft) -> None:
         if draft.finished:
@@ -296,8 +293,9 @@ class OutcomeRecorder:
             self.metrics.retries.labels(model).inc()
         if draft.status != "ok":
             self.metrics.errors.labels(str(draft.http_status), draft.extra.get("code") or "").inc()
+        draft.periods = spend_periods(draft.caller, draft.hold, draft.team_hold)  # the row's, for its spend
         settling = self.settler.settle(draft.caller, cost, prompt_tokens + completion_tokens, draft.hold,
-                                       draft.team_hold)
+                                       draft.team_hold, draft.periods)
         if settling:
             draft.settling = settling[0] if len(settling) == 1 else self._track(_all(settling))
         if self.writer is None:
@@ -346,6 +344,7 @@ class OutcomeRecorder:
             "endpoint": draft.endpoint or (request.kind if request else None),
             "api_key_id": draft.caller.key_id if draft.caller else None,
             "team_id": draft.caller.team.team_id if draft.caller and draft.caller.team else None,
+            "key_period_start": draft.periods[0], "team_period_start": draft.periods[1],
             "session_id": request.session_id if request else None, "turn": draft.extra.get("turn"),
             "route_group": route.route_group if route else None,
             "requested_model": request.model if request else None,

@@ -125,8 +125,8 @@ class KeyStore:
             return session.scalars(query).one_or_none()
 
     def add_spend(self, key_id: str, usd: float, period: int | None = None) -> None:
-        """Atomic increment in the database, so gateway replicas can add concurrently; with `period`, the
-        budget period's total too (storage/spend.py)."""
+        """Atomic increment in the database; with `period`, the budget period's total too (storage/spend.py).
+        The gateway adds its requests' spend with their outcome rows instead (storage/outcome_writer.py)."""
         add_spend(self._engine, ApiKey, key_id, usd, period)
 
     def of_team(self, team_id: str, include_revoked: bool = False) -> list[ApiKey]:

@@ -100,7 +100,7 @@ class TeamStore:
         return team
 
     def add_spend(self, team_id: str, usd: float, period: int | None = None) -> None:
-        """Atomic increment, as a key's (storage/spend.py)."""
+        """Atomic increment, as a key's (storage/spend.py); the gateway's goes with the outcome rows."""
         add_spend(self._engine, Team, team_id, usd, period)
 
 

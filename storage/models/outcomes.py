@@ -26,6 +26,11 @@ class Outcome(Base):
     endpoint: Mapped[str | None]
     api_key_id: Mapped[str | None]
     team_id: Mapped[str | None]  # the key's team when the request came (storage/models/teams.py)
+    # The budget periods (their starts, Unix seconds) its cost counts in for its key and its team: those it
+    # was admitted in. The outcome writer adds the cost to their spend from these (storage/spend.py); null:
+    # a lifetime budget's (no period).
+    key_period_start: Mapped[int | None] = mapped_column(BigInteger)
+    team_period_start: Mapped[int | None] = mapped_column(BigInteger)
     session_id: Mapped[str | None] = mapped_column(index=True)
     turn: Mapped[int | None]
     route_group: Mapped[str | None]

@@ -17,8 +17,8 @@ from tests.storage.pg_cluster import ThrowawayPostgres
 class Traffic:
     """One client sending requests (every third one streamed) until stopped; every answer must be a 200."""
 
-    def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=30)
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30, headers=headers)
         self.ids: list[str] = []
         self.failures: list[str] = []
         self._stop = threading.Event()

@@ -15,7 +15,7 @@ import pytest
 
 from storage.keys import KeyStore
 from tests.engine.serving import serve_in_thread
-from tests.gateway.harness import PRICE_IN, Gateway, gateway_config, running_gateway, wait_until
+from tests.gateway.harness import PRICE_IN, Gateway, gateway_config, running_gateway
 from tests.gateway.rerankers import FakeReranker
 from tests.gateway.test_gateway_batches import ended, jsonl
 from tests.gateway.test_gateway_rerank import embedding_model
@@ -102,8 +102,8 @@ def test_rerank_lines_are_answered_as_the_live_endpoint_answers_them(
         assert row["cost_usd"] == pytest.approx(row["prompt_tokens"] * PRICE_IN)
     live_rows = gw.rows([r.headers["x-pitstop-request-id"] for r in live.values()])
     spent = sum(row["cost_usd"] for row in rows + live_rows)
-    wait_until(lambda: keys.get(key_id).spent_usd == pytest.approx(spent),  # type: ignore[union-attr]
-               what="the key's spend: the batch's lines and the live requests")
+    # the batch's lines and the live requests, in the key's row with their rows (gw.rows flushed)
+    assert keys.get(key_id).spent_usd == pytest.approx(spent)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("endpoint, url, param", [

@@ -63,6 +63,7 @@ def test_a_team_is_created_read_changed_and_deleted(gw: Gateway, admin: httpx.Cl
         answer = http.post("/v1/chat/completions", json={"model": "up", "messages": [{"role": "user", "content": "x"}]})
     assert answer.status_code == 200 and answer.headers["x-ratelimit-limit-requests"] == "50"  # the team's
 
+    gw.flush()  # the spend goes into the team's row with the outcome rows' batch
     listed = {t["id"]: t for t in admin.get("/v1/teams").json()["data"]}
     assert listed[team["id"]]["keys"] == 1
     read = admin.get(f"/v1/teams/{team['id']}").json()
