@@ -23,6 +23,7 @@ from gateway import (
     endpoints,
     files,
     key_admin,
+    media,
     moderation,
     proxy,
     rerank,
@@ -46,6 +47,7 @@ ROUTES = [
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
     *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
     *moderation.ROUTES,  # /v1/moderations, /moderations
+    *media.ROUTES,  # /v1/audio/transcriptions, /translations, /speech, /v1/images/generations
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
     Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),
@@ -78,6 +80,9 @@ ROUTES = [
     Route("/v1/organization/usage/completions", usage_endpoints.completions_usage, methods=["GET"]),
     Route("/v1/organization/usage/embeddings", usage_endpoints.embeddings_usage, methods=["GET"]),
     Route("/v1/organization/usage/moderations", usage_endpoints.moderations_usage, methods=["GET"]),
+    Route("/v1/organization/usage/audio_transcriptions", usage_endpoints.audio_transcriptions_usage, methods=["GET"]),
+    Route("/v1/organization/usage/audio_speeches", usage_endpoints.audio_speeches_usage, methods=["GET"]),
+    Route("/v1/organization/usage/images", usage_endpoints.images_usage, methods=["GET"]),
     Route("/v1/organization/costs", usage_endpoints.costs, methods=["GET"]),
     Route("/healthz", endpoints.healthz, methods=["GET"]),
     Route("/readyz", endpoints.readyz, methods=["GET"]),

@@ -24,7 +24,7 @@ from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.hedging_config import HedgingConfig, check_hedging
 from gateway.latency_balance import RoutingStrategy
-from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry, split_wildcards
+from gateway.model_list_config import LOCAL_PROVIDER, MEDIA_MODES, ModelEntry, split_wildcards
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.semantic_config import BUILT_IN_ENCODERS, SemanticCacheConfig
 from gateway.strict_config import StrictConfig
@@ -109,6 +109,8 @@ class ServerConfig(StrictConfig):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # An audio upload (/v1/audio/transcriptions, /translations): OpenAI's 25 MB; past it a 413 (gateway/audio_upload.py).
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     num_retries: int = Field(default=2, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0)
@@ -300,6 +302,12 @@ class Settings(StrictConfig):
 
     @model_validator(mode="after")
     def _rerank_models_only_rerank(self) -> Settings:
+    @property
+    def media_models(self) -> dict[str, set[str]]:
+        """Audio and image models by their mode (model_info.mode: audio_transcription, audio_speech,
+        image_generation; gateway/media.py): each serves its endpoints only."""
+        return {mode: {m.model_name for m in self.model_list if m.model_info.mode == mode} for mode in MEDIA_MODES}
+
         """A reranker (or a moderation model) answers no chat: it is in no route group, verification, fallback
         chain or compaction, and every deployment of its name reranks (moderates): the dispatcher may send
         the call to any of them."""
@@ -310,7 +318,9 @@ class Settings(StrictConfig):
                  ("responses.compaction_model", self.responses.compaction_model)]
         for mode, what, models, path in (("rerank", "a reranker", self.rerank_models, "/v1/rerank"),
                                          ("moderation", "a moderation model", self.moderation_models,
-                                          "/v1/moderations")):
+                                          "/v1/moderations"),
+                                         *((mode, f"an {mode} model", names, MEDIA_PATHS[mode])
+                                           for mode, names in self.media_models.items())):
             for name in sorted(models):
                 if any(m.model_info.mode != mode for m in self.model_list if m.model_name == name):
                     raise ValueError(f"model_list: '{name}' has entries marked model_info.mode: {mode} and entries "
@@ -328,6 +338,10 @@ class Settings(StrictConfig):
 
 def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: set[str]) -> None:
     for field, model in [*(("verifiers", m) for m in verify.verifiers), ("escalate_to", verify.escalate_to)]:
+MEDIA_PATHS = {"audio_transcription": "/v1/audio/transcriptions and /translations", "audio_speech": "/v1/audio/speech",
+               "image_generation": "/v1/images/generations"}
+
+
         if model is not None and model not in known:
             raise ValueError(f"{where}.{field}: unknown model_name '{model}'")
         if model in embedding:

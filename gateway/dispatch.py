@@ -17,7 +17,7 @@ from engine.forced_tools import offering_only_allowed
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from gateway.admission import waiting_item
-from gateway.backends.base import Backend, BackendError, CallContext, Kind
+from gateway.backends.base import MEDIA_KINDS, Backend, BackendError, CallContext, Kind
 from gateway.deployment_limits import Counted, DeploymentsRateLimited, Limit, answered_tokens
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
@@ -307,13 +307,13 @@ class Dispatcher:
 
     def _hedge_delay(self, model_name: str, kind: Kind, streaming: bool, prefer: str | None,
                      ctx: CallContext) -> float | None:
-        if self.hedging is None or kind == "embedding":
+        if self.hedging is None or kind == "embedding" or kind in MEDIA_KINDS:  # an upload or an image: never twice
             return None
         ready = self.pool.ready(model_name, tokens=ctx.estimated_tokens)
         return self.hedging.delay_s(model_name, streaming, prefer, len(ready))
 
     def _observe(self, model_name: str, kind: Kind, streaming: bool, started: float) -> None:
-        if self.hedging is not None and kind != "embedding":
+        if self.hedging is not None and kind != "embedding" and kind not in MEDIA_KINDS:
             self.hedging.observe(model_name, streaming, time.monotonic() - started)
 
     async def _race(self, model_name: str, streaming: bool, delay_s: float, tried: set[str], ctx: CallContext,

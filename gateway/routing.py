@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.server.errors import bad_request, not_found
-from gateway.config import Settings
+from gateway.config import MEDIA_PATHS, Settings
 from gateway.request_body import ProxyRequest
 from gateway.route_group_config import RouteGroup
 from gateway.wildcards import WildcardModels
@@ -157,6 +157,7 @@ class RouteTable:
         self.embeddings_served_by = settings.embeddings_served_by
         self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
         self.moderation_models = settings.moderation_models  # serve /v1/moderations only (gateway/moderation.py)
+        self.media_models = settings.media_models  # audio and image models by mode (gateway/media.py)
         self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
         self.groups: dict[str, GroupRouter] = {group.name: build_group(settings, group)
                                                for group in settings.route_groups}
@@ -192,6 +193,8 @@ class RouteTable:
             self.embeddings_served_by.add(name)
         if entry.model_info.mode == "moderation":  # kept out of chats as a listed one is
             self.moderation_models.add(name)
+        if entry.model_info.mode in self.media_models:
+            self.media_models[entry.model_info.mode].add(name)
 
     def refresh_models(self, settings: Settings) -> None:
         """The listed models' names and modes from a reloaded model list (gateway/config_reload.py); the
@@ -201,6 +204,7 @@ class RouteTable:
         self.embeddings_served_by = settings.embeddings_served_by
         self.rerank_models = settings.rerank_models
         self.moderation_models = settings.moderation_models
+        self.media_models = settings.media_models
         for name, entry in self.wildcards.adopted.items():
             if name not in self.models:
                 self._add_adopted(name, entry)
@@ -212,6 +216,10 @@ class RouteTable:
         if request.model in self.moderation_models:
             raise bad_request(f"the model {request.model!r} is a moderation model (model_info.mode: moderation): "
                               "send it to /v1/moderations", "model", "model_not_supported")
+        for mode, names in self.media_models.items():
+            if request.model in names:
+                raise bad_request(f"the model {request.model!r} is an {mode} model (model_info.mode: {mode}): send it "
+                                  f"to {MEDIA_PATHS[mode]}", "model", "model_not_supported")
         if request.kind == "embedding":
             return self._embeddings_model(request.model)
         if request.model in self.embedding_models:

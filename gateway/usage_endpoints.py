@@ -4,6 +4,9 @@
     GET /v1/organization/usage/completions   chat, completions, Responses and Messages requests
     GET /v1/organization/usage/embeddings
     GET /v1/organization/usage/moderations
+    GET /v1/organization/usage/audio_transcriptions   seconds (transcriptions and translations)
+    GET /v1/organization/usage/audio_speeches         characters
+    GET /v1/organization/usage/images                 images; `size` and `source` are not kept: null groups
     GET /v1/organization/costs               every request's cost in USD, and what routing saved
 
 Same parameters and pages as OpenAI's (`start_time`, `end_time`, `bucket_width`, `group_by`, `limit`,
@@ -34,16 +37,24 @@ from gateway.state import GatewayState
 from storage.inserts import describe
 from storage.usage import (
     EMBEDDING_ENDPOINTS,
+    IMAGE_ENDPOINTS,
     MODERATION_ENDPOINTS,
+    SPEECH_ENDPOINTS,
     TEXT_ENDPOINTS,
+    TRANSCRIPTION_ENDPOINTS,
     UsageQuery,
     UsageTotals,
     usage,
 )
 
-Report = Literal["completions", "embeddings", "moderations", "costs"]
-ENDPOINTS: dict[Report, tuple[str, ...] | None] = {"completions": TEXT_ENDPOINTS, "embeddings": EMBEDDING_ENDPOINTS,
-                                                   "moderations": MODERATION_ENDPOINTS, "costs": None}
+Report = Literal["completions", "embeddings", "moderations", "audio_transcriptions", "audio_speeches", "images",
+                 "costs"]
+ENDPOINTS: dict[Report, tuple[str, ...] | None] = {
+    "completions": TEXT_ENDPOINTS, "embeddings": EMBEDDING_ENDPOINTS, "moderations": MODERATION_ENDPOINTS,
+    "audio_transcriptions": TRANSCRIPTION_ENDPOINTS, "audio_speeches": SPEECH_ENDPOINTS, "images": IMAGE_ENDPOINTS,
+    "costs": None}
+# The unit OpenAI's audio and image reports count, which their rollup lines keep as input_tokens (storage/usage.py).
+UNITS: dict[Report, str] = {"audio_transcriptions": "seconds", "audio_speeches": "characters", "images": "images"}
 
 WIDTHS = {"1m": 60, "1h": 3_600, "1d": 86_400}
 LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -59,6 +70,11 @@ GROUPS: dict[Report, dict[str, str | None]] = {
     "embeddings": {"model": "model", "api_key_id": "api_key_id", "route_group": "route_group",
                    "project_id": "team_id", "user_id": None},
     "moderations": {"model": "model", "api_key_id": "api_key_id", "project_id": "team_id", "user_id": None},
+    "audio_transcriptions": {"model": "model", "api_key_id": "api_key_id", "project_id": "team_id", "user_id": None},
+    "audio_speeches": {"model": "model", "api_key_id": "api_key_id", "project_id": "team_id", "user_id": None},
+    # An image's size and source (generation, edit, variation) are not in the rollup: grouped by, they are null.
+    "images": {"model": "model", "api_key_id": "api_key_id", "project_id": "team_id", "user_id": None, "size": None,
+               "source": None},
     "costs": {"line_item": "model", "api_key_id": "api_key_id", "route_group": "route_group",
               "project_id": "team_id", "user_id": None, "api_source": None},
 }
@@ -130,6 +146,10 @@ def parse(request: Request, report: Report, now: int) -> UsageRequest:
         if _list(request, name) is not None:
             raise bad_request(f"'{name}': Pitstop has no users (group by api_key_id, or by project_id: a team)",
                               name, "invalid_value")
+    for name in ("sizes", "sources"):
+        if report == "images" and _list(request, name) is not None:
+            raise bad_request(f"'{name}': the usage Pitstop keeps has no image sizes or sources to filter by",
+                              name, "invalid_value")
     page = params.get("page")
     if page is not None:
         try:
@@ -184,6 +204,9 @@ def _result(report: Report, names: tuple[str, ...], totals: UsageTotals) -> dict
         return {"object": "organization.costs.result", "amount": {"value": totals.cost_usd, "currency": "usd"},
                 **dimensions, "baseline_amount": {"value": totals.baseline_cost_usd, "currency": "usd"},
                 "num_model_requests": totals.requests, "cache_hits": totals.cache_hits}
+    if report in UNITS:
+        return {"object": f"organization.usage.{report}.result", UNITS[report]: totals.input_tokens,
+                "num_model_requests": totals.requests, **dimensions, "cache_hits": totals.cache_hits}
     counted = {"input_tokens": totals.input_tokens, "num_model_requests": totals.requests}
     if report == "completions":
         counted |= {"output_tokens": totals.output_tokens, "input_cached_tokens": totals.cached_tokens,
@@ -228,6 +251,18 @@ async def embeddings_usage(request: Request) -> JSONResponse:
 
 async def moderations_usage(request: Request) -> JSONResponse:
     return await _report(request, "moderations")
+
+
+async def audio_transcriptions_usage(request: Request) -> JSONResponse:
+    return await _report(request, "audio_transcriptions")
+
+
+async def audio_speeches_usage(request: Request) -> JSONResponse:
+    return await _report(request, "audio_speeches")
+
+
+async def images_usage(request: Request) -> JSONResponse:
+    return await _report(request, "images")
 
 
 async def costs(request: Request) -> JSONResponse:

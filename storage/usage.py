@@ -30,6 +30,15 @@ from storage.models import UsageRollup
 TEXT_ENDPOINTS = ("chat", "completion", "responses", "messages")
 EMBEDDING_ENDPOINTS = ("embedding", "rerank")  # billed for their input alone: OpenAI's embeddings usage
 MODERATION_ENDPOINTS = ("moderation",)  # OpenAI's moderations usage: input tokens and requests
+# OpenAI's audio and image usage counts units, not tokens: a transcription's seconds, a speech's characters, the
+# images generated (the row's extra.seconds, .characters, .images: gateway/media.py). Their rollup lines keep
+# those units, rounded to whole ones, in `input_tokens` (the rollup has no column of its own for them; these
+# endpoints' reports read them from there, no other report reads these endpoints' tokens); the tokens a
+# provider reports stay on the rows.
+MEDIA_UNITS = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images"}
+TRANSCRIPTION_ENDPOINTS = ("transcription", "translation")
+SPEECH_ENDPOINTS = ("speech",)
+IMAGE_ENDPOINTS = ("image",)
 MINUTE, HOUR = 60, 3_600
 ROLLUP_WIDTHS = (MINUTE, HOUR)
 DIMENSIONS = ("model", "api_key_id", "team_id", "route_group", "endpoint", "batch")
@@ -124,7 +133,7 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                       row.get("route_group") or "", row.get("endpoint") or "", row.get("batch_id") is not None)
         cost = row.get("cost_usd") or 0.0
         baseline = row.get("baseline_cost_usd")
-        sums = {"requests": 1, "input_tokens": row.get("prompt_tokens") or 0,
+        sums = {"requests": 1, "input_tokens": _input_count(row),
                 "output_tokens": row.get("completion_tokens") or 0, "cached_tokens": row.get("cached_tokens") or 0,
                 "cost_usd": cost, "baseline_cost_usd": cost if baseline is None else baseline,
                 "cache_hits": int(bool(row.get("cache_hit")))}
@@ -134,6 +143,15 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"width_s": key[0], "bucket": key[1], **dict(zip(DIMENSIONS, key[2:], strict=True)),
              **{name: getattr(line, name) for name in SUMS}}
             for key, line in sorted(lines.items())]
+
+
+def _input_count(row: Mapping[str, Any]) -> int:
+    """A row's input tokens; for an audio or image endpoint, its units (MEDIA_UNITS)."""
+    unit = MEDIA_UNITS.get(row.get("endpoint") or "")
+    if unit is None:
+        return row.get("prompt_tokens") or 0
+    value = (row.get("extra") or {}).get(unit)
+    return round(value) if isinstance(value, int | float) else 0
 
 
 def record_usage(connection: Connection, rows: Iterable[Mapping[str, Any]]) -> None:

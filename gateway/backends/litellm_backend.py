@@ -17,7 +17,8 @@ from gateway.backends.answers import (
     checked_moderation,
     checked_rerank,
 )
-from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.backends.base import MEDIA_KINDS, BackendError, CallContext, Kind
+from gateway.backends.litellm_media import media_complete, speech_chunks
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.guardrails_config import Category
 from gateway.ranking import vllm_priority as rank_priority
@@ -152,6 +153,8 @@ class LitellmBackend:
             return await self._rerank(litellm, body, ctx)
         if kind == "moderation":
             return await self._moderate(litellm, body, ctx)
+        if kind in MEDIA_KINDS:
+            return await media_complete(litellm, self.params, kind, body, ctx, _as_backend_error, _to_dict)
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:
@@ -203,6 +206,10 @@ class LitellmBackend:
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         litellm = _litellm()
+        if kind == "speech":
+            async for chunk in speech_chunks(litellm, self.params, body, ctx, _as_backend_error):
+                yield chunk
+            return
         call = litellm.acompletion if kind == "chat" else litellm.atext_completion
         _check_prompt(kind, body, self.provider)
         try:

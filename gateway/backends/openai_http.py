@@ -20,7 +20,8 @@ from gateway.backends.answers import (
     embeddings_answer,
     strict_json,
 )
-from gateway.backends.base import BackendError, CallContext, Kind
+from gateway.backends.base import MEDIA_KINDS, BackendError, CallContext, Kind
+from gateway.backends.openai_media import checked_images, post_media, speech_chunks, transcript
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority
 
@@ -180,7 +181,25 @@ class OpenAIHTTPBackend:
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         try:
+    async def _media(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
+        """A transcription, translation or image generation (gateway/backends/openai_media.py)."""
+        try:
+            status, raw, content_type = await post_media(self.session, self.api_base, self.served_model, kind, body,
+                                                         self._timeout(ctx), self._trace_headers(ctx))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _connection_error(exc, started=False) from None
+        if status != 200:
+            raise _error_from_response(status, raw)
+        if kind != "image":
+            return transcript(raw, content_type)
+        try:
+            return checked_images(strict_json(raw))
+        except ValueError:
+            raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
+
             async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
+        if kind in MEDIA_KINDS:
+            return await self._media(kind, body, ctx)
                                          timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 raw = await response.read()
                 status = response.status
@@ -200,6 +219,15 @@ class OpenAIHTTPBackend:
         started = False
         try:
             async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, True),
+        if kind == "speech":  # the audio as it arrives
+            try:
+                async for chunk in speech_chunks(self.session, self.api_base, self.served_model, body,
+                                                 self._timeout(ctx), self._trace_headers(ctx), _error_from_response):
+                    started = True
+                    yield chunk
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _connection_error(exc, started) from None
+            return
                                          timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 if response.status != 200:
                     raise _error_from_response(response.status, await response.read())

@@ -6,7 +6,8 @@ It answers /v1/chat/completions and /v1/completions, whole or streamed (usage in
 tool's input, streamed in two pieces), so tool passthrough is tested end to end. The answer is `N` words, the first naming
 the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
 answers /v1/embeddings, with vectors that say what they embed (`embedding_of`), and /v1/moderations, with
-results its texts ask for (`[flag:violence]`: tests/gateway/upstream_moderation.py).
+results its texts ask for (`[flag:violence]`: tests/gateway/upstream_moderation.py), and OpenAI's audio and image
+endpoints with answers derived from what they were sent (tests/gateway/upstream_media.py).
 
 Faults, chosen per request by directives in the last user message (or the prompt); a directive with
 `@name` applies to that instance only:
@@ -58,6 +59,7 @@ from tests.gateway.upstream_answers import (  # noqa: F401
     embedding_of,
     error_response,
 )
+from tests.gateway.upstream_media import generate_images, speak, transcribe
 from tests.gateway.upstream_moderation import moderate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,18 @@ def build_app(name: str) -> Any:
     async def moderations(request: Request) -> Any:
         return await moderate(upstream, await body_of(request))
 
+    async def transcriptions(request: Request) -> Any:
+        return await transcribe(upstream, request, translated=False)
+
+    async def translations(request: Request) -> Any:
+        return await transcribe(upstream, request, translated=True)
+
+    async def speech(request: Request) -> Any:
+        return await speak(upstream, await body_of(request))
+
+    async def images(request: Request) -> Any:
+        return await generate_images(upstream, await body_of(request))
+
     async def models(request: Request) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
@@ -113,6 +127,10 @@ def build_app(name: str) -> Any:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/moderations", moderations, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", translations, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/images/generations", images, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/_admin/mode", mode, methods=["POST"]),
         Route("/_admin/stats", stats, methods=["GET"]),
