@@ -108,9 +108,9 @@ class ServerConfig(StrictConfig):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    request_timeout_s: float = Field(default=600.0, gt=0)
     # An audio upload (/v1/audio/transcriptions, /translations): OpenAI's 25 MB; past it a 413 (gateway/audio_upload.py).
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     num_retries: int = Field(default=2, ge=0)
     cooldown_s: float = Field(default=30.0, ge=0)
@@ -300,14 +300,14 @@ class Settings(StrictConfig):
         """Classifiers that serve /v1/moderations only (model_info.mode: moderation; gateway/moderation.py)."""
         return {m.model_name for m in self.model_list if m.model_info.mode == "moderation"}
 
-    @model_validator(mode="after")
-    def _rerank_models_only_rerank(self) -> Settings:
     @property
     def media_models(self) -> dict[str, set[str]]:
         """Audio and image models by their mode (model_info.mode: audio_transcription, audio_speech,
         image_generation; gateway/media.py): each serves its endpoints only."""
         return {mode: {m.model_name for m in self.model_list if m.model_info.mode == mode} for mode in MEDIA_MODES}
 
+    @model_validator(mode="after")
+    def _rerank_models_only_rerank(self) -> Settings:
         """A reranker (or a moderation model) answers no chat: it is in no route group, verification, fallback
         chain or compaction, and every deployment of its name reranks (moderates): the dispatcher may send
         the call to any of them."""
@@ -336,12 +336,12 @@ class Settings(StrictConfig):
         return p if p.is_absolute() else self.base_dir / p
 
 
-def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: set[str]) -> None:
-    for field, model in [*(("verifiers", m) for m in verify.verifiers), ("escalate_to", verify.escalate_to)]:
 MEDIA_PATHS = {"audio_transcription": "/v1/audio/transcriptions and /translations", "audio_speech": "/v1/audio/speech",
                "image_generation": "/v1/images/generations"}
 
 
+def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: set[str]) -> None:
+    for field, model in [*(("verifiers", m) for m in verify.verifiers), ("escalate_to", verify.escalate_to)]:
         if model is not None and model not in known:
             raise ValueError(f"{where}.{field}: unknown model_name '{model}'")
         if model in embedding:

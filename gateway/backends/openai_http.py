@@ -179,8 +179,6 @@ class OpenAIHTTPBackend:
         """W3C `traceparent` for a traced call: the server's span (vLLM's, a Pitstop engine's) joins the trace."""
         return None if ctx.trace is None else ctx.trace.headers()
 
-    async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
-        try:
     async def _media(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         """A transcription, translation or image generation (gateway/backends/openai_media.py)."""
         try:
@@ -197,9 +195,11 @@ class OpenAIHTTPBackend:
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
 
-            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
+    async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         if kind in MEDIA_KINDS:
             return await self._media(kind, body, ctx)
+        try:
+            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
                                          timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 raw = await response.read()
                 status = response.status
@@ -217,8 +217,6 @@ class OpenAIHTTPBackend:
 
     async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
         started = False
-        try:
-            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, True),
         if kind == "speech":  # the audio as it arrives
             try:
                 async for chunk in speech_chunks(self.session, self.api_base, self.served_model, body,
@@ -228,6 +226,8 @@ class OpenAIHTTPBackend:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _connection_error(exc, started) from None
             return
+        try:
+            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, True),
                                          timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 if response.status != 200:
                     raise _error_from_response(response.status, await response.read())
