@@ -141,7 +141,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--kv-heads", type=int)
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
-    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe"], default="llama",
+    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3"], default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")

@@ -20,6 +20,7 @@ from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.lora_registry import LoRAAdapter, LoRAAdapters
+from engine.model.config import ModelConfig
 from engine.outputs import EngineStats, RequestOutput, StepRecord
 from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.reasoning import THINK_END, THINK_START
@@ -133,6 +134,11 @@ class LLMEngine(SessionPins, LoRAAdapters):
                        self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
                        lora_id=self.lora_id(lora))
+        config = getattr(self.runner, "config", None)
+        if isinstance(config, ModelConfig) and config.long_rope_offset(seq.num_prompt_tokens):
+            # LongRoPE: a long prompt's K/V are turned by the long frequencies, a short one's by the short
+            # ones (engine/model/rope.py): their blocks must not stand in for each other in the prefix cache.
+            seq.hash_seed = hash(("longrope", seq.hash_seed))
         if prompt_leader is not None:
             seq.prompt_leader = self.sequences.get(prompt_leader)
         if params.constraint is not None:

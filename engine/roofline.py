@@ -187,6 +187,21 @@ MODELS: dict[str, ModelShape] = {
     "mistral-7b-v0.1": ModelShape("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, sliding_window=4096),
     "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, num_experts=8, experts_per_token=2,
                                expert_intermediate_size=14336, num_sparse_layers=32),
+    # google/gemma-3-27b-it's text_config (transformers' defaults for what it leaves out): 52 of its 62 layers
+    # slide over 1,024 tokens, but its full layers keep every block, so KV is priced as for full attention.
+    "gemma-3-27b": ModelShape.from_hf_config({
+        "model_type": "gemma3_text", "num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
+        "num_key_value_heads": 16, "head_dim": 128, "intermediate_size": 21504, "vocab_size": 262208,
+        "tie_word_embeddings": True, "sliding_window": 1024}, "gemma-3-27b"),
+    # microsoft/Phi-3.5-mini-instruct and Phi-4-mini-instruct (fused q/k/v and gate/up: the same weights).
+    "phi-3.5-mini": ModelShape.from_hf_config({
+        "model_type": "phi3", "num_hidden_layers": 32, "hidden_size": 3072, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064, "tie_word_embeddings": False,
+        "max_position_embeddings": 131072, "sliding_window": 262144}, "phi-3.5-mini"),
+    "phi-4-mini": ModelShape.from_hf_config({
+        "model_type": "phi3", "num_hidden_layers": 32, "hidden_size": 3072, "num_attention_heads": 24,
+        "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 200064, "tie_word_embeddings": True,
+        "max_position_embeddings": 131072, "sliding_window": 262144}, "phi-4-mini"),
 }
 
 

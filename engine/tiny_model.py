@@ -1,4 +1,4 @@
-"""make_tiny_model: writes a small random Llama, Qwen3 or Qwen3-MoE model as a real Hugging Face folder,
+"""make_tiny_model: writes a small random Llama, Qwen3, Qwen3-MoE, Gemma 3 or Phi-3 model as a real Hugging Face folder,
 fully offline: config.json, model.safetensors, generation_config.json, a byte-level BPE tokenizer.json
 trained on docstrings of the Python standard library, and tokenizer_config.json with a ChatML-like
 chat template that renders tools and tool calls. transformers loads it as it would a Hub model."""
@@ -19,7 +19,10 @@ from tokenizers.trainers import BpeTrainer
 
 BOS, EOS, PAD, START = "<|begin|>", "<|end|>", "<|pad|>", "<|start|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD, START]
-TINY_FAMILIES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+TINY_FAMILIES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                 "gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+# The `--family` name -> its config's model_type (Gemma 3's text model is `gemma3_text`).
+MODEL_TYPES = {"gemma3": "gemma3_text"}
 # Ordinary (non-special) single tokens, so tool calls survive skip_special_tokens decoding.
 TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 
@@ -91,8 +94,10 @@ def make_tiny_model(
     experts_per_token: int = 2,
 ) -> Path:
     """Writes the model folder and returns its path. Same arguments, same bytes. `family`: "llama",
-    "qwen3" (per-head q/k norms) or "qwen3_moe" (Qwen3 with `experts` experts in every layer, each a
-    quarter of the dense MLP's width, `experts_per_token` of them per token)."""
+    "qwen3" (per-head q/k norms), "qwen3_moe" (Qwen3 with `experts` experts in every layer, each a
+    quarter of the dense MLP's width, `experts_per_token` of them per token), "gemma3" (Gemma 3's
+    layout, tied embeddings, every second layer sliding over 16 tokens) or "phi3" (fused q/k/v and
+    gate/up tensors, RoPE on 3/4 of each head as Phi-4-mini)."""
     if hidden % heads or heads % kv_heads:
         raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads")
     if family not in TINY_FAMILIES:
@@ -107,7 +112,7 @@ def make_tiny_model(
     ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
     config = {
         "architectures": [TINY_FAMILIES[family]],
-        "model_type": family,
+        "model_type": MODEL_TYPES.get(family, family),
         "vocab_size": vocab_size,
         "hidden_size": hidden,
         "intermediate_size": intermediate,
@@ -122,7 +127,7 @@ def make_tiny_model(
         "rope_scaling": None,
         "attention_bias": False,
         "mlp_bias": False,
-        "tie_word_embeddings": tie_word_embeddings,
+        "tie_word_embeddings": tie_word_embeddings or family == "gemma3",
         "initializer_range": 0.02,
         "bos_token_id": ids[BOS],
         "eos_token_id": ids[EOS],
@@ -134,6 +139,14 @@ def make_tiny_model(
         config |= {"num_experts": experts, "num_experts_per_tok": experts_per_token,
                    "moe_intermediate_size": max(16, intermediate // 4), "norm_topk_prob": True,
                    "decoder_sparse_step": 1, "mlp_only_layers": []}  # fmt: skip
+    if family == "gemma3":
+        config |= {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": hidden // heads,
+                   "sliding_window": 16, "sliding_window_pattern": 2, "rope_theta": 1_000_000.0,
+                   "rope_local_base_freq": 10_000.0, "final_logit_softcapping": None,
+                   "attn_logit_softcapping": None}  # fmt: skip
+        del config["hidden_act"]
+    if family == "phi3":
+        config |= {"partial_rotary_factor": 0.75, "sliding_window": None}
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {
         "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD],
@@ -167,12 +180,16 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
     def linear(rows: int, cols: int, gain: float = 1.0) -> torch.Tensor:
         return normal(rows, cols, gain / math.sqrt(cols))
 
+    gemma = config["model_type"] == "gemma3_text"
+
     def norm_weight(size: int = hidden) -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(size, generator=gen)
+        return (0.0 if gemma else 1.0) + 0.1 * torch.randn(size, generator=gen)  # Gemma scales by (1 + weight)
 
     tied = config["tie_word_embeddings"]
-    # Tied: the head reuses the embedding, so keep it at the head's scale instead of unit scale.
-    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], hidden, 2.0 / math.sqrt(hidden) if tied else 1.0)}
+    # Tied: the head reuses the embedding, so keep it at the head's scale instead of unit scale. Gemma multiplies
+    # it by sqrt(hidden): smaller still, or each token's own embedding outweighs the layers and greedy repeats it.
+    embed_std = 0.25 / math.sqrt(hidden) if gemma else 2.0 / math.sqrt(hidden) if tied else 1.0
+    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], hidden, embed_std)}
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
         # Larger q/k make attention peaked rather than a plain average, so outputs depend on context.
@@ -180,7 +197,7 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
         weights[p + "self_attn.k_proj.weight"] = linear(kv_size, hidden, gain=2.0)
         weights[p + "self_attn.v_proj.weight"] = linear(kv_size, hidden)
         weights[p + "self_attn.o_proj.weight"] = linear(hidden, q_size)
-        if config["model_type"] in ("qwen3", "qwen3_moe"):
+        if config["model_type"] in ("qwen3", "qwen3_moe", "gemma3_text"):
             weights[p + "self_attn.q_norm.weight"] = norm_weight(head_dim)
             weights[p + "self_attn.k_norm.weight"] = norm_weight(head_dim)
         if config.get("num_experts"):
@@ -197,7 +214,17 @@ def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:
             weights[p + "mlp.down_proj.weight"] = linear(hidden, inter)
         weights[p + "input_layernorm.weight"] = norm_weight()
         weights[p + "post_attention_layernorm.weight"] = norm_weight()
-    weights["model.norm.weight"] = norm_weight()
+        if gemma:
+            weights[p + "pre_feedforward_layernorm.weight"] = norm_weight()
+            weights[p + "post_feedforward_layernorm.weight"] = norm_weight()
+    weights["model.norm.weight"] = norm_weight() + (3.0 if gemma else 0.0)  # Gemma: logits spread by 4 for that
+    if config["model_type"] == "phi3":  # Phi-3 stores q/k/v and gate/up fused
+        for i in range(config["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            parts = [weights.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"]
+            weights[p + "self_attn.qkv_proj.weight"] = torch.cat(parts)
+            parts = [weights.pop(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")]
+            weights[p + "mlp.gate_up_proj.weight"] = torch.cat(parts)
     if not tied:
         weights["lm_head.weight"] = normal(config["vocab_size"], hidden, 2.0 / math.sqrt(hidden))
     return {name: t.contiguous() for name, t in weights.items()}

@@ -320,6 +320,10 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         width = max(len(t) for t in tables)
         block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
         positions_t = torch.tensor(positions)
+        rope_positions = positions_t
+        if self.config.rope_type == "longrope":  # a long prompt's tokens read LongRoPE's all-long table
+            offsets = [self.config.long_rope_offset(seq.num_prompt_tokens) for seq in batch.seqs]
+            rope_positions = positions_t + torch.tensor(offsets).repeat_interleave(torch.tensor(list(lens)))
         # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
         slots = block_tables[torch.tensor(seq_of_token), positions_t // block_size] * block_size
         slots += positions_t % block_size
@@ -339,7 +343,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             context_lens=context_lens,
             block_size=block_size,
         )
-        return torch.tensor(token_ids).to(to), positions_t.to(to), meta, torch.tensor(logits_index, dtype=torch.long).to(to)
+        return torch.tensor(token_ids).to(to), rope_positions.to(to), meta, torch.tensor(logits_index, dtype=torch.long).to(to)
 
 
 def default_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:

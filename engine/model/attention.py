@@ -163,6 +163,7 @@ class _Reader:
     workspace: GatherWorkspace | None
     kv_format: FP8KVFormat | None
     scales: tuple[float, float]
+    softmax_scale: float | None = None
 
     def gather(self, cache: torch.Tensor, block_tables: torch.Tensor, which: int) -> torch.Tensor:
         """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys (0) or values (1)."""
@@ -183,11 +184,12 @@ class _Reader:
 
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan,
-                    scales: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+                    scales: tuple[float, float] = (1.0, 1.0), softmax_scale: float | None = None) -> torch.Tensor:
     """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written
-    (with an fp8 plan, by `write_kv` with the same `scales`)."""
+    (with an fp8 plan, by `write_kv` with the same `scales`). `softmax_scale`: the scores' factor, None for
+    head_dim ** -0.5 (Gemma 3 has its own)."""
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    reader = _Reader(plan.workspace, plan.kv_format, scales)
+    reader = _Reader(plan.workspace, plan.kv_format, scales, softmax_scale)
     if plan.decode_only:
         return _decode_attention(q, k_cache, v_cache, plan, reader)
     out = torch.empty_like(q)
@@ -207,7 +209,7 @@ def _decode_attention(
     kv_heads = k.shape[1]
     # GQA without repeating K/V: the query heads sharing a KV head become that head's query rows.
     grouped = q.view(rows, kv_heads, heads // kv_heads, head_dim)
-    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=plan.decode_mask)
+    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=plan.decode_mask, scale=reader.softmax_scale)
     return out.reshape(rows, heads, head_dim)
 
 
@@ -223,5 +225,6 @@ def _prefill_attention(
         attn_mask=row.mask,
         is_causal=row.mask is None,
         enable_gqa=True,
+        scale=reader.softmax_scale,
     )
     return out.squeeze(0).transpose(0, 1)

@@ -1,6 +1,7 @@
 """ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
-(Llama, Mistral, Qwen2 and Qwen3 families, and the mixture-of-experts Qwen3-MoE and Mixtral; both the
-classic `rope_theta`/`rope_scaling` keys and the transformers-5 `rope_parameters` dict)."""
+(Llama, Mistral, Qwen2 and Qwen3 families, the mixture-of-experts Qwen3-MoE and Mixtral, and Gemma 3 text and
+Phi-3 (engine/model/families.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
+`rope_parameters` dict)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+from engine.model import families
+from engine.model.families import GEMMA3, PHI3
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
-QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe")
+QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", GEMMA3)
 # Mistral's config carries `sliding_window` (a window in use when set); Qwen's only slides with the flag on.
 SLIDING_FLAG_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -47,6 +51,16 @@ class ModelConfig:
     # Sliding-window attention: the listed layers' queries see their last `sliding_window` tokens.
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = ()
+    # Gemma 3 (engine/model/families.py): RMSNorm by (1 + weight), scaled embeddings, norms on the attention
+    # and MLP outputs too, a softmax scale of its own, sliding layers on plain RoPE of base `local_rope_theta`.
+    hidden_act: str = "silu"
+    norm_unit_offset: bool = False
+    embed_scale: float = 1.0
+    sandwich_norms: bool = False
+    attention_scale: float | None = None  # None: head_dim ** -0.5
+    local_rope_theta: float | None = None
+    final_logit_softcapping: float | None = None
+    partial_rotary_factor: float = 1.0  # Phi-4-mini: RoPE on the first 3/4 of each head
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -65,6 +79,18 @@ class ModelConfig:
     def rope_type(self) -> str:
         return (self.rope_scaling or {}).get("rope_type", "default")
 
+    def long_rope_offset(self, num_prompt_tokens: int) -> int:
+        """What a sequence adds to its positions to index the RotaryEmbedding table (engine/model/rope.py):
+        under LongRoPE, a prompt longer than the original context reads the second, all-long table."""
+        if self.rope_type != "longrope" or num_prompt_tokens <= (self.rope_scaling or {})["original_max_position_embeddings"]:
+            return 0
+        return self.max_position_embeddings
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dims of each head that RoPE turns (the rest pass through)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(json.loads((Path(path) / "config.json").read_text()))
@@ -74,11 +100,17 @@ class ModelConfig:
         model_type = raw.get("model_type", "llama")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
-        if raw.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"unsupported hidden_act {raw['hidden_act']!r}")
+        hidden_act = families.activation(model_type, raw)
         num_heads = raw["num_attention_heads"]
         hidden_size = raw["hidden_size"]
-        rope_theta, rope_scaling = _parse_rope(raw)
+        head_dim = raw.get("head_dim") or hidden_size // num_heads
+        extra: dict = {}
+        if model_type == GEMMA3:
+            rope_raw, extra["local_rope_theta"] = families.gemma3_rope(raw)
+            extra |= families.gemma3_fields(raw)
+            raw = {**raw, **rope_raw, "rope_scaling": None}
+        partial = families.partial_rotary_factor(raw)
+        rope_theta, rope_scaling = _parse_rope(raw, int(head_dim * partial))
         attention_bias = bool(raw.get("attention_bias", False))
         eos = raw.get("eos_token_id")
         return cls(
@@ -88,18 +120,21 @@ class ModelConfig:
             num_layers=raw["num_hidden_layers"],
             num_heads=num_heads,
             num_kv_heads=raw.get("num_key_value_heads") or num_heads,
-            head_dim=raw.get("head_dim") or hidden_size // num_heads,
+            head_dim=head_dim,
             intermediate_size=raw["intermediate_size"],
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == GEMMA3)),
             # Qwen2 always has q/k/v biases and no o_proj bias; Llama's `attention_bias` covers all four.
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=model_type != "qwen2" and attention_bias,
             mlp_bias=bool(raw.get("mlp_bias", False)),
             qk_norm=model_type in QK_NORM_MODEL_TYPES,
+            hidden_act=hidden_act,
+            partial_rotary_factor=partial,
+            **extra,
             **expert_fields(model_type, raw),
             **_sliding_fields(model_type, raw),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32").removeprefix("torch."),
@@ -114,13 +149,14 @@ class ModelConfig:
         attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm
+        norms = (4 if self.sandwich_norms else 2) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
         # A sparse layer's MLP: the router plus every expert's gate, up and down projections.
         sparse_mlp = self.num_experts * self.hidden_size * (1 + 3 * self.moe_intermediate_size)
         num_sparse = len(self.sparse_layers)
         mlps = (self.num_layers - num_sparse) * mlp + num_sparse * sparse_mlp
-        per_layer = attn + 2 * self.hidden_size
+        per_layer = attn + norms
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + mlps + embeddings + self.hidden_size
 
@@ -136,16 +172,19 @@ def attention_window(model_type: str, raw: dict) -> int:
 
 
 def _sliding_fields(model_type: str, raw: dict) -> dict:
-    """Mistral and Mixtral slide in every layer when `sliding_window` is set; Qwen only with
+    """Mistral, Mixtral and Phi-3 slide in every layer when `sliding_window` is set; Gemma 3 in its sliding
+    layers (engine/model/families.py); Qwen only with
     `use_sliding_window`, in the layers `layer_types` names (by default those from
     `max_window_layers` on), as transformers reads them."""
     num_layers = raw["num_hidden_layers"]
-    window = raw.get("sliding_window")
+    window = raw.get("sliding_window", 4096 if model_type == GEMMA3 else None)  # transformers' Gemma 3 default
     if model_type in SLIDING_FLAG_MODEL_TYPES and not raw.get("use_sliding_window"):
         window = None
-    if window is None or model_type not in (*SLIDING_FLAG_MODEL_TYPES, "mistral", "mixtral"):
+    if model_type == PHI3 and window is not None and window >= raw.get("max_position_embeddings", 2048):
+        window = None  # Phi-3.5 and Phi-4-mini set 262,144: wider than any context, so no window
+    if window is None or model_type not in (*SLIDING_FLAG_MODEL_TYPES, "mistral", "mixtral", PHI3, GEMMA3):
         return {}
-    layer_types = raw.get("layer_types")
+    layer_types = families.gemma3_layer_types(raw) if model_type == GEMMA3 else raw.get("layer_types")
     if model_type in SLIDING_FLAG_MODEL_TYPES and layer_types is None:
         start = raw.get("max_window_layers", 28)
         layer_types = ["sliding_attention" if i >= start else "full_attention" for i in range(num_layers)]
@@ -178,15 +217,19 @@ def expert_fields(model_type: str, raw: dict) -> dict:
             "norm_topk_prob": bool(raw.get("norm_topk_prob", False)), "sparse_layers": sparse}
 
 
-def _parse_rope(raw: dict) -> tuple[float, dict | None]:
+def _parse_rope(raw: dict, rotary_dim: int) -> tuple[float, dict | None]:
     # transformers 5 writes `rope_parameters` (holding rope_theta); older configs have top-level keys.
     params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    params.pop("partial_rotary_factor", None)  # read by families.partial_rotary_factor
     rope_theta = float(params.pop("rope_theta", None) or raw.get("rope_theta") or 10000.0)
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ValueError(f"unsupported rope_type {rope_type!r}; expected one of {SUPPORTED_ROPE_TYPES}")
     if rope_type == "default":
         return rope_theta, None
+    if rope_type == "longrope":
+        params = families.longrope_parameters(raw, params, rotary_dim)
     if rope_type == "llama3":
         params.setdefault("original_max_position_embeddings", raw.get("max_position_embeddings", 8192))
     if rope_type == "yarn":

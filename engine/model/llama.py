@@ -1,10 +1,13 @@
-"""The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2 and Qwen3 (per-head
-q/k norms), full or sliding-window attention per layer, with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
+"""The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2, Qwen3 (per-head
+q/k norms), Phi-3 and Gemma 3 (engine/model/families.py: norms around each block's output too, scaled
+embeddings, GELU, a RoPE of their own in sliding layers), full or sliding-window attention per layer, with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
 (`engine.model.moe`). Module and parameter names follow the HF checkpoint layout
 (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
 and experts are stacked; the loader maps checkpoint tensors into them."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +38,10 @@ class Attention(nn.Module):
         self.qkv_proj = PackedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
         # Qwen3: each head's query and key are RMS-normalised (over head_dim) before RoPE.
-        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        norm = partial(RMSNorm, config.head_dim, config.rms_norm_eps, config.norm_unit_offset)
+        self.q_norm = norm() if config.qk_norm else None
+        self.k_norm = norm() if config.qk_norm else None
+        self.softmax_scale = config.attention_scale
         # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
         self.kv_scales = (1.0, 1.0)
         self.kv_scales_measured = False  # with calculate_kv_scales: set on the first step
@@ -65,7 +70,7 @@ class Attention(nn.Module):
         if self.sliding:
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
             plan = plan.sliding
-        out = paged_attention(q, kv_cache, plan, self.kv_scales)
+        out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale)
         return self.tp.all_reduce(self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)))
 
 
@@ -76,10 +81,11 @@ class MLP(nn.Module):
         size = config.intermediate_size
         self.gate_up_proj = PackedLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
         self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
+        self.act = F.silu if config.hidden_act == "silu" else partial(F.gelu, approximate="tanh")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj.split(self.gate_up_proj(x))
-        return self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
+        return self.tp.all_reduce(self.down_proj(self.act(gate) * up))
 
 
 class DecoderLayer(nn.Module):
@@ -87,8 +93,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config, index, tp)
         self.mlp: MLP | SparseMoE = SparseMoE(config, tp) if config.is_sparse(index) else MLP(config, tp)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        norm = partial(RMSNorm, config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
+        self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()
+        # Gemma 3 norms each block's output before the residual add, and the MLP's input with a norm of its own.
+        self.pre_feedforward_layernorm = norm() if config.sandwich_norms else None
+        self.post_feedforward_layernorm = norm() if config.sandwich_norms else None
 
     def forward(
         self,
@@ -98,8 +108,12 @@ class DecoderLayer(nn.Module):
         kv_cache: torch.Tensor,
         plan: AttentionPlan,
     ) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, rope, kv_cache, plan)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        attended = self.self_attn(self.input_layernorm(hidden), positions, rope, kv_cache, plan)
+        if self.pre_feedforward_layernorm is None or self.post_feedforward_layernorm is None:
+            hidden = hidden + attended
+            return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        hidden = hidden + self.post_attention_layernorm(attended)
+        return hidden + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden)))
 
 
 class DecoderStack(nn.Module):
@@ -109,7 +123,7 @@ class DecoderStack(nn.Module):
         super().__init__()
         self.embed_tokens = TokenEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
 
 
 class CausalLM(nn.Module):
@@ -124,11 +138,14 @@ class CausalLM(nn.Module):
         self.tp = tp
         self.model = DecoderStack(config, tp)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # Not a module buffer: it is rebuilt on the real device after meta-device construction.
+        # Not module buffers: they are rebuilt on the real device after meta-device construction.
         self.rope: RotaryEmbedding | None = None
+        self.local_rope: RotaryEmbedding | None = None  # Gemma 3's sliding layers'
 
     def setup_rope(self, device: torch.device, dtype: torch.dtype) -> None:
         self.rope = RotaryEmbedding(self.config, device, dtype)
+        if self.config.local_rope_theta is not None:
+            self.local_rope = RotaryEmbedding(self.config, device, dtype, local=True)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
@@ -150,8 +167,11 @@ class CausalLM(nn.Module):
         """The last layer's output for every batch token [T, hidden], before the final norm."""
         assert self.rope is not None, "call setup_rope() first"
         hidden = self.model.embed_tokens(input_ids)
+        if self.config.embed_scale != 1.0:  # Gemma: rounded to the model's dtype first, as transformers does
+            hidden = hidden * torch.tensor(self.config.embed_scale).to(hidden.dtype)
         for layer, layer_cache in zip(self.model.layers, kv_cache, strict=True):
-            hidden = layer(hidden, positions, self.rope, layer_cache, plan)
+            local = self.local_rope is not None and layer.self_attn.sliding
+            hidden = layer(hidden, positions, self.local_rope if local else self.rope, layer_cache, plan)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -162,5 +182,9 @@ class CausalLM(nn.Module):
             # CPU BLAS multiplies 2 or 3 rows by the head slower than 4 (`head_rows` in
             # bench/results/spec_decode.json); a decode step checking drafts is that shape.
             padding = hidden.new_zeros(_CPU_GEMM_MIN_ROWS - rows, hidden.shape[1])
-            return self.lm_head(self.model.norm(torch.cat([hidden, padding])))[:rows].float()
-        return self.lm_head(self.model.norm(hidden)).float()
+            return self._softcapped(self.lm_head(self.model.norm(torch.cat([hidden, padding])))[:rows].float())
+        return self._softcapped(self.lm_head(self.model.norm(hidden)).float())
+
+    def _softcapped(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -7,7 +7,9 @@ scales (`self_attn.k_scale` / `v_scale`, one `kv_scale` for both, or llm-compres
 `k_proj.output_scale` / `v_proj.output_scale`) become each layer's scales for an fp8 KV cache.
 Quantized projections (engine/model/quant_linear.py, engine/model/int4_linear.py) read their own tensors
 through `load_part`; a 4-bit one takes whole tensors and cuts its tensor-parallel share after unpacking
-them, and is told when a checkpoint starts and ends (`begin_loading`, `finish_loading`)."""
+them, and is told when a checkpoint starts and ends (`begin_loading`, `finish_loading`). Phi-3's fused
+`qkv_proj` and `gate_up_proj` tensors are split into the q/k/v and gate/up parts first, so sharding and
+8-bit quantization treat them as any other family's."""
 
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ _EXPERT_TENSOR = re.compile(r"(?P<experts>.+\.experts)\.(?P<index>\d+)\.(?P<proj
 # A KV cache scale's name -> which of the layer's (k, v) scales it sets.
 KV_SCALE_NAMES = {"k_scale": (0,), "v_scale": (1,), "kv_scale": (0, 1),
                   "k_proj.output_scale": (0,), "v_proj.output_scale": (1,)}
+# Phi-3's fused checkpoint projections -> the projections they stack, in order.
+FUSED_PROJECTIONS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_FUSED_TENSOR = re.compile(r"(?P<parent>.+\.(self_attn|mlp))\.(?P<fused>qkv_proj|gate_up_proj)\.(?P<leaf>\w+)")
 _KV_SCALE_TENSOR = re.compile(r"(?P<attention>.+\.self_attn)\.(?P<scale>" +
                               "|".join(re.escape(n) for n in KV_SCALE_NAMES) + ")")
 
@@ -104,16 +109,35 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
                     continue
                 if name == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                our_name = _our_name(name)
-                tensor = f.get_tensor(name)
-                if not isinstance(_projection_module(our_name, modules), Int4Linear):  # it cuts its own share
-                    tensor = shard_tensor(our_name, tensor, tp)
-                loaded.update(_load_one(our_name, tensor, params, modules))
+                for our_name, tensor in split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size):
+                    if not isinstance(_projection_module(our_name, modules), Int4Linear):  # it cuts its own share
+                        tensor = shard_tensor(our_name, tensor, tp)
+                    loaded.update(_load_one(our_name, tensor, params, modules))
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
     for module in int4.values():
         module.finish_loading()
+
+
+def split_fused(name: str, tensor: torch.Tensor, config: ModelConfig, tp_size: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """A fused q/k/v or gate/up checkpoint tensor as its parts' (name, tensor); any other as itself. `config`
+    is a rank's share, so the whole tensor's parts are `tp_size` times its sizes. One scale for the whole
+    fused tensor is each part's."""
+    match = _FUSED_TENSOR.fullmatch(name)
+    if match is None:
+        return [(name, tensor)]
+    parts, leaf = FUSED_PROJECTIONS[match["fused"]], match["leaf"]
+    q, kv, inter = (tp_size * n for n in (config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim,
+                                           config.intermediate_size))
+    sizes = [q, kv, kv] if match["fused"] == "qkv_proj" else [inter, inter]
+    names = [f"{match['parent']}.{part}.{leaf}" for part in parts]
+    if leaf in ("input_scale", "weight_scale") and tensor.numel() == 1:
+        return [(part, tensor) for part in names]
+    if leaf not in ("weight", "bias", "weight_scale") or tensor.shape[0] != sum(sizes):
+        raise ValueError(f"{name}: a fused projection's {leaf} of shape {tuple(tensor.shape)} cannot be split into "
+                         f"{', '.join(parts)} ({sizes} rows): 4-bit fused projections are not supported")
+    return list(zip(names, tensor.split(sizes), strict=True))
 
 
 def _expected_keys(param_name: str, modules: dict) -> list[str]:

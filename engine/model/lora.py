@@ -7,7 +7,8 @@ projections, low-rank factors A [r, in] and B [out, r] whose product, times `lor
 `x @ A.T @ B.T` for the rows of the step's batch that use that adapter, one pair of small matmuls per
 adapter present in the step (the base model's rows cost nothing more). For the packed q/k/v and gate/up
 projections, the parts' factors are joined at load (A stacked, B block-diagonal), so one pair of matmuls
-covers all of a packed projection's parts.
+covers all of a packed projection's parts. Phi-3's adapters target its fused `qkv_proj` / `gate_up_proj`:
+their B is cut into the parts' rows, each part keeping the shared A.
 
 Refused with a reason rather than served wrong: DoRA, LoRA biases, per-module ranks or alphas, trained
 embeddings or heads (`modules_to_save`), and LoRA on mixture-of-experts experts."""
@@ -35,6 +36,8 @@ from engine.model.quant_linear import QuantizedLinear
 TARGETS = {"q_proj": ("self_attn.qkv_proj", 0), "k_proj": ("self_attn.qkv_proj", 1),
            "v_proj": ("self_attn.qkv_proj", 2), "o_proj": ("self_attn.o_proj", 0),
            "gate_proj": ("mlp.gate_up_proj", 0), "up_proj": ("mlp.gate_up_proj", 1), "down_proj": ("mlp.down_proj", 0)}
+# Phi-3's fused projections -> the parts they stack.
+FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _TENSOR = re.compile(r"(?:base_model\.model\.)?model\.layers\.(?P<layer>\d+)\.(?P<block>self_attn|mlp)\."
                      r"(?P<projection>\w+)\.lora_(?P<factor>[AB])(?:\.\w+)?\.weight")
 
@@ -73,7 +76,7 @@ def load_lora(path: str | Path, config: ModelConfig, max_rank: int, dtype: torch
     with safe_open(str(weights_path), framework="pt") as f:
         for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
             match = _TENSOR.fullmatch(name)
-            if match is None or match["projection"] not in TARGETS or ".experts." in name:
+            if match is None or match["projection"] not in (*TARGETS, *FUSED) or ".experts." in name:
                 raise LoRAError(f"{folder}: LoRA on {name!r} is not supported (only the attention and dense MLP "
                                 f"projections: {', '.join(TARGETS)})")
             layer = int(match["layer"])
@@ -84,6 +87,8 @@ def load_lora(path: str | Path, config: ModelConfig, max_rank: int, dtype: torch
             factors.setdefault((layer, match["projection"]), {})[match["factor"]] = f.get_tensor(name)
     if not factors:
         raise LoRAError(f"{folder}: adapter_model.safetensors holds no LoRA factors")
+    num_params = sum(t.numel() for pair in factors.values() for t in pair.values())
+    factors = _split_fused(factors, config, rank, folder)
     parts: list[dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]]] = [{} for _ in range(config.num_layers)]
     for (layer, projection), pair in sorted(factors.items()):
         if set(pair) != {"A", "B"}:
@@ -97,8 +102,26 @@ def load_lora(path: str | Path, config: ModelConfig, max_rank: int, dtype: torch
         parts[layer].setdefault(module, []).append((part, a.to(torch.float32), b.to(torch.float32) * scaling))
     layers = [{module: _joined(config, module, found, dtype, device) for module, found in layer.items()}
               for layer in parts]
-    num_params = sum(t.numel() for pair in factors.values() for t in pair.values())
     return LoRAWeights(str(folder), rank, scaling, layers, num_params)
+
+
+def _split_fused(factors: dict[tuple[int, str], dict[str, torch.Tensor]], config: ModelConfig, rank: int,
+                 folder: Path) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+    """Each fused projection's pair as its parts' pairs: B's rows cut by part, A shared."""
+    out = {}
+    for (layer, projection), pair in factors.items():
+        if projection not in FUSED:
+            out[(layer, projection)] = pair
+            continue
+        sizes = [projection_shape(config, part)[1] for part in FUSED[projection]]
+        if set(pair) != {"A", "B"} or pair["B"].shape != (sum(sizes), rank):
+            raise LoRAError(f"{folder}: layer {layer} {projection}: expected lora_A and lora_B of "
+                            f"({sum(sizes)}, {rank}) for this model at r={rank}")
+        for part, b in zip(FUSED[projection], pair["B"].split(sizes), strict=True):
+            if (layer, part) in factors:
+                raise LoRAError(f"{folder}: layer {layer} has both {projection} and {part}")
+            out[(layer, part)] = {"A": pair["A"], "B": b}
+    return out
 
 
 def _joined(config: ModelConfig, module: str, found: list[tuple[int, torch.Tensor, torch.Tensor]],

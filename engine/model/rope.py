@@ -1,20 +1,34 @@
 """Rotary position embeddings: a precomputed cos/sin table indexed by absolute position, with the
-`linear`, Llama-3 (`llama3`) and YaRN (`yarn`, Qwen's long-context setting) frequency scalings.
-Matches transformers' float32 math."""
+`linear`, Llama-3 (`llama3`), YaRN (`yarn`, Qwen's long-context setting) and LongRoPE (`longrope`, Phi-3's)
+frequency scalings, over the first `rotary_dim` dims of each head (Phi-4-mini turns 3/4 of them).
+Matches transformers' float32 math.
+
+LongRoPE has two sets of frequencies: transformers takes `short_factor` while a sequence is at most
+`original_max_position_embeddings` long and `long_factor` past that. Here a sequence whose prompt is
+longer takes the long set for all its tokens (ModelConfig.long_rope_offset: its positions index a second table),
+as transformers does; a shorter one takes the short set up to that length and the long one for the
+tokens past it. transformers instead recomputes the whole sequence with the long set at that point (its
+Phi-3 `prepare_inputs_for_generation`), which would mean recomputing the sequence's cache here."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
 from engine.model.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+def inverse_frequencies(config: ModelConfig, long: bool = False) -> torch.Tensor:
+    """`long`: LongRoPE's long set (its short one otherwise)."""
+    dim = config.rotary_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     scaling = config.rope_scaling or {}
+    if config.rope_type == "longrope":
+        factors = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
+        return 1.0 / (factors * config.rope_theta**exponents)
+    inv_freq = 1.0 / (config.rope_theta**exponents)
     if config.rope_type == "linear":
         return inv_freq / scaling["factor"]
     if config.rope_type == "llama3":
@@ -26,10 +40,13 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 
 def attention_scaling(config: ModelConfig) -> float:
     """The factor on cos and sin: 1 except under YaRN, whose logits are sharpened as the context grows
-    (its paper's 0.1 ln(s) + 1, or the ratio of two such terms where `mscale`s are given)."""
+    (its paper's 0.1 ln(s) + 1, or the ratio of two such terms where `mscale`s are given), and LongRoPE
+    (sqrt(1 + ln(factor) / ln(original)) unless given: engine/model/families.py)."""
+    scaling = config.rope_scaling or {}
+    if config.rope_type == "longrope":
+        return float(scaling["attention_factor"])
     if config.rope_type != "yarn":
         return 1.0
-    scaling = config.rope_scaling or {}
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])
     factor, mscale, mscale_all_dim = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
@@ -81,13 +98,22 @@ def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 class RotaryEmbedding:
     """Holds cos/sin for every position up to `max_position_embeddings`; applied in place of HF's
-    per-call computation (same float32 products, so the same values)."""
+    per-call computation (same float32 products, so the same values). `local`: Gemma 3's sliding layers'
+    plain RoPE of base `local_rope_theta`. Under LongRoPE the table is two: positions short then long past
+    the original context, then every position long (ModelConfig.long_rope_offset)."""
 
-    def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype, local: bool = False) -> None:
+        if local:
+            config = replace(config, rope_theta=config.local_rope_theta, rope_scaling=None)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * inverse_frequencies(config)[None, :]
+        if config.rope_type == "longrope":
+            long = positions[:, None] * inverse_frequencies(config, long=True)[None, :]
+            original = (config.rope_scaling or {})["original_max_position_embeddings"]
+            freqs = torch.cat([freqs[:original], long[original:], long])
         emb = torch.cat((freqs, freqs), dim=-1)
         scale = attention_scaling(config)
+        self.rotary_dim = config.rotary_dim
         self.cos = (emb.cos() * scale).to(device=device, dtype=dtype)
         self.sin = (emb.sin() * scale).to(device=device, dtype=dtype)
 
@@ -97,7 +123,14 @@ class RotaryEmbedding:
         """q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], positions: [T]."""
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
+        if self.rotary_dim < q.shape[-1]:  # partial rotary: the trailing dims pass through
+            return _rotate_part(q, cos, sin, self.rotary_dim), _rotate_part(k, cos, sin, self.rotary_dim)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_part(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
+    turned, passed = x[..., :dim], x[..., dim:]
+    return torch.cat([turned * cos + _rotate_half(turned) * sin, passed], dim=-1)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

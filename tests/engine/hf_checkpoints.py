@@ -46,6 +46,8 @@ MIXTRAL_8X7B = {
 }  # fmt: skip
 
 
+# head_dim 8 x 3/4 turns 6 dims: 3 factors each.
+PHI3_LONGROPE = {"type": "longrope", "short_factor": [1.0, 1.2, 1.5], "long_factor": [1.5, 4.0, 9.0]}
 MOE = {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 
 
@@ -75,18 +77,31 @@ def hf_model(kind: str) -> torch.nn.Module:
     if kind == "mixtral":
         config = hf.MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2)
         return _spread(hf.MixtralForCausalLM(config))
+    if kind in ("gemma3", "gemma3_softcap"):  # layer 0 slides over 8 tokens on a local base, layer 1 full, RoPE x8
+        config = hf.Gemma3TextConfig(**COMMON, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                                     sliding_window_pattern=2, rope_local_base_freq=100.0,
+                                     rope_scaling={"rope_type": "linear", "factor": 8.0},
+                                     final_logit_softcapping=2.0 if kind == "gemma3_softcap" else None)  # fmt: skip
+        return _spread(hf.Gemma3ForCausalLM(config), embed_std=0.1)  # times sqrt(48) in the model
+    torch.manual_seed(2)  # a seed whose greedy answers vary (seed 0 gives the Phi-3 pair near-repeats)
+    if kind == "phi3":
+        return _spread(hf.Phi3ForCausalLM(hf.Phi3Config(**COMMON, sliding_window=None, pad_token_id=0)))
+    if kind == "phi3_longrope":  # LongRoPE past 16 positions, RoPE on 3/4 of each head (Phi-4-mini's kind)
+        config = hf.Phi3Config(**COMMON, sliding_window=None, pad_token_id=0, partial_rotary_factor=0.75,
+                               original_max_position_embeddings=16, rope_scaling=PHI3_LONGROPE)
+        return _spread(hf.Phi3ForCausalLM(config))
     raise ValueError(kind)
 
 
-def _spread(model: torch.nn.Module, gain: float = 1.0) -> torch.nn.Module:
+def _spread(model: torch.nn.Module, gain: float = 1.0, embed_std: float = 1.0) -> torch.nn.Module:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 1:
                 param.normal_(1.0 if "norm" in name else 0.0, 0.3)
             elif "embed" in name:
-                param.normal_(0.0, 1.0)
+                param.normal_(0.0, embed_std)
             else:
-                qk = 2.0 if "q_proj" in name or "k_proj" in name else 1.0
+                qk = 2.0 if "q_proj" in name or "k_proj" in name or "qkv_proj" in name else 1.0
                 router = 4.0 if name.endswith("gate.weight") else 1.0  # decisive expert choices
                 param.normal_(0.0, gain * qk * router / param.shape[-1] ** 0.5)
     return model.eval()

@@ -58,7 +58,7 @@ def test_transformers5_rope_parameters_and_rejections() -> None:
     del v5["rope_scaling"], v5["rope_theta"], v5["torch_dtype"]
     assert ModelConfig.from_dict(v5) == ModelConfig.from_dict(LLAMA_31_8B)
     with pytest.raises(ValueError, match="rope_type"):
-        ModelConfig.from_dict({**LLAMA_31_8B, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}})
+        ModelConfig.from_dict({**LLAMA_31_8B, "rope_scaling": {"rope_type": "dynamic", "factor": 4.0}})
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_dict({**LLAMA_31_8B, "model_type": "gpt2"})
     with pytest.raises(ValueError, match="sliding_window"):
