@@ -152,14 +152,15 @@ def test_a_spooled_chunk_replayed_after_a_crash_is_counted_once(
 
 
 def test_two_writers_on_one_database_add_up(db_url: str, key_in_team: tuple[str, str]) -> None:
-    """Two gateway replicas' writers charging one key and team at once: increments, never an overwrite."""
+    """Two gateway replicas' writers charging one key and team at once: increments, never an overwrite. Each
+    writes its own model's rows, so no usage sum's row lock puts one transaction behind the other."""
     key_id, team_id = key_in_team
     per_writer, cost = 300, 0.001
 
     def replica(name: str) -> None:
         with OutcomeWriter(db_url, batch_size=7, flush_interval_s=0.01) as writer:
             for i in range(per_writer):
-                writer.submit(charged_row(i, key_id, team_id, cost, request_id=f"{name}-{i}",
+                writer.submit(charged_row(i, key_id, team_id, cost, request_id=f"{name}-{i}", model=name,
                                           key_period_start=FRIDAY, team_period_start=FRIDAY))
             assert writer.flush(timeout=60)
 
