@@ -76,7 +76,7 @@ def wav_seconds(content: bytes) -> float | None:
     byte_rate, offset = None, 12
     while offset + 8 <= len(content):
         chunk_id, size = content[offset:offset + 4], struct.unpack_from("<I", content, offset + 4)[0]
-        if chunk_id == b"fmt " and size >= 16 and offset + 16 <= len(content):
+        if chunk_id == b"fmt " and size >= 16 and offset + 20 <= len(content):
             byte_rate = struct.unpack_from("<I", content, offset + 16)[0]
         elif chunk_id == b"data":
             data = min(size, len(content) - offset - 8)  # a streamed WAV may say 0xFFFFFFFF

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.media_helpers import (
     CHARACTER_PRICE,
     IMAGE_PRICE,
@@ -151,6 +151,37 @@ def test_a_failing_deployment_is_retried_on_the_other(gw: Gateway, upstreams: tu
     assert {row["deployment"] for row in rows} == {"whisper#1"}
     assert a.stats()["requests"] >= 1  # a was tried first at least once, and failed
     assert b.stats()["bodies"][-1]["file"]["bytes"] == len(audio)  # the retry sent the whole file again
+
+
+def test_a_speech_cut_upstream_cuts_the_clients_and_a_client_that_leaves_is_a_499(gw: Gateway,
+                                                                                 upstreams: tuple) -> None:
+    with gw.http() as http:
+        with http.stream("POST", "/v1/audio/speech", json={"model": "tts", "input": "x" * 100 + " [break:2]",
+                                                           "voice": "alloy"}) as cut, \
+                pytest.raises(httpx.HTTPError):  # the audio does not end: the connection is dropped
+            cut.read()
+        cut_id = cut.headers["x-pitstop-request-id"]
+        with http.stream("POST", "/v1/audio/speech", json={"model": "tts", "input": "[bytes:300000] [gap:0.2]",
+                                                           "voice": "alloy"}) as left:
+            next(left.iter_raw())  # the first chunk, then away
+        left_id = left.headers["x-pitstop-request-id"]
+    row = gw.row(cut_id)
+    assert (row["status"], row["http_status"]) == ("error", 502) and "stream broke" in row["error"]
+    assert row["extra"]["audio_bytes"] == 2 * 16 * 1024 and row["cost_usd"] > 0  # charged: the upstream spoke
+    left_row = wait_until(lambda: (rows := gw.rows([left_id])) and rows[0], what="the left request's row")
+    assert (left_row["status"], left_row["http_status"]) == ("aborted", 499)
+    assert left_row["extra"]["audio_bytes"] < 300_000
+
+
+def test_a_deployment_out_of_reach_is_retried_on_another(upstreams: tuple, tmp_path: Path) -> None:
+    dead = "http://127.0.0.1:9/v1"  # nothing listens: connection refused
+    models = [media_entry("tts", "audio_speech", dead, "tts-1"), media_entry("tts", "audio_speech",
+                                                                             upstreams[0].api_base, "tts-1")]
+    with running_gateway(gateway_config(tmp_path, models)) as gateway, gateway.openai() as client:
+        audio = [client.audio.speech.create(model="tts", input=f"say {i}", voice="alloy").read() for i in range(3)]
+        rows = gateway.rows()
+    assert audio == [speech_audio(f"say {i}") for i in range(3)]
+    assert {row["deployment"] for row in rows} == {"tts#1"} and {row["status"] for row in rows} == {"ok"}
 
 
 def test_models_of_another_endpoint_are_400s(gw: Gateway, upstreams: tuple) -> None:

@@ -9,7 +9,8 @@ derived from what it was sent, so a test knows it in advance and proves the byte
   POST /v1/images/generations                    `n` images, `image_b64(prompt, i)` or `image_url(prompt, i)`
 
 The upstream's directives in the prompt, input (or a transcription's `prompt` field) apply ([fail:500],
-[fail:503@a], [delay:2]), and so does its admin fail mode."""
+[fail:503@a], [delay:2]), and so does its admin fail mode; a speech's `[break:2]` drops the connection after
+2 chunks, `[gap:0.2]` waits 0.2 s between chunks."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.gateway.upstream_answers import Upstream, directives, error_response
 
 SPEECH_BYTES_A_CHARACTER = 1000
 _BYTES = re.compile(r"\[bytes:(\d+)\]")
+_GAP = re.compile(r"\[gap:([0-9.]+)\]")  # seconds between a speech's chunks
 SPEECH_CHUNK = 16 * 1024
 SPEECH_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav",
                 "pcm": "audio/pcm"}
@@ -101,10 +103,16 @@ async def speak(upstream: Upstream, body: Any) -> Any:
     if (fault := await _faulted(upstream, body["input"])) is not None:
         return fault
     audio = speech_audio(body["input"])
+    found = directives(body["input"], upstream.name)
+    break_after = int(found["break"]) if "break" in found else None
+    gap = float(gap_asked.group(1)) if (gap_asked := _GAP.search(body["input"])) else 0.0
 
     async def chunks() -> Any:
-        for start in range(0, len(audio), SPEECH_CHUNK):
+        for i, start in enumerate(range(0, len(audio), SPEECH_CHUNK)):
+            if break_after is not None and i >= break_after:
+                raise ConnectionAbortedError("injected stream break")  # uvicorn drops the connection
             yield audio[start:start + SPEECH_CHUNK]
+            await asyncio.sleep(gap)
 
     return StreamingResponse(chunks(), media_type=SPEECH_TYPES[body.get("response_format") or "mp3"])
 
