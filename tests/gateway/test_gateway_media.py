@@ -184,6 +184,18 @@ def test_a_deployment_out_of_reach_is_retried_on_another(upstreams: tuple, tmp_p
     assert {row["deployment"] for row in rows} == {"tts#1"} and {row["status"] for row in rows} == {"ok"}
 
 
+def test_a_wildcards_speech_model(upstreams: tuple, tmp_path: Path) -> None:
+    """A name a `mode: audio_speech` wildcard matches speaks, and is kept out of chats once it is a model."""
+    wildcard = media_entry("voice-*", "audio_speech", upstreams[0].api_base, "tts-*")
+    with running_gateway(gateway_config(tmp_path, [wildcard, model_entry("chat", upstreams[0].api_base)])) as gateway, \
+            gateway.openai() as client, gateway.http() as http:
+        audio = client.audio.speech.create(model="voice-1", input="wild", voice="alloy").read()
+        chat = http.post("/v1/chat/completions", json={"model": "voice-1", "messages": [{"role": "user",
+                                                                                         "content": "x"}]})
+    assert audio == speech_audio("wild") and upstreams[0].stats()["bodies"][-1]["model"] == "tts-1"
+    assert chat.status_code == 400 and "/v1/audio/speech" in chat.json()["error"]["message"]
+
+
 def test_models_of_another_endpoint_are_400s(gw: Gateway, upstreams: tuple) -> None:
     audio = wav_bytes(10_000)
     with gw.openai() as client, gw.http() as http:
