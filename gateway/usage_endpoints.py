@@ -53,7 +53,7 @@ ENDPOINTS: dict[Report, tuple[str, ...] | None] = {
     "completions": TEXT_ENDPOINTS, "embeddings": EMBEDDING_ENDPOINTS, "moderations": MODERATION_ENDPOINTS,
     "audio_transcriptions": TRANSCRIPTION_ENDPOINTS, "audio_speeches": SPEECH_ENDPOINTS, "images": IMAGE_ENDPOINTS,
     "costs": None}
-# The unit OpenAI's audio and image reports count, which their rollup lines keep as input_tokens (storage/usage.py).
+# The unit OpenAI's audio and image reports count (the rollup's `units`, storage/usage.py), in whole ones as OpenAI's.
 UNITS: dict[Report, str] = {"audio_transcriptions": "seconds", "audio_speeches": "characters", "images": "images"}
 
 WIDTHS = {"1m": 60, "1h": 3_600, "1d": 86_400}
@@ -205,7 +205,7 @@ def _result(report: Report, names: tuple[str, ...], totals: UsageTotals) -> dict
                 **dimensions, "baseline_amount": {"value": totals.baseline_cost_usd, "currency": "usd"},
                 "num_model_requests": totals.requests, "cache_hits": totals.cache_hits}
     if report in UNITS:
-        return {"object": f"organization.usage.{report}.result", UNITS[report]: totals.input_tokens,
+        return {"object": f"organization.usage.{report}.result", UNITS[report]: round(totals.units),
                 "num_model_requests": totals.requests, **dimensions, "cache_hits": totals.cache_hits}
     counted = {"input_tokens": totals.input_tokens, "num_model_requests": totals.requests}
     if report == "completions":

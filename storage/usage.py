@@ -31,10 +31,7 @@ TEXT_ENDPOINTS = ("chat", "completion", "responses", "messages")
 EMBEDDING_ENDPOINTS = ("embedding", "rerank")  # billed for their input alone: OpenAI's embeddings usage
 MODERATION_ENDPOINTS = ("moderation",)  # OpenAI's moderations usage: input tokens and requests
 # OpenAI's audio and image usage counts units, not tokens: a transcription's seconds, a speech's characters, the
-# images generated (the row's extra.seconds, .characters, .images: gateway/media.py). Their rollup lines keep
-# those units, rounded to whole ones, in `input_tokens` (the rollup has no column of its own for them; these
-# endpoints' reports read them from there, no other report reads these endpoints' tokens); the tokens a
-# provider reports stay on the rows.
+# images generated (the row's extra.seconds, .characters, .images: gateway/media.py), summed as `units`.
 MEDIA_UNITS = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images"}
 TRANSCRIPTION_ENDPOINTS = ("transcription", "translation")
 SPEECH_ENDPOINTS = ("speech",)
@@ -42,7 +39,8 @@ IMAGE_ENDPOINTS = ("image",)
 MINUTE, HOUR = 60, 3_600
 ROLLUP_WIDTHS = (MINUTE, HOUR)
 DIMENSIONS = ("model", "api_key_id", "team_id", "route_group", "endpoint", "batch")
-SUMS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "baseline_cost_usd", "cache_hits")
+SUMS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "baseline_cost_usd", "cache_hits",
+        "units")
 _TABLE = UsageRollup.__table__
 
 
@@ -101,6 +99,7 @@ class UsageTotals:
     cost_usd: float = 0.0
     baseline_cost_usd: float = 0.0
     cache_hits: int = 0
+    units: float = 0.0  # OpenAI's audio and image units (MEDIA_UNITS)
 
     @property
     def saved_usd(self) -> float:
@@ -133,7 +132,7 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                       row.get("route_group") or "", row.get("endpoint") or "", row.get("batch_id") is not None)
         cost = row.get("cost_usd") or 0.0
         baseline = row.get("baseline_cost_usd")
-        sums = {"requests": 1, "input_tokens": _input_count(row),
+        sums = {"requests": 1, "input_tokens": row.get("prompt_tokens") or 0, "units": _units(row),
                 "output_tokens": row.get("completion_tokens") or 0, "cached_tokens": row.get("cached_tokens") or 0,
                 "cost_usd": cost, "baseline_cost_usd": cost if baseline is None else baseline,
                 "cache_hits": int(bool(row.get("cache_hit")))}
@@ -145,13 +144,11 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for key, line in sorted(lines.items())]
 
 
-def _input_count(row: Mapping[str, Any]) -> int:
-    """A row's input tokens; for an audio or image endpoint, its units (MEDIA_UNITS)."""
+def _units(row: Mapping[str, Any]) -> float:
+    """An audio or image request's units (MEDIA_UNITS); 0 for any other."""
     unit = MEDIA_UNITS.get(row.get("endpoint") or "")
-    if unit is None:
-        return row.get("prompt_tokens") or 0
-    value = (row.get("extra") or {}).get(unit)
-    return round(value) if isinstance(value, int | float) else 0
+    value = (row.get("extra") or {}).get(unit) if unit is not None else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def record_usage(connection: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -189,7 +186,7 @@ def usage(engine: Engine, query: UsageQuery) -> list[UsageTotals]:
         totals = UsageTotals(bucket=int(row["bucket_index"]),
                              group={name: _group_value(name, row[name]) for name in query.group_by})
         # PostgreSQL sums bigints as numeric: back to Python's int and float.
-        totals.add({name: (float if name.endswith("_usd") else int)(row[name] or 0) for name in SUMS})
+        totals.add({name: (float if name.endswith("_usd") or name == "units" else int)(row[name] or 0) for name in SUMS})
         out.append(totals)
     return out
 

@@ -100,6 +100,8 @@ class UsageRollup(Base):
     cost_usd: Mapped[float]
     baseline_cost_usd: Mapped[float]
     cache_hits: Mapped[int] = mapped_column(BigInteger)
+    # OpenAI's audio and image usage's units: a transcription's seconds, a speech's characters, images generated.
+    units: Mapped[float] = mapped_column(server_default="0")
 
 
 class Feedback(Base):
