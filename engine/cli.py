@@ -142,7 +142,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3"], default="llama",
-                      help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts")
+                      help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
+                           "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)

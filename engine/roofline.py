@@ -105,7 +105,7 @@ class ModelShape:
             intermediate_size=config["intermediate_size"], vocab_size=config["vocab_size"],
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
             weight_bytes=weight_bytes, kv_bytes=max(weight_bytes, 2),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", config.get("model_type") == "gemma3_text")),
             num_experts=experts.get("num_experts", 0), experts_per_token=experts.get("num_experts_per_tok", 0),
             expert_intermediate_size=experts.get("moe_intermediate_size", 0),
             num_sparse_layers=len(experts.get("sparse_layers", ())),

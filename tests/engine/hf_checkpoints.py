@@ -84,8 +84,9 @@ def hf_model(kind: str) -> torch.nn.Module:
                                      final_logit_softcapping=2.0 if kind == "gemma3_softcap" else None)  # fmt: skip
         return _spread(hf.Gemma3ForCausalLM(config), embed_std=0.1)  # times sqrt(48) in the model
     torch.manual_seed(2)  # a seed whose greedy answers vary (seed 0 gives the Phi-3 pair near-repeats)
-    if kind == "phi3":
-        return _spread(hf.Phi3ForCausalLM(hf.Phi3Config(**COMMON, sliding_window=None, pad_token_id=0)))
+    if kind in ("phi3", "phi3_sliding"):  # the second: every layer sees its last 8 tokens (Phi-3-mini-4k's kind)
+        window = 8 if kind == "phi3_sliding" else None
+        return _spread(hf.Phi3ForCausalLM(hf.Phi3Config(**COMMON, sliding_window=window, pad_token_id=0)))
     if kind == "phi3_longrope":  # LongRoPE past 16 positions, RoPE on 3/4 of each head (Phi-4-mini's kind)
         config = hf.Phi3Config(**COMMON, sliding_window=None, pad_token_id=0, partial_rotary_factor=0.75,
                                original_max_position_embeddings=16, rope_scaling=PHI3_LONGROPE)

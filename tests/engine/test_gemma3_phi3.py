@@ -19,11 +19,12 @@ from engine.model.config import ModelConfig
 from engine.model.families import UnsupportedConfig
 from engine.model.loader import split_fused
 from engine.model.rope import attention_scaling, inverse_frequencies
+from engine.roofline import MODELS, ModelShape
 from engine.sampling_params import SamplingParams
 from engine.torch_runner import TorchModelRunner
 from tests.engine.hf_checkpoints import VOCAB, hf_model, runner_greedy, save_hf_model, transformers_greedy
 
-KINDS = ["gemma3", "gemma3_softcap", "phi3", "phi3_longrope"]
+KINDS = ["gemma3", "gemma3_softcap", "phi3", "phi3_sliding", "phi3_longrope"]
 # Real Hub config.json files (the fields that matter; Gemma's is google/gemma-3-27b-it's text_config, which
 # leaves the rest to transformers' defaults).
 GEMMA3_27B = {
@@ -89,6 +90,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize(("kind", "length"), [
     ("gemma3", 40),  # past layer 0's 8-token window
     ("phi3", 40),
+    ("phi3_sliding", 40),  # every layer slides over 8 tokens: blocks that slid out are released
     ("phi3_longrope", 40),  # past the original 16 positions: the long factors throughout
     ("phi3_longrope", 9),  # 9 + 6 new tokens stay within them: the short factors
 ])  # fmt: skip
@@ -104,6 +106,8 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
     if kind == "gemma3":
         assert (config.sliding_layers, config.sliding_window, config.local_rope_theta) == ((0,), 8, 100.0)
         assert config.rope_scaling == {"rope_type": "linear", "factor": 8.0} and config.attention_scale == 24**-0.5
+    if kind == "phi3_sliding":
+        assert runner.attention_window == 8 and config.sliding_layers == (0, 1)
     if kind == "phi3_longrope":
         assert config.rotary_dim == 6 and config.rope_scaling is not None
         assert attention_scaling(config) == pytest.approx(math.sqrt(2))  # 1 + ln(256 / 16) / ln(16)
@@ -148,9 +152,12 @@ def test_a_long_longrope_prompts_blocks_are_not_a_short_ones(checkpoints: dict[s
     assert cached == 0 and tokens == transformers_greedy(model_dir, short, 4)
 
 
-@pytest.mark.parametrize(("raw", "cls"), [(GEMMA3_27B, "Gemma3ForCausalLM"), (PHI35_MINI, "Phi3ForCausalLM"),
-                                          (PHI4_MINI, "Phi3ForCausalLM")])  # fmt: skip
-def test_hub_configs_count_transformers_parameters(raw: dict, cls: str) -> None:
+@pytest.mark.parametrize(("raw", "cls", "builtin"), [(GEMMA3_27B, "Gemma3ForCausalLM", "gemma-3-27b"),
+                                                     (PHI35_MINI, "Phi3ForCausalLM", "phi-3.5-mini"),
+                                                     (PHI4_MINI, "Phi3ForCausalLM", "phi-4-mini")])  # fmt: skip
+def test_hub_configs_count_transformers_parameters(raw: dict, cls: str, builtin: str) -> None:
+    """The engine's count is transformers'; the roofline's built-in (and a folder's config read by it) has
+    its matmul weights, every 2-D parameter."""
     import transformers
 
     config = ModelConfig.from_dict(raw)
@@ -158,6 +165,8 @@ def test_hub_configs_count_transformers_parameters(raw: dict, cls: str) -> None:
     with torch.device("meta"):
         reference = getattr(transformers, cls)(hf_config)
     assert config.num_params() == sum(p.numel() for p in reference.parameters())
+    matmul = sum(p.numel() for p in reference.parameters() if p.dim() == 2)
+    assert MODELS[builtin].num_params == ModelShape.from_hf_config(raw, builtin).num_params == matmul
     if raw is GEMMA3_27B:  # every sixth layer full, the rest sliding on base 10,000
         assert config.sliding_layers == tuple(i for i in range(62) if (i + 1) % 6)
         assert [t == "sliding_attention" for t in hf_config.layer_types] == [i in config.sliding_layers for i in range(62)]
