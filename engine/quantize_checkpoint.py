@@ -8,7 +8,8 @@ calibration data (the per-token activation scales are taken at run time); it is 
 byte (or half a byte) a projection weight instead of reading and quantizing the full checkpoint at start.
 
 Quantized: the attention and dense MLP projections (what engine/model/quant_linear.py serves);
-embeddings, the LM head, MoE routers and experts are copied as they are (and named in `ignore`)."""
+embeddings, the LM head, MoE routers and experts are copied as they are (and named in `ignore`). Phi-3's
+fused `qkv_proj` and `gate_up_proj` are written as their parts (q/k/v, gate/up), each quantized."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.config import QUANTIZATIONS
+from engine.model.config import ModelConfig
 from engine.model.int4_formats import pack_compressed_tensors, quantize_groups
-from engine.model.loader import safetensors_files
+from engine.model.loader import safetensors_files, split_fused
 from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
 
@@ -74,6 +76,7 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
     if group_size is not None:
         scheme = QuantScheme("int4", group_size=group_size, symmetric=scheme.symmetric)
     experts = False
+    model_config = ModelConfig.from_dict(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():  # tokenizer, chat template, generation config
         if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json",
@@ -83,19 +86,10 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
     for path in safetensors_files(model_dir):
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                tensor = f.get_tensor(name)
-                experts = experts or bool(_EXPERT_TENSOR.fullmatch(name))
-                if _PROJECTION.fullmatch(name) and scheme.method == "int4":
-                    module = name.removesuffix(".weight")
-                    for leaf, value in _int4_tensors(module, tensor, scheme).items():
-                        tensors[f"{module}.{leaf}"] = value
-                elif _PROJECTION.fullmatch(name):
-                    quantized, scale = quantize_rows(tensor, scheme)
-                    tensors[name] = quantized
-                    tensors[name.removesuffix("weight") + "weight_scale"] = scale[:, None].contiguous()
-                else:
-                    tensors[name] = tensor
+            for stored in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                experts = experts or bool(_EXPERT_TENSOR.fullmatch(stored))
+                for name, tensor in split_fused(stored, f.get_tensor(stored), model_config):
+                    tensors.update(_quantized(name, tensor.contiguous(), scheme))
         save_file(tensors, out_dir / path.name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, path.name))
     if (model_dir / "model.safetensors.index.json").exists():
@@ -106,6 +100,18 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
         config["quantization_config"]["ignore"] += _MOE_IGNORE
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _quantized(name: str, tensor: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
+    """A checkpoint tensor as the quantized checkpoint stores it: a projection's weight quantized, with
+    its scales; anything else as it is."""
+    if not _PROJECTION.fullmatch(name):
+        return {name: tensor}
+    if scheme.method == "int4":
+        module = name.removesuffix(".weight")
+        return {f"{module}.{leaf}": value for leaf, value in _int4_tensors(module, tensor, scheme).items()}
+    quantized, scale = quantize_rows(tensor, scheme)
+    return {name: quantized, name.removesuffix("weight") + "weight_scale": scale[:, None].contiguous()}
 
 
 def _int4_tensors(module: str, weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Gemma 3 and Phi-3 through the rest of the engine: `pitstop engine make-tiny-model --family gemma3|phi3`
 writes folders transformers loads as those families and agrees with; served, they answer the openai SDK and
 reuse a repeated prompt's blocks; two tensor-parallel ranks generate as transformers does (Phi-3's fused
-tensors cut after their split); int8 weights at load score close to full precision; and a LoRA adapter on
-Phi-3's fused projections is the adapter on their parts."""
+tensors cut after their split); int8 weights at load score close to full precision; `pitstop engine
+quantize` writes Phi-3's fused projections as quantized parts; and a LoRA adapter on Phi-3's fused
+projections is the adapter on their parts."""
 
 from __future__ import annotations
 
@@ -104,6 +105,24 @@ def test_int8_weights_at_load_score_close(tiny: dict[str, Path], family: str) ->
     runner = TorchModelRunner(tiny[family], 4, 16, device="cpu", quantization="int8")
     packed = runner.model.model.layers[0].self_attn.qkv_proj
     assert isinstance(packed, QuantizedLinear) and packed.output_sizes == [64, 32, 32]
+
+
+def test_pitstop_engine_quantize_writes_phi3s_fused_projections_as_quantized_parts(tiny: dict[str, Path],
+                                                                                   tmp_path: Path) -> None:
+    """An int8 checkpoint scores exactly as int8 at load; an int4 one (groups of 32) loads and scores close."""
+    from safetensors import safe_open
+
+    from engine.quantize_checkpoint import quantize_checkpoint
+
+    prompt = _prompt(100, seed=1)
+    int8 = quantize_checkpoint(tiny["phi3"], tmp_path / "int8", "int8")
+    assert torch.equal(_score(int8, prompt), _score(tiny["phi3"], prompt, "int8"))
+    int4 = quantize_checkpoint(tiny["phi3"], tmp_path / "int4", "int4", group_size=32)
+    with safe_open(str(int4 / "model.safetensors"), framework="pt") as f:
+        names = set(f.keys())
+    assert "model.layers.0.self_attn.k_proj.weight_packed" in names and not any("qkv_proj" in n for n in names)
+    exact = _score(tiny["phi3"], prompt)
+    assert (_score(int4, prompt) - exact).abs().mean() < 0.1 * exact.abs().mean()
 
 
 def test_a_lora_adapter_on_phi3s_fused_projections_is_the_adapter_on_their_parts(tiny: dict[str, Path],
