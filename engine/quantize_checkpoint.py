@@ -29,7 +29,10 @@ from engine.model.loader import safetensors_files, split_fused
 from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
 
-_PROJECTION = re.compile(r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight")
+# A multimodal Gemma 3's language model is under `language_model.` (the Hub's layout) or `model.language_model.`.
+_PROJECTION = re.compile(r"(language_model\.)?model\.(language_model\.)?layers\.\d+\."
+                         r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight")
+_NOT_SERVED = ["re:.*vision_tower.*", "re:.*multi_modal_projector.*"]  # a multimodal folder's, copied as they are
 # What vLLM would otherwise take for quantized Linear layers of a mixture-of-experts model.
 _MOE_IGNORE = ["re:.*\\.(mlp|block_sparse_moe)\\.experts\\..*", "re:.*\\.(mlp|block_sparse_moe)\\.gate$"]
 _EXPERT_TENSOR = re.compile(r".*\.(mlp|block_sparse_moe)\.experts\..*")
@@ -98,6 +101,8 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
     config["quantization_config"] = quantization_config(method, scheme.group_size or RUNTIME_INT4_GROUP_SIZE)
     if experts:
         config["quantization_config"]["ignore"] += _MOE_IGNORE
+    if config.get("model_type") == "gemma3":
+        config["quantization_config"]["ignore"] += _NOT_SERVED
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 

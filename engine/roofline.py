@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from engine.batch import StepShape
 from engine.config import QUANTIZATIONS, kv_element_bytes
 from engine.model.config import attention_window, expert_fields
+from engine.model.families import text_config_of
 
 MIB = 1 << 20
 # Bytes a quantized projection weight streams: int4 stores a bf16 scale and zero point a group of 128.
@@ -95,7 +96,9 @@ class ModelShape:
 
     @classmethod
     def from_hf_config(cls, config: dict, name: str | None = None, weight_bytes: int = 2) -> ModelShape:
-        """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral keys)."""
+        """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral, Gemma 3, Phi-3 keys;
+        a multimodal Gemma 3's language model)."""
+        config = text_config_of(config)
         heads = config["num_attention_heads"]
         experts = expert_fields(config.get("model_type", "llama"), config)
         return cls(

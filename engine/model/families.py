@@ -8,20 +8,37 @@ each `sliding_window_pattern`-th) on plain RoPE of base `rope_local_base_freq` w
 `rope_theta` with `rope_scaling`. transformers 5 writes both RoPEs as `rope_parameters` by layer type.
 Phi-3: Llama's layout with fused checkpoint tensors (the loader splits them), RoPE over the first
 `partial_rotary_factor` of each head, LongRoPE (engine/model/rope.py) and, where `sliding_window` is set,
-a window in every layer."""
+a window in every layer. A multimodal Gemma 3 folder (`gemma3`, Gemma3ForConditionalGeneration) is served as its
+language model: its `text_config`, and the `language_model` tensors."""
 
 from __future__ import annotations
 
 import math
 
 GEMMA3 = "gemma3_text"
+GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, served here as text only
 PHI3 = "phi3"
+# Top-level keys of a multimodal folder's config that its text model takes where `text_config` leaves them out.
+_SHARED_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings")
 # Activations of the gated MLP, by their transformers names.
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 
 class UnsupportedConfig(ValueError):
     """A config this engine would serve wrongly, and why it is refused."""
+
+
+def text_config_of(raw: dict) -> dict:
+    """A multimodal Gemma 3 folder's language model config (its vision tower and projector are not served:
+    the loader skips their tensors); any other config as it is."""
+    if raw.get("model_type") != GEMMA3_MULTIMODAL:
+        return raw
+    text = dict(raw.get("text_config") or {})
+    for key in _SHARED_KEYS:
+        if key in raw and key not in text:
+            text[key] = raw[key]
+    text.setdefault("vocab_size", 262_208)  # transformers' Gemma3TextConfig default, which the Hub's configs rely on
+    return {**text, "model_type": GEMMA3}
 
 
 def activation(model_type: str, raw: dict) -> str:

@@ -39,6 +39,11 @@ PACKED_PROJECTIONS = {
 }
 # Checkpoint entries that are not parameters (buffers some exporters save).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# A multimodal Gemma 3 folder: its language model's prefixes (the Hub's, transformers 5's) -> ours; the vision
+# tower and projector are not served.
+LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
+                           "language_model.lm_head.": "lm_head."}
+IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 # Projections quantized by a checkpoint: 8-bit (QuantizedLinear) or 4-bit (Int4Linear), read by load_part.
 QUANTIZED = (QuantizedLinear, Int4Linear)
 # 4-bit tensors' names (engine/model/int4_formats.py), to name experts stored so.
@@ -105,9 +110,9 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                if name.endswith(IGNORED_SUFFIXES):
+                if name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES):
                     continue
-                if name == "lm_head.weight" and model.config.tie_word_embeddings:
+                if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
                 for our_name, tensor in split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size):
                     if not isinstance(_projection_module(our_name, modules), Int4Linear):  # it cuts its own share
@@ -165,7 +170,11 @@ def _projection_module(name: str, modules: dict) -> object:
 
 
 def _our_name(name: str) -> str:
-    """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's."""
+    """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's; a multimodal folder's
+    language model's, as a text model's."""
+    for prefix, ours in LANGUAGE_MODEL_PREFIXES.items():
+        if name.startswith(prefix):
+            name = ours + name.removeprefix(prefix)
     name = name.replace(".block_sparse_moe.", ".mlp.")
     parts = name.split(".")
     if len(parts) > 2 and parts[-3].isdigit() and parts[-2] in MIXTRAL_EXPERT_NAMES:

@@ -83,6 +83,13 @@ def hf_model(kind: str) -> torch.nn.Module:
                                      rope_scaling={"rope_type": "linear", "factor": 8.0},
                                      final_logit_softcapping=2.0 if kind == "gemma3_softcap" else None)  # fmt: skip
         return _spread(hf.Gemma3ForCausalLM(config), embed_std=0.1)  # times sqrt(48) in the model
+    if kind == "gemma3_multimodal":  # the 4B-27B releases' layout: a vision tower beside the language model
+        text = {**COMMON, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8, "sliding_window_pattern": 2}
+        vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                  "image_size": 28, "patch_size": 14}
+        config = hf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
+                                 boi_token_index=297, eoi_token_index=298)  # fmt: skip
+        return _spread(hf.Gemma3ForConditionalGeneration(config), embed_std=0.1)
     torch.manual_seed(2)  # a seed whose greedy answers vary (seed 0 gives the Phi-3 pair near-repeats)
     if kind in ("phi3", "phi3_sliding"):  # the second: every layer sees its last 8 tokens (Phi-3-mini-4k's kind)
         window = 8 if kind == "phi3_sliding" else None

@@ -5,6 +5,7 @@ transformers' parameter counts and RoPE frequencies, and configs the engine woul
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import replace
@@ -77,8 +78,9 @@ PHI4_MINI = {
 
 
 def varied_prompt(length: int, seed: int = 3) -> list[int]:
+    """Not token 0: transformers' `generate` takes it for padding (pad_token_id=0) and masks it out."""
     rng = random.Random(seed)
-    return [rng.randrange(VOCAB) for _ in range(length)]
+    return [rng.randrange(1, VOCAB) for _ in range(length)]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +113,27 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
     if kind == "phi3_longrope":
         assert config.rotary_dim == 6 and config.rope_scaling is not None
         assert attention_scaling(config) == pytest.approx(math.sqrt(2))  # 1 + ln(256 / 16) / ln(16)
+
+
+def test_a_multimodal_gemma3_folder_serves_its_language_model(tmp_path: Path) -> None:
+    """Gemma3ForConditionalGeneration (the 4B-27B releases): its `text_config` and `language_model` tensors,
+    the vision tower's skipped; text generates as transformers' multimodal model does, and an int8 checkpoint of
+    it quantizes the language model's projections and scores as int8 at load."""
+    from engine.quantize_checkpoint import quantize_checkpoint
+
+    model_dir = save_hf_model("gemma3_multimodal", tmp_path / "multimodal")
+    prompt = [1 + token % 296 for token in varied_prompt(40, seed=5)]  # 297-299 begin, end and stand for images
+    expected = transformers_greedy(model_dir, prompt, 10)
+    runner = TorchModelRunner(model_dir, num_blocks=32, block_size=8, device="cpu")
+    language_model = hf_model("gemma3_multimodal").model.language_model
+    assert runner.config.num_params() == sum(p.numel() for p in language_model.parameters())
+    assert len(set(expected)) > 3 and runner_greedy(runner, prompt, 10) == expected
+    assert ModelShape.from_hf_config(json.loads((model_dir / "config.json").read_text())).num_layers == 2
+    int8 = quantize_checkpoint(model_dir, tmp_path / "int8", "int8")
+    quantized = TorchModelRunner(int8, num_blocks=32, block_size=8, device="cpu")
+    at_load = TorchModelRunner(model_dir, num_blocks=32, block_size=8, device="cpu", quantization="int8")
+    assert runner_greedy(quantized, prompt, 10) == runner_greedy(at_load, prompt, 10)
+    assert quantized.model.model.layers[1].mlp.gate_up_proj.weight.dtype == torch.int8
 
 
 def test_final_logit_softcapping_gives_transformers_log_probabilities(checkpoints: dict[str, Path]) -> None:

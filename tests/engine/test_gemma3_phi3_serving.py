@@ -29,8 +29,9 @@ FAMILIES = {"gemma3": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 def _prompt(length: int, seed: int = 0, vocab: int = 1000) -> list[int]:
+    """Not token 0: transformers' `generate` takes it for padding (pad_token_id=0) and masks it out."""
     rng = random.Random(seed)
-    return [rng.randrange(vocab) for _ in range(length)]
+    return [rng.randrange(1, vocab) for _ in range(length)]
 
 
 @pytest.fixture(scope="module")
