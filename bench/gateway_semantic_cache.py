@@ -292,21 +292,18 @@ def latency(gateways: dict[str, tuple[Service, str]], rounds: int, nonce: str) -
         for round_ in range(rounds + 5):  # the first 5: warm-up
             for stream in (False, True):
                 fresh = " ".join(rng.sample(_VOCAB, 8))  # a question never asked (its words unlike any other's)
-                # The rewording in a case never asked: a key of its own, embedded as the rewording is (without
-                # case). Asked again, it is an exact hit: the semantic hit kept its answer under its key.
+                # The rewording in a case never asked (its own key, embedded as the rewording: without case);
+                # asked again, an exact hit on the answer the semantic hit kept under its key.
                 recased = "".join(c.upper() if rng.random() < 0.5 else c for c in reworded)
+                semantic = {"semantic hit": recased, "semantic hit asked again": recased}
                 for name, (service, _) in gateways.items():
-                    modes = {"miss": fresh, "exact hit": kept,
-                             **({} if name.startswith("exact") else {"semantic hit": recased,
-                                                                     "semantic hit asked again": recased})}
+                    modes = {"miss": fresh, "exact hit": kept, **({} if name.startswith("exact") else semantic)}
                     for mode, text in modes.items():
                         started_cpu, started = service.cpu_seconds(), time.perf_counter()
                         response = clients[name].post("/v1/chat/completions", json=body(text, stream, name))
-                        _ = response.content
                         elapsed = time.perf_counter() - started
                         seen = response.headers.get("x-pitstop-cache")
-                        expected = {"miss": "miss", "exact hit": "hit", "semantic hit": "semantic-hit",
-                                    "semantic hit asked again": "hit"}[mode]
+                        expected = "semantic-hit" if mode == "semantic hit" else "miss" if mode == "miss" else "hit"
                         assert seen == expected, (name, mode, seen)
                         if round_ >= 5:
                             key = f"{name} | {'stream' if stream else 'whole'} | {mode}"
@@ -327,8 +324,8 @@ def latency(gateways: dict[str, tuple[Service, str]], rounds: int, nonce: str) -
               f"{r['gateway_cpu_ms_mean']:5.2f} ms", flush=True)
     for name, (_, url) in gateways.items():
         text = httpx.get(f"{url}/metrics").text
-        total = re.search(r"pitstop_semantic_cache_encode_seconds_sum ([0-9.e+-]+)", text)
-        count = re.search(r"pitstop_semantic_cache_encode_seconds_count ([0-9.e+-]+)", text)
+        total, count = (re.search(rf"pitstop_semantic_cache_encode_seconds_{part} ([0-9.e+-]+)", text)
+                        for part in ("sum", "count"))
         if total and count and float(count.group(1)):
             results[f"{name} encode_ms_mean"] = float(total.group(1)) * 1000 / float(count.group(1))
     return results
