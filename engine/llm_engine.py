@@ -30,7 +30,7 @@ from engine.scheduler import Drafter, Scheduler
 from engine.sequence import Sequence
 from engine.session_kv import SessionKV, SessionPins
 from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
-from engine.step_time import StepTimeModel, load_profile
+from engine.step_time import load_profile
 from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_ends
 
 if TYPE_CHECKING:
@@ -106,12 +106,12 @@ class LLMEngine(SessionPins, LoRAAdapters):
         if spec is None or spec.draft_policy == "fixed":
             return None
         if spec.step_time_profile is not None:
-            step_time = _read_profile("step_time_profile", spec.step_time_profile)
+            step_time = load_profile(spec.step_time_profile, "step_time_profile")
         elif (step_time := getattr(runner, "step_time", None)) is None:
             raise ValueError("draft_policy 'goodput' prices drafts with a step-time model: pass step_time_profile "
                              "(`pitstop engine profile` writes one for this model and device)")
-        draft_time = None if spec.draft_step_time_profile is None else _read_profile(
-            "draft_step_time_profile", spec.draft_step_time_profile)
+        draft_time = None if spec.draft_step_time_profile is None else load_profile(
+            spec.draft_step_time_profile, "draft_step_time_profile")
         return GoodputDraftLength(step_time, self.spec, draft_time)
 
     # ---- requests -----------------------------------------------------------------------------
@@ -397,10 +397,3 @@ class LLMEngine(SessionPins, LoRAAdapters):
             quantization=getattr(self.runner, "quantization", None),
             tensor_parallel_size=getattr(self.runner, "tensor_parallel_size", 1),
         )
-
-
-def _read_profile(field: str, path: str) -> StepTimeModel:
-    try:
-        return load_profile(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{field} {path!r} is not a step-time profile: {exc}") from exc

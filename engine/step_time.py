@@ -157,5 +157,12 @@ def save_profile(path: str | Path, model: StepTimeModel, *, source: dict | None 
     return profile
 
 
-def load_profile(path: str | Path) -> StepTimeModel:
-    return model_from_json(json.loads(Path(path).read_text()))
+def load_profile(path: str | Path, field: str | None = None) -> StepTimeModel:
+    """The step-time profile at `path`; with `field` (the setting that named it), a file that is not one is a
+    ValueError naming the setting."""
+    try:
+        return model_from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if field is None:
+            raise
+        raise ValueError(f"{field} {str(path)!r} is not a step-time profile: {exc}") from exc
