@@ -121,7 +121,9 @@ def save_hf_model(kind: str, out: Path) -> Path:
 
 
 def random_prompt(length: int = 40, seed: int = 3) -> list[int]:
-    return [random.Random(seed).randrange(VOCAB) for _ in range(length)]
+    """Varied ids, never 0: transformers' `generate` with pad_token_id 0 masks a prompt's 0s as padding."""
+    rng = random.Random(seed)
+    return [rng.randrange(1, VOCAB) for _ in range(length)]
 
 
 def transformers_greedy(model_dir: Path, prompt: list[int], max_new_tokens: int) -> list[int]:
