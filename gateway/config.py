@@ -22,6 +22,7 @@ from gateway.config_env import drop_models_without_keys, resolve_env
 from gateway.deployment_limits_config import DeploymentLimitsConfig
 from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
+from gateway.health_check_config import HealthCheckConfig
 from gateway.hedging_config import HedgingConfig, check_hedging
 from gateway.latency_balance import RoutingStrategy
 from gateway.model_list_config import LOCAL_PROVIDER, MEDIA_MODES, ModelEntry, split_wildcards
@@ -147,6 +148,7 @@ class Settings(StrictConfig):
     vector_stores: VectorStoresConfig = Field(default_factory=VectorStoresConfig)
     fallbacks: FallbacksConfig = Field(default_factory=FallbacksConfig)  # models that answer when one cannot
     hedging: HedgingConfig = Field(default_factory=HedgingConfig)  # slow calls sent again (gateway/hedging.py)
+    health_checks: HealthCheckConfig | None = None  # deployments probed between requests (gateway/health_checks.py)
     tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
     guardrails: list[GuardrailConfig] = Field(default_factory=list)  # checks on calls (gateway/guardrails.py)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory

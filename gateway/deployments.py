@@ -1,7 +1,8 @@
 """Deployments of each model: among those with headroom under their rpm / tpm
 (gateway/deployment_limits.py), least outstanding requests first, or with `server.routing_strategy:
 latency` the lowest expected wait (gateway/latency_balance.py); a deployment that keeps failing cools
-down for a while (litellm's allowed_fails / cooldown_time semantics)."""
+down for a while (litellm's allowed_fails / cooldown_time semantics), and one its active health checks
+found down is left out until they find it up (gateway/health_checks.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class Deployment:
     def at_limit(self, tokens: int) -> AtLimit | None:
         """Whether a request of `tokens` (its prompt's estimate) would pass this deployment's rpm or tpm."""
         return None if self.window is None else self.window.at_limit(tokens)
+
+    def available(self, now: float) -> bool:
+        """Neither cooling down after failed calls nor taken out by its health checks."""
+        return self.cooldown_until <= now and not self.unhealthy
 
     @property
     def uses_rank(self) -> bool:
@@ -92,14 +97,17 @@ class DeploymentPool:
         within = [d for d in options if d.name not in hits]
         if not within:
             raise DeploymentsRateLimited(model_name, hits)
-        ready = [d for d in within if d.cooldown_until <= now]
+        ready = [d for d in within if d.available(now)]
         if prefer is not None:
             for d in ready:
                 if d.name == prefer:
                     return d
         if ready:
             return self.least_loaded(ready, measure)
-        return min(within, key=lambda d: d.cooldown_until)  # all cooling: the one back soonest
+        # None available: the one back soonest, of those its probes have not taken out if any (a probe may
+        # be wrong, a call is the real test: where every one is out, they are tried all the same).
+        healthy = [d for d in within if not d.unhealthy] or within
+        return min(healthy, key=lambda d: d.cooldown_until)
 
     def least_loaded(self, options: list[Deployment], measure: str | None) -> Deployment:
         """Of `options` (not empty), where a request waits least: by the strategy (the module's docstring)."""
@@ -123,16 +131,18 @@ class DeploymentPool:
         return hits
 
     def ready(self, model_name: str, exclude: set[str] = frozenset(), tokens: int = 0) -> list[Deployment]:
-        """The model's deployments not cooling down nor at their rpm / tpm, less `exclude`: where a hedge may go."""
+        """The model's deployments available (not cooling down nor taken out by its health checks) and not at
+        their rpm / tpm, less `exclude`: where a hedge may go."""
         now = self.clock()
         return [d for d in self.by_model.get(model_name, ())
-                if d.cooldown_until <= now and d.name not in exclude and d.at_limit(tokens) is None]
+                if d.available(now) and d.name not in exclude and d.at_limit(tokens) is None]
 
     def cooling(self, model_name: str) -> bool:
-        """Whether every deployment of the model is cooling down (a fallback may go straight on)."""
+        """Whether no deployment of the model is available, every one cooling down or taken out by its health
+        checks (a fallback may go straight on)."""
         now = self.clock()
         deployments = self.by_model.get(model_name, ())
-        return bool(deployments) and all(d.cooldown_until > now for d in deployments)
+        return bool(deployments) and not any(d.available(now) for d in deployments)
 
     def mark_failure(self, deployment: Deployment) -> None:
         deployment.failures += 1

@@ -48,11 +48,11 @@ class SessionCall:
 
 
 def available(deployment: Deployment, now: float, tokens: int = 0) -> bool:
-    """Up, not cooling down, and with headroom under its rpm / tpm for a request of `tokens`: a session's
-    instance that is not is left as one that is down."""
+    """Up, not cooling down nor taken out by its health checks, and with headroom under its rpm / tpm for a
+    request of `tokens`: a session's instance that is not is left as one that is down."""
     backend = deployment.backend
     alive = backend.engine.is_healthy if isinstance(backend, LocalEngineBackend) else True
-    return alive and deployment.cooldown_until <= now and deployment.at_limit(tokens) is None
+    return alive and deployment.available(now) and deployment.at_limit(tokens) is None
 
 
 def pinned_context(turn: Turn, prefer: str | None, now: float) -> int:

@@ -26,6 +26,7 @@ from gateway.dispatch import Dispatcher
 from gateway.drain import Drain
 from gateway.files import Files
 from gateway.guardrails import Guardrails
+from gateway.health_checks import HealthChecker
 from gateway.hedging import HedgePolicy
 from gateway.key_events import KeyEvents
 from gateway.limit_gate import LimitGate
@@ -100,6 +101,7 @@ class GatewayState:
     deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
     reloader: ConfigReloader = field(default_factory=lambda: ConfigReloader(None))  # gateway/config_reload.py
     teams: TeamStore | None = None  # keys' teams (storage/teams.py), for /v1/teams
+    health_checker: HealthChecker | None = None  # `health_checks:`: deployments probed between requests
     gate: LimitGate = field(init=False)  # admission by the key's limits and its team's (gateway/limit_gate.py)
     _window_lookup: asyncio.Task[None] | None = None
 
@@ -150,6 +152,8 @@ class GatewayState:
             await self.key_events.start()
         if self.deployment_sync is not None:
             self.deployment_sync.start()
+        if self.health_checker is not None:
+            self.health_checker.start()
 
     async def _learn_windows(self) -> None:
         """The models' context windows, for /v1/models (`max_model_len`, as vLLM lists it), looked up once at
@@ -167,6 +171,8 @@ class GatewayState:
     async def close(self) -> None:
         if self._window_lookup is not None:
             self._window_lookup.cancel()
+        if self.health_checker is not None:
+            await self.health_checker.close()
         # Background responses first: they still need the deployments, limits and writers.
         grace_s = self.settings.server.graceful_shutdown_s
         grace_s = BACKGROUND_GRACE_S if grace_s is None else grace_s
@@ -279,6 +285,8 @@ def build_state(settings: Settings) -> GatewayState:
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
         retention=OutcomeRetention(db, settings.storage.retention_days) if settings.storage.retention_days else None,
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None,
+        health_checker=HealthChecker(settings.health_checks, lambda: pool.deployments, metrics.registry)
+        if settings.health_checks is not None else None,
         reloader=ConfigReloader(settings.source_path, drain_timeout_s=server.request_timeout_s * (server.num_retries + 1)))
 
 

@@ -24,6 +24,7 @@ def _as_backend_error(exc: Exception) -> BackendError:
 
 
 class LocalEngineBackend:
+    probes_health = True  # `healthy()` reads the engine's step loop (gateway/health_checks.py)
     accepts_session = True
     uses_rank = True
     native_tools = True

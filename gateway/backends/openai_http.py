@@ -51,6 +51,8 @@ def _connection_error(exc: BaseException, started: bool) -> BackendError:
 
 
 class OpenAIHTTPBackend:
+    probes_health = True  # `healthy()` asks the server (gateway/health_checks.py)
+
     def __init__(self, api_base: str, served_model: str, api_key: str | None = None,
                  accepts_session: bool = False, send_priority: bool = False, connect_timeout_s: float = 10.0,
                  max_connections: int = 1000, rank_horizon_s: float = DEFAULT_HORIZON_S,
