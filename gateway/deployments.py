@@ -30,6 +30,10 @@ class Deployment:
     admission: AdmissionQueue | None = None  # model_info.max_concurrency (gateway/admission.py)
     window: DeploymentWindow | None = None  # litellm_params.rpm / tpm (gateway/deployment_limits.py)
     entry_key: str = ""  # the config entry it was built from (gateway/config_reload.py keeps it across a reload)
+    # Active health checks (gateway/health_checks.py): out of routing while `unhealthy`; probes in a row.
+    unhealthy: bool = False
+    probes_passed: int = 0
+    probes_failed: int = 0
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens
