@@ -1,5 +1,6 @@
 """What a request holds of its key's budget while it runs (gateway/limits/base.py): its worst case, the
-costliest deployment it may be sent to, at its prompt (estimated) and the most it may answer, for every
+costliest deployment it may be sent to, at its prompt (estimated, all at the input price: no prompt-cache
+discount in a worst case) and the most it may answer, at its resolved prices (ModelEntry._priced), for every
 answer it asks for; and the same of its key's team's budget, where the team has one. Settled with its
 real cost when it ends (gateway/outcomes.py)."""
 

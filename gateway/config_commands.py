@@ -1,7 +1,8 @@
 """`pitstop config check` and `pitstop config diff`: a config file read as `pitstop serve` reads it, before a
 start or a reload (gateway/config_reload.py) is asked to take it.
 
-    pitstop config check --config FILE        # parses and validates; lists models, deployments, route groups
+    pitstop config check --config FILE        # parses and validates; lists models (where their prices come
+                                              # from), deployments, route groups
     pitstop config diff RUNNING NEW           # what a reload from RUNNING to NEW keeps, builds and retires,
                                               # and the route groups it rebuilds
 
@@ -19,6 +20,9 @@ from gateway.commands import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+
+# How `check` names where a model's per-token prices come from (ModelEntry._priced).
+PRICE_SOURCES = {"config": "model_info", "litellm": "litellm's price map", "none": "none (costs nothing)"}
 
 
 def add_config_commands(groups: argparse._SubParsersAction) -> None:
@@ -48,11 +52,13 @@ def check_command(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     counts: dict[str, int] = {}
+    sources: dict[str, dict[str, None]] = {}  # where each model's prices come from, in order
     for entry in settings.model_list:
         counts[entry.model_name] = counts.get(entry.model_name, 0) + 1
+        sources.setdefault(entry.model_name, {})[PRICE_SOURCES[entry.model_info.price_source]] = None
     print(f"{args.config}: valid")
     for name, count in counts.items():
-        print(f"  model {name}: {count} deployment{'s' if count != 1 else ''}")
+        print(f"  model {name}: {count} deployment{'s' if count != 1 else ''}; prices: {', '.join(sources[name])}")
     for wildcard in settings.wildcards:
         print(f"  wildcard {wildcard.model_name}")
     for group in settings.route_groups:

@@ -15,6 +15,7 @@ from gateway.backends.base import Backend
 from gateway.deployment_limits import AtLimit, DeploymentsRateLimited, DeploymentWindow, Limit
 from gateway.latency_balance import LatencyBalancer, RoutingStrategy
 from gateway.model_list_config import ModelInfo
+from gateway.pricing import TokenUsage, token_cost
 
 
 @dataclass(eq=False)
@@ -35,8 +36,10 @@ class Deployment:
     probes_passed: int = 0
     probes_failed: int = 0
 
-    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return self.info.input_cost_per_token * prompt_tokens + self.info.output_cost_per_token * completion_tokens
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                 cache_creation_tokens: int = 0) -> float:
+        """At its prices, cache reads and writes as providers bill them (gateway/pricing.py)."""
+        return token_cost(self.info, TokenUsage(prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens))
 
     def at_limit(self, tokens: int) -> AtLimit | None:
         """Whether a request of `tokens` (its prompt's estimate) would pass this deployment's rpm or tpm."""

@@ -1,7 +1,7 @@
 """What audio and images cost: a deployment's unit prices, from its model_info (litellm's field names:
 `input_cost_per_second` for a transcription's audio, `input_cost_per_character` for a speech's text,
 `output_cost_per_image` or `input_cost_per_pixel` for an image), else from litellm's bundled price map (read
-offline: gateway/backends/litellm_backend.py sets LITELLM_LOCAL_MODEL_COST_MAP), where it lists the model
+as JSON, without importing litellm: gateway/price_map.py), where it lists the model
 (whisper-1 at $0.0001 a second, tts-1 at $0.000015 a character; an image's price under
 `{quality}/{size}/{model}` or `{size}/{model}`, as litellm's image cost calculator looks it up). A model
 neither prices costs nothing but the tokens its provider reports, at its per-token prices.
@@ -13,11 +13,11 @@ row says `extra.duration_estimated`)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.media_request import MediaRequest, image_pixels
+from gateway.price_map import price_map
 
 ESTIMATED_BYTES_A_SECOND = 16_000  # 128 kbit/s
 DEFAULT_SIZE = "1024x1024"  # OpenAI's default image size
@@ -25,11 +25,9 @@ DEFAULT_SIZE = "1024x1024"  # OpenAI's default image size
 UNIT = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images"}
 
 
-@functools.cache
 def _listed(key: str) -> dict[str, Any]:
-    from gateway.backends.litellm_backend import _litellm  # the offline map, imported once and off the loop
-
-    return dict(_litellm().model_cost.get(key) or {})
+    listed = price_map().get(key)  # the bundled map, as per-token prices are (gateway/price_map.py)
+    return listed if isinstance(listed, dict) else {}
 
 
 def _map_price(provider_model: str, field: str, prefixes: tuple[str, ...] = ("",)) -> float | None:

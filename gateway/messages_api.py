@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from engine.server.errors import APIError, bad_request
 from engine.server.json_out import SafeJSONResponse
 from gateway.backends.answers import reasoning_of
+from gateway.pricing import usage_of
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference",
            "cache")
@@ -241,12 +242,11 @@ def message_id(request_id: str) -> str:
 
 
 def usage(chat_usage: dict | None) -> dict:
-    """Anthropic's usage: input tokens not read from the cache, and those that were."""
-    chat_usage = chat_usage or {}
-    prompt = chat_usage.get("prompt_tokens") or 0
-    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    return {"input_tokens": max(0, prompt - cached), "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": cached, "output_tokens": chat_usage.get("completion_tokens") or 0}
+    """Anthropic's usage: input tokens neither read from the cache nor written to it, and those that were
+    (gateway/pricing.py reads both from a chat usage)."""
+    counted = usage_of(chat_usage)
+    return {"input_tokens": counted.uncached, "cache_creation_input_tokens": counted.cache_creation,
+            "cache_read_input_tokens": counted.cached, "output_tokens": counted.completion}
 
 
 def stop_reason(finish_reason: str | None, called: bool = False) -> str | None:

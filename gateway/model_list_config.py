@@ -4,12 +4,16 @@ what Pitstop knows of it (`model_info`: prices, tier, limits, mode)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from engine.config import KVCacheDtype, Quantization
+from gateway.price_map import TOKEN_PRICES, listed_prices
 from gateway.strict_config import StrictConfig
+
+log = logging.getLogger("pitstop.prices")
 
 # Model strings Pitstop serves itself; everything else goes through litellm.
 LOCAL_PROVIDER = "pitstop-local"  # an in-process engine instance on a local model folder
@@ -22,6 +26,8 @@ PITSTOP_PROVIDERS = (LOCAL_PROVIDER, ENGINE_PROVIDER, ENCODER_PROVIDER)
 MEDIA_MODES = ("audio_transcription", "audio_speech", "image_generation")
 # Providers litellm's `amoderation` reaches: it calls OpenAI's client, at api_base where one is set.
 MODERATION_PROVIDERS = frozenset({"openai", "openai_like", "hosted_vllm", "litellm_proxy"})
+PriceSource = Literal["config", "litellm", "none"]
+_UNPRICED_LOGGED: set[str] = set()  # models logged once as priced by nothing
 
 
 
@@ -138,8 +144,13 @@ class LitellmParams(BaseModel):
 
 
 class ModelInfo(StrictConfig):
+    # Per-token prices, litellm's names. Where an entry sets none of the four, litellm's price map's for its
+    # litellm_params.model (ModelEntry._priced); Pitstop's engines and models the map does not know cost 0.
     input_cost_per_token: float = Field(default=0.0, ge=0)
     output_cost_per_token: float = Field(default=0.0, ge=0)
+    # Prompt-cache reads and writes (gateway/pricing.py); None: the input price (no discount).
+    cache_read_input_token_cost: float | None = Field(default=None, ge=0)
+    cache_creation_input_token_cost: float | None = Field(default=None, ge=0)
     tier: Literal["weak", "medium", "strong"] = "medium"
     # The model a learned router knows this deployment as (a name in its training data, e.g.
     # "gpt-4-1106-preview"); default: model_name. Unknown to the router: the tier prior applies.
@@ -174,6 +185,13 @@ class ModelInfo(StrictConfig):
     # length, the max_model_len a vLLM server lists, litellm's price map).
     max_input_tokens: int | None = Field(default=None, gt=0)
 
+    # Where its prices came from: "config", "litellm" (the price map), "none"; None until an entry resolves it.
+    _price_source: PriceSource | None = PrivateAttr(default=None)
+
+    @property
+    def price_source(self) -> PriceSource:
+        return self._price_source or "config"
+
     @model_validator(mode="after")
     def _queue_needs_a_limit(self) -> ModelInfo:
         if self.max_queue is not None and self.max_concurrency is None:
@@ -185,6 +203,27 @@ class ModelEntry(StrictConfig):
     model_name: str = Field(min_length=1)
     litellm_params: LitellmParams
     model_info: ModelInfo = Field(default_factory=ModelInfo)
+
+    @model_validator(mode="after")
+    def _priced(self) -> ModelEntry:
+        """Prices resolved once, at parse: model_info's where it sets any per-token price (the others then
+        default as ModelInfo says: a negotiated price is never mixed with the map's list price), else litellm's
+        price map's for its model. A wildcard pattern is priced per name it matches (gateway/wildcards.py)."""
+        info, model = self.model_info, self.litellm_params.model
+        if info._price_source is not None or "*" in self.model_name:
+            return self
+        listed = None
+        if not info.model_fields_set & set(TOKEN_PRICES) and self.litellm_params.provider not in PITSTOP_PROVIDERS:
+            listed = listed_prices(model)
+            if listed is None and model not in _UNPRICED_LOGGED:
+                _UNPRICED_LOGGED.add(model)
+                log.info("no price known for %s (model_info sets none, litellm's price map lists none): its requests "
+                         "cost nothing", model)
+        source: PriceSource = "litellm" if listed else "config" if info.model_fields_set & set(TOKEN_PRICES) \
+            else "none"
+        self.model_info = info.model_copy(update=listed or {})  # a copy: a wildcard's pattern shares its info
+        self.model_info._price_source = source
+        return self
 
     @model_validator(mode="after")
     def _encoders_embed(self) -> ModelEntry:

@@ -20,6 +20,7 @@ from gateway.deployments import Deployment
 from gateway.limits.base import Admission, Hold, Limiter
 from gateway.metrics import GatewayMetrics
 from gateway.moderation_guardrail import ModerationNotes
+from gateway.pricing import TokenUsage, token_cost, usage_of
 from gateway.request_body import ProxyRequest
 from gateway.routing import Route
 from gateway.spend_settling import Periods, SpendSettler, spend_periods
@@ -200,6 +201,11 @@ class OutcomeDraft:
         return (math.ceil(prompt_chars / CHARS_PER_TOKEN),
                 max(len(self.completion_parts), math.ceil(len(text) / CHARS_PER_TOKEN)), 0)
 
+    @property
+    def token_usage(self) -> TokenUsage:
+        """`tokens`, with the prompt-cache writes the usage reports (none where it is estimated)."""
+        created = 0 if self.usage_estimated else usage_of(self.usage).cache_creation
+        return TokenUsage(*self.tokens, created)
 
     def estimated_usage(self) -> dict[str, int]:
         """`tokens` as an OpenAI `usage`: what a client is told it was charged."""
@@ -224,10 +230,8 @@ def first_choices(answer: dict) -> list[dict]:
 
 def usage_tokens(usage: dict | None) -> tuple[int, int, int]:
     """(prompt, completion, cached) tokens of a response's `usage`."""
-    usage = usage or {}
-    details = usage.get("prompt_tokens_details") or {}
-    return (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-            int(details.get("cached_tokens") or 0))
+    counted = usage_of(usage)
+    return counted.prompt, counted.completion, counted.cached
 
 
 CACHE_HITS = ("hit", "coalesced", "semantic-hit")  # answers the response cache served (the row's cache_hit)
@@ -238,14 +242,18 @@ def baseline_cost(draft: OutcomeDraft, cost: float) -> float:
     served call's cost scaled by the router's predicted costs of the two, so the real prompt and answer
     length carry over (verifying calls are left out: the costliest model is served unverified). A
     request the router did not choose for (a model named, a session's later turn), a cache hit or a
-    failure cost what it cost. Served by a model outside the group's candidates (an escalation) or at
-    no cost (a free local engine): the costliest's predicted cost, which is what it avoided."""
+    failure cost what it cost. Where the group's prices are known (a route's `prices`), the served call's
+    tokens, prompt-cache reads and writes as billed, at the costliest's prices (gateway/pricing.py); else
+    the costliest's predicted cost, which is what it avoided."""
     decision = draft.route.decision if draft.route else None
     if decision is None or not decision.predicted_cost_usd or draft.status != "ok" \
             or draft.extra.get("cache") in CACHE_HITS:
         return cost
     predicted = decision.predicted_cost_usd
     costliest = max(predicted.values())
+    prices = (draft.route.prices or {}).get(max(predicted, key=predicted.__getitem__)) if draft.route else None
+    if prices is not None and draft.charged_to is not None:
+        return token_cost(prices, draft.token_usage)
     served_cost = cost - draft.extra_cost_usd - draft.moderation.cost_usd - draft.hedge_cost_usd
     served_predicted = predicted.get(draft.route.model_name) if draft.route else None
     if served_predicted and served_cost > 0:
@@ -275,8 +283,10 @@ class OutcomeRecorder:
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         if draft.usage_estimated:
             draft.extra["usage_estimated"] = True  # the row's tokens and cost are the gateway's estimate
+        if created := draft.token_usage.cache_creation:  # billed above the input price (gateway/pricing.py)
+            draft.extra["cache_creation_tokens"] = created
         deployment = draft.charged_to
-        cost = (deployment.cost_usd(prompt_tokens, completion_tokens) if deployment else 0.0) + draft.extra_cost_usd \
+        cost = (token_cost(deployment.info, draft.token_usage) if deployment else 0.0) + draft.extra_cost_usd \
             + draft.moderation.cost_usd + draft.hedge_cost_usd
         if draft.moderation.checks:
             draft.extra["moderation"] = draft.moderation.checks

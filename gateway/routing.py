@@ -8,6 +8,7 @@ back to the group's model names, so outcome rows and headers name what was actua
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from routers.registry import make_router
 from routers.verify import VerifyPolicy, VerifyRates, expected_overhead
 
 if TYPE_CHECKING:
-    from gateway.model_list_config import ModelEntry
+    from gateway.model_list_config import ModelEntry, ModelInfo
     from gateway.route_calibration import CalibrationState
 
 log = logging.getLogger("pitstop.routing")
@@ -35,6 +36,8 @@ class Route:
     route_group: str | None
     model_name: str
     decision: RoutingDecision | None = None
+    # The route group's models' prices: routing's baseline prices the served call's tokens at its costliest's.
+    prices: Mapping[str, ModelInfo] | None = None
 
 
 @dataclass
@@ -67,6 +70,7 @@ class GroupRouter:
     verify_priced: list[Candidate] = field(default_factory=list)  # its models from outside the group
     verify_hold_chars: int = 0  # how long a streamed reply is held back to be verified (config.GroupVerify)
     verify_rates: VerifyRates | None = None  # what the last calibration counted verifying at
+    infos: dict[str, ModelInfo] = field(default_factory=dict)  # the group's models' prices, by model_name
 
     def decide(self, request: RoutingRequest, cost_preference: float) -> RoutingDecision:
         router = self.router  # one router for the whole decision, even if a reload swaps it meanwhile
@@ -127,7 +131,7 @@ def build_group(settings: Settings, group: RouteGroup) -> GroupRouter:
              ", ".join(group.models))
     return GroupRouter(group, router, candidates, model_for, Path(artifact) if artifact else None,
                        group.cost_preference, verify=verify, verify_priced=verify_priced,
-                       verify_hold_chars=group.verify.hold_chars if group.verify else 0)
+                       verify_hold_chars=group.verify.hold_chars if group.verify else 0, infos=infos)
 
 
 def group_models(settings: Settings, group: RouteGroup) -> list[str]:
@@ -237,7 +241,7 @@ class RouteTable:
         routing_request = RoutingRequest(request.prompt_text, estimate_tokens(request.prompt_text),
                                          request.session_id)
         decision = group.decide(routing_request, preference)
-        return Route(group.group.name, decision.model, decision)
+        return Route(group.group.name, decision.model, decision, group.infos)
 
     def _embeddings_model(self, model: str) -> Route:
         if model in self.embeddings_served_by or (model not in self.models and self.adopt(model)

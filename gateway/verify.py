@@ -25,7 +25,8 @@ from engine.server.errors import APIError
 from gateway import fallbacks
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.dispatch import Dispatched, Sent
-from gateway.outcomes import OutcomeDraft, first_choices, usage_tokens
+from gateway.outcomes import OutcomeDraft, first_choices
+from gateway.pricing import token_cost, usage_of
 from gateway.state import GatewayState
 from routers.verify import VerifyPolicy, could_be_short, short_answer
 
@@ -220,8 +221,7 @@ class _Verification:
         return answered, dispatched
 
     def _cost(self, model: str, usage: dict | None, dispatched: Dispatched) -> None:
-        prompt_tokens, completion_tokens, _ = usage_tokens(usage)
-        self.costs[model] = dispatched.deployment.cost_usd(prompt_tokens, completion_tokens)
+        self.costs[model] = token_cost(dispatched.deployment.info, usage_of(usage))  # cache reads as billed
         if self.draft.sent_to is dispatched.deployment:
             self.draft.sent_to = None  # the pick's cost is known now: a cut from here must not estimate it again
         self.draft.extra_cost_usd = sum(self.costs.values())  # until one is served: all of them

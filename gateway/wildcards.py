@@ -6,8 +6,9 @@ limits, budgets and outcome log, without listing each model.
 
 The most specific pattern wins (the most fixed characters; then the one listed first). A matched name
 becomes a deployment of its own the first time it is asked for (its own admission queue, retries and
-cooldown), priced by the pattern's `model_info` where that sets a price, else by litellm's price map for
-the model it is sent as (what the outcome log and budgets charge), else at no cost. At most `max_models`
+cooldown), priced as a listed entry is (gateway/model_list_config.py `ModelEntry._priced`): by the
+pattern's `model_info` where that sets a price, else by litellm's price map for the model it is sent as
+(what the outcome log and budgets charge), else at no cost. At most `max_models`
 names are adopted, so clients making up names cannot grow the gateway without end."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.server.errors import bad_request
-from gateway.model_list_config import ModelEntry, ModelInfo
+from gateway.model_list_config import ModelEntry
 
 log = logging.getLogger("pitstop.wildcards")
 
@@ -58,23 +59,8 @@ class WildcardPattern:
         """The entry `name` is served by: the pattern's, its provider model taking `part` for its `*`."""
         params = self.entry.litellm_params
         params = params.model_copy(update={"model": params.model.replace("*", part)})
-        info = self.entry.model_info
-        if not (info.input_cost_per_token or info.output_cost_per_token):
-            info = priced(info, params.model)
-        return ModelEntry(model_name=name, litellm_params=params, model_info=info)
-
-
-def priced(info: ModelInfo, provider_model: str) -> ModelInfo:
-    """`info` with litellm's prices for `provider_model` where its price map lists them."""
-    from gateway.backends.litellm_backend import _litellm
-
-    try:
-        listed = _litellm().get_model_info(provider_model)
-    except Exception:  # a model the map does not know: the pattern's own (no) price
-        log.info("no price known for %s: its requests cost nothing in the outcome log", provider_model)
-        return info
-    prices = {name: listed.get(name) for name in ("input_cost_per_token", "output_cost_per_token")}
-    return info.model_copy(update={k: float(v) for k, v in prices.items() if isinstance(v, int | float) and v >= 0})
+        # priced as a listed entry is, for the model it is sent as (ModelEntry._priced)
+        return ModelEntry(model_name=name, litellm_params=params, model_info=self.entry.model_info)
 
 
 class WildcardModels:

@@ -39,3 +39,18 @@ def test_loading_a_model_does_not_import_torch_dynamo(tmp_path: Path) -> None:
                               f"load_model({json.dumps(str(model_dir))}, torch.device('cpu'), torch.float32)")
     assert "engine.model.llama" in imported
     assert "torch._dynamo" not in imported
+
+
+def test_a_config_that_needs_no_provider_does_not_import_litellm(tmp_path: Path) -> None:
+    # Prices are resolved when the config is parsed, from litellm's bundled map read as JSON
+    # (gateway/price_map.py): a model without prices, Pitstop's engines, vLLM servers over HTTP never import it.
+    models = [{"model_name": "priced", "litellm_params": {"model": "pitstop-engine/m", "api_base": "http://h:1/v1"},
+               "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}},
+              {"model_name": "engine", "litellm_params": {"model": "pitstop-engine/e", "api_base": "http://h:1/v1"}},
+              {"model_name": "vllm", "litellm_params": {"model": "hosted_vllm/v", "api_base": "http://h:1/v1"}},
+              {"model_name": "mini", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": "http://h:1/v1"}}]
+    raw = {"model_list": models, "storage": {"url": f"sqlite:///{tmp_path / 'g.db'}"}}
+    code = ("from gateway.config import parse_settings\nfrom gateway.app import create_app\n"
+            f"settings = parse_settings({raw!r})\ncreate_app(settings)\n"
+            "assert settings.model_list[3].model_info.price_source == 'litellm'")
+    assert "litellm" not in _modules_after(code)

@@ -19,11 +19,25 @@ def test_check_lists_a_valid_file_and_names_what_is_wrong_with_another(tmp_path:
                   route_groups=[{"name": "auto", "models": ["m", "n"], "router": "random"}])
     done = run_cli_here("config", "check", "--config", str(good))
     assert done.returncode == 0, done.stderr
-    assert "model m: 2 deployments" in done.stdout and "model n: 1 deployment\n" in done.stdout
+    assert "model m: 2 deployments; prices: model_info\n" in done.stdout
+    assert "model n: 1 deployment; prices: model_info\n" in done.stdout
     assert "route group auto: router random over m, n" in done.stdout
     bad = config(tmp_path, "bad.yaml", [model_entry("m", A)], route_groups=[{"name": "auto", "models": ["x"]}])
     refused = run_cli_here("config", "check", "--config", str(bad))
     assert refused.returncode == 2 and "invalid config" in refused.stderr and "'x'" in refused.stderr
+
+
+def test_check_says_where_each_models_prices_come_from(tmp_path: Path) -> None:
+    listed = {"model_name": "mini", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": A}}
+    unknown = {"model_name": "own", "litellm_params": {"model": "hosted_vllm/own-model", "api_base": A}}
+    engine = {"model_name": "engine", "litellm_params": {"model": "pitstop-engine/tiny", "api_base": A}}
+    path = config(tmp_path, "prices.yaml", [listed, unknown, engine, model_entry("priced", A)])
+    done = run_cli_here("config", "check", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "model mini: 1 deployment; prices: litellm's price map\n" in done.stdout
+    assert "model own: 1 deployment; prices: none (costs nothing)\n" in done.stdout
+    assert "model engine: 1 deployment; prices: none (costs nothing)\n" in done.stdout
+    assert "model priced: 1 deployment; prices: model_info\n" in done.stdout
 
 
 def test_diff_says_what_a_reload_keeps_builds_and_retires(tmp_path: Path) -> None:

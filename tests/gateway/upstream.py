@@ -22,6 +22,8 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [tools:1]                  call a tool (when tools are sent) only while fewer than 1 tool result
                              follows the last user message, then answer in words: an agent loop that ends
   [echo:1]                   answer the last user message's words (the directives left out): what it read
+  [prompt:N] [cached:N]      usage: N prompt tokens (default: the prompt's words), N of them cached
+  [created:N]                N written to the prompt cache, reported as litellm reports Anthropic's
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
                              naming the instance wins over one that does not
 and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset), or

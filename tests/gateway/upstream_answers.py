@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context|echo):([0-9.]+)(?:@([\w-]+))?\]")
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context|echo|prompt|cached|created):([0-9.]+)"
+                        r"(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
 
@@ -74,6 +75,22 @@ def _first_tool(body: dict) -> str | None:
 def _custom(tool_spec: dict | None) -> bool:
     """Is the tool a custom one (its call takes the prompt's text as its input, as Pitstop's engine's does)?"""
     return isinstance(tool_spec, dict) and tool_spec.get("type") == "custom"
+
+
+def _usage(found: dict[str, float], prompt_tokens: int, completion_tokens: int) -> dict:
+    """OpenAI's usage; `[prompt:N]` reports N prompt tokens, `[cached:N]` N of them read from the prompt cache
+    (OpenAI's prompt_tokens_details.cached_tokens), `[created:N]` N written to it, as litellm reports an
+    Anthropic answer's cache_creation_input_tokens (and its cache_read_input_tokens beside them)."""
+    prompt_tokens = int(found.get("prompt", prompt_tokens))
+    usage: dict = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                   "total_tokens": prompt_tokens + completion_tokens}
+    cached, created = int(found.get("cached", 0)), int(found.get("created", 0))
+    if cached or created:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if created:
+        usage["prompt_tokens_details"]["cache_creation_tokens"] = created
+        usage |= {"cache_creation_input_tokens": created, "cache_read_input_tokens": cached}
+    return usage
 
 
 def directives(text: str, name: str) -> dict[str, float]:
@@ -150,8 +167,7 @@ class Upstream:
             tool = None
         model = body.get("model") if isinstance(body.get("model"), str) else "upstream"
         thinking = [f"thought{i}" for i in range(1, int(found.get("think", 0)) + 1)] if chat else []
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                 "total_tokens": prompt_tokens + len(words)}
+        usage = _usage(found, prompt_tokens, len(words))
         if body.get("stream") is True:
             options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             events = self._stream(chat, model, words, tool, text, usage if options.get("include_usage") else None,
