@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict
 
@@ -144,19 +145,29 @@ async def readyz(request: Request) -> Response:
     """Ready when every model has a healthy deployment; with how each table's writer stands (rows waiting
     for the database pile up there during an outage)."""
     state = _state(request)
-    models = {}
-    for name, deployments in state.pool.by_model.items():
-        models[name] = any([await d.backend.healthy() for d in deployments])
+    down = await _deployments_down(state)
+    models = {name: any(d.name not in down for d in deployments) for name, deployments in state.pool.by_model.items()}
     writers = {table: writer.stats() for table, writer in state.writers().items()}
     ready = all(models.values())
     # A model held while its engines are paused or asleep (gateway/model_holds.py) is ready: they will serve.
-    body = {"ready": ready, "models": models, "held_models": state.dispatcher.holds.held,
+    body = {"ready": ready, "models": models, "deployments_down": sorted(down), "held_models": state.dispatcher.holds.held,
             "writers": {table: {"written": stats.written, "buffered": stats.buffered,
                                 "spool_pending": stats.spool_pending, "dropped": stats.dropped,
                                 "last_error": stats.last_error} for table, stats in writers.items()},
             "outcome_log": {"written": writers["outcomes"].written, "buffered": writers["outcomes"].buffered,
                             "spooled": writers["outcomes"].spooled, "last_error": writers["outcomes"].last_error}}
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _deployments_down(state: GatewayState) -> set[str]:
+    """With health checks (gateway/health_checks.py), those their last probes took out: nothing is asked
+    again, so a readiness probe never waits on a hung deployment. Without, each deployment asked now, all
+    at once."""
+    deployments = state.pool.deployments
+    if state.health_checker is not None:
+        return {d.name for d in deployments if d.unhealthy}
+    answers = await asyncio.gather(*(d.backend.healthy() for d in deployments))
+    return {d.name for d, healthy in zip(deployments, answers, strict=True) if not healthy}
 
 
 async def metrics(request: Request) -> Response:

@@ -105,7 +105,8 @@ def test_a_hung_deployment_is_left_out_before_a_request_waits_on_it(flaky: tuple
         assert server.posts == 0 and metric(text, "pitstop_retries_total", model="m") is None
         assert metric(text, "pitstop_health_checks_total", deployment="m#0", outcome="timeout") >= 2
         assert metric(text, "pitstop_deployment_healthy", deployment="m#1") == 1
-        assert http.get("/readyz").status_code == 200  # the model still has a deployment up
+        ready = http.get("/readyz")  # the model still has a deployment up; the probes' word, nothing asked again
+        assert ready.status_code == 200 and ready.json()["deployments_down"] == ["m#0"]
 
         server.mode = "up"  # back: in routing once two probes in a row pass
         wait_until(lambda: metric(http.get("/metrics").text, "pitstop_deployment_healthy", deployment="m#0") == 1,
@@ -122,6 +123,9 @@ def test_without_health_checks_the_first_request_waits_on_the_hung_deployment(fl
         assert ask(gw.openai()) == ["from-a"]  # after its timeout there, retried
         assert server.posts == 1 and metric(http.get("/metrics").text, "pitstop_retries_total", model="m") == 1
         assert "pitstop_deployment_healthy" not in http.get("/metrics").text
+        server.mode = "broken"  # /readyz asks each deployment itself
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["deployments_down"] == ["m#0"]
 
 
 def test_a_503ing_deployment_is_out_and_its_model_falls_back(flaky: tuple[Flaky, str], upstream: UpstreamProcess,
@@ -135,6 +139,8 @@ def test_a_503ing_deployment_is_out_and_its_model_falls_back(flaky: tuple[Flaky,
         reply = http.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200 and reply.headers["x-pitstop-model"] == "backup"
         assert server.posts == 0  # straight to the fallback: the model had no deployment to try
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["models"] == {"m": False, "backup": True}
         assert metric(http.get("/metrics").text, "pitstop_health_checks_total", deployment="m#0",
                       outcome="failed") >= 2
 
