@@ -1,6 +1,6 @@
 """What requests cost, priced as providers bill them (gateway/pricing.py, gateway/price_map.py): a listed model
 without prices takes litellm's price map's (its budget binds), one the map does not know costs nothing;
-prompt-cache reads and writes are billed at their prices on chat and Messages; routing's baseline and the
+prompt-cache reads and writes are billed at their prices on chat, completions, Responses and Messages; routing's baseline and the
 Costs API agree with the rows. Over real sockets, with the openai SDK and the mock upstream's [prompt:N],
 [cached:N] and [created:N] usage directives. Expected prices are read from litellm's own map."""
 
@@ -69,7 +69,7 @@ def test_a_listed_model_without_prices_is_billed_at_litellms_map_and_its_budget_
     assert "no price known for hosted_vllm/pricing-test-own-model" in caplog.text
 
 
-def test_cache_reads_and_writes_are_billed_at_their_prices_on_chat_and_messages(
+def test_cache_reads_and_writes_are_billed_at_their_prices_on_every_api(
         tmp_path: Path, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
     a, _ = upstreams
     entry = model_entry("own", a.api_base)
@@ -79,6 +79,9 @@ def test_cache_reads_and_writes_are_billed_at_their_prices_on_chat_and_messages(
             gateway.http() as http:
         ids = [chat(client, "own", "[prompt:1000] [cached:600] [created:300] [words:4] read and write"),
                chat(client, "plain", "[prompt:1000] [cached:600] [created:300] [words:4] at full price")]
+        turn = "[prompt:1000] [cached:600] [created:300] [words:4] as a"
+        responded = client.responses.create(model="own", input=f"{turn} response")
+        client.completions.create(model="own", prompt=f"{turn} completion")
         answer = http.post("/v1/messages", json={
             "model": "own", "max_tokens": 50,
             "messages": [{"role": "user", "content": "[prompt:1000] [cached:600] [created:300] [words:4] as Claude"}]})
@@ -89,7 +92,9 @@ def test_cache_reads_and_writes_are_billed_at_their_prices_on_chat_and_messages(
     billed = 100 * 2e-6 + 600 * 2e-7 + 300 * 2.5e-6 + 4 * 8e-6
     by_endpoint = {(row["model"], row["endpoint"]): row for row in rows}
     assert by_endpoint["own", "chat"]["cost_usd"] == pytest.approx(billed, rel=1e-9)
-    assert by_endpoint["own", "messages"]["cost_usd"] == pytest.approx(billed, rel=1e-9)
+    for endpoint in ("messages", "responses", "completion"):
+        assert by_endpoint["own", endpoint]["cost_usd"] == pytest.approx(billed, rel=1e-9), endpoint
+    assert responded.usage is not None and responded.usage.input_tokens_details.cached_tokens == 600
     assert by_endpoint["own", "chat"]["extra"]["cache_creation_tokens"] == 300
     assert by_endpoint["own", "chat"]["cached_tokens"] == 600
     assert by_endpoint["plain", "chat"]["cost_usd"] == pytest.approx(1000 * 2e-6 + 4 * 8e-6, rel=1e-9)
