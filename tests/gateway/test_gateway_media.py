@@ -167,7 +167,8 @@ def test_a_speech_cut_upstream_cuts_the_clients_and_a_client_that_leaves_is_a_49
         left_id = left.headers["x-pitstop-request-id"]
     row = gw.row(cut_id)
     assert (row["status"], row["http_status"]) == ("error", 502) and "stream broke" in row["error"]
-    assert row["extra"]["audio_bytes"] == 2 * 16 * 1024 and row["cost_usd"] > 0  # charged: the upstream spoke
+    # At most the two chunks sent before the cut (one may not be read: the reset drops what the kernel held).
+    assert row["extra"]["audio_bytes"] <= 2 * 16 * 1024 and row["cost_usd"] > 0  # charged: the upstream spoke
     left_row = wait_until(lambda: (rows := gw.rows([left_id])) and rows[0], what="the left request's row")
     assert (left_row["status"], left_row["http_status"]) == ("aborted", 499)
     assert left_row["extra"]["audio_bytes"] < 300_000

@@ -16,12 +16,19 @@ def reference(encoder: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         return encoder(input_ids=torch.tensor([ids])).last_hidden_state[0].mean(0)
 
 
+def nudge(encoder: torch.nn.Module) -> None:
+    """Move off the package's weights, as fine-tuning does, so fusion is tested on new ones; the same nudge
+    every run (unseeded, int8's agreement drew below 0.97 about once in 40 runs)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in encoder.encoder.parameters():
+            param.add_(0.01 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
 def test_lean_forward_matches_bert_model_in_fp32_and_int8_stays_close():
     tokenizer, encoder = _encoder(3)
     encoder.eval()
-    with torch.no_grad():  # move off the package's weights, as fine-tuning does, so fusion is tested on new ones
-        for param in encoder.encoder.parameters():
-            param.add_(0.01 * torch.randn_like(param))
+    nudge(encoder)
     lean, lean_int8 = LeanBert(encoder, int8=False), LeanBert(encoder, int8=True)
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt).ids
@@ -37,9 +44,7 @@ def test_onnx_graph_computes_the_lean_forward_and_its_int8_stays_close():
 
     tokenizer, encoder = _encoder(2)
     encoder.eval()
-    with torch.no_grad():
-        for param in encoder.encoder.parameters():
-            param.add_(0.01 * torch.randn_like(param))
+    nudge(encoder)
     weights = {k: v.numpy() for k, v in encoder.state_dict().items()}
     onnx_fp32, onnx_int8 = OnnxBert(weights, 2, int8=False), OnnxBert(weights, 2, int8=True)
     for prompt in PROMPTS:
