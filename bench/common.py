@@ -128,3 +128,14 @@ def write_report(path: str | Path, report: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rounded(report), indent=2) + "\n")
     return path
+
+
+def save_runs(module: str, argv: list[str] | None, out: str | Path, settings: dict, runs: list[dict],
+              machine: dict | None = None) -> dict:
+    """A load benchmark's report (the command that reruns it, the machine, its settings, a row a run) written
+    to `out`, and said so."""
+    report = {"command": command(module, argv), "machine": machine or machine_info(), "settings": settings,
+              "runs": runs}
+    write_report(out, report)
+    print(f"wrote {out}")
+    return report

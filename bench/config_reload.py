@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import RESULTS, command, machine_info, write_report
+from bench.common import RESULTS, machine_info, save_runs
 from bench.loadgen import LoadSpec, percentile, run_load
 from bench.procs import gateway_on_mocks
 
@@ -107,13 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     machine = machine_info()
     rows = [run_one(stream, every, args) for stream in (False, True) for every in (None, args.every)]
-    report = {"command": command("bench.config_reload", argv), "machine": machine,
-              "settings": {"rate_per_s": args.rate, "duration_s": args.duration, "reload_every_s": args.every,
-                           "warmup_s": 2.0, "first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rate_per_s": args.rate, "duration_s": args.duration, "reload_every_s": args.every,
+                "warmup_s": 2.0, "first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5}
+    return save_runs("bench.config_reload", argv, args.out, settings, rows, machine)
 
 
 if __name__ == "__main__":

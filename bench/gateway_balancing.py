@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import RESULTS, command, machine_info, write_report
+from bench.common import RESULTS, machine_info, save_runs
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import gateway_on_mocks
 
@@ -74,13 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     machine = machine_info()
     rows = [run_one(rate, stream, strategy, args)
             for rate in args.rates for stream in (False, True) for strategy in STRATEGIES]
-    report = {"command": command("bench.gateway_balancing", argv), "machine": machine,
-              "settings": {"rates_per_s": args.rates, "duration_s": args.duration, "warmup_s": 2.0,
-                           "first_byte_ms": {"slow": SLOW_MS, "fast": FAST_MS}, "chunks": 10, "chunk_interval_ms": 5},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rates_per_s": args.rates, "duration_s": args.duration, "warmup_s": 2.0,
+                "first_byte_ms": {"slow": SLOW_MS, "fast": FAST_MS}, "chunks": 10, "chunk_interval_ms": 5}
+    return save_runs("bench.gateway_balancing", argv, args.out, settings, rows, machine)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import RESULTS, command, machine_info, write_report
+from bench.common import RESULTS, save_runs
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import gateway_on_mocks
 
@@ -84,13 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     rows = [run_one(rate, limits, args) for rate in args.rates for limits in (False, True)]
-    report = {"command": command("bench.gateway_deployment_limits", argv), "machine": machine_info(),
-              "settings": {"rates_per_s": args.rates, "duration_s": args.duration, "quota_rpm": args.quota_rpm,
-                           "deployments": 2, "upstream_delay_ms": args.delay_ms, "seed": args.seed},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rates_per_s": args.rates, "duration_s": args.duration, "quota_rpm": args.quota_rpm,
+                "deployments": 2, "upstream_delay_ms": args.delay_ms, "seed": args.seed}
+    return save_runs("bench.gateway_deployment_limits", argv, args.out, settings, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import command, machine_info, write_report
+from bench.common import save_runs
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import ROOT, Service, free_port, mock_upstream
 
@@ -90,13 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     rows = [run_one(scenario, fallbacks, args) for scenario in SCENARIOS for fallbacks in (False, True)]
-    report = {"command": command("bench.gateway_fallbacks", argv), "machine": machine_info(),
-              "settings": {"rate_per_s": args.rate, "duration_s": args.duration, "upstream_delay_ms": args.delay_ms,
-                           "cooldown_s": args.cooldown_s, "scenarios": SCENARIOS},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rate_per_s": args.rate, "duration_s": args.duration, "upstream_delay_ms": args.delay_ms,
+                "cooldown_s": args.cooldown_s, "scenarios": SCENARIOS}
+    return save_runs("bench.gateway_fallbacks", argv, args.out, settings, rows)
 
 
 if __name__ == "__main__":

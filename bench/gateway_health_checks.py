@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import command, machine_info, write_report
+from bench.common import save_runs
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import ROOT, Service, mock_upstream, pitstop_serve
 
@@ -124,13 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         "checks, every 1 s": {"interval_s": 1.0, "timeout_s": 0.5}}
     rows = [run_one(scenario, name, checks, args) for scenario in ("balanced", "fallback")
             for name, checks in variants.items()]
-    report = {"command": command("bench.gateway_health_checks", argv), "machine": machine_info(),
-              "settings": {"rate_per_s": args.rate, "duration_s": args.duration, "hang_s": list(args.hang),
-                           "upstream_delay_ms": args.delay_ms, "request_timeout_s": args.request_timeout_s},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rate_per_s": args.rate, "duration_s": args.duration, "hang_s": list(args.hang),
+                "upstream_delay_ms": args.delay_ms, "request_timeout_s": args.request_timeout_s}
+    return save_runs("bench.gateway_health_checks", argv, args.out, settings, rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench.common import RESULTS, command, machine_info, write_report
+from bench.common import RESULTS, machine_info, save_runs
 from bench.loadgen import LoadSpec, run_load
 from bench.procs import gateway_on_mocks
 
@@ -96,15 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     machine = machine_info()
     rows = [run_one(scenario, stream, hedging, args) for scenario, stream, hedging in RUNS]
-    report = {"command": command("bench.gateway_hedging", argv), "machine": machine,
-              "settings": {"rate_per_s": args.rate, "duration_s": args.duration, "warmup_s": 2.0,
-                           "upstream_first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5,
-                           "tail": {"slow_rate": args.slow_rate, "slow_ms": args.slow_ms},
-                           "slow_replica_ms": 320, "hedging": HEDGING},
-              "runs": rows}
-    write_report(args.out, report)
-    print(f"wrote {args.out}")
-    return report
+    settings = {"rate_per_s": args.rate, "duration_s": args.duration, "warmup_s": 2.0,
+                "upstream_first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5,
+                "tail": {"slow_rate": args.slow_rate, "slow_ms": args.slow_ms},
+                "slow_replica_ms": 320, "hedging": HEDGING}
+    return save_runs("bench.gateway_hedging", argv, args.out, settings, rows, machine)
 
 
 if __name__ == "__main__":
