@@ -6,6 +6,7 @@ found down is left out until they find it up (gateway/health_checks.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,21 @@ class Deployment:
     unhealthy: bool = False
     probes_passed: int = 0
     probes_failed: int = 0
+    # Resolved when the probes take it out: the calls waiting on it hear of it (gateway/health_rescue.py).
+    _outage: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def outage(self) -> asyncio.Future[None]:
+        """What a call sent now waits on besides its answer: done when the probes next take the deployment out."""
+        if self._outage is None:
+            self._outage = asyncio.get_running_loop().create_future()
+        return self._outage
+
+    def taken_out(self) -> None:
+        """The probes took it out: the calls waiting on it hear so; calls sent later wait on the next outage."""
+        self.unhealthy = True
+        if self._outage is not None and not self._outage.done():
+            self._outage.set_result(None)
+        self._outage = None
 
     def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
                  cache_creation_tokens: int = 0) -> float:

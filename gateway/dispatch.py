@@ -21,6 +21,8 @@ from gateway.backends.base import MEDIA_KINDS, Backend, BackendError, CallContex
 from gateway.deployment_limits import Counted, DeploymentsRateLimited, Limit, answered_tokens
 from gateway.deployments import Deployment, DeploymentPool
 from gateway.guardrails import Guardrails, restore_answer, restored
+from gateway.health_checks import probed
+from gateway.health_rescue import Rescues
 from gateway.hedging import HedgePolicy, Race, Won
 from gateway.latency_balance import measure_of, speed
 from gateway.model_holds import ModelHolds
@@ -79,6 +81,7 @@ class Dispatched:
     hedge: dict | None = None  # how a hedge went, once one was due (gateway/hedging.py): the row's extra.hedge
     # Deployments passed over at their rpm / tpm (gateway/deployment_limits.py): the row's extra.deployment_limits
     limited: dict[str, Limit] | None = None
+    rescue: dict | None = None  # a call's deployment taken out by its probes meanwhile (gateway/health_rescue.py)
 
 
 @dataclass
@@ -110,11 +113,12 @@ async def _nothing_to_close(answer: dict) -> None:
 
 class Dispatcher:
     def __init__(self, pool: DeploymentPool, num_retries: int = 2, guardrails: Guardrails | None = None,
-                 hedging: HedgePolicy | None = None) -> None:
+                 hedging: HedgePolicy | None = None, rescues: Rescues | None = None) -> None:
         self.pool = pool
         self.num_retries = num_retries
         self.guardrails = guardrails if guardrails else None  # checks each call's body (gateway/guardrails.py)
         self.hedging = hedging  # None: `hedging:` is off
+        self.rescues = rescues  # None: `health_checks:` off, or its rescue_in_flight
         self.holds = ModelHolds()  # models paused or asleep through the gateway (gateway/rl_admin.py)
 
     def _next(self, model_name: str, tried: set[str], prefer: str | None, last: BackendError | None,
@@ -131,16 +135,19 @@ class Dispatcher:
         tried.add(deployment.name)
         return deployment
 
-    async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                       prefer: str | None = None, sent: Sent | None = None) -> tuple[dict, Dispatched]:
+    async def complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext, prefer: str | None = None,
+                       sent: Sent | None = None, fall_back: bool = False) -> tuple[dict, Dispatched]:
+        """`fall_back`: the request has a fallback model left (gateway/fallbacks.py), where a call whose
+        deployment its probes took out may go when the model has no other (gateway/health_rescue.py)."""
         guarded = await self.guardrails.guard(model_name, kind, body, ctx, self.complete) if self.guardrails else None
-        answer, dispatched = await self._complete(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
+        answer, dispatched = await self._complete(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent,
+                                                  fall_back)
         if guarded is not None and guarded.masker is not None:
             answer = restore_answer(answer, guarded.masker)
         return answer, dispatched
 
     async def _complete(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                        prefer: str | None, sent: Sent | None) -> tuple[dict, Dispatched]:
+                        prefer: str | None, sent: Sent | None, fall_back: bool) -> tuple[dict, Dispatched]:
         await self._unless_held(model_name, ctx)
         tried: set[str] = set()
         if kind == "embedding":  # a model's deployments on Pitstop's engines have no embeddings endpoint
@@ -150,9 +157,11 @@ class Dispatcher:
         call = functools.partial(self._call, kind, body, arrival, sent)
         limited: dict[str, Limit] = {}
         measure = measure_of(kind, False)
-        if (delay_s := self._hedge_delay(model_name, kind, False, prefer, ctx)) is not None:
-            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close, limited, measure)
-            return won.result, Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
+        delay_s = self._hedge_delay(model_name, kind, False, prefer, ctx)
+        if delay_s is not None or self._rescuing(model_name, kind):
+            won = await self._race(model_name, False, delay_s, tried, ctx, call, _nothing_to_close, limited, measure,
+                                   prefer, fall_back)
+            return won.result, Dispatched(won.deployment, won.attempts, won.hedge, limited or None, won.rescue)
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last, ctx, limited, measure)
             started = time.monotonic()
@@ -201,19 +210,20 @@ class Dispatcher:
         self.pool.mark_success(deployment)
         return custom.answer(result) if custom else result
 
-    async def stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                     prefer: str | None = None, sent: Sent | None = None) -> tuple[AsyncIterator[dict], Dispatched]:
+    async def stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext, prefer: str | None = None,
+                     sent: Sent | None = None, fall_back: bool = False) -> tuple[AsyncIterator[dict], Dispatched]:
         """Returns once the first chunk has arrived (retries happen before that); the iterator
         yields it and the rest. Errors after the first chunk are the caller's to report.
         `sent` (both methods) hears of each deployment the request is sent to, as it is sent."""
         guarded = await self.guardrails.guard(model_name, kind, body, ctx, self.complete) if self.guardrails else None
-        chunks, dispatched = await self._stream(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent)
+        chunks, dispatched = await self._stream(model_name, kind, guarded.body if guarded else body, ctx, prefer, sent,
+                                                fall_back)
         if guarded is not None and guarded.masker is not None:
             chunks = restored(chunks, guarded.masker)
         return chunks, dispatched
 
-    async def _stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext,
-                      prefer: str | None, sent: Sent | None) -> tuple[AsyncIterator[dict], Dispatched]:
+    async def _stream(self, model_name: str, kind: Kind, body: dict, ctx: CallContext, prefer: str | None,
+                      sent: Sent | None, fall_back: bool) -> tuple[AsyncIterator[dict], Dispatched]:
         await self._unless_held(model_name, ctx)
         tried: set[str] = set()
         last: BackendError | None = None
@@ -221,9 +231,12 @@ class Dispatcher:
         call = functools.partial(self._open, kind, body, arrival, sent)
         limited: dict[str, Limit] = {}
         measure = measure_of(kind, True)
-        if (delay_s := self._hedge_delay(model_name, kind, True, prefer, ctx)) is not None:
-            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close, limited, measure)
-            return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge, limited or None)
+        delay_s = self._hedge_delay(model_name, kind, True, prefer, ctx)
+        if delay_s is not None or self._rescuing(model_name, kind):
+            won = await self._race(model_name, True, delay_s, tried, ctx, call, Opened.close, limited, measure,
+                                   prefer, fall_back)
+            return self._rest(won.result), Dispatched(won.deployment, won.attempts, won.hedge, limited or None,
+                                                      won.rescue)
         for attempt in range(1, self.num_retries + 2):
             deployment = self._next(model_name, tried, prefer, last, ctx, limited, measure)
             started = time.monotonic()
@@ -312,14 +325,20 @@ class Dispatcher:
         ready = self.pool.ready(model_name, tokens=ctx.estimated_tokens)
         return self.hedging.delay_s(model_name, streaming, prefer, len(ready))
 
+    def _rescuing(self, model_name: str, kind: Kind) -> bool:
+        """Whether the request's calls race against their deployment's outage (gateway/health_rescue.py): the
+        model has a probed deployment, and the request is no upload nor image (never sent twice)."""
+        return (self.rescues is not None and kind != "embedding" and kind not in MEDIA_KINDS
+                and any(probed(d) for d in self.pool.by_model.get(model_name, ())))
+
     def _observe(self, model_name: str, kind: Kind, streaming: bool, started: float) -> None:
         if self.hedging is not None and kind != "embedding" and kind not in MEDIA_KINDS:
             self.hedging.observe(model_name, streaming, time.monotonic() - started)
 
-    async def _race(self, model_name: str, streaming: bool, delay_s: float, tried: set[str], ctx: CallContext,
+    async def _race(self, model_name: str, streaming: bool, delay_s: float | None, tried: set[str], ctx: CallContext,
                     call: Call[T], drop: Callable[[T], Awaitable[None]], limited: dict[str, Limit],
-                    measure: str) -> Won[T]:
-        assert self.hedging is not None
+                    measure: str, prefer: str | None, fall_back: bool) -> Won[T]:
+        """A hedged race (`delay_s`), or one whose calls watch their deployment's outage, or both."""
 
         async def start(deployment: Deployment, attempt: int, last: BackendError | None,
                         hedged_after_s: float | None) -> T:
@@ -332,5 +351,6 @@ class Dispatcher:
             return self.pool.least_loaded(ready, measure) if ready else None
 
         return await Race(self.hedging, model_name, streaming, delay_s, self.num_retries, start, drop,
-                          lambda last: self._next(model_name, tried, None, last, ctx, limited, measure),
-                          hedge_deployment, prompt_tokens=ctx.estimated_tokens).run()
+                          lambda last: self._next(model_name, tried, prefer, last, ctx, limited, measure),
+                          hedge_deployment, prompt_tokens=ctx.estimated_tokens, rescues=self.rescues,
+                          fall_back=fall_back).run()

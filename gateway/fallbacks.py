@@ -70,9 +70,9 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
     assert draft.request is not None
     body = draft.request.body
 
-    def call(model: str, prefer: str | None) -> Awaitable[T]:
+    def call(model: str, prefer: str | None, fall_back: bool) -> Awaitable[T]:
         state.routes.adopt(model)  # a chain may name a model a wildcard serves: its deployment made on first use
-        return dispatch(model, kind, body, ctx, prefer, draft.sending)
+        return dispatch(model, kind, body, ctx, prefer, draft.sending, fall_back)
 
     route = draft.route
     assert route is not None
@@ -80,7 +80,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
         if state.pool.cooling(route.model_name) and chain(state, route, "error"):
             raise BackendError(503, f"every deployment of {route.model_name!r} is cooling down after failures",
                                retryable=True, code="cooling_down")
-        return await call(route.model_name, prefer)
+        return await call(route.model_name, prefer, bool(chain(state, route, "error")))
     except BackendError as exc:
         _note_failure(draft, route.model_name, exc)
         reason = fall_back_reason(exc)
@@ -99,7 +99,7 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
         draft.extra["fallback"] = trace
         state.metrics.fallbacks.labels(route.model_name, model, reason).inc()
         try:
-            return await call(model, None)  # a session's kept deployment is the first model's
+            return await call(model, None, i < len(models) - 1)  # a session's kept deployment is the first model's
         except BackendError as exc:
             _note_failure(draft, model, exc)
             if fall_back_reason(exc) is None:

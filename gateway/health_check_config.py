@@ -13,6 +13,8 @@ class HealthCheckConfig(StrictConfig):
     timeout_s: float = Field(default=2.0, gt=0)  # a probe not answered by then failed
     unhealthy_after: int = Field(default=2, ge=1)  # failed probes in a row that take a deployment out
     healthy_after: int = Field(default=1, ge=1)  # passed probes in a row that bring it back
+    # Calls in flight on a deployment taken out sent to another one (gateway/health_rescue.py).
+    rescue_in_flight: bool = True
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> HealthCheckConfig:

@@ -86,7 +86,7 @@ class HealthChecker:
         else:
             d.probes_passed, d.probes_failed = 0, d.probes_failed + 1
             if not d.unhealthy and d.probes_failed >= self.config.unhealthy_after:
-                d.unhealthy = True
+                d.taken_out()
                 log.warning("deployment %s failed %d health checks in a row: out of routing until %d pass",
                             d.name, d.probes_failed, self.config.healthy_after)
 

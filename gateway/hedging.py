@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.backends.base import BackendError
 from gateway.deployments import Deployment
+from gateway.health_checks import probed
+from gateway.health_rescue import Outage, Rescues, deployment_down
 from gateway.hedging_config import HedgingConfig
 
 T = TypeVar("T")
@@ -133,6 +135,8 @@ class _Call:
     number: int
     started: float
     hedge: bool
+    rescue: bool = False  # sent because the probes took the deployment of the call before out
+    outage: Outage | None = None  # done when its deployment is taken out, until that is dealt with
     outcome: str = "running"  # won, lost (another answered first), failed, cancelled
 
 
@@ -142,19 +146,27 @@ class Won(Generic[T]):
     deployment: Deployment
     attempts: int  # 1 + the calls that failed first: a retry count, as without hedging
     hedge: dict[str, Any] | None  # the outcome row's extra.hedge, once a hedge was due
+    rescue: dict[str, Any] | None = None  # the row's extra.rescue, once a call's deployment was taken out
 
 
 class Race(Generic[T]):
     """One request's calls: the first; a retry when every call in flight has failed (retryable, at most
     `retries` failures in all); a hedge when the calls in flight have not answered `delay_s` after the
-    last was sent. A failure while another call is in flight leaves that one running: it is the retry."""
+    last was sent. A failure while another call is in flight leaves that one running: it is the retry.
+    With `rescues` (gateway/health_rescue.py), a call whose deployment its probes take out is sent to another
+    too, once a request, unless another call in flight is on a deployment in routing; with no policy or
+    no delay, no hedge. So a request makes at most `max_hedges` + 1 calls beyond its retries."""
 
-    def __init__(self, policy: HedgePolicy, model: str, streaming: bool, delay_s: float, retries: int,
+    def __init__(self, policy: HedgePolicy | None, model: str, streaming: bool, delay_s: float | None, retries: int,
                  start: Start[T], drop: Callable[[T], Awaitable[None]],
                  next_deployment: Callable[[BackendError | None], Deployment],
                  hedge_deployment: Callable[[set[str]], Deployment | None],
-                 clock: Callable[[], float] = time.monotonic, prompt_tokens: int = 0) -> None:
+                 clock: Callable[[], float] = time.monotonic, prompt_tokens: int = 0,
+                 rescues: Rescues | None = None, fall_back: bool = False) -> None:
         self.policy, self.model, self.streaming = policy, model, streaming
+        self.rescues = rescues
+        self.fall_back = fall_back  # a rescue with no deployment left gives the call up for a fallback model
+        self.rescue: dict[str, Any] | None = None  # the row's extra.rescue, once one was due
         self.prompt_tokens = prompt_tokens  # the prompt's estimate: what a cancelled call was billed at least
         self.delay_s, self.retries = delay_s, retries
         self.start, self.drop = start, drop  # drop: closes an answer that came second (an open stream)
@@ -180,7 +192,7 @@ class Race(Generic[T]):
             self._count()
             if isinstance(error, BackendError):  # the failed request's row says how its race went too
                 error.hedge = self._report(None)
-        won.hedge = self._report(won.deployment)
+        won.hedge, won.rescue = self._report(won.deployment), self.rescue
         return won
 
     async def _race(self) -> Won[T]:
@@ -194,21 +206,47 @@ class Race(Generic[T]):
                 self._launch(self.next_deployment(last), last, hedge=False)
                 hedge_at = self._next_hedge_at()
             timeout = None if hedge_at is None else max(0.0, hedge_at - self.clock())
-            done, _ = await asyncio.wait(self.flying, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            outages = {call.outage: call for call in self.flying.values() if call.outage is not None}
+            done, _ = await asyncio.wait([*self.flying, *outages], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 hedge_at = self._hedge()
                 continue
-            won, last = await self._settle(done, last)
-            if won is not None:
-                return won
+            if ended := [task for task in done if task in self.flying]:
+                won, last = await self._settle(ended, last)
+                if won is not None:
+                    return won
+            for outage in done & outages.keys():
+                self._rescue(outages[outage])
 
-    def _launch(self, deployment: Deployment, last: BackendError | None, hedge: bool) -> None:
-        call = _Call(deployment, len(self.calls) + 1, self.clock(), hedge)
+    def _launch(self, deployment: Deployment, last: BackendError | None, hedge: bool, rescue: bool = False) -> None:
+        outage = deployment.outage() if self.rescues is not None and probed(deployment) else None
+        call = _Call(deployment, len(self.calls) + 1, self.clock(), hedge, rescue, outage)
         self.calls.append(call)
         task = asyncio.create_task(self.start(deployment, call.number, last, self.delay_s if hedge else None))
         self.flying[task] = call
 
+    def _rescue(self, call: _Call) -> None:
+        """`call`'s deployment was taken out: another call, where none was sent yet and none in flight is on a
+        deployment in routing; with no deployment left, the fallback model where there is one, else wait."""
+        call.outage = None
+        assert self.rescues is not None
+        if self.rescue is not None or call.outcome != "running" or any(
+                not c.deployment.unhealthy for c in self.flying.values() if c is not call):
+            return
+        deployment = self.hedge_deployment({c.deployment.name for c in self.calls})
+        self.rescue = {"from": call.deployment.name, "to": None if deployment is None else deployment.name}
+        if deployment is not None:
+            self._launch(deployment, None, hedge=False, rescue=True)
+            return
+        self.rescue["outcome"] = "fallback" if self.fall_back else "no_deployment"
+        self.rescues.count(self.model, self.rescue["outcome"])
+        if self.fall_back:
+            raise deployment_down(call.deployment.name)
+
     def _next_hedge_at(self) -> float | None:
+        if self.policy is None or self.delay_s is None:
+            return None
         hedges = sum(call.hedge for call in self.calls)
         return self.clock() + self.delay_s if hedges < self.policy.config.max_hedges else None
 
@@ -216,6 +254,7 @@ class Race(Generic[T]):
         """The delay passed with no answer: another call, where a deployment and the budget allow."""
         self.hedge_due = True
         deployment = self.hedge_deployment({call.deployment.name for call in self.calls})
+        assert self.policy is not None
         if deployment is None or not self.policy.spend(self.model):
             self.skipped = "no_deployment" if deployment is None else "budget"
             self.policy.count(self.model, self.skipped)
@@ -234,7 +273,8 @@ class Race(Generic[T]):
             error = asyncio.CancelledError() if task.cancelled() else task.exception()
             if error is None and won is None:
                 call.outcome = "won"
-                self.policy.observe(self.model, self.streaming, self.clock() - call.started)
+                if self.policy is not None:
+                    self.policy.observe(self.model, self.streaming, self.clock() - call.started)
                 won = Won(task.result(), call.deployment, self.failures + 1, None)
             elif error is None:
                 call.outcome = "lost"
@@ -259,7 +299,8 @@ class Race(Generic[T]):
         now = self.clock()
         for task, call in self.flying.items():
             call.outcome = "cancelled"
-            if now - call.started >= self.delay_s:  # a lower bound on its latency, and past the delay as it should be
+            # A lower bound on its latency, and past the delay as it should be.
+            if self.policy is not None and self.delay_s is not None and now - call.started >= self.delay_s:
                 self.policy.observe(self.model, self.streaming, now - call.started)
             if not task.cancelled() and task.exception() is None:  # it answered as it was cancelled
                 await self.drop(task.result())
@@ -268,17 +309,19 @@ class Race(Generic[T]):
     def _count(self) -> None:
         answered = any(call.outcome == "won" for call in self.calls)
         for call in self.calls:
-            if call.hedge:
-                outcome = call.outcome
-                if outcome == "cancelled" and answered:
-                    outcome = "lost"
+            outcome = "lost" if call.outcome == "cancelled" and answered else call.outcome
+            if call.hedge and self.policy is not None:
                 self.policy.count(self.model, outcome)
+            if call.rescue and self.rescues is not None and self.rescue is not None:
+                self.rescue["outcome"] = outcome
+                self.rescues.count(self.model, outcome)
 
     def _report(self, winner: Deployment | None) -> dict[str, Any] | None:
         """The row's extra.hedge once a hedge was due; `winner` None: every call failed."""
         if not self.hedge_due:
             return None
         cancelled = [c for c in self.calls if c.outcome in ("cancelled", "lost")]
+        assert self.delay_s is not None
         report: dict[str, Any] = {
             "delay_s": round(self.delay_s, 4), "asked": [c.deployment.name for c in self.calls],
             "hedges": sum(c.hedge for c in self.calls), "won": winner.name if winner is not None else None,

@@ -127,6 +127,8 @@ class OutcomeDraft:
         self.deployment, self.attempts = dispatched.deployment, dispatched.attempts
         if dispatched.hedge is not None:
             self.hedged(dispatched.hedge)
+        if dispatched.rescue is not None:  # its first call's deployment was taken out (gateway/health_rescue.py)
+            self.extra["rescue"] = dispatched.rescue
         if dispatched.limited and self.route is not None:  # steered away from deployments at their rpm / tpm
             self.extra.setdefault("deployment_limits", {})[self.route.model_name] = {"skipped": dispatched.limited}
 

@@ -27,6 +27,7 @@ from gateway.drain import Drain
 from gateway.files import Files
 from gateway.guardrails import Guardrails
 from gateway.health_checks import HealthChecker
+from gateway.health_rescue import Rescues
 from gateway.hedging import HedgePolicy
 from gateway.key_events import KeyEvents
 from gateway.limit_gate import LimitGate
@@ -271,7 +272,9 @@ def build_state(settings: Settings) -> GatewayState:
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, routes=routes,
         dispatcher=Dispatcher(pool, server.num_retries, Guardrails(settings.guardrails, metrics.registry),
-                              HedgePolicy.build(settings.hedging, metrics.registry)),
+                              HedgePolicy.build(settings.hedging, metrics.registry),
+                              Rescues(metrics.registry) if settings.health_checks is not None
+                              and settings.health_checks.rescue_in_flight else None),
         auth=auth, limiter=limiter, metrics=metrics,
         recorder=OutcomeRecorder(writer, metrics, limiter, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),
