@@ -1,6 +1,7 @@
 """What a request holds of its key's budget while it runs (gateway/limits/base.py): its worst case, the
-costliest deployment it may be sent to, at its prompt (estimated, all at the input price: no prompt-cache
-discount in a worst case) and the most it may answer, at its resolved prices (ModelEntry._priced), for every
+costliest deployment it may be sent to, at its prompt (estimated, all at the costliest prompt price, a
+prompt-cache write's where it is above the input price: no discount in a worst case, and at the long-context
+tier the estimate is in) and the most it may answer, at its resolved prices (ModelEntry._priced), for every
 answer it asks for; and the same of its key's team's budget, where the team has one. Settled with its
 real cost when it ends (gateway/outcomes.py)."""
 
@@ -12,6 +13,7 @@ from gateway.auth import Caller
 from gateway.deployments import DeploymentPool
 from gateway.limits.base import DEFAULT_HOLD_TTL_S, Hold
 from gateway.limits.periods import current_period
+from gateway.pricing import worst_case_cost
 from gateway.request_body import ProxyRequest
 from gateway.routing import RouteTable
 
@@ -44,7 +46,7 @@ def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool:
         for deployment in pool.by_model.get(model, ()):
             output = 0 if request.kind == "embedding" else (
                 asked if type(asked) is int else deployment.info.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
-            worst = max(worst, deployment.cost_usd(prompt_tokens, output))
+            worst = max(worst, worst_case_cost(deployment.info, prompt_tokens, output))
     # Past every attempt's timeout, so only a replica that died leaves a hold to lapse.
     return Hold(request_id, worst * answers_asked(request), max(DEFAULT_HOLD_TTL_S, timeout_s * attempts + 60),
                 current_period(caller.budget_period))

@@ -246,7 +246,9 @@ def usage(chat_usage: dict | None) -> dict:
     (gateway/pricing.py reads both from a chat usage)."""
     counted = usage_of(chat_usage)
     return {"input_tokens": counted.uncached, "cache_creation_input_tokens": counted.cache_creation,
-            "cache_read_input_tokens": counted.cached, "output_tokens": counted.completion}
+            "cache_read_input_tokens": counted.cached, "output_tokens": counted.completion,
+            "cache_creation": {"ephemeral_5m_input_tokens": counted.cache_creation - counted.cache_creation_1h,
+                               "ephemeral_1h_input_tokens": counted.cache_creation_1h}}
 
 
 def stop_reason(finish_reason: str | None, called: bool = False) -> str | None:

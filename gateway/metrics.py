@@ -108,7 +108,8 @@ class GatewayMetrics:
                                     [*group, "status"], registry=r)
 
     def observe(self, route_group: str, model: str, status: str, latency_s: float, ttft_s: float | None,
-                prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_usd: float) -> None:
+                prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_usd: float,
+                cache_creation_tokens: int = 0) -> None:
         self.requests.labels(route_group, model, status).inc()
         self.latency.labels(route_group, model).observe(latency_s)
         if ttft_s is not None:
@@ -116,7 +117,8 @@ class GatewayMetrics:
         tokens = self.tokens
         tokens.labels(route_group, model, "prompt").inc(prompt_tokens)
         tokens.labels(route_group, model, "completion").inc(completion_tokens)
-        tokens.labels(route_group, model, "cached").inc(cached_tokens)
+        tokens.labels(route_group, model, "cached").inc(cached_tokens)  # read from the prompt cache
+        tokens.labels(route_group, model, "cache_creation").inc(cache_creation_tokens)  # written to it
         self.cost.labels(route_group, model).inc(cost_usd)
 
     def observe_calibration(self, route_group: str, state: CalibrationState) -> None:

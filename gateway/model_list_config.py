@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from engine.config import KVCacheDtype, Quantization
 from gateway.price_map import TOKEN_PRICES, listed_prices
+from gateway.price_tiers import PriceTier, fold_tier_keys
 from gateway.strict_config import StrictConfig
 
 log = logging.getLogger("pitstop.prices")
@@ -144,13 +145,19 @@ class LitellmParams(BaseModel):
 
 
 class ModelInfo(StrictConfig):
-    # Per-token prices, litellm's names. Where an entry sets none of the four, litellm's price map's for its
-    # litellm_params.model (ModelEntry._priced); Pitstop's engines and models the map does not know cost 0.
+    # Per-token prices, litellm's names. Where an entry sets none of them (tiers included), litellm's price
+    # map's for its litellm_params.model (ModelEntry._priced); Pitstop's engines and models the map does not
+    # know cost 0.
     input_cost_per_token: float = Field(default=0.0, ge=0)
     output_cost_per_token: float = Field(default=0.0, ge=0)
     # Prompt-cache reads and writes (gateway/pricing.py); None: the input price (no discount).
     cache_read_input_token_cost: float | None = Field(default=None, ge=0)
     cache_creation_input_token_cost: float | None = Field(default=None, ge=0)
+    # Anthropic's 1-hour cache writes; None: cache_creation_input_token_cost.
+    cache_creation_input_token_cost_above_1hr: float | None = Field(default=None, ge=0)
+    # Long-context tiers, set as litellm's flat keys (`input_cost_per_token_above_200k_tokens`, ...:
+    # gateway/price_tiers.py), by threshold.
+    price_tiers: tuple[PriceTier, ...] = ()
     tier: Literal["weak", "medium", "strong"] = "medium"
     # The model a learned router knows this deployment as (a name in its training data, e.g.
     # "gpt-4-1106-preview"); default: model_name. Unknown to the router: the tier prior applies.
@@ -188,9 +195,17 @@ class ModelInfo(StrictConfig):
     # Where its prices came from: "config", "litellm" (the price map), "none"; None until an entry resolves it.
     _price_source: PriceSource | None = PrivateAttr(default=None)
 
+    # xAI bills a tier from its threshold on (litellm's _INCLUSIVE_THRESHOLD_PROVIDERS), others above it.
+    _tier_at_threshold: bool = PrivateAttr(default=False)
+
     @property
     def price_source(self) -> PriceSource:
         return self._price_source or "config"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_keys(cls, data: object) -> object:
+        return fold_tier_keys(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _queue_needs_a_limit(self) -> ModelInfo:
@@ -206,9 +221,9 @@ class ModelEntry(StrictConfig):
 
     @model_validator(mode="after")
     def _priced(self) -> ModelEntry:
-        """Prices resolved once, at parse: model_info's where it sets any per-token price (the others then
-        default as ModelInfo says: a negotiated price is never mixed with the map's list price), else litellm's
-        price map's for its model. A wildcard pattern is priced per name it matches (gateway/wildcards.py)."""
+        """Prices resolved once, at parse: model_info's where it sets any per-token price, a tier's or a 1-hour
+        write's included (the others then default as ModelInfo says: a negotiated price is never mixed with the
+        map's list price, nor its tiers), else litellm's price map's for its model, its tiers included. A wildcard pattern is priced per name it matches (gateway/wildcards.py)."""
         info, model = self.model_info, self.litellm_params.model
         if info._price_source is not None or "*" in self.model_name:
             return self
@@ -223,6 +238,7 @@ class ModelEntry(StrictConfig):
             else "none"
         self.model_info = info.model_copy(update=listed or {})  # a copy: a wildcard's pattern shares its info
         self.model_info._price_source = source
+        self.model_info._tier_at_threshold = self.litellm_params.provider == "xai"
         return self
 
     @model_validator(mode="after")

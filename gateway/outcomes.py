@@ -205,9 +205,9 @@ class OutcomeDraft:
 
     @property
     def token_usage(self) -> TokenUsage:
-        """`tokens`, with the prompt-cache writes the usage reports (none where it is estimated)."""
-        created = 0 if self.usage_estimated else usage_of(self.usage).cache_creation
-        return TokenUsage(*self.tokens, created)
+        """`tokens`, with the prompt-cache writes the usage reports, 1-hour ones apart (none where estimated)."""
+        counted = TokenUsage() if self.usage_estimated else usage_of(self.usage)
+        return TokenUsage(*self.tokens, counted.cache_creation, counted.cache_creation_1h)
 
     def estimated_usage(self) -> dict[str, int]:
         """`tokens` as an OpenAI `usage`: what a client is told it was charged."""
@@ -298,7 +298,7 @@ class OutcomeRecorder:
         group = route.route_group if route and route.route_group else ""
         model = route.model_name if route else ""
         self.metrics.observe(group, model, draft.status, latency, draft.ttft_s, prompt_tokens,
-                             completion_tokens, cached_tokens, cost)
+                             completion_tokens, cached_tokens, cost, draft.token_usage.cache_creation)
         draft.baseline_cost_usd = baseline_cost(draft, cost)
         self.metrics.baseline_cost.labels(group, model).inc(draft.baseline_cost_usd)
         if draft.attempts > 1:

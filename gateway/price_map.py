@@ -16,12 +16,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gateway.price_tiers import WRITE_1H, listed_tiers
+
 log = logging.getLogger("pitstop.prices")
 
 MAP_FILE = "model_prices_and_context_window_backup.json"
-# The per-token prices of a model_info, litellm's names: input, output, prompt-cache reads and writes.
+# The per-token prices of a model_info, litellm's names: input, output, prompt-cache reads and writes (1-hour
+# writes apart), and the long-context tiers (ModelInfo.price_tiers: gateway/price_tiers.py).
 TOKEN_PRICES = ("input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
-                "cache_creation_input_token_cost")
+                "cache_creation_input_token_cost", WRITE_1H, "price_tiers")
 
 
 @functools.cache
@@ -52,10 +55,13 @@ def _listing(provider_model: str) -> dict[str, Any] | None:
     return None
 
 
-def listed_prices(provider_model: str) -> dict[str, float] | None:
-    """The map's per-token prices of `provider_model` (those of TOKEN_PRICES it lists), or None where it lists
-    neither an input nor an output price for it."""
+def listed_prices(provider_model: str) -> dict[str, Any] | None:
+    """The map's per-token prices of `provider_model` (those of TOKEN_PRICES it lists, its tiers as
+    `price_tiers`), or None where it lists neither an input nor an output price for it."""
     listing = _listing(provider_model) or {}
-    prices = {name: float(value) for name in TOKEN_PRICES
-              if isinstance(value := listing.get(name), int | float) and not isinstance(value, bool) and value >= 0}
+    prices: dict[str, Any] = {
+        name: float(value) for name in TOKEN_PRICES
+        if isinstance(value := listing.get(name), int | float) and not isinstance(value, bool) and value >= 0}
+    if tiers := listed_tiers(listing):
+        prices["price_tiers"] = tiers
     return prices if {"input_cost_per_token", "output_cost_per_token"} & prices.keys() else None

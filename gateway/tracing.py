@@ -207,7 +207,8 @@ def _outcome_attributes(draft: OutcomeDraft, cost_usd: float) -> dict[str, Any]:
     if draft.usage is not None or draft.usage_estimated:
         prompt_tokens, completion_tokens, cached_tokens = draft.tokens
         attributes |= {"gen_ai.usage.input_tokens": prompt_tokens, "gen_ai.usage.output_tokens": completion_tokens,
-                       "gen_ai.usage.cache_read.input_tokens": cached_tokens, "pitstop.cost_usd": cost_usd}
+                       "gen_ai.usage.cache_read.input_tokens": cached_tokens, "pitstop.cost_usd": cost_usd,
+                       "gen_ai.usage.cache_creation.input_tokens": draft.token_usage.cache_creation}
         if draft.usage_estimated:
             attributes["pitstop.usage_estimated"] = True
     if draft.finish_reason is not None:

@@ -61,3 +61,20 @@ def test_the_worst_case_of_what_the_request_may_cost(world: tuple) -> None:
 def test_no_budget_no_hold(world: tuple) -> None:
     assert hold_usd(world, chat("cheap"), caller=Caller("key-2")) is None
     assert hold_usd(world, chat("cheap"), caller=Caller(None)) is None
+
+
+def test_a_hold_is_at_its_prompts_tier_and_the_costliest_prompt_price() -> None:
+    """A prompt estimated above a long-context tier's threshold holds at the tier's prices; every prompt token at
+    the costliest prompt price, a 1-hour cache write's here (it may be written), the tier's input price above."""
+    info = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "cache_creation_input_token_cost": 1.25e-6,
+            "cache_creation_input_token_cost_above_1hr": 2e-6, "input_cost_per_token_above_1k_tokens": 4e-6,
+            "output_cost_per_token_above_1k_tokens": 6e-6}
+    entry = {"model_name": "long", "litellm_params": {"model": "openai/long", "api_base": "http://127.0.0.1:1/v1"},
+             "model_info": info}
+    settings = parse_settings({"model_list": [entry]})
+    pool = DeploymentPool()
+    pool.add(Deployment("long#0", "long", None, settings.model_list[0].model_info, "openai/long"))  # type: ignore[arg-type]
+    world = (RouteTable(settings), pool)
+    at_threshold, above = "x" * 3_996, "x" * 4_000  # estimated 1,000 and 1,001 prompt tokens
+    assert hold_usd(world, chat("long", at_threshold, max_tokens=50)) == pytest.approx(1_000 * 2e-6 + 50 * 2e-6)
+    assert hold_usd(world, chat("long", above, max_tokens=50)) == pytest.approx(1_001 * 4e-6 + 50 * 6e-6)

@@ -88,7 +88,8 @@ def test_cache_reads_and_writes_are_billed_at_their_prices_on_every_api(
         assert answer.status_code == 200, answer.text
         rows = gateway.rows()
     assert answer.json()["usage"] == {"input_tokens": 100, "cache_creation_input_tokens": 300,
-                                      "cache_read_input_tokens": 600, "output_tokens": 4}
+                                      "cache_read_input_tokens": 600, "output_tokens": 4, "cache_creation": {
+                                          "ephemeral_5m_input_tokens": 300, "ephemeral_1h_input_tokens": 0}}
     billed = 100 * 2e-6 + 600 * 2e-7 + 300 * 2.5e-6 + 4 * 8e-6
     by_endpoint = {(row["model"], row["endpoint"]): row for row in rows}
     assert by_endpoint["own", "chat"]["cost_usd"] == pytest.approx(billed, rel=1e-9)

@@ -69,7 +69,8 @@ def test_an_answer_becomes_a_message_with_anthropics_usage_and_stop_reason() -> 
     assert built["content"] == [{"type": "text", "text": "partial"},
                                 {"type": "tool_use", "id": "c1", "name": "f", "input": {}}]
     assert built["usage"] == {"input_tokens": 36, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 64,
-                              "output_tokens": 7}
+                              "output_tokens": 7, "cache_creation": {"ephemeral_5m_input_tokens": 0,
+                                                                     "ephemeral_1h_input_tokens": 0}}
     assert usage(None)["input_tokens"] == 0
 
 

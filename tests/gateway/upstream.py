@@ -24,6 +24,7 @@ Faults, chosen per request by directives in the last user message (or the prompt
   [echo:1]                   answer the last user message's words (the directives left out): what it read
   [prompt:N] [cached:N]      usage: N prompt tokens (default: the prompt's words), N of them cached
   [created:N]                N written to the prompt cache, reported as litellm reports Anthropic's
+  [created1h:N]              N of those written for an hour (litellm's cache_creation_token_details)
   [answer:B]  [answer:42@b]  answer exactly this text (a short answer, for verified route groups); one
                              naming the instance wins over one that does not
 and per instance through `POST /_admin/mode {"fail": 500}` (every request fails until reset), or

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 DEFAULT_WORDS = 5
-_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context|echo|prompt|cached|created):([0-9.]+)"
+_DIRECTIVE = re.compile(r"\[(fail|break|delay|words|tools|think|context|echo|prompt|cached|created|created1h):([0-9.]+)"
                         r"(?:@([\w-]+))?\]")
 _ANSWER = re.compile(r"\[answer:([^\]@\s]+)(?:@([\w-]+))?\]")
 
@@ -80,7 +80,8 @@ def _custom(tool_spec: dict | None) -> bool:
 def _usage(found: dict[str, float], prompt_tokens: int, completion_tokens: int) -> dict:
     """OpenAI's usage; `[prompt:N]` reports N prompt tokens, `[cached:N]` N of them read from the prompt cache
     (OpenAI's prompt_tokens_details.cached_tokens), `[created:N]` N written to it, as litellm reports an
-    Anthropic answer's cache_creation_input_tokens (and its cache_read_input_tokens beside them)."""
+    Anthropic answer's cache_creation_input_tokens (and its cache_read_input_tokens beside them), `[created1h:N]`
+    N of those for an hour (litellm's cache_creation_token_details)."""
     prompt_tokens = int(found.get("prompt", prompt_tokens))
     usage: dict = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                    "total_tokens": prompt_tokens + completion_tokens}
@@ -89,6 +90,9 @@ def _usage(found: dict[str, float], prompt_tokens: int, completion_tokens: int) 
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     if created:
         usage["prompt_tokens_details"]["cache_creation_tokens"] = created
+        hour = int(found.get("created1h", 0))
+        usage["prompt_tokens_details"]["cache_creation_token_details"] = {
+            "ephemeral_5m_input_tokens": created - hour, "ephemeral_1h_input_tokens": hour}
         usage |= {"cache_creation_input_tokens": created, "cache_read_input_tokens": cached}
     return usage
 
