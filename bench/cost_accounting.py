@@ -12,7 +12,10 @@ prompt starts with the previous call's, so the provider's prompt cache holds tha
   anthropic  a cache breakpoint at each prompt's end: the previous prompt read, the rest written (at 1.25x input)
   gemini     implicit caching: the previous prompt read (from 1,024 tokens), nothing billed for writing
 
-Tiered prices above 200k tokens are not modelled (these sessions stay below them).
+Long context: the same sessions behind a shared system prompt 20,000 tokens short of each tiered model's
+long-context threshold (180,000 tokens for gemini-2.5-pro's 200k tier, 252,000 for gpt-5.4's 272k), cached
+as above, so a session's later turns cross the threshold: billed with and without the tiers (a prompt above
+it has all its tokens at the tier's prices: gateway/pricing.py `rates`).
 
     .venv/bin/python -m bench.cost_accounting [--repeats 7]
 
@@ -38,6 +41,9 @@ OUT = RESULTS / "cost_accounting.json"
 TRAJECTORIES = ROOT.parent / "shared" / "data" / "traces" / "swe_agent" / "swe_trajectories_5.json"
 MODELS = {"openai/gpt-4o": "openai", "openai/gpt-4.1-mini": "openai", "anthropic/claude-sonnet-4-5": "anthropic",
           "gemini/gemini-2.5-pro": "gemini"}
+# Models litellm's map tiers, and how their providers cache (as MODELS).
+TIERED_MODELS = {"gemini/gemini-2.5-pro": "gemini", "openai/gpt-5.4": "openai"}
+SHORT_OF_THRESHOLD = 20_000  # the long-context sessions' system prompt: this many tokens below the threshold
 MIN_CACHED = 1_024  # OpenAI's and Gemini's smallest cached prefix
 CACHE_STEP = 128  # OpenAI caches prefixes in steps of 128 tokens
 
@@ -113,6 +119,35 @@ def costs(source: str, found: list[list[tuple[int, int]]]) -> dict[str, dict]:
     return by_model
 
 
+def long_context(found: list[list[tuple[int, int]]]) -> dict[str, dict]:
+    """The sessions behind a system prompt SHORT_OF_THRESHOLD tokens short of each tiered model's threshold:
+    billed before (cache prices, no tiers) and after (tiers too)."""
+    by_model = {}
+    for model, kind in TIERED_MODELS.items():
+        info = ModelEntry(model_name=model, litellm_params={"model": model}).model_info
+        assert info.price_source == "litellm" and info.price_tiers, f"{model}: litellm's map lists no tier for it"
+        threshold = info.price_tiers[0].above_tokens
+        system = threshold - SHORT_OF_THRESHOLD
+        usages = [u for calls in found for u in billed_usage(kind, [(system + p, a) for p, a in calls])]
+        untiered = info.model_copy(update={"price_tiers": ()})
+        before = sum(token_cost(untiered, u) for u in usages)
+        after = sum(token_cost(info, u) for u in usages)
+        above = [u for u in usages if u.prompt > threshold]
+        above_before, above_after = (sum(token_cost(i, u) for u in above) for i in (untiered, info))
+        by_model[model] = {
+            "threshold_tokens": threshold, "system_prompt_tokens": system, "calls": len(usages),
+            "calls_above_threshold": len(above), "tier_per_million": {
+                k: round(v * 1e6, 4) for k, v in info.price_tiers[0].model_dump(exclude_none=True).items()
+                if k != "above_tokens"},
+            "billed_before_usd": before, "billed_after_usd": after, "after_over_before": after / before,
+            "above_threshold_before_usd": above_before, "above_threshold_after_usd": above_after,
+            "above_threshold_after_over_before": above_after / above_before if above_before else None}
+        print(f"{model:38s} {len(usages):4d} calls  no tiers ${before:8.4f}  tiered ${after:8.4f}  "
+              f"({after / before:.2f}x); the {len(above)} above {threshold:,}: ${above_before:.4f} -> "
+              f"${above_after:.4f}")
+    return by_model
+
+
 _RESOLVE = """
 import time
 t = time.perf_counter()
@@ -147,11 +182,12 @@ def main() -> None:
     args = parser.parse_args()
     source, found = sessions()
     by_model = costs(source, found)
+    long = long_context(found)
     timing = resolution_time(args.repeats)
     print(json.dumps(timing))
     write_report(OUT, {"command": command("bench.cost_accounting"), "machine": machine_info(), "sessions": source,
                        "session_count": len(found), "cache_models": {m: k for m, k in MODELS.items()},
-                       "by_model": by_model, "start_up": timing})
+                       "by_model": by_model, "long_context": long, "start_up": timing})
     print(f"wrote {OUT}")
 
 
