@@ -60,8 +60,10 @@ def fold_tier_keys(data: dict[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         if (tiered := tier_of(key)) is None:
             rest[key] = value
-        else:
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
             tiers.setdefault(tiered[1], {"above_tokens": tiered[1]})[tiered[0]] = value
+        else:  # named as set, not as the tier it is read into
+            raise ValueError(f"{key}: a price per token, at least 0 (got {value!r})")
     if tiers:
         rest["price_tiers"] = [tiers[above] for above in sorted(tiers)]
     return rest

@@ -15,9 +15,10 @@ from typing import cast
 import pytest
 
 from gateway.backends.base import Backend
+from gateway.config import ConfigError
 from gateway.deployments import Deployment
 from gateway.model_list_config import ModelInfo
-from gateway.pricing import TokenUsage, token_cost
+from gateway.pricing import TokenUsage, token_cost, usage_of
 from tests.engine.otlp import SERVER, collector
 from tests.gateway.harness import gateway_config, running_gateway, wait_until
 from tests.gateway.test_gateway_pricing import OWN, _info, chat, litellm_prices, unpriced
@@ -130,3 +131,13 @@ def test_a_cancelled_hedge_is_estimated_at_its_prompts_tier() -> None:
     won = asyncio.run(up.race(policy(delay_s=0.02)).run())
     assert won.hedge is not None and won.hedge["cancelled"] == ["a"]
     assert won.hedge["cancelled_cost_usd"] == pytest.approx(100 * 1e-5)
+
+
+def test_a_bad_tier_price_is_named_and_both_shapes_of_the_1_hour_split_are_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"input_cost_per_token_above_200k_tokens: a price per token, at least 0"):
+        _info(tmp_path, "openai/m", input_cost_per_token_above_200k_tokens=-1.0)
+    litellms = {"prompt_tokens": 900, "prompt_tokens_details": {"cache_creation_tokens": 300,
+                "cache_creation_token_details": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}}
+    anthropics = {"prompt_tokens": 900, "cache_creation_input_tokens": 300,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}
+    assert usage_of(litellms) == usage_of(anthropics) == TokenUsage(900, 0, 0, 300, 200)
