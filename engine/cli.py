@@ -67,6 +67,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--sim", type=Path, metavar="PROFILE", help="a step-time profile JSON: a simulated GPU")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8100)
+    serve.add_argument("--timeout-keep-alive", type=float, default=75.0,
+                       help="seconds an idle client connection is kept open (uvicorn's 5 by default: a client "
+                            "that keeps its own longer, as aiohttp's 15, sends on connections being closed)")
     kv = serve.add_mutually_exclusive_group()
     kv.add_argument("--num-blocks", type=int, help="KV cache size in blocks")
     kv.add_argument("--kv-cache-memory", type=parse_bytes, metavar="BYTES", help="KV cache size, e.g. 4GiB")
@@ -233,7 +236,7 @@ def serve_command(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
                            args.allow_runtime_lora_updating, args.otlp_traces_endpoint, args.allow_weight_updates,
                            args.enable_sleep_mode),
-                host=args.host, port=args.port, log_level=args.log_level)
+                host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
     return 0
 
 

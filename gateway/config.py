@@ -123,6 +123,11 @@ class ServerConfig(StrictConfig):
     # aborted); None waits for all of them. Set it under the orchestrator's kill timeout.
     graceful_shutdown_s: float | None = Field(default=None, ge=0)
     batch_concurrency: int = Field(default=8, ge=1)  # a batch's requests in flight at once (gateway/batches.py)
+    # How long a client's idle connection is kept open (uvicorn's timeout_keep_alive, 5 s by default). Longer
+    # than clients keep theirs idle (httpx and the openai SDK 5 s, aiohttp 15 s), so a client never sends on a
+    # connection the gateway is closing: at uvicorn's 5 s, 3.7% of aiohttp requests sent after 5 s idle failed
+    # with ServerDisconnectedError (tests/gateway/test_keep_alive.py). nginx keeps 75 s too.
+    keep_alive_s: float = Field(default=75.0, gt=0)
     # Seconds between looks at the config file: a changed file's model list is reloaded (gateway/config_reload.py),
     # as a Kubernetes ConfigMap's update reaches every replica. None: only on SIGHUP or POST /config/reload.
     watch_config_s: float | None = Field(default=None, gt=0)

@@ -43,6 +43,13 @@ def _error_from_response(status: int, raw: bytes) -> BackendError:
     return BackendError(status, message, retryable=status == 429 or status >= 500, param=param, code=code)
 
 
+# An idle connection to the upstream is let go after this long: under the 5 s that uvicorn (vLLM's, SGLang's
+# servers) and Node keep one, so the gateway never sends a request on a connection the server is closing
+# (at 30 s, requests after about 5 s idle failed now and then with ServerDisconnectedError: a 502, or a
+# retry and a failure counted against the deployment; tests/gateway/test_keep_alive.py).
+UPSTREAM_IDLE_S = 4.0
+
+
 def _connection_error(exc: BaseException, started: bool) -> BackendError:
     if isinstance(exc, TimeoutError):
         return BackendError(504, "upstream timed out", retryable=not started)
@@ -82,7 +89,7 @@ class OpenAIHTTPBackend:
         if self._closed:  # shut down: a late call must not open a session nobody will close
             raise aiohttp.ClientConnectionError(f"the backend for {self.api_base} is shut down")
         if self._session is None or self._session.closed:  # made on the loop that uses it
-            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=UPSTREAM_IDLE_S)
             self._session = aiohttp.ClientSession(headers=self.headers, connector=connector)
         return self._session
 

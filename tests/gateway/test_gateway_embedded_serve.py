@@ -32,12 +32,14 @@ from tests.storage.pg_cluster import free_port
 
 
 @contextmanager
-def engine_process(model_dir: Path, name: str, log_path: Path) -> Iterator[str]:
-    """`pitstop engine serve` on a free port; yields its OpenAI base URL once it lists its model."""
+def engine_process(model_dir: Path, name: str, log_path: Path, *options: str) -> Iterator[str]:
+    """`pitstop engine serve` on a free port, with `options`; yields its OpenAI base URL (the caller waits
+    until it lists its model: wait_for_models)."""
     port = free_port()
     with log_path.open("w") as log:
         proc = subprocess.Popen([PITSTOP, "engine", "serve", "--model", str(model_dir), "--port", str(port),
-                                 "--served-model-name", name, "--num-blocks", "256", "--log-level", "warning"],
+                                 "--served-model-name", name, "--num-blocks", "256", "--log-level", "warning",
+                                 *options],
                                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield f"http://127.0.0.1:{port}/v1"
