@@ -8,8 +8,9 @@ Two mock upstreams (bench/mock_upstream.py, answering after `--delay-ms`) serve 
 sends the next to the first listed). From `--hang FROM TO` seconds into the load that one is frozen (SIGSTOP: its port still takes connections, nothing is answered, as a
 process stuck in a GC pause, a deadlock or a hung GPU), then thawed (SIGCONT). The gateway's defaults
 otherwise: 2 retries, a deployment cooling down for 30 s after 3 failures in a row, here a request timeout of
-`--request-timeout-s`. Variants: no health checks (the cooldown alone), and `health_checks:` at the
-intervals given. Scenarios (`hosted_vllm/` entries, sent directly): `balanced`, the model's two deployments,
+`--request-timeout-s` (600 s, its default). Variants: no health checks (the cooldown alone), and
+`health_checks:` at the intervals given, each with the requests in flight on the frozen deployment when its
+probes take it out left waiting (`rescue_in_flight: false`) and sent elsewhere (gateway/health_rescue.py). Scenarios (`hosted_vllm/` entries, sent directly): `balanced`, the model's two deployments,
 each request to the one with the fewest in flight; `fallback`, the model's one deployment hangs and
 `fallbacks: {on_error: {m: [backup]}}` names another model, served by the other mock. Open-loop Poisson arrivals (bench/loadgen.py), non-streaming. Writes
 bench/results/gateway_health_checks.json."""
@@ -34,6 +35,7 @@ from bench.procs import ROOT, Service, mock_upstream, pitstop_serve
 
 OUT = ROOT / "bench" / "results" / "gateway_health_checks.json"
 _RETRIES = re.compile(r'^pitstop_retries_total\{model="m"\} ([0-9.e+]+)$', re.M)
+_RESCUES = re.compile(r'^pitstop_health_rescues_total\{model="m",outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
 _PROBES = re.compile(r'^pitstop_health_checks_total\{deployment="([^"]+)",outcome="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -97,12 +99,14 @@ def run_one(scenario: str, name: str, checks: dict | None, args: argparse.Namesp
                 service.stop()
     retries = sum(float(v) for v in _RETRIES.findall(metrics))
     probes = {f"{d} {o}": int(float(v)) for d, o, v in _PROBES.findall(metrics)}
+    rescues = {o: int(float(v)) for o, v in _RESCUES.findall(metrics)}
     row = {"scenario": scenario, "variant": name, "health_checks": checks, "sent": result["sent"], "ok": result["ok"],
            "error_kinds": result["error_kinds"], "retried": int(retries), "upstream_requests": served, "probes": probes,
+           "rescues": rescues,
            "latency_ms": result["latency_ms"], "schedule_lag_ms_p99": result["schedule_lag_ms"]["p99"]}
     lat = row["latency_ms"]
     print(f"{scenario:8s} {name:18s} answered {row['ok']}/{row['sent']}, retried {row['retried']}, served by the hung one / "
-          f"the other {served['hung']}/{served['other']}, latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} mean {lat['mean']} ms, probes {probes}",
+          f"the other {served['hung']}/{served['other']}, latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} mean {lat['mean']} ms, probes {probes}, rescues {rescues}",
           flush=True)
     return row
 
@@ -113,14 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--duration", type=float, default=40.0, help="seconds a run")
     parser.add_argument("--hang", type=float, nargs=2, default=(5.0, 30.0), metavar=("FROM_S", "TO_S"))
     parser.add_argument("--delay-ms", type=float, default=20.0)
-    parser.add_argument("--request-timeout-s", type=float, default=30.0,
-                        help="server.request_timeout_s (the gateway's default: 600)")
+    parser.add_argument("--request-timeout-s", type=float, default=600.0,
+                        help="server.request_timeout_s (the gateway's default)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    # Each with the requests in flight on a deployment taken out left waiting (rescue_in_flight: false) and
+    # sent elsewhere (the default, gateway/health_rescue.py), one after the other.
     variants: dict[str, dict | None] = {
         "cooldown alone": None,
+        "checks, defaults, no rescue": {"rescue_in_flight": False},
         "checks, defaults": {},  # every 5 s, 2 s timeout, out after 2 failures, back after 1 pass
+        "checks, every 1 s, no rescue": {"interval_s": 1.0, "timeout_s": 0.5, "rescue_in_flight": False},
         "checks, every 1 s": {"interval_s": 1.0, "timeout_s": 0.5}}
     rows = [run_one(scenario, name, checks, args) for scenario in ("balanced", "fallback")
             for name, checks in variants.items()]

@@ -3,7 +3,8 @@ each whole answer, and each stream without its first chunk, is answered by the m
 the probes find the first out, and the first call's connection is closed; a stream with its first chunk is
 left alone; with no other deployment the request goes to its fallback model, or with none keeps waiting; a
 deployment coming back triggers nothing, a second outage triggers again; with hedging on, a request whose
-hedge is in flight on a deployment in routing is not rescued as well (at most max_hedges + 1 extra calls)."""
+hedge is in flight on a deployment in routing is not rescued as well (at most max_hedges + 1 extra calls);
+`rescue_in_flight: false` turns it off."""
 
 from __future__ import annotations
 
@@ -218,3 +219,19 @@ def test_a_hedge_in_flight_on_a_deployment_in_routing_is_not_rescued_as_well(hel
         extra = gw.row(request_id)["extra"]
         assert text == "from-b" and extra["hedge"]["hedges"] == 1 and "rescue" not in extra
         assert first.posts + second.posts == 2 and rescues(gw, "no_deployment") is None
+
+
+def test_rescue_in_flight_false_turns_it_off(held: tuple[Held, Held, str, str], tmp_path: Path) -> None:
+    first, second = held[:2]
+    checks = {**CHECKS, "rescue_in_flight": False}
+    raw = gateway_config(tmp_path, [model_entry("m", held[2]), model_entry("m", held[3])], server=HUNG,
+                         health_checks=checks)
+    with running_gateway(raw) as gw, ThreadPoolExecutor(2) as pool:
+        futures = strand(gw, first, second, pool, 1)
+        first.probes_ok = False
+        wait_until(lambda: healthy(gw, "m#0") == 0, what="m#0 out")
+        time.sleep(0.5)  # a rescue, were one due, would have been sent by now
+        assert not futures[0].done() and second.posts == 0 and first.left == 0
+        first.mode = "up"
+        text, request_id = futures[0].result(timeout=30)
+        assert text == "from-a" and "rescue" not in gw.row(request_id)["extra"]
