@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.hybrid_attention import HybridAttention
 from engine.kv_transfer import DISK, KVTransfer
 from engine.sequence import Sequence
 
@@ -17,7 +18,9 @@ class ScheduledBatch:
 
     `kv_transfers`: block copies between the GPU and the host or disk tier (engine/kv_transfer.py) that
     the runner performs, in order, before the forward pass. `attention_window`: with a model whose every layer
-    slides, the keys each query reads, what the step's shape counts of its context."""
+    slides, the keys each query reads, what the step's shape counts of its context. `hybrid_attention`: with a
+    model whose other layers read the whole context (Gemma 3), the shape counts the keys read averaged over
+    the layers (engine/hybrid_attention.py)."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
@@ -25,6 +28,7 @@ class ScheduledBatch:
     kv_transfers: list[KVTransfer] = field(default_factory=list)
     block_size: int = 16  # tokens per KV block: what a transfer moves
     attention_window: int | None = None  # every layer's sliding window: no query reads further back
+    hybrid_attention: HybridAttention | None = None  # some layers slide, the others read it all
 
     def add(self, seq: Sequence, num_new_tokens: int, draft_token_ids: list[int] | None = None) -> None:
         assert num_new_tokens > 0
@@ -53,11 +57,13 @@ class ScheduledBatch:
     def shape(self) -> StepShape:
         prefill_tokens = decode_seqs = kv_tokens = prefill_seqs = draft_tokens = 0
         prefill_attn = 0
-        window = self.attention_window
+        window, hybrid = self.attention_window, self.hybrid_attention
         for seq, n, drafts in zip(self.seqs, self.num_new_tokens, self.draft_token_ids, strict=True):
             context = seq.num_computed_tokens + n
             if window is not None:  # the keys a query reads (the chunk's own keys are a window's worth at most)
                 context = min(context, window + n - 1)
+            elif hybrid is not None:
+                context = hybrid.read_tokens(context, n)
             kv_tokens += context
             if drafts:  # a decode that checks drafts: its extra query rows attend to the context
                 decode_seqs += 1
@@ -81,9 +87,11 @@ class StepShape:
     prefill_tokens: int
     prefill_seqs: int
     decode_seqs: int
-    kv_tokens: int  # sum over the batch of each sequence's context length after this step
+    # Sum over the batch of each sequence's context length after this step (the keys read: a hybrid sliding
+    # model's mean over its layers, a float; engine/hybrid_attention.py).
+    kv_tokens: float
     # Sum of new tokens x context: the quadratic part of prefill attention (draft rows' included).
-    prefill_attention: int
+    prefill_attention: float
     # Draft tokens checked by decoding sequences (speculative decoding): each is one more query row
     # through the model and one more sampled row, on top of its sequence's decode token.
     draft_tokens: int = 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from engine.hybrid_attention import HybridAttention
 from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 
 SPECULATIVE_METHODS = ("ngram", "draft_model")
@@ -131,6 +132,9 @@ class EngineConfig:
     # Every layer of the model attends to at most this many tokens back (Mistral-7B-v0.1's 4,096): the
     # engine sets it from its runner's model; None where some layer reads the whole context.
     attention_window: int | None = None
+    # A model whose other layers read the whole context (Gemma 3): the engine sets it from its runner's model;
+    # it keeps every block, and its steps are priced on the keys each layer reads (engine/hybrid_attention.py).
+    hybrid_attention: HybridAttention | None = None
     # With such a model, release the KV blocks that slid out of the window as a request moves on
     # (engine/block_manager.py); False keeps them to its end (an ablation: bench/sliding_window.py).
     release_slid_out_blocks: bool = True

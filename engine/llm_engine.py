@@ -44,14 +44,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
-        window = getattr(runner, "attention_window", None)
+        window, hybrid = getattr(runner, "attention_window", None), getattr(runner, "hybrid_attention", None)
         # A request holds all of its KV, unless its blocks slide out of the window and are released (and
         # the cache holds a window and a prefill chunk: what such a request holds at most).
         releasing = (window is not None and config.release_slid_out_blocks and config.num_blocks * config.block_size
                      >= window + config.long_prefill_token_threshold + 2 * config.block_size)
         kv_limit = config.max_model_len if releasing else config.num_blocks * config.block_size
         self.config = config = replace(config, max_model_len=min(config.max_model_len, kv_limit),
-                                       attention_window=window)
+                                       attention_window=window, hybrid_attention=hybrid)
         self.runner = runner
         self.clock = clock or WallClock()
         self.tokenizer = tokenizer

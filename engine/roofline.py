@@ -5,6 +5,9 @@
     memory  = (weight bytes + KV bytes read + KV bytes written) / (HBM bytes/s x memory_efficiency)
 
 Decode steps are memory-bound (every step streams all weights), large prefills compute-bound.
+A model whose sliding-window layers sit beside full-attention ones (Gemma 3) reads, per layer, the window or
+the whole context: its step's shape counts the keys read averaged over the layers (engine/hybrid_attention.py),
+which prices both the KV reads and the attention FLOPs exactly, both being per token of every layer.
 Checking speculative drafts adds query rows to a decode: nearly free while the step stays under the
 memory roof (small batches), paid in full once the batch's rows make it compute-bound.
 Activations and the embedding lookup are ignored (tiny next to weights and KV at these sizes).
@@ -33,7 +36,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from engine.batch import StepShape
 from engine.config import QUANTIZATIONS, kv_element_bytes
-from engine.model.config import attention_window, expert_fields
+from engine.hybrid_attention import HybridAttention, hybrid_attention
+from engine.model.config import expert_fields, sliding_layer_count
 from engine.model.families import text_config_of
 
 MIB = 1 << 20
@@ -87,7 +91,8 @@ class ModelShape:
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
     num_sparse_layers: int = 0
-    sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)
+    sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)...
+    num_full_layers: int = 0  # ...but these, which read it all (Gemma 3: 10 of 62 layers; their KV is kept)
     quantization: str | None = None  # "int8" / "fp8": W8A8 projections, one byte a weight; "int4": W4A16
 
     def __post_init__(self) -> None:
@@ -101,6 +106,7 @@ class ModelShape:
         config = text_config_of(config)
         heads = config["num_attention_heads"]
         experts = expert_fields(config.get("model_type", "llama"), config)
+        window, sliding = sliding_layer_count(config.get("model_type", "llama"), config)  # as the engine reads it
         return cls(
             name=name or config.get("_name_or_path") or config.get("model_type", "model"),
             num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"], num_heads=heads,
@@ -112,7 +118,14 @@ class ModelShape:
             num_experts=experts.get("num_experts", 0), experts_per_token=experts.get("num_experts_per_tok", 0),
             expert_intermediate_size=experts.get("moe_intermediate_size", 0),
             num_sparse_layers=len(experts.get("sparse_layers", ())),
-            sliding_window=attention_window(config.get("model_type", "llama"), config))
+            sliding_window=window, num_full_layers=config["num_hidden_layers"] - sliding if window else 0)
+
+    @property
+    def hybrid_attention(self) -> HybridAttention | None:
+        """With sliding and full layers: what a step's shape prices each one reading (engine/batch.py)."""
+        if not self.num_full_layers:
+            return None
+        return hybrid_attention(self.sliding_window, self.num_layers - self.num_full_layers, self.num_layers)
 
     @property
     def shared_layer_params(self) -> int:
@@ -191,7 +204,7 @@ MODELS: dict[str, ModelShape] = {
     "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, num_experts=8, experts_per_token=2,
                                expert_intermediate_size=14336, num_sparse_layers=32),
     # google/gemma-3-27b-it's text_config (transformers' defaults for what it leaves out): 52 of its 62 layers
-    # slide over 1,024 tokens, but its full layers keep every block, so KV is priced as for full attention.
+    # slide over 1,024 tokens; its full layers keep every block, and a step reads each layer's keys.
     "gemma-3-27b": ModelShape.from_hf_config({
         "model_type": "gemma3_text", "num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
         "num_key_value_heads": 16, "head_dim": 128, "intermediate_size": 21504, "vocab_size": 262208,

@@ -134,7 +134,8 @@ class Scheduler:
 
     def schedule(self, now: float) -> ScheduledBatch:
         self.block_manager.expire_pins(now)
-        batch = ScheduledBatch(block_size=self.config.block_size, attention_window=self.config.attention_window)
+        batch = ScheduledBatch(block_size=self.config.block_size, attention_window=self.config.attention_window,
+                               hybrid_attention=self.config.hybrid_attention)
         budget = self.config.max_num_batched_tokens
         scheduled: set[str] = set()
         preempted = False

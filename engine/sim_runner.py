@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 from engine.batch import ScheduledBatch, StepShape
@@ -21,6 +21,7 @@ from engine.clock import Clock
 from engine.disk_cache import DEFAULT_READ_AHEAD_BYTES, DiskEntry
 from engine.disk_index import python_hash_fingerprint
 from engine.disk_store import DiskKVStore
+from engine.hybrid_attention import hybrid_attention
 from engine.sequence import Sequence
 from engine.step_time import StepTimeModel
 
@@ -57,13 +58,16 @@ class SimulatedRunner:
         self._reads: list[tuple[float, list[int]]] = []  # (done at, slots), a heap
         self._read_at: dict[int, float] = {}  # slot -> when its latest read is done
         self.kv_cache_dtype = kv_cache_dtype  # reported; `step_time` prices it (engine/build.py)
-        # A modelled model whose every layer slides: the engine releases the blocks that slid out.
+        # The modelled model (a roofline's ModelShape, or its fields in a fitted profile). One whose every layer
+        # slides: the engine releases the blocks that slid out. One whose other layers read the whole context
+        # (Gemma 3, `num_full_layers`) keeps them all; its steps are priced on the keys each layer reads.
         shape = getattr(step_time, "model", None)
-        window = shape.get("sliding_window") if isinstance(shape, dict) else getattr(shape, "sliding_window", 0)
-        self.attention_window: int | None = window or None
+        info = shape if isinstance(shape, dict) else asdict(shape) if is_dataclass(shape) else {}
+        window, full, layers = info.get("sliding_window") or 0, info.get("num_full_layers") or 0, info.get("num_layers", 0)
+        self.attention_window: int | None = None if full else window or None
+        self.hybrid_attention = hybrid_attention(window, layers - full, layers) if full else None
         # The modelled engine's W8A8 or W4A16 projections, which `step_time` prices (engine/build.py): reported.
-        quantization = shape.get("quantization") if isinstance(shape, dict) else getattr(shape, "quantization", None)
-        self.quantization: str | None = quantization
+        self.quantization: str | None = info.get("quantization")
         self.step_time = step_time
         self.clock = clock
         self.vocab_size = vocab_size
@@ -163,8 +167,11 @@ class SimulatedRunner:
     def _decode_step_times(self, batch: ScheduledBatch, max_steps: int) -> Iterator[float]:
         shape = batch.shape  # a pure-decode batch: each step's KV grows by one token per sequence
         seqs, kv, predict = shape.decode_seqs, shape.kv_tokens, self.step_time.predict
+        hybrid = batch.hybrid_attention  # its sliding layers read no more once a context passes their window
         for step in range(max_steps):  # the first step performs the batch's host and disk copies
-            yield predict(StepShape(0, 0, seqs, kv + step * seqs, 0, 0, 0 if step else shape.kv_tokens_moved,
+            step_kv = (kv + step * seqs if hybrid is None
+                       else sum(hybrid.read_tokens(seq.num_computed_tokens + 1 + step, 1) for seq in batch.seqs))
+            yield predict(StepShape(0, 0, seqs, step_kv, 0, 0, 0 if step else shape.kv_tokens_moved,
                                     0 if step else shape.disk_tokens_read))
 
     def plan_decode_steps(self, batch: ScheduledBatch, max_steps: int, horizon: float) -> int:

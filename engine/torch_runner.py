@@ -16,6 +16,7 @@ import torch
 
 from engine.batch import ScheduledBatch
 from engine.disk_store import DiskKVStore
+from engine.hybrid_attention import HybridAttention, hybrid_attention
 from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
@@ -151,6 +152,12 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         """The sliding window every layer attends to, where every layer slides (engine/block_manager.py)."""
         c = self.config
         return c.sliding_window if c.sliding_window and len(c.sliding_layers) == c.num_layers else None
+
+    @property
+    def hybrid_attention(self) -> HybridAttention | None:
+        """Where some layers slide and the others read the whole context (Gemma 3): what steps are priced on."""
+        c = self.config
+        return hybrid_attention(c.sliding_window or 0, len(c.sliding_layers), c.num_layers)
 
     def close(self) -> None:
         """Finishes the disk tier's writes and closes its file, and stops a tensor-parallel runner's worker

@@ -165,11 +165,10 @@ class ModelConfig:
         return layer in self.sparse_layers
 
 
-def attention_window(model_type: str, raw: dict) -> int:
-    """The window every layer slides over, where every layer slides; 0 where some layer reads it all."""
+def sliding_layer_count(model_type: str, raw: dict) -> tuple[int, int]:
+    """(the sliding window, how many layers slide over it); (0, 0) where none does."""
     fields = _sliding_fields(model_type, raw)
-    window, layers = fields.get("sliding_window"), fields.get("sliding_layers", ())
-    return int(window) if window and len(layers) == raw["num_hidden_layers"] else 0
+    return int(fields.get("sliding_window") or 0), len(fields.get("sliding_layers", ()))
 
 
 def _sliding_fields(model_type: str, raw: dict) -> dict:
