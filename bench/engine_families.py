@@ -12,8 +12,9 @@ order:
 - decode: 8 prompts of 64 tokens, 64 tokens each, greedy; decode tokens/s = 8 x 63 / (last token - first).
 Timed on this thread's CPU time (bench.common.CpuClock: what a dedicated machine would show) and the wall
 clock; ratios to Llama are medians of per-repetition ratios. The roofline part prices a decode step of 1 and
-32 sequences at 4,096 tokens of context each on one H100-SXM (engine/roofline.py). Writes
-bench/results/engine_families.json."""
+32 sequences at 4,096 and 32,768 tokens of context each on one H100-SXM (engine/roofline.py); Gemma 3's sliding
+layers read their window, its full ones the context (and, for comparison, every layer the context, as priced
+before). Writes bench/results/engine_families.json."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ FAMILIES = ("llama", "gemma3", "phi3")
 PREFILL_LEN, DECODE_BATCH, DECODE_PROMPT, DECODE_LEN = 512, 8, 64, 64
 ROOFLINE_MODELS = ("llama-3.1-8b", "phi-3.5-mini", "phi-4-mini", "gemma-3-27b")
 ROOFLINE_CONTEXT = 4096
+ROOFLINE_CONTEXTS = (ROOFLINE_CONTEXT, 32768)  # the second past Gemma 3's 1,024-token window by far
 
 
 def _prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -79,15 +81,28 @@ def measure(runner: TorchModelRunner, vocab: int, rep: int) -> dict[str, dict[st
                     "decode_tok_s": tokens / (decode[clock][1] - decode[clock][0])} for clock in ("cpu", "wall")}
 
 
+def decode_step_s(name: str, batch: int, context: int, per_layer: bool = True) -> float:
+    """The roofline's H100 decode step of `batch` sequences at `context` tokens each; with `per_layer`, a
+    hybrid model's sliding layers read their window (engine/hybrid_attention.py), else every layer the context."""
+    hybrid = MODELS[name].hybrid_attention if per_layer else None
+    read = hybrid.read_tokens(context, 1) if hybrid is not None else context
+    return RooflineStepTime.builtin(name, "H100-SXM").predict(StepShape(0, 0, batch, batch * read, 0))
+
+
 def roofline_rows() -> list[dict]:
     rows = []
     for name in ROOFLINE_MODELS:
-        model = RooflineStepTime.builtin(name, "H100-SXM")
         shape = MODELS[name]
-        steps = {batch: model.predict(StepShape(0, 0, batch, batch * ROOFLINE_CONTEXT, 0)) for batch in (1, 32)}
-        rows.append({"model": name, "params_b": shape.num_params / 1e9, "weight_gib": shape.weight_memory_bytes / 2**30,
-                     "kv_kib_per_token": shape.kv_bytes_per_token / 1024,
-                     "decode_step_ms_batch1": steps[1] * 1e3, "decode_step_ms_batch32": steps[32] * 1e3})
+        row = {"model": name, "params_b": shape.num_params / 1e9, "weight_gib": shape.weight_memory_bytes / 2**30,
+               "kv_kib_per_token": shape.kv_bytes_per_token / 1024}
+        for context in ROOFLINE_CONTEXTS:
+            suffix = "" if context == ROOFLINE_CONTEXT else f"_at_{context}"
+            for batch in (1, 32):
+                row[f"decode_step_ms_batch{batch}{suffix}"] = decode_step_s(name, batch, context) * 1e3
+                if shape.hybrid_attention is not None:  # as it was priced before: every layer reading it all
+                    row[f"decode_step_ms_batch{batch}{suffix}_all_layers_full"] = (
+                        decode_step_s(name, batch, context, per_layer=False) * 1e3)
+        rows.append(row)
     return rows
 
 
@@ -130,15 +145,22 @@ def main() -> None:
                         "prefill_tokens": PREFILL_LEN, "decode_batch": DECODE_BATCH, "decode_prompt": DECODE_PROMPT,
                         "decode_tokens": DECODE_LEN, "reps": args.reps},
               "clocks": "cpu = this thread's CPU time (a dedicated machine), wall = the shared machine's wall clock",
-              "families": results, "roofline_h100": {"context_tokens": ROOFLINE_CONTEXT, "models": roofline_rows()}}
+              "families": results, "roofline_h100": {"context_tokens": ROOFLINE_CONTEXT,
+                                                                   "contexts": ROOFLINE_CONTEXTS,
+                                                                   "models": roofline_rows()}}
     print(write_report(OUT, report))
     for family, row in results.items():
         c = row["cpu"]
         print(f"{family:7} prefill {c['prefill_s'] * 1e3:7.1f} ms ({c['prefill_vs_llama']:.2f}x llama)  "
               f"decode {c['decode_tok_s']:7.1f} tok/s ({c['decode_vs_llama']:.2f}x llama)")
     for r in report["roofline_h100"]["models"]:
-        print(f"{r['model']:14} {r['params_b']:6.2f}B  decode step {r['decode_step_ms_batch1']:.2f} ms (1 seq), "
-              f"{r['decode_step_ms_batch32']:.2f} ms (32 seqs at {ROOFLINE_CONTEXT})")
+        for context in ROOFLINE_CONTEXTS:
+            suffix = "" if context == ROOFLINE_CONTEXT else f"_at_{context}"
+            full = (f"; every layer reading it all {r[f'decode_step_ms_batch1{suffix}_all_layers_full']:.2f} / "
+                    f"{r[f'decode_step_ms_batch32{suffix}_all_layers_full']:.2f} ms"
+                    if f"decode_step_ms_batch1{suffix}_all_layers_full" in r else "")
+            print(f"{r['model']:14} {r['params_b']:6.2f}B  decode step at {context}: {r[f'decode_step_ms_batch1{suffix}']:.2f} "
+                  f"ms (1 seq) / {r[f'decode_step_ms_batch32{suffix}']:.2f} ms (32 seqs){full}")
 
 
 if __name__ == "__main__":
