@@ -145,9 +145,9 @@ def main() -> None:
                         "prefill_tokens": PREFILL_LEN, "decode_batch": DECODE_BATCH, "decode_prompt": DECODE_PROMPT,
                         "decode_tokens": DECODE_LEN, "reps": args.reps},
               "clocks": "cpu = this thread's CPU time (a dedicated machine), wall = the shared machine's wall clock",
-              "families": results, "roofline_h100": {"context_tokens": ROOFLINE_CONTEXT,
-                                                                   "contexts": ROOFLINE_CONTEXTS,
-                                                                   "models": roofline_rows()}}
+              "families": results,
+              "roofline_h100": {"context_tokens": ROOFLINE_CONTEXT, "contexts": ROOFLINE_CONTEXTS,
+                                "models": roofline_rows()}}
     print(write_report(OUT, report))
     for family, row in results.items():
         c = row["cpu"]
