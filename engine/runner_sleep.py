@@ -3,8 +3,10 @@ runner half of vLLM's sleep mode (TorchModelRunner's base class). Two parts, vLL
 
 - "kv_cache": the KV cache tensor is swapped for an empty one, so its storage is freed (on CUDA handed back
   to the driver by `empty_cache`, for another process to use), and allocated again, zeroed, with the same
-  shape on wake. Its contents are forgotten (the engine forgets every cached prefix before). The host tier
-  stays: it is host memory, and the prefix reset has emptied it.
+  shape on wake. Its contents are forgotten (the engine forgets every cached prefix before). The host tier's
+  buffer (`host_kv`, page-locked on CUDA: often tens of GiB a colocated trainer wants) goes with it and comes
+  back zeroed, its slots empty: the prefix reset has emptied its table. A disk tier keeps its files and
+  their index (its memory is the index and a bounded write queue, drained first: engine/disk_store.py).
 - "weights": at level 1 every parameter and buffer is copied to host memory (page-locked on CUDA, so the
   copy back runs at the link's speed) and back on wake. A CPU runner's weights are host memory already:
   they stay where they are and level 1 frees none of them there. At level 2 the parameters are dropped
@@ -53,25 +55,32 @@ class RunnerSleep:
     workspace: GatherWorkspace | None
     model_dir: Path
     weights_stale = False  # the parameters hold no checkpoint: dropped at level 2 and not loaded since
+    host_kv: torch.Tensor  # the host tier's slots (engine/kv_copies.py)
     _kv_shape: tuple[torch.Size, torch.dtype] | None = None  # while the KV cache sleeps
+    _host_kv_shape: torch.Size | None = None  # while the KV cache sleeps, its host tier's
     _slept_weights: dict[str, _SleptTensor] | None = None  # while the weights sleep
 
     if TYPE_CHECKING:
         def _load_everywhere(self, model_dir: Path) -> None: ...
 
     def sleep_memory(self, level: int, tags: Collection[str]) -> dict[str, int]:
-        """Releases `tags` on every rank; returns the bytes the devices gave back, by tag (summed over ranks)."""
+        """Releases `tags` on every rank; returns the bytes the devices gave back, by tag (summed over ranks),
+        and the host tier's as "kv_cache_host"."""
         others = self.workers.call("sleep_memory", level, tuple(tags)) if self.workers is not None else []
         released = {}
         if "kv_cache" in tags:
             released["kv_cache"] = self._release_kv_cache()
+            if host_freed := self._release_host_kv():  # host memory, reported apart from the device's
+                released["kv_cache_host"] = host_freed
         if "weights" in tags:
             released["weights"] = self._release_weights(level)
-        if self.device.type == "cuda":  # the caching allocator would keep it for this process alone
+        if self.device.type == "cuda":  # the caching allocators would keep it for this process alone
             torch.cuda.empty_cache()
+            if hasattr(torch._C, "_host_emptyCache"):  # page-locked blocks are cached as well
+                torch._C._host_emptyCache()
         else:
             _trim_host_heap()
-        return {tag: freed + sum(rank[tag] for rank in others) for tag, freed in released.items()}
+        return {tag: freed + sum(rank.get(tag, 0) for rank in others) for tag, freed in released.items()}
 
     def wake_memory(self, tags: Collection[str]) -> None:
         """Allocates `tags` again on every rank, the weights first (the KV cache takes what is left)."""
@@ -81,6 +90,7 @@ class RunnerSleep:
             self._restore_weights()
         if "kv_cache" in tags:
             self._restore_kv_cache()
+            self._restore_host_kv()
         if self.device.type == "cuda":  # the copies from host memory are asynchronous
             torch.cuda.synchronize(self.device)
 
@@ -111,6 +121,21 @@ class RunnerSleep:
         shape, dtype = self._kv_shape
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self._kv_shape = None
+
+    def _release_host_kv(self) -> int:
+        if self._host_kv_shape is not None:
+            return 0
+        freed = self.host_kv.untyped_storage().nbytes()
+        self._host_kv_shape = self.host_kv.shape
+        self.host_kv = self.host_kv.new_empty(0)
+        return freed
+
+    def _restore_host_kv(self) -> None:
+        if self._host_kv_shape is None:
+            return
+        pinned = self.device.type == "cuda" and self._host_kv_shape.numel() > 0  # as the runner made it
+        self.host_kv = torch.zeros(self._host_kv_shape, dtype=self.host_kv.dtype, pin_memory=pinned)
+        self._host_kv_shape = None
 
     def _release_weights(self, level: int) -> int:
         if self._slept_weights is not None:

@@ -51,7 +51,7 @@ class SleepChange:
     level: int  # the level the engine sleeps at (0: awake)
     sleeping: tuple[str, ...]  # the memory tags asleep now
     changed: tuple[str, ...]  # the tags this call put to sleep or woke (none: it changed nothing)
-    released_bytes: dict[str, int] = field(default_factory=dict)  # sleep: device memory given back, by tag
+    released_bytes: dict[str, int] = field(default_factory=dict)  # sleep: by tag, and kv_cache_host: the host tier's
     reloaded_weights: bool = False  # wake-up: stale weights reloaded from the folder served
 
     def as_json(self) -> dict[str, Any]:
