@@ -8,9 +8,14 @@ weights, POST /update_weights_from_disk with the other folder, wake the KV cache
 the new weights; a restart on that folder until its first answer (the launch to /healthz, polled every
 0.2 s by bench/procs.py, plus the answer). Two random models of the same shape (seeds 0 and 1) take turns.
 
-    .venv/bin/python -m bench.sleep_mode [--repeats 5] [--layers 8 --hidden 512 --vocab 32000] [--kv-cache 512MiB]
+The host KV tier (`--host-tier-only`): two servers side by side, one with `--host-kv-memory` (1 GiB) and
+one without, each slept at level 1 and woken in turns: their resident memory awake, asleep and after the
+wake-up, and the seconds of the wake-up call itself (the tier's buffer allocated again, zeroed).
 
-Writes bench/results/sleep_mode.json."""
+    .venv/bin/python -m bench.sleep_mode [--repeats 5] [--layers 8 --hidden 512 --vocab 32000] [--kv-cache 512MiB]
+    .venv/bin/python -m bench.sleep_mode --host-tier-only [--host-kv 1GiB] [--repeats 5]
+
+Writes bench/results/sleep_mode.json (bench/results/sleep_mode_host_tier.json with --host-tier-only)."""
 
 from __future__ import annotations
 
@@ -26,11 +31,12 @@ from bench.common import RESULTS, command, machine_info, write_report
 from bench.procs import Service, engine_serve, first_token
 
 OUT = RESULTS / "sleep_mode.json"
+HOST_TIER_OUT = RESULTS / "sleep_mode_host_tier.json"
 SERVE_OPTIONS = ("--enable-sleep-mode", "--allow-weight-updates")
 
 
-def _server(model_dir: Path, work: Path, name: str, kv_cache: str) -> tuple[Service, str]:
-    return engine_serve(model_dir, work, name, *SERVE_OPTIONS, "--kv-cache-memory", kv_cache)
+def _server(model_dir: Path, work: Path, name: str, kv_cache: str, *options: str) -> tuple[Service, str]:
+    return engine_serve(model_dir, work, name, *SERVE_OPTIONS, "--kv-cache-memory", kv_cache, *options)
 
 
 def _post(client: httpx.Client, url: str, **kwargs: object) -> dict:
@@ -50,8 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--kv-cache", default="512MiB", help="the server's --kv-cache-memory")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--host-kv", default="1GiB", help="--host-tier-only: the server's --host-kv-memory")
+    parser.add_argument("--host-tier-only", action="store_true", help="measure the host KV tier's release only")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.host_tier_only:
+        host_tier(args, argv)
+        return
     from engine.tiny_model import make_tiny_model
 
     runs: dict[str, list[float]] = {name: [] for name in (
@@ -112,7 +123,57 @@ def main(argv: list[str] | None = None) -> None:
                       "its first answer after a wake-up (level 1) or a level 2 round with new weights, against a "
                       "restart on the new folder", "results": results}
     print(results)
-    write_report(args.out, report)
+    write_report(args.out or OUT, report)
+
+
+def host_tier(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Level 1 sleeps and wake-ups of a server with a host KV tier and one without, in turns."""
+    from engine.tiny_model import make_tiny_model
+
+    setups = {"host_tier": ("--host-kv-memory", args.host_kv), "no_host_tier": ()}
+    runs: dict[str, dict[str, list[float]]] = {
+        name: {key: [] for key in ("rss_awake_mib", "rss_asleep_mib", "rss_woken_mib", "wake_up_s",
+                                   "wake_to_first_answer_s")} for name in setups}
+    released: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory(prefix="pitstop-sleep-") as tmp, httpx.Client(timeout=300) as client:
+        work = Path(tmp)
+        model = make_tiny_model(work / "m0", layers=args.layers, hidden=args.hidden, vocab_size=args.vocab, seed=0)
+        servers = {name: _server(model, work, name, args.kv_cache, *options) for name, options in setups.items()}
+        try:
+            for service, base in servers.values():
+                service.start(timeout_s=300)
+                first_token(client, base)
+            for repeat in range(args.repeats):
+                for name, (service, base) in servers.items():
+                    row = runs[name]
+                    row["rss_awake_mib"].append(service.rss_mib() or 0.0)
+                    released[name] = _post(client, f"{base}/sleep?level=1")["released_bytes"]
+                    row["rss_asleep_mib"].append(service.rss_mib() or 0.0)
+                    t0 = time.perf_counter()
+                    _post(client, f"{base}/wake_up")
+                    row["wake_up_s"].append(time.perf_counter() - t0)
+                    first_token(client, base)
+                    row["wake_to_first_answer_s"].append(time.perf_counter() - t0)
+                    row["rss_woken_mib"].append(service.rss_mib() or 0.0)
+                print(f"repeat {repeat + 1}/{args.repeats}: " + "; ".join(
+                    f"{name} " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in row.items()) for name, row in runs.items()),
+                    flush=True)
+        finally:
+            for service, _ in servers.values():
+                service.stop()
+    results: dict = {"layers": args.layers, "hidden": args.hidden, "vocab": args.vocab, "kv_cache": args.kv_cache,
+                     "host_kv": args.host_kv}
+    for name, row in runs.items():
+        results[name] = {"released_mib": {tag: round(n / 2**20, 1) for tag, n in released[name].items()},
+                         **{key: _median(values, 1 if key.startswith("rss") else 4) for key, values in row.items()}}
+    results["wake_up_s_added_by_host_tier"] = round(results["host_tier"]["wake_up_s"]["median"]
+                                                    - results["no_host_tier"]["wake_up_s"]["median"], 4)
+    report = {"command": command("bench.sleep_mode", argv), "machine": machine_info(),
+              "what": "the resident memory of a server with a host KV tier and one without, awake, asleep at level 1 "
+                      "and woken, and the seconds of the wake-up call and until the first answer after it",
+              "results": results}
+    print(results)
+    write_report(args.out or HOST_TIER_OUT, report)
 
 
 if __name__ == "__main__":
