@@ -4,7 +4,7 @@ start or a reload (gateway/config_reload.py) is asked to take it.
     pitstop config check --config FILE        # parses and validates; lists models (where their prices come
                                               # from), deployments, route groups
     pitstop config diff RUNNING NEW           # what a reload from RUNNING to NEW keeps, builds and retires,
-                                              # and the route groups it rebuilds
+                                              # the route groups it rebuilds, the policies it swaps
 
 Both read the files only: no backend is built (a model folder that is not one, an upstream that does not
 answer, show at start or at the reload, which refuses them without changing anything)."""
@@ -72,6 +72,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from gateway.config_reload import ReloadRefused, plan_reload
     from gateway.deployment_build import new_deployment
     from gateway.deployments import DeploymentPool
+    from gateway.policy_reload import changed_policies
     from gateway.routing import changed_groups
 
     running, new = _read(args.running), _read(args.new)
@@ -93,6 +94,18 @@ def diff_command(args: argparse.Namespace) -> int:
     regrouped = changed_groups(running, new)
     for name in sorted(regrouped):
         print(f"  route group {name}: {'added' if name not in before else 'removed' if name not in after else 'rebuilt'}")
-    if not plan.added and not plan.retired and not regrouped:
+    policies = changed_policies(running, new)
+    for name in policies:
+        print(f"  policy {name}: {_policy_change(getattr(running, name, None), getattr(new, name, None))}")
+    if not plan.added and not plan.retired and not regrouped and not policies:
         print("  nothing changes")
     return 0
+
+
+def _policy_change(before: object, after: object) -> str:
+    """A section added, removed or changed; a server setting (not an attribute of Settings) changed."""
+    if before is None and after is not None:
+        return "added"
+    if after is None and before is not None:
+        return "removed"
+    return "changed (requests in flight finish under the old one)"

@@ -9,7 +9,9 @@ replaced) takes no new request at once and is closed when its requests in flight
 candidates' prices) are unchanged keeps its router as it is (hot-reloaded versions, counts); one added or
 changed is built afresh before the swap, its artifact watched from then on; one removed is gone. A group
 that calibrates its cost preference on its traffic is set up at start, so adding, removing or changing
-one is refused. Every other section (auth, storage, caches, ...) is read when its parts are built, so a
+one is refused. The routing policies (fallbacks, hedging, health_checks, guardrails, server's retry,
+cooldown, strategy and timeout) are swapped with the model list: gateway/policy_reload.py. Every other
+section (auth, storage, caches, the rest of server, ...) is read when its parts are built, so a
 file that changes one is refused whole, naming the sections, and so is a change to a wildcard entry. A
 file that does not parse or validate is refused the same way; in every refusal nothing changes and the
 gateway keeps serving what it had."""
@@ -33,9 +35,17 @@ from gateway.config import ConfigError, Settings, load_settings
 from gateway.deployment_build import adapter_backend, entry_key, make_backend, new_deployment
 from gateway.deployments import Deployment
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
+from gateway.policy_reload import (
+    POLICY_SECTIONS,
+    PreparedPolicies,
+    apply_policies,
+    prepare_policies,
+    restart_only_server,
+)
 from gateway.routing import GroupRouter, changed_groups
 
 if TYPE_CHECKING:
+    from gateway.health_checks import HealthChecker
     from gateway.state import GatewayState
 
 log = logging.getLogger("pitstop.gateway")
@@ -68,11 +78,13 @@ class ReloadReport:
     models_added: list[str] = field(default_factory=list)
     models_removed: list[str] = field(default_factory=list)
     route_groups_changed: list[str] = field(default_factory=list)  # added, removed or rebuilt
+    policies_changed: list[str] = field(default_factory=list)  # gateway/policy_reload.py's names
+    stopped_checker: HealthChecker | None = None  # `health_checks` removed: closed after the swap
 
     def as_json(self) -> dict:
         return {"object": "config.reload", "added": self.added, "retired": self.retired, "kept": self.kept,
                 "models_added": self.models_added, "models_removed": self.models_removed,
-                "route_groups_changed": self.route_groups_changed}
+                "route_groups_changed": self.route_groups_changed, "policies_changed": self.policies_changed}
 
 
 def read_config(path: Path | None) -> Settings:
@@ -88,7 +100,9 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
     """How `current` (the deployments built from `old`'s model list) becomes `new`'s, or ReloadRefused."""
     changed = restart_sections(old, new)
     if changed:
-        raise ReloadRefused("only model_list is read again without a restart; these sections changed: "
+        raise ReloadRefused(f"only model_list, route_groups, {', '.join(POLICY_SECTIONS)} and server's "
+                            "num_retries, cooldown_s, allowed_fails, routing_strategy and request_timeout_s are "
+                            "read again without a restart (the rest needs one); these sections changed: "
                             + ", ".join(changed))
     calibrated = sorted(name for name in changed_groups(old, new)
                         if any(g.name == name and g.calibrate is not None for g in (*old.route_groups,
@@ -107,10 +121,11 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
 
 
 def restart_sections(old: Settings, new: Settings) -> list[str]:
-    """The config's sections other than model_list and route_groups that differ, wildcard entries among them."""
-    exclude = {"model_list", "route_groups", "base_dir"}
+    """The config's sections that differ and are read only at start, wildcard entries among them."""
+    exclude = {"model_list", "route_groups", "base_dir", "server", *POLICY_SECTIONS}
     before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    changed += restart_only_server(old, new)
     if [w.model_dump() for w in old.wildcards] != [w.model_dump() for w in new.wildcards]:
         changed.append("model_list wildcard entries (named with a '*')")
     return changed
@@ -137,9 +152,15 @@ class ConfigReloader:
             regrouped = changed_groups(old, new)
             # Built before the swap (a group's router reads its artifact), off the loop; unchanged ones kept.
             groups = await asyncio.to_thread(state.routes.prepared_groups, old, new) if regrouped else None
+            try:
+                policies = prepare_policies(state, old, new)
+            except (ConfigError, ValueError) as exc:
+                raise ReloadRefused(str(exc)) from None
             built = await self._build(plan, new)
-            report = self._swap(state, plan, built, new, groups)
+            report = self._swap(state, plan, built, new, groups, policies)
             report.route_groups_changed = sorted(regrouped)
+            if report.stopped_checker is not None:
+                await report.stopped_checker.close()
             if regrouped and state.router_artifacts is not None:  # the changed groups' artifacts watched
                 await state.router_artifacts.regroup(regrouped)
             for name in regrouped - {group.name for group in new.route_groups}:
@@ -172,7 +193,7 @@ class ConfigReloader:
         return built
 
     def _swap(self, state: GatewayState, plan: ReloadPlan, built: dict[int, Backend], new: Settings,
-              groups: dict[str, GroupRouter] | None) -> ReloadReport:
+              groups: dict[str, GroupRouter] | None, policies: PreparedPolicies) -> ReloadReport:
         """No await from here to the end: requests see the old model list or the new one, never a mix."""
         old_models, pool = set(state.settings.model_names), state.pool
         report = ReloadReport(kept=sum(d is not None for d in plan.kept))
@@ -189,6 +210,8 @@ class ConfigReloader:
         state.routes.refresh_models(new)
         if groups is not None:
             state.routes.groups = groups
+        report.stopped_checker = apply_policies(state, policies, new)
+        report.policies_changed = policies.changed
         state.models_changed(new, changed={d.model_name for d in plan.retired} | {e.model_name for e in plan.added})
         for deployment in plan.retired:
             report.retired.append(deployment.name)

@@ -23,6 +23,7 @@ from gateway import tracing
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.deployment_limits import RATE_LIMITED_CODE, DeploymentsRateLimited
 from gateway.dispatch import Dispatched
+from gateway.fallback_config import FallbacksConfig
 from gateway.outcomes import OutcomeDraft
 from gateway.routing import Route
 from gateway.state import GatewayState
@@ -43,9 +44,8 @@ def fall_back_reason(exc: BackendError) -> str | None:
     return "error" if exc.retryable or exc.code in ("no_deployment", RATE_LIMITED_CODE) else None
 
 
-def chain(state: GatewayState, route: Route, reason: str) -> list[str]:
+def chain(config: FallbacksConfig, route: Route, reason: str) -> list[str]:
     """The models that may answer instead of `route`'s, in order."""
-    config = state.settings.fallbacks
     explicit = (config.on_context_window if reason == "context_window" else config.on_error).get(route.model_name, [])
     group: list[str] = []
     if config.route_groups and route.decision is not None:
@@ -76,15 +76,16 @@ async def _with_fallbacks(state: GatewayState, draft: OutcomeDraft, dispatch: Ca
 
     route = draft.route
     assert route is not None
+    config = state.settings.fallbacks  # read once: a reload meanwhile leaves this request's chain as it began
     try:
-        if state.pool.cooling(route.model_name) and chain(state, route, "error"):
+        if state.pool.cooling(route.model_name) and chain(config, route, "error"):
             raise BackendError(503, f"every deployment of {route.model_name!r} is cooling down after failures",
                                retryable=True, code="cooling_down")
-        return await call(route.model_name, prefer, bool(chain(state, route, "error")))
+        return await call(route.model_name, prefer, bool(chain(config, route, "error")))
     except BackendError as exc:
         _note_failure(draft, route.model_name, exc)
         reason = fall_back_reason(exc)
-        models = chain(state, route, reason) if reason is not None else []
+        models = chain(config, route, reason) if reason is not None else []
         if not models:
             raise
         first = exc

@@ -57,8 +57,8 @@ def test_diff_says_what_a_reload_keeps_builds_and_retires(tmp_path: Path) -> Non
 
 def test_diff_says_when_a_reload_would_refuse(tmp_path: Path) -> None:
     running = config(tmp_path, "running.yaml", [model_entry("m", A)])
-    new = config(tmp_path, "new.yaml", [model_entry("m", A)], server={"num_retries": 5})
+    new = config(tmp_path, "new.yaml", [model_entry("m", A)], server={"port": 9999})
     done = run_cli_here("config", "diff", str(running), str(new))
-    assert done.returncode == 1 and "these sections changed: server" in done.stdout
+    assert done.returncode == 1 and "these sections changed: server.port" in done.stdout
     missing = run_cli_here("config", "diff", str(running), str(tmp_path / "absent.yaml"))
     assert missing.returncode == 2 and "config file not found" in missing.stderr

@@ -52,9 +52,10 @@ def test_sections_and_wildcards_outside_the_model_list_need_a_restart(tmp_path: 
     old = settings(tmp_path, [*base, wildcard])
     assert restart_sections(old, settings(tmp_path, [model_entry("n", B), wildcard])) == []
     changed = settings(tmp_path, [*base, {**wildcard, "litellm_params": {"model": "openai/*", "api_key": "sk-y"}}],
-                       hedging={"enabled": True})
-    assert restart_sections(old, changed) == ["hedging", "model_list wildcard entries (named with a '*')"]
-    with pytest.raises(ReloadRefused, match="these sections changed: hedging"):
+                       hedging={"enabled": True}, server={"port": 9999, "num_retries": 0})
+    # hedging and server.num_retries reload (gateway/policy_reload.py); server.port does not
+    assert restart_sections(old, changed) == ["server.port", "model_list wildcard entries (named with a '*')"]
+    with pytest.raises(ReloadRefused, match="these sections changed: server.port"):
         plan_reload(old, changed, built(old))
 
 

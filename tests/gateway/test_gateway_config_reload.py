@@ -74,7 +74,8 @@ def test_a_changed_deployment_is_replaced_and_an_unchanged_one_keeps_its_name(
     response = reloadable.reload()
     assert response.status_code == 200, response.text
     assert response.json() == {"object": "config.reload", "added": ["n#0"], "retired": [], "kept": 1,
-                               "models_added": ["n"], "models_removed": [], "route_groups_changed": []}
+                               "models_added": ["n"], "models_removed": [], "route_groups_changed": [],
+                               "policies_changed": []}
     assert reloadable.chat("n") == "from-b"
     models = {m.id for m in reloadable.gateway.openai(api_key=MASTER).models.list()}
     assert {"m", "n"} <= models
@@ -142,7 +143,7 @@ def test_a_session_homed_on_a_retired_deployment_moves_to_the_new_one(
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    ({"server": {"num_retries": 5}}, "these sections changed: server"),
+    ({"server": {"keep_alive_s": 30}}, "these sections changed: server.keep_alive_s"),
     ({"ranking": {"enabled": False}}, "these sections changed: ranking"),
 ])
 def test_a_change_outside_the_model_list_is_refused_and_nothing_changes(
