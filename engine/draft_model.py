@@ -72,6 +72,7 @@ class DraftModelProposer:
         self.shadows: dict[str, tuple[Sequence, Sequence]] = {}  # request id -> (the request, its shadow)
         self.counters = counters or SpeculationCounters()  # the engine's: it counts the draft's passes
         self.max_catch_up = max_catch_up  # tokens a request's shadow computes in one pass at most
+        self._round_start = (0, 0)  # the counters' draft and accepted tokens when the weights last changed
 
     @classmethod
     def from_target(cls, target: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
@@ -201,6 +202,15 @@ class DraftModelProposer:
             drafts[index].append(token)
             if row in drawn_from:
                 probs.setdefault(index, []).append(drawn_from[row])
+
+    def new_round(self) -> float | None:
+        """The acceptance rate of the drafts checked since the last call (a weight update: engine/weight_updates.py),
+        None where none was; the next round starts now."""
+        drafted, accepted = self.counters.draft_tokens, self.counters.accepted_tokens
+        rate = ((accepted - self._round_start[1]) / (drafted - self._round_start[0])
+                if drafted > self._round_start[0] else None)
+        self._round_start = (drafted, accepted)
+        return rate
 
     def close(self) -> None:
         self.runner.close()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput, RequestTiming
-from engine.weight_updates import WeightsLostError, WeightUpdate, checked_folder, update_weights
+from engine.weight_updates import WeightsLostError, WeightUpdate, checked_folders, update_weights
 
 if TYPE_CHECKING:
     from engine.async_engine import _Command, _RequestStream
@@ -94,19 +94,22 @@ class EnginePause:
         """Forget every cached prefix (pins and slower tiers included); returns the blocks forgotten."""
         return await self._call(self.engine.block_manager.reset_prefix_cache)
 
-    async def update_weights(self, model_path: str, abort_all: bool = False) -> WeightUpdate:
-        """New weights from a checkpoint folder of the same model (engine/weight_updates.py). A running
+    async def update_weights(self, model_path: str, abort_all: bool = False,
+                             draft_model_path: str | None = None) -> WeightUpdate:
+        """New weights from a checkpoint folder of the same model (engine/weight_updates.py), and the draft
+        model's from `draft_model_path` in the same pause. A running
         engine is paused for it (its requests finished, or aborted with `abort_all`) and resumed after; one
         paused already stays paused. InvalidRequestError for a folder that will not do, checked before
         anything pauses; EngineBusyError while paused in `keep` mode with requests held."""
-        await asyncio.to_thread(checked_folder, model_path, self.engine.runner.full_config)  # type: ignore[attr-defined]
+        await asyncio.to_thread(checked_folders, self.engine, model_path, draft_model_path)
         async with self._admin_lock():
             self._check_update_allowed()
             paused_here = not self.is_paused
             if paused_here:
                 await self.pause("abort" if abort_all else "wait", clear_cache=False)
             try:
-                return await self._call(lambda: update_weights(self.engine, model_path), fatal=(WeightsLostError,))
+                return await self._call(lambda: update_weights(self.engine, model_path, draft_model_path),
+                                        fatal=(WeightsLostError,))
             finally:
                 if paused_here:
                     await self.resume()

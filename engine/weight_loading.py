@@ -31,9 +31,10 @@ class WeightLoading:
     if TYPE_CHECKING:
         def disk_fingerprint(self) -> dict: ...
 
-    def update_weights(self, model_dir: Path) -> None:
+    def update_weights(self, model_dir: Path, param: str = "model_path") -> None:
         """A checkpoint of the same model copied into the parameters on every rank (engine/weight_updates.py).
-        One that fails part-way is rolled back (InvalidRequestError); WeightsLostError where that fails too."""
+        One that fails part-way is rolled back (InvalidRequestError on `param`); WeightsLostError where that
+        fails too."""
         previous = self.model_dir
         try:
             self._load_everywhere(model_dir)
@@ -44,7 +45,7 @@ class WeightLoading:
                 raise WeightsLostError(f"loading {model_dir} failed ({exc}) and reloading {previous} failed "
                                        f"too ({again})") from again
             raise InvalidRequestError(f"{model_dir}: {exc}; the weights of {previous} are served still",
-                                      "model_path") from None
+                                      param) from None
         if self.workers is not None:
             self.workers.call("adopt_weights", model_dir)
         self.adopt_weights(model_dir)

@@ -2,9 +2,10 @@
 
 - POST /pause?mode=abort|wait|keep&clear_cache=true, POST /resume, GET /is_paused (vLLM's, same
   parameters and answers);
-- POST /update_weights_from_disk `{"model_path", "abort_all_requests"}` (SGLang's): a checkpoint folder of
-  the same model becomes the weights served, without a restart; the engine is paused for it where it is
-  not paused already (its requests finish first, or are aborted);
+- POST /update_weights_from_disk `{"model_path", "abort_all_requests", "draft_model_path"?}` (SGLang's): a
+  checkpoint folder of the same model becomes the weights served, without a restart, and a draft model's
+  folder the draft's in the same pause; the engine is paused for it where it is not paused already (its
+  requests finish first, or are aborted);
 - POST /reset_prefix_cache (vLLM's): every cached prefix forgotten.
 
 They stop or change what every client gets, and the update reads a folder on the engine's machine, so
@@ -21,7 +22,7 @@ from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError, bad_request
 from engine.server.generation import ServerState
 from engine.server.json_body import read_json
-from engine.weight_updates import EngineBusyError
+from engine.weight_updates import DRAFT_PARAM, EngineBusyError
 
 
 def _state(request: Request) -> ServerState:
@@ -77,8 +78,9 @@ async def update_weights_from_disk(request: Request) -> Response:
                           "model_path")
     if not isinstance(abort_all, bool):
         raise bad_request("'abort_all_requests' must be a boolean", "abort_all_requests")
+    draft_model_path = draft_path(body)
     try:
-        update = await state.engine.update_weights(model_path, abort_all)
+        update = await state.engine.update_weights(model_path, abort_all, draft_model_path)
     except EngineBusyError as exc:
         state.metrics.weight_updates.labels("busy").inc()
         raise APIError(409, str(exc), code="engine_busy") from None
@@ -86,6 +88,13 @@ async def update_weights_from_disk(request: Request) -> Response:
         state.metrics.weight_updates.labels("refused").inc()
         raise
     state.metrics.weight_updates.labels("loaded").inc()
-    return JSONResponse({"success": True, "message": f"weights loaded from {update.model_path}",
-                         "model_path": update.model_path, "load_s": round(update.load_s, 4),
-                         "forgotten_blocks": update.forgotten_blocks})
+    return JSONResponse(update.as_json())
+
+
+def draft_path(body: dict) -> str | None:
+    """The request's `draft_model_path` (None: the draft keeps its weights); also read by gateway/weight_admin.py."""
+    value = body.get(DRAFT_PARAM)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise bad_request(f"'{DRAFT_PARAM}' must be a non-empty string: the draft model's checkpoint folder on the "
+                          "engine's machine (or left out: the draft keeps its weights)", DRAFT_PARAM)
+    return value
