@@ -74,6 +74,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from gateway.deployments import DeploymentPool
     from gateway.policy_reload import changed_policies
     from gateway.routing import changed_groups
+    from gateway.wildcard_reload import changed_patterns
 
     running, new = _read(args.running), _read(args.new)
     if running is None or new is None:
@@ -97,7 +98,10 @@ def diff_command(args: argparse.Namespace) -> int:
     policies = changed_policies(running, new)
     for name in policies:
         print(f"  policy {name}: {_policy_change(getattr(running, name, None), getattr(new, name, None))}")
-    if not plan.added and not plan.retired and not regrouped and not policies:
+    patterns = changed_patterns(running, new)
+    for name in patterns:
+        print(f"  wildcard {name}: changed (the names it adopted retired once their requests end)")
+    if not plan.added and not plan.retired and not regrouped and not policies and not patterns:
         print("  nothing changes")
     return 0
 

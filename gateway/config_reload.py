@@ -10,9 +10,9 @@ candidates' prices) are unchanged keeps its router as it is (hot-reloaded versio
 changed is built afresh before the swap, its artifact watched from then on; one removed is gone. A group
 that calibrates its cost preference on its traffic is set up at start, so adding, removing or changing
 one is refused. The routing policies (fallbacks, hedging, health_checks, guardrails, server's retry,
-cooldown, strategy and timeout) are swapped with the model list: gateway/policy_reload.py. Every other
-section (auth, storage, caches, the rest of server, ...) is read when its parts are built, so a
-file that changes one is refused whole, naming the sections, and so is a change to a wildcard entry. A
+cooldown, strategy and timeout) are swapped with the model list: gateway/policy_reload.py, and so are
+wildcard entries: gateway/wildcard_reload.py. Every other section (auth, storage, caches, the rest of
+server, ...) is read when its parts are built, so a file that changes one is refused whole, naming them. A
 file that does not parse or validate is refused the same way; in every refusal nothing changes and the
 gateway keeps serving what it had."""
 
@@ -43,6 +43,13 @@ from gateway.policy_reload import (
     restart_only_server,
 )
 from gateway.routing import GroupRouter, changed_groups
+from gateway.wildcard_reload import (
+    WildcardPlan,
+    apply_wildcards,
+    changed_patterns,
+    dropped_deployments,
+    plan_wildcards,
+)
 
 if TYPE_CHECKING:
     from gateway.health_checks import HealthChecker
@@ -79,12 +86,14 @@ class ReloadReport:
     models_removed: list[str] = field(default_factory=list)
     route_groups_changed: list[str] = field(default_factory=list)  # added, removed or rebuilt
     policies_changed: list[str] = field(default_factory=list)  # gateway/policy_reload.py's names
+    wildcards_changed: list[str] = field(default_factory=list)  # patterns added, removed or changed
     stopped_checker: HealthChecker | None = None  # `health_checks` removed: closed after the swap
 
     def as_json(self) -> dict:
         return {"object": "config.reload", "added": self.added, "retired": self.retired, "kept": self.kept,
                 "models_added": self.models_added, "models_removed": self.models_removed,
-                "route_groups_changed": self.route_groups_changed, "policies_changed": self.policies_changed}
+                "route_groups_changed": self.route_groups_changed, "policies_changed": self.policies_changed,
+                "wildcards_changed": self.wildcards_changed}
 
 
 def read_config(path: Path | None) -> Settings:
@@ -121,14 +130,11 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
 
 
 def restart_sections(old: Settings, new: Settings) -> list[str]:
-    """The config's sections that differ and are read only at start, wildcard entries among them."""
+    """The config's sections that differ and are read only at start."""
     exclude = {"model_list", "route_groups", "base_dir", "server", *POLICY_SECTIONS}
     before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
-    changed += restart_only_server(old, new)
-    if [w.model_dump() for w in old.wildcards] != [w.model_dump() for w in new.wildcards]:
-        changed.append("model_list wildcard entries (named with a '*')")
-    return changed
+    return changed + restart_only_server(old, new)
 
 
 class ConfigReloader:
@@ -156,8 +162,11 @@ class ConfigReloader:
                 policies = prepare_policies(state, old, new)
             except (ConfigError, ValueError) as exc:
                 raise ReloadRefused(str(exc)) from None
+            wildcards = plan_wildcards(state.routes.wildcards, new)
+            plan.retired.extend(dropped_deployments(state, wildcards))  # retired as a removed entry's
             built = await self._build(plan, new)
-            report = self._swap(state, plan, built, new, groups, policies)
+            report = self._swap(state, plan, built, new, groups, policies, wildcards)
+            report.wildcards_changed = changed_patterns(old, new)
             report.route_groups_changed = sorted(regrouped)
             if report.stopped_checker is not None:
                 await report.stopped_checker.close()
@@ -193,7 +202,8 @@ class ConfigReloader:
         return built
 
     def _swap(self, state: GatewayState, plan: ReloadPlan, built: dict[int, Backend], new: Settings,
-              groups: dict[str, GroupRouter] | None, policies: PreparedPolicies) -> ReloadReport:
+              groups: dict[str, GroupRouter] | None, policies: PreparedPolicies,
+              wildcards: WildcardPlan) -> ReloadReport:
         """No await from here to the end: requests see the old model list or the new one, never a mix."""
         old_models, pool = set(state.settings.model_names), state.pool
         report = ReloadReport(kept=sum(d is not None for d in plan.kept))
@@ -207,6 +217,7 @@ class ConfigReloader:
             pool.by_model.pop(model, None)
         pool.by_model.update(listed)
         state.settings = new
+        apply_wildcards(state, wildcards, new)
         state.routes.refresh_models(new)
         if groups is not None:
             state.routes.groups = groups
@@ -220,7 +231,7 @@ class ConfigReloader:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         report.models_added = sorted(listed.keys() - old_models)
-        report.models_removed = sorted(old_models - listed.keys())
+        report.models_removed = sorted((old_models - listed.keys()) | set(wildcards.dropped))
         log.info("config reloaded: %d deployments kept, added %s, retired %s", report.kept,
                  report.added or "none", report.retired or "none")
         return report

@@ -46,15 +46,16 @@ def test_a_changed_entry_is_a_new_deployment(tmp_path: Path) -> None:
     assert plan.kept == [None] and plan.retired == current
 
 
-def test_sections_and_wildcards_outside_the_model_list_need_a_restart(tmp_path: Path) -> None:
+def test_sections_outside_the_model_list_and_policies_need_a_restart(tmp_path: Path) -> None:
     base = [model_entry("m", A)]
     wildcard = {"model_name": "openai/*", "litellm_params": {"model": "openai/*", "api_key": "sk-x"}}
     old = settings(tmp_path, [*base, wildcard])
     assert restart_sections(old, settings(tmp_path, [model_entry("n", B), wildcard])) == []
     changed = settings(tmp_path, [*base, {**wildcard, "litellm_params": {"model": "openai/*", "api_key": "sk-y"}}],
                        hedging={"enabled": True}, server={"port": 9999, "num_retries": 0})
-    # hedging and server.num_retries reload (gateway/policy_reload.py); server.port does not
-    assert restart_sections(old, changed) == ["server.port", "model_list wildcard entries (named with a '*')"]
+    # hedging, server.num_retries and wildcards reload (gateway/policy_reload.py, wildcard_reload.py);
+    # server.port does not
+    assert restart_sections(old, changed) == ["server.port"]
     with pytest.raises(ReloadRefused, match="these sections changed: server.port"):
         plan_reload(old, changed, built(old))
 

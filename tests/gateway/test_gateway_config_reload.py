@@ -75,7 +75,7 @@ def test_a_changed_deployment_is_replaced_and_an_unchanged_one_keeps_its_name(
     assert response.status_code == 200, response.text
     assert response.json() == {"object": "config.reload", "added": ["n#0"], "retired": [], "kept": 1,
                                "models_added": ["n"], "models_removed": [], "route_groups_changed": [],
-                               "policies_changed": []}
+                               "policies_changed": [], "wildcards_changed": []}
     assert reloadable.chat("n") == "from-b"
     models = {m.id for m in reloadable.gateway.openai(api_key=MASTER).models.list()}
     assert {"m", "n"} <= models
