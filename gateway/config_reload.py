@@ -8,8 +8,8 @@ replaced) takes no new request at once and is closed when its requests in flight
 `route_groups` are reloaded too: a group whose config and whose models' model_info (the router's
 candidates' prices) are unchanged keeps its router as it is (hot-reloaded versions, counts); one added or
 changed is built afresh before the swap, its artifact watched from then on; one removed is gone. A group
-that calibrates its cost preference on its traffic is set up at start, so adding, removing or changing
-one is refused. The routing policies (fallbacks, hedging, health_checks, guardrails, server's retry,
+that calibrates its cost preference on its traffic has its calibration loop started, stopped or restarted
+likewise (it reads its traffic from the outcome log: nothing is lost). The routing policies (fallbacks, hedging, health_checks, guardrails, server's retry,
 cooldown, strategy and timeout) are swapped with the model list: gateway/policy_reload.py, and so are
 wildcard entries: gateway/wildcard_reload.py. Every other section (auth, storage, caches, the rest of
 server, ...) is read when its parts are built, so a file that changes one is refused whole, naming them. A
@@ -42,6 +42,7 @@ from gateway.policy_reload import (
     prepare_policies,
     restart_only_server,
 )
+from gateway.route_calibration import RouteCalibrator
 from gateway.routing import GroupRouter, changed_groups
 from gateway.wildcard_reload import (
     WildcardPlan,
@@ -113,12 +114,6 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
                             "num_retries, cooldown_s, allowed_fails, routing_strategy and request_timeout_s are "
                             "read again without a restart (the rest needs one); these sections changed: "
                             + ", ".join(changed))
-    calibrated = sorted(name for name in changed_groups(old, new)
-                        if any(g.name == name and g.calibrate is not None for g in (*old.route_groups,
-                                                                                    *new.route_groups)))
-    if calibrated:
-        raise ReloadRefused(f"route group {calibrated[0]!r} calibrates its cost preference on its traffic, which "
-                            "is set up at start: adding, removing or changing a calibrated group needs a restart")
     unmatched: dict[str, list[Deployment]] = {}
     for deployment in current:
         unmatched.setdefault(deployment.entry_key, []).append(deployment)
@@ -172,6 +167,8 @@ class ConfigReloader:
                 await report.stopped_checker.close()
             if regrouped and state.router_artifacts is not None:  # the changed groups' artifacts watched
                 await state.router_artifacts.regroup(regrouped)
+            if regrouped:
+                await recalibrate(state, regrouped)
             for name in regrouped - {group.name for group in new.route_groups}:
                 with suppress(KeyError):  # a removed group's gauge
                     state.metrics.cost_preference.remove(name)
@@ -289,6 +286,20 @@ class ConfigReloader:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for deployment in list(self.retired):
             await self._close(deployment)
+
+
+async def recalibrate(state: GatewayState, regrouped: set[str]) -> None:
+    """Calibrated groups added, removed or rebuilt: their calibration loops started, stopped, restarted
+    (gateway/route_calibration.py); the gateway's first calibrated group starts its calibrator."""
+    if state.calibrator is None:
+        if not any(g.group.calibrate is not None for g in state.routes.groups.values()):
+            return
+        state.calibrator = RouteCalibrator(state.routes, state.db, state.metrics)
+        if state.router_artifacts is not None:
+            state.router_artifacts.on_swap = state.calibrator.router_changed
+        await state.calibrator.start()
+        return
+    await state.calibrator.regroup(state.routes, regrouped)
 
 
 def forget(state: GatewayState, name: str) -> None:

@@ -137,12 +137,29 @@ class RouteCalibrator:
         self.groups = {name: g for name, g in routes.groups.items() if g.group.calibrate is not None}
         self.db, self.metrics = db, metrics
         self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # each group's loop
 
     async def start(self) -> None:
         for name, group in self.groups.items():
-            self._wake[name] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._loop(name, group), name=f"route-calibration-{name}"))
+            self._begin(name, group)
+
+    def _begin(self, name: str, group: GroupRouter) -> None:
+        self._wake[name] = asyncio.Event()
+        self._tasks[name] = asyncio.create_task(self._loop(name, group), name=f"route-calibration-{name}")
+
+    async def regroup(self, routes: RouteTable, names: set[str]) -> None:
+        """Route groups a config reload added, removed or rebuilt (gateway/config_reload.py): each one's loop
+        stops, and starts again on the group now so named where it calibrates (at once: it reads its traffic
+        from the outcome log, so nothing the old loop knew is lost)."""
+        for name in names:
+            if (task := self._tasks.pop(name, None)) is not None:
+                await stop_tasks([task])
+            self._wake.pop(name, None)
+            self.groups.pop(name, None)
+            group = routes.groups.get(name)
+            if group is not None and group.group.calibrate is not None:
+                self.groups[name] = group
+                self._begin(name, group)
 
     def router_changed(self, name: str) -> None:
         """A group's router was swapped: calibrate it again now."""
@@ -188,4 +205,4 @@ class RouteCalibrator:
             self._wake[name].clear()
 
     async def close(self) -> None:
-        await stop_tasks(self._tasks)
+        await stop_tasks(list(self._tasks.values()))

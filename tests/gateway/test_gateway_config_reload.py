@@ -207,17 +207,34 @@ def test_route_groups_are_rebuilt_where_they_or_their_models_prices_changed(
             reloadable.chat("auto")
 
 
-def test_a_calibrated_route_group_needs_a_restart(upstreams: tuple[UpstreamProcess, UpstreamProcess],
-                                                  tmp_path: Path) -> None:
+def test_a_calibrated_route_group_added_calibrates_a_changed_one_restarts_a_removed_one_stops(
+        upstreams: tuple[UpstreamProcess, UpstreamProcess], tmp_path: Path) -> None:
     a, b = upstreams
     path = tmp_path / "pitstop.yaml"
     models = [model_entry("cheap", a.api_base), model_entry("strong", b.api_base)]
     plain = {"name": "auto", "models": ["cheap", "strong"], "router": "random"}
     with running_gateway(gateway_config(tmp_path, models, [plain], auth=AUTH), config_path=path) as gateway:
-        calibrated = {**plain, "calibrate": {"avg_cost_usd": 0.001}}
+        reloadable = Reloadable(gateway, path, tmp_path)
+
+        def calibration() -> dict | None:
+            group = next(m for m in gateway.openai(api_key=MASTER).models.list().data if m.id == "auto")
+            return group.model_dump()["pitstop"].get("calibration")
+
+        assert calibration() is None and gateway.state.calibrator is None
+        calibrated = {**plain, "calibrate": {"avg_cost_usd": 0.001, "min_requests": 50}}
         write_config(path, gateway_config(tmp_path, models, [calibrated], auth=AUTH))
-        refused = Reloadable(gateway, path, tmp_path).reload()
-        assert refused.status_code == 400 and "calibrates its cost preference" in refused.text
+        assert reloadable.reload().json()["route_groups_changed"] == ["auto"]
+        first = wait_until(calibration, what="the added group calibrated")  # too little traffic yet: it says so
+        assert first["status"] == "too_little_traffic" and first["requests"] == 0
+        task = gateway.state.calibrator._tasks["auto"]
+        changed = {**plain, "calibrate": {"avg_cost_usd": 0.002, "min_requests": 50}}
+        write_config(path, gateway_config(tmp_path, models, [changed], auth=AUTH))
+        assert reloadable.reload().status_code == 200
+        assert task.done() and gateway.state.calibrator._tasks["auto"] is not task  # restarted
+        wait_until(lambda: (calibration() or {}).get("target") == 0.002, what="the changed group calibrated")
+        write_config(path, gateway_config(tmp_path, models, [plain], auth=AUTH))
+        assert reloadable.reload().status_code == 200
+        assert "auto" not in gateway.state.calibrator._tasks and calibration() is None
 
 
 def test_only_the_master_key_reloads(reloadable: Reloadable) -> None:
