@@ -1,15 +1,18 @@
 """What reloading the model list under load costs (gateway/config_reload.py): the same open-loop stream of
 requests with no reload and with `POST /config/reload` every `--every` seconds, side by side.
 
-    .venv/bin/python -m bench.config_reload [--rate 50] [--duration 20] [--every 0.5]
+    .venv/bin/python -m bench.config_reload [--rate 50] [--duration 20] [--every 0.5] [--policies]
 
 One model on two of three mock upstreams (bench/mock_upstream.py: first byte after 20 ms, 10 chunks 5 ms
 apart). Each reload swaps one of the two for the third (one deployment kept, one retired while its
 requests finish, one built), so every request in flight on a retired deployment must still be answered.
+With `--policies` each reload swaps the routing policies too (gateway/policy_reload.py): a fallback chain
+to a second model, hedging, a blocklist guardrail (matching nothing sent) and num_retries 1, there and
+gone on alternate reloads, so every other reload builds a new dispatcher under requests in flight.
 Counted: requests answered and failed (none should fail), latency (whole answers) and time to first token
 (streams) p50 / p99, the reloads done and each reload call's own time. Fresh processes for every run;
 Poisson arrivals with the same seed (bench/loadgen.py; 2 s of warm-up, unrecorded). Writes
-bench/results/config_reload.json."""
+bench/results/config_reload.json (config_reload_policies.json with `--policies`)."""
 
 from __future__ import annotations
 
@@ -34,19 +37,31 @@ OUT = RESULTS / "config_reload.json"
 MASTER = "sk-bench-reload"
 
 
-def config(path: Path, bases: list[str]) -> dict[str, Any]:
-    models = [{"model_name": "mock", "litellm_params": {"model": "hosted_vllm/mock", "api_base": f"{base}/v1"},
-               "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}} for base in bases]
+# What `--policies` turns on at every other reload (and off at the others).
+POLICIES = {"fallbacks": {"on_error": {"mock": ["spare"]}}, "hedging": {"enabled": True, "models": ["mock"]},
+            "guardrails": [{"name": "codename", "kind": "blocklist", "patterns": ["(?i)project\\s+bluebird"]}],
+            "server": {"num_retries": 1}}
+
+
+def config(path: Path, bases: list[str], policies: bool | None = None) -> dict[str, Any]:
+    """`policies`: None, no second model and no policy (the model list alone reloads); False / True: the
+    `spare` model on the last base, and POLICIES off / on."""
+    def entry(name: str, base: str) -> dict:
+        return {"model_name": name, "litellm_params": {"model": f"hosted_vllm/{name}", "api_base": f"{base}/v1"},
+                "model_info": {"input_cost_per_token": 1e-7, "output_cost_per_token": 2e-7}}
+
+    models = [entry("mock", base) for base in bases] + ([entry("spare", bases[-1])] if policies is not None else [])
     return {"model_list": models, "ranking": {"enabled": False}, "auth": {"master_key": MASTER, "require_keys": False},
-            "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")}}
+            "storage": {"url": f"sqlite:///{path.parent / 'pitstop.db'}", "spool_path": str(path.parent / "spool.jsonl")},
+            **(POLICIES if policies else {})}
 
 
 class Reloader(threading.Thread):
     """Rewrites the config between the two model lists and reloads it every `every_s` until stopped."""
 
-    def __init__(self, url: str, path: Path, lists: list[list[str]], every_s: float) -> None:
+    def __init__(self, url: str, path: Path, lists: list[list[str]], every_s: float, policies: bool) -> None:
         super().__init__(daemon=True)
-        self.url, self.path, self.lists, self.every_s = url, path, lists, every_s
+        self.url, self.path, self.lists, self.every_s, self.policies = url, path, lists, every_s, policies
         self.stop = threading.Event()
         self.seconds: list[float] = []
         self.failures: list[str] = []
@@ -55,7 +70,8 @@ class Reloader(threading.Thread):
         turn = 1
         with httpx.Client(timeout=30) as client:
             while not self.stop.wait(self.every_s):
-                self.path.write_text(yaml.safe_dump(config(self.path, self.lists[turn % 2]), sort_keys=False))
+                policies = bool(turn % 2) if self.policies else None
+                self.path.write_text(yaml.safe_dump(config(self.path, self.lists[turn % 2], policies), sort_keys=False))
                 started = time.perf_counter()
                 response = client.post(f"{self.url}/config/reload", headers={"Authorization": f"Bearer {MASTER}"})
                 self.seconds.append(time.perf_counter() - started)
@@ -70,11 +86,12 @@ def run_one(stream: bool, every_s: float | None, args: argparse.Namespace) -> di
 
     def write(path: Path, bases: list[str]) -> None:
         lists.extend([bases[:2], bases[1:]])
-        path.write_text(yaml.safe_dump(config(path, lists[0]), sort_keys=False))
+        path.write_text(yaml.safe_dump(config(path, lists[0], False if args.policies else None), sort_keys=False))
 
     with tempfile.TemporaryDirectory(prefix="pitstop-reload-") as tmp, gateway_on_mocks(
             Path(tmp), mocks, write) as (gateway_url, _):
-        reloader = Reloader(gateway_url, Path(tmp) / "pitstop.yaml", lists, every_s) if every_s else None
+        path = Path(tmp) / "pitstop.yaml"
+        reloader = Reloader(gateway_url, path, lists, every_s, args.policies) if every_s else None
         spec = LoadSpec(url=f"{gateway_url}/v1/chat/completions", rate=args.rate, stream=stream,
                         duration_s=args.duration, model="mock", seed=args.seed, timeout_s=10.0, warmup_s=2.0)
         load_before = os.getloadavg()[0]
@@ -103,13 +120,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--duration", type=float, default=20.0, help="recorded seconds a run")
     parser.add_argument("--every", type=float, default=0.5, help="seconds between reloads")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--policies", action="store_true", help="reloads swap fallbacks, hedging, guardrails too")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    out = args.out or (OUT.with_name("config_reload_policies.json") if args.policies else OUT)
     machine = machine_info()
     rows = [run_one(stream, every, args) for stream in (False, True) for every in (None, args.every)]
     settings = {"rate_per_s": args.rate, "duration_s": args.duration, "reload_every_s": args.every,
-                "warmup_s": 2.0, "first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5}
-    return save_runs("bench.config_reload", argv, args.out, settings, rows, machine)
+                "warmup_s": 2.0, "first_byte_ms": 20, "chunks": 10, "chunk_interval_ms": 5,
+                "policies": POLICIES if args.policies else None}
+    return save_runs("bench.config_reload", argv, out, settings, rows, machine)
 
 
 if __name__ == "__main__":
