@@ -15,19 +15,15 @@ from starlette.applications import Starlette
 from engine.build import build_engine
 from engine.config import SpeculativeConfig
 from engine.server.app import create_app
-from engine.tiny_model import make_tiny_model, make_truncated_model
 from tests.engine.serving import sdk, serve_in_thread
+from tests.engine.test_draft_weight_updates import target_and_draft_folders
 
 PROMPT = "The draft follows the target"
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("draft-http")
-    a, b = make_tiny_model(root / "a", seed=0), make_tiny_model(root / "b", seed=1)
-    return {"a": a, "b": b, "draft_a": make_truncated_model(a, root / "draft_a", 1),
-            "draft_b": make_truncated_model(b, root / "draft_b", 1),
-            "draft_b2": make_truncated_model(b, root / "draft_b2", 2)}
+    return target_and_draft_folders(tmp_path_factory.mktemp("draft-http"))
 
 
 def app_on(target: Path, draft: Path, **options: bool) -> Starlette:

@@ -25,14 +25,17 @@ from engine.weight_updates import DRAFT_PARAM, WeightsLostError, draft_runner, u
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def target_and_draft_folders(root: Path) -> dict[str, Path]:
     """Targets `a` and `b` (other random weights), their one-layer drafts, and a two-layer draft of `b`."""
-    root = tmp_path_factory.mktemp("draft-weights")
     a, b = make_tiny_model(root / "a", seed=0), make_tiny_model(root / "b", seed=1)
     return {"a": a, "b": b, "draft_a": make_truncated_model(a, root / "draft_a", 1),
             "draft_b": make_truncated_model(b, root / "draft_b", 1),
             "draft_b2": make_truncated_model(b, root / "draft_b2", 2)}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return target_and_draft_folders(tmp_path_factory.mktemp("draft-weights"))
 
 
 def engine_on(target: Path, draft: Path | None) -> LLMEngine:
