@@ -15,6 +15,15 @@ class AuthConfig(StrictConfig):
     master_key: str | None = None
 
 
+class TeamDefaults(StrictConfig):
+    """The limits of a team that sets none of its own (each field apart), as `default_*` are a key's."""
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["day", "week", "month"] | None = None
+
+
 class LimitsConfig(StrictConfig):
     fail_open: bool = False
     default_rpm: int | None = Field(default=None, gt=0)
@@ -22,6 +31,7 @@ class LimitsConfig(StrictConfig):
     default_budget_usd: float | None = Field(default=None, ge=0)
     # A key's budget counts its spend since the start of this UTC period (where the key names none).
     default_budget_period: Literal["day", "week", "month"] | None = None
+    team_defaults: TeamDefaults = Field(default_factory=TeamDefaults)
 
 
 class AlertsConfig(StrictConfig):

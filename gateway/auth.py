@@ -30,7 +30,8 @@ class Caller:
     budget_usd: float | None = None
     spent_usd: float = 0.0  # as stored when the key was looked up: seeds the limiter after a restart
     models: frozenset[str] | None = None  # the models and route groups it may send as `model`; None: all
-    priority: float | None = None  # its requests' default and most urgent priority (lower goes first)
+    priority: float | None = None  # its requests' default and most urgent priority (lower goes first): the
+    # key's, else its team's
     budget_period: BudgetPeriod | None = None  # the budget counts this UTC period's spend (None: a lifetime's)
     period_start: int | None = None  # as stored: the period `period_spent_usd` counts (Unix seconds)
     period_spent_usd: float = 0.0
@@ -104,14 +105,17 @@ class Authenticator:
         return None if key is None else self._caller(key)
 
     def _caller(self, key: ApiKey) -> Caller:
+        """The key's limits (the config's defaults where it sets none) and its team's (likewise). A key that
+        sets no priority takes its team's: a team's batch keys yield together; a key's own wins."""
         team = self.teams.get(key.team_id) if key.team_id is not None and self.teams is not None else None
+        priority = key.priority if key.priority is not None or team is None else team.priority
         return Caller(key.id, key.rpm_limit if key.rpm_limit is not None else self.limits.default_rpm,
                       key.budget_usd if key.budget_usd is not None else self.limits.default_budget_usd,
-                      key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, key.priority,
+                      key.spent_usd or 0.0, frozenset(key.models) if key.models is not None else None, priority,
                       cast("BudgetPeriod | None", key.budget_period or self.limits.default_budget_period),
                       key.period_start, key.period_spent_usd or 0.0, key.name,
                       key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm,
-                      TeamLimits.of(team) if team is not None else None)
+                      TeamLimits.of(team, self.limits.team_defaults) if team is not None else None)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its

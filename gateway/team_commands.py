@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.commands import DEFAULT_CONFIG, _names, _positive_int, _usd
+from gateway.commands import DEFAULT_CONFIG, _names, _positive_int, _priority, _usd
 
 NONE = "none"  # `--rpm none`: lift the limit
 
@@ -34,6 +34,8 @@ def _limits(parser: argparse.ArgumentParser, lifting: bool) -> None:
                         help="the budget is for each UTC day, week or calendar month (default: the team's life)")
     parser.add_argument("--models", type=wrap(_names), metavar="NAME,NAME",
                         help="the models and route groups its keys may use (default: all)" + hint)
+    parser.add_argument("--priority", type=wrap(_priority),
+                        help="its keys' requests' priority where a key sets none (lower goes first)" + hint)
 
 
 def add_team_commands(groups: argparse._SubParsersAction) -> None:
@@ -81,7 +83,7 @@ def _unknown_models(args: argparse.Namespace) -> bool:
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     given = {"name": args.name, "rpm_limit": args.rpm, "tpm_limit": args.tpm, "budget_usd": args.budget,
-             "budget_period": args.budget_period, "models": args.models}
+             "budget_period": args.budget_period, "models": args.models, "priority": args.priority}
     return {name: None if value == NONE else value for name, value in given.items() if value is not None}
 
 
@@ -100,14 +102,14 @@ def teams_list_command(args: argparse.Namespace) -> int:
         models = ",".join(team.models) if team.models is not None else "all"
         budget = f"{team.budget_usd}/{team.budget_period}" if team.budget_period else f"{team.budget_usd}"
         print(f"{team.id}  {team.name}  keys={counts.get(team.id, 0)}  rpm={team.rpm_limit}  tpm={team.tpm_limit}  "
-              f"budget={budget}  spent={team.spent_usd:.6f}  models={models}")
+              f"budget={budget}  spent={team.spent_usd:.6f}  models={models}  priority={team.priority}")
     return 0
 
 
 def teams_update_command(args: argparse.Namespace) -> int:
     fields = _fields(args)
     if not fields:
-        print("pitstop: give something to change (--name, --rpm, --tpm, --budget, --budget-period, --models)",
+        print("pitstop: give something to change (--name, --rpm, --tpm, --budget, --budget-period, --models, --priority)",
               file=sys.stderr)
         return 2
     if _unknown_models(args):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from engine.server.errors import APIError
+from gateway.access_config import TeamDefaults
 from gateway.limits.periods import BudgetPeriod
 from gateway.wildcards import name_matches
 from storage.models import Team
@@ -29,9 +30,13 @@ class TeamLimits:
     period_spent_usd: float = 0.0
 
     @classmethod
-    def of(cls, team: Team) -> TeamLimits:
-        return cls(team.id, team.name, team.rpm_limit, team.tpm_limit, team.budget_usd,
-                   cast("BudgetPeriod | None", team.budget_period),
+    def of(cls, team: Team, defaults: TeamDefaults | None = None) -> TeamLimits:
+        """The team's limits, each it sets none of taken from `defaults` (the config's `limits.team_defaults`)."""
+        d = defaults or TeamDefaults()
+        return cls(team.id, team.name, team.rpm_limit if team.rpm_limit is not None else d.rpm,
+                   team.tpm_limit if team.tpm_limit is not None else d.tpm,
+                   team.budget_usd if team.budget_usd is not None else d.budget_usd,
+                   cast("BudgetPeriod | None", team.budget_period or d.budget_period),
                    frozenset(team.models) if team.models is not None else None, team.spent_usd or 0.0,
                    team.period_start, team.period_spent_usd or 0.0)
 

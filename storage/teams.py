@@ -18,7 +18,7 @@ from storage.models import ApiKey, Team
 from storage.spend import add_spend
 
 # What a team's owner may set or change (`metadata`: OpenAI's, pairs of strings).
-TEAM_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_usd", "budget_period", "models", "metadata")
+TEAM_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_usd", "budget_period", "models", "priority", "metadata")
 
 
 class TeamHasKeysError(Exception):
@@ -37,12 +37,12 @@ class TeamStore:
 
     def create(self, name: str, rpm_limit: int | None = None, tpm_limit: int | None = None,
                budget_usd: float | None = None, budget_period: str | None = None, models: list[str] | None = None,
-               metadata: dict[str, str] | None = None) -> Team:
+               priority: float | None = None, metadata: dict[str, str] | None = None) -> Team:
         """A new team; ValueError, starting with the field's name, for a limit no request could meet."""
-        _check(name, rpm_limit, tpm_limit, budget_usd, budget_period, models)
+        _check(name, rpm_limit, tpm_limit, budget_usd, budget_period, models, priority)
         team = Team(name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_usd=budget_usd,
                     budget_period=budget_period, models=list(dict.fromkeys(models)) if models is not None else None,
-                    metadata_=metadata or None, spent_usd=0.0)
+                    priority=priority, metadata_=metadata or None, spent_usd=0.0)
         with self._session.begin() as session:
             session.add(team)
         return team
@@ -105,7 +105,7 @@ class TeamStore:
 
 
 def _check(name: str, rpm_limit: int | None, tpm_limit: int | None, budget_usd: float | None,
-           budget_period: str | None, models: list[str] | None) -> None:
+           budget_period: str | None, models: list[str] | None, priority: float | None) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("name must be a non-empty string")
-    check_limits(rpm_limit, budget_usd, models, None, budget_period, tpm_limit)
+    check_limits(rpm_limit, budget_usd, models, priority, budget_period, tpm_limit)

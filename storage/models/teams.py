@@ -29,4 +29,6 @@ class Team(Base):
     budget_period: Mapped[str | None]  # "day", "week" or "month" (UTC); null: over the team's life
     period_start: Mapped[int | None] = mapped_column(BigInteger)
     period_spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
+    # Its keys' requests' priority where a key sets none (lower goes first; null: none): storage/keys.py's.
+    priority: Mapped[float | None]
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")  # `metadata` is the declarative base's

@@ -83,6 +83,18 @@ def test_a_team_is_created_read_changed_and_deleted(gw: Gateway, admin: httpx.Cl
     assert admin.get(f"/v1/teams/{team['id']}").status_code == 404
 
 
+def test_a_teams_priority_is_set_listed_changed_and_lifted(admin: httpx.Client) -> None:
+    made = admin.post("/v1/teams", json={"name": "batch", "priority": 5})
+    assert made.status_code == 201 and made.json()["priority"] == 5, made.text
+    team_id = made.json()["id"]
+    assert {t["id"]: t["priority"] for t in admin.get("/v1/teams").json()["data"]}[team_id] == 5
+    assert admin.patch(f"/v1/teams/{team_id}", json={"priority": -2.5}).json()["priority"] == -2.5
+    assert admin.get(f"/v1/teams/{team_id}").json()["priority"] == -2.5
+    assert admin.patch(f"/v1/teams/{team_id}", json={"name": "batch-2"}).json()["priority"] == -2.5  # kept
+    assert admin.patch(f"/v1/teams/{team_id}", json={"priority": None}).json()["priority"] is None
+    assert admin.post("/v1/teams", json={"name": "plain"}).json()["priority"] is None
+
+
 def test_a_key_moves_between_teams(admin: httpx.Client) -> None:
     first, second = (admin.post("/v1/teams", json={"name": name}).json()["id"] for name in ("one", "two"))
     key = admin.post("/v1/keys", json={"name": "mover", "team_id": first}).json()
@@ -104,7 +116,11 @@ def test_a_key_moves_between_teams(admin: httpx.Client) -> None:
     ("POST", "/v1/teams", {"name": "x", "models": []}, 400, "models"),
     ("POST", "/v1/teams", {"name": "x", "models": "up"}, 400, "models"),
     ("POST", "/v1/teams", {"name": "x", "metadata": {"k": 1}}, 400, "metadata"),
-    ("POST", "/v1/teams", {"name": "x", "priority": 1}, 400, "priority"),
+    ("POST", "/v1/teams", {"name": "x", "priority": "urgent"}, 400, "priority"),
+    ("POST", "/v1/teams", {"name": "x", "priority": True}, 400, "priority"),
+    ("POST", "/v1/teams", {"name": "x", "priority": 1e12}, 400, "priority"),
+    ("PATCH", "/v1/teams/nope", {"priority": [1]}, 400, "priority"),
+    ("POST", "/v1/teams", {"name": "x", "weight": 1}, 400, "weight"),
     ("POST", "/v1/teams", ["name"], 400, None),
     ("PATCH", "/v1/teams/nope", {"rpm_limit": 5}, 404, None),
     ("PATCH", "/v1/teams/nope", {"name": None}, 400, "name"),
@@ -156,13 +172,24 @@ def test_the_cli_makes_teams_and_their_keys(tmp_path: Path) -> None:
     assert f"team={team_id}" in run_cli_here("keys", "list", "--config", str(config)).stdout
     listed = run_cli_here("teams", "list", "--config", str(config)).stdout
     assert f"{team_id}  platform  keys=1  rpm=60  tpm=None  budget=25.0/month" in listed
+    assert "models=up  priority=None" in listed
 
     assert run_cli_here("teams", "update", team_id, "--config", str(config), "--rpm", "none", "--tpm", "1000",
-                        "--budget-period", "none").returncode == 0
+                        "--budget-period", "none", "--priority", "5").returncode == 0
     url = gateway_config(tmp_path, [])["storage"]["url"]
     team = TeamStore(url).get(team_id)
     assert team is not None and (team.rpm_limit, team.tpm_limit, team.budget_period, team.budget_usd) == (
         None, 1000, None, 25.0)
+    assert team.priority == 5 and "priority=5.0" in run_cli_here("teams", "list", "--config", str(config)).stdout
+    assert run_cli_here("teams", "update", team_id, "--config", str(config), "--priority", "none").returncode == 0
+    assert TeamStore(url).get(team_id).priority is None  # type: ignore[union-attr]
+    made = run_cli_here("teams", "create", "--config", str(config), "--name", "batch", "--priority", "-3")
+    assert made.returncode == 0, made.stderr
+    batch = TeamStore(url).get(re.search(r"^id: (\S+)$", made.stdout, re.M).group(1))  # type: ignore[union-attr]
+    assert batch is not None and batch.priority == -3
+    for bad in ("urgent", "1e10", "nan"):
+        refused = run_cli_here("teams", "create", "--config", str(config), "--name", "x", "--priority", bad)
+        assert refused.returncode == 2 and "--priority" in refused.stderr, bad
 
     for args, code, said in [
         (("keys", "create", "--name", "x", "--team", "nope"), 2, "--team: no team 'nope'"),

@@ -1,6 +1,7 @@
 """Teams in the database, on SQLite and PostgreSQL: create, change, list with their keys, spend (lifetime and
 the budget period's), deletion refused while a key is active; keys given to a team that must exist; and
-migration 0024 taking a database that has keys, rows and usage sums to teams (and back)."""
+migration 0024 taking a database that has keys, rows and usage sums to teams (and back); a team's priority
+kept and checked, and migration 0027 adding and dropping its column."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_a_team_is_created_changed_and_listed(db_url: str) -> None:
         "infra", None, 1000, 5.0, None)
     assert [t.id for t in teams.list()] == [team.id]
     for bad in ({"rpm_limit": 0}, {"tpm_limit": -1}, {"budget_usd": -1.0}, {"budget_period": "year"},
-                {"models": []}, {"name": " "}, {"priority": 1}):
+                {"models": []}, {"name": " "}, {"priority": 1e12}, {"weight": 1}):
         with pytest.raises(ValueError):
             teams.update(team.id, **bad)
     with pytest.raises(ValueError, match="^name"):
@@ -121,4 +122,25 @@ def test_migration_0024_takes_a_database_with_keys_rows_and_sums(db_url: str) ->
         assert connection.scalar(sa.text("SELECT SUM(requests) FROM usage_rollup WHERE width_s = 3600")) == 3
         assert "team_id" not in {c["name"] for c in sa.inspect(connection).get_columns("api_keys")}
     upgrade(engine)
+    engine.dispose()
+
+
+def test_a_teams_priority_is_kept_checked_and_migration_0027_adds_and_drops_it(db_url: str) -> None:
+    teams = TeamStore(db_url)
+    team = teams.create("batch", priority=5)
+    assert teams.get(team.id).priority == 5  # type: ignore[union-attr]
+    assert teams.update(team.id, name="batch-2").priority == 5  # a change of something else keeps it
+    assert teams.update(team.id, priority=None).priority is None
+    with pytest.raises(ValueError, match="^priority"):
+        teams.create("x", priority=1e12)
+    teams.update(team.id, priority=-1.5)
+
+    engine = create_engine(db_url)
+    command.downgrade(alembic_config(engine.url.render_as_string(hide_password=False)), "0026")
+    with engine.connect() as connection:
+        assert "priority" not in {c["name"] for c in sa.inspect(connection).get_columns("teams")}
+        assert connection.scalar(sa.text("SELECT name FROM teams")) == "batch-2"  # the team itself kept
+    upgrade(engine)
+    assert current_revision(engine) == head_revision() == "0027"
+    assert TeamStore(engine).get(team.id).priority is None  # type: ignore[union-attr]  # none before the column
     engine.dispose()
