@@ -133,6 +133,11 @@ class Authenticator:
         token, master = bearer_token(headers), self.auth.master_key
         return bool(token and master and hmac.compare_digest(token.encode(), master.encode()))
 
+    def reconfigure(self, limits: LimitsConfig) -> None:
+        """New defaults (a config reload): every cached caller dropped, so the next request reads them."""
+        self.limits = limits
+        self._cache.clear()
+
     def forget(self, subject: str) -> None:
         """Drop a key's cached lookups (its limits changed, or it was revoked), or with "team:<id>" those of
         every key of that team (the team changed), so the next request reads them."""

@@ -4,7 +4,7 @@ start or a reload (gateway/config_reload.py) is asked to take it.
     pitstop config check --config FILE        # parses and validates; lists models (where their prices come
                                               # from), deployments, route groups
     pitstop config diff RUNNING NEW           # what a reload from RUNNING to NEW keeps, builds and retires,
-                                              # the route groups it rebuilds, the policies it swaps
+                                              # the route groups it rebuilds, the policies, limits and alerts it swaps
 
 Both read the files only: no backend is built (a model folder that is not one, an upstream that does not
 answer, show at start or at the reload, which refuses them without changing anything)."""
@@ -72,6 +72,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from gateway.config_reload import ReloadRefused, plan_reload
     from gateway.deployment_build import new_deployment
     from gateway.deployments import DeploymentPool
+    from gateway.limits_reload import changed_limits
     from gateway.policy_reload import changed_policies
     from gateway.routing import changed_groups
     from gateway.wildcard_reload import changed_patterns
@@ -101,7 +102,10 @@ def diff_command(args: argparse.Namespace) -> int:
     patterns = changed_patterns(running, new)
     for name in patterns:
         print(f"  wildcard {name}: changed (the names it adopted retired once their requests end)")
-    if not plan.added and not plan.retired and not regrouped and not policies and not patterns:
+    limits = changed_limits(running, new)
+    for name in limits:
+        print(f"  policy {name}: changed (from each key's next request; requests admitted keep theirs)")
+    if not plan.added and not plan.retired and not regrouped and not policies and not patterns and not limits:
         print("  nothing changes")
     return 0
 

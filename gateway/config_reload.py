@@ -11,7 +11,8 @@ changed is built afresh before the swap, its artifact watched from then on; one 
 that calibrates its cost preference on its traffic has its calibration loop started, stopped or restarted
 likewise (it reads its traffic from the outcome log: nothing is lost). The routing policies (fallbacks, hedging, health_checks, guardrails, server's retry,
 cooldown, strategy and timeout) are swapped with the model list: gateway/policy_reload.py, and so are
-wildcard entries: gateway/wildcard_reload.py. Every other section (auth, storage, caches, the rest of
+wildcard entries: gateway/wildcard_reload.py, and `limits` (but fail_open) and `alerts`:
+gateway/limits_reload.py. Every other section (auth, storage, caches, the rest of
 server, ...) is read when its parts are built, so a file that changes one is refused whole, naming them. A
 file that does not parse or validate is refused the same way; in every refusal nothing changes and the
 gateway keeps serving what it had."""
@@ -34,6 +35,7 @@ from gateway.backends.base import Backend
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.deployment_build import adapter_backend, entry_key, make_backend, new_deployment
 from gateway.deployments import Deployment
+from gateway.limits_reload import LIMIT_SECTIONS, apply_limits, changed_limits, restart_only_limits
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
 from gateway.policy_reload import (
     POLICY_SECTIONS,
@@ -110,8 +112,9 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
     """How `current` (the deployments built from `old`'s model list) becomes `new`'s, or ReloadRefused."""
     changed = restart_sections(old, new)
     if changed:
-        raise ReloadRefused(f"only model_list, route_groups, {', '.join(POLICY_SECTIONS)} and server's "
-                            "num_retries, cooldown_s, allowed_fails, routing_strategy and request_timeout_s are "
+        raise ReloadRefused(f"only model_list, route_groups, {', '.join(POLICY_SECTIONS)}, server's "
+                            "num_retries, cooldown_s, allowed_fails, routing_strategy and request_timeout_s, "
+                            "limits (but fail_open) and alerts are "
                             "read again without a restart (the rest needs one); these sections changed: "
                             + ", ".join(changed))
     unmatched: dict[str, list[Deployment]] = {}
@@ -126,10 +129,10 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
 
 def restart_sections(old: Settings, new: Settings) -> list[str]:
     """The config's sections that differ and are read only at start."""
-    exclude = {"model_list", "route_groups", "base_dir", "server", *POLICY_SECTIONS}
+    exclude = {"model_list", "route_groups", "base_dir", "server", *POLICY_SECTIONS, *LIMIT_SECTIONS}
     before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
-    return changed + restart_only_server(old, new)
+    return changed + restart_only_server(old, new) + restart_only_limits(old, new)
 
 
 class ConfigReloader:
@@ -202,7 +205,7 @@ class ConfigReloader:
               groups: dict[str, GroupRouter] | None, policies: PreparedPolicies,
               wildcards: WildcardPlan) -> ReloadReport:
         """No await from here to the end: requests see the old model list or the new one, never a mix."""
-        old_models, pool = set(state.settings.model_names), state.pool
+        old, old_models, pool = state.settings, set(state.settings.model_names), state.pool
         report = ReloadReport(kept=sum(d is not None for d in plan.kept))
         listed: dict[str, list[Deployment]] = {}
         for index, (entry, kept) in enumerate(zip(plan.entries, plan.kept, strict=True)):
@@ -219,7 +222,8 @@ class ConfigReloader:
         if groups is not None:
             state.routes.groups = groups
         report.stopped_checker = apply_policies(state, policies, new)
-        report.policies_changed = policies.changed
+        report.policies_changed = policies.changed + changed_limits(old, new)
+        apply_limits(state, new)
         state.models_changed(new, changed={d.model_name for d in plan.retired} | {e.model_name for e in plan.added})
         for deployment in plan.retired:
             report.retired.append(deployment.name)
