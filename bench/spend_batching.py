@@ -15,7 +15,8 @@ the summary gives each figure's median over the reps.
     git worktree add /tmp/base <the commit before>
     .venv/bin/python -m bench.spend_batching --base /tmp/base [--requests 2000] [--rate 200] [--reps 3]
 
-Writes bench/results/spend_batching.json."""
+Writes bench/results/spend_batching.json (or `--out`). The same comparison measures later changes to the
+writer against their commit before: `--base` a worktree of it, `--out` a file of their own."""
 
 from __future__ import annotations
 
@@ -235,10 +236,11 @@ def _median(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, help="a worktree of the commit before (the per-request UPDATEs)")
+    parser.add_argument("--base", type=Path, help="a worktree of the commit to compare with (before)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0, help="the paced runs' requests a second")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="default bench/results/spend_batching.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,7 +262,7 @@ def main() -> None:
     summary = {mode: {name: _median(results) for name, results in by_name.items()} for mode, by_name in runs.items()}
     base_rev = subprocess.run(["git", "-C", str(args.base), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
-    path = write_report(RESULTS / "spend_batching.json", {
+    path = write_report(args.out or RESULTS / "spend_batching.json", {
         "command": command("bench.spend_batching"), "machine": machine_info(), "before_commit": base_rev,
         "summary": summary, "runs": runs})
     print(json.dumps(summary, indent=2))

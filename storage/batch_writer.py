@@ -242,6 +242,10 @@ class BatchWriter:
                 return True
             with self._cond:
                 self._cond.notify_all()
+                # What came in while this batch was written waits for the next interval unless it fills a
+                # batch or someone waits: writing it at once turns steady load into many tiny transactions.
+                if not chunk and not self._should_wake():
+                    return True
 
     def _decode(self, lines: list[str]) -> list[dict[str, Any]]:
         rows = []

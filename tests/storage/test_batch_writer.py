@@ -65,6 +65,43 @@ def test_flush_interval_writes_a_partial_batch(db_url: str) -> None:
         assert outcome_ids(db_url) == ["req-000001"]
 
 
+def _wait_for(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.01)
+    assert condition(), "the writer never got there"  # type: ignore[operator]
+
+
+def test_rows_arriving_during_a_write_wait_for_the_interval_unless_they_fill_a_batch(db_url: str) -> None:
+    """Steady load must not become a transaction per handful of rows: what came in while a batch was
+    being written waits for the next interval (here far off), unless it fills a batch or a flush asks."""
+    writer = HeldOutcomeWriter(db_url, batch_size=3, flush_interval_s=60)
+    inserts = 0
+    insert_rows = writer._insert_rows
+
+    def counted(rows: list[dict[str, object]]) -> None:
+        nonlocal inserts
+        inserts += 1
+        insert_rows(rows)
+
+    writer._insert_rows = counted  # type: ignore[method-assign]
+    for i in range(3):
+        writer.submit(outcome_row(i))  # a full batch wakes the writer at once
+    assert writer.inserting.wait(10)
+    writer.submit(outcome_row(3))
+    writer.submit(outcome_row(4))
+    writer.release.set()
+    _wait_for(lambda: writer.stats().written == 3)
+    time.sleep(0.3)  # room for the writer to (wrongly) go on with the two rows left
+    assert inserts == 1 and writer.stats().buffered == 2
+    writer.submit(outcome_row(5))  # fills the batch: written without waiting for the interval
+    _wait_for(lambda: writer.stats().written == 6)
+    writer.submit(outcome_row(6))
+    assert writer.flush(timeout=10) and inserts == 3
+    assert writer.close(timeout=10)
+    assert len(outcome_ids(db_url)) == 7
+
+
 def test_resubmitted_rows_are_skipped_not_duplicated(db_url: str) -> None:
     with OutcomeWriter(db_url, batch_size=10, flush_interval_s=0.05) as writer:
         for i in range(25):
