@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from engine.server.errors import APIError
 from gateway import (
+    audit_endpoints,
     batch_endpoints,
     cache_admin,
     config_endpoint,
@@ -23,6 +24,7 @@ from gateway import (
     endpoints,
     files,
     key_admin,
+    key_rotation,
     media,
     moderation,
     proxy,
@@ -74,6 +76,8 @@ ROUTES = [
     Route("/v1/keys/{key_id}", key_admin.get_key, methods=["GET"]),
     Route("/v1/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
     Route("/v1/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
+    Route("/v1/keys/{key_id}/rotate", key_rotation.rotate_key, methods=["POST"]),  # a new secret, old one's grace
+    *audit_endpoints.ROUTES,  # /v1/organization/audit_logs: admin changes, master key
     *team_admin.ROUTES,  # /v1/teams: keys that share a budget and limits, master key
     Route("/v1/cache", cache_admin.flush_cache, methods=["DELETE"]),
     Route("/config/reload", config_endpoint.reload_config, methods=["POST"]),  # the model list, master key

@@ -1,5 +1,7 @@
 """Who is calling: an API key (stored hashed, looked up off the event loop with its team, and cached
-briefly), the master key, or nobody when the config does not require keys."""
+briefly), the master key, or nobody when the config does not require keys. A key's expiry and a rotated
+secret's grace are checked at each request against the cached caller, so the cache never lets either
+through past its moment."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import hmac
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import cast
 
 from starlette.datastructures import Headers
@@ -16,7 +19,7 @@ from gateway.access_config import AuthConfig, LimitsConfig
 from gateway.limits.periods import BudgetPeriod
 from gateway.team_limits import SUBJECT_PREFIX, TeamLimits
 from gateway.wildcards import name_matches
-from storage.keys import KeyStore
+from storage.keys import KeyStore, hash_secret
 from storage.models import ApiKey
 from storage.teams import TeamStore
 
@@ -38,6 +41,18 @@ class Caller:
     name: str | None = None  # the key's name, for messages about it (gateway/budget_alerts.py)
     tpm_limit: int | None = None  # tokens (prompt + completion) a minute
     team: TeamLimits | None = None  # the key's team, whose limits bound its requests too (gateway/team_limits.py)
+    expires_at: int | None = None  # when the key stops working (Unix seconds)
+    secret_valid_until: int | None = None  # for a secret a rotation replaced: when its grace ends
+
+    def check_current(self, now: float) -> None:
+        """A 401 for a key past its expiry, or a replaced secret past its grace: before the request takes
+        a rate slot or holds budget."""
+        if self.expires_at is not None and now >= self.expires_at:
+            raise APIError(401, f"this API key expired at {_iso(self.expires_at)} (expires_at {self.expires_at}); "
+                           "ask for a new key, or for its expiry to be lifted", code="expired_api_key")
+        if self.secret_valid_until is not None and now >= self.secret_valid_until:
+            raise APIError(401, "this API key's secret was rotated and its grace period ended at "
+                           f"{_iso(self.secret_valid_until)}; use the new secret", code="invalid_api_key")
 
     def stored_spend(self, period: int | None) -> float:
         """What the database had the key spend in `period` (its lifetime where None) when it was read."""
@@ -71,6 +86,10 @@ class Caller:
 ANONYMOUS = Caller(None)
 
 
+def _iso(unix_s: int) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def bearer_token(headers: Headers) -> str | None:
     value = headers.get("authorization", "")
     if value.lower().startswith("bearer "):
@@ -102,9 +121,12 @@ class Authenticator:
         """The active key for `token`, with its team (blocking: run in a thread)."""
         assert self.keys is not None
         key = self.keys.lookup(token)
-        return None if key is None else self._caller(key)
+        if key is None:
+            return None
+        replaced = key.key_hash != hash_secret(token)  # the secret before a rotation, in its grace
+        return self._caller(key, key.previous_valid_until if replaced else None)
 
-    def _caller(self, key: ApiKey) -> Caller:
+    def _caller(self, key: ApiKey, secret_valid_until: int | None = None) -> Caller:
         """The key's limits (the config's defaults where it sets none) and its team's (likewise). A key that
         sets no priority takes its team's: a team's batch keys yield together; a key's own wins."""
         team = self.teams.get(key.team_id) if key.team_id is not None and self.teams is not None else None
@@ -115,11 +137,12 @@ class Authenticator:
                       cast("BudgetPeriod | None", key.budget_period or self.limits.default_budget_period),
                       key.period_start, key.period_spent_usd or 0.0, key.name,
                       key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm,
-                      TeamLimits.of(team, self.limits.team_defaults) if team is not None else None)
+                      TeamLimits.of(team, self.limits.team_defaults) if team is not None else None,
+                      key.expires_at, secret_valid_until)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its
-        request, a batch taken over by another replica); None for a key revoked or gone."""
+        request, a batch taken over by another replica); None for a key revoked, expired or gone."""
         if key_id is None:
             return ANONYMOUS
         return await asyncio.to_thread(self._read_id, key_id) if self.keys is not None else None
@@ -127,7 +150,9 @@ class Authenticator:
     def _read_id(self, key_id: str) -> Caller | None:
         assert self.keys is not None
         key = self.keys.get(key_id)
-        return None if key is None or key.revoked_at is not None else self._caller(key)
+        if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= time.time()):
+            return None
+        return self._caller(key)
 
     def is_master(self, headers: Headers) -> bool:
         token, master = bearer_token(headers), self.auth.master_key
@@ -157,6 +182,7 @@ class Authenticator:
             return ANONYMOUS
         caller = await self._lookup(token) if token and token.startswith("sk-pitstop-") else None
         if caller is not None:
+            caller.check_current(time.time())
             return caller
         if self.auth.require_keys:
             raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",

@@ -1,5 +1,5 @@
-"""The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `teams`, `export`,
-`report`, `engine ...`, `train ...`, `eval ...`). Each group adds its subcommands with a `handler(args) -> exit code`;
+"""The `pitstop` command: a small dispatcher over command groups (`pitstop serve`, `keys`, `audit`, `teams`,
+`export`, `report`, `engine ...`, `train ...`, `eval ...`). Each group adds its subcommands with a `handler(args) -> exit code`;
 `train` and `eval` take one subcommand per learned component (router, ranker, tool-durations)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from agent_sessions.cli import add_tool_duration_commands
 from engine.cli import add_engine_commands
 from gateway.commands import DEFAULT_CONFIG, add_gateway_commands, add_router_log_commands
 from gateway.config_commands import add_config_commands
+from gateway.key_commands import add_key_commands
 from gateway.team_commands import add_team_commands
 from gateway.usage_report import add_report_commands
 from rankers.cli import add_ranker_commands
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pitstop", description="Pitstop LLM gateway and engine")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
     add_gateway_commands(groups)
+    add_key_commands(groups)
     add_team_commands(groups)
     add_report_commands(groups, DEFAULT_CONFIG)
     add_config_commands(groups)

@@ -1,5 +1,6 @@
-"""`pitstop serve`, `pitstop keys ...`, `pitstop export outcomes|chat-completions`, `pitstop prune outcomes`,
-`pitstop calibrate router` and `pitstop eval router-logs`: the gateway's commands."""
+"""`pitstop serve`, `pitstop export outcomes|chat-completions`, `pitstop prune outcomes`,
+`pitstop calibrate router` and `pitstop eval router-logs`: the gateway's commands
+(`pitstop keys` and `pitstop audit`: gateway/key_commands.py)."""
 
 from __future__ import annotations
 
@@ -23,32 +24,6 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
-
-    keys = groups.add_parser("keys", help="create, list and revoke API keys")
-    keys.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    sub = keys.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    create = sub.add_parser("create", help="create a key; its secret is printed once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--rpm", type=_positive_int, help="requests per minute")
-    create.add_argument("--tpm", type=_positive_int, help="tokens (prompt + completion) per minute")
-    create.add_argument("--budget", type=_usd, help="budget in USD")
-    create.add_argument("--budget-period", choices=("day", "week", "month"),
-                        help="the budget is for each UTC day, week or calendar month (default: the key's life)")
-    create.add_argument("--models", type=_names, metavar="NAME,NAME",
-                        help="the models and route groups it may use (default: all)")
-    create.add_argument("--priority", type=_priority, help="its requests' priority: the default, and the most "
-                        "urgent they may ask for (lower goes first; default: any)")
-    create.add_argument("--team", metavar="TEAM_ID", help="its team (`pitstop teams`), whose limits bound it too")
-    create.set_defaults(handler=keys_create_command)
-    listing = sub.add_parser("list", help="list keys")
-    listing.set_defaults(handler=keys_list_command)
-    revoke = sub.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key")
-    revoke.set_defaults(handler=keys_revoke_command)
-    for command in (create, listing, revoke):
-        # Also after the subcommand (`pitstop keys create --config X`), as `export outcomes` takes it;
-        # SUPPRESS keeps a `--config` given before the subcommand from being reset to the default.
-        command.add_argument("--config", type=Path, default=argparse.SUPPRESS)
 
     export = groups.add_parser("export", help="export training sets from the outcome log")
     what = export.add_subparsers(dest="command", metavar="WHAT", required=True)
@@ -213,50 +188,6 @@ def serve_command(args: argparse.Namespace) -> int:
                             app.state.pitstop.drain, grace_s)
     server.run()
     return 0 if server.started else 3  # uvicorn's exit status for a server that never started
-
-
-def keys_create_command(args: argparse.Namespace) -> int:
-    from gateway.team_commands import team_models_problem
-    from storage.keys import KeyStore
-
-    settings = _settings(args.config) if args.models else None
-    unknown = [name for name in args.models or () if settings is not None and not settings.serves(name)]
-    if unknown:  # a typo would make a key that can use nothing
-        print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
-              f"{args.config}", file=sys.stderr)
-        return 2
-    url = _storage_url(args.config)
-    if args.team is not None and (problem := team_models_problem(url, args.team, args.models)):
-        print(f"pitstop: {problem}", file=sys.stderr)
-        return 2
-    key_id, secret = KeyStore(url).create(args.name, args.rpm, args.budget, args.models, args.priority,
-                                          args.budget_period, args.tpm, args.team)
-    print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
-    return 0
-
-
-def keys_list_command(args: argparse.Namespace) -> int:
-    from storage.keys import KeyStore
-
-    for key in KeyStore(_storage_url(args.config)).list():
-        state = "revoked" if key.revoked_at else "active"
-        models = ",".join(key.models) if key.models is not None else "all"
-        budget = f"{key.budget_usd}/{key.budget_period}" if key.budget_period else f"{key.budget_usd}"
-        print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  tpm={key.tpm_limit}  budget={budget}  "
-              f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}  team={key.team_id}")
-    return 0
-
-
-def keys_revoke_command(args: argparse.Namespace) -> int:
-    from storage.keys import KeyStore
-
-    try:
-        key = KeyStore(_storage_url(args.config)).revoke(args.key)
-    except (KeyError, ValueError) as exc:
-        print(f"pitstop: {exc.args[0]}", file=sys.stderr)
-        return 1
-    print(f"revoked {key.id} ({key.name})")
-    return 0
 
 
 def export_outcomes_command(args: argparse.Namespace) -> int:

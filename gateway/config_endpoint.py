@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine.server.errors import APIError
+from gateway.audit_endpoints import record_admin_event
 from gateway.config_reload import ReloadRefused, ReloadReport
 from gateway.key_admin import require_master
 from gateway.state import GatewayState
@@ -25,7 +26,9 @@ log = logging.getLogger("pitstop.gateway")
 async def reload_config(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.pitstop
     require_master(state, request, "reloading the config")
-    return JSONResponse((await reload_and_count(state)).as_json())
+    answer = (await reload_and_count(state)).as_json()
+    await record_admin_event(state, request, "config.reloaded", answer)
+    return JSONResponse(answer)
 
 
 async def reload_and_count(state: GatewayState) -> ReloadReport:

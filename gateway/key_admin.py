@@ -2,15 +2,19 @@
 so a team's tooling can issue and retire keys without a shell on the gateway.
 
     POST   /v1/keys         {"name", "rpm_limit"?, "tpm_limit"?, "budget_usd"?, "budget_period"?, "models"?,
-                             "priority"?, "team_id"?}
+                             "priority"?, "team_id"?, "expires_at"? | "duration"?}
                             -> 201, the secret once
     GET    /v1/keys         every key (no secrets), with its spend (this budget period's too)
     GET    /v1/keys/{id}
-    PATCH  /v1/keys/{id}    any of rpm_limit, tpm_limit, budget_usd, budget_period, models, priority (null
-                            lifts it), team_id (null: no team)
+    PATCH  /v1/keys/{id}    any of rpm_limit, tpm_limit, budget_usd, budget_period, models, priority,
+                            expires_at or duration (null lifts it), team_id (null: no team)
+    POST   /v1/keys/{id}/rotate   a new secret (gateway/key_rotation.py)
 
 A key of a team (/v1/teams, gateway/team_admin.py) may not name a model its team may not use.
     DELETE /v1/keys/{id}    revokes it
+
+`expires_at` is Unix seconds, `duration` LiteLLM's "30d" / "12h" / "90m" from now (gateway/key_expiry.py).
+Each change is written to the audit log in its transaction (gateway/audit_endpoints.py).
 
 A change reaches this replica's next request at once; other replicas hear of it through Redis
 (gateway/key_events.py) where `redis_url` is set, else within their key cache's lifetime (10 s)."""
@@ -18,6 +22,7 @@ A change reaches this replica's next request at once; other replicas hear of it 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +30,8 @@ from starlette.responses import JSONResponse, Response
 
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
+from gateway.audit_actor import admin_actor
+from gateway.key_expiry import with_expiry
 from gateway.limits.periods import current_period, period_end
 from gateway.state import GatewayState
 from gateway.team_limits import TeamLimits
@@ -58,7 +65,10 @@ def key_object(key: ApiKey, default_period: str | None = None) -> dict:
             "budget_period": key.budget_period,
             "period_spent_usd": None if start is None else key.period_spent_usd if key.period_start == start else 0.0,
             "period_renews_at": None if start is None else period_end(period, start),  # type: ignore[arg-type]
-            "models": key.models, "priority": key.priority, "team_id": key.team_id}
+            "models": key.models, "priority": key.priority, "team_id": key.team_id,
+            "expires_at": key.expires_at, "expired": key.expires_at is not None and key.expires_at <= time.time(),
+            # a rotated-away secret's grace (gateway/key_rotation.py): accepted until then
+            "previous_secret_valid_until": key.previous_valid_until if key.previous_key_hash else None}
 
 
 async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -73,7 +83,7 @@ async def admin_body(request: Request, state: GatewayState, allowed: tuple[str, 
 
 
 async def _body(request: Request, state: GatewayState, allowed: tuple[str, ...]) -> dict[str, Any]:
-    body = check_limit_fields(state, await admin_body(request, state, allowed))
+    body = check_limit_fields(state, with_expiry(await admin_body(request, state, (*allowed, "duration"))))
     if body.get("team_id") is not None and (not isinstance(body["team_id"], str) or not body["team_id"]):
         raise bad_request("'team_id' must be a team's id (a string), or null", "team_id", "invalid_type")
     return body
@@ -121,7 +131,8 @@ async def create_key(request: Request) -> Response:
     await _within_team(state, body.get("team_id"), body.get("models"))
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
                                  body.get("models"), body.get("priority"), body.get("budget_period"),
-                                 body.get("tpm_limit"), body.get("team_id"))
+                                 body.get("tpm_limit"), body.get("team_id"), body.get("expires_at"),
+                                 admin_actor(request))
     key = await _call(state.keys.get, key_id)
     return JSONResponse({**_shown(state, key), "secret": secret}, status_code=201)
 
@@ -146,7 +157,7 @@ async def update_key(request: Request) -> Response:
     body = await _body(request, state, LIMITS)
     found = await _found(state, key_id)
     await _within_team(state, body.get("team_id", found.team_id), body.get("models", found.models))
-    key = await _call(state.keys.update, key_id, **body)
+    key = await _call(state.keys.update, key_id, admin_actor(request), **body)
     await forget_cached(state, key_id)
     return JSONResponse(_shown(state, key))
 
@@ -156,7 +167,7 @@ async def revoke_key(request: Request) -> Response:
     require_master(state, request)
     key_id = request.path_params["key_id"]
     await _found(state, key_id)
-    key = await _call(state.keys.revoke, key_id)
+    key = await _call(state.keys.revoke, key_id, admin_actor(request))
     await forget_cached(state, key_id)
     return JSONResponse(_shown(state, key))
 

@@ -49,6 +49,7 @@ from gateway.stored_responses import StoredResponses
 from gateway.tracing import build_tracing
 from gateway.vector_stores import VectorStores
 from gateway.webhooks import WebhookSender
+from storage.audit import AuditStore
 from storage.batch_writer import BatchWriter
 from storage.chat_completions import ChatCompletionStore, StoredCompletionWriter
 from storage.conversations import ConversationItemWriter, ConversationStore
@@ -102,6 +103,7 @@ class GatewayState:
     deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
     reloader: ConfigReloader = field(default_factory=lambda: ConfigReloader(None))  # gateway/config_reload.py
     teams: TeamStore | None = None  # keys' teams (storage/teams.py), for /v1/teams
+    audit: AuditStore | None = None  # the admin audit log (storage/audit.py), for /v1/organization/audit_logs
     health_checker: HealthChecker | None = None  # `health_checks:`: deployments probed between requests
     gate: LimitGate = field(init=False)  # admission by the key's limits and its team's (gateway/limit_gate.py)
     _window_lookup: asyncio.Task[None] | None = None
@@ -279,6 +281,7 @@ def build_state(settings: Settings) -> GatewayState:
         recorder=OutcomeRecorder(writer, metrics, limiter, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),
         writer=writer, feedback=feedback, keys=keys, teams=teams, responses=responses, conversations=conversations,
+        audit=AuditStore(db),
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing), deployment_sync=deployment_sync,

@@ -10,7 +10,8 @@ team's keys (`team_id` on /v1/keys) share them, each key bounded by its own limi
                             belongs to it (revoke the keys, or move them with PATCH /v1/keys/{id}, first)
 
 A change reaches every key of the team on this replica's next request, and on the others' through Redis
-(gateway/key_events.py, "team:<id>") where `redis_url` is set, else within their key cache's 10 s."""
+(gateway/key_events.py, "team:<id>") where `redis_url` is set, else within their key cache's 10 s. Each
+change is written to the audit log in its transaction (gateway/audit_endpoints.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.server.errors import APIError, bad_request, not_found
+from gateway.audit_actor import admin_actor
 from gateway.key_admin import admin_body, check_limit_fields, forget_cached, require_master
 from gateway.limits.periods import current_period, period_end
 from gateway.metadata import checked_metadata
@@ -86,7 +88,7 @@ async def create_team(request: Request) -> Response:
     body = await _body(request, state)
     if "name" not in body:
         raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
-    team = await _call(teams.create, **body)
+    team = await _call(teams.create, **body, actor=admin_actor(request))
     return JSONResponse(team_object(team, 0), status_code=201)
 
 
@@ -108,7 +110,7 @@ async def update_team(request: Request) -> Response:
     state, teams = _teams(request)
     team_id = request.path_params["team_id"]
     body = await _body(request, state)
-    team = await _call(teams.update, team_id, **body)
+    team = await _call(teams.update, team_id, admin_actor(request), **body)
     await forget_cached(state, SUBJECT_PREFIX + team_id)  # its keys' cached callers carry its old limits
     return JSONResponse(await _shown(teams, team))
 
@@ -116,7 +118,7 @@ async def update_team(request: Request) -> Response:
 async def delete_team(request: Request) -> Response:
     state, teams = _teams(request)
     team_id = request.path_params["team_id"]
-    await _call(teams.delete, team_id)
+    await _call(teams.delete, team_id, admin_actor(request))
     await forget_cached(state, SUBJECT_PREFIX + team_id)  # its revoked keys' too, were any still cached
     return JSONResponse({"id": team_id, "object": "team.deleted", "deleted": True})
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.audit_actor import cli_actor
 from gateway.commands import DEFAULT_CONFIG, _names, _positive_int, _priority, _usd
 
 NONE = "none"  # `--rpm none`: lift the limit
@@ -90,7 +91,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 def teams_create_command(args: argparse.Namespace) -> int:
     if _unknown_models(args):
         return 2
-    team = _store(args).create(**_fields(args))
+    team = _store(args).create(**_fields(args), actor=cli_actor())
     print(f"id: {team.id}\n(give it keys: pitstop keys create --name NAME --team {team.id})")
     return 0
 
@@ -115,7 +116,7 @@ def teams_update_command(args: argparse.Namespace) -> int:
     if _unknown_models(args):
         return 2
     try:
-        team = _store(args).update(args.team, **fields)
+        team = _store(args).update(args.team, cli_actor(), **fields)
     except (KeyError, ValueError) as exc:
         print(f"pitstop: {exc.args[0]}", file=sys.stderr)
         return 1
@@ -127,7 +128,7 @@ def teams_delete_command(args: argparse.Namespace) -> int:
     from storage.teams import TeamHasKeysError
 
     try:
-        team = _store(args).delete(args.team)
+        team = _store(args).delete(args.team, cli_actor())
     except (KeyError, TeamHasKeysError) as exc:
         print(f"pitstop: {exc.args[0]}", file=sys.stderr)
         return 1

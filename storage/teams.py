@@ -3,7 +3,8 @@
 
 A team is deleted only once no active key belongs to it: detaching them silently would free them from
 the budget they were given under. Its revoked keys are detached (their team_id set to null) as it goes.
-These calls do blocking I/O: the gateway runs them in a thread."""
+Each change made with an `actor` writes its audit row in the same transaction (storage/audit.py). These
+calls do blocking I/O: the gateway runs them in a thread."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import URL, Engine
 
+from storage.audit import Actor, record
 from storage.db import as_engine, session_factory
 from storage.keys import check_limits
 from storage.models import ApiKey, Team
@@ -37,7 +39,8 @@ class TeamStore:
 
     def create(self, name: str, rpm_limit: int | None = None, tpm_limit: int | None = None,
                budget_usd: float | None = None, budget_period: str | None = None, models: list[str] | None = None,
-               priority: float | None = None, metadata: dict[str, str] | None = None) -> Team:
+               priority: float | None = None, metadata: dict[str, str] | None = None,
+               actor: Actor | None = None) -> Team:
         """A new team; ValueError, starting with the field's name, for a limit no request could meet."""
         _check(name, rpm_limit, tpm_limit, budget_usd, budget_period, models, priority)
         team = Team(name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_usd=budget_usd,
@@ -45,6 +48,10 @@ class TeamStore:
                     priority=priority, metadata_=metadata or None, spent_usd=0.0)
         with self._session.begin() as session:
             session.add(team)
+            session.flush()
+            record(session, actor, "team.created", team.id, {"id": team.id, "data": {
+                "name": name, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "budget_usd": budget_usd,
+                "budget_period": budget_period, "models": team.models, "priority": priority, "metadata": metadata}})
         return team
 
     def get(self, team_id: str) -> Team | None:
@@ -62,7 +69,7 @@ class TeamStore:
         with self._session() as session:
             return {team_id: count for team_id, count in session.execute(query)}
 
-    def update(self, team_id: str, **fields: Any) -> Team:
+    def update(self, team_id: str, actor: Actor | None = None, **fields: Any) -> Team:
         """Change any of TEAM_FIELDS (None lifts a limit; `name` must stay a name); the updated team.
         KeyError if there is none, ValueError for a field that cannot be met."""
         unknown = set(fields) - set(TEAM_FIELDS)
@@ -77,13 +84,16 @@ class TeamStore:
             _check(**merged)
             if fields.get("models") is not None:
                 fields["models"] = list(dict.fromkeys(fields["models"]))
+            previous = {name: team.metadata_ if name == "metadata" else getattr(team, name) for name in fields}
+            record(session, actor, "team.updated", team_id,
+                   {"id": team_id, "changes_requested": dict(fields), "previous": previous})
             if "metadata" in fields:
                 team.metadata_ = fields.pop("metadata") or None
             for name, value in fields.items():
                 setattr(team, name, value)
         return team
 
-    def delete(self, team_id: str) -> Team:
+    def delete(self, team_id: str, actor: Actor | None = None) -> Team:
         """Delete the team; KeyError if there is none, TeamHasKeysError while an active key belongs to it.
         Its row is locked first (FOR UPDATE), so a key being given to it meanwhile waits and then finds
         no team (storage/keys.py)."""
@@ -97,6 +107,7 @@ class TeamStore:
                 raise TeamHasKeysError(team_id, active)
             session.execute(update(ApiKey).where(ApiKey.team_id == team_id).values(team_id=None))
             session.delete(team)
+            record(session, actor, "team.deleted", team_id, {"id": team_id, "name": team.name})
         return team
 
     def add_spend(self, team_id: str, usd: float, period: int | None = None) -> None:

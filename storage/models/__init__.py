@@ -1,7 +1,8 @@
 """SQLAlchemy 2 typed models: outcomes, feedback, API keys and their teams, stored Responses, conversations,
-files, batches, vector stores and webhooks, one module a concept. Portable across SQLite and PostgreSQL. Importing the
-package registers every table on `Base.metadata` (Alembic's storage/migrations/env.py reads it)."""
+files, batches, vector stores, webhooks and the admin audit log, one module a concept. Portable across
+SQLite and PostgreSQL. Importing the package registers every table on `Base.metadata` (Alembic's storage/migrations/env.py reads it)."""
 
+from storage.models.audit import AuditLog
 from storage.models.base import JSON_DOC, NAMING_CONVENTION, Base, UTCDateTime, new_id, utc_now
 from storage.models.files import (
     Batch,
@@ -19,6 +20,7 @@ from storage.models.webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
+    "AuditLog",
     "Base",
     "Batch",
     "BatchRecord",

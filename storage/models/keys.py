@@ -36,6 +36,11 @@ class ApiKey(Base):
     period_spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
     # The team whose limits bound the key's requests beside its own (storage/models/teams.py); null: none.
     team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="SET NULL"), index=True)
+    # When the key stops working (Unix seconds; null: never), checked at each request (gateway/auth.py).
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The secret a rotation replaced, still accepted until `previous_valid_until` (its grace); only its hash.
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_valid_until: Mapped[int | None] = mapped_column(BigInteger)
 
     @property
     def active(self) -> bool:
