@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.llm_engine import EngineStats, LLMEngine
@@ -26,6 +26,9 @@ from engine.outputs import RequestOutput, RequestTiming
 from engine.sampling_params import InvalidRequestError, SamplingParams
 from engine.sequence import Sequence as EngineSequence
 from engine.sleep import EngineSleep
+
+if TYPE_CHECKING:
+    from engine.image_inputs import ImageInput
 
 T = TypeVar("T")
 # How long the thread naps when requests are pending but none could be scheduled (memory is full
@@ -160,10 +163,11 @@ class AsyncEngine(EngineSleep):
                        priority: float = 0.0, session_id: str | None = None,
                        pin_ttl_s: float | None = None,
                        hints: SchedulingHints = NO_HINTS,
-                       prompt_leader: str | None = None, lora: str | None = None) -> AsyncIterator[RequestOutput]:
+                       prompt_leader: str | None = None, lora: str | None = None,
+                       images: list[ImageInput] | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
         Stopping the iteration early (break, aclose, cancellation) aborts the request. `lora`: a loaded
-        adapter's name (engine/lora_registry.py)."""
+        adapter's name (engine/lora_registry.py); `images`: the prompt's (engine/image_inputs.py)."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_request(prompt_token_ids, pin_ttl_s, params)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
@@ -172,7 +176,7 @@ class AsyncEngine(EngineSleep):
         def add() -> None:
             try:
                 stream.seq = self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
-                                                     prompt_leader=prompt_leader, lora=lora,
+                                                     prompt_leader=prompt_leader, lora=lora, images=images,
                                                      session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])

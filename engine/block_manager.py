@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from engine.block_pins import BlockPins
 from engine.disk_cache import DiskCacheStats, DiskKVCache
 from engine.host_cache import HostCacheStats, HostKVCache
+from engine.image_inputs import block_image_keys
 from engine.kv_tiers import KVTiers
 from engine.kv_transfer import DISK, HOST, KVTransfer, TierSlot
 from engine.pins import PinTable
@@ -37,9 +38,11 @@ class Block:
         self.token_ids: tuple[int, ...] | None = None
 
 
-def chain_hash(parent: int, token_ids: tuple[int, ...]) -> int:
-    """Stable across processes (ints and tuples of ints hash alike in every run of one Python version)."""
-    return hash((parent, token_ids))
+def chain_hash(parent: int, token_ids: tuple[int, ...], extra_keys: tuple[int, ...] = ()) -> int:
+    """Stable across processes (ints and tuples of ints hash alike in every run of one Python version).
+    `extra_keys`: the content hashes of the images whose feature tokens the block holds (engine/image_inputs.py),
+    which its placeholder tokens do not tell apart."""
+    return hash((parent, token_ids, extra_keys)) if extra_keys else hash((parent, token_ids))
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ class BlockManager(BlockPins):
         hashes, bs, tokens = seq.block_hashes, self.block_size, seq.token_ids
         for i in range(len(hashes), num_full_blocks):
             parent = hashes[-1] if hashes else seq.hash_seed  # a LoRA adapter's chains start apart
-            hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            extra = block_image_keys(seq.images, i * bs, (i + 1) * bs) if seq.images else ()
+            hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs]), extra))
 
     def _lookup(self, block_hash: int, token_ids: list[int]) -> int | None:
         block_id = self.hash_to_block.get(block_hash)

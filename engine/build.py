@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.async_engine import AsyncEngine, TokenizerLike
-from engine.config import SpeculativeConfig
+from engine.config import ImageLimits, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 
 
@@ -22,7 +22,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  quantization: str | None = None, tensor_parallel_size: int = 1,
                  reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64, disk_kv_path: str | Path | None = None,
-                 disk_kv_bytes: int = 0) -> AsyncEngine:
+                 disk_kv_bytes: int = 0, image_limits: ImageLimits | None = None) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
@@ -42,7 +42,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
-    at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`."""
+    at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`. `image_limits`: a
+    vision model's image inputs (engine/config.py ImageLimits)."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
@@ -103,7 +104,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                           pin_budget_fraction=pin_budget_fraction, speculative=speculative,
                           num_host_blocks=num_host_blocks, num_disk_blocks=num_disk_blocks,
                           max_loras=max(max_loras, len(lora_modules or {})),
-                          max_lora_rank=max_lora_rank,
+                          max_lora_rank=max_lora_rank, image_limits=image_limits or ImageLimits(),
                           reasoning_effort_budgets={**DEFAULT_EFFORT_BUDGETS, **(reasoning_effort_budgets or {})})
     try:
         engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)

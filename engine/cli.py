@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, SpeculativeConfig
+from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, ImageLimits, SpeculativeConfig
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -133,6 +133,12 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             "dropped, while it trains)")
     serve.add_argument("--otlp-traces-endpoint", type=endpoint_argument, metavar="URL",
                        help="OpenTelemetry: a span per request to this OTLP/HTTP collector (vLLM's flag)")
+    serve.add_argument("--limit-images-per-prompt", type=int, default=8, metavar="N",
+                       help="a vision model's most images in one prompt (vLLM's --limit-mm-per-prompt; default 8)")
+    serve.add_argument("--max-image-bytes", type=parse_bytes, default=20 << 20, metavar="BYTES",
+                       help="an image's largest encoded size, sent or fetched (default 20MiB)")
+    serve.add_argument("--image-fetch-timeout", type=float, default=10.0, metavar="S",
+                       help="seconds an http(s) image URL's fetch may take (default 10)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -229,7 +235,9 @@ def serve_command(args: argparse.Namespace) -> int:
                               reasoning_effort_budgets=args.reasoning_effort_budgets,
                               lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
-                              disk_kv_bytes=args.disk_kv_size)
+                              disk_kv_bytes=args.disk_kv_size,
+                              image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
+                                                       args.image_fetch_timeout))
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2

@@ -88,6 +88,20 @@ class SpeculativeConfig:
                              "draft_step_time_profile (`pitstop engine profile --model DRAFT`, or a roofline of it)")
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """Image inputs (engine/openai_images.py): at most `max_images` a prompt (vLLM's --limit-mm-per-prompt), each
+    at most `max_bytes` encoded, an http(s) URL fetched within `fetch_timeout_s`."""
+
+    max_images: int = 8
+    max_bytes: int = 20 << 20
+    fetch_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_images < 0 or self.max_bytes < 1 or not self.fetch_timeout_s > 0:
+            raise ValueError("image limits: max_images >= 0, max_bytes >= 1 and fetch_timeout_s > 0")
+
+
 @dataclass
 class EngineConfig:
     """Sizes and limits of one engine instance. Block counts are in KV blocks of `block_size` tokens."""
@@ -143,6 +157,8 @@ class EngineConfig:
     max_lora_rank: int = 64
     # `reasoning_effort` -> the thinking budget it asks for (engine/thinking_budget.py; vLLM's defaults).
     reasoning_effort_budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EFFORT_BUDGETS))
+    # A vision model's image inputs: how many a prompt, how large, how long a fetch may take.
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0

@@ -35,6 +35,7 @@ from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_
 
 if TYPE_CHECKING:
     from engine.detokenizer import IncrementalDetokenizer
+    from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
     from engine.structured_output import GrammarCompiler
     from engine.tokenizer import Tokenizer
@@ -119,10 +120,10 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS,
-                    prompt_leader: str | None = None, lora: str | None = None) -> Sequence:
-        """`prompt_leader`: the request id of another sample of this prompt (`n` > 1), whose prompt
-        blocks this one waits for (Sequence.prompt_leader). `lora`: a loaded adapter's name."""
-        self.validate_request(prompt_token_ids, pin_ttl_s, params=params)
+                    prompt_leader: str | None = None, lora: str | None = None, images: list[ImageInput] | None = None) -> Sequence:
+        """`prompt_leader`: the request id of another sample of this prompt (`n` > 1), whose prompt blocks this
+        one waits for (Sequence.prompt_leader). `lora`: a loaded adapter's name. `images`: engine/image_inputs.py."""
+        self.validate_request(prompt_token_ids, pin_ttl_s, params=params, images=len(images or ()))
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         if getattr(self.scheduler.drafter, "shares_noise", False) and not params.greedy and params.seed is None:
@@ -130,10 +131,9 @@ class LLMEngine(SessionPins, LoRAAdapters):
             # with (engine/draft_model.py), and the output is still a fresh sample.
             params = replace(params, seed=secrets.randbits(62))
         params = with_bad_word_ids(params, self.tokenizer)
-        seq = Sequence(request_id, prompt_token_ids, params,
-                       self.clock.now() if arrival_time is None else arrival_time,
+        seq = Sequence(request_id, prompt_token_ids, params, self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
-                       lora_id=self.lora_id(lora))
+                       lora_id=self.lora_id(lora), images=images or ())
         config = getattr(self.runner, "config", None)
         if isinstance(config, ModelConfig) and config.long_rope_offset(seq.num_prompt_tokens):
             # LongRoPE: a long prompt's K/V are turned by the long frequencies, a short one's by the short
@@ -159,10 +159,12 @@ class LLMEngine(SessionPins, LoRAAdapters):
         return seq
 
     def validate_request(self, prompt_token_ids: list[int], pin_ttl_s: float | None = None,
-                         vocab_size: int | None = None, params: SamplingParams | None = None) -> None:
+                         vocab_size: int | None = None, params: SamplingParams | None = None, images: int = 0) -> None:
         """The checks `add_request` makes; callable from another thread (reads only the config)."""
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty", "prompt")
+        if images and getattr(self.runner, "image_features", None) is None:
+            raise InvalidRequestError("this model does not take image inputs", "messages", "unsupported")
         if len(prompt_token_ids) >= self.config.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt_token_ids)} tokens; this model's context is "
@@ -206,8 +208,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
                 from engine.structured_output import shared_compiler
 
                 assert self.tokenizer is not None
-                config = getattr(self.runner, "config", None)
-                vocab = getattr(config, "vocab_size", None) or self.tokenizer.vocab_size
+                vocab = getattr(getattr(self.runner, "config", None), "vocab_size", None) or self.tokenizer.vocab_size
                 self._grammars = shared_compiler(self.tokenizer.to_json(), vocab, tuple(self.runner.eos_token_ids))
             return self._grammars
 

@@ -16,8 +16,10 @@ from engine.call_stream import CallStream
 from engine.custom_tools import CustomCalls, custom_calls_of
 from engine.held_calls import held_calls
 from engine.hints import SchedulingHints
+from engine.image_inputs import ImageInput
 from engine.logprobs import TokenLogprobs
 from engine.merge import merged
+from engine.openai_images import requested_images, with_images
 from engine.openai_logprobs import LogprobShapes, joined
 from engine.openai_token_ids import TokenIds
 from engine.outputs import RequestOutput
@@ -142,6 +144,7 @@ class OpenAIGeneration:
         self.last: RequestOutput | None = None  # with n > 1: the usage of all choices (`_combined`)
         self._outputs: list[AsyncGenerator[RequestOutput, None]] = []
         self._prompt_ids: list[list[int]] = []  # each prompt's
+        self._images: list[ImageInput] = []  # a chat's images (engine/openai_images.py)
         self._produced = [0] * parsed.num_choices  # each choice's output tokens so far
         # Told once when the outputs end: finished (None), failed, or cut (a cancel): the tracing span's hook.
         self.on_end: Callable[[OpenAIGeneration, BaseException | None], None] | None = None
@@ -154,7 +157,11 @@ class OpenAIGeneration:
         pin_ttl_s = parsed.pin_ttl_s if pin_ttl_s is None else pin_ttl_s
         k = 0
         try:
+            urls = requested_images(self.engine, parsed)  # refused before anything is fetched or rendered
             self._prompt_ids = await tokenize(self.engine, parsed)
+            if urls:  # a chat is one prompt
+                ids, self._images = await with_images(self.engine, urls, self._prompt_ids[0])
+                self._prompt_ids = [ids]
             if parsed.truncate_prompt_tokens is not None:
                 self._prompt_ids = [ids[-parsed.truncate_prompt_tokens:] for ids in self._prompt_ids]
             if self.reasoning and parsed.params.constraint is not None:  # think first, then the grammar
@@ -184,7 +191,7 @@ class OpenAIGeneration:
                     session_id=None if choice else parsed.session_id if session_id is None else session_id,
                     pin_ttl_s=None if choice else pin_ttl_s,
                     hints=parsed.hints if hints is None else hints,
-                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None, lora=self.lora))
+                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None, lora=self.lora, images=self._images))
 
     async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         assert self._outputs, "start() first"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from engine.async_engine import AsyncEngine
+from engine.chat_images import template_messages
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
 
@@ -57,7 +58,7 @@ def _render_chat(engine: AsyncEngine, parsed: GenerateRequest) -> str:
     assert engine.tokenizer is not None and parsed.messages is not None
     options = parsed.template
     try:
-        text = engine.tokenizer.apply_chat_template(parsed.messages, tools=parsed.tools,
+        text = engine.tokenizer.apply_chat_template(template_messages(parsed.messages), tools=parsed.tools,
                                                     add_generation_prompt=options.add_generation_prompt,
                                                     **options.kwargs)
     except Exception as exc:  # template errors (raise_exception, missing template) come from the input

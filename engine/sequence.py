@@ -8,6 +8,9 @@ from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
     from engine.speculation import DraftProposal, TokenArray
     from engine.structured_output import GrammarMatcher
@@ -43,6 +46,7 @@ class Sequence:
         pin_ttl_s: float | None = None,
         hints: SchedulingHints = NO_HINTS,
         lora_id: int = 0,
+        images: Iterable[ImageInput] = (),
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
         self.request_id = request_id
@@ -58,6 +62,9 @@ class Sequence:
         # base model's for the same tokens, so its prefix-cache hashes start from the adapter's.
         self.lora_id = lora_id
         self.hash_seed: int = hash(("lora", lora_id, _LORA_HASH_SALT)) if lora_id else BASE_HASH_SEED
+        # The prompt's images (engine/image_inputs.py): their features replace their tokens' embeddings, and
+        # their content hashes enter the hashes of the blocks they fall in.
+        self.images: list[ImageInput] = list(images)
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

@@ -16,18 +16,20 @@ import torch
 
 from engine.batch import ScheduledBatch
 from engine.disk_store import DiskKVStore
+from engine.encoder_cache import ImageFeatures, Span, spliced_embeddings
 from engine.hybrid_attention import HybridAttention, hybrid_attention
 from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
 from engine.model.kv_quant import FP8KVFormat, fp8_format
-from engine.model.loader import load_model
+from engine.model.loader import load_model, safetensors_files
 from engine.model.logits_processors import process_logits
 from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weights_to, wrap_projections
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
+from engine.model.vision import VisionConfig, load_vision_encoder
 from engine.runner_sleep import RunnerSleep
 from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
@@ -105,8 +107,17 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                 self.workers.close()
                 raise
         self.tp = tp or SINGLE
+        # A LLaVA model's vision tower and projector (engine/model/vision.py); None: it takes text only.
+        self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
+        self.image_features: ImageFeatures | None = None
         try:
+            if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
+                raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
+                                 "quantization with image inputs)")
             self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp)
+            if self.vision is not None:
+                encoder = load_vision_encoder(self.vision, safetensors_files(self.model_dir), self.device, self.dtype)
+                self.image_features = ImageFeatures(encoder, self.device, self.dtype)
             if self.workers is not None:
                 self.workers.wait_ready()
         except Exception:
@@ -229,14 +240,17 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             return None
         with torch.inference_mode():
             plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format)
-            return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
+            if step.image_embeds is None:
+                return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
+            with spliced_embeddings(self.model.model.embed_tokens, *step.image_embeds):
+                return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
         self.step_prompt_logprobs, self.step_embeddings = {}, {}
         step, logits_index = StepInputs(batch.kv_transfers), None
         if len(batch):
-            input_ids, positions, meta, logits_index = self._prepare(batch)
-            step = StepInputs(batch.kv_transfers, input_ids, positions, meta, self.lora.groups)
+            input_ids, positions, meta, logits_index, images = self._prepare(batch)
+            step = StepInputs(batch.kv_transfers, input_ids, positions, meta, self.lora.groups, images)
         if self.workers is not None:
             self.workers.send(step.to(torch.device("cpu")))
         hidden = self.run_shard(step)
@@ -299,8 +313,10 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             at += len(s.rows)
         return out
 
-    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor,
+                                                       tuple[torch.Tensor, torch.Tensor] | None]:
         block_size = self.block_size
+        image_spans: list[Span] = []  # the prompt tokens of sequences with images this step computes
         lens = batch.num_new_tokens
         token_ids: list[int] = []
         positions: list[int] = []
@@ -318,6 +334,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             needed = -(-end // block_size)
             if len(seq.block_table) < needed:
                 raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
+            if seq.images:
+                image_spans.append((seq, len(token_ids), start, end - len(drafts)))
             token_ids.extend(seq.token_ids[start: end - len(drafts)])
             token_ids.extend(drafts)
             positions.extend(range(start, end))
@@ -350,7 +368,9 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             context_lens=context_lens,
             block_size=block_size,
         )
-        return torch.tensor(token_ids).to(to), rope_positions.to(to), meta, torch.tensor(logits_index, dtype=torch.long).to(to)
+        images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
+        return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,
+                torch.tensor(logits_index, dtype=torch.long).to(to), images)
 
 
 def default_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:

@@ -40,6 +40,7 @@ class StepInputs:
     positions: torch.Tensor | None = None
     meta: AttentionMetadata | None = None
     lora_groups: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)  # engine/model/lora.py
+    image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # rows and their image features (one rank)
 
     def to(self, device: torch.device) -> StepInputs:
         if self.meta is None or self.input_ids is None or self.positions is None:
@@ -48,7 +49,8 @@ class StepInputs:
                                  self.meta.query_starts, self.meta.query_lens, self.meta.context_lens,
                                  self.meta.block_size)
         groups = [(lora_id, None if rows is None else rows.to(device)) for lora_id, rows in self.lora_groups]
-        return StepInputs(self.kv_transfers, self.input_ids.to(device), self.positions.to(device), meta, groups)
+        images = None if self.image_embeds is None else (self.image_embeds[0].to(device), self.image_embeds[1].to(device))
+        return StepInputs(self.kv_transfers, self.input_ids.to(device), self.positions.to(device), meta, groups, images)
 
 
 def free_port() -> int:

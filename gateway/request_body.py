@@ -92,8 +92,22 @@ def _text(content: Any) -> str:
     return ""
 
 
+# An image part's share of the prompt in the gateway's estimates, in tokens (four characters each): LLaVA-1.5's
+# 576 feature tokens an image, between OpenAI's 85 (detail "low") and 765 (a 1024 x 1024 "high"). What the
+# deployment really counts comes back in its usage.
+IMAGE_TOKEN_ESTIMATE = 576
+
+
+def image_parts(content: Any) -> int:
+    """How many image parts (chat's image_url, the Responses API's input_image) a message's content holds."""
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") in ("image_url", "input_image"))
+
+
 def check_messages(messages: Any) -> tuple[str, int]:
-    """The last user turn and the characters of all messages' text."""
+    """The last user turn (its text only: what routers read) and the characters of all messages' text, each
+    image counted as IMAGE_TOKEN_ESTIMATE tokens' worth."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_type")
     last_user, chars = "", 0
@@ -108,7 +122,7 @@ def check_messages(messages: Any) -> tuple[str, int]:
                               f"messages[{i}].content", "invalid_type")
         check_message_fields(message, f"messages[{i}]")
         text = _text(content)
-        chars += len(text)
+        chars += len(text) + 4 * IMAGE_TOKEN_ESTIMATE * image_parts(content)
         if message["role"] == "user":
             last_user = text
     return last_user, chars

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError
 from gateway.dispatch import as_sent
-from gateway.request_body import parse_proxy_request
+from gateway.request_body import IMAGE_TOKEN_ESTIMATE, image_parts, parse_proxy_request
 from gateway.routing import estimate_tokens
 
 if TYPE_CHECKING:  # gateway.state builds what imports this module
@@ -39,15 +39,16 @@ class TokenCount:
 
 
 def chat_input_tokens(chat: dict) -> int:
-    """The estimate: about four characters a token."""
+    """The estimate: about four characters a token, and IMAGE_TOKEN_ESTIMATE an image."""
     texts = [json.dumps(chat.get("tools", ""))]
+    images = sum(image_parts(message.get("content")) for message in chat["messages"])
     for message in chat["messages"]:
         content = message.get("content")
         texts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
         for call in message.get("tool_calls") or ():  # a function's arguments, or a custom call's input
             texts.append(((call.get("custom") or {}).get("input") if call.get("type") == "custom"
                           else (call.get("function") or {}).get("arguments")) or "")
-    return estimate_tokens("".join(texts))
+    return estimate_tokens("".join(texts)) + images * IMAGE_TOKEN_ESTIMATE
 
 
 async def count_input_tokens(state: GatewayState, chat: dict, headers: Mapping[str, str]) -> TokenCount:

@@ -9,7 +9,9 @@ each `sliding_window_pattern`-th) on plain RoPE of base `rope_local_base_freq` w
 Phi-3: Llama's layout with fused checkpoint tensors (the loader splits them), RoPE over the first
 `partial_rotary_factor` of each head, LongRoPE (engine/model/rope.py) and, where `sliding_window` is set,
 a window in every layer. A multimodal Gemma 3 folder (`gemma3`, Gemma3ForConditionalGeneration) is served as its
-language model: its `text_config`, and the `language_model` tensors."""
+language model: its `text_config`, and the `language_model` tensors. A LLaVA folder (`llava`,
+LlavaForConditionalGeneration) runs its language model the same way, its vision tower and projector beside it
+(engine/model/vision.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import math
 GEMMA3 = "gemma3_text"
 GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, served here as text only
 PHI3 = "phi3"
+LLAVA = "llava"  # LlavaForConditionalGeneration: a vision tower and projector before a Llama-family model
 # Top-level keys of a multimodal folder's config that its text model takes where `text_config` leaves them out.
 _SHARED_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings")
 # Activations of the gated MLP, by their transformers names.
@@ -30,13 +33,16 @@ class UnsupportedConfig(ValueError):
 
 def text_config_of(raw: dict) -> dict:
     """A multimodal Gemma 3 folder's language model config (its vision tower and projector are not served:
-    the loader skips their tensors); any other config as it is."""
-    if raw.get("model_type") != GEMMA3_MULTIMODAL:
+    the loader skips their tensors), a LLaVA folder's (its `text_config`, Llama's defaults where it leaves
+    them out, as LlavaConfig's); any other config as it is."""
+    if raw.get("model_type") not in (GEMMA3_MULTIMODAL, LLAVA):
         return raw
     text = dict(raw.get("text_config") or {})
     for key in _SHARED_KEYS:
         if key in raw and key not in text:
             text[key] = raw[key]
+    if raw["model_type"] == LLAVA:
+        return {"vocab_size": 32_000, "model_type": "llama", **text}
     text.setdefault("vocab_size", 262_208)  # transformers' Gemma3TextConfig default, which the Hub's configs rely on
     return {**text, "model_type": GEMMA3}
 

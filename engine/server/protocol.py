@@ -34,7 +34,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   best_of (null/1), suffix (null/"").
 tool_choice "none" renders the prompt without tools.
 - anything else: 400 unknown field, so a typo is not silently dropped.
-Chat messages keep role, content (a string, or text parts joined), name, tool_calls and
+Chat messages keep role, content (a string, or text parts joined; with image_url parts, the parts:
+engine/chat_images.py), name, tool_calls and
 tool_call_id; other message keys are dropped. The "developer" role is rendered as "system".
 """
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from engine.chat_images import content_parts
 from engine.custom_tools import custom_tools, function_body
 from engine.forced_tools import ForcedTools, allowed_tools, forced_tools
 from engine.hints import NO_HINTS, SchedulingHints
@@ -323,11 +325,8 @@ def _message(message: Any, index: int) -> dict:
     if role not in _ROLES:
         raise bad_request(f"'{param}.role' must be one of {sorted(_ROLES)}", f"{param}.role")
     content = message.get("content")
-    if isinstance(content, list):  # content parts: only text ones, joined
-        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                   for p in content):
-            raise bad_request("only text content parts are supported", f"{param}.content", "unsupported")
-        content = "\n".join(p["text"] for p in content)
+    if isinstance(content, list):  # text parts joined; with images, text and image parts (engine/chat_images.py)
+        content = content_parts(content, f"{param}.content")
     elif content is None and role != "assistant":
         raise bad_request(f"'{param}.content' is required", f"{param}.content")
     elif content is not None and not isinstance(content, str):

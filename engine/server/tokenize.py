@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.async_engine import AsyncEngine
+from engine.openai_images import requested_images
 from engine.prompt_tokens import tokenize
 from engine.server.errors import bad_request
 from engine.server.generation import ServerState
@@ -39,7 +40,11 @@ async def prompt_token_ids(engine: AsyncEngine, body: Any, model: str) -> list[i
         parsed = parse_completion(request)
     else:
         raise bad_request("send 'messages' (a chat) or 'prompt' (one string)", "prompt")
-    return (await tokenize(engine, parsed))[0]
+    ids = (await tokenize(engine, parsed))[0]
+    if requested_images(engine, parsed):  # each image as its feature tokens, counted without fetching it
+        vision = engine.engine.runner.vision  # type: ignore[attr-defined]
+        ids = [t for token in ids for t in [token] * (vision.tokens_per_image if token == vision.image_token_id else 1)]
+    return ids
 
 
 async def tokenize_endpoint(request: Request) -> Response:

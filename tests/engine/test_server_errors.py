@@ -111,7 +111,10 @@ def chat(**fields) -> dict:
     (chat(messages="hi"), "messages"),
     (chat(messages=[{"role": "wizard", "content": "hi"}]), "messages[0].role"),
     (chat(messages=[{"role": "user", "content": 5}]), "messages[0].content"),
-    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), "messages[0].content"),
+    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+     "messages[0].content[0].image_url"),
+    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]),
+     "messages"),  # a text-only model
     (chat(messages=[{"role": "user", "content": "x" * 300}]), "messages"),
     (chat(tools=[{"type": "function"}]), "tools"),
     (chat(tool_choice="required"), "tool_choice"),

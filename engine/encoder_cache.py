@@ -1,0 +1,74 @@
+"""ImageFeatures: the vision encoder's output for the images a step's prefill chunks reach. An image is encoded
+once, when the first chunk holding any of its feature tokens runs, and its features are kept until the chunk
+that computes its last token, then dropped: an image whose tokens span chunks is spliced piece by piece from
+one encoding. An image whose every token came from the prefix cache is never reached, so never encoded.
+Keyed weakly by sequence, so a request that finishes or is aborted mid-image leaves nothing behind. The
+features go in as LLaVA puts them (a masked scatter into the input embeddings): in place of the token
+embedding's output at their rows (`spliced_embeddings`), before the first layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from engine.model.vision import VisionEncoder
+    from engine.sequence import Sequence
+
+# (a sequence, the step's flat row of its first token this step, the positions [start, end) it computes)
+Span = tuple["Sequence", int, int, int]
+
+
+class ImageFeatures:
+    def __init__(self, encoder: VisionEncoder, device: torch.device, dtype: torch.dtype) -> None:
+        self.encoder = encoder
+        self.device = device
+        self.dtype = dtype
+        self.features: WeakKeyDictionary[Sequence, dict[int, torch.Tensor]] = WeakKeyDictionary()
+        self.images_encoded = 0  # images run through the encoder, ever (tests and benchmarks read it)
+
+    def step_embeds(self, spans: list[Span]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(flat rows [R], features [R, hidden]) to put in place of those rows' token embeddings."""
+        reached = [(seq, row, start, end, j) for seq, row, start, end in spans
+                   for j, image in enumerate(seq.images) if image.offset < end and image.end > start]
+        if not reached:
+            return None
+        self._encode([(seq, j) for seq, _, _, _, j in reached if j not in self.features.get(seq, {})])
+        rows: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        for seq, row, start, end, j in reached:
+            image = seq.images[j]
+            first, last = max(start, image.offset), min(end, image.end)
+            rows.append(torch.arange(row + first - start, row + last - start))
+            values.append(self.features[seq][j][first - image.offset: last - image.offset])
+            if last == image.end:  # its prefill is done (recomputed after a preemption: encoded again)
+                del self.features[seq][j]
+        return torch.cat(rows).to(self.device), torch.cat(values)
+
+    def _encode(self, missing: list[tuple[Sequence, int]]) -> None:
+        if not missing:
+            return
+        pixels = torch.stack([seq.images[j].pixel_values for seq, j in missing]).to(self.device, self.dtype)
+        with torch.inference_mode():
+            encoded = self.encoder(pixels)
+        self.images_encoded += len(missing)
+        for (seq, j), features in zip(missing, encoded, strict=True):
+            self.features.setdefault(seq, {})[j] = features
+
+
+@contextmanager
+def spliced_embeddings(embedding: nn.Module, rows: torch.Tensor, features: torch.Tensor) -> Iterator[None]:
+    """While it lasts, `embedding`'s output has `features` at `rows` (one forward pass)."""
+    def splice(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        return output.index_copy(0, rows, features.to(output.dtype))
+
+    handle = embedding.register_forward_hook(splice)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,69 @@
+"""An image part's bytes and picture: a `data:` URL (base64) or an http(s) URL the engine fetches, within a
+size limit and a timeout, decoded by Pillow (PNG, JPEG, WebP, GIF: the first frame) into RGB. Every failure is
+the caller's 400 in OpenAI's shape, naming the part."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import httpx
+from PIL import Image
+
+from engine.config import ImageLimits
+from engine.server.errors import APIError, bad_request
+
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+
+async def image_bytes(url: str, param: str, limits: ImageLimits, client: httpx.AsyncClient) -> bytes:
+    if url.startswith("data:"):
+        return _data_url(url, param, limits)
+    if not url.startswith(("http://", "https://")):
+        raise bad_request(f"'{param}.url' must be a data: URL or an http(s) URL", param, "invalid_value")
+    try:
+        async with client.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise bad_request(f"fetching the image at '{param}.url' answered HTTP {response.status_code}", param,
+                                  "image_fetch_failed")
+            if int(response.headers.get("content-length") or 0) > limits.max_bytes:
+                raise _too_large(param, limits)
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > limits.max_bytes:
+                    raise _too_large(param, limits)
+            return bytes(data)
+    except httpx.HTTPError as exc:
+        raise bad_request(f"could not fetch the image at '{param}.url': {type(exc).__name__}", param,
+                          "image_fetch_failed") from None
+
+
+def _data_url(url: str, param: str, limits: ImageLimits) -> bytes:
+    header, comma, payload = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise bad_request(f"'{param}.url' must be a base64 data URL (data:image/png;base64,...)", param,
+                          "invalid_value")
+    if len(payload) * 3 // 4 > limits.max_bytes:
+        raise _too_large(param, limits)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"'{param}.url' is not valid base64", param, "invalid_value") from None
+
+
+def _too_large(param: str, limits: ImageLimits) -> APIError:
+    return bad_request(f"the image at '{param}' is larger than this engine's limit of {limits.max_bytes} bytes",
+                       param, "image_too_large")
+
+
+def decode_image(data: bytes, param: str) -> Image.Image:
+    """The picture in RGB; a file Pillow cannot read, of another format, or a decompression bomb is a 400."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            image.seek(0)
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise bad_request(f"the image at '{param}' could not be decoded as PNG, JPEG, WebP or GIF "
+                          f"({type(exc).__name__})", param, "invalid_image") from None

@@ -1,0 +1,126 @@
+"""LLaVA's image side (LlavaForConditionalGeneration): a CLIP or SigLIP vision tower, run with transformers'
+own module built from the checkpoint's `vision_config`, the hidden states of `vision_feature_layer` (a list:
+theirs concatenated) with the CLS position dropped under the "default" `vision_feature_select_strategy`, and
+the two-layer GELU `multi_modal_projector` into the language model's width, as transformers computes
+`get_image_features`. Its tensors are read from the same safetensors files as the language model's, in
+transformers 5's layout (`model.vision_tower.*`, `model.multi_modal_projector.*`) or the older one
+(`vision_tower.*`, `multi_modal_projector.*`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from engine.model.families import LLAVA, UnsupportedConfig
+
+VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
+SELECT_STRATEGIES = ("default", "full")
+_PREFIXES = {"model.vision_tower.": "vision_tower.", "vision_tower.": "vision_tower.",
+             "model.multi_modal_projector.": "multi_modal_projector.",
+             "multi_modal_projector.": "multi_modal_projector."}
+# Tower outputs LLaVA never reads (it takes a layer's hidden states): checkpoints may leave them out.
+_UNUSED = ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head.")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """What the engine needs of a LLaVA config: the image token, how many feature tokens an image becomes
+    (LlavaProcessor's count: one a patch, plus CLIP's CLS under "full"), and how to build the encoder."""
+
+    image_token_id: int
+    tokens_per_image: int
+    image_size: int
+    feature_layer: int | tuple[int, ...]
+    select_strategy: str
+    vision: dict  # the checkpoint's vision_config
+    text_hidden_size: int
+    projector_act: str = "gelu"
+    projector_bias: bool = True
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> VisionConfig | None:
+        """None for a text-only model."""
+        if raw.get("model_type") != LLAVA:
+            return None
+        vision = dict(raw.get("vision_config") or {"model_type": "clip_vision_model"})
+        vision.setdefault("model_type", "clip_vision_model")
+        if vision["model_type"] not in VISION_MODEL_TYPES:
+            raise UnsupportedConfig(f"unsupported vision tower {vision['model_type']!r}; expected one of "
+                                    f"{VISION_MODEL_TYPES}")
+        strategy = raw.get("vision_feature_select_strategy", "default")
+        if strategy not in SELECT_STRATEGIES:
+            raise UnsupportedConfig(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}")
+        layer = raw.get("vision_feature_layer", -2)
+        image_size, patch = vision.get("image_size", 224), vision.get("patch_size", 32)
+        has_cls = vision["model_type"] == "clip_vision_model"
+        text = raw.get("text_config") or {}
+        token = raw.get("image_token_id", raw.get("image_token_index", 32_000))
+        return cls(image_token_id=int(token),
+                   tokens_per_image=(image_size // patch) ** 2 + has_cls - (strategy == "default"),
+                   image_size=image_size, feature_layer=layer if isinstance(layer, int) else tuple(layer),
+                   select_strategy=strategy, vision=vision, text_hidden_size=int(text.get("hidden_size", 4096)),
+                   projector_act=raw.get("projector_hidden_act", "gelu"),
+                   projector_bias=bool(raw.get("multimodal_projector_bias", True)))
+
+
+class Projector(nn.Module):
+    """LlavaMultiModalProjector: linear, activation, linear (its parameter names)."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        from transformers.activations import ACT2FN
+
+        super().__init__()
+        layers = 1 if isinstance(config.feature_layer, int) else len(config.feature_layer)
+        width = config.vision.get("hidden_size", 768) * layers
+        self.linear_1 = nn.Linear(width, config.text_hidden_size, bias=config.projector_bias)
+        self.act = ACT2FN[config.projector_act]
+        self.linear_2 = nn.Linear(config.text_hidden_size, config.text_hidden_size, bias=config.projector_bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class VisionEncoder(nn.Module):
+    """forward(pixel_values [images, 3, H, W]) -> features [images, tokens_per_image, text hidden size]."""
+
+    def __init__(self, config: VisionConfig) -> None:
+        import transformers as hf
+
+        super().__init__()
+        self.config = config
+        siglip = config.vision["model_type"] == "siglip_vision_model"
+        tower_config = (hf.SiglipVisionConfig if siglip else hf.CLIPVisionConfig).from_dict(config.vision)
+        self.vision_tower = (hf.SiglipVisionModel if siglip else hf.CLIPVisionModel)(tower_config)
+        self.multi_modal_projector = Projector(config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        layers = self.config.feature_layer
+        pool = [hidden[layers]] if isinstance(layers, int) else [hidden[i] for i in layers]
+        if self.config.select_strategy == "default":
+            pool = [h[:, 1:] for h in pool]
+        return self.multi_modal_projector(torch.cat(pool, dim=-1))
+
+
+def load_vision_encoder(config: VisionConfig, files: list[Path], device: torch.device,
+                        dtype: torch.dtype) -> VisionEncoder:
+    """The encoder with the checkpoint's tower and projector tensors (either layout); a missing one is an error,
+    but for the tower's outputs LLaVA does not read."""
+    encoder = VisionEncoder(config)
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
+                if prefix is not None:
+                    state[_PREFIXES[prefix] + name.removeprefix(prefix)] = f.get_tensor(name)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.startswith(_UNUSED)]
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint's vision tower does not match its vision_config: missing "
+                         f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    return encoder.to(device=device, dtype=dtype).eval()

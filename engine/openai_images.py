@@ -1,0 +1,68 @@
+"""A chat request's images made ready for the engine: refused on a text-only model and past the engine's image
+limits before anything is fetched (engine/config.py ImageLimits), fetched or decoded (engine/image_fetch.py),
+preprocessed by the checkpoint's own image processor (transformers' AutoImageProcessor over the folder's
+preprocessor_config.json, nothing downloaded), hashed, and the rendered prompt's image tokens widened to each
+image's feature tokens (engine/image_inputs.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from engine.async_engine import AsyncEngine
+from engine.chat_images import image_urls
+from engine.image_fetch import decode_image, image_bytes
+from engine.image_inputs import ImageInput, content_hash, expand_image_tokens
+from engine.server.errors import bad_request
+from engine.server.protocol import GenerateRequest
+
+
+def requested_images(engine: AsyncEngine, parsed: GenerateRequest) -> list[tuple[str, str]]:
+    """The request's (url, param) image parts, checked against the model and the limits."""
+    urls = image_urls(parsed.messages) if parsed.messages is not None else []
+    if not urls:
+        return []
+    if getattr(engine.engine.runner, "image_features", None) is None:
+        raise bad_request("this model does not take image inputs", "messages", "unsupported")
+    limit = engine.engine.config.image_limits.max_images
+    if len(urls) > limit:
+        raise bad_request(f"{len(urls)} images in one prompt: this engine takes at most {limit} "
+                          "(--limit-images-per-prompt)", "messages", "too_many_images")
+    if parsed.truncate_prompt_tokens is not None:
+        raise bad_request("'truncate_prompt_tokens' would cut images' tokens: not allowed with images",
+                          "truncate_prompt_tokens", "unsupported")
+    return urls
+
+
+async def with_images(engine: AsyncEngine, urls: list[tuple[str, str]],
+                      prompt_ids: list[int]) -> tuple[list[int], list[ImageInput]]:
+    """The prompt with each image token widened to its features' tokens, and the images."""
+    runner: Any = engine.engine.runner
+    limits = engine.engine.config.image_limits
+    async with httpx.AsyncClient() as client:
+        data = await asyncio.gather(*(image_bytes(url, param, limits, client) for url, param in urls))
+
+    def prepare() -> tuple[list[int], list[torch.Tensor]]:
+        pictures = [decode_image(d, param) for d, (_, param) in zip(data, urls, strict=True)]
+        hashes = [content_hash(p.mode, p.size, p.tobytes()) for p in pictures]
+        pixels = image_processor(runner.model_dir)(images=pictures, return_tensors="pt")["pixel_values"]
+        return hashes, list(pixels)
+
+    hashes, pixels = await asyncio.to_thread(prepare)
+    vision = runner.vision
+    if prompt_ids.count(vision.image_token_id) != len(urls):
+        raise bad_request(f"the chat template rendered {prompt_ids.count(vision.image_token_id)} image tokens for "
+                          f"{len(urls)} images (is the image token in the text?)", "messages", "invalid_value")
+    return expand_image_tokens(prompt_ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
+
+
+@lru_cache(maxsize=8)
+def image_processor(model_dir: Path) -> Any:
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True)
