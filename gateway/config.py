@@ -132,6 +132,11 @@ class ServerConfig(StrictConfig):
     # as a Kubernetes ConfigMap's update reaches every replica. None: only on SIGHUP or POST /config/reload.
     watch_config_s: float | None = Field(default=None, gt=0)
 
+    @property
+    def longest_call_s(self) -> float:
+        """The longest one request's calls can take, every retry at its timeout."""
+        return self.request_timeout_s * (self.num_retries + 1)
+
 
 class Settings(StrictConfig):
     model_list: list[ModelEntry] = Field(min_length=1)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.server.errors import APIError, bad_request, not_found
-from gateway.config import ResponsesConfig
+from gateway.config import ResponsesConfig, ServerConfig
 from gateway.conversation_lease import LEASE_S, ConversationLease, locked
 from gateway.metadata import checked_metadata
 from gateway.outcomes import storable
@@ -55,6 +55,11 @@ class ItemClock:
         start = max(time.time_ns() // 1000 * 1000, self._last + 1)
         self._last = start + count - 1
         return start
+
+
+def turn_hold_s(server: ServerConfig) -> float:
+    """How long a turn may hold its conversation: its calls, every retry included, and a minute for its items."""
+    return server.longest_call_s + 60.0
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
+from gateway.conversations import turn_hold_s
 from gateway.dispatch import Dispatcher
 from gateway.guardrails import Guardrails
 from gateway.health_checks import HealthChecker
@@ -105,7 +106,8 @@ def apply_policies(state: GatewayState, prepared: PreparedPolicies, new: Setting
     to close, where `health_checks` was removed."""
     pool, server = state.pool, new.server
     pool.allowed_fails, pool.cooldown_s, pool.strategy = server.allowed_fails, server.cooldown_s, server.routing_strategy
-    state.reloader.drain_timeout_s = server.request_timeout_s * (server.num_retries + 1)
+    state.reloader.drain_timeout_s = server.longest_call_s
+    state.conversations.max_hold_s = turn_hold_s(server)
     if prepared.dispatcher is not None:
         state.dispatcher = prepared.dispatcher
     stopped = None

@@ -18,7 +18,7 @@ from gateway.batches import Batches
 from gateway.budget_alerts import BudgetAlerts
 from gateway.config import Settings
 from gateway.config_reload import ConfigReloader
-from gateway.conversations import Conversations
+from gateway.conversations import Conversations, turn_hold_s
 from gateway.deployment_build import adapter_backend, add_deployment, adopt_wildcard, make_backend
 from gateway.deployment_limits_sync import DeploymentLimitSync
 from gateway.deployments import DeploymentPool
@@ -240,8 +240,7 @@ def build_state(settings: Settings) -> GatewayState:
                                  shared_passage_encoder())  # one MiniLM a process, the semantic cache's too
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
-        # a turn's calls, retries included, and a minute for its items
-        max_hold_s=server.request_timeout_s * (server.num_retries + 1) + 60.0)
+        max_hold_s=turn_hold_s(server))
     responses = StoredResponses(settings.responses, ResponseStore(db, outbox), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
         conversations, vector_stores)
@@ -293,7 +292,7 @@ def build_state(settings: Settings) -> GatewayState:
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None,
         health_checker=HealthChecker(settings.health_checks, lambda: pool.deployments, metrics.registry)
         if settings.health_checks is not None else None,
-        reloader=ConfigReloader(settings.source_path, drain_timeout_s=server.request_timeout_s * (server.num_retries + 1)))
+        reloader=ConfigReloader(settings.source_path, drain_timeout_s=server.longest_call_s))
 
 
 def ranker_models(settings: Settings) -> dict[str, str]:

@@ -64,7 +64,11 @@ def status_of(two: Reloadable, model: str, text: str) -> int | str:
 def test_num_retries_zero_makes_a_failing_deployments_request_fail(
         two: Reloadable, upstreams: tuple[UpstreamProcess, UpstreamProcess]) -> None:
     assert status_of(two, "m", FAIL_A) == "from-b"  # a failed, retried on b
+    state = two.gateway.state
+    assert state.conversations.max_hold_s == 600 * 3 + 60 and state.reloader.drain_timeout_s == 600 * 3
     report = reload_with(two, upstreams, server={**SERVER, "num_retries": 0, "cooldown_s": 5})
+    # a turn's hold on its conversation and the retired deployments' drain follow the new retries
+    assert state.conversations.max_hold_s == 600 + 60 and state.reloader.drain_timeout_s == 600
     assert report["policies_changed"] == ["server.num_retries", "server.cooldown_s"]
     assert report["added"] == report["retired"] == []
     assert status_of(two, "m", FAIL_A) == 503
