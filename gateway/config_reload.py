@@ -172,9 +172,10 @@ class ConfigReloader:
                 await state.router_artifacts.regroup(regrouped)
             if regrouped:
                 await recalibrate(state, regrouped)
-            for name in regrouped - {group.name for group in new.route_groups}:
-                with suppress(KeyError):  # a removed group's gauge
-                    state.metrics.cost_preference.remove(name)
+            now = {group.name: group for group in new.route_groups}
+            for name in regrouped:
+                if (group := now.get(name)) is None or group.calibrate is None:
+                    state.metrics.forget_calibration(name, removed=group is None)
             return report
 
     async def _build(self, plan: ReloadPlan, settings: Settings) -> dict[int, Backend]:

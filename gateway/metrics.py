@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -129,6 +130,17 @@ class GatewayMetrics:
             self.calibration_achieved.labels(route_group, "calibration").set(state.achieved or 0.0)
             if state.held_out_achieved is not None:
                 self.calibration_achieved.labels(route_group, "held_out").set(state.held_out_achieved)
+
+    def forget_calibration(self, route_group: str, removed: bool) -> None:
+        """A group no longer calibrated, or removed by a config reload: its gauges would otherwise show their
+        last values for as long as the process runs."""
+        series: list[tuple[Gauge, tuple[str, ...]]] = [(self.calibration_target, (route_group,))]
+        series += [(self.calibration_achieved, (route_group, t)) for t in ("calibration", "held_out", "since")]
+        if removed:
+            series.append((self.cost_preference, (route_group,)))
+        for gauge, labels in series:
+            with suppress(KeyError):  # older prometheus_client raises for a series never set
+                gauge.remove(*labels)
 
     def observe_deployment_limit_sync(self, answered: bool) -> None:
         self.deployment_limit_syncs.labels("ok" if answered else "failed").inc()

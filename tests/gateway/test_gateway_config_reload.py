@@ -232,9 +232,17 @@ def test_a_calibrated_route_group_added_calibrates_a_changed_one_restarts_a_remo
         assert reloadable.reload().status_code == 200
         assert task.done() and gateway.state.calibrator._tasks["auto"] is not task  # restarted
         wait_until(lambda: (calibration() or {}).get("target") == 0.002, what="the changed group calibrated")
+        target = 'pitstop_route_group_calibration_target{route_group="auto"}'
+        assert target in httpx.get(f"{gateway.url}/metrics").text
         write_config(path, gateway_config(tmp_path, models, [plain], auth=AUTH))
         assert reloadable.reload().status_code == 200
         assert "auto" not in gateway.state.calibrator._tasks and calibration() is None
+        scraped = httpx.get(f"{gateway.url}/metrics").text  # no stale gauge of a calibration that stopped
+        assert target not in scraped and 'pitstop_route_group_cost_preference{route_group="auto"}' in scraped
+        write_config(path, gateway_config(tmp_path, models, [{**plain, "name": "auto2"}], auth=AUTH))
+        assert reloadable.reload().status_code == 200
+        scraped = httpx.get(f"{gateway.url}/metrics").text  # a removed group's gauge goes with it
+        assert 'cost_preference{route_group="auto"}' not in scraped and 'cost_preference{route_group="auto2"}' in scraped
 
 
 def test_only_the_master_key_reloads(reloadable: Reloadable) -> None:
