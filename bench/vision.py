@@ -1,0 +1,130 @@
+"""Image inputs on Pitstop's engine, side by side in one run on one machine: the prefill of a request with an
+image against the same number of text tokens, the vision encoder's share of it, and the same image again
+served from the prefix cache (the encoder skipped). A small random LLaVA on the CPU (LLaVA-1.5's image shape:
+336-pixel images in 14-pixel patches, 576 feature tokens; a narrower CLIP tower and Llama), built locally.
+Timed in CPU time on one torch thread (the process's, so other work on a shared machine moves it little),
+the kinds interleaved run by run; medians, and the median of each run's image / text ratio.
+
+    .venv/bin/python -m bench.vision --out bench/results/vision.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import command, machine_info, write_report
+from engine.config import EngineConfig
+from engine.image_inputs import ImageInput, content_hash, expand_image_tokens
+from engine.llm_engine import LLMEngine
+from engine.openai_images import image_processor
+from engine.sampling_params import SamplingParams
+from engine.tiny_llava import make_tiny_llava
+from engine.tokenizer import Tokenizer
+from engine.torch_runner import TorchModelRunner
+
+FIRST_TOKEN = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+
+def _picture(seed: int, size: int = 400) -> object:
+    from PIL import Image
+
+    rng = random.Random(seed)
+    return Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3)))
+
+
+def _prefill_s(engine: LLMEngine, ids: list[int], images: list[ImageInput], name: str) -> tuple[float, int]:
+    """CPU seconds from admission to the first token (the whole prompt in one step), and its cached tokens."""
+    engine.add_request(name, ids, FIRST_TOKEN, images=images)
+    start = time.process_time()
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                return time.process_time() - start, out.num_cached_tokens
+    raise AssertionError("no output")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=9, help="requests of each kind (medians reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--vision-hidden", type=int, default=256)
+    parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/vision.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_tiny_llava(tmp, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4,
+                                    vocab_size=2048, image_size=336, patch_size=14, vision_hidden=args.vision_hidden,
+                                    vision_layers=args.vision_layers)
+        runner = TorchModelRunner(model_dir, 512, 16, device="cpu")
+        engine = LLMEngine(EngineConfig(num_blocks=512, max_model_len=2048, max_num_batched_tokens=2048,
+                                        long_prefill_token_threshold=2048), runner)
+        vision = runner.vision
+        features = runner.image_features
+        assert vision is not None and features is not None
+        tokenizer = Tokenizer(model_dir)
+        before = tokenizer.encode("A user asks about this screenshot: ")
+        after = tokenizer.encode(" What does the dialog on the screen say, and which button should be pressed?")
+        rng = random.Random(0)
+        rows: dict[str, list[float]] = {"image": [], "text": [], "repeat": [], "encoder": [], "preprocess": []}
+        cached: list[int] = []
+        for run in range(args.runs + 1):  # the first of each kind warms up, and is dropped
+            picture = _picture(run)
+            start = time.process_time()
+            pixels = image_processor(model_dir)(images=[picture], return_tensors="pt")["pixel_values"]
+            preprocess = time.process_time() - start
+            ids, images = expand_image_tokens(before + [vision.image_token_id] + after, vision.image_token_id,
+                                              vision.tokens_per_image, [content_hash("RGB", picture.size,
+                                                                                     picture.tobytes())], [pixels[0]])
+            start = time.process_time()
+            with torch.inference_mode():
+                features.encoder(pixels)
+            encoder = time.process_time() - start
+            encoded = features.images_encoded
+            image, _ = _prefill_s(engine, ids, images, f"image-{run}")
+            text, _ = _prefill_s(engine, [rng.randrange(4, 2000) for _ in ids], [], f"text-{run}")
+            repeat, hit = _prefill_s(engine, ids, images, f"repeat-{run}")
+            assert features.images_encoded == encoded + 1, "the repeat ran the encoder"
+            if run:
+                for name, value in (("image", image), ("text", text), ("repeat", repeat), ("encoder", encoder),
+                                    ("preprocess", preprocess)):
+                    rows[name].append(value)
+                cached.append(hit)
+    ms = {name: 1000 * statistics.median(values) for name, values in rows.items()}
+    ratio = statistics.median(i / t for i, t in zip(rows["image"], rows["text"], strict=True))
+    report = {
+        "command": command("bench.vision", argv),
+        "machine": machine_info(),
+        "settings": {"runs": args.runs, "prompt_tokens": len(ids), "image_tokens": vision.tokens_per_image,
+                     "image_size": vision.image_size, "language_model": {"hidden": args.hidden, "layers": args.layers},
+                     "vision_tower": {"kind": "clip", "hidden": args.vision_hidden, "layers": args.vision_layers},
+                     "device": "cpu", "dtype": "float32", "threads": args.threads, "clock": "process CPU time"},
+        "results": {
+            "image_prefill_ms": ms["image"],
+            "text_prefill_ms_same_tokens": ms["text"],
+            "image_over_text_prefill": ratio,
+            "encoder_ms": ms["encoder"],
+            "encoder_share_of_image_prefill": ms["encoder"] / ms["image"],
+            "preprocess_ms": ms["preprocess"],
+            "repeat_image_prefill_ms": ms["repeat"],
+            "repeat_cached_tokens": statistics.median(cached),
+            "repeat_encoder_runs": 0,
+        },
+        "runs_ms": {name: [1000 * v for v in values] for name, values in rows.items()},
+    }
+    write_report(args.out, report)
+    print(f"wrote {args.out}: {report['results']}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
