@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from engine.async_engine import AsyncEngine
 from engine.call_stream import CallStream
 from engine.custom_tools import CustomCalls, custom_calls_of
+from engine.harmony import INNER_TOOLS, HarmonyText, is_harmony
 from engine.held_calls import held_calls
 from engine.hints import SchedulingHints
 from engine.image_inputs import ImageInput
@@ -116,7 +117,11 @@ class OpenAIGeneration:
         # A chat answer's thinking is split from it (a grammar then holds only what follows the thinking),
         # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
         # already parsed: engine/forced_tools.py).
-        self.reasoning = bool(reasoning_parser) and chat and parsed.forced_tools is None
+        harmony = is_harmony(reasoning_parser, tool_call_parser)  # gpt-oss's messages: engine/harmony.py
+        self.harmony = harmony and chat and parsed.forced_tools is None and parsed.params.constraint is None
+        if harmony:  # its reasoning_effort goes to the chat template, not to a thinking budget
+            reasoning_parser, tool_call_parser = None, INNER_TOOLS if self.harmony else None
+        self.reasoning = (bool(reasoning_parser) or self.harmony) and chat and parsed.forced_tools is None
         budget = parsed.params.thinking_token_budget
         if budget is not None and not reasoning_parser:
             raise bad_request("'thinking_token_budget' caps a reasoning model's thinking: this engine parses none "
@@ -127,7 +132,7 @@ class OpenAIGeneration:
         free = chat and parsed.params.constraint is None and parsed.forced_tools is None
         self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
         held = None
-        if self.calls and parsed.tools and engine.engine.can_constrain:  # strict or allowed tools: held_calls.py
+        if self.calls and parsed.tools and engine.engine.can_constrain and not self.harmony:  # strict or allowed tools: held_calls.py
             held = held_calls(parsed.tools, self.calls, getattr(engine.tokenizer, "added_tokens", frozenset()),
                               parsed.parallel_tool_calls, parsed.allowed_tools)
             if held is not None:
@@ -149,6 +154,7 @@ class OpenAIGeneration:
         # Told once when the outputs end: finished (None), failed, or cut (a cancel): the tracing span's hook.
         self.on_end: Callable[[OpenAIGeneration, BaseException | None], None] | None = None
         self.token_ids: TokenIds | None = None  # return_token_ids: the ids behind the text
+        self._harmony: dict[int, HarmonyText] = {}  # each choice's Harmony reader
 
     async def start(self, priority: float | None = None, session_id: str | None = None,
                     pin_ttl_s: float | None = None, hints: SchedulingHints | None = None) -> None:
@@ -205,6 +211,8 @@ class OpenAIGeneration:
                     if self.parsed.score_only:  # the sampled token is not part of the answer
                         out = replace(out, new_token_ids=[], text_delta="", logprobs=None, num_output_tokens=0,
                                       finish_reason="length" if out.finished else None)
+                    if self.harmony:  # its tokens as the text the parsers read
+                        out = self._harmony.setdefault(i, HarmonyText(self.engine.tokenizer)).translated(out)
                     lasts[i] = out
                     if self.token_ids is not None:
                         self.token_ids.arrived(i, out.new_token_ids)

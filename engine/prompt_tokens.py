@@ -57,10 +57,12 @@ def _text_chars(content: object) -> int:
 def _render_chat(engine: AsyncEngine, parsed: GenerateRequest) -> str:
     assert engine.tokenizer is not None and parsed.messages is not None
     options = parsed.template
+    # OpenAI's reasoning_effort is a template variable too (gpt-oss's template writes it into the system message).
+    effort = {"reasoning_effort": parsed.reasoning_effort} if parsed.reasoning_effort is not None else {}
     try:
         text = engine.tokenizer.apply_chat_template(template_messages(parsed.messages), tools=parsed.tools,
                                                     add_generation_prompt=options.add_generation_prompt,
-                                                    **options.kwargs)
+                                                    **{**effort, **options.kwargs})
     except Exception as exc:  # template errors (raise_exception, missing template) come from the input
         raise bad_request(f"could not render the chat template: {exc}", "messages") from None
     return _continued(text, parsed.messages[-1]["content"]) if options.continue_final_message else text

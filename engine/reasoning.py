@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from engine.detokenizer import longest_partial_suffix
 
 THINK_START, THINK_END = "<think>", "</think>"
-PARSERS = ("think",)
+PARSERS = ("think", "openai_gptoss")  # the second: gpt-oss's Harmony channels (engine/harmony.py)
 
 
 def starts_inside(prompt_text: str) -> bool:

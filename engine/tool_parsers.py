@@ -132,7 +132,9 @@ class Llama3JsonParser:
         return at if at < len(text) else None
 
 
-PARSERS: dict[str, ToolCallParser] = {"hermes": HermesParser(), "llama3_json": Llama3JsonParser()}
+# "openai": gpt-oss's Harmony calls, read from its tokens into the hermes format (engine/harmony.py).
+PARSERS: dict[str, ToolCallParser] = {"hermes": HermesParser(), "llama3_json": Llama3JsonParser(),
+                                      "openai": HermesParser()}
 
 
 def parse_calls(text: str, parser: str = "hermes") -> ParsedCalls | None:

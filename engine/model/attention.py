@@ -16,6 +16,10 @@ masks the rest (its cache keeps every block: the full-attention layers and the p
 
 With an fp8 cache (engine/model/kv_quant.py) K/V are rounded to one byte as they are written and
 widened again as they are gathered, each layer with its own scales; attention itself runs unchanged.
+
+gpt-oss's attention sinks (one learned logit per head that joins the softmax's denominator and attends to
+nothing) go through SDPA as one more key: a zero key and value whose additive mask is the head's sink, so its
+score is exactly the sink (transformers' eager GptOss attention concatenates the sink to the scaled scores).
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ class _Reader:
     kv_format: FP8KVFormat | None
     scales: tuple[float, float]
     softmax_scale: float | None = None
+    sinks: torch.Tensor | None = None  # [heads]: gpt-oss's
 
     def gather(self, cache: torch.Tensor, block_tables: torch.Tensor, which: int) -> torch.Tensor:
         """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys (0) or values (1)."""
@@ -184,12 +189,13 @@ class _Reader:
 
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan,
-                    scales: tuple[float, float] = (1.0, 1.0), softmax_scale: float | None = None) -> torch.Tensor:
+                    scales: tuple[float, float] = (1.0, 1.0), softmax_scale: float | None = None,
+                    sinks: torch.Tensor | None = None) -> torch.Tensor:
     """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written
     (with an fp8 plan, by `write_kv` with the same `scales`). `softmax_scale`: the scores' factor, None for
-    head_dim ** -0.5 (Gemma 3 has its own)."""
+    head_dim ** -0.5 (Gemma 3 has its own). `sinks`: [heads] gpt-oss's sink logits."""
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    reader = _Reader(plan.workspace, plan.kv_format, scales, softmax_scale)
+    reader = _Reader(plan.workspace, plan.kv_format, scales, softmax_scale, sinks)
     if plan.decode_only:
         return _decode_attention(q, k_cache, v_cache, plan, reader)
     out = torch.empty_like(q)
@@ -209,22 +215,43 @@ def _decode_attention(
     kv_heads = k.shape[1]
     # GQA without repeating K/V: the query heads sharing a KV head become that head's query rows.
     grouped = q.view(rows, kv_heads, heads // kv_heads, head_dim)
-    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=plan.decode_mask, scale=reader.softmax_scale)
+    mask = plan.decode_mask
+    if reader.sinks is not None:  # query head h is (h // group, h % group) here
+        k, v, mask = _with_sink(k, v, mask, reader.sinks.view(1, kv_heads, heads // kv_heads, 1), q.dtype)
+    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=reader.softmax_scale)
     return out.reshape(rows, heads, head_dim)
 
 
 def _prefill_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, row: _PrefillRow, reader: _Reader
 ) -> torch.Tensor:
-    k = reader.gather(k_cache, row.block_table, 0)[:, : row.num_keys]  # [kv_heads, keys, head_dim]
-    v = reader.gather(v_cache, row.block_table, 1)[:, : row.num_keys]
+    k = reader.gather(k_cache, row.block_table, 0)[:, : row.num_keys].unsqueeze(0)  # [1, kv_heads, keys, head_dim]
+    v = reader.gather(v_cache, row.block_table, 1)[:, : row.num_keys].unsqueeze(0)
+    mask = row.mask
+    if reader.sinks is not None:
+        if mask is None:
+            mask = torch.ones(q.shape[0], row.num_keys, dtype=torch.bool, device=q.device).tril()
+        k, v, mask = _with_sink(k, v, mask, reader.sinks.view(1, -1, 1, 1), q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
-        k.unsqueeze(0),
-        v.unsqueeze(0),
-        attn_mask=row.mask,
-        is_causal=row.mask is None,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=mask is None,
         enable_gqa=True,
         scale=reader.softmax_scale,
     )
     return out.squeeze(0).transpose(0, 1)
+
+
+def _with_sink(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, sinks: torch.Tensor,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K/V [B, kv_heads, L, head_dim] with a zero key and value appended, and the boolean `mask` [..., L]
+    as an additive one [..., L + 1] whose last column is each head's sink (`sinks` broadcast to the scores'
+    [B, heads-as-laid-out, queries, 1])."""
+    zeros = k.new_zeros(*k.shape[:-2], 1, k.shape[-1])
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    shape = torch.broadcast_shapes(additive.shape[:-1], sinks.shape[:-1])
+    sink_column = sinks.to(dtype).expand(*shape, 1)
+    return (torch.cat([k, zeros], dim=-2), torch.cat([v, zeros], dim=-2),
+            torch.cat([additive.expand(*shape, additive.shape[-1]), sink_column], dim=-1))

@@ -1,6 +1,6 @@
 """ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
 (Llama, Mistral, Qwen2 and Qwen3 families, the mixture-of-experts Qwen3-MoE and Mixtral, and Gemma 3 text and
-Phi-3 (engine/model/families.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
+Phi-3 (engine/model/families.py), gpt-oss (engine/model/gpt_oss.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
 `rope_parameters` dict)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from engine.model import families
 from engine.model.families import GEMMA3, PHI3
+from engine.model.gpt_oss import GPT_OSS, gpt_oss_fields, with_defaults
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3, GPT_OSS)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
 QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", GEMMA3)
@@ -48,6 +49,13 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True  # renormalise the chosen experts' softmax weights to sum to 1
     sparse_layers: tuple[int, ...] = ()
+    # gpt-oss (engine/model/gpt_oss.py): a learned softmax sink per head, router and expert biases, the top-k
+    # logits softmaxed after the choice, and a SwiGLU clamped at `swiglu_limit` (None: plain SwiGLU).
+    attention_sinks: bool = False
+    moe_bias: bool = False
+    topk_before_softmax: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.702
     # Sliding-window attention: the listed layers' queries see their last `sliding_window` tokens.
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = ()
@@ -97,7 +105,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
-        raw = families.text_config_of(raw)
+        raw = with_defaults(families.text_config_of(raw))
         model_type = raw.get("model_type", "llama")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
@@ -110,6 +118,8 @@ class ModelConfig:
             rope_raw, extra["local_rope_theta"] = families.gemma3_rope(raw)
             extra |= families.gemma3_fields(raw)
             raw = {**raw, **rope_raw, "rope_scaling": None}
+        if model_type == GPT_OSS:
+            extra |= gpt_oss_fields(raw)
         partial = families.partial_rotary_factor(raw)
         rope_theta, rope_scaling = _parse_rope(raw, int(head_dim * partial))
         attention_bias = bool(raw.get("attention_bias", False))
@@ -149,12 +159,13 @@ class ModelConfig:
         kv_size = self.num_kv_heads * self.head_dim
         attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
-        attn += 2 * self.head_dim * self.qk_norm
+        attn += 2 * self.head_dim * self.qk_norm + self.num_heads * self.attention_sinks
         norms = (4 if self.sandwich_norms else 2) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
         # A sparse layer's MLP: the router plus every expert's gate, up and down projections.
         sparse_mlp = self.num_experts * self.hidden_size * (1 + 3 * self.moe_intermediate_size)
+        sparse_mlp += self.num_experts * (1 + 2 * self.moe_intermediate_size + self.hidden_size) * self.moe_bias
         num_sparse = len(self.sparse_layers)
         mlps = (self.num_layers - num_sparse) * mlp + num_sparse * sparse_mlp
         per_layer = attn + norms
@@ -182,7 +193,7 @@ def _sliding_fields(model_type: str, raw: dict) -> dict:
         window = None
     if model_type == PHI3 and window is not None and window >= raw.get("max_position_embeddings", 2048):
         window = None  # Phi-3.5 and Phi-4-mini set 262,144: wider than any context, so no window
-    if window is None or model_type not in (*SLIDING_FLAG_MODEL_TYPES, "mistral", "mixtral", PHI3, GEMMA3):
+    if window is None or model_type not in (*SLIDING_FLAG_MODEL_TYPES, "mistral", "mixtral", PHI3, GEMMA3, GPT_OSS):
         return {}
     layer_types = families.gemma3_layer_types(raw) if model_type == GEMMA3 else raw.get("layer_types")
     if model_type in SLIDING_FLAG_MODEL_TYPES and layer_types is None:

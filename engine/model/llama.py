@@ -42,6 +42,8 @@ class Attention(nn.Module):
         self.q_norm = norm() if config.qk_norm else None
         self.k_norm = norm() if config.qk_norm else None
         self.softmax_scale = config.attention_scale
+        # gpt-oss: a learned logit per head in each softmax's denominator (engine/model/attention.py).
+        self.sinks = nn.Parameter(torch.empty(config.num_heads)) if config.attention_sinks else None
         # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
         self.kv_scales = (1.0, 1.0)
         self.kv_scales_measured = False  # with calculate_kv_scales: set on the first step
@@ -70,7 +72,7 @@ class Attention(nn.Module):
         if self.sliding:
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
             plan = plan.sliding
-        out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale)
+        out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale, self.sinks)
         return self.tp.all_reduce(self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)))
 
 

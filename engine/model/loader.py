@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 
 from engine.model.config import ModelConfig
+from engine.model.gpt_oss import GPT_OSS
+from engine.model.gpt_oss_weights import GptOssTensors
 from engine.model.int4_linear import Int4Linear
 from engine.model.layers import PackedLinear
 from engine.model.llama import Attention, CausalLM
@@ -107,6 +109,7 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
     for module in int4.values():
         module.begin_loading()
     loaded: set[str] = set()
+    gpt_oss = GptOssTensors() if model.config.model_type == GPT_OSS else None  # its layout, MXFP4 experts
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
@@ -114,10 +117,15 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
                     continue
                 if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                for our_name, tensor in split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size):
+                parts = split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size)
+                if gpt_oss is not None:
+                    parts = [part for n, t in parts for part in gpt_oss.convert(n, t)]
+                for our_name, tensor in parts:
                     if not isinstance(_projection_module(our_name, modules), Int4Linear):  # it cuts its own share
                         tensor = shard_tensor(our_name, tensor, tp)
                     loaded.update(_load_one(our_name, tensor, params, modules))
+    if gpt_oss is not None:
+        gpt_oss.finish()
     missing = expected - loaded
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} parameters, e.g. {sorted(missing)[:3]}")

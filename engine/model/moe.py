@@ -7,7 +7,10 @@ per-expert tensors into them).
 The token-expert pairs are sorted by expert once, so each expert's tokens are one contiguous run, and
 the experts run as one grouped matmul (`torch.nn.functional.grouped_mm`, the kernel vLLM's and
 transformers' MoE layers use), with no host sync. Where that kernel has no support (CUDA before
-Ampere, or not bfloat16) a loop over the experts that got tokens does the same sums."""
+Ampere, or not bfloat16) a loop over the experts that got tokens does the same sums.
+
+gpt-oss's variant (engine/model/gpt_oss.py) is this module with its config's switches: a router bias, the top-k
+logits softmaxed after the choice (in their dtype, as transformers), expert biases and a clamped SwiGLU."""
 
 from __future__ import annotations
 
@@ -22,24 +25,43 @@ from engine.model.parallel import SINGLE, TPGroup
 
 
 class Experts(nn.Module):
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+    """`bias`: gpt-oss's per-expert biases on gate/up and down; `swiglu_limit`: its clamped SwiGLU."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, bias: bool = False,
+                 swiglu_limit: float | None = None, swiglu_alpha: float = 1.702) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.gate_up_proj_bias = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size)) if bias else None
+        self.down_proj_bias = nn.Parameter(torch.empty(num_experts, hidden_size)) if bias else None
+        self.swiglu_limit, self.swiglu_alpha = swiglu_limit, swiglu_alpha
 
-    def grouped(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """x: [pairs, hidden] sorted by expert; offsets: int32 [experts], each expert's run's end."""
-        gate, up = F.grouped_mm(x, self.gate_up_proj.transpose(1, 2), offs=offsets).chunk(2, dim=-1)
-        return F.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(1, 2), offs=offsets)
+    def act(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.swiglu_limit is None:
+            return F.silu(gate) * up
+        # gpt-oss: the gate clamped from above, up both ways, and up shifted by one (transformers' GptOssExperts).
+        gate, up = gate.clamp(max=self.swiglu_limit), up.clamp(-self.swiglu_limit, self.swiglu_limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * self.swiglu_alpha))
+
+    def grouped(self, x: torch.Tensor, offsets: torch.Tensor, row_experts: torch.Tensor) -> torch.Tensor:
+        """x: [pairs, hidden] sorted by expert; offsets: int32 [experts], each expert's run's end;
+        row_experts: [pairs] each row's expert (for the biases)."""
+        gate_up = F.grouped_mm(x, self.gate_up_proj.transpose(1, 2), offs=offsets)
+        if self.gate_up_proj_bias is not None:
+            gate_up = gate_up + self.gate_up_proj_bias[row_experts]
+        out = F.grouped_mm(self.act(*gate_up.chunk(2, dim=-1)), self.down_proj.transpose(1, 2), offs=offsets)
+        return out if self.down_proj_bias is None else out + self.down_proj_bias[row_experts]
 
     def looped(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         out, start = torch.empty_like(x), 0
         for expert, count in enumerate(counts):
             if count:
                 rows = slice(start, start + count)
-                gate, up = F.linear(x[rows], self.gate_up_proj[expert]).chunk(2, dim=-1)
-                out[rows] = F.linear(F.silu(gate) * up, self.down_proj[expert])
+                gate_up_bias, down_bias = (None if b is None else b[expert]
+                                           for b in (self.gate_up_proj_bias, self.down_proj_bias))
+                gate, up = F.linear(x[rows], self.gate_up_proj[expert], gate_up_bias).chunk(2, dim=-1)
+                out[rows] = F.linear(self.act(gate, up), self.down_proj[expert], down_bias)
                 start += count
         return out
 
@@ -53,11 +75,17 @@ class SparseMoE(nn.Module):
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
+        self.topk_before_softmax = config.topk_before_softmax
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=config.moe_bias)
+        self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size,
+                               config.moe_bias, config.swiglu_limit, config.swiglu_alpha)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weights [T, top_k] in x's dtype, expert ids [T, top_k]); softmax in float32, as transformers."""
+        """(weights [T, top_k] in x's dtype, expert ids [T, top_k]); softmax in float32, as transformers,
+        except gpt-oss's: over the chosen logits, in their dtype (transformers' GptOssTopKRouter)."""
+        if self.topk_before_softmax:
+            top, experts = self.gate(x).topk(self.top_k, dim=-1)
+            return torch.softmax(top, dim=-1, dtype=top.dtype).to(x.dtype), experts
         probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float32)
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
@@ -71,7 +99,7 @@ class SparseMoE(nn.Module):
         tokens = order // self.top_k
         counts = torch.bincount(flat_experts, minlength=self.num_experts)
         if grouped if grouped is not None else grouped_mm_supported(x.device, x.dtype):
-            out = self.experts.grouped(x[tokens], counts.cumsum(0, dtype=torch.int32))
+            out = self.experts.grouped(x[tokens], counts.cumsum(0, dtype=torch.int32), flat_experts[order])
         else:
             out = self.experts.looped(x[tokens], counts.tolist())
         out = out * weights.flatten()[order].unsqueeze(-1)

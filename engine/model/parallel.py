@@ -27,8 +27,12 @@ _COLUMN = re.compile(r".*\.(self_attn\.(q|k|v)_proj|mlp\.(gate|up)_proj|experts\
                      r"(weight|bias|weight_scale)")
 _ROW = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj|experts\.\d+\.down_proj)\.weight")
 _ROW_BIAS = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj)\.bias")
-_STACKED_GATE_UP = re.compile(r".*\.mlp\.experts\.gate_up_proj")  # transformers 5: [experts, 2 x inter, hidden]
+# transformers 5: [experts, 2 x inter, hidden]; gpt-oss's bias [experts, 2 x inter] too, gates first
+_STACKED_GATE_UP = re.compile(r".*\.mlp\.experts\.gate_up_proj(_bias)?")
 _STACKED_DOWN = re.compile(r".*\.mlp\.experts\.down_proj")  # [experts, hidden, inter]
+# gpt-oss: the down projection's expert biases [experts, hidden] and a sink per query head.
+_STACKED_DOWN_BIAS = re.compile(r".*\.mlp\.experts\.down_proj_bias")
+_SINKS = re.compile(r".*\.self_attn\.sinks")
 
 
 @dataclass
@@ -93,11 +97,13 @@ def shard_tensor(name: str, tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
         return tensor if tensor.numel() == 1 else tensor.chunk(tp.size, dim=0)[tp.rank].clone()
     if _ROW.fullmatch(name):
         return tensor.chunk(tp.size, dim=1)[tp.rank].clone()
-    if _ROW_BIAS.fullmatch(name):  # added once, after the sum
+    if _ROW_BIAS.fullmatch(name) or _STACKED_DOWN_BIAS.fullmatch(name):  # added once, after the sum
         return tensor if tp.rank == 0 else torch.zeros_like(tensor)
     if _STACKED_GATE_UP.fullmatch(name):
         gate, up = tensor.chunk(2, dim=1)
         return torch.cat([gate.chunk(tp.size, dim=1)[tp.rank], up.chunk(tp.size, dim=1)[tp.rank]], dim=1)
+    if _SINKS.fullmatch(name):
+        return tensor.chunk(tp.size)[tp.rank].clone()
     if _STACKED_DOWN.fullmatch(name):
         return tensor.chunk(tp.size, dim=2)[tp.rank].clone()
     return tensor

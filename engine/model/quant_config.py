@@ -95,6 +95,8 @@ def serving_scheme(model_dir: str | Path, requested: str | None) -> QuantScheme 
     if requested is not None and requested not in QUANTIZATIONS:
         raise QuantizationError(f"quantization {requested!r} is not one of {', '.join(QUANTIZATIONS)}")
     raw = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config")
+    if raw and raw.get("quant_method") == "mxfp4":  # gpt-oss's experts, dequantized as they are read
+        raw = None  # (engine/model/gpt_oss_weights.py); its other tensors are the model's dtype
     stored = checkpoint_scheme(raw) if raw else None
     if stored is None:
         return runtime_scheme(requested) if requested else None

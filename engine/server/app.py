@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.async_engine import AsyncEngine, EngineDeadError, SessionNotFoundError
+from engine.harmony import check_tokenizer, is_harmony, parsers_for
 from engine.sampling_params import InvalidRequestError
 from engine.server.embeddings import embeddings
 from engine.server.errors import APIError, engine_unavailable, not_found
@@ -204,6 +205,10 @@ def create_app(engine: AsyncEngine, model_name: str, reasoning_parser: str | Non
                                               SessionNotFoundError, EngineDeadError, ClientDisconnect,
                                               SleepStateError)}
     app = Starlette(routes=ROUTES, exception_handlers=handlers, lifespan=lifespan)
+    model_type = getattr(getattr(engine.engine.runner, "config", None), "model_type", "")
+    reasoning_parser, tool_call_parser = parsers_for(model_type, reasoning_parser, tool_call_parser)  # gpt-oss's
+    if is_harmony(reasoning_parser, tool_call_parser):
+        check_tokenizer(engine.tokenizer)
     app.state.pitstop = ServerState(engine, model_name, ServerMetrics(), reasoning_parser, tool_call_parser,
                                     allow_lora_updates, tracing, allow_weight_updates, enable_sleep_mode)
     return app
