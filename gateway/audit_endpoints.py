@@ -6,8 +6,9 @@
 newest first, each event `{"id", "object": "organization.audit_log", "type", "effective_at", "actor",
 "<type>": {its payload}}`, the page with `first_id`, `last_id` and `has_more` (the SDK's
 `client.admin.organization.audit_logs.list`). The events: api_key.created / updated / deleted (revoked) /
-rotated, team.created / updated / deleted, config.reloaded. A key's or team's event is written in the
-change's transaction (storage/audit.py); never a secret."""
+rotated, team.created / updated / deleted, webhook_endpoint.created / updated / deleted / secret_rotated,
+config.reloaded. A key's, team's or webhook endpoint's event is written in the change's transaction
+(storage/audit.py); never a secret."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.server.errors import bad_request, not_found
+from gateway.audit_actor import admin_actor
 from gateway.db_calls import db_call_or_503
 from gateway.key_admin import admin_body, require_master
 from gateway.responses_api import page_params
@@ -97,7 +98,7 @@ async def create_endpoint(request: Request) -> Response:
     now = datetime.now(UTC)
     row = {"id": new_id("we"), "created_at": now, "updated_at": now, "secret": new_secret(),
            "previous_secret": None, "previous_secret_until": None, **values}
-    await _db(state.webhooks.store.add_endpoint, row)
+    await _db(state.webhooks.store.add_endpoint, row, admin_actor(request))
     return JSONResponse(endpoint_object(row, with_secret=True))
 
 
@@ -126,15 +127,17 @@ async def update_endpoint(request: Request) -> Response:
     values = _fields(await admin_body(request, state, ("name", "url", "event_types")), required=False)
     row = await _endpoint(state, endpoint_id)
     if any(row[name] != value for name, value in values.items()):  # an unchanged update leaves updated_at
+        event = ("webhook_endpoint.updated", {"id": endpoint_id, "changes_requested": dict(values),
+                                              "previous": {name: row[name] for name in values}})
         values["updated_at"] = datetime.now(UTC)
-        await _db(state.webhooks.store.change_endpoint, endpoint_id, values)
+        await _db(state.webhooks.store.change_endpoint, endpoint_id, values, admin_actor(request), event)
     return JSONResponse(endpoint_object({**row, **values}))
 
 
 async def delete_endpoint(request: Request) -> Response:
     state = _state(request)
     endpoint_id = request.path_params["endpoint_id"]
-    if not await _db(state.webhooks.store.delete_endpoint, endpoint_id):
+    if not await _db(state.webhooks.store.delete_endpoint, endpoint_id, admin_actor(request)):
         raise not_found(f"no webhook endpoint {endpoint_id!r}", "webhook_endpoint_id")
     return JSONResponse({"id": endpoint_id, "object": "webhook_endpoint.deleted", "deleted": True})
 
@@ -152,7 +155,8 @@ async def rotate_secret(request: Request) -> Response:
     values = {"secret": new_secret(), "updated_at": now,
               "previous_secret": row["secret"] if keep else None,
               "previous_secret_until": now + timedelta(seconds=KEEP_OLD_SECRET_S) if keep else None}
-    await _db(state.webhooks.store.change_endpoint, endpoint_id, values)
+    event = ("webhook_endpoint.secret_rotated", {"id": endpoint_id, "keep_old_secret_active_for_24_hours": keep})
+    await _db(state.webhooks.store.change_endpoint, endpoint_id, values, admin_actor(request), event)
     return JSONResponse(endpoint_object({**row, **values}, with_secret=True))
 
 

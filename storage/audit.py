@@ -1,5 +1,5 @@
 """The admin audit log's records: written in the same transaction as the change they record (a key's, a
-team's), so a change that commits has its row and a failed row undoes the change; listed newest first with
+team's, a webhook endpoint's), so a change that commits has its row and a failed row undoes the change; listed newest first with
 OpenAI's filters and cursors (gateway/audit_endpoints.py). Storage only; never given a secret.
 
 Rows are kept: no retention setting prunes them (the outcome log's `storage.retention` does not reach them),
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy import insert, select
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.orm import Session
 
 from storage.db import as_engine, session_factory
@@ -23,15 +23,15 @@ from storage.models.audit import ID_PREFIX
 Actor = dict[str, Any]  # OpenAI's actor object: {"type": "api_key", "api_key": {...}} or {"type": "session", ...}
 
 
-def record(session: Session, actor: Actor | None, type_: str, resource_id: str | None,
+def record(session: Session | Connection, actor: Actor | None, type_: str, resource_id: str | None,
            payload: dict[str, Any]) -> None:
-    """Add the event to `session`'s transaction (nothing where `actor` is None: a caller that audits
-    nothing, as the storage tests' direct calls)."""
+    """Add the event to the transaction of `session` (an ORM session or a Core connection); nothing where
+    `actor` is None (a caller that audits nothing, as the storage tests' direct calls). A row that cannot be
+    written fails here, inside the change's transaction."""
     if actor is None:
         return
-    session.add(AuditLog(type=type_, effective_at=int(time.time()), actor=actor, resource_id=resource_id,
-                         payload=payload))
-    session.flush()  # a row that cannot be written fails here, inside the change's transaction
+    session.execute(insert(AuditLog).values(type=type_, effective_at=int(time.time()), actor=actor,
+                                            resource_id=resource_id, payload=payload))
 
 
 def seq_of(public_id: str) -> int:

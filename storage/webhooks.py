@@ -20,6 +20,7 @@ from sqlalchemy import Table, delete, or_, select, update
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.sql import Executable
 
+from storage.audit import Actor, record
 from storage.db import as_engine
 from storage.leases import relaxed_commit
 from storage.models import WebhookDelivery, WebhookEndpoint
@@ -111,9 +112,13 @@ class WebhookStore:
 
     # Endpoints: few, read whole.
 
-    def add_endpoint(self, row: dict[str, Any]) -> None:
+    # With an `actor`, each change writes its audit event in its transaction (storage/audit.py), never a secret.
+
+    def add_endpoint(self, row: dict[str, Any], actor: Actor | None = None) -> None:
         with self._engine.begin() as connection:
             connection.execute(ENDPOINTS.insert(), [row])
+            record(connection, actor, "webhook_endpoint.created", row["id"], {"id": row["id"], "data": {
+                name: row.get(name) for name in ("name", "url", "event_types")}})
 
     def endpoint(self, endpoint_id: str) -> dict[str, Any] | None:
         with self._engine.connect() as connection:
@@ -126,17 +131,25 @@ class WebhookStore:
             query = select(ENDPOINTS).order_by(ENDPOINTS.c.created_at.desc(), ENDPOINTS.c.id.desc())
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def change_endpoint(self, endpoint_id: str, values: dict[str, Any]) -> bool:
+    def change_endpoint(self, endpoint_id: str, values: dict[str, Any], actor: Actor | None = None,
+                        event: tuple[str, dict[str, Any]] | None = None) -> bool:
+        """`event`: the audit event's type and payload, where `actor` is given."""
         with self._engine.begin() as connection:
-            return connection.execute(update(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id)
-                                      .values(**values)).rowcount > 0
+            changed = connection.execute(update(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id)
+                                         .values(**values)).rowcount > 0
+            if changed and event is not None:
+                record(connection, actor, event[0], endpoint_id, event[1])
+            return changed
 
-    def delete_endpoint(self, endpoint_id: str) -> bool:
+    def delete_endpoint(self, endpoint_id: str, actor: Actor | None = None) -> bool:
         """The endpoint and the deliveries still on their way to it."""
         with self._engine.begin() as connection:
             connection.execute(delete(DELIVERIES).where(DELIVERIES.c.endpoint_id == endpoint_id,
                                                         DELIVERIES.c.status == PENDING))
-            return connection.execute(delete(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id)).rowcount > 0
+            deleted = connection.execute(delete(ENDPOINTS).where(ENDPOINTS.c.id == endpoint_id)).rowcount > 0
+            if deleted:
+                record(connection, actor, "webhook_endpoint.deleted", endpoint_id, {"id": endpoint_id})
+            return deleted
 
     # Deliveries.
 

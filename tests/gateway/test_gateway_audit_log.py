@@ -137,3 +137,26 @@ def test_the_cli_creates_with_a_duration_rotates_with_a_grace_and_lists_the_log(
     only = run_cli_here("audit", "list", "--type", "api_key.created", "--config", path)
     assert [json.loads(line)["type"] for line in only.stdout.splitlines()] == ["api_key.created"]
     assert run_cli_here("audit", "list", "--since", "2999-01-01", "--config", path).stdout == ""
+
+
+def test_webhook_endpoint_changes_are_events_without_their_signing_secrets(
+        tmp_path: Path, upstream: UpstreamProcess) -> None:
+    raw = gateway_config(tmp_path, [model_entry("up", upstream.api_base)],
+                         auth={"require_keys": True, "master_key": MASTER})
+    with running_gateway(raw) as gw:
+        made = admin(gw, "POST", "/v1/webhook_endpoints", json={
+            "name": "ops", "url": "https://hooks.example.com/a", "event_types": ["batch.failed"]}).json()
+        admin(gw, "POST", f"/v1/webhook_endpoints/{made['id']}", json={"name": "ops-2"})
+        rotated = admin(gw, "POST", f"/v1/webhook_endpoints/{made['id']}/rotate_secret",
+                        json={"keep_old_secret_active_for_24_hours": True}).json()
+        admin(gw, "DELETE", f"/v1/webhook_endpoints/{made['id']}")
+        with gw.http(headers=ADMIN) as http:
+            page = http.get("/v1/organization/audit_logs", params={"resource_ids[]": made["id"]})
+        events = page.json()["data"]
+        assert [e["type"] for e in events] == ["webhook_endpoint.deleted", "webhook_endpoint.secret_rotated",
+                                               "webhook_endpoint.updated", "webhook_endpoint.created"]
+        assert events[3]["webhook_endpoint.created"]["data"] == {
+            "name": "ops", "url": "https://hooks.example.com/a", "event_types": ["batch.failed"]}
+        assert events[2]["webhook_endpoint.updated"] == {"id": made["id"], "changes_requested": {"name": "ops-2"},
+                                                          "previous": {"name": "ops"}}
+        assert made["signing_secret"] not in page.text and rotated["signing_secret"] not in page.text
