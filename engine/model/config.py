@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.model import families
 from engine.model.families import GEMMA3, PHI3
-from engine.model.gpt_oss import GPT_OSS, gpt_oss_fields, with_defaults
+from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3, GPT_OSS)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
@@ -178,7 +178,7 @@ class ModelConfig:
 
 def sliding_layer_count(model_type: str, raw: dict) -> tuple[int, int]:
     """(the sliding window, how many layers slide over it); (0, 0) where none does."""
-    fields = _sliding_fields(model_type, raw)
+    fields = _sliding_fields(model_type, with_defaults(raw))
     return int(fields.get("sliding_window") or 0), len(fields.get("sliding_layers", ()))
 
 
@@ -212,7 +212,9 @@ def expert_fields(model_type: str, raw: dict) -> dict:
     """The mixture-of-experts fields: Mixtral's experts are as wide as its `intermediate_size` and
     every layer is sparse; Qwen3-MoE keeps `mlp_only_layers` dense and makes every
     `decoder_sparse_step`-th layer sparse. Hub configs name the count `num_experts` (Qwen) or
-    `num_local_experts` (Mixtral, and transformers 5 for both)."""
+    `num_local_experts` (Mixtral, and transformers 5 for both). gpt-oss's: engine/model/gpt_oss.py."""
+    if model_type == GPT_OSS:
+        return gpt_oss_experts(with_defaults(raw))
     num_experts = int(raw.get("num_experts") or raw.get("num_local_experts") or 0)
     if model_type == "mixtral":
         return {"num_experts": num_experts, "num_experts_per_tok": raw.get("num_experts_per_tok", 2),

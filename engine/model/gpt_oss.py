@@ -36,12 +36,17 @@ def with_defaults(raw: dict) -> dict:
     return raw
 
 
-def gpt_oss_fields(raw: dict) -> dict:
-    """ModelConfig fields only gpt-oss sets: every layer's MLP is experts as wide as `intermediate_size`."""
+def gpt_oss_experts(raw: dict) -> dict:
+    """The mixture-of-experts fields (engine/model/config.py's `expert_fields`): every layer's MLP is experts
+    as wide as `intermediate_size`, their top-k softmax weights not renormalised (they already sum to 1)."""
     num_experts = int(raw.get("num_local_experts") or raw.get("num_experts") or 128)
     top_k = int(raw.get("num_experts_per_tok") or raw.get("experts_per_token") or 4)
     return {"num_experts": num_experts, "num_experts_per_tok": top_k,
             "moe_intermediate_size": raw["intermediate_size"], "norm_topk_prob": False,
-            "sparse_layers": tuple(range(raw["num_hidden_layers"])), "attention_sinks": True, "moe_bias": True,
-            "topk_before_softmax": True, "swiglu_limit": float(raw.get("swiglu_limit") or 7.0),
-            "swiglu_alpha": float(raw.get("swiglu_alpha") or 1.702)}
+            "sparse_layers": tuple(range(raw["num_hidden_layers"]))}
+
+
+def gpt_oss_fields(raw: dict) -> dict:
+    """The other ModelConfig fields only gpt-oss sets."""
+    return {"attention_sinks": True, "moe_bias": True, "topk_before_softmax": True,
+            "swiglu_limit": float(raw.get("swiglu_limit") or 7.0), "swiglu_alpha": float(raw.get("swiglu_alpha") or 1.702)}

@@ -17,6 +17,7 @@ from engine.llm_engine import LLMEngine
 from engine.model.config import ModelConfig
 from engine.model.gpt_oss_weights import GptOssTensors, dequantize_mxfp4
 from engine.model.quant_config import serving_scheme
+from engine.roofline import ModelShape
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from engine.torch_runner import TorchModelRunner
@@ -154,6 +155,11 @@ def test_the_release_config_parses_as_transformers_reads_it() -> None:
     assert config.sliding_layers == tuple(range(0, 24, 2)) and config.sparse_layers == tuple(range(24))
     assert (config.num_experts, config.num_experts_per_tok, config.moe_intermediate_size) == (32, 4, 2880)
     assert config.rope_scaling == {"rope_type": "yarn", **GPT_OSS_20B["rope_scaling"]}
+    shape = ModelShape.from_hf_config(GPT_OSS_20B)  # the roofline's: 3.6B active, 12 layers of 128-token windows
+    biases_and_sinks = 24 * (64 + 32 * (1 + 2 * 2880 + 2880) + 64 * 64 + 2 * 8 * 64 + 2880) + 49 * 2880  # and norms
+    assert shape.num_params == config.num_params() - biases_and_sinks  # it counts matmul weights only
+    assert shape.active_layer_params + shape.lm_head_params == pytest.approx(3.6e9, rel=0.02)
+    assert (shape.sliding_window, shape.num_full_layers, shape.num_sparse_layers) == (128, 12, 24)
     # Left out, transformers' defaults: YaRN x32 over 4,096 positions, 128-token windows from layer 0 on.
     bare = {k: v for k, v in GPT_OSS_20B.items() if k not in ("rope_scaling", "rope_theta", "layer_types",
                                                               "sliding_window", "attention_bias")}
