@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the gateway imports the block manager, and torch only with an in-process engine
+    import torch
 
 
 @dataclass(frozen=True, eq=False)

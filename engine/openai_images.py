@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import torch
 
 from engine.async_engine import AsyncEngine
 from engine.chat_images import image_urls
@@ -20,6 +19,9 @@ from engine.image_fetch import decode_image, image_bytes
 from engine.image_inputs import ImageInput, content_hash, expand_image_tokens
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
+
+if TYPE_CHECKING:  # the gateway imports this module, and torch only with an in-process engine
+    import torch
 
 
 def requested_images(engine: AsyncEngine, parsed: GenerateRequest) -> list[tuple[str, str]]:
