@@ -1,15 +1,20 @@
 """gpt-oss's Harmony answers (engine/harmony.py): token streams cut at every boundary read as the whole answer
 (analysis to reasoning, final to content, a commentary message to functions.NAME to a call), and the engine
 server answers chat over a real socket with the openai SDK, whole and streamed, under vLLM's flags
-(`--reasoning-parser openai_gptoss --tool-call-parser openai`) and by default for a gpt-oss model, whose
-checkpoint's template renders the prompt with the request's reasoning_effort."""
+(`--reasoning-parser openai_gptoss --tool-call-parser openai`, also through `pitstop engine serve`) and by
+default for a gpt-oss model, whose checkpoint's template renders the prompt with the request's reasoning_effort."""
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.async_engine import AsyncEngine
@@ -25,6 +30,9 @@ from tests.engine.fakes import ScriptedRunner
 from tests.engine.gpt_oss_checkpoints import save_serving_gpt_oss
 from tests.engine.hf_checkpoints import transformers_greedy
 from tests.engine.serving import sdk, serve_in_thread
+from tests.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 THINK_AND_ANSWER = ("<|channel|>analysis<|message|>The user asks about the sea. Café ✓<|end|>"
                     "<|start|>assistant<|channel|>final<|message|>It is blue.<|return|>")
@@ -127,26 +135,48 @@ def test_the_server_answers_with_reasoning_content_and_tool_calls(tokenizer: Tok
     assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
 
 
-def test_a_gpt_oss_checkpoint_is_served_with_its_template_and_harmony_by_default(model_dir: Path,
-                                                                                 tokenizer: Tokenizer) -> None:
-    """`pitstop engine serve`'s engine on the tiny checkpoint, no parser flags: the template renders the
-    reasoning effort; the model's own (random) greedy tokens are transformers', read as Harmony."""
-    engine = build_engine(model_dir, num_blocks=64, block_size=16, max_model_len=256, device="cpu")
+def test_a_gpt_oss_checkpoint_is_served_with_harmony_by_default(model_dir: Path) -> None:
+    state = create_app(build_engine(model_dir, num_blocks=16, block_size=16, device="cpu"), "gpt-oss").state.pitstop
+    assert (state.reasoning_parser, state.tool_call_parser) == ("openai_gptoss", "openai")  # by its model_type
+
+
+def test_pitstop_engine_serve_answers_a_gpt_oss_chat(model_dir: Path, tokenizer: Tokenizer) -> None:
+    """`pitstop engine serve` with vLLM's flags on the tiny checkpoint: its template renders the reasoning effort;
+    the model's own (random) greedy tokens are transformers', read as Harmony."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages, reasoning_effort="high"))
-    expected = transformers_greedy(model_dir, prompt, 12)
-    reader = HarmonyText(tokenizer)
-    expected_text = reader.feed(expected) + reader.finish(stopped=expected[-1] in tokenizer.eos_token_ids)
-    app = create_app(engine, "gpt-oss")
-    state = app.state.pitstop
-    assert (state.reasoning_parser, state.tool_call_parser) == ("openai_gptoss", "openai")  # by its model_type
-    with serve_in_thread(app) as url, sdk(url) as client:
-        answer = client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=12, temperature=0,
-                                                reasoning_effort="high", extra_body={"return_token_ids": True})
-    assert answer.usage is not None and answer.usage.prompt_tokens == len(prompt)
     assert "Reasoning: high" in tokenizer.decode(prompt, skip_special_tokens=False)
+    expected = transformers_greedy(model_dir, prompt, 12)
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(model_dir), "--port", str(port),
+               "--num-blocks", "64", "--served-model-name", "gpt-oss", "--log-level", "warning", "--device", "cpu",
+               "--reasoning-parser", "openai_gptoss", "--tool-call-parser", "openai"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        with sdk(f"http://127.0.0.1:{port}") as client:
+            answer = client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=12, temperature=0,
+                                                    reasoning_effort="high", extra_body={"return_token_ids": True})
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     got = answer.choices[0].token_ids  # type: ignore[attr-defined]
+    assert answer.usage is not None and answer.usage.prompt_tokens == len(prompt)
     assert len(got) > 3 and got == expected[:len(got)]
-    parts = split(expected_text)
+    reader = HarmonyText(tokenizer)
+    parts = split(reader.feed(got) + reader.finish(stopped=got[-1] in tokenizer.eos_token_ids))
     assert (answer.choices[0].message.content or "") == parts.content
     assert (getattr(answer.choices[0].message, "reasoning_content", None) or "") == parts.reasoning
