@@ -139,6 +139,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="an image's largest encoded size, sent or fetched (default 20MiB)")
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, metavar="S",
                        help="seconds an http(s) image URL's fetch may take (default 10)")
+    serve.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
+                       help="the only hosts an image URL (and each redirect) may name, as vLLM's flag (default: any)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -238,7 +240,9 @@ def serve_command(args: argparse.Namespace) -> int:
                               max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
                               disk_kv_bytes=args.disk_kv_size,
                               image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
-                                                       args.image_fetch_timeout))
+                                                       args.image_fetch_timeout,
+                                                       None if args.allowed_media_domains is None
+                                                       else frozenset(args.allowed_media_domains)))
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2

@@ -91,15 +91,19 @@ class SpeculativeConfig:
 @dataclass(frozen=True)
 class ImageLimits:
     """Image inputs (engine/openai_images.py): at most `max_images` a prompt (vLLM's --limit-mm-per-prompt), each
-    at most `max_bytes` encoded, an http(s) URL fetched within `fetch_timeout_s`."""
+    at most `max_bytes` encoded, an http(s) URL fetched within `fetch_timeout_s`, from `allowed_domains` only where
+    set (vLLM's --allowed-media-domains)."""
 
     max_images: int = 8
     max_bytes: int = 20 << 20
     fetch_timeout_s: float = 10.0
+    allowed_domains: frozenset[str] | None = None  # the hosts an image URL may name (lower case); None: any
 
     def __post_init__(self) -> None:
         if self.max_images < 0 or self.max_bytes < 1 or not self.fetch_timeout_s > 0:
             raise ValueError("image limits: max_images >= 0, max_bytes >= 1 and fetch_timeout_s > 0")
+        if self.allowed_domains is not None:
+            object.__setattr__(self, "allowed_domains", frozenset(d.lower() for d in self.allowed_domains))
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """An image part's bytes and picture: a `data:` URL (base64) or an http(s) URL the engine fetches, within a
-size limit and a timeout, decoded by Pillow (PNG, JPEG, WebP, GIF: the first frame) into RGB. Every failure is
+size limit and a timeout (from the allowed hosts only, where a list is given), decoded by Pillow (PNG, JPEG, WebP, GIF: the first frame) into RGB. Every failure is
 the caller's 400 in OpenAI's shape, naming the part."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from engine.config import ImageLimits
 from engine.server.errors import APIError, bad_request
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+MAX_REDIRECTS = 5
 
 
 async def image_bytes(url: str, param: str, limits: ImageLimits, client: httpx.AsyncClient) -> bytes:
@@ -23,21 +24,42 @@ async def image_bytes(url: str, param: str, limits: ImageLimits, client: httpx.A
     if not url.startswith(("http://", "https://")):
         raise bad_request(f"'{param}.url' must be a data: URL or an http(s) URL", param, "invalid_value")
     try:
-        async with client.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise bad_request(f"fetching the image at '{param}.url' answered HTTP {response.status_code}", param,
-                                  "image_fetch_failed")
-            if int(response.headers.get("content-length") or 0) > limits.max_bytes:
-                raise _too_large(param, limits)
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > limits.max_bytes:
-                    raise _too_large(param, limits)
-            return bytes(data)
+        for _ in range(MAX_REDIRECTS + 1):  # each hop's host checked: a redirect must not leave the allowed hosts
+            _check_host(httpx.URL(url), param, limits)
+            async with client.stream("GET", url, timeout=limits.fetch_timeout_s) as response:
+                if response.is_redirect and "location" in response.headers:
+                    url = str(response.url.join(response.headers["location"]))
+                    continue
+                return await _body(response, param, limits)
     except httpx.HTTPError as exc:
         raise bad_request(f"could not fetch the image at '{param}.url': {type(exc).__name__}", param,
                           "image_fetch_failed") from None
+    raise bad_request(f"fetching the image at '{param}.url' was redirected more than {MAX_REDIRECTS} times", param,
+                      "image_fetch_failed")
+
+
+def _check_host(url: httpx.URL, param: str, limits: ImageLimits) -> None:
+    """vLLM's --allowed-media-domains: with a list, only those hosts (exactly as named) are fetched, so a client
+    cannot make the engine reach what only it can (a cloud's metadata address, an internal service)."""
+    if limits.allowed_domains is not None and url.host.lower() not in limits.allowed_domains:
+        raise bad_request(f"the image at '{param}.url' is on {url.host!r}, not a host this engine fetches from "
+                          "(--allowed-media-domains)", param, "image_url_not_allowed")
+    if url.scheme not in ("http", "https"):
+        raise bad_request(f"'{param}.url' was redirected to a {url.scheme}: URL", param, "image_fetch_failed")
+
+
+async def _body(response: httpx.Response, param: str, limits: ImageLimits) -> bytes:
+    if response.status_code != 200:
+        raise bad_request(f"fetching the image at '{param}.url' answered HTTP {response.status_code}", param,
+                          "image_fetch_failed")
+    if int(response.headers.get("content-length") or 0) > limits.max_bytes:
+        raise _too_large(param, limits)
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limits.max_bytes:
+            raise _too_large(param, limits)
+    return bytes(data)
 
 
 def _data_url(url: str, param: str, limits: ImageLimits) -> bytes:
