@@ -8,13 +8,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from engine.config import ImageLimits
 from gateway.admission import make_admission
 from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.config import ConfigError, Settings
 from gateway.deployment_limits import make_window, shared_id
 from gateway.deployments import Deployment, DeploymentPool
-from gateway.model_list_config import ENCODER_PROVIDER, ENGINE_PROVIDER, LOCAL_PROVIDER, ModelEntry
+from gateway.model_list_config import (
+    ENCODER_PROVIDER,
+    ENGINE_PROVIDER,
+    LOCAL_PROVIDER,
+    ImageLimitsSpec,
+    ModelEntry,
+)
 
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
@@ -55,7 +62,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                   tensor_parallel_size=params.tensor_parallel_size,
                                   reasoning_effort_budgets=params.reasoning_effort_budgets,
                                   disk_kv_path=params.disk_kv_path and settings.resolve_path(params.disk_kv_path),
-                                  disk_kv_bytes=int(params.disk_kv_gib * 2**30))
+                                  disk_kv_bytes=int(params.disk_kv_gib * 2**30),
+                                  image_limits=_image_limits(params.image_limits))
         except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
@@ -85,9 +93,17 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                        "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
                                        "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
-                                       "disk_kv_gib", "rpm", "tpm"},
+                                       "disk_kv_gib", "image_limits", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
+
+
+def _image_limits(spec: ImageLimitsSpec | None) -> ImageLimits | None:
+    if spec is None:
+        return None
+    domains = spec.allowed_media_domains
+    return ImageLimits(spec.max_images, spec.max_bytes, spec.fetch_timeout_s,
+                       None if domains is None else frozenset(domains))
 
 
 def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:

@@ -61,6 +61,17 @@ class SpeculativeSpec(StrictConfig):
         return self
 
 
+class ImageLimitsSpec(StrictConfig):
+    """An in-process vision model's image limits, as `pitstop engine serve`'s flags set them (engine/config.py
+    ImageLimits): images a prompt, an image's encoded bytes, an http(s) URL's fetch time, and the only hosts an
+    image URL may name (vLLM's --allowed-media-domains; None: any)."""
+
+    max_images: int = Field(default=8, ge=0)
+    max_bytes: int = Field(default=20 << 20, ge=1)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    allowed_media_domains: list[str] | None = None
+
+
 class LitellmParams(BaseModel):
     """litellm's per-deployment parameters; unknown keys are passed to litellm unchanged."""
 
@@ -104,6 +115,7 @@ class LitellmParams(BaseModel):
     reasoning_effort_budgets: dict[Literal["none", "minimal", "low", "medium", "high"], int] | None = None
     tool_call_parser: Literal["hermes", "llama3_json"] | None = None  # tool calls written as text (engine/tool_parsers.py)
     speculative_config: SpeculativeSpec | None = None  # n-gram speculative decoding (engine/speculation.py)
+    image_limits: ImageLimitsSpec | None = None  # a vision model's (engine/openai_images.py); None: the defaults
     # OpenAI-compatible servers (hosted_vllm/, openai/ with api_base) speak the wire format the
     # gateway already has: `auto` sends to them directly with httpx, skipping litellm's translation.
     transport: Literal["auto", "litellm", "direct"] = "auto"

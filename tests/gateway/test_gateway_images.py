@@ -69,3 +69,24 @@ def test_the_gateway_estimates_an_image_as_image_token_estimate_tokens() -> None
     assert last_user == "What is this?"  # routers read the text only
     assert chars == check_messages(text_only)[1] + 4 * IMAGE_TOKEN_ESTIMATE
     assert chat_input_tokens({"messages": CHAT}) == chat_input_tokens({"messages": text_only}) + IMAGE_TOKEN_ESTIMATE
+
+
+def test_an_in_process_engines_image_limits_come_from_its_litellm_params(tmp_path: Path, llava_dir: Path) -> None:
+    limited = local("limited", llava_dir)
+    limited["litellm_params"]["image_limits"] = {"max_images": 1, "allowed_media_domains": ["127.0.0.1"]}
+    with running_gateway(gateway_config(tmp_path, [limited, local("open", llava_dir)])) as gateway, \
+            gateway.openai() as client:
+        def refusal(model: str, *urls: str) -> str | None:
+            content = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+            try:
+                client.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": content}])
+            except openai.BadRequestError as exc:
+                return exc.code
+            return None
+
+        assert refusal("limited", IMAGE) is None
+        assert refusal("limited", IMAGE, IMAGE) == "too_many_images"
+        assert refusal("open", IMAGE, IMAGE) is None  # the engine's defaults: 8
+        # refused by its host before anything is fetched (nothing listens there either way)
+        assert refusal("limited", "http://localhost:9/cat.png") == "image_url_not_allowed"
+        assert refusal("open", "http://localhost:9/cat.png") == "image_fetch_failed"
