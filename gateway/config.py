@@ -26,6 +26,7 @@ from gateway.health_check_config import HealthCheckConfig
 from gateway.hedging_config import HedgingConfig, check_hedging
 from gateway.latency_balance import RoutingStrategy
 from gateway.model_list_config import LOCAL_PROVIDER, MEDIA_MODES, ModelEntry, split_wildcards
+from gateway.outbound_config import OutboundConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
 from gateway.semantic_config import BUILT_IN_ENCODERS, SemanticCacheConfig
 from gateway.strict_config import StrictConfig
@@ -152,6 +153,7 @@ class Settings(StrictConfig):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # budget alerts, as webhook events
     stored_completions: StoredCompletionsConfig = Field(default_factory=StoredCompletionsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)  # events to /v1/webhook_endpoints
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)  # where clients' URLs may lead (SSRF)
     server: ServerConfig = Field(default_factory=ServerConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     ranking: RankingConfig = Field(default_factory=RankingConfig)  # output-length ranking (rankers/)

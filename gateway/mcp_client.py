@@ -19,6 +19,7 @@ import httpx2
 from engine.server.errors import APIError
 from gateway.mcp_connections import McpConnections, mcp_error, transport_failed
 from gateway.mcp_tools import McpServer
+from gateway.outbound_policy import UrlRefused, refusal_of, url_not_allowed
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -44,6 +45,14 @@ class McpSession:
 
     connections: McpConnections
     scope: str
+
+    def check(self, server: McpServer) -> None:
+        """The server's host name checked against the outbound policy: a 400 naming its `server_url` where
+        it is refused, before anything is listed or called (its addresses are checked on connecting)."""
+        try:
+            self.connections.policy().check_url(server.url)
+        except UrlRefused as refused:
+            raise url_not_allowed(refused, f"{server.where}.server_url") from None
 
     async def run(self, server: McpServer, operation: Callable[[Client], Awaitable[T]], timeout_s: float) -> T:
         async with asyncio.timeout(timeout_s):
@@ -77,6 +86,9 @@ async def list_tools(server: McpServer, session: McpSession, timeout_s: float = 
     try:
         tools = await session.run(server, _listing, timeout_s)
     except (Exception, TimeoutError) as exc:  # any failure of a remote server is the same to the client
+        if (refused := refusal_of(exc)) is not None:  # the gateway's outbound policy: the client's 400
+            log.warning("MCP server %s (%s) refused by the outbound policy: %s", server.label, server.url, refused)
+            raise url_not_allowed(refused, f"{server.where}.server_url") from None
         log.warning("listing the tools of MCP server %s (%s) failed: %r", server.label, server.url, exc)
         raise APIError(424, f"the MCP server {server.label!r} could not list its tools: {_reason(exc)}",
                        f"{server.where}.server_url", "mcp_list_tools_failed") from None
@@ -89,16 +101,8 @@ async def call_tool(server: McpServer, session: McpSession, name: str, arguments
     """One tool call: its text output, or the error it ended in."""
     try:
         result = await session.run(server, lambda client: client.call_tool(name, arguments), timeout_s)
-    except mcp_error() as exc:
-        if transport_failed(exc):  # the server could not be reached: HTTP failed, as on a new connection
-            log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
-            return CallResult(None, {"type": "http_error", "code": 0, "message": "the connection to the server closed"})
-        return CallResult(None, {"type": "mcp_protocol_error", "code": exc.error.code, "message": exc.error.message})
-    except httpx2.HTTPStatusError as exc:
-        return CallResult(None, {"type": "http_error", "code": exc.response.status_code, "message": str(exc)})
     except (Exception, TimeoutError) as exc:
-        log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
-        return CallResult(None, {"type": "http_error", "code": 0, "message": _reason(exc)})
+        return _failed_call(server, name, exc)
     parts = [p.model_dump(exclude_none=True) for p in result.content]
     if result.is_error:
         return CallResult(None, {"type": "mcp_tool_execution_error", "content": parts})
@@ -106,6 +110,22 @@ async def call_tool(server: McpServer, session: McpSession, name: str, arguments
     if texts and len(texts) == len(parts):
         return CallResult("\n".join(texts), None)
     return CallResult(json.dumps(parts if parts else result.structured_content), None)
+
+
+def _failed_call(server: McpServer, name: str, exc: BaseException) -> CallResult:
+    """A call's failure as its item's error, in OpenAI's shapes."""
+    if (refused := refusal_of(exc)) is not None:  # the server's address is refused (DNS changed since the listing)
+        log.warning("calling %s on MCP server %s refused by the outbound policy: %s", name, server.label, refused)
+        return CallResult(None, {"type": "http_error", "code": 400, "message": f"url_not_allowed: {refused}"})
+    if isinstance(exc, mcp_error()):
+        if transport_failed(exc):  # the server could not be reached: HTTP failed, as on a new connection
+            log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
+            return CallResult(None, {"type": "http_error", "code": 0, "message": "the connection to the server closed"})
+        return CallResult(None, {"type": "mcp_protocol_error", "code": exc.error.code, "message": exc.error.message})
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return CallResult(None, {"type": "http_error", "code": exc.response.status_code, "message": str(exc)})
+    log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
+    return CallResult(None, {"type": "http_error", "code": 0, "message": _reason(exc)})
 
 
 def _reason(exc: BaseException) -> str:

@@ -22,13 +22,15 @@ import functools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx2
 
 from gateway.mcp_tools import McpServer
+from gateway.outbound_policy import OutboundPolicy
+from gateway.outbound_transport import guard
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -66,9 +68,10 @@ class ConnectionKey:
 class McpConnection:
     """An open MCP client and the task that owns it."""
 
-    def __init__(self, server: McpServer, http_timeout_s: float) -> None:
+    def __init__(self, server: McpServer, http_timeout_s: float, policy: Callable[[], OutboundPolicy]) -> None:
         self.server = server
         self.http_timeout_s = http_timeout_s
+        self.policy = policy
         self.client: Client | None = None
         self.in_use = 0
         self.last_used = time.monotonic()
@@ -93,16 +96,19 @@ class McpConnection:
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
+        # Every connection the client opens goes where the outbound policy allows (gateway/outbound_transport.py).
+        transport = httpx2.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
+        backend = guard(transport, self.policy)
         try:
             async with httpx2.AsyncClient(headers=self.server.headers, timeout=self.http_timeout_s,
-                                          verify=tls_context()) as http, \
+                                          transport=transport) as http, \
                     Client(streamable_http_client(self.server.url, http_client=http), cache=None) as client:
                 self.client = client
                 self._ready.set()
                 await self._stop.wait()
         except Exception as exc:  # noqa: BLE001  (any failure of a remote server is the caller's to report)
-            if not self._ready.is_set():
-                self._error = exc
+            if not self._ready.is_set():  # the policy's refusal is the reason, however the client wrapped it
+                self._error = backend.refused or exc
             else:  # leaving an open connection failed: nothing waits on it any more
                 log.debug("closing the MCP connection to %s: %r", self.server.url, exc)
         finally:
@@ -126,10 +132,12 @@ def tls_context() -> ssl.SSLContext:
 class McpConnections:
     """The gateway's open MCP connections (see the module's docstring)."""
 
-    def __init__(self, idle_s: float, http_timeout_s: float, max_open: int = MAX_OPEN) -> None:
+    def __init__(self, idle_s: float, http_timeout_s: float, max_open: int = MAX_OPEN,
+                 policy: Callable[[], OutboundPolicy] = OutboundPolicy) -> None:
         self.idle_s = idle_s
         self.http_timeout_s = http_timeout_s
         self.max_open = max_open
+        self.policy = policy  # where servers may be (the config's `outbound:`, as reloaded)
         self._open: dict[ConnectionKey, McpConnection] = {}
         self._opening: dict[ConnectionKey, asyncio.Lock] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -144,11 +152,12 @@ class McpConnections:
         open before. An exception from the block other than the server's own answer (an MCPError, but for
         the client's "connection closed") marks the connection broken; a broken or unkept connection is
         closed once let go."""
+        self.policy().check_url(server.url)  # UrlRefused: a name refused before anything is opened
         key = ConnectionKey(scope, server.url, tuple(sorted(server.headers.items())))
         if self.idle_s > 0:
             connection, reused = await self._acquire(key, server, fresh)
         else:
-            connection, reused = McpConnection(server, self.http_timeout_s), False
+            connection, reused = McpConnection(server, self.http_timeout_s, self.policy), False
             await connection.open()
             self.opened += 1
             connection.in_use += 1
@@ -181,7 +190,7 @@ class McpConnections:
                     await current.close()
                 current = None
             if current is None:
-                current = McpConnection(server, self.http_timeout_s)
+                current = McpConnection(server, self.http_timeout_s, self.policy)
                 await current.open()
                 self.opened += 1
                 self._open[key] = current

@@ -234,6 +234,8 @@ async def begin_loop(servers: list[McpServer], envelope: ResponseEnvelope, chat:
     limit = raw.get("max_tool_calls")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise bad_request("'max_tool_calls' must be a positive integer", "max_tool_calls", "invalid_value")
+    for server in servers:  # a host the outbound policy refuses is a 400 before anything is listed or called
+        session.check(server)
     own = raw["input"] if isinstance(raw.get("input"), list) else []
     context = [*earlier, *own]
     base = envelope.id.removeprefix("resp_")

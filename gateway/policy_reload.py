@@ -1,5 +1,5 @@
 """The routing policies read again on a reload (gateway/config_reload.py): `fallbacks`, `hedging`,
-`health_checks`, `guardrails`, and server's num_retries, cooldown_s, allowed_fails, routing_strategy and
+`health_checks`, `guardrails`, `outbound` (where clients' URLs may lead), and server's num_retries, cooldown_s, allowed_fails, routing_strategy and
 request_timeout_s. The rest of `server` (host, port, keep-alive, shutdown, body limits) is read when the
 listener starts, so a change to it still needs a restart.
 
@@ -27,11 +27,12 @@ from gateway.guardrails import Guardrails
 from gateway.health_checks import HealthChecker
 from gateway.health_rescue import Rescues
 from gateway.hedging import HedgePolicy
+from gateway.outbound_policy import OutboundPolicy
 
 if TYPE_CHECKING:
     from gateway.state import GatewayState
 
-POLICY_SECTIONS = ("fallbacks", "hedging", "health_checks", "guardrails")
+POLICY_SECTIONS = ("fallbacks", "hedging", "health_checks", "guardrails", "outbound")
 RELOADABLE_SERVER = ("num_retries", "cooldown_s", "allowed_fails", "routing_strategy", "request_timeout_s")
 DISPATCH_POLICIES = {"hedging", "guardrails", "health_checks", "server.num_retries"}
 
@@ -108,6 +109,7 @@ def apply_policies(state: GatewayState, prepared: PreparedPolicies, new: Setting
     pool.allowed_fails, pool.cooldown_s, pool.strategy = server.allowed_fails, server.cooldown_s, server.routing_strategy
     state.reloader.drain_timeout_s = server.longest_call_s
     state.conversations.max_hold_s = turn_hold_s(server)
+    state.outbound.current = OutboundPolicy.of(new.outbound)  # the next connection to a client's URL is judged by it
     if prepared.dispatcher is not None:
         state.dispatcher = prepared.dispatcher
     stopped = None

@@ -34,6 +34,7 @@ from gateway.limit_gate import LimitGate
 from gateway.limits.base import Admission, Hold, Limiter
 from gateway.limits.factory import make_limiter
 from gateway.metrics import GatewayMetrics
+from gateway.outbound_policy import OutboundPolicy, OutboundRules
 from gateway.outcome_retention import OutcomeRetention
 from gateway.outcomes import OutcomeRecorder
 from gateway.ranking import RequestRanker
@@ -99,6 +100,7 @@ class GatewayState:
     retention: OutcomeRetention | None = None  # storage.retention_days: old outcome rows deleted
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
+    outbound: OutboundRules = field(default_factory=OutboundRules)  # where clients' URLs may lead (`outbound:`)
     tracing: Tracing | None = None  # `tracing:`: OpenTelemetry spans of each request (gateway/tracing.py)
     deployment_sync: DeploymentLimitSync | None = None  # with Redis: rpm / tpm windows shared by replicas
     reloader: ConfigReloader = field(default_factory=lambda: ConfigReloader(None))  # gateway/config_reload.py
@@ -241,9 +243,10 @@ def build_state(settings: Settings) -> GatewayState:
     conversations = Conversations(settings.responses, ConversationStore(db), ConversationItemWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".conversations.jsonl") if spool else None),
         max_hold_s=turn_hold_s(server))
+    outbound = OutboundRules(OutboundPolicy.of(settings.outbound))  # one policy for every client URL, reloaded
     responses = StoredResponses(settings.responses, ResponseStore(db, outbox), StoredResponseWriter(
         db, spool_path=settings.resolve_path(spool).with_suffix(".responses.jsonl") if spool else None),
-        conversations, vector_stores)
+        conversations, vector_stores, outbound)
     pool = DeploymentPool(allowed_fails=server.allowed_fails, cooldown_s=server.cooldown_s,
                           strategy=server.routing_strategy)
     backends: list[Backend] = []
@@ -268,7 +271,7 @@ def build_state(settings: Settings) -> GatewayState:
     ranking = RequestRanker.load(settings.ranking, ranker_models(settings), settings.base_dir)
     ranking.observe_cpu = metrics.rank_cpu.observe
     auth = Authenticator(settings.auth, settings.limits, keys, teams)
-    webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry)
+    webhooks = WebhookSender(WebhookStore(db), outbox, settings.webhooks, metrics.registry, outbound)
     return GatewayState(
         key_events=KeyEvents(settings.redis_url, auth.forget) if settings.redis_url else None,
         settings=settings, pool=pool, routes=routes,
@@ -284,7 +287,7 @@ def build_state(settings: Settings) -> GatewayState:
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing), deployment_sync=deployment_sync,
-        webhooks=webhooks,
+        webhooks=webhooks, outbound=outbound,
         stored_completions=StoredCompletions(settings.stored_completions, ChatCompletionStore(db), StoredCompletionWriter(
             db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,

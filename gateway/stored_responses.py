@@ -36,6 +36,7 @@ from gateway.mcp_client import CALL_TIMEOUT_S, McpSession
 from gateway.mcp_connections import McpConnections
 from gateway.mcp_loop import McpLoop, begin_loop, whole_response
 from gateway.mcp_tools import mcp_servers_of
+from gateway.outbound_policy import OutboundPolicy
 from gateway.outcomes import storable
 from gateway.periodic import Periodic
 from gateway.request_body import ProxyRequest
@@ -137,6 +138,7 @@ class StoredResponses:
     writer: StoredResponseWriter
     conversations: Conversations | None = None  # where turns naming a `conversation` continue
     vector_stores: VectorStores | None = None  # what a `file_search` tool searches
+    outbound: Callable[[], OutboundPolicy] = OutboundPolicy  # where MCP servers may be (the config's, as reloaded)
     background: BackgroundRuns = field(init=False)  # the `background: true` responses this replica runs
     mcp: McpConnections = field(init=False)  # remote MCP servers' connections, kept for agent sessions
     pending: OrderedDict[str, dict] = field(default_factory=OrderedDict)  # waiting for the database
@@ -144,7 +146,7 @@ class StoredResponses:
 
     def __post_init__(self) -> None:
         self.background = BackgroundRuns(self.store)
-        self.mcp = McpConnections(self.config.mcp_idle_s, CALL_TIMEOUT_S)
+        self.mcp = McpConnections(self.config.mcp_idle_s, CALL_TIMEOUT_S, policy=self.outbound)
 
     async def begin(self, raw: Any, request_id: str, key_id: str | None, resumed: dict | None = None) -> ResponsesTurn:
         """The turn a Responses request stands for, after the chain it continues (404 for one that is

@@ -12,7 +12,9 @@ update/delete/rotate_secret/test` and `client.webhooks.event_types.list()`):
     GET    /v1/webhook_event_types                    the event types Pitstop sends
 
 Who may: the master key; on an open gateway (no master key, keys not required), anyone who reaches it,
-as for every other setting there. An endpoint's URL may be http:// (a receiver beside the gateway)."""
+as for every other setting there. An endpoint's URL may be http:// (a receiver beside the gateway); it is
+held to the gateway's outbound policy (`outbound:`, gateway/outbound_policy.py): a host it refuses is a
+400 `url_not_allowed` here, and its addresses are checked on every delivery."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from engine.server.errors import bad_request, not_found
 from gateway.audit_actor import admin_actor
 from gateway.db_calls import db_call_or_503
 from gateway.key_admin import admin_body, require_master
+from gateway.outbound_policy import UrlRefused, url_not_allowed
 from gateway.responses_api import page_params
 from gateway.state import GatewayState
 from gateway.webhooks import new_secret
@@ -85,6 +88,16 @@ def _fields(body: dict[str, Any], required: bool) -> dict[str, Any]:
     return values
 
 
+def _allowed(state: GatewayState, values: dict[str, Any]) -> dict[str, Any]:
+    """The values, their URL's host allowed by the outbound policy (a 400 `url_not_allowed` otherwise)."""
+    if "url" in values:
+        try:
+            state.outbound().check_url(values["url"])
+        except UrlRefused as refused:
+            raise url_not_allowed(refused, "url") from None
+    return values
+
+
 async def _endpoint(state: GatewayState, endpoint_id: str) -> dict[str, Any]:
     row = await _db(state.webhooks.store.endpoint, endpoint_id)
     if row is None:
@@ -94,7 +107,7 @@ async def _endpoint(state: GatewayState, endpoint_id: str) -> dict[str, Any]:
 
 async def create_endpoint(request: Request) -> Response:
     state = _state(request)
-    values = _fields(await admin_body(request, state, ("name", "url", "event_types")), required=True)
+    values = _allowed(state, _fields(await admin_body(request, state, ("name", "url", "event_types")), required=True))
     now = datetime.now(UTC)
     row = {"id": new_id("we"), "created_at": now, "updated_at": now, "secret": new_secret(),
            "previous_secret": None, "previous_secret_until": None, **values}
@@ -124,7 +137,7 @@ async def retrieve_endpoint(request: Request) -> Response:
 async def update_endpoint(request: Request) -> Response:
     state = _state(request)
     endpoint_id = request.path_params["endpoint_id"]
-    values = _fields(await admin_body(request, state, ("name", "url", "event_types")), required=False)
+    values = _allowed(state, _fields(await admin_body(request, state, ("name", "url", "event_types")), required=False))
     row = await _endpoint(state, endpoint_id)
     if any(row[name] != value for name, value in values.items()):  # an unchanged update leaves updated_at
         event = ("webhook_endpoint.updated", {"id": endpoint_id, "changes_requested": dict(values),
@@ -166,7 +179,7 @@ async def send_test_event(request: Request) -> Response:
     event_type = (await admin_body(request, state, ("event_type",))).get("event_type")
     if event_type not in EVENT_TYPES:
         raise bad_request(f"'event_type' must be one of {', '.join(EVENT_TYPES)}", "event_type", "invalid_value")
-    row = await _endpoint(state, endpoint_id)
+    row = _allowed(state, await _endpoint(state, endpoint_id))  # allowed when made, perhaps not since a reload
     status, error = await state.webhooks.send_test(row, event_type)
     if status is None:
         raise bad_request(f"the endpoint {row['url']} did not answer: {error}", "url", "webhook_unreachable")

@@ -28,7 +28,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,8 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.access_config import WebhooksConfig
+from gateway.outbound_policy import OutboundPolicy, UrlRefused
+from gateway.outbound_transport import guarded_httpx
 from storage.inserts import describe
 from storage.webhooks import Due, EventOutbox, WebhookStore, signing_secrets
 
@@ -87,8 +89,9 @@ class WebhookSender:
     """Sends the outbox's due deliveries: looks every `poll_s`, and at once when this replica queued some."""
 
     def __init__(self, store: WebhookStore, outbox: EventOutbox, config: WebhooksConfig,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, policy: Callable[[], OutboundPolicy] = OutboundPolicy) -> None:
         self.store, self.config = store, config
+        self.policy = policy  # where endpoints may be (the config's `outbound:`, as reloaded)
         self.deliveries = Counter("pitstop_webhook_deliveries", "Webhook delivery attempts by outcome "
                                   "(delivered, retried, failed: given up)", ["event_type", "outcome"],
                                   registry=registry)
@@ -106,7 +109,8 @@ class WebhookSender:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False)
+            self._client = httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False,
+                                             transport=guarded_httpx(self.policy))
         return self._client
 
     async def start(self) -> None:
@@ -195,6 +199,8 @@ class WebhookSender:
                                                                                       body))
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except UrlRefused as refused:  # the outbound policy: retried like any failure (a reload may allow it)
+            return None, f"url_not_allowed: {refused}"
         return answer.status_code, None
 
     async def send_test(self, endpoint: dict[str, Any], event_type: str) -> tuple[int | None, str | None]:
