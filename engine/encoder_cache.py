@@ -3,8 +3,9 @@ once, when the first chunk holding any of its feature tokens runs, and its featu
 that computes its last token, then dropped: an image whose tokens span chunks is spliced piece by piece from
 one encoding. An image whose every token came from the prefix cache is never reached, so never encoded.
 Keyed weakly by sequence, so a request that finishes or is aborted mid-image leaves nothing behind. The
-features go in as LLaVA puts them (a masked scatter into the input embeddings): in place of the token
-embedding's output at their rows (`spliced_embeddings`), before the first layer."""
+features go in as transformers puts them (a masked scatter into the input embeddings): in place of the scaled
+token embeddings at their rows (`spliced_embeddings`), as the first layer's input: after Gemma's sqrt(hidden)
+embedding scale, which transformers applies inside the embedding, so image features are not scaled."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ class ImageFeatures:
 
 
 @contextmanager
-def spliced_embeddings(embedding: nn.Module, rows: torch.Tensor, features: torch.Tensor) -> Iterator[None]:
-    """While it lasts, `embedding`'s output has `features` at `rows` (one forward pass)."""
-    def splice(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-        return output.index_copy(0, rows, features.to(output.dtype))
+def spliced_embeddings(first_layer: nn.Module, rows: torch.Tensor, features: torch.Tensor) -> Iterator[None]:
+    """While it lasts, the hidden states `first_layer` takes (its first argument) have `features` at `rows`
+    (one forward pass)."""
+    def splice(_module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        return (hidden.index_copy(0, rows, features.to(hidden.dtype)), *args[1:])
 
-    handle = embedding.register_forward_hook(splice)
+    handle = first_layer.register_forward_pre_hook(splice)
     try:
         yield
     finally:

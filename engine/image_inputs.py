@@ -3,7 +3,14 @@ tokens go), a hash of its content, and its preprocessed pixels. The chat templat
 token; `expand_image_tokens` widens each to the model's feature tokens per image, as LlavaProcessor does, so
 `usage.prompt_tokens` counts them. `block_image_keys` is the prefix cache's "extra keys" for a block (vLLM's
 multimodal hash): two images behind the same placeholder tokens give their blocks, and every block after
-them, different hashes (engine/block_manager.py)."""
+them, different hashes (engine/block_manager.py).
+
+Gemma 3's processor widens an image in the prompt's text instead ("\n\n", its begin-of-image token, the image
+token `mm_tokens_per_image` times, its end-of-image token, "\n\n"), so the tokenizer merges those newlines with
+the text around them as transformers' does (`widen_image_text`); `image_runs` then finds each image's run. Its
+images are bidirectional: an image's tokens attend to each other both ways, so the tokens of an image still to
+compute are computed in one prefill chunk (`whole_images_chunk`). A cached prefix may end inside an image: its blocks were
+computed with the whole image in one chunk, so their K/V are exact, and the rest of the image attends to all of it."""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ class ImageInput:
     length: int  # its feature tokens
     content_hash: int  # of the decoded pixels: the same picture hashes alike whatever request sends it
     pixel_values: torch.Tensor  # [3, H, W], as the model's image processor made it
+    bidirectional: bool = False  # its tokens see each other both ways (Gemma 3): computed in one chunk
 
     @property
     def end(self) -> int:
@@ -53,3 +61,34 @@ def expand_image_tokens(prompt_ids: list[int], image_token_id: int, tokens_per_i
 def block_image_keys(images: list[ImageInput], start: int, end: int) -> tuple[int, ...]:
     """The content hashes of the images with feature tokens in positions [start, end)."""
     return tuple(image.content_hash for image in images if image.offset < end and image.end > start)
+
+
+def widen_image_text(text: str, begin: str, image: str, end: str, tokens_per_image: int) -> str:
+    """Gemma3Processor's expansion: each `begin` (the begin-of-image token, what the template renders for an
+    image) as the image's full sequence."""
+    return text.replace(begin, f"\n\n{begin}{image * tokens_per_image}{end}\n\n")
+
+
+def image_runs(prompt_ids: list[int], image_token_id: int, tokens_per_image: int, hashes: list[int],
+               pixel_values: list[torch.Tensor]) -> list[ImageInput] | None:
+    """Each image's run of `tokens_per_image` image tokens in a prompt widened in its text (bidirectional
+    images); None unless the prompt holds exactly one such run an image (the image token typed in the text)."""
+    starts = [i for i, token in enumerate(prompt_ids)
+              if token == image_token_id and (i == 0 or prompt_ids[i - 1] != image_token_id)]
+    if len(starts) != len(hashes) or prompt_ids.count(image_token_id) != len(hashes) * tokens_per_image:
+        return None
+    if any(prompt_ids[s: s + tokens_per_image] != [image_token_id] * tokens_per_image for s in starts):
+        return None
+    return [ImageInput(s, tokens_per_image, h, p, bidirectional=True)
+            for s, h, p in zip(starts, hashes, pixel_values, strict=True)]
+
+
+def whole_images_chunk(images: list[ImageInput], start: int, num_tokens: int) -> int:
+    """The most of `num_tokens` prompt tokens from `start` one prefill chunk computes without ending inside a
+    bidirectional image: the chunk ends before such an image it cannot hold (0 where one starts at `start`)."""
+    end = start + num_tokens
+    for image in images:
+        if image.bidirectional and image.offset < end < image.end:
+            end = max(start, image.offset)  # images do not overlap: earlier ones end before this one starts
+    return end - start
+

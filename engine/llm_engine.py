@@ -53,9 +53,9 @@ class LLMEngine(SessionPins, LoRAAdapters):
         kv_limit = config.max_model_len if releasing else config.num_blocks * config.block_size
         self.config = config = replace(config, max_model_len=min(config.max_model_len, kv_limit),
                                        attention_window=window, hybrid_attention=hybrid)
-        self.runner = runner
-        self.clock = clock or WallClock()
-        self.tokenizer = tokenizer
+        self.runner, self.clock, self.tokenizer = runner, clock or WallClock(), tokenizer
+        if (vision := getattr(runner, "vision", None)) is not None:  # a chunk must hold a Gemma 3 image
+            vision.check_chunk(min(config.max_num_batched_tokens, config.long_prefill_token_threshold))
         for tier in ("host", "disk"):
             if getattr(config, f"num_{tier}_blocks") > getattr(runner, f"num_{tier}_blocks", 0):
                 raise ValueError(f"a {tier} KV tier of {getattr(config, f'num_{tier}_blocks')} blocks needs a runner "

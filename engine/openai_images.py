@@ -2,7 +2,7 @@
 limits before anything is fetched (engine/config.py ImageLimits), fetched or decoded (engine/image_fetch.py),
 preprocessed by the checkpoint's own image processor (transformers' AutoImageProcessor over the folder's
 preprocessor_config.json, nothing downloaded), hashed, and the rendered prompt's image tokens widened to each
-image's feature tokens (engine/image_inputs.py)."""
+image's feature tokens (engine/image_inputs.py), or, for Gemma 3, widened in the rendered text and found."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import httpx
 from engine.async_engine import AsyncEngine
 from engine.chat_images import image_urls
 from engine.image_fetch import decode_image, image_bytes
-from engine.image_inputs import ImageInput, content_hash, expand_image_tokens
+from engine.image_inputs import ImageInput, content_hash, expand_image_tokens, image_runs, widen_image_text
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
 
@@ -57,10 +57,26 @@ async def with_images(engine: AsyncEngine, urls: list[tuple[str, str]],
 
     hashes, pixels = await asyncio.to_thread(prepare)
     vision = runner.vision
+    if vision.text_expansion:  # Gemma 3: the prompt holds each image's run already (widened_chat_text)
+        images = image_runs(prompt_ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
+        if images is None:
+            raise bad_request(f"the prompt does not hold {len(urls)} images' token runs (is an image token in the "
+                              "text?)", "messages", "invalid_value")
+        return prompt_ids, images
     if prompt_ids.count(vision.image_token_id) != len(urls):
         raise bad_request(f"the chat template rendered {prompt_ids.count(vision.image_token_id)} image tokens for "
                           f"{len(urls)} images (is the image token in the text?)", "messages", "invalid_value")
     return expand_image_tokens(prompt_ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
+
+
+def widened_chat_text(engine: AsyncEngine, messages: list[dict], text: str) -> str:
+    """A rendered chat with each image widened in its text, where the model's processor does that (Gemma 3's:
+    the tokenizer then merges its newlines with the text around as transformers' does); `text` otherwise."""
+    vision = getattr(getattr(getattr(engine, "engine", None), "runner", None), "vision", None)
+    if vision is None or not vision.text_expansion or not image_urls(messages) or engine.tokenizer is None:
+        return text
+    names = [engine.tokenizer.id_to_token(i) for i in (vision.boi_token_id, vision.image_token_id, vision.eoi_token_id)]
+    return widen_image_text(text, *names, vision.tokens_per_image)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=8)

@@ -8,6 +8,7 @@ import asyncio
 
 from engine.async_engine import AsyncEngine
 from engine.chat_images import template_messages
+from engine.openai_images import widened_chat_text
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
 
@@ -65,6 +66,7 @@ def _render_chat(engine: AsyncEngine, parsed: GenerateRequest) -> str:
                                                     **{**effort, **options.kwargs})
     except Exception as exc:  # template errors (raise_exception, missing template) come from the input
         raise bad_request(f"could not render the chat template: {exc}", "messages") from None
+    text = widened_chat_text(engine, parsed.messages, text)
     return _continued(text, parsed.messages[-1]["content"]) if options.continue_final_message else text
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from engine.batch import ScheduledBatch, StepShape
 from engine.block_manager import NULL_BLOCK, BlockManager
 from engine.config import EngineConfig
+from engine.image_inputs import whole_images_chunk
 from engine.policy import SchedulingPolicy
 from engine.sequence import Sequence, SequenceStatus
 from engine.waiting_queue import WaitingQueue
@@ -130,7 +131,16 @@ class Scheduler:
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         remaining = len(seq.token_ids) - seq.num_computed_tokens
-        return 1 if remaining == 1 else min(remaining, budget, self.config.long_prefill_token_threshold)
+        if remaining == 1:
+            return 1
+        return self._whole_images(seq, seq.num_computed_tokens, min(remaining, budget,
+                                                                    self.config.long_prefill_token_threshold))
+
+    @staticmethod
+    def _whole_images(seq: Sequence, start: int, num_new: int) -> int:
+        """A prefill chunk cut before a bidirectional image (Gemma 3's) it would end inside: such an image's
+        tokens are computed in one chunk, the next step's when this one has not the room (0: none this step)."""
+        return whole_images_chunk(seq.images, start, num_new) if seq.images else num_new
 
     def schedule(self, now: float) -> ScheduledBatch:
         self.block_manager.expire_pins(now)
@@ -144,6 +154,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             num_new = self._chunk(seq, budget)
+            if num_new == 0:  # its next image does not fit in what is left of the budget
+                i += 1
+                continue
             drafts = planned.get(seq.request_id, [])[: budget - 1] if num_new == 1 else []
             # Drafts take only free blocks: speculation neither evicts a pin nor preempts anyone.
             if drafts and self.block_manager.allocate_slots(seq, 1, reclaim_pins=False,
@@ -183,8 +196,11 @@ class Scheduler:
             if loaded and not self.block_manager.tiers.ready(loaded):
                 reading.append(self.waiting.pop())
                 continue
-            num_new = min(seq.num_tokens - (len(cached) + len(loaded)) * self.config.block_size, budget,
-                          self.config.long_prefill_token_threshold)
+            start = (len(cached) + len(loaded)) * self.config.block_size
+            num_new = self._whole_images(seq, start, min(seq.num_tokens - start, budget,
+                                                         self.config.long_prefill_token_threshold))
+            if num_new == 0:
+                break
             reclaim = not (self.config.pins_hold_admission and self.running)
             if self.config.admit_whole_prompt and self.running and not self._prompt_fits(seq, cached, reclaim):
                 break

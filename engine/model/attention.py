@@ -17,6 +17,9 @@ masks the rest (its cache keeps every block: the full-attention layers and the p
 With an fp8 cache (engine/model/kv_quant.py) K/V are rounded to one byte as they are written and
 widened again as they are gathered, each layer with its own scales; attention itself runs unchanged.
 
+Gemma 3's images attend bidirectionally: a prefill row's mask also lets each image's tokens see the later
+tokens of the same image (`AttentionMetadata.image_spans`), on sliding and full layers alike.
+
 gpt-oss's attention sinks (one learned logit per head that joins the softmax's denominator and attends to
 nothing) go through SDPA as one more key: a zero key and value whose additive mask is the head's sink, so its
 score is exactly the sink (transformers' eager GptOss attention concatenates the sink to the scaled scores).
@@ -42,6 +45,9 @@ class AttentionMetadata:
     query_lens: list[int]  # tokens each sequence computes this step
     context_lens: list[int]  # tokens in each sequence's context after this step
     block_size: int
+    # Each sequence's bidirectional images (Gemma 3's) among the positions it computes, as [start, end) runs:
+    # their tokens see each other both ways (each whole in the step: the scheduler keeps an image in one chunk).
+    image_spans: list[list[tuple[int, int]]] | None = None
 
 
 @dataclass
@@ -50,7 +56,7 @@ class _PrefillRow:
     end: int
     block_table: torch.Tensor  # [blocks covering the keys it attends to]
     num_keys: int  # tokens of those blocks that are keys (the rest is beyond the context)
-    mask: torch.Tensor | None  # [q, num_keys] causal (and window) mask; None when plainly causal
+    mask: torch.Tensor | None  # [q, num_keys] causal (window, images) mask; None when plainly causal
 
 
 class GatherWorkspace:
@@ -130,10 +136,13 @@ class AttentionPlan:
             first_block = 0 if window is None else max(0, cached - window + 1) // block_size
             first_key = first_block * block_size
             mask = None
-            if cached or window is not None:
+            spans = meta.image_spans[i] if meta.image_spans is not None else ()
+            if cached or window is not None or spans:
                 key_pos = torch.arange(first_key, context, device=device)[None, :]
                 query_pos = torch.arange(cached, context, device=device)[:, None]
                 mask = key_pos <= query_pos
+                for s, e in spans:  # causal OR within the image, then the window, as transformers' Gemma 3 masks
+                    mask |= (query_pos >= s) & (query_pos < e) & (key_pos >= s) & (key_pos < e)
                 if window is not None:
                     mask &= key_pos > query_pos - window
             start = meta.query_starts[i]

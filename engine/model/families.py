@@ -8,8 +8,9 @@ each `sliding_window_pattern`-th) on plain RoPE of base `rope_local_base_freq` w
 `rope_theta` with `rope_scaling`. transformers 5 writes both RoPEs as `rope_parameters` by layer type.
 Phi-3: Llama's layout with fused checkpoint tensors (the loader splits them), RoPE over the first
 `partial_rotary_factor` of each head, LongRoPE (engine/model/rope.py) and, where `sliding_window` is set,
-a window in every layer. A multimodal Gemma 3 folder (`gemma3`, Gemma3ForConditionalGeneration) is served as its
-language model: its `text_config`, and the `language_model` tensors. A LLaVA folder (`llava`,
+a window in every layer. A multimodal Gemma 3 folder (`gemma3`, Gemma3ForConditionalGeneration) runs its language model
+from its `text_config` and the `language_model` tensors, its vision tower and projector beside it
+(engine/model/vision.py; text only when sharded or quantized). A LLaVA folder (`llava`,
 LlavaForConditionalGeneration) runs its language model the same way, its vision tower and projector beside it
 (engine/model/vision.py)."""
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 
 GEMMA3 = "gemma3_text"
-GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, served here as text only
+GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, with images
 PHI3 = "phi3"
 LLAVA = "llava"  # LlavaForConditionalGeneration: a vision tower and projector before a Llama-family model
 # Top-level keys of a multimodal folder's config that its text model takes where `text_config` leaves them out.
@@ -32,8 +33,8 @@ class UnsupportedConfig(ValueError):
 
 
 def text_config_of(raw: dict) -> dict:
-    """A multimodal Gemma 3 folder's language model config (its vision tower and projector are not served:
-    the loader skips their tensors), a LLaVA folder's (its `text_config`, Llama's defaults where it leaves
+    """A multimodal Gemma 3 folder's language model config (the loader skips its vision tower's and
+    projector's tensors: engine/model/vision.py reads them), a LLaVA folder's (its `text_config`, Llama's defaults where it leaves
     them out, as LlavaConfig's); any other config as it is."""
     if raw.get("model_type") not in (GEMMA3_MULTIMODAL, LLAVA):
         return raw

@@ -4,10 +4,17 @@ theirs concatenated) with the CLS position dropped under the "default" `vision_f
 the two-layer GELU `multi_modal_projector` into the language model's width, as transformers computes
 `get_image_features`. Its tensors are read from the same safetensors files as the language model's, in
 transformers 5's layout (`model.vision_tower.*`, `model.multi_modal_projector.*`) or the older one
-(`vision_tower.*`, `multi_modal_projector.*`)."""
+(`vision_tower.*`, `multi_modal_projector.*`).
+
+Gemma 3's (Gemma3ForConditionalGeneration, `model_type: gemma3`): a SigLIP tower's last hidden state (after its
+post-layernorm), then transformers' own `Gemma3MultiModalProjector` (the patch grid average-pooled to
+`mm_tokens_per_image` tokens, Gemma's (1 + weight) RMSNorm, one projection matrix). Its image tokens attend to
+each other both ways (`bidirectional`: engine/model/attention.py), and its processor widens an image in the
+prompt's text, not its tokens (`text_expansion`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +22,17 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from engine.model.families import LLAVA, UnsupportedConfig
+from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, UnsupportedConfig
 
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
 SELECT_STRATEGIES = ("default", "full")
 _PREFIXES = {"model.vision_tower.": "vision_tower.", "vision_tower.": "vision_tower.",
              "model.multi_modal_projector.": "multi_modal_projector.",
              "multi_modal_projector.": "multi_modal_projector."}
-# Tower outputs LLaVA never reads (it takes a layer's hidden states): checkpoints may leave them out.
-_UNUSED = ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head.")
+# Tower outputs LLaVA never reads (it takes a layer's hidden states): checkpoints may leave them out. Gemma 3
+# reads the post-layernorm's output (its last hidden state), never SigLIP's pooling head.
+_UNUSED = {LLAVA: ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head."),
+           GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",)}
 
 
 @dataclass(frozen=True)
@@ -40,10 +49,32 @@ class VisionConfig:
     text_hidden_size: int
     projector_act: str = "gelu"
     projector_bias: bool = True
+    family: str = LLAVA
+    # Gemma 3: the template's image placeholder (its begin-of-image token) and the end-of-image token.
+    boi_token_id: int | None = None
+    eoi_token_id: int | None = None
+    bidirectional: bool = False  # an image's tokens see each other both ways (Gemma 3)
+    raw: dict | None = None  # the whole config, where transformers' projector is built from it
+
+    @property
+    def text_expansion(self) -> bool:
+        """Whether the processor widens images in the prompt's text (Gemma 3) rather than its tokens (LLaVA)."""
+        return self.boi_token_id is not None
+
+    def check_chunk(self, chunk_tokens: int) -> None:
+        """A bidirectional image is prefilled in one chunk: refused at start-up where a step cannot hold one
+        (as vLLM refuses it), rather than a request that could never run."""
+        if self.bidirectional and chunk_tokens < self.tokens_per_image:
+            raise ValueError(f"this model's images ({self.tokens_per_image} tokens each) attend to themselves both "
+                             f"ways and are prefilled in one chunk: max_num_batched_tokens and "
+                             f"long_prefill_token_threshold must be at least {self.tokens_per_image} "
+                             f"(the smaller is {chunk_tokens})")
 
     @classmethod
     def from_dict(cls, raw: dict) -> VisionConfig | None:
         """None for a text-only model."""
+        if raw.get("model_type") == GEMMA3_MULTIMODAL:
+            return cls._gemma3(raw)
         if raw.get("model_type") != LLAVA:
             return None
         vision = dict(raw.get("vision_config") or {"model_type": "clip_vision_model"})
@@ -65,6 +96,29 @@ class VisionConfig:
                    select_strategy=strategy, vision=vision, text_hidden_size=int(text.get("hidden_size", 4096)),
                    projector_act=raw.get("projector_hidden_act", "gelu"),
                    projector_bias=bool(raw.get("multimodal_projector_bias", True)))
+
+    @classmethod
+    def _gemma3(cls, raw: dict) -> VisionConfig:
+        """transformers' Gemma3Config defaults where the folder leaves a field out."""
+        from transformers import Gemma3Config
+
+        config = Gemma3Config.from_dict(raw)
+        vision = config.vision_config.to_dict()
+        if vision.get("model_type") != "siglip_vision_model":
+            raise UnsupportedConfig(f"unsupported Gemma 3 vision tower {vision.get('model_type')!r}")
+        tokens = int(config.mm_tokens_per_image)
+        side, patches = math.isqrt(tokens), vision["image_size"] // vision["patch_size"]
+        if side * side != tokens or patches % side:
+            raise UnsupportedConfig(f"mm_tokens_per_image {tokens} must be a square whose side divides the "
+                                    f"{patches} patches of an image's side")
+
+        def token(name: str) -> int:
+            return int(raw[f"{name}_id"] if raw.get(f"{name}_id") is not None else getattr(config, f"{name}_index"))
+
+        return cls(image_token_id=token("image_token"), tokens_per_image=tokens, image_size=vision["image_size"],
+                   feature_layer=-1, select_strategy="full", vision=vision,
+                   text_hidden_size=int(config.text_config.hidden_size), family=GEMMA3_MULTIMODAL,
+                   boi_token_id=token("boi_token"), eoi_token_id=token("eoi_token"), bidirectional=True, raw=raw)
 
 
 class Projector(nn.Module):
@@ -95,9 +149,16 @@ class VisionEncoder(nn.Module):
         siglip = config.vision["model_type"] == "siglip_vision_model"
         tower_config = (hf.SiglipVisionConfig if siglip else hf.CLIPVisionConfig).from_dict(config.vision)
         self.vision_tower = (hf.SiglipVisionModel if siglip else hf.CLIPVisionModel)(tower_config)
-        self.multi_modal_projector = Projector(config)
+        if config.family == GEMMA3_MULTIMODAL:
+            from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
+
+            self.multi_modal_projector: nn.Module = Gemma3MultiModalProjector(hf.Gemma3Config.from_dict(config.raw))
+        else:
+            self.multi_modal_projector = Projector(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.config.family == GEMMA3_MULTIMODAL:  # Gemma3Model.get_image_features
+            return self.multi_modal_projector(self.vision_tower(pixel_values).last_hidden_state)
         hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
         layers = self.config.feature_layer
         pool = [hidden[layers]] if isinstance(layers, int) else [hidden[i] for i in layers]
@@ -109,7 +170,7 @@ class VisionEncoder(nn.Module):
 def load_vision_encoder(config: VisionConfig, files: list[Path], device: torch.device,
                         dtype: torch.dtype) -> VisionEncoder:
     """The encoder with the checkpoint's tower and projector tensors (either layout); a missing one is an error,
-    but for the tower's outputs LLaVA does not read."""
+    but for the tower's outputs the model does not read."""
     encoder = VisionEncoder(config)
     state: dict[str, torch.Tensor] = {}
     for path in files:
@@ -119,7 +180,7 @@ def load_vision_encoder(config: VisionConfig, files: list[Path], device: torch.d
                 if prefix is not None:
                     state[_PREFIXES[prefix] + name.removeprefix(prefix)] = f.get_tensor(name)
     missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.startswith(_UNUSED)]
+    missing = [m for m in missing if not m.startswith(_UNUSED[config.family])]
     if missing or unexpected:
         raise ValueError(f"the checkpoint's vision tower does not match its vision_config: missing "
                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")

@@ -41,8 +41,9 @@ async def prompt_token_ids(engine: AsyncEngine, body: Any, model: str) -> list[i
     else:
         raise bad_request("send 'messages' (a chat) or 'prompt' (one string)", "prompt")
     ids = (await tokenize(engine, parsed))[0]
-    if requested_images(engine, parsed):  # each image as its feature tokens, counted without fetching it
-        vision = engine.engine.runner.vision  # type: ignore[attr-defined]
+    vision = getattr(engine.engine.runner, "vision", None)
+    # Each image as its feature tokens, counted without fetching it (Gemma 3's are widened in the text already).
+    if requested_images(engine, parsed) and not vision.text_expansion:  # type: ignore[union-attr]
         ids = [t for token in ids for t in [token] * (vision.tokens_per_image if token == vision.image_token_id else 1)]
     return ids
 
