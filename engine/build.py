@@ -22,7 +22,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  quantization: str | None = None, tensor_parallel_size: int = 1,
                  reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64, disk_kv_path: str | Path | None = None,
-                 disk_kv_bytes: int = 0, image_limits: ImageLimits | None = None) -> AsyncEngine:
+                 disk_kv_bytes: int = 0, image_limits: ImageLimits | None = None,
+                 dequantize_mxfp4: bool = False) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
@@ -37,7 +38,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     scales measured on the first step rather than read from the checkpoint. `quantization`: "int8" or
     "fp8" W8A8 projections, or "int4" W4A16 ones (engine/model/quant_config.py; a quantized checkpoint's
     own is used without it), which a simulation prices as one byte a weight (int4: half a byte and its
-    scales). `tensor_parallel_size`: the model sharded over
+    scales); `dequantize_mxfp4`: gpt-oss's MXFP4 experts dequantized to the model's dtype at load rather
+    than kept packed (engine/model/mxfp4.py). `tensor_parallel_size`: the model sharded over
     that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
     on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
@@ -73,7 +75,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
                                   quantization=quantization, tensor_parallel_size=tensor_parallel_size,
-                                  disk_kv_path=disk_kv_path, num_disk_blocks=num_disk_blocks)
+                                  disk_kv_path=disk_kv_path, num_disk_blocks=num_disk_blocks,
+                                  dequantize_mxfp4=dequantize_mxfp4)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size

@@ -94,6 +94,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             "weights in groups of 128 with zero points); a quantized checkpoint's own scheme "
                             "(compressed-tensors, fp8, AWQ, GPTQ) is used without this flag; with it, the flag "
                             "must name that scheme")
+    serve.add_argument("--dequantize-mxfp4", action="store_true",
+                       help="gpt-oss: dequantize the checkpoint's MXFP4 experts to the model's dtype at load (4x "
+                            "their memory) rather than keep them packed and dequantize the routed ones per step")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -152,13 +155,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--kv-heads", type=int)
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
-    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision"],
-                      default="llama",
+    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava"], default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
-                           "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
-                           "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
-                           "tokens each: engine/tiny_gemma3_vision.py)")
+                           "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py)")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
@@ -241,7 +241,7 @@ def serve_command(args: argparse.Namespace) -> int:
                               reasoning_effort_budgets=args.reasoning_effort_budgets,
                               lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
-                              disk_kv_bytes=args.disk_kv_size,
+                              disk_kv_bytes=args.disk_kv_size, dequantize_mxfp4=args.dequantize_mxfp4,
                               image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
                                                        args.image_fetch_timeout,
                                                        None if args.allowed_media_domains is None
@@ -292,13 +292,6 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed}
         print(make_tiny_llava(args.dir, layers=args.layers, hidden=args.hidden, image_size=56,
                               **{k: v for k, v in options.items() if v is not None}))
-        return 0
-    if args.family == "gemma3_vision":
-        from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
-
-        extra = {"vocab_size": args.vocab_size, "seed": args.seed}
-        print(make_tiny_gemma3_vision(args.dir, layers=args.layers, hidden=args.hidden,
-                                      **{k: v for k, v in extra.items() if v is not None}))
         return 0
     options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed,
                "experts": args.experts, "experts_per_token": args.experts_per_token}

@@ -23,7 +23,10 @@ parallelism. A quantized engine (`quantization`: the W8A8 projections of engine/
 streams its attention and dense MLP projections at one byte a weight and multiplies them at the format's
 peak (fp8 or int8 tensor cores; the bf16 peak on a GPU without them); W4A16 (int4, engine/model/int4_linear.py)
 streams half a byte a weight plus a bf16 scale and zero point a group of 128 and multiplies at the bf16
-peak (its activations stay bf16); embeddings, the LM head, routers and experts keep `weight_bytes`.
+peak (its activations stay bf16); embeddings, the LM head, routers and experts keep `weight_bytes`, but for
+gpt-oss's MXFP4 experts (a checkpoint whose `quantization_config` says `mxfp4`, served packed:
+engine/model/mxfp4.py), stored and streamed at 4.25 bits a weight (`expert_weight_bytes`) and multiplied at the
+bf16 peak (dequantized to bf16 per step).
 
 Mixture-of-experts models (Qwen3-MoE, Mixtral) compute with the experts each token is routed to, and
 a step streams only the experts some token of it chose: with T tokens each picking k of E experts,
@@ -43,6 +46,8 @@ from engine.model.families import text_config_of
 MIB = 1 << 20
 # Bytes a quantized projection weight streams: int4 stores a bf16 scale and zero point a group of 128.
 QUANTIZED_WEIGHT_BYTES = {"int8": 1.0, "fp8": 1.0, "int4": 0.5 + 4 / 128}
+# An MXFP4 expert weight: a 4-bit E2M1 value and a one-byte scale per 32 (engine/model/mxfp4.py).
+MXFP4_WEIGHT_BYTES = (4 + 8 / 32) / 8
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class ModelShape:
     sliding_window: int = 0  # every layer attends to at most this many tokens back (0: the whole context)...
     num_full_layers: int = 0  # ...but these, which read it all (Gemma 3: 10 of 62 layers; their KV is kept)
     quantization: str | None = None  # "int8" / "fp8": W8A8 projections, one byte a weight; "int4": W4A16
+    expert_weight_bytes: float = 0.0  # bytes an expert weight takes, 0: `weight_bytes`; MXFP4: 4.25 / 8
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -118,7 +124,8 @@ class ModelShape:
             num_experts=experts.get("num_experts", 0), experts_per_token=experts.get("num_experts_per_tok", 0),
             expert_intermediate_size=experts.get("moe_intermediate_size", 0),
             num_sparse_layers=len(experts.get("sparse_layers", ())),
-            sliding_window=window, num_full_layers=config["num_hidden_layers"] - sliding if window else 0)
+            sliding_window=window, num_full_layers=config["num_hidden_layers"] - sliding if window else 0,
+            expert_weight_bytes=MXFP4_WEIGHT_BYTES if _mxfp4(config) else 0.0)
 
     @property
     def hybrid_attention(self) -> HybridAttention | None:
@@ -150,6 +157,11 @@ class ModelShape:
     def quantized_weight_bytes(self) -> float:
         """Bytes each of `quantized_params` takes (QUANTIZED_WEIGHT_BYTES; `weight_bytes` unquantized)."""
         return QUANTIZED_WEIGHT_BYTES[self.quantization] if self.quantization else self.weight_bytes
+
+    @property
+    def expert_bytes(self) -> float:
+        """Bytes each expert weight takes (MXFP4: 4.25 bits)."""
+        return self.expert_weight_bytes or self.weight_bytes
 
     @property
     def expert_params(self) -> int:
@@ -185,11 +197,16 @@ class ModelShape:
     def weight_memory_bytes(self) -> int:
         """What the weights occupy on the GPU(s), embeddings included."""
         return round(self.num_params * self.weight_bytes
-                     - self.quantized_params * (self.weight_bytes - self.quantized_weight_bytes))
+                     - self.quantized_params * (self.weight_bytes - self.quantized_weight_bytes)
+                     - self.num_experts * self.expert_params * (self.weight_bytes - self.expert_bytes))
 
     @property
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
+
+
+def _mxfp4(config: dict) -> bool:
+    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
 
 
 MODELS: dict[str, ModelShape] = {
@@ -203,6 +220,14 @@ MODELS: dict[str, ModelShape] = {
     "mistral-7b-v0.1": ModelShape("mistral-7b-v0.1", 32, 4096, 32, 8, 14336, 32000, sliding_window=4096),
     "mixtral-8x7b": ModelShape("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, num_experts=8, experts_per_token=2,
                                expert_intermediate_size=14336, num_sparse_layers=32),
+    # openai/gpt-oss-20b and -120b as released: MXFP4 experts (served packed), 128-token windows every other layer.
+    **{name: ModelShape.from_hf_config({
+        "model_type": "gpt_oss", "num_hidden_layers": layers, "hidden_size": 2880, "num_attention_heads": 64,
+        "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2880, "vocab_size": 201088,
+        "num_local_experts": experts, "num_experts_per_tok": 4, "sliding_window": 128,
+        "layer_types": ["sliding_attention", "full_attention"] * (layers // 2), "tie_word_embeddings": False,
+        "quantization_config": {"quant_method": "mxfp4"}}, name) for name, layers, experts in (
+        ("gpt-oss-20b", 24, 32), ("gpt-oss-120b", 36, 128))},
     # google/gemma-3-27b-it's text_config (transformers' defaults for what it leaves out): 52 of its 62 layers
     # slide over 1,024 tokens; its full layers keep every block, and a step reads each layer's keys.
     "gemma-3-27b": ModelShape.from_hf_config({
@@ -265,7 +290,7 @@ class RooflineStepTime:
             # row), and each expert that some token of the step is routed to.
             "_s_weights": ((m.shared_layer_params - quantized + m.lm_head_params) * m.weight_bytes
                            + quantized * m.quantized_weight_bytes) / bytes_per_s,
-            "_s_per_expert": m.expert_params * m.weight_bytes / bytes_per_s,
+            "_s_per_expert": m.expert_params * m.expert_bytes / bytes_per_s,
             "_s_per_kv_token": m.kv_bytes_per_token / bytes_per_s,
             # Each GPU copies its shard of a block's heads over its own link.
             "_s_per_kv_token_moved": m.kv_bytes_per_token / (

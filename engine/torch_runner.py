@@ -22,11 +22,11 @@ from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
-from engine.model.families import GEMMA3_MULTIMODAL
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model, safetensors_files
 from engine.model.logits_processors import process_logits
 from engine.model.lora import LoRAStep, LoRAWeights, load_lora, shard_lora, weights_to, wrap_projections
+from engine.model.mxfp4 import is_mxfp4_checkpoint
 from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
@@ -52,7 +52,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
     rank 0 and the rest processes it starts (engine/tp_workers.py), each with 1/N of the heads and of
     every KV block, so `num_blocks` and byte budgets are per rank; CPU ranks sum through shared memory
     unless `shared_memory_allreduce` is off (gloo then). `tp`: a worker's own rank. `num_disk_blocks`: slots
-    of a disk tier in the folder `disk_kv_path`, one file a rank (engine/disk_store.py)."""
+    of a disk tier in the folder `disk_kv_path`, one file a rank (engine/disk_store.py). `dequantize_mxfp4`:
+    gpt-oss's MXFP4 experts dequantized at load rather than kept packed (engine/model/mxfp4.py)."""
 
     verifies_drafts = True  # samples after each draft token too (engine/speculation.py)
 
@@ -72,6 +73,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         shared_memory_allreduce: bool = True,
         disk_kv_path: str | Path | None = None,
         num_disk_blocks: int = 0,
+        dequantize_mxfp4: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.full_config = full_config = ModelConfig.from_dir(self.model_dir)
@@ -94,13 +96,16 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
         scheme = serving_scheme(self.model_dir, quantization)
         self.quantization = scheme.method if scheme is not None else None
+        # gpt-oss's MXFP4 experts stay packed unless `dequantize_mxfp4` (engine/model/mxfp4.py)
+        self.mxfp4_experts = is_mxfp4_checkpoint(self.model_dir) and not dequantize_mxfp4
         self.workers: TensorParallelWorkers | None = None
         if tp is None and self.tensor_parallel_size > 1:
             self.workers = TensorParallelWorkers(self.tensor_parallel_size, self.device, self.dtype, {
                 "model_dir": self.model_dir, "num_blocks": num_blocks, "block_size": block_size, "dtype": self.dtype,
                 "num_host_blocks": num_host_blocks, "kv_cache_dtype": kv_cache_dtype,
                 "calculate_kv_scales": calculate_kv_scales, "quantization": quantization,
-                "disk_kv_path": disk_kv_path, "num_disk_blocks": num_disk_blocks},
+                "disk_kv_path": disk_kv_path, "num_disk_blocks": num_disk_blocks,
+                "dequantize_mxfp4": dequantize_mxfp4},
                 shared_memory=shared_memory_allreduce)
             try:
                 tp = self.workers.join()
@@ -112,13 +117,11 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
         self.image_features: ImageFeatures | None = None
         try:
-            if self.vision is not None and self.vision.family == GEMMA3_MULTIMODAL and \
-                    (self.tensor_parallel_size > 1 or scheme is not None):
-                self.vision = None  # a Gemma 3 folder served sharded or quantized takes text only, as before
             if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
                 raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
                                  "quantization with image inputs)")
-            self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp)
+            self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp,
+                                    self.mxfp4_experts)
             if self.vision is not None:
                 encoder = load_vision_encoder(self.vision, safetensors_files(self.model_dir), self.device, self.dtype)
                 self.image_features = ImageFeatures(encoder, self.device, self.dtype)
@@ -246,7 +249,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format)
             if step.image_embeds is None:
                 return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
-            with spliced_embeddings(self.model.model.layers[0], *step.image_embeds):
+            with spliced_embeddings(self.model.model.embed_tokens, *step.image_embeds):
                 return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
@@ -328,7 +331,6 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         tables: list[list[int]] = []
         context_lens: list[int] = []
         lora_rows: dict[int, list[int]] = {}
-        bidirectional: list[list[tuple[int, int]]] = []  # each sequence's Gemma 3 images this step
         for i, (seq, n, drafts) in enumerate(zip(batch.seqs, lens, batch.draft_token_ids, strict=True)):
             if seq.lora_id:
                 lora_rows.setdefault(seq.lora_id, []).extend(range(len(token_ids), len(token_ids) + n))
@@ -341,8 +343,6 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                 raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
             if seq.images:
                 image_spans.append((seq, len(token_ids), start, end - len(drafts)))
-            bidirectional.append([(image.offset, image.end) for image in seq.images
-                                  if image.bidirectional and image.offset < end and image.end > start])
             token_ids.extend(seq.token_ids[start: end - len(drafts)])
             token_ids.extend(drafts)
             positions.extend(range(start, end))
@@ -374,7 +374,6 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             query_lens=list(lens),
             context_lens=context_lens,
             block_size=block_size,
-            image_spans=bidirectional if any(bidirectional) else None,
         )
         images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
         return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,

@@ -8,9 +8,11 @@ each tensor it reads). transformers' and the Hub's stacked experts differ from t
 - the released checkpoints store the experts in MXFP4 (`quantization_config.quant_method: mxfp4`): for each of
   `gate_up_proj` and `down_proj`, `*_blocks` [experts, out, in / 32, 16] uint8 holding two 4-bit E2M1 values a
   byte (the low nibble first) and `*_scales` [experts, out, in / 32] uint8, a power of two (exponent + 127) per
-  32 values. They are dequantized here to the model's dtype as transformers' `convert_moe_packed_tensors`
-  does (the same lookup table and `ldexp`), already in the [out, in] orientation; the two halves of a pair
-  may sit in different shards, so a half waits for the other.
+  32 values, already in the engine's [out, in] orientation. By default they stay packed
+  (engine/model/mxfp4.py: `*_blocks` and `*_scales` go on, gate/up rows de-interleaved); with
+  `--dequantize-mxfp4` they are dequantized here to the model's dtype as transformers'
+  `convert_moe_packed_tensors` does. The two halves of a pair may sit in different shards, so a half waits
+  for the other.
 """
 
 from __future__ import annotations
@@ -19,23 +21,11 @@ import re
 
 import torch
 
-# E2M1: the 16 values a nibble codes (transformers' FP4_VALUES, OCP MX's order).
-FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-SCALE_BIAS = 127
+from engine.model.mxfp4 import FP4_VALUES, SCALE_BIAS, dequantize_mxfp4
+
+__all__ = ["FP4_VALUES", "SCALE_BIAS", "GptOssTensors", "dequantize_mxfp4"]
 _PACKED = re.compile(r"(?P<stem>.+\.mlp\.experts\.(gate_up_proj|down_proj))_(?P<part>blocks|scales)")
 _STACKED = re.compile(r".+\.mlp\.experts\.(?P<leaf>gate_up_proj|down_proj|gate_up_proj_bias|down_proj_bias)")
-
-
-def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """blocks [..., groups, 16] uint8, scales [..., groups] uint8 -> float32 [..., groups * 32]."""
-    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != 16:
-        raise ValueError(f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)}")
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    blocks = blocks.to(torch.uint8)
-    values = torch.stack([lut[(blocks & 0x0F).long()], lut[(blocks >> 4).long()]], dim=-1)  # [..., G, 16, 2]
-    values = values.flatten(-2)  # [..., G, 32]
-    exponents = scales.to(torch.int32) - SCALE_BIAS
-    return torch.ldexp(values, exponents.unsqueeze(-1)).flatten(-2)
 
 
 def _gates_first(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -46,9 +36,10 @@ def _gates_first(tensor: torch.Tensor, dim: int) -> torch.Tensor:
 
 class GptOssTensors:
     """Turns a gpt-oss checkpoint's tensors into the engine's, one at a time; `finish` says whether an MXFP4
-    half is left without its pair."""
+    half is left without its pair. `packed`: MXFP4 experts stay packed (engine/model/mxfp4.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, packed: bool = False) -> None:
+        self.packed = packed
         self._waiting: dict[str, dict[str, torch.Tensor]] = {}
 
     def convert(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -59,8 +50,12 @@ class GptOssTensors:
             if len(parts) < 2:
                 return []
             del self._waiting[packed["stem"]]
+            stem, gate_up = packed["stem"], packed["stem"].endswith("gate_up_proj")
+            if self.packed:  # [experts, out, groups(, 16)]: gate/up rows reordered as whole rows
+                return [(f"{stem}_{part}", _gates_first(parts[part], 1) if gate_up else parts[part])
+                        for part in ("blocks", "scales")]
             weight = dequantize_mxfp4(parts["blocks"], parts["scales"])  # [experts, out, in]: the engine's way
-            return [(packed["stem"], _gates_first(weight, 1) if packed["stem"].endswith("gate_up_proj") else weight)]
+            return [(stem, _gates_first(weight, 1) if gate_up else weight)]
         name = name.replace(".mlp.router.", ".mlp.gate.")
         stacked = _STACKED.fullmatch(name)
         if stacked is None:

@@ -27,6 +27,7 @@ from engine.model.int4_linear import Int4Linear
 from engine.model.layers import PackedLinear
 from engine.model.llama import Attention, CausalLM
 from engine.model.moe import Experts
+from engine.model.mxfp4 import Mxfp4Experts, pack_experts
 from engine.model.parallel import SINGLE, TPGroup, shard_tensor
 from engine.model.quant_config import QuantScheme
 from engine.model.quant_linear import QuantizedLinear, quantize_projections
@@ -82,15 +83,19 @@ def load_model(
     config: ModelConfig | None = None,
     quantization: QuantScheme | None = None,
     tp: TPGroup = SINGLE,
+    mxfp4_experts: bool = False,
 ) -> CausalLM:
     """`config`: under tensor parallelism, rank `tp.rank`'s share (engine/model/parallel.py), whose
-    parts of the checkpoint's tensors are read."""
+    parts of the checkpoint's tensors are read. `mxfp4_experts`: an MXFP4 checkpoint's experts stay packed
+    (engine/model/mxfp4.py) rather than dequantized to `dtype`."""
     model_dir = Path(model_dir)
     config = config or ModelConfig.from_dir(model_dir)
     # Build on the meta device and allocate once, uninitialised: every parameter comes from the file.
     with torch.device("meta"):
         model = CausalLM(config, tp)
-    model = model.to(dtype)
+        if mxfp4_experts:
+            pack_experts(model, tp.size)
+    model = model.to(dtype)  # floating point only: packed experts keep their uint8
     if quantization is not None:  # after the cast: 8-bit weights and float32 scales keep their dtypes
         quantize_projections(model, quantization, tp.rank, tp.size)
     model = model.to_empty(device=device)
@@ -109,7 +114,8 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> No
     for module in int4.values():
         module.begin_loading()
     loaded: set[str] = set()
-    gpt_oss = GptOssTensors() if model.config.model_type == GPT_OSS else None  # its layout, MXFP4 experts
+    packed = any(isinstance(module, Mxfp4Experts) for module in modules.values())
+    gpt_oss = GptOssTensors(packed) if model.config.model_type == GPT_OSS else None  # its layout, MXFP4 experts
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable

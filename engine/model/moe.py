@@ -25,12 +25,15 @@ from engine.model.parallel import SINGLE, TPGroup
 
 
 class Experts(nn.Module):
-    """`bias`: gpt-oss's per-expert biases on gate/up and down; `swiglu_limit`: its clamped SwiGLU."""
+    """`bias`: gpt-oss's per-expert biases on gate/up and down; `swiglu_limit`: its clamped SwiGLU.
+    engine/model/mxfp4.py's subclass keeps the weights packed and supplies them per expert (`expert_weights`)."""
+
+    groupable = True  # its stacked weights feed one grouped matmul
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, bias: bool = False,
                  swiglu_limit: float | None = None, swiglu_alpha: float = 1.702) -> None:
         super().__init__()
-        self.intermediate_size = intermediate_size
+        self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden_size, intermediate_size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.gate_up_proj_bias = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size)) if bias else None
@@ -53,6 +56,10 @@ class Experts(nn.Module):
         out = F.grouped_mm(self.act(*gate_up.chunk(2, dim=-1)), self.down_proj.transpose(1, 2), offs=offsets)
         return out if self.down_proj_bias is None else out + self.down_proj_bias[row_experts]
 
+    def expert_weights(self, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """One expert's (gate_up [2 x inter, hidden], down [hidden, inter])."""
+        return self.gate_up_proj[expert], self.down_proj[expert]
+
     def looped(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         out, start = torch.empty_like(x), 0
         for expert, count in enumerate(counts):
@@ -60,8 +67,9 @@ class Experts(nn.Module):
                 rows = slice(start, start + count)
                 gate_up_bias, down_bias = (None if b is None else b[expert]
                                            for b in (self.gate_up_proj_bias, self.down_proj_bias))
-                gate, up = F.linear(x[rows], self.gate_up_proj[expert], gate_up_bias).chunk(2, dim=-1)
-                out[rows] = F.linear(self.act(gate, up), self.down_proj[expert], down_bias)
+                gate_up, down = self.expert_weights(expert, x.dtype)
+                gate, up = F.linear(x[rows], gate_up, gate_up_bias).chunk(2, dim=-1)
+                out[rows] = F.linear(self.act(gate, up), down, down_bias)
                 start += count
         return out
 
@@ -98,7 +106,7 @@ class SparseMoE(nn.Module):
         order = flat_experts.argsort(stable=True)  # pairs by expert, tokens in order within one
         tokens = order // self.top_k
         counts = torch.bincount(flat_experts, minlength=self.num_experts)
-        if grouped if grouped is not None else grouped_mm_supported(x.device, x.dtype):
+        if self.experts.groupable and (grouped if grouped is not None else grouped_mm_supported(x.device, x.dtype)):
             out = self.experts.grouped(x[tokens], counts.cumsum(0, dtype=torch.int32), flat_experts[order])
         else:
             out = self.experts.looped(x[tokens], counts.tolist())

@@ -28,8 +28,10 @@ _COLUMN = re.compile(r".*\.(self_attn\.(q|k|v)_proj|mlp\.(gate|up)_proj|experts\
 _ROW = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj|experts\.\d+\.down_proj)\.weight")
 _ROW_BIAS = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj)\.bias")
 # transformers 5: [experts, 2 x inter, hidden]; gpt-oss's bias [experts, 2 x inter] too, gates first
-_STACKED_GATE_UP = re.compile(r".*\.mlp\.experts\.gate_up_proj(_bias)?")
-_STACKED_DOWN = re.compile(r".*\.mlp\.experts\.down_proj")  # [experts, hidden, inter]
+# MXFP4 (engine/model/mxfp4.py): blocks [experts, out, in / 32, 16] and scales [experts, out, in / 32] are cut
+# the same way, down's by whole 32-value blocks (Mxfp4Experts refuses widths that would split one).
+_STACKED_GATE_UP = re.compile(r".*\.mlp\.experts\.gate_up_proj(_bias|_blocks|_scales)?")
+_STACKED_DOWN = re.compile(r".*\.mlp\.experts\.down_proj(_blocks|_scales)?")  # [experts, hidden, inter]
 # gpt-oss: the down projection's expert biases [experts, hidden] and a sink per query head.
 _STACKED_DOWN_BIAS = re.compile(r".*\.mlp\.experts\.down_proj_bias")
 _SINKS = re.compile(r".*\.self_attn\.sinks")

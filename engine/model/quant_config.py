@@ -16,7 +16,8 @@ AutoAWQ's `awq` (`version: gemm` only) and GPTQ's `gptq` (4 bits, `sym` or not, 
 permuting each input's columns, `checkpoint_format` gptq or gptq_v2). Refused, with the reason: other
 bit widths, 8-bit weight-only or 4-bit weights with quantized activations, 8-bit zero points and group
 or block scales, other AWQ kernels' layouts, quantized LM heads. The embeddings, the LM head, MoE
-routers and experts stay in the model's dtype (a checkpoint that quantized its experts is refused)."""
+routers and experts stay in the model's dtype (a checkpoint that quantized its experts is refused), but for
+gpt-oss's MXFP4 experts, which are not a projection scheme: engine/model/mxfp4.py keeps them packed."""
 
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def serving_scheme(model_dir: str | Path, requested: str | None) -> QuantScheme 
     if requested is not None and requested not in QUANTIZATIONS:
         raise QuantizationError(f"quantization {requested!r} is not one of {', '.join(QUANTIZATIONS)}")
     raw = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config")
-    if raw and raw.get("quant_method") == "mxfp4":  # gpt-oss's experts, dequantized as they are read
-        raw = None  # (engine/model/gpt_oss_weights.py); its other tensors are the model's dtype
+    if raw and raw.get("quant_method") == "mxfp4":  # gpt-oss's experts, kept packed (engine/model/mxfp4.py)
+        raw = None  # or dequantized as they are read; its other tensors are the model's dtype
     stored = checkpoint_scheme(raw) if raw else None
     if stored is None:
         return runtime_scheme(requested) if requested else None

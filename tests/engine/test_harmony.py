@@ -180,3 +180,23 @@ def test_pitstop_engine_serve_answers_a_gpt_oss_chat(model_dir: Path, tokenizer:
     parts = split(reader.feed(got) + reader.finish(stopped=got[-1] in tokenizer.eos_token_ids))
     assert (answer.choices[0].message.content or "") == parts.content
     assert (getattr(answer.choices[0].message, "reasoning_content", None) or "") == parts.reasoning
+
+
+def test_a_thinking_budget_on_a_harmony_model_is_a_400_naming_reasoning_effort(tokenizer: Tokenizer) -> None:
+    """gpt-oss thinks on a Harmony channel: a budget is refused for what it is (not "start --reasoning-parser");
+    `reasoning_effort` is the knob, and answers."""
+    import openai
+
+    messages = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    with serve_in_thread(create_app(_scripted_server(tokenizer, THINK_AND_ANSWER), "gpt-oss", "openai_gptoss",
+                                    "openai")) as url, sdk(url) as client:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=128, stream=stream,
+                                               extra_body={"thinking_token_budget": 16})
+            error = refused.value.body
+            assert isinstance(error, dict) and error["param"] == "thinking_token_budget"
+            assert "reasoning_effort" in error["message"] and "--reasoning-parser" not in error["message"]
+        answer = client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=128,
+                                                reasoning_effort="low")
+    assert answer.choices[0].message.content == "It is blue."
