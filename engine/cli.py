@@ -155,10 +155,13 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--kv-heads", type=int)
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
-    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava"], default="llama",
+    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision"],
+                      default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
-                           "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py)")
+                           "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
+                           "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
+                           "tokens each: engine/tiny_gemma3_vision.py)")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
@@ -292,6 +295,13 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed}
         print(make_tiny_llava(args.dir, layers=args.layers, hidden=args.hidden, image_size=56,
                               **{k: v for k, v in options.items() if v is not None}))
+        return 0
+    if args.family == "gemma3_vision":
+        from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
+
+        extra = {"vocab_size": args.vocab_size, "seed": args.seed}
+        print(make_tiny_gemma3_vision(args.dir, layers=args.layers, hidden=args.hidden,
+                                      **{k: v for k, v in extra.items() if v is not None}))
         return 0
     options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed,
                "experts": args.experts, "experts_per_token": args.experts_per_token}

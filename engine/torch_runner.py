@@ -22,6 +22,7 @@ from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
+from engine.model.families import GEMMA3_MULTIMODAL
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model, safetensors_files
 from engine.model.logits_processors import process_logits
@@ -117,6 +118,9 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
         self.image_features: ImageFeatures | None = None
         try:
+            if self.vision is not None and self.vision.family == GEMMA3_MULTIMODAL and \
+                    (self.tensor_parallel_size > 1 or scheme is not None):
+                self.vision = None  # a Gemma 3 folder served sharded or quantized takes text only, as before
             if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
                 raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
                                  "quantization with image inputs)")
@@ -249,7 +253,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format)
             if step.image_embeds is None:
                 return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
-            with spliced_embeddings(self.model.model.embed_tokens, *step.image_embeds):
+            with spliced_embeddings(self.model.model.layers[0], *step.image_embeds):
                 return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
@@ -331,6 +335,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         tables: list[list[int]] = []
         context_lens: list[int] = []
         lora_rows: dict[int, list[int]] = {}
+        bidirectional: list[list[tuple[int, int]]] = []  # each sequence's Gemma 3 images this step
         for i, (seq, n, drafts) in enumerate(zip(batch.seqs, lens, batch.draft_token_ids, strict=True)):
             if seq.lora_id:
                 lora_rows.setdefault(seq.lora_id, []).extend(range(len(token_ids), len(token_ids) + n))
@@ -343,6 +348,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                 raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
             if seq.images:
                 image_spans.append((seq, len(token_ids), start, end - len(drafts)))
+            bidirectional.append([(image.offset, image.end) for image in seq.images
+                                  if image.bidirectional and image.offset < end and image.end > start])
             token_ids.extend(seq.token_ids[start: end - len(drafts)])
             token_ids.extend(drafts)
             positions.extend(range(start, end))
@@ -374,6 +381,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             query_lens=list(lens),
             context_lens=context_lens,
             block_size=block_size,
+            image_spans=bidirectional if any(bidirectional) else None,
         )
         images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
         return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,
