@@ -83,6 +83,12 @@ def image_runs(prompt_ids: list[int], image_token_id: int, tokens_per_image: int
             for s, h, p in zip(starts, hashes, pixel_values, strict=True)]
 
 
+def bidirectional_spans(images: list[ImageInput], start: int, end: int) -> list[tuple[int, int]]:
+    """The [offset, end) runs of the bidirectional images a prefill of positions [start, end) computes tokens of."""
+    return [(image.offset, image.end) for image in images if image.bidirectional and image.offset < end
+            and image.end > start]
+
+
 def whole_images_chunk(images: list[ImageInput], start: int, num_tokens: int) -> int:
     """The most of `num_tokens` prompt tokens from `start` one prefill chunk computes without ending inside a
     bidirectional image: the chunk ends before such an image it cannot hold (0 where one starts at `start`)."""

@@ -18,11 +18,11 @@ from engine.batch import ScheduledBatch
 from engine.disk_store import DiskKVStore
 from engine.encoder_cache import ImageFeatures, Span, spliced_embeddings
 from engine.hybrid_attention import HybridAttention, hybrid_attention
+from engine.image_inputs import bidirectional_spans
 from engine.kv_copies import TierCopies
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
-from engine.model.families import GEMMA3_MULTIMODAL
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model, safetensors_files
 from engine.model.logits_processors import process_logits
@@ -118,12 +118,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
         self.image_features: ImageFeatures | None = None
         try:
-            if self.vision is not None and self.vision.family == GEMMA3_MULTIMODAL and \
-                    (self.tensor_parallel_size > 1 or scheme is not None):
-                self.vision = None  # a Gemma 3 folder served sharded or quantized takes text only, as before
             if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
-                raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
-                                 "quantization with image inputs)")
+                self.vision = self.vision.sharded_or_quantized()  # Gemma 3: text only; LLaVA: refused
             self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp,
                                     self.mxfp4_experts)
             if self.vision is not None:
@@ -348,8 +344,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                 raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
             if seq.images:
                 image_spans.append((seq, len(token_ids), start, end - len(drafts)))
-            bidirectional.append([(image.offset, image.end) for image in seq.images
-                                  if image.bidirectional and image.offset < end and image.end > start])
+            bidirectional.append(bidirectional_spans(seq.images, start, end))
             token_ids.extend(seq.token_ids[start: end - len(drafts)])
             token_ids.extend(drafts)
             positions.extend(range(start, end))

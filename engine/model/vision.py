@@ -61,6 +61,14 @@ class VisionConfig:
         """Whether the processor widens images in the prompt's text (Gemma 3) rather than its tokens (LLaVA)."""
         return self.boi_token_id is not None
 
+    def sharded_or_quantized(self) -> VisionConfig | None:
+        """With tensor parallelism or quantization: None for a Gemma 3 folder, served as its language model, text
+        only (as before it took images); a LLaVA one is refused."""
+        if self.family != GEMMA3_MULTIMODAL:
+            raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
+                             "quantization with image inputs)")
+        return None
+
     def check_chunk(self, chunk_tokens: int) -> None:
         """A bidirectional image is prefilled in one chunk: refused at start-up where a step cannot hold one
         (as vLLM refuses it), rather than a request that could never run."""
