@@ -5,7 +5,13 @@ served from the prefix cache (the encoder skipped). A small random LLaVA on the 
 Timed in CPU time on one torch thread (the process's, so other work on a shared machine moves it little),
 the kinds interleaved run by run; medians, and the median of each run's image / text ratio.
 
+`--family gemma3`: a small random Gemma 3 with images instead (Gemma3ForConditionalGeneration: a SigLIP tower
+on 448-pixel images in 14-pixel patches, its 32 x 32 patches average-pooled to 256 tokens as Gemma 3's 896-pixel
+64 x 64 are; a Gemma 3 language model, every second layer a 512-token window), the image widened in the text and
+its tokens attending to each other both ways.
+
     .venv/bin/python -m bench.vision --out bench/results/vision.json
+    .venv/bin/python -m bench.vision --family gemma3 --out bench/results/vision_gemma3.json
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import torch
 
 from bench.common import command, machine_info, write_report
 from engine.config import EngineConfig
-from engine.image_inputs import ImageInput, content_hash, expand_image_tokens
+from engine.image_inputs import ImageInput, content_hash, expand_image_tokens, image_runs, widen_image_text
 from engine.llm_engine import LLMEngine
+from engine.model.vision import VisionConfig
 from engine.openai_images import image_processor
 from engine.sampling_params import SamplingParams
+from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
 from engine.tiny_llava import make_tiny_llava
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
@@ -50,6 +58,30 @@ def _prefill_s(engine: LLMEngine, ids: list[int], images: list[ImageInput], name
     raise AssertionError("no output")
 
 
+def _model(family: str, out: str, args: argparse.Namespace) -> Path:
+    if family == "gemma3":
+        return make_tiny_gemma3_vision(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4,
+                                       head_dim=args.hidden // 8, vocab_size=2048, image_size=448, patch_size=14,
+                                       tokens_per_image=256, vision_hidden=args.vision_hidden,
+                                       vision_layers=args.vision_layers, sliding_window=512)
+    return make_tiny_llava(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4, vocab_size=2048,
+                           image_size=336, patch_size=14, vision_hidden=args.vision_hidden,
+                           vision_layers=args.vision_layers)
+
+
+def _prompt(vision: VisionConfig, tokenizer: Tokenizer, before: str, after: str, hashes: list[int],
+            pixels: list[torch.Tensor]) -> tuple[list[int], list[ImageInput]]:
+    """As the server builds it: Gemma 3's image widened in the text, LLaVA's image token in the ids."""
+    if vision.text_expansion:
+        names = [tokenizer.id_to_token(i) for i in (vision.boi_token_id, vision.image_token_id, vision.eoi_token_id)]
+        ids = tokenizer.encode(widen_image_text(before + names[0] + after, *names, vision.tokens_per_image))  # type: ignore[arg-type]
+        images = image_runs(ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
+        assert images is not None
+        return ids, images
+    ids = tokenizer.encode(before) + [vision.image_token_id] + tokenizer.encode(after)
+    return expand_image_tokens(ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9, help="requests of each kind (medians reported)")
@@ -58,13 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vision-hidden", type=int, default=256)
     parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--family", choices=["llava", "gemma3"], default="llava")
     parser.add_argument("--out", type=Path, default=Path("bench/results/vision.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_tiny_llava(tmp, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4,
-                                    vocab_size=2048, image_size=336, patch_size=14, vision_hidden=args.vision_hidden,
-                                    vision_layers=args.vision_layers)
+        model_dir = _model(args.family, tmp, args)
         runner = TorchModelRunner(model_dir, 512, 16, device="cpu")
         engine = LLMEngine(EngineConfig(num_blocks=512, max_model_len=2048, max_num_batched_tokens=2048,
                                         long_prefill_token_threshold=2048), runner)
@@ -72,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         features = runner.image_features
         assert vision is not None and features is not None
         tokenizer = Tokenizer(model_dir)
-        before = tokenizer.encode("A user asks about this screenshot: ")
-        after = tokenizer.encode(" What does the dialog on the screen say, and which button should be pressed?")
+        before = "A user asks about this screenshot: "
+        after = " What does the dialog on the screen say, and which button should be pressed?"
         rng = random.Random(0)
         rows: dict[str, list[float]] = {"image": [], "text": [], "repeat": [], "encoder": [], "preprocess": []}
         cached: list[int] = []
@@ -82,9 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.process_time()
             pixels = image_processor(model_dir)(images=[picture], return_tensors="pt")["pixel_values"]
             preprocess = time.process_time() - start
-            ids, images = expand_image_tokens(before + [vision.image_token_id] + after, vision.image_token_id,
-                                              vision.tokens_per_image, [content_hash("RGB", picture.size,
-                                                                                     picture.tobytes())], [pixels[0]])
+            ids, images = _prompt(vision, tokenizer, before, after,
+                                  [content_hash("RGB", picture.size, picture.tobytes())], [pixels[0]])
             start = time.process_time()
             with torch.inference_mode():
                 features.encoder(pixels)
@@ -106,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(),
         "settings": {"runs": args.runs, "prompt_tokens": len(ids), "image_tokens": vision.tokens_per_image,
                      "image_size": vision.image_size, "language_model": {"hidden": args.hidden, "layers": args.layers},
-                     "vision_tower": {"kind": "clip", "hidden": args.vision_hidden, "layers": args.vision_layers},
+                     "family": args.family, "bidirectional_image_attention": vision.bidirectional,
+                     "vision_tower": {"kind": vision.vision["model_type"], "hidden": args.vision_hidden,
+                                      "layers": args.vision_layers},
                      "device": "cpu", "dtype": "float32", "threads": args.threads, "clock": "process CPU time"},
         "results": {
             "image_prefill_ms": ms["image"],

@@ -31,7 +31,7 @@ CHAT_TEMPLATE_WITH_IMAGES = CHAT_TEMPLATE.replace(
 def make_tiny_gemma3_vision(out_dir: str | Path, *, hidden: int = 64, layers: int = 2, vocab_size: int = 1024,
                             image_size: int = 56, patch_size: int = 7, tokens_per_image: int = 16,
                             vision_hidden: int = 32, vision_layers: int = 2, sliding_window: int = 24,
-                            seed: int = 0) -> Path:
+                            heads: int = 4, kv_heads: int = 2, head_dim: int = 16, seed: int = 0) -> Path:
     """Writes the folder and returns its path. An image is `tokens_per_image` tokens: the (image_size /
     patch_size)^2 patches average-pooled to that many (16 from 8 x 8 patches by default). Every second layer
     attends to all of the context, the others to their last `sliding_window` tokens."""
@@ -44,7 +44,8 @@ def make_tiny_gemma3_vision(out_dir: str | Path, *, hidden: int = 64, layers: in
     tokenizer.save(str(out / "tokenizer.json"))
     ids = {token: tokenizer.token_to_id(token) for token in (BOS, EOS, PAD, BOI, EOI, IMAGE)}
     text = {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 2 * hidden,
-            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
             "query_pre_attn_scalar": 4, "sliding_window": sliding_window, "sliding_window_pattern": 2,
             "rope_local_base_freq": 100.0, "tie_word_embeddings": False, "max_position_embeddings": 2048,
             "rms_norm_eps": 1e-6,
