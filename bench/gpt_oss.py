@@ -11,8 +11,15 @@ second layer a 128-token window, YaRN). Per repetition, in alternating order, be
 - decode: 8 prompts of 64 tokens, 64 tokens each, greedy; tokens/s = 8 x 63 / (last token - first).
 Timed on this thread's CPU time (bench.common.CpuClock) and the wall clock; ratios to Llama are medians of
 per-repetition ratios. The roofline part prices gpt-oss-20b's decode step (1 and 32 sequences, 4,096 and 32,768
-tokens of context each) on one H100-SXM as this engine serves it, its MXFP4 experts dequantized to bf16
+tokens of context each) on one H100-SXM with its experts in bf16 (as --dequantize-mxfp4 serves it)
 (engine/roofline.py: 3.6B active parameters, experts read as routed; the 12 sliding layers read 128 tokens).
+
+MXFP4 (bench/gpt_oss_mxfp4.py): the gpt-oss checkpoint's experts packed to MXFP4, served packed
+(`mxfp4_packed`, the default for such a checkpoint) and dequantized at load (`mxfp4_dequantized`,
+--dequantize-mxfp4), both timed in the same alternating repetitions as the others; each one's expert and
+parameter bytes and resident memory after loading in a fresh process; and the roofline's gpt-oss-20b and -120b
+on one H100-SXM with MXFP4 experts (4.25 bits a weight) and with bf16 ones: weight GiB, whether they fit with
+room for KV, the decode step at 1 and 32 sequences of 4,096 tokens.
 Writes bench/results/gpt_oss.json."""
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `engine` impo
 
 from bench.common import RESULTS, THREADS_HELP, command, machine_info, write_report  # noqa: E402
 from bench.engine_families import measure  # noqa: E402
+from bench.gpt_oss_mxfp4 import load_footprint, mxfp4_copy  # noqa: E402
+from bench.gpt_oss_mxfp4 import roofline_rows as mxfp4_roofline_rows  # noqa: E402
 from engine.batch import StepShape  # noqa: E402
 from engine.roofline import GPUS, ModelShape, RooflineStepTime  # noqa: E402
 from engine.tiny_model import make_tiny_model  # noqa: E402
@@ -82,12 +91,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    models = ("llama", "gpt_oss")
+    models = ("llama", "gpt_oss", "mxfp4_packed", "mxfp4_dequantized")
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {"llama": make_tiny_model(Path(tmp) / "llama", layers=args.layers, hidden=args.hidden, heads=8,
                                          kv_heads=4, vocab_size=VOCAB),
                 "gpt_oss": gpt_oss_dir(Path(tmp) / "gpt_oss", args.layers, args.hidden)}
-        runners = {name: TorchModelRunner(dirs[name], num_blocks=128, block_size=16, device="cpu", dtype=torch.float32)
+        dirs["mxfp4_packed"] = dirs["mxfp4_dequantized"] = mxfp4_copy(dirs["gpt_oss"], Path(tmp) / "mxfp4")
+        footprint = {name: load_footprint(dirs[name], name == "mxfp4_dequantized", torch.float32, args.threads)
+                     for name in ("mxfp4_packed", "mxfp4_dequantized")}
+        runners = {name: TorchModelRunner(dirs[name], num_blocks=128, block_size=16, device="cpu", dtype=torch.float32,
+                                          dequantize_mxfp4=name == "mxfp4_dequantized")
                    for name in models}
         for runner in runners.values():  # warm-up: first calls allocate and pick kernels
             measure(runner, VOCAB, -1)
@@ -101,6 +114,8 @@ def main() -> None:
         active = {"llama": params["llama"],
                   "gpt_oss": params["gpt_oss"] - args.layers * (config.num_experts - config.num_experts_per_tok)
                   * 3 * args.hidden * config.moe_intermediate_size}
+        active["mxfp4_packed"] = active["mxfp4_dequantized"] = active["gpt_oss"]
+        params["mxfp4_packed"] = params["mxfp4_dequantized"] = params["gpt_oss"]
     results = {}
     for name in models:
         row: dict = {"params": params[name], "active_params": active[name]}
@@ -112,11 +127,20 @@ def main() -> None:
                 r[clock]["decode_tok_s"] / base[clock]["decode_tok_s"] for r, base in zip(runs[name], runs["llama"], strict=True))
         row["runs"] = runs[name]
         results[name] = row
+    packed, dequantized = footprint["mxfp4_packed"], footprint["mxfp4_dequantized"]
+    mxfp4 = {"dtype": "float32", "packed": packed, "dequantized": dequantized,
+             "expert_bytes_packed_vs_dequantized": packed["expert_weight_bytes"] / dequantized["expert_weight_bytes"],
+             "expert_bytes_packed_vs_bf16": packed["expert_weight_bytes"] / (dequantized["expert_weight_bytes"] / 2),
+             "rss_packed_vs_dequantized": packed["rss_after_load_bytes"] / dequantized["rss_after_load_bytes"],
+             **{f"{clock}_decode_packed_vs_dequantized": statistics.median(
+                 p[clock]["decode_tok_s"] / d[clock]["decode_tok_s"]
+                 for p, d in zip(runs["mxfp4_packed"], runs["mxfp4_dequantized"], strict=True)) for clock in ("cpu", "wall")},
+             "roofline_h100": mxfp4_roofline_rows()}
     report = {"command": command("bench.gpt_oss"), "machine": machine_info(),
               "shape": {"layers": args.layers, "hidden": args.hidden, "heads": 8, "kv_heads": 4, "vocab": VOCAB,
                         "experts": 8, "experts_per_token": 2, "window": 128, "dtype": "float32", "reps": args.reps},
               "clocks": "cpu = this thread's CPU time (a dedicated machine), wall = the shared machine's wall clock",
-              "models": results, "roofline_h100_gpt_oss_20b": roofline_rows()}
+              "models": results, "roofline_h100_gpt_oss_20b": roofline_rows(), "mxfp4": mxfp4}
     print(write_report(OUT, report))
     for name, row in results.items():
         c = row["cpu"]
@@ -125,6 +149,12 @@ def main() -> None:
     r = report["roofline_h100_gpt_oss_20b"]
     print(f"gpt-oss-20b {r['params_b']:.2f}B ({r['active_params_b']:.2f}B active): " + ", ".join(
         f"{r[f'decode_step_ms_batch{b}_at_{c}']:.2f} ms (batch {b}, {c} ctx)" for c in CONTEXTS for b in (1, 32)))
+    print(f"MXFP4 experts packed: {mxfp4['expert_bytes_packed_vs_dequantized']:.3f}x the float32 bytes "
+          f"({mxfp4['expert_bytes_packed_vs_bf16']:.3f}x bf16), RSS after load {mxfp4['rss_packed_vs_dequantized']:.2f}x, "
+          f"decode {mxfp4['cpu_decode_packed_vs_dequantized']:.2f}x tok/s of dequantized-at-load")
+    for name, row in mxfp4["roofline_h100"].items():
+        print(f"{name}: {row['weight_gib']:.1f} GiB, fits one H100: {row['fits_one_h100']}, decode "
+              f"{row['decode_step_ms_batch1_at_4096']:.2f} / {row['decode_step_ms_batch32_at_4096']:.2f} ms (1 / 32 seqs)")
 
 
 if __name__ == "__main__":

@@ -123,12 +123,10 @@ class OpenAIGeneration:
             reasoning_parser, tool_call_parser = None, INNER_TOOLS if self.harmony else None
         self.reasoning = (bool(reasoning_parser) or self.harmony) and chat and parsed.forced_tools is None
         budget = parsed.params.thinking_token_budget
-        if budget is not None and harmony:  # its thinking is a Harmony channel, not tags a budget can close
-            raise bad_request("'thinking_token_budget' is not supported for a Harmony model (gpt-oss): it thinks on "
-                              "its analysis channel, whose length 'reasoning_effort' (low, medium, high) sets",
-                              "thinking_token_budget", "unsupported")
-        if budget is not None and not reasoning_parser:
-            raise bad_request("'thinking_token_budget' caps a reasoning model's thinking: this engine parses none "
+        if budget is not None and (harmony or not reasoning_parser):  # Harmony thinks on a channel, not in tags
+            raise bad_request("'thinking_token_budget' is not supported for a Harmony model (gpt-oss): its analysis "
+                              "channel's length is set by 'reasoning_effort' (low, medium, high)" if harmony else
+                              "'thinking_token_budget' caps a reasoning model's thinking: this engine parses none "
                               "(start it with --reasoning-parser)", "thinking_token_budget", "unsupported")
         if budget is None and reasoning_parser and parsed.reasoning_effort is not None:  # else accepted, no effect
             budget = engine.engine.config.reasoning_effort_budgets[parsed.reasoning_effort]

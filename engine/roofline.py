@@ -26,7 +26,8 @@ streams half a byte a weight plus a bf16 scale and zero point a group of 128 and
 peak (its activations stay bf16); embeddings, the LM head, routers and experts keep `weight_bytes`, but for
 gpt-oss's MXFP4 experts (a checkpoint whose `quantization_config` says `mxfp4`, served packed:
 engine/model/mxfp4.py), stored and streamed at 4.25 bits a weight (`expert_weight_bytes`) and multiplied at the
-bf16 peak (dequantized to bf16 per step).
+bf16 peak: what a fused MXFP4 kernel (vLLM's) reads; this engine's torch path also writes and reads a bf16
+copy of each routed expert, so it is slower than priced here.
 
 Mixture-of-experts models (Qwen3-MoE, Mixtral) compute with the experts each token is routed to, and
 a step streams only the experts some token of it chose: with T tokens each picking k of E experts,
