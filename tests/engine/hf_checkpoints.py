@@ -147,3 +147,23 @@ def runner_greedy(runner: TorchModelRunner, prompt: list[int], max_new_tokens: i
         seq.num_computed_tokens += n
         seq.token_ids.extend(tokens)
     return seq.output_token_ids
+
+
+def runner_batched_greedy(runner: TorchModelRunner, prompts: list[list[int]], max_new_tokens: int, chunk: int,
+                          blocks_each: int) -> list[list[int]]:
+    """The prompts prefilled `chunk` tokens a step and decoded in one batch, each over `blocks_each` blocks of
+    its own: what a test compares with `runner_greedy` of each alone."""
+    seqs = [Sequence(f"s{i}", prompt, SamplingParams(temperature=0.0), 0.0) for i, prompt in enumerate(prompts)]
+    for i, seq in enumerate(seqs):
+        seq.block_table = list(range(1 + blocks_each * i, 1 + blocks_each * (i + 1)))
+    while any(seq.num_output_tokens < max_new_tokens for seq in seqs):
+        batch = ScheduledBatch()
+        for seq in seqs:
+            if seq.num_output_tokens < max_new_tokens:
+                batch.add(seq, min(seq.num_tokens - seq.num_computed_tokens, chunk))
+        tokens = iter(runner.execute(batch))
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens == seq.num_tokens:
+                seq.token_ids.append(next(tokens))
+    return [seq.output_token_ids for seq in seqs]

@@ -5,9 +5,7 @@ the same picture by URL a prefix-cache hit, and the image tokens typed in the te
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from engine.image_inputs import image_runs
 from engine.openai_images import image_processor
 from engine.tiny_gemma3_vision import BOI, EOI, IMAGE
 from engine.tokenizer import Tokenizer
+from tests.engine.file_server import static_files
 from tests.engine.gemma3_vision_inputs import picture, transformers_answer, vision_config
 from tests.engine.llava_inputs import data_url, png_bytes
 from tests.engine.serving import engine_server, sdk
@@ -28,24 +27,10 @@ from tests.engine.serving import engine_server, sdk
 PNG = png_bytes(picture(1))
 
 
-class _Files(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = PNG if self.path == "/blocks.png" else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def files() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with static_files({"/blocks.png": PNG}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

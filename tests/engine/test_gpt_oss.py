@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.batch import ScheduledBatch
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model.config import ModelConfig
@@ -29,7 +28,7 @@ from tests.engine.gpt_oss_checkpoints import (
     save_gpt_oss,
     unpack_reference,
 )
-from tests.engine.hf_checkpoints import runner_greedy, transformers_greedy
+from tests.engine.hf_checkpoints import runner_batched_greedy, runner_greedy, transformers_greedy
 
 # openai/gpt-oss-20b's config.json (the fields that matter).
 GPT_OSS_20B = {
@@ -189,17 +188,4 @@ def test_runner_steps_share_one_batch_with_a_decode_past_the_window(checkpoints:
     runner = TorchModelRunner(checkpoints["plain"], num_blocks=64, block_size=4, device="cpu")
     long, short = prompt_of(30, 7), prompt_of(13, 8)
     alone = [runner_greedy(runner, p, 6, chunk=64) for p in (long, short)]
-    seqs = [Sequence(f"s{i}", p, SamplingParams(temperature=0.0), 0.0) for i, p in enumerate((long, short))]
-    for i, seq in enumerate(seqs):
-        seq.block_table = list(range(1 + 30 * i, 31 + 30 * i))
-    while any(seq.num_output_tokens < 6 for seq in seqs):
-        batch = ScheduledBatch()
-        for seq in seqs:
-            if seq.num_output_tokens < 6:
-                batch.add(seq, min(seq.num_tokens - seq.num_computed_tokens, 5))
-        tokens = iter(runner.execute(batch))
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
-            if seq.num_computed_tokens == seq.num_tokens:
-                seq.token_ids.append(next(tokens))
-    assert [seq.output_token_ids for seq in seqs] == alone
+    assert runner_batched_greedy(runner, [long, short], 6, chunk=5, blocks_each=30) == alone

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from engine.cli import add_engine_commands
 from engine.config import ImageLimits
 from engine.image_fetch import MAX_REDIRECTS, image_bytes
 from engine.server.errors import APIError
+from tests.engine.file_server import QuietHandler, http_server
 from tests.engine.llava_inputs import data_url, picture, png_bytes
 from tests.engine.serving import engine_server, sdk
 
@@ -26,7 +25,7 @@ PNG = png_bytes(picture(2))
 ALLOWED = ImageLimits(allowed_domains=frozenset({"127.0.0.1"}))
 
 
-class _Redirects(BaseHTTPRequestHandler):
+class _Redirects(QuietHandler):
     """/cat.png: the picture; /to/HOST: a 302 to HOST's /cat.png on this server; /loop: a redirect to itself."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -43,16 +42,11 @@ class _Redirects(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirects)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with http_server(_Redirects) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def fetch(url: str, limits: ImageLimits) -> bytes:

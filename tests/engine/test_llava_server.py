@@ -4,9 +4,7 @@ by URL or inline is a prefix-cache hit; bad images, fetches, sizes and counts ar
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -15,6 +13,7 @@ import pytest
 from engine.config import ImageLimits
 from engine.image_inputs import ImageInput
 from engine.openai_images import image_processor
+from tests.engine.file_server import static_files
 from tests.engine.llava_inputs import data_url, picture, png_bytes, transformers_answer
 from tests.engine.serving import engine_server, sdk
 
@@ -22,24 +21,10 @@ PNG = png_bytes(picture(1))
 LIMITS = ImageLimits(max_images=2, max_bytes=len(PNG) + 100, fetch_timeout_s=2.0)
 
 
-class _Files(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = {"/cat.png": PNG, "/big.png": b"x" * (LIMITS.max_bytes + 1), "/junk.png": b"not an image"}.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def files() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with static_files({"/cat.png": PNG, "/big.png": b"x" * (LIMITS.max_bytes + 1), "/junk.png": b"not an image"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.batch import ScheduledBatch
 from engine.model.config import ModelConfig
 from engine.model.moe import SparseMoE
 from engine.model.rope import attention_scaling, inverse_frequencies
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
 from engine.torch_runner import TorchModelRunner
 from tests.engine.hf_checkpoints import (
     MIXTRAL_8X7B,
@@ -24,6 +21,7 @@ from tests.engine.hf_checkpoints import (
     QWEN3_30B_A3B,
     hf_model,
     random_prompt,
+    runner_batched_greedy,
     runner_greedy,
     save_hf_model,
     transformers_greedy,
@@ -56,20 +54,7 @@ def test_a_batch_of_sequences_decodes_as_each_alone(checkpoints: dict[str, Path]
     runner = TorchModelRunner(checkpoints[kind], num_blocks=64, block_size=8, device="cpu")
     prompts = [random_prompt(length, seed) for seed, length in enumerate((5, 23, 40, 11))]
     alone = [runner_greedy(runner, prompt, 12, chunk=64) for prompt in prompts]
-    seqs = [Sequence(f"s{i}", prompt, SamplingParams(temperature=0.0), 0.0) for i, prompt in enumerate(prompts)]
-    for i, seq in enumerate(seqs):
-        seq.block_table = list(range(1 + 15 * i, 16 + 15 * i))
-    while any(seq.num_output_tokens < 12 for seq in seqs):
-        batch = ScheduledBatch()
-        for seq in seqs:
-            if seq.num_output_tokens < 12:
-                batch.add(seq, min(seq.num_tokens - seq.num_computed_tokens, 7))
-        tokens = iter(runner.execute(batch))
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
-            if seq.num_computed_tokens == seq.num_tokens:
-                seq.token_ids.append(next(tokens))
-    assert [seq.output_token_ids for seq in seqs] == alone
+    assert runner_batched_greedy(runner, prompts, 12, chunk=7, blocks_each=15) == alone
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
