@@ -194,6 +194,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--disk-kv-path", type=Path, metavar="DIR",
                          help="a folder on the drive a disk KV tier will use: its reads are timed there "
                               "(default: beside --out)")
+    profile.add_argument("--dequantize-mxfp4", action="store_true",
+                         help="gpt-oss's MXFP4 experts dequantized at load, as serve's flag (default: kept packed)")
     profile.set_defaults(handler=profile_command)
 
     from engine.roofline import GPUS, MODELS
@@ -336,6 +338,7 @@ def profile_command(args: argparse.Namespace) -> int:
     from engine.profile import run_profile
 
     run_profile(args.model, args.out, device=args.device, kv_cache_dtype=args.kv_cache_dtype,
-                quantization=args.quantization, disk_kv_path=args.disk_kv_path)
+                quantization=args.quantization, disk_kv_path=args.disk_kv_path,
+                dequantize_mxfp4=args.dequantize_mxfp4)
     print(args.out)
     return 0

@@ -266,13 +266,14 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
                 sweep: ProfileSweep | None = None,
                 runner_factory: Callable[..., ModelRunner] | None = None,
                 kv_cache_dtype: str = "auto", quantization: str | None = None,
-                disk_kv_path: str | Path | None = None) -> ProfileResult:
+                disk_kv_path: str | Path | None = None, dequantize_mxfp4: bool = False) -> ProfileResult:
     """Profile the model in `model_dir` on the torch runner (or `runner_factory(model_dir,
     num_blocks, block_size, device=..., dtype=...)`) and write the fitted profile to `out_path`.
     `kv_cache_dtype`: the torch runner's KV storage (engine/config.py), recorded as the profile's KV size;
     `quantization`: its W8A8 or W4A16 projections (engine/model/quant_config.py), recorded in the model shape.
     `disk_kv_path`: a folder on the drive a disk tier will use, where its reads are timed (a scratch folder
-    made there and removed; default: beside `out_path`)."""
+    made there and removed; default: beside `out_path`). `dequantize_mxfp4`: gpt-oss's MXFP4 experts timed
+    dequantized at load, as `serve --dequantize-mxfp4` runs them (else packed, as served by default)."""
     sweep = sweep or ProfileSweep()
     model_dir = Path(model_dir)
     hf_config = json.loads((model_dir / "config.json").read_text())
@@ -287,7 +288,8 @@ def run_profile(model_dir: str | Path, out_path: str | Path, *, num_blocks: int 
         # (LinearStepTime.c_kv_token_moved, c_disk_token_read).
         disk_folder = Path(disk_kv_path or Path(out_path).parent) / f".{Path(out_path).name}.disk-kv"
         runner_factory = partial(TorchModelRunner, num_host_blocks=min(num_blocks, 64), kv_cache_dtype=kv_cache_dtype,
-                                 quantization=quantization, disk_kv_path=disk_folder, num_disk_blocks=min(num_blocks, 64))
+                                 quantization=quantization, disk_kv_path=disk_folder, num_disk_blocks=min(num_blocks, 64),
+                                 dequantize_mxfp4=dequantize_mxfp4)
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype  # "bfloat16" from a CLI
     runner = runner_factory(model_dir, num_blocks, block_size, device=device, dtype=dtype)
     try:

@@ -63,7 +63,8 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                   reasoning_effort_budgets=params.reasoning_effort_budgets,
                                   disk_kv_path=params.disk_kv_path and settings.resolve_path(params.disk_kv_path),
                                   disk_kv_bytes=int(params.disk_kv_gib * 2**30),
-                                  image_limits=_image_limits(params.image_limits))
+                                  image_limits=_image_limits(params.image_limits),
+                                  dequantize_mxfp4=params.dequantize_mxfp4)
         except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
@@ -93,7 +94,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                        "device", "tiny_model", "transport", "speculative_config", "host_kv_gib",
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
                                        "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
-                                       "disk_kv_gib", "image_limits", "rpm", "tpm"},
+                                       "disk_kv_gib", "image_limits", "dequantize_mxfp4", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 

@@ -100,6 +100,8 @@ class LitellmParams(BaseModel):
     # W8A8 projections quantized while loading (engine/model/quant_config.py); a quantized checkpoint's own
     # scheme is used without it.
     quantization: Quantization | None = None
+    # gpt-oss's MXFP4 experts dequantized to the model's dtype at load instead of kept packed (engine/model/mxfp4.py)
+    dequantize_mxfp4: bool = False
     tensor_parallel_size: int = Field(default=1, ge=1)  # the model sharded over this many ranks (processes)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).

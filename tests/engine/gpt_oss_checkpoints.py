@@ -149,12 +149,13 @@ def harmony_tokenizer(vocab_size: int = 512) -> Tokenizer:
     return tokenizer
 
 
-def save_serving_gpt_oss(out: Path, vocab_size: int = 512) -> Path:
+def save_serving_gpt_oss(out: Path, vocab_size: int = 512, mxfp4: bool = False) -> Path:
     """A tiny gpt-oss folder a server loads: the model, the Harmony tokenizer and template, and `<|return|>` and
     `<|call|>` as its eos tokens (the release's generation_config lists them)."""
     tokenizer = harmony_tokenizer(vocab_size)
     ends = [tokenizer.token_to_id(token) for token in ("<|return|>", "<|call|>")]
-    save_gpt_oss(out, vocab_size=vocab_size, eos_token_id=ends[0], pad_token_id=tokenizer.token_to_id("<|pad|>"))
+    save_gpt_oss(out, mxfp4=mxfp4, vocab_size=vocab_size, eos_token_id=ends[0],
+                 pad_token_id=tokenizer.token_to_id("<|pad|>"))
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": ends, "pad_token_id": ends[0]}))
     (out / "tokenizer_config.json").write_text(json.dumps({
