@@ -59,9 +59,13 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         raise ValueError("a disk KV tier needs both a folder (disk_kv_path) and a size (disk_kv_bytes)")
     clock = WallClock()
     if model_dir is not None:
+        from engine.model.config import ModelConfig
         from engine.tokenizer import Tokenizer
         from engine.torch_runner import TorchModelRunner
 
+        if speculative is not None and ModelConfig.from_dir(model_dir).mrope_section:
+            raise ValueError("speculative decoding is not supported for an M-RoPE model (Qwen2.5-VL): its drafts "
+                             "would need the target's 3-row positions; serve it without a speculative config")
         if num_blocks is None:
             draft = speculative.model if speculative is not None and speculative.method == "draft_model" else None
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(

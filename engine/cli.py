@@ -155,13 +155,15 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--kv-heads", type=int)
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
-    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision"],
+    tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
+                                                 "qwen2_5_vl"],
                       default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
                            "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
                            "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
-                           "tokens each: engine/tiny_gemma3_vision.py)")
+                           "tokens each: engine/tiny_gemma3_vision.py); qwen2_5_vl is Qwen2.5-VL (its vision "
+                           "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py)")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
@@ -297,6 +299,13 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed}
         print(make_tiny_llava(args.dir, layers=args.layers, hidden=args.hidden, image_size=56,
                               **{k: v for k, v in options.items() if v is not None}))
+        return 0
+    if args.family == "qwen2_5_vl":
+        from engine.tiny_qwen2_5_vl import make_tiny_qwen2_5_vl
+
+        extra = {"vocab_size": args.vocab_size, "seed": args.seed, "heads": args.heads, "kv_heads": args.kv_heads}
+        print(make_tiny_qwen2_5_vl(args.dir, layers=args.layers, hidden=args.hidden,
+                                   **{k: v for k, v in extra.items() if v is not None}))
         return 0
     if args.family == "gemma3_vision":
         from engine.tiny_gemma3_vision import make_tiny_gemma3_vision

@@ -54,9 +54,8 @@ class ImageFeatures:
     def _encode(self, missing: list[tuple[Sequence, int]]) -> None:
         if not missing:
             return
-        pixels = torch.stack([seq.images[j].pixel_values for seq, j in missing]).to(self.device, self.dtype)
         with torch.inference_mode():
-            encoded = self.encoder(pixels)
+            encoded = self.encoder.encode([seq.images[j] for seq, j in missing], self.device, self.dtype)
         self.images_encoded += len(missing)
         for (seq, j), features in zip(missing, encoded, strict=True):
             self.features.setdefault(seq, {})[j] = features

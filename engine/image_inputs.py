@@ -29,6 +29,7 @@ class ImageInput:
     content_hash: int  # of the decoded pixels: the same picture hashes alike whatever request sends it
     pixel_values: torch.Tensor  # [3, H, W], as the model's image processor made it
     bidirectional: bool = False  # its tokens see each other both ways (Gemma 3): computed in one chunk
+    grid_thw: tuple[int, int, int] | None = None  # Qwen2.5-VL: its patch grid (pixel_values [t*h*w, patch])
 
     @property
     def end(self) -> int:
@@ -41,9 +42,11 @@ def content_hash(mode: str, size: tuple[int, int], pixels: bytes) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def expand_image_tokens(prompt_ids: list[int], image_token_id: int, tokens_per_image: int,
-                        hashes: list[int], pixel_values: list[torch.Tensor]) -> tuple[list[int], list[ImageInput]]:
-    """The prompt with each image token repeated `tokens_per_image` times, and where each image's run lies.
+def expand_image_tokens(prompt_ids: list[int], image_token_id: int, tokens_per_image: int | list[int],
+                        hashes: list[int], pixel_values: list[torch.Tensor],
+                        grids: list[tuple[int, int, int]] | None = None) -> tuple[list[int], list[ImageInput]]:
+    """The prompt with each image token repeated `tokens_per_image` times (a list: each image's own count, as
+    Qwen2.5-VL's dynamic resolution gives, with its patch grid), and where each image's run lies.
     The caller checked that the prompt holds exactly one image token per image."""
     ids: list[int] = []
     images: list[ImageInput] = []
@@ -52,8 +55,10 @@ def expand_image_tokens(prompt_ids: list[int], image_token_id: int, tokens_per_i
             ids.append(token)
             continue
         k = len(images)
-        images.append(ImageInput(len(ids), tokens_per_image, hashes[k], pixel_values[k]))
-        ids.extend([image_token_id] * tokens_per_image)
+        count = tokens_per_image if isinstance(tokens_per_image, int) else tokens_per_image[k]
+        images.append(ImageInput(len(ids), count, hashes[k], pixel_values[k],
+                                 grid_thw=grids[k] if grids is not None else None))
+        ids.extend([image_token_id] * count)
     assert len(images) == len(hashes), "one image token per image"
     return ids, images
 

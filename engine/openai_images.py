@@ -49,13 +49,18 @@ async def with_images(engine: AsyncEngine, urls: list[tuple[str, str]],
     async with httpx.AsyncClient() as client:
         data = await asyncio.gather(*(image_bytes(url, param, limits, client) for url, param in urls))
 
-    def prepare() -> tuple[list[int], list[torch.Tensor]]:
+    def prepare() -> tuple[list[int], list[torch.Tensor], list[tuple[int, int, int]] | None]:
         pictures = [decode_image(d, param) for d, (_, param) in zip(data, urls, strict=True)]
         hashes = [content_hash(p.mode, p.size, p.tobytes()) for p in pictures]
-        pixels = image_processor(runner.model_dir)(images=pictures, return_tensors="pt")["pixel_values"]
-        return hashes, list(pixels)
+        processed = image_processor(runner.model_dir)(images=pictures, return_tensors="pt")
+        if "image_grid_thw" not in processed:
+            return hashes, list(processed["pixel_values"]), None
+        # Qwen2.5-VL: every image's patches in one matrix, each image's (t, h, w) grid beside it
+        grids = [tuple(int(n) for n in grid) for grid in processed["image_grid_thw"]]
+        pixels = processed["pixel_values"].split([t * h * w for t, h, w in grids])
+        return hashes, list(pixels), grids  # type: ignore[return-value]
 
-    hashes, pixels = await asyncio.to_thread(prepare)
+    hashes, pixels, grids = await asyncio.to_thread(prepare)
     vision = runner.vision
     if vision.text_expansion:  # Gemma 3: the prompt holds each image's run already (widened_chat_text)
         images = image_runs(prompt_ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
@@ -66,6 +71,9 @@ async def with_images(engine: AsyncEngine, urls: list[tuple[str, str]],
     if prompt_ids.count(vision.image_token_id) != len(urls):
         raise bad_request(f"the chat template rendered {prompt_ids.count(vision.image_token_id)} image tokens for "
                           f"{len(urls)} images (is the image token in the text?)", "messages", "invalid_value")
+    if grids is not None:  # dynamic resolution: each image its merged grid's tokens, as Qwen2_5_VLProcessor widens
+        counts = [t * h * w // vision.merge_size**2 for t, h, w in grids]
+        return expand_image_tokens(prompt_ids, vision.image_token_id, counts, hashes, pixels, grids)
     return expand_image_tokens(prompt_ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
 
 

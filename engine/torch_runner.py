@@ -32,6 +32,7 @@ from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
 from engine.model.vision import VisionConfig, load_vision_encoder
+from engine.rope_positions import RopePositions
 from engine.runner_sleep import RunnerSleep
 from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
 from engine.structured_output import mask_disallowed
@@ -117,6 +118,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         # A LLaVA model's vision tower and projector (engine/model/vision.py); None: it takes text only.
         self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
         self.image_features: ImageFeatures | None = None
+        self.rope_positions = RopePositions(self.config, self.vision.merge_size if self.vision else 2)
         try:
             if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
                 self.vision = self.vision.sharded_or_quantized()  # Gemma 3: text only; LLaVA: refused
@@ -354,10 +356,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         width = max(len(t) for t in tables)
         block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
         positions_t = torch.tensor(positions)
-        rope_positions = positions_t
-        if self.config.rope_type == "longrope":  # a long prompt's tokens read LongRoPE's all-long table
-            offsets = [self.config.long_rope_offset(seq.num_prompt_tokens) for seq in batch.seqs]
-            rope_positions = positions_t + torch.tensor(offsets).repeat_interleave(torch.tensor(list(lens)))
+        rope_positions = self.rope_positions.step(batch.seqs, lens, positions_t)  # LongRoPE's, M-RoPE's
         # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
         slots = block_tables[torch.tensor(seq_of_token), positions_t // block_size] * block_size
         slots += positions_t % block_size

@@ -69,6 +69,9 @@ class ModelConfig:
     local_rope_theta: float | None = None
     final_logit_softcapping: float | None = None
     partial_rotary_factor: float = 1.0  # Phi-4-mini: RoPE on the first 3/4 of each head
+    # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
+    # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).
+    mrope_section: tuple[int, ...] | None = None
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -145,6 +148,7 @@ class ModelConfig:
             qk_norm=model_type in QK_NORM_MODEL_TYPES,
             hidden_act=hidden_act,
             partial_rotary_factor=partial,
+            mrope_section=tuple(raw["mrope_section"]) if raw.get("mrope_section") else None,
             **extra,
             **expert_fields(model_type, raw),
             **_sliding_fields(model_type, raw),

@@ -22,6 +22,7 @@ GEMMA3 = "gemma3_text"
 GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, with images
 PHI3 = "phi3"
 LLAVA = "llava"  # LlavaForConditionalGeneration: a vision tower and projector before a Llama-family model
+QWEN2_5_VL = "qwen2_5_vl"  # Qwen2_5_VLForConditionalGeneration: a vision transformer before Qwen2 on M-RoPE
 # Top-level keys of a multimodal folder's config that its text model takes where `text_config` leaves them out.
 _SHARED_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings")
 # Activations of the gated MLP, by their transformers names.
@@ -36,6 +37,8 @@ def text_config_of(raw: dict) -> dict:
     """A multimodal Gemma 3 folder's language model config (the loader skips its vision tower's and
     projector's tensors: engine/model/vision.py reads them), a LLaVA folder's (its `text_config`, Llama's defaults where it leaves
     them out, as LlavaConfig's); any other config as it is."""
+    if raw.get("model_type") == QWEN2_5_VL:
+        return qwen2_5_vl_text(raw)
     if raw.get("model_type") not in (GEMMA3_MULTIMODAL, LLAVA):
         return raw
     text = dict(raw.get("text_config") or {})
@@ -46,6 +49,25 @@ def text_config_of(raw: dict) -> dict:
         return {"vocab_size": 32_000, "model_type": "llama", **text}
     text.setdefault("vocab_size", 262_208)  # transformers' Gemma3TextConfig default, which the Hub's configs rely on
     return {**text, "model_type": GEMMA3}
+
+
+def qwen2_5_vl_text(raw: dict) -> dict:
+    """A Qwen2.5-VL folder's language model: Qwen2 with M-RoPE, from its `text_config` (transformers 5) or the
+    top-level keys (the Hub's 4.x configs); `rope_scaling`'s `mrope_section` (with type "mrope" or "default")
+    becomes the `mrope_section` key, the RoPE itself plain."""
+    text = dict(raw.get("text_config") or {k: v for k, v in raw.items() if k != "vision_config"})
+    for key in _SHARED_KEYS:
+        if key in raw and key not in text:
+            text[key] = raw[key]
+    rope = dict(text.pop("rope_parameters", None) or text.pop("rope_scaling", None) or {})
+    section = rope.pop("mrope_section", None)
+    if section is None:
+        raise UnsupportedConfig("a Qwen2.5-VL config needs rope_scaling's mrope_section")
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", "mrope"):
+        raise UnsupportedConfig(f"unsupported Qwen2.5-VL rope_type {rope.get('rope_type', rope.get('type'))!r}")
+    rope_theta = rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))
+    return {**text, "model_type": "qwen2", "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta},
+            "mrope_section": [int(n) for n in section]}
 
 
 def activation(model_type: str, raw: dict) -> str:

@@ -8,7 +8,12 @@ LongRoPE has two sets of frequencies: transformers takes `short_factor` while a 
 longer takes the long set for all its tokens (ModelConfig.long_rope_offset: its positions index a second table),
 as transformers does; a shorter one takes the short set up to that length and the long one for the
 tokens past it. transformers instead recomputes the whole sequence with the long set at that point (its
-Phi-3 `prepare_inputs_for_generation`), which would mean recomputing the sequence's cache here."""
+Phi-3 `prepare_inputs_for_generation`), which would mean recomputing the sequence's cache here.
+
+M-RoPE (Qwen2.5-VL, `mrope_section`): positions are [3, T] (temporal, height, width ids: engine/mrope_positions.py)
+and each rotary frequency takes its cos/sin from the row of its section (transformers'
+`recomposition_frequencies`: the first section's frequencies from the temporal row, and so on), the same rows for
+both halves of the head; a text token's three ids are equal, so it turns as plain RoPE."""
 
 from __future__ import annotations
 
@@ -114,15 +119,27 @@ class RotaryEmbedding:
         emb = torch.cat((freqs, freqs), dim=-1)
         scale = attention_scaling(config)
         self.rotary_dim = config.rotary_dim
+        # M-RoPE: which of a token's 3 position rows each rotary dim reads.
+        self.mrope_rows: torch.Tensor | None = None
+        if config.mrope_section:
+            half = torch.repeat_interleave(torch.arange(len(config.mrope_section)) % 3,
+                                           torch.tensor(config.mrope_section))
+            if len(half) != config.rotary_dim // 2:
+                raise ValueError(f"mrope_section {config.mrope_section} must sum to head_dim / 2 "
+                                 f"({config.rotary_dim // 2})")
+            self.mrope_rows = torch.cat([half, half]).to(device)
         self.cos = (emb.cos() * scale).to(device=device, dtype=dtype)
         self.sin = (emb.sin() * scale).to(device=device, dtype=dtype)
 
     def __call__(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], positions: [T]."""
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
+        """q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], positions: [T], or [3, T] under M-RoPE."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if self.mrope_rows is not None:  # [3, T, dim] -> each dim from its section's row
+            rows = self.mrope_rows.expand(1, positions.shape[-1], -1)
+            cos, sin = cos.gather(0, rows)[0], sin.gather(0, rows)[0]
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         if self.rotary_dim < q.shape[-1]:  # partial rotary: the trailing dims pass through
             return _rotate_part(q, cos, sin, self.rotary_dim), _rotate_part(k, cos, sin, self.rotary_dim)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

@@ -10,29 +10,39 @@ Gemma 3's (Gemma3ForConditionalGeneration, `model_type: gemma3`): a SigLIP tower
 post-layernorm), then transformers' own `Gemma3MultiModalProjector` (the patch grid average-pooled to
 `mm_tokens_per_image` tokens, Gemma's (1 + weight) RMSNorm, one projection matrix). Its image tokens attend to
 each other both ways (`bidirectional`: engine/model/attention.py), and its processor widens an image in the
-prompt's text, not its tokens (`text_expansion`)."""
+prompt's text, not its tokens (`text_expansion`).
+
+Qwen2.5-VL's (Qwen2_5_VLForConditionalGeneration, `model_type: qwen2_5_vl`): transformers' own
+`Qwen2_5_VisionTransformerPretrainedModel` from `vision_config` (window attention, 2D rotary, the patch merger),
+its `visual.*` / `model.visual.*` tensors; dynamic resolution, so an image is its own number of tokens
+(grid_t * grid_h * grid_w / merge_size**2, `tokens_per_image` 0) and its pixels a [patches, patch] matrix with its
+grid (`ImageInput.grid_thw`); the language model's positions are M-RoPE's (engine/rope_positions.py)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
-from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, UnsupportedConfig
+from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL, UnsupportedConfig
+
+if TYPE_CHECKING:
+    from engine.image_inputs import ImageInput
 
 VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model")
 SELECT_STRATEGIES = ("default", "full")
 _PREFIXES = {"model.vision_tower.": "vision_tower.", "vision_tower.": "vision_tower.",
              "model.multi_modal_projector.": "multi_modal_projector.",
-             "multi_modal_projector.": "multi_modal_projector."}
+             "multi_modal_projector.": "multi_modal_projector.", "model.visual.": "visual.", "visual.": "visual."}
 # Tower outputs LLaVA never reads (it takes a layer's hidden states): checkpoints may leave them out. Gemma 3
 # reads the post-layernorm's output (its last hidden state), never SigLIP's pooling head.
 _UNUSED = {LLAVA: ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head."),
-           GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",)}
+           GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",), QWEN2_5_VL: ()}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,12 @@ class VisionConfig:
     eoi_token_id: int | None = None
     bidirectional: bool = False  # an image's tokens see each other both ways (Gemma 3)
     raw: dict | None = None  # the whole config, where transformers' projector is built from it
+    merge_size: int = 2  # Qwen2.5-VL: patches merged a side into one token (and one M-RoPE grid step)
+
+    @property
+    def dynamic_resolution(self) -> bool:
+        """An image's token count depends on its size (Qwen2.5-VL): known only once it is preprocessed."""
+        return self.family == QWEN2_5_VL
 
     @property
     def text_expansion(self) -> bool:
@@ -83,6 +99,14 @@ class VisionConfig:
         """None for a text-only model."""
         if raw.get("model_type") == GEMMA3_MULTIMODAL:
             return cls._gemma3(raw)
+        if raw.get("model_type") == QWEN2_5_VL:
+            from transformers import Qwen2_5_VLConfig
+
+            config = Qwen2_5_VLConfig.from_dict(raw)
+            vision = config.vision_config.to_dict()
+            return cls(image_token_id=int(config.image_token_id), tokens_per_image=0, image_size=0, feature_layer=-1,
+                       select_strategy="full", vision=vision, text_hidden_size=int(config.text_config.hidden_size),
+                       family=QWEN2_5_VL, raw=raw, merge_size=int(vision["spatial_merge_size"]))
         if raw.get("model_type") != LLAVA:
             return None
         vision = dict(raw.get("vision_config") or {"model_type": "clip_vision_model"})
@@ -154,6 +178,12 @@ class VisionEncoder(nn.Module):
 
         super().__init__()
         self.config = config
+        if config.family == QWEN2_5_VL:
+            from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+            tower = hf.Qwen2_5_VLConfig.from_dict(config.raw).vision_config
+            self.visual = qwen.Qwen2_5_VisionTransformerPretrainedModel._from_config(tower)
+            return
         siglip = config.vision["model_type"] == "siglip_vision_model"
         tower_config = (hf.SiglipVisionConfig if siglip else hf.CLIPVisionConfig).from_dict(config.vision)
         self.vision_tower = (hf.SiglipVisionModel if siglip else hf.CLIPVisionModel)(tower_config)
@@ -163,6 +193,15 @@ class VisionEncoder(nn.Module):
             self.multi_modal_projector: nn.Module = Gemma3MultiModalProjector(hf.Gemma3Config.from_dict(config.raw))
         else:
             self.multi_modal_projector = Projector(config)
+
+    def encode(self, images: list[ImageInput], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each image's features [its tokens, text hidden size]."""
+        if self.config.family != QWEN2_5_VL:
+            return list(self(torch.stack([image.pixel_values for image in images]).to(device, dtype)))
+        # Qwen2_5_VLModel.get_image_features: the images' patches in one sequence, split by their grids
+        pixels = torch.cat([image.pixel_values for image in images]).to(device, dtype)
+        grids = torch.tensor([image.grid_thw for image in images], device=device)
+        return list(self.visual(pixels, grid_thw=grids).pooler_output.split([image.length for image in images]))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.config.family == GEMMA3_MULTIMODAL:  # Gemma3Model.get_image_features

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.async_engine import AsyncEngine
-from engine.openai_images import requested_images
+from engine.openai_images import requested_images, with_images
 from engine.prompt_tokens import tokenize
 from engine.server.errors import bad_request
 from engine.server.generation import ServerState
@@ -43,7 +43,10 @@ async def prompt_token_ids(engine: AsyncEngine, body: Any, model: str) -> list[i
     ids = (await tokenize(engine, parsed))[0]
     vision = getattr(engine.engine.runner, "vision", None)
     # Each image as its feature tokens, counted without fetching it (Gemma 3's are widened in the text already).
-    if requested_images(engine, parsed) and not vision.text_expansion:  # type: ignore[union-attr]
+    urls = requested_images(engine, parsed)
+    if urls and vision.dynamic_resolution:  # type: ignore[union-attr]  # Qwen2.5-VL: the count needs the picture
+        ids = (await with_images(engine, urls, ids))[0]
+    elif urls and not vision.text_expansion:  # type: ignore[union-attr]
         ids = [t for token in ids for t in [token] * (vision.tokens_per_image if token == vision.image_token_id else 1)]
     return ids
 

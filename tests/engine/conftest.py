@@ -29,3 +29,12 @@ def tiny_gemma3_vision_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
 
     return make_tiny_gemma3_vision(tmp_path_factory.mktemp("tiny_gemma3_vision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL (4-pixel patches merged 2 x 2: a 32 x 24 picture is 12 tokens; M-RoPE sections
+    2 / 3 / 3 of a 16-wide head)."""
+    from engine.tiny_qwen2_5_vl import make_tiny_qwen2_5_vl
+
+    return make_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
