@@ -10,8 +10,13 @@ on 448-pixel images in 14-pixel patches, its 32 x 32 patches average-pooled to 2
 64 x 64 are; a Gemma 3 language model, every second layer a 512-token window), the image widened in the text and
 its tokens attending to each other both ways.
 
+`--family qwen2_5_vl`: a small random Qwen2.5-VL (transformers' vision transformer, window attention and the
+patch merger, on 14-pixel patches; a Qwen2 language model on M-RoPE): a 448 x 448 picture is a 32 x 32 patch grid,
+256 tokens after the 2 x 2 merge (dynamic resolution: another size, another count).
+
     .venv/bin/python -m bench.vision --out bench/results/vision.json
     .venv/bin/python -m bench.vision --family gemma3 --out bench/results/vision_gemma3.json
+    .venv/bin/python -m bench.vision --family qwen2_5_vl --out bench/results/vision_qwen2_5_vl.json
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from engine.openai_images import image_processor
 from engine.sampling_params import SamplingParams
 from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
 from engine.tiny_llava import make_tiny_llava
+from engine.tiny_qwen2_5_vl import make_tiny_qwen2_5_vl
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
 
@@ -59,6 +65,10 @@ def _prefill_s(engine: LLMEngine, ids: list[int], images: list[ImageInput], name
 
 
 def _model(family: str, out: str, args: argparse.Namespace) -> Path:
+    if family == "qwen2_5_vl":
+        return make_tiny_qwen2_5_vl(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4, vocab_size=2048,
+                                    patch_size=14, vision_hidden=args.vision_hidden, vision_depth=args.vision_layers,
+                                    window_size=112, max_pixels=448 * 448)
     if family == "gemma3":
         return make_tiny_gemma3_vision(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4,
                                        head_dim=args.hidden // 8, vocab_size=2048, image_size=448, patch_size=14,
@@ -70,8 +80,9 @@ def _model(family: str, out: str, args: argparse.Namespace) -> Path:
 
 
 def _prompt(vision: VisionConfig, tokenizer: Tokenizer, before: str, after: str, hashes: list[int],
-            pixels: list[torch.Tensor]) -> tuple[list[int], list[ImageInput]]:
-    """As the server builds it: Gemma 3's image widened in the text, LLaVA's image token in the ids."""
+            pixels: list[torch.Tensor], grids: list | None) -> tuple[list[int], list[ImageInput]]:
+    """As the server builds it: Gemma 3's image widened in the text, LLaVA's and Qwen2.5-VL's image token in the
+    ids (Qwen's by its grid's count)."""
     if vision.text_expansion:
         names = [tokenizer.id_to_token(i) for i in (vision.boi_token_id, vision.image_token_id, vision.eoi_token_id)]
         ids = tokenizer.encode(widen_image_text(before + names[0] + after, *names, vision.tokens_per_image))  # type: ignore[arg-type]
@@ -79,6 +90,9 @@ def _prompt(vision: VisionConfig, tokenizer: Tokenizer, before: str, after: str,
         assert images is not None
         return ids, images
     ids = tokenizer.encode(before) + [vision.image_token_id] + tokenizer.encode(after)
+    if grids is not None:
+        counts = [t * h * w // vision.merge_size**2 for t, h, w in grids]
+        return expand_image_tokens(ids, vision.image_token_id, counts, hashes, pixels, grids)
     return expand_image_tokens(ids, vision.image_token_id, vision.tokens_per_image, hashes, pixels)
 
 
@@ -90,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vision-hidden", type=int, default=256)
     parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--family", choices=["llava", "gemma3"], default="llava")
+    parser.add_argument("--family", choices=["llava", "gemma3", "qwen2_5_vl"], default="llava")
     parser.add_argument("--out", type=Path, default=Path("bench/results/vision.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -109,15 +123,17 @@ def main(argv: list[str] | None = None) -> dict:
         rows: dict[str, list[float]] = {"image": [], "text": [], "repeat": [], "encoder": [], "preprocess": []}
         cached: list[int] = []
         for run in range(args.runs + 1):  # the first of each kind warms up, and is dropped
-            picture = _picture(run)
+            picture = _picture(run, 448 if vision.dynamic_resolution else 400)
             start = time.process_time()
-            pixels = image_processor(model_dir)(images=[picture], return_tensors="pt")["pixel_values"]
+            processed = image_processor(model_dir)(images=[picture], return_tensors="pt")
             preprocess = time.process_time() - start
+            grids = [tuple(int(n) for n in processed["image_grid_thw"][0])] if vision.dynamic_resolution else None
             ids, images = _prompt(vision, tokenizer, before, after,
-                                  [content_hash("RGB", picture.size, picture.tobytes())], [pixels[0]])
+                                  [content_hash("RGB", picture.size, picture.tobytes())],
+                                  [processed["pixel_values"] if grids else processed["pixel_values"][0]], grids)
             start = time.process_time()
             with torch.inference_mode():
-                features.encoder(pixels)
+                features.encoder.encode(images, runner.device, runner.dtype)
             encoder = time.process_time() - start
             encoded = features.images_encoded
             image, _ = _prefill_s(engine, ids, images, f"image-{run}")
@@ -134,10 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": command("bench.vision", argv),
         "machine": machine_info(),
-        "settings": {"runs": args.runs, "prompt_tokens": len(ids), "image_tokens": vision.tokens_per_image,
-                     "image_size": vision.image_size, "language_model": {"hidden": args.hidden, "layers": args.layers},
+        "settings": {"runs": args.runs, "prompt_tokens": len(ids), "image_tokens": images[0].length,
+                     "image_size": vision.image_size or picture.size[0], "language_model": {"hidden": args.hidden, "layers": args.layers},
                      "family": args.family, "bidirectional_image_attention": vision.bidirectional,
-                     "vision_tower": {"kind": vision.vision["model_type"], "hidden": args.vision_hidden,
+                     "vision_tower": {"kind": vision.vision.get("model_type"), "hidden": args.vision_hidden,
                                       "layers": args.vision_layers},
                      "device": "cpu", "dtype": "float32", "threads": args.threads, "clock": "process CPU time"},
         "results": {
