@@ -17,6 +17,7 @@ from engine.forced_tools import offering_only_allowed
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from gateway.admission import waiting_item
+from gateway.anthropic_fields import without_anthropic_fields
 from gateway.backends.base import MEDIA_KINDS, Backend, BackendError, CallContext, Kind
 from gateway.deployment_limits import Counted, DeploymentsRateLimited, Limit, answered_tokens
 from gateway.deployments import Deployment, DeploymentPool
@@ -62,8 +63,11 @@ Sent = Callable[[Deployment], None]
 
 
 def as_sent(backend: Backend, kind: Kind, body: dict) -> tuple[dict, CustomCalls | None]:
-    """The body as the backend takes it: where it has no custom tools or allowed_tools, custom tools
+    """The body as the backend takes it: Anthropic's fields only where it is Anthropic-bound
+    (gateway/anthropic_fields.py); where it has no custom tools or allowed_tools, custom tools
     written as functions (with what turns their calls back) and only the allowed tools offered."""
+    if kind == "chat" and not getattr(backend, "anthropic_fields", False):  # a test's stub backend: none
+        body = without_anthropic_fields(body)
     if kind != "chat" or backend.native_tools:
         return body, None
     try:

@@ -4,8 +4,12 @@ all a chat does (routing, ranking, sessions, verification, the outcome row); the
 streamed (gateway/messages_stream.py), becomes a Message again, and errors take Anthropic's shape.
 
 `system`, text and image blocks, `tool_use` and `tool_result` blocks, custom tools and `tool_choice`,
-`stop_sequences`, `metadata.user_id` (as OpenAI's `user`); thinking blocks and settings, `top_k` and
-`cache_control` and `output_config` are ignored; `output_format` (structured outputs) becomes
+`stop_sequences`, `metadata.user_id` (as OpenAI's `user`); `cache_control` on system, text, image,
+tool_use and tool_result blocks and on tools, `thinking` and the thinking blocks an assistant turn sends back
+(with their `signature`) become litellm's OpenAI-format fields for Anthropic (parts' and messages'
+`cache_control`, `thinking`, `thinking_blocks`), sent on to Anthropic-bound deployments only
+(gateway/anthropic_fields.py); an answer's thinking blocks come back with their signature. `top_k` and
+`output_config` are ignored; `output_format` (structured outputs) becomes
 `response_format`; server tools and documents are a 400. Claude Code's session (its
 `x-claude-code-session-id` header, or the `session_id` inside its `metadata.user_id`) is the agent
 session, unless the request names one itself."""
@@ -26,8 +30,10 @@ from gateway.pricing import usage_of
 
 _PASSED = ("model", "temperature", "top_p", "stream", "session_id", "priority", "pin_ttl_s", "cost_preference",
            "cache")
-_READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format")
-_IGNORED = ("top_k", "thinking", "service_tier", "context_management", "output_config")
+_READ = ("messages", "system", "max_tokens", "tools", "tool_choice", "stop_sequences", "metadata", "output_format",
+         "thinking")
+_IGNORED = ("top_k", "service_tier", "context_management", "output_config")
+_THINKING_TYPES = ("enabled", "disabled", "adaptive")
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                  "content_filter": "refusal"}
 # Anthropic's error `type` for each status the gateway answers with.
@@ -79,6 +85,8 @@ def chat_request(raw: Any, headers: Mapping[str, str] | None = None) -> dict:
     chat["messages"] = messages
     if raw.get("tools") is not None:
         chat["tools"] = _tools(raw["tools"])
+    if (thinking := raw.get("thinking")) is not None:
+        chat["thinking"] = _thinking(thinking)
     if raw.get("tool_choice") is not None:
         chat.update(_tool_choice(raw["tool_choice"]))
     if (stops := raw.get("stop_sequences")) is not None:
@@ -104,6 +112,34 @@ def chat_request(raw: Any, headers: Mapping[str, str] | None = None) -> dict:
     return chat
 
 
+def _thinking(thinking: Any) -> dict:
+    """Extended thinking's settings, as litellm's `thinking` takes them (Anthropic's own shape)."""
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+    if kind not in _THINKING_TYPES or (kind == "enabled" and (type(budget) is not int or budget < 1)):
+        raise bad_request("'thinking' must be {type: enabled, budget_tokens: a positive integer}, adaptive or "
+                          "disabled", "thinking", "invalid_value")
+    return thinking
+
+
+def _cached(part: dict, block: dict) -> dict:
+    """A chat part (or message, tool, tool call) with the block's prompt-cache breakpoint, where it has one."""
+    if isinstance(block.get("cache_control"), dict):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
+def _thinking_block(block: dict, at: str) -> dict:
+    """A thinking block sent back, as litellm's `thinking_blocks` item (Anthropic checks its signature)."""
+    if block["type"] == "redacted_thinking":
+        if not isinstance(block.get("data"), str):
+            raise bad_request(f"'{at}.data' must be a string", f"{at}.data", "invalid_type")
+        return {"type": "redacted_thinking", "data": block["data"]}
+    if not isinstance(block.get("thinking"), str) or not isinstance(block.get("signature", ""), str):
+        raise bad_request(f"'{at}' must have a string 'thinking' and 'signature'", at, "invalid_type")
+    return {"type": "thinking", "thinking": block["thinking"], "signature": block.get("signature", "")}
+
+
 def _system(system: Any) -> list[dict]:
     if system is None:
         return []
@@ -111,6 +147,8 @@ def _system(system: Any) -> list[dict]:
         return [{"role": "system", "content": system}] if system else []
     if isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
                                         for b in system):
+        if any("cache_control" in b for b in system):  # its breakpoints stay on their blocks
+            return [{"role": "system", "content": [_cached({"type": "text", "text": b["text"]}, b) for b in system]}]
         return [{"role": "system", "content": "\n\n".join(b["text"] for b in system)}] if system else []
     raise bad_request("'system' must be a string or a list of text blocks", "system", "invalid_type")
 
@@ -135,42 +173,45 @@ def _turn(turn: Any, where: str) -> list[dict]:
             if not isinstance(block.get("tool_use_id"), str):
                 raise bad_request(f"'{at}.tool_use_id' must be a string", f"{at}.tool_use_id", "invalid_type")
             text, images = _result(block.get("content"), f"{at}.content", block.get("is_error"))
-            results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            results.append(_cached({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, block))
             parts += images  # a chat tool message holds text only: its images follow as the user's
         elif kind == "text" and isinstance(block.get("text"), str):
-            parts.append({"type": "text", "text": block["text"]})
+            parts.append(_cached({"type": "text", "text": block["text"]}, block))
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), at)}})
+            parts.append(_cached({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), at)}}, block))
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
             raise bad_request(f"'{at}' must be a text, image or tool_result block", at, "unsupported")
     if not parts:
         return results
-    text_only = all(p["type"] == "text" for p in parts)
+    text_only = all(p["type"] == "text" and "cache_control" not in p for p in parts)
     return [*results, {"role": "user", "content": "".join(p["text"] for p in parts) if text_only and len(parts) == 1
                        else parts}]
 
 
 def _assistant(content: list, where: str) -> dict:
-    text, calls = [], []
+    text, calls, thinking = [], [], []
     for i, block in enumerate(content):
         at = f"{where}[{i}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text" and isinstance(block.get("text"), str):
-            text.append(block["text"])
+            text.append(_cached({"type": "text", "text": block["text"]}, block))
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise bad_request(f"'{at}' must have a string 'id' and 'name'", at, "invalid_type")
-            calls.append({"id": block["id"], "type": "function",
-                          "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})}})
+            calls.append(_cached({"id": block["id"], "type": "function", "function": {
+                "name": block["name"], "arguments": json.dumps(block.get("input") or {})}}, block))
         elif kind in ("thinking", "redacted_thinking"):
-            continue
+            thinking.append(_thinking_block(block, at))
         else:
             raise bad_request(f"'{at}' must be a text or tool_use block", at, "unsupported")
-    message: dict = {"role": "assistant", "content": "".join(text) or None}
+    cached = any("cache_control" in part for part in text)
+    message: dict = {"role": "assistant", "content": text if cached else "".join(p["text"] for p in text) or None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:
+        message["thinking_blocks"] = thinking
     return message
 
 
@@ -217,7 +258,7 @@ def _tools(tools: Any) -> list[dict]:
             function["description"] = tool["description"]
         if tool.get("strict") is True:  # Anthropic's structured outputs: held as OpenAI's strict functions
             function["strict"] = True
-        converted.append({"type": "function", "function": function})
+        converted.append(_cached({"type": "function", "function": function}, tool))
     return converted
 
 
@@ -268,13 +309,27 @@ def tool_input(arguments: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def thinking_blocks(reply: dict) -> list[dict]:
+    """A chat answer's thinking as Messages blocks: litellm's `thinking_blocks` from Anthropic, with their
+    signature (and redacted ones' data), else a reasoning model's thinking (no signature: no Anthropic model's)."""
+    blocks = []
+    for block in reply.get("thinking_blocks") or ():
+        if isinstance(block, dict) and block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+        elif isinstance(block, dict) and block.get("type") == "thinking":
+            blocks.append({"type": "thinking", "thinking": block.get("thinking") or "",
+                           "signature": block.get("signature") or ""})
+    if not blocks and (thinking := reasoning_of(reply)):
+        blocks.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    return blocks
+
+
 def message(request_id: str, answer: dict, model: str) -> dict:
     """A whole chat answer as a Message."""
     choice = (answer.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     content: list[dict] = []
-    if thinking := reasoning_of(reply):  # no signature: it is no Anthropic model's
-        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    content += thinking_blocks(reply)
     if reply.get("content"):
         content.append({"type": "text", "text": reply["content"]})
     for call in reply.get("tool_calls") or ():

@@ -1,5 +1,6 @@
 """A chat stream as Anthropic Messages stream events (SSE bytes): `message_start`, then one content
-block at a time (the text, each tool call's input as JSON deltas), each closed when the next opens, then
+block at a time (thinking with its signature's delta, the text, each tool call's input as JSON deltas),
+each closed when the next opens, then
 `message_delta` with the stop reason and usage, and `message_stop`."""
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MessageStream:
         self.open: str | None = None  # "text", or the chat tool call index of an open tool_use block
         self.calls: dict[int, int] = {}  # chat tool call index -> its block index
         self.finish_reason: str | None = None
+        self.signed = False  # the open thinking block's signature has come
 
     def start(self) -> Iterator[bytes]:
         yield sse({"type": "message_start", "message": {
@@ -45,15 +47,30 @@ class MessageStream:
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
             delta = choice.get("delta") or {}
             if thinking := reasoning_of(delta):
-                if self.open != "thinking":
+                if self.open != "thinking" or self.signed:  # a signed block is whole: this is the next one
                     yield from self._open({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
                 yield self._delta({"type": "thinking_delta", "thinking": thinking})
+            yield from self._thinking_blocks(delta.get("thinking_blocks"))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self.open != "text":
                     yield from self._open({"type": "text", "text": ""}, "text")
                 yield self._delta({"type": "text_delta", "text": delta["content"]})
             for call in delta.get("tool_calls") or ():
                 yield from self._call(call)
+
+    def _thinking_blocks(self, blocks: Any) -> Iterator[bytes]:
+        """litellm's `thinking_blocks` on an Anthropic delta: the text came as `reasoning_content` above; what
+        is left is a block's signature (its own delta, as Anthropic streams it) or a redacted block whole."""
+        for block in blocks if isinstance(blocks, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+                yield from self._open({"type": "redacted_thinking", "data": block["data"]}, "redacted")
+            elif block.get("type") == "thinking" and isinstance(block.get("signature"), str) and block["signature"]:
+                if self.open != "thinking":
+                    yield from self._open({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+                yield self._delta({"type": "signature_delta", "signature": block["signature"]})
+                self.signed = True
 
     def _call(self, call: dict) -> Iterator[bytes]:
         index = call.get("index", len(self.calls))
@@ -72,6 +89,7 @@ class MessageStream:
         yield from self._close()
         self.index += 1
         self.open = kind
+        self.signed = False
         yield sse({"type": "content_block_start", "index": self.index, "content_block": block})
 
     def _close(self) -> Iterator[bytes]:

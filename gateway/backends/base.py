@@ -72,6 +72,9 @@ class Backend(Protocol):
     # engines, which hold calls to both); elsewhere custom tools are written as functions
     # (engine/custom_tools.py) and only the allowed tools are offered (engine/forced_tools.py).
     native_tools: bool
+    # Whether chats go with Anthropic's `cache_control`, `thinking` and `thinking_blocks` (litellm's
+    # `anthropic/` provider); elsewhere they are taken out (gateway/anthropic_fields.py).
+    anthropic_fields: bool
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict: ...
 

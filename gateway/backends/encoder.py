@@ -24,6 +24,7 @@ class EncoderBackend:
     accepts_session = False
     uses_rank = False
     native_tools = False
+    anthropic_fields = False
     serves_embeddings = True
 
     def __init__(self, served_model: str, encoder: PassageEncoder) -> None:

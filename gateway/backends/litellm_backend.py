@@ -113,6 +113,7 @@ class LitellmBackend:
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = self.uses_rank = vllm_priority
         self.native_tools = False  # not every provider litellm speaks to has them: sent as functions
+        self.anthropic_fields = self.provider == "anthropic"  # litellm passes them on to Anthropic's API
         self.serves_embeddings = True
 
     async def start(self) -> None:

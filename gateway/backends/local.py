@@ -28,6 +28,7 @@ class LocalEngineBackend:
     accepts_session = True
     uses_rank = True
     native_tools = True
+    anthropic_fields = False
 
     def __init__(self, engine: AsyncEngine, served_model: str, reasoning_parser: str | None = None,
                  tool_call_parser: str | None = None, lora: str | None = None, serves_embeddings: bool = False) -> None:

@@ -72,6 +72,7 @@ class OpenAIHTTPBackend:
         self.uses_rank = self.send_priority
         self.serves_embeddings = serves_embeddings  # a Pitstop engine's: when its model is marked `mode: embedding`
         self.native_tools = accepts_session
+        self.anthropic_fields = False
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections

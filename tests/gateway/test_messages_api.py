@@ -27,12 +27,14 @@ def test_a_tool_result_with_an_image_and_an_error_and_thinking_blocks() -> None:
                 {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "an image:"}, IMAGE]},
                 {"type": "tool_result", "tool_use_id": "t2", "content": "exit 1", "is_error": True}]}],
         "tool_choice": {"type": "any", "disable_parallel_tool_use": True}})
-    assert chat["messages"] == [
-        {"role": "system", "content": "a\n\nb"},
+    assert chat["messages"] == [  # the breakpoint stays on its block; the thinking goes back with its signature
+        {"role": "system", "content": [{"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+                                       {"type": "text", "text": "b"}]},
         {"role": "user", "content": "look"},
         {"role": "assistant", "content": "reading", "tool_calls": [
             {"id": "t1", "type": "function", "function": {"name": "read", "arguments": json.dumps({"p": "x.png"})}},
-            {"id": "t2", "type": "function", "function": {"name": "run", "arguments": "{}"}}]},
+            {"id": "t2", "type": "function", "function": {"name": "run", "arguments": "{}"}}],
+         "thinking_blocks": [{"type": "thinking", "thinking": "hm", "signature": "s"}]},
         {"role": "tool", "tool_call_id": "t1", "content": "an image:"},
         {"role": "tool", "tool_call_id": "t2", "content": "Error: exit 1"},
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}}]}]
@@ -53,6 +55,10 @@ def test_a_tool_result_with_an_image_and_an_error_and_thinking_blocks() -> None:
     ({"model": "m", "max_tokens": 5, "system": 5, "messages": [{"role": "user", "content": "x"}]}, "system"),
     ({"model": "m", "max_tokens": 5, "stop_sequences": "END", "messages": [{"role": "user", "content": "x"}]},
      "stop_sequences"),
+    ({"model": "m", "max_tokens": 5, "thinking": {"type": "enabled"}, "messages": [{"role": "user", "content": "x"}]},
+     "thinking"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "t", "signature": 5}]}]}, "messages[0].content[0]"),
 ])
 def test_what_cannot_be_a_chat_is_a_400_naming_the_field(body: dict, param: str) -> None:
     with pytest.raises(APIError) as refused:
