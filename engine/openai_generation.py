@@ -118,7 +118,7 @@ class OpenAIGeneration:
         # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
         # already parsed: engine/forced_tools.py).
         harmony = is_harmony(reasoning_parser, tool_call_parser)  # gpt-oss's messages: engine/harmony.py
-        self.harmony = harmony and chat and parsed.forced_tools is None and parsed.params.constraint is None
+        self.harmony = harmony and chat and parsed.forced_tools is None  # a grammar holds its final message
         if harmony:  # its reasoning_effort goes to the chat template, not to a thinking budget
             reasoning_parser, tool_call_parser = None, INNER_TOOLS if self.harmony else None
         self.reasoning = (bool(reasoning_parser) or self.harmony) and chat and parsed.forced_tools is None
@@ -172,8 +172,8 @@ class OpenAIGeneration:
                 self._prompt_ids = [ids]
             if parsed.truncate_prompt_tokens is not None:
                 self._prompt_ids = [ids[-parsed.truncate_prompt_tokens:] for ids in self._prompt_ids]
-            if self.reasoning and parsed.params.constraint is not None:  # think first, then the grammar
-                constraint = parsed.params.constraint.after_thinking(self._inside(0))
+            if self.reasoning and (constraint := parsed.params.constraint) is not None:  # think, then the grammar
+                constraint = constraint.in_harmony_final() if self.harmony else constraint.after_thinking(self._inside(0))
                 self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=constraint))
             for k, prompt_ids in enumerate(self._prompt_ids):
                 if parsed.params.constraint is not None and k == 0:

@@ -82,6 +82,19 @@ class OutputConstraint:
         top = {"grammars": [{"name": "pitstop_thinking", "lark_grammar": lark}, *grammars], "max_tokens": None}
         return replace(self, grammar=json.dumps(top))
 
+    def in_harmony_final(self) -> OutputConstraint:
+        """The same answer as gpt-oss's Harmony final message (engine/harmony.py): any analysis messages,
+        free text up to `<|end|>` each, then `<|channel|>final<|message|>`, the answer's grammar and
+        `<|return|>` (the prompt ends at `<|start|>assistant`). The `<|...|>` are the special tokens
+        themselves, which free text cannot hold, so a thought ends only at its `<|end|>`."""
+        grammars = self._grammars()
+        answer = grammars[0].get("name") or "answer"
+        grammars[0] = {**grammars[0], "name": answer}
+        lark = (f'start: analysis* <|channel|> "final" <|message|> @{answer} <|return|>\n'
+                'analysis: <|channel|> "analysis" <|message|> /(.|\\n)*/ <|end|> <|start|> "assistant"\n')
+        top = {"grammars": [{"name": "pitstop_harmony", "lark_grammar": lark}, *grammars], "max_tokens": None}
+        return replace(self, grammar=json.dumps(top))
+
     def _grammars(self) -> list[dict]:
         """llguidance's list of grammars this one is, its entry first."""
         try:
