@@ -143,7 +143,12 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, metavar="S",
                        help="seconds an http(s) image URL's fetch may take (default 10)")
     serve.add_argument("--allowed-media-domains", nargs="+", default=None, metavar="HOST",
-                       help="the only hosts an image URL (and each redirect) may name, as vLLM's flag (default: any)")
+                       help="the only hosts an image URL (and each redirect) may name, as vLLM's flag (default: any); "
+                            "these are fetched whatever address they resolve to")
+    serve.add_argument("--allow-private-media-urls", action=argparse.BooleanOptionalAction, default=True,
+                       help="fetch image URLs resolving to loopback or private addresses (default: yes; a public "
+                            "engine says --no-allow-private-media-urls); link-local (cloud metadata), multicast "
+                            "and reserved addresses are never fetched unless --allowed-media-domains names the host")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -252,7 +257,8 @@ def serve_command(args: argparse.Namespace) -> int:
                               image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
                                                        args.image_fetch_timeout,
                                                        None if args.allowed_media_domains is None
-                                                       else frozenset(args.allowed_media_domains)))
+                                                       else frozenset(args.allowed_media_domains),
+                                                       args.allow_private_media_urls))
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2

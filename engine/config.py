@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from engine.hybrid_attention import HybridAttention
 from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
+
+if TYPE_CHECKING:
+    from engine.net_guard import OutboundPolicy
 
 SPECULATIVE_METHODS = ("ngram", "draft_model")
 # --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
@@ -92,12 +96,17 @@ class SpeculativeConfig:
 class ImageLimits:
     """Image inputs (engine/openai_images.py): at most `max_images` a prompt (vLLM's --limit-mm-per-prompt), each
     at most `max_bytes` encoded, an http(s) URL fetched within `fetch_timeout_s`, from `allowed_domains` only where
-    set (vLLM's --allowed-media-domains)."""
+    set (vLLM's --allowed-media-domains), and only to the addresses the URL rules allow (engine/net_guard.py)."""
 
     max_images: int = 8
     max_bytes: int = 20 << 20
     fetch_timeout_s: float = 10.0
     allowed_domains: frozenset[str] | None = None  # the hosts an image URL may name (lower case); None: any
+    # --allow-private-media-urls: loopback, RFC 1918, CGNAT and unique-local addresses fetched (true, as the
+    # gateway's outbound.allow_private); link-local (metadata), multicast, unspecified, reserved never are
+    allow_private: bool = True
+    # An engine in the gateway's process: the gateway's `outbound:` rules (reloaded), in place of allow_private
+    url_policy: Callable[[], OutboundPolicy] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_images < 0 or self.max_bytes < 1 or not self.fetch_timeout_s > 0:

@@ -1,21 +1,45 @@
 """An image part's bytes and picture: a `data:` URL (base64) or an http(s) URL the engine fetches, within a
-size limit and a timeout (from the allowed hosts only, where a list is given), decoded by Pillow (PNG, JPEG, WebP, GIF: the first frame) into RGB. Every failure is
-the caller's 400 in OpenAI's shape, naming the part."""
+size limit and a timeout (from the allowed hosts only, where a list is given), decoded by Pillow (PNG, JPEG, WebP,
+GIF: the first frame) into RGB. Every failure is the caller's 400 in OpenAI's shape, naming the part.
+
+A fetch connects only to the addresses the URL rules allow (engine/net_guard.py, the gateway's `outbound:` rules
+too): the client's transport checks each connection's resolved address, a redirect's included, so a client cannot
+make the engine fetch a cloud's metadata address or, with --no-allow-private-media-urls, its own ports."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+from collections.abc import Callable
 
 import httpx
 from PIL import Image
 
 from engine.config import ImageLimits
+from engine.net_guard import OutboundPolicy, RuleNames, UrlRefused, refusal_of
+from engine.net_transport import guarded_httpx
 from engine.server.errors import APIError, bad_request
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 MAX_REDIRECTS = 5
+# What a refusal names, for `pitstop engine serve`'s flags (an engine has no deny list)
+MEDIA_RULES = RuleNames("--allow-private-media-urls", "--allowed-media-domains", "no list", "this engine's")
+
+
+def media_policy(limits: ImageLimits) -> Callable[[], OutboundPolicy]:
+    """The address rules for image fetches: the gateway's (an in-process engine), else the engine's flags; the
+    hosts --allowed-media-domains names are trusted whatever they resolve to (the operator named them)."""
+    if limits.url_policy is not None:
+        return limits.url_policy
+    policy = OutboundPolicy(limits.allow_private, tuple(sorted(limits.allowed_domains or ())), names=MEDIA_RULES)
+    return lambda: policy
+
+
+def media_client(limits: ImageLimits) -> httpx.AsyncClient:
+    """A client whose every connection goes only where `media_policy` allows (no proxy from the environment:
+    the address checked is the one connected to)."""
+    return httpx.AsyncClient(transport=guarded_httpx(media_policy(limits)))
 
 
 async def image_bytes(url: str, param: str, limits: ImageLimits, client: httpx.AsyncClient) -> bytes:
@@ -31,7 +55,11 @@ async def image_bytes(url: str, param: str, limits: ImageLimits, client: httpx.A
                     url = str(response.url.join(response.headers["location"]))
                     continue
                 return await _body(response, param, limits)
-    except httpx.HTTPError as exc:
+    except (UrlRefused, httpx.HTTPError) as exc:
+        refused = refusal_of(exc)
+        if refused is not None:
+            raise bad_request(f"the image at '{param}.url' may not be fetched by this engine: {refused}", param,
+                              "image_url_not_allowed") from None
         raise bad_request(f"could not fetch the image at '{param}.url': {type(exc).__name__}", param,
                           "image_fetch_failed") from None
     raise bad_request(f"fetching the image at '{param}.url' was redirected more than {MAX_REDIRECTS} times", param,

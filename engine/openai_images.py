@@ -11,11 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from engine.async_engine import AsyncEngine
 from engine.chat_images import image_urls
-from engine.image_fetch import decode_image, image_bytes
+from engine.image_fetch import decode_image, image_bytes, media_client
 from engine.image_inputs import ImageInput, content_hash, expand_image_tokens, image_runs, widen_image_text
 from engine.server.errors import bad_request
 from engine.server.protocol import GenerateRequest
@@ -46,7 +44,7 @@ async def with_images(engine: AsyncEngine, urls: list[tuple[str, str]],
     """The prompt with each image token widened to its features' tokens, and the images."""
     runner: Any = engine.engine.runner
     limits = engine.engine.config.image_limits
-    async with httpx.AsyncClient() as client:
+    async with media_client(limits) as client:  # each connection's address checked (engine/net_guard.py)
         data = await asyncio.gather(*(image_bytes(url, param, limits, client) for url, param in urls))
 
     def prepare() -> tuple[list[int], list[torch.Tensor], list[tuple[int, int, int]] | None]:

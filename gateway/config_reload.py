@@ -37,6 +37,7 @@ from gateway.deployment_build import adapter_backend, entry_key, make_backend, n
 from gateway.deployments import Deployment
 from gateway.limits_reload import LIMIT_SECTIONS, apply_limits, changed_limits, restart_only_limits
 from gateway.model_list_config import LOCAL_PROVIDER, ModelEntry
+from gateway.outbound_policy import OutboundRules
 from gateway.policy_reload import (
     POLICY_SECTIONS,
     PreparedPolicies,
@@ -162,7 +163,7 @@ class ConfigReloader:
                 raise ReloadRefused(str(exc)) from None
             wildcards = plan_wildcards(state.routes.wildcards, new)
             plan.retired.extend(dropped_deployments(state, wildcards))  # retired as a removed entry's
-            built = await self._build(plan, new)
+            built = await self._build(plan, new, state.outbound)
             report = self._swap(state, plan, built, new, groups, policies, wildcards)
             report.wildcards_changed = changed_patterns(old, new)
             report.route_groups_changed = sorted(regrouped)
@@ -178,7 +179,7 @@ class ConfigReloader:
                     state.metrics.forget_calibration(name, removed=group is None)
             return report
 
-    async def _build(self, plan: ReloadPlan, settings: Settings) -> dict[int, Backend]:
+    async def _build(self, plan: ReloadPlan, settings: Settings, outbound: OutboundRules) -> dict[int, Backend]:
         """The added entries' backends, started; on any failure those started are closed (nothing changed)."""
         built: dict[int, Backend] = {}
         try:
@@ -191,9 +192,9 @@ class ConfigReloader:
                     built[index] = adapter_backend(base_backend, entry)
                     continue
                 if entry.litellm_params.provider == LOCAL_PROVIDER:  # loads weights for seconds: off the loop
-                    built[index] = await asyncio.to_thread(make_backend, entry, settings)
+                    built[index] = await asyncio.to_thread(make_backend, entry, settings, outbound)
                 else:
-                    built[index] = make_backend(entry, settings)
+                    built[index] = make_backend(entry, settings, outbound)
                 await built[index].start()
         except Exception as exc:
             await _close_all(built.values())

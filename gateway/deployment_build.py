@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from engine.config import ImageLimits
+from engine.net_guard import OutboundPolicy
 from gateway.admission import make_admission
 from gateway.backends.base import Backend
 from gateway.backends.openai_tokens import OPENAI_PROVIDERS
@@ -26,7 +28,10 @@ from gateway.model_list_config import (
 log = logging.getLogger("pitstop.gateway")
 OPENAI_COMPATIBLE = {"hosted_vllm", "openai", "openai_like"}
 
-def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
+def make_backend(entry: ModelEntry, settings: Settings,
+                 outbound: Callable[[], OutboundPolicy] | None = None) -> Backend:
+    """`outbound`: the gateway's URL rules in force (reloaded), which an in-process engine's image fetches follow;
+    None: the config's `outbound:` as it reads now."""
     params = entry.litellm_params
     provider = params.provider
     if provider == LOCAL_PROVIDER:
@@ -63,7 +68,7 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
                                   reasoning_effort_budgets=params.reasoning_effort_budgets,
                                   disk_kv_path=params.disk_kv_path and settings.resolve_path(params.disk_kv_path),
                                   disk_kv_bytes=int(params.disk_kv_gib * 2**30),
-                                  image_limits=_image_limits(params.image_limits),
+                                  image_limits=_image_limits(params.image_limits, outbound or _rules_of(settings)),
                                   dequantize_mxfp4=params.dequantize_mxfp4)
         except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
@@ -99,12 +104,18 @@ def make_backend(entry: ModelEntry, settings: Settings) -> Backend:
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
 
-def _image_limits(spec: ImageLimitsSpec | None) -> ImageLimits | None:
-    if spec is None:
-        return None
+def _image_limits(spec: ImageLimitsSpec | None, outbound: Callable[[], OutboundPolicy]) -> ImageLimits:
+    """The engine's image limits; its fetches follow the gateway's `outbound:` (one setting governs every URL a
+    client hands this process)."""
+    spec = spec or ImageLimitsSpec()
     domains = spec.allowed_media_domains
     return ImageLimits(spec.max_images, spec.max_bytes, spec.fetch_timeout_s,
-                       None if domains is None else frozenset(domains))
+                       None if domains is None else frozenset(domains), url_policy=outbound)
+
+
+def _rules_of(settings: Settings) -> Callable[[], OutboundPolicy]:
+    policy = OutboundPolicy.of(settings.outbound)
+    return lambda: policy
 
 
 def add_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, settings: Settings) -> Deployment:

@@ -252,7 +252,8 @@ def build_state(settings: Settings) -> GatewayState:
     backends: list[Backend] = []
     for entry in settings.model_list:
         base = entry.litellm_params._adapter_of
-        backends.append(make_backend(entry, settings) if base is None else adapter_backend(backends[base], entry))
+        backends.append(make_backend(entry, settings, outbound) if base is None
+                        else adapter_backend(backends[base], entry))
         add_deployment(pool, entry, backends[-1], settings)
     limiter = make_limiter(settings.redis_url, fail_open=settings.limits.fail_open)
     metrics = GatewayMetrics()

@@ -105,7 +105,7 @@ def test_the_backend_connects_to_the_address_it_checked(monkeypatch: pytest.Monk
     async def resolve(host: str, port: int, **kwargs: Any) -> list:
         return [(2, 1, 6, "", (address, port)) for address in next(answers)]
 
-    monkeypatch.setattr("gateway.outbound_policy.anyio.getaddrinfo", resolve)
+    monkeypatch.setattr("engine.net_guard.anyio.getaddrinfo", resolve)
     inner = Recording()
     backend = GuardedBackend(inner, lambda: STRICT)
 
