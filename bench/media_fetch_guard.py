@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -22,7 +20,7 @@ from aiohttp import web
 from PIL import Image
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import free_port, probe
+from bench.procs import module_server
 from engine.config import ImageLimits
 from engine.image_fetch import image_bytes, media_client
 
@@ -84,18 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         return server_main(args.serve)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.media_fetch_guard", "--serve", str(port)])
-    try:
-        deadline = time.monotonic() + 30
-        while not probe(f"http://127.0.0.1:{port}/cat.png", 1.0):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the HTTP server did not start")
-            time.sleep(0.1)
+    with module_server("bench.media_fetch_guard", "/cat.png") as port:
         results = asyncio.run(measure(port, args.fetches, args.rounds))
-    finally:
-        server.terminate()
-        server.wait(10)
     report = {"command": command("bench.media_fetch_guard", argv), "machine": machine_info(),
               "settings": {"fetches": args.fetches, "rounds": args.rounds, "png_bytes": len(picture_png()),
                            "rules": "the flags' defaults (private addresses allowed)"}, **results}

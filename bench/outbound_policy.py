@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -21,7 +19,7 @@ import httpx
 from aiohttp import web
 
 from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import free_port, probe
+from bench.procs import module_server
 from gateway.outbound_policy import OutboundPolicy
 from gateway.outbound_transport import guarded_httpx
 
@@ -99,18 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         return server_main(args.serve)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.outbound_policy", "--serve", str(port)])
-    try:
-        deadline = time.monotonic() + 30
-        while not probe(f"http://127.0.0.1:{port}/", 1.0):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the HTTP server did not start")
-            time.sleep(0.1)
+    with module_server("bench.outbound_policy", "/") as port:
         results = asyncio.run(measure(port, args.requests, args.rounds))
-    finally:
-        server.terminate()
-        server.wait(10)
     report = {"command": command("bench.outbound_policy", argv), "machine": machine_info(),
               "settings": {"requests": args.requests, "rounds": args.rounds, "policy": "default (allow_private)"},
               **results}

@@ -64,6 +64,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def module_server(module: str, path: str = "/") -> Iterator[int]:
+    """`python -m module --serve PORT` (a benchmark's own HTTP server, in a process of its own so it does not
+    share the measured loop), waited for until `path` answers: yields the port; stopped after."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", module, "--serve", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while not probe(f"http://127.0.0.1:{port}{path}", 1.0):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"{module}'s HTTP server did not start")
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in Path("/proc").iterdir():
