@@ -52,7 +52,12 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
                            "storage.retention_days has the gateway do hourly)")
     old.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     old.add_argument("--older-than-days", type=float, required=True)
-    old.set_defaults(handler=prune_outcomes_command)
+    old.set_defaults(handler=prune_command)
+    audit = table.add_parser("audit", help="admin audit events older than --older-than-days (what "
+                             "storage.audit_retention_days has the gateway do hourly)")
+    audit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    audit.add_argument("--older-than-days", type=float, required=True)
+    audit.set_defaults(handler=prune_command)
 
     calibrate = groups.add_parser("calibrate", help="set a route group's cost preference from a budget on its traffic")
     component = calibrate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
@@ -212,19 +217,23 @@ def export_chat_completions_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def prune_outcomes_command(args: argparse.Namespace) -> int:
+def prune_command(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from storage.db import create_engine
     from storage.models import utc_now
-    from storage.retention import delete_before
+    from storage.retention import delete_audit_before, delete_before
 
     if not args.older_than_days > 0:
         print("pitstop: --older-than-days must be above 0", file=sys.stderr)
         return 2
     engine = create_engine(_storage_url(args.config))
+    cutoff = utc_now() - timedelta(days=args.older_than_days)
     try:
-        deleted = delete_before(engine, utc_now() - timedelta(days=args.older_than_days))
+        if args.command == "audit":
+            print(f"deleted {delete_audit_before(engine, cutoff)} audit events")
+            return 0
+        deleted = delete_before(engine, cutoff)
     finally:
         engine.dispose()
     print(f"deleted {deleted['outcomes']} outcome rows and {deleted['feedback']} feedback rows")

@@ -48,6 +48,9 @@ class StorageConfig(StrictConfig):
     # Outcome rows and feedback older than this are deleted (hourly, gateway/outcome_retention.py); None
     # keeps them all: they are the routers' and rankers' training data.
     retention_days: float | None = Field(default=None, gt=0)
+    # Admin audit events older than this are deleted by the same sweep; None keeps them for good (set it
+    # to what your compliance asks: an audit trail usually outlives the traffic log).
+    audit_retention_days: float | None = Field(default=None, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -2,8 +2,9 @@
 team's, a webhook endpoint's), so a change that commits has its row and a failed row undoes the change; listed newest first with
 OpenAI's filters and cursors (gateway/audit_endpoints.py). Storage only; never given a secret.
 
-Rows are kept: no retention setting prunes them (the outcome log's `storage.retention` does not reach them),
-as an audit trail that forgot would answer the wrong question."""
+Rows are kept unless `storage.audit_retention_days` is set (storage/retention.py), a horizon of their own:
+the outcome log's `storage.retention_days` does not reach them, as an audit trail that forgot with the traffic
+would answer the wrong question."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Outcome retention on SQLite and PostgreSQL: rows and feedback older than the cutoff deleted a batch at a
-time, oldest first, the rest kept; the CLI and the gateway's sweep at start do the same."""
+"""Retention on SQLite and PostgreSQL: outcome rows and feedback, and (on their own horizon) admin audit
+events, older than the cutoff deleted a batch at a time, oldest first, the rest kept; the CLI and the
+gateway's sweep at start do the same, and neither setting reaches the other's table."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sqlalchemy as sa
 
 from gateway.outcome_retention import OutcomeRetention
 from storage.db import create_engine, session_factory
-from storage.models import Feedback, Outcome, UsageRollup, utc_now
-from storage.retention import delete_before
+from storage.models import AuditLog, Feedback, Outcome, UsageRollup, utc_now
+from storage.retention import delete_audit_before, delete_before
 from storage.usage import record_usage
 
 
@@ -95,3 +96,60 @@ def test_a_gateway_with_retention_days_sweeps_at_its_start(tmp_path: Path, db_ur
     with running_gateway(raw):
         wait_until(lambda: kept(db_url) == (["r0", "r1", "r2", "r3", "r4"], ["f0", "f1", "f2", "f3", "f4"]),
                    what="rows older than 4.5 days deleted")
+
+
+ACTOR = {"type": "session", "session": {"user": {"id": "cli:test"}}}
+
+
+def seed_audit(url: str, now: object) -> None:
+    """Audit events e0..e9, event i in effect i days before `now`."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for i in range(10):
+            effective = int((now - timedelta(days=i, minutes=1)).timestamp())  # type: ignore[operator]
+            connection.execute(sa.insert(AuditLog).values(type="api_key.created", effective_at=effective,
+                                                          actor=ACTOR, resource_id=f"e{i}", payload={}))
+    engine.dispose()
+
+
+def audit_kept(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        ids = sorted(connection.execute(sa.select(AuditLog.__table__.c.resource_id)).scalars())
+    engine.dispose()
+    return ids
+
+
+def test_audit_events_past_their_own_cutoff_go_a_batch_at_a_time(db_url: str) -> None:
+    now = utc_now()
+    seed_audit(db_url, now)
+    seed(db_url, now)
+    engine = create_engine(db_url)
+    try:
+        assert delete_audit_before(engine, now - timedelta(days=3.5), batch_rows=2) == 6
+        assert audit_kept(db_url) == ["e0", "e1", "e2", "e3"]
+        assert delete_audit_before(engine, now - timedelta(days=3.5), batch_rows=2) == 0
+        assert len(kept(db_url)[0]) == 10  # the outcome log is not the audit log's to prune
+        delete_before(engine, now - timedelta(days=1.5))
+        assert audit_kept(db_url) == ["e0", "e1", "e2", "e3"]  # nor the other way round
+    finally:
+        engine.dispose()
+
+
+def test_the_audit_cli_and_a_gateway_with_audit_retention_days(tmp_path: Path, db_url: str) -> None:
+    from tests.gateway.harness import run_cli, running_gateway, wait_until, write_config
+
+    now = utc_now()
+    seed_audit(db_url, now)
+    seed(db_url, now)
+    models = [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}}]
+    config = write_config(tmp_path / "pitstop.yaml", {"model_list": models, "storage": {"url": db_url}})
+    pruned = run_cli("prune", "audit", "--config", str(config), "--older-than-days", "7.5")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted 2 audit events" in pruned.stdout
+    assert audit_kept(db_url) == [f"e{i}" for i in range(8)]
+
+    raw = {"model_list": models, "storage": {"url": db_url, "spool_path": None, "audit_retention_days": 2.5}}
+    with running_gateway(raw):
+        wait_until(lambda: audit_kept(db_url) == ["e0", "e1", "e2"], what="audit events older than 2.5 days deleted")
+    assert len(kept(db_url)[0]) == 10  # no retention_days: every outcome row kept
