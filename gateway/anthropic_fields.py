@@ -1,9 +1,9 @@
 """Anthropic's own fields in a chat body, as litellm's OpenAI-format input carries them for its `anthropic/`
 provider: `cache_control` (prompt-cache breakpoints) on a content part, a message, a tool call or a tool,
 and at the top; `thinking` (extended thinking's settings); an assistant message's `thinking_blocks` (its
-thinking sent back with their `signature`). They reach Anthropic-bound deployments as they are
-(`Backend.anthropic_fields`); every other deployment gets the body without them: an OpenAI-compatible
-server would refuse them or read them as something else. The Messages API (gateway/messages_api.py) and
+thinking sent back with their `signature`). They reach Claude deployments as they are
+(`Backend.anthropic_fields`, `takes_anthropic_fields`); every other deployment gets the body without them:
+an OpenAI-compatible server would refuse them or read them as something else. The Messages API (gateway/messages_api.py) and
 chat-completions clients write them alike; gateway/dispatch.py's `as_sent` applies this, once per call."""
 
 from __future__ import annotations
@@ -11,6 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 _TOP = ("thinking", "cache_control")
+# Hosts of Claude besides Anthropic's API whose litellm provider translates these fields: Bedrock's Converse
+# (`cache_control` becomes a `cachePoint`, which litellm sends only to models that take one; `thinking` goes
+# in `additionalModelRequestFields`; thinking blocks become `reasoningContent` with their signature) and Vertex
+# AI (Anthropic's own format). Their other models (Nova, Llama, Gemini) get the fields taken out.
+_CLAUDE_HOSTS = ("bedrock", "vertex_ai")
+
+
+def takes_anthropic_fields(model: str) -> bool:
+    """Whether a litellm model string (`provider/model`) reaches Claude through a provider that takes them."""
+    provider, _, name = model.partition("/")
+    return provider == "anthropic" or (provider in _CLAUDE_HOSTS and "claude" in name.lower())
 _MESSAGE = ("cache_control", "thinking_blocks")
 
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, get_args
 
 from engine.rank_policy import DEFAULT_HORIZON_S
+from gateway.anthropic_fields import takes_anthropic_fields
 from gateway.backends.answers import (
     checked_answer,
     checked_chunk,
@@ -113,7 +114,7 @@ class LitellmBackend:
         # vLLM accepts `priority` (lower first); litellm passes it through extra_body.
         self.accepts_session = self.uses_rank = vllm_priority
         self.native_tools = False  # not every provider litellm speaks to has them: sent as functions
-        self.anthropic_fields = self.provider == "anthropic"  # litellm passes them on to Anthropic's API
+        self.anthropic_fields = takes_anthropic_fields(str(self.params.get("model", "")))  # Claude's hosts
         self.serves_embeddings = True
 
     async def start(self) -> None:
