@@ -1,7 +1,6 @@
-"""Paged KV blocks with prefix caching and TTL pins.
+"""Paged KV blocks with prefix caching (engine/prefix_match.py) and TTL pins (engine/block_pins.py).
 
-A full block is identified by a hash chain over its tokens and its parent's hash; a hit is checked
-against the stored token ids. Blocks with no holder go to a free queue that evicts least recently
+Blocks with no holder go to a free queue that evicts least recently
 freed first, so cached prefixes live as long as memory allows. Pins hold references until their
 deadline; under memory pressure they give way (earliest deadline first) before the scheduler has to
 preempt a running request. With a host or disk tier behind the GPU (engine/kv_tiers.py), a cached block
@@ -11,38 +10,45 @@ A model whose every layer attends to a sliding window (Mistral-7B-v0.1's 4,096 t
 that slid out of it: such blocks are released as a request moves on (vLLM's sliding-window manager),
 their table entries left as NULL_BLOCK, so a request holds about a window of KV however long it runs.
 Released blocks stay cached; a prefix is reused when the blocks its next token's window reads are
-cached, whatever became of the ones before them."""
+cached, whatever became of the ones before them.
+
+A model that mixes sliding and full-attention layers (gpt-oss, Gemma 2/3) has KV groups (engine/kv_groups.py,
+vLLM's hybrid KV cache manager): each group has its own block table per request, all take blocks from this one
+pool, and the sliding groups release the blocks that left their window while the full groups keep theirs.
+Every group's table has the same length and the sliding groups release alike, so one count of released
+blocks serves them all."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.block_pins import BlockPins
 from engine.disk_cache import DiskCacheStats, DiskKVCache
 from engine.host_cache import HostCacheStats, HostKVCache
-from engine.image_inputs import block_image_keys
 from engine.kv_tiers import KVTiers
 from engine.kv_transfer import DISK, HOST, KVTransfer, TierSlot
 from engine.pins import PinTable
+from engine.prefix_match import PrefixMatch, chain_hash
 from engine.sequence import NULL_BLOCK, Sequence
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+    from engine.kv_groups import KVGroupLayout
+
+__all__ = ["NULL_BLOCK", "Block", "BlockManager", "BlockStats", "chain_hash"]
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids", "group")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
         self.ref_count = 0
         self.hash: int | None = None
         self.token_ids: tuple[int, ...] | None = None
-
-
-def chain_hash(parent: int, token_ids: tuple[int, ...], extra_keys: tuple[int, ...] = ()) -> int:
-    """Stable across processes (ints and tuples of ints hash alike in every run of one Python version).
-    `extra_keys`: the content hashes of the images whose feature tokens the block holds (engine/image_inputs.py),
-    which its placeholder tokens do not tell apart."""
-    return hash((parent, token_ids, extra_keys)) if extra_keys else hash((parent, token_ids))
+        self.group = 0  # the KV group whose cached blocks it is among, while it has a hash
 
 
 @dataclass(frozen=True)
@@ -61,23 +67,57 @@ class BlockStats:
     disk: DiskCacheStats | None = None
 
 
-class BlockManager(BlockPins):
+class BlockManager(PrefixMatch, BlockPins):
+    """`sliding_window`: the window of the layers that slide, whose blocks are released once they leave it
+    (None: none are). `kv_groups`: with a model that mixes layer kinds, whether each KV group's layers slide;
+    None: one group, sliding where `sliding_window` is set."""
+
     def __init__(self, num_blocks: int, block_size: int, pin_budget_blocks: int = 0,
                  enable_prefix_caching: bool = True, num_host_blocks: int = 0,
-                 sliding_window: int | None = None, num_disk_blocks: int = 0) -> None:
+                 sliding_window: int | None = None, num_disk_blocks: int = 0,
+                 kv_groups: tuple[bool, ...] | None = None) -> None:
         assert enable_prefix_caching or not (num_host_blocks or num_disk_blocks), \
             "the host and disk tiers are keyed by the prefix cache's hashes"
+        assert kv_groups is None or not (num_host_blocks or num_disk_blocks), "the tiers copy whole-model blocks"
         self.block_size = block_size
         self.pin_budget_blocks = pin_budget_blocks
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.hash_to_block: dict[int, int] = {}
+        slides = kv_groups or (True,)
+        self.group_slides = tuple(s and sliding_window is not None for s in slides)
+        self.cached_blocks: list[dict[int, int]] = [{} for _ in slides]
+        self.hash_to_block = self.cached_blocks[0]  # the first group's (the only one's, for most models)
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.pins = PinTable()
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.tiers = KVTiers(num_host_blocks, num_disk_blocks)
-        self.sliding_window = sliding_window  # every layer's window, in tokens; None: some layer reads it all
+        self.sliding_window = sliding_window if any(self.group_slides) else None
+
+    @classmethod
+    def for_model(cls, config: EngineConfig, window: int | None, groups: KVGroupLayout | None) -> BlockManager:
+        """An engine's, for a model whose every layer slides over `window` tokens, or with KV `groups`. A
+        request holds all of its KV, unless its blocks slide out of the window and are released (where every
+        layer slides, when the cache holds a window and a prefill chunk: what such a request holds at most)."""
+        slide = groups.window if groups is not None else window
+        if not config.release_slid_out_blocks or groups is None and slide is not None and config.num_blocks * \
+                config.block_size < slide + config.long_prefill_token_threshold + 2 * config.block_size:
+            slide = None
+        return cls(config.num_blocks, config.block_size, config.pin_budget_blocks, config.enable_prefix_caching,
+                   config.num_host_blocks, slide, config.num_disk_blocks, groups.slides if groups else None)
+
+    def max_context_tokens(self, max_chunk: int) -> int | None:
+        """The longest context one request can hold in the whole cache (None: any, every group slides):
+        each full group holds all of its blocks, a sliding one a window and a chunk at most."""
+        num_full = self.group_slides.count(False)
+        if not num_full:
+            return None
+        per_group = self.num_blocks // len(self.group_slides)  # every group holding the whole context
+        if self.sliding_window is None:
+            return per_group * self.block_size
+        window = -(-(self.sliding_window + max_chunk) // self.block_size) + 1
+        spare = self.num_blocks - (len(self.group_slides) - num_full) * window
+        return max(min(per_group, window), spare // num_full) * self.block_size
 
     @property
     def num_blocks(self) -> int:
@@ -103,68 +143,7 @@ class BlockManager(BlockPins):
     def disk_hit_tokens(self) -> int:
         return self.tiers.hit_tokens[DISK]
 
-    # ---- prefix cache -------------------------------------------------------------------------
-
-    def _ensure_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
-        hashes, bs, tokens = seq.block_hashes, self.block_size, seq.token_ids
-        for i in range(len(hashes), num_full_blocks):
-            parent = hashes[-1] if hashes else seq.hash_seed  # a LoRA adapter's chains start apart
-            extra = block_image_keys(seq.images, i * bs, (i + 1) * bs) if seq.images else ()
-            hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs]), extra))
-
-    def _lookup(self, block_hash: int, token_ids: list[int]) -> int | None:
-        block_id = self.hash_to_block.get(block_hash)
-        if block_id is None or self.blocks[block_id].token_ids != tuple(token_ids):
-            return None
-        return block_id
-
-    def match_prefix(self, seq: Sequence) -> list[int]:
-        """Cached blocks covering the longest prefix of `seq`, keeping at least one token to compute."""
-        if not self.enable_prefix_caching:
-            return []
-        bs = self.block_size
-        num_full = (seq.num_tokens - 1) // bs
-        self._ensure_hashes(seq, num_full)
-        cached = (self._lookup(seq.block_hashes[i], seq.token_ids[i * bs : (i + 1) * bs]) for i in range(num_full))
-        if self.sliding_window is None:
-            hits: list[int] = []
-            for block_id in cached:
-                if block_id is None:
-                    break
-                hits.append(block_id)
-            return hits
-        return self._window_hits(list(cached))
-
-    def first_needed_block(self, num_tokens: int) -> int:
-        """The first block the window of a query at position `num_tokens` reads (0 without a window)."""
-        if self.sliding_window is None:
-            return 0
-        return max(0, num_tokens - self.sliding_window + 1) // self.block_size
-
-    def _window_hits(self, cached: list[int | None]) -> list[int]:
-        """The longest run of hits whose last window is cached: NULL_BLOCK for the blocks before it."""
-        run_start = 0  # where the run of cached blocks ending at i starts
-        best: list[int] = []
-        for i, block_id in enumerate(cached):
-            if block_id is None:
-                run_start = i + 1
-                continue
-            first = self.first_needed_block((i + 1) * self.block_size)
-            if run_start <= first:
-                best_len = i + 1
-                best = [NULL_BLOCK] * first + [b for b in cached[first:best_len] if b is not None]
-        return best
-
-    def match_tiers(self, seq: Sequence, num_gpu_hits: int) -> list[TierSlot]:
-        """Host or disk slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at
-        least one token to compute. They stay busy until the step's transfers are taken."""
-        if not self.tiers:
-            return []
-        bs = self.block_size
-        num_full = (seq.num_tokens - 1) // bs
-        self._ensure_hashes(seq, num_full)
-        return self.tiers.match(seq.block_hashes, lambda i: tuple(seq.token_ids[i * bs : (i + 1) * bs]),
-                                num_gpu_hits, num_full)
+    # ---- tiers ----------------------------------------------------------------------------------
 
     def take_transfers(self) -> list[KVTransfer]:
         """Host- and disk-tier copies the next step must perform before its forward pass, in order."""
@@ -178,19 +157,6 @@ class BlockManager(BlockPins):
                   if (block := self.blocks[b]).hash is not None and block.token_ids is not None]
         self.tiers.plan_flush(cached)  # type: ignore[arg-type]
         return self.take_transfers()
-
-    def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
-        """Block ids still caching the leading run of `block_hashes` (used to pin a finished turn); with a
-        sliding window, NULL_BLOCK for the blocks before the last window of the longest usable run."""
-        if self.sliding_window is not None:
-            return self._window_hits([self.hash_to_block.get(h) for h in block_hashes])
-        block_ids = []
-        for block_hash in block_hashes:
-            block_id = self.hash_to_block.get(block_hash)
-            if block_id is None:
-                break
-            block_ids.append(block_id)
-        return block_ids
 
     # ---- allocation ---------------------------------------------------------------------------
 
@@ -213,8 +179,9 @@ class BlockManager(BlockPins):
         block_id, _ = self.free_queue.popitem(last=False)
         block = self.blocks[block_id]
         if block.hash is not None:
-            if self.hash_to_block.get(block.hash) == block_id:
-                del self.hash_to_block[block.hash]
+            cached = self.cached_blocks[block.group]
+            if cached.get(block.hash) == block_id:
+                del cached[block.hash]
             if self.tiers:
                 assert block.token_ids is not None
                 self.tiers.save_evicted(block_id, block.hash, block.token_ids)
@@ -242,37 +209,43 @@ class BlockManager(BlockPins):
         assert not (cached_blocks or loaded) or starting
         num_hits = len(cached_blocks) + len(loaded)
         total_tokens = seq.num_computed_tokens + num_hits * self.block_size + num_new_tokens + num_lookahead_tokens
-        needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)
-        held = [b for b in cached_blocks if b != NULL_BLOCK]
+        needed = -(-total_tokens // self.block_size) - len(seq.block_table) - len(cached_blocks)  # in each group
+        hits = [cached_blocks] if len(self.group_slides) == 1 else self.group_hits(seq, len(cached_blocks))
+        held = [b for group in hits for b in group if b != NULL_BLOCK]
         for b in held:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)
-        if needed > self.num_free_blocks and not (reclaim_pins and self._reclaim(needed)):
+        total_needed = needed * len(self.group_slides)
+        if total_needed > self.num_free_blocks and not (reclaim_pins and self._reclaim(total_needed)):
             for b in held:
                 self._release(b)
             return False
         if starting:
             self.prefix_query_tokens += seq.num_tokens
             self.prefix_hit_tokens += len(cached_blocks) * self.block_size
-            self.pins.counters.hit_tokens += self.block_size * sum(1 for b in held if b in self.pins.holders)
-            seq.block_table.extend(cached_blocks)
-            seq.num_released_blocks = len(cached_blocks) - len(held)
+            self.pins.counters.hit_tokens += self.block_size * sum(
+                1 for b in cached_blocks if b != NULL_BLOCK and b in self.pins.holders)
+            seq.block_tables = [list(group) for group in hits]
+            seq.num_released_blocks = max(group.count(NULL_BLOCK) for group in hits)
             self._load_from_tiers(seq, loaded)
             needed -= len(loaded)
             seq.num_computed_tokens = num_hits * self.block_size
             seq.num_registered_blocks = num_hits
         for _ in range(max(needed, 0)):
-            seq.block_table.append(self._pop_free())
+            for table in seq.block_tables:
+                table.append(self._pop_free())
         self.register_computed(seq, seq.num_computed_tokens + num_new_tokens)
         return True
 
     def _release_slid_out(self, seq: Sequence) -> None:
-        """Release the blocks no later query of `seq` reads: they slid out of the window."""
+        """Release the blocks no later query of `seq` reads in a sliding group: they left its window."""
         first = min(self.first_needed_block(seq.num_computed_tokens), len(seq.block_table))
-        for i in range(seq.num_released_blocks, first):
-            block_id = seq.block_table[i]
-            if block_id != NULL_BLOCK:
-                self._release(block_id)
-                seq.block_table[i] = NULL_BLOCK
+        for table, slides in zip(seq.block_tables, self.group_slides, strict=True):
+            if not slides:
+                continue
+            for i in range(seq.num_released_blocks, first):
+                if table[i] != NULL_BLOCK:
+                    self._release(table[i])
+                    table[i] = NULL_BLOCK
         seq.num_released_blocks = max(seq.num_released_blocks, first)
 
     def _load_from_tiers(self, seq: Sequence, loaded: list[TierSlot]) -> None:
@@ -292,9 +265,10 @@ class BlockManager(BlockPins):
         """Blocks for `num_tokens` from the free queue, as single decode steps would have taken them;
         the caller checked they are free. Their hashes are published once the tokens exist."""
         needed = -(-num_tokens // self.block_size) - len(seq.block_table)
-        assert needed <= self.num_free_blocks
+        assert needed * len(seq.block_tables) <= self.num_free_blocks
         for _ in range(needed):
-            seq.block_table.append(self._pop_free())
+            for table in seq.block_tables:
+                table.append(self._pop_free())
 
     def register_computed(self, seq: Sequence, num_tokens: int) -> None:
         """Publish blocks that are full once `num_tokens` are computed, so later requests can hit them."""
@@ -304,19 +278,22 @@ class BlockManager(BlockPins):
         bs = self.block_size
         self._ensure_hashes(seq, num_full)
         for i in range(seq.num_registered_blocks, num_full):
-            block = self.blocks[seq.block_table[i]]
-            block_hash = seq.block_hashes[i]
-            if block.hash is None and block_hash not in self.hash_to_block:
-                block.hash = block_hash
-                block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-                self.hash_to_block[block_hash] = block.block_id
+            block_hash, token_ids = seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            for group, (table, cached) in enumerate(zip(seq.block_tables, self.cached_blocks, strict=True)):
+                if table[i] == NULL_BLOCK:
+                    continue
+                block = self.blocks[table[i]]
+                if block.hash is None and block_hash not in cached:
+                    block.hash, block.token_ids, block.group = block_hash, token_ids, group
+                    cached[block_hash] = block.block_id
         seq.num_registered_blocks = max(seq.num_registered_blocks, num_full)
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks are the least likely to be shared: they enter the free queue first.
-        for block_id in reversed(seq.block_table):
-            if block_id != NULL_BLOCK:
-                self._release(block_id)
+        for i in reversed(range(len(seq.block_table))):
+            for table in seq.block_tables:
+                if table[i] != NULL_BLOCK:
+                    self._release(table[i])
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = seq.num_released_blocks = 0
@@ -327,8 +304,9 @@ class BlockManager(BlockPins):
         theirs, unshared. Returns the blocks forgotten."""
         for key in list(self.pins.pins):
             self._drop_pin(key, evicted=True)
-        forgotten = len(self.hash_to_block)
-        self.hash_to_block.clear()
+        forgotten = sum(len(cached) for cached in self.cached_blocks)
+        for cached in self.cached_blocks:
+            cached.clear()
         for block in self.blocks:
             if block.hash is not None:
                 block.hash = block.token_ids = None

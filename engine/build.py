@@ -23,7 +23,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64, disk_kv_path: str | Path | None = None,
                  disk_kv_bytes: int = 0, image_limits: ImageLimits | None = None,
-                 dequantize_mxfp4: bool = False) -> AsyncEngine:
+                 dequantize_mxfp4: bool = False, hybrid_kv_cache: bool = True) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
@@ -39,8 +39,10 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     "fp8" W8A8 projections, or "int4" W4A16 ones (engine/model/quant_config.py; a quantized checkpoint's
     own is used without it), which a simulation prices as one byte a weight (int4: half a byte and its
     scales); `dequantize_mxfp4`: gpt-oss's MXFP4 experts dequantized to the model's dtype at load rather
-    than kept packed (engine/model/mxfp4.py). `tensor_parallel_size`: the model sharded over
-    that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
+    than kept packed (engine/model/mxfp4.py). `hybrid_kv_cache`: a model mixing sliding and full layers keeps
+    its sliding layers' KV in groups of their own that release what left the window (engine/kv_groups.py);
+    not with a draft model, a host or disk tier or tensor parallelism, which keep every block.
+    `tensor_parallel_size`: the model sharded over that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
     on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
@@ -66,11 +68,13 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         if speculative is not None and ModelConfig.from_dir(model_dir).mrope_section:
             raise ValueError("speculative decoding is not supported for an M-RoPE model (Qwen2.5-VL): its drafts "
                              "would need the target's 3-row positions; serve it without a speculative config")
+        draft = speculative.model if speculative is not None and speculative.method == "draft_model" else None
+        hybrid_kv_cache = hybrid_kv_cache and draft is None  # the draft's cache has as many blocks, whole-model
         if num_blocks is None:
-            draft = speculative.model if speculative is not None and speculative.method == "draft_model" else None
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
                 model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
-                tensor_parallel_size=tensor_parallel_size, draft_dir=draft)
+                tensor_parallel_size=tensor_parallel_size, draft_dir=draft, hybrid_kv_cache=hybrid_kv_cache,
+                kv_tiers=bool(host_kv_memory_bytes or disk_kv_bytes))
         _check_num_blocks(num_blocks)
         num_host_blocks, num_disk_blocks = (
             TorchModelRunner.num_blocks_for_budget(model_dir, budget, block_size, device, kv_cache_dtype=kv_cache_dtype,
@@ -80,7 +84,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
                                   quantization=quantization, tensor_parallel_size=tensor_parallel_size,
                                   disk_kv_path=disk_kv_path, num_disk_blocks=num_disk_blocks,
-                                  dequantize_mxfp4=dequantize_mxfp4)
+                                  dequantize_mxfp4=dequantize_mxfp4, hybrid_kv_cache=hybrid_kv_cache)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size

@@ -97,6 +97,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--dequantize-mxfp4", action="store_true",
                        help="gpt-oss: dequantize the checkpoint's MXFP4 experts to the model's dtype at load (4x "
                             "their memory) rather than keep them packed and dequantize the routed ones per step")
+    serve.add_argument("--disable-hybrid-kv-cache-manager", action="store_true",
+                       help="a model mixing sliding-window and full layers (gpt-oss, Gemma 3) keeps every KV block of "
+                            "every layer to a request's end, rather than its sliding layers' KV apart (vLLM's flag)")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -254,6 +257,7 @@ def serve_command(args: argparse.Namespace) -> int:
                               lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
                               disk_kv_bytes=args.disk_kv_size, dequantize_mxfp4=args.dequantize_mxfp4,
+                              hybrid_kv_cache=not args.disable_hybrid_kv_cache_manager,
                               image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
                                                        args.image_fetch_timeout,
                                                        None if args.allowed_media_domains is None

@@ -86,7 +86,8 @@ class DraftModelProposer:
         path = Path(config.model)
         if not (path / "config.json").is_file():
             raise ValueError(f"speculative model {config.model!r} is not a model folder (no config.json)")
-        runner = TorchModelRunner(path, num_blocks, block_size, device=target.device, dtype=target.dtype)
+        runner = TorchModelRunner(path, num_blocks, block_size, device=target.device, dtype=target.dtype,
+                                  hybrid_kv_cache=False)  # one group: its block manager's
         if runner.config.vocab_size != target.config.vocab_size:
             raise ValueError(f"the draft model's vocabulary ({runner.config.vocab_size} tokens) is not the target's "
                              f"({target.config.vocab_size}): a draft must share the target's tokenizer")

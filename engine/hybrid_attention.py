@@ -1,7 +1,7 @@
 """What a step of a model with both sliding-window and full-attention layers reads (Gemma 3: 52 of its 62
-layers slide over 1,024 tokens, the rest read the whole context). Its full layers keep every KV block, so
-the engine releases none (engine/block_manager.py releases only where every layer slides); only what a
-step reads is less, and that is what its shape prices (engine/batch.py)."""
+layers slide over 1,024 tokens, the rest read the whole context): what its shape prices (engine/batch.py).
+The torch runner keeps the sliding layers' KV in groups of their own that release what left the window
+(engine/kv_groups.py); a simulated engine prices the reads alone and keeps every block of the model."""
 
 from __future__ import annotations
 

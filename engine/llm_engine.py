@@ -19,6 +19,7 @@ from engine.disk_tier import DiskTier
 from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
+from engine.kv_groups import KVGroupLayout
 from engine.lora_registry import LoRAAdapter, LoRAAdapters
 from engine.model.config import ModelConfig
 from engine.outputs import EngineStats, RequestOutput, StepRecord
@@ -46,13 +47,11 @@ class LLMEngine(SessionPins, LoRAAdapters):
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
         window, hybrid = getattr(runner, "attention_window", None), getattr(runner, "hybrid_attention", None)
-        # A request holds all of its KV, unless its blocks slide out of the window and are released (and
-        # the cache holds a window and a prefill chunk: what such a request holds at most).
-        releasing = (window is not None and config.release_slid_out_blocks and config.num_blocks * config.block_size
-                     >= window + config.long_prefill_token_threshold + 2 * config.block_size)
-        kv_limit = config.max_model_len if releasing else config.num_blocks * config.block_size
+        groups: KVGroupLayout | None = getattr(runner, "kv_groups", None)  # sliding and full layers' KV apart
+        self.block_manager = BlockManager.for_model(config, window, groups)
+        kv_limit = self.block_manager.max_context_tokens(config.long_prefill_token_threshold) or config.max_model_len
         self.config = config = replace(config, max_model_len=min(config.max_model_len, kv_limit),
-                                       attention_window=window, hybrid_attention=hybrid)
+                                       attention_window=None if groups else window, hybrid_attention=hybrid)
         self.runner, self.clock, self.tokenizer = runner, clock or WallClock(), tokenizer
         if (vision := getattr(runner, "vision", None)) is not None:  # a chunk must hold a Gemma 3 image
             vision.check_chunk(min(config.max_num_batched_tokens, config.long_prefill_token_threshold))
@@ -60,9 +59,6 @@ class LLMEngine(SessionPins, LoRAAdapters):
             if getattr(config, f"num_{tier}_blocks") > getattr(runner, f"num_{tier}_blocks", 0):
                 raise ValueError(f"a {tier} KV tier of {getattr(config, f'num_{tier}_blocks')} blocks needs a runner "
                                  f"with that many {tier} blocks (this one has {getattr(runner, f'num_{tier}_blocks', 0)})")
-        self.block_manager = BlockManager(config.num_blocks, config.block_size, config.pin_budget_blocks,
-                                          config.enable_prefix_caching, config.num_host_blocks,
-                                          window if releasing else None, config.num_disk_blocks)
         self.disk_tier = DiskTier(self.block_manager, runner, config, self.clock.now()) if config.num_disk_blocks else None
         self.spec = SpeculationCounters()
         self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from engine.batch import ScheduledBatch, StepShape
-from engine.block_manager import NULL_BLOCK, BlockManager
+from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.image_inputs import whole_images_chunk
 from engine.policy import SchedulingPolicy
@@ -221,15 +221,11 @@ class Scheduler:
 
     def _prompt_fits(self, seq: Sequence, cached: list[int], reclaim_pins: bool) -> bool:
         bm = self.block_manager
-        uncached = -(-(seq.num_tokens - len(cached) * self.config.block_size) // self.config.block_size)
-        if bm.sliding_window is not None:  # its blocks are released as it goes: a window and a chunk at most
-            window = bm.sliding_window + self.config.long_prefill_token_threshold
-            uncached = min(uncached, -(-window // self.config.block_size) + 1)
-        cached_free = sum(1 for b in cached if b != NULL_BLOCK and bm.blocks[b].ref_count == 0)  # in the free queue
-        available = bm.num_free_blocks - cached_free
-        if uncached > available and reclaim_pins:
+        needed = bm.blocks_to_start(seq, cached, self.config.long_prefill_token_threshold)
+        available = bm.num_free_blocks
+        if needed > available and reclaim_pins:
             available += bm.num_reclaimable_pinned_blocks()
-        return uncached <= available
+        return needed <= available
 
     def _pick_victim(self, exclude: set[str]) -> Sequence:
         # `exclude` never covers everyone: the request asking for blocks is not scheduled yet.

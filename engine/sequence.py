@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from engine.thinking_budget import ThinkingBudget
 
 
-NULL_BLOCK = -1  # a block-table entry whose block slid out of every layer's window and was released
+NULL_BLOCK = -1  # a block-table entry whose block slid out of its group's window and was released
 # The parent of a base-model prompt's first block in the prefix cache's hash chain: a constant, so the same
 # tokens hash alike in every process (the disk tier's blocks outlive the engine: engine/disk_cache.py;
 # Python < 3.12 hashes None by its address). A LoRA adapter's chains start from its id and a salt drawn once
@@ -68,7 +68,8 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
-        self.block_table: list[int] = []
+        # Each KV group's blocks (engine/kv_groups.py): one table unless the model mixes sliding and full layers.
+        self.block_tables: list[list[int]] = [[]]
         # Hashes of the full blocks of this sequence, in order; filled as blocks fill up.
         self.block_hashes: list[int] = []
         self.num_registered_blocks = 0  # leading blocks already published to the prefix cache
@@ -96,6 +97,15 @@ class Sequence:
         self.held_draft: int | None = None  # the first draft of a proposal held back this step
         # A draft model's drafts with their distributions, for rejection sampling (engine/speculation.py).
         self.draft_proposal: DraftProposal | None = None
+
+    @property
+    def block_table(self) -> list[int]:
+        """The first KV group's blocks (the only group's, for most models): the same length in every group."""
+        return self.block_tables[0]
+
+    @block_table.setter
+    def block_table(self, block_ids: list[int]) -> None:
+        self.block_tables = [block_ids]
 
     @property
     def num_tokens(self) -> int:

@@ -5,6 +5,7 @@ model's token each checks by rejection sampling."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,13 @@ from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
 if TYPE_CHECKING:
+    import torch
+
+    from engine.logprobs import TokenLogprobs
     from engine.model.sampler import Proposal
+
+# Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
+_SCORE_ROWS_PER_SLICE = 256
 
 
 @dataclass(frozen=True)
@@ -96,3 +103,26 @@ def proposed_drafts(batch: ScheduledBatch) -> list[Proposal | None] | None:
             checked = proposal is not None and j < len(proposal.tokens)
             proposals.append((proposal.tokens[j], proposal.probs[j]) if proposal is not None and checked else None)
     return proposals
+
+
+def score_prompts(compute_logits: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor,
+                  scored: list[ScoredPrompt]) -> dict[int, list[TokenLogprobs]]:
+    """Log-probabilities of the prompt tokens each scored sequence computes this step (by batch index), the
+    vocab-sized logits made a slice of rows at a time so a long prompt does not hold them all."""
+    import torch
+
+    from engine.logprobs import token_logprobs
+
+    rows = [row for s in scored for row in s.rows]
+    targets = [t for s in scored for t in s.targets]
+    top_k = [s.top_k for s in scored for _ in s.rows]
+    results: list[TokenLogprobs] = []
+    for start in range(0, len(rows), _SCORE_ROWS_PER_SLICE):
+        end = start + _SCORE_ROWS_PER_SLICE
+        logits = compute_logits(hidden[torch.tensor(rows[start:end], device=hidden.device)])
+        results += token_logprobs(logits, targets[start:end], top_k[start:end])
+    out, at = {}, 0
+    for s in scored:
+        out[s.batch_index] = results[at: at + len(s.rows)]
+        at += len(s.rows)
+    return out

@@ -20,6 +20,7 @@ from engine.encoder_cache import ImageFeatures, Span, spliced_embeddings
 from engine.hybrid_attention import HybridAttention, hybrid_attention
 from engine.image_inputs import bidirectional_spans
 from engine.kv_copies import TierCopies
+from engine.kv_layout import kv_bytes_per_block, runner_kv_groups, step_tables
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
@@ -34,14 +35,11 @@ from engine.model.sampler import Sampler
 from engine.model.vision import VisionConfig, load_vision_encoder
 from engine.rope_positions import RopePositions
 from engine.runner_sleep import RunnerSleep
-from engine.step_rows import ScoredPrompt, proposed_drafts, sampled_rows, scored_prompt_positions
+from engine.step_rows import proposed_drafts, sampled_rows, score_prompts, scored_prompt_positions
 from engine.structured_output import mask_disallowed
 from engine.thinking_budget import forced_rows, mask_to_forced
 from engine.tp_workers import StepInputs, TensorParallelWorkers
 from engine.weight_loading import WeightLoading
-
-# Scored prompt tokens whose vocab-sized logits exist at once (a 128k vocabulary: 128 MiB of float32).
-_SCORE_ROWS_PER_SLICE = 256
 
 
 class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
@@ -76,6 +74,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         disk_kv_path: str | Path | None = None,
         num_disk_blocks: int = 0,
         dequantize_mxfp4: bool = False,
+        hybrid_kv_cache: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.full_config = full_config = ModelConfig.from_dir(self.model_dir)
@@ -93,6 +92,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                              "calculate_kv_scales measures new scales in every run, so KV an earlier run wrote "
                              "to disk would be read with other scales: use the checkpoint's scales with a disk tier")
         storage = self.dtype if element is None else torch.uint8
+        self.kv_groups = runner_kv_groups(full_config, hybrid_kv_cache, self.tensor_parallel_size,
+                                          bool(num_host_blocks or num_disk_blocks))
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
@@ -133,10 +134,13 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             self.close()
             raise
         c = self.config
-        self.kv_cache = torch.zeros(
-            c.num_layers, 2, num_blocks, block_size, c.num_kv_heads, c.head_dim,
-            dtype=storage, device=self.device,
+        self.kv_cache = torch.zeros(  # with KV groups, a slot a layer of each group shares (engine/kv_groups.py)
+            self.kv_groups.group_size if self.kv_groups else c.num_layers, 2, num_blocks, block_size,
+            c.num_kv_heads, c.head_dim, dtype=storage, device=self.device,
         )  # fmt: skip
+        places = self.kv_groups.layer_places(c.num_layers) if self.kv_groups else None  # each layer's (group, slot)
+        self._layer_slots = [slot for _, slot in places] if places else None
+        self._layer_groups = [(g, self.kv_groups.slides[g]) for g, _ in places] if self.kv_groups and places else None
         # The host tier (engine/host_cache.py): page-locked on CUDA, so copies run at the link's speed.
         self.num_host_blocks = num_host_blocks
         self.host_kv = torch.zeros(
@@ -189,11 +193,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
 
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
-                           kv_cache_dtype: str = "auto") -> int:
-        """Bytes one KV block takes across all layers (K and V): one an element in fp8, else `dtype`'s;
-        with a tensor-parallel rank's `config`, that rank's part."""
-        element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
-        return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element
+                           kv_cache_dtype: str = "auto", layers: int | None = None) -> int:
+        return kv_bytes_per_block(config, block_size, dtype, kv_cache_dtype, layers)
 
     @classmethod
     def num_blocks_for_budget(
@@ -206,18 +207,22 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         kv_cache_dtype: str = "auto",
         tensor_parallel_size: int = 1,
         draft_dir: str | Path | None = None,
+        hybrid_kv_cache: bool = True,
+        kv_tiers: bool = False,
     ) -> int:
         """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use),
-        per rank under tensor parallelism. With a draft model (`draft_dir`: engine/draft_model.py keeps as
+        per rank under tensor parallelism; with KV groups (a runner of `hybrid_kv_cache` without `kv_tiers`
+        behind it), a block holds a group's layers. With a draft model (`draft_dir`: engine/draft_model.py keeps as
         many blocks of its own, whole, on the first rank, in the target's dtype), a block is the target's
         and the draft's together, so both caches fit in the budget."""
         config = ModelConfig.from_dir(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
+        groups = runner_kv_groups(config, hybrid_kv_cache, tensor_parallel_size, kv_tiers)
         shard = shard_config(config, tensor_parallel_size)
-        block_bytes = cls.kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype)
+        block_bytes = kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype, groups and groups.group_size)
         if draft_dir is not None:
-            block_bytes += cls.kv_bytes_per_block(ModelConfig.from_dir(draft_dir), block_size, dtype)
+            block_bytes += kv_bytes_per_block(ModelConfig.from_dir(draft_dir), block_size, dtype)
         return budget_bytes // block_bytes
 
     def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
@@ -248,11 +253,13 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         if step.meta is None or step.input_ids is None or step.positions is None:
             return None
         with torch.inference_mode():
-            plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format)
+            plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format,
+                                       self._layer_groups)
+            caches = self.kv_cache if self._layer_slots is None else [self.kv_cache[s] for s in self._layer_slots]
             if step.image_embeds is None:
-                return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
+                return self.model.hidden_states(step.input_ids, step.positions, caches, plan)
             with spliced_embeddings(self.model.model.layers[0], *step.image_embeds):
-                return self.model.hidden_states(step.input_ids, step.positions, self.kv_cache, plan)
+                return self.model.hidden_states(step.input_ids, step.positions, caches, plan)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
         self.step_prompt_logprobs, self.step_embeddings = {}, {}
@@ -269,7 +276,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         with torch.inference_mode():
             scored = scored_prompt_positions(batch)
             if scored:
-                self.step_prompt_logprobs = self._score_prompts(hidden, scored)
+                self.step_prompt_logprobs = score_prompts(self.model.compute_logits, hidden, scored)
             if not sampling:
                 return []
             if any(batch.seqs[i].params.embed for i in sampling):
@@ -305,23 +312,6 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()
         return dict(zip(wanted, vectors, strict=True))
 
-    def _score_prompts(self, hidden: torch.Tensor, scored: list[ScoredPrompt]) -> dict[int, list[TokenLogprobs]]:
-        """Log-probabilities of the prompt tokens each scored sequence computes this step, the
-        vocab-sized logits made a slice of rows at a time so a long prompt does not hold them all."""
-        rows = [row for s in scored for row in s.rows]
-        targets = [t for s in scored for t in s.targets]
-        top_k = [s.top_k for s in scored for _ in s.rows]
-        results: list[TokenLogprobs] = []
-        for start in range(0, len(rows), _SCORE_ROWS_PER_SLICE):
-            end = start + _SCORE_ROWS_PER_SLICE
-            logits = self.model.compute_logits(hidden[torch.tensor(rows[start:end], device=hidden.device)])
-            results += token_logprobs(logits, targets[start:end], top_k[start:end])
-        out, at = {}, 0
-        for s in scored:
-            out[s.batch_index] = results[at: at + len(s.rows)]
-            at += len(s.rows)
-        return out
-
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor,
                                                        tuple[torch.Tensor, torch.Tensor] | None]:
         block_size = self.block_size
@@ -330,7 +320,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         token_ids: list[int] = []
         positions: list[int] = []
         seq_of_token: list[int] = []
-        tables: list[list[int]] = []
+        tables: list[list[list[int]]] = []  # each sequence's, a table for each KV group
+        num_groups = self.kv_groups.num_groups if self.kv_groups else 1
         context_lens: list[int] = []
         lora_rows: dict[int, list[int]] = {}
         bidirectional: list[list[tuple[int, int]]] = []  # each sequence's Gemma 3 images this step
@@ -342,8 +333,9 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             if end > self.max_model_len:
                 raise ValueError(f"{seq.request_id}: context {end} exceeds max_model_len {self.max_model_len}")
             needed = -(-end // block_size)
-            if len(seq.block_table) < needed:
-                raise ValueError(f"{seq.request_id}: {needed} blocks needed, block table has {len(seq.block_table)}")
+            if len(seq.block_table) < needed or len(seq.block_tables) != num_groups:
+                raise ValueError(f"{seq.request_id}: {needed} blocks needed in each of {num_groups} KV groups, "
+                                 f"block tables have {[len(t) for t in seq.block_tables]}")
             if seq.images:
                 image_spans.append((seq, len(token_ids), start, end - len(drafts)))
             bidirectional.append(bidirectional_spans(seq.images, start, end))
@@ -351,15 +343,11 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             token_ids.extend(drafts)
             positions.extend(range(start, end))
             seq_of_token.extend([i] * n)
-            tables.append(seq.block_table[:needed])
+            tables.append([table[:needed] for table in seq.block_tables])
             context_lens.append(end)
-        width = max(len(t) for t in tables)
-        block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
         positions_t = torch.tensor(positions)
         rope_positions = self.rope_positions.step(batch.seqs, lens, positions_t)  # LongRoPE's, M-RoPE's
-        # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
-        slots = block_tables[torch.tensor(seq_of_token), positions_t // block_size] * block_size
-        slots += positions_t % block_size
+        (slots, block_tables), *others = step_tables(tables, torch.tensor(seq_of_token), positions_t, block_size)
         query_ends = list(accumulate(lens))
         query_starts = [end - n for end, n in zip(query_ends, lens, strict=True)]
         logits_index = [row for i in batch.sampling_indices
@@ -376,6 +364,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             context_lens=context_lens,
             block_size=block_size,
             image_spans=bidirectional if any(bidirectional) else None,
+            group_tables=[(s.to(to), t.to(to)) for s, t in others] or None,
         )
         images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
         return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,

@@ -12,7 +12,8 @@ multi-token rows run one call each with a causal mask shifted by the tokens alre
 
 Sliding-window layers (Mistral, Qwen with `use_sliding_window`) have a plan of their own: a query at
 position p sees keys p - window + 1 .. p, so each row gathers only the blocks that window touches and
-masks the rest (its cache keeps every block: the full-attention layers and the prefix cache use them).
+masks the rest. With KV groups (engine/kv_groups.py: a model mixing sliding and full layers), every group
+has its own block tables and slot mapping, so its own plan, and each layer attends through its group's.
 
 With an fp8 cache (engine/model/kv_quant.py) K/V are rounded to one byte as they are written and
 widened again as they are gathered, each layer with its own scales; attention itself runs unchanged.
@@ -27,7 +28,7 @@ score is exactly the sink (transformers' eager GptOss attention concatenates the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,8 @@ class AttentionMetadata:
     # Each sequence's bidirectional images (Gemma 3's) among the positions it computes, as [start, end) runs:
     # their tokens see each other both ways (each whole in the step: the scheduler keeps an image in one chunk).
     image_spans: list[list[tuple[int, int]]] | None = None
+    # With KV groups: (slot_mapping, block_tables) of every group after the first, whose are the fields above.
+    group_tables: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -92,16 +95,38 @@ class AttentionPlan:
     sliding: AttentionPlan | None = None  # the sliding-window layers' plan, where the model has them
     workspace: GatherWorkspace | None = None  # where gathered K/V go (None: fresh tensors)
     kv_format: FP8KVFormat | None = None  # an fp8 cache's format; None: K/V stored as computed
+    layers: list[AttentionPlan] | None = None  # with KV groups: each layer's, its group's plan
 
     @classmethod
     def build(cls, meta: AttentionMetadata, sliding_window: int | None = None,
-              workspace: GatherWorkspace | None = None, kv_format: FP8KVFormat | None = None) -> AttentionPlan:
+              workspace: GatherWorkspace | None = None, kv_format: FP8KVFormat | None = None,
+              layer_groups: list[tuple[int, bool]] | None = None) -> AttentionPlan:
+        """`layer_groups`: with KV groups, each layer's (group, whether it slides)."""
+        if layer_groups is not None:
+            return cls._build_groups(meta, sliding_window, workspace, kv_format, layer_groups)
         plan = cls._build(meta, None)
         plan.workspace, plan.kv_format = workspace, kv_format
         if sliding_window is not None:
             plan.sliding = cls._build(meta, sliding_window)
             plan.sliding.workspace, plan.sliding.kv_format = workspace, kv_format
         return plan
+
+    @classmethod
+    def _build_groups(cls, meta: AttentionMetadata, sliding_window: int | None, workspace: GatherWorkspace | None,
+                      kv_format: FP8KVFormat | None, layer_groups: list[tuple[int, bool]]) -> AttentionPlan:
+        """One plan a group, over its tables; a sliding group's is its own sliding plan (its tables have
+        NULL_BLOCK before the window, which only a sliding plan never reads)."""
+        tables = [(meta.slot_mapping, meta.block_tables), *(meta.group_tables or ())]
+        slides = dict(layer_groups)
+        groups = []
+        for group, (slots, block_tables) in enumerate(tables):
+            group_meta = replace(meta, slot_mapping=slots, block_tables=block_tables, group_tables=None)
+            plan = cls._build(group_meta, sliding_window if slides[group] else None)
+            plan.workspace, plan.kv_format = workspace, kv_format
+            if slides[group]:
+                plan.sliding = plan
+            groups.append(plan)
+        return replace(groups[0], layers=[groups[group] for group, _ in layer_groups])
 
     @classmethod
     def _build(cls, meta: AttentionMetadata, window: int | None) -> AttentionPlan:

@@ -164,16 +164,19 @@ class CausalLM(nn.Module):
         return self.compute_logits(self.hidden_states(input_ids, positions, kv_cache, plan)[logits_index])
 
     def hidden_states(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan
+        self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor | list[torch.Tensor],
+        plan: AttentionPlan,
     ) -> torch.Tensor:
-        """The last layer's output for every batch token [T, hidden], before the final norm."""
+        """The last layer's output for every batch token [T, hidden], before the final norm. `kv_cache`: each
+        layer's [2, blocks, block_size, kv_heads, head_dim] (a layer's slot, with KV groups)."""
         assert self.rope is not None, "call setup_rope() first"
         hidden = self.model.embed_tokens(input_ids)
         if self.config.embed_scale != 1.0:  # Gemma: rounded to the model's dtype first, as transformers does
             hidden = hidden * torch.tensor(self.config.embed_scale).to(hidden.dtype)
-        for layer, layer_cache in zip(self.model.layers, kv_cache, strict=True):
+        plans = plan.layers or [plan] * len(self.model.layers)  # with KV groups, each layer's group's
+        for layer, layer_cache, layer_plan in zip(self.model.layers, kv_cache, plans, strict=True):
             local = self.local_rope is not None and layer.self_attn.sliding
-            hidden = layer(hidden, positions, self.local_rope if local else self.rope, layer_cache, plan)
+            hidden = layer(hidden, positions, self.local_rope if local else self.rope, layer_cache, layer_plan)
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,10 @@ def hf_model(kind: str) -> torch.nn.Module:
                                      rope_scaling={"rope_type": "linear", "factor": 8.0},
                                      final_logit_softcapping=2.0 if kind == "gemma3_softcap" else None)  # fmt: skip
         return _spread(hf.Gemma3ForCausalLM(config), embed_std=0.1)  # times sqrt(48) in the model
+    if kind == "gemma3_5to1":  # Gemma 3's own layout: five layers slide over 8 tokens, then a full one
+        config = hf.Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 6}, head_dim=16, query_pre_attn_scalar=24,
+                                     sliding_window=8, sliding_window_pattern=6, rope_local_base_freq=100.0)
+        return _spread(hf.Gemma3ForCausalLM(config), embed_std=0.1)
     if kind == "gemma3_multimodal":  # the 4B-27B releases' layout: a vision tower beside the language model
         text = {**COMMON, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8, "sliding_window_pattern": 2}
         vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -138,7 +142,7 @@ def transformers_greedy(model_dir: Path, prompt: list[int], max_new_tokens: int)
 def runner_greedy(runner: TorchModelRunner, prompt: list[int], max_new_tokens: int, chunk: int = 16) -> list[int]:
     """Chunked prefill, then decode, one sequence over a reversed block table."""
     seq = Sequence("s", prompt, SamplingParams(temperature=0.0), 0.0)
-    seq.block_table = list(range(runner.num_blocks - 1, 0, -1))
+    give_blocks(runner, seq, list(range(runner.num_blocks - 1, 0, -1)))
     while seq.num_output_tokens < max_new_tokens:
         batch = ScheduledBatch()
         n = min(seq.num_tokens - seq.num_computed_tokens, chunk)
@@ -155,7 +159,7 @@ def runner_batched_greedy(runner: TorchModelRunner, prompts: list[list[int]], ma
     its own: what a test compares with `runner_greedy` of each alone."""
     seqs = [Sequence(f"s{i}", prompt, SamplingParams(temperature=0.0), 0.0) for i, prompt in enumerate(prompts)]
     for i, seq in enumerate(seqs):
-        seq.block_table = list(range(1 + blocks_each * i, 1 + blocks_each * (i + 1)))
+        give_blocks(runner, seq, list(range(1 + blocks_each * i, 1 + blocks_each * (i + 1))))
     while any(seq.num_output_tokens < max_new_tokens for seq in seqs):
         batch = ScheduledBatch()
         for seq in seqs:
@@ -167,3 +171,10 @@ def runner_batched_greedy(runner: TorchModelRunner, prompts: list[list[int]], ma
             if seq.num_computed_tokens == seq.num_tokens:
                 seq.token_ids.append(next(tokens))
     return [seq.output_token_ids for seq in seqs]
+
+
+def give_blocks(runner: TorchModelRunner, seq: Sequence, block_ids: list[int]) -> None:
+    """`block_ids` as `seq`'s block tables: split evenly between the runner's KV groups (engine/kv_groups.py)."""
+    groups = runner.kv_groups.num_groups if runner.kv_groups is not None else 1
+    per_group = len(block_ids) // groups
+    seq.block_tables = [block_ids[g * per_group : (g + 1) * per_group] for g in range(groups)]

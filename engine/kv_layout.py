@@ -1,0 +1,41 @@
+"""How the torch runner lays out its KV cache: a slot a layer, or with KV groups (engine/kv_groups.py) a slot
+that one layer of every group shares, and so the bytes a block takes."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.kv_groups import KVGroupLayout, kv_group_layout
+from engine.model.config import ModelConfig
+from engine.model.kv_quant import fp8_format
+
+
+def runner_kv_groups(config: ModelConfig, enabled: bool, tensor_parallel_size: int, tiers: bool) -> KVGroupLayout | None:
+    """KV groups where the model mixes sliding and full layers, unless `enabled` is off (--no-hybrid-kv-cache),
+    the model is sharded over ranks (tensor parallel) or a host or disk tier sits behind the cache: their
+    copies move whole-model blocks, so those keep one group, every block held to a request's end."""
+    if not enabled or tensor_parallel_size > 1 or tiers:
+        return None
+    return kv_group_layout(config.num_layers, config.sliding_layers, config.sliding_window)
+
+
+def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "auto",
+                       layers: int | None = None) -> int:
+    """Bytes one KV block takes over `layers` slots (None: all the model's layers), K and V: one an element
+    in fp8, else `dtype`'s; with a tensor-parallel rank's `config`, that rank's part."""
+    element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
+    return 2 * (layers or config.num_layers) * block_size * config.num_kv_heads * config.head_dim * element
+
+
+def step_tables(tables: list[list[list[int]]], seq_of_token: torch.Tensor, positions: torch.Tensor,
+                block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each KV group's (slot mapping [T], block tables [B, blocks] 0-padded) for a step, from each sequence's
+    tables (one a group, covering its context) and each batch token's sequence and position."""
+    width = max(len(seq_tables[0]) for seq_tables in tables)
+    block_of, offset = positions // block_size, positions % block_size
+    out = []
+    for group in range(len(tables[0])):
+        block_tables = torch.tensor([t[group] + [0] * (width - len(t[group])) for t in tables])
+        # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
+        out.append((block_tables[seq_of_token, block_of] * block_size + offset, block_tables))
+    return out
