@@ -5,19 +5,20 @@ connection's disconnect message."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from engine.async_engine import AsyncEngine, EngineDeadError
+from engine.beam_generation import BeamGeneration, generation_for
 from engine.openai_generation import OpenAIGeneration
 from engine.request_span import RequestSpan
 from engine.sampling_params import InvalidRequestError
+from engine.server.disconnect import unless_disconnected
 from engine.server.errors import engine_unavailable, error_body, not_found
 from engine.server.json_body import read_json
 from engine.server.metrics import ServerMetrics
@@ -64,8 +65,8 @@ async def _generate(request: Request, chat: bool) -> Response:
     adapter = state.adapter_for(parsed.model)
     if not engine.is_healthy:
         raise engine_unavailable(engine.dead_reason)
-    generation = OpenAIGeneration(engine, parsed, chat, parsed.model, reasoning_parser=state.reasoning_parser,
-                                  tool_call_parser=state.tool_call_parser, lora=adapter)
+    generation = generation_for(engine, parsed, chat, parsed.model, reasoning_parser=state.reasoning_parser,
+                                tool_call_parser=state.tool_call_parser, lora=adapter)  # or a beam search
     if state.tracing is not None:  # under the caller's trace (its traceparent), else a trace of its own
         generation.on_end = RequestSpan(state.tracing, state.tracing.continued(request.headers))
     await generation.start()
@@ -75,24 +76,9 @@ async def _generate(request: Request, chat: bool) -> Response:
     return await _whole(request, generation, state.metrics, endpoint)
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    # The body has been read: the next ASGI message for this request is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _whole(request: Request, generation: OpenAIGeneration, metrics: ServerMetrics,
+async def _whole(request: Request, generation: OpenAIGeneration | BeamGeneration, metrics: ServerMetrics,
                  endpoint: str) -> Response:
-    work = asyncio.ensure_future(generation.whole())
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-        if not work.done():  # the client left (or we were cancelled): stop generating for nobody
-            work.cancel()
-            with suppress(asyncio.CancelledError):
-                await work
+    work = await unless_disconnected(request, generation.whole())
     if work.cancelled():
         metrics.requests.labels(endpoint, "abort").inc()
         return Response(status_code=499)
@@ -106,7 +92,7 @@ async def _whole(request: Request, generation: OpenAIGeneration, metrics: Server
     return JSONResponse(body)
 
 
-async def _events(generation: OpenAIGeneration, metrics: ServerMetrics,
+async def _events(generation: OpenAIGeneration | BeamGeneration, metrics: ServerMetrics,
                   endpoint: str) -> AsyncGenerator[bytes, None]:
     failed = False
     chunks = generation.chunks()

@@ -19,7 +19,8 @@ Field policy, the same for /v1/completions and /v1/chat/completions:
   tokens), stream_options.continuous_usage_stats, guided_json / guided_regex / guided_choice /
   guided_grammar (structured_outputs' older names), spaces_between_special_tokens (true only),
   thinking_token_budget (engine/thinking_budget.py), return_token_ids (engine/openai_token_ids.py),
-  return_tokens_as_token_ids (engine/openai_logprobs.py);
+  return_tokens_as_token_ids (engine/openai_logprobs.py), use_beam_search with length_penalty (n beams,
+  engine/beam_generation.py);
   chat: chat_template_kwargs, add_generation_prompt, continue_final_message, and OpenAI's reasoning_effort
   (a thinking budget where the engine parses reasoning, else no effect);
   Pitstop's: session_id, priority, pin_ttl_s, and the scheduling hints rank_score, program_start and
@@ -45,11 +46,13 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from engine.beam_search import BeamSearchParams
 from engine.chat_images import content_parts
 from engine.custom_tools import custom_tools, function_body
 from engine.forced_tools import ForcedTools, allowed_tools, forced_tools
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.sampling_params import InvalidRequestError, SamplingParams
+from engine.server.beam_fields import beam_params
 from engine.server.errors import bad_request
 from engine.server.fields import boolean, field, int_list, integer, number, read_object, string
 from engine.server.sampling_fields import GUIDED_FIELDS, logprobs_asked, sampling_params
@@ -69,7 +72,7 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
          "ignore_eos", "stop_token_ids", "rank_score", "program_start", "in_program", "skip_special_tokens",
          "spaces_between_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
          "thinking_token_budget", "allowed_token_ids", "bad_words", "return_token_ids",
-         "return_tokens_as_token_ids", *GUIDED_FIELDS}
+         "return_tokens_as_token_ids", "use_beam_search", "length_penalty", *GUIDED_FIELDS}
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
@@ -120,6 +123,7 @@ class GenerateRequest:
     reasoning_effort: str | None = None  # chat: a thinking budget where the engine parses reasoning
     return_token_ids: bool = False  # vLLM's: the prompt's and each choice's token ids in the response
     return_tokens_as_token_ids: bool = False  # vLLM's: logprobs' tokens written `token_id:N`
+    beam: BeamSearchParams | None = None  # vLLM's use_beam_search: n is the width (engine/beam_generation.py)
 
     @property
     def num_choices(self) -> int:
@@ -256,7 +260,8 @@ def _common(body: dict, **fields: Any) -> GenerateRequest:
                                                  boolean(body, "in_program")),
                            truncate_prompt_tokens=truncate, continuous_usage=boolean(options, "continuous_usage_stats"),
                            return_token_ids=boolean(body, "return_token_ids"),
-                           return_tokens_as_token_ids=boolean(body, "return_tokens_as_token_ids"), **fields)
+                           return_tokens_as_token_ids=boolean(body, "return_tokens_as_token_ids"),
+                           beam=beam_params(body, n), **fields)
 
 
 _TEMPLATE_VARIABLES = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "pad_token",

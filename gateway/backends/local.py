@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from engine.async_engine import AsyncEngine, EngineDeadError
+from engine.beam_generation import BeamGeneration, generation_for
 from engine.openai_embeddings import embed, parse_embedding_request
 from engine.openai_generation import OpenAIGeneration
 from engine.request_span import RequestSpan
@@ -57,7 +58,7 @@ class LocalEngineBackend:
         except (APIError, InvalidRequestError) as exc:
             raise _as_backend_error(exc) from None
 
-    async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration:
+    async def _generation(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> OpenAIGeneration | BeamGeneration:
         if kind == "embedding":
             raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which serves "
                                "embeddings only for a model marked model_info.mode: embedding", retryable=False,
@@ -69,8 +70,8 @@ class LocalEngineBackend:
             parsed = parse_chat(body) if kind == "chat" else parse_completion(body)
             if not self.engine.is_healthy:
                 raise EngineDeadError(self.engine.dead_reason or "stopped")
-            generation = OpenAIGeneration(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
-                                          lora=self.lora, **self.parsers)
+            generation = generation_for(self.engine, parsed, kind == "chat", self.served_model, ctx.request_id,
+                                        lora=self.lora, **self.parsers)  # or a beam search
             if ctx.trace is not None:  # the engine's own span (as `pitstop engine serve` records), under the call's
                 generation.on_end = RequestSpan(ctx.trace.tracing, ctx.trace.span, kind="internal")
             await generation.start(priority=ctx.priority, session_id=ctx.session_id, pin_ttl_s=ctx.pin_ttl_s,
