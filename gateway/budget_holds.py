@@ -1,9 +1,9 @@
 """What a request holds of its key's budget while it runs (gateway/limits/base.py): its worst case, the
-costliest deployment it may be sent to, at its prompt (estimated, all at the costliest prompt price, a
-prompt-cache write's where it is above the input price: no discount in a worst case, and at the long-context
-tier the estimate is in) and the most it may answer, at its resolved prices (ModelEntry._priced), for every
-answer it asks for; and the same of its key's team's budget, where the team has one. Settled with its
-real cost when it ends (gateway/outcomes.py)."""
+costliest deployment it may be sent to, at its prompt (estimated, its images as that deployment counts them:
+gateway/image_tokens.py; all at the costliest prompt price, a prompt-cache write's where it is above the input
+price: no discount in a worst case, and at the long-context tier the estimate is in) and the most it may
+answer, at its resolved prices (ModelEntry._priced), for every answer it asks for; and the same of its key's
+team's budget, where the team has one. Settled with its real cost when it ends (gateway/outcomes.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gateway.limits.base import DEFAULT_HOLD_TTL_S, Hold
 from gateway.limits.periods import current_period
 from gateway.pricing import worst_case_cost
 from gateway.request_body import ProxyRequest
-from gateway.routing import RouteTable
+from gateway.routing import RouteTable, prompt_estimate
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096  # a model's answer without max_tokens, where model_info gives none
 
@@ -39,11 +39,11 @@ def budget_hold(caller: Caller, request: ProxyRequest, routes: RouteTable, pool:
         return None
     group = routes.groups.get(request.model)
     models = group.group.models if group is not None else [request.model]
-    prompt_tokens = request.prompt_chars // 4 + 1  # as routing.estimate_tokens counts
     asked = request.body.get("max_completion_tokens") or request.body.get("max_tokens")
     worst = 0.0
     for model in models:
         for deployment in pool.by_model.get(model, ()):
+            prompt_tokens = prompt_estimate(request, [deployment.image_tokens])  # its images as it counts them
             output = 0 if request.kind == "embedding" else (
                 asked if type(asked) is int else deployment.info.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS)
             worst = max(worst, worst_case_cost(deployment.info, prompt_tokens, output))

@@ -23,7 +23,6 @@ from engine.server.errors import APIError, bad_request
 from gateway.auth import Caller
 from gateway.compaction_items import Compaction, compacted, item, kept_users, unanswered
 from gateway.outcomes import new_request_id
-from gateway.request_body import check_messages
 from gateway.responses_api import response_usage
 from gateway.served import Serve, served_chat
 from gateway.token_count import count_on_model
@@ -119,7 +118,7 @@ async def compact_turn(state: GatewayState, serve: Serve, draft: OutcomeDraft, t
         return
     before = len(parsed.body["messages"])
     parsed.body["messages"] = compacted(parsed.body["messages"], done.compaction)
-    parsed.prompt_text, parsed.prompt_chars = check_messages(parsed.body["messages"])
+    parsed.measure_messages()
     turn.envelope.lead_items.insert(0, item("cmp_" + turn.envelope.id.removeprefix("resp_"), done.compaction))
     draft.extra["compaction"] = {"replaced_messages": before - len(parsed.body["messages"]) + 1,  # the summary's
                                  "prompt_tokens": counted.tokens, "threshold": threshold, "summariser": summariser,

@@ -17,6 +17,7 @@ from gateway.backends.openai_tokens import OPENAI_PROVIDERS
 from gateway.config import ConfigError, Settings
 from gateway.deployment_limits import make_window, shared_id
 from gateway.deployments import Deployment, DeploymentPool
+from gateway.image_tokens import ImageTokens, image_tokens_for
 from gateway.model_list_config import (
     ENCODER_PROVIDER,
     ENGINE_PROVIDER,
@@ -132,7 +133,16 @@ def new_deployment(pool: DeploymentPool, entry: ModelEntry, backend: Backend, se
                                                entry.model_info.max_queue),
                       window=make_window(entry.litellm_params.rpm, entry.litellm_params.tpm, pool.clock,
                                          shared_id(entry, pool), synced=settings.redis_url is not None),
-                      entry_key=entry_key(entry, settings))
+                      entry_key=entry_key(entry, settings), image_tokens=_image_tokens(entry, settings))
+
+
+def _image_tokens(entry: ModelEntry, settings: Settings) -> ImageTokens:
+    """What an image counts for on the deployment (gateway/image_tokens.py): an engine in this process reads its
+    checkpoint's config, built by now."""
+    params = entry.litellm_params
+    model_dir = settings.resolve_path(params.model_dir) if params.provider == LOCAL_PROVIDER and params.model_dir \
+        else None
+    return image_tokens_for(params.model, entry.model_info.image_token_estimate, model_dir)
 
 
 def entry_key(entry: ModelEntry, settings: Settings) -> str:

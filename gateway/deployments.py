@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from gateway.admission import AdmissionQueue
 from gateway.backends.base import Backend
 from gateway.deployment_limits import AtLimit, DeploymentsRateLimited, DeploymentWindow, Limit
+from gateway.image_tokens import DEFAULT, ImageTokens
 from gateway.latency_balance import LatencyBalancer, RoutingStrategy
 from gateway.model_list_config import ModelInfo
 from gateway.pricing import TokenUsage, token_cost
@@ -32,6 +33,7 @@ class Deployment:
     admission: AdmissionQueue | None = None  # model_info.max_concurrency (gateway/admission.py)
     window: DeploymentWindow | None = None  # litellm_params.rpm / tpm (gateway/deployment_limits.py)
     entry_key: str = ""  # the config entry it was built from (gateway/config_reload.py keeps it across a reload)
+    image_tokens: ImageTokens = DEFAULT  # what an image part counts for in its estimates (gateway/image_tokens.py)
     # Active health checks (gateway/health_checks.py): out of routing while `unhealthy`; probes in a row.
     unhealthy: bool = False
     probes_passed: int = 0
@@ -96,6 +98,10 @@ class DeploymentPool:
 
     def __contains__(self, model_name: str) -> bool:
         return model_name in self.by_model
+
+    def image_rules(self, model_name: str) -> list[ImageTokens]:
+        """What an image counts for on each of the model's deployments (a request's estimate takes the most)."""
+        return [d.image_tokens for d in self.by_model.get(model_name, ())]
 
     def uses_rank(self, model_name: str) -> bool:
         return any(d.uses_rank for d in self.by_model.get(model_name, ()))

@@ -205,6 +205,10 @@ class ModelInfo(StrictConfig):
     # is fitted into (gateway/truncation.py). None: what its deployments say (a Pitstop engine's context
     # length, the max_model_len a vLLM server lists, litellm's price map).
     max_input_tokens: int | None = Field(default=None, gt=0)
+    # Prompt tokens an image part counts for in the gateway's estimates on this deployment (budget holds, tpm
+    # windows, the count fallback: gateway/image_tokens.py). None: the provider's rule for its model, an
+    # in-process engine's checkpoint's, else 576; set it for an engine or vLLM server over HTTP.
+    image_token_estimate: int | None = Field(default=None, ge=0)
 
     # Where its prices came from: "config", "litellm" (the price map), "none"; None until an entry resolves it.
     _price_source: PriceSource | None = PrivateAttr(default=None)

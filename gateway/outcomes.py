@@ -198,7 +198,8 @@ class OutcomeDraft:
         send them) or from its characters, whichever is more."""
         if not self.usage_estimated:
             return usage_tokens(self.usage)
-        prompt_chars = self.request.prompt_chars if self.request is not None else 0
+        charged = self.charged_to  # its images as that deployment counts them (gateway/image_tokens.py)
+        prompt_chars = 0 if self.request is None else self.request.chars_on([charged.image_tokens] if charged else [])
         text = "".join(self.completion_parts)
         return (math.ceil(prompt_chars / CHARS_PER_TOKEN),
                 max(len(self.completion_parts), math.ceil(len(text) / CHARS_PER_TOKEN)), 0)

@@ -30,7 +30,7 @@ from gateway.limit_gate import LimitExceeded
 from gateway.messages_stream import MessagesTurn
 from gateway.moderation import serve_moderation_body
 from gateway.outcomes import OutcomeDraft
-from gateway.request_body import check_messages, parse_embeddings_request, parse_proxy_request
+from gateway.request_body import parse_embeddings_request, parse_proxy_request
 from gateway.rerank import serve_rerank_body
 from gateway.serving import (
     as_api_error,
@@ -208,7 +208,7 @@ async def _truncate(state: GatewayState, draft: OutcomeDraft) -> None:
     if dropped := await fit_context(state, draft.route.model_name, parsed.body):
         draft.extra["truncated_messages"] = dropped
         state.metrics.truncated.labels(draft.route.model_name).inc()
-        parsed.prompt_text, parsed.prompt_chars = check_messages(parsed.body["messages"])
+        parsed.measure_messages()
 
 
 async def _in_background(state: GatewayState, draft: OutcomeDraft, kind: Kind, turn: ResponsesTurn) -> None:

@@ -5,6 +5,7 @@ passes everything else through unchanged (tools, tool_choice, response_format, .
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from engine.server.errors import bad_request
 from engine.server.protocol import MAX_PIN_TTL_S, check_message_fields
 from gateway.backends.base import Kind
 from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
+from gateway.image_size import ImagePart, message_images
+from gateway.image_tokens import DEFAULT_IMAGE_TOKENS, ImageTokens
 from gateway.metadata import checked_metadata
 from rankers.work import CHARS_PER_TOKEN
 
@@ -43,13 +46,29 @@ class ProxyRequest:
     pin_ttl_s: float | None
     cost_preference: float | None
     prompt_text: str  # what routers and rankers read: the last user turn (or the prompt)
-    prompt_chars: int = 0  # the whole prompt's size, every message: the prefill the ranker's work score counts
+    # The whole prompt's size, every message, each image at DEFAULT_IMAGE_TOKENS' worth (before routing): the
+    # prefill the ranker's work score counts. `chars_on` counts the images as a deployment does.
+    prompt_chars: int = 0
     cache: CacheControl = CacheControl()  # the request's say over the response cache (gateway/response_cache.py)
     store: bool = False  # a chat asks to be stored (gateway/stored_completions.py); Pitstop's to do, not forwarded
+    images: tuple[ImagePart, ...] = ()  # a chat's image parts, sized (gateway/image_size.py)
 
     @property
     def messages(self) -> list[dict] | None:
         return self.body.get("messages")
+
+    def chars_on(self, rules: Sequence[ImageTokens]) -> int:
+        """`prompt_chars` with each image at what it counts for under `rules` (a model's deployments': the most of
+        them, as a worst case), in characters; no rules: the default."""
+        if not self.images or not rules:
+            return self.prompt_chars
+        text = self.prompt_chars - IMAGE_CHARS_PER_TOKEN * DEFAULT_IMAGE_TOKENS * len(self.images)
+        return text + IMAGE_CHARS_PER_TOKEN * sum(max(rule.tokens(image) for rule in rules) for image in self.images)
+
+    def measure_messages(self) -> None:
+        """Its prompt's text, size and images read again from its messages (after the gateway changed them)."""
+        self.prompt_text, self.prompt_chars = check_messages(self.body["messages"])
+        self.images = message_images(self.body["messages"])
 
 
 def _number(body: dict, name: str) -> float | None:
@@ -92,10 +111,8 @@ def _text(content: Any) -> str:
     return ""
 
 
-# An image part's share of the prompt in the gateway's estimates, in tokens (four characters each): LLaVA-1.5's
-# 576 feature tokens an image, between OpenAI's 85 (detail "low") and 765 (a 1024 x 1024 "high"). What the
-# deployment really counts comes back in its usage.
-IMAGE_TOKEN_ESTIMATE = 576
+# An image's tokens as characters of the prompt's size, as routing.estimate_tokens counts text.
+IMAGE_CHARS_PER_TOKEN = 4
 
 
 def image_parts(content: Any) -> int:
@@ -107,7 +124,7 @@ def image_parts(content: Any) -> int:
 
 def check_messages(messages: Any) -> tuple[str, int]:
     """The last user turn (its text only: what routers read) and the characters of all messages' text, each
-    image counted as IMAGE_TOKEN_ESTIMATE tokens' worth."""
+    image counted as DEFAULT_IMAGE_TOKENS tokens' worth (gateway/image_tokens.py)."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages", "invalid_type")
     last_user, chars = "", 0
@@ -122,7 +139,7 @@ def check_messages(messages: Any) -> tuple[str, int]:
                               f"messages[{i}].content", "invalid_type")
         check_message_fields(message, f"messages[{i}]")
         text = _text(content)
-        chars += len(text) + 4 * IMAGE_TOKEN_ESTIMATE * image_parts(content)
+        chars += len(text) + IMAGE_CHARS_PER_TOKEN * DEFAULT_IMAGE_TOKENS * image_parts(content)
         if message["role"] == "user":
             last_user = text
     return last_user, chars
@@ -198,7 +215,8 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
                         session_id=session_id, priority=asked_priority(raw), pin_ttl_s=pin_ttl_s,
                         cost_preference=cost_preference, prompt_text=prompt_text, prompt_chars=prompt_chars,
                         cache=CacheControl.of(raw.get(CACHE_FIELD), headers.get(CACHE_HEADER)),
-                        store=bool(store) and kind == "chat")
+                        store=bool(store) and kind == "chat",
+                        images=message_images(raw.get("messages")) if kind == "chat" else ())
 
 
 # OpenAI's `service_tier` as the scheduler's priority (lower goes first): "flex" waits with the batches

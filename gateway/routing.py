@@ -8,7 +8,7 @@ back to the group's model names, so outcome rows and headers name what was actua
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +25,7 @@ from routers.registry import make_router
 from routers.verify import VerifyPolicy, VerifyRates, expected_overhead
 
 if TYPE_CHECKING:
+    from gateway.image_tokens import ImageTokens
     from gateway.model_list_config import ModelEntry, ModelInfo
     from gateway.route_calibration import CalibrationState
 
@@ -107,9 +108,10 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-def prompt_estimate(request: ProxyRequest) -> int:
-    """The whole prompt's tokens, estimated from its characters (every message, not only what routers read)."""
-    return request.prompt_chars // 4 + 1
+def prompt_estimate(request: ProxyRequest, image_rules: Sequence[ImageTokens] = ()) -> int:
+    """The whole prompt's tokens, estimated from its characters (every message, not only what routers read), its
+    images as `image_rules` count them (the deployments' it may go to: gateway/image_tokens.py)."""
+    return request.chars_on(image_rules) // 4 + 1
 
 
 def build_group(settings: Settings, group: RouteGroup) -> GroupRouter:

@@ -112,7 +112,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     priority = draft.caller.effective_priority(parsed.priority)  # never more urgent than the key's
     ctx = CallContext(draft.request_id, engine_session, priority, parsed.pin_ttl_s,
                       state.settings.server.request_timeout_s, trace=draft.trace,
-                      estimated_tokens=prompt_estimate(parsed), moderation=draft.moderation)
+                      estimated_tokens=prompt_estimate(parsed, state.pool.image_rules(route.model_name)),
+                      moderation=draft.moderation)
     session = await state.sessions.start(parsed, draft, ctx)  # agent_sessions: affinity, hints, pin
     route, ctx = draft.route, session.ctx
     if route.decision is not None and route.route_group is not None:  # not kept on a session's model
@@ -120,7 +121,8 @@ async def serve(request: Request | None, state: GatewayState, draft: OutcomeDraf
     if state.ranking is not None:  # rankers/: expected work (prompt + answer) on the chosen model
         ctx = await state.ranking.apply(parsed.prompt_text, route.model_name, ctx, draft,
                                         needed=state.pool.uses_rank(route.model_name),
-                                        prompt_chars=parsed.prompt_chars, cached_tokens=session.cached_tokens)
+                                        prompt_chars=parsed.chars_on(state.pool.image_rules(route.model_name)),
+                                        cached_tokens=session.cached_tokens)
     if parsed.stream:  # held back first where the group verifies the pick's short answer
         # Until the first chunk (queued, prefilling, held back to verify), a client that leaves
         # cancels the call, as for a whole answer.

@@ -112,13 +112,13 @@ class GatewaySessions:
         draft.route = route = self._sticky(draft.route, turn)
         now = time.monotonic()
         deployments = self.pool.by_model.get(route.model_name, [])
-        tokens = prompt_estimate(parsed)
+        tokens = prompt_estimate(parsed, [d.image_tokens for d in deployments])
         affinity = self.manager.place(turn, [InstanceLoad(d.name, available(d, now, tokens), d.outstanding)
                                              for d in deployments])
         pin_ttl_s = parsed.pin_ttl_s
         if pin_ttl_s is None and (turn.returning or turn.shape.declares_tools):
             pin_ttl_s = self.config.provisional_ttl_s
-        ctx = replace(ctx, session_id=session_id, pin_ttl_s=pin_ttl_s,
+        ctx = replace(ctx, session_id=session_id, pin_ttl_s=pin_ttl_s, estimated_tokens=tokens,  # the kept model's
                       hints=replace(ctx.hints, program_start=turn.program_start,
                                     in_program=turn.returning or turn.shape.declares_tools))
         if turn.tool_wait_s is not None:
@@ -135,7 +135,7 @@ class GatewaySessions:
             return SessionCall(ctx)
         hashes = self.prefixes.chunk_hashes(request_text(parsed.body))
         now = time.monotonic()
-        tokens = prompt_estimate(parsed)
+        tokens = prompt_estimate(parsed, [d.image_tokens for d in deployments])
         affinity = self.prefixes.choose(hashes, [InstanceLoad(d.name, available(d, now, tokens), d.outstanding)
                                                  for d in deployments])
         self.metrics.prefix_affinity.labels(affinity.reason).inc()

@@ -3,20 +3,23 @@
 request would be served by where it can count (Pitstop's engine, in process or over HTTP, and any server
 with vLLM's /tokenize: exact; OpenAI's models through litellm: tiktoken's encoding of the model), else
 estimated as routing does: about four characters a token, over the text of the messages, their tool
-calls' arguments and the tools' definitions."""
+calls' arguments and the tools' definitions, and each image as the model's deployments count it
+(gateway/image_tokens.py: its size read from a data URL's header, the provider's or checkpoint's rule)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.server.errors import APIError
 from gateway.backends.base import BackendError
 from gateway.dispatch import as_sent
-from gateway.request_body import IMAGE_TOKEN_ESTIMATE, image_parts, parse_proxy_request
+from gateway.image_size import message_images
+from gateway.image_tokens import DEFAULT, ImageTokens
+from gateway.request_body import parse_proxy_request
 from gateway.routing import estimate_tokens
 
 if TYPE_CHECKING:  # gateway.state builds what imports this module
@@ -38,17 +41,19 @@ class TokenCount:
         return {"x-pitstop-token-count": "counted", "x-pitstop-deployment": self.counted_by}
 
 
-def chat_input_tokens(chat: dict) -> int:
-    """The estimate: about four characters a token, and IMAGE_TOKEN_ESTIMATE an image."""
+def chat_input_tokens(chat: dict, image_rules: Sequence[ImageTokens] = (DEFAULT,)) -> int:
+    """The estimate: about four characters a token, and an image what it counts for under `image_rules` (the
+    most of them: a model's deployments')."""
     texts = [json.dumps(chat.get("tools", ""))]
-    images = sum(image_parts(message.get("content")) for message in chat["messages"])
+    image_tokens = sum(max(rule.tokens(image) for rule in image_rules or (DEFAULT,))
+                       for image in message_images(chat["messages"]))
     for message in chat["messages"]:
         content = message.get("content")
         texts += [content] if isinstance(content, str) else [p.get("text", "") for p in content or ()]
         for call in message.get("tool_calls") or ():  # a function's arguments, or a custom call's input
             texts.append(((call.get("custom") or {}).get("input") if call.get("type") == "custom"
                           else (call.get("function") or {}).get("arguments")) or "")
-    return estimate_tokens("".join(texts)) + images * IMAGE_TOKEN_ESTIMATE
+    return estimate_tokens("".join(texts)) + image_tokens
 
 
 async def count_input_tokens(state: GatewayState, chat: dict, headers: Mapping[str, str]) -> TokenCount:
@@ -70,4 +75,4 @@ async def count_on_model(state: GatewayState, model: str, body: dict) -> TokenCo
             raise APIError(exc.status, exc.message, exc.param, exc.code) from None
         if counted is not None:
             return TokenCount(counted, deployment.name)
-    return TokenCount(chat_input_tokens(body), None)
+    return TokenCount(chat_input_tokens(body, state.pool.image_rules(model)), None)

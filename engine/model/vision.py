@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from engine.image_token_counts import llava_tokens_per_image
 from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL, UnsupportedConfig
 
 if TYPE_CHECKING:
@@ -118,13 +119,11 @@ class VisionConfig:
         if strategy not in SELECT_STRATEGIES:
             raise UnsupportedConfig(f"vision_feature_select_strategy must be one of {SELECT_STRATEGIES}")
         layer = raw.get("vision_feature_layer", -2)
-        image_size, patch = vision.get("image_size", 224), vision.get("patch_size", 32)
-        has_cls = vision["model_type"] == "clip_vision_model"
         text = raw.get("text_config") or {}
         token = raw.get("image_token_id", raw.get("image_token_index", 32_000))
-        return cls(image_token_id=int(token),
-                   tokens_per_image=(image_size // patch) ** 2 + has_cls - (strategy == "default"),
-                   image_size=image_size, feature_layer=layer if isinstance(layer, int) else tuple(layer),
+        return cls(image_token_id=int(token), tokens_per_image=llava_tokens_per_image(vision, strategy),
+                   image_size=vision.get("image_size", 224),
+                   feature_layer=layer if isinstance(layer, int) else tuple(layer),
                    select_strategy=strategy, vision=vision, text_hidden_size=int(text.get("hidden_size", 4096)),
                    projector_act=raw.get("projector_hidden_act", "gelu"),
                    projector_bias=bool(raw.get("multimodal_projector_bias", True)))

@@ -12,8 +12,10 @@ from gateway.auth import Caller
 from gateway.budget_holds import DEFAULT_MAX_OUTPUT_TOKENS, budget_hold
 from gateway.config import parse_settings
 from gateway.deployments import Deployment, DeploymentPool
+from gateway.image_tokens import provider_image_tokens
 from gateway.request_body import parse_embeddings_request, parse_proxy_request
 from gateway.routing import RouteTable
+from tests.gateway.image_data import TALL
 
 MODELS = {"cheap": (1e-6, 2e-6, None), "dear": (1e-5, 3e-5, 1000), "embed": (1e-7, 0.0, None)}
 KEY = Caller("key-1", budget_usd=10.0)
@@ -78,3 +80,29 @@ def test_a_hold_is_at_its_prompts_tier_and_the_costliest_prompt_price() -> None:
     at_threshold, above = "x" * 3_996, "x" * 4_000  # estimated 1,000 and 1,001 prompt tokens
     assert hold_usd(world, chat("long", at_threshold, max_tokens=50)) == pytest.approx(1_000 * 2e-6 + 50 * 2e-6)
     assert hold_usd(world, chat("long", above, max_tokens=50)) == pytest.approx(1_001 * 4e-6 + 50 * 6e-6)
+
+
+def test_a_prompts_images_are_held_as_each_deployment_counts_them() -> None:
+    entries = [{"model_name": name, "litellm_params": {"model": model, "api_key": "unused"},
+                "model_info": {"input_cost_per_token": cost_in, "output_cost_per_token": 0.0}}
+               for name, model, cost_in in (("gpt", "openai/gpt-4o", 1e-5), ("claude", "anthropic/claude-sonnet-4-5",
+                                                                              2e-5))]
+    settings = parse_settings({"model_list": entries, "route_groups": [{"name": "both", "models": ["gpt", "claude"]}]})
+    pool = DeploymentPool()
+    for entry in settings.model_list:
+        pool.add(Deployment(f"{entry.model_name}#0", entry.model_name, None, entry.model_info,  # type: ignore[arg-type]
+                            entry.litellm_params.model, image_tokens=provider_image_tokens(entry.litellm_params.model)))
+    world = (RouteTable(settings), pool)
+
+    def image_chat(model: str, detail: str) -> dict:
+        return {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it"},
+            {"type": "image_url", "image_url": {"url": TALL, "detail": detail}}]}]}
+
+    def prompt(image_tokens: int) -> int:
+        return (10 + 4 * image_tokens) // 4 + 1  # the text's 10 characters, the image's tokens at 4 each
+
+    assert hold_usd(world, image_chat("gpt", "high")) == pytest.approx(prompt(1105) * 1e-5)  # OpenAI's 6 tiles
+    assert hold_usd(world, image_chat("gpt", "low")) == pytest.approx(prompt(85) * 1e-5)
+    assert hold_usd(world, image_chat("claude", "low")) == pytest.approx(prompt(28 * 56) * 2e-5)  # 784 x 1568
+    assert hold_usd(world, image_chat("both", "low")) == pytest.approx(prompt(28 * 56) * 2e-5)  # the costlier

@@ -13,7 +13,8 @@ import pytest
 
 from engine.tiny_llava import make_tiny_llava
 from engine.tiny_model import make_tiny_model
-from gateway.request_body import IMAGE_TOKEN_ESTIMATE, check_messages
+from gateway.image_tokens import DEFAULT_IMAGE_TOKENS
+from gateway.request_body import check_messages
 from gateway.token_count import chat_input_tokens
 from tests.engine.llava_inputs import data_url, picture
 from tests.engine.serving import engine_server
@@ -63,12 +64,12 @@ def test_image_parts_reach_the_engine_over_http_and_in_process(tmp_path: Path, l
         assert answer.headers["x-pitstop-token-count"] == "counted" and answer.json()["input_tokens"] > 16
 
 
-def test_the_gateway_estimates_an_image_as_image_token_estimate_tokens() -> None:
+def test_the_gateway_estimates_an_image_as_default_image_tokens_before_routing() -> None:
     text_only = [{"role": "user", "content": "What is this?"}]
     last_user, chars = check_messages(CHAT)
     assert last_user == "What is this?"  # routers read the text only
-    assert chars == check_messages(text_only)[1] + 4 * IMAGE_TOKEN_ESTIMATE
-    assert chat_input_tokens({"messages": CHAT}) == chat_input_tokens({"messages": text_only}) + IMAGE_TOKEN_ESTIMATE
+    assert chars == check_messages(text_only)[1] + 4 * DEFAULT_IMAGE_TOKENS
+    assert chat_input_tokens({"messages": CHAT}) == chat_input_tokens({"messages": text_only}) + DEFAULT_IMAGE_TOKENS
 
 
 def test_an_in_process_engines_image_limits_come_from_its_litellm_params(tmp_path: Path, llava_dir: Path) -> None:

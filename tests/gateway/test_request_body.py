@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from starlette.datastructures import Headers
 
-from gateway.request_body import IMAGE_TOKEN_ESTIMATE, parse_proxy_request
+from gateway.image_tokens import DEFAULT_IMAGE_TOKENS
+from gateway.request_body import parse_proxy_request
 
 
 def test_the_prompt_size_counts_every_message_and_token_prompts():
@@ -14,7 +15,7 @@ def test_the_prompt_size_counts_every_message_and_token_prompts():
         {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {}}]},
         {"role": "assistant", "content": None},
         {"role": "user", "content": "again"}]}, "chat", Headers({}))
-    assert chat.prompt_text == "again" and chat.prompt_chars == 3 + 5 + 5 + 4 * IMAGE_TOKEN_ESTIMATE  # an image's worth
+    assert chat.prompt_text == "again" and chat.prompt_chars == 3 + 5 + 5 + 4 * DEFAULT_IMAGE_TOKENS  # an image's worth
     tokens = parse_proxy_request({"model": "m", "prompt": [1, 2, 3]}, "completion", Headers({}))
     assert tokens.prompt_text == "" and tokens.prompt_chars == 12  # 4 characters a token
     text = parse_proxy_request({"model": "m", "prompt": ["twelve chars"]}, "completion", Headers({}))
