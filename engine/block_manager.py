@@ -239,6 +239,8 @@ class BlockManager(PrefixMatch, BlockPins):
     def _release_slid_out(self, seq: Sequence) -> None:
         """Release the blocks no later query of `seq` reads in a sliding group: they left its window."""
         first = min(self.first_needed_block(seq.num_computed_tokens), len(seq.block_table))
+        if first <= seq.num_released_blocks:  # most steps: nothing left the window since the last
+            return
         for table, slides in zip(seq.block_tables, self.group_slides, strict=True):
             if not slides:
                 continue

@@ -3,6 +3,7 @@ that one layer of every group shares, and so the bytes a block takes."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.kv_groups import KVGroupLayout, kv_group_layout
@@ -28,14 +29,16 @@ def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
 
 
 def step_tables(tables: list[list[list[int]]], seq_of_token: torch.Tensor, positions: torch.Tensor,
-                block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each KV group's (slot mapping [T], block tables [B, blocks] 0-padded) for a step, from each sequence's
-    tables (one a group, covering its context) and each batch token's sequence and position."""
-    width = max(len(seq_tables[0]) for seq_tables in tables)
-    block_of, offset = positions // block_size, positions % block_size
-    out = []
-    for group in range(len(tables[0])):
-        block_tables = torch.tensor([t[group] + [0] * (width - len(t[group])) for t in tables])
-        # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
-        out.append((block_tables[seq_of_token, block_of] * block_size + offset, block_tables))
-    return out
+                block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every KV group's slot mapping [G, T] and block tables [G, B, blocks] (0-padded) for a step, from each
+    sequence's tables (one a group, covering its context) and each batch token's sequence and position."""
+    width, num_groups = max(len(seq_tables[0]) for seq_tables in tables), len(tables[0])
+    flat: list[int] = []
+    for group in range(num_groups):
+        for seq_tables in tables:
+            flat += seq_tables[group]
+            flat += [0] * (width - len(seq_tables[group]))
+    # Through numpy: torch.tensor reads a list of Python ints several times slower (0.8 ms for 3,000 of them).
+    block_tables = torch.from_numpy(np.array(flat, dtype=np.int64)).view(num_groups, len(tables), width)
+    # slot = block_table[pos // block_size] * block_size + pos % block_size, for all tokens at once.
+    return block_tables[:, seq_of_token, positions // block_size] * block_size + positions % block_size, block_tables

@@ -347,7 +347,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             context_lens.append(end)
         positions_t = torch.tensor(positions)
         rope_positions = self.rope_positions.step(batch.seqs, lens, positions_t)  # LongRoPE's, M-RoPE's
-        (slots, block_tables), *others = step_tables(tables, torch.tensor(seq_of_token), positions_t, block_size)
+        slots, block_tables = step_tables(tables, torch.tensor(seq_of_token), positions_t, block_size)
         query_ends = list(accumulate(lens))
         query_starts = [end - n for end, n in zip(query_ends, lens, strict=True)]
         logits_index = [row for i in batch.sampling_indices
@@ -357,14 +357,14 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.lora.groups = [(lora_id, None if len(rows) == len(token_ids) else torch.tensor(rows, device=to))
                             for lora_id, rows in lora_rows.items()]
         meta = AttentionMetadata(
-            slot_mapping=slots.to(to),
-            block_tables=block_tables.to(to),
+            slot_mapping=slots[0].to(to),
+            block_tables=block_tables[0].to(to),
             query_starts=query_starts,
             query_lens=list(lens),
             context_lens=context_lens,
             block_size=block_size,
             image_spans=bidirectional if any(bidirectional) else None,
-            group_tables=[(s.to(to), t.to(to)) for s, t in others] or None,
+            group_tables=(slots.to(to), block_tables.to(to)) if num_groups > 1 else None,
         )
         images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
         return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,

@@ -49,7 +49,7 @@ class StepInputs:
                                  self.meta.query_starts, self.meta.query_lens, self.meta.context_lens,
                                  self.meta.block_size, self.meta.image_spans,
                                  None if self.meta.group_tables is None else  # a grouped runner's (one rank)
-                                 [(s.to(device), t.to(device)) for s, t in self.meta.group_tables])
+                                 (self.meta.group_tables[0].to(device), self.meta.group_tables[1].to(device)))
         groups = [(lora_id, None if rows is None else rows.to(device)) for lora_id, rows in self.lora_groups]
         images = None if self.image_embeds is None else (self.image_embeds[0].to(device), self.image_embeds[1].to(device))
         return StepInputs(self.kv_transfers, self.input_ids.to(device), self.positions.to(device), meta, groups, images)

@@ -28,7 +28,8 @@ score is exactly the sink (transformers' eager GptOss attention concatenates the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from copy import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,9 @@ class AttentionMetadata:
     # Each sequence's bidirectional images (Gemma 3's) among the positions it computes, as [start, end) runs:
     # their tokens see each other both ways (each whole in the step: the scheduler keeps an image in one chunk).
     image_spans: list[list[tuple[int, int]]] | None = None
-    # With KV groups: (slot_mapping, block_tables) of every group after the first, whose are the fields above.
-    group_tables: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # With KV groups: every group's slot mappings [G, T] and block tables [G, B, max_blocks] (the fields above:
+    # the first group's).
+    group_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -115,22 +117,44 @@ class AttentionPlan:
     def _build_groups(cls, meta: AttentionMetadata, sliding_window: int | None, workspace: GatherWorkspace | None,
                       kv_format: FP8KVFormat | None, layer_groups: list[tuple[int, bool]]) -> AttentionPlan:
         """One plan a group, over its tables; a sliding group's is its own sliding plan (its tables have
-        NULL_BLOCK before the window, which only a sliding plan never reads)."""
-        tables = [(meta.slot_mapping, meta.block_tables), *(meta.group_tables or ())]
+        NULL_BLOCK before the window, which only a sliding plan never reads). The groups of a kind share
+        their rows, windows and masks: one plan over their stacked tables, then a view a group."""
+        assert meta.group_tables is not None
+        all_slots, all_tables = meta.group_tables
         slides = dict(layer_groups)
-        groups = []
-        for group, (slots, block_tables) in enumerate(tables):
-            group_meta = replace(meta, slot_mapping=slots, block_tables=block_tables, group_tables=None)
-            plan = cls._build(group_meta, sliding_window if slides[group] else None)
-            plan.workspace, plan.kv_format = workspace, kv_format
-            if slides[group]:
-                plan.sliding = plan
-            groups.append(plan)
-        return replace(groups[0], layers=[groups[group] for group, _ in layer_groups])
+        plans: dict[int, AttentionPlan] = {}
+        for kind in (False, True):
+            groups = sorted(g for g, s in slides.items() if s is kind)
+            window = sliding_window if kind else None
+            if len(groups) == 1:
+                plans[groups[0]] = cls._build(meta, window, (all_slots[groups[0]], all_tables[groups[0]]))
+            elif groups:
+                index = torch.tensor(groups, device=all_tables.device)
+                stacked = cls._build(meta, window, (all_slots[index], all_tables[index]))
+                plans |= {group: stacked.group(k) for k, group in enumerate(groups)}
+            for group in groups:
+                plans[group].workspace, plans[group].kv_format = workspace, kv_format
+                if kind:
+                    plans[group].sliding = plans[group]
+        first = copy(plans[0])  # (not dataclasses.replace: a step's plans are built in its critical path)
+        first.layers = [plans[group] for group, _ in layer_groups]
+        return first
+
+    def group(self, k: int) -> AttentionPlan:
+        """Group `k`'s plan out of one built over several groups' stacked tables ([G, ...] slot mappings and
+        tables)."""
+        plan = copy(self)
+        plan.slot_mapping = self.slot_mapping[k]
+        plan.decode_block_tables = None if self.decode_block_tables is None else self.decode_block_tables[k]
+        plan.prefills = [_PrefillRow(r.start, r.end, r.block_table[k], r.num_keys, r.mask) for r in self.prefills]
+        return plan
 
     @classmethod
-    def _build(cls, meta: AttentionMetadata, window: int | None) -> AttentionPlan:
-        device = meta.slot_mapping.device
+    def _build(cls, meta: AttentionMetadata, window: int | None,
+               tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> AttentionPlan:
+        """`tables`: (slot mapping, block tables) in place of `meta`'s: a group's, or several groups' stacked."""
+        slot_mapping, block_tables = tables or (meta.slot_mapping, meta.block_tables)
+        device = slot_mapping.device
         block_size = meta.block_size
         single = [i for i, n in enumerate(meta.query_lens) if n == 1]
         decode_index = decode_tables = decode_mask = None
@@ -139,15 +163,16 @@ class AttentionPlan:
             lens = torch.tensor([meta.context_lens[i] for i in single], device=device)
             if window is None:
                 num_blocks = -(-max(meta.context_lens[i] for i in single) // block_size)
-                decode_tables = meta.block_tables[rows, :num_blocks]
+                decode_tables = block_tables[..., rows, :num_blocks]  # [..., D, blocks]: tables of groups too
                 key_pos = torch.arange(num_blocks * block_size, device=device)[None, :]
                 decode_mask = key_pos < lens[:, None]
             else:  # each row's table starts at the block holding its window's first key
                 firsts = [max(0, meta.context_lens[i] - window) // block_size for i in single]
                 num_blocks = max(-(-meta.context_lens[i] // block_size) - f for i, f in zip(single, firsts, strict=True))
                 first = torch.tensor(firsts, device=device)
-                columns = (first[:, None] + torch.arange(num_blocks, device=device)).clamp(max=meta.block_tables.shape[1] - 1)
-                decode_tables = meta.block_tables[rows].gather(1, columns)
+                columns = (first[:, None] + torch.arange(num_blocks, device=device)).clamp(max=block_tables.shape[-1] - 1)
+                row_tables = block_tables[..., rows, :]
+                decode_tables = row_tables.gather(-1, columns.expand(*row_tables.shape[:-1], num_blocks))
                 key_pos = first[:, None] * block_size + torch.arange(num_blocks * block_size, device=device)
                 decode_mask = (key_pos < lens[:, None]) & (key_pos >= lens[:, None] - window)
             decode_mask = decode_mask[:, None, None, :]
@@ -171,10 +196,10 @@ class AttentionPlan:
                 if window is not None:
                     mask &= key_pos > query_pos - window
             start = meta.query_starts[i]
-            table = meta.block_tables[i, first_block : -(-context // block_size)]
+            table = block_tables[..., i, first_block : -(-context // block_size)]
             prefills.append(_PrefillRow(start, start + n, table, context - first_key, mask))
         return cls(
-            slot_mapping=meta.slot_mapping,
+            slot_mapping=slot_mapping,
             decode_token_index=decode_index,
             decode_block_tables=decode_tables,
             decode_mask=decode_mask,
