@@ -37,8 +37,8 @@ def media_policy(limits: ImageLimits) -> Callable[[], OutboundPolicy]:
 
 
 def media_client(limits: ImageLimits) -> httpx.AsyncClient:
-    """A client whose every connection goes only where `media_policy` allows (no proxy from the environment:
-    the address checked is the one connected to)."""
+    """A client whose every connection goes only where `media_policy` allows: straight to the checked address
+    (no proxy from the environment), or through the gateway's `outbound.proxy` for an in-process engine."""
     return httpx.AsyncClient(transport=guarded_httpx(media_policy(limits)))
 
 

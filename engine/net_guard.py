@@ -37,6 +37,7 @@ class RulesConfig(Protocol):
     allowed_hosts: list[str]
     allowed_hosts_only: bool
     denied_hosts: list[str]
+    proxy: str | None
 
 
 # Refused unless `allow_private`: where a gateway's own services live.
@@ -121,11 +122,12 @@ class OutboundPolicy:
     allowed_hosts_only: bool = False
     denied_hosts: tuple[str, ...] = ()
     names: RuleNames = RuleNames()
+    proxy: str | None = None  # an egress proxy's URL, "env", or None: straight to the host (engine/net_proxy.py)
 
     @classmethod
     def of(cls, config: RulesConfig) -> OutboundPolicy:
         return cls(config.allow_private, tuple(config.allowed_hosts), config.allowed_hosts_only,
-                   tuple(config.denied_hosts))
+                   tuple(config.denied_hosts), proxy=config.proxy)
 
     def trusted(self, host: str) -> bool:
         """Whether `host` may be reached whatever it resolves to (allowed_hosts names it); UrlRefused where

@@ -5,7 +5,8 @@ every address, and connects to a checked address, so the check and the connectio
 name stay the URL's host (the pool sets them, not the backend). Every connection a client opens goes
 through the backend, a redirect's too, so a redirect to a refused host is refused. A client given one of
 these transports reads no proxy from the environment (httpx's rule for an explicit transport): the
-addresses checked are the ones connected to.
+addresses checked are the ones connected to. Where the policy names an egress proxy (engine/net_proxy.py),
+`OutboundTransport` sends a request through it once its target passed the policy, name and addresses.
 
 No library fits: the SSRF filters for httpx on PyPI are young single-author packages, and none knows
 httpx2; httpcore's network backend is the one seam both clients share."""
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from engine.net_guard import OutboundPolicy, UrlRefused
+from engine.net_proxy import proxy_for
 
 
 class GuardedBackend:
@@ -73,9 +75,64 @@ def guard(transport: Any, policy: Callable[[], OutboundPolicy]) -> GuardedBacken
     return backend
 
 
+class _Outbound:
+    """A transport of `lib` (httpx or httpx2) under the policy: straight to the target on a guarded pool, or,
+    where the policy names a proxy for it, through a pool for that proxy once the target passed the policy.
+    The policy is read on every request, so a reload's rules (and proxy) hold from the next one."""
+
+    lib: Any
+
+    def __init__(self, policy: Callable[[], OutboundPolicy], verify: ssl.SSLContext | bool = True,
+                 **options: Any) -> None:
+        self.policy, self.verify, self.options = policy, verify, options
+        self.direct = self.lib.AsyncHTTPTransport(verify=verify, trust_env=False, **options)
+        self.backend = guard(self.direct, policy)
+        self._proxied: dict[str, Any] = {}
+        self._refused: UrlRefused | None = None
+
+    @property
+    def refused(self) -> UrlRefused | None:
+        """The last refusal, for a caller whose library hides it."""
+        return self._refused or self.backend.refused
+
+    async def handle_async_request(self, request: Any) -> Any:
+        policy, url = self.policy(), request.url
+        proxy = proxy_for(policy.proxy, url.scheme, url.host)
+        if proxy is None:
+            return await self.direct.handle_async_request(request)
+        try:
+            await policy.addresses(url.host, url.port or (443 if url.scheme == "https" else 80))
+        except UrlRefused as refused:
+            self._refused = refused
+            raise
+        except TimeoutError as exc:
+            raise self.lib.ConnectTimeout(f"looking up {url.host!r} took too long", request=request) from exc
+        except OSError as exc:  # socket.gaierror: no such name
+            raise self.lib.ConnectError(f"looking up {url.host!r} failed: {exc}", request=request) from exc
+        if proxy not in self._proxied:
+            self._proxied[proxy] = self.lib.AsyncHTTPTransport(proxy=proxy, verify=self.verify, trust_env=False,
+                                                               **self.options)
+        return await self._proxied[proxy].handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in (self.direct, *self._proxied.values()):
+            await transport.aclose()
+
+
+class HttpxOutbound(_Outbound, httpx.AsyncBaseTransport):
+    lib = httpx
+
+
+def outbound_transport(lib: Any, policy: Callable[[], OutboundPolicy], verify: ssl.SSLContext | bool = True,
+                       **options: Any) -> Any:
+    """An `_Outbound` transport of `lib` (httpx, or the mcp package's httpx2)."""
+    if lib is httpx:
+        return HttpxOutbound(policy, verify, **options)
+    kind = type(f"{lib.__name__.capitalize()}Outbound", (_Outbound, lib.AsyncBaseTransport), {"lib": lib})
+    return kind(policy, verify, **options)
+
+
 def guarded_httpx(policy: Callable[[], OutboundPolicy], verify: ssl.SSLContext | bool = True,
-                  **options: Any) -> httpx.AsyncHTTPTransport:
+                  **options: Any) -> HttpxOutbound:
     """An httpx transport (`options`: AsyncHTTPTransport's, `limits` say) under the policy."""
-    transport = httpx.AsyncHTTPTransport(verify=verify, trust_env=False, **options)
-    guard(transport, policy)
-    return transport
+    return HttpxOutbound(policy, verify, **options)

@@ -30,7 +30,7 @@ import httpx2
 
 from gateway.mcp_tools import McpServer
 from gateway.outbound_policy import OutboundPolicy
-from gateway.outbound_transport import guard
+from gateway.outbound_transport import outbound_transport
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -97,8 +97,7 @@ class McpConnection:
         from mcp.client.streamable_http import streamable_http_client
 
         # Every connection the client opens goes where the outbound policy allows (gateway/outbound_transport.py).
-        transport = httpx2.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
-        backend = guard(transport, self.policy)
+        transport = backend = outbound_transport(httpx2, self.policy, verify=tls_context())
         try:
             async with httpx2.AsyncClient(headers=self.server.headers, timeout=self.http_timeout_s,
                                           transport=transport) as http, \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import field_validator
 
+from engine.net_proxy import check_proxy_setting
 from gateway.strict_config import StrictConfig
 
 
@@ -21,6 +22,15 @@ class OutboundConfig(StrictConfig):
     allowed_hosts: list[str] = []
     allowed_hosts_only: bool = False  # true: a host not in allowed_hosts is refused (an allowlist)
     denied_hosts: list[str] = []  # always refused, whatever allowed_hosts says
+    # An egress proxy these connections go through (an http(s) URL), "env" (HTTP(S)_PROXY / ALL_PROXY and
+    # NO_PROXY, as read when each is sent), or None: straight to the host (engine/net_proxy.py). Through a
+    # proxy the rules above hold on the target before anything is sent; the proxy resolves it again.
+    proxy: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _a_proxy(cls, value: str | None) -> str | None:
+        return None if value is None else check_proxy_setting(value)
 
     @field_validator("allowed_hosts", "denied_hosts")
     @classmethod
