@@ -14,6 +14,8 @@ from engine.async_engine import AsyncEngine
 from engine.call_stream import CallStream
 from engine.custom_tools import CustomCalls, custom_calls_of
 from engine.harmony import INNER_TOOLS, HarmonyText, is_harmony
+from engine.harmony_tools import forced_call, in_harmony
+from engine.harmony_tools import held_calls as harmony_held_calls
 from engine.held_calls import held_calls
 from engine.hints import SchedulingHints
 from engine.image_inputs import ImageInput
@@ -51,12 +53,15 @@ class OpenAIGeneration:
         self.lora = lora  # the LoRA adapter it runs with (engine/lora_registry.py); None: the base model
         # A chat answer's thinking is split from it (a grammar then holds only what follows the thinking),
         # and the tool calls it writes are parsed out of it unless a grammar holds it (a forced call is
-        # already parsed: engine/forced_tools.py).
+        # already parsed: engine/forced_tools.py; but Harmony's, whose grammar holds a call message).
         harmony = is_harmony(reasoning_parser, tool_call_parser)  # gpt-oss's messages: engine/harmony.py
-        self.harmony = harmony and chat and parsed.forced_tools is None  # a grammar holds its final message
+        forced = parsed.forced_tools
+        self.harmony = harmony and chat and in_harmony(forced)  # one grammar holds its messages: harmony_tools.py
+        self.forced = None if self.harmony else forced  # a forced call written as a JSON array (forced_tools.py)
+        self.named_call = self.harmony and forced is not None and forced.named  # OpenAI then finishes with "stop"
         if harmony:  # its reasoning_effort goes to the chat template, not to a thinking budget
             reasoning_parser, tool_call_parser = None, INNER_TOOLS if self.harmony else None
-        self.reasoning = (bool(reasoning_parser) or self.harmony) and chat and parsed.forced_tools is None
+        self.reasoning = (bool(reasoning_parser) or self.harmony) and chat and self.forced is None
         budget = parsed.params.thinking_token_budget
         if budget is not None and (harmony or not reasoning_parser):  # Harmony thinks on a channel, not in tags
             raise bad_request("'thinking_token_budget' is not supported for a Harmony model (gpt-oss): its analysis "
@@ -66,12 +71,17 @@ class OpenAIGeneration:
         if budget is None and reasoning_parser and parsed.reasoning_effort is not None:  # else accepted, no effect
             budget = engine.engine.config.reasoning_effort_budgets[parsed.reasoning_effort]
             self.parsed = parsed = replace(parsed, params=replace(parsed.params, thinking_token_budget=budget))
-        free = chat and parsed.params.constraint is None and parsed.forced_tools is None
-        self.calls = tool_call_parser if free and parsed.tools else None  # engine/tool_parsers.py
-        held = None
-        if self.calls and parsed.tools and engine.engine.can_constrain and not self.harmony:  # strict or allowed tools: held_calls.py
-            held = held_calls(parsed.tools, self.calls, getattr(engine.tokenizer, "added_tokens", frozenset()),
-                              parsed.parallel_tool_calls, parsed.allowed_tools)
+        asked = forced is None and parsed.params.constraint is not None  # response_format or structured_outputs
+        self.calls = tool_call_parser if chat and parsed.tools and not asked and self.forced is None else None
+        held = None  # a grammar holding the calls: strict or allowed tools, or (Harmony) a forced call
+        if self.harmony and (forced is not None or asked):  # the call or the final message in Harmony's messages
+            held = forced_call(forced, parsed.tools or []) if forced is not None else None
+            constraint = held or parsed.params.constraint.in_harmony_final()  # type: ignore[union-attr]
+            self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=constraint))
+        elif self.calls and parsed.tools and engine.engine.can_constrain:  # strict or allowed tools
+            held = harmony_held_calls(parsed.tools, parsed.allowed_tools) if self.harmony else held_calls(
+                parsed.tools, self.calls, getattr(engine.tokenizer, "added_tokens", frozenset()),
+                parsed.parallel_tool_calls, parsed.allowed_tools)
             if held is not None:
                 self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=held))
         if held is None and parsed.allowed_tools is not None and parsed.tools:  # no grammar: offer only those
@@ -107,8 +117,8 @@ class OpenAIGeneration:
                 self._prompt_ids = [ids]
             if parsed.truncate_prompt_tokens is not None:
                 self._prompt_ids = [ids[-parsed.truncate_prompt_tokens:] for ids in self._prompt_ids]
-            if self.reasoning and (constraint := parsed.params.constraint) is not None:  # think, then the grammar
-                constraint = constraint.in_harmony_final() if self.harmony else constraint.after_thinking(self._inside(0))
+            if self.reasoning and not self.harmony and (constraint := parsed.params.constraint) is not None:
+                constraint = constraint.after_thinking(self._inside(0))  # think, then the grammar
                 self.parsed = parsed = replace(parsed, params=replace(parsed.params, constraint=constraint))
             for k, prompt_ids in enumerate(self._prompt_ids):
                 if parsed.params.constraint is not None and k == 0:
@@ -225,16 +235,21 @@ class OpenAIGeneration:
         prompt_ids = self._prompt_ids[choice // self.parsed.n]
         return tokenizer is not None and starts_inside(tokenizer.decode(prompt_ids[-8:], skip_special_tokens=False))
 
+    @property
+    def _called(self) -> str:
+        """The finish reason of an answer that called: "stop" where tool_choice named the function, as OpenAI."""
+        return "stop" if self.named_call else "tool_calls"
+
     def _answer(self, text: str, finish_reason: str | None, logprobs: dict | None = None, choice: int = 0) -> Answer:
         """A forced tool call's answer (a whole array of calls) goes back as tool_calls; anything else,
         a forced call cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
-        forced = self.parsed.forced_tools
+        forced = self.forced
         calls = forced.calls(text) if forced is not None and finish_reason == "stop" else None
         if calls is None and (self.reasoning or self.calls):
             parts = split_reasoning(text, self._inside(choice)) if self.reasoning else Split(content=text)
             written = parse_calls(parts.content, self.calls) if self.calls else None
             if written is not None:
-                return Answer(written.content, "tool_calls", logprobs, self._allowed(written.calls),
+                return Answer(written.content, self._called, logprobs, self._allowed(written.calls),
                               parts.reasoning or None)
             return Answer(parts.content, finish_reason, logprobs, reasoning=parts.reasoning or None)
         if calls is None:
@@ -290,7 +305,7 @@ class OpenAIGeneration:
             if out.logprobs:
                 token_ids[i].extend(out.new_token_ids)
                 logprobs[i].extend(out.logprobs)
-            if self.parsed.forced_tools is not None:
+            if self.forced is not None:
                 held[i] += out.text_delta
                 if out.finished:
                     answer = self._answer(held[i], out.finish_reason)
@@ -311,7 +326,7 @@ class OpenAIGeneration:
                                        reasoning=parts.reasoning or None, tool_calls=calls or None)
                 if out.finished:
                     called = i in call_streams and call_streams[i].called
-                    yield shapes.chunk(None, "tool_calls" if called else out.finish_reason, logprobs=pending(i),
+                    yield shapes.chunk(None, self._called if called else out.finish_reason, logprobs=pending(i),
                                        index=i)
             elif shapes.chat:
                 if out.text_delta:

@@ -149,16 +149,18 @@ def harmony_tokenizer(vocab_size: int = 512) -> Tokenizer:
     return tokenizer
 
 
-def save_serving_gpt_oss(out: Path, vocab_size: int = 512, mxfp4: bool = False) -> Path:
+def save_serving_gpt_oss(out: Path, vocab_size: int = 512, mxfp4: bool = False, context: int = 256) -> Path:
     """A tiny gpt-oss folder a server loads: the model, the Harmony tokenizer and template, and `<|return|>` and
-    `<|call|>` as its eos tokens (the release's generation_config lists them)."""
+    `<|call|>` as its eos tokens (the release's generation_config lists them); `context` tokens long (a prompt
+    offering tools needs more than the default)."""
     tokenizer = harmony_tokenizer(vocab_size)
     ends = [tokenizer.token_to_id(token) for token in ("<|return|>", "<|call|>")]
     save_gpt_oss(out, mxfp4=mxfp4, vocab_size=vocab_size, eos_token_id=ends[0],
-                 pad_token_id=tokenizer.token_to_id("<|pad|>"))
+                 pad_token_id=tokenizer.token_to_id("<|pad|>"), max_position_embeddings=context,
+                 rope_parameters={**CONFIG["rope_parameters"], "factor": context / 16})  # type: ignore[dict-item]
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": ends, "pad_token_id": ends[0]}))
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin|>", "eos_token": "<|return|>",
-        "pad_token": "<|pad|>", "model_max_length": 256, "chat_template": HARMONY_TEMPLATE}))
+        "pad_token": "<|pad|>", "model_max_length": context, "chat_template": HARMONY_TEMPLATE}))
     return out
