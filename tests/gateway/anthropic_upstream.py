@@ -26,7 +26,9 @@ USAGE = {"input_tokens": 100, "output_tokens": 7, "cache_creation_input_tokens":
                                                              "ephemeral_1h_input_tokens": 200}}
 
 
-class AnthropicUpstream:
+class RecordedBodies:
+    """The request bodies a mock got, in order, from any thread."""
+
     def __init__(self) -> None:
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
@@ -36,14 +38,21 @@ class AnthropicUpstream:
         with self._lock:
             return self.bodies[-1]
 
+    def record(self, body: dict) -> int:
+        """Keeps `body`; how many there are now."""
+        with self._lock:
+            self.bodies.append(body)
+            return len(self.bodies)
+
+
+class AnthropicUpstream(RecordedBodies):
+
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
 
     async def messages(self, request: Request) -> Any:
         body = await request.json()
-        with self._lock:
-            self.bodies.append(body)
-            signature = f"sig-{len(self.bodies)}"
+        signature = f"sig-{self.record(body)}"
         blocks = self._blocks(body, signature)
         stop = "tool_use" if blocks[-1]["type"] == "tool_use" else "end_turn"
         if body.get("stream"):

@@ -8,7 +8,6 @@ and writes)."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,32 +15,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.gateway.anthropic_upstream import RecordedBodies
+
 THOUGHT = "Reasoning on Bedrock."
 TEXT = "Four."
 USAGE = {"inputTokens": 100, "outputTokens": 7, "totalTokens": 1007, "cacheReadInputTokens": 600,
          "cacheWriteInputTokens": 300}
 
 
-class BedrockUpstream:
+class BedrockUpstream(RecordedBodies):
     def __init__(self) -> None:
-        self.bodies: list[dict] = []
+        super().__init__()
         self.paths: list[str] = []
-        self._lock = threading.Lock()
-
-    @property
-    def last(self) -> dict:
-        with self._lock:
-            return self.bodies[-1]
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/model/{model_id:path}/converse", self.converse, methods=["POST"])])
 
     async def converse(self, request: Request) -> Any:
         body = await request.json()
-        with self._lock:
-            self.bodies.append(body)
-            self.paths.append(request.url.path)
-            signature = f"bedrock-sig-{len(self.bodies)}"
+        self.paths.append(request.url.path)
+        signature = f"bedrock-sig-{self.record(body)}"
         content: list[dict] = []
         if (body.get("additionalModelRequestFields") or {}).get("thinking"):
             content.append({"reasoningContent": {"reasoningText": {"text": THOUGHT, "signature": signature}}})

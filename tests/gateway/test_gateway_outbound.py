@@ -8,6 +8,7 @@ requests (to upstreams on 127.0.0.1) unaffected."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,20 @@ def spy() -> Iterator[McpSpy]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]:
-    tmp = tmp_path_factory.mktemp("outbound")
-    raw = gateway_config(tmp, [model_entry("up", upstream_processes[0].api_base)], auth=AUTH,
+@contextmanager
+def reloadable_gateway(upstream: UpstreamProcess, tmp: Path) -> Iterator[Reloadable]:
+    """A gateway (model `up` on `upstream`, the master key, quick webhook retries) whose `outbound:` a test rewrites."""
+    raw = gateway_config(tmp, [model_entry("up", upstream.api_base)], auth=AUTH,
                          webhooks={"first_retry_s": 0.2, "max_retry_s": 0.5, "poll_s": 0.2})
     with running_gateway(raw, config_path=tmp / "pitstop.yaml") as gateway:
         yield Reloadable(gateway, tmp / "pitstop.yaml", raw)
+
+
+@pytest.fixture(scope="module")
+def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]:
+    with reloadable_gateway(upstream_processes[0], tmp_path_factory.mktemp("outbound")) as gateway:
+        yield gateway
 
 
 def mcp_tool(url: str) -> dict:

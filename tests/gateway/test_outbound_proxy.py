@@ -26,9 +26,9 @@ from gateway.outbound_config import OutboundConfig
 from gateway.outbound_transport import guarded_httpx, outbound_transport
 from tests.engine.serving import serve_in_thread
 from tests.gateway.forward_proxy import ForwardProxy, forward_proxy
-from tests.gateway.harness import Receiver, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Receiver
 from tests.gateway.mcp_server import McpSpy, mcp_server
-from tests.gateway.test_gateway_outbound import MASTER, Reloadable, answered, refused
+from tests.gateway.test_gateway_outbound import Reloadable, answered, refused, reloadable_gateway
 from tests.gateway.upstream import UpstreamProcess
 
 
@@ -119,12 +119,8 @@ def mcp() -> Iterator[McpSpy]:
 @pytest.fixture(scope="module")
 def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]:
-    tmp = tmp_path_factory.mktemp("outbound-proxy")
-    raw = gateway_config(tmp, [model_entry("up", upstream_processes[0].api_base)],
-                         auth={"require_keys": True, "master_key": MASTER},
-                         webhooks={"first_retry_s": 0.2, "max_retry_s": 0.5, "poll_s": 0.2})
-    with running_gateway(raw, config_path=tmp / "pitstop.yaml") as gateway:
-        yield Reloadable(gateway, tmp / "pitstop.yaml", raw)
+    with reloadable_gateway(upstream_processes[0], tmp_path_factory.mktemp("outbound-proxy")) as gateway:
+        yield gateway
 
 
 def test_mcp_calls_and_webhooks_go_through_the_gateway_proxy(
