@@ -65,6 +65,9 @@ class BlockStats:
     host: HostCacheStats | None = None
     disk_hit_tokens: int = 0  # loaded back from the disk tier
     disk: DiskCacheStats | None = None
+    # KV groups sharing the blocks (engine/kv_groups.py): a request holds a block of each per block_size tokens
+    # (a sliding group's only within its window), so the blocks hold total * block_size / kv_groups tokens at least.
+    kv_groups: int = 1
 
 
 class BlockManager(PrefixMatch, BlockPins):
@@ -333,4 +336,5 @@ class BlockManager(PrefixMatch, BlockPins):
             host=self.host.stats() if self.host is not None else None,
             disk_hit_tokens=self.disk_hit_tokens,
             disk=self.disk.stats() if self.disk is not None else None,
+            kv_groups=len(self.group_slides),
         )

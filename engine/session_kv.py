@@ -85,7 +85,7 @@ class SessionPins:
         if kv is None:
             return None
         pin = self.block_manager.pins.pins.get(session_id)
-        on_gpu = len(self.block_manager.resolve_prefix(kv.block_hashes))
+        on_gpu = self.block_manager.num_cached_prefix_blocks(kv.block_hashes)
         host, disk = self.block_manager.host, self.block_manager.disk
         in_host = on_disk = 0
         for block_hash in kv.block_hashes[on_gpu:]:  # what a next turn would load, block by block

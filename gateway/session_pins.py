@@ -93,7 +93,8 @@ def view_from_stats(stats: dict) -> KVView:
     blocks, block_size = stats["blocks"], int(stats["block_size"])
     total = max(1, int(blocks["total"]))
     host, disk = blocks.get("host") or {}, blocks.get("disk") or {}
-    return KVView(block_size, total * block_size, int(blocks["used"]) / total, int(blocks["pinned"]),
+    groups = max(1, int(blocks.get("kv_groups", 1)))  # a model mixing sliding and full layers: a block a group
+    return KVView(block_size, total * block_size // groups, int(blocks["used"]) / total, int(blocks["pinned"]),
                   int(host.get("total", 0)) * block_size, int(disk.get("total", 0)) * block_size)
 
 
@@ -155,6 +156,6 @@ def kv_view(backend: Backend) -> KVView | None:
         return None
     engine = backend.engine.engine
     blocks = engine.block_manager
-    total, block_size = blocks.num_blocks, engine.config.block_size
-    return KVView(block_size, total * block_size, (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
+    total, block_size, groups = blocks.num_blocks, engine.config.block_size, len(blocks.group_slides)
+    return KVView(block_size, total * block_size // groups, (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
                   engine.config.num_host_blocks * block_size, engine.config.num_disk_blocks * block_size)

@@ -41,7 +41,7 @@ def _held(seq: Sequence, group: int) -> int:
 
 def _run(engine: LLMEngine, prompts: dict[str, list[int]], new_tokens: int) -> dict[str, Sequence]:
     """Every prompt to its end, checking at each step that the sliding groups hold a window at most, the full
-    groups every block, and the stats count exactly the blocks the requests hold."""
+    groups every block, and the stats count exactly the blocks the requests and pins hold."""
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     seqs = {name: engine.add_request(name, prompt, params) for name, prompt in prompts.items()}
     slides = engine.block_manager.group_slides
@@ -53,7 +53,8 @@ def _run(engine: LLMEngine, prompts: dict[str, list[int]], new_tokens: int) -> d
             for group, sliding in enumerate(slides):
                 assert _held(seq, group) <= WINDOW_BLOCKS if sliding else _held(seq, group) == len(seq.block_table)
         held = {b for seq in running for table in seq.block_tables for b in table if b != NULL_BLOCK}
-        assert engine.stats().blocks.used == len(held) == sum(_held(s, g) for s in running for g in range(len(slides)))
+        assert len(held) == sum(_held(s, g) for s in running for g in range(len(slides)))  # no block in two places
+        assert engine.stats().blocks.used == len(held | set(engine.block_manager.pins.holders))
     return seqs
 
 
@@ -107,3 +108,28 @@ def test_ngram_drafts_are_checked_across_the_groups(models: dict[str, Path]) -> 
     seq = _run(engine, {"spec": prompt}, 24)["spec"]
     assert engine.spec.draft_tokens > 0
     assert seq.output_token_ids == transformers_greedy(models["gpt_oss"], prompt, 24)
+
+
+def test_a_sessions_pin_holds_the_full_prefix_and_the_last_window(models: dict[str, Path]) -> None:
+    """A finished turn's pin holds every full-group block and the sliding group's last window; a request that
+    cycles the whole rest of the cache through evicts the rest, and the next turn still finds its prefix."""
+    from gateway.session_pins import view_from_stats
+
+    engine = _engine(models["gpt_oss"], 96)
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    first = engine.add_request("t1", random_prompt(40, seed=5), params, session_id="agent", pin_ttl_s=60.0)
+    while engine.has_unfinished():
+        engine.step()
+    info = engine.session_info("agent")
+    assert info is not None and info["cached_tokens"] == 44  # 45 tokens computed: 11 full blocks
+    assert info["pinned_blocks"] == 11 + 2  # from position 44 the window reads blocks 9 and 10
+    _run(engine, {"filler": random_prompt(180, seed=6)}, 4)
+    second = engine.add_request("t2", first.token_ids + [7, 8, 9], params, session_id="agent")
+    while engine.has_unfinished():
+        engine.step()
+    assert second.num_cached_tokens == 44
+    assert second.output_token_ids == transformers_greedy(models["gpt_oss"], first.token_ids + [7, 8, 9], 6)
+    stats = engine.stats()
+    assert stats.blocks.kv_groups == 2  # as the gateway reads it: a block of each group per 4 tokens
+    view = view_from_stats({"block_size": BS, "blocks": {"total": 96, "used": 0, "pinned": 13, "kv_groups": 2}})
+    assert view.capacity_tokens == 96 * BS // 2
