@@ -13,10 +13,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-# Base64 characters decoded first (48 KiB of bytes): a PNG's, GIF's or WebP's header is in its first bytes, a
-# JPEG's frame header after its EXIF segments (at most 64 KiB each); a JPEG's whole payload is decoded only where
-# this prefix was too short. Decoding base64 is ~1 ms a MB, so the prefix keeps a large image's estimate flat.
-HEADER_CHARS = 65_536
+# Base64 characters decoded, the next only where the header was not in the last: a PNG's, GIF's or WebP's header
+# is in its first bytes, a JPEG's frame header after its EXIF segments (at most 64 KiB each, so 48 KiB holds all
+# but the largest), a TIFF's wherever its first offset points; a JPEG's whole payload last. Base64 decodes at
+# ~250 MB/s on this machine: the prefixes keep a large image's estimate flat (bench/image_tokens.py).
+PREFIX_CHARS = (4_096, 65_536)
 _JPEG = b"\xff\xd8"
 _HEADER_SEARCH = 256  # where a data URL's comma may be: "data:image/png;base64," and parameters
 DETAILS = ("auto", "low", "high")
@@ -35,12 +36,16 @@ def data_url_size(url: str) -> tuple[int, int] | None:
     comma = url.find(",", 0, _HEADER_SEARCH)
     if comma < 0 or not url[:comma].endswith(";base64"):
         return None
-    chars = min(HEADER_CHARS, len(url) - comma - 1)
+    payload = len(url) - comma - 1
     try:
-        head = binascii.a2b_base64(url[comma + 1:comma + 1 + chars - chars % 4])
-        size = _webp_size(head) or _pillow_size(head)
-        if size is None and head.startswith(_JPEG) and chars == HEADER_CHARS:  # its frame header lies further
-            size = _pillow_size(binascii.a2b_base64(url[comma + 1:]))
+        for chars in PREFIX_CHARS:
+            head = binascii.a2b_base64(url[comma + 1:comma + 1 + min(chars, payload) // 4 * 4])
+            size = _webp_size(head) or _pillow_size(head)
+            if size is not None or payload <= chars:
+                break
+        else:
+            if head.startswith(_JPEG):  # a JPEG's frame header may lie past any prefix (EXIF, XMP, ICC segments)
+                size = _pillow_size(binascii.a2b_base64(url[comma + 1:]))
     except binascii.Error:
         return None
     return size if size is not None and size[0] > 0 and size[1] > 0 else None

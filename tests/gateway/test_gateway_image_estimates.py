@@ -15,10 +15,9 @@ from tests.gateway.image_data import SMALL, TALL
 from tests.gateway.upstream import UpstreamProcess
 
 
-def entry(name: str, model: str, **params: object) -> dict:
-    info = params.pop("model_info", {})
+def entry(name: str, model: str, info: dict | None = None, **params: object) -> dict:
     return {"model_name": name, "litellm_params": {"model": model, **params},
-            "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, **info}}  # type: ignore[dict-item]
+            "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, **(info or {})}}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
               entry("vision", "openai/gpt-4o", api_base=b.api_base, tpm=100000),
               entry("gemini", "gemini/gemini-2.0-flash", api_key="unused"),
               entry("claude", "anthropic/claude-sonnet-4-5", api_key="unused"),
-              entry("remote", "pitstop-engine/remote", api_base=a.api_base, model_info={"image_token_estimate": 300})]
+              entry("remote", "pitstop-engine/remote", {"image_token_estimate": 300}, api_base=a.api_base)]
     tmp = tmp_path_factory.mktemp("image-estimates")
     with running_gateway(gateway_config(tmp, models, server={"allowed_fails": 1000})) as gateway:
         yield gateway

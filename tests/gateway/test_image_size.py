@@ -11,7 +11,7 @@ import struct
 import pytest
 from PIL import Image
 
-from gateway.image_size import HEADER_CHARS, ImagePart, data_url_size, message_images, part_image
+from gateway.image_size import PREFIX_CHARS, ImagePart, data_url_size, message_images, part_image
 from tests.gateway.image_data import as_url, encoded
 
 
@@ -25,12 +25,15 @@ def test_a_payload_cut_after_its_header_is_still_sized() -> None:
     assert data_url_size(as_url(encoded((2048, 4096), "PNG")[:64])) == (2048, 4096)
 
 
-def test_a_jpeg_whose_frame_header_lies_past_the_prefix_is_read_from_the_whole_payload() -> None:
+@pytest.mark.parametrize("segments", [(10_000,), (60_000, 60_000)])
+def test_a_jpeg_whose_frame_header_lies_past_the_first_prefix_is_read_further(segments: tuple[int, ...]) -> None:
     jpeg = encoded((640, 480), "JPEG")
-    # Two 60 KB application segments (as EXIF and XMP blocks are) between SOI and the frame header.
-    segment = b"\xff\xe2" + struct.pack(">H", 60_002) + bytes(60_000)
-    padded = jpeg[:2] + segment + segment + jpeg[2:]
-    assert len(base64.b64encode(padded[:padded.index(b"\xff\xc0")])) > HEADER_CHARS
+    # Application segments (as EXIF, XMP and ICC blocks are) between SOI and the frame header: past the first
+    # prefix, or past both (then the whole payload is decoded).
+    padding = b"".join(b"\xff\xe2" + struct.pack(">H", n + 2) + bytes(n) for n in segments)
+    padded = jpeg[:2] + padding + jpeg[2:]
+    header_chars = len(base64.b64encode(padded[:padded.index(b"\xff\xc0") + 9]))
+    assert header_chars > PREFIX_CHARS[0] and (header_chars > PREFIX_CHARS[1]) == (len(segments) > 1)
     assert data_url_size(as_url(padded, "image/jpeg")) == (640, 480)
 
 
