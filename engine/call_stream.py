@@ -195,3 +195,19 @@ class CallStream:
         self.called = bool(calls)
         return ParsedCalls((parsed.content or "")[self._sent:] or None,
                            [{"index": k, **call} for k, call in enumerate(calls)])
+
+
+def streamed_calls(text: str, parser: str, max_calls: int | None = None) -> ParsedCalls:
+    """What streaming `text` sends, joined: its content and each call whole (its pieces of arguments joined).
+    A whole answer cut by max_tokens inside a call answers with this, the partial call as its stream sent it."""
+    stream = CallStream(parser, max_calls)
+    content, deltas = stream.feed(text)
+    rest = stream.finish()
+    calls: dict[int, dict] = {}
+    for delta in deltas + rest.calls:
+        index, piece = delta["index"], {k: v for k, v in delta.items() if k != "index"}
+        if index not in calls:
+            calls[index] = piece
+        else:
+            calls[index]["function"]["arguments"] += piece["function"].get("arguments", "")
+    return ParsedCalls((content + (rest.content or "")) or None, list(calls.values()))

@@ -11,7 +11,7 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from engine.async_engine import AsyncEngine
-from engine.call_stream import CallStream
+from engine.call_stream import CallStream, streamed_calls
 from engine.custom_tools import CustomCalls, custom_calls_of
 from engine.harmony import INNER_TOOLS, HarmonyText, is_harmony
 from engine.harmony_tools import forced_call, in_harmony
@@ -241,8 +241,9 @@ class OpenAIGeneration:
         return "stop" if self.named_call else "tool_calls"
 
     def _answer(self, text: str, finish_reason: str | None, logprobs: dict | None = None, choice: int = 0) -> Answer:
-        """A forced tool call's answer (a whole array of calls) goes back as tool_calls; anything else,
-        a forced call cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
+        """A forced tool call's answer (a whole array of calls) goes back as tool_calls; calls the answer wrote,
+        too, one cut by max_tokens as its stream sent it (finish reason "length"); anything else, a forced call
+        cut by max_tokens included, as text (a reasoning model's: split from its thinking)."""
         forced = self.forced
         calls = forced.calls(text) if forced is not None and finish_reason == "stop" else None
         if calls is None and (self.reasoning or self.calls):
@@ -251,6 +252,10 @@ class OpenAIGeneration:
             if written is not None:
                 return Answer(written.content, self._called, logprobs, self._allowed(written.calls),
                               parts.reasoning or None)
+            if self.calls and finish_reason == "length":  # cut inside a call: the partial call, as streamed
+                cut = streamed_calls(parts.content, self.calls, None if self.parsed.parallel_tool_calls else 1)
+                if cut.calls:
+                    return Answer(cut.content, finish_reason, logprobs, self._allowed(cut.calls), parts.reasoning or None)
             return Answer(parts.content, finish_reason, logprobs, reasoning=parts.reasoning or None)
         if calls is None:
             return Answer(text, finish_reason, logprobs)
@@ -326,7 +331,8 @@ class OpenAIGeneration:
                                        reasoning=parts.reasoning or None, tool_calls=calls or None)
                 if out.finished:
                     called = i in call_streams and call_streams[i].called
-                    yield shapes.chunk(None, self._called if called else out.finish_reason, logprobs=pending(i),
+                    yield shapes.chunk(None, self._called if called and out.finish_reason != "length"
+                                       else out.finish_reason, logprobs=pending(i),
                                        index=i)
             elif shapes.chat:
                 if out.text_delta:

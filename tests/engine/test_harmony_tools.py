@@ -156,3 +156,20 @@ def test_a_forced_custom_tool_answers_its_raw_input(client: openai.OpenAI) -> No
                                            max_tokens=8, seed=0)
     call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.type == "custom" and len(call.custom.input) == 3  # type: ignore[union-attr]
+
+
+def test_a_call_cut_by_max_tokens_is_the_partial_call_not_markup(client: openai.OpenAI, bias: dict[str, int]) -> None:
+    """Under Harmony a call's text is the engine's own translation: cut by max_tokens, the whole answer gives the
+    partial call as the stream sent it, both finishing "length", and no `<tool_call>` markup reaches the client."""
+    cut = 0
+    for seed in range(4):
+        asked = {"model": "gpt-oss", "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required",
+                 "max_tokens": 70, "seed": seed, "logit_bias": bias}
+        choice = client.chat.completions.create(**asked).choices[0]  # type: ignore[call-overload]
+        calls, _, content, last = _calls_streamed(list(client.chat.completions.create(**asked, stream=True)))  # type: ignore[call-overload]
+        assert choice.finish_reason == last == "length"
+        assert "<tool_call>" not in (choice.message.content or "") and "<tool_call>" not in (content or "")
+        whole = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
+        assert whole == calls
+        cut += bool(whole)
+    assert cut  # at least one answer was cut inside its call

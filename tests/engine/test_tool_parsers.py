@@ -162,6 +162,30 @@ def test_the_engine_server_answers_written_calls_as_tool_calls(tiny_model_dir: P
         assert answer.choices[0].message.tool_calls is None and OSLO in (answer.choices[0].message.content or "")
 
 
+def test_an_answer_cut_inside_a_call_is_the_partial_call_whole_and_streamed(tiny_model_dir: Path) -> None:
+    """max_tokens ends the answer inside a call's arguments: the whole answer gives the partial call as the
+    stream sent it (not the call's markup as content), and both finish "length", as OpenAI's do."""
+    answer = "Let me look.\n" + OSLO
+    tokenizer = Tokenizer(tiny_model_dir)
+    ids = tokenizer.encode(answer)
+    cut = next(k for k in range(1, len(ids)) if '"arguments": {"ci' in tokenizer.decode(ids[:k]))
+    messages = [{"role": "user", "content": "Weather in Oslo?"}]
+    engine = _thinking_engine(tiny_model_dir, answer)
+    with serve_in_thread(create_app(engine, "tiny", tool_call_parser="hermes")) as url, sdk(url) as client:
+        whole = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER], max_tokens=cut)
+        chunks = list(client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER],
+                                                     max_tokens=cut, stream=True))
+    choice = whole.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content == "Let me look.\n"
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments.startswith('{"ci') and "<tool_call>" not in calls[0].function.arguments
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    pieces = [call.model_dump(exclude_none=True) for d in deltas for call in d.delta.tool_calls or []]
+    assert joined(pieces) == [{"name": "get_weather", "arguments": calls[0].function.arguments}]
+    assert deltas[-1].finish_reason == "length"
+
+
 def test_llama_calls_and_parallel_tool_calls_false(tiny_model_dir: Path) -> None:
     calls = '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "get_weather", "parameters": {}}'
     messages = [{"role": "user", "content": "Weather?"}]
