@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, ImageLimits, SpeculativeConfig
+from engine.cross_encoder_config import CROSS_ENCODER_FAMILIES, cross_encoder_config
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -152,6 +153,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="fetch image URLs resolving to loopback or private addresses (default: yes; a public "
                             "engine says --no-allow-private-media-urls); link-local (cloud metadata), multicast "
                             "and reserved addresses are never fetched unless --allowed-media-domains names the host")
+    serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
+                       help="a cross-encoder folder (a reranker, served on /v1/rerank and /v1/score): the torch "
+                            "threads its forward passes use (default 1)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=serve_command)
 
@@ -164,14 +168,16 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
-                                                 "qwen2_5_vl"],
+                                                 "qwen2_5_vl", *CROSS_ENCODER_FAMILIES],
                       default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
                            "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
                            "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
                            "tokens each: engine/tiny_gemma3_vision.py); qwen2_5_vl is Qwen2.5-VL (its vision "
-                           "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py)")
+                           "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py); "
+                           "*_cross_encoder: a one-label *ForSequenceClassification reranker and its tokenizer "
+                           "(engine/tiny_cross_encoder.py)")
     tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
@@ -240,6 +246,14 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"pitstop: step-time profile {args.sim} not found (`pitstop engine profile` writes one)", file=sys.stderr)
         return 2
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
+    if args.model is not None and cross_encoder_config(args.model) is not None:  # a reranker: no KV, no generation
+        from engine.cross_encoder import CrossEncoder
+        from engine.server.cross_encoder_app import create_cross_encoder_app
+
+        encoder = CrossEncoder(args.model, args.device, args.torch_threads)
+        uvicorn.run(create_cross_encoder_app(encoder, name), host=args.host, port=args.port,
+                    log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
+        return 0
     adapters = dict(args.lora_modules)
     if name in adapters or len(adapters) < len(args.lora_modules):
         print(f"pitstop: --lora-modules names must differ from each other and from the model's {name!r}",
@@ -302,6 +316,14 @@ def roofline_command(args: argparse.Namespace) -> int:
 
 def make_tiny_model_command(args: argparse.Namespace) -> int:
     from engine.tiny_model import make_tiny_model
+
+    if args.family in CROSS_ENCODER_FAMILIES:
+        from engine.tiny_cross_encoder import make_tiny_cross_encoder
+
+        extra = {"heads": args.heads, "vocab_size": args.vocab_size, "seed": args.seed}
+        print(make_tiny_cross_encoder(args.dir, CROSS_ENCODER_FAMILIES[args.family], layers=args.layers,
+                                      hidden=args.hidden, **{k: v for k, v in extra.items() if v is not None}))
+        return 0
 
     if args.family == "llava":
         from engine.tiny_llava import make_tiny_llava

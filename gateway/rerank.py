@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.rerank_body import ranked_results
 from engine.server.errors import APIError, bad_request, not_found
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
@@ -211,10 +212,7 @@ def cosine_scores(query: np.ndarray, documents: np.ndarray) -> np.ndarray:
 def _ranked(draft: OutcomeDraft, asked: RerankRequest, scored: list[tuple[int, float]],
             answer_id: str | None) -> dict:
     """vLLM's answer: the best `top_n` first (ties in the documents' order), each with its text if asked."""
-    best = sorted(scored, key=lambda pair: (-pair[1], pair[0]))[:asked.kept]
-    results = [{"index": index, "relevance_score": score,
-                **({"document": {"text": asked.documents[index]}} if asked.return_documents else {})}
-               for index, score in best]
+    results = ranked_results(scored, asked.documents, asked.kept, asked.return_documents)
     usage = draft.estimated_usage() if draft.usage_estimated else draft.usage or {}
     return {"id": answer_id or f"rerank-{draft.request_id.removeprefix('req-')}", "model": asked.model,
             "results": results, "usage": {"total_tokens": int(usage.get("total_tokens") or 0)}}

@@ -1,6 +1,6 @@
 """POST /v1/rerank's body, in the shape vLLM, Cohere and Jina take: `model`, `query`, `documents` (strings,
-or objects holding a `text`), `top_n` and `return_documents`. Checked here, so a bad request is a 400 naming
-its field before it takes a rate slot; then written as the request each way of reranking sends
+or objects holding a `text`), `top_n` and `return_documents`. Checked as the engine's cross-encoder checks it (engine/rerank_body.py),
+so a bad request is a 400 naming its field before it takes a rate slot; then written as the request each way of reranking sends
 (gateway/rerank.py): a reranker's own body, or one embeddings call for the query and the documents."""
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from engine.server.errors import bad_request
+from engine.rerank_body import parse_rerank_body
 from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
 from gateway.request_body import GATEWAY_FIELDS, ProxyRequest, asked_priority
 
 # The endpoint's paths (vLLM's server and LiteLLM's proxy answer all three); a batch's lines may name any.
 PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
-# Cohere's limit on a request's documents (vLLM sets none): with the query, one embeddings call of at most
-# 1,001 inputs, inside OpenAI's 2,048.
-MAX_DOCUMENTS = 1000
-_OWN_FIELDS = frozenset({"model", "query", "documents", "top_n", "return_documents", "service_tier", *GATEWAY_FIELDS})
+_GATEWAY_ONLY = frozenset({"service_tier", *GATEWAY_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -39,40 +36,11 @@ class RerankRequest:
         return len(self.documents) if self.top_n is None else min(self.top_n, len(self.documents))
 
 
-def _text(value: Any, i: int) -> str:
-    text = value.get("text") if isinstance(value, dict) else value
-    if not isinstance(text, str) or not text:
-        raise bad_request(f"'documents[{i}]' must be a non-empty string or an object with a non-empty 'text'",
-                          f"documents[{i}]", "invalid_type")
-    return text
-
-
 def parse_rerank_request(raw: Any, headers: Headers | dict[str, str] | None = None) -> RerankRequest:
-    if not isinstance(raw, dict):
-        raise bad_request("the body must be a JSON object")
-    model = raw.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a string", "model")
-    query = raw.get("query")
-    if not isinstance(query, str) or not query:
-        raise bad_request("'query' is required and must be a non-empty string", "query", "invalid_type")
-    documents = raw.get("documents")
-    if not isinstance(documents, list) or not documents:
-        raise bad_request("'documents' must be a non-empty list of strings or of objects with a 'text'",
-                          "documents", "invalid_type")
-    if len(documents) > MAX_DOCUMENTS:
-        raise bad_request(f"'documents' holds {len(documents)} items; at most {MAX_DOCUMENTS} a request", "documents",
-                          "invalid_value")
-    texts = [_text(document, i) for i, document in enumerate(documents)]
-    top_n = raw.get("top_n")
-    if top_n is not None and (type(top_n) is not int or top_n < 1):
-        raise bad_request("'top_n' must be a positive integer", "top_n", "invalid_value")
-    return_documents = raw.get("return_documents")
-    if return_documents is not None and not isinstance(return_documents, bool):
-        raise bad_request("'return_documents' must be a boolean", "return_documents", "invalid_type")
-    return RerankRequest(model, query, texts, top_n, return_documents is not False, asked_priority(raw),
+    body = parse_rerank_body(raw)  # the fields the engine's cross-encoder reads too (engine/rerank_body.py)
+    return RerankRequest(body.model, body.query, body.documents, body.top_n, body.return_documents, asked_priority(raw),
                          CacheControl.of(raw.get(CACHE_FIELD), (headers or {}).get(CACHE_HEADER)),
-                         {k: v for k, v in raw.items() if k not in _OWN_FIELDS})
+                         {k: v for k, v in body.extra.items() if k not in _GATEWAY_ONLY})
 
 
 def _as_request(asked: RerankRequest, body: dict, prompt_chars: int) -> ProxyRequest:

@@ -1,0 +1,72 @@
+"""vLLM's rerank and score APIs over a CrossEncoder (engine/cross_encoder.py), shared by `pitstop engine serve`
+on a cross-encoder folder (engine/server/cross_encoder_app.py) and the gateway's in-process reranker
+(gateway/backends/cross_encoder.py).
+
+- rerank (`/v1/rerank`, `/rerank`, `/v2/rerank`): the body the gateway reads (engine/rerank_body.py) plus
+  vLLM's `truncate_prompt_tokens`; the answer `{id, model, results: [{index, relevance_score, document?}],
+  usage: {total_tokens}}`, best first, `top_n` of them.
+- score (`/v1/score`, `/score`): `text_1` and `text_2`, each a string or a list of them, paired one to one
+  (1:1, N:N) or the one `text_1` with each `text_2` (1:N); the answer `{id, object: list, created, model,
+  data: [{index, object: score, score}], usage}` in the pairs' order."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from engine.cross_encoder import CrossEncoder
+from engine.rerank_body import MAX_DOCUMENTS, parse_rerank_body, ranked_results
+from engine.server.errors import bad_request, not_found
+from engine.server.fields import integer, read_object
+
+_VLLM_FIELDS = {"truncate_prompt_tokens", "priority", "user"}  # read, or taken and ignored as vLLM does
+_SCORE_FIELDS = {"model", "text_1", "text_2", *_VLLM_FIELDS}
+
+
+def _check_model(model: str, served: str | None) -> None:
+    if served is not None and model != served:
+        raise not_found(f"the model {model!r} does not exist; this server serves {served!r}", "model",
+                        "model_not_found")
+
+
+async def rerank_answer(encoder: CrossEncoder, raw: Any, served: str | None, model_name: str) -> dict:
+    """`served`: the name a body's `model` must be (None: any, the gateway has routed it); `model_name`:
+    the name the answer gives."""
+    body = parse_rerank_body(raw)
+    _check_model(body.model, served)
+    read_object(body.extra, _VLLM_FIELDS)  # a 400 naming a field this server does not read
+    scored = await encoder.score([(body.query, document) for document in body.documents],
+                                 integer(body.extra, "truncate_prompt_tokens"))
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": model_name,
+            "results": ranked_results(list(enumerate(scored.scores)), body.documents, body.kept,
+                                      body.return_documents),
+            "usage": {"total_tokens": scored.tokens}}
+
+
+def _texts(body: dict, name: str) -> list[str]:
+    value = body.get(name)
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+        raise bad_request(f"'{name}' must be a non-empty string or a non-empty list of them", name, "invalid_type")
+    if len(texts) > MAX_DOCUMENTS:  # the rerank's limit on documents, so a score takes no more pairs
+        raise bad_request(f"'{name}' holds {len(texts)} texts; at most {MAX_DOCUMENTS} a request", name,
+                          "invalid_value")
+    return texts
+
+
+async def score_answer(encoder: CrossEncoder, raw: Any, served: str | None, model_name: str) -> dict:
+    body = read_object(raw, _SCORE_FIELDS)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required and must be a string", "model")
+    _check_model(model, served)
+    firsts, seconds = _texts(body, "text_1"), _texts(body, "text_2")
+    if len(firsts) > 1 and len(firsts) != len(seconds):
+        raise bad_request(f"'text_1' holds {len(firsts)} texts and 'text_2' {len(seconds)}: pair them 1:1, 1:N or "
+                          "N:N", "text_1", "invalid_value")
+    pairs = list(zip(firsts * len(seconds) if len(firsts) == 1 else firsts, seconds, strict=True))
+    scored = await encoder.score(pairs, integer(body, "truncate_prompt_tokens"))
+    return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model_name,
+            "data": [{"index": i, "object": "score", "score": score} for i, score in enumerate(scored.scores)],
+            "usage": {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens, "completion_tokens": 0}}
