@@ -8,8 +8,10 @@ calibration data (the per-token activation scales are taken at run time); it is 
 byte (or half a byte) a projection weight instead of reading and quantizing the full checkpoint at start.
 
 Quantized: the attention and dense MLP projections (what engine/model/quant_linear.py serves);
-embeddings, the LM head, MoE routers and experts are copied as they are (and named in `ignore`). Phi-3's
-fused `qkv_proj` and `gate_up_proj` are written as their parts (q/k/v, gate/up), each quantized."""
+embeddings, the LM head, MoE routers and experts are copied as they are (and named in `ignore`), and so are a
+vision model's tower and projector (LLaVA, Gemma 3, Qwen2.5-VL): the written folder takes images as the flag's
+runner does. Phi-3's fused `qkv_proj` and `gate_up_proj` are written as their parts (q/k/v, gate/up), each
+quantized."""
 
 from __future__ import annotations
 
@@ -24,15 +26,20 @@ from safetensors.torch import save_file
 
 from engine.config import QUANTIZATIONS
 from engine.model.config import ModelConfig
+from engine.model.families import QWEN2_5_VL
 from engine.model.int4_formats import pack_compressed_tensors, quantize_groups
 from engine.model.loader import safetensors_files, split_fused
 from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
+from engine.model.vision import VisionConfig
 
 # A multimodal Gemma 3's language model is under `language_model.` (the Hub's layout) or `model.language_model.`.
 _PROJECTION = re.compile(r"(language_model\.)?model\.(language_model\.)?layers\.\d+\."
                          r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight")
-_NOT_SERVED = ["re:.*vision_tower.*", "re:.*multi_modal_projector.*"]  # a multimodal folder's, copied as they are
+# A vision model's tower and projector are copied as they are (served in the model's dtype: engine/model/vision.py)
+# and named in `ignore`, so vLLM too reads them unquantized.
+_VISION_MODULES = {QWEN2_5_VL: ["re:.*visual.*"]}
+_TOWER_AND_PROJECTOR = ["re:.*vision_tower.*", "re:.*multi_modal_projector.*"]  # LLaVA's and Gemma 3's
 # What vLLM would otherwise take for quantized Linear layers of a mixture-of-experts model.
 _MOE_IGNORE = ["re:.*\\.(mlp|block_sparse_moe)\\.experts\\..*", "re:.*\\.(mlp|block_sparse_moe)\\.gate$"]
 _EXPERT_TENSOR = re.compile(r".*\.(mlp|block_sparse_moe)\.experts\..*")
@@ -80,6 +87,7 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
         scheme = QuantScheme("int4", group_size=group_size, symmetric=scheme.symmetric)
     experts = False
     model_config = ModelConfig.from_dict(config)
+    vision = VisionConfig.from_dict(config)  # a tower the engine cannot serve is refused here, before any writing
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():  # tokenizer, chat template, generation config
         if path.is_file() and path.suffix != ".safetensors" and path.name not in ("config.json",
@@ -101,8 +109,8 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, method: str,
     config["quantization_config"] = quantization_config(method, scheme.group_size or RUNTIME_INT4_GROUP_SIZE)
     if experts:
         config["quantization_config"]["ignore"] += _MOE_IGNORE
-    if config.get("model_type") == "gemma3":
-        config["quantization_config"]["ignore"] += _NOT_SERVED
+    if vision is not None:
+        config["quantization_config"]["ignore"] += _VISION_MODULES.get(vision.family, _TOWER_AND_PROJECTOR)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 

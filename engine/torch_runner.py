@@ -116,16 +116,15 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                 self.workers.close()
                 raise
         self.tp = tp or SINGLE
-        # A LLaVA model's vision tower and projector (engine/model/vision.py); None: it takes text only.
+        # A vision model's tower and projector (engine/model/vision.py); None: it takes text only. They stay
+        # whole and unquantized, on rank 0 alone: its steps carry the image features to the other ranks.
         self.vision = VisionConfig.from_dict(json.loads((self.model_dir / "config.json").read_text()))
         self.image_features: ImageFeatures | None = None
         self.rope_positions = RopePositions(self.config, self.vision.merge_size if self.vision else 2)
         try:
-            if self.vision is not None and (self.tensor_parallel_size > 1 or scheme is not None):
-                self.vision = self.vision.sharded_or_quantized()  # Gemma 3: text only; LLaVA: refused
             self.model = load_model(self.model_dir, self.device, self.dtype, self.config, scheme, self.tp,
                                     self.mxfp4_experts)
-            if self.vision is not None:
+            if self.vision is not None and self.tp.rank == 0:
                 encoder = load_vision_encoder(self.vision, safetensors_files(self.model_dir), self.device, self.dtype)
                 self.image_features = ImageFeatures(encoder, self.device, self.dtype)
             if self.workers is not None:

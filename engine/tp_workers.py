@@ -33,14 +33,16 @@ SHM_CHUNK = 1 << 20  # elements a rank's shared-memory slot holds (4 MiB of floa
 @dataclass
 class StepInputs:
     """A step as every rank runs it: KV copies first, then the forward pass over these inputs (on the
-    CPU while they travel; each rank moves them to its device)."""
+    CPU while they travel; each rank moves them to its device). Rank 0 prepares all of it, so what a vision
+    model's step needs reaches every rank as one rank has it: the image features and their rows, M-RoPE's
+    [3, T] positions and Gemma 3's bidirectional image spans (`meta.image_spans`)."""
 
     kv_transfers: list[KVTransfer]
     input_ids: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     meta: AttentionMetadata | None = None
     lora_groups: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)  # engine/model/lora.py
-    image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # rows and their image features (one rank)
+    image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # rows and their features (rank 0 encodes)
 
     def to(self, device: torch.device) -> StepInputs:
         if self.meta is None or self.input_ids is None or self.positions is None:

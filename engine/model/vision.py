@@ -16,7 +16,11 @@ Qwen2.5-VL's (Qwen2_5_VLForConditionalGeneration, `model_type: qwen2_5_vl`): tra
 `Qwen2_5_VisionTransformerPretrainedModel` from `vision_config` (window attention, 2D rotary, the patch merger),
 its `visual.*` / `model.visual.*` tensors; dynamic resolution, so an image is its own number of tokens
 (grid_t * grid_h * grid_w / merge_size**2, `tokens_per_image` 0) and its pixels a [patches, patch] matrix with its
-grid (`ImageInput.grid_thw`); the language model's positions are M-RoPE's (engine/rope_positions.py)."""
+grid (`ImageInput.grid_thw`); the language model's positions are M-RoPE's (engine/rope_positions.py).
+
+Sharded or quantized, as vLLM serves them: only the language model is; the encoder stays whole, in the model's
+dtype, on tensor-parallel rank 0 alone (its features travel with each step: engine/tp_workers.py), and a
+checkpoint that quantized it is refused."""
 
 from __future__ import annotations
 
@@ -44,6 +48,10 @@ _PREFIXES = {"model.vision_tower.": "vision_tower.", "vision_tower.": "vision_to
 # reads the post-layernorm's output (its last hidden state), never SigLIP's pooling head.
 _UNUSED = {LLAVA: ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head."),
            GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",), QWEN2_5_VL: ()}
+# Tensors only a quantized Linear has (compressed-tensors, fp8, AWQ, GPTQ): the tower and projector are
+# served unquantized, in the model's dtype, whatever the language model is (as vLLM serves them).
+_QUANTIZED_LEAVES = ("weight_scale", "input_scale", "weight_packed", "weight_zero_point", "weight_g_idx", "qweight",
+                     "qzeros", "scales", "g_idx")
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,6 @@ class VisionConfig:
     def text_expansion(self) -> bool:
         """Whether the processor widens images in the prompt's text (Gemma 3) rather than its tokens (LLaVA)."""
         return self.boi_token_id is not None
-
-    def sharded_or_quantized(self) -> VisionConfig | None:
-        """With tensor parallelism or quantization: None for a Gemma 3 folder, served as its language model, text
-        only (as before it took images); a LLaVA one is refused."""
-        if self.family != GEMMA3_MULTIMODAL:
-            raise ValueError("a vision model is served unquantized on one rank (no tensor_parallel_size or "
-                             "quantization with image inputs)")
-        return None
 
     def check_chunk(self, chunk_tokens: int) -> None:
         """A bidirectional image is prefilled in one chunk: refused at start-up where a step cannot hold one
@@ -225,6 +225,10 @@ def load_vision_encoder(config: VisionConfig, files: list[Path], device: torch.d
                 prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
                 if prefix is not None:
                     state[_PREFIXES[prefix] + name.removeprefix(prefix)] = f.get_tensor(name)
+    quantized = sorted(name for name in state if name.rsplit(".", 1)[-1] in _QUANTIZED_LEAVES)
+    if quantized:  # vLLM's quantized multimodal checkpoints leave the tower out (`ignore`): so do we
+        raise ValueError(f"this checkpoint quantized its vision tower or projector ({quantized[0]}): the engine "
+                         "serves them only in the model's dtype (quantize the language model only)")
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.startswith(_UNUSED[config.family])]
     if missing or unexpected:

@@ -15,7 +15,6 @@ from engine.build import build_engine
 from engine.config import SpeculativeConfig
 from engine.rope_positions import mrope_prompt_positions
 from engine.sampling_params import SamplingParams
-from engine.torch_runner import TorchModelRunner
 from tests.engine.llava_inputs import run
 from tests.engine.qwen2_5_vl_inputs import picture, qwen_engine, qwen_prompt, transformers_answer
 from tests.engine.test_gemma3_vision_engine import prompt_logprobs, reference_logprobs
@@ -101,12 +100,12 @@ def test_the_prefix_cache_keys_blocks_by_the_image(tiny_qwen2_5_vl_dir: Path) ->
     assert b.new_token_ids == transformers_answer(tiny_qwen2_5_vl_dir, *other)[0]
 
 
-def test_speculation_quantization_and_tensor_parallelism_are_refused(tiny_qwen2_5_vl_dir: Path) -> None:
+def test_speculation_is_refused(tiny_qwen2_5_vl_dir: Path) -> None:
+    """(Quantization and tensor parallelism serve images: tests/engine/test_vision_quantization.py,
+    test_vision_tensor_parallel.py.)"""
     with pytest.raises(ValueError, match="M-RoPE"):
         build_engine(model_dir=tiny_qwen2_5_vl_dir, num_blocks=16, device="cpu",
                      speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=2))
-    with pytest.raises(ValueError, match="unquantized on one rank"):
-        TorchModelRunner(tiny_qwen2_5_vl_dir, 16, 16, device="cpu", quantization="int8")
 
 
 def test_a_hub_config_reads_as_qwen2_on_mrope() -> None:
