@@ -2,7 +2,8 @@
 step's image features and their rows with the step's inputs (engine/tp_workers.py StepInputs), with M-RoPE's
 positions (Qwen2.5-VL) and Gemma 3's bidirectional image spans, so every rank splices and masks alike: greedy
 answers and logprobs of image and text requests in one batch equal one rank's, for LLaVA, Gemma 3 and
-Qwen2.5-VL; over HTTP, a two-rank LLaVA answers an image as transformers does."""
+Qwen2.5-VL, and for an int8 LLaVA as one int8 rank; over HTTP, a two-rank LLaVA answers an image as
+transformers does."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from tests.engine.vision_families import FAMILIES, Requests, llava_requests
 PARAMS = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=3)
 
 
-def _answers(model_dir: Path, requests: Requests, tp: int, chunk: int = 512) -> tuple[dict[str, RequestOutput], int]:
+def _answers(model_dir: Path, requests: Requests, tp: int, chunk: int = 512, quantization: str | None = None
+             ) -> tuple[dict[str, RequestOutput], int]:
     """Each request's output and how many images rank 0 encoded."""
-    runner = TorchModelRunner(model_dir, 48, 16, device="cpu", tensor_parallel_size=tp)
+    runner = TorchModelRunner(model_dir, 48, 16, device="cpu", tensor_parallel_size=tp, quantization=quantization)
     try:
         engine = LLMEngine(EngineConfig(num_blocks=48, max_model_len=512, long_prefill_token_threshold=chunk,
                                         max_num_batched_tokens=max(chunk, 64)), runner)
@@ -63,6 +65,16 @@ def test_an_image_cut_across_prefill_chunks_on_two_ranks(tiny_llava_dir: Path) -
     two, encoded = _answers(tiny_llava_dir, requests, tp=2, chunk=7)
     assert encoded == 1
     assert two["image"].new_token_ids == _answers(tiny_llava_dir, requests, tp=1)[0]["image"].new_token_ids
+
+
+def test_two_int8_ranks_answer_images_as_one_int8_rank(tiny_llava_dir: Path) -> None:
+    """Sharded and quantized at once: each rank quantizes its shard's rows (per-row scales cut as the rows are)."""
+    requests = llava_requests(tiny_llava_dir)
+    one, _ = _answers(tiny_llava_dir, requests, tp=1, quantization="int8")
+    two, encoded = _answers(tiny_llava_dir, requests, tp=2, quantization="int8")
+    assert encoded == 3
+    for name in requests:
+        assert two[name].new_token_ids == one[name].new_token_ids, name
 
 
 def test_a_two_rank_server_answers_an_image_as_transformers(tiny_llava_dir: Path) -> None:
