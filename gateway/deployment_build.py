@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.config import ImageLimits
+from engine.cross_encoder_config import cross_encoder_config
 from engine.net_guard import OutboundPolicy
 from gateway.admission import make_admission
 from gateway.backends.base import Backend
@@ -41,6 +43,11 @@ def make_backend(entry: ModelEntry, settings: Settings,
         from gateway.backends.local import LocalEngineBackend
 
         model_dir = settings.resolve_path(params.model_dir)
+        if entry.model_info.mode == "rerank":
+            return _cross_encoder_backend(entry, model_dir)
+        if cross_encoder_config(model_dir) is not None:
+            raise ConfigError(f"model {entry.model_name}: {model_dir} is a cross-encoder (a reranker): set "
+                              "model_info.mode: rerank, and /v1/rerank serves it")
         if params.tiny_model is not None and not (model_dir / "config.json").exists():
             from engine.tiny_model import make_tiny_model
 
@@ -103,6 +110,24 @@ def make_backend(entry: ModelEntry, settings: Settings,
                                        "disk_kv_gib", "image_limits", "dequantize_mxfp4", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
+
+
+def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
+    """A reranker's folder in this process (engine/cross_encoder.py); `tiny_model:` builds a tiny random BERT
+    one where the folder is absent (tests)."""
+    from engine.cross_encoder import CrossEncoder
+    from gateway.backends.cross_encoder import CrossEncoderBackend
+
+    params = entry.litellm_params
+    if (tiny := params.tiny_model) is not None and not (model_dir / "config.json").exists():
+        from engine.tiny_cross_encoder import make_tiny_cross_encoder
+
+        log.info("building tiny cross-encoder %s into %s", entry.model_name, model_dir)
+        make_tiny_cross_encoder(model_dir, "bert", layers=tiny.layers, hidden=tiny.hidden, seed=tiny.seed)
+    if cross_encoder_config(model_dir) is None:
+        raise ConfigError(f"model {entry.model_name}: model_info.mode: rerank on pitstop-local/ needs a cross-encoder "
+                          f"folder (a *ForSequenceClassification with one label); {model_dir} is not one")
+    return CrossEncoderBackend(entry.model_name, CrossEncoder(model_dir, params.device))
 
 
 def _image_limits(spec: ImageLimitsSpec | None, outbound: Callable[[], OutboundPolicy]) -> ImageLimits:

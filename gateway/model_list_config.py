@@ -184,7 +184,8 @@ class ModelInfo(StrictConfig):
     # groups; a chat or completion request to it is a 400); on Pitstop's engines, the only models that embed.
     # Any model not on Pitstop's engines may still be sent embeddings requests: its upstream decides.
     # "rerank" (litellm's too) marks a cross-encoder that serves POST /v1/rerank only, natively: a vLLM
-    # server's /rerank, or a litellm provider's (Cohere, Jina, Voyage); never on Pitstop's engines. An
+    # server's /rerank, a `pitstop engine serve` on a reranker's folder, a reranker's folder in this process
+    # (pitstop-local/: engine/cross_encoder.py), or a litellm provider's (Cohere, Jina, Voyage). An
     # embedding model reranks too, by cosine (gateway/rerank.py). "moderation" (litellm's too) marks a
     # classifier that serves POST /v1/moderations only (gateway/moderation.py), and that a moderation
     # guardrail may name: an OpenAI-compatible /moderations (OpenAI's omni-moderation-latest).
@@ -232,6 +233,13 @@ class ModelInfo(StrictConfig):
         return self
 
 
+# An in-process engine's keys that a cross-encoder in this process does not read.
+_ENGINE_ONLY_KEYS = ("num_blocks", "max_model_len", "speculative_config", "host_kv_gib", "kv_cache_dtype",
+                     "lora_modules", "calculate_kv_scales", "quantization", "tensor_parallel_size",
+                     "reasoning_parser", "reasoning_effort_budgets", "tool_call_parser", "disk_kv_path",
+                     "image_limits", "dequantize_mxfp4")
+
+
 class ModelEntry(StrictConfig):
     model_name: str = Field(min_length=1)
     litellm_params: LitellmParams
@@ -272,10 +280,17 @@ class ModelEntry(StrictConfig):
         return self
 
     @model_validator(mode="after")
-    def _engines_have_no_cross_encoder(self) -> ModelEntry:
-        if self.model_info.mode == "rerank" and self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
-            raise ValueError(f"model '{self.model_name}': Pitstop's engines have no cross-encoder for mode: rerank; "
-                             "mark it mode: embedding and /v1/rerank ranks by its embeddings' cosine")
+    def _cross_encoders_take_no_engine_keys(self) -> ModelEntry:
+        """A reranker in this process (`pitstop-local/`, mode: rerank) runs a cross-encoder folder
+        (engine/cross_encoder.py): no KV cache, no generation, so the engine's own keys mean nothing there."""
+        params = self.litellm_params
+        if self.model_info.mode != "rerank" or params.provider != LOCAL_PROVIDER:
+            return self
+        fields = type(params).model_fields
+        set_keys = [name for name in _ENGINE_ONLY_KEYS if getattr(params, name) != fields[name].default]
+        if set_keys:
+            raise ValueError(f"model '{self.model_name}': a cross-encoder (mode: rerank) has no KV cache or "
+                             f"generation: {', '.join(set_keys)} do not apply")
         return self
 
     @model_validator(mode="after")

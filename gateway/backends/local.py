@@ -81,10 +81,10 @@ class LocalEngineBackend:
         return generation
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
-        if kind == "rerank":  # the config refuses `mode: rerank` on engines (gateway/model_list_config.py)
-            raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "
-                               "cross-encoder: mark it model_info.mode: embedding to rerank by cosine", retryable=False,
-                               param="model", code="model_not_supported")
+        if kind == "rerank":  # `mode: rerank` in this process is a cross-encoder's (gateway/backends/cross_encoder.py)
+            raise BackendError(400, f"the model {self.served_model!r} is a generative model on Pitstop's engine, not "
+                               "a cross-encoder: mark it model_info.mode: embedding to rerank by cosine",
+                               retryable=False, param="model", code="model_not_supported")
         if kind == "moderation":  # the config refuses `mode: moderation` on engines too
             raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "
                                "moderation classifier", retryable=False, param="model", code="model_not_supported")

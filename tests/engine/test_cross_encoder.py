@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def test_a_pair_past_the_model_length_is_refused_unless_truncated_as_vllm_trunca
     shorter = encoder.score_now([(QUERY, long_document)], truncate_prompt_tokens=20)
     assert shorter.tokens == 20
     assert shorter.scores == pytest.approx(reference_scores(folders["bert"], [(QUERY, long_document)], 20), abs=1e-5)
+    both_long = (" ".join(DOCUMENTS[:3]), long_document)  # the longer text of the pair is cut first
+    assert encoder.score_now([both_long], truncate_prompt_tokens=40).scores == pytest.approx(
+        reference_scores(folders["bert"], [both_long], 40), abs=1e-5)
     for bad in (65, 0, -2):
         with pytest.raises(InvalidRequestError, match="truncate_prompt_tokens"):
             encoder.score_now(PAIRS, truncate_prompt_tokens=bad)
@@ -128,3 +132,14 @@ def test_only_a_one_label_sequence_classifier_is_a_cross_encoder(folders: dict, 
     assert cross_encoder_config(tmp_path / "nowhere") is None
     with pytest.raises(ValueError, match="not a cross-encoder"):
         CrossEncoder(two_labels)
+
+
+def test_roberta_reads_two_positions_fewer_than_it_has(folders: dict, tmp_path: Path) -> None:
+    """RoBERTa's positions start after its padding index: 66 of them read 64 tokens, whatever the tokenizer
+    says (many checkpoints' tokenizers set no limit)."""
+    folder = tmp_path / "roberta"
+    shutil.copytree(folders["roberta"], folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": int(1e30)}))
+    assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == 66
+    assert CrossEncoder(folder, "cpu").max_model_len == 64

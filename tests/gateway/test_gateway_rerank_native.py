@@ -2,7 +2,8 @@
 transport (the request it received, its answer passed back, a failing deployment retried on the next, a
 bad answer a 502), litellm's `arerank` (Cohere, and vLLM through litellm), traced; an engine embedding
 model in the gateway's process ranks by the cosine of its own /v1/embeddings answers; and the config keeps
-rerankers out of chats and off Pitstop's engines."""
+rerankers out of chats, and engine keys off a cross-encoder in the gateway's process
+(test_gateway_rerank_cross_encoder.py serves one)."""
 
 from __future__ import annotations
 
@@ -161,14 +162,17 @@ def test_an_engine_embedding_model_ranks_by_the_cosine_of_its_own_embeddings(tmp
 
 
 @pytest.mark.parametrize("change, message", [
-    ("engine", "Pitstop's engines have no cross-encoder"),
+    ("engine", "has no KV cache or generation: num_blocks do not apply"),
     ("group", "route_groups.0.models: 'rr' is a reranker"),
     ("fallback", "fallbacks: 'rr' is a reranker"),
     ("mixed", "'rr' has entries marked model_info.mode: rerank and entries not"),
 ])
-def test_the_config_keeps_rerankers_out_of_chats_and_off_engines(tmp_path: Path, change: str, message: str) -> None:
+def test_the_config_keeps_rerankers_out_of_chats_and_engine_keys_off_them(tmp_path: Path, change: str, message: str) -> None:
     base = "http://127.0.0.1:9/v1"
-    rr = reranker("rr", "pitstop-engine/rr" if change == "engine" else "hosted_vllm/rr", base)
+    rr = reranker("rr", "hosted_vllm/rr", base)
+    if change == "engine":  # a reranker in this process runs a cross-encoder folder: no engine keys
+        rr = {"model_name": "rr", "litellm_params": {"model": "pitstop-local/rr", "model_dir": "rr", "num_blocks": 8},
+              "model_info": RERANK}
     models = [rr, model_entry("chat", base)]
     if change == "mixed":
         models.append(model_entry("rr", base, provider="hosted_vllm"))

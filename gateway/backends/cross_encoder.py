@@ -1,0 +1,61 @@
+"""A cross-encoder in the gateway's process (`pitstop-local/` with `model_info.mode: rerank` on a reranker's
+folder): /v1/rerank's cross-encoder path (gateway/rerank.py) asks it as it asks a vLLM server's /rerank, and
+it answers as vLLM does, from the engine's runner (engine/cross_encoder.py, engine/cross_encoder_api.py).
+It serves nothing else: a chat, completion or embeddings request is a 400 naming /v1/rerank."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from engine.cross_encoder import CrossEncoder
+from engine.cross_encoder_api import rerank_answer
+from engine.sampling_params import InvalidRequestError
+from engine.server.errors import APIError
+from gateway.backends.answers import checked_rerank
+from gateway.backends.base import BackendError, CallContext, Kind
+
+
+class CrossEncoderBackend:
+    accepts_session = False
+    uses_rank = False
+    native_tools = False
+    anthropic_fields = False
+    serves_embeddings = False
+
+    def __init__(self, served_model: str, encoder: CrossEncoder) -> None:
+        self.served_model = served_model
+        self.encoder = encoder
+
+    async def start(self) -> None:
+        pass  # loaded when built (off the loop on a reload: gateway/config_reload.py)
+
+    async def close(self) -> None:
+        self.encoder.close()
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def context_window(self) -> int | None:
+        return self.encoder.max_model_len  # a query and a document together
+
+    async def count_tokens(self, body: dict) -> int | None:
+        return None
+
+    def _refused(self, kind: Kind) -> BackendError:
+        return BackendError(400, f"the model {self.served_model!r} is a cross-encoder: it serves /v1/rerank, not "
+                            f"{kind} requests", retryable=False, param="model", code="model_not_supported")
+
+    async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
+        if kind != "rerank":
+            raise self._refused(kind)
+        try:
+            answer = await rerank_answer(self.encoder, {**body, "model": self.served_model}, None, self.served_model)
+        except APIError as exc:
+            raise BackendError(exc.status, exc.message, retryable=False, param=exc.param, code=exc.code) from None
+        except InvalidRequestError as exc:  # a pair past the model's length, a bad truncate_prompt_tokens
+            raise BackendError(400, str(exc), retryable=False, param=exc.param, code=exc.code) from None
+        return checked_rerank(answer)  # read as a vLLM server's answer is: its usage as OpenAI's
+
+    async def stream(self, kind: Kind, body: dict, ctx: CallContext) -> AsyncIterator[dict]:
+        raise self._refused(kind)
+        yield {}  # an async generator, as the interface's stream is
