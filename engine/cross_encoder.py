@@ -25,7 +25,10 @@ from engine.sampling_params import InvalidRequestError
 
 # Families that count positions from padding_idx + 1 (two of max_position_embeddings are never read).
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
-_BATCH_PAIRS = 32  # pairs a forward pass at most: bounded activations whatever a request's size
+# Padded tokens a forward pass at most (at least one pair): bounded activations whatever a request's size. On
+# a CPU thread a bigger batch is no faster (the matrices of one 100-token pair already fill it) and past ~2k
+# tokens slower, its activations out of cache (bench/cross_encoder_rerank.py); a GPU wants many pairs at once.
+BATCH_TOKENS = {"cpu": 1024, "cuda": 16384}
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class CrossEncoder:
                                                                 truncate_prompt_tokens)
 
     def score_now(self, pairs: list[tuple[str, str]], truncate_prompt_tokens: int | None = None,
-                  batch_pairs: int = _BATCH_PAIRS) -> ScoredPairs:
+                  batch_tokens: int | None = None) -> ScoredPairs:
         limit = self._truncation(truncate_prompt_tokens)
         encoded = self.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=limit is not None,
                                  max_length=limit, verbose=False)
@@ -68,9 +71,8 @@ class CrossEncoder:
                     f"{length} tokens in the input for score (pair {i}). Please reduce the length of the input, "
                     "or set truncate_prompt_tokens.", "documents" if len(pairs) > 1 else None)
         scores = [0.0] * len(pairs)
-        by_length = sorted(range(len(pairs)), key=lambda i: lengths[i])  # similar lengths share a batch's padding
-        for start in range(0, len(by_length), batch_pairs):
-            chunk = by_length[start:start + batch_pairs]
+        budget = batch_tokens or BATCH_TOKENS.get(self.device.type, BATCH_TOKENS["cpu"])
+        for chunk in _batches(lengths, budget):
             batch = self.tokenizer.pad({name: [values[i] for i in chunk] for name, values in encoded.items()},
                                        return_tensors="pt")
             with torch.inference_mode():
@@ -92,6 +94,18 @@ class CrossEncoder:
 
     def close(self) -> None:
         self._worker.shutdown(wait=False)
+
+
+def _batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Pair indexes in batches of similar lengths (sorted: little padding), each at most `budget` tokens
+    padded to its longest pair, or one pair alone."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= budget:  # sorted: pair i is the batch's longest
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _max_model_len(config: dict, tokenizer_limit: int) -> int:

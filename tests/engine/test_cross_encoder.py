@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from engine.cross_encoder import CrossEncoder
+from engine.cross_encoder import CrossEncoder, _batches
 from engine.cross_encoder_config import cross_encoder_config
 from engine.sampling_params import InvalidRequestError
 from engine.tiny_cross_encoder import make_tiny_cross_encoder
@@ -61,7 +61,9 @@ def test_batching_and_padding_change_no_score(encoders: dict, family: str) -> No
     encoder = encoders[family]
     whole = encoder.score_now(PAIRS).scores
     one_by_one = [encoder.score_now([pair]).scores[0] for pair in PAIRS]
-    in_twos = encoder.score_now(PAIRS, batch_pairs=2).scores  # a short pair padded beside a long one
+    lengths = sorted(len(encoder.tokenizer(q, d)["input_ids"]) for q, d in PAIRS)
+    assert lengths[0] < lengths[1] < lengths[-1]
+    in_twos = encoder.score_now(PAIRS, batch_tokens=2 * lengths[1]).scores  # the shortest padded beside another
     reversed_order = encoder.score_now(PAIRS[::-1]).scores[::-1]
     assert whole == pytest.approx(one_by_one, abs=1e-6)
     assert in_twos == pytest.approx(one_by_one, abs=1e-6)
@@ -143,3 +145,9 @@ def test_roberta_reads_two_positions_fewer_than_it_has(folders: dict, tmp_path: 
     (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": int(1e30)}))
     assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == 66
     assert CrossEncoder(folder, "cpu").max_model_len == 64
+
+
+def test_batches_group_similar_lengths_within_the_token_budget() -> None:
+    assert _batches([10, 50, 12, 11], 36) == [[0, 3, 2], [1]]  # 3 pairs padded to 12 fit 36; 50 goes alone
+    assert _batches([10, 50, 12, 11], 35) == [[0, 3], [2], [1]]
+    assert _batches([80], 16) == [[0]]  # a pair past the budget still runs, alone
