@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -23,6 +24,7 @@ from gateway.backends.answers import (
     strict_json,
 )
 from gateway.backends.base import BackendError, Kind
+from gateway.image_tokens import DEFAULT
 from gateway.outcomes import OutcomeDraft, usage_tokens
 from gateway.request_body import parse_embeddings_request
 from gateway.verify import _chunk_text, answer_text
@@ -116,7 +118,7 @@ def test_any_embeddings_answer_is_refused_or_served_and_billed(body: Any) -> Non
     draft.usage = checked.get("usage")
     _read_as_the_gateway_does(draft)
     if draft.usage is None:  # what serving.embed serves when the upstream gave no usage it can bill from
-        draft.deployment = object()  # type: ignore[assignment]
+        draft.deployment = SimpleNamespace(image_tokens=DEFAULT)  # type: ignore[assignment]  # any deployment
         assert draft.estimated_usage() == {"prompt_tokens": 5, "total_tokens": 5}
 
 
