@@ -1,15 +1,20 @@
 """Helpers for the serving tests: an app under uvicorn on a real socket (127.0.0.1, a free port) in a
-background thread, and a fake runner that takes time per step and can crash."""
+background thread, `pitstop engine serve` as a subprocess, and a fake runner that takes time per step and can
+crash."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import openai
 import uvicorn
 from starlette.applications import Starlette
@@ -18,6 +23,9 @@ from engine.batch import ScheduledBatch
 from engine.build import build_engine
 from engine.server.app import create_app
 from tests.engine.fakes import CountingRunner
+from tests.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -75,3 +83,31 @@ def engine_server(model_dir: Path, model_name: str = "tiny", **engine: object) -
 def sdk(url: str, timeout: float = 60) -> openai.OpenAI:
     """The openai SDK on a served base URL, no retries (a test sees the first answer)."""
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=timeout)
+
+
+@contextmanager
+def engine_serve_process(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`pitstop engine serve ARGS` as a subprocess on a free port: yields its base URL and the process once
+    /healthz answers; stops it after as Ctrl-C does (SIGINT), killed if it has not exited in 15 s."""
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", *args, "--port", str(port)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

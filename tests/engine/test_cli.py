@@ -4,21 +4,14 @@ answering the openai SDK."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from engine.cli import make_tiny_model_command, parse_bytes, profile_command, serve_command
 from gateway.cli import build_parser, main
-from tests.ports import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine.serving import engine_serve_process
 
 
 def test_parser_dispatches_engine_subcommands():
@@ -135,30 +128,10 @@ def test_serve_with_adapters_it_cannot_serve_says_so(tmp_path: Path, tiny_model_
 
 
 def test_serve_subprocess_answers_the_openai_sdk(tiny_model_dir: Path):
-    port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(tiny_model_dir),
-               "--port", str(port), "--num-blocks", "64", "--served-model-name", "tiny", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    with engine_serve_process("--model", str(tiny_model_dir), "--num-blocks", "64", "--served-model-name",
+                              "tiny", "--log-level", "warning") as (url, process):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
                                              max_tokens=3, extra_body={"ignore_eos": True})
         assert out.usage.completion_tokens == 3 and out.choices[0].finish_reason == "length"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, process.stdout.read().decode()

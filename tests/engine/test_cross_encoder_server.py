@@ -6,10 +6,6 @@ in OpenAI's shape; and the CLI: make-tiny-model's cross-encoder families and `se
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,10 +17,7 @@ from engine.server.cross_encoder_app import create_cross_encoder_app
 from engine.tiny_cross_encoder import make_tiny_cross_encoder
 from gateway.cli import main
 from tests.engine.cross_encoders import DOCUMENTS, QUERY, reference_scores
-from tests.engine.serving import serve_in_thread
-from tests.ports import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine.serving import engine_serve_process, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -146,31 +139,11 @@ def test_the_cli_makes_a_tiny_cross_encoder_and_serves_it(tmp_path: Path) -> Non
                  "--hidden", "32", "--seed", "1"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["XLMRobertaForSequenceClassification"] and config["num_hidden_layers"] == 1
-    port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(out), "--port", str(port),
-               "--served-model-name", "rr", "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", timeout=30,
+    with engine_serve_process("--model", str(out), "--served-model-name", "rr",
+                              "--log-level", "warning") as (url, process):
+        answer = httpx.post(f"{url}/v1/rerank", timeout=30,
                             json={"model": "rr", "query": QUERY, "documents": DOCUMENTS[:3]})
         assert answer.status_code == 200, answer.text
         assert [r["relevance_score"] for r in answer.json()["results"]] == pytest.approx(sorted(
             reference_scores(out, [(QUERY, d) for d in DOCUMENTS[:3]]), reverse=True), abs=1e-5)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, process.stdout.read().decode()

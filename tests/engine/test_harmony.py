@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from engine.async_engine import AsyncEngine
@@ -29,8 +24,7 @@ from engine.tool_parsers import parse_calls
 from tests.engine.fakes import ScriptedRunner
 from tests.engine.gpt_oss_checkpoints import save_serving_gpt_oss
 from tests.engine.hf_checkpoints import transformers_greedy
-from tests.engine.serving import sdk, serve_in_thread
-from tests.ports import free_port
+from tests.engine.serving import engine_serve_process, sdk, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,32 +141,12 @@ def test_pitstop_engine_serve_answers_a_gpt_oss_chat(model_dir: Path, tokenizer:
     prompt = tokenizer.encode(tokenizer.apply_chat_template(messages, reasoning_effort="high"))
     assert "Reasoning: high" in tokenizer.decode(prompt, skip_special_tokens=False)
     expected = transformers_greedy(model_dir, prompt, 12)
-    port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "engine", "serve", "--model", str(model_dir), "--port", str(port),
-               "--num-blocks", "64", "--served-model-name", "gpt-oss", "--log-level", "warning", "--device", "cpu",
-               "--reasoning-parser", "openai_gptoss", "--tool-call-parser", "openai"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
-        with sdk(f"http://127.0.0.1:{port}") as client:
-            answer = client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=12, temperature=0,
-                                                    reasoning_effort="high", extra_body={"return_token_ids": True})
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    served = engine_serve_process("--model", str(model_dir), "--num-blocks", "64", "--served-model-name", "gpt-oss",
+                                  "--log-level", "warning", "--device", "cpu", "--reasoning-parser", "openai_gptoss",
+                                  "--tool-call-parser", "openai")
+    with served as (url, _), sdk(url) as client:
+        answer = client.chat.completions.create(model="gpt-oss", messages=messages, max_tokens=12, temperature=0,
+                                                reasoning_effort="high", extra_body={"return_token_ids": True})
     got = answer.choices[0].token_ids  # type: ignore[attr-defined]
     assert answer.usage is not None and answer.usage.prompt_tokens == len(prompt)
     assert len(got) > 3 and got == expected[:len(got)]
