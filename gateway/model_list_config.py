@@ -102,6 +102,9 @@ class LitellmParams(BaseModel):
     quantization: Quantization | None = None
     # gpt-oss's MXFP4 experts dequantized to the model's dtype at load instead of kept packed (engine/model/mxfp4.py)
     dequantize_mxfp4: bool = False
+    # A model mixing sliding and full layers keeps every KV block of every layer rather than its sliding layers'
+    # apart (engine/kv_groups.py; vLLM's --disable-hybrid-kv-cache-manager)
+    disable_hybrid_kv_cache_manager: bool = False
     tensor_parallel_size: int = Field(default=1, ge=1)  # the model sharded over this many ranks (processes)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).
@@ -237,7 +240,7 @@ class ModelInfo(StrictConfig):
 _ENGINE_ONLY_KEYS = ("num_blocks", "max_model_len", "speculative_config", "host_kv_gib", "kv_cache_dtype",
                      "lora_modules", "calculate_kv_scales", "quantization", "tensor_parallel_size",
                      "reasoning_parser", "reasoning_effort_budgets", "tool_call_parser", "disk_kv_path",
-                     "image_limits", "dequantize_mxfp4")
+                     "image_limits", "dequantize_mxfp4", "disable_hybrid_kv_cache_manager")
 
 
 class ModelEntry(StrictConfig):

@@ -23,17 +23,22 @@ def local(name: str, model_dir: Path, **params: object) -> dict:
 
 
 def test_an_in_process_gpt_oss_keeps_mxfp4_packed_unless_told(tmp_path: Path) -> None:
+    """Also its KV groups (sliding layers' KV apart), unless `disable_hybrid_kv_cache_manager`: the same answers."""
     model_dir = save_serving_gpt_oss(tmp_path / "gpt-oss", mxfp4=True)
-    config = gateway_config(tmp_path, [local("packed", model_dir), local("bf16", model_dir, dequantize_mxfp4=True)])
+    config = gateway_config(tmp_path, [local("packed", model_dir), local("bf16", model_dir, dequantize_mxfp4=True),
+                                       local("whole", model_dir, disable_hybrid_kv_cache_manager=True)])
     with running_gateway(config) as gateway, gateway.openai() as client:
-        runners = {d.model_name: d.backend.engine.engine.runner for d in gateway.state.pool.deployments}
+        engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}
         answers = {name: client.chat.completions.create(
             model=name, max_tokens=8, temperature=0, extra_body={"ignore_eos": True},
-            messages=[{"role": "user", "content": "What is the capital of France?"}]) for name in runners}
-    assert runners["packed"].mxfp4_experts and not runners["bf16"].mxfp4_experts
+            messages=[{"role": "user", "content": "What is the capital of France?"}]) for name in engines}
+    assert engines["packed"].runner.mxfp4_experts and not engines["bf16"].runner.mxfp4_experts
+    groups = {name: engine.block_manager.stats().kv_groups for name, engine in engines.items()}
+    assert groups["packed"] > 1 and groups["whole"] == 1
     packed, bf16 = answers["packed"], answers["bf16"]
     assert packed.usage is not None and packed.usage.completion_tokens == 8
     assert packed.choices[0].message == bf16.choices[0].message  # packed experts compute what dequantized ones do
+    assert answers["whole"].choices[0].message == packed.choices[0].message
 
 
 class _Built(Exception):
