@@ -18,6 +18,7 @@ class BlockPins:
 
     pins: PinTable
     pin_budget_blocks: int
+    block_size: int
     blocks: list
 
     if TYPE_CHECKING:
@@ -37,12 +38,15 @@ class BlockPins:
             self._drop_pin(pin.key, evicted=True)
         return True
 
-    def pin(self, key: str, block_ids: list[int], ttl_s: float, now: float) -> int:
+    def pin(self, key: str, block_ids: list[int], ttl_s: float, now: float, num_tokens: int | None = None) -> int:
         """Hold `block_ids` for `key` until now + ttl_s (re-pinning replaces and refreshes).
         Other pins give way, earliest deadline first, to keep the pin budget; a pin larger than the
-        whole budget keeps its leading blocks. Returns the number of blocks pinned."""
+        whole budget keeps its leading blocks. `num_tokens`: the prefix the blocks hold (default: one block
+        each, as with one KV group). Returns the number of blocks pinned."""
         assert ttl_s >= 0
         block_ids = list(dict.fromkeys(b for b in block_ids if b != NULL_BLOCK))[: self.pin_budget_blocks]
+        if num_tokens is None:
+            num_tokens = len(block_ids) * self.block_size
         if ttl_s == 0 or not block_ids:
             self.unpin(key)
             return 0
@@ -56,7 +60,7 @@ class BlockPins:
             assert victim is not None
             self._drop_pin(victim.key, evicted=True)
             new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
-        self.pins.add(key, block_ids, now + ttl_s)
+        self.pins.add(key, block_ids, now + ttl_s, num_tokens)
         self.pins.counters.set += 1
         return len(block_ids)
 

@@ -17,6 +17,7 @@ class Pin:
     block_ids: list[int]
     deadline: float
     version: int  # bumps on re-pin, so stale heap entries are skipped
+    num_tokens: int = 0  # the prefix a next turn finds cached thanks to the pin (with KV groups, not blocks * size)
 
 
 @dataclass
@@ -47,10 +48,10 @@ class PinTable:
     def num_pinned_blocks(self) -> int:
         return len(self.holders)
 
-    def add(self, key: str, block_ids: list[int], deadline: float) -> None:
+    def add(self, key: str, block_ids: list[int], deadline: float, num_tokens: int = 0) -> None:
         assert key not in self.pins
         self._version += 1
-        self.pins[key] = Pin(key, list(block_ids), deadline, self._version)
+        self.pins[key] = Pin(key, list(block_ids), deadline, self._version, num_tokens)
         self.holders.update(block_ids)
         heapq.heappush(self._heap, (deadline, self._version, key))
 

@@ -113,11 +113,24 @@ class PrefixMatch:
                 best = i + 1
         return best
 
-    def resolve_prefix(self, block_hashes: list[int]) -> list[int]:
-        """The blocks still caching the longest usable run of `block_hashes`, every group's (what a pin of a
-        finished turn holds); NULL_BLOCK for a sliding group's blocks before its last window."""
-        hits = self._hits_by_group(lambda g, i: self.cached_blocks[g].get(block_hashes[i]), len(block_hashes))
-        return [block_id for group in hits for block_id in group]
+    pin_budget_blocks: int
+
+    def pinnable_prefix(self, block_hashes: list[int]) -> tuple[list[int], int]:
+        """Every group's blocks still caching the longest usable run of `block_hashes` that fits the pin budget
+        (what a pin of a finished turn holds), and that run's length in blocks. With KV groups the run is
+        shortened as a whole: cutting the list of blocks would keep full groups' blocks without the sliding
+        groups' window that makes them usable."""
+        def lookup(group: int, i: int) -> int | None:
+            return self.cached_blocks[group].get(block_hashes[i])
+
+        full_groups = max(1, self.group_slides.count(False))
+        length = min(len(block_hashes), self.pin_budget_blocks // full_groups)
+        while True:
+            hits = self._hits_by_group(lookup, length)
+            block_ids = list(dict.fromkeys(b for group in hits for b in group if b != NULL_BLOCK))
+            if len(block_ids) <= self.pin_budget_blocks or not hits[0]:
+                return block_ids, len(hits[0])
+            length = len(hits[0]) - 1
 
     def num_cached_prefix_blocks(self, block_hashes: list[int]) -> int:
         """How many leading blocks of `block_hashes` a next request would take from the cache."""

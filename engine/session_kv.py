@@ -44,7 +44,11 @@ class SessionPins:
         if len(self.sessions) > MAX_REMEMBERED_SESSIONS:
             self.sessions.popitem(last=False)
         if seq.pin_ttl_s:
-            self.block_manager.pin(seq.session_id, self.block_manager.resolve_prefix(hashes), seq.pin_ttl_s, now)
+            self._pin(seq.session_id, hashes, seq.pin_ttl_s, now)
+
+    def _pin(self, session_id: str, block_hashes: list[int], ttl_s: float, now: float) -> int:
+        block_ids, prefix_blocks = self.block_manager.pinnable_prefix(block_hashes)
+        return self.block_manager.pin(session_id, block_ids, ttl_s, now, prefix_blocks * self.config.block_size)
 
     def _hold_pin_for_arrival(self, session_id: str, now: float) -> None:
         pin = self.block_manager.pins.pins.get(session_id)
@@ -66,8 +70,7 @@ class SessionPins:
         kv = self.sessions.get(session_id)
         if kv is None:
             raise KeyError(session_id)
-        block_ids = self.block_manager.resolve_prefix(kv.block_hashes)
-        return self.block_manager.pin(session_id, block_ids, ttl_s, self.clock.now())
+        return self._pin(session_id, kv.block_hashes, ttl_s, self.clock.now())
 
     def extend_session_pin(self, session_id: str, ttl_s: float) -> bool:
         if ttl_s < 0:
@@ -99,6 +102,6 @@ class SessionPins:
         return {
             "session_id": session_id, "turns": kv.turns, "num_tokens": kv.num_tokens,
             "cached_tokens": on_gpu * bs, "host_cached_tokens": in_host * bs, "disk_cached_tokens": on_disk * bs,
-            "pinned_blocks": len(pin.block_ids) if pin else 0,
+            "pinned_blocks": len(pin.block_ids) if pin else 0, "pinned_tokens": pin.num_tokens if pin else 0,
             "pin_ttl_remaining_s": max(0.0, pin.deadline - self.clock.now()) if pin else 0.0,
         }

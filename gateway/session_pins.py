@@ -29,6 +29,12 @@ class KVView:
     pinned_blocks: int
     host_capacity_tokens: int = 0  # its host KV tier (engine/host_cache.py); 0: none
     disk_capacity_tokens: int = 0  # its disk KV tier (engine/disk_cache.py); 0: none
+    kv_groups: int = 1  # a model mixing sliding and full layers: a block of each group per block_size tokens
+
+    @property
+    def pinned_tokens(self) -> int:
+        """The pinned blocks as tokens of `capacity_tokens` (which counts a block of each group per token run)."""
+        return self.pinned_blocks * self.block_size // self.kv_groups
 
 
 def holds_pins(backend: Backend) -> bool:
@@ -95,7 +101,7 @@ def view_from_stats(stats: dict) -> KVView:
     host, disk = blocks.get("host") or {}, blocks.get("disk") or {}
     groups = max(1, int(blocks.get("kv_groups", 1)))  # a model mixing sliding and full layers: a block a group
     return KVView(block_size, total * block_size // groups, int(blocks["used"]) / total, int(blocks["pinned"]),
-                  int(host.get("total", 0)) * block_size, int(disk.get("total", 0)) * block_size)
+                  int(host.get("total", 0)) * block_size, int(disk.get("total", 0)) * block_size, groups)
 
 
 class KVViews:
@@ -158,4 +164,4 @@ def kv_view(backend: Backend) -> KVView | None:
     blocks = engine.block_manager
     total, block_size, groups = blocks.num_blocks, engine.config.block_size, len(blocks.group_slides)
     return KVView(block_size, total * block_size // groups, (total - blocks.num_free_blocks) / total, len(blocks.pins.holders),
-                  engine.config.num_host_blocks * block_size, engine.config.num_disk_blocks * block_size)
+                  engine.config.num_host_blocks * block_size, engine.config.num_disk_blocks * block_size, groups)

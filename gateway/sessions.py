@@ -193,8 +193,10 @@ class GatewaySessions:
         pinned_blocks = int(info["pinned_blocks"]) if info else 0
         state.pin_ttl_s = ttl if pinned_blocks else 0.0
         state.pin_deadline = time.time() + ttl if pinned_blocks else None
-        # A hit on the next turn: at least the pinned part of this turn's prompt comes back cached.
-        state.pinned_tokens = min(pinned_blocks * block, prompt_tokens // block * block)
+        # A hit on the next turn: at least the pinned part of this turn's prompt comes back cached. The engine
+        # says how long a prefix its pin holds (with KV groups, a block of each group per `block` tokens).
+        pinned = int(info.get("pinned_tokens", pinned_blocks * block)) if info else 0
+        state.pinned_tokens = min(pinned, prompt_tokens // block * block)
         await self.manager.save(state)
         self._count(call, outcome.previous_pin, outcome.moved, turn, pinned_blocks)
         draft.extra |= {"turn": outcome.turn_number, "moved_instance": outcome.moved,
@@ -240,7 +242,7 @@ class GatewaySessions:
             if view is None:
                 continue
             self.metrics.pinned_blocks.labels(deployment.name).set(view.pinned_blocks)
-            self.metrics.pinned_tokens.labels(deployment.name).set(view.pinned_blocks * view.block_size)
+            self.metrics.pinned_tokens.labels(deployment.name).set(view.pinned_tokens)
             engine = deployment.backend.engine.engine  # type: ignore[attr-defined]
             blocks = engine.block_manager
             kv_dtype = getattr(engine.runner, "kv_cache_dtype", "auto")

@@ -123,6 +123,7 @@ def test_a_sessions_pin_holds_the_full_prefix_and_the_last_window(models: dict[s
     info = engine.session_info("agent")
     assert info is not None and info["cached_tokens"] == 44  # 45 tokens computed: 11 full blocks
     assert info["pinned_blocks"] == 11 + 2  # from position 44 the window reads blocks 9 and 10
+    assert info["pinned_tokens"] == 44  # the prefix a next turn finds, not the blocks times their size
     _run(engine, {"filler": random_prompt(180, seed=6)}, 4)
     second = engine.add_request("t2", first.token_ids + [7, 8, 9], params, session_id="agent")
     while engine.has_unfinished():
@@ -132,4 +133,4 @@ def test_a_sessions_pin_holds_the_full_prefix_and_the_last_window(models: dict[s
     stats = engine.stats()
     assert stats.blocks.kv_groups == 2  # as the gateway reads it: a block of each group per 4 tokens
     view = view_from_stats({"block_size": BS, "blocks": {"total": 96, "used": 0, "pinned": 13, "kv_groups": 2}})
-    assert view.capacity_tokens == 96 * BS // 2
+    assert view.capacity_tokens == 96 * BS // 2 and view.pinned_tokens == 13 * BS // 2

@@ -118,12 +118,31 @@ def test_a_pin_holds_the_full_prefix_and_the_last_window() -> None:
     seq = _seq("t1", list(range(1, 41)))
     _compute(bm, seq)
     bm.register_computed(seq, 40)
-    pinned = bm.resolve_prefix(seq.block_hashes)
+    pinned, prefix_blocks = bm.pinnable_prefix(seq.block_hashes)
     bm.free(seq)
-    assert bm.num_cached_prefix_blocks(seq.block_hashes) == 10
+    assert bm.num_cached_prefix_blocks(seq.block_hashes) == prefix_blocks == 10
     # Ten full-group blocks; the sliding group's window from position 40: blocks 8 and 9.
-    assert bm.pin("s", pinned, 60.0, 0.0) == 12
+    assert bm.pin("s", pinned, 60.0, 0.0, prefix_blocks * BS) == 12
+    assert bm.pins.pins["s"].num_tokens == 40
     for _ in range(bm.num_free_blocks):  # everything else is taken: the pin's blocks are not
         bm._pop_free()
     hits = bm.match_prefix(_seq("t2", list(range(1, 41)) + [7]))
     assert len(hits) == 10
+
+
+def test_a_pin_over_the_budget_keeps_a_shorter_prefix_with_its_window() -> None:
+    """A pin larger than the budget is shortened as a whole: the full group's first blocks with the sliding
+    group's window before them, not the full group's blocks alone (a prefix no group can go on from)."""
+    bm = _manager()
+    bm.pin_budget_blocks = 8
+    seq = _seq("t1", list(range(1, 41)))
+    _compute(bm, seq)
+    bm.register_computed(seq, 40)
+    pinned, prefix_blocks = bm.pinnable_prefix(seq.block_hashes)
+    bm.free(seq)
+    # 6 full-group blocks (24 tokens) and the sliding group's blocks 4 and 5, which a query at 24 reads.
+    assert (len(pinned), prefix_blocks) == (8, 6)
+    assert bm.pin("s", pinned, 60.0, 0.0, prefix_blocks * BS) == 8
+    for _ in range(bm.num_free_blocks):
+        bm._pop_free()
+    assert len(bm.match_prefix(_seq("t2", list(range(1, 41)) + [7]))) == 6

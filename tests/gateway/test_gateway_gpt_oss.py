@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine.cli import add_engine_commands
@@ -30,8 +31,12 @@ def test_an_in_process_gpt_oss_keeps_mxfp4_packed_unless_told(tmp_path: Path) ->
     with running_gateway(config) as gateway, gateway.openai() as client:
         engines = {d.model_name: d.backend.engine.engine for d in gateway.state.pool.deployments}
         answers = {name: client.chat.completions.create(
-            model=name, max_tokens=8, temperature=0, extra_body={"ignore_eos": True},
-            messages=[{"role": "user", "content": "What is the capital of France?"}]) for name in engines}
+            model=name, max_tokens=8, temperature=0, extra_body={"ignore_eos": True, "pin_ttl_s": 60},
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            extra_headers={"x-session-id": f"agent-{name}"}) for name in engines}
+        pins = {name: httpx.get(f"{gateway.url}/v1/sessions/agent-{name}", timeout=10).json()["engine"]
+                for name in ("packed", "whole")}
+        metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert engines["packed"].runner.mxfp4_experts and not engines["bf16"].runner.mxfp4_experts
     groups = {name: engine.block_manager.stats().kv_groups for name, engine in engines.items()}
     assert groups["packed"] > 1 and groups["whole"] == 1
@@ -39,6 +44,13 @@ def test_an_in_process_gpt_oss_keeps_mxfp4_packed_unless_told(tmp_path: Path) ->
     assert packed.usage is not None and packed.usage.completion_tokens == 8
     assert packed.choices[0].message == bf16.choices[0].message  # packed experts compute what dequantized ones do
     assert answers["whole"].choices[0].message == packed.choices[0].message
+    # The same turn pinned: the prefix it keeps cached is the same whatever the layout, its blocks are not
+    # (a block of each group per 16 tokens), and the pinned-memory gauge counts tokens as capacity does.
+    assert pins["packed"]["pinned_tokens"] == pins["whole"]["pinned_tokens"] == pins["whole"]["pinned_blocks"] * 16 > 0
+    assert pins["packed"]["pinned_blocks"] > pins["whole"]["pinned_blocks"]
+    gauge = {line.split('"')[1].split("#")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+             if line.startswith("pitstop_kv_pinned_tokens{")}
+    assert gauge.get("packed") == pins["packed"]["pinned_blocks"] * 16 // groups["packed"]
 
 
 class _Built(Exception):
