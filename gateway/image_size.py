@@ -20,13 +20,13 @@ from PIL import Image, UnidentifiedImageError
 PREFIX_CHARS = (4_096, 65_536)
 _JPEG = b"\xff\xd8"
 _HEADER_SEARCH = 256  # where a data URL's comma may be: "data:image/png;base64," and parameters
-DETAILS = ("auto", "low", "high")
+DETAILS = ("auto", "low", "high", "medium", "ultra_high")  # the last two: Gemini 3's levels, as litellm passes them
 
 
 @dataclass(frozen=True)
 class ImagePart:
     size: tuple[int, int] | None  # (width, height) in pixels; None: not read (a URL, a file id, unreadable)
-    detail: str = "auto"  # OpenAI's "low" / "high" / "auto" (anything else reads as "auto")
+    detail: str = "auto"  # OpenAI's "low" / "high" / "auto", Gemini 3's "medium" / "ultra_high" (else "auto")
 
 
 def data_url_size(url: str) -> tuple[int, int] | None:

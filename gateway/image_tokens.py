@@ -10,7 +10,10 @@ provider string and model (or its `model_info.image_token_estimate`), applied to
 - Anthropic (any provider's claude-*: anthropic/, bedrock/, vertex_ai/): 28-pixel patches, ceil(w / 28) x
   ceil(h / 28), the image first shrunk (aspect kept) to a long edge of 1568 and 1568 patches (Opus 4.7 and later:
   2576 and 4784).
-- Gemini (gemini-*, as Gemini 2 counts): 258 tokens a 768-pixel tile, so 258 an image up to 768 on a side.
+- Gemini 2 (gemini-1.x / 2.x): 258 tokens a 768-pixel tile, so 258 an image up to 768 on a side.
+- Gemini 3 and later: a fixed count a media resolution, whatever the size: the part's `detail` is its level as
+  litellm maps it (low 280, medium 560, high 1,120, ultra_high 2,240); unset ("auto"), Google's default for
+  images, high.
 - Pitstop's engines in this process: what the checkpoint says (engine/image_token_counts.py): LLaVA's patches,
   Gemma 3's `mm_tokens_per_image`, Qwen2.5-VL's smart_resize of the actual pixels.
 - Anything else (an engine or vLLM server over HTTP without `image_token_estimate`): DEFAULT_IMAGE_TOKENS.
@@ -103,6 +106,17 @@ class GeminiTiles:
         return self.tile_tokens * math.ceil(width / 768) * math.ceil(height / 768)
 
 
+GEMINI_LEVELS = {"low": 280, "medium": 560, "high": 1120, "ultra_high": 2240}
+
+
+@dataclass(frozen=True)
+class GeminiLevels:
+    default: str = "high"
+
+    def tokens(self, image: ImagePart) -> int:
+        return GEMINI_LEVELS.get(image.detail, GEMINI_LEVELS[self.default])
+
+
 @dataclass(frozen=True)
 class QwenTokens:
     resize: QwenResize
@@ -120,6 +134,7 @@ _OPENAI: dict[str, ImageTokens] = {
     "gpt-4.1-nano": OpenAIPatches(2.46), "o4-mini": OpenAIPatches(1.72)}
 _OPENAI_PROVIDERS = ("openai", "azure", "azure_ai")
 _OPENAI_NAME = re.compile(r"^(gpt-|chatgpt-|o\d)")
+_GEMINI_VERSION = re.compile(r"gemini-(\d+)")
 _CLAUDE_VERSION = re.compile(r"claude-(?:(?:haiku|sonnet|opus)-)?(\d+)(?:[-.](\d{1,2})(?!\d))?")
 
 
@@ -132,7 +147,8 @@ def provider_image_tokens(model: str) -> ImageTokens:
         late = version is not None and (int(version[1]), int(version[2] or 0)) >= (4, 7)
         return AnthropicPatches(2576, 4784) if late else AnthropicPatches()
     if "gemini" in name:
-        return GeminiTiles()
+        version = _GEMINI_VERSION.search(name)
+        return GeminiLevels() if version is not None and int(version[1]) >= 3 else GeminiTiles()
     if provider.split("/")[0] in _OPENAI_PROVIDERS or _OPENAI_NAME.match(name):
         undated = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name)
         matches = [prefix for prefix in _OPENAI if undated == prefix or undated.startswith(prefix + "-")]

@@ -27,6 +27,7 @@ def gw(upstream_processes: tuple[UpstreamProcess, UpstreamProcess],
     models = [entry("vision", "openai/gpt-4o", api_base=a.api_base, tpm=1000),
               entry("vision", "openai/gpt-4o", api_base=b.api_base, tpm=100000),
               entry("gemini", "gemini/gemini-2.0-flash", api_key="unused"),
+              entry("gemini3", "gemini/gemini-3-pro-preview", api_key="unused"),
               entry("claude", "anthropic/claude-sonnet-4-5", api_key="unused"),
               entry("remote", "pitstop-engine/remote", {"image_token_estimate": 300}, api_base=a.api_base)]
     tmp = tmp_path_factory.mktemp("image-estimates")
@@ -60,10 +61,10 @@ def test_a_deployments_tpm_window_counts_an_image_as_its_provider_does(gw: Gatew
 def test_the_count_fallback_counts_an_image_as_the_models_deployments_do(gw: Gateway) -> None:
     client = gw.openai()
 
-    def counted(model: str, url: str) -> int:
+    def counted(model: str, url: str, detail: str = "high") -> int:
         raw = client.responses.input_tokens.with_raw_response.count(model=model, input=[
             {"role": "user", "content": [{"type": "input_text", "text": "what is it"},
-                                         {"type": "input_image", "image_url": url, "detail": "high"}]}])
+                                         {"type": "input_image", "image_url": url, "detail": detail}]}])
         assert raw.headers["x-pitstop-token-count"] == "estimated"
         return raw.parse().input_tokens
 
@@ -71,6 +72,9 @@ def test_the_count_fallback_counts_an_image_as_the_models_deployments_do(gw: Gat
                                                                          ("remote", 300))}
     assert len(set(text.values())) == 1 and 0 < text["gemini"] < 20  # the same text estimate under each
     assert counted("gemini", TALL) - text["gemini"] == 258 * 3 * 6  # 768-pixel tiles
+    # Gemini 3: the part's media resolution (its detail, as litellm maps it), whatever the size; unset is high.
+    assert [counted("gemini3", TALL, detail) - text["gemini"] for detail in ("auto", "low", "medium", "ultra_high")] \
+        == [1120, 280, 560, 2240]
     assert counted("claude", TALL) - text["claude"] == 28 * 56  # shrunk to 784 x 1568: within 1568 patches
     assert counted("remote", TALL) - text["remote"] == 300  # model_info.image_token_estimate, whatever its size
     assert counted("remote", "https://example.com/a.png") - text["remote"] == 300  # never fetched

@@ -23,6 +23,7 @@ from gateway.image_tokens import (
     DEFAULT_IMAGE_TOKENS,
     AnthropicPatches,
     FixedTokens,
+    GeminiLevels,
     GeminiTiles,
     OpenAIPatches,
     OpenAITiles,
@@ -79,6 +80,18 @@ def test_gemini_counts_258_a_768_pixel_tile() -> None:
     assert gemini.tokens(high(384, 300)) == 258
     assert gemini.tokens(high(1024, 1024)) == 4 * 258 and gemini.tokens(high(3000, 700)) == 4 * 258
     assert provider_image_tokens("vertex_ai/gemini-2.5-pro") == GeminiTiles()
+
+
+def test_gemini_3_counts_its_media_resolution_whatever_the_size() -> None:
+    """Gemini 3's levels as litellm passes a part's `detail` (low, medium, high, ultra_high); unset: high."""
+    for model in ("gemini/gemini-3-pro-preview", "vertex_ai/gemini-3.1-flash", "openrouter/google/gemini-3-flash"):
+        gemini = provider_image_tokens(model)
+        assert gemini == GeminiLevels()
+        for size in ((64, 64), (1024, 1024), (5000, 700), None):
+            counts = [gemini.tokens(ImagePart(size, detail)) for detail in ("low", "medium", "high", "ultra_high")]
+            assert counts == [280, 560, 1120, 2240]
+            assert gemini.tokens(ImagePart(size, "auto")) == 1120
+    assert provider_image_tokens("gemini/gemini-1.5-pro") == GeminiTiles()
 
 
 def test_which_rule_a_deployment_gets() -> None:
