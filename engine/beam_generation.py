@@ -5,7 +5,8 @@ log-probability by its length to that power. The search is deterministic: `tempe
 changes nothing (as in vLLM, whose beams rank raw log-probabilities); a field it does not honour is a 400
 naming it (engine/server/beam_fields.py). A BeamGeneration answers as an OpenAIGeneration does (`start`,
 `whole`, `chunks`), so `pitstop engine serve` and the gateway's in-process engines run it alike; streamed,
-the choices come as one chunk each when the search ends."""
+the choices come as one chunk each when the search ends. `logprobs` (chat's with `top_logprobs`, completions'
+k) gives each beam's tokens their log-probabilities and alternatives in OpenAI's shapes."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from typing import Any
 from engine.async_engine import AsyncEngine
 from engine.beam_search import BeamSearchResult, beam_search
 from engine.hints import SchedulingHints
+from engine.logprobs import TokenLogprobs
 from engine.openai_generation import OpenAIGeneration
 from engine.openai_images import requested_images, with_images
+from engine.openai_logprobs import LogprobShapes
 from engine.openai_shapes import Answer, Shapes
 from engine.outputs import RequestOutput
 from engine.prompt_tokens import tokenize
@@ -71,8 +74,9 @@ class BeamGeneration:
 
         async def search() -> list[BeamSearchResult]:
             return list(await asyncio.gather(*(beam_search(
-                generate, ids, replace(parsed.beam, max_tokens=parsed.resolved_params(  # type: ignore[arg-type]
-                    len(ids), engine.max_model_len).max_tokens), eos, engine.max_model_len, f"{self.shapes.id}-{k}")
+                generate, ids, replace(parsed.beam, logprobs=parsed.params.logprobs,  # type: ignore[arg-type]
+                                       max_tokens=parsed.resolved_params(len(ids), engine.max_model_len).max_tokens),
+                eos, engine.max_model_len, f"{self.shapes.id}-{k}")
                 for k, ids in enumerate(prompts))))
 
         self._search = search
@@ -88,7 +92,7 @@ class BeamGeneration:
         for i, answer in enumerate(answers):
             if self.shapes.chat:
                 yield self.shapes.chunk(None, None, role=True, index=i)
-            yield self.shapes.chunk(answer.text, answer.finish_reason, index=i)
+            yield self.shapes.chunk(answer.text, answer.finish_reason, index=i, logprobs=answer.logprobs)
         if self.shapes.include_usage:
             yield self.shapes.usage_chunk(self.last)
 
@@ -111,7 +115,7 @@ class BeamGeneration:
             for beam in result.beams:
                 ids = list(beam.token_ids[:-1] if beam.finish_reason == "stop" else beam.token_ids)
                 text = self.engine.tokenizer.decode(ids, skip_special_tokens=skip) if self.engine.tokenizer else ""
-                answers.append(Answer(text, beam.finish_reason))
+                answers.append(Answer(text, beam.finish_reason, self._logprobs(ids, beam.logprobs)))
                 produced += len(beam.token_ids)
         self.last = RequestOutput(self.shapes.id, [], "", True, answers[0].finish_reason if answers else None,
                                   sum(r.num_prompt_tokens for r in results), sum(r.num_cached_tokens for r in results),
@@ -119,6 +123,13 @@ class BeamGeneration:
         if self.on_end is not None:
             self.on_end(self, None)
         return answers
+
+
+    def _logprobs(self, ids: list[int], logprobs: Sequence[TokenLogprobs]) -> dict | None:
+        if self.parsed.params.logprobs is None:
+            return None
+        shapes = LogprobShapes(self.engine.tokenizer, self.shapes.chat, self.parsed.return_tokens_as_token_ids)
+        return shapes.block(ids, list(logprobs[: len(ids)]))
 
 
 def generation_for(engine: AsyncEngine, parsed: GenerateRequest, chat: bool, model_name: str,

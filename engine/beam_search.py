@@ -8,15 +8,18 @@ Candidates are ranked by their summed log-probability (the model's raw ones, as 
 an end-of-sequence candidate among a step's `width` best ends that beam (transformers' rule; the others
 continue). A beam's final score is its summed log-probability over its length (without the EOS) to the
 power `length_penalty` (transformers' and vLLM's), and the `width` best beams, finished or not, are the
-answer, best first."""
+answer, best first. With `logprobs` (k alternatives), every beam keeps each of its tokens' log-probability and
+the step's k likeliest alternatives there (a step asks for the more of 2 x width and k; the ranking uses the
+first 2 x width as always)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine.logprobs import TokenLogprobs
 from engine.outputs import RequestOutput
 from engine.sampling_params import MAX_TOP_LOGPROBS, InvalidRequestError, SamplingParams
 
@@ -32,12 +35,15 @@ class BeamSearchParams:
     max_tokens: int
     length_penalty: float = 1.0
     ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives each token's log-probability comes with; None: none kept
 
     def __post_init__(self) -> None:
         if not 1 <= self.width <= MAX_BEAM_WIDTH:
             raise InvalidRequestError(f"beam search takes n from 1 to {MAX_BEAM_WIDTH} (the beam width)", "n")
         if self.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}", "logprobs")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Beam:
     token_ids: tuple[int, ...]  # the answer's tokens, an ending EOS included
     cum_logprob: float
     finish_reason: str | None = None  # "stop" once an EOS ended it; else "length" at the end
+    logprobs: tuple[TokenLogprobs, ...] = ()  # each token's, when the search keeps them
 
     def score(self, length_penalty: float) -> float:
         length = len(self.token_ids) - (self.finish_reason == "stop")
@@ -64,7 +71,8 @@ async def beam_search(generate: Generate, prompt_ids: Sequence[int], params: Bea
                       eos_ids: Collection[int], max_model_len: int, request_id: str) -> BeamSearchResult:
     """Run the search; `generate` is the engine's (its lora, images and priority bound by the caller)."""
     width, prompt = params.width, list(prompt_ids)
-    step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=2 * width, ignore_eos=True)
+    keep = params.logprobs
+    step_params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=max(2 * width, keep or 0), ignore_eos=True)
     live, done = [Beam((), 0.0)], []
     result = BeamSearchResult([], len(prompt))
     for step in range(params.max_tokens):
@@ -77,19 +85,19 @@ async def beam_search(generate: Generate, prompt_ids: Sequence[int], params: Bea
             result.num_cached_tokens = outputs[0].num_cached_tokens
         result.computed_tokens.append(sum(o.num_prompt_tokens - o.num_cached_tokens for o in outputs))
         result.steps += 1
-        candidates = sorted(((beam.cum_logprob + logprob, beam, token)
+        candidates = sorted(((beam.cum_logprob + logprob, beam, token, _kept(out, logprob, keep))
                              for beam, out in zip(live, outputs, strict=True)
-                             for token, logprob in _alternatives(out)), key=lambda c: -c[0])
+                             for token, logprob in _alternatives(out)[: 2 * width]), key=lambda c: -c[0])
         live = []
-        for rank, (cum, beam, token) in enumerate(candidates):
+        for rank, (cum, beam, token, kept) in enumerate(candidates):
             if token in eos_ids and not params.ignore_eos:
                 if rank < width:  # an ending among the step's best ends that beam
-                    done.append(Beam((*beam.token_ids, token), cum, "stop"))
+                    done.append(Beam((*beam.token_ids, token), cum, "stop", (*beam.logprobs, *kept)))
                 continue
-            live.append(Beam((*beam.token_ids, token), cum))
+            live.append(Beam((*beam.token_ids, token), cum, logprobs=(*beam.logprobs, *kept)))
             if len(live) == width:
                 break
-    finished = done + [Beam(b.token_ids, b.cum_logprob, "length") for b in live]
+    finished = done + [replace(b, finish_reason="length") for b in live]
     result.beams = sorted(finished, key=lambda b: -b.score(params.length_penalty))[:width]
     return result
 
@@ -106,3 +114,11 @@ async def _one_token(generate: Generate, token_ids: list[int], params: SamplingP
 def _alternatives(out: RequestOutput) -> list[tuple[int, float]]:
     first: Any = out.logprobs[0]  # type: ignore[index]
     return list(zip(first.top_ids, first.top_logprobs, strict=True))
+
+
+def _kept(out: RequestOutput, logprob: float, keep: int | None) -> tuple[TokenLogprobs, ...]:
+    """What a beam keeps for the token it takes from `out`: its log-probability and the step's `keep` best."""
+    if keep is None:
+        return ()
+    step: Any = out.logprobs[0]  # type: ignore[index]
+    return (TokenLogprobs(logprob, step.top_ids[:keep], step.top_logprobs[:keep]),)

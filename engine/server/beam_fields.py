@@ -16,7 +16,8 @@ _WITH_BEAMS = {"model", "prompt", "messages", "n", "max_tokens", "max_completion
                "skip_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens", "priority",
                "session_id", "rank_score", "program_start", "in_program", "chat_template_kwargs",
                "add_generation_prompt", "continue_final_message", "reasoning_effort", "user", "metadata", "store",
-               "service_tier", "prompt_cache_key", "safety_identifier"}
+               "service_tier", "prompt_cache_key", "safety_identifier", "logprobs", "top_logprobs",
+               "return_tokens_as_token_ids"}
 
 
 def beam_params(body: dict[str, Any], n: int | None) -> BeamSearchParams | None:

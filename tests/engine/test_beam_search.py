@@ -45,7 +45,8 @@ def test_beams_equal_transformers_beam_search(tmp_path: Path, kind: str, width: 
         try:
             def generate(ids: Sequence[int], params: SamplingParams, rid: str) -> AsyncIterator[RequestOutput]:
                 return engine.generate(list(ids), params, rid)
-            return await beam_search(generate, prompt, BeamSearchParams(width, steps, length_penalty, ignore_eos=True),
+            return await beam_search(generate, prompt, BeamSearchParams(width, steps, length_penalty, ignore_eos=True,
+                                                                        logprobs=2 * width + 1),
                                      eos_ids=(), max_model_len=engine.max_model_len, request_id="beam")
         finally:
             await engine.shutdown()
@@ -54,6 +55,13 @@ def test_beams_equal_transformers_beam_search(tmp_path: Path, kind: str, width: 
     assert [list(b.token_ids) for b in result.beams] == expected  # type: ignore[attr-defined]
     assert [b.score(length_penalty) for b in result.beams] == pytest.approx(scores, abs=1e-4)  # type: ignore[attr-defined]
     assert all(b.finish_reason == "length" for b in result.beams)  # type: ignore[attr-defined]
+    # Each token's log-probability sums to the beam's; its alternatives are the step's likeliest, more of them
+    # than the ranking's 2 x width, the token among them.
+    for beam in result.beams:  # type: ignore[attr-defined]
+        assert sum(lp.logprob for lp in beam.logprobs) == pytest.approx(beam.cum_logprob, abs=1e-5)
+        for token, lp in zip(beam.token_ids, beam.logprobs, strict=True):
+            assert len(lp.top_ids) == 2 * width + 1 and list(lp.top_logprobs) == sorted(lp.top_logprobs, reverse=True)
+            assert lp.top_logprobs[lp.top_ids.index(token)] == pytest.approx(lp.logprob)
     # The first step prefills the prompt once; later ones compute about the last block of each beam.
     computed = result.computed_tokens  # type: ignore[attr-defined]
     assert computed[0] == len(prompt) and max(computed[1:]) <= width * 4

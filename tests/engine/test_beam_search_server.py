@@ -69,6 +69,30 @@ def test_a_streamed_chat_sends_the_same_beams_a_chunk_each(client: openai.OpenAI
     assert whole.choices[0].message.content != whole.choices[1].message.content
 
 
+def test_each_beam_comes_with_its_tokens_log_probabilities(client: openai.OpenAI, tokenizer: Tokenizer,
+                                                           tiny_model_dir: Path) -> None:
+    """A completion's `logprobs` k and a chat's `logprobs` with `top_logprobs`: every beam's tokens, each with its
+    log-probability (summing to transformers' score for the beam) and k alternatives, whole and streamed."""
+    answer = client.completions.create(model=MODEL, prompt=PROMPT, n=2, max_tokens=5, logprobs=3,
+                                       extra_body={"use_beam_search": True, "ignore_eos": True})
+    _, scores = transformers_beams(tiny_model_dir, tokenizer.encode(PROMPT), 2, 5, length_penalty=1.0)
+    for choice, score in zip(answer.choices, scores, strict=True):
+        logprobs = choice.logprobs
+        assert logprobs is not None and "".join(logprobs.tokens or []) == choice.text
+        assert sum(logprobs.token_logprobs or []) == pytest.approx(score * 5, abs=1e-3)
+        assert all(len(top) == 3 for top in logprobs.top_logprobs or [])
+    kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Name a colour."}], "n": 2, "max_tokens": 4,
+              "logprobs": True, "top_logprobs": 2, "extra_body": {"use_beam_search": True, "ignore_eos": True}}
+    whole = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+    streamed = {c.index: c.logprobs for chunk in client.chat.completions.create(**kwargs, stream=True)
+                for c in chunk.choices if c.logprobs is not None}
+    for choice in whole.choices:
+        content = choice.logprobs.content
+        assert len(content) == 4 and "".join(e.token for e in content) == choice.message.content
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= e.top_logprobs[0].logprob + 1e-6 for e in content)
+        assert streamed[choice.index].content == content
+
+
 def test_a_stop_token_id_ends_the_beam_whose_first_token_it_is(client: openai.OpenAI) -> None:
     """The likeliest first token ends a beam with the best summed log-probability there can be, so with no
     length penalty that empty answer ranks first."""
@@ -91,7 +115,7 @@ def test_a_batch_of_prompts_gets_each_its_own_beams(client: openai.OpenAI, token
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"n": 11}, "n"), ({"logprobs": 2}, "logprobs"), ({"stop": ["\n"]}, "stop"), ({"top_p": 0.5}, "top_p"),
+    ({"n": 11}, "n"), ({"min_tokens": 2}, "min_tokens"), ({"stop": ["\n"]}, "stop"), ({"top_p": 0.5}, "top_p"),
     ({"echo": True}, "echo"), ({"presence_penalty": 1.0}, "presence_penalty"),
     ({"response_format": {"type": "json_object"}}, "response_format")])
 def test_fields_beam_search_does_not_honour_are_refused(client: openai.OpenAI, extra: dict, param: str) -> None:
