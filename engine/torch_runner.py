@@ -299,16 +299,16 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
 
     def _embeddings(self, batch: ScheduledBatch, hidden: torch.Tensor,
                     logits_index: torch.Tensor) -> dict[int, list[float]]:
-        """Last-token pooling for the sequences that ask for an embedding: the final norm of their last
-        prompt token's hidden state, L2-normalised (they carry no drafts: their one row is their sample)."""
+        """Last-token pooling for the sequences that ask for an embedding: their last prompt token's hidden
+        state through the model's `pool` (its final norm, L2-normalised; a classifier's label logits). They
+        carry no drafts: their one row is their sample."""
         wanted, rows, row = [], [], 0
         for i in batch.sampling_indices:
             if batch.seqs[i].params.embed:
                 wanted.append(i)
                 rows.append(row)
             row += 1 + len(batch.draft_token_ids[i])
-        pooled = self.model.model.norm(hidden[logits_index[torch.tensor(rows, device=hidden.device)]])
-        vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().tolist()
+        vectors = self.model.pool(hidden[logits_index[torch.tensor(rows, device=hidden.device)]]).cpu().tolist()
         return dict(zip(wanted, vectors, strict=True))
 
     def _prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor,

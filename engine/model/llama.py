@@ -190,6 +190,11 @@ class CausalLM(nn.Module):
             return self._softcapped(self.lm_head(self.model.norm(torch.cat([hidden, padding])))[:rows].float())
         return self._softcapped(self.lm_head(self.model.norm(hidden)).float())
 
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """SamplingParams.embed's vectors of some tokens' hidden states: last-token pooling's final norm,
+        L2-normalised (a classifier's are its label logits: engine/model/classifier.py)."""
+        return F.normalize(self.model.norm(hidden).float(), dim=-1)
+
     def _softcapped(self, logits: torch.Tensor) -> torch.Tensor:
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from engine.classifier_config import classifier_head
+from engine.model.classifier import SequenceClassifier, build_model, token_ids_of
 from engine.model.config import ModelConfig
 from engine.model.gpt_oss import GPT_OSS
 from engine.model.gpt_oss_weights import GptOssTensors
@@ -88,12 +90,14 @@ def load_model(
 ) -> CausalLM:
     """`config`: under tensor parallelism, rank `tp.rank`'s share (engine/model/parallel.py), whose
     parts of the checkpoint's tensors are read. `mxfp4_experts`: an MXFP4 checkpoint's experts stay packed
-    (engine/model/mxfp4.py) rather than dequantized to `dtype`."""
+    (engine/model/mxfp4.py) rather than dequantized to `dtype`. A *ForSequenceClassification folder is a
+    SequenceClassifier (engine/model/classifier.py)."""
     model_dir = Path(model_dir)
     config = config or ModelConfig.from_dir(model_dir)
+    head = classifier_head(model_dir)
     # Build on the meta device and allocate once, uninitialised: every parameter comes from the file.
     with torch.device("meta"):
-        model = CausalLM(config, tp)
+        model = build_model(config, head, tp)
         if mxfp4_experts:
             pack_experts(model, tp.size)
     model = model.to(dtype)  # floating point only: packed experts keep their uint8
@@ -101,15 +105,23 @@ def load_model(
         quantize_projections(model, quantization, tp.rank, tp.size)
     model = model.to_empty(device=device)
     model.tie_weights()
-    load_weights(model, safetensors_files(model_dir), tp)
+    if head is not None and head.from_tokens:
+        # A causal checkpoint: every tensor but `score`, which lm_head's rows then make.
+        load_weights(model, safetensors_files(model_dir), tp, skip={"score.weight"})
+        assert isinstance(model, SequenceClassifier)
+        model.head_from_tokens(head, token_ids_of(str(model_dir), head.from_tokens))
+    else:
+        load_weights(model, safetensors_files(model_dir), tp)
     model.setup_rope(device, dtype)
     return model.eval()
 
 
-def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE) -> None:
+def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
+                 skip: frozenset[str] | set[str] = frozenset()) -> None:
+    """`skip`: parameters the checkpoint does not hold, made after (a classifier's head from tokens)."""
     params = dict(model.named_parameters())  # tied lm_head shows up once, as embed_tokens
     modules = dict(model.named_modules())
-    expected = {key for name in params for key in _expected_keys(name, modules)}
+    expected = {key for name in params for key in _expected_keys(name, modules)} - set(skip)
     int4 = {path: module for path, module in modules.items() if isinstance(module, Int4Linear)}
     expected |= {f"{path}.{key}" for path, module in int4.items() for key in module.checkpoint_keys()}
     for module in int4.values():
