@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from routers.base import PriceStep
+
 if TYPE_CHECKING:
     from gateway.model_list_config import ModelInfo
 
@@ -86,6 +88,17 @@ def rates(info: ModelInfo, prompt_tokens: int) -> Rates:
             write_1h = _or(tier.cache_creation_input_token_cost_above_1hr, write_1h)
     write = _or(write, input_)
     return Rates(input_, output, _or(read, input_), write, _or(write_1h, write))
+
+
+def price_steps(info: ModelInfo) -> tuple[PriceStep, ...]:
+    """`info`'s long-context tiers as a router prices them: each from the first prompt length it bills, at
+    `rates` there (so a price a tier leaves unset is the one below, as billed)."""
+    steps = []
+    for tier in sorted(info.price_tiers, key=lambda tier: tier.above_tokens):
+        first = tier.above_tokens + (0 if info._tier_at_threshold else 1)
+        rate = rates(info, first)
+        steps.append(PriceStep(first, rate.input, rate.output))
+    return tuple(steps)
 
 
 def _or(value: float | None, otherwise: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from engine.server.errors import bad_request, not_found
 from gateway.config import MEDIA_PATHS, Settings
+from gateway.pricing import price_steps
 from gateway.request_body import ProxyRequest
 from gateway.route_group_config import RouteGroup
 from gateway.wildcards import WildcardModels
@@ -119,8 +120,8 @@ def build_group(settings: Settings, group: RouteGroup) -> GroupRouter:
     entries = {m.model_name: m for m in settings.model_list}
     infos = {name: entries[name].model_info for name in group.models}
     known_as = {name: info.router_model or name for name, info in infos.items()}
-    candidates = [Candidate(known_as[name], info.input_cost_per_token, info.output_cost_per_token, info.tier)
-                  for name, info in infos.items()]
+    candidates = [Candidate(known_as[name], info.input_cost_per_token, info.output_cost_per_token, info.tier,
+                            price_steps(info)) for name, info in infos.items()]
     artifact = str(settings.resolve_path(group.router_artifact)) if group.router_artifact else None
     router = make_router(group.router, artifact)
     model_for = {alias: name for name, alias in known_as.items()}
@@ -128,7 +129,8 @@ def build_group(settings: Settings, group: RouteGroup) -> GroupRouter:
     outside = [] if verify is None else [name for name in dict.fromkeys((*verify.verifiers, verify.escalate_to))
                                          if name not in infos]
     verify_priced = [Candidate(name, entries[name].model_info.input_cost_per_token,
-                               entries[name].model_info.output_cost_per_token) for name in outside]
+                               entries[name].model_info.output_cost_per_token,
+                               price_steps=price_steps(entries[name].model_info)) for name in outside]
     log.info("route group %s: router %s v%s over %s", group.name, router.name, router.version,
              ", ".join(group.models))
     return GroupRouter(group, router, candidates, model_for, Path(artifact) if artifact else None,

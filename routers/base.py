@@ -10,11 +10,29 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class PriceStep:
+    """Per-token prices from a prompt length on: a long-context tier (Gemini's and Claude's above 200k tokens)."""
+
+    from_prompt_tokens: int
+    input_cost_per_token: float
+    output_cost_per_token: float
+
+
+@dataclass(frozen=True)
 class Candidate:
     model: str
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
     tier: str = "medium"
+    price_steps: tuple[PriceStep, ...] = ()  # by prompt length, ascending: the last one a prompt reaches applies
+
+    def rates(self, prompt_tokens: int) -> tuple[float, float]:
+        """(input, output) per-token prices for a prompt of `prompt_tokens`."""
+        rates = (self.input_cost_per_token, self.output_cost_per_token)
+        for step in self.price_steps:
+            if prompt_tokens >= step.from_prompt_tokens:
+                rates = (step.input_cost_per_token, step.output_cost_per_token)
+        return rates
 
 
 @dataclass(frozen=True)

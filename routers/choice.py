@@ -34,7 +34,9 @@ class RoutingDecision:
 
 
 def predicted_cost(candidate: Candidate, prompt_tokens: int, output_tokens: float) -> float:
-    return candidate.input_cost_per_token * prompt_tokens + candidate.output_cost_per_token * output_tokens
+    """At the prices of the prompt's length (a long prompt's tier, where the model has one)."""
+    input_cost, output_cost = candidate.rates(prompt_tokens)
+    return input_cost * prompt_tokens + output_cost * output_tokens
 
 
 def typical_cost(candidates: list[Candidate], prompt_tokens: float, output_tokens: dict[str, float],

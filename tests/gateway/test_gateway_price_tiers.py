@@ -141,3 +141,33 @@ def test_a_bad_tier_price_is_named_and_both_shapes_of_the_1_hour_split_are_read(
     anthropics = {"prompt_tokens": 900, "cache_creation_input_tokens": 300,
                   "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}
     assert usage_of(litellms) == usage_of(anthropics) == TokenUsage(900, 0, 0, 300, 200)
+
+
+def test_a_route_groups_router_prices_a_long_prompt_at_its_tier(tmp_path: Path) -> None:
+    """The router's predicted cost is what the request would be billed: below a model's long-context tier its
+    base prices, above it the tier's, so a model cheap for short prompts stops being picked for long ones."""
+    from gateway.config import parse_settings
+    from gateway.pricing import rates
+    from gateway.routing import build_group
+    from routers.base import RoutingRequest
+
+    tiered = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+              "input_cost_per_token_above_200k_tokens": 4e-6, "output_cost_per_token_above_200k_tokens": 8e-6}
+    flat = {"input_cost_per_token": 2.5e-6, "output_cost_per_token": 5e-6}
+    models = [{"model_name": name, "litellm_params": {"model": f"openai/{name}", "api_base": "http://127.0.0.1:9/v1"},
+               "model_info": info} for name, info in (("tiered", tiered), ("flat", flat))]
+    group = {"name": "auto", "models": ["tiered", "flat"], "router": "tier-prior"}
+    settings = parse_settings(gateway_config(tmp_path, models, route_groups=[group]))
+    router = build_group(settings, settings.route_groups[0])
+    info = settings.model_list[0].model_info
+    (tiered_candidate,) = [c for c in router.candidates if c.model == "tiered"]
+    for prompt in (1000, 200_000, 200_001, 500_000):  # the router's prices are the bill's, at the threshold too
+        billed = rates(info, prompt)
+        assert tiered_candidate.rates(prompt) == (billed.input, billed.output)
+    picks = {}
+    for prompt in (100_000, 300_000):
+        decision = router.decide(RoutingRequest("x", prompt), cost_preference=1.0)
+        picks[prompt] = decision.model
+        assert decision.predicted_cost_usd["tiered"] == pytest.approx(
+            rates(info, prompt).input * prompt + rates(info, prompt).output * 256)
+    assert picks == {100_000: "tiered", 300_000: "flat"}
