@@ -64,7 +64,7 @@ class TierCopies:
         c = self.config
         return {"model": model_files_digest(self.model_dir), "dtype": str(self.dtype),
                 "kv_cache_dtype": self.kv_cache_dtype, "quantization": self.quantization,
-                "block": [c.num_layers, 2, self.block_size, c.num_kv_heads, c.head_dim],
+                "block": [c.num_layers, c.kv_cache_entry[0], self.block_size, *c.kv_cache_entry[1:]],
                 "tensor_parallel": [self.tp.rank, self.tensor_parallel_size], "python": python_hash_fingerprint()}
 
     def disk_entries(self) -> list[DiskEntry]:

@@ -22,10 +22,12 @@ def runner_kv_groups(config: ModelConfig, enabled: bool, tensor_parallel_size: i
 
 def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype, kv_cache_dtype: str = "auto",
                        layers: int | None = None) -> int:
-    """Bytes one KV block takes over `layers` slots (None: all the model's layers), K and V: one an element
-    in fp8, else `dtype`'s; with a tensor-parallel rank's `config`, that rank's part."""
+    """Bytes one KV block takes over `layers` slots (None: all the model's layers), K and V (or MLA's one
+    latent: ModelConfig.kv_cache_entry): one an element in fp8, else `dtype`'s; with a tensor-parallel rank's
+    `config`, that rank's part."""
     element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
-    return 2 * (layers or config.num_layers) * block_size * config.num_kv_heads * config.head_dim * element
+    planes, heads, values = config.kv_cache_entry
+    return planes * (layers or config.num_layers) * block_size * heads * values * element
 
 
 def step_tables(tables: list[list[list[int]]], seq_of_token: torch.Tensor, positions: torch.Tensor,

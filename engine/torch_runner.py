@@ -24,6 +24,7 @@ from engine.kv_layout import kv_bytes_per_block, runner_kv_groups, step_tables
 from engine.logprobs import TokenLogprobs, token_logprobs
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
+from engine.model.deepseek import refuse_unsupported
 from engine.model.kv_quant import FP8KVFormat, fp8_format
 from engine.model.loader import load_model, safetensors_files
 from engine.model.logits_processors import process_logits
@@ -98,6 +99,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
         scheme = serving_scheme(self.model_dir, quantization)
+        if full_config.mla:
+            refuse_unsupported(full_config.model_type, kv_cache_dtype, self.tensor_parallel_size, scheme is not None)
         self.quantization = scheme.method if scheme is not None else None
         # gpt-oss's MXFP4 experts stay packed unless `dequantize_mxfp4` (engine/model/mxfp4.py)
         self.mxfp4_experts = is_mxfp4_checkpoint(self.model_dir) and not dequantize_mxfp4
@@ -133,9 +136,10 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             self.close()
             raise
         c = self.config
+        planes, heads, values = c.kv_cache_entry  # K and V planes, or MLA's one latent (engine/model/mla.py)
         self.kv_cache = torch.zeros(  # with KV groups, a slot a layer of each group shares (engine/kv_groups.py)
-            self.kv_groups.group_size if self.kv_groups else c.num_layers, 2, num_blocks, block_size,
-            c.num_kv_heads, c.head_dim, dtype=storage, device=self.device,
+            self.kv_groups.group_size if self.kv_groups else c.num_layers, planes, num_blocks, block_size,
+            heads, values, dtype=storage, device=self.device,
         )  # fmt: skip
         places = self.kv_groups.layer_places(c.num_layers) if self.kv_groups else None  # each layer's (group, slot)
         self._layer_slots = [slot for _, slot in places] if places else None
@@ -143,7 +147,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         # The host tier (engine/host_cache.py): page-locked on CUDA, so copies run at the link's speed.
         self.num_host_blocks = num_host_blocks
         self.host_kv = torch.zeros(
-            c.num_layers, 2, num_host_blocks, block_size, c.num_kv_heads, c.head_dim,
+            c.num_layers, planes, num_host_blocks, block_size, heads, values,
             dtype=storage, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
         self.num_disk_blocks = num_disk_blocks

@@ -1,6 +1,6 @@
 """ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
 (Llama, Mistral, Qwen2 and Qwen3 families, the mixture-of-experts Qwen3-MoE and Mixtral, and Gemma 3 text and
-Phi-3 (engine/model/families.py), gpt-oss (engine/model/gpt_oss.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
+Phi-3 (engine/model/families.py), gpt-oss (engine/model/gpt_oss.py), DeepSeek-V2/V3 (engine/model/deepseek.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
 `rope_parameters` dict)."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.model import families
+from engine.model.deepseek import DEEPSEEK_TYPES, deepseek_fields
 from engine.model.families import GEMMA3, PHI3
 from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3, GPT_OSS)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3, GPT_OSS,
+                         *DEEPSEEK_TYPES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
 QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", GEMMA3)
@@ -56,6 +58,21 @@ class ModelConfig:
     topk_before_softmax: bool = False
     swiglu_limit: float | None = None
     swiglu_alpha: float = 1.702
+    # DeepSeekMoE (engine/model/deepseek.py): always-on shared experts (0: none), V3's sigmoid scores with a
+    # choice-only bias, group-limited choice (`n_group` groups, the best `topk_group` of them), a weight scale.
+    shared_expert_intermediate_size: int = 0
+    scoring_func: str = "softmax"
+    score_correction_bias: bool = False
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    # Multi-head latent attention (DeepSeek, engine/model/mla.py; 0: none). `head_dim` is then the rotary part of
+    # each query/key head (`qk_rope_head_dim`), and the cache holds one latent of kv_lora_rank + head_dim a token.
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0  # 0: one q_proj (V2-Lite)
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+    rope_interleave: bool = False
     # Sliding-window attention: the listed layers' queries see their last `sliding_window` tokens.
     sliding_window: int | None = None
     sliding_layers: tuple[int, ...] = ()
@@ -98,6 +115,18 @@ class ModelConfig:
         return self.max_position_embeddings
 
     @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def kv_cache_entry(self) -> tuple[int, int, int]:
+        """(planes, heads, values) the KV cache holds a token a layer: K and V planes of kv-heads x head_dim,
+        or MLA's one plane of one latent (engine/model/mla.py)."""
+        if self.mla:
+            return 1, 1, self.kv_lora_rank + self.head_dim
+        return 2, self.num_kv_heads, self.head_dim
+
+    @property
     def rotary_dim(self) -> int:
         """The leading dims of each head that RoPE turns (the rest pass through)."""
         return int(self.head_dim * self.partial_rotary_factor)
@@ -123,6 +152,10 @@ class ModelConfig:
             raw = {**raw, **rope_raw, "rope_scaling": None}
         if model_type == GPT_OSS:
             extra |= gpt_oss_fields(raw)
+        if model_type in DEEPSEEK_TYPES:
+            extra |= deepseek_fields(raw)
+            head_dim = extra.pop("head_dim")
+            raw = {**raw, "num_key_value_heads": num_heads}
         partial = families.partial_rotary_factor(raw)
         rope_theta, rope_scaling = _parse_rope(raw, int(head_dim * partial))
         attention_bias = bool(raw.get("attention_bias", False))
@@ -142,15 +175,15 @@ class ModelConfig:
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == GEMMA3)),
             # Qwen2 always has q/k/v biases and no o_proj bias; Llama's `attention_bias` covers all four.
-            qkv_bias=model_type == "qwen2" or attention_bias,
-            o_bias=model_type != "qwen2" and attention_bias,
+            **({} if model_type in DEEPSEEK_TYPES else {"qkv_bias": model_type == "qwen2" or attention_bias,
+                                                       "o_bias": model_type != "qwen2" and attention_bias}),
             mlp_bias=bool(raw.get("mlp_bias", False)),
             qk_norm=model_type in QK_NORM_MODEL_TYPES,
             hidden_act=hidden_act,
             partial_rotary_factor=partial,
             mrope_section=tuple(raw["mrope_section"]) if raw.get("mrope_section") else None,
             **extra,
-            **expert_fields(model_type, raw),
+            **({} if model_type in DEEPSEEK_TYPES else expert_fields(model_type, raw)),
             **_sliding_fields(model_type, raw),
             torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32").removeprefix("torch."),
             bos_token_id=raw.get("bos_token_id"),
@@ -164,17 +197,32 @@ class ModelConfig:
         attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm + self.num_heads * self.attention_sinks
+        if self.mla:
+            attn = self._mla_params()
         norms = (4 if self.sandwich_norms else 2) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
         # A sparse layer's MLP: the router plus every expert's gate, up and down projections.
         sparse_mlp = self.num_experts * self.hidden_size * (1 + 3 * self.moe_intermediate_size)
         sparse_mlp += self.num_experts * (1 + 2 * self.moe_intermediate_size + self.hidden_size) * self.moe_bias
+        sparse_mlp += 3 * self.hidden_size * self.shared_expert_intermediate_size
         num_sparse = len(self.sparse_layers)
         mlps = (self.num_layers - num_sparse) * mlp + num_sparse * sparse_mlp
         per_layer = attn + norms
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + mlps + embeddings + self.hidden_size
+
+    def _mla_params(self) -> int:
+        qk_head = self.qk_nope_head_dim + self.head_dim
+        rank, heads = self.kv_lora_rank, self.num_heads
+        if self.q_lora_rank:
+            q = self.hidden_size * self.q_lora_rank + self.q_lora_rank * (1 + heads * qk_head)
+            q += self.q_lora_rank * self.qkv_bias
+        else:
+            q = self.hidden_size * heads * qk_head
+        kv = self.hidden_size * (rank + self.head_dim) + rank + rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        kv += (rank + self.head_dim) * self.qkv_bias
+        return q + kv + heads * self.v_head_dim * self.hidden_size + self.hidden_size * self.o_bias
 
     def is_sparse(self, layer: int) -> bool:
         return layer in self.sparse_layers

@@ -1,7 +1,8 @@
 """The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2, Qwen3 (per-head
 q/k norms), Phi-3 and Gemma 3 (engine/model/families.py: norms around each block's output too, scaled
-embeddings, GELU, a RoPE of their own in sliding layers), full or sliding-window attention per layer, with a dense MLP or, in the layers a mixture-of-experts model makes sparse, experts
-(`engine.model.moe`). Module and parameter names follow the HF checkpoint layout
+embeddings, GELU, a RoPE of their own in sliding layers), full or sliding-window attention per layer, or DeepSeek's
+multi-head latent attention (`engine.model.mla`), with a dense MLP or, in the layers a mixture-of-experts model makes
+sparse, experts (`engine.model.moe`, DeepSeek's with shared experts). Module and parameter names follow the HF checkpoint layout
 (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
 and experts are stacked; the loader maps checkpoint tensors into them."""
 
@@ -16,6 +17,7 @@ from torch import nn
 from engine.model.attention import AttentionPlan, paged_attention, write_kv
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear, RMSNorm, TokenEmbedding
+from engine.model.mla import MLAttention
 from engine.model.moe import SparseMoE
 from engine.model.parallel import SINGLE, TPGroup
 from engine.model.rope import RotaryEmbedding
@@ -77,10 +79,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
+    """`intermediate_size`: a width other than the config's (DeepSeek's shared experts)."""
+
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE, intermediate_size: int | None = None) -> None:
         super().__init__()
         self.tp = tp
-        size = config.intermediate_size
+        size = intermediate_size or config.intermediate_size
         self.gate_up_proj = PackedLinear(config.hidden_size, [size, size], bias=config.mlp_bias)
         self.down_proj = nn.Linear(size, config.hidden_size, bias=config.mlp_bias)
         self.act = F.silu if config.hidden_act == "silu" else partial(F.gelu, approximate="tanh")
@@ -93,8 +97,11 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, index: int, tp: TPGroup = SINGLE) -> None:
         super().__init__()
-        self.self_attn = Attention(config, index, tp)
-        self.mlp: MLP | SparseMoE = SparseMoE(config, tp) if config.is_sparse(index) else MLP(config, tp)
+        self.self_attn = MLAttention(config) if config.mla else Attention(config, index, tp)
+        self.mlp: MLP | SparseMoE = MLP(config, tp)
+        if config.is_sparse(index):
+            shared_size = config.shared_expert_intermediate_size
+            self.mlp = SparseMoE(config, tp, MLP(config, tp, shared_size) if shared_size else None)
         norm = partial(RMSNorm, config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
         self.input_layernorm = norm()
         self.post_attention_layernorm = norm()

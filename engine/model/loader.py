@@ -134,6 +134,8 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 if name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES):
                     continue
+                if model.config.mla and _past_last_layer(name, model.config.num_layers):
+                    continue  # DeepSeek-V3's multi-token-prediction layers: not served
                 if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
                 parts = split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size)
@@ -272,6 +274,11 @@ def _load_expert(experts_path: str, index: int, projection: str, tensor: torch.T
         target = target.narrow(0, half * experts.intermediate_size, experts.intermediate_size)
     _copy(f"{experts_path}.{index}.{projection}.weight", target, tensor)
     return f"{experts_path}.{leaf}:{index}" + (f":{half}" if half is not None else "")
+
+
+def _past_last_layer(name: str, num_layers: int) -> bool:
+    parts = name.split(".")
+    return len(parts) > 2 and parts[:2] == ["model", "layers"] and parts[2].isdigit() and int(parts[2]) >= num_layers
 
 
 def packed_name_of(projection: str) -> str:

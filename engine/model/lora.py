@@ -62,6 +62,8 @@ def load_lora(path: str | Path, config: ModelConfig, max_rank: int, dtype: torch
               device: torch.device) -> LoRAWeights:
     """Read a PEFT LoRA folder for a model of `config`, checking it fits (LoRAError says why not)."""
     folder = Path(path)
+    if config.mla:
+        raise LoRAError(f"{config.model_type}: LoRA adapters on multi-head latent attention are not supported")
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         raise LoRAError(f"{folder} is not a LoRA adapter folder (no adapter_config.json)")

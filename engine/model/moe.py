@@ -10,7 +10,10 @@ transformers' MoE layers use), with no host sync. Where that kernel has no suppo
 Ampere, or not bfloat16) a loop over the experts that got tokens does the same sums.
 
 gpt-oss's variant (engine/model/gpt_oss.py) is this module with its config's switches: a router bias, the top-k
-logits softmaxed after the choice (in their dtype, as transformers), expert biases and a clamped SwiGLU."""
+logits softmaxed after the choice (in their dtype, as transformers), expert biases and a clamped SwiGLU.
+DeepSeekMoE's (engine/model/deepseek.py): always-on shared experts added to the routed ones, scores by softmax or
+V3's sigmoid (plus a bias that steers the choice only), the choice limited to the best groups of experts, and the
+weights scaled by `routed_scaling_factor`; its router runs in float32, as transformers'."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import ModelConfig
+from engine.model.deepseek import DEEPSEEK_TYPES
 from engine.model.parallel import SINGLE, TPGroup
 
 
@@ -74,17 +78,31 @@ class Experts(nn.Module):
         return out
 
 
-class SparseMoE(nn.Module):
-    """Parameter names follow the checkpoints: `gate` is the router, `experts` the stacked experts."""
+class Router(nn.Linear):
+    """The experts' scores; `e_score_correction_bias` (DeepSeek-V3's) shifts them for the choice only."""
 
-    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE) -> None:
+    def __init__(self, hidden_size: int, num_experts: int, bias: bool, score_correction_bias: bool) -> None:
+        super().__init__(hidden_size, num_experts, bias=bias)
+        self.e_score_correction_bias = nn.Parameter(torch.empty(num_experts)) if score_correction_bias else None
+
+
+class SparseMoE(nn.Module):
+    """Parameter names follow the checkpoints: `gate` is the router, `experts` the stacked experts,
+    `shared_experts` DeepSeek's always-on MLP (given by the decoder layer, which owns the MLP class)."""
+
+    def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE, shared_experts: nn.Module | None = None) -> None:
         super().__init__()
         self.tp = tp  # each rank's experts are a slice of every expert's width: the outputs are partial sums
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.topk_before_softmax = config.topk_before_softmax
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=config.moe_bias)
+        self.gate = Router(config.hidden_size, config.num_experts, config.moe_bias, config.score_correction_bias)
+        self.shared_experts = shared_experts
+        self.sigmoid = config.scoring_func == "sigmoid"
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.float32_router = config.model_type in DEEPSEEK_TYPES
         self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size,
                                config.moe_bias, config.swiglu_limit, config.swiglu_alpha)
 
@@ -94,11 +112,36 @@ class SparseMoE(nn.Module):
         if self.topk_before_softmax:
             top, experts = self.gate(x).topk(self.top_k, dim=-1)
             return torch.softmax(top, dim=-1, dtype=top.dtype).to(x.dtype), experts
+        if self.float32_router:
+            return self._route_deepseek(x)
         probs = torch.softmax(self.gate(x), dim=-1, dtype=torch.float32)
         weights, experts = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights.to(x.dtype), experts
+
+    def _route_deepseek(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' DeepseekV2/V3TopkRouter: float32 scores; V3 chooses by score + bias and weighs by score."""
+        logits = F.linear(x.float(), self.gate.weight.float())
+        scores = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+        bias = self.gate.e_score_correction_bias
+        choice = scores if bias is None else scores + bias.float()
+        if self.n_group > 1:
+            choice = self._within_best_groups(choice, top2_sum=bias is not None)
+        experts = choice.topk(self.top_k, dim=-1)[1]
+        weights = scores.gather(1, experts)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return (weights * self.routed_scaling_factor).to(x.dtype), experts
+
+    def _within_best_groups(self, choice: torch.Tensor, top2_sum: bool) -> torch.Tensor:
+        """`choice` [T, experts] with every expert outside each token's `topk_group` best groups at -inf; a group
+        ranks by its best expert (V2's group_limited_greedy) or its two best summed (V3's noaux_tc)."""
+        grouped = choice.view(choice.shape[0], self.n_group, -1)
+        group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1) if top2_sum else grouped.max(dim=-1).values
+        best = group_scores.topk(self.topk_group, dim=-1)[1]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
 
     def forward(self, x: torch.Tensor, *, grouped: bool | None = None) -> torch.Tensor:
         weights, experts = self.route(x)
@@ -111,7 +154,8 @@ class SparseMoE(nn.Module):
         else:
             out = self.experts.looped(x[tokens], counts.tolist())
         out = out * weights.flatten()[order].unsqueeze(-1)
-        return self.tp.all_reduce(torch.zeros_like(x).index_add_(0, tokens, out))
+        routed = self.tp.all_reduce(torch.zeros_like(x).index_add_(0, tokens, out))
+        return routed if self.shared_experts is None else routed + self.shared_experts(x)
 
 
 @cache
