@@ -9,8 +9,10 @@ import re
 import sys
 from pathlib import Path
 
+from engine.classifier_config import classifier_head
 from engine.config import KV_CACHE_DTYPES, QUANTIZATIONS, ImageLimits, SpeculativeConfig
 from engine.cross_encoder_config import CROSS_ENCODER_FAMILIES, cross_encoder_config
+from engine.hf_overrides import hf_overrides_argument, with_hf_overrides
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
@@ -153,6 +155,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="fetch image URLs resolving to loopback or private addresses (default: yes; a public "
                             "engine says --no-allow-private-media-urls); link-local (cloud metadata), multicast "
                             "and reserved addresses are never fetched unless --allowed-media-domains names the host")
+    serve.add_argument("--hf-overrides", type=hf_overrides_argument, metavar="JSON",
+                       help="config.json keys to replace, as vLLM's flag (a Qwen3-Reranker as a reranker: README)")
     serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
                        help="a cross-encoder folder (a reranker, served on /v1/rerank and /v1/score): the torch "
                             "threads its forward passes use (default 1)")
@@ -246,11 +250,17 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"pitstop: step-time profile {args.sim} not found (`pitstop engine profile` writes one)", file=sys.stderr)
         return 2
     name = args.served_model_name or (args.model.resolve().name if args.model else args.sim.stem)
-    if args.model is not None and cross_encoder_config(args.model) is not None:  # a reranker: no KV, no generation
+    try:
+        model_dir = None if args.model is None else with_hf_overrides(args.model, args.hf_overrides)
+        head = None if model_dir is None else classifier_head(model_dir)  # a decoder classifier: the engine's
+    except ValueError as exc:
+        print(f"pitstop: {exc}", file=sys.stderr)
+        return 2
+    if model_dir is not None and cross_encoder_config(model_dir) is not None:  # a reranker: no KV, no generation
         from engine.cross_encoder import CrossEncoder
         from engine.server.cross_encoder_app import create_cross_encoder_app
 
-        encoder = CrossEncoder(args.model, args.device, args.torch_threads)
+        encoder = CrossEncoder(model_dir, args.device, args.torch_threads)
         uvicorn.run(create_cross_encoder_app(encoder, name), host=args.host, port=args.port,
                     log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
         return 0
@@ -260,7 +270,7 @@ def serve_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        engine = build_engine(args.model, args.sim, num_blocks=args.num_blocks,
+        engine = build_engine(model_dir, args.sim, num_blocks=args.num_blocks,
                               kv_cache_memory_bytes=args.kv_cache_memory, block_size=args.block_size,
                               max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, policy=args.policy,
                               pin_budget_fraction=args.pin_budget_fraction, device=args.device,
@@ -280,6 +290,12 @@ def serve_command(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an adapter or a checkpoint that cannot be served, a bad profile
         print(f"pitstop: {exc}", file=sys.stderr)
         return 2
+    if head is not None:  # vLLM's /classify, and rerank and score for one label (engine/server/classifier_app.py)
+        from engine.server.classifier_app import create_classifier_app
+
+        uvicorn.run(create_classifier_app(engine, model_dir, head, name), host=args.host, port=args.port,  # type: ignore[arg-type]
+                    log_level=args.log_level, timeout_keep_alive=args.timeout_keep_alive)
+        return 0
     uvicorn.run(create_app(engine, name, args.reasoning_parser, args.tool_call_parser,
                            args.allow_runtime_lora_updating, args.otlp_traces_endpoint, args.allow_weight_updates,
                            args.enable_sleep_mode),

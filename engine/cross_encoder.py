@@ -92,6 +92,12 @@ class CrossEncoder:
                                       "truncate_prompt_tokens", "invalid_value")
         return truncate_prompt_tokens
 
+    async def start(self) -> None:
+        pass  # loaded when built
+
+    async def shutdown(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self._worker.shutdown(wait=False)
 

@@ -1,6 +1,6 @@
-"""vLLM's rerank and score APIs over a CrossEncoder (engine/cross_encoder.py), shared by `pitstop engine serve`
-on a cross-encoder folder (engine/server/cross_encoder_app.py) and the gateway's in-process reranker
-(gateway/backends/cross_encoder.py).
+"""vLLM's rerank and score APIs over a CrossEncoder (engine/cross_encoder.py) or a decoder classifier
+(engine/decoder_scorer.py), shared by `pitstop engine serve` on a cross-encoder or classifier folder
+(engine/server/cross_encoder_app.py) and the gateway's in-process reranker (gateway/backends/cross_encoder.py).
 
 - rerank (`/v1/rerank`, `/rerank`, `/v2/rerank`): the body the gateway reads (engine/rerank_body.py) plus
   vLLM's `truncate_prompt_tokens`; the answer `{id, model, results: [{index, relevance_score, document?}],
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from engine.cross_encoder import CrossEncoder
+from engine.cross_encoder import ScoredPairs
 from engine.rerank_body import MAX_DOCUMENTS, parse_rerank_body, ranked_results
 from engine.server.errors import bad_request, not_found
 from engine.server.fields import integer, read_object
@@ -24,17 +25,33 @@ _VLLM_FIELDS = {"truncate_prompt_tokens", "priority", "user"}  # read, or taken 
 _SCORE_FIELDS = {"model", "text_1", "text_2", *_VLLM_FIELDS}
 
 
-def _check_model(model: str, served: str | None) -> None:
+class PairScorer(Protocol):
+    """What scores pairs: a CrossEncoder (engine/cross_encoder.py) or a decoder classifier on the engine
+    (engine/decoder_scorer.py)."""
+
+    model_dir: Path
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    async def score(self, pairs: list[tuple[str, str]], truncate_prompt_tokens: int | None = None) -> ScoredPairs: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+def check_model(model: str, served: str | None) -> None:
     if served is not None and model != served:
         raise not_found(f"the model {model!r} does not exist; this server serves {served!r}", "model",
                         "model_not_found")
 
 
-async def rerank_answer(encoder: CrossEncoder, raw: Any, served: str | None, model_name: str) -> dict:
+async def rerank_answer(encoder: PairScorer, raw: Any, served: str | None, model_name: str) -> dict:
     """`served`: the name a body's `model` must be (None: any, the gateway has routed it); `model_name`:
     the name the answer gives."""
     body = parse_rerank_body(raw)
-    _check_model(body.model, served)
+    check_model(body.model, served)
     read_object(body.extra, _VLLM_FIELDS)  # a 400 naming a field this server does not read
     scored = await encoder.score([(body.query, document) for document in body.documents],
                                  integer(body.extra, "truncate_prompt_tokens"))
@@ -55,12 +72,12 @@ def _texts(body: dict, name: str) -> list[str]:
     return texts
 
 
-async def score_answer(encoder: CrossEncoder, raw: Any, served: str | None, model_name: str) -> dict:
+async def score_answer(encoder: PairScorer, raw: Any, served: str | None, model_name: str) -> dict:
     body = read_object(raw, _SCORE_FIELDS)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
-    _check_model(model, served)
+    check_model(model, served)
     firsts, seconds = _texts(body, "text_1"), _texts(body, "text_2")
     if len(firsts) > 1 and len(firsts) != len(seconds):
         raise bad_request(f"'text_1' holds {len(firsts)} texts and 'text_2' {len(seconds)}: pair them 1:1, 1:N or "
