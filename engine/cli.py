@@ -155,8 +155,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="fetch image URLs resolving to loopback or private addresses (default: yes; a public "
                             "engine says --no-allow-private-media-urls); link-local (cloud metadata), multicast "
                             "and reserved addresses are never fetched unless --allowed-media-domains names the host")
-    serve.add_argument("--hf-overrides", type=hf_overrides_argument, metavar="JSON",
-                       help="config.json keys to replace, as vLLM's flag (a Qwen3-Reranker as a reranker: README)")
+    serve.add_argument("--hf-overrides", type=hf_overrides_argument, metavar="JSON", help="config.json keys to replace")
     serve.add_argument("--torch-threads", type=int, default=1, metavar="N",
                        help="a cross-encoder folder (a reranker, served on /v1/rerank and /v1/score): the torch "
                             "threads its forward passes use (default 1)")
