@@ -10,8 +10,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.classifier_config import ClassifierHead, classifier_head
 from engine.config import ImageLimits
 from engine.cross_encoder_config import cross_encoder_config
+from engine.hf_overrides import with_hf_overrides
 from engine.net_guard import OutboundPolicy
 from gateway.admission import make_admission
 from gateway.backends.base import Backend
@@ -42,10 +44,10 @@ def make_backend(entry: ModelEntry, settings: Settings,
         from engine.config import SpeculativeConfig
         from gateway.backends.local import LocalEngineBackend
 
-        model_dir = settings.resolve_path(params.model_dir)
+        model_dir = _overridden(entry, settings.resolve_path(params.model_dir))
         if entry.model_info.mode == "rerank":
             return _cross_encoder_backend(entry, model_dir)
-        if cross_encoder_config(model_dir) is not None:
+        if cross_encoder_config(model_dir) is not None or _classifier(entry, model_dir) is not None:
             raise ConfigError(f"model {entry.model_name}: {model_dir} is a cross-encoder (a reranker): set "
                               "model_info.mode: rerank, and /v1/rerank serves it")
         if params.tiny_model is not None and not (model_dir / "config.json").exists():
@@ -109,18 +111,46 @@ def make_backend(entry: ModelEntry, settings: Settings,
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
                                        "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
                                        "disk_kv_gib", "image_limits", "dequantize_mxfp4",
-                                       "disable_hybrid_kv_cache_manager", "rpm", "tpm"},
+                                       "disable_hybrid_kv_cache_manager", "hf_overrides", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 
 
+def _overridden(entry: ModelEntry, model_dir: Path) -> Path:
+    """The folder with `hf_overrides` (vLLM's --hf-overrides: engine/hf_overrides.py) applied, where set."""
+    try:
+        return with_hf_overrides(model_dir, entry.litellm_params.hf_overrides)
+    except ValueError as exc:
+        raise ConfigError(f"model {entry.model_name}: {exc}") from exc
+
+
+def _classifier(entry: ModelEntry, model_dir: Path) -> ClassifierHead | None:
+    try:
+        return classifier_head(model_dir)
+    except ValueError as exc:  # a head it cannot build
+        raise ConfigError(f"model {entry.model_name}: {exc}") from exc
+
+
 def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
-    """A reranker's folder in this process (engine/cross_encoder.py); `tiny_model:` builds a tiny random BERT
+    """A reranker's folder in this process: a cross-encoder (engine/cross_encoder.py), or a decoder classifier of
+    one label on an engine of this process's (engine/decoder_scorer.py); `tiny_model:` builds a tiny random BERT
     one where the folder is absent (tests)."""
     from engine.cross_encoder import CrossEncoder
     from gateway.backends.cross_encoder import CrossEncoderBackend
 
     params = entry.litellm_params
+    if (head := _classifier(entry, model_dir)) is not None:
+        from engine.build import build_engine
+        from engine.decoder_scorer import DecoderScorer
+
+        if head.num_labels != 1:
+            raise ConfigError(f"model {entry.model_name}: {model_dir} classifies into {head.num_labels} labels; a "
+                              "reranker has one")
+        try:
+            engine = build_engine(model_dir, device=params.device, max_num_seqs=params.max_num_seqs)
+        except ValueError as exc:  # a checkpoint it cannot serve, a head's token not in the vocabulary
+            raise ConfigError(f"model {entry.model_name}: {exc}") from exc
+        return CrossEncoderBackend(entry.model_name, DecoderScorer(engine, model_dir, head))
     if (tiny := params.tiny_model) is not None and not (model_dir / "config.json").exists():
         from engine.tiny_cross_encoder import make_tiny_cross_encoder
 

@@ -5,7 +5,7 @@ what Pitstop knows of it (`model_info`: prices, tier, limits, mode)."""
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -105,6 +105,10 @@ class LitellmParams(BaseModel):
     # A model mixing sliding and full layers keeps every KV block of every layer rather than its sliding layers'
     # apart (engine/kv_groups.py; vLLM's --disable-hybrid-kv-cache-manager)
     disable_hybrid_kv_cache_manager: bool = False
+    # config.json keys replaced, as vLLM's --hf-overrides (engine/hf_overrides.py): a causal Qwen3-Reranker served
+    # as a reranker (`mode: rerank`) with {architectures: [Qwen3ForSequenceClassification], classifier_from_token:
+    # [no, yes], is_original_qwen3_reranker: true}
+    hf_overrides: dict[str, Any] | None = None
     tensor_parallel_size: int = Field(default=1, ge=1)  # the model sharded over this many ranks (processes)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).

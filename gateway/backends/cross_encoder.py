@@ -1,14 +1,14 @@
 """A cross-encoder in the gateway's process (`pitstop-local/` with `model_info.mode: rerank` on a reranker's
 folder): /v1/rerank's cross-encoder path (gateway/rerank.py) asks it as it asks a vLLM server's /rerank, and
-it answers as vLLM does, from the engine's runner (engine/cross_encoder.py, engine/cross_encoder_api.py).
+it answers as vLLM does, from the engine's runner (engine/cross_encoder.py, engine/cross_encoder_api.py) or a
+decoder classifier on an engine of its own (engine/decoder_scorer.py).
 It serves nothing else: a chat, completion or embeddings request is a 400 naming /v1/rerank."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from engine.cross_encoder import CrossEncoder
-from engine.cross_encoder_api import rerank_answer
+from engine.cross_encoder_api import PairScorer, rerank_answer
 from engine.sampling_params import InvalidRequestError
 from engine.server.errors import APIError
 from gateway.backends.answers import checked_rerank
@@ -22,15 +22,15 @@ class CrossEncoderBackend:
     anthropic_fields = False
     serves_embeddings = False
 
-    def __init__(self, served_model: str, encoder: CrossEncoder) -> None:
+    def __init__(self, served_model: str, encoder: PairScorer) -> None:
         self.served_model = served_model
         self.encoder = encoder
 
     async def start(self) -> None:
-        pass  # loaded when built (off the loop on a reload: gateway/config_reload.py)
+        await self.encoder.start()  # a cross-encoder is loaded when built (off the loop on a reload); an engine starts
 
     async def close(self) -> None:
-        self.encoder.close()
+        await self.encoder.shutdown()
 
     async def healthy(self) -> bool:
         return True
