@@ -1,5 +1,5 @@
-"""An audio upload (POST /v1/audio/transcriptions and /translations: multipart/form-data), read with its size
-capped: a declared Content-Length past the cap is a 413 before a byte is read, a chunked body is cut (413) as
+"""An upload (POST /v1/audio/transcriptions and /translations: an audio file; /v1/images/edits: images and a
+mask; multipart/form-data), read with its size capped: a declared Content-Length past the cap is a 413 before a byte is read, a chunked body is cut (413) as
 soon as it passes it. Parsed by starlette's multipart parser, which spools a file past 1 MiB to a temporary
 file; the file is then read once into memory, the one copy that is sent on (retries reuse it). And how long
 the audio plays, where its header says: a WAV's (RIFF) `fmt ` and `data` chunks."""
@@ -20,7 +20,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit on an audio file
 
 
 @dataclass(frozen=True)
-class AudioFile:
+class UploadedFile:
     filename: str
     content: bytes
     content_type: str
@@ -40,7 +40,7 @@ async def _capped(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def read_form(request: Request, limit: int) -> FormData:
+async def read_form(request: Request, limit: int, max_files: int = 1) -> FormData:
     """The multipart form, or a 4xx: not multipart (400), too large (413), malformed (400)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -50,12 +50,13 @@ async def read_form(request: Request, limit: int) -> FormData:
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
     try:
-        return await MultiPartParser(request.headers, _capped(request, limit), max_files=1, max_fields=64).parse()
+        return await MultiPartParser(request.headers, _capped(request, limit), max_files=max_files,
+                                     max_fields=64).parse()
     except MultiPartException as exc:
         raise bad_request(f"the multipart body is malformed: {exc.message}", code="invalid_multipart") from None
 
 
-async def audio_file(form: FormData) -> AudioFile:
+async def audio_file(form: FormData) -> UploadedFile:
     """The form's `file`, read once, or a 400 naming it."""
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -65,7 +66,23 @@ async def audio_file(form: FormData) -> AudioFile:
     await upload.close()
     if not content:
         raise bad_request("'file' is empty", "file", "invalid_value")
-    return AudioFile(upload.filename or "audio", content, upload.content_type or "application/octet-stream")
+    return UploadedFile(upload.filename or "audio", content, upload.content_type or "application/octet-stream")
+
+
+async def uploaded_files(form: FormData, name: str, what: str) -> list[UploadedFile]:
+    """The form's files under `name` or `name[]` (OpenAI's SDK writes a list so), each read once; a 400 naming
+    the field for a value that is not a file or a file that is empty."""
+    files = []
+    for field in (name, f"{name}[]"):
+        for upload in form.getlist(field):
+            if not isinstance(upload, UploadFile):
+                raise bad_request(f"'{name}' must be {what}, as a multipart file part", name, "invalid_type")
+            content = await upload.read()
+            await upload.close()
+            if not content:
+                raise bad_request(f"'{name}' holds an empty file ({upload.filename or 'unnamed'})", name, "invalid_value")
+            files.append(UploadedFile(upload.filename or name, content, upload.content_type or "application/octet-stream"))
+    return files
 
 
 def wav_seconds(content: bytes) -> float | None:

@@ -7,12 +7,13 @@ the model's deployments as any call (never hedged: an upload or an image is not 
     POST /v1/audio/translations     mode: audio_transcription   (json, text, srt, verbose_json, vtt)
     POST /v1/audio/speech           mode: audio_speech          the audio, streamed as the upstream sends it
     POST /v1/images/generations     mode: image_generation      the upstream's JSON (url or b64_json)
+    POST /v1/images/edits           mode: image_generation      likewise (gpt-image-1 and DALL-E 2 do both)
 
 A request is admitted, limited and billed as moderations are (gateway/moderation.py), with its units at the
 model's unit prices (gateway/media_prices.py) held of its budget before the call and settled after: the row
-says `endpoint` (transcription, translation, speech, image), its cost, and `extra.seconds`, `characters` or
-`images`; tokens where the provider reports them. An upload is capped at `server.max_upload_bytes`
-(gateway/audio_upload.py)."""
+says `endpoint` (transcription, translation, speech, image, image_edit), its cost, and `extra.seconds`, `characters` or
+`images`; tokens where the provider reports them. An upload (an edit's images and mask
+together) is capped at `server.max_upload_bytes` (gateway/audio_upload.py)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,19 @@ from engine.server.errors import bad_request, not_found
 from engine.server.json_body import read_json
 from engine.server.json_out import SafeJSONResponse
 from gateway import tracing
-from gateway.audio_upload import audio_file, read_form, wav_seconds
+from gateway.audio_upload import audio_file, read_form, uploaded_files, wav_seconds
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.budget_holds import budget_hold, team_hold
 from gateway.config import MEDIA_PATHS
 from gateway.media_prices import UNIT, answered_cost, answered_units, worst_cost
-from gateway.media_request import MediaRequest, parse_image, parse_speech, parse_transcription
+from gateway.media_request import (
+    MAX_EDIT_IMAGES,
+    MediaRequest,
+    parse_image,
+    parse_image_edit,
+    parse_speech,
+    parse_transcription,
+)
 from gateway.outcomes import OutcomeDraft
 from gateway.own_endpoints import answered
 from gateway.routing import Route as Routed
@@ -43,7 +51,7 @@ from gateway.serving import response_headers, unless_disconnected
 from gateway.state import GatewayState
 
 MODE = {"transcription": "audio_transcription", "translation": "audio_transcription", "speech": "audio_speech",
-        "image": "image_generation"}
+        "image": "image_generation", "image_edit": "image_generation"}
 
 
 def _endpoint(kind: Kind) -> Any:
@@ -59,7 +67,8 @@ def _endpoint(kind: Kind) -> Any:
 ROUTES = [Route("/v1/audio/transcriptions", _endpoint("transcription"), methods=["POST"]),
           Route("/v1/audio/translations", _endpoint("translation"), methods=["POST"]),
           Route("/v1/audio/speech", _endpoint("speech"), methods=["POST"]),
-          Route("/v1/images/generations", _endpoint("image"), methods=["POST"])]
+          Route("/v1/images/generations", _endpoint("image"), methods=["POST"]),
+          Route("/v1/images/edits", _endpoint("image_edit"), methods=["POST"])]
 
 
 def check_media_model(state: GatewayState, kind: Kind, model: str) -> None:
@@ -86,8 +95,14 @@ async def _read(kind: Kind, request: Request, state: GatewayState) -> MediaReque
     if kind in ("speech", "image"):
         raw = await read_json(request, server.max_body_bytes)
         return parse_speech(raw) if kind == "speech" else parse_image(raw)
-    form = await read_form(request, server.max_upload_bytes)
+    form = await read_form(request, server.max_upload_bytes, MAX_EDIT_IMAGES + 1 if kind == "image_edit" else 1)
     try:
+        if kind == "image_edit":
+            masks = await uploaded_files(form, "mask", "a PNG whose transparent pixels mark where to edit")
+            if len(masks) > 1:
+                raise bad_request("'mask' takes one file", "mask", "invalid_value")
+            images = await uploaded_files(form, "image", "the image to edit")
+            return parse_image_edit(form, images, masks[0] if masks else None)
         file = await audio_file(form)
         return parse_transcription(form, file, kind, wav_seconds(file.content))
     finally:
@@ -120,7 +135,7 @@ async def _serve(kind: Kind, request: Request | None, state: GatewayState, draft
     await _bill(draft, asked, answer)
     state.recorder.finish(draft)
     await draft.settled()
-    if kind == "image":
+    if kind in ("image", "image_edit"):
         return SafeJSONResponse(answer, headers=response_headers(draft))
     return Response(answer["content"], media_type=answer["content_type"] or "application/json",
                     headers=response_headers(draft))
@@ -146,7 +161,7 @@ async def _bill(draft: OutcomeDraft, asked: MediaRequest, answer: dict) -> None:
     draft.extra[UNIT[asked.kind]] = units
     if estimated:
         draft.extra["duration_estimated"] = True
-    if asked.kind == "image" and isinstance(size := asked.body.get("size"), str):
+    if asked.kind in ("image", "image_edit") and isinstance(size := asked.body.get("size"), str):
         draft.extra["size"] = size
     assert draft.deployment is not None
     draft.extra_cost_usd += await answered_cost(draft.deployment, asked, units)

@@ -1,6 +1,6 @@
 """What audio and images cost: a deployment's unit prices, from its model_info (litellm's field names:
 `input_cost_per_second` for a transcription's audio, `input_cost_per_character` for a speech's text,
-`output_cost_per_image` or `input_cost_per_pixel` for an image), else from litellm's bundled price map (read
+`output_cost_per_image` or `input_cost_per_pixel` for an image, generated or edited), else from litellm's bundled price map (read
 as JSON, without importing litellm: gateway/price_map.py), where it lists the model
 (whisper-1 at $0.0001 a second, tts-1 at $0.000015 a character; an image's price under
 `{quality}/{size}/{model}` or `{size}/{model}`, as litellm's image cost calculator looks it up). A model
@@ -22,7 +22,8 @@ from gateway.price_map import price_map
 ESTIMATED_BYTES_A_SECOND = 16_000  # 128 kbit/s
 DEFAULT_SIZE = "1024x1024"  # OpenAI's default image size
 # The unit each kind is billed by, and the outcome row's extra key that holds how many it had.
-UNIT = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images"}
+UNIT = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images",
+        "image_edit": "images"}
 
 
 def _listed(key: str) -> dict[str, Any]:
@@ -81,7 +82,7 @@ async def worst_cost(pool: DeploymentPool, request: MediaRequest) -> float:
 def answered_units(request: MediaRequest, answer: dict) -> tuple[float, bool]:
     """(the units the answer is billed for, whether they are estimated): a transcription's provider duration,
     else the file's; an image generation's images returned; a speech's characters."""
-    if request.kind == "image":
+    if request.kind in ("image", "image_edit"):
         return float(len(answer.get("data") or ())), False
     if request.kind == "speech":
         return float(len(request.text)), False

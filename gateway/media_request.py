@@ -6,6 +6,9 @@
     POST /v1/audio/speech                           JSON: model, input, voice, response_format, speed, instructions
     POST /v1/images/generations                     JSON: model, prompt, n, size, quality, style, response_format,
                                                     background, output_format, output_compression, moderation, user
+    POST /v1/images/edits                           multipart: image (or image[]: up to 16 files), mask, prompt,
+                                                    model, n, size, quality, response_format, background,
+                                                    input_fidelity, output_format, output_compression, user
 
 Each is written as the call's body (what gateway/backends/ send on) and as the request the gateway's limits
 and outcome row read, billed as embeddings are for tokens (none, unless the provider reports some) plus its
@@ -19,7 +22,7 @@ from typing import Any
 from starlette.datastructures import FormData
 
 from engine.server.errors import bad_request
-from gateway.audio_upload import AudioFile
+from gateway.audio_upload import UploadedFile
 from gateway.backends.base import Kind
 from gateway.request_body import ProxyRequest, asked_priority
 
@@ -33,20 +36,23 @@ IMAGE_FORMATS = ("url", "b64_json")
 DEFAULT_IMAGE_MODEL = "dall-e-2"  # OpenAI's, where a request names none
 _IMAGE_FIELDS = ("quality", "style", "background", "output_format", "output_compression", "moderation", "user")
 _TRANSCRIPT_TEXT_FIELDS = ("language", "prompt", "chunking_strategy")
+MAX_EDIT_IMAGES = 16  # gpt-image-1's; DALL-E 2 takes one
+MAX_EDIT_PROMPT_CHARS = 32_000  # gpt-image-1's (DALL-E 2: 1,000)
+_EDIT_TEXT_FIELDS = ("quality", "background", "input_fidelity", "output_format", "user")
 
 
 @dataclass(frozen=True)
 class MediaRequest:
     kind: Kind
     model: str
-    body: dict[str, Any]  # the call's: an audio's `file` is an AudioFile
+    body: dict[str, Any]  # the call's: an audio's `file`, an edit's `image` (a list) and `mask` are UploadedFiles
     text: str  # the text it sends (a speech's input, an image's prompt, a transcription's prompt)
     priority: float | None
     units: float | None = None  # known before the call: a speech's characters, the images asked, a WAV's seconds
 
     def as_request(self) -> ProxyRequest:
         """The request the gateway limits and logs: billed as embeddings are, its text as the row's prompt."""
-        body = {"model": self.model, **({"input": self.text} if self.kind in ("speech", "image") else {})}
+        body = {"model": self.model, **({"input": self.text} if self.kind in ("speech", "image", "image_edit") else {})}
         return ProxyRequest(kind="embedding", model=self.model, body=body, stream=False, include_usage=False,
                             session_id=None, priority=self.priority, pin_ttl_s=None, cost_preference=None,
                             prompt_text="", prompt_chars=len(self.text))
@@ -77,7 +83,7 @@ def _number(value: Any, name: str, low: float, high: float) -> float | None:
     return number
 
 
-def parse_transcription(form: FormData, file: AudioFile, kind: Kind, seconds: float | None) -> MediaRequest:
+def parse_transcription(form: FormData, file: UploadedFile, kind: Kind, seconds: float | None) -> MediaRequest:
     """A transcription's or translation's form, its file read (gateway/audio_upload.py)."""
     model = _model({"model": form.get("model")})
     if kind == "translation" and form.get("language") is not None:
@@ -146,6 +152,43 @@ def parse_image(raw: Any) -> MediaRequest:
     body = {k: v for k, v in raw.items() if k not in ("priority", "service_tier", "stream")}
     body["model"] = model
     return MediaRequest("image", model, body, prompt, asked_priority(raw), float(n))
+
+
+def parse_image_edit(form: FormData, images: list[UploadedFile], mask: UploadedFile | None) -> MediaRequest:
+    """An image edit's form, its files read (gateway/audio_upload.py uploaded_files)."""
+    model = _model({"model": form.get("model") or DEFAULT_IMAGE_MODEL})
+    if not images:
+        raise bad_request("'image' is required: the image to edit, as a multipart file part (image[] for several)",
+                          "image", "missing_required_parameter")
+    if len(images) > MAX_EDIT_IMAGES:
+        raise bad_request(f"'image' holds {len(images)} files; at most {MAX_EDIT_IMAGES}", "image", "invalid_value")
+    prompt = form.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise bad_request("'prompt' is required: a non-empty string", "prompt", "missing_required_parameter")
+    if len(prompt) > MAX_EDIT_PROMPT_CHARS:
+        raise bad_request(f"'prompt' holds {len(prompt)} characters; at most {MAX_EDIT_PROMPT_CHARS}", "prompt",
+                          "invalid_value")
+    n = _number(form.get("n"), "n", 1, MAX_IMAGES)
+    if n is not None and n != int(n):
+        raise bad_request(f"'n' must be an integer from 1 to {MAX_IMAGES}", "n", "invalid_value")
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "image": images}
+    if mask is not None:
+        body["mask"] = mask
+    if n is not None:
+        body["n"] = int(n)
+    if (fmt := _choice(form.get("response_format"), "response_format", IMAGE_FORMATS)) is not None:
+        body["response_format"] = fmt
+    size = form.get("size")
+    if size is not None and not (isinstance(size, str) and (size == "auto" or _dimensions(size) is not None)):
+        raise bad_request(f"'size' must be WIDTHxHEIGHT (1024x1024) or auto, not {size!r}", "size", "invalid_value")
+    if size is not None:
+        body["size"] = size
+    if (compression := _number(form.get("output_compression"), "output_compression", 0, 100)) is not None:
+        body["output_compression"] = int(compression)
+    for name in _EDIT_TEXT_FIELDS:
+        if isinstance(value := form.get(name), str):
+            body[name] = value
+    return MediaRequest("image_edit", model, body, prompt, asked_priority(dict(form)), float(n or 1))
 
 
 def _dimensions(size: str) -> tuple[int, int] | None:

@@ -32,10 +32,11 @@ EMBEDDING_ENDPOINTS = ("embedding", "rerank")  # billed for their input alone: O
 MODERATION_ENDPOINTS = ("moderation",)  # OpenAI's moderations usage: input tokens and requests
 # OpenAI's audio and image usage counts units, not tokens: a transcription's seconds, a speech's characters, the
 # images generated (the row's extra.seconds, .characters, .images: gateway/media.py), summed as `units`.
-MEDIA_UNITS = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images"}
+MEDIA_UNITS = {"transcription": "seconds", "translation": "seconds", "speech": "characters", "image": "images",
+               "image_edit": "images"}
 TRANSCRIPTION_ENDPOINTS = ("transcription", "translation")
 SPEECH_ENDPOINTS = ("speech",)
-IMAGE_ENDPOINTS = ("image",)
+IMAGE_ENDPOINTS = ("image", "image_edit")
 MINUTE, HOUR = 60, 3_600
 ROLLUP_WIDTHS = (MINUTE, HOUR)
 DIMENSIONS = ("model", "api_key_id", "team_id", "route_group", "endpoint", "batch")

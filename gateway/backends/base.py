@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 # `mode: rerank` (a cross-encoder's /rerank: vLLM's, or litellm's `arerank`); its answer is checked by
 # `checked_rerank`. A moderation goes to models marked `mode: moderation` (an OpenAI-compatible
 # /moderations, or litellm's `amoderation`); its answer is checked by `checked_moderation`.
-# Audio and images (gateway/media.py): a transcription or translation and an image generation are whole
+# Audio and images (gateway/media.py): a transcription or translation and an image generation or edit are whole
 # answers (`complete`: {"content", "content_type", "usage", "duration"}); a speech is `stream`ed, its chunks
 # {"audio": bytes, "content_type"} as the upstream sends them.
 Kind = Literal["chat", "completion", "embedding", "rerank", "moderation", "transcription", "translation", "speech",
-               "image"]
-MEDIA_KINDS = ("transcription", "translation", "speech", "image")
+               "image", "image_edit"]
+MEDIA_KINDS = ("transcription", "translation", "speech", "image", "image_edit")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """OpenAI's audio and image endpoints through litellm (gateway/backends/litellm_backend.py): `atranscription`
 (its file as (name, bytes, type), the bytes read once), `aspeech` (litellm reads the whole audio before it
-answers: one chunk), `aimage_generation`. This litellm has no `atranslation`: a translation on a litellm
+answers: one chunk), `aimage_generation`, `aimage_edit` (its images and mask as bytes). This litellm has no `atranslation`: a translation on a litellm
 deployment is a 400 that says to use an OpenAI-compatible `api_base` (the direct transport)."""
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ _TEXT_FORMATS = ("text", "srt", "vtt")
 
 
 def _kwargs(params: dict, body: dict, ctx: CallContext) -> dict:
-    kwargs = {k: v for k, v in body.items() if k not in ("model", "file")}
+    kwargs = {k: v for k, v in body.items() if k not in ("model", "file", "image", "mask")}
     kwargs.update(params, timeout=ctx.timeout_s, num_retries=0)
     return kwargs
+
+
+def _edit_files(body: dict) -> dict:
+    """An edit's images and mask as litellm sends them on: their bytes (it names them itself, typed by content)."""
+    images = [upload.content for upload in body["image"]]
+    mask = body.get("mask")
+    return {"image": images[0] if len(images) == 1 else images, **({"mask": mask.content} if mask is not None else {})}
 
 
 def _public(answer: dict) -> dict:
@@ -36,6 +43,9 @@ async def media_complete(litellm: Any, params: dict, kind: Kind, body: dict, ctx
     try:
         if kind == "image":  # the params litellm does not map for the model are its 400 (litellm.UnsupportedParamsError)
             answer = await litellm.aimage_generation(**_kwargs(params, body, ctx))
+            return checked_images(_public(to_dict(answer)))
+        if kind == "image_edit":
+            answer = await litellm.aimage_edit(**_kwargs(params, body, ctx), **_edit_files(body))
             return checked_images(_public(to_dict(answer)))
         upload = body["file"]
         answer = await litellm.atranscription(**_kwargs(params, body, ctx),

@@ -198,7 +198,7 @@ class OpenAIHTTPBackend:
             raise _connection_error(exc, started=False) from None
         if status != 200:
             raise _error_from_response(status, raw)
-        if kind != "image":
+        if kind not in ("image", "image_edit"):
             return transcript(raw, content_type)
         try:
             return checked_images(strict_json(raw))

@@ -1,6 +1,7 @@
 """OpenAI's audio and image endpoints on an OpenAI-compatible server, for the direct transport
 (gateway/backends/openai_http.py): a transcription's or translation's multipart upload (the file's bytes as
-they were read, once), an image generation's JSON, and a speech's audio read back as it arrives."""
+they were read, once), an image generation's JSON, an image edit's multipart upload (its images and mask), and
+a speech's audio read back as it arrives."""
 
 from __future__ import annotations
 
@@ -10,23 +11,30 @@ from typing import Any
 
 import aiohttp
 
+from gateway.audio_upload import UploadedFile
 from gateway.backends.base import BackendError, Kind
 
 PATHS = {"transcription": "/audio/transcriptions", "translation": "/audio/translations", "speech": "/audio/speech",
-         "image": "/images/generations"}
+         "image": "/images/generations", "image_edit": "/images/edits"}
 SPEECH_CHUNK_BYTES = 64 * 1024
 
 
 def _form(body: dict, served_model: str) -> aiohttp.FormData:
+    """The body as multipart: its files (a transcription's `file`, an edit's `image` and `mask`) as file parts, an
+    edit's several images as OpenAI's SDK sends them (`image[]`), other lists as `name[]` fields."""
     form = aiohttp.FormData()
-    upload = body["file"]
-    form.add_field("file", upload.content, filename=upload.filename, content_type=upload.content_type)
     form.add_field("model", served_model)
     for name, value in body.items():
-        if name in ("file", "model"):
+        if name == "model":
             continue
-        for item in value if isinstance(value, list) else [value]:
-            form.add_field(f"{name}[]" if isinstance(value, list) else name, str(item))
+        items = value if isinstance(value, list) else [value]
+        listed = isinstance(value, list) and not (name == "image" and len(value) == 1)  # one image: `image`
+        field = f"{name}[]" if listed else name
+        for item in items:
+            if isinstance(item, UploadedFile):
+                form.add_field(field, item.content, filename=item.filename, content_type=item.content_type)
+            else:
+                form.add_field(field, str(item))
     return form
 
 
@@ -57,7 +65,7 @@ def checked_images(answer: Any) -> dict:
 
 async def post_media(session: aiohttp.ClientSession, api_base: str, served_model: str, kind: Kind, body: dict,
                      timeout: aiohttp.ClientTimeout, headers: dict[str, str] | None) -> tuple[int, bytes, str]:
-    """(status, body, content type) of a transcription, translation or image generation."""
+    """(status, body, content type) of a transcription, translation, image generation or image edit."""
     url = api_base + PATHS[kind]
     if kind == "image":
         sent: dict[str, Any] = {"json": {**body, "model": served_model}}

@@ -1,5 +1,5 @@
 """OpenAI's audio and image endpoints over a real socket with the openai SDK (`client.audio.transcriptions`,
-`.translations`, `.speech`, `client.images.generate`), answered by models marked with litellm's modes on the
+`.translations`, `.speech`, `client.images.generate`, `.edit`), answered by models marked with litellm's modes on the
 fake upstream processes (tests/gateway/upstream_media.py: answers derived from what was sent), over the
 direct transport and through litellm: the file arriving intact, each answer passed back, speech's audio
 byte for byte, the outcome rows with their units and cost at the configured unit prices, a failing
@@ -27,7 +27,7 @@ from tests.gateway.media_helpers import (
     wav_duration,
 )
 from tests.gateway.upstream import UpstreamProcess
-from tests.gateway.upstream_media import image_b64, image_url, speech_audio, transcript_text
+from tests.gateway.upstream_media import edited_b64, image_b64, image_url, speech_audio, transcript_text
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,34 @@ def test_images_as_b64_and_urls(gw: Gateway, upstreams: tuple) -> None:
     assert row["prompt"] == prompt
     row = gw.row(through_litellm.headers["x-pitstop-request-id"])
     assert (row["model"], row["extra"]["images"], row["cost_usd"]) == ("img-litellm", 3, pytest.approx(3 * IMAGE_PRICE))
+
+
+def test_image_edits_send_every_image_and_the_mask_intact(gw: Gateway, upstreams: tuple) -> None:
+    """One image (sent on as `image`, as the SDK writes it), several (`image[]`), with a mask, over the direct
+    transport and through litellm; each answer is the upstream's hash of the prompt and every byte it received;
+    the row is an `image_edit` billed by the image."""
+    a, _ = upstreams
+    photo, sketch, mask = wav_bytes(3_000, seed=1), wav_bytes(2_000, seed=2), b"\x89PNG mask bytes"
+    prompt = "add a pit crew"
+    with gw.openai() as client:
+        one = client.images.with_raw_response.edit(model="img", image=("photo.png", photo, "image/png"),
+                                                    prompt=prompt, n=2, size="1024x1024")
+        several = client.images.edit(model="img", image=[("photo.png", photo), ("sketch.png", sketch)],
+                                     mask=("mask.png", mask), prompt=prompt, response_format="b64_json")
+        sent = a.stats()["bodies"][-2:]
+        through_litellm = client.images.with_raw_response.edit(model="img-litellm", prompt=prompt,
+                                                                image=("photo.png", photo, "image/png"))
+    assert [i.b64_json for i in one.parse().data or ()] == [edited_b64(prompt, [photo], None, i) for i in (0, 1)]
+    assert [i.b64_json for i in several.data or ()] == [edited_b64(prompt, [photo, sketch], mask, 0)]
+    assert sent[0]["image_fields"] == ["image"] and sent[1]["image_fields"] == ["image[]", "image[]"]
+    assert [i["filename"] for i in sent[1]["images"]] == ["photo.png", "sketch.png"] and sent[1]["mask"] == len(mask)
+    assert (sent[0]["model"], sent[0]["n"], sent[0]["size"]) == ("dall-e-3", "2", "1024x1024")
+    assert [i.b64_json for i in through_litellm.parse().data or ()] == [edited_b64(prompt, [photo], None, 0)]
+    row = gw.row(one.headers["x-pitstop-request-id"])
+    assert (row["endpoint"], row["status"], row["extra"]["images"], row["prompt"]) == ("image_edit", "ok", 2, prompt)
+    assert row["extra"]["size"] == "1024x1024" and row["cost_usd"] == pytest.approx(2 * IMAGE_PRICE)
+    row = gw.row(through_litellm.headers["x-pitstop-request-id"])
+    assert (row["model"], row["endpoint"], row["cost_usd"]) == ("img-litellm", "image_edit", pytest.approx(IMAGE_PRICE))
 
 
 def test_a_failing_deployment_is_retried_on_the_other(gw: Gateway, upstreams: tuple) -> None:

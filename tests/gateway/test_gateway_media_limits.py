@@ -77,6 +77,22 @@ def test_bad_bodies_are_4xx_naming_the_field(gw: Gateway, upstreams: tuple) -> N
         ("/v1/images/generations", {"json": {"model": "img", "prompt": "x", "n": 0}}, 400, "n"),
         ("/v1/images/generations", {"json": {"model": "img", "prompt": "x", "size": "big"}}, 400, "size"),
         ("/v1/images/generations", {"json": ["a list"]}, 400, None),
+        ("/v1/images/edits", {"files": {"image": ("a.png", b"png")}, "data": {"model": "img"}}, 400, "prompt"),
+        ("/v1/images/edits", {"data": {"model": "img", "prompt": "x"}}, 400, "invalid_content_type"),
+        ("/v1/images/edits", {"files": {"mask": ("m.png", b"png")}, "data": {"model": "img", "prompt": "x"}}, 400,
+         "image"),
+        ("/v1/images/edits", {"files": {"image": ("a.png", b"")}, "data": {"model": "img", "prompt": "x"}}, 400,
+         "image"),
+        ("/v1/images/edits", {"files": [("image", ("a.png", b"png")), ("mask", ("m.png", b"1")), ("mask", ("n.png", b"2"))],
+                              "data": {"model": "img", "prompt": "x"}}, 400, "mask"),
+        ("/v1/images/edits", {"files": [("image[]", ("a.png", b"png"))] * 17, "data": {"model": "img", "prompt": "x"}},
+         400, "image"),
+        ("/v1/images/edits", {"files": {"image": ("a.png", b"png")}, "data": {"model": "img", "prompt": "x", "n": "11"}},
+         400, "n"),
+        ("/v1/images/edits", {"files": {"image": ("a.png", b"png")}, "data": {"model": "img", "prompt": "x",
+                                                                               "size": "huge"}}, 400, "size"),
+        ("/v1/images/edits", {"files": {"image": ("a.png", b"png")}, "data": {"model": "tts", "prompt": "x"}}, 400,
+         "model"),
     ]
     with gw.http() as http:
         for path, sent, status, field in cases:
@@ -184,6 +200,7 @@ def test_usage_reports_and_costs(upstreams: tuple, tmp_path: Path, storage_url: 
             client.audio.translations.create(model="whisper", file=("a.wav", audio))
             client.audio.speech.create(model="tts", input="twelve chars", voice="alloy").read()
             client.images.generate(model="img", prompt="x", n=3, size="256x256")
+            client.images.edit(model="img", image=("a.png", b"png"), prompt="y", n=2, size="256x256")
         gateway.flush()
         with gateway.http() as http:
             def report(name: str, **params: str) -> list[dict]:
@@ -201,9 +218,10 @@ def test_usage_reports_and_costs(upstreams: tuple, tmp_path: Path, storage_url: 
     assert [(r["object"], r["model"], r["seconds"], r["num_model_requests"]) for r in transcriptions] == [
         ("organization.usage.audio_transcriptions.result", "whisper", 2 * seconds, 2)]
     assert [(r["characters"], r["num_model_requests"]) for r in speeches] == [(12, 1)]
-    assert [(r["images"], r["num_model_requests"], r["size"], r["source"]) for r in images] == [(3, 1, None, None)]
+    # Generations and edits alike (OpenAI's `source` tells them apart; the rollup does not keep it).
+    assert [(r["images"], r["num_model_requests"], r["size"], r["source"]) for r in images] == [(5, 2, None, None)]
     assert completions == []
     by_model = {r["line_item"]: r["amount"]["value"] for r in costs}
     assert by_model == {"whisper": pytest.approx(2 * wav_duration(audio) * SECOND_PRICE),
-                        "tts": pytest.approx(12 * CHARACTER_PRICE), "img": pytest.approx(3 * IMAGE_PRICE)}
+                        "tts": pytest.approx(12 * CHARACTER_PRICE), "img": pytest.approx(5 * IMAGE_PRICE)}
     assert refused.status_code == 400 and _error(refused)["param"] == "sizes"

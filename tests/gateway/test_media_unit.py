@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.audio_upload import AudioFile, wav_seconds
+from gateway.audio_upload import UploadedFile, wav_seconds
 from gateway.deployments import Deployment
 from gateway.media_prices import answered_units, estimated_units, unit_price
 from gateway.media_request import MediaRequest, parse_image, parse_speech
@@ -41,7 +41,7 @@ def test_units_held_and_billed() -> None:
     assert estimated_units(speech) == answered_units(speech, {})[0] == 12
     image = parse_image({"model": "img", "prompt": "x", "n": 3})
     assert estimated_units(image) == 3 and answered_units(image, {"data": [{}, {}]}) == (2, False)
-    mp3 = MediaRequest("transcription", "whisper", {"file": AudioFile("a.mp3", b"x" * 32_000, "audio/mpeg")}, "", None)
+    mp3 = MediaRequest("transcription", "whisper", {"file": UploadedFile("a.mp3", b"x" * 32_000, "audio/mpeg")}, "", None)
     assert estimated_units(mp3) == 2.0  # 128 kbit/s
     assert answered_units(mp3, {"duration": 7.5}) == (7.5, False)
     assert answered_units(mp3, {"duration": None}) == (2.0, True)

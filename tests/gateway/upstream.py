@@ -62,7 +62,7 @@ from tests.gateway.upstream_answers import (  # noqa: F401
     embedding_of,
     error_response,
 )
-from tests.gateway.upstream_media import generate_images, speak, transcribe
+from tests.gateway.upstream_media import edit_images, generate_images, speak, transcribe
 from tests.gateway.upstream_moderation import moderate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +106,9 @@ def build_app(name: str) -> Any:
     async def images(request: Request) -> Any:
         return await generate_images(upstream, await body_of(request))
 
+    async def image_edits(request: Request) -> Any:
+        return await edit_images(upstream, request)
+
     async def models(request: Request) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
@@ -134,6 +137,7 @@ def build_app(name: str) -> Any:
         Route("/v1/audio/translations", translations, methods=["POST"]),
         Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/images/generations", images, methods=["POST"]),
+        Route("/v1/images/edits", image_edits, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/_admin/mode", mode, methods=["POST"]),
         Route("/_admin/stats", stats, methods=["GET"]),

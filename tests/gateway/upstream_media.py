@@ -7,6 +7,8 @@ derived from what it was sent, so a test knows it in advance and proves the byte
   POST /v1/audio/speech                          `speech_audio(input)` (1,000 bytes a character; `[bytes:N]` in
                                                  the input: N bytes), streamed in 16 KiB chunks
   POST /v1/images/generations                    `n` images, `image_b64(prompt, i)` or `image_url(prompt, i)`
+  POST /v1/images/edits                          `n` images, `edited_b64(prompt, images, mask, i)` (or a URL):
+                                                 a hash of the prompt and every uploaded byte, in order
 
 The upstream's directives in the prompt, input (or a transcription's `prompt` field) apply ([fail:500],
 [fail:503@a], [delay:2]), and so does its admin fail mode; a speech's `[break:2]` drops the connection after
@@ -130,4 +132,41 @@ async def generate_images(upstream: Upstream, body: Any) -> Any:
     b64 = body.get("response_format") == "b64_json"
     data = [{"b64_json": image_b64(prompt, i)} if b64 else {"url": image_url(prompt, i)}
             for i in range(int(body.get("n") or 1))]
+    return JSONResponse({"created": 1_700_000_000, "data": data})
+
+
+def edited_b64(prompt: str, images: list[bytes], mask: bytes | None, i: int) -> str:
+    digest = hashlib.sha256(f"{prompt}#{i}".encode())
+    for content in (*images, mask or b""):
+        digest.update(hashlib.sha256(content).digest())
+    return base64.b64encode(digest.digest()).decode()
+
+
+async def edit_images(upstream: Upstream, request: Any) -> Any:
+    """An image edit's multipart form: `image` (or `image[]`), an optional `mask`, the prompt and fields."""
+    from starlette.datastructures import UploadFile
+    from starlette.responses import JSONResponse
+
+    upstream.requests += 1
+    form = await request.form(max_files=32)
+    uploads = [u for u in (*form.getlist("image"), *form.getlist("image[]")) if isinstance(u, UploadFile)]
+    mask = form.get("mask")
+    prompt = form.get("prompt")
+    if not uploads or not isinstance(prompt, str) or not isinstance(form.get("model"), str):
+        return error_response(400, "image, prompt and model are required")
+    images = [await u.read() for u in uploads]
+    mask_bytes = await mask.read() if isinstance(mask, UploadFile) else None
+    fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+    upstream.bodies = [*upstream.bodies[-49:], {**fields, "image_fields": [k for k, v in form.multi_items()
+                                                                            if isinstance(v, UploadFile) and k != "mask"],
+                                                "images": [{"filename": u.filename, "bytes": len(c), "content_type":
+                                                            u.content_type} for u, c in zip(uploads, images, strict=True)],
+                                                "mask": None if mask_bytes is None else len(mask_bytes)}]
+    if (fault := await _faulted(upstream, prompt)) is not None:
+        return fault
+    n = int(str(form.get("n") or 1))
+    if form.get("response_format") == "url":
+        data = [{"url": image_url(f"edit {prompt}", i)} for i in range(n)]
+    else:  # gpt-image-1 answers b64_json only
+        data = [{"b64_json": edited_b64(prompt, images, mask_bytes, i)} for i in range(n)]
     return JSONResponse({"created": 1_700_000_000, "data": data})
