@@ -23,7 +23,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                  reasoning_effort_budgets: dict[str, int] | None = None, lora_modules: dict[str, str] | None = None,
                  max_loras: int = 8, max_lora_rank: int = 64, disk_kv_path: str | Path | None = None,
                  disk_kv_bytes: int = 0, image_limits: ImageLimits | None = None,
-                 dequantize_mxfp4: bool = False, hybrid_kv_cache: bool = True) -> AsyncEngine:
+                 dequantize_mxfp4: bool = False, hybrid_kv_cache: bool = True,
+                 enable_prompt_embeds: bool = False) -> AsyncEngine:
     """An AsyncEngine over a real model (tokenizer + TorchModelRunner from `model_dir`) or over a
     simulated runner on a wall clock (`sim_profile`, a step-time profile JSON), so served sim
     steps take their modelled time. KV capacity: `num_blocks`, else `kv_cache_memory_bytes`, else a
@@ -47,7 +48,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
     adapters to serve from the start, name -> PEFT folder (engine/model/lora.py), at most `max_loras`
     at once (more may be loaded at run time up to that), each of rank at most `max_lora_rank`. `image_limits`: a
-    vision model's image inputs (engine/config.py ImageLimits)."""
+    vision model's image inputs (engine/config.py ImageLimits). `enable_prompt_embeds`: completions may send
+    `prompt_embeds` (engine/prompt_embeds.py)."""
     from engine.clock import WallClock
     from engine.config import EngineConfig
     from engine.policy import make_policy
@@ -116,6 +118,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                           num_host_blocks=num_host_blocks, num_disk_blocks=num_disk_blocks,
                           max_loras=max(max_loras, len(lora_modules or {})),
                           max_lora_rank=max_lora_rank, image_limits=image_limits or ImageLimits(),
+                          enable_prompt_embeds=enable_prompt_embeds,
                           reasoning_effort_budgets={**DEFAULT_EFFORT_BUDGETS, **(reasoning_effort_budgets or {})})
     try:
         engine = LLMEngine(config, runner, clock, make_policy(policy), tokenizer=tokenizer)

@@ -103,6 +103,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--disable-hybrid-kv-cache-manager", action="store_true",
                        help="a model mixing sliding-window and full layers (gpt-oss, Gemma 3) keeps every KV block of "
                             "every layer to a request's end, rather than its sliding layers' KV apart (vLLM's flag)")
+    serve.add_argument("--enable-prompt-embeds", action="store_true", help="completions may send prompt_embeds (base64 torch.save'd [tokens, hidden] tensors, vLLM's flag)")
     serve.add_argument("--block-size", type=int, default=16)
     serve.add_argument("--max-model-len", type=int)
     serve.add_argument("--max-num-seqs", type=int, default=64)
@@ -171,8 +172,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
-                                                 "qwen2_5_vl", *CROSS_ENCODER_FAMILIES],
-                      default="llama",
+                                                 "qwen2_5_vl", *CROSS_ENCODER_FAMILIES], default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
                            "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
@@ -280,7 +280,7 @@ def serve_command(args: argparse.Namespace) -> int:
                               lora_modules=adapters, max_loras=args.max_loras,
                               max_lora_rank=args.max_lora_rank, disk_kv_path=args.disk_kv_path,
                               disk_kv_bytes=args.disk_kv_size, dequantize_mxfp4=args.dequantize_mxfp4,
-                              hybrid_kv_cache=not args.disable_hybrid_kv_cache_manager,
+                              hybrid_kv_cache=not args.disable_hybrid_kv_cache_manager, enable_prompt_embeds=args.enable_prompt_embeds,
                               image_limits=ImageLimits(args.limit_images_per_prompt, args.max_image_bytes,
                                                        args.image_fetch_timeout,
                                                        None if args.allowed_media_domains is None

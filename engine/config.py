@@ -172,6 +172,8 @@ class EngineConfig:
     reasoning_effort_budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_EFFORT_BUDGETS))
     # A vision model's image inputs: how many a prompt, how large, how long a fetch may take.
     image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Completions may send `prompt_embeds` (engine/prompt_embeds.py; vLLM's --enable-prompt-embeds).
+    enable_prompt_embeds: bool = False
 
     def __post_init__(self) -> None:
         assert self.block_size > 0 and self.num_blocks > 0

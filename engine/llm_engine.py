@@ -35,6 +35,8 @@ from engine.step_time import load_profile
 from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_ends
 
 if TYPE_CHECKING:
+    import torch
+
     from engine.detokenizer import IncrementalDetokenizer
     from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
@@ -116,10 +118,12 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS,
-                    prompt_leader: str | None = None, lora: str | None = None, images: list[ImageInput] | None = None) -> Sequence:
-        """`prompt_leader`: the request id of another sample of this prompt (`n` > 1), whose prompt blocks this
-        one waits for (Sequence.prompt_leader). `lora`: a loaded adapter's name. `images`: engine/image_inputs.py."""
+                    prompt_leader: str | None = None, lora: str | None = None, images: list[ImageInput] | None = None,
+                    prompt_embeds: torch.Tensor | None = None) -> Sequence:
+        """`prompt_leader`: another sample's request id (`n` > 1), whose prompt blocks this one waits for (Sequence.
+        prompt_leader). `lora`: an adapter's name. `images`, `prompt_embeds`: engine/image_inputs.py, prompt_embeds.py."""
         self.validate_request(prompt_token_ids, pin_ttl_s, params=params, images=len(images or ()))
+        assert prompt_embeds is None or self.config.enable_prompt_embeds, "prompt embeddings are disabled"
         if request_id in self.sequences:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight", "request_id")
         if getattr(self.scheduler.drafter, "shares_noise", False) and not params.greedy and params.seed is None:
@@ -129,7 +133,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
         params = with_bad_word_ids(params, self.tokenizer)
         seq = Sequence(request_id, prompt_token_ids, params, self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
-                       lora_id=self.lora_id(lora), images=images or ())
+                       lora_id=self.lora_id(lora), images=images or (), prompt_embeds=prompt_embeds)
         config = getattr(self.runner, "config", None)
         if isinstance(config, ModelConfig) and config.long_rope_offset(seq.num_prompt_tokens):
             # LongRoPE: a long prompt's K/V are turned by the long frequencies, a short one's by the short
@@ -149,7 +153,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
             from engine.detokenizer import IncrementalDetokenizer
 
             self.detokenizers[request_id] = IncrementalDetokenizer(
-                self.tokenizer, params.stop, prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
+                self.tokenizer, params.stop, [] if prompt_embeds is not None else prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
                 include_stop=params.include_stop_str_in_output)
         self.scheduler.add(seq)
         return seq

@@ -26,6 +26,7 @@ from engine.openai_logprobs import LogprobShapes, joined
 from engine.openai_shapes import Answer, Shapes
 from engine.openai_token_ids import TokenIds
 from engine.outputs import RequestOutput
+from engine.prompt_embeds import PLACEHOLDER_TOKEN_ID, decode_all
 from engine.prompt_tokens import tokenize
 from engine.reasoning import ReasoningSplitter, Split, starts_inside
 from engine.reasoning import split as split_reasoning
@@ -111,7 +112,10 @@ class OpenAIGeneration:
         k = 0
         try:
             urls = requested_images(self.engine, parsed)  # refused before anything is fetched or rendered
-            self._prompt_ids = await tokenize(self.engine, parsed)
+            embeds = await decode_all(self.engine, parsed.prompt_embeds, parsed.truncate_prompt_tokens) \
+                if parsed.prompt_embeds else []
+            # Each embedded prompt as its placeholder ids (engine/prompt_embeds.py), before the text prompts.
+            self._prompt_ids = [[PLACEHOLDER_TOKEN_ID] * len(rows) for rows in embeds] + await tokenize(self.engine, parsed)
             if urls:  # a chat is one prompt
                 ids, self._images = await with_images(self.engine, urls, self._prompt_ids[0])
                 self._prompt_ids = [ids]
@@ -144,7 +148,8 @@ class OpenAIGeneration:
                     session_id=None if choice else parsed.session_id if session_id is None else session_id,
                     pin_ttl_s=None if choice else pin_ttl_s,
                     hints=parsed.hints if hints is None else hints,
-                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None, lora=self.lora, images=self._images))
+                    prompt_leader=f"{self.shapes.id}-{k * n}" if j else None, lora=self.lora, images=self._images,
+                    prompt_embeds=embeds[k] if k < len(embeds) else None))
 
     async def _outputs_iter(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         assert self._outputs, "start() first"

@@ -10,6 +10,8 @@ from engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    import torch
+
     from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
     from engine.speculation import DraftProposal, TokenArray
@@ -47,6 +49,7 @@ class Sequence:
         hints: SchedulingHints = NO_HINTS,
         lora_id: int = 0,
         images: Iterable[ImageInput] = (),
+        prompt_embeds: torch.Tensor | None = None,
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
         self.request_id = request_id
@@ -65,6 +68,14 @@ class Sequence:
         # The prompt's images (engine/image_inputs.py): their features replace their tokens' embeddings, and
         # their content hashes enter the hashes of the blocks they fall in.
         self.images: list[ImageInput] = list(images)
+        # Rows standing in for the whole prompt's token embeddings (engine/prompt_embeds.py; its token ids are
+        # placeholders): its blocks are keyed by the rows' bytes, so only the same embeddings share them.
+        self.prompt_embeds = prompt_embeds
+        if prompt_embeds is not None:
+            from engine.prompt_embeds import content_hash
+
+            assert len(prompt_embeds) == self.num_prompt_tokens, "a row for each prompt position"
+            self.hash_seed = hash(("prompt_embeds", content_hash(prompt_embeds), self.hash_seed))
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

@@ -34,6 +34,7 @@ from engine.model.parallel import SINGLE, TPGroup, shard_config
 from engine.model.quant_config import serving_scheme
 from engine.model.sampler import Sampler
 from engine.model.vision import VisionConfig, load_vision_encoder
+from engine.prompt_embeds import with_step_rows
 from engine.rope_positions import RopePositions
 from engine.runner_sleep import RunnerSleep
 from engine.step_rows import proposed_drafts, sampled_rows, score_prompts, scored_prompt_positions
@@ -319,6 +320,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                                                        tuple[torch.Tensor, torch.Tensor] | None]:
         block_size = self.block_size
         image_spans: list[Span] = []  # the prompt tokens of sequences with images this step computes
+        embed_spans: list[Span] = []  # and of sequences sent as prompt embeddings (engine/prompt_embeds.py)
         lens = batch.num_new_tokens
         token_ids: list[int] = []
         positions: list[int] = []
@@ -341,6 +343,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                                  f"block tables have {[len(t) for t in seq.block_tables]}")
             if seq.images:
                 image_spans.append((seq, len(token_ids), start, end - len(drafts)))
+            if seq.prompt_embeds is not None:
+                embed_spans.append((seq, len(token_ids), start, end - len(drafts)))
             bidirectional.append(bidirectional_spans(seq.images, start, end))
             token_ids.extend(seq.token_ids[start: end - len(drafts)])
             token_ids.extend(drafts)
@@ -370,6 +374,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             group_tables=(slots.to(to), block_tables.to(to)) if num_groups > 1 else None,
         )
         images = self.image_features.step_embeds(image_spans) if image_spans and self.image_features else None
+        images = with_step_rows(images, embed_spans, to)
         return (torch.tensor(token_ids).to(to), rope_positions.to(to), meta,
                 torch.tensor(logits_index, dtype=torch.long).to(to), images)
 

@@ -120,11 +120,17 @@ def _bias(logit_bias: tuple[tuple[int, float], ...], vocab: int) -> tuple[torch.
     return (torch.tensor([t for t, _ in kept], dtype=torch.long), torch.tensor([b for _, b in kept]))
 
 
+def _seen(row: History) -> list[int]:
+    """The tokens the repetition penalty counts: a prompt sent as embeddings has only placeholder ids
+    (engine/prompt_embeds.py), so only its output's."""
+    return row.token_ids[row.num_prompt_tokens:] if getattr(row, "prompt_embeds", None) is not None else row.token_ids
+
+
 def _penalize(logits: torch.Tensor, penalized: list[int], rows: Sequence[History]) -> None:
     """In place, in vLLM's order: the repetition penalty, then frequency and presence. Only the tokens a
     row has seen are touched: gathered, changed and written back, never a vocab-wide pass per row."""
     vocab, device = logits.shape[1], logits.device
-    repeated = [(i, rows[i].params.repetition_penalty, {t for t in rows[i].token_ids if t < vocab})
+    repeated = [(i, rows[i].params.repetition_penalty, {t for t in _seen(rows[i]) if t < vocab})
                 for i in penalized if rows[i].params.repetition_penalty != 1.0]
     if repeated:
         index = (_rows_of([(i, seen) for i, _, seen in repeated]).to(device),

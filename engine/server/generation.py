@@ -16,11 +16,12 @@ from starlette.responses import JSONResponse, Response
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.beam_generation import BeamGeneration, generation_for
 from engine.openai_generation import OpenAIGeneration
+from engine.prompt_embeds import body_limit
 from engine.request_span import RequestSpan
 from engine.sampling_params import InvalidRequestError
 from engine.server.disconnect import unless_disconnected
 from engine.server.errors import engine_unavailable, error_body, not_found
-from engine.server.json_body import read_json
+from engine.server.json_body import MAX_BODY_BYTES, read_json
 from engine.server.metrics import ServerMetrics
 from engine.server.protocol import parse_chat, parse_completion
 from engine.server.sse import DONE, SSEResponse, sse_event
@@ -61,7 +62,9 @@ async def chat_completions(request: Request) -> Response:
 async def _generate(request: Request, chat: bool) -> Response:
     state: ServerState = request.app.state.pitstop
     engine = state.engine
-    parsed = (parse_chat if chat else parse_completion)(await read_json(request))
+    # A completion may carry prompt embeddings: a larger body, where they are on (engine/prompt_embeds.py).
+    body = await read_json(request, MAX_BODY_BYTES if chat else body_limit(engine))
+    parsed = (parse_chat if chat else parse_completion)(body)
     adapter = state.adapter_for(parsed.model)
     if not engine.is_healthy:
         raise engine_unavailable(engine.dead_reason)

@@ -76,7 +76,7 @@ _USED = {"model", "max_tokens", "temperature", "top_p", "n", "stream", "stream_o
 _IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier"}
 _NOOP_VALUES: dict[str, tuple[Any, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
-_COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix"}
+_COMPLETION_FIELDS = _USED | _IGNORED | {"prompt", "logprobs", "echo", "best_of", "suffix", "prompt_embeds"}
 _CHAT_FIELDS = _USED | _IGNORED | {"messages", "max_completion_tokens", "tools", "tool_choice", "logprobs",
                                    "chat_template_kwargs", "add_generation_prompt", "continue_final_message",
                                    "top_logprobs", "reasoning_effort"}
@@ -108,6 +108,8 @@ class GenerateRequest:
     pin_ttl_s: float | None
     hints: SchedulingHints = NO_HINTS
     prompts: list[str | list[int]] | None = None  # a completion's: one, or a batch (each its own choices)
+    # A completion's prompts sent as embeddings (base64, engine/prompt_embeds.py): choices before the prompts'.
+    prompt_embeds: list[str] = dataclass_field(default_factory=list)
     messages: list[dict] | None = None
     tools: list[dict] | None = None
     n: int = 1  # choices, each its own sequence
@@ -128,7 +130,7 @@ class GenerateRequest:
     @property
     def num_choices(self) -> int:
         """n per prompt; a batch's choices are indexed prompt by prompt, as OpenAI's."""
-        return self.n * (len(self.prompts) if self.prompts is not None else 1)
+        return self.n * (len(self.prompt_embeds) + len(self.prompts) if self.prompts is not None else 1)
 
     def resolved_params(self, num_prompt_tokens: int, max_model_len: int) -> SamplingParams:
         max_tokens = self.max_tokens or max(1, max_model_len - num_prompt_tokens)
@@ -156,16 +158,34 @@ def read_ttl(body: Any) -> float:
 
 def parse_completion(body: Any) -> GenerateRequest:
     body = read_object(body, _COMPLETION_FIELDS)
-    prompts = _prompts(body.get("prompt"))
+    embeds = _prompt_embeds(body)
+    # With prompt embeddings, the prompt may be left out or empty (vLLM's: embeddings and prompts both, choices
+    # of the embeddings first).
+    prompts = [] if embeds and body.get("prompt") in (None, "", []) else _prompts(body.get("prompt"))
     n = integer(body, "n") or 1
-    if len(prompts) * n > MAX_SEQUENCES:
-        raise bad_request(f"{len(prompts)} prompts x {n} choices is more than the {MAX_SEQUENCES} sequences one "
-                          "request may run", "prompt", "invalid_value")
+    if (len(prompts) + len(embeds)) * n > MAX_SEQUENCES:
+        raise bad_request(f"{len(prompts) + len(embeds)} prompts x {n} choices is more than the {MAX_SEQUENCES} "
+                          "sequences one request may run", "prompt", "invalid_value")
     max_tokens = integer(body, "max_tokens")
     echo = boolean(body, "echo")
+    if echo and embeds:  # no text to echo, and the placeholders have no log-probabilities of their own
+        raise bad_request("'echo' (and prompt logprobs) cannot be used with 'prompt_embeds'", "echo", "unsupported")
     score_only = echo and max_tokens == 0
-    return _common(body, prompts=prompts, echo=echo, score_only=score_only,
+    return _common(body, prompts=prompts, prompt_embeds=embeds, echo=echo, score_only=score_only,
                    max_tokens=1 if score_only else COMPLETIONS_DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens)
+
+
+def _prompt_embeds(body: dict) -> list[str]:
+    """`prompt_embeds`: one base64 string or a non-empty list of them (decoded by engine/prompt_embeds.py)."""
+    value = body.get("prompt_embeds")
+    if value is None:
+        return []
+    if isinstance(value, str) and value:
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return value
+    raise bad_request("'prompt_embeds' must be a base64 string of a torch.save'd tensor, or a non-empty list of "
+                      "them", "prompt_embeds", "invalid_type")
 
 
 def _prompts(prompt: Any) -> list[str | list[int]]:
