@@ -28,6 +28,7 @@ from gateway import (
     media,
     moderation,
     proxy,
+    realtime,
     rerank,
     rl_admin,
     session_endpoint,
@@ -50,6 +51,7 @@ ROUTES = [
     *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
     *moderation.ROUTES,  # /v1/moderations, /moderations
     *media.ROUTES,  # /v1/audio/transcriptions, /translations, /speech, /v1/images/generations
+    *realtime.ROUTES,  # WebSocket /v1/realtime, /realtime: OpenAI's Realtime API, relayed
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
     Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),

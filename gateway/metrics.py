@@ -107,6 +107,12 @@ class GatewayMetrics:
         self.verify = Counter(f"{PREFIX}_verify", "Verified picks by outcome", [*group, "outcome"], registry=r)
         self.calibrations = Counter(f"{PREFIX}_route_group_calibrations", "Calibration runs by outcome",
                                     [*group, "status"], registry=r)
+        # Realtime WebSocket sessions (gateway/realtime.py): opened, open now, and frames relayed by who sent them.
+        self.realtime_sessions = Counter(f"{PREFIX}_realtime_sessions", "Realtime sessions opened", ["model"],
+                                         registry=r)
+        self.realtime_open = Gauge(f"{PREFIX}_realtime_sessions_open", "Realtime sessions open", ["model"], registry=r)
+        self.realtime_events = Counter(f"{PREFIX}_realtime_events", "Realtime frames relayed, by who sent them "
+                                       "(client or upstream)", ["model", "direction"], registry=r)
 
     def observe(self, route_group: str, model: str, status: str, latency_s: float, ttft_s: float | None,
                 prompt_tokens: int, completion_tokens: int, cached_tokens: int, cost_usd: float,

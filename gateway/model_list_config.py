@@ -199,13 +199,18 @@ class ModelInfo(StrictConfig):
     # "audio_transcription", "audio_speech" and "image_generation" (litellm's too) mark a model that serves
     # /v1/audio/transcriptions and /translations, /v1/audio/speech, or /v1/images/generations only
     # (gateway/media.py), priced by the fields below (else litellm's price map).
+    # "realtime" (litellm's too) marks an OpenAI or Azure realtime model, served over the /v1/realtime WebSocket
+    # (gateway/realtime.py), its audio tokens priced by the fields below (else litellm's price map).
     mode: Literal["chat", "completion", "embedding", "rerank", "moderation", "audio_transcription", "audio_speech",
-                  "image_generation"] | None = None
+                  "image_generation", "realtime"] | None = None
     # litellm's names, for audio and images; None: litellm's price map's, where it lists the model.
     input_cost_per_second: float | None = Field(default=None, ge=0)  # a transcription's audio
     input_cost_per_character: float | None = Field(default=None, ge=0)  # a speech's input text
     output_cost_per_image: float | None = Field(default=None, ge=0)  # an image generated
     input_cost_per_pixel: float | None = Field(default=None, ge=0)  # an image's pixels (litellm's DALL-E 2 prices)
+    input_cost_per_audio_token: float | None = Field(default=None, ge=0)  # a realtime model's audio in
+    output_cost_per_audio_token: float | None = Field(default=None, ge=0)  # and out
+    cache_read_input_audio_token_cost: float | None = Field(default=None, ge=0)  # its cached audio in
     # litellm's too: the longest answer it gives. A request that sets no max_tokens holds this much
     # output of its key's budget while it runs (gateway/budget_holds.py; default 4096 tokens).
     max_output_tokens: int | None = Field(default=None, gt=0)

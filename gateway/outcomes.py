@@ -105,6 +105,7 @@ class OutcomeDraft:
     # Calls made for this request besides the one whose body was served (gateway/verify.py's verifiers,
     # a pick that was escalated): their cost goes into the row's cost_usd and the key's spend.
     extra_cost_usd: float = 0.0
+    priced_usd: float | None = None  # the call's cost where its endpoint prices it (realtime: audio apart), not tokens'
     # Hedged calls cancelled when another answered first (gateway/hedging.py): their estimated cost, in
     # the row's cost_usd and the key's spend too.
     hedge_cost_usd: float = 0.0
@@ -289,7 +290,9 @@ class OutcomeRecorder:
         if created := draft.token_usage.cache_creation:  # billed above the input price (gateway/pricing.py)
             draft.extra["cache_creation_tokens"] = created
         deployment = draft.charged_to
-        cost = (token_cost(deployment.info, draft.token_usage) if deployment else 0.0) + draft.extra_cost_usd \
+        own = draft.priced_usd
+        cost = (own if own is not None else token_cost(deployment.info, draft.token_usage) if deployment else 0.0) \
+            + draft.extra_cost_usd \
             + draft.moderation.cost_usd + draft.hedge_cost_usd
         if draft.moderation.checks:
             draft.extra["moderation"] = draft.moderation.checks
