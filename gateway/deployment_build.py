@@ -80,7 +80,8 @@ def make_backend(entry: ModelEntry, settings: Settings,
                                   disk_kv_bytes=int(params.disk_kv_gib * 2**30),
                                   image_limits=_image_limits(params.image_limits, outbound or _rules_of(settings)),
                                   dequantize_mxfp4=params.dequantize_mxfp4,
-                                  hybrid_kv_cache=not params.disable_hybrid_kv_cache_manager)
+                                  hybrid_kv_cache=not params.disable_hybrid_kv_cache_manager,
+                                  enable_prompt_embeds=params.enable_prompt_embeds)
         except ValueError as exc:  # a bad speculative_config's profile, a checkpoint it cannot serve, say
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return LocalEngineBackend(engine, entry.model_name, params.reasoning_parser, params.tool_call_parser,
@@ -111,7 +112,7 @@ def make_backend(entry: ModelEntry, settings: Settings,
                                        "kv_cache_dtype", "lora_modules", "calculate_kv_scales", "quantization",
                                        "tensor_parallel_size", "reasoning_effort_budgets", "disk_kv_path",
                                        "disk_kv_gib", "image_limits", "dequantize_mxfp4",
-                                       "disable_hybrid_kv_cache_manager", "hf_overrides", "rpm", "tpm"},
+                                       "disable_hybrid_kv_cache_manager", "hf_overrides", "enable_prompt_embeds", "rpm", "tpm"},
                               exclude_none=True)
     return LitellmBackend(extra, vllm_priority=provider == "hosted_vllm", rank_horizon_s=settings.ranking.horizon_s)
 

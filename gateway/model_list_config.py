@@ -109,6 +109,8 @@ class LitellmParams(BaseModel):
     # as a reranker (`mode: rerank`) with {architectures: [Qwen3ForSequenceClassification], classifier_from_token:
     # [no, yes], is_original_qwen3_reranker: true}
     hf_overrides: dict[str, Any] | None = None
+    # Completions may send `prompt_embeds` (engine/prompt_embeds.py; vLLM's --enable-prompt-embeds)
+    enable_prompt_embeds: bool = False
     tensor_parallel_size: int = Field(default=1, ge=1)  # the model sharded over this many ranks (processes)
     # LoRA adapters (PEFT folders, relative to the config file) served by this engine, each a model of the
     # gateway under its name, with this entry's model_info (engine/model/lora.py).
@@ -249,7 +251,7 @@ class ModelInfo(StrictConfig):
 _ENGINE_ONLY_KEYS = ("num_blocks", "max_model_len", "speculative_config", "host_kv_gib", "kv_cache_dtype",
                      "lora_modules", "calculate_kv_scales", "quantization", "tensor_parallel_size",
                      "reasoning_parser", "reasoning_effort_budgets", "tool_call_parser", "disk_kv_path",
-                     "image_limits", "dequantize_mxfp4", "disable_hybrid_kv_cache_manager")
+                     "image_limits", "dequantize_mxfp4", "disable_hybrid_kv_cache_manager", "enable_prompt_embeds")
 
 
 class ModelEntry(StrictConfig):

@@ -18,6 +18,7 @@ from gateway.cache_control import CACHE_FIELD, CACHE_HEADER, CacheControl
 from gateway.image_size import ImagePart, message_images
 from gateway.image_tokens import DEFAULT_IMAGE_TOKENS, ImageTokens
 from gateway.metadata import checked_metadata
+from gateway.prompt_embeds import prompt_embeds_rows
 from rankers.work import CHARS_PER_TOKEN
 
 # Pitstop's fields: read here, never forwarded as they are.
@@ -149,10 +150,17 @@ def _token_ids(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
 
 
-def _check_prompt(prompt: Any) -> tuple[str, int]:
+def _check_prompt(prompt: Any, embeds: Any = None) -> tuple[str, int]:
     """OpenAI's prompt shapes: a string, token ids, or a batch of either (vLLM and OpenAI answer each
     prompt as its own choice; Pitstop's engine takes one). A batch is routed and ranked by its first
-    prompt, and counted whole."""
+    prompt, and counted whole. vLLM's `prompt_embeds` (with it the prompt may be left out or empty) count
+    a token a row, read from their tensors' headers (gateway/prompt_embeds.py)."""
+    if embeds is not None:
+        rows = round(prompt_embeds_rows(embeds) * CHARS_PER_TOKEN)
+        if prompt in (None, "", []):
+            return "", rows
+        text, chars = _check_prompt(prompt)
+        return text, chars + rows
     if isinstance(prompt, str):
         return prompt, len(prompt)
     if _token_ids(prompt):
@@ -175,7 +183,7 @@ def parse_proxy_request(raw: Any, kind: Kind, headers: Headers) -> ProxyRequest:
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _number(raw, name)
     prompt_text, prompt_chars = (check_messages(raw.get("messages")) if kind == "chat"
-                                 else _check_prompt(raw.get("prompt")))
+                                 else _check_prompt(raw.get("prompt"), raw.get("prompt_embeds")))
     stream = bool(raw.get("stream"))
     options = raw.get("stream_options") or {}
     if options and not stream:
