@@ -153,3 +153,13 @@ def test_the_cli_serves_a_qwen3_reranker_with_hf_overrides(tmp_path: Path) -> No
     results = answer.json()["results"]
     assert [r["relevance_score"] for r in results] == pytest.approx([expected[r["index"]] for r in results], abs=1e-5)
     assert [r["index"] for r in results] == sorted(range(3), key=lambda i: -expected[i])
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(three_client: httpx.Client, three: Path) -> None:
+    ids = [(7 * i) % 900 + 5 for i in range(150)]  # past the 95 tokens the model reads
+    assert three_client.post("/classify", json={"model": "cls", "input": [ids]}).status_code == 400
+    answer = three_client.post("/classify", json={"model": "cls", "input": [ids], "truncate_prompt_tokens": 20})
+    assert answer.status_code == 200, answer.text
+    expected = torch.softmax(torch.tensor(reference_logits(three, [ids[-20:]])[0]), dim=0)
+    assert answer.json()["data"][0]["probs"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert answer.json()["usage"]["prompt_tokens"] == 20
