@@ -14,13 +14,13 @@ from engine.model.deepseek import DEEPSEEK_TYPES, deepseek_fields
 from engine.model.families import GEMMA3, PHI3
 from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3, GPT_OSS,
-                         *DEEPSEEK_TYPES)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3,
+                         GPT_OSS, *DEEPSEEK_TYPES)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
 QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", GEMMA3)
 # Mistral's config carries `sliding_window` (a window in use when set); Qwen's only slides with the flag on.
-SLIDING_FLAG_MODEL_TYPES = ("qwen2", "qwen3", "qwen3_moe")
+SLIDING_FLAG_MODEL_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -61,6 +61,7 @@ class ModelConfig:
     # DeepSeekMoE (engine/model/deepseek.py): always-on shared experts (0: none), V3's sigmoid scores with a
     # choice-only bias, group-limited choice (`n_group` groups, the best `topk_group` of them), a weight scale.
     shared_expert_intermediate_size: int = 0
+    shared_expert_gate: bool = False  # Qwen2-MoE: the shared expert's output times sigmoid(a linear of the input)
     scoring_func: str = "softmax"
     score_correction_bias: bool = False
     n_group: int = 1
@@ -175,7 +176,7 @@ class ModelConfig:
             max_position_embeddings=raw.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == GEMMA3)),
             # Qwen2 always has q/k/v biases and no o_proj bias; Llama's `attention_bias` covers all four.
-            **({} if model_type in DEEPSEEK_TYPES else {"qkv_bias": model_type == "qwen2" or attention_bias,
+            **({} if model_type in DEEPSEEK_TYPES else {"qkv_bias": _qkv_bias(model_type, raw, attention_bias),
                                                        "o_bias": model_type != "qwen2" and attention_bias}),
             mlp_bias=bool(raw.get("mlp_bias", False)),
             qk_norm=model_type in QK_NORM_MODEL_TYPES,
@@ -206,6 +207,7 @@ class ModelConfig:
         sparse_mlp = self.num_experts * self.hidden_size * (1 + 3 * self.moe_intermediate_size)
         sparse_mlp += self.num_experts * (1 + 2 * self.moe_intermediate_size + self.hidden_size) * self.moe_bias
         sparse_mlp += 3 * self.hidden_size * self.shared_expert_intermediate_size
+        sparse_mlp += self.hidden_size * self.shared_expert_gate
         num_sparse = len(self.sparse_layers)
         mlps = (self.num_layers - num_sparse) * mlp + num_sparse * sparse_mlp
         per_layer = attn + norms
@@ -264,7 +266,8 @@ def expert_fields(model_type: str, raw: dict) -> dict:
     """The mixture-of-experts fields: Mixtral's experts are as wide as its `intermediate_size` and
     every layer is sparse; Qwen3-MoE keeps `mlp_only_layers` dense and makes every
     `decoder_sparse_step`-th layer sparse. Hub configs name the count `num_experts` (Qwen) or
-    `num_local_experts` (Mixtral, and transformers 5 for both). gpt-oss's: engine/model/gpt_oss.py."""
+    `num_local_experts` (Mixtral, and transformers 5 for both). Qwen2-MoE is Qwen3-MoE's layout plus a shared
+    expert behind a sigmoid gate. gpt-oss's: engine/model/gpt_oss.py."""
     if model_type == GPT_OSS:
         return gpt_oss_experts(with_defaults(raw))
     num_experts = int(raw.get("num_experts") or raw.get("num_local_experts") or 0)
@@ -272,14 +275,23 @@ def expert_fields(model_type: str, raw: dict) -> dict:
         return {"num_experts": num_experts, "num_experts_per_tok": raw.get("num_experts_per_tok", 2),
                 "moe_intermediate_size": raw["intermediate_size"], "norm_topk_prob": True,
                 "sparse_layers": tuple(range(raw["num_hidden_layers"]))}
-    if model_type != "qwen3_moe" or not num_experts:
+    if model_type not in ("qwen3_moe", "qwen2_moe") or not num_experts:
         return {}
     dense = set(raw.get("mlp_only_layers") or ())
     step = raw.get("decoder_sparse_step", 1)
     sparse = tuple(i for i in range(raw["num_hidden_layers"]) if i not in dense and (i + 1) % step == 0)
     return {"num_experts": num_experts, "num_experts_per_tok": raw["num_experts_per_tok"],
             "moe_intermediate_size": raw["moe_intermediate_size"],
-            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)), "sparse_layers": sparse}
+            "norm_topk_prob": bool(raw.get("norm_topk_prob", False)), "sparse_layers": sparse,
+            **({"shared_expert_intermediate_size": int(raw.get("shared_expert_intermediate_size") or 0),
+                "shared_expert_gate": True} if model_type == "qwen2_moe" else {})}
+
+
+def _qkv_bias(model_type: str, raw: dict, attention_bias: bool) -> bool:
+    """Qwen2 always has q/k/v biases, Qwen2-MoE unless its `qkv_bias` says not; Llama's `attention_bias`."""
+    if model_type == "qwen2_moe":
+        return bool(raw.get("qkv_bias", True))
+    return model_type == "qwen2" or attention_bias
 
 
 def _parse_rope(raw: dict, rotary_dim: int) -> tuple[float, dict | None]:

@@ -199,12 +199,12 @@ def _projection_module(name: str, modules: dict) -> object:
 
 
 def _our_name(name: str) -> str:
-    """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's; a multimodal folder's
-    language model's, as a text model's."""
+    """Mixtral's names for the MoE block and its expert projections, as Qwen3-MoE's; Qwen2-MoE's `shared_expert`
+    as DeepSeek's `shared_experts`; a multimodal folder's language model's, as a text model's."""
     for prefix, ours in LANGUAGE_MODEL_PREFIXES.items():
         if name.startswith(prefix):
             name = ours + name.removeprefix(prefix)
-    name = name.replace(".block_sparse_moe.", ".mlp.")
+    name = name.replace(".block_sparse_moe.", ".mlp.").replace(".mlp.shared_expert.", ".mlp.shared_experts.")
     parts = name.split(".")
     if len(parts) > 2 and parts[-3].isdigit() and parts[-2] in MIXTRAL_EXPERT_NAMES:
         parts[-2] = MIXTRAL_EXPERT_NAMES[parts[-2]]

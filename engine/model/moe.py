@@ -88,7 +88,8 @@ class Router(nn.Linear):
 
 class SparseMoE(nn.Module):
     """Parameter names follow the checkpoints: `gate` is the router, `experts` the stacked experts,
-    `shared_experts` DeepSeek's always-on MLP (given by the decoder layer, which owns the MLP class)."""
+    `shared_experts` DeepSeek's always-on MLP (given by the decoder layer, which owns the MLP class; Qwen2-MoE's
+    `shared_expert`, loaded into it) and `shared_expert_gate` Qwen2-MoE's gate on it."""
 
     def __init__(self, config: ModelConfig, tp: TPGroup = SINGLE, shared_experts: nn.Module | None = None) -> None:
         super().__init__()
@@ -99,6 +100,7 @@ class SparseMoE(nn.Module):
         self.topk_before_softmax = config.topk_before_softmax
         self.gate = Router(config.hidden_size, config.num_experts, config.moe_bias, config.score_correction_bias)
         self.shared_experts = shared_experts
+        self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False) if config.shared_expert_gate else None
         self.sigmoid = config.scoring_func == "sigmoid"
         self.n_group, self.topk_group = config.n_group, config.topk_group
         self.routed_scaling_factor = config.routed_scaling_factor
@@ -155,7 +157,12 @@ class SparseMoE(nn.Module):
             out = self.experts.looped(x[tokens], counts.tolist())
         out = out * weights.flatten()[order].unsqueeze(-1)
         routed = self.tp.all_reduce(torch.zeros_like(x).index_add_(0, tokens, out))
-        return routed if self.shared_experts is None else routed + self.shared_experts(x)
+        if self.shared_experts is None:
+            return routed
+        shared = self.shared_experts(x)
+        if self.shared_expert_gate is not None:  # Qwen2-MoE's, on the whole (all-reduced) output
+            shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+        return routed + shared
 
 
 @cache

@@ -23,9 +23,9 @@ from engine.model.config import ModelConfig
 from engine.model.shm_allreduce import ShmAllReduce
 
 # Checkpoint names (after the loader's Mixtral renaming) -> the dimension split across ranks.
-_COLUMN = re.compile(r".*\.(self_attn\.(q|k|v)_proj|mlp\.(gate|up)_proj|experts\.\d+\.(gate|up)_proj)\."
+_COLUMN = re.compile(r".*\.(self_attn\.(q|k|v)_proj|mlp\.(shared_experts\.)?(gate|up)_proj|experts\.\d+\.(gate|up)_proj)\."
                      r"(weight|bias|weight_scale)")
-_ROW = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj|experts\.\d+\.down_proj)\.weight")
+_ROW = re.compile(r".*\.(self_attn\.o_proj|mlp\.(shared_experts\.)?down_proj|experts\.\d+\.down_proj)\.weight")
 _ROW_BIAS = re.compile(r".*\.(self_attn\.o_proj|mlp\.down_proj)\.bias")
 # transformers 5: [experts, 2 x inter, hidden]; gpt-oss's bias [experts, 2 x inter] too, gates first
 # MXFP4 (engine/model/mxfp4.py): blocks [experts, out, in / 32, 16] and scales [experts, out, in / 32] are cut
@@ -82,13 +82,14 @@ def shard_config(config: ModelConfig, size: int) -> ModelConfig:
         return config
     problems = [f"{name} {value}" for name, value in (
         ("num_attention_heads", config.num_heads), ("num_key_value_heads", config.num_kv_heads),
-        ("intermediate_size", config.intermediate_size), ("moe_intermediate_size", config.moe_intermediate_size))
-        if value % size]
+        ("intermediate_size", config.intermediate_size), ("moe_intermediate_size", config.moe_intermediate_size),
+        ("shared_expert_intermediate_size", config.shared_expert_intermediate_size)) if value % size]
     if problems:
         raise ValueError(f"tensor_parallel_size {size} must divide {', '.join(problems)}")
     return replace(config, num_heads=config.num_heads // size, num_kv_heads=config.num_kv_heads // size,
                    intermediate_size=config.intermediate_size // size,
-                   moe_intermediate_size=config.moe_intermediate_size // size)
+                   moe_intermediate_size=config.moe_intermediate_size // size,
+                   shared_expert_intermediate_size=config.shared_expert_intermediate_size // size)
 
 
 def shard_tensor(name: str, tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:

@@ -119,6 +119,23 @@ def test_requests_preempted_from_a_small_cache_answer_as_transformers(checkpoint
         assert got[name].output_token_ids == transformers_greedy(model, prompt, 16), name
 
 
+def test_a_prefix_evicted_to_the_host_tier_comes_back_as_latents(checkpoints: dict[str, Path]) -> None:
+    """A 16-block cache with a 64-block host tier: the first prompt's latent blocks leave for the host while two
+    others run, and a request sharing its 36 tokens loads them back and answers as transformers."""
+    model = checkpoints["v3"]
+    config = EngineConfig(block_size=4, num_blocks=16, max_model_len=256, max_num_seqs=1, max_num_batched_tokens=32,
+                          num_host_blocks=64)
+    engine = LLMEngine(config, TorchModelRunner(model, 16, 4, device="cpu", num_host_blocks=64))
+    first = random_prompt(40, seed=3)
+    _run(engine, {"first": first}, 4)
+    _run(engine, {f"crowd{i}": random_prompt(40, seed=30 + i) for i in range(2)}, 4)
+    shared = first[:36] + random_prompt(9, seed=9)
+    again = _run(engine, {"hit": shared}, 10)["hit"]
+    assert again.num_cached_tokens == 36 and engine.block_manager.host_hit_tokens >= 32
+    assert engine.runner.host_kv.shape == (MLA["num_hidden_layers"], 1, 64, 4, 1, LATENT)
+    assert again.output_token_ids == transformers_greedy(model, shared, 10)
+
+
 def test_kv_bytes_per_token_are_the_latents(checkpoints: dict[str, Path]) -> None:
     """A block's bytes are the latent's, and a budget holds as many blocks as those bytes allow; DeepSeek-V3's
     576 values a token a layer (bf16: 70,272 bytes a token) against 40,960 a layer for its expanded K/V."""
