@@ -70,7 +70,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         if speculative is not None and ModelConfig.from_dir(model_dir).mrope_section:
             raise ValueError("speculative decoding is not supported for an M-RoPE model (Qwen2.5-VL): its drafts "
                              "would need the target's 3-row positions; serve it without a speculative config")
-        draft = speculative.model if speculative is not None and speculative.method == "draft_model" else None
+        draft = speculative.model if speculative is not None else None  # a draft model's or an EAGLE head's folder
         hybrid_kv_cache = hybrid_kv_cache and draft is None  # the draft's cache has as many blocks, whole-model
         if num_blocks is None:
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(

@@ -10,7 +10,8 @@ from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 if TYPE_CHECKING:
     from engine.net_guard import OutboundPolicy
 
-SPECULATIVE_METHODS = ("ngram", "draft_model")
+SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle")
+MODEL_METHODS = ("draft_model", "eagle")  # the methods that draft with `model`
 # --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
 # element, half of bf16 (engine/model/kv_quant.py). "fp8" is e4m3, vLLM's default fp8 format.
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
@@ -39,7 +40,8 @@ class SpeculativeConfig:
     `ngram` (prompt lookup) drafts what followed the latest earlier occurrence of the sequence's last
     `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load.
     `draft_model` drafts with `model`, a smaller model folder of the same vocabulary (engine/draft_model.py);
-    as at vLLM, naming a `model` without a method picks it.
+    as at vLLM, naming a `model` without a method picks it. `eagle` drafts with an EAGLE head, `model` its
+    folder: one decoder layer over the target's own features (engine/eagle.py).
 
     `acceptance_method` (vLLM's field and default): how a sampled request checks a draft model's drafts.
     "rejection_sampler" keeps a draft x with probability min(1, p(x) / q(x)) and otherwise draws from
@@ -54,7 +56,7 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 2
-    model: str | None = None  # the draft model's folder (method "draft_model")
+    model: str | None = None  # the draft model's folder (method "draft_model"), or the EAGLE head's ("eagle")
     # Pitstop's own: "fixed" drafts whatever the lookup finds, up to num_speculative_tokens; "goodput" cuts
     # each step's drafts to the length with the most expected tokens a second (engine/draft_length.py),
     # priced by `step_time_profile` (a profile file, `pitstop engine profile`), or a simulator's own model.
@@ -69,8 +71,8 @@ class SpeculativeConfig:
             object.__setattr__(self, "method", "ngram" if self.model is None else "draft_model")
         if self.method not in SPECULATIVE_METHODS:
             raise ValueError(f"speculative method {self.method!r} is not one of {', '.join(SPECULATIVE_METHODS)}")
-        if (self.method == "draft_model") != (self.model is not None):
-            raise ValueError("method 'draft_model' drafts with a model: give its folder as `model`" if self.model is None
+        if (self.method in MODEL_METHODS) != (self.model is not None):
+            raise ValueError(f"method {self.method!r} drafts with a model: give its folder as `model`" if self.model is None
                              else f"method {self.method!r} drafts without a model: drop `model`, or use 'draft_model'")
         if self.num_speculative_tokens < 1:
             raise ValueError("num_speculative_tokens must be at least 1")
@@ -84,10 +86,10 @@ class SpeculativeConfig:
         if self.draft_policy not in DRAFT_POLICIES:
             raise ValueError(f"draft_policy {self.draft_policy!r} is not one of {', '.join(DRAFT_POLICIES)}")
         if self.draft_step_time_profile is not None and not (self.draft_policy == "goodput"
-                                                              and self.method == "draft_model"):
+                                                              and self.method in MODEL_METHODS):
             raise ValueError("draft_step_time_profile prices a draft model's passes for draft_policy 'goodput': "
                              "it needs both")
-        if self.draft_policy == "goodput" and self.method == "draft_model" and self.draft_step_time_profile is None:
+        if self.draft_policy == "goodput" and self.method in MODEL_METHODS and self.draft_step_time_profile is None:
             raise ValueError("draft_policy 'goodput' with a draft model prices the draft's passes too: give "
                              "draft_step_time_profile (`pitstop engine profile --model DRAFT`, or a roofline of it)")
 

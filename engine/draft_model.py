@@ -58,6 +58,8 @@ class DraftModelProposer:
     `num_blocks` of `block_size` tokens: the draft's KV cache, as many tokens as the target's by default
     (`from_target`), so a request the target holds fits in the draft too, drafts aside."""
 
+    shift = 0  # the request's leading tokens its shadow leaves out (an EAGLE head's: engine/eagle.py)
+
     def __init__(self, runner: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
                  enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,
                  max_catch_up: int = 512) -> None:
@@ -112,11 +114,13 @@ class DraftModelProposer:
             seed = draft_seed(seq.params.seed) if self.proposes_distributions else seq.params.seed
             params = replace(seq.params, max_tokens=UNBOUNDED, logprobs=None, prompt_logprobs=None,
                              constraint=None, embed=False, thinking_token_budget=None, seed=seed)
-            shadow = Sequence(seq.request_id, seq.token_ids[: seq.num_prompt_tokens], params, seq.arrival_time)
+            prompt = seq.token_ids[self.shift: max(seq.num_prompt_tokens, self.shift + 1)]
+            shadow = Sequence(seq.request_id, prompt, params, seq.arrival_time)
+            shadow.num_prompt_tokens = seq.num_prompt_tokens - self.shift  # its outputs are the request's
             self.shadows[seq.request_id] = (seq, shadow)
         else:
             shadow = entry[1]
-        shadow.token_ids.extend(seq.token_ids[shadow.num_tokens:])
+        shadow.token_ids.extend(seq.token_ids[shadow.num_tokens + self.shift:])
         shadow.num_computed_tokens = min(shadow.num_computed_tokens, shadow.num_tokens - 1)  # its last to compute
         return shadow
 

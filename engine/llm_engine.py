@@ -14,7 +14,7 @@ from engine.banned_tokens import check_token_ids, with_bad_word_ids
 from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager
 from engine.clock import Clock, WallClock
-from engine.config import EngineConfig
+from engine.config import MODEL_METHODS, EngineConfig
 from engine.disk_tier import DiskTier
 from engine.draft_length import GoodputDraftLength
 from engine.fused_decode import max_fused_steps
@@ -88,16 +88,17 @@ class LLMEngine(SessionPins, LoRAAdapters):
         if not getattr(runner, "verifies_drafts", False):
             raise ValueError("speculative decoding needs a runner that samples after each draft token; "
                              "this one does not")
-        if spec.method == "draft_model":
+        if spec.method in MODEL_METHODS:
             from engine.draft_model import DraftModelProposer
+            from engine.eagle import EagleProposer
             from engine.torch_runner import TorchModelRunner
 
             if not isinstance(runner, TorchModelRunner):
-                raise ValueError("a draft model drafts real tokens for a real model: a simulated engine drafts "
+                raise ValueError(f"method {spec.method!r} drafts real tokens for a real model: a simulated engine drafts "
                                  "with method 'ngram'")
-            return DraftModelProposer.from_target(runner, spec, config.num_blocks, config.block_size,
-                                                  config.enable_prefix_caching, self.spec,
-                                                  config.long_prefill_token_threshold)
+            proposer = EagleProposer if spec.method == "eagle" else DraftModelProposer
+            return proposer.from_target(runner, spec, config.num_blocks, config.block_size,
+                                        config.enable_prefix_caching, self.spec, config.long_prefill_token_threshold)
         return NgramProposer(spec)
 
     def _draft_length(self, config: EngineConfig, runner: ModelRunner) -> GoodputDraftLength | None:

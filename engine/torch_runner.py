@@ -9,6 +9,7 @@ manager evicts; `transfer_kv` performs the copies it plans."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 
@@ -170,6 +171,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.step_logprobs: dict[int, TokenLogprobs] = {}  # the last step's, by sampled row (engine/runner.py)
         self.step_prompt_logprobs: dict[int, list[TokenLogprobs]] = {}  # by batch index (engine/runner.py)
         self.step_embeddings: dict[int, list[float]] = {}  # by batch index: SamplingParams.embed's vectors
+        # Called with each step's batch and last hidden states (an EAGLE head's features: engine/eagle.py)
+        self.hidden_states_listener: Callable[[ScheduledBatch, torch.Tensor], None] | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -274,6 +277,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         if self.workers is not None:
             self.workers.send(step.to(torch.device("cpu")))
         hidden = self.run_shard(step)
+        if hidden is not None and self.hidden_states_listener is not None:
+            self.hidden_states_listener(batch, hidden)
         if hidden is None or logits_index is None:
             return []
         sampling = batch.sampling_indices
