@@ -6,6 +6,7 @@ On connect: `session.created`. Then, for each client event:
                        response.done with `usage` (`USAGE`: text, audio and cached tokens apart)
   mock.close        -> close with the event's `code` and `reason` (a close passed through to the client)
   mock.die          -> the TCP connection aborted without a close frame (an upstream crash)
+  mock.echo         -> the frame sent back; mock.burst -> `count` audio deltas of `size` characters (the bench's)
   anything else     -> an `error` event (`invalid_json` for a frame that is no JSON object)
 A binary frame is sent back as it came. `die_mid_response`: the connection aborted after a response's first
 delta. Every connection is recorded: its path with query, headers, the frames it got, and how it closed.
@@ -90,6 +91,12 @@ class RealtimeUpstream:
             await ws.close(event["code"], event.get("reason", ""))
         elif kind == "mock.die":
             ws.transport.abort()
+        elif kind == "mock.echo":  # the frame back as it came (bench/realtime_relay.py's round trips)
+            await ws.send(frame)
+        elif kind == "mock.burst":  # `count` audio deltas of `size` characters at once (its throughput)
+            delta = json.dumps({"type": "response.output_audio.delta", "response_id": "resp_b", "delta": "A" * event["size"]})
+            for _ in range(event["count"]):
+                await ws.send(delta)
         else:
             code = "invalid_json" if kind is None else "invalid_event"
             await _send(ws, "error", error={"type": "invalid_request_error", "code": code,
