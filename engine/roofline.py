@@ -41,8 +41,9 @@ from dataclasses import asdict, dataclass, field, replace
 from engine.batch import StepShape
 from engine.config import QUANTIZATIONS, kv_element_bytes
 from engine.hybrid_attention import HybridAttention, hybrid_attention
-from engine.model.config import expert_fields, sliding_layer_count
+from engine.model.config import ModelConfig, expert_fields, sliding_layer_count
 from engine.model.families import text_config_of
+from engine.roofline_parsed import PARSED_TYPES, parsed_shape_fields
 
 MIB = 1 << 20
 # Bytes a quantized projection weight streams: int4 stores a bf16 scale and zero point a group of 128.
@@ -101,6 +102,11 @@ class ModelShape:
     num_full_layers: int = 0  # ...but these, which read it all (Gemma 3: 10 of 62 layers; their KV is kept)
     quantization: str | None = None  # "int8" / "fp8": W8A8 projections, one byte a weight; "int4": W4A16
     expert_weight_bytes: float = 0.0  # bytes an expert weight takes, 0: `weight_bytes`; MXFP4: 4.25 / 8
+    # MLA's cached latent a token a layer (0: K and V of every KV head), its weights a layer (0: q, k, v, o), and
+    # always-on shared experts in the sparse layers: engine/roofline_parsed.py.
+    kv_values_per_layer: int = 0
+    attention_params_per_layer: int = 0
+    shared_expert_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -111,6 +117,9 @@ class ModelShape:
         """From a Hugging Face `config.json` dict (Llama, Mistral, Qwen2/3, Qwen3-MoE, Mixtral, Gemma 3, Phi-3 keys;
         a multimodal Gemma 3's language model)."""
         config = text_config_of(config)
+        if config.get("model_type") in PARSED_TYPES:  # as the engine parses them
+            return cls(**parsed_shape_fields(ModelConfig.from_dict(config), name), weight_bytes=weight_bytes,
+                       kv_bytes=max(weight_bytes, 2))
         heads = config["num_attention_heads"]
         experts = expert_fields(config.get("model_type", "llama"), config)
         window, sliding = sliding_layer_count(config.get("model_type", "llama"), config)  # as the engine reads it
@@ -139,7 +148,8 @@ class ModelShape:
     def shared_layer_params(self) -> int:
         """Matmul weights every token uses: q, k, v, o projections, dense layers' gate/up/down MLP,
         sparse layers' routers."""
-        return self.projection_params + self.num_sparse_layers * self.hidden_size * self.num_experts
+        shared_experts = 3 * self.hidden_size * self.shared_expert_intermediate_size
+        return self.projection_params + self.num_sparse_layers * (self.hidden_size * self.num_experts + shared_experts)
 
     @property
     def projection_params(self) -> int:
@@ -147,7 +157,8 @@ class ModelShape:
         q_and_o = 2 * self.hidden_size * self.num_heads * self.head_dim
         k_and_v = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
         mlp = 3 * self.hidden_size * self.intermediate_size
-        return self.num_layers * (q_and_o + k_and_v) + (self.num_layers - self.num_sparse_layers) * mlp
+        attention = self.attention_params_per_layer or q_and_o + k_and_v
+        return self.num_layers * attention + (self.num_layers - self.num_sparse_layers) * mlp
 
     @property
     def quantized_params(self) -> int:
@@ -203,7 +214,7 @@ class ModelShape:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
+        return self.num_layers * (self.kv_values_per_layer or 2 * self.num_kv_heads * self.head_dim) * self.kv_bytes
 
 
 def _mxfp4(config: dict) -> bool:

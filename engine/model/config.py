@@ -199,7 +199,7 @@ class ModelConfig:
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm + self.num_heads * self.attention_sinks
         if self.mla:
-            attn = self._mla_params()
+            attn = self.mla_params()
         norms = (4 if self.sandwich_norms else 2) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
@@ -214,7 +214,8 @@ class ModelConfig:
         embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + mlps + embeddings + self.hidden_size
 
-    def _mla_params(self) -> int:
+    def mla_params(self) -> int:
+        """One MLA layer's projection and norm weights (engine/model/mla.py)."""
         qk_head = self.qk_nope_head_dim + self.head_dim
         rank, heads = self.kv_lora_rank, self.num_heads
         if self.q_lora_rank:

@@ -14,6 +14,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model.config import ModelConfig
 from engine.model.lora import LoRAError
+from engine.roofline import ModelShape
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from engine.tokenizer import Tokenizer
@@ -149,6 +150,17 @@ def test_kv_bytes_per_token_are_the_latents(checkpoints: dict[str, Path]) -> Non
     assert v3.shared_expert_intermediate_size == 2048 and v3.n_group == 8 and v3.scoring_func == "sigmoid"
     # YaRN x40 with mscale_all_dim 1: 192 ** -0.5 x (0.1 ln 40 + 1) ** 2
     assert v3.attention_scale == pytest.approx(192**-0.5 * 1.3688879454113936**2)
+
+
+def test_the_release_configs_count_their_parameters_and_the_roofline_prices_the_latent() -> None:
+    """DeepSeek-V3: 671B parameters (its report's, the multi-token-prediction layer aside), 37B of them a token's;
+    the roofline reads 70,272 KV bytes a token (bf16) and the same weights."""
+    v3 = ModelConfig.from_dict(DEEPSEEK_V3)
+    assert v3.num_params() == pytest.approx(671.0e9, rel=1e-3)
+    shape = ModelShape.from_hf_config(DEEPSEEK_V3)
+    assert shape.kv_bytes_per_token == 61 * 576 * 2 and shape.num_sparse_layers == 58
+    assert shape.num_params == pytest.approx(v3.num_params(), rel=1e-5)  # norms aside
+    assert shape.active_layer_params + 2 * shape.lm_head_params == pytest.approx(37.5e9, rel=0.01)
 
 
 @pytest.mark.parametrize(("option", "message"), [({"kv_cache_dtype": "fp8"}, "kv_cache_dtype"),
