@@ -6,6 +6,9 @@ the repetition penalty ignores the placeholder ids."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -130,6 +133,16 @@ def test_the_prefix_cache_keys_embedded_blocks_by_their_bytes(llama: Path) -> No
     assert (first.num_cached_tokens, again.num_cached_tokens, other.num_cached_tokens) == (0, 32, 0)
     assert zeros.num_cached_tokens == 0
     assert again.new_token_ids == first.new_token_ids
+
+
+def test_an_embedded_prompts_block_hashes_are_the_same_in_every_process() -> None:
+    """The disk tier's blocks outlive the process: their keys may not depend on its hash salt."""
+    code = ("import torch; from engine.sequence import Sequence; from engine.sampling_params import SamplingParams; "
+            "rows = torch.arange(12.0).reshape(3, 4); "
+            "print(Sequence('s', [0, 0, 0], SamplingParams(), 0.0, prompt_embeds=rows).hash_seed)")
+    seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": salt}).stdout for salt in ("1", "2")}
+    assert len(seeds) == 1
 
 
 def test_gemma3_takes_its_scaled_input_embeddings(tmp_path: Path) -> None:
