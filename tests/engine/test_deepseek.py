@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.model.config import ModelConfig
 from engine.model.lora import LoRAError
@@ -81,9 +81,9 @@ def test_the_two_attention_forms_agree_on_a_decode_batch(checkpoints: dict[str, 
     torch.testing.assert_close(absorbed, decompressed, rtol=1e-4, atol=1e-5)
 
 
-def _engine(model_dir: Path, blocks: int, chunk: int = 32) -> LLMEngine:
+def _engine(model_dir: Path, blocks: int, chunk: int = 32, **config: object) -> LLMEngine:
     return LLMEngine(EngineConfig(block_size=4, num_blocks=blocks, max_model_len=256, max_num_seqs=4,
-                                  max_num_batched_tokens=chunk),
+                                  max_num_batched_tokens=chunk, **config),  # type: ignore[arg-type]
                      TorchModelRunner(model_dir, blocks, 4, device="cpu"))
 
 
@@ -118,6 +118,17 @@ def test_requests_preempted_from_a_small_cache_answer_as_transformers(checkpoint
     assert engine.scheduler.num_preemptions > 0
     for name, prompt in prompts.items():
         assert got[name].output_token_ids == transformers_greedy(model, prompt, 16), name
+
+
+def test_ngram_drafts_are_checked_over_the_latents(checkpoints: dict[str, Path]) -> None:
+    """A decode row with drafts attends as a short prefill over the cached latents; rejected drafts' latents are
+    overwritten."""
+    prompt = (random_prompt(6, seed=31) * 5)[:28]
+    spec = SpeculativeConfig(method="ngram", num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=2)
+    engine = _engine(checkpoints["v2_lite"], 64, speculative=spec)
+    seq = _run(engine, {"spec": prompt}, 16)["spec"]
+    assert engine.spec.draft_tokens > 0
+    assert seq.output_token_ids == transformers_greedy(checkpoints["v2_lite"], prompt, 16)
 
 
 def test_a_prefix_evicted_to_the_host_tier_comes_back_as_latents(checkpoints: dict[str, Path]) -> None:
