@@ -122,7 +122,7 @@ class RealtimeSession:
             try:
                 await connection.send(payload)  # a malformed event too: upstream judges it
             except ConnectionClosed:
-                return  # the other direction reports upstream's close
+                raise self._upstream_closed() from None
             self.sent_up.inc()
 
     async def _upstream_to_client(self) -> None:
@@ -134,17 +134,22 @@ class RealtimeSession:
                         await self.websocket.send_text(message)
                     else:
                         await self.websocket.send_bytes(message)
-                except Exception:  # the client is gone; its direction reports it
-                    await asyncio.sleep(3600)
+                except Exception:  # the client is gone (uvicorn's ClientDisconnected, a closed socket)
+                    raise SessionEnded(1000, "the client left") from None
                 self.sent_down.inc()
                 if isinstance(message, str):
                     await self._account(message)
         except ConnectionClosed:
             pass
+        raise self._upstream_closed()
+
+    def _upstream_closed(self) -> SessionEnded:
+        """Upstream's close, as the client is to get it: its code and reason, 1011 where it dropped."""
+        connection = self.upstream.connection
         code, reason = connection.close_code, connection.close_reason or ""
         if code is None or code in UNSENDABLE:
             code, reason = (1000, reason) if code == 1005 else (CRASHED, "the upstream connection was lost")
-        raise SessionEnded(code, reason or "the upstream closed the session")
+        return SessionEnded(code, reason or "the upstream closed the session")
 
     async def _account(self, text: str) -> None:
         kind = event_type(text)

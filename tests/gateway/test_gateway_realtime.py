@@ -167,6 +167,11 @@ def test_refusals_are_openai_errors_before_the_upgrade(served: tuple[Gateway, Re
     assert (status, error["code"]) == (400, "model_not_supported")
     assert refusal(gw, "voice=1", key["secret"])[0] == 400
     assert len(mock.connections) == before  # nothing refused reached upstream
+    once = new_key(gw, rpm_limit=1)  # a connection takes a request's rate slot
+    with connect(ws_url(gw, "model=voice"), additional_headers={"authorization": f"Bearer {once['secret']}"}) as ws:
+        events_until(ws, "session.created")
+    status, error = refusal(gw, "model=voice", once["secret"])
+    assert (status, error["code"]) == (429, "rate_limit_exceeded")
 
 
 def test_a_spent_budget_ends_the_session_and_refuses_the_next(served: tuple[Gateway, RealtimeUpstream]) -> None:
