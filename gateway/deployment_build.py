@@ -26,6 +26,7 @@ from gateway.model_list_config import (
     ENCODER_PROVIDER,
     ENGINE_PROVIDER,
     LOCAL_PROVIDER,
+    SCORER_ENGINE_KEYS,
     ImageLimitsSpec,
     ModelEntry,
 )
@@ -47,9 +48,14 @@ def make_backend(entry: ModelEntry, settings: Settings,
         model_dir = _overridden(entry, settings.resolve_path(params.model_dir))
         if entry.model_info.mode == "rerank":
             return _cross_encoder_backend(entry, model_dir)
-        if cross_encoder_config(model_dir) is not None or _classifier(entry, model_dir) is not None:
+        if cross_encoder_config(model_dir) is not None:
             raise ConfigError(f"model {entry.model_name}: {model_dir} is a cross-encoder (a reranker): set "
                               "model_info.mode: rerank, and /v1/rerank serves it")
+        if (head := _classifier(entry, model_dir)) is not None:
+            one = "set model_info.mode: rerank, and /v1/rerank serves it"
+            raise ConfigError(f"model {entry.model_name}: {model_dir} is a sequence classifier of {head.num_labels} "
+                              f"label(s), which generates nothing: " + (one if head.num_labels == 1 else
+                              "`pitstop engine serve` serves its /classify"))
         if params.tiny_model is not None and not (model_dir / "config.json").exists():
             from engine.tiny_model import make_tiny_model
 
@@ -148,7 +154,9 @@ def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
             raise ConfigError(f"model {entry.model_name}: {model_dir} classifies into {head.num_labels} labels; a "
                               "reranker has one")
         try:
-            engine = build_engine(model_dir, device=params.device, max_num_seqs=params.max_num_seqs)
+            engine = build_engine(model_dir, device=params.device, max_num_seqs=params.max_num_seqs,
+                                  num_blocks=params.num_blocks, max_model_len=params.max_model_len,
+                                  kv_cache_dtype=params.kv_cache_dtype, quantization=params.quantization)
         except ValueError as exc:  # a checkpoint it cannot serve, a head's token not in the vocabulary
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
         return CrossEncoderBackend(entry.model_name, DecoderScorer(engine, model_dir, head))
@@ -160,6 +168,10 @@ def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
     if cross_encoder_config(model_dir) is None:
         raise ConfigError(f"model {entry.model_name}: model_info.mode: rerank on pitstop-local/ needs a cross-encoder "
                           f"folder (a *ForSequenceClassification with one label); {model_dir} is not one")
+    fields = type(params).model_fields
+    if set_keys := [name for name in SCORER_ENGINE_KEYS if getattr(params, name) != fields[name].default]:
+        raise ConfigError(f"model {entry.model_name}: a cross-encoder has no KV cache: {', '.join(set_keys)} do not "
+                          "apply (they size a decoder scorer's engine)")
     return CrossEncoderBackend(entry.model_name, CrossEncoder(model_dir, params.device))
 
 

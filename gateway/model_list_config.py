@@ -248,7 +248,10 @@ class ModelInfo(StrictConfig):
         return self
 
 
-# An in-process engine's keys that a cross-encoder in this process does not read.
+# What sizes a decoder scorer's engine: a reranker in this process on a decoder classifier takes these; a
+# cross-encoder folder refuses them when it is built (gateway/deployment_build.py).
+SCORER_ENGINE_KEYS = ("num_blocks", "max_model_len", "kv_cache_dtype", "quantization")
+# An in-process engine's keys that a reranker in this process does not read (but SCORER_ENGINE_KEYS).
 _ENGINE_ONLY_KEYS = ("num_blocks", "max_model_len", "speculative_config", "host_kv_gib", "kv_cache_dtype",
                      "lora_modules", "calculate_kv_scales", "quantization", "tensor_parallel_size",
                      "reasoning_parser", "reasoning_effort_budgets", "tool_call_parser", "disk_kv_path",
@@ -295,17 +298,19 @@ class ModelEntry(StrictConfig):
         return self
 
     @model_validator(mode="after")
-    def _cross_encoders_take_no_engine_keys(self) -> ModelEntry:
+    def _rerankers_take_no_generation_keys(self) -> ModelEntry:
         """A reranker in this process (`pitstop-local/`, mode: rerank) runs a cross-encoder folder
-        (engine/cross_encoder.py): no KV cache, no generation, so the engine's own keys mean nothing there."""
+        (engine/cross_encoder.py) or a decoder classifier on an engine (engine/decoder_scorer.py): it generates
+        nothing, so the generation keys mean nothing there (the engine's sizing keys: gateway/deployment_build.py)."""
         params = self.litellm_params
         if self.model_info.mode != "rerank" or params.provider != LOCAL_PROVIDER:
             return self
         fields = type(params).model_fields
-        set_keys = [name for name in _ENGINE_ONLY_KEYS if getattr(params, name) != fields[name].default]
+        set_keys = [name for name in _ENGINE_ONLY_KEYS
+                    if name not in SCORER_ENGINE_KEYS and getattr(params, name) != fields[name].default]
         if set_keys:
-            raise ValueError(f"model '{self.model_name}': a cross-encoder (mode: rerank) has no KV cache or "
-                             f"generation: {', '.join(set_keys)} do not apply")
+            raise ValueError(f"model '{self.model_name}': a reranker (mode: rerank) generates nothing: "
+                             f"{', '.join(set_keys)} do not apply")
         return self
 
     @model_validator(mode="after")

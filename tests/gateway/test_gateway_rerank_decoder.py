@@ -18,6 +18,7 @@ from engine.classifier_config import classifier_head
 from engine.decoder_scorer import qwen3_reranker_parts
 from engine.server.classifier_app import create_classifier_app
 from engine.tiny_classifier import make_tiny_classifier
+from engine.tiny_cross_encoder import make_tiny_cross_encoder
 from engine.tiny_model import make_tiny_model
 from engine.tokenizer import Tokenizer
 from gateway.config import ConfigError, parse_settings
@@ -108,7 +109,20 @@ def test_the_config_refuses_heads_it_cannot_rank_with(folders: dict[str, Path], 
                           "not in the vocabulary"),
                          ({"model_name": "chat", "litellm_params": {"model": "pitstop-local/chat",
                                                                     "model_dir": str(folders["llama"])}},
-                          "set model_info.mode: rerank")):
+                          "sequence classifier of 1 label.*set model_info.mode: rerank"),
+                         ({"model_name": "chat", "litellm_params": {"model": "pitstop-local/chat",
+                                                                    "model_dir": str(three)}},
+                          "sequence classifier of 3 label.*serves its /classify"),
+                         (local("rr", make_tiny_cross_encoder(tmp_path / "bert", "bert", layers=1, hidden=32),
+                                num_blocks=8), "a cross-encoder has no KV cache: num_blocks do not apply")):
         settings = parse_settings(gateway_config(tmp_path, [entry]))
         with pytest.raises(ConfigError, match=match):
             make_backend(settings.model_list[0], settings)
+
+
+def test_a_decoder_rerankers_engine_takes_its_sizing_keys(folders: dict[str, Path], tmp_path: Path) -> None:
+    entry = local("rr", folders["qwen3"], hf_overrides=RERANKER, num_blocks=24, max_model_len=48)
+    settings = parse_settings(gateway_config(tmp_path, [entry]))
+    backend = make_backend(settings.model_list[0], settings)
+    engine = backend.encoder.engine  # type: ignore[attr-defined]
+    assert (engine.engine.config.num_blocks, engine.max_model_len) == (24, 48)

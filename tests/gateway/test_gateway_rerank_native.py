@@ -162,7 +162,7 @@ def test_an_engine_embedding_model_ranks_by_the_cosine_of_its_own_embeddings(tmp
 
 
 @pytest.mark.parametrize("change, message", [
-    ("engine", "has no KV cache or generation: num_blocks do not apply"),
+    ("engine", "generates nothing: speculative_config do not apply"),
     ("group", "route_groups.0.models: 'rr' is a reranker"),
     ("fallback", "fallbacks: 'rr' is a reranker"),
     ("mixed", "'rr' has entries marked model_info.mode: rerank and entries not"),
@@ -170,8 +170,9 @@ def test_an_engine_embedding_model_ranks_by_the_cosine_of_its_own_embeddings(tmp
 def test_the_config_keeps_rerankers_out_of_chats_and_engine_keys_off_them(tmp_path: Path, change: str, message: str) -> None:
     base = "http://127.0.0.1:9/v1"
     rr = reranker("rr", "hosted_vllm/rr", base)
-    if change == "engine":  # a reranker in this process runs a cross-encoder folder: no engine keys
-        rr = {"model_name": "rr", "litellm_params": {"model": "pitstop-local/rr", "model_dir": "rr", "num_blocks": 8},
+    if change == "engine":  # a reranker in this process generates nothing: no generation keys
+        rr = {"model_name": "rr", "litellm_params": {"model": "pitstop-local/rr", "model_dir": "rr",
+                                                     "speculative_config": {"method": "ngram"}},
               "model_info": RERANK}
     models = [rr, model_entry("chat", base)]
     if change == "mixed":
