@@ -16,6 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from gateway.price_map import price_map
+from storage.keys import KeyStore
+from storage.teams import TeamStore
 from tests.gateway.harness import Gateway, gateway_config, running_gateway, wait_until
 from tests.gateway.realtime_upstream import DELTAS, USAGE, RealtimeUpstream, realtime_upstream
 from tests.storage.pg_cluster import free_port
@@ -189,6 +191,23 @@ def test_a_spent_budget_ends_the_session_and_refuses_the_next(served: tuple[Gate
     assert closed.value.rcvd.code == 1008  # type: ignore[union-attr]
     status, error = refusal(gw, "model=voice", key["secret"])
     assert (status, error["code"]) == (429, "budget_exceeded")
+
+
+def test_a_response_is_charged_to_the_keys_team_whose_spent_budget_ends_the_session(
+        served: tuple[Gateway, RealtimeUpstream]) -> None:
+    gw, _ = served
+    team = TeamStore(gw.storage_url).create("voices", budget_usd=response_cost() / 2)
+    key_id, secret = KeyStore(gw.storage_url).create("member", budget_usd=10.0, team_id=team.id)
+    with connect(ws_url(gw, "model=voice"), additional_headers={"authorization": f"Bearer {secret}"}) as ws:
+        events_until(ws, "session.created")
+        ws.send(json.dumps({"type": "response.create"}))
+        error = events_until(ws, "error")[-1]["error"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+    assert error["code"] == "budget_exceeded" and "team 'voices'" in error["message"]
+    gw.flush()
+    assert TeamStore(gw.storage_url).get(team.id).spent_usd == pytest.approx(response_cost())  # type: ignore[union-attr]
+    assert KeyStore(gw.storage_url).get(key_id).spent_usd == pytest.approx(response_cost())  # type: ignore[union-attr]
 
 
 def test_an_upstream_crash_mid_response_closes_the_client_1011_and_leaves_an_error_row(
