@@ -6,9 +6,9 @@ each repeat, fresh prompts each repeat so no prompt is cached from an earlier on
 - request throughput: all requests of a repeat at once, max_tokens 16;
 
 for two workloads of 256-token prompts: every prompt distinct, and prompts that share a 224-token prefix (a
-system prompt): token ids then share its blocks through the prefix cache, embeddings cannot (their blocks are
-keyed by the whole tensor's bytes). Also the server's cost of one payload (base64 decode, torch.load with
-weights_only, the checks) and the client's (torch.save, base64), timed apart in this process.
+system prompt): token ids share its blocks through the prefix cache, and so do embeddings, whose blocks are
+keyed by their rows' bytes (engine/prefix_match.py). Also the server's cost of one payload (base64 decode,
+torch.load with weights_only, the checks) and the client's (torch.save, base64), timed apart in this process.
 
 A random Llama-shaped model (4 layers, hidden 1024, 8 heads, 4 KV heads, vocab 8,192, float32) on this CPU, one
 torch thread in the server. Writes bench/results/prompt_embeds.json.

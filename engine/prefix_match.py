@@ -26,7 +26,7 @@ Lookup = Callable[[int, int], "int | None"]
 def chain_hash(parent: int, token_ids: tuple[int, ...], extra_keys: tuple[int, ...] = ()) -> int:
     """Stable across processes (ints and tuples of ints hash alike in every run of one Python version).
     `extra_keys`: the content hashes of the images whose feature tokens the block holds (engine/image_inputs.py),
-    which its placeholder tokens do not tell apart."""
+    and of its prompt-embedding rows (engine/prompt_embeds.py), which its placeholder tokens do not tell apart."""
     return hash((parent, token_ids, extra_keys)) if extra_keys else hash((parent, token_ids))
 
 
@@ -46,6 +46,10 @@ class PrefixMatch:
         for i in range(len(hashes), num_full_blocks):
             parent = hashes[-1] if hashes else seq.hash_seed  # a LoRA adapter's chains start apart
             extra = block_image_keys(seq.images, i * bs, (i + 1) * bs) if seq.images else ()
+            if seq.prompt_embeds is not None and i * bs < len(seq.prompt_embeds):  # its rows, not the placeholders
+                from engine.prompt_embeds import content_hash  # torch is loaded: the rows are a tensor
+
+                extra = (*extra, content_hash(seq.prompt_embeds[i * bs : (i + 1) * bs]))
             hashes.append(chain_hash(parent, tuple(tokens[i * bs : (i + 1) * bs]), extra))
 
     def _seq_lookup(self, seq: Sequence) -> Lookup:

@@ -4,8 +4,9 @@ that stands in for the embeddings of an n-token prompt, as the model's input emb
 (Gemma 3's scaled: transformers' `get_input_embeddings()`). Its sequence carries n placeholder token ids
 (0, as vLLM's), so it is scheduled, chunked, batched, preempted and recomputed as any prompt, and the runner
 splices the rows in where the token embeddings would be (engine/encoder_cache.py's `spliced_embeddings`, as
-image features). Its blocks are keyed by a hash of the embeddings' bytes (Sequence.hash_seed), never by the
-placeholders: only the same embeddings share them (`n` > 1 samples take the first one's prompt blocks).
+image features). Each of its blocks is keyed by a hash of its rows' bytes in the prefix cache's chain
+(engine/prefix_match.py), never by the placeholders: embeddings that begin with the same rows (a soft prompt, a
+shared instruction) share those blocks, and `n` > 1 samples take the first one's prompt blocks.
 
 Decoding trusts nothing: `torch.load(weights_only=True)` under sparse-tensor invariant checks, and every check
 (a dense tensor of float16/bfloat16/float32, its shape, at least one row, fewer than the context, finite

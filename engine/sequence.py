@@ -26,7 +26,7 @@ NULL_BLOCK = -1  # a block-table entry whose block slid out of its group's windo
 # per process: ids are given in load order, so the same id in another run may be another adapter.
 BASE_HASH_SEED = 0x5EED_0F_B10C5
 _LORA_HASH_SALT = secrets.randbits(62)
-_EMBEDS_HASH_TAG = 0xE3BED5  # a prompt sent as embeddings: its chain starts from its rows' content hash
+_EMBEDS_HASH_TAG = 0xE3BED5  # a prompt sent as embeddings: its chain starts apart from token ids' chains
 
 
 class SequenceStatus(Enum):
@@ -70,14 +70,13 @@ class Sequence:
         # their content hashes enter the hashes of the blocks they fall in.
         self.images: list[ImageInput] = list(images)
         # Rows standing in for the whole prompt's token embeddings (engine/prompt_embeds.py; its token ids are
-        # placeholders): its blocks are keyed by the rows' bytes, so only the same embeddings share them; ints
-        # only in the key, which then hashes alike in every process (a str's hash is salted per process).
+        # placeholders): each block is keyed by its rows' bytes too (engine/prefix_match.py), so embeddings
+        # sharing leading rows share those blocks; ints only in the key, which then hashes alike in every process
+        # (a str's hash is salted per process).
         self.prompt_embeds = prompt_embeds
         if prompt_embeds is not None:
-            from engine.prompt_embeds import content_hash
-
             assert len(prompt_embeds) == self.num_prompt_tokens, "a row for each prompt position"
-            self.hash_seed = hash((_EMBEDS_HASH_TAG, content_hash(prompt_embeds), self.hash_seed))
+            self.hash_seed = hash((_EMBEDS_HASH_TAG, self.hash_seed))
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.block_manager import BlockManager
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model.logits_processors import process_logits
@@ -133,19 +134,28 @@ def test_the_prefix_cache_keys_embedded_blocks_by_their_bytes(llama: Path) -> No
     assert (first.num_cached_tokens, again.num_cached_tokens, other.num_cached_tokens) == (0, 32, 0)
     assert zeros.num_cached_tokens == 0
     assert again.new_token_ids == first.new_token_ids
+    # Rows that begin as the first's and then differ (a shared soft prompt) hit the blocks the two have in common,
+    # and answer as their ids do.
+    ids_b = ids[:20] + random_prompt(20, seed=9)
+    shared = run(engine, {"shared": input_embeddings(llama, ids_b)})["shared"]
+    assert shared.num_cached_tokens == 16  # the whole block within the 20 common rows
+    assert shared.new_token_ids == run(make_engine(llama), {"ids": ids_b})["ids"].new_token_ids
 
 
 def test_an_embedded_prompts_block_hashes_are_the_same_in_every_process() -> None:
     """The disk tier's blocks outlive the process: their keys may not depend on its hash salt."""
     code = ("import torch; from engine.sequence import Sequence; from engine.sampling_params import SamplingParams; "
-            "rows = torch.arange(12.0).reshape(3, 4); "
-            "print(Sequence('s', [0, 0, 0], SamplingParams(), 0.0, prompt_embeds=rows).hash_seed)")
+            "from engine.block_manager import BlockManager; rows = torch.arange(12.0).reshape(3, 4); "
+            "seq = Sequence('s', [0, 0, 0], SamplingParams(), 0.0, prompt_embeds=rows); "
+            "BlockManager(8, 1)._ensure_hashes(seq, 3); print(seq.block_hashes)")
     rows = torch.arange(12.0).reshape(3, 4)
-    here = Sequence("s", [0, 0, 0], SamplingParams(), 0.0, prompt_embeds=rows).hash_seed
+    seq = Sequence("s", [0, 0, 0], SamplingParams(), 0.0, prompt_embeds=rows)
+    BlockManager(8, 1)._ensure_hashes(seq, 3)
+    here = str(seq.block_hashes)
     salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # another process salted otherwise
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": salt}).stdout
-    assert int(there) == here
+    assert there.strip() == here
 
 
 def test_gemma3_takes_its_scaled_input_embeddings(tmp_path: Path) -> None:
