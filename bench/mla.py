@@ -9,7 +9,10 @@ costs a decode step on a CPU.
   512 + 64 latent, 128 + 64 query/key dims, 128 value dims), absorbed (W_UK folded into the queries, attention
   over the latents, W_UV after) against decompressed (kv_b_proj expands every context token's latent into keys
   and values, then attention), and, for reference, plain attention over an already-expanded MHA cache of the
-  same context; thread CPU time (one torch thread), forms interleaved, the median of repeats.
+  same context; thread CPU time (one torch thread), forms interleaved, the median of repeats;
+- prefill_rows: the same layer's two forms for a prefill row of n queries after a cached context (a decode
+  checking drafts, a chunk of a long prompt), around the row length below which the engine absorbs
+  (MLAttention.absorb_below: 85 for this shape, half the FLOPs' break-even).
 
 Writes bench/results/mla.json.
 
@@ -105,6 +108,23 @@ def decode_times(layer: MLAttention, batch: int, context: int, repeats: int) -> 
             "decompressed_over_absorbed": medians["decompressed_ms_per_token"] / medians["absorbed_ms_per_token"]}
 
 
+def prefill_row_times(layer: MLAttention, rows: int, context: int, repeats: int) -> dict:
+    q_nope, q_rot = torch.randn(rows, layer.num_heads, layer.nope_dim), torch.randn(rows, layer.num_heads, layer.rope_dim)
+    latents = torch.randn(context, layer.rank + layer.rope_dim)
+    mask = torch.arange(context)[None, :] <= torch.arange(context - rows, context)[:, None]
+    forms = {"absorbed": layer.absorbed_prefill, "decompressed": layer.decompressed_prefill}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, form in forms.items():
+                start = time.thread_time()
+                form(q_nope, q_rot, latents, mask)
+                times[name].append(time.thread_time() - start)
+    medians = {f"{name}_ms": statistics.median(t) * 1e3 for name, t in times.items()}
+    return {"query_rows": rows, "context_tokens": context, **medians,
+            "decompressed_over_absorbed": medians["decompressed_ms"] / medians["absorbed_ms"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -113,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "mla.json")
     args = parser.parse_args(argv)
     shapes = [(1, 512), (1, 2048), (8, 512), (8, 2048)]
+    rows, row_context = [4, 32, 64, 128, 512], 2048
     if args.quick:
-        args.repeats, shapes = 2, [(1, 128), (4, 128)]
+        args.repeats, shapes, rows, row_context = 2, [(1, 128), (4, 128)], [4, 64], 128
     torch.set_num_threads(args.threads)
     kv = {"deepseek_v3": kv_sizes(DEEPSEEK_V3), "deepseek_v2_lite": kv_sizes(DEEPSEEK_V2_LITE)}
     print(kv, flush=True)
@@ -123,11 +144,15 @@ def main(argv: list[str] | None = None) -> dict:
     for batch, context in shapes:
         decode.append(decode_times(layer, batch, context, args.repeats))
         print(decode[-1], flush=True)
+    prefill_rows = []
+    for n in rows:
+        prefill_rows.append(prefill_row_times(layer, n, row_context, max(1, args.repeats // 2)))
+        print(prefill_rows[-1], flush=True)
     report = {"command": command("bench.mla", argv), "machine": machine_info(),
               "setup": {"kv_budget_bytes": BUDGET_BYTES, "kv_dtype": "bfloat16", "request_tokens": REQUEST_TOKENS,
                         "decode_layer": "one MLA layer in DeepSeek-V2-Lite's shape, float32, random weights",
-                        "threads": args.threads, "repeats": args.repeats},
-              "kv": kv, "decode": decode}
+                        "threads": args.threads, "repeats": args.repeats, "absorb_below": layer.absorb_below},
+              "kv": kv, "decode": decode, "prefill_rows": prefill_rows}
     write_report(args.out, report)
     print(f"wrote {args.out}")
     return report

@@ -9,10 +9,11 @@ AttentionPlan (engine/model/attention.py: the same block tables, masks and gathe
 equal forms:
 
 - decompressed: `kv_b_proj` expands the gathered latents into per-head keys and values, then plain attention
-  (what prefill rows do: many queries share one expansion);
+  (what long prefill rows do: many queries share one expansion);
 - absorbed: the key expansion is folded into the queries (q_nope times W_UK gives a query in latent space), every
   head attends to the latents themselves as one shared key/value head, and W_UV is applied to the output (what
-  decode rows do by default: nothing context-long is expanded; bench/mla.py measures both).
+  decode rows do by default, and prefill rows of fewer queries than `absorb_below`, such as a decode checking
+  drafts: nothing context-long is expanded, each query pair costs more; bench/mla.py measures both).
 
 The rotary dims are interleaved pairs in DeepSeek's checkpoints (`rope_interleave`, transformers' V2 complex
 rotation and V3's `apply_rotary_pos_emb_interleave`): they are de-interleaved (evens, then odds) before the
@@ -57,6 +58,13 @@ class MLAttention(nn.Module):
         self.softmax_scale = config.attention_scale
         self.sliding = False  # (the decoder asks every attention layer)
         self.decode_path = "absorbed"
+        # Query rows below which a prefill row absorbs: half the FLOPs' break-even (expanding a row's context costs
+        # keys x rank x heads x (nope + v); absorbing adds, a query and key, heads x (2 rank + rope - qk - v)),
+        # since absorbed attention over the wide latents runs slower a FLOP (bench/mla.py: on a CPU, V2-Lite's
+        # break-even of 170 rows measured about 100; this gives 85).
+        qk_dim = self.nope_dim + self.rope_dim
+        self.absorb_below = self.rank * (self.nope_dim + self.v_dim) // max(
+            1, 2 * self.rank + self.rope_dim - qk_dim - self.v_dim) // 2
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding, kv_cache: torch.Tensor,
                 plan: AttentionPlan) -> torch.Tensor:
@@ -93,7 +101,9 @@ class MLAttention(nn.Module):
         for row in plan.prefills:
             latents = reader.gather(cache, row.block_table, 0)[0, : row.num_keys]  # [keys, latent]
             span = slice(row.start, row.end)
-            out[span] = self.decompressed_prefill(q_nope[span], q_rot[span], latents, row.mask)
+            absorb = self.decode_path == "absorbed" and row.end - row.start < self.absorb_below
+            prefill = self.absorbed_prefill if absorb else self.decompressed_prefill
+            out[span] = prefill(q_nope[span], q_rot[span], latents, row.mask)
         return out
 
     def _expand(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +123,22 @@ class MLAttention(nn.Module):
                                              scale=self.softmax_scale)
         return out.transpose(0, 1)
 
+    def absorbed_prefill(self, q_nope: torch.Tensor, q_rot: torch.Tensor, latents: torch.Tensor,
+                         mask: torch.Tensor | None) -> torch.Tensor:
+        """As `decompressed_prefill`, absorbed: each head's queries attend to the row's latents as one shared head."""
+        w_uk, w_uv = self._absorbed_weights()
+        query = torch.cat([torch.einsum("thn,hnr->htr", q_nope, w_uk), q_rot.transpose(0, 1)], dim=-1)
+        keys = latents[None].expand(self.num_heads, -1, -1)  # a view: every head reads the same latents
+        out = F.scaled_dot_product_attention(query, keys, keys[..., : self.rank], attn_mask=mask,
+                                             is_causal=mask is None, scale=self.softmax_scale)
+        return torch.einsum("htr,hvr->thv", out, w_uv)
+
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kv_b_proj's key part W_UK [heads, nope, rank] and value part W_UV [heads, v, rank]."""
+        w_uk, w_uv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank).split(
+            [self.nope_dim, self.v_dim], dim=1)
+        return w_uk, w_uv
+
     def decompressed_decode(self, q_nope: torch.Tensor, q_rot: torch.Tensor, latents: torch.Tensor,
                             mask: torch.Tensor) -> torch.Tensor:
         """Single queries [D, heads, ...] over gathered latents [D, 1, L, latent] masked by `mask` [D, 1, 1, L]."""
@@ -125,8 +151,7 @@ class MLAttention(nn.Module):
                         mask: torch.Tensor) -> torch.Tensor:
         """As `decompressed_decode`, with W_UK folded into the queries and W_UV applied after: every head's query
         row attends to the latents as one shared key (latent and rotary key) and value (the latent)."""
-        w_uk, w_uv = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.rank).split(
-            [self.nope_dim, self.v_dim], dim=1)
+        w_uk, w_uv = self._absorbed_weights()
         q_latent = torch.einsum("dhn,hnr->dhr", q_nope, w_uk)
         query = torch.cat([q_latent, q_rot], dim=-1)[:, None]  # [D, 1 shared head, heads as rows, latent]
         out = F.scaled_dot_product_attention(query, latents, latents[..., : self.rank], attn_mask=mask,

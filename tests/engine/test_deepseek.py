@@ -65,9 +65,9 @@ def test_checkpoints_generate_as_transformers(checkpoints: dict[str, Path], kind
     assert runner.config.num_params() == sum(p.numel() for p in hf_deepseek(kind).parameters())
 
 
-def test_the_two_attention_forms_agree_on_a_decode_batch(checkpoints: dict[str, Path]) -> None:
-    """Absorbed (W_UK in the queries, W_UV after) and decompressed decode give the same outputs for rows of
-    different context lengths, masked to their own."""
+def test_the_two_attention_forms_agree(checkpoints: dict[str, Path]) -> None:
+    """Absorbed (W_UK in the queries, W_UV after) and decompressed attention give the same outputs: a decode batch
+    of rows with different context lengths, masked to their own, and prefill rows with and without cached keys."""
     runner = TorchModelRunner(checkpoints["v3"], num_blocks=32, block_size=4, device="cpu")
     attention = runner.model.model.layers[1].self_attn
     torch.manual_seed(1)
@@ -79,6 +79,15 @@ def test_the_two_attention_forms_agree_on_a_decode_batch(checkpoints: dict[str, 
         decompressed = attention.decompressed_decode(q_nope, q_rot, latents, mask)
     assert absorbed.shape == (3, 4, MLA["v_head_dim"])
     torch.testing.assert_close(absorbed, decompressed, rtol=1e-4, atol=1e-5)
+    # A prefill row of 5 queries after 7 cached tokens (a mask), and a fresh one of 12 (causal).
+    q_nope, q_rot = torch.randn(12, 4, MLA["qk_nope_head_dim"]), torch.randn(12, 4, MLA["qk_rope_head_dim"])
+    cached = torch.arange(12)[None, :] <= torch.arange(7, 12)[:, None]
+    with torch.inference_mode():
+        for rows, mask in ((slice(7, 12), cached), (slice(0, 12), None)):
+            absorbed = attention.absorbed_prefill(q_nope[rows], q_rot[rows], latents[0, 0], mask)
+            decompressed = attention.decompressed_prefill(q_nope[rows], q_rot[rows], latents[0, 0], mask)
+            torch.testing.assert_close(absorbed, decompressed, rtol=1e-4, atol=1e-5)
+    assert attention.absorb_below == 13  # 16 x (8 + 12) // (2 x 16 + 8 - 16 - 12) // 2: draft rows absorb
 
 
 def _engine(model_dir: Path, blocks: int, chunk: int = 32, **config: object) -> LLMEngine:
