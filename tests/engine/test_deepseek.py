@@ -140,21 +140,29 @@ def test_ngram_drafts_are_checked_over_the_latents(checkpoints: dict[str, Path])
     assert seq.output_token_ids == transformers_greedy(checkpoints["v2_lite"], prompt, 16)
 
 
-def test_a_prefix_evicted_to_the_host_tier_comes_back_as_latents(checkpoints: dict[str, Path]) -> None:
-    """A 16-block cache with a 64-block host tier: the first prompt's latent blocks leave for the host while two
-    others run, and a request sharing its 36 tokens loads them back and answers as transformers."""
-    model = checkpoints["v3"]
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_a_prefix_evicted_to_a_tier_comes_back_as_latents(checkpoints: dict[str, Path], tmp_path: Path,
+                                                          tier: str) -> None:
+    """A 16-block cache with a host tier of 64 blocks (or of 2, a disk tier of 64 behind it): the first prompt's
+    latent blocks leave the cache while two others run, and a request sharing its 36 tokens loads them back and
+    answers as transformers."""
+    model, disk = checkpoints["v3"], 64 if tier == "disk" else 0
+    host = 2 if disk else 64
     config = EngineConfig(block_size=4, num_blocks=16, max_model_len=256, max_num_seqs=1, max_num_batched_tokens=32,
-                          num_host_blocks=64)
-    engine = LLMEngine(config, TorchModelRunner(model, 16, 4, device="cpu", num_host_blocks=64))
+                          num_host_blocks=host, num_disk_blocks=disk)
+    runner = TorchModelRunner(model, 16, 4, device="cpu", num_host_blocks=host, num_disk_blocks=disk,
+                              disk_kv_path=tmp_path if disk else None)
+    engine = LLMEngine(config, runner)
     first = random_prompt(40, seed=3)
     _run(engine, {"first": first}, 4)
     _run(engine, {f"crowd{i}": random_prompt(40, seed=30 + i) for i in range(2)}, 4)
     shared = first[:36] + random_prompt(9, seed=9)
     again = _run(engine, {"hit": shared}, 10)["hit"]
-    assert again.num_cached_tokens == 36 and engine.block_manager.host_hit_tokens >= 32
-    assert engine.runner.host_kv.shape == (MLA["num_hidden_layers"], 1, 64, 4, 1, LATENT)
+    stats = engine.stats().blocks
+    assert again.num_cached_tokens == 36 and (stats.disk_hit_tokens if disk else stats.host_hit_tokens) >= 32
+    assert runner.host_kv.shape == (MLA["num_hidden_layers"], 1, host, 4, 1, LATENT)
     assert again.output_token_ids == transformers_greedy(model, shared, 10)
+    engine.close()
 
 
 def test_kv_bytes_per_token_are_the_latents(checkpoints: dict[str, Path]) -> None:
