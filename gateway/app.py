@@ -36,6 +36,7 @@ from gateway import (
     team_admin,
     usage_endpoints,
     vector_store_endpoints,
+    videos,
     webhook_endpoints,
     weight_admin,
 )
@@ -51,6 +52,7 @@ ROUTES = [
     *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
     *moderation.ROUTES,  # /v1/moderations, /moderations
     *media.ROUTES,  # /v1/audio/transcriptions, /translations, /speech, /v1/images/generations
+    *videos.ROUTES,  # /v1/videos: OpenAI's Videos API (Sora), jobs kept by the deployment that holds them
     *realtime.ROUTES,  # WebSocket /v1/realtime, /realtime: OpenAI's Realtime API, relayed
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),

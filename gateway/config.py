@@ -354,7 +354,7 @@ class Settings(StrictConfig):
 
 
 MEDIA_PATHS = {"audio_transcription": "/v1/audio/transcriptions and /translations", "audio_speech": "/v1/audio/speech",
-               "image_generation": "/v1/images/generations and /edits"}
+               "image_generation": "/v1/images/generations and /edits", "video_generation": "/v1/videos"}
 
 
 def _check_verify(where: str, verify: GroupVerify, known: set[str], embedding: set[str]) -> None:

@@ -51,7 +51,7 @@ from gateway.serving import response_headers, unless_disconnected
 from gateway.state import GatewayState
 
 MODE = {"transcription": "audio_transcription", "translation": "audio_transcription", "speech": "audio_speech",
-        "image": "image_generation", "image_edit": "image_generation"}
+        "image": "image_generation", "image_edit": "image_generation", "video": "video_generation"}  # videos: gateway/videos.py
 
 
 def _endpoint(kind: Kind) -> Any:

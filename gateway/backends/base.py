@@ -19,10 +19,11 @@ if TYPE_CHECKING:
 # /moderations, or litellm's `amoderation`); its answer is checked by `checked_moderation`.
 # Audio and images (gateway/media.py): a transcription or translation and an image generation or edit are whole
 # answers (`complete`: {"content", "content_type", "usage", "duration"}); a speech is `stream`ed, its chunks
-# {"audio": bytes, "content_type"} as the upstream sends them.
+# {"audio": bytes, "content_type"} as the upstream sends them. A video's create (gateway/videos.py) answers the
+# upstream's Video object; what follows it goes to the deployment that holds the job (gateway/backends/videos.py).
 Kind = Literal["chat", "completion", "embedding", "rerank", "moderation", "transcription", "translation", "speech",
-               "image", "image_edit"]
-MEDIA_KINDS = ("transcription", "translation", "speech", "image", "image_edit")
+               "image", "image_edit", "video"]
+MEDIA_KINDS = ("transcription", "translation", "speech", "image", "image_edit", "video")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """OpenAI's audio and image endpoints through litellm (gateway/backends/litellm_backend.py): `atranscription`
 (its file as (name, bytes, type), the bytes read once), `aspeech` (litellm reads the whole audio before it
 answers: one chunk), `aimage_generation`, `aimage_edit` (its images and mask as bytes). This litellm has no `atranslation`: a translation on a litellm
-deployment is a 400 that says to use an OpenAI-compatible `api_base` (the direct transport)."""
+deployment is a 400 that says to use an OpenAI-compatible `api_base` (the direct transport). A video's create is
+`avideo_generation` (gateway/backends/video_calls.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 
 from gateway.backends.base import BackendError, CallContext, Kind
 from gateway.backends.openai_media import checked_images
+from gateway.backends.video_calls import video_create
 
 _TEXT_FORMATS = ("text", "srt", "vtt")
 
 
 def _kwargs(params: dict, body: dict, ctx: CallContext) -> dict:
-    kwargs = {k: v for k, v in body.items() if k not in ("model", "file", "image", "mask")}
+    kwargs = {k: v for k, v in body.items() if k not in ("model", "file", "image", "mask", "input_reference")}
     kwargs.update(params, timeout=ctx.timeout_s, num_retries=0)
     return kwargs
 
@@ -40,6 +42,8 @@ async def media_complete(litellm: Any, params: dict, kind: Kind, body: dict, ctx
         raise BackendError(400, "translations go to an OpenAI-compatible server over the direct transport (this "
                            "litellm has no atranslation): give the model an api_base and transport: direct",
                            retryable=False, param="model", code="model_not_supported")
+    if kind == "video":
+        return await video_create(litellm, _kwargs(params, body, ctx), body.get("input_reference"), as_error, to_dict)
     try:
         if kind == "image":  # the params litellm does not map for the model are its 400 (litellm.UnsupportedParamsError)
             answer = await litellm.aimage_generation(**_kwargs(params, body, ctx))

@@ -21,7 +21,7 @@ from gateway.backends.answers import (
     strict_json,
 )
 from gateway.backends.base import MEDIA_KINDS, BackendError, CallContext, Kind
-from gateway.backends.openai_media import checked_images, post_media, speech_chunks, transcript
+from gateway.backends.openai_media import checked_images, checked_video, post_media, speech_chunks, transcript
 from gateway.backends.openai_tokens import counts_as_openai, listed_window, openai_prompt_tokens
 from gateway.ranking import vllm_priority
 
@@ -198,10 +198,10 @@ class OpenAIHTTPBackend:
             raise _connection_error(exc, started=False) from None
         if status != 200:
             raise _error_from_response(status, raw)
-        if kind not in ("image", "image_edit"):
+        if kind not in ("image", "image_edit", "video"):
             return transcript(raw, content_type)
         try:
-            return checked_images(strict_json(raw))
+            return (checked_video if kind == "video" else checked_images)(strict_json(raw))
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
 

@@ -15,7 +15,7 @@ from gateway.audio_upload import UploadedFile
 from gateway.backends.base import BackendError, Kind
 
 PATHS = {"transcription": "/audio/transcriptions", "translation": "/audio/translations", "speech": "/audio/speech",
-         "image": "/images/generations", "image_edit": "/images/edits"}
+         "image": "/images/generations", "image_edit": "/images/edits", "video": "/videos"}
 SPEECH_CHUNK_BYTES = 64 * 1024
 
 
@@ -56,6 +56,13 @@ def transcript(raw: bytes, content_type: str) -> dict[str, Any]:
     return answer
 
 
+def checked_video(answer: Any) -> dict:
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str) or not isinstance(answer.get("status"), str):
+        raise BackendError(502, "upstream's video answer has no `id` and `status`", retryable=False,
+                           code="bad_upstream_response")
+    return answer
+
+
 def checked_images(answer: Any) -> dict:
     if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
         raise BackendError(502, "upstream's image answer has no `data` list", retryable=False,
@@ -65,9 +72,10 @@ def checked_images(answer: Any) -> dict:
 
 async def post_media(session: aiohttp.ClientSession, api_base: str, served_model: str, kind: Kind, body: dict,
                      timeout: aiohttp.ClientTimeout, headers: dict[str, str] | None) -> tuple[int, bytes, str]:
-    """(status, body, content type) of a transcription, translation, image generation or image edit."""
+    """(status, body, content type) of a transcription, translation, image generation or edit, or a video's
+    create (JSON, or multipart with its `input_reference` image)."""
     url = api_base + PATHS[kind]
-    if kind == "image":
+    if kind == "image" or (kind == "video" and "input_reference" not in body):
         sent: dict[str, Any] = {"json": {**body, "model": served_model}}
     else:
         sent = {"data": _form(body, served_model)}

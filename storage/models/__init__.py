@@ -1,5 +1,5 @@
 """SQLAlchemy 2 typed models: outcomes, feedback, API keys and their teams, stored Responses, conversations,
-files, batches, vector stores, webhooks and the admin audit log, one module a concept. Portable across
+files, batches, vector stores, video jobs, webhooks and the admin audit log, one module a concept. Portable across
 SQLite and PostgreSQL. Importing the package registers every table on `Base.metadata` (Alembic's storage/migrations/env.py reads it)."""
 
 from storage.models.audit import AuditLog
@@ -16,6 +16,7 @@ from storage.models.keys import ApiKey
 from storage.models.outcomes import Feedback, Outcome, UsageRollup
 from storage.models.responses import Conversation, ConversationItem, StoredChatCompletion, StoredResponse
 from storage.models.teams import Team
+from storage.models.videos import VideoJob
 from storage.models.webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "VectorStore",
     "VectorStoreChunk",
     "VectorStoreFile",
+    "VideoJob",
     "WebhookDelivery",
     "WebhookEndpoint",
     "new_id",

@@ -7,7 +7,8 @@ tool's input, streamed in two pieces), so tool passthrough is tested end to end.
 the instance (`from-a`), so a test can tell which deployment served it; usage counts words. It also
 answers /v1/embeddings, with vectors that say what they embed (`embedding_of`), and /v1/moderations, with
 results its texts ask for (`[flag:violence]`: tests/gateway/upstream_moderation.py), and OpenAI's audio and image
-endpoints with answers derived from what they were sent (tests/gateway/upstream_media.py).
+endpoints with answers derived from what they were sent (tests/gateway/upstream_media.py), and OpenAI's
+Videos API: jobs that go queued, in_progress, completed over a few polls (tests/gateway/upstream_videos.py).
 
 Faults, chosen per request by directives in the last user message (or the prompt); a directive with
 `@name` applies to that instance only:
@@ -64,6 +65,13 @@ from tests.gateway.upstream_answers import (  # noqa: F401
 )
 from tests.gateway.upstream_media import edit_images, generate_images, speak, transcribe
 from tests.gateway.upstream_moderation import moderate
+from tests.gateway.upstream_videos import (
+    create_video,
+    delete_video,
+    remix_video,
+    retrieve_video,
+    video_content,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +117,21 @@ def build_app(name: str) -> Any:
     async def image_edits(request: Request) -> Any:
         return await edit_images(upstream, request)
 
+    async def videos(request: Request) -> Any:
+        return await create_video(upstream, request)
+
+    async def video(request: Request) -> Any:
+        video_id = request.path_params["video_id"]
+        if request.method == "DELETE":
+            return await delete_video(upstream, video_id)
+        return await retrieve_video(upstream, video_id)
+
+    async def video_bytes(request: Request) -> Any:
+        return await video_content(upstream, request.path_params["video_id"], request.query_params.get("variant", "video"))
+
+    async def video_remix(request: Request) -> Any:
+        return await remix_video(upstream, request.path_params["video_id"], await body_of(request))
+
     async def models(request: Request) -> Any:
         return JSONResponse({"object": "list", "data": [{"id": "upstream", "object": "model", "owned_by": name}]})
 
@@ -138,6 +161,10 @@ def build_app(name: str) -> Any:
         Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/images/generations", images, methods=["POST"]),
         Route("/v1/images/edits", image_edits, methods=["POST"]),
+        Route("/v1/videos", videos, methods=["POST"]),
+        Route("/v1/videos/{video_id}", video, methods=["GET", "DELETE"]),
+        Route("/v1/videos/{video_id}/content", video_bytes, methods=["GET"]),
+        Route("/v1/videos/{video_id}/remix", video_remix, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/_admin/mode", mode, methods=["POST"]),
         Route("/_admin/stats", stats, methods=["GET"]),
