@@ -28,6 +28,7 @@ class ClassifierHead:
 
 
 def read_config(model_dir: str | Path) -> dict | None:
+    """The folder's config.json as a dict; None where there is none or it is not a JSON object."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         return None

@@ -82,15 +82,7 @@ class CrossEncoder:
         return ScoredPairs(scores, sum(lengths))
 
     def _truncation(self, truncate_prompt_tokens: int | None) -> int | None:
-        if truncate_prompt_tokens is None:
-            return None
-        if truncate_prompt_tokens == -1:
-            return self.max_model_len
-        if truncate_prompt_tokens < 1 or truncate_prompt_tokens > self.max_model_len:
-            raise InvalidRequestError(f"'truncate_prompt_tokens' must be -1 (the model's length) or 1 to "
-                                      f"{self.max_model_len}, the model's maximum context length",
-                                      "truncate_prompt_tokens", "invalid_value")
-        return truncate_prompt_tokens
+        return truncation_limit(truncate_prompt_tokens, self.max_model_len)
 
     async def start(self) -> None:
         pass  # loaded when built
@@ -100,6 +92,19 @@ class CrossEncoder:
 
     def close(self) -> None:
         self._worker.shutdown(wait=False)
+
+
+def truncation_limit(truncate_prompt_tokens: int | None, max_model_len: int) -> int | None:
+    """The tokens a scored input keeps under vLLM's `truncate_prompt_tokens` (-1: the model's length); None: all."""
+    if truncate_prompt_tokens is None:
+        return None
+    if truncate_prompt_tokens == -1:
+        return max_model_len
+    if truncate_prompt_tokens < 1 or truncate_prompt_tokens > max_model_len:
+        raise InvalidRequestError(f"'truncate_prompt_tokens' must be -1 (the model's length) or 1 to "
+                                  f"{max_model_len}, the model's maximum context length",
+                                  "truncate_prompt_tokens", "invalid_value")
+    return truncate_prompt_tokens
 
 
 def _batches(lengths: list[int], budget: int) -> list[list[int]]:

@@ -3,10 +3,9 @@ architecture with one label. Read without torch, so the CLI and the gateway's co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from engine.classifier_config import is_decoder_classifier
+from engine.classifier_config import is_decoder_classifier, read_config
 
 # `pitstop engine make-tiny-model --family` names -> the checkpoint family (engine/tiny_cross_encoder.py).
 CROSS_ENCODER_FAMILIES = {"bert_cross_encoder": "bert", "roberta_cross_encoder": "roberta",
@@ -15,14 +14,8 @@ CROSS_ENCODER_FAMILIES = {"bert_cross_encoder": "bert", "roberta_cross_encoder":
 
 def cross_encoder_config(model_dir: str | Path) -> dict | None:
     """The folder's config.json where it is a cross-encoder, else None (no config, or another model)."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if not isinstance(config, dict):
+    config = read_config(model_dir)
+    if config is None:
         return None
     labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)  # transformers' default: 2
     architectures = config.get("architectures") or []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engine.async_engine import AsyncEngine
 from engine.classifier_config import ClassifierHead
-from engine.cross_encoder import ScoredPairs
+from engine.cross_encoder import ScoredPairs, truncation_limit
 from engine.sampling_params import InvalidRequestError, SamplingParams
 
 # Qwen3-Reranker's prompt (its model card's, and vLLM's example template).
@@ -103,15 +103,7 @@ class DecoderScorer:
         return last.embedding
 
     def _truncation(self, truncate_prompt_tokens: int | None) -> int | None:
-        if truncate_prompt_tokens is None:
-            return None
-        if truncate_prompt_tokens == -1:
-            return self.max_model_len
-        if truncate_prompt_tokens < 1 or truncate_prompt_tokens > self.max_model_len:
-            raise InvalidRequestError(f"'truncate_prompt_tokens' must be -1 (the model's length) or 1 to "
-                                      f"{self.max_model_len}, the model's maximum context length",
-                                      "truncate_prompt_tokens", "invalid_value")
-        return truncate_prompt_tokens
+        return truncation_limit(truncate_prompt_tokens, self.max_model_len)
 
 
 def sigmoid(x: float) -> float:
