@@ -53,11 +53,15 @@ def softmax_scale(raw: dict, qk_head_dim: int) -> float:
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     mscale_all_dim = rope.get("mscale_all_dim") or 0
-    factor = rope.get("factor") or 1.0
-    if rope_type != "default" and mscale_all_dim and factor > 1:
-        mscale = 0.1 * mscale_all_dim * math.log(factor) + 1.0
-        scale *= mscale * mscale
+    if rope_type != "default" and mscale_all_dim:
+        scale *= yarn_mscale(rope.get("factor") or 1.0, mscale_all_dim) ** 2
     return scale
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's logit growth for a context `factor` times the original: 0.1 mscale ln(factor) + 1 (engine/model/rope.py
+    scales cos and sin by it, DeepSeek's softmax scale by its square)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 def _moe_fields(model_type: str, raw: dict) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from engine.model.config import ModelConfig
+from engine.model.deepseek import yarn_mscale
 
 
 def inverse_frequencies(config: ModelConfig, long: bool = False) -> torch.Tensor:
@@ -56,12 +57,8 @@ def attention_scaling(config: ModelConfig) -> float:
         return float(scaling["attention_factor"])
     factor, mscale, mscale_all_dim = scaling["factor"], scaling.get("mscale"), scaling.get("mscale_all_dim")
     if mscale and mscale_all_dim:
-        return _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
-    return _yarn_mscale(factor)
-
-
-def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    return yarn_mscale(factor)
 
 
 def _yarn_scaled(base: float, dim: int, scaling: dict) -> torch.Tensor:
