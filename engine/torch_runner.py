@@ -101,8 +101,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
         scheme = serving_scheme(self.model_dir, quantization)
-        if full_config.mla:
-            refuse_unsupported(full_config.model_type, kv_cache_dtype, self.tensor_parallel_size, scheme is not None)
+        refuse_unsupported(full_config, kv_cache_dtype, self.tensor_parallel_size, scheme is not None)  # MLA's
         self.quantization = scheme.method if scheme is not None else None
         # gpt-oss's MXFP4 experts stay packed unless `dequantize_mxfp4` (engine/model/mxfp4.py)
         self.mxfp4_experts = is_mxfp4_checkpoint(self.model_dir) and not dequantize_mxfp4

@@ -17,6 +17,10 @@ their two best), the chosen weights renormalised where `norm_topk_prob`, then ti
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.model.config import ModelConfig
 
 DEEPSEEK_V2 = "deepseek_v2"
 DEEPSEEK_V3 = "deepseek_v3"
@@ -94,8 +98,10 @@ def _moe_fields(model_type: str, raw: dict) -> dict:
             "score_correction_bias": topk_method == "noaux_tc"}
 
 
-def refuse_unsupported(model_type: str, kv_cache_dtype: str, tensor_parallel_size: int, quantized: bool) -> None:
+def refuse_unsupported(config: ModelConfig, kv_cache_dtype: str, tensor_parallel_size: int, quantized: bool) -> None:
     """A DeepSeek (MLA) model refuses, at load, what its latent cache and attention do not do (yet)."""
+    if not config.mla:
+        return
     problems = []
     if kv_cache_dtype != "auto":
         problems.append(f"kv_cache_dtype {kv_cache_dtype!r} (the latent cache is kept in the model's dtype)")
@@ -104,4 +110,4 @@ def refuse_unsupported(model_type: str, kv_cache_dtype: str, tensor_parallel_siz
     if quantized:
         problems.append("quantized weights (a quantization_config or --quantization)")
     if problems:
-        raise ValueError(f"{model_type} (multi-head latent attention) does not support " + "; ".join(problems))
+        raise ValueError(f"{config.model_type} (multi-head latent attention) does not support " + "; ".join(problems))
