@@ -4,6 +4,7 @@ On connect: `session.created`. Then, for each client event:
   session.update    -> session.updated (the session as sent, merged into the current one)
   response.create   -> response.created, `DELTAS` response.output_audio_transcript.delta events,
                        response.done with `usage` (`USAGE`: text, audio and cached tokens apart)
+  conversation.item.create -> conversation.item.added (the item, given an id)
   mock.close        -> close with the event's `code` and `reason` (a close passed through to the client)
   mock.die          -> the TCP connection aborted without a close frame (an upstream crash)
   mock.echo         -> the frame sent back; mock.burst -> `count` audio deltas of `size` characters (the bench's)
@@ -87,6 +88,9 @@ class RealtimeUpstream:
             await _send(ws, "session.updated", session=session)
         elif kind == "response.create":
             await self._respond(ws)
+        elif kind == "conversation.item.create":
+            item = {"id": f"item_{len(session)}", **(event.get("item") or {})}
+            await _send(ws, "conversation.item.added", previous_item_id=None, item=item)
         elif kind == "mock.close":
             await ws.close(event["code"], event.get("reason", ""))
         elif kind == "mock.die":

@@ -4,6 +4,7 @@ realtime upstream (tests/gateway/realtime_upstream.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from agents.realtime import RealtimeAgent, RealtimeRunner
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -126,6 +128,33 @@ def test_the_sdk_talks_through_the_gateway_and_each_response_is_a_row_charged_to
     assert spent == pytest.approx(2 * cost)
     assert 'pitstop_realtime_sessions_total{model="voice"}' in metrics
     assert 'pitstop_realtime_events_total{direction="client",model="voice"} 3.0' in metrics
+
+
+async def agents_sdk_turn(url: str, secret: str) -> list[str]:
+    """One turn of an Agents SDK realtime session, pointed at `url`: the events it saw, to the agent's end."""
+    agent = RealtimeAgent(name="voice", instructions="be brief")
+    session = await RealtimeRunner(agent).run(model_config={"url": url, "api_key": secret})
+    seen: list[str] = []
+    async with session:
+        await session.send_message("hello")
+        async for event in session:
+            seen.append(getattr(getattr(event, "data", None), "type", None) or event.type)
+            if event.type == "agent_end":
+                return seen
+    return seen
+
+
+def test_an_agents_sdk_realtime_session_runs_a_turn_through_the_gateway(
+        served: tuple[Gateway, RealtimeUpstream]) -> None:
+    gw, mock = served
+    key = new_key(gw)
+    seen = asyncio.run(asyncio.wait_for(agents_sdk_turn(ws_url(gw, "model=voice"), key["secret"]), 30))
+    assert {"turn_started", "transcript_delta", "usage", "turn_ended", "agent_end"} <= set(seen)
+    assert "error" not in seen
+    sent = [json.loads(frame)["type"] for frame in mock.last.received]
+    assert sent[0] == "session.update" and {"conversation.item.create", "response.create"} <= set(sent)
+    rows = wait_until(lambda: realtime_rows(gw, key["id"]), what="the turn's row")
+    assert [(r["status"], r["completion_tokens"]) for r in rows] == [("ok", 50)]
 
 
 def test_a_browser_key_subprotocol_binary_and_malformed_frames_and_an_upstream_close_pass_through(
@@ -252,7 +281,8 @@ def test_the_drains_cut_closes_a_session_1012_and_its_upstream_1001(served: tupl
     with connect(ws_url(gw, "model=voice"), additional_headers={"authorization": f"Bearer {new_key(gw)['secret']}"}) \
             as ws:
         events_until(ws, "session.created")
-        session = next(iter(drain._tasks))  # the session's handler, tracked by the drain
+        wait_until(lambda: len(drain._tasks) == 1, what="earlier tests' sessions ended")
+        session = next(iter(drain._tasks))  # this session's handler, tracked by the drain
         session.get_loop().call_soon_threadsafe(drain.cut_all)  # as graceful_shutdown_s running out does
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
