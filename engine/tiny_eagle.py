@@ -29,6 +29,17 @@ def _head_body(target_dir: Path, seed: int) -> tuple[nn.Module, nn.Linear, dict]
     return body, nn.Linear(2 * hidden, hidden, bias=False), config
 
 
+def training_body(target_dir: str | Path, head_dir: str | Path) -> tuple[nn.Module, nn.Linear]:
+    """The head in `head_dir` as transformers' layer runs it (the body it is trained as), with its fc."""
+    from safetensors.torch import load_file
+
+    body, fc, _ = _head_body(Path(target_dir), 0)
+    weights = load_file(str(Path(head_dir) / "model.safetensors"))
+    body.load_state_dict({k: v for k, v in weights.items() if k.startswith("layers.")}, strict=False)
+    fc.load_state_dict({"weight": weights["fc.weight"]})
+    return body.eval(), fc
+
+
 def _save(out_dir: Path, body: nn.Module, fc: nn.Linear, config: dict, embed: torch.Tensor | None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = {name: t.detach().contiguous() for name, t in body.state_dict().items() if name.startswith("layers.")}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from engine.build import build_engine
@@ -21,7 +22,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.server.app import create_app
-from engine.tiny_eagle import make_tiny_eagle_head, random_prompts, train_eagle_head
+from engine.tiny_eagle import make_tiny_eagle_head, random_prompts, train_eagle_head, training_body
 from engine.torch_runner import TorchModelRunner
 from tests.engine.serving import sdk, serve_in_thread
 
@@ -180,3 +181,50 @@ def test_served_over_http_with_the_openai_sdk(tiny_model_dir: Path, heads: dict[
     accepted = [line for line in metrics.splitlines()
                 if line.startswith("pitstop_engine_spec_decode_accepted_tokens_total")]
     assert accepted and float(accepted[0].split()[-1]) > 0
+
+
+def hf_drafts(target: torch.nn.Module, body: torch.nn.Module, fc: torch.nn.Linear, tokens: list[int],
+              k: int) -> list[int]:
+    """k greedy drafts after `tokens` as transformers' Llama layer computes them from the target's features
+    (after its final norm): row j reads token j + 1 and feature j, a draft's row the head's output before it."""
+    ids = torch.tensor([tokens])
+    with torch.no_grad():
+        features = target.model(ids).last_hidden_state
+        inputs = fc(torch.cat([target.model.embed_tokens(ids[:, 1:]), features[:, :-1]], dim=-1))
+        drafts: list[int] = []
+        for _ in range(k):
+            out = body(inputs_embeds=inputs).last_hidden_state[:, -1:]
+            drafts.append(int(target.lm_head(out[0, 0]).argmax()))
+            row = fc(torch.cat([target.model.embed_tokens(torch.tensor([[drafts[-1]]])), out], dim=-1))
+            inputs = torch.cat([inputs, row], dim=1)
+    return drafts
+
+
+@pytest.mark.parametrize("name", ["trained", "random"])
+def test_the_heads_drafts_are_the_transformers_layers(tiny_model_dir: Path, heads: dict[str, Path], name: str) -> None:
+    """Every proposal of a few steps (drafts held and rejected) is what transformers' Llama layer, the
+    head's training body, computes from scratch on the request's tokens."""
+    from transformers import LlamaForCausalLM
+
+    config = EngineConfig(block_size=4, num_blocks=64, max_model_len=512, speculative=eagle(heads[name], k=3))
+    engine = LLMEngine(config, TorchModelRunner(tiny_model_dir, 64, 4))
+    proposer = engine.scheduler.drafter
+    assert isinstance(proposer, EagleProposer)
+    seen: list[tuple[list[int], list[int]]] = []  # (the request's tokens, the head's drafts)
+    propose = proposer.propose
+
+    def recorded(requests: list) -> list[list[int]]:
+        drafts = propose(requests)
+        seen.append((list(requests[0][0].token_ids), drafts[0]))
+        return drafts
+
+    proposer.propose = recorded  # type: ignore[method-assign]
+    engine.add_request("r", PROMPTS[2], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+    target = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    body, fc = training_body(tiny_model_dir, heads[name])
+    checked = [(tokens, drafts) for tokens, drafts in seen if len(drafts) == 3]
+    assert len(checked) >= 3
+    for tokens, drafts in checked:
+        assert drafts == hf_drafts(target, body, fc, tokens, 3)

@@ -97,3 +97,28 @@ def test_a_local_engine_drafts_with_a_draft_model_beside_the_config(tmp_path: Pa
         "model": "draft", "draft_policy": "goodput"})]), base_dir=tmp_path)
     with pytest.raises(ConfigError, match="model odd: .*give draft_step_time_profile"):
         make_backend(bad.model_list[0], bad)
+
+
+def test_a_local_engine_drafts_with_an_eagle_head_beside_the_config(tmp_path: Path) -> None:
+    """`speculative_config: {method: eagle, model: ...}` (vLLM's fields) names an EAGLE head's folder relative
+    to the config file; a head made for another model stops the gateway at start, naming the model."""
+    import json
+
+    from engine.eagle import EagleProposer
+    from engine.tiny_eagle import make_tiny_eagle_head
+    from gateway.config import ConfigError, parse_settings
+    from gateway.deployment_build import make_backend
+
+    model_dir = make_tiny_model(tmp_path / "tiny")
+    head = make_tiny_eagle_head(model_dir, tmp_path / "head")
+    settings = parse_settings(gateway_config(tmp_path, [local("eagle", model_dir, speculative_config={
+        "method": "eagle", "model": "head", "num_speculative_tokens": 2})]), base_dir=tmp_path)
+    engine = make_backend(settings.model_list[0], settings).engine.engine  # type: ignore[attr-defined]
+    assert isinstance(engine.scheduler.drafter, EagleProposer) and engine.config.speculative.model == str(head)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "config.json").write_text(json.dumps(json.loads((head / "config.json").read_text()) | {"hidden_size": 128}))
+    bad = parse_settings(gateway_config(tmp_path, [local("odd", model_dir, speculative_config={
+        "method": "eagle", "model": "wide"})]), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="model odd: .*hidden_size \\(128\\) is not the target's \\(64\\)"):
+        make_backend(bad.model_list[0], bad)
