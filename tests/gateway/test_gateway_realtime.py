@@ -20,6 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 from gateway.price_map import price_map
 from storage.keys import KeyStore
 from storage.teams import TeamStore
+from tests.gateway.forward_proxy import forward_proxy
 from tests.gateway.harness import Gateway, gateway_config, running_gateway, wait_until
 from tests.gateway.realtime_upstream import DELTAS, USAGE, RealtimeUpstream, realtime_upstream
 from tests.storage.pg_cluster import free_port
@@ -289,6 +290,18 @@ def test_the_drains_cut_closes_a_session_1012_and_its_upstream_1001(served: tupl
     drain.cut = False  # the module's gateway serves on
     assert closed.value.rcvd.code == 1012  # type: ignore[union-attr]
     assert mock.last.closed.wait(10) and mock.last.close_code == 1001
+
+
+def test_the_upstream_connection_goes_through_outbound_proxy(tmp_path: Path) -> None:
+    with realtime_upstream() as mock, forward_proxy() as (proxy, proxy_url):
+        raw = {**config(tmp_path, mock), "outbound": {"proxy": proxy_url}}
+        with running_gateway(raw) as gw:
+            auth = {"authorization": f"Bearer {new_key(gw)['secret']}"}
+            with connect(ws_url(gw, "model=voice"), additional_headers=auth) as ws:
+                events_until(ws, "session.created")
+                ws.send(json.dumps({"type": "response.create"}))
+                events_until(ws, "response.done")
+    assert proxy.seen() == [f"CONNECT 127.0.0.1:{mock.port}"]  # tunnelled: the frames pass it unread
 
 
 def test_a_gateway_shutdown_closes_open_sessions_1012_and_their_upstreams(tmp_path: Path) -> None:
