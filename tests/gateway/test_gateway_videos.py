@@ -8,6 +8,7 @@ create retried on the other deployment, an upstream failing a later call, the da
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import openai
@@ -191,3 +192,17 @@ def test_litellm_has_no_video_delete(gw: Gateway, upstreams: tuple) -> None:
         with pytest.raises(openai.BadRequestError) as refused:
             client.videos.delete(made.id)
     assert "transport: direct" in refused.value.message
+
+
+def test_the_costs_api_and_the_metrics_count_videos_under_their_model(gw: Gateway, upstreams: tuple) -> None:
+    with gw.openai(_key(gw, "costs")) as client:
+        client.videos.create_and_poll(model="sora-a", prompt="counted", seconds="8", poll_interval_ms=10)
+    billed = sum(r["cost_usd"] for r in gw.rows() if r["endpoint"] == "video" and r["model"] == "sora-a")
+    with gw.openai(MASTER) as admin:
+        costs = admin.get("/organization/costs", cast_to=object, options={"params": {
+            "start_time": int(time.time()) - 3600, "group_by[]": "line_item"}})
+    lines = [r for bucket in costs["data"] for r in bucket["results"] if r["line_item"] == "sora-a"]  # type: ignore[index]
+    assert billed >= 8 * SECOND_PRICE and sum(r["amount"]["value"] for r in lines) == pytest.approx(billed)
+    assert gw.state is not None  # and in the metrics, as every request's cost is
+    cost = gw.state.metrics.cost.labels("", "sora-a")._value.get()  # type: ignore[attr-defined]
+    assert cost == pytest.approx(billed)
