@@ -39,6 +39,7 @@ def config(tmp_path: Path, mock: RealtimeUpstream) -> dict:
               realtime_entry("azvoice", mock.url, model="azure/my-voice", api_key="az-key",
                              api_version="2025-04-01-preview"),
               realtime_entry("dead-voice", f"http://127.0.0.1:{free_port()}/v1", api_key="sk-dead"),
+              realtime_entry("dead-alone", f"http://127.0.0.1:{free_port()}/v1", api_key="sk-dead"),
               {"model_name": "chatty", "litellm_params": {"model": "openai/gpt-4o", "api_base": mock.url + "/v1",
                                                           "api_key": "x"}}]
     return gateway_config(tmp_path, models, auth={"require_keys": True, "master_key": MASTER},
@@ -198,6 +199,8 @@ def test_refusals_are_openai_errors_before_the_upgrade(served: tuple[Gateway, Re
     status, error = refusal(gw, "model=chatty", key["secret"])
     assert (status, error["code"]) == (400, "model_not_supported")
     assert refusal(gw, "voice=1", key["secret"])[0] == 400
+    status, error = refusal(gw, "model=dead-alone", key["secret"])  # its one deployment unreachable, no fallback
+    assert (status, error["code"]) == (502, "upstream_unavailable") and "dead-alone#0" in error["message"]
     assert len(mock.connections) == before  # nothing refused reached upstream
     once = new_key(gw, rpm_limit=1)  # a connection takes a request's rate slot
     with connect(ws_url(gw, "model=voice"), additional_headers={"authorization": f"Bearer {once['secret']}"}) as ws:
