@@ -55,7 +55,11 @@ def test_speculative_config_flag(capsys: pytest.CaptureFixture):
     drafted = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
                                  '{"model": "draft", "num_speculative_tokens": 3}']).speculative_config
     assert (drafted.method, drafted.model, drafted.num_speculative_tokens) == ("draft_model", "draft", 3)
-    for bad, reason in (("[4]", "a JSON object"), ('{"method": "eagle"}', "not one of ngram"),
+    eagle = parser.parse_args(["engine", "serve", "--model", "m", "--speculative-config",
+                               '{"method": "eagle", "model": "head", "num_speculative_tokens": 2}']).speculative_config
+    assert (eagle.method, eagle.model, eagle.num_speculative_tokens) == ("eagle", "head", 2)
+    for bad, reason in (("[4]", "a JSON object"), ('{"method": "medusa"}', "not one of ngram, draft_model, eagle"),
+                        ('{"method": "eagle"}', "method 'eagle' drafts with a model"),
                         ('{"draft_policy": "greedy"}', "not one of fixed, goodput"),
                         ('{"num_tokens": 4}', "num_tokens"), ("{", "Expecting"),
                         ('{"method": "draft_model"}', "give its folder as `model`")):
