@@ -26,7 +26,6 @@ from engine.openai_logprobs import LogprobShapes, joined
 from engine.openai_shapes import Answer, Shapes
 from engine.openai_token_ids import TokenIds
 from engine.outputs import RequestOutput
-from engine.prompt_embeds import PLACEHOLDER_TOKEN_ID, decode_all
 from engine.prompt_tokens import tokenize
 from engine.reasoning import ReasoningSplitter, Split, starts_inside
 from engine.reasoning import split as split_reasoning
@@ -112,10 +111,9 @@ class OpenAIGeneration:
         k = 0
         try:
             urls = requested_images(self.engine, parsed)  # refused before anything is fetched or rendered
-            embeds = await decode_all(self.engine, parsed.prompt_embeds, parsed.truncate_prompt_tokens) \
-                if parsed.prompt_embeds else []
             # Each embedded prompt as its placeholder ids (engine/prompt_embeds.py), before the text prompts.
-            self._prompt_ids = [[PLACEHOLDER_TOKEN_ID] * len(rows) for rows in embeds] + await tokenize(self.engine, parsed)
+            embeds, placeholders = await _embedded_prompts(self.engine, parsed)
+            self._prompt_ids = placeholders + await tokenize(self.engine, parsed)
             if urls:  # a chat is one prompt
                 ids, self._images = await with_images(self.engine, urls, self._prompt_ids[0])
                 self._prompt_ids = [ids]
@@ -358,3 +356,14 @@ def _combined(lasts: list[RequestOutput], n: int) -> RequestOutput:
                    num_prompt_tokens=sum(f.num_prompt_tokens for f in firsts),
                    num_cached_tokens=sum(f.num_cached_tokens for f in firsts),
                    num_output_tokens=sum(last.num_output_tokens for last in lasts))
+
+
+async def _embedded_prompts(engine: AsyncEngine, parsed: GenerateRequest) -> tuple[list, list[list[int]]]:
+    """The request's prompt embeddings, decoded and checked, and each one's placeholder ids; none without them
+    (torch is imported only then, so the gateway's start does not load it)."""
+    if not parsed.prompt_embeds:
+        return [], []
+    from engine.prompt_embeds import PLACEHOLDER_TOKEN_ID, decode_all
+
+    embeds = await decode_all(engine, parsed.prompt_embeds, parsed.truncate_prompt_tokens)
+    return embeds, [[PLACEHOLDER_TOKEN_ID] * len(rows) for rows in embeds]

@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 from engine.async_engine import AsyncEngine, EngineDeadError
 from engine.beam_generation import BeamGeneration, generation_for
 from engine.openai_generation import OpenAIGeneration
-from engine.prompt_embeds import body_limit
 from engine.request_span import RequestSpan
 from engine.sampling_params import InvalidRequestError
 from engine.server.disconnect import unless_disconnected
@@ -63,7 +62,12 @@ async def _generate(request: Request, chat: bool) -> Response:
     state: ServerState = request.app.state.pitstop
     engine = state.engine
     # A completion may carry prompt embeddings: a larger body, where they are on (engine/prompt_embeds.py).
-    body = await read_json(request, MAX_BODY_BYTES if chat else body_limit(engine))
+    limit = MAX_BODY_BYTES
+    if not chat:  # imported here: torch, which the gateway's start does not load (engine/prompt_embeds.py)
+        from engine.prompt_embeds import body_limit
+
+        limit = body_limit(engine)
+    body = await read_json(request, limit)
     parsed = (parse_chat if chat else parse_completion)(body)
     adapter = state.adapter_for(parsed.model)
     if not engine.is_healthy:
