@@ -323,11 +323,16 @@ class Settings(StrictConfig):
         image_generation; gateway/media.py): each serves its endpoints only."""
         return {mode: {m.model_name for m in self.model_list if m.model_info.mode == mode} for mode in MEDIA_MODES}
 
+    @property
+    def realtime_models(self) -> set[str]:
+        """Models marked for the Realtime API only (model_info.mode: realtime; gateway/realtime.py)."""
+        return {m.model_name for m in self.model_list if m.model_info.mode == "realtime"}
+
     @model_validator(mode="after")
     def _rerank_models_only_rerank(self) -> Settings:
-        """A reranker (or a moderation model) answers no chat: it is in no route group, verification, fallback
-        chain or compaction, and every deployment of its name reranks (moderates): the dispatcher may send
-        the call to any of them."""
+        """A reranker (or a moderation, media or realtime model) answers no chat: it is in no route group,
+        verification, fallback chain or compaction, and every deployment of its name reranks (moderates, ...): the
+        dispatcher may send the call to any of them."""
         chats = [*((f"route_groups.{i}.models", m) for i, g in enumerate(self.route_groups) for m in g.models),
                  *((f"route_groups.{i}.verify", m) for i, g in enumerate(self.route_groups) if g.verify
                    for m in (*g.verify.verifiers, g.verify.escalate_to)),
@@ -346,7 +351,23 @@ class Settings(StrictConfig):
                 if model in models:
                     raise ValueError(f"{where}: '{model}' is {what} (model_info.mode: {mode}), which serves "
                                      f"{path} only")
+        self._realtime_only_with_realtime(chats)
         return self
+
+    def _realtime_only_with_realtime(self, chats: list[tuple[str, str | None]]) -> None:
+        """A realtime model (gateway/realtime.py) answers no chat, and falls back to realtime models only (a
+        session's fallback is chosen at connect: gateway/realtime_target.py)."""
+        realtime = self.realtime_models
+        for where, model in chats:
+            if model in realtime and where != "fallbacks":
+                raise ValueError(f"{where}: '{model}' is a realtime model (model_info.mode: realtime), which serves "
+                                 "/v1/realtime only")
+        for chains in (self.fallbacks.on_error, self.fallbacks.on_context_window):
+            for model, chain in chains.items():
+                names = {model, *chain}
+                if names & realtime and not names <= realtime:
+                    raise ValueError(f"fallbacks: '{model}' -> {chain} mixes realtime models (model_info.mode: "
+                                     "realtime) and others: a realtime model falls back to realtime models only")
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path)

@@ -333,9 +333,9 @@ class ModelEntry(StrictConfig):
 
     @model_validator(mode="after")
     def _media_not_on_engines(self) -> ModelEntry:
-        if self.model_info.mode in MEDIA_MODES and self.litellm_params.provider in PITSTOP_PROVIDERS:
-            raise ValueError(f"model '{self.model_name}': Pitstop's engines and encoders serve no audio or images "
-                             f"(mode: {self.model_info.mode})")
+        if self.model_info.mode in (*MEDIA_MODES, "realtime") and self.litellm_params.provider in PITSTOP_PROVIDERS:
+            raise ValueError(f"model '{self.model_name}': Pitstop's engines and encoders serve no audio, images, "
+                             f"videos or realtime sessions (mode: {self.model_info.mode})")
         return self
 
     @property
@@ -343,7 +343,7 @@ class ModelEntry(StrictConfig):
         """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
         (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`) or a moderation
         model; elsewhere, the upstream decides."""
-        if self.model_info.mode in ("rerank", "moderation", *MEDIA_MODES):
+        if self.model_info.mode in ("rerank", "moderation", "realtime", *MEDIA_MODES):
             return False
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"

@@ -166,6 +166,7 @@ class RouteTable:
         self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
         self.moderation_models = settings.moderation_models  # serve /v1/moderations only (gateway/moderation.py)
         self.media_models = settings.media_models  # audio and image models by mode (gateway/media.py)
+        self.realtime_models = settings.realtime_models  # serve /v1/realtime only (gateway/realtime.py)
         self.wildcards = WildcardModels(settings.wildcards)  # names they match become models on first use
         self.groups: dict[str, GroupRouter] = {group.name: build_group(settings, group)
                                                for group in settings.route_groups}
@@ -213,6 +214,7 @@ class RouteTable:
         self.rerank_models = settings.rerank_models
         self.moderation_models = settings.moderation_models
         self.media_models = settings.media_models
+        self.realtime_models = settings.realtime_models
         for name, entry in self.wildcards.adopted.items():
             if name not in self.models:
                 self._add_adopted(name, entry)
@@ -224,6 +226,9 @@ class RouteTable:
         if request.model in self.moderation_models:
             raise bad_request(f"the model {request.model!r} is a moderation model (model_info.mode: moderation): "
                               "send it to /v1/moderations", "model", "model_not_supported")
+        if request.model in self.realtime_models:
+            raise bad_request(f"the model {request.model!r} is a realtime model (model_info.mode: realtime): connect "
+                              "to it over the /v1/realtime WebSocket", "model", "model_not_supported")
         for mode, names in self.media_models.items():
             if request.model in names:
                 raise bad_request(f"the model {request.model!r} is an {mode} model (model_info.mode: {mode}): send it "

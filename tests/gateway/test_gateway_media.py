@@ -261,7 +261,7 @@ def test_the_config_refuses_media_models_on_engines_and_in_chats(tmp_path: Path)
     base = "http://127.0.0.1:9/v1"
     engine = media_entry("tts", "audio_speech", base, "tts-1")
     engine["litellm_params"]["model"] = "pitstop-engine/tts"
-    with pytest.raises(ConfigError, match="serve no audio or images"):
+    with pytest.raises(ConfigError, match="serve no audio, images"):
         parse_settings(gateway_config(tmp_path, [engine]))
     grouped = gateway_config(tmp_path, [media_entry("tts", "audio_speech", base, "tts-1"), model_entry("chat", base)],
                              [{"name": "grp", "models": ["chat", "tts"]}])

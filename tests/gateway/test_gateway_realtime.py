@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from agents.realtime import RealtimeAgent, RealtimeRunner
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -198,6 +199,9 @@ def test_refusals_are_openai_errors_before_the_upgrade(served: tuple[Gateway, Re
     assert (status, error["code"]) == (404, "model_not_found")
     status, error = refusal(gw, "model=chatty", key["secret"])
     assert (status, error["code"]) == (400, "model_not_supported")
+    with gw.openai(api_key=key["secret"]) as client, pytest.raises(openai.BadRequestError) as chat:  # and back
+        client.chat.completions.create(model="voice", messages=[{"role": "user", "content": "hi"}])
+    assert "/v1/realtime" in chat.value.message and chat.value.code == "model_not_supported"
     assert refusal(gw, "voice=1", key["secret"])[0] == 400
     status, error = refusal(gw, "model=dead-alone", key["secret"])  # its one deployment unreachable, no fallback
     assert (status, error["code"]) == (502, "upstream_unavailable") and "dead-alone#0" in error["message"]

@@ -5,14 +5,18 @@ gateway/realtime_usage.py)."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
+from gateway.config import ConfigError, parse_settings
 from gateway.deployments import Deployment
 from gateway.model_list_config import ModelEntry
 from gateway.realtime_session import event_type
 from gateway.realtime_target import is_realtime, target_of
 from gateway.realtime_usage import RealtimeTokens, realtime_prices, realtime_tokens
+from tests.gateway.harness import gateway_config, model_entry
 from tests.gateway.realtime_upstream import USAGE
 
 
@@ -62,3 +66,19 @@ def test_which_entries_are_realtime_and_where_they_connect() -> None:
                                           {"authorization": "Bearer k"})
     azure = target_of(entry("azure/dep", "realtime", api_base="https://x.openai.azure.com/", api_key="a"))
     assert azure.url == "wss://x.openai.azure.com/openai/realtime?api-version=2024-10-01-preview&deployment=dep"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("group", "route_groups.0.models: 'voice' is a realtime model"),
+    ("fallback", "fallbacks: 'chat' -> ['voice'] mixes realtime models"),
+    ("engine", "serve no audio, images, videos or realtime sessions")])
+def test_the_config_keeps_realtime_models_out_of_chats(tmp_path: Path, change: str, message: str) -> None:
+    voice = {"model_name": "voice", "litellm_params": {"model": "openai/gpt-realtime", "api_key": "k"},
+             "model_info": {"mode": "realtime"}}
+    if change == "engine":
+        voice["litellm_params"] = {"model": "pitstop-local/voice", "model_dir": "m"}
+    chat = model_entry("chat", "http://127.0.0.1:9/v1")
+    groups = [{"name": "grp", "models": ["voice" if change == "group" else "chat"]}]
+    sections = {"fallbacks": {"on_error": {"chat": ["voice"]}}} if change == "fallback" else {}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_settings(gateway_config(tmp_path, [voice, chat], groups, **sections))
