@@ -14,9 +14,9 @@ from engine.banned_tokens import check_token_ids, with_bad_word_ids
 from engine.batch import ScheduledBatch
 from engine.block_manager import BlockManager
 from engine.clock import Clock, WallClock
-from engine.config import MODEL_METHODS, EngineConfig
+from engine.config import EngineConfig
 from engine.disk_tier import DiskTier
-from engine.draft_length import GoodputDraftLength
+from engine.drafters import make_draft_length, make_drafter
 from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.kv_groups import KVGroupLayout
@@ -27,11 +27,10 @@ from engine.policy import FCFSPolicy, SchedulingPolicy
 from engine.reasoning import THINK_END, THINK_START
 from engine.runner import ModelRunner
 from engine.sampling_params import InvalidRequestError, SamplingParams
-from engine.scheduler import Drafter, Scheduler
+from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.session_kv import SessionKV, SessionPins
-from engine.speculation import NgramProposer, SpeculationCounters, accepted_tokens
-from engine.step_time import load_profile
+from engine.speculation import SpeculationCounters, accepted_tokens
 from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_ends
 
 if TYPE_CHECKING:
@@ -63,8 +62,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
                                  f"with that many {tier} blocks (this one has {getattr(runner, f'num_{tier}_blocks', 0)})")
         self.disk_tier = DiskTier(self.block_manager, runner, config, self.clock.now()) if config.num_disk_blocks else None
         self.spec = SpeculationCounters()
-        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(), self._drafter(config, runner),
-                                   self._draft_length(config, runner))
+        self.scheduler = Scheduler(config, self.block_manager, policy or FCFSPolicy(),
+                                   make_drafter(config, runner, self.spec), make_draft_length(config, runner, self.spec))
         self.sequences: dict[str, Sequence] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer] = {}
         self.sessions: OrderedDict[str, SessionKV] = OrderedDict()
@@ -80,39 +79,6 @@ class LLMEngine(SessionPins, LoRAAdapters):
         # A drafter may draft in any step, so speculation runs every step on its own.
         self._can_fuse = (hasattr(runner, "execute_decode_steps") and not record_steps and tokenizer is None
                           and config.speculative is None)
-
-    def _drafter(self, config: EngineConfig, runner: ModelRunner) -> Drafter | None:
-        spec = config.speculative
-        if spec is None:
-            return None
-        if not getattr(runner, "verifies_drafts", False):
-            raise ValueError("speculative decoding needs a runner that samples after each draft token; "
-                             "this one does not")
-        if spec.method in MODEL_METHODS:
-            from engine.draft_model import DraftModelProposer
-            from engine.eagle import EagleProposer
-            from engine.torch_runner import TorchModelRunner
-
-            if not isinstance(runner, TorchModelRunner):
-                raise ValueError(f"method {spec.method!r} drafts real tokens for a real model: a simulated engine drafts "
-                                 "with method 'ngram'")
-            proposer = EagleProposer if spec.method == "eagle" else DraftModelProposer
-            return proposer.from_target(runner, spec, config.num_blocks, config.block_size,
-                                        config.enable_prefix_caching, self.spec, config.long_prefill_token_threshold)
-        return NgramProposer(spec)
-
-    def _draft_length(self, config: EngineConfig, runner: ModelRunner) -> GoodputDraftLength | None:
-        spec = config.speculative
-        if spec is None or spec.draft_policy == "fixed":
-            return None
-        if spec.step_time_profile is not None:
-            step_time = load_profile(spec.step_time_profile, "step_time_profile")
-        elif (step_time := getattr(runner, "step_time", None)) is None:
-            raise ValueError("draft_policy 'goodput' prices drafts with a step-time model: pass step_time_profile "
-                             "(`pitstop engine profile` writes one for this model and device)")
-        draft_time = None if spec.draft_step_time_profile is None else load_profile(
-            spec.draft_step_time_profile, "draft_step_time_profile")
-        return GoodputDraftLength(step_time, self.spec, draft_time)
 
     # ---- requests -----------------------------------------------------------------------------
 

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.server.errors import APIError, bad_request, not_found
-from gateway.config import ResponsesConfig, ServerConfig
 from gateway.conversation_lease import LEASE_S, ConversationLease, locked
 from gateway.metadata import checked_metadata
 from gateway.outcomes import storable
 from gateway.responses_api import item_page, no_item_after, page_body, page_params, stored_items
 from gateway.responses_input import input_messages
+from gateway.section_config import ResponsesConfig, ServerConfig
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.inserts import describe
 

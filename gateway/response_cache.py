@@ -30,7 +30,8 @@ import orjson
 from gateway.backends.base import Kind
 from gateway.cache_control import CACHE_FIELD, CacheControl
 from gateway.cache_stores import CacheStore, CacheUnavailable, LocalCacheStore, RedisCacheStore
-from gateway.config import CacheConfig, Settings
+from gateway.config import Settings
+from gateway.section_config import CacheConfig
 from gateway.semantic_cache import SemanticCache, SemanticProbe
 
 if TYPE_CHECKING:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.server.errors import not_found
-from gateway.config import StoredCompletionsConfig
 from gateway.db_calls import db_call_or_503
 from gateway.outcomes import OutcomeDraft, storable
 from gateway.periodic import Periodic
+from gateway.section_config import StoredCompletionsConfig
 from storage.chat_completions import ChatCompletionStore, StoredCompletionWriter
 from storage.inserts import describe
 

@@ -27,7 +27,6 @@ from agent_sessions.identity import session_id_of
 from engine.server.errors import APIError, bad_request, not_found
 from gateway.background import BackgroundRuns, failed, view
 from gateway.compaction_items import CompactionRule, compaction_rule
-from gateway.config import ResponsesConfig
 from gateway.conversation_lease import ConversationLease
 from gateway.conversations import Conversations
 from gateway.file_search import call_item as search_call_item
@@ -49,6 +48,7 @@ from gateway.responses_api import (
     stored_items,
 )
 from gateway.responses_stream import ResponseStream
+from gateway.section_config import ResponsesConfig
 from gateway.vector_stores import VectorStores
 from storage.inserts import describe
 from storage.responses import ACTIVE, ResponseStore, StoredResponseWriter

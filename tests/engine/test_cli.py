@@ -9,7 +9,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from engine.cli import make_tiny_model_command, parse_bytes, profile_command, serve_command
+from engine.cli import make_tiny_model_command, profile_command, serve_command
+from engine.cli_values import parse_bytes
 from gateway.cli import build_parser, main
 from tests.engine.serving import engine_serve_process
 

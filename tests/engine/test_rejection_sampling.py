@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from engine.batch import ScheduledBatch
-from engine.cli import speculative_config
+from engine.cli_values import speculative_config
 from engine.config import EngineConfig, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 from engine.model.rejection_sampler import rejection_sample

@@ -149,7 +149,7 @@ def test_a_responses_api_effort_reaches_the_engine_through_the_gateway(tiny_mode
 def test_effort_budgets_are_checked_where_they_are_set() -> None:
     import argparse
 
-    from engine.cli import effort_budgets
+    from engine.cli_values import effort_budgets
 
     assert effort_budgets('{"low": 512, "none": 0}') == {"low": 512, "none": 0}
     for bad in ('{"extreme": 1}', '{"low": -1}', '[1]', "low=1"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.server.errors import APIError
-from gateway.config import ResponsesConfig
 from gateway.conversations import Conversations, ItemClock
+from gateway.section_config import ResponsesConfig
 from gateway.stored_responses import StoredResponses
 from storage.conversations import ConversationItemWriter, ConversationStore
 from storage.db import create_engine

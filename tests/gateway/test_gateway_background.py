@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from openai.types.responses import Response
 
 from gateway.background import CANCELLED, GONE, MAX_TAKEOVERS, SHUTDOWN, TAKEN_ELSEWHERE, TOO_MANY_TAKEOVERS
-from gateway.config import ResponsesConfig
+from gateway.section_config import ResponsesConfig
 from gateway.stored_responses import StoredResponses
 from storage.db import create_engine
 from storage.migrate import upgrade

@@ -158,7 +158,7 @@ def test_a_server_that_went_away_and_came_back() -> None:
 def test_the_idle_time_is_configured_and_checked() -> None:
     from pydantic import ValidationError
 
-    from gateway.config import ResponsesConfig
+    from gateway.section_config import ResponsesConfig
 
     assert ResponsesConfig().mcp_idle_s == 300.0 and ResponsesConfig(mcp_idle_s=0).mcp_idle_s == 0
     with pytest.raises(ValidationError, match="mcp_idle_s"):

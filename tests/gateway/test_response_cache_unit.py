@@ -13,8 +13,8 @@ from gateway.backends.answers import UpstreamBytes, embedding_vectors
 from gateway.cache_control import CacheControl
 from gateway.cache_stores import LocalCacheStore
 from gateway.cached_answers import StreamAssembler, replay_chunks
-from gateway.config import CacheConfig
 from gateway.response_cache import CachedAnswer, cache_key, wanted
+from gateway.section_config import CacheConfig
 
 CHAT = {
     "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "m", "system_fingerprint": "fp",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ResponsesConfig
+from gateway.section_config import ResponsesConfig
 from gateway.stored_responses import StoredResponses
 from storage.db import create_engine
 from storage.migrate import upgrade
