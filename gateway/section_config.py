@@ -23,6 +23,10 @@ class StorageConfig(StrictConfig):
     # Admin audit events older than this are deleted by the same sweep; None keeps them for good (set it
     # to what your compliance asks: an audit trail usually outlives the traffic log).
     audit_retention_days: float | None = Field(default=None, gt=0)
+    # Ended video jobs' rows (completed, failed, deleted) older than this are deleted by the same sweep; None
+    # keeps them. Past it the gateway no longer knows the job (a 404): set it to the upstream's own keeping
+    # of the assets (the Video's expires_at), past which the row points at a video that is gone.
+    video_retention_days: float | None = Field(default=None, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -98,7 +98,7 @@ class GatewayState:
     drain: Drain = field(default_factory=Drain)  # `pitstop serve` begins it on SIGTERM
     key_events: KeyEvents | None = None  # with Redis: key changes told to every replica at once
     cache: ResponseCache | None = None  # answers served again (gateway/response_cache.py), where configured
-    retention: OutcomeRetention | None = None  # storage.(audit_)retention_days: old rows deleted
+    retention: OutcomeRetention | None = None  # storage.*retention_days: old rows deleted
     windows: dict[str, int] = field(default_factory=dict)  # models' context windows as learnt (gateway/truncation.py)
     db: Engine | None = None  # the outcome log's database, for reports read from it (gateway/usage_endpoints.py)
     outbound: OutboundRules = field(default_factory=OutboundRules)  # where clients' URLs may lead (`outbound:`)
@@ -294,8 +294,7 @@ def build_state(settings: Settings) -> GatewayState:
         stored_completions=StoredCompletions(settings.stored_completions, ChatCompletionStore(db), StoredCompletionWriter(
             db, spool_path=settings.resolve_path(spool).with_suffix(".chat_completions.jsonl") if spool else None)),
         cache=ResponseCache.build(settings, metrics) if settings.cache else None,
-        retention=OutcomeRetention(db, settings.storage.retention_days, settings.storage.audit_retention_days)
-        if settings.storage.retention_days or settings.storage.audit_retention_days else None,
+        retention=OutcomeRetention.configured(db, settings.storage),
         calibrator=RouteCalibrator(routes, db, metrics) if any(g.calibrate for g in settings.route_groups) else None,
         health_checker=HealthChecker(settings.health_checks, lambda: pool.deployments, metrics.registry)
         if settings.health_checks is not None else None,

@@ -19,8 +19,9 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Table, delete, select
 from sqlalchemy.engine import Engine
 
-from storage.models import AuditLog, Feedback, Outcome, UsageRollup
+from storage.models import AuditLog, Feedback, Outcome, UsageRollup, VideoJob
 from storage.usage import MINUTE
+from storage.videos import RUNNING
 
 BATCH_ROWS = 5_000
 # Between batches: SQLite has one write lock, and a writer waiting for it retries on its own schedule
@@ -49,6 +50,15 @@ def delete_audit_before(engine: Engine, cutoff: datetime, batch_rows: int = BATC
     table: Table = AuditLog.__table__  # type: ignore[assignment]
     return _delete_oldest(engine, table, table.c.seq, table.c.effective_at,
                           table.c.effective_at < int(cutoff.timestamp()), batch_rows, pause_s)
+
+
+def delete_videos_before(engine: Engine, cutoff: datetime, batch_rows: int = BATCH_ROWS,
+                         pause_s: float = PAUSE_S) -> int:
+    """Delete the ended video jobs created before `cutoff`; how many went. Few rows (each a paid job), so
+    no index of their own: the age order scans the table."""
+    table: Table = VideoJob.__table__  # type: ignore[assignment]
+    ended_and_old = (table.c.created_at < cutoff) & table.c.status.not_in(RUNNING)
+    return _delete_oldest(engine, table, table.c.id, table.c.created_at, ended_and_old, batch_rows, pause_s)
 
 
 def _delete_oldest(engine: Engine, table: Table, key: ColumnElement, age: ColumnElement,

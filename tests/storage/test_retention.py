@@ -1,6 +1,7 @@
 """Retention on SQLite and PostgreSQL: outcome rows and feedback, and (on their own horizon) admin audit
-events, older than the cutoff deleted a batch at a time, oldest first, the rest kept; the CLI and the
-gateway's sweep at start do the same, and neither setting reaches the other's table."""
+events, and (on a third) ended video jobs, older than the cutoff deleted a batch at a time, oldest first, the
+rest kept (a video job still running always); the CLI and the gateway's sweep at start do the same, and no
+setting reaches another's table."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import sqlalchemy as sa
 
 from gateway.outcome_retention import OutcomeRetention
 from storage.db import create_engine, session_factory
-from storage.models import AuditLog, Feedback, Outcome, UsageRollup, utc_now
-from storage.retention import delete_audit_before, delete_before
+from storage.models import AuditLog, Feedback, Outcome, UsageRollup, VideoJob, utc_now
+from storage.retention import delete_audit_before, delete_before, delete_videos_before
 from storage.usage import record_usage
+from storage.videos import VideoStore
 
 
 def seed(url: str, now: object) -> None:
@@ -152,4 +154,59 @@ def test_the_audit_cli_and_a_gateway_with_audit_retention_days(tmp_path: Path, d
     raw = {"model_list": models, "storage": {"url": db_url, "spool_path": None, "audit_retention_days": 2.5}}
     with running_gateway(raw):
         wait_until(lambda: audit_kept(db_url) == ["e0", "e1", "e2"], what="audit events older than 2.5 days deleted")
+    assert len(kept(db_url)[0]) == 10  # no retention_days: every outcome row kept
+
+
+def seed_videos(url: str, now: object) -> None:
+    """Video jobs v0..v9, job i made i days before `now`: the odd ones still running, the even ones ended."""
+    store = VideoStore(url)
+    statuses = ["completed", "queued", "failed", "in_progress", "failed", "queued", "completed", "in_progress",
+                "deleted", "queued"]
+    for i, status in enumerate(statuses):
+        store.put({"id": f"v{i}", "created_at": now - timedelta(days=i, minutes=1),  # type: ignore[operator]
+                   "api_key_id": "k", "team_id": None, "deployment": "sora#0", "model": "sora", "seconds": 4,
+                   "size": "720x1280", "status": status, "request_id": f"req-v{i}", "hold_usd": 0.4,
+                   "hold_period": None, "video": {"id": f"v{i}", "status": status}})
+
+
+def videos_kept(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        ids = sorted(connection.execute(sa.select(VideoJob.__table__.c.id)).scalars())
+    engine.dispose()
+    return ids
+
+
+RUNNING_JOBS = ["v1", "v3", "v5", "v7", "v9"]
+
+
+def test_ended_video_jobs_past_their_own_cutoff_go_running_ones_stay(db_url: str) -> None:
+    now = utc_now()
+    seed_videos(db_url, now)
+    seed(db_url, now)
+    seed_audit(db_url, now)
+    engine = create_engine(db_url)
+    try:  # ended and older than 3.5 days: v4 (failed), v6 (completed), v8 (deleted); v5, v7, v9 still run
+        assert delete_videos_before(engine, now - timedelta(days=3.5), batch_rows=2) == 3
+        assert videos_kept(db_url) == sorted(["v0", "v2", *RUNNING_JOBS])
+        assert delete_videos_before(engine, now - timedelta(days=3.5), batch_rows=2) == 0
+        assert len(kept(db_url)[0]) == 10 and len(audit_kept(db_url)) == 10  # not the video horizon's tables
+        delete_before(engine, now - timedelta(days=0.5))
+        delete_audit_before(engine, now - timedelta(days=0.5))
+        assert len(videos_kept(db_url)) == 7  # nor the other way round
+    finally:
+        engine.dispose()
+
+
+def test_a_gateway_with_video_retention_days_sweeps_ended_jobs(db_url: str) -> None:
+    from tests.gateway.harness import running_gateway, wait_until
+
+    seed_videos(db_url, utc_now())
+    seed(db_url, utc_now())
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m",
+                                                                 "api_base": "http://127.0.0.1:9/v1"}}],
+           "storage": {"url": db_url, "spool_path": None, "video_retention_days": 1.5}}
+    with running_gateway(raw):
+        wait_until(lambda: videos_kept(db_url) == sorted(["v0", *RUNNING_JOBS]),
+                   what="ended video jobs older than 1.5 days deleted")
     assert len(kept(db_url)[0]) == 10  # no retention_days: every outcome row kept
