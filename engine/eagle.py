@@ -111,7 +111,7 @@ class EagleProposer(DraftModelProposer):
         """An EAGLE head's proposer for `target`; ValueError where the head does not fit it."""
         assert config.model is not None
         head = load_eagle_head(Path(config.model), target)
-        return cls(EagleRunner(head, target, num_blocks, block_size), config, num_blocks, block_size,
+        return cls(EagleRunner(head, target, num_blocks, block_size, Path(config.model)), config, num_blocks, block_size,
                    enable_prefix_caching, counters, max_catch_up)
 
     def forget(self, seq: Sequence) -> None:

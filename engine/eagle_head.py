@@ -8,11 +8,15 @@ its guess of feature j + 1; the target's lm_head turns it into the next token, w
 As in EAGLE's code and vLLM's `llama_eagle.py`, the layer has no input norm (the fc's output goes straight
 to attention) and the head no final norm. The checkpoint's layout (EAGLE's): `fc.weight` [hidden, 2 hidden]
 (optionally `fc.bias`), `layers.0.*` as a Llama layer's, and optionally `embed_tokens.weight` and
-`lm_head.weight`; the target's are used for those it omits."""
+`lm_head.weight`; the target's are used for those it omits.
+
+The runner sleeps with its engine (engine/sleep.py) as a target runner does (engine/runner_sleep.py): its
+KV cache freed, its own weights (fc, layer, and its embedding table and lm_head where it has them, held
+as buffers for that) kept in host memory at level 1 or dropped at level 2 and reloaded from its folder."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +32,7 @@ from engine.model.llama import DecoderLayer
 from engine.model.logits_processors import process_logits
 from engine.model.rope import RotaryEmbedding
 from engine.model.sampler import Sampler
+from engine.runner_sleep import RunnerSleep
 from engine.sequence import Sequence
 from engine.step_rows import sampled_rows
 
@@ -71,6 +76,8 @@ class EagleHead(nn.Module):
     """fc + one decoder layer; the embedding table and lm_head are the target's unless the head has its own
     (read from the target runner at each call, so a target that reloads its weights is followed)."""
 
+    checkpoint_buffers = ("own_embed", "own_head")  # its weights: a level 2 sleep drops them (runner_sleep.py)
+
     def __init__(self, config: ModelConfig, target: TorchModelRunner, weights: dict[str, torch.Tensor]) -> None:
         super().__init__()
         hidden = config.hidden_size
@@ -79,11 +86,20 @@ class EagleHead(nn.Module):
         self.fc = nn.Linear(2 * hidden, hidden, bias="fc.bias" in weights)
         self.layer = DecoderLayer(config, 0)
         self.layer.input_layernorm = nn.Identity()  # EAGLE's first layer has none
-        self.fc.load_state_dict({k.removeprefix("fc."): v for k, v in weights.items() if k.startswith("fc.")})
-        self.layer.load_state_dict(layer_state(weights, config))
-        self.own_embed = weights.get("embed_tokens.weight")
-        self.own_head = weights.get("lm_head.weight")
+        self.own_embed: torch.Tensor | None
+        self.own_head: torch.Tensor | None
+        self.register_buffer("own_embed", weights.get("embed_tokens.weight"), persistent=False)
+        self.register_buffer("own_head", weights.get("lm_head.weight"), persistent=False)
+        self.load_weights(weights)
         self.rope: RotaryEmbedding | None = None
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """The checkpoint's values copied into the head's tensors (at load, and after a level 2 sleep)."""
+        self.fc.load_state_dict({k.removeprefix("fc."): v for k, v in weights.items() if k.startswith("fc.")})
+        self.layer.load_state_dict(layer_state(weights, self.config))
+        for buffer, name in (("own_embed", "embed_tokens.weight"), ("own_head", "lm_head.weight")):
+            if (tensor := getattr(self, buffer)) is not None:
+                tensor.copy_(weights[name])
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         table = self.own_embed if self.own_embed is not None else self.target.model.model.embed_tokens.weight
@@ -122,21 +138,31 @@ def load_eagle_head(folder: Path, target: TorchModelRunner) -> EagleHead:
         if name in weights and tuple(weights[name].shape) != shape:
             raise ValueError(f"the EAGLE head's {name} is {tuple(weights[name].shape)}, not {shape}: "
                              "it does not fit this target")
-    weights = {name: t.to(target.device, target.dtype) for name, t in weights.items()}
+    weights = on_target(weights, target)
     with torch.device(target.device):
         head = EagleHead(config, target, weights).to(target.dtype)
     head.rope = RotaryEmbedding(config, target.device, target.dtype)
     return head.eval()
 
 
-class EagleRunner:
+def on_target(weights: dict[str, torch.Tensor], target: TorchModelRunner) -> dict[str, torch.Tensor]:
+    return {name: t.to(target.device, target.dtype) for name, t in weights.items()}
+
+
+class EagleRunner(RunnerSleep):
     """What engine/draft_model.py's proposer drives (a runner's `execute`, `sampler`, `max_model_len`,
     `eos_token_ids`) over an EAGLE head and its own paged KV cache; each batch token's feature comes from
-    `feature_rows` (the target's, or the head's own output at the row before, for a draft)."""
+    `feature_rows` (the target's, or the head's own output at the row before, for a draft). `model_dir`:
+    the head's folder, which a level 2 sleep reloads it from."""
 
-    def __init__(self, head: EagleHead, target: TorchModelRunner, num_blocks: int, block_size: int) -> None:
+    workers = None  # one rank (load_eagle_head refuses a split target)
+
+    def __init__(self, head: EagleHead, target: TorchModelRunner, num_blocks: int, block_size: int,
+                 model_dir: Path) -> None:
         c = head.config
         self.head, self.target, self.block_size = head, target, block_size
+        self.model, self.model_dir = head, model_dir  # type: ignore[assignment]  # what RunnerSleep frees
+        self.host_kv = torch.empty(0)  # no host tier: nothing there to free
         self.device, self.dtype = target.device, target.dtype
         self.kv_cache = torch.zeros(2, num_blocks, block_size, c.num_kv_heads, c.head_dim, dtype=self.dtype,
                                     device=self.device)
@@ -177,6 +203,15 @@ class EagleRunner:
             rows, generated, _ = sampled_rows(batch)
             logits = process_logits(raw, rows, self.eos_token_ids)
             return self.sampler(logits, [row.params for row in rows], generated, None)
+
+    def sleep_memory(self, level: int, tags: Collection[str]) -> dict[str, int]:
+        self.last_output = {}  # rows of the last pass's hidden states, which they keep alive
+        return super().sleep_memory(level, tags)
+
+    def _load_everywhere(self, model_dir: Path) -> None:
+        with torch.no_grad():
+            self.head.load_weights(on_target(read_head_weights(model_dir), self.target))
+        self.weights_stale = False
 
     def close(self) -> None:
         if self.target.hidden_states_listener is not None:
