@@ -59,6 +59,7 @@ class DraftModelProposer:
     (`from_target`), so a request the target holds fits in the draft too, drafts aside."""
 
     shift = 0  # the request's leading tokens its shadow leaves out (an EAGLE head's: engine/eagle.py)
+    reads_target_features = False  # its KV is its own weights' alone: a target update leaves its cache
 
     def __init__(self, runner: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
                  enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,

@@ -94,6 +94,7 @@ class EagleProposer(DraftModelProposer):
     """The scheduler's drafter over an EAGLE head (engine/scheduler.py `Drafter`)."""
 
     shift = 1  # the shadow leaves the request's first token out: its row j reads token j + 1
+    reads_target_features = True  # its KV comes from the target's weights too (engine/weight_updates.py)
 
     def __init__(self, runner: EagleRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
                  enable_prefix_caching: bool = True, counters: SpeculationCounters | None = None,

@@ -22,7 +22,8 @@ so the engine never serves a new target with an old draft or the reverse (Weight
 reload fails). Without it the draft keeps its weights: its
 proposals are still checked against the new target, and the answer says so. The draft's acceptance rate
 over the round that ends (the drafts checked since the weights last changed) is in the answer, for a
-trainer to see it fall as the target moves away from a draft that stays."""
+trainer to see it fall as the target moves away from a draft that stays. An EAGLE head (engine/eagle.py)
+keeps its own weights but reads the target's features: its prefix cache is forgotten at every update."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def update_weights(engine: LLMEngine, model_path: str, draft_model_path: str | N
             raise InvalidRequestError(f"{exc}; the target's weights of {previous} are served again",
                                       DRAFT_PARAM) from None
         draft_load_s = time.perf_counter() - started
-        drafter.block_manager.reset_prefix_cache()  # type: ignore[union-attr]  # its KV came from the old draft
+    if draft_folder is not None or getattr(drafter, "reads_target_features", False):
+        drafter.block_manager.reset_prefix_cache()  # type: ignore[union-attr]  # its KV came from the old weights
     has_draft = draft_runner(engine) is not None
     return WeightUpdate(str(folder), load_s, engine.block_manager.reset_prefix_cache(), has_draft,
                         str(draft_folder) if draft_folder is not None else None, draft_load_s,

@@ -1,6 +1,8 @@
 """An EAGLE head (engine/eagle.py, engine/eagle_head.py) under an RL trainer's calls: sleep mode frees the
 head's KV cache with the target's (and its weights at level 2, its own embedding table included) and waking
-restores them, the same greedy answers and the same drafts held before and after."""
+restores them, the same greedy answers and the same drafts held before and after; a weight update of the
+target forgets the head's prefix cache (its KV read the old target's features) and answers as plain
+decoding on the new weights does."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from safetensors.torch import load_file, save_file
 
 from engine.async_engine import AsyncEngine
 from engine.build import build_engine
-from engine.config import SpeculativeConfig
+from engine.config import EngineConfig, SpeculativeConfig
+from engine.eagle import EagleProposer
 from engine.eagle_head import EagleRunner
+from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.tiny_eagle import random_prompts, train_eagle_head
 from engine.tiny_model import make_tiny_model
 from engine.torch_runner import TorchModelRunner
+from engine.weight_updates import update_weights
 from tests.engine.test_async_engine import run
 
 PROMPTS = random_prompts(4, 12, 1024)  # the head's training prompts: its drafts hold on their continuations
@@ -84,3 +89,31 @@ def test_sleep_frees_the_heads_kv_cache_and_weights_and_wakes_them(models: dict[
         await engine.shutdown()
 
     run(main())
+
+
+def greedy_answers(engine: LLMEngine, tag: str) -> list[list[int]]:
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(f"{tag}{i}", prompt, GREEDY)
+    tokens: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
+    return [tokens[f"{tag}{i}"] for i in range(len(PROMPTS))]
+
+
+def test_a_target_update_forgets_the_heads_prefix_cache(models: dict[str, Path]) -> None:
+    def engine_on(model_dir: Path, spec: SpeculativeConfig | None) -> LLMEngine:
+        config = EngineConfig(block_size=4, num_blocks=128, max_model_len=256, speculative=spec)
+        return LLMEngine(config, TorchModelRunner(model_dir, 128, 4))
+
+    on_b = greedy_answers(engine_on(models["b"], None), "plain")
+    engine = engine_on(models["a"], eagle(models))
+    proposer = engine.scheduler.drafter
+    assert isinstance(proposer, EagleProposer)
+    greedy_answers(engine, "a")
+    assert proposer.block_manager.hash_to_block  # the head cached the prompts' rows, from a's features
+    update = update_weights(engine, str(models["b"]))
+    assert not proposer.block_manager.hash_to_block and update.forgotten_blocks > 0
+    hits = proposer.block_manager.stats().prefix_hit_tokens
+    assert greedy_answers(engine, "b") == on_b
+    assert proposer.block_manager.stats().prefix_hit_tokens == hits  # nothing read from before the update
