@@ -2,8 +2,9 @@
 (gateway/video_request.py `second_price`), held of its key's (and team's) budget when it is created, at its
 worst case (the model's costliest deployment), and settled when a replica first sees the job end, whichever
 replica that is (the job's row says what was held, and its status moves once: storage/videos.py): a completed
-job is billed its seconds, a failed one costs nothing (its hold refunded), a job deleted before it was seen to
-end is billed as completed (the provider may have made it). Either way the video's one outcome row is
+job is billed its seconds, a failed one costs nothing (its hold refunded), and so does a job deleted while queued
+or in progress (the delete polls it first, so one that ended unseen is billed as it ended): the upstream
+cancels it unmade, as OpenAI bills only a video it generated. Either way the video's one outcome row is
 written then, under its create's request id: endpoint `video`, extra.seconds, size, status and video_id. A
 job never polled again gives its hold back when the hold lapses (`VIDEO_HOLD_TTL_S`)."""
 
@@ -68,7 +69,7 @@ async def bill_video(state: GatewayState, caller: Caller, row: dict, video: dict
         error = video.get("error") if isinstance(video.get("error"), dict) else {}
         draft.fail(502, f"the video job failed: {error.get('message') or 'the upstream gave no reason'}")
         draft.extra["code"] = error.get("code") or "video_failed"
-    elif deployment is not None:
+    elif status == "completed" and deployment is not None:  # deleted while running: cancelled, not made
         draft.extra_cost_usd = await asyncio.to_thread(second_price, deployment) * seconds
     state.recorder.finish(draft)
     await draft.settled()

@@ -169,13 +169,17 @@ async def _retrieve(request: Request, state: GatewayState, caller: Caller) -> Re
     row = await _owned(state, caller, request.path_params["video_id"])
     if row["status"] in ENDED:  # billed, and no longer changing
         return SafeJSONResponse(row["video"])
-    deployment = _holder(state, row)
+    return SafeJSONResponse(await _refreshed(state, caller, row, _holder(state, row)))
+
+
+async def _refreshed(state: GatewayState, caller: Caller, row: dict, deployment: Deployment) -> dict:
+    """The job as its upstream says now, its new status kept; its end, where this replica sees it first, billed."""
     video = await video_calls.retrieve(deployment.backend, row["id"], state.settings.server.request_timeout_s)
     video = {**video, "id": row["id"]}  # as its create answered it (litellm encodes its ids again on each read)
     changed = video != row["video"] and isinstance(video.get("status"), str)
     if changed and await _db(_store(state).advance, row["id"], video) and video["status"] in ENDED:
         await bill_video(state, caller, row, video, deployment)  # the first to see it end bills it
-    return SafeJSONResponse(video)
+    return video
 
 
 async def _content(request: Request, state: GatewayState, caller: Caller) -> Response:
@@ -192,9 +196,14 @@ async def _content(request: Request, state: GatewayState, caller: Caller) -> Res
 async def _delete(request: Request, state: GatewayState, caller: Caller) -> Response:
     row = await _owned(state, caller, request.path_params["video_id"])
     deployment = _holder(state, row)
-    answer = await video_calls.delete(deployment.backend, row["id"], state.settings.server.request_timeout_s)
-    if await _db(_store(state).advance, row["id"], {**row["video"], "status": "deleted"}):
-        await bill_video(state, caller, row, {**row["video"], "status": "deleted"}, deployment)  # not seen to end
+    timeout_s = state.settings.server.request_timeout_s
+    video_calls.check_deletable(deployment.backend)  # before the poll: a delete that cannot happen asks nothing
+    # A running job may have ended unseen (its content fetched, never polled): ask, so a video made is billed.
+    last = row["video"] if row["status"] in ENDED else await _refreshed(state, caller, row, deployment)
+    answer = await video_calls.delete(deployment.backend, row["id"], timeout_s)
+    cancelled = {**last, "status": "deleted"}
+    if await _db(_store(state).advance, row["id"], cancelled):  # still running: cancelled unmade, hold refunded
+        await bill_video(state, caller, row, cancelled, deployment)
     await _db(_store(state).delete, row["id"])
     return SafeJSONResponse({"id": row["id"], "object": "video.deleted", "deleted": True, **answer})
 

@@ -103,9 +103,14 @@ async def remix(backend: Backend, video_id: str, prompt: str, timeout_s: float) 
     return checked_video(await _http_json(backend, "POST", f"/videos/{video_id}/remix", timeout_s, {"prompt": prompt}))
 
 
-async def delete(backend: Backend, video_id: str, timeout_s: float) -> dict:
+def check_deletable(backend: Backend) -> None:
+    """Raises where the backend has no video delete (litellm's)."""
     if _litellm_of(backend) is not None:
         raise _missing("video delete")
+
+
+async def delete(backend: Backend, video_id: str, timeout_s: float) -> dict:
+    check_deletable(backend)
     return await _http_json(backend, "DELETE", f"/videos/{video_id}", timeout_s)
 
 

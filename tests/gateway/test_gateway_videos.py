@@ -3,20 +3,22 @@
 upstream processes (tests/gateway/upstream_videos.py: jobs that go queued, in_progress, completed over three
 polls, content derived from the prompt and the reference image), over the direct transport and through
 litellm: the bytes intact, each key's own jobs (another's a 404), list pages, remix and delete on the
-deployment that holds the job, the bill when a job is first seen completed and the refund when it fails, a
-create retried on the other deployment, an upstream failing a later call, the database away, bad bodies."""
+deployment that holds the job, the bill when a job is first seen completed (or by the poll a
+delete makes) and the refund when it fails or is deleted while it runs, a create retried on the
+other deployment, an upstream failing a later call, the database away, bad bodies."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
 from storage.keys import KeyStore
 from storage.videos import VideoStore
-from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway
+from tests.gateway.harness import Gateway, gateway_config, model_entry, running_gateway, wait_until
 from tests.gateway.upstream import UpstreamProcess
 from tests.gateway.upstream_videos import video_bytes
 
@@ -182,8 +184,8 @@ def test_json_creates_and_bad_variants(gw: Gateway, upstreams: tuple) -> None:
         assert early.status_code == 400 and "queued" in early.json()["error"]["message"]
         deleted = http.delete(f"/v1/videos/{made.json()['id']}", headers=headers)
         assert deleted.status_code == 200
-    row = _video_row(gw, made.json()["id"])  # deleted before it was seen to end: billed as made
-    assert row["extra"]["status"] == "deleted" and row["cost_usd"] == pytest.approx(4 * SECOND_PRICE)
+    row = _video_row(gw, made.json()["id"])  # deleted while it ran: cancelled unmade, not billed
+    assert row["extra"]["status"] == "deleted" and row["cost_usd"] == 0.0
 
 
 def test_litellm_has_no_video_delete(gw: Gateway, upstreams: tuple) -> None:
@@ -206,3 +208,29 @@ def test_the_costs_api_and_the_metrics_count_videos_under_their_model(gw: Gatewa
     assert gw.state is not None  # and in the metrics, as every request's cost is
     cost = gw.state.metrics.cost.labels("", "sora-a")._value.get()  # type: ignore[attr-defined]
     assert cost == pytest.approx(billed)
+
+
+def _spent(gw: Gateway, secret: str, usd: float) -> None:
+    keys = KeyStore(gw.storage_url)
+    wait_until(lambda: keys.lookup(secret).spent_usd == pytest.approx(usd),  # type: ignore[union-attr]
+               what=f"the key's spend at ${usd}")
+
+
+def test_a_job_deleted_while_running_is_refunded_and_one_that_ended_unseen_is_billed(
+        gw: Gateway, upstreams: tuple) -> None:
+    secret = _key(gw, "deletes", budget_usd=1.0)
+    with gw.openai(secret) as client:  # an 8-second video holds $0.80 of $1
+        running = client.videos.create(model="sora-a", prompt="cancelled early", seconds="8")
+        client.videos.delete(running.id)
+        row = _video_row(gw, running.id)
+        assert (row["status"], row["cost_usd"], row["extra"]["status"]) == ("ok", 0.0, "deleted")
+        _spent(gw, secret, 0.0)  # its hold given back whole
+        unseen = client.videos.create(model="sora-a", prompt="made, never polled here", seconds="8")
+        for _ in range(3):  # it ends at its upstream without the gateway polling it (the content fetched direct)
+            httpx.get(f"{upstreams[0].api_base}/videos/{unseen.id}").raise_for_status()
+        client.videos.delete(unseen.id)
+        row = _video_row(gw, unseen.id)  # the delete asked first: made, so billed as made
+        assert (row["cost_usd"], row["extra"]["status"]) == (pytest.approx(8 * SECOND_PRICE), "completed")
+        _spent(gw, secret, 8 * SECOND_PRICE)
+        assert VideoStore(gw.storage_url).get(unseen.id) is None
+
