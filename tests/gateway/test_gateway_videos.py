@@ -3,8 +3,8 @@
 upstream processes (tests/gateway/upstream_videos.py: jobs that go queued, in_progress, completed over three
 polls, content derived from the prompt and the reference image), over the direct transport and through
 litellm: the bytes intact, each key's own jobs (another's a 404), list pages, remix and delete on the
-deployment that holds the job, the bill when a job is first seen completed (or by the poll a
-delete makes) and the refund when it fails or is deleted while it runs, a create retried on the
+deployment that holds the job, the bill when a job is first seen completed (in its create's answer too, or by
+the poll a delete makes) and the refund when it fails or is deleted while it runs, a create retried on the
 other deployment, an upstream failing a later call, the database away, bad bodies."""
 
 from __future__ import annotations
@@ -234,3 +234,19 @@ def test_a_job_deleted_while_running_is_refunded_and_one_that_ended_unseen_is_bi
         _spent(gw, secret, 8 * SECOND_PRICE)
         assert VideoStore(gw.storage_url).get(unseen.id) is None
 
+
+def test_a_job_completed_in_its_create_answer_is_billed_once_and_kept_once(gw: Gateway, upstreams: tuple) -> None:
+    secret = _key(gw, "made-at-once", budget_usd=1.0)
+    with gw.openai(secret) as client:
+        made = client.videos.create(model="sora-a", prompt="[job:done] a blink", seconds="8")
+        assert (made.status, made.progress) == ("completed", 100)
+        row = VideoStore(gw.storage_url).get(made.id)
+        assert row is not None and row["status"] == "completed" and row["video"]["progress"] == 100
+        assert [v.id for v in client.videos.list()] == [made.id]  # one job row
+        upstreams[0].set_fail(500)  # kept as ended: answered without its upstream, not billed again
+        assert client.videos.retrieve(made.id).status == "completed"
+        upstreams[0].set_fail(None)
+        client.videos.delete(made.id)  # deleting a billed job bills nothing more
+    row = _video_row(gw, made.id)  # one outcome row
+    assert (row["cost_usd"], row["extra"]["status"]) == (pytest.approx(8 * SECOND_PRICE), "completed")
+    _spent(gw, secret, 8 * SECOND_PRICE)
