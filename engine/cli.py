@@ -15,6 +15,7 @@ from engine.cross_encoder_config import CROSS_ENCODER_FAMILIES, cross_encoder_co
 from engine.hf_overrides import hf_overrides_argument, with_hf_overrides
 from engine.policy import POLICIES
 from engine.reasoning import PARSERS
+from engine.tiny_moe import TINY_MOE_FAMILIES
 from engine.tool_parsers import PARSERS as TOOL_CALL_PARSERS
 from engine.tracing import endpoint_argument
 
@@ -129,16 +130,19 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
-                                                 "qwen2_5_vl", *CROSS_ENCODER_FAMILIES], default="llama",
+                                                 "qwen2_5_vl", *TINY_MOE_FAMILIES, *CROSS_ENCODER_FAMILIES],
+                      default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
                            "llava adds a CLIP tower and projector (56-pixel images, 16 tokens each: engine/tiny_llava.py); "
                            "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
                            "tokens each: engine/tiny_gemma3_vision.py); qwen2_5_vl is Qwen2.5-VL (its vision "
                            "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py); "
+                           "deepseek_v2 / deepseek_v3 / qwen2_moe: saved by transformers (engine/tiny_moe.py); "
                            "*_cross_encoder: a one-label *ForSequenceClassification reranker and its tokenizer "
                            "(engine/tiny_cross_encoder.py)")
-    tiny.add_argument("--experts", type=int, help="qwen3_moe: experts per layer (default 8)")
+    tiny.add_argument("--experts", type=int, help="qwen3_moe and the *_moe / deepseek_* families: experts per layer "
+                      "(default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
     tiny.set_defaults(handler=make_tiny_model_command)
 
@@ -319,6 +323,12 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         return 0
     options = {"heads": args.heads, "kv_heads": args.kv_heads, "vocab_size": args.vocab_size, "seed": args.seed,
                "experts": args.experts, "experts_per_token": args.experts_per_token}
+    if args.family in TINY_MOE_FAMILIES:
+        from engine.tiny_moe import make_tiny_moe_model
+
+        print(make_tiny_moe_model(args.dir, args.family, layers=args.layers, hidden=args.hidden,
+                                  **{k: v for k, v in options.items() if v is not None}))
+        return 0
     path = make_tiny_model(args.dir, layers=args.layers, hidden=args.hidden, family=args.family,
                            **{k: v for k, v in options.items() if v is not None})
     print(path)

@@ -1,4 +1,5 @@
-"""make_tiny_model: writes a small random Llama, Qwen3, Qwen3-MoE, Gemma 3 or Phi-3 model as a real Hugging Face folder,
+"""make_tiny_model: writes a small random Llama, Qwen3, Qwen3-MoE, Gemma 3 or Phi-3 model as a real Hugging Face folder
+(DeepSeek-V2/V3 and Qwen2-MoE, saved by transformers: engine/tiny_moe.py),
 fully offline: config.json, model.safetensors, generation_config.json, a byte-level BPE tokenizer.json
 trained on docstrings of the Python standard library, and tokenizer_config.json with a ChatML-like
 chat template that renders tools and tool calls. transformers loads it as it would a Hub model."""
@@ -102,14 +103,11 @@ def make_tiny_model(
         raise ValueError("hidden must be a multiple of heads, and heads a multiple of kv_heads")
     if family not in TINY_FAMILIES:
         raise ValueError(f"family must be one of {TINY_FAMILIES}")
-    if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 64:
-        raise ValueError("vocab_size must leave room for the 256 byte tokens, special tokens and merges")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     intermediate = intermediate or 32 * math.ceil(hidden * 8 / 3 / 32)  # Llama's ~8/3 ratio
-    tokenizer = train_tokenizer(vocab_size)
-    tokenizer.save(str(out / "tokenizer.json"))
-    ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
+    special = write_tokenizer(out, vocab_size, max_position_embeddings)
+    ids = {BOS: special["bos"], EOS: special["eos"], PAD: special["pad"]}
     config = {
         "architectures": [TINY_FAMILIES[family]],
         "model_type": MODEL_TYPES.get(family, family),
@@ -151,16 +149,25 @@ def make_tiny_model(
     _write_json(out / "generation_config.json", {
         "bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD],
     })  # fmt: skip
-    _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
-        "model_max_length": max_position_embeddings,
-        "clean_up_tokenization_spaces": False,
-        "chat_template": CHAT_TEMPLATE,
-    })  # fmt: skip
     weights = random_weights(config, seed)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
+
+
+def write_tokenizer(out: Path, vocab_size: int, max_length: int) -> dict[str, int]:
+    """tokenizer.json and tokenizer_config.json (the chat template) in `out`; the bos, eos and pad ids."""
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + len(TOOL_TOKENS) + 64:
+        raise ValueError("vocab_size must leave room for the 256 byte tokens, special tokens and merges")
+    tokenizer = train_tokenizer(vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    })  # fmt: skip
+    return {name: tokenizer.token_to_id(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))}
 
 
 def random_weights(config: dict, seed: int) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
-"""What sets DeepSeek-V2 (`deepseek_v2`: V2, V2-Lite, V2.5) and DeepSeek-V3 (`deepseek_v3`: V3, R1, Moonlight)
-apart from the Llama layout, read from their Hugging Face configs as transformers reads them
-(engine/model/config.py takes the rest).
+"""What sets DeepSeek-V2 (`deepseek_v2`: V2, V2-Lite, V2.5) and DeepSeek-V3 (`deepseek_v3`: V3, R1, Moonlight;
+Kimi-K2's `kimi_k2`, read as V3's) apart from the Llama layout, read from their Hugging Face configs as
+transformers reads them (engine/model/config.py takes the rest).
 
 Attention is multi-head latent attention (engine/model/mla.py): each token's keys and values are one latent of
 `kv_lora_rank` values plus one `qk_rope_head_dim` rotary key shared by every head, and the KV cache stores that
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DEEPSEEK_V2 = "deepseek_v2"
 DEEPSEEK_V3 = "deepseek_v3"
 DEEPSEEK_TYPES = (DEEPSEEK_V2, DEEPSEEK_V3)
+# Configs of DeepSeek-V3's architecture under another model_type: Kimi-K2's (moonshotai/Kimi-K2-Instruct).
+DEEPSEEK_V3_ALIASES = ("kimi_k2",)
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 SCORING_FUNCS = ("softmax", "sigmoid")
 # Multi-token-prediction layers (V3's `num_nextn_predict_layers`) sit past the last layer in the checkpoint.

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from engine.model.deepseek import DEEPSEEK_V3, DEEPSEEK_V3_ALIASES
+
 GEMMA3 = "gemma3_text"
 GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, with images
 PHI3 = "phi3"
@@ -36,9 +38,11 @@ class UnsupportedConfig(ValueError):
 def text_config_of(raw: dict) -> dict:
     """A multimodal Gemma 3 folder's language model config (the loader skips its vision tower's and
     projector's tensors: engine/model/vision.py reads them), a LLaVA folder's (its `text_config`, Llama's defaults where it leaves
-    them out, as LlavaConfig's); any other config as it is."""
+    them out, as LlavaConfig's); Kimi-K2's as DeepSeek-V3's; any other config as it is."""
     if raw.get("model_type") == QWEN2_5_VL:
         return qwen2_5_vl_text(raw)
+    if raw.get("model_type") in DEEPSEEK_V3_ALIASES:  # DeepSeek-V3's architecture, read as its config
+        return {**raw, "model_type": DEEPSEEK_V3}
     if raw.get("model_type") not in (GEMMA3_MULTIMODAL, LLAVA):
         return raw
     text = dict(raw.get("text_config") or {})

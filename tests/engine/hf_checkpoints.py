@@ -11,6 +11,7 @@ import torch
 from engine.batch import ScheduledBatch
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+from engine.tiny_moe import spread_weights
 from engine.torch_runner import TorchModelRunner
 
 VOCAB = 300
@@ -105,18 +106,7 @@ def hf_model(kind: str) -> torch.nn.Module:
     raise ValueError(kind)
 
 
-def _spread(model: torch.nn.Module, gain: float = 1.0, embed_std: float = 1.0) -> torch.nn.Module:
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.normal_(1.0 if "norm" in name else 0.0, 0.3)
-            elif "embed" in name:
-                param.normal_(0.0, embed_std)
-            else:
-                qk = 2.0 if "q_proj" in name or "k_proj" in name or "qkv_proj" in name else 1.0
-                router = 4.0 if name.endswith("gate.weight") else 1.0  # decisive expert choices
-                param.normal_(0.0, gain * qk * router / param.shape[-1] ** 0.5)
-    return model.eval()
+_spread = spread_weights  # engine/tiny_moe.py's, which the CLI's tiny MoE models use too
 
 
 def save_hf_model(kind: str, out: Path) -> Path:

@@ -7,27 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.model.config import ModelConfig
+from engine.tiny_moe import hf_qwen2_moe
 from engine.torch_runner import TorchModelRunner
-from tests.engine.hf_checkpoints import COMMON, _spread, random_prompt, runner_greedy, transformers_greedy
-
-
-def hf_qwen2_moe() -> torch.nn.Module:
-    """Layer 1 of 3 dense (`mlp_only_layers`), 8 experts (top 2, raw softmax weights), a shared expert twice an
-    expert's width; the shared gate spread so its sigmoid is far from one half."""
-    import transformers as hf
-
-    torch.manual_seed(0)
-    config = hf.Qwen2MoeConfig(**{**COMMON, "num_hidden_layers": 3}, num_experts=8, num_experts_per_tok=2,
-                               moe_intermediate_size=32, shared_expert_intermediate_size=64, mlp_only_layers=[1])
-    model = _spread(hf.Qwen2MoeForCausalLM(config))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("shared_expert_gate.weight"):
-                param.normal_(0.0, 2.0 / param.shape[-1] ** 0.5)
-    return model
+from tests.engine.hf_checkpoints import random_prompt, runner_greedy, transformers_greedy
 
 
 @pytest.fixture(scope="module")
