@@ -5,7 +5,8 @@ On connect: `session.created`. Then, for each client event:
   response.create   -> response.created, `DELTAS` response.output_audio_transcript.delta events,
                        response.done with `usage` (`USAGE`: text, audio and cached tokens apart)
   conversation.item.create -> conversation.item.added (the item, given an id)
-  mock.close        -> close with the event's `code` and `reason` (a close passed through to the client)
+  mock.close        -> close with the event's `code` and `reason` (a close passed through to the client);
+                       `code` null: a close frame with no status (the peer reads 1005)
   mock.die          -> the TCP connection aborted without a close frame (an upstream crash)
   mock.echo         -> the frame sent back; mock.burst -> `count` audio deltas of `size` characters (the bench's)
   anything else     -> an `error` event (`invalid_json` for a frame that is no JSON object)
@@ -92,7 +93,7 @@ class RealtimeUpstream:
             item = {"id": f"item_{len(session)}", **(event.get("item") or {})}
             await _send(ws, "conversation.item.added", previous_item_id=None, item=item)
         elif kind == "mock.close":
-            await ws.close(event["code"], event.get("reason", ""))
+            await ws.close(event["code"], event.get("reason", ""))  # None: websockets sends an empty close frame
         elif kind == "mock.die":
             ws.transport.abort()
         elif kind == "mock.echo":  # the frame back as it came (bench/realtime_relay.py's round trips)

@@ -179,6 +179,25 @@ def test_a_browser_key_subprotocol_binary_and_malformed_frames_and_an_upstream_c
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "bye now")  # type: ignore[union-attr]
 
 
+def test_an_upstream_close_without_a_status_closes_the_client_1000_not_1005(
+        served: tuple[Gateway, RealtimeUpstream]) -> None:
+    """1005 is what a peer reports for a close frame with no code; no endpoint may send it (RFC 6455 7.4.1)."""
+    gw, mock = served
+    key = new_key(gw)
+    with connect(ws_url(gw, "model=voice"), additional_headers={"authorization": f"Bearer {key['secret']}"}) as ws:
+        assert events_until(ws, "session.created")
+        ws.send(json.dumps({"type": "response.create"}))
+        assert events_until(ws, "response.done")
+        ws.send(json.dumps({"type": "mock.close", "code": None}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert mock.last.closed.wait(10) and mock.last.close_code == 1005  # no status sent (nor echoed back)
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (  # type: ignore[union-attr]
+        1000, "the upstream closed the session")
+    rows = wait_until(lambda: realtime_rows(gw, key["id"]), what="the response's row")
+    assert [r["status"] for r in rows] == ["ok"]  # the session's one response, no more
+
+
 def refusal(gw: Gateway, query: str, secret: str | None) -> tuple[int, dict]:
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     with pytest.raises(InvalidStatus) as refused:
