@@ -189,7 +189,8 @@ def serve_command(args: argparse.Namespace) -> int:
     backstop_s = None if grace_s is None else grace_s + BACKSTOP_S  # uvicorn's cut, if the gateway's did not end it
     server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, access_log=False,
                                            timeout_graceful_shutdown=backstop_s,
-                                           timeout_keep_alive=settings.server.keep_alive_s),
+                                           timeout_keep_alive=settings.server.keep_alive_s,
+                                           ws_per_message_deflate=settings.server.websocket_deflate),
                             app.state.pitstop.drain, grace_s)
     server.run()
     return 0 if server.started else 3  # uvicorn's exit status for a server that never started

@@ -108,6 +108,11 @@ class ServerConfig(StrictConfig):
     # connection the gateway is closing: at uvicorn's 5 s, 3.7% of aiohttp requests sent after 5 s idle failed
     # with ServerDisconnectedError (tests/gateway/test_keep_alive.py). nginx keeps 75 s too.
     keep_alive_s: float = Field(default=75.0, gt=0)
+    # permessage-deflate on client WebSockets (/v1/realtime), for clients that offer it (the Agents SDK, browsers;
+    # the openai SDK does not). Off: it saves a quarter of the bytes of realtime audio (base64 pcm16 deflates to
+    # 0.74) but costs the gateway 9.6x the CPU an event (0.22 against 0.023 ms) and a burst 0.15x the events a second
+    # (bench/results/realtime_compression.json); on where the clients' links are what is short.
+    websocket_deflate: bool = False
     # Seconds between looks at the config file: a changed file's model list is reloaded (gateway/config_reload.py),
     # as a Kubernetes ConfigMap's update reaches every replica. None: only on SIGHUP or POST /config/reload.
     watch_config_s: float | None = Field(default=None, gt=0)

@@ -8,7 +8,8 @@ On connect: `session.created`. Then, for each client event:
   mock.close        -> close with the event's `code` and `reason` (a close passed through to the client);
                        `code` null: a close frame with no status (the peer reads 1005)
   mock.die          -> the TCP connection aborted without a close frame (an upstream crash)
-  mock.echo         -> the frame sent back; mock.burst -> `count` audio deltas of `size` characters (the bench's)
+  mock.echo         -> the frame sent back; mock.burst -> `count` audio deltas of `size` characters (the bench's;
+                       `audio`: true, base64 pcm16 audio as a model speaks it, 64 distinct chunks in turn)
   anything else     -> an `error` event (`invalid_json` for a frame that is no JSON object)
 A binary frame is sent back as it came. `die_mid_response`: the connection aborted after a response's first
 delta. Every connection is recorded: its path with query, headers, the frames it got, and how it closed.
@@ -17,7 +18,12 @@ delta. Every connection is recorded: its path with query, headers, the frames it
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import json
+import math
+import random
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,9 +105,11 @@ class RealtimeUpstream:
         elif kind == "mock.echo":  # the frame back as it came (bench/realtime_relay.py's round trips)
             await ws.send(frame)
         elif kind == "mock.burst":  # `count` audio deltas of `size` characters at once (its throughput)
-            delta = json.dumps({"type": "response.output_audio.delta", "response_id": "resp_b", "delta": "A" * event["size"]})
-            for _ in range(event["count"]):
-                await ws.send(delta)
+            chunks = audio_chunks(event["size"]) if event.get("audio") else ["A" * event["size"]]
+            deltas = [json.dumps({"type": "response.output_audio.delta", "response_id": "resp_b", "delta": chunk})
+                      for chunk in chunks]
+            for i in range(event["count"]):
+                await ws.send(deltas[i % len(deltas)])
         else:
             code = "invalid_json" if kind is None else "invalid_event"
             await _send(ws, "error", error={"type": "invalid_request_error", "code": code,
@@ -119,6 +127,26 @@ class RealtimeUpstream:
                 ws.transport.abort()
                 return
         await _send(ws, "response.done", response={**response, "status": "completed", "usage": USAGE})
+
+
+@functools.cache
+def audio_chunks(chars: int, count: int = 64) -> list[str]:
+    """`count` distinct base64 chunks of `chars` characters of 24 kHz pcm16: a voice-like tone (a wandering pitch
+    under a syllable-rate envelope) plus noise, as deflate would meet a model's speech. Distinct, and 64 of them
+    (past deflate's 32 KiB window), so no chunk is compressed against an earlier copy of itself."""
+    rng = random.Random(chars)
+    samples_per_chunk = chars * 3 // 8  # 4 base64 characters carry 3 bytes: 2 bytes a sample
+    chunks, t = [], 0
+    for _ in range(count):
+        pcm = bytearray()
+        for _ in range(samples_per_chunk):
+            pitch = 140 + 40 * math.sin(2 * math.pi * 0.7 * t / 24_000)
+            envelope = 0.5 + 0.5 * math.sin(2 * math.pi * 4 * t / 24_000)
+            value = 9000 * envelope * math.sin(2 * math.pi * pitch * t / 24_000) + rng.gauss(0, 300)
+            pcm += struct.pack("<h", max(-32768, min(32767, int(value))))
+            t += 1
+        chunks.append(base64.b64encode(bytes(pcm)).decode()[:chars])
+    return chunks
 
 
 async def _send(ws: ServerConnection, kind: str, **fields: object) -> None:

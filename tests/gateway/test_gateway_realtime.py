@@ -22,8 +22,15 @@ from gateway.price_map import price_map
 from storage.keys import KeyStore
 from storage.teams import TeamStore
 from tests.gateway.forward_proxy import forward_proxy
-from tests.gateway.harness import Gateway, gateway_config, running_gateway, wait_until
-from tests.gateway.realtime_upstream import DELTAS, USAGE, RealtimeUpstream, realtime_upstream
+from tests.gateway.harness import (
+    Gateway,
+    gateway_config,
+    gateway_processes,
+    running_gateway,
+    wait_until,
+    write_config,
+)
+from tests.gateway.realtime_upstream import DELTAS, USAGE, RealtimeUpstream, audio_chunks, realtime_upstream
 from tests.storage.pg_cluster import free_port
 
 MASTER = "sk-master-realtime"
@@ -345,3 +352,23 @@ def test_a_gateway_shutdown_closes_open_sessions_1012_and_their_upstreams(tmp_pa
         assert mock.last.closed.wait(10)
     with pytest.raises(httpx.HTTPError):
         httpx.get(gw.url + "/healthz", timeout=1)
+
+
+def test_pitstop_serve_takes_permessage_deflate_only_where_websocket_deflate_is_on(tmp_path: Path) -> None:
+    """uvicorn's default takes it from any client that offers it; the gateway's (bench.realtime_compression) not."""
+    with realtime_upstream() as mock:
+        configs = []
+        for deflate in (False, True):
+            folder = tmp_path / f"deflate-{deflate}"
+            folder.mkdir()
+            raw = gateway_config(folder, [realtime_entry("voice", mock.url + "/v1", api_key="sk-upstream")],
+                                 server={"websocket_deflate": deflate})
+            configs.append(write_config(folder / "gateway.yaml", raw))
+        with gateway_processes(*configs) as gateways:
+            for gateway, deflate in zip(gateways, (False, True), strict=True):
+                url = gateway.url.replace("http://", "ws://") + "/v1/realtime?model=voice"
+                with connect(url, compression="deflate") as ws:  # offered, as the Agents SDK and browsers do
+                    events_until(ws, "session.created")
+                    assert [e.name for e in ws.protocol.extensions] == (["permessage-deflate"] if deflate else [])
+                    ws.send(json.dumps({"type": "mock.burst", "count": 3, "size": 6400, "audio": True}))
+                    assert [json.loads(ws.recv(timeout=10))["delta"] for _ in range(3)] == audio_chunks(6400)[:3]
