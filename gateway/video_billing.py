@@ -3,7 +3,7 @@
 worst case (the model's costliest deployment), and settled when a replica first sees the job end, whichever
 replica that is (the job's row says what was held, and its status moves once: storage/videos.py): a completed
 job is billed its seconds, a failed one costs nothing (its hold refunded), and so does a job deleted while queued
-or in progress (the delete polls it first, so one that ended unseen is billed as it ended): the upstream
+or in progress (a delete, as a download, polls it first, so one that ended unseen is billed as it ended): the upstream
 cancels it unmade, as OpenAI bills only a video it generated. Either way the video's one outcome row is
 written then, under its create's request id: endpoint `video`, extra.seconds, size, status and video_id. A
 job never polled again gives its hold back when the hold lapses (`VIDEO_HOLD_TTL_S`)."""

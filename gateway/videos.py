@@ -188,7 +188,10 @@ async def _content(request: Request, state: GatewayState, caller: Caller) -> Res
         raise bad_request(f"'variant' must be one of {', '.join(VARIANTS)}, not {variant!r}", "variant",
                           "invalid_value")
     row = await _owned(state, caller, request.path_params["video_id"])
-    content_type, chunks = await video_calls.content(_holder(state, row).backend, row["id"], variant,
+    deployment = _holder(state, row)
+    if row["status"] not in ENDED:  # its end not seen yet: a video downloaded unpolled is billed, not let lapse
+        await _refreshed(state, caller, row, deployment)
+    content_type, chunks = await video_calls.content(deployment.backend, row["id"], variant,
                                                      state.settings.server.request_timeout_s)
     return StreamingResponse(chunks, media_type=content_type)
 
@@ -198,7 +201,7 @@ async def _delete(request: Request, state: GatewayState, caller: Caller) -> Resp
     deployment = _holder(state, row)
     timeout_s = state.settings.server.request_timeout_s
     video_calls.check_deletable(deployment.backend)  # before the poll: a delete that cannot happen asks nothing
-    # A running job may have ended unseen (its content fetched, never polled): ask, so a video made is billed.
+    # A running job may have ended unseen (never polled through the gateway): ask, so a video made is billed.
     last = row["video"] if row["status"] in ENDED else await _refreshed(state, caller, row, deployment)
     answer = await video_calls.delete(deployment.backend, row["id"], timeout_s)
     cancelled = {**last, "status": "deleted"}

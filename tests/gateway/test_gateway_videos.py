@@ -181,7 +181,7 @@ def test_json_creates_and_bad_variants(gw: Gateway, upstreams: tuple) -> None:
         wrong = http.get(f"/v1/videos/{made.json()['id']}/content", params={"variant": "gif"}, headers=headers)
         assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "variant"
         early = http.get(f"/v1/videos/{made.json()['id']}/content", headers=headers)  # not made yet: the upstream's 400
-        assert early.status_code == 400 and "queued" in early.json()["error"]["message"]
+        assert early.status_code == 400 and "not completed" in early.json()["error"]["message"]
         deleted = http.delete(f"/v1/videos/{made.json()['id']}", headers=headers)
         assert deleted.status_code == 200
     row = _video_row(gw, made.json()["id"])  # deleted while it ran: cancelled unmade, not billed
@@ -226,13 +226,28 @@ def test_a_job_deleted_while_running_is_refunded_and_one_that_ended_unseen_is_bi
         assert (row["status"], row["cost_usd"], row["extra"]["status"]) == ("ok", 0.0, "deleted")
         _spent(gw, secret, 0.0)  # its hold given back whole
         unseen = client.videos.create(model="sora-a", prompt="made, never polled here", seconds="8")
-        for _ in range(3):  # it ends at its upstream without the gateway polling it (the content fetched direct)
+        for _ in range(3):  # it ends at its upstream without the gateway polling it
             httpx.get(f"{upstreams[0].api_base}/videos/{unseen.id}").raise_for_status()
         client.videos.delete(unseen.id)
         row = _video_row(gw, unseen.id)  # the delete asked first: made, so billed as made
         assert (row["cost_usd"], row["extra"]["status"]) == (pytest.approx(8 * SECOND_PRICE), "completed")
         _spent(gw, secret, 8 * SECOND_PRICE)
         assert VideoStore(gw.storage_url).get(unseen.id) is None
+
+
+def test_a_video_downloaded_before_the_gateway_saw_it_end_is_billed_then(gw: Gateway, upstreams: tuple) -> None:
+    secret = _key(gw, "download-unpolled", budget_usd=1.0)
+    with gw.openai(secret) as client:
+        made = client.videos.create(model="sora-a", prompt="fetched, never polled", seconds="4")
+        for _ in range(3):  # it ends at its upstream, unseen
+            httpx.get(f"{upstreams[0].api_base}/videos/{made.id}").raise_for_status()
+        assert client.videos.download_content(made.id).read() == video_bytes("fetched, never polled")
+        row = _video_row(gw, made.id)  # billed before its bytes went out, not left for its hold to lapse
+        assert (row["cost_usd"], row["extra"]["status"]) == (pytest.approx(4 * SECOND_PRICE), "completed")
+        client.videos.download_content(made.id, variant="thumbnail").read()  # ended: no poll, no second bill
+        client.videos.delete(made.id)
+    _spent(gw, secret, 4 * SECOND_PRICE)
+    assert _video_row(gw, made.id)["cost_usd"] == pytest.approx(4 * SECOND_PRICE)
 
 
 def test_a_job_completed_in_its_create_answer_is_billed_once_and_kept_once(gw: Gateway, upstreams: tuple) -> None:
