@@ -58,6 +58,11 @@ def add_gateway_commands(groups: argparse._SubParsersAction) -> None:
     audit.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     audit.add_argument("--older-than-days", type=float, required=True)
     audit.set_defaults(handler=prune_command)
+    videos = table.add_parser("videos", help="ended video jobs' rows older than --older-than-days (what "
+                              "storage.video_retention_days has the gateway do hourly)")
+    videos.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    videos.add_argument("--older-than-days", type=float, required=True)
+    videos.set_defaults(handler=prune_command)
 
     calibrate = groups.add_parser("calibrate", help="set a route group's cost preference from a budget on its traffic")
     component = calibrate.add_subparsers(dest="command", metavar="COMPONENT", required=True)
@@ -223,7 +228,7 @@ def prune_command(args: argparse.Namespace) -> int:
 
     from storage.db import create_engine
     from storage.models import utc_now
-    from storage.retention import delete_audit_before, delete_before
+    from storage.retention import delete_audit_before, delete_before, delete_videos_before
 
     if not args.older_than_days > 0:
         print("pitstop: --older-than-days must be above 0", file=sys.stderr)
@@ -233,6 +238,9 @@ def prune_command(args: argparse.Namespace) -> int:
     try:
         if args.command == "audit":
             print(f"deleted {delete_audit_before(engine, cutoff)} audit events")
+            return 0
+        if args.command == "videos":
+            print(f"deleted {delete_videos_before(engine, cutoff)} ended video jobs")
             return 0
         deleted = delete_before(engine, cutoff)
     finally:

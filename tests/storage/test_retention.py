@@ -198,14 +198,17 @@ def test_ended_video_jobs_past_their_own_cutoff_go_running_ones_stay(db_url: str
         engine.dispose()
 
 
-def test_a_gateway_with_video_retention_days_sweeps_ended_jobs(db_url: str) -> None:
-    from tests.gateway.harness import running_gateway, wait_until
+def test_the_videos_cli_and_a_gateway_with_video_retention_days_sweep_ended_jobs(tmp_path: Path, db_url: str) -> None:
+    from tests.gateway.harness import run_cli_here, running_gateway, wait_until, write_config
 
     seed_videos(db_url, utc_now())
     seed(db_url, utc_now())
-    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/m",
-                                                                 "api_base": "http://127.0.0.1:9/v1"}}],
-           "storage": {"url": db_url, "spool_path": None, "video_retention_days": 1.5}}
+    models = [{"model_name": "m", "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1"}}]
+    config = write_config(tmp_path / "pitstop.yaml", {"model_list": models, "storage": {"url": db_url}})
+    pruned = run_cli_here("prune", "videos", "--config", str(config), "--older-than-days", "5.5")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "deleted 2 ended video jobs" in pruned.stdout  # v6 (completed), v8 (deleted)
+    raw = {"model_list": models, "storage": {"url": db_url, "spool_path": None, "video_retention_days": 1.5}}
     with running_gateway(raw):
         wait_until(lambda: videos_kept(db_url) == sorted(["v0", *RUNNING_JOBS]),
                    what="ended video jobs older than 1.5 days deleted")
