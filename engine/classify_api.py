@@ -13,32 +13,11 @@ from typing import Any
 
 from engine.cross_encoder_api import check_model
 from engine.decoder_scorer import DecoderScorer, sigmoid
-from engine.openai_embeddings import MAX_INPUTS
 from engine.server.errors import bad_request
 from engine.server.fields import integer, read_object
+from engine.vllm_bodies import classify_inputs
 
 _FIELDS = {"model", "input", "truncate_prompt_tokens", "user", "priority"}  # the last two taken and ignored
-
-
-def _is_token(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _inputs(raw: object) -> list[str | list[int]]:
-    if isinstance(raw, str) or (isinstance(raw, list) and raw and all(_is_token(t) for t in raw)):
-        inputs: list = [raw]
-    elif isinstance(raw, list) and raw and all(
-            isinstance(x, str) or (isinstance(x, list) and all(_is_token(t) for t in x)) for x in raw):
-        inputs = raw
-    else:
-        raise bad_request("'input' must be a string, a list of token ids, or a non-empty list of either", "input",
-                          "invalid_type")
-    if len(inputs) > MAX_INPUTS:
-        raise bad_request(f"'input' may hold at most {MAX_INPUTS} inputs (got {len(inputs)})", "input",
-                          "invalid_value")
-    if any(len(x) == 0 for x in inputs):
-        raise bad_request("an input must not be empty", "input", "invalid_value")
-    return inputs
 
 
 def probabilities(logits: list[float]) -> list[float]:
@@ -56,7 +35,7 @@ async def classify_answer(scorer: DecoderScorer, raw: Any, served: str | None, m
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
     check_model(model, served)
-    inputs = _inputs(body.get("input"))
+    inputs = classify_inputs(body.get("input"))
     prompts = scorer.truncated([scorer.text_ids(x) if isinstance(x, str) else list(x) for x in inputs],
                                integer(body, "truncate_prompt_tokens"))
     logits = await scorer.logits(prompts, "input")

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.cross_encoder import ScoredPairs
-from engine.rerank_body import MAX_DOCUMENTS, parse_rerank_body, ranked_results
+from engine.rerank_body import parse_rerank_body, ranked_results
 from engine.server.errors import bad_request, not_found
 from engine.server.fields import integer, read_object
+from engine.vllm_bodies import score_pairs
 
 _VLLM_FIELDS = {"truncate_prompt_tokens", "priority", "user"}  # read, or taken and ignored as vLLM does
 _SCORE_FIELDS = {"model", "text_1", "text_2", *_VLLM_FIELDS}
@@ -61,28 +62,13 @@ async def rerank_answer(encoder: PairScorer, raw: Any, served: str | None, model
             "usage": {"total_tokens": scored.tokens}}
 
 
-def _texts(body: dict, name: str) -> list[str]:
-    value = body.get(name)
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
-        raise bad_request(f"'{name}' must be a non-empty string or a non-empty list of them", name, "invalid_type")
-    if len(texts) > MAX_DOCUMENTS:  # the rerank's limit on documents, so a score takes no more pairs
-        raise bad_request(f"'{name}' holds {len(texts)} texts; at most {MAX_DOCUMENTS} a request", name,
-                          "invalid_value")
-    return texts
-
-
 async def score_answer(encoder: PairScorer, raw: Any, served: str | None, model_name: str) -> dict:
     body = read_object(raw, _SCORE_FIELDS)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a string", "model")
     check_model(model, served)
-    firsts, seconds = _texts(body, "text_1"), _texts(body, "text_2")
-    if len(firsts) > 1 and len(firsts) != len(seconds):
-        raise bad_request(f"'text_1' holds {len(firsts)} texts and 'text_2' {len(seconds)}: pair them 1:1, 1:N or "
-                          "N:N", "text_1", "invalid_value")
-    pairs = list(zip(firsts * len(seconds) if len(firsts) == 1 else firsts, seconds, strict=True))
+    pairs = score_pairs(body)
     scored = await encoder.score(pairs, integer(body, "truncate_prompt_tokens"))
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model_name,
             "data": [{"index": i, "object": "score", "score": score} for i, score in enumerate(scored.scores)],

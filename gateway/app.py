@@ -37,6 +37,8 @@ from gateway import (
     usage_endpoints,
     vector_store_endpoints,
     videos,
+    vllm_endpoints,
+    vllm_tokenize,
     webhook_endpoints,
     weight_admin,
 )
@@ -50,6 +52,8 @@ ROUTES = [
     Route("/v1/completions", proxy.completions, methods=["POST"]),
     Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
     *rerank.ROUTES,  # /v1/rerank, /rerank, /v2/rerank
+    *vllm_endpoints.ROUTES,  # vLLM's /classify, /score (and under /v1)
+    *vllm_tokenize.ROUTES,  # vLLM's /tokenize, /detokenize
     *moderation.ROUTES,  # /v1/moderations, /moderations
     *media.ROUTES,  # /v1/audio/transcriptions, /translations, /speech, /v1/images/generations
     *videos.ROUTES,  # /v1/videos: OpenAI's Videos API (Sora), jobs kept by the deployment that holds them

@@ -217,6 +217,11 @@ class Settings(StrictConfig):
         return {m.model_name for m in self.model_list if m.model_info.mode == "rerank"}
 
     @property
+    def classify_models(self) -> set[str]:
+        """Sequence classifiers that serve vLLM's /classify only (model_info.mode: classify; gateway/vllm_endpoints.py)."""
+        return {m.model_name for m in self.model_list if m.model_info.mode == "classify"}
+
+    @property
     def moderation_models(self) -> set[str]:
         """Classifiers that serve /v1/moderations only (model_info.mode: moderation; gateway/moderation.py)."""
         return {m.model_name for m in self.model_list if m.model_info.mode == "moderation"}
@@ -243,6 +248,7 @@ class Settings(StrictConfig):
                  *(("fallbacks", m) for m in self.fallbacks.models()),
                  ("responses.compaction_model", self.responses.compaction_model)]
         for mode, what, models, path in (("rerank", "a reranker", self.rerank_models, "/v1/rerank"),
+                                         ("classify", "a classifier", self.classify_models, "/classify"),
                                          ("moderation", "a moderation model", self.moderation_models,
                                           "/v1/moderations"),
                                          *((mode, f"an {mode} model", names, MEDIA_PATHS[mode])

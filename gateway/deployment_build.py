@@ -46,16 +46,16 @@ def make_backend(entry: ModelEntry, settings: Settings,
         from gateway.backends.local import LocalEngineBackend
 
         model_dir = _overridden(entry, settings.resolve_path(params.model_dir))
-        if entry.model_info.mode == "rerank":
+        if entry.model_info.mode in ("rerank", "classify"):
             return _cross_encoder_backend(entry, model_dir)
         if cross_encoder_config(model_dir) is not None:
             raise ConfigError(f"model {entry.model_name}: {model_dir} is a cross-encoder (a reranker): set "
                               "model_info.mode: rerank, and /v1/rerank serves it")
         if (head := _classifier(entry, model_dir)) is not None:
-            one = "set model_info.mode: rerank, and /v1/rerank serves it"
+            one = "set model_info.mode: rerank, and /v1/rerank serves it (or mode: classify, and /classify)"
             raise ConfigError(f"model {entry.model_name}: {model_dir} is a sequence classifier of {head.num_labels} "
                               f"label(s), which generates nothing: " + (one if head.num_labels == 1 else
-                              "`pitstop engine serve` serves its /classify"))
+                              "set model_info.mode: classify, and /classify serves it"))
         if params.tiny_model is not None and not (model_dir / "config.json").exists():
             from engine.tiny_model import make_tiny_model
 
@@ -146,11 +146,12 @@ def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
     from gateway.backends.cross_encoder import CrossEncoderBackend
 
     params = entry.litellm_params
+    classifies = entry.model_info.mode == "classify"
     if (head := _classifier(entry, model_dir)) is not None:
         from engine.build import build_engine
         from engine.decoder_scorer import DecoderScorer
 
-        if head.num_labels != 1:
+        if head.num_labels != 1 and not classifies:
             raise ConfigError(f"model {entry.model_name}: {model_dir} classifies into {head.num_labels} labels; a "
                               "reranker has one")
         try:
@@ -159,7 +160,10 @@ def _cross_encoder_backend(entry: ModelEntry, model_dir: Path) -> Backend:
                                   kv_cache_dtype=params.kv_cache_dtype, quantization=params.quantization)
         except ValueError as exc:  # a checkpoint it cannot serve, a head's token not in the vocabulary
             raise ConfigError(f"model {entry.model_name}: {exc}") from exc
-        return CrossEncoderBackend(entry.model_name, DecoderScorer(engine, model_dir, head))
+        return CrossEncoderBackend(entry.model_name, DecoderScorer(engine, model_dir, head), classifies)
+    if classifies:
+        raise ConfigError(f"model {entry.model_name}: model_info.mode: classify on pitstop-local/ needs a decoder "
+                          f"classifier's folder (a *ForSequenceClassification); {model_dir} is not one")
     if (tiny := params.tiny_model) is not None and not (model_dir / "config.json").exists():
         from engine.tiny_cross_encoder import make_tiny_cross_encoder
 

@@ -33,7 +33,8 @@ from gateway.wildcards import name_matches
 
 Edit = Callable[[str], str]
 # Requests whose body holds texts to read rather than a conversation (edit_inputs): their fields.
-_INPUTS = {"embedding": ("input",), "rerank": ("query", "documents"), "moderation": ("input",)}
+_INPUTS = {"embedding": ("input",), "rerank": ("query", "documents"), "moderation": ("input",),
+           "classify": ("input",), "score": ("text_1", "text_2")}
 
 
 def edit_request(body: dict, edit: Edit) -> dict:
@@ -269,7 +270,7 @@ class Guardrails:
                 maskers.append(Masker(kinds))
                 return maskers[-1].mask(text)
             body = edit_inputs(kind, body, mask_alone)
-        elif kind in ("rerank", "moderation"):  # one numbering: a value in two of its texts gets one placeholder
+        elif kind in ("rerank", "moderation", "classify", "score"):  # one numbering: a value in two of its texts gets one placeholder
             body = edit_inputs(kind, body, maskers[0].mask)
         else:
             body = edit_request(body, maskers[0].mask)

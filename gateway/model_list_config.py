@@ -205,7 +205,10 @@ class ModelInfo(StrictConfig):
     # "video_generation" (litellm's too) marks a model that serves /v1/videos only (gateway/videos.py).
     # "realtime" (litellm's too) marks an OpenAI or Azure realtime model, served over the /v1/realtime WebSocket
     # (gateway/realtime.py), its audio tokens priced by the fields below (else litellm's price map).
-    mode: Literal["chat", "completion", "embedding", "rerank", "moderation", "audio_transcription", "audio_speech",
+    # "classify" (Pitstop's own) marks a sequence classifier that serves vLLM's POST /classify only
+    # (gateway/vllm_endpoints.py): a vLLM server's, a `pitstop engine serve` classifier's, or one in this process.
+    mode: Literal["chat", "completion", "embedding", "rerank", "classify", "moderation", "audio_transcription",
+                  "audio_speech",
                   "image_generation", "video_generation", "realtime"] | None = None
     # litellm's names, for audio and images; None: litellm's price map's, where it lists the model.
     input_cost_per_second: float | None = Field(default=None, ge=0)  # a transcription's audio
@@ -306,7 +309,7 @@ class ModelEntry(StrictConfig):
         (engine/cross_encoder.py) or a decoder classifier on an engine (engine/decoder_scorer.py): it generates
         nothing, so the generation keys mean nothing there (the engine's sizing keys: gateway/deployment_build.py)."""
         params = self.litellm_params
-        if self.model_info.mode != "rerank" or params.provider != LOCAL_PROVIDER:
+        if self.model_info.mode not in ("rerank", "classify") or params.provider != LOCAL_PROVIDER:
             return self
         fields = type(params).model_fields
         set_keys = [name for name in _ENGINE_ONLY_KEYS
@@ -343,7 +346,7 @@ class ModelEntry(StrictConfig):
         """Whether embeddings requests may go to it: on Pitstop's engines, a model marked `mode: embedding`
         (last-token pooling: engine/openai_embeddings.py); never a reranker (`mode: rerank`) or a moderation
         model; elsewhere, the upstream decides."""
-        if self.model_info.mode in ("rerank", "moderation", "realtime", *MEDIA_MODES):
+        if self.model_info.mode in ("rerank", "classify", "moderation", "realtime", *MEDIA_MODES):
             return False
         if self.litellm_params.provider in (LOCAL_PROVIDER, ENGINE_PROVIDER):
             return self.model_info.mode == "embedding"

@@ -164,6 +164,7 @@ class RouteTable:
         self.embedding_models = settings.embedding_models  # serve embeddings only
         self.embeddings_served_by = settings.embeddings_served_by
         self.rerank_models = settings.rerank_models  # serve /v1/rerank only (gateway/rerank.py)
+        self.classify_models = settings.classify_models  # serve /classify only (gateway/vllm_endpoints.py)
         self.moderation_models = settings.moderation_models  # serve /v1/moderations only (gateway/moderation.py)
         self.media_models = settings.media_models  # audio and image models by mode (gateway/media.py)
         self.realtime_models = settings.realtime_models  # serve /v1/realtime only (gateway/realtime.py)
@@ -212,6 +213,7 @@ class RouteTable:
         self.embedding_models = settings.embedding_models
         self.embeddings_served_by = settings.embeddings_served_by
         self.rerank_models = settings.rerank_models
+        self.classify_models = settings.classify_models
         self.moderation_models = settings.moderation_models
         self.media_models = settings.media_models
         self.realtime_models = settings.realtime_models
@@ -223,6 +225,9 @@ class RouteTable:
         if request.model in self.rerank_models:
             raise bad_request(f"the model {request.model!r} is a reranker (model_info.mode: rerank): send it to "
                               "/v1/rerank", "model", "model_not_supported")
+        if request.model in self.classify_models:
+            raise bad_request(f"the model {request.model!r} is a classifier (model_info.mode: classify): send it to "
+                              "/classify", "model", "model_not_supported")
         if request.model in self.moderation_models:
             raise bad_request(f"the model {request.model!r} is a moderation model (model_info.mode: moderation): "
                               "send it to /v1/moderations", "model", "model_not_supported")

@@ -51,33 +51,44 @@ async def prompt_token_ids(engine: AsyncEngine, body: Any, model: str) -> list[i
     return ids
 
 
+def token_strings(engine: AsyncEngine, ids: list[int]) -> list[str]:
+    """The vocabulary's own string of each id, as vLLM's convert_ids_to_tokens."""
+    tokenizer = engine.tokenizer
+    id_to_token = getattr(tokenizer, "id_to_token", None)
+    return [id_to_token(i) if id_to_token is not None else tokenizer.decode([i], skip_special_tokens=False)  # type: ignore[union-attr]
+            for i in ids]
+
+
+def detokenized(engine: AsyncEngine, tokens: Any) -> str:
+    """/detokenize's `tokens` as text (special tokens kept), or a 400 naming what is wrong with them."""
+    vocab = engine.vocab_size
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 and
+                                               (vocab is None or t < vocab) for t in tokens):
+        raise bad_request(f"'tokens' must be a list of token ids (integers from 0 to {vocab})", "tokens")
+    if engine.tokenizer is None:
+        raise bad_request("this engine has no tokenizer to decode with", "tokens", "unsupported")
+    return engine.tokenizer.decode(tokens, skip_special_tokens=False)
+
+
+async def tokenized(engine: AsyncEngine, body: Any, model: str) -> dict:
+    """/tokenize's answer for `body` on `engine`."""
+    ids = await prompt_token_ids(engine, body, model)
+    strs = token_strings(engine, ids) if body.get("return_token_strs") else None
+    return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids, "token_strs": strs}
+
+
 async def tokenize_endpoint(request: Request) -> Response:
     state: ServerState = request.app.state.pitstop
     body = await read_json(request)
     _check_model(body, state)
-    ids = await prompt_token_ids(state.engine, body, state.model_name)
-    strs = None
-    if body.get("return_token_strs"):  # the vocabulary's own strings, as vLLM's convert_ids_to_tokens
-        tokenizer = state.engine.tokenizer
-        id_to_token = getattr(tokenizer, "id_to_token", None)
-        strs = [id_to_token(i) if id_to_token is not None else tokenizer.decode([i], skip_special_tokens=False)  # type: ignore[union-attr]
-                for i in ids]
-    return JSONResponse({"count": len(ids), "max_model_len": state.engine.max_model_len, "tokens": ids,
-                         "token_strs": strs})
+    return JSONResponse(await tokenized(state.engine, body, state.model_name))
 
 
 async def detokenize_endpoint(request: Request) -> Response:
     state: ServerState = request.app.state.pitstop
     body = await read_json(request)
     _check_model(body, state)
-    tokens = body.get("tokens")
-    vocab = state.engine.vocab_size
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 and
-                                               (vocab is None or t < vocab) for t in tokens):
-        raise bad_request(f"'tokens' must be a list of token ids (integers from 0 to {vocab})", "tokens")
-    if state.engine.tokenizer is None:
-        raise bad_request("this engine has no tokenizer to decode with", "tokens", "unsupported")
-    return JSONResponse({"prompt": state.engine.tokenizer.decode(tokens, skip_special_tokens=False)})
+    return JSONResponse({"prompt": detokenized(state.engine, body.get("tokens"))})
 
 
 def _check_model(body: Any, state: ServerState) -> None:

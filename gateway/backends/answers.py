@@ -211,6 +211,31 @@ def checked_moderation(body: Any) -> dict:
     return body
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def checked_scores(body: Any) -> dict:
+    """vLLM's /classify or /score answer, checked where the gateway reads it: `data`, objects each holding an
+    integer `index` and either `probs` (a list of numbers: a classification) or a numeric `score`; its `usage`
+    as OpenAI's (else the row is charged an estimate). Passed on as it came otherwise."""
+    if not isinstance(body, dict):
+        raise bad_answer(f"a JSON {type(body).__name__}, not an object")
+    if "data" not in body and "error" in body:
+        raise _error_with_200(body["error"])
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise bad_answer("'data' is missing or not a list")
+    for i, item in enumerate(data):
+        probs = item.get("probs") if isinstance(item, dict) else None
+        scored = isinstance(item, dict) and (_number(item.get("score")) or (
+            isinstance(probs, list) and all(map(_number, probs))))
+        if not scored or type(item.get("index")) is not int:
+            raise bad_answer(f"data[{i}] is not an object holding an integer 'index' and 'probs' or a 'score'")
+    _check_usage(body)
+    return body
+
+
 def checked_chunk(chunk: Any) -> dict:
     """A stream chunk, checked as `checked_answer` checks a whole answer (a usage chunk has no choices)."""
     if not isinstance(chunk, dict):

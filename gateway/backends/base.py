@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 # answers (`complete`: {"content", "content_type", "usage", "duration"}); a speech is `stream`ed, its chunks
 # {"audio": bytes, "content_type"} as the upstream sends them. A video's create (gateway/videos.py) answers the
 # upstream's Video object; what follows it goes to the deployment that holds the job (gateway/backends/videos.py).
-Kind = Literal["chat", "completion", "embedding", "rerank", "moderation", "transcription", "translation", "speech",
+# vLLM's /classify and /score (gateway/vllm_endpoints.py) are whole answers too, checked as vLLM writes them.
+Kind = Literal["chat", "completion", "embedding", "rerank", "classify", "score", "moderation", "transcription", "translation", "speech",
                "image", "image_edit", "video"]
 MEDIA_KINDS = ("transcription", "translation", "speech", "image", "image_edit", "video")
 

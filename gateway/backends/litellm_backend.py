@@ -153,6 +153,11 @@ class LitellmBackend:
             return await self._embed(litellm, body, ctx)
         if kind == "rerank":
             return await self._rerank(litellm, body, ctx)
+        if kind in ("classify", "score"):  # vLLM's own endpoints: litellm has no call for them
+            raise BackendError(400, f"the model {body.get('model')!r} is served through litellm ({self.provider}/), "
+                               f"which has no /{kind}: serve it over the direct transport (hosted_vllm/ or "
+                               "pitstop-engine/ with api_base)", retryable=False, param="model",
+                               code="model_not_supported")
         if kind == "moderation":
             return await self._moderate(litellm, body, ctx)
         if kind in MEDIA_KINDS:

@@ -81,9 +81,9 @@ class LocalEngineBackend:
         return generation
 
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
-        if kind == "rerank":  # `mode: rerank` in this process is a cross-encoder's (gateway/backends/cross_encoder.py)
+        if kind in ("rerank", "score", "classify"):  # in this process a classifier's (gateway/backends/cross_encoder.py)
             raise BackendError(400, f"the model {self.served_model!r} is a generative model on Pitstop's engine, not "
-                               "a cross-encoder: mark it model_info.mode: embedding to rerank by cosine",
+                               "a cross-encoder or classifier: mark it model_info.mode: embedding to rerank by cosine",
                                retryable=False, param="model", code="model_not_supported")
         if kind == "moderation":  # the config refuses `mode: moderation` on engines too
             raise BackendError(400, f"the model {self.served_model!r} runs on Pitstop's engine, which has no "

@@ -17,6 +17,7 @@ from gateway.backends.answers import (
     checked_chunk,
     checked_moderation,
     checked_rerank,
+    checked_scores,
     embeddings_answer,
     strict_json,
 )
@@ -27,8 +28,9 @@ from gateway.ranking import vllm_priority
 
 # vLLM serves /rerank beside /v1 as well; under api_base (…/v1) it is /v1/rerank, which it serves too.
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings", "rerank": "/rerank",
-          "moderation": "/moderations"}
-_CHECKED = {"rerank": checked_rerank, "moderation": checked_moderation}  # else a chat's or completion's
+          "score": "/score", "moderation": "/moderations"}
+_CHECKED = {"rerank": checked_rerank, "moderation": checked_moderation, "classify": checked_scores,
+            "score": checked_scores}  # else a chat's or completion's
 _TEMPLATE_FIELDS = ("add_generation_prompt", "continue_final_message", "chat_template_kwargs")
 TOKENIZE_TIMEOUT_S = 10.0
 
@@ -157,7 +159,7 @@ class OpenAIHTTPBackend:
         return counted
 
     def _body(self, kind: Kind, body: dict, ctx: CallContext, stream: bool) -> dict:
-        if kind in ("embedding", "rerank", "moderation"):  # no stream field, no scheduling fields
+        if kind in ("embedding", "rerank", "classify", "score", "moderation"):  # no stream field, no scheduling fields
             return {**body, "model": self.served_model}
         out = {**body, "model": self.served_model, "stream": stream}
         if stream:
@@ -205,11 +207,16 @@ class OpenAIHTTPBackend:
         except ValueError:
             raise BackendError(502, "upstream sent invalid JSON", retryable=True, code="bad_upstream_response") from None
 
+    def _url(self, kind: Kind) -> str:
+        if kind == "classify":  # vLLM serves /classify beside /v1 only
+            return self.api_base.removesuffix("/v1") + "/classify"
+        return self.api_base + _PATHS[kind]
+
     async def complete(self, kind: Kind, body: dict, ctx: CallContext) -> dict:
         if kind in MEDIA_KINDS:
             return await self._media(kind, body, ctx)
         try:
-            async with self.session.post(self.api_base + _PATHS[kind], json=self._body(kind, body, ctx, False),
+            async with self.session.post(self._url(kind), json=self._body(kind, body, ctx, False),
                                          timeout=self._timeout(ctx), headers=self._trace_headers(ctx)) as response:
                 raw = await response.read()
                 status = response.status

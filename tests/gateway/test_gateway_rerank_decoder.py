@@ -112,7 +112,7 @@ def test_the_config_refuses_heads_it_cannot_rank_with(folders: dict[str, Path], 
                           "sequence classifier of 1 label.*set model_info.mode: rerank"),
                          ({"model_name": "chat", "litellm_params": {"model": "pitstop-local/chat",
                                                                     "model_dir": str(three)}},
-                          "sequence classifier of 3 label.*serves its /classify"),
+                          "sequence classifier of 3 label.*/classify serves it"),
                          (local("rr", make_tiny_cross_encoder(tmp_path / "bert", "bert", layers=1, hidden=32),
                                 num_blocks=8), "a cross-encoder has no KV cache: num_blocks do not apply")):
         settings = parse_settings(gateway_config(tmp_path, [entry]))
