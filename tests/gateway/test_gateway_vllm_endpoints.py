@@ -13,6 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from engine.build import build_engine
 from engine.classifier_config import classifier_head
@@ -55,6 +59,13 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "chat": make_tiny_model(root / "chat", layers=1)}
 
 
+async def _short_answer(request: Request) -> JSONResponse:
+    """A broken vLLM: /classify answers one result short, /score a result with no score."""
+    usage = {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0}
+    data = [] if request.url.path == "/classify" else [{"index": 0, "object": "score"}]
+    return JSONResponse({"id": "x", "object": "list", "created": 0, "model": "served", "data": data, "usage": usage})
+
+
 @pytest.fixture(scope="module")
 def servers(folders: dict[str, Path]) -> Iterator[dict[str, str]]:
     def classifier(folder: Path) -> object:
@@ -62,8 +73,10 @@ def servers(folders: dict[str, Path]) -> Iterator[dict[str, str]]:
                                      classifier_head(folder), "served")
 
     with serve_in_thread(classifier(folders["three"])) as three, serve_in_thread(classifier(folders["one"])) as one, \
-            engine_server(folders["chat"], "served", num_blocks=32, max_model_len=64) as chat:  # type: ignore[arg-type]
-        yield {"three": three, "one": one, "chat": chat}
+            engine_server(folders["chat"], "served", num_blocks=32, max_model_len=64) as chat, \
+            serve_in_thread(Starlette(routes=[Route(p, _short_answer, methods=["POST"])
+                                              for p in ("/classify", "/v1/score")])) as broken:  # type: ignore[arg-type]
+        yield {"three": three, "one": one, "chat": chat, "broken": broken}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,9 @@ def gw(folders: dict[str, Path], servers: dict[str, str], tmp_path_factory: pyte
               remote("cls-litellm", "hosted_vllm", three, CLASSIFY, transport="litellm"),
               remote("sc-vllm", "hosted_vllm", one, RERANK), local("sc-local", folders["one"], RERANK),
               remote("chat-http", "pitstop-engine", chat, CHAT), local("chat-local", folders["chat"], CHAT),
-              remote("chat-litellm", "openai", "http://127.0.0.1:9/v1", CHAT)]
+              remote("chat-litellm", "openai", "http://127.0.0.1:9/v1", CHAT),
+              remote("cls-broken", "hosted_vllm", f"{servers['broken']}/v1", CLASSIFY),
+              remote("sc-broken", "hosted_vllm", f"{servers['broken']}/v1", RERANK)]
     raw = gateway_config(tmp_path_factory.mktemp("gw-vllm-config"), models,
                          auth={"require_keys": True, "master_key": "master"}, guardrails=GUARDRAILS)
     with running_gateway(raw) as gateway:
@@ -233,3 +248,14 @@ def test_a_classifier_in_this_process_needs_a_classifiers_folder(folders: dict[s
     settings = parse_settings(gateway_config(tmp_path, [local("cls", folders["chat"], CLASSIFY)]))
     with pytest.raises(ConfigError, match="mode: classify on pitstop-local/ needs a decoder classifier"):
         make_backend(settings.model_list[0], settings)
+
+
+@pytest.mark.parametrize("path, body", [("/classify", {"model": "cls-broken", "input": "hi"}),
+                                        ("/score", {"model": "sc-broken", "text_1": "a", "text_2": "b"})])
+def test_a_malformed_answer_is_a_502_with_its_row(gw: Gateway, path: str, body: dict) -> None:
+    with gw.http(headers=MASTER) as http:
+        answer = http.post(path, json=body)
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "bad_upstream_response"
+    row = gw.row(answer.headers["x-pitstop-request-id"])
+    assert (row["endpoint"], row["status"]) == (path.strip("/"), "error")
