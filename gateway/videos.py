@@ -14,11 +14,15 @@ Each job the gateway made is a row (storage/videos.py: the upstream's id, the de
 it is, model, seconds, size, status), so every replica reaches the same deployment for it and another key's
 job is a 404. Billing: gateway/video_billing.py. The database away: a create is a 503 before anything is
 asked of an upstream (a job the gateway could not find again would be made and paid for); so are the calls
-that read the row. An upstream failing a call after the create is a 502 (503, 504 as it said) in OpenAI's
+that read the row. Where it goes away between the upstream's accept and the row, the insert is retried, then
+the job is deleted on its upstream and the create is the same 503 (logged with the job's id where even the
+delete fails). An upstream failing a call after the create is a 502 (503, 504 as it said) in OpenAI's
 shape, the job's row untouched."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -45,6 +49,8 @@ from gateway.video_request import VARIANTS, VideoRequest, parse_remix, parse_vid
 from storage.videos import VideoStore
 
 _db = db_call_or_503("video jobs", "video_store_unavailable")
+_log = logging.getLogger(__name__)
+_PUT_RETRY_DELAYS_S = (0.1, 0.4)  # then one last try; a failure after the upstream accepted cancels the job there
 
 
 def _state(request: Request) -> GatewayState:
@@ -84,10 +90,37 @@ async def _kept(state: GatewayState, draft: OutcomeDraft, video: dict, model: st
            "size": str(video.get("size") or size), "status": video["status"], "request_id": draft.request_id,
            "hold_usd": hold.usd if hold is not None else 0.0, "hold_period": hold.period if hold is not None else None,
            "video": video}
-    await _db(_store(state).put, row)
+    try:
+        await _kept_row(state, row)
+    except APIError:
+        await _cancel_unkept(state, draft.deployment, video["id"])
+        raise
     if video["status"] in ENDED:  # made at once: billed now
         await bill_video(state, caller, await _db(_store(state).get, video["id"]), video, draft.deployment)
     return SafeJSONResponse(video, headers=response_headers(draft))
+
+
+async def _kept_row(state: GatewayState, row: dict) -> None:
+    """The job's row, a database blip between the upstream's accept and the insert retried briefly."""
+    for delay_s in _PUT_RETRY_DELAYS_S:
+        try:
+            return await asyncio.to_thread(_store(state).put, row)
+        except Exception:
+            await asyncio.sleep(delay_s)
+    await _db(_store(state).put, row)  # the last try: its failure is the 503
+
+
+async def _cancel_unkept(state: GatewayState, deployment: Deployment, video_id: str) -> None:
+    """A job the gateway could not keep is deleted where it was made, so it is neither made nor paid for
+    unseen; where that fails too it is logged with its id, for an operator to cancel."""
+    try:
+        await video_calls.delete(deployment.backend, video_id, state.settings.server.request_timeout_s)
+    except Exception as exc:  # the 503 still goes out: the client is told its job was not kept
+        _log.error("video %s made on deployment %s could not be kept (database away) nor cancelled there: %s",
+                   video_id, deployment.name, exc)
+    else:
+        _log.warning("video %s made on deployment %s was cancelled there: the database could not keep it",
+                     video_id, deployment.name)
 
 
 async def _create(request: Request | None, state: GatewayState, draft: OutcomeDraft, _: object) -> Response:

@@ -9,6 +9,7 @@ other deployment, an upstream failing a later call, the database away, bad bodie
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -154,6 +155,43 @@ def test_the_database_away_is_a_503_before_any_upstream_is_asked(gw: Gateway, up
         gw.state.video_store = kept
     assert refused.value.status_code == 503 and refused.value.code == "video_store_unavailable"
     assert upstreams[0].stats()["requests"] == 0
+
+
+class _PutFails(VideoStore):
+    """The database answers the create's ping, then goes away before the job's row is written."""
+
+    def __init__(self, kept: VideoStore) -> None:
+        self.__dict__.update(kept.__dict__)
+        self.puts, self.ids = 0, set()
+
+    def put(self, row: dict) -> None:
+        self.puts += 1
+        self.ids.add(row["id"])
+        raise ConnectionError("server closed the connection unexpectedly")
+
+
+@pytest.mark.parametrize(("model", "cancelled"), [("sora-a", True), ("sora-litellm", False)])
+def test_a_job_the_database_could_not_keep_is_cancelled_upstream_and_the_create_is_a_503(
+        gw: Gateway, upstreams: tuple, model: str, cancelled: bool, caplog: pytest.LogCaptureFixture) -> None:
+    assert gw.state is not None
+    caplog.set_level(logging.WARNING, logger="gateway.videos")
+    kept = gw.state.video_store
+    gw.state.video_store = failing = _PutFails(kept)
+    try:
+        with gw.openai(_key(gw, f"lost-row-{model}")) as client, pytest.raises(openai.InternalServerError) as refused:
+            client.videos.create(model=model, prompt="made, then not kept")
+    finally:
+        gw.state.video_store = kept
+    assert refused.value.status_code == 503 and refused.value.code == "video_store_unavailable"
+    assert failing.puts == 3  # retried before giving up
+    assert len(failing.ids) == 1 and upstreams[0].stats()["requests"] == 1  # one job, made once
+    video_id = failing.ids.pop()
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.videos" and video_id in r.getMessage()]
+    if cancelled:  # deleted where it was made
+        there = httpx.get(f"{upstreams[0].api_base}/videos/{video_id}", headers={"Authorization": "Bearer k"})
+        assert there.status_code == 404 and "was cancelled there" in said[0]
+    else:  # litellm has no video delete: left for an operator, its id logged
+        assert "nor cancelled there" in said[0]
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
