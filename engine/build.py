@@ -67,9 +67,9 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         from engine.tokenizer import Tokenizer
         from engine.torch_runner import TorchModelRunner
 
-        if speculative is not None and ModelConfig.from_dir(model_dir).mrope_section:
-            raise ValueError("speculative decoding is not supported for an M-RoPE model (Qwen2.5-VL): its drafts "
-                             "would need the target's 3-row positions; serve it without a speculative config")
+        if speculative is not None and speculative.model is not None and ModelConfig.from_dir(model_dir).mrope_section:
+            raise ValueError("a draft model or EAGLE head is not supported for an M-RoPE model (Qwen2.5-VL): it "
+                             "would need the target's 3-row positions; speculate with n-gram drafts instead")
         draft = speculative.model if speculative is not None else None  # a draft model's or an EAGLE head's folder
         hybrid_kv_cache = hybrid_kv_cache and draft is None  # the draft's cache has as many blocks, whole-model
         if num_blocks is None:

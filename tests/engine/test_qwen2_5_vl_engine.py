@@ -100,12 +100,21 @@ def test_the_prefix_cache_keys_blocks_by_the_image(tiny_qwen2_5_vl_dir: Path) ->
     assert b.new_token_ids == transformers_answer(tiny_qwen2_5_vl_dir, *other)[0]
 
 
-def test_speculation_is_refused(tiny_qwen2_5_vl_dir: Path) -> None:
-    """(Quantization and tensor parallelism serve images: tests/engine/test_vision_quantization.py,
+def test_ngram_drafts_are_checked_at_mrope_positions_and_a_draft_model_is_refused(tiny_qwen2_5_vl_dir: Path) -> None:
+    """Drafted tokens are past the prompt: verified at index + rope_delta, as decoding is, so the answer is
+    transformers' token for token with drafts accepted. A draft model would need the target's 3-row positions.
+    (Quantization and tensor parallelism serve images: tests/engine/test_vision_quantization.py,
     test_vision_tensor_parallel.py.)"""
+    ids, images = qwen_prompt(tiny_qwen2_5_vl_dir, BEFORE, [picture(1)], AFTER)
+    engine = qwen_engine(tiny_qwen2_5_vl_dir, speculative=SpeculativeConfig(
+        method="ngram", num_speculative_tokens=3, prompt_lookup_min=1, prompt_lookup_max=2))
+    greedy = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    out = run(engine, {"a": (ids, images)}, greedy)["a"]
+    assert out.new_token_ids == transformers_answer(tiny_qwen2_5_vl_dir, ids, images, 24)[0]
+    assert engine.spec.accepted_tokens > 0  # drafts checked and kept, not only proposed
     with pytest.raises(ValueError, match="M-RoPE"):
         build_engine(model_dir=tiny_qwen2_5_vl_dir, num_blocks=16, device="cpu",
-                     speculative=SpeculativeConfig(method="ngram", num_speculative_tokens=2))
+                     speculative=SpeculativeConfig(method="draft_model", model=str(tiny_qwen2_5_vl_dir)))
 
 
 def test_a_hub_config_reads_as_qwen2_on_mrope() -> None:
