@@ -63,6 +63,7 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         raise ValueError("a disk KV tier needs both a folder (disk_kv_path) and a size (disk_kv_bytes)")
     clock = WallClock()
     if model_dir is not None:
+        from engine.mamba_state import hybrid_state_bytes
         from engine.model.config import ModelConfig
         from engine.tokenizer import Tokenizer
         from engine.torch_runner import TorchModelRunner
@@ -72,9 +73,10 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                              "would need the target's 3-row positions; speculate with n-gram drafts instead")
         draft = speculative.model if speculative is not None else None  # a draft model's or an EAGLE head's folder
         hybrid_kv_cache = hybrid_kv_cache and draft is None  # the draft's cache has as many blocks, whole-model
+        state_bytes = hybrid_state_bytes(model_dir, max_num_seqs, device)  # Mamba-2 state slots (engine/mamba_state.py)
         if num_blocks is None:
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
-                model_dir, kv_cache_memory_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
+                model_dir, kv_cache_memory_bytes - state_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
                 tensor_parallel_size=tensor_parallel_size, draft_dir=draft, hybrid_kv_cache=hybrid_kv_cache,
                 kv_tiers=bool(host_kv_memory_bytes or disk_kv_bytes))
         _check_num_blocks(num_blocks)
@@ -86,7 +88,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,
                                   quantization=quantization, tensor_parallel_size=tensor_parallel_size,
                                   disk_kv_path=disk_kv_path, num_disk_blocks=num_disk_blocks,
-                                  dequantize_mxfp4=dequantize_mxfp4, hybrid_kv_cache=hybrid_kv_cache)
+                                  dequantize_mxfp4=dequantize_mxfp4, hybrid_kv_cache=hybrid_kv_cache,
+                                  num_state_slots=max_num_seqs)
         tokenizer = tokenizer or Tokenizer(model_dir)
         context_len = runner.max_model_len
         vocab_size = runner.config.vocab_size

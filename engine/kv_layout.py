@@ -27,7 +27,7 @@ def kv_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype,
     `config`, that rank's part."""
     element = 1 if fp8_format(kv_cache_dtype) is not None else dtype.itemsize
     planes, heads, values = config.kv_cache_entry
-    return planes * (layers or config.num_layers) * block_size * heads * values * element
+    return planes * (layers or config.num_kv_layers) * block_size * heads * values * element
 
 
 def step_tables(tables: list[list[list[int]]], seq_of_token: torch.Tensor, positions: torch.Tensor,

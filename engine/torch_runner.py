@@ -18,11 +18,13 @@ import torch
 from engine.batch import ScheduledBatch
 from engine.disk_store import DiskKVStore
 from engine.encoder_cache import ImageFeatures, Span, spliced_embeddings
+from engine.eos_tokens import read_eos_token_ids
 from engine.hybrid_attention import HybridAttention, hybrid_attention
 from engine.image_inputs import bidirectional_spans
 from engine.kv_copies import TierCopies
 from engine.kv_layout import kv_bytes_per_block, runner_kv_groups, step_tables
 from engine.logprobs import TokenLogprobs, token_logprobs
+from engine.mamba_state import DEFAULT_STATE_SLOTS, refuse_hybrid_lora, state_pool
 from engine.model.attention import AttentionMetadata, AttentionPlan, GatherWorkspace
 from engine.model.config import ModelConfig
 from engine.model.deepseek import refuse_unsupported
@@ -78,6 +80,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         num_disk_blocks: int = 0,
         dequantize_mxfp4: bool = False,
         hybrid_kv_cache: bool = True,
+        num_state_slots: int = DEFAULT_STATE_SLOTS,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.full_config = full_config = ModelConfig.from_dir(self.model_dir)
@@ -102,6 +105,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
         scheme = serving_scheme(self.model_dir, quantization)
         refuse_unsupported(full_config, kv_cache_dtype, self.tensor_parallel_size, scheme is not None)  # MLA's
+        self.mamba_states = state_pool(full_config, num_state_slots, self.dtype, self.device, kv_cache_dtype,  # hybrids'
+                                       self.tensor_parallel_size, scheme is not None, bool(num_host_blocks or num_disk_blocks))
         self.quantization = scheme.method if scheme is not None else None
         # gpt-oss's MXFP4 experts stay packed unless `dequantize_mxfp4` (engine/model/mxfp4.py)
         self.mxfp4_experts = is_mxfp4_checkpoint(self.model_dir) and not dequantize_mxfp4
@@ -139,7 +144,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         c = self.config
         planes, heads, values = c.kv_cache_entry  # K and V planes, or MLA's one latent (engine/model/mla.py)
         self.kv_cache = torch.zeros(  # with KV groups, a slot a layer of each group shares (engine/kv_groups.py)
-            self.kv_groups.group_size if self.kv_groups else c.num_layers, planes, num_blocks, block_size,
+            self.kv_groups.group_size if self.kv_groups else c.num_kv_layers, planes, num_blocks, block_size,
             heads, values, dtype=storage, device=self.device,
         )  # fmt: skip
         places = self.kv_groups.layer_places(c.num_layers) if self.kv_groups else None  # each layer's (group, slot)
@@ -234,6 +239,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
     def load_lora(self, path: str | Path, max_rank: int) -> LoRAWeights:
         """An adapter folder's factors on this runner's device and dtype (engine/model/lora.py), for the
         whole model: `add_lora` gives each tensor-parallel rank its part."""
+        refuse_hybrid_lora(self.full_config)
         return load_lora(path, self.full_config, max_rank, self.dtype, self.device)
 
     def add_lora(self, lora_id: int, weights: LoRAWeights) -> None:
@@ -262,6 +268,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format,
                                        self._layer_groups)
             caches = self.kv_cache if self._layer_slots is None else [self.kv_cache[s] for s in self._layer_slots]
+            caches = caches if self.mamba_states is None else self.mamba_states.caches(self.kv_cache)
             if step.image_embeds is None:
                 return self.model.hidden_states(step.input_ids, step.positions, caches, plan)
             with spliced_embeddings(self.model.model.layers[0], *step.image_embeds):
@@ -272,6 +279,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         step, logits_index = StepInputs(batch.kv_transfers), None
         if len(batch):
             input_ids, positions, meta, logits_index, images = self._prepare(batch)
+            if self.mamba_states is not None:  # state slots taken, given back, zeroed (engine/mamba_state.py)
+                self.mamba_states.begin_step(batch)
             step = StepInputs(batch.kv_transfers, input_ids, positions, meta, self.lora.groups, images)
         if self.workers is not None:
             self.workers.send(step.to(torch.device("cpu")))
@@ -389,12 +398,3 @@ def default_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
         return torch.float32
     return getattr(torch, config.torch_dtype, torch.bfloat16)
 
-
-def read_eos_token_ids(model_dir: Path, config: ModelConfig) -> tuple[int, ...]:
-    """EOS ids from generation_config.json (which may list several), else config.json."""
-    path = model_dir / "generation_config.json"
-    if path.exists():
-        eos = json.loads(path.read_text()).get("eos_token_id")
-        if eos is not None:
-            return (eos,) if isinstance(eos, int) else tuple(eos)
-    return config.eos_token_ids

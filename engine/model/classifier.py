@@ -51,6 +51,10 @@ class SequenceClassifier(CausalLM):
 def build_model(config: ModelConfig, head: ClassifierHead | None, tp: TPGroup = SINGLE) -> CausalLM:
     """The model a folder's checkpoint fills: a causal LM, or a classifier (keeping lm_head until
     `head_from_tokens` when its head comes from tokens)."""
+    if head is None and config.hybrid is not None:  # a Mamba-2 hybrid (engine/model/hybrid.py)
+        from engine.model.hybrid import HybridCausalLM
+
+        return HybridCausalLM(config)
     if head is None:
         return CausalLM(config, tp)
     return SequenceClassifier(config, head.num_labels, tp, keep_lm_head=bool(head.from_tokens))

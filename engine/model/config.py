@@ -13,9 +13,11 @@ from engine.model import families
 from engine.model.deepseek import DEEPSEEK_TYPES, deepseek_fields
 from engine.model.families import GEMMA3, PHI3
 from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
+from engine.model.mamba_config import HYBRID_TYPES, HybridSpec, hybrid_fields
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3,
                          GPT_OSS, *DEEPSEEK_TYPES)
+SUPPORTED_MODEL_TYPES += HYBRID_TYPES  # Mamba-2 hybrids: Bamba, Granite 4.0-H (engine/model/mamba_config.py)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
 QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", GEMMA3)
@@ -90,6 +92,7 @@ class ModelConfig:
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
     # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).
     mrope_section: tuple[int, ...] | None = None
+    hybrid: HybridSpec | None = None  # a Mamba-2 hybrid's mixer layers and geometry (engine/model/mamba_config.py)
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
@@ -118,6 +121,11 @@ class ModelConfig:
     @property
     def mla(self) -> bool:
         return self.kv_lora_rank > 0
+
+    @property
+    def num_kv_layers(self) -> int:
+        """Layers that keep KV: all but a Mamba-2 hybrid's mixer layers (engine/model/mamba_config.py)."""
+        return self.num_layers - (len(self.hybrid.mamba_layers) if self.hybrid else 0)
 
     @property
     def kv_cache_entry(self) -> tuple[int, int, int]:
@@ -157,6 +165,9 @@ class ModelConfig:
             extra |= deepseek_fields(raw)
             head_dim = extra.pop("head_dim")
             raw = {**raw, "num_key_value_heads": num_heads}
+        if model_type in HYBRID_TYPES:
+            raw, hybrid = hybrid_fields(model_type, raw)
+            extra |= hybrid
         partial = families.partial_rotary_factor(raw)
         rope_theta, rope_scaling = _parse_rope(raw, int(head_dim * partial))
         attention_bias = bool(raw.get("attention_bias", False))

@@ -129,6 +129,7 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
     loaded: set[str] = set()
     packed = any(isinstance(module, Mxfp4Experts) for module in modules.values())
     gpt_oss = GptOssTensors(packed) if model.config.model_type == GPT_OSS else None  # its layout, MXFP4 experts
+    rename = getattr(model, "checkpoint_name", _our_name)  # a Mamba-2 hybrid's own (engine/model/hybrid.py)
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
@@ -138,7 +139,7 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
                     continue  # DeepSeek-V3's multi-token-prediction layers: not served
                 if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                parts = split_fused(_our_name(name), f.get_tensor(name), model.config, tp.size)
+                parts = split_fused(rename(name), f.get_tensor(name), model.config, tp.size)
                 if gpt_oss is not None:
                     parts = [part for n, t in parts for part in gpt_oss.convert(n, t)]
                 for our_name, tensor in parts:

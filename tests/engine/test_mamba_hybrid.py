@@ -1,0 +1,165 @@
+"""Mamba-2 hybrids (Bamba, Granite 4.0-H) against transformers: tiny random checkpoints transformers saved
+generate the same greedy tokens through the runner whole or in small prefill chunks (the SSD scan continuing
+a slot's state), in a batch of prompts of different lengths (decodes batched over their slots beside prefill
+chunks), through the engine with requests preempted and recomputed (their slots given back and zeroed) and
+over HTTP with the openai SDK, a session pin's second turn included. The Hub configs parse to their layouts;
+what the engine does not serve on them is refused at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import EngineConfig, SpeculativeConfig
+from engine.llm_engine import LLMEngine
+from engine.mamba_state import MambaStatePool, hybrid_state_bytes
+from engine.model.config import ModelConfig
+from engine.model.lora import LoRAError
+from engine.model.mamba_config import UnsupportedHybrid
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+from engine.tokenizer import Tokenizer
+from engine.torch_runner import TorchModelRunner
+from tests.engine.hf_checkpoints import (
+    random_prompt,
+    runner_batched_greedy,
+    runner_greedy,
+    transformers_greedy,
+)
+from tests.engine.mamba_checkpoints import BAMBA_9B, GRANITE_4_H_TINY, KINDS, save_hybrid, save_serving_hybrid
+from tests.engine.serving import engine_server, sdk
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("mamba_hybrids")
+    return {kind: save_hybrid(kind, root / kind) for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_match_transformers_whole_and_in_small_chunks(checkpoints: dict[str, Path], kind: str) -> None:
+    """A 29-token prompt spans four 8-token SSD chunks; 5-token prefill chunks start mid-chunk each time."""
+    prompt = random_prompt(29, seed=5)
+    expected = transformers_greedy(checkpoints[kind], prompt, 10)
+    assert len(set(expected)) > 3
+    runner = TorchModelRunner(checkpoints[kind], num_blocks=32, block_size=4, device="cpu", num_state_slots=2)
+    assert runner_greedy(runner, prompt, 10, chunk=64) == expected
+    assert runner_greedy(runner, prompt, 10, chunk=5) == expected
+
+
+def test_a_batch_of_prompts_of_different_lengths_decodes_over_its_slots(checkpoints: dict[str, Path]) -> None:
+    prompts = [random_prompt(n, seed=n) for n in (3, 17, 26)]
+    runner = TorchModelRunner(checkpoints["granite"], num_blocks=64, block_size=4, device="cpu", num_state_slots=3)
+    got = runner_batched_greedy(runner, prompts, 8, chunk=6, blocks_each=16)
+    assert got == [transformers_greedy(checkpoints["granite"], prompt, 8) for prompt in prompts]
+
+
+def _engine(model_dir: Path, blocks: int, **config: object) -> LLMEngine:
+    return LLMEngine(EngineConfig(block_size=4, num_blocks=blocks, max_model_len=256, max_num_seqs=8,
+                                  max_num_batched_tokens=16, **config),  # type: ignore[arg-type]
+                     TorchModelRunner(model_dir, blocks, 4, device="cpu", num_state_slots=3))
+
+
+def _run(engine: LLMEngine, prompts: dict[str, list[int]], new_tokens: int) -> dict[str, Sequence]:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    seqs = {name: engine.add_request(name, prompt, params) for name, prompt in prompts.items()}
+    while engine.has_unfinished():
+        engine.step()
+    return seqs
+
+
+def test_preempted_requests_recompute_from_a_zeroed_slot(checkpoints: dict[str, Path]) -> None:
+    """Three requests in 20 blocks of 4 (the attention layer's): they preempt each other and recompute; the prefix
+    cache is off (a state cannot come from cached KV), running requests are capped at the 3 slots, and every slot
+    is free once they finish."""
+    model = checkpoints["bamba"]
+    engine = _engine(model, 20)
+    assert not engine.config.enable_prefix_caching and engine.config.max_num_seqs == 3
+    prompts = {f"p{i}": random_prompt(22, seed=40 + i) for i in range(3)}
+    got = _run(engine, prompts, 14)
+    assert engine.scheduler.num_preemptions > 0
+    for name, prompt in prompts.items():
+        assert got[name].output_token_ids == transformers_greedy(model, prompt, 14), name
+    pool = engine.runner.mamba_states  # type: ignore[attr-defined]
+    assert isinstance(pool, MambaStatePool) and pool.num_free_slots == 3
+
+
+def test_a_sequence_with_computed_tokens_but_no_slot_is_refused(checkpoints: dict[str, Path]) -> None:
+    """What a prefix-cache hit would look like: refused rather than answered from a zero state."""
+    from engine.batch import ScheduledBatch
+    from tests.engine.hf_checkpoints import give_blocks
+
+    runner = TorchModelRunner(checkpoints["bamba"], num_blocks=16, block_size=4, device="cpu", num_state_slots=1)
+    seq = Sequence("s", random_prompt(12), SamplingParams(temperature=0.0), 0.0)
+    give_blocks(runner, seq, list(range(1, 5)))
+    seq.num_computed_tokens = 8
+    batch = ScheduledBatch()
+    batch.add(seq, 4)
+    with pytest.raises(RuntimeError, match="no Mamba state slot"):
+        runner.execute(batch)
+
+
+def test_hub_configs_parse_to_their_layouts() -> None:
+    granite = ModelConfig.from_dict(GRANITE_4_H_TINY)
+    spec = granite.hybrid
+    assert spec is not None and not spec.rope and spec.logits_scaling == 6 and spec.residual_multiplier == 0.22
+    assert granite.num_kv_layers == 4 and spec.mamba_layers[:6] == (0, 1, 2, 3, 4, 6)
+    assert granite.embed_scale == 12 and granite.attention_scale == 0.0078125
+    assert granite.num_experts == 64 and granite.moe_intermediate_size == 512 and granite.tie_word_embeddings
+    # A sequence's state in bf16 over the 36 mixers: conv (3,072 + 256 channels x 3) and SSM (48 x 64 x 128).
+    assert spec.state_bytes(2) == 36 * (3328 * 3 + 48 * 64 * 128) * 2
+    bamba = ModelConfig.from_dict(BAMBA_9B)
+    assert bamba.hybrid is not None and bamba.num_kv_layers == 3 and bamba.rotary_dim == 64
+    assert len(bamba.hybrid.mamba_layers) == 29 and bamba.hybrid.dt_limit == (0.0, float("inf"))
+
+
+def test_state_slots_come_out_of_the_kv_budget(checkpoints: dict[str, Path]) -> None:
+    from engine.build import build_engine
+    from engine.byte_tokenizer import ByteTokenizer
+
+    model = checkpoints["granite"]
+    state = hybrid_state_bytes(model, 4, "cpu")
+    config = ModelConfig.from_dir(model)
+    assert config.hybrid is not None and state == 4 * config.hybrid.state_bytes(4)
+    block = TorchModelRunner.kv_bytes_per_block(config, 4, torch.float32)  # the one attention layer's
+    assert block == 2 * 1 * 4 * 2 * 8 * 4
+    engine = build_engine(model, kv_cache_memory_bytes=state + 10 * block, block_size=4, max_num_seqs=4,
+                          device="cpu", tokenizer=ByteTokenizer())
+    assert engine.engine.config.num_blocks == 10 and engine.engine.config.max_num_seqs == 4
+    with pytest.raises(ValueError, match="at least one block"):
+        build_engine(model, kv_cache_memory_bytes=state, block_size=4, max_num_seqs=4, device="cpu",
+                     tokenizer=ByteTokenizer())
+
+
+@pytest.mark.parametrize("option", [{"kv_cache_dtype": "fp8_e4m3"}, {"quantization": "int8"},
+                                    {"tensor_parallel_size": 2}, {"num_host_blocks": 4}])
+def test_what_a_hybrid_does_not_serve_is_refused_at_load(checkpoints: dict[str, Path], option: dict) -> None:
+    with pytest.raises(UnsupportedHybrid, match="Mamba-2 hybrid"):
+        TorchModelRunner(checkpoints["bamba"], 8, 4, device="cpu", **option)
+
+
+def test_speculative_decoding_and_lora_are_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    runner = TorchModelRunner(checkpoints["bamba"], 8, 4, device="cpu", num_state_slots=2)
+    with pytest.raises(UnsupportedHybrid, match="speculative decoding"):
+        LLMEngine(EngineConfig(block_size=4, num_blocks=8, speculative=SpeculativeConfig(num_speculative_tokens=2)),
+                  runner)
+    with pytest.raises(LoRAError, match="Mamba-2 hybrid"):
+        runner.load_lora(tmp_path, max_rank=8)
+
+
+def test_served_over_http_with_a_session_as_transformers(tmp_path: Path) -> None:
+    """Two turns of one agent session (pinned between them) and a plain request, through the openai SDK."""
+    model_dir = save_serving_hybrid("granite", tmp_path / "served")
+    first = Tokenizer(model_dir).encode("def f(x):\n    return x * 2\n")
+    with engine_server(model_dir, block_size=4, max_num_seqs=4) as url:
+        client = sdk(url)
+        session = {"ignore_eos": True, "return_token_ids": True, "session_id": "agent-1", "pin_ttl_s": 30}
+        answer = client.completions.create(model="tiny", prompt=first, max_tokens=8, temperature=0.0,
+                                           extra_body=session)
+        assert answer.choices[0].token_ids == transformers_greedy(model_dir, first, 8)  # type: ignore[attr-defined]
+        second = first + answer.choices[0].token_ids + first[:5]  # type: ignore[attr-defined]
+        again = client.completions.create(model="tiny", prompt=second, max_tokens=8, temperature=0.0,
+                                          extra_body=session)
+        assert again.choices[0].token_ids == transformers_greedy(model_dir, second, 8)  # type: ignore[attr-defined]
