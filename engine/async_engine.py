@@ -30,6 +30,7 @@ from engine.sleep import EngineSleep
 if TYPE_CHECKING:
     import torch
 
+    from engine.audio_inputs import AudioInput
     from engine.image_inputs import ImageInput
 
 T = TypeVar("T")
@@ -167,11 +168,13 @@ class AsyncEngine(EngineSleep):
                        hints: SchedulingHints = NO_HINTS,
                        prompt_leader: str | None = None, lora: str | None = None,
                        images: list[ImageInput] | None = None,
-                       prompt_embeds: torch.Tensor | None = None) -> AsyncIterator[RequestOutput]:
+                       prompt_embeds: torch.Tensor | None = None,
+                       audio: AudioInput | None = None) -> AsyncIterator[RequestOutput]:
         """Yields one RequestOutput per step that produced a token, the last one `finished`.
         Stopping the iteration early (break, aclose, cancellation) aborts the request. `lora`: a loaded
         adapter's name (engine/lora_registry.py); `images`: the prompt's (engine/image_inputs.py);
-        `prompt_embeds`: rows in place of the prompt's placeholder ids' embeddings (engine/prompt_embeds.py)."""
+        `prompt_embeds`: rows in place of the prompt's placeholder ids' embeddings (engine/prompt_embeds.py);
+        `audio`: a Whisper model's window (engine/audio_inputs.py)."""
         prompt_token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.validate_request(prompt_token_ids, pin_ttl_s, params)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
@@ -181,7 +184,7 @@ class AsyncEngine(EngineSleep):
             try:
                 stream.seq = self.engine.add_request(request_id, prompt_token_ids, params, priority=priority,
                                                      prompt_leader=prompt_leader, lora=lora, images=images,
-                                                     prompt_embeds=prompt_embeds,
+                                                     prompt_embeds=prompt_embeds, audio=audio,
                                                      session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints)
             except Exception as exc:  # e.g. a duplicate request id: the caller's error, not the engine's
                 self._deliver([(stream, exc)])

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.async_engine import AsyncEngine, TokenizerLike
+from engine.audio_inputs import is_whisper
 from engine.config import ImageLimits, SpeculativeConfig
 from engine.llm_engine import LLMEngine
 
@@ -62,7 +63,19 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     if (disk_kv_path is None) != (not disk_kv_bytes):
         raise ValueError("a disk KV tier needs both a folder (disk_kv_path) and a size (disk_kv_bytes)")
     clock = WallClock()
-    if model_dir is not None:
+    if model_dir is not None and is_whisper(model_dir):  # an encoder-decoder: engine/whisper_runner.py
+        from engine.tokenizer import Tokenizer
+        from engine.whisper_runner import whisper_runner
+
+        runner = whisper_runner(model_dir, num_blocks, kv_cache_memory_bytes, block_size, device, {
+            "speculative decoding": speculative is not None, "a host KV tier": bool(host_kv_memory_bytes),
+            "a disk KV tier": bool(disk_kv_bytes), "an fp8 KV cache": kv_cache_dtype != "auto",
+            "quantization": quantization is not None, "tensor parallelism": tensor_parallel_size > 1,
+            "LoRA adapters": bool(lora_modules), "prompt embeddings": enable_prompt_embeds})
+        num_blocks, num_host_blocks, num_disk_blocks = runner.num_blocks, 0, 0
+        tokenizer = tokenizer or Tokenizer(model_dir)
+        context_len, vocab_size = runner.max_model_len, runner.config.vocab_size
+    elif model_dir is not None:
         from engine.mamba_state import hybrid_state_bytes
         from engine.model.config import ModelConfig
         from engine.tokenizer import Tokenizer

@@ -37,6 +37,7 @@ from engine.thinking_budget import ThinkingBudget, ThinkingTags, force_thinking_
 if TYPE_CHECKING:
     import torch
 
+    from engine.audio_inputs import AudioInput
     from engine.detokenizer import IncrementalDetokenizer
     from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
@@ -88,9 +89,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
                     priority: float = 0.0, session_id: str | None = None, pin_ttl_s: float | None = None,
                     arrival_time: float | None = None, hints: SchedulingHints = NO_HINTS,
                     prompt_leader: str | None = None, lora: str | None = None, images: list[ImageInput] | None = None,
-                    prompt_embeds: torch.Tensor | None = None) -> Sequence:
+                    prompt_embeds: torch.Tensor | None = None, audio: AudioInput | None = None) -> Sequence:
         """`prompt_leader`: another sample's request id (`n` > 1), whose prompt blocks this one waits for (Sequence.
-        prompt_leader). `lora`: an adapter's name. `images`, `prompt_embeds`: engine/image_inputs.py, prompt_embeds.py."""
+        prompt_leader). `lora`: an adapter's name. `images`, `prompt_embeds`: engine/image_inputs.py, prompt_embeds.py.
+        `audio`: a Whisper model's window (engine/audio_inputs.py), which such a model's every request brings."""
+        if (audio is not None) != getattr(self.runner, "takes_audio", False):
+            raise InvalidRequestError("this model transcribes audio: send it to /v1/audio/transcriptions or "
+                                      "/v1/audio/translations" if audio is None else "this model takes no audio",
+                                      "model", "model_not_supported")
         self.validate_request(prompt_token_ids, pin_ttl_s, params=params, images=len(images or ()))
         assert prompt_embeds is None or self.config.enable_prompt_embeds, "prompt embeddings are disabled"
         if request_id in self.sequences:
@@ -102,7 +108,7 @@ class LLMEngine(SessionPins, LoRAAdapters):
         params = with_bad_word_ids(params, self.tokenizer)
         seq = Sequence(request_id, prompt_token_ids, params, self.clock.now() if arrival_time is None else arrival_time,
                        priority=priority, session_id=session_id, pin_ttl_s=pin_ttl_s, hints=hints,
-                       lora_id=self.lora_id(lora), images=images or (), prompt_embeds=prompt_embeds)
+                       lora_id=self.lora_id(lora), images=images or (), prompt_embeds=prompt_embeds, audio=audio)
         config = getattr(self.runner, "config", None)
         if isinstance(config, ModelConfig) and config.long_rope_offset(seq.num_prompt_tokens):
             # LongRoPE: a long prompt's K/V are turned by the long frequencies, a short one's by the short

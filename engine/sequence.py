@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from engine.audio_inputs import AudioInput
     from engine.image_inputs import ImageInput
     from engine.logprobs import TokenLogprobs
     from engine.speculation import DraftProposal, TokenArray
@@ -51,6 +52,7 @@ class Sequence:
         lora_id: int = 0,
         images: Iterable[ImageInput] = (),
         prompt_embeds: torch.Tensor | None = None,
+        audio: AudioInput | None = None,
     ) -> None:
         assert prompt_token_ids, "a sequence needs at least one prompt token"
         self.request_id = request_id
@@ -77,6 +79,10 @@ class Sequence:
         if prompt_embeds is not None:
             assert len(prompt_embeds) == self.num_prompt_tokens, "a row for each prompt position"
             self.hash_seed = hash((_EMBEDS_HASH_TAG, self.hash_seed))
+        # A Whisper request's audio window (engine/audio_inputs.py): its decoder KV is that audio's too.
+        self.audio = audio
+        if audio is not None:
+            self.hash_seed = hash(("audio", audio.content_hash, self.hash_seed))
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0

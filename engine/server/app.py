@@ -20,6 +20,7 @@ from starlette.routing import Route
 from engine.async_engine import AsyncEngine, EngineDeadError, SessionNotFoundError
 from engine.harmony import check_tokenizer, is_harmony, parsers_for
 from engine.sampling_params import InvalidRequestError
+from engine.server.audio import transcriptions, translations
 from engine.server.embeddings import embeddings
 from engine.server.errors import APIError, engine_unavailable, not_found
 from engine.server.generation import ServerState, chat_completions, completions
@@ -157,6 +158,8 @@ ROUTES = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),  # last-token pooling (engine/openai_embeddings.py)
+    Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),  # a Whisper model's (engine/server/audio.py)
+    Route("/v1/audio/translations", translations, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/tokenize", tokenize_endpoint, methods=["POST"]),  # vLLM's: count a prompt before sending it
     Route("/detokenize", detokenize_endpoint, methods=["POST"]),

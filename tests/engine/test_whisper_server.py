@@ -1,0 +1,171 @@
+"""Whisper on the engine server (engine/server/audio.py over engine/whisper_runner.py), over a real socket with
+the openai SDK and httpx: greedy transcripts token for token equal to transformers' `generate` on the same tiny
+random checkpoint (transcribe and translate, a given or detected language, with and without a prompt), a batch of
+uploads and a long upload's windows sharing steps, every response_format, streaming, and 400s for bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from engine.build import build_engine
+from engine.server.app import create_app
+from engine.tiny_whisper import PREV, make_tiny_whisper
+from engine.tokenizer import Tokenizer
+from tests.engine.serving import sdk, serve_in_thread
+from tests.engine.whisper_audio import MAX_NEW_TOKENS, chirp, transformers_tokens, wav_bytes
+
+PROMPT = "hello world"
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+@pytest.fixture(scope="module")
+def url(whisper_dir: Path) -> Iterator[str]:
+    with serve_in_thread(create_app(build_engine(whisper_dir, num_blocks=128), "whisper")) as base:
+        yield base
+
+
+def _post(url: str, audio: bytes | None, path: str = "transcriptions", **fields: object) -> httpx.Response:
+    data = {"model": "whisper", "max_completion_tokens": str(MAX_NEW_TOKENS)} | {k: str(v) for k, v in fields.items()}
+    files = {"file": ("audio.wav", audio, "audio/wav")} if audio is not None else None
+    return httpx.post(f"{url}/v1/audio/{path}", data=data, files=files, timeout=60)
+
+
+def _prompt_ids(whisper_dir: Path) -> list[int]:
+    tokenizer = Tokenizer(whisper_dir)  # as WhisperTokenizer.get_prompt_ids: <|startofprev|> and " " + the text
+    return [tokenizer.token_to_id(PREV), *tokenizer.encode(" " + PROMPT)]
+
+
+@pytest.mark.parametrize("task", ["transcribe", "translate"])
+@pytest.mark.parametrize("language", [None, "de"])
+@pytest.mark.parametrize("prompted", [False, True])
+def test_greedy_tokens_equal_transformers_generate(url: str, whisper_dir: Path, task: str, language: str | None,
+                                                   prompted: bool) -> None:
+    samples = chirp(4.0, 440.0 if task == "transcribe" else 2500.0)
+    fields: dict = {"response_format": "verbose_json"} | ({"language": language} if language else {})
+    if prompted:
+        fields["prompt"] = PROMPT
+    answer = _post(url, wav_bytes(samples), "transcriptions" if task == "transcribe" else "translations", **fields)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = transformers_tokens(whisper_dir, samples, task, language, _prompt_ids(whisper_dir) if prompted else None)
+    assert [s["tokens"] for s in body["segments"]] == [expected]
+    assert body["text"] == Tokenizer(whisper_dir).decode(expected).strip()
+    assert body["task"] == task and body["duration"] == 4.0
+    if language is None:  # detected as generate detects it: its first forced tokens say which
+        assert body["language"] in ("english", "chinese", "german", "spanish", "french")
+    else:
+        assert body["language"] == "german"
+
+
+def test_uploads_at_once_are_batched_and_each_equals_its_own_transcript(url: str, whisper_dir: Path) -> None:
+    pitches = [300.0, 700.0, 1500.0, 3000.0]
+    steps_before = httpx.get(f"{url}/v1/engine/stats").json()["num_steps"]
+    with ThreadPoolExecutor(len(pitches)) as pool:
+        answers = list(pool.map(lambda p: _post(url, wav_bytes(chirp(3.0, p)), language="en",
+                                                response_format="verbose_json"), pitches))
+    steps = httpx.get(f"{url}/v1/engine/stats").json()["num_steps"] - steps_before
+    tokens = [a.json()["segments"][0]["tokens"] for a in answers]
+    assert tokens == [transformers_tokens(whisper_dir, chirp(3.0, p), language="en") for p in pitches]
+    assert len({tuple(t) for t in tokens}) > 1  # the audio decides the transcript
+    assert steps < sum(len(t) for t in tokens)  # some steps decoded several uploads together
+
+
+def test_long_audio_is_transcribed_in_30_second_windows(url: str, whisper_dir: Path) -> None:
+    samples = np.concatenate([chirp(30.0, 300.0), chirp(30.0, 1200.0), chirp(5.0, 2500.0)])
+    steps_before = httpx.get(f"{url}/v1/engine/stats").json()["num_steps"]
+    body = _post(url, wav_bytes(samples), language="en", response_format="verbose_json").json()
+    steps = httpx.get(f"{url}/v1/engine/stats").json()["num_steps"] - steps_before
+    assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.0, 30.0), (30.0, 60.0), (60.0, 65.0)]
+    cuts = [samples[:480_000], samples[480_000:960_000], samples[960_000:]]
+    windows = [s["tokens"] for s in body["segments"]]
+    assert windows == [transformers_tokens(whisper_dir, cut, language="en") for cut in cuts]
+    assert body["text"] == "".join(s["text"] for s in body["segments"]).strip()
+    assert body["duration"] == 65.0 and body["usage"] == {"type": "duration", "seconds": 65}
+    assert steps < sum(len(w) for w in windows)  # the windows ran side by side
+
+
+def test_each_response_format(url: str) -> None:
+    audio = wav_bytes(chirp(2.5, 440.0))
+    text = _post(url, audio, language="en").json()
+    assert set(text) == {"text", "usage"} and text["text"] and text["usage"] == {"type": "duration", "seconds": 3}
+    plain = _post(url, audio, language="en", response_format="text")
+    assert plain.headers["content-type"].startswith("text/plain") and plain.text == text["text"] + "\n"
+    srt = _post(url, audio, language="en", response_format="srt").text
+    assert srt == f"1\n00:00:00,000 --> 00:00:02,500\n{text['text']}\n\n"
+    vtt = _post(url, audio, language="en", response_format="vtt").text
+    assert vtt == f"WEBVTT\n\n00:00:00.000 --> 00:00:02.500\n{text['text']}\n\n"
+    verbose = _post(url, audio, language="en", response_format="verbose_json").json()
+    assert verbose["language"] == "english" and verbose["text"] == text["text"]
+    assert verbose["segments"][0]["start"] == 0.0 and verbose["segments"][0]["end"] == 2.5
+
+
+def test_sdk_transcription_translation_and_stream(url: str, whisper_dir: Path) -> None:
+    client = sdk(url)
+    samples = chirp(3.0, 900.0)
+    options = {"max_completion_tokens": MAX_NEW_TOKENS}
+    plain = client.audio.transcriptions.create(model="whisper", file=("a.wav", wav_bytes(samples)), language="en",
+                                               extra_body=options)
+    expected = Tokenizer(whisper_dir).decode(transformers_tokens(whisper_dir, samples, language="en")).strip()
+    assert plain.text == expected
+    translated = client.audio.translations.create(model="whisper", file=("a.wav", wav_bytes(samples)),
+                                                  response_format="verbose_json", extra_body=options)
+    assert translated.segments[0].tokens == transformers_tokens(whisper_dir, samples, "translate")
+    events = list(client.audio.transcriptions.create(model="whisper", file=("a.wav", wav_bytes(samples)),
+                                                     language="en", stream=True, extra_body=options))
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert len(deltas) > 1 and events[-1].type == "transcript.text.done"
+    assert "".join(deltas).strip() == events[-1].text == expected
+    usage = events[-1].usage
+    assert usage.output_tokens == len(transformers_tokens(whisper_dir, samples, language="en"))
+    assert usage.input_tokens == 4 + 1500  # the forced prefix, and a window's encoder positions
+
+
+@pytest.mark.parametrize(("audio", "fields", "param", "words"), [
+    (None, {}, "file", "'file' is required"),
+    (b"", {}, "file", "empty"),
+    (b"\x00\x01garbage bytes, not audio at all", {}, "file", "could not be decoded"),
+    (b"ID3\x04\x00\x00\x00\x00\x00\x00", {}, "file", "unsupported audio format (mp3)"),
+    (b"OggS\x00\x02" + bytes(30), {}, "file", "unsupported audio format (ogg)"),
+    (b"RIFF\x10\x00\x00\x00WAVEjunk\x00\x00\x00\x00", {}, "file", "lacks its 'fmt '"),
+    ("wav", {"response_format": "mp3"}, "response_format", "unsupported response_format"),
+    ("wav", {"language": "klingon"}, "language", "unsupported language"),
+    ("wav", {"temperature": "3"}, "temperature", "between 0 and 1"),
+    ("wav", {"temperature": "warm"}, "temperature", "must be a number"),
+    ("wav", {"max_completion_tokens": "0"}, "max_completion_tokens", "positive integer"),
+])  # fmt: skip
+def test_bad_input_is_a_400_in_openais_shape(url: str, audio: bytes | str | None, fields: dict, param: str,
+                                             words: str) -> None:
+    sent = wav_bytes(chirp(1.0, 440.0)) if audio == "wav" else audio
+    answer = _post(url, sent, **fields)  # type: ignore[arg-type]
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and words in error["message"]
+
+
+def test_unknown_model_is_a_404_and_text_requests_to_whisper_a_400(url: str) -> None:
+    answer = httpx.post(f"{url}/v1/audio/transcriptions", data={"model": "nope"},
+                        files={"file": ("a.wav", wav_bytes(chirp(1.0, 440.0)))})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk(url).completions.create(model="whisper", prompt="hello", max_tokens=3)
+    assert "transcribes audio" in json.dumps(refused.value.body)
+
+
+def test_a_text_model_refuses_audio(tiny_model_dir: Path) -> None:
+    with serve_in_thread(create_app(build_engine(tiny_model_dir, num_blocks=32), "tiny")) as base:
+        answer = httpx.post(f"{base}/v1/audio/transcriptions", data={"model": "tiny"},
+                            files={"file": ("a.wav", wav_bytes(chirp(1.0, 440.0)))})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "model_not_supported"
