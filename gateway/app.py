@@ -23,6 +23,7 @@ from gateway import (
     conversation_endpoints,
     endpoints,
     files,
+    gemini_endpoints,
     key_admin,
     key_rotation,
     media,
@@ -73,10 +74,13 @@ ROUTES = [
     *vector_store_endpoints.ROUTES,
     Route("/v1/messages", proxy.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", endpoints.count_message_tokens, methods=["POST"]),
-    Route("/v1/models", endpoints.list_models, methods=["GET"]),
+    *gemini_endpoints.ROUTES,  # Google's Gemini API: /v1beta/models/{model}:generateContent etc. (and /v1, /v1alpha)
+    Route("/v1/models", gemini_endpoints.openai_or_gemini(endpoints.list_models, gemini_endpoints.list_models),
+          methods=["GET"]),  # OpenAI's list, or Gemini's for Google's clients
     Route("/update_weights_from_disk", weight_admin.update_weights_from_disk, methods=["POST"]),  # RL, master key
     *rl_admin.ROUTES,  # /pause, /resume, /is_paused, /sleep, /wake_up, /is_sleeping, /reset_prefix_cache
-    Route("/v1/models/{model:path}", endpoints.retrieve_model, methods=["GET"]),
+    Route("/v1/models/{model:path}", gemini_endpoints.openai_or_gemini(endpoints.retrieve_model,
+                                                                      gemini_endpoints.get_model), methods=["GET"]),
     Route("/v1/feedback", endpoints.feedback, methods=["POST"]),
     Route("/v1/sessions/{session_id}", session_endpoint.get_session, methods=["GET"]),
     Route("/v1/keys", key_admin.create_key, methods=["POST"]),

@@ -94,7 +94,7 @@ def bearer_token(headers: Headers) -> str | None:
     value = headers.get("authorization", "")
     if value.lower().startswith("bearer "):
         return value[7:].strip() or None
-    return headers.get("x-api-key")
+    return headers.get("x-api-key") or headers.get("x-goog-api-key")  # Anthropic's SDKs', Google's
 
 
 class Authenticator:

@@ -1,6 +1,7 @@
-"""The APIs the gateway serves as a chat: OpenAI's Responses API (gateway/stored_responses.py) and
-Anthropic's Messages API (gateway/messages_stream.py). The proxy asks each the same things: the chat a
-request stands for, the answer turned back (whole, or as its own stream events), and its error shape."""
+"""The APIs the gateway serves as a chat: OpenAI's Responses API (gateway/stored_responses.py),
+Anthropic's Messages API (gateway/messages_stream.py) and Google's Gemini API (gateway/gemini_stream.py).
+The proxy asks each the same things: the chat a request stands for, the answer turned back (whole, or as
+its own stream events), and its error shape."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Literal, Protocol
 from starlette.responses import Response
 
 from engine.server.errors import APIError
-from gateway import messages_api
+from gateway import gemini_answer, messages_api
 from gateway.request_body import ProxyRequest
 
-DialectName = Literal["responses", "messages"]
+DialectName = Literal["responses", "messages", "gemini"]
 
 
 class DialectStream(Protocol):
@@ -50,6 +51,9 @@ class Dialect(Protocol):
 
 
 def error_response(dialect: str | None, error: APIError) -> Response:
-    """The error as the client's API shapes it: Anthropic's for Messages, OpenAI's for everything else."""
+    """The error as the client's API shapes it: Anthropic's for Messages, Google's for Gemini, OpenAI's for
+    everything else."""
+    if dialect == "gemini":
+        return gemini_answer.error_response(error)
     return messages_api.error_response(error) if dialect == "messages" else error.response()
 

@@ -1,7 +1,7 @@
 """POST /v1/chat/completions, /v1/completions and /v1/embeddings, and the APIs served as a chat
-(/v1/responses, /v1/messages: gateway/dialects.py): authenticate, limit, parse, route, then serve
-(gateway/serving.py), and leave one outcome row; a background response's run, on its own
-(gateway/background.py). Errors keep the API's shape (OpenAI's, or Anthropic's for Messages)."""
+(/v1/responses, /v1/messages, Gemini's generateContent: gateway/dialects.py): authenticate, limit, parse,
+route, then serve (gateway/serving.py), and leave one outcome row; a background response's run, on its own
+(gateway/background.py). Errors keep the API's shape (OpenAI's, Anthropic's for Messages, Google's for Gemini)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from gateway.budget_holds import budget_hold, team_hold
 from gateway.compaction import compact_conversation, compact_turn
 from gateway.dialects import Dialect, DialectName, error_response
 from gateway.embedding_cache import embed_cached
+from gateway.gemini_stream import GeminiTurn
 from gateway.limit_gate import LimitExceeded
 from gateway.messages_stream import MessagesTurn
 from gateway.moderation import serve_moderation_body
@@ -81,6 +82,11 @@ async def messages(request: Request) -> Response:
     return await _proxy(request, "messages")
 
 
+async def gemini(request: Request) -> Response:
+    """Google's Gemini API's generateContent, served as a chat (gateway/gemini_endpoints.py routes it)."""
+    return await _proxy(request, "gemini")
+
+
 async def _proxy(request: Request, kind: Endpoint) -> Response:
     state: GatewayState = request.app.state.pitstop
     draft = OutcomeDraft()
@@ -120,7 +126,7 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
                   raw: Any = None, resumed: dict | None = None) -> Response:
     dialect: Dialect | None = None
     handed_off = False  # to a stream, or a background run: it ends the dialect's turn, once it is over
-    if endpoint in ("responses", "messages"):
+    if endpoint in ("responses", "messages", "gemini"):
         draft.endpoint = endpoint  # the row's, and the shape of its errors
     headers = request.headers if request is not None else {}
     try:
@@ -133,6 +139,9 @@ async def _answer(request: Request | None, endpoint: Endpoint, state: GatewaySta
             dialect = await state.responses.begin(raw, draft.request_id, draft.caller.key_id, resumed)
         elif endpoint == "messages":
             dialect = MessagesTurn(raw, draft.request_id, headers)
+        elif endpoint == "gemini":  # its model and method are the path's (gateway/gemini_endpoints.py)
+            assert request is not None
+            dialect = GeminiTurn(raw, draft.request_id, *request.state.gemini_call)
         if dialect is not None:
             raw, kind = dialect.chat, "chat"
         draft.request = parsed = (parse_embeddings_request(raw, headers) if kind == "embedding"

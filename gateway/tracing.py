@@ -31,7 +31,7 @@ log = logging.getLogger("pitstop.tracing")
 
 # gen_ai.operation.name of each endpoint (the Responses and Messages APIs are served as chats).
 OPERATIONS = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings", "responses": "chat",
-              "messages": "chat", "rerank": "rerank",  # rerank, moderation: no GenAI convention names them yet
+              "messages": "chat", "gemini": "chat", "rerank": "rerank",  # rerank, moderation: no GenAI convention names them yet
               "moderation": "moderation", "classify": "classify", "score": "score"}
 # litellm's provider prefixes as the conventions' gen_ai.provider.name values, where they differ.
 PROVIDERS = {"pitstop-local": "pitstop", "pitstop-engine": "pitstop", "hosted_vllm": "vllm",
