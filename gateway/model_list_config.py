@@ -336,9 +336,13 @@ class ModelEntry(StrictConfig):
 
     @model_validator(mode="after")
     def _media_not_on_engines(self) -> ModelEntry:
-        if self.model_info.mode in (*MEDIA_MODES, "realtime") and self.litellm_params.provider in PITSTOP_PROVIDERS:
+        mode, provider = self.model_info.mode, self.litellm_params.provider
+        if mode == "audio_transcription" and provider == ENGINE_PROVIDER:
+            return self  # a `pitstop engine serve` of a Whisper folder: its /v1/audio/* (engine/server/audio.py)
+        if mode in (*MEDIA_MODES, "realtime") and provider in PITSTOP_PROVIDERS:
             raise ValueError(f"model '{self.model_name}': Pitstop's engines and encoders serve no audio, images, "
-                             f"videos or realtime sessions (mode: {self.model_info.mode})")
+                             f"videos or realtime sessions (mode: {mode}), but for transcriptions by a Whisper "
+                             f"model on `pitstop engine serve` (pitstop-engine/ with mode: audio_transcription)")
         return self
 
     @property
