@@ -101,6 +101,33 @@ def test_a_sequence_with_computed_tokens_but_no_slot_is_refused(checkpoints: dic
         runner.execute(batch)
 
 
+def test_a_slot_is_given_back_at_preemption_and_finish(checkpoints: dict[str, Path]) -> None:
+    """One slot: a preempted sequence's goes to the next one at once (it will recompute from zero), a finished
+    one's too; a second sequence starting while the slot is held is refused."""
+    from engine.batch import ScheduledBatch
+    from engine.sequence import SequenceStatus
+
+    spec = ModelConfig.from_dir(checkpoints["bamba"]).hybrid
+    assert spec is not None
+    pool = MambaStatePool(spec, 1, torch.float32, torch.device("cpu"))
+    seqs = [Sequence(name, random_prompt(6), SamplingParams(), 0.0) for name in "abc"]
+
+    def start(seq: Sequence) -> None:
+        batch = ScheduledBatch()
+        batch.add(seq, 6)
+        pool.begin_step(batch)
+
+    start(seqs[0])
+    assert pool.slot_of("a") == 0 and pool.num_free_slots == 0
+    with pytest.raises(RuntimeError, match="no free Mamba state slot"):
+        start(seqs[1])
+    seqs[0].num_preemptions += 1  # what Scheduler._preempt does, with the status back to WAITING
+    assert pool.num_free_slots == 1 and pool.slot_of("a") is None
+    start(seqs[2])
+    seqs[2].status = SequenceStatus.FINISHED
+    assert pool.num_free_slots == 1
+
+
 def test_hub_configs_parse_to_their_layouts() -> None:
     granite = ModelConfig.from_dict(GRANITE_4_H_TINY)
     spec = granite.hybrid
