@@ -24,6 +24,10 @@ tokens of the same image (`AttentionMetadata.image_spans`), on sliding and full 
 gpt-oss's attention sinks (one learned logit per head that joins the softmax's denominator and attends to
 nothing) go through SDPA as one more key: a zero key and value whose additive mask is the head's sink, so its
 score is exactly the sink (transformers' eager GptOss attention concatenates the sink to the scaled scores).
+
+Gemma 2's attention-logit soft-capping (scores -> cap x tanh(scores / cap) before the mask) is not something SDPA
+does: a softcapped layer attends by explicit matmuls and a float32 softmax (transformers' eager attention), on
+decode and prefill rows alike.
 """
 
 from __future__ import annotations
@@ -228,6 +232,7 @@ class _Reader:
     scales: tuple[float, float]
     softmax_scale: float | None = None
     sinks: torch.Tensor | None = None  # [heads]: gpt-oss's
+    softcap: float | None = None  # Gemma 2's attention-logit cap
 
     def gather(self, cache: torch.Tensor, block_tables: torch.Tensor, which: int) -> torch.Tensor:
         """[..., blocks] table -> [..., kv_heads, blocks * block_size, head_dim] keys (0) or values (1)."""
@@ -249,12 +254,13 @@ class _Reader:
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, plan: AttentionPlan,
                     scales: tuple[float, float] = (1.0, 1.0), softmax_scale: float | None = None,
-                    sinks: torch.Tensor | None = None) -> torch.Tensor:
+                    sinks: torch.Tensor | None = None, softcap: float | None = None) -> torch.Tensor:
     """q: [T, heads, head_dim] (rotated); returns [T, heads, head_dim]. K/V must already be written
     (with an fp8 plan, by `write_kv` with the same `scales`). `softmax_scale`: the scores' factor, None for
-    head_dim ** -0.5 (Gemma 3 has its own). `sinks`: [heads] gpt-oss's sink logits."""
+    head_dim ** -0.5 (Gemma 3 has its own). `sinks`: [heads] gpt-oss's sink logits. `softcap`: Gemma 2's cap on
+    the scaled scores."""
     k_cache, v_cache = kv_cache[0], kv_cache[1]
-    reader = _Reader(plan.workspace, plan.kv_format, scales, softmax_scale, sinks)
+    reader = _Reader(plan.workspace, plan.kv_format, scales, softmax_scale, sinks, softcap)
     if plan.decode_only:
         return _decode_attention(q, k_cache, v_cache, plan, reader)
     out = torch.empty_like(q)
@@ -277,7 +283,10 @@ def _decode_attention(
     mask = plan.decode_mask
     if reader.sinks is not None:  # query head h is (h // group, h % group) here
         k, v, mask = _with_sink(k, v, mask, reader.sinks.view(1, kv_heads, heads // kv_heads, 1), q.dtype)
-    out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=reader.softmax_scale)
+    if reader.softcap is not None:
+        out = _softcapped(grouped, k, v, mask, reader)
+    else:
+        out = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=reader.softmax_scale)
     return out.reshape(rows, heads, head_dim)
 
 
@@ -291,6 +300,11 @@ def _prefill_attention(
         if mask is None:
             mask = torch.ones(q.shape[0], row.num_keys, dtype=torch.bool, device=q.device).tril()
         k, v, mask = _with_sink(k, v, mask, reader.sinks.view(1, -1, 1, 1), q.dtype)
+    if reader.softcap is not None:  # query head h is (h // group, h % group) of [kv_heads, group]
+        if mask is None:
+            mask = torch.ones(q.shape[0], row.num_keys, dtype=torch.bool, device=q.device).tril()
+        grouped = q.transpose(0, 1).unflatten(0, (k.shape[1], -1))  # [kv_heads, group, q, head_dim]
+        return _softcapped(grouped, k[0, :, None], v[0, :, None], mask, reader).flatten(0, 1).transpose(0, 1)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k,
@@ -301,6 +315,18 @@ def _prefill_attention(
         scale=reader.softmax_scale,
     )
     return out.squeeze(0).transpose(0, 1)
+
+
+def _softcapped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                reader: _Reader) -> torch.Tensor:
+    """SDPA with the scaled scores soft-capped (cap x tanh(s / cap)) before the boolean `mask` and a float32
+    softmax, as transformers' eager Gemma 2 attention; q [..., q, head_dim], k/v [..., keys, head_dim]."""
+    assert reader.softcap is not None
+    scale = reader.softmax_scale if reader.softmax_scale is not None else q.shape[-1] ** -0.5
+    scores = torch.tanh(q @ k.transpose(-1, -2) * scale / reader.softcap) * reader.softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
 
 
 def _with_sink(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, sinks: torch.Tensor,

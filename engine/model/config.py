@@ -1,22 +1,24 @@
 """ModelConfig: the handful of numbers the decoder needs, parsed from a Hugging Face `config.json`
 (Llama, Mistral, Qwen2 and Qwen3 families, the mixture-of-experts Qwen3-MoE and Mixtral, and Gemma 3 text and
-Phi-3 (engine/model/families.py), gpt-oss (engine/model/gpt_oss.py), DeepSeek-V2/V3 (engine/model/deepseek.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
+Phi-3 (engine/model/families.py), gpt-oss (engine/model/gpt_oss.py), DeepSeek-V2/V3 (engine/model/deepseek.py), Gemma 2,
+GLM-4.5 and OLMo 2 (engine/model/added_families.py); both the classic `rope_theta`/`rope_scaling` keys and the transformers-5
 `rope_parameters` dict)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.model import families
+from engine.model.added_families import ADDED_FAMILIES
 from engine.model.deepseek import DEEPSEEK_TYPES, deepseek_fields
 from engine.model.families import GEMMA3, PHI3
 from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
 from engine.model.mamba_config import HYBRID_TYPES, HybridSpec, hybrid_fields
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3,
-                         GPT_OSS, *DEEPSEEK_TYPES)
+                         GPT_OSS, *DEEPSEEK_TYPES, *ADDED_FAMILIES)
 SUPPORTED_MODEL_TYPES += HYBRID_TYPES  # Mamba-2 hybrids: Bamba, Granite 4.0-H (engine/model/mamba_config.py)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 # Families that RMS-normalise each head's query and key before RoPE.
@@ -88,6 +90,11 @@ class ModelConfig:
     attention_scale: float | None = None  # None: head_dim ** -0.5
     local_rope_theta: float | None = None
     final_logit_softcapping: float | None = None
+    # Gemma 2 (engine/model/gemma2.py) caps attention scores; OLMo 2 (engine/model/olmo2.py) norms only after each
+    # block and its q/k over the whole projection rather than per head.
+    attn_logit_softcapping: float | None = None
+    pre_norms: bool = True
+    qk_norm_whole: bool = False
     partial_rotary_factor: float = 1.0  # Phi-4-mini: RoPE on the first 3/4 of each head
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
     # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).
@@ -150,6 +157,9 @@ class ModelConfig:
         model_type = raw.get("model_type", "llama")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"unsupported model_type {model_type!r}; expected one of {SUPPORTED_MODEL_TYPES}")
+        overrides: dict = {}  # an added family's fields over what the generic parse makes of it
+        if model_type in ADDED_FAMILIES:
+            raw, overrides = ADDED_FAMILIES[model_type](raw)
         hidden_act = families.activation(model_type, raw)
         num_heads = raw["num_attention_heads"]
         hidden_size = raw["hidden_size"]
@@ -172,7 +182,7 @@ class ModelConfig:
         rope_theta, rope_scaling = _parse_rope(raw, int(head_dim * partial))
         attention_bias = bool(raw.get("attention_bias", False))
         eos = raw.get("eos_token_id")
-        return cls(
+        config = cls(
             model_type=model_type,
             vocab_size=raw["vocab_size"],
             hidden_size=hidden_size,
@@ -201,6 +211,7 @@ class ModelConfig:
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=_as_id_tuple(eos),
         )
+        return replace(config, **overrides) if overrides else config
 
     def num_params(self) -> int:
         """Parameter count, counting tied embeddings once."""
@@ -208,10 +219,11 @@ class ModelConfig:
         kv_size = self.num_kv_heads * self.head_dim
         attn = self.hidden_size * (q_size + 2 * kv_size) + q_size * self.hidden_size
         attn += (q_size + 2 * kv_size) * self.qkv_bias + self.hidden_size * self.o_bias
-        attn += 2 * self.head_dim * self.qk_norm + self.num_heads * self.attention_sinks
+        qk_norm_width = q_size + kv_size if self.qk_norm_whole else 2 * self.head_dim
+        attn += qk_norm_width * self.qk_norm + self.num_heads * self.attention_sinks
         if self.mla:
             attn = self.mla_params()
-        norms = (4 if self.sandwich_norms else 2) * self.hidden_size
+        norms = ((4 if self.sandwich_norms else 2) - (0 if self.pre_norms else 2)) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
         # A sparse layer's MLP: the router plus every expert's gate, up and down projections.

@@ -86,9 +86,6 @@ def activation(model_type: str, raw: dict) -> str:
 
 def gemma3_fields(raw: dict) -> dict:
     """ModelConfig fields only Gemma 3 sets (its RoPE is read by `gemma3_rope`)."""
-    if raw.get("attn_logit_softcapping") is not None:
-        raise UnsupportedConfig("attn_logit_softcapping is not supported: this engine's attention (torch SDPA) "
-                                "cannot softcap attention scores (Gemma 3 configs leave it null; Gemma 2's set it)")
     if raw.get("use_bidirectional_attention"):
         raise UnsupportedConfig("use_bidirectional_attention (an embedding model's setting) is not supported: "
                                 "this engine attends causally")
@@ -98,6 +95,7 @@ def gemma3_fields(raw: dict) -> dict:
         "sandwich_norms": True,
         "attention_scale": float(raw.get("query_pre_attn_scalar", 256)) ** -0.5,
         "final_logit_softcapping": raw.get("final_logit_softcapping"),
+        "attn_logit_softcapping": raw.get("attn_logit_softcapping"),  # Gemma 3's configs leave it null
     }
 
 

@@ -1,6 +1,7 @@
 """The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2, Qwen3 (per-head
 q/k norms), Phi-3 and Gemma 3 (engine/model/families.py: norms around each block's output too, scaled
-embeddings, GELU, a RoPE of their own in sliding layers), full or sliding-window attention per layer, or DeepSeek's
+embeddings, GELU, a RoPE of their own in sliding layers), Gemma 2, GLM-4.5 and OLMo 2 (engine/model/added_families.py:
+soft-capped attention scores, norms after each block only, q/k norms over the whole projection), full or sliding-window attention per layer, or DeepSeek's
 multi-head latent attention (`engine.model.mla`), with a dense MLP or, in the layers a mixture-of-experts model makes
 sparse, experts (`engine.model.moe`, DeepSeek's with shared experts). Module and parameter names follow the HF checkpoint layout
 (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
@@ -39,11 +40,17 @@ class Attention(nn.Module):
         kv_size = config.num_kv_heads * config.head_dim
         self.qkv_proj = PackedLinear(config.hidden_size, [q_size, kv_size, kv_size], bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
-        # Qwen3: each head's query and key are RMS-normalised (over head_dim) before RoPE.
-        norm = partial(RMSNorm, config.head_dim, config.rms_norm_eps, config.norm_unit_offset)
-        self.q_norm = norm() if config.qk_norm else None
-        self.k_norm = norm() if config.qk_norm else None
+        # Qwen3: each head's query and key are RMS-normalised (over head_dim) before RoPE; OLMo 2: over all heads.
+        self.qk_norm_whole = config.qk_norm_whole
+        if self.qk_norm_whole and tp.size > 1:
+            raise ValueError(f"{config.model_type} norms q and k over every head at once: tensor parallelism "
+                             "(a rank holding some heads) is not supported")
+        q_width, k_width = (q_size, kv_size) if self.qk_norm_whole else (config.head_dim, config.head_dim)
+        norm = partial(RMSNorm, eps=config.rms_norm_eps, unit_offset=config.norm_unit_offset)
+        self.q_norm = norm(q_width) if config.qk_norm else None
+        self.k_norm = norm(k_width) if config.qk_norm else None
         self.softmax_scale = config.attention_scale
+        self.softcap = config.attn_logit_softcapping  # Gemma 2's
         # gpt-oss: a learned logit per head in each softmax's denominator (engine/model/attention.py).
         self.sinks = nn.Parameter(torch.empty(config.num_heads)) if config.attention_sinks else None
         # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
@@ -63,7 +70,9 @@ class Attention(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None and self.qk_norm_whole:
+            q, k = self.q_norm(q.flatten(1)).view_as(q), self.k_norm(k.flatten(1)).view_as(k)
+        elif self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
@@ -74,7 +83,7 @@ class Attention(nn.Module):
         if self.sliding:
             assert plan.sliding is not None, "a sliding-window layer needs the step's sliding plan"
             plan = plan.sliding
-        out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale, self.sinks)
+        out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale, self.sinks, self.softcap)
         return self.tp.all_reduce(self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)))
 
 
@@ -103,10 +112,11 @@ class DecoderLayer(nn.Module):
             shared_size = config.shared_expert_intermediate_size
             self.mlp = SparseMoE(config, tp, MLP(config, tp, shared_size) if shared_size else None)
         norm = partial(RMSNorm, config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
-        self.input_layernorm = norm()
+        # OLMo 2 norms no block's input (`pre_norms` off), only its output.
+        self.input_layernorm = norm() if config.pre_norms else None
         self.post_attention_layernorm = norm()
         # Gemma 3 norms each block's output before the residual add, and the MLP's input with a norm of its own.
-        self.pre_feedforward_layernorm = norm() if config.sandwich_norms else None
+        self.pre_feedforward_layernorm = norm() if config.sandwich_norms and config.pre_norms else None
         self.post_feedforward_layernorm = norm() if config.sandwich_norms else None
 
     def forward(
@@ -117,12 +127,14 @@ class DecoderLayer(nn.Module):
         kv_cache: torch.Tensor,
         plan: AttentionPlan,
     ) -> torch.Tensor:
-        attended = self.self_attn(self.input_layernorm(hidden), positions, rope, kv_cache, plan)
-        if self.pre_feedforward_layernorm is None or self.post_feedforward_layernorm is None:
+        normed = hidden if self.input_layernorm is None else self.input_layernorm(hidden)
+        attended = self.self_attn(normed, positions, rope, kv_cache, plan)
+        if self.post_feedforward_layernorm is None:  # Llama's pre-norms: the second is the MLP's input's
             hidden = hidden + attended
             return hidden + self.mlp(self.post_attention_layernorm(hidden))
         hidden = hidden + self.post_attention_layernorm(attended)
-        return hidden + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden)))
+        mlp_input = hidden if self.pre_feedforward_layernorm is None else self.pre_feedforward_layernorm(hidden)
+        return hidden + self.post_feedforward_layernorm(self.mlp(mlp_input))
 
 
 class DecoderStack(nn.Module):

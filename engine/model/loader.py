@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from engine.classifier_config import classifier_head
+from engine.model.added_families import MTP_FAMILIES
 from engine.model.classifier import SequenceClassifier, build_model, token_ids_of
 from engine.model.config import ModelConfig
 from engine.model.gpt_oss import GPT_OSS
@@ -135,8 +136,9 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 if name.endswith(IGNORED_SUFFIXES) or name.startswith(IGNORED_PREFIXES):
                     continue
-                if model.config.mla and _past_last_layer(name, model.config.num_layers):
-                    continue  # DeepSeek-V3's multi-token-prediction layers: not served
+                if (model.config.mla or model.config.model_type in MTP_FAMILIES) and \
+                        _past_last_layer(name, model.config.num_layers):
+                    continue  # DeepSeek-V3's and GLM-4.5's multi-token-prediction layers: not served
                 if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
                 parts = split_fused(rename(name), f.get_tensor(name), model.config, tp.size)

@@ -13,7 +13,8 @@ gpt-oss's variant (engine/model/gpt_oss.py) is this module with its config's swi
 logits softmaxed after the choice (in their dtype, as transformers), expert biases and a clamped SwiGLU.
 DeepSeekMoE's (engine/model/deepseek.py): always-on shared experts added to the routed ones, scores by softmax or
 V3's sigmoid (plus a bias that steers the choice only), the choice limited to the best groups of experts, and the
-weights scaled by `routed_scaling_factor`; its router runs in float32, as transformers'."""
+weights scaled by `routed_scaling_factor`; its router runs in float32, as transformers' (GLM-4.5's too:
+engine/model/glm4_moe.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from engine.model.config import ModelConfig
 from engine.model.deepseek import DEEPSEEK_TYPES
+from engine.model.glm4_moe import GLM4_MOE
 from engine.model.parallel import SINGLE, TPGroup
 
 
@@ -104,7 +106,7 @@ class SparseMoE(nn.Module):
         self.sigmoid = config.scoring_func == "sigmoid"
         self.n_group, self.topk_group = config.n_group, config.topk_group
         self.routed_scaling_factor = config.routed_scaling_factor
-        self.float32_router = config.model_type in DEEPSEEK_TYPES
+        self.float32_router = config.model_type in (*DEEPSEEK_TYPES, GLM4_MOE)
         self.experts = Experts(config.num_experts, config.hidden_size, config.moe_intermediate_size,
                                config.moe_bias, config.swiglu_limit, config.swiglu_alpha)
 

@@ -223,7 +223,6 @@ def test_rope_frequencies_match_transformers(raw: dict) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"attn_logit_softcapping": 50.0}, "cannot softcap attention scores"),
     ({"use_bidirectional_attention": True}, "attends causally"),
     ({"hidden_activation": "gelu"}, "unsupported hidden activation"),
     ({"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
