@@ -6,6 +6,7 @@ uploads and a long upload's windows sharing steps, every response_format, stream
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import openai
 import pytest
 
+from engine.async_engine import AsyncEngine
 from engine.build import build_engine
 from engine.server.app import create_app
 from engine.tiny_whisper import PREV, make_tiny_whisper
@@ -31,8 +33,13 @@ def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(whisper_dir: Path) -> Iterator[str]:
-    with serve_in_thread(create_app(build_engine(whisper_dir, num_blocks=128), "whisper")) as base:
+def engine(whisper_dir: Path) -> AsyncEngine:
+    return build_engine(whisper_dir, num_blocks=128)
+
+
+@pytest.fixture(scope="module")
+def url(engine: AsyncEngine) -> Iterator[str]:
+    with serve_in_thread(create_app(engine, "whisper")) as base:
         yield base
 
 
@@ -67,6 +74,23 @@ def test_greedy_tokens_equal_transformers_generate(url: str, whisper_dir: Path, 
         assert body["language"] in ("english", "chinese", "german", "spanish", "french")
     else:
         assert body["language"] == "german"
+
+
+def test_the_encoder_runs_once_a_window_and_decoder_blocks_are_not_shared_across_audio(
+        url: str, engine: AsyncEngine, whisper_dir: Path) -> None:
+    """A detected language and the transcription after it share the window's encoder output; the same decoder
+    prompt (a 30-token prompt fills whole blocks) over other audio must not take the first one's cached blocks."""
+    runner = engine.engine.runner
+    prompt = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+    tokenizer = Tokenizer(whisper_dir)
+    prompt_ids = [tokenizer.token_to_id(PREV), *tokenizer.encode(" " + prompt)]
+    assert len(prompt_ids) + 4 > 32  # two whole blocks of 16 before the first sampled token
+    for pitch in (500.0, 2000.0):
+        before = runner.encoder_windows  # type: ignore[attr-defined]
+        samples = chirp(2.0, pitch)
+        body = _post(url, wav_bytes(samples), response_format="verbose_json", prompt=prompt).json()
+        assert runner.encoder_windows == before + 1  # type: ignore[attr-defined]
+        assert body["segments"][0]["tokens"] == transformers_tokens(whisper_dir, samples, prompt_ids=prompt_ids)
 
 
 def test_uploads_at_once_are_batched_and_each_equals_its_own_transcript(url: str, whisper_dir: Path) -> None:
@@ -169,3 +193,21 @@ def test_a_text_model_refuses_audio(tiny_model_dir: Path) -> None:
                             files={"file": ("a.wav", wav_bytes(chirp(1.0, 440.0)))})
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "model_not_supported"
+
+
+def test_begin_suppress_tokens_hold_back_the_first_token_as_generate_does(whisper_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A copy of the folder whose begin_suppress_tokens hold the token the model would begin with: both the
+    engine and transformers begin with another one, and then go on alike."""
+    samples = chirp(2.0, 800.0)
+    first = transformers_tokens(whisper_dir, samples, language="en")[0]
+    folder = tmp_path / "whisper"
+    shutil.copytree(whisper_dir, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["begin_suppress_tokens"] = [first, *config["begin_suppress_tokens"]]
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    expected = transformers_tokens(folder, samples, language="en")
+    assert expected[0] != first
+    with serve_in_thread(create_app(build_engine(folder, num_blocks=32), "whisper")) as base:
+        body = _post(base, wav_bytes(samples), language="en", response_format="verbose_json").json()
+    assert body["segments"][0]["tokens"] == expected
