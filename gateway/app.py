@@ -26,6 +26,7 @@ from gateway import (
     gemini_endpoints,
     key_admin,
     key_rotation,
+    mcp_gateway,
     media,
     moderation,
     proxy,
@@ -59,6 +60,7 @@ ROUTES = [
     *media.ROUTES,  # /v1/audio/transcriptions, /translations, /speech, /v1/images/generations
     *videos.ROUTES,  # /v1/videos: OpenAI's Videos API (Sora), jobs kept by the deployment that holds them
     *realtime.ROUTES,  # WebSocket /v1/realtime, /realtime: OpenAI's Realtime API, relayed
+    *mcp_gateway.ROUTES,  # /mcp, /mcp/{server}: the gateway as an MCP server over `mcp_servers:`
     Route("/v1/responses", proxy.responses, methods=["POST"]),
     Route("/v1/responses/input_tokens", endpoints.count_response_tokens, methods=["POST"]),
     Route("/v1/responses/compact", proxy.compact_response, methods=["POST"]),
@@ -139,6 +141,7 @@ def create_app(settings: Settings, state: GatewayState | None = None) -> Starlet
         try:
             yield
         finally:
+            await mcp_gateway.close(app)
             await state.close()
 
     app = Starlette(routes=ROUTES, lifespan=lifespan,

@@ -43,6 +43,7 @@ class Caller:
     team: TeamLimits | None = None  # the key's team, whose limits bound its requests too (gateway/team_limits.py)
     expires_at: int | None = None  # when the key stops working (Unix seconds)
     secret_valid_until: int | None = None  # for a secret a rotation replaced: when its grace ends
+    mcp_servers: frozenset[str] | None = None  # the MCP servers it may reach at /mcp (gateway/mcp_gateway.py); None: all
 
     def check_current(self, now: float) -> None:
         """A 401 for a key past its expiry, or a replaced secret past its grace: before the request takes
@@ -65,6 +66,11 @@ class Caller:
         its team's list allows (a key may not go past its team's)."""
         return (self.team is None or self.team.may_use(model)) and (self.models is None or model in self.models or any(
             name_matches(allowed, model) for allowed in self.models if "*" in allowed))
+
+    def may_use_mcp(self, server: str) -> bool:
+        """An MCP server of `mcp_servers:` its list (and its team's) names, or any where it lists none."""
+        return (self.team is None or self.team.mcp_servers is None or server in self.team.mcp_servers) and (
+            self.mcp_servers is None or server in self.mcp_servers)
 
     def check_model(self, model: str) -> None:
         """A 403 naming what the key (or its team) may use, before the request takes a rate slot."""
@@ -138,7 +144,8 @@ class Authenticator:
                       key.period_start, key.period_spent_usd or 0.0, key.name,
                       key.tpm_limit if key.tpm_limit is not None else self.limits.default_tpm,
                       TeamLimits.of(team, self.limits.team_defaults) if team is not None else None,
-                      key.expires_at, secret_valid_until)
+                      key.expires_at, secret_valid_until,
+                      frozenset(key.mcp_servers) if key.mcp_servers is not None else None)
 
     async def caller_of(self, key_id: str | None) -> Caller | None:
         """The caller a key id stands for, as its requests would authenticate now (work that outlives its

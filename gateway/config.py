@@ -23,6 +23,7 @@ from gateway.fallback_config import FallbacksConfig
 from gateway.guardrails_config import GuardrailConfig, check_guardrails
 from gateway.health_check_config import HealthCheckConfig
 from gateway.hedging_config import HedgingConfig, check_hedging
+from gateway.mcp_gateway_config import McpServerList
 from gateway.model_list_config import LOCAL_PROVIDER, MEDIA_MODES, ModelEntry, split_wildcards
 from gateway.outbound_config import OutboundConfig
 from gateway.route_group_config import GroupVerify, RouteGroup
@@ -70,6 +71,7 @@ class Settings(StrictConfig):
     health_checks: HealthCheckConfig | None = None  # deployments probed between requests (gateway/health_checks.py)
     tracing: TracingConfig | None = None  # OpenTelemetry spans of each request (gateway/tracing.py); None: off
     guardrails: list[GuardrailConfig] = Field(default_factory=list)  # checks on calls (gateway/guardrails.py)
+    mcp_servers: McpServerList = Field(default_factory=list)  # aggregated at /mcp (gateway/mcp_gateway.py)
     base_dir: Path = Path(".")  # relative paths resolve against the working directory
     _wildcards: list[ModelEntry] = PrivateAttr(default_factory=list)  # model_list entries named with a `*`
     _source_path: Path | None = PrivateAttr(default=None)  # the file it was read from (load_settings)

@@ -115,7 +115,7 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
     if changed:
         raise ReloadRefused(f"only model_list, route_groups, {', '.join(POLICY_SECTIONS)}, server's "
                             "num_retries, cooldown_s, allowed_fails, routing_strategy and request_timeout_s, "
-                            "limits (but fail_open) and alerts are "
+                            "limits (but fail_open), alerts and mcp_servers are "
                             "read again without a restart (the rest needs one); these sections changed: "
                             + ", ".join(changed))
     unmatched: dict[str, list[Deployment]] = {}
@@ -130,7 +130,7 @@ def plan_reload(old: Settings, new: Settings, current: Iterable[Deployment]) -> 
 
 def restart_sections(old: Settings, new: Settings) -> list[str]:
     """The config's sections that differ and are read only at start."""
-    exclude = {"model_list", "route_groups", "base_dir", "server", *POLICY_SECTIONS, *LIMIT_SECTIONS}
+    exclude = {"model_list", "route_groups", "base_dir", "server", "mcp_servers", *POLICY_SECTIONS, *LIMIT_SECTIONS}
     before, after = old.model_dump(exclude=exclude), new.model_dump(exclude=exclude)
     changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
     return changed + restart_only_server(old, new) + restart_only_limits(old, new)
@@ -224,7 +224,8 @@ class ConfigReloader:
         if groups is not None:
             state.routes.groups = groups
         report.stopped_checker = apply_policies(state, policies, new)
-        report.policies_changed = policies.changed + changed_limits(old, new)
+        report.policies_changed = policies.changed + changed_limits(old, new) + (  # /mcp reads it at each request
+            ["mcp_servers"] if old.mcp_servers != new.mcp_servers else [])
         apply_limits(state, new)
         state.models_changed(new, changed={d.model_name for d in plan.retired} | {e.model_name for e in plan.added})
         for deployment in plan.retired:

@@ -2,7 +2,7 @@
 so a team's tooling can issue and retire keys without a shell on the gateway.
 
     POST   /v1/keys         {"name", "rpm_limit"?, "tpm_limit"?, "budget_usd"?, "budget_period"?, "models"?,
-                             "priority"?, "team_id"?, "expires_at"? | "duration"?}
+                             "priority"?, "team_id"?, "expires_at"? | "duration"?, "mcp_servers"?}
                             -> 201, the secret once
     GET    /v1/keys         every key (no secrets), with its spend (this budget period's too)
     GET    /v1/keys/{id}
@@ -65,7 +65,7 @@ def key_object(key: ApiKey, default_period: str | None = None) -> dict:
             "budget_period": key.budget_period,
             "period_spent_usd": None if start is None else key.period_spent_usd if key.period_start == start else 0.0,
             "period_renews_at": None if start is None else period_end(period, start),  # type: ignore[arg-type]
-            "models": key.models, "priority": key.priority, "team_id": key.team_id,
+            "models": key.models, "priority": key.priority, "team_id": key.team_id, "mcp_servers": key.mcp_servers,
             "expires_at": key.expires_at, "expired": key.expires_at is not None and key.expires_at <= time.time(),
             # a rotated-away secret's grace (gateway/key_rotation.py): accepted until then
             "previous_secret_valid_until": key.previous_valid_until if key.previous_key_hash else None}
@@ -105,6 +105,14 @@ def check_limit_fields(state: GatewayState, body: dict[str, Any]) -> dict[str, A
         if unknown_models:  # a typo would make a key that can use nothing
             raise bad_request(f"'models': {unknown_models[0]!r} is neither a model nor a route group here",
                               "models", "invalid_value")
+    servers = body.get("mcp_servers")
+    if servers is not None:  # the MCP servers of `mcp_servers:` it may reach at /mcp (gateway/mcp_gateway.py)
+        if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+            raise bad_request("'mcp_servers' must be a list of MCP server names", "mcp_servers", "invalid_type")
+        configured = {s.name for s in state.settings.mcp_servers}
+        if unknown_servers := [s for s in servers if s not in configured]:
+            raise bad_request(f"'mcp_servers': {unknown_servers[0]!r} is not an MCP server of the config's "
+                              "mcp_servers", "mcp_servers", "invalid_value")
     return body
 
 
@@ -132,7 +140,7 @@ async def create_key(request: Request) -> Response:
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
                                  body.get("models"), body.get("priority"), body.get("budget_period"),
                                  body.get("tpm_limit"), body.get("team_id"), body.get("expires_at"),
-                                 admin_actor(request))
+                                 admin_actor(request), body.get("mcp_servers"))
     key = await _call(state.keys.get, key_id)
     return JSONResponse({**_shown(state, key), "secret": secret}, status_code=201)
 

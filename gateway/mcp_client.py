@@ -70,7 +70,7 @@ def _session_ended(exc: MCPError) -> bool:
     return exc.error.message == "Session terminated"
 
 
-async def _listing(client: Client) -> list[Any]:
+async def all_tools(client: Client) -> list[Any]:
     tools, cursor = [], None
     while True:
         page = await client.list_tools(cursor=cursor)
@@ -84,13 +84,13 @@ async def list_tools(server: McpServer, session: McpSession, timeout_s: float = 
     """The server's tools as `mcp_list_tools` lists them (name, description, input_schema, annotations);
     a 424 naming the tool where the server cannot be reached or answers badly."""
     try:
-        tools = await session.run(server, _listing, timeout_s)
+        tools = await session.run(server, all_tools, timeout_s)
     except (Exception, TimeoutError) as exc:  # any failure of a remote server is the same to the client
         if (refused := refusal_of(exc)) is not None:  # the gateway's outbound policy: the client's 400
             log.warning("MCP server %s (%s) refused by the outbound policy: %s", server.label, server.url, refused)
             raise url_not_allowed(refused, f"{server.where}.server_url") from None
         log.warning("listing the tools of MCP server %s (%s) failed: %r", server.label, server.url, exc)
-        raise APIError(424, f"the MCP server {server.label!r} could not list its tools: {_reason(exc)}",
+        raise APIError(424, f"the MCP server {server.label!r} could not list its tools: {failure_reason(exc)}",
                        f"{server.where}.server_url", "mcp_list_tools_failed") from None
     return [{"name": t.name, "description": t.description, "input_schema": t.input_schema,
              "annotations": t.annotations.model_dump(by_alias=True, exclude_none=True) if t.annotations else None} for t in tools]
@@ -102,7 +102,7 @@ async def call_tool(server: McpServer, session: McpSession, name: str, arguments
     try:
         result = await session.run(server, lambda client: client.call_tool(name, arguments), timeout_s)
     except (Exception, TimeoutError) as exc:
-        return _failed_call(server, name, exc)
+        return call_failure(server, name, exc)
     parts = [p.model_dump(exclude_none=True) for p in result.content]
     if result.is_error:
         return CallResult(None, {"type": "mcp_tool_execution_error", "content": parts})
@@ -112,7 +112,7 @@ async def call_tool(server: McpServer, session: McpSession, name: str, arguments
     return CallResult(json.dumps(parts if parts else result.structured_content), None)
 
 
-def _failed_call(server: McpServer, name: str, exc: BaseException) -> CallResult:
+def call_failure(server: McpServer, name: str, exc: BaseException) -> CallResult:
     """A call's failure as its item's error, in OpenAI's shapes."""
     if (refused := refusal_of(exc)) is not None:  # the server's address is refused (DNS changed since the listing)
         log.warning("calling %s on MCP server %s refused by the outbound policy: %s", name, server.label, refused)
@@ -125,10 +125,10 @@ def _failed_call(server: McpServer, name: str, exc: BaseException) -> CallResult
     if isinstance(exc, httpx2.HTTPStatusError):
         return CallResult(None, {"type": "http_error", "code": exc.response.status_code, "message": str(exc)})
     log.warning("calling %s on MCP server %s failed: %r", name, server.label, exc)
-    return CallResult(None, {"type": "http_error", "code": 0, "message": _reason(exc)})
+    return CallResult(None, {"type": "http_error", "code": 0, "message": failure_reason(exc)})
 
 
-def _reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "it did not answer in time"
     inner: Any = exc

@@ -2,7 +2,7 @@
 team's keys (`team_id` on /v1/keys) share them, each key bounded by its own limits too.
 
     POST   /v1/teams        {"name", "rpm_limit"?, "tpm_limit"?, "budget_usd"?, "budget_period"?, "models"?,
-                             "priority"?, "metadata"?} -> 201, the team
+                             "priority"?, "metadata"?, "mcp_servers"?} -> 201, the team
     GET    /v1/teams        every team, with its spend (this budget period's too) and its active keys' count
     GET    /v1/teams/{id}
     PATCH  /v1/teams/{id}   any of those fields (null lifts a limit)
@@ -44,7 +44,8 @@ def team_object(team: Team, keys: int) -> dict[str, Any]:
             "budget_period": team.budget_period, "spent_usd": team.spent_usd,
             "period_spent_usd": None if start is None else team.period_spent_usd if team.period_start == start else 0.0,
             "period_renews_at": None if start is None else period_end(team.budget_period, start),  # type: ignore[arg-type]
-            "models": team.models, "priority": team.priority, "metadata": team.metadata_ or {}, "keys": keys}
+            "models": team.models, "priority": team.priority, "metadata": team.metadata_ or {}, "keys": keys,
+            "mcp_servers": team.mcp_servers}
 
 
 def _teams(request: Request) -> tuple[GatewayState, TeamStore]:

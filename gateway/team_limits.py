@@ -28,6 +28,7 @@ class TeamLimits:
     spent_usd: float = 0.0  # as stored when the key was looked up: seeds the limiter after a restart
     period_start: int | None = None
     period_spent_usd: float = 0.0
+    mcp_servers: frozenset[str] | None = None  # the MCP servers its keys may reach at /mcp (None: all)
 
     @classmethod
     def of(cls, team: Team, defaults: TeamDefaults | None = None) -> TeamLimits:
@@ -38,7 +39,8 @@ class TeamLimits:
                    team.budget_usd if team.budget_usd is not None else d.budget_usd,
                    cast("BudgetPeriod | None", team.budget_period or d.budget_period),
                    frozenset(team.models) if team.models is not None else None, team.spent_usd or 0.0,
-                   team.period_start, team.period_spent_usd or 0.0)
+                   team.period_start, team.period_spent_usd or 0.0,
+                   frozenset(team.mcp_servers) if team.mcp_servers is not None else None)
 
     @property
     def subject(self) -> str:

@@ -137,7 +137,7 @@ def export_query(since: datetime | None = None, metric: str | None = None, route
                 & by_session.c.api_key_id.is_not_distinct_from(outcomes.c.api_key_id),
             )
         )
-        .where(*kept, or_(outcomes.c.endpoint.is_(None), outcomes.c.endpoint.not_in(("embedding", "rerank", "moderation"))),
+        .where(*kept, or_(outcomes.c.endpoint.is_(None), outcomes.c.endpoint.not_in(("embedding", "rerank", "moderation", "mcp"))),
                outcomes.c.cache_hit.is_not(True))
         .order_by(outcomes.c.created_at, outcomes.c.request_id)
     )

@@ -26,8 +26,9 @@ from storage.spend import add_spend
 
 BUDGET_PERIODS = ("day", "week", "month")
 # What a key's owner may change: its own limits, its team (whose limits bound it too), its expiry.
-LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period", "tpm_limit", "team_id", "expires_at")
-_NOT_CHECKED = ("team_id", "expires_at")  # checked on their own, not by check_limits
+LIMITS = ("rpm_limit", "budget_usd", "models", "priority", "budget_period", "tpm_limit", "team_id", "expires_at",
+          "mcp_servers")
+_NOT_CHECKED = ("team_id", "expires_at", "mcp_servers")  # checked on their own, not by check_limits
 SECRET_PREFIX = "sk-pitstop-"
 DISPLAY_PREFIX_CHARS = len(SECRET_PREFIX) + 6  # "sk-pitstop-AbC123": enough to tell keys apart
 
@@ -49,14 +50,16 @@ class KeyStore:
         self, name: str, rpm_limit: int | None = None, budget_usd: float | None = None,
         models: list[str] | None = None, priority: float | None = None, budget_period: str | None = None,
         tpm_limit: int | None = None, team_id: str | None = None, expires_at: int | None = None,
-        actor: Actor | None = None,
+        actor: Actor | None = None, mcp_servers: list[str] | None = None,
     ) -> tuple[str, str]:
         """A new key; returns (key_id, secret). The secret is shown once and never stored. `models`: the
         model names and route groups it may use (None: all); `priority`: its requests' default and most
         urgent priority (lower goes first; None: any); `team_id`: the team it belongs to (ValueError if
-        there is none such); `expires_at`: when it stops working (Unix seconds, in the future; None: never)."""
+        there is none such); `expires_at`: when it stops working (Unix seconds, in the future; None: never);
+        `mcp_servers`: the MCP servers it may reach at /mcp (None: all)."""
         check_limits(rpm_limit, budget_usd, models, priority, budget_period, tpm_limit)
         check_expiry(expires_at)
+        check_mcp_servers(mcp_servers)
         secret = new_secret()
         key = ApiKey(
             name=name,
@@ -71,6 +74,7 @@ class KeyStore:
             budget_period=budget_period,
             team_id=team_id,
             expires_at=expires_at,
+            mcp_servers=list(dict.fromkeys(mcp_servers)) if mcp_servers is not None else None,
         )
         with self._session.begin() as session:
             _check_team(session, team_id)
@@ -97,6 +101,7 @@ class KeyStore:
             merged |= {name: value for name, value in limits.items() if name not in _NOT_CHECKED}
             check_limits(**merged)
             check_expiry(limits.get("expires_at"))
+            check_mcp_servers(limits.get("mcp_servers"))
             if "team_id" in limits:
                 _check_team(session, limits["team_id"])
             if limits.get("models") is not None:
@@ -199,6 +204,12 @@ def check_expiry(expires_at: int | None) -> None:
         raise ValueError(f"expires_at must be Unix seconds (an integer), got {expires_at!r}")
     if expires_at <= time.time():
         raise ValueError(f"expires_at must be in the future, got {expires_at} (now {int(time.time())})")
+
+
+def check_mcp_servers(servers: list[str] | None) -> None:
+    """ValueError, starting with the field's name, for anything but a list of names (empty: none of them)."""
+    if servers is not None and (not isinstance(servers, list) or not all(isinstance(s, str) and s for s in servers)):
+        raise ValueError(f"mcp_servers must be a list of MCP server names, got {servers!r}")
 
 
 def check_limits(rpm_limit: int | None, budget_usd: float | None, models: list[str] | None,

@@ -15,12 +15,14 @@ from sqlalchemy.engine import URL, Engine
 
 from storage.audit import Actor, record
 from storage.db import as_engine, session_factory
-from storage.keys import check_limits
+from storage.keys import check_limits, check_mcp_servers
 from storage.models import ApiKey, Team
 from storage.spend import add_spend
 
 # What a team's owner may set or change (`metadata`: OpenAI's, pairs of strings).
-TEAM_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_usd", "budget_period", "models", "priority", "metadata")
+TEAM_FIELDS = ("name", "rpm_limit", "tpm_limit", "budget_usd", "budget_period", "models", "priority", "metadata",
+               "mcp_servers")
+_NOT_CHECKED = ("metadata", "mcp_servers")  # checked on their own, not by _check
 
 
 class TeamHasKeysError(Exception):
@@ -40,18 +42,21 @@ class TeamStore:
     def create(self, name: str, rpm_limit: int | None = None, tpm_limit: int | None = None,
                budget_usd: float | None = None, budget_period: str | None = None, models: list[str] | None = None,
                priority: float | None = None, metadata: dict[str, str] | None = None,
-               actor: Actor | None = None) -> Team:
+               actor: Actor | None = None, mcp_servers: list[str] | None = None) -> Team:
         """A new team; ValueError, starting with the field's name, for a limit no request could meet."""
         _check(name, rpm_limit, tpm_limit, budget_usd, budget_period, models, priority)
+        check_mcp_servers(mcp_servers)
         team = Team(name=name, rpm_limit=rpm_limit, tpm_limit=tpm_limit, budget_usd=budget_usd,
                     budget_period=budget_period, models=list(dict.fromkeys(models)) if models is not None else None,
-                    priority=priority, metadata_=metadata or None, spent_usd=0.0)
+                    priority=priority, metadata_=metadata or None, spent_usd=0.0,
+                    mcp_servers=list(dict.fromkeys(mcp_servers)) if mcp_servers is not None else None)
         with self._session.begin() as session:
             session.add(team)
             session.flush()
             record(session, actor, "team.created", team.id, {"id": team.id, "data": {
                 "name": name, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit, "budget_usd": budget_usd,
-                "budget_period": budget_period, "models": team.models, "priority": priority, "metadata": metadata}})
+                "budget_period": budget_period, "models": team.models, "priority": priority, "metadata": metadata,
+                "mcp_servers": team.mcp_servers}})
         return team
 
     def get(self, team_id: str) -> Team | None:
@@ -79,9 +84,10 @@ class TeamStore:
             team = session.get(Team, team_id)
             if team is None:
                 raise KeyError(f"no team with id {team_id!r}")
-            merged = {name: getattr(team, name) for name in TEAM_FIELDS if name != "metadata"}
-            merged |= {name: value for name, value in fields.items() if name != "metadata"}
+            merged = {name: getattr(team, name) for name in TEAM_FIELDS if name not in _NOT_CHECKED}
+            merged |= {name: value for name, value in fields.items() if name not in _NOT_CHECKED}
             _check(**merged)
+            check_mcp_servers(fields.get("mcp_servers"))
             if fields.get("models") is not None:
                 fields["models"] = list(dict.fromkeys(fields["models"]))
             previous = {name: team.metadata_ if name == "metadata" else getattr(team, name) for name in fields}

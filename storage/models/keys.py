@@ -29,6 +29,8 @@ class ApiKey(Base):
     # and its priority, both the default and the most urgent its requests may ask (lower goes first).
     models: Mapped[list[str] | None]
     priority: Mapped[float | None]
+    # The MCP servers (of the config's `mcp_servers:`) it may reach at /mcp (null: all of them).
+    mcp_servers: Mapped[list[str] | None]
     # A budget over a UTC "day", "week" or "month" (null: over the key's life), and what was spent in the
     # period that started at `period_start` (Unix seconds), the last one the key spent in.
     budget_period: Mapped[str | None]

@@ -31,4 +31,6 @@ class Team(Base):
     period_spent_usd: Mapped[float] = mapped_column(default=0.0, server_default="0")
     # Its keys' requests' priority where a key sets none (lower goes first; null: none): storage/keys.py's.
     priority: Mapped[float | None]
+    # The MCP servers (of the config's `mcp_servers:`) it may reach at /mcp (null: all of them).
+    mcp_servers: Mapped[list[str] | None]
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata")  # `metadata` is the declarative base's

@@ -131,7 +131,7 @@ def test_migration_0028_adds_and_drops_expiry_rotation_and_the_log(db_url: str) 
         assert "audit_logs" not in inspector.get_table_names()
         assert connection.scalar(sa.text("SELECT name FROM api_keys")) == "app"  # the key itself kept
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0029"
+    assert current_revision(engine) == head_revision() == "0030"
     key = KeyStore(engine).lookup(secret)
     assert key is not None and key.id == key_id and key.expires_at is None  # no expiry before the column
     assert AuditStore(engine).list(AuditQuery())[0] == []

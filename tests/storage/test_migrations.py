@@ -17,7 +17,7 @@ def test_upgrade_creates_tables_and_indexes(empty_url: str) -> None:
     assert current_revision(empty_url) is None
     upgrade(empty_url)
     upgrade(empty_url)  # idempotent: already at head
-    assert current_revision(empty_url) == head_revision() == "0029"
+    assert current_revision(empty_url) == head_revision() == "0030"
 
     engine = create_engine(empty_url)
     inspector = sa.inspect(engine)

@@ -141,6 +141,6 @@ def test_a_teams_priority_is_kept_checked_and_migration_0027_adds_and_drops_it(d
         assert "priority" not in {c["name"] for c in sa.inspect(connection).get_columns("teams")}
         assert connection.scalar(sa.text("SELECT name FROM teams")) == "batch-2"  # the team itself kept
     upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0029"
+    assert current_revision(engine) == head_revision() == "0030"
     assert TeamStore(engine).get(team.id).priority is None  # type: ignore[union-attr]  # none before the column
     engine.dispose()
