@@ -130,7 +130,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
-                                                 "qwen2_5_vl", *TINY_MOE_FAMILIES, *CROSS_ENCODER_FAMILIES],
+                                                 "qwen2_5_vl", "whisper", *TINY_MOE_FAMILIES, *CROSS_ENCODER_FAMILIES],
                       default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
@@ -140,7 +140,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                            "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py); "
                            "deepseek_v2 / deepseek_v3 / qwen2_moe: saved by transformers (engine/tiny_moe.py); "
                            "*_cross_encoder: a one-label *ForSequenceClassification reranker and its tokenizer "
-                           "(engine/tiny_cross_encoder.py)")
+                           "(engine/tiny_cross_encoder.py); whisper: WhisperForConditionalGeneration with Whisper's "
+                           "special tokens, served on /v1/audio/transcriptions (engine/tiny_whisper.py)")
     tiny.add_argument("--experts", type=int, help="qwen3_moe and the *_moe / deepseek_* families: experts per layer "
                       "(default 8)")
     tiny.add_argument("--experts-per-token", type=int, help="qwen3_moe: experts each token uses (default 2)")
@@ -313,6 +314,12 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         extra = {"vocab_size": args.vocab_size, "seed": args.seed, "heads": args.heads, "kv_heads": args.kv_heads}
         print(make_tiny_qwen2_5_vl(args.dir, layers=args.layers, hidden=args.hidden,
                                    **{k: v for k, v in extra.items() if v is not None}))
+        return 0
+    if args.family == "whisper":
+        from engine.tiny_whisper import make_tiny_whisper
+
+        print(make_tiny_whisper(args.dir, layers=args.layers, d_model=args.hidden,
+                                **({"heads": args.heads} if args.heads else {}), seed=args.seed or 0))
         return 0
     if args.family == "gemma3_vision":
         from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
