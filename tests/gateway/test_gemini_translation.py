@@ -42,18 +42,20 @@ def test_calls_and_their_responses_are_matched_by_id_else_by_name_in_order() -> 
     contents = [{"role": "user", "parts": [{"text": "go"}]},
                 {"role": "model", "parts": [{"text": "thinking", "thought": True}, {"text": "let me see"}, CALL,
                                             {"functionCall": {"name": "lookup", "args": {"q": "b"}}},
-                                            {"functionCall": {"id": "mine", "name": "fetch"}}]},
+                                            {"functionCall": {"id": "mine", "name": "fetch"}},
+                                            {"functionCall": {"name": "weather"}}]},
                 {"role": "user", "parts": [
+                    {"functionResponse": {"name": "weather", "response": {"w": 0}}},  # answered out of order
                     {"functionResponse": {"id": "mine", "name": "fetch", "response": {"ok": 1}}},
                     {"functionResponse": {"name": "lookup", "response": {"r": "A"}}},
                     {"functionResponse": {"name": "lookup", "response": {"r": "B"},
                                           "parts": [{"inlineData": {"mimeType": "image/png", "data": "iV_-"}}]}}]}]
     messages = chat({"contents": contents})["messages"]
-    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1_2", "call_1_3", "mine"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1_2", "call_1_3", "mine", "call_1_5"]
     assert messages[1]["content"] == "let me see"  # the thought part is left out
-    assert [(m["tool_call_id"], json.loads(m["content"])) for m in messages[2:5]] == [
-        ("mine", {"ok": 1}), ("call_1_2", {"r": "A"}), ("call_1_3", {"r": "B"})]
-    assert messages[5] == {"role": "user", "content": [{"type": "image_url", "image_url": {
+    assert [(m["tool_call_id"], json.loads(m["content"])) for m in messages[2:6]] == [
+        ("call_1_5", {"w": 0}), ("mine", {"ok": 1}), ("call_1_2", {"r": "A"}), ("call_1_3", {"r": "B"})]
+    assert messages[6] == {"role": "user", "content": [{"type": "image_url", "image_url": {
         "url": "data:image/png;base64,iV/+"}}]}  # URL-safe base64 as the standard's
 
 
