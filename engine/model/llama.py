@@ -1,7 +1,8 @@
 """The Llama-family decoder on a flattened varlen batch: Llama, Mistral, Qwen2, Qwen3 (per-head
 q/k norms), Phi-3 and Gemma 3 (engine/model/families.py: norms around each block's output too, scaled
-embeddings, GELU, a RoPE of their own in sliding layers), Gemma 2, GLM-4.5 and OLMo 2 (engine/model/added_families.py:
-soft-capped attention scores, norms after each block only, q/k norms over the whole projection), full or sliding-window attention per layer, or DeepSeek's
+embeddings, GELU, a RoPE of their own in sliding layers), Gemma 2, GLM-4, GLM-4.5 and OLMo 2
+(engine/model/added_families.py: soft-capped attention scores, interleaved rotary pairs, norms after each block only,
+q/k norms over the whole projection), full or sliding-window attention per layer, or DeepSeek's
 multi-head latent attention (`engine.model.mla`), with a dense MLP or, in the layers a mixture-of-experts model makes
 sparse, experts (`engine.model.moe`, DeepSeek's with shared experts). Module and parameter names follow the HF checkpoint layout
 (`model.layers.N.self_attn...`), except that q/k/v and gate/up are packed into one projection each
@@ -18,7 +19,7 @@ from torch import nn
 from engine.model.attention import AttentionPlan, paged_attention, write_kv
 from engine.model.config import ModelConfig
 from engine.model.layers import PackedLinear, RMSNorm, TokenEmbedding
-from engine.model.mla import MLAttention
+from engine.model.mla import MLAttention, deinterleaved
 from engine.model.moe import SparseMoE
 from engine.model.parallel import SINGLE, TPGroup
 from engine.model.rope import RotaryEmbedding
@@ -51,6 +52,8 @@ class Attention(nn.Module):
         self.k_norm = norm(k_width) if config.qk_norm else None
         self.softmax_scale = config.attention_scale
         self.softcap = config.attn_logit_softcapping  # Gemma 2's
+        # GLM-4: its rotary dims are interleaved pairs, turned by the half-split RoPE once de-interleaved.
+        self.interleaved_rotary_dim = config.rotary_dim if config.rope_interleave else 0
         # gpt-oss: a learned logit per head in each softmax's denominator (engine/model/attention.py).
         self.sinks = nn.Parameter(torch.empty(config.num_heads)) if config.attention_sinks else None
         # An fp8 KV cache's (k, v) scales (engine/model/kv_quant.py): an fp8 checkpoint's, else 1.0.
@@ -74,6 +77,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q.flatten(1)).view_as(q), self.k_norm(k.flatten(1)).view_as(k)
         elif self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.interleaved_rotary_dim:
+            q, k = _deinterleaved_rotary(q, self.interleaved_rotary_dim), _deinterleaved_rotary(k, self.interleaved_rotary_dim)
         q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
@@ -85,6 +90,11 @@ class Attention(nn.Module):
             plan = plan.sliding
         out = paged_attention(q, kv_cache, plan, self.kv_scales, self.softmax_scale, self.sinks, self.softcap)
         return self.tp.all_reduce(self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)))
+
+
+def _deinterleaved_rotary(x: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """The first `rotary_dim` dims of each head de-interleaved (engine/model/mla.py's), the rest as they are."""
+    return torch.cat([deinterleaved(x[..., :rotary_dim]), x[..., rotary_dim:]], dim=-1)
 
 
 class MLP(nn.Module):

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 
 from engine.classifier_config import classifier_head
-from engine.model.added_families import MTP_FAMILIES
+from engine.model.added_families import CHECKPOINT_NAMES, MTP_FAMILIES
 from engine.model.classifier import SequenceClassifier, build_model, token_ids_of
 from engine.model.config import ModelConfig
 from engine.model.gpt_oss import GPT_OSS
@@ -131,6 +131,9 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
     packed = any(isinstance(module, Mxfp4Experts) for module in modules.values())
     gpt_oss = GptOssTensors(packed) if model.config.model_type == GPT_OSS else None  # its layout, MXFP4 experts
     rename = getattr(model, "checkpoint_name", _our_name)  # a Mamba-2 hybrid's own (engine/model/hybrid.py)
+    family_rename = CHECKPOINT_NAMES.get(model.config.model_type)  # GLM-4's norms
+    if family_rename is not None:
+        rename = lambda name: family_rename(_our_name(name))  # noqa: E731
     for path in files:
         with safe_open(str(path), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open handles are not iterable

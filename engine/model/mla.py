@@ -74,7 +74,7 @@ class MLAttention(nn.Module):
         q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.rank, self.rope_dim], dim=-1)
         if self.interleaved:
-            q_rot, k_rot = _deinterleaved(q_rot), _deinterleaved(k_rot)
+            q_rot, k_rot = deinterleaved(q_rot), deinterleaved(k_rot)
         q_rot, k_rot = rope(positions, q_rot, k_rot.unsqueeze(1))
         entries = torch.cat([self.kv_a_layernorm(latent), k_rot.squeeze(1)], dim=-1)
         # The whole step's latents go in before anyone attends (chunks and prefix hits read this step's blocks).
@@ -159,6 +159,6 @@ class MLAttention(nn.Module):
         return torch.einsum("dhr,hvr->dhv", out[:, 0], w_uv)
 
 
-def _deinterleaved(x: torch.Tensor) -> torch.Tensor:
+def deinterleaved(x: torch.Tensor) -> torch.Tensor:
     """Pairs (x0, x1), (x2, x3)... as (x0, x2, ..., x1, x3, ...): the layout the half-split RoPE turns."""
     return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)

@@ -2,7 +2,8 @@
 its family apart switched on where a greedy answer can tell: Gemma 2's caps small enough to bind (attention scores
 at 1, logits at 3) and an 8-token window, shorter than the prompts; GLM-4.5's partial rotary, q/k norms, q/k/v
 biases, a dense first layer, grouped sigmoid routing with a correction bias and a scaled, shared expert and a
-multi-token-prediction layer past the last; OLMo 2's norms after each block and over the whole q/k projections."""
+multi-token-prediction layer past the last; GLM-4's interleaved partial rotary, fused gate/up and four norms under
+names of their own; OLMo 2's norms after each block and over the whole q/k projections."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 from tests.engine.hf_checkpoints import COMMON as SIZES
 from tests.engine.hf_checkpoints import VOCAB, _spread
 
-ADDED_KINDS = ("gemma2", "gemma2_uncapped", "glm4_moe", "olmo2")
+ADDED_KINDS = ("gemma2", "gemma2_uncapped", "glm4", "glm4_moe", "olmo2")
 
 
 def added_family_model(kind: str, vocab_size: int = VOCAB) -> torch.nn.Module:
@@ -42,6 +43,11 @@ def added_family_model(kind: str, vocab_size: int = VOCAB) -> torch.nn.Module:
             for layer in model.model.layers[1:]:
                 layer.mlp.gate.e_score_correction_bias.copy_(torch.randn(8) * 0.3)
         return model
+    if kind == "glm4":  # RoPE on the first half of each head, in interleaved pairs; q/k/v biases; four norms
+        config = hf.Glm4Config(**COMMON, head_dim=16, pad_token_id=0, eos_token_id=None,
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                "partial_rotary_factor": 0.5})  # fmt: skip
+        return _spread(hf.Glm4ForCausalLM(config))
     if kind == "olmo2":
         return _spread(hf.Olmo2ForCausalLM(hf.Olmo2Config(**COMMON, pad_token_id=0, eos_token_id=None)))
     raise ValueError(kind)

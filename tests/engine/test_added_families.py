@@ -1,4 +1,4 @@
-"""Gemma 2, GLM-4.5 (glm4_moe) and OLMo 2: checkpoints transformers saved generate token for token what
+"""Gemma 2, GLM-4 (glm4), GLM-4.5 (glm4_moe) and OLMo 2: checkpoints transformers saved generate token for token what
 transformers generates (chunked prefill then decode, a batch, a prefix-cache hit), Gemma 2's soft-capped attention
 and logits score a prompt as transformers does, real Hub configs count transformers' parameters (the roofline's
 shape included), GLM-4.5's multi-token-prediction layer is skipped at load, and what the engine would serve wrongly
@@ -54,7 +54,14 @@ OLMO2_7B = {
     "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 500000, "attention_bias": False,
     "tie_word_embeddings": False, "eos_token_id": 100257, "pad_token_id": 100277, "torch_dtype": "float32",
 }  # fmt: skip
-HUB_CLASSES = {"gemma2": "Gemma2ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+GLM4_9B = {
+    "model_type": "glm4", "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696,
+    "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+    "partial_rotary_factor": 0.5, "attention_bias": True, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+    "eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329,
+}  # fmt: skip
+HUB_CLASSES = {"gemma2": "Gemma2ForCausalLM", "glm4": "Glm4ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
 
 def varied_prompt(length: int, seed: int = 3) -> list[int]:
@@ -91,6 +98,8 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
     if kind == "glm4_moe":  # layer 0 dense; RoPE on half of each head; biases on q/k/v only
         assert config.sparse_layers == (1, 2) and config.rotary_dim == 8 and (config.n_group, config.topk_group) == (4, 2)
         assert config.qkv_bias and not config.o_bias and config.qk_norm and config.routed_scaling_factor == 2.5
+    if kind == "glm4":  # interleaved RoPE pairs on half of each head, norms around both blocks
+        assert config.rope_interleave and config.rotary_dim == 8 and config.sandwich_norms and not config.o_bias
     if kind == "olmo2":
         assert config.qk_norm_whole and not config.pre_norms
 
@@ -124,7 +133,7 @@ def test_a_batch_generates_as_each_alone(checkpoints: dict[str, Path], kind: str
     assert runner_batched_greedy(runner, prompts, 8, chunk=8, blocks_each=14) == expected
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("kind", ["gemma2", "glm4", "olmo2"])
 def test_a_repeated_prompt_reuses_its_blocks(checkpoints: dict[str, Path], kind: str) -> None:
     """The second request's first 32 tokens come from the prefix cache (Gemma 2's sliding and full groups alike)
     and it answers as transformers."""
@@ -142,8 +151,8 @@ def test_a_repeated_prompt_reuses_its_blocks(checkpoints: dict[str, Path], kind:
     assert cached == 32 and again == first == transformers_greedy(checkpoints[kind], prompt, 6)
 
 
-@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM45, GLM45_AIR, OLMO2_7B], ids=["gemma-2-9b", "glm-4.5", "glm-4.5-air",
-                                                                              "olmo-2-7b"])
+@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM4_9B, GLM45, GLM45_AIR, OLMO2_7B],
+                         ids=["gemma-2-9b", "glm-4-9b", "glm-4.5", "glm-4.5-air", "olmo-2-7b"])
 def test_hub_configs_count_transformers_parameters(raw: dict) -> None:
     """The engine's count is transformers' (MTP layers aside: transformers builds none); the roofline's shape,
     from the engine's parse, has every matrix (and stacked experts) as its matmul weights and Gemma 2's sliding layers."""
