@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pitstop.gateway")
 
 MAX_OPEN = 256  # connections kept at most; past it the longest idle are closed
+SSE_READ_TIMEOUT_S = 24 * 3600.0  # an SSE stream may be quiet while kept: idle connections are closed by the sweep
 SWEEP_INTERVAL_S = 5.0
 
 
@@ -94,14 +95,13 @@ class McpConnection:
 
     async def _own(self) -> None:
         from mcp import Client
-        from mcp.client.streamable_http import streamable_http_client
 
         # Every connection the client opens goes where the outbound policy allows (gateway/outbound_transport.py).
         transport = backend = outbound_transport(httpx2, self.policy, verify=tls_context())
         try:
             async with httpx2.AsyncClient(headers=self.server.headers, timeout=self.http_timeout_s,
                                           transport=transport) as http, \
-                    Client(streamable_http_client(self.server.url, http_client=http), cache=None) as client:
+                    Client(self._transport(http, transport), cache=None) as client:
                 self.client = client
                 self._ready.set()
                 await self._stop.wait()
@@ -114,11 +114,40 @@ class McpConnection:
             self.client = None
             self._ready.set()
 
+    def _transport(self, http: httpx2.AsyncClient, transport: httpx2.AsyncBaseTransport) -> Any:
+        """The client's transport over `http`: Streamable HTTP, or the legacy HTTP+SSE, whose client builds
+        its own httpx2 client (handed one on the same guarded `transport`, left open for `http` to close)."""
+        if self.server.transport == "sse":
+            from mcp.client.sse import sse_client
+
+            def same_transport(headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None,
+                               auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
+                return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, transport=_Unclosed(transport))
+
+            return sse_client(self.server.url, headers=self.server.headers, timeout=self.http_timeout_s,
+                              sse_read_timeout=SSE_READ_TIMEOUT_S, httpx_client_factory=same_transport)
+        from mcp.client.streamable_http import streamable_http_client
+
+        return streamable_http_client(self.server.url, http_client=http)
+
     async def close(self) -> None:
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await self._task
+
+
+class _Unclosed(httpx2.AsyncBaseTransport):
+    """A transport shared with a second client, which its closing leaves open (its first client closes it)."""
+
+    def __init__(self, transport: httpx2.AsyncBaseTransport) -> None:
+        self.transport = transport
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self.transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pass
 
 
 @functools.cache

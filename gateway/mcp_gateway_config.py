@@ -17,7 +17,7 @@ its `proxy` does. The section is read again by a config reload (gateway/config_r
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
@@ -31,6 +31,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 class McpServerConfig(StrictConfig):
     name: str
     url: str
+    transport: Literal["streamable_http", "sse"] = "streamable_http"  # sse: the legacy HTTP+SSE (its /sse URL)
     headers: dict[str, str] = Field(default_factory=dict)
     authorization: str | None = None  # a bearer token: `Authorization: Bearer <it>`
     allowed_tools: list[str] | None = None  # None: every tool the server lists
@@ -62,7 +63,8 @@ class McpServerConfig(StrictConfig):
         if self.authorization is not None:
             headers["Authorization"] = f"Bearer {self.authorization}"
         allowed = ToolFilter(frozenset(self.allowed_tools), None) if self.allowed_tools is not None else None
-        return McpServer(self.name, self.url, headers, allowed, "never", self.description, f"mcp_servers.{self.name}")
+        return McpServer(self.name, self.url, headers, allowed, "never", self.description, f"mcp_servers.{self.name}",
+                         self.transport)
 
 
 def _unique_names(servers: list[McpServerConfig]) -> list[McpServerConfig]:

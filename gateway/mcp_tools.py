@@ -40,6 +40,7 @@ class McpServer:
     approval: str | tuple[ToolFilter | None, ToolFilter | None]  # "always", "never", or (always, never) filters
     description: str | None
     where: str  # the request's `tools[i]`
+    transport: str = "streamable_http"  # or "sse" (the legacy HTTP+SSE transport): config's servers only
 
     def allows(self, tool: dict) -> bool:
         return self.allowed is None or self.allowed.matches(tool)

@@ -1,7 +1,7 @@
 """Helpers for the MCP gateway's tests and benchmark: a second upstream MCP server built on the `mcp`
 package's low-level Server (`divide`, with an output schema, which answers a JSON-RPC error for a zero
-divisor: a protocol error, not a tool's), on a real socket in a thread; and a real `mcp` Client session
-against a URL with the headers given."""
+divisor: a protocol error, not a tool's), on a real socket in a thread; a server on the legacy HTTP+SSE
+transport (`echo`); and a real `mcp` Client session against a URL with the headers given."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import mcp_types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel.server import Server
+from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
 from tests.engine.serving import serve_in_thread
@@ -49,6 +50,20 @@ def calc_server() -> Iterator[str]:
     app = _calc().streamable_http_app(stateless_http=True, json_response=True)
     with serve_in_thread(app) as url:
         yield url + "/mcp"
+
+
+@contextmanager
+def sse_server() -> Iterator[str]:
+    """An MCPServer with one tool, `echo`, served over HTTP+SSE: its SSE URL."""
+    server = MCPServer("legacy")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Says it back."""
+        return f"echo: {text}"
+
+    with serve_in_thread(server.sse_app()) as url:
+        yield url + "/sse"
 
 
 @asynccontextmanager

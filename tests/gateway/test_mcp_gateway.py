@@ -26,7 +26,7 @@ from tests.gateway.harness import (
     wait_until,
     write_config,
 )
-from tests.gateway.mcp_gateway_helpers import calc_server, mcp_client
+from tests.gateway.mcp_gateway_helpers import calc_server, mcp_client, sse_server
 from tests.gateway.mcp_server import McpSpy, mcp_server
 from tests.ports import free_port
 
@@ -40,20 +40,27 @@ def upstreams() -> Iterator[tuple[McpSpy, str, str]]:
         yield weather, calc, f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens on the last
 
 
-def servers(weather: McpSpy, calc: str, down: str) -> list[dict]:
+@pytest.fixture(scope="module")
+def legacy() -> Iterator[str]:
+    with sse_server() as url:
+        yield url
+
+
+def servers(weather: McpSpy, calc: str, down: str, legacy: str) -> list[dict]:
     return [{"name": "weather", "url": weather.url, "authorization": "os.environ/PITSTOP_TEST_MCP_TOKEN",
              "headers": {"X-Team": "platform"}, "description": "the weather"},
             {"name": "calc", "url": calc},
             {"name": "down", "url": down},
             {"name": "only-forecast", "url": weather.url, "allowed_tools": ["forecast", "add"],
-             "disallowed_tools": ["add"]}]
+             "disallowed_tools": ["add"]},
+            {"name": "legacy", "url": legacy, "transport": "sse"}]
 
 
 @pytest.fixture(scope="module")
-def gw(upstreams: tuple[McpSpy, str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gw(upstreams: tuple[McpSpy, str, str], legacy: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("mcp_gateway")
     os.environ["PITSTOP_TEST_MCP_TOKEN"] = TOKEN
-    raw = gateway_config(tmp, [model_entry("m", "http://127.0.0.1:9/v1")], mcp_servers=servers(*upstreams),
+    raw = gateway_config(tmp, [model_entry("m", "http://127.0.0.1:9/v1")], mcp_servers=servers(*upstreams, legacy),
                          auth={"require_keys": True, "master_key": MASTER})
     with running_gateway(raw, config_path=tmp / "config.yaml") as gateway:
         yield gateway
@@ -114,7 +121,7 @@ def test_the_union_of_the_servers_tools_is_listed_prefixed_as_the_servers_list_t
               **{f"calc__{n}": t for n, t in run(listed(calc)).items()}}
     through = run(listed(gw.url + "/mcp", keys["all"]))
     # `down` cannot list: left out, the others still offered; `only-forecast` offers what its filters leave.
-    assert sorted(through) == sorted([*direct, "only-forecast__forecast"])
+    assert sorted(through) == sorted([*direct, "only-forecast__forecast", "legacy__echo"])
     for name, tool in direct.items():
         assert same_tool(through[name], tool), name  # description, schemas, annotations, title passed through
     assert through["calc__divide"].output_schema == {"type": "object", "properties": {"quotient": {"type": "number"}},
@@ -166,6 +173,12 @@ def test_a_call_is_one_upstream_request_on_the_kept_connection(gw: Gateway, keys
     calls, handshakes = weather.methods["tools/call"], weather.methods["server/discover"]
     run(list_then_call())
     assert weather.methods["tools/call"] == calls + 3 and weather.methods["server/discover"] == handshakes
+
+
+def test_a_server_on_the_legacy_sse_transport_is_reached_too(gw: Gateway, keys: dict[str, str]) -> None:
+    assert list(run(listed(gw.url + "/mcp/legacy", keys["all"]))) == ["echo"]
+    answer = run(called(gw.url + "/mcp", keys["all"], "legacy__echo", {"text": "hi"}))
+    assert answer.content[0].text == "echo: hi" and not answer.is_error  # type: ignore[union-attr]
 
 
 def test_one_servers_endpoint_offers_its_tools_under_their_own_names(gw: Gateway, keys: dict[str, str],
