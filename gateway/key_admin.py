@@ -136,7 +136,7 @@ async def create_key(request: Request) -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise bad_request("'name' is required: a non-empty string", "name", "invalid_value")
-    await _within_team(state, body.get("team_id"), body.get("models"))
+    await _within_team(state, body.get("team_id"), body.get("models"), body.get("mcp_servers"))
     key_id, secret = await _call(state.keys.create, name, body.get("rpm_limit"), body.get("budget_usd"),
                                  body.get("models"), body.get("priority"), body.get("budget_period"),
                                  body.get("tpm_limit"), body.get("team_id"), body.get("expires_at"),
@@ -164,7 +164,8 @@ async def update_key(request: Request) -> Response:
     key_id = request.path_params["key_id"]
     body = await _body(request, state, LIMITS)
     found = await _found(state, key_id)
-    await _within_team(state, body.get("team_id", found.team_id), body.get("models", found.models))
+    await _within_team(state, body.get("team_id", found.team_id), body.get("models", found.models),
+                       body.get("mcp_servers", found.mcp_servers))
     key = await _call(state.keys.update, key_id, admin_actor(request), **body)
     await forget_cached(state, key_id)
     return JSONResponse(_shown(state, key))
@@ -192,10 +193,11 @@ async def forget_cached(state: GatewayState, subject: str) -> None:
         await state.key_events.publish(subject)
 
 
-async def _within_team(state: GatewayState, team_id: str | None, models: list[str] | None) -> None:
-    """A 400 naming `models` for a key that would name a model its team may not use (the team's list
-    bounds it anyway; saying so when the key is made beats a key that fails later), or `team_id` for a
-    team that is not there."""
+async def _within_team(state: GatewayState, team_id: str | None, models: list[str] | None,
+                       mcp_servers: list[str] | None = None) -> None:
+    """A 400 naming `models` (or `mcp_servers`) for a key that would name a model (an MCP server) its team
+    may not use (the team's list bounds it anyway; saying so when the key is made beats a key that fails
+    later), or `team_id` for a team that is not there."""
     if team_id is None or state.teams is None:
         return
     team = await asyncio.to_thread(state.teams.get, team_id)
@@ -205,6 +207,9 @@ async def _within_team(state: GatewayState, team_id: str | None, models: list[st
     if outside:
         raise bad_request(f"'models': {outside[0]!r} is not among the models of team {team.name!r} "
                           f"({', '.join(team.models or ())})", "models", "invalid_value")
+    if team.mcp_servers is not None and (beyond := [s for s in mcp_servers or () if s not in team.mcp_servers]):
+        raise bad_request(f"'mcp_servers': {beyond[0]!r} is not among the MCP servers of team {team.name!r} "
+                          f"({', '.join(team.mcp_servers)})", "mcp_servers", "invalid_value")
 
 
 async def _found(state: GatewayState, key_id: str) -> ApiKey:

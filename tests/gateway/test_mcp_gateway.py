@@ -205,6 +205,10 @@ def test_a_keys_and_its_teams_mcp_servers_bound_what_it_sees_and_calls(gw: Gatew
     assert alone.status_code == 403 and alone.json()["error"]["code"] == "mcp_server_not_allowed"
     typo = admin(gw, "POST", "/v1/keys", {"name": "typo", "mcp_servers": ["wether"]})
     assert typo.status_code == 400 and typo.json()["error"]["param"] == "mcp_servers"
+    team_id = next(k["team_id"] for k in admin(gw, "GET", "/v1/keys").json()["data"] if k["name"] == "team")
+    beyond = admin(gw, "POST", "/v1/keys", {"name": "beyond", "team_id": team_id, "mcp_servers": ["weather"]})
+    assert beyond.status_code == 400 and "not among the MCP servers of team 'calculators'" in beyond.json()[
+        "error"]["message"]
     key_id = next(k["id"] for k in admin(gw, "GET", "/v1/keys").json()["data"] if k["name"] == "none")
     changed = admin(gw, "PATCH", f"/v1/keys/{key_id}", {"mcp_servers": ["calc"]})
     assert changed.status_code == 200 and changed.json()["mcp_servers"] == ["calc"]
