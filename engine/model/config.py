@@ -95,6 +95,7 @@ class ModelConfig:
     attn_logit_softcapping: float | None = None
     pre_norms: bool = True
     qk_norm_whole: bool = False
+    nope_layers: tuple[int, ...] = ()  # SmolLM3 (engine/model/smollm3.py): layers attending without RoPE
     partial_rotary_factor: float = 1.0  # Phi-4-mini: RoPE on the first 3/4 of each head
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
     # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).

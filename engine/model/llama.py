@@ -34,6 +34,7 @@ class Attention(nn.Module):
         super().__init__()
         self.tp = tp
         self.sliding = index in config.sliding_layers
+        self.rotary = index not in config.nope_layers  # SmolLM3's NoPE layers attend without positions
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
@@ -79,7 +80,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.interleaved_rotary_dim:
             q, k = _deinterleaved_rotary(q, self.interleaved_rotary_dim), _deinterleaved_rotary(k, self.interleaved_rotary_dim)
-        q, k = rope(positions, q, k)
+        if self.rotary:
+            q, k = rope(positions, q, k)
         # All of the step's K/V goes in before anyone attends, so a sequence can read blocks that
         # another sequence (or an earlier chunk) wrote in this same step.
         if plan.kv_format is not None and plan.kv_format.calibrate and not self.kv_scales_measured:

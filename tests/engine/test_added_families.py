@@ -1,4 +1,4 @@
-"""Gemma 2, GLM-4 (glm4), GLM-4.5 (glm4_moe) and OLMo 2: checkpoints transformers saved generate token for token what
+"""Gemma 2, GLM-4 (glm4), GLM-4.5 (glm4_moe), OLMo 2 and SmolLM3: checkpoints transformers saved generate token for token what
 transformers generates (chunked prefill then decode, a batch, a prefix-cache hit), Gemma 2's soft-capped attention
 and logits score a prompt as transformers does, real Hub configs count transformers' parameters (the roofline's
 shape included), GLM-4.5's multi-token-prediction layer is skipped at load, and what the engine would serve wrongly
@@ -61,7 +61,14 @@ GLM4_9B = {
     "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
     "eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329,
 }  # fmt: skip
-HUB_CLASSES = {"gemma2": "Gemma2ForCausalLM", "glm4": "Glm4ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+SMOLLM3_3B = {
+    "model_type": "smollm3", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 11008,
+    "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 4, "hidden_act": "silu",
+    "max_position_embeddings": 65536, "rms_norm_eps": 1e-06, "rope_theta": 5000000.0, "use_sliding_window": False,
+    "sliding_window": None, "no_rope_layer_interval": 4, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "bos_token_id": 128000, "eos_token_id": 128012, "pad_token_id": 128004,
+}  # fmt: skip
+HUB_CLASSES = {"smollm3": "SmolLM3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "glm4": "Glm4ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
 
 def varied_prompt(length: int, seed: int = 3) -> list[int]:
@@ -100,6 +107,8 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
         assert config.qkv_bias and not config.o_bias and config.qk_norm and config.routed_scaling_factor == 2.5
     if kind == "glm4":  # interleaved RoPE pairs on half of each head, norms around both blocks
         assert config.rope_interleave and config.rotary_dim == 8 and config.sandwich_norms and not config.o_bias
+    if kind == "smollm3":  # every second layer without RoPE, and those slide
+        assert config.nope_layers == config.sliding_layers == (1, 3) and config.sliding_window == 8
     if kind == "olmo2":
         assert config.qk_norm_whole and not config.pre_norms
 
@@ -151,8 +160,8 @@ def test_a_repeated_prompt_reuses_its_blocks(checkpoints: dict[str, Path], kind:
     assert cached == 32 and again == first == transformers_greedy(checkpoints[kind], prompt, 6)
 
 
-@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM4_9B, GLM45, GLM45_AIR, OLMO2_7B],
-                         ids=["gemma-2-9b", "glm-4-9b", "glm-4.5", "glm-4.5-air", "olmo-2-7b"])
+@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM4_9B, GLM45, GLM45_AIR, OLMO2_7B, SMOLLM3_3B],
+                         ids=["gemma-2-9b", "glm-4-9b", "glm-4.5", "glm-4.5-air", "olmo-2-7b", "smollm3-3b"])
 def test_hub_configs_count_transformers_parameters(raw: dict) -> None:
     """The engine's count is transformers' (MTP layers aside: transformers builds none); the roofline's shape,
     from the engine's parse, has every matrix (and stacked experts) as its matmul weights and Gemma 2's sliding layers."""
@@ -171,6 +180,8 @@ def test_hub_configs_count_transformers_parameters(raw: dict) -> None:
     if raw is GLM45:  # 355B as Z.ai publishes, less its 2B MTP layer
         assert round(config.num_params() / 1e9) == 353 and config.sparse_layers == tuple(range(3, 92))
         assert config.shared_expert_intermediate_size == 1536 and config.rotary_dim == 64
+    if raw is SMOLLM3_3B:  # every fourth layer without RoPE; no window
+        assert config.nope_layers == tuple(range(3, 36, 4)) and config.sliding_layers == ()
 
 
 def test_glm4_moe_skips_its_multi_token_prediction_layer(checkpoints: dict[str, Path]) -> None:
@@ -186,6 +197,7 @@ def test_glm4_moe_skips_its_multi_token_prediction_layer(checkpoints: dict[str, 
     (GEMMA2_9B, {"layer_types": ["sliding_attention"] * 3}, "layer_types must name 42 layers"),
     (GLM45, {"n_group": 3}, "n_group 3 must divide 160 experts"),
     (GLM45, {"partial_rotary_factor": 1.5}, "partial_rotary_factor must be in"),
+    (SMOLLM3_3B, {"no_rope_layers": [1, 0]}, "no_rope_layers must flag 36 layers"),
 ])  # fmt: skip
 def test_configs_served_wrongly_are_refused(raw: dict, change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
