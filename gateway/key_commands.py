@@ -59,6 +59,8 @@ def add_key_commands(groups: argparse._SubParsersAction) -> None:
     create.add_argument("--priority", type=_priority, help="its requests' priority: the default, and the most "
                         "urgent they may ask for (lower goes first; default: any)")
     create.add_argument("--team", metavar="TEAM_ID", help="its team (`pitstop teams`), whose limits bound it too")
+    create.add_argument("--mcp-servers", type=_names, metavar="NAME,NAME",
+                        help="the MCP servers of the config's mcp_servers it may reach at /mcp (default: all)")
     create.add_argument("--duration", type=_duration, metavar="30d",
                         help="it expires this long from now (30d, 12h, 90m, 45s; default: never)")
     create.set_defaults(handler=keys_create_command)
@@ -90,22 +92,21 @@ def add_key_commands(groups: argparse._SubParsersAction) -> None:
 
 def keys_create_command(args: argparse.Namespace) -> int:
     from gateway.audit_actor import cli_actor
-    from gateway.team_commands import team_models_problem
+    from gateway.team_commands import team_models_problem, unknown_names_problem
     from storage.keys import KeyStore
 
-    settings = _settings(args.config) if args.models else None
-    unknown = [name for name in args.models or () if settings is not None and not settings.serves(name)]
-    if unknown:  # a typo would make a key that can use nothing
-        print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
-              f"{args.config}", file=sys.stderr)
+    if (args.models or args.mcp_servers) and (
+            problem := unknown_names_problem(_settings(args.config), args.models, args.mcp_servers, args.config)):
+        print(f"pitstop: {problem}", file=sys.stderr)  # a typo would make a key that can use nothing
         return 2
     url = _storage_url(args.config)
-    if args.team is not None and (problem := team_models_problem(url, args.team, args.models)):
+    if args.team is not None and (problem := team_models_problem(url, args.team, args.models, args.mcp_servers)):
         print(f"pitstop: {problem}", file=sys.stderr)
         return 2
     expires_at = int(time.time()) + args.duration if args.duration else None
     key_id, secret = KeyStore(url).create(args.name, args.rpm, args.budget, args.models, args.priority,
-                                          args.budget_period, args.tpm, args.team, expires_at, cli_actor())
+                                          args.budget_period, args.tpm, args.team, expires_at, cli_actor(),
+                                          args.mcp_servers)
     print(f"id:     {key_id}\nsecret: {secret}\n(the secret is shown once; only its hash is stored)")
     if expires_at is not None:
         print(f"expires at {datetime.fromtimestamp(expires_at, UTC).isoformat()} ({expires_at})")
@@ -123,7 +124,8 @@ def keys_list_command(args: argparse.Namespace) -> int:
         budget = f"{key.budget_usd}/{key.budget_period}" if key.budget_period else f"{key.budget_usd}"
         print(f"{key.id}  {key.prefix}…  {key.name}  {state}  rpm={key.rpm_limit}  tpm={key.tpm_limit}  budget={budget}  "
               f"spent={key.spent_usd:.6f}  models={models}  priority={key.priority}  team={key.team_id}  "
-              f"expires_at={key.expires_at}")
+              f"expires_at={key.expires_at}  "
+              f"mcp_servers={','.join(key.mcp_servers) if key.mcp_servers is not None else 'all'}")
     return 0
 
 

@@ -37,6 +37,9 @@ def _limits(parser: argparse.ArgumentParser, lifting: bool) -> None:
                         help="the models and route groups its keys may use (default: all)" + hint)
     parser.add_argument("--priority", type=wrap(_priority),
                         help="its keys' requests' priority where a key sets none (lower goes first)" + hint)
+    parser.add_argument("--mcp-servers", type=wrap(_names), metavar="NAME,NAME",
+                        help="the MCP servers of the config's mcp_servers its keys may reach at /mcp (default: all)"
+                        + hint)
 
 
 def add_team_commands(groups: argparse._SubParsersAction) -> None:
@@ -69,22 +72,36 @@ def _store(args: argparse.Namespace):  # noqa: ANN202 (lazy imports keep `pitsto
 
 
 def _unknown_models(args: argparse.Namespace) -> bool:
-    """Models the config serves neither as a model nor as a route group (said, and True)."""
+    """Models the config serves neither as a model nor as a route group, or MCP servers it does not name
+    (said, and True)."""
     from gateway.commands import _settings
 
-    if not args.models or args.models == NONE:
+    models = [] if args.models in (None, NONE) else args.models
+    servers = [] if args.mcp_servers in (None, NONE) else args.mcp_servers
+    if not models and not servers:
         return False
-    settings = _settings(args.config)
-    unknown = [name for name in args.models if not settings.serves(name)]
-    if unknown:  # a typo would make a team whose keys can use nothing
-        print(f"pitstop: --models: {', '.join(map(repr, unknown))} is neither a model nor a route group in "
-              f"{args.config}", file=sys.stderr)
-    return bool(unknown)
+    problem = unknown_names_problem(_settings(args.config), models, servers, args.config)
+    if problem:  # a typo would make a team whose keys can use nothing
+        print(f"pitstop: {problem}", file=sys.stderr)
+    return problem is not None
+
+
+def unknown_names_problem(settings: Any, models: list[str] | None, mcp_servers: list[str] | None,
+                          config: Path) -> str | None:
+    """What `--models` or `--mcp-servers` names that the config has not (a model or route group; an MCP server
+    of its `mcp_servers:`); None where it names only what it has."""
+    if unknown := [name for name in models or () if not settings.serves(name)]:
+        return f"--models: {', '.join(map(repr, unknown))} is neither a model nor a route group in {config}"
+    configured = {server.name for server in settings.mcp_servers}
+    if unknown := [name for name in mcp_servers or () if name not in configured]:
+        return f"--mcp-servers: {', '.join(map(repr, unknown))} is not an MCP server of {config}'s mcp_servers"
+    return None
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     given = {"name": args.name, "rpm_limit": args.rpm, "tpm_limit": args.tpm, "budget_usd": args.budget,
-             "budget_period": args.budget_period, "models": args.models, "priority": args.priority}
+             "budget_period": args.budget_period, "models": args.models, "priority": args.priority,
+             "mcp_servers": args.mcp_servers}
     return {name: None if value == NONE else value for name, value in given.items() if value is not None}
 
 
@@ -103,15 +120,16 @@ def teams_list_command(args: argparse.Namespace) -> int:
         models = ",".join(team.models) if team.models is not None else "all"
         budget = f"{team.budget_usd}/{team.budget_period}" if team.budget_period else f"{team.budget_usd}"
         print(f"{team.id}  {team.name}  keys={counts.get(team.id, 0)}  rpm={team.rpm_limit}  tpm={team.tpm_limit}  "
-              f"budget={budget}  spent={team.spent_usd:.6f}  models={models}  priority={team.priority}")
+              f"budget={budget}  spent={team.spent_usd:.6f}  models={models}  priority={team.priority}  "
+              f"mcp_servers={','.join(team.mcp_servers) if team.mcp_servers is not None else 'all'}")
     return 0
 
 
 def teams_update_command(args: argparse.Namespace) -> int:
     fields = _fields(args)
     if not fields:
-        print("pitstop: give something to change (--name, --rpm, --tpm, --budget, --budget-period, --models, --priority)",
-              file=sys.stderr)
+        print("pitstop: give something to change (--name, --rpm, --tpm, --budget, --budget-period, --models, --priority, "
+              "--mcp-servers)", file=sys.stderr)
         return 2
     if _unknown_models(args):
         return 2
@@ -136,9 +154,10 @@ def teams_delete_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def team_models_problem(storage_url: str, team_id: str, models: list[str] | None) -> str | None:
-    """Why a key may not be made in `team_id` with `models` (no such team, a model the team may not use);
-    None where it may."""
+def team_models_problem(storage_url: str, team_id: str, models: list[str] | None,
+                        mcp_servers: list[str] | None = None) -> str | None:
+    """Why a key may not be made in `team_id` with `models` and `mcp_servers` (no such team, a model or an MCP
+    server the team may not use); None where it may."""
     from gateway.team_limits import TeamLimits
     from storage.teams import TeamStore
 
@@ -148,4 +167,7 @@ def team_models_problem(storage_url: str, team_id: str, models: list[str] | None
     outside = [m for m in models or () if not TeamLimits.of(team).may_use(m)]
     if outside:
         return f"--models: {outside[0]!r} is not among the models of team {team.name!r} ({', '.join(team.models or ())})"
+    if team.mcp_servers is not None and (beyond := [s for s in mcp_servers or () if s not in team.mcp_servers]):
+        return (f"--mcp-servers: {beyond[0]!r} is not among the MCP servers of team {team.name!r} "
+                f"({', '.join(team.mcp_servers)})")
     return None
