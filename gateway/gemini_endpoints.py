@@ -130,22 +130,22 @@ def _embed_requests(raw: Any, model: str, batch: bool) -> tuple[list[str], int |
     requests = raw.get("requests") if batch else [raw]
     if not isinstance(requests, list) or not requests:
         raise bad_request("'requests' must be a non-empty list", "requests", "invalid_type")
-    texts, dimensions = [], set()
+    texts, dimensions = [], []
     for i, asked in enumerate(requests):
         where = f"requests[{i}]" if batch else "content"
         asked = camel_keys(asked)
         if not isinstance(asked, dict):
             raise bad_request(f"'{where}' must be an EmbedContentRequest", where, "invalid_type")
         named = asked.get("model")
-        if batch and named is not None and named.removeprefix("models/") != model:
+        if batch and named is not None and (not isinstance(named, str) or named.removeprefix("models/") != model):
             raise bad_request(f"'{where}.model' is {named!r}, not the path's models/{model}", f"{where}.model",
                               "invalid_value")
         texts.append(_content_text(asked.get("content"), f"{where}.content" if batch else "content"))
-        dimensions.add(asked.get("outputDimensionality"))
-    if len(dimensions) > 1:
+        dimensions.append(asked.get("outputDimensionality"))
+    if any(asked != dimensions[0] for asked in dimensions):
         raise bad_request("every request must ask the same outputDimensionality", "outputDimensionality",
                           "invalid_value")
-    asked_dimensions = dimensions.pop()
+    asked_dimensions = dimensions[0]
     if asked_dimensions is not None and (type(asked_dimensions) is not int or asked_dimensions < 1):
         raise bad_request("'outputDimensionality' must be a positive integer", "outputDimensionality",
                           "invalid_value")
