@@ -10,8 +10,9 @@ to pin a client to one replica), answering JSON. A listing or a call goes to the
 kept open by the gateway (gateway/mcp_connections.py, the Responses API's remote MCP machinery), shared
 by every caller of the same server: the credentials are the config's, never the caller's. What an upstream
 answers is relayed: its result (an `isError` result included) as it is, its protocol error as the same
-JSON-RPC error; an upstream that cannot be reached is the call's tool error naming it. Each call is an
-outcome row (gateway/mcp_gateway_calls.py)."""
+JSON-RPC error; an upstream that cannot be reached is the call's tool error naming it. A call takes a rate
+slot of its key's and team's rpm (a refusal is a JSON-RPC error with the 429's message); listings take none.
+Each call is an outcome row (gateway/mcp_gateway_calls.py)."""
 
 from __future__ import annotations
 
@@ -179,6 +180,11 @@ class McpGateway:
         access = _access_of(ctx)
         server, tool = access.resolve(params.name)
         upstream, started = server.upstream(), time.monotonic()
+        try:  # a rate slot of the key's (and its team's) rpm, as every request takes; a tool call holds no budget
+            await self.state.admit(access.caller)
+        except APIError as refused:  # the 429's words as a JSON-RPC error: the agent's loop, not the tool, failed
+            self.log.record(access.caller, server.name, tool, started, "rate_limited", refused.message)
+            raise _mcp_error(_RATE_LIMITED, refused.message) from None
         try:
             result = await self.session.run(upstream, lambda client: client.call_tool(tool, params.arguments or {}),
                                             CALL_TIMEOUT_S)
@@ -200,6 +206,9 @@ class McpGateway:
             with contextlib.suppress(BaseException):
                 await self._owner
         await self.connections.close()
+
+
+_RATE_LIMITED = -32029  # an implementation-defined JSON-RPC server error (-32000 to -32099): the 429's
 
 
 def _access_of(ctx: ServerRequestContext) -> Access:

@@ -3,7 +3,7 @@ to the gateway has (`endpoint` "mcp", the key and its team, `deployment` the ser
 ended in `extra`, `latency_s`, `status` ok / error with its message; no tokens, no cost, no text), and the
 Prometheus counter `pitstop_mcp_gateway_calls_total{server, outcome}`, outcome one of ok, tool_error (the
 tool's `isError` result), protocol_error (the server's JSON-RPC error), unreachable, and list_failed (a
-listing the server could not answer)."""
+listing the server could not answer), rate_limited (the key's or its team's rpm refused the call)."""
 
 from __future__ import annotations
 

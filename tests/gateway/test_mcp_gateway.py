@@ -243,6 +243,20 @@ def test_each_call_is_an_outcome_row_and_counted(gw: Gateway, keys: dict[str, st
     assert 'pitstop_mcp_gateway_calls_total{outcome="unreachable",server="down"}' in metrics
 
 
+def test_a_call_takes_a_rate_slot_and_a_refusal_is_a_json_rpc_error(gw: Gateway, keys: dict[str, str]) -> None:
+    key = admin(gw, "POST", "/v1/keys", {"name": "slow", "rpm_limit": 2}).json()["secret"]
+    url = gw.url + "/mcp"
+    assert run(listed(url, key)) and run(listed(url, key))  # listings take no slot
+    for _ in range(2):
+        assert not run(called(url, key, "weather__forecast", {"city": "Oslo"})).is_error
+    error = run(refused(url, key, "weather__forecast", {"city": "Oslo"}))
+    assert error.error.code == -32029 and "rate limit" in error.error.message.lower()
+    limited = [r for r in gw.rows() if r["endpoint"] == "mcp" and (r["extra"] or {}).get("outcome") == "rate_limited"]
+    assert len(limited) == 1 and limited[0]["status"] == "error"
+    assert 'pitstop_mcp_gateway_calls_total{outcome="rate_limited",server="weather"} 1.0' in \
+        httpx.get(gw.url + "/metrics").text
+
+
 def test_the_agents_sdks_streamable_http_server_through_the_gateway(gw: Gateway, keys: dict[str, str]) -> None:
     from agents.mcp import MCPServerStreamableHttp
 
