@@ -26,9 +26,10 @@ SPECIAL = [EOT, SOT, *(f"<|{code}|>" for code in LANGUAGES), TRANSLATE, TRANSCRI
 
 def make_tiny_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int = 2, heads: int = 4,
                       base_vocab: int = 500, num_mel_bins: int = 80, max_target_positions: int = 448,
-                      seed: int = 0) -> Path:
+                      ffn_dim: int | None = None, seed: int = 0) -> Path:
     """Writes the folder and returns its path; same arguments, same bytes (but for transformers' own
-    metadata). The vocabulary is `base_vocab` BPE tokens and Whisper's 15 special ones here."""
+    metadata). The vocabulary is `base_vocab` BPE tokens and Whisper's 13 special ones here; `ffn_dim`: the
+    MLPs' width (2 * d_model by default; whisper-tiny's shape is d_model 384, 4 layers, 6 heads, ffn_dim 1536)."""
     import transformers as hf
 
     out = Path(out_dir)
@@ -45,7 +46,7 @@ def make_tiny_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int = 2
     config = hf.WhisperConfig(
         vocab_size=vocab_size, num_mel_bins=num_mel_bins, d_model=d_model, encoder_layers=layers,
         decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_source_positions=1500,
+        encoder_ffn_dim=ffn_dim or 2 * d_model, decoder_ffn_dim=ffn_dim or 2 * d_model, max_source_positions=1500,
         max_target_positions=max_target_positions, decoder_start_token_id=ids[SOT], bos_token_id=ids[EOT],
         eos_token_id=ids[EOT], pad_token_id=ids[EOT], begin_suppress_tokens=None, suppress_tokens=None,
         tie_word_embeddings=True)

@@ -1,8 +1,8 @@
 """WhisperModelRunner: the ModelRunner (engine/runner.py) for a Whisper folder (engine/model/whisper.py). The engine's
 scheduler, block manager and sampler run it as they run a decoder: each sequence is a request's decoder tokens
 (<|startoftranscript|><|lang|><|task|><|notimestamps|>, after <|startofprev|> and the prompt's tokens where
-given), its self-attention K/V in the paged cache. What is Whisper's own: a step first runs the encoder, in one
-batch, on the windows of the sequences it sees for the first time (engine/audio_inputs.py keeps each window's
+given), its self-attention K/V in the paged cache. What is Whisper's own: a step first runs the encoder (in
+batches on a GPU, a window at a time on a CPU) on the windows of the sequences it sees for the first time (engine/audio_inputs.py keeps each window's
 cross-attention K/V with the request), and masks the generation config's `suppress_tokens` at every sampled row and
 its `begin_suppress_tokens` at a transcript's first, as transformers' `generate` does.
 
@@ -61,6 +61,9 @@ class WhisperModelRunner:
         # Keyed by the AudioInputs themselves, not their ids: held here, none is freed and its id reused.
         self._stacked: tuple[tuple[AudioInput, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self.encoder_windows = 0  # windows encoded so far (bench/whisper.py reads it)
+        # Windows an encoder call takes: one on a CPU, where 8 at once took longer than 8 one by one
+        # (bench/whisper.py: each window's attention scores are 1,500 x 1,500 a head, too large for the caches).
+        self.encoder_batch = 1 if self.device.type == "cpu" else 16
 
     @property
     def max_model_len(self) -> int:
@@ -78,14 +81,16 @@ class WhisperModelRunner:
                                                        torch.float16 if on_gpu else torch.float32)
 
     def encode(self, audios: list[AudioInput]) -> None:
-        """Runs the encoder, in one batch, on the windows not encoded yet; each keeps its cross-attention K/V."""
+        """Runs the encoder on the windows not encoded yet (`encoder_batch` at a time); each keeps its K/V."""
         pending = list({id(a): a for a in audios if a.cross_kv is None}.values())
         if not pending:
             return
-        features = torch.stack([a.features for a in pending]).to(self.device, self.dtype)
-        with torch.inference_mode():
-            for audio, kv in zip(pending, self.model.encode(features), strict=True):
-                audio.cross_kv = kv
+        for start in range(0, len(pending), self.encoder_batch):
+            chunk = pending[start:start + self.encoder_batch]
+            features = torch.stack([a.features for a in chunk]).to(self.device, self.dtype)
+            with torch.inference_mode():
+                for audio, kv in zip(chunk, self.model.encode(features), strict=True):
+                    audio.cross_kv = kv
         self.encoder_windows += len(pending)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:
