@@ -26,10 +26,12 @@ SPECIAL = [EOT, SOT, *(f"<|{code}|>" for code in LANGUAGES), TRANSLATE, TRANSCRI
 
 def make_tiny_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int = 2, heads: int = 4,
                       base_vocab: int = 500, num_mel_bins: int = 80, max_target_positions: int = 448,
-                      ffn_dim: int | None = None, seed: int = 0) -> Path:
+                      ffn_dim: int | None = None, multilingual: bool = True, seed: int = 0) -> Path:
     """Writes the folder and returns its path; same arguments, same bytes (but for transformers' own
     metadata). The vocabulary is `base_vocab` BPE tokens and Whisper's 13 special ones here; `ffn_dim`: the
-    MLPs' width (2 * d_model by default; whisper-tiny's shape is d_model 384, 4 layers, 6 heads, ffn_dim 1536)."""
+    MLPs' width (2 * d_model by default; whisper-tiny's shape is d_model 384, 4 layers, 6 heads, ffn_dim 1536).
+    `multilingual=False`: an English-only model's generation config, as the `.en` releases' (no lang_to_id or
+    task_to_id, `is_multilingual: false`)."""
     import transformers as hf
 
     out = Path(out_dir)
@@ -54,13 +56,16 @@ def make_tiny_whisper(out_dir: str | Path, *, d_model: int = 64, layers: int = 2
     model = hf.WhisperForConditionalGeneration(config)
     _spread(model)
     model.save_pretrained(out)
-    _write(out / "generation_config.json", {
+    generation = {
         "decoder_start_token_id": ids[SOT], "bos_token_id": ids[EOT], "eos_token_id": ids[EOT],
-        "pad_token_id": ids[EOT], "max_length": max_target_positions, "is_multilingual": True,
+        "pad_token_id": ids[EOT], "max_length": max_target_positions, "is_multilingual": multilingual,
         "lang_to_id": {f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
         "task_to_id": {"transcribe": ids[TRANSCRIBE], "translate": ids[TRANSLATE]},
         "no_timestamps_token_id": ids[NO_TIMESTAMPS], "prev_sot_token_id": ids[PREV],
-        "suppress_tokens": suppress, "begin_suppress_tokens": [space, ids[EOT]]})
+        "suppress_tokens": suppress, "begin_suppress_tokens": [space, ids[EOT]]}
+    if not multilingual:
+        del generation["lang_to_id"], generation["task_to_id"]
+    _write(out / "generation_config.json", generation)
     _write(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": EOT,
         "unk_token": EOT, "model_max_length": max_target_positions, "clean_up_tokenization_spaces": False})

@@ -4,7 +4,9 @@ prompt's tokens (" " + the prompt, stripped, as WhisperTokenizer.get_prompt_ids 
 max_target_positions // 2 - 1 tokens, as openai-whisper keeps them) where one is given. Without a language, it is
 detected as `generate` detects it: the decoder run on <|startoftranscript|> alone, the likeliest language token
 taken (here a one-token request held to the language tokens, scheduled as any other, sharing the window's
-encoder output with the transcription after it)."""
+encoder output with the transcription after it). An English-only model (`is_multilingual: false` in its generation
+config: the `.en` releases) is prompted <|startoftranscript|><|notimestamps|>, as `generate` prompts it, takes
+English only and does not translate."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class WhisperTokens:
     languages: dict[str, int]  # code ("en") -> its token's id
     tasks: dict[str, int]
     max_target_positions: int
+    multilingual: bool = True
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, tokenizer: Tokenizer, max_target_positions: int) -> WhisperTokens:
@@ -48,6 +51,9 @@ class WhisperTokens:
         languages = {code.strip("<|>"): i for code, i in (generation.get("lang_to_id") or {}).items()} or {
             code: i for code in LANGUAGES if (i := tokenizer.token_to_id(f"<|{code}|>")) is not None}
         tasks = generation.get("task_to_id") or {task: token(f"<|{task}|>") for task in TASKS}
+        if generation.get("is_multilingual") is False:
+            return cls(token("<|startoftranscript|>"), token("<|startofprev|>"), token("<|notimestamps|>"),
+                       {"en": -1}, {}, max_target_positions, multilingual=False)
         return cls(token("<|startoftranscript|>"), token("<|startofprev|>"), token("<|notimestamps|>"),
                    languages, tasks, max_target_positions)
 
@@ -62,8 +68,15 @@ class WhisperTokens:
                                       f"{', '.join(sorted(self.languages))}", "language", "invalid_value")
         return code
 
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks and not (task == "transcribe" and not self.multilingual):
+            raise InvalidRequestError("this model is English-only: it transcribes English and does not translate",
+                                      "model", "model_not_supported")
+
     def decoder_prompt(self, language: str, task: str, prompt_ids: list[int]) -> list[int]:
         previous = [self.previous, *prompt_ids[-(self.max_target_positions // 2 - 1):]] if prompt_ids else []
+        if not self.multilingual:
+            return [*previous, self.start, self.no_timestamps]
         return [*previous, self.start, self.languages[language], self.tasks[task], self.no_timestamps]
 
 
@@ -76,6 +89,8 @@ def language_name(code: str) -> str:
 
 async def detect_language(engine: AsyncEngine, tokens: WhisperTokens, audio: AudioInput, request_id: str) -> str:
     """The window's language code, the decoder's likeliest language token after <|startoftranscript|>."""
+    if not tokens.multilingual:
+        return "en"
     params = SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=tuple(tokens.languages.values()))
     chosen = None
     async for out in engine.generate([tokens.start], params, request_id=request_id, audio=audio):

@@ -112,6 +112,7 @@ async def _serve(request: Request, task: str) -> Response:
                           "serve a Whisper model for /v1/audio/transcriptions and /translations", "model",
                           "model_not_supported")
     tokens = _tokens(request, engine)
+    tokens.check_task(task)
     try:
         form = await request.form(max_files=1, max_fields=32)
     except Exception as exc:  # not multipart, or a malformed body

@@ -15,14 +15,16 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 
 from engine.async_engine import AsyncEngine
+from engine.audio_decode import log_mel
 from engine.build import build_engine
 from engine.server.app import create_app
 from engine.tiny_whisper import PREV, make_tiny_whisper
 from engine.tokenizer import Tokenizer
 from tests.engine.serving import sdk, serve_in_thread
-from tests.engine.whisper_audio import MAX_NEW_TOKENS, chirp, transformers_tokens, wav_bytes
+from tests.engine.whisper_audio import MAX_NEW_TOKENS, chirp, hf_whisper, transformers_tokens, wav_bytes
 
 PROMPT = "hello world"
 
@@ -211,3 +213,19 @@ def test_begin_suppress_tokens_hold_back_the_first_token_as_generate_does(whispe
     with serve_in_thread(create_app(build_engine(folder, num_blocks=32), "whisper")) as base:
         body = _post(base, wav_bytes(samples), language="en", response_format="verbose_json").json()
     assert body["segments"][0]["tokens"] == expected
+
+
+def test_an_english_only_model_is_prompted_as_generate_prompts_it(tmp_path: Path) -> None:
+    """The `.en` releases' way: <|startoftranscript|><|notimestamps|>, English only, no translations."""
+    folder = make_tiny_whisper(tmp_path / "whisper_en", multilingual=False, seed=1)
+    samples = chirp(2.0, 700.0)
+    with torch.no_grad():
+        expected = hf_whisper(folder).generate(torch.from_numpy(log_mel(str(folder), samples))[None],
+                                               max_new_tokens=MAX_NEW_TOKENS)[0].tolist()
+    with serve_in_thread(create_app(build_engine(folder, num_blocks=32), "whisper")) as base:
+        body = _post(base, wav_bytes(samples), response_format="verbose_json").json()
+        translation = _post(base, wav_bytes(samples), "translations")
+        german = _post(base, wav_bytes(samples), language="de")
+    assert body["segments"][0]["tokens"] == expected and body["language"] == "english"
+    assert translation.status_code == 400 and "English-only" in translation.json()["error"]["message"]
+    assert german.status_code == 400 and german.json()["error"]["param"] == "language"
