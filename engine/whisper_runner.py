@@ -132,6 +132,8 @@ class WhisperModelRunner:
 
     def _cross_plan(self, batch: ScheduledBatch, audios: list[AudioInput], meta: AttentionMetadata) -> CrossPlan:
         decode = [i for i, n in enumerate(meta.query_lens) if n == 1]
+        if not decode:
+            self._stacked = None  # nothing decodes: the last batch's K/V are not held past its requests
         key = tuple(audios[i] for i in decode)
         if decode and (self._stacked is None or len(self._stacked[0]) != len(key)
                        or any(a is not b for a, b in zip(self._stacked[0], key, strict=True))):
