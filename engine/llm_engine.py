@@ -21,7 +21,6 @@ from engine.fused_decode import max_fused_steps
 from engine.hints import NO_HINTS, SchedulingHints
 from engine.kv_groups import KVGroupLayout
 from engine.lora_registry import LoRAAdapter, LoRAAdapters
-from engine.mamba_state import hybrid_engine_config
 from engine.model.config import ModelConfig
 from engine.outputs import EngineStats, RequestOutput, StepRecord
 from engine.policy import FCFSPolicy, SchedulingPolicy
@@ -49,6 +48,8 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
+        from engine.mamba_state import hybrid_engine_config  # here: it imports torch, which gateway.app must not
+
         config = hybrid_engine_config(config, runner)  # a Mamba-2 hybrid's: no prefix cache (engine/mamba_state.py)
         window, hybrid = getattr(runner, "attention_window", None), getattr(runner, "hybrid_attention", None)
         groups: KVGroupLayout | None = getattr(runner, "kv_groups", None)  # sliding and full layers' KV apart
