@@ -96,6 +96,10 @@ class ModelConfig:
     pre_norms: bool = True
     qk_norm_whole: bool = False
     nope_layers: tuple[int, ...] = ()  # SmolLM3 (engine/model/smollm3.py): layers attending without RoPE
+    # Cohere2 (engine/model/cohere2.py): mean-centred norms, attention and MLP side by side on one norm, scaled logits.
+    layer_norm: bool = False
+    parallel_block: bool = False
+    logit_scale: float = 1.0
     partial_rotary_factor: float = 1.0  # Phi-4-mini: RoPE on the first 3/4 of each head
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
     # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).
@@ -224,7 +228,7 @@ class ModelConfig:
         attn += qk_norm_width * self.qk_norm + self.num_heads * self.attention_sinks
         if self.mla:
             attn = self.mla_params()
-        norms = ((4 if self.sandwich_norms else 2) - (0 if self.pre_norms else 2)) * self.hidden_size
+        norms = ((4 if self.sandwich_norms else 2) - (0 if self.pre_norms else 2) - self.parallel_block) * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size
         mlp += (2 * self.intermediate_size + self.hidden_size) * self.mlp_bias
         # A sparse layer's MLP: the router plus every expert's gate, up and down projections.

@@ -8,18 +8,23 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """`unit_offset`: Gemma's, which scales by (1 + weight) in float32 and rounds after."""
+    """`unit_offset`: Gemma's, which scales by (1 + weight) in float32 and rounds after. `centered`: Cohere's
+    LayerNorm without bias (the mean taken off first), scaled in float32 too."""
 
-    def __init__(self, hidden_size: int, eps: float, unit_offset: bool = False) -> None:
+    def __init__(self, hidden_size: int, eps: float, unit_offset: bool = False, centered: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
         self.unit_offset = unit_offset
+        self.centered = centered
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 and scale in the model dtype, the order transformers uses.
         input_dtype = x.dtype
         x = x.float()
+        if self.centered:
+            x = x - x.mean(-1, keepdim=True)
+            return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(input_dtype)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.unit_offset:
             return (x * (1.0 + self.weight.float())).to(input_dtype)

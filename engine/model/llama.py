@@ -123,10 +123,11 @@ class DecoderLayer(nn.Module):
         if config.is_sparse(index):
             shared_size = config.shared_expert_intermediate_size
             self.mlp = SparseMoE(config, tp, MLP(config, tp, shared_size) if shared_size else None)
-        norm = partial(RMSNorm, config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
+        norm = partial(RMSNorm, config.hidden_size, config.rms_norm_eps, config.norm_unit_offset, config.layer_norm)
         # OLMo 2 norms no block's input (`pre_norms` off), only its output.
         self.input_layernorm = norm() if config.pre_norms else None
-        self.post_attention_layernorm = norm()
+        # Cohere2: the attention and the MLP both read the input's one norm, their outputs added side by side.
+        self.post_attention_layernorm = None if config.parallel_block else norm()
         # Gemma 3 norms each block's output before the residual add, and the MLP's input with a norm of its own.
         self.pre_feedforward_layernorm = norm() if config.sandwich_norms and config.pre_norms else None
         self.post_feedforward_layernorm = norm() if config.sandwich_norms else None
@@ -141,6 +142,8 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         normed = hidden if self.input_layernorm is None else self.input_layernorm(hidden)
         attended = self.self_attn(normed, positions, rope, kv_cache, plan)
+        if self.post_attention_layernorm is None:
+            return hidden + attended + self.mlp(normed)
         if self.post_feedforward_layernorm is None:  # Llama's pre-norms: the second is the MLP's input's
             hidden = hidden + attended
             return hidden + self.mlp(self.post_attention_layernorm(hidden))
@@ -156,7 +159,7 @@ class DecoderStack(nn.Module):
         super().__init__()
         self.embed_tokens = TokenEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_unit_offset)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_unit_offset, config.layer_norm)
 
 
 class CausalLM(nn.Module):
@@ -227,5 +230,8 @@ class CausalLM(nn.Module):
         return F.normalize(self.model.norm(hidden).float(), dim=-1)
 
     def _softcapped(self, logits: torch.Tensor) -> torch.Tensor:
+        """Times Cohere2's `logit_scale` (a power of two in its configs: exact in any dtype), then Gemma's cap."""
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap

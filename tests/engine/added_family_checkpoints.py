@@ -3,7 +3,8 @@ its family apart switched on where a greedy answer can tell: Gemma 2's caps smal
 at 1, logits at 3) and an 8-token window, shorter than the prompts; GLM-4.5's partial rotary, q/k norms, q/k/v
 biases, a dense first layer, grouped sigmoid routing with a correction bias and a scaled, shared expert and a
 multi-token-prediction layer past the last; GLM-4's interleaved partial rotary, fused gate/up and four norms under
-names of their own; OLMo 2's norms after each block and over the whole q/k projections; SmolLM3's NoPE layers."""
+names of their own; OLMo 2's norms after each block and over the whole q/k projections; SmolLM3's NoPE layers;
+Cohere2's LayerNorm, side-by-side attention and MLP, RoPE on its sliding layers only and scaled logits."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from tests.engine.hf_checkpoints import COMMON as SIZES
 from tests.engine.hf_checkpoints import VOCAB, _spread
 
-ADDED_KINDS = ("gemma2", "gemma2_uncapped", "glm4", "glm4_moe", "olmo2", "smollm3")
+ADDED_KINDS = ("gemma2", "gemma2_uncapped", "glm4", "glm4_moe", "olmo2", "smollm3", "cohere2")
 
 
 def added_family_model(kind: str, vocab_size: int = VOCAB) -> torch.nn.Module:
@@ -54,6 +55,10 @@ def added_family_model(kind: str, vocab_size: int = VOCAB) -> torch.nn.Module:
         config = hf.SmolLM3Config(**{**COMMON, "num_hidden_layers": 4}, no_rope_layer_interval=2,
                                   use_sliding_window=True, sliding_window=8, pad_token_id=0, eos_token_id=None)
         return _spread(hf.SmolLM3ForCausalLM(config), gain=2.0)
+    if kind == "cohere2":  # layers 0 and 2 slide over 8 tokens on interleaved RoPE, 1 and 3 see all on none
+        config = hf.Cohere2Config(**{**COMMON, "num_hidden_layers": 4}, sliding_window=8, sliding_window_pattern=2,
+                                  logit_scale=0.5, pad_token_id=0, bos_token_id=None, eos_token_id=None)
+        return _spread(hf.Cohere2ForCausalLM(config), gain=2.0, embed_std=0.3)
     raise ValueError(kind)
 
 

@@ -1,6 +1,6 @@
-"""Gemma 2, GLM-4 (glm4), GLM-4.5 (glm4_moe), OLMo 2 and SmolLM3: checkpoints transformers saved generate token for token what
+"""Gemma 2, GLM-4 (glm4), GLM-4.5 (glm4_moe), OLMo 2, SmolLM3 and Cohere2: checkpoints transformers saved generate token for token what
 transformers generates (chunked prefill then decode, a batch, a prefix-cache hit), Gemma 2's soft-capped attention
-and logits score a prompt as transformers does, real Hub configs count transformers' parameters (the roofline's
+and logits and Cohere2's scaled logits score a prompt as transformers does, real Hub configs count transformers' parameters (the roofline's
 shape included), GLM-4.5's multi-token-prediction layer is skipped at load, and what the engine would serve wrongly
 is refused."""
 
@@ -68,7 +68,14 @@ SMOLLM3_3B = {
     "sliding_window": None, "no_rope_layer_interval": 4, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
     "bos_token_id": 128000, "eos_token_id": 128012, "pad_token_id": 128004,
 }  # fmt: skip
-HUB_CLASSES = {"smollm3": "SmolLM3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "glm4": "Glm4ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
+COMMAND_R7B = {
+    "model_type": "cohere2", "vocab_size": 256000, "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
+    "logit_scale": 0.25, "layer_norm_eps": 1e-05, "max_position_embeddings": 8192, "rope_theta": 50000,
+    "sliding_window": 4096, "sliding_window_pattern": 4, "attention_bias": False, "use_qk_norm": False,
+    "bos_token_id": 5, "eos_token_id": 255001, "pad_token_id": 0, "torch_dtype": "bfloat16",
+}  # fmt: skip
+HUB_CLASSES = {"cohere2": "Cohere2ForCausalLM", "smollm3": "SmolLM3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "glm4": "Glm4ForCausalLM", "glm4_moe": "Glm4MoeForCausalLM", "olmo2": "Olmo2ForCausalLM"}
 
 
 def varied_prompt(length: int, seed: int = 3) -> list[int]:
@@ -109,23 +116,29 @@ def test_checkpoints_saved_by_transformers_generate_identically(checkpoints: dic
         assert config.rope_interleave and config.rotary_dim == 8 and config.sandwich_norms and not config.o_bias
     if kind == "smollm3":  # every second layer without RoPE, and those slide
         assert config.nope_layers == config.sliding_layers == (1, 3) and config.sliding_window == 8
+    if kind == "cohere2":  # RoPE (interleaved) on the sliding layers, none on the full ones
+        assert config.sliding_layers == (0, 2) and config.nope_layers == (1, 3) and config.rope_interleave
+        assert config.parallel_block and config.layer_norm and config.logit_scale == 0.5
     if kind == "olmo2":
         assert config.qk_norm_whole and not config.pre_norms
 
 
-def test_soft_capping_binds_and_matches_transformers_log_probabilities(checkpoints: dict[str, Path]) -> None:
-    """The same weights with and without Gemma 2's caps answer differently (the caps bind), and the capped
-    model's prompt log-probabilities (prefill over both window kinds) are transformers' own."""
+@pytest.mark.parametrize("kind", ["gemma2", "cohere2"])
+def test_scaled_logits_match_transformers_log_probabilities(checkpoints: dict[str, Path], kind: str) -> None:
+    """What greedy cannot tell: Gemma 2's capped and Cohere2's scaled logits. The same weights with and without
+    Gemma 2's caps answer differently (the caps bind), and the prompt log-probabilities (prefill over both window
+    kinds) are transformers' own."""
     from transformers import AutoModelForCausalLM
 
     prompt = varied_prompt(40)
-    assert transformers_greedy(checkpoints["gemma2"], prompt, 8) != transformers_greedy(
-        checkpoints["gemma2_uncapped"], prompt, 8)
-    engine = LLMEngine(EngineConfig(num_blocks=40, block_size=8, max_model_len=256), _runner(checkpoints["gemma2"]))
+    if kind == "gemma2":
+        assert transformers_greedy(checkpoints["gemma2"], prompt, 8) != transformers_greedy(
+            checkpoints["gemma2_uncapped"], prompt, 8)
+    engine = LLMEngine(EngineConfig(num_blocks=40, block_size=8, max_model_len=256), _runner(checkpoints[kind]))
     seq = engine.add_request("scored", prompt, SamplingParams(max_tokens=1, prompt_logprobs=0))
     while engine.has_unfinished():
         engine.step()
-    reference = AutoModelForCausalLM.from_pretrained(checkpoints["gemma2"], dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(checkpoints[kind], dtype=torch.float32).eval()
     with torch.no_grad():
         logits = reference(torch.tensor([prompt])).logits[0, :-1].log_softmax(-1)
     expected = logits.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
@@ -142,7 +155,7 @@ def test_a_batch_generates_as_each_alone(checkpoints: dict[str, Path], kind: str
     assert runner_batched_greedy(runner, prompts, 8, chunk=8, blocks_each=14) == expected
 
 
-@pytest.mark.parametrize("kind", ["gemma2", "glm4", "olmo2"])
+@pytest.mark.parametrize("kind", ["gemma2", "glm4", "olmo2", "cohere2"])
 def test_a_repeated_prompt_reuses_its_blocks(checkpoints: dict[str, Path], kind: str) -> None:
     """The second request's first 32 tokens come from the prefix cache (Gemma 2's sliding and full groups alike)
     and it answers as transformers."""
@@ -160,8 +173,9 @@ def test_a_repeated_prompt_reuses_its_blocks(checkpoints: dict[str, Path], kind:
     assert cached == 32 and again == first == transformers_greedy(checkpoints[kind], prompt, 6)
 
 
-@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM4_9B, GLM45, GLM45_AIR, OLMO2_7B, SMOLLM3_3B],
-                         ids=["gemma-2-9b", "glm-4-9b", "glm-4.5", "glm-4.5-air", "olmo-2-7b", "smollm3-3b"])
+@pytest.mark.parametrize("raw", [GEMMA2_9B, GLM4_9B, GLM45, GLM45_AIR, OLMO2_7B, SMOLLM3_3B, COMMAND_R7B],
+                         ids=["gemma-2-9b", "glm-4-9b", "glm-4.5", "glm-4.5-air", "olmo-2-7b", "smollm3-3b",
+                              "command-r7b"])
 def test_hub_configs_count_transformers_parameters(raw: dict) -> None:
     """The engine's count is transformers' (MTP layers aside: transformers builds none); the roofline's shape,
     from the engine's parse, has every matrix (and stacked experts) as its matmul weights and Gemma 2's sliding layers."""
@@ -180,6 +194,8 @@ def test_hub_configs_count_transformers_parameters(raw: dict) -> None:
     if raw is GLM45:  # 355B as Z.ai publishes, less its 2B MTP layer
         assert round(config.num_params() / 1e9) == 353 and config.sparse_layers == tuple(range(3, 92))
         assert config.shared_expert_intermediate_size == 1536 and config.rotary_dim == 64
+    if raw is COMMAND_R7B:  # three sliding layers of four, the fourth full and without RoPE
+        assert config.nope_layers == tuple(range(3, 32, 4)) and len(config.sliding_layers) == 24
     if raw is SMOLLM3_3B:  # every fourth layer without RoPE; no window
         assert config.nope_layers == tuple(range(3, 36, 4)) and config.sliding_layers == ()
 
