@@ -9,13 +9,15 @@ embedding scale, which transformers applies inside the embedding, so image featu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
+
+from engine.model.qwen3_vl import deepstack_hooks
 
 if TYPE_CHECKING:
     from engine.model.vision import VisionEncoder
@@ -62,15 +64,24 @@ class ImageFeatures:
 
 
 @contextmanager
-def spliced_embeddings(first_layer: nn.Module, rows: torch.Tensor, features: torch.Tensor) -> Iterator[None]:
-    """While it lasts, the hidden states `first_layer` takes (its first argument) have `features` at `rows`
-    (one forward pass)."""
+def spliced_embeddings(layers: Sequence[nn.Module], hidden_size: int, rows: torch.Tensor,
+                       features: torch.Tensor) -> Iterator[None]:
+    """While it lasts, the hidden states the first layer takes (its first argument) have `features` at `rows`
+    (one forward pass). Rows wider than the hidden states carry Qwen3-VL's DeepStack features after theirs
+    (engine/model/qwen3_vl.py), added to the first layers' outputs."""
+    main = features if features.shape[1] == hidden_size else features[:, :hidden_size]
+
     def splice(_module: nn.Module, args: tuple) -> tuple:
         hidden = args[0]
-        return (hidden.index_copy(0, rows, features.to(hidden.dtype)), *args[1:])
+        return (hidden.index_copy(0, rows, main.to(hidden.dtype)), *args[1:])
 
-    handle = first_layer.register_forward_pre_hook(splice)
+    handle = layers[0].register_forward_pre_hook(splice)
     try:
-        yield
+        if main is features:
+            yield
+        else:
+            deepstack = features[:, hidden_size:].unflatten(1, (-1, hidden_size))
+            with deepstack_hooks(layers, rows, deepstack):
+                yield
     finally:
         handle.remove()

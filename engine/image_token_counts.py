@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL
+from engine.model.qwen3_vl import QWEN3_VL_TYPES
 
 GEMMA3_TOKENS_PER_IMAGE = 256  # transformers' Gemma3Config default
 # Qwen2VLImageProcessor's defaults: 14-pixel patches merged 2 x 2, between 56 x 56 and 28 x 28 x 1280 pixels.
@@ -65,7 +66,7 @@ def folder_image_tokens(model_dir: Path) -> int | QwenResize | None:
         return llava_tokens_per_image(vision, raw.get("vision_feature_select_strategy", "default"))
     if model_type == GEMMA3_MULTIMODAL:
         return int(raw.get("mm_tokens_per_image", GEMMA3_TOKENS_PER_IMAGE))
-    if model_type == QWEN2_5_VL:
+    if model_type in (QWEN2_5_VL, *QWEN3_VL_TYPES):  # Qwen3-VL: the same rule, 16-pixel patches in its folders
         path = model_dir / "preprocessor_config.json"
         return QwenResize.of_folder(raw, json.loads(path.read_text()) if path.is_file() else {})
     return None

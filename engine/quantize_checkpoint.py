@@ -31,6 +31,7 @@ from engine.model.int4_formats import pack_compressed_tensors, quantize_groups
 from engine.model.loader import safetensors_files, split_fused
 from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
+from engine.model.qwen3_vl import QWEN3_VL, QWEN3_VL_MOE
 from engine.model.vision import VisionConfig
 
 # A multimodal Gemma 3's language model is under `language_model.` (the Hub's layout) or `model.language_model.`.
@@ -38,7 +39,7 @@ _PROJECTION = re.compile(r"(language_model\.)?model\.(language_model\.)?layers\.
                          r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight")
 # A vision model's tower and projector are copied as they are (served in the model's dtype: engine/model/vision.py)
 # and named in `ignore`, so vLLM too reads them unquantized.
-_VISION_MODULES = {QWEN2_5_VL: ["re:.*visual.*"]}
+_VISION_MODULES = {QWEN2_5_VL: ["re:.*visual.*"], QWEN3_VL: ["re:.*visual.*"], QWEN3_VL_MOE: ["re:.*visual.*"]}
 _TOWER_AND_PROJECTOR = ["re:.*vision_tower.*", "re:.*multi_modal_projector.*"]  # LLaVA's and Gemma 3's
 # What vLLM would otherwise take for quantized Linear layers of a mixture-of-experts model.
 _MOE_IGNORE = ["re:.*\\.(mlp|block_sparse_moe)\\.experts\\..*", "re:.*\\.(mlp|block_sparse_moe)\\.gate$"]

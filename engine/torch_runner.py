@@ -271,7 +271,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             caches = caches if self.mamba_states is None else self.mamba_states.caches(self.kv_cache)
             if step.image_embeds is None:
                 return self.model.hidden_states(step.input_ids, step.positions, caches, plan)
-            with spliced_embeddings(self.model.model.layers[0], *step.image_embeds):
+            with spliced_embeddings(self.model.model.layers, self.config.hidden_size, *step.image_embeds):
                 return self.model.hidden_states(step.input_ids, step.positions, caches, plan)
 
     def execute(self, batch: ScheduledBatch) -> list[int]:

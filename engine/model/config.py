@@ -104,6 +104,7 @@ class ModelConfig:
     # Qwen2.5-VL's M-RoPE: the rotary frequencies split into (temporal, height, width) sections, each turned by
     # its own row of a token's 3 position ids (engine/model/rope.py, engine/mrope_positions.py).
     mrope_section: tuple[int, ...] | None = None
+    mrope_interleaved: bool = False  # Qwen3-VL's layout of those sections (engine/model/qwen3_vl.py)
     hybrid: HybridSpec | None = None  # a Mamba-2 hybrid's mixer layers and geometry (engine/model/mamba_config.py)
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
@@ -209,6 +210,7 @@ class ModelConfig:
             hidden_act=hidden_act,
             partial_rotary_factor=partial,
             mrope_section=tuple(raw["mrope_section"]) if raw.get("mrope_section") else None,
+            mrope_interleaved=bool(raw.get("mrope_interleaved", False)),
             **extra,
             **({} if model_type in DEEPSEEK_TYPES else expert_fields(model_type, raw)),
             **_sliding_fields(model_type, raw),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from engine.model.deepseek import DEEPSEEK_V3, DEEPSEEK_V3_ALIASES
+from engine.model.qwen3_vl import QWEN3_VL_TYPES, qwen3_vl_text
 
 GEMMA3 = "gemma3_text"
 GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, with images
@@ -41,6 +42,8 @@ def text_config_of(raw: dict) -> dict:
     them out, as LlavaConfig's); Kimi-K2's as DeepSeek-V3's; any other config as it is."""
     if raw.get("model_type") == QWEN2_5_VL:
         return qwen2_5_vl_text(raw)
+    if raw.get("model_type") in QWEN3_VL_TYPES:  # engine/model/qwen3_vl.py
+        return qwen3_vl_text(raw)
     if raw.get("model_type") in DEEPSEEK_V3_ALIASES:  # DeepSeek-V3's architecture, read as its config
         return {**raw, "model_type": DEEPSEEK_V3}
     if raw.get("model_type") not in (GEMMA3_MULTIMODAL, LLAVA):

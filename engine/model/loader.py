@@ -34,6 +34,7 @@ from engine.model.mxfp4 import Mxfp4Experts, pack_experts
 from engine.model.parallel import SINGLE, TPGroup, shard_tensor
 from engine.model.quant_config import QuantScheme
 from engine.model.quant_linear import QuantizedLinear, quantize_projections
+from engine.model.qwen3_vl import checkpoint_tensor
 
 # Checkpoint projection name -> (our packed module name, shard index inside it).
 PACKED_PROJECTIONS = {
@@ -144,7 +145,8 @@ def load_weights(model: CausalLM, files: list[Path], tp: TPGroup = SINGLE,
                     continue  # DeepSeek-V3's and GLM-4.5's multi-token-prediction layers: not served
                 if _our_name(name) == "lm_head.weight" and model.config.tie_word_embeddings:
                     continue
-                parts = split_fused(rename(name), f.get_tensor(name), model.config, tp.size)
+                tensor = checkpoint_tensor(name, f.get_tensor(name), model.config.hidden_size)  # Qwen3-VL-MoE's
+                parts = split_fused(rename(name), tensor, model.config, tp.size)
                 if gpt_oss is not None:
                     parts = [part for n, t in parts for part in gpt_oss.convert(n, t)]
                 for our_name, tensor in parts:

@@ -13,7 +13,8 @@ Phi-3 `prepare_inputs_for_generation`), which would mean recomputing the sequenc
 M-RoPE (Qwen2.5-VL, `mrope_section`): positions are [3, T] (temporal, height, width ids: engine/mrope_positions.py)
 and each rotary frequency takes its cos/sin from the row of its section (transformers'
 `recomposition_frequencies`: the first section's frequencies from the temporal row, and so on), the same rows for
-both halves of the head; a text token's three ids are equal, so it turns as plain RoPE."""
+both halves of the head; a text token's three ids are equal, so it turns as plain RoPE. Qwen3-VL's
+(`mrope_interleaved`) interleaves the rows over the frequencies instead (engine/model/qwen3_vl.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 
 from engine.model.config import ModelConfig
 from engine.model.deepseek import yarn_mscale
+from engine.model.qwen3_vl import interleaved_mrope_rows
 
 
 def inverse_frequencies(config: ModelConfig, long: bool = False) -> torch.Tensor:
@@ -121,6 +123,8 @@ class RotaryEmbedding:
         if config.mrope_section:
             half = torch.repeat_interleave(torch.arange(len(config.mrope_section)) % 3,
                                            torch.tensor(config.mrope_section))
+            if config.mrope_interleaved:  # Qwen3-VL's: every third frequency height's, then width's
+                half = interleaved_mrope_rows(config.mrope_section)
             if len(half) != config.rotary_dim // 2:
                 raise ValueError(f"mrope_section {config.mrope_section} must sum to head_dim / 2 "
                                  f"({config.rotary_dim // 2})")

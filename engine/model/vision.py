@@ -18,6 +18,9 @@ its `visual.*` / `model.visual.*` tensors; dynamic resolution, so an image is it
 (grid_t * grid_h * grid_w / merge_size**2, `tokens_per_image` 0) and its pixels a [patches, patch] matrix with its
 grid (`ImageInput.grid_thw`); the language model's positions are M-RoPE's (engine/rope_positions.py).
 
+Qwen3-VL's and Qwen3-VL-MoE's (`qwen3_vl`, `qwen3_vl_moe`): transformers' own `Qwen3VLVisionModel`, the same dynamic
+resolution and M-RoPE positions, each token's features followed by its DeepStack features (engine/model/qwen3_vl.py).
+
 Sharded or quantized, as vLLM serves them: only the language model is; the encoder stays whole, in the model's
 dtype, on tensor-parallel rank 0 alone (its features travel with each step: engine/tp_workers.py), and a
 checkpoint that quantized it is refused."""
@@ -35,6 +38,7 @@ from torch import nn
 
 from engine.image_token_counts import llava_tokens_per_image
 from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL, UnsupportedConfig
+from engine.model.qwen3_vl import QWEN3_VL, QWEN3_VL_MOE, QWEN3_VL_TYPES
 
 if TYPE_CHECKING:
     from engine.image_inputs import ImageInput
@@ -47,7 +51,8 @@ _PREFIXES = {"model.vision_tower.": "vision_tower.", "vision_tower.": "vision_to
 # Tower outputs LLaVA never reads (it takes a layer's hidden states): checkpoints may leave them out. Gemma 3
 # reads the post-layernorm's output (its last hidden state), never SigLIP's pooling head.
 _UNUSED = {LLAVA: ("vision_tower.vision_model.post_layernorm.", "vision_tower.vision_model.head."),
-           GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",), QWEN2_5_VL: ()}
+           GEMMA3_MULTIMODAL: ("vision_tower.vision_model.head.",), QWEN2_5_VL: (), QWEN3_VL: (),
+           QWEN3_VL_MOE: ()}
 # Tensors only a quantized Linear has (compressed-tensors, fp8, AWQ, GPTQ): the tower and projector are
 # served unquantized, in the model's dtype, whatever the language model is (as vLLM serves them).
 _QUANTIZED_LEAVES = ("weight_scale", "input_scale", "weight_packed", "weight_zero_point", "weight_g_idx", "qweight",
@@ -79,7 +84,7 @@ class VisionConfig:
     @property
     def dynamic_resolution(self) -> bool:
         """An image's token count depends on its size (Qwen2.5-VL): known only once it is preprocessed."""
-        return self.family == QWEN2_5_VL
+        return self.family in (QWEN2_5_VL, *QWEN3_VL_TYPES)
 
     @property
     def text_expansion(self) -> bool:
@@ -100,14 +105,12 @@ class VisionConfig:
         """None for a text-only model."""
         if raw.get("model_type") == GEMMA3_MULTIMODAL:
             return cls._gemma3(raw)
-        if raw.get("model_type") == QWEN2_5_VL:
-            from transformers import Qwen2_5_VLConfig
-
-            config = Qwen2_5_VLConfig.from_dict(raw)
+        if raw.get("model_type") in (QWEN2_5_VL, *QWEN3_VL_TYPES):
+            config = _qwen_config(raw)
             vision = config.vision_config.to_dict()
             return cls(image_token_id=int(config.image_token_id), tokens_per_image=0, image_size=0, feature_layer=-1,
                        select_strategy="full", vision=vision, text_hidden_size=int(config.text_config.hidden_size),
-                       family=QWEN2_5_VL, raw=raw, merge_size=int(vision["spatial_merge_size"]))
+                       family=raw["model_type"], raw=raw, merge_size=int(vision["spatial_merge_size"]))
         if raw.get("model_type") != LLAVA:
             return None
         vision = dict(raw.get("vision_config") or {"model_type": "clip_vision_model"})
@@ -183,6 +186,10 @@ class VisionEncoder(nn.Module):
             tower = hf.Qwen2_5_VLConfig.from_dict(config.raw).vision_config
             self.visual = qwen.Qwen2_5_VisionTransformerPretrainedModel._from_config(tower)
             return
+        if config.family in QWEN3_VL_TYPES:
+            model = hf.Qwen3VLMoeVisionModel if config.family == QWEN3_VL_MOE else hf.Qwen3VLVisionModel
+            self.visual = model._from_config(_qwen_config(config.raw or {}).vision_config)
+            return
         siglip = config.vision["model_type"] == "siglip_vision_model"
         tower_config = (hf.SiglipVisionConfig if siglip else hf.CLIPVisionConfig).from_dict(config.vision)
         self.vision_tower = (hf.SiglipVisionModel if siglip else hf.CLIPVisionModel)(tower_config)
@@ -195,12 +202,15 @@ class VisionEncoder(nn.Module):
 
     def encode(self, images: list[ImageInput], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
         """Each image's features [its tokens, text hidden size]."""
-        if self.config.family != QWEN2_5_VL:
+        if not self.config.dynamic_resolution:
             return list(self(torch.stack([image.pixel_values for image in images]).to(device, dtype)))
         # Qwen2_5_VLModel.get_image_features: the images' patches in one sequence, split by their grids
         pixels = torch.cat([image.pixel_values for image in images]).to(device, dtype)
         grids = torch.tensor([image.grid_thw for image in images], device=device)
-        return list(self.visual(pixels, grid_thw=grids).pooler_output.split([image.length for image in images]))
+        output = self.visual(pixels, grid_thw=grids)
+        # Qwen3-VL: each token's DeepStack features after its own (engine/model/qwen3_vl.py)
+        features = torch.cat([output.pooler_output, *(getattr(output, "deepstack_features", None) or ())], dim=-1)
+        return list(features.split([image.length for image in images]))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.config.family == GEMMA3_MULTIMODAL:  # Gemma3Model.get_image_features
@@ -211,6 +221,13 @@ class VisionEncoder(nn.Module):
         if self.config.select_strategy == "default":
             pool = [h[:, 1:] for h in pool]
         return self.multi_modal_projector(torch.cat(pool, dim=-1))
+
+
+def _qwen_config(raw: dict):  # noqa: ANN202 - a transformers config
+    import transformers as hf
+
+    kind = {QWEN2_5_VL: hf.Qwen2_5_VLConfig, QWEN3_VL: hf.Qwen3VLConfig, QWEN3_VL_MOE: hf.Qwen3VLMoeConfig}
+    return kind[raw["model_type"]].from_dict(raw)
 
 
 def load_vision_encoder(config: VisionConfig, files: list[Path], device: torch.device,
