@@ -130,7 +130,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--vocab-size", type=int)
     tiny.add_argument("--seed", type=int)
     tiny.add_argument("--family", choices=["llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "llava", "gemma3_vision",
-                                                 "qwen2_5_vl", "whisper", *TINY_MOE_FAMILIES, *CROSS_ENCODER_FAMILIES],
+                                                 "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "whisper", *TINY_MOE_FAMILIES,
+                                                 *CROSS_ENCODER_FAMILIES],
                       default="llama",
                       help="qwen3 adds per-head q/k norms; qwen3_moe makes every MLP a mixture of experts; gemma3 is "
                            "Gemma 3's layout (a sliding layer every second one); phi3 stores q/k/v and gate/up fused; "
@@ -138,6 +139,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                            "gemma3_vision is Gemma 3 with a SigLIP tower and its pooling projector (56-pixel images, 16 "
                            "tokens each: engine/tiny_gemma3_vision.py); qwen2_5_vl is Qwen2.5-VL (its vision "
                            "transformer, M-RoPE; a 32 x 24 picture is 12 tokens: engine/tiny_qwen2_5_vl.py); "
+                           "qwen3_vl / qwen3_vl_moe: Qwen3-VL (interleaved M-RoPE, DeepStack) on Qwen3 / Qwen3-MoE "
+                           "(engine/tiny_qwen3_vl.py); "
                            "deepseek_v2 / deepseek_v3 / qwen2_moe: saved by transformers (engine/tiny_moe.py); "
                            "*_cross_encoder: a one-label *ForSequenceClassification reranker and its tokenizer "
                            "(engine/tiny_cross_encoder.py); whisper: WhisperForConditionalGeneration with Whisper's "
@@ -314,6 +317,13 @@ def make_tiny_model_command(args: argparse.Namespace) -> int:
         extra = {"vocab_size": args.vocab_size, "seed": args.seed, "heads": args.heads, "kv_heads": args.kv_heads}
         print(make_tiny_qwen2_5_vl(args.dir, layers=args.layers, hidden=args.hidden,
                                    **{k: v for k, v in extra.items() if v is not None}))
+        return 0
+    if args.family in ("qwen3_vl", "qwen3_vl_moe"):
+        from engine.tiny_qwen3_vl import make_tiny_qwen3_vl
+
+        extra = {"vocab_size": args.vocab_size, "seed": args.seed, "heads": args.heads, "kv_heads": args.kv_heads}
+        print(make_tiny_qwen3_vl(args.dir, moe=args.family == "qwen3_vl_moe", layers=args.layers, hidden=args.hidden,
+                                 deepstack=min(2, args.layers), **{k: v for k, v in extra.items() if v is not None}))
         return 0
     if args.family == "whisper":
         from engine.tiny_whisper import make_tiny_whisper
