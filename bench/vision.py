@@ -14,9 +14,14 @@ its tokens attending to each other both ways.
 patch merger, on 14-pixel patches; a Qwen2 language model on M-RoPE): a 448 x 448 picture is a 32 x 32 patch grid,
 256 tokens after the 2 x 2 merge (dynamic resolution: another size, another count).
 
+`--family qwen3_vl`: a small random Qwen3-VL (transformers' Qwen3VLVisionModel on 16-pixel patches, as the
+releases': a 448 x 448 picture is 28 x 28 patches, 196 tokens after the 2 x 2 merge; DeepStack features from its
+first 3 blocks added after the first 3 layers of a Qwen3 language model on interleaved M-RoPE).
+
     .venv/bin/python -m bench.vision --out bench/results/vision.json
     .venv/bin/python -m bench.vision --family gemma3 --out bench/results/vision_gemma3.json
     .venv/bin/python -m bench.vision --family qwen2_5_vl --out bench/results/vision_qwen2_5_vl.json
+    .venv/bin/python -m bench.vision --family qwen3_vl --out bench/results/vision_qwen3_vl.json
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from engine.sampling_params import SamplingParams
 from engine.tiny_gemma3_vision import make_tiny_gemma3_vision
 from engine.tiny_llava import make_tiny_llava
 from engine.tiny_qwen2_5_vl import make_tiny_qwen2_5_vl
+from engine.tiny_qwen3_vl import make_tiny_qwen3_vl
 from engine.tokenizer import Tokenizer
 from engine.torch_runner import TorchModelRunner
 
@@ -69,6 +75,10 @@ def _model(family: str, out: str, args: argparse.Namespace) -> Path:
         return make_tiny_qwen2_5_vl(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4, vocab_size=2048,
                                     patch_size=14, vision_hidden=args.vision_hidden, vision_depth=args.vision_layers,
                                     window_size=112, max_pixels=448 * 448)
+    if family == "qwen3_vl":
+        return make_tiny_qwen3_vl(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4, vocab_size=2048,
+                                  patch_size=16, vision_hidden=args.vision_hidden, vision_depth=args.vision_layers,
+                                  deepstack=min(3, args.vision_layers), max_pixels=448 * 448)
     if family == "gemma3":
         return make_tiny_gemma3_vision(out, hidden=args.hidden, layers=args.layers, heads=8, kv_heads=4,
                                        head_dim=args.hidden // 8, vocab_size=2048, image_size=448, patch_size=14,
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vision-hidden", type=int, default=256)
     parser.add_argument("--vision-layers", type=int, default=4)
-    parser.add_argument("--family", choices=["llava", "gemma3", "qwen2_5_vl"], default="llava")
+    parser.add_argument("--family", choices=["llava", "gemma3", "qwen2_5_vl", "qwen3_vl"], default="llava")
     parser.add_argument("--out", type=Path, default=Path("bench/results/vision.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

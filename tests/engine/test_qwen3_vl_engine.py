@@ -207,3 +207,27 @@ def test_the_releases_configs_and_stored_experts_read_as_transformers() -> None:
     assert torch.equal(checkpoint_tensor(name + "down_proj", down, 2048), down.transpose(1, 2))
     ours = down.transpose(1, 2)  # transformers' save_pretrained writes the model's own layout: kept
     assert checkpoint_tensor(name + "down_proj", ours, 2048) is ours
+
+
+def test_pitstop_engine_quantize_keeps_the_tower_and_serves_images_as_the_flag(moe_dir: Path, tmp_path: Path) -> None:
+    """int8 of the MoE: the language model's attention projections quantized (experts stay in the model's dtype),
+    the vision model's tensors copied as they are and named in `ignore`; the folder answers as `--quantization`."""
+    import json
+
+    from gateway.cli import main
+    from tests.engine.test_vision_quantization import _prompt_logprobs, _served, _vision_tensors
+    from tests.engine.vision_families import qwen_requests
+
+    out = tmp_path / "int8"
+    assert main(["engine", "quantize", "--model", str(moe_dir), "--out", str(out), "--quantization", "int8"]) == 0
+    source, written = _vision_tensors(moe_dir), _vision_tensors(out)
+    assert source and written.keys() == source.keys()
+    assert all(torch.equal(written[name], tensor) for name, tensor in source.items())
+    assert "re:.*visual.*" in json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    requests = qwen_requests(moe_dir)
+    served, runner = _served(out, requests)
+    flagged, _ = _served(moe_dir, requests, "int8")
+    assert runner.quantization == "int8" and runner.image_features is not None
+    for name in requests:
+        assert served[name].new_token_ids == flagged[name].new_token_ids, name
+        assert torch.equal(_prompt_logprobs(served[name]), _prompt_logprobs(flagged[name])), name
