@@ -1,10 +1,10 @@
 """An uploaded audio file to Whisper's input: WAV decoded with the standard library's struct and numpy (PCM of 8,
-16, 24 or 32 bits, IEEE float of 32 or 64, WAVE_FORMAT_EXTENSIBLE of either), channels mixed to mono,
-resampled to 16 kHz (scipy.signal.resample_poly), then cut into 30 s windows whose log-mel features transformers'
-WhisperFeatureExtractor makes from the model folder's preprocessor_config.json. Longer audio is transcribed one
-window after another, as vLLM does (each window its own request, the texts joined). No other format is decoded
-(no decoder for mp3, ogg, flac or m4a is installed): they, an empty file and a garbled one are AudioErrors, which
-the server answers with a 400."""
+16, 24 or 32 bits, IEEE float of 32 or 64, WAVE_FORMAT_EXTENSIBLE of either), mp3, ogg, flac, webm, mp4/m4a and
+aac with PyAV (engine/audio_container.py), channels mixed to mono, resampled to 16 kHz (scipy.signal.resample_poly),
+then cut into 30 s windows whose log-mel features transformers' WhisperFeatureExtractor makes from the model
+folder's preprocessor_config.json. Longer audio is transcribed one window after another, as vLLM does (each window
+its own request, the texts joined). An empty file, a garbled one and any other format are AudioErrors, which the
+server answers with a 400."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.audio_container import ContainerError, decode_container, sniff
+
+ACCEPTED = "WAV, mp3, ogg, flac, webm, mp4/m4a and aac"
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE
-# Magic bytes of formats a client may send, to name them in the refusal.
-_OTHER_FORMATS = ((b"ID3", "mp3"), (b"\xff\xfb", "mp3"), (b"\xff\xf3", "mp3"), (b"OggS", "ogg"), (b"fLaC", "flac"),
-                  (b"\x1aE\xdf\xa3", "webm"))
 
 
 class AudioError(ValueError):
@@ -40,16 +40,18 @@ class DecodedAudio:
 
 
 def decode_audio(data: bytes) -> DecodedAudio:
-    """A WAV file's samples, mono at 16 kHz in [-1, 1]."""
+    """An audio file's samples, mono at 16 kHz in [-1, 1]."""
     if not data:
         raise AudioError("the audio file is empty")
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        for magic, name in _OTHER_FORMATS:
-            if data.startswith(magic) or (name == "m4a" and data[4:8] == b"ftyp"):
-                raise AudioError(f"unsupported audio format ({name}): this server decodes WAV (PCM or float) only")
-        if data[4:8] == b"ftyp":
-            raise AudioError("unsupported audio format (mp4/m4a): this server decodes WAV (PCM or float) only")
-        raise AudioError("the file could not be decoded as audio: this server decodes WAV (PCM or float) only")
+        found = sniff(data)
+        if found is None:
+            raise AudioError(f"the file could not be decoded as audio: {ACCEPTED} files are decoded")
+        try:
+            frames, rate, channels = decode_container(data, *found)
+        except ContainerError as exc:
+            raise AudioError(str(exc)) from None
+        return _mono_16k(frames.reshape(-1), rate, channels)
     fmt, payload = _chunks(data)
     if len(fmt) < 16:
         raise AudioError("the WAV file has no valid 'fmt ' chunk")
@@ -58,7 +60,11 @@ def decode_audio(data: bytes) -> DecodedAudio:
         tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID's first two bytes
     if channels < 1 or rate < 1:
         raise AudioError(f"the WAV header is invalid ({channels} channels at {rate} Hz)")
-    samples = _samples(payload, tag, bits)
+    return _mono_16k(_samples(payload, tag, bits), rate, channels)
+
+
+def _mono_16k(samples: np.ndarray, rate: int, channels: int) -> DecodedAudio:
+    """Interleaved samples of `channels` at `rate`, as the mean of the channels at 16 kHz."""
     usable = len(samples) - len(samples) % channels
     if usable == 0:
         raise AudioError("the audio holds no samples")

@@ -54,6 +54,25 @@ def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE, bits: int = 16, chan
     return out.getvalue()
 
 
+def encoded(samples: np.ndarray, container: str, codec: str, rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
+    """`samples` ([-1, 1] at `rate`; mono, repeated over `channels`) encoded by PyAV (FFmpeg) as `codec` in
+    `container` ("mp3", "ogg", "flac", "webm", "mp4", "adts"): what a client's recorder or ffmpeg would upload."""
+    import av
+
+    layout = "mono" if channels == 1 else "stereo"
+    frames = np.repeat(samples[:, None], channels, axis=1).reshape(1, -1)
+    lossless = codec == "flac"  # its 16-bit samples, as a 16-bit WAV file holds them
+    data = np.clip(np.round(frames * 32768), -32768, 32767).astype(np.int16) if lossless else frames.astype(np.float32)
+    out = io.BytesIO()
+    with av.open(out, "w", format=container) as muxer:
+        stream = muxer.add_stream(codec, rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(data, format="s16" if lossless else "flt", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            muxer.mux(packet)
+    return out.getvalue()
+
+
 @cache
 def hf_whisper(model_dir: Path) -> torch.nn.Module:
     import transformers as hf
