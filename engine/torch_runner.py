@@ -266,7 +266,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
             return None
         with torch.inference_mode():
             plan = AttentionPlan.build(step.meta, self.config.sliding_window, self.workspace, self.kv_format,
-                                       self._layer_groups)
+                                       self._layer_groups, self.config.attention_chunk)
             caches = self.kv_cache if self._layer_slots is None else [self.kv_cache[s] for s in self._layer_slots]
             caches = caches if self.mamba_states is None else self.mamba_states.caches(self.kv_cache)
             if step.image_embeds is None:

@@ -106,20 +106,22 @@ class AttentionPlan:
     @classmethod
     def build(cls, meta: AttentionMetadata, sliding_window: int | None = None,
               workspace: GatherWorkspace | None = None, kv_format: FP8KVFormat | None = None,
-              layer_groups: list[tuple[int, bool]] | None = None) -> AttentionPlan:
-        """`layer_groups`: with KV groups, each layer's (group, whether it slides)."""
+              layer_groups: list[tuple[int, bool]] | None = None, chunk: int | None = None) -> AttentionPlan:
+        """`layer_groups`: with KV groups, each layer's (group, whether it slides). `chunk`: Llama 4's sliding
+        layers see only their query's aligned chunk of that many tokens (within a window of one chunk)."""
         if layer_groups is not None:
-            return cls._build_groups(meta, sliding_window, workspace, kv_format, layer_groups)
+            return cls._build_groups(meta, sliding_window, workspace, kv_format, layer_groups, chunk)
         plan = cls._build(meta, None)
         plan.workspace, plan.kv_format = workspace, kv_format
         if sliding_window is not None:
-            plan.sliding = cls._build(meta, sliding_window)
+            plan.sliding = cls._build(meta, sliding_window, chunk=chunk)
             plan.sliding.workspace, plan.sliding.kv_format = workspace, kv_format
         return plan
 
     @classmethod
     def _build_groups(cls, meta: AttentionMetadata, sliding_window: int | None, workspace: GatherWorkspace | None,
-                      kv_format: FP8KVFormat | None, layer_groups: list[tuple[int, bool]]) -> AttentionPlan:
+                      kv_format: FP8KVFormat | None, layer_groups: list[tuple[int, bool]],
+                      chunk: int | None = None) -> AttentionPlan:
         """One plan a group, over its tables; a sliding group's is its own sliding plan (its tables have
         NULL_BLOCK before the window, which only a sliding plan never reads). The groups of a kind share
         their rows, windows and masks: one plan over their stacked tables, then a view a group."""
@@ -129,12 +131,12 @@ class AttentionPlan:
         plans: dict[int, AttentionPlan] = {}
         for kind in (False, True):
             groups = sorted(g for g, s in slides.items() if s is kind)
-            window = sliding_window if kind else None
+            window, kind_chunk = (sliding_window, chunk) if kind else (None, None)
             if len(groups) == 1:
-                plans[groups[0]] = cls._build(meta, window, (all_slots[groups[0]], all_tables[groups[0]]))
+                plans[groups[0]] = cls._build(meta, window, (all_slots[groups[0]], all_tables[groups[0]]), kind_chunk)
             elif groups:
                 index = torch.tensor(groups, device=all_tables.device)
-                stacked = cls._build(meta, window, (all_slots[index], all_tables[index]))
+                stacked = cls._build(meta, window, (all_slots[index], all_tables[index]), kind_chunk)
                 plans |= {group: stacked.group(k) for k, group in enumerate(groups)}
             for group in groups:
                 plans[group].workspace, plans[group].kv_format = workspace, kv_format
@@ -155,8 +157,9 @@ class AttentionPlan:
 
     @classmethod
     def _build(cls, meta: AttentionMetadata, window: int | None,
-               tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> AttentionPlan:
-        """`tables`: (slot mapping, block tables) in place of `meta`'s: a group's, or several groups' stacked."""
+               tables: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int | None = None) -> AttentionPlan:
+        """`tables`: (slot mapping, block tables) in place of `meta`'s: a group's, or several groups' stacked.
+        `chunk` (with `window`): keys before the query's aligned chunk masked too."""
         slot_mapping, block_tables = tables or (meta.slot_mapping, meta.block_tables)
         device = slot_mapping.device
         block_size = meta.block_size
@@ -179,6 +182,8 @@ class AttentionPlan:
                 decode_tables = row_tables.gather(-1, columns.expand(*row_tables.shape[:-1], num_blocks))
                 key_pos = first[:, None] * block_size + torch.arange(num_blocks * block_size, device=device)
                 decode_mask = (key_pos < lens[:, None]) & (key_pos >= lens[:, None] - window)
+                if chunk is not None:  # the query at lens - 1 sees its chunk's keys
+                    decode_mask &= key_pos >= (lens[:, None] - 1) // chunk * chunk
             decode_mask = decode_mask[:, None, None, :]
             decode_index = torch.tensor([meta.query_starts[i] for i in single], device=device)
         prefills = []
@@ -199,6 +204,8 @@ class AttentionPlan:
                     mask |= (query_pos >= s) & (query_pos < e) & (key_pos >= s) & (key_pos < e)
                 if window is not None:
                     mask &= key_pos > query_pos - window
+                if chunk is not None:
+                    mask &= key_pos >= query_pos // chunk * chunk
             start = meta.query_starts[i]
             table = block_tables[..., i, first_block : -(-context // block_size)]
             prefills.append(_PrefillRow(start, start + n, table, context - first_key, mask))

@@ -55,6 +55,10 @@ def build_model(config: ModelConfig, head: ClassifierHead | None, tp: TPGroup = 
         from engine.model.hybrid import HybridCausalLM
 
         return HybridCausalLM(config)
+    if head is None and config.llama4 is not None:
+        from engine.model.llama4 import Llama4CausalLM
+
+        return Llama4CausalLM(config, tp)
     if head is None:
         return CausalLM(config, tp)
     return SequenceClassifier(config, head.num_labels, tp, keep_lm_head=bool(head.from_tokens))

@@ -15,6 +15,7 @@ from engine.model.added_families import ADDED_FAMILIES
 from engine.model.deepseek import DEEPSEEK_TYPES, deepseek_fields
 from engine.model.families import GEMMA3, PHI3
 from engine.model.gpt_oss import GPT_OSS, gpt_oss_experts, gpt_oss_fields, with_defaults
+from engine.model.llama4_config import Llama4Spec
 from engine.model.mamba_config import HYBRID_TYPES, HybridSpec, hybrid_fields
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "mixtral", GEMMA3, PHI3,
@@ -106,6 +107,8 @@ class ModelConfig:
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False  # Qwen3-VL's layout of those sections (engine/model/qwen3_vl.py)
     hybrid: HybridSpec | None = None  # a Mamba-2 hybrid's mixer layers and geometry (engine/model/mamba_config.py)
+    attention_chunk: int | None = None  # Llama 4: sliding layers attend within aligned chunks of this many tokens
+    llama4: Llama4Spec | None = None  # its q/k L2 norm and NoPE query temperature (engine/model/llama4_config.py)
     torch_dtype: str = "float32"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)

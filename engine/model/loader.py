@@ -51,7 +51,8 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 LANGUAGE_MODEL_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
                            "language_model.lm_head.": "lm_head."}
 IGNORED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.",
-                    "visual.", "model.visual.")  # Qwen2.5-VL's tower: engine/model/vision.py
+                    "visual.", "model.visual.",  # Qwen2.5-VL's tower: engine/model/vision.py
+                    "vision_model.")  # Llama 4's, served text-only
 # Projections quantized by a checkpoint: 8-bit (QuantizedLinear) or 4-bit (Int4Linear), read by load_part.
 QUANTIZED = (QuantizedLinear, Int4Linear)
 # 4-bit tensors' names (engine/model/int4_formats.py), to name experts stored so.
