@@ -148,4 +148,6 @@ def with_step_rows(spliced: tuple[torch.Tensor, torch.Tensor] | None, spans: lis
     rows, values = embedded[0].to(device), embedded[1].to(device)
     if spliced is None:
         return rows, values
+    # Qwen3-VL's image rows carry DeepStack features after theirs: prompt embeddings add none (zeros)
+    values = torch.nn.functional.pad(values, (0, spliced[1].shape[1] - values.shape[1]))
     return torch.cat([spliced[0], rows]), torch.cat([spliced[1], values.to(spliced[1].dtype)])

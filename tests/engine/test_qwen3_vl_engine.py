@@ -231,3 +231,27 @@ def test_pitstop_engine_quantize_keeps_the_tower_and_serves_images_as_the_flag(m
     for name in requests:
         assert served[name].new_token_ids == flagged[name].new_token_ids, name
         assert torch.equal(_prompt_logprobs(served[name]), _prompt_logprobs(flagged[name])), name
+
+
+def test_prompt_embeddings_beside_an_image_in_one_step(dense_dir: Path) -> None:
+    """A prompt sent as its input embeddings shares the step with an image's rows (wider: DeepStack's after them)
+    and answers as its ids do."""
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from engine.torch_runner import TorchModelRunner
+
+    image = qwen_prompt(dense_dir, BEFORE, [picture(1)], AFTER)
+    ids = qwen_prompt(dense_dir, "No picture here, only words to answer.", [])[0]
+    runner = TorchModelRunner(dense_dir, 64, 16, device="cpu")
+    engine = LLMEngine(EngineConfig(num_blocks=64, max_model_len=512, enable_prompt_embeds=True), runner)
+    with torch.no_grad():
+        embeds = runner.model.model.embed_tokens(torch.tensor(ids))
+    greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    engine.add_request("image", image[0], greedy, images=image[1])
+    engine.add_request("embeds", [0] * len(ids), greedy, prompt_embeds=embeds)
+    outs: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            outs.setdefault(out.request_id, []).extend(out.new_token_ids)
+    assert outs["image"] == transformers_answer(dense_dir, *image, 6)[0]
+    assert outs["embeds"] == transformers_answer(dense_dir, ids, [], 6)[0]
