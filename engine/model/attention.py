@@ -40,6 +40,9 @@ import torch.nn.functional as F
 
 from engine.model.kv_quant import FP8KVFormat
 
+# At most this many soft-capped scores a prefill row holds at once (64M: 256 MB in float32).
+SOFTCAP_SCORES = 1 << 26
+
 
 @dataclass
 class AttentionMetadata:
@@ -311,7 +314,11 @@ def _prefill_attention(
         if mask is None:
             mask = torch.ones(q.shape[0], row.num_keys, dtype=torch.bool, device=q.device).tril()
         grouped = q.transpose(0, 1).unflatten(0, (k.shape[1], -1))  # [kv_heads, group, q, head_dim]
-        return _softcapped(grouped, k[0, :, None], v[0, :, None], mask, reader).flatten(0, 1).transpose(0, 1)
+        # The scores are materialised: a long prompt's queries go a slice at a time, their memory bounded.
+        step = max(1, SOFTCAP_SCORES // (q.shape[1] * row.num_keys))
+        out = torch.cat([_softcapped(grouped[..., s : s + step, :], k[0, :, None], v[0, :, None], mask[s : s + step],
+                                     reader) for s in range(0, q.shape[0], step)], dim=-2)
+        return out.flatten(0, 1).transpose(0, 1)
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
         k,

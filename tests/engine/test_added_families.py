@@ -146,6 +146,16 @@ def test_scaled_logits_match_transformers_log_probabilities(checkpoints: dict[st
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
+def test_soft_capped_prefill_in_slices_of_queries(checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill row whose capped scores would pass the bound goes a few queries at a time, answering the same."""
+    from engine.model import attention
+
+    prompt = varied_prompt(40)
+    expected = transformers_greedy(checkpoints["gemma2"], prompt, 6)
+    monkeypatch.setattr(attention, "SOFTCAP_SCORES", 6 * 40 * 3)  # 6 heads x 40 keys: 3 queries a slice
+    assert runner_greedy(_runner(checkpoints["gemma2"]), prompt, 6, chunk=40) == expected
+
+
 @pytest.mark.parametrize("kind", ["gemma2", "glm4_moe"])
 def test_a_batch_generates_as_each_alone(checkpoints: dict[str, Path], kind: str) -> None:
     """Three prompts of different lengths prefilled 8 tokens a step and decoded together: each as transformers."""
