@@ -1,6 +1,6 @@
 """Tiny random DeepSeek-V2/V3 and Qwen2-MoE models saved by transformers' own classes (DeepseekV2ForCausalLM,
 DeepseekV3ForCausalLM, Qwen2MoeForCausalLM), as `pitstop engine make-tiny-model --family deepseek_v2 |
-deepseek_v3 | qwen2_moe` writes them and the engine's tests compare against (tests/engine/deepseek_checkpoints.py,
+deepseek_v3 | qwen2_moe` writes them (Llama 4's: engine/tiny_llama4.py) and the engine's tests compare against (tests/engine/deepseek_checkpoints.py,
 tests/engine/test_qwen2_moe.py): each with what sets its kind apart, weights spread so greedy choices are
 clear-cut. A folder the CLI writes also holds the engine's tiny byte-level BPE tokenizer (engine/tiny_model.py)."""
 
@@ -35,7 +35,7 @@ QWEN2_MOE = {"vocab_size": 300, "hidden_size": 48, "intermediate_size": 96, "num
              "mlp_only_layers": [1]}  # fmt: skip
 # `--family` -> what make_tiny_moe_model builds: DeepSeek-V2 as V2-Lite is laid out (the one small enough to
 # run at home), V3 with everything V3 adds.
-TINY_MOE_FAMILIES = {"deepseek_v2": "v2_lite", "deepseek_v3": "v3", "qwen2_moe": "qwen2_moe"}
+TINY_MOE_FAMILIES = {"deepseek_v2": "v2_lite", "deepseek_v3": "v3", "qwen2_moe": "qwen2_moe", "llama4": "llama4"}
 
 
 def spread_weights(model: torch.nn.Module, gain: float = 1.0, embed_std: float = 1.0) -> torch.nn.Module:
@@ -112,7 +112,14 @@ def make_tiny_moe_model(out_dir: str | Path, family: str, layers: int = 3, hidde
     sizes = {"vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": 2 * hidden,
              "num_hidden_layers": layers, "num_attention_heads": heads, "num_experts_per_tok": experts_per_token,
              "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
-    if family == "qwen2_moe":
+    if family == "llama4":  # engine/tiny_llama4.py's layout; a NoPE layer every 4th (or the last of fewer)
+        from engine.tiny_llama4 import hf_llama4
+
+        model = hf_llama4(seed, **{**sizes, "intermediate_size": hidden}, intermediate_size_mlp=2 * hidden,
+                          head_dim=hidden // heads,
+                          num_local_experts=experts, num_key_value_heads=kv_heads or max(1, heads // 2),
+                          no_rope_layer_interval=min(4, layers))
+    elif family == "qwen2_moe":
         model = hf_qwen2_moe(seed, **sizes, num_experts=experts, num_key_value_heads=kv_heads or max(1, heads // 2))
     else:
         groups = next(g for g in (4, 2, 1) if experts % g == 0 and experts // g >= 2 or g == 1)  # V3 sums 2 a group

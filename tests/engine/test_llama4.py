@@ -24,8 +24,22 @@ from tests.engine.hf_checkpoints import (
     runner_greedy,
     transformers_greedy,
 )
-from tests.engine.llama4_checkpoints import CHUNK, TEXT, save_llama4
+from tests.engine.llama4_checkpoints import CHUNK, LLAMA4_TEXT, save_llama4
 from tests.engine.serving import engine_server, sdk
+
+# Real Hub configs (Llama-4-Scout-17B-16E's text_config, the fields that matter; Maverick's differences).
+SCOUT = {
+    "model_type": "llama4_text", "vocab_size": 202048, "hidden_size": 5120, "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384, "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8,
+    "head_dim": 128, "num_local_experts": 16, "num_experts_per_tok": 1, "interleave_moe_layer_step": 1,
+    "attention_chunk_size": 8192, "use_qk_norm": True, "attn_temperature_tuning": True, "floor_scale": 8192,
+    "attn_scale": 0.1, "max_position_embeddings": 10485760, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 16.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192}, "tie_word_embeddings": False, "hidden_act": "silu",
+    "eos_token_id": [200001, 200007, 200008], "torch_dtype": "bfloat16",
+}  # fmt: skip
+MAVERICK = {**SCOUT, "num_local_experts": 128, "interleave_moe_layer_step": 2, "use_qk_norm": False,
+            "max_position_embeddings": 1048576, "rope_scaling": None}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +61,22 @@ def test_config_reads_irope_and_the_moe_layout(checkpoint: Path) -> None:
     assert config.nope_layers == (3,) and config.sliding_layers == (0, 1, 2) and config.attention_chunk == CHUNK
     assert config.sparse_layers == (1, 3) and config.intermediate_size == 96 and config.moe_intermediate_size == 32
     assert config.llama4 is not None and config.llama4.qk_l2_norm and config.llama4.temperature == (4.0, 0.5)
+
+
+@pytest.mark.parametrize(("raw", "billions", "sparse"), [(SCOUT, 108, 48), (MAVERICK, 401, 24)], ids=["scout", "maverick"])
+def test_hub_configs_count_transformers_parameters(raw: dict, billions: int, sparse: int) -> None:
+    """Scout's and Maverick's language models: transformers' parameter count; every layer or every second sparse,
+    every fourth without RoPE and global, the rest chunked over 8,192 tokens; a multimodal folder reads the same."""
+    import transformers
+
+    config = ModelConfig.from_dict(raw)
+    with torch.device("meta"):
+        reference = transformers.Llama4ForCausalLM(transformers.Llama4TextConfig(**raw))
+    assert config.num_params() == sum(p.numel() for p in reference.parameters())
+    assert round(config.num_params() / 1e9) == billions and len(config.sparse_layers) == sparse
+    assert config.nope_layers == tuple(range(3, 48, 4)) and len(config.sliding_layers) == 36
+    assert config.attention_chunk == config.sliding_window == 8192
+    assert ModelConfig.from_dict({"model_type": "llama4", "text_config": raw}).num_params() == config.num_params()
 
 
 @pytest.mark.parametrize("chunk", [5, 16, 64])
@@ -117,6 +147,22 @@ def test_served_over_http_as_transformers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "message"), [({"hidden_act": "gelu"}, "silu"), ({"attention_bias": True}, "bias"),
                                                  ({"layer_types": ["sliding_attention"] * 4}, "layer_types")])
 def test_what_would_be_served_wrongly_is_refused(change: dict, message: str) -> None:
-    raw = {**TEXT, "model_type": "llama4_text", **change}
+    raw = {**LLAMA4_TEXT, "model_type": "llama4_text", **change}
     with pytest.raises(UnsupportedConfig, match=message):
         ModelConfig.from_dict(raw)
+
+
+def test_the_cli_writes_a_tiny_llama4_the_engine_runs_as_transformers(tmp_path: Path) -> None:
+    """`pitstop engine make-tiny-model --family llama4`: transformers' own classes over the tiny tokenizer; 4 layers,
+    the last without RoPE, top-2 of 4 experts in layers 1 and 3."""
+    from gateway.cli import main
+
+    out = tmp_path / "tiny"
+    assert main(["engine", "make-tiny-model", str(out), "--family", "llama4", "--layers", "4", "--hidden", "32",
+                 "--experts", "4", "--seed", "1"]) == 0
+    config = ModelConfig.from_dir(out)
+    assert config.model_type == "llama4_text" and config.nope_layers == (3,) and config.sparse_layers == (1, 3)
+    prompt = random_prompt(30)
+    expected = transformers_greedy(out, prompt, 8)
+    assert len(set(expected)) > 2
+    assert runner_greedy(TorchModelRunner(out, num_blocks=64, block_size=4, device="cpu"), prompt, 8, chunk=6) == expected
