@@ -48,12 +48,14 @@ class LLMEngine(SessionPins, LoRAAdapters):
     def __init__(self, config: EngineConfig, runner: ModelRunner, clock: Clock | None = None,
                  policy: SchedulingPolicy | None = None, tokenizer: Tokenizer | None = None,
                  record_steps: bool = False) -> None:
-        from engine.mamba_state import hybrid_engine_config  # here: it imports torch, which gateway.app must not
+        # Imported here: it imports torch, which importing gateway.app must not.
+        from engine.mamba_state import hybrid_engine_config
 
-        config = hybrid_engine_config(config, runner)  # a Mamba-2 hybrid's: no prefix cache (engine/mamba_state.py)
+        config = hybrid_engine_config(config, runner)  # a Mamba-2 hybrid's limits (engine/mamba_state.py)
         window, hybrid = getattr(runner, "attention_window", None), getattr(runner, "hybrid_attention", None)
         groups: KVGroupLayout | None = getattr(runner, "kv_groups", None)  # sliding and full layers' KV apart
         self.block_manager = BlockManager.for_model(config, window, groups)
+        self.block_manager.prefix_limit = getattr(getattr(runner, "mamba_states", None), "resumable_blocks", None)
         kv_limit = self.block_manager.max_context_tokens(config.long_prefill_token_threshold) or config.max_model_len
         self.config = config = replace(config, max_model_len=min(config.max_model_len, kv_limit),
                                        attention_window=None if groups else window, hybrid_attention=hybrid)

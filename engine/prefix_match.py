@@ -40,6 +40,8 @@ class PrefixMatch:
     cached_blocks: list[dict[int, int]]  # each group's block hash -> block id
     blocks: list[Block]
     tiers: KVTiers
+    # A Mamba-2 hybrid's: of a sequence's hit blocks, how many it may resume over (engine/mamba_sessions.py).
+    prefix_limit: Callable[[Sequence, int], int] | None = None
 
     def _ensure_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
         hashes, bs, tokens = seq.block_hashes, self.block_size, seq.token_ids
@@ -69,7 +71,8 @@ class PrefixMatch:
             return []
         num_full = (seq.num_tokens - 1) // self.block_size
         self._ensure_hashes(seq, num_full)
-        return self._hits_by_group(self._seq_lookup(seq), num_full)[0]
+        hits = self._hits_by_group(self._seq_lookup(seq), num_full)[0]
+        return hits if self.prefix_limit is None else hits[: self.prefix_limit(seq, len(hits))]
 
     def group_hits(self, seq: Sequence, num_hits: int) -> list[list[int]]:
         """Every group's cached blocks for the `num_hits` blocks `match_prefix` found (nothing changes the

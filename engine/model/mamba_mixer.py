@@ -66,8 +66,10 @@ class Mamba2Mixer(nn.Module):
             if step.decode_rows is not None:
                 rows = step.decode_rows
                 y[rows] = self._decode(xbc[rows], dt[rows], conv_state, ssm_state, step.decode_slots)
-            for start, end, slot in step.prefills:
+            for start, end, slot, snapshot in step.prefills:
                 y[start:end] = self._prefill(xbc[start:end], dt[start:end], conv_state, ssm_state, slot)
+                if snapshot >= 0:  # a session's state at a block boundary (engine/mamba_sessions.py)
+                    conv_state[snapshot], ssm_state[snapshot] = conv_state[slot], ssm_state[slot]
         return self.out_proj(self.norm(y, gate))
 
     def _time_step(self, dt: torch.Tensor) -> torch.Tensor:

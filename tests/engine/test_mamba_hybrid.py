@@ -71,19 +71,56 @@ def _run(engine: LLMEngine, prompts: dict[str, list[int]], new_tokens: int) -> d
 
 
 def test_preempted_requests_recompute_from_a_zeroed_slot(checkpoints: dict[str, Path]) -> None:
-    """Three requests in 20 blocks of 4 (the attention layer's): they preempt each other and recompute; the prefix
-    cache is off (a state cannot come from cached KV), running requests are capped at the 3 slots, and every slot
-    is free once they finish."""
+    """Three requests in 20 blocks of 4 (the attention layer's), two sharing 12 prompt tokens: they preempt each
+    other and recompute; no prefix-cache hit without a session snapshot (a state cannot come from cached KV);
+    running requests are capped at the 3 slots, and every slot is free once they finish."""
     model = checkpoints["bamba"]
     engine = _engine(model, 20)
-    assert not engine.config.enable_prefix_caching and engine.config.max_num_seqs == 3
+    assert engine.config.max_num_seqs == 3
     prompts = {f"p{i}": random_prompt(22, seed=40 + i) for i in range(3)}
+    prompts["p2"] = prompts["p0"][:12] + prompts["p2"][12:]
     got = _run(engine, prompts, 14)
     assert engine.scheduler.num_preemptions > 0
     for name, prompt in prompts.items():
         assert got[name].output_token_ids == transformers_greedy(model, prompt, 14), name
+        assert got[name].num_cached_tokens == 0
     pool = engine.runner.mamba_states  # type: ignore[attr-defined]
     assert isinstance(pool, MambaStatePool) and pool.num_free_slots == 3
+
+
+@pytest.mark.parametrize(("prompt_len", "first_tokens", "resumed"), [(21, 6, 24), (22, 2, 20), (21, 4, 20)])
+def test_a_sessions_next_turn_resumes_from_its_kept_state(checkpoints: dict[str, Path], prompt_len: int,
+                                                           first_tokens: int, resumed: int) -> None:
+    """The first turn's state at its last block boundary that its pin holds (taken at a decode step's start, or
+    inside a prefill chunk; a turn's final block is never registered) is kept with its session; the second turn
+    takes that many tokens from the cache and answers as transformers does over the whole conversation. The same
+    prompt outside the session computes everything, and so does a session turn that does not go on from the
+    last."""
+    model = checkpoints["granite"]
+    engine = _engine(model, 64, enable_prefix_caching=True)
+    params = SamplingParams(max_tokens=first_tokens, temperature=0.0, ignore_eos=True)
+    first = random_prompt(prompt_len, seed=prompt_len)
+    turn = engine.add_request("t1", first, params, session_id="agent", pin_ttl_s=60)
+    while engine.has_unfinished():
+        engine.step()
+    assert turn.output_token_ids == transformers_greedy(model, first, first_tokens)
+    second = first + turn.output_token_ids + random_prompt(7, seed=99)
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    expected = transformers_greedy(model, second, 8)
+    for request_id, session in (("t2", "agent"), ("plain", None)):
+        seq = engine.add_request(request_id, second, params, session_id=session)
+        while engine.has_unfinished():
+            engine.step()
+        assert seq.output_token_ids == expected, request_id
+        assert seq.num_cached_tokens == (resumed if session else 0), request_id
+    # A prompt whose blocks another request left cached, then in the session: it does not go on from the last turn.
+    other, params = random_prompt(48, seed=7), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    expected = transformers_greedy(model, other, 4)
+    for request_id, session in (("plain2", None), ("t3", "agent")):
+        seq = engine.add_request(request_id, other, params, session_id=session)
+        while engine.has_unfinished():
+            engine.step()
+        assert seq.output_token_ids == expected and seq.num_cached_tokens == 0, request_id
 
 
 def test_a_sequence_with_computed_tokens_but_no_slot_is_refused(checkpoints: dict[str, Path]) -> None:
@@ -149,7 +186,7 @@ def test_state_slots_come_out_of_the_kv_budget(checkpoints: dict[str, Path]) -> 
     model = checkpoints["granite"]
     state = hybrid_state_bytes(model, 4, "cpu")
     config = ModelConfig.from_dir(model)
-    assert config.hybrid is not None and state == 4 * config.hybrid.state_bytes(4)
+    assert config.hybrid is not None and state == 2 * 4 * config.hybrid.state_bytes(4)  # with session slots
     block = TorchModelRunner.kv_bytes_per_block(config, 4, torch.float32)  # the one attention layer's
     assert block == 2 * 1 * 4 * 2 * 8 * 4
     engine = build_engine(model, kv_cache_memory_bytes=state + 10 * block, block_size=4, max_num_seqs=4,
