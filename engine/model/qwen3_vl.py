@@ -30,7 +30,6 @@ QWEN3_VL = "qwen3_vl"
 QWEN3_VL_MOE = "qwen3_vl_moe"
 QWEN3_VL_TYPES = (QWEN3_VL, QWEN3_VL_MOE)
 DEFAULT_MROPE_SECTION = (24, 20, 20)  # transformers' Qwen3VLTextRotaryEmbedding default
-_SHARED_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id", "torch_dtype", "dtype", "tie_word_embeddings")
 # A Qwen3-VL-MoE checkpoint's stacked expert tensors (under the language model), stored [experts, in, out].
 _TRANSPOSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
@@ -38,7 +37,7 @@ _TRANSPOSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 def qwen3_vl_text(raw: dict) -> dict:
     """The language model's config: Qwen3 (or Qwen3-MoE) with interleaved M-RoPE (`mrope_section`,
     `mrope_interleaved`), its RoPE otherwise plain."""
-    from engine.model.families import UnsupportedConfig
+    from engine.model.families import _SHARED_KEYS, UnsupportedConfig  # families imports this module
 
     text = dict(raw.get("text_config") or {})
     for key in _SHARED_KEYS:
