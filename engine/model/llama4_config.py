@@ -44,7 +44,11 @@ def llama4_config(raw: dict) -> tuple[dict, dict]:
     """(the text config with Llama4TextConfig's defaults where it leaves them out, the ModelConfig fields it sets)."""
     if raw.get("model_type") == LLAMA4:
         raw = {**(raw.get("text_config") or {}), "model_type": LLAMA4_TEXT}
-    raw = {**_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    explicit_nulls = {k for k, v in raw.items() if v is None}
+    # As Llama4TextConfig: a key left out (or null) takes its default, but a null `attention_chunk_size` means no
+    # chunks and a null `head_dim` hidden / heads.
+    raw = {**_DEFAULTS, **{k: v for k, v in raw.items() if v is not None or k == "attention_chunk_size"}}
+    raw["head_dim"] = raw["head_dim"] if "head_dim" not in explicit_nulls else raw["hidden_size"] // raw["num_attention_heads"]
     if raw.get("hidden_act") != "silu":
         raise UnsupportedConfig(f"Llama 4 with hidden_act {raw['hidden_act']!r}: only silu is served")
     if raw.get("attention_bias"):

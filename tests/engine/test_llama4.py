@@ -61,6 +61,11 @@ def test_config_reads_irope_and_the_moe_layout(checkpoint: Path) -> None:
     assert config.nope_layers == (3,) and config.sliding_layers == (0, 1, 2) and config.attention_chunk == CHUNK
     assert config.sparse_layers == (1, 3) and config.intermediate_size == 96 and config.moe_intermediate_size == 32
     assert config.llama4 is not None and config.llama4.qk_l2_norm and config.llama4.temperature == (4.0, 0.5)
+    # As Llama4TextConfig: a null chunk size chunks no layer; a null head_dim is hidden / heads, a missing one 128.
+    unchunked = ModelConfig.from_dict({**LLAMA4_TEXT, "model_type": "llama4_text", "attention_chunk_size": None,
+                                       "head_dim": None})  # fmt: skip
+    assert unchunked.sliding_layers == () and unchunked.attention_chunk is None and unchunked.head_dim == 8
+    assert ModelConfig.from_dict({k: v for k, v in SCOUT.items() if k != "head_dim"}).head_dim == 128
 
 
 @pytest.mark.parametrize(("raw", "billions", "sparse"), [(SCOUT, 108, 48), (MAVERICK, 401, 24)], ids=["scout", "maverick"])
@@ -166,3 +171,21 @@ def test_the_cli_writes_a_tiny_llama4_the_engine_runs_as_transformers(tmp_path: 
     expected = transformers_greedy(out, prompt, 8)
     assert len(set(expected)) > 2
     assert runner_greedy(TorchModelRunner(out, num_blocks=64, block_size=4, device="cpu"), prompt, 8, chunk=6) == expected
+
+
+def test_a_multimodal_folder_refuses_images_over_http(tmp_path: Path) -> None:
+    """Its language model serves text; an image (its vision tower is not served) is a clear 400, not a 500."""
+    import openai
+
+    folder = save_llama4(tmp_path / "mm", multimodal=True, vocab_size=512)
+    write_tokenizer(folder, 512, 256)
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}}
+    with engine_server(folder, model_name="llama4") as url:
+        client = sdk(url)
+        text = client.chat.completions.create(model="llama4", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=4, extra_body={"ignore_eos": True})  # fmt: skip
+        with pytest.raises(openai.BadRequestError, match="does not take image inputs"):
+            client.chat.completions.create(model="llama4", max_tokens=4, messages=[
+                {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}])
+    assert text.usage is not None and text.usage.completion_tokens == 4
