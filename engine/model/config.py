@@ -141,7 +141,7 @@ class ModelConfig:
     @property
     def num_kv_layers(self) -> int:
         """Layers that keep KV: all but a Mamba-2 hybrid's mixer layers (engine/model/mamba_config.py)."""
-        return self.num_layers - (len(self.hybrid.mamba_layers) if self.hybrid else 0)
+        return self.num_layers - (self.hybrid.layers_without_kv if self.hybrid else 0)
 
     @property
     def kv_cache_entry(self) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""Mamba-2 hybrids (Bamba, Granite 4.0-H: engine/model/mamba_config.py) on the engine's flattened varlen batch:
+"""Mamba-2 hybrids (Bamba, Granite 4.0-H, Nemotron-H: engine/model/mamba_config.py) on the engine's flattened varlen batch:
 each layer a Mamba-2 mixer (engine/model/mamba_mixer.py) over the sequences' state slots or the Llama
 family's paged attention (engine/model/llama.py's Attention), then Bamba's gated MLP or Granite's shared MLP
 plus its experts (engine/model/moe.py). Only the attention layers have KV slots: `HybridCaches` holds them
@@ -15,7 +15,7 @@ from engine.model.attention import AttentionPlan
 from engine.model.config import ModelConfig
 from engine.model.layers import RMSNorm, TokenEmbedding
 from engine.model.llama import MLP, Attention, CausalLM
-from engine.model.mamba_config import BAMBA, HybridSpec
+from engine.model.mamba_config import BAMBA, NEMOTRON_H, HybridSpec
 from engine.model.mamba_mixer import Mamba2Mixer
 from engine.model.moe import SparseMoE
 from engine.model.rope import RotaryEmbedding
@@ -25,7 +25,9 @@ from engine.model.rope import RotaryEmbedding
 _RENAMES = ((".feed_forward.", ".mlp."), (".pre_ff_layernorm.", ".post_attention_layernorm."),
             ("model.final_layernorm.", "model.norm."), (".block_sparse_moe.router.layer.", ".mlp.gate."),
             (".block_sparse_moe.input_linear.weight", ".mlp.experts.gate_up_proj"),
-            (".block_sparse_moe.output_linear.weight", ".mlp.experts.down_proj"))
+            (".block_sparse_moe.output_linear.weight", ".mlp.experts.down_proj"),
+            ("backbone.embeddings.", "model.embed_tokens."), ("backbone.norm_f.", "model.norm."),
+            ("backbone.layers.", "model.layers."))
 
 
 class NoRope:
@@ -77,11 +79,48 @@ class HybridLayer(nn.Module):
         return hidden + out * self.residual_multiplier
 
 
+class SquaredReLUMLP(nn.Module):
+    """Nemotron-H's MLP: down(relu(up(x)) ** 2), no gate."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.square(F.relu(self.up_proj(x))))
+
+
+class NemotronLayer(nn.Module):
+    """Nemotron-H's block: hidden + mixer(norm(hidden)), the mixer a Mamba-2 one, attention or an MLP."""
+
+    def __init__(self, config: ModelConfig, spec: HybridSpec, index: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer: nn.Module
+        if index in spec.mamba_layers:
+            self.mixer = Mamba2Mixer(spec, config.hidden_size, config.rms_norm_eps)
+        elif index in spec.mlp_layers:
+            self.mixer = SquaredReLUMLP(config)
+        else:
+            self.mixer = Attention(config, index)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding | NoRope,
+                caches: HybridCaches, plan: AttentionPlan, kv_slot: int, state_slot: int) -> torch.Tensor:
+        x = self.norm(hidden)
+        if isinstance(self.mixer, Mamba2Mixer):
+            return hidden + self.mixer(x, caches.conv[state_slot], caches.ssm[state_slot], caches.step)
+        if isinstance(self.mixer, Attention):
+            return hidden + self.mixer(x, positions, rope, caches.kv[kv_slot], plan)
+        return hidden + self.mixer(x)
+
+
 class HybridStack(nn.Module):
     def __init__(self, config: ModelConfig, spec: HybridSpec) -> None:
         super().__init__()
         self.embed_tokens = TokenEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(HybridLayer(config, spec, i) for i in range(config.num_layers))
+        layer = NemotronLayer if spec.family == NEMOTRON_H else HybridLayer
+        self.layers = nn.ModuleList(layer(config, spec, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -96,9 +135,9 @@ class HybridCausalLM(CausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope: RotaryEmbedding | None = None
         self.local_rope = None
-        mamba = set(self.spec.mamba_layers)
+        mamba, mlp = set(self.spec.mamba_layers), set(self.spec.mlp_layers)
         # Each layer's place among its kind: the attention layers' KV slots, the mixers' state slots.
-        self._slots = [(sum(1 for j in range(i) if j not in mamba), sum(1 for j in range(i) if j in mamba))
+        self._slots = [(sum(1 for j in range(i) if j not in mamba | mlp), sum(1 for j in range(i) if j in mamba))
                        for i in range(config.num_layers)]
 
     @staticmethod

@@ -10,7 +10,7 @@ import torch
 from engine.tiny_model import train_tokenizer
 from engine.tiny_moe import spread_weights
 
-KINDS = ("bamba", "granite", "granite_nope")
+KINDS = ("bamba", "granite", "granite_nope", "nemotron_h")
 # Mixers with 2 groups of 4 heads, a 8-token SSD chunk (prompts span several), the second layer attention.
 MAMBA = {"mamba_n_heads": 8, "mamba_d_head": 12, "mamba_n_groups": 2, "mamba_d_state": 16, "mamba_chunk_size": 8}
 COMMON = {"hidden_size": 48, "num_hidden_layers": 3, "num_attention_heads": 6, "num_key_value_heads": 2,
@@ -34,6 +34,17 @@ BAMBA_9B = {
     "attn_layer_indices": [9, 18, 27], "mamba_n_heads": 128, "mamba_d_head": 64, "mamba_n_groups": 1,
     "mamba_d_state": 128, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 256, "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0, "max_position_embeddings": 262144, "torch_dtype": "bfloat16", "eos_token_id": 128001,
+}  # fmt: skip
+
+
+# nvidia/Nemotron-H-8B-Base-8K's config.json (the fields that matter).
+NEMOTRON_H_8B = {
+    "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "vocab_size": 131072, "hidden_size": 4096,
+    "intermediate_size": 21504, "num_hidden_layers": 52, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
+    "mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8, "conv_kernel": 4,
+    "chunk_size": 128, "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "max_position_embeddings": 8192,
+    "torch_dtype": "bfloat16", "eos_token_id": 2,
 }  # fmt: skip
 
 
@@ -61,6 +72,12 @@ def hf_hybrid(kind: str, vocab_size: int = 300) -> torch.nn.Module:
                                            position_embedding_type="nope",
                                            layer_types=["linear_attention", "full_attention", "linear_attention"])
         return spread_weights(hf.GraniteMoeHybridForCausalLM(config), gain=3.0, embed_std=0.5)
+    if kind == "nemotron_h":  # one block a layer: a mixer, a squared-ReLU MLP, attention (no RoPE), a mixer, an MLP
+        config = hf.NemotronHConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_attention_heads=6,
+                                    num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                                    layers_block_type=["mamba", "mlp", "attention", "mamba", "mlp"], mamba_num_heads=8,
+                                    mamba_head_dim=12, n_groups=2, ssm_state_size=16, chunk_size=8)
+        return spread_weights(hf.NemotronHForCausalLM(config))
     raise ValueError(kind)
 
 

@@ -28,7 +28,14 @@ from tests.engine.hf_checkpoints import (
     runner_greedy,
     transformers_greedy,
 )
-from tests.engine.mamba_checkpoints import BAMBA_9B, GRANITE_4_H_TINY, KINDS, save_hybrid, save_serving_hybrid
+from tests.engine.mamba_checkpoints import (
+    BAMBA_9B,
+    GRANITE_4_H_TINY,
+    KINDS,
+    NEMOTRON_H_8B,
+    save_hybrid,
+    save_serving_hybrid,
+)
 from tests.engine.serving import engine_server, sdk
 
 
@@ -177,6 +184,12 @@ def test_hub_configs_parse_to_their_layouts() -> None:
     bamba = ModelConfig.from_dict(BAMBA_9B)
     assert bamba.hybrid is not None and bamba.num_kv_layers == 3 and bamba.rotary_dim == 64
     assert len(bamba.hybrid.mamba_layers) == 29 and bamba.hybrid.dt_limit == (0.0, float("inf"))
+    nemotron = ModelConfig.from_dict(NEMOTRON_H_8B)  # 24 mixers, 4 attention layers, 24 MLPs
+    spec = nemotron.hybrid
+    assert spec is not None and not spec.rope and nemotron.num_kv_layers == 4 and len(spec.mamba_layers) == 24
+    assert spec.mlp_layers[:2] == (1, 3) and spec.intermediate_size == 8192 and spec.n_groups == 8
+    with pytest.raises(UnsupportedHybrid, match="mixture-of-experts"):
+        ModelConfig.from_dict({**NEMOTRON_H_8B, "hybrid_override_pattern": "ME*E"})
 
 
 def test_state_slots_come_out_of_the_kv_budget(checkpoints: dict[str, Path]) -> None:
