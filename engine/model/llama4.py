@@ -41,8 +41,10 @@ class Llama4Attention(Attention):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.rotary:
-            q, k = rope(positions, _deinterleaved_rotary(q, self.head_dim), _deinterleaved_rotary(k, self.head_dim))
+        if self.rotary:  # in float32 on a float32 table, as transformers' complex product, then the model's dtype
+            dtype = q.dtype
+            q, k = rope(positions, _deinterleaved_rotary(q, self.head_dim).float(), _deinterleaved_rotary(k, self.head_dim).float())
+            q, k = q.to(dtype), k.to(dtype)
         if self.qk_l2_norm:
             q, k = self._l2(q), self._l2(k)
         if self.temperature is not None:
@@ -123,6 +125,10 @@ class Llama4CausalLM(CausalLM):
             raise ValueError("Llama 4 is served by one process: tensor parallelism is not supported for it")
         super().__init__(config, tp)
         self.model.layers = nn.ModuleList(Llama4DecoderLayer(config, i) for i in range(config.num_layers))
+
+    def setup_rope(self, device: torch.device, dtype: torch.dtype) -> None:
+        """A float32 table whatever the model's dtype: Llama 4 turns q and k in float32."""
+        self.rope = RotaryEmbedding(self.config, device, torch.float32)
 
     @staticmethod
     def checkpoint_name(name: str) -> str:
