@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL
-from engine.model.qwen3_vl import QWEN3_VL_TYPES
+from engine.model.qwen3_vl_config import QWEN3_VL_TYPES
 
 GEMMA3_TOKENS_PER_IMAGE = 256  # transformers' Gemma3Config default
 # Qwen2VLImageProcessor's defaults: 14-pixel patches merged 2 x 2, between 56 x 56 and 28 x 28 x 1280 pixels.

@@ -31,7 +31,7 @@ from engine.model.int4_formats import pack_compressed_tensors, quantize_groups
 from engine.model.loader import safetensors_files, split_fused
 from engine.model.quant_config import RUNTIME_INT4_GROUP_SIZE, QuantizationError, QuantScheme, runtime_scheme
 from engine.model.quant_linear import quantize_rows
-from engine.model.qwen3_vl import QWEN3_VL, QWEN3_VL_MOE
+from engine.model.qwen3_vl_config import QWEN3_VL, QWEN3_VL_MOE
 from engine.model.vision import VisionConfig
 
 # A multimodal Gemma 3's language model is under `language_model.` (the Hub's layout) or `model.language_model.`.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from engine.model.deepseek import DEEPSEEK_V3, DEEPSEEK_V3_ALIASES
-from engine.model.qwen3_vl import QWEN3_VL_TYPES, qwen3_vl_text
+from engine.model.qwen3_vl_config import QWEN3_VL_TYPES, qwen3_vl_text
 
 GEMMA3 = "gemma3_text"
 GEMMA3_MULTIMODAL = "gemma3"  # Gemma3ForConditionalGeneration: the 4B-27B releases, with images

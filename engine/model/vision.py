@@ -38,7 +38,7 @@ from torch import nn
 
 from engine.image_token_counts import llava_tokens_per_image
 from engine.model.families import GEMMA3_MULTIMODAL, LLAVA, QWEN2_5_VL, UnsupportedConfig
-from engine.model.qwen3_vl import QWEN3_VL, QWEN3_VL_MOE, QWEN3_VL_TYPES
+from engine.model.qwen3_vl_config import QWEN3_VL, QWEN3_VL_MOE, QWEN3_VL_TYPES
 
 if TYPE_CHECKING:
     from engine.image_inputs import ImageInput
