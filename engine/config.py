@@ -10,8 +10,8 @@ from engine.thinking_budget import DEFAULT_EFFORT_BUDGETS
 if TYPE_CHECKING:
     from engine.net_guard import OutboundPolicy
 
-SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle")
-MODEL_METHODS = ("draft_model", "eagle")  # the methods that draft with `model`
+SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle", "eagle3")
+MODEL_METHODS = ("draft_model", "eagle", "eagle3")  # the methods that draft with `model`
 # --kv-cache-dtype, as vLLM's: "auto" stores K/V in the model's dtype; the fp8 formats store one byte an
 # element, half of bf16 (engine/model/kv_quant.py). "fp8" is e4m3, vLLM's default fp8 format.
 KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
@@ -41,7 +41,8 @@ class SpeculativeConfig:
     `prompt_lookup_max` .. `prompt_lookup_min` tokens, longest first: no second model, nothing to load.
     `draft_model` drafts with `model`, a smaller model folder of the same vocabulary (engine/draft_model.py);
     as at vLLM, naming a `model` without a method picks it. `eagle` drafts with an EAGLE head, `model` its
-    folder: one decoder layer over the target's own features (engine/eagle.py).
+    folder: one decoder layer over the target's own features (engine/eagle.py); `eagle3` with an EAGLE-3
+    head, over three of the target's layers and a reduced draft vocabulary (engine/eagle3.py).
 
     `acceptance_method` (vLLM's field and default): how a sampled request checks a draft model's drafts.
     "rejection_sampler" keeps a draft x with probability min(1, p(x) / q(x)) and otherwise draws from

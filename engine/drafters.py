@@ -1,5 +1,5 @@
 """Which drafter a speculative engine runs, from its config: n-gram lookup (engine/speculation.py), a draft
-model (engine/draft_model.py) or an EAGLE head (engine/eagle.py), and the goodput rule for its draft length
+model (engine/draft_model.py) or an EAGLE or EAGLE-3 head (engine/eagle.py, engine/eagle3.py), and the goodput rule for its draft length
 (engine/draft_length.py)."""
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ def make_drafter(config: EngineConfig, runner: ModelRunner, counters: Speculatio
     if spec.method in MODEL_METHODS:
         from engine.draft_model import DraftModelProposer
         from engine.eagle import EagleProposer
+        from engine.eagle3 import Eagle3Proposer
         from engine.torch_runner import TorchModelRunner
 
         if not isinstance(runner, TorchModelRunner):
             raise ValueError(f"method {spec.method!r} drafts real tokens for a real model: a simulated engine drafts "
                              "with method 'ngram'")
-        proposer = EagleProposer if spec.method == "eagle" else DraftModelProposer
+        proposers = {"eagle": EagleProposer, "eagle3": Eagle3Proposer}
+        proposer = proposers.get(spec.method or "", DraftModelProposer)
         return proposer.from_target(runner, spec, config.num_blocks, config.block_size,
                                     config.enable_prefix_caching, counters, config.long_prefill_token_threshold)
     return NgramProposer(spec)

@@ -47,14 +47,18 @@ class TargetFeatures:
     def record(self, batch: ScheduledBatch, hidden: torch.Tensor) -> None:
         """A target step's rows: each sequence's from the position it started at (the rows of an earlier
         step from there on, rejected drafts', are replaced)."""
-        with torch.inference_mode():
-            normed = self.target.model.model.norm(hidden)
+        normed = self.features_of(hidden)
         offset = 0
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             start = seq.num_computed_tokens
             self.trim(seq.request_id, start)
             self.chunks.setdefault(seq.request_id, []).append((start, normed[offset: offset + n].clone()))
             offset += n
+
+    def features_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] features of a step's last hidden states: after the target's final norm."""
+        with torch.inference_mode():
+            return self.target.model.model.norm(hidden)
 
     def trim(self, request_id: str, end: int) -> None:
         """Drop the rows at `end` and after (not computed for the tokens the request kept)."""
@@ -101,9 +105,12 @@ class EagleProposer(DraftModelProposer):
                  max_catch_up: int = 512) -> None:
         super().__init__(runner, config, num_blocks, block_size, enable_prefix_caching,  # type: ignore[arg-type]
                          counters, max_catch_up)
-        self.features = TargetFeatures(runner.target)
+        self.features = self.features_for(runner)
         runner.feature_rows = self.features.rows
         runner.target.hidden_states_listener = self.features.record
+
+    def features_for(self, runner: EagleRunner) -> TargetFeatures:
+        return TargetFeatures(runner.target)
 
     @classmethod
     def from_target(cls, target: TorchModelRunner, config: SpeculativeConfig, num_blocks: int, block_size: int,
