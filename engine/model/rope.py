@@ -100,15 +100,31 @@ def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+# Past this many positions a cos/sin table costs gigabytes (Llama 4 Scout's 10.5M: 5.4 GB in bf16, more while it
+# is built), so such a model's cos/sin are computed each call for the positions it has.
+TABLE_POSITIONS = 1 << 17
+
+
 class RotaryEmbedding:
     """Holds cos/sin for every position up to `max_position_embeddings`; applied in place of HF's
     per-call computation (same float32 products, so the same values). `local`: Gemma 3's sliding layers'
     plain RoPE of base `local_rope_theta`. Under LongRoPE the table is two: positions short then long past
-    the original context, then every position long (ModelConfig.long_rope_offset)."""
+    the original context, then every position long (ModelConfig.long_rope_offset). Past TABLE_POSITIONS
+    positions there is no table: each call computes its positions' cos/sin as the table would hold them."""
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype, local: bool = False) -> None:
         if local:
             config = replace(config, rope_theta=config.local_rope_theta, rope_scaling=None)
+        self.rotary_dim, self.dtype = config.rotary_dim, dtype
+        self.scale = attention_scaling(config)
+        self.mrope_rows = _mrope_rows(config, device)
+        self.inv_freq = inverse_frequencies(config).to(device)
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+        if config.max_position_embeddings > TABLE_POSITIONS:
+            if config.rope_type == "longrope":  # its table's layout is what long_rope_offset indexes
+                raise ValueError(f"LongRoPE over {config.max_position_embeddings} positions is not supported")
+            return
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = positions[:, None] * inverse_frequencies(config)[None, :]
         if config.rope_type == "longrope":
@@ -116,27 +132,22 @@ class RotaryEmbedding:
             original = (config.rope_scaling or {})["original_max_position_embeddings"]
             freqs = torch.cat([freqs[:original], long[original:], long])
         emb = torch.cat((freqs, freqs), dim=-1)
-        scale = attention_scaling(config)
-        self.rotary_dim = config.rotary_dim
-        # M-RoPE: which of a token's 3 position rows each rotary dim reads.
-        self.mrope_rows: torch.Tensor | None = None
-        if config.mrope_section:
-            half = torch.repeat_interleave(torch.arange(len(config.mrope_section)) % 3,
-                                           torch.tensor(config.mrope_section))
-            if config.mrope_interleaved:  # Qwen3-VL's: every third frequency height's, then width's
-                half = interleaved_mrope_rows(config.mrope_section)
-            if len(half) != config.rotary_dim // 2:
-                raise ValueError(f"mrope_section {config.mrope_section} must sum to head_dim / 2 "
-                                 f"({config.rotary_dim // 2})")
-            self.mrope_rows = torch.cat([half, half]).to(device)
-        self.cos = (emb.cos() * scale).to(device=device, dtype=dtype)
-        self.sin = (emb.sin() * scale).to(device=device, dtype=dtype)
+        self.cos = (emb.cos() * self.scale).to(device=device, dtype=dtype)
+        self.sin = (emb.sin() * self.scale).to(device=device, dtype=dtype)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[..., rotary_dim] cos and sin of `positions`: the table's rows, or computed as the table computes them."""
+        if self.cos is not None and self.sin is not None:
+            return self.cos[positions], self.sin[positions]
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.scale).to(self.dtype), (emb.sin() * self.scale).to(self.dtype)
 
     def __call__(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], positions: [T], or [3, T] under M-RoPE."""
-        cos, sin = self.cos[positions], self.sin[positions]
+        cos, sin = self.cos_sin(positions)
         if self.mrope_rows is not None:  # [3, T, dim] -> each dim from its section's row
             rows = self.mrope_rows.expand(1, positions.shape[-1], -1)
             cos, sin = cos.gather(0, rows)[0], sin.gather(0, rows)[0]
@@ -144,6 +155,18 @@ class RotaryEmbedding:
         if self.rotary_dim < q.shape[-1]:  # partial rotary: the trailing dims pass through
             return _rotate_part(q, cos, sin, self.rotary_dim), _rotate_part(k, cos, sin, self.rotary_dim)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _mrope_rows(config: ModelConfig, device: torch.device) -> torch.Tensor | None:
+    """M-RoPE: which of a token's 3 position rows each rotary dim reads (None without M-RoPE)."""
+    if not config.mrope_section:
+        return None
+    half = torch.repeat_interleave(torch.arange(len(config.mrope_section)) % 3, torch.tensor(config.mrope_section))
+    if config.mrope_interleaved:  # Qwen3-VL's: every third frequency height's, then width's
+        half = interleaved_mrope_rows(config.mrope_section)
+    if len(half) != config.rotary_dim // 2:
+        raise ValueError(f"mrope_section {config.mrope_section} must sum to head_dim / 2 ({config.rotary_dim // 2})")
+    return torch.cat([half, half]).to(device)
 
 
 def _rotate_part(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
