@@ -83,7 +83,7 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:
                             'to check only the drafts that pay), or a draft model\'s: \'{"model": "DIR", '
                             '"num_speculative_tokens": 4}\' (a smaller model with the same tokenizer; with goodput, '
                             'its own profile as "draft_step_time_profile"), or an EAGLE head\'s: \'{"method": "eagle", '
-                            '"model": "DIR", "num_speculative_tokens": 4}\'')
+                            '"model": "DIR", "num_speculative_tokens": 4}\' ("eagle3" for an EAGLE-3 head)')
     serve.add_argument("--lora-modules", type=lora_module, nargs="+", default=[], metavar="NAME=PATH",
                        help="LoRA adapters (PEFT folders) served beside the model, each under its own model name")
     serve.add_argument("--max-loras", type=int, default=8, help="adapters served at once (default 8)")

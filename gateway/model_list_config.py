@@ -42,9 +42,10 @@ class TinyModelSpec(StrictConfig):
 class SpeculativeSpec(StrictConfig):
     """vLLM's `speculative_config` for an engine in this process: n-gram drafts (engine/speculation.py), or
     a draft model's (`model`: its folder, relative to this file; engine/draft_model.py), or an EAGLE head's
-    (method "eagle", `model` the head's folder: engine/eagle.py)."""
+    (method "eagle", `model` the head's folder: engine/eagle.py), or an EAGLE-3 head's (method "eagle3":
+    engine/eagle3.py)."""
 
-    method: Literal["ngram", "draft_model", "eagle"] | None = None  # None: draft_model with a `model`, else ngram
+    method: Literal["ngram", "draft_model", "eagle", "eagle3"] | None = None  # None: draft_model with a `model`, else ngram
     model: str | None = None
     num_speculative_tokens: int = Field(default=4, ge=1, le=64)
     prompt_lookup_max: int = Field(default=4, ge=1, le=64)
