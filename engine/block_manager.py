@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 
 from engine.block_pins import BlockPins
 from engine.disk_cache import DiskCacheStats, DiskKVCache
+from engine.group_tiers import GroupSlots, TierHit, group_block_key, tier_slots
 from engine.host_cache import HostCacheStats, HostKVCache
 from engine.kv_tiers import KVTiers
-from engine.kv_transfer import DISK, HOST, KVTransfer, TierSlot
+from engine.kv_transfer import DISK, HOST, KVTransfer
 from engine.pins import PinTable
 from engine.prefix_match import PrefixMatch, chain_hash
 from engine.sequence import NULL_BLOCK, Sequence
@@ -41,7 +42,7 @@ __all__ = ["NULL_BLOCK", "Block", "BlockManager", "BlockStats", "chain_hash"]
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "token_ids", "group")
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids", "group", "slid_out")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
@@ -49,6 +50,7 @@ class Block:
         self.hash: int | None = None
         self.token_ids: tuple[int, ...] | None = None
         self.group = 0  # the KV group whose cached blocks it is among, while it has a hash
+        self.slid_out = False  # last released as it left a request's window: a tier is not given it
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,6 @@ class BlockManager(PrefixMatch, BlockPins):
                  kv_groups: tuple[bool, ...] | None = None) -> None:
         assert enable_prefix_caching or not (num_host_blocks or num_disk_blocks), \
             "the host and disk tiers are keyed by the prefix cache's hashes"
-        assert kv_groups is None or not (num_host_blocks or num_disk_blocks), "the tiers copy whole-model blocks"
         self.block_size = block_size
         self.pin_budget_blocks = pin_budget_blocks
         self.enable_prefix_caching = enable_prefix_caching
@@ -156,7 +157,7 @@ class BlockManager(PrefixMatch, BlockPins):
         """The copies that put on disk what the GPU and host tier cache and the disk lacks (before a clean
         shutdown: engine/disk_tier.py); the GPU's cached-free blocks count as older than held ones."""
         order = [b for b in self.free_queue] + [b.block_id for b in self.blocks if b.ref_count > 0]
-        cached = [(b, block.hash, block.token_ids) for b in order
+        cached = [(b, group_block_key(block.hash, block.group), block.token_ids) for b in order
                   if (block := self.blocks[b]).hash is not None and block.token_ids is not None]
         self.tiers.plan_flush(cached)  # type: ignore[arg-type]
         return self.take_transfers()
@@ -169,11 +170,12 @@ class BlockManager(PrefixMatch, BlockPins):
             del self.free_queue[block_id]
         block.ref_count += 1
 
-    def _release(self, block_id: int) -> None:
+    def _release(self, block_id: int, slid_out: bool = False) -> None:
         block = self.blocks[block_id]
         assert block.ref_count > 0, f"double free of block {block_id}"
         block.ref_count -= 1
         if block.ref_count == 0:
+            block.slid_out = slid_out
             self.free_queue[block_id] = None
             if block.hash is None:  # nothing reusable in it: first to go
                 self.free_queue.move_to_end(block_id, last=False)
@@ -185,16 +187,16 @@ class BlockManager(PrefixMatch, BlockPins):
             cached = self.cached_blocks[block.group]
             if cached.get(block.hash) == block_id:
                 del cached[block.hash]
-            if self.tiers:
+            if self.tiers and not (block.slid_out and len(self.group_slides) > 1):  # groups: a window spills
                 assert block.token_ids is not None
-                self.tiers.save_evicted(block_id, block.hash, block.token_ids)
+                self.tiers.save_evicted(block_id, group_block_key(block.hash, block.group), block.token_ids)
             block.hash = block.token_ids = None
         block.ref_count = 1
         return block_id
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
                        cached_blocks: list[int] | None = None, reclaim_pins: bool = True,
-                       num_lookahead_tokens: int = 0, loaded: list[TierSlot] | None = None) -> bool:
+                       num_lookahead_tokens: int = 0, loaded: list[TierHit] | None = None) -> bool:
         """Give `seq` blocks for `num_new_tokens` more tokens (plus, when it starts, `cached_blocks`
         and fresh blocks `loaded` from the host or disk tier's slots, which follow them), and room for
         `num_lookahead_tokens` draft tokens after them, which are not published to the prefix cache
@@ -217,7 +219,8 @@ class BlockManager(PrefixMatch, BlockPins):
         held = [b for group in hits for b in group if b != NULL_BLOCK]
         for b in held:  # taken first, so reclaiming pins cannot evict the hits
             self._take(b)
-        total_needed = needed * len(self.group_slides)
+        # A sliding group takes no block for a loaded one before its window (engine/group_tiers.py).
+        total_needed = (needed - len(loaded)) * len(self.group_slides) + len(tier_slots(loaded))
         if total_needed > self.num_free_blocks and not (reclaim_pins and self._reclaim(total_needed)):
             for b in held:
                 self._release(b)
@@ -233,6 +236,8 @@ class BlockManager(PrefixMatch, BlockPins):
             needed -= len(loaded)
             seq.num_computed_tokens = num_hits * self.block_size
             seq.num_registered_blocks = num_hits
+            if loaded and self.sliding_window is not None and len(self.group_slides) > 1:
+                self._release_slid_out(seq)  # the GPU hits' window before the loaded blocks
         for _ in range(max(needed, 0)):
             for table in seq.block_tables:
                 table.append(self._pop_free())
@@ -249,22 +254,29 @@ class BlockManager(PrefixMatch, BlockPins):
                 continue
             for i in range(seq.num_released_blocks, first):
                 if table[i] != NULL_BLOCK:
-                    self._release(table[i])
+                    self._release(table[i], slid_out=True)
                     table[i] = NULL_BLOCK
         seq.num_released_blocks = max(seq.num_released_blocks, first)
 
-    def _load_from_tiers(self, seq: Sequence, loaded: list[TierSlot]) -> None:
+    def _load_from_tiers(self, seq: Sequence, loaded: list[TierHit]) -> None:
         """Fresh blocks for the prefix the host or disk tier holds after `seq`'s GPU hits, published at
-        once: their copies run before anything in the step reads them."""
+        once: their copies run before anything in the step reads them. With KV groups, each group's block
+        (engine/group_tiers.py; NULL_BLOCK for a sliding group's before the window)."""
         bs = self.block_size
         for hit in loaded:
-            block_id = self._pop_free()  # its own block, if cached, is saved first: the copies keep order
             i = len(seq.block_table)
-            block = self.blocks[block_id]
-            block.hash, block.token_ids = seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
-            self.hash_to_block.setdefault(block.hash, block_id)
-            self.tiers.load(hit, block_id, bs)
-            seq.block_table.append(block_id)
+            block_hash, token_ids = seq.block_hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            slots = hit.slots if isinstance(hit, GroupSlots) else (hit,)
+            for group, (table, slot) in enumerate(zip(seq.block_tables, slots, strict=True)):
+                if slot is None:
+                    table.append(NULL_BLOCK)
+                    continue
+                block_id = self._pop_free()  # its own block, if cached, is saved first: the copies keep order
+                block = self.blocks[block_id]
+                block.hash, block.token_ids, block.group = block_hash, token_ids, group
+                self.cached_blocks[group].setdefault(block_hash, block_id)
+                self.tiers.load(slot, block_id, bs if group == 0 else 0)  # tokens counted once, by the first
+                table.append(block_id)
 
     def reserve(self, seq: Sequence, num_tokens: int) -> None:
         """Blocks for `num_tokens` from the free queue, as single decode steps would have taken them;
@@ -295,10 +307,11 @@ class BlockManager(PrefixMatch, BlockPins):
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks are the least likely to be shared: they enter the free queue first.
+        first = self.first_needed_block(seq.num_computed_tokens)  # a sliding group's blocks before: out of its window
         for i in reversed(range(len(seq.block_table))):
-            for table in seq.block_tables:
+            for table, slides in zip(seq.block_tables, self.group_slides, strict=True):
                 if table[i] != NULL_BLOCK:
-                    self._release(table[i])
+                    self._release(table[i], slid_out=slides and i < first)
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_registered_blocks = seq.num_released_blocks = 0

@@ -43,7 +43,8 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
     scales); `dequantize_mxfp4`: gpt-oss's MXFP4 experts dequantized to the model's dtype at load rather
     than kept packed (engine/model/mxfp4.py). `hybrid_kv_cache`: a model mixing sliding and full layers keeps
     its sliding layers' KV in groups of their own that release what left the window (engine/kv_groups.py);
-    not with a draft model, a host or disk tier or tensor parallelism, which keep every block.
+    not with a draft model or tensor parallelism, which keep every block (a host or disk tier keeps a group's
+    block a slot: engine/group_tiers.py).
     `tensor_parallel_size`: the model sharded over that many ranks (engine/model/parallel.py; byte budgets are per rank), a roofline simulation priced
     on that many GPUs. `reasoning_effort_budgets`: thinking budgets for some `reasoning_effort` values, over
     vLLM's defaults (engine/thinking_budget.py). `lora_modules`: LoRA
@@ -90,12 +91,12 @@ def build_engine(model_dir: str | Path | None = None, sim_profile: str | Path | 
         if num_blocks is None:
             num_blocks = 1024 if kv_cache_memory_bytes is None else TorchModelRunner.num_blocks_for_budget(
                 model_dir, kv_cache_memory_bytes - state_bytes, block_size, device, kv_cache_dtype=kv_cache_dtype,
-                tensor_parallel_size=tensor_parallel_size, draft_dir=draft, hybrid_kv_cache=hybrid_kv_cache,
-                kv_tiers=bool(host_kv_memory_bytes or disk_kv_bytes))
+                tensor_parallel_size=tensor_parallel_size, draft_dir=draft, hybrid_kv_cache=hybrid_kv_cache)
         _check_num_blocks(num_blocks)
         num_host_blocks, num_disk_blocks = (
-            TorchModelRunner.num_blocks_for_budget(model_dir, budget, block_size, device, kv_cache_dtype=kv_cache_dtype,
-                                                   tensor_parallel_size=tensor_parallel_size)
+            TorchModelRunner.num_blocks_for_budget(model_dir, budget, block_size, device, kv_cache_dtype=kv_cache_dtype,  # a
+                                                   tensor_parallel_size=tensor_parallel_size,  # group's block a slot
+                                                   hybrid_kv_cache=hybrid_kv_cache)
             for budget in (host_kv_memory_bytes, disk_kv_bytes))
         runner = TorchModelRunner(model_dir, num_blocks, block_size, device=device, num_host_blocks=num_host_blocks,
                                   kv_cache_dtype=kv_cache_dtype, calculate_kv_scales=calculate_kv_scales,

@@ -12,6 +12,7 @@ import torch
 from engine.disk_cache import DEFAULT_READ_AHEAD_BYTES, DiskEntry
 from engine.disk_index import model_files_digest, python_hash_fingerprint
 from engine.disk_store import DiskKVStore
+from engine.kv_groups import KVGroupLayout
 from engine.kv_transfer import HOST, HOST_TO_DISK, KVTransfer
 from engine.model.config import ModelConfig
 from engine.model.parallel import TPGroup
@@ -34,6 +35,7 @@ class TierCopies:
     tensor_parallel_size: int
     kv_cache_dtype: str
     quantization: str | None
+    kv_groups: KVGroupLayout | None  # a slot then holds one group's layers (engine/group_tiers.py)
 
     def transfer_kv(self, transfers: list[KVTransfer]) -> None:
         """Copy blocks between the KV cache, the host tier and the disk tier, in order: a run of copies of
@@ -65,7 +67,9 @@ class TierCopies:
         return {"model": model_files_digest(self.model_dir), "dtype": str(self.dtype),
                 "kv_cache_dtype": self.kv_cache_dtype, "quantization": self.quantization,
                 "block": [c.num_layers, c.kv_cache_entry[0], self.block_size, *c.kv_cache_entry[1:]],
-                "tensor_parallel": [self.tp.rank, self.tensor_parallel_size], "python": python_hash_fingerprint()}
+                "tensor_parallel": [self.tp.rank, self.tensor_parallel_size], "python": python_hash_fingerprint(),
+                # KV groups' slots hold a group's layers: files of whole-model blocks (or other groups) are refused
+                **({"kv_groups": [list(g) for g in self.kv_groups.groups]} if self.kv_groups else {})}
 
     def disk_entries(self) -> list[DiskEntry]:
         """The blocks an earlier engine left that every rank's file holds (what the disk table starts from)."""

@@ -11,11 +11,11 @@ from engine.model.config import ModelConfig
 from engine.model.kv_quant import fp8_format
 
 
-def runner_kv_groups(config: ModelConfig, enabled: bool, tensor_parallel_size: int, tiers: bool) -> KVGroupLayout | None:
-    """KV groups where the model mixes sliding and full layers, unless `enabled` is off (--no-hybrid-kv-cache),
-    the model is sharded over ranks (tensor parallel) or a host or disk tier sits behind the cache: their
-    copies move whole-model blocks, so those keep one group, every block held to a request's end."""
-    if not enabled or tensor_parallel_size > 1 or tiers:
+def runner_kv_groups(config: ModelConfig, enabled: bool, tensor_parallel_size: int) -> KVGroupLayout | None:
+    """KV groups where the model mixes sliding and full layers, unless `enabled` is off (--no-hybrid-kv-cache)
+    or the model is sharded over ranks (tensor parallel). A host or disk tier behind the cache then keeps a
+    group's block a slot (engine/group_tiers.py)."""
+    if not enabled or tensor_parallel_size > 1:
         return None
     return kv_group_layout(config.num_layers, config.sliding_layers, config.sliding_window)
 

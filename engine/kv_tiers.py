@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.disk_cache import DiskKVCache
+from engine.group_tiers import TierHit, tier_slots
 from engine.host_cache import HostKVCache
 from engine.kv_slots import KVSlotTable
 from engine.kv_transfer import DISK, HOST, HOST_TO_DISK, KVTransfer, Tier, TierSlot
@@ -66,10 +67,10 @@ class KVTiers:
             hits.append(TierSlot(DISK, slot))
         return hits
 
-    def ready(self, hits: list[TierSlot]) -> bool:
+    def ready(self, hits: list[TierHit]) -> bool:
         """Whether a waiting request may load `hits` in the next step: its disk blocks read ahead, or not
         being read (engine/disk_cache.py). Otherwise it waits, and other requests go first."""
-        slots = [hit.slot for hit in hits if hit.tier == DISK]
+        slots = [hit.slot for hit in tier_slots(hits) if hit.tier == DISK]
         return not slots or self.disk is None or self.disk.ready(slots)
 
     def load(self, hit: TierSlot, block_id: int, block_size: int) -> None:

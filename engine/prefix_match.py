@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from engine.group_tiers import TierHit, match_group_tiers
 from engine.image_inputs import block_image_keys
-from engine.kv_transfer import TierSlot
 from engine.sequence import NULL_BLOCK, Sequence
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class PrefixMatch:
         hits = self.group_hits(seq, len(cached)) if len(self.group_slides) > 1 else [cached]
         return new + sum(1 for group in hits for b in group if b != NULL_BLOCK and self.blocks[b].ref_count == 0)
 
-    def match_tiers(self, seq: Sequence, num_gpu_hits: int) -> list[TierSlot]:
+    def match_tiers(self, seq: Sequence, num_gpu_hits: int) -> list[TierHit]:
         """Host or disk slots holding the blocks that follow `seq`'s `num_gpu_hits` GPU hits, keeping at
         least one token to compute. They stay busy until the step's transfers are taken."""
         if not self.tiers:
@@ -163,5 +163,7 @@ class PrefixMatch:
         bs = self.block_size
         num_full = (seq.num_tokens - 1) // bs
         self._ensure_hashes(seq, num_full)
+        if len(self.group_slides) > 1:  # each group's block (engine/group_tiers.py)
+            return match_group_tiers(self, seq, num_gpu_hits, num_full)
         return self.tiers.match(seq.block_hashes, lambda i: tuple(seq.token_ids[i * bs : (i + 1) * bs]),
                                 num_gpu_hits, num_full)

@@ -98,8 +98,7 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
                              "calculate_kv_scales measures new scales in every run, so KV an earlier run wrote "
                              "to disk would be read with other scales: use the checkpoint's scales with a disk tier")
         storage = self.dtype if element is None else torch.uint8
-        self.kv_groups = runner_kv_groups(full_config, hybrid_kv_cache, self.tensor_parallel_size,
-                                          bool(num_host_blocks or num_disk_blocks))
+        self.kv_groups = runner_kv_groups(full_config, hybrid_kv_cache, self.tensor_parallel_size)
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.eos_token_ids = read_eos_token_ids(self.model_dir, full_config)
@@ -152,8 +151,8 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         self._layer_groups = [(g, self.kv_groups.slides[g]) for g, _ in places] if self.kv_groups and places else None
         # The host tier (engine/host_cache.py): page-locked on CUDA, so copies run at the link's speed.
         self.num_host_blocks = num_host_blocks
-        self.host_kv = torch.zeros(
-            c.num_layers, planes, num_host_blocks, block_size, heads, values,
+        self.host_kv = torch.zeros(  # a slot a block of the cache's: with KV groups, a group's layers
+            self.kv_cache.shape[0], planes, num_host_blocks, block_size, heads, values,
             dtype=storage, pin_memory=self.device.type == "cuda" and num_host_blocks > 0,
         )  # fmt: skip
         self.num_disk_blocks = num_disk_blocks
@@ -219,17 +218,16 @@ class TorchModelRunner(TierCopies, WeightLoading, RunnerSleep):
         tensor_parallel_size: int = 1,
         draft_dir: str | Path | None = None,
         hybrid_kv_cache: bool = True,
-        kv_tiers: bool = False,
     ) -> int:
         """How many KV blocks fit in `budget_bytes` for this model (with the dtype the runner would use),
-        per rank under tensor parallelism; with KV groups (a runner of `hybrid_kv_cache` without `kv_tiers`
-        behind it), a block holds a group's layers. With a draft model (`draft_dir`: engine/draft_model.py keeps as
+        per rank under tensor parallelism; with KV groups (a runner of `hybrid_kv_cache`), a block (and a host or
+        disk tier's slot) holds a group's layers. With a draft model (`draft_dir`: engine/draft_model.py keeps as
         many blocks of its own, whole, on the first rank, in the target's dtype), a block is the target's
         and the draft's together, so both caches fit in the budget."""
         config = ModelConfig.from_dir(model_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or default_dtype(config, device)
-        groups = runner_kv_groups(config, hybrid_kv_cache, tensor_parallel_size, kv_tiers)
+        groups = runner_kv_groups(config, hybrid_kv_cache, tensor_parallel_size)
         shard = shard_config(config, tensor_parallel_size)
         block_bytes = kv_bytes_per_block(shard, block_size, dtype, kv_cache_dtype, groups and groups.group_size)
         if draft_dir is not None:
