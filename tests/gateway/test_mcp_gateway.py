@@ -231,6 +231,8 @@ def test_each_call_is_an_outcome_row_and_counted(gw: Gateway, keys: dict[str, st
     url = gw.url + "/mcp"
     run(called(url, keys["weather"], "weather__forecast", {"city": "Rome"}))
     run(called(url, keys["all"], "down__x", {}))
+    run(called(url, keys["all"], "weather__broken", {"q": "x"}))  # each outcome made here: xdist may run the
+    run(refused(url, keys["all"], "calc__divide", {"a": 1, "b": 0}))  # module's other tests on another worker
     rows = [r for r in gw.rows() if r["endpoint"] == "mcp"]
     forecast = [r for r in rows if (r["extra"] or {}).get("mcp_tool") == "forecast" and r["deployment"] == "weather"]
     assert forecast and forecast[-1]["status"] == "ok" and forecast[-1]["latency_s"] > 0
