@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -139,3 +140,9 @@ def save_runs(module: str, argv: list[str] | None, out: str | Path, settings: di
     write_report(out, report)
     print(f"wrote {out}")
     return report
+
+
+def latency_modes(ms: dict[str, list[float]], cpu_ms: dict[str, list[float]]) -> dict[str, dict]:
+    """Each mode's requests, median and p90 latency (ms) and mean gateway CPU (ms) a request."""
+    return {mode: {"requests": len(values), "median_ms": statistics.median(values), "p90_ms": pct(values, 90),
+                   "gateway_cpu_ms_mean": statistics.fmean(cpu_ms[mode])} for mode, values in ms.items()}

@@ -11,17 +11,15 @@ Writes bench/results/gateway_gemini.json."""
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
 
-from bench.common import RESULTS, command, machine_info, pct, write_report
-from bench.procs import mock_model_config, mock_upstream, pitstop_serve
+from bench.common import RESULTS, command, latency_modes, machine_info, write_report
+from bench.procs import gateway_on_mock
 
 OUT = RESULTS / "gateway_gemini.json"
 SYSTEM = "You are a careful assistant. Answer briefly."
@@ -56,30 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="pitstop-bench-gemini-"))
-    mock, mock_url = mock_upstream(work, "--delay-ms", str(args.delay_ms))
-    gateway, url = pitstop_serve(mock_model_config(mock_url, f"sqlite:///{work / 'pitstop.db'}", work), work / "gateway.log")
     ms: dict[str, list[float]] = defaultdict(list)
     cpu_ms: dict[str, list[float]] = defaultdict(list)
-    mock.start()
-    try:
-        gateway.start(timeout_s=300)
-        with httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=mock_url, timeout=60) as upstream:
-            for round_ in range(args.rounds + 5):  # the first 5: warm-up
-                for mode in ("direct", "chat", "gemini"):
-                    for stream in (False, True):
-                        cpu, started = gateway.cpu_seconds(), time.perf_counter()
-                        _ask(http, upstream, mode, stream)
-                        elapsed = time.perf_counter() - started
-                        if round_ >= 5:
-                            name = f"{mode} {'stream' if stream else 'whole'}"
-                            ms[name].append(elapsed * 1000)
-                            cpu_ms[name].append((gateway.cpu_seconds() - cpu) * 1000)
-    finally:
-        gateway.stop()
-        mock.stop()
-    modes = {mode: {"requests": len(values), "median_ms": statistics.median(values), "p90_ms": pct(values, 90),
-                    "gateway_cpu_ms_mean": statistics.fmean(cpu_ms[mode])} for mode, values in ms.items()}
+    with gateway_on_mock("gemini", args.delay_ms) as (gateway, url, mock_url), \
+            httpx.Client(base_url=url, timeout=60) as http, httpx.Client(base_url=mock_url, timeout=60) as upstream:
+        for round_ in range(args.rounds + 5):  # the first 5: warm-up
+            for mode in ("direct", "chat", "gemini"):
+                for stream in (False, True):
+                    cpu, started = gateway.cpu_seconds(), time.perf_counter()
+                    _ask(http, upstream, mode, stream)
+                    elapsed = time.perf_counter() - started
+                    if round_ >= 5:
+                        name = f"{mode} {'stream' if stream else 'whole'}"
+                        ms[name].append(elapsed * 1000)
+                        cpu_ms[name].append((gateway.cpu_seconds() - cpu) * 1000)
+    modes = latency_modes(ms, cpu_ms)
     for mode, m in modes.items():
         kind = mode.split()[1]
         m["added_median_ms_vs_direct"] = m["median_ms"] - modes["direct " + kind]["median_ms"]

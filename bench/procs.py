@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -275,11 +276,11 @@ def first_token(client: httpx.Client, base: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def running(services: Sequence[Service]) -> Iterator[None]:
+def running(services: Sequence[Service], timeout_s: float = 120.0) -> Iterator[None]:
     """`services` started in order, and stopped in the reverse order after (also when one fails to start)."""
     try:
         for service in services:
-            service.start()
+            service.start(timeout_s)
         yield
     finally:
         for service in reversed(services):
@@ -299,6 +300,19 @@ def gateway_on_mocks(work: Path, mock_options: Sequence[Sequence[str]],
     gateway, gateway_url = pitstop_serve(work / "pitstop.yaml", work / "pitstop.log")
     with running([*(service for service, _ in mocks), gateway]):
         yield gateway_url, [url for _, url in mocks]
+
+
+@contextlib.contextmanager
+def gateway_on_mock(name: str, delay_ms: float) -> Iterator[tuple[Service, str, str]]:
+    """A mock upstream answering after `delay_ms` and `pitstop serve` over it (mock_model_config: model "m",
+    outcomes in SQLite) in a new temporary folder, started: yields the gateway's Service (for its CPU seconds),
+    its URL and the mock's."""
+    work = Path(tempfile.mkdtemp(prefix=f"pitstop-bench-{name}-"))
+    mock, mock_url = mock_upstream(work, "--delay-ms", str(delay_ms))
+    gateway, url = pitstop_serve(mock_model_config(mock_url, f"sqlite:///{work / 'pitstop.db'}", work),
+                                 work / "gateway.log")
+    with running([mock, gateway], timeout_s=300):
+        yield gateway, url, mock_url
 
 
 def mock_model_config(mock_url: str, storage_url: str, work: Path, model_name: str = "m") -> Path:
