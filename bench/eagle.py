@@ -1,11 +1,14 @@
-"""EAGLE speculative decoding (engine/eagle.py) beside plain decoding, n-gram drafts and a draft model, on
+"""EAGLE and EAGLE-3 speculative decoding (engine/eagle.py, engine/eagle3.py) beside plain decoding, n-gram
+drafts and a draft model, on
 this CPU, side by side in one run: tokens a request gets per target forward pass, decode tokens a second,
 and the drafts' acceptance (tokens a pass: a request's output tokens over the target passes it was in,
 its prefill's included).
 
 No real EAGLE head fits here (EAGLE-LLaMA3-Instruct-8B drafts for an 8B target), so the target is a random
 Llama (engine/tiny_model.py) and its head is trained in the run (engine/tiny_eagle.py: the target's greedy
-continuations of the benchmark's prompts, teacher-forced, a few hundred steps). A random target's
+continuations of the benchmark's prompts, teacher-forced, a few hundred steps; the EAGLE-3 head likewise,
+engine/tiny_eagle3.py, over the target's layers 2, n // 2 and n - 3 and a quarter of its vocabulary, the
+continuations' most frequent ids, with the same steps). A random target's
 continuations follow no pattern so little training generalises from, so the head is measured on the
 prompts it was trained on (`seen`: what a head that has learnt its target's behaviour does) and on fresh
 ones (`unseen`: what this toy head does elsewhere: next to nothing). The draft model is the target's first
@@ -15,6 +18,8 @@ tokens a second on the thread's CPU time (bench.common.CpuClock's reasoning) and
 
     .venv/bin/python -m bench.eagle            # full run
     .venv/bin/python -m bench.eagle --quick    # smaller, for a smoke test
+    .venv/bin/python -m bench.eagle --rounds 2 --out bench/results/eagle3.json  # the EAGLE-3 comparison
+    .venv/bin/python -m bench.eagle --rounds 1 --eagle3-layers 5,6,7 --out bench/results/eagle3_late_layers.json
 
 Writes bench/results/eagle.json."""
 
@@ -30,9 +35,11 @@ import torch
 
 from bench.common import RESULTS, command, machine_info, write_report
 from engine.config import EngineConfig, SpeculativeConfig
+from engine.eagle3_head import default_aux_layer_ids
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.tiny_eagle import random_prompts, train_eagle_head
+from engine.tiny_eagle3 import train_eagle3_head
 from engine.tiny_model import make_tiny_model, make_truncated_model
 from engine.torch_runner import TorchModelRunner
 
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-len", type=int, default=48)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--eagle3-layers", type=lambda v: [int(i) for i in v.split(",")], default=None,
+                        help="the target layers the EAGLE-3 head reads, e.g. 5,6,7 (default vLLM's: 2, n // 2, n - 3)")
     parser.add_argument("--quick", action="store_true", help="2 layers, hidden 64, 100 training steps, 1 round")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -107,10 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     head = train_eagle_head(target, root / "head", seen, new_tokens=args.output_len, steps=args.train_steps)
     train_s = time.perf_counter() - started
+    # vLLM's default layers; a 2-layer --quick target has no layer 2: its first, middle and last inputs.
+    aux = args.eagle3_layers or (list(default_aux_layer_ids(args.layers)) if args.layers >= 4
+                                 else [0, args.layers // 2, args.layers - 1])
+    started = time.perf_counter()
+    head3 = train_eagle3_head(target, root / "head3", seen, aux, new_tokens=args.output_len, steps=args.train_steps,
+                              draft_vocab=args.vocab // 4)
+    train3_s = time.perf_counter() - started
     draft = make_truncated_model(target, root / "draft", 1)
     arms: dict[str, SpeculativeConfig | None] = {
         "plain": None, "ngram": SpeculativeConfig(num_speculative_tokens=args.k),
         "eagle": SpeculativeConfig(method="eagle", model=str(head), num_speculative_tokens=args.k),
+        "eagle3": SpeculativeConfig(method="eagle3", model=str(head3), num_speculative_tokens=args.k),
         "draft_model": SpeculativeConfig(model=str(draft), num_speculative_tokens=args.k)}
     unseen = random_prompts(args.batch, args.prompt_len, args.vocab, seed=1)
     rows = []
@@ -123,8 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"(acceptance {row[arm]['acceptance']})" for arm in arms), flush=True)
     report = {"command": command("bench.eagle", argv), "machine": machine_info(), "torch_threads": 1,
               "model": f"random weights: {args.layers} layers, hidden {args.hidden}, 8 heads, 4 KV heads, "
-                       f"vocab {args.vocab}, float32; the EAGLE head: 1 layer; the draft model: the target's first layer",
-              "head_training": {"prompts": args.prompts, "steps": args.train_steps, "seconds": round(train_s, 1)},
+                       f"vocab {args.vocab}, float32; the EAGLE head: 1 layer; the EAGLE-3 head: 1 layer over layers "
+                       f"{aux}, draft vocabulary {args.vocab // 4}; the draft model: the target's first layer",
+              "head_training": {"prompts": args.prompts, "steps": args.train_steps, "seconds": round(train_s, 1),
+                                "eagle3_seconds": round(train3_s, 1)},
               "num_speculative_tokens": args.k, "prompt_tokens": args.prompt_len, "output_tokens": args.output_len,
               "rounds": args.rounds, "requests": "greedy",
               "clock": "tokens_per_s and speedup on the thread's CPU time; wall_* on the wall clock",
