@@ -93,6 +93,7 @@ class BlockManager(PrefixMatch, BlockPins):
         self.hash_to_block = self.cached_blocks[0]  # the first group's (the only one's, for most models)
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.pins = PinTable()
+        self.spilled_pins: dict[str, tuple[float, list[int]]] = {}
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.tiers = KVTiers(num_host_blocks, num_disk_blocks)
@@ -330,6 +331,7 @@ class BlockManager(PrefixMatch, BlockPins):
                 block.hash = block.token_ids = None
                 if block.ref_count == 0:  # nothing reusable in it any more: first to go
                     self.free_queue.move_to_end(block.block_id, last=False)
+        self.spilled_pins.clear()
         return forgotten + self.tiers.forget_all()
 
     # ---- introspection ------------------------------------------------------------------------

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from engine.group_tiers import group_block_key
 from engine.pins import PinTable
 from engine.sequence import NULL_BLOCK
+
+if TYPE_CHECKING:
+    from engine.kv_tiers import KVTiers
 
 
 class BlockPins:
@@ -20,6 +24,10 @@ class BlockPins:
     pin_budget_blocks: int
     block_size: int
     blocks: list
+    tiers: KVTiers
+    # A pin that gave way while a host tier sits behind the cache: its deadline and its blocks' tier keys. Its
+    # blocks spill to host memory as the GPU reuses them; once the deadline passes, the host slots go first.
+    spilled_pins: dict[str, tuple[float, list[int]]]
 
     if TYPE_CHECKING:
         @property
@@ -54,6 +62,7 @@ class BlockPins:
             self._take(b)
         if key in self.pins:
             self._drop_pin(key, refreshed=True)
+        self.spilled_pins.pop(key, None)  # pinned again: the new pin's deadline holds
         new_blocks = sum(1 for b in block_ids if b not in self.pins.holders)
         while self.pins.num_pinned_blocks + new_blocks > self.pin_budget_blocks:
             victim = self.pins.earliest()
@@ -86,11 +95,19 @@ class BlockPins:
         keys = self.pins.expired_keys(now)
         for key in keys:
             self._drop_pin(key)
+        host = self.tiers.host
+        for key in [k for k, (deadline, _) in self.spilled_pins.items() if deadline <= now]:
+            for tier_key in self.spilled_pins.pop(key)[1]:
+                if host is not None:
+                    host.release(tier_key)
         self.pins.counters.expired += len(keys)
         return len(keys)
 
     def _drop_pin(self, key: str, evicted: bool = False, refreshed: bool = False) -> None:
         pin = self.pins.remove(key)
+        if evicted and self.tiers.host is not None:  # it spills to the host tier: its TTL still frees that
+            self.spilled_pins[key] = (pin.deadline, [group_block_key(block.hash, block.group) for b in pin.block_ids
+                                                     if (block := self.blocks[b]).hash is not None])
         # Released pinned blocks go to the back of the free queue: still cached, evicted last.
         for block_id in pin.block_ids:
             self._release(block_id)

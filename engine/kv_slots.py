@@ -107,6 +107,17 @@ class KVSlotTable:
                 return slot
         return None
 
+    def release(self, block_hash: int) -> bool:
+        """Free the block's slot (the pin that spilled it expired: engine/block_pins.py), reused before any
+        cached block; False where the tier lacks it or a copy this step still reads or writes its slot."""
+        slot = self.slot_of.get(block_hash)
+        if slot is None or slot in self.busy:
+            return False
+        del self.slot_of[block_hash]
+        self.slot_hash[slot] = self.slot_tokens[slot] = None
+        self.free_slots.append(slot)
+        return True
+
     def forget_all(self) -> int:
         """Forget every block the tier holds (their KV no longer valid: new weights); returns how many.
         A copy still queued into a slot runs before any later one that reuses it."""

@@ -75,6 +75,7 @@ def test_a_pinned_session_spilled_to_the_host_comes_back_and_answers_as_transfor
     again = _answer(engine, "t2", follow_up, session="agent")
     stats = engine.stats().blocks
     assert stats.host_hit_tokens == again.num_cached_tokens == len(hashes) * BS  # all of it loaded, none re-prefilled
+    assert "agent" in engine.block_manager.pins.pins and not engine.block_manager.spilled_pins  # the new pin's TTL holds
     assert again.output_token_ids == transformers_greedy(models[model], follow_up, NEW)
 
 
@@ -133,3 +134,24 @@ def test_a_finished_request_spills_only_its_last_window_of_a_sliding_group() -> 
     assert host is not None and len(host.slot_of) == 8 + 2
     assert all(group_block_key(h, 0) in host for h in hashes)
     assert [group_block_key(h, 1) in host for h in hashes] == [False] * 6 + [True] * 2
+
+
+def test_the_ttl_of_a_pin_that_gave_way_frees_its_host_blocks(models: dict[str, Path]) -> None:
+    engine = _engine(models["gpt_oss"], 24, host=64)
+    turn = _answer(engine, "t1", random_prompt(34, seed=5), session="agent")
+    hashes = list(engine.sessions["agent"].block_hashes)
+    _answer(engine, "filler", random_prompt(60, seed=6))  # the pin gives way: its blocks spill to the host
+    host = engine.block_manager.host
+    assert host is not None and "agent" in engine.block_manager.spilled_pins
+    spilled = sum(_host_blocks_by_group(engine, hashes))
+    free_before = len(host.free_slots)
+    now = engine.clock.now()
+    engine.block_manager.expire_pins(now + 30.0)  # within its 60 s: kept
+    assert sum(_host_blocks_by_group(engine, hashes)) == spilled > 0
+    engine.block_manager.expire_pins(now + 61.0)
+    assert sum(_host_blocks_by_group(engine, hashes)) == 0 and len(host.free_slots) == free_before + spilled
+    assert not engine.block_manager.spilled_pins
+    follow_up = turn.token_ids + random_prompt(5, seed=7)
+    again = _answer(engine, "t2", follow_up)  # computed again, as without tiers
+    assert engine.stats().blocks.host_hit_tokens == 0
+    assert again.output_token_ids == transformers_greedy(models["gpt_oss"], follow_up, NEW)
