@@ -33,10 +33,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _engine(model_dir: Path, blocks: int, host: int = 0, disk: int = 0, folder: Path | None = None,
-            hybrid: bool = True) -> LLMEngine:
+            hybrid: bool = True, max_num_seqs: int = 2) -> LLMEngine:
     runner = TorchModelRunner(model_dir, blocks, BS, device="cpu", num_host_blocks=host, num_disk_blocks=disk,
                               disk_kv_path=folder, hybrid_kv_cache=hybrid)
-    config = EngineConfig(block_size=BS, num_blocks=blocks, max_model_len=128, max_num_seqs=2, num_host_blocks=host,
+    config = EngineConfig(block_size=BS, num_blocks=blocks, max_model_len=128, max_num_seqs=max_num_seqs,
+                          num_host_blocks=host,
                           num_disk_blocks=disk, long_prefill_token_threshold=CHUNK, max_num_batched_tokens=64)
     return LLMEngine(config, runner)
 
@@ -134,6 +135,10 @@ def test_a_finished_request_spills_only_its_last_window_of_a_sliding_group() -> 
     assert host is not None and len(host.slot_of) == 8 + 2
     assert all(group_block_key(h, 0) in host for h in hashes)
     assert [group_block_key(h, 1) in host for h in hashes] == [False] * 6 + [True] * 2
+    bm.take_transfers()  # the step ran: the slots are idle again
+    assert host.release(group_block_key(hashes[6], 1))  # the window at 32 loses a block: no length has its window
+    again = Sequence("again", done.token_ids + [1], SamplingParams(max_tokens=4), 0.0)
+    assert bm.match_tiers(again, 0) == []
 
 
 def test_the_ttl_of_a_pin_that_gave_way_frees_its_host_blocks(models: dict[str, Path]) -> None:
@@ -155,3 +160,18 @@ def test_the_ttl_of_a_pin_that_gave_way_frees_its_host_blocks(models: dict[str, 
     again = _answer(engine, "t2", follow_up)  # computed again, as without tiers
     assert engine.stats().blocks.host_hit_tokens == 0
     assert again.output_token_ids == transformers_greedy(models["gpt_oss"], follow_up, NEW)
+
+
+@pytest.mark.parametrize(("model", "blocks"), [("gpt_oss", 36), ("gemma3", 70)])
+def test_requests_preempted_with_a_host_tier_come_back_through_it_and_answer_as_transformers(
+        models: dict[str, Path], model: str, blocks: int) -> None:
+    engine = _engine(models[model], blocks, host=48, max_num_seqs=4)
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    prompts = {f"p{i}": random_prompt(20, seed=20 + i) for i in range(3)}
+    seqs = {name: engine.add_request(name, prompt, params) for name, prompt in prompts.items()}
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.scheduler.num_preemptions > 0
+    assert engine.stats().blocks.host_hit_tokens > 0  # a preempted request took some of its KV back from the host
+    for name, prompt in prompts.items():
+        assert seqs[name].output_token_ids == transformers_greedy(models[model], prompt, 30), name
