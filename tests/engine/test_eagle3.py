@@ -277,3 +277,32 @@ def test_served_by_the_cli_to_the_openai_sdk(target: Path, heads: dict[str, Path
     assert answer.choices[0].text == AutoTokenizer.from_pretrained(target).decode(expected, skip_special_tokens=True)
     accepted = [line for line in metrics.splitlines() if line.startswith("pitstop_engine_spec_decode_accepted_tokens_total")]
     assert accepted and float(accepted[0].split()[-1]) > 0
+
+
+def test_a_level_2_sleep_reloads_the_head_by_eagle3s_names(target: Path, heads: dict[str, Path]) -> None:
+    """Its weights (the `midlayer.*` read as `layers.0.*`, the d2t map) dropped and read back from its folder:
+    the same tensors, answers and drafts held."""
+    from engine.eagle3 import Eagle3Runner
+    from tests.engine.test_async_engine import run
+
+    engine = build_engine(target, num_blocks=64, device="cpu", speculative=eagle3(heads["random"]))
+    head = engine.engine.scheduler.drafter.runner  # type: ignore[union-attr]
+    assert isinstance(head, Eagle3Runner)
+    saved = [t.clone() for t in [*head.head.parameters(), head.head.draft_to_target]]
+
+    async def answers_and_held() -> tuple[list[list[int]], int]:
+        tokens = [[t async for out in engine.generate(prompt, GREEDY) for t in out.new_token_ids] for prompt in PROMPTS[:2]]
+        return tokens, engine.engine.stats().spec.draft_tokens
+
+    async def main() -> None:
+        before = await answers_and_held()
+        await engine.sleep(2)
+        assert head.head.draft_to_target.untyped_storage().nbytes() == 0 and head.weights_stale
+        assert (await engine.wake_up()).reloaded_weights
+        now = [*head.head.parameters(), head.head.draft_to_target]
+        assert all(torch.equal(a, b) for a, b in zip(now, saved, strict=True))
+        after = await answers_and_held()
+        assert after[0] == before[0] == [plain(target, GREEDY, PROMPTS[:2])[f"r{i}"] for i in range(2)]
+        await engine.shutdown()
+
+    run(main())
