@@ -19,11 +19,9 @@ before). Writes bench/results/engine_families.json."""
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,12 +29,10 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` and `engine` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, THREADS_HELP, CpuClock, command, machine_info, write_report  # noqa: E402
+from bench.common import RESULTS, THREADS_HELP, command, machine_info, write_report  # noqa: E402
+from bench.engine_timing import random_prompts, timed_run  # noqa: E402
 from engine.batch import StepShape  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.roofline import MODELS, RooflineStepTime  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
 from engine.tiny_model import make_tiny_model  # noqa: E402
 from engine.torch_runner import TorchModelRunner  # noqa: E402
 
@@ -48,34 +44,13 @@ ROOFLINE_CONTEXT = 4096
 ROOFLINE_CONTEXTS = (ROOFLINE_CONTEXT, 32768)  # the second past Gemma 3's 1,024-token window by far
 
 
-def _prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(vocab) for _ in range(length)] for _ in range(count)]
-
-
 def _run(runner: TorchModelRunner, prompts: list[list[int]], max_tokens: int) -> dict[str, tuple[float, float]]:
-    """Per clock, (when the last request got its first token, when the last finished), from the start."""
-    config = EngineConfig(block_size=16, num_blocks=runner.num_blocks, max_model_len=1024, max_num_batched_tokens=1024,
-                          enable_prefix_caching=False)
-    clock = CpuClock()
-    engine = LLMEngine(config, runner, clock)
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    wall_start, cpu_start = time.perf_counter(), clock.now()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, params, arrival_time=cpu_start)
-    first_wall, first_cpu = 0.0, 0.0
-    pending = {f"r{i}" for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.request_id in pending:
-                pending.discard(out.request_id)
-                first_wall, first_cpu = time.perf_counter() - wall_start, clock.now() - cpu_start
-    return {"wall": (first_wall, time.perf_counter() - wall_start), "cpu": (first_cpu, clock.now() - cpu_start)}
+    return timed_run(runner, prompts, max_tokens, 1024, 1024)
 
 
 def measure(runner: TorchModelRunner, vocab: int, rep: int) -> dict[str, dict[str, float]]:
-    prefill = _run(runner, _prompts(1, PREFILL_LEN, vocab, rep), 1)
-    decode = _run(runner, _prompts(DECODE_BATCH, DECODE_PROMPT, vocab, 100 + rep), DECODE_LEN)
+    prefill = _run(runner, random_prompts(1, PREFILL_LEN, vocab, rep), 1)
+    decode = _run(runner, random_prompts(DECODE_BATCH, DECODE_PROMPT, vocab, 100 + rep), DECODE_LEN)
     tokens = DECODE_BATCH * (DECODE_LEN - 1)
     return {clock: {"prefill_s": prefill[clock][1],
                     "decode_tok_s": tokens / (decode[clock][1] - decode[clock][0])} for clock in ("cpu", "wall")}

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,10 +24,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` and `engine` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, THREADS_HELP, CpuClock, command, machine_info, write_report  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
+from bench.common import RESULTS, THREADS_HELP, command, machine_info, write_report  # noqa: E402
+from bench.engine_timing import random_prompts, timed_run  # noqa: E402
 from engine.tiny_llama4 import hf_llama4  # noqa: E402
 from engine.torch_runner import TorchModelRunner  # noqa: E402
 
@@ -59,35 +55,14 @@ def _global_copy(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def _prompts(count: int, length: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(1, VOCAB) for _ in range(length)] for _ in range(count)]
-
-
 def _run(runner: TorchModelRunner, prompts: list[list[int]], max_tokens: int) -> dict[str, tuple[float, float]]:
-    """Per clock, (when the last request got its first token, when the last finished), from the start."""
-    config = EngineConfig(block_size=16, num_blocks=runner.num_blocks, max_model_len=4096,
-                          max_num_batched_tokens=DECODE_BATCH * max(CONTEXTS), enable_prefix_caching=False)
-    clock = CpuClock()
-    engine = LLMEngine(config, runner, clock)
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    wall_start, cpu_start = time.perf_counter(), clock.now()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"r{i}", prompt, params, arrival_time=cpu_start)
-    first_wall = first_cpu = 0.0
-    pending = {f"r{i}" for i in range(len(prompts))}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.request_id in pending:
-                pending.discard(out.request_id)
-                first_wall, first_cpu = time.perf_counter() - wall_start, clock.now() - cpu_start
-    return {"wall": (first_wall, time.perf_counter() - wall_start), "cpu": (first_cpu, clock.now() - cpu_start)}
+    return timed_run(runner, prompts, max_tokens, 4096, DECODE_BATCH * max(CONTEXTS))
 
 
 def measure(runner: TorchModelRunner, rep: int) -> dict[str, dict[str, float]]:
     row: dict[str, dict[str, float]] = {"cpu": {}, "wall": {}}
     for context in CONTEXTS:
-        decode = _run(runner, _prompts(DECODE_BATCH, context, 100 + rep), DECODE_LEN)
+        decode = _run(runner, random_prompts(DECODE_BATCH, context, VOCAB, 100 + rep, first_id=1), DECODE_LEN)
         for clock in ("cpu", "wall"):
             first, last = decode[clock]
             row[clock][f"decode_tok_s_at_{context}"] = DECODE_BATCH * (DECODE_LEN - 1) / (last - first)
@@ -108,7 +83,7 @@ def main() -> None:
         runners = {name: TorchModelRunner(path, num_blocks=3000, block_size=16, device="cpu") for name, path in dirs.items()}
         assert runners["chunked"].config.attention_chunk == CHUNK and runners["global"].config.sliding_layers == ()
         for runner in runners.values():  # warm-up: first calls allocate and pick kernels
-            _run(runner, _prompts(2, 64, -1), 4)
+            _run(runner, random_prompts(2, 64, VOCAB, -1, first_id=1), 4)
         runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
         for rep in range(args.reps):
             for name in VARIANTS[rep % 2:] + VARIANTS[: rep % 2]:
